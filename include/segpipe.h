@@ -1,0 +1,287 @@
+/*
+ * segpipe.h — the public API of libsegpipe.
+ *
+ * segpipe runs segmentation networks (ONNX, through ONNX Runtime's C API)
+ * inside medical-imaging pipelines: NIfTI CT in, organ labels and a per-organ
+ * "passport" out, with every stage timed.
+ *
+ * Conventions
+ *   - Every exported name starts with sp_ / SP_. Handles are opaque.
+ *   - Every fallible call returns sp_status. On failure a readable message is
+ *     left for the calling thread: sp_last_error(). It is overwritten by the
+ *     next failing call on that thread.
+ *   - Ownership: a function that creates something (`_create`, `_load`,
+ *     `_read`, `_run`) hands it to the caller, who releases it with the
+ *     matching `_free`/`_release`. Pointers passed in stay owned by the caller
+ *     unless the comment says otherwise. Strings returned as `const char *`
+ *     live as long as the object they came from.
+ *   - The library prints nothing unless asked: logs go through sp_log_*.
+ */
+#ifndef SEGPIPE_H
+#define SEGPIPE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SP_VERSION_MAJOR 0
+#define SP_VERSION_MINOR 1
+#define SP_VERSION_PATCH 0
+#define SP_VERSION_STRING "0.1.0"
+
+/* ------------------------------------------------------------------ status */
+
+typedef enum sp_status {
+    SP_OK = 0,
+    SP_ERR_USAGE,       /* invalid argument or option */
+    SP_ERR_INPUT,       /* input data malformed, unsupported or out of limits */
+    SP_ERR_MODEL,       /* model package missing, broken or inconsistent */
+    SP_ERR_RUNTIME,     /* ONNX Runtime or execution failure */
+    SP_ERR_IO,          /* file system error (open, read, write, rename) */
+    SP_ERR_NOMEM        /* allocation failed */
+} sp_status;
+
+/* Message of the last failure on this thread ("" if none). */
+const char *sp_last_error(void);
+/* Stable short name of a status ("ok", "input error", ...). */
+const char *sp_status_str(sp_status st);
+/* Exit code the CLI uses for a status (0, 2..7; see README). */
+int sp_status_exit_code(sp_status st);
+
+/* ----------------------------------------------------------------- logging */
+
+typedef enum sp_log_level {
+    SP_LOG_DEBUG = 0, SP_LOG_INFO, SP_LOG_WARN, SP_LOG_ERROR, SP_LOG_QUIET
+} sp_log_level;
+
+typedef void (*sp_log_fn)(sp_log_level level, const char *msg, void *user);
+/* Messages below `level` are dropped. Default: SP_LOG_QUIET (library silent). */
+void sp_log_set_level(sp_log_level level);
+/* Route messages to fn (NULL: stderr). */
+void sp_log_set_callback(sp_log_fn fn, void *user);
+
+/* ------------------------------------------------------------------ timing */
+
+#define SP_MAX_STAGES 24
+
+typedef struct sp_stage_time {
+    char name[32];
+    double seconds;
+} sp_stage_time;
+
+/* Seconds per named stage, in the order stages first ran. */
+typedef struct sp_timings {
+    int n;
+    sp_stage_time stage[SP_MAX_STAGES];
+} sp_timings;
+
+/* Monotonic clock in seconds. */
+double sp_now(void);
+/* Add `seconds` to stage `name` (created on first use). */
+void sp_timings_add(sp_timings *t, const char *name, double seconds);
+double sp_timings_total(const sp_timings *t);
+/* Peak resident set size of this process in bytes (0 if unknown). */
+size_t sp_peak_rss(void);
+
+/* ----------------------------------------------------------------- runtime */
+
+typedef struct sp_runtime sp_runtime;   /* OrtEnv + model manager */
+typedef struct sp_model sp_model;       /* one loaded ONNX session (shared) */
+
+typedef struct sp_runtime_params {
+    int threads;            /* intra-op threads; 0 = number of cores */
+    int inter_threads;      /* inter-op threads; 0 = 1 */
+    const char *device;     /* "cpu" (default), "cuda", "tensorrt" */
+    int cache_optimized;    /* 1: save/load the optimised graph beside model */
+} sp_runtime_params;
+
+sp_runtime_params sp_runtime_default_params(void);
+
+/* Create the process-wide runtime. Caller frees with sp_runtime_free, which
+ * also releases every model still loaded. */
+sp_status sp_runtime_create(const sp_runtime_params *p, sp_runtime **out);
+void sp_runtime_free(sp_runtime *rt);
+
+/* ONNX Runtime's version string ("1.29.0"). */
+const char *sp_ort_version(void);
+/* Comma-separated execution providers the loaded ONNX Runtime offers.
+ * Writes into buf (NUL-terminated, truncated to cap). */
+sp_status sp_ort_providers(char *buf, size_t cap);
+
+typedef enum sp_dtype {
+    SP_DT_UNKNOWN = 0, SP_DT_F32, SP_DT_F64, SP_DT_U8, SP_DT_I8, SP_DT_U16,
+    SP_DT_I16, SP_DT_U32, SP_DT_I32, SP_DT_I64, SP_DT_F16, SP_DT_BOOL
+} sp_dtype;
+const char *sp_dtype_str(sp_dtype t);
+size_t sp_dtype_size(sp_dtype t);
+
+#define SP_MAX_RANK 8
+
+/* A dense tensor. `data` is owned by whoever filled the struct. */
+typedef struct sp_tensor {
+    sp_dtype dtype;
+    int rank;
+    int64_t shape[SP_MAX_RANK];   /* -1 = dynamic (in model info only) */
+    void *data;
+} sp_tensor;
+
+typedef struct sp_io_info {
+    char name[64];
+    sp_tensor meta;               /* dtype, rank, shape; data == NULL */
+} sp_io_info;
+
+/* Load (or reuse) the ONNX model at `path`. The runtime keeps one session per
+ * path; every caller gets the same handle with a reference added. Release
+ * with sp_model_release. Thread-safe. */
+sp_status sp_model_load(sp_runtime *rt, const char *path, sp_model **out);
+void sp_model_release(sp_model *m);
+/* Input and output descriptions (pointer into the model; n via out params). */
+const sp_io_info *sp_model_inputs(const sp_model *m, int *n);
+const sp_io_info *sp_model_outputs(const sp_model *m, int *n);
+/* Seconds the load took (session creation). */
+double sp_model_load_seconds(const sp_model *m);
+/* Number of completed sp_model_run calls (for tests and metrics). */
+uint64_t sp_model_run_count(const sp_model *m);
+
+/* Run the model. inputs[i] are matched to the model inputs in order; their
+ * dtype and shape are checked first (clear message on mismatch). On success
+ * outputs[j] (n_out <= number of model outputs) are filled with data the
+ * caller owns and frees with sp_tensor_free_data. Thread-safe. */
+sp_status sp_model_run(sp_model *m, const sp_tensor *inputs, int n_in,
+                       sp_tensor *outputs, int n_out);
+void sp_tensor_free_data(sp_tensor *t);
+
+/* ------------------------------------------------------- volumes (NIfTI) */
+
+typedef struct sp_volume sp_volume;
+
+typedef struct sp_read_params {
+    uint64_t max_voxels;     /* refuse larger volumes; 0 = default (2^31) */
+} sp_read_params;
+sp_read_params sp_read_default_params(void);
+
+typedef struct sp_volume_info {
+    int64_t dim[3];          /* voxels along i, j, k */
+    double spacing[3];       /* mm */
+    double affine[4][4];     /* voxel (i,j,k,1) -> world mm (RAS+) */
+    sp_dtype file_dtype;     /* datatype stored in the file */
+    int qform_code, sform_code;
+    const char *affine_source;  /* "sform", "qform" or "pixdim" */
+    char axcodes[4];         /* orientation, e.g. "RAS", "LPS" */
+} sp_volume_info;
+
+/* Read a NIfTI-1/2 file (.nii or .nii.gz). Intensities are converted to
+ * float32 with scl_slope/scl_inter applied. Caller frees with sp_volume_free. */
+sp_status sp_volume_read(const char *path, const sp_read_params *p, sp_volume **out);
+/* Same, from bytes in memory (e.g. an HTTP body); `name` is used in messages. */
+sp_status sp_volume_read_mem(const void *data, size_t size, const char *name,
+                             const sp_read_params *p, sp_volume **out);
+void sp_volume_free(sp_volume *v);
+void sp_volume_get_info(const sp_volume *v, sp_volume_info *out);
+/* Voxel data, float32, i fastest (NIfTI order). Owned by the volume. */
+const float *sp_volume_data(const sp_volume *v);
+
+/* ---------------------------------------------------------- model package */
+
+typedef struct sp_package sp_package;   /* model.onnx + segpipe.json */
+
+/* Load the package in folder `dir`, validate the manifest, load the ONNX
+ * model through the runtime and check it against the manifest. Caller
+ * frees with sp_package_free. */
+sp_status sp_package_load(sp_runtime *rt, const char *dir, sp_package **out);
+void sp_package_free(sp_package *pk);
+const char *sp_package_name(const sp_package *pk);
+/* Number of output classes and the name of class `i` (NULL if out of range). */
+int sp_package_num_classes(const sp_package *pk);
+const char *sp_package_label(const sp_package *pk, int i);
+/* The package's manifest as a JSON string (owned by the package). */
+const char *sp_package_manifest_json(const sp_package *pk);
+/* The package's ONNX model (borrowed). */
+sp_model *sp_package_model(const sp_package *pk);
+/* Default folder of the bundled model (compiled-in, may be overridden with
+ * the SEGPIPE_MODEL environment variable). */
+const char *sp_default_model_dir(void);
+
+/* -------------------------------------------------------------- CT pipeline */
+
+typedef struct sp_ct_params {
+    int tile_batch;          /* tiles per ORT call (default 1) */
+    double step;             /* sliding-window step as a fraction; <=0: manifest */
+    int smooth;              /* 1: resample logits linearly, then argmax */
+    int largest_component;   /* 1: keep the largest 26-component per label */
+    double min_component_ml; /* >0: drop components smaller than this */
+    int threads;             /* CPU threads for the C stages; 0 = cores */
+    int passport;            /* 1: compute the passport (default 1) */
+    int passport_at_model_res; /* 1: passport on the model-resolution volume */
+    void (*progress)(const char *stage, int done, int total, void *user);
+    void *progress_user;
+} sp_ct_params;
+
+sp_ct_params sp_ct_default_params(void);
+
+typedef struct sp_ct_result sp_ct_result;
+
+/* Run the whole CT pipeline on `ct` with package `pk`. Caller frees the
+ * result with sp_ct_result_free. */
+sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *p,
+                    sp_ct_result **out);
+void sp_ct_result_free(sp_ct_result *r);
+const sp_timings *sp_ct_result_timings(const sp_ct_result *r);
+/* Label volume on the input grid (uint16 values, i fastest; owned by r). */
+const uint16_t *sp_ct_result_labels(const sp_ct_result *r, int64_t dim[3]);
+/* Passport JSON text (NULL if not computed; owned by r). */
+const char *sp_ct_result_passport_json(const sp_ct_result *r);
+typedef struct sp_passport sp_passport;
+/* The passport itself (NULL if not computed; owned by r). */
+const sp_passport *sp_ct_result_passport(const sp_ct_result *r);
+
+/* Write the labels as NIfTI with the geometry of `like` (its original
+ * affine, qform/sform codes). uint8 when max label <= 255, else int16.
+ * Written to a temporary name and renamed. */
+sp_status sp_labels_write(const char *path, const uint16_t *labels,
+                          const sp_volume *like);
+/* Write one binary NIfTI per class present, `<dir>/<class>.nii.gz`
+ * (TotalSegmentator's --ml false layout). */
+sp_status sp_labels_write_split(const char *dir, const uint16_t *labels,
+                                const sp_volume *like, const sp_package *pk);
+
+/* --------------------------------------------------------------- passport */
+
+typedef struct sp_passport_params {
+    int threads;             /* 0 = cores */
+    int components;          /* 1: count 26-connected components (default 1) */
+    int keep_border;         /* statistics.json: keep border-touching values */
+    const char *source;      /* free text: where labels came from */
+} sp_passport_params;
+sp_passport_params sp_passport_default_params(void);
+
+/* Measure every label of `labels` (uint16, geometry of `ct`) in one pass.
+ * names[i] names label i (NULL or missing entries: "label_<i>"). */
+sp_status sp_passport_compute(const sp_volume *ct, const uint16_t *labels,
+                              const char *const *names, int n_names,
+                              const sp_passport_params *p, sp_passport **out);
+void sp_passport_free(sp_passport *ps);
+/* passport.json text (owned by ps). */
+const char *sp_passport_json(const sp_passport *ps);
+/* TotalSegmentator-format statistics.json text (owned by ps). */
+const char *sp_passport_statistics_json(const sp_passport *ps);
+/* Human-readable table (owned by ps). */
+const char *sp_passport_table(const sp_passport *ps);
+/* Number of structures present / touching the border. */
+int sp_passport_count(const sp_passport *ps, int *touching_border);
+
+/* Read a label volume (integer values) from NIfTI; float files with
+ * non-integer values are refused. Caller frees *labels with free(). */
+sp_status sp_labels_read(const char *path, const sp_read_params *p,
+                         uint16_t **labels, sp_volume **geometry);
+
+/* Write `size` bytes to `path` atomically (temporary name + rename). */
+sp_status sp_write_file_atomic(const char *path, const void *data, size_t size);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SEGPIPE_H */

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# install-deps.sh — install everything segpipe needs to build and test.
+#
+# Idempotent: every step checks first and does nothing when its piece is
+# already there, so `make` can call it whenever something is missing.
+#   1. Debian packages (apt-get; `apt-get update` once, only if a package
+#      is missing).
+#   2. ONNX Runtime: a system installation (pkg-config libonnxruntime), or
+#      ONNXRUNTIME_DIR pointing at an official release folder, or else the
+#      npm package com.github.asus4.onnxruntime@0.4.9 (ONNX Runtime 1.29.0),
+#      checked against its published sha512 and unpacked into
+#      third_party/onnxruntime/ (git-ignored).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+# --- 1. Debian packages ----------------------------------------------------
+pkgs=(
+  build-essential pkg-config clang llvm libclang-rt-14-dev
+  libdeflate-dev zlib1g-dev libcjson-dev
+  python3 python3-numpy python3-scipy python3-nibabel python3-onnx python3-pydicom
+  curl openssl
+)
+# npm fetches ONNX Runtime; the Debian package is only needed when no npm
+# (e.g. from a NodeSource node) is on the PATH already.
+command -v npm >/dev/null 2>&1 || pkgs+=(npm)
+if [ "${SP_EXTRA_PKGS:-}" ]; then
+  # shellcheck disable=SC2206
+  pkgs+=(${SP_EXTRA_PKGS})
+fi
+missing=()
+for p in "${pkgs[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing Debian packages: ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# --- 2. ONNX Runtime --------------------------------------------------------
+if pkg-config --exists libonnxruntime 2>/dev/null; then
+  echo "install-deps: using system ONNX Runtime $(pkg-config --modversion libonnxruntime)"
+  exit 0
+fi
+if [ -n "${ONNXRUNTIME_DIR:-}" ]; then
+  if [ -f "$ONNXRUNTIME_DIR/include/onnxruntime_c_api.h" ] || \
+     [ -f "$ONNXRUNTIME_DIR/include/onnxruntime/onnxruntime_c_api.h" ]; then
+    echo "install-deps: using ONNX Runtime from ONNXRUNTIME_DIR=$ONNXRUNTIME_DIR"
+    exit 0
+  fi
+  echo "install-deps: ONNXRUNTIME_DIR=$ONNXRUNTIME_DIR has no include/onnxruntime_c_api.h" >&2
+  exit 1
+fi
+
+ort="$root/third_party/onnxruntime"
+if [ -f "$ort/lib/libonnxruntime.so.1" ] && [ -f "$ort/include/onnxruntime_c_api.h" ]; then
+  exit 0
+fi
+
+pkg="com.github.asus4.onnxruntime@0.4.9"
+want="sha512-BkzxduSZ9IkeDP6Q8lz2TFU2ie7hSSvS7ZIfzMooExoq0CNzJnuuGaUJ7IsojBgqO4ouD1jXah8OYyJbCN29Fg=="
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+echo "install-deps: fetching ONNX Runtime ($pkg) from npm"
+(cd "$tmp" && npm pack --silent "$pkg" >/dev/null)
+tgz=$(ls "$tmp"/*.tgz)
+got="sha512-$(openssl dgst -sha512 -binary "$tgz" | base64 -w0)"
+if [ "$got" != "$want" ]; then
+  echo "install-deps: checksum mismatch for $pkg" >&2
+  echo "  want $want" >&2
+  echo "  got  $got" >&2
+  exit 1
+fi
+tar -xzf "$tgz" -C "$tmp" \
+  package/Plugins/Linux/x64/libonnxruntime.so \
+  package/Plugins/Linux/x64/libonnxruntime_providers_shared.so \
+  'package/Plugins/iOS~/onnxruntime.xcframework/ios-arm64/onnxruntime.framework/Headers'
+rm -rf "$ort.part"
+mkdir -p "$ort.part/lib" "$ort.part/include"
+cp "$tmp"/package/Plugins/Linux/x64/*.so "$ort.part/lib/"
+cp "$tmp"/package/Plugins/iOS~/onnxruntime.xcframework/ios-arm64/onnxruntime.framework/Headers/*.h "$ort.part/include/"
+ln -sf libonnxruntime.so "$ort.part/lib/libonnxruntime.so.1"
+echo "1.29.0" > "$ort.part/VERSION"
+rm -rf "$ort"
+mv "$ort.part" "$ort"
+echo "install-deps: ONNX Runtime 1.29.0 in $ort"

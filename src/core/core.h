@@ -1,0 +1,62 @@
+/*
+ * core.h — internal helpers shared by every subsystem: error reporting,
+ * logging, the thread pool, file helpers. Not part of the public API.
+ */
+#ifndef SP_CORE_H
+#define SP_CORE_H
+
+#include "segpipe.h"
+#include <stdarg.h>
+#include <stdio.h>
+
+#if defined(__GNUC__)
+#define SP_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define SP_PRINTF(a, b)
+#endif
+
+/* Set this thread's error message and return `st` (so callers can write
+ * `return sp_fail(SP_ERR_INPUT, "...")`). */
+sp_status sp_fail(sp_status st, const char *fmt, ...) SP_PRINTF(2, 3);
+/* Prefix the current message with "prefix: " and return st. */
+sp_status sp_fail_prefix(sp_status st, const char *fmt, ...) SP_PRINTF(2, 3);
+void sp_clear_error(void);
+
+void sp_log(sp_log_level lvl, const char *fmt, ...) SP_PRINTF(2, 3);
+#define SP_DEBUG(...) sp_log(SP_LOG_DEBUG, __VA_ARGS__)
+#define SP_INFO(...) sp_log(SP_LOG_INFO, __VA_ARGS__)
+#define SP_WARN(...) sp_log(SP_LOG_WARN, __VA_ARGS__)
+
+int sp_num_cores(void);
+
+/* ------------------------------------------------------------ thread pool */
+/* A fixed set of worker threads. sp_pool_for splits [0, n) into chunks and
+ * runs fn(ctx, begin, end, worker) on the workers and the calling thread;
+ * it returns when all chunks are done. Workers sleep on a condition variable
+ * between jobs (no busy waiting). One job at a time per pool. */
+typedef struct sp_pool sp_pool;
+typedef void (*sp_range_fn)(void *ctx, int64_t begin, int64_t end, int worker);
+sp_pool *sp_pool_create(int nthreads);
+void sp_pool_free(sp_pool *p);
+int sp_pool_size(const sp_pool *p);   /* workers + caller */
+void sp_pool_for(sp_pool *p, int64_t n, int64_t grain, sp_range_fn fn, void *ctx);
+
+/* ------------------------------------------------------------------ files */
+/* Read a whole file (limit: max_bytes). Caller frees *data. */
+sp_status sp_read_file(const char *path, size_t max_bytes, void **data, size_t *size);
+int sp_has_suffix(const char *s, const char *suffix);
+
+/* Growable string buffer for JSON and tables. */
+typedef struct sp_buf {
+    char *s;
+    size_t len, cap;
+    int oom;
+} sp_buf;
+void sp_buf_printf(sp_buf *b, const char *fmt, ...) SP_PRINTF(2, 3);
+void sp_buf_puts(sp_buf *b, const char *s);
+void sp_buf_json_str(sp_buf *b, const char *s);   /* quoted, escaped */
+void sp_buf_json_num(sp_buf *b, double v);        /* shortest round-trip, null for NaN */
+char *sp_buf_take(sp_buf *b);                     /* caller frees */
+void sp_buf_free(sp_buf *b);
+
+#endif

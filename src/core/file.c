@@ -1,0 +1,198 @@
+/*
+ * file.c — whole-file reads, atomic writes (temporary name + rename, so a
+ * failure never leaves a partial output), and a growable text buffer used
+ * for JSON and tables.
+ */
+#include "core.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int sp_has_suffix(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+sp_status sp_read_file(const char *path, size_t max_bytes, void **data, size_t *size)
+{
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return sp_fail(SP_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return sp_fail(SP_ERR_IO, "%s: not a regular file", path);
+    }
+    if ((uint64_t)st.st_size > max_bytes) {
+        close(fd);
+        return sp_fail(SP_ERR_INPUT, "%s: file is %lld bytes, over the limit of %zu",
+                       path, (long long)st.st_size, max_bytes);
+    }
+    size_t n = (size_t)st.st_size;
+    char *buf = malloc(n ? n : 1);
+    if (!buf) {
+        close(fd);
+        return sp_fail(SP_ERR_NOMEM, "%s: cannot allocate %zu bytes", path, n);
+    }
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, buf + got, n - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            free(buf);
+            close(fd);
+            return sp_fail(SP_ERR_IO, "%s: read failed after %zu bytes", path, got);
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    *data = buf;
+    *size = n;
+    return SP_OK;
+}
+
+sp_status sp_write_file_atomic(const char *path, const void *data, size_t size)
+{
+    size_t plen = strlen(path);
+    char *tmp = malloc(plen + 32);
+    if (!tmp)
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    snprintf(tmp, plen + 32, "%s.tmp.%ld", path, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        sp_status st = sp_fail(SP_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+        free(tmp);
+        return st;
+    }
+    const char *p = data;
+    size_t left = size;
+    while (left > 0) {
+        ssize_t w = write(fd, p, left);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            int e = errno;
+            close(fd);
+            unlink(tmp);
+            free(tmp);
+            return sp_fail(SP_ERR_IO, "%s: write failed: %s", path, strerror(e));
+        }
+        p += w;
+        left -= (size_t)w;
+    }
+    if (close(fd) != 0 || rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        free(tmp);
+        return sp_fail(SP_ERR_IO, "%s: cannot finish writing: %s", path, strerror(e));
+    }
+    free(tmp);
+    return SP_OK;
+}
+
+/* ---------------------------------------------------------------- sp_buf */
+
+static int buf_reserve(sp_buf *b, size_t extra)
+{
+    if (b->oom)
+        return 0;
+    if (b->len + extra + 1 <= b->cap)
+        return 1;
+    size_t nc = b->cap ? b->cap : 256;
+    while (nc < b->len + extra + 1)
+        nc *= 2;
+    char *ns = realloc(b->s, nc);
+    if (!ns) {
+        b->oom = 1;
+        return 0;
+    }
+    b->s = ns;
+    b->cap = nc;
+    return 1;
+}
+
+void sp_buf_printf(sp_buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0 || !buf_reserve(b, (size_t)n))
+        return;
+    va_start(ap, fmt);
+    vsnprintf(b->s + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+void sp_buf_puts(sp_buf *b, const char *s)
+{
+    size_t n = strlen(s);
+    if (!buf_reserve(b, n))
+        return;
+    memcpy(b->s + b->len, s, n + 1);
+    b->len += n;
+}
+
+void sp_buf_json_str(sp_buf *b, const char *s)
+{
+    sp_buf_puts(b, "\"");
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            sp_buf_printf(b, "\\%c", c);
+        else if (c < 0x20)
+            sp_buf_printf(b, "\\u%04x", c);
+        else
+            sp_buf_printf(b, "%c", c);
+    }
+    sp_buf_puts(b, "\"");
+}
+
+void sp_buf_json_num(sp_buf *b, double v)
+{
+    if (!isfinite(v)) {
+        sp_buf_puts(b, "null");
+        return;
+    }
+    if (v == (double)(int64_t)v && fabs(v) < 1e15) {
+        sp_buf_printf(b, "%lld", (long long)v);
+        return;
+    }
+    char tmp[40];
+    for (int prec = 6; prec <= 17; prec++) {   /* shortest text that round-trips */
+        snprintf(tmp, sizeof tmp, "%.*g", prec, v);
+        if (strtod(tmp, NULL) == v)
+            break;
+    }
+    sp_buf_puts(b, tmp);
+}
+
+char *sp_buf_take(sp_buf *b)
+{
+    if (b->oom) {
+        free(b->s);
+        b->s = NULL;
+        return NULL;
+    }
+    if (!b->s)
+        buf_reserve(b, 0), b->s ? b->s[0] = 0 : 0;
+    char *s = b->s;
+    b->s = NULL;
+    b->len = b->cap = 0;
+    return s;
+}
+
+void sp_buf_free(sp_buf *b)
+{
+    free(b->s);
+    b->s = NULL;
+    b->len = b->cap = 0;
+}

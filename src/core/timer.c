@@ -1,0 +1,53 @@
+/*
+ * timer.c — monotonic clock, per-stage timing tables, peak RSS.
+ */
+#include "core.h"
+
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+double sp_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+void sp_timings_add(sp_timings *t, const char *name, double seconds)
+{
+    for (int i = 0; i < t->n; i++) {
+        if (strcmp(t->stage[i].name, name) == 0) {
+            t->stage[i].seconds += seconds;
+            return;
+        }
+    }
+    if (t->n >= SP_MAX_STAGES)
+        return;
+    snprintf(t->stage[t->n].name, sizeof t->stage[t->n].name, "%s", name);
+    t->stage[t->n].seconds = seconds;
+    t->n++;
+}
+
+double sp_timings_total(const sp_timings *t)
+{
+    double s = 0;
+    for (int i = 0; i < t->n; i++)
+        s += t->stage[i].seconds;
+    return s;
+}
+
+size_t sp_peak_rss(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return 0;
+    return (size_t)ru.ru_maxrss * 1024;   /* Linux reports KiB */
+}
+
+int sp_num_cores(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}

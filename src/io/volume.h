@@ -1,0 +1,47 @@
+/*
+ * volume.h — internal layout of sp_volume and the NIfTI helpers.
+ *
+ * A volume is float32 voxels with i fastest (NIfTI order), its voxel-to-world
+ * affine, and the header fields needed to write a label map back with the
+ * input's exact geometry (qform and sform with their codes).
+ */
+#ifndef SP_VOLUME_H
+#define SP_VOLUME_H
+#include "../core/core.h"
+
+typedef struct sp_geom {
+    int64_t dim[3];
+    double spacing[3];
+    double affine[4][4];          /* the affine nibabel would use */
+    /* header fields, as read (written back unchanged) */
+    int qform_code, sform_code;
+    double quatern[3], qoffset[3], qfac;
+    double pixdim[8];
+    double srow[3][4];
+    int xyzt_units;
+    const char *affine_source;
+} sp_geom;
+
+struct sp_volume {
+    sp_geom g;
+    float *data;
+    sp_dtype file_dtype;
+    int integer_valued;           /* every voxel holds an integer value */
+};
+
+/* Allocate a volume of geometry g with uninitialised data (or NULL). */
+sp_volume *sp_volume_alloc(const sp_geom *g);
+int64_t sp_geom_nvox(const sp_geom *g);
+/* The pool shared by library stages when no thread count is given. */
+sp_pool *sp_default_pool(void);
+/* Pool for `threads` (0 = the default pool); free with sp_pool_put. */
+sp_pool *sp_pool_get(int threads);
+void sp_pool_put(sp_pool *p);
+/* Axis codes ("RAS", "LPI"...) of an affine, nibabel's aff2axcodes. */
+void sp_affine_axcodes(const double a[4][4], char out[4]);
+
+/* Write a 3D volume of dtype (SP_DT_U8 or SP_DT_I16, data i fastest) as
+ * NIfTI-1 (.nii or .nii.gz by suffix) with geometry g; atomic. */
+sp_status sp_nifti_write(const char *path, const sp_geom *g, sp_dtype dtype,
+                         const void *data, int threads);
+#endif

@@ -1,0 +1,272 @@
+/*
+ * ct.c — the CT pipeline, stage by stage, as TotalSegmentator --fast runs
+ * nnU-Net: reorient to the closest canonical orientation, resample to the
+ * model spacing (linear), normalise, sliding-window inference with Gaussian
+ * weighting and argmax, optional connected-component cleanup, labels back
+ * to the canonical native grid (nearest), undo the reorientation, passport.
+ * Every stage is timed into the result's sp_timings.
+ */
+#include "../runtime/package.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+struct sp_ct_result {
+    sp_timings t;
+    uint16_t *labels;
+    int64_t dim[3];
+    sp_passport *passport;
+};
+
+sp_ct_params sp_ct_default_params(void)
+{
+    sp_ct_params p;
+    memset(&p, 0, sizeof p);
+    p.tile_batch = 1;
+    p.passport = 1;
+    return p;
+}
+
+void sp_ct_result_free(sp_ct_result *r)
+{
+    if (!r)
+        return;
+    free(r->labels);
+    sp_passport_free(r->passport);
+    free(r);
+}
+
+const sp_timings *sp_ct_result_timings(const sp_ct_result *r) { return &r->t; }
+const uint16_t *sp_ct_result_labels(const sp_ct_result *r, int64_t dim[3])
+{
+    if (dim)
+        memcpy(dim, r->dim, sizeof r->dim);
+    return r->labels;
+}
+const char *sp_ct_result_passport_json(const sp_ct_result *r)
+{
+    return r->passport ? sp_passport_json(r->passport) : NULL;
+}
+const sp_passport *sp_ct_result_passport(const sp_ct_result *r) { return r->passport; }
+
+sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
+                    sp_ct_result **out)
+{
+    sp_ct_params p = pp ? *pp : sp_ct_default_params();
+    const sp_manifest *mf = &pk->mf;
+    const sp_geom *g = &ct->g;
+    sp_status st = SP_OK;
+    float *canon = NULL, *model_vol = NULL;
+    uint16_t *lab_m = NULL, *lab_c = NULL;
+    *out = NULL;
+    if (strcmp(mf->task, "ct") != 0)
+        return sp_fail(SP_ERR_MODEL, "model '%s' is a '%s' model, not a CT model", mf->name, mf->task);
+    sp_ct_result *r = calloc(1, sizeof *r);
+    if (!r)
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    sp_pool *pool = sp_pool_get(p.threads);
+    sp_timings *t = &r->t;
+    double t0 = sp_now();
+
+    /* a. reorient to closest canonical */
+    sp_ornt o;
+    if ((st = sp_ornt_to_canonical(g->affine, &o)))
+        goto fail;
+    int64_t cdim[3], mdim[3];
+    sp_ornt_dims(&o, g->dim, cdim);
+    size_t nv = (size_t)sp_geom_nvox(g);
+    const float *cvol = ct->data;
+    if (!sp_ornt_is_identity(&o)) {
+        canon = malloc(nv * sizeof *canon);
+        if (!canon) {
+            st = sp_fail(SP_ERR_NOMEM, "reorient: cannot allocate %zu voxels", nv);
+            goto fail;
+        }
+        sp_ornt_apply(&o, ct->data, g->dim, canon, sizeof(float), pool);
+        cvol = canon;
+    }
+    double cs[3];
+    for (int j = 0; j < 3; j++)
+        cs[j] = g->spacing[o.ax[j]];
+    sp_timings_add(t, "reorient", sp_now() - t0);
+
+    /* b. resample to the model spacing */
+    t0 = sp_now();
+    double target[3];
+    for (int d = 0; d < 3; d++)
+        target[mf->axes[d]] = mf->spacing[d];
+    int same = 1;
+    for (int a = 0; a < 3; a++) {
+        mdim[a] = sp_zoom_size(cdim[a], cs[a] / target[a]);
+        same &= mdim[a] == cdim[a];
+    }
+    size_t nm = (size_t)(mdim[0] * mdim[1] * mdim[2]);
+    model_vol = malloc(nm * sizeof *model_vol);
+    lab_m = malloc(nm * sizeof *lab_m);
+    if (!model_vol || !lab_m) {
+        st = sp_fail(SP_ERR_NOMEM, "resample: cannot allocate %zu voxels", nm);
+        goto fail;
+    }
+    if (same)
+        memcpy(model_vol, cvol, nm * sizeof *model_vol);
+    else
+        sp_resample_linear(cvol, cdim, model_vol, mdim, pool);
+    free(canon);
+    canon = NULL;
+    sp_timings_add(t, "resample", sp_now() - t0);
+
+    /* c. normalise */
+    t0 = sp_now();
+    sp_normalize(model_vol, (int64_t)nm, &mf->norm, pool);
+    sp_timings_add(t, "normalize", sp_now() - t0);
+
+    /* d. sliding window + argmax */
+    sp_window_params wp;
+    memcpy(wp.patch, mf->patch, sizeof wp.patch);
+    memcpy(wp.axes, mf->axes, sizeof wp.axes);
+    wp.step = p.step > 0 ? p.step : mf->step;
+    wp.sigma_scale = mf->sigma_scale;
+    wp.tile_batch = p.tile_batch > 0 ? p.tile_batch : 1;
+    wp.num_classes = mf->num_classes;
+    if ((st = sp_window_run(pk->model, model_vol, mdim, &wp, lab_m, pool, t, p.progress,
+                            p.progress_user)))
+        goto fail;
+    free(model_vol);
+    model_vol = NULL;
+
+    /* f. optional cleanup, at model resolution */
+    if (p.largest_component || p.min_component_ml > 0) {
+        t0 = sp_now();
+        double vox_ml = target[0] * target[1] * target[2] / 1000.0;
+        int64_t minv = p.min_component_ml > 0 ? (int64_t)ceil(p.min_component_ml / vox_ml) : 0;
+        if ((st = sp_components_filter(lab_m, mdim, p.largest_component, minv)))
+            goto fail;
+        sp_timings_add(t, "postprocess", sp_now() - t0);
+    }
+
+    /* e. labels back to the canonical native grid, then undo the reorientation */
+    t0 = sp_now();
+    r->labels = malloc(nv * sizeof *r->labels);
+    if (!sp_ornt_is_identity(&o))
+        lab_c = malloc(nv * sizeof *lab_c);
+    if (!r->labels || (!sp_ornt_is_identity(&o) && !lab_c)) {
+        st = sp_fail(SP_ERR_NOMEM, "cannot allocate the label volume (%zu voxels)", nv);
+        goto fail;
+    }
+    uint16_t *dst = lab_c ? lab_c : r->labels;
+    if (same)
+        memcpy(dst, lab_m, nv * sizeof *dst);
+    else
+        sp_resample_nearest_u16(lab_m, mdim, dst, cdim, pool);
+    if (lab_c) {
+        sp_ornt inv = sp_ornt_inverse(&o);
+        sp_ornt_apply(&inv, lab_c, cdim, r->labels, sizeof(uint16_t), pool);
+    }
+    memcpy(r->dim, g->dim, sizeof r->dim);
+    sp_timings_add(t, "labels_back", sp_now() - t0);
+    free(lab_m);
+    free(lab_c);
+    lab_m = lab_c = NULL;
+
+    /* passport, at native resolution */
+    if (p.passport) {
+        t0 = sp_now();
+        sp_passport_params pp2 = sp_passport_default_params();
+        pp2.threads = p.threads;
+        pp2.source = mf->name;
+        if ((st = sp_passport_compute(ct, r->labels, (const char *const *)mf->labels, mf->num_classes,
+                                      &pp2, &r->passport)))
+            goto fail;
+        sp_timings_add(t, "passport", sp_now() - t0);
+    }
+    sp_pool_put(pool);
+    *out = r;
+    return SP_OK;
+fail:
+    sp_pool_put(pool);
+    free(canon);
+    free(model_vol);
+    free(lab_m);
+    free(lab_c);
+    sp_ct_result_free(r);
+    return st;
+}
+
+/* ------------------------------------------------------------ label I/O */
+
+sp_status sp_labels_write(const char *path, const uint16_t *labels, const sp_volume *like)
+{
+    size_t nv = (size_t)sp_geom_nvox(&like->g);
+    uint16_t mx = 0;
+    for (size_t i = 0; i < nv; i++)
+        if (labels[i] > mx)
+            mx = labels[i];
+    if (mx > 32767)
+        return sp_fail(SP_ERR_USAGE, "%s: label %u does not fit int16", path, mx);
+    if (mx <= 255) {
+        uint8_t *b = malloc(nv ? nv : 1);
+        if (!b)
+            return sp_fail(SP_ERR_NOMEM, "out of memory");
+        for (size_t i = 0; i < nv; i++)
+            b[i] = (uint8_t)labels[i];
+        sp_status st = sp_nifti_write(path, &like->g, SP_DT_U8, b, 0);
+        free(b);
+        return st;
+    }
+    return sp_nifti_write(path, &like->g, SP_DT_I16, labels, 0);
+}
+
+sp_status sp_labels_write_split(const char *dir, const uint16_t *labels, const sp_volume *like,
+                                const sp_package *pk)
+{
+    size_t nv = (size_t)sp_geom_nvox(&like->g);
+    int nc = pk->mf.num_classes;
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return sp_fail(SP_ERR_IO, "%s: cannot create folder: %s", dir, strerror(errno));
+    uint8_t *b = malloc(nv ? nv : 1);
+    if (!b)
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    sp_status st = SP_OK;
+    for (int c = 1; c < nc && !st; c++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s.nii.gz", dir, pk->mf.labels[c]);
+        for (size_t i = 0; i < nv; i++)
+            b[i] = labels[i] == c;
+        st = sp_nifti_write(path, &like->g, SP_DT_U8, b, 0);
+    }
+    free(b);
+    return st;
+}
+
+sp_status sp_labels_read(const char *path, const sp_read_params *p, uint16_t **labels,
+                         sp_volume **geometry)
+{
+    sp_volume *v;
+    sp_status st = sp_volume_read(path, p, &v);
+    *labels = NULL;
+    *geometry = NULL;
+    if (st)
+        return st;
+    size_t nv = (size_t)sp_geom_nvox(&v->g);
+    uint16_t *l = malloc((nv ? nv : 1) * sizeof *l);
+    if (!l) {
+        sp_volume_free(v);
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < nv; i++) {
+        float x = v->data[i];
+        if (!(x >= 0 && x <= 65535) || x != floorf(x)) {
+            free(l);
+            sp_volume_free(v);
+            return sp_fail(SP_ERR_INPUT, "%s: not a label map: voxel %zu holds %g (labels must be "
+                           "integers 0..65535)", path, i, (double)x);
+        }
+        l[i] = (uint16_t)x;
+    }
+    *labels = l;
+    *geometry = v;
+    return SP_OK;
+}

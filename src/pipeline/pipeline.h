@@ -1,0 +1,78 @@
+/*
+ * pipeline.h — the CT pipeline's stages (internal).
+ *
+ * Volumes here are dense arrays with i fastest (NIfTI order) and dims[3].
+ */
+#ifndef SP_PIPELINE_H
+#define SP_PIPELINE_H
+#include "../io/volume.h"
+
+/* ---- reorient.c ---- */
+/* An axis transform: output axis j reads input axis ax[j], flipped if fl[j]. */
+typedef struct sp_ornt {
+    int ax[3];
+    int fl[3];
+} sp_ornt;
+/* nibabel's io_orientation for the closest canonical (RAS+) orientation. */
+sp_status sp_ornt_to_canonical(const double affine[4][4], sp_ornt *o);
+int sp_ornt_is_identity(const sp_ornt *o);
+sp_ornt sp_ornt_inverse(const sp_ornt *o);
+void sp_ornt_dims(const sp_ornt *o, const int64_t in[3], int64_t out[3]);
+/* Output affine = in_affine @ M (M maps output voxels to input voxels). */
+void sp_ornt_affine(const sp_ornt *o, const int64_t in_dim[3], const double in_aff[4][4],
+                    double out_aff[4][4]);
+/* Apply to data of element size es (1, 2, 4). dst has the output dims. */
+void sp_ornt_apply(const sp_ornt *o, const void *src, const int64_t in_dim[3], void *dst,
+                   size_t es, sp_pool *pool);
+
+/* ---- resample.c ---- */
+/* scipy.ndimage.zoom output size along one axis: round-half-even(n * zoom). */
+int64_t sp_zoom_size(int64_t n, double zoom);
+/* Linear (order 1, mode 'nearest', corners aligned) resampling of float data
+ * from in_dim to out_dim, as scipy.ndimage.zoom(order=1). */
+void sp_resample_linear(const float *src, const int64_t in_dim[3], float *dst,
+                        const int64_t out_dim[3], sp_pool *pool);
+/* Nearest neighbour (order 0) resampling of uint16 labels, as
+ * scipy.ndimage.zoom(order=0, mode='nearest'). */
+void sp_resample_nearest_u16(const uint16_t *src, const int64_t in_dim[3], uint16_t *dst,
+                             const int64_t out_dim[3], sp_pool *pool);
+
+/* ---- normalize.c ---- */
+typedef enum { SP_NORM_NONE, SP_NORM_CT, SP_NORM_ZSCORE } sp_norm_scheme;
+typedef struct sp_norm {
+    sp_norm_scheme scheme;
+    double lo, hi, mean, std;
+} sp_norm;
+void sp_normalize(float *x, int64_t n, const sp_norm *nm, sp_pool *pool);
+
+/* ---- window.c ---- */
+typedef struct sp_window_params {
+    int64_t patch[3];        /* network axis order */
+    int axes[3];             /* network dim d <- volume axis axes[d] */
+    double step;             /* fraction of the patch, e.g. 0.5 */
+    double sigma_scale;      /* 1/8 */
+    int tile_batch;
+    int num_classes;
+} sp_window_params;
+/* nnU-Net's compute_steps_for_sliding_window for one axis; returns count. */
+int sp_window_steps(int64_t image, int64_t tile, double step, int64_t *out, int cap);
+/* nnU-Net's Gaussian importance map (value scaling 10, zeros -> min). */
+float *sp_gaussian_map(const int64_t patch[3], double sigma_scale);
+/* Sliding-window inference over vol (dims vdim, i fastest) with model m;
+ * labels (vdim, i fastest) receive the argmax. Adds "inference" (ORT) and
+ * "window" (tiling, accumulation, argmax) times to t. */
+sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
+                        const sp_window_params *wp, uint16_t *labels, sp_pool *pool,
+                        sp_timings *t, void (*progress)(const char *, int, int, void *),
+                        void *progress_user);
+
+/* ---- components.c ---- */
+/* Keep only the largest 26-connected component of each label (keep_largest)
+ * and/or remove components smaller than min_voxels. */
+sp_status sp_components_filter(uint16_t *labels, const int64_t dim[3], int keep_largest,
+                               int64_t min_voxels);
+/* Count 26-connected components per label; counts[l], largest[l] sized
+ * nlabels. */
+sp_status sp_components_count(const uint16_t *labels, const int64_t dim[3], int nlabels,
+                              int64_t *counts, int64_t *largest);
+#endif

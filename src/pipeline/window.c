@@ -1,0 +1,290 @@
+/*
+ * window.c — sliding-window inference with Gaussian weighting, as nnU-Net's
+ * predictor does it, with a bounded accumulator.
+ *
+ * The volume (already normalised) is viewed in the network's axis order
+ * (network dim d = volume axis axes[d]) and padded, centred, with zeros to
+ * at least the patch size. Tile starts per axis come from nnU-Net's
+ * compute_steps_for_sliding_window; tiles run dim 0 outermost, several per
+ * ORT call (tile_batch). Each tile's logits, times the Gaussian importance
+ * map, are added to an accumulator.
+ *
+ * Memory: the argmax of sum(w * logits) / sum(w) equals the argmax of
+ * sum(w * logits) (the divisor is positive per voxel), so no weight sum is
+ * kept, and the accumulator only covers the rows of network dim 0 that a
+ * tile can still reach: a ring of patch[0] rows x N1 x N2 x classes. When
+ * the window moves past rows along dim 0, those rows are final; their
+ * argmax is written and the ring slots reused. For a 118-class model on a
+ * 3 mm 512x512x280 CT this holds ~patch[0]/N0 of the full fp32
+ * accumulator (see docs/performance.md), with labels identical to the
+ * full accumulator's (same sums, same order of additions per voxel).
+ */
+#include "pipeline.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+int sp_window_steps(int64_t image, int64_t tile, double step, int64_t *out, int cap)
+{
+    if (image < tile)
+        image = tile;
+    double target = (double)tile * step;
+    int n = (int)ceil((double)(image - tile) / target) + 1;
+    if (n > cap)
+        n = cap;
+    double actual = n > 1 ? (double)(image - tile) / (double)(n - 1) : 99999999999.0;
+    for (int i = 0; i < n; i++)
+        out[i] = (int64_t)nearbyint(actual * i);   /* np.round: half to even */
+    return n;
+}
+
+float *sp_gaussian_map(const int64_t patch[3], double sigma_scale)
+{
+    double *k[3];
+    size_t n = (size_t)(patch[0] * patch[1] * patch[2]);
+    float *g = malloc(n * sizeof *g);
+    for (int d = 0; d < 3; d++) {
+        k[d] = calloc((size_t)patch[d], sizeof(double));
+        if (!k[d] || !g) {
+            for (int j = 0; j <= d; j++)
+                free(k[j]);
+            free(g);
+            return NULL;
+        }
+        double sigma = (double)patch[d] * sigma_scale;
+        int64_t c = patch[d] / 2;
+        int64_t r = (int64_t)(4.0 * sigma + 0.5);   /* scipy: truncate = 4 */
+        double sum = 0;
+        for (int64_t x = -r; x <= r; x++)
+            sum += exp(-0.5 * (double)(x * x) / (sigma * sigma));
+        for (int64_t p = 0; p < patch[d]; p++) {
+            int64_t x = p - c;
+            k[d][p] = (x >= -r && x <= r) ? exp(-0.5 * (double)(x * x) / (sigma * sigma)) / sum : 0;
+        }
+    }
+    double mx = k[0][patch[0] / 2] * k[1][patch[1] / 2] * k[2][patch[2] / 2];
+    double mn = INFINITY;
+    size_t i = 0;
+    for (int64_t a = 0; a < patch[0]; a++)
+        for (int64_t b = 0; b < patch[1]; b++)
+            for (int64_t c = 0; c < patch[2]; c++, i++) {
+                double v = k[0][a] * k[1][b] * k[2][c] / (mx / 10.0);
+                g[i] = (float)v;
+                if (g[i] > 0 && g[i] < mn)
+                    mn = g[i];
+            }
+    for (i = 0; i < n; i++)
+        if (g[i] == 0)
+            g[i] = (float)mn;
+    for (int d = 0; d < 3; d++)
+        free(k[d]);
+    return g;
+}
+
+typedef struct tile {
+    int64_t s[3];                /* start in padded network coordinates */
+} tile;
+
+typedef struct win {
+    const float *vol;
+    int64_t vst[3];              /* volume stride of network dim d */
+    int64_t N[3], P[3], pad[3];  /* network dims, patch, low padding */
+    int C;
+    float *in;                   /* tile_batch x P */
+    float *out;                  /* tile_batch x C x P */
+    const float *gauss;
+    float *acc;                  /* C x P0 x N1 x N2 ring */
+    int64_t slab;                /* N1 * N2 */
+    uint16_t *labels;
+    int64_t lst[3];              /* label stride of network dim d */
+    const tile *batch;
+    int nb;
+} win;
+
+/* gather: one job per (tile, row of dims 0-1) */
+static void gather_rows(void *vc, int64_t b, int64_t e, int w)
+{
+    win *c = vc;
+    int64_t rows = c->P[0] * c->P[1];
+    for (int64_t job = b; job < e; job++) {
+        int t = (int)(job / rows);
+        int64_t r = job % rows, a = r / c->P[1], bb = r % c->P[1];
+        float *dst = c->in + (size_t)t * (size_t)(rows * c->P[2]) + (size_t)r * (size_t)c->P[2];
+        int64_t n0 = c->batch[t].s[0] + a - c->pad[0], n1 = c->batch[t].s[1] + bb - c->pad[1];
+        if (n0 < 0 || n0 >= c->N[0] || n1 < 0 || n1 >= c->N[1]) {
+            memset(dst, 0, (size_t)c->P[2] * sizeof(float));
+            continue;
+        }
+        const float *src = c->vol + n0 * c->vst[0] + n1 * c->vst[1];
+        int64_t base2 = c->batch[t].s[2] - c->pad[2];
+        for (int64_t k = 0; k < c->P[2]; k++) {
+            int64_t n2 = base2 + k;
+            dst[k] = (n2 >= 0 && n2 < c->N[2]) ? src[n2 * c->vst[2]] : 0.0f;
+        }
+    }
+}
+
+/* accumulate: one job per (class, row of dim 0); tiles in order, so every
+ * voxel receives its additions in the same order whatever the threads */
+static void accum_rows(void *vc, int64_t b, int64_t e, int w)
+{
+    win *c = vc;
+    int64_t psz = c->P[0] * c->P[1] * c->P[2];
+    for (int64_t job = b; job < e; job++) {
+        int cls = (int)(job / c->P[0]);
+        int64_t a = job % c->P[0];
+        for (int t = 0; t < c->nb; t++) {
+            int64_t n0 = c->batch[t].s[0] + a - c->pad[0];
+            if (n0 < 0 || n0 >= c->N[0])
+                continue;
+            const float *lg = c->out + ((size_t)t * (size_t)c->C + (size_t)cls) * (size_t)psz +
+                              (size_t)(a * c->P[1] * c->P[2]);
+            const float *gw = c->gauss + a * c->P[1] * c->P[2];
+            float *acc = c->acc + ((size_t)cls * (size_t)c->P[0] + (size_t)(n0 % c->P[0])) * (size_t)c->slab;
+            for (int64_t bb = 0; bb < c->P[1]; bb++) {
+                int64_t n1 = c->batch[t].s[1] + bb - c->pad[1];
+                if (n1 < 0 || n1 >= c->N[1])
+                    continue;
+                int64_t k0 = 0, k1 = c->P[2], off = c->batch[t].s[2] - c->pad[2];
+                if (off < 0)
+                    k0 = -off;
+                if (off + k1 > c->N[2])
+                    k1 = c->N[2] - off;
+                float *ar = acc + n1 * c->N[2] + off;
+                const float *lr = lg + bb * c->P[2];
+                const float *gr = gw + bb * c->P[2];
+                for (int64_t k = k0; k < k1; k++)
+                    ar[k] += lr[k] * gr[k];
+            }
+        }
+    }
+}
+
+typedef struct fin_ctx {
+    win *c;
+    int64_t row0;
+} fin_ctx;
+
+/* argmax of finished rows, then clear their ring slots */
+static void finish_rows(void *vf, int64_t b, int64_t e, int w)
+{
+    fin_ctx *f = vf;
+    win *c = f->c;
+    size_t cstride = (size_t)c->P[0] * (size_t)c->slab;
+    for (int64_t job = b; job < e; job++) {
+        int64_t n0 = f->row0 + job / c->N[1], n1 = job % c->N[1];
+        size_t base = (size_t)(n0 % c->P[0]) * (size_t)c->slab + (size_t)(n1 * c->N[2]);
+        for (int64_t n2 = 0; n2 < c->N[2]; n2++) {
+            const float *p = c->acc + base + (size_t)n2;
+            float best = p[0];
+            int bi = 0;
+            for (int k = 1; k < c->C; k++)
+                if (p[(size_t)k * cstride] > best)
+                    best = p[(size_t)k * cstride], bi = k;
+            c->labels[n0 * c->lst[0] + n1 * c->lst[1] + n2 * c->lst[2]] = (uint16_t)bi;
+        }
+        for (int k = 0; k < c->C; k++)
+            memset(c->acc + (size_t)k * cstride + base, 0, (size_t)c->N[2] * sizeof(float));
+    }
+}
+
+static void finish(win *c, int64_t from, int64_t to, sp_pool *pool)
+{
+    if (from < 0)
+        from = 0;
+    if (to > c->N[0])
+        to = c->N[0];
+    if (to <= from)
+        return;
+    fin_ctx f = {c, from};
+    sp_pool_for(pool, (to - from) * c->N[1], 4, finish_rows, &f);
+}
+
+sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
+                        const sp_window_params *wp, uint16_t *labels, sp_pool *pool,
+                        sp_timings *t, void (*progress)(const char *, int, int, void *),
+                        void *progress_user)
+{
+    win c;
+    memset(&c, 0, sizeof c);
+    int64_t vst[3] = {1, vdim[0], vdim[0] * vdim[1]};
+    int64_t steps[3][512];
+    int ns[3];
+    sp_status st = SP_OK;
+    c.vol = vol;
+    c.labels = labels;
+    c.C = wp->num_classes;
+    for (int d = 0; d < 3; d++) {
+        c.N[d] = vdim[wp->axes[d]];
+        c.vst[d] = vst[wp->axes[d]];
+        c.lst[d] = vst[wp->axes[d]];
+        c.P[d] = wp->patch[d];
+        int64_t padded = c.N[d] > c.P[d] ? c.N[d] : c.P[d];
+        c.pad[d] = (padded - c.N[d]) / 2;    /* nnU-Net pad_nd_image: below = diff // 2 */
+        ns[d] = sp_window_steps(padded, c.P[d], wp->step, steps[d], 512);
+    }
+    c.slab = c.N[1] * c.N[2];
+    int B = wp->tile_batch > 0 ? wp->tile_batch : 1;
+    size_t psz = (size_t)(c.P[0] * c.P[1] * c.P[2]);
+    int ntiles = ns[0] * ns[1] * ns[2];
+    tile *tiles = malloc((size_t)ntiles * sizeof *tiles);
+    c.gauss = sp_gaussian_map(c.P, wp->sigma_scale);
+    c.in = malloc((size_t)B * psz * sizeof(float));
+    c.out = malloc((size_t)B * (size_t)c.C * psz * sizeof(float));
+    c.acc = calloc((size_t)c.C * (size_t)c.P[0] * (size_t)c.slab, sizeof(float));
+    if (!tiles || !c.gauss || !c.in || !c.out || !c.acc) {
+        st = sp_fail(SP_ERR_NOMEM, "sliding window: cannot allocate buffers (%d classes, "
+                     "ring %lldx%lldx%lld)", c.C, (long long)c.P[0], (long long)c.N[1], (long long)c.N[2]);
+        goto done;
+    }
+    int nt = 0;
+    for (int a = 0; a < ns[0]; a++)
+        for (int b = 0; b < ns[1]; b++)
+            for (int k = 0; k < ns[2]; k++, nt++) {
+                tiles[nt].s[0] = steps[0][a];
+                tiles[nt].s[1] = steps[1][b];
+                tiles[nt].s[2] = steps[2][k];
+            }
+    int64_t finished = 0;   /* rows of dim 0 (network coords) already final */
+    for (int i = 0; i < ntiles;) {
+        /* a batch never crosses a dim-0 step: the ring holds one window */
+        int nb = 0;
+        while (nb < B && i + nb < ntiles && tiles[i + nb].s[0] == tiles[i].s[0])
+            nb++;
+        double t0 = sp_now();
+        /* rows before this window's first row are final */
+        finish(&c, finished, tiles[i].s[0] - c.pad[0], pool);
+        if (tiles[i].s[0] - c.pad[0] > finished)
+            finished = tiles[i].s[0] - c.pad[0];
+        c.batch = &tiles[i];
+        c.nb = nb;
+        sp_pool_for(pool, (int64_t)nb * c.P[0] * c.P[1], 8, gather_rows, &c);
+        double t1 = sp_now();
+        sp_tensor in = {SP_DT_F32, 5, {nb, 1, c.P[0], c.P[1], c.P[2]}, c.in};
+        sp_tensor out = {SP_DT_F32, 5, {nb, c.C, c.P[0], c.P[1], c.P[2]}, c.out};
+        st = sp_model_run(m, &in, 1, &out, 1);
+        double t2 = sp_now();
+        if (st)
+            goto done;
+        sp_pool_for(pool, (int64_t)c.C * c.P[0], 1, accum_rows, &c);
+        double t3 = sp_now();
+        sp_timings_add(t, "window", (t1 - t0) + (t3 - t2));
+        sp_timings_add(t, "inference", t2 - t1);
+        i += nb;
+        if (progress)
+            progress("inference", i, ntiles, progress_user);
+    }
+    {
+        double t0 = sp_now();
+        finish(&c, finished, c.N[0], pool);
+        sp_timings_add(t, "window", sp_now() - t0);
+    }
+done:
+    free(tiles);
+    free((void *)c.gauss);
+    free(c.in);
+    free(c.out);
+    free(c.acc);
+    return st;
+}

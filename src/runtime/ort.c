@@ -1,0 +1,553 @@
+/*
+ * ort.c — the ONNX Runtime layer: one process-wide OrtEnv, a model manager
+ * and tensor I/O.
+ *
+ * The manager keeps one OrtSession per model path, reference counted: every
+ * caller and thread gets the same session (OrtApi::Run is thread-safe), so a
+ * model is loaded once per process whatever the number of users. Sessions
+ * use intra-op threads = cores by default, graph optimisation "all" and
+ * sequential execution. With cache_optimized, the optimised graph is saved
+ * beside the model as `<model>.opt.ort` and loaded from there next time.
+ *
+ * Execution providers: "cpu" always; "cuda"/"tensorrt" when the loaded ONNX
+ * Runtime lists them, or, for CUDA, as a plugin library named by the
+ * SEGPIPE_ORT_CUDA_EP environment variable (see docs/gpu.md). Any other
+ * request is refused with the list of what the loaded ORT offers.
+ */
+#include "runtime.h"
+
+#include <dlfcn.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+const OrtApi *sp_ort;
+
+struct sp_model {
+    sp_runtime *rt;
+    char path[PATH_MAX];
+    OrtSession *session;
+    int refs;
+    int n_in, n_out;
+    sp_io_info *in, *out;
+    const char **in_names, **out_names;
+    double load_seconds;
+    atomic_ullong runs;
+    sp_model *next;
+};
+
+struct sp_runtime {
+    OrtEnv *env;
+    sp_runtime_params p;
+    char device[16];
+    pthread_mutex_t mu;
+    sp_model *models;
+    OrtMemoryInfo *cpu_mem;
+    int cuda_plugin;
+};
+
+/* Turn an OrtStatus into an sp_status with ORT's message (releases it). */
+sp_status sp_ort_check(OrtStatus *s, sp_status code, const char *what)
+{
+    if (!s)
+        return SP_OK;
+    sp_status st = sp_fail(code, "%s: %s", what, sp_ort->GetErrorMessage(s));
+    sp_ort->ReleaseStatus(s);
+    return st;
+}
+
+/* For ORT calls whose failure leaves nothing to do (cleanup, best effort). */
+static void ort_ignore(OrtStatus *s)
+{
+    if (s)
+        sp_ort->ReleaseStatus(s);
+}
+
+static sp_status ort_init(void)
+{
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&mu);
+    if (!sp_ort) {
+        const OrtApiBase *base = OrtGetApiBase();
+        sp_ort = base ? base->GetApi(ORT_API_VERSION) : NULL;
+    }
+    pthread_mutex_unlock(&mu);
+    if (!sp_ort)
+        return sp_fail(SP_ERR_RUNTIME, "the loaded ONNX Runtime (%s) does not provide C API version %d",
+                       OrtGetApiBase() ? OrtGetApiBase()->GetVersionString() : "?", ORT_API_VERSION);
+    return SP_OK;
+}
+
+const char *sp_ort_version(void)
+{
+    return OrtGetApiBase()->GetVersionString();
+}
+
+sp_status sp_ort_providers(char *buf, size_t cap)
+{
+    char **names;
+    int n;
+    sp_status st = ort_init();
+    if (st)
+        return st;
+    if ((st = sp_ort_check(sp_ort->GetAvailableProviders(&names, &n), SP_ERR_RUNTIME,
+                           "GetAvailableProviders")))
+        return st;
+    size_t len = 0;
+    if (cap)
+        buf[0] = 0;
+    for (int i = 0; i < n; i++) {
+        int w = snprintf(buf + len, cap > len ? cap - len : 0, "%s%s", i ? "," : "", names[i]);
+        if (w > 0)
+            len += (size_t)w;
+    }
+    ort_ignore(sp_ort->ReleaseAvailableProviders(names, n));
+    return SP_OK;
+}
+
+sp_runtime_params sp_runtime_default_params(void)
+{
+    sp_runtime_params p = {0};
+    p.device = "cpu";
+    return p;
+}
+
+sp_status sp_runtime_create(const sp_runtime_params *p, sp_runtime **out)
+{
+    sp_status st = ort_init();
+    *out = NULL;
+    if (st)
+        return st;
+    sp_runtime *rt = calloc(1, sizeof *rt);
+    if (!rt)
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    rt->p = p ? *p : sp_runtime_default_params();
+    snprintf(rt->device, sizeof rt->device, "%s", rt->p.device ? rt->p.device : "cpu");
+    rt->p.device = rt->device;
+    if (rt->p.threads <= 0)
+        rt->p.threads = sp_num_cores();
+    if (rt->p.inter_threads <= 0)
+        rt->p.inter_threads = 1;
+    pthread_mutex_init(&rt->mu, NULL);
+    if ((st = sp_ort_check(sp_ort->CreateEnv(ORT_LOGGING_LEVEL_ERROR, "segpipe", &rt->env),
+                           SP_ERR_RUNTIME, "CreateEnv")) ||
+        (st = sp_ort_check(sp_ort->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault,
+                                                       &rt->cpu_mem),
+                           SP_ERR_RUNTIME, "CreateCpuMemoryInfo"))) {
+        sp_runtime_free(rt);
+        return st;
+    }
+    /* Validate the device now, so a bad --device fails before any work. */
+    if (strcmp(rt->device, "cpu") != 0) {
+        char avail[512];
+        const char *want = strcmp(rt->device, "cuda") == 0 ? "CUDAExecutionProvider"
+                         : strcmp(rt->device, "tensorrt") == 0 ? "TensorrtExecutionProvider" : NULL;
+        if (!want) {
+            sp_runtime_free(rt);
+            return sp_fail(SP_ERR_USAGE, "unknown device '%s' (use cpu, cuda or tensorrt)", p->device);
+        }
+        if (sp_ort_providers(avail, sizeof avail) != SP_OK)
+            snprintf(avail, sizeof avail, "?");
+        if (!strstr(avail, want)) {
+            const char *lib = getenv("SEGPIPE_ORT_CUDA_EP");
+            if (strcmp(rt->device, "cuda") == 0 && lib && *lib) {
+                /* plugin EP (docs/gpu.md): providers_shared first, then register */
+                char shared[PATH_MAX];
+                const char *slash = strrchr(lib, '/');
+                snprintf(shared, sizeof shared, "%.*slibonnxruntime_providers_shared.so",
+                         slash ? (int)(slash - lib + 1) : 0, lib);
+                if (!dlopen(shared, RTLD_NOW | RTLD_GLOBAL))
+                    SP_WARN("cannot preload %s: %s", shared, dlerror());
+                st = sp_ort_check(sp_ort->RegisterExecutionProviderLibrary(rt->env, "cuda", lib),
+                                  SP_ERR_RUNTIME, "registering the CUDA execution provider");
+                if (st) {
+                    sp_runtime_free(rt);
+                    return st;
+                }
+                rt->cuda_plugin = 1;
+            } else {
+                sp_runtime_free(rt);
+                return sp_fail(SP_ERR_USAGE,
+                               "device '%s' needs %s, which this ONNX Runtime (%s) does not offer; "
+                               "available: %s%s", rt->device, want, sp_ort_version(), avail,
+                               strcmp(rt->device, "cuda") == 0
+                                   ? " (set SEGPIPE_ORT_CUDA_EP to a CUDA provider plugin, see docs/gpu.md)" : "");
+            }
+        }
+    }
+    *out = rt;
+    return SP_OK;
+}
+
+static void model_destroy(sp_model *m)
+{
+    if (m->session)
+        sp_ort->ReleaseSession(m->session);
+    free(m->in);
+    free(m->out);
+    free(m->in_names);
+    free(m->out_names);
+    free(m);
+}
+
+void sp_runtime_free(sp_runtime *rt)
+{
+    if (!rt)
+        return;
+    for (sp_model *m = rt->models, *nx; m; m = nx) {
+        nx = m->next;
+        model_destroy(m);
+    }
+    if (rt->cpu_mem)
+        sp_ort->ReleaseMemoryInfo(rt->cpu_mem);
+    if (rt->env)
+        sp_ort->ReleaseEnv(rt->env);
+    pthread_mutex_destroy(&rt->mu);
+    free(rt);
+}
+
+static sp_dtype from_ort(ONNXTensorElementDataType t)
+{
+    switch (t) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return SP_DT_F32;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return SP_DT_F64;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return SP_DT_U8;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8: return SP_DT_I8;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16: return SP_DT_U16;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16: return SP_DT_I16;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT32: return SP_DT_U32;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return SP_DT_I32;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return SP_DT_I64;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return SP_DT_F16;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL: return SP_DT_BOOL;
+    default: return SP_DT_UNKNOWN;
+    }
+}
+
+static ONNXTensorElementDataType to_ort(sp_dtype t)
+{
+    switch (t) {
+    case SP_DT_F32: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    case SP_DT_F64: return ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE;
+    case SP_DT_U8: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+    case SP_DT_I8: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
+    case SP_DT_U16: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16;
+    case SP_DT_I16: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16;
+    case SP_DT_U32: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT32;
+    case SP_DT_I32: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+    case SP_DT_I64: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+    case SP_DT_F16: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+    case SP_DT_BOOL: return ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL;
+    default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+    }
+}
+
+const char *sp_dtype_str(sp_dtype t)
+{
+    static const char *n[] = {"unknown", "float32", "float64", "uint8", "int8", "uint16",
+                              "int16", "uint32", "int32", "int64", "float16", "bool"};
+    return (unsigned)t < sizeof n / sizeof *n ? n[t] : "unknown";
+}
+
+size_t sp_dtype_size(sp_dtype t)
+{
+    static const size_t s[] = {0, 4, 8, 1, 1, 2, 2, 4, 4, 8, 2, 1};
+    return (unsigned)t < sizeof s / sizeof *s ? s[t] : 0;
+}
+
+static sp_status describe(OrtTypeInfo *ti, sp_io_info *io)
+{
+    const OrtTensorTypeAndShapeInfo *tsi;
+    ONNXTensorElementDataType et;
+    size_t nd;
+    sp_status st;
+    if ((st = sp_ort_check(sp_ort->CastTypeInfoToTensorInfo(ti, &tsi), SP_ERR_MODEL, "type info")))
+        return st;
+    if (!tsi)
+        return sp_fail(SP_ERR_MODEL, "input/output '%s' is not a tensor", io->name);
+    if ((st = sp_ort_check(sp_ort->GetTensorElementType(tsi, &et), SP_ERR_MODEL, "element type")) ||
+        (st = sp_ort_check(sp_ort->GetDimensionsCount(tsi, &nd), SP_ERR_MODEL, "rank")))
+        return st;
+    if (nd > SP_MAX_RANK)
+        return sp_fail(SP_ERR_MODEL, "'%s' has rank %zu (max %d)", io->name, nd, SP_MAX_RANK);
+    io->meta.dtype = from_ort(et);
+    io->meta.rank = (int)nd;
+    return sp_ort_check(sp_ort->GetDimensions(tsi, io->meta.shape, nd), SP_ERR_MODEL, "dims");
+}
+
+static sp_status introspect(sp_model *m)
+{
+    OrtAllocator *al;
+    size_t n;
+    sp_status st;
+    if ((st = sp_ort_check(sp_ort->GetAllocatorWithDefaultOptions(&al), SP_ERR_RUNTIME, "allocator")))
+        return st;
+    for (int pass = 0; pass < 2; pass++) {
+        OrtStatus *s = pass == 0 ? sp_ort->SessionGetInputCount(m->session, &n)
+                                 : sp_ort->SessionGetOutputCount(m->session, &n);
+        if ((st = sp_ort_check(s, SP_ERR_MODEL, "io count")))
+            return st;
+        sp_io_info *io = calloc(n ? n : 1, sizeof *io);
+        const char **names = calloc(n ? n : 1, sizeof *names);
+        if (!io || !names) {
+            free(io);
+            free(names);
+            return sp_fail(SP_ERR_NOMEM, "out of memory");
+        }
+        if (pass == 0) {
+            m->in = io, m->n_in = (int)n, m->in_names = names;
+        } else {
+            m->out = io, m->n_out = (int)n, m->out_names = names;
+        }
+        for (size_t i = 0; i < n; i++) {
+            char *name;
+            OrtTypeInfo *ti;
+            s = pass == 0 ? sp_ort->SessionGetInputName(m->session, i, al, &name)
+                          : sp_ort->SessionGetOutputName(m->session, i, al, &name);
+            if ((st = sp_ort_check(s, SP_ERR_MODEL, "io name")))
+                return st;
+            snprintf(io[i].name, sizeof io[i].name, "%s", name);
+            ort_ignore(sp_ort->AllocatorFree(al, name));
+            names[i] = io[i].name;
+            s = pass == 0 ? sp_ort->SessionGetInputTypeInfo(m->session, i, &ti)
+                          : sp_ort->SessionGetOutputTypeInfo(m->session, i, &ti);
+            if ((st = sp_ort_check(s, SP_ERR_MODEL, "io type")))
+                return st;
+            st = describe(ti, &io[i]);
+            sp_ort->ReleaseTypeInfo(ti);
+            if (st)
+                return st;
+        }
+    }
+    return SP_OK;
+}
+
+static sp_status make_options(sp_runtime *rt, const char *opt_path, OrtSessionOptions **out)
+{
+    OrtSessionOptions *so;
+    sp_status st;
+    if ((st = sp_ort_check(sp_ort->CreateSessionOptions(&so), SP_ERR_RUNTIME, "session options")))
+        return st;
+    OrtStatus *s = NULL;
+    if (!s) s = sp_ort->SetIntraOpNumThreads(so, rt->p.threads);
+    if (!s) s = sp_ort->SetInterOpNumThreads(so, rt->p.inter_threads);
+    if (!s) s = sp_ort->SetSessionGraphOptimizationLevel(so, ORT_ENABLE_ALL);
+    if (!s) s = sp_ort->SetSessionExecutionMode(so, ORT_SEQUENTIAL);
+    if (!s && opt_path) s = sp_ort->SetOptimizedModelFilePath(so, opt_path);
+    if (!s && strcmp(rt->device, "cpu") != 0) {
+        if (rt->cuda_plugin) {
+            const OrtEpDevice *const *devs;
+            size_t nd;
+            s = sp_ort->GetEpDevices(rt->env, &devs, &nd);
+            const OrtEpDevice *pick = NULL;
+            for (size_t i = 0; !s && i < nd; i++)
+                if (strcmp(sp_ort->EpDevice_EpName(devs[i]), "CUDAExecutionProvider") == 0)
+                    pick = devs[i];
+            if (!s && !pick) {
+                sp_ort->ReleaseSessionOptions(so);
+                return sp_fail(SP_ERR_RUNTIME, "the CUDA provider plugin found no CUDA device");
+            }
+            if (!s)
+                s = sp_ort->SessionOptionsAppendExecutionProvider_V2(so, rt->env, &pick, 1, NULL, NULL, 0);
+        } else {
+            const char *name = strcmp(rt->device, "cuda") == 0 ? "CUDA" : "TensorRT";
+            s = sp_ort->SessionOptionsAppendExecutionProvider(so, name, NULL, NULL, 0);
+        }
+    }
+    if ((st = sp_ort_check(s, SP_ERR_RUNTIME, "session options"))) {
+        sp_ort->ReleaseSessionOptions(so);
+        return st;
+    }
+    *out = so;
+    return SP_OK;
+}
+
+static int newer(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_mtime >= sb.st_mtime;
+}
+
+sp_status sp_model_load(sp_runtime *rt, const char *path, sp_model **out)
+{
+    char real[PATH_MAX];
+    sp_status st;
+    *out = NULL;
+    if (!realpath(path, real))
+        return sp_fail(SP_ERR_MODEL, "%s: model file not found", path);
+    pthread_mutex_lock(&rt->mu);
+    for (sp_model *m = rt->models; m; m = m->next) {
+        if (strcmp(m->path, real) == 0) {
+            m->refs++;
+            pthread_mutex_unlock(&rt->mu);
+            *out = m;
+            return SP_OK;
+        }
+    }
+    sp_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        pthread_mutex_unlock(&rt->mu);
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    }
+    m->rt = rt;
+    m->refs = 1;
+    snprintf(m->path, sizeof m->path, "%s", real);
+    char opt[PATH_MAX + 16];
+    snprintf(opt, sizeof opt, "%s.opt.ort", real);
+    int use_cache = rt->p.cache_optimized && strcmp(rt->device, "cpu") == 0;
+    int from_cache = use_cache && newer(opt, real);
+    OrtSessionOptions *so = NULL;
+    double t0 = sp_now();
+    st = make_options(rt, use_cache && !from_cache ? opt : NULL, &so);
+    if (!st) {
+        st = sp_ort_check(sp_ort->CreateSession(rt->env, from_cache ? opt : real, so, &m->session),
+                          SP_ERR_MODEL, real);
+        sp_ort->ReleaseSessionOptions(so);
+    }
+    m->load_seconds = sp_now() - t0;
+    if (!st)
+        st = introspect(m);
+    if (st) {
+        model_destroy(m);
+        pthread_mutex_unlock(&rt->mu);
+        return st;
+    }
+    SP_INFO("loaded %s in %.3f s%s", real, m->load_seconds, from_cache ? " (optimised cache)" : "");
+    m->next = rt->models;
+    rt->models = m;
+    pthread_mutex_unlock(&rt->mu);
+    *out = m;
+    return SP_OK;
+}
+
+void sp_model_release(sp_model *m)
+{
+    if (!m)
+        return;
+    sp_runtime *rt = m->rt;
+    pthread_mutex_lock(&rt->mu);
+    if (--m->refs == 0) {
+        sp_model **pp = &rt->models;
+        while (*pp && *pp != m)
+            pp = &(*pp)->next;
+        if (*pp)
+            *pp = m->next;
+        model_destroy(m);
+    }
+    pthread_mutex_unlock(&rt->mu);
+}
+
+const sp_io_info *sp_model_inputs(const sp_model *m, int *n) { *n = m->n_in; return m->in; }
+const sp_io_info *sp_model_outputs(const sp_model *m, int *n) { *n = m->n_out; return m->out; }
+double sp_model_load_seconds(const sp_model *m) { return m->load_seconds; }
+uint64_t sp_model_run_count(const sp_model *m) { return atomic_load(&m->runs); }
+
+static size_t numel(const sp_tensor *t)
+{
+    size_t n = 1;
+    for (int i = 0; i < t->rank; i++)
+        n *= (size_t)t->shape[i];
+    return n;
+}
+
+static void shape_str(const int64_t *s, int r, char *buf, size_t cap)
+{
+    size_t len = 0;
+    buf[0] = 0;
+    for (int i = 0; i < r && len < cap; i++)
+        len += (size_t)snprintf(buf + len, cap - len, "%s%lld", i ? "x" : "", (long long)s[i]);
+}
+
+sp_status sp_model_run(sp_model *m, const sp_tensor *inputs, int n_in,
+                       sp_tensor *outputs, int n_out)
+{
+    OrtValue *iv[SP_MAX_RANK] = {0}, *ov[SP_MAX_RANK] = {0};
+    sp_status st = SP_OK;
+    if (n_in != m->n_in)
+        return sp_fail(SP_ERR_USAGE, "model takes %d input(s), %d given", m->n_in, n_in);
+    if (n_out < 1 || n_out > m->n_out || n_in > SP_MAX_RANK || n_out > SP_MAX_RANK)
+        return sp_fail(SP_ERR_USAGE, "bad output count %d (model has %d)", n_out, m->n_out);
+    for (int i = 0; i < n_in; i++) {
+        const sp_io_info *want = &m->in[i];
+        const sp_tensor *t = &inputs[i];
+        char a[128], b[128];
+        if (t->dtype != want->meta.dtype)
+            return sp_fail(SP_ERR_INPUT, "input '%s' must be %s, got %s", want->name,
+                           sp_dtype_str(want->meta.dtype), sp_dtype_str(t->dtype));
+        int bad = t->rank != want->meta.rank;
+        for (int d = 0; !bad && d < t->rank; d++)
+            bad = t->shape[d] <= 0 || (want->meta.shape[d] > 0 && want->meta.shape[d] != t->shape[d]);
+        if (bad) {
+            shape_str(want->meta.shape, want->meta.rank, a, sizeof a);
+            shape_str(t->shape, t->rank, b, sizeof b);
+            return sp_fail(SP_ERR_INPUT, "input '%s' must have shape %s (-1 = any), got %s",
+                           want->name, a, b);
+        }
+        if (!t->data)
+            return sp_fail(SP_ERR_USAGE, "input '%s' has no data", want->name);
+    }
+    for (int i = 0; i < n_in && !st; i++)
+        st = sp_ort_check(sp_ort->CreateTensorWithDataAsOrtValue(
+                              m->rt->cpu_mem, inputs[i].data, numel(&inputs[i]) * sp_dtype_size(inputs[i].dtype),
+                              inputs[i].shape, (size_t)inputs[i].rank, to_ort(inputs[i].dtype), &iv[i]),
+                          SP_ERR_RUNTIME, "input tensor");
+    /* Caller-provided output buffers are bound directly (no copy). */
+    for (int j = 0; j < n_out && !st; j++)
+        if (outputs[j].data)
+            st = sp_ort_check(sp_ort->CreateTensorWithDataAsOrtValue(
+                                  m->rt->cpu_mem, outputs[j].data,
+                                  numel(&outputs[j]) * sp_dtype_size(outputs[j].dtype), outputs[j].shape,
+                                  (size_t)outputs[j].rank, to_ort(outputs[j].dtype), &ov[j]),
+                              SP_ERR_RUNTIME, "output tensor");
+    if (!st)
+        st = sp_ort_check(sp_ort->Run(m->session, NULL, m->in_names, (const OrtValue *const *)iv,
+                                      (size_t)n_in, m->out_names, (size_t)n_out, ov),
+                          SP_ERR_RUNTIME, "inference");
+    for (int j = 0; j < n_out && !st; j++) {
+        if (outputs[j].data)
+            continue;
+        OrtTensorTypeAndShapeInfo *tsi;
+        ONNXTensorElementDataType et;
+        size_t nd;
+        void *src;
+        if ((st = sp_ort_check(sp_ort->GetTensorTypeAndShape(ov[j], &tsi), SP_ERR_RUNTIME, "output")))
+            break;
+        ort_ignore(sp_ort->GetTensorElementType(tsi, &et));
+        ort_ignore(sp_ort->GetDimensionsCount(tsi, &nd));
+        if (nd > SP_MAX_RANK)
+            nd = SP_MAX_RANK;
+        outputs[j].dtype = from_ort(et);
+        outputs[j].rank = (int)nd;
+        ort_ignore(sp_ort->GetDimensions(tsi, outputs[j].shape, nd));
+        sp_ort->ReleaseTensorTypeAndShapeInfo(tsi);
+        size_t bytes = numel(&outputs[j]) * sp_dtype_size(outputs[j].dtype);
+        if ((st = sp_ort_check(sp_ort->GetTensorMutableData(ov[j], &src), SP_ERR_RUNTIME, "output")))
+            break;
+        outputs[j].data = malloc(bytes ? bytes : 1);
+        if (!outputs[j].data) {
+            st = sp_fail(SP_ERR_NOMEM, "cannot allocate %zu bytes for output '%s'", bytes, m->out[j].name);
+            break;
+        }
+        memcpy(outputs[j].data, src, bytes);
+    }
+    for (int i = 0; i < SP_MAX_RANK; i++) {
+        if (iv[i])
+            sp_ort->ReleaseValue(iv[i]);
+        if (ov[i])
+            sp_ort->ReleaseValue(ov[i]);
+    }
+    if (!st)
+        atomic_fetch_add(&m->runs, 1);
+    return st;
+}
+
+void sp_tensor_free_data(sp_tensor *t)
+{
+    if (t) {
+        free(t->data);
+        t->data = NULL;
+    }
+}

@@ -1,0 +1,303 @@
+/*
+ * package.c — model packages: a folder with model.onnx and segpipe.json.
+ *
+ * The manifest (docs/model-format.md) is parsed with cJSON, every field
+ * checked for type and range, then the ONNX model is loaded through the
+ * model manager and its inputs and outputs are checked against the manifest
+ * (channels, classes, spatial rank, dtypes, fixed patch dims) before the
+ * first run. Errors name the file and the field.
+ */
+#include "package.h"
+
+#include <cjson/cJSON.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef SP_DEFAULT_MODEL_DIR
+#define SP_DEFAULT_MODEL_DIR "models/demo-ct"
+#endif
+
+const char *sp_default_model_dir(void)
+{
+    const char *e = getenv("SEGPIPE_MODEL");
+    return e && *e ? e : SP_DEFAULT_MODEL_DIR;
+}
+
+static sp_status num_array(const cJSON *o, const char *key, double *out, int n,
+                           const char *file, int positive)
+{
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != n)
+        return sp_fail(SP_ERR_MODEL, "%s: \"%s\" must be an array of %d numbers", file, key, n);
+    for (int i = 0; i < n; i++) {
+        const cJSON *v = cJSON_GetArrayItem(a, i);
+        if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || (positive && v->valuedouble <= 0))
+            return sp_fail(SP_ERR_MODEL, "%s: \"%s\"[%d] must be a %snumber", file, key, i,
+                           positive ? "positive " : "");
+        out[i] = v->valuedouble;
+    }
+    return SP_OK;
+}
+
+static double num_or(const cJSON *o, const char *key, double dflt)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : dflt;
+}
+
+static const char *str_or(const cJSON *o, const char *key, const char *dflt)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? v->valuestring : dflt;
+}
+
+sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf)
+{
+    sp_status st = SP_OK;
+    memset(mf, 0, sizeof *mf);
+    cJSON *j = cJSON_Parse(text);
+    if (!j)
+        return sp_fail(SP_ERR_MODEL, "%s: not valid JSON (near \"%.20s\")", file,
+                       cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() : "");
+    if (!cJSON_IsObject(j)) {
+        st = sp_fail(SP_ERR_MODEL, "%s: the manifest must be a JSON object", file);
+        goto out;
+    }
+    if (strcmp(str_or(j, "format", ""), "segpipe-model") != 0) {
+        st = sp_fail(SP_ERR_MODEL, "%s: \"format\" must be \"segpipe-model\"", file);
+        goto out;
+    }
+    mf->version = (int)num_or(j, "version", 0);
+    if (mf->version != 1) {
+        st = sp_fail(SP_ERR_MODEL, "%s: manifest version %d is not supported (this segpipe reads 1)",
+                     file, mf->version);
+        goto out;
+    }
+    snprintf(mf->name, sizeof mf->name, "%s", str_or(j, "name", "unnamed"));
+    snprintf(mf->task, sizeof mf->task, "%s", str_or(j, "task", "ct"));
+    snprintf(mf->onnx, sizeof mf->onnx, "%s", str_or(j, "onnx", "model.onnx"));
+    if (strchr(mf->onnx, '/')) {
+        st = sp_fail(SP_ERR_MODEL, "%s: \"onnx\" must be a file name inside the package", file);
+        goto out;
+    }
+    const cJSON *in = cJSON_GetObjectItemCaseSensitive(j, "input");
+    const cJSON *outp = cJSON_GetObjectItemCaseSensitive(j, "output");
+    snprintf(mf->input_name, sizeof mf->input_name, "%s", str_or(in, "name", ""));
+    snprintf(mf->output_name, sizeof mf->output_name, "%s", str_or(outp, "name", ""));
+    mf->channels = (int)num_or(in, "channels", 1);
+    if (mf->channels != 1) {
+        st = sp_fail(SP_ERR_MODEL, "%s: input.channels is %d; the CT pipeline feeds 1 channel", file,
+                     mf->channels);
+        goto out;
+    }
+    double v[3];
+    if ((st = num_array(j, "spacing", mf->spacing, 3, file, 1)) ||
+        (st = num_array(j, "patch_size", v, 3, file, 1)))
+        goto out;
+    for (int i = 0; i < 3; i++) {
+        if (v[i] != floor(v[i]) || v[i] > 4096) {
+            st = sp_fail(SP_ERR_MODEL, "%s: patch_size[%d] must be an integer <= 4096", file, i);
+            goto out;
+        }
+        mf->patch[i] = (int64_t)v[i];
+    }
+    if ((st = num_array(j, "axes", v, 3, file, 0)))
+        goto out;
+    int seen = 0;
+    for (int i = 0; i < 3; i++) {
+        if (v[i] != 0 && v[i] != 1 && v[i] != 2) {
+            st = sp_fail(SP_ERR_MODEL, "%s: axes must be a permutation of [0, 1, 2]", file);
+            goto out;
+        }
+        mf->axes[i] = (int)v[i];
+        seen |= 1 << mf->axes[i];
+    }
+    if (seen != 7) {
+        st = sp_fail(SP_ERR_MODEL, "%s: axes must be a permutation of [0, 1, 2]", file);
+        goto out;
+    }
+    const cJSON *nm = cJSON_GetObjectItemCaseSensitive(j, "normalization");
+    const char *scheme = str_or(nm, "scheme", "");
+    if (strcmp(scheme, "ct") == 0) {
+        mf->norm.scheme = SP_NORM_CT;
+        const char *k[4] = {"lo", "hi", "mean", "std"};
+        double *dst[4] = {&mf->norm.lo, &mf->norm.hi, &mf->norm.mean, &mf->norm.std};
+        for (int i = 0; i < 4; i++) {
+            const cJSON *x = cJSON_GetObjectItemCaseSensitive(nm, k[i]);
+            if (!cJSON_IsNumber(x)) {
+                st = sp_fail(SP_ERR_MODEL, "%s: normalization \"ct\" needs number \"%s\"", file, k[i]);
+                goto out;
+            }
+            *dst[i] = x->valuedouble;
+        }
+        if (!(mf->norm.lo < mf->norm.hi) || !(mf->norm.std > 0)) {
+            st = sp_fail(SP_ERR_MODEL, "%s: normalization needs lo < hi and std > 0", file);
+            goto out;
+        }
+    } else if (strcmp(scheme, "zscore") == 0) {
+        mf->norm.scheme = SP_NORM_ZSCORE;
+    } else if (strcmp(scheme, "none") == 0) {
+        mf->norm.scheme = SP_NORM_NONE;
+    } else {
+        st = sp_fail(SP_ERR_MODEL, "%s: normalization.scheme must be \"ct\", \"zscore\" or \"none\"", file);
+        goto out;
+    }
+    const cJSON *sw = cJSON_GetObjectItemCaseSensitive(j, "sliding_window");
+    mf->step = num_or(sw, "step", 0.5);
+    mf->sigma_scale = num_or(sw, "sigma_scale", 0.125);
+    if (!(mf->step > 0 && mf->step <= 1) || !(mf->sigma_scale > 0 && mf->sigma_scale <= 1)) {
+        st = sp_fail(SP_ERR_MODEL, "%s: sliding_window.step and sigma_scale must be in (0, 1]", file);
+        goto out;
+    }
+    const cJSON *lab = cJSON_GetObjectItemCaseSensitive(j, "labels");
+    if (!cJSON_IsObject(lab) || cJSON_GetArraySize(lab) < 2) {
+        st = sp_fail(SP_ERR_MODEL, "%s: \"labels\" must map at least two indices to names", file);
+        goto out;
+    }
+    int maxi = -1;
+    for (const cJSON *e = lab->child; e; e = e->next) {
+        char *endp;
+        long idx = strtol(e->string, &endp, 10);
+        if (*endp || idx < 0 || idx > 65535 || !cJSON_IsString(e)) {
+            st = sp_fail(SP_ERR_MODEL, "%s: label key \"%s\" must be an index 0..65535 with a name",
+                         file, e->string);
+            goto out;
+        }
+        if (idx > maxi)
+            maxi = (int)idx;
+    }
+    mf->num_classes = maxi + 1;
+    mf->labels = calloc((size_t)mf->num_classes, sizeof *mf->labels);
+    if (!mf->labels) {
+        st = sp_fail(SP_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (const cJSON *e = lab->child; e; e = e->next) {
+        int idx = atoi(e->string);
+        free(mf->labels[idx]);
+        mf->labels[idx] = strdup(e->valuestring);
+    }
+    for (int i = 0; i < mf->num_classes; i++)
+        if (!mf->labels[i]) {
+            char b[32];
+            snprintf(b, sizeof b, "label_%d", i);
+            mf->labels[i] = strdup(b);
+        }
+out:
+    cJSON_Delete(j);
+    if (st)
+        sp_manifest_clear(mf);
+    return st;
+}
+
+void sp_manifest_clear(sp_manifest *mf)
+{
+    if (mf->labels)
+        for (int i = 0; i < mf->num_classes; i++)
+            free(mf->labels[i]);
+    free(mf->labels);
+    mf->labels = NULL;
+}
+
+sp_status sp_manifest_check_model(const sp_manifest *mf, const sp_model *m, const char *dir)
+{
+    int ni, no;
+    const sp_io_info *in = sp_model_inputs(m, &ni), *out = sp_model_outputs(m, &no);
+    if (ni != 1)
+        return sp_fail(SP_ERR_MODEL, "%s: the ONNX model has %d inputs; the CT pipeline needs 1", dir, ni);
+    if (no < 1)
+        return sp_fail(SP_ERR_MODEL, "%s: the ONNX model has no outputs", dir);
+    if (mf->input_name[0] && strcmp(mf->input_name, in[0].name) != 0)
+        return sp_fail(SP_ERR_MODEL, "%s: manifest input \"%s\" but the ONNX input is \"%s\"", dir,
+                       mf->input_name, in[0].name);
+    int oi = 0;
+    if (mf->output_name[0]) {
+        for (oi = 0; oi < no && strcmp(out[oi].name, mf->output_name) != 0; oi++)
+            ;
+        if (oi == no)
+            return sp_fail(SP_ERR_MODEL, "%s: manifest output \"%s\" is not an ONNX output", dir,
+                           mf->output_name);
+        if (oi != 0)
+            return sp_fail(SP_ERR_MODEL, "%s: the logits must be the model's first output", dir);
+    }
+    const sp_tensor *ti = &in[0].meta, *to = &out[oi].meta;
+    if (ti->dtype != SP_DT_F32 || to->dtype != SP_DT_F32)
+        return sp_fail(SP_ERR_MODEL, "%s: input and output must be float32 (got %s -> %s)", dir,
+                       sp_dtype_str(ti->dtype), sp_dtype_str(to->dtype));
+    if (ti->rank != 5 || to->rank != 5)
+        return sp_fail(SP_ERR_MODEL, "%s: a 3D model takes [N, C, D0, D1, D2] tensors; the ONNX "
+                       "input has rank %d and the output rank %d", dir, ti->rank, to->rank);
+    if (ti->shape[1] > 0 && ti->shape[1] != mf->channels)
+        return sp_fail(SP_ERR_MODEL, "%s: the ONNX input has %lld channels, the manifest says %d", dir,
+                       (long long)ti->shape[1], mf->channels);
+    if (to->shape[1] > 0 && to->shape[1] != mf->num_classes)
+        return sp_fail(SP_ERR_MODEL, "%s: the ONNX output has %lld classes but the manifest's label "
+                       "map has %d (indices 0..%d)", dir, (long long)to->shape[1], mf->num_classes,
+                       mf->num_classes - 1);
+    for (int d = 0; d < 3; d++)
+        if ((ti->shape[2 + d] > 0 && ti->shape[2 + d] != mf->patch[d]) ||
+            (to->shape[2 + d] > 0 && to->shape[2 + d] != mf->patch[d]))
+            return sp_fail(SP_ERR_MODEL, "%s: the ONNX model's spatial dim %d is fixed to %lld but "
+                           "patch_size[%d] is %lld", dir, d,
+                           (long long)(ti->shape[2 + d] > 0 ? ti->shape[2 + d] : to->shape[2 + d]), d,
+                           (long long)mf->patch[d]);
+    return SP_OK;
+}
+
+sp_status sp_package_load(sp_runtime *rt, const char *dir, sp_package **out)
+{
+    char path[PATH_MAX];
+    void *text;
+    size_t n;
+    sp_status st;
+    *out = NULL;
+    snprintf(path, sizeof path, "%s/segpipe.json", dir);
+    if ((st = sp_read_file(path, 16 << 20, &text, &n)))
+        return sp_fail_prefix(SP_ERR_MODEL, "model package %s", dir);
+    char *s = realloc(text, n + 1);
+    if (!s) {
+        free(text);
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    }
+    s[n] = 0;
+    sp_package *pk = calloc(1, sizeof *pk);
+    if (!pk) {
+        free(s);
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    }
+    pk->json = s;
+    snprintf(pk->dir, sizeof pk->dir, "%s", dir);
+    if ((st = sp_manifest_parse(s, path, &pk->mf))) {
+        sp_package_free(pk);
+        return st;
+    }
+    snprintf(path, sizeof path, "%s/%s", dir, pk->mf.onnx);
+    if ((st = sp_model_load(rt, path, &pk->model)) ||
+        (st = sp_manifest_check_model(&pk->mf, pk->model, dir))) {
+        sp_package_free(pk);
+        return st;
+    }
+    *out = pk;
+    return SP_OK;
+}
+
+void sp_package_free(sp_package *pk)
+{
+    if (!pk)
+        return;
+    sp_model_release(pk->model);
+    sp_manifest_clear(&pk->mf);
+    free(pk->json);
+    free(pk);
+}
+
+const char *sp_package_name(const sp_package *pk) { return pk->mf.name; }
+int sp_package_num_classes(const sp_package *pk) { return pk->mf.num_classes; }
+const char *sp_package_label(const sp_package *pk, int i)
+{
+    return i >= 0 && i < pk->mf.num_classes ? pk->mf.labels[i] : NULL;
+}
+const char *sp_package_manifest_json(const sp_package *pk) { return pk->json; }
+sp_model *sp_package_model(const sp_package *pk) { return pk->model; }

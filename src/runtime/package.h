@@ -1,0 +1,30 @@
+/* package.h — model package internals (manifest, see docs/model-format.md). */
+#ifndef SP_PACKAGE_H
+#define SP_PACKAGE_H
+#include "../pipeline/pipeline.h"
+#include <limits.h>
+
+typedef struct sp_manifest {
+    int version;
+    char name[64], task[16], onnx[128], input_name[64], output_name[64];
+    int channels;
+    double spacing[3];        /* mm, network axis order */
+    int64_t patch[3];         /* network axis order */
+    int axes[3];              /* network dim d <- canonical volume axis axes[d] */
+    sp_norm norm;
+    double step, sigma_scale;
+    int num_classes;
+    char **labels;            /* num_classes names */
+} sp_manifest;
+
+struct sp_package {
+    char dir[PATH_MAX];
+    char *json;
+    sp_manifest mf;
+    sp_model *model;
+};
+
+sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf);
+void sp_manifest_clear(sp_manifest *mf);
+sp_status sp_manifest_check_model(const sp_manifest *mf, const sp_model *m, const char *dir);
+#endif

@@ -1,0 +1,527 @@
+/*
+ * segpipe — the command-line front end, a thin layer over segpipe.h.
+ *
+ * Subcommands are registered in one table. Each parses its own options and
+ * maps the library's sp_status to the documented exit code:
+ *   0 ok, 2 usage, 3 input, 4 model, 5 runtime, 6 I/O, 7 out of memory.
+ */
+#include "segpipe.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#ifndef SP_BUILD_FLAGS
+#define SP_BUILD_FLAGS "unknown"
+#endif
+
+static int g_quiet, g_verbose;
+
+static int fail(sp_status st, const char *ctx)
+{
+    fprintf(stderr, "segpipe: %s%s%s\n", ctx ? ctx : "", ctx ? ": " : "", sp_last_error());
+    return sp_status_exit_code(st);
+}
+
+static int usage_error(const char *cmd, const char *msg)
+{
+    fprintf(stderr, "segpipe %s: %s (see 'segpipe %s --help')\n", cmd, msg, cmd);
+    return 2;
+}
+
+static void set_logging(void)
+{
+    sp_log_set_level(g_verbose ? SP_LOG_DEBUG : g_quiet ? SP_LOG_ERROR : SP_LOG_WARN);
+}
+
+static void print_timings(FILE *f, const sp_timings *t, double wall)
+{
+    double total = sp_timings_total(t);
+    fprintf(f, "%-14s %9s %7s\n", "stage", "seconds", "share");
+    for (int i = 0; i < t->n; i++)
+        fprintf(f, "%-14s %9.3f %6.1f%%\n", t->stage[i].name, t->stage[i].seconds,
+                total > 0 ? 100.0 * t->stage[i].seconds / total : 0);
+    fprintf(f, "%-14s %9.3f %6.1f%%\n", "total", total, 100.0);
+    if (wall > 0)
+        fprintf(f, "wall %.3f s, peak RSS %.1f MB\n", wall, (double)sp_peak_rss() / 1e6);
+}
+
+/* ------------------------------------------------------------- version */
+
+static int cmd_version(int argc, char **argv)
+{
+    char prov[512];
+    (void)argc;
+    (void)argv;
+    printf("segpipe %s\n", SP_VERSION_STRING);
+    printf("ONNX Runtime %s\n", sp_ort_version());
+    if (sp_ort_providers(prov, sizeof prov) == SP_OK)
+        printf("providers: %s\n", prov);
+    printf("build: %s\n", SP_BUILD_FLAGS);
+    printf("default model: %s\n", sp_default_model_dir());
+    return 0;
+}
+
+/* ------------------------------------------------------------------ ct */
+
+static void progress_cb(const char *stage, int done, int total, void *user)
+{
+    (void)user;
+    fprintf(stderr, "\r%s: tile %d of %d", stage, done, total);
+    if (done == total)
+        fputc('\n', stderr);
+    fflush(stderr);
+}
+
+static int write_text(const char *path, const char *text)
+{
+    sp_status st = sp_write_file_atomic(path, text, strlen(text));
+    return st ? fail(st, NULL) : 0;
+}
+
+static char *path_stem(const char *path)
+{
+    char *s = strdup(path);
+    size_t n = strlen(s);
+    if (n > 7 && strcmp(s + n - 7, ".nii.gz") == 0)
+        s[n - 7] = 0;
+    else if (n > 4 && strcmp(s + n - 4, ".nii") == 0)
+        s[n - 4] = 0;
+    return s;
+}
+
+static char *run_report(const char *input, const sp_volume *v, const char *model, int threads,
+                        const sp_timings *t, double wall)
+{
+    sp_volume_info vi;
+    sp_volume_get_info(v, &vi);
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "segpipe_version", SP_VERSION_STRING);
+    cJSON_AddStringToObject(j, "onnxruntime_version", sp_ort_version());
+    cJSON_AddStringToObject(j, "model", model);
+    cJSON_AddNumberToObject(j, "threads", threads);
+    cJSON *in = cJSON_AddObjectToObject(j, "input");
+    cJSON_AddStringToObject(in, "path", input);
+    double d[3] = {(double)vi.dim[0], (double)vi.dim[1], (double)vi.dim[2]};
+    cJSON_AddItemToObject(in, "shape", cJSON_CreateDoubleArray(d, 3));
+    cJSON_AddItemToObject(in, "spacing", cJSON_CreateDoubleArray(vi.spacing, 3));
+    cJSON_AddStringToObject(in, "orientation", vi.axcodes);
+    cJSON_AddStringToObject(in, "affine_source", vi.affine_source ? vi.affine_source : "");
+    cJSON_AddStringToObject(in, "dtype", sp_dtype_str(vi.file_dtype));
+    cJSON *st = cJSON_AddObjectToObject(j, "seconds");
+    for (int i = 0; i < t->n; i++)
+        cJSON_AddNumberToObject(st, t->stage[i].name, t->stage[i].seconds);
+    cJSON_AddNumberToObject(st, "total", sp_timings_total(t));
+    cJSON_AddNumberToObject(j, "wall_seconds", wall);
+    cJSON_AddNumberToObject(j, "peak_rss_bytes", (double)sp_peak_rss());
+    char *s = cJSON_Print(j);
+    cJSON_Delete(j);
+    return s;
+}
+
+static int cmd_ct(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"output", required_argument, 0, 'o'}, {"model", required_argument, 0, 'm'},
+        {"threads", required_argument, 0, 't'}, {"device", required_argument, 0, 'd'},
+        {"tile-batch", required_argument, 0, 'b'}, {"step", required_argument, 0, 's'},
+        {"split", no_argument, 0, 'S'}, {"smooth", no_argument, 0, 'M'},
+        {"largest-component", no_argument, 0, 'L'}, {"min-component-ml", required_argument, 0, 'n'},
+        {"report", required_argument, 0, 'r'}, {"no-passport", no_argument, 0, 'P'},
+        {"quiet", no_argument, 0, 'q'}, {"verbose", no_argument, 0, 'v'},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    const char *output = NULL, *model = sp_default_model_dir(), *report = NULL;
+    sp_runtime_params rp = sp_runtime_default_params();
+    sp_ct_params cp = sp_ct_default_params();
+    int split = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "o:m:t:qvh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'o': output = optarg; break;
+        case 'm': model = optarg; break;
+        case 't': rp.threads = cp.threads = atoi(optarg); break;
+        case 'd': rp.device = optarg; break;
+        case 'b': cp.tile_batch = atoi(optarg); break;
+        case 's': cp.step = atof(optarg); break;
+        case 'S': split = 1; break;
+        case 'M': return usage_error("ct", "--smooth is not implemented yet");
+        case 'L': cp.largest_component = 1; break;
+        case 'n': cp.min_component_ml = atof(optarg); break;
+        case 'r': report = optarg; break;
+        case 'P': cp.passport = 0; break;
+        case 'q': g_quiet = 1; break;
+        case 'v': g_verbose = 1; break;
+        case 'h':
+            printf("usage: segpipe ct INPUT.nii[.gz] -o OUTPUT [options]\n"
+                   "  -o, --output PATH        labels .nii.gz (with --split: a folder)\n"
+                   "  -m, --model DIR          model package (default: %s)\n"
+                   "  -t, --threads N          CPU threads (default: all cores)\n"
+                   "      --device cpu|cuda    execution provider\n"
+                   "      --tile-batch N       tiles per inference call (default 1)\n"
+                   "      --step F             sliding-window step (default: manifest, 0.5)\n"
+                   "      --split              one <class>.nii.gz per class in folder OUTPUT\n"
+                   "      --largest-component  keep the largest component of each label\n"
+                   "      --min-component-ml X remove components smaller than X ml\n"
+                   "      --report FILE        JSON run report\n"
+                   "      --no-passport        skip the passport\n"
+                   "  -q, --quiet / -v, --verbose\n"
+                   "Writes OUTPUT, and beside it <stem>.passport.json and <stem>.statistics.json\n"
+                   "(with --split: passport.json and statistics.json inside the folder).\n",
+                   sp_default_model_dir());
+            return 0;
+        default: return usage_error("ct", "unknown option");
+        }
+    }
+    if (optind != argc - 1)
+        return usage_error("ct", "expected one INPUT file");
+    if (!output)
+        return usage_error("ct", "missing -o OUTPUT");
+    if (cp.tile_batch < 1 || cp.tile_batch > 64 || rp.threads < 0 || cp.step < 0 || cp.step > 1)
+        return usage_error("ct", "bad --tile-batch, --threads or --step");
+    if (!split && !strstr(output, ".nii"))
+        return usage_error("ct", "OUTPUT must end in .nii or .nii.gz (or use --split)");
+    const char *input = argv[optind];
+    set_logging();
+    if (!g_quiet && isatty(2))
+        cp.progress = progress_cb;
+    double w0 = sp_now();
+    sp_runtime *rt = NULL;
+    sp_package *pk = NULL;
+    sp_volume *v = NULL;
+    sp_ct_result *res = NULL;
+    sp_timings tt = {0};
+    sp_status st;
+    int rc = 0;
+    double t0 = sp_now();
+    if ((st = sp_runtime_create(&rp, &rt)) || (st = sp_package_load(rt, model, &pk))) {
+        rc = fail(st, NULL);
+        goto out;
+    }
+    sp_timings_add(&tt, "load_model", sp_now() - t0);
+    t0 = sp_now();
+    if ((st = sp_volume_read(input, NULL, &v))) {
+        rc = fail(st, NULL);
+        goto out;
+    }
+    sp_timings_add(&tt, "read", sp_now() - t0);
+    if ((st = sp_ct_run(pk, v, &cp, &res))) {
+        rc = fail(st, input);
+        goto out;
+    }
+    const sp_timings *rt_t = sp_ct_result_timings(res);
+    for (int i = 0; i < rt_t->n; i++)
+        sp_timings_add(&tt, rt_t->stage[i].name, rt_t->stage[i].seconds);
+    t0 = sp_now();
+    char ppath[PATH_MAX], spath[PATH_MAX];
+    if (split) {
+        st = sp_labels_write_split(output, sp_ct_result_labels(res, NULL), v, pk);
+        snprintf(ppath, sizeof ppath, "%s/passport.json", output);
+        snprintf(spath, sizeof spath, "%s/statistics.json", output);
+    } else {
+        st = sp_labels_write(output, sp_ct_result_labels(res, NULL), v);
+        char *stem = path_stem(output);
+        snprintf(ppath, sizeof ppath, "%s.passport.json", stem);
+        snprintf(spath, sizeof spath, "%s.statistics.json", stem);
+        free(stem);
+    }
+    if (st) {
+        rc = fail(st, NULL);
+        goto out;
+    }
+    const sp_passport *ps = sp_ct_result_passport(res);
+    if (ps && ((rc = write_text(ppath, sp_passport_json(ps))) ||
+               (rc = write_text(spath, sp_passport_statistics_json(ps)))))
+        goto out;
+    sp_timings_add(&tt, "write", sp_now() - t0);
+    double wall = sp_now() - w0;
+    if (!g_quiet) {
+        if (ps)
+            printf("%s\n", sp_passport_table(ps));
+        print_timings(stdout, &tt, wall);
+        printf("labels: %s\n", output);
+        if (ps)
+            printf("passport: %s\nstatistics: %s\n", ppath, spath);
+    }
+    if (report) {
+        char *s = run_report(input, v, model, rp.threads ? rp.threads : (int)sysconf(_SC_NPROCESSORS_ONLN),
+                             &tt, wall);
+        rc = s ? write_text(report, s) : 7;
+        free(s);
+    }
+out:
+    sp_ct_result_free(res);
+    sp_volume_free(v);
+    sp_package_free(pk);
+    sp_runtime_free(rt);
+    return rc;
+}
+
+/* ------------------------------------------------------------ passport */
+
+/* Read a label map JSON {"1": "spleen", ...} into names[0..n). */
+static sp_status read_label_map(const char *path, char ***names, int *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return SP_ERR_IO;
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    if (len < 0 || len > (16 << 20)) {
+        fclose(f);
+        return SP_ERR_INPUT;
+    }
+    char *s = malloc((size_t)len + 1);
+    size_t got = s ? fread(s, 1, (size_t)len, f) : 0;
+    fclose(f);
+    if (!s || got != (size_t)len) {
+        free(s);
+        return SP_ERR_IO;
+    }
+    s[len] = 0;
+    cJSON *j = cJSON_Parse(s);
+    free(s);
+    if (!cJSON_IsObject(j)) {
+        cJSON_Delete(j);
+        return SP_ERR_INPUT;
+    }
+    int mx = 0;
+    for (cJSON *e = j->child; e; e = e->next) {
+        int k = atoi(e->string);
+        if (k < 0 || k > 65535 || !cJSON_IsString(e)) {
+            cJSON_Delete(j);
+            return SP_ERR_INPUT;
+        }
+        if (k > mx)
+            mx = k;
+    }
+    *n = mx + 1;
+    *names = calloc((size_t)*n, sizeof **names);
+    for (cJSON *e = j->child; e && *names; e = e->next)
+        (*names)[atoi(e->string)] = strdup(e->valuestring);
+    cJSON_Delete(j);
+    return *names ? SP_OK : SP_ERR_NOMEM;
+}
+
+static int cmd_passport(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"ct", required_argument, 0, 'c'}, {"labels", required_argument, 0, 'l'},
+        {"label-map", required_argument, 0, 'm'}, {"output", required_argument, 0, 'o'},
+        {"statistics", required_argument, 0, 's'}, {"keep-border", no_argument, 0, 'k'},
+        {"no-components", no_argument, 0, 'N'}, {"threads", required_argument, 0, 't'},
+        {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    const char *ctp = NULL, *labp = NULL, *mapp = NULL, *out = NULL, *stats = NULL;
+    sp_passport_params pp = sp_passport_default_params();
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "o:t:qh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': ctp = optarg; break;
+        case 'l': labp = optarg; break;
+        case 'm': mapp = optarg; break;
+        case 'o': out = optarg; break;
+        case 's': stats = optarg; break;
+        case 'k': pp.keep_border = 1; break;
+        case 'N': pp.components = 0; break;
+        case 't': pp.threads = atoi(optarg); break;
+        case 'q': g_quiet = 1; break;
+        case 'h':
+            printf("usage: segpipe passport --ct CT.nii.gz --labels LABELS.nii.gz [--label-map map.json]\n"
+                   "                        [-o passport.json] [--statistics statistics.json]\n"
+                   "                        [--keep-border] [--no-components] [--threads N] [--quiet]\n"
+                   "Measures every structure of LABELS (any tool's output) on CT in one pass.\n");
+            return 0;
+        default: return usage_error("passport", "unknown option");
+        }
+    }
+    if (!ctp || !labp || optind != argc)
+        return usage_error("passport", "--ct and --labels are required");
+    set_logging();
+    sp_volume *ct = NULL, *lg = NULL;
+    uint16_t *lab = NULL;
+    char **names = NULL;
+    int nn = 0, rc = 0;
+    sp_passport *ps = NULL;
+    sp_status st;
+    double t0 = sp_now();
+    if (mapp && (st = read_label_map(mapp, &names, &nn))) {
+        fprintf(stderr, "segpipe: %s: cannot read the label map (a JSON object {\"1\": \"name\", ...})\n", mapp);
+        return sp_status_exit_code(st);
+    }
+    if ((st = sp_volume_read(ctp, NULL, &ct)) || (st = sp_labels_read(labp, NULL, &lab, &lg))) {
+        rc = fail(st, NULL);
+        goto out;
+    }
+    sp_volume_info a, b;
+    sp_volume_get_info(ct, &a);
+    sp_volume_get_info(lg, &b);
+    for (int i = 0; i < 3; i++)
+        if (a.dim[i] != b.dim[i]) {
+            fprintf(stderr, "segpipe: %s is %lldx%lldx%lld but %s is %lldx%lldx%lld: the labels must be "
+                    "on the CT's grid\n", ctp, (long long)a.dim[0], (long long)a.dim[1], (long long)a.dim[2],
+                    labp, (long long)b.dim[0], (long long)b.dim[1], (long long)b.dim[2]);
+            rc = 3;
+            goto out;
+        }
+    for (int r = 0; r < 3; r++)
+        for (int q = 0; q < 4; q++) {
+            double tol = q < 3 ? 1e-3 * (a.spacing[q] > 0 ? a.spacing[q] : 1) : 1e-2;
+            double d = a.affine[r][q] - b.affine[r][q];
+            if (d > tol || d < -tol) {
+                fprintf(stderr, "segpipe: %s and %s have different affines (element [%d][%d]: %g vs %g)\n",
+                        ctp, labp, r, q, a.affine[r][q], b.affine[r][q]);
+                rc = 3;
+                goto out;
+            }
+        }
+    double t1 = sp_now();
+    pp.source = labp;
+    if ((st = sp_passport_compute(ct, lab, (const char *const *)names, nn, &pp, &ps))) {
+        rc = fail(st, NULL);
+        goto out;
+    }
+    double t2 = sp_now();
+    if (out && (rc = write_text(out, sp_passport_json(ps))))
+        goto out;
+    if (stats && (rc = write_text(stats, sp_passport_statistics_json(ps))))
+        goto out;
+    if (!out && !stats)
+        fputs(sp_passport_json(ps), stdout);
+    if (!g_quiet) {
+        fputs(sp_passport_table(ps), out || stats ? stdout : stderr);
+        fprintf(out || stats ? stdout : stderr, "read %.3f s, passport %.3f s\n", t1 - t0, t2 - t1);
+    }
+out:
+    sp_passport_free(ps);
+    sp_volume_free(ct);
+    sp_volume_free(lg);
+    free(lab);
+    for (int i = 0; i < nn; i++)
+        free(names[i]);
+    free(names);
+    return rc;
+}
+
+/* -------------------------------------------------------------- model */
+
+static int cmd_model(int argc, char **argv)
+{
+    if (argc != 3 || strcmp(argv[1], "check") != 0) {
+        if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+            printf("usage: segpipe model check DIR\n"
+                   "Validates a model package: the manifest (docs/model-format.md) and the ONNX\n"
+                   "model's inputs and outputs against it.\n");
+            return 0;
+        }
+        return usage_error("model", "usage: segpipe model check DIR");
+    }
+    sp_runtime_params rp = sp_runtime_default_params();
+    rp.threads = 1;
+    sp_runtime *rt = NULL;
+    sp_package *pk = NULL;
+    sp_status st;
+    if ((st = sp_runtime_create(&rp, &rt)) || (st = sp_package_load(rt, argv[2], &pk))) {
+        int rc = fail(st, NULL);
+        sp_runtime_free(rt);
+        return rc;
+    }
+    int ni, no;
+    const sp_io_info *in = sp_model_inputs(sp_package_model(pk), &ni);
+    const sp_io_info *out = sp_model_outputs(sp_package_model(pk), &no);
+    printf("%s: OK — model '%s', %d classes\n", argv[2], sp_package_name(pk), sp_package_num_classes(pk));
+    for (int k = 0; k < 2; k++) {
+        const sp_io_info *io = k ? out : in;
+        for (int i = 0; i < (k ? no : ni); i++) {
+            printf("  %s %s: %s [", k ? "output" : "input", io[i].name, sp_dtype_str(io[i].meta.dtype));
+            for (int d = 0; d < io[i].meta.rank; d++)
+                printf("%s%lld", d ? ", " : "", (long long)io[i].meta.shape[d]);
+            printf("]\n");
+        }
+    }
+    sp_package_free(pk);
+    sp_runtime_free(rt);
+    return 0;
+}
+
+static int cmd_models(int argc, char **argv)
+{
+    const char *dirs[2] = {sp_default_model_dir(), argc > 1 ? argv[1] : NULL};
+    sp_runtime_params rp = sp_runtime_default_params();
+    rp.threads = 1;
+    sp_runtime *rt = NULL;
+    sp_status st = sp_runtime_create(&rp, &rt);
+    if (st)
+        return fail(st, NULL);
+    int rc = 0;
+    for (int i = 0; i < 2; i++) {
+        if (!dirs[i])
+            continue;
+        sp_package *pk;
+        if ((st = sp_package_load(rt, dirs[i], &pk))) {
+            fprintf(stderr, "%s: %s\n", dirs[i], sp_last_error());
+            rc = sp_status_exit_code(st);
+            continue;
+        }
+        printf("%s%s\n  name: %s\n  classes: %d\n  labels:", dirs[i], i == 0 ? " (default)" : "",
+               sp_package_name(pk), sp_package_num_classes(pk));
+        for (int l = 1; l < sp_package_num_classes(pk); l++)
+            printf("%s%d=%s", l % 6 == 1 ? "\n    " : "  ", l, sp_package_label(pk, l));
+        printf("\n");
+        sp_package_free(pk);
+    }
+    sp_runtime_free(rt);
+    return rc;
+}
+
+/* --------------------------------------------------------------- table */
+
+typedef struct command {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *help;
+} command;
+
+static const command commands[] = {
+    {"ct", cmd_ct, "CT organ segmentation: NIfTI in, labels + passport out"},
+    {"passport", cmd_passport, "measure every structure of a label map (any tool's)"},
+    {"model", cmd_model, "model check DIR: validate a model package"},
+    {"models", cmd_models, "list the bundled (and a given) model with its labels"},
+    {"version", cmd_version, "versions, ONNX Runtime providers, build flags"},
+};
+
+static void help(FILE *f)
+{
+    fprintf(f, "segpipe %s — segmentation pipelines on ONNX Runtime\n\nusage: segpipe COMMAND [options]\n\n",
+            SP_VERSION_STRING);
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
+    fprintf(f, "\n'segpipe COMMAND --help' for a command's options.\n"
+               "Exit codes: 0 ok, 2 usage, 3 input, 4 model, 5 runtime, 6 I/O, 7 out of memory.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        help(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        help(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version"))
+        return cmd_version(0, NULL);
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (!strcmp(argv[1], commands[i].name))
+            return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "segpipe: unknown command '%s'\n", argv[1]);
+    help(stderr);
+    return 2;
+}
