@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Generate the tiny ONNX models the tests use (committed; rerun to refresh).
+
+tiny.onnx          x float32 [N,1,4,4,4] -> y = Conv1x1x1(x) with 3 output
+                   channels, weights (1, 2, -1), biases (0, 0.5, 1): every
+                   output value is computable by hand.
+tinyseg/           a model package: Conv3x3x3 (padding 1), 1 -> 4 classes,
+                   fixed pseudo-random weights, patch 8x8x8, spacing 2 mm,
+                   network axes (2, 1, 0) (SimpleITK-style k, j, i order),
+                   CT normalisation. Small enough for numpy references.
+"""
+import json, os
+import numpy as np
+import onnx
+from onnx import helper, TensorProto, numpy_helper
+
+here = os.path.dirname(os.path.abspath(__file__))
+
+def save(model, path):
+    model.opset_import[0].version = 13
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+# tiny.onnx
+w = np.array([1, 2, -1], np.float32).reshape(3, 1, 1, 1, 1)
+b = np.array([0, 0.5, 1], np.float32)
+g = helper.make_graph(
+    [helper.make_node("Conv", ["x", "w", "b"], ["y"])], "tiny",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4, 4])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 4, 4])],
+    [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+save(helper.make_model(g), os.path.join(here, "tiny.onnx"))
+
+# tinyseg package
+rng = np.random.default_rng(7)
+C = 4
+w = rng.normal(0, 1, (C, 1, 3, 3, 3)).astype(np.float32)
+b = rng.normal(0, 0.5, C).astype(np.float32)
+P = [8, 8, 8]
+g = helper.make_graph(
+    [helper.make_node("Conv", ["input", "w", "b"], ["logits"], pads=[1] * 6)], "tinyseg",
+    [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1] + P)],
+    [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", C] + P)],
+    [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+d = os.path.join(here, "tinyseg")
+os.makedirs(d, exist_ok=True)
+save(helper.make_model(g), os.path.join(d, "model.onnx"))
+np.savez(os.path.join(d, "weights.npz"), w=w, b=b)
+man = {
+    "format": "segpipe-model", "version": 1, "name": "tinyseg", "task": "ct",
+    "description": "test model: one 3x3x3 convolution, random weights",
+    "onnx": "model.onnx", "input": {"name": "input", "channels": 1},
+    "output": {"name": "logits", "kind": "logits"},
+    "axes": [2, 1, 0], "spacing": [2.0, 2.0, 2.0], "patch_size": P,
+    "normalization": {"scheme": "ct", "lo": -1000, "hi": 1000, "mean": 0, "std": 500},
+    "sliding_window": {"step": 0.5, "sigma_scale": 0.125},
+    "labels": {"0": "background", "1": "alpha", "2": "beta", "3": "gamma"},
+}
+json.dump(man, open(os.path.join(d, "segpipe.json"), "w"), indent=1)
+print("wrote tiny.onnx and tinyseg/")

@@ -1,0 +1,140 @@
+"""ctypes access to libsegpipe for the reference tests, plus helpers.
+
+The tests call the C stages directly (sp_ornt_*, sp_resample_*) and the
+CLI for whole commands, and compare with numpy/scipy/nibabel references.
+"""
+import ctypes as C
+import os
+import subprocess
+import numpy as np
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BUILD = os.path.join(ROOT, os.environ.get("BUILD", "build"))
+SHARED = os.path.abspath(os.path.join(ROOT, "..", "shared"))
+CTDIR = os.path.join(SHARED, "data", "ct")
+SEGPIPE = os.path.join(BUILD, "segpipe")
+DEMO = os.path.join(ROOT, "models", "demo-ct")
+TINYSEG = os.path.join(ROOT, "tests", "data", "tinyseg")
+
+_lib = None
+
+
+class VolumeInfo(C.Structure):
+    _fields_ = [("dim", C.c_int64 * 3), ("spacing", C.c_double * 3),
+                ("affine", (C.c_double * 4) * 4), ("file_dtype", C.c_int),
+                ("qform_code", C.c_int), ("sform_code", C.c_int),
+                ("affine_source", C.c_char_p), ("axcodes", C.c_char * 4)]
+
+
+class Ornt(C.Structure):
+    _fields_ = [("ax", C.c_int * 3), ("fl", C.c_int * 3)]
+
+
+def lib():
+    global _lib
+    if _lib is None:
+        _lib = C.CDLL(os.path.join(BUILD, "libsegpipe.so"))
+        L = _lib
+        L.sp_volume_read.argtypes = [C.c_char_p, C.c_void_p, C.POINTER(C.c_void_p)]
+        L.sp_volume_get_info.argtypes = [C.c_void_p, C.POINTER(VolumeInfo)]
+        L.sp_volume_data.argtypes = [C.c_void_p]
+        L.sp_volume_data.restype = C.POINTER(C.c_float)
+        L.sp_volume_free.argtypes = [C.c_void_p]
+        L.sp_last_error.restype = C.c_char_p
+        L.sp_ornt_to_canonical.argtypes = [C.c_void_p, C.POINTER(Ornt)]
+        L.sp_ornt_affine.argtypes = [C.POINTER(Ornt), C.c_void_p, C.c_void_p, C.c_void_p]
+        L.sp_ornt_dims.argtypes = [C.POINTER(Ornt), C.c_void_p, C.c_void_p]
+        L.sp_ornt_apply.argtypes = [C.POINTER(Ornt), C.c_void_p, C.c_void_p, C.c_void_p, C.c_size_t, C.c_void_p]
+        L.sp_resample_linear.argtypes = [C.c_void_p, C.c_void_p, C.c_void_p, C.c_void_p, C.c_void_p]
+        L.sp_resample_nearest_u16.argtypes = [C.c_void_p, C.c_void_p, C.c_void_p, C.c_void_p, C.c_void_p]
+        L.sp_zoom_size.argtypes = [C.c_int64, C.c_double]
+        L.sp_zoom_size.restype = C.c_int64
+        L.sp_default_pool.restype = C.c_void_p
+    return _lib
+
+
+def ptr(a):
+    return a.ctypes.data_as(C.c_void_p)
+
+
+def read_volume(path):
+    """-> (data as (i,j,k) float32 array, VolumeInfo) or raises with the message."""
+    L = lib()
+    v = C.c_void_p()
+    st = L.sp_volume_read(path.encode(), None, C.byref(v))
+    if st != 0:
+        raise RuntimeError(L.sp_last_error().decode())
+    info = VolumeInfo()
+    L.sp_volume_get_info(v, C.byref(info))
+    d = [info.dim[i] for i in range(3)]
+    n = d[0] * d[1] * d[2]
+    raw = np.ctypeslib.as_array(L.sp_volume_data(v), shape=(n,)).copy()
+    L.sp_volume_free(v)
+    return raw.reshape(d[::-1]).transpose(2, 1, 0), info
+
+
+def affine_of(info):
+    return np.array([[info.affine[r][c] for c in range(4)] for r in range(4)])
+
+
+def to_c(a, dtype):
+    """(i,j,k) numpy array -> contiguous buffer with i fastest."""
+    return np.ascontiguousarray(np.asarray(a, dtype=dtype).transpose(2, 1, 0))
+
+
+def from_c(buf, dims):
+    return buf.reshape(dims[::-1]).transpose(2, 1, 0)
+
+
+def canonical(data, affine):
+    """segpipe's reorientation of (data, affine) -> (data, affine)."""
+    L = lib()
+    A = np.ascontiguousarray(affine, dtype=np.float64)
+    o = Ornt()
+    assert L.sp_ornt_to_canonical(ptr(A), C.byref(o)) == 0
+    din = np.array(data.shape, np.int64)
+    dout = np.zeros(3, np.int64)
+    L.sp_ornt_dims(C.byref(o), ptr(din), ptr(dout))
+    out_aff = np.zeros((4, 4))
+    L.sp_ornt_affine(C.byref(o), ptr(din), ptr(A), ptr(out_aff))
+    src = to_c(data, np.float32)
+    dst = np.zeros(int(np.prod(dout)), np.float32)
+    L.sp_ornt_apply(C.byref(o), ptr(src), ptr(din), ptr(dst), 4, L.sp_default_pool())
+    return from_c(dst, list(dout)), out_aff, o
+
+
+def resample_linear(data, out_shape):
+    L = lib()
+    din = np.array(data.shape, np.int64)
+    dout = np.array(out_shape, np.int64)
+    src = to_c(data, np.float32)
+    dst = np.zeros(int(np.prod(dout)), np.float32)
+    L.sp_resample_linear(ptr(src), ptr(din), ptr(dst), ptr(dout), L.sp_default_pool())
+    return from_c(dst, list(dout))
+
+
+def resample_nearest(labels, out_shape):
+    L = lib()
+    din = np.array(labels.shape, np.int64)
+    dout = np.array(out_shape, np.int64)
+    src = to_c(labels, np.uint16)
+    dst = np.zeros(int(np.prod(dout)), np.uint16)
+    L.sp_resample_nearest_u16(ptr(src), ptr(din), ptr(dst), ptr(dout), L.sp_default_pool())
+    return from_c(dst, list(dout))
+
+
+def run(*args, check=False, timeout=600):
+    env = dict(os.environ)
+    if "asan" in BUILD:   # the CLI itself is checked for leaks, error paths included
+        env["ASAN_OPTIONS"] = "detect_leaks=1:halt_on_error=1"
+        env.pop("LD_PRELOAD", None)
+    p = subprocess.run([SEGPIPE, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                       env=env)
+    if check and p.returncode != 0:
+        raise AssertionError(f"segpipe {' '.join(map(str, args))} -> {p.returncode}\n{p.stderr}")
+    return p
+
+
+def dice(a, b):
+    s = a.sum() + b.sum()
+    return 1.0 if s == 0 else 2.0 * (a & b).sum() / s

@@ -1,0 +1,87 @@
+/* Core: status codes, per-thread errors, the thread pool. */
+#include "test.h"
+#include "core/core.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+void test_status_codes(void)
+{
+    CHECK(sp_status_exit_code(SP_OK) == 0);
+    CHECK(sp_status_exit_code(SP_ERR_USAGE) == 2);
+    CHECK(sp_status_exit_code(SP_ERR_INPUT) == 3);
+    CHECK(sp_status_exit_code(SP_ERR_MODEL) == 4);
+    CHECK(sp_status_exit_code(SP_ERR_RUNTIME) == 5);
+    CHECK(sp_status_exit_code(SP_ERR_IO) == 6);
+    CHECK(sp_status_exit_code(SP_ERR_NOMEM) == 7);
+    CHECK(strcmp(sp_status_str(SP_ERR_INPUT), "input error") == 0);
+    CHECK(sp_fail(SP_ERR_IO, "x %d", 42) == SP_ERR_IO);
+    CHECK(strcmp(sp_last_error(), "x 42") == 0);
+    sp_fail_prefix(SP_ERR_IO, "file.nii");
+    CHECK(strcmp(sp_last_error(), "file.nii: x 42") == 0);
+}
+
+static void *other_thread(void *arg)
+{
+    sp_fail(SP_ERR_INPUT, "from the other thread");
+    return arg;
+}
+
+void test_error_thread_local(void)
+{
+    pthread_t th;
+    sp_fail(SP_ERR_IO, "mine");
+    pthread_create(&th, NULL, other_thread, NULL);
+    pthread_join(th, NULL);
+    CHECK(strcmp(sp_last_error(), "mine") == 0);
+}
+
+typedef struct { atomic_llong sum; atomic_int calls; } sum_ctx;
+
+static void sum_fn(void *vc, int64_t b, int64_t e, int w)
+{
+    sum_ctx *c = vc;
+    long long s = 0;
+    for (int64_t i = b; i < e; i++)
+        s += i;
+    atomic_fetch_add(&c->sum, s);
+    atomic_fetch_add(&c->calls, 1);
+}
+
+void test_pool_sum(void)
+{
+    int threads[] = {1, 2, 4};
+    int64_t grains[] = {1, 7, 1000, 5000000};
+    for (int t = 0; t < 3; t++) {
+        sp_pool *p = sp_pool_create(threads[t]);
+        CHECK(p && sp_pool_size(p) == threads[t]);
+        for (int g = 0; g < 4; g++) {
+            sum_ctx c = {0, 0};
+            int64_t n = 1000003;
+            sp_pool_for(p, n, grains[g], sum_fn, &c);
+            CHECK(atomic_load(&c.sum) == (long long)n * (n - 1) / 2);
+            /* a pool without workers runs the whole range in one call */
+            int chunks = threads[t] == 1 ? 1 : (int)((n + grains[g] - 1) / grains[g]);
+            CHECK(atomic_load(&c.calls) == chunks);
+        }
+        sum_ctx z = {0, 0};
+        sp_pool_for(p, 0, 1, sum_fn, &z);
+        CHECK(atomic_load(&z.calls) == 0);
+        sp_pool_free(p);
+    }
+}
+
+void test_pool_many_jobs(void)
+{
+    sp_pool *p = sp_pool_create(3);
+    for (int j = 0; j < 2000; j++) {
+        sum_ctx c = {0, 0};
+        sp_pool_for(p, 100, 3, sum_fn, &c);
+        if (atomic_load(&c.sum) != 4950) {
+            CHECK(atomic_load(&c.sum) == 4950);
+            break;
+        }
+    }
+    sp_pool_free(p);
+}
