@@ -58,4 +58,11 @@ man = {
     "labels": {"0": "background", "1": "alpha", "2": "beta", "3": "gamma"},
 }
 json.dump(man, open(os.path.join(d, "segpipe.json"), "w"), indent=1)
-print("wrote tiny.onnx and tinyseg/")
+# tiny2d.onnx: a 2D model (rank-4 tensors) for the package checks
+g = helper.make_graph(
+    [helper.make_node("Conv", ["input", "w", "b"], ["logits"], pads=[1] * 4)], "tiny2d",
+    [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+    [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", C, 8, 8])],
+    [numpy_helper.from_array(w[:, :, 1], "w"), numpy_helper.from_array(b, "b")])
+save(helper.make_model(g), os.path.join(here, "tiny2d.onnx"))
+print("wrote tiny.onnx, tiny2d.onnx and tinyseg/")
