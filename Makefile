@@ -61,7 +61,7 @@ $(ORT_LOCAL)/lib/libonnxruntime.so.1:
 
 $(DEPS_STAMP): scripts/install-deps.sh
 	@mkdir -p $(BUILD)
-	@if [ ! -f /usr/include/libdeflate.h ] || [ ! -f /usr/include/cjson/cJSON.h ]; then bash scripts/install-deps.sh; fi
+	bash scripts/install-deps.sh
 	@touch $@
 
 $(BUILD)/%.o: %.c $(DEPS_STAMP) $(ORT_STAMP)

@@ -18,6 +18,7 @@ t0 = time.time()
 env = dict(os.environ)
 if "asan" in build:
     env["ASAN_OPTIONS"] = "detect_leaks=1:halt_on_error=1"
+    env["LSAN_OPTIONS"] = "suppressions=" + os.path.join(root, "tests", "lsan.supp")
     env.pop("LD_PRELOAD", None)
 p = subprocess.run([os.path.join(root, build, "test_unit")] + ([sel] if sel else []),
                    cwd=root, capture_output=True, text=True, env=env)

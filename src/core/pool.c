@@ -81,13 +81,15 @@ sp_pool *sp_pool_create(int nthreads)
     }
     for (int i = 0; i < p->nworkers; i++) {
         worker_arg *wa = malloc(sizeof *wa);
+        if (wa) {
+            wa->p = p;
+            wa->id = i + 1;
+        }
         if (!wa || pthread_create(&p->threads[i], NULL, worker_main, wa) != 0) {
             free(wa);
             p->nworkers = i;
             break;
         }
-        wa->p = p;
-        wa->id = i + 1;
     }
     return p;
 }

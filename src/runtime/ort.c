@@ -146,8 +146,9 @@ sp_status sp_runtime_create(const sp_runtime_params *p, sp_runtime **out)
         const char *want = strcmp(rt->device, "cuda") == 0 ? "CUDAExecutionProvider"
                          : strcmp(rt->device, "tensorrt") == 0 ? "TensorrtExecutionProvider" : NULL;
         if (!want) {
+            sp_fail(SP_ERR_USAGE, "unknown device '%s' (use cpu, cuda or tensorrt)", rt->device);
             sp_runtime_free(rt);
-            return sp_fail(SP_ERR_USAGE, "unknown device '%s' (use cpu, cuda or tensorrt)", p->device);
+            return SP_ERR_USAGE;
         }
         if (sp_ort_providers(avail, sizeof avail) != SP_OK)
             snprintf(avail, sizeof avail, "?");
@@ -169,12 +170,13 @@ sp_status sp_runtime_create(const sp_runtime_params *p, sp_runtime **out)
                 }
                 rt->cuda_plugin = 1;
             } else {
-                sp_runtime_free(rt);
-                return sp_fail(SP_ERR_USAGE,
+                sp_fail(SP_ERR_USAGE,
                                "device '%s' needs %s, which this ONNX Runtime (%s) does not offer; "
                                "available: %s%s", rt->device, want, sp_ort_version(), avail,
                                strcmp(rt->device, "cuda") == 0
                                    ? " (set SEGPIPE_ORT_CUDA_EP to a CUDA provider plugin, see docs/gpu.md)" : "");
+                sp_runtime_free(rt);
+                return SP_ERR_USAGE;
             }
         }
     }

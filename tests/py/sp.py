@@ -127,6 +127,7 @@ def run(*args, check=False, timeout=600):
     env = dict(os.environ)
     if "asan" in BUILD:   # the CLI itself is checked for leaks, error paths included
         env["ASAN_OPTIONS"] = "detect_leaks=1:halt_on_error=1"
+        env["LSAN_OPTIONS"] = "suppressions=" + os.path.join(ROOT, "tests", "lsan.supp")
         env.pop("LD_PRELOAD", None)
     p = subprocess.run([SEGPIPE, *map(str, args)], capture_output=True, text=True, timeout=timeout,
                        env=env)
