@@ -19,7 +19,7 @@ cd "$root"
 pkgs=(
   build-essential pkg-config clang llvm libclang-rt-14-dev
   libdeflate-dev zlib1g-dev libcjson-dev
-  python3 python3-numpy python3-scipy python3-nibabel python3-onnx python3-pydicom
+  python3 python3-numpy python3-scipy python3-nibabel python3-onnx python3-pydicom python3-torch
   curl openssl
 )
 # npm fetches ONNX Runtime; the Debian package is only needed when no npm

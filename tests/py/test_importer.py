@@ -1,0 +1,199 @@
+"""tools/import_nnunet.py on nnU-Net v2 model folders this test builds itself
+(plans.json + dataset.json in nnU-Net's schema, a checkpoint with random
+weights in nnU-Net's layout, aliases included), for PlainConvUNet and
+ResidualEncoderUNet: the ONNX output equals the PyTorch forward (max abs
+logit difference <= 1e-3, through segpipe's own runtime), and `segpipe ct`
+gives the labels of a PyTorch implementation of nnU-Net's predictor."""
+import ctypes as C
+import json, os, subprocess, sys
+import numpy as np
+import nibabel as nib
+import torch
+from scipy import ndimage
+import sp
+
+sys.path.insert(0, os.path.join(sp.ROOT, "tools"))
+from segpipe_nets import UNet  # noqa: E402
+
+IMPORTER = os.path.join(sp.ROOT, "tools", "import_nnunet.py")
+LABELS = {"background": 0, "liver": 1, "spleen": 2, "kidney": 3}
+
+
+def nnunet_state_dict(net):
+    """net's weights under nnU-Net's key names, with its module aliases."""
+    sd = {}
+    for k, v in net.state_dict().items():
+        sd[k] = v.clone()
+        for a, b in ((".conv.", ".all_modules.0."), (".norm.", ".all_modules.1.")):
+            if a in k:
+                sd[k.replace(a, b)] = v.clone()
+        if k.startswith("encoder."):
+            sd["decoder." + k] = v.clone()
+    return sd
+
+
+def make_folder(tmp, arch, reader, transpose, old_style=False):
+    feats, patch, spacing = [4, 8, 16], [16, 16, 8], [2.0, 1.5, 3.0]
+    kernels = [[3, 3, 3], [3, 3, 3], [3, 3, 1]]
+    strides = [[1, 1, 1], [2, 2, 2], [2, 2, 1]]
+    torch.manual_seed(1)
+    net = UNet(arch, 1, len(LABELS), feats, kernels, strides, [2, 2, 1], [1, 1])
+    with torch.no_grad():   # random affine norms, so the check sees them
+        for m in net.modules():
+            if isinstance(m, torch.nn.InstanceNorm3d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    folder = os.path.join(tmp, f"Dataset999_{arch}", "nnUNetTrainer__nnUNetPlans__3d_fullres")
+    os.makedirs(os.path.join(folder, "fold_0"))
+    if old_style:
+        cfg = {"UNet_class_name": arch, "UNet_base_num_features": 4, "unet_max_num_features": 16,
+               "conv_kernel_sizes": kernels, "pool_op_kernel_sizes": strides,
+               "n_conv_per_stage_encoder": [2, 2, 1], "n_conv_per_stage_decoder": [1, 1]}
+    else:
+        key = "n_conv_per_stage" if arch == "PlainConvUNet" else "n_blocks_per_stage"
+        cfg = {"architecture": {"network_class_name": f"dynamic_network_architectures.architectures.unet.{arch}",
+                                "arch_kwargs": {"n_stages": 3, "features_per_stage": feats,
+                                                "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": kernels,
+                                                "strides": strides, key: [2, 2, 1],
+                                                "n_conv_per_stage_decoder": [1, 1], "conv_bias": True,
+                                                "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+                                                "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+                                                "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
+                                "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}}
+    cfg.update({"data_identifier": "x", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
+                "patch_size": patch, "spacing": spacing, "normalization_schemes": ["CTNormalization"],
+                "use_mask_for_norm": [False]})
+    plans = {"dataset_name": "Dataset999_Test", "plans_name": "nnUNetPlans", "image_reader_writer": reader,
+             "transpose_forward": transpose, "transpose_backward": list(np.argsort(transpose).tolist()),
+             "configurations": {"3d_fullres": cfg},
+             "foreground_intensity_properties_per_channel": {"0": {
+                 "max": 2000.0, "mean": 50.0, "median": 40.0, "min": -1000.0,
+                 "percentile_00_5": -900.0, "percentile_99_5": 1200.0, "std": 300.0}}}
+    json.dump(plans, open(os.path.join(folder, "plans.json"), "w"))
+    json.dump({"channel_names": {"0": "CT"}, "labels": LABELS, "numTraining": 1, "file_ending": ".nii.gz"},
+              open(os.path.join(folder, "dataset.json"), "w"))
+    torch.save({"network_weights": nnunet_state_dict(net), "trainer_name": "nnUNetTrainer",
+                "current_epoch": 1, "init_args": {}}, os.path.join(folder, "fold_0", "checkpoint_final.pth"))
+    net.eval()
+    return folder, net, cfg
+
+
+def import_(folder, out):
+    p = subprocess.run([sys.executable, IMPORTER, folder, "-o", out], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return json.load(open(os.path.join(out, "segpipe.json")))
+
+
+class Tensor(C.Structure):
+    _fields_ = [("dtype", C.c_int), ("rank", C.c_int), ("shape", C.c_int64 * 8), ("data", C.c_void_p)]
+
+
+def onnx_forward(path, x):
+    """run model at path on x (numpy float32) through libsegpipe's runtime"""
+    L = sp.lib()
+    rt, m = C.c_void_p(), C.c_void_p()
+    assert L.sp_runtime_create(None, C.byref(rt)) == 0
+    assert L.sp_model_load(rt, path.encode(), C.byref(m)) == 0, L.sp_last_error()
+    x = np.ascontiguousarray(x, np.float32)
+    ti = Tensor(1, x.ndim, (C.c_int64 * 8)(*x.shape), x.ctypes.data)
+    to = Tensor()
+    assert L.sp_model_run(m, C.byref(ti), 1, C.byref(to), 1) == 0, L.sp_last_error()
+    shape = tuple(to.shape[i] for i in range(to.rank))
+    y = np.ctypeslib.as_array(C.cast(to.data, C.POINTER(C.c_float)), shape=shape).copy()
+    L.sp_tensor_free_data(C.byref(to))
+    L.sp_model_release(m)
+    L.sp_runtime_free(rt)
+    return y
+
+
+def torch_predict(net, vol, patch, step=0.5):
+    """nnU-Net's sliding-window predictor semantics in PyTorch (float32)."""
+    shape = np.array(vol.shape)
+    new = np.maximum(shape, patch)
+    lo = (new - shape) // 2
+    x = np.pad(vol, [(l, n - s - l) for l, n, s in zip(lo, new, shape)]).astype(np.float32)
+    steps = []
+    for i, t in zip(new, patch):
+        n = int(np.ceil((i - t) / (t * step))) + 1
+        act = (i - t) / (n - 1) if n > 1 else 0
+        steps.append([int(np.round(act * k)) for k in range(n)])
+    tmp = np.zeros(patch)
+    tmp[tuple(p // 2 for p in patch)] = 1
+    g = ndimage.gaussian_filter(tmp, [p / 8 for p in patch], 0, mode="constant", cval=0)
+    g = g / (g.max() / 10)
+    g[g == 0] = g[g != 0].min()
+    g = torch.from_numpy(g.astype(np.float32))
+    acc = torch.zeros((len(LABELS), *new))
+    cnt = torch.zeros(tuple(new))
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        for a in steps[0]:
+            for b in steps[1]:
+                for c in steps[2]:
+                    sl = (slice(a, a + patch[0]), slice(b, b + patch[1]), slice(c, c + patch[2]))
+                    acc[(slice(None),) + sl] += net(xt[sl][None, None])[0] * g
+                    cnt[sl] += g
+    acc = (acc / cnt)[:, lo[0]:lo[0] + shape[0], lo[1]:lo[1] + shape[1], lo[2]:lo[2] + shape[2]].numpy()
+    s = np.sort(acc, 0)
+    return acc.argmax(0), s[-1] - s[-2]
+
+
+def check_arch(tmp, arch, reader, transpose, want_axes, old_style=False):
+    folder, net, cfg = make_folder(tmp, arch, reader, transpose, old_style)
+    out = os.path.join(tmp, "pkg")
+    man = import_(folder, out)
+    assert man["axes"] == want_axes and man["patch_size"] == cfg["patch_size"]
+    assert man["spacing"] == cfg["spacing"]
+    assert man["normalization"] == {"scheme": "ct", "lo": -900.0, "hi": 1200.0, "mean": 50.0, "std": 300.0}
+    assert man["labels"] == {"0": "background", "1": "liver", "2": "spleen", "3": "kidney"}
+    assert sp.run("model", "check", out).returncode == 0
+    # ONNX == PyTorch on the same tiles
+    x = np.random.default_rng(2).normal(0, 1, (2, 1, *cfg["patch_size"])).astype(np.float32)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+    got = onnx_forward(os.path.join(out, "model.onnx"), x)
+    assert got.shape == ref.shape and np.abs(got - ref).max() <= 1e-3
+    # segpipe ct == PyTorch predictor on a small volume (no resampling: the
+    # file's zooms are the model spacing along the mapped axes)
+    zooms = [0.0] * 3
+    for d, a in enumerate(man["axes"]):
+        zooms[a] = man["spacing"][d]
+    rng = np.random.default_rng(3)
+    ct = ndimage.gaussian_filter(rng.normal(0, 600, (23, 19, 13)), 1.2).astype(np.int16)
+    p_in = os.path.join(tmp, "ct.nii.gz")
+    nib.save(nib.Nifti1Image(ct, np.diag(zooms + [1.0])), p_in)
+    p_out = os.path.join(tmp, "seg.nii.gz")
+    sp.run("ct", p_in, "-o", p_out, "--model", out, "-q", "--no-passport", check=True)
+    got = np.asanyarray(nib.load(p_out).dataobj)
+    n = man["normalization"]
+    vol = (np.clip(ct.astype(np.float64), n["lo"], n["hi"]) - n["mean"]) / n["std"]
+    lab, margin = torch_predict(net, vol.transpose(man["axes"]), cfg["patch_size"])
+    inv = np.argsort(man["axes"])
+    lab, margin = lab.transpose(inv), margin.transpose(inv)
+    sure = margin > 1e-4
+    assert sure.mean() > 0.99 and np.array_equal(got[sure], lab[sure])
+    assert len(np.unique(got)) > 1
+
+
+def test_import_plain_conv_unet(tmp):
+    check_arch(tmp, "PlainConvUNet", "SimpleITKIO", [0, 1, 2], [2, 1, 0])
+
+
+def test_import_residual_encoder_unet(tmp):
+    check_arch(tmp, "ResidualEncoderUNet", "NibabelIOWithReorient", [2, 0, 1], [2, 0, 1])
+
+
+def test_import_old_style_plans(tmp):
+    check_arch(tmp, "PlainConvUNet", "NibabelIO", [1, 0, 2], [1, 0, 2], old_style=True)
+
+
+def test_import_errors(tmp):
+    folder, _, _ = make_folder(tmp, "PlainConvUNet", "SimpleITKIO", [0, 1, 2])
+    ck = torch.load(os.path.join(folder, "fold_0", "checkpoint_final.pth"))
+    ck["network_weights"] = {k: v for k, v in ck["network_weights"].items() if "seg_layers" not in k}
+    torch.save(ck, os.path.join(folder, "fold_0", "checkpoint_final.pth"))
+    p = subprocess.run([sys.executable, IMPORTER, folder, "-o", os.path.join(tmp, "x")], capture_output=True, text=True)
+    assert p.returncode == 4 and "lacks" in p.stderr
+    p = subprocess.run([sys.executable, IMPORTER, os.path.join(tmp, "nothing"), "-o", os.path.join(tmp, "x")],
+                       capture_output=True, text=True)
+    assert p.returncode == 4 and "dataset.json" in p.stderr

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Import an nnU-Net v2 trained model (e.g. TotalSegmentator's) as a segpipe
+model package: model.onnx + segpipe.json (docs/model-format.md).
+
+  tools/import_nnunet.py MODEL_FOLDER -o OUT_DIR [--fold 0] [--checkpoint checkpoint_final.pth]
+                         [--configuration 3d_fullres]
+  tools/import_nnunet.py --random-weights --arch totalseg-fast -o OUT_DIR
+
+MODEL_FOLDER is nnU-Net's trained-model folder: dataset.json, plans.json and
+fold_N/checkpoint_final.pth. The network is rebuilt in plain PyTorch
+(tools/segpipe_nets.py) from the plans' architecture section (both the
+current `architecture.arch_kwargs` form and the older `UNet_class_name` /
+`conv_kernel_sizes` / `pool_op_kernel_sizes` form), the checkpoint's
+`network_weights` are loaded, deep supervision is off, and the network is
+exported to ONNX (opset 17, dynamic batch). The manifest takes the spacing
+and patch size from the configuration, CT normalisation from
+`foreground_intensity_properties_per_channel`, labels from dataset.json and
+the axis order from the image reader and `transpose_forward`.
+
+Written from nnU-Net's documented file formats; no nnU-Net code is used.
+"""
+import argparse, json, os, sys
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from segpipe_nets import UNet, load_nnunet_state_dict
+
+SITK_READERS = {"SimpleITKIO", "SimpleITKIOWithReorient"}
+NIBABEL_READERS = {"NibabelIO", "NibabelIOWithReorient"}
+
+# TotalSegmentator --fast (task 297, 3 mm): nnU-Net 3d_fullres PlainConvUNet
+# as described in ../shared/docs/gpu.md (features 32..320, 118 classes).
+TOTALSEG_FAST = dict(
+    arch="PlainConvUNet", features=[32, 64, 128, 256, 320, 320], patch=[128, 128, 128],
+    strides=[[1, 1, 1]] + [[2, 2, 2]] * 5, kernels=[[3, 3, 3]] * 6, n_conv=[2] * 6, n_conv_dec=[2] * 5,
+    spacing=[3.0, 3.0, 3.0], classes=118, axes=[2, 1, 0],
+    norm=dict(lo=-1024.0, hi=1500.0, mean=-200.0, std=450.0))
+
+
+class ImportError_(Exception):
+    pass
+
+
+def arch_from_plans(cfg, num_classes):
+    """-> (arch name, kwargs for segpipe_nets.UNet)"""
+    if "architecture" in cfg:
+        a = cfg["architecture"]
+        name = a["network_class_name"].split(".")[-1]
+        k = a["arch_kwargs"]
+        n_conv = k.get("n_conv_per_stage", k.get("n_blocks_per_stage"))
+        if "Conv3d" not in k.get("conv_op", "Conv3d"):
+            raise ImportError_("only 3D networks (Conv3d) are supported")
+        return name, dict(features_per_stage=k["features_per_stage"], kernel_sizes=k["kernel_sizes"],
+                          strides=k["strides"], n_conv_per_stage=n_conv,
+                          n_conv_per_stage_decoder=k["n_conv_per_stage_decoder"])
+    if "UNet_class_name" in cfg:   # older nnU-Net v2 plans
+        name = cfg["UNet_class_name"]
+        kernels = cfg["conv_kernel_sizes"]
+        strides = cfg["pool_op_kernel_sizes"]
+        n = len(kernels)
+        feats = [min(cfg["UNet_base_num_features"] * 2 ** i, cfg["unet_max_num_features"]) for i in range(n)]
+        enc = cfg["n_conv_per_stage_encoder"]
+        dec = cfg["n_conv_per_stage_decoder"]
+        return name, dict(features_per_stage=feats, kernel_sizes=kernels, strides=strides,
+                          n_conv_per_stage=enc, n_conv_per_stage_decoder=dec)
+    raise ImportError_("plans configuration has no architecture section")
+
+
+def axes_for(reader, transpose_forward):
+    if reader in SITK_READERS:
+        base = [2, 1, 0]
+    elif reader in NIBABEL_READERS:
+        base = [0, 1, 2]
+    else:
+        raise ImportError_(f"unknown image reader {reader!r} (known: {sorted(SITK_READERS | NIBABEL_READERS)})")
+    return [base[t] for t in transpose_forward]
+
+
+def export(net, patch, out_dir, manifest):
+    os.makedirs(out_dir, exist_ok=True)
+    net.eval()
+    dummy = torch.zeros(1, 1, *patch)
+    kw = {}
+    if "dynamo" in torch.onnx.export.__code__.co_varnames:
+        kw["dynamo"] = False
+    with torch.no_grad():
+        torch.onnx.export(net, dummy, os.path.join(out_dir, "model.onnx"), opset_version=17,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, **kw)
+    with open(os.path.join(out_dir, "segpipe.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+
+
+def manifest_for(name, description, spacing, patch, axes, norm, labels, step=0.5):
+    return {"format": "segpipe-model", "version": 1, "name": name, "task": "ct",
+            "description": description, "onnx": "model.onnx",
+            "input": {"name": "input", "channels": 1}, "output": {"name": "logits", "kind": "logits"},
+            "axes": axes, "spacing": spacing, "patch_size": patch, "normalization": norm,
+            "sliding_window": {"step": step, "sigma_scale": 0.125},
+            "labels": {str(k): v for k, v in sorted(labels.items())}}
+
+
+def import_folder(folder, out_dir, fold=0, checkpoint="checkpoint_final.pth", configuration=None):
+    ds = json.load(open(os.path.join(folder, "dataset.json")))
+    plans = json.load(open(os.path.join(folder, "plans.json")))
+    if configuration is None:
+        # trained-model folders are named Trainer__Plans__configuration
+        base = os.path.basename(os.path.normpath(folder))
+        configuration = base.split("__")[-1] if "__" in base else "3d_fullres"
+    cfgs = plans["configurations"]
+    if configuration not in cfgs:
+        raise ImportError_(f"configuration {configuration!r} not in plans ({sorted(cfgs)})")
+    cfg = dict(cfgs[configuration])
+    while "inherits_from" in cfg and "architecture" not in cfg and "UNet_class_name" not in cfg:
+        parent = cfgs[cfg.pop("inherits_from")]
+        cfg = {**parent, **cfg}
+    labels = {}
+    for name, v in ds["labels"].items():
+        if not isinstance(v, int):
+            raise ImportError_(f"label {name!r} is a region ({v}); region-based models are not supported")
+        labels[v] = name
+    num_classes = max(labels) + 1
+    if len(ds.get("channel_names", ds.get("modality", {"0": "CT"}))) != 1:
+        raise ImportError_("only single-channel models are supported")
+    arch, kw = arch_from_plans(cfg, num_classes)
+    if arch not in ("PlainConvUNet", "ResidualEncoderUNet"):
+        raise ImportError_(f"architecture {arch} is not supported (PlainConvUNet, ResidualEncoderUNet)")
+    net = UNet(arch, 1, num_classes, **kw)
+    ck = torch.load(os.path.join(folder, f"fold_{fold}", checkpoint), map_location="cpu")
+    load_nnunet_state_dict(net, ck["network_weights"])
+    schemes = cfg.get("normalization_schemes", ["CTNormalization"])
+    if schemes[0] == "CTNormalization":
+        p = plans["foreground_intensity_properties_per_channel"]["0"]
+        norm = {"scheme": "ct", "lo": p["percentile_00_5"], "hi": p["percentile_99_5"],
+                "mean": p["mean"], "std": p["std"]}
+    elif schemes[0] == "ZScoreNormalization":
+        norm = {"scheme": "zscore"}
+    elif schemes[0] == "NoNormalization":
+        norm = {"scheme": "none"}
+    else:
+        raise ImportError_(f"normalisation {schemes[0]} is not supported")
+    reader = ds.get("overwrite_image_reader_writer", plans.get("image_reader_writer", "SimpleITKIO"))
+    axes = axes_for(reader, plans.get("transpose_forward", [0, 1, 2]))
+    man = manifest_for(plans.get("dataset_name", "nnunet"),
+                       f"imported from nnU-Net v2: {os.path.basename(os.path.normpath(folder))}, fold {fold}",
+                       list(map(float, cfg["spacing"])), list(cfg["patch_size"]), axes, norm, labels)
+    export(net, cfg["patch_size"], out_dir, man)
+    return net, man
+
+
+def random_model(arch, out_dir, labels_json=None, seed=0):
+    if arch != "totalseg-fast":
+        raise ImportError_(f"unknown --arch {arch} (known: totalseg-fast)")
+    a = TOTALSEG_FAST
+    torch.manual_seed(seed)
+    net = UNet(a["arch"], 1, a["classes"], a["features"], a["kernels"], a["strides"], a["n_conv"], a["n_conv_dec"])
+    if labels_json:
+        labels = {int(k): v for k, v in json.load(open(labels_json)).items()}
+    else:
+        labels = {}
+    labels[0] = "background"
+    for i in range(1, a["classes"]):
+        labels.setdefault(i, f"class_{i}")
+    man = manifest_for("totalseg-fast-random", "TotalSegmentator --fast architecture with RANDOM weights "
+                       "(for timing only; its labels are meaningless)", a["spacing"], a["patch"], a["axes"],
+                       {"scheme": "ct", **a["norm"]}, labels)
+    export(net, a["patch"], out_dir, man)
+    return net, man
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folder", nargs="?")
+    ap.add_argument("-o", "--out", required=True)
+    ap.add_argument("--fold", default="0")
+    ap.add_argument("--checkpoint", default="checkpoint_final.pth")
+    ap.add_argument("--configuration")
+    ap.add_argument("--random-weights", action="store_true")
+    ap.add_argument("--arch", default="totalseg-fast")
+    ap.add_argument("--labels", help="label map JSON for --random-weights")
+    a = ap.parse_args()
+    try:
+        if a.random_weights:
+            _, man = random_model(a.arch, a.out, a.labels)
+        elif a.folder:
+            _, man = import_folder(a.folder, a.out, a.fold, a.checkpoint, a.configuration)
+        else:
+            ap.error("MODEL_FOLDER or --random-weights is required")
+    except (ImportError_, KeyError, FileNotFoundError, ValueError) as e:
+        print(f"import_nnunet: {e}", file=sys.stderr)
+        sys.exit(4)
+    print(f"wrote {a.out}/model.onnx and segpipe.json: {man['name']}, {len(man['labels'])} classes, "
+          f"patch {man['patch_size']}, spacing {man['spacing']}, axes {man['axes']}")
+
+
+if __name__ == "__main__":
+    main()
