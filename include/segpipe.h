@@ -180,6 +180,18 @@ sp_status sp_volume_read(const char *path, const sp_read_params *p, sp_volume **
 sp_status sp_volume_read_mem(const void *data, size_t size, const char *name,
                              const sp_read_params *p, sp_volume **out);
 void sp_volume_free(sp_volume *v);
+/* Resample to `shape` as scipy.ndimage.zoom (order 0: nearest, 1: linear);
+ * the affine's columns are scaled by old/new size as TotalSegmentator's
+ * change_spacing does (origin kept). Caller frees *out. */
+sp_status sp_volume_resample(const sp_volume *v, const int64_t shape[3], int order, sp_volume **out);
+/* Shape for a target spacing: round-half-even(n * old / new) per axis. */
+void sp_volume_shape_for_spacing(const sp_volume *v, const double spacing[3], int64_t shape[3]);
+/* Pad (centred) or crop to `shape` with `value`; world positions of kept
+ * voxels are unchanged. Caller frees *out. */
+sp_status sp_volume_pad(const sp_volume *v, const int64_t shape[3], float value, sp_volume **out);
+/* Write as NIfTI-1 (.nii/.nii.gz): dtype SP_DT_I16 (values rounded and
+ * clamped), SP_DT_U8 or SP_DT_F32. Atomic. */
+sp_status sp_volume_write(const char *path, const sp_volume *v, sp_dtype dtype);
 void sp_volume_get_info(const sp_volume *v, sp_volume_info *out);
 /* Voxel data, float32, i fastest (NIfTI order). Owned by the volume. */
 const float *sp_volume_data(const sp_volume *v);

@@ -604,8 +604,8 @@ static void build_header(uint8_t *b, const sp_geom *g, sp_dtype dt)
         wr_i16(b + 42 + 2 * i, (int)g->dim[i]);
     for (int i = 3; i < 7; i++)
         wr_i16(b + 42 + 2 * i, 1);
-    wr_i16(b + 70, dt == SP_DT_U8 ? 2 : 4);
-    wr_i16(b + 72, dt == SP_DT_U8 ? 8 : 16);
+    wr_i16(b + 70, dt == SP_DT_U8 ? 2 : dt == SP_DT_I16 ? 4 : 16);
+    wr_i16(b + 72, (int)(sp_dtype_size(dt) * 8));
     wr_f32(b + 76, g->qfac);
     for (int i = 1; i < 8; i++)
         wr_f32(b + 76 + 4 * i, i <= 3 ? g->spacing[i - 1] : (g->pixdim[i] != 0 ? g->pixdim[i] : 1));
@@ -661,7 +661,9 @@ sp_status sp_nifti_write(const char *path, const sp_geom *g, sp_dtype dtype,
                          const void *data, int threads)
 {
     size_t nvox = (size_t)sp_geom_nvox(g);
-    size_t es = dtype == SP_DT_U8 ? 1 : 2;
+    size_t es = sp_dtype_size(dtype);
+    if (dtype != SP_DT_U8 && dtype != SP_DT_I16 && dtype != SP_DT_F32)
+        return sp_fail(SP_ERR_USAGE, "%s: can write uint8, int16 or float32, not %s", path, sp_dtype_str(dtype));
     size_t total = 352 + nvox * es;
     uint8_t *file = malloc(total);
     sp_status st;

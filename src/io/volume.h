@@ -40,7 +40,7 @@ void sp_pool_put(sp_pool *p);
 /* Axis codes ("RAS", "LPI"...) of an affine, nibabel's aff2axcodes. */
 void sp_affine_axcodes(const double a[4][4], char out[4]);
 
-/* Write a 3D volume of dtype (SP_DT_U8 or SP_DT_I16, data i fastest) as
+/* Write a 3D volume of dtype (SP_DT_U8, SP_DT_I16 or SP_DT_F32, data i fastest) as
  * NIfTI-1 (.nii or .nii.gz by suffix) with geometry g; atomic. */
 sp_status sp_nifti_write(const char *path, const sp_geom *g, sp_dtype dtype,
                          const void *data, int threads);

@@ -36,6 +36,8 @@ void sp_resample_linear(const float *src, const int64_t in_dim[3], float *dst,
  * scipy.ndimage.zoom(order=0, mode='nearest'). */
 void sp_resample_nearest_u16(const uint16_t *src, const int64_t in_dim[3], uint16_t *dst,
                              const int64_t out_dim[3], sp_pool *pool);
+void sp_resample_nearest_f32(const float *src, const int64_t in_dim[3], float *dst,
+                             const int64_t out_dim[3], sp_pool *pool);
 
 /* ---- normalize.c ---- */
 typedef enum { SP_NORM_NONE, SP_NORM_CT, SP_NORM_ZSCORE } sp_norm_scheme;

@@ -109,8 +109,9 @@ void sp_resample_linear(const float *src, const int64_t in[3], float *dst,
 }
 
 typedef struct nn_ctx {
-    const uint16_t *src;
-    uint16_t *dst;
+    const void *src;
+    void *dst;
+    size_t es;               /* element size: 2 (labels) or 4 (float) */
     int64_t in[3], out[3];
     int64_t *ix[3];
 } nn_ctx;
@@ -118,20 +119,28 @@ typedef struct nn_ctx {
 static void nn_rows(void *vc, int64_t b, int64_t e, int w)
 {
     nn_ctx *c = vc;
+    const int64_t *ix = c->ix[0];
     for (int64_t row = b; row < e; row++) {
         int64_t y = row % c->out[1], z = row / c->out[1];
-        const uint16_t *s = c->src + c->ix[2][z] * c->in[0] * c->in[1] + c->ix[1][y] * c->in[0];
-        uint16_t *d = c->dst + row * c->out[0];
-        const int64_t *ix = c->ix[0];
-        for (int64_t x = 0; x < c->out[0]; x++)
-            d[x] = s[ix[x]];
+        int64_t so = c->ix[2][z] * c->in[0] * c->in[1] + c->ix[1][y] * c->in[0];
+        if (c->es == 2) {
+            const uint16_t *s = (const uint16_t *)c->src + so;
+            uint16_t *d = (uint16_t *)c->dst + row * c->out[0];
+            for (int64_t x = 0; x < c->out[0]; x++)
+                d[x] = s[ix[x]];
+        } else {
+            const float *s = (const float *)c->src + so;
+            float *d = (float *)c->dst + row * c->out[0];
+            for (int64_t x = 0; x < c->out[0]; x++)
+                d[x] = s[ix[x]];
+        }
     }
 }
 
-void sp_resample_nearest_u16(const uint16_t *src, const int64_t in[3], uint16_t *dst,
-                             const int64_t out[3], sp_pool *pool)
+static void resample_nearest(const void *src, const int64_t in[3], void *dst, const int64_t out[3],
+                             size_t es, sp_pool *pool)
 {
-    nn_ctx c = {.src = src, .dst = dst};
+    nn_ctx c = {.src = src, .dst = dst, .es = es};
     int ok = 1;
     for (int a = 0; a < 3; a++) {
         c.in[a] = in[a];
@@ -150,4 +159,16 @@ void sp_resample_nearest_u16(const uint16_t *src, const int64_t in[3], uint16_t 
         sp_pool_for(pool, out[1] * out[2], 64, nn_rows, &c);
     for (int a = 0; a < 3; a++)
         free(c.ix[a]);
+}
+
+void sp_resample_nearest_u16(const uint16_t *src, const int64_t in[3], uint16_t *dst,
+                             const int64_t out[3], sp_pool *pool)
+{
+    resample_nearest(src, in, dst, out, 2, pool);
+}
+
+void sp_resample_nearest_f32(const float *src, const int64_t in[3], float *dst,
+                             const int64_t out[3], sp_pool *pool)
+{
+    resample_nearest(src, in, dst, out, 4, pool);
 }
