@@ -59,7 +59,7 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
     const sp_manifest *mf = &pk->mf;
     const sp_geom *g = &ct->g;
     sp_status st = SP_OK;
-    float *canon = NULL, *model_vol = NULL;
+    float *canon = NULL, *model_vol = NULL, *logits = NULL;
     uint16_t *lab_m = NULL, *lab_c = NULL;
     *out = NULL;
     if (strcmp(mf->task, "ct") != 0)
@@ -131,7 +131,14 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
     wp.sigma_scale = mf->sigma_scale;
     wp.tile_batch = p.tile_batch > 0 ? p.tile_batch : 1;
     wp.num_classes = mf->num_classes;
-    if ((st = sp_window_run(pk->model, model_vol, mdim, &wp, lab_m, pool, t, p.progress,
+    if (p.smooth) {
+        logits = malloc((size_t)mf->num_classes * nm * sizeof *logits);
+        if (!logits) {
+            st = sp_fail(SP_ERR_NOMEM, "--smooth: cannot allocate %d x %zu logits", mf->num_classes, nm);
+            goto fail;
+        }
+    }
+    if ((st = sp_window_run(pk->model, model_vol, mdim, &wp, lab_m, logits, pool, t, p.progress,
                             p.progress_user)))
         goto fail;
     free(model_vol);
@@ -159,8 +166,12 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
     uint16_t *dst = lab_c ? lab_c : r->labels;
     if (same)
         memcpy(dst, lab_m, nv * sizeof *dst);
+    else if (logits)
+        sp_smooth_labels(logits, lab_m, mf->num_classes, mdim, dst, cdim, pool);
     else
         sp_resample_nearest_u16(lab_m, mdim, dst, cdim, pool);
+    free(logits);
+    logits = NULL;
     if (lab_c) {
         sp_ornt inv = sp_ornt_inverse(&o);
         sp_ornt_apply(&inv, lab_c, cdim, r->labels, sizeof(uint16_t), pool);
@@ -189,6 +200,7 @@ fail:
     sp_pool_put(pool);
     free(canon);
     free(model_vol);
+    free(logits);
     free(lab_m);
     free(lab_c);
     sp_ct_result_free(r);

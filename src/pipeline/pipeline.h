@@ -61,12 +61,21 @@ int sp_window_steps(int64_t image, int64_t tile, double step, int64_t *out, int 
 /* nnU-Net's Gaussian importance map (value scaling 10, zeros -> min). */
 float *sp_gaussian_map(const int64_t patch[3], double sigma_scale);
 /* Sliding-window inference over vol (dims vdim, i fastest) with model m;
- * labels (vdim, i fastest) receive the argmax. Adds "inference" (ORT) and
+ * labels (vdim, i fastest) receive the argmax. With logits non-NULL (C x
+ * nvox, volume layout) the full accumulator is kept and the Gaussian-
+ * averaged logits are written there too. Adds "inference" (ORT) and
  * "window" (tiling, accumulation, argmax) times to t. */
 sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
-                        const sp_window_params *wp, uint16_t *labels, sp_pool *pool,
+                        const sp_window_params *wp, uint16_t *labels, float *logits, sp_pool *pool,
                         sp_timings *t, void (*progress)(const char *, int, int, void *),
                         void *progress_user);
+
+/* Smooth labels: argmax of the class logits (C x model grid) resampled
+ * linearly to the native grid, computed per native voxel over the classes
+ * that win at its 8 model-grid neighbours (never holding native-resolution
+ * per-class logits). */
+void sp_smooth_labels(const float *logits, const uint16_t *lab_m, int C, const int64_t mdim[3],
+                      uint16_t *dst, const int64_t odim[3], sp_pool *pool);
 
 /* ---- components.c ---- */
 /* Keep only the largest 26-connected component of each label (keep_largest)

@@ -172,3 +172,74 @@ void sp_resample_nearest_f32(const float *src, const int64_t in[3], float *dst,
 {
     resample_nearest(src, in, dst, out, 4, pool);
 }
+
+typedef struct smooth_ctx {
+    const float *logits;
+    const uint16_t *lab;
+    int C;
+    int64_t m[3], o[3];
+    uint16_t *dst;
+    lin_tab t[3];
+} smooth_ctx;
+
+static void smooth_rows(void *vc, int64_t b, int64_t e, int w)
+{
+    smooth_ctx *c = vc;
+    size_t nm = (size_t)(c->m[0] * c->m[1] * c->m[2]);
+    for (int64_t row = b; row < e; row++) {
+        int64_t y = row % c->o[1], z = row / c->o[1];
+        float wy = c->t[1].w[y], wz = c->t[2].w[z];
+        int64_t ys[2] = {c->t[1].i0[y], c->t[1].i1[y]}, zs[2] = {c->t[2].i0[z], c->t[2].i1[z]};
+        uint16_t *d = c->dst + row * c->o[0];
+        for (int64_t x = 0; x < c->o[0]; x++) {
+            int64_t xs[2] = {c->t[0].i0[x], c->t[0].i1[x]};
+            float wx = c->t[0].w[x];
+            size_t idx[8];
+            float wt[8];
+            uint16_t cand[8];
+            int nc = 0;
+            for (int k = 0; k < 8; k++) {
+                int a = k & 1, bb = (k >> 1) & 1, cc = k >> 2;
+                idx[k] = (size_t)((zs[cc] * c->m[1] + ys[bb]) * c->m[0] + xs[a]);
+                wt[k] = (a ? wx : 1 - wx) * (bb ? wy : 1 - wy) * (cc ? wz : 1 - wz);
+                uint16_t l = c->lab[idx[k]];
+                int seen = 0;
+                for (int q = 0; q < nc; q++)
+                    seen |= cand[q] == l;
+                if (!seen)
+                    cand[nc++] = l;
+            }
+            if (nc == 1) {
+                d[x] = cand[0];
+                continue;
+            }
+            float best = -INFINITY;
+            uint16_t bl = cand[0];
+            for (int q = 0; q < nc; q++) {
+                const float *L = c->logits + (size_t)cand[q] * nm;
+                float v = 0;
+                for (int k = 0; k < 8; k++)
+                    v += wt[k] * L[idx[k]];
+                if (v > best || (v == best && cand[q] < bl))
+                    best = v, bl = cand[q];
+            }
+            d[x] = bl;
+        }
+    }
+}
+
+void sp_smooth_labels(const float *logits, const uint16_t *lab_m, int C, const int64_t mdim[3],
+                      uint16_t *dst, const int64_t odim[3], sp_pool *pool)
+{
+    smooth_ctx c = {.logits = logits, .lab = lab_m, .C = C, .dst = dst};
+    int ok = 1;
+    for (int a = 0; a < 3; a++) {
+        c.m[a] = mdim[a];
+        c.o[a] = odim[a];
+        ok &= make_lin(mdim[a], odim[a], &c.t[a]) == 0;
+    }
+    if (ok)
+        sp_pool_for(pool, odim[1] * odim[2], 4, smooth_rows, &c);
+    for (int a = 0; a < 3; a++)
+        free_lin(&c.t[a]);
+}

@@ -94,7 +94,9 @@ typedef struct win {
     float *in;                   /* tile_batch x P */
     float *out;                  /* tile_batch x C x P */
     const float *gauss;
-    float *acc;                  /* C x P0 x N1 x N2 ring */
+    float *acc;                  /* C x ring x N1 x N2 */
+    int64_t ring;                /* rows of dim 0 held: P0, or N0 when keeping logits */
+    float *wsum;                 /* N0 x N1 x N2 weight sums (only when keeping logits) */
     int64_t slab;                /* N1 * N2 */
     uint16_t *labels;
     int64_t lst[3];              /* label stride of network dim d */
@@ -141,7 +143,8 @@ static void accum_rows(void *vc, int64_t b, int64_t e, int w)
             const float *lg = c->out + ((size_t)t * (size_t)c->C + (size_t)cls) * (size_t)psz +
                               (size_t)(a * c->P[1] * c->P[2]);
             const float *gw = c->gauss + a * c->P[1] * c->P[2];
-            float *acc = c->acc + ((size_t)cls * (size_t)c->P[0] + (size_t)(n0 % c->P[0])) * (size_t)c->slab;
+            float *acc = c->acc + ((size_t)cls * (size_t)c->ring + (size_t)(n0 % c->ring)) * (size_t)c->slab;
+            float *ws = c->wsum && cls == 0 ? c->wsum + (size_t)n0 * (size_t)c->slab : NULL;
             for (int64_t bb = 0; bb < c->P[1]; bb++) {
                 int64_t n1 = c->batch[t].s[1] + bb - c->pad[1];
                 if (n1 < 0 || n1 >= c->N[1])
@@ -156,6 +159,11 @@ static void accum_rows(void *vc, int64_t b, int64_t e, int w)
                 const float *gr = gw + bb * c->P[2];
                 for (int64_t k = k0; k < k1; k++)
                     ar[k] += lr[k] * gr[k];
+                if (ws) {
+                    float *wr = ws + n1 * c->N[2] + off;
+                    for (int64_t k = k0; k < k1; k++)
+                        wr[k] += gr[k];
+                }
             }
         }
     }
@@ -164,6 +172,8 @@ static void accum_rows(void *vc, int64_t b, int64_t e, int w)
 typedef struct fin_ctx {
     win *c;
     int64_t row0;
+    float *logits;       /* NULL, or C x nvox output (smooth mode) */
+    int64_t nvox;
 } fin_ctx;
 
 /* argmax of finished rows, then clear their ring slots */
@@ -171,10 +181,10 @@ static void finish_rows(void *vf, int64_t b, int64_t e, int w)
 {
     fin_ctx *f = vf;
     win *c = f->c;
-    size_t cstride = (size_t)c->P[0] * (size_t)c->slab;
+    size_t cstride = (size_t)c->ring * (size_t)c->slab;
     for (int64_t job = b; job < e; job++) {
         int64_t n0 = f->row0 + job / c->N[1], n1 = job % c->N[1];
-        size_t base = (size_t)(n0 % c->P[0]) * (size_t)c->slab + (size_t)(n1 * c->N[2]);
+        size_t base = (size_t)(n0 % c->ring) * (size_t)c->slab + (size_t)(n1 * c->N[2]);
         for (int64_t n2 = 0; n2 < c->N[2]; n2++) {
             const float *p = c->acc + base + (size_t)n2;
             float best = p[0];
@@ -182,14 +192,22 @@ static void finish_rows(void *vf, int64_t b, int64_t e, int w)
             for (int k = 1; k < c->C; k++)
                 if (p[(size_t)k * cstride] > best)
                     best = p[(size_t)k * cstride], bi = k;
-            c->labels[n0 * c->lst[0] + n1 * c->lst[1] + n2 * c->lst[2]] = (uint16_t)bi;
+            int64_t vi = n0 * c->lst[0] + n1 * c->lst[1] + n2 * c->lst[2];
+            c->labels[vi] = (uint16_t)bi;
+            if (f->logits) {   /* keep sum(w * logits) / sum(w), volume layout */
+                float inv = 1.0f / c->wsum[(size_t)(n0 * c->slab + n1 * c->N[2] + n2)];
+                for (int k = 0; k < c->C; k++)
+                    f->logits[(size_t)k * (size_t)f->nvox + (size_t)vi] = p[(size_t)k * cstride] * inv;
+            }
         }
+        if (f->logits)
+            continue;
         for (int k = 0; k < c->C; k++)
             memset(c->acc + (size_t)k * cstride + base, 0, (size_t)c->N[2] * sizeof(float));
     }
 }
 
-static void finish(win *c, int64_t from, int64_t to, sp_pool *pool)
+static void finish(win *c, int64_t from, int64_t to, sp_pool *pool, float *logits)
 {
     if (from < 0)
         from = 0;
@@ -197,12 +215,12 @@ static void finish(win *c, int64_t from, int64_t to, sp_pool *pool)
         to = c->N[0];
     if (to <= from)
         return;
-    fin_ctx f = {c, from};
+    fin_ctx f = {c, from, logits, c->N[0] * c->N[1] * c->N[2]};
     sp_pool_for(pool, (to - from) * c->N[1], 4, finish_rows, &f);
 }
 
 sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
-                        const sp_window_params *wp, uint16_t *labels, sp_pool *pool,
+                        const sp_window_params *wp, uint16_t *labels, float *logits, sp_pool *pool,
                         sp_timings *t, void (*progress)(const char *, int, int, void *),
                         void *progress_user)
 {
@@ -232,8 +250,11 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
     c.gauss = sp_gaussian_map(c.P, wp->sigma_scale);
     c.in = malloc((size_t)B * psz * sizeof(float));
     c.out = malloc((size_t)B * (size_t)c.C * psz * sizeof(float));
-    c.acc = calloc((size_t)c.C * (size_t)c.P[0] * (size_t)c.slab, sizeof(float));
-    if (!tiles || !c.gauss || !c.in || !c.out || !c.acc) {
+    c.ring = logits ? c.N[0] : c.P[0];
+    c.acc = calloc((size_t)c.C * (size_t)c.ring * (size_t)c.slab, sizeof(float));
+    if (logits)
+        c.wsum = calloc((size_t)(c.N[0] * c.slab), sizeof(float));
+    if (!tiles || !c.gauss || !c.in || !c.out || !c.acc || (logits && !c.wsum)) {
         st = sp_fail(SP_ERR_NOMEM, "sliding window: cannot allocate buffers (%d classes, "
                      "ring %lldx%lldx%lld)", c.C, (long long)c.P[0], (long long)c.N[1], (long long)c.N[2]);
         goto done;
@@ -254,9 +275,11 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
             nb++;
         double t0 = sp_now();
         /* rows before this window's first row are final */
-        finish(&c, finished, tiles[i].s[0] - c.pad[0], pool);
-        if (tiles[i].s[0] - c.pad[0] > finished)
-            finished = tiles[i].s[0] - c.pad[0];
+        if (!logits) {
+            finish(&c, finished, tiles[i].s[0] - c.pad[0], pool, NULL);
+            if (tiles[i].s[0] - c.pad[0] > finished)
+                finished = tiles[i].s[0] - c.pad[0];
+        }
         c.batch = &tiles[i];
         c.nb = nb;
         sp_pool_for(pool, (int64_t)nb * c.P[0] * c.P[1], 8, gather_rows, &c);
@@ -277,7 +300,7 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
     }
     {
         double t0 = sp_now();
-        finish(&c, finished, c.N[0], pool);
+        finish(&c, finished, c.N[0], pool, logits);
         sp_timings_add(t, "window", sp_now() - t0);
     }
 done:
@@ -286,5 +309,6 @@ done:
     free(c.in);
     free(c.out);
     free(c.acc);
+    free(c.wsum);
     return st;
 }

@@ -150,7 +150,7 @@ static int cmd_ct(int argc, char **argv)
         case 'b': cp.tile_batch = atoi(optarg); break;
         case 's': cp.step = atof(optarg); break;
         case 'S': split = 1; break;
-        case 'M': return usage_error("ct", "--smooth is not implemented yet");
+        case 'M': cp.smooth = 1; break;
         case 'L': cp.largest_component = 1; break;
         case 'n': cp.min_component_ml = atof(optarg); break;
         case 'r': report = optarg; break;
@@ -166,6 +166,7 @@ static int cmd_ct(int argc, char **argv)
                    "      --tile-batch N       tiles per inference call (default 1)\n"
                    "      --step F             sliding-window step (default: manifest, 0.5)\n"
                    "      --split              one <class>.nii.gz per class in folder OUTPUT\n"
+                   "      --smooth             labels back from linearly resampled logits (not nearest)\n"
                    "      --largest-component  keep the largest component of each label\n"
                    "      --min-component-ml X remove components smaller than X ml\n"
                    "      --report FILE        JSON run report\n"
