@@ -227,7 +227,7 @@ typedef struct sp_ct_params {
     double min_component_ml; /* >0: drop components smaller than this */
     int threads;             /* CPU threads for the C stages; 0 = cores */
     int passport;            /* 1: compute the passport (default 1) */
-    int passport_at_model_res; /* 1: passport on the model-resolution volume */
+    int keep_model_labels;   /* 1: keep the model-resolution labels in the result */
     void (*progress)(const char *stage, int done, int total, void *user);
     void *progress_user;
 } sp_ct_params;
@@ -244,6 +244,13 @@ void sp_ct_result_free(sp_ct_result *r);
 const sp_timings *sp_ct_result_timings(const sp_ct_result *r);
 /* Label volume on the input grid (uint16 values, i fastest; owned by r). */
 const uint16_t *sp_ct_result_labels(const sp_ct_result *r, int64_t dim[3]);
+/* Labels at model resolution in the RAS-canonical grid (NULL unless
+ * keep_model_labels), with that grid's dims and affine (TotalSegmentator's
+ * change_spacing geometry). Owned by r. */
+const uint16_t *sp_ct_result_model_labels(const sp_ct_result *r, int64_t dim[3], double affine[4][4]);
+/* Write labels (uint8, int16 past 255) with dims and affine (sform). */
+sp_status sp_labels_write_affine(const char *path, const uint16_t *labels, const int64_t dim[3],
+                                 const double affine[4][4]);
 /* Passport JSON text (NULL if not computed; owned by r). */
 const char *sp_ct_result_passport_json(const sp_ct_result *r);
 typedef struct sp_passport sp_passport;

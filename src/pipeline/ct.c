@@ -18,6 +18,9 @@ struct sp_ct_result {
     sp_timings t;
     uint16_t *labels;
     int64_t dim[3];
+    uint16_t *model_labels;
+    int64_t mdim[3];
+    double maffine[4][4];
     sp_passport *passport;
 };
 
@@ -35,6 +38,7 @@ void sp_ct_result_free(sp_ct_result *r)
     if (!r)
         return;
     free(r->labels);
+    free(r->model_labels);
     sp_passport_free(r->passport);
     free(r);
 }
@@ -46,6 +50,15 @@ const uint16_t *sp_ct_result_labels(const sp_ct_result *r, int64_t dim[3])
         memcpy(dim, r->dim, sizeof r->dim);
     return r->labels;
 }
+const uint16_t *sp_ct_result_model_labels(const sp_ct_result *r, int64_t dim[3], double affine[4][4])
+{
+    if (dim)
+        memcpy(dim, r->mdim, sizeof r->mdim);
+    if (affine)
+        memcpy(affine, r->maffine, sizeof r->maffine);
+    return r->model_labels;
+}
+
 const char *sp_ct_result_passport_json(const sp_ct_result *r)
 {
     return r->passport ? sp_passport_json(r->passport) : NULL;
@@ -178,6 +191,17 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
     }
     memcpy(r->dim, g->dim, sizeof r->dim);
     sp_timings_add(t, "labels_back", sp_now() - t0);
+    if (p.keep_model_labels) {
+        double ca[4][4];
+        sp_ornt_affine(&o, g->dim, g->affine, ca);
+        for (int col = 0; col < 3; col++)
+            for (int row = 0; row < 3; row++)
+                ca[row][col] *= (double)cdim[col] / (double)mdim[col];
+        memcpy(r->maffine, ca, sizeof ca);
+        memcpy(r->mdim, mdim, sizeof mdim);
+        r->model_labels = lab_m;
+        lab_m = NULL;
+    }
     free(lab_m);
     free(lab_c);
     lab_m = lab_c = NULL;
@@ -229,6 +253,26 @@ sp_status sp_labels_write(const char *path, const uint16_t *labels, const sp_vol
         return st;
     }
     return sp_nifti_write(path, &like->g, SP_DT_I16, labels, 0);
+}
+
+sp_status sp_labels_write_affine(const char *path, const uint16_t *labels, const int64_t dim[3],
+                                 const double affine[4][4])
+{
+    sp_volume v;
+    memset(&v, 0, sizeof v);
+    for (int i = 0; i < 3; i++) {
+        v.g.dim[i] = dim[i];
+        v.g.spacing[i] = sqrt(affine[0][i] * affine[0][i] + affine[1][i] * affine[1][i] +
+                              affine[2][i] * affine[2][i]);
+        v.g.pixdim[i + 1] = v.g.spacing[i];
+        for (int c = 0; c < 4; c++)
+            v.g.srow[i][c] = affine[i][c];
+    }
+    memcpy(v.g.affine, affine, sizeof v.g.affine);
+    v.g.sform_code = 1;
+    v.g.qfac = 1;
+    v.g.xyzt_units = 2;
+    return sp_labels_write(path, labels, &v);
 }
 
 sp_status sp_labels_write_split(const char *dir, const uint16_t *labels, const sp_volume *like,

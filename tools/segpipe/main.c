@@ -5,7 +5,7 @@
  * maps the library's sp_status to the documented exit code:
  *   0 ok, 2 usage, 3 input, 4 model, 5 runtime, 6 I/O, 7 out of memory.
  */
-#include "segpipe.h"
+#include "cli.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -23,13 +23,16 @@
 
 static int g_quiet, g_verbose;
 
-static int fail(sp_status st, const char *ctx)
+#define fail cli_fail
+#define usage_error cli_usage_error
+
+int cli_fail(sp_status st, const char *ctx)
 {
     fprintf(stderr, "segpipe: %s%s%s\n", ctx ? ctx : "", ctx ? ": " : "", sp_last_error());
     return sp_status_exit_code(st);
 }
 
-static int usage_error(const char *cmd, const char *msg)
+int cli_usage_error(const char *cmd, const char *msg)
 {
     fprintf(stderr, "segpipe %s: %s (see 'segpipe %s --help')\n", cmd, msg, cmd);
     return 2;
@@ -134,9 +137,10 @@ static int cmd_ct(int argc, char **argv)
         {"split", no_argument, 0, 'S'}, {"smooth", no_argument, 0, 'M'},
         {"largest-component", no_argument, 0, 'L'}, {"min-component-ml", required_argument, 0, 'n'},
         {"report", required_argument, 0, 'r'}, {"no-passport", no_argument, 0, 'P'},
+        {"cache-graph", no_argument, 0, 'G'}, {"save-model-labels", required_argument, 0, 'K'},
         {"quiet", no_argument, 0, 'q'}, {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    const char *output = NULL, *model = sp_default_model_dir(), *report = NULL;
+    const char *output = NULL, *model = sp_default_model_dir(), *report = NULL, *mlab = NULL;
     sp_runtime_params rp = sp_runtime_default_params();
     sp_ct_params cp = sp_ct_default_params();
     int split = 0, c;
@@ -155,6 +159,8 @@ static int cmd_ct(int argc, char **argv)
         case 'n': cp.min_component_ml = atof(optarg); break;
         case 'r': report = optarg; break;
         case 'P': cp.passport = 0; break;
+        case 'G': rp.cache_optimized = 1; break;
+        case 'K': mlab = optarg; cp.keep_model_labels = 1; break;
         case 'q': g_quiet = 1; break;
         case 'v': g_verbose = 1; break;
         case 'h':
@@ -171,6 +177,8 @@ static int cmd_ct(int argc, char **argv)
                    "      --min-component-ml X remove components smaller than X ml\n"
                    "      --report FILE        JSON run report\n"
                    "      --no-passport        skip the passport\n"
+                   "      --cache-graph        keep ORT's optimised graph beside the model (<model>.opt.ort)\n"
+                   "      --save-model-labels F  also write the labels at model resolution (canonical grid)\n"
                    "  -q, --quiet / -v, --verbose\n"
                    "Writes OUTPUT, and beside it <stem>.passport.json and <stem>.statistics.json\n"
                    "(with --split: passport.json and statistics.json inside the folder).\n",
@@ -234,6 +242,15 @@ static int cmd_ct(int argc, char **argv)
     if (st) {
         rc = fail(st, NULL);
         goto out;
+    }
+    if (mlab) {
+        int64_t md[3];
+        double ma[4][4];
+        const uint16_t *ml = sp_ct_result_model_labels(res, md, ma);
+        if ((st = sp_labels_write_affine(mlab, ml, md, ma))) {
+            rc = fail(st, NULL);
+            goto out;
+        }
     }
     const sp_passport *ps = sp_ct_result_passport(res);
     if (ps && ((rc = write_text(ppath, sp_passport_json(ps))) ||
@@ -588,6 +605,7 @@ static const command commands[] = {
     {"ct", cmd_ct, "CT organ segmentation: NIfTI in, labels + passport out"},
     {"passport", cmd_passport, "measure every structure of a label map (any tool's)"},
     {"model", cmd_model, "model check DIR: validate a model package"},
+    {"bench", cmd_bench, "benchmark the CT pipeline on cases: bench.md, bench.json"},
     {"resample", cmd_resample, "resample (and pad) a volume, e.g. to make benchmark inputs"},
     {"models", cmd_models, "list the bundled (and a given) model with its labels"},
     {"version", cmd_version, "versions, ONNX Runtime providers, build flags"},

@@ -1,0 +1,399 @@
+/*
+ * bench.c — `segpipe bench`: the full CT pipeline on each case, every figure
+ * recorded, seed-style tables written.
+ *
+ * Each case runs in its own child process (forked before ONNX Runtime starts
+ * any thread), which loads the model, runs warm-up and timed runs and sends
+ * one line of JSON back through a pipe; so each case has its own peak RSS,
+ * and a case that crashes is counted as a failure with its signal instead of
+ * ending the benchmark. The parent writes bench.json (every raw figure) and
+ * bench.md (overall table per stage, success rate, structures, latency
+ * buckets, slowest and fastest cases). bench/plots.py draws the PNGs.
+ */
+#include "cli.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+typedef struct bench_opts {
+    const char *model, *out;
+    int runs, warmup, threads, tile_batch;
+} bench_opts;
+
+/* Child: run one case, print a JSON object on fd. */
+static void run_case(const char *path, const bench_opts *o, int fd)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "case", path);
+    sp_runtime_params rp = sp_runtime_default_params();
+    rp.threads = o->threads;
+    sp_runtime *rt = NULL;
+    sp_package *pk = NULL;
+    sp_volume *v = NULL;
+    sp_status st;
+    double t0 = sp_now();
+    if ((st = sp_runtime_create(&rp, &rt)) || (st = sp_package_load(rt, o->model, &pk)))
+        goto fail;
+    cJSON_AddNumberToObject(j, "load_model_s", sp_now() - t0);
+    cJSON *runs = cJSON_AddArrayToObject(j, "runs");
+    char tmp[64];
+    snprintf(tmp, sizeof tmp, "/tmp/segpipe-bench-%ld.nii.gz", (long)getpid());
+    for (int r = 0; r < o->warmup + o->runs; r++) {
+        sp_timings t = {0};
+        double a = sp_now();
+        if ((st = sp_volume_read(path, NULL, &v)))
+            goto fail;
+        sp_timings_add(&t, "read", sp_now() - a);
+        sp_ct_params cp = sp_ct_default_params();
+        cp.threads = o->threads;
+        cp.tile_batch = o->tile_batch;
+        sp_ct_result *res = NULL;
+        if ((st = sp_ct_run(pk, v, &cp, &res)))
+            goto fail;
+        const sp_timings *rt_t = sp_ct_result_timings(res);
+        for (int i = 0; i < rt_t->n; i++)
+            sp_timings_add(&t, rt_t->stage[i].name, rt_t->stage[i].seconds);
+        a = sp_now();
+        st = sp_labels_write(tmp, sp_ct_result_labels(res, NULL), v);
+        unlink(tmp);
+        sp_timings_add(&t, "write", sp_now() - a);
+        if (st) {
+            sp_ct_result_free(res);
+            goto fail;
+        }
+        if (r >= o->warmup) {
+            cJSON *run = cJSON_CreateObject();
+            cJSON *sec = cJSON_AddObjectToObject(run, "seconds");
+            for (int i = 0; i < t.n; i++)
+                cJSON_AddNumberToObject(sec, t.stage[i].name, t.stage[i].seconds);
+            cJSON_AddNumberToObject(run, "total", sp_timings_total(&t));
+            cJSON_AddItemToArray(runs, run);
+        }
+        if (r == o->warmup + o->runs - 1) {
+            sp_volume_info vi;
+            sp_volume_get_info(v, &vi);
+            double d[3] = {(double)vi.dim[0], (double)vi.dim[1], (double)vi.dim[2]};
+            cJSON_AddItemToObject(j, "shape", cJSON_CreateDoubleArray(d, 3));
+            cJSON_AddNumberToObject(j, "voxels", d[0] * d[1] * d[2]);
+            int border = 0;
+            cJSON_AddNumberToObject(j, "structures",
+                                    sp_ct_result_passport(res) ? sp_passport_count(sp_ct_result_passport(res), &border) : 0);
+        }
+        sp_ct_result_free(res);
+        sp_volume_free(v);
+        v = NULL;
+    }
+    cJSON_AddBoolToObject(j, "ok", 1);
+    goto done;
+fail:
+    cJSON_AddBoolToObject(j, "ok", 0);
+    cJSON_AddStringToObject(j, "error", sp_last_error());
+done:
+    cJSON_AddNumberToObject(j, "peak_rss_bytes", (double)sp_peak_rss());
+    sp_volume_free(v);
+    sp_package_free(pk);
+    sp_runtime_free(rt);
+    char *s = cJSON_PrintUnformatted(j);
+    size_t n = strlen(s), off = 0;
+    while (off < n) {
+        ssize_t w = write(fd, s + off, n - off);
+        if (w <= 0)
+            break;
+        off += (size_t)w;
+    }
+    free(s);
+    cJSON_Delete(j);
+}
+
+static cJSON *fork_case(const char *path, const bench_opts *o)
+{
+    int p[2];
+    if (pipe(p) != 0)
+        return NULL;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(p[0]);
+        run_case(path, o, p[1]);
+        close(p[1]);
+        _exit(0);
+    }
+    close(p[1]);
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len + 4096 + 1 > cap) {
+            cap = cap ? cap * 2 : 65536;
+            buf = realloc(buf, cap);
+        }
+        ssize_t r = read(p[0], buf + len, 4096);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        len += (size_t)r;
+    }
+    close(p[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    cJSON *j = NULL;
+    if (buf) {
+        buf[len] = 0;
+        j = cJSON_Parse(buf);
+    }
+    free(buf);
+    if (!j) {
+        j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "case", path);
+        cJSON_AddBoolToObject(j, "ok", 0);
+        char why[64];
+        snprintf(why, sizeof why, WIFSIGNALED(status) ? "killed by signal %d" : "exited %d without a result",
+                 WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+        cJSON_AddStringToObject(j, "error", why);
+    }
+    return j;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* numpy-style linear percentile of sorted v[0..n) */
+static double pct(const double *v, int n, double q)
+{
+    if (n == 0)
+        return NAN;
+    double pos = q / 100.0 * (n - 1);
+    int lo = (int)floor(pos);
+    return lo + 1 < n ? v[lo] + (v[lo + 1] - v[lo]) * (pos - lo) : v[lo];
+}
+
+static void stats_row(FILE *f, const char *name, double *v, int n)
+{
+    if (n == 0)
+        return;
+    qsort(v, (size_t)n, sizeof *v, cmp_d);
+    double m = 0, s = 0;
+    for (int i = 0; i < n; i++)
+        m += v[i];
+    m /= n;
+    for (int i = 0; i < n; i++)
+        s += (v[i] - m) * (v[i] - m);
+    s = n > 1 ? sqrt(s / (n - 1)) : 0;
+    fprintf(f, "| %s | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f |\n", name, m, s, pct(v, n, 50), pct(v, n, 95),
+            v[0], v[n - 1]);
+}
+
+static void write_md(FILE *f, cJSON *all, const bench_opts *o)
+{
+    int ncase = cJSON_GetArraySize(all), ok = 0, nrun = 0;
+    const char *stages[SP_MAX_STAGES];
+    int nst = 0;
+    cJSON *c;
+    cJSON_ArrayForEach(c, all) {
+        if (!cJSON_IsTrue(cJSON_GetObjectItem(c, "ok")))
+            continue;
+        ok++;
+        cJSON *r;
+        cJSON_ArrayForEach(r, cJSON_GetObjectItem(c, "runs")) {
+            nrun++;
+            cJSON *s;
+            cJSON_ArrayForEach(s, cJSON_GetObjectItem(r, "seconds")) {
+                int k;
+                for (k = 0; k < nst && strcmp(stages[k], s->string); k++)
+                    ;
+                if (k == nst && nst < SP_MAX_STAGES)
+                    stages[nst++] = s->string;
+            }
+        }
+    }
+    fprintf(f, "# segpipe bench\n\nmodel `%s`, %d case(s), %d timed run(s) each after %d warm-up, threads %s, "
+               "tile batch %d\n\n", o->model, ncase, o->runs, o->warmup, o->threads ? "" : "all cores", o->tile_batch);
+    if (o->threads)
+        fprintf(f, "(threads: %d)\n\n", o->threads);
+    fprintf(f, "## Overall (seconds per case run)\n\n| stage | mean | std | median | p95 | min | max |\n"
+               "|---|---|---|---|---|---|---|\n");
+    double *v = malloc(sizeof(double) * (size_t)(nrun + 1));
+    for (int k = 0; k <= nst; k++) {
+        int n = 0;
+        cJSON_ArrayForEach(c, all) {
+            cJSON *r;
+            cJSON_ArrayForEach(r, cJSON_GetObjectItem(c, "runs")) {
+                cJSON *x = k < nst ? cJSON_GetObjectItem(cJSON_GetObjectItem(r, "seconds"), stages[k])
+                                   : cJSON_GetObjectItem(r, "total");
+                v[n++] = cJSON_IsNumber(x) ? x->valuedouble : 0;
+            }
+        }
+        stats_row(f, k < nst ? stages[k] : "**total**", v, n);
+    }
+    fprintf(f, "\nsuccess: %d of %d cases (%.0f%%)\n", ok, ncase, ncase ? 100.0 * ok / ncase : 0);
+    double sm = 0, ss = 0;
+    int n = 0;
+    cJSON_ArrayForEach(c, all) {
+        cJSON *x = cJSON_GetObjectItem(c, "structures");
+        if (cJSON_IsNumber(x))
+            v[n++] = x->valuedouble, sm += x->valuedouble;
+    }
+    if (n) {
+        sm /= n;
+        for (int i = 0; i < n; i++)
+            ss += (v[i] - sm) * (v[i] - sm);
+        fprintf(f, "structures found: %.1f +- %.1f\n", sm, n > 1 ? sqrt(ss / (n - 1)) : 0);
+    }
+    /* latency buckets on per-run totals */
+    static const double edges[] = {1, 2, 5, 10, 20, 30, 60, 120};
+    int counts[9] = {0};
+    n = 0;
+    cJSON_ArrayForEach(c, all) {
+        cJSON *r;
+        cJSON_ArrayForEach(r, cJSON_GetObjectItem(c, "runs")) {
+            double t = cJSON_GetObjectItem(r, "total")->valuedouble;
+            int b = 0;
+            while (b < 8 && t >= edges[b])
+                b++;
+            counts[b]++;
+        }
+    }
+    fprintf(f, "\n## Latency distribution (runs)\n\n| total seconds | runs |\n|---|---|\n");
+    for (int b = 0; b < 9; b++)
+        if (counts[b])
+            fprintf(f, "| %s%g%s%g | %d |\n", b == 0 ? "< " : "", b == 0 ? edges[0] : edges[b - 1],
+                    b == 0 ? "" : b == 8 ? "+" : " - ", b == 0 || b == 8 ? NAN : edges[b], counts[b]);
+    fprintf(f, "\n## Cases (mean total, slowest first)\n\n| case | shape | seconds | peak RSS MB | structures | result |\n"
+               "|---|---|---|---|---|---|\n");
+    int nc = ncase;
+    double *mt = calloc((size_t)nc, sizeof *mt);
+    int *ord = calloc((size_t)nc, sizeof *ord), i = 0;
+    cJSON_ArrayForEach(c, all) {
+        double s = 0;
+        int k = 0;
+        cJSON *r;
+        cJSON_ArrayForEach(r, cJSON_GetObjectItem(c, "runs")) s += cJSON_GetObjectItem(r, "total")->valuedouble, k++;
+        mt[i] = k ? s / k : -1;
+        ord[i] = i;
+        i++;
+    }
+    for (int a = 0; a < nc; a++)
+        for (int b = a + 1; b < nc; b++)
+            if (mt[ord[b]] > mt[ord[a]]) {
+                int t = ord[a];
+                ord[a] = ord[b];
+                ord[b] = t;
+            }
+    for (int a = 0; a < nc; a++) {
+        cJSON *cc = cJSON_GetArrayItem(all, ord[a]);
+        cJSON *sh = cJSON_GetObjectItem(cc, "shape");
+        const char *err = cJSON_GetStringValue(cJSON_GetObjectItem(cc, "error"));
+        fprintf(f, "| %s | ", cJSON_GetStringValue(cJSON_GetObjectItem(cc, "case")));
+        if (cJSON_GetArraySize(sh) == 3)
+            fprintf(f, "%gx%gx%g", cJSON_GetArrayItem(sh, 0)->valuedouble, cJSON_GetArrayItem(sh, 1)->valuedouble,
+                    cJSON_GetArrayItem(sh, 2)->valuedouble);
+        cJSON *st = cJSON_GetObjectItem(cc, "structures");
+        cJSON *rss = cJSON_GetObjectItem(cc, "peak_rss_bytes");
+        char secs[32] = "", nst_s[16] = "";
+        if (mt[ord[a]] >= 0)
+            snprintf(secs, sizeof secs, "%.3f", mt[ord[a]]);
+        if (cJSON_IsNumber(st))
+            snprintf(nst_s, sizeof nst_s, "%d", st->valueint);
+        fprintf(f, " | %s | %.0f | %s | %s |\n", secs, cJSON_IsNumber(rss) ? rss->valuedouble / 1e6 : 0, nst_s,
+                err ? err : "ok");
+    }
+    free(mt);
+    free(ord);
+    free(v);
+}
+
+int cmd_bench(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"runs", required_argument, 0, 'r'},
+        {"warmup", required_argument, 0, 'w'}, {"threads", required_argument, 0, 't'},
+        {"tile-batch", required_argument, 0, 'b'}, {"out", required_argument, 0, 'o'},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    bench_opts o = {sp_default_model_dir(), "bench-out", 1, 0, 0, 1};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:o:t:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': o.model = optarg; break;
+        case 'r': o.runs = atoi(optarg); break;
+        case 'w': o.warmup = atoi(optarg); break;
+        case 't': o.threads = atoi(optarg); break;
+        case 'b': o.tile_batch = atoi(optarg); break;
+        case 'o': o.out = optarg; break;
+        case 'h':
+            printf("usage: segpipe bench [--model DIR] CASES... [--runs N] [--warmup N] [--threads N]\n"
+                   "                     [--tile-batch N] [--out DIR]\n"
+                   "Runs the full CT pipeline on each case (each in its own process), writes\n"
+                   "DIR/bench.json (every figure) and DIR/bench.md (tables); a failing case is\n"
+                   "counted, not fatal. bench/plots.py DIR draws the plots.\n");
+            return 0;
+        default: return cli_usage_error("bench", "unknown option");
+        }
+    }
+    if (optind >= argc || o.runs < 1 || o.warmup < 0 || o.tile_batch < 1 || o.threads < 0)
+        return cli_usage_error("bench", "expected CASES... (and --runs >= 1)");
+    if (mkdir(o.out, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "segpipe: %s: cannot create: %s\n", o.out, strerror(errno));
+        return 6;
+    }
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "segpipe_version", SP_VERSION_STRING);
+    cJSON_AddStringToObject(root, "onnxruntime_version", sp_ort_version());
+    cJSON_AddStringToObject(root, "model", o.model);
+    cJSON_AddNumberToObject(root, "threads", o.threads);
+    cJSON_AddNumberToObject(root, "tile_batch", o.tile_batch);
+    cJSON_AddNumberToObject(root, "runs", o.runs);
+    cJSON_AddNumberToObject(root, "warmup", o.warmup);
+    cJSON *all = cJSON_AddArrayToObject(root, "cases");
+    int failed = 0;
+    for (int i = optind; i < argc; i++) {
+        fprintf(stderr, "bench: %s ...", argv[i]);
+        cJSON *j = fork_case(argv[i], &o);
+        int ok = cJSON_IsTrue(cJSON_GetObjectItem(j, "ok"));
+        failed += !ok;
+        fprintf(stderr, " %s\n", ok ? "ok" : cJSON_GetStringValue(cJSON_GetObjectItem(j, "error")));
+        cJSON_AddItemToArray(all, j);
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/bench.json", o.out);
+    char *s = cJSON_Print(root);
+    sp_status st = sp_write_file_atomic(path, s, strlen(s));
+    free(s);
+    if (st) {
+        cJSON_Delete(root);
+        return cli_fail(st, NULL);
+    }
+    snprintf(path, sizeof path, "%s/bench.md", o.out);
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) {
+        cJSON_Delete(root);
+        fprintf(stderr, "segpipe: %s: cannot write\n", tmp);
+        return 6;
+    }
+    write_md(f, all, &o);
+    fclose(f);
+    rename(tmp, path);
+    cJSON_Delete(root);
+    FILE *md = fopen(path, "r");
+    if (md) {
+        char line[1024];
+        while (fgets(line, sizeof line, md))
+            fputs(line, stdout);
+        fclose(md);
+    }
+    return failed == argc - optind ? 1 : 0;   /* failing cases are counted, not fatal */
+}

@@ -1,0 +1,10 @@
+/* cli.h — shared helpers of the CLI's subcommands. */
+#ifndef SP_CLI_H
+#define SP_CLI_H
+#include "segpipe.h"
+#include <stdio.h>
+
+int cli_fail(sp_status st, const char *ctx);
+int cli_usage_error(const char *cmd, const char *msg);
+int cmd_bench(int argc, char **argv);
+#endif
