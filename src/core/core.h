@@ -41,6 +41,14 @@ void sp_pool_free(sp_pool *p);
 int sp_pool_size(const sp_pool *p);   /* workers + caller */
 void sp_pool_for(sp_pool *p, int64_t n, int64_t grain, sp_range_fn fn, void *ctx);
 
+/* ----------------------------------------------------------------- memory */
+/* Allocation for large buffers (volumes, logits): 2 MiB aligned and marked
+ * for transparent huge pages, which cuts the cost of first-touch page
+ * faults several times; small sizes fall back to malloc. Free with free().
+ * sp_big_calloc zeroes. */
+void *sp_big_alloc(size_t size);
+void *sp_big_calloc(size_t n, size_t size);
+
 /* ------------------------------------------------------------------ files */
 /* Read a whole file (limit: max_bytes). Caller frees *data. */
 sp_status sp_read_file(const char *path, size_t max_bytes, void **data, size_t *size);

@@ -10,8 +10,35 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+void *sp_big_alloc(size_t size)
+{
+    const size_t huge = (size_t)2 << 20;
+    if (size < 2 * huge)
+        return malloc(size ? size : 1);
+    void *p = NULL;
+    size_t rounded = (size + huge - 1) & ~(huge - 1);
+    if (posix_memalign(&p, huge, rounded) != 0)
+        return NULL;
+#ifdef MADV_HUGEPAGE
+    madvise(p, rounded, MADV_HUGEPAGE);
+#endif
+    return p;
+}
+
+void *sp_big_calloc(size_t n, size_t size)
+{
+    size_t bytes;
+    if (__builtin_mul_overflow(n, size, &bytes))
+        return NULL;
+    void *p = sp_big_alloc(bytes);
+    if (p)
+        memset(p, 0, bytes);
+    return p;
+}
 
 int sp_has_suffix(const char *s, const char *suffix)
 {
@@ -35,7 +62,7 @@ sp_status sp_read_file(const char *path, size_t max_bytes, void **data, size_t *
                        path, (long long)st.st_size, max_bytes);
     }
     size_t n = (size_t)st.st_size;
-    char *buf = malloc(n ? n : 1);
+    char *buf = sp_big_alloc(n ? n : 1);
     if (!buf) {
         close(fd);
         return sp_fail(SP_ERR_NOMEM, "%s: cannot allocate %zu bytes", path, n);

@@ -64,7 +64,7 @@ sp_volume *sp_volume_alloc(const sp_geom *g)
     if (!v)
         return NULL;
     v->g = *g;
-    v->data = malloc((size_t)sp_geom_nvox(g) * sizeof(float) + 1);
+    v->data = sp_big_alloc((size_t)sp_geom_nvox(g) * sizeof(float) + 1);
     if (!v->data) {
         free(v);
         return NULL;
@@ -440,6 +440,47 @@ static void conv_range(void *vctx, int64_t b, int64_t e, int worker)
 
 /* ------------------------------------------------------------- reading */
 
+/* Conversion overlapped with decompression: for multi-member gzip files
+ * (segpipe's own output, bgzip and pigz -i style), a helper thread converts
+ * the voxels of each finished member while the next one is inflated. */
+typedef struct overlap {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    conv_ctx *c;
+    size_t vox_offset, es;
+    int64_t nvox, avail, converted;
+    int finished;
+} overlap;
+
+static void overlap_progress(void *user, size_t bytes)
+{
+    overlap *o = user;
+    int64_t v = bytes > o->vox_offset ? (int64_t)((bytes - o->vox_offset) / o->es) : 0;
+    pthread_mutex_lock(&o->mu);
+    o->avail = v < o->nvox ? v : o->nvox;
+    pthread_cond_signal(&o->cv);
+    pthread_mutex_unlock(&o->mu);
+}
+
+static void *overlap_main(void *arg)
+{
+    overlap *o = arg;
+    pthread_mutex_lock(&o->mu);
+    for (;;) {
+        while (!o->finished && o->avail == o->converted)
+            pthread_cond_wait(&o->cv, &o->mu);
+        if (o->finished)
+            break;
+        int64_t b = o->converted, e = o->avail;
+        pthread_mutex_unlock(&o->mu);
+        conv_range(o->c, b, e, 0);
+        pthread_mutex_lock(&o->mu);
+        o->converted = e;
+    }
+    pthread_mutex_unlock(&o->mu);
+    return NULL;
+}
+
 /* Inflate up to `want` bytes of the gzip stream (header probe). */
 static size_t gz_probe(const uint8_t *in, size_t n, uint8_t *out, size_t want)
 {
@@ -470,8 +511,10 @@ static size_t gz_probe(const uint8_t *in, size_t n, uint8_t *out, size_t want)
 
 /* Decompress all gzip members into out[0..cap); *got = bytes produced.
  * Extra bytes past cap (trailing data) are ignored. */
+typedef void (*gz_progress_fn)(void *user, size_t bytes_done);
+
 static sp_status gz_inflate_all(const uint8_t *in, size_t n, uint8_t *out, size_t cap,
-                                size_t *got, const char *name)
+                                size_t *got, const char *name, gz_progress_fn progress, void *user)
 {
     struct libdeflate_decompressor *d = libdeflate_alloc_decompressor();
     size_t ipos = 0, opos = 0;
@@ -498,6 +541,8 @@ static sp_status gz_inflate_all(const uint8_t *in, size_t n, uint8_t *out, size_
         }
         ipos += in_used;
         opos += out_got;
+        if (progress)
+            progress(user, opos);
     }
     libdeflate_free_decompressor(d);
     *got = opos;
@@ -528,17 +573,41 @@ static sp_status read_impl(const uint8_t *buf, size_t n, const char *name,
     size_t need = (size_t)h.vox_offset + nbytes;
     const uint8_t *raw;
     uint8_t *tmp = NULL;
+    sp_volume *v = NULL;
+    conv_ctx c;
+    memset(&c, 0, sizeof c);
+    int64_t done_vox = 0;
     if (gz) {
-        tmp = malloc(need);
-        if (!tmp)
-            return sp_fail(SP_ERR_NOMEM, "%s: cannot allocate %zu bytes", name, need);
-        size_t got = 0;
-        if ((st = gz_inflate_all(buf, n, tmp, need, &got, name))) {
+        tmp = sp_big_alloc(need);
+        v = tmp ? sp_volume_alloc(&h.g) : NULL;
+        if (!v) {
             free(tmp);
+            return sp_fail(SP_ERR_NOMEM, "%s: cannot allocate %zu bytes", name, need + nvox * 4);
+        }
+        c = (conv_ctx){tmp + h.vox_offset, v->data, dt, h.swap, h.scl_slope, h.scl_inter,
+                       !(h.scl_slope == 1 && h.scl_inter == 0), 0};
+        overlap o = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, &c, (size_t)h.vox_offset,
+                     sp_dtype_size(dt), (int64_t)nvox, 0, 0, 0};
+        pthread_t th;
+        int threaded = sp_num_cores() > 1 && pthread_create(&th, NULL, overlap_main, &o) == 0;
+        size_t got = 0;
+        st = gz_inflate_all(buf, n, tmp, need, &got, name, threaded ? overlap_progress : NULL, &o);
+        if (threaded) {
+            pthread_mutex_lock(&o.mu);
+            o.finished = 1;
+            pthread_cond_signal(&o.cv);
+            pthread_mutex_unlock(&o.mu);
+            pthread_join(th, NULL);
+            done_vox = o.converted;
+        }
+        if (st) {
+            free(tmp);
+            sp_volume_free(v);
             return st;
         }
         if (got < need) {
             free(tmp);
+            sp_volume_free(v);
             return sp_fail(SP_ERR_INPUT, "%s: header says %lldx%lldx%lld %s = %zu bytes of data, "
                            "but the file holds %zu", name, (long long)h.g.dim[0], (long long)h.g.dim[1],
                            (long long)h.g.dim[2], sp_dtype_str(dt), nbytes,
@@ -553,16 +622,21 @@ static sp_status read_impl(const uint8_t *buf, size_t n, const char *name,
                            n > (size_t)h.vox_offset ? n - (size_t)h.vox_offset : 0);
         raw = buf + h.vox_offset;
     }
-    sp_volume *v = sp_volume_alloc(&h.g);
     if (!v) {
-        free(tmp);
-        return sp_fail(SP_ERR_NOMEM, "%s: cannot allocate %zu voxels", name, nvox);
+        v = sp_volume_alloc(&h.g);
+        if (!v)
+            return sp_fail(SP_ERR_NOMEM, "%s: cannot allocate %zu voxels", name, nvox);
+        c = (conv_ctx){raw, v->data, dt, h.swap, h.scl_slope, h.scl_inter,
+                       !(h.scl_slope == 1 && h.scl_inter == 0), 0};
     }
     v->file_dtype = dt;
-    conv_ctx c = {raw, v->data, dt, h.swap, h.scl_slope, h.scl_inter,
-                  !(h.scl_slope == 1 && h.scl_inter == 0), 0};
-    sp_pool_for(sp_default_pool(), (int64_t)nvox, 1 << 18, conv_range, &c);
-    v->integer_valued = !c.nonint;
+    /* what the overlap thread did not convert yet, on all cores */
+    conv_ctx rest = c;
+    size_t es = sp_dtype_size(dt);
+    rest.src = c.src + (size_t)done_vox * es;
+    rest.dst = c.dst + done_vox;
+    sp_pool_for(sp_default_pool(), (int64_t)nvox - done_vox, 1 << 18, conv_range, &rest);
+    v->integer_valued = !c.nonint && !rest.nonint;
     free(tmp);
     *out = v;
     return SP_OK;

@@ -52,38 +52,95 @@ static void free_runs(runs *R)
     free(R->parent);
 }
 
+/* Runs of one slab of rows, built by one worker. */
+typedef struct slab_runs {
+    run *r;
+    int64_t n, cap;
+    int oom;
+} slab_runs;
+
+typedef struct build_ctx {
+    const uint16_t *lab;
+    int64_t nx, nrows, rows_per;
+    int64_t *row;          /* row -> index of its first run within its slab */
+    slab_runs *slabs;
+} build_ctx;
+
+static void build_slab(void *vc, int64_t b, int64_t e, int w)
+{
+    build_ctx *c = vc;
+    for (int64_t s = b; s < e; s++) {
+        slab_runs *S = &c->slabs[s];
+        int64_t r0 = s * c->rows_per, r1 = r0 + c->rows_per < c->nrows ? r0 + c->rows_per : c->nrows;
+        for (int64_t row = r0; row < r1; row++) {
+            c->row[row] = S->n;
+            const uint16_t *p = c->lab + row * c->nx;
+            for (int64_t x = 0; x < c->nx;) {
+                uint16_t l = p[x];
+                int64_t st = x;
+                while (x < c->nx && p[x] == l)
+                    x++;
+                if (!l)
+                    continue;
+                if (S->n == S->cap) {
+                    int64_t nc = S->cap ? S->cap * 2 : 1024;
+                    run *nr = realloc(S->r, (size_t)nc * sizeof *nr);
+                    if (!nr) {
+                        S->oom = 1;
+                        return;
+                    }
+                    S->r = nr;
+                    S->cap = nc;
+                }
+                S->r[S->n++] = (run){(int32_t)st, (int32_t)(x - 1), l};
+            }
+        }
+    }
+}
+
 static sp_status build_runs(const uint16_t *lab, const int64_t dim[3], runs *R)
 {
     int64_t nrows = dim[1] * dim[2];
     memset(R, 0, sizeof *R);
+    sp_pool *pool = sp_default_pool();
+    int64_t nslab = (int64_t)sp_pool_size(pool) * 4;
+    if (nslab > nrows)
+        nslab = nrows > 0 ? nrows : 1;
+    build_ctx c = {lab, dim[0], nrows, (nrows + nslab - 1) / nslab, NULL, NULL};
     R->row = malloc((size_t)(nrows + 1) * sizeof *R->row);
-    R->cap = 1024;
-    R->r = malloc((size_t)R->cap * sizeof *R->r);
-    if (!R->row || !R->r)
-        goto oom;
-    for (int64_t row = 0; row < nrows; row++) {
-        R->row[row] = R->n;
-        const uint16_t *p = lab + row * dim[0];
-        for (int64_t x = 0; x < dim[0];) {
-            uint16_t l = p[x];
-            int64_t s = x;
-            while (x < dim[0] && p[x] == l)
-                x++;
-            if (!l)
-                continue;
-            if (R->n == R->cap) {
-                R->cap *= 2;
-                run *nr = realloc(R->r, (size_t)R->cap * sizeof *nr);
-                if (!nr)
-                    goto oom;
-                R->r = nr;
-            }
-            if (R->n >= INT32_MAX)
-                goto oom;
-            R->r[R->n++] = (run){(int32_t)s, (int32_t)(x - 1), l};
-        }
+    c.row = R->row;
+    c.slabs = calloc((size_t)nslab, sizeof *c.slabs);
+    int ok = R->row && c.slabs;
+    if (ok)
+        sp_pool_for(pool, nslab, 1, build_slab, &c);
+    int64_t total = 0;
+    for (int64_t s = 0; ok && s < nslab; s++) {
+        ok &= !c.slabs[s].oom;
+        total += c.slabs[s].n;
     }
-    R->row[nrows] = R->n;
+    ok = ok && total < INT32_MAX;
+    if (ok) {
+        R->r = malloc((size_t)(total ? total : 1) * sizeof *R->r);
+        ok = R->r != NULL;
+    }
+    if (ok) {   /* concatenate slabs; make row offsets global */
+        int64_t base = 0;
+        for (int64_t s = 0; s < nslab; s++) {
+            int64_t r0 = s * c.rows_per, r1 = r0 + c.rows_per < nrows ? r0 + c.rows_per : nrows;
+            for (int64_t row = r0; row < r1; row++)
+                R->row[row] += base;
+            if (c.slabs[s].n)
+                memcpy(R->r + base, c.slabs[s].r, (size_t)c.slabs[s].n * sizeof *R->r);
+            base += c.slabs[s].n;
+        }
+        R->n = total;
+        R->row[nrows] = total;
+    }
+    for (int64_t s = 0; c.slabs && s < nslab; s++)
+        free(c.slabs[s].r);
+    free(c.slabs);
+    if (!ok)
+        goto oom;
     R->parent = malloc((size_t)(R->n ? R->n : 1) * sizeof *R->parent);
     if (!R->parent)
         goto oom;

@@ -93,7 +93,7 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
     size_t nv = (size_t)sp_geom_nvox(g);
     const float *cvol = ct->data;
     if (!sp_ornt_is_identity(&o)) {
-        canon = malloc(nv * sizeof *canon);
+        canon = sp_big_alloc(nv * sizeof *canon);
         if (!canon) {
             st = sp_fail(SP_ERR_NOMEM, "reorient: cannot allocate %zu voxels", nv);
             goto fail;
@@ -117,8 +117,8 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
         same &= mdim[a] == cdim[a];
     }
     size_t nm = (size_t)(mdim[0] * mdim[1] * mdim[2]);
-    model_vol = malloc(nm * sizeof *model_vol);
-    lab_m = malloc(nm * sizeof *lab_m);
+    model_vol = sp_big_alloc(nm * sizeof *model_vol);
+    lab_m = sp_big_alloc(nm * sizeof *lab_m);
     if (!model_vol || !lab_m) {
         st = sp_fail(SP_ERR_NOMEM, "resample: cannot allocate %zu voxels", nm);
         goto fail;
@@ -145,7 +145,7 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
     wp.tile_batch = p.tile_batch > 0 ? p.tile_batch : 1;
     wp.num_classes = mf->num_classes;
     if (p.smooth) {
-        logits = malloc((size_t)mf->num_classes * nm * sizeof *logits);
+        logits = sp_big_alloc((size_t)mf->num_classes * nm * sizeof *logits);
         if (!logits) {
             st = sp_fail(SP_ERR_NOMEM, "--smooth: cannot allocate %d x %zu logits", mf->num_classes, nm);
             goto fail;
@@ -169,9 +169,9 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
 
     /* e. labels back to the canonical native grid, then undo the reorientation */
     t0 = sp_now();
-    r->labels = malloc(nv * sizeof *r->labels);
+    r->labels = sp_big_alloc(nv * sizeof *r->labels);
     if (!sp_ornt_is_identity(&o))
-        lab_c = malloc(nv * sizeof *lab_c);
+        lab_c = sp_big_alloc(nv * sizeof *lab_c);
     if (!r->labels || (!sp_ornt_is_identity(&o) && !lab_c)) {
         st = sp_fail(SP_ERR_NOMEM, "cannot allocate the label volume (%zu voxels)", nv);
         goto fail;
@@ -307,7 +307,7 @@ sp_status sp_labels_read(const char *path, const sp_read_params *p, uint16_t **l
     if (st)
         return st;
     size_t nv = (size_t)sp_geom_nvox(&v->g);
-    uint16_t *l = malloc((nv ? nv : 1) * sizeof *l);
+    uint16_t *l = sp_big_alloc((nv ? nv : 1) * sizeof *l);
     if (!l) {
         sp_volume_free(v);
         return sp_fail(SP_ERR_NOMEM, "out of memory");

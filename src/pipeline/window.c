@@ -248,12 +248,12 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
     int ntiles = ns[0] * ns[1] * ns[2];
     tile *tiles = malloc((size_t)ntiles * sizeof *tiles);
     c.gauss = sp_gaussian_map(c.P, wp->sigma_scale);
-    c.in = malloc((size_t)B * psz * sizeof(float));
-    c.out = malloc((size_t)B * (size_t)c.C * psz * sizeof(float));
+    c.in = sp_big_alloc((size_t)B * psz * sizeof(float));
+    c.out = sp_big_alloc((size_t)B * (size_t)c.C * psz * sizeof(float));
     c.ring = logits ? c.N[0] : c.P[0];
-    c.acc = calloc((size_t)c.C * (size_t)c.ring * (size_t)c.slab, sizeof(float));
+    c.acc = sp_big_calloc((size_t)c.C * (size_t)c.ring * (size_t)c.slab, sizeof(float));
     if (logits)
-        c.wsum = calloc((size_t)(c.N[0] * c.slab), sizeof(float));
+        c.wsum = sp_big_calloc((size_t)(c.N[0] * c.slab), sizeof(float));
     if (!tiles || !c.gauss || !c.in || !c.out || !c.acc || (logits && !c.wsum)) {
         st = sp_fail(SP_ERR_NOMEM, "sliding window: cannot allocate buffers (%d classes, "
                      "ring %lldx%lldx%lld)", c.C, (long long)c.P[0], (long long)c.N[1], (long long)c.N[2]);
