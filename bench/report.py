@@ -104,6 +104,17 @@ if th:
     best = min(grid, key=grid.get)
     lines.append(f"\nfastest: {best[0]} threads, tile batch {best[1]} (inference + window seconds)")
 
+ps = os.path.join(out, "passport_scaling.json")
+if os.path.exists(ps):
+    P = json.load(open(ps))
+    lines.append("\n## Passport seconds vs number of labels (458x379x224, best of 3)\n")
+    lines.append("| labels | with components | without components |\n|---|---|---|")
+    for k, v in P.items():
+        lines.append(f"| {v['labels_present']} | {v['with_components']:.3f} | {v['without_components']:.3f} |")
+    if len(cases) > 1:
+        lines.append("\nPassport seconds vs voxels (demo model labels): " + ", ".join(
+            f"{cases[n]['voxels'] / 1e6:.0f} M: {mean_stage(cases[n], 'passport'):.3f} s" for n in cases))
+
 open(os.path.join(out, "summary.md"), "w").write("\n".join(lines) + "\n")
 
 # plots

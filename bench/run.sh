@@ -66,6 +66,10 @@ if [ "${BENCH_QUICK:-0}" != 1 ]; then
   done; done
 fi
 
-# 6. summary and plots
+# 6. passport cost vs label count (458x379x224)
+/usr/bin/python3 bench/passport_scaling.py "$DATA/ct_458x379x224.nii.gz" "$OUT/ct_458x379x224.seg.nii.gz" \
+    "$OUT/passport_scaling.json" > /dev/null
+
+# 7. summary and plots
 /usr/bin/python3 bench/report.py "$OUT"
 cat "$OUT/summary.md"

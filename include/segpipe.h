@@ -297,6 +297,35 @@ int sp_passport_count(const sp_passport *ps, int *touching_border);
 sp_status sp_labels_read(const char *path, const sp_read_params *p,
                          uint16_t **labels, sp_volume **geometry);
 
+/* ---------------------------------------------------------------- service */
+
+typedef struct sp_serve_model {
+    const char *name;        /* URL name, e.g. "demo" */
+    const char *dir;         /* model package folder */
+} sp_serve_model;
+
+typedef struct sp_serve_params {
+    const char *host;        /* default "127.0.0.1" (loopback) */
+    int port;                /* default 8555 */
+    int workers;             /* inference workers (default 1) */
+    int queue;               /* bounded queue length (default 8) */
+    size_t max_body;         /* bytes (default 512 MiB) */
+    double timeout;          /* seconds a request may wait + run (default 600) */
+    int threads;             /* ONNX Runtime intra-op threads (0 = cores) */
+    const char *device;      /* "cpu" (default) */
+    const sp_serve_model *models;
+    int n_models;
+    /* called once every model is loaded and warmed up (may be NULL) */
+    void (*on_ready)(const char *url, void *user);
+    void *user;
+} sp_serve_params;
+
+sp_serve_params sp_serve_default_params(void);
+/* Run the HTTP service (KServe v2 + /v1/ct, see docs/service.md) until
+ * SIGTERM or SIGINT: then stop accepting, finish what is in flight, return
+ * SP_OK. Blocks those signals in the calling process. */
+sp_status sp_serve(const sp_serve_params *p);
+
 /* Write `size` bytes to `path` atomically (temporary name + rename). */
 sp_status sp_write_file_atomic(const char *path, const void *data, size_t size);
 

@@ -141,3 +141,14 @@ def test_smooth_labels_match_resampled_logits(tmp):
     # smooth and nearest differ (the point of --smooth) but mostly agree
     pl = np.asanyarray(nib.load(plain).dataobj)
     assert 0.5 < (pl == nearest).mean() < 1.0
+
+
+def test_ring_accumulator_equals_full_accumulator(tmp):
+    """The bounded ring accumulator (default) gives exactly the labels of the
+    full-volume accumulator (kept by --smooth; at the model spacing no
+    resampling happens, so --smooth returns its argmax unchanged)."""
+    rng = np.random.default_rng(15)
+    data = ndimage.gaussian_filter(rng.normal(0, 800, (30, 26, 19)), 1.0)
+    a, _, _ = run_case(tmp, data)
+    b, _, _ = run_case(tmp, data, ("--smooth",))
+    assert np.array_equal(a, b)

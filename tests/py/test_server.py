@@ -1,0 +1,195 @@
+"""`segpipe serve` over real loopback HTTP: every endpoint, every error
+status, a saturated queue (503 + Retry-After), --timeout (504), SIGTERM
+during a request (it completes, exit 0), startup failures, and /v1/ct equal
+to `segpipe ct` + `segpipe passport` on the same input."""
+import json, os, signal, socket, subprocess, threading, time, gzip
+import urllib.request, urllib.error
+import numpy as np
+import nibabel as nib
+from scipy import ndimage
+import sp
+
+CT_SM = os.path.join(sp.CTDIR, "example_ct_sm.nii.gz")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class Server:
+    def __init__(self, *args):
+        self.port = free_port()
+        env = dict(os.environ)
+        if "asan" in sp.BUILD:
+            env["ASAN_OPTIONS"] = "detect_leaks=1:halt_on_error=1"
+            env["LSAN_OPTIONS"] = "suppressions=" + os.path.join(sp.ROOT, "tests", "lsan.supp")
+            env.pop("LD_PRELOAD", None)
+        self.p = subprocess.Popen([sp.SEGPIPE, "serve", "--port", str(self.port), *map(str, args)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        line = self.p.stdout.readline()
+        if "ready on" not in line:
+            self.p.kill()
+            raise AssertionError("server did not start: " + line + self.p.stderr.read())
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+        rc = self.p.wait(timeout=60)
+        err = self.p.stderr.read()
+        return rc, err
+
+
+def http(url, data=None, ctype=None, method=None, timeout=120):
+    req = urllib.request.Request(url, data=data, method=method)
+    if ctype:
+        req.add_header("Content-Type", ctype)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+def jget(url, **kw):
+    code, body, _ = http(url, **kw)
+    return code, json.loads(body)
+
+
+def test_server_endpoints(tmp):
+    s = Server("--model", f"demo={sp.DEMO}", "--model", f"tiny={sp.TINYSEG}", "--workers", "2")
+    try:
+        assert jget(s.url + "/v2/health/live") == (200, {"live": True})
+        assert jget(s.url + "/v2/health/ready") == (200, {"ready": True})
+        code, meta = jget(s.url + "/v2")
+        assert code == 200 and meta["name"] == "segpipe"
+        code, m = jget(s.url + "/v2/models/tiny")
+        assert code == 200 and m["inputs"][0]["name"] == "input" and m["outputs"][0]["shape"] == [-1, 4, 8, 8, 8]
+        assert jget(s.url + "/v2/models/tiny/ready") == (200, {"ready": True})
+        code, e = jget(s.url + "/v2/models/nope")
+        assert code == 404 and e["error"]["code"] == 404
+        assert jget(s.url + "/nothing/here")[0] == 404
+        # KServe infer: the tiny conv against numpy
+        x = np.random.default_rng(1).normal(size=(1, 1, 8, 8, 8)).astype(np.float32)
+        body = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8, 8], "datatype": "FP32",
+                                       "data": x.ravel().tolist()}]}).encode()
+        code, r = jget(s.url + "/v2/models/tiny/infer", data=body, ctype="application/json")
+        assert code == 200 and r["outputs"][0]["shape"] == [1, 4, 8, 8, 8]
+        w = np.load(os.path.join(sp.TINYSEG, "weights.npz"))
+        ref = np.stack([ndimage.correlate(x[0, 0].astype(np.float64), w["w"][c, 0], mode="constant") + w["b"][c]
+                        for c in range(4)])
+        got = np.array(r["outputs"][0]["data"]).reshape(4, 8, 8, 8)
+        assert np.abs(got - ref).max() < 1e-4
+        code, e = jget(s.url + "/v2/models/tiny/infer", data=b'{"inputs": []}', ctype="application/json")
+        assert code == 400 and "input" in e["error"]["message"]
+        assert jget(s.url + "/v2/models/tiny/infer", data=body, ctype="text/plain")[0] == 415
+        # /v1/ct: equal to the CLI (segpipe ct, then segpipe passport on its labels)
+        raw = open(CT_SM, "rb").read()
+        code, r = jget(s.url + "/v1/ct?model=demo&labels=1", data=raw, ctype="application/octet-stream")
+        assert code == 200, r
+        assert r["processing_seconds"] > 0 and "queue_wait_seconds" in r and r["seconds"]["inference"] > 0
+        out = os.path.join(tmp, "cli.nii.gz")
+        sp.run("ct", CT_SM, "-o", out, "-q", check=True)
+        cli_pass = json.load(open(os.path.join(tmp, "cli.passport.json")))
+        sp.run("passport", "--ct", CT_SM, "--labels", out, "--label-map",
+               os.path.join(sp.CTDIR, "total_v2_labels.json"), "-o", os.path.join(tmp, "p.json"), "-q", check=True)
+        pas = json.load(open(os.path.join(tmp, "p.json")))
+        assert r["passport"]["structures"] == pas["structures"] == cli_pass["structures"]
+        code, lab, hdr = http(s.url + r["labels_url"])
+        assert code == 200 and hdr["Content-Type"] == "application/gzip"
+        open(os.path.join(tmp, "srv.nii.gz"), "wb").write(lab)
+        a = np.asanyarray(nib.load(os.path.join(tmp, "srv.nii.gz")).dataobj)
+        b = np.asanyarray(nib.load(out).dataobj)
+        assert np.array_equal(a, b)
+        assert http(s.url + "/v1/results/0123/labels")[0] == 404
+        # status and metrics show the traffic
+        code, st = jget(s.url + "/v1/status")
+        assert code == 200 and st["endpoints"]["ct"]["served"] == 1 and st["endpoints"]["infer"]["served"] == 1
+        assert st["endpoints"]["infer"]["failed"] == 2 and st["rss_bytes"] > 0
+        assert [m["state"] for m in st["models"]] == ["ready", "ready"]
+        code, met, hdr = http(s.url + "/metrics")
+        met = met.decode()
+        assert code == 200 and 'segpipe_requests_total{endpoint="ct",outcome="ok"} 1' in met
+        assert 'segpipe_model_ready{model="demo"} 1' in met and "segpipe_request_seconds{" in met
+    finally:
+        rc, err = s.stop()
+    assert rc == 0, err
+
+
+def test_server_errors(tmp):
+    raw = open(CT_SM, "rb").read()
+    s = Server("--model", f"demo={sp.DEMO}", "--max-body", str(len(raw) - 1))
+    try:
+        code, e = jget(s.url + "/v1/ct?model=demo", data=raw, ctype="application/octet-stream")
+        assert code == 413 and e["error"]["code"] == 413
+        assert jget(s.url + "/v1/ct?model=demo", data=raw[:1000], ctype="text/plain")[0] == 415
+        code, e = jget(s.url + "/v1/ct?model=demo", data=b"\x00" * 5000, ctype="application/octet-stream")
+        assert code == 422 and "NIfTI" in e["error"]["message"]
+        # a small .nii.gz that would expand past the voxel limit: refused from its header
+        hdr = bytearray(gzip.decompress(raw)[:352])
+        hdr[42:48] = np.array([30000, 30000, 30000], "<i2").tobytes()
+        code, e = jget(s.url + "/v1/ct?model=demo", data=gzip.compress(bytes(hdr) + b"\0" * 100),
+                       ctype="application/octet-stream")
+        assert code == 422 and "over the limit" in e["error"]["message"]
+        assert jget(s.url + "/v1/ct?model=nope", data=raw[:100])[0] == 404
+        assert jget(s.url + "/v1/ct?model=demo", method="GET")[0] == 405
+    finally:
+        rc, _ = s.stop()
+    assert rc == 0
+
+
+def test_server_saturation_timeout_sigterm(tmp):
+    raw = open(CT_SM, "rb").read()
+    s = Server("--model", f"demo={sp.DEMO}", "--workers", "1", "--queue", "1", "--threads", "1")
+    results = []
+    lock = threading.Lock()
+
+    def one():
+        r = http(s.url + "/v1/ct?model=demo", data=raw, ctype="application/octet-stream")
+        with lock:
+            results.append(r)
+
+    try:
+        th = [threading.Thread(target=one) for _ in range(4)]
+        for t in th:
+            t.start()
+            time.sleep(0.05)
+        for t in th:
+            t.join()
+        codes = sorted(r[0] for r in results)
+        assert codes.count(200) >= 2 and codes.count(503) >= 1, codes
+        busy = [r for r in results if r[0] == 503][0]
+        assert busy[2].get("Retry-After") and json.loads(busy[1])["error"]["code"] == 503
+        # SIGTERM while a request runs: it still completes, then exit 0
+        results.clear()
+        t = threading.Thread(target=one)
+        t.start()
+        time.sleep(0.5)
+        s.p.send_signal(signal.SIGTERM)
+        t.join()
+        assert results[0][0] == 200
+        assert s.p.wait(timeout=60) == 0
+    finally:
+        s.stop()
+    s = Server("--model", f"demo={sp.DEMO}", "--timeout", "0.3", "--threads", "1")
+    try:
+        code, e = jget(s.url + "/v1/ct?model=demo", data=raw, ctype="application/octet-stream")
+        assert code == 504 and e["error"]["code"] == 504
+    finally:
+        rc, _ = s.stop()
+    assert rc == 0
+
+
+def test_server_startup_failures(tmp):
+    r = subprocess.run([sp.SEGPIPE, "serve", "--model", f"x={tmp}/missing", "--port", str(free_port())],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 4 and "model 'x'" in r.stderr
+    r = subprocess.run([sp.SEGPIPE, "serve", "--port", str(free_port())], capture_output=True, text=True)
+    assert r.returncode == 2
+    r = subprocess.run([sp.SEGPIPE, "serve", "--model", f"a={sp.TINYSEG}", "--model", f"a={sp.TINYSEG}",
+                        "--port", str(free_port())], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "twice" in r.stderr
