@@ -115,6 +115,11 @@ if os.path.exists(ps):
         lines.append("\nPassport seconds vs voxels (demo model labels): " + ", ".join(
             f"{cases[n]['voxels'] / 1e6:.0f} M: {mean_stage(cases[n], 'passport'):.3f} s" for n in cases))
 
+sl = os.path.join(out, "serve_load.json")
+if os.path.exists(sl):
+    lines.append("\n## Service load (KServe infer, tiny model, loopback, keep-alive clients)\n")
+    lines.append(json.load(open(sl))["table"])
+
 open(os.path.join(out, "summary.md"), "w").write("\n".join(lines) + "\n")
 
 # plots

@@ -70,6 +70,9 @@ fi
 /usr/bin/python3 bench/passport_scaling.py "$DATA/ct_458x379x224.nii.gz" "$OUT/ct_458x379x224.seg.nii.gz" \
     "$OUT/passport_scaling.json" > /dev/null
 
-# 7. summary and plots
+# 7. service load (loopback)
+/usr/bin/python3 bench/serve_load.py "$OUT/serve_load.json" > /dev/null
+
+# 8. summary and plots
 /usr/bin/python3 bench/report.py "$OUT"
 cat "$OUT/summary.md"

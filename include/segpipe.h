@@ -220,7 +220,7 @@ const char *sp_default_model_dir(void);
 /* -------------------------------------------------------------- CT pipeline */
 
 typedef struct sp_ct_params {
-    int tile_batch;          /* tiles per ORT call (default 1) */
+    int tile_batch;          /* tiles per ORT call; 0 = auto (4, fewer for big outputs) */
     double step;             /* sliding-window step as a fraction; <=0: manifest */
     int smooth;              /* 1: resample logits linearly, then argmax */
     int largest_component;   /* 1: keep the largest 26-component per label */

@@ -28,7 +28,7 @@ sp_ct_params sp_ct_default_params(void)
 {
     sp_ct_params p;
     memset(&p, 0, sizeof p);
-    p.tile_batch = 1;
+    p.tile_batch = 0;   /* auto */
     p.passport = 1;
     return p;
 }
@@ -142,7 +142,14 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
     memcpy(wp.axes, mf->axes, sizeof wp.axes);
     wp.step = p.step > 0 ? p.step : mf->step;
     wp.sigma_scale = mf->sigma_scale;
-    wp.tile_batch = p.tile_batch > 0 ? p.tile_batch : 1;
+    if (p.tile_batch > 0) {
+        wp.tile_batch = p.tile_batch;
+    } else {
+        /* auto: 4 tiles per call was fastest here (docs/performance.md), as
+         * long as the logits of a batch stay under 256 MB */
+        double tile_bytes = 4.0 * mf->num_classes * (double)(mf->patch[0] * mf->patch[1] * mf->patch[2]);
+        wp.tile_batch = (int)fmax(1, fmin(4, 256e6 / tile_bytes));
+    }
     wp.num_classes = mf->num_classes;
     if (p.smooth) {
         logits = sp_big_alloc((size_t)mf->num_classes * nm * sizeof *logits);

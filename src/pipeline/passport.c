@@ -211,6 +211,15 @@ static void json_vec(sp_buf *b, const double *v, int n)
     sp_buf_puts(b, "]");
 }
 
+/* TotalSegmentator's rule: a voxel in the first or last 3 slices of any axis */
+static int touches_border(const lab_acc *a, const int64_t dim[3])
+{
+    for (int k = 0; k < 3; k++)
+        if (a->lo[k] < 3 || a->hi[k] > dim[k] - 4)
+            return 1;
+    return 0;
+}
+
 /* numpy's round(x, 5): rint(x * 1e5) / 1e5 */
 static double round5(double x) { return nearbyint(x * 1e5) / 1e5; }
 
@@ -419,10 +428,7 @@ sp_status sp_passport_compute(const sp_volume *ct, const uint16_t *labels,
         eig3(wc, ev);
         for (int k = 0; k < 3; k++)
             axes[k] = 2.0 * sqrt(5.0 * (ev[k] > 0 ? ev[k] : 0));
-        int border = 0;
-        for (int k = 0; k < 3; k++)
-            if (a->lo[k] < 3 || a->hi[k] > c.dim[k] - 4)
-                border = 1;
+        int border = touches_border(a, c.dim);
         double ml = n * vox_vol / 1000.0;
         double surf = (double)a->faces[0] * area[0] + (double)a->faces[1] * area[1] +
                       (double)a->faces[2] * area[2];
@@ -523,11 +529,7 @@ sp_status sp_passport_compute(const sp_volume *ct, const uint16_t *labels,
         }
         double vol = 0, inten = 0;
         if (l < c.nl && A[l].n) {
-            int border = 0;
-            for (int k = 0; k < 3; k++)
-                if (A[l].lo[k] < 3 || A[l].hi[k] > c.dim[k] - 4)
-                    border = 1;
-            if (!border || p.keep_border) {
+            if (!touches_border(&A[l], c.dim) || p.keep_border) {
                 vol = (double)A[l].n * vox_vol;
                 inten = round5(A[l].sum_i16 / (double)A[l].n);
             }

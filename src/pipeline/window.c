@@ -250,7 +250,7 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
     c.gauss = sp_gaussian_map(c.P, wp->sigma_scale);
     c.in = sp_big_alloc((size_t)B * psz * sizeof(float));
     c.out = sp_big_alloc((size_t)B * (size_t)c.C * psz * sizeof(float));
-    c.ring = logits ? c.N[0] : c.P[0];
+    c.ring = logits ? c.N[0] : (c.P[0] < c.N[0] ? c.P[0] : c.N[0]);
     c.acc = sp_big_calloc((size_t)c.C * (size_t)c.ring * (size_t)c.slab, sizeof(float));
     if (logits)
         c.wsum = sp_big_calloc((size_t)(c.N[0] * c.slab), sizeof(float));

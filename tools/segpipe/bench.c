@@ -219,7 +219,7 @@ static void write_md(FILE *f, cJSON *all, const bench_opts *o)
         }
     }
     fprintf(f, "# segpipe bench\n\nmodel `%s`, %d case(s), %d timed run(s) each after %d warm-up, threads %s, "
-               "tile batch %d\n\n", o->model, ncase, o->runs, o->warmup, o->threads ? "" : "all cores", o->tile_batch);
+               "tile batch %d (0 = auto)\n\n", o->model, ncase, o->runs, o->warmup, o->threads ? "" : "all cores", o->tile_batch);
     if (o->threads)
         fprintf(f, "(threads: %d)\n\n", o->threads);
     fprintf(f, "## Overall (seconds per case run)\n\n| stage | mean | std | median | p95 | min | max |\n"
@@ -321,7 +321,7 @@ int cmd_bench(int argc, char **argv)
         {"warmup", required_argument, 0, 'w'}, {"threads", required_argument, 0, 't'},
         {"tile-batch", required_argument, 0, 'b'}, {"out", required_argument, 0, 'o'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    bench_opts o = {sp_default_model_dir(), "bench-out", 1, 0, 0, 1};
+    bench_opts o = {sp_default_model_dir(), "bench-out", 1, 0, 0, 0};
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:o:t:h", opts, NULL)) != -1) {
@@ -342,8 +342,16 @@ int cmd_bench(int argc, char **argv)
         default: return cli_usage_error("bench", "unknown option");
         }
     }
-    if (optind >= argc || o.runs < 1 || o.warmup < 0 || o.tile_batch < 1 || o.threads < 0)
+    if (optind >= argc || o.runs < 1 || o.warmup < 0 || o.tile_batch < 0 || o.threads < 0)
         return cli_usage_error("bench", "expected CASES... (and --runs >= 1)");
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", o.out);
+    for (char *q = dir + 1; *q; q++)   /* mkdir -p */
+        if (*q == '/') {
+            *q = 0;
+            mkdir(dir, 0755);
+            *q = '/';
+        }
     if (mkdir(o.out, 0755) != 0 && errno != EEXIST) {
         fprintf(stderr, "segpipe: %s: cannot create: %s\n", o.out, strerror(errno));
         return 6;

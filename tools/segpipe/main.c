@@ -169,7 +169,8 @@ static int cmd_ct(int argc, char **argv)
                    "  -m, --model DIR          model package (default: %s)\n"
                    "  -t, --threads N          CPU threads (default: all cores)\n"
                    "      --device cpu|cuda    execution provider\n"
-                   "      --tile-batch N       tiles per inference call (default 1)\n"
+                   "      --tile-batch N       tiles per inference call (default: auto, 4 when the\n"
+                   "                           logits of 4 tiles fit in 256 MB, else fewer)\n"
                    "      --step F             sliding-window step (default: manifest, 0.5)\n"
                    "      --split              one <class>.nii.gz per class in folder OUTPUT\n"
                    "      --smooth             labels back from linearly resampled logits (not nearest)\n"
@@ -191,7 +192,7 @@ static int cmd_ct(int argc, char **argv)
         return usage_error("ct", "expected one INPUT file");
     if (!output)
         return usage_error("ct", "missing -o OUTPUT");
-    if (cp.tile_batch < 1 || cp.tile_batch > 64 || rp.threads < 0 || cp.step < 0 || cp.step > 1)
+    if (cp.tile_batch < 0 || cp.tile_batch > 64 || rp.threads < 0 || cp.step < 0 || cp.step > 1)
         return usage_error("ct", "bad --tile-batch, --threads or --step");
     if (!split && !strstr(output, ".nii"))
         return usage_error("ct", "OUTPUT must end in .nii or .nii.gz (or use --split)");
