@@ -23,7 +23,7 @@ cases=("$DATA/ct_458x379x224.nii.gz")
 [ "${BENCH_QUICK:-0}" = 1 ] || cases+=("$DATA/ct_512x512x280.nii.gz" "$DATA/ct_512x512x458.nii.gz" "$DATA/ct_512x512x824.nii.gz")
 
 # 2. segpipe bench, demo model
-$SEG bench --model models/demo-ct "${cases[@]}" --runs 2 --warmup 1 --out "$OUT" > /dev/null
+$SEG bench --model models/demo-ct "${cases[@]}" --runs 2 --out "$OUT" > /dev/null
 
 # 3. peer, same inputs, outputs compared
 echo "[" > "$OUT/peer.json.tmp"
