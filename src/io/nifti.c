@@ -360,6 +360,8 @@ typedef struct conv_ctx {
     double slope, inter;
     int scaled;
     int nonint;           /* set if a non-integer value is seen */
+    pthread_mutex_t *mu;  /* guards vmin/vmax */
+    float vmin, vmax;
 } conv_ctx;
 
 static void conv_range(void *vctx, int64_t b, int64_t e, int worker)
@@ -436,6 +438,17 @@ static void conv_range(void *vctx, int64_t b, int64_t e, int worker)
             nonint = d[i] != floorf(d[i]);
     if (nonint)
         c->nonint = 1;   /* benign race: every writer stores 1 */
+    float lo = INFINITY, hi = -INFINITY;
+    for (int64_t i = b; i < e; i++) {
+        lo = d[i] < lo ? d[i] : lo;
+        hi = d[i] > hi ? d[i] : hi;
+    }
+    pthread_mutex_lock(c->mu);
+    if (lo < c->vmin)
+        c->vmin = lo;
+    if (hi > c->vmax)
+        c->vmax = hi;
+    pthread_mutex_unlock(c->mu);
 }
 
 /* ------------------------------------------------------------- reading */
@@ -574,6 +587,7 @@ static sp_status read_impl(const uint8_t *buf, size_t n, const char *name,
     const uint8_t *raw;
     uint8_t *tmp = NULL;
     sp_volume *v = NULL;
+    pthread_mutex_t range_mu = PTHREAD_MUTEX_INITIALIZER;
     conv_ctx c;
     memset(&c, 0, sizeof c);
     int64_t done_vox = 0;
@@ -585,7 +599,7 @@ static sp_status read_impl(const uint8_t *buf, size_t n, const char *name,
             return sp_fail(SP_ERR_NOMEM, "%s: cannot allocate %zu bytes", name, need + nvox * 4);
         }
         c = (conv_ctx){tmp + h.vox_offset, v->data, dt, h.swap, h.scl_slope, h.scl_inter,
-                       !(h.scl_slope == 1 && h.scl_inter == 0), 0};
+                       !(h.scl_slope == 1 && h.scl_inter == 0), 0, &range_mu, INFINITY, -INFINITY};
         overlap o = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, &c, (size_t)h.vox_offset,
                      sp_dtype_size(dt), (int64_t)nvox, 0, 0, 0};
         pthread_t th;
@@ -627,7 +641,7 @@ static sp_status read_impl(const uint8_t *buf, size_t n, const char *name,
         if (!v)
             return sp_fail(SP_ERR_NOMEM, "%s: cannot allocate %zu voxels", name, nvox);
         c = (conv_ctx){raw, v->data, dt, h.swap, h.scl_slope, h.scl_inter,
-                       !(h.scl_slope == 1 && h.scl_inter == 0), 0};
+                       !(h.scl_slope == 1 && h.scl_inter == 0), 0, &range_mu, INFINITY, -INFINITY};
     }
     v->file_dtype = dt;
     /* what the overlap thread did not convert yet, on all cores */
@@ -637,6 +651,9 @@ static sp_status read_impl(const uint8_t *buf, size_t n, const char *name,
     rest.dst = c.dst + done_vox;
     sp_pool_for(sp_default_pool(), (int64_t)nvox - done_vox, 1 << 18, conv_range, &rest);
     v->integer_valued = !c.nonint && !rest.nonint;
+    v->vmin = fminf(c.vmin, rest.vmin);
+    v->vmax = fmaxf(c.vmax, rest.vmax);
+    v->range_valid = nvox > 0;
     free(tmp);
     *out = v;
     return SP_OK;

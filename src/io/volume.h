@@ -27,6 +27,8 @@ struct sp_volume {
     float *data;
     sp_dtype file_dtype;
     int integer_valued;           /* every voxel holds an integer value */
+    int range_valid;              /* vmin/vmax hold the value range (set by the reader) */
+    float vmin, vmax;
 };
 
 /* Allocate a volume of geometry g with uninitialised data (or NULL). */

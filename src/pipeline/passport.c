@@ -63,15 +63,13 @@ static void pass0(void *vc, int64_t b, int64_t e, int w)
     int64_t plane = c->dim[0] * c->dim[1];
     uint16_t m = c->wmax[w];
     float lo = c->wmin_hu[w], hi = c->wmax_hu[w];
-    for (int64_t i = b * plane; i < e * plane; i++) {
-        if (c->lab[i] > m)
-            m = c->lab[i];
-        float v = c->ct[i];
-        if (v < lo)
-            lo = v;
-        if (v > hi)
-            hi = v;
-    }
+    for (int64_t i = b * plane; i < e * plane; i++)
+        m = c->lab[i] > m ? c->lab[i] : m;
+    if (c->ct)   /* the HU range, unless the reader already knows it */
+        for (int64_t i = b * plane; i < e * plane; i++) {
+            lo = c->ct[i] < lo ? c->ct[i] : lo;
+            hi = c->ct[i] > hi ? c->ct[i] : hi;
+        }
     c->wmax[w] = m;
     c->wmin_hu[w] = lo;
     c->wmax_hu[w] = hi;
@@ -252,7 +250,12 @@ sp_status sp_passport_compute(const sp_volume *ct, const uint16_t *labels,
     }
     for (int i = 0; i < nw; i++)
         c.wmin_hu[i] = INFINITY, c.wmax_hu[i] = -INFINITY;
+    if (ct->range_valid)
+        c.ct = NULL;   /* pass 0 then reads only the labels */
     sp_pool_for(pool, c.dim[2], 1, pass0, &c);
+    c.ct = ct->data;
+    if (ct->range_valid)
+        c.wmin_hu[0] = ct->vmin, c.wmax_hu[0] = ct->vmax;
     int maxl = 0;
     float hu_lo = INFINITY, hu_hi = -INFINITY;
     for (int i = 0; i < nw; i++) {
