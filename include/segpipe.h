@@ -297,6 +297,36 @@ int sp_passport_count(const sp_passport *ps, int *touching_border);
 sp_status sp_labels_read(const char *path, const sp_read_params *p,
                          uint16_t **labels, sp_volume **geometry);
 
+/* ----------------------------------------------------------------- images */
+
+/* A decoded photo: 8-bit RGB, rows top to bottom, in the upright frame (EXIF
+ * orientation applied). */
+typedef struct sp_image {
+    int width, height;
+    uint8_t *rgb;             /* width * height * 3 bytes */
+    int orientation;          /* EXIF orientation found in the file (1..8; 1 if none) */
+    int file_width, file_height;  /* as stored, before scaling and orientation */
+    int scale_denom;          /* JPEG decoded at 1/scale_denom (1, 2, 4, 8) */
+    const char *format;       /* "jpeg" or "png" */
+} sp_image;
+
+typedef struct sp_image_params {
+    uint64_t max_pixels;      /* refuse (or, for JPEG, decode downscaled) past this; 0 = 50 MP */
+    int min_long_side;        /* JPEG: decode downscaled while the long side stays >= this (0: full size) */
+} sp_image_params;
+sp_image_params sp_image_default_params(void);
+
+/* Decode a JPEG or PNG (by content, not name) with libjpeg-turbo / libpng.
+ * The pixel count is checked from the header before any pixel buffer is
+ * allocated; JPEGs over max_pixels are decoded at 1/2, 1/4 or 1/8 scale when
+ * that brings them under, other images are refused (SP_ERR_INPUT). Corrupt,
+ * truncated, empty and unsupported files give SP_ERR_INPUT with a message.
+ * Caller frees with sp_image_free. */
+sp_status sp_image_read(const char *path, const sp_image_params *p, sp_image **out);
+sp_status sp_image_read_mem(const void *data, size_t size, const char *name,
+                            const sp_image_params *p, sp_image **out);
+void sp_image_free(sp_image *img);
+
 /* ---------------------------------------------------------------- service */
 
 typedef struct sp_serve_model {

@@ -1,0 +1,289 @@
+/*
+ * image.c — photo decoding for the masks pipeline: JPEG (libjpeg-turbo, with
+ * its scaled decoding so a huge photo never needs a full-size buffer), PNG
+ * (libpng's simplified API), and the EXIF Orientation tag, read with a
+ * bounds-checked parser of the JPEG's APP1 segment and applied so the result
+ * is upright.
+ *
+ * Limits come first: dimensions are read from the header and checked
+ * against max_pixels before any pixel buffer exists. libjpeg warnings
+ * (premature end of data, corrupt segments) are treated as errors, so a
+ * truncated file is refused instead of returned half grey.
+ */
+#include "../core/core.h"
+
+#include <jpeglib.h>
+#include <png.h>
+#include <setjmp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEFAULT_MAX_PIXELS 50000000ull
+
+sp_image_params sp_image_default_params(void)
+{
+    sp_image_params p = {DEFAULT_MAX_PIXELS, 0};
+    return p;
+}
+
+void sp_image_free(sp_image *img)
+{
+    if (img) {
+        free(img->rgb);
+        free(img);
+    }
+}
+
+/* ------------------------------------------------------------------ EXIF */
+
+static unsigned rd16(const uint8_t *p, int be) { return be ? (unsigned)(p[0] << 8 | p[1]) : (unsigned)(p[1] << 8 | p[0]); }
+static uint32_t rd32(const uint8_t *p, int be)
+{
+    return be ? (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]
+              : (uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[1] << 8 | p[0];
+}
+
+/* Orientation (1..8) from an APP1 payload, or 1. Every offset is checked. */
+static int exif_orientation(const uint8_t *d, size_t n)
+{
+    if (n < 14 || memcmp(d, "Exif\0\0", 6) != 0)
+        return 1;
+    const uint8_t *t = d + 6;
+    size_t tn = n - 6;
+    int be;
+    if (!memcmp(t, "II", 2))
+        be = 0;
+    else if (!memcmp(t, "MM", 2))
+        be = 1;
+    else
+        return 1;
+    if (rd16(t + 2, be) != 42)
+        return 1;
+    uint32_t ifd = rd32(t + 4, be);
+    if (ifd > tn || tn - ifd < 2)
+        return 1;
+    unsigned count = rd16(t + ifd, be);
+    for (unsigned i = 0; i < count; i++) {
+        size_t e = (size_t)ifd + 2 + (size_t)i * 12;
+        if (e + 12 > tn)
+            return 1;
+        if (rd16(t + e, be) == 0x0112 && rd16(t + e + 2, be) == 3) {   /* SHORT */
+            unsigned v = rd16(t + e + 8, be);
+            return v >= 1 && v <= 8 ? (int)v : 1;
+        }
+    }
+    return 1;
+}
+
+/* Apply an EXIF orientation to an RGB image (PIL's exif_transpose). */
+static sp_status apply_orientation(sp_image *img)
+{
+    int o = img->orientation;
+    if (o <= 1)
+        return SP_OK;
+    int w = img->width, h = img->height, swap = o >= 5;
+    int ow = swap ? h : w, oh = swap ? w : h;
+    uint8_t *dst = malloc((size_t)ow * (size_t)oh * 3);
+    if (!dst)
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    for (int y = 0; y < oh; y++)
+        for (int x = 0; x < ow; x++) {
+            int sx, sy;
+            switch (o) {
+            case 2: sx = w - 1 - x; sy = y; break;
+            case 3: sx = w - 1 - x; sy = h - 1 - y; break;
+            case 4: sx = x; sy = h - 1 - y; break;
+            case 5: sx = y; sy = x; break;
+            case 6: sx = y; sy = h - 1 - x; break;
+            case 7: sx = w - 1 - y; sy = h - 1 - x; break;
+            default: sx = w - 1 - y; sy = x; break;   /* 8 */
+            }
+            memcpy(dst + ((size_t)y * ow + x) * 3, img->rgb + ((size_t)sy * w + sx) * 3, 3);
+        }
+    free(img->rgb);
+    img->rgb = dst;
+    img->width = ow;
+    img->height = oh;
+    return SP_OK;
+}
+
+/* ------------------------------------------------------------------ JPEG */
+
+typedef struct jerr {
+    struct jpeg_error_mgr pub;
+    jmp_buf jb;
+    char msg[JMSG_LENGTH_MAX];
+    int warnings;
+} jerr;
+
+static void j_error_exit(j_common_ptr c)
+{
+    jerr *e = (jerr *)c->err;
+    c->err->format_message(c, e->msg);
+    longjmp(e->jb, 1);
+}
+
+static void j_emit(j_common_ptr c, int level)
+{
+    jerr *e = (jerr *)c->err;
+    if (level < 0 && !e->warnings++)   /* corrupt data warnings: remember the first */
+        c->err->format_message(c, e->msg);
+}
+
+static sp_status read_jpeg(const uint8_t *buf, size_t n, const char *name, const sp_image_params *p,
+                           sp_image *img)
+{
+    struct jpeg_decompress_struct cinfo;
+    jerr err;
+    uint8_t *volatile rgb = NULL;
+    memset(&err, 0, sizeof err);
+    cinfo.err = jpeg_std_error(&err.pub);
+    err.pub.error_exit = j_error_exit;
+    err.pub.emit_message = j_emit;
+    if (setjmp(err.jb)) {
+        jpeg_destroy_decompress(&cinfo);
+        free(rgb);
+        return sp_fail(SP_ERR_INPUT, "%s: corrupt JPEG: %s", name, err.msg);
+    }
+    jpeg_create_decompress(&cinfo);
+    jpeg_mem_src(&cinfo, buf, (unsigned long)n);
+    jpeg_save_markers(&cinfo, JPEG_APP0 + 1, 0xffff);
+    jpeg_read_header(&cinfo, TRUE);
+    img->file_width = (int)cinfo.image_width;
+    img->file_height = (int)cinfo.image_height;
+    for (jpeg_saved_marker_ptr m = cinfo.marker_list; m; m = m->next)
+        if (m->marker == JPEG_APP0 + 1 && img->orientation <= 1)
+            img->orientation = exif_orientation(m->data, m->data_length);
+    if (!img->orientation)
+        img->orientation = 1;
+    uint64_t px = (uint64_t)cinfo.image_width * cinfo.image_height;
+    int denom = 1;
+    long longside = cinfo.image_width > cinfo.image_height ? cinfo.image_width : cinfo.image_height;
+    while (denom < 8 && px / ((uint64_t)denom * denom) > p->max_pixels)
+        denom *= 2;
+    while (p->min_long_side > 0 && denom < 8 && longside / (denom * 2) >= p->min_long_side)
+        denom *= 2;
+    if (px / ((uint64_t)denom * denom) > p->max_pixels) {
+        jpeg_destroy_decompress(&cinfo);
+        return sp_fail(SP_ERR_INPUT, "%s: %ux%u JPEG is over the %llu-pixel limit even at 1/8 scale", name,
+                       cinfo.image_width, cinfo.image_height, (unsigned long long)p->max_pixels);
+    }
+    cinfo.scale_num = 1;
+    cinfo.scale_denom = (unsigned)denom;
+    cinfo.out_color_space = JCS_RGB;
+    jpeg_start_decompress(&cinfo);
+    size_t stride = (size_t)cinfo.output_width * 3;
+    rgb = malloc(stride * cinfo.output_height);
+    if (!rgb) {
+        jpeg_destroy_decompress(&cinfo);
+        return sp_fail(SP_ERR_NOMEM, "%s: out of memory", name);
+    }
+    while (cinfo.output_scanline < cinfo.output_height) {
+        JSAMPROW row = rgb + stride * cinfo.output_scanline;
+        jpeg_read_scanlines(&cinfo, &row, 1);
+    }
+    jpeg_finish_decompress(&cinfo);
+    img->width = (int)cinfo.output_width;
+    img->height = (int)cinfo.output_height;
+    jpeg_destroy_decompress(&cinfo);
+    if (err.warnings) {
+        free(rgb);
+        return sp_fail(SP_ERR_INPUT, "%s: corrupt or truncated JPEG: %s", name, err.msg);
+    }
+    img->rgb = rgb;
+    img->scale_denom = denom;
+    img->format = "jpeg";
+    return SP_OK;
+}
+
+/* ------------------------------------------------------------------- PNG */
+
+static sp_status read_png(const uint8_t *buf, size_t n, const char *name, const sp_image_params *p,
+                          sp_image *img)
+{
+    png_image pi;
+    memset(&pi, 0, sizeof pi);
+    pi.version = PNG_IMAGE_VERSION;
+    if (!png_image_begin_read_from_memory(&pi, buf, n))
+        return sp_fail(SP_ERR_INPUT, "%s: corrupt PNG: %s", name, pi.message);
+    img->file_width = (int)pi.width;
+    img->file_height = (int)pi.height;
+    img->orientation = 1;
+    if ((uint64_t)pi.width * pi.height > p->max_pixels) {
+        png_image_free(&pi);
+        return sp_fail(SP_ERR_INPUT, "%s: %ux%u PNG is over the %llu-pixel limit (PNG cannot be decoded "
+                       "downscaled)", name, pi.width, pi.height, (unsigned long long)p->max_pixels);
+    }
+    pi.format = PNG_FORMAT_RGBA;   /* alpha dropped below, as PIL's convert("RGB") */
+    size_t np = (size_t)pi.width * pi.height;
+    uint8_t *rgba = malloc(np * 4), *rgb = malloc(np * 3);
+    if (!rgba || !rgb) {
+        free(rgba);
+        free(rgb);
+        png_image_free(&pi);
+        return sp_fail(SP_ERR_NOMEM, "%s: out of memory", name);
+    }
+    if (!png_image_finish_read(&pi, NULL, rgba, 0, NULL)) {
+        free(rgba);
+        free(rgb);
+        return sp_fail(SP_ERR_INPUT, "%s: corrupt or truncated PNG: %s", name, pi.message);
+    }
+    for (size_t i = 0; i < np; i++)
+        memcpy(rgb + 3 * i, rgba + 4 * i, 3);
+    free(rgba);
+    img->rgb = rgb;
+    img->width = (int)pi.width;
+    img->height = (int)pi.height;
+    img->scale_denom = 1;
+    img->format = "png";
+    return SP_OK;
+}
+
+sp_status sp_image_read_mem(const void *data, size_t size, const char *name, const sp_image_params *pp,
+                            sp_image **out)
+{
+    const uint8_t *b = data;
+    sp_image_params p = pp ? *pp : sp_image_default_params();
+    if (!p.max_pixels)
+        p.max_pixels = DEFAULT_MAX_PIXELS;
+    *out = NULL;
+    if (size < 12)
+        return sp_fail(SP_ERR_INPUT, "%s: empty or too short to be an image (%zu bytes)", name, size);
+    sp_image *img = calloc(1, sizeof *img);
+    if (!img)
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    sp_status st;
+    if (b[0] == 0xff && b[1] == 0xd8 && b[2] == 0xff)
+        st = read_jpeg(b, size, name, &p, img);
+    else if (!memcmp(b, "\x89PNG\r\n\x1a\n", 8))
+        st = read_png(b, size, name, &p, img);
+    else if (!memcmp(b, "RIFF", 4) && !memcmp(b + 8, "WEBP", 4))
+        st = sp_fail(SP_ERR_INPUT, "%s: WebP is not supported yet", name);
+    else if (!memcmp(b + 4, "ftyp", 4))
+        st = sp_fail(SP_ERR_INPUT, "%s: HEIC/HEIF is not supported yet", name);
+    else
+        st = sp_fail(SP_ERR_INPUT, "%s: not a JPEG or PNG image", name);
+    if (!st && (img->width <= 0 || img->height <= 0))
+        st = sp_fail(SP_ERR_INPUT, "%s: zero-sized image", name);
+    if (!st)
+        st = apply_orientation(img);
+    if (st) {
+        sp_image_free(img);
+        return st;
+    }
+    *out = img;
+    return SP_OK;
+}
+
+sp_status sp_image_read(const char *path, const sp_image_params *p, sp_image **out)
+{
+    void *buf;
+    size_t n;
+    sp_status st = sp_read_file(path, (size_t)1 << 30, &buf, &n);
+    *out = NULL;
+    if (st)
+        return st;
+    st = sp_image_read_mem(buf, n, path, p, out);
+    free(buf);
+    return st;
+}

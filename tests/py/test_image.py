@@ -1,0 +1,109 @@
+"""Photo decoding (src/io/image.c) against Pillow (Debian python3-pil, same
+libjpeg-turbo): PNG exact, JPEG exact, EXIF orientation 1..8 equal to
+ImageOps.exif_transpose, scaled JPEG decoding equal to Pillow's draft mode,
+limits checked from the header, bad files refused with a message."""
+import ctypes as C
+import io, os
+import numpy as np
+from PIL import Image, ImageOps
+import sp
+
+
+class SpImage(C.Structure):
+    _fields_ = [("width", C.c_int), ("height", C.c_int), ("rgb", C.POINTER(C.c_uint8)),
+                ("orientation", C.c_int), ("file_width", C.c_int), ("file_height", C.c_int),
+                ("scale_denom", C.c_int), ("format", C.c_char_p)]
+
+
+class Params(C.Structure):
+    _fields_ = [("max_pixels", C.c_uint64), ("min_long_side", C.c_int)]
+
+
+def decode(data, max_pixels=0, min_long_side=0):
+    L = sp.lib()
+    L.sp_image_read_mem.argtypes = [C.c_char_p, C.c_size_t, C.c_char_p, C.POINTER(Params),
+                                    C.POINTER(C.POINTER(SpImage))]
+    L.sp_image_free.argtypes = [C.POINTER(SpImage)]
+    out = C.POINTER(SpImage)()
+    st = L.sp_image_read_mem(data, len(data), b"test", C.byref(Params(max_pixels, min_long_side)), C.byref(out))
+    if st != 0:
+        raise ValueError(L.sp_last_error().decode())
+    im = out.contents
+    arr = np.ctypeslib.as_array(im.rgb, shape=(im.height, im.width, 3)).copy()
+    meta = dict(orientation=im.orientation, scale=im.scale_denom, file=(im.file_width, im.file_height))
+    L.sp_image_free(out)
+    return arr, meta
+
+
+def photo(w, h, seed=0):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    a = np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), (x + y) % 256], -1).astype(np.float64)
+    a += rng.normal(0, 12, a.shape)
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "RGB")
+
+
+def save(img, fmt, **kw):
+    b = io.BytesIO()
+    img.save(b, fmt, **kw)
+    return b.getvalue()
+
+
+def test_png_and_jpeg_match_pillow(tmp):
+    img = photo(37, 23)
+    for mode in ("RGB", "RGBA", "L", "P"):
+        data = save(img.convert(mode), "PNG")
+        got, m = decode(data)
+        assert np.array_equal(got, np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))), mode
+    for q, sub in ((90, 0), (75, 2)):
+        data = save(img, "JPEG", quality=q, subsampling=sub)
+        got, m = decode(data)
+        ref = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        assert got.shape == ref.shape and np.abs(got.astype(int) - ref).max() <= 1
+        assert m["orientation"] == 1 and m["scale"] == 1
+
+
+def test_exif_orientation_all_8(tmp):
+    img = photo(40, 24, 1)
+    for o in range(1, 9):
+        ex = Image.Exif()
+        ex[0x0112] = o
+        data = save(img, "JPEG", quality=95, exif=ex.tobytes())
+        got, m = decode(data)
+        ref = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+        assert m["orientation"] == o
+        assert got.shape == ref.shape, (o, got.shape, ref.shape)
+        assert np.abs(got.astype(int) - ref).max() <= 1, o
+
+
+def test_jpeg_downscaled_at_decode(tmp):
+    img = photo(1600, 1200, 2)
+    data = save(img, "JPEG", quality=85)
+    got, m = decode(data, max_pixels=200_000)     # 1.92 MP -> 1/4 scale: 400x300
+    assert m["scale"] == 4 and got.shape == (300, 400, 3) and m["file"] == (1600, 1200)
+    ref = Image.open(io.BytesIO(data))
+    ref.draft("RGB", (400, 300))
+    assert np.abs(got.astype(int) - np.asarray(ref.convert("RGB"))).max() <= 1
+    got, m = decode(data, min_long_side=768)       # long side stays >= 768: 1/2
+    assert m["scale"] == 2 and got.shape == (600, 800, 3)
+
+
+def test_image_bad_inputs(tmp):
+    img = photo(64, 48, 3)
+    jpg = save(img, "JPEG")
+    png = save(img, "PNG")
+    cases = [(b"", "too short"), (b"hello world, not an image", "not a JPEG or PNG"),
+             (jpg[: len(jpg) // 2], "JPEG"), (png[: len(png) // 2], "PNG"),
+             (save(img, "WEBP"), "WebP"), (png, "limit")]
+    for i, (data, msg) in enumerate(cases):
+        try:
+            decode(data, max_pixels=1000 if i == 5 else 0)
+            raise AssertionError(f"case {i} decoded")
+        except ValueError as e:
+            assert msg in str(e), (i, str(e))
+    big = photo(3000, 2000, 4)
+    try:
+        decode(save(big, "JPEG"), max_pixels=10_000)   # even 1/8 (375x250) is over 10k
+        raise AssertionError("decoded past the limit")
+    except ValueError as e:
+        assert "limit" in str(e)
