@@ -327,6 +327,42 @@ sp_status sp_image_read_mem(const void *data, size_t size, const char *name,
                             const sp_image_params *p, sp_image **out);
 void sp_image_free(sp_image *img);
 
+/* ------------------------------------------------------------ photo masks */
+
+typedef struct sp_masks_params {
+    int long_side;            /* model input long side (dynamic models); 0 = manifest */
+    const char *const *masks; /* mask names to return; NULL = all of the manifest's */
+    int n_masks;
+    int threads;              /* 0 = cores */
+} sp_masks_params;
+sp_masks_params sp_masks_default_params(void);
+
+typedef struct sp_mask {
+    const char *name;         /* owned by the package */
+    uint8_t *pixels;          /* width * height, 0 or 255, upright photo frame */
+    double area_fraction;
+    int bbox[4];              /* x0, y0, x1, y1 inclusive; all -1 when empty */
+} sp_mask;
+
+typedef struct sp_masks_result {
+    int width, height, n_masks;
+    sp_mask *masks;
+} sp_masks_result;
+
+/* Every requested mask of every image from ONE inference of the batch:
+ * resize (letterbox or stretch) and normalise per the manifest, run the
+ * model once on all n images, then per image upsample the class scores
+ * (logits, probability, or Mask2Former queries combined as its semantic
+ * inference does) bilinearly to the photo's size, take one argmax, and cut
+ * each mask from it. results[i] (caller frees each with
+ * sp_masks_result_free, and the array with free) belong to imgs[i]. Stage
+ * times are added to t (may be NULL). */
+sp_status sp_masks_run(sp_package *pk, sp_image *const *imgs, int n, const sp_masks_params *p,
+                       sp_masks_result ***results, sp_timings *t);
+void sp_masks_result_free(sp_masks_result *r);
+/* A mask as an 8-bit grey PNG in memory (caller frees *png). */
+sp_status sp_mask_png(const sp_mask *m, int width, int height, void **png, size_t *size);
+
 /* ---------------------------------------------------------------- service */
 
 typedef struct sp_serve_model {

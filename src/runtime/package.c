@@ -53,6 +53,153 @@ static const char *str_or(const cJSON *o, const char *key, const char *dflt)
     return cJSON_IsString(v) ? v->valuestring : dflt;
 }
 
+/* CT models: spacing, patch, axes, normalisation, sliding window. */
+static sp_status parse_ct(const cJSON *j, const cJSON *in, const char *file, sp_manifest *mf)
+{
+    sp_status st = SP_OK;
+    mf->channels = (int)num_or(in, "channels", 1);
+    if (mf->channels != 1) {
+        st = sp_fail(SP_ERR_MODEL, "%s: input.channels is %d; the CT pipeline feeds 1 channel", file,
+                     mf->channels);
+        return st;
+    }
+    double v[3];
+    if ((st = num_array(j, "spacing", mf->spacing, 3, file, 1)) ||
+        (st = num_array(j, "patch_size", v, 3, file, 1)))
+        return st;
+    for (int i = 0; i < 3; i++) {
+        if (v[i] != floor(v[i]) || v[i] > 4096) {
+            st = sp_fail(SP_ERR_MODEL, "%s: patch_size[%d] must be an integer <= 4096", file, i);
+            return st;
+        }
+        mf->patch[i] = (int64_t)v[i];
+    }
+    if ((st = num_array(j, "axes", v, 3, file, 0)))
+        return st;
+    int seen = 0;
+    for (int i = 0; i < 3; i++) {
+        if (v[i] != 0 && v[i] != 1 && v[i] != 2) {
+            st = sp_fail(SP_ERR_MODEL, "%s: axes must be a permutation of [0, 1, 2]", file);
+            return st;
+        }
+        mf->axes[i] = (int)v[i];
+        seen |= 1 << mf->axes[i];
+    }
+    if (seen != 7) {
+        st = sp_fail(SP_ERR_MODEL, "%s: axes must be a permutation of [0, 1, 2]", file);
+        return st;
+    }
+    const cJSON *nm = cJSON_GetObjectItemCaseSensitive(j, "normalization");
+    const char *scheme = str_or(nm, "scheme", "");
+    if (strcmp(scheme, "ct") == 0) {
+        mf->norm.scheme = SP_NORM_CT;
+        const char *k[4] = {"lo", "hi", "mean", "std"};
+        double *dst[4] = {&mf->norm.lo, &mf->norm.hi, &mf->norm.mean, &mf->norm.std};
+        for (int i = 0; i < 4; i++) {
+            const cJSON *x = cJSON_GetObjectItemCaseSensitive(nm, k[i]);
+            if (!cJSON_IsNumber(x)) {
+                st = sp_fail(SP_ERR_MODEL, "%s: normalization \"ct\" needs number \"%s\"", file, k[i]);
+                return st;
+            }
+            *dst[i] = x->valuedouble;
+        }
+        if (!(mf->norm.lo < mf->norm.hi) || !(mf->norm.std > 0)) {
+            st = sp_fail(SP_ERR_MODEL, "%s: normalization needs lo < hi and std > 0", file);
+            return st;
+        }
+    } else if (strcmp(scheme, "zscore") == 0) {
+        mf->norm.scheme = SP_NORM_ZSCORE;
+    } else if (strcmp(scheme, "none") == 0) {
+        mf->norm.scheme = SP_NORM_NONE;
+    } else {
+        st = sp_fail(SP_ERR_MODEL, "%s: normalization.scheme must be \"ct\", \"zscore\" or \"none\"", file);
+        return st;
+    }
+    const cJSON *sw = cJSON_GetObjectItemCaseSensitive(j, "sliding_window");
+    mf->step = num_or(sw, "step", 0.5);
+    mf->sigma_scale = num_or(sw, "sigma_scale", 0.125);
+    if (!(mf->step > 0 && mf->step <= 1) || !(mf->sigma_scale > 0 && mf->sigma_scale <= 1)) {
+        st = sp_fail(SP_ERR_MODEL, "%s: sliding_window.step and sigma_scale must be in (0, 1]", file);
+        return st;
+    }
+    return SP_OK;
+}
+
+/* Photo mask models: input size, preprocessing, output form. */
+static sp_status parse_masks(const cJSON *j, const cJSON *in, const cJSON *outp, const char *file,
+                             sp_manifest *mf)
+{
+    sp_status st;
+    mf->channels = (int)num_or(in, "channels", 3);
+    if (mf->channels != 3)
+        return sp_fail(SP_ERR_MODEL, "%s: input.channels must be 3 (RGB) for a masks model", file);
+    if (cJSON_GetObjectItemCaseSensitive(in, "size")) {
+        double hw[2];
+        if ((st = num_array(in, "size", hw, 2, file, 1)))
+            return st;
+        mf->in_h = (int)hw[0];
+        mf->in_w = (int)hw[1];
+    }
+    const cJSON *pp = cJSON_GetObjectItemCaseSensitive(j, "preprocess");
+    const char *rs = str_or(pp, "resize", "letterbox");
+    if (strcmp(rs, "letterbox") && strcmp(rs, "stretch"))
+        return sp_fail(SP_ERR_MODEL, "%s: preprocess.resize must be \"letterbox\" or \"stretch\"", file);
+    mf->letterbox = !strcmp(rs, "letterbox");
+    mf->long_side = (int)num_or(pp, "long_side", 768);
+    mf->pix_scale = num_or(pp, "scale", 1.0 / 255.0);
+    double one[3] = {1, 1, 1};
+    memcpy(mf->mean, (double[3]){0, 0, 0}, sizeof mf->mean);
+    memcpy(mf->std, one, sizeof mf->std);
+    if (cJSON_GetObjectItemCaseSensitive(pp, "mean") && (st = num_array(pp, "mean", mf->mean, 3, file, 0)))
+        return st;
+    if (cJSON_GetObjectItemCaseSensitive(pp, "std") && (st = num_array(pp, "std", mf->std, 3, file, 1)))
+        return st;
+    if (mf->long_side < 16 || mf->long_side > 8192)
+        return sp_fail(SP_ERR_MODEL, "%s: preprocess.long_side must be 16..8192", file);
+    const char *kind = str_or(outp, "kind", "logits");
+    mf->out_kind = !strcmp(kind, "logits") ? SP_OUT_LOGITS : !strcmp(kind, "probability") ? SP_OUT_PROB
+                 : !strcmp(kind, "mask2former") ? SP_OUT_M2F : -1;
+    if (mf->out_kind < 0)
+        return sp_fail(SP_ERR_MODEL, "%s: output.kind must be \"logits\", \"probability\" or \"mask2former\"", file);
+    mf->threshold = num_or(outp, "threshold", 0.5);
+    snprintf(mf->class_output, sizeof mf->class_output, "%s", str_or(outp, "class_output", "class_queries_logits"));
+    snprintf(mf->mask_output, sizeof mf->mask_output, "%s", str_or(outp, "mask_output", "masks_queries_logits"));
+    return SP_OK;
+}
+
+/* "masks": {"wall": [0], ...} -> class sets (after labels are known) */
+static sp_status parse_mask_sets(const cJSON *j, const char *file, sp_manifest *mf)
+{
+    const cJSON *ms = cJSON_GetObjectItemCaseSensitive(j, "masks");
+    if (!ms) {   /* default: one mask per non-background class */
+        for (int c = 1; c < mf->num_classes && mf->n_masks < SP_MAX_MASKS; c++) {
+            snprintf(mf->mask_name[mf->n_masks], sizeof mf->mask_name[0], "%s", mf->labels[c]);
+            mf->mask_cls[mf->n_masks][0] = c;
+            mf->mask_ncls[mf->n_masks++] = 1;
+        }
+        return SP_OK;
+    }
+    if (!cJSON_IsObject(ms))
+        return sp_fail(SP_ERR_MODEL, "%s: \"masks\" must map names to arrays of class indices", file);
+    for (const cJSON *e = ms->child; e; e = e->next) {
+        if (mf->n_masks == SP_MAX_MASKS || !cJSON_IsArray(e) || cJSON_GetArraySize(e) < 1 ||
+            cJSON_GetArraySize(e) > SP_MAX_MASK_CLASSES)
+            return sp_fail(SP_ERR_MODEL, "%s: mask \"%s\" must list 1..%d class indices (at most %d masks)", file,
+                           e->string, SP_MAX_MASK_CLASSES, SP_MAX_MASKS);
+        int k = mf->n_masks;
+        snprintf(mf->mask_name[k], sizeof mf->mask_name[0], "%s", e->string);
+        const cJSON *c;
+        cJSON_ArrayForEach(c, e) {
+            if (!cJSON_IsNumber(c) || c->valueint < 0 || c->valueint >= mf->num_classes)
+                return sp_fail(SP_ERR_MODEL, "%s: mask \"%s\" names class %g, outside the label map (0..%d)", file,
+                               e->string, c->valuedouble, mf->num_classes - 1);
+            mf->mask_cls[k][mf->mask_ncls[k]++] = c->valueint;
+        }
+        mf->n_masks++;
+    }
+    return SP_OK;
+}
+
 sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf)
 {
     sp_status st = SP_OK;
@@ -86,71 +233,14 @@ sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf)
     const cJSON *outp = cJSON_GetObjectItemCaseSensitive(j, "output");
     snprintf(mf->input_name, sizeof mf->input_name, "%s", str_or(in, "name", ""));
     snprintf(mf->output_name, sizeof mf->output_name, "%s", str_or(outp, "name", ""));
-    mf->channels = (int)num_or(in, "channels", 1);
-    if (mf->channels != 1) {
-        st = sp_fail(SP_ERR_MODEL, "%s: input.channels is %d; the CT pipeline feeds 1 channel", file,
-                     mf->channels);
+    if (!strcmp(mf->task, "ct"))
+        st = parse_ct(j, in, file, mf);
+    else if (!strcmp(mf->task, "masks"))
+        st = parse_masks(j, in, outp, file, mf);
+    else
+        st = sp_fail(SP_ERR_MODEL, "%s: unknown task \"%s\" (ct, masks)", file, mf->task);
+    if (st)
         goto out;
-    }
-    double v[3];
-    if ((st = num_array(j, "spacing", mf->spacing, 3, file, 1)) ||
-        (st = num_array(j, "patch_size", v, 3, file, 1)))
-        goto out;
-    for (int i = 0; i < 3; i++) {
-        if (v[i] != floor(v[i]) || v[i] > 4096) {
-            st = sp_fail(SP_ERR_MODEL, "%s: patch_size[%d] must be an integer <= 4096", file, i);
-            goto out;
-        }
-        mf->patch[i] = (int64_t)v[i];
-    }
-    if ((st = num_array(j, "axes", v, 3, file, 0)))
-        goto out;
-    int seen = 0;
-    for (int i = 0; i < 3; i++) {
-        if (v[i] != 0 && v[i] != 1 && v[i] != 2) {
-            st = sp_fail(SP_ERR_MODEL, "%s: axes must be a permutation of [0, 1, 2]", file);
-            goto out;
-        }
-        mf->axes[i] = (int)v[i];
-        seen |= 1 << mf->axes[i];
-    }
-    if (seen != 7) {
-        st = sp_fail(SP_ERR_MODEL, "%s: axes must be a permutation of [0, 1, 2]", file);
-        goto out;
-    }
-    const cJSON *nm = cJSON_GetObjectItemCaseSensitive(j, "normalization");
-    const char *scheme = str_or(nm, "scheme", "");
-    if (strcmp(scheme, "ct") == 0) {
-        mf->norm.scheme = SP_NORM_CT;
-        const char *k[4] = {"lo", "hi", "mean", "std"};
-        double *dst[4] = {&mf->norm.lo, &mf->norm.hi, &mf->norm.mean, &mf->norm.std};
-        for (int i = 0; i < 4; i++) {
-            const cJSON *x = cJSON_GetObjectItemCaseSensitive(nm, k[i]);
-            if (!cJSON_IsNumber(x)) {
-                st = sp_fail(SP_ERR_MODEL, "%s: normalization \"ct\" needs number \"%s\"", file, k[i]);
-                goto out;
-            }
-            *dst[i] = x->valuedouble;
-        }
-        if (!(mf->norm.lo < mf->norm.hi) || !(mf->norm.std > 0)) {
-            st = sp_fail(SP_ERR_MODEL, "%s: normalization needs lo < hi and std > 0", file);
-            goto out;
-        }
-    } else if (strcmp(scheme, "zscore") == 0) {
-        mf->norm.scheme = SP_NORM_ZSCORE;
-    } else if (strcmp(scheme, "none") == 0) {
-        mf->norm.scheme = SP_NORM_NONE;
-    } else {
-        st = sp_fail(SP_ERR_MODEL, "%s: normalization.scheme must be \"ct\", \"zscore\" or \"none\"", file);
-        goto out;
-    }
-    const cJSON *sw = cJSON_GetObjectItemCaseSensitive(j, "sliding_window");
-    mf->step = num_or(sw, "step", 0.5);
-    mf->sigma_scale = num_or(sw, "sigma_scale", 0.125);
-    if (!(mf->step > 0 && mf->step <= 1) || !(mf->sigma_scale > 0 && mf->sigma_scale <= 1)) {
-        st = sp_fail(SP_ERR_MODEL, "%s: sliding_window.step and sigma_scale must be in (0, 1]", file);
-        goto out;
-    }
     const cJSON *lab = cJSON_GetObjectItemCaseSensitive(j, "labels");
     if (!cJSON_IsObject(lab) || cJSON_GetArraySize(lab) < 2) {
         st = sp_fail(SP_ERR_MODEL, "%s: \"labels\" must map at least two indices to names", file);
@@ -185,6 +275,8 @@ sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf)
             snprintf(b, sizeof b, "label_%d", i);
             mf->labels[i] = strdup(b);
         }
+    if (!strcmp(mf->task, "masks"))
+        st = parse_mask_sets(j, file, mf);
 out:
     cJSON_Delete(j);
     if (st)
@@ -201,8 +293,53 @@ void sp_manifest_clear(sp_manifest *mf)
     mf->labels = NULL;
 }
 
+static int find_output(const sp_io_info *out, int no, const char *name)
+{
+    for (int i = 0; i < no; i++)
+        if (!strcmp(out[i].name, name))
+            return i;
+    return -1;
+}
+
+static sp_status check_masks_model(const sp_manifest *mf, const sp_model *m, const char *dir)
+{
+    int ni, no;
+    const sp_io_info *in = sp_model_inputs(m, &ni), *out = sp_model_outputs(m, &no);
+    if (ni != 1 || no < 1)
+        return sp_fail(SP_ERR_MODEL, "%s: a masks model takes 1 input and has outputs (has %d, %d)", dir, ni, no);
+    const sp_tensor *ti = &in[0].meta;
+    if (ti->dtype != SP_DT_F32 || ti->rank != 4 || (ti->shape[1] > 0 && ti->shape[1] != 3))
+        return sp_fail(SP_ERR_MODEL, "%s: the ONNX input must be float32 [N, 3, H, W]", dir);
+    if (mf->in_h && ((ti->shape[2] > 0 && ti->shape[2] != mf->in_h) || (ti->shape[3] > 0 && ti->shape[3] != mf->in_w)))
+        return sp_fail(SP_ERR_MODEL, "%s: input.size [%d, %d] differs from the ONNX input", dir, mf->in_h, mf->in_w);
+    if (!mf->in_h && (ti->shape[2] > 0 || ti->shape[3] > 0))
+        return sp_fail(SP_ERR_MODEL, "%s: the ONNX input has a fixed size: give input.size", dir);
+    if (mf->out_kind == SP_OUT_M2F) {
+        int c = find_output(out, no, mf->class_output), k = find_output(out, no, mf->mask_output);
+        if (c < 0 || k < 0)
+            return sp_fail(SP_ERR_MODEL, "%s: Mask2Former outputs \"%s\" and \"%s\" not both in the model", dir,
+                           mf->class_output, mf->mask_output);
+        if (out[c].meta.rank != 3 || out[k].meta.rank != 4)
+            return sp_fail(SP_ERR_MODEL, "%s: class queries must be [N, Q, C+1] and mask queries [N, Q, h, w]", dir);
+        if (out[c].meta.shape[2] > 0 && out[c].meta.shape[2] != mf->num_classes + 1)
+            return sp_fail(SP_ERR_MODEL, "%s: class queries have %lld classes (with the null class); the label map "
+                           "has %d", dir, (long long)out[c].meta.shape[2] - 1, mf->num_classes);
+        return SP_OK;
+    }
+    const sp_tensor *to = &out[0].meta;
+    if (to->dtype != SP_DT_F32 || to->rank != 4)
+        return sp_fail(SP_ERR_MODEL, "%s: the first output must be float32 [N, C, h, w]", dir);
+    int want = mf->out_kind == SP_OUT_PROB ? 1 : mf->num_classes;
+    if (to->shape[1] > 0 && to->shape[1] != want)
+        return sp_fail(SP_ERR_MODEL, "%s: the ONNX output has %lld channels; expected %d", dir,
+                       (long long)to->shape[1], want);
+    return SP_OK;
+}
+
 sp_status sp_manifest_check_model(const sp_manifest *mf, const sp_model *m, const char *dir)
 {
+    if (!strcmp(mf->task, "masks"))
+        return check_masks_model(mf, m, dir);
     int ni, no;
     const sp_io_info *in = sp_model_inputs(m, &ni), *out = sp_model_outputs(m, &no);
     if (ni != 1)

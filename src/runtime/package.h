@@ -4,6 +4,10 @@
 #include "../pipeline/pipeline.h"
 #include <limits.h>
 
+#define SP_MAX_MASKS 32
+#define SP_MAX_MASK_CLASSES 64
+enum { SP_OUT_LOGITS, SP_OUT_PROB, SP_OUT_M2F };
+
 typedef struct sp_manifest {
     int version;
     char name[64], task[16], onnx[128], input_name[64], output_name[64];
@@ -15,6 +19,16 @@ typedef struct sp_manifest {
     double step, sigma_scale;
     int num_classes;
     char **labels;            /* num_classes names */
+    /* task "masks" */
+    int in_h, in_w;           /* fixed model input (0: dynamic) */
+    int letterbox, long_side;
+    double pix_scale, mean[3], std[3];
+    int out_kind;
+    double threshold;
+    char class_output[64], mask_output[64];
+    int n_masks;
+    char mask_name[SP_MAX_MASKS][64];
+    int mask_cls[SP_MAX_MASKS][SP_MAX_MASK_CLASSES], mask_ncls[SP_MAX_MASKS];
 } sp_manifest;
 
 struct sp_package {

@@ -65,4 +65,52 @@ g = helper.make_graph(
     [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", C, 8, 8])],
     [numpy_helper.from_array(w[:, :, 1], "w"), numpy_helper.from_array(b, "b")])
 save(helper.make_model(g), os.path.join(here, "tiny2d.onnx"))
-print("wrote tiny.onnx, tiny2d.onnx and tinyseg/")
+# tinymask/: a per-pixel-logits photo model (SegFormer/DeepLab form):
+# Conv 3x3 stride 2, 3 -> 4 classes, dynamic H and W
+C2 = 4
+wm = rng.normal(0, 0.5, (C2, 3, 3, 3)).astype(np.float32)
+bm = rng.normal(0, 0.2, C2).astype(np.float32)
+g = helper.make_graph(
+    [helper.make_node("Conv", ["input", "w", "b"], ["logits"], pads=[1] * 4, strides=[2, 2])], "tinymask",
+    [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+    [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", C2, "h", "w"])],
+    [numpy_helper.from_array(wm, "w"), numpy_helper.from_array(bm, "b")])
+d = os.path.join(here, "tinymask")
+os.makedirs(d, exist_ok=True)
+save(helper.make_model(g), os.path.join(d, "model.onnx"))
+np.savez(os.path.join(d, "weights.npz"), w=wm, b=bm)
+room = {"0": "wall", "1": "floor", "2": "ceiling", "3": "window"}
+masks = {"wall": [0], "floor": [1], "ceiling": [2], "window": [3], "wall_or_ceiling": [0, 2]}
+pre = {"resize": "letterbox", "long_side": 64, "scale": 1 / 255, "mean": [0.485, 0.456, 0.406],
+       "std": [0.229, 0.224, 0.225]}
+json.dump({"format": "segpipe-model", "version": 1, "name": "tinymask", "task": "masks",
+           "onnx": "model.onnx", "input": {"name": "input", "channels": 3},
+           "output": {"name": "logits", "kind": "logits"}, "preprocess": pre, "labels": room, "masks": masks},
+          open(os.path.join(d, "segpipe.json"), "w"), indent=1)
+
+# tinym2f/: Mask2Former's query form: masks_queries_logits = Conv 4x4 stride 4
+# (3 -> Q), class_queries_logits = mean over pixels of a 1x1 conv, reshaped
+Q = 5
+wq = rng.normal(0, 0.5, (Q, 3, 4, 4)).astype(np.float32)
+wc = rng.normal(0, 0.8, (Q * (C2 + 1), 3, 1, 1)).astype(np.float32)
+g = helper.make_graph(
+    [helper.make_node("Conv", ["input", "wq"], ["masks_queries_logits"], strides=[4, 4]),
+     helper.make_node("Conv", ["input", "wc"], ["cc"]),
+     helper.make_node("GlobalAveragePool", ["cc"], ["cg"]),
+     helper.make_node("Reshape", ["cg", "shape"], ["class_queries_logits"])], "tinym2f",
+    [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+    [helper.make_tensor_value_info("class_queries_logits", TensorProto.FLOAT, ["N", Q, C2 + 1]),
+     helper.make_tensor_value_info("masks_queries_logits", TensorProto.FLOAT, ["N", Q, "h", "w"])],
+    [numpy_helper.from_array(wq, "wq"), numpy_helper.from_array(wc, "wc"),
+     numpy_helper.from_array(np.array([-1, Q, C2 + 1], np.int64), "shape")])
+d = os.path.join(here, "tinym2f")
+os.makedirs(d, exist_ok=True)
+save(helper.make_model(g), os.path.join(d, "model.onnx"))
+np.savez(os.path.join(d, "weights.npz"), wq=wq, wc=wc)
+json.dump({"format": "segpipe-model", "version": 1, "name": "tinym2f", "task": "masks",
+           "onnx": "model.onnx", "input": {"name": "input", "channels": 3},
+           "output": {"kind": "mask2former", "class_output": "class_queries_logits",
+                      "mask_output": "masks_queries_logits"},
+           "preprocess": pre, "labels": room, "masks": masks},
+          open(os.path.join(d, "segpipe.json"), "w"), indent=1)
+print("wrote tiny.onnx, tiny2d.onnx, tinyseg/, tinymask/, tinym2f/")

@@ -7,4 +7,5 @@
 int cli_fail(sp_status st, const char *ctx);
 int cli_usage_error(const char *cmd, const char *msg);
 int cmd_bench(int argc, char **argv);
+int cmd_masks(int argc, char **argv);
 #endif

@@ -682,6 +682,7 @@ static const command commands[] = {
     {"ct", cmd_ct, "CT organ segmentation: NIfTI in, labels + passport out"},
     {"passport", cmd_passport, "measure every structure of a label map (any tool's)"},
     {"model", cmd_model, "model check DIR: validate a model package"},
+    {"masks", cmd_masks, "photo masks: every requested mask from one inference per batch"},
     {"serve", cmd_serve, "HTTP service: KServe v2, /v1/ct, status, metrics"},
     {"bench", cmd_bench, "benchmark the CT pipeline on cases: bench.md, bench.json"},
     {"resample", cmd_resample, "resample (and pad) a volume, e.g. to make benchmark inputs"},

@@ -1,0 +1,404 @@
+/*
+ * masks.c — photo masks: one inference per batch returns every mask.
+ *
+ * Preprocess: each photo (already upright) is resized bilinearly (half-pixel
+ * centres) into the model's canvas — fixed input size, or long_side x
+ * long_side for dynamic models — stretched or letterboxed at the top-left,
+ * normalised ((x * scale - mean) / std) into NCHW float; rows in parallel.
+ * Inference: one ORT call for the whole batch.
+ * Postprocess, per photo pixel: the model grid coordinate of its centre,
+ * bilinear class scores, one argmax, then each mask is the set of pixels
+ * whose class is in the mask's class set. To avoid holding photo-sized
+ * per-class scores, only the classes that win at the 4 surrounding grid
+ * points are interpolated (exact unless another class wins only between
+ * grid points). Mask2Former's query outputs are first combined into class
+ * scores as its semantic inference does: sum over queries of
+ * softmax(class logits without the null class) x sigmoid(mask logits).
+ */
+#include "../runtime/package.h"
+
+#include <math.h>
+#include <png.h>
+#include <stdlib.h>
+#include <string.h>
+
+sp_masks_params sp_masks_default_params(void)
+{
+    sp_masks_params p;
+    memset(&p, 0, sizeof p);
+    return p;
+}
+
+void sp_masks_result_free(sp_masks_result *r)
+{
+    if (!r)
+        return;
+    for (int i = 0; i < r->n_masks; i++)
+        free(r->masks[i].pixels);
+    free(r->masks);
+    free(r);
+}
+
+typedef struct prep_ctx {
+    sp_image *const *imgs;
+    const sp_manifest *mf;
+    float *in;
+    int Hc, Wc;
+    int *rw, *rh;
+} prep_ctx;
+
+static void prep_rows(void *vc, int64_t b, int64_t e, int w)
+{
+    prep_ctx *c = vc;
+    size_t plane = (size_t)c->Hc * (size_t)c->Wc;
+    for (int64_t job = b; job < e; job++) {
+        int i = (int)(job / c->Hc), y = (int)(job % c->Hc);
+        const sp_image *im = c->imgs[i];
+        float *dst = c->in + (size_t)i * 3 * plane + (size_t)y * (size_t)c->Wc;
+        int rw = c->rw[i], rh = c->rh[i];
+        if (y >= rh) {
+            for (int ch = 0; ch < 3; ch++)
+                memset(dst + ch * plane, 0, (size_t)c->Wc * sizeof(float));
+            continue;
+        }
+        double sy = ((double)y + 0.5) * im->height / rh - 0.5;
+        if (sy < 0) sy = 0;
+        int y0 = (int)sy, y1 = y0 + 1 < im->height ? y0 + 1 : im->height - 1;
+        float fy = (float)(sy - y0);
+        for (int x = 0; x < c->Wc; x++) {
+            if (x >= rw) {
+                for (int ch = 0; ch < 3; ch++)
+                    dst[ch * plane + (size_t)x] = 0;
+                continue;
+            }
+            double sx = ((double)x + 0.5) * im->width / rw - 0.5;
+            if (sx < 0) sx = 0;
+            int x0 = (int)sx, x1 = x0 + 1 < im->width ? x0 + 1 : im->width - 1;
+            float fx = (float)(sx - x0);
+            const uint8_t *p00 = im->rgb + ((size_t)y0 * im->width + x0) * 3, *p01 = im->rgb + ((size_t)y0 * im->width + x1) * 3;
+            const uint8_t *p10 = im->rgb + ((size_t)y1 * im->width + x0) * 3, *p11 = im->rgb + ((size_t)y1 * im->width + x1) * 3;
+            for (int ch = 0; ch < 3; ch++) {
+                float top = p00[ch] + fx * (p01[ch] - p00[ch]);
+                float bot = p10[ch] + fx * (p11[ch] - p10[ch]);
+                float v = top + fy * (bot - top);
+                dst[ch * plane + (size_t)x] = (float)((v * c->mf->pix_scale - c->mf->mean[ch]) / c->mf->std[ch]);
+            }
+        }
+    }
+}
+
+typedef struct post_ctx {
+    const sp_manifest *mf;
+    const float *score;      /* C x h x w (one image) */
+    const uint16_t *amax;    /* h x w argmax of score */
+    int C, h, w;
+    int W, H;                /* photo */
+    double kx, ky;           /* photo pixel -> grid scale */
+    uint16_t *label;         /* H x W */
+} post_ctx;
+
+static void post_rows(void *vc, int64_t b, int64_t e, int wk)
+{
+    post_ctx *c = vc;
+    size_t plane = (size_t)c->h * (size_t)c->w;
+    for (int64_t y = b; y < e; y++) {
+        double gy = ((double)y + 0.5) * c->ky - 0.5;
+        gy = gy < 0 ? 0 : gy > c->h - 1 ? c->h - 1 : gy;
+        int y0 = (int)gy, y1 = y0 + 1 < c->h ? y0 + 1 : c->h - 1;
+        float fy = (float)(gy - y0);
+        for (int x = 0; x < c->W; x++) {
+            double gx = ((double)x + 0.5) * c->kx - 0.5;
+            gx = gx < 0 ? 0 : gx > c->w - 1 ? c->w - 1 : gx;
+            int x0 = (int)gx, x1 = x0 + 1 < c->w ? x0 + 1 : c->w - 1;
+            float fx = (float)(gx - x0);
+            size_t idx[4] = {(size_t)y0 * c->w + x0, (size_t)y0 * c->w + x1, (size_t)y1 * c->w + x0,
+                             (size_t)y1 * c->w + x1};
+            float wt[4] = {(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy};
+            uint16_t lab;
+            if (c->mf->out_kind == SP_OUT_PROB) {
+                float v = 0;
+                for (int k = 0; k < 4; k++)
+                    v += wt[k] * c->score[idx[k]];
+                lab = v > c->mf->threshold;
+            } else {
+                uint16_t cand[4];
+                int nc = 0;
+                for (int k = 0; k < 4; k++) {
+                    uint16_t l = c->amax[idx[k]];
+                    int seen = 0;
+                    for (int q = 0; q < nc; q++)
+                        seen |= cand[q] == l;
+                    if (!seen)
+                        cand[nc++] = l;
+                }
+                lab = cand[0];
+                if (nc > 1) {
+                    float best = -INFINITY;
+                    for (int q = 0; q < nc; q++) {
+                        const float *s = c->score + (size_t)cand[q] * plane;
+                        float v = wt[0] * s[idx[0]] + wt[1] * s[idx[1]] + wt[2] * s[idx[2]] + wt[3] * s[idx[3]];
+                        if (v > best || (v == best && cand[q] < lab))
+                            best = v, lab = cand[q];
+                    }
+                }
+            }
+            c->label[(size_t)y * c->W + x] = lab;
+        }
+    }
+}
+
+static sp_status find_out(sp_model *m, const char *name, int *idx)
+{
+    int no;
+    const sp_io_info *out = sp_model_outputs(m, &no);
+    for (int i = 0; i < no; i++)
+        if (!strcmp(out[i].name, name)) {
+            *idx = i;
+            return SP_OK;
+        }
+    return sp_fail(SP_ERR_MODEL, "the model has no output '%s'", name);
+}
+
+sp_status sp_masks_run(sp_package *pk, sp_image *const *imgs, int n, const sp_masks_params *pp,
+                       sp_masks_result ***results, sp_timings *t)
+{
+    sp_masks_params p = pp ? *pp : sp_masks_default_params();
+    const sp_manifest *mf = &pk->mf;
+    sp_model *m = pk->model;
+    sp_timings scratch = {0};
+    if (!t)
+        t = &scratch;
+    *results = NULL;
+    if (strcmp(mf->task, "masks"))
+        return sp_fail(SP_ERR_MODEL, "model '%s' is a '%s' model, not a masks model", mf->name, mf->task);
+    if (n < 1)
+        return sp_fail(SP_ERR_USAGE, "no images");
+    /* which masks */
+    int want[SP_MAX_MASKS], nw = 0;
+    if (p.masks) {
+        for (int i = 0; i < p.n_masks; i++) {
+            int k = 0;
+            while (k < mf->n_masks && strcmp(mf->mask_name[k], p.masks[i]))
+                k++;
+            if (k == mf->n_masks)
+                return sp_fail(SP_ERR_USAGE, "model '%s' has no mask '%s'", mf->name, p.masks[i]);
+            if (nw < SP_MAX_MASKS)
+                want[nw++] = k;
+        }
+    } else {
+        for (int k = 0; k < mf->n_masks; k++)
+            want[nw++] = k;
+    }
+    int Hc = mf->in_h, Wc = mf->in_w;
+    if (!Hc) {
+        int ls = p.long_side > 0 ? p.long_side : mf->long_side;
+        Hc = Wc = (ls + 31) / 32 * 32;
+    }
+    sp_pool *pool = sp_pool_get(p.threads);
+    sp_status st = SP_OK;
+    size_t plane = (size_t)Hc * (size_t)Wc;
+    float *in = sp_big_alloc((size_t)n * 3 * plane * sizeof(float));
+    int *rw = calloc((size_t)n, sizeof *rw), *rh = calloc((size_t)n, sizeof *rh);
+    sp_tensor outs[2];
+    memset(outs, 0, sizeof outs);
+    float *sem = NULL;
+    uint16_t *amax = NULL, *label = NULL;
+    sp_masks_result **res = calloc((size_t)n, sizeof *res);
+    if (!in || !rw || !rh || !res) {
+        st = sp_fail(SP_ERR_NOMEM, "masks: out of memory for a batch of %d", n);
+        goto done;
+    }
+    double t0 = sp_now();
+    for (int i = 0; i < n; i++) {
+        if (!mf->letterbox) {
+            rw[i] = Wc;
+            rh[i] = Hc;
+        } else {
+            double s = fmin((double)Wc / imgs[i]->width, (double)Hc / imgs[i]->height);
+            rw[i] = (int)fmax(1, fmin(Wc, round(imgs[i]->width * s)));
+            rh[i] = (int)fmax(1, fmin(Hc, round(imgs[i]->height * s)));
+        }
+    }
+    prep_ctx pc = {imgs, mf, in, Hc, Wc, rw, rh};
+    sp_pool_for(pool, (int64_t)n * Hc, 16, prep_rows, &pc);
+    double t1 = sp_now();
+    sp_timings_add(t, "preprocess", t1 - t0);
+    sp_tensor ti = {SP_DT_F32, 4, {n, 3, Hc, Wc}, in};
+    int oi[2] = {0, 0}, nout = 1;
+    if (mf->out_kind == SP_OUT_M2F) {
+        if ((st = find_out(m, mf->class_output, &oi[0])) || (st = find_out(m, mf->mask_output, &oi[1])))
+            goto done;
+        nout = (oi[0] > oi[1] ? oi[0] : oi[1]) + 1;
+    }
+    sp_tensor all[SP_MAX_RANK];
+    memset(all, 0, sizeof all);
+    if ((st = sp_model_run(m, &ti, 1, all, nout)))
+        goto done;
+    outs[0] = all[oi[0]];
+    if (mf->out_kind == SP_OUT_M2F)
+        outs[1] = all[oi[1]];
+    for (int k = 0; k < nout; k++)
+        if (k != oi[0] && (mf->out_kind != SP_OUT_M2F || k != oi[1]))
+            sp_tensor_free_data(&all[k]);
+    double t2 = sp_now();
+    sp_timings_add(t, "inference", t2 - t1);
+    int C, h, w;
+    if (mf->out_kind == SP_OUT_M2F) {
+        if (outs[0].rank != 3 || outs[1].rank != 4 || outs[0].shape[1] != outs[1].shape[1] ||
+            outs[0].shape[2] != mf->num_classes + 1) {
+            st = sp_fail(SP_ERR_MODEL, "Mask2Former outputs have unexpected shapes");
+            goto done;
+        }
+        C = mf->num_classes;
+        if (C > SP_MAX_MASK_CLASSES * 8) {
+            st = sp_fail(SP_ERR_MODEL, "Mask2Former models with more than %d classes are not supported",
+                         SP_MAX_MASK_CLASSES * 8);
+            goto done;
+        }
+        h = (int)outs[1].shape[2];
+        w = (int)outs[1].shape[3];
+    } else {
+        if (outs[0].rank != 4 || outs[0].shape[0] != n) {
+            st = sp_fail(SP_ERR_MODEL, "the model output is not [N, C, h, w]");
+            goto done;
+        }
+        C = (int)outs[0].shape[1];
+        h = (int)outs[0].shape[2];
+        w = (int)outs[0].shape[3];
+    }
+    size_t gp = (size_t)h * (size_t)w;
+    if (mf->out_kind == SP_OUT_M2F)
+        sem = malloc((size_t)C * gp * sizeof *sem);
+    amax = malloc(gp * sizeof *amax);
+    if ((mf->out_kind == SP_OUT_M2F && !sem) || !amax) {
+        st = sp_fail(SP_ERR_NOMEM, "masks: out of memory");
+        goto done;
+    }
+    for (int i = 0; i < n && !st; i++) {
+        const sp_image *im = imgs[i];
+        const float *score;
+        if (mf->out_kind == SP_OUT_M2F) {
+            int Q = (int)outs[0].shape[1];
+            const float *cl = (const float *)outs[0].data + (size_t)i * Q * (C + 1);
+            const float *mk = (const float *)outs[1].data + (size_t)i * Q * gp;
+            memset(sem, 0, (size_t)C * gp * sizeof *sem);
+            for (int q = 0; q < Q; q++) {
+                const float *r = cl + (size_t)q * (C + 1);
+                float mx = r[0], sum = 0, prob[SP_MAX_MASK_CLASSES * 8];
+                for (int c = 1; c <= C; c++)
+                    mx = r[c] > mx ? r[c] : mx;
+                for (int c = 0; c <= C; c++)
+                    sum += expf(r[c] - mx);
+                for (int c = 0; c < C && c < (int)(sizeof prob / sizeof *prob); c++)
+                    prob[c] = expf(r[c] - mx) / sum;
+                for (size_t g = 0; g < gp; g++) {
+                    float sg = 1.0f / (1.0f + expf(-mk[(size_t)q * gp + g]));
+                    for (int c = 0; c < C; c++)
+                        sem[(size_t)c * gp + g] += prob[c] * sg;
+                }
+            }
+            score = sem;
+        } else {
+            score = (const float *)outs[0].data + (size_t)i * (size_t)C * gp;
+        }
+        if (mf->out_kind != SP_OUT_PROB)
+            for (size_t g = 0; g < gp; g++) {
+                int bi = 0;
+                float bv = score[g];
+                for (int c = 1; c < C; c++)
+                    if (score[(size_t)c * gp + g] > bv)
+                        bv = score[(size_t)c * gp + g], bi = c;
+                amax[g] = (uint16_t)bi;
+            }
+        label = malloc((size_t)im->width * im->height * sizeof *label);
+        res[i] = calloc(1, sizeof **res);
+        if (!label || !res[i] || !(res[i]->masks = calloc((size_t)nw, sizeof *res[i]->masks))) {
+            st = sp_fail(SP_ERR_NOMEM, "masks: out of memory");
+            break;
+        }
+        /* photo pixel -> model grid: photo -> content rect (rw/W) -> grid (w/Wc) */
+        post_ctx c = {mf, score, amax, C, h, w, im->width, im->height,
+                      (double)rw[i] / im->width * w / Wc, (double)rh[i] / im->height * h / Hc, label};
+        sp_pool_for(pool, im->height, 8, post_rows, &c);
+        res[i]->width = im->width;
+        res[i]->height = im->height;
+        for (int k = 0; k < nw && !st; k++) {
+            sp_mask *mk = &res[i]->masks[k];
+            int mi = want[k];
+            mk->name = mf->mask_name[mi];
+            size_t np = (size_t)im->width * im->height;
+            mk->pixels = malloc(np);
+            if (!mk->pixels) {
+                st = sp_fail(SP_ERR_NOMEM, "masks: out of memory");
+                break;
+            }
+            res[i]->n_masks = k + 1;
+            uint8_t inset[65536 / 8] = {0};
+            for (int q = 0; q < mf->mask_ncls[mi]; q++)
+                inset[mf->mask_cls[mi][q] >> 3] |= (uint8_t)(1 << (mf->mask_cls[mi][q] & 7));
+            size_t cnt = 0;
+            int x0 = im->width, y0 = im->height, x1 = -1, y1 = -1;
+            for (int y = 0; y < im->height; y++)
+                for (int x = 0; x < im->width; x++) {
+                    uint16_t l = label[(size_t)y * im->width + x];
+                    int on = (inset[l >> 3] >> (l & 7)) & 1;
+                    mk->pixels[(size_t)y * im->width + x] = on ? 255 : 0;
+                    if (on) {
+                        cnt++;
+                        x0 = x < x0 ? x : x0;
+                        x1 = x > x1 ? x : x1;
+                        y0 = y < y0 ? y : y0;
+                        y1 = y > y1 ? y : y1;
+                    }
+                }
+            mk->area_fraction = (double)cnt / (double)np;
+            if (!cnt)
+                x0 = y0 = x1 = y1 = -1;
+            mk->bbox[0] = x0, mk->bbox[1] = y0, mk->bbox[2] = x1, mk->bbox[3] = y1;
+        }
+        free(label);
+        label = NULL;
+    }
+    sp_timings_add(t, "postprocess", sp_now() - t2);
+done:
+    sp_pool_put(pool);
+    free(in);
+    free(rw);
+    free(rh);
+    free(sem);
+    free(amax);
+    free(label);
+    sp_tensor_free_data(&outs[0]);
+    sp_tensor_free_data(&outs[1]);
+    if (st) {
+        for (int i = 0; res && i < n; i++)
+            sp_masks_result_free(res[i]);
+        free(res);
+        return st;
+    }
+    *results = res;
+    return SP_OK;
+}
+
+sp_status sp_mask_png(const sp_mask *m, int width, int height, void **png, size_t *size)
+{
+    png_image pi;
+    memset(&pi, 0, sizeof pi);
+    pi.version = PNG_IMAGE_VERSION;
+    pi.width = (png_uint_32)width;
+    pi.height = (png_uint_32)height;
+    pi.format = PNG_FORMAT_GRAY;
+    png_alloc_size_t n = 0;
+    if (!png_image_write_get_memory_size(pi, n, 0, m->pixels, 0, NULL))
+        return sp_fail(SP_ERR_RUNTIME, "PNG encoding failed: %s", pi.message);
+    void *buf = malloc(n);
+    if (!buf)
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    if (!png_image_write_to_memory(&pi, buf, &n, 0, m->pixels, 0, NULL)) {
+        free(buf);
+        return sp_fail(SP_ERR_RUNTIME, "PNG encoding failed: %s", pi.message);
+    }
+    *png = buf;
+    *size = n;
+    return SP_OK;
+}
