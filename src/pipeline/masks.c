@@ -9,9 +9,10 @@
  * Postprocess, per photo pixel: the model grid coordinate of its centre,
  * bilinear class scores, one argmax, then each mask is the set of pixels
  * whose class is in the mask's class set. To avoid holding photo-sized
- * per-class scores, only the classes that win at the 4 surrounding grid
- * points are interpolated (exact unless another class wins only between
- * grid points). Mask2Former's query outputs are first combined into class
+ * per-class scores, only the best and second-best classes of the 4
+ * surrounding grid points are interpolated (a class that is third or worse
+ * at all four corners can still win between them, rarely: the tests bound
+ * the disagreement with full interpolation). Mask2Former's query outputs are first combined into class
  * scores as its semantic inference does: sum over queries of
  * softmax(class logits without the null class) x sigmoid(mask logits).
  */
@@ -90,7 +91,7 @@ static void prep_rows(void *vc, int64_t b, int64_t e, int w)
 typedef struct post_ctx {
     const sp_manifest *mf;
     const float *score;      /* C x h x w (one image) */
-    const uint16_t *amax;    /* h x w argmax of score */
+    const uint16_t *amax;    /* 2 x h x w: best and second-best class per grid point */
     int C, h, w;
     int W, H;                /* photo */
     double kx, ky;           /* photo pixel -> grid scale */
@@ -121,10 +122,10 @@ static void post_rows(void *vc, int64_t b, int64_t e, int wk)
                     v += wt[k] * c->score[idx[k]];
                 lab = v > c->mf->threshold;
             } else {
-                uint16_t cand[4];
+                uint16_t cand[8];
                 int nc = 0;
-                for (int k = 0; k < 4; k++) {
-                    uint16_t l = c->amax[idx[k]];
+                for (int k = 0; k < 8; k++) {
+                    uint16_t l = c->amax[(k & 1) * plane + idx[k >> 1]];
                     int seen = 0;
                     for (int q = 0; q < nc; q++)
                         seen |= cand[q] == l;
@@ -269,7 +270,7 @@ sp_status sp_masks_run(sp_package *pk, sp_image *const *imgs, int n, const sp_ma
     size_t gp = (size_t)h * (size_t)w;
     if (mf->out_kind == SP_OUT_M2F)
         sem = malloc((size_t)C * gp * sizeof *sem);
-    amax = malloc(gp * sizeof *amax);
+    amax = malloc(2 * gp * sizeof *amax);
     if ((mf->out_kind == SP_OUT_M2F && !sem) || !amax) {
         st = sp_fail(SP_ERR_NOMEM, "masks: out of memory");
         goto done;
@@ -303,12 +304,18 @@ sp_status sp_masks_run(sp_package *pk, sp_image *const *imgs, int n, const sp_ma
         }
         if (mf->out_kind != SP_OUT_PROB)
             for (size_t g = 0; g < gp; g++) {
-                int bi = 0;
-                float bv = score[g];
-                for (int c = 1; c < C; c++)
-                    if (score[(size_t)c * gp + g] > bv)
-                        bv = score[(size_t)c * gp + g], bi = c;
-                amax[g] = (uint16_t)bi;
+                int b1 = 0, b2 = C > 1 ? 1 : 0;
+                if (C > 1 && score[gp + g] > score[g])
+                    b1 = 1, b2 = 0;
+                for (int c = 2; c < C; c++) {
+                    float v = score[(size_t)c * gp + g];
+                    if (v > score[(size_t)b1 * gp + g])
+                        b2 = b1, b1 = c;
+                    else if (v > score[(size_t)b2 * gp + g])
+                        b2 = c;
+                }
+                amax[g] = (uint16_t)b1;
+                amax[gp + g] = (uint16_t)b2;
             }
         label = malloc((size_t)im->width * im->height * sizeof *label);
         res[i] = calloc(1, sizeof **res);

@@ -801,15 +801,28 @@ static void completed_cb(void *cls, struct MHD_Connection *c, void **con_cls,
 static sp_status warm_up(model_entry *me)
 {
     sp_manifest *mf = &me->pk->mf;
-    size_t n = (size_t)(mf->patch[0] * mf->patch[1] * mf->patch[2]);
+    sp_tensor ti;
+    if (!strcmp(mf->task, "masks")) {   /* one canvas-sized photo */
+        int hc = mf->in_h ? mf->in_h : (mf->long_side + 31) / 32 * 32, wc = mf->in_w ? mf->in_w : hc;
+        ti = (sp_tensor){SP_DT_F32, 4, {1, 3, hc, wc}, NULL};
+    } else {
+        ti = (sp_tensor){SP_DT_F32, 5, {1, mf->channels, mf->patch[0], mf->patch[1], mf->patch[2]}, NULL};
+    }
+    size_t n = 1;
+    for (int d = 0; d < ti.rank; d++)
+        n *= (size_t)ti.shape[d];
     float *in = calloc(n, sizeof *in);
     if (!in)
         return sp_fail(SP_ERR_NOMEM, "warm-up: out of memory");
-    sp_tensor ti = {SP_DT_F32, 5, {1, mf->channels, mf->patch[0], mf->patch[1], mf->patch[2]}, in};
-    sp_tensor to;
-    memset(&to, 0, sizeof to);
-    sp_status st = sp_model_run(sp_package_model(me->pk), &ti, 1, &to, 1);
-    sp_tensor_free_data(&to);
+    ti.data = in;
+    sp_tensor to[SP_MAX_RANK];
+    memset(to, 0, sizeof to);
+    int no;
+    sp_model_outputs(sp_package_model(me->pk), &no);
+    no = no < SP_MAX_RANK ? no : SP_MAX_RANK;
+    sp_status st = sp_model_run(sp_package_model(me->pk), &ti, 1, to, no);
+    for (int k = 0; k < no; k++)
+        sp_tensor_free_data(&to[k]);
     free(in);
     return st;
 }
