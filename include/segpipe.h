@@ -307,6 +307,8 @@ typedef struct sp_image {
     int orientation;          /* EXIF orientation found in the file (1..8; 1 if none) */
     int file_width, file_height;  /* as stored, before scaling and orientation */
     int scale_denom;          /* JPEG decoded at 1/scale_denom (1, 2, 4, 8) */
+    int out_width, out_height;  /* upright size results are given at: the photo's,
+                                   or the decoded size when max_pixels forced a downscale */
     const char *format;       /* "jpeg" or "png" */
 } sp_image;
 
@@ -353,7 +355,8 @@ typedef struct sp_masks_result {
  * resize (letterbox or stretch) and normalise per the manifest, run the
  * model once on all n images, then per image upsample the class scores
  * (logits, probability, or Mask2Former queries combined as its semantic
- * inference does) bilinearly to the photo's size, take one argmax, and cut
+ * inference does) bilinearly to the photo's size (out_width x out_height:
+ * full size even when the JPEG was decoded smaller for speed), take one argmax, and cut
  * each mask from it. results[i] (caller frees each with
  * sp_masks_result_free, and the array with free) belong to imgs[i]. Stage
  * times are added to t (may be NULL). */

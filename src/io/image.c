@@ -104,6 +104,11 @@ static sp_status apply_orientation(sp_image *img)
     img->rgb = dst;
     img->width = ow;
     img->height = oh;
+    if (swap) {
+        int t = img->out_width;
+        img->out_width = img->out_height;
+        img->out_height = t;
+    }
     return SP_OK;
 }
 
@@ -161,6 +166,7 @@ static sp_status read_jpeg(const uint8_t *buf, size_t n, const char *name, const
     long longside = cinfo.image_width > cinfo.image_height ? cinfo.image_width : cinfo.image_height;
     while (denom < 8 && px / ((uint64_t)denom * denom) > p->max_pixels)
         denom *= 2;
+    int limit_denom = denom;   /* results come at this scale; more is for speed only */
     while (p->min_long_side > 0 && denom < 8 && longside / (denom * 2) >= p->min_long_side)
         denom *= 2;
     if (px / ((uint64_t)denom * denom) > p->max_pixels) {
@@ -183,6 +189,7 @@ static sp_status read_jpeg(const uint8_t *buf, size_t n, const char *name, const
         jpeg_read_scanlines(&cinfo, &row, 1);
     }
     jpeg_finish_decompress(&cinfo);
+    unsigned cinfo_w = cinfo.image_width, cinfo_h = cinfo.image_height;
     img->width = (int)cinfo.output_width;
     img->height = (int)cinfo.output_height;
     jpeg_destroy_decompress(&cinfo);
@@ -192,6 +199,8 @@ static sp_status read_jpeg(const uint8_t *buf, size_t n, const char *name, const
     }
     img->rgb = rgb;
     img->scale_denom = denom;
+    img->out_width = (int)((cinfo_w + (unsigned)limit_denom - 1) / (unsigned)limit_denom);
+    img->out_height = (int)((cinfo_h + (unsigned)limit_denom - 1) / (unsigned)limit_denom);
     img->format = "jpeg";
     return SP_OK;
 }
@@ -232,8 +241,8 @@ static sp_status read_png(const uint8_t *buf, size_t n, const char *name, const 
         memcpy(rgb + 3 * i, rgba + 4 * i, 3);
     free(rgba);
     img->rgb = rgb;
-    img->width = (int)pi.width;
-    img->height = (int)pi.height;
+    img->width = img->out_width = (int)pi.width;
+    img->height = img->out_height = (int)pi.height;
     img->scale_denom = 1;
     img->format = "png";
     return SP_OK;

@@ -317,23 +317,24 @@ sp_status sp_masks_run(sp_package *pk, sp_image *const *imgs, int n, const sp_ma
                 amax[g] = (uint16_t)b1;
                 amax[gp + g] = (uint16_t)b2;
             }
-        label = malloc((size_t)im->width * im->height * sizeof *label);
+        int OW = im->out_width > 0 ? im->out_width : im->width, OH = im->out_height > 0 ? im->out_height : im->height;
+        label = malloc((size_t)OW * OH * sizeof *label);
         res[i] = calloc(1, sizeof **res);
         if (!label || !res[i] || !(res[i]->masks = calloc((size_t)nw, sizeof *res[i]->masks))) {
             st = sp_fail(SP_ERR_NOMEM, "masks: out of memory");
             break;
         }
         /* photo pixel -> model grid: photo -> content rect (rw/W) -> grid (w/Wc) */
-        post_ctx c = {mf, score, amax, C, h, w, im->width, im->height,
-                      (double)rw[i] / im->width * w / Wc, (double)rh[i] / im->height * h / Hc, label};
-        sp_pool_for(pool, im->height, 8, post_rows, &c);
-        res[i]->width = im->width;
-        res[i]->height = im->height;
+        post_ctx c = {mf, score, amax, C, h, w, OW, OH,
+                      (double)rw[i] / OW * w / Wc, (double)rh[i] / OH * h / Hc, label};
+        sp_pool_for(pool, OH, 8, post_rows, &c);
+        res[i]->width = OW;
+        res[i]->height = OH;
         for (int k = 0; k < nw && !st; k++) {
             sp_mask *mk = &res[i]->masks[k];
             int mi = want[k];
             mk->name = mf->mask_name[mi];
-            size_t np = (size_t)im->width * im->height;
+            size_t np = (size_t)OW * OH;
             mk->pixels = malloc(np);
             if (!mk->pixels) {
                 st = sp_fail(SP_ERR_NOMEM, "masks: out of memory");
@@ -344,12 +345,12 @@ sp_status sp_masks_run(sp_package *pk, sp_image *const *imgs, int n, const sp_ma
             for (int q = 0; q < mf->mask_ncls[mi]; q++)
                 inset[mf->mask_cls[mi][q] >> 3] |= (uint8_t)(1 << (mf->mask_cls[mi][q] & 7));
             size_t cnt = 0;
-            int x0 = im->width, y0 = im->height, x1 = -1, y1 = -1;
-            for (int y = 0; y < im->height; y++)
-                for (int x = 0; x < im->width; x++) {
-                    uint16_t l = label[(size_t)y * im->width + x];
+            int x0 = OW, y0 = OH, x1 = -1, y1 = -1;
+            for (int y = 0; y < OH; y++)
+                for (int x = 0; x < OW; x++) {
+                    uint16_t l = label[(size_t)y * OW + x];
                     int on = (inset[l >> 3] >> (l & 7)) & 1;
-                    mk->pixels[(size_t)y * im->width + x] = on ? 255 : 0;
+                    mk->pixels[(size_t)y * OW + x] = on ? 255 : 0;
                     if (on) {
                         cnt++;
                         x0 = x < x0 ? x : x0;

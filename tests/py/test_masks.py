@@ -183,3 +183,18 @@ def test_masks_bad_inputs(tmp):
     assert p.returncode == 3 and "limit" in p.stderr
     p, _ = run_masks(tmp, [good], "tinyseg")
     assert p.returncode == 4 and "not a masks model" in p.stderr
+
+
+def test_masks_full_size_after_scaled_decode(tmp):
+    """A large JPEG is decoded at 1/8 (the model needs 64 px) but the masks
+    come at the photo's size; past --max-pixels they come at the decoded size."""
+    big = os.path.join(tmp, "big.jpg")
+    Image.fromarray(photo(1200, 1600, 8)).save(big, quality=90)
+    p, out = run_masks(tmp, [big], "tinymask", "--masks", "wall")
+    assert p.returncode == 0, p.stderr
+    m = load_mask(out, "big", "wall")
+    assert m.shape == (1200, 1600)
+    meta = json.load(open(os.path.join(out, "big.masks.json")))
+    assert (meta["width"], meta["height"]) == (1600, 1200)
+    p, out2 = run_masks(os.path.join(tmp, "x"), [big], "tinymask", "--masks", "wall", "--max-pixels", "500000")
+    assert p.returncode == 0 and load_mask(out2, "big", "wall").shape == (600, 800)   # 1/2 scale fits 0.5 MP

@@ -143,6 +143,14 @@ int cmd_masks(int argc, char **argv)
     }
     if (!ip.min_long_side)
         ip.min_long_side = mp.long_side > 0 ? mp.long_side : 768;
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", out);
+    for (char *q = dir + 1; *q; q++)   /* mkdir -p */
+        if (*q == '/') {
+            *q = 0;
+            mkdir(dir, 0755);
+            *q = '/';
+        }
     mkdir(out, 0755);
     sp_runtime_params rp = sp_runtime_default_params();
     rp.threads = mp.threads;
@@ -153,6 +161,14 @@ int cmd_masks(int argc, char **argv)
     if ((st = sp_runtime_create(&rp, &rt)) || (st = sp_package_load(rt, model, &pk))) {
         rc = cli_fail(st, NULL);
         goto end;
+    }
+    int nin;
+    const sp_io_info *in0 = sp_model_inputs(sp_package_model(pk), &nin);
+    if (in0[0].meta.shape[0] > 0 && batch > in0[0].meta.shape[0]) {
+        if (!quiet)
+            fprintf(stderr, "segpipe: model '%s' takes batches of %lld: --batch lowered\n", sp_package_name(pk),
+                    (long long)in0[0].meta.shape[0]);
+        batch = (int)in0[0].meta.shape[0];
     }
     sp_timings t = {0};
     double enc = 0, w0 = sp_now();
