@@ -380,6 +380,8 @@ typedef struct sp_serve_params {
     int queue;               /* bounded queue length (default 8) */
     size_t max_body;         /* bytes (default 512 MiB) */
     double timeout;          /* seconds a request may wait + run (default 600) */
+    double batch_window_ms;  /* /v1/segment-batch: gather requests this long into one inference (default 10) */
+    int max_batch;           /* ... at most this many (default 8, capped by the model) */
     int threads;             /* ONNX Runtime intra-op threads (0 = cores) */
     const char *device;      /* "cpu" (default) */
     const sp_serve_model *models;

@@ -36,9 +36,10 @@
 #include <unistd.h>
 
 enum { EP_LIVE, EP_READY, EP_META, EP_MODEL, EP_MODEL_READY, EP_INFER, EP_CT, EP_RESULT,
-       EP_STATUS, EP_METRICS, EP_OTHER, EP_N };
+       EP_STATUS, EP_METRICS, EP_SEGMENT, EP_OTHER, EP_N };
 static const char *ep_names[EP_N] = {"health_live", "health_ready", "server_metadata", "model_metadata",
-                                     "model_ready", "infer", "ct", "results", "status", "metrics", "other"};
+                                     "model_ready", "infer", "ct", "results", "status", "metrics",
+                                     "segment_batch", "other"};
 #define LAT_RING 2048
 #define MAX_RESULTS 16
 
@@ -58,11 +59,13 @@ typedef struct model_entry {
 
 typedef struct job job;
 struct job {
-    int kind;                 /* EP_CT or EP_INFER */
+    int kind;                 /* EP_CT, EP_INFER or EP_SEGMENT */
     model_entry *me;
     char *body;
     size_t len;
     int want_labels;
+    char masks[512];          /* EP_SEGMENT: requested mask names ("" = all) */
+    int batch_size;           /* EP_SEGMENT: photos in the inference it joined */
     /* result */
     int http;
     char *resp;
@@ -113,6 +116,8 @@ sp_serve_params sp_serve_default_params(void)
     p.queue = 8;
     p.max_body = (size_t)512 << 20;
     p.timeout = 600;
+    p.batch_window_ms = 10;
+    p.max_batch = 8;
     p.device = "cpu";
     return p;
 }
@@ -411,6 +416,120 @@ out:
     cJSON_Delete(body);
 }
 
+static void b64(sp_buf *b, const unsigned char *d, size_t n)
+{
+    static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char q[5] = {0};
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = (unsigned)d[i] << 16 | (i + 1 < n ? (unsigned)d[i + 1] << 8 : 0) | (i + 2 < n ? d[i + 2] : 0);
+        q[0] = t[v >> 18 & 63];
+        q[1] = t[v >> 12 & 63];
+        q[2] = i + 1 < n ? t[v >> 6 & 63] : '=';
+        q[3] = i + 2 < n ? t[v & 63] : '=';
+        sp_buf_puts(b, q);
+    }
+}
+
+static int mask_wanted(const char *list, const char *name)
+{
+    if (!list[0])
+        return 1;
+    size_t n = strlen(name);
+    for (const char *p = list; *p;) {
+        const char *e = strchr(p, ',');
+        size_t l = e ? (size_t)(e - p) : strlen(p);
+        if (l == n && !strncmp(p, name, n))
+            return 1;
+        if (!e)
+            break;
+        p = e + 1;
+    }
+    return 0;
+}
+
+/* One inference for a batch of segment jobs (same model). */
+static void run_segment_batch(server *s, job **js, int n)
+{
+    sp_image *imgs[64];
+    job *ok[64];
+    int m = 0;
+    sp_image_params ip = sp_image_default_params();
+    ip.min_long_side = js[0]->me->pk->mf.in_h ? 0 : js[0]->me->pk->mf.long_side;
+    for (int i = 0; i < n; i++) {
+        job *j = js[i];
+        sp_image *img = NULL;
+        sp_status st = sp_image_read_mem(j->body, j->len, "request body", &ip, &img);
+        if (st) {
+            j->http = st == SP_ERR_NOMEM ? 503 : 422;
+            j->resp = error_json(j->http, sp_last_error());
+            continue;
+        }
+        imgs[m] = img;
+        ok[m++] = j;
+    }
+    if (m) {
+        sp_masks_params mp = sp_masks_default_params();
+        mp.threads = s->p.threads;
+        sp_masks_result **res = NULL;
+        sp_status st = sp_masks_run(js[0]->me->pk, imgs, m, &mp, &res, NULL);
+        double t_end = sp_now();
+        for (int i = 0; i < m; i++) {
+            job *j = ok[i];
+            if (st) {
+                j->http = st == SP_ERR_INPUT || st == SP_ERR_USAGE ? 422 : 500;
+                j->resp = error_json(j->http, sp_last_error());
+                continue;
+            }
+            sp_buf b = {0};
+            sp_buf_puts(&b, "{\"model\": ");
+            sp_buf_json_str(&b, j->me->name);
+            sp_buf_printf(&b, ", \"width\": %d, \"height\": %d, \"orientation\": %d, \"batch_size\": %d, "
+                              "\"queue_wait_seconds\": %.6f, \"processing_seconds\": %.6f, \"masks\": {",
+                          res[i]->width, res[i]->height, imgs[i]->orientation, m, j->t_start - j->t_enq,
+                          t_end - j->t_start);
+            int first = 1;
+            for (int k = 0; k < res[i]->n_masks; k++) {
+                const sp_mask *mk = &res[i]->masks[k];
+                if (!mask_wanted(j->masks, mk->name))
+                    continue;
+                void *png;
+                size_t pn;
+                if (sp_mask_png(mk, res[i]->width, res[i]->height, &png, &pn))
+                    continue;
+                sp_buf_puts(&b, first ? "\n  " : ",\n  ");
+                first = 0;
+                sp_buf_json_str(&b, mk->name);
+                sp_buf_printf(&b, ": {\"area_fraction\": %.6f, \"bbox\": [%d, %d, %d, %d], \"png_base64\": \"",
+                              mk->area_fraction, mk->bbox[0], mk->bbox[1], mk->bbox[2], mk->bbox[3]);
+                b64(&b, png, pn);
+                sp_buf_puts(&b, "\"}");
+                free(png);
+            }
+            sp_buf_puts(&b, "}}\n");
+            j->resp = sp_buf_take(&b);
+            j->http = j->resp ? 200 : 503;
+            j->batch_size = m;
+            sp_masks_result_free(res[i]);
+        }
+        free(res);
+    }
+    for (int i = 0; i < m; i++)
+        sp_image_free(imgs[i]);
+}
+
+static void finish_job(server *s, job *j)
+{
+    /* caller holds s->mu */
+    if (!j->resp) {
+        j->http = 503;
+        j->resp = error_json(503, "out of memory");
+    }
+    j->resp_len = strlen(j->resp);
+    j->state = 2;
+    pthread_cond_signal(&j->cv);
+    job_release(s, j);
+}
+
 static void *worker_main(void *arg)
 {
     server *s = arg;
@@ -431,20 +550,60 @@ static void *worker_main(void *arg)
         }
         j->state = 1;
         j->t_start = sp_now();
+        if (j->kind == EP_SEGMENT) {
+            /* dynamic batching: wait up to the window for more photos for
+             * the same model, then one inference for all of them */
+            job *batch[64];
+            int nb = 1, cap = s->p.max_batch;
+            int nin;
+            int64_t mb = sp_model_inputs(sp_package_model(j->me->pk), &nin)[0].meta.shape[0];
+            if (mb > 0 && mb < cap)
+                cap = (int)mb;
+            if (cap > 64)
+                cap = 64;
+            batch[0] = j;
+            double until = sp_now() + s->p.batch_window_ms / 1000.0;
+            for (;;) {
+                job **pp = &s->qhead, *prev = NULL;
+                while (*pp && nb < cap) {
+                    job *q = *pp;
+                    if (q->kind == EP_SEGMENT && q->me == j->me && !q->abandoned) {
+                        *pp = q->next;
+                        if (s->qtail == q)
+                            s->qtail = prev;
+                        s->qlen--;
+                        q->state = 1;
+                        q->t_start = sp_now();
+                        batch[nb++] = q;
+                    } else {
+                        prev = q;
+                        pp = &q->next;
+                    }
+                }
+                double now = sp_now();
+                if (nb >= cap || now >= until || s->stopping)
+                    break;
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                double wake = (double)ts.tv_sec + ts.tv_nsec * 1e-9 + (until - now);
+                ts.tv_sec = (time_t)wake;
+                ts.tv_nsec = (long)((wake - (double)ts.tv_sec) * 1e9);
+                pthread_cond_timedwait(&s->qcv, &s->mu, &ts);
+            }
+            pthread_mutex_unlock(&s->mu);
+            run_segment_batch(s, batch, nb);
+            pthread_mutex_lock(&s->mu);
+            for (int k = 0; k < nb; k++)
+                finish_job(s, batch[k]);
+            continue;
+        }
         pthread_mutex_unlock(&s->mu);
         if (j->kind == EP_CT)
             run_ct(s, j);
         else
             run_infer(s, j);
-        if (!j->resp) {
-            j->http = 503;
-            j->resp = error_json(503, "out of memory");
-        }
-        j->resp_len = strlen(j->resp);
         pthread_mutex_lock(&s->mu);
-        j->state = 2;
-        pthread_cond_signal(&j->cv);
-        job_release(s, j);
+        finish_job(s, j);
     }
     pthread_mutex_unlock(&s->mu);
     return NULL;
@@ -452,7 +611,7 @@ static void *worker_main(void *arg)
 
 /* Queue a job and wait for it; answers the connection. */
 static enum MHD_Result submit(server *s, struct MHD_Connection *c, req *r, int kind, model_entry *me,
-                              int want_labels, int *ok)
+                              int want_labels, const char *masks, int *ok)
 {
     job *j = calloc(1, sizeof *j);
     if (!j)
@@ -463,6 +622,8 @@ static enum MHD_Result submit(server *s, struct MHD_Connection *c, req *r, int k
     j->len = r->len;
     r->body = NULL;
     j->want_labels = want_labels;
+    if (masks)
+        snprintf(j->masks, sizeof j->masks, "%s", masks);
     j->refs = 2;
     j->t_enq = sp_now();
     pthread_cond_init(&j->cv, NULL);
@@ -621,6 +782,7 @@ static int route_ep(const char *method, const char *url)
     if (!strcmp(url, "/v2/health/ready")) return EP_READY;
     if (!strcmp(url, "/v2") || !strcmp(url, "/v2/")) return EP_META;
     if (!strcmp(url, "/v1/ct")) return EP_CT;
+    if (!strcmp(url, "/v1/segment-batch")) return EP_SEGMENT;
     if (!strcmp(url, "/v1/status")) return EP_STATUS;
     if (!strcmp(url, "/metrics")) return EP_METRICS;
     if (!strncmp(url, "/v1/results/", 12)) return EP_RESULT;
@@ -703,7 +865,7 @@ static enum MHD_Result handle(server *s, struct MHD_Connection *c, const char *u
         const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
         if (ct && strncmp(ct, "application/json", 16))
             return reply_error(c, 415, "the infer endpoint takes application/json (KServe v2 tensors)", 0);
-        return submit(s, c, r, EP_INFER, me, 0, ok);
+        return submit(s, c, r, EP_INFER, me, 0, NULL, ok);
     }
     if (ep == EP_CT) {
         if (!post)
@@ -726,7 +888,37 @@ static enum MHD_Result handle(server *s, struct MHD_Connection *c, const char *u
         if (r->len < 2)
             return reply_error(c, 422, "empty body: send a .nii or .nii.gz volume", 0);
         const char *lab = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "labels");
-        return submit(s, c, r, EP_CT, me, lab && !strcmp(lab, "1"), ok);
+        return submit(s, c, r, EP_CT, me, lab && !strcmp(lab, "1"), NULL, ok);
+    }
+    if (ep == EP_SEGMENT) {
+        if (!post)
+            return reply_error(c, 405, "POST photo bytes to /v1/segment-batch?model=NAME", 0);
+        const char *name = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "model");
+        model_entry *me = name ? find_model(s, name, strlen(name)) : NULL;
+        if (!me)
+            return reply_error(c, 404, name ? "unknown model" : "say which model: ?model=NAME", 0);
+        if (strcmp(me->pk->mf.task, "masks"))
+            return reply_error(c, 422, "this model is not a photo masks model", 0);
+        if (!me->ready)
+            return reply_error(c, 503, "the model is not ready", 5);
+        const unsigned char *b = (const unsigned char *)r->body;
+        int jpeg = r->len >= 3 && b[0] == 0xff && b[1] == 0xd8 && b[2] == 0xff;
+        int png = r->len >= 8 && !memcmp(b, "\x89PNG\r\n\x1a\n", 8);
+        if (!jpeg && !png)
+            return reply_error(c, 415, "send a JPEG or PNG photo", 0);
+        const char *masks = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "masks");
+        if (masks) {   /* every name must exist */
+            char tmp[512];
+            snprintf(tmp, sizeof tmp, "%s", masks);
+            for (char *sv, *tok = strtok_r(tmp, ",", &sv); tok; tok = strtok_r(NULL, ",", &sv)) {
+                int found = 0;
+                for (int k = 0; k < me->pk->mf.n_masks; k++)
+                    found |= !strcmp(me->pk->mf.mask_name[k], tok);
+                if (!found)
+                    return reply_error(c, 422, "unknown mask name", 0);
+            }
+        }
+        return submit(s, c, r, EP_SEGMENT, me, 0, masks, ok);
     }
     return reply_error(c, 404, "unknown path", 0);
 }
@@ -833,6 +1025,8 @@ sp_status sp_serve(const sp_serve_params *pp)
     if (!s)
         return sp_fail(SP_ERR_NOMEM, "out of memory");
     s->p = pp ? *pp : sp_serve_default_params();
+    if (s->p.max_batch < 1)
+        s->p.max_batch = 1;
     if (s->p.workers < 1 || s->p.queue < 1 || s->p.timeout <= 0 || s->p.n_models < 1) {
         free(s);
         return sp_fail(SP_ERR_USAGE, "serve needs at least one --model NAME=DIR, workers >= 1, queue >= 1, "

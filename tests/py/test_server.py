@@ -193,3 +193,48 @@ def test_server_startup_failures(tmp):
     r = subprocess.run([sp.SEGPIPE, "serve", "--model", f"a={sp.TINYSEG}", "--model", f"a={sp.TINYSEG}",
                         "--port", str(free_port())], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "twice" in r.stderr
+
+
+def test_server_segment_batch(tmp):
+    """/v1/segment-batch: the masks JSON of `segpipe masks`; concurrent
+    requests inside --batch-window-ms share one inference; errors."""
+    from PIL import Image
+    import io as _io
+    rng = np.random.default_rng(9)
+    photos = []
+    for k in range(6):
+        b = _io.BytesIO()
+        Image.fromarray((rng.random((30 + k, 40, 3)) * 255).astype(np.uint8)).save(b, "PNG")
+        photos.append(b.getvalue())
+    s = Server("--model", f"rooms={os.path.join(sp.ROOT, 'tests', 'data', 'tinymask')}", "--workers", "1",
+               "--batch-window-ms", "300", "--max-batch", "8", "--queue", "16")
+    results = [None] * 6
+    try:
+        def one(k):
+            results[k] = jget(s.url + "/v1/segment-batch?model=rooms&masks=wall,floor", data=photos[k],
+                              ctype="application/octet-stream")
+        th = [threading.Thread(target=one, args=(k,)) for k in range(6)]
+        for t in th:
+            t.start()
+        for t in th:
+            t.join()
+        assert all(r[0] == 200 for r in results), [r[0] for r in results]
+        assert max(r[1]["batch_size"] for r in results) >= 2
+        assert set(results[0][1]["masks"]) == {"wall", "floor"}
+        # same masks as the CLI on the same photo
+        p0 = os.path.join(tmp, "p0.png")
+        open(p0, "wb").write(photos[0])
+        sp.run("masks", p0, "-o", os.path.join(tmp, "cli"), "--model",
+               os.path.join(sp.ROOT, "tests", "data", "tinymask"), "--masks", "wall,floor", "-q", check=True)
+        cli = json.load(open(os.path.join(tmp, "cli", "p0.masks.json")))
+        for name in ("wall", "floor"):
+            assert results[0][1]["masks"][name]["png_base64"] == cli["masks"][name]["png_base64"]
+            assert results[0][1]["masks"][name]["bbox"] == cli["masks"][name]["bbox"]
+        assert jget(s.url + "/v1/segment-batch?model=rooms", data=b"GIF89a....", ctype="image/gif")[0] == 415
+        bad = b"\x89PNG\r\n\x1a\n" + b"\0" * 100
+        assert jget(s.url + "/v1/segment-batch?model=rooms", data=bad)[0] == 422
+        assert jget(s.url + "/v1/segment-batch?model=rooms&masks=door", data=photos[0])[0] == 422
+        assert jget(s.url + "/v1/segment-batch?model=nope", data=photos[0])[0] == 404
+    finally:
+        rc, err = s.stop()
+    assert rc == 0, err

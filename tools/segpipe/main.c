@@ -611,6 +611,7 @@ static int cmd_serve(int argc, char **argv)
         {"queue", required_argument, 0, 'Q'}, {"max-body", required_argument, 0, 'B'},
         {"timeout", required_argument, 0, 'T'}, {"threads", required_argument, 0, 't'},
         {"device", required_argument, 0, 'd'}, {"verbose", no_argument, 0, 'v'},
+        {"batch-window-ms", required_argument, 0, 'W'}, {"max-batch", required_argument, 0, 'X'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     sp_serve_params sp = sp_serve_default_params();
     sp_serve_model models[32];
@@ -641,11 +642,13 @@ static int cmd_serve(int argc, char **argv)
         case 'T': sp.timeout = atof(optarg); break;
         case 't': sp.threads = atoi(optarg); break;
         case 'd': sp.device = optarg; break;
+        case 'W': sp.batch_window_ms = atof(optarg); break;
+        case 'X': sp.max_batch = atoi(optarg); break;
         case 'v': g_verbose = 1; break;
         case 'h':
             printf("usage: segpipe serve --model NAME=DIR [--model ...] [--host 127.0.0.1] [--port 8555]\n"
                    "                     [--workers N] [--queue N] [--max-body BYTES] [--timeout S]\n"
-                   "                     [--threads N] [--device cpu|cuda]\n"
+                   "                     [--threads N] [--device cpu|cuda] [--batch-window-ms MS] [--max-batch N]\n"
                    "HTTP service: KServe v2 (/v2/...), POST /v1/ct?model=NAME, /v1/status, /metrics.\n"
                    "See docs/service.md. SIGTERM/SIGINT: finish in-flight requests, exit 0.\n");
             return 0;
