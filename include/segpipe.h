@@ -397,6 +397,9 @@ sp_serve_params sp_serve_default_params(void);
  * SP_OK. Blocks those signals in the calling process. */
 sp_status sp_serve(const sp_serve_params *p);
 
+/* Base64 (RFC 4648) of n bytes, NUL-terminated; caller frees. NULL when out of memory. */
+char *sp_base64(const void *data, size_t n);
+
 /* Write `size` bytes to `path` atomically (temporary name + rename). */
 sp_status sp_write_file_atomic(const char *path, const void *data, size_t size);
 

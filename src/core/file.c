@@ -223,3 +223,21 @@ void sp_buf_free(sp_buf *b)
     b->s = NULL;
     b->len = b->cap = 0;
 }
+
+char *sp_base64(const void *data, size_t n)
+{
+    static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const unsigned char *d = data;
+    char *o = malloc((n + 2) / 3 * 4 + 1), *q = o;
+    if (!o)
+        return NULL;
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = (unsigned)d[i] << 16 | (i + 1 < n ? (unsigned)d[i + 1] << 8 : 0) | (i + 2 < n ? d[i + 2] : 0);
+        *q++ = t[v >> 18 & 63];
+        *q++ = t[v >> 12 & 63];
+        *q++ = i + 1 < n ? t[v >> 6 & 63] : '=';
+        *q++ = i + 2 < n ? t[v & 63] : '=';
+    }
+    *q = 0;
+    return o;
+}

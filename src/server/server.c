@@ -416,20 +416,6 @@ out:
     cJSON_Delete(body);
 }
 
-static void b64(sp_buf *b, const unsigned char *d, size_t n)
-{
-    static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    char q[5] = {0};
-    for (size_t i = 0; i < n; i += 3) {
-        unsigned v = (unsigned)d[i] << 16 | (i + 1 < n ? (unsigned)d[i + 1] << 8 : 0) | (i + 2 < n ? d[i + 2] : 0);
-        q[0] = t[v >> 18 & 63];
-        q[1] = t[v >> 12 & 63];
-        q[2] = i + 1 < n ? t[v >> 6 & 63] : '=';
-        q[3] = i + 2 < n ? t[v & 63] : '=';
-        sp_buf_puts(b, q);
-    }
-}
-
 static int mask_wanted(const char *list, const char *name)
 {
     if (!list[0])
@@ -501,7 +487,9 @@ static void run_segment_batch(server *s, job **js, int n)
                 sp_buf_json_str(&b, mk->name);
                 sp_buf_printf(&b, ": {\"area_fraction\": %.6f, \"bbox\": [%d, %d, %d, %d], \"png_base64\": \"",
                               mk->area_fraction, mk->bbox[0], mk->bbox[1], mk->bbox[2], mk->bbox[3]);
-                b64(&b, png, pn);
+                char *enc = sp_base64(png, pn);
+                sp_buf_puts(&b, enc ? enc : "");
+                free(enc);
                 sp_buf_puts(&b, "\"}");
                 free(png);
             }

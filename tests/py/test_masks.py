@@ -121,6 +121,9 @@ def check_model(tmp, model, net):
             # at the 4 grid neighbours) may differ
             assert (got[sure] == want[sure]).mean() >= 0.997, (model, k, name, (got[sure] != want[sure]).sum())
             assert abs(meta["masks"][name]["area_fraction"] - got.mean()) < 1e-6
+            import base64
+            assert base64.b64decode(meta["masks"][name]["png_base64"]) == \
+                open(os.path.join(out, f"{k}.{name}.png"), "rb").read()
             if got.any():
                 ys, xs = np.nonzero(got)
                 assert meta["masks"][name]["bbox"] == [xs.min(), ys.min(), xs.max(), ys.max()]

@@ -344,15 +344,7 @@ int cmd_bench(int argc, char **argv)
     }
     if (optind >= argc || o.runs < 1 || o.warmup < 0 || o.tile_batch < 0 || o.threads < 0)
         return cli_usage_error("bench", "expected CASES... (and --runs >= 1)");
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", o.out);
-    for (char *q = dir + 1; *q; q++)   /* mkdir -p */
-        if (*q == '/') {
-            *q = 0;
-            mkdir(dir, 0755);
-            *q = '/';
-        }
-    if (mkdir(o.out, 0755) != 0 && errno != EEXIST) {
+    if (cli_mkdir_p(o.out) != 0) {
         fprintf(stderr, "segpipe: %s: cannot create: %s\n", o.out, strerror(errno));
         return 6;
     }

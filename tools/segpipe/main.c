@@ -32,6 +32,21 @@ int cli_fail(sp_status st, const char *ctx)
     return sp_status_exit_code(st);
 }
 
+int cli_mkdir_p(const char *path)
+{
+    char dir[4096];
+    struct stat st;
+    snprintf(dir, sizeof dir, "%s", path);
+    for (char *q = dir + 1; *q; q++)
+        if (*q == '/') {
+            *q = 0;
+            mkdir(dir, 0755);
+            *q = '/';
+        }
+    mkdir(dir, 0755);
+    return stat(dir, &st) == 0 && S_ISDIR(st.st_mode) ? 0 : -1;
+}
+
 int cli_usage_error(const char *cmd, const char *msg)
 {
     fprintf(stderr, "segpipe %s: %s (see 'segpipe %s --help')\n", cmd, msg, cmd);

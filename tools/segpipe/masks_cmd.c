@@ -32,18 +32,6 @@ static void *dec_main(void *arg)
     return NULL;
 }
 
-static void b64(FILE *f, const unsigned char *d, size_t n)
-{
-    static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    for (size_t i = 0; i < n; i += 3) {
-        unsigned v = (unsigned)d[i] << 16 | (i + 1 < n ? (unsigned)d[i + 1] << 8 : 0) | (i + 2 < n ? d[i + 2] : 0);
-        fputc(t[v >> 18 & 63], f);
-        fputc(t[v >> 12 & 63], f);
-        fputc(i + 1 < n ? t[v >> 6 & 63] : '=', f);
-        fputc(i + 2 < n ? t[v & 63] : '=', f);
-    }
-}
-
 static char *stem_of(const char *path)
 {
     const char *b = strrchr(path, '/');
@@ -82,7 +70,9 @@ static sp_status write_outputs(const char *dir, const char *path, const sp_image
         st = sp_write_file_atomic(ppath, png, n);
         fprintf(f, "%s\n  \"%s\": {\"area_fraction\": %.6f, \"bbox\": [%d, %d, %d, %d], \"png_base64\": \"", k ? "," : "",
                 m->name, m->area_fraction, m->bbox[0], m->bbox[1], m->bbox[2], m->bbox[3]);
-        b64(f, png, n);
+        char *enc = sp_base64(png, n);
+        fputs(enc ? enc : "", f);
+        free(enc);
         fputs("\"}", f);
         free(png);
     }
@@ -143,15 +133,7 @@ int cmd_masks(int argc, char **argv)
     }
     if (!ip.min_long_side)
         ip.min_long_side = mp.long_side > 0 ? mp.long_side : 768;
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", out);
-    for (char *q = dir + 1; *q; q++)   /* mkdir -p */
-        if (*q == '/') {
-            *q = 0;
-            mkdir(dir, 0755);
-            *q = '/';
-        }
-    mkdir(out, 0755);
+    cli_mkdir_p(out);
     sp_runtime_params rp = sp_runtime_default_params();
     rp.threads = mp.threads;
     sp_runtime *rt = NULL;
