@@ -1,7 +1,8 @@
 /*
  * image.c — photo decoding for the masks pipeline: JPEG (libjpeg-turbo, with
  * its scaled decoding so a huge photo never needs a full-size buffer), PNG
- * (libpng's simplified API), and the EXIF Orientation tag, read with a
+ * (libpng's simplified API), WebP (libwebp), HEIC/HEIF (libheif, which
+ * applies the file's rotation itself), and the JPEG EXIF Orientation tag, read with a
  * bounds-checked parser of the JPEG's APP1 segment and applied so the result
  * is upright.
  *
@@ -13,7 +14,9 @@
 #include "../core/core.h"
 
 #include <jpeglib.h>
+#include <libheif/heif.h>
 #include <png.h>
+#include <webp/decode.h>
 #include <setjmp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -248,6 +251,96 @@ static sp_status read_png(const uint8_t *buf, size_t n, const char *name, const 
     return SP_OK;
 }
 
+/* ------------------------------------------------------------------ WebP */
+
+static sp_status read_webp(const uint8_t *buf, size_t n, const char *name, const sp_image_params *p,
+                           sp_image *img)
+{
+    int w = 0, h = 0;
+    if (!WebPGetInfo(buf, n, &w, &h) || w <= 0 || h <= 0)
+        return sp_fail(SP_ERR_INPUT, "%s: corrupt WebP header", name);
+    img->file_width = w;
+    img->file_height = h;
+    img->orientation = 1;
+    if ((uint64_t)w * (uint64_t)h > p->max_pixels)
+        return sp_fail(SP_ERR_INPUT, "%s: %dx%d WebP is over the %llu-pixel limit", name, w, h,
+                       (unsigned long long)p->max_pixels);
+    uint8_t *rgb = WebPDecodeRGB(buf, n, &w, &h);
+    if (!rgb)
+        return sp_fail(SP_ERR_INPUT, "%s: corrupt or truncated WebP", name);
+    size_t bytes = (size_t)w * (size_t)h * 3;
+    img->rgb = malloc(bytes);
+    if (img->rgb)
+        memcpy(img->rgb, rgb, bytes);
+    WebPFree(rgb);
+    if (!img->rgb)
+        return sp_fail(SP_ERR_NOMEM, "%s: out of memory", name);
+    img->width = img->out_width = w;
+    img->height = img->out_height = h;
+    img->scale_denom = 1;
+    img->format = "webp";
+    return SP_OK;
+}
+
+/* ------------------------------------------------------------------ HEIC */
+
+/* libheif applies the file's rotation and mirroring (irot/imir) itself, so
+ * the decoded image is upright already. */
+static sp_status read_heif(const uint8_t *buf, size_t n, const char *name, const sp_image_params *p,
+                           sp_image *img)
+{
+    struct heif_context *ctx = heif_context_alloc();
+    struct heif_image_handle *hd = NULL;
+    struct heif_image *hi = NULL;
+    sp_status st = SP_OK;
+    struct heif_error e = heif_context_read_from_memory_without_copy(ctx, buf, n, NULL);
+    if (e.code == heif_error_Ok)
+        e = heif_context_get_primary_image_handle(ctx, &hd);
+    if (e.code != heif_error_Ok) {
+        st = sp_fail(SP_ERR_INPUT, "%s: corrupt HEIF: %s", name, e.message);
+        goto out;
+    }
+    int w = heif_image_handle_get_width(hd), h = heif_image_handle_get_height(hd);
+    img->file_width = w;
+    img->file_height = h;
+    img->orientation = 1;
+    if (w <= 0 || h <= 0 || (uint64_t)w * (uint64_t)h > p->max_pixels) {
+        st = sp_fail(SP_ERR_INPUT, "%s: %dx%d HEIF is %s", name, w, h, w <= 0 || h <= 0 ? "empty" : "over the pixel limit");
+        goto out;
+    }
+    e = heif_decode_image(hd, &hi, heif_colorspace_RGB, heif_chroma_interleaved_RGB, NULL);
+    if (e.code != heif_error_Ok) {
+        st = sp_fail(SP_ERR_INPUT, "%s: cannot decode HEIF: %s", name, e.message);
+        goto out;
+    }
+    int stride = 0;
+    const uint8_t *px = heif_image_get_plane_readonly(hi, heif_channel_interleaved, &stride);
+    w = heif_image_get_width(hi, heif_channel_interleaved);
+    h = heif_image_get_height(hi, heif_channel_interleaved);
+    if (!px || w <= 0 || h <= 0) {
+        st = sp_fail(SP_ERR_INPUT, "%s: HEIF decoded to no pixels", name);
+        goto out;
+    }
+    img->rgb = malloc((size_t)w * (size_t)h * 3);
+    if (!img->rgb) {
+        st = sp_fail(SP_ERR_NOMEM, "%s: out of memory", name);
+        goto out;
+    }
+    for (int y = 0; y < h; y++)
+        memcpy(img->rgb + (size_t)y * w * 3, px + (size_t)y * stride, (size_t)w * 3);
+    img->width = img->out_width = w;
+    img->height = img->out_height = h;
+    img->scale_denom = 1;
+    img->format = "heif";
+out:
+    if (hi)
+        heif_image_release(hi);
+    if (hd)
+        heif_image_handle_release(hd);
+    heif_context_free(ctx);
+    return st;
+}
+
 sp_status sp_image_read_mem(const void *data, size_t size, const char *name, const sp_image_params *pp,
                             sp_image **out)
 {
@@ -267,11 +360,11 @@ sp_status sp_image_read_mem(const void *data, size_t size, const char *name, con
     else if (!memcmp(b, "\x89PNG\r\n\x1a\n", 8))
         st = read_png(b, size, name, &p, img);
     else if (!memcmp(b, "RIFF", 4) && !memcmp(b + 8, "WEBP", 4))
-        st = sp_fail(SP_ERR_INPUT, "%s: WebP is not supported yet", name);
+        st = read_webp(b, size, name, &p, img);
     else if (!memcmp(b + 4, "ftyp", 4))
-        st = sp_fail(SP_ERR_INPUT, "%s: HEIC/HEIF is not supported yet", name);
+        st = read_heif(b, size, name, &p, img);
     else
-        st = sp_fail(SP_ERR_INPUT, "%s: not a JPEG or PNG image", name);
+        st = sp_fail(SP_ERR_INPUT, "%s: not a JPEG, PNG, WebP or HEIF image", name);
     if (!st && (img->width <= 0 || img->height <= 0))
         st = sp_fail(SP_ERR_INPUT, "%s: zero-sized image", name);
     if (!st)

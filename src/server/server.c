@@ -892,8 +892,10 @@ static enum MHD_Result handle(server *s, struct MHD_Connection *c, const char *u
         const unsigned char *b = (const unsigned char *)r->body;
         int jpeg = r->len >= 3 && b[0] == 0xff && b[1] == 0xd8 && b[2] == 0xff;
         int png = r->len >= 8 && !memcmp(b, "\x89PNG\r\n\x1a\n", 8);
-        if (!jpeg && !png)
-            return reply_error(c, 415, "send a JPEG or PNG photo", 0);
+        int webp = r->len >= 12 && !memcmp(b, "RIFF", 4) && !memcmp(b + 8, "WEBP", 4);
+        int heif = r->len >= 12 && !memcmp(b + 4, "ftyp", 4);
+        if (!jpeg && !png && !webp && !heif)
+            return reply_error(c, 415, "send a JPEG, PNG, WebP or HEIC photo", 0);
         const char *masks = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "masks");
         if (masks) {   /* every name must exist */
             char tmp[512];

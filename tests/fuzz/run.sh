@@ -12,7 +12,7 @@ ORT=third_party/onnxruntime
 [ -f "$ORT/lib/libonnxruntime.so.1" ] || bash scripts/install-deps.sh
 clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Isrc -I$ORT/include \
   tests/fuzz/fuzz_nifti.c src/core/*.c src/io/*.c src/pipeline/*.c src/runtime/*.c src/server/*.c \
-  -L$ORT/lib -Wl,-rpath,$PWD/$ORT/lib -l:libonnxruntime.so.1 -lmicrohttpd -ljpeg -lpng -lcjson -ldeflate -lz -lm -ldl -pthread \
+  -L$ORT/lib -Wl,-rpath,$PWD/$ORT/lib -l:libonnxruntime.so.1 -lmicrohttpd -ljpeg -lpng -lwebp -lheif -lcjson -ldeflate -lz -lm -ldl -pthread \
   -o "$out/fuzz_nifti"
 for f in ../shared/data/ct/example_ct_sm.nii.gz ../shared/data/ct/example_seg.nii.gz \
          ../shared/data/ct/example_mr_sm.nii.gz ../shared/data/mri/tinyT1.nii.gz; do

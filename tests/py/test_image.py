@@ -92,9 +92,10 @@ def test_image_bad_inputs(tmp):
     img = photo(64, 48, 3)
     jpg = save(img, "JPEG")
     png = save(img, "PNG")
-    cases = [(b"", "too short"), (b"hello world, not an image", "not a JPEG or PNG"),
+    cases = [(b"", "too short"), (b"hello world, not an image", "not a JPEG, PNG, WebP or HEIF"),
              (jpg[: len(jpg) // 2], "JPEG"), (png[: len(png) // 2], "PNG"),
-             (save(img, "WEBP"), "WebP"), (png, "limit")]
+             (save(img, "WEBP")[:40], "WebP"), (png, "limit")]
+    cases.append((b"\0\0\0\x18ftypheic" + b"\0" * 40, "HEIF"))
     for i, (data, msg) in enumerate(cases):
         try:
             decode(data, max_pixels=1000 if i == 5 else 0)
@@ -104,6 +105,39 @@ def test_image_bad_inputs(tmp):
     big = photo(3000, 2000, 4)
     try:
         decode(save(big, "JPEG"), max_pixels=10_000)   # even 1/8 (375x250) is over 10k
+        raise AssertionError("decoded past the limit")
+    except ValueError as e:
+        assert "limit" in str(e)
+
+
+def test_webp_matches_pillow(tmp):
+    img = photo(33, 21, 5)
+    for kw in ({"lossless": True}, {"quality": 80}):
+        data = save(img, "WEBP", **kw)
+        got, m = decode(data)
+        ref = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        assert got.shape == ref.shape and np.abs(got.astype(int) - ref).max() <= 1, kw
+    assert np.array_equal(decode(save(img, "WEBP", lossless=True))[0], np.asarray(img))
+
+
+def test_heic_decodes(tmp):
+    """HEIC made by libheif's heif-enc (x265); reference pixels from
+    heif-convert; the decode must also resemble the source PNG."""
+    import subprocess
+    src = os.path.join(tmp, "src.png")
+    img = photo(64, 48, 6)
+    img.save(src)
+    heic = os.path.join(tmp, "x.heic")
+    subprocess.run(["heif-enc", "-q", "95", src, "-o", heic], check=True, capture_output=True)
+    ref_png = os.path.join(tmp, "ref.png")
+    subprocess.run(["heif-convert", heic, ref_png], check=True, capture_output=True)
+    got, m = decode(open(heic, "rb").read())
+    ref = np.asarray(Image.open(ref_png).convert("RGB"))
+    assert got.shape == ref.shape == (48, 64, 3)
+    assert np.abs(got.astype(int) - ref).max() <= 1
+    assert np.abs(got.astype(int) - np.asarray(img)).mean() < 12   # lossy, but the same picture
+    try:
+        decode(open(heic, "rb").read(), max_pixels=1000)
         raise AssertionError("decoded past the limit")
     except ValueError as e:
         assert "limit" in str(e)
