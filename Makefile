@@ -42,6 +42,7 @@ CFLAGS ?= -O2 -g
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC -pthread $(WARN) $(CFLAGS) $(SANFLAGS) \
   -Iinclude -Isrc $(ORT_CFLAGS) \
   -DSP_DEFAULT_MODEL_DIR=\"$(abspath models/demo-ct)\" \
+  -DSP_DEFAULT_MASKS_DIR=\"$(abspath models/demo-rooms)\" \
   -DSP_BUILD_FLAGS="\"$(strip $(CC) $(CFLAGS) $(SANFLAGS))\""
 LIBS := $(ORT_LIBS) -lmicrohttpd -ljpeg -lpng -lwebp -lheif -lcjson -ldeflate -lz -lm -ldl -pthread
 

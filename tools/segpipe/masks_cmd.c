@@ -96,7 +96,12 @@ int cmd_masks(int argc, char **argv)
         {"threads", required_argument, 0, 't'}, {"long-side", required_argument, 0, 'L'},
         {"max-pixels", required_argument, 0, 'P'}, {"quiet", no_argument, 0, 'q'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    const char *out = NULL, *model = NULL;
+#ifndef SP_DEFAULT_MASKS_DIR
+#define SP_DEFAULT_MASKS_DIR "models/demo-rooms"
+#endif
+    const char *out = NULL, *model = getenv("SEGPIPE_MASKS_MODEL");
+    if (!model || !*model)
+        model = SP_DEFAULT_MASKS_DIR;
     char *maskarg = NULL;
     const char *names[32];
     int nnames = 0, batch = 1, quiet = 0, c;
@@ -114,16 +119,17 @@ int cmd_masks(int argc, char **argv)
         case 'P': ip.max_pixels = strtoull(optarg, NULL, 10); break;
         case 'q': quiet = 1; break;
         case 'h':
-            printf("usage: segpipe masks PHOTO... -o DIR --model DIR [--masks wall,floor] [--batch N]\n"
+            printf("usage: segpipe masks PHOTO... -o DIR [--model DIR] [--masks wall,floor] [--batch N]\n"
                    "                     [--threads N] [--long-side N] [--max-pixels N] [--quiet]\n"
                    "One inference per batch returns every mask (JPEG, PNG; EXIF orientation applied;\n"
-                   "masks in the upright frame). Writes DIR/<photo>.<mask>.png and DIR/<photo>.masks.json.\n");
+                   "masks in the upright frame). Writes DIR/<photo>.<mask>.png and DIR/<photo>.masks.json.\n"
+                   "Default model: %s (a demo trained on rendered rooms).\n", model);
             return 0;
         default: return cli_usage_error("masks", "unknown option");
         }
     }
     if (optind >= argc || !out || !model || batch < 1 || batch > 64)
-        return cli_usage_error("masks", "expected PHOTO... -o DIR --model DIR (and --batch 1..64)");
+        return cli_usage_error("masks", "expected PHOTO... -o DIR (and --batch 1..64)");
     char *mcopy = maskarg ? strdup(maskarg) : NULL;
     for (char *tok = mcopy ? strtok(mcopy, ",") : NULL; tok && nnames < 32; tok = strtok(NULL, ","))
         names[nnames++] = tok;
