@@ -115,6 +115,11 @@ if os.path.exists(ps):
         lines.append("\nPassport seconds vs voxels (demo model labels): " + ", ".join(
             f"{cases[n]['voxels'] / 1e6:.0f} M: {mean_stage(cases[n], 'passport'):.3f} s" for n in cases))
 
+sm = os.path.join(out, "serve_masks_load.json")
+if os.path.exists(sm):
+    lines.append("\n## Dynamic batching of /v1/segment-batch (8 clients)\n")
+    lines.append(json.load(open(sm))["table"])
+
 sl = os.path.join(out, "serve_load.json")
 if os.path.exists(sl):
     lines.append("\n## Service load (KServe infer, tiny model, loopback, keep-alive clients)\n")

@@ -72,6 +72,7 @@ fi
 
 # 7. service load (loopback)
 /usr/bin/python3 bench/serve_load.py "$OUT/serve_load.json" > /dev/null
+/usr/bin/python3 bench/serve_masks_load.py "$OUT/serve_masks_load.json" > /dev/null
 
 # 8. summary and plots
 /usr/bin/python3 bench/report.py "$OUT"
