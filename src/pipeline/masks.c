@@ -148,6 +148,56 @@ static void post_rows(void *vc, int64_t b, int64_t e, int wk)
     }
 }
 
+typedef struct mask_ctx {
+    const sp_manifest *mf;
+    const uint16_t *label;
+    int W, H;
+    const int *want;
+    sp_mask *masks;
+    int oom;
+} mask_ctx;
+
+/* one job per requested mask: pixels, area, bounding box */
+static void build_masks(void *vc, int64_t b, int64_t e, int w)
+{
+    mask_ctx *c = vc;
+    for (int64_t k = b; k < e; k++) {
+        sp_mask *mk = &c->masks[k];
+        int mi = c->want[k];
+        mk->name = c->mf->mask_name[mi];
+        size_t np = (size_t)c->W * (size_t)c->H;
+        mk->pixels = malloc(np ? np : 1);
+        if (!mk->pixels) {
+            c->oom = 1;
+            continue;
+        }
+        uint8_t inset[65536 / 8] = {0};
+        for (int q = 0; q < c->mf->mask_ncls[mi]; q++)
+            inset[c->mf->mask_cls[mi][q] >> 3] |= (uint8_t)(1 << (c->mf->mask_cls[mi][q] & 7));
+        size_t cnt = 0;
+        int x0 = c->W, y0 = c->H, x1 = -1, y1 = -1;
+        for (int y = 0; y < c->H; y++) {
+            const uint16_t *row = c->label + (size_t)y * c->W;
+            uint8_t *out = mk->pixels + (size_t)y * c->W;
+            for (int x = 0; x < c->W; x++) {
+                int on = (inset[row[x] >> 3] >> (row[x] & 7)) & 1;
+                out[x] = on ? 255 : 0;
+                if (on) {
+                    cnt++;
+                    x0 = x < x0 ? x : x0;
+                    x1 = x > x1 ? x : x1;
+                    y0 = y < y0 ? y : y0;
+                    y1 = y;
+                }
+            }
+        }
+        mk->area_fraction = np ? (double)cnt / (double)np : 0;
+        if (!cnt)
+            x0 = y0 = x1 = y1 = -1;
+        mk->bbox[0] = x0, mk->bbox[1] = y0, mk->bbox[2] = x1, mk->bbox[3] = y1;
+    }
+}
+
 static sp_status find_out(sp_model *m, const char *name, int *idx)
 {
     int no;
@@ -330,39 +380,12 @@ sp_status sp_masks_run(sp_package *pk, sp_image *const *imgs, int n, const sp_ma
         sp_pool_for(pool, OH, 8, post_rows, &c);
         res[i]->width = OW;
         res[i]->height = OH;
-        for (int k = 0; k < nw && !st; k++) {
-            sp_mask *mk = &res[i]->masks[k];
-            int mi = want[k];
-            mk->name = mf->mask_name[mi];
-            size_t np = (size_t)OW * OH;
-            mk->pixels = malloc(np);
-            if (!mk->pixels) {
-                st = sp_fail(SP_ERR_NOMEM, "masks: out of memory");
-                break;
-            }
-            res[i]->n_masks = k + 1;
-            uint8_t inset[65536 / 8] = {0};
-            for (int q = 0; q < mf->mask_ncls[mi]; q++)
-                inset[mf->mask_cls[mi][q] >> 3] |= (uint8_t)(1 << (mf->mask_cls[mi][q] & 7));
-            size_t cnt = 0;
-            int x0 = OW, y0 = OH, x1 = -1, y1 = -1;
-            for (int y = 0; y < OH; y++)
-                for (int x = 0; x < OW; x++) {
-                    uint16_t l = label[(size_t)y * OW + x];
-                    int on = (inset[l >> 3] >> (l & 7)) & 1;
-                    mk->pixels[(size_t)y * OW + x] = on ? 255 : 0;
-                    if (on) {
-                        cnt++;
-                        x0 = x < x0 ? x : x0;
-                        x1 = x > x1 ? x : x1;
-                        y0 = y < y0 ? y : y0;
-                        y1 = y > y1 ? y : y1;
-                    }
-                }
-            mk->area_fraction = (double)cnt / (double)np;
-            if (!cnt)
-                x0 = y0 = x1 = y1 = -1;
-            mk->bbox[0] = x0, mk->bbox[1] = y0, mk->bbox[2] = x1, mk->bbox[3] = y1;
+        mask_ctx mc = {mf, label, OW, OH, want, res[i]->masks, 0};
+        sp_pool_for(pool, nw, 1, build_masks, &mc);
+        res[i]->n_masks = nw;
+        if (mc.oom) {
+            st = sp_fail(SP_ERR_NOMEM, "masks: out of memory");
+            break;
         }
         free(label);
         label = NULL;
@@ -388,25 +411,68 @@ done:
     return SP_OK;
 }
 
+typedef struct png_mem {
+    unsigned char *d;
+    size_t n, cap;
+    int oom;
+} png_mem;
+
+static void png_mem_write(png_structp p, png_bytep data, png_size_t len)
+{
+    png_mem *m = png_get_io_ptr(p);
+    if (m->oom)
+        return;
+    if (m->n + len > m->cap) {
+        size_t nc = m->cap ? m->cap * 2 : 65536;
+        while (nc < m->n + len)
+            nc *= 2;
+        unsigned char *nd = realloc(m->d, nc);
+        if (!nd) {
+            m->oom = 1;
+            return;
+        }
+        m->d = nd;
+        m->cap = nc;
+    }
+    memcpy(m->d + m->n, data, len);
+    m->n += len;
+}
+
+static void png_mem_flush(png_structp p) { (void)p; }
+
+/* 8-bit grey PNG, zlib level 1 with the RLE strategy and no row filter:
+ * masks are long runs of 0 and 255, so this is several times faster than
+ * the default settings at a similar size. */
 sp_status sp_mask_png(const sp_mask *m, int width, int height, void **png, size_t *size)
 {
-    png_image pi;
-    memset(&pi, 0, sizeof pi);
-    pi.version = PNG_IMAGE_VERSION;
-    pi.width = (png_uint_32)width;
-    pi.height = (png_uint_32)height;
-    pi.format = PNG_FORMAT_GRAY;
-    png_alloc_size_t n = 0;
-    if (!png_image_write_get_memory_size(pi, n, 0, m->pixels, 0, NULL))
-        return sp_fail(SP_ERR_RUNTIME, "PNG encoding failed: %s", pi.message);
-    void *buf = malloc(n);
-    if (!buf)
+    png_mem mem = {0};
+    png_structp p = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    png_infop info = p ? png_create_info_struct(p) : NULL;
+    if (!p || !info) {
+        png_destroy_write_struct(&p, NULL);
         return sp_fail(SP_ERR_NOMEM, "out of memory");
-    if (!png_image_write_to_memory(&pi, buf, &n, 0, m->pixels, 0, NULL)) {
-        free(buf);
-        return sp_fail(SP_ERR_RUNTIME, "PNG encoding failed: %s", pi.message);
     }
-    *png = buf;
-    *size = n;
+    if (setjmp(png_jmpbuf(p))) {
+        png_destroy_write_struct(&p, &info);
+        free(mem.d);
+        return sp_fail(SP_ERR_RUNTIME, "PNG encoding failed");
+    }
+    png_set_write_fn(p, &mem, png_mem_write, png_mem_flush);
+    png_set_IHDR(p, info, (png_uint_32)width, (png_uint_32)height, 8, PNG_COLOR_TYPE_GRAY, PNG_INTERLACE_NONE,
+                 PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    png_set_compression_level(p, 1);
+    png_set_compression_strategy(p, 3);   /* Z_RLE */
+    png_set_filter(p, 0, PNG_FILTER_NONE);
+    png_write_info(p, info);
+    for (int y = 0; y < height; y++)
+        png_write_row(p, m->pixels + (size_t)y * (size_t)width);
+    png_write_end(p, info);
+    png_destroy_write_struct(&p, &info);
+    if (mem.oom) {
+        free(mem.d);
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    }
+    *png = mem.d;
+    *size = mem.n;
     return SP_OK;
 }
