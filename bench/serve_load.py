@@ -7,18 +7,12 @@ the processing time the service reports for the same request.
 
   bench/serve_load.py [OUT.json]
 """
-import http.client, json, os, signal, socket, subprocess, sys, threading, time
+import http.client, json, os, signal, sys, threading, time
 import numpy as np
+from serve_util import ROOT as root, start_server
 
-root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-port = s.getsockname()[1]
-s.close()
-proc = subprocess.Popen([os.path.join(root, "build", "segpipe"), "serve", "--port", str(port), "--model",
-                         "tiny=" + os.path.join(root, "tests", "data", "tinyseg"), "--workers", "2",
-                         "--queue", "64", "--threads", "1"], stdout=subprocess.PIPE, text=True)
-assert "ready" in proc.stdout.readline()
+proc, port = start_server("--model", "tiny=" + os.path.join(root, "tests", "data", "tinyseg"), "--workers", "2",
+                          "--queue", "64", "--threads", "1")
 x = np.random.default_rng(0).normal(size=512).astype(np.float32)
 BODY = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8, 8], "datatype": "FP32",
                                "data": x.tolist()}]}).encode()

@@ -6,11 +6,11 @@ service without batching (--max-batch 1) and with it (--batch-window-ms 10
 
   bench/serve_masks_load.py [OUT.json] [--seconds S]
 """
-import http.client, io, json, os, signal, socket, subprocess, sys, threading, time
+import http.client, io, json, os, signal, sys, threading, time
 import numpy as np
 from PIL import Image
+from serve_util import ROOT as root, start_server
 
-root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(root, "tools"))
 from render_rooms import render
 
@@ -24,14 +24,8 @@ for k in range(16):
 
 
 def measure(extra):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    p = subprocess.Popen([os.path.join(root, "build", "segpipe"), "serve", "--port", str(port), "--model",
-                          "rooms=" + os.path.join(root, "models", "demo-rooms"), "--workers", "1", "--queue", "64",
-                          *extra], stdout=subprocess.PIPE, text=True)
-    assert "ready" in p.stdout.readline()
+    p, port = start_server("--model", "rooms=" + os.path.join(root, "models", "demo-rooms"), "--workers", "1",
+                           "--queue", "64", *extra)
     lat, sizes = [], []
     lock = threading.Lock()
     stop = time.time() + secs

@@ -357,7 +357,8 @@ typedef struct sp_masks_result {
  * (logits, probability, or Mask2Former queries combined as its semantic
  * inference does) bilinearly to the photo's size (out_width x out_height:
  * full size even when the JPEG was decoded smaller for speed), take one argmax, and cut
- * each mask from it. results[i] (caller frees each with
+ * each mask from it (models with a fixed batch size get the photos in
+ * chunks of that size). results[i] (caller frees each with
  * sp_masks_result_free, and the array with free) belong to imgs[i]. Stage
  * times are added to t (may be NULL). */
 sp_status sp_masks_run(sp_package *pk, sp_image *const *imgs, int n, const sp_masks_params *p,

@@ -210,8 +210,41 @@ static sp_status find_out(sp_model *m, const char *name, int *idx)
     return sp_fail(SP_ERR_MODEL, "the model has no output '%s'", name);
 }
 
+static sp_status masks_batch(sp_package *pk, sp_image *const *imgs, int n, const sp_masks_params *pp,
+                             sp_masks_result ***results, sp_timings *t);
+
+/* Models with a fixed batch size (ISNet: 1) get the photos in chunks of
+ * that size; every other model gets them in one call. */
 sp_status sp_masks_run(sp_package *pk, sp_image *const *imgs, int n, const sp_masks_params *pp,
                        sp_masks_result ***results, sp_timings *t)
+{
+    int nin;
+    int64_t fixed = sp_model_inputs(pk->model, &nin)[0].meta.shape[0];
+    if (fixed <= 0 || n <= fixed)
+        return masks_batch(pk, imgs, n, pp, results, t);
+    *results = NULL;
+    sp_masks_result **all = calloc((size_t)n, sizeof *all);
+    if (!all)
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < n; i += (int)fixed) {
+        sp_masks_result **part;
+        int k = n - i < fixed ? n - i : (int)fixed;
+        sp_status st = masks_batch(pk, imgs + i, k, pp, &part, t);
+        if (st) {
+            for (int j = 0; j < i; j++)
+                sp_masks_result_free(all[j]);
+            free(all);
+            return st;
+        }
+        memcpy(all + i, part, (size_t)k * sizeof *part);
+        free(part);
+    }
+    *results = all;
+    return SP_OK;
+}
+
+static sp_status masks_batch(sp_package *pk, sp_image *const *imgs, int n, const sp_masks_params *pp,
+                             sp_masks_result ***results, sp_timings *t)
 {
     sp_masks_params p = pp ? *pp : sp_masks_default_params();
     const sp_manifest *mf = &pk->mf;

@@ -103,24 +103,22 @@ def canonical(data, affine):
     return from_c(dst, list(dout)), out_aff, o
 
 
-def resample_linear(data, out_shape):
+def _resample(fn, data, out_shape, dtype):
     L = lib()
     din = np.array(data.shape, np.int64)
     dout = np.array(out_shape, np.int64)
-    src = to_c(data, np.float32)
-    dst = np.zeros(int(np.prod(dout)), np.float32)
-    L.sp_resample_linear(ptr(src), ptr(din), ptr(dst), ptr(dout), L.sp_default_pool())
+    src = to_c(data, dtype)
+    dst = np.zeros(int(np.prod(dout)), dtype)
+    fn(ptr(src), ptr(din), ptr(dst), ptr(dout), L.sp_default_pool())
     return from_c(dst, list(dout))
+
+
+def resample_linear(data, out_shape):
+    return _resample(lib().sp_resample_linear, data, out_shape, np.float32)
 
 
 def resample_nearest(labels, out_shape):
-    L = lib()
-    din = np.array(labels.shape, np.int64)
-    dout = np.array(out_shape, np.int64)
-    src = to_c(labels, np.uint16)
-    dst = np.zeros(int(np.prod(dout)), np.uint16)
-    L.sp_resample_nearest_u16(ptr(src), ptr(din), ptr(dst), ptr(dout), L.sp_default_pool())
-    return from_c(dst, list(dout))
+    return _resample(lib().sp_resample_nearest_u16, labels, out_shape, np.uint16)
 
 
 def run(*args, check=False, timeout=600):

@@ -150,14 +150,6 @@ int cmd_masks(int argc, char **argv)
         rc = cli_fail(st, NULL);
         goto end;
     }
-    int nin;
-    const sp_io_info *in0 = sp_model_inputs(sp_package_model(pk), &nin);
-    if (in0[0].meta.shape[0] > 0 && batch > in0[0].meta.shape[0]) {
-        if (!quiet)
-            fprintf(stderr, "segpipe: model '%s' takes batches of %lld: --batch lowered\n", sp_package_name(pk),
-                    (long long)in0[0].meta.shape[0]);
-        batch = (int)in0[0].meta.shape[0];
-    }
     sp_timings t = {0};
     double enc = 0, w0 = sp_now();
     for (int i = optind; i < argc; i += batch) {

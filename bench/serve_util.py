@@ -1,0 +1,19 @@
+"""Start `segpipe serve` on a free loopback port for the load benchmarks."""
+import os, socket, subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start_server(*args):
+    """-> (process, port); returns once the service says it is ready"""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    p = subprocess.Popen([os.path.join(ROOT, "build", "segpipe"), "serve", "--port", str(port), *args],
+                         stdout=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    if "ready" not in line:
+        p.kill()
+        raise RuntimeError("segpipe serve did not start: " + line)
+    return p, port
