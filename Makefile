@@ -43,8 +43,9 @@ ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC -pthread $(WARN) $(CFLAGS) $(SANFLAGS
   -Iinclude -Isrc $(ORT_CFLAGS) \
   -DSP_DEFAULT_MODEL_DIR=\"$(abspath models/demo-ct)\" \
   -DSP_DEFAULT_MASKS_DIR=\"$(abspath models/demo-rooms)\" \
+  -DSP_DEFAULT_MATTE_DIR=\"$(abspath models/demo-matte)\" \
   -DSP_BUILD_FLAGS="\"$(strip $(CC) $(CFLAGS) $(SANFLAGS))\""
-LIBS := $(ORT_LIBS) -lmicrohttpd -ljpeg -lpng -lwebp -lheif -lcjson -ldeflate -lz -lm -ldl -pthread
+LIBS := $(ORT_LIBS) -lavformat -lavcodec -lswscale -lavutil -lmicrohttpd -ljpeg -lpng -lwebp -lheif -lcjson -ldeflate -lz -lm -ldl -pthread
 
 LIB_SRC := $(wildcard src/core/*.c src/io/*.c src/pipeline/*.c src/runtime/*.c src/server/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)

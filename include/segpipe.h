@@ -22,6 +22,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -41,14 +42,15 @@ typedef enum sp_status {
     SP_ERR_MODEL,       /* model package missing, broken or inconsistent */
     SP_ERR_RUNTIME,     /* ONNX Runtime or execution failure */
     SP_ERR_IO,          /* file system error (open, read, write, rename) */
-    SP_ERR_NOMEM        /* allocation failed */
+    SP_ERR_NOMEM,       /* allocation failed */
+    SP_ERR_CANCELLED    /* stopped on request (Ctrl-C, sp_video_cancel) */
 } sp_status;
 
 /* Message of the last failure on this thread ("" if none). */
 const char *sp_last_error(void);
 /* Stable short name of a status ("ok", "input error", ...). */
 const char *sp_status_str(sp_status st);
-/* Exit code the CLI uses for a status (0, 2..7; see README). */
+/* Exit code the CLI uses for a status (0, 2..7, 130 cancelled; see README). */
 int sp_status_exit_code(sp_status st);
 
 /* ----------------------------------------------------------------- logging */
@@ -366,6 +368,75 @@ sp_status sp_masks_run(sp_package *pk, sp_image *const *imgs, int n, const sp_ma
 void sp_masks_result_free(sp_masks_result *r);
 /* A mask as an 8-bit grey PNG in memory (caller frees *png). */
 sp_status sp_mask_png(const sp_mask *m, int width, int height, void **png, size_t *size);
+
+/* ------------------------------------------------------------------ video */
+
+typedef struct sp_video sp_video;
+
+typedef enum sp_bg_kind { SP_BG_COLOR = 0, SP_BG_IMAGE, SP_BG_BLUR } sp_bg_kind;
+
+typedef struct sp_video_params {
+    const char *input;        /* video file (FFmpeg) or folder of PNG/JPEG frames */
+    const char *output;       /* video file (.mp4 .mkv .mov .avi .webm .nut) or folder of
+                                 numbered frames (PNG; JPEG if it ends in .jpg); NULL: none */
+    const char *roi_file;     /* one "x y w h" per frame; NULL: the whole frame */
+    int batch;                /* frames per inference (0: 4) */
+    int workers;              /* compositing threads (0: 2) */
+    size_t max_ram;           /* frame cache + buffers budget in bytes (0: 1/4 of RAM) */
+    sp_bg_kind bg;
+    uint8_t bg_color[3];      /* SP_BG_COLOR */
+    const char *bg_image;     /* SP_BG_IMAGE: resized to the frame size */
+    int blur_radius;          /* SP_BG_BLUR: box blur radius in pixels (0: 15) */
+    const char *mask;         /* logits models: the manifest mask kept as foreground (NULL: first) */
+    double fps;               /* output frame rate (0: the input's; 25 for folders) */
+    const char *codec;        /* encoder (NULL: by extension) */
+    int quality;              /* JPEG frames / MJPEG quality (0: 92) */
+    int decode_threads;       /* FFmpeg decoder threads (0: 1) */
+} sp_video_params;
+sp_video_params sp_video_default_params(void);
+
+typedef struct sp_video_report {
+    int64_t frames;
+    int width, height, batch, workers;
+    double seconds, fps;      /* wall time of the run, frames / seconds */
+    /* busy milliseconds per frame, per stage (compositing summed over workers) */
+    double ms_decode, ms_preprocess, ms_inference, ms_composite, ms_save;
+    /* milliseconds per frame each stage waited on its input queue */
+    double wait_preprocess, wait_inference, wait_composite, wait_save;
+    double inference_busy;    /* share of the wall time inference was running */
+    int cached;               /* 1: every frame was already in RAM (no decoding this run) */
+    int64_t cache_frames;     /* frame slots (the whole video when it fits) */
+    size_t cache_bytes, buffer_bytes, budget_bytes;
+    char input_desc[160];
+} sp_video_report;
+
+/* Prepare a run: open the input, read and check the ROI file against the
+ * frame size, load the background, size the frame cache from max_ram.
+ * The package must be a "masks" model with probability or logits output
+ * (the foreground probability is its alpha). Caller frees with
+ * sp_video_free; pk must outlive v. */
+sp_status sp_video_open(sp_package *pk, const sp_video_params *p, sp_video **out);
+/* Run the threaded pipeline: decode -> preprocess -> batched inference ->
+ * compositing on `workers` threads -> writer, joined by bounded queues,
+ * frames written in order. `out = a * frame + (1 - a) * background` inside
+ * the ROI (a: the model's alpha, bilinear to the ROI, 8-bit), the frame
+ * unchanged outside. On any error or sp_video_cancel every stage stops and
+ * no output file is left. When the whole video fitted in the cache, a
+ * later run (e.g. with another batch or worker count, set with
+ * sp_video_set) takes the frames from RAM without decoding. */
+sp_status sp_video_run(sp_video *v, sp_video_report *rep);
+/* Inference alone on the same frames and batch size (preprocessed before
+ * the clock starts): the upper bound the pipeline is measured against.
+ * Fills rep->fps, rep->seconds, rep->ms_inference. */
+sp_status sp_video_infer_alone(sp_video *v, sp_video_report *rep);
+/* Change batch size, workers and output between runs (output NULL: none). */
+sp_status sp_video_set(sp_video *v, int batch, int workers, const char *output);
+/* Ask a running sp_video_run to stop (thread-safe; from any thread, not
+ * from a signal handler). The run returns SP_ERR_CANCELLED. */
+void sp_video_cancel(sp_video *v);
+void sp_video_free(sp_video *v);
+/* The report as the seed's table (stage, ms per frame, waits, FPS). */
+void sp_video_report_print(const sp_video_report *r, FILE *f);
 
 /* ---------------------------------------------------------------- service */
 

@@ -31,13 +31,15 @@ MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
-def figure(size, rng):
-    """RGB frame (uint8 H x W x 3) and foreground mask (uint8 0/1)."""
+def figure(size, rng, bg=None, cx=None):
+    """RGB frame (uint8 H x W x 3) and foreground mask (uint8 0/1). bg: a
+    background to draw on (else a rendered room); cx: the figure's centre x."""
     H, W = size
-    bg, _ = render_room((H, W), rng=rng)
+    if bg is None:
+        bg, _ = render_room((H, W), rng=rng)
     m = Image.new("L", (W, H), 0)
     d = ImageDraw.Draw(m)
-    cx = W * rng.uniform(0.25, 0.75)
+    cx = W * rng.uniform(0.25, 0.75) if cx is None else cx
     hy = H * rng.uniform(0.15, 0.45)          # head centre
     r = min(H, W) * rng.uniform(0.07, 0.16)   # head radius
     d.ellipse([cx - r * 0.85, hy - r, cx + r * 0.85, hy + r], fill=1)

@@ -46,6 +46,7 @@ const char *sp_status_str(sp_status st)
     case SP_ERR_RUNTIME: return "runtime error";
     case SP_ERR_IO: return "I/O error";
     case SP_ERR_NOMEM: return "out of memory";
+    case SP_ERR_CANCELLED: return "cancelled";
     }
     return "unknown error";
 }
@@ -60,6 +61,7 @@ int sp_status_exit_code(sp_status st)
     case SP_ERR_RUNTIME: return 5;
     case SP_ERR_IO: return 6;
     case SP_ERR_NOMEM: return 7;
+    case SP_ERR_CANCELLED: return 130;
     }
     return 1;
 }

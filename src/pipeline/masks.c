@@ -17,9 +17,9 @@
  * softmax(class logits without the null class) x sigmoid(mask logits).
  */
 #include "../runtime/package.h"
+#include "../io/encode.h"
 
 #include <math.h>
-#include <png.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,6 +48,49 @@ typedef struct prep_ctx {
     int *rw, *rh;
 } prep_ctx;
 
+/* Row y of the model canvas (NCHW planes `plane` floats apart) from the
+ * rectangle (x0, y0, w, h) of a packed RGB image `stride` pixels wide:
+ * bilinear with half-pixel centres into a rw x rh content rectangle at the
+ * top-left of a Wc-wide canvas, normalised per the manifest; zeros outside
+ * the content. Shared by photo masks and video. */
+void sp_prep_row(const sp_manifest *mf, const uint8_t *rgb, int stride, int x0r, int y0r, int w, int h,
+                 float *dst, size_t plane, int Wc, int rw, int rh, int y)
+{
+    if (y >= rh) {
+        for (int ch = 0; ch < 3; ch++)
+            memset(dst + ch * plane, 0, (size_t)Wc * sizeof(float));
+        return;
+    }
+    float k[3], o[3];
+    for (int ch = 0; ch < 3; ch++) {
+        k[ch] = (float)(mf->pix_scale / mf->std[ch]);
+        o[ch] = (float)(mf->mean[ch] / mf->std[ch]);
+    }
+    double sy = ((double)y + 0.5) * h / rh - 0.5;
+    if (sy < 0) sy = 0;
+    int y0 = (int)sy, y1 = y0 + 1 < h ? y0 + 1 : h - 1;
+    float fy = (float)(sy - y0);
+    const uint8_t *r0 = rgb + ((size_t)(y0r + y0) * stride + x0r) * 3, *r1 = rgb + ((size_t)(y0r + y1) * stride + x0r) * 3;
+    for (int x = 0; x < Wc; x++) {
+        if (x >= rw) {
+            for (int ch = 0; ch < 3; ch++)
+                dst[ch * plane + (size_t)x] = 0;
+            continue;
+        }
+        double sx = ((double)x + 0.5) * w / rw - 0.5;
+        if (sx < 0) sx = 0;
+        int x0 = (int)sx, x1 = x0 + 1 < w ? x0 + 1 : w - 1;
+        float fx = (float)(sx - x0);
+        const uint8_t *p00 = r0 + x0 * 3, *p01 = r0 + x1 * 3, *p10 = r1 + x0 * 3, *p11 = r1 + x1 * 3;
+        for (int ch = 0; ch < 3; ch++) {
+            float top = p00[ch] + fx * (p01[ch] - p00[ch]);
+            float bot = p10[ch] + fx * (p11[ch] - p10[ch]);
+            float v = top + fy * (bot - top);
+            dst[ch * plane + (size_t)x] = v * k[ch] - o[ch];
+        }
+    }
+}
+
 static void prep_rows(void *vc, int64_t b, int64_t e, int w)
 {
     prep_ctx *c = vc;
@@ -56,35 +99,7 @@ static void prep_rows(void *vc, int64_t b, int64_t e, int w)
         int i = (int)(job / c->Hc), y = (int)(job % c->Hc);
         const sp_image *im = c->imgs[i];
         float *dst = c->in + (size_t)i * 3 * plane + (size_t)y * (size_t)c->Wc;
-        int rw = c->rw[i], rh = c->rh[i];
-        if (y >= rh) {
-            for (int ch = 0; ch < 3; ch++)
-                memset(dst + ch * plane, 0, (size_t)c->Wc * sizeof(float));
-            continue;
-        }
-        double sy = ((double)y + 0.5) * im->height / rh - 0.5;
-        if (sy < 0) sy = 0;
-        int y0 = (int)sy, y1 = y0 + 1 < im->height ? y0 + 1 : im->height - 1;
-        float fy = (float)(sy - y0);
-        for (int x = 0; x < c->Wc; x++) {
-            if (x >= rw) {
-                for (int ch = 0; ch < 3; ch++)
-                    dst[ch * plane + (size_t)x] = 0;
-                continue;
-            }
-            double sx = ((double)x + 0.5) * im->width / rw - 0.5;
-            if (sx < 0) sx = 0;
-            int x0 = (int)sx, x1 = x0 + 1 < im->width ? x0 + 1 : im->width - 1;
-            float fx = (float)(sx - x0);
-            const uint8_t *p00 = im->rgb + ((size_t)y0 * im->width + x0) * 3, *p01 = im->rgb + ((size_t)y0 * im->width + x1) * 3;
-            const uint8_t *p10 = im->rgb + ((size_t)y1 * im->width + x0) * 3, *p11 = im->rgb + ((size_t)y1 * im->width + x1) * 3;
-            for (int ch = 0; ch < 3; ch++) {
-                float top = p00[ch] + fx * (p01[ch] - p00[ch]);
-                float bot = p10[ch] + fx * (p11[ch] - p10[ch]);
-                float v = top + fy * (bot - top);
-                dst[ch * plane + (size_t)x] = (float)((v * c->mf->pix_scale - c->mf->mean[ch]) / c->mf->std[ch]);
-            }
-        }
+        sp_prep_row(c->mf, im->rgb, im->width, 0, 0, im->width, im->height, dst, plane, c->Wc, c->rw[i], c->rh[i], y);
     }
 }
 
@@ -444,68 +459,8 @@ done:
     return SP_OK;
 }
 
-typedef struct png_mem {
-    unsigned char *d;
-    size_t n, cap;
-    int oom;
-} png_mem;
-
-static void png_mem_write(png_structp p, png_bytep data, png_size_t len)
-{
-    png_mem *m = png_get_io_ptr(p);
-    if (m->oom)
-        return;
-    if (m->n + len > m->cap) {
-        size_t nc = m->cap ? m->cap * 2 : 65536;
-        while (nc < m->n + len)
-            nc *= 2;
-        unsigned char *nd = realloc(m->d, nc);
-        if (!nd) {
-            m->oom = 1;
-            return;
-        }
-        m->d = nd;
-        m->cap = nc;
-    }
-    memcpy(m->d + m->n, data, len);
-    m->n += len;
-}
-
-static void png_mem_flush(png_structp p) { (void)p; }
-
-/* 8-bit grey PNG, zlib level 1 with the RLE strategy and no row filter:
- * masks are long runs of 0 and 255, so this is several times faster than
- * the default settings at a similar size. */
+/* 8-bit grey PNG (fast settings: see sp_png_encode) */
 sp_status sp_mask_png(const sp_mask *m, int width, int height, void **png, size_t *size)
 {
-    png_mem mem = {0};
-    png_structp p = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
-    png_infop info = p ? png_create_info_struct(p) : NULL;
-    if (!p || !info) {
-        png_destroy_write_struct(&p, NULL);
-        return sp_fail(SP_ERR_NOMEM, "out of memory");
-    }
-    if (setjmp(png_jmpbuf(p))) {
-        png_destroy_write_struct(&p, &info);
-        free(mem.d);
-        return sp_fail(SP_ERR_RUNTIME, "PNG encoding failed");
-    }
-    png_set_write_fn(p, &mem, png_mem_write, png_mem_flush);
-    png_set_IHDR(p, info, (png_uint_32)width, (png_uint_32)height, 8, PNG_COLOR_TYPE_GRAY, PNG_INTERLACE_NONE,
-                 PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-    png_set_compression_level(p, 1);
-    png_set_compression_strategy(p, 3);   /* Z_RLE */
-    png_set_filter(p, 0, PNG_FILTER_NONE);
-    png_write_info(p, info);
-    for (int y = 0; y < height; y++)
-        png_write_row(p, m->pixels + (size_t)y * (size_t)width);
-    png_write_end(p, info);
-    png_destroy_write_struct(&p, &info);
-    if (mem.oom) {
-        free(mem.d);
-        return sp_fail(SP_ERR_NOMEM, "out of memory");
-    }
-    *png = mem.d;
-    *size = mem.n;
-    return SP_OK;
+    return sp_png_encode(m->pixels, width, height, 1, png, size);
 }

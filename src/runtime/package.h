@@ -41,4 +41,7 @@ struct sp_package {
 sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf);
 void sp_manifest_clear(sp_manifest *mf);
 sp_status sp_manifest_check_model(const sp_manifest *mf, const sp_model *m, const char *dir);
+/* One row of a model input from an RGB rectangle (masks.c; used by video.c). */
+void sp_prep_row(const sp_manifest *mf, const uint8_t *rgb, int stride, int x0, int y0, int w, int h,
+                 float *dst, size_t plane, int Wc, int rw, int rh, int y);
 #endif

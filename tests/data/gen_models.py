@@ -113,4 +113,26 @@ json.dump({"format": "segpipe-model", "version": 1, "name": "tinym2f", "task": "
                       "mask_output": "masks_queries_logits"},
            "preprocess": pre, "labels": room, "masks": masks},
           open(os.path.join(d, "segpipe.json"), "w"), indent=1)
-print("wrote tiny.onnx, tiny2d.onnx, tinyseg/, tinymask/, tinym2f/")
+
+# tinymatte/: a foreground (matting) model for video: alpha = Sigmoid(Conv 3x3
+# stride 2, 3 -> 1), fixed input [N, 3, 24, 40], stretched (not letterboxed)
+wa = rng.normal(0, 0.6, (1, 3, 3, 3)).astype(np.float32)
+ba = np.array([0.1], np.float32)
+g = helper.make_graph(
+    [helper.make_node("Conv", ["input", "w", "b"], ["z"], pads=[1] * 4, strides=[2, 2]),
+     helper.make_node("Sigmoid", ["z"], ["alpha"])], "tinymatte",
+    [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 24, 40])],
+    [helper.make_tensor_value_info("alpha", TensorProto.FLOAT, ["N", 1, 12, 20])],
+    [numpy_helper.from_array(wa, "w"), numpy_helper.from_array(ba, "b")])
+d = os.path.join(here, "tinymatte")
+os.makedirs(d, exist_ok=True)
+save(helper.make_model(g), os.path.join(d, "model.onnx"))
+np.savez(os.path.join(d, "weights.npz"), w=wa, b=ba)
+json.dump({"format": "segpipe-model", "version": 1, "name": "tinymatte", "task": "masks",
+           "onnx": "model.onnx", "input": {"name": "input", "channels": 3, "size": [24, 40]},
+           "output": {"name": "alpha", "kind": "probability", "threshold": 0.5},
+           "preprocess": {"resize": "stretch", "scale": 1 / 255, "mean": [0.485, 0.456, 0.406],
+                          "std": [0.229, 0.224, 0.225]},
+           "labels": {"0": "background", "1": "foreground"}, "masks": {"foreground": [1]}},
+          open(os.path.join(d, "segpipe.json"), "w"), indent=1)
+print("wrote tiny.onnx, tiny2d.onnx, tinyseg/, tinymask/, tinym2f/, tinymatte/")

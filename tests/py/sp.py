@@ -121,14 +121,18 @@ def resample_nearest(labels, out_shape):
     return _resample(lib().sp_resample_nearest_u16, labels, out_shape, np.uint16)
 
 
-def run(*args, check=False, timeout=600):
+def run_env():
     env = dict(os.environ)
     if "asan" in BUILD:   # the CLI itself is checked for leaks, error paths included
         env["ASAN_OPTIONS"] = "detect_leaks=1:halt_on_error=1"
         env["LSAN_OPTIONS"] = "suppressions=" + os.path.join(ROOT, "tests", "lsan.supp")
         env.pop("LD_PRELOAD", None)
+    return env
+
+
+def run(*args, check=False, timeout=600):
     p = subprocess.run([SEGPIPE, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                       env=env)
+                       env=run_env())
     if check and p.returncode != 0:
         raise AssertionError(f"segpipe {' '.join(map(str, args))} -> {p.returncode}\n{p.stderr}")
     return p

@@ -316,6 +316,8 @@ static void write_md(FILE *f, cJSON *all, const bench_opts *o)
 
 int cmd_bench(int argc, char **argv)
 {
+    if (argc > 1 && !strcmp(argv[1], "video"))
+        return cmd_bench_video(argc - 1, argv + 1);
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"runs", required_argument, 0, 'r'},
         {"warmup", required_argument, 0, 'w'}, {"threads", required_argument, 0, 't'},

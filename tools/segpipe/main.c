@@ -701,8 +701,9 @@ static const command commands[] = {
     {"passport", cmd_passport, "measure every structure of a label map (any tool's)"},
     {"model", cmd_model, "model check DIR: validate a model package"},
     {"masks", cmd_masks, "photo masks: every requested mask from one inference per batch"},
+    {"video", cmd_video, "video background replacement: RAM cache, batches, compositing workers"},
     {"serve", cmd_serve, "HTTP service: KServe v2, /v1/ct, status, metrics"},
-    {"bench", cmd_bench, "benchmark the CT pipeline on cases: bench.md, bench.json"},
+    {"bench", cmd_bench, "benchmark the CT pipeline on cases; 'bench video' sweeps the video pipeline"},
     {"resample", cmd_resample, "resample (and pad) a volume, e.g. to make benchmark inputs"},
     {"models", cmd_models, "list the bundled (and a given) model with its labels"},
     {"version", cmd_version, "versions, ONNX Runtime providers, build flags"},
@@ -715,7 +716,7 @@ static void help(FILE *f)
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
     fprintf(f, "\n'segpipe COMMAND --help' for a command's options.\n"
-               "Exit codes: 0 ok, 2 usage, 3 input, 4 model, 5 runtime, 6 I/O, 7 out of memory.\n");
+               "Exit codes: 0 ok, 2 usage, 3 input, 4 model, 5 runtime, 6 I/O, 7 out of memory, 130 stopped.\n");
 }
 
 int main(int argc, char **argv)

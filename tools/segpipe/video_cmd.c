@@ -1,0 +1,439 @@
+/*
+ * video_cmd.c — `segpipe video` (background replacement on a video or a
+ * folder of frames) and `segpipe bench video` (batch x workers sweep against
+ * inference alone). Ctrl-C / SIGTERM stop the pipeline cleanly: the signals
+ * are blocked in every thread and one thread waits for them with sigwait,
+ * then cancels the run (no partial output is left).
+ */
+#include "cli.h"
+
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#ifndef SP_DEFAULT_MATTE_DIR
+#define SP_DEFAULT_MATTE_DIR "models/demo-matte"
+#endif
+
+typedef struct sigctx {
+    pthread_mutex_t mu;
+    sp_video *v;              /* set once the run exists */
+    sigset_t set, old;
+    pthread_t th;
+    int got, started;
+} sigctx;
+
+static void *sig_main(void *arg)
+{
+    sigctx *c = arg;
+    int sig = 0;
+    sigwait(&c->set, &sig);
+    if (sig != SIGUSR1) {
+        pthread_mutex_lock(&c->mu);
+        c->got = sig;
+        if (c->v)
+            sp_video_cancel(c->v);
+        pthread_mutex_unlock(&c->mu);
+    }
+    return NULL;
+}
+
+/* Block INT/TERM before any thread exists (ONNX Runtime's pool included:
+ * threads inherit the mask) and start the one thread that waits for them. */
+static void sig_start(sigctx *c)
+{
+    memset(c, 0, sizeof *c);
+    pthread_mutex_init(&c->mu, NULL);
+    sigemptyset(&c->set);
+    sigaddset(&c->set, SIGINT);
+    sigaddset(&c->set, SIGTERM);
+    sigaddset(&c->set, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &c->set, &c->old);
+    c->started = pthread_create(&c->th, NULL, sig_main, c) == 0;
+}
+
+/* from now on a signal cancels v; returns 1 if one already came */
+static int sig_attach(sigctx *c, sp_video *v)
+{
+    pthread_mutex_lock(&c->mu);
+    c->v = v;
+    int got = c->got;
+    pthread_mutex_unlock(&c->mu);
+    return got;
+}
+
+static void sig_stop(sigctx *c)
+{
+    if (c->started) {
+        pthread_kill(c->th, SIGUSR1);
+        pthread_join(c->th, NULL);
+    }
+    pthread_sigmask(SIG_SETMASK, &c->old, NULL);
+    pthread_mutex_destroy(&c->mu);
+}
+
+static int parse_bg(const char *s, sp_video_params *p)
+{
+    unsigned r, g, b;
+    if (!strncmp(s, "color:", 6) || !strncmp(s, "colour:", 7)) {
+        const char *c = strchr(s, ':') + 1;
+        if (*c == '#')
+            c++;
+        if (strlen(c) != 6 || sscanf(c, "%2x%2x%2x", &r, &g, &b) != 3)
+            return -1;
+        p->bg = SP_BG_COLOR;
+        p->bg_color[0] = (uint8_t)r, p->bg_color[1] = (uint8_t)g, p->bg_color[2] = (uint8_t)b;
+        return 0;
+    }
+    if (!strncmp(s, "image:", 6) && s[6]) {
+        p->bg = SP_BG_IMAGE;
+        p->bg_image = s + 6;
+        return 0;
+    }
+    if (!strcmp(s, "blur") || !strncmp(s, "blur:", 5)) {
+        p->bg = SP_BG_BLUR;
+        p->blur_radius = s[4] ? atoi(s + 5) : 15;
+        return p->blur_radius >= 1 && p->blur_radius <= 500 ? 0 : -1;
+    }
+    return -1;
+}
+
+enum { O_ROI = 256, O_BG, O_MAXRAM, O_MASK, O_FPS, O_CODEC, O_QUALITY, O_DEVICE, O_JSON, O_ALONE, O_DEC };
+
+static const struct option video_opts[] = {
+    {"output", required_argument, 0, 'o'}, {"model", required_argument, 0, 'm'},
+    {"batch", required_argument, 0, 'b'}, {"workers", required_argument, 0, 'w'},
+    {"threads", required_argument, 0, 't'}, {"roi", required_argument, 0, O_ROI},
+    {"bg", required_argument, 0, O_BG}, {"max-ram", required_argument, 0, O_MAXRAM},
+    {"mask", required_argument, 0, O_MASK}, {"fps", required_argument, 0, O_FPS},
+    {"codec", required_argument, 0, O_CODEC}, {"quality", required_argument, 0, O_QUALITY},
+    {"device", required_argument, 0, O_DEVICE}, {"json", required_argument, 0, O_JSON},
+    {"infer-alone", no_argument, 0, O_ALONE}, {"decode-threads", required_argument, 0, O_DEC},
+    {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+
+typedef struct vargs {
+    sp_video_params p;
+    const char *model, *device, *json;
+    int threads, quiet, alone;
+    char *batches, *workers;   /* bench: lists */
+} vargs;
+
+static int parse_video_args(int argc, char **argv, vargs *a, const char *cmd)
+{
+    a->p = sp_video_default_params();
+    a->model = getenv("SEGPIPE_VIDEO_MODEL");
+    if (!a->model || !*a->model)
+        a->model = SP_DEFAULT_MATTE_DIR;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "o:m:b:w:t:qh", video_opts, NULL)) != -1) {
+        switch (c) {
+        case 'o': a->p.output = optarg; break;
+        case 'm': a->model = optarg; break;
+        case 'b': a->batches = optarg; a->p.batch = atoi(optarg); break;
+        case 'w': a->workers = optarg; a->p.workers = atoi(optarg); break;
+        case 't': a->threads = atoi(optarg); break;
+        case O_ROI: a->p.roi_file = optarg; break;
+        case O_BG:
+            if (parse_bg(optarg, &a->p))
+                return cli_usage_error(cmd, "--bg takes color:#RRGGBB, image:FILE or blur[:RADIUS]");
+            break;
+        case O_MAXRAM: a->p.max_ram = (size_t)(atof(optarg) * 1e6); break;
+        case O_MASK: a->p.mask = optarg; break;
+        case O_FPS: a->p.fps = atof(optarg); break;
+        case O_CODEC: a->p.codec = optarg; break;
+        case O_QUALITY: a->p.quality = atoi(optarg); break;
+        case O_DEVICE: a->device = optarg; break;
+        case O_JSON: a->json = optarg; break;
+        case O_ALONE: a->alone = 1; break;
+        case O_DEC: a->p.decode_threads = atoi(optarg); break;
+        case 'q': a->quiet = 1; break;
+        case 'h': return 0;
+        default: return cli_usage_error(cmd, "unknown option");
+        }
+    }
+    if (optind != argc - 1)
+        return cli_usage_error(cmd, "expected exactly one INPUT (video file or folder of frames)");
+    a->p.input = argv[optind];
+    return -1;
+}
+
+static void report_json(FILE *f, const sp_video_report *r, const sp_video_report *alone)
+{
+    fprintf(f,
+            "{\"frames\": %lld, \"width\": %d, \"height\": %d, \"batch\": %d, \"workers\": %d, \"seconds\": %.6f, "
+            "\"fps\": %.4f, \"ms_per_frame\": {\"decode\": %.4f, \"preprocess\": %.4f, \"inference\": %.4f, "
+            "\"composite\": %.4f, \"save\": %.4f}, \"wait_ms_per_frame\": {\"preprocess\": %.4f, \"inference\": %.4f, "
+            "\"composite\": %.4f, \"save\": %.4f}, \"inference_busy\": %.4f, \"cached\": %d, \"cache_frames\": %lld, "
+            "\"cache_bytes\": %zu, \"buffer_bytes\": %zu, \"budget_bytes\": %zu, \"peak_rss\": %zu",
+            (long long)r->frames, r->width, r->height, r->batch, r->workers, r->seconds, r->fps, r->ms_decode,
+            r->ms_preprocess, r->ms_inference, r->ms_composite, r->ms_save, r->wait_preprocess, r->wait_inference,
+            r->wait_composite, r->wait_save, r->inference_busy, r->cached, (long long)r->cache_frames, r->cache_bytes,
+            r->buffer_bytes, r->budget_bytes, sp_peak_rss());
+    if (alone)
+        fprintf(f, ", \"inference_alone_fps\": %.4f, \"pipeline_vs_inference\": %.4f", alone->fps,
+                alone->fps > 0 ? r->fps / alone->fps : 0);
+    fputs("}", f);
+}
+
+static int open_all(vargs *a, sp_runtime **rt, sp_package **pk, sp_video **v)
+{
+    sp_runtime_params rp = sp_runtime_default_params();
+    rp.threads = a->threads;
+    if (a->device)
+        rp.device = a->device;
+    sp_status st;
+    if ((st = sp_runtime_create(&rp, rt)) || (st = sp_package_load(*rt, a->model, pk)) ||
+        (st = sp_video_open(*pk, &a->p, v)))
+        return cli_fail(st, NULL);
+    return 0;
+}
+
+int cmd_video(int argc, char **argv)
+{
+    vargs a;
+    memset(&a, 0, sizeof a);
+    int r = parse_video_args(argc, argv, &a, "video");
+    if (r == 0) {
+        printf("usage: segpipe video INPUT -o OUTPUT [--model DIR] [--batch N] [--workers W]\n"
+               "         [--roi FILE] [--bg color:#RRGGBB|image:FILE|blur[:R]] [--max-ram MB]\n"
+               "         [--mask NAME] [--fps F] [--codec NAME] [--quality Q] [--threads N]\n"
+               "         [--device cpu|cuda] [--json FILE] [--infer-alone] [--quiet]\n"
+               "Background replacement: out = alpha * frame + (1 - alpha) * background inside\n"
+               "the ROI (one 'x y w h' line per frame; default the whole frame).\n"
+               "INPUT: a video file (FFmpeg) or a folder of PNG/JPEG frames (natural order).\n"
+               "OUTPUT: .mp4/.mkv/.mov (H.264), .avi (MJPEG), .webm (VP9), .nut (FFV1, lossless)\n"
+               "or a folder of numbered PNG frames (JPEG if it ends in .jpg); written under\n"
+               "OUTPUT.part and renamed when complete. Default model: %s (a demo).\n"
+               "--infer-alone also times inference alone on the same frames and batch size.\n"
+               "Exit codes: 0 ok, 2 usage, 3 input, 4 model, 5 runtime, 6 I/O, 7 memory, 130 stopped.\n",
+               SP_DEFAULT_MATTE_DIR);
+        return 0;
+    }
+    if (r > 0)
+        return r;
+    if (!a.p.output && !a.alone)
+        return cli_usage_error("video", "expected -o OUTPUT (or --infer-alone for a measurement)");
+    sp_runtime *rt = NULL;
+    sp_package *pk = NULL;
+    sp_video *v = NULL;
+    sigctx sc;
+    sig_start(&sc);
+    int rc = open_all(&a, &rt, &pk, &v);
+    sp_video_report rep, alone;
+    int have_alone = 0;
+    if (!rc) {
+        sp_status st = sig_attach(&sc, v) ? SP_ERR_CANCELLED : sp_video_run(v, &rep);
+        if (st == SP_ERR_CANCELLED && sc.got)
+            fprintf(stderr, "segpipe: %s: stopping\n", strsignal(sc.got));
+        if (st) {
+            rc = cli_fail(st, NULL);
+        } else {
+            if (a.alone) {
+                if ((st = sp_video_infer_alone(v, &alone)))
+                    rc = cli_fail(st, "inference alone");
+                else
+                    have_alone = 1;
+            }
+            if (!a.quiet) {
+                sp_video_report_print(&rep, stdout);
+                if (have_alone)
+                    printf("  inference alone: %.1f FPS on the same frames and batch; the pipeline reaches %.1f%%\n",
+                           alone.fps, alone.fps > 0 ? 100 * rep.fps / alone.fps : 0);
+                printf("  peak RSS %.1f MB%s%s\n", sp_peak_rss() / 1e6, a.p.output ? "; wrote " : "",
+                       a.p.output ? a.p.output : "");
+            }
+            if (a.json) {
+                FILE *f = fopen(a.json, "w");
+                if (!f) {
+                    fprintf(stderr, "segpipe: %s: cannot write\n", a.json);
+                    rc = 6;
+                } else {
+                    report_json(f, &rep, have_alone ? &alone : NULL);
+                    fputs("\n", f);
+                    fclose(f);
+                }
+            }
+        }
+    }
+    sig_attach(&sc, NULL);
+    sp_video_free(v);
+    sp_package_free(pk);
+    sp_runtime_free(rt);
+    sig_stop(&sc);
+    return rc;
+}
+
+static int parse_list(const char *s, int *out, int cap)
+{
+    int n = 0;
+    char *c = strdup(s), *save = NULL;
+    for (char *t = strtok_r(c, ",", &save); t && n < cap; t = strtok_r(NULL, ",", &save))
+        if ((out[n] = atoi(t)) > 0)
+            n++;
+    free(c);
+    return n;
+}
+
+/* segpipe bench video INPUT [--batch 1,2,4,8] [--workers 1,2,4] [--out DIR] [--save EXT] */
+int cmd_bench_video(int argc, char **argv)
+{
+    vargs a;
+    memset(&a, 0, sizeof a);
+    const char *outdir = "bench-video";
+    const char *save = "mp4";
+    /* --out and --save are bench-only: take them out before the shared parser */
+    char **av = calloc((size_t)argc + 1, sizeof *av);
+    int ac = 0;
+    for (int i = 0; i < argc; i++) {
+        if ((!strcmp(argv[i], "--out") || !strcmp(argv[i], "--save")) && i + 1 < argc) {
+            if (argv[i][2] == 'o')
+                outdir = argv[++i];
+            else
+                save = argv[++i];
+        } else {
+            av[ac++] = argv[i];
+        }
+    }
+    int r = parse_video_args(ac, av, &a, "bench video");
+    free(av);
+    if (r == 0) {
+        printf("usage: segpipe bench video INPUT [--model DIR] [--batch 1,2,4,8] [--workers 1,2,4]\n"
+               "         [--out DIR] [--save mp4|mkv|nut|avi|png|none] [--bg ...] [--roi FILE] [--threads N]\n"
+               "Decodes INPUT into RAM once, then runs the pipeline for every batch x workers\n"
+               "pair (output encoded to DIR/sweep.EXT unless --save none) and inference alone\n"
+               "for every batch; prints the FPS grid, the best pair and writes DIR/bench-video.json\n"
+               "and DIR/bench-video.md.\n");
+        return 0;
+    }
+    if (r > 0)
+        return r;
+    int bl[16] = {1, 2, 4, 8}, wl[16] = {1, 2, 4}, nb = 4, nw = 3;
+    if (a.batches)
+        nb = parse_list(a.batches, bl, 16);
+    if (a.workers)
+        nw = parse_list(a.workers, wl, 16);
+    if (!nb || !nw)
+        return cli_usage_error("bench video", "--batch and --workers take lists like 1,2,4");
+    if (cli_mkdir_p(outdir) != 0) {
+        fprintf(stderr, "segpipe: %s: cannot create\n", outdir);
+        return 6;
+    }
+    char outpath[4096];
+    int save_on = strcmp(save, "none") != 0;
+    snprintf(outpath, sizeof outpath, "%s/sweep%s%s", outdir, strcmp(save, "png") ? "." : "-frames",
+             strcmp(save, "png") ? save : "");
+    a.p.output = NULL;
+    int maxb = 1, maxw = 1;
+    for (int i = 0; i < nb; i++)
+        maxb = bl[i] > maxb ? bl[i] : maxb;
+    for (int i = 0; i < nw; i++)
+        maxw = wl[i] > maxw ? wl[i] : maxw;
+    a.p.batch = maxb;
+    a.p.workers = maxw;
+    sp_runtime *rt = NULL;
+    sp_package *pk = NULL;
+    sp_video *v = NULL;
+    int rc = open_all(&a, &rt, &pk, &v);
+    sp_video_report warm, *grid = calloc((size_t)nb * nw, sizeof *grid), *alone = calloc((size_t)nb, sizeof *alone);
+    sp_status st = SP_OK;
+    if (!rc) {
+        /* first pass: decode into RAM (and warm the model) */
+        if ((st = sp_video_set(v, bl[0], wl[0], NULL)) || (st = sp_video_run(v, &warm)))
+            rc = cli_fail(st, "decode pass");
+        else if (!warm.cache_frames || warm.cache_frames < warm.frames)
+            rc = cli_fail(SP_ERR_USAGE, "the video does not fit --max-ram; bench needs every frame in RAM");
+    }
+    if (!rc) {
+        printf("bench video: %s, %lld frames %dx%d, model %s; decode %.2f ms/frame (once, into %.1f MB of RAM)\n",
+               warm.input_desc, (long long)warm.frames, warm.width, warm.height, sp_package_name(pk), warm.ms_decode,
+               warm.cache_bytes / 1e6);
+        for (int i = 0; i < nb && !rc; i++) {
+            if ((st = sp_video_set(v, bl[i], 1, NULL)) || (st = sp_video_infer_alone(v, &alone[i]))) {
+                rc = cli_fail(st, "inference alone");
+                break;
+            }
+            for (int j = 0; j < nw && !rc; j++) {
+                unlink(outpath);
+                if (!save_on) {
+                    st = sp_video_set(v, bl[i], wl[j], NULL);
+                } else {
+                    char cmd[4200];
+                    snprintf(cmd, sizeof cmd, "rm -rf '%s'", outpath);
+                    if (system(cmd) != 0)
+                        fprintf(stderr, "segpipe: could not remove %s\n", outpath);
+                    st = sp_video_set(v, bl[i], wl[j], outpath);
+                }
+                if (st || (st = sp_video_run(v, &grid[i * nw + j])))
+                    rc = cli_fail(st, "pipeline");
+            }
+        }
+    }
+    if (!rc) {
+        char mdp[4200], jsp[4200];
+        snprintf(mdp, sizeof mdp, "%s/bench-video.md", outdir);
+        snprintf(jsp, sizeof jsp, "%s/bench-video.json", outdir);
+        FILE *md = fopen(mdp, "w"), *js = fopen(jsp, "w");
+        FILE *outs[2] = {stdout, md};
+        int bi = 0, bj = 0;
+        for (int i = 0; i < nb; i++)
+            for (int j = 0; j < nw; j++)
+                if (grid[i * nw + j].fps > grid[bi * nw + bj].fps)
+                    bi = i, bj = j;
+        for (int k = 0; k < 2; k++) {
+            FILE *f = outs[k];
+            if (!f)
+                continue;
+            fprintf(f, "\nPipeline FPS (frames from RAM, output %s), rows batch, columns workers:\n\n",
+                    save_on ? save : "not written");
+            fprintf(f, "| batch | inference alone |");
+            for (int j = 0; j < nw; j++)
+                fprintf(f, " W=%d |", wl[j]);
+            fprintf(f, " best / alone |\n|---:|---:|");
+            for (int j = 0; j <= nw; j++)
+                fprintf(f, "---:|");
+            fprintf(f, "\n");
+            for (int i = 0; i < nb; i++) {
+                double best = 0;
+                fprintf(f, "| %d | %.1f |", bl[i], alone[i].fps);
+                for (int j = 0; j < nw; j++) {
+                    fprintf(f, " %.1f |", grid[i * nw + j].fps);
+                    best = grid[i * nw + j].fps > best ? grid[i * nw + j].fps : best;
+                }
+                fprintf(f, " %.1f%% |\n", alone[i].fps > 0 ? 100 * best / alone[i].fps : 0);
+            }
+            const sp_video_report *b = &grid[bi * nw + bj];
+            fprintf(f, "\nBest: batch %d, %d workers: %.1f FPS = %.1f%% of inference alone at batch %d (%.1f FPS).\n",
+                    bl[bi], wl[bj], b->fps, alone[bi].fps > 0 ? 100 * b->fps / alone[bi].fps : 0, bl[bi],
+                    alone[bi].fps);
+            fprintf(f, "\n```\n");
+            sp_video_report_print(b, f);
+            fprintf(f, "```\n");
+        }
+        if (js) {
+            fprintf(js, "{\"input\": \"%s\", \"model\": \"%s\", \"frames\": %lld, \"decode_ms_per_frame\": %.4f, "
+                        "\"save\": \"%s\", \"runs\": [",
+                    a.p.input, sp_package_name(pk), (long long)warm.frames, warm.ms_decode, save);
+            for (int i = 0; i < nb; i++)
+                for (int j = 0; j < nw; j++) {
+                    fprintf(js, "%s\n ", i + j ? "," : "");
+                    report_json(js, &grid[i * nw + j], &alone[i]);
+                }
+            fprintf(js, "\n], \"best\": {\"batch\": %d, \"workers\": %d}}\n", bl[bi], wl[bj]);
+            fclose(js);
+        }
+        if (md)
+            fclose(md);
+        printf("wrote %s/bench-video.md and bench-video.json\n", outdir);
+    }
+    free(grid);
+    free(alone);
+    sp_video_free(v);
+    sp_package_free(pk);
+    sp_runtime_free(rt);
+    return rc;
+}
