@@ -98,6 +98,8 @@ typedef struct sp_runtime_params {
     int inter_threads;      /* inter-op threads; 0 = 1 */
     const char *device;     /* "cpu" (default), "cuda", "tensorrt" */
     int cache_optimized;    /* 1: save/load the optimised graph beside model */
+    int no_spin;            /* 1: ORT threads sleep between ops instead of spinning
+                               (leaves the cores to other pipeline threads) */
 } sp_runtime_params;
 
 sp_runtime_params sp_runtime_default_params(void);

@@ -338,6 +338,9 @@ static sp_status make_options(sp_runtime *rt, const char *opt_path, OrtSessionOp
     if (!s) s = sp_ort->SetInterOpNumThreads(so, rt->p.inter_threads);
     if (!s) s = sp_ort->SetSessionGraphOptimizationLevel(so, ORT_ENABLE_ALL);
     if (!s) s = sp_ort->SetSessionExecutionMode(so, ORT_SEQUENTIAL);
+    /* ORT's pool threads spin between ops by default: right when inference
+     * owns the cores, wasteful when pipeline threads need them (video). */
+    if (!s && rt->p.no_spin) s = sp_ort->AddSessionConfigEntry(so, "session.intra_op.allow_spinning", "0");
     if (!s && opt_path) s = sp_ort->SetOptimizedModelFilePath(so, opt_path);
     /* No CPU arena and no memory pattern: the arena keeps every size it
      * ever held; without it peak RSS of a 118-class 128^3 network fell from

@@ -102,7 +102,7 @@ static int parse_bg(const char *s, sp_video_params *p)
     return -1;
 }
 
-enum { O_ROI = 256, O_BG, O_MAXRAM, O_MASK, O_FPS, O_CODEC, O_QUALITY, O_DEVICE, O_JSON, O_ALONE, O_DEC };
+enum { O_ROI = 256, O_BG, O_MAXRAM, O_MASK, O_FPS, O_CODEC, O_QUALITY, O_DEVICE, O_JSON, O_ALONE, O_DEC, O_SPIN };
 
 static const struct option video_opts[] = {
     {"output", required_argument, 0, 'o'}, {"model", required_argument, 0, 'm'},
@@ -113,12 +113,13 @@ static const struct option video_opts[] = {
     {"codec", required_argument, 0, O_CODEC}, {"quality", required_argument, 0, O_QUALITY},
     {"device", required_argument, 0, O_DEVICE}, {"json", required_argument, 0, O_JSON},
     {"infer-alone", no_argument, 0, O_ALONE}, {"decode-threads", required_argument, 0, O_DEC},
+    {"ort-spin", no_argument, 0, O_SPIN},
     {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
 
 typedef struct vargs {
     sp_video_params p;
     const char *model, *device, *json;
-    int threads, quiet, alone;
+    int threads, quiet, alone, spin;
     char *batches, *workers;   /* bench: lists */
 } vargs;
 
@@ -151,6 +152,7 @@ static int parse_video_args(int argc, char **argv, vargs *a, const char *cmd)
         case O_JSON: a->json = optarg; break;
         case O_ALONE: a->alone = 1; break;
         case O_DEC: a->p.decode_threads = atoi(optarg); break;
+        case O_SPIN: a->spin = 1; break;
         case 'q': a->quiet = 1; break;
         case 'h': return 0;
         default: return cli_usage_error(cmd, "unknown option");
@@ -184,6 +186,7 @@ static int open_all(vargs *a, sp_runtime **rt, sp_package **pk, sp_video **v)
 {
     sp_runtime_params rp = sp_runtime_default_params();
     rp.threads = a->threads;
+    rp.no_spin = !a->spin;
     if (a->device)
         rp.device = a->device;
     sp_status st;
