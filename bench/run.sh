@@ -74,6 +74,17 @@ fi
 /usr/bin/python3 bench/serve_load.py "$OUT/serve_load.json" > /dev/null
 /usr/bin/python3 bench/serve_masks_load.py "$OUT/serve_masks_load.json" > /dev/null
 
-# 8. summary and plots
+# 8. photo masks: RSS over 1,000 photos (service and CLI)
+/usr/bin/python3 bench/masks_rss.py "$OUT/masks_rss.json"
+
+# 9. video: batch x workers sweep against inference alone (demo-matte, rendered clip)
+if [ ! -f "$DATA/clip/clip.mp4" ]; then
+  /usr/bin/python3 tools/make_demo_video.py "$DATA/clip" --frames 300 --size 320x240
+  ffmpeg -loglevel error -y -framerate 25 -i "$DATA/clip/frames/%06d.png" -c:v libx264 -pix_fmt yuv420p \
+      "$DATA/clip/clip.mp4"
+fi
+$SEG bench video "$DATA/clip/clip.mp4" --out "$OUT/video" | tail -n 20
+
+# 10. summary and plots
 /usr/bin/python3 bench/report.py "$OUT"
 cat "$OUT/summary.md"

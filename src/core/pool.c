@@ -19,6 +19,7 @@ struct sp_pool {
     uint64_t generation;     /* bumped for every job */
     int stop;
     int active;              /* workers still inside the current job */
+    pthread_mutex_t job;     /* held by the thread whose job the workers run */
     /* current job */
     sp_range_fn fn;
     void *ctx;
@@ -72,6 +73,7 @@ sp_pool *sp_pool_create(int nthreads)
         nthreads = sp_num_cores();
     p->nworkers = nthreads - 1;
     pthread_mutex_init(&p->mu, NULL);
+    pthread_mutex_init(&p->job, NULL);
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done, NULL);
     p->threads = calloc((size_t)(p->nworkers > 0 ? p->nworkers : 1), sizeof *p->threads);
@@ -102,7 +104,9 @@ void sp_pool_for(sp_pool *p, int64_t n, int64_t grain, sp_range_fn fn, void *ctx
         return;
     if (grain < 1)
         grain = 1;
-    if (!p || p->nworkers == 0 || n <= grain) {
+    /* One job at a time: a caller that finds the pool busy (another thread's
+     * job: the service's workers, a pipeline's stages) runs its range itself. */
+    if (!p || p->nworkers == 0 || n <= grain || pthread_mutex_trylock(&p->job) != 0) {
         fn(ctx, 0, n, 0);
         return;
     }
@@ -121,6 +125,7 @@ void sp_pool_for(sp_pool *p, int64_t n, int64_t grain, sp_range_fn fn, void *ctx
     while (p->active > 0)
         pthread_cond_wait(&p->done, &p->mu);
     pthread_mutex_unlock(&p->mu);
+    pthread_mutex_unlock(&p->job);
 }
 
 void sp_pool_free(sp_pool *p)
@@ -134,6 +139,7 @@ void sp_pool_free(sp_pool *p)
     for (int i = 0; i < p->nworkers; i++)
         pthread_join(p->threads[i], NULL);
     pthread_mutex_destroy(&p->mu);
+    pthread_mutex_destroy(&p->job);
     pthread_cond_destroy(&p->wake);
     pthread_cond_destroy(&p->done);
     free(p->threads);

@@ -17,6 +17,7 @@
 #include <libheif/heif.h>
 #include <png.h>
 #include <webp/decode.h>
+#include <math.h>
 #include <setjmp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -262,22 +263,37 @@ static sp_status read_webp(const uint8_t *buf, size_t n, const char *name, const
     img->file_width = w;
     img->file_height = h;
     img->orientation = 1;
-    if ((uint64_t)w * (uint64_t)h > p->max_pixels)
-        return sp_fail(SP_ERR_INPUT, "%s: %dx%d WebP is over the %llu-pixel limit", name, w, h,
-                       (unsigned long long)p->max_pixels);
-    uint8_t *rgb = WebPDecodeRGB(buf, n, &w, &h);
-    if (!rgb)
-        return sp_fail(SP_ERR_INPUT, "%s: corrupt or truncated WebP", name);
-    size_t bytes = (size_t)w * (size_t)h * 3;
+    /* over the limit: libwebp scales while decoding (no full-size buffer) */
+    int ow = w, oh = h;
+    if ((uint64_t)w * (uint64_t)h > p->max_pixels) {
+        double k = sqrt((double)p->max_pixels / ((double)w * (double)h));
+        ow = (int)fmax(1, floor(w * k));
+        oh = (int)fmax(1, floor(h * k));
+    }
+    size_t bytes = (size_t)ow * (size_t)oh * 3;
     img->rgb = malloc(bytes);
-    if (img->rgb)
-        memcpy(img->rgb, rgb, bytes);
-    WebPFree(rgb);
     if (!img->rgb)
         return sp_fail(SP_ERR_NOMEM, "%s: out of memory", name);
-    img->width = img->out_width = w;
-    img->height = img->out_height = h;
-    img->scale_denom = 1;
+    WebPDecoderConfig cfg;
+    if (!WebPInitDecoderConfig(&cfg))
+        return sp_fail(SP_ERR_RUNTIME, "libwebp version mismatch");
+    if (ow != w || oh != h) {
+        cfg.options.use_scaling = 1;
+        cfg.options.scaled_width = ow;
+        cfg.options.scaled_height = oh;
+    }
+    cfg.output.colorspace = MODE_RGB;
+    cfg.output.is_external_memory = 1;
+    cfg.output.u.RGBA.rgba = img->rgb;
+    cfg.output.u.RGBA.stride = ow * 3;
+    cfg.output.u.RGBA.size = bytes;
+    VP8StatusCode vs = WebPDecode(buf, n, &cfg);
+    WebPFreeDecBuffer(&cfg.output);
+    if (vs != VP8_STATUS_OK)
+        return sp_fail(SP_ERR_INPUT, "%s: corrupt or truncated WebP (libwebp status %d)", name, (int)vs);
+    img->width = img->out_width = ow;
+    img->height = img->out_height = oh;
+    img->scale_denom = ow != w ? (int)lround((double)w / ow) : 1;
     img->format = "webp";
     return SP_OK;
 }

@@ -110,55 +110,73 @@ typedef struct post_ctx {
     int C, h, w;
     int W, H;                /* photo */
     double kx, ky;           /* photo pixel -> grid scale */
+    const int *gx0;          /* per photo column: left and right grid columns */
+    const float *gfx;        /* per photo column: weight of the right one */
     uint16_t *label;         /* H x W */
 } post_ctx;
 
+/*
+ * Exact shortcut: the interpolated scores are a convex combination of the
+ * four corners' score vectors, so when class c is the best at all four
+ * corners it is the best in between (and a probability above / below the
+ * threshold at all four corners stays so). Only pixels whose corners
+ * disagree — the class boundaries — need scores interpolated.
+ */
 static void post_rows(void *vc, int64_t b, int64_t e, int wk)
 {
     post_ctx *c = vc;
     size_t plane = (size_t)c->h * (size_t)c->w;
+    int prob = c->mf->out_kind == SP_OUT_PROB;
+    float thr = (float)c->mf->threshold;
     for (int64_t y = b; y < e; y++) {
         double gy = ((double)y + 0.5) * c->ky - 0.5;
         gy = gy < 0 ? 0 : gy > c->h - 1 ? c->h - 1 : gy;
         int y0 = (int)gy, y1 = y0 + 1 < c->h ? y0 + 1 : c->h - 1;
         float fy = (float)(gy - y0);
+        const uint16_t *a0 = c->amax + (size_t)y0 * c->w, *a1 = c->amax + (size_t)y1 * c->w;
+        const float *s0 = c->score + (size_t)y0 * c->w, *s1 = c->score + (size_t)y1 * c->w;
+        uint16_t *out = c->label + (size_t)y * c->W;
         for (int x = 0; x < c->W; x++) {
-            double gx = ((double)x + 0.5) * c->kx - 0.5;
-            gx = gx < 0 ? 0 : gx > c->w - 1 ? c->w - 1 : gx;
-            int x0 = (int)gx, x1 = x0 + 1 < c->w ? x0 + 1 : c->w - 1;
-            float fx = (float)(gx - x0);
+            int x0 = c->gx0[2 * x], x1 = c->gx0[2 * x + 1];
+            float fx = c->gfx[x];
+            if (prob) {
+                float v00 = s0[x0], v01 = s0[x1], v10 = s1[x0], v11 = s1[x1];
+                int hi = (v00 > thr) + (v01 > thr) + (v10 > thr) + (v11 > thr);
+                if (hi == 0 || hi == 4) {
+                    out[x] = hi == 4;
+                    continue;
+                }
+                float top = v00 + fx * (v01 - v00), bot = v10 + fx * (v11 - v10);
+                out[x] = top + fy * (bot - top) > thr;
+                continue;
+            }
+            uint16_t l00 = a0[x0];
+            if (l00 == a0[x1] && l00 == a1[x0] && l00 == a1[x1]) {
+                out[x] = l00;
+                continue;
+            }
             size_t idx[4] = {(size_t)y0 * c->w + x0, (size_t)y0 * c->w + x1, (size_t)y1 * c->w + x0,
                              (size_t)y1 * c->w + x1};
             float wt[4] = {(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy};
-            uint16_t lab;
-            if (c->mf->out_kind == SP_OUT_PROB) {
-                float v = 0;
-                for (int k = 0; k < 4; k++)
-                    v += wt[k] * c->score[idx[k]];
-                lab = v > c->mf->threshold;
-            } else {
-                uint16_t cand[8];
-                int nc = 0;
-                for (int k = 0; k < 8; k++) {
-                    uint16_t l = c->amax[(k & 1) * plane + idx[k >> 1]];
-                    int seen = 0;
-                    for (int q = 0; q < nc; q++)
-                        seen |= cand[q] == l;
-                    if (!seen)
-                        cand[nc++] = l;
-                }
-                lab = cand[0];
-                if (nc > 1) {
-                    float best = -INFINITY;
-                    for (int q = 0; q < nc; q++) {
-                        const float *s = c->score + (size_t)cand[q] * plane;
-                        float v = wt[0] * s[idx[0]] + wt[1] * s[idx[1]] + wt[2] * s[idx[2]] + wt[3] * s[idx[3]];
-                        if (v > best || (v == best && cand[q] < lab))
-                            best = v, lab = cand[q];
-                    }
-                }
+            uint16_t cand[8];
+            int nc = 0;
+            for (int k = 0; k < 8; k++) {
+                uint16_t l = c->amax[(k & 1) * plane + idx[k >> 1]];
+                int seen = 0;
+                for (int q = 0; q < nc; q++)
+                    seen |= cand[q] == l;
+                if (!seen)
+                    cand[nc++] = l;
             }
-            c->label[(size_t)y * c->W + x] = lab;
+            uint16_t lab = cand[0];
+            float best = -INFINITY;
+            for (int q = 0; q < nc; q++) {
+                const float *sc = c->score + (size_t)cand[q] * plane;
+                float v = wt[0] * sc[idx[0]] + wt[1] * sc[idx[1]] + wt[2] * sc[idx[2]] + wt[3] * sc[idx[3]];
+                if (v > best || (v == best && cand[q] < lab))
+                    best = v, lab = cand[q];
+            }
+            out[x] = lab;
         }
     }
 }
@@ -172,7 +190,9 @@ typedef struct mask_ctx {
     int oom;
 } mask_ctx;
 
-/* one job per requested mask: pixels, area, bounding box */
+/* one job per requested mask: pixels, area, bounding box. The inner loop is
+ * a table lookup per pixel (branch-free, vectorisable); the bounding box is
+ * found per row from the row's ends. */
 static void build_masks(void *vc, int64_t b, int64_t e, int w)
 {
     mask_ctx *c = vc;
@@ -182,30 +202,38 @@ static void build_masks(void *vc, int64_t b, int64_t e, int w)
         mk->name = c->mf->mask_name[mi];
         size_t np = (size_t)c->W * (size_t)c->H;
         mk->pixels = malloc(np ? np : 1);
-        if (!mk->pixels) {
+        uint8_t *lut = calloc(65536, 1);
+        if (!mk->pixels || !lut) {
+            free(lut);
             c->oom = 1;
             continue;
         }
-        uint8_t inset[65536 / 8] = {0};
         for (int q = 0; q < c->mf->mask_ncls[mi]; q++)
-            inset[c->mf->mask_cls[mi][q] >> 3] |= (uint8_t)(1 << (c->mf->mask_cls[mi][q] & 7));
+            lut[c->mf->mask_cls[mi][q]] = 255;
         size_t cnt = 0;
         int x0 = c->W, y0 = c->H, x1 = -1, y1 = -1;
         for (int y = 0; y < c->H; y++) {
             const uint16_t *row = c->label + (size_t)y * c->W;
             uint8_t *out = mk->pixels + (size_t)y * c->W;
+            uint32_t rc = 0;
             for (int x = 0; x < c->W; x++) {
-                int on = (inset[row[x] >> 3] >> (row[x] & 7)) & 1;
-                out[x] = on ? 255 : 0;
-                if (on) {
-                    cnt++;
-                    x0 = x < x0 ? x : x0;
-                    x1 = x > x1 ? x : x1;
-                    y0 = y < y0 ? y : y0;
-                    y1 = y;
-                }
+                out[x] = lut[row[x]];
+                rc += out[x] & 1;
             }
+            if (!rc)
+                continue;
+            cnt += rc;
+            int f = 0, l = c->W - 1;
+            while (!out[f])
+                f++;
+            while (!out[l])
+                l--;
+            x0 = f < x0 ? f : x0;
+            x1 = l > x1 ? l : x1;
+            y0 = y < y0 ? y : y0;
+            y1 = y;
         }
+        free(lut);
         mk->area_fraction = np ? (double)cnt / (double)np : 0;
         if (!cnt)
             x0 = y0 = x1 = y1 = -1;
@@ -424,8 +452,27 @@ static sp_status masks_batch(sp_package *pk, sp_image *const *imgs, int n, const
         }
         /* photo pixel -> model grid: photo -> content rect (rw/W) -> grid (w/Wc) */
         post_ctx c = {mf, score, amax, C, h, w, OW, OH,
-                      (double)rw[i] / OW * w / Wc, (double)rh[i] / OH * h / Hc, label};
+                      (double)rw[i] / OW * w / Wc, (double)rh[i] / OH * h / Hc, NULL, NULL, label};
+        int *gx0 = malloc((size_t)OW * 2 * sizeof *gx0);
+        float *gfx = malloc((size_t)OW * sizeof *gfx);
+        if (!gx0 || !gfx) {
+            free(gx0);
+            free(gfx);
+            st = sp_fail(SP_ERR_NOMEM, "masks: out of memory");
+            break;
+        }
+        for (int x = 0; x < OW; x++) {
+            double gx = ((double)x + 0.5) * c.kx - 0.5;
+            gx = gx < 0 ? 0 : gx > w - 1 ? w - 1 : gx;
+            gx0[2 * x] = (int)gx;
+            gx0[2 * x + 1] = (int)gx + 1 < w ? (int)gx + 1 : w - 1;
+            gfx[x] = (float)(gx - (int)gx);
+        }
+        c.gx0 = gx0;
+        c.gfx = gfx;
         sp_pool_for(pool, OH, 8, post_rows, &c);
+        free(gx0);
+        free(gfx);
         res[i]->width = OW;
         res[i]->height = OH;
         mask_ctx mc = {mf, label, OW, OH, want, res[i]->masks, 0};

@@ -141,3 +141,16 @@ def test_heic_decodes(tmp):
         raise AssertionError("decoded past the limit")
     except ValueError as e:
         assert "limit" in str(e)
+
+
+def test_webp_over_limit_decoded_downscaled(tmp):
+    """libwebp scales while decoding: no full-size buffer; the result is the
+    picture at the largest size under the limit (compared with Pillow's
+    area-average resize of the full decode)"""
+    img = photo(400, 300, 7)
+    data = save(img, "WEBP", lossless=True)
+    got, m = decode(data, max_pixels=20_000)       # 120k px -> factor sqrt(1/6): 163x122
+    assert got.shape == (122, 163, 3) and m["file"] == (400, 300), (got.shape, m)
+    assert got.shape[0] * got.shape[1] <= 20_000
+    ref = np.asarray(img.resize((163, 122), Image.BOX)).astype(int)
+    assert np.abs(got.astype(int) - ref).mean() < 4, np.abs(got.astype(int) - ref).mean()

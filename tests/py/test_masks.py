@@ -231,3 +231,18 @@ def test_demo_rooms_four_masks_end_to_end(tmp):
                 continue
             iou = (m & t).sum() / (m | t).sum()
             assert iou >= floors[name], (k, name, iou)
+
+
+def test_masks_thousand_photos_on_one_command_line(tmp):
+    """a 50 KB command line (1,000 paths): ONNX Runtime's start-up parser
+    overflowed the stack on /proc/self/cmdline; segpipe moves long argument
+    lists off the command line (re-exec with a memfd)"""
+    d = os.path.join(tmp, "a_rather_long_folder_name_for_photos")
+    os.makedirs(d)
+    path = os.path.join(d, "photo.png")
+    Image.fromarray(photo(12, 16, 9)).save(path)
+    args = [path] * 1000
+    assert len(" ".join(args)) > 40000
+    p, out = run_masks(tmp, args, "tinymask", "--batch", "50")
+    assert p.returncode == 0, (p.returncode, p.stderr[-500:])
+    assert "1000 photo(s) done, 0 failed" in p.stdout and ", 20 inference call(s)" in p.stdout, p.stdout

@@ -85,3 +85,35 @@ void test_pool_many_jobs(void)
     }
     sp_pool_free(p);
 }
+
+/* several threads sharing one pool (the service's workers on the default
+ * pool): every job must still cover its whole range exactly once */
+typedef struct { sp_pool *p; int bad; } share_arg;
+
+static void *share_main(void *arg)
+{
+    share_arg *a = arg;
+    for (int j = 0; j < 500; j++) {
+        sum_ctx c = {0, 0};
+        sp_pool_for(a->p, 10007, 13, sum_fn, &c);
+        if (atomic_load(&c.sum) != 10007LL * 10006 / 2)
+            a->bad++;
+    }
+    return NULL;
+}
+
+void test_pool_shared_by_threads(void)
+{
+    sp_pool *p = sp_pool_create(3);
+    pthread_t th[4];
+    share_arg a[4];
+    for (int i = 0; i < 4; i++) {
+        a[i] = (share_arg){p, 0};
+        pthread_create(&th[i], NULL, share_main, &a[i]);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        CHECK(a[i].bad == 0);
+    }
+    sp_pool_free(p);
+}

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -719,8 +720,83 @@ static void help(FILE *f)
                "Exit codes: 0 ok, 2 usage, 3 input, 4 model, 5 runtime, 6 I/O, 7 out of memory, 130 stopped.\n");
 }
 
+/*
+ * Long command lines (thousands of photo paths) are moved off the process's
+ * command line: ONNX Runtime reads /proc/self/cmdline at start-up and its
+ * parser recursed past the 8 MB stack on a 36 KB command line (1,000
+ * photos). segpipe re-executes itself with the arguments in a memfd and
+ * reads them back from there.
+ */
+#define SP_ARGV_LIMIT 8192
+#define SP_ARGV_FLAG "--argv-from-fd"
+
+static void reexec_short(int argc, char **argv)
+{
+    size_t total = 0;
+    for (int i = 0; i < argc; i++)
+        total += strlen(argv[i]) + 1;
+    if (total <= SP_ARGV_LIMIT || getenv("SEGPIPE_NO_REEXEC"))
+        return;
+    int fd = memfd_create("segpipe-argv", 0);
+    if (fd < 0)
+        return;
+    for (int i = 0; i < argc; i++) {
+        size_t n = strlen(argv[i]) + 1;
+        if (write(fd, argv[i], n) != (ssize_t)n) {
+            close(fd);
+            return;
+        }
+    }
+    char fds[16];
+    snprintf(fds, sizeof fds, "%d", fd);
+    char *nargv[] = {argv[0], (char *)SP_ARGV_FLAG, fds, NULL};
+    execv("/proc/self/exe", nargv);
+    close(fd);                /* exec failed: carry on with the long command line */
+}
+
+static char **g_argv;       /* arguments read back from the memfd, kept until exit */
+
+/* argv back from the memfd */
+static int argv_from_fd(const char *fds, char ***out)
+{
+    int fd = atoi(fds);
+    off_t n = lseek(fd, 0, SEEK_END);
+    if (n <= 0 || lseek(fd, 0, SEEK_SET) != 0)
+        return -1;
+    char *buf = malloc((size_t)n + 1);
+    if (!buf || read(fd, buf, (size_t)n) != n) {
+        free(buf);
+        return -1;
+    }
+    close(fd);
+    buf[n] = 0;
+    int argc = 0;
+    for (off_t i = 0; i < n; i++)
+        argc += buf[i] == 0;
+    char **av = calloc((size_t)argc + 1, sizeof *av);
+    if (!av) {
+        free(buf);
+        return -1;
+    }
+    for (int i = 0, k = 0; i < n && k < argc; k++) {
+        av[k] = buf + i;
+        i += (int)strlen(buf + i) + 1;
+    }
+    g_argv = av;
+    *out = av;
+    return argc;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 3 && !strcmp(argv[1], SP_ARGV_FLAG)) {
+        if ((argc = argv_from_fd(argv[2], &argv)) < 2) {
+            fprintf(stderr, "segpipe: cannot read the arguments back\n");
+            return 2;
+        }
+    } else {
+        reexec_short(argc, argv);
+    }
     if (argc < 2) {
         help(stderr);
         return 2;

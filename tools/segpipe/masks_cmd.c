@@ -19,6 +19,7 @@ typedef struct dec_job {
     sp_status st;
     char err[512];
     double secs;
+    int threaded;
 } dec_job;
 
 static void *dec_main(void *arg)
@@ -32,6 +33,25 @@ static void *dec_main(void *arg)
     return NULL;
 }
 
+static void dec_start(dec_job *jobs, pthread_t *th, char **paths, int n, const sp_image_params *ip)
+{
+    for (int k = 0; k < n; k++) {
+        memset(&jobs[k], 0, sizeof jobs[k]);
+        jobs[k].path = paths[k];
+        jobs[k].ip = *ip;
+        jobs[k].threaded = pthread_create(&th[k], NULL, dec_main, &jobs[k]) == 0;
+        if (!jobs[k].threaded)
+            dec_main(&jobs[k]);
+    }
+}
+
+static void dec_join(const dec_job *jobs, pthread_t *th, int n)
+{
+    for (int k = 0; k < n; k++)
+        if (jobs[k].threaded)
+            pthread_join(th[k], NULL);
+}
+
 static char *stem_of(const char *path)
 {
     const char *b = strrchr(path, '/');
@@ -42,50 +62,172 @@ static char *stem_of(const char *path)
     return s;
 }
 
-/* write one photo's outputs; PNG files and the JSON go through temp + rename */
-static sp_status write_outputs(const char *dir, const char *path, const sp_image *img, const sp_masks_result *r,
-                               double *enc_secs)
+typedef struct png_job {
+    const sp_mask *m;
+    int w, h;
+    void *png;
+    size_t n;
+    sp_status st;
+} png_job;
+
+static void *png_main(void *arg)
 {
-    double t0 = sp_now();
+    png_job *j = arg;
+    j->st = sp_mask_png(j->m, j->w, j->h, &j->png, &j->n);
+    return NULL;
+}
+
+static void json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            fprintf(f, "\\%c", ch);
+        else if (ch < 0x20)
+            fprintf(f, "\\u%04x", ch);
+        else
+            fputc(ch, f);
+    }
+    fputc('"', f);
+}
+
+/* write one photo's outputs (the masks' PNGs encoded in parallel); PNG files
+ * and the JSON go through temp + rename */
+static sp_status write_outputs(const char *dir, const char *path, const sp_image *img, const sp_masks_result *r)
+{
     char *stem = stem_of(path);
     char jpath[4096], tmp[4200];
     snprintf(jpath, sizeof jpath, "%s/%s.masks.json", dir, stem);
     snprintf(tmp, sizeof tmp, "%s.tmp", jpath);
-    FILE *f = fopen(tmp, "w");
-    sp_status st = SP_OK;
-    if (!f) {
-        free(stem);
-        return SP_ERR_IO;
+    png_job jobs[64];
+    pthread_t th[64];
+    int nm = r->n_masks < 64 ? r->n_masks : 64, started[64];
+    for (int k = 0; k < nm; k++) {
+        jobs[k] = (png_job){&r->masks[k], r->width, r->height, NULL, 0, SP_OK};
+        started[k] = pthread_create(&th[k], NULL, png_main, &jobs[k]) == 0;
+        if (!started[k])
+            png_main(&jobs[k]);
     }
-    fprintf(f, "{\"image\": \"%s\", \"width\": %d, \"height\": %d, \"orientation\": %d, \"masks\": {", path,
-            r->width, r->height, img->orientation);
-    for (int k = 0; k < r->n_masks && !st; k++) {
+    for (int k = 0; k < nm; k++)
+        if (started[k])
+            pthread_join(th[k], NULL);
+    sp_status st = SP_OK;
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        st = SP_ERR_IO;
+    if (f) {
+        fputs("{\"image\": ", f);
+        json_str(f, path);
+        fprintf(f, ", \"width\": %d, \"height\": %d, \"orientation\": %d, \"masks\": {", r->width, r->height,
+                img->orientation);
+    }
+    for (int k = 0; k < nm && !st; k++) {
         const sp_mask *m = &r->masks[k];
-        void *png;
-        size_t n;
-        if ((st = sp_mask_png(m, r->width, r->height, &png, &n)))
+        if ((st = jobs[k].st))
             break;
         char ppath[4096];
         snprintf(ppath, sizeof ppath, "%s/%s.%s.png", dir, stem, m->name);
-        st = sp_write_file_atomic(ppath, png, n);
+        st = sp_write_file_atomic(ppath, jobs[k].png, jobs[k].n);
         fprintf(f, "%s\n  \"%s\": {\"area_fraction\": %.6f, \"bbox\": [%d, %d, %d, %d], \"png_base64\": \"", k ? "," : "",
                 m->name, m->area_fraction, m->bbox[0], m->bbox[1], m->bbox[2], m->bbox[3]);
-        char *enc = sp_base64(png, n);
+        char *enc = sp_base64(jobs[k].png, jobs[k].n);
         fputs(enc ? enc : "", f);
         free(enc);
         fputs("\"}", f);
-        free(png);
     }
-    fputs("\n}}\n", f);
-    if (fclose(f) != 0 && !st)
-        st = SP_ERR_IO;
-    if (st)
-        remove(tmp);
-    else
-        rename(tmp, jpath);
+    for (int k = 0; k < nm; k++)
+        free(jobs[k].png);
+    if (f) {
+        fputs("\n}}\n", f);
+        if (fclose(f) != 0 && !st)
+            st = SP_ERR_IO;
+        if (st)
+            remove(tmp);
+        else if (rename(tmp, jpath) != 0)
+            st = SP_ERR_IO;
+    }
     free(stem);
-    *enc_secs += sp_now() - t0;
     return st;
+}
+
+/* Asynchronous writer: batches of results are encoded and written on their
+ * own thread while the next batch is decoded and inferred. The queue holds
+ * at most 2 batches, so memory stays bounded by the batch size. */
+typedef struct wjob {
+    int n;
+    const char *paths[64];
+    sp_image *imgs[64];
+    sp_masks_result *res[64];
+} wjob;
+
+typedef struct writer {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    wjob *q[2];
+    int n, closed;
+    const char *dir;
+    double enc;
+    int failed, done, rc;
+    pthread_t th;
+} writer;
+
+static void *writer_main(void *arg)
+{
+    writer *w = arg;
+    for (;;) {
+        pthread_mutex_lock(&w->mu);
+        while (!w->n && !w->closed)
+            pthread_cond_wait(&w->cv, &w->mu);
+        if (!w->n) {
+            pthread_mutex_unlock(&w->mu);
+            return NULL;
+        }
+        wjob *j = w->q[0];
+        w->q[0] = w->q[1];
+        w->n--;
+        pthread_cond_broadcast(&w->cv);
+        pthread_mutex_unlock(&w->mu);
+        double t0 = sp_now();
+        int failed = 0, done = 0;
+        for (int k = 0; k < j->n; k++) {
+            if (write_outputs(w->dir, j->paths[k], j->imgs[k], j->res[k])) {
+                fprintf(stderr, "segpipe: %s: cannot write outputs in %s\n", j->paths[k], w->dir);
+                failed++;
+            } else {
+                done++;
+            }
+            sp_masks_result_free(j->res[k]);
+            sp_image_free(j->imgs[k]);
+        }
+        free(j);
+        pthread_mutex_lock(&w->mu);
+        w->enc += sp_now() - t0;
+        w->failed += failed;
+        w->done += done;
+        if (failed)
+            w->rc = 6;
+        pthread_mutex_unlock(&w->mu);
+    }
+}
+
+static void writer_push(writer *w, wjob *j)
+{
+    pthread_mutex_lock(&w->mu);
+    while (w->n == 2)
+        pthread_cond_wait(&w->cv, &w->mu);
+    w->q[w->n++] = j;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static void writer_close(writer *w)
+{
+    pthread_mutex_lock(&w->mu);
+    w->closed = 1;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->th, NULL);
 }
 
 int cmd_masks(int argc, char **argv)
@@ -151,24 +293,35 @@ int cmd_masks(int argc, char **argv)
         goto end;
     }
     sp_timings t = {0};
-    double enc = 0, w0 = sp_now();
+    double w0 = sp_now();
+    writer wr = {.dir = out};
+    pthread_mutex_init(&wr.mu, NULL);
+    pthread_cond_init(&wr.cv, NULL);
+    if (pthread_create(&wr.th, NULL, writer_main, &wr) != 0) {
+        fprintf(stderr, "segpipe: cannot start the writer thread\n");
+        rc = 5;
+        goto end;
+    }
+    /* decoding of batch i+1 runs (one thread per photo) while batch i is
+     * inferred; the writer thread encodes batch i-1 meanwhile */
+    static dec_job jobsbuf[2][64];
+    pthread_t thbuf[2][64];
+    int cur = 0;
+    double t0 = sp_now();
+    dec_start(jobsbuf[0], thbuf[0], argv + optind, argc - optind < batch ? argc - optind : batch, &ip);
     for (int i = optind; i < argc; i += batch) {
         int nb = argc - i < batch ? argc - i : batch;
-        dec_job jobs[64];
-        pthread_t th[64];
-        double t0 = sp_now();
-        for (int k = 0; k < nb; k++) {
-            memset(&jobs[k], 0, sizeof jobs[k]);
-            jobs[k].path = argv[i + k];
-            jobs[k].ip = ip;
-            pthread_create(&th[k], NULL, dec_main, &jobs[k]);
+        dec_job *jobs = jobsbuf[cur];
+        dec_join(jobs, thbuf[cur], nb);
+        sp_timings_add(&t, "decode", sp_now() - t0);   /* the part not hidden behind inference */
+        int ni = i + nb, nn = argc - ni < batch ? argc - ni : batch;
+        if (ni < argc)
+            dec_start(jobsbuf[!cur], thbuf[!cur], argv + ni, nn, &ip);
+        wjob *j = calloc(1, sizeof *j);
+        if (!j) {
+            rc = 7;
+            break;
         }
-        for (int k = 0; k < nb; k++)
-            pthread_join(th[k], NULL);
-        sp_timings_add(&t, "decode", sp_now() - t0);
-        sp_image *imgs[64];
-        const char *paths[64];
-        int ok = 0;
         for (int k = 0; k < nb; k++) {
             if (jobs[k].st) {
                 fprintf(stderr, "segpipe: %s\n", jobs[k].err);
@@ -176,33 +329,42 @@ int cmd_masks(int argc, char **argv)
                 failed++;
                 continue;
             }
-            paths[ok] = jobs[k].path;
-            imgs[ok++] = jobs[k].img;
+            j->paths[j->n] = jobs[k].path;
+            j->imgs[j->n++] = jobs[k].img;
         }
-        if (ok) {
-            sp_masks_result **res = NULL;
-            if ((st = sp_masks_run(pk, imgs, ok, &mp, &res, &t))) {
-                rc = cli_fail(st, NULL);
-                failed += ok;
-            } else {
-                for (int k = 0; k < ok; k++) {
-                    if (write_outputs(out, paths[k], imgs[k], res[k], &enc)) {
-                        fprintf(stderr, "segpipe: %s: cannot write outputs in %s\n", paths[k], out);
-                        rc = 6;
-                        failed++;
-                    } else {
-                        done++;
-                    }
-                    sp_masks_result_free(res[k]);
-                }
-                free(res);
+        sp_masks_result **res = NULL;
+        if (j->n && (st = sp_masks_run(pk, j->imgs, j->n, &mp, &res, &t))) {
+            rc = cli_fail(st, NULL);
+            failed += j->n;
+        }
+        if (!res) {
+            for (int k = 0; k < j->n; k++)
+                sp_image_free(j->imgs[k]);
+            free(j);
+        } else {
+            memcpy(j->res, res, (size_t)j->n * sizeof *res);
+            free(res);
+            writer_push(&wr, j);      /* the writer frees images and results */
+        }
+        cur = !cur;
+        t0 = sp_now();
+        if (rc == 2 || rc == 4) {  /* usage/model errors repeat for every batch */
+            if (ni < argc) {
+                dec_join(jobsbuf[cur], thbuf[cur], nn);
+                for (int k = 0; k < nn; k++)
+                    sp_image_free(jobsbuf[cur][k].img);
             }
-        }
-        for (int k = 0; k < ok; k++)
-            sp_image_free(imgs[k]);
-        if (rc == 2 || rc == 4)   /* usage/model errors repeat for every batch */
             break;
+        }
     }
+    writer_close(&wr);
+    pthread_mutex_destroy(&wr.mu);
+    pthread_cond_destroy(&wr.cv);
+    failed += wr.failed;
+    done = wr.done;
+    if (wr.rc && !rc)
+        rc = wr.rc;
+    double enc = wr.enc;
     sp_timings_add(&t, "encode", enc);
     double wall = sp_now() - w0;
     if (!quiet) {
@@ -211,6 +373,7 @@ int cmd_masks(int argc, char **argv)
         for (int k = 0; k < t.n; k++)
             printf("%-12s %9.3f %6.1f%%\n", t.stage[k].name, t.stage[k].seconds,
                    total > 0 ? 100 * t.stage[k].seconds / total : 0);
+        printf("(encode: PNG + JSON on the writer thread, overlapped with the next batch)\n");
         printf("%d photo(s) done, %d failed, %.2f images/s (wall %.3f s), %llu inference call(s)\n", done,
                failed, wall > 0 ? done / wall : 0, wall,
                pk ? (unsigned long long)sp_model_run_count(sp_package_model(pk)) : 0ull);
