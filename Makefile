@@ -45,7 +45,19 @@ ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC -pthread $(WARN) $(CFLAGS) $(SANFLAGS
   -DSP_DEFAULT_MASKS_DIR=\"$(abspath models/demo-rooms)\" \
   -DSP_DEFAULT_MATTE_DIR=\"$(abspath models/demo-matte)\" \
   -DSP_BUILD_FLAGS="\"$(strip $(CC) $(CFLAGS) $(SANFLAGS))\""
-LIBS := $(ORT_LIBS) -lavformat -lavcodec -lswscale -lavutil -lmicrohttpd -ljpeg -lpng -lwebp -lheif -lcjson -ldeflate -lz -lm -ldl -pthread
+# Optional slim builds: NO_FFMPEG=1 (video from/to frame folders only),
+# NO_HEIF=1 (no HEIC photos); e.g. for a machine without those libraries.
+FF_LIBS := -lavformat -lavcodec -lswscale -lavutil
+HEIF_LIBS := -lheif
+ifeq ($(NO_FFMPEG),1)
+  ALL_CFLAGS += -DSP_NO_FFMPEG
+  FF_LIBS :=
+endif
+ifeq ($(NO_HEIF),1)
+  ALL_CFLAGS += -DSP_NO_HEIF
+  HEIF_LIBS :=
+endif
+LIBS := $(ORT_LIBS) $(FF_LIBS) -lmicrohttpd -ljpeg -lpng -lwebp $(HEIF_LIBS) -lcjson -ldeflate -lz -lm -ldl -pthread
 
 LIB_SRC := $(wildcard src/core/*.c src/io/*.c src/pipeline/*.c src/runtime/*.c src/server/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)

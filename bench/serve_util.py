@@ -10,7 +10,9 @@ def start_server(*args):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    p = subprocess.Popen([os.path.join(ROOT, "build", "segpipe"), "serve", "--port", str(port), *args],
+    seg = os.environ.get("SEGPIPE", os.path.join(ROOT, "build", "segpipe"))
+    dev = os.environ.get("SEGPIPE_BENCH_DEVICE")      # e.g. cuda, on the GPU machine
+    p = subprocess.Popen([seg, "serve", "--port", str(port), *args, *(["--device", dev] if dev else [])],
                          stdout=subprocess.PIPE, text=True)
     line = p.stdout.readline()
     if "ready" not in line:

@@ -14,7 +14,9 @@
 #include "../core/core.h"
 
 #include <jpeglib.h>
+#ifndef SP_NO_HEIF
 #include <libheif/heif.h>
+#endif
 #include <png.h>
 #include <webp/decode.h>
 #include <math.h>
@@ -300,6 +302,13 @@ static sp_status read_webp(const uint8_t *buf, size_t n, const char *name, const
 
 /* ------------------------------------------------------------------ HEIC */
 
+#ifdef SP_NO_HEIF
+static sp_status read_heif(const uint8_t *buf, size_t n, const char *name, const sp_image_params *p,
+                           sp_image *img)
+{
+    return sp_fail(SP_ERR_INPUT, "%s: HEIF image, but this segpipe was built without libheif (make NO_HEIF=1)", name);
+}
+#else
 /* libheif applies the file's rotation and mirroring (irot/imir) itself, so
  * the decoded image is upright already. */
 static sp_status read_heif(const uint8_t *buf, size_t n, const char *name, const sp_image_params *p,
@@ -356,6 +365,7 @@ out:
     heif_context_free(ctx);
     return st;
 }
+#endif
 
 sp_status sp_image_read_mem(const void *data, size_t size, const char *name, const sp_image_params *pp,
                             sp_image **out)

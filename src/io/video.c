@@ -11,11 +11,13 @@
 #include <dirent.h>
 #include <pthread.h>
 #include <errno.h>
+#ifndef SP_NO_FFMPEG
 #include <libavcodec/avcodec.h>
 #include <libavformat/avformat.h>
 #include <libavutil/imgutils.h>
 #include <libavutil/opt.h>
 #include <libswscale/swscale.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +25,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#ifndef SP_NO_FFMPEG
 static void av_quiet_init(void)
 {
     const char *e = getenv("SEGPIPE_FFMPEG_LOG");
@@ -43,15 +46,19 @@ static const char *averr(int e, char *buf, size_t n)
     return buf;
 }
 
+#else
+static void av_quiet(void) {}
+#endif
+
 /* ------------------------------------------------------------------ source */
 
 struct sp_frame_src {
-    /* video file */
-    AVFormatContext *fmt;
-    AVCodecContext *dec;
+    /* video file (FFmpeg types by tag: the build may have no FFmpeg) */
+    struct AVFormatContext *fmt;
+    struct AVCodecContext *dec;
     struct SwsContext *sws;
-    AVPacket *pkt;
-    AVFrame *frm;
+    struct AVPacket *pkt;
+    struct AVFrame *frm;
     int stream, draining, done;
     /* folder */
     char **files;
@@ -115,6 +122,13 @@ static sp_status folder_open(sp_frame_src *s, const char *path, sp_src_info *inf
     return SP_OK;
 }
 
+#ifdef SP_NO_FFMPEG
+static sp_status file_open(sp_frame_src *s, const char *path, int threads, sp_src_info *info)
+{
+    return sp_fail(SP_ERR_INPUT, "%s: this segpipe was built without FFmpeg (make NO_FFMPEG=1): give a folder of "
+                                 "PNG/JPEG frames", path);
+}
+#else
 static sp_status file_open(sp_frame_src *s, const char *path, int threads, sp_src_info *info)
 {
     char eb[128];
@@ -162,16 +176,19 @@ static sp_status file_open(sp_frame_src *s, const char *path, int threads, sp_sr
              info->frames > 0 ? "" : ", frame count unknown");
     return SP_OK;
 }
+#endif
 
 void sp_src_close(sp_frame_src *s)
 {
     if (!s)
         return;
+#ifndef SP_NO_FFMPEG
     sws_freeContext(s->sws);
     av_frame_free(&s->frm);
     av_packet_free(&s->pkt);
     avcodec_free_context(&s->dec);
     avformat_close_input(&s->fmt);
+#endif
     for (int i = 0; i < s->nfiles; i++)
         free(s->files[i]);
     free(s->files);
@@ -205,6 +222,7 @@ sp_status sp_src_open(const char *path, int threads, sp_frame_src **out, sp_src_
     return SP_OK;
 }
 
+#ifndef SP_NO_FFMPEG
 static sp_status frame_to_rgb(sp_frame_src *s, uint8_t *rgb)
 {
     AVFrame *f = s->frm;
@@ -222,9 +240,10 @@ static sp_status frame_to_rgb(sp_frame_src *s, uint8_t *rgb)
     return SP_OK;
 }
 
+#endif
+
 sp_status sp_src_read(sp_frame_src *s, uint8_t *rgb, int *eof)
 {
-    char eb[128];
     *eof = 0;
     if (s->files) {
         if (s->next >= s->nfiles) {
@@ -245,6 +264,10 @@ sp_status sp_src_read(sp_frame_src *s, uint8_t *rgb, int *eof)
         sp_image_free(im);
         return st;
     }
+#ifdef SP_NO_FFMPEG
+    return sp_fail(SP_ERR_INPUT, "%s: built without FFmpeg", s->path);
+#else
+    char eb[128];
     for (;;) {
         if (s->done) {
             *eof = 1;
@@ -285,6 +308,7 @@ sp_status sp_src_read(sp_frame_src *s, uint8_t *rgb, int *eof)
             av_packet_unref(s->pkt);
         }
     }
+#endif
 }
 
 /* -------------------------------------------------------------------- sink */
@@ -294,12 +318,12 @@ struct sp_frame_sink {
     int width, height, is_dir, jpeg, quality;
     int64_t n;
     /* video */
-    AVFormatContext *oc;
-    AVCodecContext *enc;
-    AVStream *vs;
+    struct AVFormatContext *oc;
+    struct AVCodecContext *enc;
+    struct AVStream *vs;
     struct SwsContext *sws;
-    AVFrame *frm;
-    AVPacket *pkt;
+    struct AVFrame *frm;
+    struct AVPacket *pkt;
     int header_written;
 };
 
@@ -348,6 +372,7 @@ static void rm_tree(const char *p)
 
 static sp_status write_trailer_and_close(sp_frame_sink *s);
 
+#ifndef SP_NO_FFMPEG
 static sp_status encode(sp_frame_sink *s, AVFrame *f)
 {
     char eb[128];
@@ -458,8 +483,17 @@ static sp_status video_sink_open(sp_frame_sink *s, const sp_sink_params *p)
     return SP_OK;
 }
 
+#else
+static sp_status video_sink_open(sp_frame_sink *s, const sp_sink_params *p)
+{
+    return sp_fail(SP_ERR_USAGE, "%s: this segpipe was built without FFmpeg (make NO_FFMPEG=1): write a folder of "
+                                 "frames", s->final);
+}
+#endif
+
 static void sink_free(sp_frame_sink *s)
 {
+#ifndef SP_NO_FFMPEG
     sws_freeContext(s->sws);
     av_frame_free(&s->frm);
     av_packet_free(&s->pkt);
@@ -469,6 +503,7 @@ static void sink_free(sp_frame_sink *s)
             avio_closep(&s->oc->pb);
         avformat_free_context(s->oc);
     }
+#endif
     free(s);
 }
 
@@ -479,8 +514,10 @@ void sp_sink_abort(sp_frame_sink *s)
     if (s->is_dir) {
         rm_tree(s->part);
     } else {
+#ifndef SP_NO_FFMPEG
         if (s->oc && s->oc->pb)
             avio_closep(&s->oc->pb);
+#endif
         unlink(s->part);
     }
     sink_free(s);
@@ -528,28 +565,44 @@ sp_status sp_sink_open(const char *path, int width, int height, const sp_sink_pa
     return SP_OK;
 }
 
+int sp_sink_parallel(const sp_frame_sink *s)
+{
+    return s->is_dir;
+}
+
+sp_status sp_sink_encode(const sp_frame_sink *s, const uint8_t *rgb, void **buf, size_t *n)
+{
+    return s->jpeg ? sp_jpeg_encode(rgb, s->width, s->height, s->quality, buf, n)
+                   : sp_png_encode(rgb, s->width, s->height, 3, buf, n);
+}
+
+sp_status sp_sink_write_encoded(sp_frame_sink *s, const void *buf, size_t n)
+{
+    char f[1200];
+    snprintf(f, sizeof f, "%s/%06lld.%s", s->part, (long long)++s->n, s->jpeg ? "jpg" : "png");
+    FILE *fp = fopen(f, "wb");
+    if (!fp)
+        return sp_fail(SP_ERR_IO, "%s: cannot create: %s", f, strerror(errno));
+    size_t w = fwrite(buf, 1, n, fp);
+    if (fclose(fp) != 0 || w != n)
+        return sp_fail(SP_ERR_IO, "%s: write failed: %s", f, strerror(errno));
+    return SP_OK;
+}
+
 sp_status sp_sink_write(sp_frame_sink *s, const uint8_t *rgb)
 {
     if (s->is_dir) {
         void *buf;
         size_t n;
-        sp_status st = s->jpeg ? sp_jpeg_encode(rgb, s->width, s->height, s->quality, &buf, &n)
-                               : sp_png_encode(rgb, s->width, s->height, 3, &buf, &n);
-        if (st)
-            return st;
-        char f[1200];
-        snprintf(f, sizeof f, "%s/%06lld.%s", s->part, (long long)++s->n, s->jpeg ? "jpg" : "png");
-        FILE *fp = fopen(f, "wb");
-        if (!fp) {
-            free(buf);
-            return sp_fail(SP_ERR_IO, "%s: cannot create: %s", f, strerror(errno));
-        }
-        size_t w = fwrite(buf, 1, n, fp);
+        sp_status st = sp_sink_encode(s, rgb, &buf, &n);
+        if (!st)
+            st = sp_sink_write_encoded(s, buf, n);
         free(buf);
-        if (fclose(fp) != 0 || w != n)
-            return sp_fail(SP_ERR_IO, "%s: write failed: %s", f, strerror(errno));
-        return SP_OK;
+        return st;
     }
+#ifdef SP_NO_FFMPEG
+    return sp_fail(SP_ERR_USAGE, "built without FFmpeg");
+#else
     if (av_frame_make_writable(s->frm) < 0)
         return sp_fail(SP_ERR_NOMEM, "out of memory");
     const uint8_t *src[4] = {rgb, NULL, NULL, NULL};
@@ -557,10 +610,14 @@ sp_status sp_sink_write(sp_frame_sink *s, const uint8_t *rgb)
     sws_scale(s->sws, src, ls, 0, s->height, s->frm->data, s->frm->linesize);
     s->frm->pts = s->n++;
     return encode(s, s->frm);
+#endif
 }
 
 static sp_status write_trailer_and_close(sp_frame_sink *s)
 {
+#ifdef SP_NO_FFMPEG
+    return sp_fail(SP_ERR_USAGE, "%s: built without FFmpeg", s->final);
+#else
     char eb[128];
     sp_status st = encode(s, NULL);
     if (st)
@@ -571,6 +628,7 @@ static sp_status write_trailer_and_close(sp_frame_sink *s)
     if ((r = avio_closep(&s->oc->pb)) < 0)
         return sp_fail(SP_ERR_IO, "%s: cannot close: %s", s->part, averr(r, eb, sizeof eb));
     return SP_OK;
+#endif
 }
 
 sp_status sp_sink_finish(sp_frame_sink *s)

@@ -46,6 +46,12 @@ typedef struct sp_sink_params {
  * An existing non-empty output folder is refused (SP_ERR_IO). */
 sp_status sp_sink_open(const char *path, int width, int height, const sp_sink_params *p, sp_frame_sink **out);
 sp_status sp_sink_write(sp_frame_sink *s, const uint8_t *rgb);
+/* Frame folders: frames are encoded to file bytes on any thread
+ * (sp_sink_encode, thread-safe) and written in order by
+ * sp_sink_write_encoded. 0 for video files (the encoder is sequential). */
+int sp_sink_parallel(const sp_frame_sink *s);
+sp_status sp_sink_encode(const sp_frame_sink *s, const uint8_t *rgb, void **buf, size_t *n);
+sp_status sp_sink_write_encoded(sp_frame_sink *s, const void *buf, size_t n);
 /* Flush, close and move the output into place; frees s. */
 sp_status sp_sink_finish(sp_frame_sink *s);
 /* Remove the partial output; frees s. */

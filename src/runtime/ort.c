@@ -155,11 +155,16 @@ sp_status sp_runtime_create(const sp_runtime_params *p, sp_runtime **out)
         if (!strstr(avail, want)) {
             const char *lib = getenv("SEGPIPE_ORT_CUDA_EP");
             if (strcmp(rt->device, "cuda") == 0 && lib && *lib) {
-                /* plugin EP (docs/gpu.md): providers_shared first, then register */
+                /* plugin EP (docs/gpu.md): providers_shared first, then
+                 * register. It must be the core library's own copy (beside
+                 * libonnxruntime.so): the plugin package's copy crashed the
+                 * plugin's initialisation on the GPU machine. */
                 char shared[PATH_MAX];
-                const char *slash = strrchr(lib, '/');
+                Dl_info di;
+                const char *from = dladdr((void *)OrtGetApiBase, &di) && di.dli_fname ? di.dli_fname : lib;
+                const char *slash = strrchr(from, '/');
                 snprintf(shared, sizeof shared, "%.*slibonnxruntime_providers_shared.so",
-                         slash ? (int)(slash - lib + 1) : 0, lib);
+                         slash ? (int)(slash - from + 1) : 0, from);
                 if (!dlopen(shared, RTLD_NOW | RTLD_GLOBAL))
                     SP_WARN("cannot preload %s: %s", shared, dlerror());
                 st = sp_ort_check(sp_ort->RegisterExecutionProviderLibrary(rt->env, "cuda", lib),

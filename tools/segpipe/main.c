@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <execinfo.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -754,6 +756,19 @@ static void reexec_short(int argc, char **argv)
     close(fd);                /* exec failed: carry on with the long command line */
 }
 
+/* SEGPIPE_BACKTRACE=1: on a crash, print the stack (glibc backtrace) for
+ * diagnosis on machines without a debugger; resolve with addr2line. */
+static void crash_trace(int sig)
+{
+    void *frames[64];
+    int n = backtrace(frames, 64);
+    const char msg[] = "segpipe: fatal signal, backtrace:\n";
+    if (write(2, msg, sizeof msg - 1) < 0)
+        _exit(128 + sig);
+    backtrace_symbols_fd(frames, n, 2);
+    _exit(128 + sig);
+}
+
 static char **g_argv;       /* arguments read back from the memfd, kept until exit */
 
 /* argv back from the memfd */
@@ -789,6 +804,11 @@ static int argv_from_fd(const char *fds, char ***out)
 
 int main(int argc, char **argv)
 {
+    if (getenv("SEGPIPE_BACKTRACE")) {
+        signal(SIGSEGV, crash_trace);
+        signal(SIGBUS, crash_trace);
+        signal(SIGABRT, crash_trace);
+    }
     if (argc == 3 && !strcmp(argv[1], SP_ARGV_FLAG)) {
         if ((argc = argv_from_fd(argv[2], &argv)) < 2) {
             fprintf(stderr, "segpipe: cannot read the arguments back\n");
