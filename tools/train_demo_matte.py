@@ -15,7 +15,6 @@ OUT/train_log.csv, OUT/iou.json. Training mimics segpipe's preprocessing:
 the frame (or ROI) stretched to 128 x 128, ImageNet normalisation.
 """
 import argparse, json, os, sys, time
-from multiprocessing import Pool
 import numpy as np
 import torch
 import torch.nn as nn
@@ -25,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFilter
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from render_rooms import render as render_room, _texture
 from segpipe_nets import UNet
+from train_util import render_dataset, train, write_log, export_onnx
 
 S = 128
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -100,33 +100,19 @@ def main():
     torch.manual_seed(0)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     t0 = time.time()
-    with Pool(min(16, os.cpu_count() or 1)) as p:
-        data = p.map(sample, range(a.n + 300), chunksize=32)
+    data = render_dataset(sample, a.n + 300)
     X = torch.from_numpy(np.stack([d[0] for d in data[:a.n]])).to(dev)
     Y = torch.from_numpy(np.stack([d[1] for d in data[:a.n]])[:, None]).to(dev)
     Xv = torch.from_numpy(np.stack([d[0] for d in data[a.n:]])).to(dev)
     Yv = np.stack([d[1] for d in data[a.n:]]) > 0.5
     print(f"rendered {len(data)} frames in {time.time() - t0:.0f} s", flush=True)
     net = Matte().to(dev)
-    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
-    log = []
-    for it in range(a.iters):
-        lr = 3e-3 * (1 - it / a.iters) ** 0.9
-        for g in opt.param_groups:
-            g["lr"] = lr
-        idx = torch.randint(0, a.n, (32,), device=dev)
-        x, y = X[idx], Y[idx]
-        if torch.rand(1).item() < 0.5:
-            x, y = x.flip(-1), y.flip(-1)
-        x = x * (0.8 + 0.4 * torch.rand(32, 1, 1, 1, device=dev)) + 0.2 * (torch.rand(32, 3, 1, 1, device=dev) - 0.5)
-        p = net(x).clamp(1e-6, 1 - 1e-6)
-        loss = F.binary_cross_entropy(p, y) + (1 - (2 * (p * y).sum() + 1) / (p.sum() + y.sum() + 1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        log.append((it, float(loss.detach()), lr))
-        if it % 500 == 0 or it == a.iters - 1:
-            print(f"it {it} loss {float(loss.detach()):.4f} {time.time() - t0:.0f}s", flush=True)
+
+    def loss_fn(p, y):
+        p = p.clamp(1e-6, 1 - 1e-6)
+        return F.binary_cross_entropy(p, y) + (1 - (2 * (p * y).sum() + 1) / (p.sum() + y.sum() + 1))
+
+    log = train(net, X, Y, a.iters, loss_fn, t0)
     net.eval()
     with torch.no_grad():
         pv = torch.cat([net(Xv[i:i + 64]) for i in range(0, len(Xv), 64)]).cpu().numpy()[:, 0] > 0.5
@@ -134,15 +120,8 @@ def main():
     print("validation IoU (300 new frames):", iou, flush=True)
     os.makedirs(a.out, exist_ok=True)
     json.dump(iou, open(os.path.join(a.out, "iou.json"), "w"), indent=1)
-    with open(os.path.join(a.out, "train_log.csv"), "w") as f:
-        f.write("iter,loss,lr\n")
-        for r in log:
-            f.write("%d,%.6f,%.6g\n" % r)
-    net.cpu()
-    kw = {"dynamo": False} if "dynamo" in torch.onnx.export.__code__.co_varnames else {}
-    torch.onnx.export(net, torch.zeros(1, 3, S, S), os.path.join(a.out, "model.onnx"), opset_version=17,
-                      input_names=["input"], output_names=["alpha"],
-                      dynamic_axes={"input": {0: "batch"}, "alpha": {0: "batch"}}, **kw)
+    write_log(a.out, log)
+    export_onnx(net, S, os.path.join(a.out, "model.onnx"), "alpha", dynamic_hw=False)
     man = {"format": "segpipe-model", "version": 1, "name": "demo-matte", "task": "masks",
            "description": "Demonstration foreground model (2D U-Net) trained by tools/train_demo_matte.py on "
                           "synthetic figures over rendered rooms. Not a product model.",

@@ -12,7 +12,6 @@ Training mimics segpipe's preprocessing: photos letterboxed into a square
 canvas at the top-left, ImageNet normalisation, zero padding.
 """
 import argparse, json, os, sys, time
-from multiprocessing import Pool
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from render_rooms import render, CLASSES
 from segpipe_nets import UNet
+from train_util import render_dataset, train, write_log, export_onnx
 
 S = 160
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -47,8 +47,7 @@ def main():
     torch.manual_seed(0)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     t0 = time.time()
-    with Pool(min(16, os.cpu_count() or 1)) as p:
-        data = p.map(sample, range(a.n + 300), chunksize=32)
+    data = render_dataset(sample, a.n + 300)
     X = torch.from_numpy(np.stack([d[0] for d in data[:a.n]])).to(dev)
     Y = torch.from_numpy(np.stack([d[1] for d in data[:a.n]]).astype(np.int64)).to(dev)
     Xv = torch.from_numpy(np.stack([d[0] for d in data[a.n:]])).to(dev)
@@ -57,24 +56,7 @@ def main():
     C = len(CLASSES)
     net = UNet("PlainConvUNet", 3, C, [16, 32, 64, 128], [[3, 3]] * 4, [[1, 1], [2, 2], [2, 2], [2, 2]],
                [2, 2, 2, 2], [2, 2, 2], dim=2).to(dev)
-    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
-    log = []
-    for it in range(a.iters):
-        lr = 3e-3 * (1 - it / a.iters) ** 0.9
-        for g in opt.param_groups:
-            g["lr"] = lr
-        idx = torch.randint(0, a.n, (32,), device=dev)
-        x, y = X[idx], Y[idx]
-        if torch.rand(1).item() < 0.5:        # rooms are left-right symmetric
-            x, y = x.flip(-1), y.flip(-1)
-        x = x * (0.8 + 0.4 * torch.rand(32, 1, 1, 1, device=dev)) + 0.2 * (torch.rand(32, 3, 1, 1, device=dev) - 0.5)
-        loss = F.cross_entropy(net(x), y, ignore_index=255)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        log.append((it, float(loss.detach()), lr))
-        if it % 500 == 0 or it == a.iters - 1:
-            print(f"it {it} loss {float(loss):.4f} {time.time() - t0:.0f}s", flush=True)
+    log = train(net, X, Y, a.iters, lambda p, y: F.cross_entropy(p, y, ignore_index=255), t0)
     net.eval()
     with torch.no_grad():
         pv = torch.cat([net(Xv[i:i + 64]).argmax(1) for i in range(0, len(Xv), 64)]).cpu().numpy()
@@ -87,16 +69,8 @@ def main():
     print("validation IoU (300 new rooms):", iou, flush=True)
     os.makedirs(a.out, exist_ok=True)
     json.dump(iou, open(os.path.join(a.out, "iou.json"), "w"), indent=1)
-    with open(os.path.join(a.out, "train_log.csv"), "w") as f:
-        f.write("iter,loss,lr\n")
-        for r in log:
-            f.write("%d,%.6f,%.6g\n" % r)
-    net.cpu()
-    kw = {"dynamo": False} if "dynamo" in torch.onnx.export.__code__.co_varnames else {}
-    torch.onnx.export(net, torch.zeros(1, 3, S, S), os.path.join(a.out, "model.onnx"), opset_version=17,
-                      input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"},
-                                    "logits": {0: "batch", 2: "height", 3: "width"}}, **kw)
+    write_log(a.out, log)
+    export_onnx(net, S, os.path.join(a.out, "model.onnx"), "logits", dynamic_hw=True)
     man = {"format": "segpipe-model", "version": 1, "name": "demo-rooms", "task": "masks",
            "description": "Demonstration 2D U-Net trained by tools/train_demo_rooms.py on procedurally rendered "
                           "rooms (synthetic data). Not a product model.",
