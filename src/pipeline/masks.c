@@ -71,13 +71,14 @@ void sp_prep_row(const sp_manifest *mf, const uint8_t *rgb, int stride, int x0r,
     int y0 = (int)sy, y1 = y0 + 1 < h ? y0 + 1 : h - 1;
     float fy = (float)(sy - y0);
     const uint8_t *r0 = rgb + ((size_t)(y0r + y0) * stride + x0r) * 3, *r1 = rgb + ((size_t)(y0r + y1) * stride + x0r) * 3;
+    double kx = (double)w / rw;
     for (int x = 0; x < Wc; x++) {
         if (x >= rw) {
             for (int ch = 0; ch < 3; ch++)
                 dst[ch * plane + (size_t)x] = 0;
             continue;
         }
-        double sx = ((double)x + 0.5) * w / rw - 0.5;
+        double sx = ((double)x + 0.5) * kx - 0.5;
         if (sx < 0) sx = 0;
         int x0 = (int)sx, x1 = x0 + 1 < w ? x0 + 1 : w - 1;
         float fx = (float)(sx - x0);
@@ -112,7 +113,13 @@ typedef struct post_ctx {
     double kx, ky;           /* photo pixel -> grid scale */
     const int *gx0;          /* per photo column: left and right grid columns */
     const float *gfx;        /* per photo column: weight of the right one */
-    uint16_t *label;         /* H x W */
+    /* the masks are cut from each label row as it is made (no photo-sized label map) */
+    int nw;
+    const uint8_t *const *lut;   /* per mask: class -> 0 or 255 */
+    sp_mask *masks;
+    uint32_t *rcnt;          /* nw x H: pixels on per row */
+    int *rfirst, *rlast;     /* nw x H: first and last x on per row */
+    int oom;
 } post_ctx;
 
 /*
@@ -122,12 +129,41 @@ typedef struct post_ctx {
  * threshold at all four corners stays so). Only pixels whose corners
  * disagree — the class boundaries — need scores interpolated.
  */
+static void cut_masks(post_ctx *c, const uint16_t *row, int64_t y)
+{
+    for (int k = 0; k < c->nw; k++) {
+        const uint8_t *lut = c->lut[k];
+        uint8_t *out = c->masks[k].pixels + (size_t)y * c->W;
+        uint32_t rc = 0;
+        for (int x = 0; x < c->W; x++) {
+            out[x] = lut[row[x]];
+            rc += out[x] & 1;
+        }
+        size_t r = (size_t)k * c->H + (size_t)y;
+        c->rcnt[r] = rc;
+        if (rc) {
+            int f = 0, l = c->W - 1;
+            while (!out[f])
+                f++;
+            while (!out[l])
+                l--;
+            c->rfirst[r] = f;
+            c->rlast[r] = l;
+        }
+    }
+}
+
 static void post_rows(void *vc, int64_t b, int64_t e, int wk)
 {
     post_ctx *c = vc;
     size_t plane = (size_t)c->h * (size_t)c->w;
     int prob = c->mf->out_kind == SP_OUT_PROB;
     float thr = (float)c->mf->threshold;
+    uint16_t *out = malloc((size_t)c->W * sizeof *out);
+    if (!out) {
+        c->oom = 1;
+        return;
+    }
     for (int64_t y = b; y < e; y++) {
         double gy = ((double)y + 0.5) * c->ky - 0.5;
         gy = gy < 0 ? 0 : gy > c->h - 1 ? c->h - 1 : gy;
@@ -135,7 +171,6 @@ static void post_rows(void *vc, int64_t b, int64_t e, int wk)
         float fy = (float)(gy - y0);
         const uint16_t *a0 = c->amax + (size_t)y0 * c->w, *a1 = c->amax + (size_t)y1 * c->w;
         const float *s0 = c->score + (size_t)y0 * c->w, *s1 = c->score + (size_t)y1 * c->w;
-        uint16_t *out = c->label + (size_t)y * c->W;
         for (int x = 0; x < c->W; x++) {
             int x0 = c->gx0[2 * x], x1 = c->gx0[2 * x + 1];
             float fx = c->gfx[x];
@@ -178,67 +213,9 @@ static void post_rows(void *vc, int64_t b, int64_t e, int wk)
             }
             out[x] = lab;
         }
+        cut_masks(c, out, y);
     }
-}
-
-typedef struct mask_ctx {
-    const sp_manifest *mf;
-    const uint16_t *label;
-    int W, H;
-    const int *want;
-    sp_mask *masks;
-    int oom;
-} mask_ctx;
-
-/* one job per requested mask: pixels, area, bounding box. The inner loop is
- * a table lookup per pixel (branch-free, vectorisable); the bounding box is
- * found per row from the row's ends. */
-static void build_masks(void *vc, int64_t b, int64_t e, int w)
-{
-    mask_ctx *c = vc;
-    for (int64_t k = b; k < e; k++) {
-        sp_mask *mk = &c->masks[k];
-        int mi = c->want[k];
-        mk->name = c->mf->mask_name[mi];
-        size_t np = (size_t)c->W * (size_t)c->H;
-        mk->pixels = malloc(np ? np : 1);
-        uint8_t *lut = calloc(65536, 1);
-        if (!mk->pixels || !lut) {
-            free(lut);
-            c->oom = 1;
-            continue;
-        }
-        for (int q = 0; q < c->mf->mask_ncls[mi]; q++)
-            lut[c->mf->mask_cls[mi][q]] = 255;
-        size_t cnt = 0;
-        int x0 = c->W, y0 = c->H, x1 = -1, y1 = -1;
-        for (int y = 0; y < c->H; y++) {
-            const uint16_t *row = c->label + (size_t)y * c->W;
-            uint8_t *out = mk->pixels + (size_t)y * c->W;
-            uint32_t rc = 0;
-            for (int x = 0; x < c->W; x++) {
-                out[x] = lut[row[x]];
-                rc += out[x] & 1;
-            }
-            if (!rc)
-                continue;
-            cnt += rc;
-            int f = 0, l = c->W - 1;
-            while (!out[f])
-                f++;
-            while (!out[l])
-                l--;
-            x0 = f < x0 ? f : x0;
-            x1 = l > x1 ? l : x1;
-            y0 = y < y0 ? y : y0;
-            y1 = y;
-        }
-        free(lut);
-        mk->area_fraction = np ? (double)cnt / (double)np : 0;
-        if (!cnt)
-            x0 = y0 = x1 = y1 = -1;
-        mk->bbox[0] = x0, mk->bbox[1] = y0, mk->bbox[2] = x1, mk->bbox[3] = y1;
-    }
+    free(out);
 }
 
 static sp_status find_out(sp_model *m, const char *name, int *idx)
@@ -316,6 +293,13 @@ static sp_status masks_batch(sp_package *pk, sp_image *const *imgs, int n, const
         for (int k = 0; k < mf->n_masks; k++)
             want[nw++] = k;
     }
+    /* per requested mask: class index -> 0 or 255 */
+    uint8_t *luts = calloc((size_t)nw * 65536, 1);
+    if (!luts)
+        return sp_fail(SP_ERR_NOMEM, "masks: out of memory");
+    for (int k = 0; k < nw; k++)
+        for (int q = 0; q < mf->mask_ncls[want[k]]; q++)
+            luts[(size_t)k * 65536 + mf->mask_cls[want[k]][q]] = 255;
     int Hc = mf->in_h, Wc = mf->in_w;
     if (!Hc) {
         int ls = p.long_side > 0 ? p.long_side : mf->long_side;
@@ -329,7 +313,9 @@ static sp_status masks_batch(sp_package *pk, sp_image *const *imgs, int n, const
     sp_tensor outs[2];
     memset(outs, 0, sizeof outs);
     float *sem = NULL;
-    uint16_t *amax = NULL, *label = NULL;
+    uint16_t *amax = NULL;
+    uint32_t *rcnt = NULL;
+    int *rfl = NULL;
     sp_masks_result **res = calloc((size_t)n, sizeof *res);
     if (!in || !rw || !rh || !res) {
         st = sp_fail(SP_ERR_NOMEM, "masks: out of memory for a batch of %d", n);
@@ -444,15 +430,35 @@ static sp_status masks_batch(sp_package *pk, sp_image *const *imgs, int n, const
                 amax[gp + g] = (uint16_t)b2;
             }
         int OW = im->out_width > 0 ? im->out_width : im->width, OH = im->out_height > 0 ? im->out_height : im->height;
-        label = malloc((size_t)OW * OH * sizeof *label);
         res[i] = calloc(1, sizeof **res);
-        if (!label || !res[i] || !(res[i]->masks = calloc((size_t)nw, sizeof *res[i]->masks))) {
+        free(rcnt);
+        free(rfl);
+        rcnt = malloc((size_t)nw * OH * sizeof *rcnt);
+        rfl = malloc((size_t)nw * OH * 2 * sizeof *rfl);
+        if (!res[i] || !rcnt || !rfl || !(res[i]->masks = calloc((size_t)nw, sizeof *res[i]->masks))) {
             st = sp_fail(SP_ERR_NOMEM, "masks: out of memory");
             break;
         }
+        res[i]->width = OW;
+        res[i]->height = OH;
+        res[i]->n_masks = nw;
+        for (int k = 0; k < nw; k++) {
+            res[i]->masks[k].name = mf->mask_name[want[k]];
+            size_t np = (size_t)OW * (size_t)OH;
+            if (!(res[i]->masks[k].pixels = malloc(np ? np : 1))) {
+                st = sp_fail(SP_ERR_NOMEM, "masks: out of memory for a %dx%d mask", OW, OH);
+                break;
+            }
+        }
+        if (st)
+            break;
+        const uint8_t *lutp[SP_MAX_MASKS];
+        for (int k = 0; k < nw; k++)
+            lutp[k] = luts + (size_t)k * 65536;
         /* photo pixel -> model grid: photo -> content rect (rw/W) -> grid (w/Wc) */
         post_ctx c = {mf, score, amax, C, h, w, OW, OH,
-                      (double)rw[i] / OW * w / Wc, (double)rh[i] / OH * h / Hc, NULL, NULL, label};
+                      (double)rw[i] / OW * w / Wc, (double)rh[i] / OH * h / Hc, NULL, NULL,
+                      nw, lutp, res[i]->masks, rcnt, rfl, rfl + (size_t)nw * OH, 0};
         int *gx0 = malloc((size_t)OW * 2 * sizeof *gx0);
         float *gfx = malloc((size_t)OW * sizeof *gfx);
         if (!gx0 || !gfx) {
@@ -473,17 +479,31 @@ static sp_status masks_batch(sp_package *pk, sp_image *const *imgs, int n, const
         sp_pool_for(pool, OH, 8, post_rows, &c);
         free(gx0);
         free(gfx);
-        res[i]->width = OW;
-        res[i]->height = OH;
-        mask_ctx mc = {mf, label, OW, OH, want, res[i]->masks, 0};
-        sp_pool_for(pool, nw, 1, build_masks, &mc);
-        res[i]->n_masks = nw;
-        if (mc.oom) {
+        if (c.oom) {
             st = sp_fail(SP_ERR_NOMEM, "masks: out of memory");
             break;
         }
-        free(label);
-        label = NULL;
+        /* area and bounding box of each mask from its rows */
+        for (int k = 0; k < nw; k++) {
+            sp_mask *mk = &res[i]->masks[k];
+            size_t cnt = 0;
+            int x0 = OW, y0 = OH, x1 = -1, y1 = -1;
+            for (int y = 0; y < OH; y++) {
+                size_t r = (size_t)k * OH + (size_t)y;
+                if (!rcnt[r])
+                    continue;
+                cnt += rcnt[r];
+                x0 = c.rfirst[r] < x0 ? c.rfirst[r] : x0;
+                x1 = c.rlast[r] > x1 ? c.rlast[r] : x1;
+                y0 = y < y0 ? y : y0;
+                y1 = y;
+            }
+            size_t np = (size_t)OW * OH;
+            mk->area_fraction = np ? (double)cnt / (double)np : 0;
+            if (!cnt)
+                x0 = y0 = x1 = y1 = -1;
+            mk->bbox[0] = x0, mk->bbox[1] = y0, mk->bbox[2] = x1, mk->bbox[3] = y1;
+        }
     }
     sp_timings_add(t, "postprocess", sp_now() - t2);
 done:
@@ -493,7 +513,9 @@ done:
     free(rh);
     free(sem);
     free(amax);
-    free(label);
+    free(luts);
+    free(rcnt);
+    free(rfl);
     sp_tensor_free_data(&outs[0]);
     sp_tensor_free_data(&outs[1]);
     if (st) {

@@ -771,6 +771,14 @@ static void crash_trace(int sig)
 
 static char **g_argv;       /* arguments read back from the memfd, kept until exit */
 
+static void free_argv(void)
+{
+    if (g_argv) {
+        free(g_argv[0]);        /* the buffer all arguments point into */
+        free(g_argv);
+    }
+}
+
 /* argv back from the memfd */
 static int argv_from_fd(const char *fds, char ***out)
 {
@@ -798,6 +806,7 @@ static int argv_from_fd(const char *fds, char ***out)
         i += (int)strlen(buf + i) + 1;
     }
     g_argv = av;
+    atexit(free_argv);
     *out = av;
     return argc;
 }
