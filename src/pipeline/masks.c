@@ -528,8 +528,8 @@ done:
     return SP_OK;
 }
 
-/* 8-bit grey PNG (fast settings: see sp_png_encode) */
+/* 8-bit grey PNG, run-length deflate (see sp_png_encode_mask) */
 sp_status sp_mask_png(const sp_mask *m, int width, int height, void **png, size_t *size)
 {
-    return sp_png_encode(m->pixels, width, height, 1, png, size);
+    return sp_png_encode_mask(m->pixels, width, height, png, size);
 }
