@@ -113,6 +113,7 @@ typedef struct post_ctx {
     double kx, ky;           /* photo pixel -> grid scale */
     const int *gx0;          /* per photo column: left and right grid columns */
     const float *gfx;        /* per photo column: weight of the right one */
+    const int *xend;         /* per photo column: first column of the next grid span */
     /* the masks are cut from each label row as it is made (no photo-sized label map) */
     int nw;
     const uint8_t *const *lut;   /* per mask: class -> 0 or 255 */
@@ -173,6 +174,23 @@ static void post_rows(void *vc, int64_t b, int64_t e, int wk)
         const float *s0 = c->score + (size_t)y0 * c->w, *s1 = c->score + (size_t)y1 * c->w;
         for (int x = 0; x < c->W; x++) {
             int x0 = c->gx0[2 * x], x1 = c->gx0[2 * x + 1];
+            /* a whole span of columns between the same grid points at once
+             * when its four corners agree (most of a photo) */
+            if (x == 0 || x0 != c->gx0[2 * x - 2]) {
+                int xe = c->xend[x], fill = -1;
+                if (prob) {
+                    int hi = (s0[x0] > thr) + (s0[x1] > thr) + (s1[x0] > thr) + (s1[x1] > thr);
+                    fill = hi == 0 ? 0 : hi == 4 ? 1 : -1;
+                } else if (a0[x0] == a0[x1] && a0[x0] == a1[x0] && a0[x0] == a1[x1]) {
+                    fill = a0[x0];
+                }
+                if (fill >= 0) {
+                    for (int k = x; k < xe; k++)
+                        out[k] = (uint16_t)fill;
+                    x = xe - 1;
+                    continue;
+                }
+            }
             float fx = c->gfx[x];
             if (prob) {
                 float v00 = s0[x0], v01 = s0[x1], v10 = s1[x0], v11 = s1[x1];
@@ -457,13 +475,14 @@ static sp_status masks_batch(sp_package *pk, sp_image *const *imgs, int n, const
             lutp[k] = luts + (size_t)k * 65536;
         /* photo pixel -> model grid: photo -> content rect (rw/W) -> grid (w/Wc) */
         post_ctx c = {mf, score, amax, C, h, w, OW, OH,
-                      (double)rw[i] / OW * w / Wc, (double)rh[i] / OH * h / Hc, NULL, NULL,
+                      (double)rw[i] / OW * w / Wc, (double)rh[i] / OH * h / Hc, NULL, NULL, NULL,
                       nw, lutp, res[i]->masks, rcnt, rfl, rfl + (size_t)nw * OH, 0};
-        int *gx0 = malloc((size_t)OW * 2 * sizeof *gx0);
+        int *gx0 = malloc((size_t)OW * 2 * sizeof *gx0), *xend = malloc((size_t)OW * sizeof *xend);
         float *gfx = malloc((size_t)OW * sizeof *gfx);
-        if (!gx0 || !gfx) {
+        if (!gx0 || !gfx || !xend) {
             free(gx0);
             free(gfx);
+            free(xend);
             st = sp_fail(SP_ERR_NOMEM, "masks: out of memory");
             break;
         }
@@ -474,11 +493,15 @@ static sp_status masks_batch(sp_package *pk, sp_image *const *imgs, int n, const
             gx0[2 * x + 1] = (int)gx + 1 < w ? (int)gx + 1 : w - 1;
             gfx[x] = (float)(gx - (int)gx);
         }
+        for (int x = OW - 1; x >= 0; x--)
+            xend[x] = x + 1 < OW && gx0[2 * x + 2] == gx0[2 * x] ? xend[x + 1] : x + 1;
         c.gx0 = gx0;
         c.gfx = gfx;
+        c.xend = xend;
         sp_pool_for(pool, OH, 8, post_rows, &c);
         free(gx0);
         free(gfx);
+        free(xend);
         if (c.oom) {
             st = sp_fail(SP_ERR_NOMEM, "masks: out of memory");
             break;
