@@ -19,7 +19,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from render_rooms import render, CLASSES
 from segpipe_nets import UNet
-from train_util import render_dataset, train, write_log, export_onnx
+from train_util import setup, train, write_log, export_onnx
 
 S = 160
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -39,15 +39,7 @@ def sample(seed):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("-o", "--out", required=True)
-    ap.add_argument("--iters", type=int, default=3000)
-    ap.add_argument("--n", type=int, default=6000)
-    a = ap.parse_args()
-    torch.manual_seed(0)
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    t0 = time.time()
-    data = render_dataset(sample, a.n + 300)
+    a, dev, t0, data = setup(sample)
     X = torch.from_numpy(np.stack([d[0] for d in data[:a.n]])).to(dev)
     Y = torch.from_numpy(np.stack([d[1] for d in data[:a.n]]).astype(np.int64)).to(dev)
     Xv = torch.from_numpy(np.stack([d[0] for d in data[a.n:]])).to(dev)

@@ -52,3 +52,18 @@ def export_onnx(net, size, path, out_name, dynamic_hw):
     kw = {"dynamo": False} if "dynamo" in torch.onnx.export.__code__.co_varnames else {}
     torch.onnx.export(net, torch.zeros(1, 3, size, size), path, opset_version=17, input_names=["input"],
                       output_names=[out_name], dynamic_axes={"input": axes, out_name: axes}, **kw)
+
+
+def setup(sample, n_val=300):
+    """Command line (-o OUT, --iters, --n), seed, device, and the rendered
+    dataset: returns (args, device, start time, data of n + n_val samples)."""
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-o", "--out", required=True)
+    ap.add_argument("--iters", type=int, default=3000)
+    ap.add_argument("--n", type=int, default=6000)
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    t0 = time.time()
+    return a, dev, t0, render_dataset(sample, a.n + n_val)
