@@ -14,7 +14,7 @@ probability [N, 1, 128, 128] after a sigmoid), OUT/segpipe.json,
 OUT/train_log.csv, OUT/iou.json. Training mimics segpipe's preprocessing:
 the frame (or ROI) stretched to 128 x 128, ImageNet normalisation.
 """
-import argparse, json, os, sys, time
+import json, os, sys, time
 import numpy as np
 import torch
 import torch.nn as nn

@@ -11,7 +11,7 @@ logits [N, 5, H, W]), OUT/segpipe.json, OUT/train_log.csv, OUT/iou.json.
 Training mimics segpipe's preprocessing: photos letterboxed into a square
 canvas at the top-left, ImageNet normalisation, zero padding.
 """
-import argparse, json, os, sys, time
+import json, os, sys, time
 import numpy as np
 import torch
 import torch.nn.functional as F

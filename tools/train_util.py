@@ -4,7 +4,6 @@ loop (AdamW, poly learning rate, left-right flips, brightness/colour jitter),
 the loss log and the ONNX export."""
 import os, time
 from multiprocessing import Pool
-import numpy as np
 import torch
 
 
