@@ -9,7 +9,6 @@ photos"). Two long runs, RSS sampled from /proc every 100 photos:
   bench/masks_rss.py [OUT.json] [--photos N]
 """
 import http.client, io, json, os, signal, subprocess, sys, tempfile, threading, time
-import numpy as np
 from PIL import Image
 from serve_util import ROOT as root, start_server
 
