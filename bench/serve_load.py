@@ -7,9 +7,9 @@ the processing time the service reports for the same request.
 
   bench/serve_load.py [OUT.json]
 """
-import http.client, json, os, signal, sys, threading, time
+import http.client, json, os, signal, sys, time
 import numpy as np
-from serve_util import ROOT as root, start_server
+from serve_util import ROOT as root, run_clients, start_server
 
 proc, port = start_server("--model", "tiny=" + os.path.join(root, "tests", "data", "tinyseg"), "--workers", "2",
                           "--queue", "64", "--threads", "1")
@@ -47,13 +47,7 @@ for conc in (1, 4, 16):
     n_each = {1: 2000, 4: 1000, 16: 250}[conc]
     lat, over = [], []
     deadline = time.time() + 30
-    th = [threading.Thread(target=client, args=(n_each, lat, over, deadline)) for _ in range(conc)]
-    t0 = time.perf_counter()
-    for t in th:
-        t.start()
-    for t in th:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = run_clients(client, [(n_each, lat, over, deadline)] * conc)
     total += len(lat)
     q = np.percentile(lat, [50, 95, 99]) * 1000
     res["levels"][conc] = {"requests": len(lat), "throughput_rps": len(lat) / wall, "p50_ms": q[0], "p95_ms": q[1],

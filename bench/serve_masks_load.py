@@ -9,7 +9,7 @@ service without batching (--max-batch 1) and with it (--batch-window-ms 10
 import http.client, io, json, os, signal, sys, threading, time
 import numpy as np
 from PIL import Image
-from serve_util import ROOT as root, start_server
+from serve_util import ROOT as root, run_clients, start_server
 
 sys.path.insert(0, os.path.join(root, "tools"))
 from render_rooms import render
@@ -45,13 +45,7 @@ def measure(extra):
                 sizes.append(json.loads(body)["batch_size"])
             i += 8
 
-    th = [threading.Thread(target=client, args=(k,)) for k in range(8)]
-    t0 = time.perf_counter()
-    for t in th:
-        t.start()
-    for t in th:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = run_clients(client, [(k,) for k in range(8)])
     p.send_signal(signal.SIGTERM)
     p.wait(timeout=30)
     q = np.percentile(lat, [50, 95]) * 1000

@@ -1,5 +1,6 @@
-"""Start `segpipe serve` on a free loopback port for the load benchmarks."""
-import os, socket, subprocess
+"""Start `segpipe serve` on a free loopback port for the load benchmarks,
+and run client threads against it."""
+import os, socket, subprocess, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,3 +20,14 @@ def start_server(*args):
         p.kill()
         raise RuntimeError("segpipe serve did not start: " + line)
     return p, port
+
+
+def run_clients(target, args_list):
+    """one thread per args tuple, all started together; -> wall seconds"""
+    th = [threading.Thread(target=target, args=a) for a in args_list]
+    t0 = time.perf_counter()
+    for t in th:
+        t.start()
+    for t in th:
+        t.join()
+    return time.perf_counter() - t0

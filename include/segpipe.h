@@ -370,6 +370,12 @@ sp_status sp_masks_run(sp_package *pk, sp_image *const *imgs, int n, const sp_ma
 void sp_masks_result_free(sp_masks_result *r);
 /* A mask as an 8-bit grey PNG in memory (caller frees *png). */
 sp_status sp_mask_png(const sp_mask *m, int width, int height, void **png, size_t *size);
+/* The masks of r named in `only` (comma-separated; NULL or "": all) as PNGs,
+ * encoded in parallel, and as the JSON object the CLI and the service answer
+ * with: {"name": {"area_fraction", "bbox": [x0, y0, x1, y1], "png_base64"}, ...}.
+ * *json: caller frees. pngs/png_sizes (both NULL, or arrays of r->n_masks):
+ * receive each selected mask's PNG (NULL for the others); caller frees each. */
+sp_status sp_masks_encode(const sp_masks_result *r, const char *only, char **json, void **pngs, size_t *png_sizes);
 
 /* ------------------------------------------------------------------ video */
 

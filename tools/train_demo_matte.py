@@ -14,7 +14,7 @@ probability [N, 1, 128, 128] after a sigmoid), OUT/segpipe.json,
 OUT/train_log.csv, OUT/iou.json. Training mimics segpipe's preprocessing:
 the frame (or ROI) stretched to 128 x 128, ImageNet normalisation.
 """
-import json, os, sys, time
+import os, sys, time
 import numpy as np
 import torch
 import torch.nn as nn
@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw, ImageFilter
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from render_rooms import render as render_room, _texture
 from segpipe_nets import UNet
-from train_util import setup, train, write_log, export_onnx
+from train_util import setup, train, save
 
 S = 128
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -110,10 +110,6 @@ def main():
         pv = torch.cat([net(Xv[i:i + 64]) for i in range(0, len(Xv), 64)]).cpu().numpy()[:, 0] > 0.5
     iou = {"foreground": round(float((pv & Yv).sum() / max((pv | Yv).sum(), 1)), 4)}
     print("validation IoU (300 new frames):", iou, flush=True)
-    os.makedirs(a.out, exist_ok=True)
-    json.dump(iou, open(os.path.join(a.out, "iou.json"), "w"), indent=1)
-    write_log(a.out, log)
-    export_onnx(net, S, os.path.join(a.out, "model.onnx"), "alpha", dynamic_hw=False)
     man = {"format": "segpipe-model", "version": 1, "name": "demo-matte", "task": "masks",
            "description": "Demonstration foreground model (2D U-Net) trained by tools/train_demo_matte.py on "
                           "synthetic figures over rendered rooms. Not a product model.",
@@ -122,8 +118,7 @@ def main():
            "preprocess": {"resize": "stretch", "scale": 1 / 255, "mean": MEAN.tolist(), "std": STD.tolist()},
            "labels": {"0": "background", "1": "foreground"},
            "masks": {"foreground": [1]}}
-    json.dump(man, open(os.path.join(a.out, "segpipe.json"), "w"), indent=1)
-    print("wrote", a.out, os.path.getsize(os.path.join(a.out, "model.onnx")), "bytes")
+    save(a.out, net, S, "alpha", False, iou, log, man)
 
 
 if __name__ == "__main__":

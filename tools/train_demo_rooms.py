@@ -11,7 +11,7 @@ logits [N, 5, H, W]), OUT/segpipe.json, OUT/train_log.csv, OUT/iou.json.
 Training mimics segpipe's preprocessing: photos letterboxed into a square
 canvas at the top-left, ImageNet normalisation, zero padding.
 """
-import json, os, sys, time
+import os, sys, time
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from render_rooms import render, CLASSES
 from segpipe_nets import UNet
-from train_util import setup, train, write_log, export_onnx
+from train_util import setup, train, save
 
 S = 160
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -59,10 +59,6 @@ def main():
         union = (((pv == c) | (Yv == c)) & valid).sum()
         iou[name] = round(float(inter / max(union, 1)), 4)
     print("validation IoU (300 new rooms):", iou, flush=True)
-    os.makedirs(a.out, exist_ok=True)
-    json.dump(iou, open(os.path.join(a.out, "iou.json"), "w"), indent=1)
-    write_log(a.out, log)
-    export_onnx(net, S, os.path.join(a.out, "model.onnx"), "logits", dynamic_hw=True)
     man = {"format": "segpipe-model", "version": 1, "name": "demo-rooms", "task": "masks",
            "description": "Demonstration 2D U-Net trained by tools/train_demo_rooms.py on procedurally rendered "
                           "rooms (synthetic data). Not a product model.",
@@ -72,8 +68,7 @@ def main():
                           "mean": MEAN.tolist(), "std": STD.tolist()},
            "labels": {str(k): v for k, v in CLASSES.items()},
            "masks": {"wall": [0], "floor": [1], "ceiling": [2], "window": [3]}}
-    json.dump(man, open(os.path.join(a.out, "segpipe.json"), "w"), indent=1)
-    print("wrote", a.out, os.path.getsize(os.path.join(a.out, "model.onnx")), "bytes")
+    save(a.out, net, S, "logits", True, iou, log, man)
 
 
 if __name__ == "__main__":

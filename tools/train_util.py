@@ -44,6 +44,17 @@ def write_log(out, log):
             f.write("%d,%.6f,%.6g\n" % r)
 
 
+def save(out, net, size, out_name, dynamic_hw, iou, log, manifest):
+    """OUT/iou.json, train_log.csv, model.onnx, segpipe.json"""
+    import json
+    os.makedirs(out, exist_ok=True)
+    json.dump(iou, open(os.path.join(out, "iou.json"), "w"), indent=1)
+    write_log(out, log)
+    export_onnx(net, size, os.path.join(out, "model.onnx"), out_name, dynamic_hw)
+    json.dump(manifest, open(os.path.join(out, "segpipe.json"), "w"), indent=1)
+    print("wrote", out, os.path.getsize(os.path.join(out, "model.onnx")), "bytes")
+
+
 def export_onnx(net, size, path, out_name, dynamic_hw):
     """[N, 3, size, size] input named "input"; dynamic batch (and H, W)"""
     net.cpu().eval()

@@ -551,6 +551,92 @@ done:
     return SP_OK;
 }
 
+/* is `name` in the comma-separated list (empty or NULL: every name)? */
+static int name_listed(const char *list, const char *name)
+{
+    if (!list || !list[0])
+        return 1;
+    size_t n = strlen(name);
+    for (const char *p = list; *p;) {
+        const char *e = strchr(p, ',');
+        size_t l = e ? (size_t)(e - p) : strlen(p);
+        if (l == n && !strncmp(p, name, n))
+            return 1;
+        if (!e)
+            break;
+        p = e + 1;
+    }
+    return 0;
+}
+
+typedef struct enc_ctx {
+    const sp_masks_result *r;
+    const int *sel;
+    void **png;
+    size_t *n;
+    sp_status *st;
+} enc_ctx;
+
+static void enc_masks(void *vc, int64_t b, int64_t e, int w)
+{
+    enc_ctx *c = vc;
+    for (int64_t i = b; i < e; i++) {
+        int k = c->sel[i];
+        c->st[i] = sp_mask_png(&c->r->masks[k], c->r->width, c->r->height, &c->png[i], &c->n[i]);
+    }
+}
+
+sp_status sp_masks_encode(const sp_masks_result *r, const char *only, char **json, void **pngs, size_t *png_sizes)
+{
+    int sel[SP_MAX_MASKS], ns = 0;
+    void *png[SP_MAX_MASKS] = {0};
+    size_t pn[SP_MAX_MASKS] = {0};
+    sp_status sts[SP_MAX_MASKS] = {0}, st = SP_OK;
+    *json = NULL;
+    for (int k = 0; k < r->n_masks && ns < SP_MAX_MASKS; k++) {
+        if (pngs) {
+            pngs[k] = NULL;
+            png_sizes[k] = 0;
+        }
+        if (name_listed(only, r->masks[k].name))
+            sel[ns++] = k;
+    }
+    enc_ctx c = {r, sel, png, pn, sts};
+    sp_pool *pool = sp_pool_get(0);
+    sp_pool_for(pool, ns, 1, enc_masks, &c);
+    sp_pool_put(pool);
+    sp_buf b = {0};
+    sp_buf_puts(&b, "{");
+    for (int i = 0; i < ns && !st; i++) {
+        const sp_mask *m = &r->masks[sel[i]];
+        if ((st = sts[i]))
+            break;
+        sp_buf_puts(&b, i ? ",\n  " : "\n  ");
+        sp_buf_json_str(&b, m->name);
+        sp_buf_printf(&b, ": {\"area_fraction\": %.6f, \"bbox\": [%d, %d, %d, %d], \"png_base64\": \"",
+                      m->area_fraction, m->bbox[0], m->bbox[1], m->bbox[2], m->bbox[3]);
+        char *enc = sp_base64(png[i], pn[i]);
+        if (!enc)
+            st = sp_fail(SP_ERR_NOMEM, "out of memory");
+        sp_buf_puts(&b, enc ? enc : "");
+        free(enc);
+        sp_buf_puts(&b, "\"}");
+    }
+    sp_buf_puts(&b, "}");
+    for (int i = 0; i < ns; i++) {
+        if (!st && pngs) {
+            pngs[sel[i]] = png[i];
+            png_sizes[sel[i]] = pn[i];
+        } else {
+            free(png[i]);
+        }
+    }
+    if (!st && !(*json = sp_buf_take(&b)))
+        st = sp_fail(SP_ERR_NOMEM, "out of memory");
+    sp_buf_free(&b);
+    return st;
+}
+
 /* 8-bit grey PNG, run-length deflate (see sp_png_encode_mask) */
 sp_status sp_mask_png(const sp_mask *m, int width, int height, void **png, size_t *size)
 {

@@ -580,17 +580,6 @@ static void content_rect(const sp_video *v, const int r[4], int *cw, int *ch)
     }
 }
 
-static void prep_frame(const sp_video *v, const slot *sl, float *dst)
-{
-    int r[4], cw, ch;
-    roi_of(v, sl->index, r);
-    content_rect(v, r, &cw, &ch);
-    size_t plane = (size_t)v->Hc * v->Wc;
-    for (int y = 0; y < v->Hc; y++)
-        sp_prep_row(&v->pk->mf, sl->rgb, v->W, r[0], r[1], r[2], r[3], dst + (size_t)y * v->Wc, plane, v->Wc, cw,
-                    ch, y);
-}
-
 /* rows of the frames of a batch, on the pool */
 typedef struct prep_job {
     const sp_video *v;
@@ -1129,19 +1118,24 @@ sp_status sp_video_infer_alone(sp_video *v, sp_video_report *rep)
         return sp_fail(SP_ERR_NOMEM, "out of memory");
     double busy = 0;
     int64_t done = 0;
+    int ids[64];
+    sp_pool *pool = sp_pool_get(0);
     /* whole passes over the video until at least half a second was timed,
      * so fast models are measured over enough runs */
     do {
         for (int64_t i = 0; i < v->total && !st; i += v->batch) {
             int n = v->total - i < v->batch ? (int)(v->total - i) : v->batch;
             for (int j = 0; j < n; j++)
-                prep_frame(v, &v->slots[i + j], in + (size_t)j * per);
+                ids[j] = (int)(i + j);            /* every frame has its own slot here */
+            prep_job pj = {v, ids, in};
+            sp_pool_for(pool, (int64_t)n * v->Hc, 8, prep_rows_job, &pj);
             double t0 = sp_now();
             st = infer(v, in, n, NULL);
             busy += sp_now() - t0;
             done += n;
         }
     } while (!st && busy < 0.5);
+    sp_pool_put(pool);
     free(in);
     if (st)
         return st;

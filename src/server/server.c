@@ -416,22 +416,6 @@ out:
     cJSON_Delete(body);
 }
 
-static int mask_wanted(const char *list, const char *name)
-{
-    if (!list[0])
-        return 1;
-    size_t n = strlen(name);
-    for (const char *p = list; *p;) {
-        const char *e = strchr(p, ',');
-        size_t l = e ? (size_t)(e - p) : strlen(p);
-        if (l == n && !strncmp(p, name, n))
-            return 1;
-        if (!e)
-            break;
-        p = e + 1;
-    }
-    return 0;
-}
 
 /* One inference for a batch of segment jobs (same model). The photos of a
  * batch are decoded in parallel and the replies (PNG + base64 per mask)
@@ -470,30 +454,20 @@ static void seg_reply(void *vc, int64_t b, int64_t e, int w)
         sp_buf_puts(&bf, "{\"model\": ");
         sp_buf_json_str(&bf, j->me->name);
         sp_buf_printf(&bf, ", \"width\": %d, \"height\": %d, \"orientation\": %d, \"batch_size\": %d, "
-                           "\"queue_wait_seconds\": %.6f, \"processing_seconds\": %.6f, \"masks\": {",
+                           "\"queue_wait_seconds\": %.6f, \"processing_seconds\": %.6f, \"masks\": ",
                       r->width, r->height, c->imgs[i]->orientation, c->m, j->t_start - j->t_enq,
                       c->t_end - j->t_start);
-        int first = 1;
-        for (int k = 0; k < r->n_masks; k++) {
-            const sp_mask *mk = &r->masks[k];
-            if (!mask_wanted(j->masks, mk->name))
-                continue;
-            void *png;
-            size_t pn;
-            if (sp_mask_png(mk, r->width, r->height, &png, &pn))
-                continue;
-            sp_buf_puts(&bf, first ? "\n  " : ",\n  ");
-            first = 0;
-            sp_buf_json_str(&bf, mk->name);
-            sp_buf_printf(&bf, ": {\"area_fraction\": %.6f, \"bbox\": [%d, %d, %d, %d], \"png_base64\": \"",
-                          mk->area_fraction, mk->bbox[0], mk->bbox[1], mk->bbox[2], mk->bbox[3]);
-            char *enc = sp_base64(png, pn);
-            sp_buf_puts(&bf, enc ? enc : "");
-            free(enc);
-            sp_buf_puts(&bf, "\"}");
-            free(png);
+        char *mj = NULL;
+        sp_status st = sp_masks_encode(r, j->masks, &mj, NULL, NULL);
+        sp_buf_puts(&bf, mj ? mj : "{}");
+        free(mj);
+        if (st) {
+            sp_buf_free(&bf);
+            j->http = st == SP_ERR_NOMEM ? 503 : 500;
+            j->resp = error_json(j->http, sp_last_error());
+            continue;
         }
-        sp_buf_puts(&bf, "}}\n");
+        sp_buf_puts(&bf, "}\n");
         j->resp = sp_buf_take(&bf);
         j->http = j->resp ? 200 : 503;
         j->batch_size = c->m;

@@ -9,8 +9,7 @@ import json, os, subprocess
 import numpy as np
 from PIL import Image
 import sp
-from test_video import resize
-from test_masks import bilinear_coords
+from test_masks import bilinear_coords, resize
 
 ISNET = os.path.join(sp.ROOT, "models", "isnet")
 HOPPER = "/usr/share/matplotlib/mpl-data/sample_data/grace_hopper.jpg"

@@ -36,18 +36,23 @@ def bilinear_coords(n_out, scale, n_grid):
     return g0, g1, g - g0
 
 
+def resize(f, ow, oh):
+    """bilinear, half-pixel centres, float64: f [h, w, 3] -> [oh, ow, 3]"""
+    h, w = f.shape[:2]
+    y0, y1, fy = bilinear_coords(oh, h / oh, h)
+    x0, x1, fx = bilinear_coords(ow, w / ow, w)
+    top = f[y0][:, x0] + fx[None, :, None] * (f[y0][:, x1] - f[y0][:, x0])
+    bot = f[y1][:, x0] + fx[None, :, None] * (f[y1][:, x1] - f[y1][:, x0])
+    return top + fy[:, None, None] * (bot - top)
+
+
 def reference(img, man, net):
     """img uint8 [H,W,3] upright -> (label map [H,W], top-2 margin)"""
     H, W, _ = img.shape
     S = (man["preprocess"]["long_side"] + 31) // 32 * 32
     s = min(S / W, S / H)
     rw, rh = max(1, min(S, round(W * s))), max(1, min(S, round(H * s)))
-    y0, y1, fy = bilinear_coords(rh, H / rh, H)
-    x0, x1, fx = bilinear_coords(rw, W / rw, W)
-    f = img.astype(np.float64)
-    top = f[y0][:, x0] + fx[None, :, None] * (f[y0][:, x1] - f[y0][:, x0])
-    bot = f[y1][:, x0] + fx[None, :, None] * (f[y1][:, x1] - f[y1][:, x0])
-    res = top + fy[:, None, None] * (bot - top)
+    res = resize(img.astype(np.float64), rw, rh)
     pre = man["preprocess"]
     norm = (res * pre["scale"] - np.array(pre["mean"])) / np.array(pre["std"])
     canvas = np.zeros((3, S, S))

@@ -11,22 +11,12 @@ import glob, json, os, re, signal, subprocess, time
 import numpy as np
 from PIL import Image
 import sp
-from test_masks import conv2d, bilinear_coords, photo
+from test_masks import conv2d, bilinear_coords, photo, resize
 
 DATA = os.path.join(sp.ROOT, "tests", "data")
 TINY = os.path.join(DATA, "tinymatte")
 MAN = json.load(open(os.path.join(TINY, "segpipe.json")))
 WT = np.load(os.path.join(TINY, "weights.npz"))
-
-
-def resize(f, ow, oh):
-    """bilinear, half-pixel centres, float64: f [h, w, 3] -> [oh, ow, 3]"""
-    h, w = f.shape[:2]
-    y0, y1, fy = bilinear_coords(oh, h / oh, h)
-    x0, x1, fx = bilinear_coords(ow, w / ow, w)
-    top = f[y0][:, x0] + fx[None, :, None] * (f[y0][:, x1] - f[y0][:, x0])
-    bot = f[y1][:, x0] + fx[None, :, None] * (f[y1][:, x1] - f[y1][:, x0])
-    return top + fy[:, None, None] * (bot - top)
 
 
 def alpha8(frame, roi):

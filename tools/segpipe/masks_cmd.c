@@ -6,6 +6,8 @@
  */
 #include "cli.h"
 
+#include <cjson/cJSON.h>
+
 #include <getopt.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -18,18 +20,15 @@ typedef struct dec_job {
     sp_image *img;
     sp_status st;
     char err[512];
-    double secs;
     int threaded;
 } dec_job;
 
 static void *dec_main(void *arg)
 {
     dec_job *j = arg;
-    double t0 = sp_now();
     j->st = sp_image_read(j->path, &j->ip, &j->img);
     if (j->st)
         snprintf(j->err, sizeof j->err, "%s", sp_last_error());
-    j->secs = sp_now() - t0;
     return NULL;
 }
 
@@ -62,91 +61,42 @@ static char *stem_of(const char *path)
     return s;
 }
 
-typedef struct png_job {
-    const sp_mask *m;
-    int w, h;
-    void *png;
-    size_t n;
-    sp_status st;
-} png_job;
-
-static void *png_main(void *arg)
-{
-    png_job *j = arg;
-    j->st = sp_mask_png(j->m, j->w, j->h, &j->png, &j->n);
-    return NULL;
-}
-
-static void json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            fprintf(f, "\\%c", ch);
-        else if (ch < 0x20)
-            fprintf(f, "\\u%04x", ch);
-        else
-            fputc(ch, f);
-    }
-    fputc('"', f);
-}
-
-/* write one photo's outputs (the masks' PNGs encoded in parallel); PNG files
- * and the JSON go through temp + rename */
+/* write one photo's outputs: the masks' PNGs (encoded in parallel by
+ * sp_masks_encode) and DIR/<stem>.masks.json, each through temp + rename */
 static sp_status write_outputs(const char *dir, const char *path, const sp_image *img, const sp_masks_result *r)
 {
+    void *png[64] = {0};
+    size_t pn[64] = {0};
+    char *masks = NULL;
+    if (r->n_masks > 64)
+        return SP_ERR_USAGE;
+    sp_status st = sp_masks_encode(r, NULL, &masks, png, pn);
     char *stem = stem_of(path);
-    char jpath[4096], tmp[4200];
-    snprintf(jpath, sizeof jpath, "%s/%s.masks.json", dir, stem);
-    snprintf(tmp, sizeof tmp, "%s.tmp", jpath);
-    png_job jobs[64];
-    pthread_t th[64];
-    int nm = r->n_masks < 64 ? r->n_masks : 64, started[64];
-    for (int k = 0; k < nm; k++) {
-        jobs[k] = (png_job){&r->masks[k], r->width, r->height, NULL, 0, SP_OK};
-        started[k] = pthread_create(&th[k], NULL, png_main, &jobs[k]) == 0;
-        if (!started[k])
-            png_main(&jobs[k]);
-    }
-    for (int k = 0; k < nm; k++)
-        if (started[k])
-            pthread_join(th[k], NULL);
-    sp_status st = SP_OK;
-    FILE *f = fopen(tmp, "w");
-    if (!f)
-        st = SP_ERR_IO;
-    if (f) {
-        fputs("{\"image\": ", f);
-        json_str(f, path);
-        fprintf(f, ", \"width\": %d, \"height\": %d, \"orientation\": %d, \"masks\": {", r->width, r->height,
-                img->orientation);
-    }
-    for (int k = 0; k < nm && !st; k++) {
-        const sp_mask *m = &r->masks[k];
-        if ((st = jobs[k].st))
-            break;
+    for (int k = 0; k < r->n_masks && !st; k++) {
         char ppath[4096];
-        snprintf(ppath, sizeof ppath, "%s/%s.%s.png", dir, stem, m->name);
-        st = sp_write_file_atomic(ppath, jobs[k].png, jobs[k].n);
-        fprintf(f, "%s\n  \"%s\": {\"area_fraction\": %.6f, \"bbox\": [%d, %d, %d, %d], \"png_base64\": \"", k ? "," : "",
-                m->name, m->area_fraction, m->bbox[0], m->bbox[1], m->bbox[2], m->bbox[3]);
-        char *enc = sp_base64(jobs[k].png, jobs[k].n);
-        fputs(enc ? enc : "", f);
-        free(enc);
-        fputs("\"}", f);
+        snprintf(ppath, sizeof ppath, "%s/%s.%s.png", dir, stem, r->masks[k].name);
+        st = sp_write_file_atomic(ppath, png[k], pn[k]);
     }
-    for (int k = 0; k < nm; k++)
-        free(jobs[k].png);
-    if (f) {
-        fputs("\n}}\n", f);
-        if (fclose(f) != 0 && !st)
-            st = SP_ERR_IO;
-        if (st)
-            remove(tmp);
-        else if (rename(tmp, jpath) != 0)
-            st = SP_ERR_IO;
+    if (!st) {
+        cJSON *name = cJSON_CreateString(path);
+        char *qpath = name ? cJSON_PrintUnformatted(name) : NULL;
+        cJSON_Delete(name);
+        size_t cap = strlen(masks) + (qpath ? strlen(qpath) : 0) + 200;
+        char *doc = malloc(cap), jpath[4096];
+        if (!qpath || !doc) {
+            st = SP_ERR_NOMEM;
+        } else {
+            int len = snprintf(doc, cap, "{\"image\": %s, \"width\": %d, \"height\": %d, \"orientation\": %d, "
+                                         "\"masks\": %s}\n", qpath, r->width, r->height, img->orientation, masks);
+            snprintf(jpath, sizeof jpath, "%s/%s.masks.json", dir, stem);
+            st = sp_write_file_atomic(jpath, doc, (size_t)len);
+        }
+        free(qpath);
+        free(doc);
     }
+    for (int k = 0; k < r->n_masks; k++)
+        free(png[k]);
+    free(masks);
     free(stem);
     return st;
 }
