@@ -12,4 +12,6 @@ int cmd_video(int argc, char **argv);
 int cmd_bench_video(int argc, char **argv);
 /* mkdir -p; 0 when the folder exists afterwards */
 int cli_mkdir_p(const char *path);
+/* rm -rf (no error when nothing is there); 0 on success */
+int cli_rm_rf(const char *path);
 #endif

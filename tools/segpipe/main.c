@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <execinfo.h>
+#include <ftw.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -48,6 +49,17 @@ int cli_mkdir_p(const char *path)
         }
     mkdir(dir, 0755);
     return stat(dir, &st) == 0 && S_ISDIR(st.st_mode) ? 0 : -1;
+}
+
+static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    return remove(p) != 0 && errno != ENOENT;
+}
+
+int cli_rm_rf(const char *path)
+{
+    return nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0 && errno != ENOENT ? -1 : 0;
 }
 
 int cli_usage_error(const char *cmd, const char *msg)

@@ -361,16 +361,9 @@ int cmd_bench_video(int argc, char **argv)
                 break;
             }
             for (int j = 0; j < nw && !rc; j++) {
-                unlink(outpath);
-                if (!save_on) {
-                    st = sp_video_set(v, bl[i], wl[j], NULL);
-                } else {
-                    char cmd[4200];
-                    snprintf(cmd, sizeof cmd, "rm -rf '%s'", outpath);
-                    if (system(cmd) != 0)
-                        fprintf(stderr, "segpipe: could not remove %s\n", outpath);
-                    st = sp_video_set(v, bl[i], wl[j], outpath);
-                }
+                if (save_on && cli_rm_rf(outpath) != 0)     /* the previous pair's output */
+                    fprintf(stderr, "segpipe: could not remove %s\n", outpath);
+                st = sp_video_set(v, bl[i], wl[j], save_on ? outpath : NULL);
                 if (st || (st = sp_video_run(v, &grid[i * nw + j])))
                     rc = cli_fail(st, "pipeline");
             }
