@@ -234,6 +234,12 @@ typedef struct sp_ct_params {
     int keep_model_labels;   /* 1: keep the model-resolution labels in the result */
     void (*progress)(const char *stage, int done, int total, void *user);
     void *progress_user;
+    /* When non-NULL, another thread may set *cancel to nonzero: the run then
+     * stops at the next tile with SP_ERR_CANCELLED. Not owned. */
+    const volatile int *cancel;
+    uint64_t max_model_voxels; /* refuse a model grid larger than this; 0 = 2^27 (and
+                                  never more than 64x the input voxels past 2^22) */
+    int64_t max_tiles;       /* refuse more sliding-window tiles; 0 = 100000 */
 } sp_ct_params;
 
 sp_ct_params sp_ct_default_params(void);

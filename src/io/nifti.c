@@ -27,6 +27,7 @@
 #define N1_SIZE 348
 #define N2_SIZE 540
 #define DEFAULT_MAX_VOXELS (1ull << 30)
+#define MAX_VOX_OFFSET (64 << 20)
 
 sp_read_params sp_read_default_params(void)
 {
@@ -332,6 +333,9 @@ static sp_status parse_header(const uint8_t *b, size_t n, const char *name,
                        (long long)g->dim[2], (unsigned long long)nvox, (unsigned long long)lim);
     if (h->vox_offset < sz)
         h->vox_offset = sz + 4;   /* tolerate 0: data right after the extension flag */
+    if (h->vox_offset > MAX_VOX_OFFSET)   /* extensions past 64 MiB: a gzip bomb, not a header */
+        return sp_fail(SP_ERR_INPUT, "%s: vox_offset %lld is past the %d MiB allowed for header extensions",
+                       name, (long long)h->vox_offset, MAX_VOX_OFFSET >> 20);
     for (int i = 1; i <= 3; i++)
         if (!isfinite(g->pixdim[i]))
             return sp_fail(SP_ERR_INPUT, "%s: pixdim[%d] is not finite", name, i);

@@ -65,6 +65,53 @@ const char *sp_ct_result_passport_json(const sp_ct_result *r)
 }
 const sp_passport *sp_ct_result_passport(const sp_ct_result *r) { return r->passport; }
 
+#define DEFAULT_MAX_MODEL_VOXELS (1ull << 27)
+#define DEFAULT_MAX_TILES 100000
+#define MAX_MODEL_AXIS 16384
+#define MAX_UPSAMPLE 64.0          /* model grid / input voxels */
+#define UPSAMPLE_FLOOR 4194304.0   /* small inputs may always reach 2^22 voxels */
+
+/* The model grid (round(n * spacing / target) per axis, as nnU-Net), in
+ * checked arithmetic: a header's spacing can ask for any size. */
+static sp_status model_grid(const int64_t cdim[3], const double cs[3], const double target[3],
+                            uint64_t max_voxels, int64_t mdim[3])
+{
+    if (!max_voxels)
+        max_voxels = DEFAULT_MAX_MODEL_VOXELS;
+    double total = 1;
+    for (int a = 0; a < 3; a++) {
+        double z = (double)cdim[a] * (cs[a] / target[a]);
+        if (!(z < MAX_MODEL_AXIS))
+            return sp_fail(SP_ERR_INPUT, "%lld voxels at %g mm on axis %d make %.4g voxels at the model's "
+                           "%g mm (limit %d per axis): check the spacing in the header",
+                           (long long)cdim[a], cs[a], a, z, target[a], MAX_MODEL_AXIS);
+        mdim[a] = sp_zoom_size(cdim[a], cs[a] / target[a]);
+        total *= (double)mdim[a];
+    }
+    /* upsampling a few voxels into a large grid is what a forged spacing
+     * does; real scans are resampled down, or up a few times at most */
+    double in = (double)cdim[0] * (double)cdim[1] * (double)cdim[2];
+    double lim = fmin((double)max_voxels, fmax(in * MAX_UPSAMPLE, UPSAMPLE_FLOOR));
+    if (total > lim)
+        return sp_fail(SP_ERR_INPUT, "the model grid would be %lldx%lldx%lld = %.0f voxels from %.0f input voxels, "
+                       "over the limit of %.0f (at most %gx the input, %llu in all): check the spacing in the header",
+                       (long long)mdim[0], (long long)mdim[1], (long long)mdim[2], total, in, lim,
+                       (double)MAX_UPSAMPLE, (unsigned long long)max_voxels);
+    return SP_OK;
+}
+
+/* NaN or infinite intensities have no meaning in CT: refuse them. */
+static sp_status check_finite(const sp_volume *ct)
+{
+    size_t nv = (size_t)sp_geom_nvox(&ct->g), bad = 0, first = 0;
+    for (size_t i = nv; i-- > 0;)
+        if (!isfinite(ct->data[i]))
+            bad++, first = i;
+    if (bad)
+        return sp_fail(SP_ERR_INPUT, "%zu voxel(s) are NaN or infinite (first at index %zu)", bad, first);
+    return SP_OK;
+}
+
 sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
                     sp_ct_result **out)
 {
@@ -77,6 +124,10 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
     *out = NULL;
     if (strcmp(mf->task, "ct") != 0)
         return sp_fail(SP_ERR_MODEL, "model '%s' is a '%s' model, not a CT model", mf->name, mf->task);
+    if (p.step != 0 && !(p.step > 0 && p.step <= 1))
+        return sp_fail(SP_ERR_USAGE, "the sliding-window step must be in (0, 1], got %g", p.step);
+    if ((st = check_finite(ct)))
+        return st;
     sp_ct_result *r = calloc(1, sizeof *r);
     if (!r)
         return sp_fail(SP_ERR_NOMEM, "out of memory");
@@ -112,10 +163,10 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
     for (int d = 0; d < 3; d++)
         target[mf->axes[d]] = mf->spacing[d];
     int same = 1;
-    for (int a = 0; a < 3; a++) {
-        mdim[a] = sp_zoom_size(cdim[a], cs[a] / target[a]);
+    if ((st = model_grid(cdim, cs, target, p.max_model_voxels, mdim)))
+        goto fail;
+    for (int a = 0; a < 3; a++)
         same &= mdim[a] == cdim[a];
-    }
     size_t nm = (size_t)(mdim[0] * mdim[1] * mdim[2]);
     model_vol = sp_big_alloc(nm * sizeof *model_vol);
     lab_m = sp_big_alloc(nm * sizeof *lab_m);
@@ -151,6 +202,8 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
         wp.tile_batch = (int)fmax(1, fmin(4, 256e6 / tile_bytes));
     }
     wp.num_classes = mf->num_classes;
+    wp.max_tiles = p.max_tiles > 0 ? p.max_tiles : DEFAULT_MAX_TILES;
+    wp.cancel = p.cancel;
     if (p.smooth) {
         logits = sp_big_alloc((size_t)mf->num_classes * nm * sizeof *logits);
         if (!logits) {

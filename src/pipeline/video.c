@@ -480,7 +480,12 @@ sp_status sp_video_open(sp_package *pk, const sp_video_params *pp, sp_video **ou
                              "--max-ram %.2f MB is too small for batch %d of %dx%d frames with %d workers "
                              "(needs at least %.2f MB)",
                              v->budget / 1e6, B, v->W, v->H, Wk, (fixed + (size_t)need * v->slot_bytes) / 1e6);
-            v->n_slots = v->info.frames > 0 && fit > v->info.frames ? v->info.frames : fit;
+            /* every frame plus one (the decoder needs a slot to find the end),
+             * never fewer than the pipeline needs to flow (a container may
+             * under-report its frames) */
+            v->n_slots = v->info.frames > 0 && fit > v->info.frames ? v->info.frames + 1 : fit;
+            if (v->n_slots < need && fit >= need)
+                v->n_slots = need;
             if (v->n_slots > (int64_t)1 << 24)
                 v->n_slots = (int64_t)1 << 24;
             if (!st && !(v->slots = calloc((size_t)v->n_slots, sizeof *v->slots)))

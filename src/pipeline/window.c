@@ -30,9 +30,10 @@ int sp_window_steps(int64_t image, int64_t tile, double step, int64_t *out, int 
     if (image < tile)
         image = tile;
     double target = (double)tile * step;
-    int n = (int)ceil((double)(image - tile) / target) + 1;
-    if (n > cap)
-        n = cap;
+    double nd = ceil((double)(image - tile) / target) + 1;
+    if (!(nd <= cap))
+        return -1;   /* more steps than the caller has room for */
+    int n = (int)nd;
     double actual = n > 1 ? (double)(image - tile) / (double)(n - 1) : 99999999999.0;
     for (int i = 0; i < n; i++)
         out[i] = (int64_t)nearbyint(actual * i);   /* np.round: half to even */
@@ -227,9 +228,10 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
     win c;
     memset(&c, 0, sizeof c);
     int64_t vst[3] = {1, vdim[0], vdim[0] * vdim[1]};
-    int64_t steps[3][512];
+    int64_t *steps[3] = {NULL, NULL, NULL};
     int ns[3];
     sp_status st = SP_OK;
+    tile *tiles = NULL;
     c.vol = vol;
     c.labels = labels;
     c.C = wp->num_classes;
@@ -240,13 +242,27 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
         c.P[d] = wp->patch[d];
         int64_t padded = c.N[d] > c.P[d] ? c.N[d] : c.P[d];
         c.pad[d] = (padded - c.N[d]) / 2;    /* nnU-Net pad_nd_image: below = diff // 2 */
-        ns[d] = sp_window_steps(padded, c.P[d], wp->step, steps[d], 512);
+        double capd = ceil((double)(padded - c.P[d]) / ((double)c.P[d] * wp->step)) + 2;
+        int cap = capd >= 1 && capd < (1 << 24) ? (int)capd : 0;
+        steps[d] = cap ? malloc((size_t)cap * sizeof **steps) : NULL;
+        ns[d] = steps[d] ? sp_window_steps(padded, c.P[d], wp->step, steps[d], cap) : -1;
+        if (ns[d] < 1) {
+            st = sp_fail(SP_ERR_INPUT, "sliding window: cannot tile %lld voxels with patch %lld at step %g",
+                         (long long)c.N[d], (long long)c.P[d], wp->step);
+            goto done;
+        }
     }
     c.slab = c.N[1] * c.N[2];
     int B = wp->tile_batch > 0 ? wp->tile_batch : 1;
     size_t psz = (size_t)(c.P[0] * c.P[1] * c.P[2]);
-    int ntiles = ns[0] * ns[1] * ns[2];
-    tile *tiles = malloc((size_t)ntiles * sizeof *tiles);
+    int64_t ntiles64 = (int64_t)ns[0] * ns[1] * ns[2];
+    if (wp->max_tiles > 0 && ntiles64 > wp->max_tiles) {
+        st = sp_fail(SP_ERR_INPUT, "sliding window: %lld tiles (%dx%dx%d) are over the limit of %lld",
+                     (long long)ntiles64, ns[0], ns[1], ns[2], (long long)wp->max_tiles);
+        goto done;
+    }
+    int ntiles = (int)ntiles64;
+    tiles = malloc((size_t)ntiles * sizeof *tiles);
     c.gauss = sp_gaussian_map(c.P, wp->sigma_scale);
     c.in = sp_big_alloc((size_t)B * psz * sizeof(float));
     c.out = sp_big_alloc((size_t)B * (size_t)c.C * psz * sizeof(float));
@@ -269,6 +285,10 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
             }
     int64_t finished = 0;   /* rows of dim 0 (network coords) already final */
     for (int i = 0; i < ntiles;) {
+        if (wp->cancel && __atomic_load_n(wp->cancel, __ATOMIC_RELAXED)) {
+            st = sp_fail(SP_ERR_CANCELLED, "cancelled after %d of %d tiles", i, ntiles);
+            goto done;
+        }
         /* a batch never crosses a dim-0 step: the ring holds one window */
         int nb = 0;
         while (nb < B && i + nb < ntiles && tiles[i + nb].s[0] == tiles[i].s[0])
@@ -304,6 +324,8 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
         sp_timings_add(t, "window", sp_now() - t0);
     }
 done:
+    for (int d = 0; d < 3; d++)
+        free(steps[d]);
     free(tiles);
     free((void *)c.gauss);
     free(c.in);

@@ -151,3 +151,44 @@ def test_model_check(tmp):
 def test_models_lists_default(tmp):
     p = sp.run("models", check=True)
     assert "(default)" in p.stdout and "liver" in p.stdout
+
+
+def _nifti1(dims, pixdim, data, vox_offset=352, dtype=16):
+    """A hand-made NIfTI-1 (float32 unless dtype says otherwise)."""
+    h = bytearray(348)
+    h[0:4] = np.int32(348).tobytes()
+    h[40:56] = np.array([3, *dims, 1, 1, 1, 1], "<i2").tobytes()
+    h[70:72] = np.int16(dtype).tobytes()
+    h[72:74] = np.int16(32).tobytes()
+    h[76:108] = np.array([1, *pixdim, 1, 1, 1, 1], "<f4").tobytes()
+    h[108:112] = np.float32(vox_offset).tobytes()
+    h[344:348] = b"n+1\0"
+    return bytes(h) + b"\0" * (vox_offset - 348) + np.asarray(data, "<f4").tobytes()
+
+
+def test_ct_header_driven_sizes_are_bounded(tmp):
+    """Attack cases of the hardening issue: one voxel with a spacing of
+    6291456 mm or 3.4e38 mm (the model-grid size overflowed and crashed),
+    pixdim 150 mm (thousands of tiles from a 2 KB file), a gzip bomb through
+    vox_offset, NaN and infinite voxels: all exit 3 with the reason, fast,
+    and write nothing."""
+    out = os.path.join(tmp, "o.nii.gz")
+    cases = [
+        (_nifti1((1, 1, 1), (6291456, 6291456, 6291456), [0]), "check the spacing"),
+        (_nifti1((1, 1, 1), (3.4e38, 3.4e38, 3.4e38), [0]), "check the spacing"),
+        (_nifti1((8, 8, 8), (150, 150, 150), np.zeros(512)), "over the limit"),
+        (_nifti1((2, 2, 2), (1, 1, 1), [0, 1, 2, np.nan, 4, 5, np.inf, 7]), "2 voxel(s) are NaN or infinite"),
+    ]
+    for i, (blob, msg) in enumerate(cases):
+        p = os.path.join(tmp, f"case{i}.nii")
+        open(p, "wb").write(blob)
+        r = sp.run("ct", p, "-o", out, timeout=30)
+        assert r.returncode == 3 and msg in r.stderr, (i, r.returncode, r.stderr)
+        assert not os.path.exists(out)
+    # vox_offset 1e9 inside a small gzip: refused from the header alone
+    blob = bytearray(_nifti1((2, 2, 2), (1, 1, 1), np.zeros(8)))
+    blob[108:112] = np.float32(1e9).tobytes()
+    p = os.path.join(tmp, "bomb.nii.gz")
+    open(p, "wb").write(gzip.compress(bytes(blob)))
+    r = sp.run("ct", p, "-o", out, timeout=30)
+    assert r.returncode == 3 and "vox_offset" in r.stderr, r.stderr
