@@ -83,6 +83,7 @@ $(BUILD)/%.o: %.c $(DEPS_STAMP) $(ORT_STAMP)
 	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
 
 $(BUILD)/libsegpipe.a: $(LIB_OBJ)
+	rm -f $@
 	ar rcs $@ $^
 
 $(BUILD)/libsegpipe.so: $(LIB_OBJ)

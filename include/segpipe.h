@@ -217,6 +217,15 @@ const char *sp_package_label(const sp_package *pk, int i);
 const char *sp_package_manifest_json(const sp_package *pk);
 /* The package's ONNX model (borrowed). */
 sp_model *sp_package_model(const sp_package *pk);
+/* The manifest's task ("ct" or "masks"; owned by the package). */
+const char *sp_package_task(const sp_package *pk);
+/* Masks a "masks" package offers: count, and the name of mask i (NULL if
+ * out of range; owned by the package). */
+int sp_package_num_masks(const sp_package *pk);
+const char *sp_package_mask_name(const sp_package *pk, int i);
+/* One inference on zeros of the package's input size (a CT patch, or a
+ * model-sized photo canvas), so the first real request pays no set-up. */
+sp_status sp_package_warm_up(sp_package *pk);
 /* Default folder of the bundled model (compiled-in, may be overridden with
  * the SEGPIPE_MODEL environment variable). */
 const char *sp_default_model_dir(void);
@@ -327,6 +336,10 @@ typedef struct sp_image_params {
     int min_long_side;        /* JPEG: decode downscaled while the long side stays >= this (0: full size) */
 } sp_image_params;
 sp_image_params sp_image_default_params(void);
+/* The decoding rule for photos given to masks package pk (the CLI and the
+ * service both use it): JPEGs decoded downscaled while the long side stays
+ * at or above the model's input (long_side > 0 overrides it), 768 at least. */
+sp_image_params sp_masks_image_params(const sp_package *pk, int long_side);
 
 /* Decode a JPEG or PNG (by content, not name) with libjpeg-turbo / libpng.
  * The pixel count is checked from the header before any pixel buffer is
@@ -472,6 +485,21 @@ typedef struct sp_serve_params {
     const char *device;      /* "cpu" (default) */
     const sp_serve_model *models;
     int n_models;
+    /* limits on what clients control (0 = the default in brackets) */
+    int max_connections;     /* open connections in all [4096] */
+    int max_per_ip;          /* open connections per client address [0: no limit] */
+    double read_timeout;     /* seconds a connection may stay silent [15] */
+    double body_timeout;     /* seconds to receive a whole request body [120] */
+    size_t max_buffered;     /* request bytes held in memory across all requests [768 MiB] */
+    size_t max_json_body;    /* bytes of a JSON tensor request [16 MiB] */
+    int max_jobs;            /* stored jobs and results [64] */
+    size_t max_stored;       /* bytes of stored results [256 MiB] */
+    double result_ttl;       /* seconds a finished job or result is kept [900] */
+    /* access */
+    const char *api_key_file;  /* one key per line: every request needs "Authorization: Bearer KEY" */
+    int protect_health;      /* 1: health endpoints need a key too (default: open) */
+    const char *tls_cert, *tls_key;   /* PEM files: serve HTTPS */
+    int no_ui;               /* reserved for the web page */
     /* called once every model is loaded and warmed up (may be NULL) */
     void (*on_ready)(const char *url, void *user);
     void *user;

@@ -40,6 +40,11 @@ sp_pool *sp_pool_create(int nthreads);
 void sp_pool_free(sp_pool *p);
 int sp_pool_size(const sp_pool *p);   /* workers + caller */
 void sp_pool_for(sp_pool *p, int64_t n, int64_t grain, sp_range_fn fn, void *ctx);
+/* The pool shared by library stages when no thread count is given. */
+sp_pool *sp_default_pool(void);
+/* Pool for `threads` (0 = the default pool); free with sp_pool_put. */
+sp_pool *sp_pool_get(int threads);
+void sp_pool_put(sp_pool *p);
 
 /* ----------------------------------------------------------------- memory */
 /* Allocation for large buffers (volumes, logits): 2 MiB aligned and marked

@@ -145,3 +145,22 @@ void sp_pool_free(sp_pool *p)
     free(p->threads);
     free(p);
 }
+
+/* The process-wide pool (cores threads), made on first use. */
+static sp_pool *g_pool;
+static pthread_once_t g_pool_once = PTHREAD_ONCE_INIT;
+static void pool_init(void) { g_pool = sp_pool_create(0); }
+sp_pool *sp_default_pool(void)
+{
+    pthread_once(&g_pool_once, pool_init);
+    return g_pool;
+}
+sp_pool *sp_pool_get(int threads)
+{
+    return threads <= 0 ? sp_default_pool() : sp_pool_create(threads);
+}
+void sp_pool_put(sp_pool *p)
+{
+    if (p && p != g_pool)
+        sp_pool_free(p);
+}

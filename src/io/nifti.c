@@ -37,24 +37,6 @@ sp_read_params sp_read_default_params(void)
 
 /* ------------------------------------------------------------ shared pool */
 
-static sp_pool *g_pool;
-static pthread_once_t g_pool_once = PTHREAD_ONCE_INIT;
-static void pool_init(void) { g_pool = sp_pool_create(0); }
-sp_pool *sp_default_pool(void)
-{
-    pthread_once(&g_pool_once, pool_init);
-    return g_pool;
-}
-sp_pool *sp_pool_get(int threads)
-{
-    return threads <= 0 ? sp_default_pool() : sp_pool_create(threads);
-}
-void sp_pool_put(sp_pool *p)
-{
-    if (p && p != g_pool)
-        sp_pool_free(p);
-}
-
 /* ------------------------------------------------------------- geometry */
 
 int64_t sp_geom_nvox(const sp_geom *g) { return g->dim[0] * g->dim[1] * g->dim[2]; }

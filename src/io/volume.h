@@ -34,11 +34,6 @@ struct sp_volume {
 /* Allocate a volume of geometry g with uninitialised data (or NULL). */
 sp_volume *sp_volume_alloc(const sp_geom *g);
 int64_t sp_geom_nvox(const sp_geom *g);
-/* The pool shared by library stages when no thread count is given. */
-sp_pool *sp_default_pool(void);
-/* Pool for `threads` (0 = the default pool); free with sp_pool_put. */
-sp_pool *sp_pool_get(int threads);
-void sp_pool_put(sp_pool *p);
 /* Axis codes ("RAS", "LPI"...) of an affine, nibabel's aff2axcodes. */
 void sp_affine_axcodes(const double a[4][4], char out[4]);
 

@@ -642,3 +642,13 @@ sp_status sp_mask_png(const sp_mask *m, int width, int height, void **png, size_
 {
     return sp_png_encode_mask(m->pixels, width, height, png, size);
 }
+
+sp_image_params sp_masks_image_params(const sp_package *pk, int long_side)
+{
+    const sp_manifest *mf = &pk->mf;
+    sp_image_params ip = sp_image_default_params();
+    int model_side = mf->in_h ? (mf->in_h > mf->in_w ? mf->in_h : mf->in_w) : mf->long_side;
+    int ls = long_side > 0 ? long_side : model_side;
+    ip.min_long_side = ls > 768 ? ls : 768;
+    return ip;
+}

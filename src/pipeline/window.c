@@ -283,6 +283,8 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
                 tiles[nt].s[1] = steps[1][b];
                 tiles[nt].s[2] = steps[2][k];
             }
+    if (progress)
+        progress("inference", 0, ntiles, progress_user);
     int64_t finished = 0;   /* rows of dim 0 (network coords) already final */
     for (int i = 0; i < ntiles;) {
         if (wp->cancel && __atomic_load_n(wp->cancel, __ATOMIC_RELAXED)) {

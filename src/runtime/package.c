@@ -438,3 +438,39 @@ const char *sp_package_label(const sp_package *pk, int i)
 }
 const char *sp_package_manifest_json(const sp_package *pk) { return pk->json; }
 sp_model *sp_package_model(const sp_package *pk) { return pk->model; }
+
+const char *sp_package_task(const sp_package *pk) { return pk->mf.task; }
+int sp_package_num_masks(const sp_package *pk) { return pk->mf.n_masks; }
+const char *sp_package_mask_name(const sp_package *pk, int i)
+{
+    return i >= 0 && i < pk->mf.n_masks ? pk->mf.mask_name[i] : NULL;
+}
+
+sp_status sp_package_warm_up(sp_package *pk)
+{
+    const sp_manifest *mf = &pk->mf;
+    sp_tensor ti;
+    if (!strcmp(mf->task, "masks")) {   /* one canvas-sized photo */
+        int hc = mf->in_h ? mf->in_h : (mf->long_side + 31) / 32 * 32, wc = mf->in_w ? mf->in_w : hc;
+        ti = (sp_tensor){SP_DT_F32, 4, {1, 3, hc, wc}, NULL};
+    } else {
+        ti = (sp_tensor){SP_DT_F32, 5, {1, mf->channels, mf->patch[0], mf->patch[1], mf->patch[2]}, NULL};
+    }
+    size_t n = 1;
+    for (int d = 0; d < ti.rank; d++)
+        n *= (size_t)ti.shape[d];
+    float *in = calloc(n, sizeof *in);
+    if (!in)
+        return sp_fail(SP_ERR_NOMEM, "warm-up: out of memory");
+    ti.data = in;
+    sp_tensor to[SP_MAX_RANK];
+    memset(to, 0, sizeof to);
+    int no;
+    sp_model_outputs(pk->model, &no);
+    no = no < SP_MAX_RANK ? no : SP_MAX_RANK;
+    sp_status st = sp_model_run(pk->model, &ti, 1, to, no);
+    for (int k = 0; k < no; k++)
+        sp_tensor_free_data(&to[k]);
+    free(in);
+    return st;
+}

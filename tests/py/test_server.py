@@ -109,7 +109,7 @@ def test_server_endpoints(tmp):
         # status and metrics show the traffic
         code, st = jget(s.url + "/v1/status")
         assert code == 200 and st["endpoints"]["ct"]["served"] == 1 and st["endpoints"]["infer"]["served"] == 1
-        assert st["endpoints"]["infer"]["failed"] == 2 and st["rss_bytes"] > 0
+        assert st["endpoints"]["infer"]["failed"] == 2 and st["rss_bytes"] > 0, st
         assert [m["state"] for m in st["models"]] == ["ready", "ready"]
         code, met, hdr = http(s.url + "/metrics")
         met = met.decode()

@@ -14,4 +14,10 @@ int cmd_bench_video(int argc, char **argv);
 int cli_mkdir_p(const char *path);
 /* rm -rf (no error when nothing is there); 0 on success */
 int cli_rm_rf(const char *path);
+/* Strict option values (opts.c): 0, or -1 after printing what was wrong. */
+int cli_int(const char *cmd, const char *opt, const char *text, long lo, long hi, int *out);
+int cli_num(const char *cmd, const char *opt, const char *text, double lo, double hi, double *out);
+int cli_size(const char *cmd, const char *opt, const char *text, size_t *out);
+int cmd_serve(int argc, char **argv);
+void cli_set_logging(int verbose);
 #endif

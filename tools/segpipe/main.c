@@ -73,6 +73,12 @@ static void set_logging(void)
     sp_log_set_level(g_verbose ? SP_LOG_DEBUG : g_quiet ? SP_LOG_ERROR : SP_LOG_WARN);
 }
 
+void cli_set_logging(int verbose)
+{
+    g_verbose |= verbose;
+    set_logging();
+}
+
 static void print_timings(FILE *f, const sp_timings *t, double wall)
 {
     double total = sp_timings_total(t);
@@ -621,85 +627,6 @@ static int cmd_models(int argc, char **argv)
         sp_package_free(pk);
     }
     sp_runtime_free(rt);
-    return rc;
-}
-
-/* --------------------------------------------------------------- serve */
-
-static void serve_ready(const char *url, void *user)
-{
-    (void)user;
-    printf("segpipe serve: ready on %s\n", url);
-    fflush(stdout);
-}
-
-static int cmd_serve(int argc, char **argv)
-{
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'}, {"host", required_argument, 0, 'H'},
-        {"port", required_argument, 0, 'p'}, {"workers", required_argument, 0, 'w'},
-        {"queue", required_argument, 0, 'Q'}, {"max-body", required_argument, 0, 'B'},
-        {"timeout", required_argument, 0, 'T'}, {"threads", required_argument, 0, 't'},
-        {"device", required_argument, 0, 'd'}, {"verbose", no_argument, 0, 'v'},
-        {"batch-window-ms", required_argument, 0, 'W'}, {"max-batch", required_argument, 0, 'X'},
-        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    sp_serve_params sp = sp_serve_default_params();
-    sp_serve_model models[32];
-    char *owned[32];
-    int nm = 0, c, rc;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "m:p:t:vh", opts, NULL)) != -1) {
-        switch (c) {
-        case 'm': {
-            char *eq = strchr(optarg, '=');
-            if (!eq || eq == optarg || nm == 32) {
-                for (int i = 0; i < nm; i++)
-                    free(owned[i]);
-                return usage_error("serve", "--model NAME=DIR");
-            }
-            owned[nm] = strdup(optarg);
-            owned[nm][eq - optarg] = 0;
-            models[nm].name = owned[nm];
-            models[nm].dir = owned[nm] + (eq - optarg) + 1;
-            nm++;
-            break;
-        }
-        case 'H': sp.host = optarg; break;
-        case 'p': sp.port = atoi(optarg); break;
-        case 'w': sp.workers = atoi(optarg); break;
-        case 'Q': sp.queue = atoi(optarg); break;
-        case 'B': sp.max_body = (size_t)strtoull(optarg, NULL, 10); break;
-        case 'T': sp.timeout = atof(optarg); break;
-        case 't': sp.threads = atoi(optarg); break;
-        case 'd': sp.device = optarg; break;
-        case 'W': sp.batch_window_ms = atof(optarg); break;
-        case 'X': sp.max_batch = atoi(optarg); break;
-        case 'v': g_verbose = 1; break;
-        case 'h':
-            printf("usage: segpipe serve --model NAME=DIR [--model ...] [--host 127.0.0.1] [--port 8555]\n"
-                   "                     [--workers N] [--queue N] [--max-body BYTES] [--timeout S]\n"
-                   "                     [--threads N] [--device cpu|cuda] [--batch-window-ms MS] [--max-batch N]\n"
-                   "HTTP service: KServe v2 (/v2/...), POST /v1/ct?model=NAME, /v1/status, /metrics.\n"
-                   "See docs/service.md. SIGTERM/SIGINT: finish in-flight requests, exit 0.\n");
-            return 0;
-        default:
-            for (int i = 0; i < nm; i++)
-                free(owned[i]);
-            return usage_error("serve", "unknown option");
-        }
-    }
-    if (!nm || optind != argc || sp.port < 0 || sp.port > 65535)
-        rc = usage_error("serve", "at least one --model NAME=DIR, and a port 0..65535");
-    else {
-        set_logging();
-        sp.models = models;
-        sp.n_models = nm;
-        sp.on_ready = serve_ready;
-        sp_status st = sp_serve(&sp);
-        rc = st ? fail(st, "serve") : 0;
-    }
-    for (int i = 0; i < nm; i++)
-        free(owned[i]);
     return rc;
 }
 

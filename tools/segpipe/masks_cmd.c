@@ -229,8 +229,6 @@ int cmd_masks(int argc, char **argv)
         mp.masks = names;
         mp.n_masks = nnames;
     }
-    if (!ip.min_long_side)
-        ip.min_long_side = mp.long_side > 0 ? mp.long_side : 768;
     cli_mkdir_p(out);
     sp_runtime_params rp = sp_runtime_default_params();
     rp.threads = mp.threads;
@@ -241,6 +239,12 @@ int cmd_masks(int argc, char **argv)
     if ((st = sp_runtime_create(&rp, &rt)) || (st = sp_package_load(rt, model, &pk))) {
         rc = cli_fail(st, NULL);
         goto end;
+    }
+    {   /* the package's decoding rule (the service's too); --max-pixels kept */
+        uint64_t maxp = ip.max_pixels;
+        ip = sp_masks_image_params(pk, mp.long_side);
+        if (maxp)
+            ip.max_pixels = maxp;
     }
     sp_timings t = {0};
     double w0 = sp_now();

@@ -1,0 +1,372 @@
+/*
+ * http.c — the HTTP side of the service, over libmicrohttpd's event loop
+ * (epoll, a small pool of I/O threads, no thread per connection): a slow
+ * client costs a socket and a 32 KiB connection pool, never a thread.
+ *
+ * What a client controls is bounded before it costs anything:
+ *   - the request is routed, authenticated and checked (method, model,
+ *     content type, declared length, queue room) on its headers, before a
+ *     body byte is read; a refusal is answered at once and the body dropped;
+ *   - body bytes held in memory are counted against --max-buffered across
+ *     all requests (503 past it), and each body against its endpoint's limit;
+ *   - a body must arrive within --body-timeout, and a connection may stay
+ *     silent at most --read-timeout (libmicrohttpd closes it);
+ *   - a synchronous request waits suspended (no thread) for its job; the
+ *     housekeeper answers 504 and cancels the job at --timeout.
+ * Every answer of segpipe's is JSON: {"error": {"code": N, "message": "..."}}.
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- replies */
+
+static atomic_int closing;
+
+void sp_http_closing(void) { atomic_store(&closing, 1); }
+
+enum MHD_Result sp_http_reply(struct MHD_Connection *c, int code, const char *ctype, char *body,
+                              size_t len, int retry_after)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, "Content-Type", ctype);
+    MHD_add_response_header(r, "Cache-Control", "no-store");
+    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+    if (retry_after > 0) {
+        char s[16];
+        snprintf(s, sizeof s, "%d", retry_after);
+        MHD_add_response_header(r, "Retry-After", s);
+    }
+    if (code == 401)
+        MHD_add_response_header(r, "WWW-Authenticate", "Bearer realm=\"segpipe\"");
+    if (atomic_load(&closing))   /* shutting down: no keep-alive */
+        MHD_add_response_header(r, "Connection", "close");
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)code, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+enum MHD_Result sp_http_json(struct MHD_Connection *c, int code, char *json)
+{
+    if (!json)
+        return MHD_NO;
+    return sp_http_reply(c, code, "application/json", json, strlen(json), 0);
+}
+
+char *sp_error_json(int code, const char *msg)
+{
+    sp_buf b = {0};
+    sp_buf_printf(&b, "{\"error\": {\"code\": %d, \"message\": ", code);
+    sp_buf_json_str(&b, msg);
+    sp_buf_puts(&b, "}}\n");
+    return sp_buf_take(&b);
+}
+
+enum MHD_Result sp_http_error(struct MHD_Connection *c, int code, const char *msg, int retry_after)
+{
+    char *j = sp_error_json(code, msg);
+    if (!j)
+        return MHD_NO;
+    return sp_http_reply(c, code, "application/json", j, strlen(j), retry_after);
+}
+
+/* The one rule from a library status to an HTTP status (docs/service.md). */
+int sp_http_status(sp_status st)
+{
+    switch (st) {
+    case SP_OK: return 200;
+    case SP_ERR_USAGE: return 400;       /* the request asks for something impossible */
+    case SP_ERR_INPUT: return 422;       /* the data sent cannot be used */
+    case SP_ERR_NOMEM: return 503;       /* the server is short of memory now: retry */
+    case SP_ERR_CANCELLED: return 504;   /* stopped at --timeout (or by a DELETE) */
+    case SP_ERR_MODEL:
+    case SP_ERR_RUNTIME:
+    case SP_ERR_IO:
+    default: return 500;
+    }
+}
+
+/* ------------------------------------------------------------- API keys */
+
+#define KEY_MAX 256
+
+sp_status sp_keys_load(server *s, const char *path)
+{
+    void *data;
+    size_t n;
+    sp_status st = sp_read_file(path, 1 << 20, &data, &n);
+    if (st)
+        return sp_fail_prefix(st, "--api-key-file");
+    char *text = realloc(data, n + 1), *save = NULL;
+    if (!text) {
+        free(data);
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    }
+    text[n] = 0;
+    data = text;
+    for (char *line = strtok_r(text, "\r\n", &save); line; line = strtok_r(NULL, "\r\n", &save)) {
+        while (*line == ' ' || *line == '\t')
+            line++;
+        size_t len = strlen(line);
+        while (len && (line[len - 1] == ' ' || line[len - 1] == '\t'))
+            line[--len] = 0;
+        if (!len || line[0] == '#')
+            continue;
+        if (len < 16 || len >= KEY_MAX) {
+            free(data);
+            return sp_fail(SP_ERR_USAGE, "--api-key-file: every key must be 16..%d characters (line of %zu)",
+                           KEY_MAX - 1, len);
+        }
+        char **nk = realloc(s->keys, (size_t)(s->n_keys + 1) * sizeof *nk);
+        if (!nk || !(nk[s->n_keys] = calloc(1, KEY_MAX))) {
+            s->keys = nk ? nk : s->keys;
+            free(data);
+            return sp_fail(SP_ERR_NOMEM, "out of memory");
+        }
+        s->keys = nk;
+        memcpy(s->keys[s->n_keys++], line, len);
+    }
+    free(data);
+    if (!s->n_keys)
+        return sp_fail(SP_ERR_USAGE, "--api-key-file %s holds no key", path);
+    return SP_OK;
+}
+
+void sp_keys_free(server *s)
+{
+    for (int i = 0; i < s->n_keys; i++) {
+        explicit_bzero(s->keys[i], KEY_MAX);
+        free(s->keys[i]);
+    }
+    free(s->keys);
+    s->keys = NULL;
+}
+
+/* 1 + the index of the key presented, 0 if none matches. Every key is
+ * compared over all KEY_MAX bytes: the time does not depend on where a
+ * guess first differs, nor on which key matched. */
+static int key_owner(server *s, struct MHD_Connection *c)
+{
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    if (!h || strncasecmp(h, "Bearer ", 7))
+        return 0;
+    h += 7;
+    size_t n = strlen(h);
+    if (n >= KEY_MAX)
+        return 0;
+    unsigned char given[KEY_MAX] = {0};
+    memcpy(given, h, n);
+    int owner = 0;
+    for (int k = 0; k < s->n_keys; k++) {
+        unsigned diff = 0;
+        const unsigned char *key = (const unsigned char *)s->keys[k];
+        for (int i = 0; i < KEY_MAX; i++)
+            diff |= key[i] ^ given[i];
+        int match = diff == 0;
+        owner |= -match & (k + 1);
+    }
+    explicit_bzero(given, sizeof given);
+    return owner;
+}
+
+/* ----------------------------------------------------------- header checks */
+
+typedef struct hdr_count {
+    int content_length;
+} hdr_count;
+
+static enum MHD_Result count_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    (void)kind;
+    (void)value;
+    if (!strcasecmp(key, "Content-Length"))
+        ((hdr_count *)cls)->content_length++;
+    return MHD_YES;
+}
+
+const char *sp_query_arg(struct MHD_Connection *c, const char *key)
+{
+    const char *v = NULL;
+    size_t n = 0;
+    if (MHD_lookup_connection_value_n(c, MHD_GET_ARGUMENT_KIND, key, strlen(key), &v, &n) != MHD_YES || !v)
+        return NULL;
+    return strlen(v) == n ? v : NULL;   /* "demo%00x" is not "demo" */
+}
+
+/* Body limit of an endpoint. */
+static size_t body_limit(server *s, int ep)
+{
+    if (ep == EP_INFER)
+        return s->p.max_json_body;
+    if (ep == EP_CT || ep == EP_SEGMENT || ep == EP_JOBS)
+        return s->p.max_body;
+    return 1 << 16;   /* nothing else takes a body */
+}
+
+static int reserve(server *s, size_t n)
+{
+    size_t cur = atomic_load(&s->buffered);
+    do {
+        if (cur + n > s->p.max_buffered)
+            return 0;
+    } while (!atomic_compare_exchange_weak(&s->buffered, &cur, cur + n));
+    return 1;
+}
+
+/* Checks on the headers alone. Returns 0 to go on reading, or an HTTP
+ * status (with *msg) to answer now. */
+static int precheck(server *s, struct MHD_Connection *c, const char *method, req *r, const char **msg,
+                    int *retry)
+{
+    hdr_count hc = {0};
+    MHD_get_connection_values(c, MHD_HEADER_KIND, count_header, &hc);
+    if (hc.content_length > 1)
+        return *msg = "more than one Content-Length header", 400;
+    int health = r->ep == EP_LIVE || r->ep == EP_READY;
+    if (s->n_keys && (!health || s->p.protect_health)) {
+        r->owner = key_owner(s, c);
+        if (!r->owner)
+            return *msg = "authentication required: send \"Authorization: Bearer KEY\"", 401;
+    }
+    if (s->stopping)
+        return *retry = 5, *msg = "the service is shutting down", 503;
+    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+    int has_body = (cl && strcmp(cl, "0")) ||
+                   MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Transfer-Encoding");
+    if (!has_body)
+        return 0;
+    size_t lim = body_limit(s, r->ep);
+    if (lim <= (1 << 16) && strcmp(method, "POST"))
+        return 0;   /* small bodies of other methods: read and ignored */
+    if (cl) {
+        char *end;
+        unsigned long long v = strtoull(cl, &end, 10);
+        if (*end || cl[0] == '-')
+            return *msg = "bad Content-Length", 400;
+        if (v > lim)
+            return *msg = r->ep == EP_INFER ? "the JSON body is larger than --max-json-body"
+                                            : "the body is larger than --max-body", 413;
+        r->declared = (size_t)v;
+    }
+    if (atomic_load(&s->buffered) >= s->p.max_buffered)
+        return *retry = 2, *msg = "the service holds too many request bytes now; retry later", 503;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ intake */
+
+/* Append to the body. Memory is taken as bytes arrive (never for what a
+ * header merely announces) and counted against --max-buffered. */
+static int take_body(server *s, req *r, const char *data, size_t n)
+{
+    if (r->len + n > body_limit(s, r->ep))
+        return 413;
+    if (r->len + n > r->cap) {
+        size_t nc = r->cap ? r->cap : 65536;
+        while (nc < r->len + n)
+            nc *= 2;
+        if (r->declared >= r->len + n && nc > r->declared)
+            nc = r->declared;   /* the announced length, exactly */
+        if (!reserve(s, nc - r->cap))
+            return 503;
+        char *nb = realloc(r->body, nc);
+        if (!nb) {
+            atomic_fetch_sub(&s->buffered, nc - r->cap);
+            return 503;
+        }
+        r->reserved += nc - r->cap;
+        r->body = nb;
+        r->cap = nc;
+    }
+    memcpy(r->body + r->len, data, n);
+    r->len += n;
+    return 0;
+}
+
+static req *req_new(server *s, struct MHD_Connection *c, const char *url, const char *method)
+{
+    req *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->t0 = sp_now();
+    r->ep = sp_route_ep(url);
+    atomic_fetch_add(&s->inflight, 1);
+    return r;
+}
+
+enum MHD_Result sp_access_cb(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                             const char *version, const char *upload_data, size_t *upload_size,
+                             void **con_cls)
+{
+    server *s = cls;
+    req *r = *con_cls;
+    (void)version;
+    if (!r) {
+        if (!(r = req_new(s, c, url, method)))
+            return MHD_NO;
+        *con_cls = r;
+        const char *msg = NULL;
+        int retry = 0, code = precheck(s, c, method, r, &msg, &retry);
+        if (code) {
+            r->early = 1;
+            sp_record(s, r->ep, 0, 0);
+            return sp_http_error(c, code, msg, retry);
+        }
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        if (r->early) {   /* answered already: drop what still arrives */
+            *upload_size = 0;
+            return MHD_YES;
+        }
+        if (s->p.body_timeout > 0 && sp_now() - r->t0 > s->p.body_timeout)
+            return MHD_NO;   /* a body trickled past --body-timeout: close */
+        int code = take_body(s, r, upload_data, *upload_size);
+        *upload_size = 0;
+        if (code) {
+            free(r->body);
+            r->body = NULL;
+            r->len = r->cap = 0;
+            r->early = 1;
+            sp_record(s, r->ep, 0, 0);
+            return code == 413 ? sp_http_error(c, 413, "the body is larger than the limit", 0)
+                               : sp_http_error(c, 503, "the service holds too many request bytes now", 2);
+        }
+        return MHD_YES;
+    }
+    if (r->early)
+        return MHD_YES;
+    int ok = 0;
+    enum MHD_Result ret = sp_handle(s, c, url, method, r, &ok);
+    if (ok >= 0)   /* -1: suspended, answered later */
+        sp_record(s, r->ep, sp_now() - r->t0, ok);
+    return ret;
+}
+
+void sp_completed_cb(void *cls, struct MHD_Connection *c, void **con_cls,
+                     enum MHD_RequestTerminationCode toe)
+{
+    server *s = cls;
+    req *r = *con_cls;
+    (void)c;
+    (void)toe;
+    if (!r)
+        return;
+    if (r->job) {
+        pthread_mutex_lock(&s->mu);
+        r->job->cancel = 1;   /* no-op when done */
+        r->job->conn = NULL;
+        sp_job_release(s, r->job);
+        pthread_mutex_unlock(&s->mu);
+    }
+    free(r->body);
+    atomic_fetch_sub(&s->buffered, r->reserved);
+    free(r);
+    *con_cls = NULL;
+    atomic_fetch_sub(&s->inflight, 1);
+}

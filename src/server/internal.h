@@ -1,0 +1,163 @@
+/*
+ * internal.h — the service's shared types (not part of the public API).
+ *
+ * The service is split by concern:
+ *   http.c     libmicrohttpd callbacks: intake of bodies under limits,
+ *              authentication, replies, routing of a request to a handler
+ *   routes.c   the endpoints (health, /v1/ct, /v1/segment-batch, jobs, results)
+ *   kserve.c   KServe v2 model metadata and JSON tensor inference
+ *   work.c     per-model queues, worker threads, the CT and photo runs,
+ *              the job store (random ids, owners, TTL, byte limits)
+ *   metrics.c  per-endpoint counters and latencies, /v1/status, /metrics
+ *   serve.c    sp_serve: start-up, warm-up, housekeeping, graceful stop
+ * It uses the public header (segpipe.h) and core/ helpers only.
+ */
+#ifndef SP_SERVER_INTERNAL_H
+#define SP_SERVER_INTERNAL_H
+#include "../core/core.h"
+
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+enum { EP_LIVE, EP_READY, EP_META, EP_MODEL, EP_MODEL_READY, EP_INFER, EP_CT, EP_RESULT,
+       EP_STATUS, EP_METRICS, EP_SEGMENT, EP_JOBS, EP_OTHER, EP_N };
+extern const char *const sp_ep_names[EP_N];
+
+#define LAT_RING 2048
+#define ID_HEX 32                 /* 128 random bits */
+
+typedef struct ep_stats {
+    uint64_t served, failed;
+    double lat[LAT_RING];         /* seconds of successful requests */
+    int nlat, pos;
+} ep_stats;
+
+typedef struct job job;
+
+typedef struct model_entry {
+    char name[64];
+    char dir[1024];
+    sp_package *pk;
+    int ready;
+    char error[256];
+    job *qhead, *qtail;           /* this model's queue (fair across models) */
+    int qlen;
+} model_entry;
+
+enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE };
+
+struct job {
+    int kind;                     /* EP_CT, EP_INFER or EP_SEGMENT */
+    model_entry *me;
+    char *body;
+    size_t len, reserved;         /* body bytes, and bytes counted against max_buffered */
+    int want_labels;
+    char masks[512];              /* EP_SEGMENT: requested mask names ("" = all) */
+    int batch_size;               /* EP_SEGMENT: photos in the inference it joined */
+    /* result */
+    int http;
+    char *resp;
+    size_t resp_len;
+    void *labels_gz;              /* EP_CT with labels: the .nii.gz bytes */
+    size_t labels_len;
+    double t_enq, t_start, t_end, deadline;
+    int state;
+    volatile int cancel;          /* read by the CT run between tiles */
+    int timed_out;
+    int refs;
+    struct MHD_Connection *conn;  /* a suspended synchronous request waiting for it */
+    /* progress */
+    const char *stage;
+    int done_steps, total_steps;
+    /* store: async jobs and kept results */
+    char id[ID_HEX + 1];
+    int stored, async, owner;
+    double expires;
+    job *next;                    /* queue link */
+    job *snext;                   /* store link */
+    job *lprev, *lnext;           /* live (queued or running) jobs, for the housekeeper */
+};
+
+typedef struct server {
+    sp_serve_params p;
+    sp_runtime *rt;
+    model_entry *models;
+    int n_models;
+    atomic_int ready;
+    double t0;
+    pthread_mutex_t mu;
+    pthread_cond_t qcv;           /* workers wait for jobs */
+    pthread_cond_t hcv;           /* housekeeper's sleep */
+    int qtotal, stopping, running, rr;
+    pthread_t *workers;
+    int nworkers;
+    ep_stats eps[EP_N];
+    atomic_int inflight;
+    atomic_size_t buffered;       /* request bytes held (max_buffered) */
+    job *live;                    /* queued and running jobs */
+    job *store;                   /* async jobs and kept results */
+    int n_stored;
+    size_t stored_bytes;
+    char **keys;                  /* API keys (NULL: no authentication) */
+    int n_keys;
+    char tmpdir[256];
+} server;
+
+typedef struct req {
+    char *body;
+    size_t len, cap, reserved, declared;   /* reserved: bytes counted against max_buffered */
+    int ep, owner;
+    int early;                    /* answered before the body: discard it */
+    double t0;
+    job *job;                     /* a synchronous job this request waits for */
+} req;
+
+/* http.c */
+enum MHD_Result sp_http_reply(struct MHD_Connection *c, int code, const char *ctype, char *body,
+                              size_t len, int retry_after);
+enum MHD_Result sp_http_json(struct MHD_Connection *c, int code, char *json);
+enum MHD_Result sp_http_error(struct MHD_Connection *c, int code, const char *msg, int retry_after);
+char *sp_error_json(int code, const char *msg);
+int sp_http_status(sp_status st);
+void sp_http_closing(void);   /* from now on every answer closes its connection */
+enum MHD_Result sp_access_cb(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                             const char *version, const char *upload_data, size_t *upload_size,
+                             void **con_cls);
+void sp_completed_cb(void *cls, struct MHD_Connection *c, void **con_cls,
+                     enum MHD_RequestTerminationCode toe);
+sp_status sp_keys_load(server *s, const char *path);
+void sp_keys_free(server *s);
+/* The value of a query argument, refused (NULL) if it holds a NUL byte. */
+const char *sp_query_arg(struct MHD_Connection *c, const char *key);
+
+/* routes.c */
+int sp_route_ep(const char *url);
+enum MHD_Result sp_handle(server *s, struct MHD_Connection *c, const char *url, const char *method,
+                          req *r, int *ok);
+model_entry *sp_find_model(server *s, const char *name, size_t n);
+
+/* kserve.c */
+char *sp_kserve_model_metadata(model_entry *me);
+void sp_kserve_infer(server *s, job *j);
+
+/* work.c */
+job *sp_job_new(server *s, req *r, int kind, model_entry *me);
+/* Queue j on its model (caller holds s->mu); 0, or -1 when the queue is full. */
+int sp_job_enqueue(server *s, job *j);
+void sp_job_release(server *s, job *j);          /* caller holds s->mu */
+void sp_job_store(server *s, job *j, int owner);  /* caller holds s->mu; gives j an id */
+job *sp_job_find(server *s, const char *id, size_t n, int owner);   /* caller holds s->mu */
+void sp_job_unstore(server *s, job *j);           /* caller holds s->mu */
+char *sp_job_status_json(server *s, job *j);      /* caller holds s->mu */
+int sp_store_full(server *s);                     /* caller holds s->mu */
+void sp_store_expire(server *s, double now);      /* caller holds s->mu */
+void *sp_worker_main(void *arg);
+
+/* metrics.c */
+void sp_record(server *s, int ep, double secs, int ok);
+char *sp_status_json(server *s);
+char *sp_metrics_text(server *s);
+size_t sp_rss_now(void);
+
+#endif

@@ -1,0 +1,142 @@
+/*
+ * metrics.c — per-endpoint counters and latency quantiles, /v1/status and
+ * the Prometheus /metrics text. Latencies are kept for successful answers
+ * (the last 2048 per endpoint); failures are counted.
+ */
+#include "internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+const char *const sp_ep_names[EP_N] = {"health_live", "health_ready", "server_metadata", "model_metadata",
+                                       "model_ready", "infer", "ct", "results", "status", "metrics",
+                                       "segment_batch", "jobs", "other"};
+
+void sp_record(server *s, int ep, double secs, int ok)
+{
+    pthread_mutex_lock(&s->mu);
+    ep_stats *e = &s->eps[ep];
+    if (ok)
+        e->served++;
+    else
+        e->failed++;
+    if (ok) {   /* latencies of answers served; 503 back-pressure is not a latency */
+        e->lat[e->pos] = secs;
+        e->pos = (e->pos + 1) % LAT_RING;
+        if (e->nlat < LAT_RING)
+            e->nlat++;
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+static int cmpd(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* p50/p95/p99 of an endpoint (caller holds s->mu) */
+static void quantiles(const ep_stats *e, double q[3])
+{
+    static _Thread_local double tmp[LAT_RING];
+    if (!e->nlat) {
+        q[0] = q[1] = q[2] = 0;
+        return;
+    }
+    memcpy(tmp, e->lat, (size_t)e->nlat * sizeof *tmp);
+    qsort(tmp, (size_t)e->nlat, sizeof *tmp, cmpd);
+    const double qs[3] = {0.5, 0.95, 0.99};
+    for (int i = 0; i < 3; i++) {
+        double pos = qs[i] * (e->nlat - 1);
+        int lo = (int)floor(pos);
+        q[i] = lo + 1 < e->nlat ? tmp[lo] + (tmp[lo + 1] - tmp[lo]) * (pos - lo) : tmp[lo];
+    }
+}
+
+size_t sp_rss_now(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = 0, res = 0;
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &res) != 2)
+            res = 0;
+        fclose(f);
+    }
+    return (size_t)res * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+char *sp_status_json(server *s)
+{
+    sp_buf b = {0};
+    pthread_mutex_lock(&s->mu);
+    sp_buf_printf(&b, "{\"uptime_seconds\": %.3f, \"ready\": %s, \"queue_depth\": %d, \"queue_capacity\": %d, "
+                      "\"workers\": %d,\n \"rss_bytes\": %zu, \"peak_rss_bytes\": %zu, \"connections\": %d, "
+                      "\"buffered_bytes\": %zu, \"stored_jobs\": %d, \"stored_bytes\": %zu,\n \"models\": [",
+                  sp_now() - s->t0, atomic_load(&s->ready) ? "true" : "false", s->qtotal, s->p.queue * s->n_models,
+                  s->p.workers, sp_rss_now(), sp_peak_rss(), atomic_load(&s->inflight),
+                  atomic_load(&s->buffered), s->n_stored, s->stored_bytes);
+    for (int i = 0; i < s->n_models; i++) {
+        sp_buf_printf(&b, "%s{\"name\": ", i ? ", " : "");
+        sp_buf_json_str(&b, s->models[i].name);
+        sp_buf_printf(&b, ", \"state\": \"%s\", \"queue_depth\": %d}",
+                      s->models[i].ready ? "ready" : s->models[i].error[0] ? "failed" : "loading", s->models[i].qlen);
+    }
+    sp_buf_puts(&b, "],\n \"endpoints\": {");
+    int first = 1;
+    for (int e = 0; e < EP_N; e++) {
+        ep_stats *st = &s->eps[e];
+        if (!st->served && !st->failed)
+            continue;
+        double q[3];
+        quantiles(st, q);
+        sp_buf_printf(&b, "%s\n  \"%s\": {\"served\": %llu, \"failed\": %llu, \"p50_seconds\": %.6f, "
+                          "\"p95_seconds\": %.6f, \"p99_seconds\": %.6f}", first ? "" : ",", sp_ep_names[e],
+                      (unsigned long long)st->served, (unsigned long long)st->failed, q[0], q[1], q[2]);
+        first = 0;
+    }
+    pthread_mutex_unlock(&s->mu);
+    sp_buf_puts(&b, "}}\n");
+    return sp_buf_take(&b);
+}
+
+char *sp_metrics_text(server *s)
+{
+    sp_buf b = {0};
+    pthread_mutex_lock(&s->mu);
+    sp_buf_printf(&b, "# HELP segpipe_uptime_seconds Seconds since the service started.\n"
+                      "# TYPE segpipe_uptime_seconds gauge\nsegpipe_uptime_seconds %.3f\n"
+                      "# HELP segpipe_ready 1 when every model is loaded and warmed up.\n"
+                      "# TYPE segpipe_ready gauge\nsegpipe_ready %d\n"
+                      "# HELP segpipe_queue_depth Jobs waiting for a worker.\n"
+                      "# TYPE segpipe_queue_depth gauge\nsegpipe_queue_depth %d\n"
+                      "# HELP segpipe_resident_memory_bytes Resident set size.\n"
+                      "# TYPE segpipe_resident_memory_bytes gauge\nsegpipe_resident_memory_bytes %zu\n",
+                  sp_now() - s->t0, atomic_load(&s->ready), s->qtotal, sp_rss_now());
+    sp_buf_puts(&b, "# HELP segpipe_model_ready 1 when the model is loaded and warmed up.\n"
+                    "# TYPE segpipe_model_ready gauge\n");
+    for (int i = 0; i < s->n_models; i++)
+        sp_buf_printf(&b, "segpipe_model_ready{model=\"%s\"} %d\n", s->models[i].name, s->models[i].ready);
+    sp_buf_puts(&b, "# HELP segpipe_requests_total Requests answered, by endpoint and outcome.\n"
+                    "# TYPE segpipe_requests_total counter\n");
+    for (int e = 0; e < EP_N; e++)
+        sp_buf_printf(&b, "segpipe_requests_total{endpoint=\"%s\",outcome=\"ok\"} %llu\n"
+                          "segpipe_requests_total{endpoint=\"%s\",outcome=\"error\"} %llu\n",
+                      sp_ep_names[e], (unsigned long long)s->eps[e].served, sp_ep_names[e],
+                      (unsigned long long)s->eps[e].failed);
+    sp_buf_puts(&b, "# HELP segpipe_request_seconds Request latency (last 2048 requests per endpoint).\n"
+                    "# TYPE segpipe_request_seconds summary\n");
+    for (int e = 0; e < EP_N; e++) {
+        if (!s->eps[e].nlat)
+            continue;
+        double q[3];
+        quantiles(&s->eps[e], q);
+        sp_buf_printf(&b, "segpipe_request_seconds{endpoint=\"%s\",quantile=\"0.5\"} %.6f\n"
+                          "segpipe_request_seconds{endpoint=\"%s\",quantile=\"0.95\"} %.6f\n"
+                          "segpipe_request_seconds{endpoint=\"%s\",quantile=\"0.99\"} %.6f\n",
+                      sp_ep_names[e], q[0], sp_ep_names[e], q[1], sp_ep_names[e], q[2]);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return sp_buf_take(&b);
+}

@@ -1,0 +1,389 @@
+/*
+ * routes.c — the endpoints (docs/service.md). Health, metadata, status and
+ * metrics answer at once; CT, photo and tensor requests become jobs:
+ * synchronous ones suspend their connection until the job is done (or the
+ * housekeeper answers 504), asynchronous ones (/v1/jobs) answer 202 with an
+ * unguessable id that only the API key that made the job can read.
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int sp_route_ep(const char *url)
+{
+    if (!strcmp(url, "/v2/health/live")) return EP_LIVE;
+    if (!strcmp(url, "/v2/health/ready")) return EP_READY;
+    if (!strcmp(url, "/v2") || !strcmp(url, "/v2/")) return EP_META;
+    if (!strcmp(url, "/v1/ct")) return EP_CT;
+    if (!strcmp(url, "/v1/segment-batch")) return EP_SEGMENT;
+    if (!strcmp(url, "/v1/status")) return EP_STATUS;
+    if (!strcmp(url, "/metrics")) return EP_METRICS;
+    if (!strncmp(url, "/v1/results/", 12)) return EP_RESULT;
+    if (!strcmp(url, "/v1/jobs") || !strncmp(url, "/v1/jobs/", 9)) return EP_JOBS;
+    if (!strncmp(url, "/v2/models/", 11)) {
+        size_t n = strlen(url);
+        if (n > 6 && !strcmp(url + n - 6, "/infer")) return EP_INFER;
+        if (n > 6 && !strcmp(url + n - 6, "/ready")) return EP_MODEL_READY;
+        return EP_MODEL;
+    }
+    return EP_OTHER;
+}
+
+model_entry *sp_find_model(server *s, const char *name, size_t n)
+{
+    for (int i = 0; i < s->n_models; i++)
+        if (strlen(s->models[i].name) == n && !strncmp(s->models[i].name, name, n))
+            return &s->models[i];
+    return NULL;
+}
+
+static enum MHD_Result not_allowed(struct MHD_Connection *c, const char *allowed)
+{
+    char m[96];
+    snprintf(m, sizeof m, "method not allowed here (allowed: %s)", allowed);
+    return sp_http_error(c, 405, m, 0);
+}
+
+/* ------------------------------------------------------------ submission */
+
+/* Queue a synchronous job and suspend the connection until it is done. */
+static enum MHD_Result submit_sync(server *s, struct MHD_Connection *c, req *r, job *j, int *ok)
+{
+    pthread_mutex_lock(&s->mu);
+    if (sp_job_enqueue(s, j)) {
+        sp_job_release(s, j);
+        pthread_mutex_unlock(&s->mu);
+        return sp_http_error(c, 503, "the queue for this model is full; retry later", 2);
+    }
+    j->refs++;   /* the request's */
+    j->conn = c;
+    r->job = j;
+    *ok = -1;
+    MHD_suspend_connection(c);
+    pthread_mutex_unlock(&s->mu);
+    return MHD_YES;
+}
+
+/* The answer of a synchronous job once resumed. */
+static enum MHD_Result answer_sync(server *s, struct MHD_Connection *c, req *r, int *ok)
+{
+    job *j = r->job;
+    pthread_mutex_lock(&s->mu);
+    if (j->state != JOB_DONE && !j->timed_out) {   /* woken early: wait on */
+        j->conn = c;
+        *ok = -1;
+        MHD_suspend_connection(c);
+        pthread_mutex_unlock(&s->mu);
+        return MHD_YES;
+    }
+    int http = j->state == JOB_DONE ? j->http : 504;
+    char *body = j->state == JOB_DONE ? j->resp : NULL;
+    size_t len = j->resp_len;
+    if (body && !j->stored)
+        j->resp = NULL;
+    else if (body)
+        body = strdup(body);
+    pthread_mutex_unlock(&s->mu);
+    if (http == 504 || !body)
+        return sp_http_error(c, 504, "the request waited and ran past --timeout", 0);
+    *ok = http == 200;
+    return sp_http_reply(c, http, "application/json", body, len, http == 503 ? 2 : 0);
+}
+
+static model_entry *model_arg(server *s, struct MHD_Connection *c, const char **err)
+{
+    const char *name = sp_query_arg(c, "model");
+    if (!name && s->n_models == 1)
+        name = s->models[0].name;
+    model_entry *me = name ? sp_find_model(s, name, strlen(name)) : NULL;
+    if (!me)
+        *err = name ? "unknown model" : "say which model: ?model=NAME";
+    return me;
+}
+
+static int is_photo(const req *r)
+{
+    const unsigned char *b = (const unsigned char *)r->body;
+    return (r->len >= 3 && b[0] == 0xff && b[1] == 0xd8 && b[2] == 0xff) ||
+           (r->len >= 8 && !memcmp(b, "\x89PNG\r\n\x1a\n", 8)) ||
+           (r->len >= 12 && !memcmp(b, "RIFF", 4) && !memcmp(b + 8, "WEBP", 4)) ||
+           (r->len >= 12 && !memcmp(b + 4, "ftyp", 4));
+}
+
+/* Checks of a CT or photo request; 0 or an HTTP status with *msg. */
+static int check_work(server *s, struct MHD_Connection *c, req *r, model_entry *me, const char **msg)
+{
+    const char *task = sp_package_task(me->pk);
+    if (!me->ready)
+        return *msg = "the model is not ready", 503;
+    if (!strcmp(task, "ct")) {
+        const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
+        if (ct && strncmp(ct, "application/octet-stream", 24) && strncmp(ct, "application/gzip", 16) &&
+            strncmp(ct, "application/x-gzip", 18) && strncmp(ct, "application/x-nifti", 19) &&
+            strncmp(ct, "application/x-www-form-urlencoded", 33))
+            return *msg = "send the volume as application/octet-stream (.nii or .nii.gz bytes)", 415;
+        if (r->len < 2)
+            return *msg = "empty body: send a .nii or .nii.gz volume", 422;
+        return 0;
+    }
+    if (!is_photo(r))
+        return *msg = "send a JPEG, PNG, WebP or HEIC photo", 415;
+    const char *masks = sp_query_arg(c, "masks");
+    if (masks) {   /* every name must exist */
+        if (strlen(masks) >= 512)
+            return *msg = "too many mask names", 422;
+        char tmp[512];
+        snprintf(tmp, sizeof tmp, "%s", masks);
+        for (char *sv, *tok = strtok_r(tmp, ",", &sv); tok; tok = strtok_r(NULL, ",", &sv)) {
+            int found = 0;
+            for (int k = 0; k < sp_package_num_masks(me->pk); k++)
+                found |= !strcmp(sp_package_mask_name(me->pk, k), tok);
+            if (!found)
+                return *msg = "unknown mask name", 422;
+        }
+    }
+    return 0;
+}
+
+static job *work_job(server *s, struct MHD_Connection *c, req *r, model_entry *me)
+{
+    int ct = !strcmp(sp_package_task(me->pk), "ct");
+    job *j = sp_job_new(s, r, ct ? EP_CT : EP_SEGMENT, me);
+    if (!j)
+        return NULL;
+    const char *lab = sp_query_arg(c, "labels");
+    j->want_labels = ct && lab && !strcmp(lab, "1");
+    const char *masks = sp_query_arg(c, "masks");
+    if (masks && !ct)
+        snprintf(j->masks, sizeof j->masks, "%s", masks);
+    return j;
+}
+
+static enum MHD_Result post_work(server *s, struct MHD_Connection *c, req *r, const char *method,
+                                 const char *want_task, int *ok)
+{
+    if (strcmp(method, "POST"))
+        return not_allowed(c, "POST");
+    const char *msg = NULL;
+    model_entry *me = model_arg(s, c, &msg);
+    if (!me)
+        return sp_http_error(c, 404, msg, 0);
+    if (strcmp(sp_package_task(me->pk), want_task))
+        return sp_http_error(c, 422, !strcmp(want_task, "ct") ? "this model is not a CT model"
+                                                                  : "this model is not a photo masks model", 0);
+    int code = check_work(s, c, r, me, &msg);
+    if (code)
+        return sp_http_error(c, code, msg, code == 503 ? 5 : 0);
+    job *j = work_job(s, c, r, me);
+    if (!j)
+        return sp_http_error(c, 503, "out of memory", 2);
+    return submit_sync(s, c, r, j, ok);
+}
+
+/* ------------------------------------------------------------------ jobs */
+
+static enum MHD_Result post_job(server *s, struct MHD_Connection *c, req *r)
+{
+    const char *msg = NULL;
+    model_entry *me = model_arg(s, c, &msg);
+    if (!me)
+        return sp_http_error(c, 404, msg, 0);
+    int code = check_work(s, c, r, me, &msg);
+    if (code)
+        return sp_http_error(c, code, msg, code == 503 ? 5 : 0);
+    job *j = work_job(s, c, r, me);
+    if (!j)
+        return sp_http_error(c, 503, "out of memory", 2);
+    pthread_mutex_lock(&s->mu);
+    sp_store_expire(s, sp_now());
+    if (sp_store_full(s)) {
+        sp_job_release(s, j);
+        pthread_mutex_unlock(&s->mu);
+        return sp_http_error(c, 503, "too many stored jobs: fetch and DELETE finished ones, or retry later", 5);
+    }
+    if (sp_job_enqueue(s, j)) {
+        sp_job_release(s, j);
+        pthread_mutex_unlock(&s->mu);
+        return sp_http_error(c, 503, "the queue for this model is full; retry later", 2);
+    }
+    j->async = 1;
+    sp_job_store(s, j, r->owner);
+    char *body = sp_job_status_json(s, j);
+    pthread_mutex_unlock(&s->mu);
+    if (!body)
+        return MHD_NO;
+    return sp_http_reply(c, 202, "application/json", body, strlen(body), 0);
+}
+
+/* GET/DELETE /v1/jobs/ID[/result|/labels] and /v1/results/ID[/labels] */
+static enum MHD_Result job_path(server *s, struct MHD_Connection *c, const char *path, const char *method,
+                                req *r, int *ok)
+{
+    const char *slash = strchr(path, '/');
+    size_t n = slash ? (size_t)(slash - path) : strlen(path);
+    const char *what = slash ? slash + 1 : "";
+    int get = !strcmp(method, "GET") || !strcmp(method, "HEAD"), del = !strcmp(method, "DELETE");
+    if (strcmp(what, "") && strcmp(what, "result") && strcmp(what, "labels"))
+        return sp_http_error(c, 404, "unknown path (ID, ID/result or ID/labels)", 0);
+    if (!(get || (del && !*what)))
+        return not_allowed(c, *what ? "GET" : "GET, DELETE");
+    pthread_mutex_lock(&s->mu);
+    sp_store_expire(s, sp_now());
+    job *j = sp_job_find(s, path, n, r->owner);
+    if (!j) {
+        pthread_mutex_unlock(&s->mu);
+        return sp_http_error(c, 404, "unknown or expired id", 0);
+    }
+    enum MHD_Result ret;
+    if (del) {
+        j->cancel = 1;
+        sp_job_unstore(s, j);
+        pthread_mutex_unlock(&s->mu);
+        *ok = 1;
+        return sp_http_json(c, 200, strdup("{\"deleted\": true}\n"));
+    }
+    if (!*what) {
+        char *body = sp_job_status_json(s, j);
+        pthread_mutex_unlock(&s->mu);
+        *ok = body != NULL;
+        return sp_http_json(c, 200, body);
+    }
+    if (j->state != JOB_DONE) {
+        pthread_mutex_unlock(&s->mu);
+        return sp_http_error(c, 409, "the job is not done yet", 1);
+    }
+    if (!strcmp(what, "labels")) {
+        void *copy = j->labels_gz ? malloc(j->labels_len) : NULL;
+        size_t len = j->labels_len;
+        if (copy)
+            memcpy(copy, j->labels_gz, len);
+        pthread_mutex_unlock(&s->mu);
+        if (!copy)
+            return sp_http_error(c, 404, "this job has no label volume (ask with labels=1)", 0);
+        *ok = 1;
+        return sp_http_reply(c, 200, "application/gzip", copy, len, 0);
+    }
+    int http = j->http;
+    char *body = j->resp ? strdup(j->resp) : NULL;
+    pthread_mutex_unlock(&s->mu);
+    if (!body)
+        return sp_http_error(c, 503, "out of memory", 2);
+    *ok = http == 200;
+    ret = sp_http_reply(c, http, "application/json", body, strlen(body), 0);
+    return ret;
+}
+
+static enum MHD_Result jobs(server *s, struct MHD_Connection *c, const char *url, const char *method,
+                            req *r, int *ok)
+{
+    if (!strcmp(url, "/v1/jobs")) {
+        if (strcmp(method, "POST"))
+            return not_allowed(c, "POST");
+        return post_job(s, c, r);
+    }
+    return job_path(s, c, url + 9, method, r, ok);
+}
+
+/* ---------------------------------------------------------------- KServe */
+
+static enum MHD_Result kserve(server *s, struct MHD_Connection *c, const char *url, const char *method,
+                              req *r, int *ok)
+{
+    const char *name = url + 11, *end = strchr(name, '/');
+    size_t n = end ? (size_t)(end - name) : strlen(name);
+    model_entry *me = sp_find_model(s, name, n);
+    if (!me)
+        return sp_http_error(c, 404, "unknown model", 0);
+    const char *rest = end ? end : "";
+    if (!strncmp(rest, "/versions/", 10)) {   /* one version: "1" */
+        const char *v = rest + 10, *ve = strchr(v, '/');
+        size_t vn = ve ? (size_t)(ve - v) : strlen(v);
+        if (vn != 1 || v[0] != '1')
+            return sp_http_error(c, 404, "unknown model version (this model has version 1)", 0);
+        rest = ve ? ve : "";
+    }
+    int get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
+    if (!*rest || !strcmp(rest, "/")) {
+        if (!get)
+            return not_allowed(c, "GET");
+        *ok = 1;
+        return sp_http_json(c, 200, sp_kserve_model_metadata(me));
+    }
+    if (!strcmp(rest, "/ready")) {
+        if (!get)
+            return not_allowed(c, "GET");
+        *ok = me->ready;
+        return sp_http_json(c, me->ready ? 200 : 503,
+                            strdup(me->ready ? "{\"ready\": true}\n" : "{\"ready\": false}\n"));
+    }
+    if (strcmp(rest, "/infer"))
+        return sp_http_error(c, 404, "unknown path", 0);
+    if (strcmp(method, "POST"))
+        return not_allowed(c, "POST");
+    if (!me->ready)
+        return sp_http_error(c, 503, "the model is not ready", 5);
+    const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
+    if (ct && strncmp(ct, "application/json", 16))
+        return sp_http_error(c, 415, "the infer endpoint takes application/json (KServe v2 tensors)", 0);
+    job *j = sp_job_new(s, r, EP_INFER, me);
+    if (!j)
+        return sp_http_error(c, 503, "out of memory", 2);
+    return submit_sync(s, c, r, j, ok);
+}
+
+/* -------------------------------------------------------------- dispatch */
+
+static enum MHD_Result simple(server *s, struct MHD_Connection *c, int ep, int *ok)
+{
+    switch (ep) {
+    case EP_LIVE:
+        *ok = 1;
+        return sp_http_json(c, 200, strdup("{\"live\": true}\n"));
+    case EP_READY:
+        *ok = atomic_load(&s->ready) && !s->stopping;
+        return sp_http_json(c, *ok ? 200 : 503, strdup(*ok ? "{\"ready\": true}\n" : "{\"ready\": false}\n"));
+    case EP_META: {
+        char *j = malloc(256);
+        if (j)
+            snprintf(j, 256, "{\"name\": \"segpipe\", \"version\": \"%s\", \"extensions\": [\"segpipe_ct\", "
+                             "\"segpipe_jobs\"]}\n", SP_VERSION_STRING);
+        *ok = 1;
+        return sp_http_json(c, 200, j);
+    }
+    case EP_STATUS:
+        *ok = 1;
+        return sp_http_json(c, 200, sp_status_json(s));
+    default: {
+        char *t = sp_metrics_text(s);
+        *ok = 1;
+        return t ? sp_http_reply(c, 200, "text/plain; version=0.0.4", t, strlen(t), 0) : MHD_NO;
+    }
+    }
+}
+
+enum MHD_Result sp_handle(server *s, struct MHD_Connection *c, const char *url, const char *method,
+                          req *r, int *ok)
+{
+    if (r->job)
+        return answer_sync(s, c, r, ok);
+    int ep = r->ep, get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
+    switch (ep) {
+    case EP_LIVE: case EP_READY: case EP_META: case EP_STATUS: case EP_METRICS:
+        if (!get)
+            return not_allowed(c, "GET");
+        return simple(s, c, ep, ok);
+    case EP_RESULT:
+        return job_path(s, c, url + 12, method, r, ok);
+    case EP_JOBS:
+        return jobs(s, c, url, method, r, ok);
+    case EP_MODEL: case EP_MODEL_READY: case EP_INFER:
+        return kserve(s, c, url, method, r, ok);
+    case EP_CT:
+        return post_work(s, c, r, method, "ct", ok);
+    case EP_SEGMENT:
+        return post_work(s, c, r, method, "masks", ok);
+    default:
+        return sp_http_error(c, 404, "unknown path", 0);
+    }
+}

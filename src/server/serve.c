@@ -1,0 +1,325 @@
+/*
+ * serve.c — sp_serve: load and warm up the models, start the workers, the
+ * housekeeper and libmicrohttpd (epoll, optionally TLS), wait for SIGTERM
+ * or SIGINT, then stop gracefully: no new connections or requests, every
+ * accepted request answered, running work given until --timeout, then
+ * cancelled; exit within the longest job's time.
+ */
+#include "internal.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+sp_serve_params sp_serve_default_params(void)
+{
+    sp_serve_params p;
+    memset(&p, 0, sizeof p);
+    p.host = "127.0.0.1";
+    p.port = 8555;
+    p.workers = 1;
+    p.queue = 8;
+    p.max_body = (size_t)512 << 20;
+    p.timeout = 600;
+    p.batch_window_ms = 10;
+    p.max_batch = 8;
+    p.device = "cpu";
+    return p;
+}
+
+static void fill_defaults(sp_serve_params *p)
+{
+    if (p->max_batch < 1)
+        p->max_batch = 1;
+    if (!p->max_connections)
+        p->max_connections = 4096;
+    if (!p->read_timeout)
+        p->read_timeout = 15;
+    if (!p->body_timeout)
+        p->body_timeout = 120;
+    if (!p->max_buffered)
+        p->max_buffered = (size_t)768 << 20;
+    if (!p->max_json_body)
+        p->max_json_body = (size_t)16 << 20;
+    if (!p->max_jobs)
+        p->max_jobs = 64;
+    if (!p->max_stored)
+        p->max_stored = (size_t)256 << 20;
+    if (!p->result_ttl)
+        p->result_ttl = 900;
+}
+
+/* Time out waiting requests (504, job cancelled) and expire stored results. */
+static void *housekeeper_main(void *arg)
+{
+    server *s = arg;
+    pthread_mutex_lock(&s->mu);
+    while (!s->stopping || s->qtotal || s->running) {
+        struct MHD_Connection *late[64];
+        int nl = 0;
+        double now = sp_now();
+        for (job *j = s->live; j; j = j->lnext)
+            if (now > j->deadline && (!j->cancel || j->conn)) {
+                j->cancel = 1;   /* the CT run stops at its next tile */
+                if (j->conn && nl < 64) {
+                    j->timed_out = 1;
+                    late[nl++] = j->conn;
+                    j->conn = NULL;
+                }
+            }
+        sp_store_expire(s, now);
+        pthread_mutex_unlock(&s->mu);
+        for (int i = 0; i < nl; i++)
+            MHD_resume_connection(late[i]);
+        pthread_mutex_lock(&s->mu);
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L)
+            ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        pthread_cond_timedwait(&s->hcv, &s->mu, &ts);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- startup */
+
+static sp_status load_models(server *s)
+{
+    s->models = calloc((size_t)s->p.n_models, sizeof *s->models);
+    if (!s->models)
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    s->n_models = s->p.n_models;
+    for (int i = 0; i < s->n_models; i++) {
+        snprintf(s->models[i].name, sizeof s->models[i].name, "%s", s->p.models[i].name);
+        snprintf(s->models[i].dir, sizeof s->models[i].dir, "%s", s->p.models[i].dir);
+        for (int k = 0; k < i; k++)
+            if (!strcmp(s->models[k].name, s->models[i].name))
+                return sp_fail(SP_ERR_USAGE, "model name '%s' given twice", s->models[i].name);
+    }
+    sp_runtime_params rp = sp_runtime_default_params();
+    rp.threads = s->p.threads;
+    rp.device = s->p.device;
+    sp_status st = sp_runtime_create(&rp, &s->rt);
+    for (int i = 0; !st && i < s->n_models; i++)
+        if ((st = sp_package_load(s->rt, s->models[i].dir, &s->models[i].pk)))
+            sp_fail_prefix(st, "model '%s'", s->models[i].name);
+    return st;
+}
+
+static sp_status read_pem(const char *path, const char *what, char **out)
+{
+    void *data;
+    size_t n;
+    sp_status st = sp_read_file(path, 1 << 20, &data, &n);
+    if (st)
+        return sp_fail_prefix(st, "%s", what);
+    char *t = realloc(data, n + 1);
+    if (!t) {
+        free(data);
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    }
+    t[n] = 0;
+    *out = t;
+    return SP_OK;
+}
+
+/* Room for --max-connections sockets (the soft limit is often 1024). */
+static void raise_fd_limit(int want)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)want + 64) {
+        rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > (rlim_t)want + 64 ? (rlim_t)want + 64
+                                                                                      : rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static struct MHD_Daemon *start_http(server *s, struct sockaddr_in *addr, char *cert, char *key)
+{
+    unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC;
+    if (cert)
+        flags |= MHD_USE_TLS;
+    raise_fd_limit(s->p.max_connections);
+    struct MHD_OptionItem tls[] = {
+        {cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, cert},
+        {cert ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, 0, key},
+        {MHD_OPTION_END, 0, NULL}};
+    return MHD_start_daemon(flags, 0, NULL, NULL, sp_access_cb, s,
+                            MHD_OPTION_SOCK_ADDR, (struct sockaddr *)addr,
+                            MHD_OPTION_NOTIFY_COMPLETED, sp_completed_cb, s,
+                            MHD_OPTION_THREAD_POOL_SIZE, 2u,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->p.max_connections,
+                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)s->p.max_per_ip,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(s->p.read_timeout + 0.999),
+                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 << 10,
+                            MHD_OPTION_ARRAY, tls,
+                            MHD_OPTION_END);
+}
+
+static sp_status check_params(server *s)
+{
+    fill_defaults(&s->p);
+    if (s->p.workers < 1 || s->p.queue < 1 || s->p.timeout <= 0 || s->p.n_models < 1)
+        return sp_fail(SP_ERR_USAGE, "serve needs at least one --model NAME=DIR, workers >= 1, queue >= 1, "
+                       "timeout > 0");
+    if (!s->p.tls_cert != !s->p.tls_key)
+        return sp_fail(SP_ERR_USAGE, "--tls-cert and --tls-key go together");
+    if (s->p.tls_cert && MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
+        return sp_fail(SP_ERR_USAGE, "this libmicrohttpd has no TLS support; use a reverse proxy (docs/service.md)");
+    if (s->p.api_key_file)
+        return sp_keys_load(s, s->p.api_key_file);
+    return SP_OK;
+}
+
+static void warm_up_all(server *s, sp_status *st)
+{
+    for (int i = 0; i < s->n_models && !*st; i++) {
+        if ((*st = sp_package_warm_up(s->models[i].pk))) {
+            snprintf(s->models[i].error, sizeof s->models[i].error, "%s", sp_last_error());
+            sp_fail_prefix(*st, "warm-up of model '%s'", s->models[i].name);
+            return;
+        }
+        s->models[i].ready = 1;
+    }
+}
+
+/* Graceful stop: refuse new work, let queued and running jobs finish within
+ * --timeout (then they are cancelled), answer every suspended request. */
+static void drain(server *s, struct MHD_Daemon *d)
+{
+    sp_http_closing();
+    pthread_mutex_lock(&s->mu);
+    s->stopping = 1;
+    pthread_cond_broadcast(&s->qcv);
+    pthread_mutex_unlock(&s->mu);
+    MHD_socket lsock = MHD_quiesce_daemon(d);
+    if (lsock != MHD_INVALID_SOCKET)
+        close(lsock);
+    double until = sp_now() + s->p.timeout + 1;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        int busy = s->qtotal + s->running;
+        if (busy && sp_now() > until)
+            for (job *j = s->live; j; j = j->lnext)
+                j->cancel = 1;
+        pthread_mutex_unlock(&s->mu);
+        if (!busy)
+            break;
+        usleep(10000);
+    }
+    /* answers of the last jobs: give their connections a moment to be written */
+    for (int i = 0; i < 200 && atomic_load(&s->inflight) > 0; i++)
+        usleep(10000);
+}
+
+static void shutdown_all(server *s, struct MHD_Daemon *d)
+{
+    pthread_mutex_lock(&s->mu);
+    s->stopping = 1;
+    pthread_cond_broadcast(&s->qcv);
+    pthread_cond_broadcast(&s->hcv);
+    pthread_mutex_unlock(&s->mu);
+    for (int i = 0; i < s->nworkers; i++)
+        pthread_join(s->workers[i], NULL);
+    if (d)
+        MHD_stop_daemon(d);
+    pthread_mutex_lock(&s->mu);
+    while (s->store)
+        sp_job_unstore(s, s->store);
+    pthread_mutex_unlock(&s->mu);
+    free(s->workers);
+    for (int i = 0; i < s->n_models; i++)
+        sp_package_free(s->models[i].pk);
+    free(s->models);
+    sp_runtime_free(s->rt);
+    sp_keys_free(s);
+    if (s->tmpdir[0])
+        rmdir(s->tmpdir);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->qcv);
+    pthread_cond_destroy(&s->hcv);
+}
+
+sp_status sp_serve(const sp_serve_params *pp)
+{
+    server *s = calloc(1, sizeof *s);
+    if (!s)
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    s->p = pp ? *pp : sp_serve_default_params();
+    s->t0 = sp_now();
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->qcv, NULL);
+    pthread_cond_init(&s->hcv, NULL);
+    /* SIGTERM/SIGINT go to sigwait below: block them before any thread exists */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    struct MHD_Daemon *d = NULL;
+    char *cert = NULL, *key = NULL;
+    pthread_t hk;
+    int hk_started = 0;
+    struct sockaddr_in addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((uint16_t)s->p.port);
+    sp_status st = check_params(s);
+    if (!st && inet_pton(AF_INET, s->p.host, &addr.sin_addr) != 1)
+        st = sp_fail(SP_ERR_USAGE, "--host must be an IPv4 address, got '%s'", s->p.host);
+    if (!st && s->p.tls_cert && !(st = read_pem(s->p.tls_cert, "--tls-cert", &cert)))
+        st = read_pem(s->p.tls_key, "--tls-key", &key);
+    snprintf(s->tmpdir, sizeof s->tmpdir, "/tmp/segpipe-serve-XXXXXX");
+    if (!st && !mkdtemp(s->tmpdir))
+        st = sp_fail(SP_ERR_IO, "cannot create a temporary folder: %s", strerror(errno));
+    if (st)
+        s->tmpdir[0] = 0;
+    if (!st)
+        st = load_models(s);   /* a broken package fails start-up */
+    if (!st) {
+        s->workers = calloc((size_t)s->p.workers, sizeof *s->workers);
+        for (int i = 0; s->workers && i < s->p.workers; i++, s->nworkers++)
+            if (pthread_create(&s->workers[i], NULL, sp_worker_main, s) != 0)
+                break;
+        hk_started = pthread_create(&hk, NULL, housekeeper_main, s) == 0;
+        if (!s->nworkers || !hk_started)
+            st = sp_fail(SP_ERR_RUNTIME, "cannot start the worker threads");
+    }
+    if (!st && !(d = start_http(s, &addr, cert, key)))
+        st = sp_fail(SP_ERR_IO, "cannot listen on %s:%d (in use?%s)", s->p.host, s->p.port,
+                     cert ? " or a bad TLS certificate/key" : "");
+    if (key)
+        explicit_bzero(key, strlen(key));
+    free(cert);
+    free(key);
+    warm_up_all(s, &st);   /* live now; ready after every warm-up */
+    if (!st) {
+        atomic_store(&s->ready, 1);
+        if (s->p.on_ready) {
+            char url[128];
+            snprintf(url, sizeof url, "%s://%s:%d", s->p.tls_cert ? "https" : "http", s->p.host, s->p.port);
+            s->p.on_ready(url, s->p.user);
+        }
+        int sig = 0;
+        sigwait(&sigs, &sig);
+        SP_INFO("signal %d: draining", sig);
+        drain(s, d);
+    }
+    pthread_mutex_lock(&s->mu);
+    s->stopping = 1;
+    pthread_cond_broadcast(&s->hcv);
+    pthread_mutex_unlock(&s->mu);
+    if (hk_started)
+        pthread_join(hk, NULL);
+    shutdown_all(s, d);
+    free(s);
+    return st;
+}

@@ -1,0 +1,534 @@
+/*
+ * work.c — jobs: per-model bounded queues served fairly (a worker takes the
+ * next model in turn that has work, so photos are not starved behind CTs),
+ * the worker threads, the CT and photo runs, and the store of asynchronous
+ * jobs and kept results.
+ *
+ * Ids are 128 bits from the OS (getrandom), stored with the owner (the API
+ * key that made them); a finished job is kept --result-ttl seconds, the
+ * store holds at most --max-jobs entries and --max-stored bytes. Label
+ * volumes are kept in memory, so nothing about a patient is left on disk.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------ lifecycle */
+
+job *sp_job_new(server *s, req *r, int kind, model_entry *me)
+{
+    job *j = calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    j->kind = kind;
+    j->me = me;
+    j->body = r->body;
+    j->len = r->len;
+    j->reserved = r->reserved;   /* the body's bytes move with it */
+    r->body = NULL;
+    r->len = r->cap = r->reserved = 0;
+    j->refs = 1;
+    j->t_enq = sp_now();
+    j->deadline = j->t_enq + s->p.timeout;
+    j->owner = r->owner;
+    j->stage = "queued";
+    return j;
+}
+
+static void drop_body(server *s, job *j)
+{
+    free(j->body);
+    j->body = NULL;
+    atomic_fetch_sub(&s->buffered, j->reserved);
+    j->reserved = 0;
+}
+
+void sp_job_release(server *s, job *j)
+{
+    if (--j->refs > 0)
+        return;
+    drop_body(s, j);
+    free(j->resp);
+    free(j->labels_gz);
+    free(j);
+}
+
+int sp_job_enqueue(server *s, job *j)
+{
+    model_entry *me = j->me;
+    if (me->qlen >= s->p.queue || s->stopping)
+        return -1;
+    if (me->qtail)
+        me->qtail->next = j;
+    else
+        me->qhead = j;
+    me->qtail = j;
+    me->qlen++;
+    s->qtotal++;
+    j->refs++;   /* the queue's, then the worker's */
+    j->lnext = s->live;
+    if (s->live)
+        s->live->lprev = j;
+    s->live = j;
+    pthread_cond_signal(&s->qcv);
+    return 0;
+}
+
+static job *pop(server *s, model_entry *me)
+{
+    job *j = me->qhead;
+    me->qhead = j->next;
+    if (!me->qhead)
+        me->qtail = NULL;
+    j->next = NULL;
+    me->qlen--;
+    s->qtotal--;
+    return j;
+}
+
+/* --------------------------------------------------------------- store */
+
+static size_t stored_size(const job *j)
+{
+    return j->resp_len + j->labels_len;
+}
+
+static void random_id(char id[ID_HEX + 1])
+{
+    unsigned char b[ID_HEX / 2];
+    size_t got = 0;
+    while (got < sizeof b) {
+        ssize_t n = getrandom(b + got, sizeof b - got, 0);
+        if (n < 0 && errno != EINTR)
+            abort();   /* no randomness from the OS: never hand out guessable ids */
+        got += n > 0 ? (size_t)n : 0;
+    }
+    for (size_t i = 0; i < sizeof b; i++)
+        snprintf(id + 2 * i, 3, "%02x", b[i]);
+}
+
+void sp_job_store(server *s, job *j, int owner)
+{
+    random_id(j->id);
+    j->owner = owner;
+    j->stored = 1;
+    j->refs++;
+    j->snext = s->store;
+    s->store = j;
+    s->n_stored++;
+    j->expires = j->state == JOB_DONE ? sp_now() + s->p.result_ttl : 0;
+}
+
+void sp_job_unstore(server *s, job *j)
+{
+    for (job **pp = &s->store; *pp; pp = &(*pp)->snext)
+        if (*pp == j) {
+            *pp = j->snext;
+            s->n_stored--;
+            if (j->state == JOB_DONE)
+                s->stored_bytes -= stored_size(j);
+            j->stored = 0;
+            sp_job_release(s, j);
+            return;
+        }
+}
+
+job *sp_job_find(server *s, const char *id, size_t n, int owner)
+{
+    if (n != ID_HEX)
+        return NULL;
+    for (job *j = s->store; j; j = j->snext) {
+        unsigned diff = (unsigned)(j->owner ^ owner);
+        for (int i = 0; i < ID_HEX; i++)
+            diff |= (unsigned char)(j->id[i] ^ id[i]);
+        if (!diff)
+            return j;
+    }
+    return NULL;
+}
+
+int sp_store_full(server *s)
+{
+    return s->n_stored >= s->p.max_jobs || s->stored_bytes >= s->p.max_stored;
+}
+
+void sp_store_expire(server *s, double now)
+{
+    job **pp = &s->store;
+    while (*pp) {
+        job *j = *pp;
+        if (j->state == JOB_DONE && j->expires > 0 && now >= j->expires) {
+            *pp = j->snext;
+            s->n_stored--;
+            s->stored_bytes -= stored_size(j);
+            j->stored = 0;
+            sp_job_release(s, j);
+        } else {
+            pp = &j->snext;
+        }
+    }
+}
+
+char *sp_job_status_json(server *s, job *j)
+{
+    static const char *const states[] = {"queued", "running", "done"};
+    sp_buf b = {0};
+    const char *state = j->state == JOB_DONE ? (j->http == 200 ? "done" : "failed") : states[j->state];
+    double now = sp_now();
+    sp_buf_printf(&b, "{\"id\": \"%s\", \"state\": \"%s\", \"model\": ", j->id, state);
+    sp_buf_json_str(&b, j->me->name);
+    sp_buf_printf(&b, ", \"stage\": \"%s\", \"done\": %d, \"total\": %d, \"seconds\": %.3f, "
+                      "\"queue_wait_seconds\": %.6f",
+                  j->stage, j->done_steps, j->total_steps,
+                  (j->state == JOB_DONE ? j->t_end : now) - j->t_enq,
+                  (j->state == JOB_QUEUED ? now : j->t_start) - j->t_enq);
+    sp_buf_printf(&b, ", \"status_url\": \"/v1/jobs/%s\"", j->id);
+    if (j->state == JOB_DONE) {
+        sp_buf_printf(&b, ", \"http_status\": %d, \"result_url\": \"/v1/jobs/%s/result\", "
+                          "\"expires_in_seconds\": %.0f", j->http, j->id, j->expires - now);
+        if (j->labels_gz)
+            sp_buf_printf(&b, ", \"labels_url\": \"/v1/jobs/%s/labels\"", j->id);
+    }
+    (void)s;
+    sp_buf_puts(&b, "}\n");
+    return sp_buf_take(&b);
+}
+
+/* ------------------------------------------------------------------ runs */
+
+static void fail_job(job *j, sp_status st)
+{
+    j->http = sp_http_status(st);
+    j->resp = sp_error_json(j->http, sp_last_error());
+}
+
+static void ct_progress(const char *stage, int done, int total, void *user)
+{
+    job *j = user;   /* read by status requests: a torn pair only shows an old count */
+    j->stage = stage;
+    j->done_steps = done;
+    j->total_steps = total;
+}
+
+/* The labels as .nii.gz bytes: written to a private file, read back, and
+ * removed at once. */
+static sp_status labels_bytes(server *s, job *j, const sp_ct_result *res, const sp_volume *v)
+{
+    char id[ID_HEX + 1], path[512];
+    snprintf(id, sizeof id, "%016llx%016llx", (unsigned long long)(uintptr_t)j, (unsigned long long)sp_now());
+    snprintf(path, sizeof path, "%s/%s.nii.gz", s->tmpdir, id);
+    sp_status st = sp_labels_write(path, sp_ct_result_labels(res, NULL), v);
+    if (!st)
+        st = sp_read_file(path, (size_t)1 << 34, &j->labels_gz, &j->labels_len);
+    unlink(path);
+    return st;
+}
+
+static void run_ct(server *s, job *j)
+{
+    sp_volume *v = NULL;
+    sp_ct_result *res = NULL;
+    sp_read_params rp = sp_read_default_params();
+    j->stage = "read";
+    double t0 = sp_now();
+    sp_status st = sp_volume_read_mem(j->body, j->len, "request body", &rp, &v);
+    drop_body(s, j);
+    if (st)
+        return fail_job(j, st);
+    double t_read = sp_now() - t0;
+    sp_ct_params cp = sp_ct_default_params();
+    cp.threads = s->p.threads;
+    cp.cancel = &j->cancel;
+    cp.progress = ct_progress;
+    cp.progress_user = j;
+    if ((st = sp_ct_run(j->me->pk, v, &cp, &res)) || (j->want_labels && (st = labels_bytes(s, j, res, v)))) {
+        fail_job(j, st);
+        sp_ct_result_free(res);
+        sp_volume_free(v);
+        return;
+    }
+    j->t_end = sp_now();
+    sp_buf b = {0};
+    sp_buf_puts(&b, "{\"model\": ");
+    sp_buf_json_str(&b, j->me->name);
+    sp_buf_printf(&b, ", \"queue_wait_seconds\": %.6f, \"processing_seconds\": %.6f,\n \"seconds\": {\"read\": %.6f",
+                  j->t_start - j->t_enq, j->t_end - j->t_start, t_read);
+    const sp_timings *t = sp_ct_result_timings(res);
+    for (int i = 0; i < t->n; i++)
+        sp_buf_printf(&b, ", \"%s\": %.6f", t->stage[i].name, t->stage[i].seconds);
+    sp_buf_puts(&b, "},\n");
+    if (j->want_labels)
+        sp_buf_puts(&b, " \"labels_id\": \"@ID@\", \"labels_url\": \"@URL@\",\n");
+    sp_buf_puts(&b, " \"passport\": ");
+    const char *pj = sp_ct_result_passport_json(res);
+    sp_buf_puts(&b, pj ? pj : "null");
+    sp_buf_puts(&b, "}\n");
+    j->resp = sp_buf_take(&b);
+    j->http = j->resp ? 200 : 503;
+    sp_ct_result_free(res);
+    sp_volume_free(v);
+}
+
+/* One inference for a batch of photo jobs (same model): the photos are
+ * decoded, and their replies built, in parallel on the pool around it. */
+typedef struct seg_ctx {
+    job **js;
+    sp_image **imgs;
+    sp_image_params ip;
+    sp_masks_result **res;
+    int m;
+    double t_end;
+} seg_ctx;
+
+static void seg_decode(void *vc, int64_t b, int64_t e, int w)
+{
+    seg_ctx *c = vc;
+    for (int64_t i = b; i < e; i++) {
+        job *j = c->js[i];
+        c->imgs[i] = NULL;
+        sp_status st = sp_image_read_mem(j->body, j->len, "request body", &c->ip, &c->imgs[i]);
+        if (st)
+            fail_job(j, st == SP_ERR_NOMEM ? st : SP_ERR_INPUT);
+    }
+}
+
+static void seg_reply(void *vc, int64_t b, int64_t e, int w)
+{
+    seg_ctx *c = vc;
+    for (int64_t i = b; i < e; i++) {
+        job *j = c->js[i];
+        sp_masks_result *r = c->res[i];
+        sp_buf bf = {0};
+        sp_buf_puts(&bf, "{\"model\": ");
+        sp_buf_json_str(&bf, j->me->name);
+        sp_buf_printf(&bf, ", \"width\": %d, \"height\": %d, \"orientation\": %d, \"batch_size\": %d, "
+                           "\"queue_wait_seconds\": %.6f, \"processing_seconds\": %.6f, \"masks\": ",
+                      r->width, r->height, c->imgs[i]->orientation, c->m, j->t_start - j->t_enq,
+                      c->t_end - j->t_start);
+        char *mj = NULL;
+        sp_status st = sp_masks_encode(r, j->masks, &mj, NULL, NULL);
+        sp_buf_puts(&bf, mj ? mj : "{}");
+        free(mj);
+        if (st) {
+            sp_buf_free(&bf);
+            fail_job(j, st);
+            continue;
+        }
+        sp_buf_puts(&bf, "}\n");
+        j->resp = sp_buf_take(&bf);
+        j->http = j->resp ? 200 : 503;
+        j->batch_size = c->m;
+    }
+}
+
+static void run_segment_batch(server *s, job **js, int n)
+{
+    sp_image *all[64], *imgs[64];
+    job *ok[64];
+    int m = 0;
+    seg_ctx c = {js, all, sp_masks_image_params(js[0]->me->pk, 0), NULL, 0, 0};
+    sp_pool *pool = sp_pool_get(s->p.threads);
+    sp_pool_for(pool, n, 1, seg_decode, &c);
+    for (int i = 0; i < n; i++) {
+        drop_body(s, js[i]);
+        if (all[i]) {
+            imgs[m] = all[i];
+            ok[m++] = js[i];
+        }
+    }
+    if (m) {
+        sp_masks_params mp = sp_masks_default_params();
+        mp.threads = s->p.threads;
+        sp_masks_result **res = NULL;
+        sp_status st = sp_masks_run(js[0]->me->pk, imgs, m, &mp, &res, NULL);
+        if (st) {
+            for (int i = 0; i < m; i++)
+                fail_job(ok[i], st == SP_ERR_USAGE ? SP_ERR_INPUT : st);
+        } else {
+            seg_ctx rc = {ok, imgs, c.ip, res, m, sp_now()};
+            sp_pool_for(pool, m, 1, seg_reply, &rc);
+            for (int i = 0; i < m; i++)
+                sp_masks_result_free(res[i]);
+            free(res);
+        }
+    }
+    sp_pool_put(pool);
+    for (int i = 0; i < m; i++)
+        sp_image_free(imgs[i]);
+}
+
+/* ---------------------------------------------------------------- workers */
+
+/* Put the id into a CT answer that carries labels (caller holds s->mu). */
+static void fill_labels_id(server *s, job *j)
+{
+    if (!j->resp || !strstr(j->resp, "@ID@"))
+        return;
+    while (sp_store_full(s)) {   /* room for a synchronous result: drop the oldest one kept */
+        job *old = NULL;
+        for (job *q = s->store; q; q = q->snext)
+            if (!q->async && q->state == JOB_DONE)
+                old = q;
+        if (!old)
+            break;
+        sp_job_unstore(s, old);
+    }
+    if (!j->stored)
+        sp_job_store(s, j, j->owner);
+    sp_buf b = {0};
+    const char *p = j->resp, *q;
+    while ((q = strchr(p, '@'))) {
+        sp_buf_printf(&b, "%.*s", (int)(q - p), p);
+        if (!strncmp(q, "@ID@", 4))
+            sp_buf_puts(&b, j->id), p = q + 4;
+        else if (!strncmp(q, "@URL@", 5))
+            sp_buf_printf(&b, "/v1/results/%s/labels", j->id), p = q + 5;
+        else
+            sp_buf_puts(&b, "@"), p = q + 1;
+    }
+    sp_buf_puts(&b, p);
+    char *nr = sp_buf_take(&b);
+    if (nr) {
+        free(j->resp);
+        j->resp = nr;
+    }
+}
+
+/* Mark done and wake the waiting connection (caller holds s->mu; the
+ * connection is resumed by the caller after unlocking). */
+static struct MHD_Connection *finish(server *s, job *j)
+{
+    if (!j->resp) {
+        j->http = 503;
+        j->resp = sp_error_json(503, "out of memory");
+    }
+    if (j->http == 200)
+        fill_labels_id(s, j);
+    j->resp_len = j->resp ? strlen(j->resp) : 0;
+    j->state = JOB_DONE;
+    j->stage = "done";
+    if (!j->t_end)
+        j->t_end = sp_now();
+    if (j->stored) {
+        j->expires = sp_now() + s->p.result_ttl;
+        s->stored_bytes += stored_size(j);
+    }
+    if (j->lprev)   /* off the live list */
+        j->lprev->lnext = j->lnext;
+    else if (s->live == j)
+        s->live = j->lnext;
+    if (j->lnext)
+        j->lnext->lprev = j->lprev;
+    j->lprev = j->lnext = NULL;
+    struct MHD_Connection *c = j->conn;
+    j->conn = NULL;
+    return c;
+}
+
+/* The next model with work, in turn (caller holds s->mu). */
+static model_entry *next_model(server *s)
+{
+    for (int k = 0; k < s->n_models; k++) {
+        model_entry *me = &s->models[(s->rr + k) % s->n_models];
+        if (me->qhead) {
+            s->rr = (int)(me - s->models + 1) % s->n_models;
+            return me;
+        }
+    }
+    return NULL;
+}
+
+/* Photos for the same model that arrive within the batch window join one
+ * inference (caller holds s->mu; returns with it held). */
+static int gather_batch(server *s, model_entry *me, job **batch)
+{
+    int nb = 1, cap = s->p.max_batch, nin;
+    int64_t mb = sp_model_inputs(sp_package_model(me->pk), &nin)[0].meta.shape[0];
+    if (mb > 0 && mb < cap)
+        cap = (int)mb;
+    if (cap > 64)
+        cap = 64;
+    double until = sp_now() + s->p.batch_window_ms / 1000.0;
+    for (;;) {
+        while (me->qhead && nb < cap) {
+            job *q = pop(s, me);
+            if (q->cancel) {   /* its client is gone */
+                struct MHD_Connection *c = finish(s, q);
+                (void)c;
+                sp_job_release(s, q);
+                continue;
+            }
+            q->state = JOB_RUNNING;
+            q->t_start = sp_now();
+            batch[nb++] = q;
+        }
+        double now = sp_now();
+        if (nb >= cap || now >= until || s->stopping)
+            return nb;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        double wake = (double)ts.tv_sec + ts.tv_nsec * 1e-9 + (until - now);
+        ts.tv_sec = (time_t)wake;
+        ts.tv_nsec = (long)((wake - (double)ts.tv_sec) * 1e9);
+        pthread_cond_timedwait(&s->qcv, &s->mu, &ts);
+    }
+}
+
+static void run_jobs(server *s, job **batch, int nb)
+{
+    job *j = batch[0];
+    pthread_mutex_unlock(&s->mu);
+    if (j->kind == EP_SEGMENT)
+        run_segment_batch(s, batch, nb);
+    else if (j->kind == EP_CT)
+        run_ct(s, j);
+    else
+        sp_kserve_infer(s, j);
+    pthread_mutex_lock(&s->mu);
+}
+
+void *sp_worker_main(void *arg)
+{
+    server *s = arg;
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        model_entry *me;
+        while (!(me = next_model(s)) && !s->stopping)
+            pthread_cond_wait(&s->qcv, &s->mu);
+        if (!me)
+            break;
+        job *batch[64];
+        batch[0] = pop(s, me);
+        job *j = batch[0];
+        if (j->cancel) {   /* timed out or deleted while queued */
+            j->http = 504;
+            j->resp = sp_error_json(504, "cancelled before it ran");
+        } else {
+            j->state = JOB_RUNNING;
+            j->stage = "running";
+            j->t_start = sp_now();
+            s->running++;
+        }
+        int nb = !j->cancel && j->kind == EP_SEGMENT ? gather_batch(s, me, batch) : 1;
+        if (!j->cancel) {
+            run_jobs(s, batch, nb);
+            s->running--;
+        }
+        struct MHD_Connection *conns[64];
+        for (int k = 0; k < nb; k++)
+            conns[k] = finish(s, batch[k]);
+        for (int k = 0; k < nb; k++)
+            sp_job_release(s, batch[k]);
+        pthread_mutex_unlock(&s->mu);
+        for (int k = 0; k < nb; k++)
+            if (conns[k])
+                MHD_resume_connection(conns[k]);
+        pthread_mutex_lock(&s->mu);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}

@@ -1,0 +1,305 @@
+"""`segpipe serve` tried as an attacker would, on loopback: slow clients
+that hold connections, guessable or foreign result ids, missing or wrong
+API keys, TLS, asynchronous jobs (progress, result, cancel), bodies over the
+limits refused before they are read, and malformed KServe requests."""
+import json, os, resource, signal, socket, ssl, subprocess, threading, time
+import urllib.request
+import numpy as np
+import sp
+from test_server import Server, http, jget, free_port, CT_SM
+
+
+def _raw_request(port, text, read=True, timeout=10):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.sendall(text)
+    if not read:
+        return s
+    data = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            if b"\r\n\r\n" in data:
+                head, _, body = data.partition(b"\r\n\r\n")
+                cl = [l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")]
+                if cl and len(body) >= int(cl[0].split(b":")[1]):
+                    break
+    except socket.timeout:
+        pass
+    s.close()
+    return data
+
+
+def test_server_slow_clients_do_not_lock_it_out(tmp):
+    """1000 connections that send headers announcing a 1 MB body and then
+    nothing (or a byte now and then): health still answers at once and a
+    real /v1/ct request completes."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    s = Server("--model", f"demo={sp.DEMO}", "--threads", "1")
+    socks = []
+    try:
+        for i in range(1000):
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+            c.sendall(b"POST /v1/ct?model=demo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n"
+                      b"Content-Type: application/octet-stream\r\n\r\nab")
+            socks.append(c)
+        for c in socks[::10]:
+            c.sendall(b"c")
+        t0 = time.time()
+        for _ in range(5):
+            assert jget(s.url + "/v2/health/ready", timeout=5) == (200, {"ready": True})
+        health = (time.time() - t0) / 5
+        assert health < 1.0, health   # a few ms here; the bench measures it
+        raw = open(CT_SM, "rb").read()
+        code, r = jget(s.url + "/v1/ct?model=demo", data=raw, ctype="application/octet-stream", timeout=120)
+        assert code == 200 and r["passport"]["structures"], code
+        code, st = jget(s.url + "/v1/status")
+        # the stalled bodies hold their declared bytes against --max-buffered,
+        # never more than what arrived in memory
+        assert st["rss_bytes"] < 1.0e9
+    finally:
+        for c in socks:
+            c.close()
+        rc, _ = s.stop()
+    assert rc == 0
+
+
+def test_server_result_ids_are_random_owned_and_expire(tmp):
+    keys = os.path.join(tmp, "keys")
+    open(keys, "w").write("# two clients\nalpha-key-0123456789\nbravo-key-0123456789\n")
+    s = Server("--model", f"demo={sp.DEMO}", "--api-key-file", keys, "--result-ttl", "3")
+    A = {"Authorization": "Bearer alpha-key-0123456789"}
+    B = {"Authorization": "Bearer bravo-key-0123456789"}
+
+    def call(path, key, data=None, method=None):
+        req = urllib.request.Request(s.url + path, data=data, method=method, headers=dict(key))
+        if data:
+            req.add_header("Content-Type", "application/octet-stream")
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return r.status, r.read(), dict(r.headers)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), dict(e.headers)
+
+    try:
+        raw = open(CT_SM, "rb").read()
+        ids = []
+        for _ in range(2):
+            code, body, _ = call("/v1/ct?model=demo&labels=1", A, raw)
+            assert code == 200
+            ids.append(json.loads(body)["labels_id"])
+        for i in ids:
+            assert len(i) == 32 and int(i, 16) >= 0
+        assert ids[0] != ids[1]
+        assert int(ids[0], 16) ^ int(ids[1], 16) > 1 << 64   # not a counter
+        assert call(f"/v1/results/{ids[0]}/labels", A)[0] == 200
+        assert call(f"/v1/results/{ids[0]}/labels", B)[0] == 404      # another client's
+        assert call(f"/v1/results/{ids[0]}/labels", {})[0] == 401
+        assert call(f"/v1/results/{ids[0]}", A, method="DELETE")[0] == 200
+        assert call(f"/v1/results/{ids[0]}/labels", A)[0] == 404
+        time.sleep(3.5)
+        assert call(f"/v1/results/{ids[1]}/labels", A)[0] == 404     # expired
+    finally:
+        rc, _ = s.stop()
+    assert rc == 0
+
+
+def test_server_api_keys(tmp):
+    keys = os.path.join(tmp, "keys")
+    open(keys, "w").write("the-one-key-0123456789\n")
+    s = Server("--model", f"tiny={sp.TINYSEG}", "--api-key-file", keys)
+    try:
+        assert jget(s.url + "/v2/health/ready") == (200, {"ready": True})    # open by default
+        code, body, hdr = http(s.url + "/v1/status")
+        assert code == 401 and hdr.get("WWW-Authenticate", "").startswith("Bearer")
+        assert json.loads(body)["error"]["code"] == 401
+        for bad in ("Bearer the-one-key-012345678", "Bearer the-one-key-01234567890", "Basic x", "Bearer "):
+            req = urllib.request.Request(s.url + "/v1/status", headers={"Authorization": bad})
+            try:
+                urllib.request.urlopen(req, timeout=10)
+                assert False, bad
+            except urllib.error.HTTPError as e:
+                assert e.code == 401, bad
+        req = urllib.request.Request(s.url + "/v1/status", headers={"Authorization": "Bearer the-one-key-0123456789"})
+        assert urllib.request.urlopen(req, timeout=10).status == 200
+    finally:
+        s.stop()
+    s = Server("--model", f"tiny={sp.TINYSEG}", "--api-key-file", keys, "--protect-health")
+    try:
+        assert http(s.url + "/v2/health/live")[0] == 401
+    finally:
+        s.stop()
+    open(keys, "w").write("short\n")
+    r = subprocess.run([sp.SEGPIPE, "serve", "--model", f"tiny={sp.TINYSEG}", "--api-key-file", keys,
+                        "--port", str(free_port())], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "16.." in r.stderr
+
+
+def test_server_tls(tmp):
+    cert, key = os.path.join(tmp, "c.pem"), os.path.join(tmp, "k.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    s = Server("--model", f"tiny={sp.TINYSEG}", "--tls-cert", cert, "--tls-key", key)
+    try:
+        ctx = ssl.create_default_context(cafile=cert)
+        url = s.url.replace("http://", "https://")
+        with urllib.request.urlopen(url + "/v2/health/ready", context=ctx, timeout=10) as r:
+            assert r.status == 200 and json.loads(r.read()) == {"ready": True}
+        # plain HTTP on the TLS port gets no answer
+        data = _raw_request(s.port, b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n", timeout=3)
+        assert b"ready" not in data
+    finally:
+        rc, _ = s.stop()
+    assert rc == 0
+
+
+def _long_ct(tmp):
+    """A valid CT long enough to take many tiles, long along the demo
+    model's first network axis (the accumulator stays small)."""
+    p = os.path.join(tmp, "long.nii")
+    z = np.full((3000, 40, 40), -1000, np.int16)
+    h = bytearray(348)
+    h[0:4] = np.int32(348).tobytes()
+    h[40:56] = np.array([3, 3000, 40, 40, 1, 1, 1, 1], "<i2").tobytes()
+    h[70:72] = np.int16(4).tobytes()
+    h[72:74] = np.int16(16).tobytes()
+    h[76:108] = np.array([1, 3, 3, 3, 1, 1, 1, 1], "<f4").tobytes()
+    h[108:112] = np.float32(352).tobytes()
+    h[112:116] = np.float32(1).tobytes()
+    h[344:348] = b"n+1\0"
+    open(p, "wb").write(bytes(h) + b"\0" * 4 + z.tobytes(order="F"))
+    return open(p, "rb").read()
+
+
+def test_server_async_jobs_progress_cancel_and_timeout(tmp):
+    s = Server("--model", f"demo={sp.DEMO}", "--threads", "1", "--timeout", "4")
+    try:
+        raw = open(CT_SM, "rb").read()
+        code, r = jget(s.url + "/v1/jobs?model=demo&labels=1", data=raw, ctype="application/octet-stream")
+        assert code == 202 and r["state"] in ("queued", "running") and len(r["id"]) == 32
+        url = s.url + r["status_url"]
+        for _ in range(600):
+            code, st = jget(url)
+            assert code == 200
+            if st["state"] in ("done", "failed"):
+                break
+            time.sleep(0.1)
+        assert st["state"] == "done" and st["http_status"] == 200
+        code, res = jget(s.url + st["result_url"])
+        code2, sync = jget(s.url + "/v1/ct?model=demo", data=raw, ctype="application/octet-stream")
+        assert code == 200 and res["passport"]["structures"] == sync["passport"]["structures"]
+        assert http(s.url + st["labels_url"])[0] == 200
+        assert http(s.url + "/v1/jobs/" + "0" * 32)[0] == 404
+        # a long CT: progress in tiles, then DELETE cancels it
+        long = _long_ct(tmp)
+        code, r = jget(s.url + "/v1/jobs?model=demo", data=long, ctype="application/octet-stream")
+        assert code == 202
+        for _ in range(100):
+            st = jget(s.url + r["status_url"])[1]
+            if st["total"] > 0:
+                break
+            time.sleep(0.05)
+        assert st["stage"] == "inference" and 0 <= st["done"] < st["total"], st
+        assert http(s.url + r["status_url"], method="DELETE")[0] == 200
+        # the worker is free again soon: a small request is served
+        t0 = time.time()
+        code, _ = jget(s.url + "/v1/ct?model=demo", data=raw, ctype="application/octet-stream")
+        assert code == 200 and time.time() - t0 < 30
+        # synchronous past --timeout: 504, and the work stops (the next request runs)
+        code, e = jget(s.url + "/v1/ct?model=demo", data=long, ctype="application/octet-stream")
+        assert code == 504, code
+        code, _ = jget(s.url + "/v1/ct?model=demo", data=raw, ctype="application/octet-stream")
+        assert code == 200
+    finally:
+        rc, _ = s.stop()
+    assert rc == 0
+
+
+def test_server_refuses_before_reading(tmp):
+    s = Server("--model", f"demo={sp.DEMO}", "--model", f"tiny={sp.TINYSEG}", "--max-body", "1000000",
+               "--max-buffered", "2000000")
+    try:
+        # over --max-body: 413 from the headers alone, the body never sent
+        data = _raw_request(s.port, b"POST /v1/ct?model=demo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n"
+                                    b"Content-Type: application/octet-stream\r\n\r\n")
+        assert data.startswith(b"HTTP/1.1 413") and b'"code": 413' in data, data[:200]
+        # bytes held against --max-buffered: with two stalled uploads holding
+        # 1 MB each, the next upload gets 503 as its first bytes arrive
+        held = [_raw_request(s.port, b"POST /v1/ct?model=demo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n"
+                                     b"Content-Type: application/octet-stream\r\n\r\n" + b"x" * 900000, read=False)
+                for _ in range(2)]
+        time.sleep(0.5)
+        data = _raw_request(s.port, b"POST /v1/ct?model=demo HTTP/1.1\r\nHost: x\r\nContent-Length: 900000\r\n"
+                                    b"Content-Type: application/octet-stream\r\n\r\n" + b"x" * 10)
+        assert data.startswith(b"HTTP/1.1 503") and b"Retry-After" in data, data[:200]
+        for h in held:
+            h.close()
+        time.sleep(0.3)
+        code, st = jget(s.url + "/v1/status")
+        assert st["buffered_bytes"] == 0, st
+        # two Content-Length headers
+        data = _raw_request(s.port, b"POST /v1/ct?model=demo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+                                    b"Content-Length: 4\r\n\r\nabcd")
+        assert data.startswith(b"HTTP/1.1 400"), data[:100]
+        # a NUL in the model name is not a prefix match
+        assert jget(s.url + "/v1/ct?model=demo%00x", data=b"x" * 10, ctype="application/octet-stream")[0] == 404
+        # methods and versions
+        assert http(s.url + "/v2/health/live", method="DELETE")[0] == 405
+        assert jget(s.url + "/v2/models/tiny/versions/1")[0] == 200
+        assert jget(s.url + "/v2/models/tiny/versions/7")[0] == 404
+        # KServe: overflowing shape, wrong shape, non-finite values
+        def infer(shape, data):
+            body = json.dumps({"inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "data": data}]})
+            return jget(s.url + "/v2/models/tiny/infer", data=body.replace("Infinity", "1e999").encode(),
+                        ctype="application/json")
+        code, e = infer([4294967296 * 200, 1, 8, 8, 8], [0])
+        assert code == 400 and "overflows" in e["error"]["message"], e
+        code, e = infer([1, 2, 8, 8, 8], [0] * 1024)
+        assert code == 400 and "shape[1]" in e["error"]["message"] and ".cc" not in e["error"]["message"], e
+        code, e = infer([1, 1, 8, 8, 8], [float("inf")] + [0] * 511)
+        assert code == 400 and "finite" in e["error"]["message"], e
+        code, e = infer([1, 1, 8, 8, 8], [0] * 511)
+        assert code == 400 and "shape holds 512 values, data has 511" in e["error"]["message"], e
+    finally:
+        rc, _ = s.stop()
+    assert rc == 0
+
+
+def test_server_fair_across_models(tmp):
+    """Photos are not starved behind queued CTs: each model has its own
+    queue and the worker takes them in turn."""
+    s = Server("--model", f"demo={sp.DEMO}", "--model", f"rooms={os.path.join(sp.ROOT, 'models', 'demo-rooms')}",
+               "--workers", "1", "--queue", "4", "--threads", "1")
+    photo = subprocess.run(["/usr/bin/python3", os.path.join(sp.ROOT, "tools", "render_rooms.py"),
+                            os.path.join(tmp, "room.png"), "3"], capture_output=True)
+    try:
+        raw = open(CT_SM, "rb").read()
+        png = open(os.path.join(tmp, "room.png"), "rb").read()
+        done = {}
+
+        def ct(k):
+            done[f"ct{k}"] = (http(s.url + "/v1/ct?model=demo", data=raw, ctype="application/octet-stream")[0],
+                              time.time())
+
+        def ph():
+            done["photo"] = (http(s.url + "/v1/segment-batch?model=rooms", data=png, ctype="image/png")[0],
+                             time.time())
+        th = [threading.Thread(target=ct, args=(k,)) for k in range(4)]
+        for t in th:
+            t.start()
+            time.sleep(0.05)
+        t = threading.Thread(target=ph)
+        t.start()
+        th.append(t)
+        for t in th:
+            t.join()
+        assert all(v[0] == 200 for v in done.values()), done
+        later = sum(1 for k, v in done.items() if k != "photo" and v[1] > done["photo"][1])
+        assert later >= 2, done   # served after at most two CTs, not behind all four
+    finally:
+        rc, _ = s.stop()
+    assert rc == 0

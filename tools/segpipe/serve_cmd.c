@@ -1,0 +1,120 @@
+/* serve_cmd.c — `segpipe serve`: options in, sp_serve out. */
+#include "cli.h"
+
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void serve_ready(const char *url, void *user)
+{
+    (void)user;
+    printf("segpipe serve: ready on %s\n", url);
+    fflush(stdout);
+}
+
+static void serve_help(void)
+{
+    printf("usage: segpipe serve --model NAME=DIR [--model ...] [--host 127.0.0.1] [--port 8555]\n"
+           "         [--workers N] [--queue N] [--timeout S] [--threads N] [--device cpu|cuda]\n"
+           "         [--batch-window-ms MS] [--max-batch N]\n"
+           "         [--api-key-file FILE] [--protect-health] [--tls-cert PEM --tls-key PEM]\n"
+           "         [--max-body BYTES] [--max-json-body BYTES] [--max-buffered BYTES]\n"
+           "         [--max-connections N] [--max-connections-per-ip N] [--read-timeout S] [--body-timeout S]\n"
+           "         [--max-jobs N] [--max-stored BYTES] [--result-ttl S]\n"
+           "HTTP service: KServe v2 (/v2/...), POST /v1/ct and /v1/segment-batch, asynchronous /v1/jobs,\n"
+           "/v1/status, /metrics. See docs/service.md. SIGTERM/SIGINT: finish accepted requests, exit 0.\n");
+}
+
+static int add_model(const char *arg, sp_serve_model *models, char **owned, int *nm)
+{
+    const char *eq = strchr(arg, '=');
+    if (!eq || eq == arg || !eq[1] || *nm == 32 || eq - arg >= 64)
+        return -1;
+    owned[*nm] = strdup(arg);
+    if (!owned[*nm])
+        return -1;
+    owned[*nm][eq - arg] = 0;
+    models[*nm].name = owned[*nm];
+    models[*nm].dir = owned[*nm] + (eq - arg) + 1;
+    (*nm)++;
+    return 0;
+}
+
+/* one option into sp; 0, 1 for --help, or -1 (message printed) */
+static int serve_opt(int c, const char *a, sp_serve_params *sp, int *verbose)
+{
+    const char *cmd = "serve";
+    switch (c) {
+    case 'H': sp->host = a; return 0;
+    case 'p': return cli_int(cmd, "--port", a, 0, 65535, &sp->port);
+    case 'w': return cli_int(cmd, "--workers", a, 1, 256, &sp->workers);
+    case 'Q': return cli_int(cmd, "--queue", a, 1, 100000, &sp->queue);
+    case 'B': return cli_size(cmd, "--max-body", a, &sp->max_body);
+    case 'J': return cli_size(cmd, "--max-json-body", a, &sp->max_json_body);
+    case 'U': return cli_size(cmd, "--max-buffered", a, &sp->max_buffered);
+    case 'S': return cli_size(cmd, "--max-stored", a, &sp->max_stored);
+    case 'T': return cli_num(cmd, "--timeout", a, 0.001, 1e6, &sp->timeout);
+    case 'R': return cli_num(cmd, "--read-timeout", a, 1, 3600, &sp->read_timeout);
+    case 'D': return cli_num(cmd, "--body-timeout", a, 1, 86400, &sp->body_timeout);
+    case 'L': return cli_num(cmd, "--result-ttl", a, 1, 1e7, &sp->result_ttl);
+    case 't': return cli_int(cmd, "--threads", a, 0, 1024, &sp->threads);
+    case 'd': sp->device = a; return 0;
+    case 'W': return cli_num(cmd, "--batch-window-ms", a, 0, 10000, &sp->batch_window_ms);
+    case 'X': return cli_int(cmd, "--max-batch", a, 1, 64, &sp->max_batch);
+    case 'C': return cli_int(cmd, "--max-connections", a, 16, 1000000, &sp->max_connections);
+    case 'I': return cli_int(cmd, "--max-connections-per-ip", a, 0, 1000000, &sp->max_per_ip);
+    case 'j': return cli_int(cmd, "--max-jobs", a, 1, 1000000, &sp->max_jobs);
+    case 'K': sp->api_key_file = a; return 0;
+    case 'P': sp->protect_health = 1; return 0;
+    case 'c': sp->tls_cert = a; return 0;
+    case 'k': sp->tls_key = a; return 0;
+    case 'v': *verbose = 1; return 0;
+    case 'h': serve_help(); return 1;
+    default: return -2;
+    }
+}
+
+int cmd_serve(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"host", required_argument, 0, 'H'},
+        {"port", required_argument, 0, 'p'}, {"workers", required_argument, 0, 'w'},
+        {"queue", required_argument, 0, 'Q'}, {"max-body", required_argument, 0, 'B'},
+        {"max-json-body", required_argument, 0, 'J'}, {"max-buffered", required_argument, 0, 'U'},
+        {"max-stored", required_argument, 0, 'S'}, {"timeout", required_argument, 0, 'T'},
+        {"read-timeout", required_argument, 0, 'R'}, {"body-timeout", required_argument, 0, 'D'},
+        {"result-ttl", required_argument, 0, 'L'}, {"threads", required_argument, 0, 't'},
+        {"device", required_argument, 0, 'd'}, {"verbose", no_argument, 0, 'v'},
+        {"batch-window-ms", required_argument, 0, 'W'}, {"max-batch", required_argument, 0, 'X'},
+        {"max-connections", required_argument, 0, 'C'}, {"max-connections-per-ip", required_argument, 0, 'I'},
+        {"max-jobs", required_argument, 0, 'j'}, {"api-key-file", required_argument, 0, 'K'},
+        {"protect-health", no_argument, 0, 'P'}, {"tls-cert", required_argument, 0, 'c'},
+        {"tls-key", required_argument, 0, 'k'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    sp_serve_params sp = sp_serve_default_params();
+    sp_serve_model models[32];
+    char *owned[32];
+    int nm = 0, c, rc = 0, verbose = 0;
+    optind = 1;
+    while (!rc && (c = getopt_long(argc, argv, "m:p:t:vh", opts, NULL)) != -1) {
+        if (c == 'm') {
+            if (add_model(optarg, models, owned, &nm))
+                rc = cli_usage_error("serve", "--model NAME=DIR (at most 32, names under 64 characters)");
+            continue;
+        }
+        int r = serve_opt(c, optarg, &sp, &verbose);
+        rc = r == 1 ? -1 : r == -2 ? cli_usage_error("serve", "unknown option") : r ? 2 : 0;
+    }
+    if (!rc && (!nm || optind != argc))
+        rc = cli_usage_error("serve", "at least one --model NAME=DIR, and no other arguments");
+    if (!rc) {
+        cli_set_logging(verbose);
+        sp.models = models;
+        sp.n_models = nm;
+        sp.on_ready = serve_ready;
+        sp_status st = sp_serve(&sp);
+        rc = st ? cli_fail(st, "serve") : 0;
+    }
+    for (int i = 0; i < nm; i++)
+        free(owned[i]);
+    return rc < 0 ? 0 : rc;
+}
