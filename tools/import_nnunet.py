@@ -23,7 +23,7 @@ import argparse, json, os, sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from segpipe_nets import UNet, load_nnunet_state_dict
+from segpipe_nets import Opts, UNet, load_nnunet_state_dict
 
 SITK_READERS = {"SimpleITKIO", "SimpleITKIOWithReorient"}
 NIBABEL_READERS = {"NibabelIO", "NibabelIOWithReorient"}
@@ -41,6 +41,28 @@ class ImportError_(Exception):
     pass
 
 
+def opts_from_kwargs(k):
+    """Conv-block options of dynamic_network_architectures from arch_kwargs."""
+    norm = k.get("norm_op") or "InstanceNorm3d"
+    nk = k.get("norm_op_kwargs") or {}
+    nonlin = k.get("nonlin") or "LeakyReLU"
+    ak = k.get("nonlin_kwargs") or {}
+    if "InstanceNorm" in norm:
+        kind = "instance"
+    elif "BatchNorm" in norm:
+        kind = "batch"
+    else:
+        raise ImportError_(f"norm_op {norm} is not supported (InstanceNorm, BatchNorm)")
+    if "LeakyReLU" in nonlin:
+        slope = ak.get("negative_slope", 0.01)
+    elif nonlin.split(".")[-1] == "ReLU":
+        slope = 0
+    else:
+        raise ImportError_(f"nonlin {nonlin} is not supported (LeakyReLU, ReLU)")
+    return Opts(conv_bias=bool(k.get("conv_bias", False)), norm=kind, eps=nk.get("eps", 1e-5),
+                affine=nk.get("affine", True), slope=slope)
+
+
 def arch_from_plans(cfg, num_classes):
     """-> (arch name, kwargs for segpipe_nets.UNet)"""
     if "architecture" in cfg:
@@ -50,10 +72,17 @@ def arch_from_plans(cfg, num_classes):
         n_conv = k.get("n_conv_per_stage", k.get("n_blocks_per_stage"))
         if "Conv3d" not in k.get("conv_op", "Conv3d"):
             raise ImportError_("only 3D networks (Conv3d) are supported")
-        return name, dict(features_per_stage=k["features_per_stage"], kernel_sizes=k["kernel_sizes"],
-                          strides=k["strides"], n_conv_per_stage=n_conv,
-                          n_conv_per_stage_decoder=k["n_conv_per_stage_decoder"])
-    if "UNet_class_name" in cfg:   # older nnU-Net v2 plans
+        kw = dict(features_per_stage=k["features_per_stage"], kernel_sizes=k["kernel_sizes"],
+                  strides=k["strides"], n_conv_per_stage=n_conv,
+                  n_conv_per_stage_decoder=k["n_conv_per_stage_decoder"], opts=opts_from_kwargs(k))
+        if name == "ResidualEncoderUNet":
+            block = (k.get("block") or "BasicBlockD").split(".")[-1]
+            if block not in ("BasicBlockD", "BottleneckD"):
+                raise ImportError_(f"block {block} is not supported (BasicBlockD, BottleneckD)")
+            kw.update(block=block, bottleneck_channels=k.get("bottleneck_channels"),
+                      stem_channels=k.get("stem_channels"))
+        return name, kw
+    if "UNet_class_name" in cfg:   # older nnU-Net v2 plans: conv_bias was always on
         name = cfg["UNet_class_name"]
         kernels = cfg["conv_kernel_sizes"]
         strides = cfg["pool_op_kernel_sizes"]
@@ -62,7 +91,7 @@ def arch_from_plans(cfg, num_classes):
         enc = cfg["n_conv_per_stage_encoder"]
         dec = cfg["n_conv_per_stage_decoder"]
         return name, dict(features_per_stage=feats, kernel_sizes=kernels, strides=strides,
-                          n_conv_per_stage=enc, n_conv_per_stage_decoder=dec)
+                          n_conv_per_stage=enc, n_conv_per_stage_decoder=dec, opts=Opts(conv_bias=True))
     raise ImportError_("plans configuration has no architecture section")
 
 

@@ -1086,7 +1086,7 @@ sp_status sp_video_run(sp_video *v, sp_video_report *rep)
     }
     if (!v->err && !cached) {
         v->total = v->decoded;
-        v->complete = v->decoded <= v->n_slots && v->n_alloc == v->decoded;
+        v->complete = v->decoded <= v->n_slots && v->n_alloc >= v->decoded;   /* +1: the slot that found the end */
     }
     if (v->err) {
         sp_sink_abort(v->sink);

@@ -313,3 +313,18 @@ def test_bench_video_sweep(tmp):
         assert r["frames"] == 8 and r["cached"] == 1 and r["fps"] > 0 and r["inference_alone_fps"] > 0
     assert {(r["batch"], r["workers"]) for r in js["runs"]} == {(1, 1), (1, 2), (4, 1), (4, 2)}
     assert len(glob.glob(os.path.join(out, "sweep-frames", "*.png"))) == 8
+
+
+def test_video_fewer_frames_than_batch(tmp):
+    """1-3 frames with --batch 4 or 8 (it used to wait forever for a full
+    batch): every frame composited and written, exit 0."""
+    for n in (1, 2, 3):
+        src, frames = make_frames(tmp, n=n, name=f"f{n}")
+        for b in (4, 8):
+            out = os.path.join(tmp, f"out{n}_{b}")
+            p = subprocess.run([sp.SEGPIPE, "video", src, "-o", out, "--model", TINY, "--bg", "color:#000000",
+                                "--batch", str(b)], capture_output=True, text=True, timeout=60, env=sp.run_env())
+            assert p.returncode == 0, (n, b, p.stderr)
+            files, outs = read_out(out)
+            assert len(files) == n
+            check_against(frames, [(0, 0, 50, 34)] * n, np.zeros((34, 50, 3)), outs)
