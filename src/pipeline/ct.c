@@ -6,7 +6,7 @@
  * to the canonical native grid (nearest), undo the reorientation, passport.
  * Every stage is timed into the result's sp_timings.
  */
-#include "../runtime/package.h"
+#include "pipeline.h"
 
 #include <errno.h>
 #include <math.h>

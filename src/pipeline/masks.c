@@ -16,7 +16,7 @@
  * scores as its semantic inference does: sum over queries of
  * softmax(class logits without the null class) x sigmoid(mask logits).
  */
-#include "../runtime/package.h"
+#include "pipeline.h"
 #include "../io/encode.h"
 
 #include <math.h>

@@ -6,6 +6,7 @@
 #ifndef SP_PIPELINE_H
 #define SP_PIPELINE_H
 #include "../io/volume.h"
+#include "../runtime/package.h"
 
 /* ---- reorient.c ---- */
 /* An axis transform: output axis j reads input axis ax[j], flipped if fl[j]. */
@@ -40,11 +41,6 @@ void sp_resample_nearest_f32(const float *src, const int64_t in_dim[3], float *d
                              const int64_t out_dim[3], sp_pool *pool);
 
 /* ---- normalize.c ---- */
-typedef enum { SP_NORM_NONE, SP_NORM_CT, SP_NORM_ZSCORE } sp_norm_scheme;
-typedef struct sp_norm {
-    sp_norm_scheme scheme;
-    double lo, hi, mean, std;
-} sp_norm;
 void sp_normalize(float *x, int64_t n, const sp_norm *nm, sp_pool *pool);
 
 /* ---- window.c ---- */
@@ -89,4 +85,7 @@ sp_status sp_components_filter(uint16_t *labels, const int64_t dim[3], int keep_
  * nlabels. */
 sp_status sp_components_count(const uint16_t *labels, const int64_t dim[3], int nlabels,
                               int64_t *counts, int64_t *largest);
+/* One row of a model input from an RGB rectangle (masks.c; used by video.c). */
+void sp_prep_row(const sp_manifest *mf, const uint8_t *rgb, int stride, int x0, int y0, int w, int h,
+                 float *dst, size_t plane, int Wc, int rw, int rh, int y);
 #endif

@@ -22,8 +22,8 @@
  * every thread returns; the sink then removes its partial output.
  */
 #include "../io/video.h"
-#include "../runtime/package.h"
-#include "../io/volume.h"
+#include "pipeline.h"
+#include "pipeline.h"
 
 #include <math.h>
 #include <pthread.h>

@@ -252,19 +252,6 @@ static ONNXTensorElementDataType to_ort(sp_dtype t)
     }
 }
 
-const char *sp_dtype_str(sp_dtype t)
-{
-    static const char *n[] = {"unknown", "float32", "float64", "uint8", "int8", "uint16",
-                              "int16", "uint32", "int32", "int64", "float16", "bool"};
-    return (unsigned)t < sizeof n / sizeof *n ? n[t] : "unknown";
-}
-
-size_t sp_dtype_size(sp_dtype t)
-{
-    static const size_t s[] = {0, 4, 8, 1, 1, 2, 2, 4, 4, 8, 2, 1};
-    return (unsigned)t < sizeof s / sizeof *s ? s[t] : 0;
-}
-
 static sp_status describe(OrtTypeInfo *ti, sp_io_info *io)
 {
     const OrtTensorTypeAndShapeInfo *tsi;

@@ -1,8 +1,15 @@
 /* package.h — model package internals (manifest, see docs/model-format.md). */
 #ifndef SP_PACKAGE_H
 #define SP_PACKAGE_H
-#include "../pipeline/pipeline.h"
+#include "../core/core.h"
 #include <limits.h>
+
+/* A manifest's intensity normalisation (applied by pipeline/normalize.c). */
+typedef enum { SP_NORM_NONE, SP_NORM_CT, SP_NORM_ZSCORE } sp_norm_scheme;
+typedef struct sp_norm {
+    sp_norm_scheme scheme;
+    double lo, hi, mean, std;
+} sp_norm;
 
 #define SP_MAX_MASKS 32
 #define SP_MAX_MASK_CLASSES 64
@@ -41,7 +48,4 @@ struct sp_package {
 sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf);
 void sp_manifest_clear(sp_manifest *mf);
 sp_status sp_manifest_check_model(const sp_manifest *mf, const sp_model *m, const char *dir);
-/* One row of a model input from an RGB rectangle (masks.c; used by video.c). */
-void sp_prep_row(const sp_manifest *mf, const uint8_t *rgb, int stride, int x0, int y0, int w, int h,
-                 float *dst, size_t plane, int Wc, int rw, int rh, int y);
 #endif

@@ -160,41 +160,46 @@ static job *work_job(server *s, struct MHD_Connection *c, req *r, model_entry *m
     return j;
 }
 
+/* The model, the checks and a new job of a CT or photo request (want_task:
+ * the endpoint's task, or NULL for any); NULL with *ret set when refused. */
+static job *work_request(server *s, struct MHD_Connection *c, req *r, const char *want_task,
+                         enum MHD_Result *ret)
+{
+    const char *msg = NULL;
+    model_entry *me = model_arg(s, c, &msg);
+    int code = me ? 0 : 404;
+    if (me && want_task && strcmp(sp_package_task(me->pk), want_task)) {
+        code = 422;
+        msg = !strcmp(want_task, "ct") ? "this model is not a CT model" : "this model is not a photo masks model";
+    }
+    if (!code)
+        code = check_work(s, c, r, me, &msg);
+    job *j = code ? NULL : work_job(s, c, r, me);
+    if (!code && !j)
+        code = 503, msg = "out of memory";
+    if (code)
+        *ret = sp_http_error(c, code, msg, code == 503 ? 5 : 0);
+    return j;
+}
+
 static enum MHD_Result post_work(server *s, struct MHD_Connection *c, req *r, const char *method,
                                  const char *want_task, int *ok)
 {
     if (strcmp(method, "POST"))
         return not_allowed(c, "POST");
-    const char *msg = NULL;
-    model_entry *me = model_arg(s, c, &msg);
-    if (!me)
-        return sp_http_error(c, 404, msg, 0);
-    if (strcmp(sp_package_task(me->pk), want_task))
-        return sp_http_error(c, 422, !strcmp(want_task, "ct") ? "this model is not a CT model"
-                                                                  : "this model is not a photo masks model", 0);
-    int code = check_work(s, c, r, me, &msg);
-    if (code)
-        return sp_http_error(c, code, msg, code == 503 ? 5 : 0);
-    job *j = work_job(s, c, r, me);
-    if (!j)
-        return sp_http_error(c, 503, "out of memory", 2);
-    return submit_sync(s, c, r, j, ok);
+    enum MHD_Result ret = MHD_NO;
+    job *j = work_request(s, c, r, want_task, &ret);
+    return j ? submit_sync(s, c, r, j, ok) : ret;
 }
 
 /* ------------------------------------------------------------------ jobs */
 
 static enum MHD_Result post_job(server *s, struct MHD_Connection *c, req *r)
 {
-    const char *msg = NULL;
-    model_entry *me = model_arg(s, c, &msg);
-    if (!me)
-        return sp_http_error(c, 404, msg, 0);
-    int code = check_work(s, c, r, me, &msg);
-    if (code)
-        return sp_http_error(c, code, msg, code == 503 ? 5 : 0);
-    job *j = work_job(s, c, r, me);
+    enum MHD_Result ret = MHD_NO;
+    job *j = work_request(s, c, r, NULL, &ret);
     if (!j)
-        return sp_http_error(c, 503, "out of memory", 2);
+        return ret;
     pthread_mutex_lock(&s->mu);
     sp_store_expire(s, sp_now());
     if (sp_store_full(s)) {

@@ -69,7 +69,7 @@ int sp_job_enqueue(server *s, job *j)
     me->qtail = j;
     me->qlen++;
     s->qtotal++;
-    j->refs++;   /* the queue's, then the worker's */
+    /* the creator's reference becomes the queue's, then the worker's */
     j->lnext = s->live;
     if (s->live)
         s->live->lprev = j;

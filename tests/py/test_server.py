@@ -186,12 +186,12 @@ def test_server_saturation_timeout_sigterm(tmp):
 
 def test_server_startup_failures(tmp):
     r = subprocess.run([sp.SEGPIPE, "serve", "--model", f"x={tmp}/missing", "--port", str(free_port())],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, env=sp.run_env())
     assert r.returncode == 4 and "model 'x'" in r.stderr
     r = subprocess.run([sp.SEGPIPE, "serve", "--port", str(free_port())], capture_output=True, text=True)
     assert r.returncode == 2
     r = subprocess.run([sp.SEGPIPE, "serve", "--model", f"a={sp.TINYSEG}", "--model", f"a={sp.TINYSEG}",
-                        "--port", str(free_port())], capture_output=True, text=True, timeout=60)
+                        "--port", str(free_port())], capture_output=True, text=True, timeout=60, env=sp.run_env())
     assert r.returncode == 2 and "twice" in r.stderr
 
 

@@ -134,7 +134,7 @@ def test_server_api_keys(tmp):
         s.stop()
     open(keys, "w").write("short\n")
     r = subprocess.run([sp.SEGPIPE, "serve", "--model", f"tiny={sp.TINYSEG}", "--api-key-file", keys,
-                        "--port", str(free_port())], capture_output=True, text=True, timeout=60)
+                        "--port", str(free_port())], capture_output=True, text=True, timeout=60, env=sp.run_env())
     assert r.returncode == 2 and "16.." in r.stderr
 
 

@@ -2,7 +2,7 @@
  * Gaussian map, reorientation over all 48 axis permutations and flips,
  * connected components, manifest validation. */
 #include "test.h"
-#include "runtime/package.h"
+#include "pipeline/pipeline.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -3,7 +3,7 @@
  * by the CLI's `resample`: resampling with a new affine, centred padding,
  * writing intensity volumes.
  */
-#include "../pipeline/pipeline.h"
+#include "pipeline.h"
 
 #include <math.h>
 #include <stdlib.h>
