@@ -55,7 +55,8 @@ void *sp_big_alloc(size_t size);
 void *sp_big_calloc(size_t n, size_t size);
 
 /* ------------------------------------------------------------------ files */
-/* Read a whole file (limit: max_bytes). Caller frees *data. */
+/* Read a whole file (limit: max_bytes), followed by a NUL byte not counted in
+ * *size (text can be used as a C string). Caller frees *data. */
 sp_status sp_read_file(const char *path, size_t max_bytes, void **data, size_t *size);
 int sp_has_suffix(const char *s, const char *suffix);
 

@@ -62,7 +62,7 @@ sp_status sp_read_file(const char *path, size_t max_bytes, void **data, size_t *
                        path, (long long)st.st_size, max_bytes);
     }
     size_t n = (size_t)st.st_size;
-    char *buf = sp_big_alloc(n ? n : 1);
+    char *buf = sp_big_alloc(n + 1);   /* + a NUL, so text needs no copy */
     if (!buf) {
         close(fd);
         return sp_fail(SP_ERR_NOMEM, "%s: cannot allocate %zu bytes", path, n);
@@ -80,6 +80,7 @@ sp_status sp_read_file(const char *path, size_t max_bytes, void **data, size_t *
         got += (size_t)r;
     }
     close(fd);
+    buf[n] = 0;
     *data = buf;
     *size = n;
     return SP_OK;

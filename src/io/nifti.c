@@ -35,8 +35,6 @@ sp_read_params sp_read_default_params(void)
     return p;
 }
 
-/* ------------------------------------------------------------ shared pool */
-
 /* ------------------------------------------------------------- geometry */
 
 int64_t sp_geom_nvox(const sp_geom *g) { return g->dim[0] * g->dim[1] * g->dim[2]; }

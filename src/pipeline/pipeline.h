@@ -54,8 +54,8 @@ typedef struct sp_window_params {
     int64_t max_tiles;       /* refuse more tiles than this; 0 = no limit */
     const volatile int *cancel;   /* non-NULL and set: stop at the next tile */
 } sp_window_params;
-/* nnU-Net's compute_steps_for_sliding_window for one axis; returns the
- * count, or -1 when it would exceed cap. */
+/* nnU-Net's compute_steps_for_sliding_window for one axis: the count (the
+ * steps written to out unless it is NULL), or -1 when it would exceed cap. */
 int sp_window_steps(int64_t image, int64_t tile, double step, int64_t *out, int cap);
 /* nnU-Net's Gaussian importance map (value scaling 10, zeros -> min). */
 float *sp_gaussian_map(const int64_t patch[3], double sigma_scale);

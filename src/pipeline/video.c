@@ -23,7 +23,6 @@
  */
 #include "../io/video.h"
 #include "pipeline.h"
-#include "pipeline.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -242,12 +241,7 @@ static sp_status read_roi(sp_video *v, const char *path)
     sp_status st = sp_read_file(path, (size_t)256 << 20, &data, &n);
     if (st)
         return st;
-    char *text = realloc(data, n + 1);
-    if (!text) {
-        free(data);
-        return sp_fail(SP_ERR_NOMEM, "out of memory");
-    }
-    text[n] = 0;
+    char *text = data;   /* NUL-terminated */
     int64_t cap = 0, line = 0;
     char *save = NULL;
     st = SP_OK;

@@ -34,6 +34,8 @@ int sp_window_steps(int64_t image, int64_t tile, double step, int64_t *out, int 
     if (!(nd <= cap))
         return -1;   /* more steps than the caller has room for */
     int n = (int)nd;
+    if (!out)
+        return n;
     double actual = n > 1 ? (double)(image - tile) / (double)(n - 1) : 99999999999.0;
     for (int i = 0; i < n; i++)
         out[i] = (int64_t)nearbyint(actual * i);   /* np.round: half to even */
@@ -242,11 +244,9 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
         c.P[d] = wp->patch[d];
         int64_t padded = c.N[d] > c.P[d] ? c.N[d] : c.P[d];
         c.pad[d] = (padded - c.N[d]) / 2;    /* nnU-Net pad_nd_image: below = diff // 2 */
-        double capd = ceil((double)(padded - c.P[d]) / ((double)c.P[d] * wp->step)) + 2;
-        int cap = capd >= 1 && capd < (1 << 24) ? (int)capd : 0;
-        steps[d] = cap ? malloc((size_t)cap * sizeof **steps) : NULL;
-        ns[d] = steps[d] ? sp_window_steps(padded, c.P[d], wp->step, steps[d], cap) : -1;
-        if (ns[d] < 1) {
+        ns[d] = sp_window_steps(padded, c.P[d], wp->step, NULL, 1 << 24);
+        steps[d] = ns[d] > 0 ? malloc((size_t)ns[d] * sizeof **steps) : NULL;
+        if (!steps[d] || sp_window_steps(padded, c.P[d], wp->step, steps[d], ns[d]) != ns[d]) {
             st = sp_fail(SP_ERR_INPUT, "sliding window: cannot tile %lld voxels with patch %lld at step %g",
                          (long long)c.N[d], (long long)c.P[d], wp->step);
             goto done;

@@ -393,12 +393,7 @@ sp_status sp_package_load(sp_runtime *rt, const char *dir, sp_package **out)
     snprintf(path, sizeof path, "%s/segpipe.json", dir);
     if ((st = sp_read_file(path, 16 << 20, &text, &n)))
         return sp_fail_prefix(SP_ERR_MODEL, "model package %s", dir);
-    char *s = realloc(text, n + 1);
-    if (!s) {
-        free(text);
-        return sp_fail(SP_ERR_NOMEM, "out of memory");
-    }
-    s[n] = 0;
+    char *s = text;   /* NUL-terminated */
     sp_package *pk = calloc(1, sizeof *pk);
     if (!pk) {
         free(s);

@@ -102,13 +102,7 @@ sp_status sp_keys_load(server *s, const char *path)
     sp_status st = sp_read_file(path, 1 << 20, &data, &n);
     if (st)
         return sp_fail_prefix(st, "--api-key-file");
-    char *text = realloc(data, n + 1), *save = NULL;
-    if (!text) {
-        free(data);
-        return sp_fail(SP_ERR_NOMEM, "out of memory");
-    }
-    text[n] = 0;
-    data = text;
+    char *text = data, *save = NULL;
     for (char *line = strtok_r(text, "\r\n", &save); line; line = strtok_r(NULL, "\r\n", &save)) {
         while (*line == ' ' || *line == '\t')
             line++;
@@ -220,7 +214,7 @@ static int reserve(server *s, size_t n)
 
 /* Checks on the headers alone. Returns 0 to go on reading, or an HTTP
  * status (with *msg) to answer now. */
-static int precheck(server *s, struct MHD_Connection *c, const char *method, req *r, const char **msg,
+static int precheck(server *s, struct MHD_Connection *c, req *r, const char **msg,
                     int *retry)
 {
     hdr_count hc = {0};
@@ -236,13 +230,7 @@ static int precheck(server *s, struct MHD_Connection *c, const char *method, req
     if (s->stopping)
         return *retry = 5, *msg = "the service is shutting down", 503;
     const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
-    int has_body = (cl && strcmp(cl, "0")) ||
-                   MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Transfer-Encoding");
-    if (!has_body)
-        return 0;
     size_t lim = body_limit(s, r->ep);
-    if (lim <= (1 << 16) && strcmp(method, "POST"))
-        return 0;   /* small bodies of other methods: read and ignored */
     if (cl) {
         char *end;
         unsigned long long v = strtoull(cl, &end, 10);
@@ -288,7 +276,7 @@ static int take_body(server *s, req *r, const char *data, size_t n)
     return 0;
 }
 
-static req *req_new(server *s, struct MHD_Connection *c, const char *url, const char *method)
+static req *req_new(server *s, const char *url)
 {
     req *r = calloc(1, sizeof *r);
     if (!r)
@@ -307,11 +295,11 @@ enum MHD_Result sp_access_cb(void *cls, struct MHD_Connection *c, const char *ur
     req *r = *con_cls;
     (void)version;
     if (!r) {
-        if (!(r = req_new(s, c, url, method)))
+        if (!(r = req_new(s, url)))
             return MHD_NO;
         *con_cls = r;
         const char *msg = NULL;
-        int retry = 0, code = precheck(s, c, method, r, &msg, &retry);
+        int retry = 0, code = precheck(s, c, r, &msg, &retry);
         if (code) {
             r->early = 1;
             sp_record(s, r->ep, 0, 0);

@@ -240,7 +240,6 @@ static enum MHD_Result job_path(server *s, struct MHD_Connection *c, const char 
         pthread_mutex_unlock(&s->mu);
         return sp_http_error(c, 404, "unknown or expired id", 0);
     }
-    enum MHD_Result ret;
     if (del) {
         j->cancel = 1;
         sp_job_unstore(s, j);
@@ -275,8 +274,7 @@ static enum MHD_Result job_path(server *s, struct MHD_Connection *c, const char 
     if (!body)
         return sp_http_error(c, 503, "out of memory", 2);
     *ok = http == 200;
-    ret = sp_http_reply(c, http, "application/json", body, strlen(body), 0);
-    return ret;
+    return sp_http_reply(c, http, "application/json", body, strlen(body), 0);
 }
 
 static enum MHD_Result jobs(server *s, struct MHD_Connection *c, const char *url, const char *method,

@@ -120,13 +120,7 @@ static sp_status read_pem(const char *path, const char *what, char **out)
     sp_status st = sp_read_file(path, 1 << 20, &data, &n);
     if (st)
         return sp_fail_prefix(st, "%s", what);
-    char *t = realloc(data, n + 1);
-    if (!t) {
-        free(data);
-        return sp_fail(SP_ERR_NOMEM, "out of memory");
-    }
-    t[n] = 0;
-    *out = t;
+    *out = data;   /* NUL-terminated */
     return SP_OK;
 }
 

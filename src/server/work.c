@@ -228,6 +228,25 @@ static sp_status labels_bytes(server *s, job *j, const sp_ct_result *res, const 
     return st;
 }
 
+/* Give a CT job with labels an id in the store (asynchronous jobs have one
+ * already), dropping the oldest kept synchronous result when it is full. */
+static void keep_result(server *s, job *j)
+{
+    pthread_mutex_lock(&s->mu);
+    while (!j->stored && sp_store_full(s)) {
+        job *old = NULL;
+        for (job *q = s->store; q; q = q->snext)
+            if (!q->async && q->state == JOB_DONE)
+                old = q;
+        if (!old)
+            break;
+        sp_job_unstore(s, old);
+    }
+    if (!j->stored)
+        sp_job_store(s, j, j->owner);
+    pthread_mutex_unlock(&s->mu);
+}
+
 static void run_ct(server *s, job *j)
 {
     sp_volume *v = NULL;
@@ -261,8 +280,10 @@ static void run_ct(server *s, job *j)
     for (int i = 0; i < t->n; i++)
         sp_buf_printf(&b, ", \"%s\": %.6f", t->stage[i].name, t->stage[i].seconds);
     sp_buf_puts(&b, "},\n");
-    if (j->want_labels)
-        sp_buf_puts(&b, " \"labels_id\": \"@ID@\", \"labels_url\": \"@URL@\",\n");
+    if (j->want_labels) {
+        keep_result(s, j);
+        sp_buf_printf(&b, " \"labels_id\": \"%s\", \"labels_url\": \"/v1/results/%s/labels\",\n", j->id, j->id);
+    }
     sp_buf_puts(&b, " \"passport\": ");
     const char *pj = sp_ct_result_passport_json(res);
     sp_buf_puts(&b, pj ? pj : "null");
@@ -363,41 +384,6 @@ static void run_segment_batch(server *s, job **js, int n)
 
 /* ---------------------------------------------------------------- workers */
 
-/* Put the id into a CT answer that carries labels (caller holds s->mu). */
-static void fill_labels_id(server *s, job *j)
-{
-    if (!j->resp || !strstr(j->resp, "@ID@"))
-        return;
-    while (sp_store_full(s)) {   /* room for a synchronous result: drop the oldest one kept */
-        job *old = NULL;
-        for (job *q = s->store; q; q = q->snext)
-            if (!q->async && q->state == JOB_DONE)
-                old = q;
-        if (!old)
-            break;
-        sp_job_unstore(s, old);
-    }
-    if (!j->stored)
-        sp_job_store(s, j, j->owner);
-    sp_buf b = {0};
-    const char *p = j->resp, *q;
-    while ((q = strchr(p, '@'))) {
-        sp_buf_printf(&b, "%.*s", (int)(q - p), p);
-        if (!strncmp(q, "@ID@", 4))
-            sp_buf_puts(&b, j->id), p = q + 4;
-        else if (!strncmp(q, "@URL@", 5))
-            sp_buf_printf(&b, "/v1/results/%s/labels", j->id), p = q + 5;
-        else
-            sp_buf_puts(&b, "@"), p = q + 1;
-    }
-    sp_buf_puts(&b, p);
-    char *nr = sp_buf_take(&b);
-    if (nr) {
-        free(j->resp);
-        j->resp = nr;
-    }
-}
-
 /* Mark done and wake the waiting connection (caller holds s->mu; the
  * connection is resumed by the caller after unlocking). */
 static struct MHD_Connection *finish(server *s, job *j)
@@ -406,8 +392,6 @@ static struct MHD_Connection *finish(server *s, job *j)
         j->http = 503;
         j->resp = sp_error_json(503, "out of memory");
     }
-    if (j->http == 200)
-        fill_labels_id(s, j);
     j->resp_len = j->resp ? strlen(j->resp) : 0;
     j->state = JOB_DONE;
     j->stage = "done";
@@ -456,9 +440,8 @@ static int gather_batch(server *s, model_entry *me, job **batch)
     for (;;) {
         while (me->qhead && nb < cap) {
             job *q = pop(s, me);
-            if (q->cancel) {   /* its client is gone */
-                struct MHD_Connection *c = finish(s, q);
-                (void)c;
+            if (q->cancel) {   /* timed out or deleted: its connection was answered already */
+                finish(s, q);
                 sp_job_release(s, q);
                 continue;
             }
