@@ -34,6 +34,12 @@ enum MHD_Result sp_http_reply(struct MHD_Connection *c, int code, const char *ct
         free(body);
         return MHD_NO;
     }
+    return sp_http_send(c, code, r, ctype, retry_after);
+}
+
+enum MHD_Result sp_http_send(struct MHD_Connection *c, int code, struct MHD_Response *r, const char *ctype,
+                             int retry_after)
+{
     MHD_add_response_header(r, "Content-Type", ctype);
     MHD_add_response_header(r, "Cache-Control", "no-store");
     MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");

@@ -59,6 +59,7 @@ struct job {
     int http;
     char *resp;
     size_t resp_len;
+    struct MHD_Response *response;   /* instead of resp: an answer written as it is sent */
     void *labels_gz;              /* EP_CT with labels: the .nii.gz bytes */
     size_t labels_len;
     double t_enq, t_start, t_end, deadline;
@@ -117,6 +118,9 @@ typedef struct req {
 enum MHD_Result sp_http_reply(struct MHD_Connection *c, int code, const char *ctype, char *body,
                               size_t len, int retry_after);
 enum MHD_Result sp_http_json(struct MHD_Connection *c, int code, char *json);
+/* Queue response r (owned; destroyed here) with segpipe's headers. */
+enum MHD_Result sp_http_send(struct MHD_Connection *c, int code, struct MHD_Response *r, const char *ctype,
+                             int retry_after);
 enum MHD_Result sp_http_error(struct MHD_Connection *c, int code, const char *msg, int retry_after);
 char *sp_error_json(int code, const char *msg);
 int sp_http_status(sp_status st);

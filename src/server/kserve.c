@@ -134,34 +134,120 @@ static int read_inputs(const cJSON *inputs, const sp_io_info *ins, int ni, sp_te
     return 0;
 }
 
-static char *outputs_json(job *j, const sp_io_info *outs, sp_tensor *tout, int nout)
+/* The answer, written as libmicrohttpd sends it: a JSON head per output,
+ * then its values formatted a chunk at a time from the tensor, so a 62 MB
+ * tensor is never held again as 200 MB of text. */
+typedef struct answer {
+    char *heads[SP_MAX_RANK];     /* '{"name": ..., "data": [' per output; [0] has the preamble */
+    sp_tensor t[SP_MAX_RANK];
+    int n, k;                     /* outputs, the one being written */
+    size_t q, count;              /* next value of output k (count: its values; -1 while in the head) */
+    char pend[64];                /* one formatted value */
+    const char *pp;               /* text made and not yet sent (into heads or pend) */
+    size_t plen;
+    int done;
+} answer;
+
+static void answer_free(void *cls)
 {
-    sp_buf b = {0};
-    sp_buf_puts(&b, "{\"model_name\": ");
-    sp_buf_json_str(&b, j->me->name);
-    sp_buf_printf(&b, ", \"model_version\": \"1\", \"parameters\": {\"queue_wait_seconds\": %.6f, "
-                      "\"processing_seconds\": %.6f}, \"outputs\": [", j->t_start - j->t_enq, j->t_end - j->t_start);
+    answer *a = cls;
+    for (int k = 0; k < SP_MAX_RANK; k++) {
+        free(a->heads[k]);
+        sp_tensor_free_data(&a->t[k]);
+    }
+    free(a);
+}
+
+static size_t values_of(const sp_tensor *t)
+{
+    size_t n = 1;
+    for (int d = 0; d < t->rank; d++)
+        n *= (size_t)t->shape[d];
+    return n;
+}
+
+/* The next piece of text: a head, one value, or an output's end. */
+static const char *answer_next(answer *a, size_t *len)
+{
+    if (a->count == (size_t)-1) {
+        a->count = values_of(&a->t[a->k]);
+        a->q = 0;
+        *len = strlen(a->heads[a->k]);
+        return a->heads[a->k];
+    }
+    if (a->q < a->count) {   /* JSON has no NaN: null */
+        float v = ((const float *)a->t[a->k].data)[a->q];
+        int m = isfinite(v) ? snprintf(a->pend, sizeof a->pend, a->q ? ", %.9g" : "%.9g", (double)v)
+                            : snprintf(a->pend, sizeof a->pend, a->q ? ", null" : "null");
+        a->q++;
+        *len = (size_t)m;
+        return a->pend;
+    }
+    int last = ++a->k == a->n;
+    a->count = (size_t)-1;
+    a->done = last;
+    *len = last ? 5 : 4;
+    return last ? "]}]}\n" : "]}, ";
+}
+
+static ssize_t answer_write(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    answer *a = cls;
+    size_t w = 0;
+    (void)pos;
+    while (w < max) {
+        if (!a->plen) {   /* nothing pending: the next piece (stable until the next call) */
+            if (a->done)
+                break;
+            a->pp = answer_next(a, &a->plen);
+        }
+        size_t m = a->plen < max - w ? a->plen : max - w;
+        memcpy(buf + w, a->pp, m);
+        a->pp += m;
+        a->plen -= m;
+        w += m;
+    }
+    if (!w && a->done)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    return (ssize_t)w;
+}
+
+static struct MHD_Response *outputs_answer(job *j, const sp_io_info *outs, sp_tensor *tout, int nout)
+{
+    answer *a = nout > 0 ? calloc(1, sizeof *a) : NULL;
+    if (!a)
+        return NULL;
     for (int k = 0; k < nout; k++) {
-        size_t n = 1;
-        sp_buf_printf(&b, "%s{\"name\": ", k ? ", " : "");
+        sp_buf b = {0};
+        if (!k) {
+            sp_buf_puts(&b, "{\"model_name\": ");
+            sp_buf_json_str(&b, j->me->name);
+            sp_buf_printf(&b, ", \"model_version\": \"1\", \"parameters\": {\"queue_wait_seconds\": %.6f, "
+                              "\"processing_seconds\": %.6f}, \"outputs\": [",
+                          j->t_start - j->t_enq, j->t_end - j->t_start);
+        }
+        sp_buf_puts(&b, "{\"name\": ");
         sp_buf_json_str(&b, outs[k].name);
         sp_buf_puts(&b, ", \"datatype\": \"FP32\", \"shape\": [");
-        for (int d = 0; d < tout[k].rank; d++) {
+        for (int d = 0; d < tout[k].rank; d++)
             sp_buf_printf(&b, "%s%lld", d ? ", " : "", (long long)tout[k].shape[d]);
-            n *= (size_t)tout[k].shape[d];
-        }
         sp_buf_puts(&b, "], \"data\": [");
-        const float *f = tout[k].data;
-        for (size_t q = 0; q < n; q++) {   /* JSON has no NaN: null */
-            if (isfinite(f[q]))
-                sp_buf_printf(&b, q ? ", %.9g" : "%.9g", (double)f[q]);
-            else
-                sp_buf_puts(&b, q ? ", null" : "null");
-        }
-        sp_buf_puts(&b, "]}");
+        a->heads[k] = sp_buf_take(&b);
+        a->t[k] = tout[k];   /* the answer owns the tensors now */
+        memset(&tout[k], 0, sizeof tout[k]);
     }
-    sp_buf_puts(&b, "]}\n");
-    return sp_buf_take(&b);
+    a->n = nout;
+    a->count = (size_t)-1;   /* start with the first head */
+    for (int k = 0; k < nout; k++)
+        if (!a->heads[k]) {
+            answer_free(a);
+            return NULL;
+        }
+    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 64 << 10, answer_write, a,
+                                                               answer_free);
+    if (!r)
+        answer_free(a);
+    return r;
 }
 
 void sp_kserve_infer(server *s, job *j)
@@ -190,8 +276,8 @@ void sp_kserve_infer(server *s, job *j)
                      j->http == 503 ? "out of memory" : "the model did not accept it");
         } else {
             j->t_end = sp_now();
-            j->resp = outputs_json(j, outs, tout, nout);
-            j->http = j->resp ? 200 : 503;
+            j->response = outputs_answer(j, outs, tout, nout);
+            j->http = j->response ? 200 : 503;
         }
     }
     if (j->http != 200)

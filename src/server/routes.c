@@ -78,6 +78,13 @@ static enum MHD_Result answer_sync(server *s, struct MHD_Connection *c, req *r, 
         return MHD_YES;
     }
     int http = j->state == JOB_DONE ? j->http : 504;
+    struct MHD_Response *stream = j->state == JOB_DONE ? j->response : NULL;
+    j->response = NULL;
+    if (stream) {   /* a large answer written as it is sent */
+        pthread_mutex_unlock(&s->mu);
+        *ok = 1;
+        return sp_http_send(c, http, stream, "application/json", 0);
+    }
     char *body = j->state == JOB_DONE ? j->resp : NULL;
     size_t len = j->resp_len;
     if (body && !j->stored)

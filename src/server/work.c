@@ -52,6 +52,8 @@ void sp_job_release(server *s, job *j)
     if (--j->refs > 0)
         return;
     drop_body(s, j);
+    if (j->response)
+        MHD_destroy_response(j->response);
     free(j->resp);
     free(j->labels_gz);
     free(j);
@@ -388,7 +390,7 @@ static void run_segment_batch(server *s, job **js, int n)
  * connection is resumed by the caller after unlocking). */
 static struct MHD_Connection *finish(server *s, job *j)
 {
-    if (!j->resp) {
+    if (!j->resp && !j->response) {
         j->http = 503;
         j->resp = sp_error_json(503, "out of memory");
     }

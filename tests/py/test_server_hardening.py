@@ -304,3 +304,40 @@ def test_server_fair_across_models(tmp):
     finally:
         rc, _ = s.stop()
     assert rc == 0
+
+
+def test_server_kserve_answers_streamed(tmp):
+    """KServe JSON answers are written as they are sent: a many-chunk
+    answer equals the reference, and clients that never read their large
+    answers hold the tensor, not its ~3x larger text."""
+    from scipy import ndimage
+    s = Server("--model", f"tiny={sp.TINYSEG}", "--model", f"demo={sp.DEMO}", "--workers", "2", "--threads", "1")
+    socks = []
+    try:
+        x = np.random.default_rng(4).normal(size=(8, 1, 8, 8, 8)).astype(np.float32)
+        body = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                       "data": x.ravel().tolist()}]}).encode()
+        code, r = jget(s.url + "/v2/models/tiny/infer", data=body, ctype="application/json")
+        assert code == 200 and r["outputs"][0]["shape"] == [8, 4, 8, 8, 8]
+        w = np.load(os.path.join(sp.TINYSEG, "weights.npz"))
+        ref = np.stack([[ndimage.correlate(x[b, 0].astype(np.float64), w["w"][c, 0], mode="constant") + w["b"][c]
+                         for c in range(4)] for b in range(8)])
+        got = np.array(r["outputs"][0]["data"]).reshape(ref.shape)
+        assert np.abs(got - ref).max() < 1e-4
+        # five clients ask for 118 x 64x64x32 logits (62 MB as FP32, ~200 MB as JSON) and never read
+        patch = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 64, 64, 32], "datatype": "FP32",
+                                        "data": [0.0] * (64 * 64 * 32)}]}).encode()
+        for _ in range(5):
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+            c.sendall(b"POST /v2/models/demo/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(patch) + patch)
+            socks.append(c)
+        time.sleep(8)
+        code, st = jget(s.url + "/v1/status")
+        assert st["endpoints"]["infer"]["served"] >= 5, st["endpoints"]
+        assert st["rss_bytes"] < 900e6, st["rss_bytes"]   # text held whole: > 1.3 GB
+    finally:
+        for c in socks:
+            c.close()
+        rc, _ = s.stop()
+    assert rc == 0
