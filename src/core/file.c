@@ -190,7 +190,7 @@ void sp_buf_json_num(sp_buf *b, double v)
         sp_buf_puts(b, "null");
         return;
     }
-    if (v == (double)(int64_t)v && fabs(v) < 1e15) {
+    if (fabs(v) < 1e15 && v == (double)(int64_t)v) {
         sp_buf_printf(b, "%lld", (long long)v);
         return;
     }

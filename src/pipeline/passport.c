@@ -57,6 +57,17 @@ typedef struct pp_ctx {
     float *wmin_hu, *wmax_hu;
 } pp_ctx;
 
+
+/* numpy's astype(int16) of a HU value: truncation, wrapping past the int16
+ * range (C leaves an out-of-range conversion undefined). */
+static int16_t as_int16(float v)
+{
+    if (v >= -32768.0f && v < 32768.0f)
+        return (int16_t)v;
+    if (!isfinite(v))
+        return 0;
+    return (int16_t)(uint16_t)(uint64_t)(int64_t)fmod(trunc((double)v), 65536.0);
+}
 static void pass0(void *vc, int64_t b, int64_t e, int w)
 {
     pp_ctx *c = vc;
@@ -101,7 +112,7 @@ static void pass1(void *vc, int64_t b, int64_t e, int w)
                 a->n++;
                 a->sum += v;
                 a->sq += (double)v * v;
-                a->sum_i16 += (double)(int16_t)v;
+                a->sum_i16 += (double)as_int16(v);
                 if (v < a->mn) a->mn = v;
                 if (v > a->mx) a->mx = v;
                 a->s[0] += x; a->s[1] += y; a->s[2] += z;
@@ -272,7 +283,7 @@ sp_status sp_passport_compute(const sp_volume *ct, const uint16_t *labels,
         st = sp_fail(SP_ERR_NOMEM, "passport: out of memory");
         goto done;
     }
-    if (ct->integer_valued && isfinite(hu_lo) && hu_hi - hu_lo < 65536) {
+    if (ct->integer_valued && hu_lo >= -2147483648.0 && hu_hi <= 2147483647.0 && hu_hi - hu_lo < 65536) {
         c.hmin = (int64_t)hu_lo;
         c.nbins = (int64_t)hu_hi - c.hmin + 1;
         if ((double)nw * c.nl * c.nbins * 4 <= 512e6)

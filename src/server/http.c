@@ -351,6 +351,11 @@ void sp_completed_cb(void *cls, struct MHD_Connection *c, void **con_cls,
     (void)toe;
     if (!r)
         return;
+    if (r->watch) {
+        pthread_mutex_lock(&s->mu);
+        sp_job_release(s, r->watch);
+        pthread_mutex_unlock(&s->mu);
+    }
     if (r->job) {
         pthread_mutex_lock(&s->mu);
         r->job->cancel = 1;   /* no-op when done */

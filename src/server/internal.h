@@ -26,6 +26,7 @@ extern const char *const sp_ep_names[EP_N];
 
 #define LAT_RING 2048
 #define ID_HEX 32                 /* 128 random bits */
+#define MAX_WATCHERS 256          /* suspended long polls */
 
 typedef struct ep_stats {
     uint64_t served, failed;
@@ -34,6 +35,7 @@ typedef struct ep_stats {
 } ep_stats;
 
 typedef struct job job;
+typedef struct req req;
 
 typedef struct model_entry {
     char name[64];
@@ -97,6 +99,8 @@ typedef struct server {
     atomic_int inflight;
     atomic_size_t buffered;       /* request bytes held (max_buffered) */
     job *live;                    /* queued and running jobs */
+    req *watchers;                /* suspended long polls (GET /v1/jobs/ID?wait=S) */
+    int n_watchers;
     job *store;                   /* async jobs and kept results */
     int n_stored;
     size_t stored_bytes;
@@ -105,14 +109,18 @@ typedef struct server {
     char tmpdir[256];
 } server;
 
-typedef struct req {
+struct req {
     char *body;
     size_t len, cap, reserved, declared;   /* reserved: bytes counted against max_buffered */
     int ep, owner;
     int early;                    /* answered before the body: discard it */
     double t0;
     job *job;                     /* a synchronous job this request waits for */
-} req;
+    job *watch;                   /* GET /v1/jobs/ID?wait=S: the job it waits on (a reference) */
+    double watch_until;
+    struct MHD_Connection *conn;
+    req *wnext;                   /* server's list of waiting watchers */
+};
 
 /* http.c */
 enum MHD_Result sp_http_reply(struct MHD_Connection *c, int code, const char *ctype, char *body,
@@ -144,6 +152,11 @@ model_entry *sp_find_model(server *s, const char *name, size_t n);
 /* kserve.c */
 char *sp_kserve_model_metadata(model_entry *me);
 void sp_kserve_infer(server *s, job *j);
+/* A KServe v2 JSON request's inputs, checked against the model's (ins):
+ * 0 with tin[0..ni) filled (caller frees each .data), or an HTTP status
+ * with a message. */
+int sp_kserve_parse(const char *text, size_t len, const sp_io_info *ins, int ni, sp_tensor *tin, char *msg,
+                    size_t msz);
 
 /* work.c */
 job *sp_job_new(server *s, req *r, int kind, model_entry *me);
@@ -154,6 +167,9 @@ void sp_job_store(server *s, job *j, int owner);  /* caller holds s->mu; gives j
 job *sp_job_find(server *s, const char *id, size_t n, int owner);   /* caller holds s->mu */
 void sp_job_unstore(server *s, job *j);           /* caller holds s->mu */
 char *sp_job_status_json(server *s, job *j);      /* caller holds s->mu */
+/* Take the watchers to wake: those of job j (NULL: none) and those past
+ * their time (caller holds s->mu; resume the n returned after unlocking). */
+int sp_watchers_take(server *s, job *j, double now, struct MHD_Connection **out, int max);
 int sp_store_full(server *s);                     /* caller holds s->mu */
 void sp_store_expire(server *s, double now);      /* caller holds s->mu */
 void *sp_worker_main(void *arg);

@@ -250,24 +250,30 @@ static struct MHD_Response *outputs_answer(job *j, const sp_io_info *outs, sp_te
     return r;
 }
 
+int sp_kserve_parse(const char *text, size_t len, const sp_io_info *ins, int ni, sp_tensor *tin, char *msg,
+                    size_t msz)
+{
+    cJSON *body = cJSON_ParseWithLength(text, len);
+    if (!body)
+        return snprintf(msg, msz, "the body is not valid JSON"), 400;
+    int http = read_inputs(cJSON_GetObjectItem(body, "inputs"), ins, ni, tin, msg, msz);
+    cJSON_Delete(body);
+    return http;
+}
+
 void sp_kserve_infer(server *s, job *j)
 {
     (void)s;
     sp_model *m = sp_package_model(j->me->pk);
     int ni, no;
     const sp_io_info *ins = sp_model_inputs(m, &ni), *outs = sp_model_outputs(m, &no);
-    cJSON *body = cJSON_ParseWithLength(j->body, j->len);
     sp_tensor tin[SP_MAX_RANK], tout[SP_MAX_RANK];
     memset(tin, 0, sizeof tin);
     memset(tout, 0, sizeof tout);
     int nout = no < SP_MAX_RANK ? no : SP_MAX_RANK;
     char msg[256] = "";
-    if (!body) {
-        j->http = 400;
-        snprintf(msg, sizeof msg, "the body is not valid JSON");
-    } else if (!(j->http = read_inputs(cJSON_GetObjectItem(body, "inputs"), ins, ni, tin, msg, sizeof msg))) {
-        cJSON_Delete(body);
-        body = NULL;
+    j->http = sp_kserve_parse(j->body, j->len, ins, ni, tin, msg, sizeof msg);
+    if (!j->http) {
         sp_status st = sp_model_run(m, tin, ni, tout, nout);
         if (st) {
             SP_WARN("infer on model '%s': %s", j->me->name, sp_last_error());
@@ -286,5 +292,4 @@ void sp_kserve_infer(server *s, job *j)
         free(tin[i].data);
         sp_tensor_free_data(&tout[i]);
     }
-    cJSON_Delete(body);
 }

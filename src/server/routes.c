@@ -255,6 +255,22 @@ static enum MHD_Result job_path(server *s, struct MHD_Connection *c, const char 
         return sp_http_json(c, 200, strdup("{\"deleted\": true}\n"));
     }
     if (!*what) {
+        const char *w = sp_query_arg(c, "wait");
+        double wait = w ? strtod(w, NULL) : 0;
+        if (j->state != JOB_DONE && wait > 0 && s->n_watchers < MAX_WATCHERS && !s->stopping) {
+            /* long poll: answered when the job ends or the wait is over */
+            r->watch = j;
+            j->refs++;
+            r->watch_until = sp_now() + (wait < 60 ? wait : 60);
+            r->conn = c;
+            r->wnext = s->watchers;
+            s->watchers = r;
+            s->n_watchers++;
+            *ok = -1;
+            MHD_suspend_connection(c);
+            pthread_mutex_unlock(&s->mu);
+            return MHD_YES;
+        }
         char *body = sp_job_status_json(s, j);
         pthread_mutex_unlock(&s->mu);
         *ok = body != NULL;
@@ -377,6 +393,15 @@ enum MHD_Result sp_handle(server *s, struct MHD_Connection *c, const char *url, 
 {
     if (r->job)
         return answer_sync(s, c, r, ok);
+    if (r->watch) {   /* a long poll, woken */
+        pthread_mutex_lock(&s->mu);
+        char *body = sp_job_status_json(s, r->watch);
+        sp_job_release(s, r->watch);
+        r->watch = NULL;
+        pthread_mutex_unlock(&s->mu);
+        *ok = body != NULL;
+        return sp_http_json(c, 200, body);
+    }
     int ep = r->ep, get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
     switch (ep) {
     case EP_LIVE: case EP_READY: case EP_META: case EP_STATUS: case EP_METRICS:

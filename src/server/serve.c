@@ -9,6 +9,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,13 +61,13 @@ static void *housekeeper_main(void *arg)
     server *s = arg;
     pthread_mutex_lock(&s->mu);
     while (!s->stopping || s->qtotal || s->running) {
-        struct MHD_Connection *late[64];
-        int nl = 0;
+        struct MHD_Connection *late[64 + MAX_WATCHERS];
         double now = sp_now();
+        int nl = sp_watchers_take(s, NULL, s->stopping ? INFINITY : now, late, MAX_WATCHERS);
         for (job *j = s->live; j; j = j->lnext)
             if (now > j->deadline && (!j->cancel || j->conn)) {
                 j->cancel = 1;   /* the CT run stops at its next tile */
-                if (j->conn && nl < 64) {
+                if (j->conn && nl < 64 + MAX_WATCHERS) {
                     j->timed_out = 1;
                     late[nl++] = j->conn;
                     j->conn = NULL;
@@ -208,6 +209,12 @@ static void drain(server *s, struct MHD_Daemon *d)
             break;
         usleep(10000);
     }
+    struct MHD_Connection *polls[MAX_WATCHERS];   /* long polls still waiting: answer them now */
+    pthread_mutex_lock(&s->mu);
+    int np = sp_watchers_take(s, NULL, INFINITY, polls, MAX_WATCHERS);
+    pthread_mutex_unlock(&s->mu);
+    for (int i = 0; i < np; i++)
+        MHD_resume_connection(polls[i]);
     /* answers of the last jobs: give their connections a moment to be written */
     for (int i = 0; i < 200 && atomic_load(&s->inflight) > 0; i++)
         usleep(10000);

@@ -200,6 +200,22 @@ char *sp_job_status_json(server *s, job *j)
     return sp_buf_take(&b);
 }
 
+int sp_watchers_take(server *s, job *j, double now, struct MHD_Connection **out, int max)
+{
+    int n = 0;
+    for (req **pp = &s->watchers; *pp && n < max;) {
+        req *r = *pp;
+        if ((j && r->watch == j) || now >= r->watch_until) {
+            *pp = r->wnext;
+            s->n_watchers--;
+            out[n++] = r->conn;
+        } else {
+            pp = &r->wnext;
+        }
+    }
+    return n;
+}
+
 /* ------------------------------------------------------------------ runs */
 
 static void fail_job(job *j, sp_status st)
@@ -503,15 +519,19 @@ void *sp_worker_main(void *arg)
             run_jobs(s, batch, nb);
             s->running--;
         }
-        struct MHD_Connection *conns[64];
-        for (int k = 0; k < nb; k++)
-            conns[k] = finish(s, batch[k]);
+        struct MHD_Connection *wake[64 + MAX_WATCHERS];
+        int nw = 0;
+        for (int k = 0; k < nb; k++) {
+            if ((wake[nw] = finish(s, batch[k])))
+                nw++;
+            if (batch[k]->stored)   /* long polls on it */
+                nw += sp_watchers_take(s, batch[k], -1, wake + nw, MAX_WATCHERS + 64 - nw);
+        }
         for (int k = 0; k < nb; k++)
             sp_job_release(s, batch[k]);
         pthread_mutex_unlock(&s->mu);
-        for (int k = 0; k < nb; k++)
-            if (conns[k])
-                MHD_resume_connection(conns[k]);
+        for (int k = 0; k < nw; k++)
+            MHD_resume_connection(wake[k]);
         pthread_mutex_lock(&s->mu);
     }
     pthread_mutex_unlock(&s->mu);

@@ -195,6 +195,13 @@ def test_server_async_jobs_progress_cancel_and_timeout(tmp):
         assert code == 200 and res["passport"]["structures"] == sync["passport"]["structures"]
         assert http(s.url + st["labels_url"])[0] == 200
         assert http(s.url + "/v1/jobs/" + "0" * 32)[0] == 404
+        # long poll: answered when the job ends, or when the wait is over
+        code, r = jget(s.url + "/v1/jobs?model=demo", data=raw, ctype="application/octet-stream")
+        t0 = time.time()
+        code, st = jget(s.url + r["status_url"] + "?wait=0.2")
+        assert code == 200 and st["state"] in ("queued", "running") and 0.15 < time.time() - t0 < 5
+        code, st = jget(s.url + r["status_url"] + "?wait=60")
+        assert code == 200 and st["state"] == "done", st
         # a long CT: progress in tiles, then DELETE cancels it
         long = _long_ct(tmp)
         code, r = jget(s.url + "/v1/jobs?model=demo", data=long, ctype="application/octet-stream")
