@@ -67,7 +67,7 @@ TEST_SRC := $(wildcard tests/unit/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 
 .PHONY: all test asan fuzz bench install clean deps
-all: $(BUILD)/segpipe $(BUILD)/libsegpipe.a $(BUILD)/libsegpipe.so $(BUILD)/test_unit
+all: $(BUILD)/segpipe $(BUILD)/libsegpipe.a $(BUILD)/libsegpipe.so $(BUILD)/libsegpipe_test.so $(BUILD)/test_unit
 
 # Install what is missing (idempotent; a no-op when everything is there).
 $(ORT_LOCAL)/lib/libonnxruntime.so.1:
@@ -86,8 +86,21 @@ $(BUILD)/libsegpipe.a: $(LIB_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/libsegpipe.so: $(LIB_OBJ)
-	$(CC) -shared -Wl,-soname,libsegpipe.so.0 $(SANFLAGS) -o $@ $^ $(LIBS)
+# libsegpipe.so exports the public API only: the functions declared in
+# include/segpipe.h (the version script is made from the header, so the two
+# cannot drift); everything else is local. The tests' ctypes references to
+# internal stages use libsegpipe_test.so, the same objects with every symbol.
+$(BUILD)/segpipe.map: include/segpipe.h
+	@mkdir -p $(BUILD)
+	{ echo '{ global:'; grep -oE '\bsp_[a-z0-9_]+ *\(' $< | tr -d ' (' | sort -u | sed 's/$$/;/'; \
+	  echo 'local: *; };'; } > $@
+
+$(BUILD)/libsegpipe.so: $(LIB_OBJ) $(BUILD)/segpipe.map
+	$(CC) -shared -Wl,-soname,libsegpipe.so.0 -Wl,--version-script=$(BUILD)/segpipe.map $(SANFLAGS) \
+	  -o $@ $(LIB_OBJ) $(LIBS)
+
+$(BUILD)/libsegpipe_test.so: $(LIB_OBJ)
+	$(CC) -shared $(SANFLAGS) -o $@ $^ $(LIBS)
 
 $(BUILD)/segpipe: $(CLI_OBJ) $(BUILD)/libsegpipe.a
 	$(CC) $(SANFLAGS) -o $@ $^ $(LIBS)

@@ -163,7 +163,7 @@ void sp_tensor_free_data(sp_tensor *t);
 typedef struct sp_volume sp_volume;
 
 typedef struct sp_read_params {
-    uint64_t max_voxels;     /* refuse larger volumes; 0 = default (2^31) */
+    uint64_t max_voxels;     /* refuse larger volumes; 0 = default (2^30) */
 } sp_read_params;
 sp_read_params sp_read_default_params(void);
 
@@ -328,7 +328,7 @@ typedef struct sp_image {
     int scale_denom;          /* JPEG decoded at 1/scale_denom (1, 2, 4, 8) */
     int out_width, out_height;  /* upright size results are given at: the photo's,
                                    or the decoded size when max_pixels forced a downscale */
-    const char *format;       /* "jpeg" or "png" */
+    const char *format;       /* "jpeg", "png", "webp" or "heif" */
 } sp_image;
 
 typedef struct sp_image_params {
@@ -341,16 +341,25 @@ sp_image_params sp_image_default_params(void);
  * at or above the model's input (long_side > 0 overrides it), 768 at least. */
 sp_image_params sp_masks_image_params(const sp_package *pk, int long_side);
 
-/* Decode a JPEG or PNG (by content, not name) with libjpeg-turbo / libpng.
- * The pixel count is checked from the header before any pixel buffer is
- * allocated; JPEGs over max_pixels are decoded at 1/2, 1/4 or 1/8 scale when
- * that brings them under, other images are refused (SP_ERR_INPUT). Corrupt,
+/* Decode a JPEG, PNG, WebP or HEIC/HEIF (by content, not name) with
+ * libjpeg-turbo, libpng, libwebp or libheif. The pixel count is checked from
+ * the header before any pixel buffer is allocated; JPEGs over max_pixels are
+ * decoded at 1/2, 1/4 or 1/8 scale when that brings them under (WebP at the
+ * scale that fits), other images are refused (SP_ERR_INPUT). Corrupt,
  * truncated, empty and unsupported files give SP_ERR_INPUT with a message.
  * Caller frees with sp_image_free. */
 sp_status sp_image_read(const char *path, const sp_image_params *p, sp_image **out);
 sp_status sp_image_read_mem(const void *data, size_t size, const char *name,
                             const sp_image_params *p, sp_image **out);
 void sp_image_free(sp_image *img);
+/* Decode n photos in parallel on the library's thread pool (the one batch
+ * decoding path of the CLI and the service): from files paths[i], or with
+ * bufs non-NULL from memory bufs[i]/sizes[i] (paths, if given, name them in
+ * messages). imgs[i] receives the photo or NULL; sts[i] (sts may be NULL)
+ * its status, errs[i] (errs may be NULL) a copy of the error message or
+ * NULL (caller frees). Returns how many were decoded. */
+int sp_images_read(int n, const char *const *paths, const void *const *bufs, const size_t *sizes,
+                   const sp_image_params *p, sp_image **imgs, sp_status *sts, char **errs);
 
 /* ------------------------------------------------------------ photo masks */
 

@@ -6,7 +6,9 @@
 #define SP_CORE_H
 
 #include "segpipe.h"
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 
 #if defined(__GNUC__)
@@ -45,6 +47,26 @@ sp_pool *sp_default_pool(void);
 /* Pool for `threads` (0 = the default pool); free with sp_pool_put. */
 sp_pool *sp_pool_get(int threads);
 void sp_pool_put(sp_pool *p);
+
+/* ----------------------------------------------------------------- queue */
+/* A bounded blocking queue of ints between threads (queue.c). */
+#define SP_BQ_EOF (-2)
+typedef struct sp_bq {
+    pthread_mutex_t mu;
+    pthread_cond_t not_empty, not_full;
+    int *buf;
+    int cap, head, n;
+    int closed;
+    atomic_int *stop;
+} sp_bq;
+int sp_bq_init(sp_bq *q, int cap, atomic_int *stop);   /* 1 on success */
+void sp_bq_destroy(sp_bq *q);
+/* 0 on success, -1 when stopping; *waited += seconds blocked (may be NULL) */
+int sp_bq_push(sp_bq *q, int v, double *waited);
+/* the next value; SP_BQ_EOF once closed and drained; -1 when stopping */
+int sp_bq_pop(sp_bq *q, double *waited);
+void sp_bq_close(sp_bq *q);
+void sp_bq_wake(sp_bq *q);   /* wake every waiter (after setting the stop flag) */
 
 /* ----------------------------------------------------------------- memory */
 /* Allocation for large buffers (volumes, logits): 2 MiB aligned and marked

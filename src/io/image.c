@@ -415,3 +415,39 @@ sp_status sp_image_read(const char *path, const sp_image_params *p, sp_image **o
     free(buf);
     return st;
 }
+
+typedef struct batch_ctx {
+    const char *const *paths;
+    const void *const *bufs;
+    const size_t *sizes;
+    const sp_image_params *p;
+    sp_image **imgs;
+    sp_status *sts;
+    char **errs;
+} batch_ctx;
+
+static void batch_one(void *vc, int64_t b, int64_t e, int w)
+{
+    batch_ctx *c = vc;
+    (void)w;
+    for (int64_t i = b; i < e; i++) {
+        const char *name = c->paths && c->paths[i] ? c->paths[i] : "request body";
+        sp_status st = c->bufs ? sp_image_read_mem(c->bufs[i], c->sizes[i], name, c->p, &c->imgs[i])
+                               : sp_image_read(name, c->p, &c->imgs[i]);
+        if (c->sts)
+            c->sts[i] = st;
+        if (c->errs)
+            c->errs[i] = st ? strdup(sp_last_error()) : NULL;
+    }
+}
+
+int sp_images_read(int n, const char *const *paths, const void *const *bufs, const size_t *sizes,
+                   const sp_image_params *p, sp_image **imgs, sp_status *sts, char **errs)
+{
+    batch_ctx c = {paths, bufs, sizes, p, imgs, sts, errs};
+    sp_pool_for(sp_default_pool(), n, 1, batch_one, &c);
+    int ok = 0;
+    for (int i = 0; i < n; i++)
+        ok += imgs[i] != NULL;
+    return ok;
+}

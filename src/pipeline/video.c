@@ -32,104 +32,6 @@
 #include <unistd.h>
 
 #define NB 3                 /* batch buffers */
-#define Q_EOF (-2)
-
-/* ------------------------------------------------------------ bounded queue */
-
-typedef struct bq {
-    pthread_mutex_t mu;
-    pthread_cond_t not_empty, not_full;
-    int *buf;
-    int cap, head, n;
-    int closed;
-    atomic_int *stop;
-} bq;
-
-static int bq_init(bq *q, int cap, atomic_int *stop)
-{
-    memset(q, 0, sizeof *q);
-    q->buf = malloc((size_t)cap * sizeof *q->buf);
-    q->cap = cap;
-    q->stop = stop;
-    pthread_mutex_init(&q->mu, NULL);
-    pthread_cond_init(&q->not_empty, NULL);
-    pthread_cond_init(&q->not_full, NULL);
-    return q->buf != NULL;
-}
-
-static void bq_destroy(bq *q)
-{
-    if (!q->buf)
-        return;
-    free(q->buf);
-    q->buf = NULL;
-    pthread_mutex_destroy(&q->mu);
-    pthread_cond_destroy(&q->not_empty);
-    pthread_cond_destroy(&q->not_full);
-}
-
-/* 0 on success, -1 when stopping; *waited += seconds blocked */
-static int bq_push(bq *q, int v, double *waited)
-{
-    pthread_mutex_lock(&q->mu);
-    if (q->n == q->cap && !atomic_load(q->stop)) {
-        double t0 = sp_now();
-        while (q->n == q->cap && !atomic_load(q->stop))
-            pthread_cond_wait(&q->not_full, &q->mu);
-        if (waited)
-            *waited += sp_now() - t0;
-    }
-    if (atomic_load(q->stop)) {
-        pthread_mutex_unlock(&q->mu);
-        return -1;
-    }
-    q->buf[(q->head + q->n++) % q->cap] = v;
-    pthread_cond_signal(&q->not_empty);
-    pthread_mutex_unlock(&q->mu);
-    return 0;
-}
-
-/* the next value; Q_EOF once closed and drained; -1 when stopping */
-static int bq_pop(bq *q, double *waited)
-{
-    pthread_mutex_lock(&q->mu);
-    if (!q->n && !q->closed && !atomic_load(q->stop)) {
-        double t0 = sp_now();
-        while (!q->n && !q->closed && !atomic_load(q->stop))
-            pthread_cond_wait(&q->not_empty, &q->mu);
-        if (waited)
-            *waited += sp_now() - t0;
-    }
-    int v;
-    if (atomic_load(q->stop))
-        v = -1;
-    else if (!q->n)
-        v = Q_EOF;
-    else {
-        v = q->buf[q->head];
-        q->head = (q->head + 1) % q->cap;
-        q->n--;
-        pthread_cond_signal(&q->not_full);
-    }
-    pthread_mutex_unlock(&q->mu);
-    return v;
-}
-
-static void bq_close(bq *q)
-{
-    pthread_mutex_lock(&q->mu);
-    q->closed = 1;
-    pthread_cond_broadcast(&q->not_empty);
-    pthread_mutex_unlock(&q->mu);
-}
-
-static void bq_wake(bq *q)
-{
-    pthread_mutex_lock(&q->mu);
-    pthread_cond_broadcast(&q->not_empty);
-    pthread_cond_broadcast(&q->not_full);
-    pthread_mutex_unlock(&q->mu);
-}
 
 /* -------------------------------------------------------------------- job */
 
@@ -177,7 +79,7 @@ struct sp_video {
     size_t *enclen;
     int par_encode;          /* the sink encodes on the workers */
     int warmed_batch;        /* batch size the model was warmed up with */
-    bq free_slots, q_pre, free_batch, q_inf, q_comp, free_out;
+    sp_bq free_slots, q_pre, free_batch, q_inf, q_comp, free_out;
     int *done;               /* ring: frame index % n_ring -> out buffer + 1 */
     int64_t n_ring;
     pthread_mutex_t done_mu;
@@ -217,10 +119,10 @@ static void fail_run(sp_video *v, sp_status st)
     }
     pthread_mutex_unlock(&v->err_mu);
     atomic_store(&v->stop, 1);
-    bq *qs[] = {&v->free_slots, &v->q_pre, &v->free_batch, &v->q_inf, &v->q_comp, &v->free_out};
+    sp_bq *qs[] = {&v->free_slots, &v->q_pre, &v->free_batch, &v->q_inf, &v->q_comp, &v->free_out};
     for (size_t i = 0; i < sizeof qs / sizeof *qs; i++)
         if (qs[i]->buf)
-            bq_wake(qs[i]);
+            sp_bq_wake(qs[i]);
     pthread_mutex_lock(&v->done_mu);
     pthread_cond_broadcast(&v->done_cv);
     pthread_mutex_unlock(&v->done_mu);
@@ -329,9 +231,9 @@ static void free_run_buffers(sp_video *v)
     v->outbuf = NULL;
     v->encbuf = NULL;
     v->enclen = NULL;
-    bq *qs[] = {&v->free_slots, &v->q_pre, &v->free_batch, &v->q_inf, &v->q_comp, &v->free_out};
+    sp_bq *qs[] = {&v->free_slots, &v->q_pre, &v->free_batch, &v->q_inf, &v->q_comp, &v->free_out};
     for (size_t i = 0; i < sizeof qs / sizeof *qs; i++)
-        bq_destroy(qs[i]);
+        sp_bq_destroy(qs[i]);
     free(v->done);
     v->done = NULL;
 }
@@ -516,7 +418,7 @@ static void *decode_main(void *arg)
                 }
                 v->n_alloc = i + 1;
                 s = (int)i;
-            } else if ((s = bq_pop(&v->free_slots, NULL)) < 0) {
+            } else if ((s = sp_bq_pop(&v->free_slots, NULL)) < 0) {
                 break;
             }
             double t0 = sp_now();
@@ -536,7 +438,7 @@ static void *decode_main(void *arg)
             }
         }
         v->slots[s].index = i;
-        if (bq_push(&v->q_pre, s, NULL) < 0)
+        if (sp_bq_push(&v->q_pre, s, NULL) < 0)
             break;
     }
     if (!atomic_load(&v->stop)) {
@@ -547,7 +449,7 @@ static void *decode_main(void *arg)
         v->eof = 1;
         pthread_cond_broadcast(&v->done_cv);
         pthread_mutex_unlock(&v->done_mu);
-        bq_close(&v->q_pre);
+        sp_bq_close(&v->q_pre);
     }
     v->t_decode = busy;
     return NULL;
@@ -611,14 +513,14 @@ static void *prep_main(void *arg)
     int end = 0;
     sp_pool *pool = sp_pool_get(0);
     while (!end) {
-        int bi = bq_pop(&v->free_batch, NULL);
+        int bi = sp_bq_pop(&v->free_batch, NULL);
         if (bi < 0)
             break;
         vbatch *b = &v->b[bi];
         b->n = 0;
         while (b->n < v->batch) {
-            int s = bq_pop(&v->q_pre, &v->w_pre);
-            if (s == Q_EOF) {
+            int s = sp_bq_pop(&v->q_pre, &v->w_pre);
+            if (s == SP_BQ_EOF) {
                 end = 1;
                 break;
             }
@@ -630,10 +532,10 @@ static void *prep_main(void *arg)
         prep_job pj = {v, b->slots, b->in};
         sp_pool_for(pool, (int64_t)b->n * v->Hc, 8, prep_rows_job, &pj);
         v->t_pre += sp_now() - t0;
-        if (b->n && bq_push(&v->q_inf, bi, NULL) < 0)
+        if (b->n && sp_bq_push(&v->q_inf, bi, NULL) < 0)
             goto out;
     }
-    bq_close(&v->q_inf);
+    sp_bq_close(&v->q_inf);
 out:
     sp_pool_put(pool);
     return NULL;
@@ -689,8 +591,8 @@ static void *infer_main(void *arg)
 {
     sp_video *v = arg;
     for (;;) {
-        int bi = bq_pop(&v->q_inf, &v->w_inf);
-        if (bi == Q_EOF)
+        int bi = sp_bq_pop(&v->q_inf, &v->w_inf);
+        if (bi == SP_BQ_EOF)
             break;
         if (bi < 0)
             return NULL;
@@ -704,13 +606,13 @@ static void *infer_main(void *arg)
         }
         int n = b->n, ids[64];
         memcpy(ids, b->slots, (size_t)n * sizeof *ids);
-        if (bq_push(&v->free_batch, bi, NULL) < 0)
+        if (sp_bq_push(&v->free_batch, bi, NULL) < 0)
             return NULL;
         for (int j = 0; j < n; j++)
-            if (bq_push(&v->q_comp, ids[j], NULL) < 0)
+            if (sp_bq_push(&v->q_comp, ids[j], NULL) < 0)
                 return NULL;
     }
-    bq_close(&v->q_comp);
+    sp_bq_close(&v->q_comp);
     return NULL;
 }
 
@@ -864,11 +766,11 @@ static void *worker_main(void *arg)
     worker_arg *wa = arg;
     sp_video *v = wa->v;
     for (;;) {
-        int ob = bq_pop(&v->free_out, &v->w_comp_worker[wa->id]);   /* buffer first: see the top comment */
+        int ob = sp_bq_pop(&v->free_out, &v->w_comp_worker[wa->id]);   /* buffer first: see the top comment */
         if (ob < 0)
             return NULL;
-        int s = bq_pop(&v->q_comp, &v->w_comp_worker[wa->id]);
-        if (s == Q_EOF)
+        int s = sp_bq_pop(&v->q_comp, &v->w_comp_worker[wa->id]);
+        if (s == SP_BQ_EOF)
             break;
         if (s < 0)
             return NULL;
@@ -881,7 +783,7 @@ static void *worker_main(void *arg)
             fail_run(v, st);
             return NULL;
         }
-        if (!v->complete && bq_push(&v->free_slots, s, NULL) < 0)
+        if (!v->complete && sp_bq_push(&v->free_slots, s, NULL) < 0)
             return NULL;
         if (v->par_encode) {              /* frame folders: encode here, in parallel */
             double t1 = sp_now();
@@ -930,7 +832,7 @@ static void *writer_main(void *arg)
             }
         }
         v->t_save += sp_now() - t1;
-        if (bq_push(&v->free_out, ob, NULL) < 0)
+        if (sp_bq_push(&v->free_out, ob, NULL) < 0)
             break;
     }
     return NULL;
@@ -946,11 +848,11 @@ static sp_status alloc_run(sp_video *v)
     /* frames between the one the writer waits for and the newest finished
      * one each hold a slot or an output buffer */
     v->n_ring = (v->complete ? v->total : v->n_slots) + v->K + 1;
-    int ok = bq_init(&v->free_slots, (int)(v->n_slots < 1 ? 1 : v->n_slots), &v->stop) &&
-             bq_init(&v->q_pre, (int)(v->n_slots < 1 ? 1 : v->n_slots), &v->stop) &&
-             bq_init(&v->free_batch, NB, &v->stop) && bq_init(&v->q_inf, NB, &v->stop) &&
-             bq_init(&v->q_comp, (int)(v->n_slots < 1 ? 1 : v->n_slots), &v->stop) &&
-             bq_init(&v->free_out, v->K, &v->stop);
+    int ok = sp_bq_init(&v->free_slots, (int)(v->n_slots < 1 ? 1 : v->n_slots), &v->stop) &&
+             sp_bq_init(&v->q_pre, (int)(v->n_slots < 1 ? 1 : v->n_slots), &v->stop) &&
+             sp_bq_init(&v->free_batch, NB, &v->stop) && sp_bq_init(&v->q_inf, NB, &v->stop) &&
+             sp_bq_init(&v->q_comp, (int)(v->n_slots < 1 ? 1 : v->n_slots), &v->stop) &&
+             sp_bq_init(&v->free_out, v->K, &v->stop);
     v->done = ok ? calloc((size_t)v->n_ring, sizeof *v->done) : NULL;
     v->outbuf = v->done ? calloc((size_t)v->K, sizeof *v->outbuf) : NULL;
     v->encbuf = calloc((size_t)v->K, sizeof *v->encbuf);
@@ -960,12 +862,12 @@ static sp_status alloc_run(sp_video *v)
     for (int i = 0; i < NB; i++) {
         if (!(v->b[i].in = malloc((size_t)v->batch * per * sizeof(float))))
             return sp_fail(SP_ERR_NOMEM, "out of memory for batch buffers");
-        bq_push(&v->free_batch, i, NULL);
+        sp_bq_push(&v->free_batch, i, NULL);
     }
     for (int i = 0; i < v->K; i++) {
         if (!(v->outbuf[i] = malloc(v->frame_bytes)))
             return sp_fail(SP_ERR_NOMEM, "out of memory for output buffers");
-        bq_push(&v->free_out, i, NULL);
+        sp_bq_push(&v->free_out, i, NULL);
     }
     v->buffer_bytes = run_bytes(v, v->batch, v->workers);
     return SP_OK;

@@ -323,18 +323,6 @@ typedef struct seg_ctx {
     double t_end;
 } seg_ctx;
 
-static void seg_decode(void *vc, int64_t b, int64_t e, int w)
-{
-    seg_ctx *c = vc;
-    for (int64_t i = b; i < e; i++) {
-        job *j = c->js[i];
-        c->imgs[i] = NULL;
-        sp_status st = sp_image_read_mem(j->body, j->len, "request body", &c->ip, &c->imgs[i]);
-        if (st)
-            fail_job(j, st == SP_ERR_NOMEM ? st : SP_ERR_INPUT);
-    }
-}
-
 static void seg_reply(void *vc, int64_t b, int64_t e, int w)
 {
     seg_ctx *c = vc;
@@ -370,15 +358,25 @@ static void run_segment_batch(server *s, job **js, int n)
     job *ok[64];
     int m = 0;
     seg_ctx c = {js, all, sp_masks_image_params(js[0]->me->pk, 0), NULL, 0, 0};
-    sp_pool *pool = sp_pool_get(s->p.threads);
-    sp_pool_for(pool, n, 1, seg_decode, &c);
+    const void *bufs[64];
+    size_t sizes[64];
+    sp_status sts[64];
+    char *errs[64];
+    for (int i = 0; i < n; i++)
+        bufs[i] = js[i]->body, sizes[i] = js[i]->len;
+    sp_images_read(n, NULL, bufs, sizes, &c.ip, all, sts, errs);
     for (int i = 0; i < n; i++) {
         drop_body(s, js[i]);
         if (all[i]) {
             imgs[m] = all[i];
             ok[m++] = js[i];
+        } else {
+            js[i]->http = sp_http_status(sts[i] == SP_ERR_NOMEM ? SP_ERR_NOMEM : SP_ERR_INPUT);
+            js[i]->resp = sp_error_json(js[i]->http, errs[i] ? errs[i] : "out of memory");
         }
+        free(errs[i]);
     }
+    sp_pool *pool = sp_pool_get(s->p.threads);
     if (m) {
         sp_masks_params mp = sp_masks_default_params();
         mp.threads = s->p.threads;

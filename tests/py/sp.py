@@ -33,7 +33,7 @@ class Ornt(C.Structure):
 def lib():
     global _lib
     if _lib is None:
-        _lib = C.CDLL(os.path.join(BUILD, "libsegpipe.so"))
+        _lib = C.CDLL(os.path.join(BUILD, "libsegpipe_test.so"))   # internals too (libsegpipe.so: public API only)
         L = _lib
         L.sp_volume_read.argtypes = [C.c_char_p, C.c_void_p, C.POINTER(C.c_void_p)]
         L.sp_volume_get_info.argtypes = [C.c_void_p, C.POINTER(VolumeInfo)]

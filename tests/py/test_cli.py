@@ -192,3 +192,17 @@ def test_ct_header_driven_sizes_are_bounded(tmp):
     open(p, "wb").write(gzip.compress(bytes(blob)))
     r = sp.run("ct", p, "-o", out, timeout=30)
     assert r.returncode == 3 and "vox_offset" in r.stderr, r.stderr
+
+
+def test_library_exports_only_the_public_api(tmp):
+    """libsegpipe.so exports exactly the functions declared in segpipe.h;
+    internal stages (e.g. sp_ornt_apply, sp_window_run) stay local."""
+    import re, subprocess
+    header = open(os.path.join(sp.ROOT, "include", "segpipe.h")).read()
+    declared = set(re.findall(r"\b(sp_[a-z0-9_]+)\s*\(", header))
+    nm = subprocess.run(["nm", "-D", "--defined-only", os.path.join(sp.BUILD, "libsegpipe.so")],
+                        capture_output=True, text=True, check=True).stdout
+    exported = {l.split()[-1] for l in nm.splitlines() if l.split()[1] in "TW" and l.split()[-1].startswith("sp_")}
+    assert exported and exported <= declared, sorted(exported - declared)
+    assert "sp_ornt_apply" not in exported and "sp_window_run" not in exported
+    assert {"sp_ct_run", "sp_serve", "sp_volume_read", "sp_masks_run"} <= exported

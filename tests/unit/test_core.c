@@ -117,3 +117,38 @@ void test_pool_shared_by_threads(void)
     }
     sp_pool_free(p);
 }
+
+static void *bq_producer(void *arg)
+{
+    sp_bq *q = arg;
+    for (int i = 0; i < 1000; i++)
+        if (sp_bq_push(q, i, NULL))
+            return NULL;
+    sp_bq_close(q);
+    return NULL;
+}
+
+void test_bounded_queue(void)
+{
+    atomic_int stop = 0;
+    sp_bq q;
+    CHECK(sp_bq_init(&q, 4, &stop));
+    pthread_t th;
+    pthread_create(&th, NULL, bq_producer, &q);
+    int next = 0, v;
+    double waited = 0;
+    while ((v = sp_bq_pop(&q, &waited)) != SP_BQ_EOF) {   /* in order, every value once */
+        CHECK(v == next);
+        next++;
+    }
+    pthread_join(th, NULL);
+    CHECK(next == 1000);
+    CHECK(sp_bq_pop(&q, NULL) == SP_BQ_EOF);
+    sp_bq_destroy(&q);
+    CHECK(sp_bq_init(&q, 1, &stop));
+    CHECK(sp_bq_push(&q, 7, NULL) == 0);
+    atomic_store(&stop, 1);   /* stopping: push and pop give -1 at once */
+    sp_bq_wake(&q);
+    CHECK(sp_bq_push(&q, 8, NULL) == -1 && sp_bq_pop(&q, NULL) == -1);
+    sp_bq_destroy(&q);
+}

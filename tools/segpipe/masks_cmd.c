@@ -1,6 +1,6 @@
 /*
  * masks_cmd.c — `segpipe masks`: photos in, every requested mask out, one
- * inference per batch. Photos of a batch are decoded on parallel threads;
+ * inference per batch. Photos of a batch are decoded in parallel (sp_images_read);
  * outputs per photo: <stem>.<mask>.png (8-bit, 0/255, upright frame) and
  * <stem>.masks.json (per mask: area fraction, bounding box, PNG as base64).
  */
@@ -14,41 +14,41 @@
 #include <string.h>
 #include <sys/stat.h>
 
-typedef struct dec_job {
-    const char *path;
+/* Decoding of a batch: one thread runs sp_images_read (the photos in
+ * parallel on the library's pool, as the service decodes them) while the
+ * previous batch is inferred. */
+typedef struct dec_batch {
+    char **paths;
+    int n, threaded;
     sp_image_params ip;
-    sp_image *img;
-    sp_status st;
-    char err[512];
-    int threaded;
-} dec_job;
+    sp_image *imgs[64];
+    sp_status sts[64];
+    char *errs[64];
+    pthread_t th;
+} dec_batch;
 
 static void *dec_main(void *arg)
 {
-    dec_job *j = arg;
-    j->st = sp_image_read(j->path, &j->ip, &j->img);
-    if (j->st)
-        snprintf(j->err, sizeof j->err, "%s", sp_last_error());
+    dec_batch *d = arg;
+    sp_images_read(d->n, (const char *const *)d->paths, NULL, NULL, &d->ip, d->imgs, d->sts, d->errs);
     return NULL;
 }
 
-static void dec_start(dec_job *jobs, pthread_t *th, char **paths, int n, const sp_image_params *ip)
+static void dec_start(dec_batch *d, char **paths, int n, const sp_image_params *ip)
 {
-    for (int k = 0; k < n; k++) {
-        memset(&jobs[k], 0, sizeof jobs[k]);
-        jobs[k].path = paths[k];
-        jobs[k].ip = *ip;
-        jobs[k].threaded = pthread_create(&th[k], NULL, dec_main, &jobs[k]) == 0;
-        if (!jobs[k].threaded)
-            dec_main(&jobs[k]);
-    }
+    d->paths = paths;
+    d->n = n;
+    d->ip = *ip;
+    d->threaded = pthread_create(&d->th, NULL, dec_main, d) == 0;
+    if (!d->threaded)
+        dec_main(d);
 }
 
-static void dec_join(const dec_job *jobs, pthread_t *th, int n)
+static void dec_join(dec_batch *d)
 {
-    for (int k = 0; k < n; k++)
-        if (jobs[k].threaded)
-            pthread_join(th[k], NULL);
+    if (d->threaded)
+        pthread_join(d->th, NULL);
+    d->threaded = 0;
 }
 
 static char *stem_of(const char *path)
@@ -256,35 +256,35 @@ int cmd_masks(int argc, char **argv)
         rc = 5;
         goto end;
     }
-    /* decoding of batch i+1 runs (one thread per photo) while batch i is
+    /* decoding of batch i+1 runs (sp_images_read, on the pool) while batch i is
      * inferred; the writer thread encodes batch i-1 meanwhile */
-    static dec_job jobsbuf[2][64];
-    pthread_t thbuf[2][64];
+    static dec_batch dec[2];
     int cur = 0;
     double t0 = sp_now();
-    dec_start(jobsbuf[0], thbuf[0], argv + optind, argc - optind < batch ? argc - optind : batch, &ip);
+    dec_start(&dec[0], argv + optind, argc - optind < batch ? argc - optind : batch, &ip);
     for (int i = optind; i < argc; i += batch) {
         int nb = argc - i < batch ? argc - i : batch;
-        dec_job *jobs = jobsbuf[cur];
-        dec_join(jobs, thbuf[cur], nb);
+        dec_batch *d = &dec[cur];
+        dec_join(d);
         sp_timings_add(&t, "decode", sp_now() - t0);   /* the part not hidden behind inference */
         int ni = i + nb, nn = argc - ni < batch ? argc - ni : batch;
         if (ni < argc)
-            dec_start(jobsbuf[!cur], thbuf[!cur], argv + ni, nn, &ip);
+            dec_start(&dec[!cur], argv + ni, nn, &ip);
         wjob *j = calloc(1, sizeof *j);
         if (!j) {
             rc = 7;
             break;
         }
         for (int k = 0; k < nb; k++) {
-            if (jobs[k].st) {
-                fprintf(stderr, "segpipe: %s\n", jobs[k].err);
-                rc = sp_status_exit_code(jobs[k].st);
+            if (!d->imgs[k]) {
+                fprintf(stderr, "segpipe: %s\n", d->errs[k] ? d->errs[k] : "out of memory");
+                free(d->errs[k]);
+                rc = sp_status_exit_code(d->sts[k]);
                 failed++;
                 continue;
             }
-            j->paths[j->n] = jobs[k].path;
-            j->imgs[j->n++] = jobs[k].img;
+            j->paths[j->n] = d->paths[k];
+            j->imgs[j->n++] = d->imgs[k];
         }
         sp_masks_result **res = NULL;
         if (j->n && (st = sp_masks_run(pk, j->imgs, j->n, &mp, &res, &t))) {
@@ -304,9 +304,11 @@ int cmd_masks(int argc, char **argv)
         t0 = sp_now();
         if (rc == 2 || rc == 4) {  /* usage/model errors repeat for every batch */
             if (ni < argc) {
-                dec_join(jobsbuf[cur], thbuf[cur], nn);
-                for (int k = 0; k < nn; k++)
-                    sp_image_free(jobsbuf[cur][k].img);
+                dec_join(&dec[cur]);
+                for (int k = 0; k < nn; k++) {
+                    sp_image_free(dec[cur].imgs[k]);
+                    free(dec[cur].errs[k]);
+                }
             }
             break;
         }
