@@ -326,13 +326,15 @@ typedef struct sp_image {
     int orientation;          /* EXIF orientation found in the file (1..8; 1 if none) */
     int file_width, file_height;  /* as stored, before scaling and orientation */
     int scale_denom;          /* JPEG decoded at 1/scale_denom (1, 2, 4, 8) */
-    int out_width, out_height;  /* upright size results are given at: the photo's,
-                                   or the decoded size when max_pixels forced a downscale */
+    int out_width, out_height;  /* upright size results are given at: always the photo's
+                                   (a photo decoded downscaled still gets full-size masks) */
     const char *format;       /* "jpeg", "png", "webp" or "heif" */
 } sp_image;
 
 typedef struct sp_image_params {
-    uint64_t max_pixels;      /* refuse (or, for JPEG, decode downscaled) past this; 0 = 50 MP */
+    uint64_t max_pixels;      /* decode JPEG/WebP downscaled past this (others: refuse); 0 = 50 MP.
+                                 Results stay at the photo's full size, which may be at most
+                                 4 x max_pixels (refused past it) */
     int min_long_side;        /* JPEG: decode downscaled while the long side stays >= this (0: full size) */
 } sp_image_params;
 sp_image_params sp_image_default_params(void);

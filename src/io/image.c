@@ -172,13 +172,13 @@ static sp_status read_jpeg(const uint8_t *buf, size_t n, const char *name, const
     long longside = cinfo.image_width > cinfo.image_height ? cinfo.image_width : cinfo.image_height;
     while (denom < 8 && px / ((uint64_t)denom * denom) > p->max_pixels)
         denom *= 2;
-    int limit_denom = denom;   /* results come at this scale; more is for speed only */
     while (p->min_long_side > 0 && denom < 8 && longside / (denom * 2) >= p->min_long_side)
         denom *= 2;
-    if (px / ((uint64_t)denom * denom) > p->max_pixels) {
+    if (px > 4 * p->max_pixels) {   /* results come at full size */
         jpeg_destroy_decompress(&cinfo);
-        return sp_fail(SP_ERR_INPUT, "%s: %ux%u JPEG is over the %llu-pixel limit even at 1/8 scale", name,
-                       cinfo.image_width, cinfo.image_height, (unsigned long long)p->max_pixels);
+        return sp_fail(SP_ERR_INPUT, "%s: %ux%u JPEG is over the limit of %llu pixels for full-size results "
+                       "(4 x --max-pixels)", name, cinfo.image_width, cinfo.image_height,
+                       (unsigned long long)(4 * p->max_pixels));
     }
     cinfo.scale_num = 1;
     cinfo.scale_denom = (unsigned)denom;
@@ -205,8 +205,8 @@ static sp_status read_jpeg(const uint8_t *buf, size_t n, const char *name, const
     }
     img->rgb = rgb;
     img->scale_denom = denom;
-    img->out_width = (int)((cinfo_w + (unsigned)limit_denom - 1) / (unsigned)limit_denom);
-    img->out_height = (int)((cinfo_h + (unsigned)limit_denom - 1) / (unsigned)limit_denom);
+    img->out_width = (int)cinfo_w;   /* results at the photo's size, whatever the decode scale */
+    img->out_height = (int)cinfo_h;
     img->format = "jpeg";
     return SP_OK;
 }
@@ -267,6 +267,9 @@ static sp_status read_webp(const uint8_t *buf, size_t n, const char *name, const
     img->orientation = 1;
     /* over the limit: libwebp scales while decoding (no full-size buffer) */
     int ow = w, oh = h;
+    if ((uint64_t)w * (uint64_t)h > 4 * p->max_pixels)
+        return sp_fail(SP_ERR_INPUT, "%s: %dx%d WebP is over the limit of %llu pixels for full-size results "
+                       "(4 x --max-pixels)", name, w, h, (unsigned long long)(4 * p->max_pixels));
     if ((uint64_t)w * (uint64_t)h > p->max_pixels) {
         double k = sqrt((double)p->max_pixels / ((double)w * (double)h));
         ow = (int)fmax(1, floor(w * k));
@@ -293,8 +296,10 @@ static sp_status read_webp(const uint8_t *buf, size_t n, const char *name, const
     WebPFreeDecBuffer(&cfg.output);
     if (vs != VP8_STATUS_OK)
         return sp_fail(SP_ERR_INPUT, "%s: corrupt or truncated WebP (libwebp status %d)", name, (int)vs);
-    img->width = img->out_width = ow;
-    img->height = img->out_height = oh;
+    img->width = ow;
+    img->height = oh;
+    img->out_width = w;   /* results at the photo's size */
+    img->out_height = h;
     img->scale_denom = ow != w ? (int)lround((double)w / ow) : 1;
     img->format = "webp";
     return SP_OK;

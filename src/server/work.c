@@ -332,10 +332,12 @@ static void seg_reply(void *vc, int64_t b, int64_t e, int w)
         sp_buf bf = {0};
         sp_buf_puts(&bf, "{\"model\": ");
         sp_buf_json_str(&bf, j->me->name);
-        sp_buf_printf(&bf, ", \"width\": %d, \"height\": %d, \"orientation\": %d, \"batch_size\": %d, "
+        const sp_image *im = c->imgs[i];
+        sp_buf_printf(&bf, ", \"width\": %d, \"height\": %d, \"orientation\": %d, \"decoded_width\": %d, "
+                           "\"decoded_height\": %d, \"decode_scale\": %d, \"batch_size\": %d, "
                            "\"queue_wait_seconds\": %.6f, \"processing_seconds\": %.6f, \"masks\": ",
-                      r->width, r->height, c->imgs[i]->orientation, c->m, j->t_start - j->t_enq,
-                      c->t_end - j->t_start);
+                      r->width, r->height, im->orientation, im->width, im->height, im->scale_denom, c->m,
+                      j->t_start - j->t_enq, c->t_end - j->t_start);
         char *mj = NULL;
         sp_status st = sp_masks_encode(r, j->masks, &mj, NULL, NULL);
         sp_buf_puts(&bf, mj ? mj : "{}");

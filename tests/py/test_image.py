@@ -12,7 +12,8 @@ import sp
 class SpImage(C.Structure):
     _fields_ = [("width", C.c_int), ("height", C.c_int), ("rgb", C.POINTER(C.c_uint8)),
                 ("orientation", C.c_int), ("file_width", C.c_int), ("file_height", C.c_int),
-                ("scale_denom", C.c_int), ("format", C.c_char_p)]
+                ("scale_denom", C.c_int), ("out_width", C.c_int), ("out_height", C.c_int),
+                ("format", C.c_char_p)]
 
 
 class Params(C.Structure):
@@ -30,7 +31,8 @@ def decode(data, max_pixels=0, min_long_side=0):
         raise ValueError(L.sp_last_error().decode())
     im = out.contents
     arr = np.ctypeslib.as_array(im.rgb, shape=(im.height, im.width, 3)).copy()
-    meta = dict(orientation=im.orientation, scale=im.scale_denom, file=(im.file_width, im.file_height))
+    meta = dict(orientation=im.orientation, scale=im.scale_denom, file=(im.file_width, im.file_height),
+                out=(im.out_width, im.out_height), format=im.format.decode())
     L.sp_image_free(out)
     return arr, meta
 
@@ -79,13 +81,19 @@ def test_exif_orientation_all_8(tmp):
 def test_jpeg_downscaled_at_decode(tmp):
     img = photo(1600, 1200, 2)
     data = save(img, "JPEG", quality=85)
-    got, m = decode(data, max_pixels=200_000)     # 1.92 MP -> 1/4 scale: 400x300
-    assert m["scale"] == 4 and got.shape == (300, 400, 3) and m["file"] == (1600, 1200)
+    got, m = decode(data, max_pixels=480_000)     # 1.92 MP -> 1/2 scale: 800x600
+    assert m["scale"] == 2 and got.shape == (600, 800, 3) and m["file"] == (1600, 1200)
+    assert m["out"] == (1600, 1200) and m["format"] == "jpeg"   # results at the photo's size
     ref = Image.open(io.BytesIO(data))
-    ref.draft("RGB", (400, 300))
+    ref.draft("RGB", (800, 600))
     assert np.abs(got.astype(int) - np.asarray(ref.convert("RGB"))).max() <= 1
-    got, m = decode(data, min_long_side=768)       # long side stays >= 768: 1/2
-    assert m["scale"] == 2 and got.shape == (600, 800, 3)
+    got, m = decode(data, min_long_side=400)       # long side stays >= 400: 1/4
+    assert m["scale"] == 4 and got.shape == (300, 400, 3)
+    try:   # results come at full size: past 4 x max_pixels the photo is refused, not shrunk
+        decode(data, max_pixels=200_000)
+        raise AssertionError("decoded past 4 x max_pixels")
+    except ValueError as e:
+        assert "full-size results" in str(e)
 
 
 def test_image_bad_inputs(tmp):
@@ -149,8 +157,8 @@ def test_webp_over_limit_decoded_downscaled(tmp):
     area-average resize of the full decode)"""
     img = photo(400, 300, 7)
     data = save(img, "WEBP", lossless=True)
-    got, m = decode(data, max_pixels=20_000)       # 120k px -> factor sqrt(1/6): 163x122
-    assert got.shape == (122, 163, 3) and m["file"] == (400, 300), (got.shape, m)
-    assert got.shape[0] * got.shape[1] <= 20_000
-    ref = np.asarray(img.resize((163, 122), Image.BOX)).astype(int)
+    got, m = decode(data, max_pixels=40_000)       # 120k px -> factor sqrt(1/3): 230x173
+    assert got.shape == (173, 230, 3) and m["file"] == (400, 300) and m["out"] == (400, 300), (got.shape, m)
+    assert got.shape[0] * got.shape[1] <= 40_000
+    ref = np.asarray(img.resize((230, 173), Image.BOX)).astype(int)
     assert np.abs(got.astype(int) - ref).mean() < 4, np.abs(got.astype(int) - ref).mean()

@@ -195,7 +195,9 @@ def test_masks_bad_inputs(tmp):
 
 def test_masks_full_size_after_scaled_decode(tmp):
     """A large JPEG is decoded at 1/8 (the model needs 64 px) but the masks
-    come at the photo's size; past --max-pixels they come at the decoded size."""
+    come at the photo's size, past --max-pixels too (decoded smaller, masks
+    still full size, the JSON saying how it was decoded); past 4 x
+    --max-pixels the photo is refused."""
     big = os.path.join(tmp, "big.jpg")
     Image.fromarray(photo(1200, 1600, 8)).save(big, quality=90)
     p, out = run_masks(tmp, [big], "tinymask", "--masks", "wall")
@@ -205,7 +207,13 @@ def test_masks_full_size_after_scaled_decode(tmp):
     meta = json.load(open(os.path.join(out, "big.masks.json")))
     assert (meta["width"], meta["height"]) == (1600, 1200)
     p, out2 = run_masks(os.path.join(tmp, "x"), [big], "tinymask", "--masks", "wall", "--max-pixels", "500000")
-    assert p.returncode == 0 and load_mask(out2, "big", "wall").shape == (600, 800)   # 1/2 scale fits 0.5 MP
+    assert p.returncode == 0 and load_mask(out2, "big", "wall").shape == (1200, 1600)   # decoded at 1/2
+    meta = json.load(open(os.path.join(out2, "big.masks.json")))
+    meta.pop("masks")
+    assert (meta["width"], meta["height"], meta["decode_scale"]) == (1600, 1200, 2), meta
+    assert meta["decoded_width"] == 800 and meta["decoded_height"] == 600, meta
+    p, _ = run_masks(os.path.join(tmp, "y"), [big], "tinymask", "--masks", "wall", "--max-pixels", "400000")
+    assert p.returncode == 3 and "full-size results" in p.stderr
 
 
 def test_demo_rooms_four_masks_end_to_end(tmp):

@@ -87,7 +87,9 @@ static sp_status write_outputs(const char *dir, const char *path, const sp_image
             st = SP_ERR_NOMEM;
         } else {
             int len = snprintf(doc, cap, "{\"image\": %s, \"width\": %d, \"height\": %d, \"orientation\": %d, "
-                                         "\"masks\": %s}\n", qpath, r->width, r->height, img->orientation, masks);
+                                         "\"decoded_width\": %d, \"decoded_height\": %d, \"decode_scale\": %d, "
+                                         "\"masks\": %s}\n", qpath, r->width, r->height, img->orientation,
+                               img->width, img->height, img->scale_denom, masks);
             snprintf(jpath, sizeof jpath, "%s/%s.masks.json", dir, stem);
             st = sp_write_file_atomic(jpath, doc, (size_t)len);
         }
