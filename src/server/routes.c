@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define SP_MAX_MASKS_QUERY 64
+
 int sp_route_ep(const char *url)
 {
     if (!strcmp(url, "/v2/health/live")) return EP_LIVE;
@@ -142,12 +144,18 @@ static int check_work(server *s, struct MHD_Connection *c, req *r, model_entry *
             return *msg = "too many mask names", 422;
         char tmp[512];
         snprintf(tmp, sizeof tmp, "%s", masks);
+        const char *seen[SP_MAX_MASKS_QUERY];
+        int n = 0;
         for (char *sv, *tok = strtok_r(tmp, ",", &sv); tok; tok = strtok_r(NULL, ",", &sv)) {
             int found = 0;
+            for (int k = 0; k < n; k++)
+                if (!strcmp(seen[k], tok))
+                    return *msg = "a mask name is given twice", 422;
             for (int k = 0; k < sp_package_num_masks(me->pk); k++)
                 found |= !strcmp(sp_package_mask_name(me->pk, k), tok);
-            if (!found)
+            if (!found || n == SP_MAX_MASKS_QUERY)
                 return *msg = "unknown mask name", 422;
+            seen[n++] = tok;
         }
     }
     return 0;

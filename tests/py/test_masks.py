@@ -259,3 +259,24 @@ def test_masks_thousand_photos_on_one_command_line(tmp):
     p, out = run_masks(tmp, args, "tinymask", "--batch", "50")
     assert p.returncode == 0, (p.returncode, p.stderr[-500:])
     assert "1000 photo(s) done, 0 failed" in p.stdout and ", 20 inference call(s)" in p.stdout, p.stdout
+
+
+def test_masks_refuse_colliding_outputs_and_duplicate_names(tmp):
+    """a/img.jpg and b/img.jpg, or photo.jpg and photo.png, would overwrite
+    each other's outputs: refused before anything is written; --masks
+    wall,wall too."""
+    for sub in ("a", "b"):
+        os.makedirs(os.path.join(tmp, sub))
+        Image.fromarray(photo(40, 50, 3)).save(os.path.join(tmp, sub, "img.jpg"))
+    Image.fromarray(photo(40, 50, 4)).save(os.path.join(tmp, "photo.jpg"))
+    Image.fromarray(photo(40, 50, 5)).save(os.path.join(tmp, "photo.png"))
+    for pair in (["a/img.jpg", "b/img.jpg"], ["photo.jpg", "photo.png"]):
+        p, out = run_masks(os.path.join(tmp, "r" + pair[0][0]), [os.path.join(tmp, f) for f in pair], "tinymask")
+        assert p.returncode == 2 and "would both write" in p.stderr, p.stderr
+        assert not os.path.exists(out) or not os.listdir(out)
+    p, out = run_masks(os.path.join(tmp, "d"), [os.path.join(tmp, "photo.jpg")], "tinymask", "--masks", "wall,wall")
+    assert p.returncode == 2 and "twice" in p.stderr, p.stderr
+    p, out = run_masks(os.path.join(tmp, "e"), [os.path.join(tmp, "a", "img.jpg"), os.path.join(tmp, "photo.png")],
+                       "tinymask")
+    assert p.returncode == 0 and sorted(f for f in os.listdir(out) if f.endswith(".json")) == \
+        ["img.masks.json", "photo.masks.json"]

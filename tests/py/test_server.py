@@ -234,6 +234,8 @@ def test_server_segment_batch(tmp):
         bad = b"\x89PNG\r\n\x1a\n" + b"\0" * 100
         assert jget(s.url + "/v1/segment-batch?model=rooms", data=bad)[0] == 422
         assert jget(s.url + "/v1/segment-batch?model=rooms&masks=door", data=photos[0])[0] == 422
+        code, e = jget(s.url + "/v1/segment-batch?model=rooms&masks=wall,floor,wall", data=photos[0])
+        assert code == 422 and "twice" in e["error"]["message"]
         assert jget(s.url + "/v1/segment-batch?model=nope", data=photos[0])[0] == 404
     finally:
         rc, err = s.stop()

@@ -55,10 +55,45 @@ static char *stem_of(const char *path)
 {
     const char *b = strrchr(path, '/');
     char *s = strdup(b ? b + 1 : path);
-    char *dot = strrchr(s, '.');
+    char *dot = s ? strrchr(s, '.') : NULL;
     if (dot && dot != s)
         *dot = 0;
     return s;
+}
+
+typedef struct named {
+    char *stem;
+    const char *path;
+} named;
+
+static int cmp_named(const void *a, const void *b)
+{
+    return strcmp(((const named *)a)->stem, ((const named *)b)->stem);
+}
+
+/* Two photos with the same stem (a/img.jpg and b/img.jpg, photo.jpg and
+ * photo.png) would write the same outputs: refuse before writing anything. */
+static int check_unique_outputs(char **paths, int n, const char *dir)
+{
+    named *v = calloc((size_t)n, sizeof *v);
+    int bad = !v;
+    for (int i = 0; v && i < n; i++) {
+        v[i].path = paths[i];
+        bad |= !(v[i].stem = stem_of(paths[i]));
+    }
+    if (v && !bad) {
+        qsort(v, (size_t)n, sizeof *v, cmp_named);
+        for (int i = 1; i < n && !bad; i++)
+            if (!strcmp(v[i - 1].stem, v[i].stem)) {
+                fprintf(stderr, "segpipe masks: %s and %s would both write %s/%s.*: give photos distinct names "
+                                "(or run them into different folders)\n", v[i - 1].path, v[i].path, dir, v[i].stem);
+                bad = 1;
+            }
+    }
+    for (int i = 0; v && i < n; i++)
+        free(v[i].stem);
+    free(v);
+    return bad;
 }
 
 /* write one photo's outputs: the masks' PNGs (encoded in parallel by
@@ -224,9 +259,18 @@ int cmd_masks(int argc, char **argv)
     }
     if (optind >= argc || !out || !model || batch < 1 || batch > 64)
         return cli_usage_error("masks", "expected PHOTO... -o DIR (and --batch 1..64)");
+    if (check_unique_outputs(argv + optind, argc - optind, out))
+        return 2;
     char *mcopy = maskarg ? strdup(maskarg) : NULL;
-    for (char *tok = mcopy ? strtok(mcopy, ",") : NULL; tok && nnames < 32; tok = strtok(NULL, ","))
+    for (char *tok = mcopy ? strtok(mcopy, ",") : NULL; tok && nnames < 32; tok = strtok(NULL, ",")) {
+        for (int k = 0; k < nnames; k++)
+            if (!strcmp(names[k], tok)) {
+                fprintf(stderr, "segpipe masks: --masks names '%s' twice\n", tok);
+                free(mcopy);
+                return 2;
+            }
         names[nnames++] = tok;
+    }
     if (mcopy) {
         mp.masks = names;
         mp.n_masks = nnames;
