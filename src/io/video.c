@@ -11,6 +11,7 @@
 #include <dirent.h>
 #include <pthread.h>
 #include <errno.h>
+#include <stdarg.h>
 #ifndef SP_NO_FFMPEG
 #include <libavcodec/avcodec.h>
 #include <libavformat/avformat.h>
@@ -26,14 +27,44 @@
 #include <unistd.h>
 
 #ifndef SP_NO_FFMPEG
+/* FFmpeg's own log never reaches stderr (its lines would interleave with
+ * segpipe's): its last error is kept and quoted in segpipe's message when
+ * a stream turns out damaged. SEGPIPE_FFMPEG_LOG=N prints it at level N. */
+static pthread_mutex_t av_msg_mu = PTHREAD_MUTEX_INITIALIZER;
+static char av_msg[256];
+
+static void av_log_cb(void *avcl, int level, const char *fmt, va_list vl)
+{
+    const char *e = getenv("SEGPIPE_FFMPEG_LOG");
+    if (e && *e) {
+        av_log_default_callback(avcl, level, fmt, vl);
+        return;
+    }
+    if (level > AV_LOG_ERROR)
+        return;
+    pthread_mutex_lock(&av_msg_mu);
+    vsnprintf(av_msg, sizeof av_msg, fmt, vl);
+    size_t n = strlen(av_msg);
+    while (n && (av_msg[n - 1] == '\n' || av_msg[n - 1] == '.'))
+        av_msg[--n] = 0;
+    pthread_mutex_unlock(&av_msg_mu);
+}
+
+static void av_last_error(char *buf, size_t n)
+{
+    pthread_mutex_lock(&av_msg_mu);
+    snprintf(buf, n, "%s", av_msg);
+    pthread_mutex_unlock(&av_msg_mu);
+}
+
 static void av_quiet_init(void)
 {
     const char *e = getenv("SEGPIPE_FFMPEG_LOG");
     av_log_set_level(e && *e ? atoi(e) : AV_LOG_ERROR);
+    av_log_set_callback(av_log_cb);
 }
 
-/* FFmpeg's own log: errors only (its warnings on every stream are noise
- * here; failures are reported through segpipe's messages). */
+/* FFmpeg's own log: errors only, kept (see above). */
 static void av_quiet(void)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -60,6 +91,7 @@ struct sp_frame_src {
     struct AVPacket *pkt;
     struct AVFrame *frm;
     int stream, draining, done;
+    double last_t, fps;       /* time of the last frame decoded (s), frame rate */
     /* folder */
     char **files;
     int nfiles, next;
@@ -172,6 +204,8 @@ static sp_status file_open(sp_frame_src *s, const char *path, int threads, sp_sr
     AVRational fr = av_guess_frame_rate(s->fmt, st, NULL);
     info->fps = fr.num > 0 && fr.den > 0 ? av_q2d(fr) : 25.0;
     info->frames = st->nb_frames > 0 ? st->nb_frames : -1;
+    s->fps = info->fps;
+    s->last_t = -1;
     snprintf(info->desc, sizeof info->desc, "%s %dx%d %.3g fps%s", codec->name, s->width, s->height, info->fps,
              info->frames > 0 ? "" : ", frame count unknown");
     return SP_OK;
@@ -223,6 +257,24 @@ sp_status sp_src_open(const char *path, int threads, sp_frame_src **out, sp_src_
 }
 
 #ifndef SP_NO_FFMPEG
+/* At the end of the stream: the frames must reach the duration the
+ * container declares (a truncated Matroska/WebM ends early with exit 0 from
+ * FFmpeg and only a log line). Two frames and 5% of slack for rounding. */
+static sp_status check_complete(sp_frame_src *s)
+{
+    AVStream *st = s->fmt->streams[s->stream];
+    double dur = st->duration > 0 ? st->duration * av_q2d(st->time_base)
+               : s->fmt->duration > 0 ? (double)s->fmt->duration / AV_TIME_BASE : 0;
+    double frame = s->fps > 0 ? 1.0 / s->fps : 0.04;
+    if (dur <= 0 || s->last_t < 0 || s->last_t + 2 * frame >= 0.95 * dur)
+        return SP_OK;
+    char msg[256];
+    av_last_error(msg, sizeof msg);
+    return sp_fail(SP_ERR_INPUT, "%s: the video stream ends at %.2f s but the file says %.2f s: truncated or "
+                   "damaged%s%s%s", s->path, s->last_t + frame, dur, msg[0] ? " (FFmpeg: " : "", msg,
+                   msg[0] ? ")" : "");
+}
+
 static sp_status frame_to_rgb(sp_frame_src *s, uint8_t *rgb)
 {
     AVFrame *f = s->frm;
@@ -275,12 +327,18 @@ sp_status sp_src_read(sp_frame_src *s, uint8_t *rgb, int *eof)
         }
         int r = avcodec_receive_frame(s->dec, s->frm);
         if (r == 0) {
+            int64_t ts = s->frm->best_effort_timestamp;
+            if (ts != AV_NOPTS_VALUE)
+                s->last_t = ts * av_q2d(s->fmt->streams[s->stream]->time_base);
             sp_status st = frame_to_rgb(s, rgb);
             av_frame_unref(s->frm);
             return st;
         }
         if (r == AVERROR_EOF) {
             s->done = 1;
+            sp_status st = check_complete(s);
+            if (st)
+                return st;
             continue;
         }
         if (r != AVERROR(EAGAIN))

@@ -426,7 +426,7 @@ static void *decode_main(void *arg)
             sp_status st = sp_src_read(v->src, v->slots[s].rgb, &eof);
             busy += sp_now() - t0;
             if (st) {
-                fail_run(v, sp_fail_prefix(st, "frame %lld: ", (long long)i + 1));
+                fail_run(v, sp_fail_prefix(st, "frame %lld", (long long)i + 1));
                 break;
             }
             if (eof)

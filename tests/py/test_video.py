@@ -328,3 +328,24 @@ def test_video_fewer_frames_than_batch(tmp):
             files, outs = read_out(out)
             assert len(files) == n
             check_against(frames, [(0, 0, 50, 34)] * n, np.zeros((34, 50, 3)), outs)
+
+
+def test_video_truncated_matroska_refused(tmp):
+    """An MKV (H.264) or WebM (VP9) cut at 40% still opens and FFmpeg reads
+    it to an early end with only a log line: segpipe compares the last frame
+    with the duration the file declares, exits 3 naming the cut, quotes
+    FFmpeg's reason, prints none of FFmpeg's own lines, and leaves nothing."""
+    for ext, codec in (("mkv", ["-c:v", "libx264", "-pix_fmt", "yuv420p"]), ("webm", ["-c:v", "libvpx-vp9", "-b:v", "200k"])):
+        full = os.path.join(tmp, "full." + ext)
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=25", "-t", "8",
+                        *codec, full], check=True)
+        raw = open(full, "rb").read()
+        cut = os.path.join(tmp, "cut." + ext)
+        open(cut, "wb").write(raw[: len(raw) * 4 // 10])
+        out = os.path.join(tmp, "o_" + ext + ".mp4")
+        p = video(cut, "-o", out, "--model", TINY)
+        assert p.returncode == 3 and "truncated or damaged" in p.stderr and "File ended prematurely" in p.stderr, p.stderr
+        assert "[matroska" not in p.stderr, p.stderr
+        assert not os.path.exists(out) and not any(f.startswith("o_" + ext) for f in os.listdir(tmp))
+        p = video(full, "-o", out, "--model", TINY)
+        assert p.returncode == 0 and os.path.exists(out), p.stderr
