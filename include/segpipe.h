@@ -506,6 +506,7 @@ typedef struct sp_serve_params {
     int max_jobs;            /* stored jobs and results [64] */
     size_t max_stored;       /* bytes of stored results [256 MiB] */
     double result_ttl;       /* seconds a finished job or result is kept [900] */
+    uint64_t max_pixels;     /* photos: as sp_image_params.max_pixels [50 MP] */
     /* access */
     const char *api_key_file;  /* one key per line: every request needs "Authorization: Bearer KEY" */
     int protect_health;      /* 1: health endpoints need a key too (default: open) */

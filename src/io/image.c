@@ -49,14 +49,13 @@ static uint32_t rd32(const uint8_t *p, int be)
               : (uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[1] << 8 | p[0];
 }
 
-/* Orientation (1..8) from an APP1 payload, or 1. Every offset is checked. */
-static int exif_orientation(const uint8_t *d, size_t n)
+/* Orientation (1..8) from a TIFF-structured EXIF block, or 1. Every offset
+ * is checked. */
+static int tiff_orientation(const uint8_t *t, size_t tn)
 {
-    if (n < 14 || memcmp(d, "Exif\0\0", 6) != 0)
-        return 1;
-    const uint8_t *t = d + 6;
-    size_t tn = n - 6;
     int be;
+    if (tn < 8)
+        return 1;
     if (!memcmp(t, "II", 2))
         be = 0;
     else if (!memcmp(t, "MM", 2))
@@ -77,6 +76,52 @@ static int exif_orientation(const uint8_t *d, size_t n)
             unsigned v = rd16(t + e + 8, be);
             return v >= 1 && v <= 8 ? (int)v : 1;
         }
+    }
+    return 1;
+}
+
+/* ... from a JPEG APP1 payload ("Exif\0\0" + TIFF), or 1. */
+static int exif_orientation(const uint8_t *d, size_t n)
+{
+    if (n < 14 || memcmp(d, "Exif\0\0", 6) != 0)
+        return 1;
+    return tiff_orientation(d + 6, n - 6);
+}
+
+/* ... from a PNG eXIf or WebP EXIF chunk: TIFF, some writers prefix
+ * "Exif\0\0" as in JPEG. */
+static int chunk_orientation(const uint8_t *d, size_t n)
+{
+    return n >= 6 && !memcmp(d, "Exif\0\0", 6) ? tiff_orientation(d + 6, n - 6) : tiff_orientation(d, n);
+}
+
+/* The EXIF orientation of a PNG (eXIf chunk) or 1; chunks walked with
+ * bounds checks (libpng's simplified API does not expose eXIf). */
+static int png_orientation(const uint8_t *b, size_t n)
+{
+    for (size_t p = 8; p + 12 <= n;) {
+        uint32_t len = rd32(b + p, 1);
+        if (len > n - p - 12)
+            return 1;
+        if (!memcmp(b + p + 4, "eXIf", 4))
+            return chunk_orientation(b + p + 8, len);
+        if (!memcmp(b + p + 4, "IEND", 4))
+            return 1;
+        p += 12 + (size_t)len;
+    }
+    return 1;
+}
+
+/* The EXIF orientation of a WebP (RIFF "EXIF" chunk) or 1. */
+static int webp_orientation(const uint8_t *b, size_t n)
+{
+    for (size_t p = 12; p + 8 <= n;) {
+        uint32_t len = rd32(b + p + 4, 0);
+        if (len > n - p - 8)
+            return 1;
+        if (!memcmp(b + p, "EXIF", 4))
+            return chunk_orientation(b + p + 8, len);
+        p += 8 + (size_t)len + (len & 1);
     }
     return 1;
 }
@@ -119,6 +164,23 @@ static sp_status apply_orientation(sp_image *img)
 }
 
 /* ------------------------------------------------------------------ JPEG */
+
+/* CMYK pixels (4 bytes) to RGB (3 bytes) in place, as Pillow converts:
+ * R = (255 - K) - C (255 - K) / 255 with its rounding; Adobe's JPEGs store
+ * CMYK inverted. */
+static void cmyk_to_rgb(uint8_t *px, size_t n, int adobe_inverted)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned v[4];
+        for (int k = 0; k < 4; k++)
+            v[k] = adobe_inverted ? 255u - px[4 * i + k] : px[4 * i + k];
+        unsigned nk = 255 - v[3];
+        for (int k = 0; k < 3; k++) {
+            unsigned t = v[k] * nk + 128;
+            px[3 * i + k] = (uint8_t)(nk - (((t >> 8) + t) >> 8));
+        }
+    }
+}
 
 typedef struct jerr {
     struct jpeg_error_mgr pub;
@@ -182,9 +244,11 @@ static sp_status read_jpeg(const uint8_t *buf, size_t n, const char *name, const
     }
     cinfo.scale_num = 1;
     cinfo.scale_denom = (unsigned)denom;
-    cinfo.out_color_space = JCS_RGB;
+    /* CMYK/YCCK JPEGs (print workflows) come out as CMYK, converted below */
+    int cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
+    cinfo.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
     jpeg_start_decompress(&cinfo);
-    size_t stride = (size_t)cinfo.output_width * 3;
+    size_t stride = (size_t)cinfo.output_width * (cmyk ? 4 : 3);
     rgb = malloc(stride * cinfo.output_height);
     if (!rgb) {
         jpeg_destroy_decompress(&cinfo);
@@ -194,6 +258,8 @@ static sp_status read_jpeg(const uint8_t *buf, size_t n, const char *name, const
         JSAMPROW row = rgb + stride * cinfo.output_scanline;
         jpeg_read_scanlines(&cinfo, &row, 1);
     }
+    if (cmyk)
+        cmyk_to_rgb(rgb, (size_t)cinfo.output_width * cinfo.output_height, cinfo.saw_Adobe_marker);
     jpeg_finish_decompress(&cinfo);
     unsigned cinfo_w = cinfo.image_width, cinfo_h = cinfo.image_height;
     img->width = (int)cinfo.output_width;
@@ -223,7 +289,7 @@ static sp_status read_png(const uint8_t *buf, size_t n, const char *name, const 
         return sp_fail(SP_ERR_INPUT, "%s: corrupt PNG: %s", name, pi.message);
     img->file_width = (int)pi.width;
     img->file_height = (int)pi.height;
-    img->orientation = 1;
+    img->orientation = png_orientation(buf, n);
     if ((uint64_t)pi.width * pi.height > p->max_pixels) {
         png_image_free(&pi);
         return sp_fail(SP_ERR_INPUT, "%s: %ux%u PNG is over the %llu-pixel limit (PNG cannot be decoded "
@@ -264,7 +330,7 @@ static sp_status read_webp(const uint8_t *buf, size_t n, const char *name, const
         return sp_fail(SP_ERR_INPUT, "%s: corrupt WebP header", name);
     img->file_width = w;
     img->file_height = h;
-    img->orientation = 1;
+    img->orientation = webp_orientation(buf, n);
     /* over the limit: libwebp scales while decoding (no full-size buffer) */
     int ow = w, oh = h;
     if ((uint64_t)w * (uint64_t)h > 4 * p->max_pixels)
@@ -333,7 +399,7 @@ static sp_status read_heif(const uint8_t *buf, size_t n, const char *name, const
     int w = heif_image_handle_get_width(hd), h = heif_image_handle_get_height(hd);
     img->file_width = w;
     img->file_height = h;
-    img->orientation = 1;
+    img->orientation = webp_orientation(buf, n);
     if (w <= 0 || h <= 0 || (uint64_t)w * (uint64_t)h > p->max_pixels) {
         st = sp_fail(SP_ERR_INPUT, "%s: %dx%d HEIF is %s", name, w, h, w <= 0 || h <= 0 ? "empty" : "over the pixel limit");
         goto out;

@@ -360,6 +360,8 @@ static void run_segment_batch(server *s, job **js, int n)
     job *ok[64];
     int m = 0;
     seg_ctx c = {js, all, sp_masks_image_params(js[0]->me->pk, 0), NULL, 0, 0};
+    if (s->p.max_pixels)
+        c.ip.max_pixels = s->p.max_pixels;
     const void *bufs[64];
     size_t sizes[64];
     sp_status sts[64];

@@ -162,3 +162,34 @@ def test_webp_over_limit_decoded_downscaled(tmp):
     assert got.shape[0] * got.shape[1] <= 40_000
     ref = np.asarray(img.resize((230, 173), Image.BOX)).astype(int)
     assert np.abs(got.astype(int) - ref).mean() < 4, np.abs(got.astype(int) - ref).mean()
+
+
+def test_exif_orientation_in_png_and_webp(tmp):
+    """EXIF orientation stored in a PNG eXIf chunk or a WebP EXIF chunk is
+    applied as Pillow's ImageOps.exif_transpose applies it (all 8 values)."""
+    from PIL import ImageOps
+    base = photo(40, 30, 9)
+    for fmt, kw in (("PNG", {}), ("WEBP", {"lossless": True})):
+        for o in range(1, 9):
+            ex = Image.Exif()
+            ex[0x0112] = o
+            b = io.BytesIO()
+            base.save(b, fmt, exif=ex.tobytes(), **kw)
+            data = b.getvalue()
+            ref = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+            got, m = decode(data)
+            assert m["orientation"] == o, (fmt, o, m)
+            assert got.shape == ref.shape and np.array_equal(got, ref), (fmt, o)
+
+
+def test_cmyk_jpeg_matches_pillow(tmp):
+    """A CMYK JPEG (Adobe marker, inverted CMYK, as Pillow and print tools
+    write them) decodes to the RGB Pillow gives."""
+    img = photo(64, 48, 10).convert("CMYK")
+    b = io.BytesIO()
+    img.save(b, "JPEG", quality=95)
+    data = b.getvalue()
+    ref = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+    got, m = decode(data)
+    assert got.shape == ref.shape == (48, 64, 3)
+    assert np.abs(got.astype(int) - ref).max() <= 1, np.abs(got.astype(int) - ref).max()

@@ -72,7 +72,8 @@ static int cmp_named(const void *a, const void *b)
 }
 
 /* Two photos with the same stem (a/img.jpg and b/img.jpg, photo.jpg and
- * photo.png) would write the same outputs: refuse before writing anything. */
+ * photo.png) would write the same outputs: refuse before writing anything
+ * (the same path given twice writes the same outputs twice: allowed). */
 static int check_unique_outputs(char **paths, int n, const char *dir)
 {
     named *v = calloc((size_t)n, sizeof *v);
@@ -84,7 +85,7 @@ static int check_unique_outputs(char **paths, int n, const char *dir)
     if (v && !bad) {
         qsort(v, (size_t)n, sizeof *v, cmp_named);
         for (int i = 1; i < n && !bad; i++)
-            if (!strcmp(v[i - 1].stem, v[i].stem)) {
+            if (!strcmp(v[i - 1].stem, v[i].stem) && strcmp(v[i - 1].path, v[i].path)) {
                 fprintf(stderr, "segpipe masks: %s and %s would both write %s/%s.*: give photos distinct names "
                                 "(or run them into different folders)\n", v[i - 1].path, v[i].path, dir, v[i].stem);
                 bad = 1;

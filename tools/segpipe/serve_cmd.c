@@ -20,7 +20,7 @@ static void serve_help(void)
            "         [--api-key-file FILE] [--protect-health] [--tls-cert PEM --tls-key PEM]\n"
            "         [--max-body BYTES] [--max-json-body BYTES] [--max-buffered BYTES]\n"
            "         [--max-connections N] [--max-connections-per-ip N] [--read-timeout S] [--body-timeout S]\n"
-           "         [--max-jobs N] [--max-stored BYTES] [--result-ttl S]\n"
+           "         [--max-jobs N] [--max-stored BYTES] [--result-ttl S] [--max-pixels N]\n"
            "HTTP service: KServe v2 (/v2/...), POST /v1/ct and /v1/segment-batch, asynchronous /v1/jobs,\n"
            "/v1/status, /metrics. See docs/service.md. SIGTERM/SIGINT: finish accepted requests, exit 0.\n");
 }
@@ -64,6 +64,13 @@ static int serve_opt(int c, const char *a, sp_serve_params *sp, int *verbose)
     case 'C': return cli_int(cmd, "--max-connections", a, 16, 1000000, &sp->max_connections);
     case 'I': return cli_int(cmd, "--max-connections-per-ip", a, 0, 1000000, &sp->max_per_ip);
     case 'j': return cli_int(cmd, "--max-jobs", a, 1, 1000000, &sp->max_jobs);
+    case 'x': {
+        size_t v;
+        if (cli_size(cmd, "--max-pixels", a, &v) || !v)
+            return -1;
+        sp->max_pixels = v;
+        return 0;
+    }
     case 'K': sp->api_key_file = a; return 0;
     case 'P': sp->protect_health = 1; return 0;
     case 'c': sp->tls_cert = a; return 0;
@@ -89,7 +96,8 @@ int cmd_serve(int argc, char **argv)
         {"max-connections", required_argument, 0, 'C'}, {"max-connections-per-ip", required_argument, 0, 'I'},
         {"max-jobs", required_argument, 0, 'j'}, {"api-key-file", required_argument, 0, 'K'},
         {"protect-health", no_argument, 0, 'P'}, {"tls-cert", required_argument, 0, 'c'},
-        {"tls-key", required_argument, 0, 'k'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+        {"tls-key", required_argument, 0, 'k'}, {"max-pixels", required_argument, 0, 'x'},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     sp_serve_params sp = sp_serve_default_params();
     sp_serve_model models[32];
     char *owned[32];
