@@ -280,3 +280,32 @@ def test_masks_refuse_colliding_outputs_and_duplicate_names(tmp):
                        "tinymask")
     assert p.returncode == 0 and sorted(f for f in os.listdir(out) if f.endswith(".json")) == \
         ["img.masks.json", "photo.masks.json"]
+
+
+def test_masks_real_photo_exif_in_png_webp_and_huge_jpeg(tmp):
+    """A real photo (matplotlib's Grace Hopper sample, Debian
+    python-matplotlib-data) saved as PNG with EXIF orientation 6, as WebP
+    with orientation 3, and enlarged to a 3600x4200 JPEG past --max-pixels:
+    the masks come in the upright frame at the photo's full size."""
+    from PIL import ImageOps
+    src = "/usr/share/matplotlib/mpl-data/sample_data/grace_hopper.jpg"
+    im = Image.open(src).convert("RGB")
+    paths, want = [], []
+    for fmt, o, ext in (("PNG", 6, "png"), ("WEBP", 3, "webp")):
+        ex = Image.Exif()
+        ex[0x0112] = o
+        p = os.path.join(tmp, f"gh_{ext}.{ext}")
+        im.save(p, fmt, exif=ex.tobytes())
+        paths.append(p)
+        want.append(ImageOps.exif_transpose(Image.open(p)).size)
+    big = os.path.join(tmp, "gh_big.jpg")
+    im.resize((3600, 4200), Image.BILINEAR).save(big, quality=90)
+    paths.append(big)
+    want.append((3600, 4200))
+    p, out = run_masks(tmp, paths, os.path.join(sp.ROOT, "models", "demo-rooms"), "--masks", "wall", "--max-pixels", "5000000")
+    assert p.returncode == 0, p.stderr
+    for path, (w, h) in zip(paths, want):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        assert load_mask(out, stem, "wall").shape == (h, w), stem
+    meta = json.load(open(os.path.join(out, "gh_big.masks.json")))
+    assert meta["decode_scale"] > 1 and (meta["width"], meta["height"]) == (3600, 4200)
