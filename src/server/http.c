@@ -64,6 +64,28 @@ enum MHD_Result sp_http_json(struct MHD_Connection *c, int code, char *json)
     return sp_http_reply(c, code, "application/json", json, strlen(json), 0);
 }
 
+/* KServe v2 endpoints answer errors as the protocol says, {"error": "..."};
+ * segpipe's own as {"error": {"code", "message"}}. The request being
+ * handled on this thread decides (set in sp_access_cb). */
+static _Thread_local int tls_kserve;
+
+int sp_ep_is_kserve(int ep)
+{
+    return ep == EP_LIVE || ep == EP_READY || ep == EP_META || ep == EP_MODEL || ep == EP_MODEL_READY ||
+           ep == EP_INFER;
+}
+
+char *sp_error_body(int kserve, int code, const char *msg)
+{
+    if (!kserve)
+        return sp_error_json(code, msg);
+    sp_buf b = {0};
+    sp_buf_puts(&b, "{\"error\": ");
+    sp_buf_json_str(&b, msg);
+    sp_buf_puts(&b, "}\n");
+    return sp_buf_take(&b);
+}
+
 char *sp_error_json(int code, const char *msg)
 {
     sp_buf b = {0};
@@ -75,7 +97,7 @@ char *sp_error_json(int code, const char *msg)
 
 enum MHD_Result sp_http_error(struct MHD_Connection *c, int code, const char *msg, int retry_after)
 {
-    char *j = sp_error_json(code, msg);
+    char *j = sp_error_body(tls_kserve, code, msg);
     if (!j)
         return MHD_NO;
     return sp_http_reply(c, code, "application/json", j, strlen(j), retry_after);
@@ -300,6 +322,7 @@ enum MHD_Result sp_access_cb(void *cls, struct MHD_Connection *c, const char *ur
     server *s = cls;
     req *r = *con_cls;
     (void)version;
+    tls_kserve = sp_ep_is_kserve(sp_route_ep(url));
     if (!r) {
         if (!(r = req_new(s, url)))
             return MHD_NO;

@@ -131,6 +131,10 @@ enum MHD_Result sp_http_send(struct MHD_Connection *c, int code, struct MHD_Resp
                              int retry_after);
 enum MHD_Result sp_http_error(struct MHD_Connection *c, int code, const char *msg, int retry_after);
 char *sp_error_json(int code, const char *msg);
+/* The error body for an endpoint family: KServe's {"error": "..."} when
+ * kserve, else segpipe's {"error": {"code", "message"}}. Caller frees. */
+char *sp_error_body(int kserve, int code, const char *msg);
+int sp_ep_is_kserve(int ep);
 int sp_http_status(sp_status st);
 void sp_http_closing(void);   /* from now on every answer closes its connection */
 enum MHD_Result sp_access_cb(void *cls, struct MHD_Connection *c, const char *url, const char *method,
@@ -155,8 +159,8 @@ void sp_kserve_infer(server *s, job *j);
 /* A KServe v2 JSON request's inputs, checked against the model's (ins):
  * 0 with tin[0..ni) filled (caller frees each .data), or an HTTP status
  * with a message. */
-int sp_kserve_parse(const char *text, size_t len, const sp_io_info *ins, int ni, sp_tensor *tin, char *msg,
-                    size_t msz);
+int sp_kserve_parse(const char *text, size_t len, const sp_io_info *ins, int ni, sp_tensor *tin, char *id,
+                    size_t idsz, char *msg, size_t msz);
 
 /* work.c */
 job *sp_job_new(server *s, req *r, int kind, model_entry *me);

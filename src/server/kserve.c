@@ -212,7 +212,8 @@ static ssize_t answer_write(void *cls, uint64_t pos, char *buf, size_t max)
     return (ssize_t)w;
 }
 
-static struct MHD_Response *outputs_answer(job *j, const sp_io_info *outs, sp_tensor *tout, int nout)
+static struct MHD_Response *outputs_answer(job *j, const char *id, const sp_io_info *outs, sp_tensor *tout,
+                                           int nout)
 {
     answer *a = nout > 0 ? calloc(1, sizeof *a) : NULL;
     if (!a)
@@ -222,6 +223,10 @@ static struct MHD_Response *outputs_answer(job *j, const sp_io_info *outs, sp_te
         if (!k) {
             sp_buf_puts(&b, "{\"model_name\": ");
             sp_buf_json_str(&b, j->me->name);
+            if (id[0]) {   /* the request's id, echoed */
+                sp_buf_puts(&b, ", \"id\": ");
+                sp_buf_json_str(&b, id);
+            }
             sp_buf_printf(&b, ", \"model_version\": \"1\", \"parameters\": {\"queue_wait_seconds\": %.6f, "
                               "\"processing_seconds\": %.6f}, \"outputs\": [",
                           j->t_start - j->t_enq, j->t_end - j->t_start);
@@ -250,12 +255,15 @@ static struct MHD_Response *outputs_answer(job *j, const sp_io_info *outs, sp_te
     return r;
 }
 
-int sp_kserve_parse(const char *text, size_t len, const sp_io_info *ins, int ni, sp_tensor *tin, char *msg,
-                    size_t msz)
+int sp_kserve_parse(const char *text, size_t len, const sp_io_info *ins, int ni, sp_tensor *tin, char *id,
+                    size_t idsz, char *msg, size_t msz)
 {
     cJSON *body = cJSON_ParseWithLength(text, len);
     if (!body)
         return snprintf(msg, msz, "the body is not valid JSON"), 400;
+    const cJSON *rid = cJSON_GetObjectItem(body, "id");
+    if (id && idsz)
+        snprintf(id, idsz, "%s", cJSON_IsString(rid) ? rid->valuestring : "");
     int http = read_inputs(cJSON_GetObjectItem(body, "inputs"), ins, ni, tin, msg, msz);
     cJSON_Delete(body);
     return http;
@@ -272,7 +280,8 @@ void sp_kserve_infer(server *s, job *j)
     memset(tout, 0, sizeof tout);
     int nout = no < SP_MAX_RANK ? no : SP_MAX_RANK;
     char msg[256] = "";
-    j->http = sp_kserve_parse(j->body, j->len, ins, ni, tin, msg, sizeof msg);
+    char id[128];
+    j->http = sp_kserve_parse(j->body, j->len, ins, ni, tin, id, sizeof id, msg, sizeof msg);
     if (!j->http) {
         sp_status st = sp_model_run(m, tin, ni, tout, nout);
         if (st) {
@@ -282,12 +291,12 @@ void sp_kserve_infer(server *s, job *j)
                      j->http == 503 ? "out of memory" : "the model did not accept it");
         } else {
             j->t_end = sp_now();
-            j->response = outputs_answer(j, outs, tout, nout);
+            j->response = outputs_answer(j, id, outs, tout, nout);
             j->http = j->response ? 200 : 503;
         }
     }
     if (j->http != 200)
-        j->resp = sp_error_json(j->http, msg[0] ? msg : "out of memory");
+        j->resp = sp_error_body(1, j->http, msg[0] ? msg : "out of memory");
     for (int i = 0; i < SP_MAX_RANK; i++) {
         free(tin[i].data);
         sp_tensor_free_data(&tout[i]);

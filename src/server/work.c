@@ -410,7 +410,7 @@ static struct MHD_Connection *finish(server *s, job *j)
 {
     if (!j->resp && !j->response) {
         j->http = 503;
-        j->resp = sp_error_json(503, "out of memory");
+        j->resp = sp_error_body(j->kind == EP_INFER, 503, "out of memory");
     }
     j->resp_len = j->resp ? strlen(j->resp) : 0;
     j->state = JOB_DONE;
@@ -509,7 +509,7 @@ void *sp_worker_main(void *arg)
         job *j = batch[0];
         if (j->cancel) {   /* timed out or deleted while queued */
             j->http = 504;
-            j->resp = sp_error_json(504, "cancelled before it ran");
+            j->resp = sp_error_body(j->kind == EP_INFER, 504, "cancelled before it ran");
         } else {
             j->state = JOB_RUNNING;
             j->stage = "running";

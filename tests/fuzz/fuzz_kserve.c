@@ -18,7 +18,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memset(tin, 0, sizeof tin);
     char msg[256] = "";
     int ni = size && (data[0] & 1) ? 2 : 1;
-    int http = sp_kserve_parse((const char *)data, size, ins, ni, tin, msg, sizeof msg);
+    char id[64];
+    int http = sp_kserve_parse((const char *)data, size, ins, ni, tin, id, sizeof id, msg, sizeof msg);
     if (http == 0) {
         for (int i = 0; i < ni; i++) {
             size_t n = 1;

@@ -265,13 +265,13 @@ def test_server_refuses_before_reading(tmp):
             return jget(s.url + "/v2/models/tiny/infer", data=body.replace("Infinity", "1e999").encode(),
                         ctype="application/json")
         code, e = infer([4294967296 * 200, 1, 8, 8, 8], [0])
-        assert code == 400 and "overflows" in e["error"]["message"], e
+        assert code == 400 and "overflows" in e["error"], e
         code, e = infer([1, 2, 8, 8, 8], [0] * 1024)
-        assert code == 400 and "shape[1]" in e["error"]["message"] and ".cc" not in e["error"]["message"], e
+        assert code == 400 and "shape[1]" in e["error"] and ".cc" not in e["error"], e
         code, e = infer([1, 1, 8, 8, 8], [float("inf")] + [0] * 511)
-        assert code == 400 and "finite" in e["error"]["message"], e
+        assert code == 400 and "finite" in e["error"], e
         code, e = infer([1, 1, 8, 8, 8], [0] * 511)
-        assert code == 400 and "shape holds 512 values, data has 511" in e["error"]["message"], e
+        assert code == 400 and "shape holds 512 values, data has 511" in e["error"], e
     finally:
         rc, _ = s.stop()
     assert rc == 0
@@ -346,5 +346,48 @@ def test_server_kserve_answers_streamed(tmp):
     finally:
         for c in socks:
             c.close()
+        rc, _ = s.stop()
+    assert rc == 0
+
+
+def test_server_kserve_protocol_points(tmp):
+    """Written from the KServe v2 / Open Inference Protocol REST spec, the
+    way tritonclient talks: the request id is echoed, errors are
+    {"error": "<string>"}, an unknown model version is 404, a JSON body
+    without Content-Type is accepted, ready/metadata per version."""
+    import http.client
+    s = Server("--model", f"tiny={sp.TINYSEG}")
+    try:
+        x = np.ones((1, 1, 8, 8, 8), np.float32)
+        body = json.dumps({"id": "req-42", "inputs": [{"name": "input", "shape": [1, 1, 8, 8, 8],
+                                                       "datatype": "FP32", "data": x.ravel().tolist()}]})
+        c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+        c.request("POST", "/v2/models/tiny/versions/1/infer", body)   # no Content-Type, as tritonclient
+        r = c.getresponse()
+        ans = json.loads(r.read())
+        assert r.status == 200 and ans["id"] == "req-42" and ans["model_name"] == "tiny"
+        assert ans["outputs"][0]["datatype"] == "FP32" and ans["outputs"][0]["shape"] == [1, 4, 8, 8, 8]
+        for path, method, data, want in (("/v2/models/tiny/versions/9/infer", "POST", body, 404),
+                                         ("/v2/models/nope/infer", "POST", body, 404),
+                                         ("/v2/models/tiny/infer", "POST", '{"inputs": 3}', 400),
+                                         ("/v2/models/tiny/infer", "POST", "not json", 400),
+                                         ("/v2/health/ready", "DELETE", None, 405)):
+            c.request(method, path, data)
+            r = c.getresponse()
+            e = json.loads(r.read())
+            assert r.status == want and isinstance(e["error"], str) and e["error"], (path, r.status, e)
+        for path in ("/v2/models/tiny/versions/1", "/v2/models/tiny/versions/1/ready", "/v2/models/tiny/ready"):
+            c.request("GET", path)
+            r = c.getresponse()
+            assert r.status == 200, path
+            r.read()
+        c.request("GET", "/v2")
+        meta = json.loads(c.getresponse().read())
+        assert meta["name"] == "segpipe" and isinstance(meta["extensions"], list)
+        # segpipe's own endpoints keep {"error": {"code", "message"}}
+        c.request("POST", "/v1/ct?model=nope", b"x" * 10, {"Content-Type": "application/octet-stream"})
+        e = json.loads(c.getresponse().read())
+        assert e["error"]["code"] == 404
+    finally:
         rc, _ = s.stop()
     assert rc == 0
