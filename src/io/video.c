@@ -240,8 +240,8 @@ sp_status sp_src_open(const char *path, int threads, sp_frame_src **out, sp_src_
     snprintf(s->path, sizeof s->path, "%s", path);
     struct stat sb;
     sp_status st;
-    if (stat(path, &sb) != 0)
-        st = sp_fail(SP_ERR_INPUT, "%s: %s", path, strerror(errno));
+    if (stat(path, &sb) != 0)   /* cannot open: an I/O error, as for every command (exit 6) */
+        st = sp_fail(SP_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     else if (S_ISDIR(sb.st_mode))
         st = folder_open(s, path, info);
     else
@@ -396,6 +396,16 @@ static int video_ext(const char *p)
         if (!strcasecmp(d, ext[i]))
             return 1;
     return 0;
+}
+
+sp_status sp_sink_check(const char *path, const char *codec)
+{
+    const char *dot = strrchr(path, '.'), *slash = strrchr(path, '/');
+    if (codec || video_ext(path) || !dot || (slash && dot < slash) || !strcasecmp(dot, ".jpg") ||
+        !strcasecmp(dot, ".jpeg") || !strcasecmp(dot, ".png"))
+        return SP_OK;
+    return sp_fail(SP_ERR_USAGE, "%s: cannot write '%s' output: give a video (.mp4 .mkv .mov .m4v .avi .webm .nut), "
+                   "or a folder of frames (no extension, or .png/.jpg for PNG/JPEG frames)", path, dot);
 }
 
 static int dir_nonempty(const char *p)
@@ -602,6 +612,10 @@ sp_status sp_sink_open(const char *path, int width, int height, const sp_sink_pa
     s->is_dir = !video_ext(s->final);
     sp_status st = SP_OK;
     struct stat sb;
+    if ((st = sp_sink_check(path, p.codec))) {
+        free(s);
+        return st;
+    }
     if (s->is_dir) {
         s->jpeg = L > 4 && (!strcasecmp(s->final + L - 4, ".jpg") || (L > 5 && !strcasecmp(s->final + L - 5, ".jpeg")));
         if (stat(s->final, &sb) == 0 && (!S_ISDIR(sb.st_mode) || dir_nonempty(s->final)))

@@ -45,6 +45,9 @@ typedef struct sp_sink_params {
  * anything else a folder of frames (PNG, or JPEG when PATH ends in ".jpg/").
  * An existing non-empty output folder is refused (SP_ERR_IO). */
 sp_status sp_sink_open(const char *path, int width, int height, const sp_sink_params *p, sp_frame_sink **out);
+/* SP_OK when path names an output the sink can write (a video by its
+ * extension, or a frame folder), else SP_ERR_USAGE saying what can be. */
+sp_status sp_sink_check(const char *path, const char *codec);
 sp_status sp_sink_write(sp_frame_sink *s, const uint8_t *rgb);
 /* Frame folders: frames are encoded to file bytes on any thread
  * (sp_sink_encode, thread-safe) and written in order by

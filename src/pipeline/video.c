@@ -290,6 +290,9 @@ sp_status sp_video_open(sp_package *pk, const sp_video_params *pp, sp_video **ou
     const sp_manifest *mf = &pk->mf;
     if (!p.input)
         return sp_fail(SP_ERR_USAGE, "no input video or frame folder");
+    sp_status cst = p.output ? sp_sink_check(p.output, p.codec) : SP_OK;   /* before any work */
+    if (cst)
+        return cst;
     if (strcmp(mf->task, "masks"))
         return sp_fail(SP_ERR_MODEL, "model '%s' is a '%s' model; video needs a foreground (masks) model", mf->name,
                        mf->task);

@@ -206,3 +206,43 @@ def test_library_exports_only_the_public_api(tmp):
     assert exported and exported <= declared, sorted(exported - declared)
     assert "sp_ornt_apply" not in exported and "sp_window_run" not in exported
     assert {"sp_ct_run", "sp_serve", "sp_volume_read", "sp_masks_run"} <= exported
+
+
+def test_common_mistakes_every_command(tmp):
+    """Malformed numbers are refused naming the option (exit 2) in every
+    command, outputs that cannot be written are refused before any work,
+    --help works everywhere, a missing input exits 6 in every command."""
+    ct = os.path.join(sp.CTDIR, "example_ct_sm.nii.gz")
+    out = os.path.join(tmp, "o.nii.gz")
+    frames = os.path.join(tmp, "frames")
+    os.makedirs(frames)
+    for i in range(2):   # never decoded: every case below stops at its options
+        open(os.path.join(frames, f"f{i}.png"), "wb").close()
+    cases = [
+        (["ct", ct, "-o", out, "--threads", "abc"], 2, "--threads"),
+        (["ct", ct, "-o", out, "--tile-batch", "1x"], 2, "--tile-batch"),
+        (["ct", ct, "-o", out, "--step", "2"], 2, "--step"),
+        (["ct", ct, "-o", out, "--min-component-ml", "-1"], 2, "--min-component-ml"),
+        (["passport", "--ct", ct, "--labels", ct, "-o", out, "--threads", "1.5"], 2, "--threads"),
+        (["masks", ct, "-o", tmp, "--batch", "0"], 2, "--batch"),
+        (["masks", ct, "-o", tmp, "--long-side", "big"], 2, "--long-side"),
+        (["video", frames, "-o", os.path.join(tmp, "v.mp4"), "--batch", "2,x"], 2, "--batch"),
+        (["video", frames, "-o", os.path.join(tmp, "v.mp4"), "--fps", "fast"], 2, "--fps"),
+        (["video", frames, "-o", os.path.join(tmp, "v.gif"), "--model", os.path.join(sp.ROOT, "tests", "data",
+                                                                                       "tinymatte")], 2, ".gif"),
+        (["serve", "--port", "85x5", "--model", "a=b"], 2, "--port"),
+        (["serve", "--workers", "0", "--model", "a=b"], 2, "--workers"),
+        (["bench", ct, "--runs", "x"], 2, "--runs"),
+        (["resample", ct, "-o", out, "--order", "3", "--spacing", "1,1,1"], 2, "--order"),
+        (["models", "--nope"], 2, "models"),
+        (["ct", os.path.join(tmp, "missing.nii.gz"), "-o", out], 6, "cannot open"),
+        (["video", os.path.join(tmp, "missing.mp4"), "-o", os.path.join(tmp, "v.mp4")], 6, "cannot open"),
+        (["masks", os.path.join(tmp, "missing.jpg"), "-o", tmp], 6, "cannot open"),
+    ]
+    for args, code, msg in cases:
+        r = sp.run(*args, timeout=120)
+        assert r.returncode == code and msg in r.stderr, (args, r.returncode, r.stderr)
+    assert not os.path.exists(out) and not os.path.exists(os.path.join(tmp, "v.gif"))
+    for cmd in ("ct", "passport", "masks", "video", "serve", "bench", "resample", "models", "model"):
+        r = sp.run(cmd, "--help")
+        assert r.returncode == 0 and "usage" in r.stdout.lower(), (cmd, r.returncode, r.stdout, r.stderr)

@@ -219,7 +219,7 @@ def test_video_bad_inputs_fail_cleanly(tmp):
     src, frames = make_frames(tmp, n=5)
     out = os.path.join(tmp, "result.mp4")
     cases = []
-    cases.append((["/nonexistent/clip.mp4"], 3, "No such file"))
+    cases.append((["/nonexistent/clip.mp4"], 6, "No such file"))   # cannot open: I/O, as in every command
     junk = os.path.join(tmp, "junk.mp4")
     open(junk, "wb").write(os.urandom(5000))
     cases.append(([junk], 3, "not a readable video"))

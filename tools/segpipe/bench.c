@@ -329,10 +329,22 @@ int cmd_bench(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "m:o:t:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': o.model = optarg; break;
-        case 'r': o.runs = atoi(optarg); break;
-        case 'w': o.warmup = atoi(optarg); break;
-        case 't': o.threads = atoi(optarg); break;
-        case 'b': o.tile_batch = atoi(optarg); break;
+        case 'r':
+            if (cli_int("bench", "--runs", optarg, 1, 100000, &o.runs))
+                return 2;
+            break;
+        case 'w':
+            if (cli_int("bench", "--warmup", optarg, 0, 100000, &o.warmup))
+                return 2;
+            break;
+        case 't':
+            if (cli_int("bench", "--threads", optarg, 0, 1024, &o.threads))
+                return 2;
+            break;
+        case 'b':
+            if (cli_int("bench", "--tile-batch", optarg, 1, 256, &o.tile_batch))
+                return 2;
+            break;
         case 'o': o.out = optarg; break;
         case 'h':
             printf("usage: segpipe bench [--model DIR] CASES... [--runs N] [--warmup N] [--threads N]\n"

@@ -185,14 +185,27 @@ static int cmd_ct(int argc, char **argv)
         switch (c) {
         case 'o': output = optarg; break;
         case 'm': model = optarg; break;
-        case 't': rp.threads = cp.threads = atoi(optarg); break;
+        case 't':
+            if (cli_int("ct", "--threads", optarg, 0, 1024, &cp.threads))
+                return 2;
+            rp.threads = cp.threads;
+            break;
         case 'd': rp.device = optarg; break;
-        case 'b': cp.tile_batch = atoi(optarg); break;
-        case 's': cp.step = atof(optarg); break;
+        case 'b':
+            if (cli_int("ct", "--tile-batch", optarg, 1, 256, &cp.tile_batch))
+                return 2;
+            break;
+        case 's':
+            if (cli_num("ct", "--step", optarg, 1e-3, 1, &cp.step))
+                return 2;
+            break;
         case 'S': split = 1; break;
         case 'M': cp.smooth = 1; break;
         case 'L': cp.largest_component = 1; break;
-        case 'n': cp.min_component_ml = atof(optarg); break;
+        case 'n':
+            if (cli_num("ct", "--min-component-ml", optarg, 0, 1e9, &cp.min_component_ml))
+                return 2;
+            break;
         case 'r': report = optarg; break;
         case 'P': cp.passport = 0; break;
         case 'G': rp.cache_optimized = 1; break;
@@ -385,7 +398,10 @@ static int cmd_passport(int argc, char **argv)
         case 's': stats = optarg; break;
         case 'k': pp.keep_border = 1; break;
         case 'N': pp.components = 0; break;
-        case 't': pp.threads = atoi(optarg); break;
+        case 't':
+            if (cli_int("passport", "--threads", optarg, 0, 1024, &pp.threads))
+                return 2;
+            break;
         case 'q': g_quiet = 1; break;
         case 'h':
             printf("usage: segpipe passport --ct CT.nii.gz --labels LABELS.nii.gz [--label-map map.json]\n"
@@ -495,8 +511,15 @@ static int cmd_resample(int argc, char **argv)
         case 's': if (parse3(optarg, sp3)) return usage_error("resample", "--spacing a,b,c"); have_sp = 1; break;
         case 'S': if (parse3(optarg, shp)) return usage_error("resample", "--shape x,y,z"); have_shape = 1; break;
         case 'p': if (parse3(optarg, pad)) return usage_error("resample", "--pad x,y,z"); have_pad = 1; break;
-        case 'v': padv = atof(optarg); have_padv = 1; break;
-        case 'r': order = atoi(optarg); break;
+        case 'v':
+            if (cli_num("resample", "--pad-value", optarg, -1e30, 1e30, &padv))
+                return 2;
+            have_padv = 1;
+            break;
+        case 'r':
+            if (cli_int("resample", "--order", optarg, 0, 1, &order))
+                return 2;
+            break;
         case 'd': dts = optarg; break;
         case 'h':
             printf("usage: segpipe resample IN -o OUT (--spacing a,b,c | --shape x,y,z) [--order 0|1]\n"
@@ -602,6 +625,13 @@ static int cmd_model(int argc, char **argv)
 
 static int cmd_models(int argc, char **argv)
 {
+    if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        printf("usage: segpipe models [DIR]\n"
+               "Lists the default model (and the package in DIR): name, classes, labels.\n");
+        return 0;
+    }
+    if (argc > 2 || (argc > 1 && argv[1][0] == '-'))
+        return usage_error("models", "expected at most one model folder");
     const char *dirs[2] = {sp_default_model_dir(), argc > 1 ? argv[1] : NULL};
     sp_runtime_params rp = sp_runtime_default_params();
     rp.threads = 1;

@@ -243,10 +243,25 @@ int cmd_masks(int argc, char **argv)
         case 'o': out = optarg; break;
         case 'm': model = optarg; break;
         case 'M': maskarg = optarg; break;
-        case 'b': batch = atoi(optarg); break;
-        case 't': mp.threads = atoi(optarg); break;
-        case 'L': mp.long_side = atoi(optarg); break;
-        case 'P': ip.max_pixels = strtoull(optarg, NULL, 10); break;
+        case 'b':
+            if (cli_int("masks", "--batch", optarg, 1, 64, &batch))
+                return 2;
+            break;
+        case 't':
+            if (cli_int("masks", "--threads", optarg, 0, 1024, &mp.threads))
+                return 2;
+            break;
+        case 'L':
+            if (cli_int("masks", "--long-side", optarg, 32, 16384, &mp.long_side))
+                return 2;
+            break;
+        case 'P': {
+            size_t v;
+            if (cli_size("masks", "--max-pixels", optarg, &v) || !v)
+                return v ? 2 : cli_usage_error("masks", "--max-pixels must be > 0");
+            ip.max_pixels = v;
+            break;
+        }
         case 'q': quiet = 1; break;
         case 'h':
             printf("usage: segpipe masks PHOTO... -o DIR [--model DIR] [--masks wall,floor] [--batch N]\n"

@@ -96,8 +96,10 @@ static int parse_bg(const char *s, sp_video_params *p)
     }
     if (!strcmp(s, "blur") || !strncmp(s, "blur:", 5)) {
         p->bg = SP_BG_BLUR;
-        p->blur_radius = s[4] ? atoi(s + 5) : 15;
-        return p->blur_radius >= 1 && p->blur_radius <= 500 ? 0 : -1;
+        char *end = NULL;
+        long rad = s[4] ? strtol(s + 5, &end, 10) : 15;
+        p->blur_radius = (int)rad;
+        return (!s[4] || (end != s + 5 && !*end)) && rad >= 1 && rad <= 500 ? 0 : -1;
     }
     return -1;
 }
@@ -123,6 +125,20 @@ typedef struct vargs {
     char *batches, *workers;   /* bench: lists */
 } vargs;
 
+/* A number or a comma-separated list of numbers (bench video sweeps), each
+ * an integer in lo..hi; *first gets the first. 0, or -1 after a message. */
+static int check_list(const char *cmd, const char *opt, const char *text, long lo, long hi, int *first)
+{
+    char *c = strdup(text), *save = NULL;
+    int n = 0, bad = !c;
+    for (char *t = c ? strtok_r(c, ",", &save) : NULL; t && !bad; t = strtok_r(NULL, ",", &save), n++)
+        bad = cli_int(cmd, opt, t, lo, hi, n ? &(int){0} : first) != 0;
+    free(c);
+    if (!bad && !n)
+        bad = cli_int(cmd, opt, text, lo, hi, first) != 0;
+    return bad ? -1 : 0;
+}
+
 static int parse_video_args(int argc, char **argv, vargs *a, const char *cmd)
 {
     a->p = sp_video_default_params();
@@ -135,23 +151,49 @@ static int parse_video_args(int argc, char **argv, vargs *a, const char *cmd)
         switch (c) {
         case 'o': a->p.output = optarg; break;
         case 'm': a->model = optarg; break;
-        case 'b': a->batches = optarg; a->p.batch = atoi(optarg); break;
-        case 'w': a->workers = optarg; a->p.workers = atoi(optarg); break;
-        case 't': a->threads = atoi(optarg); break;
+        case 'b':
+            a->batches = optarg;
+            if (check_list(cmd, "--batch", optarg, 1, 64, &a->p.batch))
+                return 2;
+            break;
+        case 'w':
+            a->workers = optarg;
+            if (check_list(cmd, "--workers", optarg, 1, 256, &a->p.workers))
+                return 2;
+            break;
+        case 't':
+            if (cli_int(cmd, "--threads", optarg, 0, 1024, &a->threads))
+                return 2;
+            break;
         case O_ROI: a->p.roi_file = optarg; break;
         case O_BG:
             if (parse_bg(optarg, &a->p))
                 return cli_usage_error(cmd, "--bg takes color:#RRGGBB, image:FILE or blur[:RADIUS]");
             break;
-        case O_MAXRAM: a->p.max_ram = (size_t)(atof(optarg) * 1e6); break;
+        case O_MAXRAM: {
+            double mb;
+            if (cli_num(cmd, "--max-ram (MB)", optarg, 1e-6, 1e9, &mb))
+                return 2;
+            a->p.max_ram = (size_t)(mb * 1e6);
+            break;
+        }
         case O_MASK: a->p.mask = optarg; break;
-        case O_FPS: a->p.fps = atof(optarg); break;
+        case O_FPS:
+            if (cli_num(cmd, "--fps", optarg, 0.001, 1000, &a->p.fps))
+                return 2;
+            break;
         case O_CODEC: a->p.codec = optarg; break;
-        case O_QUALITY: a->p.quality = atoi(optarg); break;
+        case O_QUALITY:
+            if (cli_int(cmd, "--quality", optarg, 1, 100, &a->p.quality))
+                return 2;
+            break;
         case O_DEVICE: a->device = optarg; break;
         case O_JSON: a->json = optarg; break;
         case O_ALONE: a->alone = 1; break;
-        case O_DEC: a->p.decode_threads = atoi(optarg); break;
+        case O_DEC:
+            if (cli_int(cmd, "--decode-threads", optarg, 0, 256, &a->p.decode_threads))
+                return 2;
+            break;
         case O_SPIN: a->spin = 1; break;
         case 'q': a->quiet = 1; break;
         case 'h': return 0;
