@@ -128,7 +128,8 @@ install: all
 	ln -sf libsegpipe.so.0 $(DESTDIR)$(PREFIX)/lib/libsegpipe.so
 	install -m 755 $(BUILD)/segpipe $(DESTDIR)$(PREFIX)/bin/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(shell sed -n 's/#define SP_VERSION_STRING "\(.*\)"/\1/p' include/segpipe.h)|' \
-	    -e 's|@ORT_LIBS@|$(ORT_LIBS)|' segpipe.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/segpipe.pc
+	    -e 's|@ORT_LIBS@|$(ORT_LIBS)|' -e 's|@FF_LIBS@|$(FF_LIBS)|' -e 's|@HEIF_LIBS@|$(HEIF_LIBS)|' \
+	    segpipe.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/segpipe.pc
 
 clean:
 	rm -rf build build-asan build-fuzz
