@@ -249,6 +249,7 @@ typedef struct sp_ct_params {
     uint64_t max_model_voxels; /* refuse a model grid larger than this; 0 = 2^27 (and
                                   never more than 64x the input voxels past 2^22) */
     int64_t max_tiles;       /* refuse more sliding-window tiles; 0 = 100000 */
+    int keep_border;         /* statistics.json: keep the values of border-touching structures */
 } sp_ct_params;
 
 sp_ct_params sp_ct_default_params(void);

@@ -272,6 +272,7 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
         sp_passport_params pp2 = sp_passport_default_params();
         pp2.threads = p.threads;
         pp2.source = mf->name;
+        pp2.keep_border = p.keep_border;
         if ((st = sp_passport_compute(ct, r->labels, (const char *const *)mf->labels, mf->num_classes,
                                       &pp2, &r->passport)))
             goto fail;

@@ -246,3 +246,20 @@ def test_common_mistakes_every_command(tmp):
     for cmd in ("ct", "passport", "masks", "video", "serve", "bench", "resample", "models", "model"):
         r = sp.run(cmd, "--help")
         assert r.returncode == 0 and "usage" in r.stdout.lower(), (cmd, r.returncode, r.stdout, r.stderr)
+
+
+def test_ct_keep_border_statistics(tmp):
+    """ct --keep-border writes the statistics.json that `segpipe passport
+    --keep-border` writes for the same labels: border structures keep their
+    values instead of TotalSegmentator's zeros."""
+    ct = os.path.join(sp.CTDIR, "example_ct_sm.nii.gz")
+    out = os.path.join(tmp, "s.nii.gz")
+    sp.run("ct", ct, "-o", out, "--keep-border", "-q", check=True)
+    got = json.load(open(os.path.join(tmp, "s.statistics.json")))
+    stats = os.path.join(tmp, "ref.json")
+    sp.run("passport", "--ct", ct, "--labels", out, "--label-map", os.path.join(sp.CTDIR, "total_v2_labels.json"),
+           "-o", os.path.join(tmp, "p.json"), "--statistics", stats, "--keep-border", "-q", check=True)
+    assert got == json.load(open(stats))
+    assert got["liver"]["volume"] > 0   # a border structure, kept
+    sp.run("ct", ct, "-o", os.path.join(tmp, "z.nii.gz"), "-q", check=True)
+    assert json.load(open(os.path.join(tmp, "z.statistics.json")))["liver"]["volume"] == 0

@@ -175,7 +175,7 @@ static int cmd_ct(int argc, char **argv)
         {"report", required_argument, 0, 'r'}, {"no-passport", no_argument, 0, 'P'},
         {"cache-graph", no_argument, 0, 'G'}, {"save-model-labels", required_argument, 0, 'K'},
         {"quiet", no_argument, 0, 'q'}, {"verbose", no_argument, 0, 'v'},
-        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+        {"keep-border", no_argument, 0, 'k'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     const char *output = NULL, *model = sp_default_model_dir(), *report = NULL, *mlab = NULL;
     sp_runtime_params rp = sp_runtime_default_params();
     sp_ct_params cp = sp_ct_default_params();
@@ -208,6 +208,7 @@ static int cmd_ct(int argc, char **argv)
             break;
         case 'r': report = optarg; break;
         case 'P': cp.passport = 0; break;
+        case 'k': cp.keep_border = 1; break;
         case 'G': rp.cache_optimized = 1; break;
         case 'K': mlab = optarg; cp.keep_model_labels = 1; break;
         case 'q': g_quiet = 1; break;
@@ -227,6 +228,8 @@ static int cmd_ct(int argc, char **argv)
                    "      --min-component-ml X remove components smaller than X ml\n"
                    "      --report FILE        JSON run report\n"
                    "      --no-passport        skip the passport\n"
+                   "      --keep-border        statistics.json keeps structures that touch the scan's edge\n"
+                   "                           (TotalSegmentator reports them as 0)\n"
                    "      --cache-graph        keep ORT's optimised graph beside the model (<model>.opt.ort)\n"
                    "      --save-model-labels F  also write the labels at model resolution (canonical grid)\n"
                    "  -q, --quiet / -v, --verbose\n"
