@@ -213,6 +213,9 @@ const char *sp_package_name(const sp_package *pk);
 /* Number of output classes and the name of class `i` (NULL if out of range). */
 int sp_package_num_classes(const sp_package *pk);
 const char *sp_package_label(const sp_package *pk, int i);
+/* All class names, indexed by label (sp_package_num_classes of them; owned
+ * by the package). */
+const char *const *sp_package_labels(const sp_package *pk);
 /* The package's manifest as a JSON string (owned by the package). */
 const char *sp_package_manifest_json(const sp_package *pk);
 /* The package's ONNX model (borrowed). */
@@ -311,6 +314,16 @@ const char *sp_passport_statistics_json(const sp_passport *ps);
 const char *sp_passport_table(const sp_passport *ps);
 /* Number of structures present / touching the border. */
 int sp_passport_count(const sp_passport *ps, int *touching_border);
+
+/* Label names stored in a label volume's NIfTI header extension (the label
+ * table TotalSegmentator writes in its multilabel files): (*names)[i] is the
+ * name of label i or NULL. Returns the count (largest key + 1), 0 when the
+ * file has none. Caller frees each name and the array. */
+int sp_volume_label_names(const sp_volume *v, char ***names);
+/* As sp_labels_write, with label names (names[i] for label i, n of them,
+ * NULL entries skipped) written as that same NIfTI extension. */
+sp_status sp_labels_write_named(const char *path, const uint16_t *labels, const sp_volume *like,
+                                const char *const *names, int n);
 
 /* Read a label volume (integer values) from NIfTI; float files with
  * non-integer values are refused. Caller frees *labels with free(). */

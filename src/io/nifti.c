@@ -57,6 +57,7 @@ sp_volume *sp_volume_alloc(const sp_geom *g)
 void sp_volume_free(sp_volume *v)
 {
     if (v) {
+        free(v->label_xml);
         free(v->data);
         free(v);
     }
@@ -546,6 +547,28 @@ static sp_status gz_inflate_all(const uint8_t *in, size_t n, uint8_t *out, size_
     return st;
 }
 
+/* TotalSegmentator's label names: the header extension (after the 4-byte
+ * extension flag) holding a CaretExtension label table, copied (or NULL). */
+static char *label_table(const uint8_t *file, size_t vox_offset, size_t hsz)
+{
+    if (vox_offset < hsz + 4 + 8 || file[hsz] == 0)
+        return NULL;
+    for (size_t p = hsz + 4; p + 8 <= vox_offset;) {
+        int32_t esize, ecode;
+        memcpy(&esize, file + p, 4);
+        memcpy(&ecode, file + p + 4, 4);
+        if (esize < 16 || (size_t)esize > vox_offset - p)
+            return NULL;
+        const char *d = (const char *)file + p + 8;
+        size_t n = (size_t)esize - 8;
+        if (memmem(d, n, "<CaretExtension", 15) || memmem(d, n, "<LabelTable", 11))
+            return strndup(d, n);
+        (void)ecode;
+        p += (size_t)esize;
+    }
+    return NULL;
+}
+
 static sp_status read_impl(const uint8_t *buf, size_t n, const char *name,
                            const sp_read_params *rp, sp_volume **out)
 {
@@ -638,6 +661,7 @@ static sp_status read_impl(const uint8_t *buf, size_t n, const char *name,
     v->vmin = fminf(c.vmin, rest.vmin);
     v->vmax = fmaxf(c.vmax, rest.vmax);
     v->range_valid = nvox > 0;
+    v->label_xml = label_table(gz ? tmp : buf, (size_t)h.vox_offset, h.version == 2 ? N2_SIZE : N1_SIZE);
     free(tmp);
     *out = v;
     return SP_OK;
@@ -735,17 +759,31 @@ static void gz_range(void *vctx, int64_t b, int64_t e, int worker)
 sp_status sp_nifti_write(const char *path, const sp_geom *g, sp_dtype dtype,
                          const void *data, int threads)
 {
+    return sp_nifti_write_ext(path, g, dtype, data, threads, NULL);
+}
+
+sp_status sp_nifti_write_ext(const char *path, const sp_geom *g, sp_dtype dtype, const void *data, int threads,
+                             const char *ext)
+{
     size_t nvox = (size_t)sp_geom_nvox(g);
     size_t es = sp_dtype_size(dtype);
     if (dtype != SP_DT_U8 && dtype != SP_DT_I16 && dtype != SP_DT_F32)
         return sp_fail(SP_ERR_USAGE, "%s: can write uint8, int16 or float32, not %s", path, sp_dtype_str(dtype));
-    size_t total = 352 + nvox * es;
-    uint8_t *file = malloc(total);
+    size_t elen = ext ? strlen(ext) : 0, esize = ext ? (8 + elen + 15) / 16 * 16 : 0;
+    size_t off = 352 + esize, total = off + nvox * es;
+    uint8_t *file = calloc(1, total);
     sp_status st;
     if (!file)
         return sp_fail(SP_ERR_NOMEM, "%s: cannot allocate %zu bytes", path, total);
     build_header(file, g, dtype);
-    memcpy(file + 352, data, nvox * es);
+    if (ext) {   /* extension flag, then [esize, ecode 0, data padded to 16] */
+        file[348] = 1;
+        wr_i32(file + 352, (int32_t)esize);
+        wr_i32(file + 356, 0);
+        memcpy(file + 360, ext, elen);
+        wr_f32(file + 108, (double)off);
+    }
+    memcpy(file + off, data, nvox * es);
     if (!sp_has_suffix(path, ".gz")) {
         st = sp_write_file_atomic(path, file, total);
         free(file);

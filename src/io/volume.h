@@ -29,6 +29,7 @@ struct sp_volume {
     int integer_valued;           /* every voxel holds an integer value */
     int range_valid;              /* vmin/vmax hold the value range (set by the reader) */
     float vmin, vmax;
+    char *label_xml;              /* TotalSegmentator's label table (NIfTI extension), or NULL */
 };
 
 /* Allocate a volume of geometry g with uninitialised data (or NULL). */
@@ -39,6 +40,10 @@ void sp_affine_axcodes(const double a[4][4], char out[4]);
 
 /* Write a 3D volume of dtype (SP_DT_U8, SP_DT_I16 or SP_DT_F32, data i fastest) as
  * NIfTI-1 (.nii or .nii.gz by suffix) with geometry g; atomic. */
+/* As sp_nifti_write, with one NIfTI-1 header extension (code 0) holding ext
+ * (NUL-terminated; NULL: none). */
+sp_status sp_nifti_write_ext(const char *path, const sp_geom *g, sp_dtype dtype, const void *data, int threads,
+                             const char *ext);
 sp_status sp_nifti_write(const char *path, const sp_geom *g, sp_dtype dtype,
                          const void *data, int threads);
 #endif

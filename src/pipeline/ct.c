@@ -294,7 +294,79 @@ fail:
 
 /* ------------------------------------------------------------ label I/O */
 
+static sp_status labels_write(const char *path, const uint16_t *labels, const sp_volume *like, const char *xml);
+
+/* TotalSegmentator's label table (a CaretExtension XML), one colour per
+ * label from golden-ratio hues. Caller frees. */
+static char *label_table_xml(const char *const *names, int n)
+{
+    sp_buf b = {0};
+    sp_buf_puts(&b, "<?xml version=\"1.0\" encoding=\"UTF-8\"?> <CaretExtension>  <VolumeInformation Index=\"0\">"
+                    "   <LabelTable>\n");
+    for (int i = 1; i < n; i++) {
+        if (!names[i])
+            continue;
+        double h = fmod(i * 0.618033988749895, 1.0) * 6, f = h - floor(h), rgb[3];
+        int k = (int)h;
+        double v = 0.95, p = v * 0.1, q = v * (1 - 0.9 * f), t = v * (1 - 0.9 * (1 - f));
+        double tab[6][3] = {{v, t, p}, {q, v, p}, {p, v, t}, {p, q, v}, {t, p, v}, {v, p, q}};
+        memcpy(rgb, tab[k % 6], sizeof rgb);
+        sp_buf_printf(&b, "<Label Key=\"%d\" Red=\"%.4f\" Green=\"%.4f\" Blue=\"%.4f\" Alpha=\"1\"><![CDATA[%s]]>"
+                          "</Label>\n", i, rgb[0], rgb[1], rgb[2], names[i]);
+    }
+    sp_buf_puts(&b, "  </LabelTable>  <VolumeType><![CDATA[Label]]></VolumeType>   </VolumeInformation>"
+                    "</CaretExtension>\n");
+    return sp_buf_take(&b);
+}
+
+int sp_volume_label_names(const sp_volume *v, char ***names)
+{
+    *names = NULL;
+    const char *x = v->label_xml;
+    int n = 0;
+    for (const char *p = x ? strstr(x, "<Label ") : NULL; p; p = strstr(p + 1, "<Label ")) {
+        const char *k = strstr(p, "Key=\""), *end = strstr(p, "</Label>");
+        if (!k || !end || k > end)
+            continue;
+        long key = strtol(k + 5, NULL, 10);
+        if (key < 0 || key > 65535)
+            continue;
+        const char *c = strstr(p, "<![CDATA["), *s0, *s1;
+        if (c && c < end)
+            s0 = c + 9, s1 = strstr(s0, "]]>");
+        else
+            s0 = strchr(p, '>') + 1, s1 = end;
+        if (!s1 || s1 > end || s0 > s1)
+            continue;
+        if (key >= n) {
+            char **nn = realloc(*names, (size_t)(key + 1) * sizeof *nn);
+            if (!nn)
+                break;
+            memset(nn + n, 0, (size_t)(key + 1 - n) * sizeof *nn);
+            *names = nn;
+            n = (int)key + 1;
+        }
+        free((*names)[key]);
+        (*names)[key] = strndup(s0, (size_t)(s1 - s0));
+    }
+    return n;
+}
+
+sp_status sp_labels_write_named(const char *path, const uint16_t *labels, const sp_volume *like,
+                                const char *const *names, int n)
+{
+    char *xml = names && n > 1 ? label_table_xml(names, n) : NULL;
+    sp_status st = labels_write(path, labels, like, xml);
+    free(xml);
+    return st;
+}
+
 sp_status sp_labels_write(const char *path, const uint16_t *labels, const sp_volume *like)
+{
+    return labels_write(path, labels, like, NULL);
+}
+
+static sp_status labels_write(const char *path, const uint16_t *labels, const sp_volume *like, const char *xml)
 {
     size_t nv = (size_t)sp_geom_nvox(&like->g);
     uint16_t mx = 0;
@@ -309,11 +381,11 @@ sp_status sp_labels_write(const char *path, const uint16_t *labels, const sp_vol
             return sp_fail(SP_ERR_NOMEM, "out of memory");
         for (size_t i = 0; i < nv; i++)
             b[i] = (uint8_t)labels[i];
-        sp_status st = sp_nifti_write(path, &like->g, SP_DT_U8, b, 0);
+        sp_status st = sp_nifti_write_ext(path, &like->g, SP_DT_U8, b, 0, xml);
         free(b);
         return st;
     }
-    return sp_nifti_write(path, &like->g, SP_DT_I16, labels, 0);
+    return sp_nifti_write_ext(path, &like->g, SP_DT_I16, labels, 0, xml);
 }
 
 sp_status sp_labels_write_affine(const char *path, const uint16_t *labels, const int64_t dim[3],

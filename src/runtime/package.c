@@ -431,6 +431,7 @@ const char *sp_package_label(const sp_package *pk, int i)
 {
     return i >= 0 && i < pk->mf.num_classes ? pk->mf.labels[i] : NULL;
 }
+const char *const *sp_package_labels(const sp_package *pk) { return (const char *const *)pk->mf.labels; }
 const char *sp_package_manifest_json(const sp_package *pk) { return pk->json; }
 sp_model *sp_package_model(const sp_package *pk) { return pk->model; }
 

@@ -239,7 +239,8 @@ static sp_status labels_bytes(server *s, job *j, const sp_ct_result *res, const 
     char id[ID_HEX + 1], path[512];
     snprintf(id, sizeof id, "%016llx%016llx", (unsigned long long)(uintptr_t)j, (unsigned long long)sp_now());
     snprintf(path, sizeof path, "%s/%s.nii.gz", s->tmpdir, id);
-    sp_status st = sp_labels_write(path, sp_ct_result_labels(res, NULL), v);
+    sp_status st = sp_labels_write_named(path, sp_ct_result_labels(res, NULL), v, sp_package_labels(j->me->pk),
+                                         sp_package_num_classes(j->me->pk));
     if (!st)
         st = sp_read_file(path, (size_t)1 << 34, &j->labels_gz, &j->labels_len);
     unlink(path);

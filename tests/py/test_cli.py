@@ -263,3 +263,49 @@ def test_ct_keep_border_statistics(tmp):
     assert got["liver"]["volume"] > 0   # a border structure, kept
     sp.run("ct", ct, "-o", os.path.join(tmp, "z.nii.gz"), "-q", check=True)
     assert json.load(open(os.path.join(tmp, "z.statistics.json")))["liver"]["volume"] == 0
+
+
+def _structures(path):
+    return {s["name"]: s for s in json.load(open(path))["structures"]}
+
+
+def test_totalsegmentator_interop(tmp):
+    """TotalSegmentator's files as its users bring them (../shared holds its
+    reference output): the class names stored in its multilabel NIfTI
+    extension are read (no --label-map needed), its one-file-per-class
+    folder is measured like the multilabel file, and segpipe's own labels
+    carry the names the same way (read back here with nibabel and an XML
+    parser, independently of segpipe)."""
+    import xml.etree.ElementTree as ET
+    ct = os.path.join(sp.CTDIR, "example_ct_sm.nii.gz")
+    seg = os.path.join(sp.CTDIR, "example_seg.nii.gz")
+    lmap = os.path.join(sp.CTDIR, "total_v2_labels.json")
+    sp.run("passport", "--ct", ct, "--labels", seg, "--label-map", lmap, "-o", os.path.join(tmp, "a.json"), "-q",
+           check=True)
+    sp.run("passport", "--ct", ct, "--labels", seg, "-o", os.path.join(tmp, "b.json"), "-q", check=True)
+    a, b = _structures(os.path.join(tmp, "a.json")), _structures(os.path.join(tmp, "b.json"))
+    assert a == b and "liver" in b and len(b) > 10
+    # the one-file-per-class folder TotalSegmentator writes without --ml
+    img = nib.load(seg)
+    data = np.asanyarray(img.dataobj)
+    names = {int(k): v for k, v in json.load(open(lmap)).items()}
+    folder = os.path.join(tmp, "segmentations")
+    os.makedirs(folder)
+    for k, name in names.items():
+        if k:
+            nib.save(nib.Nifti1Image((data == k).astype(np.uint8), img.affine), os.path.join(folder, name + ".nii.gz"))
+    sp.run("passport", "--ct", ct, "--labels", folder, "--label-map", lmap, "-o", os.path.join(tmp, "c.json"), "-q",
+           check=True)
+    assert _structures(os.path.join(tmp, "c.json")) == a
+    sp.run("passport", "--ct", ct, "--labels", folder, "-o", os.path.join(tmp, "d.json"), "-q", check=True)
+    d = _structures(os.path.join(tmp, "d.json"))
+    strip = lambda s: {k: v for k, v in s.items() if k != "label"}
+    assert {n: strip(s) for n, s in d.items()} == {n: strip(s) for n, s in a.items()}
+    # segpipe's labels: names in the same extension
+    out = os.path.join(tmp, "s.nii.gz")
+    sp.run("ct", ct, "-o", out, "-q", check=True)
+    ext = nib.load(out).header.extensions
+    root = ET.fromstring(ext[0].get_content())
+    got = {int(l.get("Key")): l.text for l in root.iter("Label")}
+    man = json.load(open(os.path.join(sp.DEMO, "segpipe.json")))["labels"]
+    assert got == {int(k): v for k, v in man.items() if int(k) > 0}

@@ -20,4 +20,9 @@ int cli_num(const char *cmd, const char *opt, const char *text, double lo, doubl
 int cli_size(const char *cmd, const char *opt, const char *text, size_t *out);
 int cmd_serve(int argc, char **argv);
 void cli_set_logging(int verbose);
+/* labels_io.c: TotalSegmentator's one-file-per-class folder read as one
+ * label volume (ids from the label map in *names when given, else 1..N in
+ * name order; returns an exit code, 0 on success, after printing what went
+ * wrong). */
+int cli_read_label_folder(const char *dir, char ***names, int *nn, uint16_t **lab, sp_volume **lg);
 #endif

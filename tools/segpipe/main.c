@@ -286,7 +286,8 @@ static int cmd_ct(int argc, char **argv)
         snprintf(ppath, sizeof ppath, "%s/passport.json", output);
         snprintf(spath, sizeof spath, "%s/statistics.json", output);
     } else {
-        st = sp_labels_write(output, sp_ct_result_labels(res, NULL), v);
+        st = sp_labels_write_named(output, sp_ct_result_labels(res, NULL), v, sp_package_labels(pk),
+                                   sp_package_num_classes(pk));
         char *stem = path_stem(output);
         snprintf(ppath, sizeof ppath, "%s.passport.json", stem);
         snprintf(spath, sizeof spath, "%s.statistics.json", stem);
@@ -407,10 +408,13 @@ static int cmd_passport(int argc, char **argv)
             break;
         case 'q': g_quiet = 1; break;
         case 'h':
-            printf("usage: segpipe passport --ct CT.nii.gz --labels LABELS.nii.gz [--label-map map.json]\n"
+            printf("usage: segpipe passport --ct CT.nii.gz --labels LABELS.nii.gz|FOLDER [--label-map map.json]\n"
                    "                        [-o passport.json] [--statistics statistics.json]\n"
                    "                        [--keep-border] [--no-components] [--threads N] [--quiet]\n"
-                   "Measures every structure of LABELS (any tool's output) on CT in one pass.\n");
+                   "Measures every structure of LABELS (any tool's output) on CT in one pass. Names come\n"
+                   "from --label-map, else from the label table in the file's NIfTI extension\n"
+                   "(TotalSegmentator's multilabel output, segpipe's own). FOLDER: one <name>.nii.gz mask\n"
+                   "per class (TotalSegmentator without --ml).\n");
             return 0;
         default: return usage_error("passport", "unknown option");
         }
@@ -429,10 +433,16 @@ static int cmd_passport(int argc, char **argv)
         fprintf(stderr, "segpipe: %s: cannot read the label map (a JSON object {\"1\": \"name\", ...})\n", mapp);
         return sp_status_exit_code(st);
     }
-    if ((st = sp_volume_read(ctp, NULL, &ct)) || (st = sp_labels_read(labp, NULL, &lab, &lg))) {
+    struct stat lsb;
+    int folder = stat(labp, &lsb) == 0 && S_ISDIR(lsb.st_mode);
+    if ((st = sp_volume_read(ctp, NULL, &ct)) || (!folder && (st = sp_labels_read(labp, NULL, &lab, &lg)))) {
         rc = fail(st, NULL);
         goto out;
     }
+    if (folder && (rc = cli_read_label_folder(labp, &names, &nn, &lab, &lg)))
+        goto out;
+    if (!names)   /* names stored in the file (TotalSegmentator's multilabel output, segpipe's own) */
+        nn = sp_volume_label_names(lg, &names);
     sp_volume_info a, b;
     sp_volume_get_info(ct, &a);
     sp_volume_get_info(lg, &b);
