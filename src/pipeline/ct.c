@@ -100,15 +100,34 @@ static sp_status model_grid(const int64_t cdim[3], const double cs[3], const dou
     return SP_OK;
 }
 
-/* NaN or infinite intensities have no meaning in CT: refuse them. */
-static sp_status check_finite(const sp_volume *ct)
+typedef struct finite_ctx {
+    const float *x;
+    _Atomic size_t bad;
+} finite_ctx;
+
+static void count_nonfinite(void *vc, int64_t b, int64_t e, int w)
 {
-    size_t nv = (size_t)sp_geom_nvox(&ct->g), bad = 0, first = 0;
-    for (size_t i = nv; i-- > 0;)
-        if (!isfinite(ct->data[i]))
-            bad++, first = i;
+    finite_ctx *c = vc;
+    size_t bad = 0;
+    (void)w;
+    for (int64_t i = b; i < e; i++)
+        bad += !isfinite(c->x[i]);
     if (bad)
-        return sp_fail(SP_ERR_INPUT, "%zu voxel(s) are NaN or infinite (first at index %zu)", bad, first);
+        c->bad += bad;
+}
+
+/* NaN or infinite intensities have no meaning in CT: refuse them. Integer
+ * files cannot hold NaN, and their range (kept by the reader) shows an
+ * infinite scale; float files are scanned on the pool. */
+static sp_status check_finite(const sp_volume *ct, sp_pool *pool)
+{
+    sp_dtype dt = ct->file_dtype;
+    if (dt != SP_DT_F32 && dt != SP_DT_F64 && ct->range_valid && isfinite(ct->vmin) && isfinite(ct->vmax))
+        return SP_OK;
+    finite_ctx c = {ct->data, 0};
+    sp_pool_for(pool, sp_geom_nvox(&ct->g), 1 << 18, count_nonfinite, &c);
+    if (c.bad)
+        return sp_fail(SP_ERR_INPUT, "%zu voxel(s) are NaN or infinite", (size_t)c.bad);
     return SP_OK;
 }
 
@@ -126,12 +145,16 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
         return sp_fail(SP_ERR_MODEL, "model '%s' is a '%s' model, not a CT model", mf->name, mf->task);
     if (p.step != 0 && !(p.step > 0 && p.step <= 1))
         return sp_fail(SP_ERR_USAGE, "the sliding-window step must be in (0, 1], got %g", p.step);
-    if ((st = check_finite(ct)))
-        return st;
-    sp_ct_result *r = calloc(1, sizeof *r);
-    if (!r)
-        return sp_fail(SP_ERR_NOMEM, "out of memory");
     sp_pool *pool = sp_pool_get(p.threads);
+    if ((st = check_finite(ct, pool))) {
+        sp_pool_put(pool);
+        return st;
+    }
+    sp_ct_result *r = calloc(1, sizeof *r);
+    if (!r) {
+        sp_pool_put(pool);
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    }
     sp_timings *t = &r->t;
     double t0 = sp_now();
 
