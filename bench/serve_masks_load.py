@@ -6,21 +6,12 @@ service without batching (--max-batch 1) and with it (--batch-window-ms 10
 
   bench/serve_masks_load.py [OUT.json] [--seconds S]
 """
-import http.client, io, json, os, signal, sys, threading, time
+import http.client, json, os, signal, sys, threading, time
 import numpy as np
-from PIL import Image
-from serve_util import ROOT as root, run_clients, start_server
-
-sys.path.insert(0, os.path.join(root, "tools"))
-from render_rooms import render
+from serve_util import ROOT as root, room_jpegs, run_clients, start_server
 
 secs = float(sys.argv[sys.argv.index("--seconds") + 1]) if "--seconds" in sys.argv else 15
-photos = []
-for k in range(16):
-    img, _ = render((480, 640), seed=200000 + k)
-    b = io.BytesIO()
-    Image.fromarray(img).save(b, "JPEG", quality=90)
-    photos.append(b.getvalue())
+photos = room_jpegs(16, 200000)
 
 
 def measure(extra):

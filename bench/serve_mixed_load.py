@@ -12,24 +12,15 @@ process must exit 0 within the longest job's time.
 
   bench/serve_mixed_load.py [OUT.json] [--seconds S] [--clients N]
 """
-import http.client, io, json, os, signal, sys, threading, time
+import http.client, json, os, signal, sys, threading, time
 import numpy as np
-from PIL import Image
-from serve_util import ROOT as root, start_server
-
-sys.path.insert(0, os.path.join(root, "tools"))
-from render_rooms import render
+from serve_util import ROOT as root, room_jpegs, start_server
 
 secs = float(sys.argv[sys.argv.index("--seconds") + 1]) if "--seconds" in sys.argv else 60
 nclients = int(sys.argv[sys.argv.index("--clients") + 1]) if "--clients" in sys.argv else 32
 out = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("--") else None
 ct = open(os.path.join(root, "..", "shared", "data", "ct", "example_ct_sm.nii.gz"), "rb").read()
-photos = []
-for k in range(8):
-    img, _ = render((480, 640), seed=300000 + k)
-    b = io.BytesIO()
-    Image.fromarray(img).save(b, "JPEG", quality=90)
-    photos.append(b.getvalue())
+photos = room_jpegs(8, 300000)
 BAD = [("/v1/ct?model=ct", b"\x00" * 4000, "application/octet-stream"),
        ("/v1/ct?model=nope", ct[:100], "application/octet-stream"),
        ("/v1/segment-batch?model=rooms", b"not a photo", "text/plain"),

@@ -1,6 +1,6 @@
 """Start `segpipe serve` on a free loopback port for the load benchmarks,
 and run client threads against it."""
-import os, socket, subprocess, threading, time
+import io, os, socket, subprocess, sys, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,3 +31,17 @@ def run_clients(target, args_list):
     for t in th:
         t.join()
     return time.perf_counter() - t0
+
+
+def room_jpegs(n, seed0, size=(480, 640)):
+    """n rendered rooms (tools/render_rooms.py) as JPEG bytes"""
+    from PIL import Image
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    from render_rooms import render
+    out = []
+    for k in range(n):
+        img, _ = render(size, seed=seed0 + k)
+        b = io.BytesIO()
+        Image.fromarray(img).save(b, "JPEG", quality=90)
+        out.append(b.getvalue())
+    return out

@@ -283,7 +283,7 @@ static int take_body(server *s, req *r, const char *data, size_t n)
     if (r->len + n > body_limit(s, r->ep))
         return 413;
     if (r->len + n > r->cap) {
-        size_t nc = r->cap ? r->cap : 65536;
+        size_t nc = r->cap ? r->cap : 4096;   /* a trickling client holds a page, not more */
         while (nc < r->len + n)
             nc *= 2;
         if (r->declared >= r->len + n && nc > r->declared)
