@@ -325,6 +325,14 @@ int sp_volume_label_names(const sp_volume *v, char ***names);
 sp_status sp_labels_write_named(const char *path, const uint16_t *labels, const sp_volume *like,
                                 const char *const *names, int n);
 
+/* A picture to check a segmentation at a glance (PNG, written atomically):
+ * axial, coronal and sagittal slices of ct through the centre of the
+ * labelled region (radiological convention, window 40/400 HU), the labels
+ * overlaid in colour, and a legend of the structures present (names[i] for
+ * label i, n of them; NULL: numbers only). labels: ct's grid. */
+sp_status sp_preview_ct_png(const char *path, const sp_volume *ct, const uint16_t *labels,
+                            const char *const *names, int n);
+
 /* Read a label volume (integer values) from NIfTI; float files with
  * non-integer values are refused. Caller frees *labels with free(). */
 sp_status sp_labels_read(const char *path, const sp_read_params *p,
@@ -412,6 +420,10 @@ typedef struct sp_masks_result {
 sp_status sp_masks_run(sp_package *pk, sp_image *const *imgs, int n, const sp_masks_params *p,
                        sp_masks_result ***results, sp_timings *t);
 void sp_masks_result_free(sp_masks_result *r);
+/* A picture of r's masks over the photo they came from (each in its colour,
+ * half blended; at most 1024 px wide or high) with a legend of the masks
+ * and their area shares. PNG, written atomically. */
+sp_status sp_preview_masks_png(const char *path, const sp_image *img, const sp_masks_result *r);
 /* A mask as an 8-bit grey PNG in memory (caller frees *png). */
 sp_status sp_mask_png(const sp_mask *m, int width, int height, void **png, size_t *size);
 /* The masks of r named in `only` (comma-separated; NULL or "": all) as PNGs,

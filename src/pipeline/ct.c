@@ -319,8 +319,8 @@ fail:
 
 static sp_status labels_write(const char *path, const uint16_t *labels, const sp_volume *like, const char *xml);
 
-/* TotalSegmentator's label table (a CaretExtension XML), one colour per
- * label from golden-ratio hues. Caller frees. */
+/* TotalSegmentator's label table (a CaretExtension XML), each label in its
+ * display colour (sp_label_rgb). Caller frees. */
 static char *label_table_xml(const char *const *names, int n)
 {
     sp_buf b = {0};
@@ -329,13 +329,10 @@ static char *label_table_xml(const char *const *names, int n)
     for (int i = 1; i < n; i++) {
         if (!names[i])
             continue;
-        double h = fmod(i * 0.618033988749895, 1.0) * 6, f = h - floor(h), rgb[3];
-        int k = (int)h;
-        double v = 0.95, p = v * 0.1, q = v * (1 - 0.9 * f), t = v * (1 - 0.9 * (1 - f));
-        double tab[6][3] = {{v, t, p}, {q, v, p}, {p, v, t}, {p, q, v}, {t, p, v}, {v, p, q}};
-        memcpy(rgb, tab[k % 6], sizeof rgb);
+        uint8_t rgb[3];
+        sp_label_rgb(i, rgb);
         sp_buf_printf(&b, "<Label Key=\"%d\" Red=\"%.4f\" Green=\"%.4f\" Blue=\"%.4f\" Alpha=\"1\"><![CDATA[%s]]>"
-                          "</Label>\n", i, rgb[0], rgb[1], rgb[2], names[i]);
+                          "</Label>\n", i, rgb[0] / 255.0, rgb[1] / 255.0, rgb[2] / 255.0, names[i]);
     }
     sp_buf_puts(&b, "  </LabelTable>  <VolumeType><![CDATA[Label]]></VolumeType>   </VolumeInformation>"
                     "</CaretExtension>\n");

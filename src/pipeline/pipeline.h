@@ -85,6 +85,10 @@ sp_status sp_components_filter(uint16_t *labels, const int64_t dim[3], int keep_
  * nlabels. */
 sp_status sp_components_count(const uint16_t *labels, const int64_t dim[3], int nlabels,
                               int64_t *counts, int64_t *largest);
+/* ---- preview.c ---- */
+/* The display colour of a label (golden-ratio hues; the NIfTI label table
+ * and the preview images use it). */
+void sp_label_rgb(int label, uint8_t rgb[3]);
 /* One row of a model input from an RGB rectangle (masks.c; used by video.c). */
 void sp_prep_row(const sp_manifest *mf, const uint8_t *rgb, int stride, int x0, int y0, int w, int h,
                  float *dst, size_t plane, int Wc, int rw, int rh, int y);

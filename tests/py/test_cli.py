@@ -309,3 +309,40 @@ def test_totalsegmentator_interop(tmp):
     got = {int(l.get("Key")): l.text for l in root.iter("Label")}
     man = json.load(open(os.path.join(sp.DEMO, "segpipe.json")))["labels"]
     assert got == {int(k): v for k, v in man.items() if int(k) > 0}
+
+
+def test_ct_preview_png(tmp):
+    """ct --preview: the axial panel equals an independent rendering of the
+    CT (nibabel's closest canonical orientation, radiological convention,
+    window 40/400) through the centre of the labels: grey where there is no
+    label, coloured where there is one; the legend lists each structure."""
+    from PIL import Image
+    ct_path = os.path.join(sp.CTDIR, "example_ct_sm.nii.gz")
+    out, png = os.path.join(tmp, "s.nii.gz"), os.path.join(tmp, "p.png")
+    sp.run("ct", ct_path, "-o", out, "--preview", png, "-q", check=True)
+    img = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    ct = nib.as_closest_canonical(nib.load(ct_path))
+    lab = np.asanyarray(nib.as_closest_canonical(nib.load(out)).dataobj)
+    vol = ct.get_fdata()
+    cs = np.array(ct.header.get_zooms()[:3])
+    dim = np.array(vol.shape)
+    mm_px = (dim * cs).max() / 320
+    centre = np.rint(np.argwhere(lab > 0).mean(0)).astype(int)
+    pw, ph = int(dim[0] * cs[0] // mm_px), int(dim[1] * cs[1] // mm_px)
+    xs = dim[0] - 1 - np.minimum(((np.arange(pw) + 0.5) * mm_px / cs[0]).astype(int), dim[0] - 1)
+    ys = dim[1] - 1 - np.minimum(((np.arange(ph) + 0.5) * mm_px / cs[1]).astype(int), dim[1] - 1)
+    sl = vol[:, :, centre[2]][np.ix_(xs, ys)].T            # rows: y (anterior up), columns: x (right on the left)
+    ls = lab[:, :, centre[2]][np.ix_(xs, ys)].T
+    grey = np.rint(255 * np.clip((sl + 160) / 400, 0, 1))
+    panel = img[8:8 + ph, 8:8 + pw]
+    bg = ls == 0
+    assert np.abs(panel[bg] - grey[bg][:, None]).max() <= 1
+    coloured = panel[~bg]
+    assert (~bg).sum() > 1000 and (coloured.max(1) - coloured.min(1) > 10).mean() > 0.95
+    # legend: one coloured swatch per structure present, right of the three panels
+    n_present = len(np.unique(lab)) - 1
+    x0 = 8 + sum(int(a * b // mm_px) + 8 for a, b in ((dim[0], cs[0]), (dim[0], cs[0]), (dim[1], cs[1])))
+    sw = np.array([img[8 + 16 * k + 8, x0 + 6] for k in range(n_present)])
+    assert (sw.max(1) - sw.min(1) > 10).all(), sw
+    below = 8 + 16 * n_present + 8
+    assert below >= img.shape[0] or img[below, x0 + 6].sum() == 0

@@ -309,3 +309,36 @@ def test_masks_real_photo_exif_in_png_webp_and_huge_jpeg(tmp):
         assert load_mask(out, stem, "wall").shape == (h, w), stem
     meta = json.load(open(os.path.join(out, "gh_big.masks.json")))
     assert meta["decode_scale"] > 1 and (meta["width"], meta["height"]) == (3600, 4200)
+
+
+def test_masks_preview_png(tmp):
+    """masks --preview: the photo where no mask is, each mask blended half
+    with one colour of its own (the same colour wherever the mask is), and
+    a legend swatch per mask."""
+    import subprocess, sys
+    room = os.path.join(tmp, "room.png")
+    subprocess.run([sys.executable, os.path.join(sp.ROOT, "tools", "render_rooms.py"), room, "7"], check=True,
+                   capture_output=True)
+    names = ["wall", "floor", "ceiling", "window"]
+    p, out = run_masks(tmp, [room], os.path.join(sp.ROOT, "models", "demo-rooms"), "--masks", ",".join(names),
+                       "--preview")
+    assert p.returncode == 0, p.stderr
+    photo_px = np.asarray(Image.open(room).convert("RGB")).astype(int)
+    h, w = photo_px.shape[:2]
+    prev = np.asarray(Image.open(os.path.join(out, "room.preview.png")).convert("RGB")).astype(int)
+    panel = prev[8:8 + h, 8:8 + w]
+    masks = [load_mask(out, "room", n) > 0 for n in names]
+    none = ~np.any(masks, axis=0)
+    assert np.array_equal(panel[none], photo_px[none])
+    colours = []
+    for m in masks:
+        only = m & (np.sum(masks, axis=0) == 1)
+        if only.sum() < 50:
+            continue
+        implied = 2 * panel[only] - photo_px[only]          # the colour blended in, up to rounding
+        assert np.abs(implied - np.median(implied, 0)).max() <= 2
+        colours.append(tuple(np.median(implied, 0)))
+    assert len(set(colours)) == len(colours) >= 3
+    x0 = 8 + w + 8 + 6
+    sw = np.array([prev[8 + 16 * k + 8, x0] for k in range(len(names))])
+    assert (sw.max(1) - sw.min(1) > 10).all()

@@ -175,8 +175,9 @@ static int cmd_ct(int argc, char **argv)
         {"report", required_argument, 0, 'r'}, {"no-passport", no_argument, 0, 'P'},
         {"cache-graph", no_argument, 0, 'G'}, {"save-model-labels", required_argument, 0, 'K'},
         {"quiet", no_argument, 0, 'q'}, {"verbose", no_argument, 0, 'v'},
-        {"keep-border", no_argument, 0, 'k'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    const char *output = NULL, *model = sp_default_model_dir(), *report = NULL, *mlab = NULL;
+        {"keep-border", no_argument, 0, 'k'}, {"preview", required_argument, 0, 'V'},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    const char *output = NULL, *model = sp_default_model_dir(), *report = NULL, *mlab = NULL, *preview = NULL;
     sp_runtime_params rp = sp_runtime_default_params();
     sp_ct_params cp = sp_ct_default_params();
     int split = 0, c;
@@ -209,6 +210,7 @@ static int cmd_ct(int argc, char **argv)
         case 'r': report = optarg; break;
         case 'P': cp.passport = 0; break;
         case 'k': cp.keep_border = 1; break;
+        case 'V': preview = optarg; break;
         case 'G': rp.cache_optimized = 1; break;
         case 'K': mlab = optarg; cp.keep_model_labels = 1; break;
         case 'q': g_quiet = 1; break;
@@ -228,6 +230,7 @@ static int cmd_ct(int argc, char **argv)
                    "      --min-component-ml X remove components smaller than X ml\n"
                    "      --report FILE        JSON run report\n"
                    "      --no-passport        skip the passport\n"
+                   "      --preview FILE.png   axial/coronal/sagittal slices with the labels and a legend\n"
                    "      --keep-border        statistics.json keeps structures that touch the scan's edge\n"
                    "                           (TotalSegmentator reports them as 0)\n"
                    "      --cache-graph        keep ORT's optimised graph beside the model (<model>.opt.ort)\n"
@@ -305,6 +308,11 @@ static int cmd_ct(int argc, char **argv)
             rc = fail(st, NULL);
             goto out;
         }
+    }
+    if (preview && (st = sp_preview_ct_png(preview, v, sp_ct_result_labels(res, NULL), sp_package_labels(pk),
+                                           sp_package_num_classes(pk)))) {
+        rc = fail(st, NULL);
+        goto out;
     }
     const sp_passport *ps = sp_ct_result_passport(res);
     if (ps && ((rc = write_text(ppath, sp_passport_json(ps))) ||

@@ -99,7 +99,8 @@ static int check_unique_outputs(char **paths, int n, const char *dir)
 
 /* write one photo's outputs: the masks' PNGs (encoded in parallel by
  * sp_masks_encode) and DIR/<stem>.masks.json, each through temp + rename */
-static sp_status write_outputs(const char *dir, const char *path, const sp_image *img, const sp_masks_result *r)
+static sp_status write_outputs(const char *dir, const char *path, const sp_image *img, const sp_masks_result *r,
+                               int preview)
 {
     void *png[64] = {0};
     size_t pn[64] = {0};
@@ -132,6 +133,11 @@ static sp_status write_outputs(const char *dir, const char *path, const sp_image
         free(qpath);
         free(doc);
     }
+    if (!st && preview) {
+        char vpath[4096];
+        snprintf(vpath, sizeof vpath, "%s/%s.preview.png", dir, stem);
+        st = sp_preview_masks_png(vpath, img, r);
+    }
     for (int k = 0; k < r->n_masks; k++)
         free(png[k]);
     free(masks);
@@ -155,6 +161,7 @@ typedef struct writer {
     wjob *q[2];
     int n, closed;
     const char *dir;
+    int preview;
     double enc;
     int failed, done, rc;
     pthread_t th;
@@ -179,7 +186,7 @@ static void *writer_main(void *arg)
         double t0 = sp_now();
         int failed = 0, done = 0;
         for (int k = 0; k < j->n; k++) {
-            if (write_outputs(w->dir, j->paths[k], j->imgs[k], j->res[k])) {
+            if (write_outputs(w->dir, j->paths[k], j->imgs[k], j->res[k], w->preview)) {
                 fprintf(stderr, "segpipe: %s: cannot write outputs in %s\n", j->paths[k], w->dir);
                 failed++;
             } else {
@@ -225,6 +232,7 @@ int cmd_masks(int argc, char **argv)
         {"masks", required_argument, 0, 'M'}, {"batch", required_argument, 0, 'b'},
         {"threads", required_argument, 0, 't'}, {"long-side", required_argument, 0, 'L'},
         {"max-pixels", required_argument, 0, 'P'}, {"quiet", no_argument, 0, 'q'},
+        {"preview", no_argument, 0, 'V'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
 #ifndef SP_DEFAULT_MASKS_DIR
 #define SP_DEFAULT_MASKS_DIR "models/demo-rooms"
@@ -234,7 +242,7 @@ int cmd_masks(int argc, char **argv)
         model = SP_DEFAULT_MASKS_DIR;
     char *maskarg = NULL;
     const char *names[32];
-    int nnames = 0, batch = 1, quiet = 0, c;
+    int nnames = 0, batch = 1, quiet = 0, preview = 0, c;
     sp_masks_params mp = sp_masks_default_params();
     sp_image_params ip = sp_image_default_params();
     optind = 1;
@@ -263,11 +271,14 @@ int cmd_masks(int argc, char **argv)
             break;
         }
         case 'q': quiet = 1; break;
+        case 'V': preview = 1; break;
         case 'h':
             printf("usage: segpipe masks PHOTO... -o DIR [--model DIR] [--masks wall,floor] [--batch N]\n"
-                   "                     [--threads N] [--long-side N] [--max-pixels N] [--quiet]\n"
-                   "One inference per batch returns every mask (JPEG, PNG; EXIF orientation applied;\n"
-                   "masks in the upright frame). Writes DIR/<photo>.<mask>.png and DIR/<photo>.masks.json.\n"
+                   "                     [--threads N] [--long-side N] [--max-pixels N] [--preview] [--quiet]\n"
+                   "One inference per batch returns every mask (JPEG, PNG, WebP, HEIC; EXIF orientation\n"
+                   "applied; masks in the upright frame, at the photo's full size). Writes\n"
+                   "DIR/<photo>.<mask>.png and DIR/<photo>.masks.json; --preview also DIR/<photo>.preview.png\n"
+                   "(the masks over the photo, with a legend).\n"
                    "Default model: %s (a demo trained on rendered rooms).\n", model);
             return 0;
         default: return cli_usage_error("masks", "unknown option");
@@ -310,7 +321,7 @@ int cmd_masks(int argc, char **argv)
     }
     sp_timings t = {0};
     double w0 = sp_now();
-    writer wr = {.dir = out};
+    writer wr = {.dir = out, .preview = preview};
     pthread_mutex_init(&wr.mu, NULL);
     pthread_cond_init(&wr.cv, NULL);
     if (pthread_create(&wr.th, NULL, writer_main, &wr) != 0) {
