@@ -91,6 +91,17 @@ static void text(view *v, int x0, int y0, const char *s)
     }
 }
 
+/* One legend line at (x, y): a swatch of colour `label`, then the text. */
+static void legend_row(view *v, int x, int y, int label, const char *line)
+{
+    uint8_t rgb[3];
+    sp_label_rgb(label, rgb);
+    for (int yy = 2; yy < ROW - 3 && y + yy < v->H; yy++)
+        for (int xx = 0; xx < 12 && x + xx < v->W; xx++)
+            memcpy(v->img + 3 * ((size_t)(y + yy) * v->W + x + xx), rgb, 3);
+    text(v, x + 16, y + 1, line);
+}
+
 /* centre of the labelled voxels in canonical coordinates (or the middle) */
 static void centre(const view *v, int64_t out[3], int64_t *present, int n)
 {
@@ -167,14 +178,9 @@ sp_status sp_preview_ct_png(const char *path, const sp_volume *ct, const uint16_
     for (int l = 1; l < n && y + ROW <= v.H; l++) {
         if (!present[l])
             continue;
-        uint8_t rgb[3];
-        sp_label_rgb(l, rgb);
-        for (int yy = 2; yy < ROW - 3; yy++)
-            for (int xx = 0; xx < 12; xx++)
-                memcpy(v.img + 3 * ((size_t)(y + yy) * v.W + x + xx), rgb, 3);
         char line[96];
         snprintf(line, sizeof line, "%3d %s", l, names && names[l] ? names[l] : "?");
-        text(&v, x + 16, y + 1, line);
+        legend_row(&v, x, y, l, line);
         y += ROW;
     }
     void *png = NULL;
@@ -222,14 +228,9 @@ sp_status sp_preview_masks_png(const char *path, const sp_image *img, const sp_m
                 }
         }
     for (int m = 0, y = GAP; m < r->n_masks; m++, y += ROW) {
-        uint8_t c[3];
-        sp_label_rgb(m + 1, c);
-        for (int yy = 2; yy < ROW - 3; yy++)
-            for (int xx = 0; xx < 12; xx++)
-                memcpy(v.img + 3 * ((size_t)(y + yy) * v.W + pw + 2 * GAP + xx), c, 3);
         char line[96];
         snprintf(line, sizeof line, "%s %5.1f%%", r->masks[m].name, 100 * r->masks[m].area_fraction);
-        text(&v, pw + 2 * GAP + 16, y + 1, line);
+        legend_row(&v, pw + 2 * GAP, y, m + 1, line);
     }
     void *png = NULL;
     size_t size = 0;
