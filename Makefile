@@ -32,18 +32,19 @@ else ifneq ($(ONNXRUNTIME_DIR),)
   ORT_STAMP :=
 else
   ORT_CFLAGS := -I$(ORT_LOCAL)/include
-  ORT_LIBS := -L$(abspath $(ORT_LOCAL)/lib) -Wl,-rpath,$(abspath $(ORT_LOCAL)/lib) -l:libonnxruntime.so.1
+  # no absolute path in the binaries: build tree (build*/ -> third_party/) or
+  # installed (<prefix>/bin or lib -> <prefix>/lib, where make install puts it)
+  ORT_LIBS := -L$(ORT_LOCAL)/lib -Wl,-rpath,'$$ORIGIN/../third_party/onnxruntime/lib' \
+              -Wl,-rpath,'$$ORIGIN/../lib' -l:libonnxruntime.so.1
   ORT_STAMP := $(ORT_LOCAL)/lib/libonnxruntime.so.1
+  ORT_INSTALL := $(ORT_LOCAL)/lib/libonnxruntime.so*
 endif
 
 DEPS_STAMP := $(BUILD)/.deps-ok
 WARN := -Wall -Wextra -Wshadow -Wno-unused-parameter
 CFLAGS ?= -O2 -g
-ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC -pthread $(WARN) $(CFLAGS) $(SANFLAGS) \
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC -pthread $(WARN) $(CFLAGS) $(SANFLAGS) -ffile-prefix-map=$(CURDIR)=. \
   -Iinclude -Isrc $(ORT_CFLAGS) \
-  -DSP_DEFAULT_MODEL_DIR=\"$(abspath models/demo-ct)\" \
-  -DSP_DEFAULT_MASKS_DIR=\"$(abspath models/demo-rooms)\" \
-  -DSP_DEFAULT_MATTE_DIR=\"$(abspath models/demo-matte)\" \
   -DSP_BUILD_FLAGS="\"$(strip $(CC) $(CFLAGS) $(SANFLAGS))\""
 # Optional slim builds: NO_FFMPEG=1 (video from/to frame folders only),
 # NO_HEIF=1 (no HEIC photos); e.g. for a machine without those libraries.
@@ -127,8 +128,17 @@ install: all
 	install -m 755 $(BUILD)/libsegpipe.so $(DESTDIR)$(PREFIX)/lib/libsegpipe.so.0
 	ln -sf libsegpipe.so.0 $(DESTDIR)$(PREFIX)/lib/libsegpipe.so
 	install -m 755 $(BUILD)/segpipe $(DESTDIR)$(PREFIX)/bin/
+	install -d $(DESTDIR)$(PREFIX)/share/segpipe/models $(DESTDIR)$(PREFIX)/share/doc/segpipe
+	for m in demo-ct demo-rooms demo-matte; do \
+	  install -d $(DESTDIR)$(PREFIX)/share/segpipe/models/$$m && \
+	  install -m 644 models/$$m/segpipe.json models/$$m/model.onnx $(DESTDIR)$(PREFIX)/share/segpipe/models/$$m/; \
+	  [ ! -f models/$$m/README.md ] || install -m 644 models/$$m/README.md $(DESTDIR)$(PREFIX)/share/segpipe/models/$$m/; \
+	done
+	install -m 644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/segpipe/
+	[ -z "$(ORT_INSTALL)" ] || cp -P $(ORT_INSTALL) $(DESTDIR)$(PREFIX)/lib/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(shell sed -n 's/#define SP_VERSION_STRING "\(.*\)"/\1/p' include/segpipe.h)|' \
-	    -e 's|@ORT_LIBS@|$(ORT_LIBS)|' -e 's|@FF_LIBS@|$(FF_LIBS)|' -e 's|@HEIF_LIBS@|$(HEIF_LIBS)|' \
+	    -e 's|@ORT_LIBS@|$(if $(ORT_INSTALL),-l:libonnxruntime.so.1,$(ORT_LIBS))|' \
+	    -e 's|@FF_LIBS@|$(FF_LIBS)|' -e 's|@HEIF_LIBS@|$(HEIF_LIBS)|' \
 	    segpipe.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/segpipe.pc
 
 clean:

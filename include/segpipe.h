@@ -229,8 +229,13 @@ const char *sp_package_mask_name(const sp_package *pk, int i);
 /* One inference on zeros of the package's input size (a CT patch, or a
  * model-sized photo canvas), so the first real request pays no set-up. */
 sp_status sp_package_warm_up(sp_package *pk);
-/* Default folder of the bundled model (compiled-in, may be overridden with
- * the SEGPIPE_MODEL environment variable). */
+/* The folder of the bundled models, found relative to the segpipe binary
+ * or libsegpipe.so itself (installed: <prefix>/share/segpipe/models; build
+ * tree: models/), or SEGPIPE_MODEL_PATH. Never a compiled-in path. */
+const char *sp_models_dir(void);
+/* <models dir>/<name> into out (size bytes). */
+sp_status sp_bundled_model(const char *name, char *out, size_t size);
+/* Default CT model: SEGPIPE_MODEL, else the bundled demo-ct. */
 const char *sp_default_model_dir(void);
 
 /* -------------------------------------------------------------- CT pipeline */

@@ -8,6 +8,9 @@
  * first run. Errors name the file and the field.
  */
 #include "package.h"
+#include <dlfcn.h>
+#include <pthread.h>
+#include <sys/stat.h>
 
 #include <cjson/cJSON.h>
 #include <limits.h>
@@ -15,14 +18,61 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifndef SP_DEFAULT_MODEL_DIR
-#define SP_DEFAULT_MODEL_DIR "models/demo-ct"
-#endif
+/* Bundled models are found relative to the module (the segpipe binary or
+ * libsegpipe.so) that holds this code, never through a compiled-in path:
+ * installed, <prefix>/bin or <prefix>/lib -> <prefix>/share/segpipe/models;
+ * in the build tree, build/ -> models/. SEGPIPE_MODEL_PATH overrides. */
+static char g_models[PATH_MAX];
+static pthread_once_t g_models_once = PTHREAD_ONCE_INIT;
+
+static void find_models(void)
+{
+    const char *e = getenv("SEGPIPE_MODEL_PATH");
+    if (e && *e) {
+        snprintf(g_models, sizeof g_models, "%s", e);
+        return;
+    }
+    Dl_info di;
+    char dir[PATH_MAX] = ".";
+    if (dladdr((void *)find_models, &di) && di.dli_fname && realpath(di.dli_fname, dir)) {
+        char *slash = strrchr(dir, '/');
+        if (slash)
+            *slash = 0;
+    }
+    static const char *const rel[] = {"../share/segpipe/models", "../models", "models"};
+    for (size_t i = 0; i < sizeof rel / sizeof *rel; i++) {
+        char p[PATH_MAX + 32];
+        struct stat sb;
+        snprintf(p, sizeof p, "%s/%s", i < 2 ? dir : ".", rel[i]);
+        if (stat(p, &sb) == 0 && S_ISDIR(sb.st_mode) && realpath(p, g_models))
+            return;
+    }
+    snprintf(g_models, sizeof g_models, "models");
+}
+
+const char *sp_models_dir(void)
+{
+    pthread_once(&g_models_once, find_models);
+    return g_models;
+}
+
+sp_status sp_bundled_model(const char *name, char *out, size_t size)
+{
+    int n = snprintf(out, size, "%s/%s", sp_models_dir(), name);
+    return n > 0 && (size_t)n < size ? SP_OK : sp_fail(SP_ERR_USAGE, "model path too long");
+}
+
+static char g_default_ct[PATH_MAX + 16];
+static void default_ct(void) { sp_bundled_model("demo-ct", g_default_ct, sizeof g_default_ct); }
 
 const char *sp_default_model_dir(void)
 {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
     const char *e = getenv("SEGPIPE_MODEL");
-    return e && *e ? e : SP_DEFAULT_MODEL_DIR;
+    if (e && *e)
+        return e;
+    pthread_once(&once, default_ct);
+    return g_default_ct;
 }
 
 static sp_status num_array(const cJSON *o, const char *key, double *out, int n,

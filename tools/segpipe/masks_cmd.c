@@ -234,12 +234,10 @@ int cmd_masks(int argc, char **argv)
         {"max-pixels", required_argument, 0, 'P'}, {"quiet", no_argument, 0, 'q'},
         {"preview", no_argument, 0, 'V'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-#ifndef SP_DEFAULT_MASKS_DIR
-#define SP_DEFAULT_MASKS_DIR "models/demo-rooms"
-#endif
+    static char rooms[4096];
     const char *out = NULL, *model = getenv("SEGPIPE_MASKS_MODEL");
-    if (!model || !*model)
-        model = SP_DEFAULT_MASKS_DIR;
+    if ((!model || !*model) && !sp_bundled_model("demo-rooms", rooms, sizeof rooms))
+        model = rooms;
     char *maskarg = NULL;
     const char *names[32];
     int nnames = 0, batch = 1, quiet = 0, preview = 0, c;

@@ -15,9 +15,7 @@
 #include <strings.h>
 #include <unistd.h>
 
-#ifndef SP_DEFAULT_MATTE_DIR
-#define SP_DEFAULT_MATTE_DIR "models/demo-matte"
-#endif
+static char g_matte[4096];   /* the bundled demo-matte model */
 
 typedef struct sigctx {
     pthread_mutex_t mu;
@@ -143,8 +141,8 @@ static int parse_video_args(int argc, char **argv, vargs *a, const char *cmd)
 {
     a->p = sp_video_default_params();
     a->model = getenv("SEGPIPE_VIDEO_MODEL");
-    if (!a->model || !*a->model)
-        a->model = SP_DEFAULT_MATTE_DIR;
+    if ((!a->model || !*a->model) && !sp_bundled_model("demo-matte", g_matte, sizeof g_matte))
+        a->model = g_matte;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "o:m:b:w:t:qh", video_opts, NULL)) != -1) {
@@ -256,7 +254,7 @@ int cmd_video(int argc, char **argv)
                "OUTPUT.part and renamed when complete. Default model: %s (a demo).\n"
                "--infer-alone also times inference alone on the same frames and batch size.\n"
                "Exit codes: 0 ok, 2 usage, 3 input, 4 model, 5 runtime, 6 I/O, 7 memory, 130 stopped.\n",
-               SP_DEFAULT_MATTE_DIR);
+               g_matte[0] ? g_matte : "models/demo-matte");
         return 0;
     }
     if (r > 0)
