@@ -6,6 +6,7 @@
 #   make fuzz            bounded libFuzzer run of the NIfTI reader (clang)
 #   make bench           benchmarks (not part of the test suite)
 #   make install PREFIX=/usr/local
+#   make cuda            optional GPU window kernels, build/libsegpipe_cuda.so (nvcc)
 #
 # ONNX Runtime comes from, in order: pkg-config libonnxruntime,
 # $(ONNXRUNTIME_DIR), or third_party/onnxruntime (scripts/install-deps.sh).
@@ -37,7 +38,7 @@ else
   ORT_LIBS := -L$(ORT_LOCAL)/lib -Wl,-rpath,'$$ORIGIN/../third_party/onnxruntime/lib' \
               -Wl,-rpath,'$$ORIGIN/../lib' -l:libonnxruntime.so.1
   ORT_STAMP := $(ORT_LOCAL)/lib/libonnxruntime.so.1
-  ORT_INSTALL := $(ORT_LOCAL)/lib/libonnxruntime.so*
+  ORT_INSTALL := $(wildcard $(ORT_LOCAL)/lib/libonnxruntime.so* $(ORT_LOCAL)/lib/libonnxruntime_providers_*.so)
 endif
 
 DEPS_STAMP := $(BUILD)/.deps-ok
@@ -67,7 +68,7 @@ CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/unit/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all test asan fuzz bench install clean deps
+.PHONY: all test asan fuzz bench install clean deps cuda
 all: $(BUILD)/segpipe $(BUILD)/libsegpipe.a $(BUILD)/libsegpipe.so $(BUILD)/libsegpipe_test.so $(BUILD)/test_unit
 
 # Install what is missing (idempotent; a no-op when everything is there).
@@ -109,6 +110,19 @@ $(BUILD)/segpipe: $(CLI_OBJ) $(BUILD)/libsegpipe.a
 $(BUILD)/test_unit: $(TEST_OBJ) $(BUILD)/libsegpipe.a
 	$(CC) $(SANFLAGS) -o $@ $^ $(LIBS)
 
+# Optional: the sliding window's GPU kernels (docs/gpu.md), loaded at run
+# time for --device cuda only; libsegpipe never links CUDA. cudart is linked
+# statically, so the library needs only the driver (libcuda) where it runs.
+NVCC ?= $(firstword $(shell command -v nvcc 2>/dev/null) /usr/local/cuda/bin/nvcc)
+CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+  -gencode arch=compute_90,code=compute_90
+cuda: $(BUILD)/libsegpipe_cuda.so
+
+$(BUILD)/libsegpipe_cuda.so: src/pipeline/window_cuda.cu src/pipeline/window_cuda.h
+	@mkdir -p $(BUILD)
+	$(NVCC) -O3 -std=c++17 -shared -cudart static $(CUDA_ARCH) -Xcompiler -fPIC,-fvisibility=hidden \
+	  -Xcompiler -ffile-prefix-map=$(CURDIR)=. -o $@ $<
+
 test: all
 	BUILD=$(BUILD) bash tests/run.sh
 
@@ -128,6 +142,7 @@ install: all
 	install -m 755 $(BUILD)/libsegpipe.so $(DESTDIR)$(PREFIX)/lib/libsegpipe.so.0
 	ln -sf libsegpipe.so.0 $(DESTDIR)$(PREFIX)/lib/libsegpipe.so
 	install -m 755 $(BUILD)/segpipe $(DESTDIR)$(PREFIX)/bin/
+	[ ! -f $(BUILD)/libsegpipe_cuda.so ] || install -m 755 $(BUILD)/libsegpipe_cuda.so $(DESTDIR)$(PREFIX)/lib/
 	install -d $(DESTDIR)$(PREFIX)/share/segpipe/models $(DESTDIR)$(PREFIX)/share/doc/segpipe
 	for m in demo-ct demo-rooms demo-matte; do \
 	  install -d $(DESTDIR)$(PREFIX)/share/segpipe/models/$$m && \

@@ -100,6 +100,8 @@ typedef struct sp_runtime_params {
     int cache_optimized;    /* 1: save/load the optimised graph beside model */
     int no_spin;            /* 1: ORT threads sleep between ops instead of spinning
                                (leaves the cores to other pipeline threads) */
+    const char *precision;  /* NULL/"auto": a CT package's fp16 model on a GPU when it
+                               has one, else fp32; "fp32"; "fp16" (docs/gpu.md) */
 } sp_runtime_params;
 
 sp_runtime_params sp_runtime_default_params(void);
@@ -114,6 +116,17 @@ const char *sp_ort_version(void);
 /* Comma-separated execution providers the loaded ONNX Runtime offers.
  * Writes into buf (NUL-terminated, truncated to cap). */
 sp_status sp_ort_providers(char *buf, size_t cap);
+
+/* GPU support in one line: the device, the provider and the sliding-window
+ * kernels ("cuda: NVIDIA H100 80GB HBM3, window kernels loaded"), or why
+ * there is none. Loads the CUDA provider to find out (about a second when
+ * it is installed). Writes into buf (NUL-terminated, truncated to cap);
+ * returns 1 when `--device cuda` runs CT windows on the GPU, else 0. */
+int sp_gpu_status(char *buf, size_t cap);
+/* Highest GPU memory in use (bytes, the whole device: this process's CUDA
+ * context, ONNX Runtime's arena and the window's buffers) seen at the end of
+ * a GPU sliding window in this process; 0 when none ran. */
+size_t sp_gpu_peak_memory(void);
 
 typedef enum sp_dtype {
     SP_DT_UNKNOWN = 0, SP_DT_F32, SP_DT_F64, SP_DT_U8, SP_DT_I8, SP_DT_U16,
@@ -525,6 +538,7 @@ typedef struct sp_serve_params {
     int max_batch;           /* ... at most this many (default 8, capped by the model) */
     int threads;             /* ONNX Runtime intra-op threads (0 = cores) */
     const char *device;      /* "cpu" (default) */
+    const char *precision;   /* NULL/"auto", "fp32", "fp16": as sp_runtime_params */
     const sp_serve_model *models;
     int n_models;
     /* limits on what clients control (0 = the default in brackets) */

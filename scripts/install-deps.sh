@@ -10,7 +10,13 @@
 #      npm package com.github.asus4.onnxruntime@0.4.9 (ONNX Runtime 1.29.0),
 #      checked against its published sha512 and unpacked into
 #      third_party/onnxruntime/ (git-ignored).
+#   3. With SP_CUDA=1 (GPU machines, docs/gpu.md): ONNX Runtime's CUDA
+#      provider plugin, npm com.github.asus4.onnxruntime.linux-x64-gpu@0.4.9
+#      (sha512 checked), as libonnxruntime_providers_cuda.so beside the core
+#      library, where segpipe looks for it. It needs CUDA 13 and cuDNN 9 on
+#      the library path at run time (not installed here).
 set -euo pipefail
+cuda_sha512=sha512-FopIhNE/Ng+v2X65wVc9clPCBCvhvA53Hxo2U0Kf5fGdVsC7iCA+mZ0KLWggcQAj7TIZ6pNidR4AC10g74Xo6w==
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -44,15 +50,41 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# --- 3. (SP_CUDA=1) the CUDA provider plugin -------------------------------
+cuda_plugin() {
+  local dir=$1 pkg="com.github.asus4.onnxruntime.linux-x64-gpu@0.4.9" t tgz got
+  [ -f "$dir/libonnxruntime_providers_cuda.so" ] && return 0
+  t=$(mktemp -d)
+  echo "install-deps: fetching ONNX Runtime's CUDA provider plugin ($pkg, 180 MB) from npm"
+  (cd "$t" && npm pack --silent "$pkg" >/dev/null)
+  tgz=$(ls "$t"/*.tgz)
+  got="sha512-$(openssl dgst -sha512 -binary "$tgz" | base64 -w0)"
+  if [ "$got" != "$cuda_sha512" ]; then
+    echo "install-deps: checksum mismatch for $pkg" >&2
+    rm -rf "$t"
+    return 1
+  fi
+  tar -xzf "$tgz" -C "$t" package/Plugins/Linux/x64/libonnxruntime_providers_cuda.so
+  mv "$t/package/Plugins/Linux/x64/libonnxruntime_providers_cuda.so" "$dir/"
+  rm -rf "$t"
+  echo "install-deps: CUDA provider plugin in $dir"
+}
+after_ort() {
+  [ "${SP_CUDA:-0}" = 1 ] || return 0
+  cuda_plugin "$1"
+}
+
 # --- 2. ONNX Runtime --------------------------------------------------------
 if pkg-config --exists libonnxruntime 2>/dev/null; then
   echo "install-deps: using system ONNX Runtime $(pkg-config --modversion libonnxruntime)"
+  after_ort "$(pkg-config --variable=libdir libonnxruntime)"
   exit 0
 fi
 if [ -n "${ONNXRUNTIME_DIR:-}" ]; then
   if [ -f "$ONNXRUNTIME_DIR/include/onnxruntime_c_api.h" ] || \
      [ -f "$ONNXRUNTIME_DIR/include/onnxruntime/onnxruntime_c_api.h" ]; then
     echo "install-deps: using ONNX Runtime from ONNXRUNTIME_DIR=$ONNXRUNTIME_DIR"
+    after_ort "$ONNXRUNTIME_DIR/lib"
     exit 0
   fi
   echo "install-deps: ONNXRUNTIME_DIR=$ONNXRUNTIME_DIR has no include/onnxruntime_c_api.h" >&2
@@ -61,6 +93,7 @@ fi
 
 ort="$root/third_party/onnxruntime"
 if [ -f "$ort/lib/libonnxruntime.so.1" ] && [ -f "$ort/include/onnxruntime_c_api.h" ]; then
+  after_ort "$ort/lib"
   exit 0
 fi
 
@@ -91,3 +124,4 @@ echo "1.29.0" > "$ort.part/VERSION"
 rm -rf "$ort"
 mv "$ort.part" "$ort"
 echo "install-deps: ONNX Runtime 1.29.0 in $ort"
+after_ort "$ort/lib"

@@ -5,6 +5,7 @@ model package: model.onnx + segpipe.json (docs/model-format.md).
   tools/import_nnunet.py MODEL_FOLDER -o OUT_DIR [--fold 0] [--checkpoint checkpoint_final.pth]
                          [--configuration 3d_fullres]
   tools/import_nnunet.py --random-weights --arch totalseg-fast -o OUT_DIR
+  add --fp16 to either for a GPU's fp16 model beside the fp32 one
 
 MODEL_FOLDER is nnU-Net's trained-model folder: dataset.json, plans.json and
 fold_N/checkpoint_final.pth. The network is rebuilt in plain PyTorch
@@ -24,6 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from segpipe_nets import Opts, UNet, load_nnunet_state_dict
+from onnx_fp16 import ConvertError
 
 SITK_READERS = {"SimpleITKIO", "SimpleITKIOWithReorient"}
 NIBABEL_READERS = {"NibabelIO", "NibabelIOWithReorient"}
@@ -197,6 +199,16 @@ def random_model(arch, out_dir, labels_json=None, seed=0):
     return net, man
 
 
+def add_fp16(out_dir, man):
+    import onnx
+    from onnx_fp16 import convert
+    model = convert(onnx.load(os.path.join(out_dir, "model.onnx")))
+    onnx.save(model, os.path.join(out_dir, "model.fp16.onnx"))
+    man["onnx_fp16"] = "model.fp16.onnx"
+    with open(os.path.join(out_dir, "segpipe.json"), "w") as f:
+        json.dump(man, f, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", nargs="?")
@@ -207,15 +219,20 @@ def main():
     ap.add_argument("--random-weights", action="store_true")
     ap.add_argument("--arch", default="totalseg-fast")
     ap.add_argument("--labels", help="label map JSON for --random-weights")
+    ap.add_argument("--fp16", action="store_true",
+                    help="also write model.fp16.onnx for GPUs (tools/onnx_fp16.py; \"onnx_fp16\" in the manifest)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of --random-weights")
     a = ap.parse_args()
     try:
         if a.random_weights:
-            _, man = random_model(a.arch, a.out, a.labels)
+            _, man = random_model(a.arch, a.out, a.labels, a.seed)
         elif a.folder:
             _, man = import_folder(a.folder, a.out, a.fold, a.checkpoint, a.configuration)
         else:
             ap.error("MODEL_FOLDER or --random-weights is required")
-    except (ImportError_, KeyError, FileNotFoundError, ValueError) as e:
+        if a.fp16:
+            add_fp16(a.out, man)
+    except (ImportError_, KeyError, FileNotFoundError, ValueError, ConvertError) as e:
         print(f"import_nnunet: {e}", file=sys.stderr)
         sys.exit(4)
     print(f"wrote {a.out}/model.onnx and segpipe.json: {man['name']}, {len(man['labels'])} classes, "

@@ -69,6 +69,30 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
                         sp_timings *t, void (*progress)(const char *, int, int, void *),
                         void *progress_user);
 
+/* ---- window_gpu.c ---- */
+typedef struct sp_tile {
+    int64_t s[3];            /* start in padded network coordinates */
+} sp_tile;
+/* What window.c planned, for the GPU path: network dims, patch, low
+ * padding, volume strides per network dim, classes, tiles per run. */
+typedef struct sp_window_plan {
+    int64_t N[3], P[3], pad[3], vst[3];
+    int C, batch, ntiles;
+    const sp_tile *tiles;
+} sp_window_plan;
+/* 1 when libsegpipe_cuda.so loaded and found a device (loaded once). */
+int sp_window_gpu_available(void);
+/* Why the kernels are not available ("" when they are). */
+const char *sp_window_gpu_error(void);
+/* The GPU device's name ("" when none). */
+const char *sp_window_gpu_name(void);
+/* The sliding window with the volume, tiles, logits, accumulator and argmax
+ * on the GPU; only the labels come back. Times "upload", "window",
+ * "inference", "download". */
+sp_status sp_window_run_gpu(sp_model *m, const float *vol, const sp_window_plan *pl, const sp_window_params *wp,
+                            uint16_t *labels, sp_timings *t, void (*progress)(const char *, int, int, void *),
+                            void *progress_user);
+
 /* Smooth labels: argmax of the class logits (C x model grid) resampled
  * linearly to the native grid, computed per native voxel over the classes
  * that win at its 8 model-grid neighbours (never holding native-resolution

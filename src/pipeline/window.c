@@ -20,6 +20,7 @@
  * full accumulator's (same sums, same order of additions per voxel).
  */
 #include "pipeline.h"
+#include "../runtime/device.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -85,10 +86,6 @@ float *sp_gaussian_map(const int64_t patch[3], double sigma_scale)
     return g;
 }
 
-typedef struct tile {
-    int64_t s[3];                /* start in padded network coordinates */
-} tile;
-
 typedef struct win {
     const float *vol;
     int64_t vst[3];              /* volume stride of network dim d */
@@ -103,7 +100,7 @@ typedef struct win {
     int64_t slab;                /* N1 * N2 */
     uint16_t *labels;
     int64_t lst[3];              /* label stride of network dim d */
-    const tile *batch;
+    const sp_tile *batch;
     int nb;
 } win;
 
@@ -222,6 +219,37 @@ static void finish(win *c, int64_t from, int64_t to, sp_pool *pool, float *logit
     sp_pool_for(pool, (to - from) * c->N[1], 4, finish_rows, &f);
 }
 
+/* tiles in order, dim 0 outermost */
+static void make_tiles(sp_tile *tiles, int64_t *const steps[3], const int ns[3])
+{
+    int nt = 0;
+    for (int a = 0; a < ns[0]; a++)
+        for (int b = 0; b < ns[1]; b++)
+            for (int k = 0; k < ns[2]; k++, nt++) {
+                tiles[nt].s[0] = steps[0][a];
+                tiles[nt].s[1] = steps[1][b];
+                tiles[nt].s[2] = steps[2][k];
+            }
+}
+
+/* Where the window runs: on the GPU when the model's session does and the
+ * kernels load. An fp16 model needs the GPU path (the host loops are fp32). */
+static sp_status check_precision(sp_model *m, int *use_gpu)
+{
+    int n;
+    const sp_io_info *in = sp_model_inputs(m, &n);
+    int half = n > 0 && in[0].meta.dtype == SP_DT_F16;
+    *use_gpu = sp_model_on_device(m) && sp_window_gpu_available();
+    if (half && !*use_gpu)
+        return sp_fail(SP_ERR_MODEL, "this model is fp16: it runs with --device cuda and the GPU window kernels "
+                       "(%s); use --precision fp32 here", sp_model_on_device(m) ? sp_window_gpu_error()
+                       : "not on a GPU");
+    if (!half && n > 0 && in[0].meta.dtype != SP_DT_F32)
+        return sp_fail(SP_ERR_MODEL, "the CT model's input must be float32 or float16, not %s",
+                       sp_dtype_str(in[0].meta.dtype));
+    return SP_OK;
+}
+
 sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
                         const sp_window_params *wp, uint16_t *labels, float *logits, sp_pool *pool,
                         sp_timings *t, void (*progress)(const char *, int, int, void *),
@@ -233,7 +261,8 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
     int64_t *steps[3] = {NULL, NULL, NULL};
     int ns[3];
     sp_status st = SP_OK;
-    tile *tiles = NULL;
+    sp_tile *tiles = NULL;
+    int use_gpu = 0;
     c.vol = vol;
     c.labels = labels;
     c.C = wp->num_classes;
@@ -263,6 +292,19 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
     }
     int ntiles = (int)ntiles64;
     tiles = malloc((size_t)ntiles * sizeof *tiles);
+    if (!tiles) {
+        st = sp_fail(SP_ERR_NOMEM, "sliding window: cannot allocate %d tiles", ntiles);
+        goto done;
+    }
+    make_tiles(tiles, steps, ns);
+    if ((st = check_precision(m, &use_gpu)))
+        goto done;
+    if (use_gpu && !logits) {
+        sp_window_plan pl = {{c.N[0], c.N[1], c.N[2]}, {c.P[0], c.P[1], c.P[2]}, {c.pad[0], c.pad[1], c.pad[2]},
+                             {c.vst[0], c.vst[1], c.vst[2]}, c.C, B, ntiles, tiles};
+        st = sp_window_run_gpu(m, vol, &pl, wp, labels, t, progress, progress_user);
+        goto done;
+    }
     c.gauss = sp_gaussian_map(c.P, wp->sigma_scale);
     c.in = sp_big_alloc((size_t)B * psz * sizeof(float));
     c.out = sp_big_alloc((size_t)B * (size_t)c.C * psz * sizeof(float));
@@ -270,19 +312,11 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
     c.acc = sp_big_calloc((size_t)c.C * (size_t)c.ring * (size_t)c.slab, sizeof(float));
     if (logits)
         c.wsum = sp_big_calloc((size_t)(c.N[0] * c.slab), sizeof(float));
-    if (!tiles || !c.gauss || !c.in || !c.out || !c.acc || (logits && !c.wsum)) {
+    if (!c.gauss || !c.in || !c.out || !c.acc || (logits && !c.wsum)) {
         st = sp_fail(SP_ERR_NOMEM, "sliding window: cannot allocate buffers (%d classes, "
                      "ring %lldx%lldx%lld)", c.C, (long long)c.P[0], (long long)c.N[1], (long long)c.N[2]);
         goto done;
     }
-    int nt = 0;
-    for (int a = 0; a < ns[0]; a++)
-        for (int b = 0; b < ns[1]; b++)
-            for (int k = 0; k < ns[2]; k++, nt++) {
-                tiles[nt].s[0] = steps[0][a];
-                tiles[nt].s[1] = steps[1][b];
-                tiles[nt].s[2] = steps[2][k];
-            }
     if (progress)
         progress("inference", 0, ntiles, progress_user);
     int64_t finished = 0;   /* rows of dim 0 (network coords) already final */

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 const OrtApi *sp_ort;
 
@@ -42,11 +43,13 @@ struct sp_model {
 struct sp_runtime {
     OrtEnv *env;
     sp_runtime_params p;
-    char device[16];
+    char device[16], precision[8];
     pthread_mutex_t mu;
     sp_model *models;
     OrtMemoryInfo *cpu_mem;
     int cuda_plugin;
+    const OrtMemoryInfo *dev_mem;     /* GPU memory the session's provider uses */
+    OrtMemoryInfo *dev_mem_owned;
 };
 
 /* Turn an OrtStatus into an sp_status with ORT's message (releases it). */
@@ -108,6 +111,44 @@ sp_status sp_ort_providers(char *buf, size_t cap)
     return SP_OK;
 }
 
+/* Folder of the loaded ONNX Runtime core library, with a trailing '/'. */
+static void ort_dir(char *buf, size_t cap)
+{
+    Dl_info di;
+    const char *from = dladdr((void *)OrtGetApiBase, &di) && di.dli_fname ? di.dli_fname : "";
+    const char *slash = strrchr(from, '/');
+    snprintf(buf, cap, "%.*s", slash ? (int)(slash - from + 1) : 0, from);
+}
+
+/* ONNX Runtime's CUDA provider as a plugin (docs/gpu.md): the library named
+ * by SEGPIPE_ORT_CUDA_EP, else libonnxruntime_providers_cuda.so beside the
+ * core library (where `SP_CUDA=1 scripts/install-deps.sh` puts it).
+ * providers_shared is loaded first, and it must be the core library's own
+ * copy: the plugin package's copy crashed the plugin's initialisation. */
+static sp_status register_cuda_plugin(sp_runtime *rt, const char *avail)
+{
+    char dir[PATH_MAX], lib[PATH_MAX + 64], shared[PATH_MAX + 64];
+    const char *env = getenv("SEGPIPE_ORT_CUDA_EP");
+    ort_dir(dir, sizeof dir);
+    if (env && *env)
+        snprintf(lib, sizeof lib, "%s", env);
+    else
+        snprintf(lib, sizeof lib, "%slibonnxruntime_providers_cuda.so", dir);
+    if (access(lib, R_OK) != 0)
+        return sp_fail(SP_ERR_USAGE, "device 'cuda' needs CUDAExecutionProvider, which this ONNX Runtime (%s) "
+                       "does not offer (available: %s), and the CUDA provider plugin %s is not there: install it "
+                       "with SP_CUDA=1 scripts/install-deps.sh or name it in SEGPIPE_ORT_CUDA_EP (docs/gpu.md)",
+                       sp_ort_version(), avail, lib);
+    snprintf(shared, sizeof shared, "%slibonnxruntime_providers_shared.so", dir);
+    if (!dlopen(shared, RTLD_NOW | RTLD_GLOBAL))
+        SP_WARN("cannot preload %s: %s", shared, dlerror());
+    sp_status st = sp_ort_check(sp_ort->RegisterExecutionProviderLibrary(rt->env, "cuda", lib),
+                                SP_ERR_RUNTIME, "registering the CUDA execution provider");
+    if (!st)
+        rt->cuda_plugin = 1;
+    return st;
+}
+
 sp_runtime_params sp_runtime_default_params(void)
 {
     sp_runtime_params p = {0};
@@ -127,6 +168,13 @@ sp_status sp_runtime_create(const sp_runtime_params *p, sp_runtime **out)
     rt->p = p ? *p : sp_runtime_default_params();
     snprintf(rt->device, sizeof rt->device, "%s", rt->p.device ? rt->p.device : "cpu");
     rt->p.device = rt->device;
+    const char *prec = rt->p.precision ? rt->p.precision : "auto";
+    if (strcmp(prec, "auto") && strcmp(prec, "fp32") && strcmp(prec, "fp16")) {
+        free(rt);
+        return sp_fail(SP_ERR_USAGE, "unknown precision '%s' (use auto, fp32 or fp16)", prec);
+    }
+    snprintf(rt->precision, sizeof rt->precision, "%s", prec);
+    rt->p.precision = rt->precision;
     if (rt->p.threads <= 0)
         rt->p.threads = sp_num_cores();
     if (rt->p.inter_threads <= 0)
@@ -153,35 +201,14 @@ sp_status sp_runtime_create(const sp_runtime_params *p, sp_runtime **out)
         if (sp_ort_providers(avail, sizeof avail) != SP_OK)
             snprintf(avail, sizeof avail, "?");
         if (!strstr(avail, want)) {
-            const char *lib = getenv("SEGPIPE_ORT_CUDA_EP");
-            if (strcmp(rt->device, "cuda") == 0 && lib && *lib) {
-                /* plugin EP (docs/gpu.md): providers_shared first, then
-                 * register. It must be the core library's own copy (beside
-                 * libonnxruntime.so): the plugin package's copy crashed the
-                 * plugin's initialisation on the GPU machine. */
-                char shared[PATH_MAX];
-                Dl_info di;
-                const char *from = dladdr((void *)OrtGetApiBase, &di) && di.dli_fname ? di.dli_fname : lib;
-                const char *slash = strrchr(from, '/');
-                snprintf(shared, sizeof shared, "%.*slibonnxruntime_providers_shared.so",
-                         slash ? (int)(slash - from + 1) : 0, from);
-                if (!dlopen(shared, RTLD_NOW | RTLD_GLOBAL))
-                    SP_WARN("cannot preload %s: %s", shared, dlerror());
-                st = sp_ort_check(sp_ort->RegisterExecutionProviderLibrary(rt->env, "cuda", lib),
-                                  SP_ERR_RUNTIME, "registering the CUDA execution provider");
-                if (st) {
-                    sp_runtime_free(rt);
-                    return st;
-                }
-                rt->cuda_plugin = 1;
-            } else {
-                sp_fail(SP_ERR_USAGE,
-                               "device '%s' needs %s, which this ONNX Runtime (%s) does not offer; "
-                               "available: %s%s", rt->device, want, sp_ort_version(), avail,
-                               strcmp(rt->device, "cuda") == 0
-                                   ? " (set SEGPIPE_ORT_CUDA_EP to a CUDA provider plugin, see docs/gpu.md)" : "");
+            if (strcmp(rt->device, "cuda") == 0)
+                st = register_cuda_plugin(rt, avail);
+            else
+                st = sp_fail(SP_ERR_USAGE, "device '%s' needs %s, which this ONNX Runtime (%s) does not "
+                             "offer; available: %s", rt->device, want, sp_ort_version(), avail);
+            if (st) {
                 sp_runtime_free(rt);
-                return SP_ERR_USAGE;
+                return st;
             }
         }
     }
@@ -210,6 +237,8 @@ void sp_runtime_free(sp_runtime *rt)
     }
     if (rt->cpu_mem)
         sp_ort->ReleaseMemoryInfo(rt->cpu_mem);
+    if (rt->dev_mem_owned)
+        sp_ort->ReleaseMemoryInfo(rt->dev_mem_owned);
     if (rt->env)
         sp_ort->ReleaseEnv(rt->env);
     pthread_mutex_destroy(&rt->mu);
@@ -319,6 +348,61 @@ static sp_status introspect(sp_model *m)
     return SP_OK;
 }
 
+/* Provider options from SEGPIPE_CUDA_OPTIONS ("key=value,key=value", ONNX
+ * Runtime's CUDA provider option names, e.g. cudnn_conv_algo_search=
+ * EXHAUSTIVE); at most 16 pairs, split into buf. Returns the count. */
+static int provider_options(char *buf, size_t cap, const char **keys, const char **vals)
+{
+    const char *e = getenv("SEGPIPE_CUDA_OPTIONS");
+    int n = 0;
+    snprintf(buf, cap, "%s", e ? e : "");
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok && n < 16; tok = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(tok, '=');
+        if (!eq || eq == tok) {
+            SP_WARN("SEGPIPE_CUDA_OPTIONS: ignoring '%s' (want key=value)", tok);
+            continue;
+        }
+        *eq = 0;
+        keys[n] = tok;
+        vals[n++] = eq + 1;
+    }
+    return n;
+}
+
+/* Append the GPU provider to so and remember its device memory (for
+ * sp_model_run_device). A failure that is not ORT's is left in *st. */
+static OrtStatus *append_provider(sp_runtime *rt, OrtSessionOptions *so, sp_status *st)
+{
+    char buf[1024];
+    const char *keys[16], *vals[16];
+    int nk = provider_options(buf, sizeof buf, keys, vals);
+    if (!rt->cuda_plugin) {
+        const char *name = strcmp(rt->device, "cuda") == 0 ? "CUDA" : "TensorRT";
+        OrtStatus *s = sp_ort->SessionOptionsAppendExecutionProvider(so, name, keys, vals, (size_t)nk);
+        if (!s && !rt->dev_mem && strcmp(rt->device, "cuda") == 0)
+            s = sp_ort->CreateMemoryInfo("Cuda", OrtDeviceAllocator, 0, OrtMemTypeDefault, &rt->dev_mem_owned);
+        if (!s && !rt->dev_mem)
+            rt->dev_mem = rt->dev_mem_owned;
+        return s;
+    }
+    const OrtEpDevice *const *devs;
+    size_t nd;
+    OrtStatus *s = sp_ort->GetEpDevices(rt->env, &devs, &nd);
+    const OrtEpDevice *pick = NULL;
+    for (size_t i = 0; !s && i < nd && !pick; i++)
+        if (strcmp(sp_ort->EpDevice_EpName(devs[i]), "CUDAExecutionProvider") == 0)
+            pick = devs[i];
+    if (!s && !pick) {
+        *st = sp_fail(SP_ERR_RUNTIME, "the CUDA provider plugin found no CUDA device");
+        return NULL;
+    }
+    if (!s)
+        s = sp_ort->SessionOptionsAppendExecutionProvider_V2(so, rt->env, &pick, 1, keys, vals, (size_t)nk);
+    if (!s)
+        rt->dev_mem = sp_ort->EpDevice_MemoryInfo(pick, OrtDeviceMemoryType_DEFAULT);
+    return s;
+}
+
 static sp_status make_options(sp_runtime *rt, const char *opt_path, OrtSessionOptions **out)
 {
     OrtSessionOptions *so;
@@ -339,27 +423,9 @@ static sp_status make_options(sp_runtime *rt, const char *opt_path, OrtSessionOp
      * 4.7 to 3.6 GB at the same speed (docs/performance.md). */
     if (!s && !getenv("SEGPIPE_ORT_ARENA")) s = sp_ort->DisableCpuMemArena(so);
     if (!s && !getenv("SEGPIPE_ORT_ARENA")) s = sp_ort->DisableMemPattern(so);
-    if (!s && strcmp(rt->device, "cpu") != 0) {
-        if (rt->cuda_plugin) {
-            const OrtEpDevice *const *devs;
-            size_t nd;
-            s = sp_ort->GetEpDevices(rt->env, &devs, &nd);
-            const OrtEpDevice *pick = NULL;
-            for (size_t i = 0; !s && i < nd; i++)
-                if (strcmp(sp_ort->EpDevice_EpName(devs[i]), "CUDAExecutionProvider") == 0)
-                    pick = devs[i];
-            if (!s && !pick) {
-                sp_ort->ReleaseSessionOptions(so);
-                return sp_fail(SP_ERR_RUNTIME, "the CUDA provider plugin found no CUDA device");
-            }
-            if (!s)
-                s = sp_ort->SessionOptionsAppendExecutionProvider_V2(so, rt->env, &pick, 1, NULL, NULL, 0);
-        } else {
-            const char *name = strcmp(rt->device, "cuda") == 0 ? "CUDA" : "TensorRT";
-            s = sp_ort->SessionOptionsAppendExecutionProvider(so, name, NULL, NULL, 0);
-        }
-    }
-    if ((st = sp_ort_check(s, SP_ERR_RUNTIME, "session options"))) {
+    if (!s && strcmp(rt->device, "cpu") != 0)
+        s = append_provider(rt, so, &st);
+    if (st || (st = sp_ort_check(s, SP_ERR_RUNTIME, "session options"))) {
         sp_ort->ReleaseSessionOptions(so);
         return st;
     }
@@ -463,8 +529,9 @@ static void shape_str(const int64_t *s, int r, char *buf, size_t cap)
         len += (size_t)snprintf(buf + len, cap - len, "%s%lld", i ? "x" : "", (long long)s[i]);
 }
 
-sp_status sp_model_run(sp_model *m, const sp_tensor *inputs, int n_in,
-                       sp_tensor *outputs, int n_out)
+/* Run with the bound tensors' data in memory `mem` (host or device). */
+static sp_status model_run(sp_model *m, const OrtMemoryInfo *mem, const sp_tensor *inputs, int n_in,
+                           sp_tensor *outputs, int n_out)
 {
     OrtValue *iv[SP_MAX_RANK] = {0}, *ov[SP_MAX_RANK] = {0};
     sp_status st = SP_OK;
@@ -493,14 +560,14 @@ sp_status sp_model_run(sp_model *m, const sp_tensor *inputs, int n_in,
     }
     for (int i = 0; i < n_in && !st; i++)
         st = sp_ort_check(sp_ort->CreateTensorWithDataAsOrtValue(
-                              m->rt->cpu_mem, inputs[i].data, numel(&inputs[i]) * sp_dtype_size(inputs[i].dtype),
+                              mem, inputs[i].data, numel(&inputs[i]) * sp_dtype_size(inputs[i].dtype),
                               inputs[i].shape, (size_t)inputs[i].rank, to_ort(inputs[i].dtype), &iv[i]),
                           SP_ERR_RUNTIME, "input tensor");
     /* Caller-provided output buffers are bound directly (no copy). */
     for (int j = 0; j < n_out && !st; j++)
         if (outputs[j].data)
             st = sp_ort_check(sp_ort->CreateTensorWithDataAsOrtValue(
-                                  m->rt->cpu_mem, outputs[j].data,
+                                  mem, outputs[j].data,
                                   numel(&outputs[j]) * sp_dtype_size(outputs[j].dtype), outputs[j].shape,
                                   (size_t)outputs[j].rank, to_ort(outputs[j].dtype), &ov[j]),
                               SP_ERR_RUNTIME, "output tensor");
@@ -544,6 +611,30 @@ sp_status sp_model_run(sp_model *m, const sp_tensor *inputs, int n_in,
     if (!st)
         atomic_fetch_add(&m->runs, 1);
     return st;
+}
+
+sp_status sp_model_run(sp_model *m, const sp_tensor *inputs, int n_in,
+                       sp_tensor *outputs, int n_out)
+{
+    return model_run(m, m->rt->cpu_mem, inputs, n_in, outputs, n_out);
+}
+
+const char *sp_runtime_device_name(const sp_runtime *rt) { return rt->device; }
+const char *sp_runtime_precision(const sp_runtime *rt) { return rt->precision; }
+
+int sp_model_on_device(const sp_model *m)
+{
+    return m->rt->dev_mem != NULL;
+}
+
+sp_status sp_model_run_device(sp_model *m, const sp_tensor *inputs, int n_in, sp_tensor *outputs, int n_out)
+{
+    if (!m->rt->dev_mem)
+        return sp_fail(SP_ERR_USAGE, "the model does not run on a GPU");
+    for (int j = 0; j < n_out; j++)
+        if (!outputs[j].data)
+            return sp_fail(SP_ERR_USAGE, "device runs need every output bound");
+    return model_run(m, m->rt->dev_mem, inputs, n_in, outputs, n_out);
 }
 
 void sp_tensor_free_data(sp_tensor *t)

@@ -8,6 +8,7 @@
  * first run. Errors name the file and the field.
  */
 #include "package.h"
+#include "device.h"
 #include <dlfcn.h>
 #include <pthread.h>
 #include <sys/stat.h>
@@ -275,8 +276,9 @@ sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf)
     snprintf(mf->name, sizeof mf->name, "%s", str_or(j, "name", "unnamed"));
     snprintf(mf->task, sizeof mf->task, "%s", str_or(j, "task", "ct"));
     snprintf(mf->onnx, sizeof mf->onnx, "%s", str_or(j, "onnx", "model.onnx"));
-    if (strchr(mf->onnx, '/')) {
-        st = sp_fail(SP_ERR_MODEL, "%s: \"onnx\" must be a file name inside the package", file);
+    snprintf(mf->onnx_fp16, sizeof mf->onnx_fp16, "%s", str_or(j, "onnx_fp16", ""));
+    if (strchr(mf->onnx, '/') || strchr(mf->onnx_fp16, '/')) {
+        st = sp_fail(SP_ERR_MODEL, "%s: \"onnx\" and \"onnx_fp16\" must be file names inside the package", file);
         goto out;
     }
     const cJSON *in = cJSON_GetObjectItemCaseSensitive(j, "input");
@@ -410,8 +412,8 @@ sp_status sp_manifest_check_model(const sp_manifest *mf, const sp_model *m, cons
             return sp_fail(SP_ERR_MODEL, "%s: the logits must be the model's first output", dir);
     }
     const sp_tensor *ti = &in[0].meta, *to = &out[oi].meta;
-    if (ti->dtype != SP_DT_F32 || to->dtype != SP_DT_F32)
-        return sp_fail(SP_ERR_MODEL, "%s: input and output must be float32 (got %s -> %s)", dir,
+    if (!(ti->dtype == SP_DT_F32 || ti->dtype == SP_DT_F16) || to->dtype != ti->dtype)
+        return sp_fail(SP_ERR_MODEL, "%s: input and output must be float32 (or both float16) (got %s -> %s)", dir,
                        sp_dtype_str(ti->dtype), sp_dtype_str(to->dtype));
     if (ti->rank != 5 || to->rank != 5)
         return sp_fail(SP_ERR_MODEL, "%s: a 3D model takes [N, C, D0, D1, D2] tensors; the ONNX "
@@ -430,6 +432,24 @@ sp_status sp_manifest_check_model(const sp_manifest *mf, const sp_model *m, cons
                            "patch_size[%d] is %lld", dir, d,
                            (long long)(ti->shape[2 + d] > 0 ? ti->shape[2 + d] : to->shape[2 + d]), d,
                            (long long)mf->patch[d]);
+    return SP_OK;
+}
+
+/* The package's ONNX file for the runtime's precision: "fp16" needs the
+ * manifest's onnx_fp16; "auto" takes it on a GPU device for CT models. */
+static sp_status pick_onnx(const sp_runtime *rt, const sp_manifest *mf, const char *dir, const char **onnx)
+{
+    const char *prec = sp_runtime_precision(rt);
+    int has16 = mf->onnx_fp16[0] != 0, gpu = strcmp(sp_runtime_device_name(rt), "cpu") != 0;
+    *onnx = mf->onnx;
+    if (!strcmp(prec, "fp16")) {
+        if (!has16)
+            return sp_fail(SP_ERR_MODEL, "model package %s has no fp16 model (no \"onnx_fp16\" in its manifest; "
+                           "tools/onnx_fp16.py adds one)", dir);
+        *onnx = mf->onnx_fp16;
+    } else if (!strcmp(prec, "auto") && has16 && gpu && !strcmp(mf->task, "ct")) {
+        *onnx = mf->onnx_fp16;
+    }
     return SP_OK;
 }
 
@@ -455,7 +475,12 @@ sp_status sp_package_load(sp_runtime *rt, const char *dir, sp_package **out)
         sp_package_free(pk);
         return st;
     }
-    snprintf(path, sizeof path, "%s/%s", dir, pk->mf.onnx);
+    const char *onnx;
+    if ((st = pick_onnx(rt, &pk->mf, dir, &onnx))) {
+        sp_package_free(pk);
+        return st;
+    }
+    snprintf(path, sizeof path, "%s/%s", dir, onnx);
     if ((st = sp_model_load(rt, path, &pk->model)) ||
         (st = sp_manifest_check_model(&pk->mf, pk->model, dir))) {
         sp_package_free(pk);

@@ -107,6 +107,7 @@ static sp_status load_models(server *s)
     sp_runtime_params rp = sp_runtime_default_params();
     rp.threads = s->p.threads;
     rp.device = s->p.device;
+    rp.precision = s->p.precision;
     sp_status st = sp_runtime_create(&rp, &s->rt);
     for (int i = 0; !st && i < s->n_models; i++)
         if ((st = sp_package_load(s->rt, s->models[i].dir, &s->models[i].pk)))

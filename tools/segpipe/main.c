@@ -102,6 +102,8 @@ static int cmd_version(int argc, char **argv)
     printf("ONNX Runtime %s\n", sp_ort_version());
     if (sp_ort_providers(prov, sizeof prov) == SP_OK)
         printf("providers: %s\n", prov);
+    sp_gpu_status(prov, sizeof prov);
+    printf("gpu: %s\n", prov);
     printf("build: %s\n", SP_BUILD_FLAGS);
     printf("default model: %s\n", sp_default_model_dir());
     return 0;
@@ -159,6 +161,8 @@ static char *run_report(const char *input, const sp_volume *v, const char *model
     cJSON_AddNumberToObject(st, "total", sp_timings_total(t));
     cJSON_AddNumberToObject(j, "wall_seconds", wall);
     cJSON_AddNumberToObject(j, "peak_rss_bytes", (double)sp_peak_rss());
+    if (sp_gpu_peak_memory())
+        cJSON_AddNumberToObject(j, "gpu_memory_bytes", (double)sp_gpu_peak_memory());
     char *s = cJSON_Print(j);
     cJSON_Delete(j);
     return s;
@@ -169,6 +173,7 @@ static int cmd_ct(int argc, char **argv)
     static const struct option opts[] = {
         {"output", required_argument, 0, 'o'}, {"model", required_argument, 0, 'm'},
         {"threads", required_argument, 0, 't'}, {"device", required_argument, 0, 'd'},
+        {"precision", required_argument, 0, 'p'},
         {"tile-batch", required_argument, 0, 'b'}, {"step", required_argument, 0, 's'},
         {"split", no_argument, 0, 'S'}, {"smooth", no_argument, 0, 'M'},
         {"largest-component", no_argument, 0, 'L'}, {"min-component-ml", required_argument, 0, 'n'},
@@ -192,6 +197,7 @@ static int cmd_ct(int argc, char **argv)
             rp.threads = cp.threads;
             break;
         case 'd': rp.device = optarg; break;
+        case 'p': rp.precision = optarg; break;
         case 'b':
             if (cli_int("ct", "--tile-batch", optarg, 1, 256, &cp.tile_batch))
                 return 2;
@@ -221,6 +227,7 @@ static int cmd_ct(int argc, char **argv)
                    "  -m, --model DIR          model package (default: %s)\n"
                    "  -t, --threads N          CPU threads (default: all cores)\n"
                    "      --device cpu|cuda    execution provider\n"
+                   "      --precision P        auto (fp16 model on a GPU when the package has one), fp32, fp16\n"
                    "      --tile-batch N       tiles per inference call (default: auto, 4 when the\n"
                    "                           logits of 4 tiles fit in 256 MB, else fewer)\n"
                    "      --step F             sliding-window step (default: manifest, 0.5)\n"

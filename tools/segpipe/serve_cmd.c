@@ -16,6 +16,7 @@ static void serve_help(void)
 {
     printf("usage: segpipe serve --model NAME=DIR [--model ...] [--host 127.0.0.1] [--port 8555]\n"
            "         [--workers N] [--queue N] [--timeout S] [--threads N] [--device cpu|cuda]\n"
+           "         [--precision auto|fp32|fp16]\n"
            "         [--batch-window-ms MS] [--max-batch N]\n"
            "         [--api-key-file FILE] [--protect-health] [--tls-cert PEM --tls-key PEM]\n"
            "         [--max-body BYTES] [--max-json-body BYTES] [--max-buffered BYTES]\n"
@@ -59,6 +60,7 @@ static int serve_opt(int c, const char *a, sp_serve_params *sp, int *verbose)
     case 'L': return cli_num(cmd, "--result-ttl", a, 1, 1e7, &sp->result_ttl);
     case 't': return cli_int(cmd, "--threads", a, 0, 1024, &sp->threads);
     case 'd': sp->device = a; return 0;
+    case 'y': sp->precision = a; return 0;
     case 'W': return cli_num(cmd, "--batch-window-ms", a, 0, 10000, &sp->batch_window_ms);
     case 'X': return cli_int(cmd, "--max-batch", a, 1, 64, &sp->max_batch);
     case 'C': return cli_int(cmd, "--max-connections", a, 16, 1000000, &sp->max_connections);
@@ -92,6 +94,7 @@ int cmd_serve(int argc, char **argv)
         {"read-timeout", required_argument, 0, 'R'}, {"body-timeout", required_argument, 0, 'D'},
         {"result-ttl", required_argument, 0, 'L'}, {"threads", required_argument, 0, 't'},
         {"device", required_argument, 0, 'd'}, {"verbose", no_argument, 0, 'v'},
+        {"precision", required_argument, 0, 'y'},
         {"batch-window-ms", required_argument, 0, 'W'}, {"max-batch", required_argument, 0, 'X'},
         {"max-connections", required_argument, 0, 'C'}, {"max-connections-per-ip", required_argument, 0, 'I'},
         {"max-jobs", required_argument, 0, 'j'}, {"api-key-file", required_argument, 0, 'K'},

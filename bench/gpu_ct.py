@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""GPU benchmark: `segpipe ct --device cuda` against a PyTorch implementation
+of nnU-Net v2's sliding-window predictor on the same weights, same volumes,
+same GPU, one run (docs/performance.md "GPU"). Run on the GPU machine by
+tools/gpu/run.sh bench; writes OUT/gpu_ct.json and OUT/gpu_ct.md.
+
+The network is TotalSegmentator --fast's architecture (118 classes, patch
+128^3, 3 mm) with random weights (seed 0), built once by
+tools/import_nnunet.py in this process: the ONNX files segpipe runs and the
+PyTorch module the peer runs hold the same numbers. Volumes are synthetic CTs
+at 3 mm (no resampling on either side).
+
+The peer follows nnU-Net v2's predict_sliding_window_return_logits with
+perform_everything_on_device: nnU-Net's steps and Gaussian (scipy), fp16
+autocast, fp16 logit and weight accumulators on the GPU, batch 1, no
+mirroring, cudnn.benchmark; then argmax on the GPU and the labels copied
+to the host (segpipe's output). It is timed warm (model loaded, second run).
+segpipe is timed cold (`segpipe ct`, a fresh process) and warm (the same
+request to `segpipe serve`, third answer).
+"""
+import json, os, subprocess, sys, tempfile, time, urllib.request
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+
+here = os.path.dirname(os.path.abspath(__file__))
+root = os.path.dirname(here)
+sys.path.insert(0, os.path.join(root, "tools"))
+sys.path.insert(0, os.path.join(root, "tests", "gpu"))
+import nii  # noqa: E402
+from import_nnunet import add_fp16, random_model  # noqa: E402
+
+SEG = os.environ.get("SEGPIPE", os.path.join(root, "build", "segpipe"))
+SIZES = [(128, 128, 160), (170, 170, 500), (256, 256, 300)]
+
+
+def env():
+    e = dict(os.environ)
+    if os.environ.get("SEGPIPE_LD"):
+        e["LD_LIBRARY_PATH"] = os.environ["SEGPIPE_LD"]
+    return e
+
+
+def synthetic_ct(shape, seed):
+    """Smooth random HU in -1000..1500 (body-like blobs in air)."""
+    rng = np.random.default_rng(seed)
+    x = gaussian_filter(rng.normal(0, 1, shape).astype(np.float32), 4)
+    x = (x - x.mean()) / (x.std() + 1e-6)
+    return np.clip(x * 500 - 100, -1000, 1500).astype(np.int16)
+
+
+# ---------------------------------------------------------------- the peer
+def steps_for(image, patch, step=0.5):
+    """nnU-Net's compute_steps_for_sliding_window."""
+    out = []
+    for i, p in zip(image, patch):
+        target = p * step
+        n = int(np.ceil((i - p) / target)) + 1
+        actual = (i - p) / (n - 1) if n > 1 else 99999999999
+        out.append([int(np.round(actual * k)) for k in range(n)])
+    return out
+
+
+def gaussian(patch, sigma_scale=1.0 / 8, value_scaling_factor=10):
+    """nnU-Net's compute_gaussian."""
+    tmp = np.zeros(patch)
+    tmp[tuple(p // 2 for p in patch)] = 1
+    g = gaussian_filter(tmp, [p * sigma_scale for p in patch], 0, mode="constant", cval=0)
+    g = g / np.max(g) * value_scaling_factor
+    g[g == 0] = np.min(g[g != 0])
+    return torch.from_numpy(g)
+
+
+def peer_predict(net, data, patch, dev, half=True):
+    """data: (1, D0, D1, D2) float32 tensor on the host, network order."""
+    shp = data.shape[1:]
+    pad = [max(p - s, 0) for s, p in zip(shp, patch)]
+    lo = [p // 2 for p in pad]
+    with torch.inference_mode(), torch.autocast("cuda", enabled=half):
+        x = data.to(dev)
+        if any(pad):
+            x = torch.nn.functional.pad(x, [v for d in reversed(range(3)) for v in (lo[d], pad[d] - lo[d])])
+        steps = steps_for(x.shape[1:], patch)
+        acc_t = torch.half if half else torch.float32
+        g = gaussian(patch).to(dev, acc_t)
+        logits = None
+        n_pred = torch.zeros(x.shape[1:], dtype=acc_t, device=dev)
+        for a in steps[0]:
+            for b in steps[1]:
+                for c in steps[2]:
+                    sl = (slice(a, a + patch[0]), slice(b, b + patch[1]), slice(c, c + patch[2]))
+                    pred = net(x[(slice(None),) + sl][None])[0]
+                    if logits is None:
+                        C = pred.shape[0]
+                        logits = torch.zeros((C,) + tuple(x.shape[1:]), dtype=acc_t, device=dev)
+                    logits[(slice(None),) + sl] += pred * g
+                    n_pred[sl] += g
+        logits /= n_pred
+        crop = tuple(slice(lo[d], lo[d] + shp[d]) for d in range(3))
+        lab = logits[(slice(None),) + crop].argmax(0).to(torch.uint8)
+        return lab.cpu().numpy()
+
+
+def run_peer(net, vol, man, dev, half):
+    nm = man["normalization"]
+    x = np.clip(vol.astype(np.float32), nm["lo"], nm["hi"])
+    x = (x - nm["mean"]) / max(nm["std"], 1e-8)
+    axes = man["axes"]
+    data = torch.from_numpy(np.ascontiguousarray(np.transpose(x, axes)))[None]
+    patch = man["patch_size"]
+    torch.cuda.empty_cache()
+    peer_predict(net, data, patch, dev, half)      # warm-up (cudnn.benchmark picks its algorithms)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    lab = peer_predict(net, data, patch, dev, half)
+    torch.cuda.synchronize()
+    sec = time.perf_counter() - t0
+    free, total = torch.cuda.mem_get_info()      # this process's context, weights and cache
+    inv = np.argsort(axes)
+    return np.transpose(lab, inv), {"seconds": sec, "gpu_memory_bytes": total - free,
+                                    "gpu_max_allocated_bytes": torch.cuda.max_memory_allocated()}
+
+
+# ------------------------------------------------------------------ segpipe
+def others_on_gpu():
+    """GPU memory held before segpipe starts (this process, cache emptied):
+    segpipe's report is the whole device's use, so this is taken off."""
+    torch.cuda.empty_cache()
+    free, total = torch.cuda.mem_get_info()
+    return total - free
+
+
+def run_segpipe_cold(vol_path, pkg, precision, tmp):
+    base = others_on_gpu()
+    out, rep = os.path.join(tmp, "lab.nii.gz"), os.path.join(tmp, "rep.json")
+    t0 = time.perf_counter()
+    p = subprocess.run([SEG, "ct", vol_path, "-o", out, "-m", pkg, "--device", "cuda", "--precision", precision,
+                        "--no-passport", "--report", rep, "-q"], capture_output=True, text=True, env=env())
+    wall = time.perf_counter() - t0
+    if p.returncode:
+        raise RuntimeError(f"segpipe ct failed ({p.returncode}): {p.stderr[-2000:]}")
+    r = json.load(open(rep))
+    return nii.read(out), {"wall_seconds": wall, "stages": r["seconds"], "peak_rss_bytes": r["peak_rss_bytes"],
+                           "gpu_memory_bytes": r.get("gpu_memory_bytes", 0) - base}
+
+
+def run_segpipe_warm(vol_path, pkg, precision, port):
+    srv = subprocess.Popen([SEG, "serve", "--model", f"ct={pkg}", "--port", str(port), "--device", "cuda",
+                            "--precision", precision], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env())
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if urllib.request.urlopen(url + "/v2/health/ready", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        body = open(vol_path, "rb").read()
+        answers = []
+        for _ in range(3):
+            req = urllib.request.Request(url + "/v1/ct?model=ct", data=body,
+                                         headers={"Content-Type": "application/octet-stream"})
+            answers.append(json.load(urllib.request.urlopen(req, timeout=300)))
+        a = answers[-1]
+        return {"processing_seconds": a["processing_seconds"], "stages": a["seconds"]}
+    finally:
+        srv.terminate()
+        srv.wait(60)
+
+
+def agreement(a, b):
+    return float((a == b).mean())
+
+
+def main():
+    out = sys.argv[1] if len(sys.argv) > 1 else "."
+    os.makedirs(out, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="gpu-ct-")
+    torch.backends.cudnn.benchmark = True
+    dev = torch.device("cuda")
+    pkg = os.path.join(tmp, "totalseg-fast-random")
+    net, man = random_model("totalseg-fast", pkg, None, 0)
+    add_fp16(pkg, man)
+    net = net.to(dev).eval()
+    results = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cases": []}
+    for i, shape in enumerate(SIZES):
+        vol = synthetic_ct(shape, i)
+        vpath = os.path.join(tmp, f"ct_{i}.nii")
+        nii.write(vpath, vol, (3.0, 3.0, 3.0))
+        case = {"shape": list(shape), "spacing_mm": 3.0}
+        for prec in ("fp16", "fp32"):
+            lab_p, peer = run_peer(net, vol, man, dev, prec == "fp16")
+            lab_s, cold = run_segpipe_cold(vpath, pkg, prec, tmp)
+            warm = run_segpipe_warm(vpath, pkg, prec, 18600 + i * 2 + (prec == "fp32")) if i == 1 else None
+            case[prec] = {"peer": peer, "segpipe_cold": cold, "segpipe_warm": warm,
+                          "label_agreement": agreement(lab_s, lab_p)}
+            print(json.dumps({"shape": shape, "precision": prec, **case[prec]}), flush=True)
+        results["cases"].append(case)
+    json.dump(results, open(os.path.join(out, "gpu_ct.json"), "w"), indent=1)
+    with open(os.path.join(out, "gpu_ct.md"), "w") as f:
+        f.write(table(results))
+    print(table(results))
+
+
+def table(r):
+    rows = [f"GPU: {r['gpu']}, PyTorch {r['torch']}\n",
+            "| volume (3 mm) | precision | peer: window (s) | segpipe: upload+window+inference+download (s) | "
+            "segpipe ct cold wall (s) | segpipe serve warm (s) | GPU memory peer / segpipe (GB) | "
+            "segpipe RSS (GB) | labels agree |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for c in r["cases"]:
+        for prec in ("fp16", "fp32"):
+            x = c[prec]
+            st = x["segpipe_cold"]["stages"]
+            win = sum(st.get(k, 0) for k in ("upload", "window", "inference", "download"))
+            warm = f"{x['segpipe_warm']['processing_seconds']:.2f}" if x["segpipe_warm"] else "-"
+            rows.append(f"| {'x'.join(map(str, c['shape']))} | {prec} | {x['peer']['seconds']:.3f} | {win:.3f} | "
+                        f"{x['segpipe_cold']['wall_seconds']:.2f} | {warm} | "
+                        f"{x['peer']['gpu_memory_bytes'] / 1e9:.1f} / {x['segpipe_cold']['gpu_memory_bytes'] / 1e9:.1f} | "
+                        f"{x['segpipe_cold']['peak_rss_bytes'] / 1e9:.2f} | {100 * x['label_agreement']:.2f}% |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+/*
+ * window_cuda.cu — the sliding window's per-voxel work on the GPU: tile
+ * gathering, Gaussian-weighted accumulation of the network's logits and the
+ * argmax, so that the logits never leave the device (window_cuda.h is the
+ * interface; window_gpu.c drives it). Built into libsegpipe_cuda.so by
+ * `make cuda`; libsegpipe itself never links CUDA.
+ *
+ * Same arithmetic as window.c's CPU loops: acc += logit * weight with the
+ * product and the sum rounded separately (no fused multiply-add), tiles
+ * added in the same order, first maximum wins in the argmax.
+ */
+#include "window_cuda.h"
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdio.h>
+
+static cudaStream_t g_stream;
+static __thread char g_err[256];
+
+static int fail(cudaError_t e, const char *what)
+{
+    snprintf(g_err, sizeof g_err, "%s: %s", what, cudaGetErrorString(e));
+    return -1;
+}
+#define CK(call, what) do { cudaError_t e_ = (call); if (e_ != cudaSuccess) return fail(e_, what); } while (0)
+
+static const char *k_error(void) { return g_err; }
+
+static int k_init(int device, char *name, size_t cap)
+{
+    cudaDeviceProp prop;
+    CK(cudaSetDevice(device), "cudaSetDevice");
+    CK(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
+    if (!g_stream)
+        CK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    snprintf(name, cap, "%s", prop.name);
+    return 0;
+}
+
+static void *k_alloc(size_t bytes)
+{
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        fail(e, "cudaMalloc");
+        return NULL;
+    }
+    return p;
+}
+
+static void k_release(void *p) { if (p) cudaFree(p); }
+
+static int k_upload(void *dst, const void *src, size_t bytes)
+{
+    CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g_stream), "upload");
+    CK(cudaStreamSynchronize(g_stream), "upload");
+    return 0;
+}
+
+static int k_download(void *dst, const void *src, size_t bytes)
+{
+    CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, g_stream), "download");
+    CK(cudaStreamSynchronize(g_stream), "download");
+    return 0;
+}
+
+static int k_zero(void *p, size_t bytes)
+{
+    CK(cudaMemsetAsync(p, 0, bytes, g_stream), "memset");
+    return 0;
+}
+
+static int k_sync(void)
+{
+    CK(cudaDeviceSynchronize(), "synchronize");
+    return 0;
+}
+
+static size_t k_mem_used(void)
+{
+    size_t free_b = 0, total = 0;
+    return cudaMemGetInfo(&free_b, &total) == cudaSuccess ? total - free_b : 0;
+}
+
+/* ---- kernels ---- */
+
+__device__ static inline float to_f(float x) { return x; }
+__device__ static inline float to_f(__half x) { return __half2float(x); }
+__device__ static inline void from_f(float *d, float x) { *d = x; }
+__device__ static inline void from_f(__half *d, float x) { *d = __float2half_rn(x); }
+
+template <typename T>
+__global__ void gather_k(sp_cuda_geom g, const float *vol, sp_cuda_tiles t, T *in)
+{
+    int64_t psz = g.P[0] * g.P[1] * g.P[2];
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= psz * t.n)
+        return;
+    int ti = (int)(i / psz);
+    int64_t r = i % psz;
+    int64_t a = r / (g.P[1] * g.P[2]), b = (r / g.P[2]) % g.P[1], k = r % g.P[2];
+    int64_t n0 = t.s[ti][0] + a - g.pad[0], n1 = t.s[ti][1] + b - g.pad[1], n2 = t.s[ti][2] + k - g.pad[2];
+    float v = 0.0f;
+    if (n0 >= 0 && n0 < g.N[0] && n1 >= 0 && n1 < g.N[1] && n2 >= 0 && n2 < g.N[2])
+        v = vol[n0 * g.vst[0] + n1 * g.vst[1] + n2 * g.vst[2]];
+    from_f(&in[i], v);
+}
+
+/* one tile: a thread per patch voxel, looping over the classes */
+template <typename T>
+__global__ void accum_k(sp_cuda_geom g, float *acc, const T *lg, const float *gauss, int64_t s0, int64_t s1,
+                        int64_t s2)
+{
+    int64_t psz = g.P[0] * g.P[1] * g.P[2];
+    int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= psz)
+        return;
+    int64_t a = r / (g.P[1] * g.P[2]), b = (r / g.P[2]) % g.P[1], k = r % g.P[2];
+    int64_t n0 = s0 + a - g.pad[0], n1 = s1 + b - g.pad[1], n2 = s2 + k - g.pad[2];
+    if (n0 < 0 || n0 >= g.N[0] || n1 < 0 || n1 >= g.N[1] || n2 < 0 || n2 >= g.N[2])
+        return;
+    int64_t slab = g.N[1] * g.N[2];
+    float w = gauss[r];
+    float *p = acc + (n0 % g.ring) * slab + n1 * g.N[2] + n2;
+    int64_t cst = g.ring * slab;
+    for (int c = 0; c < g.C; c++)
+        p[c * cst] = __fadd_rn(p[c * cst], __fmul_rn(to_f(lg[c * psz + r]), w));
+}
+
+__global__ void finish_k(sp_cuda_geom g, float *acc, int64_t r0, int64_t r1, uint16_t *labels)
+{
+    int64_t slab = g.N[1] * g.N[2];
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (r1 - r0) * slab)
+        return;
+    int64_t n0 = r0 + i / slab, n1 = (i % slab) / g.N[2], n2 = i % g.N[2];
+    float *p = acc + (n0 % g.ring) * slab + n1 * g.N[2] + n2;
+    int64_t cst = g.ring * slab;
+    float best = p[0];
+    int bi = 0;
+    p[0] = 0.0f;
+    for (int c = 1; c < g.C; c++) {
+        float v = p[c * cst];
+        if (v > best)
+            best = v, bi = c;
+        p[c * cst] = 0.0f;
+    }
+    labels[n0 * g.lst[0] + n1 * g.lst[1] + n2 * g.lst[2]] = (uint16_t)bi;
+}
+
+static unsigned blocks(int64_t n, int per) { return (unsigned)((n + per - 1) / per); }
+
+static int k_gather(const sp_cuda_geom *g, const float *vol, const sp_cuda_tiles *t, void *in)
+{
+    int64_t n = g->P[0] * g->P[1] * g->P[2] * t->n;
+    if (g->half)
+        gather_k<__half><<<blocks(n, 256), 256, 0, g_stream>>>(*g, vol, *t, (__half *)in);
+    else
+        gather_k<float><<<blocks(n, 256), 256, 0, g_stream>>>(*g, vol, *t, (float *)in);
+    CK(cudaGetLastError(), "gather kernel");
+    return 0;
+}
+
+static int k_accumulate(const sp_cuda_geom *g, float *acc, const void *logits, const float *gauss,
+                        const sp_cuda_tiles *t)
+{
+    int64_t psz = g->P[0] * g->P[1] * g->P[2];
+    for (int i = 0; i < t->n; i++) {
+        size_t off = (size_t)i * (size_t)g->C * (size_t)psz;
+        if (g->half)
+            accum_k<__half><<<blocks(psz, 256), 256, 0, g_stream>>>(*g, acc, (const __half *)logits + off, gauss,
+                                                                   t->s[i][0], t->s[i][1], t->s[i][2]);
+        else
+            accum_k<float><<<blocks(psz, 256), 256, 0, g_stream>>>(*g, acc, (const float *)logits + off, gauss,
+                                                                  t->s[i][0], t->s[i][1], t->s[i][2]);
+        CK(cudaGetLastError(), "accumulate kernel");
+    }
+    return 0;
+}
+
+static int k_finish(const sp_cuda_geom *g, float *acc, int64_t r0, int64_t r1, uint16_t *labels)
+{
+    if (r1 <= r0)
+        return 0;
+    int64_t n = (r1 - r0) * g->N[1] * g->N[2];
+    finish_k<<<blocks(n, 256), 256, 0, g_stream>>>(*g, acc, r0, r1, labels);
+    CK(cudaGetLastError(), "argmax kernel");
+    return 0;
+}
+
+static const sp_cuda_api g_api = {
+    SP_CUDA_ABI, k_error, k_init, k_alloc, k_release, k_upload, k_download, k_zero, k_sync, k_mem_used,
+    k_gather, k_accumulate, k_finish,
+};
+
+extern "C" __attribute__((visibility("default"))) const sp_cuda_api *sp_cuda_kernels(void)
+{
+    return &g_api;
+}

@@ -1,0 +1,18 @@
+/* device.h — runs whose tensors live in GPU memory (internal; used by the
+ * sliding window's GPU path, pipeline/window_gpu.c). */
+#ifndef SP_DEVICE_H
+#define SP_DEVICE_H
+#include "../core/core.h"
+
+/* 1 when m's session runs on a GPU provider whose device memory ONNX
+ * Runtime accepts for inputs and outputs. */
+int sp_model_on_device(const sp_model *m);
+/* sp_model_run with every tensor's data a device pointer (CUDA device 0),
+ * owned by the caller, outputs included (all must be bound). ONNX Runtime
+ * has finished with them when this returns. */
+sp_status sp_model_run_device(sp_model *m, const sp_tensor *inputs, int n_in, sp_tensor *outputs, int n_out);
+/* The runtime's device ("cpu", "cuda", ...) and precision ("auto", "fp32",
+ * "fp16"), as validated by sp_runtime_create. */
+const char *sp_runtime_device_name(const sp_runtime *rt);
+const char *sp_runtime_precision(const sp_runtime *rt);
+#endif

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""GPU tests: the device path checked against the CPU path (run on a GPU
+machine by tools/gpu/run.sh test; CI has no GPU and does not run them).
+
+Environment: SEGPIPE (the binary), SEGPIPE_LD (library path for it: its lib/,
+CUDA, cuDNN), SEGPIPE_DATA (a folder with example_ct_sm.nii.gz), OUT (where
+the outputs go). With no GPU every test is skipped with one line saying so.
+"""
+import json, os, shutil, subprocess, sys, tempfile, time, urllib.request
+
+here = os.path.dirname(os.path.abspath(__file__))
+root = os.path.dirname(os.path.dirname(here))
+sys.path.insert(0, here)
+import nii  # noqa: E402
+import numpy as np  # noqa: E402
+
+SEG = os.environ.get("SEGPIPE", os.path.join(root, "build", "segpipe"))
+DATA = os.environ.get("SEGPIPE_DATA", os.path.join(root, "..", "shared", "data", "ct"))
+CT = os.path.join(DATA, "example_ct_sm.nii.gz")
+TMP = tempfile.mkdtemp(prefix="sp-gpu-")
+MODEL = os.path.join(root, "models", "demo-ct")
+
+
+def env(**kw):
+    e = dict(os.environ)
+    if os.environ.get("SEGPIPE_LD"):
+        e["LD_LIBRARY_PATH"] = os.environ["SEGPIPE_LD"]
+    e.update(kw)
+    return e
+
+
+def seg(*args, check=True, **kw):
+    p = subprocess.run([SEG, *args], capture_output=True, text=True, env=env(**kw))
+    if check and p.returncode:
+        raise AssertionError(f"segpipe {' '.join(args)} exited {p.returncode}: {p.stderr[-2000:]}")
+    return p
+
+
+def ct(name, *args, model=MODEL, **kw):
+    out = os.path.join(TMP, name + ".nii.gz")
+    rep = os.path.join(TMP, name + ".json")
+    p = seg("ct", CT, "-o", out, "-m", model, "--report", rep, "--no-passport", "-v", *args, **kw)
+    return nii.read(out), json.load(open(rep)), p.stderr
+
+
+def agree(a, b, what, min_frac=0.999, min_dice=0.99):
+    frac = float((a == b).mean())
+    d = nii.dice(a, b, [v for v in np.unique(a) if v and (a == v).sum() >= 100])
+    worst = min(d.values()) if d else 1.0
+    print(f"     {what}: {frac:.5f} of voxels agree, worst Dice {worst:.4f} over {len(d)} structures")
+    assert frac >= min_frac, f"{what}: only {frac:.5f} of voxels agree"
+    assert worst >= min_dice, f"{what}: Dice {worst:.4f} < {min_dice}"
+
+
+_cache = {}
+
+
+def cpu_labels():
+    if "cpu" not in _cache:
+        _cache["cpu"] = ct("cpu", "--device", "cpu")[0]
+    return _cache["cpu"]
+
+
+def test_version_lists_cuda():
+    out = seg("version").stdout
+    line = [x for x in out.splitlines() if x.startswith("gpu:")][0]
+    print("     " + line)
+    assert "window kernels loaded" in line, line
+
+
+def test_gpu_window_matches_cpu():
+    lab, rep, err = ct("cuda", "--device", "cuda", "--precision", "fp32")
+    assert "download" in rep["seconds"] and "upload" in rep["seconds"], rep["seconds"]
+    assert rep.get("gpu_memory_bytes", 0) > 0, "no GPU memory reported"
+    print(f"     stages {rep['seconds']}, GPU memory {rep['gpu_memory_bytes'] / 1e9:.2f} GB")
+    agree(lab, cpu_labels(), "GPU fp32 vs CPU")
+    _cache["cuda"] = lab
+
+
+def test_tile_batch_same_labels():
+    lab = ct("cuda-b4", "--device", "cuda", "--precision", "fp32", "--tile-batch", "4")[0]
+    agree(lab, _cache.get("cuda", cpu_labels()), "tile batch 4 vs 1")
+
+
+def test_host_path_without_kernels():
+    lab, rep, err = ct("host", "--device", "cuda", "--precision", "fp32", SEGPIPE_CUDA_KERNELS="/nonexistent.so")
+    assert "upload" not in rep["seconds"], "the GPU window ran without its kernels?"
+    agree(lab, cpu_labels(), "CUDA provider with host accumulation vs CPU")
+
+
+def test_fp16_model():
+    pkg = os.path.join(TMP, "demo-ct-fp16")
+    shutil.copytree(MODEL, pkg)
+    subprocess.run([sys.executable, os.path.join(root, "tools", "onnx_fp16.py"), pkg], check=True,
+                   capture_output=True)
+    lab, rep, err = ct("fp16", "--device", "cuda", model=pkg)   # auto: fp16 on the GPU
+    assert "model.fp16.onnx" in err, "auto precision did not load the fp16 model:\n" + err[-1500:]
+    agree(lab, cpu_labels(), "GPU fp16 vs CPU fp32", min_frac=0.995, min_dice=0.98)
+    p = seg("ct", CT, "-o", os.path.join(TMP, "x.nii.gz"), "-m", pkg, "--precision", "fp16", check=False)
+    assert p.returncode == 4 and "fp16" in p.stderr, (p.returncode, p.stderr)
+
+
+def test_serve_on_gpu():
+    port = 18555 + os.getpid() % 1000
+    srv = subprocess.Popen([SEG, "serve", "--model", f"ct={MODEL}", "--port", str(port), "--device", "cuda"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if urllib.request.urlopen(url + "/v2/health/ready", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        body = open(CT, "rb").read()
+        times = []
+        for _ in range(3):
+            req = urllib.request.Request(url + "/v1/ct?model=ct", data=body,
+                                         headers={"Content-Type": "application/octet-stream"})
+            ans = json.load(urllib.request.urlopen(req, timeout=120))
+            times.append(ans["processing_seconds"])
+            assert "upload" in ans["seconds"], ans["seconds"]
+        print(f"     /v1/ct processing seconds {['%.3f' % t for t in times]}")
+    finally:
+        srv.terminate()
+        srv.wait(30)
+
+
+def main():
+    smi = shutil.which("nvidia-smi")
+    if not smi or subprocess.run([smi], capture_output=True).returncode:
+        print("SKIP all GPU tests: no NVIDIA GPU on this machine")
+        return 0
+    names = [n for n in sorted(globals()) if n.startswith("test_")]
+    order = ["test_version_lists_cuda", "test_gpu_window_matches_cpu"]
+    names = order + [n for n in names if n not in order]
+    failed = 0
+    for n in names:
+        t0 = time.time()
+        try:
+            globals()[n]()
+            print(f"ok   {n} ({time.time() - t0:.1f} s)")
+        except Exception as e:  # noqa: BLE001 - report every failure, go on
+            failed += 1
+            print(f"FAIL {n}: {e}")
+    print(f"\n{len(names) - failed} passed, {failed} failed")
+    shutil.rmtree(TMP, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
