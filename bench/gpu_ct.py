@@ -18,7 +18,7 @@ to the host (segpipe's output). It is timed warm (model loaded, second run).
 segpipe is timed cold (`segpipe ct`, a fresh process) and warm (the same
 request to `segpipe serve`, third answer).
 """
-import json, os, subprocess, sys, tempfile, time, urllib.request
+import functools, json, os, resource, subprocess, sys, tempfile, time, urllib.request
 
 import numpy as np
 import torch
@@ -62,8 +62,9 @@ def steps_for(image, patch, step=0.5):
     return out
 
 
+@functools.lru_cache(maxsize=2)
 def gaussian(patch, sigma_scale=1.0 / 8, value_scaling_factor=10):
-    """nnU-Net's compute_gaussian."""
+    """nnU-Net's compute_gaussian (cached, as nnU-Net caches it)."""
     tmp = np.zeros(patch)
     tmp[tuple(p // 2 for p in patch)] = 1
     g = gaussian_filter(tmp, [p * sigma_scale for p in patch], 0, mode="constant", cval=0)
@@ -83,7 +84,7 @@ def peer_predict(net, data, patch, dev, half=True):
             x = torch.nn.functional.pad(x, [v for d in reversed(range(3)) for v in (lo[d], pad[d] - lo[d])])
         steps = steps_for(x.shape[1:], patch)
         acc_t = torch.half if half else torch.float32
-        g = gaussian(patch).to(dev, acc_t)
+        g = gaussian(tuple(patch)).to(dev, acc_t)
         logits = None
         n_pred = torch.zeros(x.shape[1:], dtype=acc_t, device=dev)
         for a in steps[0]:
@@ -120,6 +121,7 @@ def run_peer(net, vol, man, dev, half):
     free, total = torch.cuda.mem_get_info()      # this process's context, weights and cache
     inv = np.argsort(axes)
     return np.transpose(lab, inv), {"seconds": sec, "gpu_memory_bytes": total - free,
+                                    "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                                     "gpu_max_allocated_bytes": torch.cuda.max_memory_allocated()}
 
 
@@ -132,17 +134,21 @@ def others_on_gpu():
     return total - free
 
 
-def run_segpipe_cold(vol_path, pkg, precision, tmp):
+def run_segpipe_cold(vol_path, pkg, precision, tmp, options=""):
     base = others_on_gpu()
     out, rep = os.path.join(tmp, "lab.nii.gz"), os.path.join(tmp, "rep.json")
+    e = env()
+    if options:
+        e["SEGPIPE_CUDA_OPTIONS"] = options
     t0 = time.perf_counter()
     p = subprocess.run([SEG, "ct", vol_path, "-o", out, "-m", pkg, "--device", "cuda", "--precision", precision,
-                        "--no-passport", "--report", rep, "-q"], capture_output=True, text=True, env=env())
+                        "--no-passport", "--report", rep, "-q"], capture_output=True, text=True, env=e)
     wall = time.perf_counter() - t0
     if p.returncode:
         raise RuntimeError(f"segpipe ct failed ({p.returncode}): {p.stderr[-2000:]}")
     r = json.load(open(rep))
     return nii.read(out), {"wall_seconds": wall, "stages": r["seconds"], "peak_rss_bytes": r["peak_rss_bytes"],
+                           "rss_anon_bytes": r.get("rss_anon_bytes"), "rss_file_bytes": r.get("rss_file_bytes"),
                            "gpu_memory_bytes": r.get("gpu_memory_bytes", 0) - base}
 
 
@@ -165,9 +171,14 @@ def run_segpipe_warm(vol_path, pkg, precision, port):
             answers.append(json.load(urllib.request.urlopen(req, timeout=300)))
         a = answers[-1]
         return {"processing_seconds": a["processing_seconds"], "stages": a["seconds"]}
-    finally:
+    except OSError as e:
         srv.terminate()
-        srv.wait(60)
+        print(f"segpipe serve failed: {e}; its stderr:\n{srv.communicate(timeout=60)[1].decode()[-3000:]}")
+        return None
+    finally:
+        if srv.poll() is None:
+            srv.terminate()
+            srv.wait(60)
 
 
 def agreement(a, b):
@@ -194,7 +205,8 @@ def main():
             lab_p, peer = run_peer(net, vol, man, dev, prec == "fp16")
             lab_s, cold = run_segpipe_cold(vpath, pkg, prec, tmp)
             warm = run_segpipe_warm(vpath, pkg, prec, 18600 + i * 2 + (prec == "fp32")) if i == 1 else None
-            case[prec] = {"peer": peer, "segpipe_cold": cold, "segpipe_warm": warm,
+            heur = run_segpipe_cold(vpath, pkg, prec, tmp, "cudnn_conv_algo_search=HEURISTIC")[1] if i == 1 else None
+            case[prec] = {"peer": peer, "segpipe_cold": cold, "segpipe_warm": warm, "segpipe_cold_heuristic": heur,
                           "label_agreement": agreement(lab_s, lab_p)}
             print(json.dumps({"shape": shape, "precision": prec, **case[prec]}), flush=True)
         results["cases"].append(case)

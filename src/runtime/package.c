@@ -525,12 +525,14 @@ sp_status sp_package_warm_up(sp_package *pk)
         int hc = mf->in_h ? mf->in_h : (mf->long_side + 31) / 32 * 32, wc = mf->in_w ? mf->in_w : hc;
         ti = (sp_tensor){SP_DT_F32, 4, {1, 3, hc, wc}, NULL};
     } else {
-        ti = (sp_tensor){SP_DT_F32, 5, {1, mf->channels, mf->patch[0], mf->patch[1], mf->patch[2]}, NULL};
+        int ni;
+        sp_dtype dt = sp_model_inputs(pk->model, &ni)[0].meta.dtype;   /* fp32, or fp16 packages */
+        ti = (sp_tensor){dt, 5, {1, mf->channels, mf->patch[0], mf->patch[1], mf->patch[2]}, NULL};
     }
     size_t n = 1;
     for (int d = 0; d < ti.rank; d++)
         n *= (size_t)ti.shape[d];
-    float *in = calloc(n, sizeof *in);
+    void *in = calloc(n, sp_dtype_size(ti.dtype));   /* zeros, whatever the type */
     if (!in)
         return sp_fail(SP_ERR_NOMEM, "warm-up: out of memory");
     ti.data = in;

@@ -137,6 +137,24 @@ static char *path_stem(const char *path)
     return s;
 }
 
+/* Resident memory at the end, split as the kernel counts it: anonymous
+ * (heap: volumes, buffers) and file-backed (mapped libraries: ONNX Runtime,
+ * CUDA, cuDNN), from /proc/self/status. */
+static void rss_parts(cJSON *j)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    unsigned long kb;
+    while (f && fgets(line, sizeof line, f)) {
+        if (sscanf(line, "RssAnon: %lu", &kb) == 1)
+            cJSON_AddNumberToObject(j, "rss_anon_bytes", (double)kb * 1024);
+        else if (sscanf(line, "RssFile: %lu", &kb) == 1)
+            cJSON_AddNumberToObject(j, "rss_file_bytes", (double)kb * 1024);
+    }
+    if (f)
+        fclose(f);
+}
+
 static char *run_report(const char *input, const sp_volume *v, const char *model, int threads,
                         const sp_timings *t, double wall)
 {
@@ -163,6 +181,7 @@ static char *run_report(const char *input, const sp_volume *v, const char *model
     cJSON_AddNumberToObject(j, "peak_rss_bytes", (double)sp_peak_rss());
     if (sp_gpu_peak_memory())
         cJSON_AddNumberToObject(j, "gpu_memory_bytes", (double)sp_gpu_peak_memory());
+    rss_parts(j);
     char *s = cJSON_Print(j);
     cJSON_Delete(j);
     return s;
