@@ -6,6 +6,8 @@
 #   check   segpipe version (lists the GPU when the plugin and kernels load)
 #   test    tests/gpu/test_gpu.py: the GPU path against the CPU path
 #   bench   bench/gpu_ct.py: segpipe vs a PyTorch nnU-Net predictor
+#   video   demo-matte video sweep and /v1/segment-batch dynamic batching
+#           on the GPU (docs/performance.md, "On the GPU machine")
 # Outputs go to $OUT (the device tool's folder) or ./gpu-out.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}
@@ -23,7 +25,13 @@ for mode in "$@"; do
     check) ;;
     test) PYTHONUNBUFFERED=1 python3 tests/gpu/test_gpu.py 2>&1 | tee "$OUT/test_gpu.txt"; rc=$((rc | PIPESTATUS[0])) ;;
     bench) PYTHONUNBUFFERED=1 python3 bench/gpu_ct.py "$OUT" 2>&1 | tee "$OUT/gpu_ct.txt"; rc=$((rc | PIPESTATUS[0])) ;;
-    *) echo "run.sh: unknown mode $mode (check, test, bench)" >&2; rc=2 ;;
+    video)
+      python3 tools/make_demo_video.py /tmp/clip --frames 300 --size 320x240 >/dev/null
+      LD_LIBRARY_PATH=$SEGPIPE_LD $SEGPIPE bench video /tmp/clip/frames --model /opt/segpipe/share/segpipe/models/demo-matte \
+        --device cuda --batch 1,2,4,8,16 --workers 2,4,8 --save none --out /tmp/bv 2>&1 | tee "$OUT/video_cuda.txt"
+      SEGPIPE_BENCH_DEVICE=cuda LD_LIBRARY_PATH=$SEGPIPE_LD python3 bench/serve_masks_load.py "$OUT/serve_masks_cuda.json" \
+        --seconds 10 2>&1 | tee "$OUT/serve_masks_cuda.txt" ;;
+    *) echo "run.sh: unknown mode $mode (check, test, bench, video)" >&2; rc=2 ;;
   esac
 done
 exit $rc
