@@ -212,6 +212,12 @@ sp_status sp_volume_write(const char *path, const sp_volume *v, sp_dtype dtype);
 void sp_volume_get_info(const sp_volume *v, sp_volume_info *out);
 /* Voxel data, float32, i fastest (NIfTI order). Owned by the volume. */
 const float *sp_volume_data(const sp_volume *v);
+/* A volume from memory (e.g. a numpy array): data holds dim[0]*dim[1]*dim[2]
+ * float32 values, i fastest, copied; affine maps voxels to world mm (RAS+),
+ * NULL for the identity; written back as sform. Non-finite values and
+ * non-positive dims are refused. Caller frees *out with sp_volume_free. */
+sp_status sp_volume_from_array(const float *data, const int64_t dim[3], const double affine[4][4],
+                               sp_volume **out);
 
 /* ---------------------------------------------------------- model package */
 
@@ -394,6 +400,10 @@ sp_status sp_image_read(const char *path, const sp_image_params *p, sp_image **o
 sp_status sp_image_read_mem(const void *data, size_t size, const char *name,
                             const sp_image_params *p, sp_image **out);
 void sp_image_free(sp_image *img);
+/* A photo from memory: width x height RGB pixels (3 bytes each, rows top to
+ * bottom), copied; refused past the default pixel limit. Caller frees *out
+ * with sp_image_free. */
+sp_status sp_image_from_rgb(const uint8_t *rgb, int width, int height, sp_image **out);
 /* Decode n photos in parallel on the library's thread pool (the one batch
  * decoding path of the CLI and the service): from files paths[i], or with
  * bufs non-NULL from memory bufs[i]/sizes[i] (paths, if given, name them in

@@ -40,6 +40,30 @@ void sp_image_free(sp_image *img)
     }
 }
 
+sp_status sp_image_from_rgb(const uint8_t *rgb, int width, int height, sp_image **out)
+{
+    *out = NULL;
+    if (!rgb || width <= 0 || height <= 0 || (uint64_t)width * (uint64_t)height > DEFAULT_MAX_PIXELS)
+        return sp_fail(SP_ERR_INPUT, "image from memory: bad size %dx%d (at most %llu pixels) or no pixels",
+                       width, height, (unsigned long long)DEFAULT_MAX_PIXELS);
+    sp_image *img = calloc(1, sizeof *img);
+    size_t n = (size_t)width * (size_t)height * 3;
+    if (img)
+        img->rgb = malloc(n);
+    if (!img || !img->rgb) {
+        sp_image_free(img);
+        return sp_fail(SP_ERR_NOMEM, "image from memory: out of memory");
+    }
+    memcpy(img->rgb, rgb, n);
+    img->width = img->out_width = img->file_width = width;
+    img->height = img->out_height = img->file_height = height;
+    img->orientation = 1;
+    img->scale_denom = 1;
+    img->format = "memory";
+    *out = img;
+    return SP_OK;
+}
+
 /* ------------------------------------------------------------------ EXIF */
 
 static unsigned rd16(const uint8_t *p, int be) { return be ? (unsigned)(p[0] << 8 | p[1]) : (unsigned)(p[1] << 8 | p[0]); }

@@ -119,3 +119,47 @@ sp_status sp_volume_write(const char *path, const sp_volume *v, sp_dtype dtype)
     free(buf);
     return st;
 }
+
+sp_status sp_volume_from_array(const float *data, const int64_t dim[3], const double affine[4][4],
+                               sp_volume **out)
+{
+    static const double eye[4][4] = {{1, 0, 0, 0}, {0, 1, 0, 0}, {0, 0, 1, 0}, {0, 0, 0, 1}};
+    *out = NULL;
+    if (!data || dim[0] <= 0 || dim[1] <= 0 || dim[2] <= 0 || dim[0] > (1 << 20) || dim[1] > (1 << 20) ||
+        dim[2] > (1 << 20) || (uint64_t)dim[0] * (uint64_t)dim[1] * (uint64_t)dim[2] > (1ull << 31))
+        return sp_fail(SP_ERR_INPUT, "volume from memory: bad dims %lldx%lldx%lld (or no data)",
+                       (long long)dim[0], (long long)dim[1], (long long)dim[2]);
+    sp_geom g;
+    memset(&g, 0, sizeof g);
+    g.pixdim[0] = 1;
+    g.qfac = 1;
+    g.xyzt_units = 2;   /* mm */
+    geom_with_affine(&g, affine ? affine : eye, dim);
+    for (int i = 0; i < 3; i++)
+        if (!(g.spacing[i] > 0) || !isfinite(g.spacing[i]))
+            return sp_fail(SP_ERR_INPUT, "volume from memory: the affine's column %d is not a voxel size", i);
+    sp_volume *v = sp_volume_alloc(&g);
+    if (!v)
+        return sp_fail(SP_ERR_NOMEM, "volume from memory: out of memory");
+    int64_t n = sp_geom_nvox(&g);
+    int nonint = 0;
+    float lo = INFINITY, hi = -INFINITY;
+    for (int64_t i = 0; i < n; i++) {
+        float x = data[i];
+        if (!isfinite(x)) {
+            sp_volume_free(v);
+            return sp_fail(SP_ERR_INPUT, "volume from memory: voxel %lld is not a finite number", (long long)i);
+        }
+        nonint |= x != floorf(x);
+        lo = x < lo ? x : lo;
+        hi = x > hi ? x : hi;
+        v->data[i] = x;
+    }
+    v->file_dtype = SP_DT_F32;
+    v->integer_valued = !nonint;
+    v->range_valid = 1;
+    v->vmin = lo;
+    v->vmax = hi;
+    *out = v;
+    return SP_OK;
+}

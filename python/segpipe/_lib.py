@@ -1,0 +1,136 @@
+"""ctypes declarations of libsegpipe's public header (include/segpipe.h).
+
+The structures mirror the header field by field; keep them in step with it
+(tests/py/test_python.py checks the defaults the library reports through
+them). Every call goes through ctypes.CDLL, which releases the GIL while C
+runs.
+"""
+import ctypes as C
+import ctypes.util
+import os
+
+c_int, c_double, c_char_p, c_void_p, c_int64, c_uint64 = C.c_int, C.c_double, C.c_char_p, C.c_void_p, C.c_int64, C.c_uint64
+
+
+class RuntimeParams(C.Structure):
+    _fields_ = [("threads", c_int), ("inter_threads", c_int), ("device", c_char_p), ("cache_optimized", c_int),
+                ("no_spin", c_int), ("precision", c_char_p)]
+
+
+PROGRESS = C.CFUNCTYPE(None, c_char_p, c_int, c_int, c_void_p)
+
+
+class CtParams(C.Structure):
+    _fields_ = [("tile_batch", c_int), ("step", c_double), ("smooth", c_int), ("largest_component", c_int),
+                ("min_component_ml", c_double), ("threads", c_int), ("passport", c_int),
+                ("keep_model_labels", c_int), ("progress", PROGRESS), ("progress_user", c_void_p),
+                ("cancel", C.POINTER(c_int)), ("max_model_voxels", c_uint64), ("max_tiles", c_int64),
+                ("keep_border", c_int)]
+
+
+class PassportParams(C.Structure):
+    _fields_ = [("threads", c_int), ("components", c_int), ("keep_border", c_int), ("source", c_char_p)]
+
+
+class MasksParams(C.Structure):
+    _fields_ = [("long_side", c_int), ("masks", C.POINTER(c_char_p)), ("n_masks", c_int), ("threads", c_int)]
+
+
+class Mask(C.Structure):
+    _fields_ = [("name", c_char_p), ("pixels", C.POINTER(C.c_uint8)), ("area_fraction", c_double),
+                ("bbox", c_int * 4)]
+
+
+class MasksResult(C.Structure):
+    _fields_ = [("width", c_int), ("height", c_int), ("n_masks", c_int), ("masks", C.POINTER(Mask))]
+
+
+class VolumeInfo(C.Structure):
+    _fields_ = [("dim", c_int64 * 3), ("spacing", c_double * 3), ("affine", c_double * 16), ("file_dtype", c_int),
+                ("qform_code", c_int), ("sform_code", c_int), ("affine_source", c_char_p), ("axcodes", C.c_char * 4)]
+
+
+class StageTime(C.Structure):
+    _fields_ = [("name", C.c_char * 32), ("seconds", c_double)]
+
+
+class Timings(C.Structure):
+    _fields_ = [("n", c_int), ("stage", StageTime * 24)]
+
+
+P = C.POINTER
+SIGNATURES = {
+    # name: (restype, argtypes)
+    "sp_last_error": (c_char_p, []),
+    "sp_status_exit_code": (c_int, [c_int]),
+    "sp_runtime_default_params": (RuntimeParams, []),
+    "sp_runtime_create": (c_int, [P(RuntimeParams), P(c_void_p)]),
+    "sp_runtime_free": (None, [c_void_p]),
+    "sp_package_load": (c_int, [c_void_p, c_char_p, P(c_void_p)]),
+    "sp_package_free": (None, [c_void_p]),
+    "sp_package_task": (c_char_p, [c_void_p]),
+    "sp_package_num_classes": (c_int, [c_void_p]),
+    "sp_package_label": (c_char_p, [c_void_p, c_int]),
+    "sp_default_model_dir": (c_char_p, []),
+    "sp_bundled_model": (c_int, [c_char_p, c_char_p, C.c_size_t]),
+    "sp_volume_read": (c_int, [c_char_p, c_void_p, P(c_void_p)]),
+    "sp_volume_from_array": (c_int, [P(C.c_float), P(c_int64), P(c_double), P(c_void_p)]),
+    "sp_volume_free": (None, [c_void_p]),
+    "sp_volume_get_info": (None, [c_void_p, P(VolumeInfo)]),
+    "sp_volume_data": (P(C.c_float), [c_void_p]),
+    "sp_volume_label_names": (c_int, [c_void_p, P(P(c_void_p))]),
+    "sp_ct_default_params": (CtParams, []),
+    "sp_ct_run": (c_int, [c_void_p, c_void_p, P(CtParams), P(c_void_p)]),
+    "sp_ct_result_free": (None, [c_void_p]),
+    "sp_ct_result_timings": (P(Timings), [c_void_p]),
+    "sp_ct_result_labels": (P(C.c_uint16), [c_void_p, P(c_int64)]),
+    "sp_ct_result_passport_json": (c_char_p, [c_void_p]),
+    "sp_passport_default_params": (PassportParams, []),
+    "sp_passport_compute": (c_int, [c_void_p, P(C.c_uint16), P(c_char_p), c_int, P(PassportParams),
+                                    P(c_void_p)]),
+    "sp_passport_free": (None, [c_void_p]),
+    "sp_passport_json": (c_char_p, [c_void_p]),
+    "sp_passport_statistics_json": (c_char_p, [c_void_p]),
+    "sp_image_read": (c_int, [c_char_p, c_void_p, P(c_void_p)]),
+    "sp_image_from_rgb": (c_int, [P(C.c_uint8), c_int, c_int, P(c_void_p)]),
+    "sp_image_free": (None, [c_void_p]),
+    "sp_masks_default_params": (MasksParams, []),
+    "sp_masks_run": (c_int, [c_void_p, P(c_void_p), c_int, P(MasksParams), P(P(P(MasksResult))), P(Timings)]),
+    "sp_masks_result_free": (None, [P(MasksResult)]),
+    "sp_ort_version": (c_char_p, []),
+}
+
+
+libc = C.CDLL(None)
+libc.free.restype, libc.free.argtypes = None, [c_void_p]
+
+
+def _candidates():
+    env = os.environ.get("SEGPIPE_LIBRARY")
+    if env:
+        yield env
+        return
+    yield "libsegpipe.so.0"                     # installed (ld.so.cache, LD_LIBRARY_PATH)
+    found = ctypes.util.find_library("segpipe")
+    if found:
+        yield found
+    here = os.path.dirname(os.path.abspath(__file__))
+    for rel in ("../../build/libsegpipe.so", "../../../lib/libsegpipe.so.0"):  # checkout; <prefix>/lib
+        yield os.path.normpath(os.path.join(here, rel))
+
+
+def load():
+    """libsegpipe with its signatures declared: SEGPIPE_LIBRARY, else the
+    installed libsegpipe.so.0, else the checkout's build/libsegpipe.so."""
+    errors = []
+    for path in _candidates():
+        try:
+            lib = C.CDLL(path)
+        except OSError as e:
+            errors.append(f"{path}: {e}")
+            continue
+        for name, (res, args) in SIGNATURES.items():
+            f = getattr(lib, name)
+            f.restype, f.argtypes = res, args
+        return lib
+    raise OSError("segpipe: cannot load libsegpipe (set SEGPIPE_LIBRARY, or `make install`):\n  " + "\n  ".join(errors))

@@ -1,0 +1,166 @@
+"""The Python package (python/segpipe): installed with pip into a fresh
+virtual environment with no network, then used from outside the checkout;
+its results are checked against the CLI's on the same inputs (labels voxel
+for voxel, passports, mask PNGs), arrays against files, errors as
+exceptions, and the GIL released while C runs."""
+import atexit, json, os, shutil, subprocess, sys, tempfile, textwrap
+import numpy as np
+import nibabel as nib
+from PIL import Image
+import sp
+
+SRC = os.path.join(sp.CTDIR, "example_ct_sm.nii.gz")
+_venv = {}
+
+
+def venv_python(tmp):
+    """A venv (system numpy visible) with `pip install --no-index ./python`."""
+    if "py" not in _venv:
+        d = tempfile.mkdtemp(prefix="segpipe-venv-")
+        atexit.register(shutil.rmtree, d, True)
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", d], check=True)
+        p = subprocess.run([os.path.join(d, "bin", "pip"), "install", "-q", "--no-index", "--no-build-isolation",
+                            os.path.join(sp.ROOT, "python")], capture_output=True, text=True)
+        assert p.returncode == 0, p.stdout + p.stderr
+        _venv["py"] = os.path.join(d, "bin", "python")
+    return _venv["py"]
+
+
+def pyrun(tmp, code, **env):
+    """Run code with the installed package from tmp (not the checkout)."""
+    e = dict(os.environ, SEGPIPE_LIBRARY=os.path.join(sp.BUILD, "libsegpipe.so"), **env)   # ASan: preload kept
+    e.pop("PYTHONPATH", None)
+    p = subprocess.run([venv_python(tmp), "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=tmp,
+                       env=e, timeout=600)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def test_python_ct_matches_cli(tmp):
+    out = os.path.join(tmp, "cli.nii.gz")
+    sp.run("ct", SRC, "-o", out, "-q", check=True)
+    cli = np.asanyarray(nib.load(out).dataobj)
+    cli_pass = json.load(open(os.path.join(tmp, "cli.passport.json")))
+    pyrun(tmp, f"""
+        import json, numpy as np, nibabel as nib, segpipe
+        assert 'site-packages' in segpipe.__file__, segpipe.__file__
+        r = segpipe.ct({SRC!r})
+        np.save('file.npy', r.labels)
+        json.dump(r.passport, open('file.json', 'w'))
+        json.dump(r.seconds, open('seconds.json', 'w'))
+        im = nib.load({SRC!r})
+        a = segpipe.ct(np.asanyarray(im.dataobj), affine=im.affine, passport=False)
+        np.save('array.npy', a.labels)
+        assert a.passport is None
+    """)
+    got = np.load(os.path.join(tmp, "file.npy"))
+    assert got.dtype == np.uint16 and got.shape == cli.shape and np.array_equal(got, cli)
+    assert np.array_equal(np.load(os.path.join(tmp, "array.npy")), cli)
+    pj = json.load(open(os.path.join(tmp, "file.json")))
+    assert pj["structures"] == cli_pass["structures"] and pj["scan"] == cli_pass["scan"]
+    assert json.load(open(os.path.join(tmp, "seconds.json")))["inference"] > 0
+
+
+def test_python_reoriented_array(tmp):
+    """An array flipped along i with the matching affine: same anatomy, so
+    the labels are the CLI's labels flipped back."""
+    im = nib.load(SRC)
+    a = np.asanyarray(im.dataobj)[::-1]
+    aff = im.affine.copy()
+    aff[:3, 3] += aff[:3, 0] * (a.shape[0] - 1)
+    aff[:3, 0] *= -1
+    flipped = os.path.join(tmp, "flipped.nii.gz")
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(a), aff), flipped)
+    out = os.path.join(tmp, "cli.nii.gz")
+    sp.run("ct", flipped, "-o", out, "-q", "--no-passport", check=True)
+    cli = np.asanyarray(nib.load(out).dataobj)
+    np.save(os.path.join(tmp, "a.npy"), a)
+    np.save(os.path.join(tmp, "aff.npy"), aff)
+    pyrun(tmp, """
+        import numpy as np, segpipe
+        r = segpipe.ct(np.load('a.npy'), affine=np.load('aff.npy'), passport=False)
+        np.save('out.npy', r.labels)
+    """)
+    assert np.array_equal(np.load(os.path.join(tmp, "out.npy")), cli)
+
+
+def test_python_passport_matches_cli(tmp):
+    lab = os.path.join(sp.CTDIR, "example_seg_fast.nii.gz")
+    cli = os.path.join(tmp, "cli.json")
+    sp.run("passport", "--ct", SRC, "--labels", lab, "-o", cli, "-q", check=True)
+    pyrun(tmp, f"""
+        import json, numpy as np, nibabel as nib, segpipe
+        ct, lab = nib.load({SRC!r}), nib.load({lab!r})
+        names = {{int(k): v for k, v in json.load(open({os.path.join(sp.CTDIR, "total_v2_labels.json")!r})).items()}}
+        p = segpipe.passport(np.asanyarray(ct.dataobj), np.asanyarray(lab.dataobj), affine=ct.affine,
+                             label_names=[names.get(i) for i in range(max(names) + 1)])
+        json.dump(p, open('py.json', 'w'))
+        q = segpipe.passport({SRC!r}, {lab!r})
+        json.dump(q, open('files.json', 'w'))
+        try:
+            segpipe.passport({SRC!r}, np.zeros((2, 2, 2)))
+            raise SystemExit('no error for mismatched labels')
+        except ValueError as e:
+            assert 'shape' in str(e)
+    """)
+    c = json.load(open(cli))
+    files = json.load(open(os.path.join(tmp, "files.json")))
+    diff = [(x, y) for x, y in zip(files["structures"], c["structures"]) if x != y]
+    assert not diff and len(files["structures"]) == len(c["structures"]), diff[:1]
+    arr = json.load(open(os.path.join(tmp, "py.json")))
+    assert [s["volume_ml"] for s in arr["structures"]] == [s["volume_ml"] for s in c["structures"]]
+
+
+def test_python_masks_match_cli(tmp):
+    sys.path.insert(0, os.path.join(sp.ROOT, "tools"))
+    from render_rooms import render
+    img, _ = render((240, 320), seed=100007)
+    path = os.path.join(tmp, "room.png")
+    Image.fromarray(img).save(path)
+    out = os.path.join(tmp, "out")
+    sp.run("masks", path, "-o", out, "-q", check=True)
+    pyrun(tmp, f"""
+        import numpy as np, segpipe
+        from PIL import Image
+        m = segpipe.masks(np.asarray(Image.open({path!r}).convert('RGB')))
+        for k, v in m.items():
+            np.save(k + '.npy', v)
+        assert set(m) == set(m.areas) and m.seconds['inference'] > 0
+        f = segpipe.masks({path!r}, masks=['floor'])
+        assert list(f) == ['floor']
+    """)
+    for name in ("wall", "floor", "ceiling", "window"):
+        cli = np.asarray(Image.open(os.path.join(out, f"room.{name}.png"))) == 255
+        assert np.array_equal(np.load(os.path.join(tmp, name + ".npy")), cli), name
+
+
+def test_python_errors_and_gil(tmp):
+    pyrun(tmp, f"""
+        import threading, time, numpy as np, segpipe
+        for bad, status, code in (('/nonexistent.nii.gz', 'io', 6), ({os.path.join(sp.ROOT, 'README.md')!r}, 'input', 3)):
+            try:
+                segpipe.ct(bad)
+                raise SystemExit('no error')
+            except segpipe.Error as e:
+                assert e.status == status and e.exit_code == code and str(e), (e.status, e.exit_code, str(e))
+        try:
+            segpipe.Model('/nonexistent-model')
+            raise SystemExit('no error')
+        except segpipe.Error as e:
+            assert e.status == 'model' and 'nonexistent-model' in str(e)
+        try:
+            segpipe.ct(np.zeros((4, 4, 4)), affine=np.zeros((4, 4)))
+            raise SystemExit('no error')
+        except segpipe.Error as e:
+            assert e.status == 'input'
+        # the GIL is released while C runs: this thread keeps counting
+        m = segpipe.Model(threads=1)
+        done, n = [], 0
+        t = threading.Thread(target=lambda: done.append(m.ct({SRC!r}, passport=False)))
+        t0 = time.time(); t.start()
+        while t.is_alive():
+            n += 1
+        t.join()
+        assert done and n > 1e5, n
+        print(n, time.time() - t0)
+    """)
