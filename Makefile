@@ -68,7 +68,7 @@ CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/unit/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all test asan fuzz bench install clean deps cuda
+.PHONY: all test asan fuzz bench install clean deps cuda deb
 all: $(BUILD)/segpipe $(BUILD)/libsegpipe.a $(BUILD)/libsegpipe.so $(BUILD)/libsegpipe_test.so $(BUILD)/test_unit
 
 # Install what is missing (idempotent; a no-op when everything is there).
@@ -155,6 +155,21 @@ install: all
 	    -e 's|@ORT_LIBS@|$(if $(ORT_INSTALL),-l:libonnxruntime.so.1,$(ORT_LIBS))|' \
 	    -e 's|@FF_LIBS@|$(FF_LIBS)|' -e 's|@HEIF_LIBS@|$(HEIF_LIBS)|' \
 	    segpipe.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/segpipe.pc
+
+# A Debian package of `make install PREFIX=/usr` (dpkg-deb; no root needed
+# to build it): build/segpipe_<version>_amd64.deb.
+comma := ,
+VERSION := $(shell sed -n 's/#define SP_VERSION_STRING "\(.*\)"/\1/p' include/segpipe.h)
+DEB_DEPENDS := libc6, libstdc++6, libmicrohttpd12, libcjson1, libdeflate0, zlib1g, libjpeg62-turbo, libpng16-16, \
+  libwebp7$(if $(HEIF_LIBS),$(comma) libheif1)$(if $(FF_LIBS),$(comma) libavformat59$(comma) libavcodec59$(comma) libswscale6$(comma) libavutil57)
+deb: all
+	rm -rf $(BUILD)/deb
+	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(BUILD)/deb PREFIX=/usr
+	rm -f $(BUILD)/deb/usr/lib/libonnxruntime_providers_cuda.so   # 230 MB: SP_CUDA=1 install-deps.sh on GPU hosts
+	mkdir -p $(BUILD)/deb/DEBIAN
+	printf 'Package: segpipe\nVersion: %s\nArchitecture: amd64\nMaintainer: segpipe developers\nDepends: %s\nSection: science\nPriority: optional\nDescription: segmentation pipelines on ONNX Runtime (CT organs, passport, photo masks, video, HTTP service)\n bundles ONNX Runtime 1.29.0 and the demo models; see /usr/share/doc/segpipe.\n' \
+	  '$(VERSION)' '$(DEB_DEPENDS)' > $(BUILD)/deb/DEBIAN/control
+	dpkg-deb --root-owner-group -Zgzip --build $(BUILD)/deb $(BUILD)/segpipe_$(VERSION)_amd64.deb
 
 clean:
 	rm -rf build build-asan build-fuzz
