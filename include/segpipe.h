@@ -374,7 +374,7 @@ typedef struct sp_image {
     int scale_denom;          /* JPEG decoded at 1/scale_denom (1, 2, 4, 8) */
     int out_width, out_height;  /* upright size results are given at: always the photo's
                                    (a photo decoded downscaled still gets full-size masks) */
-    const char *format;       /* "jpeg", "png", "webp" or "heif" */
+    const char *format;       /* "jpeg", "png", "webp", "heif"; "memory" (sp_image_from_rgb) */
 } sp_image;
 
 typedef struct sp_image_params {
