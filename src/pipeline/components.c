@@ -98,6 +98,65 @@ static void build_slab(void *vc, int64_t b, int64_t e, int w)
     }
 }
 
+/* Join the runs of row (y, z) with those of the rows before it that can
+ * touch it (26-connectivity: (y-1, z), (y-1, z-1), (y, z-1), (y+1, z-1)),
+ * skipping rows in slices before z_from (a slab's own pass); with edge_only
+ * only the rows at z-1 (the seam between two slabs). */
+static void join_row(runs *R, const int64_t dim[3], int64_t y, int64_t z, int64_t z_from, int edge_only)
+{
+    static const int64_t nb[4][2] = {{-1, 0}, {-1, -1}, {0, -1}, {1, -1}};
+    int64_t row = z * dim[1] + y;
+    for (int q = edge_only ? 1 : 0; q < 4; q++) {
+        int64_t ny = y + nb[q][0], nz = z + nb[q][1];
+        if (ny < 0 || ny >= dim[1] || nz < z_from)
+            continue;
+        int64_t orow = nz * dim[1] + ny;
+        /* every run b within one voxel of run a along x (b0 only moves on:
+         * both rows' runs are sorted and disjoint) */
+        int64_t b0 = R->row[orow], be = R->row[orow + 1];
+        for (int64_t a = R->row[row], ae = R->row[row + 1]; a < ae; a++) {
+            const run *ra = &R->r[a];
+            while (b0 < be && R->r[b0].x1 < ra->x0 - 1)
+                b0++;
+            for (int64_t b = b0; b < be && R->r[b].x0 <= ra->x1 + 1; b++)
+                if (R->r[b].label == ra->label)
+                    unite(R->parent, (int32_t)a, (int32_t)b);
+        }
+    }
+}
+
+typedef struct join_ctx {
+    runs *R;
+    const int64_t *dim;
+    int64_t per;             /* slices per slab */
+} join_ctx;
+
+/* one slab of slices: its runs join only each other (union-find sets stay
+ * inside the slab, so slabs run in parallel without locks) */
+static void join_slab(void *vc, int64_t b, int64_t e, int w)
+{
+    join_ctx *c = vc;
+    for (int64_t s = b; s < e; s++) {
+        int64_t z0 = s * c->per, z1 = z0 + c->per < c->dim[2] ? z0 + c->per : c->dim[2];
+        for (int64_t z = z0; z < z1; z++)
+            for (int64_t y = 0; y < c->dim[1]; y++)
+                join_row(c->R, c->dim, y, z, z0, 0);
+    }
+}
+
+/* 26-connected joins: slabs of slices in parallel, then the seams */
+static void join_all(runs *R, const int64_t dim[3], sp_pool *pool)
+{
+    int64_t nslab = (int64_t)sp_pool_size(pool) * 2;
+    if (nslab > dim[2])
+        nslab = dim[2] > 0 ? dim[2] : 1;
+    join_ctx c = {R, dim, (dim[2] + nslab - 1) / nslab};
+    sp_pool_for(pool, (dim[2] + c.per - 1) / c.per, 1, join_slab, &c);
+    for (int64_t z = c.per; z < dim[2]; z += c.per)
+        for (int64_t y = 0; y < dim[1]; y++)
+            join_row(R, dim, y, z, z - 1, 1);
+}
+
 static sp_status build_runs(const uint16_t *lab, const int64_t dim[3], runs *R)
 {
     int64_t nrows = dim[1] * dim[2];
@@ -146,28 +205,7 @@ static sp_status build_runs(const uint16_t *lab, const int64_t dim[3], runs *R)
         goto oom;
     for (int64_t i = 0; i < R->n; i++)
         R->parent[i] = (int32_t)i;
-    for (int64_t z = 0; z < dim[2]; z++)
-        for (int64_t y = 0; y < dim[1]; y++) {
-            int64_t row = z * dim[1] + y;
-            int64_t nb[4][2] = {{y - 1, z}, {y - 1, z - 1}, {y, z - 1}, {y + 1, z - 1}};
-            for (int q = 0; q < 4; q++) {
-                int64_t ny = nb[q][0], nz = nb[q][1];
-                if (ny < 0 || ny >= dim[1] || nz < 0)
-                    continue;
-                int64_t orow = nz * dim[1] + ny;
-                int64_t a = R->row[row], ae = R->row[row + 1];
-                int64_t b = R->row[orow], be = R->row[orow + 1];
-                while (a < ae && b < be) {
-                    run *ra = &R->r[a], *rb = &R->r[b];
-                    if (ra->x0 <= rb->x1 + 1 && rb->x0 <= ra->x1 + 1 && ra->label == rb->label)
-                        unite(R->parent, (int32_t)a, (int32_t)b);
-                    if (ra->x1 < rb->x1)
-                        a++;
-                    else
-                        b++;
-                }
-            }
-        }
+    join_all(R, dim, pool);
     return SP_OK;
 oom:
     free_runs(R);

@@ -154,3 +154,50 @@ def test_passport_bad_input(tmp):
     assert p.returncode == 3 and "not a label map" in p.stderr
     p = sp.run("passport", "--ct", ct)
     assert p.returncode == 2
+
+
+def _noisy_labels(shape, n, seed):
+    """n blobby labels filling the volume: thousands of components touching
+    each other diagonally (where a 26-connected join is easy to miss)."""
+    from scipy.ndimage import gaussian_filter
+    x = gaussian_filter(np.random.default_rng(seed).normal(0, 1, shape).astype(np.float32), 1.5)
+    return np.digitize(x, np.quantile(x, np.linspace(0, 1, n + 1)[1:-1])).astype(np.uint8)
+
+
+def test_components_fragmented_labels_vs_scipy(tmp):
+    """Component counts and largest shares of heavily fragmented labels equal
+    scipy.ndimage.label with 26-connectivity, on shapes that split into one
+    and several slabs of slices (the joins run per slab, then the seams)."""
+    from scipy import ndimage
+    for shape, seed in (((20, 20, 20), 1), ((41, 29, 67), 2), ((64, 48, 5), 3)):
+        lab = _noisy_labels(shape, 11, seed)
+        ct = os.path.join(tmp, "ct.nii.gz")
+        seg = os.path.join(tmp, "seg.nii.gz")
+        nib.save(nib.Nifti1Image(lab.astype(np.int16), np.eye(4)), ct)
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), seg)
+        out = os.path.join(tmp, "p.json")
+        sp.run("passport", "--ct", ct, "--labels", seg, "-o", out, "-q", check=True)
+        for s in json.load(open(out))["structures"]:
+            c, n = ndimage.label(lab == s["label"], structure=np.ones((3, 3, 3)))
+            sizes = np.bincount(c.ravel())[1:]
+            assert s["components"] == n, (shape, s["label"], s["components"], n)
+            close(s["largest_component_share"], sizes.max() / sizes.sum(), "largest share", rel=1e-4)
+
+
+def test_components_filter_vs_scipy(tmp):
+    """sp_components_filter (ct --largest-component / --min-component-ml)
+    keeps exactly scipy's largest 26-component of every label."""
+    import ctypes as C
+    from scipy import ndimage
+    lab = _noisy_labels((33, 27, 45), 7, 5)
+    want = np.zeros_like(lab)
+    for l in range(1, 7):
+        c, n = ndimage.label(lab == l, structure=np.ones((3, 3, 3)))
+        sizes = np.bincount(c.ravel())[1:]
+        assert n and (sizes == sizes.max()).sum() == 1      # no tie for the largest
+        want[c == np.argmax(sizes) + 1] = l
+    got = np.asfortranarray(lab.astype(np.uint16))
+    L = sp.lib()
+    dim = (C.c_int64 * 3)(*lab.shape)
+    assert L.sp_components_filter(got.ctypes.data_as(C.c_void_p), dim, 1, C.c_int64(0)) == 0
+    assert np.array_equal(got, want), (got != want).sum()
