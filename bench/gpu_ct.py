@@ -152,9 +152,12 @@ def run_segpipe_cold(vol_path, pkg, precision, tmp, options=""):
                            "gpu_memory_bytes": r.get("gpu_memory_bytes", 0) - base}
 
 
-def run_segpipe_warm(vol_path, pkg, precision, port):
+def run_segpipe_warm(vol_path, pkg, precision, port, options=""):
+    e = env()
+    if options:
+        e["SEGPIPE_CUDA_OPTIONS"] = options
     srv = subprocess.Popen([SEG, "serve", "--model", f"ct={pkg}", "--port", str(port), "--device", "cuda",
-                            "--precision", precision], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env())
+                            "--precision", precision], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=e)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):

@@ -83,68 +83,66 @@ static size_t k_mem_used(void)
     return cudaMemGetInfo(&free_b, &total) == cudaSuccess ? total - free_b : 0;
 }
 
-/* ---- kernels ---- */
+/* ---- kernels (patch and volume sizes are checked by the caller: patch
+ * dims and N[1] fit a grid's y and z, at most 65535) ---- */
 
 __device__ static inline float to_f(float x) { return x; }
 __device__ static inline float to_f(__half x) { return __half2float(x); }
 __device__ static inline void from_f(float *d, float x) { *d = x; }
 __device__ static inline void from_f(__half *d, float x) { *d = __float2half_rn(x); }
 
+/* one tile: grid x: k, y: b, z: a */
 template <typename T>
-__global__ void gather_k(sp_cuda_geom g, const float *vol, sp_cuda_tiles t, T *in)
+__global__ void gather_k(sp_cuda_geom g, const float *vol, int64_t s0, int64_t s1, int64_t s2, T *in)
 {
-    int64_t psz = g.P[0] * g.P[1] * g.P[2];
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= psz * t.n)
+    int k = blockIdx.x * blockDim.x + threadIdx.x, b = blockIdx.y, a = blockIdx.z;
+    if (k >= g.P[2])
         return;
-    int ti = (int)(i / psz);
-    int64_t r = i % psz;
-    int64_t a = r / (g.P[1] * g.P[2]), b = (r / g.P[2]) % g.P[1], k = r % g.P[2];
-    int64_t n0 = t.s[ti][0] + a - g.pad[0], n1 = t.s[ti][1] + b - g.pad[1], n2 = t.s[ti][2] + k - g.pad[2];
+    int64_t n0 = s0 + a - g.pad[0], n1 = s1 + b - g.pad[1], n2 = s2 + k - g.pad[2];
     float v = 0.0f;
     if (n0 >= 0 && n0 < g.N[0] && n1 >= 0 && n1 < g.N[1] && n2 >= 0 && n2 < g.N[2])
         v = vol[n0 * g.vst[0] + n1 * g.vst[1] + n2 * g.vst[2]];
-    from_f(&in[i], v);
+    from_f(&in[((int64_t)a * g.P[1] + b) * g.P[2] + k], v);
 }
 
-/* one tile: a thread per patch voxel, looping over the classes */
+/* one tile: a thread per patch voxel (grid x: k, y: b, z: a: no integer
+ * division), looping over the classes with pointer steps */
 template <typename T>
 __global__ void accum_k(sp_cuda_geom g, float *acc, const T *lg, const float *gauss, int64_t s0, int64_t s1,
                         int64_t s2)
 {
-    int64_t psz = g.P[0] * g.P[1] * g.P[2];
-    int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (r >= psz)
+    int k = blockIdx.x * blockDim.x + threadIdx.x, b = blockIdx.y, a = blockIdx.z;
+    if (k >= g.P[2])
         return;
-    int64_t a = r / (g.P[1] * g.P[2]), b = (r / g.P[2]) % g.P[1], k = r % g.P[2];
     int64_t n0 = s0 + a - g.pad[0], n1 = s1 + b - g.pad[1], n2 = s2 + k - g.pad[2];
     if (n0 < 0 || n0 >= g.N[0] || n1 < 0 || n1 >= g.N[1] || n2 < 0 || n2 >= g.N[2])
         return;
-    int64_t slab = g.N[1] * g.N[2];
+    int64_t psz = g.P[0] * g.P[1] * g.P[2], r = ((int64_t)a * g.P[1] + b) * g.P[2] + k;
+    int64_t slab = g.N[1] * g.N[2], cst = g.ring * slab;
     float w = gauss[r];
     float *p = acc + (n0 % g.ring) * slab + n1 * g.N[2] + n2;
-    int64_t cst = g.ring * slab;
-    for (int c = 0; c < g.C; c++)
-        p[c * cst] = __fadd_rn(p[c * cst], __fmul_rn(to_f(lg[c * psz + r]), w));
+    const T *l = lg + r;
+    for (int c = 0; c < g.C; c++, p += cst, l += psz)
+        *p = __fadd_rn(*p, __fmul_rn(to_f(*l), w));
 }
 
-__global__ void finish_k(sp_cuda_geom g, float *acc, int64_t r0, int64_t r1, uint16_t *labels)
+/* rows [r0, r1) of dim 0: grid x: n2, y: n1, z: row */
+__global__ void finish_k(sp_cuda_geom g, float *acc, int64_t r0, uint16_t *labels)
 {
-    int64_t slab = g.N[1] * g.N[2];
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (r1 - r0) * slab)
+    int64_t n2 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, n1 = blockIdx.y, n0 = r0 + blockIdx.z;
+    if (n2 >= g.N[2])
         return;
-    int64_t n0 = r0 + i / slab, n1 = (i % slab) / g.N[2], n2 = i % g.N[2];
+    int64_t slab = g.N[1] * g.N[2], cst = g.ring * slab;
     float *p = acc + (n0 % g.ring) * slab + n1 * g.N[2] + n2;
-    int64_t cst = g.ring * slab;
-    float best = p[0];
+    float best = *p;
     int bi = 0;
-    p[0] = 0.0f;
-    for (int c = 1; c < g.C; c++) {
-        float v = p[c * cst];
+    *p = 0.0f;
+    p += cst;
+    for (int c = 1; c < g.C; c++, p += cst) {
+        float v = *p;
         if (v > best)
             best = v, bi = c;
-        p[c * cst] = 0.0f;
+        *p = 0.0f;
     }
     labels[n0 * g.lst[0] + n1 * g.lst[1] + n2 * g.lst[2]] = (uint16_t)bi;
 }
@@ -153,27 +151,33 @@ static unsigned blocks(int64_t n, int per) { return (unsigned)((n + per - 1) / p
 
 static int k_gather(const sp_cuda_geom *g, const float *vol, const sp_cuda_tiles *t, void *in)
 {
-    int64_t n = g->P[0] * g->P[1] * g->P[2] * t->n;
-    if (g->half)
-        gather_k<__half><<<blocks(n, 256), 256, 0, g_stream>>>(*g, vol, *t, (__half *)in);
-    else
-        gather_k<float><<<blocks(n, 256), 256, 0, g_stream>>>(*g, vol, *t, (float *)in);
-    CK(cudaGetLastError(), "gather kernel");
+    size_t psz = (size_t)(g->P[0] * g->P[1] * g->P[2]);
+    dim3 grid(blocks(g->P[2], 128), (unsigned)g->P[1], (unsigned)g->P[0]);
+    for (int i = 0; i < t->n; i++) {
+        if (g->half)
+            gather_k<__half><<<grid, 128, 0, g_stream>>>(*g, vol, t->s[i][0], t->s[i][1], t->s[i][2],
+                                                         (__half *)in + (size_t)i * psz);
+        else
+            gather_k<float><<<grid, 128, 0, g_stream>>>(*g, vol, t->s[i][0], t->s[i][1], t->s[i][2],
+                                                        (float *)in + (size_t)i * psz);
+        CK(cudaGetLastError(), "gather kernel");
+    }
     return 0;
 }
 
 static int k_accumulate(const sp_cuda_geom *g, float *acc, const void *logits, const float *gauss,
                         const sp_cuda_tiles *t)
 {
-    int64_t psz = g->P[0] * g->P[1] * g->P[2];
+    size_t psz = (size_t)(g->P[0] * g->P[1] * g->P[2]);
+    dim3 grid(blocks(g->P[2], 128), (unsigned)g->P[1], (unsigned)g->P[0]);
     for (int i = 0; i < t->n; i++) {
-        size_t off = (size_t)i * (size_t)g->C * (size_t)psz;
+        size_t off = (size_t)i * (size_t)g->C * psz;
         if (g->half)
-            accum_k<__half><<<blocks(psz, 256), 256, 0, g_stream>>>(*g, acc, (const __half *)logits + off, gauss,
-                                                                   t->s[i][0], t->s[i][1], t->s[i][2]);
+            accum_k<__half><<<grid, 128, 0, g_stream>>>(*g, acc, (const __half *)logits + off, gauss, t->s[i][0],
+                                                        t->s[i][1], t->s[i][2]);
         else
-            accum_k<float><<<blocks(psz, 256), 256, 0, g_stream>>>(*g, acc, (const float *)logits + off, gauss,
-                                                                  t->s[i][0], t->s[i][1], t->s[i][2]);
+            accum_k<float><<<grid, 128, 0, g_stream>>>(*g, acc, (const float *)logits + off, gauss, t->s[i][0],
+                                                       t->s[i][1], t->s[i][2]);
         CK(cudaGetLastError(), "accumulate kernel");
     }
     return 0;
@@ -181,11 +185,12 @@ static int k_accumulate(const sp_cuda_geom *g, float *acc, const void *logits, c
 
 static int k_finish(const sp_cuda_geom *g, float *acc, int64_t r0, int64_t r1, uint16_t *labels)
 {
-    if (r1 <= r0)
-        return 0;
-    int64_t n = (r1 - r0) * g->N[1] * g->N[2];
-    finish_k<<<blocks(n, 256), 256, 0, g_stream>>>(*g, acc, r0, r1, labels);
-    CK(cudaGetLastError(), "argmax kernel");
+    for (int64_t r = r0; r < r1; r += 65535) {      /* grid z is at most 65535 */
+        int64_t n = r1 - r < 65535 ? r1 - r : 65535;
+        dim3 grid(blocks(g->N[2], 128), (unsigned)g->N[1], (unsigned)n);
+        finish_k<<<grid, 128, 0, g_stream>>>(*g, acc, r, labels);
+        CK(cudaGetLastError(), "argmax kernel");
+    }
     return 0;
 }
 

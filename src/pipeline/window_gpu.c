@@ -20,6 +20,7 @@
 #include "window_cuda.h"
 
 #include <dlfcn.h>
+#include <stdint.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -215,6 +216,10 @@ sp_status sp_window_run_gpu(sp_model *m, const float *vol, const sp_window_plan 
 {
     if (!sp_window_gpu_available())
         return sp_fail(SP_ERR_RUNTIME, "%s", g_err);
+    for (int d = 0; d < 3; d++)
+        if (pl->P[d] > 65535 || pl->N[d] > (d == 1 ? 65535 : INT64_MAX))
+            return sp_fail(SP_ERR_INPUT, "GPU sliding window: patch %lld or volume %lld along network dim %d is "
+                           "past the kernels' grid (65535)", (long long)pl->P[d], (long long)pl->N[d], d);
     int n;
     gpu_win w;
     memset(&w, 0, sizeof w);
