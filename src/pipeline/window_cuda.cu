@@ -15,7 +15,9 @@
 #include <cuda_runtime.h>
 #include <stdio.h>
 
-static cudaStream_t g_stream;
+static cudaStream_t g_stream;        /* accumulate, argmax, copies */
+static cudaStream_t g_gstream;       /* gathers */
+static cudaEvent_t g_slot[2];
 static __thread char g_err[256];
 
 static int fail(cudaError_t e, const char *what)
@@ -32,8 +34,12 @@ static int k_init(int device, char *name, size_t cap)
     cudaDeviceProp prop;
     CK(cudaSetDevice(device), "cudaSetDevice");
     CK(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
-    if (!g_stream)
+    if (!g_stream) {
         CK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking), "cudaStreamCreate");
+        CK(cudaStreamCreateWithFlags(&g_gstream, cudaStreamNonBlocking), "cudaStreamCreate");
+        for (int i = 0; i < 2; i++)
+            CK(cudaEventCreateWithFlags(&g_slot[i], cudaEventDisableTiming), "cudaEventCreate");
+    }
     snprintf(name, cap, "%s", prop.name);
     return 0;
 }
@@ -77,6 +83,24 @@ static int k_sync(void)
     return 0;
 }
 
+static int k_gathered(void)
+{
+    CK(cudaStreamSynchronize(g_gstream), "gather");
+    return 0;
+}
+
+static int k_mark(int slot)
+{
+    CK(cudaEventRecord(g_slot[slot & 1], g_stream), "cudaEventRecord");
+    return 0;
+}
+
+static int k_wait(int slot)
+{
+    CK(cudaEventSynchronize(g_slot[slot & 1]), "cudaEventSynchronize");
+    return 0;
+}
+
 static size_t k_mem_used(void)
 {
     size_t free_b = 0, total = 0;
@@ -108,8 +132,8 @@ __global__ void gather_k(sp_cuda_geom g, const float *vol, int64_t s0, int64_t s
 /* one tile: a thread per patch voxel (grid x: k, y: b, z: a: no integer
  * division), looping over the classes with pointer steps */
 template <typename T>
-__global__ void accum_k(sp_cuda_geom g, float *acc, const T *lg, const float *gauss, int64_t s0, int64_t s1,
-                        int64_t s2)
+__global__ void accum_k(sp_cuda_geom g, float *__restrict__ acc, const T *__restrict__ lg,
+                        const float *__restrict__ gauss, int64_t s0, int64_t s1, int64_t s2)
 {
     int k = blockIdx.x * blockDim.x + threadIdx.x, b = blockIdx.y, a = blockIdx.z;
     if (k >= g.P[2])
@@ -122,28 +146,31 @@ __global__ void accum_k(sp_cuda_geom g, float *acc, const T *lg, const float *ga
     float w = gauss[r];
     float *p = acc + (n0 % g.ring) * slab + n1 * g.N[2] + n2;
     const T *l = lg + r;
-    for (int c = 0; c < g.C; c++, p += cst, l += psz)
-        *p = __fadd_rn(*p, __fmul_rn(to_f(*l), w));
+    /* restrict + unroll: the loads of several classes are in flight at once */
+#pragma unroll 8
+    for (int c = 0; c < g.C; c++)
+        p[c * cst] = __fadd_rn(p[c * cst], __fmul_rn(to_f(l[c * psz]), w));
 }
 
 /* rows [r0, r1) of dim 0: grid x: n2, y: n1, z: row */
-__global__ void finish_k(sp_cuda_geom g, float *acc, int64_t r0, uint16_t *labels)
+__global__ void finish_k(sp_cuda_geom g, float *__restrict__ acc, int64_t r0, uint16_t *__restrict__ labels)
 {
     int64_t n2 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, n1 = blockIdx.y, n0 = r0 + blockIdx.z;
     if (n2 >= g.N[2])
         return;
     int64_t slab = g.N[1] * g.N[2], cst = g.ring * slab;
     float *p = acc + (n0 % g.ring) * slab + n1 * g.N[2] + n2;
-    float best = *p;
+    float best = p[0];
     int bi = 0;
-    *p = 0.0f;
-    p += cst;
-    for (int c = 1; c < g.C; c++, p += cst) {
-        float v = *p;
+#pragma unroll 8
+    for (int c = 1; c < g.C; c++) {     /* reads only: the loads pipeline */
+        float v = p[c * cst];
         if (v > best)
             best = v, bi = c;
-        *p = 0.0f;
     }
+#pragma unroll 8
+    for (int c = 0; c < g.C; c++)
+        p[c * cst] = 0.0f;
     labels[n0 * g.lst[0] + n1 * g.lst[1] + n2 * g.lst[2]] = (uint16_t)bi;
 }
 
@@ -155,10 +182,10 @@ static int k_gather(const sp_cuda_geom *g, const float *vol, const sp_cuda_tiles
     dim3 grid(blocks(g->P[2], 128), (unsigned)g->P[1], (unsigned)g->P[0]);
     for (int i = 0; i < t->n; i++) {
         if (g->half)
-            gather_k<__half><<<grid, 128, 0, g_stream>>>(*g, vol, t->s[i][0], t->s[i][1], t->s[i][2],
+            gather_k<__half><<<grid, 128, 0, g_gstream>>>(*g, vol, t->s[i][0], t->s[i][1], t->s[i][2],
                                                          (__half *)in + (size_t)i * psz);
         else
-            gather_k<float><<<grid, 128, 0, g_stream>>>(*g, vol, t->s[i][0], t->s[i][1], t->s[i][2],
+            gather_k<float><<<grid, 128, 0, g_gstream>>>(*g, vol, t->s[i][0], t->s[i][1], t->s[i][2],
                                                         (float *)in + (size_t)i * psz);
         CK(cudaGetLastError(), "gather kernel");
     }
@@ -195,7 +222,8 @@ static int k_finish(const sp_cuda_geom *g, float *acc, int64_t r0, int64_t r1, u
 }
 
 static const sp_cuda_api g_api = {
-    SP_CUDA_ABI, k_error, k_init, k_alloc, k_release, k_upload, k_download, k_zero, k_sync, k_mem_used,
+    SP_CUDA_ABI, k_error, k_init, k_alloc, k_release, k_upload, k_download, k_zero, k_sync, k_gathered, k_mark,
+    k_wait, k_mem_used,
     k_gather, k_accumulate, k_finish,
 };
 

@@ -6,9 +6,12 @@
  * Plain C on both sides. The library exports one symbol,
  * sp_cuda_kernels(), returning a table of functions; a version field guards
  * against a library from another build. Every function returns 0 on success
- * or -1 with the CUDA error readable through error(). All work is queued on
- * the library's own stream; sync() waits for it (and for every other stream
- * of the device, ONNX Runtime's included).
+ * or -1 with the CUDA error readable through error(). Gathers run on one
+ * stream of the library's, accumulations and argmaxes on another, so that
+ * accumulating one batch overlaps the network's run of the next;
+ * gathered() waits for the gathers, mark(slot)/wait(slot) fence a logits
+ * buffer (accumulations queued so far have read it), sync() waits for
+ * everything on the device (ONNX Runtime's streams included).
  *
  * Geometry is in network coordinates (dim 0 outermost, as in window.c):
  * N = the volume's dims, P = the patch, pad = low zero padding, vst/lst =
@@ -19,7 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SP_CUDA_ABI 1
+#define SP_CUDA_ABI 2
 #define SP_CUDA_MAX_BATCH 32
 
 typedef struct sp_cuda_geom {
@@ -45,6 +48,9 @@ typedef struct sp_cuda_api {
     int (*download)(void *dst, const void *src, size_t bytes);
     int (*zero)(void *p, size_t bytes);
     int (*sync)(void);
+    int (*gathered)(void);
+    int (*mark)(int slot);                  /* slot 0 or 1 */
+    int (*wait)(int slot);
     size_t (*mem_used)(void);               /* bytes in use on the device now */
     /* tiles of vol (fp32, device) -> in (nb x P, fp32 or fp16, device) */
     int (*gather)(const sp_cuda_geom *g, const float *vol, const sp_cuda_tiles *t, void *in);

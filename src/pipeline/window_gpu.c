@@ -4,10 +4,11 @@
  * The volume is uploaded once; each batch of tiles is gathered on the
  * device, run by ONNX Runtime's CUDA provider with its input and output
  * bound to device memory, and its logits are weighted and added into a
- * device accumulator by libsegpipe_cuda.so's kernels; finished rows are
+ * device accumulator by libsegpipe_cuda.so's kernels (two logits buffers:
+ * one batch is accumulated while the next runs); finished rows are
  * argmaxed there, and only the uint16 labels come back. Same ring
  * accumulator as window.c (patch[0] rows of dim 0, fp32), so GPU memory is
- * C x patch[0] x N1 x N2 x 4 bytes plus one batch of tiles and logits.
+ * C x patch[0] x N1 x N2 x 4 bytes plus one batch of tiles and two of logits.
  *
  * The kernels live in an optional library, loaded with dlopen the first
  * time a CUDA session runs a window: libsegpipe itself never links CUDA, so
@@ -106,7 +107,7 @@ size_t sp_gpu_peak_memory(void)
 typedef struct gpu_win {
     sp_cuda_geom g;
     float *vol, *acc, *gauss;
-    void *in, *out;
+    void *in, *out[2];           /* logits: one batch accumulates while the next runs */
     uint16_t *labels;
     size_t es;                   /* bytes per tile/logit element */
 } gpu_win;
@@ -122,7 +123,8 @@ static void gpu_free(gpu_win *w)
     g_k->release(w->acc);
     g_k->release(w->gauss);
     g_k->release(w->in);
-    g_k->release(w->out);
+    g_k->release(w->out[0]);
+    g_k->release(w->out[1]);
     g_k->release(w->labels);
 }
 
@@ -134,7 +136,8 @@ static sp_status gpu_setup(gpu_win *w, const float *vol, const sp_window_plan *p
     struct { void **p; size_t bytes; } want[] = {
         {(void **)&w->vol, nvox * sizeof(float)}, {(void **)&w->labels, nvox * sizeof(uint16_t)},
         {(void **)&w->acc, acc}, {(void **)&w->gauss, psz * sizeof(float)},
-        {&w->in, (size_t)pl->batch * psz * w->es}, {&w->out, (size_t)pl->batch * (size_t)pl->C * psz * w->es},
+        {&w->in, (size_t)pl->batch * psz * w->es}, {&w->out[0], (size_t)pl->batch * (size_t)pl->C * psz * w->es},
+        {&w->out[1], (size_t)pl->batch * (size_t)pl->C * psz * w->es},
     };
     for (size_t i = 0; i < sizeof want / sizeof *want; i++)
         if (!(*want[i].p = g_k->alloc(want[i].bytes)))
@@ -149,25 +152,26 @@ static sp_status gpu_setup(gpu_win *w, const float *vol, const sp_window_plan *p
     return bad ? kfail("upload") : SP_OK;
 }
 
-/* one batch: gather, run, accumulate */
-static sp_status gpu_batch(sp_model *m, gpu_win *w, const sp_tile *tiles, int nb, sp_timings *t)
+/* one batch into logits buffer `slot`: gather (its own stream), wait until
+ * the accumulation that last read the buffer is done, run, queue the
+ * accumulation (it overlaps the next batch's gather and run). ONNX Runtime
+ * synchronises its stream before Run returns, so the logits are complete. */
+static sp_status gpu_batch(sp_model *m, gpu_win *w, const sp_tile *tiles, int nb, int slot, sp_timings *t)
 {
     sp_cuda_tiles ct = {nb, {{0}}};
     for (int i = 0; i < nb; i++)
         memcpy(ct.s[i], tiles[i].s, sizeof ct.s[i]);
     double t0 = sp_now();
-    if (g_k->gather(&w->g, w->vol, &ct, w->in) || g_k->sync())
+    if (g_k->gather(&w->g, w->vol, &ct, w->in) || g_k->gathered() || g_k->wait(slot))
         return kfail("gathering tiles");
     double t1 = sp_now();
     sp_dtype dt = w->g.half ? SP_DT_F16 : SP_DT_F32;
     const int64_t *P = w->g.P;
     sp_tensor in = {dt, 5, {nb, 1, P[0], P[1], P[2]}, w->in};
-    sp_tensor out = {dt, 5, {nb, w->g.C, P[0], P[1], P[2]}, w->out};
+    sp_tensor out = {dt, 5, {nb, w->g.C, P[0], P[1], P[2]}, w->out[slot]};
     sp_status st = sp_model_run_device(m, &in, 1, &out, 1);
-    if (!st && g_k->sync())
-        st = kfail("inference");
     double t2 = sp_now();
-    if (!st && g_k->accumulate(&w->g, w->acc, w->out, w->gauss, &ct))
+    if (!st && (g_k->accumulate(&w->g, w->acc, w->out[slot], w->gauss, &ct) || g_k->mark(slot)))
         st = kfail("accumulating");
     sp_timings_add(t, "window", t1 - t0);
     sp_timings_add(t, "inference", t2 - t1);
@@ -179,6 +183,7 @@ static sp_status gpu_loop(sp_model *m, gpu_win *w, const sp_window_plan *pl, con
 {
     int B = pl->batch < SP_CUDA_MAX_BATCH ? pl->batch : SP_CUDA_MAX_BATCH;
     int64_t finished = 0;
+    int nbatch = 0;
     if (progress)
         progress("inference", 0, pl->ntiles, user);
     for (int i = 0; i < pl->ntiles;) {
@@ -193,7 +198,7 @@ static sp_status gpu_loop(sp_model *m, gpu_win *w, const sp_window_plan *pl, con
                 return kfail("argmax");
             finished = row;
         }
-        sp_status st = gpu_batch(m, w, &pl->tiles[i], nb, t);
+        sp_status st = gpu_batch(m, w, &pl->tiles[i], nb, nbatch++ & 1, t);
         if (st)
             return st;
         i += nb;
