@@ -152,10 +152,11 @@ def run_segpipe_cold(vol_path, pkg, precision, tmp, options=""):
                            "gpu_memory_bytes": r.get("gpu_memory_bytes", 0) - base}
 
 
-def run_segpipe_warm(vol_path, pkg, precision, port, options=""):
+def run_segpipe_warm(vol_path, pkg, precision, port, options="", slots=1):
     e = env()
     if options:
         e["SEGPIPE_CUDA_OPTIONS"] = options
+    e["SEGPIPE_GPU_SLOTS"] = str(slots)
     srv = subprocess.Popen([SEG, "serve", "--model", f"ct={pkg}", "--port", str(port), "--device", "cuda",
                             "--precision", precision], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=e)
     url = f"http://127.0.0.1:{port}"
@@ -208,8 +209,10 @@ def main():
             lab_p, peer = run_peer(net, vol, man, dev, prec == "fp16")
             lab_s, cold = run_segpipe_cold(vpath, pkg, prec, tmp)
             warm = run_segpipe_warm(vpath, pkg, prec, 18600 + i * 2 + (prec == "fp32")) if i == 1 else None
+            two = run_segpipe_warm(vpath, pkg, prec, 18700 + (prec == "fp32"), slots=2) if i == 1 else None
             heur = run_segpipe_cold(vpath, pkg, prec, tmp, "cudnn_conv_algo_search=HEURISTIC")[1] if i == 1 else None
             case[prec] = {"peer": peer, "segpipe_cold": cold, "segpipe_warm": warm, "segpipe_cold_heuristic": heur,
+                          "segpipe_warm_two_slots": two,
                           "label_agreement": agreement(lab_s, lab_p)}
             print(json.dumps({"shape": shape, "precision": prec, **case[prec]}), flush=True)
         results["cases"].append(case)

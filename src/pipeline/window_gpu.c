@@ -4,11 +4,12 @@
  * The volume is uploaded once; each batch of tiles is gathered on the
  * device, run by ONNX Runtime's CUDA provider with its input and output
  * bound to device memory, and its logits are weighted and added into a
- * device accumulator by libsegpipe_cuda.so's kernels (two logits buffers:
- * one batch is accumulated while the next runs); finished rows are
+ * device accumulator by libsegpipe_cuda.so's kernels (gathers on a stream
+ * of their own; with SEGPIPE_GPU_SLOTS=2 two logits buffers, so that one
+ * batch is accumulated while the next runs); finished rows are
  * argmaxed there, and only the uint16 labels come back. Same ring
  * accumulator as window.c (patch[0] rows of dim 0, fp32), so GPU memory is
- * C x patch[0] x N1 x N2 x 4 bytes plus one batch of tiles and two of logits.
+ * C x patch[0] x N1 x N2 x 4 bytes plus one batch of tiles and of logits.
  *
  * The kernels live in an optional library, loaded with dlopen the first
  * time a CUDA session runs a window: libsegpipe itself never links CUDA, so
@@ -107,7 +108,8 @@ size_t sp_gpu_peak_memory(void)
 typedef struct gpu_win {
     sp_cuda_geom g;
     float *vol, *acc, *gauss;
-    void *in, *out[2];           /* logits: one batch accumulates while the next runs */
+    void *in, *out[2];           /* logits buffers: nslots of them */
+    int nslots;
     uint16_t *labels;
     size_t es;                   /* bytes per tile/logit element */
 } gpu_win;
@@ -137,10 +139,10 @@ static sp_status gpu_setup(gpu_win *w, const float *vol, const sp_window_plan *p
         {(void **)&w->vol, nvox * sizeof(float)}, {(void **)&w->labels, nvox * sizeof(uint16_t)},
         {(void **)&w->acc, acc}, {(void **)&w->gauss, psz * sizeof(float)},
         {&w->in, (size_t)pl->batch * psz * w->es}, {&w->out[0], (size_t)pl->batch * (size_t)pl->C * psz * w->es},
-        {&w->out[1], (size_t)pl->batch * (size_t)pl->C * psz * w->es},
+        {&w->out[1], w->nslots > 1 ? (size_t)pl->batch * (size_t)pl->C * psz * w->es : 0},
     };
     for (size_t i = 0; i < sizeof want / sizeof *want; i++)
-        if (!(*want[i].p = g_k->alloc(want[i].bytes)))
+        if (want[i].bytes && !(*want[i].p = g_k->alloc(want[i].bytes)))
             return sp_fail(SP_ERR_NOMEM, "GPU sliding window: cannot allocate %.1f MB on the device (%s)",
                            (double)want[i].bytes / 1e6, g_k->error());
     float *gauss = sp_gaussian_map(pl->P, wp->sigma_scale);
@@ -198,7 +200,7 @@ static sp_status gpu_loop(sp_model *m, gpu_win *w, const sp_window_plan *pl, con
                 return kfail("argmax");
             finished = row;
         }
-        sp_status st = gpu_batch(m, w, &pl->tiles[i], nb, nbatch++ & 1, t);
+        sp_status st = gpu_batch(m, w, &pl->tiles[i], nb, nbatch++ % w->nslots, t);
         if (st)
             return st;
         i += nb;
@@ -229,6 +231,11 @@ sp_status sp_window_run_gpu(sp_model *m, const float *vol, const sp_window_plan 
     gpu_win w;
     memset(&w, 0, sizeof w);
     w.g.half = sp_model_inputs(m, &n)[0].meta.dtype == SP_DT_F16;
+    /* One logits buffer: a second one let each batch's accumulation overlap
+     * the next run, 1-2% faster for 0.5-1 GB more GPU memory (docs/gpu.md);
+     * SEGPIPE_GPU_SLOTS=2 turns it on. */
+    const char *slots = getenv("SEGPIPE_GPU_SLOTS");
+    w.nslots = slots && !strcmp(slots, "2") ? 2 : 1;
     w.es = w.g.half ? 2 : 4;
     for (int d = 0; d < 3; d++) {
         w.g.N[d] = pl->N[d];
