@@ -90,6 +90,7 @@ typedef struct sp_buf {
 } sp_buf;
 void sp_buf_printf(sp_buf *b, const char *fmt, ...) SP_PRINTF(2, 3);
 void sp_buf_puts(sp_buf *b, const char *s);
+void sp_buf_append(sp_buf *b, const void *data, size_t n);   /* any bytes; still NUL-terminated */
 void sp_buf_json_str(sp_buf *b, const char *s);   /* quoted, escaped */
 void sp_buf_json_num(sp_buf *b, double v);        /* shortest round-trip, null for NaN */
 char *sp_buf_take(sp_buf *b);                     /* caller frees */

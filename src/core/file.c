@@ -169,6 +169,15 @@ void sp_buf_puts(sp_buf *b, const char *s)
     b->len += n;
 }
 
+void sp_buf_append(sp_buf *b, const void *data, size_t n)
+{
+    if (!buf_reserve(b, n))
+        return;
+    memcpy(b->s + b->len, data, n);
+    b->len += n;
+    b->s[b->len] = 0;
+}
+
 void sp_buf_json_str(sp_buf *b, const char *s)
 {
     sp_buf_puts(b, "\"");

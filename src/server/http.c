@@ -72,7 +72,7 @@ static _Thread_local int tls_kserve;
 int sp_ep_is_kserve(int ep)
 {
     return ep == EP_LIVE || ep == EP_READY || ep == EP_META || ep == EP_MODEL || ep == EP_MODEL_READY ||
-           ep == EP_INFER;
+           ep == EP_INFER || ep == EP_STATS || ep == EP_REPO;
 }
 
 char *sp_error_body(int kserve, int code, const char *msg)

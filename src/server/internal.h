@@ -21,7 +21,7 @@
 #include <stdatomic.h>
 
 enum { EP_LIVE, EP_READY, EP_META, EP_MODEL, EP_MODEL_READY, EP_INFER, EP_CT, EP_RESULT,
-       EP_STATUS, EP_METRICS, EP_SEGMENT, EP_JOBS, EP_OTHER, EP_N };
+       EP_STATUS, EP_METRICS, EP_SEGMENT, EP_JOBS, EP_OTHER, EP_STATS, EP_REPO, EP_N };
 extern const char *const sp_ep_names[EP_N];
 
 #define LAT_RING 2048
@@ -37,11 +37,22 @@ typedef struct ep_stats {
 typedef struct job job;
 typedef struct req req;
 
+/* Triton's statistics extension: a count and cumulative nanoseconds */
+typedef struct sp_stat {
+    uint64_t count, ns;
+} sp_stat;
+typedef struct model_stats {
+    sp_stat success, fail, queue, input, infer, output;
+    uint64_t inferences, executions;   /* items, and model runs (a batch is one run) */
+    double last;                       /* wall-clock seconds of the last answer */
+} model_stats;
+
 typedef struct model_entry {
+    model_stats st;               /* under s->mu */
     char name[64];
     char dir[1024];
     sp_package *pk;
-    int ready;
+    atomic_int ready;             /* serving (the repository extension can switch it) */
     char error[256];
     job *qhead, *qtail;           /* this model's queue (fair across models) */
     int qlen;
@@ -54,6 +65,9 @@ struct job {
     model_entry *me;
     char *body;
     size_t len, reserved;         /* body bytes, and bytes counted against max_buffered */
+    size_t header_len;            /* EP_INFER: Inference-Header-Content-Length (0: all JSON) */
+    const char *resp_ctype;       /* content type of `response` (NULL: application/json) */
+    double t_input;               /* EP_INFER: seconds parsing the request */
     int want_labels;
     char masks[512];              /* EP_SEGMENT: requested mask names ("" = all) */
     int batch_size;               /* EP_SEGMENT: photos in the inference it joined */
@@ -156,11 +170,26 @@ model_entry *sp_find_model(server *s, const char *name, size_t n);
 /* kserve.c */
 char *sp_kserve_model_metadata(model_entry *me);
 void sp_kserve_infer(server *s, job *j);
-/* A KServe v2 JSON request's inputs, checked against the model's (ins):
- * 0 with tin[0..ni) filled (caller frees each .data), or an HTTP status
- * with a message. */
-int sp_kserve_parse(const char *text, size_t len, const sp_io_info *ins, int ni, sp_tensor *tin, char *id,
-                    size_t idsz, char *msg, size_t msz);
+/* The outputs an infer request asked for, and how. */
+typedef struct sp_kserve_out {
+    int index;                    /* model output */
+    int binary;                   /* binary tensor extension */
+    int classification;           /* >0: top-K "score:index[:label]" strings */
+} sp_kserve_out;
+typedef struct sp_kserve_req {
+    char id[128];
+    int n;
+    sp_kserve_out sel[SP_MAX_RANK];
+} sp_kserve_req;
+/* A KServe v2 infer request (the first header_len bytes JSON, then the
+ * binary tensor extension's data; header_len 0: all JSON) checked against
+ * the model's inputs and outputs: 0 with tin[0..ni) filled (caller frees
+ * each .data) and q set, or an HTTP status with a message. */
+int sp_kserve_parse(const char *text, size_t len, size_t header_len, const sp_io_info *ins, int ni,
+                    const sp_io_info *outs, int no, sp_tensor *tin, sp_kserve_req *q, char *msg, size_t msz);
+/* kserve_answer.c: the answer to q (JSON, or JSON header + binary data),
+ * written as it is sent; takes the tensors of tout. NULL when out of memory. */
+struct MHD_Response *sp_kserve_answer(job *j, const sp_kserve_req *q, const sp_io_info *outs, sp_tensor *tout);
 
 /* work.c */
 job *sp_job_new(server *s, req *r, int kind, model_entry *me);
@@ -180,6 +209,12 @@ void *sp_worker_main(void *arg);
 
 /* metrics.c */
 void sp_record(server *s, int ep, double secs, int ok);
+/* Count the jobs of one model run (caller holds s->mu). */
+void sp_stats_record(model_entry *me, job *const *batch, int nb, double t_done);
+/* GET /v2/models[/NAME]/stats: every model's statistics, or `only`'s. */
+char *sp_stats_json(server *s, const model_entry *only);
+/* POST /v2/repository/index */
+char *sp_repository_index(server *s);
 char *sp_status_json(server *s);
 char *sp_metrics_text(server *s);
 size_t sp_rss_now(void);

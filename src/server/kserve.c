@@ -1,8 +1,11 @@
 /*
- * kserve.c — KServe v2 (Open Inference Protocol) model metadata and JSON
- * tensor inference. Requests are checked against the model before it runs:
- * datatype, rank, fixed dimensions, the element count in checked 64-bit
- * arithmetic, and every value finite. ONNX Runtime's own messages (node
+ * kserve.c — KServe v2 (Open Inference Protocol) model metadata, infer
+ * requests (JSON tensors, or Triton's binary tensor extension: a JSON
+ * header of Inference-Header-Content-Length bytes, then each input's
+ * binary_data_size bytes in request order), output selection. Requests are
+ * checked against the model before it runs: datatype, rank, fixed
+ * dimensions, the element count in checked 64-bit arithmetic, binary sizes,
+ * and every value finite. Answers: kserve_answer.c. ONNX Runtime's own messages (node
  * names, source paths) stay in the log; the client gets a plain reason.
  */
 #include "internal.h"
@@ -95,176 +98,166 @@ static int read_shape(const cJSON *shape, const sp_io_info *io, sp_tensor *t, si
     return 0;
 }
 
-/* Parse and check every input; 0, or an HTTP status with msg. */
-static int read_inputs(const cJSON *inputs, const sp_io_info *ins, int ni, sp_tensor *tin, char *msg, size_t msz)
+/* One request input's values: binary (bin, nbin bytes: raw little-endian
+ * FP32) or the JSON "data" array. 0 or a message. */
+static int input_values(const cJSON *in, const sp_io_info *io, sp_tensor *t, size_t n, const char *bin,
+                        size_t nbin, char *msg, size_t msz)
 {
-    if (!cJSON_IsArray(inputs) || cJSON_GetArraySize(inputs) != ni) {
+    if (!(t->data = malloc(n ? n * sizeof(float) : 1)))
+        return snprintf(msg, msz, "out of memory"), 503;
+    float *f = t->data;
+    if (bin) {
+        if (nbin != n * sizeof(float))
+            return snprintf(msg, msz, "input '%s': binary_data_size is %zu bytes, the shape holds %zu FP32 values",
+                            io->name, nbin, n), 400;
+        memcpy(f, bin, nbin);   /* the one copy (the body may be unaligned) */
+        for (size_t k = 0; k < n; k++)
+            if (!isfinite(f[k]))
+                return snprintf(msg, msz, "input '%s': values must be finite FP32 numbers", io->name), 400;
+        return 0;
+    }
+    const cJSON *data = cJSON_GetObjectItem(in, "data");
+    if (!cJSON_IsArray(data))
+        return snprintf(msg, msz, "input '%s': needs a \"data\" array or binary_data_size", io->name), 400;
+    int bad = 0, inf = 0;
+    size_t got = count_data(data, NULL, 0, 0, &bad, &inf);
+    if (bad || got != n)
+        return snprintf(msg, msz, "input '%s': shape holds %zu values, data has %zu%s", io->name, n, got,
+                        bad ? " (non-numbers)" : ""), 400;
+    if (inf)
+        return snprintf(msg, msz, "input '%s': values must be finite FP32 numbers", io->name), 400;
+    count_data(data, f, n, 0, &bad, &inf);
+    return 0;
+}
+
+/* "parameters": {key: ...} of a request object; NULL when absent. */
+static const cJSON *param(const cJSON *o, const char *key)
+{
+    return cJSON_GetObjectItem(cJSON_GetObjectItem(o, "parameters"), key);
+}
+
+/* Where each request input's binary data starts (request order, as the
+ * binary tensor extension appends them), -1 for JSON data; the total must
+ * be the bytes after the JSON header. */
+static int binary_offsets(const cJSON *inputs, size_t nbin, int64_t *off, size_t *size, char *msg, size_t msz)
+{
+    size_t pos = 0;
+    int p = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, inputs) {
+        const cJSON *b = param(e, "binary_data_size");
+        off[p] = -1;
+        size[p] = 0;
+        if (b) {
+            double v = cJSON_IsNumber(b) ? b->valuedouble : -1;
+            if (!(v >= 0 && v <= 1e15) || v != floor(v) || (size_t)v > nbin - pos)
+                return snprintf(msg, msz, "input %d: binary_data_size must be a byte count within the %zu binary "
+                                "bytes after the JSON header", p, nbin), 400;
+            off[p] = (int64_t)pos;
+            size[p] = (size_t)v;
+            pos += (size_t)v;
+        }
+        p++;
+    }
+    if (pos != nbin)
+        return snprintf(msg, msz, "the inputs' binary_data_size add up to %zu bytes, %zu follow the JSON header",
+                        pos, nbin), 400;
+    return 0;
+}
+
+/* Parse and check every input; 0, or an HTTP status with msg. */
+static int read_inputs(const cJSON *inputs, const char *bin, size_t nbin, const sp_io_info *ins, int ni,
+                       sp_tensor *tin, char *msg, size_t msz)
+{
+    if (!cJSON_IsArray(inputs) || cJSON_GetArraySize(inputs) != ni || ni > SP_MAX_RANK) {
         snprintf(msg, msz, "expected {\"inputs\": [...]} with %d input(s)", ni);
         return 400;
     }
-    for (int i = 0; i < ni && i < SP_MAX_RANK; i++) {
+    int64_t off[SP_MAX_RANK];
+    size_t size[SP_MAX_RANK];
+    int http = binary_offsets(inputs, nbin, off, size, msg, msz);
+    for (int i = 0; i < ni && !http; i++) {
         const cJSON *in = NULL, *e;
+        int p = 0, at = -1;
         cJSON_ArrayForEach(e, inputs) {
             const char *nm = cJSON_GetStringValue(cJSON_GetObjectItem(e, "name"));
             if (nm && !strcmp(nm, ins[i].name))
-                in = e;
+                in = e, at = p;
+            p++;
         }
         if (!in)
             return snprintf(msg, msz, "input '%s' missing", ins[i].name), 400;
         const char *dt = cJSON_GetStringValue(cJSON_GetObjectItem(in, "datatype"));
         if (!dt || strcmp(dt, "FP32"))
             return snprintf(msg, msz, "input '%s': datatype must be FP32", ins[i].name), 400;
-        const cJSON *shape = cJSON_GetObjectItem(in, "shape"), *data = cJSON_GetObjectItem(in, "data");
-        if (!cJSON_IsArray(shape) || !cJSON_IsArray(data))
-            return snprintf(msg, msz, "input '%s': needs \"shape\" and \"data\" arrays", ins[i].name), 400;
+        const cJSON *shape = cJSON_GetObjectItem(in, "shape");
+        if (!cJSON_IsArray(shape))
+            return snprintf(msg, msz, "input '%s': needs a \"shape\" array", ins[i].name), 400;
         size_t n;
         if (read_shape(shape, &ins[i], &tin[i], &n, msg, msz))
             return 400;
-        int bad = 0, inf = 0;
-        size_t got = count_data(data, NULL, 0, 0, &bad, &inf);
-        if (bad || got != n)
-            return snprintf(msg, msz, "input '%s': shape holds %zu values, data has %zu%s", ins[i].name, n, got,
-                            bad ? " (non-numbers)" : ""), 400;
-        if (inf)
-            return snprintf(msg, msz, "input '%s': values must be finite FP32 numbers", ins[i].name), 400;
-        if (!(tin[i].data = malloc(n * sizeof(float))))
-            return snprintf(msg, msz, "out of memory"), 503;
-        count_data(data, tin[i].data, n, 0, &bad, &inf);
+        http = input_values(in, &ins[i], &tin[i], n, off[at] >= 0 ? bin + off[at] : NULL, size[at], msg, msz);
+    }
+    return http;
+}
+
+/* The requested outputs ("outputs": [{"name", "parameters": {"binary_data",
+ * "classification"}}]; none: every output, binary when the request's
+ * parameters say binary_data_output). 0 or an HTTP status with msg. */
+static int read_outputs(const cJSON *body, const sp_io_info *outs, int no, sp_kserve_req *q, char *msg, size_t msz)
+{
+    const cJSON *want = cJSON_GetObjectItem(body, "outputs"), *e;
+    const cJSON *all = param(body, "binary_data_output");
+    int bin_all = cJSON_IsTrue(all);
+    q->n = 0;
+    if (!want) {
+        for (int k = 0; k < no && k < SP_MAX_RANK; k++)
+            q->sel[q->n++] = (sp_kserve_out){k, bin_all, 0};
+        return 0;
+    }
+    if (!cJSON_IsArray(want) || cJSON_GetArraySize(want) < 1 || cJSON_GetArraySize(want) > SP_MAX_RANK)
+        return snprintf(msg, msz, "\"outputs\" must list 1 to %d of the model's outputs", no), 400;
+    cJSON_ArrayForEach(e, want) {
+        const char *nm = cJSON_GetStringValue(cJSON_GetObjectItem(e, "name"));
+        int k = 0;
+        while (nm && k < no && strcmp(outs[k].name, nm))
+            k++;
+        if (!nm || k == no || k >= SP_MAX_RANK)
+            return snprintf(msg, msz, "unknown output '%.64s'", nm ? nm : "(no name)"), 400;
+        for (int i = 0; i < q->n; i++)
+            if (q->sel[i].index == k)
+                return snprintf(msg, msz, "output '%.64s' asked twice", nm), 400;
+        const cJSON *b = param(e, "binary_data"), *c = param(e, "classification");
+        double cls = c ? (cJSON_IsNumber(c) ? c->valuedouble : -1) : 0;
+        if (!(cls >= 0 && cls <= 100000) || cls != floor(cls))
+            return snprintf(msg, msz, "output '%.64s': classification must be a count of classes", nm), 400;
+        q->sel[q->n++] = (sp_kserve_out){k, b ? cJSON_IsTrue(b) : bin_all, (int)cls};
     }
     return 0;
 }
 
-/* The answer, written as libmicrohttpd sends it: a JSON head per output,
- * then its values formatted a chunk at a time from the tensor, so a 62 MB
- * tensor is never held again as 200 MB of text. */
-typedef struct answer {
-    char *heads[SP_MAX_RANK];     /* '{"name": ..., "data": [' per output; [0] has the preamble */
-    sp_tensor t[SP_MAX_RANK];
-    int n, k;                     /* outputs, the one being written */
-    size_t q, count;              /* next value of output k (count: its values; -1 while in the head) */
-    char pend[64];                /* one formatted value */
-    const char *pp;               /* text made and not yet sent (into heads or pend) */
-    size_t plen;
-    int done;
-} answer;
-
-static void answer_free(void *cls)
+int sp_kserve_parse(const char *text, size_t len, size_t header_len, const sp_io_info *ins, int ni,
+                    const sp_io_info *outs, int no, sp_tensor *tin, sp_kserve_req *q, char *msg, size_t msz)
 {
-    answer *a = cls;
-    for (int k = 0; k < SP_MAX_RANK; k++) {
-        free(a->heads[k]);
-        sp_tensor_free_data(&a->t[k]);
+    size_t jl = header_len ? header_len : len;
+    if (jl > len)
+        return snprintf(msg, msz, "Inference-Header-Content-Length is past the body's %zu bytes", len), 400;
+    const char *end = NULL;
+    cJSON *body = cJSON_ParseWithLengthOpts(text, jl, &end, 0);
+    while (body && end && end < text + jl && (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t'))
+        end++;
+    if (body && end != text + jl) {
+        cJSON_Delete(body);
+        return snprintf(msg, msz, "the %s has bytes after its JSON (binary tensors need "
+                        "Inference-Header-Content-Length)", header_len ? "inference header" : "body"), 400;
     }
-    free(a);
-}
-
-static size_t values_of(const sp_tensor *t)
-{
-    size_t n = 1;
-    for (int d = 0; d < t->rank; d++)
-        n *= (size_t)t->shape[d];
-    return n;
-}
-
-/* The next piece of text: a head, one value, or an output's end. */
-static const char *answer_next(answer *a, size_t *len)
-{
-    if (a->count == (size_t)-1) {
-        a->count = values_of(&a->t[a->k]);
-        a->q = 0;
-        *len = strlen(a->heads[a->k]);
-        return a->heads[a->k];
-    }
-    if (a->q < a->count) {   /* JSON has no NaN: null */
-        float v = ((const float *)a->t[a->k].data)[a->q];
-        int m = isfinite(v) ? snprintf(a->pend, sizeof a->pend, a->q ? ", %.9g" : "%.9g", (double)v)
-                            : snprintf(a->pend, sizeof a->pend, a->q ? ", null" : "null");
-        a->q++;
-        *len = (size_t)m;
-        return a->pend;
-    }
-    int last = ++a->k == a->n;
-    a->count = (size_t)-1;
-    a->done = last;
-    *len = last ? 5 : 4;
-    return last ? "]}]}\n" : "]}, ";
-}
-
-static ssize_t answer_write(void *cls, uint64_t pos, char *buf, size_t max)
-{
-    answer *a = cls;
-    size_t w = 0;
-    (void)pos;
-    while (w < max) {
-        if (!a->plen) {   /* nothing pending: the next piece (stable until the next call) */
-            if (a->done)
-                break;
-            a->pp = answer_next(a, &a->plen);
-        }
-        size_t m = a->plen < max - w ? a->plen : max - w;
-        memcpy(buf + w, a->pp, m);
-        a->pp += m;
-        a->plen -= m;
-        w += m;
-    }
-    if (!w && a->done)
-        return MHD_CONTENT_READER_END_OF_STREAM;
-    return (ssize_t)w;
-}
-
-static struct MHD_Response *outputs_answer(job *j, const char *id, const sp_io_info *outs, sp_tensor *tout,
-                                           int nout)
-{
-    answer *a = nout > 0 ? calloc(1, sizeof *a) : NULL;
-    if (!a)
-        return NULL;
-    for (int k = 0; k < nout; k++) {
-        sp_buf b = {0};
-        if (!k) {
-            sp_buf_puts(&b, "{\"model_name\": ");
-            sp_buf_json_str(&b, j->me->name);
-            if (id[0]) {   /* the request's id, echoed */
-                sp_buf_puts(&b, ", \"id\": ");
-                sp_buf_json_str(&b, id);
-            }
-            sp_buf_printf(&b, ", \"model_version\": \"1\", \"parameters\": {\"queue_wait_seconds\": %.6f, "
-                              "\"processing_seconds\": %.6f}, \"outputs\": [",
-                          j->t_start - j->t_enq, j->t_end - j->t_start);
-        }
-        sp_buf_puts(&b, "{\"name\": ");
-        sp_buf_json_str(&b, outs[k].name);
-        sp_buf_puts(&b, ", \"datatype\": \"FP32\", \"shape\": [");
-        for (int d = 0; d < tout[k].rank; d++)
-            sp_buf_printf(&b, "%s%lld", d ? ", " : "", (long long)tout[k].shape[d]);
-        sp_buf_puts(&b, "], \"data\": [");
-        a->heads[k] = sp_buf_take(&b);
-        a->t[k] = tout[k];   /* the answer owns the tensors now */
-        memset(&tout[k], 0, sizeof tout[k]);
-    }
-    a->n = nout;
-    a->count = (size_t)-1;   /* start with the first head */
-    for (int k = 0; k < nout; k++)
-        if (!a->heads[k]) {
-            answer_free(a);
-            return NULL;
-        }
-    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 64 << 10, answer_write, a,
-                                                               answer_free);
-    if (!r)
-        answer_free(a);
-    return r;
-}
-
-int sp_kserve_parse(const char *text, size_t len, const sp_io_info *ins, int ni, sp_tensor *tin, char *id,
-                    size_t idsz, char *msg, size_t msz)
-{
-    cJSON *body = cJSON_ParseWithLength(text, len);
     if (!body)
-        return snprintf(msg, msz, "the body is not valid JSON"), 400;
+        return snprintf(msg, msz, "the %s is not valid JSON", header_len ? "inference header" : "body"), 400;
     const cJSON *rid = cJSON_GetObjectItem(body, "id");
-    if (id && idsz)
-        snprintf(id, idsz, "%s", cJSON_IsString(rid) ? rid->valuestring : "");
-    int http = read_inputs(cJSON_GetObjectItem(body, "inputs"), ins, ni, tin, msg, msz);
+    snprintf(q->id, sizeof q->id, "%s", cJSON_IsString(rid) ? rid->valuestring : "");
+    int http = read_inputs(cJSON_GetObjectItem(body, "inputs"), text + jl, len - jl, ins, ni, tin, msg, msz);
+    if (!http)
+        http = read_outputs(body, outs, no, q, msg, msz);
     cJSON_Delete(body);
     return http;
 }
@@ -280,8 +273,10 @@ void sp_kserve_infer(server *s, job *j)
     memset(tout, 0, sizeof tout);
     int nout = no < SP_MAX_RANK ? no : SP_MAX_RANK;
     char msg[256] = "";
-    char id[128];
-    j->http = sp_kserve_parse(j->body, j->len, ins, ni, tin, id, sizeof id, msg, sizeof msg);
+    sp_kserve_req q;
+    double t0 = sp_now();
+    j->http = sp_kserve_parse(j->body, j->len, j->header_len, ins, ni, outs, nout, tin, &q, msg, sizeof msg);
+    double t1 = sp_now();
     if (!j->http) {
         sp_status st = sp_model_run(m, tin, ni, tout, nout);
         if (st) {
@@ -291,10 +286,11 @@ void sp_kserve_infer(server *s, job *j)
                      j->http == 503 ? "out of memory" : "the model did not accept it");
         } else {
             j->t_end = sp_now();
-            j->response = outputs_answer(j, id, outs, tout, nout);
+            j->response = sp_kserve_answer(j, &q, outs, tout);
             j->http = j->response ? 200 : 503;
         }
     }
+    j->t_input = t1 - t0;
     if (j->http != 200)
         j->resp = sp_error_body(1, j->http, msg[0] ? msg : "out of memory");
     for (int i = 0; i < SP_MAX_RANK; i++) {

@@ -8,11 +8,12 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 const char *const sp_ep_names[EP_N] = {"health_live", "health_ready", "server_metadata", "model_metadata",
                                        "model_ready", "infer", "ct", "results", "status", "metrics",
-                                       "segment_batch", "jobs", "other"};
+                                       "segment_batch", "jobs", "other", "model_stats", "repository"};
 
 void sp_record(server *s, int ep, double secs, int ok)
 {
@@ -138,5 +139,98 @@ char *sp_metrics_text(server *s)
                       sp_ep_names[e], q[0], sp_ep_names[e], q[1], sp_ep_names[e], q[2]);
     }
     pthread_mutex_unlock(&s->mu);
+    return sp_buf_take(&b);
+}
+
+static double wall_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void stat_add(sp_stat *st, double secs)
+{
+    st->count++;
+    st->ns += secs > 0 ? (uint64_t)(secs * 1e9) : 0;
+}
+
+void sp_stats_record(model_entry *me, job *const *batch, int nb, double t_done)
+{
+    model_stats *st = &me->st;
+    int ran = 0;
+    for (int i = 0; i < nb; i++) {
+        const job *j = batch[i];
+        stat_add(j->http == 200 ? &st->success : &st->fail, t_done - j->t_enq);
+        if (!j->t_start)
+            continue;   /* cancelled while queued */
+        ran = 1;
+        double end = j->t_end ? j->t_end : t_done;
+        stat_add(&st->queue, j->t_start - j->t_enq);
+        stat_add(&st->input, j->t_input);
+        stat_add(&st->infer, end - j->t_start - j->t_input);
+        stat_add(&st->output, t_done - end);
+        st->inferences++;
+    }
+    if (ran) {
+        st->executions++;
+        st->last = wall_now();
+    }
+}
+
+static void stat_json(sp_buf *b, const char *name, const sp_stat *st, int comma)
+{
+    sp_buf_printf(b, "%s\"%s\": {\"count\": %llu, \"ns\": %llu}", comma ? ", " : "", name,
+                  (unsigned long long)st->count, (unsigned long long)st->ns);
+}
+
+char *sp_stats_json(server *s, const model_entry *only)
+{
+    sp_buf b = {0};
+    sp_buf_puts(&b, "{\"model_stats\": [");
+    pthread_mutex_lock(&s->mu);
+    int n = 0;
+    for (int i = 0; i < s->n_models; i++) {
+        const model_entry *me = &s->models[i];
+        if (only && me != only)
+            continue;
+        const model_stats *st = &me->st;
+        sp_buf_puts(&b, n++ ? ", {\"name\": " : "{\"name\": ");
+        sp_buf_json_str(&b, me->name);
+        sp_buf_printf(&b, ", \"version\": \"1\", \"last_inference\": %llu, \"inference_count\": %llu, "
+                          "\"execution_count\": %llu, \"inference_stats\": {",
+                      (unsigned long long)(st->last * 1000), (unsigned long long)st->inferences,
+                      (unsigned long long)st->executions);
+        stat_json(&b, "success", &st->success, 0);
+        stat_json(&b, "fail", &st->fail, 1);
+        stat_json(&b, "queue", &st->queue, 1);
+        stat_json(&b, "compute_input", &st->input, 1);
+        stat_json(&b, "compute_infer", &st->infer, 1);
+        stat_json(&b, "compute_output", &st->output, 1);
+        sp_buf_puts(&b, "}}");
+    }
+    pthread_mutex_unlock(&s->mu);
+    sp_buf_puts(&b, "]}\n");
+    return sp_buf_take(&b);
+}
+
+char *sp_repository_index(server *s)
+{
+    sp_buf b = {0};
+    sp_buf_puts(&b, "[");
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < s->n_models; i++) {
+        const model_entry *me = &s->models[i];
+        sp_buf_puts(&b, i ? ", {\"name\": " : "{\"name\": ");
+        sp_buf_json_str(&b, me->name);
+        sp_buf_printf(&b, ", \"version\": \"1\", \"state\": \"%s\"", me->ready ? "READY" : "UNAVAILABLE");
+        if (!me->ready && me->error[0]) {
+            sp_buf_puts(&b, ", \"reason\": ");
+            sp_buf_json_str(&b, me->error);
+        }
+        sp_buf_puts(&b, "}");
+    }
+    pthread_mutex_unlock(&s->mu);
+    sp_buf_puts(&b, "]\n");
     return sp_buf_take(&b);
 }

@@ -23,8 +23,11 @@ int sp_route_ep(const char *url)
     if (!strcmp(url, "/metrics")) return EP_METRICS;
     if (!strncmp(url, "/v1/results/", 12)) return EP_RESULT;
     if (!strcmp(url, "/v1/jobs") || !strncmp(url, "/v1/jobs/", 9)) return EP_JOBS;
+    if (!strcmp(url, "/v2/repository/index") || !strncmp(url, "/v2/repository/models/", 22)) return EP_REPO;
+    if (!strcmp(url, "/v2/models/stats")) return EP_STATS;
     if (!strncmp(url, "/v2/models/", 11)) {
         size_t n = strlen(url);
+        if (n > 6 && !strcmp(url + n - 6, "/stats")) return EP_STATS;
         if (n > 6 && !strcmp(url + n - 6, "/infer")) return EP_INFER;
         if (n > 6 && !strcmp(url + n - 6, "/ready")) return EP_MODEL_READY;
         return EP_MODEL;
@@ -85,7 +88,7 @@ static enum MHD_Result answer_sync(server *s, struct MHD_Connection *c, req *r, 
     if (stream) {   /* a large answer written as it is sent */
         pthread_mutex_unlock(&s->mu);
         *ok = 1;
-        return sp_http_send(c, http, stream, "application/json", 0);
+        return sp_http_send(c, http, stream, j->resp_ctype ? j->resp_ctype : "application/json", 0);
     }
     char *body = j->state == JOB_DONE ? j->resp : NULL;
     size_t len = j->resp_len;
@@ -358,12 +361,71 @@ static enum MHD_Result kserve(server *s, struct MHD_Connection *c, const char *u
     if (!me->ready)
         return sp_http_error(c, 503, "the model is not ready", 5);
     const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
-    if (ct && strncmp(ct, "application/json", 16))
-        return sp_http_error(c, 415, "the infer endpoint takes application/json (KServe v2 tensors)", 0);
+    const char *hl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Inference-Header-Content-Length");
+    size_t header_len = 0;
+    if (hl) {   /* binary tensor extension: a JSON header, then the tensors' bytes */
+        char *e;
+        unsigned long long v = strtoull(hl, &e, 10);
+        if (!*hl || *e || hl[0] == '-' || v == 0 || v > r->len)
+            return sp_http_error(c, 400, "Inference-Header-Content-Length must be the JSON header's byte count, "
+                                 "within the body", 0);
+        header_len = (size_t)v;
+    }
+    if (ct && strncmp(ct, "application/json", 16) && !(hl && !strncmp(ct, "application/octet-stream", 24)))
+        return sp_http_error(c, 415, "the infer endpoint takes application/json (KServe v2 tensors), or "
+                             "application/octet-stream with Inference-Header-Content-Length (binary tensors)", 0);
     job *j = sp_job_new(s, r, EP_INFER, me);
     if (!j)
         return sp_http_error(c, 503, "out of memory", 2);
+    j->header_len = header_len;
     return submit_sync(s, c, r, j, ok);
+}
+
+/* Model repository extension: POST /v2/repository/index, and
+ * /v2/repository/models/NAME/unload (the model answers 503 UNAVAILABLE and
+ * leaves the index READY list) and /load (serves again). Models are loaded
+ * at start-up (--model) and stay in memory; load/unload switch serving. */
+static enum MHD_Result repository(server *s, struct MHD_Connection *c, const char *url, const char *method,
+                                  int *ok)
+{
+    if (strcmp(method, "POST"))
+        return not_allowed(c, "POST");
+    *ok = 1;
+    if (!strcmp(url, "/v2/repository/index"))
+        return sp_http_json(c, 200, sp_repository_index(s));
+    const char *name = url + 22, *end = strchr(name, '/');
+    model_entry *me = end ? sp_find_model(s, name, (size_t)(end - name)) : NULL;
+    int load = end && !strcmp(end, "/load"), unload = end && !strcmp(end, "/unload");
+    if (!me || !(load || unload)) {
+        *ok = 0;
+        return sp_http_error(c, 404, me ? "unknown path (load or unload)" : "unknown model", 0);
+    }
+    pthread_mutex_lock(&s->mu);
+    if (load && me->error[0] && !me->pk) {
+        pthread_mutex_unlock(&s->mu);
+        *ok = 0;
+        return sp_http_error(c, 400, "the model failed to load at start-up; see the index's reason", 0);
+    }
+    me->ready = load;
+    pthread_mutex_unlock(&s->mu);
+    return sp_http_json(c, 200, strdup("{}\n"));
+}
+
+/* GET /v2/models/stats, /v2/models/NAME[/versions/1]/stats */
+static enum MHD_Result stats(server *s, struct MHD_Connection *c, const char *url, const char *method, int *ok)
+{
+    if (strcmp(method, "GET") && strcmp(method, "HEAD"))
+        return not_allowed(c, "GET");
+    const model_entry *me = NULL;
+    if (strcmp(url, "/v2/models/stats")) {
+        const char *name = url + 11, *end = strchr(name, '/');
+        if (!end || !(me = sp_find_model(s, name, (size_t)(end - name))))
+            return sp_http_error(c, 404, "unknown model", 0);
+        if (strcmp(end, "/stats") && strcmp(end, "/versions/1/stats"))
+            return sp_http_error(c, 404, "unknown path", 0);
+    }
+    *ok = 1;
+    return sp_http_json(c, 200, sp_stats_json(s, me));
 }
 
 /* -------------------------------------------------------------- dispatch */
@@ -380,7 +442,8 @@ static enum MHD_Result simple(server *s, struct MHD_Connection *c, int ep, int *
     case EP_META: {
         char *j = malloc(256);
         if (j)
-            snprintf(j, 256, "{\"name\": \"segpipe\", \"version\": \"%s\", \"extensions\": [\"segpipe_ct\", "
+            snprintf(j, 256, "{\"name\": \"segpipe\", \"version\": \"%s\", \"extensions\": [\"binary_tensor_data\", "
+                             "\"classification\", \"statistics\", \"model_repository\", \"segpipe_ct\", "
                              "\"segpipe_jobs\"]}\n", SP_VERSION_STRING);
         *ok = 1;
         return sp_http_json(c, 200, j);
@@ -422,6 +485,10 @@ enum MHD_Result sp_handle(server *s, struct MHD_Connection *c, const char *url, 
         return jobs(s, c, url, method, r, ok);
     case EP_MODEL: case EP_MODEL_READY: case EP_INFER:
         return kserve(s, c, url, method, r, ok);
+    case EP_STATS:
+        return stats(s, c, url, method, ok);
+    case EP_REPO:
+        return repository(s, c, url, method, ok);
     case EP_CT:
         return post_work(s, c, r, method, "ct", ok);
     case EP_SEGMENT:

@@ -522,6 +522,7 @@ void *sp_worker_main(void *arg)
             run_jobs(s, batch, nb);
             s->running--;
         }
+        sp_stats_record(me, batch, nb, sp_now());
         struct MHD_Connection *wake[64 + MAX_WATCHERS];
         int nw = 0;
         for (int k = 0; k < nb; k++) {

@@ -47,10 +47,12 @@ d += struct.pack("<3f", 1, 1, 1) + bytes([1, 1, 1, 0, 0])
 open(sys.argv[1] + "/ok", "wb").write(d + bytes(range(256)) * 4)
 PY
     ;;
-  fuzz_kserve)
-    printf '{"inputs": [{"name": "input", "shape": [1, 1, 8, 8, 8], "datatype": "FP32", "data": [%s0]}]}' \
+  fuzz_kserve)   # a first byte of 0: JSON mode, one input (fuzz_kserve.c)
+    printf '\000{"inputs": [{"name": "input", "shape": [1, 1, 8, 8, 8], "datatype": "FP32", "data": [%s0]}]}' \
       "$(printf '1.5, %.0s' $(seq 511))" > "$c/ok"
-    printf '{"inputs": [{"name": "input", "shape": [1, 1, 8, 8, 8], "datatype": "FP32", "data": [[1e999]]}]}' > "$c/inf" ;;
+    printf '\000{"inputs": [{"name": "input", "shape": [1, 1, 8, 8, 8], "datatype": "FP32", "data": [[1e999]]}]}' > "$c/inf"
+    # binary: a 128-byte header (first byte 0202 = 32 << 2 | 2), then 2048 bytes of one tensor
+    { printf '\202'; printf '%-128s' '{"inputs": [{"name": "input", "shape": [1, 1, 8, 8, 8], "datatype": "FP32", "parameters": {"binary_data_size": 2048}}]}'; head -c 2048 /dev/zero; } > "$c/bin" ;;
   esac
   echo "$c"
 }
