@@ -461,6 +461,40 @@ sp_status sp_mask_png(const sp_mask *m, int width, int height, void **png, size_
  * receive each selected mask's PNG (NULL for the others); caller frees each. */
 sp_status sp_masks_encode(const sp_masks_result *r, const char *only, char **json, void **pngs, size_t *png_sizes);
 
+/* -------------------------------------------------------- classification */
+
+typedef struct sp_classify_params {
+    int top_k;                /* labels to keep, best first (default 5; 0 = all) */
+    int threads;              /* preprocessing threads; 0 = cores */
+} sp_classify_params;
+sp_classify_params sp_classify_default_params(void);
+
+typedef struct sp_class_score {
+    int index;
+    const char *label;        /* owned by the package */
+    double prob;
+} sp_class_score;
+
+typedef struct sp_classify_result {
+    int n_classes;
+    double *probs;            /* n_classes probabilities: softmax of logits, sigmoid
+                                 (multi-label models), or the model's own */
+    int k;
+    sp_class_score *top;      /* the k best, highest first (ties: lower index first) */
+} sp_classify_result;
+
+/* Classify n photos with a "classify" package: crop/resize/normalise per the
+ * manifest, one inference per batch (chunks of the model's fixed batch
+ * size), probabilities and the top K. results[i] (caller frees each with
+ * sp_classify_result_free, and the array with free) belong to imgs[i].
+ * Stage times ("preprocess", "inference", "postprocess") are added to t
+ * (may be NULL). */
+sp_status sp_classify_run(sp_package *pk, sp_image *const *imgs, int n, const sp_classify_params *p,
+                          sp_classify_result ***results, sp_timings *t);
+void sp_classify_result_free(sp_classify_result *r);
+/* {"top": [{"label", "index", "probability"}, ...]} (caller frees). */
+char *sp_classify_json(const sp_classify_result *r);
+
 /* ------------------------------------------------------------------ video */
 
 typedef struct sp_video sp_video;

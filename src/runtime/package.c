@@ -177,13 +177,14 @@ static sp_status parse_ct(const cJSON *j, const cJSON *in, const char *file, sp_
 }
 
 /* Photo mask models: input size, preprocessing, output form. */
-static sp_status parse_masks(const cJSON *j, const cJSON *in, const cJSON *outp, const char *file,
-                             sp_manifest *mf)
+/* A photo model's input: 3 channels, optional fixed size, pixel scale,
+ * mean and std (masks and classify models). */
+static sp_status parse_pixels(const cJSON *in, const cJSON *pp, const char *file, sp_manifest *mf)
 {
     sp_status st;
     mf->channels = (int)num_or(in, "channels", 3);
     if (mf->channels != 3)
-        return sp_fail(SP_ERR_MODEL, "%s: input.channels must be 3 (RGB) for a masks model", file);
+        return sp_fail(SP_ERR_MODEL, "%s: input.channels must be 3 (RGB) for a photo model", file);
     if (cJSON_GetObjectItemCaseSensitive(in, "size")) {
         double hw[2];
         if ((st = num_array(in, "size", hw, 2, file, 1)))
@@ -191,12 +192,6 @@ static sp_status parse_masks(const cJSON *j, const cJSON *in, const cJSON *outp,
         mf->in_h = (int)hw[0];
         mf->in_w = (int)hw[1];
     }
-    const cJSON *pp = cJSON_GetObjectItemCaseSensitive(j, "preprocess");
-    const char *rs = str_or(pp, "resize", "letterbox");
-    if (strcmp(rs, "letterbox") && strcmp(rs, "stretch"))
-        return sp_fail(SP_ERR_MODEL, "%s: preprocess.resize must be \"letterbox\" or \"stretch\"", file);
-    mf->letterbox = !strcmp(rs, "letterbox");
-    mf->long_side = (int)num_or(pp, "long_side", 768);
     mf->pix_scale = num_or(pp, "scale", 1.0 / 255.0);
     double one[3] = {1, 1, 1};
     memcpy(mf->mean, (double[3]){0, 0, 0}, sizeof mf->mean);
@@ -205,6 +200,21 @@ static sp_status parse_masks(const cJSON *j, const cJSON *in, const cJSON *outp,
         return st;
     if (cJSON_GetObjectItemCaseSensitive(pp, "std") && (st = num_array(pp, "std", mf->std, 3, file, 1)))
         return st;
+    return SP_OK;
+}
+
+static sp_status parse_masks(const cJSON *j, const cJSON *in, const cJSON *outp, const char *file,
+                             sp_manifest *mf)
+{
+    const cJSON *pp = cJSON_GetObjectItemCaseSensitive(j, "preprocess");
+    sp_status st = parse_pixels(in, pp, file, mf);
+    if (st)
+        return st;
+    const char *rs = str_or(pp, "resize", "letterbox");
+    if (strcmp(rs, "letterbox") && strcmp(rs, "stretch"))
+        return sp_fail(SP_ERR_MODEL, "%s: preprocess.resize must be \"letterbox\" or \"stretch\"", file);
+    mf->letterbox = !strcmp(rs, "letterbox");
+    mf->long_side = (int)num_or(pp, "long_side", 768);
     if (mf->long_side < 16 || mf->long_side > 8192)
         return sp_fail(SP_ERR_MODEL, "%s: preprocess.long_side must be 16..8192", file);
     const char *kind = str_or(outp, "kind", "logits");
@@ -215,6 +225,37 @@ static sp_status parse_masks(const cJSON *j, const cJSON *in, const cJSON *outp,
     mf->threshold = num_or(outp, "threshold", 0.5);
     snprintf(mf->class_output, sizeof mf->class_output, "%s", str_or(outp, "class_output", "class_queries_logits"));
     snprintf(mf->mask_output, sizeof mf->mask_output, "%s", str_or(outp, "mask_output", "masks_queries_logits"));
+    return SP_OK;
+}
+
+/* task "classify": fixed input size, resize, normalisation, output kind */
+static sp_status parse_classify(const cJSON *j, const cJSON *in, const cJSON *outp, const char *file,
+                                sp_manifest *mf)
+{
+    const cJSON *pp = cJSON_GetObjectItemCaseSensitive(j, "preprocess");
+    sp_status st = parse_pixels(in, pp, file, mf);
+    if (st)
+        return st;
+    const char *rs = str_or(pp, "resize", "crop");
+    if (strcmp(rs, "crop") && strcmp(rs, "stretch") && strcmp(rs, "letterbox"))
+        return sp_fail(SP_ERR_MODEL, "%s: preprocess.resize must be \"crop\", \"stretch\" or \"letterbox\"", file);
+    mf->crop = !strcmp(rs, "crop");
+    mf->crop_fraction = num_or(pp, "crop_fraction", 0.875);
+    if (!(mf->crop_fraction > 0.1 && mf->crop_fraction <= 1))
+        return sp_fail(SP_ERR_MODEL, "%s: preprocess.crop_fraction must be in (0.1, 1]", file);
+    const char *order = str_or(pp, "channel_order", "rgb");
+    if (strcmp(order, "rgb") && strcmp(order, "bgr"))
+        return sp_fail(SP_ERR_MODEL, "%s: preprocess.channel_order must be \"rgb\" or \"bgr\"", file);
+    mf->bgr = !strcmp(order, "bgr");
+    mf->letterbox = !strcmp(rs, "letterbox");
+    if (!mf->in_h)
+        return sp_fail(SP_ERR_MODEL, "%s: a classify model needs input.size [H, W]", file);
+    const char *kind = str_or(outp, "kind", "logits");
+    mf->out_kind = !strcmp(kind, "logits") ? SP_OUT_LOGITS : !strcmp(kind, "probability") ? SP_OUT_PROB
+                 : !strcmp(kind, "sigmoid") ? SP_OUT_SIGMOID : -1;
+    if (mf->out_kind < 0)
+        return sp_fail(SP_ERR_MODEL, "%s: output.kind must be \"logits\" (softmax), \"probability\" or "
+                       "\"sigmoid\" (multi-label)", file);
     return SP_OK;
 }
 
@@ -289,8 +330,10 @@ sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf)
         st = parse_ct(j, in, file, mf);
     else if (!strcmp(mf->task, "masks"))
         st = parse_masks(j, in, outp, file, mf);
+    else if (!strcmp(mf->task, "classify"))
+        st = parse_classify(j, in, outp, file, mf);
     else
-        st = sp_fail(SP_ERR_MODEL, "%s: unknown task \"%s\" (ct, masks)", file, mf->task);
+        st = sp_fail(SP_ERR_MODEL, "%s: unknown task \"%s\" (ct, masks, classify)", file, mf->task);
     if (st)
         goto out;
     const cJSON *lab = cJSON_GetObjectItemCaseSensitive(j, "labels");
@@ -388,10 +431,33 @@ static sp_status check_masks_model(const sp_manifest *mf, const sp_model *m, con
     return SP_OK;
 }
 
+static sp_status check_classify_model(const sp_manifest *mf, const sp_model *m, const char *dir)
+{
+    int ni, no;
+    const sp_io_info *in = sp_model_inputs(m, &ni), *out = sp_model_outputs(m, &no);
+    if (ni != 1 || no < 1)
+        return sp_fail(SP_ERR_MODEL, "%s: a classify model takes 1 input and has outputs (has %d, %d)", dir, ni, no);
+    const sp_tensor *ti = &in[0].meta;
+    if (ti->dtype != SP_DT_F32 || ti->rank != 4 || (ti->shape[1] > 0 && ti->shape[1] != 3))
+        return sp_fail(SP_ERR_MODEL, "%s: the ONNX input must be float32 [N, 3, H, W]", dir);
+    if ((ti->shape[2] > 0 && ti->shape[2] != mf->in_h) || (ti->shape[3] > 0 && ti->shape[3] != mf->in_w))
+        return sp_fail(SP_ERR_MODEL, "%s: input.size [%d, %d] differs from the ONNX input", dir, mf->in_h, mf->in_w);
+    int oi = mf->output_name[0] ? find_output(out, no, mf->output_name) : 0;
+    if (oi < 0)
+        return sp_fail(SP_ERR_MODEL, "%s: manifest output \"%s\" is not an ONNX output", dir, mf->output_name);
+    const sp_tensor *to = &out[oi].meta;
+    if (to->dtype != SP_DT_F32 || to->rank != 2 || (to->shape[1] > 0 && to->shape[1] != mf->num_classes))
+        return sp_fail(SP_ERR_MODEL, "%s: the classify output must be float32 [N, %d] (one score per label)", dir,
+                       mf->num_classes);
+    return SP_OK;
+}
+
 sp_status sp_manifest_check_model(const sp_manifest *mf, const sp_model *m, const char *dir)
 {
     if (!strcmp(mf->task, "masks"))
         return check_masks_model(mf, m, dir);
+    if (!strcmp(mf->task, "classify"))
+        return check_classify_model(mf, m, dir);
     int ni, no;
     const sp_io_info *in = sp_model_inputs(m, &ni), *out = sp_model_outputs(m, &no);
     if (ni != 1)

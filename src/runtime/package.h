@@ -13,7 +13,7 @@ typedef struct sp_norm {
 
 #define SP_MAX_MASKS 32
 #define SP_MAX_MASK_CLASSES 64
-enum { SP_OUT_LOGITS, SP_OUT_PROB, SP_OUT_M2F };
+enum { SP_OUT_LOGITS, SP_OUT_PROB, SP_OUT_M2F, SP_OUT_SIGMOID };
 
 typedef struct sp_manifest {
     int version;
@@ -29,6 +29,11 @@ typedef struct sp_manifest {
     /* task "masks" */
     int in_h, in_w;           /* fixed model input (0: dynamic) */
     int letterbox, long_side;
+    /* task "classify": resize "crop" (centre crop_fraction of the shorter
+     * side, as torchvision's Resize + CenterCrop), "stretch" or "letterbox" */
+    int crop;
+    double crop_fraction;
+    int bgr;                  /* channels in B, G, R order */
     double pix_scale, mean[3], std[3];
     int out_kind;
     double threshold;

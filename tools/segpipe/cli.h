@@ -8,6 +8,7 @@ int cli_fail(sp_status st, const char *ctx);
 int cli_usage_error(const char *cmd, const char *msg);
 int cmd_bench(int argc, char **argv);
 int cmd_masks(int argc, char **argv);
+int cmd_classify(int argc, char **argv);
 int cmd_video(int argc, char **argv);
 int cmd_bench_video(int argc, char **argv);
 /* mkdir -p; 0 when the folder exists afterwards */

@@ -720,6 +720,7 @@ static const command commands[] = {
     {"passport", cmd_passport, "measure every structure of a label map (any tool's)"},
     {"model", cmd_model, "model check DIR: validate a model package"},
     {"masks", cmd_masks, "photo masks: every requested mask from one inference per batch"},
+    {"classify", cmd_classify, "photo classification: top-K labels per photo, one inference per batch"},
     {"video", cmd_video, "video background replacement: RAM cache, batches, compositing workers"},
     {"serve", cmd_serve, "HTTP service: KServe v2, /v1/ct, status, metrics"},
     {"bench", cmd_bench, "benchmark the CT pipeline on cases; 'bench video' sweeps the video pipeline"},
