@@ -587,9 +587,11 @@ sp_status sp_package_warm_up(sp_package *pk)
 {
     const sp_manifest *mf = &pk->mf;
     sp_tensor ti;
-    if (!strcmp(mf->task, "masks")) {   /* one canvas-sized photo */
+    if (!strcmp(mf->task, "masks") || !strcmp(mf->task, "classify")) {   /* one canvas-sized photo */
         int hc = mf->in_h ? mf->in_h : (mf->long_side + 31) / 32 * 32, wc = mf->in_w ? mf->in_w : hc;
-        ti = (sp_tensor){SP_DT_F32, 4, {1, 3, hc, wc}, NULL};
+        int nin;
+        int64_t nb = sp_model_inputs(pk->model, &nin)[0].meta.shape[0];
+        ti = (sp_tensor){SP_DT_F32, 4, {nb > 0 ? nb : 1, 3, hc, wc}, NULL};
     } else {
         int ni;
         sp_dtype dt = sp_model_inputs(pk->model, &ni)[0].meta.dtype;   /* fp32, or fp16 packages */

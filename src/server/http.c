@@ -225,7 +225,7 @@ static size_t body_limit(server *s, int ep)
 {
     if (ep == EP_INFER)
         return s->p.max_json_body;
-    if (ep == EP_CT || ep == EP_SEGMENT || ep == EP_JOBS)
+    if (ep == EP_CT || ep == EP_SEGMENT || ep == EP_JOBS || ep == EP_CLASSIFY)
         return s->p.max_body;
     return 1 << 16;   /* nothing else takes a body */
 }

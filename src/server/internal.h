@@ -21,7 +21,7 @@
 #include <stdatomic.h>
 
 enum { EP_LIVE, EP_READY, EP_META, EP_MODEL, EP_MODEL_READY, EP_INFER, EP_CT, EP_RESULT,
-       EP_STATUS, EP_METRICS, EP_SEGMENT, EP_JOBS, EP_OTHER, EP_STATS, EP_REPO, EP_N };
+       EP_STATUS, EP_METRICS, EP_SEGMENT, EP_JOBS, EP_OTHER, EP_STATS, EP_REPO, EP_CLASSIFY, EP_N };
 extern const char *const sp_ep_names[EP_N];
 
 #define LAT_RING 2048

@@ -13,7 +13,7 @@
 
 const char *const sp_ep_names[EP_N] = {"health_live", "health_ready", "server_metadata", "model_metadata",
                                        "model_ready", "infer", "ct", "results", "status", "metrics",
-                                       "segment_batch", "jobs", "other", "model_stats", "repository"};
+                                       "segment_batch", "jobs", "other", "model_stats", "repository", "classify"};
 
 void sp_record(server *s, int ep, double secs, int ok)
 {

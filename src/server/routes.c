@@ -19,6 +19,7 @@ int sp_route_ep(const char *url)
     if (!strcmp(url, "/v2") || !strcmp(url, "/v2/")) return EP_META;
     if (!strcmp(url, "/v1/ct")) return EP_CT;
     if (!strcmp(url, "/v1/segment-batch")) return EP_SEGMENT;
+    if (!strcmp(url, "/v1/classify")) return EP_CLASSIFY;
     if (!strcmp(url, "/v1/status")) return EP_STATUS;
     if (!strcmp(url, "/metrics")) return EP_METRICS;
     if (!strncmp(url, "/v1/results/", 12)) return EP_RESULT;
@@ -188,7 +189,8 @@ static job *work_request(server *s, struct MHD_Connection *c, req *r, const char
     int code = me ? 0 : 404;
     if (me && want_task && strcmp(sp_package_task(me->pk), want_task)) {
         code = 422;
-        msg = !strcmp(want_task, "ct") ? "this model is not a CT model" : "this model is not a photo masks model";
+        msg = !strcmp(want_task, "ct") ? "this model is not a CT model"
+            : !strcmp(want_task, "classify") ? "this model is not a classify model" : "this model is not a photo masks model";
     }
     if (!code)
         code = check_work(s, c, r, me, &msg);
@@ -493,6 +495,8 @@ enum MHD_Result sp_handle(server *s, struct MHD_Connection *c, const char *url, 
         return post_work(s, c, r, method, "ct", ok);
     case EP_SEGMENT:
         return post_work(s, c, r, method, "masks", ok);
+    case EP_CLASSIFY:
+        return post_work(s, c, r, method, "classify", ok);
     default:
         return sp_http_error(c, 404, "unknown path", 0);
     }

@@ -355,6 +355,38 @@ static void seg_reply(void *vc, int64_t b, int64_t e, int w)
     }
 }
 
+/* /v1/classify: one inference for the batch's photos, an answer each */
+static void classify_batch(server *s, job **js, sp_image **imgs, int m)
+{
+    sp_classify_params cp = sp_classify_default_params();
+    cp.threads = s->p.threads;
+    sp_classify_result **res = NULL;
+    sp_status st = sp_classify_run(js[0]->me->pk, imgs, m, &cp, &res, NULL);
+    double t_end = sp_now();
+    for (int i = 0; i < m; i++) {
+        job *j = js[i];
+        if (st) {
+            fail_job(j, st == SP_ERR_USAGE ? SP_ERR_INPUT : st);
+            continue;
+        }
+        sp_buf bf = {0};
+        sp_buf_puts(&bf, "{\"model\": ");
+        sp_buf_json_str(&bf, j->me->name);
+        char *top = sp_classify_json(res[i]);
+        sp_buf_printf(&bf, ", \"width\": %d, \"height\": %d, \"orientation\": %d, \"batch_size\": %d, "
+                           "\"queue_wait_seconds\": %.6f, \"processing_seconds\": %.6f, %s\n",
+                      imgs[i]->out_width, imgs[i]->out_height, imgs[i]->orientation, m, j->t_start - j->t_enq,
+                      t_end - j->t_start, top ? top + 1 : "\"top\": []}");
+        free(top);
+        sp_classify_result_free(res[i]);
+        j->resp = bf.oom ? NULL : sp_buf_take(&bf);
+        sp_buf_free(&bf);
+        j->http = j->resp ? 200 : 503;
+        j->batch_size = m;
+    }
+    free(res);
+}
+
 static void run_segment_batch(server *s, job **js, int n)
 {
     sp_image *all[64], *imgs[64];
@@ -381,8 +413,10 @@ static void run_segment_batch(server *s, job **js, int n)
         }
         free(errs[i]);
     }
+    if (m && !strcmp(sp_package_task(js[0]->me->pk), "classify"))
+        classify_batch(s, ok, imgs, m);
     sp_pool *pool = sp_pool_get(s->p.threads);
-    if (m) {
+    if (m && strcmp(sp_package_task(js[0]->me->pk), "classify")) {
         sp_masks_params mp = sp_masks_default_params();
         mp.threads = s->p.threads;
         sp_masks_result **res = NULL;
