@@ -144,7 +144,7 @@ install: all
 	install -m 755 $(BUILD)/segpipe $(DESTDIR)$(PREFIX)/bin/
 	[ ! -f $(BUILD)/libsegpipe_cuda.so ] || install -m 755 $(BUILD)/libsegpipe_cuda.so $(DESTDIR)$(PREFIX)/lib/
 	install -d $(DESTDIR)$(PREFIX)/share/segpipe/models $(DESTDIR)$(PREFIX)/share/doc/segpipe
-	for m in demo-ct demo-rooms demo-matte; do \
+	for m in demo-ct demo-rooms demo-matte demo-shapes; do \
 	  install -d $(DESTDIR)$(PREFIX)/share/segpipe/models/$$m && \
 	  install -m 644 models/$$m/segpipe.json models/$$m/model.onnx $(DESTDIR)$(PREFIX)/share/segpipe/models/$$m/; \
 	  [ ! -f models/$$m/README.md ] || install -m 644 models/$$m/README.md $(DESTDIR)$(PREFIX)/share/segpipe/models/$$m/; \

@@ -18,7 +18,7 @@ to the host (segpipe's output). It is timed warm (model loaded, second run).
 segpipe is timed cold (`segpipe ct`, a fresh process) and warm (the same
 request to `segpipe serve`, third answer).
 """
-import functools, json, os, resource, subprocess, sys, tempfile, time, urllib.request
+import functools, json, os, resource, subprocess, sys, tempfile, time
 
 import numpy as np
 import torch
@@ -35,11 +35,7 @@ SEG = os.environ.get("SEGPIPE", os.path.join(root, "build", "segpipe"))
 SIZES = [(128, 128, 160), (170, 170, 500), (256, 256, 300)]
 
 
-def env():
-    e = dict(os.environ)
-    if os.environ.get("SEGPIPE_LD"):
-        e["LD_LIBRARY_PATH"] = os.environ["SEGPIPE_LD"]
-    return e
+env = nii.seg_env
 
 
 def synthetic_ct(shape, seed):
@@ -159,21 +155,8 @@ def run_segpipe_warm(vol_path, pkg, precision, port, options="", slots=1):
     e["SEGPIPE_GPU_SLOTS"] = str(slots)
     srv = subprocess.Popen([SEG, "serve", "--model", f"ct={pkg}", "--port", str(port), "--device", "cuda",
                             "--precision", precision], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=e)
-    url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                if urllib.request.urlopen(url + "/v2/health/ready", timeout=1).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
-        body = open(vol_path, "rb").read()
-        answers = []
-        for _ in range(3):
-            req = urllib.request.Request(url + "/v1/ct?model=ct", data=body,
-                                         headers={"Content-Type": "application/octet-stream"})
-            answers.append(json.load(urllib.request.urlopen(req, timeout=300)))
-        a = answers[-1]
+        a = nii.ct_requests(f"http://127.0.0.1:{port}", vol_path, 3, 300)[-1]
         return {"processing_seconds": a["processing_seconds"], "stages": a["seconds"]}
     except OSError as e:
         srv.terminate()

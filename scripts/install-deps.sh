@@ -26,7 +26,7 @@ pkgs=(
   build-essential pkg-config clang llvm libclang-rt-14-dev
   libdeflate-dev zlib1g-dev libcjson-dev libmicrohttpd-dev libjpeg62-turbo-dev libpng-dev libwebp-dev libheif-dev libheif-examples
   libavformat-dev libavcodec-dev libavutil-dev libswscale-dev ffmpeg
-  python3 python3-pip python3-venv python3-setuptools python3-wheel python3-numpy python3-scipy python3-nibabel python3-onnx python3-pydicom python3-torch python3-pil python-matplotlib-data
+  python3 python3-pip python3-venv python3-setuptools python3-wheel python3-numpy python3-scipy python3-nibabel python3-onnx python3-pydicom python3-torch python3-torchvision python3-pil python-matplotlib-data
   curl openssl
 )
 # npm fetches ONNX Runtime; the Debian package is only needed when no npm
@@ -50,20 +50,27 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# npm_fetch PKG SHA512 DIR: the package's tarball into DIR, checked against
+# its published sha512; prints the tarball's path
+npm_fetch() {
+  local pkg=$1 want=$2 dir=$3 tgz got
+  (cd "$dir" && npm pack --silent "$pkg" >/dev/null)
+  tgz=$(ls "$dir"/*.tgz)
+  got="sha512-$(openssl dgst -sha512 -binary "$tgz" | base64 -w0)"
+  if [ "$got" != "$want" ]; then
+    printf 'install-deps: checksum mismatch for %s\n  want %s\n  got  %s\n' "$pkg" "$want" "$got" >&2
+    return 1
+  fi
+  echo "$tgz"
+}
+
 # --- 3. (SP_CUDA=1) the CUDA provider plugin -------------------------------
 cuda_plugin() {
-  local dir=$1 pkg="com.github.asus4.onnxruntime.linux-x64-gpu@0.4.9" t tgz got
+  local dir=$1 pkg="com.github.asus4.onnxruntime.linux-x64-gpu@0.4.9" t tgz
   [ -f "$dir/libonnxruntime_providers_cuda.so" ] && return 0
   t=$(mktemp -d)
   echo "install-deps: fetching ONNX Runtime's CUDA provider plugin ($pkg, 180 MB) from npm"
-  (cd "$t" && npm pack --silent "$pkg" >/dev/null)
-  tgz=$(ls "$t"/*.tgz)
-  got="sha512-$(openssl dgst -sha512 -binary "$tgz" | base64 -w0)"
-  if [ "$got" != "$cuda_sha512" ]; then
-    echo "install-deps: checksum mismatch for $pkg" >&2
-    rm -rf "$t"
-    return 1
-  fi
+  tgz=$(npm_fetch "$pkg" "$cuda_sha512" "$t") || { rm -rf "$t"; return 1; }
   tar -xzf "$tgz" -C "$t" package/Plugins/Linux/x64/libonnxruntime_providers_cuda.so
   mv "$t/package/Plugins/Linux/x64/libonnxruntime_providers_cuda.so" "$dir/"
   rm -rf "$t"
@@ -102,15 +109,7 @@ want="sha512-BkzxduSZ9IkeDP6Q8lz2TFU2ie7hSSvS7ZIfzMooExoq0CNzJnuuGaUJ7IsojBgqO4o
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 echo "install-deps: fetching ONNX Runtime ($pkg) from npm"
-(cd "$tmp" && npm pack --silent "$pkg" >/dev/null)
-tgz=$(ls "$tmp"/*.tgz)
-got="sha512-$(openssl dgst -sha512 -binary "$tgz" | base64 -w0)"
-if [ "$got" != "$want" ]; then
-  echo "install-deps: checksum mismatch for $pkg" >&2
-  echo "  want $want" >&2
-  echo "  got  $got" >&2
-  exit 1
-fi
+tgz=$(npm_fetch "$pkg" "$want" "$tmp") || exit 1
 tar -xzf "$tgz" -C "$tmp" \
   package/Plugins/Linux/x64/libonnxruntime.so \
   package/Plugins/Linux/x64/libonnxruntime_providers_shared.so \

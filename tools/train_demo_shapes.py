@@ -5,20 +5,20 @@ rendered 64x64 pictures (random background colour, gradient and noise; one
 shape of random colour, size, position and rotation). A demonstration of the
 "classify" task, not a clinical tool.
 
-  tools/train_demo_shapes.py -o models/demo-shapes [--iters 2500] [--n 6000]
+  tools/train_demo_shapes.py -o models/demo-shapes --iters 2500 [--n 6000]
 
 Renders seeds 0..n-1 for training and 1,000,000.. for the validation table
 (accuracy per class in OUT/accuracy.json). The ONNX takes [N, 3, 64, 64]
 normalised as the manifest says ((pixel / 255 - 0.5) / 0.25), so segpipe's
 own preprocessing ("stretch" to 64 x 64) is the training's.
 """
-import argparse, json, math, os, sys, time
+import json, math, os, sys, time
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_util import export_onnx, render_dataset, write_log  # noqa: E402
+from train_util import export_onnx, setup, write_log  # noqa: E402
 
 LABELS = ["circle", "square", "triangle", "cross"]
 SIZE = 64
@@ -76,14 +76,7 @@ class Net(torch.nn.Module):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("-o", "--out", required=True)
-    ap.add_argument("--iters", type=int, default=2500)
-    ap.add_argument("--n", type=int, default=6000)
-    a = ap.parse_args()
-    torch.manual_seed(0)
-    t0 = time.time()
-    data = render_dataset(sample, a.n)
+    a, _, t0, data = setup(sample, n_val=0)   # -o OUT, --iters, --n; seed 0
     X = torch.tensor(np.stack([d[0] for d in data]))
     Y = torch.tensor([d[1] for d in data])
     net = Net()

@@ -8,6 +8,7 @@ and out, no re-implementation.
     r.seconds           # per-stage seconds
     p = segpipe.passport(ct_array, labels, affine=aff)
     m = segpipe.masks(rgb_array, model="models/demo-rooms")  # {name: bool array}
+    c = segpipe.classify("photo.jpg", top=3)       # [(label, probability), ...]
 
 Models are loaded once per (path, device, precision, threads) and reused by
 later calls (segpipe.Model holds one explicitly). Errors raise
@@ -24,7 +25,7 @@ import numpy as np
 
 from . import _lib
 
-__all__ = ["Error", "Model", "CtResult", "ct", "passport", "masks", "version"]
+__all__ = ["Error", "Model", "CtResult", "ct", "passport", "masks", "classify", "version"]
 __version__ = "0.1.0"
 
 _L = None
@@ -167,22 +168,54 @@ class Model:
         finally:
             L.sp_ct_result_free(res)
 
+    def _image(self, image):
+        """an sp_image from a path or an H x W x 3 uint8 RGB array (caller frees)"""
+        L = lib()
+        img = C.c_void_p()
+        if isinstance(image, (str, os.PathLike)):
+            _check(L.sp_image_read(os.fsencode(image), None, C.byref(img)))
+            return img
+        a = np.ascontiguousarray(image, dtype=np.uint8)
+        if a.ndim != 3 or a.shape[2] != 3:
+            raise ValueError(f"a photo is H x W x 3 (RGB), got shape {a.shape}")
+        _check(L.sp_image_from_rgb(a.ctypes.data_as(C.POINTER(C.c_uint8)), a.shape[1], a.shape[0], C.byref(img)))
+        return img
+
+    def classify(self, image, top=5):
+        """Top labels of one photo (path or H x W x 3 uint8 RGB array):
+        [(label, probability), ...] best first; .probabilities on the
+        result has every label's, .seconds the stages'."""
+        if self.task != "classify":
+            raise Error(1, f"this model is a '{self.task}' model, not a classify model")
+        L = lib()
+        img = self._image(image)
+        try:
+            p = L.sp_classify_default_params()
+            p.top_k, p.threads = top, self.threads
+            imgs = (C.c_void_p * 1)(img)
+            out = C.POINTER(C.POINTER(_lib.ClassifyResult))()
+            t = _lib.Timings()
+            _check(L.sp_classify_run(self._pk, imgs, 1, C.byref(p), C.byref(out), C.byref(t)))
+        finally:
+            L.sp_image_free(img)
+        r = out[0]
+        try:
+            c = r.contents
+            res = ClassifyResult((c.top[i].label.decode(), c.top[i].prob) for i in range(c.k))
+            res.probabilities = {self.labels[i]: c.probs[i] for i in range(c.n_classes)}
+            res.seconds = _timings(C.pointer(t))
+            return res
+        finally:
+            L.sp_classify_result_free(r)
+            _lib.libc.free(out)
+
     def masks(self, image, masks=None, long_side=0):
         """Masks of one photo (path, or an H x W x 3 uint8 RGB array):
         {name: bool array H x W}, with .areas and .seconds on the result."""
         if self.task != "masks":
             raise Error(1, f"this model is a '{self.task}' model, not a photo-masks model")
         L = lib()
-        img = C.c_void_p()
-        if isinstance(image, (str, os.PathLike)):
-            _check(L.sp_image_read(os.fsencode(image), None, C.byref(img)))
-        else:
-            a = np.ascontiguousarray(image, dtype=np.uint8)
-            if a.ndim != 3 or a.shape[2] != 3:
-                L.sp_image_free(img)
-                raise ValueError(f"a photo is H x W x 3 (RGB), got shape {a.shape}")
-            _check(L.sp_image_from_rgb(a.ctypes.data_as(C.POINTER(C.c_uint8)), a.shape[1], a.shape[0],
-                                       C.byref(img)))
+        img = self._image(image)
         try:
             return self._masks_of(img, masks, long_side)
         finally:
@@ -213,6 +246,10 @@ class Model:
         finally:
             L.sp_masks_result_free(r)
             _lib.libc.free(out)
+
+
+class ClassifyResult(list):
+    """[(label, probability), ...] best first; .probabilities, .seconds."""
 
 
 class MasksResult(dict):
@@ -251,6 +288,11 @@ def _cached(model, device, threads, precision):
 def ct(ct, affine=None, model=None, device="cpu", threads=0, precision="auto", **kw):
     """Segment a CT with a cached Model: see Model.ct."""
     return _cached(model, device, threads, precision).ct(ct, affine, **kw)
+
+
+def classify(image, model=None, device="cpu", threads=0, top=5):
+    """Top labels of a photo with a cached Model (default: the bundled demo-shapes)."""
+    return _cached(model or "demo-shapes", device, threads, "auto").classify(image, top)
 
 
 def masks(image, model=None, device="cpu", threads=0, masks=None, long_side=0):

@@ -45,6 +45,18 @@ class MasksResult(C.Structure):
     _fields_ = [("width", c_int), ("height", c_int), ("n_masks", c_int), ("masks", C.POINTER(Mask))]
 
 
+class ClassifyParams(C.Structure):
+    _fields_ = [("top_k", c_int), ("threads", c_int)]
+
+
+class ClassScore(C.Structure):
+    _fields_ = [("index", c_int), ("label", c_char_p), ("prob", c_double)]
+
+
+class ClassifyResult(C.Structure):
+    _fields_ = [("n_classes", c_int), ("probs", C.POINTER(c_double)), ("k", c_int), ("top", C.POINTER(ClassScore))]
+
+
 class VolumeInfo(C.Structure):
     _fields_ = [("dim", c_int64 * 3), ("spacing", c_double * 3), ("affine", c_double * 16), ("file_dtype", c_int),
                 ("qform_code", c_int), ("sform_code", c_int), ("affine_source", c_char_p), ("axcodes", C.c_char * 4)]
@@ -97,6 +109,10 @@ SIGNATURES = {
     "sp_masks_default_params": (MasksParams, []),
     "sp_masks_run": (c_int, [c_void_p, P(c_void_p), c_int, P(MasksParams), P(P(P(MasksResult))), P(Timings)]),
     "sp_masks_result_free": (None, [P(MasksResult)]),
+    "sp_classify_default_params": (ClassifyParams, []),
+    "sp_classify_run": (c_int, [c_void_p, P(c_void_p), c_int, P(ClassifyParams), P(P(P(ClassifyResult))),
+                                P(Timings)]),
+    "sp_classify_result_free": (None, [P(ClassifyResult)]),
     "sp_ort_version": (c_char_p, []),
 }
 

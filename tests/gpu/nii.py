@@ -51,3 +51,34 @@ def dice(a, b, labels):
         if s:
             out[int(v)] = 2.0 * (x & y).sum() / s
     return out
+
+
+# ---- helpers of the GPU scripts (tests/gpu/test_gpu.py, bench/gpu_ct.py)
+
+def seg_env(**kw):
+    """the environment for segpipe on the GPU machine (SEGPIPE_LD: its
+    libraries, CUDA, cuDNN)"""
+    import os
+    e = dict(os.environ)
+    if os.environ.get("SEGPIPE_LD"):
+        e["LD_LIBRARY_PATH"] = os.environ["SEGPIPE_LD"]
+    e.update(kw)
+    return e
+
+
+def ct_requests(url, path, n=3, timeout=300):
+    """wait for the service to be ready, then POST path to /v1/ct n times;
+    the answers"""
+    import json, time, urllib.request
+    for _ in range(600):
+        try:
+            if urllib.request.urlopen(url + "/v2/health/ready", timeout=1).status == 200:
+                break
+        except OSError:
+            time.sleep(0.1)
+    body = open(path, "rb").read()
+    out = []
+    for _ in range(n):
+        req = urllib.request.Request(url + "/v1/ct?model=ct", data=body, headers={"Content-Type": "application/octet-stream"})
+        out.append(json.load(urllib.request.urlopen(req, timeout=timeout)))
+    return out

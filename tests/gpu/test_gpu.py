@@ -6,7 +6,7 @@ Environment: SEGPIPE (the binary), SEGPIPE_LD (library path for it: its lib/,
 CUDA, cuDNN), SEGPIPE_DATA (a folder with example_ct_sm.nii.gz), OUT (where
 the outputs go). With no GPU every test is skipped with one line saying so.
 """
-import json, os, shutil, subprocess, sys, tempfile, time, urllib.request
+import json, os, shutil, subprocess, sys, tempfile, time
 
 here = os.path.dirname(os.path.abspath(__file__))
 root = os.path.dirname(os.path.dirname(here))
@@ -21,12 +21,7 @@ TMP = tempfile.mkdtemp(prefix="sp-gpu-")
 MODEL = os.path.join(root, "models", "demo-ct")
 
 
-def env(**kw):
-    e = dict(os.environ)
-    if os.environ.get("SEGPIPE_LD"):
-        e["LD_LIBRARY_PATH"] = os.environ["SEGPIPE_LD"]
-    e.update(kw)
-    return e
+env = nii.seg_env
 
 
 def seg(*args, check=True, **kw):
@@ -105,19 +100,8 @@ def test_serve_on_gpu():
     srv = subprocess.Popen([SEG, "serve", "--model", f"ct={MODEL}", "--port", str(port), "--device", "cuda"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
     try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if urllib.request.urlopen(url + "/v2/health/ready", timeout=1).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
-        body = open(CT, "rb").read()
         times = []
-        for _ in range(3):
-            req = urllib.request.Request(url + "/v1/ct?model=ct", data=body,
-                                         headers={"Content-Type": "application/octet-stream"})
-            ans = json.load(urllib.request.urlopen(req, timeout=120))
+        for ans in nii.ct_requests(f"http://127.0.0.1:{port}", CT, 3, 120):
             times.append(ans["processing_seconds"])
             assert "upload" in ans["seconds"], ans["seconds"]
         print(f"     /v1/ct processing seconds {['%.3f' % t for t in times]}")

@@ -36,15 +36,16 @@ def package(tmp, name="cls", resize="crop", order="rgb", kind="logits", out_c=4,
     return d
 
 
-def reference(img, size, resize, order="rgb", kind="logits"):
-    """numpy: segpipe's geometry and bilinear rule (half-pixel centres), then
-    the tiny model and the probabilities"""
+def preprocess(img, size, resize, order="rgb", frac=0.8, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3)):
+    """numpy: segpipe's geometry and bilinear rule (half-pixel centres) and
+    normalisation -> H x W x 3 (the model's channel order)"""
     H, W = size
     h, w = img.shape[:2]
     x0, y0, cw, ch = 0, 0, w, h
     if resize == "crop":
-        r = 0.8 * min(w, h) / min(W, H)
-        cw, ch = int(max(1, min(w, round(W * r)))), int(max(1, min(h, round(H * r))))
+        r = frac * min(w, h) / min(W, H)
+        cround = lambda v: int(np.floor(v + 0.5))   # C's round(): halves away from zero
+        cw, ch = max(1, min(w, cround(W * r))), max(1, min(h, cround(H * r)))
         x0, y0 = (w - cw) // 2, (h - ch) // 2
     src = img[y0:y0 + ch, x0:x0 + cw].astype(np.float32)
     sy = np.maximum((np.arange(H) + 0.5) * ch / H - 0.5, 0)
@@ -55,10 +56,14 @@ def reference(img, size, resize, order="rgb", kind="logits"):
     top = src[yi][:, xi] + fx * (src[yi][:, x1] - src[yi][:, xi])
     bot = src[y1][:, xi] + fx * (src[y1][:, x1] - src[y1][:, xi])
     v = top + fy * (bot - top)
-    mean, std = np.array([0.4, 0.5, 0.6]), np.array([0.2, 0.25, 0.3])
     if order == "bgr":
         v = v[..., ::-1]
-    x = (v / 255 - mean) / std
+    return (v / 255 - np.array(mean)) / np.array(std)
+
+
+def reference(img, size, resize, order="rgb", kind="logits"):
+    """the tiny model and its probabilities on segpipe's preprocessing"""
+    x = preprocess(img, size, resize, order)
     s = W8 @ x.reshape(-1, 3).mean(0)
     if kind == "sigmoid":
         return 1 / (1 + np.exp(-s))
@@ -190,3 +195,29 @@ def test_classify_service(tmp):
     finally:
         rc, err = srv.stop()
     assert rc == 0, err
+
+
+def test_export_torchvision(tmp):
+    """tools/export_torchvision.py: a ResNet-18 with 7 classes (random
+    weights); segpipe's probabilities equal PyTorch's softmax of the same
+    network on the same preprocessed pixels (ImageNet crop 0.875, mean/std)."""
+    import torch, torchvision
+    out = os.path.join(tmp, "r18")
+    p = subprocess.run([sys.executable, os.path.join(sp.ROOT, "tools", "export_torchvision.py"), "--arch", "resnet18",
+                        "--classes", "7", "--random-weights", "-o", out], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    img = photo(300, 420, 3)
+    path = os.path.join(tmp, "x.png")
+    Image.fromarray(img).save(path)
+    p, js = classify(tmp, out, [path], "--top", "7")
+    assert p.returncode == 0, p.stderr
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=7).eval()
+    x = preprocess(img, (224, 224), "crop", frac=0.875, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    with torch.no_grad():
+        ref = torch.softmax(net(torch.tensor(x.transpose(2, 0, 1)[None], dtype=torch.float32)), 1)[0].numpy()
+    got = {t["index"]: t["probability"] for t in js["photos"][0]["top"]}
+    assert all(abs(got[i] - ref[i]) < 1e-4 for i in range(7)), (got, ref)
+    bad = subprocess.run([sys.executable, os.path.join(sp.ROOT, "tools", "export_torchvision.py"), "--arch", "nope",
+                          "--random-weights", "-o", os.path.join(tmp, "n")], capture_output=True, text=True)
+    assert bad.returncode == 4 and "nope" in bad.stderr

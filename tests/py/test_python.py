@@ -18,9 +18,11 @@ def venv_python(tmp):
     if "py" not in _venv:
         d = tempfile.mkdtemp(prefix="segpipe-venv-")
         atexit.register(shutil.rmtree, d, True)
+        src = os.path.join(d, "src")   # a copy: pip's build/ and egg-info stay out of the checkout
+        shutil.copytree(os.path.join(sp.ROOT, "python"), src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
         subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", d], check=True)
-        p = subprocess.run([os.path.join(d, "bin", "pip"), "install", "-q", "--no-index", "--no-build-isolation",
-                            os.path.join(sp.ROOT, "python")], capture_output=True, text=True)
+        p = subprocess.run([os.path.join(d, "bin", "pip"), "install", "-q", "--no-index", "--no-build-isolation", src],
+                           capture_output=True, text=True)
         assert p.returncode == 0, p.stdout + p.stderr
         _venv["py"] = os.path.join(d, "bin", "python")
     return _venv["py"]
@@ -164,3 +166,23 @@ def test_python_errors_and_gil(tmp):
         assert done and n > 1e5, n
         print(n, time.time() - t0)
     """)
+
+
+def test_python_classify_matches_cli(tmp):
+    from test_classify import package, photo
+    d = package(tmp, "cls")
+    path = os.path.join(tmp, "p.png")
+    Image.fromarray(photo(50, 70, 1)).save(path)
+    out = os.path.join(tmp, "c.json")
+    sp.run("classify", path, "--model", d, "--top", "4", "--json", out, "-q", check=True)
+    cli = {t["label"]: t["probability"] for t in json.load(open(out))["photos"][0]["top"]}
+    got = json.loads(pyrun(tmp, f"""
+        import json, numpy as np, segpipe
+        from PIL import Image
+        m = segpipe.Model({d!r})
+        a = m.classify(np.asarray(Image.open({path!r}).convert('RGB')), top=4)
+        b = m.classify({path!r}, top=2)
+        assert [x[0] for x in b] == [x[0] for x in a[:2]] and set(a.probabilities) == {{'red', 'green', 'blue', 'bright'}}
+        print(json.dumps(dict(a)))
+    """))
+    assert set(got) == set(cli) and all(abs(got[k] - cli[k]) < 1e-12 for k in cli), (got, cli)
