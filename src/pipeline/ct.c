@@ -131,6 +131,79 @@ static sp_status check_finite(const sp_volume *ct, sp_pool *pool)
     return SP_OK;
 }
 
+/* The sliding window's parameters from the manifest and the run's options. */
+static sp_window_params window_params(const sp_manifest *mf, const sp_ct_params *p)
+{
+    sp_window_params wp;
+    memset(&wp, 0, sizeof wp);
+    memcpy(wp.patch, mf->patch, sizeof wp.patch);
+    memcpy(wp.axes, mf->axes, sizeof wp.axes);
+    wp.step = p->step > 0 ? p->step : mf->step;
+    wp.sigma_scale = mf->sigma_scale;
+    if (p->tile_batch > 0) {
+        wp.tile_batch = p->tile_batch;
+    } else {
+        /* auto: 4 tiles per call was fastest here (docs/performance.md), as
+         * long as the logits of a batch stay under 256 MB */
+        double tile_bytes = 4.0 * mf->num_classes * (double)(mf->patch[0] * mf->patch[1] * mf->patch[2]);
+        wp.tile_batch = (int)fmax(1, fmin(4, 256e6 / tile_bytes));
+    }
+    wp.num_classes = mf->num_classes;
+    wp.max_tiles = p->max_tiles > 0 ? p->max_tiles : DEFAULT_MAX_TILES;
+    wp.cancel = p->cancel;
+    return wp;
+}
+
+/* Brain MRI models ("conform" in the manifest): conform (conform.c),
+ * normalise, the window over the conformed grid, optional cleanup, labels
+ * back to the input grid. Fills r's labels (and model labels). */
+static sp_status conform_path(sp_package *pk, const sp_volume *ct, const sp_ct_params *p, sp_ct_result *r,
+                              sp_pool *pool)
+{
+    const sp_manifest *mf = &pk->mf;
+    const sp_geom *g = &ct->g;
+    int64_t n = mf->conform_n, md[3] = {n, n, n};
+    size_t nm = (size_t)(n * n * n), nv = (size_t)sp_geom_nvox(g);
+    double caff[4][4], t0 = sp_now();
+    if (p->smooth)
+        return sp_fail(SP_ERR_USAGE, "--smooth is not available for conformed (brain MRI) models");
+    float *vol = sp_big_alloc(nm * sizeof *vol);
+    uint16_t *lab = sp_big_alloc(nm * sizeof *lab);
+    r->labels = sp_big_alloc(nv * sizeof *r->labels);
+    sp_status st = !vol || !lab || !r->labels ? sp_fail(SP_ERR_NOMEM, "conform: cannot allocate %zu voxels", nm)
+                                              : SP_OK;
+    if (!st && !(st = sp_conform_affine(g->affine, g->dim, n, mf->conform_mm, caff)))
+        st = sp_conform_volume(ct->data, g->dim, g->affine, caff, md, vol, pool);
+    sp_timings_add(&r->t, "conform", sp_now() - t0);
+    if (!st) {
+        t0 = sp_now();
+        sp_normalize(vol, (int64_t)nm, &mf->norm, pool);
+        sp_timings_add(&r->t, "normalize", sp_now() - t0);
+        sp_window_params wp = window_params(mf, p);
+        st = sp_window_run(pk->model, vol, md, &wp, lab, NULL, pool, &r->t, p->progress, p->progress_user);
+    }
+    if (!st && (p->largest_component || p->min_component_ml > 0)) {
+        double vox_ml = mf->conform_mm * mf->conform_mm * mf->conform_mm / 1000.0;
+        st = sp_components_filter(lab, md, p->largest_component,
+                                  p->min_component_ml > 0 ? (int64_t)ceil(p->min_component_ml / vox_ml) : 0);
+    }
+    if (!st) {
+        t0 = sp_now();
+        st = sp_conform_labels_back(lab, md, caff, g->affine, g->dim, r->labels, pool);
+        memcpy(r->dim, g->dim, sizeof r->dim);
+        sp_timings_add(&r->t, "labels_back", sp_now() - t0);
+    }
+    free(vol);
+    if (!st && p->keep_model_labels) {
+        memcpy(r->maffine, caff, sizeof caff);
+        memcpy(r->mdim, md, sizeof md);
+        r->model_labels = lab;
+        lab = NULL;
+    }
+    free(lab);
+    return st;
+}
+
 sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
                     sp_ct_result **out)
 {
@@ -141,8 +214,8 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
     float *canon = NULL, *model_vol = NULL, *logits = NULL;
     uint16_t *lab_m = NULL, *lab_c = NULL;
     *out = NULL;
-    if (strcmp(mf->task, "ct") != 0)
-        return sp_fail(SP_ERR_MODEL, "model '%s' is a '%s' model, not a CT model", mf->name, mf->task);
+    if (strcmp(mf->task, "ct") && strcmp(mf->task, "mri"))
+        return sp_fail(SP_ERR_MODEL, "model '%s' is a '%s' model, not a CT or MRI volume model", mf->name, mf->task);
     if (p.step != 0 && !(p.step > 0 && p.step <= 1))
         return sp_fail(SP_ERR_USAGE, "the sliding-window step must be in (0, 1], got %g", p.step);
     sp_pool *pool = sp_pool_get(p.threads);
@@ -157,6 +230,11 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
     }
     sp_timings *t = &r->t;
     double t0 = sp_now();
+    if (mf->conform_n) {   /* brain MRI: conformed grid instead of steps a, b, e */
+        if ((st = conform_path(pk, ct, &p, r, pool)))
+            goto fail;
+        goto passport;
+    }
 
     /* a. reorient to closest canonical */
     sp_ornt o;
@@ -211,22 +289,7 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
     sp_timings_add(t, "normalize", sp_now() - t0);
 
     /* d. sliding window + argmax */
-    sp_window_params wp;
-    memcpy(wp.patch, mf->patch, sizeof wp.patch);
-    memcpy(wp.axes, mf->axes, sizeof wp.axes);
-    wp.step = p.step > 0 ? p.step : mf->step;
-    wp.sigma_scale = mf->sigma_scale;
-    if (p.tile_batch > 0) {
-        wp.tile_batch = p.tile_batch;
-    } else {
-        /* auto: 4 tiles per call was fastest here (docs/performance.md), as
-         * long as the logits of a batch stay under 256 MB */
-        double tile_bytes = 4.0 * mf->num_classes * (double)(mf->patch[0] * mf->patch[1] * mf->patch[2]);
-        wp.tile_batch = (int)fmax(1, fmin(4, 256e6 / tile_bytes));
-    }
-    wp.num_classes = mf->num_classes;
-    wp.max_tiles = p.max_tiles > 0 ? p.max_tiles : DEFAULT_MAX_TILES;
-    wp.cancel = p.cancel;
+    sp_window_params wp = window_params(mf, &p);
     if (p.smooth) {
         logits = sp_big_alloc((size_t)mf->num_classes * nm * sizeof *logits);
         if (!logits) {
@@ -289,7 +352,7 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
     free(lab_c);
     lab_m = lab_c = NULL;
 
-    /* passport, at native resolution */
+passport:   /* passport, at native resolution */
     if (p.passport) {
         t0 = sp_now();
         sp_passport_params pp2 = sp_passport_default_params();

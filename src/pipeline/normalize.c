@@ -3,6 +3,8 @@
  *   ct:     clip to [lo, hi] (dataset 0.5 / 99.5 percentiles), then
  *           (x - mean) / max(std, 1e-8) with the dataset's foreground stats;
  *   zscore: (x - mean) / max(std, 1e-8) with this volume's own mean/std;
+ *   minmax: (x - min) / (max - min) over this volume (brainchop's scaling;
+ *           a constant volume becomes 0);
  *   none:   unchanged.
  */
 #include "pipeline.h"
@@ -47,6 +49,17 @@ void sp_normalize(float *x, int64_t n, const sp_norm *nm, sp_pool *pool)
     norm_ctx c = {.x = x};
     if (nm->scheme == SP_NORM_NONE || n <= 0)
         return;
+    if (nm->scheme == SP_NORM_MINMAX) {
+        float lo = x[0], hi = x[0];
+        for (int64_t i = 1; i < n; i++) {
+            lo = x[i] < lo ? x[i] : lo;
+            hi = x[i] > hi ? x[i] : hi;
+        }
+        c.mean = lo;
+        c.inv_std = hi > lo ? 1.0 / ((double)hi - lo) : 0;
+        sp_pool_for(pool, n, 1 << 16, norm_range, &c);
+        return;
+    }
     if (nm->scheme == SP_NORM_CT) {
         c.clip = 1;
         c.lo = nm->lo;

@@ -40,6 +40,17 @@ void sp_resample_nearest_u16(const uint16_t *src, const int64_t in_dim[3], uint1
 void sp_resample_nearest_f32(const float *src, const int64_t in_dim[3], float *dst,
                              const int64_t out_dim[3], sp_pool *pool);
 
+/* ---- conform.c ---- */
+/* The affine of the conformed grid (n^3 voxels of mm, LIA) for a volume of
+ * dims dim and affine aff, as nibabel.processing.conform. */
+sp_status sp_conform_affine(const double aff[4][4], const int64_t dim[3], int64_t n, double mm, double out[4][4]);
+/* src (dim, aff) -> dst (odim, caff): trilinear, 0 outside the input. */
+sp_status sp_conform_volume(const float *src, const int64_t dim[3], const double aff[4][4], const double caff[4][4],
+                            const int64_t odim[3], float *dst, sp_pool *pool);
+/* labels on the conformed grid -> the input grid, nearest neighbour. */
+sp_status sp_conform_labels_back(const uint16_t *lab, const int64_t odim[3], const double caff[4][4],
+                                 const double aff[4][4], const int64_t dim[3], uint16_t *dst, sp_pool *pool);
+
 /* ---- normalize.c ---- */
 void sp_normalize(float *x, int64_t n, const sp_norm *nm, sp_pool *pool);
 

@@ -160,11 +160,24 @@ static sp_status parse_ct(const cJSON *j, const cJSON *in, const char *file, sp_
         }
     } else if (strcmp(scheme, "zscore") == 0) {
         mf->norm.scheme = SP_NORM_ZSCORE;
+    } else if (strcmp(scheme, "minmax") == 0) {
+        mf->norm.scheme = SP_NORM_MINMAX;
     } else if (strcmp(scheme, "none") == 0) {
         mf->norm.scheme = SP_NORM_NONE;
     } else {
-        st = sp_fail(SP_ERR_MODEL, "%s: normalization.scheme must be \"ct\", \"zscore\" or \"none\"", file);
+        st = sp_fail(SP_ERR_MODEL, "%s: normalization.scheme must be \"ct\", \"zscore\", \"minmax\" or \"none\"",
+                     file);
         return st;
+    }
+    const cJSON *cf = cJSON_GetObjectItemCaseSensitive(j, "conform");
+    if (cf) {   /* brain MRI: FreeSurfer-style conforming (docs/model-format.md) */
+        double n = num_or(cf, "shape", 256), mm = num_or(cf, "voxel_mm", 1.0);
+        const char *ori = str_or(cf, "orientation", "LIA");
+        if (!(n >= 16 && n <= 1024) || n != floor(n) || !(mm > 0 && mm <= 10) || strcmp(ori, "LIA"))
+            return sp_fail(SP_ERR_MODEL, "%s: conform needs shape 16..1024, voxel_mm in (0, 10] and orientation "
+                           "\"LIA\"", file);
+        mf->conform_n = (int64_t)n;
+        mf->conform_mm = mm;
     }
     const cJSON *sw = cJSON_GetObjectItemCaseSensitive(j, "sliding_window");
     mf->step = num_or(sw, "step", 0.5);
@@ -326,14 +339,14 @@ sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf)
     const cJSON *outp = cJSON_GetObjectItemCaseSensitive(j, "output");
     snprintf(mf->input_name, sizeof mf->input_name, "%s", str_or(in, "name", ""));
     snprintf(mf->output_name, sizeof mf->output_name, "%s", str_or(outp, "name", ""));
-    if (!strcmp(mf->task, "ct"))
+    if (!strcmp(mf->task, "ct") || !strcmp(mf->task, "mri"))   /* volume models: the same pipeline */
         st = parse_ct(j, in, file, mf);
     else if (!strcmp(mf->task, "masks"))
         st = parse_masks(j, in, outp, file, mf);
     else if (!strcmp(mf->task, "classify"))
         st = parse_classify(j, in, outp, file, mf);
     else
-        st = sp_fail(SP_ERR_MODEL, "%s: unknown task \"%s\" (ct, masks, classify)", file, mf->task);
+        st = sp_fail(SP_ERR_MODEL, "%s: unknown task \"%s\" (ct, mri, masks, classify)", file, mf->task);
     if (st)
         goto out;
     const cJSON *lab = cJSON_GetObjectItemCaseSensitive(j, "labels");

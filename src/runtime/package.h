@@ -5,7 +5,7 @@
 #include <limits.h>
 
 /* A manifest's intensity normalisation (applied by pipeline/normalize.c). */
-typedef enum { SP_NORM_NONE, SP_NORM_CT, SP_NORM_ZSCORE } sp_norm_scheme;
+typedef enum { SP_NORM_NONE, SP_NORM_CT, SP_NORM_ZSCORE, SP_NORM_MINMAX } sp_norm_scheme;
 typedef struct sp_norm {
     sp_norm_scheme scheme;
     double lo, hi, mean, std;
@@ -24,6 +24,8 @@ typedef struct sp_manifest {
     int axes[3];              /* network dim d <- canonical volume axis axes[d] */
     sp_norm norm;
     double step, sigma_scale;
+    int64_t conform_n;        /* >0: conform to conform_n^3 voxels of conform_mm, LIA (brain MRI) */
+    double conform_mm;
     int num_classes;
     char **labels;            /* num_classes names */
     /* task "masks" */

@@ -201,7 +201,9 @@ static int cmd_ct(int argc, char **argv)
         {"quiet", no_argument, 0, 'q'}, {"verbose", no_argument, 0, 'v'},
         {"keep-border", no_argument, 0, 'k'}, {"preview", required_argument, 0, 'V'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    const char *output = NULL, *model = sp_default_model_dir(), *report = NULL, *mlab = NULL, *preview = NULL;
+    int mri = argc > 0 && !strcmp(argv[0], "mri");   /* `segpipe mri`: the same pipeline, no default model */
+    const char *output = NULL, *model = mri ? NULL : sp_default_model_dir(), *report = NULL, *mlab = NULL,
+               *preview = NULL;
     sp_runtime_params rp = sp_runtime_default_params();
     sp_ct_params cp = sp_ct_default_params();
     int split = 0, c;
@@ -273,6 +275,9 @@ static int cmd_ct(int argc, char **argv)
         return usage_error("ct", "expected one INPUT file");
     if (!output)
         return usage_error("ct", "missing -o OUTPUT");
+    if (!model)
+        return usage_error("mri", "give --model DIR (tools/make_brainchop_package.py builds brainchop's MeshNet "
+                           "package)");
     if (cp.tile_batch < 0 || cp.tile_batch > 64 || rp.threads < 0 || cp.step < 0 || cp.step > 1)
         return usage_error("ct", "bad --tile-batch, --threads or --step");
     if (!split && !strstr(output, ".nii"))
@@ -720,6 +725,7 @@ static const command commands[] = {
     {"passport", cmd_passport, "measure every structure of a label map (any tool's)"},
     {"model", cmd_model, "model check DIR: validate a model package"},
     {"masks", cmd_masks, "photo masks: every requested mask from one inference per batch"},
+    {"mri", cmd_ct, "brain MRI segmentation (conformed models such as brainchop's MeshNet): as ct"},
     {"classify", cmd_classify, "photo classification: top-K labels per photo, one inference per batch"},
     {"video", cmd_video, "video background replacement: RAM cache, batches, compositing workers"},
     {"serve", cmd_serve, "HTTP service: KServe v2, /v1/ct, status, metrics"},

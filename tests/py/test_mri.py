@@ -1,0 +1,85 @@
+"""A real pretrained network end to end: brainchop's MeshNet (grey/white
+matter, ../shared/models/brainchop-gwm) through `segpipe mri`, against an
+independent pipeline: nibabel.processing.conform (order 1, LIA, 256^3 at
+1 mm), numpy min-max scaling, the same ONNX file run by onnxruntime-node,
+argmax, and nibabel's resample_from_to (order 0) back to the input grid.
+Both MRIs of ../shared/data/mri: bet.nii.gz (1 mm RAS: conforming is a
+reorientation and a shift) and tinyT1.nii.gz (2 mm LAS: interpolated)."""
+import json, os, subprocess, sys, time
+import numpy as np
+import nibabel as nib
+from nibabel.processing import conform, resample_from_to
+import sp
+
+MRI = os.path.join(sp.SHARED, "data", "mri")
+NODE_RUN = os.path.join(sp.ROOT, "tests", "ref", "ort_run.js")
+
+
+def package(tmp):
+    out = os.path.join(tmp, "brainchop")
+    p = subprocess.run([sys.executable, os.path.join(sp.ROOT, "tools", "make_brainchop_package.py"), "-o", out],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return out
+
+
+def reference(tmp, path, model):
+    """(conformed image, its labels, labels on the input grid, seconds of the network)"""
+    img = nib.load(path)
+    c = conform(img, (256, 256, 256), (1.0, 1.0, 1.0), order=1, orientation="LIA")
+    x = np.asarray(c.dataobj, np.float32)
+    x = (x - x.min()) / (x.max() - x.min())
+    raw_in, raw_out = os.path.join(tmp, "in.f32"), os.path.join(tmp, "out.f32")
+    np.ascontiguousarray(x.transpose(2, 1, 0)).tofile(raw_in)    # ONNX dims (z, y, x)
+    t0 = time.time()
+    r = subprocess.run(["node", NODE_RUN, os.path.join(model, "model.onnx"), raw_in, "1,1,256,256,256", raw_out],
+                       capture_output=True, text=True)
+    secs = time.time() - t0
+    assert r.returncode == 0, r.stderr
+    y = np.fromfile(raw_out, np.float32).reshape(3, 256, 256, 256)
+    lab = y.argmax(0).transpose(2, 1, 0).astype(np.uint8)
+    lab_img = nib.Nifti1Image(lab, c.affine)
+    back = np.asarray(resample_from_to(lab_img, img, order=0).dataobj)
+    return c, lab, back, secs
+
+
+def run_case(tmp, name, min_agree):
+    model = package(tmp)
+    src = os.path.join(MRI, name)
+    out, conf = os.path.join(tmp, "lab.nii.gz"), os.path.join(tmp, "conf.nii.gz")
+    rep = os.path.join(tmp, "rep.json")
+    t0 = time.time()
+    p = sp.run("mri", src, "-o", out, "--model", model, "--save-model-labels", conf, "--report", rep, "-q")
+    wall = time.time() - t0
+    assert p.returncode == 0, p.stderr
+    c, ref_lab, ref_back, node_secs = reference(tmp, src, model)
+    got_conf = nib.load(conf)
+    assert got_conf.shape == (256, 256, 256) and np.allclose(got_conf.affine, c.affine, atol=1e-4), got_conf.affine
+    a = (np.asarray(got_conf.dataobj) == ref_lab).mean()
+    got = np.asarray(nib.load(out).dataobj)
+    assert got.shape == nib.load(src).shape
+    b = (got == ref_back).mean()
+    inf = json.load(open(rep))["seconds"]["inference"]
+    print(f"     {name}: conformed grid {100 * a:.4f}% agree, input grid {100 * b:.4f}%; network: segpipe "
+          f"{inf:.2f} s (whole run {wall:.2f} s), onnxruntime-node {node_secs:.2f} s")
+    assert a >= min_agree and b >= min_agree, (a, b)
+    return got, json.load(open(os.path.join(tmp, "lab.passport.json")))
+
+
+def test_brainchop_bet(tmp):
+    """bet.nii.gz: the voxel counts brainchop's README gives (495,540 and
+    527,131 on the conformed grid; 1 mm voxels: the same in ml)."""
+    got, ps = run_case(tmp, "bet.nii.gz", 0.9999)
+    vol = {s["name"]: s["voxels"] for s in ps["structures"]}
+    assert abs(vol["white_matter"] - 495540) <= 50 and abs(vol["grey_matter"] - 527131) <= 50, vol
+    hu = {s["name"]: s["hu"]["mean"] for s in ps["structures"]}
+    assert hu["white_matter"] > hu["grey_matter"], hu    # T1: white matter is the brighter tissue
+
+
+def test_brainchop_tiny_t1(tmp):
+    run_case(tmp, "tinyT1.nii.gz", 0.999)
+
+
+def test_mri_needs_a_model(tmp):
+    p = sp.run("mri", os.path.join(MRI, "bet.nii.gz"), "-o", os.path.join(tmp, "x.nii.gz"))
+    assert p.returncode == 2 and "make_brainchop_package" in p.stderr, p.stderr
