@@ -220,7 +220,10 @@ def test_server_async_jobs_progress_cancel_and_timeout(tmp):
         # synchronous past --timeout: 504, and the work stops (the next request runs)
         code, e = jget(s.url + "/v1/ct?model=demo", data=long, ctype="application/octet-stream")
         assert code == 504, code
-        code, _ = jget(s.url + "/v1/ct?model=demo", data=raw, ctype="application/octet-stream")
+        for _ in range(3):   # the stopped run frees the worker at its next tile (slower on a loaded machine)
+            code, _ = jget(s.url + "/v1/ct?model=demo", data=raw, ctype="application/octet-stream")
+            if code == 200:
+                break
         assert code == 200
     finally:
         rc, _ = s.stop()
