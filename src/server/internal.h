@@ -66,6 +66,7 @@ struct job {
     char *body;
     size_t len, reserved;         /* body bytes, and bytes counted against max_buffered */
     size_t header_len;            /* EP_INFER: Inference-Header-Content-Length (0: all JSON) */
+    int gzip_in, gzip_out;        /* EP_INFER: Content-Encoding / Accept-Encoding gzip */
     const char *resp_ctype;       /* content type of `response` (NULL: application/json) */
     double t_input;               /* EP_INFER: seconds parsing the request */
     int want_labels;
@@ -190,6 +191,14 @@ int sp_kserve_parse(const char *text, size_t len, size_t header_len, const sp_io
 /* kserve_answer.c: the answer to q (JSON, or JSON header + binary data),
  * written as it is sent; takes the tensors of tout. NULL when out of memory. */
 struct MHD_Response *sp_kserve_answer(job *j, const sp_kserve_req *q, const sp_io_info *outs, sp_tensor *tout);
+
+/* gzip.c: a gzip body inflated into *out (caller frees; NUL-terminated),
+ * at most cap bytes: 0, or 400 (not gzip, truncated), 413 (past cap), 503. */
+int sp_gunzip(const char *in, size_t n, size_t cap, char **out, size_t *outn);
+/* An answer written through deflate (Content-Encoding: gzip); takes inner
+ * (released with `release`, also on failure). */
+struct MHD_Response *sp_gzip_response(void *inner, MHD_ContentReaderCallback read,
+                                      MHD_ContentReaderFreeCallback release);
 
 /* work.c */
 job *sp_job_new(server *s, req *r, int kind, model_entry *me);

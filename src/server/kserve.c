@@ -264,7 +264,6 @@ int sp_kserve_parse(const char *text, size_t len, size_t header_len, const sp_io
 
 void sp_kserve_infer(server *s, job *j)
 {
-    (void)s;
     sp_model *m = sp_package_model(j->me->pk);
     int ni, no;
     const sp_io_info *ins = sp_model_inputs(m, &ni), *outs = sp_model_outputs(m, &no);
@@ -275,7 +274,15 @@ void sp_kserve_infer(server *s, job *j)
     char msg[256] = "";
     sp_kserve_req q;
     double t0 = sp_now();
-    j->http = sp_kserve_parse(j->body, j->len, j->header_len, ins, ni, outs, nout, tin, &q, msg, sizeof msg);
+    char *plain = NULL;
+    size_t plen = 0;
+    if (j->gzip_in && (j->http = sp_gunzip(j->body, j->len, s->p.max_json_body, &plain, &plen)))
+        snprintf(msg, sizeof msg, j->http == 413 ? "the inflated body is larger than --max-json-body"
+                                                 : "the body is not valid gzip");
+    if (!j->http)
+        j->http = sp_kserve_parse(plain ? plain : j->body, plain ? plen : j->len, j->header_len, ins, ni, outs, nout,
+                                  tin, &q, msg, sizeof msg);
+    free(plain);
     double t1 = sp_now();
     if (!j->http) {
         sp_status st = sp_model_run(m, tin, ni, tout, nout);

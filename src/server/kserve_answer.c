@@ -283,10 +283,12 @@ struct MHD_Response *sp_kserve_answer(job *j, const sp_kserve_req *q, const sp_i
         answer_free(a);
         return NULL;
     }
-    struct MHD_Response *r = MHD_create_response_from_callback(binary ? total : MHD_SIZE_UNKNOWN, 64 << 10,
+    struct MHD_Response *r = j->gzip_out ? sp_gzip_response(a, answer_write, answer_free)
+                           : MHD_create_response_from_callback(binary ? total : MHD_SIZE_UNKNOWN, 64 << 10,
                                                                answer_write, a, answer_free);
     if (!r) {
-        answer_free(a);
+        if (!j->gzip_out)
+            answer_free(a);
         return NULL;
     }
     if (binary) {

@@ -364,11 +364,16 @@ static enum MHD_Result kserve(server *s, struct MHD_Connection *c, const char *u
         return sp_http_error(c, 503, "the model is not ready", 5);
     const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
     const char *hl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Inference-Header-Content-Length");
+    const char *ce = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Encoding");
+    const char *ae = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Accept-Encoding");
+    int gz = ce && !strcmp(ce, "gzip");
+    if (ce && !gz && strcmp(ce, "identity"))
+        return sp_http_error(c, 415, "Content-Encoding must be gzip or identity", 0);
     size_t header_len = 0;
     if (hl) {   /* binary tensor extension: a JSON header, then the tensors' bytes */
         char *e;
         unsigned long long v = strtoull(hl, &e, 10);
-        if (!*hl || *e || hl[0] == '-' || v == 0 || v > r->len)
+        if (!*hl || *e || hl[0] == '-' || v == 0 || (!gz && v > r->len))
             return sp_http_error(c, 400, "Inference-Header-Content-Length must be the JSON header's byte count, "
                                  "within the body", 0);
         header_len = (size_t)v;
@@ -380,6 +385,8 @@ static enum MHD_Result kserve(server *s, struct MHD_Connection *c, const char *u
     if (!j)
         return sp_http_error(c, 503, "out of memory", 2);
     j->header_len = header_len;
+    j->gzip_in = gz;
+    j->gzip_out = ae && strstr(ae, "gzip") != NULL;
     return submit_sync(s, c, r, j, ok);
 }
 

@@ -161,6 +161,25 @@ def test_kserve_binary_client(tmp):
         assert post(port, "/v2/repository/models/seg/load", b"", {})[0] == 200
         assert infer(port, "seg", [("input", x, True)])[0] == 200
         assert post(port, "/v2/repository/models/nope/load", b"", {})[0] == 404
+        # Content-Encoding: gzip in, Accept-Encoding: gzip out (the binary header length stays uncompressed)
+        import gzip as gz
+        raw = x.tobytes()
+        head = json.dumps({"inputs": [{"name": "input", "shape": [2, 1, 8, 8, 8], "datatype": "FP32",
+                                       "parameters": {"binary_data_size": len(raw)}}],
+                           "parameters": {"binary_data_output": True}}).encode()
+        s, h, body = post(port, "/v2/models/seg/infer", gz.compress(head + raw),
+                          {"Content-Type": "application/octet-stream", "Content-Encoding": "gzip",
+                           "Accept-Encoding": "gzip", "Inference-Header-Content-Length": str(len(head))})
+        assert s == 200 and h.get("content-encoding") == "gzip", (s, h)
+        body = gz.decompress(body)
+        n = int(h["inference-header-content-length"])
+        assert np.array_equal(np.frombuffer(body[n:], "<f4").reshape(ref["logits"].shape), ref["logits"])
+        for bad, want in ((b"\x1f\x8bnot gzip", 400), (gz.compress(b"0" * (40 << 20)), 413),
+                          (gz.compress(head + raw)[:-20], 400)):
+            s, _, b = post(port, "/v2/models/seg/infer", bad, {"Content-Type": "application/json", "Content-Encoding": "gzip"})
+            assert s == want, (s, b)
+        s, _, b = post(port, "/v2/models/seg/infer", b"{}", {"Content-Type": "application/json", "Content-Encoding": "br"})
+        assert s == 415, s
         # malformed binary requests: clear 4xx
         raw = x.tobytes()
         head = json.dumps({"inputs": [{"name": "input", "shape": [2, 1, 8, 8, 8], "datatype": "FP32",
