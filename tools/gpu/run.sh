@@ -8,6 +8,8 @@
 #   bench   bench/gpu_ct.py: segpipe vs a PyTorch nnU-Net predictor
 #   video   demo-matte video sweep and /v1/segment-batch dynamic batching
 #           on the GPU (docs/performance.md, "On the GPU machine")
+#   isnet   tools/gpu/isnet_bisect.py on /root/gpu/isnet.onnx (carried in .gpu/p5)
+#   classify  torchvision ResNet-50 (random weights) photos/s, CPU and GPU
 # Outputs go to $OUT (the device tool's folder) or ./gpu-out.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}
@@ -31,7 +33,20 @@ for mode in "$@"; do
         --device cuda --batch 1,2,4,8,16 --workers 2,4,8 --save none --out /tmp/bv 2>&1 | tee "$OUT/video_cuda.txt"
       SEGPIPE_BENCH_DEVICE=cuda LD_LIBRARY_PATH=$SEGPIPE_LD python3 bench/serve_masks_load.py "$OUT/serve_masks_cuda.json" \
         --seconds 10 2>&1 | tee "$OUT/serve_masks_cuda.txt" ;;
-    *) echo "run.sh: unknown mode $mode (check, test, bench, video)" >&2; rc=2 ;;
+    isnet)
+      LD_LIBRARY_PATH=$SEGPIPE_LD SEGPIPE_LIBRARY=/opt/segpipe/lib/libsegpipe.so.0 PYTHONUNBUFFERED=1 \
+        python3 tools/gpu/isnet_bisect.py /root/gpu/isnet.onnx "$OUT/isnet" 2>&1 | tee "$OUT/isnet.txt" ;;
+    classify)
+      python3 tools/export_torchvision.py --arch resnet50 --classes 7 --random-weights -o /tmp/r50 >/dev/null
+      python3 -c 'import sys; sys.path.insert(0, "tests/py"); from test_classify import photo; from PIL import Image
+for i in range(64): Image.fromarray(photo(480, 640, i)).save(f"/tmp/p{i}.jpg")'
+      for dev in cuda cpu; do for b in 1 16; do
+        LD_LIBRARY_PATH=$SEGPIPE_LD $SEGPIPE classify /tmp/p*.jpg --model /tmp/r50 --device $dev --batch $b --quiet \
+          --json "$OUT/classify_${dev}_b$b.json"; done; done
+      python3 -c 'import json, glob
+for f in sorted(glob.glob("'"$OUT"'/classify_*.json")):
+    d = json.load(open(f)); print(f.split("/")[-1], round(d["photos_per_second"], 1), "photos/s", {k: round(v, 3) for k, v in d["seconds"].items()})' | tee "$OUT/classify.txt" ;;
+    *) echo "run.sh: unknown mode $mode (check, test, bench, video, isnet, classify)" >&2; rc=2 ;;
   esac
 done
 exit $rc

@@ -13,14 +13,14 @@
 static void usage(const char *model)
 {
     printf("usage: segpipe classify PHOTO... [--model DIR] [--top K] [--batch N] [--json FILE]\n"
-           "                        [--threads N] [--max-pixels N] [--quiet]\n"
+           "                        [--threads N] [--device cpu|cuda] [--max-pixels N] [--quiet]\n"
            "Classifies each photo (JPEG, PNG, WebP, HEIC; EXIF orientation applied) with a \"classify\"\n"
            "model package: top K labels (default 5) with probabilities, per-stage timings, photos/s.\n"
            "--json FILE writes every result. Default model: %s.\n", model ? model : "(none bundled)");
 }
 
 typedef struct copts {
-    const char *model, *json;
+    const char *model, *json, *device;
     int top, batch, quiet;
     sp_classify_params cp;
     sp_image_params ip;
@@ -32,6 +32,7 @@ static int parse(int argc, char **argv, copts *o)
         {"model", required_argument, 0, 'm'}, {"top", required_argument, 0, 'k'},
         {"batch", required_argument, 0, 'b'}, {"json", required_argument, 0, 'j'},
         {"threads", required_argument, 0, 't'}, {"max-pixels", required_argument, 0, 'P'},
+        {"device", required_argument, 0, 'd'},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     int c;
     optind = 1;
@@ -39,6 +40,7 @@ static int parse(int argc, char **argv, copts *o)
         switch (c) {
         case 'm': o->model = optarg; break;
         case 'j': o->json = optarg; break;
+        case 'd': o->device = optarg; break;
         case 'q': o->quiet = 1; break;
         case 'k': if (cli_int("classify", "--top", optarg, 1, 100000, &o->top)) return 2; break;
         case 'b': if (cli_int("classify", "--batch", optarg, 1, 64, &o->batch)) return 2; break;
@@ -110,7 +112,7 @@ static int run_batch(sp_package *pk, const copts *o, char **paths, int n, cJSON 
 int cmd_classify(int argc, char **argv)
 {
     static char dflt[4096];
-    copts o = {getenv("SEGPIPE_CLASSIFY_MODEL"), NULL, 5, 8, 0, sp_classify_default_params(),
+    copts o = {getenv("SEGPIPE_CLASSIFY_MODEL"), NULL, NULL, 5, 8, 0, sp_classify_default_params(),
                sp_image_default_params()};
     if ((!o.model || !*o.model) && !sp_bundled_model("demo-shapes", dflt, sizeof dflt))
         o.model = dflt;
@@ -119,6 +121,8 @@ int cmd_classify(int argc, char **argv)
         return rc == 1 ? 0 : rc;
     sp_runtime_params rp = sp_runtime_default_params();
     rp.threads = o.cp.threads;
+    if (o.device)
+        rp.device = o.device;
     sp_runtime *rt = NULL;
     sp_package *pk = NULL;
     sp_status st;
