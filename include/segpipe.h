@@ -146,7 +146,7 @@ typedef struct sp_tensor {
 } sp_tensor;
 
 typedef struct sp_io_info {
-    char name[64];
+    char name[256];               /* longer names are refused at load */
     sp_tensor meta;               /* dtype, rank, shape; data == NULL */
 } sp_io_info;
 

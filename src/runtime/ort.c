@@ -332,8 +332,12 @@ static sp_status introspect(sp_model *m)
                           : sp_ort->SessionGetOutputName(m->session, i, al, &name);
             if ((st = sp_ort_check(s, SP_ERR_MODEL, "io name")))
                 return st;
+            int fits = strlen(name) < sizeof io[i].name;
             snprintf(io[i].name, sizeof io[i].name, "%s", name);
             ort_ignore(sp_ort->AllocatorFree(al, name));
+            if (!fits)   /* a cut name would be refused by Run later, less clearly */
+                return sp_fail(SP_ERR_MODEL, "%s: an %s name is longer than %zu characters", m->path,
+                               pass ? "output" : "input", sizeof io[i].name - 1);
             names[i] = io[i].name;
             s = pass == 0 ? sp_ort->SessionGetInputTypeInfo(m->session, i, &ti)
                           : sp_ort->SessionGetOutputTypeInfo(m->session, i, &ti);

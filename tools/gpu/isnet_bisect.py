@@ -71,8 +71,8 @@ def main():
     rc, log = status(src, [shape])
     print(f"whole ISNet on CUDA: exit {rc} {log.strip()[-200:]}")
     n = len(model.graph.node)
-    lo, hi = 1, n   # invariant: prefix lo runs, prefix hi crashes (if the whole model crashes)
-    if rc == 0:
+    lo, hi = 1, n   # invariant: prefix lo does not crash (it may fail cleanly), prefix hi crashes
+    if rc >= 0:
         print("no crash: nothing to bisect")
         return
     tmp = os.path.join(out, "prefix.onnx")
@@ -80,8 +80,8 @@ def main():
         mid = (lo + hi) // 2
         prefix(model, mid, tmp)
         rc, log = status(tmp, [shape])
-        print(f"  nodes[:{mid}] ({model.graph.node[mid - 1].op_type}): exit {rc}", flush=True)
-        if rc == 0:
+        print(f"  nodes[:{mid}] ({model.graph.node[mid - 1].op_type}): exit {rc} {log.strip()[-120:]}", flush=True)
+        if rc >= 0:   # a signal (negative) is the crash; an error answer is not
             lo = mid
         else:
             hi = mid

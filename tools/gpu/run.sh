@@ -39,7 +39,7 @@ for mode in "$@"; do
     classify)
       python3 tools/export_torchvision.py --arch resnet50 --classes 7 --random-weights -o /tmp/r50 >/dev/null
       python3 -c 'import sys; sys.path.insert(0, "tests/py"); from test_classify import photo; from PIL import Image
-for i in range(64): Image.fromarray(photo(480, 640, i)).save(f"/tmp/p{i}.jpg")'
+for i in range(256): Image.fromarray(photo(480, 640, i)).save(f"/tmp/p{i}.jpg")'
       for dev in cuda cpu; do for b in 1 16; do
         LD_LIBRARY_PATH=$SEGPIPE_LD $SEGPIPE classify /tmp/p*.jpg --model /tmp/r50 --device $dev --batch $b --quiet \
           --json "$OUT/classify_${dev}_b$b.json"; done; done
