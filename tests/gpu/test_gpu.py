@@ -110,6 +110,39 @@ def test_serve_on_gpu():
         srv.wait(30)
 
 
+def test_resize_crash_is_reported():
+    """ISNet's crash in the CUDA plugin (tools/gpu/isnet_bisect.py: a linear
+    Resize given output sizes, half_pixel) in a tiny photo model: the
+    service refuses it at start with a clear message instead of dying."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    pkg = os.path.join(TMP, "resize")
+    os.makedirs(pkg, exist_ok=True)
+    w = numpy_helper.from_array(np.ones((32, 3, 1, 1), np.float32) / 3, "w")
+    sizes = numpy_helper.from_array(np.array([1, 32, 32, 32], np.int64), "sizes")
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["c"]),
+         helper.make_node("Resize", ["c", "", "", "sizes"], ["logits"], mode="linear",
+                          coordinate_transformation_mode="half_pixel", nearest_mode="floor", cubic_coeff_a=-0.75)],
+        "resize", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 32, 32, 32])], [w, sizes])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, os.path.join(pkg, "model.onnx"))
+    json.dump({"format": "segpipe-model", "version": 1, "name": "resize", "task": "masks", "onnx": "model.onnx",
+               "input": {"name": "input", "channels": 3, "size": [16, 16]},
+               "output": {"name": "logits", "kind": "logits"},
+               "preprocess": {"resize": "stretch"}, "labels": {str(i): f"c{i}" for i in range(32)}},
+              open(os.path.join(pkg, "segpipe.json"), "w"))
+    p = subprocess.run([SEG, "model", "probe", pkg, "--device", "cuda"], capture_output=True, text=True, env=env())
+    print(f"     probe of the Resize model: exit {p.returncode}")
+    s = seg("serve", "--model", f"r={pkg}", "--device", "cuda", "--port", "0", check=False)
+    print(f"     serve: exit {s.returncode}: {s.stderr.strip()[-200:]}")
+    if p.returncode >= 0:
+        return   # the plugin no longer crashes on it: nothing to report
+    assert s.returncode == 5 and "crashed" in s.stderr and "--device cpu" in s.stderr, s.stderr
+
+
 def main():
     smi = shutil.which("nvidia-smi")
     if not smi or subprocess.run([smi], capture_output=True).returncode:

@@ -126,6 +126,8 @@ int cmd_classify(int argc, char **argv)
     sp_runtime *rt = NULL;
     sp_package *pk = NULL;
     sp_status st;
+    if ((rc = cli_probe(o.model, o.device)))
+        return rc;
     if ((st = sp_runtime_create(&rp, &rt)) || (st = sp_package_load(rt, o.model, &pk))) {
         rc = cli_fail(st, NULL);
         goto end;

@@ -20,6 +20,9 @@ int cli_int(const char *cmd, const char *opt, const char *text, long lo, long hi
 int cli_num(const char *cmd, const char *opt, const char *text, double lo, double hi, double *out);
 int cli_size(const char *cmd, const char *opt, const char *text, size_t *out);
 int cmd_serve(int argc, char **argv);
+/* One inference of `model` on `device` in a child process first (GPU only);
+ * 0, or an exit code after printing why (opts.c). */
+int cli_probe(const char *model, const char *device);
 void cli_set_logging(int verbose);
 /* labels_io.c: TotalSegmentator's one-file-per-class folder read as one
  * label volume (ids from the label map in *names when given, else 1..N in

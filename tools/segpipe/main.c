@@ -636,13 +636,33 @@ out:
 
 /* -------------------------------------------------------------- model */
 
+/* `segpipe model probe DIR --device D`: load and run one inference (the
+ * package's warm-up) on D; used by cli_probe in a child process. */
+static int model_probe(const char *dir, const char *device)
+{
+    sp_runtime_params rp = sp_runtime_default_params();
+    rp.device = device;
+    sp_runtime *rt = NULL;
+    sp_package *pk = NULL;
+    sp_status st;
+    int rc = 0;
+    if ((st = sp_runtime_create(&rp, &rt)) || (st = sp_package_load(rt, dir, &pk)) || (st = sp_package_warm_up(pk)))
+        rc = fail(st, NULL);
+    sp_package_free(pk);
+    sp_runtime_free(rt);
+    return rc;
+}
+
 static int cmd_model(int argc, char **argv)
 {
+    if (argc == 5 && !strcmp(argv[1], "probe") && !strcmp(argv[3], "--device"))
+        return model_probe(argv[2], argv[4]);
     if (argc != 3 || strcmp(argv[1], "check") != 0) {
         if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-            printf("usage: segpipe model check DIR\n"
-                   "Validates a model package: the manifest (docs/model-format.md) and the ONNX\n"
-                   "model's inputs and outputs against it.\n");
+            printf("usage: segpipe model check DIR | segpipe model probe DIR --device cpu|cuda\n"
+                   "check: validates a model package: the manifest (docs/model-format.md) and the ONNX\n"
+                   "model's inputs and outputs against it. probe: loads it on the device and runs one\n"
+                   "inference (what video, classify and serve do first on a GPU, in a child process).\n");
             return 0;
         }
         return usage_error("model", "usage: segpipe model check DIR");

@@ -2,6 +2,11 @@
  * else the command stops with exit 2 naming the option. */
 #include "cli.h"
 
+extern char **environ;
+#include <stdio.h>
+#include <sys/wait.h>
+#include <spawn.h>
+
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -52,4 +57,29 @@ int cli_size(const char *cmd, const char *opt, const char *text, size_t *out)
     }
     *out = (size_t)(v * mul);
     return 0;
+}
+
+/* Run one inference of the package in a child process (`segpipe model probe`)
+ * before a GPU run: ONNX Runtime's third-party CUDA plugin segfaults on some
+ * operators (ISNet's Resize to output sizes, docs/gpu.md), and a crash is
+ * better reported than suffered. 0 when it ran (or was not needed), else an
+ * exit code after printing why. SEGPIPE_NO_PROBE=1 skips it. */
+int cli_probe(const char *model, const char *device)
+{
+    if (!device || !strcmp(device, "cpu") || (getenv("SEGPIPE_NO_PROBE") && *getenv("SEGPIPE_NO_PROBE")))
+        return 0;
+    char *argv[] = {"segpipe", "model", "probe", (char *)model, "--device", (char *)device, NULL};
+    pid_t pid;
+    if (posix_spawn(&pid, "/proc/self/exe", NULL, NULL, argv, environ) != 0)
+        return 0;   /* cannot probe: go on */
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    if (WIFSIGNALED(status)) {
+        fprintf(stderr, "segpipe: ONNX Runtime's %s provider crashed (%s) running one inference of %s; the "
+                "third-party CUDA plugin is known to crash on some operators (ISNet's Resize to output sizes, "
+                "docs/gpu.md): run this model with --device cpu\n", device, strsignal(WTERMSIG(status)), model);
+        return 5;
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 5;
 }

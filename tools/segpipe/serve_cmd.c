@@ -117,6 +117,8 @@ int cmd_serve(int argc, char **argv)
     }
     if (!rc && (!nm || optind != argc))
         rc = cli_usage_error("serve", "at least one --model NAME=DIR, and no other arguments");
+    for (int i = 0; !rc && i < nm; i++)   /* a model that crashes the GPU provider is refused at start */
+        rc = cli_probe(models[i].dir, sp.device);
     if (!rc) {
         cli_set_logging(verbose);
         sp.models = models;

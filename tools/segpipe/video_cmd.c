@@ -230,6 +230,9 @@ static int open_all(vargs *a, sp_runtime **rt, sp_package **pk, sp_video **v)
     if (a->device)
         rp.device = a->device;
     sp_status st;
+    int rc = cli_probe(a->model, a->device);
+    if (rc)
+        return rc;
     if ((st = sp_runtime_create(&rp, rt)) || (st = sp_package_load(*rt, a->model, pk)) ||
         (st = sp_video_open(*pk, &a->p, v)))
         return cli_fail(st, NULL);
