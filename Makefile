@@ -59,10 +59,21 @@ ifeq ($(NO_HEIF),1)
   ALL_CFLAGS += -DSP_NO_HEIF
   HEIF_LIBS :=
 endif
-LIBS := $(ORT_LIBS) $(FF_LIBS) -lmicrohttpd -ljpeg -lpng -lwebp $(HEIF_LIBS) -lcjson -ldeflate -lz -lm -ldl -pthread
+# DICOM series input through GDCM (C++; NO_DICOM=1 leaves it out)
+CXX ?= c++
+DICOM_LIBS := -lgdcmMSFF -lgdcmDSED -lgdcmCommon -lstdc++
+DICOM_SRC := src/io/dicom.cc
+ifeq ($(NO_DICOM),1)
+  ALL_CFLAGS += -DSP_NO_DICOM
+  DICOM_LIBS :=
+  DICOM_SRC :=
+endif
+ALL_CXXFLAGS := -std=c++17 -D_GNU_SOURCE -fPIC -pthread -Wall -Wextra -Wno-unused-parameter $(CFLAGS) $(SANFLAGS) \
+  -ffile-prefix-map=$(CURDIR)=. -Iinclude -Isrc -I/usr/include/gdcm-3.0
+LIBS := $(ORT_LIBS) $(FF_LIBS) $(DICOM_LIBS) -lmicrohttpd -ljpeg -lpng -lwebp $(HEIF_LIBS) -lcjson -ldeflate -lz -lm -ldl -pthread
 
 LIB_SRC := $(wildcard src/core/*.c src/io/*.c src/pipeline/*.c src/runtime/*.c src/server/*.c)
-LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(DICOM_SRC:%.cc=$(BUILD)/%.o)
 CLI_SRC := $(wildcard tools/segpipe/*.c)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/unit/*.c)
@@ -83,6 +94,10 @@ $(DEPS_STAMP): scripts/install-deps.sh
 $(BUILD)/%.o: %.c $(DEPS_STAMP) $(ORT_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/%.o: %.cc $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CXX) $(ALL_CXXFLAGS) -MMD -MP -c $< -o $@
 
 $(BUILD)/libsegpipe.a: $(LIB_OBJ)
 	rm -f $@
@@ -161,7 +176,7 @@ install: all
 comma := ,
 VERSION := $(shell sed -n 's/#define SP_VERSION_STRING "\(.*\)"/\1/p' include/segpipe.h)
 DEB_DEPENDS := libc6, libstdc++6, libmicrohttpd12, libcjson1, libdeflate0, zlib1g, libjpeg62-turbo, libpng16-16, \
-  libwebp7$(if $(HEIF_LIBS),$(comma) libheif1)$(if $(FF_LIBS),$(comma) libavformat59$(comma) libavcodec59$(comma) libswscale6$(comma) libavutil57)
+  libwebp7$(if $(HEIF_LIBS),$(comma) libheif1)$(if $(DICOM_LIBS),$(comma) libgdcm3.0)$(if $(FF_LIBS),$(comma) libavformat59$(comma) libavcodec59$(comma) libswscale6$(comma) libavutil57)
 deb: all
 	rm -rf $(BUILD)/deb
 	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(BUILD)/deb PREFIX=/usr

@@ -17,6 +17,8 @@
  */
 #include "volume.h"
 
+#include <sys/stat.h>
+
 #include <libdeflate.h>
 #include <math.h>
 #include <pthread.h>
@@ -678,6 +680,15 @@ sp_status sp_volume_read(const char *path, const sp_read_params *p, sp_volume **
     void *buf;
     size_t n;
     uint64_t lim = p && p->max_voxels ? p->max_voxels : DEFAULT_MAX_VOXELS;
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {   /* a DICOM series folder */
+#ifdef SP_NO_DICOM
+        *out = NULL;
+        return sp_fail(SP_ERR_INPUT, "%s is a folder: DICOM input is not in this build (NO_DICOM=1)", path);
+#else
+        return sp_dicom_read_dir(path, getenv("SEGPIPE_DICOM_SERIES"), lim, out);
+#endif
+    }
     sp_status st = sp_read_file(path, (size_t)(lim * 8 + 65536), &buf, &n);
     *out = NULL;
     if (st)

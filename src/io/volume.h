@@ -32,6 +32,10 @@ struct sp_volume {
     char *label_xml;              /* TotalSegmentator's label table (NIfTI extension), or NULL */
 };
 
+/* dicom.cc: the DICOM series in folder dir (uid: which series when it holds
+ * several; NULL/"": the only one), at most max_voxels. */
+sp_status sp_dicom_read_dir(const char *dir, const char *uid, uint64_t max_voxels, sp_volume **out);
+
 /* Allocate a volume of geometry g with uninitialised data (or NULL). */
 sp_volume *sp_volume_alloc(const sp_geom *g);
 int64_t sp_geom_nvox(const sp_geom *g);

@@ -13,7 +13,7 @@ secs="${FUZZ_SECONDS:-60}"
 out=build-fuzz
 ORT=third_party/onnxruntime
 [ -f "$ORT/lib/libonnxruntime.so.1" ] || bash scripts/install-deps.sh
-FLAGS="-std=c11 -D_GNU_SOURCE -g -O1 -Iinclude -Isrc -I$ORT/include"
+FLAGS="-std=c11 -D_GNU_SOURCE -DSP_NO_DICOM -g -O1 -Iinclude -Isrc -I$ORT/include"   # DICOM (C++, GDCM): not in the fuzz build
 LIBS="-L$ORT/lib -Wl,-rpath,$PWD/$ORT/lib -l:libonnxruntime.so.1 -lavformat -lavcodec -lswscale -lavutil
       -lmicrohttpd -ljpeg -lpng -lwebp -lheif -lcjson -ldeflate -lz -lm -ldl -pthread"
 objs() {   # the library once, instrumented, for every target

@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 B=build-gpu
-SLIM=(BUILD=$B NO_FFMPEG=1 NO_HEIF=1)
+SLIM=(BUILD=$B NO_FFMPEG=1 NO_HEIF=1 NO_DICOM=1)
 make -j"$(nproc)" "${SLIM[@]}" all cuda >/dev/null
 rm -rf .gpu
 mkdir -p .gpu/root .gpu/p1
