@@ -149,26 +149,27 @@ static void rows(void *vc, int64_t b, int64_t e, int w)
     }
 }
 
+/* c->m = inverse(from) @ to, then every destination row */
+static sp_status map_rows(cf_ctx *c, const double from[4][4], const double to[4][4], sp_pool *pool)
+{
+    double inv[4][4];
+    if (affine_inv(from, inv))
+        return sp_fail(SP_ERR_INPUT, "conform: singular affine");
+    matmul(inv, to, c->m);
+    sp_pool_for(pool, c->od[1] * c->od[2], 4, rows, c);
+    return SP_OK;
+}
+
 sp_status sp_conform_volume(const float *src, const int64_t dim[3], const double aff[4][4], const double caff[4][4],
                             const int64_t odim[3], float *dst, sp_pool *pool)
 {
     cf_ctx c = {src, NULL, {dim[0], dim[1], dim[2]}, {odim[0], odim[1], odim[2]}, {{0}}, dst, NULL};
-    double inv[4][4];
-    if (affine_inv(aff, inv))
-        return sp_fail(SP_ERR_INPUT, "conform: the input's affine is singular");
-    matmul(inv, caff, c.m);
-    sp_pool_for(pool, odim[1] * odim[2], 4, rows, &c);
-    return SP_OK;
+    return map_rows(&c, aff, caff, pool);
 }
 
 sp_status sp_conform_labels_back(const uint16_t *lab, const int64_t odim[3], const double caff[4][4],
                                  const double aff[4][4], const int64_t dim[3], uint16_t *dst, sp_pool *pool)
 {
     cf_ctx c = {NULL, lab, {odim[0], odim[1], odim[2]}, {dim[0], dim[1], dim[2]}, {{0}}, NULL, dst};
-    double inv[4][4];
-    if (affine_inv(caff, inv))
-        return sp_fail(SP_ERR_INPUT, "conform: singular affine");
-    matmul(inv, aff, c.m);
-    sp_pool_for(pool, dim[1] * dim[2], 4, rows, &c);
-    return SP_OK;
+    return map_rows(&c, caff, aff, pool);
 }
