@@ -177,6 +177,8 @@ typedef struct sp_volume sp_volume;
 
 typedef struct sp_read_params {
     uint64_t max_voxels;     /* refuse larger volumes; 0 = default (2^30) */
+    const char *dicom_series; /* a DICOM folder with several series: the SeriesInstanceUID to read
+                                 (NULL: SEGPIPE_DICOM_SERIES, else the only one; docs/dicom.md) */
 } sp_read_params;
 sp_read_params sp_read_default_params(void);
 
@@ -190,8 +192,10 @@ typedef struct sp_volume_info {
     char axcodes[4];         /* orientation, e.g. "RAS", "LPS" */
 } sp_volume_info;
 
-/* Read a NIfTI-1/2 file (.nii or .nii.gz). Intensities are converted to
- * float32 with scl_slope/scl_inter applied. Caller frees with sp_volume_free. */
+/* Read a NIfTI-1/2 file (.nii or .nii.gz), or a DICOM series from a folder
+ * (docs/dicom.md). Intensities are converted to float32 with
+ * scl_slope/scl_inter (DICOM: RescaleSlope/Intercept) applied. Caller frees
+ * with sp_volume_free. */
 sp_status sp_volume_read(const char *path, const sp_read_params *p, sp_volume **out);
 /* Same, from bytes in memory (e.g. an HTTP body); `name` is used in messages. */
 sp_status sp_volume_read_mem(const void *data, size_t size, const char *name,

@@ -33,7 +33,7 @@
 
 sp_read_params sp_read_default_params(void)
 {
-    sp_read_params p = {DEFAULT_MAX_VOXELS};
+    sp_read_params p = {DEFAULT_MAX_VOXELS, NULL};
     return p;
 }
 
@@ -686,7 +686,8 @@ sp_status sp_volume_read(const char *path, const sp_read_params *p, sp_volume **
         *out = NULL;
         return sp_fail(SP_ERR_INPUT, "%s is a folder: DICOM input is not in this build (NO_DICOM=1)", path);
 #else
-        return sp_dicom_read_dir(path, getenv("SEGPIPE_DICOM_SERIES"), lim, out);
+        return sp_dicom_read_dir(path, p && p->dicom_series ? p->dicom_series : getenv("SEGPIPE_DICOM_SERIES"), lim,
+                                 out);
 #endif
     }
     sp_status st = sp_read_file(path, (size_t)(lim * 8 + 65536), &buf, &n);

@@ -119,5 +119,8 @@ def test_dicom_bad_series(tmp):
     r = subprocess.run([sp.SEGPIPE, "resample", os.path.join(tmp, "two"), "-o", os.path.join(tmp, "t.nii.gz"),
                         "--shape", "8,8,4"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
+    p = sp.run("ct", os.path.join(tmp, "two"), "-o", os.path.join(tmp, "t2.nii.gz"), "-q", "--no-passport",
+               "--series", "1.2.3.4.5")
+    assert p.returncode == 0 and nib.load(os.path.join(tmp, "t2.nii.gz")).shape == (512, 512, 4), p.stderr
     p = case("empty", [])
     assert p.returncode == 3 and "no DICOM image slices" in p.stderr, p.stderr

@@ -192,7 +192,7 @@ static int cmd_ct(int argc, char **argv)
     static const struct option opts[] = {
         {"output", required_argument, 0, 'o'}, {"model", required_argument, 0, 'm'},
         {"threads", required_argument, 0, 't'}, {"device", required_argument, 0, 'd'},
-        {"precision", required_argument, 0, 'p'},
+        {"precision", required_argument, 0, 'p'}, {"series", required_argument, 0, 'D'},
         {"tile-batch", required_argument, 0, 'b'}, {"step", required_argument, 0, 's'},
         {"split", no_argument, 0, 'S'}, {"smooth", no_argument, 0, 'M'},
         {"largest-component", no_argument, 0, 'L'}, {"min-component-ml", required_argument, 0, 'n'},
@@ -202,6 +202,7 @@ static int cmd_ct(int argc, char **argv)
         {"keep-border", no_argument, 0, 'k'}, {"preview", required_argument, 0, 'V'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     int mri = argc > 0 && !strcmp(argv[0], "mri");   /* `segpipe mri`: the same pipeline, no default model */
+    const char *series = NULL;
     const char *output = NULL, *model = mri ? NULL : sp_default_model_dir(), *report = NULL, *mlab = NULL,
                *preview = NULL;
     sp_runtime_params rp = sp_runtime_default_params();
@@ -219,6 +220,7 @@ static int cmd_ct(int argc, char **argv)
             break;
         case 'd': rp.device = optarg; break;
         case 'p': rp.precision = optarg; break;
+        case 'D': series = optarg; break;
         case 'b':
             if (cli_int("ct", "--tile-batch", optarg, 1, 256, &cp.tile_batch))
                 return 2;
@@ -243,12 +245,13 @@ static int cmd_ct(int argc, char **argv)
         case 'q': g_quiet = 1; break;
         case 'v': g_verbose = 1; break;
         case 'h':
-            printf("usage: segpipe ct INPUT.nii[.gz] -o OUTPUT [options]\n"
+            printf("usage: segpipe ct INPUT.nii[.gz]|DICOM_FOLDER -o OUTPUT [options]\n"
                    "  -o, --output PATH        labels .nii.gz (with --split: a folder)\n"
                    "  -m, --model DIR          model package (default: %s)\n"
                    "  -t, --threads N          CPU threads (default: all cores)\n"
                    "      --device cpu|cuda    execution provider\n"
                    "      --precision P        auto (fp16 model on a GPU when the package has one), fp32, fp16\n"
+                   "      --series UID         a DICOM folder with several series: the one to read\n"
                    "      --tile-batch N       tiles per inference call (default: auto, 4 when the\n"
                    "                           logits of 4 tiles fit in 256 MB, else fewer)\n"
                    "      --step F             sliding-window step (default: manifest, 0.5)\n"
@@ -301,7 +304,9 @@ static int cmd_ct(int argc, char **argv)
     }
     sp_timings_add(&tt, "load_model", sp_now() - t0);
     t0 = sp_now();
-    if ((st = sp_volume_read(input, NULL, &v))) {
+    sp_read_params rdp = sp_read_default_params();
+    rdp.dicom_series = series;
+    if ((st = sp_volume_read(input, &rdp, &v))) {
         rc = fail(st, NULL);
         goto out;
     }
