@@ -30,6 +30,7 @@
 #include <cstring>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -228,6 +229,35 @@ sp_status decode(const Slice &s, float *dst)
     return fail_file(SP_ERR_INPUT, s.file, "its pixel data is shorter than rows x columns");
 }
 
+/* Every slice, on as many threads as cores (each its own GDCM reader); the
+ * first failure in slice order wins. */
+sp_status decode_all(const std::vector<Slice> &ser, float *data, size_t plane)
+{
+    size_t nt = std::max(1u, std::min(16u, std::thread::hardware_concurrency()));
+    nt = std::min(nt, ser.size());
+    std::vector<sp_status> st(ser.size(), SP_OK);
+    std::vector<std::string> msg(ser.size());
+    std::vector<std::thread> th;
+    for (size_t t = 0; t < nt; t++)
+        th.emplace_back([&, t] {
+            for (size_t k = t; k < ser.size(); k += nt) {
+                try {
+                    st[k] = decode(ser[k], data + k * plane);
+                } catch (...) {   /* an exception must not leave the thread */
+                    st[k] = fail_file(SP_ERR_INPUT, ser[k].file, "its pixel data cannot be decoded");
+                }
+                if (st[k])
+                    msg[k] = g_msg;   /* thread-local: keep it */
+            }
+        });
+    for (std::thread &x : th)
+        x.join();
+    for (size_t k = 0; k < ser.size(); k++)
+        if (st[k])
+            return sp_fail(st[k], "%s", msg[k].c_str());
+    return SP_OK;
+}
+
 } // namespace
 
 extern "C" sp_status sp_dicom_load(const char *dir, const char *uid, uint64_t max_voxels, sp_dicom_vol *v, char *msg,
@@ -259,8 +289,8 @@ extern "C" sp_status sp_dicom_load(const char *dir, const char *uid, uint64_t ma
         float *data = st ? NULL : (float *)std::malloc(plane * ser.size() * sizeof(float) + 1);
         if (!st && !data)
             st = sp_fail(SP_ERR_NOMEM, "DICOM: cannot allocate the volume");
-        for (size_t k = 0; k < ser.size() && !st; k++)
-            st = decode(ser[k], data + k * plane);
+        if (!st)
+            st = decode_all(ser, data, plane);
         if (st) {
             std::free(data);
         } else {
