@@ -672,6 +672,13 @@ static sp_status read_impl(const uint8_t *buf, size_t n, const char *name,
 sp_status sp_volume_read_mem(const void *data, size_t size, const char *name,
                              const sp_read_params *p, sp_volume **out)
 {
+#ifndef SP_NO_DICOM
+    if (sp_is_zip(data, size)) {   /* a zipped DICOM series (e.g. an upload) */
+        uint64_t lim = p && p->max_voxels ? p->max_voxels : DEFAULT_MAX_VOXELS;
+        return sp_dicom_read_zip(data, size, name, p && p->dicom_series ? p->dicom_series : getenv("SEGPIPE_DICOM_SERIES"),
+                                 lim, out);
+    }
+#endif
     return read_impl(data, size, name ? name : "(memory)", p, out);
 }
 
@@ -694,7 +701,13 @@ sp_status sp_volume_read(const char *path, const sp_read_params *p, sp_volume **
     *out = NULL;
     if (st)
         return st;
-    st = read_impl(buf, n, path, p, out);
+#ifndef SP_NO_DICOM
+    if (sp_is_zip(buf, n))   /* a zipped DICOM series */
+        st = sp_dicom_read_zip(buf, n, path, p && p->dicom_series ? p->dicom_series : getenv("SEGPIPE_DICOM_SERIES"),
+                               lim, out);
+    else
+#endif
+        st = read_impl(buf, n, path, p, out);
     free(buf);
     return st;
 }

@@ -35,6 +35,10 @@ struct sp_volume {
 /* dicom.cc: the DICOM series in folder dir (uid: which series when it holds
  * several; NULL/"": the only one), at most max_voxels. */
 sp_status sp_dicom_read_dir(const char *dir, const char *uid, uint64_t max_voxels, sp_volume **out);
+/* A zip of a DICOM series: size bytes at data (path names it in messages). */
+sp_status sp_dicom_read_zip(const void *data, size_t size, const char *path, const char *uid, uint64_t max_voxels,
+                            sp_volume **out);
+int sp_is_zip(const void *data, size_t n);
 
 /* Allocate a volume of geometry g with uninitialised data (or NULL). */
 sp_volume *sp_volume_alloc(const sp_geom *g);

@@ -134,8 +134,9 @@ static int check_work(server *s, struct MHD_Connection *c, req *r, model_entry *
         const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
         if (ct && strncmp(ct, "application/octet-stream", 24) && strncmp(ct, "application/gzip", 16) &&
             strncmp(ct, "application/x-gzip", 18) && strncmp(ct, "application/x-nifti", 19) &&
+            strncmp(ct, "application/zip", 15) && strncmp(ct, "application/dicom+zip", 21) &&
             strncmp(ct, "application/x-www-form-urlencoded", 33))
-            return *msg = "send the volume as application/octet-stream (.nii or .nii.gz bytes)", 415;
+            return *msg = "send the volume as application/octet-stream (.nii, .nii.gz, or a zip of a DICOM series)", 415;
         if (r->len < 2)
             return *msg = "empty body: send a .nii or .nii.gz volume", 422;
         return 0;

@@ -5,7 +5,7 @@ nibabel's canonical reorientation); the series decompressed by pydicom
 `segpipe ct FOLDER` gives the labels of `segpipe ct dcm2niix.nii.gz`; two
 series, a missing slice, a duplicate, a truncated file and a non-DICOM file
 get clear answers."""
-import os, random, shutil, subprocess
+import json, os, random, shutil, subprocess
 import numpy as np
 import nibabel as nib
 import pydicom
@@ -124,3 +124,53 @@ def test_dicom_bad_series(tmp):
     assert p.returncode == 0 and nib.load(os.path.join(tmp, "t2.nii.gz")).shape == (512, 512, 4), p.stderr
     p = case("empty", [])
     assert p.returncode == 3 and "no DICOM image slices" in p.stderr, p.stderr
+
+
+def _zip(tmp, name, members):
+    import zipfile
+    path = os.path.join(tmp, name)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for arc, data in members:
+            z.writestr(arc, data)
+    return path
+
+
+def test_dicom_zip_file_and_upload(tmp):
+    """A zip of the series (paths inside ignored: entries are unpacked under
+    numbered names into a private folder) as a file and as a /v1/ct body:
+    the folder's volume and labels; a zip bomb, a damaged zip and a zip
+    without DICOM get clear refusals; nothing is left in the temp folder."""
+    from test_server import Server, http
+    files = sorted(os.listdir(SERIES))
+    z = _zip(tmp, "series.zip", [(f"../../evil/{f}", open(os.path.join(SERIES, f), "rb").read()) for f in files])
+    tdir = os.path.join(tmp, "tmpdir")
+    os.makedirs(tdir)
+    env = dict(sp.run_env(), TMPDIR=tdir)
+    a, b = os.path.join(tmp, "a.nii.gz"), os.path.join(tmp, "b.nii.gz")
+    for src, out in ((SERIES, a), (z, b)):
+        r = subprocess.run([sp.SEGPIPE, "ct", src, "-o", out, "-q", "--no-passport"], capture_output=True, text=True,
+                           env=env)
+        assert r.returncode == 0, r.stderr
+    assert np.array_equal(np.asanyarray(nib.load(a).dataobj), np.asanyarray(nib.load(b).dataobj))
+    ours = lambda: [f for f in os.listdir(tdir) if f.startswith("segpipe-dicom-")]
+    assert ours() == [] and not os.path.exists(os.path.join(tmp, "..", "evil"))
+    bomb = _zip(tmp, "bomb.zip", [("x.dcm", b"\0" * (300 << 20))])
+    damaged = os.path.join(tmp, "damaged.zip")
+    data = open(z, "rb").read()
+    open(damaged, "wb").write(data[:len(data) // 2])
+    empty = _zip(tmp, "notes.zip", [("readme.txt", b"no images here")])
+    for bad, text in ((bomb, "more than"), (damaged, "zip"), (empty, "no DICOM image slices")):
+        r = subprocess.run([sp.SEGPIPE, "ct", bad, "-o", os.path.join(tmp, "x.nii.gz"), "-q"], capture_output=True,
+                           text=True, env=env)
+        assert r.returncode == 3 and text in r.stderr, (bad, r.returncode, r.stderr)
+    assert ours() == []
+    srv = Server("--model", f"demo={sp.DEMO}")
+    try:
+        code, body, _ = http(srv.url + "/v1/ct?model=demo&labels=1", open(z, "rb").read(), "application/zip")
+        ans = json.loads(body)
+        assert code == 200 and ans["passport"]["scan"]["shape"] == [512, 512, 20], body[:300]
+        code, body, _ = http(srv.url + "/v1/ct?model=demo", open(empty, "rb").read(), "application/zip")
+        assert code == 422 and b"no DICOM image slices" in body, (code, body)
+    finally:
+        rc, err = srv.stop()
+    assert rc == 0, err
