@@ -81,6 +81,13 @@ void *sp_big_calloc(size_t n, size_t size);
  * *size (text can be used as a C string). Caller frees *data. */
 sp_status sp_read_file(const char *path, size_t max_bytes, void **data, size_t *size);
 int sp_has_suffix(const char *s, const char *suffix);
+/* Folder of the module holding segpipe's code (the segpipe binary or
+ * libsegpipe.so), resolved; "." when unknown. For files found relative to
+ * an install: bundled models, the GPU kernels. */
+void sp_module_dir(char *buf, size_t cap);
+/* The k largest of v[0..n) (NaN never ranks), best first, ties to the
+ * lower index, into idx; returns how many (min(k, non-NaN count)). */
+int sp_top_k(const float *v, size_t n, int k, size_t *idx);
 
 /* Growable string buffer for JSON and tables. */
 typedef struct sp_buf {

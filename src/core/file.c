@@ -5,7 +5,9 @@
  */
 #include "core.h"
 
+#include <dlfcn.h>
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
@@ -250,4 +252,37 @@ char *sp_base64(const void *data, size_t n)
     }
     *q = 0;
     return o;
+}
+
+void sp_module_dir(char *buf, size_t cap)
+{
+    Dl_info di;
+    char dir[PATH_MAX];
+    snprintf(buf, cap, ".");
+    if (dladdr((void *)sp_module_dir, &di) && di.dli_fname && realpath(di.dli_fname, dir)) {
+        char *slash = strrchr(dir, '/');
+        if (slash)
+            *slash = 0;
+        snprintf(buf, cap, "%s", dir);
+    }
+}
+
+int sp_top_k(const float *v, size_t n, int k, size_t *idx)
+{
+    int have = 0;
+    for (size_t i = 0; i < n && k > 0; i++) {
+        if (!(v[i] == v[i]))
+            continue;
+        int at = have;
+        while (at > 0 && v[idx[at - 1]] < v[i])
+            at--;
+        if (at >= k)
+            continue;
+        int last = have < k ? have : k - 1;
+        memmove(idx + at + 1, idx + at, (size_t)(last - at) * sizeof *idx);
+        idx[at] = i;
+        if (have < k)
+            have++;
+    }
+    return have;
 }

@@ -49,18 +49,8 @@ sp_status sp_dicom_read_dir(const char *dir, const char *uid, uint64_t max_voxel
     size_t n = (size_t)sp_geom_nvox(&g);
     memcpy(v->data, d.data, n * sizeof(float));
     free(d.data);
-    int nonint = 0;
-    float lo = v->data[0], hi = v->data[0];
-    for (size_t i = 0; i < n; i++) {
-        lo = v->data[i] < lo ? v->data[i] : lo;
-        hi = v->data[i] > hi ? v->data[i] : hi;
-        nonint |= v->data[i] != floorf(v->data[i]);
-    }
-    v->vmin = lo;
-    v->vmax = hi;
-    v->range_valid = 1;
-    v->integer_valued = !nonint;
-    v->file_dtype = nonint ? SP_DT_F32 : SP_DT_I16;
+    sp_volume_scan(v);   /* stored integers x slope + intercept: always finite */
+    v->file_dtype = v->integer_valued ? SP_DT_I16 : SP_DT_F32;
     *out = v;
     return SP_OK;
 }

@@ -41,6 +41,29 @@ sp_read_params sp_read_default_params(void)
 
 int64_t sp_geom_nvox(const sp_geom *g) { return g->dim[0] * g->dim[1] * g->dim[2]; }
 
+int64_t sp_volume_scan(sp_volume *v)
+{
+    int64_t n = sp_geom_nvox(&v->g), bad = -1;
+    int nonint = 0;
+    float lo = INFINITY, hi = -INFINITY;
+    for (int64_t i = 0; i < n; i++) {
+        float x = v->data[i];
+        if (!isfinite(x)) {
+            if (bad < 0)
+                bad = i;
+            continue;
+        }
+        nonint |= x != floorf(x);
+        lo = x < lo ? x : lo;
+        hi = x > hi ? x : hi;
+    }
+    v->vmin = lo;
+    v->vmax = hi;
+    v->range_valid = n > 0;
+    v->integer_valued = !nonint;
+    return bad;
+}
+
 sp_volume *sp_volume_alloc(const sp_geom *g)
 {
     sp_volume *v = calloc(1, sizeof *v);

@@ -40,6 +40,10 @@ sp_status sp_dicom_read_zip(const void *data, size_t size, const char *path, con
                             sp_volume **out);
 int sp_is_zip(const void *data, size_t n);
 
+/* Scan v's data once: vmin/vmax, range_valid, integer_valued. Returns the
+ * index of the first non-finite voxel, or -1. */
+int64_t sp_volume_scan(sp_volume *v);
+
 /* Allocate a volume of geometry g with uninitialised data (or NULL). */
 sp_volume *sp_volume_alloc(const sp_geom *g);
 int64_t sp_geom_nvox(const sp_geom *g);

@@ -110,18 +110,16 @@ static sp_classify_result *result_of(const sp_manifest *mf, const float *s, int 
     }
     r->n_classes = C;
     probabilities(mf->out_kind, s, C, r->probs);
-    for (int i = 0; i < k; i++) {   /* selection: best first, ties to the lower index */
-        int best = -1;
-        for (int c = 0; c < C; c++) {
-            int used = 0;
-            for (int q = 0; q < i && !used; q++)
-                used = r->top[q].index == c;
-            if (!used && (best < 0 || r->probs[c] > r->probs[best]))
-                best = c;
-        }
-        r->top[i] = (sp_class_score){best, mf->labels[best], r->probs[best]};
+    size_t *idx = malloc((size_t)k * sizeof *idx);
+    if (!idx) {
+        sp_classify_result_free(r);
+        return NULL;
     }
-    r->k = k;
+    /* the probabilities are monotonic in the scores: rank the scores */
+    r->k = sp_top_k(s, (size_t)C, k, idx);
+    for (int i = 0; i < r->k; i++)
+        r->top[i] = (sp_class_score){(int)idx[i], mf->labels[idx[i]], r->probs[idx[i]]};
+    free(idx);
     return r;
 }
 

@@ -141,25 +141,13 @@ sp_status sp_volume_from_array(const float *data, const int64_t dim[3], const do
     sp_volume *v = sp_volume_alloc(&g);
     if (!v)
         return sp_fail(SP_ERR_NOMEM, "volume from memory: out of memory");
-    int64_t n = sp_geom_nvox(&g);
-    int nonint = 0;
-    float lo = INFINITY, hi = -INFINITY;
-    for (int64_t i = 0; i < n; i++) {
-        float x = data[i];
-        if (!isfinite(x)) {
-            sp_volume_free(v);
-            return sp_fail(SP_ERR_INPUT, "volume from memory: voxel %lld is not a finite number", (long long)i);
-        }
-        nonint |= x != floorf(x);
-        lo = x < lo ? x : lo;
-        hi = x > hi ? x : hi;
-        v->data[i] = x;
+    memcpy(v->data, data, (size_t)sp_geom_nvox(&g) * sizeof(float));
+    int64_t bad = sp_volume_scan(v);
+    if (bad >= 0) {
+        sp_volume_free(v);
+        return sp_fail(SP_ERR_INPUT, "volume from memory: voxel %lld is not a finite number", (long long)bad);
     }
     v->file_dtype = SP_DT_F32;
-    v->integer_valued = !nonint;
-    v->range_valid = 1;
-    v->vmin = lo;
-    v->vmax = hi;
     *out = v;
     return SP_OK;
 }

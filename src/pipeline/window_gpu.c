@@ -41,13 +41,8 @@ static void *open_kernels(void)
     const char *env = getenv("SEGPIPE_CUDA_KERNELS");
     if (env && *env)
         return dlopen(env, RTLD_NOW | RTLD_LOCAL);
-    Dl_info di;
-    char dir[PATH_MAX] = ".";
-    if (dladdr((void *)open_kernels, &di) && di.dli_fname && realpath(di.dli_fname, dir)) {
-        char *slash = strrchr(dir, '/');
-        if (slash)
-            *slash = 0;
-    }
+    char dir[PATH_MAX];
+    sp_module_dir(dir, sizeof dir);
     static const char *const rel[] = {"libsegpipe_cuda.so", "../lib/libsegpipe_cuda.so"};
     for (size_t i = 0; i < sizeof rel / sizeof *rel; i++) {
         char p[PATH_MAX + 32];

@@ -33,13 +33,8 @@ static void find_models(void)
         snprintf(g_models, sizeof g_models, "%s", e);
         return;
     }
-    Dl_info di;
-    char dir[PATH_MAX] = ".";
-    if (dladdr((void *)find_models, &di) && di.dli_fname && realpath(di.dli_fname, dir)) {
-        char *slash = strrchr(dir, '/');
-        if (slash)
-            *slash = 0;
-    }
+    char dir[PATH_MAX];
+    sp_module_dir(dir, sizeof dir);
     static const char *const rel[] = {"../share/segpipe/models", "../models", "models"};
     for (size_t i = 0; i < sizeof rel / sizeof *rel; i++) {
         char p[PATH_MAX + 32];

@@ -110,26 +110,6 @@ static ssize_t answer_write(void *cls, uint64_t pos, char *buf, size_t max)
     return w ? (ssize_t)w : MHD_CONTENT_READER_END_OF_STREAM;
 }
 
-/* top-k of n scores, best first (ties: lower index first) */
-static void top_k(const float *v, size_t n, int k, size_t *idx)
-{
-    int have = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!(v[i] == v[i]))
-            continue;            /* NaN never ranks */
-        int at = have < k ? have : k;
-        while (at > 0 && v[idx[at - 1]] < v[i])
-            at--;
-        if (at >= k)
-            continue;
-        int last = have < k ? have : k - 1;
-        memmove(idx + at + 1, idx + at, (size_t)(last - at) * sizeof *idx);
-        idx[at] = i;
-        if (have < k)
-            have++;
-    }
-}
-
 /* The classification extension for output t: per batch item, its top K
  * values as "score:index[:label]" (labels when an item has one value per
  * class of the package). JSON: the "data" array text; binary: Triton's
@@ -146,8 +126,8 @@ static int classify(const sp_tensor *t, int K, const sp_package *pk, int binary,
     int labelled = per == (size_t)sp_package_num_classes(pk);
     for (int64_t b = 0; b < B; b++) {
         const float *v = (const float *)t->data + (size_t)b * per;
-        top_k(v, per, k, idx);
-        for (int i = 0; i < k; i++) {
+        int got = sp_top_k(v, per, k, idx);
+        for (int i = 0; i < got; i++) {
             char s[192];
             int n = snprintf(s, sizeof s, "%.6g:%zu", (double)v[idx[i]], idx[i]);
             if (labelled && n < (int)sizeof s)
