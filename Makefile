@@ -73,7 +73,7 @@ ALL_CXXFLAGS := -std=c++17 -D_GNU_SOURCE -fPIC -pthread -Wall -Wextra -Wno-unuse
 LIBS := $(ORT_LIBS) $(FF_LIBS) $(DICOM_LIBS) -lmicrohttpd -ljpeg -lpng -lwebp $(HEIF_LIBS) -lcjson -ldeflate -lz -lm -ldl -pthread
 
 LIB_SRC := $(wildcard src/core/*.c src/io/*.c src/pipeline/*.c src/runtime/*.c src/server/*.c)
-LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(DICOM_SRC:%.cc=$(BUILD)/%.o)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(DICOM_SRC:%.cc=$(BUILD)/%.o) $(BUILD)/src/server/ui_assets.o
 CLI_SRC := $(wildcard tools/segpipe/*.c)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/unit/*.c)
@@ -94,6 +94,16 @@ $(DEPS_STAMP): scripts/install-deps.sh
 $(BUILD)/%.o: %.c $(DEPS_STAMP) $(ORT_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+# The web page's files (ui/, and niivue's bundle from install-deps) embedded
+# with .incbin: the library serves them without a share folder (docs/ui.md).
+NIIVUE := third_party/niivue/niivue.umd.js
+$(NIIVUE):
+	bash scripts/install-deps.sh
+
+$(BUILD)/src/server/ui_assets.o: src/server/ui_assets.S $(wildcard ui/*) $(NIIVUE) $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) -c $< -o $@
 
 $(BUILD)/%.o: %.cc $(DEPS_STAMP)
 	@mkdir -p $(dir $@)

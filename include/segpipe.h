@@ -239,6 +239,9 @@ const char *sp_package_label(const sp_package *pk, int i);
 /* All class names, indexed by label (sp_package_num_classes of them; owned
  * by the package). */
 const char *const *sp_package_labels(const sp_package *pk);
+/* The display colour of a label (golden-ratio hues): the NIfTI label
+ * table, the preview images and the web page use it. */
+void sp_label_rgb(int label, uint8_t rgb[3]);
 /* The package's manifest as a JSON string (owned by the package). */
 const char *sp_package_manifest_json(const sp_package *pk);
 /* The package's ONNX model (borrowed). */
@@ -281,6 +284,11 @@ typedef struct sp_ct_params {
                                   never more than 64x the input voxels past 2^22) */
     int64_t max_tiles;       /* refuse more sliding-window tiles; 0 = 100000 */
     int keep_border;         /* statistics.json: keep the values of border-touching structures */
+    int accum_fp16;          /* 1: sliding-window sums stored as IEEE half (half the memory; CPU with F16C) */
+    /* Comma-separated structure names (TotalSegmentator's --roi_subset):
+     * only these keep their labels and are measured; NULL or "": all. Not
+     * owned; read during sp_ct_run only. */
+    const char *roi_subset;
 } sp_ct_params;
 
 sp_ct_params sp_ct_default_params(void);
@@ -604,7 +612,7 @@ typedef struct sp_serve_params {
     const char *api_key_file;  /* one key per line: every request needs "Authorization: Bearer KEY" */
     int protect_health;      /* 1: health endpoints need a key too (default: open) */
     const char *tls_cert, *tls_key;   /* PEM files: serve HTTPS */
-    int no_ui;               /* reserved for the web page */
+    int no_ui;               /* 1: no web page on / (docs/ui.md) */
     /* called once every model is loaded and warmed up (may be NULL) */
     void (*on_ready)(const char *url, void *user);
     void *user;

@@ -10,6 +10,11 @@
 #      npm package com.github.asus4.onnxruntime@0.4.9 (ONNX Runtime 1.29.0),
 #      checked against its published sha512 and unpacked into
 #      third_party/onnxruntime/ (git-ignored).
+#   2b. The web page's viewer and its browser tests (docs/ui.md): npm
+#      @niivue/niivue@0.69.0 (BSD-2; its browser bundle, embedded in
+#      libsegpipe at build time) and playwright-core@1.65.1 (Apache-2.0;
+#      drives Debian's chromium in the tests), both sha512-checked, into
+#      third_party/niivue/ and third_party/playwright-core/.
 #   3. With SP_CUDA=1 (GPU machines, docs/gpu.md): ONNX Runtime's CUDA
 #      provider plugin, npm com.github.asus4.onnxruntime.linux-x64-gpu@0.4.9
 #      (sha512 checked), as libonnxruntime_providers_cuda.so beside the core
@@ -27,7 +32,7 @@ pkgs=(
   libdeflate-dev zlib1g-dev libcjson-dev libmicrohttpd-dev libjpeg62-turbo-dev libpng-dev libwebp-dev libheif-dev libheif-examples
   libavformat-dev libavcodec-dev libavutil-dev libswscale-dev ffmpeg libgdcm-dev libzip-dev dcm2niix
   python3 python3-pip python3-venv python3-setuptools python3-wheel python3-numpy python3-scipy python3-nibabel python3-onnx python3-pydicom python3-torch python3-torchvision python3-pil python-matplotlib-data
-  curl openssl
+  curl openssl chromium
 )
 # npm fetches ONNX Runtime; the Debian package is only needed when no npm
 # (e.g. from a NodeSource node) is on the PATH already.
@@ -63,6 +68,35 @@ npm_fetch() {
   fi
   echo "$tgz"
 }
+
+# --- 2b. the web page's viewer (niivue) and browser driver (playwright-core)
+niivue_sha512=sha512-YMjQvJgD1W2b7DuoxkwlC4VxbrgIePRJ5qyQzXKxi2v2MBVg285P/CIQyg46oDDGDIcaNlbd+MhtO/edMbXJkA==
+playwright_sha512=sha512-hqPpz7blSMPxWVdoeE1yiBSzXsKiVOd2k+kjCvmUywD2GPO2Dd9HfcWnq9NN0GHbNZDFgZ9JfBFr+X5/BLo0qw==
+web_deps() {
+  local t tgz
+  if [ ! -f third_party/niivue/niivue.umd.js ]; then
+    t=$(mktemp -d)
+    echo "install-deps: fetching @niivue/niivue@0.69.0 (the web page's viewer) from npm"
+    tgz=$(npm_fetch "@niivue/niivue@0.69.0" "$niivue_sha512" "$t") || { rm -rf "$t"; return 1; }
+    tar -xzf "$tgz" -C "$t" package/dist/niivue.umd.js package/package.json
+    mkdir -p third_party/niivue
+    cp "$t/package/package.json" third_party/niivue/
+    mv "$t/package/dist/niivue.umd.js" third_party/niivue/niivue.umd.js.part
+    mv third_party/niivue/niivue.umd.js.part third_party/niivue/niivue.umd.js
+    rm -rf "$t"
+  fi
+  if [ ! -f third_party/playwright-core/package.json ]; then
+    t=$(mktemp -d)
+    echo "install-deps: fetching playwright-core@1.65.1 (browser tests) from npm"
+    tgz=$(npm_fetch "playwright-core@1.65.1" "$playwright_sha512" "$t") || { rm -rf "$t"; return 1; }
+    tar -xzf "$tgz" -C "$t"
+    rm -rf third_party/playwright-core
+    mv "$t/package" third_party/playwright-core
+    rm -rf "$t"
+  fi
+}
+mkdir -p third_party
+web_deps
 
 # --- 3. (SP_CUDA=1) the CUDA provider plugin -------------------------------
 cuda_plugin() {

@@ -10,7 +10,7 @@ import importlib.util, os, re, subprocess, sys, tempfile, time, traceback
 root = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 build = os.environ.get("BUILD", "build")
 sel = sys.argv[sys.argv.index("-k") + 1] if "-k" in sys.argv else None
-passed = failed = 0
+passed = failed = skipped = 0
 failures = []
 
 # 1. C unit tests
@@ -60,12 +60,18 @@ for fn in sorted(os.listdir(os.path.join(root, "tests", "py"))):
                 getattr(mod, name)(tmp)
                 passed += 1
                 print(f"ok   {full} ({time.time() - t1:.1f} s)", flush=True)
-            except Exception:
+            except Exception as e:
+                if type(e).__name__ == "Skip":   # sp.Skip: a prerequisite is absent, said why
+                    skipped += 1
+                    print(f"skip {full}: {e}", flush=True)
+                    continue
                 failed += 1
                 failures.append(f"{full}\n{traceback.format_exc()}")
                 print(f"FAIL {full}", flush=True)
 
 for f in failures:
     print("\n--- " + f, file=sys.stderr)
+if skipped:
+    print(f"\n{skipped} skipped (see the skip lines above)")
 print(f"\n{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

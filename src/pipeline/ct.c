@@ -145,20 +145,68 @@ static sp_window_params window_params(const sp_manifest *mf, const sp_ct_params 
     } else {
         /* auto: 4 tiles per call was fastest here (docs/performance.md), as
          * long as the logits of a batch stay under 256 MB */
-        double tile_bytes = 4.0 * mf->num_classes * (double)(mf->patch[0] * mf->patch[1] * mf->patch[2]);
+        int ch = mf->head_w ? mf->head_features : mf->num_classes;
+        double tile_bytes = 4.0 * ch * (double)(mf->patch[0] * mf->patch[1] * mf->patch[2]);
         wp.tile_batch = (int)fmax(1, fmin(4, 256e6 / tile_bytes));
     }
     wp.num_classes = mf->num_classes;
+    wp.head_w = mf->head_w;
+    wp.head_b = mf->head_b;
+    wp.head_features = mf->head_features;
+    wp.accum_fp16 = p->accum_fp16;
     wp.max_tiles = p->max_tiles > 0 ? p->max_tiles : DEFAULT_MAX_TILES;
     wp.cancel = p->cancel;
     return wp;
 }
 
+/* --roi-subset: keep[l] = 1 for the named structures (and background).
+ * NULL keep when no subset is asked. Caller frees *keep. */
+static sp_status roi_parse(const sp_manifest *mf, const char *subset, uint8_t **keep)
+{
+    *keep = NULL;
+    if (!subset || !*subset)
+        return SP_OK;
+    uint8_t *k = calloc((size_t)mf->num_classes, 1);
+    if (!k)
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    k[0] = 1;
+    int n = 0;
+    for (const char *p = subset; *p;) {
+        size_t len = strcspn(p, ",");
+        int found = 0;
+        for (int l = 1; l < mf->num_classes && !found; l++)
+            if (strlen(mf->labels[l]) == len && !strncmp(mf->labels[l], p, len))
+                k[l] = 1, found = 1, n++;
+        if (!found && len) {
+            free(k);
+            return sp_fail(SP_ERR_USAGE, "--roi-subset: model '%s' has no structure \"%.*s\" (%d structures, e.g. "
+                           "\"%s\")", mf->name, (int)(len > 64 ? 64 : len), p, mf->num_classes - 1,
+                           mf->num_classes > 1 ? mf->labels[1] : "");
+        }
+        p += len + (p[len] == ',');
+    }
+    if (!n) {
+        free(k);
+        return sp_fail(SP_ERR_USAGE, "--roi-subset names no structure");
+    }
+    *keep = k;
+    return SP_OK;
+}
+
+/* labels outside the subset become background */
+static void roi_apply(uint16_t *lab, size_t n, const uint8_t *keep)
+{
+    if (keep)
+        for (size_t i = 0; i < n; i++)
+            if (!keep[lab[i]])
+                lab[i] = 0;
+}
+
 /* Brain MRI models ("conform" in the manifest): conform (conform.c),
  * normalise, the window over the conformed grid, optional cleanup, labels
  * back to the input grid. Fills r's labels (and model labels). */
-static sp_status conform_path(sp_package *pk, const sp_volume *ct, const sp_ct_params *p, sp_ct_result *r,
-                              sp_pool *pool)
+static sp_status conform_path(sp_package *pk, const sp_volume *ct, const sp_ct_params *p, const uint8_t *keep,
+                              sp_ct_result *r, sp_pool *pool)
 {
     const sp_manifest *mf = &pk->mf;
     const sp_geom *g = &ct->g;
@@ -181,6 +229,7 @@ static sp_status conform_path(sp_package *pk, const sp_volume *ct, const sp_ct_p
         sp_timings_add(&r->t, "normalize", sp_now() - t0);
         sp_window_params wp = window_params(mf, p);
         st = sp_window_run(pk->model, vol, md, &wp, lab, NULL, pool, &r->t, p->progress, p->progress_user);
+        roi_apply(lab, nm, keep);
     }
     if (!st && (p->largest_component || p->min_component_ml > 0)) {
         double vox_ml = mf->conform_mm * mf->conform_mm * mf->conform_mm / 1000.0;
@@ -213,14 +262,19 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
     sp_status st = SP_OK;
     float *canon = NULL, *model_vol = NULL, *logits = NULL;
     uint16_t *lab_m = NULL, *lab_c = NULL;
+    uint8_t *keep = NULL;
+    const char **names = NULL;
     *out = NULL;
     if (strcmp(mf->task, "ct") && strcmp(mf->task, "mri"))
         return sp_fail(SP_ERR_MODEL, "model '%s' is a '%s' model, not a CT or MRI volume model", mf->name, mf->task);
     if (p.step != 0 && !(p.step > 0 && p.step <= 1))
         return sp_fail(SP_ERR_USAGE, "the sliding-window step must be in (0, 1], got %g", p.step);
+    if ((st = roi_parse(mf, p.roi_subset, &keep)))
+        return st;
     sp_pool *pool = sp_pool_get(p.threads);
     if ((st = check_finite(ct, pool))) {
         sp_pool_put(pool);
+        free(keep);
         return st;
     }
     sp_ct_result *r = calloc(1, sizeof *r);
@@ -231,7 +285,7 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
     sp_timings *t = &r->t;
     double t0 = sp_now();
     if (mf->conform_n) {   /* brain MRI: conformed grid instead of steps a, b, e */
-        if ((st = conform_path(pk, ct, &p, r, pool)))
+        if ((st = conform_path(pk, ct, &p, keep, r, pool)))
             goto fail;
         goto passport;
     }
@@ -302,6 +356,7 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
         goto fail;
     free(model_vol);
     model_vol = NULL;
+    roi_apply(lab_m, nm, keep);
 
     /* f. optional cleanup, at model resolution */
     if (p.largest_component || p.min_component_ml > 0) {
@@ -325,8 +380,10 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
     uint16_t *dst = lab_c ? lab_c : r->labels;
     if (same)
         memcpy(dst, lab_m, nv * sizeof *dst);
-    else if (logits)
+    else if (logits) {
         sp_smooth_labels(logits, lab_m, mf->num_classes, mdim, dst, cdim, pool);
+        roi_apply(dst, nv, keep);
+    }
     else
         sp_resample_nearest_u16(lab_m, mdim, dst, cdim, pool);
     free(logits);
@@ -359,16 +416,26 @@ passport:   /* passport, at native resolution */
         pp2.threads = p.threads;
         pp2.source = mf->name;
         pp2.keep_border = p.keep_border;
-        if ((st = sp_passport_compute(ct, r->labels, (const char *const *)mf->labels, mf->num_classes,
-                                      &pp2, &r->passport)))
+        names = calloc((size_t)mf->num_classes, sizeof *names);
+        if (!names) {
+            st = sp_fail(SP_ERR_NOMEM, "out of memory");
+            goto fail;
+        }
+        for (int l = 0; l < mf->num_classes; l++)   /* only the subset is measured */
+            names[l] = !keep || keep[l] ? mf->labels[l] : NULL;
+        if ((st = sp_passport_compute(ct, r->labels, names, mf->num_classes, &pp2, &r->passport)))
             goto fail;
         sp_timings_add(t, "passport", sp_now() - t0);
     }
     sp_pool_put(pool);
+    free(keep);
+    free(names);
     *out = r;
     return SP_OK;
 fail:
     sp_pool_put(pool);
+    free(keep);
+    free(names);
     free(canon);
     free(model_vol);
     free(logits);

@@ -62,6 +62,13 @@ typedef struct sp_window_params {
     double sigma_scale;      /* 1/8 */
     int tile_batch;
     int num_classes;
+    /* A split head (tools/onnx_split_head.py): the network gives
+     * head_features channels, accumulated as they are; the argmax takes
+     * head_w (num_classes x head_features) times them plus head_b times the
+     * weight sum. head_w NULL: the network gives the logits. */
+    const float *head_w, *head_b;
+    int head_features;
+    int accum_fp16;          /* 1: accumulator stored as IEEE half (F16C) */
     int64_t max_tiles;       /* refuse more tiles than this; 0 = no limit */
     const volatile int *cancel;   /* non-NULL and set: stop at the next tile */
 } sp_window_params;
@@ -70,6 +77,8 @@ typedef struct sp_window_params {
 int sp_window_steps(int64_t image, int64_t tile, double step, int64_t *out, int cap);
 /* nnU-Net's Gaussian importance map (value scaling 10, zeros -> min). */
 float *sp_gaussian_map(const int64_t patch[3], double sigma_scale);
+/* 1 when this CPU can hold the accumulator in IEEE half (F16C + AVX). */
+int sp_window_half_available(void);
 /* Sliding-window inference over vol (dims vdim, i fastest) with model m;
  * labels (vdim, i fastest) receive the argmax. With logits non-NULL (C x
  * nvox, volume layout) the full accumulator is kept and the Gaussian-
@@ -121,9 +130,6 @@ sp_status sp_components_filter(uint16_t *labels, const int64_t dim[3], int keep_
 sp_status sp_components_count(const uint16_t *labels, const int64_t dim[3], int nlabels,
                               int64_t *counts, int64_t *largest);
 /* ---- preview.c ---- */
-/* The display colour of a label (golden-ratio hues; the NIfTI label table
- * and the preview images use it). */
-void sp_label_rgb(int label, uint8_t rgb[3]);
 /* One row of a model input from an RGB rectangle (masks.c; used by video.c). */
 void sp_prep_row(const sp_manifest *mf, const uint8_t *rgb, int stride, int x0, int y0, int w, int h,
                  float *dst, size_t plane, int Wc, int rw, int rh, int y);

@@ -90,19 +90,75 @@ typedef struct win {
     const float *vol;
     int64_t vst[3];              /* volume stride of network dim d */
     int64_t N[3], P[3], pad[3];  /* network dims, patch, low padding */
-    int C;
+    int C;                       /* channels the network gives (and the accumulator holds) */
+    int K;                       /* classes of the argmax: C, or the split head's classes */
+    const float *head_w, *head_b;   /* split head (K x C, K), or NULL */
     float *in;                   /* tile_batch x P */
     float *out;                  /* tile_batch x C x P */
     const float *gauss;
-    float *acc;                  /* C x ring x N1 x N2 */
+    void *acc;                   /* C x ring x N1 x N2, float or IEEE half (half = 1) */
+    int half;
     int64_t ring;                /* rows of dim 0 held: P0, or N0 when keeping logits */
-    float *wsum;                 /* N0 x N1 x N2 weight sums (only when keeping logits) */
+    float *wsum;                 /* ring x N1 x N2 weight sums (with logits kept or a head) */
     int64_t slab;                /* N1 * N2 */
     uint16_t *labels;
     int64_t lst[3];              /* label stride of network dim d */
     const sp_tile *batch;
     int nb;
+    _Atomic int overflow;        /* a half accumulator reached infinity */
 } win;
+
+/* ---- accumulator storage: float, or IEEE half through F16C ---- */
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define SP_F16C __attribute__((target("f16c,avx")))
+SP_F16C static void half_add(uint16_t *a, const float *l, const float *g, int64_t k0, int64_t k1)
+{
+    int64_t k = k0;
+    for (; k + 8 <= k1; k += 8) {
+        __m256 v = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + k)));
+        v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_loadu_ps(l + k), _mm256_loadu_ps(g + k)));
+        _mm_storeu_si128((__m128i *)(a + k), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    }
+    for (; k < k1; k++)
+        a[k] = _cvtss_sh(_cvtsh_ss(a[k]) + l[k] * g[k], _MM_FROUND_TO_NEAREST_INT);
+}
+SP_F16C static void half_load(const uint16_t *a, float *out, int64_t n)
+{
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8)
+        _mm256_storeu_ps(out + k, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + k))));
+    for (; k < n; k++)
+        out[k] = _cvtsh_ss(a[k]);
+}
+int sp_window_half_available(void) { return __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx"); }
+#else
+static void half_add(uint16_t *a, const float *l, const float *g, int64_t k0, int64_t k1) { abort(); }
+static void half_load(const uint16_t *a, float *out, int64_t n) { abort(); }
+int sp_window_half_available(void) { return 0; }
+#endif
+
+/* acc[at + k] += l[k] * g[k] for k in [k0, k1) */
+static inline void acc_add(win *c, size_t at, const float *l, const float *g, int64_t k0, int64_t k1)
+{
+    if (c->half) {
+        half_add((uint16_t *)c->acc + at, l, g, k0, k1);
+        return;
+    }
+    float *a = (float *)c->acc + at;
+    for (int64_t k = k0; k < k1; k++)
+        a[k] += l[k] * g[k];
+}
+
+/* n accumulator values from at, as float: a pointer into the accumulator,
+ * or into tmp after conversion */
+static inline const float *acc_row(const win *c, size_t at, int64_t n, float *tmp)
+{
+    if (!c->half)
+        return (const float *)c->acc + at;
+    half_load((const uint16_t *)c->acc + at, tmp, n);
+    return tmp;
+}
 
 /* gather: one job per (tile, row of dims 0-1) */
 static void gather_rows(void *vc, int64_t b, int64_t e, int w)
@@ -127,7 +183,7 @@ static void gather_rows(void *vc, int64_t b, int64_t e, int w)
     }
 }
 
-/* accumulate: one job per (class, row of dim 0); tiles in order, so every
+/* accumulate: one job per (channel, row of dim 0); tiles in order, so every
  * voxel receives its additions in the same order whatever the threads */
 static void accum_rows(void *vc, int64_t b, int64_t e, int w)
 {
@@ -143,8 +199,8 @@ static void accum_rows(void *vc, int64_t b, int64_t e, int w)
             const float *lg = c->out + ((size_t)t * (size_t)c->C + (size_t)cls) * (size_t)psz +
                               (size_t)(a * c->P[1] * c->P[2]);
             const float *gw = c->gauss + a * c->P[1] * c->P[2];
-            float *acc = c->acc + ((size_t)cls * (size_t)c->ring + (size_t)(n0 % c->ring)) * (size_t)c->slab;
-            float *ws = c->wsum && cls == 0 ? c->wsum + (size_t)n0 * (size_t)c->slab : NULL;
+            size_t acc = ((size_t)cls * (size_t)c->ring + (size_t)(n0 % c->ring)) * (size_t)c->slab;
+            float *ws = c->wsum && cls == 0 ? c->wsum + (size_t)(n0 % c->ring) * (size_t)c->slab : NULL;
             for (int64_t bb = 0; bb < c->P[1]; bb++) {
                 int64_t n1 = c->batch[t].s[1] + bb - c->pad[1];
                 if (n1 < 0 || n1 >= c->N[1])
@@ -154,11 +210,9 @@ static void accum_rows(void *vc, int64_t b, int64_t e, int w)
                     k0 = -off;
                 if (off + k1 > c->N[2])
                     k1 = c->N[2] - off;
-                float *ar = acc + n1 * c->N[2] + off;
                 const float *lr = lg + bb * c->P[2];
                 const float *gr = gw + bb * c->P[2];
-                for (int64_t k = k0; k < k1; k++)
-                    ar[k] += lr[k] * gr[k];
+                acc_add(c, acc + (size_t)(n1 * c->N[2] + off), lr, gr, k0, k1);
                 if (ws) {
                     float *wr = ws + n1 * c->N[2] + off;
                     for (int64_t k = k0; k < k1; k++)
@@ -172,39 +226,96 @@ static void accum_rows(void *vc, int64_t b, int64_t e, int w)
 typedef struct fin_ctx {
     win *c;
     int64_t row0;
-    float *logits;       /* NULL, or C x nvox output (smooth mode) */
+    float *logits;       /* NULL, or K x nvox output (smooth mode) */
     int64_t nvox;
 } fin_ctx;
+
+/* Scratch of one finish_rows call: the row's channels as float (C x N2),
+ * the logits of one class, the best value and class so far (N2 each). */
+typedef struct fin_scratch {
+    float *ch, *l, *best;
+    int *bi;
+    const float **chp;   /* C row pointers */
+} fin_scratch;
+
+/* the logits of class k along one row: the accumulated channel, or the
+ * split head applied to the accumulated features (b_k * sum(w) + W_k f) */
+static const float *class_row(const win *c, const fin_scratch *s, const float **ch, const float *ws, int k,
+                              int64_t n)
+{
+    if (!c->head_w)
+        return ch[k];
+    const float *wk = c->head_w + (size_t)k * (size_t)c->C;
+    float bk = c->head_b[k];
+    for (int64_t i = 0; i < n; i++)
+        s->l[i] = bk * ws[i];
+    for (int f = 0; f < c->C; f++) {
+        const float *x = ch[f];
+        float wf = wk[f];
+        for (int64_t i = 0; i < n; i++)
+            s->l[i] += wf * x[i];
+    }
+    return s->l;
+}
+
+/* argmax (and kept logits) of one finished row (n0, n1) */
+static void finish_row(fin_ctx *f, fin_scratch *s, int64_t n0, int64_t n1)
+{
+    win *c = f->c;
+    int64_t n = c->N[2];
+    size_t cstride = (size_t)c->ring * (size_t)c->slab;
+    size_t base = (size_t)(n0 % c->ring) * (size_t)c->slab + (size_t)(n1 * c->N[2]);
+    const float **ch = s->chp;
+    for (int k = 0; k < c->C; k++)
+        ch[k] = acc_row(c, (size_t)k * cstride + base, n, s->ch + (size_t)k * (size_t)n);
+    const float *ws = c->wsum ? c->wsum + base : NULL;
+    for (int k = 0; k < c->K; k++) {
+        const float *l = class_row(c, s, ch, ws, k, n);
+        for (int64_t i = 0; i < n; i++)
+            if (k == 0 || l[i] > s->best[i])
+                s->best[i] = l[i], s->bi[i] = k;
+        if (f->logits) {   /* keep sum(w * logits) / sum(w), volume layout */
+            float *dst = f->logits + (size_t)k * (size_t)f->nvox;
+            for (int64_t i = 0; i < n; i++)
+                dst[n0 * c->lst[0] + n1 * c->lst[1] + i * c->lst[2]] = l[i] * (1.0f / ws[i]);
+        }
+    }
+    for (int64_t i = 0; i < n; i++) {
+        if (c->half && !isfinite(s->best[i]))
+            c->overflow = 1;
+        c->labels[n0 * c->lst[0] + n1 * c->lst[1] + i * c->lst[2]] = (uint16_t)s->bi[i];
+    }
+}
 
 /* argmax of finished rows, then clear their ring slots */
 static void finish_rows(void *vf, int64_t b, int64_t e, int w)
 {
     fin_ctx *f = vf;
     win *c = f->c;
-    size_t cstride = (size_t)c->ring * (size_t)c->slab;
+    size_t n = (size_t)c->N[2], cstride = (size_t)c->ring * (size_t)c->slab;
+    size_t esz = c->half ? sizeof(uint16_t) : sizeof(float);
+    fin_scratch s = {malloc(((size_t)c->C + 2) * n * sizeof(float)), NULL, NULL, malloc(n * sizeof(int)),
+                     malloc((size_t)c->C * sizeof(float *))};
+    if (!s.ch || !s.bi || !s.chp) {   /* a few KB: treat as fatal like the pool's own allocations */
+        fprintf(stderr, "segpipe: out of memory in the sliding window's argmax\n");
+        abort();
+    }
+    s.l = s.ch + (size_t)c->C * n;
+    s.best = s.l + n;
     for (int64_t job = b; job < e; job++) {
         int64_t n0 = f->row0 + job / c->N[1], n1 = job % c->N[1];
-        size_t base = (size_t)(n0 % c->ring) * (size_t)c->slab + (size_t)(n1 * c->N[2]);
-        for (int64_t n2 = 0; n2 < c->N[2]; n2++) {
-            const float *p = c->acc + base + (size_t)n2;
-            float best = p[0];
-            int bi = 0;
-            for (int k = 1; k < c->C; k++)
-                if (p[(size_t)k * cstride] > best)
-                    best = p[(size_t)k * cstride], bi = k;
-            int64_t vi = n0 * c->lst[0] + n1 * c->lst[1] + n2 * c->lst[2];
-            c->labels[vi] = (uint16_t)bi;
-            if (f->logits) {   /* keep sum(w * logits) / sum(w), volume layout */
-                float inv = 1.0f / c->wsum[(size_t)(n0 * c->slab + n1 * c->N[2] + n2)];
-                for (int k = 0; k < c->C; k++)
-                    f->logits[(size_t)k * (size_t)f->nvox + (size_t)vi] = p[(size_t)k * cstride] * inv;
-            }
-        }
+        finish_row(f, &s, n0, n1);
         if (f->logits)
             continue;
+        size_t base = (size_t)(n0 % c->ring) * (size_t)c->slab + (size_t)(n1 * c->N[2]);
         for (int k = 0; k < c->C; k++)
-            memset(c->acc + (size_t)k * cstride + base, 0, (size_t)c->N[2] * sizeof(float));
+            memset((char *)c->acc + ((size_t)k * cstride + base) * esz, 0, n * esz);
+        if (c->wsum)
+            memset(c->wsum + base, 0, n * sizeof(float));
     }
+    free(s.ch);
+    free(s.bi);
+    free(s.chp);
 }
 
 static void finish(win *c, int64_t from, int64_t to, sp_pool *pool, float *logits)
@@ -265,7 +376,11 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
     int use_gpu = 0;
     c.vol = vol;
     c.labels = labels;
-    c.C = wp->num_classes;
+    c.K = wp->num_classes;
+    c.C = wp->head_w ? wp->head_features : wp->num_classes;
+    c.head_w = wp->head_w;
+    c.head_b = wp->head_b;
+    c.half = wp->accum_fp16;
     for (int d = 0; d < 3; d++) {
         c.N[d] = vdim[wp->axes[d]];
         c.vst[d] = vst[wp->axes[d]];
@@ -299,6 +414,21 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
     make_tiles(tiles, steps, ns);
     if ((st = check_precision(m, &use_gpu)))
         goto done;
+    if (use_gpu && (c.head_w || c.half)) {
+        st = sp_fail(SP_ERR_USAGE, "on a GPU the window keeps the logits in device memory: a split head and the "
+                     "fp16 accumulator are CPU options (use the unsplit package, or --device cpu)");
+        goto done;
+    }
+    if (c.half && c.head_w) {   /* measured: rounded features, then W, flip labels inside the air too */
+        st = sp_fail(SP_ERR_USAGE, "--accumulator fp16 is for logits: a split head's features rounded to half "
+                     "change labels far from any boundary (the split package's fp32 features take less memory "
+                     "than half logits already)");
+        goto done;
+    }
+    if (c.half && !sp_window_half_available()) {
+        st = sp_fail(SP_ERR_USAGE, "the fp16 accumulator needs a CPU with F16C and AVX");
+        goto done;
+    }
     if (use_gpu && !logits) {
         sp_window_plan pl = {{c.N[0], c.N[1], c.N[2]}, {c.P[0], c.P[1], c.P[2]}, {c.pad[0], c.pad[1], c.pad[2]},
                              {c.vst[0], c.vst[1], c.vst[2]}, c.C, B, ntiles, tiles};
@@ -309,10 +439,11 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
     c.in = sp_big_alloc((size_t)B * psz * sizeof(float));
     c.out = sp_big_alloc((size_t)B * (size_t)c.C * psz * sizeof(float));
     c.ring = logits ? c.N[0] : (c.P[0] < c.N[0] ? c.P[0] : c.N[0]);
-    c.acc = sp_big_calloc((size_t)c.C * (size_t)c.ring * (size_t)c.slab, sizeof(float));
-    if (logits)
-        c.wsum = sp_big_calloc((size_t)(c.N[0] * c.slab), sizeof(float));
-    if (!c.gauss || !c.in || !c.out || !c.acc || (logits && !c.wsum)) {
+    c.acc = sp_big_calloc((size_t)c.C * (size_t)c.ring * (size_t)c.slab, c.half ? sizeof(uint16_t) : sizeof(float));
+    int need_wsum = logits || c.head_w;
+    if (need_wsum)
+        c.wsum = sp_big_calloc((size_t)(c.ring * c.slab), sizeof(float));
+    if (!c.gauss || !c.in || !c.out || !c.acc || (need_wsum && !c.wsum)) {
         st = sp_fail(SP_ERR_NOMEM, "sliding window: cannot allocate buffers (%d classes, "
                      "ring %lldx%lldx%lld)", c.C, (long long)c.P[0], (long long)c.N[1], (long long)c.N[2]);
         goto done;
@@ -359,6 +490,8 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
         finish(&c, finished, c.N[0], pool, logits);
         sp_timings_add(t, "window", sp_now() - t0);
     }
+    if (c.overflow)
+        st = sp_fail(SP_ERR_MODEL, "the fp16 accumulator overflowed (sums past 65504): use the fp32 accumulator");
 done:
     for (int d = 0; d < 3; d++)
         free(steps[d]);

@@ -174,6 +174,15 @@ static sp_status parse_ct(const cJSON *j, const cJSON *in, const char *file, sp_
         mf->conform_n = (int64_t)n;
         mf->conform_mm = mm;
     }
+    const cJSON *hd = cJSON_GetObjectItemCaseSensitive(j, "head");
+    if (hd) {   /* the final 1x1x1 convolution, split out (tools/onnx_split_head.py) */
+        double f = num_or(hd, "features", 0);
+        snprintf(mf->head_file, sizeof mf->head_file, "%s", str_or(hd, "file", "head.bin"));
+        if (!(f >= 1 && f <= 4096) || f != floor(f) || strchr(mf->head_file, '/'))
+            return sp_fail(SP_ERR_MODEL, "%s: head needs \"features\" 1..4096 and a \"file\" inside the package",
+                           file);
+        mf->head_features = (int)f;
+    }
     const cJSON *sw = cJSON_GetObjectItemCaseSensitive(j, "sliding_window");
     mf->step = num_or(sw, "step", 0.5);
     mf->sigma_scale = num_or(sw, "sigma_scale", 0.125);
@@ -394,6 +403,28 @@ void sp_manifest_clear(sp_manifest *mf)
             free(mf->labels[i]);
     free(mf->labels);
     mf->labels = NULL;
+    free(mf->head_w);
+    mf->head_w = mf->head_b = NULL;
+}
+
+/* head.bin: num_classes x features weights, then num_classes biases
+ * (float32, little-endian), exactly that many bytes. */
+static sp_status load_head(sp_manifest *mf, const char *dir)
+{
+    char path[PATH_MAX];
+    void *data;
+    size_t n, want = (size_t)mf->num_classes * (size_t)(mf->head_features + 1) * sizeof(float);
+    snprintf(path, sizeof path, "%s/%s", dir, mf->head_file);
+    if (sp_read_file(path, want + 1, &data, &n))
+        return sp_fail_prefix(SP_ERR_MODEL, "model package %s: head", dir);
+    if (n != want) {
+        free(data);
+        return sp_fail(SP_ERR_MODEL, "model package %s: %s has %zu bytes; %d classes x (%d features + bias) "
+                       "as float32 are %zu", dir, mf->head_file, n, mf->num_classes, mf->head_features, want);
+    }
+    mf->head_w = data;
+    mf->head_b = mf->head_w + (size_t)mf->num_classes * (size_t)mf->head_features;
+    return SP_OK;
 }
 
 static int find_output(const sp_io_info *out, int no, const char *name)
@@ -495,7 +526,10 @@ sp_status sp_manifest_check_model(const sp_manifest *mf, const sp_model *m, cons
     if (ti->shape[1] > 0 && ti->shape[1] != mf->channels)
         return sp_fail(SP_ERR_MODEL, "%s: the ONNX input has %lld channels, the manifest says %d", dir,
                        (long long)ti->shape[1], mf->channels);
-    if (to->shape[1] > 0 && to->shape[1] != mf->num_classes)
+    if (mf->head_features && to->shape[1] > 0 && to->shape[1] != mf->head_features)
+        return sp_fail(SP_ERR_MODEL, "%s: the ONNX output has %lld channels but the head takes %d features", dir,
+                       (long long)to->shape[1], mf->head_features);
+    if (!mf->head_features && to->shape[1] > 0 && to->shape[1] != mf->num_classes)
         return sp_fail(SP_ERR_MODEL, "%s: the ONNX output has %lld classes but the manifest's label "
                        "map has %d (indices 0..%d)", dir, (long long)to->shape[1], mf->num_classes,
                        mf->num_classes - 1);
@@ -545,7 +579,8 @@ sp_status sp_package_load(sp_runtime *rt, const char *dir, sp_package **out)
     }
     pk->json = s;
     snprintf(pk->dir, sizeof pk->dir, "%s", dir);
-    if ((st = sp_manifest_parse(s, path, &pk->mf))) {
+    if ((st = sp_manifest_parse(s, path, &pk->mf)) ||
+        (pk->mf.head_features && (st = load_head(&pk->mf, dir)))) {
         sp_package_free(pk);
         return st;
     }

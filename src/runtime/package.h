@@ -28,6 +28,12 @@ typedef struct sp_manifest {
     double conform_mm;
     int num_classes;
     char **labels;            /* num_classes names */
+    /* "head" (tools/onnx_split_head.py): the network ends at head_features
+     * channels; logits = head_w (num_classes x head_features) f + head_b,
+     * applied by the window after accumulation. head_w NULL: no head. */
+    char head_file[128];
+    int head_features;
+    float *head_w, *head_b;
     /* task "masks" */
     int in_h, in_w;           /* fixed model input (0: dynamic) */
     int letterbox, long_side;

@@ -41,7 +41,8 @@ enum MHD_Result sp_http_send(struct MHD_Connection *c, int code, struct MHD_Resp
                              int retry_after)
 {
     MHD_add_response_header(r, "Content-Type", ctype);
-    MHD_add_response_header(r, "Cache-Control", "no-store");
+    if (!MHD_get_response_header(r, "Cache-Control"))   /* the page's files set their own */
+        MHD_add_response_header(r, "Cache-Control", "no-store");
     MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
     if (retry_after > 0) {
         char s[16];
@@ -250,7 +251,8 @@ static int precheck(server *s, struct MHD_Connection *c, req *r, const char **ms
     if (hc.content_length > 1)
         return *msg = "more than one Content-Length header", 400;
     int health = r->ep == EP_LIVE || r->ep == EP_READY;
-    if (s->n_keys && (!health || s->p.protect_health)) {
+    /* the page's static files hold no data: served to anyone (what they fetch needs a key) */
+    if (s->n_keys && r->ep != EP_UI && (!health || s->p.protect_health)) {
         r->owner = key_owner(s, c);
         if (!r->owner)
             return *msg = "authentication required: send \"Authorization: Bearer KEY\"", 401;

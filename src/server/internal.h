@@ -21,7 +21,8 @@
 #include <stdatomic.h>
 
 enum { EP_LIVE, EP_READY, EP_META, EP_MODEL, EP_MODEL_READY, EP_INFER, EP_CT, EP_RESULT,
-       EP_STATUS, EP_METRICS, EP_SEGMENT, EP_JOBS, EP_OTHER, EP_STATS, EP_REPO, EP_CLASSIFY, EP_N };
+       EP_STATUS, EP_METRICS, EP_SEGMENT, EP_JOBS, EP_OTHER, EP_STATS, EP_REPO, EP_CLASSIFY, EP_UI, EP_MODELS,
+       EP_N };
 extern const char *const sp_ep_names[EP_N];
 
 #define LAT_RING 2048
@@ -142,6 +143,10 @@ enum MHD_Result sp_http_reply(struct MHD_Connection *c, int code, const char *ct
                               size_t len, int retry_after);
 enum MHD_Result sp_http_json(struct MHD_Connection *c, int code, char *json);
 /* Queue response r (owned; destroyed here) with segpipe's headers. */
+/* ui.c: the web page's files and GET /v1/models */
+int sp_ui_path(const char *url);
+enum MHD_Result sp_ui_serve(server *s, struct MHD_Connection *c, const char *url, const char *method, int *ok);
+char *sp_models_json(server *s);
 enum MHD_Result sp_http_send(struct MHD_Connection *c, int code, struct MHD_Response *r, const char *ctype,
                              int retry_after);
 enum MHD_Result sp_http_error(struct MHD_Connection *c, int code, const char *msg, int retry_after);

@@ -13,7 +13,8 @@
 
 const char *const sp_ep_names[EP_N] = {"health_live", "health_ready", "server_metadata", "model_metadata",
                                        "model_ready", "infer", "ct", "results", "status", "metrics",
-                                       "segment_batch", "jobs", "other", "model_stats", "repository", "classify"};
+                                       "segment_batch", "jobs", "other", "model_stats", "repository", "classify",
+                                       "ui", "models"};
 
 void sp_record(server *s, int ep, double secs, int ok)
 {

@@ -21,6 +21,8 @@ int sp_route_ep(const char *url)
     if (!strcmp(url, "/v1/segment-batch")) return EP_SEGMENT;
     if (!strcmp(url, "/v1/classify")) return EP_CLASSIFY;
     if (!strcmp(url, "/v1/status")) return EP_STATUS;
+    if (!strcmp(url, "/v1/models")) return EP_MODELS;
+    if (sp_ui_path(url)) return EP_UI;
     if (!strcmp(url, "/metrics")) return EP_METRICS;
     if (!strncmp(url, "/v1/results/", 12)) return EP_RESULT;
     if (!strcmp(url, "/v1/jobs") || !strncmp(url, "/v1/jobs/", 9)) return EP_JOBS;
@@ -461,6 +463,9 @@ static enum MHD_Result simple(server *s, struct MHD_Connection *c, int ep, int *
     case EP_STATUS:
         *ok = 1;
         return sp_http_json(c, 200, sp_status_json(s));
+    case EP_MODELS:
+        *ok = 1;
+        return sp_http_json(c, 200, sp_models_json(s));
     default: {
         char *t = sp_metrics_text(s);
         *ok = 1;
@@ -485,7 +490,9 @@ enum MHD_Result sp_handle(server *s, struct MHD_Connection *c, const char *url, 
     }
     int ep = r->ep, get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
     switch (ep) {
-    case EP_LIVE: case EP_READY: case EP_META: case EP_STATUS: case EP_METRICS:
+    case EP_UI:
+        return sp_ui_serve(s, c, url, method, ok);
+    case EP_LIVE: case EP_READY: case EP_META: case EP_STATUS: case EP_METRICS: case EP_MODELS:
         if (!get)
             return not_allowed(c, "GET");
         return simple(s, c, ep, ok);

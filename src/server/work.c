@@ -306,6 +306,10 @@ static void run_ct(server *s, job *j)
     sp_buf_puts(&b, " \"passport\": ");
     const char *pj = sp_ct_result_passport_json(res);
     sp_buf_puts(&b, pj ? pj : "null");
+    const sp_passport *ps = sp_ct_result_passport(res);
+    const char *sj = ps ? sp_passport_statistics_json(ps) : NULL;
+    sp_buf_puts(&b, ",\n \"statistics\": ");   /* TotalSegmentator's statistics.json */
+    sp_buf_puts(&b, sj ? sj : "null");
     sp_buf_puts(&b, "}\n");
     j->resp = sp_buf_take(&b);
     j->http = j->resp ? 200 : 503;

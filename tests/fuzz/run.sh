@@ -22,6 +22,7 @@ objs() {   # the library once, instrumented, for every target
     o="$out/obj/$(echo "${f%.c}" | tr / _).o"
     [ "$o" -nt "$f" ] || echo "clang $FLAGS -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -c $f -o $o"
   done | xargs -P "$(nproc)" -I{} sh -c '{}'
+  clang -c src/server/ui_assets.S -o "$out/obj/src_server_ui_assets.o"   # the web page's files
 }
 build() {
   # shellcheck disable=SC2086

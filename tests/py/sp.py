@@ -19,6 +19,10 @@ TINYSEG = os.path.join(ROOT, "tests", "data", "tinyseg")
 _lib = None
 
 
+class Skip(Exception):
+    """raised by a test whose prerequisite is absent (tests/run.py prints the reason)"""
+
+
 class VolumeInfo(C.Structure):
     _fields_ = [("dim", C.c_int64 * 3), ("spacing", C.c_double * 3),
                 ("affine", (C.c_double * 4) * 4), ("file_dtype", C.c_int),

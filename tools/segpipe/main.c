@@ -200,6 +200,7 @@ static int cmd_ct(int argc, char **argv)
         {"cache-graph", no_argument, 0, 'G'}, {"save-model-labels", required_argument, 0, 'K'},
         {"quiet", no_argument, 0, 'q'}, {"verbose", no_argument, 0, 'v'},
         {"keep-border", no_argument, 0, 'k'}, {"preview", required_argument, 0, 'V'},
+        {"accumulator", required_argument, 0, 'A'}, {"roi-subset", required_argument, 0, 'R'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     int mri = argc > 0 && !strcmp(argv[0], "mri");   /* `segpipe mri`: the same pipeline, no default model */
     const char *series = NULL;
@@ -242,6 +243,12 @@ static int cmd_ct(int argc, char **argv)
         case 'V': preview = optarg; break;
         case 'G': rp.cache_optimized = 1; break;
         case 'K': mlab = optarg; cp.keep_model_labels = 1; break;
+        case 'A':
+            if (strcmp(optarg, "fp16") && strcmp(optarg, "fp32"))
+                return usage_error("ct", "--accumulator is fp32 or fp16");
+            cp.accum_fp16 = !strcmp(optarg, "fp16");
+            break;
+        case 'R': cp.roi_subset = optarg; break;
         case 'q': g_quiet = 1; break;
         case 'v': g_verbose = 1; break;
         case 'h':
@@ -264,6 +271,8 @@ static int cmd_ct(int argc, char **argv)
                    "      --preview FILE.png   axial/coronal/sagittal slices with the labels and a legend\n"
                    "      --keep-border        statistics.json keeps structures that touch the scan's edge\n"
                    "                           (TotalSegmentator reports them as 0)\n"
+                   "      --roi-subset A,B,... only these structures are labelled and measured\n"
+                   "      --accumulator fp32|fp16  sliding-window sums in float or half (half the memory)\n"
                    "      --cache-graph        keep ORT's optimised graph beside the model (<model>.opt.ort)\n"
                    "      --save-model-labels F  also write the labels at model resolution (canonical grid)\n"
                    "  -q, --quiet / -v, --verbose\n"

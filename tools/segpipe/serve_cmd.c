@@ -21,9 +21,9 @@ static void serve_help(void)
            "         [--api-key-file FILE] [--protect-health] [--tls-cert PEM --tls-key PEM]\n"
            "         [--max-body BYTES] [--max-json-body BYTES] [--max-buffered BYTES]\n"
            "         [--max-connections N] [--max-connections-per-ip N] [--read-timeout S] [--body-timeout S]\n"
-           "         [--max-jobs N] [--max-stored BYTES] [--result-ttl S] [--max-pixels N]\n"
+           "         [--max-jobs N] [--max-stored BYTES] [--result-ttl S] [--max-pixels N] [--no-ui]\n"
            "HTTP service: KServe v2 (/v2/...), POST /v1/ct and /v1/segment-batch, asynchronous /v1/jobs,\n"
-           "/v1/status, /metrics. See docs/service.md. SIGTERM/SIGINT: finish accepted requests, exit 0.\n");
+           "/v1/status, /metrics, and a web page on / (docs/ui.md). See docs/service.md. SIGTERM/SIGINT: finish accepted requests, exit 0.\n");
 }
 
 static int add_model(const char *arg, sp_serve_model *models, char **owned, int *nm)
@@ -77,6 +77,7 @@ static int serve_opt(int c, const char *a, sp_serve_params *sp, int *verbose)
     case 'P': sp->protect_health = 1; return 0;
     case 'c': sp->tls_cert = a; return 0;
     case 'k': sp->tls_key = a; return 0;
+    case 'N': sp->no_ui = 1; return 0;
     case 'v': *verbose = 1; return 0;
     case 'h': serve_help(); return 1;
     default: return -2;
@@ -100,7 +101,7 @@ int cmd_serve(int argc, char **argv)
         {"max-jobs", required_argument, 0, 'j'}, {"api-key-file", required_argument, 0, 'K'},
         {"protect-health", no_argument, 0, 'P'}, {"tls-cert", required_argument, 0, 'c'},
         {"tls-key", required_argument, 0, 'k'}, {"max-pixels", required_argument, 0, 'x'},
-        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+        {"no-ui", no_argument, 0, 'N'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     sp_serve_params sp = sp_serve_default_params();
     sp_serve_model models[32];
     char *owned[32];

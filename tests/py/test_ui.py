@@ -1,0 +1,121 @@
+"""The web page of `segpipe serve` in a real browser: Debian's headless
+Chromium driven by playwright-core (tests/ui/page_test.cjs). Upload the
+example CT: the viewer shows the labels over the scan, the passport table
+lists the structures with the volumes `segpipe ct` reports, a click on a
+row highlights it; upload a photo: four mask overlays with toggles; a
+corrupt file: the service's 422 shown as such; behind an API key the page
+asks for it. Also the page's HTTP side: content types, ETag/304, CSP,
+served without a key, --no-ui. Screenshots are kept in build/test-artifacts/."""
+import json, os, shutil, subprocess
+import numpy as np
+from PIL import Image
+import sp
+from test_server import Server, http
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+PLAYWRIGHT = os.path.join(sp.ROOT, "third_party", "playwright-core", "package.json")
+PHOTO = "/usr/share/matplotlib/mpl-data/sample_data/grace_hopper.jpg"
+CT_SM = os.path.join(sp.CTDIR, "example_ct_sm.nii.gz")
+ART = os.path.join(sp.ROOT, "build", "test-artifacts")
+
+
+def test_page_http(tmp):
+    """GET / and /ui/*: types, caching (ETag, 304), CSP; no key needed for
+    the page while /v1/models needs it; --no-ui turns the page off."""
+    keyfile = os.path.join(tmp, "keys")
+    open(keyfile, "w").write("k" * 24 + "\n")
+    s = Server("--model", f"ct={sp.DEMO}", "--api-key-file", keyfile)
+    try:
+        code, body, h = http(s.url + "/")
+        assert code == 200 and h["Content-Type"].startswith("text/html") and b"/ui/app.js" in body
+        assert "default-src 'self'" in h["Content-Security-Policy"] and h["X-Frame-Options"] == "DENY"
+        assert h["Cache-Control"] == "no-cache" and h["ETag"].startswith('"')
+        code, body, h2 = http(s.url + "/ui/niivue.umd.js")
+        assert code == 200 and h2["Content-Type"].startswith("text/javascript") and len(body) > 1_000_000
+        assert "max-age" in h2["Cache-Control"]
+        assert http(s.url + "/ui/app.css")[2]["Content-Type"].startswith("text/css")
+        import urllib.request
+        req = urllib.request.Request(s.url + "/", headers={"If-None-Match": h["ETag"]})
+        try:
+            urllib.request.urlopen(req)
+            raise AssertionError("expected 304")
+        except urllib.error.HTTPError as e:
+            assert e.code == 304
+        assert http(s.url + "/ui/nothing.js")[0] == 404
+        assert http(s.url + "/", data=b"x", ctype="text/plain")[0] == 405
+        code, body, _ = http(s.url + "/v1/models")
+        assert code == 401
+        req = urllib.request.Request(s.url + "/v1/models", headers={"Authorization": "Bearer " + "k" * 24})
+        m = json.load(urllib.request.urlopen(req))["models"][0]
+        assert m["name"] == "ct" and m["task"] == "ct" and m["labels"]["5"]["name"] == "liver"
+        assert len(m["labels"]["5"]["rgb"]) == 3
+    finally:
+        s.stop()
+    s = Server("--model", f"ct={sp.DEMO}", "--no-ui")
+    try:
+        assert http(s.url + "/")[0] == 404 and http(s.url + "/v2/health/live")[0] == 200
+    finally:
+        s.stop()
+
+
+def test_page_in_chromium(tmp):
+    if not os.path.exists(CHROMIUM) or not os.path.exists(PLAYWRIGHT) or not shutil.which("node"):
+        raise sp.Skip("needs Debian's chromium, node and third_party/playwright-core (scripts/install-deps.sh)")
+    os.makedirs(ART, exist_ok=True)
+    # the CLI's passport: what the page must show
+    out = os.path.join(tmp, "cli.nii.gz")
+    sp.run("ct", CT_SM, "-o", out, "-q", check=True)
+    cli = {s["name"]: s["volume_ml"] for s in json.load(open(os.path.join(tmp, "cli.passport.json")))["structures"]}
+    corrupt = os.path.join(tmp, "corrupt.nii.gz")
+    open(corrupt, "wb").write(np.random.default_rng(3).bytes(4000))
+    keyfile = os.path.join(tmp, "keys")
+    key = "page-test-key-0123456789"
+    open(keyfile, "w").write(key + "\n")
+    s = Server("--model", f"ct={sp.DEMO}", "--model", f"rooms={os.path.join(sp.ROOT, 'models', 'demo-rooms')}")
+    k = Server("--model", f"ct={sp.DEMO}", "--api-key-file", keyfile)
+    try:
+        cfg = {"chromium": CHROMIUM, "url": s.url + "/", "keyed_url": k.url + "/", "key": key, "ct": CT_SM,
+               "photos": [PHOTO], "corrupt": corrupt,
+               "screenshot_ct": os.path.join(ART, "ui-ct.png"), "screenshot_photo": os.path.join(ART, "ui-photo.png"),
+               "screenshot_viewer": os.path.join(ART, "ui-viewer.png")}
+        cf = os.path.join(tmp, "cfg.json")
+        json.dump(cfg, open(cf, "w"))
+        p = subprocess.run(["node", os.path.join(sp.ROOT, "tests", "ui", "page_test.cjs"), cf],
+                           capture_output=True, text=True, timeout=400)
+        assert p.returncode == 0, p.stderr
+        r = json.loads(p.stdout)
+    finally:
+        s.stop()
+        k.stop()
+    assert "exception" not in r, r.get("exception")
+    assert [c for c in r["console"] if "422" not in c] == [], r["console"]   # the corrupt upload's 422 only
+    assert r["models"] == ["ct", "rooms"]
+    # CT: every structure of the CLI's passport, same volumes (2 decimals)
+    assert r["ct_state"] == "done", r.get("ct_error")
+    shown = {row["name"]: row["volume_ml"] for row in r["table"]}
+    assert set(shown) == set(cli)
+    for organ in ("liver", "spleen", "kidney_right", "kidney_left"):
+        assert abs(shown[organ] - round(cli[organ], 2)) < 0.006, (organ, shown[organ], cli[organ])
+    assert r["table"][0]["name"] == max(cli, key=cli.get)               # sorted by volume first
+    assert r["sorted_names"] == sorted(cli)                              # then by name
+    assert r["legend"] == len(cli) and r["bars"] == len(cli)
+    assert r["downloads"] == ["example_ct_sm_labels.nii.gz", "example_ct_sm.passport.json",
+                              "example_ct_sm.statistics.json"]
+    assert {"inference", "window", "processing (service)"} <= set(r["timings"])
+    assert r["selected"] == "liver" and r["legend_selected"] == "liver" and r["picked"].startswith("liver:")
+    # the viewer drew the scan (grey) and labels (the label colours) on its canvas
+    px = np.asarray(Image.open(cfg["screenshot_viewer"]).convert("RGB")).reshape(-1, 3).astype(int)
+    grey = (np.abs(px[:, 0] - px[:, 1]) < 8) & (np.abs(px[:, 1] - px[:, 2]) < 8) & (px.sum(1) > 60)
+    colour = px.max(1) - px.min(1) > 60
+    assert grey.mean() > 0.05 and colour.mean() > 0.01, (grey.mean(), colour.mean())
+    # photo: the four masks of demo-rooms as overlays, toggles work
+    assert r["photo_state"] == "done", r.get("photo_error")
+    (card,) = r["photos"]
+    assert card["masks"] == ["wall", "floor", "ceiling", "window"]
+    assert card["pngs"] == [f"grace_hopper_{m}.png" for m in card["masks"]]
+    assert r["hidden_after_toggle"] == 1
+    # corrupt upload: the service's 422 and its message
+    assert r["corrupt_state"] == "error" and r["corrupt_status"] == "422" and "NIfTI" in r["corrupt_error"]
+    assert r["phone_overflow"] is False
+    # behind an API key: the page asks, then works
+    assert r["key_prompt"] and r["key_models"] == ["ct"]
