@@ -2,7 +2,8 @@
 """Peak memory of `segpipe ct` with TotalSegmentator --fast's architecture
 (118 classes, random weights: bench/data/totalseg-fast, made by
 bench/make_data.sh) on the four benchmark CTs: the logits path, the split
-head (tools/onnx_split_head.py) at 1 and 4 threads, the fp16 accumulator;
+head (tools/onnx_split_head.py --split-concat, as the importer's --split-head
+makes it) at 1 and 4 threads, the fp16 accumulator;
 then `segpipe serve` with two models loaded (RSS after warm-up and after one
 /v1/ct request). Writes bench/out/memory.json and prints a markdown table
 for docs/performance.md.
@@ -26,7 +27,8 @@ def run_ct(model, case, tmp, *extra):
     subprocess.run([SEG, "ct", os.path.join(DATA, case), "-o", os.path.join(tmp, "out.nii.gz"), "--model", model,
                     "--report", rep, "-q", *extra], check=True)
     r = json.load(open(rep))
-    return {"peak_rss_gb": r["peak_rss_bytes"] / 1e9, "total_s": sum(r["seconds"].values()),
+    sec = r["seconds"]
+    return {"peak_rss_gb": r["peak_rss_bytes"] / 1e9, "total_s": sec.get("total", sum(sec.values())),
             "inference_s": r["seconds"].get("inference", 0), "window_s": r["seconds"].get("window", 0)}
 
 
@@ -65,8 +67,8 @@ def main():
     out = {"cases": []}
     with tempfile.TemporaryDirectory() as tmp:
         split = os.path.join(tmp, "split")
-        subprocess.run([sys.executable, os.path.join(ROOT, "tools", "onnx_split_head.py"), plain, "-o", split],
-                       check=True, capture_output=True)
+        subprocess.run([sys.executable, os.path.join(ROOT, "tools", "onnx_split_head.py"), plain, "-o", split,
+                        "--split-concat"], check=True, capture_output=True)
         sizes = ["512x512x280"] if a.quick else a.sizes.split(",")
         for size in sizes:
             case = SIZES[size]

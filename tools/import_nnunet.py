@@ -6,9 +6,10 @@ model package: model.onnx + segpipe.json (docs/model-format.md).
                          [--configuration 3d_fullres]
   tools/import_nnunet.py --random-weights --arch totalseg-fast -o OUT_DIR
   add --fp16 to either for a GPU's fp16 model beside the fp32 one
-  add --split-head for the CPU's memory-lean form (tools/onnx_split_head.py:
-  the final 1x1x1 convolution applied after accumulation; 118-class
-  TotalSegmentator-fast: 3.5 -> 2.1 GB peak at 512x512x280, same labels)
+  add --split-head for the CPU's memory-lean form (tools/onnx_split_head.py
+  --split-concat: the final 1x1x1 convolution applied after accumulation,
+  no concatenated decoder tensors; 118-class TotalSegmentator-fast: 3.5 ->
+  1.7 GB peak at 512x512x280, same labels)
 
 MODEL_FOLDER is nnU-Net's trained-model folder: dataset.json, plans.json and
 fold_N/checkpoint_final.pth. The network is rebuilt in plain PyTorch
@@ -242,7 +243,7 @@ def main():
             add_fp16(a.out, man)
         if a.split_head:
             from onnx_split_head import split_package
-            split_package(a.out, a.out)
+            split_package(a.out, a.out, concat=True)
     except (ImportError_, KeyError, FileNotFoundError, ValueError, ConvertError, SplitError) as e:
         print(f"import_nnunet: {e}", file=sys.stderr)
         sys.exit(4)

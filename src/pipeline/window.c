@@ -437,13 +437,17 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
     }
     c.gauss = sp_gaussian_map(c.P, wp->sigma_scale);
     c.in = sp_big_alloc((size_t)B * psz * sizeof(float));
-    c.out = sp_big_alloc((size_t)B * (size_t)c.C * psz * sizeof(float));
+    /* a split head's tile is left in ORT's buffer (borrowed): allocated when
+     * the graph ends, it is not held beside the network's activations */
+    int borrow = c.head_w != NULL;
+    if (!borrow)
+        c.out = sp_big_alloc((size_t)B * (size_t)c.C * psz * sizeof(float));
     c.ring = logits ? c.N[0] : (c.P[0] < c.N[0] ? c.P[0] : c.N[0]);
     c.acc = sp_big_calloc((size_t)c.C * (size_t)c.ring * (size_t)c.slab, c.half ? sizeof(uint16_t) : sizeof(float));
     int need_wsum = logits || c.head_w;
     if (need_wsum)
         c.wsum = sp_big_calloc((size_t)(c.ring * c.slab), sizeof(float));
-    if (!c.gauss || !c.in || !c.out || !c.acc || (need_wsum && !c.wsum)) {
+    if (!c.gauss || !c.in || (!borrow && !c.out) || !c.acc || (need_wsum && !c.wsum)) {
         st = sp_fail(SP_ERR_NOMEM, "sliding window: cannot allocate buffers (%d classes, "
                      "ring %lldx%lldx%lld)", c.C, (long long)c.P[0], (long long)c.N[1], (long long)c.N[2]);
         goto done;
@@ -472,12 +476,26 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
         sp_pool_for(pool, (int64_t)nb * c.P[0] * c.P[1], 8, gather_rows, &c);
         double t1 = sp_now();
         sp_tensor in = {SP_DT_F32, 5, {nb, 1, c.P[0], c.P[1], c.P[2]}, c.in};
-        sp_tensor out = {SP_DT_F32, 5, {nb, c.C, c.P[0], c.P[1], c.P[2]}, c.out};
-        st = sp_model_run(m, &in, 1, &out, 1);
+        sp_tensor out = {SP_DT_F32, 5, {nb, c.C, c.P[0], c.P[1], c.P[2]}, borrow ? NULL : c.out};
+        void *hold = NULL;
+        st = borrow ? sp_model_run_borrow(m, &in, 1, &out, 1, &hold) : sp_model_run(m, &in, 1, &out, 1);
         double t2 = sp_now();
         if (st)
             goto done;
+        if (borrow && (out.rank != 5 || out.shape[0] != nb || out.shape[1] != c.C || out.shape[2] != c.P[0] ||
+                       out.shape[3] != c.P[1] || out.shape[4] != c.P[2])) {
+            sp_model_outputs_release(hold);
+            st = sp_fail(SP_ERR_MODEL, "the network's output is not [%d, %d, %lld, %lld, %lld] features", nb, c.C,
+                         (long long)c.P[0], (long long)c.P[1], (long long)c.P[2]);
+            goto done;
+        }
+        if (borrow)
+            c.out = out.data;
         sp_pool_for(pool, (int64_t)c.C * c.P[0], 1, accum_rows, &c);
+        if (borrow) {
+            sp_model_outputs_release(hold);
+            c.out = NULL;
+        }
         double t3 = sp_now();
         sp_timings_add(t, "window", (t1 - t0) + (t3 - t2));
         sp_timings_add(t, "inference", t2 - t1);

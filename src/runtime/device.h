@@ -14,5 +14,12 @@ sp_status sp_model_run_device(sp_model *m, const sp_tensor *inputs, int n_in, sp
 /* The runtime's device ("cpu", "cuda", ...) and precision ("auto", "fp32",
  * "fp16"), as validated by sp_runtime_create. */
 const char *sp_runtime_device_name(const sp_runtime *rt);
+/* sp_model_run whose unbound outputs (data NULL) are left in ONNX Runtime's
+ * own buffers, not copied: outputs[j].data points into them until
+ * sp_model_outputs_release(*hold). ORT allocates them when the graph
+ * reaches them, so they do not sit beside its activations at its peak. */
+sp_status sp_model_run_borrow(sp_model *m, const sp_tensor *inputs, int n_in, sp_tensor *outputs, int n_out,
+                              void **hold);
+void sp_model_outputs_release(void *hold);
 const char *sp_runtime_precision(const sp_runtime *rt);
 #endif

@@ -15,6 +15,7 @@
  * request is refused with the list of what the loaded ORT offers.
  */
 #include "runtime.h"
+#include "device.h"
 
 #include <dlfcn.h>
 #include <limits.h>
@@ -533,9 +534,11 @@ static void shape_str(const int64_t *s, int r, char *buf, size_t cap)
         len += (size_t)snprintf(buf + len, cap - len, "%s%lld", i ? "x" : "", (long long)s[i]);
 }
 
-/* Run with the bound tensors' data in memory `mem` (host or device). */
+/* Run with the bound tensors' data in memory `mem` (host or device). With
+ * keep non-NULL, unbound outputs stay ORT's: their values are handed over
+ * in keep[] (SP_MAX_RANK entries) instead of being copied. */
 static sp_status model_run(sp_model *m, const OrtMemoryInfo *mem, const sp_tensor *inputs, int n_in,
-                           sp_tensor *outputs, int n_out)
+                           sp_tensor *outputs, int n_out, OrtValue **keep)
 {
     OrtValue *iv[SP_MAX_RANK] = {0}, *ov[SP_MAX_RANK] = {0};
     sp_status st = SP_OK;
@@ -599,6 +602,12 @@ static sp_status model_run(sp_model *m, const OrtMemoryInfo *mem, const sp_tenso
         size_t bytes = numel(&outputs[j]) * sp_dtype_size(outputs[j].dtype);
         if ((st = sp_ort_check(sp_ort->GetTensorMutableData(ov[j], &src), SP_ERR_RUNTIME, "output")))
             break;
+        if (keep) {   /* borrowed: the caller reads ORT's buffer, then releases it */
+            outputs[j].data = src;
+            keep[j] = ov[j];
+            ov[j] = NULL;
+            continue;
+        }
         outputs[j].data = malloc(bytes ? bytes : 1);
         if (!outputs[j].data) {
             st = sp_fail(SP_ERR_NOMEM, "cannot allocate %zu bytes for output '%s'", bytes, m->out[j].name);
@@ -620,7 +629,34 @@ static sp_status model_run(sp_model *m, const OrtMemoryInfo *mem, const sp_tenso
 sp_status sp_model_run(sp_model *m, const sp_tensor *inputs, int n_in,
                        sp_tensor *outputs, int n_out)
 {
-    return model_run(m, m->rt->cpu_mem, inputs, n_in, outputs, n_out);
+    return model_run(m, m->rt->cpu_mem, inputs, n_in, outputs, n_out, NULL);
+}
+
+sp_status sp_model_run_borrow(sp_model *m, const sp_tensor *inputs, int n_in, sp_tensor *outputs, int n_out,
+                              void **hold)
+{
+    OrtValue **keep = calloc(SP_MAX_RANK, sizeof *keep);
+    *hold = NULL;
+    if (!keep)
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    sp_status st = model_run(m, m->rt->cpu_mem, inputs, n_in, outputs, n_out, keep);
+    if (st) {
+        sp_model_outputs_release(keep);
+        return st;
+    }
+    *hold = keep;
+    return SP_OK;
+}
+
+void sp_model_outputs_release(void *hold)
+{
+    OrtValue **keep = hold;
+    if (!keep)
+        return;
+    for (int i = 0; i < SP_MAX_RANK; i++)
+        if (keep[i])
+            sp_ort->ReleaseValue(keep[i]);
+    free(keep);
 }
 
 const char *sp_runtime_device_name(const sp_runtime *rt) { return rt->device; }
@@ -638,7 +674,7 @@ sp_status sp_model_run_device(sp_model *m, const sp_tensor *inputs, int n_in, sp
     for (int j = 0; j < n_out; j++)
         if (!outputs[j].data)
             return sp_fail(SP_ERR_USAGE, "device runs need every output bound");
-    return model_run(m, m->rt->dev_mem, inputs, n_in, outputs, n_out);
+    return model_run(m, m->rt->dev_mem, inputs, n_in, outputs, n_out, NULL);
 }
 
 void sp_tensor_free_data(sp_tensor *t)

@@ -17,7 +17,8 @@ SPLIT_TOOL = os.path.join(sp.ROOT, "tools", "onnx_split_head.py")
 def split_demo(tmp):
     out = os.path.join(tmp, "demo-split")
     if not os.path.exists(out):
-        subprocess.run([sys.executable, SPLIT_TOOL, sp.DEMO, "-o", out], check=True, capture_output=True)
+        subprocess.run([sys.executable, SPLIT_TOOL, sp.DEMO, "-o", out, "--split-concat"], check=True,
+                       capture_output=True)
     return out
 
 
@@ -44,12 +45,23 @@ def test_split_head_file_is_the_onnx_head(tmp):
     sg = onnx.load(os.path.join(pkg, "model.onnx")).graph
     assert sg.output[0].name == head.input[0] == man["output"]["name"]
     assert sg.output[0].type.tensor_type.shape.dim[1].dim_value == f
+    # --split-concat: no Concat left, each replaced by two Convs and an Add
+    # whose weights are the original's input-channel halves
+    n_cat = sum(n.op_type == "Concat" for n in g.node)
+    assert man["split_concat"] == n_cat > 0 and not any(n.op_type == "Concat" for n in sg.node)
+    assert sum(n.op_type == "Add" for n in sg.node) == n_cat
+    sinit = {t.name: numpy_helper.to_array(t) for t in sg.initializer}
+    for cat in (n for n in g.node if n.op_type == "Concat"):
+        conv = [n for n in g.node if cat.output[0] in n.input][0]
+        wa, wb = sinit[conv.output[0] + "_Wa"], sinit[conv.output[0] + "_Wb"]
+        assert np.array_equal(np.concatenate([wa, wb], 1), init[conv.input[1]])
 
 
 def test_split_head_gives_the_same_labels(tmp):
-    """Accumulating features and applying the head at the argmax is the same
-    sum in exact arithmetic: labels equal to the logits path on both real
-    CTs, and the same passport volumes."""
+    """Accumulating features and applying the head at the argmax (and the
+    concatenations split into two convolutions) is the same sum in exact
+    arithmetic: labels equal to the logits path on both real CTs, and the
+    same passport volumes."""
     pkg = split_demo(tmp)
     for src in ("example_ct_sm.nii.gz", "example_ct.nii.gz"):
         path = os.path.join(sp.CTDIR, src)
