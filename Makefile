@@ -59,10 +59,10 @@ ifeq ($(NO_HEIF),1)
   ALL_CFLAGS += -DSP_NO_HEIF
   HEIF_LIBS :=
 endif
-# DICOM series input through GDCM (C++; NO_DICOM=1 leaves it out)
+# DICOM series input through GDCM, DICOM-SEG output through DCMTK (C++; NO_DICOM=1 leaves both out)
 CXX ?= c++
-DICOM_LIBS := -lgdcmMSFF -lgdcmDSED -lgdcmCommon -lzip -lstdc++
-DICOM_SRC := src/io/dicom.cc
+DICOM_LIBS := -lgdcmMSFF -lgdcmDSED -lgdcmCommon -ldcmseg -ldcmfg -ldcmiod -ldcmdata -loflog -lofstd -lzip -lstdc++
+DICOM_SRC := src/io/dicom.cc src/io/dicom_seg.cc
 ifeq ($(NO_DICOM),1)
   ALL_CFLAGS += -DSP_NO_DICOM
   DICOM_LIBS :=
@@ -186,7 +186,7 @@ install: all
 comma := ,
 VERSION := $(shell sed -n 's/#define SP_VERSION_STRING "\(.*\)"/\1/p' include/segpipe.h)
 DEB_DEPENDS := libc6, libstdc++6, libmicrohttpd12, libcjson1, libdeflate0, zlib1g, libjpeg62-turbo, libpng16-16, \
-  libwebp7$(if $(HEIF_LIBS),$(comma) libheif1)$(if $(DICOM_LIBS),$(comma) libgdcm3.0$(comma) libzip4)$(if $(FF_LIBS),$(comma) libavformat59$(comma) libavcodec59$(comma) libswscale6$(comma) libavutil57)
+  libwebp7$(if $(HEIF_LIBS),$(comma) libheif1)$(if $(DICOM_LIBS),$(comma) libgdcm3.0$(comma) libdcmtk17$(comma) libzip4)$(if $(FF_LIBS),$(comma) libavformat59$(comma) libavcodec59$(comma) libswscale6$(comma) libavutil57)
 deb: all
 	rm -rf $(BUILD)/deb
 	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(BUILD)/deb PREFIX=/usr

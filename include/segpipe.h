@@ -325,6 +325,17 @@ sp_status sp_labels_write(const char *path, const uint16_t *labels,
  * (TotalSegmentator's --ml false layout). */
 sp_status sp_labels_write_split(const char *dir, const uint16_t *labels,
                                 const sp_volume *like, const sp_package *pk);
+/* Write the labels (on source's grid) as a binary DICOM-SEG (DCMTK dcmseg;
+ * docs/dicom.md): one segment per label present, named names[l] (n_names
+ * of them) with the label's display colour, referencing the DICOM series
+ * `source` was read from (patient, study and frame of reference copied; a
+ * new series); `description` becomes the SeriesDescription (may be NULL).
+ * SP_ERR_USAGE when source was not read from DICOM. Written to a temporary
+ * name and renamed. */
+sp_status sp_labels_write_dicom_seg(const char *path, const uint16_t *labels, const sp_volume *source,
+                                    const char *const *names, int n_names, const char *description);
+/* 1 when v was read from a DICOM series (so a DICOM-SEG can reference it). */
+int sp_volume_from_dicom(const sp_volume *v);
 
 /* --------------------------------------------------------------- passport */
 

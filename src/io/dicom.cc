@@ -20,15 +20,19 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
+#include <sys/stat.h>
 
 #include <gdcmAttribute.h>
 #include <gdcmDirectory.h>
 #include <gdcmImageReader.h>
+#include <gdcmReader.h>
+#include <gdcmTrace.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -52,9 +56,10 @@ struct Geom {
 };
 
 struct Slice {
-    std::string file, series;
+    std::string file, series, sop, sop_class;
     double ipp[3], iop[6], ps[2], pos;
     unsigned rows, cols;
+    size_t pixel_at, file_size;   /* where the pixel data value starts (GDCM stops after its header); file size */
 };
 
 const char *base(const std::string &f)
@@ -63,9 +68,66 @@ const char *base(const std::string &f)
     return f.c_str() + (s == std::string::npos ? 0 : s + 1);
 }
 
-/* Header of one file; false when it is not an image (skipped). */
+/* A string attribute's value without DICOM's trailing padding ("" if absent). */
+std::string text(const gdcm::DataSet &ds, uint16_t group, uint16_t element)
+{
+    gdcm::Tag t(group, element);
+    if (!ds.FindDataElement(t))
+        return std::string();
+    const gdcm::ByteValue *bv = ds.GetDataElement(t).GetByteValue();
+    std::string v = bv ? std::string(bv->GetPointer(), bv->GetLength()) : std::string();
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\0'))
+        v.pop_back();
+    return v;
+}
+
+/* Single-frame cross-sectional image storage classes: CT, MR, PET and
+ * their legacy-converted enhanced forms read as one frame per file. Other
+ * objects (RT dose and plans, SR, waveforms, multi-frame enhanced images,
+ * photos) are skipped before GDCM interprets them as images: its image
+ * reader asserts (aborts the process) on some of them. */
+bool supported_class(const std::string &uid)
+{
+    static const char *const ok[] = {
+        "1.2.840.10008.5.1.4.1.1.2",      /* CT Image */
+        "1.2.840.10008.5.1.4.1.1.4",      /* MR Image */
+        "1.2.840.10008.5.1.4.1.1.128",    /* PET Image */
+        "1.2.840.10008.5.1.4.1.1.20",     /* NM Image */
+    };
+    for (const char *u : ok)
+        if (uid == u)
+            return true;
+    return false;
+}
+
+/* The SOP class of a file from a parse that stops before its pixel data
+ * (the dataset's, or the file meta's when an anonymiser emptied it); "" if
+ * it is not DICOM. *pixel_at: the offset of the pixel data element. */
+std::string sop_class_of(const std::string &file, size_t *pixel_at)
+{
+    gdcm::Reader rd;
+    rd.SetFileName(file.c_str());
+    std::set<gdcm::Tag> stop;
+    stop.insert(gdcm::Tag(0x7fe0, 0x0010));
+    if (!rd.ReadUpToTag(gdcm::Tag(0x7fe0, 0x0010), stop))
+        return std::string();
+    *pixel_at = rd.GetStreamCurrentPosition();
+    std::string c = text(rd.GetFile().GetDataSet(), 0x0008, 0x0016);
+    if (c.empty())
+        c = text(rd.GetFile().GetHeader(), 0x0002, 0x0002);
+    if (rd.GetFile().GetDataSet().FindDataElement(gdcm::Tag(0x0028, 0x0008)) &&
+        text(rd.GetFile().GetDataSet(), 0x0028, 0x0008) != "1")
+        return std::string("multi-frame");
+    return c;
+}
+
+/* Header of one file; false when it is not a supported image (skipped). */
 bool header(const std::string &file, Slice &s)
 {
+    if (!supported_class(sop_class_of(file, &s.pixel_at)))
+        return false;
+    struct stat sb;
+    s.file_size = stat(file.c_str(), &sb) ? 0 : size_t(sb.st_size);
     gdcm::ImageReader r;
     r.SetFileName(file.c_str());
     if (!r.Read())
@@ -85,11 +147,14 @@ bool header(const std::string &file, Slice &s)
     ps.SetFromDataSet(ds);
     rows.SetFromDataSet(ds);
     cols.SetFromDataSet(ds);
-    const gdcm::DataElement &se = ds.GetDataElement(gdcm::Tag(0x0020, 0x000e));
-    const gdcm::ByteValue *bv = se.GetByteValue();
-    s.series = bv ? std::string(bv->GetPointer(), bv->GetLength()) : std::string();
-    while (!s.series.empty() && (s.series.back() == ' ' || s.series.back() == '\0'))
-        s.series.pop_back();
+    s.series = text(ds, 0x0020, 0x000e);
+    s.sop = text(ds, 0x0008, 0x0018);
+    s.sop_class = text(ds, 0x0008, 0x0016);
+    const gdcm::DataSet &meta = r.GetFile().GetHeader();   /* anonymised files may keep them only here */
+    if (s.sop.empty())
+        s.sop = text(meta, 0x0002, 0x0003);
+    if (s.sop_class.empty())
+        s.sop_class = text(meta, 0x0002, 0x0002);
     s.file = file;
     for (int i = 0; i < 3; i++)
         s.ipp[i] = ipp.GetValue(i);
@@ -213,6 +278,12 @@ sp_status decode(const Slice &s, float *dst)
     if (im.GetNumberOfDimensions() != 2 || im.GetPixelFormat().GetSamplesPerPixel() != 1)
         return fail_file(SP_ERR_INPUT, s.file, "not a single-frame greyscale slice");
     size_t n = size_t(s.rows) * s.cols;
+    /* native (uncompressed) pixel data: GDCM accepts a short value (it warns
+     * "Incomplete Pixel Data") and pads; a missing part is a missing slice */
+    const gdcm::DataElement &pd = r.GetFile().GetDataSet().GetDataElement(gdcm::Tag(0x7fe0, 0x0010));
+    size_t need = n * ((im.GetPixelFormat().GetBitsAllocated() + 7) / 8);
+    if (pd.GetByteValue() && (pd.GetByteValue()->GetLength() < need || s.pixel_at + need > s.file_size))
+        return fail_file(SP_ERR_INPUT, s.file, "its pixel data is truncated");
     std::vector<char> raw(im.GetBufferLength());
     if (!im.GetBuffer(raw.data()))
         return fail_file(SP_ERR_INPUT, s.file, "its pixel data cannot be decoded (truncated or unsupported)");
@@ -258,13 +329,83 @@ sp_status decode_all(const std::vector<Slice> &ser, float *data, size_t plane)
     return SP_OK;
 }
 
+void copy_uid(char *dst, const std::string &s)
+{
+    std::snprintf(dst, SP_DICOM_UID, "%s", s.c_str());
+}
+
+/* What a DICOM-SEG must reference and copy (sp_dicom_ref): slices in
+ * volume order, geometry, and the first slice's patient/study/FoR values. */
+sp_dicom_ref *capture(const std::vector<Slice> &ser, double step)
+{
+    static const uint16_t tags[][2] = {
+        {0x0008, 0x0005}, {0x0010, 0x0010}, {0x0010, 0x0020}, {0x0010, 0x0030}, {0x0010, 0x0040},
+        {0x0020, 0x000d}, {0x0008, 0x0020}, {0x0008, 0x0030}, {0x0020, 0x0010}, {0x0008, 0x0050},
+        {0x0008, 0x0090}, {0x0020, 0x0052}, {0x0020, 0x1040}, {0x0008, 0x1030}};
+    sp_dicom_ref *r = (sp_dicom_ref *)std::calloc(1, sizeof *r);
+    size_t n = ser.size();
+    if (!r)
+        return NULL;
+    r->sop_uid = (char(*)[SP_DICOM_UID])std::calloc(n, SP_DICOM_UID);
+    r->sop_class = (char(*)[SP_DICOM_UID])std::calloc(n, SP_DICOM_UID);
+    r->ipp = (double(*)[3])std::calloc(n, sizeof *r->ipp);
+    if (!r->sop_uid || !r->sop_class || !r->ipp) {
+        sp_dicom_ref_free(r);
+        return NULL;
+    }
+    r->n = int(n);
+    r->rows = int(ser[0].rows);
+    r->cols = int(ser[0].cols);
+    std::memcpy(r->iop, ser[0].iop, sizeof r->iop);
+    std::memcpy(r->ps, ser[0].ps, sizeof r->ps);
+    r->step = std::fabs(step);
+    for (size_t k = 0; k < n; k++) {
+        copy_uid(r->sop_uid[k], ser[k].sop);
+        copy_uid(r->sop_class[k], ser[k].sop_class);
+        std::memcpy(r->ipp[k], ser[k].ipp, sizeof r->ipp[k]);
+    }
+    copy_uid(r->series_uid, ser[0].series);
+    gdcm::Reader rd;
+    rd.SetFileName(ser[0].file.c_str());
+    std::set<gdcm::Tag> stop;
+    stop.insert(gdcm::Tag(0x7fe0, 0x0010));
+    if (!rd.ReadUpToTag(gdcm::Tag(0x7fe0, 0x0010), stop))
+        return r;
+    const gdcm::DataSet &ds = rd.GetFile().GetDataSet();
+    copy_uid(r->study_uid, text(ds, 0x0020, 0x000d));
+    copy_uid(r->patient_id, text(ds, 0x0010, 0x0020));
+    for (const auto &t : tags) {
+        gdcm::Tag tag(t[0], t[1]);
+        if (!ds.FindDataElement(tag) || text(ds, t[0], t[1]).empty() || r->n_attrs == SP_DICOM_ATTRS)
+            continue;
+        r->attr_tag[r->n_attrs][0] = t[0];
+        r->attr_tag[r->n_attrs][1] = t[1];
+        std::snprintf(r->attr_val[r->n_attrs], sizeof r->attr_val[0], "%s", text(ds, t[0], t[1]).c_str());
+        r->n_attrs++;
+    }
+    return r;
+}
+
 } // namespace
+
+extern "C" void sp_dicom_ref_free(sp_dicom_ref *r)
+{
+    if (r) {
+        std::free(r->sop_uid);
+        std::free(r->sop_class);
+        std::free(r->ipp);
+        std::free(r);
+    }
+}
 
 extern "C" sp_status sp_dicom_load(const char *dir, const char *uid, uint64_t max_voxels, sp_dicom_vol *v, char *msg,
                                    size_t cap)
 {
     std::memset(v, 0, sizeof *v);
     sp_status st = SP_OK;
+    gdcm::Trace::SetWarning(false);   /* GDCM's own messages would go to stderr: ours name the file */
+    gdcm::Trace::SetError(false);
+    gdcm::Trace::SetDebug(false);
     try {
         gdcm::Directory d;
         d.Load(dir, true);
@@ -298,6 +439,7 @@ extern "C" sp_status sp_dicom_load(const char *dir, const char *uid, uint64_t ma
             std::memcpy(v->affine, g.affine, sizeof v->affine);
             std::memcpy(v->spacing, g.spacing, sizeof v->spacing);
             v->data = data;
+            v->ref = capture(ser, step);   /* NULL only when out of memory: then no DICOM-SEG */
         }
     } catch (const std::exception &e) {
         st = sp_fail(SP_ERR_INPUT, "%s: DICOM reading failed (%s)", dir, e.what());

@@ -4,11 +4,29 @@
 #define SP_DICOM_H
 #include "segpipe.h"
 
+/* What a DICOM-SEG of labels on this series must reference and copy: the
+ * sorted slices' instances and positions, the plane geometry, and the
+ * patient/study/frame-of-reference attributes of the first slice (as
+ * strings, with its character set). Never logged. */
+#define SP_DICOM_UID 65
+#define SP_DICOM_ATTRS 16
+typedef struct sp_dicom_ref {
+    int n, rows, cols;
+    char (*sop_uid)[SP_DICOM_UID], (*sop_class)[SP_DICOM_UID];   /* n, in volume (k) order */
+    double (*ipp)[3];                                             /* n */
+    double iop[6], ps[2], step;
+    char series_uid[SP_DICOM_UID], study_uid[SP_DICOM_UID], patient_id[SP_DICOM_UID];
+    int n_attrs;
+    uint16_t attr_tag[SP_DICOM_ATTRS][2];                         /* group, element */
+    char attr_val[SP_DICOM_ATTRS][256];
+} sp_dicom_ref;
+
 typedef struct sp_dicom_vol {
     int64_t dim[3];
     double affine[4][4];      /* RAS+, NIfTI convention */
     double spacing[3];
     float *data;              /* dim[0]*dim[1]*dim[2], i fastest; malloc'd, caller frees */
+    sp_dicom_ref *ref;        /* malloc'd, caller frees with sp_dicom_ref_free */
 } sp_dicom_vol;
 
 #ifdef __cplusplus
@@ -17,6 +35,15 @@ extern "C" {
 /* SP_OK with *v filled, or a status with the reason in msg. */
 sp_status sp_dicom_load(const char *dir, const char *uid, uint64_t max_voxels, sp_dicom_vol *v, char *msg,
                         size_t cap);
+void sp_dicom_ref_free(sp_dicom_ref *r);
+/* dicom_seg.cc (DCMTK dcmseg): labels on ref's grid (cols x rows x n, i
+ * fastest) as a binary DICOM-SEG at path: one segment per label present
+ * (names[l], colour sp_label_rgb(l)), frames only where a segment has
+ * voxels, each derived from its source slice; patient, study and frame of
+ * reference copied from the series. SP_OK, or a status with msg. */
+sp_status sp_dicom_seg_write(const char *path, const sp_dicom_ref *ref, const uint16_t *labels,
+                             const char *const *names, int n_names, const char *description, char *msg,
+                             size_t cap);
 #ifdef __cplusplus
 }
 #endif

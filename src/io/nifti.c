@@ -83,12 +83,15 @@ void sp_volume_free(sp_volume *v)
 {
     if (v) {
         free(v->label_xml);
+        if (v->dicom && v->dicom_free)
+            v->dicom_free(v->dicom);
         free(v->data);
         free(v);
     }
 }
 
 const float *sp_volume_data(const sp_volume *v) { return v->data; }
+int sp_volume_from_dicom(const sp_volume *v) { return v && v->dicom != NULL; }
 
 void sp_affine_axcodes(const double a[4][4], char out[4])
 {

@@ -30,6 +30,8 @@ struct sp_volume {
     int range_valid;              /* vmin/vmax hold the value range (set by the reader) */
     float vmin, vmax;
     char *label_xml;              /* TotalSegmentator's label table (NIfTI extension), or NULL */
+    struct sp_dicom_ref *dicom;   /* read from a DICOM series: what a DICOM-SEG references, or NULL */
+    void (*dicom_free)(struct sp_dicom_ref *);
 };
 
 /* dicom.cc: the DICOM series in folder dir (uid: which series when it holds

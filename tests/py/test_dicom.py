@@ -54,19 +54,40 @@ def _copy_as(tmp, name, transform):
     return d
 
 
+def _plain(ds):
+    """decompressed; the anonymised example keeps its SOP UIDs only in the
+    file meta, which GDCM's writer needs in the dataset"""
+    ds.decompress()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    return ds
+
+
+def _gdcmconv(tmp, plain, name, option):
+    """every slice of folder plain re-encoded by GDCM's gdcmconv (Debian libgdcm-tools)"""
+    d = os.path.join(tmp, name)
+    os.makedirs(d)
+    for f in os.listdir(plain):
+        subprocess.run(["gdcmconv", option, os.path.join(plain, f), os.path.join(d, f)], check=True,
+                       capture_output=True)
+    return d
+
+
 def test_dicom_reencoded_and_shuffled(tmp):
+    """The series decompressed (pydicom, explicit VR little endian), then
+    re-encoded as RLE lossless and JPEG-LS lossless (gdcmconv), under
+    shuffled file names: the same volume every time."""
     ref, ra = ours(SERIES)
-
-    def plain(ds):
-        ds.decompress()
-        return ds
-
-    for name, tf in (("plain", plain),):   # (RLE and JPEG-LS re-encodings: not made yet, see docs/dicom.md)
-        d = _copy_as(tmp, name, tf)
+    plain = _copy_as(tmp, "plain", _plain)
+    variants = {"plain": (plain, ExplicitVRLittleEndian)}
+    if shutil.which("gdcmconv"):
+        variants["rle"] = (_gdcmconv(tmp, plain, "rle", "--rle"), "1.2.840.10008.1.2.5")
+        variants["jpegls"] = (_gdcmconv(tmp, plain, "jpegls", "--jpegls"), "1.2.840.10008.1.2.4.80")
+    assert len(variants) == 3 or not shutil.which("gdcmconv")
+    for name, (d, ts) in variants.items():
         got, ga = ours(d)
         assert np.allclose(ga, ra, atol=1e-4) and np.array_equal(got, ref), name
-        if name == "plain":
-            assert pydicom.dcmread(os.path.join(d, os.listdir(d)[0])).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert pydicom.dcmread(os.path.join(d, os.listdir(d)[0])).file_meta.TransferSyntaxUID == ts, name
 
 
 def test_ct_from_dicom_equals_nifti_path(tmp):
@@ -174,3 +195,68 @@ def test_dicom_zip_file_and_upload(tmp):
     finally:
         rc, err = srv.stop()
     assert rc == 0, err
+
+
+def test_dicom_seg_output(tmp):
+    """`segpipe ct SERIES --output-type dicom`: a DICOM-SEG that pydicom
+    reads: Segmentation Storage, one segment per structure (names as in the
+    passport), every source slice in the referenced series, each frame
+    derived from the slice at its position, and the masks, put back on the
+    series' grid, equal to the NIfTI labels of the same run."""
+    seg_path, nii = os.path.join(tmp, "seg.dcm"), os.path.join(tmp, "lab.nii.gz")
+    sp.run("ct", SERIES, "-o", seg_path, "--output-type", "dicom", "-q", check=True)
+    sp.run("ct", SERIES, "-o", nii, "-q", "--no-passport", check=True)
+    lab = np.asanyarray(nib.load(nii).dataobj)            # [i = column, j = row, k = sorted slice]
+    names = {s["label"]: s["name"] for s in json.load(open(os.path.join(tmp, "seg.passport.json")))["structures"]}
+    seg = pydicom.dcmread(seg_path)
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and seg.Modality == "SEG"
+    assert seg.SegmentationType == "BINARY" and int(seg.Rows) == 512 and int(seg.Columns) == 512
+    assert seg.FrameOfReferenceUID
+    segs = {int(s.SegmentNumber): s for s in seg.SegmentSequence}
+    assert sorted(s.SegmentLabel for s in segs.values()) == sorted(names.values())
+    assert all(s.SegmentAlgorithmType == "AUTOMATIC" for s in segs.values())
+    # the source slices: SOP instance (file meta; the example is anonymised) by position along the normal
+    src = [pydicom.dcmread(os.path.join(SERIES, f), stop_before_pixels=True) for f in os.listdir(SERIES)]
+    normal = np.cross(*np.reshape([float(x) for x in src[0].ImageOrientationPatient], (2, 3)))
+    src.sort(key=lambda d: float(np.dot(normal, [float(x) for x in d.ImagePositionPatient])))
+    uids = [d.file_meta.MediaStorageSOPInstanceUID for d in src]
+    refd = [r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence]
+    assert sorted(refd) == sorted(uids)
+    pos = {tuple(np.round([float(x) for x in d.ImagePositionPatient], 3)): k for k, d in enumerate(src)}
+    got = np.zeros_like(lab)
+    frames = seg.pixel_array.reshape(-1, 512, 512)
+    for fi, fg in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        number = int(fg.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        k = pos[tuple(np.round([float(x) for x in fg.PlanePositionSequence[0].ImagePositionPatient], 3))]
+        derived = fg.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        assert derived == uids[k]
+        label = [l for l, n in names.items() if n == segs[number].SegmentLabel][0]
+        assert not np.any(got[:, :, k][frames[fi].T > 0])         # segments never overlap
+        got[:, :, k][frames[fi].T > 0] = label
+    assert np.array_equal(got, lab)
+    # a NIfTI input cannot give a DICOM-SEG: usage error before any work
+    p = sp.run("ct", os.path.join(sp.CTDIR, "example_ct_sm.nii.gz"), "-o", os.path.join(tmp, "x.dcm"),
+               "--output-type", "dicom")
+    assert p.returncode == 2 and "DICOM input" in p.stderr, p.stderr
+
+
+def test_pydicom_test_files_never_crash(tmp):
+    """Every file of pydicom's test data (Debian python3-pydicom: malformed,
+    truncated, big endian, no meta, RLE, JPEG, multi-frame, RT and SR
+    objects...) as a one-file series: a volume (exit 0) or a clear input
+    error (exit 3) naming the problem, never a crash."""
+    data = os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files")
+    files = sorted(f for f in os.listdir(data) if os.path.isfile(os.path.join(data, f)))
+    assert len(files) > 40
+    codes = {}
+    for f in files:
+        d = os.path.join(tmp, f + ".d")
+        os.makedirs(d)
+        shutil.copy(os.path.join(data, f), d)
+        p = sp.run("resample", d, "-o", os.path.join(tmp, "out.nii.gz"), "--spacing", "4,4,4")
+        assert p.returncode in (0, 3), (f, p.returncode, p.stderr)
+        assert p.returncode == 0 or p.stderr.strip(), f
+        assert "Sanitizer" not in p.stderr and "runtime error" not in p.stderr, (f, p.stderr)
+        codes[f] = p.returncode
+    assert codes["CT_small.dcm"] == 0 and codes["MR_small_RLE.dcm"] == 0
+    assert codes["MR_truncated.dcm"] == 3 and codes["rtplan.dcm"] == 3

@@ -132,7 +132,7 @@ static char *path_stem(const char *path)
     size_t n = strlen(s);
     if (n > 7 && strcmp(s + n - 7, ".nii.gz") == 0)
         s[n - 7] = 0;
-    else if (n > 4 && strcmp(s + n - 4, ".nii") == 0)
+    else if (n > 4 && (strcmp(s + n - 4, ".nii") == 0 || strcmp(s + n - 4, ".dcm") == 0))
         s[n - 4] = 0;
     return s;
 }
@@ -201,6 +201,7 @@ static int cmd_ct(int argc, char **argv)
         {"quiet", no_argument, 0, 'q'}, {"verbose", no_argument, 0, 'v'},
         {"keep-border", no_argument, 0, 'k'}, {"preview", required_argument, 0, 'V'},
         {"accumulator", required_argument, 0, 'A'}, {"roi-subset", required_argument, 0, 'R'},
+        {"output-type", required_argument, 0, 'O'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     int mri = argc > 0 && !strcmp(argv[0], "mri");   /* `segpipe mri`: the same pipeline, no default model */
     const char *series = NULL;
@@ -208,7 +209,7 @@ static int cmd_ct(int argc, char **argv)
                *preview = NULL;
     sp_runtime_params rp = sp_runtime_default_params();
     sp_ct_params cp = sp_ct_default_params();
-    int split = 0, c;
+    int split = 0, dicom_out = 0, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "o:m:t:qvh", opts, NULL)) != -1) {
         switch (c) {
@@ -249,6 +250,11 @@ static int cmd_ct(int argc, char **argv)
             cp.accum_fp16 = !strcmp(optarg, "fp16");
             break;
         case 'R': cp.roi_subset = optarg; break;
+        case 'O':
+            if (strcmp(optarg, "nifti") && strcmp(optarg, "dicom"))
+                return usage_error("ct", "--output-type is nifti or dicom");
+            dicom_out = !strcmp(optarg, "dicom");
+            break;
         case 'q': g_quiet = 1; break;
         case 'v': g_verbose = 1; break;
         case 'h':
@@ -273,6 +279,8 @@ static int cmd_ct(int argc, char **argv)
                    "                           (TotalSegmentator reports them as 0)\n"
                    "      --roi-subset A,B,... only these structures are labelled and measured\n"
                    "      --accumulator fp32|fp16  sliding-window sums in float or half (half the memory)\n"
+                   "      --output-type nifti|dicom  labels as NIfTI (default) or, for a DICOM input, as a\n"
+                   "                           DICOM-SEG referencing the series (OUTPUT ends in .dcm)\n"
                    "      --cache-graph        keep ORT's optimised graph beside the model (<model>.opt.ort)\n"
                    "      --save-model-labels F  also write the labels at model resolution (canonical grid)\n"
                    "  -q, --quiet / -v, --verbose\n"
@@ -292,7 +300,9 @@ static int cmd_ct(int argc, char **argv)
                            "package)");
     if (cp.tile_batch < 0 || cp.tile_batch > 64 || rp.threads < 0 || cp.step < 0 || cp.step > 1)
         return usage_error("ct", "bad --tile-batch, --threads or --step");
-    if (!split && !strstr(output, ".nii"))
+    if (dicom_out && (split || strlen(output) < 4 || strcmp(output + strlen(output) - 4, ".dcm")))
+        return usage_error("ct", "with --output-type dicom, OUTPUT must end in .dcm (and no --split)");
+    if (!split && !dicom_out && !strstr(output, ".nii"))
         return usage_error("ct", "OUTPUT must end in .nii or .nii.gz (or use --split)");
     const char *input = argv[optind];
     set_logging();
@@ -320,6 +330,11 @@ static int cmd_ct(int argc, char **argv)
         goto out;
     }
     sp_timings_add(&tt, "read", sp_now() - t0);
+    if (dicom_out && !sp_volume_from_dicom(v)) {
+        rc = usage_error("ct", "--output-type dicom needs a DICOM input (a DICOM-SEG references the series it "
+                         "was made from)");
+        goto out;
+    }
     if ((st = sp_ct_run(pk, v, &cp, &res))) {
         rc = fail(st, input);
         goto out;
@@ -334,8 +349,12 @@ static int cmd_ct(int argc, char **argv)
         snprintf(ppath, sizeof ppath, "%s/passport.json", output);
         snprintf(spath, sizeof spath, "%s/statistics.json", output);
     } else {
-        st = sp_labels_write_named(output, sp_ct_result_labels(res, NULL), v, sp_package_labels(pk),
-                                   sp_package_num_classes(pk));
+        char desc[128];
+        snprintf(desc, sizeof desc, "segpipe %s", sp_package_name(pk));
+        st = dicom_out ? sp_labels_write_dicom_seg(output, sp_ct_result_labels(res, NULL), v, sp_package_labels(pk),
+                                                   sp_package_num_classes(pk), desc)
+                       : sp_labels_write_named(output, sp_ct_result_labels(res, NULL), v, sp_package_labels(pk),
+                                               sp_package_num_classes(pk));
         char *stem = path_stem(output);
         snprintf(ppath, sizeof ppath, "%s.passport.json", stem);
         snprintf(spath, sizeof spath, "%s.statistics.json", stem);
