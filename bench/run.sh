@@ -59,6 +59,8 @@ if [ "${BENCH_QUICK:-0}" != 1 ]; then
         --labels "$CT/total_v2_labels.json" -o "$DATA/totalseg-fast" 2>/dev/null
   fi
   $SEG bench --model "$DATA/totalseg-fast" "$DATA/ct_512x512x280.nii.gz" --runs 1 --out "$OUT/tsfast" > /dev/null
+  # 4b. peak memory: logits vs split head, 4 sizes, 1 and 4 threads; serve with two models
+  /usr/bin/python3 bench/memory.py > "$OUT/memory.md"
   # 5. thread scaling x tile batch (inference stage), demo model, example_ct
   for t in 1 2; do for b in 1 2 4; do
     $SEG bench --model models/demo-ct "$CT/example_ct.nii.gz" --threads $t --tile-batch $b --runs 1 \
@@ -72,6 +74,8 @@ fi
 
 # 7. service load (loopback)
 /usr/bin/python3 bench/serve_load.py "$OUT/serve_load.json" > /dev/null
+# DICOM series to volume: segpipe vs dcm2niix
+/usr/bin/python3 bench/dicom_read.py > "$OUT/dicom_read.md"
 /usr/bin/python3 bench/serve_masks_load.py "$OUT/serve_masks_load.json" > /dev/null
 
 # 8. photo masks: RSS over 1,000 photos (service and CLI)

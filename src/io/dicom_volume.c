@@ -11,6 +11,10 @@
 #include "dicom.h"
 
 #include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,12 +25,151 @@
 #endif
 
 #ifndef SP_NO_DICOM
+/* ---- the DICOM library in a child process ----
+ * Debian's GDCM is built with assertions on, and malformed files reach
+ * some of them (fuzz_dicom found two): an assertion aborts the process,
+ * which for `segpipe serve` would be every request in flight. So the
+ * series is read in a forked child that sends the volume back through a
+ * pipe; a child that dies is a damaged series (exit 3 / HTTP 422), not a
+ * dead service. SEGPIPE_DICOM_INPROCESS=1 reads in process (debugging). */
+
+static int write_all(int fd, const void *p, size_t n)
+{
+    const char *c = p;
+    while (n) {
+        ssize_t w = write(fd, c, n > (1u << 30) ? (1u << 30) : n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        c += w, n -= (size_t)w;
+    }
+    return 0;
+}
+
+static int read_all(int fd, void *p, size_t n)
+{
+    char *c = p;
+    while (n) {
+        ssize_t r = read(fd, c, n > (1u << 30) ? (1u << 30) : n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        c += r, n -= (size_t)r;
+    }
+    return 0;
+}
+
+/* child: status, message, then the volume and its references */
+static void child_send(int fd, const char *dir, const char *uid, uint64_t max_voxels)
+{
+    char msg[1024] = "";
+    sp_dicom_vol d;
+    sp_status st = sp_dicom_load(dir, uid, max_voxels, &d, msg, sizeof msg);
+    if (write_all(fd, &st, sizeof st) || write_all(fd, msg, sizeof msg) || st)
+        return;
+    sp_dicom_ref none;
+    memset(&none, 0, sizeof none);
+    const sp_dicom_ref *r = d.ref ? d.ref : &none;
+    size_t n = (size_t)(d.dim[0] * d.dim[1] * d.dim[2]), k = (size_t)r->n;
+    if (write_all(fd, &d, sizeof d) || write_all(fd, r, sizeof *r) || write_all(fd, d.data, n * sizeof(float)))
+        return;
+    if (k)
+        (void)(write_all(fd, r->sop_uid, k * SP_DICOM_UID) || write_all(fd, r->sop_class, k * SP_DICOM_UID) ||
+               write_all(fd, r->ipp, k * sizeof *r->ipp));
+}
+
+#define CHILD_DIED ((sp_status)-1)   /* parent_receive: the stream ended early */
+
+static sp_status parent_receive(int fd, sp_dicom_vol *d, char *msg, size_t cap)
+{
+    sp_status st;
+    char m[1024];
+    memset(d, 0, sizeof *d);
+    if (read_all(fd, &st, sizeof st) || read_all(fd, m, sizeof m))
+        return CHILD_DIED;   /* no answer: the child died */
+    if (st) {
+        m[sizeof m - 1] = 0;
+        snprintf(msg, cap, "%s", m);
+        return st;
+    }
+    sp_dicom_ref r;
+    if (read_all(fd, d, sizeof *d) || read_all(fd, &r, sizeof r))
+        return CHILD_DIED;
+    size_t n = (size_t)(d->dim[0] * d->dim[1] * d->dim[2]), k = r.n > 0 ? (size_t)r.n : 0;
+    d->ref = NULL;
+    d->data = malloc(n * sizeof(float) + 1);
+    sp_dicom_ref *ref = k ? calloc(1, sizeof *ref) : NULL;
+    if (ref) {
+        *ref = r;
+        ref->sop_uid = calloc(k, SP_DICOM_UID);
+        ref->sop_class = calloc(k, SP_DICOM_UID);
+        ref->ipp = calloc(k, sizeof *ref->ipp);
+    }
+    if (!d->data || (k && (!ref || !ref->sop_uid || !ref->sop_class || !ref->ipp))) {
+        free(d->data);
+        d->data = NULL;
+        sp_dicom_ref_free(ref);
+        snprintf(msg, cap, "DICOM: cannot allocate the volume");
+        return SP_ERR_NOMEM;
+    }
+    if (read_all(fd, d->data, n * sizeof(float)) ||
+        (k && (read_all(fd, ref->sop_uid, k * SP_DICOM_UID) || read_all(fd, ref->sop_class, k * SP_DICOM_UID) ||
+               read_all(fd, ref->ipp, k * sizeof *ref->ipp)))) {
+        free(d->data);
+        d->data = NULL;
+        sp_dicom_ref_free(ref);
+        return CHILD_DIED;
+    }
+    d->ref = ref;
+    return SP_OK;
+}
+
+static sp_status load_isolated(const char *dir, const char *uid, uint64_t max_voxels, sp_dicom_vol *d, char *msg,
+                               size_t cap)
+{
+    const char *inproc = getenv("SEGPIPE_DICOM_INPROCESS");
+    if (inproc && !strcmp(inproc, "1"))
+        return sp_dicom_load(dir, uid, max_voxels, d, msg, cap);
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC))
+        return snprintf(msg, cap, "DICOM: cannot make a pipe"), SP_ERR_IO;
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return snprintf(msg, cap, "DICOM: cannot start the reader process"), SP_ERR_IO;
+    }
+    if (pid == 0) {   /* the child: read, send, leave without running the parent's exit handlers */
+        close(fds[0]);
+        signal(SIGPIPE, SIG_IGN);
+        int null = open("/dev/null", O_WRONLY);   /* GDCM's assertion texts: the parent reports instead */
+        if (null >= 0)
+            dup2(null, 2);
+        child_send(fds[1], dir, uid, max_voxels);
+        _exit(0);
+    }
+    close(fds[1]);
+    sp_status st = parent_receive(fds[0], d, msg, cap);
+    close(fds[0]);
+    int ws = 0;
+    while (waitpid(pid, &ws, 0) < 0 && errno == EINTR)
+        ;
+    if (st == CHILD_DIED) {
+        snprintf(msg, cap, "%s: the DICOM library failed on this series (%s %d): a damaged or unsupported file",
+                 dir, WIFSIGNALED(ws) ? "signal" : "exit", WIFSIGNALED(ws) ? WTERMSIG(ws) : WEXITSTATUS(ws));
+        return SP_ERR_INPUT;
+    }
+    return st;
+}
+
 sp_status sp_dicom_read_dir(const char *dir, const char *uid, uint64_t max_voxels, sp_volume **out)
 {
     char msg[1024];
     sp_dicom_vol d;
     *out = NULL;
-    sp_status st = sp_dicom_load(dir, uid, max_voxels, &d, msg, sizeof msg);
+    sp_status st = load_isolated(dir, uid, max_voxels, &d, msg, sizeof msg);
     if (st)
         return sp_fail(st, "%s", msg);
     sp_geom g;

@@ -110,6 +110,7 @@ typedef struct win {
 
 /* ---- accumulator storage: float, or IEEE half through F16C ---- */
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define SP_F16C __attribute__((target("f16c,avx")))
 SP_F16C static void half_add(uint16_t *a, const float *l, const float *g, int64_t k0, int64_t k1)
@@ -131,7 +132,18 @@ SP_F16C static void half_load(const uint16_t *a, float *out, int64_t n)
     for (; k < n; k++)
         out[k] = _cvtsh_ss(a[k]);
 }
-int sp_window_half_available(void) { return __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx"); }
+/* CPUID leaf 1: F16C (ecx 29), AVX (ecx 28), OSXSAVE (ecx 27), and the OS
+ * saving YMM state (XCR0 bits 1-2); clang 14's __builtin_cpu_supports has
+ * no "f16c" */
+int sp_window_half_available(void)
+{
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 29)) || !(c & (1u << 28)) || !(c & (1u << 27)))
+        return 0;
+    unsigned lo, hi;
+    __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (lo & 6) == 6;
+}
 #else
 static void half_add(uint16_t *a, const float *l, const float *g, int64_t k0, int64_t k1) { abort(); }
 static void half_load(const uint16_t *a, float *out, int64_t n) { abort(); }

@@ -35,7 +35,9 @@ objs() {   # the library once, instrumented, for every target
 }
 build() {
   # shellcheck disable=SC2086
-  clang $FLAGS -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined "tests/fuzz/$1.c" "$out"/obj/*.o $LIBS -o "$out/$1"
+  # linked by clang++: the C++ objects (GDCM, DCMTK callers) need UBSan's C++ runtime
+  clang++ -x c $FLAGS -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined "tests/fuzz/$1.c" -x none \
+    "$out"/obj/*.o $LIBS -o "$out/$1"
 }
 seed() {   # seed() TARGET: the corpus folder, filled with starting inputs
   local c="$out/corpus-$1"

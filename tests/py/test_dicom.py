@@ -246,13 +246,18 @@ def test_pydicom_test_files_never_crash(tmp):
     objects...) as a one-file series: a volume (exit 0) or a clear input
     error (exit 3) naming the problem, never a crash."""
     data = os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files")
-    files = sorted(f for f in os.listdir(data) if os.path.isfile(os.path.join(data, f)))
+    files = sorted(os.path.join(data, f) for f in os.listdir(data) if os.path.isfile(os.path.join(data, f)))
     assert len(files) > 40
+    # and what fuzz_dicom found (tests/fuzz/regressions-dicom: a JPEG-LS stream
+    # GDCM leaks on, an element declaring 3.4 GB in a 7.8 KB file)
+    reg = os.path.join(sp.ROOT, "tests", "fuzz", "regressions-dicom")
+    files += sorted(os.path.join(reg, f) for f in os.listdir(reg))
     codes = {}
-    for f in files:
+    for path in files:
+        f = os.path.basename(path)
         d = os.path.join(tmp, f + ".d")
         os.makedirs(d)
-        shutil.copy(os.path.join(data, f), d)
+        shutil.copy(path, d)
         p = sp.run("resample", d, "-o", os.path.join(tmp, "out.nii.gz"), "--spacing", "4,4,4")
         assert p.returncode in (0, 3), (f, p.returncode, p.stderr)
         assert p.returncode == 0 or p.stderr.strip(), f
@@ -260,3 +265,4 @@ def test_pydicom_test_files_never_crash(tmp):
         codes[f] = p.returncode
     assert codes["CT_small.dcm"] == 0 and codes["MR_small_RLE.dcm"] == 0
     assert codes["MR_truncated.dcm"] == 3 and codes["rtplan.dcm"] == 3
+    assert codes["huge-element-length.dcm"] == 3
