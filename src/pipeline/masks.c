@@ -53,9 +53,43 @@ typedef struct prep_ctx {
  * bilinear with half-pixel centres into a rw x rh content rectangle at the
  * top-left of a Wc-wide canvas, normalised per the manifest; zeros outside
  * the content. Shared by photo masks and video. */
+/* Corner-aligned bilinear (sample at x * src/dst, neighbours floor and
+ * ceil clamped), each pixel's channels rounded to uint8 when asked: the
+ * resize of @imgly/background-removal's tensorResizeBilinear, term by term
+ * in double so that halves round the same way (Math.round: floor(v + 0.5)). */
+static void prep_row_corner(const sp_manifest *mf, const uint8_t *rgb, int stride, int x0r, int y0r, int w, int h,
+                            float *dst, size_t plane, int Wc, int rw, int rh, int y)
+{
+    double sy = (double)y * ((double)h / rh);
+    int y1 = (int)floor(sy), y2 = (int)ceil(sy) < h - 1 ? (int)ceil(sy) : h - 1;
+    double dy = sy - y1, kx = (double)w / rw;
+    const uint8_t *r1 = rgb + ((size_t)(y0r + y1) * stride + x0r) * 3, *r2 = rgb + ((size_t)(y0r + y2) * stride + x0r) * 3;
+    for (int x = 0; x < Wc; x++) {
+        if (x >= rw) {
+            for (int ch = 0; ch < 3; ch++)
+                dst[ch * plane + (size_t)x] = 0;
+            continue;
+        }
+        double sx = (double)x * kx;
+        int x1 = (int)floor(sx), x2 = (int)ceil(sx) < w - 1 ? (int)ceil(sx) : w - 1;
+        double dx = sx - x1;
+        for (int ch = 0; ch < 3; ch++) {
+            double v = (1 - dx) * (1 - dy) * r1[x1 * 3 + ch] + dx * (1 - dy) * r1[x2 * 3 + ch] +
+                       (1 - dx) * dy * r2[x1 * 3 + ch] + dx * dy * r2[x2 * 3 + ch];
+            if (mf->round_input)
+                v = floor(v + 0.5);
+            dst[ch * plane + (size_t)x] = (float)((v * mf->pix_scale - mf->mean[ch]) / mf->std[ch]);
+        }
+    }
+}
+
 void sp_prep_row(const sp_manifest *mf, const uint8_t *rgb, int stride, int x0r, int y0r, int w, int h,
                  float *dst, size_t plane, int Wc, int rw, int rh, int y)
 {
+    if (mf->sample_corner && y < rh) {
+        prep_row_corner(mf, rgb, stride, x0r, y0r, w, h, dst, plane, Wc, rw, rh, y);
+        return;
+    }
     if (y >= rh) {
         for (int ch = 0; ch < 3; ch++)
             memset(dst + ch * plane, 0, (size_t)Wc * sizeof(float));
@@ -87,6 +121,8 @@ void sp_prep_row(const sp_manifest *mf, const uint8_t *rgb, int stride, int x0r,
             float top = p00[ch] + fx * (p01[ch] - p00[ch]);
             float bot = p10[ch] + fx * (p11[ch] - p10[ch]);
             float v = top + fy * (bot - top);
+            if (mf->round_input)
+                v = floorf(v + 0.5f);
             dst[ch * plane + (size_t)x] = v * k[ch] - o[ch];
         }
     }
@@ -121,6 +157,7 @@ typedef struct post_ctx {
     uint32_t *rcnt;          /* nw x H: pixels on per row */
     int *rfirst, *rlast;     /* nw x H: first and last x on per row */
     int oom;
+    const uint8_t *q;        /* probability x 255 truncated to uint8 (output.quantize "truncate"), or NULL */
 } post_ctx;
 
 /*
@@ -152,6 +189,67 @@ static void cut_masks(post_ctx *c, const uint16_t *row, int64_t y)
             c->rlast[r] = l;
         }
     }
+}
+
+/* the value at grid point g on the 0..255 scale the alpha is made on */
+static inline double alpha_at(const post_ctx *c, size_t g)
+{
+    return c->q ? (double)c->q[g] : (double)c->score[g] * 255.0;
+}
+
+/* Probability models with upstream conventions: per photo pixel the 8-bit
+ * alpha (bilinear, centre- or corner-sampled per output.resize, rounded as
+ * Math.round), then per mask that alpha (output.alpha) or 0/255 by the
+ * threshold; a mask of the background class takes 255 - alpha. A pixel
+ * counts as "on" (area, bbox) from alpha >= 128, i.e. alpha / 255 > 0.5. */
+static void alpha_rows(void *vc, int64_t b, int64_t e, int wk)
+{
+    post_ctx *c = vc;
+    double thr = c->mf->threshold * 255.0;
+    uint8_t *a = malloc((size_t)c->W);
+    if (!a) {
+        c->oom = 1;
+        return;
+    }
+    for (int64_t y = b; y < e; y++) {
+        double sy = c->mf->out_corner ? (double)y * c->ky : ((double)y + 0.5) * c->ky - 0.5;
+        sy = sy < 0 ? 0 : sy;
+        int y1 = (int)floor(sy), y2 = (int)ceil(sy) < c->h - 1 ? (int)ceil(sy) : c->h - 1;
+        y1 = y1 < c->h - 1 ? y1 : c->h - 1;
+        double dy = sy - y1 > 1 ? 1 : sy - y1;
+        for (int x = 0; x < c->W; x++) {
+            double sx = c->mf->out_corner ? (double)x * c->kx : ((double)x + 0.5) * c->kx - 0.5;
+            sx = sx < 0 ? 0 : sx;
+            int x1 = (int)floor(sx), x2 = (int)ceil(sx) < c->w - 1 ? (int)ceil(sx) : c->w - 1;
+            x1 = x1 < c->w - 1 ? x1 : c->w - 1;
+            double dx = sx - x1 > 1 ? 1 : sx - x1;
+            size_t r1 = (size_t)y1 * c->w, r2 = (size_t)y2 * c->w;
+            double v = (1 - dx) * (1 - dy) * alpha_at(c, r1 + x1) + dx * (1 - dy) * alpha_at(c, r1 + x2) +
+                       (1 - dx) * dy * alpha_at(c, r2 + x1) + dx * dy * alpha_at(c, r2 + x2);
+            v = floor(v + 0.5);
+            a[x] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+        }
+        for (int k = 0; k < c->nw; k++) {
+            const uint8_t *lut = c->lut[k];
+            uint8_t *out = c->masks[k].pixels + (size_t)y * c->W;
+            uint32_t rc = 0;
+            int f = -1, l = -1;
+            for (int x = 0; x < c->W; x++) {
+                int al = lut[1] && lut[0] ? 255 : lut[1] ? a[x] : lut[0] ? 255 - a[x] : 0;
+                out[x] = c->mf->out_alpha ? (uint8_t)al : (al > thr ? 255 : 0);
+                if (out[x] >= 128) {
+                    rc++;
+                    f = f < 0 ? x : f;
+                    l = x;
+                }
+            }
+            size_t r = (size_t)k * c->H + (size_t)y;
+            c->rcnt[r] = rc;
+            c->rfirst[r] = f;
+            c->rlast[r] = l;
+        }
+    }
+    free(a);
 }
 
 static void post_rows(void *vc, int64_t b, int64_t e, int wk)
@@ -476,7 +574,7 @@ static sp_status masks_batch(sp_package *pk, sp_image *const *imgs, int n, const
         /* photo pixel -> model grid: photo -> content rect (rw/W) -> grid (w/Wc) */
         post_ctx c = {mf, score, amax, C, h, w, OW, OH,
                       (double)rw[i] / OW * w / Wc, (double)rh[i] / OH * h / Hc, NULL, NULL, NULL,
-                      nw, lutp, res[i]->masks, rcnt, rfl, rfl + (size_t)nw * OH, 0};
+                      nw, lutp, res[i]->masks, rcnt, rfl, rfl + (size_t)nw * OH, 0, NULL};
         int *gx0 = malloc((size_t)OW * 2 * sizeof *gx0), *xend = malloc((size_t)OW * sizeof *xend);
         float *gfx = malloc((size_t)OW * sizeof *gfx);
         if (!gx0 || !gfx || !xend) {
@@ -498,7 +596,18 @@ static sp_status masks_batch(sp_package *pk, sp_image *const *imgs, int n, const
         c.gx0 = gx0;
         c.gfx = gfx;
         c.xend = xend;
-        sp_pool_for(pool, OH, 8, post_rows, &c);
+        uint8_t *q8 = NULL;
+        if (mf->out_trunc8 && (q8 = malloc(gp ? gp : 1)))   /* JavaScript's Uint8Array store: truncation */
+            for (size_t g = 0; g < gp; g++) {
+                double v = (double)score[g] * 255.0;   /* JavaScript multiplies in double */
+                q8[g] = !(v > 0) ? 0 : v >= 256 ? (uint8_t)((int64_t)v & 255) : (uint8_t)v;
+            }
+        c.q = q8;
+        if (mf->out_trunc8 && !q8)
+            c.oom = 1;
+        else
+            sp_pool_for(pool, OH, 8, mf->out_trunc8 || mf->out_corner || mf->out_alpha ? alpha_rows : post_rows, &c);
+        free(q8);
         free(gx0);
         free(gfx);
         free(xend);

@@ -220,6 +220,33 @@ static sp_status parse_pixels(const cJSON *in, const cJSON *pp, const char *file
     return SP_OK;
 }
 
+/* one of two words (0 for the first, 1 for the second), or -1 */
+static int either(const cJSON *o, const char *key, const char *a, const char *b)
+{
+    const char *v = str_or(o, key, a);
+    return !strcmp(v, a) ? 0 : !strcmp(v, b) ? 1 : -1;
+}
+
+/* A masks model's upstream conventions (defaults: segpipe's own) */
+static sp_status parse_upstream(const cJSON *pp, const cJSON *outp, const char *file, sp_manifest *mf)
+{
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(pp, "round"), *a = cJSON_GetObjectItemCaseSensitive(outp, "alpha");
+    mf->sample_corner = either(pp, "sampling", "center", "corner");
+    mf->out_trunc8 = either(outp, "quantize", "none", "truncate");
+    mf->out_corner = either(outp, "resize", "center", "corner");
+    if (mf->sample_corner < 0 || mf->out_trunc8 < 0 || mf->out_corner < 0 || (r && !cJSON_IsBool(r)) ||
+        (a && !cJSON_IsBool(a)))
+        return sp_fail(SP_ERR_MODEL, "%s: preprocess.sampling is \"center\" or \"corner\", preprocess.round a boolean, "
+                       "output.quantize \"none\" or \"truncate\", output.resize \"center\" or \"corner\", "
+                       "output.alpha a boolean", file);
+    mf->round_input = cJSON_IsTrue(r);
+    mf->out_alpha = cJSON_IsTrue(a);
+    if ((mf->out_trunc8 || mf->out_corner || mf->out_alpha) && mf->out_kind != SP_OUT_PROB)
+        return sp_fail(SP_ERR_MODEL, "%s: output.quantize, output.resize and output.alpha are for \"probability\" "
+                       "models", file);
+    return SP_OK;
+}
+
 static sp_status parse_masks(const cJSON *j, const cJSON *in, const cJSON *outp, const char *file,
                              sp_manifest *mf)
 {
@@ -242,7 +269,7 @@ static sp_status parse_masks(const cJSON *j, const cJSON *in, const cJSON *outp,
     mf->threshold = num_or(outp, "threshold", 0.5);
     snprintf(mf->class_output, sizeof mf->class_output, "%s", str_or(outp, "class_output", "class_queries_logits"));
     snprintf(mf->mask_output, sizeof mf->mask_output, "%s", str_or(outp, "mask_output", "masks_queries_logits"));
-    return SP_OK;
+    return parse_upstream(pp, outp, file, mf);
 }
 
 /* task "classify": fixed input size, resize, normalisation, output kind */

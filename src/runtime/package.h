@@ -37,6 +37,13 @@ typedef struct sp_manifest {
     /* task "masks" */
     int in_h, in_w;           /* fixed model input (0: dynamic) */
     int letterbox, long_side;
+    /* upstream conventions (docs/masks.md, "Same masks as the model's own
+     * library"): resize sampling at x * src/dst (corner) instead of pixel
+     * centres; the resized photo rounded to uint8 before normalising; the
+     * probability truncated to uint8 (x 255) before the corner-sampled
+     * resize back; masks as 8-bit alpha instead of 0/255 */
+    int sample_corner, round_input;
+    int out_trunc8, out_corner, out_alpha;
     /* task "classify": resize "crop" (centre crop_fraction of the shorter
      * side, as torchvision's Resize + CenterCrop), "stretch" or "letterbox" */
     int crop;
