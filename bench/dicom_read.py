@@ -35,6 +35,7 @@ def synthetic(dst, n=300):
         ds = src[k % len(src)]
         ds.ImagePositionPatient = [f"{v:.4f}" for v in p0 + normal * 2.0 * k]
         ds.SeriesInstanceUID = series
+        ds.InstanceNumber = k + 1   # dcm2niix checks positions against instance order
         uid = generate_uid()
         ds.SOPInstanceUID = uid
         ds.file_meta.MediaStorageSOPInstanceUID = uid

@@ -259,15 +259,17 @@ static const float *class_row(const win *c, const fin_scratch *s, const float **
         return ch[k];
     const float *wk = c->head_w + (size_t)k * (size_t)c->C;
     float bk = c->head_b[k];
+    float *restrict l = s->l;   /* restrict: lets -O2 vectorise without alias checks */
+    const float *restrict w = ws;
     for (int64_t i = 0; i < n; i++)
-        s->l[i] = bk * ws[i];
+        l[i] = bk * w[i];
     for (int f = 0; f < c->C; f++) {
-        const float *x = ch[f];
+        const float *restrict x = ch[f];
         float wf = wk[f];
         for (int64_t i = 0; i < n; i++)
-            s->l[i] += wf * x[i];
+            l[i] += wf * x[i];
     }
-    return s->l;
+    return l;
 }
 
 /* argmax (and kept logits) of one finished row (n0, n1) */

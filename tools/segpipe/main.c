@@ -201,7 +201,8 @@ static int cmd_ct(int argc, char **argv)
         {"quiet", no_argument, 0, 'q'}, {"verbose", no_argument, 0, 'v'},
         {"keep-border", no_argument, 0, 'k'}, {"preview", required_argument, 0, 'V'},
         {"accumulator", required_argument, 0, 'A'}, {"roi-subset", required_argument, 0, 'R'},
-        {"output-type", required_argument, 0, 'O'},
+        {"output-type", required_argument, 0, 'O'}, {"inputs", required_argument, 0, 'I'},
+        {"shard", required_argument, 0, 'J'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     int mri = argc > 0 && !strcmp(argv[0], "mri");   /* `segpipe mri`: the same pipeline, no default model */
     const char *series = NULL;
@@ -209,7 +210,8 @@ static int cmd_ct(int argc, char **argv)
                *preview = NULL;
     sp_runtime_params rp = sp_runtime_default_params();
     sp_ct_params cp = sp_ct_default_params();
-    int split = 0, dicom_out = 0, c;
+    int split = 0, dicom_out = 0, c, shard_i = 0, shard_n = 1;
+    const char *inputs = NULL;
     optind = 1;
     while ((c = getopt_long(argc, argv, "o:m:t:qvh", opts, NULL)) != -1) {
         switch (c) {
@@ -250,6 +252,11 @@ static int cmd_ct(int argc, char **argv)
             cp.accum_fp16 = !strcmp(optarg, "fp16");
             break;
         case 'R': cp.roi_subset = optarg; break;
+        case 'I': inputs = optarg; break;
+        case 'J':
+            if (cli_parse_shard(optarg, &shard_i, &shard_n))
+                return usage_error("ct", "--shard is I/N with 0 <= I < N (e.g. 0/4)");
+            break;
         case 'O':
             if (strcmp(optarg, "nifti") && strcmp(optarg, "dicom"))
                 return usage_error("ct", "--output-type is nifti or dicom");
@@ -279,6 +286,9 @@ static int cmd_ct(int argc, char **argv)
                    "                           (TotalSegmentator reports them as 0)\n"
                    "      --roi-subset A,B,... only these structures are labelled and measured\n"
                    "      --accumulator fp32|fp16  sliding-window sums in float or half (half the memory)\n"
+                   "      --inputs LIST        one input per line; with -o OUTDIR: OUTDIR/<name>.nii.gz each\n"
+                   "      --shard I/N          with --inputs: only lines k with k mod N = I (job arrays);\n"
+                   "                           inputs already done are skipped; report OUTDIR/shard-I-of-N.json\n"
                    "      --output-type nifti|dicom  labels as NIfTI (default) or, for a DICOM input, as a\n"
                    "                           DICOM-SEG referencing the series (OUTPUT ends in .dcm)\n"
                    "      --cache-graph        keep ORT's optimised graph beside the model (<model>.opt.ort)\n"
@@ -290,6 +300,12 @@ static int cmd_ct(int argc, char **argv)
             return 0;
         default: return usage_error("ct", "unknown option");
         }
+    }
+    if (inputs) {   /* a batch (a shard of a list) into folder -o */
+        if (optind != argc || !output)
+            return usage_error("ct", "--inputs LIST takes -o OUTDIR and no INPUT argument");
+        set_logging();
+        return cli_ct_shard(inputs, shard_i, shard_n, output, model, cp.threads, rp.device, g_quiet);
     }
     if (optind != argc - 1)
         return usage_error("ct", "expected one INPUT file");
@@ -782,6 +798,9 @@ static const command commands[] = {
     {"classify", cmd_classify, "photo classification: top-K labels per photo, one inference per batch"},
     {"video", cmd_video, "video background replacement: RAM cache, batches, compositing workers"},
     {"serve", cmd_serve, "HTTP service: KServe v2, /v1/ct, status, metrics"},
+    {"submit", cmd_submit, "queue CT jobs on Redis Streams (for segpipe worker)"},
+    {"worker", cmd_worker, "run queued CT jobs from Redis Streams (any number, any machines)"},
+    {"jobs", cmd_jobs, "queued/running/done/failed counts and job states on Redis"},
     {"bench", cmd_bench, "benchmark the CT pipeline on cases; 'bench video' sweeps the video pipeline"},
     {"resample", cmd_resample, "resample (and pad) a volume, e.g. to make benchmark inputs"},
     {"models", cmd_models, "list the bundled (and a given) model with its labels"},
