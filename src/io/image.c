@@ -428,9 +428,22 @@ static sp_status read_heif(const uint8_t *buf, size_t n, const char *name, const
         st = sp_fail(SP_ERR_INPUT, "%s: %dx%d HEIF is %s", name, w, h, w <= 0 || h <= 0 ? "empty" : "over the pixel limit");
         goto out;
     }
-    e = heif_decode_image(hd, &hi, heif_colorspace_RGB, heif_chroma_interleaved_RGB, NULL);
+    /* strict: damaged HEVC data is an error, not a concealed picture
+     * (libheif's default hides libde265's warnings in the decoded image) */
+    struct heif_decoding_options *dopt = heif_decoding_options_alloc();
+    if (dopt && dopt->version >= 3)
+        dopt->strict_decoding = 1;
+    e = heif_decode_image(hd, &hi, heif_colorspace_RGB, heif_chroma_interleaved_RGB, dopt);
+    heif_decoding_options_free(dopt);
     if (e.code != heif_error_Ok) {
         st = sp_fail(SP_ERR_INPUT, "%s: cannot decode HEIF: %s", name, e.message);
+        goto out;
+    }
+    if (heif_image_get_decoding_warnings(hi, 0, NULL, 0) > 0) {
+        struct heif_error warn;
+        heif_image_get_decoding_warnings(hi, 0, &warn, 1);
+        st = sp_fail(SP_ERR_INPUT, "%s: damaged HEIF image data (%s)", name,
+                     warn.message ? warn.message : "decoder warning");
         goto out;
     }
     int stride = 0;
