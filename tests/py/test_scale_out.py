@@ -4,11 +4,12 @@ submit / worker / jobs`) against a real redis-server started on a free
 loopback port: a worker killed with SIGKILL in the middle of a job, a
 poison job, Redis restarted with AOF during the run; every job done exactly
 once in the outputs. Also the deployment files parse."""
-import glob, json, os, shutil, signal, socket, subprocess, time
+import glob, json, os, shutil, signal, subprocess, time
 import numpy as np
 import nibabel as nib
 import yaml
 import sp
+from test_server import free_port
 
 
 def small_cts(tmp, n, prefix="ct"):
@@ -46,14 +47,6 @@ def test_shards_cover_every_input_once(tmp):
     rep = json.load(open(os.path.join(out, "shard-1-of-3.json")))
     assert p.returncode == 0 and rep["skipped"] == len(rep["inputs"]) == 3 and rep["done"] == 0
     assert sp.run("ct", "--inputs", lst, "--shard", "3/3", "-o", out).returncode == 2
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Redis:
