@@ -299,6 +299,11 @@ typedef struct sp_ct_result sp_ct_result;
  * result with sp_ct_result_free. */
 sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *p,
                     sp_ct_result **out);
+/* As sp_ct_run, with less memory: while the network runs, ct's voxels are
+ * held in place as 16-bit integers when they are integers in that range
+ * (CT in HU; half the input's memory), and restored exactly before this
+ * returns. No other thread may read ct during the call. */
+sp_status sp_ct_run_inplace(sp_package *pk, sp_volume *ct, const sp_ct_params *p, sp_ct_result **out);
 void sp_ct_result_free(sp_ct_result *r);
 const sp_timings *sp_ct_result_timings(const sp_ct_result *r);
 /* Label volume on the input grid (uint16 values, i fastest; owned by r). */

@@ -10,6 +10,8 @@
 
 #include <errno.h>
 #include <math.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -253,9 +255,55 @@ static sp_status conform_path(sp_package *pk, const sp_volume *ct, const sp_ct_p
     return st;
 }
 
-sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
-                    sp_ct_result **out)
+/* ---- the input held as int16 while the network runs (sp_ct_run_inplace) ----
+ * In place: float i -> int16 i going forward never overwrites an unread
+ * float, int16 i -> float i going backward never overwrites an unread
+ * int16; the upper half's pages go back to the kernel (MADV_DONTNEED) and
+ * are faulted in again, zeroed, by the unpacking. Exact for integer voxels
+ * in int16's range (CT in HU); anything else is left as it is. */
+static int pack_int16(sp_volume *v)
 {
+    if (!v->range_valid || !v->integer_valued || v->vmin < -32768 || v->vmax > 32767)
+        return 0;
+    size_t n = (size_t)sp_geom_nvox(&v->g);
+    float *f = v->data;
+    int16_t *s = (int16_t *)(void *)f;
+    for (size_t i = 0; i < n; i++)
+        s[i] = (int16_t)f[i];
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)(s + n) + pg - 1) & ~(pg - 1), hi = (uintptr_t)(f + n) & ~(pg - 1);
+    if (hi > lo)
+        madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    return 1;
+}
+
+static void unpack_int16(sp_volume *v)
+{
+    size_t n = (size_t)sp_geom_nvox(&v->g);
+    float *f = v->data;
+    const int16_t *s = (const int16_t *)(const void *)f;
+    for (size_t i = n; i-- > 0;)
+        f[i] = (float)s[i];
+}
+
+static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, const sp_ct_params *pp,
+                        sp_ct_result **out);
+
+sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *p, sp_ct_result **out)
+{
+    return ct_run(pk, ct, NULL, p, out);
+}
+
+sp_status sp_ct_run_inplace(sp_package *pk, sp_volume *ct, const sp_ct_params *p, sp_ct_result **out)
+{
+    return ct_run(pk, ct, ct, p, out);
+}
+
+/* mut: the same volume, writable (sp_ct_run_inplace), or NULL */
+static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, const sp_ct_params *pp,
+                        sp_ct_result **out)
+{
+    int packed = 0;
     sp_ct_params p = pp ? *pp : sp_ct_default_params();
     const sp_manifest *mf = &pk->mf;
     const sp_geom *g = &ct->g;
@@ -336,6 +384,8 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
     free(canon);
     canon = NULL;
     sp_timings_add(t, "resample", sp_now() - t0);
+    if (mut)   /* the native voxels wait as int16 until the passport */
+        packed = pack_int16(mut);
 
     /* c. normalise */
     t0 = sp_now();
@@ -410,6 +460,10 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *pp,
     lab_m = lab_c = NULL;
 
 passport:   /* passport, at native resolution */
+    if (packed) {
+        unpack_int16(mut);
+        packed = 0;
+    }
     if (p.passport) {
         t0 = sp_now();
         sp_passport_params pp2 = sp_passport_default_params();
@@ -433,6 +487,8 @@ passport:   /* passport, at native resolution */
     *out = r;
     return SP_OK;
 fail:
+    if (packed)
+        unpack_int16(mut);
     sp_pool_put(pool);
     free(keep);
     free(names);

@@ -283,7 +283,7 @@ static void run_ct(server *s, job *j)
     cp.cancel = &j->cancel;
     cp.progress = ct_progress;
     cp.progress_user = j;
-    if ((st = sp_ct_run(j->me->pk, v, &cp, &res)) || (j->want_labels && (st = labels_bytes(s, j, res, v)))) {
+    if ((st = sp_ct_run_inplace(j->me->pk, v, &cp, &res)) || (j->want_labels && (st = labels_bytes(s, j, res, v)))) {
         fail_job(j, st);
         sp_ct_result_free(res);
         sp_volume_free(v);

@@ -57,7 +57,7 @@ static void run_case(const char *path, const bench_opts *o, int fd)
         cp.threads = o->threads;
         cp.tile_batch = o->tile_batch;
         sp_ct_result *res = NULL;
-        if ((st = sp_ct_run(pk, v, &cp, &res)))
+        if ((st = sp_ct_run_inplace(pk, v, &cp, &res)))
             goto fail;
         const sp_timings *rt_t = sp_ct_result_timings(res);
         for (int i = 0; i < rt_t->n; i++)

@@ -351,7 +351,7 @@ static int cmd_ct(int argc, char **argv)
                          "was made from)");
         goto out;
     }
-    if ((st = sp_ct_run(pk, v, &cp, &res))) {
+    if ((st = sp_ct_run_inplace(pk, v, &cp, &res))) {
         rc = fail(st, input);
         goto out;
     }
