@@ -116,6 +116,7 @@ def test_page_in_chromium(tmp):
     assert card["masks"] == ["wall", "floor", "ceiling", "window"]
     assert card["pngs"] == [f"grace_hopper_{m}.png" for m in card["masks"]]
     assert r["hidden_after_toggle"] == 1
+    assert r["ct_visible_with_photos"] is False        # one result at a time
     # corrupt upload: the service's 422 and its message
     assert r["corrupt_state"] == "error" and r["corrupt_status"] == "422" and "NIfTI" in r["corrupt_error"]
     assert r["phone_overflow"] is False

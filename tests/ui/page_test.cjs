@@ -61,6 +61,7 @@ async function photoRun(page) {
   })));
   // toggling a mask hides its overlay
   await page.click('#photos .photo:first-child .mask-row input');
+  out.ct_visible_with_photos = await page.isVisible('#ct-result');
   out.hidden_after_toggle = await page.$$eval('#photos .photo:first-child canvas.overlay', (c) => c.filter((x) => x.hidden).length);
   await page.screenshot({ path: cfg.screenshot_photo, fullPage: true });
 }
