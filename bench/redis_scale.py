@@ -8,19 +8,13 @@ prints a markdown table for docs/scale-out.md.
 
   python3 bench/redis_scale.py [--jobs 24]
 """
-import argparse, json, os, shutil, socket, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from serve_util import free_port
 SEG = os.environ.get("SEGPIPE", os.path.join(ROOT, "build", "segpipe"))
 CT = os.path.join(ROOT, "..", "shared", "data", "ct", "example_ct_sm.nii.gz")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def cli(port, *args):

@@ -5,12 +5,18 @@ import io, os, socket, subprocess, sys, threading, time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def start_server(*args):
-    """-> (process, port); returns once the service says it is ready"""
+def free_port():
+    """a free loopback port"""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
+    return port
+
+
+def start_server(*args):
+    """-> (process, port); returns once the service says it is ready"""
+    port = free_port()
     seg = os.environ.get("SEGPIPE", os.path.join(ROOT, "build", "segpipe"))
     dev = os.environ.get("SEGPIPE_BENCH_DEVICE")      # e.g. cuda, on the GPU machine
     p = subprocess.Popen([seg, "serve", "--port", str(port), *args, *(["--device", dev] if dev else [])],

@@ -33,25 +33,13 @@
  * pipe; a child that dies is a damaged series (exit 3 / HTTP 422), not a
  * dead service. SEGPIPE_DICOM_INPROCESS=1 reads in process (debugging). */
 
-static int write_all(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n) {
-        ssize_t w = write(fd, c, n > (1u << 30) ? (1u << 30) : n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        c += w, n -= (size_t)w;
-    }
-    return 0;
-}
-
-static int read_all(int fd, void *p, size_t n)
+/* all n bytes through fd (out: write, else read); -1 when the pipe ends early */
+static int xfer(int fd, void *p, size_t n, int out)
 {
     char *c = p;
     while (n) {
-        ssize_t r = read(fd, c, n > (1u << 30) ? (1u << 30) : n);
+        size_t k = n > (1u << 30) ? (1u << 30) : n;
+        ssize_t r = out ? write(fd, c, k) : read(fd, c, k);
         if (r < 0 && errno == EINTR)
             continue;
         if (r <= 0)
@@ -60,6 +48,8 @@ static int read_all(int fd, void *p, size_t n)
     }
     return 0;
 }
+static int write_all(int fd, const void *p, size_t n) { return xfer(fd, (void *)p, n, 1); }
+static int read_all(int fd, void *p, size_t n) { return xfer(fd, p, n, 0); }
 
 /* child: status, message, then the volume and its references */
 static void child_send(int fd, const char *dir, const char *uid, uint64_t max_voxels)

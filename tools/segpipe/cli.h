@@ -28,6 +28,8 @@ int cmd_jobs(int argc, char **argv);
  * 0, or an exit code after printing why (opts.c). */
 int cli_probe(const char *model, const char *device);
 void cli_set_logging(int verbose);
+/* s written to f as a JSON string (quotes, escapes) */
+void cli_json_str(FILE *f, const char *s);
 /* batch.c: CT inputs to output files with models loaded once (sharded runs
  * and queue workers). */
 typedef struct cli_batch cli_batch;

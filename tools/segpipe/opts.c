@@ -83,3 +83,16 @@ int cli_probe(const char *model, const char *device)
     }
     return WIFEXITED(status) ? WEXITSTATUS(status) : 5;
 }
+
+void cli_json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (const char *p = s; p && *p; p++)
+        if (*p == '"' || *p == '\\')
+            fprintf(f, "\\%c", *p);
+        else if ((unsigned char)*p < 32)
+            fprintf(f, "\\u%04x", (unsigned char)*p);
+        else
+            fputc(*p, f);
+    fputc('"', f);
+}

@@ -59,28 +59,14 @@ static char **read_list(const char *path, int *count)
     return v;
 }
 
-/* s as a JSON string */
-static void json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (const char *p = s; *p; p++)
-        if (*p == '"' || *p == '\\')
-            fprintf(f, "\\%c", *p);
-        else if ((unsigned char)*p < 32)
-            fprintf(f, "\\u%04x", (unsigned char)*p);
-        else
-            fputc(*p, f);
-    fputc('"', f);
-}
-
 static void add_entry(FILE *rep, int first, const char *input, const char *state, double secs, const char *err)
 {
     fprintf(rep, "%s\n  {\"input\": ", first ? "" : ",");
-    json_str(rep, input);
+    cli_json_str(rep, input);
     fprintf(rep, ", \"state\": \"%s\", \"seconds\": %.3f", state, secs);
     if (err) {
         fputs(", \"error\": ", rep);
-        json_str(rep, err);
+        cli_json_str(rep, err);
     }
     fputs("}", rep);
 }
@@ -104,7 +90,7 @@ int cli_ct_shard(const char *list, int si, int sn, const char *outdir, const cha
         goto out;
     }
     fprintf(rep, "{\"shard\": %d, \"shards\": %d, \"list\": ", si, sn);
-    json_str(rep, list);
+    cli_json_str(rep, list);
     fputs(", \"inputs\": [", rep);
     int first = 1;
     for (int k = si; k < n; k += sn) {

@@ -485,10 +485,10 @@ int cmd_jobs(int argc, char **argv)
         x = cmd(&r, "HGETALL %s:job:%s", r.prefix, argv[i]);
         printf("%s\n  \"%s\": {", i > optind ? "," : "", argv[i]);
         for (size_t k = 0; x && x->type == REDIS_REPLY_ARRAY && k + 1 < x->elements; k += 2) {
-            printf("%s\"%s\": \"", k ? ", " : "", x->element[k]->str);
-            for (const char *p = x->element[k + 1]->str; p && *p; p++)
-                printf(*p == '"' || *p == '\\' ? "\\%c" : (unsigned char)*p < 32 ? " " : "%c", *p);
-            printf("\"");
+            printf("%s", k ? ", " : "");
+            cli_json_str(stdout, x->element[k]->str);
+            printf(": ");
+            cli_json_str(stdout, x->element[k + 1]->str);
         }
         printf("}");
         freeReplyObject(x);
