@@ -289,6 +289,16 @@ typedef struct sp_ct_params {
      * only these keep their labels and are measured; NULL or "": all. Not
      * owned; read during sp_ct_run only. */
     const char *roi_subset;
+    /* sp_ct_run_inplace only. spill (default 1): while the network runs, the
+     * input's voxels wait in an unnamed temporary file in spill_dir (NULL:
+     * $TMPDIR, else /var/tmp; never on tmpfs/ramfs, where a file is memory
+     * too) and their memory goes back to the kernel. Not owned. */
+    int spill;
+    const char *spill_dir;
+    /* sp_ct_run_inplace only. 1: ct's voxels are freed once measured
+     * (sp_volume_data(ct) is then NULL; the geometry stays) instead of being
+     * restored: for callers that need only the geometry afterwards. */
+    int release_input;
 } sp_ct_params;
 
 sp_ct_params sp_ct_default_params(void);
@@ -301,8 +311,11 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *p,
                     sp_ct_result **out);
 /* As sp_ct_run, with less memory: while the network runs, ct's voxels are
  * held in place as 16-bit integers when they are integers in that range
- * (CT in HU; half the input's memory), and restored exactly before this
- * returns. No other thread may read ct during the call. */
+ * (CT in HU; half the input's memory), parked in a temporary file (p->spill)
+ * and measured as integers; they are restored exactly before this returns
+ * (also on error), or freed (p->release_input). An I/O error reading the
+ * parked voxels back is reported and leaves ct without voxels. No other
+ * thread may read ct during the call. */
 sp_status sp_ct_run_inplace(sp_package *pk, sp_volume *ct, const sp_ct_params *p, sp_ct_result **out);
 void sp_ct_result_free(sp_ct_result *r);
 const sp_timings *sp_ct_result_timings(const sp_ct_result *r);

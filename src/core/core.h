@@ -76,6 +76,36 @@ void sp_bq_wake(sp_bq *q);   /* wake every waiter (after setting the stop flag) 
 void *sp_big_alloc(size_t size);
 void *sp_big_calloc(size_t n, size_t size);
 
+/* ------------------------------------------------------------------ spill */
+/* A buffer's bytes parked in an unlinked, unnamed temporary file (spill.c). */
+typedef struct sp_spill {
+    int fd;
+    size_t bytes;
+    void *map;
+} sp_spill;
+/* $TMPDIR, else /var/tmp */
+const char *sp_spill_default_dir(void);
+/* A new file in dir with no name (O_TMPFILE, else created and unlinked at
+ * once), mode 0600, close-on-exec: gone when closed, even after a crash.
+ * -1 with errno on failure. */
+int sp_unnamed_file(const char *dir);
+/* 1 when fd's file system keeps files in memory (tmpfs, ramfs), or unknown. */
+int sp_fd_in_memory(int fd);
+/* Write n bytes at offset `at`, whole (EINTR and short writes retried); 0 or -1. */
+int sp_pwrite_all(int fd, const void *buf, size_t n, size_t at);
+/* Write bytes at buf to a file in dir (NULL: the default), then give the
+ * buffer's whole pages back to the kernel (they read as zeros until
+ * sp_spill_back). 1: parked; 0: not (under 16 MiB, dir on tmpfs/ramfs,
+ * cannot create or write the file), buf untouched and *s empty. */
+int sp_spill_out(void *buf, size_t bytes, const char *dir, sp_spill *s);
+/* The parked bytes mapped read-only (page cache, no copy), valid until
+ * sp_spill_drop; NULL when the mapping fails. */
+const void *sp_spill_map(sp_spill *s);
+/* Read the bytes back into buf and close the file. */
+sp_status sp_spill_back(sp_spill *s, void *buf);
+/* Unmap and close the file (no-op when empty). */
+void sp_spill_drop(sp_spill *s);
+
 /* ------------------------------------------------------------------ files */
 /* Read a whole file (limit: max_bytes), followed by a NUL byte not counted in
  * *size (text can be used as a C string). Caller frees *data. */

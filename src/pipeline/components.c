@@ -191,6 +191,8 @@ static sp_status build_runs(const uint16_t *lab, const int64_t dim[3], runs *R)
             if (c.slabs[s].n)
                 memcpy(R->r + base, c.slabs[s].r, (size_t)c.slabs[s].n * sizeof *R->r);
             base += c.slabs[s].n;
+            free(c.slabs[s].r);   /* at once: the runs are held once, not twice */
+            c.slabs[s].r = NULL;
         }
         R->n = total;
         R->row[nrows] = total;

@@ -32,6 +32,7 @@ sp_ct_params sp_ct_default_params(void)
     memset(&p, 0, sizeof p);
     p.tile_batch = 0;   /* auto */
     p.passport = 1;
+    p.spill = 1;
     return p;
 }
 
@@ -257,10 +258,12 @@ static sp_status conform_path(sp_package *pk, const sp_volume *ct, const sp_ct_p
 
 /* ---- the input held as int16 while the network runs (sp_ct_run_inplace) ----
  * In place: float i -> int16 i going forward never overwrites an unread
- * float, int16 i -> float i going backward never overwrites an unread
+ * float, and int16 -> float going backward never overwrites an unread
  * int16; the upper half's pages go back to the kernel (MADV_DONTNEED) and
- * are faulted in again, zeroed, by the unpacking. Exact for integer voxels
- * in int16's range (CT in HU); anything else is left as it is. */
+ * are faulted in again, zeroed, by the widening. Exact for integer voxels
+ * in int16's range (CT in HU); anything else is left as it is. Parked in a
+ * file (spill.c), the voxels come back as a read-only mapping of it: the
+ * passport reads them there, and the widening writes the floats from it. */
 static int pack_int16(sp_volume *v)
 {
     if (!v->range_valid || !v->integer_valued || v->vmin < -32768 || v->vmax > 32767)
@@ -271,23 +274,304 @@ static int pack_int16(sp_volume *v)
     for (size_t i = 0; i < n; i++)
         s[i] = (int16_t)f[i];
     uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t lo = ((uintptr_t)(s + n) + pg - 1) & ~(pg - 1), hi = (uintptr_t)(f + n) & ~(pg - 1);
+    uintptr_t lo = ((uintptr_t)(s + n) + pg - 1) & ~(pg - 1), hi = ((uintptr_t)(f + n) & ~(pg - 1));
     if (hi > lo)
         madvise((void *)lo, hi - lo, MADV_DONTNEED);
     return 1;
 }
 
-static void unpack_int16(sp_volume *v)
+/* s: the int16 voxels, at v->data itself or elsewhere */
+static void widen_int16(sp_volume *v, const int16_t *s)
 {
     size_t n = (size_t)sp_geom_nvox(&v->g);
     float *f = v->data;
-    const int16_t *s = (const int16_t *)(const void *)f;
     for (size_t i = n; i-- > 0;)
         f[i] = (float)s[i];
 }
 
+/* The writable input of sp_ct_run_inplace while the network runs. */
+typedef struct held_input {
+    sp_volume *v;        /* NULL: sp_ct_run (the input is read-only) */
+    int packed;          /* the voxels are int16 ... */
+    const int16_t *hu;   /* ... here (v->data or the spill's mapping); NULL while parked */
+    sp_spill spill;      /* parked in a temporary file */
+} held_input;
+
+/* After resampling: the native voxels wait as int16, parked when asked. */
+static void hold_input(held_input *h, const sp_ct_params *p)
+{
+    if (!h->v || !(h->packed = pack_int16(h->v)))
+        return;
+    h->hu = (const int16_t *)(const void *)h->v->data;
+    if (p->spill && sp_spill_out(h->v->data, (size_t)sp_geom_nvox(&h->v->g) * sizeof(int16_t), p->spill_dir,
+                                 &h->spill))
+        h->hu = NULL;
+}
+
+static void drop_voxels(held_input *h)
+{
+    sp_spill_drop(&h->spill);
+    free(h->v->data);
+    h->v->data = NULL;
+    h->packed = 0;
+    h->hu = NULL;
+}
+
+/* The parked int16 voxels readable again (h->hu), mapped or read back. */
+static sp_status unpark_input(held_input *h)
+{
+    if (!h->packed || h->hu)
+        return SP_OK;
+    if ((h->hu = sp_spill_map(&h->spill)))
+        return SP_OK;
+    sp_status st = sp_spill_back(&h->spill, h->v->data);
+    if (st)
+        drop_voxels(h);
+    else
+        h->hu = (const int16_t *)(const void *)h->v->data;
+    return st;
+}
+
+/* The end of the run: the float voxels restored, or freed (release). */
+static void restore_input(held_input *h, int release)
+{
+    if (!h->v || !h->v->data)
+        return;
+    if (release) {
+        drop_voxels(h);
+        return;
+    }
+    if (h->packed && !unpark_input(h)) {
+        widen_int16(h->v, h->hu);
+        sp_spill_drop(&h->spill);
+    }
+    h->packed = 0;
+    h->hu = NULL;
+}
+
+/* Steps a and b: the input reoriented to the closest canonical orientation
+ * (*o) and resampled to the model spacing (target, grid mdim) into
+ * *model_vol (caller frees). */
+static sp_status to_model_grid(const sp_manifest *mf, const sp_volume *ct, const sp_ct_params *p, sp_pool *pool,
+                               sp_timings *t, sp_ornt *o, double target[3], int64_t mdim[3], float **model_vol)
+{
+    const sp_geom *g = &ct->g;
+    double t0 = sp_now();
+    sp_status st = sp_ornt_to_canonical(g->affine, o);
+    if (st)
+        return st;
+    int64_t cdim[3];
+    sp_ornt_dims(o, g->dim, cdim);
+    size_t nv = (size_t)sp_geom_nvox(g);
+    const float *cvol = ct->data;
+    float *canon = NULL;
+    if (!sp_ornt_is_identity(o)) {
+        if (!(canon = sp_big_alloc(nv * sizeof *canon)))
+            return sp_fail(SP_ERR_NOMEM, "reorient: cannot allocate %zu voxels", nv);
+        sp_ornt_apply(o, ct->data, g->dim, canon, sizeof(float), pool);
+        cvol = canon;
+    }
+    double cs[3];
+    for (int j = 0; j < 3; j++)
+        cs[j] = g->spacing[o->ax[j]];
+    sp_timings_add(t, "reorient", sp_now() - t0);
+
+    t0 = sp_now();
+    for (int d = 0; d < 3; d++)
+        target[mf->axes[d]] = mf->spacing[d];
+    if ((st = model_grid(cdim, cs, target, p->max_model_voxels, mdim))) {
+        free(canon);
+        return st;
+    }
+    size_t nm = (size_t)(mdim[0] * mdim[1] * mdim[2]);
+    if (!(*model_vol = sp_big_alloc(nm * sizeof **model_vol))) {
+        free(canon);
+        return sp_fail(SP_ERR_NOMEM, "resample: cannot allocate %zu voxels", nm);
+    }
+    if (mdim[0] == cdim[0] && mdim[1] == cdim[1] && mdim[2] == cdim[2])
+        memcpy(*model_vol, cvol, nm * sizeof **model_vol);
+    else
+        sp_resample_linear(cvol, cdim, *model_vol, mdim, pool);
+    free(canon);
+    sp_timings_add(t, "resample", sp_now() - t0);
+    return SP_OK;
+}
+
+/* Step e: model-grid labels to r->labels on the input grid; with logits
+ * (--smooth) through a canonical copy, else in one gather. */
+static sp_status labels_back(const sp_manifest *mf, const sp_geom *g, const sp_ornt *o, const int64_t mdim[3],
+                             const uint16_t *lab_m, const float *logits, const uint8_t *keep, sp_ct_result *r,
+                             sp_pool *pool)
+{
+    size_t nv = (size_t)sp_geom_nvox(g);
+    memcpy(r->dim, g->dim, sizeof r->dim);
+    if (!(r->labels = sp_big_alloc(nv * sizeof *r->labels)))
+        return sp_fail(SP_ERR_NOMEM, "cannot allocate the label volume (%zu voxels)", nv);
+    int64_t cdim[3];
+    sp_ornt_dims(o, g->dim, cdim);
+    if (!logits || (cdim[0] == mdim[0] && cdim[1] == mdim[1] && cdim[2] == mdim[2]))
+        return sp_labels_to_native(lab_m, mdim, o, g->dim, r->labels, pool);
+    uint16_t *lab_c = NULL;
+    if (!sp_ornt_is_identity(o) && !(lab_c = sp_big_alloc(nv * sizeof *lab_c)))
+        return sp_fail(SP_ERR_NOMEM, "cannot allocate the label volume (%zu voxels)", nv);
+    uint16_t *dst = lab_c ? lab_c : r->labels;
+    sp_smooth_labels(logits, lab_m, mf->num_classes, mdim, dst, cdim, pool);
+    roi_apply(dst, nv, keep);
+    if (lab_c) {
+        sp_ornt inv = sp_ornt_inverse(o);
+        sp_ornt_apply(&inv, lab_c, cdim, r->labels, sizeof(uint16_t), pool);
+        free(lab_c);
+    }
+    return SP_OK;
+}
+
+/* --keep-model-labels: the model grid's labels and affine kept in r (takes lab_m) */
+static void keep_model_labels(const sp_geom *g, const sp_ornt *o, const int64_t mdim[3], uint16_t *lab_m,
+                              sp_ct_result *r)
+{
+    int64_t cdim[3];
+    double ca[4][4];
+    sp_ornt_dims(o, g->dim, cdim);
+    sp_ornt_affine(o, g->dim, g->affine, ca);
+    for (int col = 0; col < 3; col++)
+        for (int row = 0; row < 3; row++)
+            ca[row][col] *= (double)cdim[col] / (double)mdim[col];
+    memcpy(r->maffine, ca, sizeof ca);
+    memcpy(r->mdim, mdim, sizeof r->mdim);
+    r->model_labels = lab_m;
+}
+
+/* Steps a-f: model grid, normalisation, sliding window and argmax, optional
+ * cleanup, labels back to the input grid. */
+static sp_status grid_path(sp_package *pk, const sp_volume *ct, const sp_ct_params *p, const uint8_t *keep,
+                           sp_ct_result *r, sp_pool *pool, held_input *h)
+{
+    const sp_manifest *mf = &pk->mf;
+    sp_timings *t = &r->t;
+    float *model_vol = NULL, *logits = NULL;
+    uint16_t *lab_m = NULL;
+    sp_ornt o;
+    int64_t mdim[3];
+    double target[3];
+    sp_status st = to_model_grid(mf, ct, p, pool, t, &o, target, mdim, &model_vol);
+    if (st)
+        return st;
+    hold_input(h, p);   /* the native voxels are not read again until the passport */
+    size_t nm = (size_t)(mdim[0] * mdim[1] * mdim[2]);
+
+    /* c. normalise */
+    double t0 = sp_now();
+    sp_normalize(model_vol, (int64_t)nm, &mf->norm, pool);
+    sp_timings_add(t, "normalize", sp_now() - t0);
+
+    /* d. sliding window + argmax */
+    sp_window_params wp = window_params(mf, p);
+    lab_m = sp_big_alloc(nm * sizeof *lab_m);
+    if (p->smooth && lab_m && !(logits = sp_big_alloc((size_t)mf->num_classes * nm * sizeof *logits)))
+        st = sp_fail(SP_ERR_NOMEM, "--smooth: cannot allocate %d x %zu logits", mf->num_classes, nm);
+    else if (!lab_m)
+        st = sp_fail(SP_ERR_NOMEM, "cannot allocate %zu model-grid labels", nm);
+    if (st || (st = sp_window_run(pk->model, model_vol, mdim, &wp, lab_m, logits, pool, t, p->progress,
+                                  p->progress_user)))
+        goto done;
+    free(model_vol);
+    model_vol = NULL;
+    roi_apply(lab_m, nm, keep);
+
+    /* f. optional cleanup, at model resolution */
+    if (p->largest_component || p->min_component_ml > 0) {
+        t0 = sp_now();
+        double vox_ml = target[0] * target[1] * target[2] / 1000.0;
+        int64_t minv = p->min_component_ml > 0 ? (int64_t)ceil(p->min_component_ml / vox_ml) : 0;
+        if ((st = sp_components_filter(lab_m, mdim, p->largest_component, minv)))
+            goto done;
+        sp_timings_add(t, "postprocess", sp_now() - t0);
+    }
+
+    /* e. labels back to the native grid */
+    t0 = sp_now();
+    if ((st = labels_back(mf, &ct->g, &o, mdim, lab_m, logits, keep, r, pool)))
+        goto done;
+    sp_timings_add(t, "labels_back", sp_now() - t0);
+    if (p->keep_model_labels) {
+        keep_model_labels(&ct->g, &o, mdim, lab_m, r);
+        lab_m = NULL;
+    }
+done:
+    free(model_vol);
+    free(logits);
+    free(lab_m);
+    return st;
+}
+
+/* The passport, at native resolution (of the subset, if one was asked).
+ * Components are counted first, from the labels alone, while the input is
+ * still parked; then the input comes back and is measured. */
+static sp_status measure(const sp_manifest *mf, const sp_volume *ct, held_input *h, const sp_ct_params *p,
+                         const uint8_t *keep, sp_ct_result *r)
+{
+    double t0 = sp_now();
+    sp_passport_params pp = sp_passport_default_params();
+    pp.threads = p->threads;
+    pp.source = mf->name;
+    pp.keep_border = p->keep_border;
+    int nc = mf->num_classes;
+    sp_comp_counts cc = {nc, calloc((size_t)nc, sizeof(int64_t)), calloc((size_t)nc, sizeof(int64_t))};
+    const char **names = calloc((size_t)nc, sizeof *names);
+    sp_status st = !names || !cc.counts || !cc.largest ? sp_fail(SP_ERR_NOMEM, "out of memory") : SP_OK;
+    for (int l = 0; !st && l < nc; l++)
+        names[l] = !keep || keep[l] ? mf->labels[l] : NULL;
+    if (!st)
+        st = sp_components_count(r->labels, r->dim, nc, cc.counts, cc.largest);
+    if (!st)
+        st = unpark_input(h);
+    if (!st)
+        st = sp_passport_compute_ext(ct, h->packed ? h->hu : NULL, r->labels,
+                                     names, nc, &pp, &cc, &r->passport);
+    free(names);
+    free(cc.counts);
+    free(cc.largest);
+    if (!st)
+        sp_timings_add(&r->t, "passport", sp_now() - t0);
+    return st;
+}
+
+/* mut: the same volume, writable (sp_ct_run_inplace), or NULL */
 static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, const sp_ct_params *pp,
-                        sp_ct_result **out);
+                        sp_ct_result **out)
+{
+    sp_ct_params p = pp ? *pp : sp_ct_default_params();
+    const sp_manifest *mf = &pk->mf;
+    uint8_t *keep = NULL;
+    *out = NULL;
+    if (strcmp(mf->task, "ct") && strcmp(mf->task, "mri"))
+        return sp_fail(SP_ERR_MODEL, "model '%s' is a '%s' model, not a CT or MRI volume model", mf->name, mf->task);
+    if (p.step != 0 && !(p.step > 0 && p.step <= 1))
+        return sp_fail(SP_ERR_USAGE, "the sliding-window step must be in (0, 1], got %g", p.step);
+    if (!ct->data)
+        return sp_fail(SP_ERR_USAGE, "the volume's voxels were released by an earlier run");
+    sp_status st = roi_parse(mf, p.roi_subset, &keep);
+    if (st)
+        return st;
+    sp_pool *pool = sp_pool_get(p.threads);
+    sp_ct_result *r = NULL;
+    held_input h = {mut, 0, NULL, {-1, 0, NULL}};
+    if (!(st = check_finite(ct, pool)) && !(r = calloc(1, sizeof *r)))
+        st = sp_fail(SP_ERR_NOMEM, "out of memory");
+    if (!st)   /* brain MRI: a conformed grid instead of steps a, b and e */
+        st = mf->conform_n ? conform_path(pk, ct, &p, keep, r, pool) : grid_path(pk, ct, &p, keep, r, pool, &h);
+    if (!st && p.passport)
+        st = measure(mf, ct, &h, &p, keep, r);
+    restore_input(&h, p.release_input);
+    sp_pool_put(pool);
+    free(keep);
+    if (st) {
+        sp_ct_result_free(r);
+        return st;
+    }
+    *out = r;
+    return SP_OK;
+}
 
 sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *p, sp_ct_result **out)
 {
@@ -297,208 +581,6 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *p, 
 sp_status sp_ct_run_inplace(sp_package *pk, sp_volume *ct, const sp_ct_params *p, sp_ct_result **out)
 {
     return ct_run(pk, ct, ct, p, out);
-}
-
-/* mut: the same volume, writable (sp_ct_run_inplace), or NULL */
-static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, const sp_ct_params *pp,
-                        sp_ct_result **out)
-{
-    int packed = 0;
-    sp_ct_params p = pp ? *pp : sp_ct_default_params();
-    const sp_manifest *mf = &pk->mf;
-    const sp_geom *g = &ct->g;
-    sp_status st = SP_OK;
-    float *canon = NULL, *model_vol = NULL, *logits = NULL;
-    uint16_t *lab_m = NULL, *lab_c = NULL;
-    uint8_t *keep = NULL;
-    const char **names = NULL;
-    *out = NULL;
-    if (strcmp(mf->task, "ct") && strcmp(mf->task, "mri"))
-        return sp_fail(SP_ERR_MODEL, "model '%s' is a '%s' model, not a CT or MRI volume model", mf->name, mf->task);
-    if (p.step != 0 && !(p.step > 0 && p.step <= 1))
-        return sp_fail(SP_ERR_USAGE, "the sliding-window step must be in (0, 1], got %g", p.step);
-    if ((st = roi_parse(mf, p.roi_subset, &keep)))
-        return st;
-    sp_pool *pool = sp_pool_get(p.threads);
-    if ((st = check_finite(ct, pool))) {
-        sp_pool_put(pool);
-        free(keep);
-        return st;
-    }
-    sp_ct_result *r = calloc(1, sizeof *r);
-    if (!r) {
-        sp_pool_put(pool);
-        return sp_fail(SP_ERR_NOMEM, "out of memory");
-    }
-    sp_timings *t = &r->t;
-    double t0 = sp_now();
-    if (mf->conform_n) {   /* brain MRI: conformed grid instead of steps a, b, e */
-        if ((st = conform_path(pk, ct, &p, keep, r, pool)))
-            goto fail;
-        goto passport;
-    }
-
-    /* a. reorient to closest canonical */
-    sp_ornt o;
-    if ((st = sp_ornt_to_canonical(g->affine, &o)))
-        goto fail;
-    int64_t cdim[3], mdim[3];
-    sp_ornt_dims(&o, g->dim, cdim);
-    size_t nv = (size_t)sp_geom_nvox(g);
-    const float *cvol = ct->data;
-    if (!sp_ornt_is_identity(&o)) {
-        canon = sp_big_alloc(nv * sizeof *canon);
-        if (!canon) {
-            st = sp_fail(SP_ERR_NOMEM, "reorient: cannot allocate %zu voxels", nv);
-            goto fail;
-        }
-        sp_ornt_apply(&o, ct->data, g->dim, canon, sizeof(float), pool);
-        cvol = canon;
-    }
-    double cs[3];
-    for (int j = 0; j < 3; j++)
-        cs[j] = g->spacing[o.ax[j]];
-    sp_timings_add(t, "reorient", sp_now() - t0);
-
-    /* b. resample to the model spacing */
-    t0 = sp_now();
-    double target[3];
-    for (int d = 0; d < 3; d++)
-        target[mf->axes[d]] = mf->spacing[d];
-    int same = 1;
-    if ((st = model_grid(cdim, cs, target, p.max_model_voxels, mdim)))
-        goto fail;
-    for (int a = 0; a < 3; a++)
-        same &= mdim[a] == cdim[a];
-    size_t nm = (size_t)(mdim[0] * mdim[1] * mdim[2]);
-    model_vol = sp_big_alloc(nm * sizeof *model_vol);
-    lab_m = sp_big_alloc(nm * sizeof *lab_m);
-    if (!model_vol || !lab_m) {
-        st = sp_fail(SP_ERR_NOMEM, "resample: cannot allocate %zu voxels", nm);
-        goto fail;
-    }
-    if (same)
-        memcpy(model_vol, cvol, nm * sizeof *model_vol);
-    else
-        sp_resample_linear(cvol, cdim, model_vol, mdim, pool);
-    free(canon);
-    canon = NULL;
-    sp_timings_add(t, "resample", sp_now() - t0);
-    if (mut)   /* the native voxels wait as int16 until the passport */
-        packed = pack_int16(mut);
-
-    /* c. normalise */
-    t0 = sp_now();
-    sp_normalize(model_vol, (int64_t)nm, &mf->norm, pool);
-    sp_timings_add(t, "normalize", sp_now() - t0);
-
-    /* d. sliding window + argmax */
-    sp_window_params wp = window_params(mf, &p);
-    if (p.smooth) {
-        logits = sp_big_alloc((size_t)mf->num_classes * nm * sizeof *logits);
-        if (!logits) {
-            st = sp_fail(SP_ERR_NOMEM, "--smooth: cannot allocate %d x %zu logits", mf->num_classes, nm);
-            goto fail;
-        }
-    }
-    if ((st = sp_window_run(pk->model, model_vol, mdim, &wp, lab_m, logits, pool, t, p.progress,
-                            p.progress_user)))
-        goto fail;
-    free(model_vol);
-    model_vol = NULL;
-    roi_apply(lab_m, nm, keep);
-
-    /* f. optional cleanup, at model resolution */
-    if (p.largest_component || p.min_component_ml > 0) {
-        t0 = sp_now();
-        double vox_ml = target[0] * target[1] * target[2] / 1000.0;
-        int64_t minv = p.min_component_ml > 0 ? (int64_t)ceil(p.min_component_ml / vox_ml) : 0;
-        if ((st = sp_components_filter(lab_m, mdim, p.largest_component, minv)))
-            goto fail;
-        sp_timings_add(t, "postprocess", sp_now() - t0);
-    }
-
-    /* e. labels back to the canonical native grid, then undo the reorientation */
-    t0 = sp_now();
-    r->labels = sp_big_alloc(nv * sizeof *r->labels);
-    if (!sp_ornt_is_identity(&o))
-        lab_c = sp_big_alloc(nv * sizeof *lab_c);
-    if (!r->labels || (!sp_ornt_is_identity(&o) && !lab_c)) {
-        st = sp_fail(SP_ERR_NOMEM, "cannot allocate the label volume (%zu voxels)", nv);
-        goto fail;
-    }
-    uint16_t *dst = lab_c ? lab_c : r->labels;
-    if (same)
-        memcpy(dst, lab_m, nv * sizeof *dst);
-    else if (logits) {
-        sp_smooth_labels(logits, lab_m, mf->num_classes, mdim, dst, cdim, pool);
-        roi_apply(dst, nv, keep);
-    }
-    else
-        sp_resample_nearest_u16(lab_m, mdim, dst, cdim, pool);
-    free(logits);
-    logits = NULL;
-    if (lab_c) {
-        sp_ornt inv = sp_ornt_inverse(&o);
-        sp_ornt_apply(&inv, lab_c, cdim, r->labels, sizeof(uint16_t), pool);
-    }
-    memcpy(r->dim, g->dim, sizeof r->dim);
-    sp_timings_add(t, "labels_back", sp_now() - t0);
-    if (p.keep_model_labels) {
-        double ca[4][4];
-        sp_ornt_affine(&o, g->dim, g->affine, ca);
-        for (int col = 0; col < 3; col++)
-            for (int row = 0; row < 3; row++)
-                ca[row][col] *= (double)cdim[col] / (double)mdim[col];
-        memcpy(r->maffine, ca, sizeof ca);
-        memcpy(r->mdim, mdim, sizeof mdim);
-        r->model_labels = lab_m;
-        lab_m = NULL;
-    }
-    free(lab_m);
-    free(lab_c);
-    lab_m = lab_c = NULL;
-
-passport:   /* passport, at native resolution */
-    if (packed) {
-        unpack_int16(mut);
-        packed = 0;
-    }
-    if (p.passport) {
-        t0 = sp_now();
-        sp_passport_params pp2 = sp_passport_default_params();
-        pp2.threads = p.threads;
-        pp2.source = mf->name;
-        pp2.keep_border = p.keep_border;
-        names = calloc((size_t)mf->num_classes, sizeof *names);
-        if (!names) {
-            st = sp_fail(SP_ERR_NOMEM, "out of memory");
-            goto fail;
-        }
-        for (int l = 0; l < mf->num_classes; l++)   /* only the subset is measured */
-            names[l] = !keep || keep[l] ? mf->labels[l] : NULL;
-        if ((st = sp_passport_compute(ct, r->labels, names, mf->num_classes, &pp2, &r->passport)))
-            goto fail;
-        sp_timings_add(t, "passport", sp_now() - t0);
-    }
-    sp_pool_put(pool);
-    free(keep);
-    free(names);
-    *out = r;
-    return SP_OK;
-fail:
-    if (packed)
-        unpack_int16(mut);
-    sp_pool_put(pool);
-    free(keep);
-    free(names);
-    free(canon);
-    free(model_vol);
-    free(logits);
-    free(lab_m);
-    free(lab_c);
-    sp_ct_result_free(r);
-    return st;
 }
 
 /* ------------------------------------------------------------ label I/O */

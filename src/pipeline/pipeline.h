@@ -33,6 +33,11 @@ int64_t sp_zoom_size(int64_t n, double zoom);
  * from in_dim to out_dim, as scipy.ndimage.zoom(order=1). */
 void sp_resample_linear(const float *src, const int64_t in_dim[3], float *dst,
                         const int64_t out_dim[3], sp_pool *pool);
+/* Model-grid labels (canonical orientation, mdim) to the native grid ndim:
+ * nearest resampling to the canonical grid, then orientation o undone, in
+ * one pass (o: native -> canonical, as sp_ornt_to_canonical gives). */
+sp_status sp_labels_to_native(const uint16_t *lab_m, const int64_t mdim[3], const sp_ornt *o,
+                              const int64_t ndim[3], uint16_t *dst, sp_pool *pool);
 /* Nearest neighbour (order 0) resampling of uint16 labels, as
  * scipy.ndimage.zoom(order=0, mode='nearest'). */
 void sp_resample_nearest_u16(const uint16_t *src, const int64_t in_dim[3], uint16_t *dst,
@@ -125,6 +130,17 @@ void sp_smooth_labels(const float *logits, const uint16_t *lab_m, int C, const i
  * and/or remove components smaller than min_voxels. */
 sp_status sp_components_filter(uint16_t *labels, const int64_t dim[3], int keep_largest,
                                int64_t min_voxels);
+/* Connected components counted beforehand: counts[l], largest[l] for l < n. */
+typedef struct sp_comp_counts {
+    int n;
+    int64_t *counts, *largest;
+} sp_comp_counts;
+/* sp_passport_compute with the voxels read from hu (int16, the volume's
+ * grid) instead of ct->data when hu is not NULL (ct gives the geometry and
+ * value range), and the components taken from pre when not NULL. */
+sp_status sp_passport_compute_ext(const sp_volume *ct, const int16_t *hu, const uint16_t *labels,
+                                  const char *const *names, int n_names, const sp_passport_params *p,
+                                  const sp_comp_counts *pre, sp_passport **out);
 /* Count 26-connected components per label; counts[l], largest[l] sized
  * nlabels. */
 sp_status sp_components_count(const uint16_t *labels, const int64_t dim[3], int nlabels,

@@ -173,6 +173,61 @@ void sp_resample_nearest_f32(const float *src, const int64_t in[3], float *dst,
     resample_nearest(src, in, dst, out, 4, pool);
 }
 
+/* Labels back to the native grid in one gather: nearest resampling to the
+ * canonical grid and the inverse reorientation composed per native axis
+ * (each native axis is one canonical axis, maybe flipped), so no canonical
+ * copy is made. tab[i][x]: model offset of native index x along axis i. */
+typedef struct native_ctx {
+    const uint16_t *src;
+    uint16_t *dst;
+    int64_t n[3];
+    int64_t *tab[3];
+} native_ctx;
+
+static void native_rows(void *vc, int64_t b, int64_t e, int w)
+{
+    native_ctx *c = vc;
+    (void)w;
+    const int64_t *t0 = c->tab[0];
+    for (int64_t row = b; row < e; row++) {
+        int64_t y = row % c->n[1], z = row / c->n[1];
+        const uint16_t *s = c->src + c->tab[1][y] + c->tab[2][z];
+        uint16_t *d = c->dst + row * c->n[0];
+        for (int64_t x = 0; x < c->n[0]; x++)
+            d[x] = s[t0[x]];
+    }
+}
+
+sp_status sp_labels_to_native(const uint16_t *lab_m, const int64_t mdim[3], const sp_ornt *o,
+                              const int64_t ndim[3], uint16_t *dst, sp_pool *pool)
+{
+    native_ctx c = {.src = lab_m, .dst = dst};
+    int64_t mst[3] = {1, mdim[0], mdim[0] * mdim[1]};
+    sp_status st = SP_OK;
+    for (int i = 0; i < 3; i++)
+        c.n[i] = ndim[i];
+    for (int j = 0; j < 3; j++) {   /* canonical axis j = native axis o->ax[j] */
+        int i = o->ax[j];
+        int64_t cn = ndim[i];
+        double z = axis_zoom(mdim[j], cn);
+        if (!(c.tab[i] = malloc((size_t)cn * sizeof(int64_t)))) {
+            st = sp_fail(SP_ERR_NOMEM, "labels back: out of memory");
+            break;
+        }
+        for (int64_t x = 0; x < cn; x++) {
+            int64_t cc = o->fl[j] ? cn - 1 - x : x;
+            int64_t k = (int64_t)floor((double)cc * z + 0.5);
+            k = k < 0 ? 0 : k >= mdim[j] ? mdim[j] - 1 : k;
+            c.tab[i][x] = k * mst[j];
+        }
+    }
+    if (!st)
+        sp_pool_for(pool, c.n[1] * c.n[2], 64, native_rows, &c);
+    for (int i = 0; i < 3; i++)
+        free(c.tab[i]);
+    return st;
+}
+
 typedef struct smooth_ctx {
     const float *logits;
     const uint16_t *lab;

@@ -7,8 +7,10 @@
  *   - the request is routed, authenticated and checked (method, model,
  *     content type, declared length, queue room) on its headers, before a
  *     body byte is read; a refusal is answered at once and the body dropped;
- *   - body bytes held in memory are counted against --max-buffered across
- *     all requests (503 past it), and each body against its endpoint's limit;
+ *   - body bytes are counted against --max-buffered across all requests
+ *     (503 past it), and each body against its endpoint's limit; binary
+ *     bodies (volumes, photos, zips) wait in unnamed files in the temporary
+ *     folder, not in the process's memory;
  *   - a body must arrive within --body-timeout, and a connection may stay
  *     silent at most --read-timeout (libmicrohttpd closes it);
  *   - a synchronous request waits suspended (no thread) for its job; the
@@ -17,8 +19,11 @@
  */
 #include "internal.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 /* ---------------------------------------------------------------- replies */
 
@@ -271,12 +276,71 @@ static int precheck(server *s, struct MHD_Connection *c, req *r, const char **ms
                                             : "the body is larger than --max-body", 413;
         r->declared = (size_t)v;
     }
-    if (atomic_load(&s->buffered) >= s->p.max_buffered)
+    size_t held = atomic_load(&s->buffered);   /* an announced body that cannot fit now is refused now */
+    if (held >= s->p.max_buffered || r->declared > s->p.max_buffered - held)
         return *retry = 2, *msg = "the service holds too many request bytes now; retry later", 503;
     return 0;
 }
 
 /* ------------------------------------------------------------------ intake */
+
+/* Binary bodies (volumes, photos, zips) go to an unnamed file in the
+ * service's temporary folder as they arrive: bytes clients send wait in the
+ * page cache, which the kernel can write out, not in the process's memory;
+ * the request gets the file mapped once whole. JSON bodies stay in memory
+ * (cJSON parses text in memory anyway). */
+static int spooled(int ep) { return ep == EP_CT || ep == EP_SEGMENT || ep == EP_JOBS || ep == EP_CLASSIFY; }
+
+static int spool_body(server *s, req *r, const char *data, size_t n)
+{
+    if (r->spool < 0 && (r->spool = sp_unnamed_file(s->tmpdir)) < 0) {
+        SP_WARN("cannot create a spool file in the temporary folder: %s", strerror(errno));
+        return 503;
+    }
+    if (!reserve(s, n))
+        return 503;
+    r->reserved += n;
+    if (sp_pwrite_all(r->spool, data, n, r->len) != 0) {
+        SP_WARN("cannot write a request body to the temporary folder: %s", strerror(errno));
+        return 503;
+    }
+    r->len += n;
+    return 0;
+}
+
+/* The spooled body mapped as r->body (copy-on-write: a handler may write). */
+static int map_body(req *r)
+{
+    if (r->spool < 0)
+        return 0;
+    void *m = r->len ? mmap(NULL, r->len, PROT_READ | PROT_WRITE, MAP_PRIVATE, r->spool, 0) : NULL;
+    close(r->spool);
+    r->spool = -1;
+    if (m == MAP_FAILED)
+        return -1;
+    r->body = m;
+    r->mapped = m != NULL;
+    return 0;
+}
+
+void sp_body_free(char *body, size_t len, int mapped)
+{
+    if (mapped)
+        munmap(body, len);
+    else
+        free(body);
+}
+
+static void req_body_free(req *r)
+{
+    sp_body_free(r->body, r->len, r->mapped);
+    if (r->spool >= 0)
+        close(r->spool);
+    r->spool = -1;
+    r->body = NULL;
+    r->mapped = 0;
+    r->len = r->cap = 0;
+}
 
 /* Append to the body. Memory is taken as bytes arrive (never for what a
  * header merely announces) and counted against --max-buffered. */
@@ -284,6 +348,8 @@ static int take_body(server *s, req *r, const char *data, size_t n)
 {
     if (r->len + n > body_limit(s, r->ep))
         return 413;
+    if (spooled(r->ep))
+        return spool_body(s, r, data, n);
     if (r->len + n > r->cap) {
         size_t nc = r->cap ? r->cap : 4096;   /* a trickling client holds a page, not more */
         while (nc < r->len + n)
@@ -313,6 +379,7 @@ static req *req_new(server *s, const char *url)
         return NULL;
     r->t0 = sp_now();
     r->ep = sp_route_ep(url);
+    r->spool = -1;
     atomic_fetch_add(&s->inflight, 1);
     return r;
 }
@@ -348,9 +415,7 @@ enum MHD_Result sp_access_cb(void *cls, struct MHD_Connection *c, const char *ur
         int code = take_body(s, r, upload_data, *upload_size);
         *upload_size = 0;
         if (code) {
-            free(r->body);
-            r->body = NULL;
-            r->len = r->cap = 0;
+            req_body_free(r);
             r->early = 1;
             sp_record(s, r->ep, 0, 0);
             return code == 413 ? sp_http_error(c, 413, "the body is larger than the limit", 0)
@@ -360,6 +425,11 @@ enum MHD_Result sp_access_cb(void *cls, struct MHD_Connection *c, const char *ur
     }
     if (r->early)
         return MHD_YES;
+    if (map_body(r) != 0) {
+        r->early = 1;
+        sp_record(s, r->ep, 0, 0);
+        return sp_http_error(c, 503, "cannot map the request body; retry later", 2);
+    }
     int ok = 0;
     enum MHD_Result ret = sp_handle(s, c, url, method, r, &ok);
     if (ok >= 0)   /* -1: suspended, answered later */
@@ -388,7 +458,7 @@ void sp_completed_cb(void *cls, struct MHD_Connection *c, void **con_cls,
         sp_job_release(s, r->job);
         pthread_mutex_unlock(&s->mu);
     }
-    free(r->body);
+    req_body_free(r);
     atomic_fetch_sub(&s->buffered, r->reserved);
     free(r);
     *con_cls = NULL;

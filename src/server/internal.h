@@ -66,6 +66,7 @@ struct job {
     model_entry *me;
     char *body;
     size_t len, reserved;         /* body bytes, and bytes counted against max_buffered */
+    int mapped;                   /* body is a mapping of the request's spool file */
     size_t header_len;            /* EP_INFER: Inference-Header-Content-Length (0: all JSON) */
     int gzip_in, gzip_out;        /* EP_INFER: Content-Encoding / Accept-Encoding gzip */
     const char *resp_ctype;       /* content type of `response` (NULL: application/json) */
@@ -126,8 +127,10 @@ typedef struct server {
 } server;
 
 struct req {
-    char *body;
+    char *body;                   /* malloc'd, or (mapped) the spool file mapped */
     size_t len, cap, reserved, declared;   /* reserved: bytes counted against max_buffered */
+    int spool;                    /* binary bodies: an unnamed file in tmpdir while they arrive (-1: none) */
+    int mapped;
     int ep, owner;
     int early;                    /* answered before the body: discard it */
     double t0;
@@ -151,6 +154,9 @@ enum MHD_Result sp_http_send(struct MHD_Connection *c, int code, struct MHD_Resp
                              int retry_after);
 enum MHD_Result sp_http_error(struct MHD_Connection *c, int code, const char *msg, int retry_after);
 char *sp_error_json(int code, const char *msg);
+/* http.c: a request's or job's body freed (or unmapped) */
+void sp_body_free(char *body, size_t len, int mapped);
+
 /* The error body for an endpoint family: KServe's {"error": "..."} when
  * kserve, else segpipe's {"error": {"code", "message"}}. Caller frees. */
 char *sp_error_body(int kserve, int code, const char *msg);

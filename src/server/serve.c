@@ -9,6 +9,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -279,9 +280,18 @@ sp_status sp_serve(const sp_serve_params *pp)
         st = sp_fail(SP_ERR_USAGE, "--host must be an IPv4 address, got '%s'", s->p.host);
     if (!st && s->p.tls_cert && !(st = read_pem(s->p.tls_cert, "--tls-cert", &cert)))
         st = read_pem(s->p.tls_key, "--tls-key", &key);
-    snprintf(s->tmpdir, sizeof s->tmpdir, "/tmp/segpipe-serve-XXXXXX");
+    const char *tmp = getenv("TMPDIR");
+    if (snprintf(s->tmpdir, sizeof s->tmpdir, "%s/segpipe-serve-XXXXXX", tmp && tmp[0] ? tmp : "/tmp") >=
+        (int)sizeof s->tmpdir)
+        st = sp_fail(SP_ERR_USAGE, "TMPDIR is too long");
     if (!st && !mkdtemp(s->tmpdir))
         st = sp_fail(SP_ERR_IO, "cannot create a temporary folder: %s", strerror(errno));
+    int dfd = st ? -1 : open(s->tmpdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0 && sp_fd_in_memory(dfd))
+        SP_WARN("%s is in memory (tmpfs): request bodies waiting there take the machine's memory; set TMPDIR to "
+                "a folder on disk", s->tmpdir);
+    if (dfd >= 0)
+        close(dfd);
     if (st)
         s->tmpdir[0] = 0;
     if (!st)

@@ -28,9 +28,11 @@ job *sp_job_new(server *s, req *r, int kind, model_entry *me)
     j->me = me;
     j->body = r->body;
     j->len = r->len;
+    j->mapped = r->mapped;
     j->reserved = r->reserved;   /* the body's bytes move with it */
     r->body = NULL;
     r->len = r->cap = r->reserved = 0;
+    r->mapped = 0;
     j->refs = 1;
     j->t_enq = sp_now();
     j->deadline = j->t_enq + s->p.timeout;
@@ -41,7 +43,7 @@ job *sp_job_new(server *s, req *r, int kind, model_entry *me)
 
 static void drop_body(server *s, job *j)
 {
-    free(j->body);
+    sp_body_free(j->body, j->len, j->mapped);
     j->body = NULL;
     atomic_fetch_sub(&s->buffered, j->reserved);
     j->reserved = 0;
@@ -283,6 +285,7 @@ static void run_ct(server *s, job *j)
     cp.cancel = &j->cancel;
     cp.progress = ct_progress;
     cp.progress_user = j;
+    cp.release_input = 1;   /* the labels writer reads only the geometry */
     if ((st = sp_ct_run_inplace(j->me->pk, v, &cp, &res)) || (j->want_labels && (st = labels_bytes(s, j, res, v)))) {
         fail_job(j, st);
         sp_ct_result_free(res);

@@ -142,3 +142,45 @@ def test_split_refusals(tmp):
         assert p.returncode == 4 and "head.bin has" in p.stderr, p.stderr
     finally:
         open(hb, "wb").write(data)
+
+
+def big_ct(tmp):
+    """example_ct at twice the resolution per axis (nearest: same HU values,
+    int16): 11 M voxels, enough for the input to be parked in a file."""
+    out = os.path.join(tmp, "big_ct.nii.gz")
+    if not os.path.exists(out):
+        img = nib.load(os.path.join(sp.CTDIR, "example_ct.nii.gz"))
+        a = np.asanyarray(img.dataobj).astype(np.int16)
+        big = a.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+        aff = img.affine.copy()
+        aff[:3, :3] /= 2
+        h = nib.Nifti1Image(big, aff)
+        h.header.set_data_dtype(np.int16)
+        nib.save(h, out)
+    return out
+
+
+def test_parked_input_same_results(tmp):
+    """While the network runs the input waits in an unnamed file (default)
+    or stays in memory (--no-spill; tmpfs and missing folders are refused in
+    the unit test): labels, passport, statistics and the preview (which reads
+    the voxels widened back from the file's mapping) are byte-identical."""
+    src = big_ct(tmp)
+    got = {}
+    for name, extra in [("park", []), ("park-preview", ["--preview"]), ("mem", ["--no-spill", "--preview"])]:
+        out = os.path.join(tmp, name + ".nii.gz")
+        png = os.path.join(tmp, name + ".png")
+        extra = [png if e == "--preview" else e for e in extra]
+        if png in extra:
+            extra.insert(extra.index(png), "--preview")
+        r = sp.run("ct", src, "-o", out, "-v", *extra, check=True)
+        assert ("input parked" in r.stderr) == name.startswith("park"), (name, r.stderr[-2000:])
+        files = [open(os.path.join(tmp, name + s), "rb").read() for s in (".passport.json", ".statistics.json")]
+        files.append(np.asanyarray(nib.load(out).dataobj).tobytes())
+        if png in extra:
+            files.append(open(png, "rb").read())
+        got[name] = files
+    ref = got["mem"]
+    assert got["park"] == ref[:3] and got["park-preview"] == ref
+    lab = np.asanyarray(nib.load(os.path.join(tmp, "park.nii.gz")).dataobj)
+    assert lab.shape == (244, 202, 224) and len(np.unique(lab)) > 10

@@ -5,6 +5,8 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/vfs.h>
 
 void test_status_codes(void)
 {
@@ -151,4 +153,37 @@ void test_bounded_queue(void)
     sp_bq_wake(&q);
     CHECK(sp_bq_push(&q, 8, NULL) == -1 && sp_bq_pop(&q, NULL) == -1);
     sp_bq_destroy(&q);
+}
+
+/* A buffer parked in an unnamed file: its pages go back to the kernel,
+ * the bytes come back equal through the mapping and through a read; a
+ * folder in memory (tmpfs) or missing is refused and the buffer kept. */
+void test_spill(void)
+{
+    size_t n = (size_t)20 << 20;
+    uint8_t *buf = sp_big_alloc(n), *ref = malloc(n);
+    CHECK(buf && ref);
+    if (!buf || !ref)
+        return;
+    for (size_t i = 0; i < n; i++)
+        ref[i] = (uint8_t)(i * 2654435761u >> 13);
+    memcpy(buf, ref, n);
+    sp_spill s;
+    CHECK(sp_spill_out(buf, n, "/nonexistent-folder", &s) == 0 && s.fd < 0);
+    CHECK(memcmp(buf, ref, n) == 0);
+    struct statfs fs;
+    if (statfs("/dev/shm", &fs) == 0 && fs.f_type == 0x01021994) {
+        CHECK(sp_spill_out(buf, n, "/dev/shm", &s) == 0);
+        CHECK(memcmp(buf, ref, n) == 0);
+    }
+    CHECK(sp_spill_out(buf, 1000, NULL, &s) == 0);   /* too small to be worth a file */
+    CHECK(sp_spill_out(buf, n, ".", &s) == 1 && s.fd >= 0);
+    CHECK(buf[n / 2] == 0 && buf[4096 * 3] == 0);   /* whole pages released: zeros */
+    const uint8_t *m = sp_spill_map(&s);
+    CHECK(m && memcmp(m, ref, n) == 0);
+    CHECK(sp_spill_back(&s, buf) == SP_OK && s.fd < 0 && !s.map);
+    CHECK(memcmp(buf, ref, n) == 0);
+    sp_spill_drop(&s);   /* twice is harmless */
+    free(buf);
+    free(ref);
 }

@@ -158,3 +158,83 @@ void test_manifest_errors(void)
         CHECK_CONTAINS(sp_last_error(), bad[i].msg);
     }
 }
+
+/* Labels back in one gather (sp_labels_to_native) equal nearest resampling
+ * to the canonical grid followed by the inverse reorientation, for all 48
+ * orientations and a model grid smaller, larger and equal per axis. */
+void test_labels_to_native_48(void)
+{
+    int perms[6][3] = {{0, 1, 2}, {0, 2, 1}, {1, 0, 2}, {1, 2, 0}, {2, 0, 1}, {2, 1, 0}};
+    int64_t dim[3] = {9, 7, 5}, mdim[3] = {4, 11, 5};
+    size_t nm = 4 * 11 * 5, nv = 9 * 7 * 5;
+    uint16_t *lab_m = malloc(nm * 2), *canon = malloc(nv * 2), *two = malloc(nv * 2), *one = malloc(nv * 2);
+    for (size_t i = 0; i < nm; i++)
+        lab_m[i] = (uint16_t)(i * 7 % 251 + 1);
+    int same = 0;
+    for (int pi = 0; pi < 6; pi++)
+        for (int fl = 0; fl < 8; fl++) {
+            double A[4][4] = {{0}};
+            A[3][3] = 1;
+            for (int i = 0; i < 3; i++)
+                A[perms[pi][i]][i] = (fl >> i) & 1 ? -1.0 : 1.0;
+            sp_ornt o;
+            CHECK(sp_ornt_to_canonical(A, &o) == SP_OK);
+            int64_t cd[3];
+            sp_ornt_dims(&o, dim, cd);
+            sp_resample_nearest_u16(lab_m, mdim, canon, cd, NULL);
+            sp_ornt inv = sp_ornt_inverse(&o);
+            sp_ornt_apply(&inv, canon, cd, two, 2, NULL);
+            memset(one, 0xff, nv * 2);
+            CHECK(sp_labels_to_native(lab_m, mdim, &o, dim, one, NULL) == SP_OK);
+            same += memcmp(one, two, nv * 2) == 0;
+        }
+    CHECK(same == 48);
+    free(lab_m);
+    free(canon);
+    free(two);
+    free(one);
+}
+
+/* The passport read from int16 voxels (sp_ct_run_inplace's packed input)
+ * equals the one read from float voxels, components counted here or
+ * handed in. */
+void test_passport_int16_equals_float(void)
+{
+    int64_t dim[3] = {23, 19, 17};
+    size_t n = 23 * 19 * 17;
+    double A[4][4] = {{0.8, 0, 0, -10}, {0, 0.7, 0, 5}, {0, 0, 2.5, 1}, {0, 0, 0, 1}};
+    float *f = malloc(n * sizeof *f);
+    int16_t *s = malloc(n * sizeof *s);
+    uint16_t *lab = malloc(n * sizeof *lab);
+    uint32_t x = 12345;
+    for (size_t i = 0; i < n; i++) {
+        x = x * 1664525u + 1013904223u;
+        s[i] = (int16_t)((int)(x >> 16) % 3000 - 1024);
+        f[i] = s[i];
+        lab[i] = (uint16_t)((i / 97) % 5 ? (i / 311) % 7 : 0);
+    }
+    sp_volume *v = NULL;
+    CHECK(sp_volume_from_array(f, dim, A, &v) == SP_OK);
+    sp_passport *pf = NULL, *ps = NULL, *pc = NULL;
+    const char *names[7] = {"background", "a", "b", NULL, "d", "e", "f"};
+    sp_passport_params pp = sp_passport_default_params();
+    CHECK(sp_passport_compute(v, lab, names, 7, &pp, &pf) == SP_OK);
+    CHECK(sp_passport_compute_ext(v, s, lab, names, 7, &pp, NULL, &ps) == SP_OK);
+    int64_t cnt[7], big[7];
+    CHECK(sp_components_count(lab, dim, 7, cnt, big) == SP_OK);
+    sp_comp_counts cc = {7, cnt, big};
+    CHECK(sp_passport_compute_ext(v, s, lab, names, 7, &pp, &cc, &pc) == SP_OK);
+    if (pf && ps && pc) {
+        CHECK(strcmp(sp_passport_json(pf), sp_passport_json(ps)) == 0);
+        CHECK(strcmp(sp_passport_json(pf), sp_passport_json(pc)) == 0);
+        CHECK(strcmp(sp_passport_statistics_json(pf), sp_passport_statistics_json(ps)) == 0);
+        CHECK(strstr(sp_passport_json(pf), "\"components\"") != NULL);
+    }
+    sp_passport_free(pf);
+    sp_passport_free(ps);
+    sp_passport_free(pc);
+    sp_volume_free(v);
+    free(f);
+    free(s);
+    free(lab);
+}

@@ -116,6 +116,7 @@ sp_status cli_batch_run(cli_batch *b, const char *model_dir, const char *input, 
     sp_ct_params cp = b->cp;
     cp.progress = progress;
     cp.progress_user = user;
+    cp.release_input = 1;   /* the writer reads only the geometry */
     if (!(st = sp_ct_run_inplace(pk, v, &cp, &res)) &&
         !(st = sp_labels_write_named(labels_path, sp_ct_result_labels(res, NULL), v, sp_package_labels(pk),
                                      sp_package_num_classes(pk)))) {

@@ -56,6 +56,7 @@ static void run_case(const char *path, const bench_opts *o, int fd)
         sp_ct_params cp = sp_ct_default_params();
         cp.threads = o->threads;
         cp.tile_batch = o->tile_batch;
+        cp.release_input = 1;
         sp_ct_result *res = NULL;
         if ((st = sp_ct_run_inplace(pk, v, &cp, &res)))
             goto fail;

@@ -202,7 +202,8 @@ static int cmd_ct(int argc, char **argv)
         {"keep-border", no_argument, 0, 'k'}, {"preview", required_argument, 0, 'V'},
         {"accumulator", required_argument, 0, 'A'}, {"roi-subset", required_argument, 0, 'R'},
         {"output-type", required_argument, 0, 'O'}, {"inputs", required_argument, 0, 'I'},
-        {"shard", required_argument, 0, 'J'},
+        {"shard", required_argument, 0, 'J'}, {"no-spill", no_argument, 0, 'N'},
+        {"spill-dir", required_argument, 0, 'T'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     int mri = argc > 0 && !strcmp(argv[0], "mri");   /* `segpipe mri`: the same pipeline, no default model */
     const char *series = NULL;
@@ -252,6 +253,8 @@ static int cmd_ct(int argc, char **argv)
             cp.accum_fp16 = !strcmp(optarg, "fp16");
             break;
         case 'R': cp.roi_subset = optarg; break;
+        case 'N': cp.spill = 0; break;
+        case 'T': cp.spill_dir = optarg; break;
         case 'I': inputs = optarg; break;
         case 'J':
             if (cli_parse_shard(optarg, &shard_i, &shard_n))
@@ -286,6 +289,9 @@ static int cmd_ct(int argc, char **argv)
                    "                           (TotalSegmentator reports them as 0)\n"
                    "      --roi-subset A,B,... only these structures are labelled and measured\n"
                    "      --accumulator fp32|fp16  sliding-window sums in float or half (half the memory)\n"
+                   "      --spill-dir DIR      while the network runs, the input waits in an unnamed file\n"
+                   "                           there (default: $TMPDIR, else /var/tmp; never on tmpfs)\n"
+                   "      --no-spill           keep the input in memory while the network runs\n"
                    "      --inputs LIST        one input per line; with -o OUTDIR: OUTDIR/<name>.nii.gz each\n"
                    "      --shard I/N          with --inputs: only lines k with k mod N = I (job arrays);\n"
                    "                           inputs already done are skipped; report OUTDIR/shard-I-of-N.json\n"
@@ -351,6 +357,7 @@ static int cmd_ct(int argc, char **argv)
                          "was made from)");
         goto out;
     }
+    cp.release_input = !preview;   /* afterwards only the geometry is read */
     if ((st = sp_ct_run_inplace(pk, v, &cp, &res))) {
         rc = fail(st, input);
         goto out;
