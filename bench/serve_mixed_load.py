@@ -43,7 +43,7 @@ def status(port):
 
 p, port = start_server("--model", "ct=" + os.path.join(root, "models", "demo-ct"),
                        "--model", "rooms=" + os.path.join(root, "models", "demo-rooms"),
-                       "--workers", "2", "--queue", "8", "--threads", "1")
+                       "--workers", "2", "--queue", "8", "--threads", "1", "--max-memory", "1G")
 rec, lock = [], threading.Lock()
 state = {"stop": time.time() + secs, "term": None}
 kinds = ["ct", "photo", "photo", "bad"]

@@ -253,8 +253,14 @@ const char *sp_package_task(const sp_package *pk);
 int sp_package_num_masks(const sp_package *pk);
 const char *sp_package_mask_name(const sp_package *pk, int i);
 /* One inference on zeros of the package's input size (a CT patch, or a
- * model-sized photo canvas), so the first real request pays no set-up. */
+ * model-sized photo canvas), so the first real request pays no set-up. It
+ * also measures that inference's peak memory (sp_package_run_memory),
+ * which resets the process's peak RSS (VmHWM) to its current RSS. */
 sp_status sp_package_warm_up(sp_package *pk);
+/* ONNX Runtime's working memory (activations) for one inference of the
+ * package beyond its output, measured by sp_package_warm_up on a second
+ * run (no set-up in it); 0 before it. */
+size_t sp_package_run_memory(const sp_package *pk);
 /* The folder of the bundled models, found relative to the segpipe binary
  * or libsegpipe.so itself (installed: <prefix>/share/segpipe/models; build
  * tree: models/), or SEGPIPE_MODEL_PATH. Never a compiled-in path. */
@@ -317,6 +323,13 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *p,
  * parked voxels back is reported and leaves ct without voxels. No other
  * thread may read ct during the call. */
 sp_status sp_ct_run_inplace(sp_package *pk, sp_volume *ct, const sp_ct_params *p, sp_ct_result **out);
+/* Peak memory sp_ct_run_inplace(pk, ct, p) will take beyond what the
+ * loaded model holds, in bytes: the largest of its phases (model grid,
+ * window buffers, ONNX Runtime's working memory as measured by
+ * sp_package_warm_up (0 before it), labels, the input held). An estimate
+ * for admission control (allocator overheads are not in it). Fails as the
+ * run would on a model grid past the limits. */
+sp_status sp_ct_memory_estimate(const sp_package *pk, const sp_volume *ct, const sp_ct_params *p, size_t *bytes);
 void sp_ct_result_free(sp_ct_result *r);
 const sp_timings *sp_ct_result_timings(const sp_ct_result *r);
 /* Label volume on the input grid (uint16 values, i fastest; owned by r). */
@@ -637,6 +650,9 @@ typedef struct sp_serve_params {
     size_t max_stored;       /* bytes of stored results [256 MiB] */
     double result_ttl;       /* seconds a finished job or result is kept [900] */
     uint64_t max_pixels;     /* photos: as sp_image_params.max_pixels [50 MP] */
+    size_t max_memory;       /* the service's memory: CT runs wait until their estimated peak
+                                (sp_ct_memory_estimate) fits, and are refused (413) when it never
+                                can [80% of the machine's or the cgroup's memory] */
     /* access */
     const char *api_key_file;  /* one key per line: every request needs "Authorization: Bearer KEY" */
     int protect_health;      /* 1: health endpoints need a key too (default: open) */

@@ -69,6 +69,10 @@ void sp_bq_close(sp_bq *q);
 void sp_bq_wake(sp_bq *q);   /* wake every waiter (after setting the stop flag) */
 
 /* ----------------------------------------------------------------- memory */
+/* VmRSS now; and the peak (VmHWM) set back to it (0, or -1 where Linux
+ * cannot), to measure the peak of one step. */
+size_t sp_current_rss(void);
+int sp_peak_rss_reset(void);
 /* Allocation for large buffers (volumes, logits): 2 MiB aligned and marked
  * for transparent huge pages, which cuts the cost of first-touch page
  * faults several times; small sizes fall back to malloc. Free with free().

@@ -61,6 +61,27 @@ size_t sp_peak_rss(void)
     return (size_t)ru.ru_maxrss * 1024;   /* Linux reports KiB */
 }
 
+size_t sp_current_rss(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = 0, res = 0;
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &res) != 2)
+            res = 0;
+        fclose(f);
+    }
+    return (size_t)res * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+int sp_peak_rss_reset(void)
+{
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (!f)
+        return -1;
+    int ok = fputs("5", f) >= 0;   /* 5: reset the peak RSS (Linux 4.0+) */
+    return fclose(f) == 0 && ok ? 0 : -1;
+}
+
 int sp_num_cores(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);

@@ -573,6 +573,58 @@ static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, con
     return SP_OK;
 }
 
+/* The model grid a volume gets (steps a and b, or the conformed grid). */
+static sp_status grid_of(const sp_manifest *mf, const sp_volume *ct, const sp_ct_params *p, int64_t mdim[3],
+                         int *reoriented)
+{
+    *reoriented = 0;
+    if (mf->conform_n) {
+        mdim[0] = mdim[1] = mdim[2] = mf->conform_n;
+        return SP_OK;
+    }
+    sp_ornt o;
+    sp_status st = sp_ornt_to_canonical(ct->g.affine, &o);
+    if (st)
+        return st;
+    int64_t cdim[3];
+    double cs[3], target[3];
+    sp_ornt_dims(&o, ct->g.dim, cdim);
+    for (int j = 0; j < 3; j++)
+        cs[j] = ct->g.spacing[o.ax[j]];
+    for (int d = 0; d < 3; d++)
+        target[mf->axes[d]] = mf->spacing[d];
+    *reoriented = !sp_ornt_is_identity(&o);
+    return model_grid(cdim, cs, target, p->max_model_voxels, mdim);
+}
+
+sp_status sp_ct_memory_estimate(const sp_package *pk, const sp_volume *ct, const sp_ct_params *pp, size_t *bytes)
+{
+    sp_ct_params p = pp ? *pp : sp_ct_default_params();
+    const sp_manifest *mf = &pk->mf;
+    int64_t mdim[3];
+    int reoriented;
+    *bytes = 0;
+    sp_status st = grid_of(mf, ct, &p, mdim, &reoriented);
+    if (st)
+        return st;
+    double nv = (double)sp_geom_nvox(&ct->g), nm = (double)mdim[0] * (double)mdim[1] * (double)mdim[2];
+    sp_window_params wp = window_params(mf, &p);
+    int packs = ct->range_valid && ct->integer_valued && ct->vmin >= -32768 && ct->vmax <= 32767;
+    double held = packs ? 2 * nv : 4 * nv;   /* parked in a file when it can be: counted anyway */
+    double prep = 4 * nv + (reoriented ? 4 * nv : 0) + 4 * nm;
+    double window = held + 6 * nm + (double)sp_window_memory(&wp, mdim, p.smooth) +
+                    (double)pk->run_bytes * (wp.tile_batch > 0 ? wp.tile_batch : 1) +
+                    (p.smooth ? 4.0 * mf->num_classes * nm : 0);
+    /* labels, the model grid's, a canonical copy (--smooth), the components' runs (~4 bytes a voxel for a
+     * fragmented map), then the input back for the passport */
+    double end = 2 * nv + 2 * nm + (p.smooth && reoriented ? 2 * nv : 0) + fmax(4 * nv, held);
+    /* +25% for what the buffers above leave out (allocator and thread
+     * overheads): the raw sums came to 0.87-1.12 of the measured peaks */
+    double b = 1.25 * fmax(prep, fmax(window, end));
+    *bytes = b < 1e18 ? (size_t)b : (size_t)1e18;
+    return SP_OK;
+}
+
 sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *p, sp_ct_result **out)
 {
     return ct_run(pk, ct, NULL, p, out);

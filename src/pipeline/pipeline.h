@@ -84,6 +84,10 @@ int sp_window_steps(int64_t image, int64_t tile, double step, int64_t *out, int 
 float *sp_gaussian_map(const int64_t patch[3], double sigma_scale);
 /* 1 when this CPU can hold the accumulator in IEEE half (F16C + AVX). */
 int sp_window_half_available(void);
+/* Bytes sp_window_run allocates for a volume of vdim (tiles in and out,
+ * the accumulator, the weight sum), ONNX Runtime's own working memory not
+ * included; keep_logits: the caller keeps every class's logits (--smooth). */
+size_t sp_window_memory(const sp_window_params *wp, const int64_t vdim[3], int keep_logits);
 /* Sliding-window inference over vol (dims vdim, i fastest) with model m;
  * labels (vdim, i fastest) receive the argmax. With logits non-NULL (C x
  * nvox, volume layout) the full accumulator is kept and the Gaussian-

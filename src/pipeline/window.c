@@ -375,6 +375,24 @@ static sp_status check_precision(sp_model *m, int *use_gpu)
     return SP_OK;
 }
 
+size_t sp_window_memory(const sp_window_params *wp, const int64_t vdim[3], int keep_logits)
+{
+    int64_t N[3], P[3];
+    for (int d = 0; d < 3; d++) {
+        N[d] = vdim[wp->axes[d]];
+        P[d] = wp->patch[d];
+    }
+    double C = wp->head_w ? wp->head_features : wp->num_classes;
+    double B = wp->tile_batch > 0 ? wp->tile_batch : 1, psz = (double)(P[0] * P[1] * P[2]);
+    double ring = keep_logits ? (double)N[0] : (double)(P[0] < N[0] ? P[0] : N[0]);
+    double slab = (double)N[1] * (double)N[2];
+    double b = B * psz * 4 + B * C * psz * 4 + psz * 4;   /* input, output tiles, Gaussian */
+    b += C * ring * slab * (wp->accum_fp16 ? 2 : 4);        /* the accumulator */
+    if (keep_logits || wp->head_w)
+        b += ring * slab * 4;                               /* the weight sum */
+    return b < 1e18 ? (size_t)b : (size_t)1e18;
+}
+
 sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
                         const sp_window_params *wp, uint16_t *labels, float *logits, sp_pool *pool,
                         sp_timings *t, void (*progress)(const char *, int, int, void *),

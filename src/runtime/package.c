@@ -653,6 +653,8 @@ const char *sp_package_mask_name(const sp_package *pk, int i)
     return i >= 0 && i < pk->mf.n_masks ? pk->mf.mask_name[i] : NULL;
 }
 
+size_t sp_package_run_memory(const sp_package *pk) { return pk->run_bytes; }
+
 sp_status sp_package_warm_up(sp_package *pk)
 {
     const sp_manifest *mf = &pk->mf;
@@ -679,9 +681,25 @@ sp_status sp_package_warm_up(sp_package *pk)
     int no;
     sp_model_outputs(pk->model, &no);
     no = no < SP_MAX_RANK ? no : SP_MAX_RANK;
-    sp_status st = sp_model_run(pk->model, &ti, 1, to, no);
-    for (int k = 0; k < no; k++)
-        sp_tensor_free_data(&to[k]);
+    /* twice: the first run sets up, the second is measured (steady state) */
+    sp_status st = SP_OK;
+    for (int r = 0; r < 2 && !st; r++) {
+        size_t rss0 = sp_current_rss();
+        int measured = r == 1 && sp_peak_rss_reset() == 0;
+        st = sp_model_run(pk->model, &ti, 1, to, no);
+        size_t peak = sp_peak_rss(), out = 0;
+        for (int k = 0; !st && k < no; k++) {
+            size_t e = sp_dtype_size(to[k].dtype);
+            for (int d = 0; d < to[k].rank; d++)
+                e *= (size_t)to[k].shape[d];
+            out += e;
+        }
+        /* less the output, held twice here (ONNX Runtime's and the copy) */
+        if (!st && measured && peak > rss0 + 2 * out)
+            pk->run_bytes = peak - rss0 - 2 * out;
+        for (int k = 0; k < no; k++)
+            sp_tensor_free_data(&to[k]);
+    }
     free(in);
     return st;
 }

@@ -63,6 +63,8 @@ struct sp_package {
     char *json;
     sp_manifest mf;
     sp_model *model;
+    size_t run_bytes;   /* ONNX Runtime's working memory for one inference beyond its output, measured by
+                           sp_package_warm_up (0: not measured) */
 };
 
 sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf);

@@ -56,6 +56,7 @@ typedef struct model_entry {
     atomic_int ready;             /* serving (the repository extension can switch it) */
     char error[256];
     job *qhead, *qtail;           /* this model's queue (fair across models) */
+    size_t ct_need;               /* memory estimate of its last CT run (under mu) */
     int qlen;
 } model_entry;
 
@@ -67,6 +68,7 @@ struct job {
     char *body;
     size_t len, reserved;         /* body bytes, and bytes counted against max_buffered */
     int mapped;                   /* body is a mapping of the request's spool file */
+    size_t memory_estimate;       /* EP_CT: the run's estimated peak (sp_ct_memory_estimate) */
     size_t header_len;            /* EP_INFER: Inference-Header-Content-Length (0: all JSON) */
     int gzip_in, gzip_out;        /* EP_INFER: Content-Encoding / Accept-Encoding gzip */
     const char *resp_ctype;       /* content type of `response` (NULL: application/json) */
@@ -109,6 +111,10 @@ typedef struct server {
     pthread_mutex_t mu;
     pthread_cond_t qcv;           /* workers wait for jobs */
     pthread_cond_t hcv;           /* housekeeper's sleep */
+    pthread_cond_t mem_cv;        /* CT jobs waiting for memory (--max-memory) */
+    size_t max_memory;            /* the budget: --max-memory, or 80% of the machine's (or cgroup's) memory */
+    size_t mem_base;              /* RSS once every model is warmed up */
+    size_t mem_used;              /* estimates of the CT runs admitted now (under mu) */
     int qtotal, stopping, running, rr;
     pthread_t *workers;
     int nworkers;
@@ -237,6 +243,5 @@ char *sp_stats_json(server *s, const model_entry *only);
 char *sp_repository_index(server *s);
 char *sp_status_json(server *s);
 char *sp_metrics_text(server *s);
-size_t sp_rss_now(void);
 
 #endif

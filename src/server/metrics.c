@@ -57,33 +57,23 @@ static void quantiles(const ep_stats *e, double q[3])
     }
 }
 
-size_t sp_rss_now(void)
-{
-    FILE *f = fopen("/proc/self/statm", "r");
-    long pages = 0, res = 0;
-    if (f) {
-        if (fscanf(f, "%ld %ld", &pages, &res) != 2)
-            res = 0;
-        fclose(f);
-    }
-    return (size_t)res * (size_t)sysconf(_SC_PAGESIZE);
-}
-
 char *sp_status_json(server *s)
 {
     sp_buf b = {0};
     pthread_mutex_lock(&s->mu);
     sp_buf_printf(&b, "{\"uptime_seconds\": %.3f, \"ready\": %s, \"queue_depth\": %d, \"queue_capacity\": %d, "
                       "\"workers\": %d,\n \"rss_bytes\": %zu, \"peak_rss_bytes\": %zu, \"connections\": %d, "
-                      "\"buffered_bytes\": %zu, \"stored_jobs\": %d, \"stored_bytes\": %zu,\n \"models\": [",
+                      "\"buffered_bytes\": %zu, \"stored_jobs\": %d, \"stored_bytes\": %zu,\n \"max_memory_bytes\": %zu, "
+                      "\"memory_reserved_bytes\": %zu, \"memory_base_bytes\": %zu,\n \"models\": [",
                   sp_now() - s->t0, atomic_load(&s->ready) ? "true" : "false", s->qtotal, s->p.queue * s->n_models,
-                  s->p.workers, sp_rss_now(), sp_peak_rss(), atomic_load(&s->inflight),
-                  atomic_load(&s->buffered), s->n_stored, s->stored_bytes);
+                  s->p.workers, sp_current_rss(), sp_peak_rss(), atomic_load(&s->inflight),
+                  atomic_load(&s->buffered), s->n_stored, s->stored_bytes, s->max_memory, s->mem_used, s->mem_base);
     for (int i = 0; i < s->n_models; i++) {
         sp_buf_printf(&b, "%s{\"name\": ", i ? ", " : "");
         sp_buf_json_str(&b, s->models[i].name);
-        sp_buf_printf(&b, ", \"state\": \"%s\", \"queue_depth\": %d}",
-                      s->models[i].ready ? "ready" : s->models[i].error[0] ? "failed" : "loading", s->models[i].qlen);
+        sp_buf_printf(&b, ", \"state\": \"%s\", \"queue_depth\": %d, \"run_memory_bytes\": %zu}",
+                      s->models[i].ready ? "ready" : s->models[i].error[0] ? "failed" : "loading", s->models[i].qlen,
+                      s->models[i].pk ? sp_package_run_memory(s->models[i].pk) : 0);
     }
     sp_buf_puts(&b, "],\n \"endpoints\": {");
     int first = 1;
@@ -115,7 +105,7 @@ char *sp_metrics_text(server *s)
                       "# TYPE segpipe_queue_depth gauge\nsegpipe_queue_depth %d\n"
                       "# HELP segpipe_resident_memory_bytes Resident set size.\n"
                       "# TYPE segpipe_resident_memory_bytes gauge\nsegpipe_resident_memory_bytes %zu\n",
-                  sp_now() - s->t0, atomic_load(&s->ready), s->qtotal, sp_rss_now());
+                  sp_now() - s->t0, atomic_load(&s->ready), s->qtotal, sp_current_rss());
     sp_buf_puts(&b, "# HELP segpipe_model_ready 1 when the model is loaded and warmed up.\n"
                     "# TYPE segpipe_model_ready gauge\n");
     for (int i = 0; i < s->n_models; i++)

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ------------------------------------------------------------ lifecycle */
@@ -268,6 +269,60 @@ static void keep_result(server *s, job *j)
     pthread_mutex_unlock(&s->mu);
 }
 
+/* Memory admission (--max-memory): a CT job runs once its estimated peak
+ * fits beside the running ones' and what the service held after warm-up;
+ * one that could never fit is refused (413). 0: admitted (*held: bytes to
+ * give back with mem_release), else the HTTP status set on the job. */
+static int mem_admit(server *s, job *j, const sp_volume *v, const sp_ct_params *cp, size_t *held)
+{
+    size_t need = 0;
+    *held = 0;
+    sp_status st = sp_ct_memory_estimate(j->me->pk, v, cp, &need);
+    if (st)
+        return fail_job(j, st), j->http;
+    j->memory_estimate = need;
+    size_t room = s->max_memory > s->mem_base ? s->max_memory - s->mem_base : 0;
+    if (need > room) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "this scan needs about %.2f GB to process with model '%s'; the service allows "
+                 "%.2f GB per job (--max-memory %.2f GB less %.2f GB for the loaded models)", need / 1e9,
+                 j->me->name, room / 1e9, s->max_memory / 1e9, s->mem_base / 1e9);
+        j->http = 413;
+        j->resp = sp_error_json(413, msg);
+        return 413;
+    }
+    j->stage = "waiting for memory";
+    pthread_mutex_lock(&s->mu);
+    j->me->ct_need = need;
+    while (s->mem_used + need > room && !j->cancel) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 200000000;
+        ts.tv_sec += ts.tv_nsec / 1000000000;
+        ts.tv_nsec %= 1000000000;
+        pthread_cond_timedwait(&s->mem_cv, &s->mu, &ts);
+    }
+    int go = s->mem_used + need <= room;
+    if (go)
+        s->mem_used += need;
+    pthread_mutex_unlock(&s->mu);
+    if (!go) {
+        fail_job(j, sp_fail(SP_ERR_CANCELLED, "cancelled while waiting for memory"));
+        return j->http;
+    }
+    *held = need;
+    return 0;
+}
+
+static void mem_release(server *s, size_t held)
+{
+    pthread_mutex_lock(&s->mu);
+    s->mem_used -= held;
+    pthread_cond_broadcast(&s->mem_cv);
+    pthread_cond_broadcast(&s->qcv);   /* queued CT jobs may fit now */
+    pthread_mutex_unlock(&s->mu);
+}
+
 static void run_ct(server *s, job *j)
 {
     sp_volume *v = NULL;
@@ -286,7 +341,17 @@ static void run_ct(server *s, job *j)
     cp.progress = ct_progress;
     cp.progress_user = j;
     cp.release_input = 1;   /* the labels writer reads only the geometry */
-    if ((st = sp_ct_run_inplace(j->me->pk, v, &cp, &res)) || (j->want_labels && (st = labels_bytes(s, j, res, v)))) {
+    size_t held = 0;
+    if (mem_admit(s, j, v, &cp, &held)) {
+        sp_volume_free(v);
+        return;
+    }
+    j->stage = "read";
+    st = sp_ct_run_inplace(j->me->pk, v, &cp, &res);
+    if (!st && j->want_labels)
+        st = labels_bytes(s, j, res, v);
+    mem_release(s, held);
+    if (st) {
         fail_job(j, st);
         sp_ct_result_free(res);
         sp_volume_free(v);
@@ -296,8 +361,9 @@ static void run_ct(server *s, job *j)
     sp_buf b = {0};
     sp_buf_puts(&b, "{\"model\": ");
     sp_buf_json_str(&b, j->me->name);
-    sp_buf_printf(&b, ", \"queue_wait_seconds\": %.6f, \"processing_seconds\": %.6f,\n \"seconds\": {\"read\": %.6f",
-                  j->t_start - j->t_enq, j->t_end - j->t_start, t_read);
+    sp_buf_printf(&b, ", \"queue_wait_seconds\": %.6f, \"processing_seconds\": %.6f, \"memory_estimate_bytes\": %zu,"
+                  "\n \"seconds\": {\"read\": %.6f", j->t_start - j->t_enq, j->t_end - j->t_start, j->memory_estimate,
+                  t_read);
     const sp_timings *t = sp_ct_result_timings(res);
     for (int i = 0; i < t->n; i++)
         sp_buf_printf(&b, ", \"%s\": %.6f", t->stage[i].name, t->stage[i].seconds);
@@ -476,11 +542,21 @@ static struct MHD_Connection *finish(server *s, job *j)
 }
 
 /* The next model with work, in turn (caller holds s->mu). */
+/* A CT job whose model's last run needed more memory than is free now
+ * stays queued (photos go first) instead of holding a worker while it
+ * waits; a cancelled one is taken at once (to answer 504). */
+static int ct_waits(server *s, const model_entry *me)
+{
+    const job *j = me->qhead;
+    size_t room = s->max_memory > s->mem_base ? s->max_memory - s->mem_base : 0;
+    return j->kind == EP_CT && !j->cancel && me->ct_need && s->mem_used + me->ct_need > room && s->mem_used;
+}
+
 static model_entry *next_model(server *s)
 {
     for (int k = 0; k < s->n_models; k++) {
         model_entry *me = &s->models[(s->rr + k) % s->n_models];
-        if (me->qhead) {
+        if (me->qhead && !ct_waits(s, me)) {
             s->rr = (int)(me - s->models + 1) % s->n_models;
             return me;
         }

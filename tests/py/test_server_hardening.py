@@ -432,3 +432,54 @@ def test_server_kserve_protocol_points(tmp):
     finally:
         rc, _ = s.stop()
     assert rc == 0
+
+
+def test_server_memory_admission(tmp):
+    """--max-memory: a CT run is admitted when its estimated peak
+    (memory_estimate_bytes, at least the measured peak) fits beside the
+    running ones; two that cannot fit together run one after the other even
+    with two workers; one that can never fit gets 413 with the numbers."""
+    raw = open(CT_SM, "rb").read()
+
+    def ct(s):
+        return jget(s.url + "/v1/ct?model=demo", data=raw, ctype="application/octet-stream", timeout=300)
+
+    s = Server("--model", f"demo={sp.DEMO}", "--threads", "1")
+    try:
+        code, r = ct(s)
+        _, st = jget(s.url + "/v1/status")
+    finally:
+        s.stop()
+    need, base = r["memory_estimate_bytes"], st["memory_base_bytes"]
+    assert code == 200 and need > 0 and base > 0 and st["max_memory_bytes"] > base
+    assert need >= st["peak_rss_bytes"] - base, (need, st["peak_rss_bytes"], base)   # the peak since warm-up
+
+    s = Server("--model", f"demo={sp.DEMO}", "--threads", "1", "--workers", "2",
+               "--max-memory", str(int(base * 1.3 + need * 1.5)))
+    try:
+        out = [None, None]
+
+        def go(i):
+            out[i] = ct(s)
+        ts = [threading.Thread(target=go, args=(i,)) for i in range(2)]
+        for t in ts:
+            t.start()
+            time.sleep(0.05)
+        for t in ts:
+            t.join()
+        assert all(c == 200 for c, _ in out), out
+        later = max(out, key=lambda cr: cr[1]["queue_wait_seconds"])[1]
+        first = min(out, key=lambda cr: cr[1]["queue_wait_seconds"])[1]
+        assert later["queue_wait_seconds"] > 0.5 * first["processing_seconds"], (first, later)
+        _, st = jget(s.url + "/v1/status")
+        assert st["memory_reserved_bytes"] == 0
+    finally:
+        s.stop()
+
+    s = Server("--model", f"demo={sp.DEMO}", "--threads", "1", "--max-memory", str(int(base * 1.3 + need * 0.5)))
+    try:
+        code, e = ct(s)
+        assert code == 413 and "needs about" in e["error"]["message"] and "--max-memory" in e["error"]["message"], e
+    finally:
+        rc, _ = s.stop()
+    assert rc == 0

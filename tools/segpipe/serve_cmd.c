@@ -19,7 +19,7 @@ static void serve_help(void)
            "         [--precision auto|fp32|fp16]\n"
            "         [--batch-window-ms MS] [--max-batch N]\n"
            "         [--api-key-file FILE] [--protect-health] [--tls-cert PEM --tls-key PEM]\n"
-           "         [--max-body BYTES] [--max-json-body BYTES] [--max-buffered BYTES]\n"
+           "         [--max-body BYTES] [--max-json-body BYTES] [--max-buffered BYTES] [--max-memory BYTES]\n"
            "         [--max-connections N] [--max-connections-per-ip N] [--read-timeout S] [--body-timeout S]\n"
            "         [--max-jobs N] [--max-stored BYTES] [--result-ttl S] [--max-pixels N] [--no-ui]\n"
            "HTTP service: KServe v2 (/v2/...), POST /v1/ct and /v1/segment-batch, asynchronous /v1/jobs,\n"
@@ -53,6 +53,7 @@ static int serve_opt(int c, const char *a, sp_serve_params *sp, int *verbose)
     case 'B': return cli_size(cmd, "--max-body", a, &sp->max_body);
     case 'J': return cli_size(cmd, "--max-json-body", a, &sp->max_json_body);
     case 'U': return cli_size(cmd, "--max-buffered", a, &sp->max_buffered);
+    case 'Y': return cli_size(cmd, "--max-memory", a, &sp->max_memory);
     case 'S': return cli_size(cmd, "--max-stored", a, &sp->max_stored);
     case 'T': return cli_num(cmd, "--timeout", a, 0.001, 1e6, &sp->timeout);
     case 'R': return cli_num(cmd, "--read-timeout", a, 1, 3600, &sp->read_timeout);
@@ -91,6 +92,7 @@ int cmd_serve(int argc, char **argv)
         {"port", required_argument, 0, 'p'}, {"workers", required_argument, 0, 'w'},
         {"queue", required_argument, 0, 'Q'}, {"max-body", required_argument, 0, 'B'},
         {"max-json-body", required_argument, 0, 'J'}, {"max-buffered", required_argument, 0, 'U'},
+        {"max-memory", required_argument, 0, 'Y'},
         {"max-stored", required_argument, 0, 'S'}, {"timeout", required_argument, 0, 'T'},
         {"read-timeout", required_argument, 0, 'R'}, {"body-timeout", required_argument, 0, 'D'},
         {"result-ttl", required_argument, 0, 'L'}, {"threads", required_argument, 0, 't'},
