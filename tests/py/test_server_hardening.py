@@ -452,7 +452,8 @@ def test_server_memory_admission(tmp):
         s.stop()
     need, base = r["memory_estimate_bytes"], st["memory_base_bytes"]
     assert code == 200 and need > 0 and base > 0 and st["max_memory_bytes"] > base
-    assert need >= st["peak_rss_bytes"] - base, (need, st["peak_rss_bytes"], base)   # the peak since warm-up
+    if "asan" not in sp.BUILD:   # ASan's quarantine and redzones are not in the estimate
+        assert need >= st["peak_rss_bytes"] - base, (need, st["peak_rss_bytes"], base)   # the peak since warm-up
 
     s = Server("--model", f"demo={sp.DEMO}", "--threads", "1", "--workers", "2",
                "--max-memory", str(int(base * 1.3 + need * 1.5)))
