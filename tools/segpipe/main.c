@@ -187,7 +187,55 @@ static char *run_report(const char *input, const sp_volume *v, const char *model
     return s;
 }
 
-static int cmd_ct(int argc, char **argv)
+/* segpipe ct's options (parsed by ct_parse) */
+typedef struct ct_opts {
+    const char *series, *output, *model, *report, *mlab, *preview, *inputs;
+    sp_runtime_params rp;
+    sp_ct_params cp;
+    int split, dicom_out, shard_i, shard_n;
+} ct_opts;
+
+static void ct_help(void)
+{
+    printf("usage: segpipe ct INPUT.nii[.gz]|DICOM_FOLDER -o OUTPUT [options]\n"
+           "  -o, --output PATH        labels .nii.gz (with --split: a folder)\n"
+           "  -m, --model DIR          model package (default: %s)\n"
+           "  -t, --threads N          CPU threads (default: all cores)\n"
+           "      --device cpu|cuda    execution provider\n"
+           "      --precision P        auto (fp16 model on a GPU when the package has one), fp32, fp16\n"
+           "      --series UID         a DICOM folder with several series: the one to read\n"
+           "      --tile-batch N       tiles per inference call (default: auto, 4 when the\n"
+           "                           logits of 4 tiles fit in 256 MB, else fewer)\n"
+           "      --step F             sliding-window step (default: manifest, 0.5)\n"
+           "      --split              one <class>.nii.gz per class in folder OUTPUT\n"
+           "      --smooth             labels back from linearly resampled logits (not nearest)\n"
+           "      --largest-component  keep the largest component of each label\n"
+           "      --min-component-ml X remove components smaller than X ml\n"
+           "      --report FILE        JSON run report\n"
+           "      --no-passport        skip the passport\n"
+           "      --preview FILE.png   axial/coronal/sagittal slices with the labels and a legend\n"
+           "      --keep-border        statistics.json keeps structures that touch the scan's edge\n"
+           "                           (TotalSegmentator reports them as 0)\n"
+           "      --roi-subset A,B,... only these structures are labelled and measured\n"
+           "      --accumulator fp32|fp16  sliding-window sums in float or half (half the memory)\n"
+           "      --spill-dir DIR      while the network runs, the input waits in an unnamed file\n"
+           "                           there (default: $TMPDIR, else /var/tmp; never on tmpfs)\n"
+           "      --no-spill           keep the input in memory while the network runs\n"
+           "      --inputs LIST        one input per line; with -o OUTDIR: OUTDIR/<name>.nii.gz each\n"
+           "      --shard I/N          with --inputs: only lines k with k mod N = I (job arrays);\n"
+           "                           inputs already done are skipped; report OUTDIR/shard-I-of-N.json\n"
+           "      --output-type nifti|dicom  labels as NIfTI (default) or, for a DICOM input, as a\n"
+           "                           DICOM-SEG referencing the series (OUTPUT ends in .dcm)\n"
+           "      --cache-graph        keep ORT's optimised graph beside the model (<model>.opt.ort)\n"
+           "      --save-model-labels F  also write the labels at model resolution (canonical grid)\n"
+           "  -q, --quiet / -v, --verbose\n"
+           "Writes OUTPUT, and beside it <stem>.passport.json and <stem>.statistics.json\n"
+           "(with --split: passport.json and statistics.json inside the folder).\n",
+           sp_default_model_dir());
+}
+
+/* -1: go on; else the exit code (help, usage errors) */
+static int ct_parse(int argc, char **argv, ct_opts *o)
 {
     static const struct option opts[] = {
         {"output", required_argument, 0, 'o'}, {"model", required_argument, 0, 'm'},
@@ -205,132 +253,105 @@ static int cmd_ct(int argc, char **argv)
         {"shard", required_argument, 0, 'J'}, {"no-spill", no_argument, 0, 'N'},
         {"spill-dir", required_argument, 0, 'T'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    int mri = argc > 0 && !strcmp(argv[0], "mri");   /* `segpipe mri`: the same pipeline, no default model */
-    const char *series = NULL;
-    const char *output = NULL, *model = mri ? NULL : sp_default_model_dir(), *report = NULL, *mlab = NULL,
-               *preview = NULL;
-    sp_runtime_params rp = sp_runtime_default_params();
-    sp_ct_params cp = sp_ct_default_params();
-    int split = 0, dicom_out = 0, c, shard_i = 0, shard_n = 1;
-    const char *inputs = NULL;
+    int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "o:m:t:qvh", opts, NULL)) != -1) {
         switch (c) {
-        case 'o': output = optarg; break;
-        case 'm': model = optarg; break;
+        case 'o': o->output = optarg; break;
+        case 'm': o->model = optarg; break;
         case 't':
-            if (cli_int("ct", "--threads", optarg, 0, 1024, &cp.threads))
+            if (cli_int("ct", "--threads", optarg, 0, 1024, &o->cp.threads))
                 return 2;
-            rp.threads = cp.threads;
+            o->rp.threads = o->cp.threads;
             break;
-        case 'd': rp.device = optarg; break;
-        case 'p': rp.precision = optarg; break;
-        case 'D': series = optarg; break;
+        case 'd': o->rp.device = optarg; break;
+        case 'p': o->rp.precision = optarg; break;
+        case 'D': o->series = optarg; break;
         case 'b':
-            if (cli_int("ct", "--tile-batch", optarg, 1, 256, &cp.tile_batch))
+            if (cli_int("ct", "--tile-batch", optarg, 1, 256, &o->cp.tile_batch))
                 return 2;
             break;
         case 's':
-            if (cli_num("ct", "--step", optarg, 1e-3, 1, &cp.step))
+            if (cli_num("ct", "--step", optarg, 1e-3, 1, &o->cp.step))
                 return 2;
             break;
-        case 'S': split = 1; break;
-        case 'M': cp.smooth = 1; break;
-        case 'L': cp.largest_component = 1; break;
+        case 'S': o->split = 1; break;
+        case 'M': o->cp.smooth = 1; break;
+        case 'L': o->cp.largest_component = 1; break;
         case 'n':
-            if (cli_num("ct", "--min-component-ml", optarg, 0, 1e9, &cp.min_component_ml))
+            if (cli_num("ct", "--min-component-ml", optarg, 0, 1e9, &o->cp.min_component_ml))
                 return 2;
             break;
-        case 'r': report = optarg; break;
-        case 'P': cp.passport = 0; break;
-        case 'k': cp.keep_border = 1; break;
-        case 'V': preview = optarg; break;
-        case 'G': rp.cache_optimized = 1; break;
-        case 'K': mlab = optarg; cp.keep_model_labels = 1; break;
+        case 'r': o->report = optarg; break;
+        case 'P': o->cp.passport = 0; break;
+        case 'k': o->cp.keep_border = 1; break;
+        case 'V': o->preview = optarg; break;
+        case 'G': o->rp.cache_optimized = 1; break;
+        case 'K': o->mlab = optarg; o->cp.keep_model_labels = 1; break;
         case 'A':
             if (strcmp(optarg, "fp16") && strcmp(optarg, "fp32"))
                 return usage_error("ct", "--accumulator is fp32 or fp16");
-            cp.accum_fp16 = !strcmp(optarg, "fp16");
+            o->cp.accum_fp16 = !strcmp(optarg, "fp16");
             break;
-        case 'R': cp.roi_subset = optarg; break;
-        case 'N': cp.spill = 0; break;
-        case 'T': cp.spill_dir = optarg; break;
-        case 'I': inputs = optarg; break;
+        case 'R': o->cp.roi_subset = optarg; break;
+        case 'N': o->cp.spill = 0; break;
+        case 'T': o->cp.spill_dir = optarg; break;
+        case 'I': o->inputs = optarg; break;
         case 'J':
-            if (cli_parse_shard(optarg, &shard_i, &shard_n))
+            if (cli_parse_shard(optarg, &o->shard_i, &o->shard_n))
                 return usage_error("ct", "--shard is I/N with 0 <= I < N (e.g. 0/4)");
             break;
         case 'O':
             if (strcmp(optarg, "nifti") && strcmp(optarg, "dicom"))
                 return usage_error("ct", "--output-type is nifti or dicom");
-            dicom_out = !strcmp(optarg, "dicom");
+            o->dicom_out = !strcmp(optarg, "dicom");
             break;
         case 'q': g_quiet = 1; break;
         case 'v': g_verbose = 1; break;
-        case 'h':
-            printf("usage: segpipe ct INPUT.nii[.gz]|DICOM_FOLDER -o OUTPUT [options]\n"
-                   "  -o, --output PATH        labels .nii.gz (with --split: a folder)\n"
-                   "  -m, --model DIR          model package (default: %s)\n"
-                   "  -t, --threads N          CPU threads (default: all cores)\n"
-                   "      --device cpu|cuda    execution provider\n"
-                   "      --precision P        auto (fp16 model on a GPU when the package has one), fp32, fp16\n"
-                   "      --series UID         a DICOM folder with several series: the one to read\n"
-                   "      --tile-batch N       tiles per inference call (default: auto, 4 when the\n"
-                   "                           logits of 4 tiles fit in 256 MB, else fewer)\n"
-                   "      --step F             sliding-window step (default: manifest, 0.5)\n"
-                   "      --split              one <class>.nii.gz per class in folder OUTPUT\n"
-                   "      --smooth             labels back from linearly resampled logits (not nearest)\n"
-                   "      --largest-component  keep the largest component of each label\n"
-                   "      --min-component-ml X remove components smaller than X ml\n"
-                   "      --report FILE        JSON run report\n"
-                   "      --no-passport        skip the passport\n"
-                   "      --preview FILE.png   axial/coronal/sagittal slices with the labels and a legend\n"
-                   "      --keep-border        statistics.json keeps structures that touch the scan's edge\n"
-                   "                           (TotalSegmentator reports them as 0)\n"
-                   "      --roi-subset A,B,... only these structures are labelled and measured\n"
-                   "      --accumulator fp32|fp16  sliding-window sums in float or half (half the memory)\n"
-                   "      --spill-dir DIR      while the network runs, the input waits in an unnamed file\n"
-                   "                           there (default: $TMPDIR, else /var/tmp; never on tmpfs)\n"
-                   "      --no-spill           keep the input in memory while the network runs\n"
-                   "      --inputs LIST        one input per line; with -o OUTDIR: OUTDIR/<name>.nii.gz each\n"
-                   "      --shard I/N          with --inputs: only lines k with k mod N = I (job arrays);\n"
-                   "                           inputs already done are skipped; report OUTDIR/shard-I-of-N.json\n"
-                   "      --output-type nifti|dicom  labels as NIfTI (default) or, for a DICOM input, as a\n"
-                   "                           DICOM-SEG referencing the series (OUTPUT ends in .dcm)\n"
-                   "      --cache-graph        keep ORT's optimised graph beside the model (<model>.opt.ort)\n"
-                   "      --save-model-labels F  also write the labels at model resolution (canonical grid)\n"
-                   "  -q, --quiet / -v, --verbose\n"
-                   "Writes OUTPUT, and beside it <stem>.passport.json and <stem>.statistics.json\n"
-                   "(with --split: passport.json and statistics.json inside the folder).\n",
-                   sp_default_model_dir());
-            return 0;
+        case 'h': ct_help(); return 0;
         default: return usage_error("ct", "unknown option");
         }
     }
-    if (inputs) {   /* a batch (a shard of a list) into folder -o */
-        if (optind != argc || !output)
-            return usage_error("ct", "--inputs LIST takes -o OUTDIR and no INPUT argument");
-        set_logging();
-        return cli_ct_shard(inputs, shard_i, shard_n, output, model, cp.threads, rp.device, g_quiet);
+    return -1;
+}
+
+/* Labels (NIfTI, per-class folder or DICOM-SEG), passport, statistics,
+ * model-grid labels, preview; ppath/spath get the JSON files' paths. */
+static sp_status ct_write(const ct_opts *o, const sp_package *pk, const sp_volume *v, const sp_ct_result *res,
+                          char *ppath, char *spath, size_t cap)
+{
+    sp_status st;
+    const uint16_t *lab = sp_ct_result_labels(res, NULL);
+    if (o->split) {
+        st = sp_labels_write_split(o->output, lab, v, pk);
+        snprintf(ppath, cap, "%s/passport.json", o->output);
+        snprintf(spath, cap, "%s/statistics.json", o->output);
+    } else {
+        char desc[128];
+        snprintf(desc, sizeof desc, "segpipe %s", sp_package_name(pk));
+        st = o->dicom_out ? sp_labels_write_dicom_seg(o->output, lab, v, sp_package_labels(pk),
+                                                      sp_package_num_classes(pk), desc)
+                          : sp_labels_write_named(o->output, lab, v, sp_package_labels(pk), sp_package_num_classes(pk));
+        char *stem = path_stem(o->output);
+        snprintf(ppath, cap, "%s.passport.json", stem);
+        snprintf(spath, cap, "%s.statistics.json", stem);
+        free(stem);
     }
-    if (optind != argc - 1)
-        return usage_error("ct", "expected one INPUT file");
-    if (!output)
-        return usage_error("ct", "missing -o OUTPUT");
-    if (!model)
-        return usage_error("mri", "give --model DIR (tools/make_brainchop_package.py builds brainchop's MeshNet "
-                           "package)");
-    if (cp.tile_batch < 0 || cp.tile_batch > 64 || rp.threads < 0 || cp.step < 0 || cp.step > 1)
-        return usage_error("ct", "bad --tile-batch, --threads or --step");
-    if (dicom_out && (split || strlen(output) < 4 || strcmp(output + strlen(output) - 4, ".dcm")))
-        return usage_error("ct", "with --output-type dicom, OUTPUT must end in .dcm (and no --split)");
-    if (!split && !dicom_out && !strstr(output, ".nii"))
-        return usage_error("ct", "OUTPUT must end in .nii or .nii.gz (or use --split)");
-    const char *input = argv[optind];
-    set_logging();
-    if (!g_quiet && isatty(2))
-        cp.progress = progress_cb;
-    double w0 = sp_now();
+    if (!st && o->mlab) {
+        int64_t md[3];
+        double ma[4][4];
+        const uint16_t *ml = sp_ct_result_model_labels(res, md, ma);
+        st = sp_labels_write_affine(o->mlab, ml, md, ma);
+    }
+    if (!st && o->preview)
+        st = sp_preview_ct_png(o->preview, v, lab, sp_package_labels(pk), sp_package_num_classes(pk));
+    return st;
+}
+
+/* One CT: load, read, run, write, report. */
+static int ct_run_one(ct_opts *o, const char *input)
+{
+    double w0 = sp_now(), t0 = w0;
     sp_runtime *rt = NULL;
     sp_package *pk = NULL;
     sp_volume *v = NULL;
@@ -338,27 +359,26 @@ static int cmd_ct(int argc, char **argv)
     sp_timings tt = {0};
     sp_status st;
     int rc = 0;
-    double t0 = sp_now();
-    if ((st = sp_runtime_create(&rp, &rt)) || (st = sp_package_load(rt, model, &pk))) {
+    if ((st = sp_runtime_create(&o->rp, &rt)) || (st = sp_package_load(rt, o->model, &pk))) {
         rc = fail(st, NULL);
         goto out;
     }
     sp_timings_add(&tt, "load_model", sp_now() - t0);
     t0 = sp_now();
     sp_read_params rdp = sp_read_default_params();
-    rdp.dicom_series = series;
+    rdp.dicom_series = o->series;
     if ((st = sp_volume_read(input, &rdp, &v))) {
         rc = fail(st, NULL);
         goto out;
     }
     sp_timings_add(&tt, "read", sp_now() - t0);
-    if (dicom_out && !sp_volume_from_dicom(v)) {
+    if (o->dicom_out && !sp_volume_from_dicom(v)) {
         rc = usage_error("ct", "--output-type dicom needs a DICOM input (a DICOM-SEG references the series it "
                          "was made from)");
         goto out;
     }
-    cp.release_input = !preview;   /* afterwards only the geometry is read */
-    if ((st = sp_ct_run_inplace(pk, v, &cp, &res))) {
+    o->cp.release_input = !o->preview;   /* afterwards only the geometry is read */
+    if ((st = sp_ct_run_inplace(pk, v, &o->cp, &res))) {
         rc = fail(st, input);
         goto out;
     }
@@ -367,37 +387,7 @@ static int cmd_ct(int argc, char **argv)
         sp_timings_add(&tt, rt_t->stage[i].name, rt_t->stage[i].seconds);
     t0 = sp_now();
     char ppath[PATH_MAX], spath[PATH_MAX];
-    if (split) {
-        st = sp_labels_write_split(output, sp_ct_result_labels(res, NULL), v, pk);
-        snprintf(ppath, sizeof ppath, "%s/passport.json", output);
-        snprintf(spath, sizeof spath, "%s/statistics.json", output);
-    } else {
-        char desc[128];
-        snprintf(desc, sizeof desc, "segpipe %s", sp_package_name(pk));
-        st = dicom_out ? sp_labels_write_dicom_seg(output, sp_ct_result_labels(res, NULL), v, sp_package_labels(pk),
-                                                   sp_package_num_classes(pk), desc)
-                       : sp_labels_write_named(output, sp_ct_result_labels(res, NULL), v, sp_package_labels(pk),
-                                               sp_package_num_classes(pk));
-        char *stem = path_stem(output);
-        snprintf(ppath, sizeof ppath, "%s.passport.json", stem);
-        snprintf(spath, sizeof spath, "%s.statistics.json", stem);
-        free(stem);
-    }
-    if (st) {
-        rc = fail(st, NULL);
-        goto out;
-    }
-    if (mlab) {
-        int64_t md[3];
-        double ma[4][4];
-        const uint16_t *ml = sp_ct_result_model_labels(res, md, ma);
-        if ((st = sp_labels_write_affine(mlab, ml, md, ma))) {
-            rc = fail(st, NULL);
-            goto out;
-        }
-    }
-    if (preview && (st = sp_preview_ct_png(preview, v, sp_ct_result_labels(res, NULL), sp_package_labels(pk),
-                                           sp_package_num_classes(pk)))) {
+    if ((st = ct_write(o, pk, v, res, ppath, spath, sizeof ppath))) {
         rc = fail(st, NULL);
         goto out;
     }
@@ -411,14 +401,14 @@ static int cmd_ct(int argc, char **argv)
         if (ps)
             printf("%s\n", sp_passport_table(ps));
         print_timings(stdout, &tt, wall);
-        printf("labels: %s\n", output);
+        printf("labels: %s\n", o->output);
         if (ps)
             printf("passport: %s\nstatistics: %s\n", ppath, spath);
     }
-    if (report) {
-        char *s = run_report(input, v, model, rp.threads ? rp.threads : (int)sysconf(_SC_NPROCESSORS_ONLN),
-                             &tt, wall);
-        rc = s ? write_text(report, s) : 7;
+    if (o->report) {
+        int threads = o->rp.threads ? o->rp.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+        char *s = run_report(input, v, o->model, threads, &tt, wall);
+        rc = s ? write_text(o->report, s) : 7;
         free(s);
     }
 out:
@@ -427,6 +417,39 @@ out:
     sp_package_free(pk);
     sp_runtime_free(rt);
     return rc;
+}
+
+static int cmd_ct(int argc, char **argv)
+{
+    int mri = argc > 0 && !strcmp(argv[0], "mri");   /* `segpipe mri`: the same pipeline, no default model */
+    ct_opts o = {.model = mri ? NULL : sp_default_model_dir(), .rp = sp_runtime_default_params(),
+                 .cp = sp_ct_default_params(), .shard_n = 1};
+    int rc = ct_parse(argc, argv, &o);
+    if (rc >= 0)
+        return rc;
+    if (o.inputs) {   /* a batch (a shard of a list) into folder -o */
+        if (optind != argc || !o.output)
+            return usage_error("ct", "--inputs LIST takes -o OUTDIR and no INPUT argument");
+        set_logging();
+        return cli_ct_shard(o.inputs, o.shard_i, o.shard_n, o.output, o.model, o.cp.threads, o.rp.device, g_quiet);
+    }
+    if (optind != argc - 1)
+        return usage_error("ct", "expected one INPUT file");
+    if (!o.output)
+        return usage_error("ct", "missing -o OUTPUT");
+    if (!o.model)
+        return usage_error("mri", "give --model DIR (tools/make_brainchop_package.py builds brainchop's MeshNet "
+                           "package)");
+    if (o.cp.tile_batch < 0 || o.cp.tile_batch > 64 || o.rp.threads < 0 || o.cp.step < 0 || o.cp.step > 1)
+        return usage_error("ct", "bad --tile-batch, --threads or --step");
+    if (o.dicom_out && (o.split || strlen(o.output) < 4 || strcmp(o.output + strlen(o.output) - 4, ".dcm")))
+        return usage_error("ct", "with --output-type dicom, OUTPUT must end in .dcm (and no --split)");
+    if (!o.split && !o.dicom_out && !strstr(o.output, ".nii"))
+        return usage_error("ct", "OUTPUT must end in .nii or .nii.gz (or use --split)");
+    set_logging();
+    if (!g_quiet && isatty(2))
+        o.cp.progress = progress_cb;
+    return ct_run_one(&o, argv[optind]);
 }
 
 /* ------------------------------------------------------------ passport */
