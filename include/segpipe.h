@@ -489,6 +489,14 @@ typedef struct sp_masks_result {
     sp_mask *masks;
 } sp_masks_result;
 
+/* Peak memory one photo (size bytes at photo, read with ip) will take in
+ * sp_masks_run with pk and n_masks masks (0: all), from its header alone:
+ * decoded pixels, the network's tensors and working memory
+ * (sp_package_run_memory), the masks at the photo's size and their PNG
+ * answer, +25%. Fails on what the reader would refuse for its size or
+ * could not name. An estimate for admission control. */
+sp_status sp_masks_memory_estimate(const sp_package *pk, const void *photo, size_t size, const sp_image_params *ip,
+                                   int n_masks, size_t *bytes);
 /* Every requested mask of every image from ONE inference of the batch:
  * resize (letterbox or stretch) and normalise per the manifest, run the
  * model once on all n images, then per image upsample the class scores

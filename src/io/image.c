@@ -12,6 +12,7 @@
  * truncated file is refused instead of returned half grey.
  */
 #include "../core/core.h"
+#include "image.h"
 
 #include <jpeglib.h>
 #ifndef SP_NO_HEIF
@@ -474,6 +475,100 @@ out:
     return st;
 }
 #endif
+
+/* A JPEG's size from its first SOFn marker (markers walked, lengths checked). */
+static int jpeg_dims(const uint8_t *b, size_t n, uint64_t *w, uint64_t *h)
+{
+    size_t i = 2;
+    while (i + 4 <= n) {
+        if (b[i] != 0xff)
+            return -1;
+        uint8_t m = b[i + 1];
+        if (m == 0xff) {   /* fill byte */
+            i++;
+            continue;
+        }
+        size_t len = (size_t)b[i + 2] << 8 | b[i + 3];
+        if (len < 2 || i + 2 + len > n)
+            return -1;
+        if (m >= 0xc0 && m <= 0xcf && m != 0xc4 && m != 0xc8 && m != 0xcc) {
+            if (len < 7)
+                return -1;
+            *h = (uint64_t)b[i + 5] << 8 | b[i + 6];
+            *w = (uint64_t)b[i + 7] << 8 | b[i + 8];
+            return 0;
+        }
+        if (m == 0xd9 || m == 0xda)   /* end, or scan data before any frame header */
+            return -1;
+        i += 2 + len;
+    }
+    return -1;
+}
+
+static int heif_dims(const uint8_t *b, size_t n, uint64_t *w, uint64_t *h)
+{
+#ifdef SP_NO_HEIF
+    (void)b, (void)n, (void)w, (void)h;
+    return -1;
+#else
+    struct heif_context *ctx = heif_context_alloc();
+    struct heif_image_handle *hd = NULL;
+    int rc = -1;
+    if (ctx && heif_context_read_from_memory_without_copy(ctx, b, n, NULL).code == heif_error_Ok &&
+        heif_context_get_primary_image_handle(ctx, &hd).code == heif_error_Ok) {
+        int iw = heif_image_handle_get_width(hd), ih = heif_image_handle_get_height(hd);
+        if (iw > 0 && ih > 0)
+            *w = (uint64_t)iw, *h = (uint64_t)ih, rc = 0;
+    }
+    if (hd)
+        heif_image_handle_release(hd);
+    if (ctx)
+        heif_context_free(ctx);
+    return rc;
+#endif
+}
+
+sp_status sp_image_probe(const void *data, size_t size, const sp_image_params *pp, uint64_t *file_px,
+                         uint64_t *decoded_px)
+{
+    const uint8_t *b = data;
+    sp_image_params p = pp ? *pp : sp_image_default_params();
+    if (!p.max_pixels)
+        p.max_pixels = DEFAULT_MAX_PIXELS;
+    uint64_t w = 0, h = 0;
+    int rc = -1, jpeg = 0;
+    if (size >= 12 && b[0] == 0xff && b[1] == 0xd8 && b[2] == 0xff)
+        rc = jpeg_dims(b, size, &w, &h), jpeg = 1;
+    else if (size >= 24 && !memcmp(b, "\x89PNG\r\n\x1a\n", 8) && !memcmp(b + 12, "IHDR", 4)) {
+        w = (uint64_t)b[16] << 24 | (uint64_t)b[17] << 16 | (uint64_t)b[18] << 8 | b[19];
+        h = (uint64_t)b[20] << 24 | (uint64_t)b[21] << 16 | (uint64_t)b[22] << 8 | b[23];
+        rc = 0;
+    } else if (size >= 12 && !memcmp(b, "RIFF", 4) && !memcmp(b + 8, "WEBP", 4)) {
+        int iw, ih;
+        if (WebPGetInfo(b, size, &iw, &ih))
+            w = (uint64_t)iw, h = (uint64_t)ih, rc = 0;
+    } else if (size >= 12 && !memcmp(b + 4, "ftyp", 4))
+        rc = heif_dims(b, size, &w, &h);
+    if (rc || !w || !h)
+        return sp_fail(SP_ERR_INPUT, "not a JPEG, PNG, WebP or HEIF image with a readable size");
+    uint64_t px = w * h;
+    if (px > 4 * p.max_pixels)
+        return sp_fail(SP_ERR_INPUT, "%llux%llu image is over the limit of %llu pixels for full-size results "
+                       "(4 x --max-pixels)", (unsigned long long)w, (unsigned long long)h,
+                       (unsigned long long)(4 * p.max_pixels));
+    uint64_t dec = px > p.max_pixels ? p.max_pixels : px;
+    if (jpeg) {   /* as read_jpeg chooses its DCT scaling */
+        uint64_t denom = 1, longside = w > h ? w : h;
+        while (denom < 8 && px / (denom * denom) > p.max_pixels)
+            denom *= 2;
+        while (p.min_long_side > 0 && denom < 8 && longside / (denom * 2) >= (uint64_t)p.min_long_side)
+            denom *= 2;
+        dec = px / (denom * denom);
+    }
+    *file_px = px;
+    *decoded_px = dec;
+    return SP_OK;
+}
 
 sp_status sp_image_read_mem(const void *data, size_t size, const char *name, const sp_image_params *pp,
                             sp_image **out)

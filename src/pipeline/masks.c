@@ -18,6 +18,7 @@
  */
 #include "pipeline.h"
 #include "../io/encode.h"
+#include "../io/image.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -760,4 +761,27 @@ sp_image_params sp_masks_image_params(const sp_package *pk, int long_side)
     int ls = long_side > 0 ? long_side : model_side;
     ip.min_long_side = ls > 768 ? ls : 768;
     return ip;
+}
+
+sp_status sp_masks_memory_estimate(const sp_package *pk, const void *photo, size_t size, const sp_image_params *ip,
+                                   int n_masks, size_t *bytes)
+{
+    const sp_manifest *mf = &pk->mf;
+    uint64_t px = 0, dec = 0;
+    *bytes = 0;
+    sp_status st = sp_image_probe(photo, size, ip, &px, &dec);
+    if (st)
+        return st;
+    if (n_masks <= 0)
+        n_masks = mf->n_masks;
+    double side = mf->in_h ? (mf->in_h > mf->in_w ? mf->in_h : mf->in_w) : mf->long_side;
+    double plane = side * side, k = mf->num_classes;
+    /* decoded pixels (and their upright copy); the network's input, output,
+     * class scores and argmax at its size and its working memory; the masks
+     * at the photo's size and their PNG answer */
+    double b = 6.0 * (double)dec + plane * (3 + 2 * k + 2) * 4 + (double)pk->run_bytes +
+               (double)px * (n_masks + 2);
+    b *= 1.25;
+    *bytes = b < 1e18 ? (size_t)b : (size_t)1e18;
+    return SP_OK;
 }

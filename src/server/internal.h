@@ -160,6 +160,12 @@ enum MHD_Result sp_http_send(struct MHD_Connection *c, int code, struct MHD_Resp
                              int retry_after);
 enum MHD_Result sp_http_error(struct MHD_Connection *c, int code, const char *msg, int retry_after);
 char *sp_error_json(int code, const char *msg);
+/* work.c: memory for jobs (--max-memory less the service after warm-up);
+ * a photo job's estimate set from its header, 413 (and *msg) when it can
+ * never fit */
+size_t sp_memory_room(const server *s);
+int sp_photo_memory(server *s, job *j, const char **msg);
+
 /* http.c: a request's or job's body freed (or unmapped) */
 void sp_body_free(char *body, size_t len, int mapped);
 

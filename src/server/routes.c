@@ -200,6 +200,10 @@ static job *work_request(server *s, struct MHD_Connection *c, req *r, const char
     job *j = code ? NULL : work_job(s, c, r, me);
     if (!code && !j)
         code = 503, msg = "out of memory";
+    if (j && j->kind == EP_SEGMENT && (code = sp_photo_memory(s, j, &msg))) {
+        sp_job_release(s, j);
+        j = NULL;
+    }
     if (code)
         *ret = sp_http_error(c, code, msg, code == 503 ? 5 : 0);
     return j;

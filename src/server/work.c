@@ -281,7 +281,7 @@ static int mem_admit(server *s, job *j, const sp_volume *v, const sp_ct_params *
     if (st)
         return fail_job(j, st), j->http;
     j->memory_estimate = need;
-    size_t room = s->max_memory > s->mem_base ? s->max_memory - s->mem_base : 0;
+    size_t room = sp_memory_room(s);
     if (need > room) {
         char msg[256];
         snprintf(msg, sizeof msg, "this scan needs about %.2f GB to process with model '%s'; the service allows "
@@ -312,6 +312,33 @@ static int mem_admit(server *s, job *j, const sp_volume *v, const sp_ct_params *
     }
     *held = need;
     return 0;
+}
+
+size_t sp_memory_room(const server *s)
+{
+    return s->max_memory > s->mem_base ? s->max_memory - s->mem_base : 0;
+}
+
+int sp_photo_memory(server *s, job *j, const char **msg)
+{
+    static __thread char buf[256];
+    sp_image_params ip = sp_masks_image_params(j->me->pk, 0);
+    if (s->p.max_pixels)
+        ip.max_pixels = s->p.max_pixels;
+    int n = 0;
+    for (const char *m = j->masks; *m; m++)
+        n += m == j->masks || *m == ',';
+    size_t need = 0, room = sp_memory_room(s);
+    if (sp_masks_memory_estimate(j->me->pk, j->body, j->len, &ip, n, &need))
+        return 0;   /* the decoder says what is wrong with it, in its own answer */
+    j->memory_estimate = need;
+    if (need <= room)
+        return 0;
+    snprintf(buf, sizeof buf, "this photo needs about %.2f GB to process with model '%s'; the service allows %.2f GB "
+             "(--max-memory %.2f GB less %.2f GB for the loaded models)", need / 1e9, j->me->name, room / 1e9,
+             s->max_memory / 1e9, s->mem_base / 1e9);
+    *msg = buf;
+    return 413;
 }
 
 static void mem_release(server *s, size_t held)
@@ -542,21 +569,21 @@ static struct MHD_Connection *finish(server *s, job *j)
 }
 
 /* The next model with work, in turn (caller holds s->mu). */
-/* A CT job whose model's last run needed more memory than is free now
- * stays queued (photos go first) instead of holding a worker while it
- * waits; a cancelled one is taken at once (to answer 504). */
-static int ct_waits(server *s, const model_entry *me)
+/* A job that needs more memory than is free now (a photo: its estimate; a
+ * CT: its model's last run's) stays queued instead of holding a worker
+ * while it waits; a cancelled one is taken at once (to answer 504). */
+static int mem_waits(server *s, const model_entry *me)
 {
     const job *j = me->qhead;
-    size_t room = s->max_memory > s->mem_base ? s->max_memory - s->mem_base : 0;
-    return j->kind == EP_CT && !j->cancel && me->ct_need && s->mem_used + me->ct_need > room && s->mem_used;
+    size_t need = j->kind == EP_CT ? me->ct_need : j->memory_estimate;
+    return !j->cancel && need && s->mem_used && s->mem_used + need > sp_memory_room(s);
 }
 
 static model_entry *next_model(server *s)
 {
     for (int k = 0; k < s->n_models; k++) {
         model_entry *me = &s->models[(s->rr + k) % s->n_models];
-        if (me->qhead && !ct_waits(s, me)) {
+        if (me->qhead && !mem_waits(s, me)) {
             s->rr = (int)(me - s->models + 1) % s->n_models;
             return me;
         }
@@ -565,8 +592,9 @@ static model_entry *next_model(server *s)
 }
 
 /* Photos for the same model that arrive within the batch window join one
- * inference (caller holds s->mu; returns with it held). */
-static int gather_batch(server *s, model_entry *me, job **batch)
+ * inference, as many as memory allows (*need: the batch's estimate, the
+ * first photo's on entry); caller holds s->mu, returns with it held. */
+static int gather_batch(server *s, model_entry *me, job **batch, size_t *need)
 {
     int nb = 1, cap = s->p.max_batch, nin;
     int64_t mb = sp_model_inputs(sp_package_model(me->pk), &nin)[0].meta.shape[0];
@@ -577,6 +605,8 @@ static int gather_batch(server *s, model_entry *me, job **batch)
     double until = sp_now() + s->p.batch_window_ms / 1000.0;
     for (;;) {
         while (me->qhead && nb < cap) {
+            if (!me->qhead->cancel && s->mem_used + *need + me->qhead->memory_estimate > sp_memory_room(s))
+                return nb;   /* the batch takes what memory allows; the rest waits its turn */
             job *q = pop(s, me);
             if (q->cancel) {   /* timed out or deleted: its connection was answered already */
                 finish(s, q);
@@ -585,6 +615,7 @@ static int gather_batch(server *s, model_entry *me, job **batch)
             }
             q->state = JOB_RUNNING;
             q->t_start = sp_now();
+            *need += q->memory_estimate;
             batch[nb++] = q;
         }
         double now = sp_now();
@@ -634,9 +665,16 @@ void *sp_worker_main(void *arg)
             j->t_start = sp_now();
             s->running++;
         }
-        int nb = !j->cancel && j->kind == EP_SEGMENT ? gather_batch(s, me, batch) : 1;
+        size_t need = j->kind == EP_SEGMENT ? j->memory_estimate : 0;
+        int nb = !j->cancel && j->kind == EP_SEGMENT ? gather_batch(s, me, batch, &need) : 1;
         if (!j->cancel) {
+            s->mem_used += need;   /* photos: reserved here; a CT run reserves its own */
             run_jobs(s, batch, nb);
+            s->mem_used -= need;
+            if (need) {   /* waiting jobs may fit now */
+                pthread_cond_broadcast(&s->mem_cv);
+                pthread_cond_broadcast(&s->qcv);
+            }
             s->running--;
         }
         sp_stats_record(me, batch, nb, sp_now());

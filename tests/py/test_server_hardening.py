@@ -484,3 +484,36 @@ def test_server_memory_admission(tmp):
     finally:
         rc, _ = s.stop()
     assert rc == 0
+
+
+def _jpeg_claiming(w, h):
+    """A small real JPEG whose frame header (SOF0) claims w x h pixels."""
+    from PIL import Image
+    import io
+    b = io.BytesIO()
+    Image.new("RGB", (16, 16), (120, 80, 40)).save(b, "JPEG")
+    d = bytearray(b.getvalue())
+    i = d.index(b"\xff\xc0")
+    d[i + 5:i + 9] = h.to_bytes(2, "big") + w.to_bytes(2, "big")
+    return bytes(d)
+
+
+def test_server_photo_memory_admission(tmp):
+    """Photos are admitted by their estimated memory, from the header alone:
+    one whose masks could never fit in --max-memory gets 413 at once (its
+    pixels never decoded); a normal photo is served."""
+    s = Server("--model", f"rooms={os.path.join(sp.ROOT, 'models', 'demo-rooms')}", "--max-memory", "600M")
+    try:
+        code, e = jget(s.url + "/v1/segment-batch?model=rooms", data=_jpeg_claiming(12000, 12000),
+                       ctype="application/octet-stream")
+        assert code == 413 and "this photo needs about" in e["error"]["message"], (code, e)
+        from PIL import Image
+        import io
+        b = io.BytesIO()
+        Image.new("RGB", (640, 480), (200, 190, 180)).save(b, "JPEG")
+        photo = b.getvalue()
+        code, r = jget(s.url + "/v1/segment-batch?model=rooms", data=photo, ctype="application/octet-stream")
+        assert code == 200, (code, r)
+    finally:
+        rc, _ = s.stop()
+    assert rc == 0
