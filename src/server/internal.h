@@ -57,6 +57,7 @@ typedef struct model_entry {
     char error[256];
     job *qhead, *qtail;           /* this model's queue (fair across models) */
     size_t ct_need;               /* memory estimate of its last CT run (under mu) */
+    size_t infer_need;            /* bytes of its last KServe answer */
     int qlen;
 } model_entry;
 
@@ -121,6 +122,7 @@ typedef struct server {
     ep_stats eps[EP_N];
     atomic_int inflight;
     atomic_size_t buffered;       /* request bytes held (max_buffered) */
+    atomic_size_t answer_bytes;   /* KServe answers made and not yet sent (their tensors) */
     job *live;                    /* queued and running jobs */
     req *watchers;                /* suspended long polls (GET /v1/jobs/ID?wait=S) */
     int n_watchers;
@@ -213,7 +215,8 @@ int sp_kserve_parse(const char *text, size_t len, size_t header_len, const sp_io
                     const sp_io_info *outs, int no, sp_tensor *tin, sp_kserve_req *q, char *msg, size_t msz);
 /* kserve_answer.c: the answer to q (JSON, or JSON header + binary data),
  * written as it is sent; takes the tensors of tout. NULL when out of memory. */
-struct MHD_Response *sp_kserve_answer(job *j, const sp_kserve_req *q, const sp_io_info *outs, sp_tensor *tout);
+struct MHD_Response *sp_kserve_answer(server *s, job *j, const sp_kserve_req *q, const sp_io_info *outs,
+                                      sp_tensor *tout);
 
 /* gzip.c: a gzip body inflated into *out (caller frees; NUL-terminated),
  * at most cap bytes: 0, or 400 (not gzip, truncated), 413 (past cap), 503. */

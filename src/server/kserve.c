@@ -293,7 +293,7 @@ void sp_kserve_infer(server *s, job *j)
                      j->http == 503 ? "out of memory" : "the model did not accept it");
         } else {
             j->t_end = sp_now();
-            j->response = sp_kserve_answer(j, &q, outs, tout);
+            j->response = sp_kserve_answer(s, j, &q, outs, tout);
             j->http = j->response ? 200 : 503;
         }
     }

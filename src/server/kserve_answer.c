@@ -33,11 +33,17 @@ typedef struct answer {
     const char *pp;               /* bytes made and not yet sent */
     size_t plen;
     sp_tensor t[SP_MAX_RANK];     /* owned */
+    server *s;                    /* held: bytes counted in s->answer_bytes until freed */
+    size_t held;
 } answer;
 
 static void answer_free(void *cls)
 {
     answer *a = cls;
+    if (a->held) {   /* may run under s->mu (a job's last reference): no lock here */
+        atomic_fetch_sub(&a->s->answer_bytes, a->held);
+        pthread_cond_broadcast(&a->s->qcv);
+    }
     for (int i = 0; i < a->np; i++)
         free(a->p[i].text);
     for (int k = 0; k < SP_MAX_RANK; k++)
@@ -214,7 +220,8 @@ static int one_output(answer *a, sp_buf *b, const sp_kserve_out *o, const sp_io_
     return 0;
 }
 
-struct MHD_Response *sp_kserve_answer(job *j, const sp_kserve_req *q, const sp_io_info *outs, sp_tensor *tout)
+struct MHD_Response *sp_kserve_answer(server *s, job *j, const sp_kserve_req *q, const sp_io_info *outs,
+                                      sp_tensor *tout)
 {
     answer *a = calloc(1, sizeof *a);
     if (!a)
@@ -263,6 +270,14 @@ struct MHD_Response *sp_kserve_answer(job *j, const sp_kserve_req *q, const sp_i
         answer_free(a);
         return NULL;
     }
+    /* what a client that does not read holds: counted against --max-memory */
+    for (int k = 0; k < SP_MAX_RANK; k++)
+        a->held += a->t[k].data ? values_of(&a->t[k]) * sp_dtype_size(a->t[k].dtype) : 0;
+    for (int i = 0; i < a->np; i++)
+        a->held += a->p[i].len;
+    a->s = s;
+    atomic_fetch_add(&s->answer_bytes, a->held);
+    j->me->infer_need = a->held;
     struct MHD_Response *r = j->gzip_out ? sp_gzip_response(a, answer_write, answer_free)
                            : MHD_create_response_from_callback(binary ? total : MHD_SIZE_UNKNOWN, 64 << 10,
                                                                answer_write, a, answer_free);

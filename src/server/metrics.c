@@ -64,10 +64,11 @@ char *sp_status_json(server *s)
     sp_buf_printf(&b, "{\"uptime_seconds\": %.3f, \"ready\": %s, \"queue_depth\": %d, \"queue_capacity\": %d, "
                       "\"workers\": %d,\n \"rss_bytes\": %zu, \"peak_rss_bytes\": %zu, \"connections\": %d, "
                       "\"buffered_bytes\": %zu, \"stored_jobs\": %d, \"stored_bytes\": %zu,\n \"max_memory_bytes\": %zu, "
-                      "\"memory_reserved_bytes\": %zu, \"memory_base_bytes\": %zu,\n \"models\": [",
+                      "\"memory_reserved_bytes\": %zu, \"memory_base_bytes\": %zu, \"answer_bytes_held\": %zu,\n \"models\": [",
                   sp_now() - s->t0, atomic_load(&s->ready) ? "true" : "false", s->qtotal, s->p.queue * s->n_models,
                   s->p.workers, sp_current_rss(), sp_peak_rss(), atomic_load(&s->inflight),
-                  atomic_load(&s->buffered), s->n_stored, s->stored_bytes, s->max_memory, s->mem_used, s->mem_base);
+                  atomic_load(&s->buffered), s->n_stored, s->stored_bytes, s->max_memory, s->mem_used, s->mem_base,
+                  atomic_load(&s->answer_bytes));
     for (int i = 0; i < s->n_models; i++) {
         sp_buf_printf(&b, "%s{\"name\": ", i ? ", " : "");
         sp_buf_json_str(&b, s->models[i].name);

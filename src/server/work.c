@@ -269,6 +269,17 @@ static void keep_result(server *s, job *j)
     pthread_mutex_unlock(&s->mu);
 }
 
+size_t sp_memory_room(const server *s)
+{
+    return s->max_memory > s->mem_base ? s->max_memory - s->mem_base : 0;
+}
+
+/* memory taken now: admitted runs and answers not yet sent (under mu) */
+static size_t mem_busy(server *s)
+{
+    return s->mem_used + atomic_load(&s->answer_bytes);
+}
+
 /* Memory admission (--max-memory): a CT job runs once its estimated peak
  * fits beside the running ones' and what the service held after warm-up;
  * one that could never fit is refused (413). 0: admitted (*held: bytes to
@@ -294,7 +305,7 @@ static int mem_admit(server *s, job *j, const sp_volume *v, const sp_ct_params *
     j->stage = "waiting for memory";
     pthread_mutex_lock(&s->mu);
     j->me->ct_need = need;
-    while (s->mem_used + need > room && !j->cancel) {
+    while (mem_busy(s) + need > room && !j->cancel) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += 200000000;
@@ -302,7 +313,7 @@ static int mem_admit(server *s, job *j, const sp_volume *v, const sp_ct_params *
         ts.tv_nsec %= 1000000000;
         pthread_cond_timedwait(&s->mem_cv, &s->mu, &ts);
     }
-    int go = s->mem_used + need <= room;
+    int go = mem_busy(s) + need <= room;
     if (go)
         s->mem_used += need;
     pthread_mutex_unlock(&s->mu);
@@ -312,11 +323,6 @@ static int mem_admit(server *s, job *j, const sp_volume *v, const sp_ct_params *
     }
     *held = need;
     return 0;
-}
-
-size_t sp_memory_room(const server *s)
-{
-    return s->max_memory > s->mem_base ? s->max_memory - s->mem_base : 0;
 }
 
 int sp_photo_memory(server *s, job *j, const char **msg)
@@ -575,8 +581,9 @@ static struct MHD_Connection *finish(server *s, job *j)
 static int mem_waits(server *s, const model_entry *me)
 {
     const job *j = me->qhead;
-    size_t need = j->kind == EP_CT ? me->ct_need : j->memory_estimate;
-    return !j->cancel && need && s->mem_used && s->mem_used + need > sp_memory_room(s);
+    size_t need = j->kind == EP_CT ? me->ct_need : j->kind == EP_INFER ? me->infer_need : j->memory_estimate;
+    size_t busy = mem_busy(s);
+    return !j->cancel && need && busy && busy + need > sp_memory_room(s);
 }
 
 static model_entry *next_model(server *s)
@@ -605,7 +612,7 @@ static int gather_batch(server *s, model_entry *me, job **batch, size_t *need)
     double until = sp_now() + s->p.batch_window_ms / 1000.0;
     for (;;) {
         while (me->qhead && nb < cap) {
-            if (!me->qhead->cancel && s->mem_used + *need + me->qhead->memory_estimate > sp_memory_room(s))
+            if (!me->qhead->cancel && mem_busy(s) + *need + me->qhead->memory_estimate > sp_memory_room(s))
                 return nb;   /* the batch takes what memory allows; the rest waits its turn */
             job *q = pop(s, me);
             if (q->cancel) {   /* timed out or deleted: its connection was answered already */
@@ -649,8 +656,19 @@ void *sp_worker_main(void *arg)
     pthread_mutex_lock(&s->mu);
     for (;;) {
         model_entry *me;
-        while (!(me = next_model(s)) && !s->stopping)
-            pthread_cond_wait(&s->qcv, &s->mu);
+        while (!(me = next_model(s)) && !s->stopping) {
+            if (!s->qtotal) {
+                pthread_cond_wait(&s->qcv, &s->mu);
+                continue;
+            }
+            /* jobs wait for memory: answers freed without the lock may not wake us, so look again soon */
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 100000000;
+            ts.tv_sec += ts.tv_nsec / 1000000000;
+            ts.tv_nsec %= 1000000000;
+            pthread_cond_timedwait(&s->qcv, &s->mu, &ts);
+        }
         if (!me)
             break;
         job *batch[64];

@@ -517,3 +517,56 @@ def test_server_photo_memory_admission(tmp):
     finally:
         rc, _ = s.stop()
     assert rc == 0
+
+
+def test_server_unread_answers_are_bounded(tmp):
+    """KServe answers clients do not read count against --max-memory: six
+    clients ask for a whole CT patch's logits (a 62 MB binary answer each)
+    and never read; the answers held stay within the memory left to jobs,
+    later requests wait in the queue, and everything is freed once the
+    clients' connections time out."""
+    raw = np.zeros((1, 1, 64, 64, 32), np.float32).tobytes()
+    head = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 64, 64, 32], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": len(raw)}}],
+                       "parameters": {"binary_data_output": True}}).encode()
+    req = (b"POST /v2/models/demo/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+           b"Inference-Header-Content-Length: %d\r\nContent-Length: %d\r\n\r\n" % (len(head), len(head) + len(raw))
+           + head + raw)
+    s = Server("--model", f"demo={sp.DEMO}", "--threads", "1")
+    try:
+        base = jget(s.url + "/v1/status")[1]["memory_base_bytes"]
+    finally:
+        s.stop()
+    s = Server("--model", f"demo={sp.DEMO}", "--threads", "1", "--read-timeout", "4", "--queue", "16",
+               "--max-memory", str(int(base * 1.3 + 200e6)))
+    socks = []
+    try:
+        _, st = jget(s.url + "/v1/status")
+        room = st["max_memory_bytes"] - st["memory_base_bytes"]
+        for _ in range(6):
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            c.sendall(req)
+            socks.append(c)
+        held, queued = [], []
+        for _ in range(40):
+            _, st = jget(s.url + "/v1/status")
+            held.append(st["answer_bytes_held"])
+            queued.append(st["queue_depth"])
+            time.sleep(0.1)
+        answer = 118 * 64 * 64 * 32 * 4
+        assert max(held) >= answer, held   # answers are counted
+        assert max(held) <= room + answer, (max(held), room)
+        assert max(queued) > 0, queued     # and the rest waited
+        for c in socks:
+            c.close()
+        for _ in range(100):
+            if jget(s.url + "/v1/status")[1]["answer_bytes_held"] == 0:
+                break
+            time.sleep(0.2)
+        assert jget(s.url + "/v1/status")[1]["answer_bytes_held"] == 0
+    finally:
+        for c in socks:
+            c.close()
+        rc, _ = s.stop()
+    assert rc == 0
