@@ -25,7 +25,8 @@ class CtParams(C.Structure):
                 ("min_component_ml", c_double), ("threads", c_int), ("passport", c_int),
                 ("keep_model_labels", c_int), ("progress", PROGRESS), ("progress_user", c_void_p),
                 ("cancel", C.POINTER(c_int)), ("max_model_voxels", c_uint64), ("max_tiles", c_int64),
-                ("keep_border", c_int), ("accum_fp16", c_int), ("roi_subset", c_char_p)]
+                ("keep_border", c_int), ("accum_fp16", c_int), ("roi_subset", c_char_p), ("spill", c_int),
+                ("spill_dir", c_char_p), ("release_input", c_int)]
 
 
 class PassportParams(C.Structure):

@@ -186,3 +186,38 @@ def test_python_classify_matches_cli(tmp):
         print(json.dumps(dict(a)))
     """))
     assert set(got) == set(cli) and all(abs(got[k] - cli[k]) < 1e-12 for k in cli), (got, cli)
+
+
+def _header_fields(struct):
+    """Field names of `typedef struct NAME {...} NAME;` in include/segpipe.h, in order."""
+    import re
+    h = open(os.path.join(sp.ROOT, "include", "segpipe.h")).read()
+    body = re.search(r"typedef struct %s \{(.*?)\} %s;" % (struct, struct), h, re.S).group(1)
+    body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
+    names = []
+    for decl in body.split(";"):
+        decl = decl.strip()
+        if not decl:
+            continue
+        m = re.search(r"\(\s*\*\s*(\w+)\s*\)", decl)   # a function pointer
+        names += [m.group(1)] if m else [re.sub(r"\[.*\]", "", d).strip().split()[-1].lstrip("*")
+                                         for d in decl.split(",")]
+    return names
+
+
+def test_python_structs_mirror_the_header(tmp):
+    """ctypes needs each parameter struct's every field: one missing at the
+    end makes sp_*_default_params write past Python's copy. The binding's
+    structs list the header's fields, in order."""
+    sys.path.insert(0, os.path.join(sp.ROOT, "python"))
+    try:
+        from segpipe import _lib
+    finally:
+        sys.path.pop(0)
+    pairs = [("sp_ct_params", _lib.CtParams), ("sp_runtime_params", _lib.RuntimeParams),
+             ("sp_passport_params", _lib.PassportParams), ("sp_masks_params", _lib.MasksParams),
+             ("sp_mask", _lib.Mask), ("sp_masks_result", _lib.MasksResult), ("sp_classify_params", _lib.ClassifyParams),
+             ("sp_class_score", _lib.ClassScore), ("sp_classify_result", _lib.ClassifyResult),
+             ("sp_volume_info", _lib.VolumeInfo), ("sp_stage_time", _lib.StageTime), ("sp_timings", _lib.Timings)]
+    for name, cls in pairs:
+        assert [f[0] for f in cls._fields_] == _header_fields(name), name
