@@ -269,6 +269,17 @@ static void keep_result(server *s, job *j)
     pthread_mutex_unlock(&s->mu);
 }
 
+/* pthread_cond_timedwait for at most ms milliseconds */
+static void wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, long ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += ms * 1000000L;
+    ts.tv_sec += ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    pthread_cond_timedwait(cv, mu, &ts);
+}
+
 size_t sp_memory_room(const server *s)
 {
     return s->max_memory > s->mem_base ? s->max_memory - s->mem_base : 0;
@@ -306,12 +317,7 @@ static int mem_admit(server *s, job *j, const sp_volume *v, const sp_ct_params *
     pthread_mutex_lock(&s->mu);
     j->me->ct_need = need;
     while (mem_busy(s) + need > room && !j->cancel) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 200000000;
-        ts.tv_sec += ts.tv_nsec / 1000000000;
-        ts.tv_nsec %= 1000000000;
-        pthread_cond_timedwait(&s->mem_cv, &s->mu, &ts);
+        wait_ms(&s->mem_cv, &s->mu, 200);
     }
     int go = mem_busy(s) + need <= room;
     if (go)
@@ -662,12 +668,7 @@ void *sp_worker_main(void *arg)
                 continue;
             }
             /* jobs wait for memory: answers freed without the lock may not wake us, so look again soon */
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += 100000000;
-            ts.tv_sec += ts.tv_nsec / 1000000000;
-            ts.tv_nsec %= 1000000000;
-            pthread_cond_timedwait(&s->qcv, &s->mu, &ts);
+            wait_ms(&s->qcv, &s->mu, 100);
         }
         if (!me)
             break;
