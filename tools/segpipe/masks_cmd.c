@@ -225,7 +225,16 @@ static void writer_close(writer *w)
     pthread_join(w->th, NULL);
 }
 
-int cmd_masks(int argc, char **argv)
+/* segpipe masks's options (masks_parse) */
+typedef struct masks_opts {
+    const char *out, *model, *maskarg;
+    int batch, quiet, preview;
+    sp_masks_params mp;
+    sp_image_params ip;
+} masks_opts;
+
+/* -1: go on; else the exit code (help, usage errors) */
+static int masks_parse(int argc, char **argv, masks_opts *o)
 {
     static const struct option opts[] = {
         {"output", required_argument, 0, 'o'}, {"model", required_argument, 0, 'm'},
@@ -234,42 +243,34 @@ int cmd_masks(int argc, char **argv)
         {"max-pixels", required_argument, 0, 'P'}, {"quiet", no_argument, 0, 'q'},
         {"preview", no_argument, 0, 'V'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    static char rooms[4096];
-    const char *out = NULL, *model = getenv("SEGPIPE_MASKS_MODEL");
-    if ((!model || !*model) && !sp_bundled_model("demo-rooms", rooms, sizeof rooms))
-        model = rooms;
-    char *maskarg = NULL;
-    const char *names[32];
-    int nnames = 0, batch = 1, quiet = 0, preview = 0, c;
-    sp_masks_params mp = sp_masks_default_params();
-    sp_image_params ip = sp_image_default_params();
+    int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "o:m:b:t:qh", opts, NULL)) != -1) {
         switch (c) {
-        case 'o': out = optarg; break;
-        case 'm': model = optarg; break;
-        case 'M': maskarg = optarg; break;
+        case 'o': o->out = optarg; break;
+        case 'm': o->model = optarg; break;
+        case 'M': o->maskarg = optarg; break;
         case 'b':
-            if (cli_int("masks", "--batch", optarg, 1, 64, &batch))
+            if (cli_int("masks", "--batch", optarg, 1, 64, &o->batch))
                 return 2;
             break;
         case 't':
-            if (cli_int("masks", "--threads", optarg, 0, 1024, &mp.threads))
+            if (cli_int("masks", "--threads", optarg, 0, 1024, &o->mp.threads))
                 return 2;
             break;
         case 'L':
-            if (cli_int("masks", "--long-side", optarg, 32, 16384, &mp.long_side))
+            if (cli_int("masks", "--long-side", optarg, 32, 16384, &o->mp.long_side))
                 return 2;
             break;
         case 'P': {
             size_t v;
             if (cli_size("masks", "--max-pixels", optarg, &v) || !v)
                 return v ? 2 : cli_usage_error("masks", "--max-pixels must be > 0");
-            ip.max_pixels = v;
+            o->ip.max_pixels = v;
             break;
         }
-        case 'q': quiet = 1; break;
-        case 'V': preview = 1; break;
+        case 'q': o->quiet = 1; break;
+        case 'V': o->preview = 1; break;
         case 'h':
             printf("usage: segpipe masks PHOTO... -o DIR [--model DIR] [--masks wall,floor] [--batch N]\n"
                    "                     [--threads N] [--long-side N] [--max-pixels N] [--preview] [--quiet]\n"
@@ -277,90 +278,71 @@ int cmd_masks(int argc, char **argv)
                    "applied; masks in the upright frame, at the photo's full size). Writes\n"
                    "DIR/<photo>.<mask>.png and DIR/<photo>.masks.json; --preview also DIR/<photo>.preview.png\n"
                    "(the masks over the photo, with a legend).\n"
-                   "Default model: %s (a demo trained on rendered rooms).\n", model);
+                   "Default model: %s (a demo trained on rendered rooms).\n", o->model);
             return 0;
         default: return cli_usage_error("masks", "unknown option");
         }
     }
-    if (optind >= argc || !out || !model || batch < 1 || batch > 64)
-        return cli_usage_error("masks", "expected PHOTO... -o DIR (and --batch 1..64)");
-    if (check_unique_outputs(argv + optind, argc - optind, out))
-        return 2;
-    char *mcopy = maskarg ? strdup(maskarg) : NULL;
-    for (char *tok = mcopy ? strtok(mcopy, ",") : NULL; tok && nnames < 32; tok = strtok(NULL, ",")) {
-        for (int k = 0; k < nnames; k++)
+    return -1;
+}
+
+/* --masks a,b: names[] points into *copy (caller frees); 2 on a repeated name */
+static int masks_names(masks_opts *o, const char **names, char **copy)
+{
+    int n = 0;
+    *copy = o->maskarg ? strdup(o->maskarg) : NULL;
+    for (char *tok = *copy ? strtok(*copy, ",") : NULL; tok && n < 32; tok = strtok(NULL, ",")) {
+        for (int k = 0; k < n; k++)
             if (!strcmp(names[k], tok)) {
                 fprintf(stderr, "segpipe masks: --masks names '%s' twice\n", tok);
-                free(mcopy);
                 return 2;
             }
-        names[nnames++] = tok;
+        names[n++] = tok;
     }
-    if (mcopy) {
-        mp.masks = names;
-        mp.n_masks = nnames;
+    if (*copy) {
+        o->mp.masks = names;
+        o->mp.n_masks = n;
     }
-    cli_mkdir_p(out);
-    sp_runtime_params rp = sp_runtime_default_params();
-    rp.threads = mp.threads;
-    sp_runtime *rt = NULL;
-    sp_package *pk = NULL;
-    sp_status st;
-    int rc = 0, failed = 0, done = 0;
-    if ((st = sp_runtime_create(&rp, &rt)) || (st = sp_package_load(rt, model, &pk))) {
-        rc = cli_fail(st, NULL);
-        goto end;
-    }
-    {   /* the package's decoding rule (the service's too); --max-pixels kept */
-        uint64_t maxp = ip.max_pixels;
-        ip = sp_masks_image_params(pk, mp.long_side);
-        if (maxp)
-            ip.max_pixels = maxp;
-    }
-    sp_timings t = {0};
-    double w0 = sp_now();
-    writer wr = {.dir = out, .preview = preview};
-    pthread_mutex_init(&wr.mu, NULL);
-    pthread_cond_init(&wr.cv, NULL);
-    if (pthread_create(&wr.th, NULL, writer_main, &wr) != 0) {
-        fprintf(stderr, "segpipe: cannot start the writer thread\n");
-        rc = 5;
-        goto end;
-    }
-    /* decoding of batch i+1 runs (sp_images_read, on the pool) while batch i is
-     * inferred; the writer thread encodes batch i-1 meanwhile */
+    return 0;
+}
+
+/* Every batch of photos[0..n): decoding of batch i+1 runs (sp_images_read,
+ * on the pool) while batch i is inferred; the writer thread encodes batch
+ * i-1 meanwhile. Returns the exit code; *failed counts photos. */
+static int masks_batches(const masks_opts *o, sp_package *pk, char **photos, int n, writer *wr, sp_timings *t,
+                         int *failed)
+{
     static dec_batch dec[2];
-    int cur = 0;
+    int cur = 0, rc = 0, batch = o->batch;
+    sp_status st;
     double t0 = sp_now();
-    dec_start(&dec[0], argv + optind, argc - optind < batch ? argc - optind : batch, &ip);
-    for (int i = optind; i < argc; i += batch) {
-        int nb = argc - i < batch ? argc - i : batch;
+    dec_start(&dec[0], photos, n < batch ? n : batch, &o->ip);
+    for (int i = 0; i < n; i += batch) {
+        int nb = n - i < batch ? n - i : batch;
         dec_batch *d = &dec[cur];
         dec_join(d);
-        sp_timings_add(&t, "decode", sp_now() - t0);   /* the part not hidden behind inference */
-        int ni = i + nb, nn = argc - ni < batch ? argc - ni : batch;
-        if (ni < argc)
-            dec_start(&dec[!cur], argv + ni, nn, &ip);
+        sp_timings_add(t, "decode", sp_now() - t0);   /* the part not hidden behind inference */
+        int ni = i + nb, nn = n - ni < batch ? n - ni : batch;
+        if (ni < n)
+            dec_start(&dec[!cur], photos + ni, nn, &o->ip);
         wjob *j = calloc(1, sizeof *j);
-        if (!j) {
-            rc = 7;
-            break;
-        }
+        if (!j)
+            return 7;
         for (int k = 0; k < nb; k++) {
             if (!d->imgs[k]) {
                 fprintf(stderr, "segpipe: %s\n", d->errs[k] ? d->errs[k] : "out of memory");
                 free(d->errs[k]);
                 rc = sp_status_exit_code(d->sts[k]);
-                failed++;
+                (*failed)++;
                 continue;
             }
             j->paths[j->n] = d->paths[k];
             j->imgs[j->n++] = d->imgs[k];
         }
         sp_masks_result **res = NULL;
-        if (j->n && (st = sp_masks_run(pk, j->imgs, j->n, &mp, &res, &t))) {
+        if (j->n && (st = sp_masks_run(pk, j->imgs, j->n, &o->mp, &res, t))) {
             rc = cli_fail(st, NULL);
-            failed += j->n;
+            *failed += j->n;
         }
         if (!res) {
             for (int k = 0; k < j->n; k++)
@@ -369,12 +351,12 @@ int cmd_masks(int argc, char **argv)
         } else {
             memcpy(j->res, res, (size_t)j->n * sizeof *res);
             free(res);
-            writer_push(&wr, j);      /* the writer frees images and results */
+            writer_push(wr, j);      /* the writer frees images and results */
         }
         cur = !cur;
         t0 = sp_now();
         if (rc == 2 || rc == 4) {  /* usage/model errors repeat for every batch */
-            if (ni < argc) {
+            if (ni < n) {
                 dec_join(&dec[cur]);
                 for (int k = 0; k < nn; k++) {
                     sp_image_free(dec[cur].imgs[k]);
@@ -384,27 +366,76 @@ int cmd_masks(int argc, char **argv)
             break;
         }
     }
+    return rc;
+}
+
+static void masks_summary(const sp_timings *t, int done, int failed, double wall, const sp_package *pk)
+{
+    double total = sp_timings_total(t);
+    printf("%-12s %9s %7s\n", "stage", "seconds", "share");
+    for (int k = 0; k < t->n; k++)
+        printf("%-12s %9.3f %6.1f%%\n", t->stage[k].name, t->stage[k].seconds,
+               total > 0 ? 100 * t->stage[k].seconds / total : 0);
+    printf("(encode: PNG + JSON on the writer thread, overlapped with the next batch)\n");
+    printf("%d photo(s) done, %d failed, %.2f images/s (wall %.3f s), %llu inference call(s)\n", done, failed,
+           wall > 0 ? done / wall : 0, wall, pk ? (unsigned long long)sp_model_run_count(sp_package_model(pk)) : 0ull);
+}
+
+int cmd_masks(int argc, char **argv)
+{
+    static char rooms[4096];
+    masks_opts o = {.model = getenv("SEGPIPE_MASKS_MODEL"), .batch = 1, .mp = sp_masks_default_params(),
+                    .ip = sp_image_default_params()};
+    if ((!o.model || !*o.model) && !sp_bundled_model("demo-rooms", rooms, sizeof rooms))
+        o.model = rooms;
+    int rc = masks_parse(argc, argv, &o);
+    if (rc >= 0)
+        return rc;
+    if (optind >= argc || !o.out || !o.model || o.batch < 1 || o.batch > 64)
+        return cli_usage_error("masks", "expected PHOTO... -o DIR (and --batch 1..64)");
+    if (check_unique_outputs(argv + optind, argc - optind, o.out))
+        return 2;
+    const char *names[32];
+    char *mcopy = NULL;
+    if (masks_names(&o, names, &mcopy)) {
+        free(mcopy);
+        return 2;
+    }
+    cli_mkdir_p(o.out);
+    sp_runtime_params rp = sp_runtime_default_params();
+    rp.threads = o.mp.threads;
+    sp_runtime *rt = NULL;
+    sp_package *pk = NULL;
+    sp_status st;
+    int failed = 0;
+    if ((st = sp_runtime_create(&rp, &rt)) || (st = sp_package_load(rt, o.model, &pk))) {
+        rc = cli_fail(st, NULL);
+        goto end;
+    }
+    uint64_t maxp = o.ip.max_pixels;   /* the package's decoding rule (the service's too); --max-pixels kept */
+    o.ip = sp_masks_image_params(pk, o.mp.long_side);
+    if (maxp)
+        o.ip.max_pixels = maxp;
+    sp_timings t = {0};
+    double w0 = sp_now();
+    writer wr = {.dir = o.out, .preview = o.preview};
+    pthread_mutex_init(&wr.mu, NULL);
+    pthread_cond_init(&wr.cv, NULL);
+    if (pthread_create(&wr.th, NULL, writer_main, &wr) != 0) {
+        fprintf(stderr, "segpipe: cannot start the writer thread\n");
+        rc = 5;
+        goto end;
+    }
+    rc = masks_batches(&o, pk, argv + optind, argc - optind, &wr, &t, &failed);
     writer_close(&wr);
     pthread_mutex_destroy(&wr.mu);
     pthread_cond_destroy(&wr.cv);
     failed += wr.failed;
-    done = wr.done;
     if (wr.rc && !rc)
         rc = wr.rc;
-    double enc = wr.enc;
-    sp_timings_add(&t, "encode", enc);
-    double wall = sp_now() - w0;
-    if (!quiet) {
-        double total = sp_timings_total(&t);
-        printf("%-12s %9s %7s\n", "stage", "seconds", "share");
-        for (int k = 0; k < t.n; k++)
-            printf("%-12s %9.3f %6.1f%%\n", t.stage[k].name, t.stage[k].seconds,
-                   total > 0 ? 100 * t.stage[k].seconds / total : 0);
-        printf("(encode: PNG + JSON on the writer thread, overlapped with the next batch)\n");
-        printf("%d photo(s) done, %d failed, %.2f images/s (wall %.3f s), %llu inference call(s)\n", done,
-               failed, wall > 0 ? done / wall : 0, wall,
-               pk ? (unsigned long long)sp_model_run_count(sp_package_model(pk)) : 0ull);
-    }
+    sp_timings_add(&t, "encode", wr.enc);
+    if (!o.quiet)
+        masks_summary(&t, wr.done, failed, sp_now() - w0, pk);
 end:
     free(mcopy);
     sp_package_free(pk);
