@@ -394,6 +394,14 @@ static enum MHD_Result kserve(server *s, struct MHD_Connection *c, const char *u
     j->header_len = header_len;
     j->gzip_in = gz;
     j->gzip_out = ae && strstr(ae, "gzip") != NULL;
+    /* parsing takes cJSON's nodes (~24 bytes a byte of text), the tensors,
+     * and the answer (as large as this model's last one) */
+    size_t text = gz ? s->p.max_json_body : header_len ? header_len : j->len;
+    j->memory_estimate = 24 * text + (j->len - (header_len && !gz ? header_len : j->len)) + me->infer_need;
+    if (j->memory_estimate > sp_memory_room(s)) {
+        sp_job_release(s, j);
+        return sp_http_error(c, 413, "this request's parsing and answer would not fit the service's --max-memory", 0);
+    }
     return submit_sync(s, c, r, j, ok);
 }
 

@@ -587,7 +587,7 @@ static struct MHD_Connection *finish(server *s, job *j)
 static int mem_waits(server *s, const model_entry *me)
 {
     const job *j = me->qhead;
-    size_t need = j->kind == EP_CT ? me->ct_need : j->kind == EP_INFER ? me->infer_need : j->memory_estimate;
+    size_t need = j->kind == EP_CT ? me->ct_need : j->memory_estimate;
     size_t busy = mem_busy(s);
     return !j->cancel && need && busy && busy + need > sp_memory_room(s);
 }
@@ -684,10 +684,10 @@ void *sp_worker_main(void *arg)
             j->t_start = sp_now();
             s->running++;
         }
-        size_t need = j->kind == EP_SEGMENT ? j->memory_estimate : 0;
+        size_t need = j->kind != EP_CT ? j->memory_estimate : 0;
         int nb = !j->cancel && j->kind == EP_SEGMENT ? gather_batch(s, me, batch, &need) : 1;
         if (!j->cancel) {
-            s->mem_used += need;   /* photos: reserved here; a CT run reserves its own */
+            s->mem_used += need;   /* photos and KServe: reserved here; a CT run reserves its own */
             run_jobs(s, batch, nb);
             s->mem_used -= need;
             if (need) {   /* waiting jobs may fit now */

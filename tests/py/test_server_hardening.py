@@ -501,9 +501,20 @@ def _jpeg_claiming(w, h):
 def test_server_photo_memory_admission(tmp):
     """Photos are admitted by their estimated memory, from the header alone:
     one whose masks could never fit in --max-memory gets 413 at once (its
-    pixels never decoded); a normal photo is served."""
-    s = Server("--model", f"rooms={os.path.join(sp.ROOT, 'models', 'demo-rooms')}", "--max-memory", "600M")
+    pixels never decoded); a normal photo is served. A KServe request whose
+    parsing could never fit gets 413 before it is parsed."""
+    s = Server("--model", f"rooms={os.path.join(sp.ROOT, 'models', 'demo-rooms')}", "--max-memory", "600M",
+               "--max-json-body", "32M")
     try:
+        # a gzip KServe request may inflate to --max-json-body: cJSON's nodes for 32 MiB would not fit
+        import gzip as gz
+        req = urllib.request.Request(s.url + "/v2/models/rooms/infer", data=gz.compress(b'{"inputs": []}'),
+                                     headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+        try:
+            code, body = urllib.request.urlopen(req, timeout=60).status, b""
+        except urllib.error.HTTPError as e:
+            code, body = e.code, e.read()
+        assert code == 413 and b"--max-memory" in body, (code, body)
         code, e = jget(s.url + "/v1/segment-batch?model=rooms", data=_jpeg_claiming(12000, 12000),
                        ctype="application/octet-stream")
         assert code == 413 and "this photo needs about" in e["error"]["message"], (code, e)
