@@ -87,6 +87,9 @@ typedef struct sp_spill {
     size_t bytes;
     void *map;
 } sp_spill;
+/* The whole pages inside [from, to) back to the kernel (MADV_DONTNEED:
+ * private memory then reads as zeros). */
+void sp_pages_release(void *from, void *to);
 /* $TMPDIR, else /var/tmp */
 const char *sp_spill_default_dir(void);
 /* A new file in dir with no name (O_TMPFILE, else created and unlinked at

@@ -31,6 +31,14 @@
 #define RAMFS_MAGIC 0x858458f6
 #endif
 
+void sp_pages_release(void *from, void *to)
+{
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)from + pg - 1) & ~(pg - 1), hi = (uintptr_t)to & ~(pg - 1);
+    if (hi > lo)
+        madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
 const char *sp_spill_default_dir(void)
 {
     const char *t = getenv("TMPDIR");
@@ -99,11 +107,7 @@ int sp_spill_out(void *buf, size_t bytes, const char *dir, sp_spill *s)
         close(fd);
         return 0;
     }
-    /* every whole page of the buffer back to the kernel (reads as zeros) */
-    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t lo = ((uintptr_t)buf + pg - 1) & ~(pg - 1), hi = ((uintptr_t)buf + bytes) & ~(pg - 1);
-    if (hi > lo)
-        madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    sp_pages_release(buf, (char *)buf + bytes);
     s->fd = fd;
     s->bytes = bytes;
     SP_DEBUG("input parked: %zu bytes in an unnamed file in %s", bytes, dir);

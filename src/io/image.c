@@ -228,6 +228,18 @@ static void j_emit(j_common_ptr c, int level)
         c->err->format_message(c, e->msg);
 }
 
+/* libjpeg's DCT downscaling (1/denom) for a w x h JPEG under p: down until
+ * under max_pixels, and further while the long side stays >= min_long_side. */
+static int jpeg_denom(uint64_t w, uint64_t h, const sp_image_params *p)
+{
+    uint64_t px = w * h, longside = w > h ? w : h, denom = 1;
+    while (denom < 8 && px / (denom * denom) > p->max_pixels)
+        denom *= 2;
+    while (p->min_long_side > 0 && denom < 8 && longside / (denom * 2) >= (uint64_t)p->min_long_side)
+        denom *= 2;
+    return (int)denom;
+}
+
 static sp_status read_jpeg(const uint8_t *buf, size_t n, const char *name, const sp_image_params *p,
                            sp_image *img)
 {
@@ -255,12 +267,7 @@ static sp_status read_jpeg(const uint8_t *buf, size_t n, const char *name, const
     if (!img->orientation)
         img->orientation = 1;
     uint64_t px = (uint64_t)cinfo.image_width * cinfo.image_height;
-    int denom = 1;
-    long longside = cinfo.image_width > cinfo.image_height ? cinfo.image_width : cinfo.image_height;
-    while (denom < 8 && px / ((uint64_t)denom * denom) > p->max_pixels)
-        denom *= 2;
-    while (p->min_long_side > 0 && denom < 8 && longside / (denom * 2) >= p->min_long_side)
-        denom *= 2;
+    int denom = jpeg_denom(cinfo.image_width, cinfo.image_height, p);
     if (px > 4 * p->max_pixels) {   /* results come at full size */
         jpeg_destroy_decompress(&cinfo);
         return sp_fail(SP_ERR_INPUT, "%s: %ux%u JPEG is over the limit of %llu pixels for full-size results "
@@ -557,12 +564,8 @@ sp_status sp_image_probe(const void *data, size_t size, const sp_image_params *p
                        "(4 x --max-pixels)", (unsigned long long)w, (unsigned long long)h,
                        (unsigned long long)(4 * p.max_pixels));
     uint64_t dec = px > p.max_pixels ? p.max_pixels : px;
-    if (jpeg) {   /* as read_jpeg chooses its DCT scaling */
-        uint64_t denom = 1, longside = w > h ? w : h;
-        while (denom < 8 && px / (denom * denom) > p.max_pixels)
-            denom *= 2;
-        while (p.min_long_side > 0 && denom < 8 && longside / (denom * 2) >= (uint64_t)p.min_long_side)
-            denom *= 2;
+    if (jpeg) {   /* as read_jpeg decodes it */
+        uint64_t denom = (uint64_t)jpeg_denom(w, h, &p);
         dec = px / (denom * denom);
     }
     *file_px = px;

@@ -10,7 +10,6 @@
 
 #include <errno.h>
 #include <math.h>
-#include <sys/mman.h>
 #include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
@@ -273,10 +272,7 @@ static int pack_int16(sp_volume *v)
     int16_t *s = (int16_t *)(void *)f;
     for (size_t i = 0; i < n; i++)
         s[i] = (int16_t)f[i];
-    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t lo = ((uintptr_t)(s + n) + pg - 1) & ~(pg - 1), hi = ((uintptr_t)(f + n) & ~(pg - 1));
-    if (hi > lo)
-        madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    sp_pages_release(s + n, f + n);   /* the upper half */
     return 1;
 }
 
@@ -349,6 +345,25 @@ static void restore_input(held_input *h, int release)
     h->hu = NULL;
 }
 
+/* The grid of steps a and b, from the geometry alone: the closest canonical
+ * orientation (*o), the model spacing per canonical axis (target) and the
+ * model grid (mdim, checked against the limits). */
+static sp_status canonical_grid(const sp_manifest *mf, const sp_geom *g, const sp_ct_params *p, sp_ornt *o,
+                                double target[3], int64_t mdim[3])
+{
+    sp_status st = sp_ornt_to_canonical(g->affine, o);
+    if (st)
+        return st;
+    int64_t cdim[3];
+    double cs[3];
+    sp_ornt_dims(o, g->dim, cdim);
+    for (int j = 0; j < 3; j++)
+        cs[j] = g->spacing[o->ax[j]];
+    for (int d = 0; d < 3; d++)
+        target[mf->axes[d]] = mf->spacing[d];
+    return model_grid(cdim, cs, target, p->max_model_voxels, mdim);
+}
+
 /* Steps a and b: the input reoriented to the closest canonical orientation
  * (*o) and resampled to the model spacing (target, grid mdim) into
  * *model_vol (caller frees). */
@@ -357,12 +372,12 @@ static sp_status to_model_grid(const sp_manifest *mf, const sp_volume *ct, const
 {
     const sp_geom *g = &ct->g;
     double t0 = sp_now();
-    sp_status st = sp_ornt_to_canonical(g->affine, o);
+    sp_status st = canonical_grid(mf, g, p, o, target, mdim);
     if (st)
         return st;
     int64_t cdim[3];
     sp_ornt_dims(o, g->dim, cdim);
-    size_t nv = (size_t)sp_geom_nvox(g);
+    size_t nv = (size_t)sp_geom_nvox(g), nm = (size_t)(mdim[0] * mdim[1] * mdim[2]);
     const float *cvol = ct->data;
     float *canon = NULL;
     if (!sp_ornt_is_identity(o)) {
@@ -371,19 +386,9 @@ static sp_status to_model_grid(const sp_manifest *mf, const sp_volume *ct, const
         sp_ornt_apply(o, ct->data, g->dim, canon, sizeof(float), pool);
         cvol = canon;
     }
-    double cs[3];
-    for (int j = 0; j < 3; j++)
-        cs[j] = g->spacing[o->ax[j]];
     sp_timings_add(t, "reorient", sp_now() - t0);
 
     t0 = sp_now();
-    for (int d = 0; d < 3; d++)
-        target[mf->axes[d]] = mf->spacing[d];
-    if ((st = model_grid(cdim, cs, target, p->max_model_voxels, mdim))) {
-        free(canon);
-        return st;
-    }
-    size_t nm = (size_t)(mdim[0] * mdim[1] * mdim[2]);
     if (!(*model_vol = sp_big_alloc(nm * sizeof **model_vol))) {
         free(canon);
         return sp_fail(SP_ERR_NOMEM, "resample: cannot allocate %zu voxels", nm);
@@ -583,18 +588,10 @@ static sp_status grid_of(const sp_manifest *mf, const sp_volume *ct, const sp_ct
         return SP_OK;
     }
     sp_ornt o;
-    sp_status st = sp_ornt_to_canonical(ct->g.affine, &o);
-    if (st)
-        return st;
-    int64_t cdim[3];
-    double cs[3], target[3];
-    sp_ornt_dims(&o, ct->g.dim, cdim);
-    for (int j = 0; j < 3; j++)
-        cs[j] = ct->g.spacing[o.ax[j]];
-    for (int d = 0; d < 3; d++)
-        target[mf->axes[d]] = mf->spacing[d];
-    *reoriented = !sp_ornt_is_identity(&o);
-    return model_grid(cdim, cs, target, p->max_model_voxels, mdim);
+    double target[3];
+    sp_status st = canonical_grid(mf, &ct->g, p, &o, target, mdim);
+    *reoriented = !st && !sp_ornt_is_identity(&o);
+    return st;
 }
 
 sp_status sp_ct_memory_estimate(const sp_package *pk, const sp_volume *ct, const sp_ct_params *pp, size_t *bytes)

@@ -753,12 +753,17 @@ sp_status sp_mask_png(const sp_mask *m, int width, int height, void **png, size_
     return sp_png_encode_mask(m->pixels, width, height, png, size);
 }
 
+/* the long side of the model's input: fixed, or the manifest's for dynamic models */
+static int model_side(const sp_manifest *mf)
+{
+    return mf->in_h ? (mf->in_h > mf->in_w ? mf->in_h : mf->in_w) : mf->long_side;
+}
+
 sp_image_params sp_masks_image_params(const sp_package *pk, int long_side)
 {
     const sp_manifest *mf = &pk->mf;
     sp_image_params ip = sp_image_default_params();
-    int model_side = mf->in_h ? (mf->in_h > mf->in_w ? mf->in_h : mf->in_w) : mf->long_side;
-    int ls = long_side > 0 ? long_side : model_side;
+    int ls = long_side > 0 ? long_side : model_side(mf);
     ip.min_long_side = ls > 768 ? ls : 768;
     return ip;
 }
@@ -774,7 +779,7 @@ sp_status sp_masks_memory_estimate(const sp_package *pk, const void *photo, size
         return st;
     if (n_masks <= 0)
         n_masks = mf->n_masks;
-    double side = mf->in_h ? (mf->in_h > mf->in_w ? mf->in_h : mf->in_w) : mf->long_side;
+    double side = model_side(mf);
     double plane = side * side, k = mf->num_classes;
     /* decoded pixels (and their upright copy); the network's input, output,
      * class scores and argmax at its size and its working memory; the masks

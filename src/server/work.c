@@ -291,6 +291,14 @@ static size_t mem_busy(server *s)
     return s->mem_used + atomic_load(&s->answer_bytes);
 }
 
+/* The 413 message of a job that could never fit: what it needs, what is allowed. */
+static void too_big(const server *s, const job *j, const char *what, size_t need, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "this %s needs about %.2f GB to process with model '%s'; the service allows %.2f GB per job "
+             "(--max-memory %.2f GB less %.2f GB for the loaded models)", what, need / 1e9, j->me->name,
+             sp_memory_room(s) / 1e9, s->max_memory / 1e9, s->mem_base / 1e9);
+}
+
 /* Memory admission (--max-memory): a CT job runs once its estimated peak
  * fits beside the running ones' and what the service held after warm-up;
  * one that could never fit is refused (413). 0: admitted (*held: bytes to
@@ -306,9 +314,7 @@ static int mem_admit(server *s, job *j, const sp_volume *v, const sp_ct_params *
     size_t room = sp_memory_room(s);
     if (need > room) {
         char msg[256];
-        snprintf(msg, sizeof msg, "this scan needs about %.2f GB to process with model '%s'; the service allows "
-                 "%.2f GB per job (--max-memory %.2f GB less %.2f GB for the loaded models)", need / 1e9,
-                 j->me->name, room / 1e9, s->max_memory / 1e9, s->mem_base / 1e9);
+        too_big(s, j, "scan", need, msg, sizeof msg);
         j->http = 413;
         j->resp = sp_error_json(413, msg);
         return 413;
@@ -331,12 +337,19 @@ static int mem_admit(server *s, job *j, const sp_volume *v, const sp_ct_params *
     return 0;
 }
 
+/* how the service decodes a model's photos: its rule, --max-pixels */
+static sp_image_params photo_params(const server *s, const model_entry *me)
+{
+    sp_image_params ip = sp_masks_image_params(me->pk, 0);
+    if (s->p.max_pixels)
+        ip.max_pixels = s->p.max_pixels;
+    return ip;
+}
+
 int sp_photo_memory(server *s, job *j, const char **msg)
 {
     static __thread char buf[256];
-    sp_image_params ip = sp_masks_image_params(j->me->pk, 0);
-    if (s->p.max_pixels)
-        ip.max_pixels = s->p.max_pixels;
+    sp_image_params ip = photo_params(s, j->me);
     int n = 0;
     for (const char *m = j->masks; *m; m++)
         n += m == j->masks || *m == ',';
@@ -346,9 +359,7 @@ int sp_photo_memory(server *s, job *j, const char **msg)
     j->memory_estimate = need;
     if (need <= room)
         return 0;
-    snprintf(buf, sizeof buf, "this photo needs about %.2f GB to process with model '%s'; the service allows %.2f GB "
-             "(--max-memory %.2f GB less %.2f GB for the loaded models)", need / 1e9, j->me->name, room / 1e9,
-             s->max_memory / 1e9, s->mem_base / 1e9);
+    too_big(s, j, "photo", need, buf, sizeof buf);
     *msg = buf;
     return 413;
 }
@@ -385,7 +396,7 @@ static void run_ct(server *s, job *j)
         sp_volume_free(v);
         return;
     }
-    j->stage = "read";
+    j->stage = "running";   /* the run's progress names its stages from here */
     st = sp_ct_run_inplace(j->me->pk, v, &cp, &res);
     if (!st && j->want_labels)
         st = labels_bytes(s, j, res, v);
@@ -504,9 +515,7 @@ static void run_segment_batch(server *s, job **js, int n)
     sp_image *all[64], *imgs[64];
     job *ok[64];
     int m = 0;
-    seg_ctx c = {js, all, sp_masks_image_params(js[0]->me->pk, 0), NULL, 0, 0};
-    if (s->p.max_pixels)
-        c.ip.max_pixels = s->p.max_pixels;
+    seg_ctx c = {js, all, photo_params(s, js[0]->me), NULL, 0, 0};
     const void *bufs[64];
     size_t sizes[64];
     sp_status sts[64];
