@@ -74,7 +74,7 @@ LIBS := $(ORT_LIBS) $(FF_LIBS) $(DICOM_LIBS) -lmicrohttpd -ljpeg -lpng -lwebp $(
 
 LIB_SRC := $(wildcard src/core/*.c src/io/*.c src/pipeline/*.c src/runtime/*.c src/server/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(DICOM_SRC:%.cc=$(BUILD)/%.o) $(BUILD)/src/server/ui_assets.o
-CLI_SRC := $(wildcard tools/segpipe/*.c)
+CLI_SRC := $(wildcard src/cli/*.c)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/unit/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
@@ -83,8 +83,10 @@ TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 all: $(BUILD)/segpipe $(BUILD)/libsegpipe.a $(BUILD)/libsegpipe.so $(BUILD)/libsegpipe_test.so $(BUILD)/test_unit
 
 # Install what is missing (idempotent; a no-op when everything is there).
-$(ORT_LOCAL)/lib/libonnxruntime.so.1:
-	bash scripts/install-deps.sh
+# (one install-deps run at a time: with make -j the stamps below wait for
+# $(DEPS_STAMP), so apt-get is never started twice in parallel)
+$(ORT_LOCAL)/lib/libonnxruntime.so.1: | $(DEPS_STAMP)
+	@test -f $@ || bash scripts/install-deps.sh
 
 $(DEPS_STAMP): scripts/install-deps.sh
 	@mkdir -p $(BUILD)
@@ -98,8 +100,8 @@ $(BUILD)/%.o: %.c $(DEPS_STAMP) $(ORT_STAMP)
 # The web page's files (ui/, and niivue's bundle from install-deps) embedded
 # with .incbin: the library serves them without a share folder (docs/ui.md).
 NIIVUE := third_party/niivue/niivue.umd.js
-$(NIIVUE):
-	bash scripts/install-deps.sh
+$(NIIVUE): | $(DEPS_STAMP)
+	@test -f $@ || bash scripts/install-deps.sh
 
 $(BUILD)/src/server/ui_assets.o: src/server/ui_assets.S $(wildcard ui/*) $(NIIVUE) $(DEPS_STAMP)
 	@mkdir -p $(dir $@)

@@ -6,7 +6,7 @@ tools/gpu/run.sh bench; writes OUT/gpu_ct.json and OUT/gpu_ct.md.
 
 The network is TotalSegmentator --fast's architecture (118 classes, patch
 128^3, 3 mm) with random weights (seed 0), built once by
-tools/import_nnunet.py in this process: the ONNX files segpipe runs and the
+tools/import/import_nnunet.py in this process: the ONNX files segpipe runs and the
 PyTorch module the peer runs hold the same numbers. Volumes are synthetic CTs
 at 3 mm (no resampling on either side).
 
@@ -26,7 +26,7 @@ from scipy.ndimage import gaussian_filter
 
 here = os.path.dirname(os.path.abspath(__file__))
 root = os.path.dirname(here)
-sys.path.insert(0, os.path.join(root, "tools"))
+sys.path.insert(0, os.path.join(root, "tools", "import"))
 sys.path.insert(0, os.path.join(root, "tests", "gpu"))
 import nii  # noqa: E402
 from import_nnunet import add_fp16, random_model  # noqa: E402

@@ -12,7 +12,7 @@ import http.client, io, json, os, signal, subprocess, sys, tempfile, threading, 
 from PIL import Image
 from serve_util import ROOT as root, start_server
 
-sys.path.insert(0, os.path.join(root, "tools"))
+sys.path.insert(0, os.path.join(root, "tools", "train"))
 from render_rooms import render
 
 N = int(sys.argv[sys.argv.index("--photos") + 1]) if "--photos" in sys.argv else 1000

@@ -2,7 +2,7 @@
 """Peak memory of `segpipe ct` with TotalSegmentator --fast's architecture
 (118 classes, random weights: bench/data/totalseg-fast, made by
 bench/make_data.sh) on the four benchmark CTs: the logits path, the split
-head (tools/onnx_split_head.py --split-concat, as the importer's --split-head
+head (tools/import/onnx_split_head.py --split-concat, as the importer's --split-head
 makes it) at 1 and 4 threads, the fp16 accumulator;
 then `segpipe serve` with two models loaded (RSS after warm-up and after one
 /v1/ct request). Writes bench/out/memory.json and prints a markdown table
@@ -67,7 +67,7 @@ def main():
     out = {"cases": []}
     with tempfile.TemporaryDirectory() as tmp:
         split = os.path.join(tmp, "split")
-        subprocess.run([sys.executable, os.path.join(ROOT, "tools", "onnx_split_head.py"), plain, "-o", split,
+        subprocess.run([sys.executable, os.path.join(ROOT, "tools", "import", "onnx_split_head.py"), plain, "-o", split,
                         "--split-concat"], check=True, capture_output=True)
         sizes = ["512x512x280"] if a.quick else a.sizes.split(",")
         for size in sizes:

@@ -55,7 +55,7 @@ mv "$OUT/peer.json.tmp" "$OUT/peer.json"
 if [ "${BENCH_QUICK:-0}" != 1 ]; then
   # 4. TotalSegmentator --fast architecture, random weights: realistic inference, RSS
   if [ ! -f "$DATA/totalseg-fast/model.onnx" ]; then
-    /usr/bin/python3 tools/import_nnunet.py --random-weights --arch totalseg-fast \
+    /usr/bin/python3 tools/import/import_nnunet.py --random-weights --arch totalseg-fast \
         --labels "$CT/total_v2_labels.json" -o "$DATA/totalseg-fast" 2>/dev/null
   fi
   $SEG bench --model "$DATA/totalseg-fast" "$DATA/ct_512x512x280.nii.gz" --runs 1 --out "$OUT/tsfast" > /dev/null
@@ -83,7 +83,7 @@ fi
 
 # 9. video: batch x workers sweep against inference alone (demo-matte, rendered clip)
 if [ ! -f "$DATA/clip/clip.mp4" ]; then
-  /usr/bin/python3 tools/make_demo_video.py "$DATA/clip" --frames 300 --size 320x240
+  /usr/bin/python3 tools/train/make_demo_video.py "$DATA/clip" --frames 300 --size 320x240
   ffmpeg -loglevel error -y -framerate 25 -i "$DATA/clip/frames/%06d.png" -c:v libx264 -pix_fmt yuv420p \
       "$DATA/clip/clip.mp4"
 fi

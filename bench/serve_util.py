@@ -40,9 +40,9 @@ def run_clients(target, args_list):
 
 
 def room_jpegs(n, seed0, size=(480, 640)):
-    """n rendered rooms (tools/render_rooms.py) as JPEG bytes"""
+    """n rendered rooms (tools/train/render_rooms.py) as JPEG bytes"""
     from PIL import Image
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    sys.path.insert(0, os.path.join(ROOT, "tools", "train"))
     from render_rooms import render
     out = []
     for k in range(n):

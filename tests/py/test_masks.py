@@ -223,7 +223,7 @@ def test_demo_rooms_four_masks_end_to_end(tmp):
     ceiling >= 0.85, window >= 0.6) sit well under its validation IoU
     (>= 0.98) to allow for the 160-px canvas and upsampling to photo size."""
     import sys
-    sys.path.insert(0, os.path.join(sp.ROOT, "tools"))
+    sys.path.insert(0, os.path.join(sp.ROOT, "tools", "train"))
     from render_rooms import render
     paths, labels = [], []
     for k, seed in enumerate((100001, 100002, 100003, 100004)):
@@ -317,7 +317,7 @@ def test_masks_preview_png(tmp):
     a legend swatch per mask."""
     import subprocess, sys
     room = os.path.join(tmp, "room.png")
-    subprocess.run([sys.executable, os.path.join(sp.ROOT, "tools", "render_rooms.py"), room, "7"], check=True,
+    subprocess.run([sys.executable, os.path.join(sp.ROOT, "tools", "train", "render_rooms.py"), room, "7"], check=True,
                    capture_output=True)
     names = ["wall", "floor", "ceiling", "window"]
     p, out = run_masks(tmp, [room], os.path.join(sp.ROOT, "models", "demo-rooms"), "--masks", ",".join(names),

@@ -1,5 +1,5 @@
 """Memory options of the CT window (issue: TotalSegmentator scale in 1.5 GB):
-the split head (tools/onnx_split_head.py: features accumulated, the final
+the split head (tools/import/onnx_split_head.py: features accumulated, the final
 1x1x1 convolution applied once per voxel at the argmax), the fp16
 accumulator and --roi-subset, each against the plain fp32 logits path on
 the real example CTs."""
@@ -11,7 +11,7 @@ from onnx import numpy_helper
 from scipy import ndimage
 import sp
 
-SPLIT_TOOL = os.path.join(sp.ROOT, "tools", "onnx_split_head.py")
+SPLIT_TOOL = os.path.join(sp.ROOT, "tools", "import", "onnx_split_head.py")
 
 
 def split_demo(tmp):

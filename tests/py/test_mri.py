@@ -17,7 +17,7 @@ NODE_RUN = os.path.join(sp.ROOT, "tests", "ref", "ort_run.js")
 
 def package(tmp):
     out = os.path.join(tmp, "brainchop")
-    p = subprocess.run([sys.executable, os.path.join(sp.ROOT, "tools", "make_brainchop_package.py"), "-o", out],
+    p = subprocess.run([sys.executable, os.path.join(sp.ROOT, "tools", "import", "make_brainchop_package.py"), "-o", out],
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     return out

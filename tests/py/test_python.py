@@ -114,7 +114,7 @@ def test_python_passport_matches_cli(tmp):
 
 
 def test_python_masks_match_cli(tmp):
-    sys.path.insert(0, os.path.join(sp.ROOT, "tools"))
+    sys.path.insert(0, os.path.join(sp.ROOT, "tools", "train"))
     from render_rooms import render
     img, _ = render((240, 320), seed=100007)
     path = os.path.join(tmp, "room.png")

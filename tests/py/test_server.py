@@ -249,7 +249,7 @@ def test_server_and_cli_decode_large_jpegs_alike(tmp):
     service decodes it smaller but still answers full-size masks and says
     how it decoded."""
     from PIL import Image
-    sys_path = os.path.join(sp.ROOT, "tools")
+    sys_path = os.path.join(sp.ROOT, "tools", "train")
     import sys
     sys.path.insert(0, sys_path)
     from render_rooms import render

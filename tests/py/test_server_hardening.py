@@ -323,7 +323,7 @@ def test_server_fair_across_models(tmp):
     queue and the worker takes them in turn."""
     s = Server("--model", f"demo={sp.DEMO}", "--model", f"rooms={os.path.join(sp.ROOT, 'models', 'demo-rooms')}",
                "--workers", "1", "--queue", "4", "--threads", "1")
-    photo = subprocess.run(["/usr/bin/python3", os.path.join(sp.ROOT, "tools", "render_rooms.py"),
+    photo = subprocess.run(["/usr/bin/python3", os.path.join(sp.ROOT, "tools", "train", "render_rooms.py"),
                             os.path.join(tmp, "room.png"), "3"], capture_output=True)
     try:
         raw = open(CT_SM, "rb").read()

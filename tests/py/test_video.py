@@ -194,7 +194,7 @@ def test_video_demo_model_finds_the_figure(tmp):
     """the bundled demo-matte on a rendered clip: alpha from two backgrounds
     (white and black: out_w - out_b = (255 - a)), IoU with the truth"""
     clip = os.path.join(tmp, "clip")
-    subprocess.run(["/usr/bin/python3", os.path.join(sp.ROOT, "tools", "make_demo_video.py"), clip, "--frames", "6",
+    subprocess.run(["/usr/bin/python3", os.path.join(sp.ROOT, "tools", "train", "make_demo_video.py"), clip, "--frames", "6",
                     "--size", "160x120"], check=True)
     outs = {}
     for col in ("ffffff", "000000"):

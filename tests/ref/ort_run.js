@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Independent reference run for the tests: load an ONNX model with
-// onnxruntime-node (tools/fetch_ort_node.sh), feed it a float32 tensor read
+// onnxruntime-node (tools/fetch/fetch_ort_node.sh), feed it a float32 tensor read
 // from a raw file, write the first output as raw float32.
 //   node tests/ref/ort_run.js MODEL INPUT.f32 N,C,H,W OUTPUT.f32
 const path = require("path");

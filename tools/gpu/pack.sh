@@ -49,7 +49,7 @@ for ((i = 0; i < n - 1; i++)); do
   mv "${parts[i]}" .gpu/p$((i + 2))/
 done
 echo "$n" > .gpu/p1/cuda.parts
-if [ -f models/isnet/model.onnx ]; then   # ISNet (fetched by tools/fetch_isnet.sh) for `run.sh isnet`
+if [ -f models/isnet/model.onnx ]; then   # ISNet (fetched by tools/fetch/fetch_isnet.sh) for `run.sh isnet`
   mkdir -p .gpu/p5 && cp models/isnet/model.onnx .gpu/p5/isnet.onnx
 fi
 du -sh .gpu/p*

@@ -28,7 +28,7 @@ for mode in "$@"; do
     test) PYTHONUNBUFFERED=1 python3 tests/gpu/test_gpu.py 2>&1 | tee "$OUT/test_gpu.txt"; rc=$((rc | PIPESTATUS[0])) ;;
     bench) PYTHONUNBUFFERED=1 python3 bench/gpu_ct.py "$OUT" 2>&1 | tee "$OUT/gpu_ct.txt"; rc=$((rc | PIPESTATUS[0])) ;;
     video)
-      python3 tools/make_demo_video.py /tmp/clip --frames 300 --size 320x240 >/dev/null
+      python3 tools/train/make_demo_video.py /tmp/clip --frames 300 --size 320x240 >/dev/null
       LD_LIBRARY_PATH=$SEGPIPE_LD $SEGPIPE bench video /tmp/clip/frames --model /opt/segpipe/share/segpipe/models/demo-matte \
         --device cuda --batch 1,2,4,8,16 --workers 2,4,8 --save none --out /tmp/bv 2>&1 | tee "$OUT/video_cuda.txt"
       SEGPIPE_BENCH_DEVICE=cuda LD_LIBRARY_PATH=$SEGPIPE_LD python3 bench/serve_masks_load.py "$OUT/serve_masks_cuda.json" \
@@ -37,7 +37,7 @@ for mode in "$@"; do
       LD_LIBRARY_PATH=$SEGPIPE_LD SEGPIPE_LIBRARY=/opt/segpipe/lib/libsegpipe.so.0 PYTHONUNBUFFERED=1 \
         python3 tools/gpu/isnet_bisect.py /root/gpu/isnet.onnx "$OUT/isnet" 2>&1 | tee "$OUT/isnet.txt" ;;
     classify)
-      python3 tools/export_torchvision.py --arch resnet50 --classes 7 --random-weights -o /tmp/r50 >/dev/null
+      python3 tools/import/export_torchvision.py --arch resnet50 --classes 7 --random-weights -o /tmp/r50 >/dev/null
       python3 -c 'import sys; sys.path.insert(0, "tests/py"); from test_classify import photo; from PIL import Image
 for i in range(256): Image.fromarray(photo(480, 640, i)).save(f"/tmp/p{i}.jpg")'
       for dev in cuda cpu; do for b in 1 16; do

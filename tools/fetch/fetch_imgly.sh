@@ -9,7 +9,7 @@
 # the registry's integrity fields. sharp's native part is not installed:
 # a stub takes its place (the test passes decoded pixels). Idempotent.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 dst=third_party/imgly
 [ -f "$dst/node_modules/@imgly/background-removal-node/package.json" ] && exit 0
 want="sha512-/s9K88qhKy1jPhrSkBxurUqCVqJ8KHWCc+5yWdppdC4fuSrGC8mK8WQtmULs2ASEr8naY1qpvZu0EL5jr2Hqtg=="
@@ -29,7 +29,7 @@ echo '{"name": "segpipe-imgly-reference", "version": "1.0.0", "private": true}' 
 rm -rf "$dst.part/node_modules/sharp"
 mkdir -p "$dst.part/node_modules/sharp"
 cat > "$dst.part/node_modules/sharp/index.js" <<'JS'
-// stub (tools/fetch_imgly.sh): the tests decode photos themselves, and the
+// stub (tools/fetch/fetch_imgly.sh): the tests decode photos themselves, and the
 // "encoded" result is the raw RGBA tensor segmentForeground made
 module.exports = function sharp(data) {
   return {

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Render a short synthetic clip for `segpipe video` tests and benchmarks: a
-person-like figure (tools/train_demo_matte.py) walking across a rendered
+person-like figure (tools/train/train_demo_matte.py) walking across a rendered
 room. Writes OUT/frames/000001.png ... and OUT/truth/000001.png (foreground
 mask, 0/255); encode with ffmpeg if a video file is wanted.
 
-  python3 tools/make_demo_video.py OUT [--frames 48] [--size 320x240] [--seed 1]
+  python3 tools/train/make_demo_video.py OUT [--frames 48] [--size 320x240] [--seed 1]
 """
 import argparse, os, sys
 import numpy as np

@@ -5,7 +5,7 @@ rendered 64x64 pictures (random background colour, gradient and noise; one
 shape of random colour, size, position and rotation). A demonstration of the
 "classify" task, not a clinical tool.
 
-  tools/train_demo_shapes.py -o models/demo-shapes --iters 2500 [--n 6000]
+  tools/train/train_demo_shapes.py -o models/demo-shapes --iters 2500 [--n 6000]
 
 Renders seeds 0..n-1 for training and 1,000,000.. for the validation table
 (accuracy per class in OUT/accuracy.json). The ONNX takes [N, 3, 64, 64]
@@ -18,6 +18,7 @@ import torch
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "import"))
 from train_util import export_onnx, setup, write_log  # noqa: E402
 
 LABELS = ["circle", "square", "triangle", "cross"]
@@ -110,7 +111,7 @@ def main():
     write_log(a.out, log)
     export_onnx(net, SIZE, os.path.join(a.out, "model.onnx"), "logits", False)
     man = {"format": "segpipe-model", "version": 1, "name": "demo-shapes", "task": "classify",
-           "description": "Demonstration classifier trained by tools/train_demo_shapes.py on rendered shapes. "
+           "description": "Demonstration classifier trained by tools/train/train_demo_shapes.py on rendered shapes. "
                           "Not a clinical tool.",
            "onnx": "model.onnx", "input": {"name": "input", "channels": 3, "size": [SIZE, SIZE]},
            "output": {"name": "logits", "kind": "logits"},

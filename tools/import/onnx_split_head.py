@@ -3,7 +3,7 @@
 graph, so segpipe accumulates the network's features instead of its logits
 (docs/model-format.md, "head"; docs/performance.md, memory).
 
-  tools/onnx_split_head.py PACKAGE_DIR [-o OUT_DIR] [--split-concat]
+  tools/import/onnx_split_head.py PACKAGE_DIR [-o OUT_DIR] [--split-concat]
 
 The sliding window sums Gaussian-weighted tiles; the head is linear
 (logits = W f + b), so sum_t w_t (W f_t + b) = W (sum_t w_t f_t) + b sum_t w_t.

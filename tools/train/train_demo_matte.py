@@ -4,10 +4,10 @@ separates a person-like figure from the background, for `segpipe video`'s
 test suite and benchmarks (ISNet is the real model; this one is small enough
 for 2 CPU cores). Synthetic data: figures (head, neck, torso, arms, with
 clothing textures and soft light) drawn over procedurally rendered rooms
-(tools/render_rooms.py). A demonstration model, not a product. Run on the
+(tools/train/render_rooms.py). A demonstration model, not a product. Run on the
 GPU machine:
 
-  python3 tools/train_demo_matte.py -o OUT [--iters 3000]
+  python3 tools/train/train_demo_matte.py -o OUT [--iters 3000]
 
 Writes OUT/model.onnx (input [N, 3, 128, 128], output foreground
 probability [N, 1, 128, 128] after a sigmoid), OUT/segpipe.json,
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "import"))
 from render_rooms import render as render_room, _texture
 from segpipe_nets import UNet
 from train_util import setup, train, save
@@ -111,7 +112,7 @@ def main():
     iou = {"foreground": round(float((pv & Yv).sum() / max((pv | Yv).sum(), 1)), 4)}
     print("validation IoU (300 new frames):", iou, flush=True)
     man = {"format": "segpipe-model", "version": 1, "name": "demo-matte", "task": "masks",
-           "description": "Demonstration foreground model (2D U-Net) trained by tools/train_demo_matte.py on "
+           "description": "Demonstration foreground model (2D U-Net) trained by tools/train/train_demo_matte.py on "
                           "synthetic figures over rendered rooms. Not a product model.",
            "onnx": "model.onnx", "input": {"name": "input", "channels": 3, "size": [S, S]},
            "output": {"name": "alpha", "kind": "probability", "threshold": 0.5},

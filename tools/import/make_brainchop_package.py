@@ -6,7 +6,7 @@ FreeSurfer-style conforming to 256^3 voxels of 1 mm in LIA orientation,
 min-max scaling to 0..1, the whole volume in one inference, the ONNX dims
 (z, y, x) of the conformed volume, 3 classes.
 
-  tools/make_brainchop_package.py [-o build/brainchop-gwm] [--source ../shared/models/brainchop-gwm]
+  tools/import/make_brainchop_package.py [-o build/brainchop-gwm] [--source ../shared/models/brainchop-gwm]
   segpipe mri T1.nii.gz -o labels.nii.gz --model build/brainchop-gwm
 """
 import argparse, json, os, shutil, sys
@@ -16,8 +16,8 @@ here = os.path.dirname(os.path.abspath(__file__))
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-o", "--out", default=os.path.join(here, "..", "build", "brainchop-gwm"))
-    ap.add_argument("--source", default=os.path.join(here, "..", "..", "shared", "models", "brainchop-gwm"))
+    ap.add_argument("-o", "--out", default=os.path.join(here, "..", "..", "build", "brainchop-gwm"))
+    ap.add_argument("--source", default=os.path.join(here, "..", "..", "..", "shared", "models", "brainchop-gwm"))
     a = ap.parse_args()
     src = os.path.join(a.source, "model.onnx")
     if not os.path.isfile(src):

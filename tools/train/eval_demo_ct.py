@@ -2,7 +2,7 @@
 """Dice per structure of a CT model package, run through `segpipe ct`, on
 the labelled example cases of ../shared/data/ct. Writes a markdown table.
 
-  python3 tools/eval_demo_ct.py [--model models/demo-ct] [-o models/demo-ct/dice.md]
+  python3 tools/train/eval_demo_ct.py [--model models/demo-ct] [-o models/demo-ct/dice.md]
 """
 import argparse, os, subprocess, sys, tempfile
 import numpy as np
@@ -17,9 +17,9 @@ def dice(a, b):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=os.path.join(here, "..", "models", "demo-ct"))
-    ap.add_argument("--segpipe", default=os.path.join(here, "..", "build", "segpipe"))
-    ap.add_argument("--shared", default=os.path.join(here, "..", "..", "shared", "data", "ct"))
+    ap.add_argument("--model", default=os.path.join(here, "..", "..", "models", "demo-ct"))
+    ap.add_argument("--segpipe", default=os.path.join(here, "..", "..", "build", "segpipe"))
+    ap.add_argument("--shared", default=os.path.join(here, "..", "..", "..", "shared", "data", "ct"))
     ap.add_argument("-o", "--out", default=None)
     a = ap.parse_args()
     S = a.shared

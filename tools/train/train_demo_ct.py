@@ -2,10 +2,10 @@
 """Train segpipe's demo CT model (a small nnU-Net-style 3D U-Net, 3 mm).
 
 A demonstration model trained on three public example cases (see
-tools/prep_demo_data.py); not a clinical tool. Run on the GPU machine:
+tools/train/prep_demo_data.py); not a clinical tool. Run on the GPU machine:
 
-  python3 tools/prep_demo_data.py -o .train/cases.npz      # here (nibabel)
-  python3 tools/train_demo_ct.py .train/cases.npz --labels LABELS.json -o OUT
+  python3 tools/train/prep_demo_data.py -o .train/cases.npz      # here (nibabel)
+  python3 tools/train/train_demo_ct.py .train/cases.npz --labels LABELS.json -o OUT
 
 Writes OUT/model.onnx, OUT/segpipe.json, OUT/train_log.csv, OUT/loss.png,
 OUT/dice_train.json. The network predicts all 118 TotalSegmentator `total`
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "import"))
 from segpipe_nets import UNet
 
 PATCH = (64, 64, 32)
@@ -161,7 +162,7 @@ def main():
                       dynamo=False)
     man = {
         "format": "segpipe-model", "version": 1, "name": "demo-ct", "task": "ct",
-        "description": "Demonstration 3D U-Net (3 mm) trained by tools/train_demo_ct.py on three public "
+        "description": "Demonstration 3D U-Net (3 mm) trained by tools/train/train_demo_ct.py on three public "
                        "TotalSegmentator example cases. Not a clinical tool.",
         "onnx": "model.onnx",
         "input": {"name": "input", "channels": 1},

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Train segpipe's demo room model: a small 2D U-Net on procedurally rendered
-rooms (tools/render_rooms.py), classes wall, floor, ceiling, window, other.
+rooms (tools/train/render_rooms.py), classes wall, floor, ceiling, window, other.
 A demonstration model on synthetic data, not a product. Run on the GPU
 machine:
 
-  python3 tools/train_demo_rooms.py -o OUT [--iters 3000]
+  python3 tools/train/train_demo_rooms.py -o OUT [--iters 3000]
 
 Writes OUT/model.onnx (input [N, 3, H, W], H and W multiples of 16; output
 logits [N, 5, H, W]), OUT/segpipe.json, OUT/train_log.csv, OUT/iou.json.
@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "import"))
 from render_rooms import render, CLASSES
 from segpipe_nets import UNet
 from train_util import setup, train, save
@@ -60,7 +61,7 @@ def main():
         iou[name] = round(float(inter / max(union, 1)), 4)
     print("validation IoU (300 new rooms):", iou, flush=True)
     man = {"format": "segpipe-model", "version": 1, "name": "demo-rooms", "task": "masks",
-           "description": "Demonstration 2D U-Net trained by tools/train_demo_rooms.py on procedurally rendered "
+           "description": "Demonstration 2D U-Net trained by tools/train/train_demo_rooms.py on procedurally rendered "
                           "rooms (synthetic data). Not a product model.",
            "onnx": "model.onnx", "input": {"name": "input", "channels": 3},
            "output": {"name": "logits", "kind": "logits"},

@@ -4,14 +4,14 @@
 ImageNet preprocessing (resize the shorter side to 256, centre crop 224:
 crop_fraction 0.875; mean/std of ImageNet; RGB).
 
-  tools/export_torchvision.py --arch resnet50 -o OUT [--classes 7 | --labels labels.json]
+  tools/import/export_torchvision.py --arch resnet50 -o OUT [--classes 7 | --labels labels.json]
                               [--weights state_dict.pth | --random-weights] [--fp16]
 
 --labels: a JSON list of class names (or {"0": name, ...}); --classes N
 names them class_0..class_N-1. --weights loads a state dict saved from the
 same architecture with N outputs (a fine-tuned classifier, e.g. a 7-class
 skin-lesion ResNet-50); --random-weights (seed 0) makes a model for timing
-only. --fp16 also writes model.fp16.onnx (tools/onnx_fp16.py) for GPUs.
+only. --fp16 also writes model.fp16.onnx (tools/import/onnx_fp16.py) for GPUs.
 """
 import argparse, json, os, sys
 import torch

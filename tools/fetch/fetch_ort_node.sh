@@ -4,9 +4,9 @@
 # checked against the npm registry's published sha512. The tests use it as
 # an independent reference run of ISNet (another ONNX Runtime build, another
 # language, driven by tests/ref/ort_run.js), as the photo-masks issue asks.
-# Idempotent. Usage: tools/fetch_ort_node.sh
+# Idempotent. Usage: tools/fetch/fetch_ort_node.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 dst=third_party/ort-node/node_modules
 if [ -f "$dst/onnxruntime-node/package.json" ] && [ -f "$dst/onnxruntime-common/package.json" ]; then
   exit 0

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Add an fp16 model to a segpipe model package (docs/gpu.md).
 
-  tools/onnx_fp16.py PACKAGE_DIR [--out model.fp16.onnx]
+  tools/import/onnx_fp16.py PACKAGE_DIR [--out model.fp16.onnx]
 
 Writes PACKAGE_DIR/model.fp16.onnx and sets "onnx_fp16" in segpipe.json;
 `segpipe ct --device cuda` then runs it (`--precision auto` or `fp16`).
