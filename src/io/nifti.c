@@ -28,107 +28,9 @@
 
 #define N1_SIZE 348
 #define N2_SIZE 540
-#define DEFAULT_MAX_VOXELS (1ull << 30)
 #define MAX_VOX_OFFSET (64 << 20)
 
-sp_read_params sp_read_default_params(void)
-{
-    sp_read_params p = {DEFAULT_MAX_VOXELS, NULL};
-    return p;
-}
-
 /* ------------------------------------------------------------- geometry */
-
-int64_t sp_geom_nvox(const sp_geom *g) { return g->dim[0] * g->dim[1] * g->dim[2]; }
-
-int64_t sp_volume_scan(sp_volume *v)
-{
-    int64_t n = sp_geom_nvox(&v->g), bad = -1;
-    int nonint = 0;
-    float lo = INFINITY, hi = -INFINITY;
-    for (int64_t i = 0; i < n; i++) {
-        float x = v->data[i];
-        if (!isfinite(x)) {
-            if (bad < 0)
-                bad = i;
-            continue;
-        }
-        nonint |= x != floorf(x);
-        lo = x < lo ? x : lo;
-        hi = x > hi ? x : hi;
-    }
-    v->vmin = lo;
-    v->vmax = hi;
-    v->range_valid = n > 0;
-    v->integer_valued = !nonint;
-    return bad;
-}
-
-sp_volume *sp_volume_alloc(const sp_geom *g)
-{
-    sp_volume *v = calloc(1, sizeof *v);
-    if (!v)
-        return NULL;
-    v->g = *g;
-    v->data = sp_big_alloc((size_t)sp_geom_nvox(g) * sizeof(float) + 1);
-    if (!v->data) {
-        free(v);
-        return NULL;
-    }
-    v->file_dtype = SP_DT_F32;
-    return v;
-}
-
-void sp_volume_free(sp_volume *v)
-{
-    if (v) {
-        free(v->label_xml);
-        if (v->dicom && v->dicom_free)
-            v->dicom_free(v->dicom);
-        free(v->data);
-        free(v);
-    }
-}
-
-const float *sp_volume_data(const sp_volume *v) { return v->data; }
-int sp_volume_from_dicom(const sp_volume *v) { return v && v->dicom != NULL; }
-
-void sp_affine_axcodes(const double a[4][4], char out[4])
-{
-    /* Closest axis per voxel axis (greedy, as nibabel's io_orientation for
-     * well-conditioned affines); used for display only. */
-    static const char pos[3] = {'R', 'A', 'S'}, neg[3] = {'L', 'P', 'I'};
-    int used[3] = {0, 0, 0};
-    for (int ax = 0; ax < 3; ax++) {
-        int best = -1;
-        double bv = 0;
-        for (int r = 0; r < 3; r++)
-            if (!used[r] && fabs(a[r][ax]) > bv)
-                bv = fabs(a[r][ax]), best = r;
-        if (best < 0) {
-            out[ax] = '?';
-            continue;
-        }
-        used[best] = 1;
-        out[ax] = a[best][ax] >= 0 ? pos[best] : neg[best];
-    }
-    out[3] = 0;
-}
-
-void sp_volume_get_info(const sp_volume *v, sp_volume_info *o)
-{
-    memset(o, 0, sizeof *o);
-    for (int i = 0; i < 3; i++) {
-        o->dim[i] = v->g.dim[i];
-        o->spacing[i] = v->g.spacing[i];
-    }
-    memcpy(o->affine, v->g.affine, sizeof o->affine);
-    o->file_dtype = v->file_dtype;
-    o->qform_code = v->g.qform_code;
-    o->sform_code = v->g.sform_code;
-    o->affine_source = v->g.affine_source;
-    sp_affine_axcodes(v->g.affine, o->axcodes);
-}
 
 /* quaternion (b, c, d), offsets, pixdim, qfac -> affine (nibabel get_qform) */
 static void qform_affine(sp_geom *g)
@@ -335,7 +237,7 @@ static sp_status parse_header(const uint8_t *b, size_t n, const char *name,
         __builtin_mul_overflow(nvox, (uint64_t)sp_dtype_size(dt), &nbytes))
         return sp_fail(SP_ERR_INPUT, "%s: header dims %lldx%lldx%lld overflow", name,
                        (long long)g->dim[0], (long long)g->dim[1], (long long)g->dim[2]);
-    uint64_t lim = rp && rp->max_voxels ? rp->max_voxels : DEFAULT_MAX_VOXELS;
+    uint64_t lim = rp && rp->max_voxels ? rp->max_voxels : SP_DEFAULT_MAX_VOXELS;
     if (nvox > lim)
         return sp_fail(SP_ERR_INPUT, "%s: header says %lldx%lldx%lld = %llu voxels, over the limit "
                        "of %llu", name, (long long)g->dim[0], (long long)g->dim[1],
@@ -597,8 +499,8 @@ static char *label_table(const uint8_t *file, size_t vox_offset, size_t hsz)
     return NULL;
 }
 
-static sp_status read_impl(const uint8_t *buf, size_t n, const char *name,
-                           const sp_read_params *rp, sp_volume **out)
+sp_status sp_nifti_read_mem(const uint8_t *buf, size_t n, const char *name,
+                            const sp_read_params *rp, sp_volume **out)
 {
     uint8_t head[N2_SIZE];
     size_t hn;
@@ -693,49 +595,6 @@ static sp_status read_impl(const uint8_t *buf, size_t n, const char *name,
     free(tmp);
     *out = v;
     return SP_OK;
-}
-
-sp_status sp_volume_read_mem(const void *data, size_t size, const char *name,
-                             const sp_read_params *p, sp_volume **out)
-{
-#ifndef SP_NO_DICOM
-    if (sp_is_zip(data, size)) {   /* a zipped DICOM series (e.g. an upload) */
-        uint64_t lim = p && p->max_voxels ? p->max_voxels : DEFAULT_MAX_VOXELS;
-        return sp_dicom_read_zip(data, size, name, p && p->dicom_series ? p->dicom_series : getenv("SEGPIPE_DICOM_SERIES"),
-                                 lim, out);
-    }
-#endif
-    return read_impl(data, size, name ? name : "(memory)", p, out);
-}
-
-sp_status sp_volume_read(const char *path, const sp_read_params *p, sp_volume **out)
-{
-    void *buf;
-    size_t n;
-    uint64_t lim = p && p->max_voxels ? p->max_voxels : DEFAULT_MAX_VOXELS;
-    struct stat sb;
-    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {   /* a DICOM series folder */
-#ifdef SP_NO_DICOM
-        *out = NULL;
-        return sp_fail(SP_ERR_INPUT, "%s is a folder: DICOM input is not in this build (NO_DICOM=1)", path);
-#else
-        return sp_dicom_read_dir(path, p && p->dicom_series ? p->dicom_series : getenv("SEGPIPE_DICOM_SERIES"), lim,
-                                 out);
-#endif
-    }
-    sp_status st = sp_read_file(path, (size_t)(lim * 8 + 65536), &buf, &n);
-    *out = NULL;
-    if (st)
-        return st;
-#ifndef SP_NO_DICOM
-    if (sp_is_zip(buf, n))   /* a zipped DICOM series */
-        st = sp_dicom_read_zip(buf, n, path, p && p->dicom_series ? p->dicom_series : getenv("SEGPIPE_DICOM_SERIES"),
-                               lim, out);
-    else
-#endif
-        st = read_impl(buf, n, path, p, out);
-    free(buf);
-    return st;
 }
 
 /* ------------------------------------------------------------- writing */

@@ -34,6 +34,13 @@ struct sp_volume {
     void (*dicom_free)(struct sp_dicom_ref *);
 };
 
+#define SP_DEFAULT_MAX_VOXELS (1ull << 30)
+
+/* nifti.c: a NIfTI-1/2 file (optionally gzipped) of n bytes at buf; name
+ * names it in messages. */
+sp_status sp_nifti_read_mem(const uint8_t *buf, size_t n, const char *name, const sp_read_params *rp,
+                            sp_volume **out);
+
 /* dicom.cc: the DICOM series in folder dir (uid: which series when it holds
  * several; NULL/"": the only one), at most max_voxels. */
 sp_status sp_dicom_read_dir(const char *dir, const char *uid, uint64_t max_voxels, sp_volume **out);
