@@ -16,6 +16,10 @@
  *   - a synchronous request waits suspended (no thread) for its job; the
  *     housekeeper answers 504 and cancels the job at --timeout.
  * Every answer of segpipe's is JSON: {"error": {"code": N, "message": "..."}}.
+ *
+ * This layer knows nothing of the endpoints: serve.c hands it s->hooks (how
+ * a URL maps to an endpoint, the handler, and how a request lets go of a
+ * job it held); the answers themselves are made with reply.c.
  */
 #include "internal.h"
 
@@ -24,106 +28,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
-
-/* ---------------------------------------------------------------- replies */
-
-static atomic_int closing;
-
-void sp_http_closing(void) { atomic_store(&closing, 1); }
-
-enum MHD_Result sp_http_reply(struct MHD_Connection *c, int code, const char *ctype, char *body,
-                              size_t len, int retry_after)
-{
-    struct MHD_Response *r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
-    if (!r) {
-        free(body);
-        return MHD_NO;
-    }
-    return sp_http_send(c, code, r, ctype, retry_after);
-}
-
-enum MHD_Result sp_http_send(struct MHD_Connection *c, int code, struct MHD_Response *r, const char *ctype,
-                             int retry_after)
-{
-    MHD_add_response_header(r, "Content-Type", ctype);
-    if (!MHD_get_response_header(r, "Cache-Control"))   /* the page's files set their own */
-        MHD_add_response_header(r, "Cache-Control", "no-store");
-    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
-    if (retry_after > 0) {
-        char s[16];
-        snprintf(s, sizeof s, "%d", retry_after);
-        MHD_add_response_header(r, "Retry-After", s);
-    }
-    if (code == 401)
-        MHD_add_response_header(r, "WWW-Authenticate", "Bearer realm=\"segpipe\"");
-    if (atomic_load(&closing))   /* shutting down: no keep-alive */
-        MHD_add_response_header(r, "Connection", "close");
-    enum MHD_Result ret = MHD_queue_response(c, (unsigned)code, r);
-    MHD_destroy_response(r);
-    return ret;
-}
-
-enum MHD_Result sp_http_json(struct MHD_Connection *c, int code, char *json)
-{
-    if (!json)
-        return MHD_NO;
-    return sp_http_reply(c, code, "application/json", json, strlen(json), 0);
-}
-
-/* KServe v2 endpoints answer errors as the protocol says, {"error": "..."};
- * segpipe's own as {"error": {"code", "message"}}. The request being
- * handled on this thread decides (set in sp_access_cb). */
-static _Thread_local int tls_kserve;
-
-int sp_ep_is_kserve(int ep)
-{
-    return ep == EP_LIVE || ep == EP_READY || ep == EP_META || ep == EP_MODEL || ep == EP_MODEL_READY ||
-           ep == EP_INFER || ep == EP_STATS || ep == EP_REPO;
-}
-
-char *sp_error_body(int kserve, int code, const char *msg)
-{
-    if (!kserve)
-        return sp_error_json(code, msg);
-    sp_buf b = {0};
-    sp_buf_puts(&b, "{\"error\": ");
-    sp_buf_json_str(&b, msg);
-    sp_buf_puts(&b, "}\n");
-    return sp_buf_take(&b);
-}
-
-char *sp_error_json(int code, const char *msg)
-{
-    sp_buf b = {0};
-    sp_buf_printf(&b, "{\"error\": {\"code\": %d, \"message\": ", code);
-    sp_buf_json_str(&b, msg);
-    sp_buf_puts(&b, "}}\n");
-    return sp_buf_take(&b);
-}
-
-enum MHD_Result sp_http_error(struct MHD_Connection *c, int code, const char *msg, int retry_after)
-{
-    char *j = sp_error_body(tls_kserve, code, msg);
-    if (!j)
-        return MHD_NO;
-    return sp_http_reply(c, code, "application/json", j, strlen(j), retry_after);
-}
-
-/* The one rule from a library status to an HTTP status (docs/service.md). */
-int sp_http_status(sp_status st)
-{
-    switch (st) {
-    case SP_OK: return 200;
-    case SP_ERR_USAGE: return 400;       /* the request asks for something impossible */
-    case SP_ERR_INPUT: return 422;       /* the data sent cannot be used */
-    case SP_ERR_NOMEM: return 503;       /* the server is short of memory now: retry */
-    case SP_ERR_CANCELLED: return 504;   /* stopped at --timeout (or by a DELETE) */
-    case SP_ERR_MODEL:
-    case SP_ERR_RUNTIME:
-    case SP_ERR_IO:
-    default: return 500;
-    }
-}
 
 /* ------------------------------------------------------------- API keys */
 
@@ -323,14 +227,6 @@ static int map_body(req *r)
     return 0;
 }
 
-void sp_body_free(char *body, size_t len, int mapped)
-{
-    if (mapped)
-        munmap(body, len);
-    else
-        free(body);
-}
-
 static void req_body_free(req *r)
 {
     sp_body_free(r->body, r->len, r->mapped);
@@ -378,7 +274,7 @@ static req *req_new(server *s, const char *url)
     if (!r)
         return NULL;
     r->t0 = sp_now();
-    r->ep = sp_route_ep(url);
+    r->ep = s->hooks.route(url);
     r->spool = -1;
     atomic_fetch_add(&s->inflight, 1);
     return r;
@@ -391,7 +287,7 @@ enum MHD_Result sp_access_cb(void *cls, struct MHD_Connection *c, const char *ur
     server *s = cls;
     req *r = *con_cls;
     (void)version;
-    tls_kserve = sp_ep_is_kserve(sp_route_ep(url));
+    sp_reply_kserve(sp_ep_is_kserve(s->hooks.route(url)));
     if (!r) {
         if (!(r = req_new(s, url)))
             return MHD_NO;
@@ -431,7 +327,7 @@ enum MHD_Result sp_access_cb(void *cls, struct MHD_Connection *c, const char *ur
         return sp_http_error(c, 503, "cannot map the request body; retry later", 2);
     }
     int ok = 0;
-    enum MHD_Result ret = sp_handle(s, c, url, method, r, &ok);
+    enum MHD_Result ret = s->hooks.handle(s, c, url, method, r, &ok);
     if (ok >= 0)   /* -1: suspended, answered later */
         sp_record(s, r->ep, sp_now() - r->t0, ok);
     return ret;
@@ -448,14 +344,14 @@ void sp_completed_cb(void *cls, struct MHD_Connection *c, void **con_cls,
         return;
     if (r->watch) {
         pthread_mutex_lock(&s->mu);
-        sp_job_release(s, r->watch);
+        s->hooks.release(s, r->watch);
         pthread_mutex_unlock(&s->mu);
     }
     if (r->job) {
         pthread_mutex_lock(&s->mu);
         r->job->cancel = 1;   /* no-op when done */
         r->job->conn = NULL;
-        sp_job_release(s, r->job);
+        s->hooks.release(s, r->job);
         pthread_mutex_unlock(&s->mu);
     }
     req_body_free(r);

@@ -1,15 +1,20 @@
 /*
  * internal.h — the service's shared types (not part of the public API).
  *
- * The service is split by concern:
- *   http.c     libmicrohttpd callbacks: intake of bodies under limits,
- *              authentication, replies, routing of a request to a handler
+ * The service is split by concern, each file calling only those below it
+ * (docs/architecture.md draws it; tools/dev/house.py checks it):
+ *   serve.c    sp_serve: start-up, warm-up, housekeeping, graceful stop;
+ *              hands http.c its hooks (routes.c's router and handler)
  *   routes.c   the endpoints (health, /v1/ct, /v1/segment-batch, jobs, results)
  *   kserve.c   KServe v2 model metadata and JSON tensor inference
  *   work.c     per-model queues, worker threads, the CT and photo runs,
  *              the job store (random ids, owners, TTL, byte limits)
+ *   ui.c       the web page's files, GET /v1/models
+ *   http.c     libmicrohttpd callbacks: intake of bodies under limits,
+ *              authentication; the request goes to s->hooks.handle
  *   metrics.c  per-endpoint counters and latencies, /v1/status, /metrics
- *   serve.c    sp_serve: start-up, warm-up, housekeeping, graceful stop
+ *   gzip.c     gzip request bodies and answers
+ *   reply.c    responses, error bodies, status mapping (the bottom layer)
  * It uses the public header (segpipe.h) and core/ helpers only.
  */
 #ifndef SP_SERVER_INTERNAL_H
@@ -102,8 +107,19 @@ struct job {
     job *lprev, *lnext;           /* live (queued or running) jobs, for the housekeeper */
 };
 
+struct server;
+
+/* What http.c calls above itself, set by serve.c: http knows no endpoint. */
+typedef struct sp_http_hooks {
+    int (*route)(const char *url);   /* the endpoint (EP_*) of a URL */
+    enum MHD_Result (*handle)(struct server *s, struct MHD_Connection *c, const char *url, const char *method,
+                              req *r, int *ok);   /* ok: 1 served, 0 failed, -1 suspended */
+    void (*release)(struct server *s, job *j);    /* a finished request lets go of j (caller holds s->mu) */
+} sp_http_hooks;
+
 typedef struct server {
     sp_serve_params p;
+    sp_http_hooks hooks;
     sp_runtime *rt;
     model_entry *models;
     int n_models;
@@ -149,7 +165,8 @@ struct req {
     req *wnext;                   /* server's list of waiting watchers */
 };
 
-/* http.c */
+/* reply.c */
+void sp_reply_kserve(int kserve);   /* the error format of this thread's current request */
 enum MHD_Result sp_http_reply(struct MHD_Connection *c, int code, const char *ctype, char *body,
                               size_t len, int retry_after);
 enum MHD_Result sp_http_json(struct MHD_Connection *c, int code, char *json);
@@ -168,7 +185,7 @@ char *sp_error_json(int code, const char *msg);
 size_t sp_memory_room(const server *s);
 int sp_photo_memory(server *s, job *j, const char **msg);
 
-/* http.c: a request's or job's body freed (or unmapped) */
+/* reply.c: a request's or job's body freed (or unmapped) */
 void sp_body_free(char *body, size_t len, int mapped);
 
 /* The error body for an endpoint family: KServe's {"error": "..."} when
@@ -177,6 +194,7 @@ char *sp_error_body(int kserve, int code, const char *msg);
 int sp_ep_is_kserve(int ep);
 int sp_http_status(sp_status st);
 void sp_http_closing(void);   /* from now on every answer closes its connection */
+/* http.c */
 enum MHD_Result sp_access_cb(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                              const char *version, const char *upload_data, size_t *upload_size,
                              void **con_cls);

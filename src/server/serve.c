@@ -284,6 +284,7 @@ sp_status sp_serve(const sp_serve_params *pp)
     if (!s)
         return sp_fail(SP_ERR_NOMEM, "out of memory");
     s->p = pp ? *pp : sp_serve_default_params();
+    s->hooks = (sp_http_hooks){sp_route_ep, sp_handle, sp_job_release};
     s->t0 = sp_now();
     /* Buffers of 1 MiB and more straight from the kernel and back at free:
      * glibc's default threshold climbs to 32 MiB and keeps what jobs freed
