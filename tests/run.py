@@ -19,6 +19,12 @@ so lines of different modules never interleave.
 import importlib.util, json, os, re, subprocess, sys, tempfile, time, traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
+# Debian's python3 has the test dependencies (numpy, scipy, nibabel, torch):
+# a `python3` earlier on the PATH (pyenv, a venv) hands over to it.
+if sys.executable != "/usr/bin/python3" and os.path.exists("/usr/bin/python3") and \
+        not os.environ.get("SP_TEST_ANY_PYTHON"):
+    os.execv("/usr/bin/python3", ["/usr/bin/python3"] + sys.argv)
+
 root = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 build = os.environ.get("BUILD", "build")
 py_dir = os.path.join(root, "tests", "py")
@@ -117,11 +123,17 @@ def py_job(spec):
 
 
 def jobs_list():
+    """Every module (or shard) holding a test that -k selects."""
     mods = sorted(f[:-3] for f in os.listdir(py_dir) if f.startswith("test_") and f.endswith(".py"))
     specs = []
     for m in mods:
+        src = open(os.path.join(py_dir, m + ".py"), encoding="utf-8").read()
+        names = sorted(re.findall(r"^def (test_\w+)\(", src, re.M))
         n = SHARDS.get(m, 1)
-        specs += [m] if n == 1 else [f"{m}:{i}/{n}" for i in range(n)]
+        for i in range(n):
+            part = names[i::n]
+            if part and (not sel or any(sel in f"{m}.{x}" for x in part)):
+                specs.append(m if n == 1 else f"{m}:{i}/{n}")
     return specs
 
 

@@ -380,277 +380,338 @@ sp_status sp_masks_run(sp_package *pk, sp_image *const *imgs, int n, const sp_ma
     return SP_OK;
 }
 
-static sp_status masks_batch(sp_package *pk, sp_image *const *imgs, int n, const sp_masks_params *pp,
-                             sp_masks_result ***results, sp_timings *t)
+/* The state of one batch, shared by its steps. */
+typedef struct batch {
+    const sp_manifest *mf;
+    sp_image *const *imgs;
+    int n;
+    int want[SP_MAX_MASKS], nw;   /* the requested masks (manifest indices) */
+    uint8_t *luts;                /* nw x 65536: class -> 0 or 255 */
+    int Hc, Wc;                   /* model canvas */
+    int *rw, *rh;                 /* per photo: its content rectangle on the canvas */
+    sp_tensor outs[2];            /* scores (Mask2Former: class logits, mask logits) */
+    int C, h, w;                  /* classes and output grid */
+    float *sem;                   /* Mask2Former: one photo's semantic scores */
+    uint16_t *amax;               /* 2 x h x w: best and second-best class */
+    sp_pool *pool;
+} batch;
+
+/* Step 1: which masks (all, or those named in p) and their class tables. */
+static sp_status batch_masks(batch *b, const sp_masks_params *p)
 {
-    sp_masks_params p = pp ? *pp : sp_masks_default_params();
-    const sp_manifest *mf = &pk->mf;
-    sp_model *m = pk->model;
-    sp_timings scratch = {0};
-    if (!t)
-        t = &scratch;
-    *results = NULL;
-    if (strcmp(mf->task, "masks"))
-        return sp_fail(SP_ERR_MODEL, "model '%s' is a '%s' model, not a masks model", mf->name, mf->task);
-    if (n < 1)
-        return sp_fail(SP_ERR_USAGE, "no images");
-    /* which masks */
-    int want[SP_MAX_MASKS], nw = 0;
-    if (p.masks) {
-        for (int i = 0; i < p.n_masks; i++) {
+    const sp_manifest *mf = b->mf;
+    b->nw = 0;
+    if (p->masks) {
+        for (int i = 0; i < p->n_masks; i++) {
             int k = 0;
-            while (k < mf->n_masks && strcmp(mf->mask_name[k], p.masks[i]))
+            while (k < mf->n_masks && strcmp(mf->mask_name[k], p->masks[i]))
                 k++;
             if (k == mf->n_masks)
-                return sp_fail(SP_ERR_USAGE, "model '%s' has no mask '%s'", mf->name, p.masks[i]);
-            if (nw < SP_MAX_MASKS)
-                want[nw++] = k;
+                return sp_fail(SP_ERR_USAGE, "model '%s' has no mask '%s'", mf->name, p->masks[i]);
+            if (b->nw < SP_MAX_MASKS)
+                b->want[b->nw++] = k;
         }
     } else {
         for (int k = 0; k < mf->n_masks; k++)
-            want[nw++] = k;
+            b->want[b->nw++] = k;
     }
-    /* per requested mask: class index -> 0 or 255 */
-    uint8_t *luts = calloc((size_t)nw * 65536, 1);
-    if (!luts)
+    if (!(b->luts = calloc((size_t)b->nw * 65536, 1)))
         return sp_fail(SP_ERR_NOMEM, "masks: out of memory");
-    for (int k = 0; k < nw; k++)
-        for (int q = 0; q < mf->mask_ncls[want[k]]; q++)
-            luts[(size_t)k * 65536 + mf->mask_cls[want[k]][q]] = 255;
-    int Hc = mf->in_h, Wc = mf->in_w;
-    if (!Hc) {
-        int ls = p.long_side > 0 ? p.long_side : mf->long_side;
-        Hc = Wc = (ls + 31) / 32 * 32;
+    for (int k = 0; k < b->nw; k++)
+        for (int q = 0; q < mf->mask_ncls[b->want[k]]; q++)
+            b->luts[(size_t)k * 65536 + mf->mask_cls[b->want[k]][q]] = 255;
+    return SP_OK;
+}
+
+/* Step 2: every photo resized onto the model canvas (letterboxed or
+ * stretched), normalised, in one NCHW tensor. */
+static sp_status batch_prepare(batch *b, const sp_masks_params *p, float **in)
+{
+    const sp_manifest *mf = b->mf;
+    b->Hc = mf->in_h, b->Wc = mf->in_w;
+    if (!b->Hc) {
+        int ls = p->long_side > 0 ? p->long_side : mf->long_side;
+        b->Hc = b->Wc = (ls + 31) / 32 * 32;
     }
-    sp_pool *pool = sp_pool_get(p.threads);
-    sp_status st = SP_OK;
-    size_t plane = (size_t)Hc * (size_t)Wc;
-    float *in = sp_big_alloc((size_t)n * 3 * plane * sizeof(float));
-    int *rw = calloc((size_t)n, sizeof *rw), *rh = calloc((size_t)n, sizeof *rh);
-    sp_tensor outs[2];
-    memset(outs, 0, sizeof outs);
-    float *sem = NULL;
-    uint16_t *amax = NULL;
-    uint32_t *rcnt = NULL;
-    int *rfl = NULL;
-    sp_masks_result **res = calloc((size_t)n, sizeof *res);
-    if (!in || !rw || !rh || !res) {
-        st = sp_fail(SP_ERR_NOMEM, "masks: out of memory for a batch of %d", n);
-        goto done;
-    }
-    double t0 = sp_now();
-    for (int i = 0; i < n; i++) {
+    size_t plane = (size_t)b->Hc * (size_t)b->Wc;
+    *in = sp_big_alloc((size_t)b->n * 3 * plane * sizeof(float));
+    b->rw = calloc((size_t)b->n, sizeof *b->rw);
+    b->rh = calloc((size_t)b->n, sizeof *b->rh);
+    if (!*in || !b->rw || !b->rh)
+        return sp_fail(SP_ERR_NOMEM, "masks: out of memory for a batch of %d", b->n);
+    for (int i = 0; i < b->n; i++) {
         if (!mf->letterbox) {
-            rw[i] = Wc;
-            rh[i] = Hc;
+            b->rw[i] = b->Wc;
+            b->rh[i] = b->Hc;
         } else {
-            double s = fmin((double)Wc / imgs[i]->width, (double)Hc / imgs[i]->height);
-            rw[i] = (int)fmax(1, fmin(Wc, round(imgs[i]->width * s)));
-            rh[i] = (int)fmax(1, fmin(Hc, round(imgs[i]->height * s)));
+            double s = fmin((double)b->Wc / b->imgs[i]->width, (double)b->Hc / b->imgs[i]->height);
+            b->rw[i] = (int)fmax(1, fmin(b->Wc, round(b->imgs[i]->width * s)));
+            b->rh[i] = (int)fmax(1, fmin(b->Hc, round(b->imgs[i]->height * s)));
         }
     }
-    prep_ctx pc = {imgs, mf, in, Hc, Wc, rw, rh};
-    sp_pool_for(pool, (int64_t)n * Hc, 16, prep_rows, &pc);
-    double t1 = sp_now();
-    sp_timings_add(t, "preprocess", t1 - t0);
-    sp_tensor ti = {SP_DT_F32, 4, {n, 3, Hc, Wc}, in};
-    int oi[2] = {0, 0}, nout = 1;
-    if (mf->out_kind == SP_OUT_M2F) {
+    prep_ctx pc = {b->imgs, mf, *in, b->Hc, b->Wc, b->rw, b->rh};
+    sp_pool_for(b->pool, (int64_t)b->n * b->Hc, 16, prep_rows, &pc);
+    return SP_OK;
+}
+
+/* Step 3: one inference; keeps the score outputs (Mask2Former: the class
+ * and mask logits), checks their shapes, sets C, h, w. */
+static sp_status batch_infer(batch *b, sp_model *m, float *in)
+{
+    const sp_manifest *mf = b->mf;
+    sp_tensor ti = {SP_DT_F32, 4, {b->n, 3, b->Hc, b->Wc}, in};
+    int oi[2] = {0, 0}, nout = 1, m2f = mf->out_kind == SP_OUT_M2F;
+    sp_status st;
+    if (m2f) {
         if ((st = find_out(m, mf->class_output, &oi[0])) || (st = find_out(m, mf->mask_output, &oi[1])))
-            goto done;
+            return st;
         nout = (oi[0] > oi[1] ? oi[0] : oi[1]) + 1;
     }
     sp_tensor all[SP_MAX_RANK];
     memset(all, 0, sizeof all);
     if ((st = sp_model_run(m, &ti, 1, all, nout)))
-        goto done;
-    outs[0] = all[oi[0]];
-    if (mf->out_kind == SP_OUT_M2F)
-        outs[1] = all[oi[1]];
+        return st;
+    b->outs[0] = all[oi[0]];
+    if (m2f)
+        b->outs[1] = all[oi[1]];
     for (int k = 0; k < nout; k++)
-        if (k != oi[0] && (mf->out_kind != SP_OUT_M2F || k != oi[1]))
+        if (k != oi[0] && (!m2f || k != oi[1]))
             sp_tensor_free_data(&all[k]);
-    double t2 = sp_now();
-    sp_timings_add(t, "inference", t2 - t1);
-    int C, h, w;
-    if (mf->out_kind == SP_OUT_M2F) {
-        if (outs[0].rank != 3 || outs[1].rank != 4 || outs[0].shape[1] != outs[1].shape[1] ||
-            outs[0].shape[2] != mf->num_classes + 1) {
-            st = sp_fail(SP_ERR_MODEL, "Mask2Former outputs have unexpected shapes");
-            goto done;
-        }
-        C = mf->num_classes;
-        if (C > SP_MAX_MASK_CLASSES * 8) {
-            st = sp_fail(SP_ERR_MODEL, "Mask2Former models with more than %d classes are not supported",
-                         SP_MAX_MASK_CLASSES * 8);
-            goto done;
-        }
-        h = (int)outs[1].shape[2];
-        w = (int)outs[1].shape[3];
+    const sp_tensor *o = b->outs;
+    if (m2f) {
+        if (o[0].rank != 3 || o[1].rank != 4 || o[0].shape[1] != o[1].shape[1] ||
+            o[0].shape[2] != mf->num_classes + 1)
+            return sp_fail(SP_ERR_MODEL, "Mask2Former outputs have unexpected shapes");
+        b->C = mf->num_classes;
+        if (b->C > SP_MAX_MASK_CLASSES * 8)
+            return sp_fail(SP_ERR_MODEL, "Mask2Former models with more than %d classes are not supported",
+                           SP_MAX_MASK_CLASSES * 8);
+        b->h = (int)o[1].shape[2], b->w = (int)o[1].shape[3];
     } else {
-        if (outs[0].rank != 4 || outs[0].shape[0] != n) {
-            st = sp_fail(SP_ERR_MODEL, "the model output is not [N, C, h, w]");
-            goto done;
-        }
-        C = (int)outs[0].shape[1];
-        h = (int)outs[0].shape[2];
-        w = (int)outs[0].shape[3];
+        if (o[0].rank != 4 || o[0].shape[0] != b->n)
+            return sp_fail(SP_ERR_MODEL, "the model output is not [N, C, h, w]");
+        b->C = (int)o[0].shape[1], b->h = (int)o[0].shape[2], b->w = (int)o[0].shape[3];
     }
-    size_t gp = (size_t)h * (size_t)w;
+    size_t gp = (size_t)b->h * (size_t)b->w;
+    if (m2f && !(b->sem = malloc((size_t)b->C * gp * sizeof *b->sem)))
+        return sp_fail(SP_ERR_NOMEM, "masks: out of memory");
+    if (!(b->amax = malloc(2 * gp * sizeof *b->amax)))
+        return sp_fail(SP_ERR_NOMEM, "masks: out of memory");
+    return SP_OK;
+}
+
+/* Mask2Former's semantic inference for photo i (the image processor's
+ * post_process_semantic_segmentation): sum over queries of the class
+ * softmax (without the "no object" class) x the sigmoid of the query's mask. */
+static void m2f_semantic(batch *b, int i)
+{
+    int C = b->C, Q = (int)b->outs[0].shape[1];
+    size_t gp = (size_t)b->h * (size_t)b->w;
+    const float *cl = (const float *)b->outs[0].data + (size_t)i * Q * (C + 1);
+    const float *mk = (const float *)b->outs[1].data + (size_t)i * Q * gp;
+    float *sem = b->sem;
+    memset(sem, 0, (size_t)C * gp * sizeof *sem);
+    for (int q = 0; q < Q; q++) {
+        const float *r = cl + (size_t)q * (C + 1);
+        float mx = r[0], sum = 0, prob[SP_MAX_MASK_CLASSES * 8];
+        for (int c = 1; c <= C; c++)
+            mx = r[c] > mx ? r[c] : mx;
+        for (int c = 0; c <= C; c++)
+            sum += expf(r[c] - mx);
+        for (int c = 0; c < C && c < (int)(sizeof prob / sizeof *prob); c++)
+            prob[c] = expf(r[c] - mx) / sum;
+        for (size_t g = 0; g < gp; g++) {
+            float sg = 1.0f / (1.0f + expf(-mk[(size_t)q * gp + g]));
+            for (int c = 0; c < C; c++)
+                sem[(size_t)c * gp + g] += prob[c] * sg;
+        }
+    }
+}
+
+/* The best and second-best class of every grid point (the upsampling only
+ * interpolates scores where these disagree between corners). */
+static void top2(const float *score, int C, size_t gp, uint16_t *amax)
+{
+    for (size_t g = 0; g < gp; g++) {
+        int b1 = 0, b2 = C > 1 ? 1 : 0;
+        if (C > 1 && score[gp + g] > score[g])
+            b1 = 1, b2 = 0;
+        for (int c = 2; c < C; c++) {
+            float v = score[(size_t)c * gp + g];
+            if (v > score[(size_t)b1 * gp + g])
+                b2 = b1, b1 = c;
+            else if (v > score[(size_t)b2 * gp + g])
+                b2 = c;
+        }
+        amax[g] = (uint16_t)b1;
+        amax[gp + g] = (uint16_t)b2;
+    }
+}
+
+/* A result of nw masks of OW x OH pixels (NULL when out of memory). */
+static sp_masks_result *result_new(const batch *b, int OW, int OH)
+{
+    sp_masks_result *r = calloc(1, sizeof *r);
+    if (!r || !(r->masks = calloc((size_t)b->nw, sizeof *r->masks))) {
+        free(r);
+        return NULL;
+    }
+    r->width = OW;
+    r->height = OH;
+    r->n_masks = b->nw;
+    size_t np = (size_t)OW * (size_t)OH;
+    for (int k = 0; k < b->nw; k++) {
+        r->masks[k].name = b->mf->mask_name[b->want[k]];
+        if (!(r->masks[k].pixels = malloc(np ? np : 1))) {
+            sp_masks_result_free(r);
+            return NULL;
+        }
+    }
+    return r;
+}
+
+/* Per photo column: the two grid columns it falls between, the weight of
+ * the right one, and where the next grid span starts. 0, or -1 when out of memory. */
+static int column_map(post_ctx *c, int OW, int w)
+{
+    int *gx0 = malloc((size_t)OW * 2 * sizeof *gx0), *xend = malloc((size_t)OW * sizeof *xend);
+    float *gfx = malloc((size_t)OW * sizeof *gfx);
+    c->gx0 = gx0, c->gfx = gfx, c->xend = xend;
+    if (!gx0 || !gfx || !xend)
+        return -1;
+    for (int x = 0; x < OW; x++) {
+        double gx = ((double)x + 0.5) * c->kx - 0.5;
+        gx = gx < 0 ? 0 : gx > w - 1 ? w - 1 : gx;
+        gx0[2 * x] = (int)gx;
+        gx0[2 * x + 1] = (int)gx + 1 < w ? (int)gx + 1 : w - 1;
+        gfx[x] = (float)(gx - (int)gx);
+    }
+    for (int x = OW - 1; x >= 0; x--)
+        xend[x] = x + 1 < OW && gx0[2 * x + 2] == gx0[2 * x] ? xend[x + 1] : x + 1;
+    return 0;
+}
+
+/* Area fraction and bounding box of each mask, from its per-row counts. */
+static void mask_stats(sp_masks_result *r, const uint32_t *rcnt, const int *rfirst, const int *rlast)
+{
+    int OW = r->width, OH = r->height;
+    for (int k = 0; k < r->n_masks; k++) {
+        sp_mask *mk = &r->masks[k];
+        size_t cnt = 0;
+        int x0 = OW, y0 = OH, x1 = -1, y1 = -1;
+        for (int y = 0; y < OH; y++) {
+            size_t i = (size_t)k * OH + (size_t)y;
+            if (!rcnt[i])
+                continue;
+            cnt += rcnt[i];
+            x0 = rfirst[i] < x0 ? rfirst[i] : x0;
+            x1 = rlast[i] > x1 ? rlast[i] : x1;
+            y0 = y < y0 ? y : y0;
+            y1 = y;
+        }
+        size_t np = (size_t)OW * OH;
+        mk->area_fraction = np ? (double)cnt / (double)np : 0;
+        if (!cnt)
+            x0 = y0 = x1 = y1 = -1;
+        mk->bbox[0] = x0, mk->bbox[1] = y0, mk->bbox[2] = x1, mk->bbox[3] = y1;
+    }
+}
+
+/* Step 4, per photo: its scores upsampled onto the photo (or its requested
+ * output size), the masks cut row by row, then their areas and boxes. */
+static sp_status photo_masks(batch *b, int i, sp_masks_result **out)
+{
+    const sp_manifest *mf = b->mf;
+    const sp_image *im = b->imgs[i];
+    size_t gp = (size_t)b->h * (size_t)b->w;
+    const float *score = mf->out_kind == SP_OUT_M2F ? b->sem
+                         : (const float *)b->outs[0].data + (size_t)i * (size_t)b->C * gp;
     if (mf->out_kind == SP_OUT_M2F)
-        sem = malloc((size_t)C * gp * sizeof *sem);
-    amax = malloc(2 * gp * sizeof *amax);
-    if ((mf->out_kind == SP_OUT_M2F && !sem) || !amax) {
-        st = sp_fail(SP_ERR_NOMEM, "masks: out of memory");
-        goto done;
-    }
-    for (int i = 0; i < n && !st; i++) {
-        const sp_image *im = imgs[i];
-        const float *score;
-        if (mf->out_kind == SP_OUT_M2F) {
-            int Q = (int)outs[0].shape[1];
-            const float *cl = (const float *)outs[0].data + (size_t)i * Q * (C + 1);
-            const float *mk = (const float *)outs[1].data + (size_t)i * Q * gp;
-            memset(sem, 0, (size_t)C * gp * sizeof *sem);
-            for (int q = 0; q < Q; q++) {
-                const float *r = cl + (size_t)q * (C + 1);
-                float mx = r[0], sum = 0, prob[SP_MAX_MASK_CLASSES * 8];
-                for (int c = 1; c <= C; c++)
-                    mx = r[c] > mx ? r[c] : mx;
-                for (int c = 0; c <= C; c++)
-                    sum += expf(r[c] - mx);
-                for (int c = 0; c < C && c < (int)(sizeof prob / sizeof *prob); c++)
-                    prob[c] = expf(r[c] - mx) / sum;
-                for (size_t g = 0; g < gp; g++) {
-                    float sg = 1.0f / (1.0f + expf(-mk[(size_t)q * gp + g]));
-                    for (int c = 0; c < C; c++)
-                        sem[(size_t)c * gp + g] += prob[c] * sg;
-                }
-            }
-            score = sem;
-        } else {
-            score = (const float *)outs[0].data + (size_t)i * (size_t)C * gp;
+        m2f_semantic(b, i);
+    if (mf->out_kind != SP_OUT_PROB)
+        top2(score, b->C, gp, b->amax);
+    int OW = im->out_width > 0 ? im->out_width : im->width, OH = im->out_height > 0 ? im->out_height : im->height;
+    sp_masks_result *r = result_new(b, OW, OH);
+    uint32_t *rcnt = malloc((size_t)b->nw * OH * sizeof *rcnt);
+    int *rfl = malloc((size_t)b->nw * OH * 2 * sizeof *rfl);
+    const uint8_t *lutp[SP_MAX_MASKS];
+    for (int k = 0; k < b->nw; k++)
+        lutp[k] = b->luts + (size_t)k * 65536;
+    /* photo pixel -> model grid: photo -> content rect (rw/W) -> grid (w/Wc) */
+    post_ctx c = {mf, score, b->amax, b->C, b->h, b->w, OW, OH,
+                  (double)b->rw[i] / OW * b->w / b->Wc, (double)b->rh[i] / OH * b->h / b->Hc, NULL, NULL, NULL,
+                  b->nw, lutp, r ? r->masks : NULL, rcnt, rfl, rfl ? rfl + (size_t)b->nw * OH : NULL, 0, NULL};
+    uint8_t *q8 = NULL;
+    int oom = !r || !rcnt || !rfl || column_map(&c, OW, b->w) != 0;
+    if (!oom && mf->out_trunc8 && !(q8 = malloc(gp ? gp : 1)))
+        oom = 1;
+    if (!oom && q8)   /* JavaScript's Uint8Array store of probability x 255 (computed in double): truncation */
+        for (size_t g = 0; g < gp; g++) {
+            double v = (double)score[g] * 255.0;
+            q8[g] = !(v > 0) ? 0 : v >= 256 ? (uint8_t)((int64_t)v & 255) : (uint8_t)v;
         }
-        if (mf->out_kind != SP_OUT_PROB)
-            for (size_t g = 0; g < gp; g++) {
-                int b1 = 0, b2 = C > 1 ? 1 : 0;
-                if (C > 1 && score[gp + g] > score[g])
-                    b1 = 1, b2 = 0;
-                for (int c = 2; c < C; c++) {
-                    float v = score[(size_t)c * gp + g];
-                    if (v > score[(size_t)b1 * gp + g])
-                        b2 = b1, b1 = c;
-                    else if (v > score[(size_t)b2 * gp + g])
-                        b2 = c;
-                }
-                amax[g] = (uint16_t)b1;
-                amax[gp + g] = (uint16_t)b2;
-            }
-        int OW = im->out_width > 0 ? im->out_width : im->width, OH = im->out_height > 0 ? im->out_height : im->height;
-        res[i] = calloc(1, sizeof **res);
-        free(rcnt);
-        free(rfl);
-        rcnt = malloc((size_t)nw * OH * sizeof *rcnt);
-        rfl = malloc((size_t)nw * OH * 2 * sizeof *rfl);
-        if (!res[i] || !rcnt || !rfl || !(res[i]->masks = calloc((size_t)nw, sizeof *res[i]->masks))) {
-            st = sp_fail(SP_ERR_NOMEM, "masks: out of memory");
-            break;
-        }
-        res[i]->width = OW;
-        res[i]->height = OH;
-        res[i]->n_masks = nw;
-        for (int k = 0; k < nw; k++) {
-            res[i]->masks[k].name = mf->mask_name[want[k]];
-            size_t np = (size_t)OW * (size_t)OH;
-            if (!(res[i]->masks[k].pixels = malloc(np ? np : 1))) {
-                st = sp_fail(SP_ERR_NOMEM, "masks: out of memory for a %dx%d mask", OW, OH);
-                break;
-            }
-        }
-        if (st)
-            break;
-        const uint8_t *lutp[SP_MAX_MASKS];
-        for (int k = 0; k < nw; k++)
-            lutp[k] = luts + (size_t)k * 65536;
-        /* photo pixel -> model grid: photo -> content rect (rw/W) -> grid (w/Wc) */
-        post_ctx c = {mf, score, amax, C, h, w, OW, OH,
-                      (double)rw[i] / OW * w / Wc, (double)rh[i] / OH * h / Hc, NULL, NULL, NULL,
-                      nw, lutp, res[i]->masks, rcnt, rfl, rfl + (size_t)nw * OH, 0, NULL};
-        int *gx0 = malloc((size_t)OW * 2 * sizeof *gx0), *xend = malloc((size_t)OW * sizeof *xend);
-        float *gfx = malloc((size_t)OW * sizeof *gfx);
-        if (!gx0 || !gfx || !xend) {
-            free(gx0);
-            free(gfx);
-            free(xend);
-            st = sp_fail(SP_ERR_NOMEM, "masks: out of memory");
-            break;
-        }
-        for (int x = 0; x < OW; x++) {
-            double gx = ((double)x + 0.5) * c.kx - 0.5;
-            gx = gx < 0 ? 0 : gx > w - 1 ? w - 1 : gx;
-            gx0[2 * x] = (int)gx;
-            gx0[2 * x + 1] = (int)gx + 1 < w ? (int)gx + 1 : w - 1;
-            gfx[x] = (float)(gx - (int)gx);
-        }
-        for (int x = OW - 1; x >= 0; x--)
-            xend[x] = x + 1 < OW && gx0[2 * x + 2] == gx0[2 * x] ? xend[x + 1] : x + 1;
-        c.gx0 = gx0;
-        c.gfx = gfx;
-        c.xend = xend;
-        uint8_t *q8 = NULL;
-        if (mf->out_trunc8 && (q8 = malloc(gp ? gp : 1)))   /* JavaScript's Uint8Array store: truncation */
-            for (size_t g = 0; g < gp; g++) {
-                double v = (double)score[g] * 255.0;   /* JavaScript multiplies in double */
-                q8[g] = !(v > 0) ? 0 : v >= 256 ? (uint8_t)((int64_t)v & 255) : (uint8_t)v;
-            }
-        c.q = q8;
-        if (mf->out_trunc8 && !q8)
-            c.oom = 1;
-        else
-            sp_pool_for(pool, OH, 8, mf->out_trunc8 || mf->out_corner || mf->out_alpha ? alpha_rows : post_rows, &c);
-        free(q8);
-        free(gx0);
-        free(gfx);
-        free(xend);
-        if (c.oom) {
-            st = sp_fail(SP_ERR_NOMEM, "masks: out of memory");
-            break;
-        }
-        /* area and bounding box of each mask from its rows */
-        for (int k = 0; k < nw; k++) {
-            sp_mask *mk = &res[i]->masks[k];
-            size_t cnt = 0;
-            int x0 = OW, y0 = OH, x1 = -1, y1 = -1;
-            for (int y = 0; y < OH; y++) {
-                size_t r = (size_t)k * OH + (size_t)y;
-                if (!rcnt[r])
-                    continue;
-                cnt += rcnt[r];
-                x0 = c.rfirst[r] < x0 ? c.rfirst[r] : x0;
-                x1 = c.rlast[r] > x1 ? c.rlast[r] : x1;
-                y0 = y < y0 ? y : y0;
-                y1 = y;
-            }
-            size_t np = (size_t)OW * OH;
-            mk->area_fraction = np ? (double)cnt / (double)np : 0;
-            if (!cnt)
-                x0 = y0 = x1 = y1 = -1;
-            mk->bbox[0] = x0, mk->bbox[1] = y0, mk->bbox[2] = x1, mk->bbox[3] = y1;
-        }
-    }
-    sp_timings_add(t, "postprocess", sp_now() - t2);
-done:
-    sp_pool_put(pool);
-    free(in);
-    free(rw);
-    free(rh);
-    free(sem);
-    free(amax);
-    free(luts);
+    c.q = q8;
+    if (!oom)
+        sp_pool_for(b->pool, OH, 8, mf->out_trunc8 || mf->out_corner || mf->out_alpha ? alpha_rows : post_rows, &c);
+    oom |= c.oom;
+    if (!oom)
+        mask_stats(r, rcnt, c.rfirst, c.rlast);
+    free(q8);
+    free((void *)c.gx0);
+    free((void *)c.gfx);
+    free((void *)c.xend);
     free(rcnt);
     free(rfl);
-    sp_tensor_free_data(&outs[0]);
-    sp_tensor_free_data(&outs[1]);
+    if (oom) {
+        sp_masks_result_free(r);
+        return sp_fail(SP_ERR_NOMEM, "masks: out of memory for a %dx%d photo's masks", OW, OH);
+    }
+    *out = r;
+    return SP_OK;
+}
+
+/* One batch through the model: masks chosen, photos prepared, one
+ * inference, then every photo's masks. */
+static sp_status masks_batch(sp_package *pk, sp_image *const *imgs, int n, const sp_masks_params *pp,
+                             sp_masks_result ***results, sp_timings *t)
+{
+    sp_masks_params p = pp ? *pp : sp_masks_default_params();
+    sp_timings scratch = {0};
+    if (!t)
+        t = &scratch;
+    *results = NULL;
+    if (strcmp(pk->mf.task, "masks"))
+        return sp_fail(SP_ERR_MODEL, "model '%s' is a '%s' model, not a masks model", pk->mf.name, pk->mf.task);
+    if (n < 1)
+        return sp_fail(SP_ERR_USAGE, "no images");
+    batch b = {.mf = &pk->mf, .imgs = imgs, .n = n};
+    float *in = NULL;
+    sp_masks_result **res = calloc((size_t)n, sizeof *res);
+    sp_status st = res ? batch_masks(&b, &p) : sp_fail(SP_ERR_NOMEM, "masks: out of memory");
+    if (!st) {
+        b.pool = sp_pool_get(p.threads);
+        double t0 = sp_now();
+        st = batch_prepare(&b, &p, &in);
+        double t1 = sp_now();
+        sp_timings_add(t, "preprocess", t1 - t0);
+        st = st ? st : batch_infer(&b, pk->model, in);
+        double t2 = sp_now();
+        if (!st)
+            sp_timings_add(t, "inference", t2 - t1);
+        for (int i = 0; i < n && !st; i++)
+            st = photo_masks(&b, i, &res[i]);
+        if (!st)
+            sp_timings_add(t, "postprocess", sp_now() - t2);
+        sp_pool_put(b.pool);
+    }
+    free(in);
+    free(b.rw);
+    free(b.rh);
+    free(b.sem);
+    free(b.amax);
+    free(b.luts);
+    sp_tensor_free_data(&b.outs[0]);
+    sp_tensor_free_data(&b.outs[1]);
     if (st) {
         for (int i = 0; res && i < n; i++)
             sp_masks_result_free(res[i]);
