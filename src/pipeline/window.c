@@ -350,6 +350,156 @@ size_t sp_window_memory(const sp_window_params *wp, const int64_t vdim[3], int k
     return b < 1e18 ? (size_t)b : (size_t)1e18;
 }
 
+/* The window's geometry on the network's axes: sizes, strides, the padding
+ * nnU-Net's pad_nd_image adds below (diff // 2), and each axis's steps
+ * (caller frees steps[d]). */
+static sp_status win_geometry(win *c, const int64_t vdim[3], const sp_window_params *wp, int64_t *steps[3],
+                              int ns[3])
+{
+    int64_t vst[3] = {1, vdim[0], vdim[0] * vdim[1]};
+    for (int d = 0; d < 3; d++) {
+        c->N[d] = vdim[wp->axes[d]];
+        c->vst[d] = vst[wp->axes[d]];
+        c->lst[d] = vst[wp->axes[d]];
+        c->P[d] = wp->patch[d];
+        int64_t padded = c->N[d] > c->P[d] ? c->N[d] : c->P[d];
+        c->pad[d] = (padded - c->N[d]) / 2;
+        ns[d] = sp_window_steps(padded, c->P[d], wp->step, NULL, 1 << 24);
+        steps[d] = ns[d] > 0 ? malloc((size_t)ns[d] * sizeof **steps) : NULL;
+        if (!steps[d] || sp_window_steps(padded, c->P[d], wp->step, steps[d], ns[d]) != ns[d])
+            return sp_fail(SP_ERR_INPUT, "sliding window: cannot tile %lld voxels with patch %lld at step %g",
+                           (long long)c->N[d], (long long)c->P[d], wp->step);
+    }
+    c->slab = c->N[1] * c->N[2];
+    return SP_OK;
+}
+
+/* Every tile's origin, dim 0 outermost, within wp->max_tiles. */
+static sp_status win_tiles(int64_t *const steps[3], const int ns[3], const sp_window_params *wp,
+                           sp_tile **tiles, int *ntiles)
+{
+    int64_t n = (int64_t)ns[0] * ns[1] * ns[2];
+    if (wp->max_tiles > 0 && n > wp->max_tiles)
+        return sp_fail(SP_ERR_INPUT, "sliding window: %lld tiles (%dx%dx%d) are over the limit of %lld",
+                       (long long)n, ns[0], ns[1], ns[2], (long long)wp->max_tiles);
+    if (!(*tiles = malloc((size_t)n * sizeof **tiles)))
+        return sp_fail(SP_ERR_NOMEM, "sliding window: cannot allocate %lld tiles", (long long)n);
+    make_tiles(*tiles, steps, ns);
+    *ntiles = (int)n;
+    return SP_OK;
+}
+
+/* The accumulator options that do not go together (measured reasons). */
+static sp_status win_options(const win *c, int use_gpu)
+{
+    if (use_gpu && (c->head_w || c->half))
+        return sp_fail(SP_ERR_USAGE, "on a GPU the window keeps the logits in device memory: a split head and "
+                       "the fp16 accumulator are CPU options (use the unsplit package, or --device cpu)");
+    if (c->half && c->head_w)   /* measured: rounded features, then W, flip labels inside the air too */
+        return sp_fail(SP_ERR_USAGE, "--accumulator fp16 is for logits: a split head's features rounded to half "
+                       "change labels far from any boundary (the split package's fp32 features take less memory "
+                       "than half logits already)");
+    if (c->half && !sp_window_half_available())
+        return sp_fail(SP_ERR_USAGE, "the fp16 accumulator needs a CPU with F16C and AVX");
+    return SP_OK;
+}
+
+/* The host window's buffers: Gaussian, input and output tiles, the ring of
+ * accumulated scores (the whole volume when the logits are kept) and the
+ * weight sum. A split head's output tile is left in ORT's buffer
+ * (borrowed): allocated when the graph ends, never beside the network's
+ * activations. */
+static sp_status win_buffers(win *c, const sp_window_params *wp, int B, int keep_logits)
+{
+    size_t psz = (size_t)(c->P[0] * c->P[1] * c->P[2]);
+    c->gauss = sp_gaussian_map(c->P, wp->sigma_scale);
+    c->in = sp_big_alloc((size_t)B * psz * sizeof(float));
+    if (!c->head_w)
+        c->out = sp_big_alloc((size_t)B * (size_t)c->C * psz * sizeof(float));
+    c->ring = keep_logits ? c->N[0] : (c->P[0] < c->N[0] ? c->P[0] : c->N[0]);
+    c->acc = sp_big_calloc((size_t)c->C * (size_t)c->ring * (size_t)c->slab,
+                           c->half ? sizeof(uint16_t) : sizeof(float));
+    int need_wsum = keep_logits || c->head_w;
+    if (need_wsum)
+        c->wsum = sp_big_calloc((size_t)(c->ring * c->slab), sizeof(float));
+    if (!c->gauss || !c->in || (!c->head_w && !c->out) || !c->acc || (need_wsum && !c->wsum))
+        return sp_fail(SP_ERR_NOMEM, "sliding window: cannot allocate buffers (%d classes, "
+                       "ring %lldx%lldx%lld)", c->C, (long long)c->P[0], (long long)c->N[1], (long long)c->N[2]);
+    return SP_OK;
+}
+
+/* One batch of nb tiles (c->batch): gathered, through the network, and
+ * accumulated with the Gaussian weights. */
+static sp_status win_batch(win *c, sp_model *m, int nb, sp_pool *pool, sp_timings *t)
+{
+    int borrow = c->head_w != NULL;
+    double t0 = sp_now();
+    c->nb = nb;
+    sp_pool_for(pool, (int64_t)nb * c->P[0] * c->P[1], 8, gather_rows, c);
+    double t1 = sp_now();
+    sp_tensor in = {SP_DT_F32, 5, {nb, 1, c->P[0], c->P[1], c->P[2]}, c->in};
+    sp_tensor out = {SP_DT_F32, 5, {nb, c->C, c->P[0], c->P[1], c->P[2]}, borrow ? NULL : c->out};
+    void *hold = NULL;
+    sp_status st = borrow ? sp_model_run_borrow(m, &in, 1, &out, 1, &hold) : sp_model_run(m, &in, 1, &out, 1);
+    double t2 = sp_now();
+    if (st)
+        return st;
+    if (borrow && (out.rank != 5 || out.shape[0] != nb || out.shape[1] != c->C || out.shape[2] != c->P[0] ||
+                   out.shape[3] != c->P[1] || out.shape[4] != c->P[2])) {
+        sp_model_outputs_release(hold);
+        return sp_fail(SP_ERR_MODEL, "the network's output is not [%d, %d, %lld, %lld, %lld] features", nb, c->C,
+                       (long long)c->P[0], (long long)c->P[1], (long long)c->P[2]);
+    }
+    if (borrow)
+        c->out = out.data;
+    sp_pool_for(pool, (int64_t)c->C * c->P[0], 1, accum_rows, c);
+    if (borrow) {
+        sp_model_outputs_release(hold);
+        c->out = NULL;
+    }
+    sp_timings_add(t, "window", (t1 - t0) + (sp_now() - t2));
+    sp_timings_add(t, "inference", t2 - t1);
+    return SP_OK;
+}
+
+/* The tiles in order, B at a time (a batch never crosses a dim-0 step: the
+ * ring holds one window); rows behind the window are finished as it moves. */
+static sp_status win_loop(win *c, sp_model *m, const sp_tile *tiles, int ntiles, int B, float *logits,
+                          sp_pool *pool, sp_timings *t, const sp_window_params *wp,
+                          void (*progress)(const char *, int, int, void *), void *progress_user)
+{
+    if (progress)
+        progress("inference", 0, ntiles, progress_user);
+    int64_t finished = 0;   /* rows of dim 0 (network coords) already final */
+    for (int i = 0; i < ntiles;) {
+        if (wp->cancel && __atomic_load_n(wp->cancel, __ATOMIC_RELAXED))
+            return sp_fail(SP_ERR_CANCELLED, "cancelled after %d of %d tiles", i, ntiles);
+        int nb = 0;
+        while (nb < B && i + nb < ntiles && tiles[i + nb].s[0] == tiles[i].s[0])
+            nb++;
+        if (!logits) {   /* rows before this window's first row are final */
+            double t0 = sp_now();
+            finish(c, finished, tiles[i].s[0] - c->pad[0], pool, NULL);
+            if (tiles[i].s[0] - c->pad[0] > finished)
+                finished = tiles[i].s[0] - c->pad[0];
+            sp_timings_add(t, "window", sp_now() - t0);
+        }
+        c->batch = &tiles[i];
+        sp_status st = win_batch(c, m, nb, pool, t);
+        if (st)
+            return st;
+        i += nb;
+        if (progress)
+            progress("inference", i, ntiles, progress_user);
+    }
+    double t0 = sp_now();
+    finish(c, finished, c->N[0], pool, logits);
+    sp_timings_add(t, "window", sp_now() - t0);
+    if (c->overflow)
+        return sp_fail(SP_ERR_MODEL, "the fp16 accumulator overflowed (sums past 65504): use the fp32 accumulator");
+    return SP_OK;
+}
+
 sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
                         const sp_window_params *wp, uint16_t *labels, float *logits, sp_pool *pool,
                         sp_timings *t, void (*progress)(const char *, int, int, void *),
@@ -357,12 +507,9 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
 {
     win c;
     memset(&c, 0, sizeof c);
-    int64_t vst[3] = {1, vdim[0], vdim[0] * vdim[1]};
     int64_t *steps[3] = {NULL, NULL, NULL};
-    int ns[3];
-    sp_status st = SP_OK;
+    int ns[3], ntiles = 0, use_gpu = 0, B = wp->tile_batch > 0 ? wp->tile_batch : 1;
     sp_tile *tiles = NULL;
-    int use_gpu = 0;
     c.vol = vol;
     c.labels = labels;
     c.K = wp->num_classes;
@@ -370,136 +517,22 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
     c.head_w = wp->head_w;
     c.head_b = wp->head_b;
     c.half = wp->accum_fp16;
-    for (int d = 0; d < 3; d++) {
-        c.N[d] = vdim[wp->axes[d]];
-        c.vst[d] = vst[wp->axes[d]];
-        c.lst[d] = vst[wp->axes[d]];
-        c.P[d] = wp->patch[d];
-        int64_t padded = c.N[d] > c.P[d] ? c.N[d] : c.P[d];
-        c.pad[d] = (padded - c.N[d]) / 2;    /* nnU-Net pad_nd_image: below = diff // 2 */
-        ns[d] = sp_window_steps(padded, c.P[d], wp->step, NULL, 1 << 24);
-        steps[d] = ns[d] > 0 ? malloc((size_t)ns[d] * sizeof **steps) : NULL;
-        if (!steps[d] || sp_window_steps(padded, c.P[d], wp->step, steps[d], ns[d]) != ns[d]) {
-            st = sp_fail(SP_ERR_INPUT, "sliding window: cannot tile %lld voxels with patch %lld at step %g",
-                         (long long)c.N[d], (long long)c.P[d], wp->step);
-            goto done;
-        }
-    }
-    c.slab = c.N[1] * c.N[2];
-    int B = wp->tile_batch > 0 ? wp->tile_batch : 1;
-    size_t psz = (size_t)(c.P[0] * c.P[1] * c.P[2]);
-    int64_t ntiles64 = (int64_t)ns[0] * ns[1] * ns[2];
-    if (wp->max_tiles > 0 && ntiles64 > wp->max_tiles) {
-        st = sp_fail(SP_ERR_INPUT, "sliding window: %lld tiles (%dx%dx%d) are over the limit of %lld",
-                     (long long)ntiles64, ns[0], ns[1], ns[2], (long long)wp->max_tiles);
-        goto done;
-    }
-    int ntiles = (int)ntiles64;
-    tiles = malloc((size_t)ntiles * sizeof *tiles);
-    if (!tiles) {
-        st = sp_fail(SP_ERR_NOMEM, "sliding window: cannot allocate %d tiles", ntiles);
-        goto done;
-    }
-    make_tiles(tiles, steps, ns);
-    if ((st = check_precision(m, &use_gpu)))
-        goto done;
-    if (use_gpu && (c.head_w || c.half)) {
-        st = sp_fail(SP_ERR_USAGE, "on a GPU the window keeps the logits in device memory: a split head and the "
-                     "fp16 accumulator are CPU options (use the unsplit package, or --device cpu)");
-        goto done;
-    }
-    if (c.half && c.head_w) {   /* measured: rounded features, then W, flip labels inside the air too */
-        st = sp_fail(SP_ERR_USAGE, "--accumulator fp16 is for logits: a split head's features rounded to half "
-                     "change labels far from any boundary (the split package's fp32 features take less memory "
-                     "than half logits already)");
-        goto done;
-    }
-    if (c.half && !sp_window_half_available()) {
-        st = sp_fail(SP_ERR_USAGE, "the fp16 accumulator needs a CPU with F16C and AVX");
-        goto done;
-    }
-    if (use_gpu && !logits) {
+    sp_status st = win_geometry(&c, vdim, wp, steps, ns);
+    if (!st)
+        st = win_tiles(steps, ns, wp, &tiles, &ntiles);
+    if (!st)
+        st = check_precision(m, &use_gpu);
+    if (!st)
+        st = win_options(&c, use_gpu);
+    if (!st && use_gpu && !logits) {
         sp_window_plan pl = {{c.N[0], c.N[1], c.N[2]}, {c.P[0], c.P[1], c.P[2]}, {c.pad[0], c.pad[1], c.pad[2]},
                              {c.vst[0], c.vst[1], c.vst[2]}, c.C, B, ntiles, tiles};
         st = sp_window_run_gpu(m, vol, &pl, wp, labels, t, progress, progress_user);
-        goto done;
+    } else if (!st) {
+        st = win_buffers(&c, wp, B, logits != NULL);
+        if (!st)
+            st = win_loop(&c, m, tiles, ntiles, B, logits, pool, t, wp, progress, progress_user);
     }
-    c.gauss = sp_gaussian_map(c.P, wp->sigma_scale);
-    c.in = sp_big_alloc((size_t)B * psz * sizeof(float));
-    /* a split head's tile is left in ORT's buffer (borrowed): allocated when
-     * the graph ends, it is not held beside the network's activations */
-    int borrow = c.head_w != NULL;
-    if (!borrow)
-        c.out = sp_big_alloc((size_t)B * (size_t)c.C * psz * sizeof(float));
-    c.ring = logits ? c.N[0] : (c.P[0] < c.N[0] ? c.P[0] : c.N[0]);
-    c.acc = sp_big_calloc((size_t)c.C * (size_t)c.ring * (size_t)c.slab, c.half ? sizeof(uint16_t) : sizeof(float));
-    int need_wsum = logits || c.head_w;
-    if (need_wsum)
-        c.wsum = sp_big_calloc((size_t)(c.ring * c.slab), sizeof(float));
-    if (!c.gauss || !c.in || (!borrow && !c.out) || !c.acc || (need_wsum && !c.wsum)) {
-        st = sp_fail(SP_ERR_NOMEM, "sliding window: cannot allocate buffers (%d classes, "
-                     "ring %lldx%lldx%lld)", c.C, (long long)c.P[0], (long long)c.N[1], (long long)c.N[2]);
-        goto done;
-    }
-    if (progress)
-        progress("inference", 0, ntiles, progress_user);
-    int64_t finished = 0;   /* rows of dim 0 (network coords) already final */
-    for (int i = 0; i < ntiles;) {
-        if (wp->cancel && __atomic_load_n(wp->cancel, __ATOMIC_RELAXED)) {
-            st = sp_fail(SP_ERR_CANCELLED, "cancelled after %d of %d tiles", i, ntiles);
-            goto done;
-        }
-        /* a batch never crosses a dim-0 step: the ring holds one window */
-        int nb = 0;
-        while (nb < B && i + nb < ntiles && tiles[i + nb].s[0] == tiles[i].s[0])
-            nb++;
-        double t0 = sp_now();
-        /* rows before this window's first row are final */
-        if (!logits) {
-            finish(&c, finished, tiles[i].s[0] - c.pad[0], pool, NULL);
-            if (tiles[i].s[0] - c.pad[0] > finished)
-                finished = tiles[i].s[0] - c.pad[0];
-        }
-        c.batch = &tiles[i];
-        c.nb = nb;
-        sp_pool_for(pool, (int64_t)nb * c.P[0] * c.P[1], 8, gather_rows, &c);
-        double t1 = sp_now();
-        sp_tensor in = {SP_DT_F32, 5, {nb, 1, c.P[0], c.P[1], c.P[2]}, c.in};
-        sp_tensor out = {SP_DT_F32, 5, {nb, c.C, c.P[0], c.P[1], c.P[2]}, borrow ? NULL : c.out};
-        void *hold = NULL;
-        st = borrow ? sp_model_run_borrow(m, &in, 1, &out, 1, &hold) : sp_model_run(m, &in, 1, &out, 1);
-        double t2 = sp_now();
-        if (st)
-            goto done;
-        if (borrow && (out.rank != 5 || out.shape[0] != nb || out.shape[1] != c.C || out.shape[2] != c.P[0] ||
-                       out.shape[3] != c.P[1] || out.shape[4] != c.P[2])) {
-            sp_model_outputs_release(hold);
-            st = sp_fail(SP_ERR_MODEL, "the network's output is not [%d, %d, %lld, %lld, %lld] features", nb, c.C,
-                         (long long)c.P[0], (long long)c.P[1], (long long)c.P[2]);
-            goto done;
-        }
-        if (borrow)
-            c.out = out.data;
-        sp_pool_for(pool, (int64_t)c.C * c.P[0], 1, accum_rows, &c);
-        if (borrow) {
-            sp_model_outputs_release(hold);
-            c.out = NULL;
-        }
-        double t3 = sp_now();
-        sp_timings_add(t, "window", (t1 - t0) + (t3 - t2));
-        sp_timings_add(t, "inference", t2 - t1);
-        i += nb;
-        if (progress)
-            progress("inference", i, ntiles, progress_user);
-    }
-    {
-        double t0 = sp_now();
-        finish(&c, finished, c.N[0], pool, logits);
-        sp_timings_add(t, "window", sp_now() - t0);
-    }
-    if (c.overflow)
-        st = sp_fail(SP_ERR_MODEL, "the fp16 accumulator overflowed (sums past 65504): use the fp32 accumulator");
-done:
     for (int d = 0; d < 3; d++)
         free(steps[d]);
     free(tiles);
