@@ -147,73 +147,77 @@ static sp_dtype nifti_dtype(int code)
     }
 }
 
-/* Parse and validate the header in the first n bytes (n >= 348). */
-static sp_status parse_header(const uint8_t *b, size_t n, const char *name,
-                              const sp_read_params *rp, hdr *h)
+/* The NIfTI-1 fields (348-byte header, NIfTI-1 standard's nifti1.h offsets). */
+static sp_status parse_n1(const uint8_t *b, const char *name, hdr *h)
 {
-    memset(h, 0, sizeof *h);
-    int32_t sz = rd_i32(b, 0);
-    if (sz == N1_SIZE || sz == N2_SIZE)
-        h->swap = 0;
-    else if (rd_i32(b, 1) == N1_SIZE || rd_i32(b, 1) == N2_SIZE)
-        h->swap = 1, sz = rd_i32(b, 1);
-    else
-        return sp_fail(SP_ERR_INPUT, "%s: not a NIfTI file (sizeof_hdr is %d, expected 348 or 540)",
-                       name, rd_i32(b, 0));
     int s = h->swap;
     sp_geom *g = &h->g;
-    if (sz == N1_SIZE) {
-        h->version = 1;
-        if (memcmp(b + 344, "n+1", 4) != 0) {
-            if (memcmp(b + 344, "ni1", 4) == 0)
-                return sp_fail(SP_ERR_INPUT, "%s: header/image pairs (.hdr/.img) are not supported; "
-                               "convert to a single .nii", name);
-            return sp_fail(SP_ERR_INPUT, "%s: bad NIfTI-1 magic", name);
-        }
-        for (int i = 0; i < 8; i++) {
-            h->dim[i] = rd_i16(b + 40 + 2 * i, s);
-            g->pixdim[i] = rd_f32(b + 76 + 4 * i, s);
-        }
-        h->datatype = rd_i16(b + 70, s);
-        double vo = rd_f32(b + 108, s);
-        if (!(vo >= 0 && vo < 1e12) || vo != floor(vo))
-            return sp_fail(SP_ERR_INPUT, "%s: bad vox_offset %g", name, vo);
-        h->vox_offset = (int64_t)vo;
-        h->scl_slope = rd_f32(b + 112, s);
-        h->scl_inter = rd_f32(b + 116, s);
-        g->xyzt_units = (uint8_t)b[123];
-        g->qform_code = rd_i16(b + 252, s);
-        g->sform_code = rd_i16(b + 254, s);
-        for (int i = 0; i < 3; i++) {
-            g->quatern[i] = rd_f32(b + 256 + 4 * i, s);
-            g->qoffset[i] = rd_f32(b + 268 + 4 * i, s);
-            for (int j = 0; j < 4; j++)
-                g->srow[i][j] = rd_f32(b + 280 + 16 * i + 4 * j, s);
-        }
-    } else {
-        h->version = 2;
-        if (n < N2_SIZE)
-            return sp_fail(SP_ERR_INPUT, "%s: truncated NIfTI-2 header", name);
-        if (memcmp(b + 4, "n+2\0\r\n\032\n", 8) != 0)
-            return sp_fail(SP_ERR_INPUT, "%s: bad NIfTI-2 magic", name);
-        h->datatype = rd_i16(b + 12, s);
-        for (int i = 0; i < 8; i++) {
-            h->dim[i] = rd_i64(b + 16 + 8 * i, s);
-            g->pixdim[i] = rd_f64(b + 104 + 8 * i, s);
-        }
-        h->vox_offset = rd_i64(b + 168, s);
-        h->scl_slope = rd_f64(b + 176, s);
-        h->scl_inter = rd_f64(b + 184, s);
-        g->qform_code = rd_i32(b + 344, s);
-        g->sform_code = rd_i32(b + 348, s);
-        for (int i = 0; i < 3; i++) {
-            g->quatern[i] = rd_f64(b + 352 + 8 * i, s);
-            g->qoffset[i] = rd_f64(b + 376 + 8 * i, s);
-            for (int j = 0; j < 4; j++)
-                g->srow[i][j] = rd_f64(b + 400 + 32 * i + 8 * j, s);
-        }
-        g->xyzt_units = rd_i32(b + 500, s);
+    h->version = 1;
+    if (memcmp(b + 344, "n+1", 4) != 0) {
+        if (memcmp(b + 344, "ni1", 4) == 0)
+            return sp_fail(SP_ERR_INPUT, "%s: header/image pairs (.hdr/.img) are not supported; "
+                           "convert to a single .nii", name);
+        return sp_fail(SP_ERR_INPUT, "%s: bad NIfTI-1 magic", name);
     }
+    for (int i = 0; i < 8; i++) {
+        h->dim[i] = rd_i16(b + 40 + 2 * i, s);
+        g->pixdim[i] = rd_f32(b + 76 + 4 * i, s);
+    }
+    h->datatype = rd_i16(b + 70, s);
+    double vo = rd_f32(b + 108, s);
+    if (!(vo >= 0 && vo < 1e12) || vo != floor(vo))
+        return sp_fail(SP_ERR_INPUT, "%s: bad vox_offset %g", name, vo);
+    h->vox_offset = (int64_t)vo;
+    h->scl_slope = rd_f32(b + 112, s);
+    h->scl_inter = rd_f32(b + 116, s);
+    g->xyzt_units = (uint8_t)b[123];
+    g->qform_code = rd_i16(b + 252, s);
+    g->sform_code = rd_i16(b + 254, s);
+    for (int i = 0; i < 3; i++) {
+        g->quatern[i] = rd_f32(b + 256 + 4 * i, s);
+        g->qoffset[i] = rd_f32(b + 268 + 4 * i, s);
+        for (int j = 0; j < 4; j++)
+            g->srow[i][j] = rd_f32(b + 280 + 16 * i + 4 * j, s);
+    }
+    return SP_OK;
+}
+
+/* The NIfTI-2 fields (540-byte header, nifti2.h offsets). */
+static sp_status parse_n2(const uint8_t *b, size_t n, const char *name, hdr *h)
+{
+    int s = h->swap;
+    sp_geom *g = &h->g;
+    h->version = 2;
+    if (n < N2_SIZE)
+        return sp_fail(SP_ERR_INPUT, "%s: truncated NIfTI-2 header", name);
+    if (memcmp(b + 4, "n+2\0\r\n\032\n", 8) != 0)
+        return sp_fail(SP_ERR_INPUT, "%s: bad NIfTI-2 magic", name);
+    h->datatype = rd_i16(b + 12, s);
+    for (int i = 0; i < 8; i++) {
+        h->dim[i] = rd_i64(b + 16 + 8 * i, s);
+        g->pixdim[i] = rd_f64(b + 104 + 8 * i, s);
+    }
+    h->vox_offset = rd_i64(b + 168, s);
+    h->scl_slope = rd_f64(b + 176, s);
+    h->scl_inter = rd_f64(b + 184, s);
+    g->qform_code = rd_i32(b + 344, s);
+    g->sform_code = rd_i32(b + 348, s);
+    for (int i = 0; i < 3; i++) {
+        g->quatern[i] = rd_f64(b + 352 + 8 * i, s);
+        g->qoffset[i] = rd_f64(b + 376 + 8 * i, s);
+        for (int j = 0; j < 4; j++)
+            g->srow[i][j] = rd_f64(b + 400 + 32 * i + 8 * j, s);
+    }
+    g->xyzt_units = rd_i32(b + 500, s);
+    return SP_OK;
+}
+
+/* Dimensions and datatype: a 3D volume (or 4D with one volume) of a
+ * supported type whose voxel count fits the limit, decided from the header
+ * alone, before any data is decompressed or allocated. */
+static sp_status check_dims(hdr *h, const char *name, const sp_read_params *rp)
+{
+    sp_geom *g = &h->g;
     int64_t nd = h->dim[0];
     if (nd < 1 || nd > 7)
         return sp_fail(SP_ERR_INPUT, "%s: dim[0] is %lld (must be 1..7)", name, (long long)nd);
@@ -242,11 +246,14 @@ static sp_status parse_header(const uint8_t *b, size_t n, const char *name,
         return sp_fail(SP_ERR_INPUT, "%s: header says %lldx%lldx%lld = %llu voxels, over the limit "
                        "of %llu", name, (long long)g->dim[0], (long long)g->dim[1],
                        (long long)g->dim[2], (unsigned long long)nvox, (unsigned long long)lim);
-    if (h->vox_offset < sz)
-        h->vox_offset = sz + 4;   /* tolerate 0: data right after the extension flag */
-    if (h->vox_offset > MAX_VOX_OFFSET)   /* extensions past 64 MiB: a gzip bomb, not a header */
-        return sp_fail(SP_ERR_INPUT, "%s: vox_offset %lld is past the %d MiB allowed for header extensions",
-                       name, (long long)h->vox_offset, MAX_VOX_OFFSET >> 20);
+    return SP_OK;
+}
+
+/* Spacing, the affine (nibabel's choice of sform/qform/pixdim) and the
+ * intensity scaling, each checked to be finite. */
+static sp_status check_geometry(hdr *h, const char *name)
+{
+    sp_geom *g = &h->g;
     for (int i = 1; i <= 3; i++)
         if (!isfinite(g->pixdim[i]))
             return sp_fail(SP_ERR_INPUT, "%s: pixdim[%d] is not finite", name, i);
@@ -263,6 +270,31 @@ static sp_status parse_header(const uint8_t *b, size_t n, const char *name,
     if (!isfinite(h->scl_inter))
         h->scl_inter = 0;
     return SP_OK;
+}
+
+/* Parse and validate the header in the first n bytes (n >= 348). Messages
+ * name what is wrong, never the file's bytes. */
+static sp_status parse_header(const uint8_t *b, size_t n, const char *name,
+                              const sp_read_params *rp, hdr *h)
+{
+    memset(h, 0, sizeof *h);
+    int32_t sz = rd_i32(b, 0);
+    if (sz == N1_SIZE || sz == N2_SIZE)
+        h->swap = 0;
+    else if (rd_i32(b, 1) == N1_SIZE || rd_i32(b, 1) == N2_SIZE)
+        h->swap = 1, sz = rd_i32(b, 1);
+    else
+        return sp_fail(SP_ERR_INPUT, "%s: not a NIfTI file (its first 4 bytes are not a NIfTI-1 or "
+                       "NIfTI-2 header size, sizeof_hdr 348 or 540)", name);
+    sp_status st = sz == N1_SIZE ? parse_n1(b, name, h) : parse_n2(b, n, name, h);
+    if (st || (st = check_dims(h, name, rp)))
+        return st;
+    if (h->vox_offset < sz)
+        h->vox_offset = sz + 4;   /* tolerate 0: data right after the extension flag */
+    if (h->vox_offset > MAX_VOX_OFFSET)   /* extensions past 64 MiB: a gzip bomb, not a header */
+        return sp_fail(SP_ERR_INPUT, "%s: vox_offset %lld is past the %d MiB allowed for header extensions",
+                       name, (long long)h->vox_offset, MAX_VOX_OFFSET >> 20);
+    return check_geometry(h, name);
 }
 
 /* ------------------------------------------------------ data conversion */
