@@ -283,6 +283,93 @@ sp_status sp_video_set(sp_video *v, int batch, int workers, const char *output)
     return SP_OK;
 }
 
+/* A logits model's foreground classes: those of mask p.mask (default the first). */
+static sp_status video_foreground(sp_video *v, const sp_manifest *mf)
+{
+    int mi = 0;
+    if (v->p.mask) {
+        while (mi < mf->n_masks && strcmp(mf->mask_name[mi], v->p.mask))
+            mi++;
+        if (mi == mf->n_masks)
+            return sp_fail(SP_ERR_USAGE, "model '%s' has no mask '%s'", mf->name, v->p.mask);
+    } else if (!mf->n_masks) {
+        return sp_fail(SP_ERR_MODEL, "model '%s' names no masks", mf->name);
+    }
+    v->n_fg = mf->mask_ncls[mi];
+    memcpy(v->fg, mf->mask_cls[mi], sizeof v->fg);
+    return SP_OK;
+}
+
+/* The source opened (frame size, rate), the ROI file and the background
+ * image read. */
+static sp_status video_inputs(sp_video *v)
+{
+    const sp_video_params *p = &v->p;
+    sp_status st = sp_src_open(p->input, p->decode_threads > 0 ? p->decode_threads : 1, &v->src, &v->info);
+    if (st)
+        return st;
+    v->W = v->info.width;
+    v->H = v->info.height;
+    v->frame_bytes = (size_t)v->W * v->H * 3;
+    if (v->info.fps <= 0)
+        v->info.fps = 25;
+    if (p->roi_file && (st = read_roi(v, p->roi_file)))
+        return st;
+    if (p->bg == SP_BG_IMAGE) {
+        sp_image *im;
+        if ((st = sp_image_read(p->bg_image, NULL, &im)))
+            return st;
+        if (!(v->bg_img = malloc(v->frame_bytes)))
+            st = sp_fail(SP_ERR_NOMEM, "out of memory");
+        else
+            resize_rgb(im->rgb, im->width, im->height, v->bg_img, v->W, v->H);
+        sp_image_free(im);
+    }
+    return st;
+}
+
+/* The frame slots: one per frame (plus one) when the RAM budget allows,
+ * never fewer than the pipeline needs to flow (a container may under-report
+ * its frames), never more than the budget holds. */
+static sp_status video_slots(sp_video *v, const sp_manifest *mf)
+{
+    int nin, nout;
+    const sp_io_info *in = sp_model_inputs(v->pk->model, &nin);
+    const sp_io_info *o = sp_model_outputs(v->pk->model, &nout);
+    v->fixed_batch = in[0].meta.shape[0] > 0 ? (int)in[0].meta.shape[0] : 0;
+    v->Hc = mf->in_h;
+    v->Wc = mf->in_w;
+    if (!v->Hc) {
+        int ls = mf->long_side > 0 ? mf->long_side : 512;
+        v->Hc = v->Wc = (ls + 31) / 32 * 32;
+    }
+    int64_t C = o[0].meta.rank == 4 && o[0].meta.shape[1] > 0 ? o[0].meta.shape[1] : 1;
+    int64_t h = o[0].meta.rank == 4 && o[0].meta.shape[2] > 0 ? o[0].meta.shape[2] : v->Hc;
+    int64_t w = o[0].meta.rank == 4 && o[0].meta.shape[3] > 0 ? o[0].meta.shape[3] : v->Wc;
+    v->C = (int)C;
+    v->slot_bytes = v->frame_bytes + (size_t)(C * h * w) * sizeof(float);
+    v->budget = v->p.max_ram ? v->p.max_ram : default_budget();
+    int B = v->p.batch > 0 ? v->p.batch : 4, Wk = v->p.workers > 0 ? v->p.workers : 2;
+    sp_status st = sp_video_set(v, B, Wk, v->p.output);
+    if (st)
+        return st;
+    size_t fixed = run_bytes(v, B, Wk);
+    int64_t need = 2 * (int64_t)B + Wk + 2;   /* slots for the pipeline to flow */
+    int64_t fit = v->budget > fixed ? (int64_t)((v->budget - fixed) / v->slot_bytes) : 0;
+    if (fit < need)
+        return sp_fail(SP_ERR_USAGE, "--max-ram %.2f MB is too small for batch %d of %dx%d frames with %d workers "
+                       "(needs at least %.2f MB)",
+                       v->budget / 1e6, B, v->W, v->H, Wk, (fixed + (size_t)need * v->slot_bytes) / 1e6);
+    v->n_slots = v->info.frames > 0 && fit > v->info.frames ? v->info.frames + 1 : fit;
+    if (v->n_slots < need)
+        v->n_slots = need;
+    if (v->n_slots > (int64_t)1 << 24)
+        v->n_slots = (int64_t)1 << 24;
+    if (!(v->slots = calloc((size_t)v->n_slots, sizeof *v->slots)))
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    return SP_OK;
+}
+
 sp_status sp_video_open(sp_package *pk, const sp_video_params *pp, sp_video **out)
 {
     *out = NULL;
@@ -290,15 +377,17 @@ sp_status sp_video_open(sp_package *pk, const sp_video_params *pp, sp_video **ou
     const sp_manifest *mf = &pk->mf;
     if (!p.input)
         return sp_fail(SP_ERR_USAGE, "no input video or frame folder");
-    sp_status cst = p.output ? sp_sink_check(p.output, p.codec) : SP_OK;   /* before any work */
-    if (cst)
-        return cst;
+    sp_status st = p.output ? sp_sink_check(p.output, p.codec) : SP_OK;   /* before any work */
+    if (st)
+        return st;
     if (strcmp(mf->task, "masks"))
         return sp_fail(SP_ERR_MODEL, "model '%s' is a '%s' model; video needs a foreground (masks) model", mf->name,
                        mf->task);
     if (mf->out_kind == SP_OUT_M2F)
         return sp_fail(SP_ERR_MODEL, "model '%s': Mask2Former query outputs are not supported for video; export "
                                      "per-pixel logits or a probability output", mf->name);
+    if (p.bg == SP_BG_IMAGE && !p.bg_image)
+        return sp_fail(SP_ERR_USAGE, "background image: no file given");
     sp_video *v = calloc(1, sizeof *v);
     if (!v)
         return sp_fail(SP_ERR_NOMEM, "out of memory");
@@ -308,89 +397,14 @@ sp_status sp_video_open(sp_package *pk, const sp_video_params *pp, sp_video **ou
     v->pk = pk;
     v->p = p;
     v->total = -1;
-    sp_status st = SP_OK;
     if (p.blur_radius <= 0)
         v->p.blur_radius = 15;
-    if (p.bg == SP_BG_IMAGE && !p.bg_image)
-        st = sp_fail(SP_ERR_USAGE, "background image: no file given");
-    /* foreground classes of a logits model */
-    if (!st && mf->out_kind == SP_OUT_LOGITS) {
-        int mi = 0;
-        if (p.mask) {
-            while (mi < mf->n_masks && strcmp(mf->mask_name[mi], p.mask))
-                mi++;
-            if (mi == mf->n_masks)
-                st = sp_fail(SP_ERR_USAGE, "model '%s' has no mask '%s'", mf->name, p.mask);
-        } else if (!mf->n_masks) {
-            st = sp_fail(SP_ERR_MODEL, "model '%s' names no masks", mf->name);
-        }
-        if (!st) {
-            v->n_fg = mf->mask_ncls[mi];
-            memcpy(v->fg, mf->mask_cls[mi], sizeof v->fg);
-        }
-    }
+    if (mf->out_kind == SP_OUT_LOGITS)
+        st = video_foreground(v, mf);
     if (!st)
-        st = sp_src_open(p.input, p.decode_threads > 0 ? p.decode_threads : 1, &v->src, &v->info);
-    if (!st) {
-        v->W = v->info.width;
-        v->H = v->info.height;
-        v->frame_bytes = (size_t)v->W * v->H * 3;
-        if (v->info.fps <= 0)
-            v->info.fps = 25;
-    }
-    if (!st && p.roi_file)
-        st = read_roi(v, p.roi_file);
-    if (!st && p.bg == SP_BG_IMAGE) {
-        sp_image *im;
-        if (!(st = sp_image_read(p.bg_image, NULL, &im))) {
-            if (!(v->bg_img = malloc(v->frame_bytes)))
-                st = sp_fail(SP_ERR_NOMEM, "out of memory");
-            else
-                resize_rgb(im->rgb, im->width, im->height, v->bg_img, v->W, v->H);
-            sp_image_free(im);
-        }
-    }
-    if (!st) {
-        int nin, nout;
-        const sp_io_info *in = sp_model_inputs(pk->model, &nin);
-        const sp_io_info *o = sp_model_outputs(pk->model, &nout);
-        v->fixed_batch = in[0].meta.shape[0] > 0 ? (int)in[0].meta.shape[0] : 0;
-        v->Hc = mf->in_h;
-        v->Wc = mf->in_w;
-        if (!v->Hc) {
-            int ls = mf->long_side > 0 ? mf->long_side : 512;
-            v->Hc = v->Wc = (ls + 31) / 32 * 32;
-        }
-        int64_t C = o[0].meta.rank == 4 && o[0].meta.shape[1] > 0 ? o[0].meta.shape[1] : 1;
-        int64_t h = o[0].meta.rank == 4 && o[0].meta.shape[2] > 0 ? o[0].meta.shape[2] : v->Hc;
-        int64_t w = o[0].meta.rank == 4 && o[0].meta.shape[3] > 0 ? o[0].meta.shape[3] : v->Wc;
-        v->C = (int)C;
-        v->slot_bytes = v->frame_bytes + (size_t)(C * h * w) * sizeof(float);
-        v->budget = p.max_ram ? p.max_ram : default_budget();
-        int B = p.batch > 0 ? p.batch : 4, Wk = p.workers > 0 ? p.workers : 2;
-        if ((st = sp_video_set(v, B, Wk, p.output)))
-            ;
-        else {
-            size_t fixed = run_bytes(v, B, Wk);
-            int64_t need = 2 * (int64_t)B + Wk + 2;   /* slots for the pipeline to flow */
-            int64_t fit = v->budget > fixed ? (int64_t)((v->budget - fixed) / v->slot_bytes) : 0;
-            if (fit < need)
-                st = sp_fail(SP_ERR_USAGE,
-                             "--max-ram %.2f MB is too small for batch %d of %dx%d frames with %d workers "
-                             "(needs at least %.2f MB)",
-                             v->budget / 1e6, B, v->W, v->H, Wk, (fixed + (size_t)need * v->slot_bytes) / 1e6);
-            /* every frame plus one (the decoder needs a slot to find the end),
-             * never fewer than the pipeline needs to flow (a container may
-             * under-report its frames) */
-            v->n_slots = v->info.frames > 0 && fit > v->info.frames ? v->info.frames + 1 : fit;
-            if (v->n_slots < need && fit >= need)
-                v->n_slots = need;
-            if (v->n_slots > (int64_t)1 << 24)
-                v->n_slots = (int64_t)1 << 24;
-            if (!st && !(v->slots = calloc((size_t)v->n_slots, sizeof *v->slots)))
-                st = sp_fail(SP_ERR_NOMEM, "out of memory");
-        }
-    }
+        st = video_inputs(v);
+    if (!st)
+        st = video_slots(v, mf);
     if (st) {
         sp_video_free(v);
         return st;
