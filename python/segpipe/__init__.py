@@ -1,31 +1,50 @@
-"""segpipe from Python: the C library (libsegpipe) through ctypes, numpy in
-and out, no re-implementation.
+"""segpipe from Python: the C library (libsegpipe) through ctypes, numpy and
+nibabel in and out, no re-implementation.
+
+TotalSegmentator's journey (path or nibabel image in, nibabel image out,
+outputs written as `segpipe ct` writes them):
 
     import segpipe
-    r = segpipe.ct("ct.nii.gz")                    # or an array + affine
+    img = segpipe.segment("ct.nii.gz", "out/labels.nii.gz")   # also out/labels.passport.json,
+                                                              # out/labels.statistics.json
+    img.affine, img.label_names            # nibabel Nifti1Image; {1: "spleen", ...}
+    img = segpipe.segment(nib.load("ct.nii.gz"), roi_subset=["liver", "spleen"], preview="p.png")
+    img = segpipe.segment("t1.nii.gz", task="mri", model="models/brainchop-gwm")
+
+Arrays and results:
+
+    r = segpipe.ct("ct.nii.gz")                    # or a nibabel image, or an array + affine
     r.labels            # uint16 array, the input's grid, axes (i, j, k)
+    r.affine            # 4x4, voxel -> RAS+ mm
+    r.image             # the labels as a nibabel image (as the CLI writes them)
+    r.label_names       # {index: name}: the same mapping passport() accepts
     r.passport          # dict: docs/passport.md
+    r.statistics        # TotalSegmentator's statistics.json dict
     r.seconds           # per-stage seconds
-    p = segpipe.passport(ct_array, labels, affine=aff)
+    p = segpipe.passport(ct_array, labels, affine=aff, label_names=r.label_names)
     m = segpipe.masks(rgb_array, model="models/demo-rooms")  # {name: bool array}
     c = segpipe.classify("photo.jpg", top=3)       # [(label, probability), ...]
 
 Models are loaded once per (path, device, precision, threads) and reused by
 later calls (segpipe.Model holds one explicitly). Errors raise
 segpipe.Error with the library's message, its status name and the exit code
-the CLI would use. The GIL is released while the C code runs (ctypes), so
-other Python threads go on meanwhile.
+the CLI would use (segpipe.InputError, also a ValueError, for inputs refused
+before the library sees them). The GIL is released while the C code runs
+(ctypes), so other Python threads go on meanwhile. Where the package finds
+libsegpipe: docs/python.md.
 """
 import ctypes as C
 import json
 import os
+import tempfile
 import threading
 
 import numpy as np
 
 from . import _lib
 
-__all__ = ["Error", "Model", "CtResult", "ct", "passport", "masks", "classify", "version"]
+__all__ = ["Error", "InputError", "Model", "CtResult", "segment", "totalsegmentator", "ct", "mri", "passport",
+           "masks", "classify", "version", "library_path"]
 __version__ = "0.1.0"
 
 _L = None
@@ -43,6 +62,15 @@ class Error(RuntimeError):
         self.exit_code = lib().sp_status_exit_code(code)
 
 
+class InputError(Error, ValueError):
+    """An input refused before the library ran (wrong shape, unknown
+    structure, bad option value): status "input", exit code 3 - or "usage",
+    exit code 2, for an option the CLI would refuse."""
+
+    def __init__(self, message, status="input"):
+        super().__init__(STATUS.index(status), message)
+
+
 def lib():
     global _L
     with _lock:
@@ -54,6 +82,11 @@ def lib():
 def _check(code):
     if code:
         raise Error(code, lib().sp_last_error().decode(errors="replace"))
+
+
+def library_path():
+    """The libsegpipe file this process loaded (docs/python.md: where it is found)."""
+    return lib()._name
 
 
 def version():
@@ -68,17 +101,32 @@ def _affine_array(affine):
     return np.ascontiguousarray(a)
 
 
-class _Volume:
-    """An sp_volume from a NIfTI path or a 3D array (+ affine); freed on close."""
+def _is_image(x):
+    """A nibabel image (Nifti1Image, Nifti2Image, MGHImage...)."""
+    return hasattr(x, "affine") and hasattr(x, "dataobj") and hasattr(x, "header")
 
-    def __init__(self, src, affine=None):
+
+class _Volume:
+    """An sp_volume from a path (NIfTI, DICOM folder or zip), a nibabel image
+    or a 3D array (+ affine); freed on close."""
+
+    def __init__(self, src, affine=None, series=None):
         self.ptr = C.c_void_p()
         if isinstance(src, (str, os.PathLike)):
-            _check(lib().sp_volume_read(os.fsencode(src), None, C.byref(self.ptr)))
+            rp = lib().sp_read_default_params()
+            self._series = os.fsencode(series) if series else None
+            rp.dicom_series = self._series
+            _check(lib().sp_volume_read(os.fsencode(src), C.byref(rp), C.byref(self.ptr)))
             return
+        if _is_image(src):
+            affine = src.affine if affine is None else affine
+            src = np.asanyarray(src.dataobj)
         a = np.asarray(src)
+        while a.ndim > 3 and a.shape[-1] == 1:      # (x, y, z, 1): one volume
+            a = a[..., 0]
         if a.ndim != 3:
-            raise ValueError(f"a CT volume is 3D, got shape {a.shape}")
+            hint = " (one 2D slice: the models segment 3D volumes)" if a.ndim == 2 else ""
+            raise InputError(f"a volume is 3D, got shape {a.shape}{hint}")
         data = np.asfortranarray(a, dtype=np.float32)          # i fastest, as NIfTI
         dim = (C.c_int64 * 3)(*a.shape)
         aff = _affine_array(affine)
@@ -103,14 +151,54 @@ def _timings(t):
 
 
 class CtResult:
-    """labels (uint16, the input grid, axes i, j, k), passport (dict or None),
-    seconds (stage -> seconds), labels_names (index -> name)."""
+    """One segmentation: labels (uint16, the input grid, axes i, j, k),
+    affine (4x4 voxel -> RAS+ mm), label_names ({index: name}, the mapping
+    passport() accepts), passport and statistics (dicts, or None with
+    passport=False), seconds (stage -> seconds), model_labels (the labels on
+    the model's grid with keep_model_labels=True), outputs (the files
+    written, when an output path was given). .image: the labels as a
+    nibabel image, header and label table as `segpipe ct` writes them."""
 
-    def __init__(self, labels, passport, seconds, label_names):
+    def __init__(self, labels, passport, seconds, label_names, affine=None, statistics=None, image=None):
         self.labels, self.passport, self.seconds, self.label_names = labels, passport, seconds, label_names
+        self.affine, self.statistics, self._image = affine, statistics, image
+        self.model_labels, self.outputs = None, {}
+
+    @property
+    def image(self):
+        """The labels as a nibabel Nifti1Image (.label_names, .passport,
+        .statistics, .seconds set on it)."""
+        if self._image is None:
+            raise ImportError("segpipe: CtResult.image needs nibabel (pip install nibabel)")
+        img = self._image
+        img.label_names, img.passport, img.statistics, img.seconds = (self.label_names, self.passport,
+                                                                      self.statistics, self.seconds)
+        return img
 
     def __repr__(self):
         return f"CtResult(labels {self.labels.shape}, {len(np.unique(self.labels)) - 1} structures)"
+
+
+_ACCUMULATORS = ("fp32", "fp16")
+_OUTPUT_TYPES = ("nifti", "dicom")
+
+
+def _stem(path):
+    """The CLI's stem of an output path: without .nii.gz, .nii or .dcm."""
+    for ext in (".nii.gz", ".nii", ".dcm"):
+        if path.endswith(ext) and len(path) > len(ext):
+            return path[:-len(ext)]
+    return path
+
+
+def _check_output(output, split, output_type):
+    """The CLI's checks of -o OUTPUT, --split and --output-type (exit code 2)."""
+    if output_type not in _OUTPUT_TYPES:
+        raise InputError("output_type is 'nifti' or 'dicom'", "usage")
+    if output_type == "dicom" and (split or not output.endswith(".dcm")):
+        raise InputError("with output_type='dicom', output must end in .dcm (and split=False)", "usage")
+    if output_type == "nifti" and not split and ".nii" not in output:
+        raise InputError("output must end in .nii or .nii.gz (or split=True)", "usage")
 
 
 class Model:
@@ -120,7 +208,7 @@ class Model:
 
     def __init__(self, model=None, device="cpu", threads=0, precision="auto"):
         L = lib()
-        self._keep = [os.fsencode(device), os.fsencode(precision)]
+        self._keep = [os.fsencode(_device(device)), os.fsencode(precision)]
         rp = L.sp_runtime_default_params()
         rp.device, rp.precision, rp.threads = self._keep[0], self._keep[1], threads
         self.threads = threads
@@ -146,27 +234,132 @@ class Model:
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
 
-    def ct(self, ct, affine=None, passport=True, tile_batch=0, step=0.0, largest_component=False):
-        """Segment a CT (NIfTI path, or a 3D array in HU with its affine)."""
-        if self.task != "ct":
-            raise Error(1, f"this model is a '{self.task}' model, not a CT model")
+    def ct(self, ct, affine=None, passport=True, tile_batch=0, step=0.0, largest_component=False, *, output=None,
+           split=False, output_type="nifti", preview=None, roi_subset=None, smooth=False, min_component_ml=0.0,
+           keep_border=False, accumulator="fp32", series=None, keep_model_labels=False, save_model_labels=None):
+        """Segment a CT (or, with an "mri" package, an MRI): a path (NIfTI,
+        DICOM folder or zip), a nibabel image, or a 3D array with its affine.
+        Returns a CtResult. The keywords are `segpipe ct`'s options
+        (docs/cli.md): output (-o; written as the CLI writes it, with the
+        passport and statistics beside it, its folder made when missing),
+        split (--split), output_type ("nifti" or "dicom"), preview
+        (--preview PNG), roi_subset (list or "a,b"), smooth, min_component_ml,
+        keep_border, accumulator ("fp32"/"fp16"), series (--series UID),
+        save_model_labels (--save-model-labels PATH).
+
+            m = segpipe.Model("demo-ct")
+            r = m.ct("ct.nii.gz", output="out/labels.nii.gz", roi_subset=["liver"])
+        """
+        if self.task not in ("ct", "mri"):
+            raise Error(1, f"this model is a '{self.task}' model, not a CT or MRI model")
+        if accumulator not in _ACCUMULATORS:
+            raise InputError("accumulator is 'fp32' or 'fp16'", "usage")
+        if output is not None:
+            output = os.fspath(output)
+            _check_output(output, split, output_type)
+        if isinstance(roi_subset, (list, tuple, set)):
+            roi_subset = ",".join(roi_subset)
+        keep_roi = os.fsencode(roi_subset) if roi_subset else None
         L = lib()
         p = L.sp_ct_default_params()
         p.threads, p.passport, p.tile_batch, p.step = self.threads, int(passport), tile_batch, step
-        p.largest_component = int(largest_component)
+        p.largest_component, p.smooth, p.min_component_ml = int(largest_component), int(smooth), min_component_ml
+        p.keep_border, p.accum_fp16, p.roi_subset = int(keep_border), int(accumulator == "fp16"), keep_roi
+        p.keep_model_labels = int(bool(keep_model_labels or save_model_labels))
         res = C.c_void_p()
-        with _Volume(ct, affine) as v:
+        with _Volume(ct, affine, series) as v:
+            if output is not None and output_type == "dicom" and not L.sp_volume_from_dicom(v.ptr):
+                raise InputError("output_type='dicom' needs a DICOM input (a DICOM-SEG references the series it "
+                                 "was made from)", "usage")
             _check(L.sp_ct_run(self._pk, v.ptr, C.byref(p), C.byref(res)))
+            try:
+                return self._result(res, v, output, split, output_type, preview, save_model_labels)
+            finally:
+                L.sp_ct_result_free(res)
+
+    def _result(self, res, v, output, split, output_type, preview, save_model_labels):
+        """A CtResult from res (and the files written, when output is set)."""
+        L = lib()
+        dim = (C.c_int64 * 3)()
+        lab = L.sp_ct_result_labels(res, dim)
+        n = dim[0] * dim[1] * dim[2]
+        arr = np.ctypeslib.as_array(lab, shape=(n,)).copy().reshape(dim[2], dim[1], dim[0]).T
+        pj = L.sp_ct_result_passport_json(res)
+        ps = L.sp_ct_result_passport(res)
+        stats = json.loads(L.sp_passport_statistics_json(ps)) if ps else None
+        info = _info(v)
+        aff = np.array(info.affine[:]).reshape(4, 4)
+        r = CtResult(arr, json.loads(pj) if pj else None, _timings(L.sp_ct_result_timings(res)),
+                     dict(enumerate(self.labels)), aff, stats)
+        if save_model_labels or output is not None:
+            self._write(res, v, lab, output, split, output_type, preview, save_model_labels, r)
+        elif preview:
+            self._write_preview(v, lab, preview, r)
+        r._image = self._nifti(lab, v, r.outputs.get("labels") if output_type == "nifti" and not split else None)
+        return r
+
+    def _write_preview(self, v, lab, preview, r):
+        L = lib()
+        os.makedirs(os.path.dirname(os.path.abspath(preview)), exist_ok=True)
+        _check(L.sp_preview_ct_png(os.fsencode(preview), v.ptr, lab, L.sp_package_labels(self._pk), len(self.labels)))
+        r.outputs["preview"] = preview
+
+    def _write(self, res, v, lab, output, split, output_type, preview, save_model_labels, r):
+        """The files `segpipe ct -o output` writes, in its order and names."""
+        L = lib()
+        names, n = L.sp_package_labels(self._pk), len(self.labels)
+        if output is not None:
+            folder = output if split else os.path.dirname(os.path.abspath(output))
+            os.makedirs(folder, exist_ok=True)
+            out = os.fsencode(output)
+            if split:
+                _check(L.sp_labels_write_split(out, lab, v.ptr, self._pk))
+                ppath, spath = os.path.join(output, "passport.json"), os.path.join(output, "statistics.json")
+            elif output_type == "dicom":
+                desc = b"segpipe " + L.sp_package_name(self._pk)
+                _check(L.sp_labels_write_dicom_seg(out, lab, v.ptr, names, n, desc))
+            else:
+                _check(L.sp_labels_write_named(out, lab, v.ptr, names, n))
+            if not split:
+                ppath, spath = _stem(output) + ".passport.json", _stem(output) + ".statistics.json"
+            r.outputs["labels"] = output
+        if save_model_labels:
+            md, ma = (C.c_int64 * 3)(), (C.c_double * 16)()
+            ml = L.sp_ct_result_model_labels(res, md, ma)
+            _check(L.sp_labels_write_affine(os.fsencode(save_model_labels), ml, md, ma))
+            r.outputs["model_labels"] = save_model_labels
+        if preview:
+            self._write_preview(v, lab, preview, r)
+        ps = L.sp_ct_result_passport(res)
+        if output is not None and ps:
+            for path, fn in ((ppath, L.sp_passport_json), (spath, L.sp_passport_statistics_json)):
+                text = fn(ps)
+                _check(L.sp_write_file_atomic(os.fsencode(path), text, len(text)))
+            r.outputs["passport"], r.outputs["statistics"] = ppath, spath
+
+    def _nifti(self, lab, v, written):
+        """The labels as a nibabel image, exactly as sp_labels_write_named
+        writes them (header, qform/sform, label table): loaded from the file
+        just written, else from an uncompressed temporary one."""
         try:
-            dim = (C.c_int64 * 3)()
-            lab = L.sp_ct_result_labels(res, dim)
-            n = dim[0] * dim[1] * dim[2]
-            arr = np.ctypeslib.as_array(lab, shape=(n,)).copy().reshape(dim[2], dim[1], dim[0]).T
-            pj = L.sp_ct_result_passport_json(res)
-            return CtResult(arr, json.loads(pj) if pj else None, _timings(L.sp_ct_result_timings(res)),
-                            dict(enumerate(self.labels)))
-        finally:
-            L.sp_ct_result_free(res)
+            import nibabel as nib
+        except ImportError:
+            return None
+        L = lib()
+        with tempfile.TemporaryDirectory(prefix="segpipe-") as d:
+            path = written
+            if path is None:
+                path = os.path.join(d, "labels.nii")
+                _check(L.sp_labels_write_named(os.fsencode(path), lab, v.ptr, L.sp_package_labels(self._pk),
+                                               len(self.labels)))
+            im = nib.load(path)
+            return nib.Nifti1Image(np.asanyarray(im.dataobj).copy(), im.affine, im.header)
+
+    def segment(self, input, output=None, **options):
+        """As Model.ct, returning the labels as a nibabel image (affine,
+        header and label table as the CLI writes them) with .label_names,
+        .passport, .statistics and .seconds set on it."""
+        return self.ct(input, output=output, **options).image
 
     def _image(self, image):
         """an sp_image from a path or an H x W x 3 uint8 RGB array (caller frees)"""
@@ -275,6 +468,7 @@ _models = {}
 
 
 def _cached(model, device, threads, precision):
+    """The Model for these settings, loaded on first use."""
     key = (os.path.abspath(_model_dir(model)), device, threads, precision)
     with _lock:
         m = _models.get(key)
@@ -285,9 +479,83 @@ def _cached(model, device, threads, precision):
     return m
 
 
+def _device(device):
+    """TotalSegmentator's spellings: "gpu" is "cuda"; "gpu:N" / "cuda:N" pick
+    GPU N (CUDA_VISIBLE_DEVICES, as `segpipe ct --device gpu:N` does; only
+    before this process first uses a GPU)."""
+    d = str(device)
+    name, _, index = d.partition(":")
+    if name == "gpu":
+        name = "cuda"
+    if index:
+        if name != "cuda" or not index.isdigit():
+            raise InputError(f"device is cpu, cuda, cuda:N, gpu or gpu:N; got {d!r}", "usage")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = visible.split(",") if visible else None
+        if ids is not None and int(index) >= len(ids):
+            raise InputError(f"device {d!r}: CUDA_VISIBLE_DEVICES={visible} lists {len(ids)} GPU(s)", "usage")
+        os.environ["CUDA_VISIBLE_DEVICES"] = ids[int(index)] if ids is not None else index
+    return name
+
+
 def ct(ct, affine=None, model=None, device="cpu", threads=0, precision="auto", **kw):
-    """Segment a CT with a cached Model: see Model.ct."""
-    return _cached(model, device, threads, precision).ct(ct, affine, **kw)
+    """Segment a CT with a cached Model (default: the bundled CT model):
+    a path, a nibabel image or an array + affine in, a CtResult out. The
+    keywords are Model.ct's (`segpipe ct`'s options).
+
+        r = segpipe.ct("ct.nii.gz", output="out/labels.nii.gz")
+        r.labels, r.affine, r.label_names, r.passport
+    """
+    return _cached(model, _device(device), threads, precision).ct(ct, affine, **kw)
+
+
+def mri(image, affine=None, model=None, device="cpu", threads=0, precision="auto", **kw):
+    """Segment a brain MRI (`segpipe mri`): as ct(), with an "mri" model
+    package (required: tools/import/make_brainchop_package.py builds one)."""
+    if model is None:
+        raise InputError("give model= an MRI package (tools/import/make_brainchop_package.py builds brainchop's "
+                         "MeshNet)", "usage")
+    return _cached(model, _device(device), threads, precision).ct(image, affine, **kw)
+
+
+def segment(input, output=None, task="ct", model=None, device="cpu", threads=0, precision="auto", ml=True,
+            statistics=None, fast=None, quiet=None, **options):
+    """TotalSegmentator's totalsegmentator(input, output, ...): segment
+    `input` (a NIfTI path, a DICOM folder or zip, or a nibabel image) and
+    return the labels as a nibabel Nifti1Image, header, affine and label
+    table exactly as `segpipe ct -o` writes them, with .label_names
+    ({index: name}), .passport, .statistics and .seconds set on it.
+
+    output: the labels file (.nii.gz, .nii, or .dcm with
+    output_type="dicom"), its passport and statistics written beside it as
+    the CLI writes them (<stem>.passport.json, <stem>.statistics.json);
+    with ml=False (TotalSegmentator's default without --ml) a folder of one
+    <structure>.nii.gz per class. Its folder is made when missing.
+    task: "ct" or "mri" (an MRI package must be given as model=).
+    device: "cpu", "cuda", "gpu" or "gpu:N". statistics=False skips the
+    passport and statistics. Any other keyword is Model.ct's (roi_subset,
+    preview, keep_border, smooth, step, tile_batch, series, ...).
+
+        img = segpipe.segment("ct.nii.gz", "seg/labels.nii.gz", roi_subset=["liver", "spleen"])
+        liver = img.get_fdata() == {v: k for k, v in img.label_names.items()}["liver"]
+
+    Errors raise segpipe.Error (.exit_code: what `segpipe ct` exits with).
+    """
+    if task not in ("ct", "mri"):
+        raise InputError(f"task is 'ct' or 'mri', got {task!r}", "usage")
+    if fast:
+        raise InputError("fast=True is TotalSegmentator's 3 mm model: give model= the package to use (segpipe "
+                         "runs the package it is given at its own resolution)", "usage")
+    if statistics is not None:
+        options["passport"] = bool(statistics)
+    if output is not None and not ml:
+        options["split"] = True
+    run = mri if task == "mri" else ct
+    return run(input, None, model=model, device=device, threads=threads, precision=precision, output=output,
+               **options).image
+
+
+totalsegmentator = segment
 
 
 def classify(image, model=None, device="cpu", threads=0, top=5):
@@ -301,13 +569,22 @@ def masks(image, model=None, device="cpu", threads=0, masks=None, long_side=0):
 
 
 def passport(ct, labels, affine=None, label_names=None, components=True, threads=0, statistics=False):
-    """Measure every label of `labels` (integer array on ct's grid, or a
-    NIfTI path) on `ct` (array in HU + affine, or a NIfTI path): the
-    passport dict (docs/passport.md); with statistics=True also
-    TotalSegmentator's statistics.json dict, as a pair."""
+    """Measure every label of `labels` (integer array on ct's grid, a nibabel
+    image, or a NIfTI path) on `ct` (array in HU + affine, a nibabel image,
+    or a NIfTI path): the passport dict (docs/passport.md); with
+    statistics=True also TotalSegmentator's statistics.json dict, as a pair.
+    label_names: {index: name} (CtResult.label_names, img.label_names) or a
+    list indexed by label; default: the label file's own table.
+
+        r = segpipe.ct("ct.nii.gz")
+        p = segpipe.passport("ct.nii.gz", r.labels, label_names=r.label_names)
+    """
     L = lib()
     if label_names is None and isinstance(labels, (str, os.PathLike)):
         label_names = _file_label_names(labels)
+    if isinstance(label_names, dict):   # {index: name}, as CtResult.label_names
+        top = max((int(k) for k in label_names), default=-1)
+        label_names = [label_names.get(i, label_names.get(str(i))) for i in range(top + 1)]
     with _Volume(ct, affine) as v:
         lab = _labels_for(labels, _info(v).dim[:])
         names = [os.fsencode(x) if x else None for x in (label_names or [])]
@@ -341,6 +618,8 @@ def _file_label_names(path):
 
 def _labels_for(labels, shape):
     """labels (array or NIfTI path) as uint16, i fastest, checked against shape."""
+    if _is_image(labels):
+        labels = np.asanyarray(labels.dataobj)
     if isinstance(labels, (str, os.PathLike)):
         with _Volume(labels) as lv:
             got = tuple(_info(lv).dim[:])
@@ -349,9 +628,9 @@ def _labels_for(labels, shape):
     else:
         a = np.asarray(labels)
     if tuple(a.shape) != tuple(shape):
-        raise ValueError(f"labels have shape {tuple(a.shape)}, the CT {tuple(shape)}")
+        raise InputError(f"labels have shape {tuple(a.shape)}, the CT {tuple(shape)}")
     if a.size and (a.min() < 0 or a.max() > 65535 or not np.array_equal(a, np.rint(a))):
-        raise ValueError("labels must be integers in 0..65535")
+        raise InputError("labels must be integers in 0..65535")
     return a.astype(np.uint16).ravel(order="F")
 
 

@@ -63,6 +63,10 @@ class VolumeInfo(C.Structure):
                 ("qform_code", c_int), ("sform_code", c_int), ("affine_source", c_char_p), ("axcodes", C.c_char * 4)]
 
 
+class ReadParams(C.Structure):
+    _fields_ = [("max_voxels", c_uint64), ("dicom_series", c_char_p)]
+
+
 class StageTime(C.Structure):
     _fields_ = [("name", C.c_char * 32), ("seconds", c_double)]
 
@@ -115,6 +119,18 @@ SIGNATURES = {
                                 P(Timings)]),
     "sp_classify_result_free": (None, [P(ClassifyResult)]),
     "sp_ort_version": (c_char_p, []),
+    "sp_read_default_params": (ReadParams, []),
+    "sp_package_name": (c_char_p, [c_void_p]),
+    "sp_package_labels": (P(c_char_p), [c_void_p]),
+    "sp_ct_result_passport": (c_void_p, [c_void_p]),
+    "sp_ct_result_model_labels": (P(C.c_uint16), [c_void_p, P(c_int64), P(c_double)]),
+    "sp_labels_write_named": (c_int, [c_char_p, P(C.c_uint16), c_void_p, P(c_char_p), c_int]),
+    "sp_labels_write_split": (c_int, [c_char_p, P(C.c_uint16), c_void_p, c_void_p]),
+    "sp_labels_write_dicom_seg": (c_int, [c_char_p, P(C.c_uint16), c_void_p, P(c_char_p), c_int, c_char_p]),
+    "sp_labels_write_affine": (c_int, [c_char_p, P(C.c_uint16), P(c_int64), P(c_double)]),
+    "sp_volume_from_dicom": (c_int, [c_void_p]),
+    "sp_preview_ct_png": (c_int, [c_char_p, c_void_p, P(C.c_uint16), P(c_char_p), c_int]),
+    "sp_write_file_atomic": (c_int, [c_char_p, c_char_p, C.c_size_t]),
 }
 
 
@@ -122,23 +138,43 @@ libc = C.CDLL(None)
 libc.free.restype, libc.free.argtypes = None, [c_void_p]
 
 
+def _recorded():
+    """The library setup.py found at install time (segpipe/_where.py), or None."""
+    try:
+        from . import _where
+    except ImportError:
+        return None
+    return _where.LIBRARY
+
+
+def _checkout_build():
+    """<checkout>/build/libsegpipe.so when this package is imported from a
+    checkout (python/segpipe beside python/setup.py), else None."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if not os.path.isfile(os.path.join(here, "..", "setup.py")):
+        return None
+    return os.path.normpath(os.path.join(here, "..", "..", "build", "libsegpipe.so"))
+
+
 def _candidates():
+    """Where libsegpipe is looked for, in order (docs/python.md)."""
     env = os.environ.get("SEGPIPE_LIBRARY")
-    if env:
+    if env:                                     # an explicit override: only this one
         yield env
         return
-    yield "libsegpipe.so.0"                     # installed (ld.so.cache, LD_LIBRARY_PATH)
+    for path in (_recorded(), _checkout_build()):
+        if path and os.path.isfile(path):
+            yield path
+    yield "libsegpipe.so.0"                     # the system loader (ld.so.cache, LD_LIBRARY_PATH)
     found = ctypes.util.find_library("segpipe")
     if found:
         yield found
-    here = os.path.dirname(os.path.abspath(__file__))
-    for rel in ("../../build/libsegpipe.so", "../../../lib/libsegpipe.so.0"):  # checkout; <prefix>/lib
-        yield os.path.normpath(os.path.join(here, rel))
 
 
 def load():
     """libsegpipe with its signatures declared: SEGPIPE_LIBRARY, else the
-    installed libsegpipe.so.0, else the checkout's build/libsegpipe.so."""
+    library recorded at install time, else the checkout's build/ when
+    imported from a checkout, else the system loader's libsegpipe.so.0."""
     errors = []
     for path in _candidates():
         try:
@@ -150,4 +186,5 @@ def load():
             f = getattr(lib, name)
             f.restype, f.argtypes = res, args
         return lib
-    raise OSError("segpipe: cannot load libsegpipe (set SEGPIPE_LIBRARY, or `make install`):\n  " + "\n  ".join(errors))
+    raise OSError("segpipe: cannot load libsegpipe; install it with `make install PREFIX=P` and reinstall this package "
+                  "with `SEGPIPE_PREFIX=P pip install ./python` (or set SEGPIPE_LIBRARY):\n  " + "\n  ".join(errors))
