@@ -197,6 +197,15 @@ typedef struct sp_volume_info {
  * scl_slope/scl_inter (DICOM: RescaleSlope/Intercept) applied. Caller frees
  * with sp_volume_free. */
 sp_status sp_volume_read(const char *path, const sp_read_params *p, sp_volume **out);
+/* What `path` holds, judged from its first bytes (a folder: its listing)
+ * before anything is decoded: SP_OK when it can be a volume input (NIfTI,
+ * gzip-compressed NIfTI, a folder with DICOM files, a zip); else
+ * SP_ERR_INPUT (SP_ERR_IO when it cannot be opened) with a message naming
+ * what it is (a photo, a single DICOM file, a gzip of something else, a
+ * folder of NIfTI files, a folder whose series is in a subfolder) and what
+ * to give instead. The CLI and the Python package call it before loading a
+ * model; sp_volume_read does not. */
+sp_status sp_volume_sniff(const char *path);
 /* Same, from bytes in memory (e.g. an HTTP body); `name` is used in messages. */
 sp_status sp_volume_read_mem(const void *data, size_t size, const char *name,
                              const sp_read_params *p, sp_volume **out);
@@ -375,6 +384,9 @@ typedef struct sp_passport_params {
     int components;          /* 1: count 26-connected components (default 1) */
     int keep_border;         /* statistics.json: keep border-touching values */
     const char *source;      /* free text: where labels came from */
+    int not_hu;              /* 1: the intensities are not Hounsfield units (an MRI): the passport
+                                says "intensity" where it says "hu" (sp_ct_run sets it for "mri"
+                                packages) */
 } sp_passport_params;
 sp_passport_params sp_passport_default_params(void);
 

@@ -30,7 +30,8 @@ class CtParams(C.Structure):
 
 
 class PassportParams(C.Structure):
-    _fields_ = [("threads", c_int), ("components", c_int), ("keep_border", c_int), ("source", c_char_p)]
+    _fields_ = [("threads", c_int), ("components", c_int), ("keep_border", c_int), ("source", c_char_p),
+                ("not_hu", c_int)]
 
 
 class MasksParams(C.Structure):

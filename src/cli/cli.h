@@ -2,10 +2,80 @@
 #ifndef SP_CLI_H
 #define SP_CLI_H
 #include "segpipe.h"
+#include <stdint.h>
 #include <stdio.h>
 
+/* common.c: shared by every subcommand */
 int cli_fail(sp_status st, const char *ctx);
 int cli_usage_error(const char *cmd, const char *msg);
+void cli_set_quiet(int quiet);
+int cli_quiet(void);
+/* text written atomically; 0 or an exit code after printing */
+int cli_write_text(const char *path, const char *text);
+/* the folder of an output file made when missing; 0, or 6 after printing */
+int cli_output_folder(const char *cmd, const char *file);
+
+/* args.c: one table-driven option parser (every subcommand answers alike) */
+typedef enum { CLI_FLAG, CLI_CLEAR, CLI_STR, CLI_INT, CLI_NUM, CLI_FN, CLI_POS, CLI_HELP } cli_kind;
+typedef struct cli_opt {
+    const char *name;        /* long name without "--"; NULL ends a table */
+    char letter;             /* -x, or 0 */
+    cli_kind kind;           /* FLAG sets *(int *)dst = 1, CLEAR = 0; STR, INT, NUM store the value;
+                                FN calls fn; POS adds the value to the positionals; HELP asks for help */
+    void *dst;
+    double lo, hi;           /* INT, NUM: the accepted range */
+    int (*fn)(const char *cmd, const char *value, void *ctx);   /* 0, or an exit code after printing */
+    const char *value;       /* what the value is ("N", "DIR"), for "needs a value" */
+    int multi;               /* FN spelled with '_' (TotalSegmentator's): takes the following words too */
+} cli_opt;
+typedef struct cli_hint {
+    const char *spelling, *answer;   /* an unknown option and what to tell its user */
+} cli_hint;
+#define CLI_MAX_POS 16
+typedef struct cli_args {
+    const char *pos[CLI_MAX_POS];
+    int n;                   /* positionals seen (may exceed CLI_MAX_POS: the command refuses) */
+} cli_args;
+#define CLI_HELP_ASKED (-2)
+/* argv[1..argc) against table t: 0 to go on, CLI_HELP_ASKED, else an exit
+ * code after printing what was wrong. */
+int cli_parse(const char *cmd, const cli_opt *t, const cli_hint *hints, int argc, char **argv, void *ctx,
+              cli_args *a);
+/* ct_report.c: what a ct/mri run says besides its labels */
+#define CLI_MAX_WARNINGS 8
+typedef struct cli_warnings {
+    char msg[CLI_MAX_WARNINGS][256];
+    int n;
+} cli_warnings;
+/* printed on stderr (unless quiet) and kept for the passport's provenance */
+void cli_warn(cli_warnings *w, const char *cmd, const char *input, const char *msg);
+void cli_print_timings(FILE *f, const sp_timings *t, double wall);
+char *cli_run_report(const char *input, const sp_volume *v, const char *model, int threads, const sp_timings *t,
+                     double wall);
+char *cli_passport_provenance(const char *passport_json, const char *input, const char *model, int argc,
+                              char **argv, const cli_warnings *w);
+/* sha256.c */
+typedef struct cli_sha256 {
+    uint32_t h[8];
+    unsigned char buf[64];
+    size_t n;
+    uint64_t len;
+} cli_sha256;
+void cli_sha256_init(cli_sha256 *s);
+void cli_sha256_add(cli_sha256 *s, const void *data, size_t n);
+void cli_sha256_hex(cli_sha256 *s, char hex[65]);
+/* 0, the file's SHA-256 in hex and its size; -1 when it cannot be read */
+int cli_sha256_file(const char *path, char hex[65], uint64_t *size);
+/* an input path checked before any work (sp_volume_sniff); 0, or an exit
+ * code after printing what it is and what to give instead */
+int cli_check_input(const char *cmd, const char *path);
+/* ct_cmd.c, passport_cmd.c, volume_cmd.c */
+int cmd_mri(int argc, char **argv);
+int cmd_ct(int argc, char **argv);
+int cmd_passport(int argc, char **argv);
+int cmd_resample(int argc, char **argv);
+int cmd_model(int argc, char **argv);
+int cmd_models(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_masks(int argc, char **argv);
 int cmd_classify(int argc, char **argv);

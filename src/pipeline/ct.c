@@ -520,6 +520,7 @@ static sp_status measure(const sp_manifest *mf, const sp_volume *ct, held_input 
     pp.threads = p->threads;
     pp.source = mf->name;
     pp.keep_border = p->keep_border;
+    pp.not_hu = !strcmp(mf->task, "mri");
     int nc = mf->num_classes;
     sp_comp_counts cc = {nc, calloc((size_t)nc, sizeof(int64_t)), calloc((size_t)nc, sizeof(int64_t))};
     const char **names = calloc((size_t)nc, sizeof *names);
@@ -555,6 +556,10 @@ static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, con
         return sp_fail(SP_ERR_USAGE, "the sliding-window step must be in (0, 1], got %g", p.step);
     if (!ct->data)
         return sp_fail(SP_ERR_USAGE, "the volume's voxels were released by an earlier run");
+    if (ct->g.dim[0] < 2 || ct->g.dim[1] < 2 || ct->g.dim[2] < 2)
+        return sp_fail(SP_ERR_INPUT, "the volume is %lldx%lldx%lld: a single 2D slice, and '%s' segments 3D "
+                       "volumes (give the whole series)", (long long)ct->g.dim[0], (long long)ct->g.dim[1],
+                       (long long)ct->g.dim[2], mf->name);
     sp_status st = roi_parse(mf, p.roi_subset, &keep);
     if (st)
         return st;

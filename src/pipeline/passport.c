@@ -40,7 +40,7 @@ struct sp_passport {
 
 sp_passport_params sp_passport_default_params(void)
 {
-    sp_passport_params p = {0, 1, 0, NULL};
+    sp_passport_params p = {0, 1, 0, NULL, 0};
     return p;
 }
 
@@ -446,13 +446,13 @@ static void json_field(sp_buf *J, const char *key, double v)
 
 /* one entry of passport.json's "structures"; comps < 0: not counted */
 static void structure_json(sp_buf *J, int l, const char *nm, const lab_acc *a, const hu_stats *hs,
-                           const shape *sh, int64_t comps, double largest_share)
+                           const shape *sh, int64_t comps, double largest_share, int not_hu)
 {
     sp_buf_printf(J, "\"label\": %d, \"name\": ", l);
     sp_buf_json_str(J, nm);
     sp_buf_printf(J, ", \"voxels\": %lld, \"volume_ml\": ", (long long)a->n);
     sp_buf_json_num(J, sh->ml);
-    sp_buf_puts(J, ",\n   \"hu\": {\"mean\": ");
+    sp_buf_puts(J, not_hu ? ",\n   \"intensity\": {\"mean\": " : ",\n   \"hu\": {\"mean\": ");
     sp_buf_json_num(J, hs->mean);
     json_field(J, "std", sqrt(hs->var > 0 ? hs->var : 0));
     json_field(J, "min", a->mn);
@@ -488,6 +488,7 @@ typedef struct pp_totals {
     double total_ml;
     float hu_lo, hu_hi;
     double vox_vol;
+    int not_hu;                /* an MRI: "intensity", not "hu" */
 } pp_totals;
 
 /* passport.json's "scan" object and the end of the document */
@@ -510,8 +511,8 @@ static void scan_json(sp_buf *J, const sp_geom *g, const pp_totals *tt, const ch
     }
     sp_buf_puts(J, "],\n  \"voxel_volume_mm3\": ");
     sp_buf_json_num(J, tt->vox_vol);
-    json_field(J, "hu_min", isfinite(tt->hu_lo) ? tt->hu_lo : 0);
-    json_field(J, "hu_max", isfinite(tt->hu_hi) ? tt->hu_hi : 0);
+    json_field(J, tt->not_hu ? "intensity_min" : "hu_min", isfinite(tt->hu_lo) ? tt->hu_lo : 0);
+    json_field(J, tt->not_hu ? "intensity_max" : "hu_max", isfinite(tt->hu_hi) ? tt->hu_hi : 0);
     sp_buf_printf(J, ",\n  \"structures_found\": %d, \"structures_touching_border\": [%s],\n"
                      "  \"total_labelled_ml\": ", tt->found, border_list ? border_list : "");
     sp_buf_json_num(J, tt->total_ml);
@@ -586,7 +587,8 @@ static void structures(const pp_ctx *c, int nw, const sp_geom *g, const char *co
         tt->found++;
         tt->nborder += sh.border;
         sp_buf_puts(J, tt->found > 1 ? ",\n  {" : "\n  {");
-        structure_json(J, l, nm, a, &hs, &sh, ncomp ? ncomp[l] : -1, ncomp ? (double)largest[l] / (double)a->n : 0);
+        structure_json(J, l, nm, a, &hs, &sh, ncomp ? ncomp[l] : -1, ncomp ? (double)largest[l] / (double)a->n : 0,
+                       tt->not_hu);
         table_row(T, nm, &sh, hs.mean, ncomp ? ncomp[l] : 0);
         if (sh.border) {
             if (B->len)
@@ -618,7 +620,7 @@ static sp_status passport_compute(const sp_volume *ct, const int16_t *ct16, cons
     uint64_t *h = NULL;
     float *vals = NULL;
     sp_buf J = {0}, S = {0}, T = {0}, B = {0};
-    pp_totals tt = {0};
+    pp_totals tt = {.not_hu = p.not_hu};
     sp_passport *ps = calloc(1, sizeof *ps);
     sp_status st = ps ? scan(&c, ct, pool, &tt.hu_lo, &tt.hu_hi) : sp_fail(SP_ERR_NOMEM, "passport: out of memory");
     if (st)
@@ -654,7 +656,7 @@ static sp_status passport_compute(const sp_volume *ct, const int16_t *ct16, cons
         sp_buf_puts(&J, ",\n");
     }
     sp_buf_puts(&J, " \"structures\": [");
-    sp_buf_printf(&T, "%-32s %10s %9s  %s\n", "structure", "ml", "mean HU", "flags");
+    sp_buf_printf(&T, "%-32s %10s %9s  %s\n", "structure", "ml", p.not_hu ? "mean" : "mean HU", "flags");
     structures(&c, nw, g, names, n_names, ncomp, largest, h, vals, offsets, &tt, &J, &T, &B);
     sp_buf_puts(&J, tt.found ? "\n ],\n" : "],\n");
     scan_json(&J, g, &tt, B.s);

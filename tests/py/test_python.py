@@ -38,6 +38,79 @@ def pyrun(tmp, code, **env):
     return p.stdout
 
 
+def _no_segpipe_env():
+    """os.environ without SEGPIPE_* and PYTHONPATH: what a new user's shell has."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SEGPIPE_") and k != "PYTHONPATH"}
+
+
+def test_python_installed_without_variables(tmp):
+    """README's journey: `make install PREFIX=P`, `pip install ./python` into
+    a fresh venv (setup.py records P's library), then `import segpipe` from
+    another folder with no variable at all; the labels, affine and passport
+    it writes equal the installed CLI's."""
+    prefix = os.path.join(tmp, "prefix")
+    make = ["make", "-s", "install", f"PREFIX={prefix}"] + (["SANITIZE=1"] if "asan" in sp.BUILD else [])
+    p = subprocess.run(make, cwd=sp.ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    venv, src = os.path.join(tmp, "venv"), os.path.join(tmp, "src")
+    shutil.copytree(os.path.join(sp.ROOT, "python"), src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", venv], check=True)
+    p = subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", "--no-index", "--no-build-isolation", src],
+                       capture_output=True, text=True, env=dict(_no_segpipe_env(), SEGPIPE_PREFIX=prefix))
+    assert p.returncode == 0, p.stdout + p.stderr
+    work = os.path.join(tmp, "elsewhere")
+    os.mkdir(work)
+    cli = subprocess.run([os.path.join(prefix, "bin", "segpipe"), "ct", SRC, "-o", "cli/x.nii.gz", "-q"], cwd=work,
+                         capture_output=True, text=True, env=_no_segpipe_env())
+    assert cli.returncode == 0, cli.stderr
+    p = subprocess.run([os.path.join(venv, "bin", "python"), "-c", textwrap.dedent(f"""
+        import json, segpipe
+        img = segpipe.segment({SRC!r}, "py/x.nii.gz")
+        print(json.dumps({{"file": segpipe.__file__, "lib": segpipe.library_path(),
+                           "names": img.label_names, "affine": img.affine.tolist()}}))
+    """)], cwd=work, capture_output=True, text=True, env=_no_segpipe_env(), timeout=600)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)
+    assert got["file"].startswith(venv) and os.path.realpath(got["lib"]).startswith(os.path.realpath(prefix)), got
+    a, b = nib.load(os.path.join(work, "cli", "x.nii.gz")), nib.load(os.path.join(work, "py", "x.nii.gz"))
+    assert np.array_equal(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj)) and np.allclose(a.affine, b.affine)
+    assert np.allclose(np.array(got["affine"]), nib.load(SRC).affine)
+    pa, pb = (json.load(open(os.path.join(work, d, "x.passport.json"))) for d in ("cli", "py"))
+    assert pa["structures"] == pb["structures"] and len(pa["structures"]) > 10
+    names = {int(k): v for k, v in got["names"].items()}
+    assert {s["name"] for s in pa["structures"]} <= set(names.values()) and names[1] == "spleen"
+
+
+def test_python_segment_nibabel_like_cli(tmp):
+    """segment(): a nibabel image in, a nibabel image out (affine, label
+    table) equal to `segpipe ct --roi-subset ... --preview` on the file, the
+    output folder made; label_names is the mapping passport() takes."""
+    out = os.path.join(tmp, "cli.nii.gz")
+    sp.run("ct", SRC, "-o", out, "-q", "--roi-subset", "liver,spleen", "--preview", os.path.join(tmp, "cli.png"),
+           check=True)
+    cli = nib.load(out)
+    pyrun(tmp, f"""
+        import json, numpy as np, nibabel as nib, segpipe
+        img = segpipe.segment(nib.load({SRC!r}), "new/dir/py.nii.gz", roi_subset=["liver", "spleen"],
+                              preview="py.png")
+        assert isinstance(img, nib.Nifti1Image)
+        np.save("labels.npy", np.asanyarray(img.dataobj)); np.save("affine.npy", img.affine)
+        r = segpipe.ct({SRC!r}, roi_subset="liver,spleen")
+        p = segpipe.passport({SRC!r}, r.labels, label_names=r.label_names)
+        q = segpipe.passport(nib.load({SRC!r}), img, label_names=img.label_names)
+        json.dump([p, q, img.label_names], open("p.json", "w"))
+    """)
+    lab = np.load(os.path.join(tmp, "labels.npy"))
+    assert np.array_equal(lab, np.asanyarray(cli.dataobj)) and np.allclose(np.load(os.path.join(tmp, "affine.npy")),
+                                                                           cli.affine)
+    assert sorted(np.unique(lab).tolist())[1:] and os.path.exists(os.path.join(tmp, "new", "dir", "py.nii.gz"))
+    assert os.path.exists(os.path.join(tmp, "new", "dir", "py.passport.json")) and os.path.exists(
+        os.path.join(tmp, "py.png"))
+    p, q, names = json.load(open(os.path.join(tmp, "p.json")))
+    want = {names[str(v)] for v in np.unique(lab) if v}
+    assert {s["name"] for s in p["structures"]} == want == {s["name"] for s in q["structures"]} == {"liver", "spleen"}
+
+
 def test_python_ct_matches_cli(tmp):
     out = os.path.join(tmp, "cli.nii.gz")
     sp.run("ct", SRC, "-o", out, "-q", check=True)
@@ -103,7 +176,7 @@ def test_python_passport_matches_cli(tmp):
             segpipe.passport({SRC!r}, np.zeros((2, 2, 2)))
             raise SystemExit('no error for mismatched labels')
         except ValueError as e:
-            assert 'shape' in str(e)
+            assert 'shape' in str(e) and isinstance(e, segpipe.Error) and e.exit_code == 3
     """)
     c = json.load(open(cli))
     files = json.load(open(os.path.join(tmp, "files.json")))
@@ -218,6 +291,7 @@ def test_python_structs_mirror_the_header(tmp):
              ("sp_passport_params", _lib.PassportParams), ("sp_masks_params", _lib.MasksParams),
              ("sp_mask", _lib.Mask), ("sp_masks_result", _lib.MasksResult), ("sp_classify_params", _lib.ClassifyParams),
              ("sp_class_score", _lib.ClassScore), ("sp_classify_result", _lib.ClassifyResult),
-             ("sp_volume_info", _lib.VolumeInfo), ("sp_stage_time", _lib.StageTime), ("sp_timings", _lib.Timings)]
+             ("sp_volume_info", _lib.VolumeInfo), ("sp_stage_time", _lib.StageTime), ("sp_timings", _lib.Timings),
+             ("sp_read_params", _lib.ReadParams)]
     for name, cls in pairs:
         assert [f[0] for f in cls._fields_] == _header_fields(name), name

@@ -1,0 +1,472 @@
+/*
+ * ct_cmd.c — `segpipe ct` and `segpipe mri`: one volume (or a shard of a
+ * list) through the CT pipeline. Each command has its own help; options go
+ * through the table parser (args.c), which also answers TotalSegmentator's
+ * spellings. The input is checked before any work (what it is, 2D, no
+ * orientation, intensities that do not look like the modality), and
+ * nothing is written when it is refused; the output's folder is made when
+ * missing, before the network runs.
+ */
+#include "cli.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* segpipe ct's options (parsed by ct_parse) */
+typedef struct ct_opts {
+    const char *cmd, *series, *output, *model, *report, *mlab, *preview, *inputs, *input;
+    sp_runtime_params rp;
+    sp_ct_params cp;
+    int mri, split, dicom_out, shard_i, shard_n, quiet, verbose, statistics;
+    char device[16];
+} ct_opts;
+
+static void ct_help(const ct_opts *o)
+{
+    if (o->mri)
+        printf("usage: segpipe mri INPUT.nii[.gz] -o OUTPUT --model DIR [options]\n"
+               "Brain MRI segmentation with a conformed model package (brainchop's MeshNet:\n"
+               "tools/import/make_brainchop_package.py builds it). The passport reports intensities\n"
+               "(not HU). Options as segpipe ct:\n"
+               "  -o, --output PATH        labels .nii.gz (with --split: a folder)\n"
+               "  -m, --model DIR          the MRI model package (required)\n");
+    else
+        printf("usage: segpipe ct INPUT.nii[.gz]|DICOM_FOLDER|SERIES.zip -o OUTPUT [options]\n"
+               "  -o, --output PATH        labels .nii.gz (with --split: a folder); its folder is made\n"
+               "  -m, --model DIR          model package (default: %s)\n", sp_default_model_dir());
+    printf("  -i INPUT                 the input (TotalSegmentator's spelling; or give it plainly)\n"
+           "  -t, --threads N          CPU threads (default: all cores)\n"
+           "      --device D           cpu, cuda, cuda:N, gpu or gpu:N (TotalSegmentator's spelling)\n"
+           "      --precision P        auto (fp16 model on a GPU when the package has one), fp32, fp16\n"
+           "      --series UID         a DICOM folder with several series: the one to read\n"
+           "      --tile-batch N       tiles per inference call (default: auto, 4 when the\n"
+           "                           logits of 4 tiles fit in 256 MB, else fewer)\n"
+           "      --step F             sliding-window step (default: manifest, 0.5)\n"
+           "      --split              one <class>.nii.gz per class in folder OUTPUT\n"
+           "      --smooth             labels back from linearly resampled logits (not nearest)\n"
+           "      --largest-component  keep the largest component of each label\n"
+           "      --min-component-ml X remove components smaller than X ml\n"
+           "      --report FILE        JSON run report (stage times, memory, input geometry)\n"
+           "      --no-passport        skip the passport and statistics\n"
+           "      --statistics         accepted (TotalSegmentator's -s): statistics are written anyway\n"
+           "      --preview FILE.png   axial/coronal/sagittal slices with the labels and a legend\n"
+           "      --keep-border        statistics.json keeps structures that touch the scan's edge\n"
+           "                           (TotalSegmentator reports them as 0)\n"
+           "      --roi-subset A,B,... only these structures are labelled and measured\n"
+           "                           (--roi_subset A B ... as TotalSegmentator spells it)\n"
+           "      --accumulator fp32|fp16  sliding-window sums in float or half (half the memory)\n"
+           "      --spill-dir DIR      while the network runs, the input waits in an unnamed file\n"
+           "                           there (default: $TMPDIR, else /var/tmp; never on tmpfs)\n"
+           "      --no-spill           keep the input in memory while the network runs\n"
+           "      --inputs LIST        one input per line (relative lines: from LIST's folder);\n"
+           "                           with -o OUTDIR: OUTDIR/<name>.nii.gz each\n"
+           "      --shard I/N          with --inputs: only lines k with k mod N = I (job arrays);\n"
+           "                           inputs already done are skipped; report OUTDIR/shard-I-of-N.json\n"
+           "      --output-type nifti|dicom  labels as NIfTI (default) or, for a DICOM input, as a\n"
+           "                           DICOM-SEG referencing the series (OUTPUT ends in .dcm)\n"
+           "      --cache-graph        keep ORT's optimised graph beside the model (<model>.opt.ort)\n"
+           "      --save-model-labels F  also write the labels at model resolution (canonical grid)\n"
+           "  -q, --quiet / -v, --verbose\n"
+           "Writes OUTPUT, and beside it <stem>.passport.json and <stem>.statistics.json\n"
+           "(with --split: passport.json and statistics.json inside the folder). Nothing is\n"
+           "written when the input is refused. Exit codes: docs/cli.md.\n");
+}
+
+static int opt_threads(const char *cmd, const char *v, void *ctx)
+{
+    ct_opts *o = ctx;
+    if (cli_int(cmd, "--threads", v, 0, 1024, &o->cp.threads))
+        return 2;
+    o->rp.threads = o->cp.threads;
+    return 0;
+}
+
+/* cpu, cuda, tensorrt; TotalSegmentator's gpu and gpu:N (and cuda:N): GPU N
+ * through CUDA_VISIBLE_DEVICES, set before ONNX Runtime starts CUDA */
+static int opt_device(const char *cmd, const char *v, void *ctx)
+{
+    ct_opts *o = ctx;
+    const char *colon = strchr(v, ':');
+    size_t n = colon ? (size_t)(colon - v) : strlen(v);
+    if (n == 3 && !strncmp(v, "gpu", 3))
+        snprintf(o->device, sizeof o->device, "cuda");
+    else
+        snprintf(o->device, sizeof o->device, "%.*s", (int)(n < 15 ? n : 15), v);
+    o->rp.device = o->device;
+    if (!colon)
+        return 0;
+    int idx;
+    if (strcmp(o->device, "cuda") || cli_int(cmd, "--device's GPU number", colon + 1, 0, 63, &idx))
+        return cli_usage_error(cmd, "--device is cpu, cuda, cuda:N, gpu or gpu:N");
+    const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+    char pick[64];
+    if (vis && *vis) {     /* N counts within the GPUs already made visible */
+        const char *p = vis;
+        for (int k = 0; k < idx && p; k++)
+            p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL;
+        if (!p)
+            return cli_usage_error(cmd, "--device gpu:N: N is past the GPUs CUDA_VISIBLE_DEVICES lists");
+        snprintf(pick, sizeof pick, "%.*s", (int)strcspn(p, ","), p);
+    } else {
+        snprintf(pick, sizeof pick, "%d", idx);
+    }
+    setenv("CUDA_VISIBLE_DEVICES", pick, 1);
+    return 0;
+}
+
+static int opt_accumulator(const char *cmd, const char *v, void *ctx)
+{
+    ct_opts *o = ctx;
+    if (strcmp(v, "fp16") && strcmp(v, "fp32"))
+        return cli_usage_error(cmd, "--accumulator is fp32 or fp16");
+    o->cp.accum_fp16 = !strcmp(v, "fp16");
+    return 0;
+}
+
+static int opt_shard(const char *cmd, const char *v, void *ctx)
+{
+    ct_opts *o = ctx;
+    return cli_parse_shard(v, &o->shard_i, &o->shard_n) ? cli_usage_error(cmd, "--shard is I/N with 0 <= I < N "
+                                                                           "(e.g. 0/4)") : 0;
+}
+
+static int opt_output_type(const char *cmd, const char *v, void *ctx)
+{
+    ct_opts *o = ctx;
+    if (strcmp(v, "nifti") && strcmp(v, "dicom"))
+        return cli_usage_error(cmd, "--output-type is nifti or dicom");
+    o->dicom_out = !strcmp(v, "dicom");
+    return 0;
+}
+
+static int opt_model_labels(const char *cmd, const char *v, void *ctx)
+{
+    ct_opts *o = ctx;
+    (void)cmd;
+    o->mlab = v;
+    o->cp.keep_model_labels = 1;
+    return 0;
+}
+
+static int opt_roi(const char *cmd, const char *v, void *ctx)
+{
+    (void)cmd;
+    ((ct_opts *)ctx)->cp.roi_subset = v;
+    return 0;
+}
+
+/* TotalSegmentator's options that segpipe answers rather than takes */
+static const cli_hint ct_hints[] = {
+    {"--fast", "TotalSegmentator's --fast is its 3 mm model; segpipe runs the package given with --model DIR "
+               "at that package's own resolution"},
+    {"-f", "TotalSegmentator's --fast is its 3 mm model; give --model DIR the package to run"},
+    {"--ml", "segpipe writes one multilabel file by default; --split writes one file per structure"},
+    {"--task", "the command and the package choose the task: segpipe mri for brain MRI, --model DIR for "
+               "another package"},
+    {"-ta", "the command and the package choose the task: segpipe mri for brain MRI, --model DIR for another "
+            "package"},
+    {"--nr_thr_resamp", "did you mean --threads N?"},
+    {"--nr_thr_saving", "did you mean --threads N?"},
+    {"-nr", "did you mean --threads N?"},
+    {"-ns", "did you mean --threads N?"},
+    {"-rs", "did you mean --roi-subset A,B,...?"},
+    {"-p", "did you mean --preview FILE.png?"},
+    {NULL, NULL}};
+
+/* 0: go on; else the exit code (help, usage errors) */
+static int ct_parse(int argc, char **argv, ct_opts *o)
+{
+    const cli_opt t[] = {
+        {.name = "output", .letter = 'o', .kind = CLI_STR, .dst = &o->output,
+         .value = "the labels file (or folder with --split)"},
+        {.name = "model", .letter = 'm', .kind = CLI_STR, .dst = &o->model, .value = "a model package folder"},
+        {.name = "input", .letter = 'i', .kind = CLI_POS, .value = "the input volume"},
+        {.name = "threads", .letter = 't', .kind = CLI_FN, .fn = opt_threads, .value = "N"},
+        {.name = "device", .letter = 'd', .kind = CLI_FN, .fn = opt_device, .value = "cpu, cuda, gpu or gpu:N"},
+        {.name = "precision", .kind = CLI_STR, .dst = &o->rp.precision, .value = "auto, fp32 or fp16"},
+        {.name = "series", .kind = CLI_STR, .dst = &o->series, .value = "a SeriesInstanceUID"},
+        {.name = "tile-batch", .kind = CLI_INT, .dst = &o->cp.tile_batch, .lo = 1, .hi = 256, .value = "N"},
+        {.name = "step", .kind = CLI_NUM, .dst = &o->cp.step, .lo = 1e-3, .hi = 1, .value = "F"},
+        {.name = "split", .kind = CLI_FLAG, .dst = &o->split},
+        {.name = "smooth", .kind = CLI_FLAG, .dst = &o->cp.smooth},
+        {.name = "largest-component", .kind = CLI_FLAG, .dst = &o->cp.largest_component},
+        {.name = "min-component-ml", .kind = CLI_NUM, .dst = &o->cp.min_component_ml, .lo = 0, .hi = 1e9, .value = "X"},
+        {.name = "report", .kind = CLI_STR, .dst = &o->report, .value = "FILE"},
+        {.name = "no-passport", .kind = CLI_CLEAR, .dst = &o->cp.passport},
+        {.name = "statistics", .letter = 's', .kind = CLI_FLAG, .dst = &o->statistics},
+        {.name = "cache-graph", .kind = CLI_FLAG, .dst = &o->rp.cache_optimized},
+        {.name = "save-model-labels", .kind = CLI_FN, .fn = opt_model_labels, .value = "FILE"},
+        {.name = "quiet", .letter = 'q', .kind = CLI_FLAG, .dst = &o->quiet},
+        {.name = "verbose", .letter = 'v', .kind = CLI_FLAG, .dst = &o->verbose},
+        {.name = "keep-border", .kind = CLI_FLAG, .dst = &o->cp.keep_border},
+        {.name = "preview", .kind = CLI_STR, .dst = &o->preview, .value = "FILE.png"},
+        {.name = "accumulator", .kind = CLI_FN, .fn = opt_accumulator, .value = "fp32 or fp16"},
+        {.name = "roi-subset", .kind = CLI_FN, .fn = opt_roi, .value = "A,B,...", .multi = 1},
+        {.name = "output-type", .kind = CLI_FN, .fn = opt_output_type, .value = "nifti or dicom"},
+        {.name = "inputs", .kind = CLI_STR, .dst = &o->inputs, .value = "LIST"},
+        {.name = "shard", .kind = CLI_FN, .fn = opt_shard, .value = "I/N"},
+        {.name = "no-spill", .kind = CLI_CLEAR, .dst = &o->cp.spill},
+        {.name = "spill-dir", .kind = CLI_STR, .dst = &o->cp.spill_dir, .value = "DIR"},
+        {.name = "help", .letter = 'h', .kind = CLI_HELP},
+        {.name = NULL}};
+    cli_args a;
+    int rc = cli_parse(o->cmd, t, ct_hints, argc, argv, o, &a);
+    if (rc == CLI_HELP_ASKED) {
+        ct_help(o);
+        return 0;
+    }
+    if (rc)
+        return rc;
+    cli_set_quiet(o->quiet);
+    cli_set_logging(o->verbose);
+    if (o->inputs) {
+        if (a.n || !o->output)
+            return cli_usage_error(o->cmd, "--inputs LIST takes -o OUTDIR and no INPUT argument");
+        return -1;
+    }
+    if (a.n != 1)
+        return cli_usage_error(o->cmd, a.n ? "expected one INPUT (a NIfTI file, a DICOM folder or a zip of one)"
+                                           : "missing INPUT (a NIfTI file, a DICOM folder or a zip of one)");
+    o->input = a.pos[0];
+    return -1;
+}
+
+/* The checks of the options together, before anything is read */
+static int ct_check(const ct_opts *o)
+{
+    if (!o->output)
+        return cli_usage_error(o->cmd, "missing -o OUTPUT");
+    if (!o->model)
+        return cli_usage_error(o->cmd, "give --model DIR (tools/import/make_brainchop_package.py builds brainchop's "
+                               "MeshNet package)");
+    if (o->dicom_out && (o->split || strlen(o->output) < 4 || strcmp(o->output + strlen(o->output) - 4, ".dcm")))
+        return cli_usage_error(o->cmd, "with --output-type dicom, OUTPUT must end in .dcm (and no --split)");
+    if (!o->split && !o->dicom_out && !strstr(o->output, ".nii"))
+        return cli_usage_error(o->cmd, "OUTPUT must end in .nii or .nii.gz (or use --split)");
+    return 0;
+}
+
+static void progress_cb(const char *stage, int done, int total, void *user)
+{
+    (void)user;
+    fprintf(stderr, "\r%s: tile %d of %d", stage, done, total);
+    if (done == total)
+        fputc('\n', stderr);
+    fflush(stderr);
+}
+
+static char *path_stem(const char *path)
+{
+    char *s = strdup(path);
+    size_t n = s ? strlen(s) : 0;
+    if (n > 7 && strcmp(s + n - 7, ".nii.gz") == 0)
+        s[n - 7] = 0;
+    else if (n > 4 && (strcmp(s + n - 4, ".nii") == 0 || strcmp(s + n - 4, ".dcm") == 0))
+        s[n - 4] = 0;
+    return s;
+}
+
+/* Labels (NIfTI, per-class folder or DICOM-SEG), model-grid labels,
+ * preview; ppath/spath get the JSON files' paths. */
+static sp_status ct_write(const ct_opts *o, const sp_package *pk, const sp_volume *v, const sp_ct_result *res,
+                          char *ppath, char *spath, size_t cap)
+{
+    sp_status st;
+    const uint16_t *lab = sp_ct_result_labels(res, NULL);
+    if (o->split) {
+        st = sp_labels_write_split(o->output, lab, v, pk);
+        snprintf(ppath, cap, "%s/passport.json", o->output);
+        snprintf(spath, cap, "%s/statistics.json", o->output);
+    } else {
+        char desc[128];
+        snprintf(desc, sizeof desc, "segpipe %s", sp_package_name(pk));
+        st = o->dicom_out ? sp_labels_write_dicom_seg(o->output, lab, v, sp_package_labels(pk),
+                                                      sp_package_num_classes(pk), desc)
+                          : sp_labels_write_named(o->output, lab, v, sp_package_labels(pk), sp_package_num_classes(pk));
+        char *stem = path_stem(o->output);
+        snprintf(ppath, cap, "%s.passport.json", stem ? stem : o->output);
+        snprintf(spath, cap, "%s.statistics.json", stem ? stem : o->output);
+        free(stem);
+    }
+    if (!st && o->mlab) {
+        int64_t md[3];
+        double ma[4][4];
+        const uint16_t *ml = sp_ct_result_model_labels(res, md, ma);
+        st = sp_labels_write_affine(o->mlab, ml, md, ma);
+    }
+    if (!st && o->preview)
+        st = sp_preview_ct_png(o->preview, v, lab, sp_package_labels(pk), sp_package_num_classes(pk));
+    return st;
+}
+
+/* The read volume checked before the network runs: 3D, oriented, values
+ * that look like the modality. Returns an exit code for a refusal (after
+ * printing why), else 0 with the warnings printed and kept in w. */
+static int ct_check_volume(const ct_opts *o, const sp_volume *v, const sp_package *pk, cli_warnings *w)
+{
+    sp_volume_info vi;
+    sp_volume_get_info(v, &vi);
+    for (int i = 0; i < 3; i++)
+        if (vi.dim[i] < 2) {
+            fprintf(stderr, "segpipe %s: %s is %lldx%lldx%lld: a single 2D slice, and the model segments 3D "
+                    "volumes (give the whole series)\n", o->cmd, o->input, (long long)vi.dim[0],
+                    (long long)vi.dim[1], (long long)vi.dim[2]);
+            return 3;
+        }
+    if (vi.qform_code == 0 && vi.sform_code == 0 && !sp_volume_from_dicom(v))
+        cli_warn(w, o->cmd, o->input, "no orientation (NIfTI qform and sform codes are 0): read as RAS at its pixdim "
+                 "spacing; check the labels' left and right");
+    const float *d = sp_volume_data(v);
+    if (!d || strcmp(sp_package_task(pk), "ct"))
+        return 0;
+    size_t n = (size_t)vi.dim[0] * (size_t)vi.dim[1] * (size_t)vi.dim[2], air = 0, whole = 1;
+    float lo = INFINITY, hi = -INFINITY;
+    for (size_t k = 0; k < n; k++) {
+        float x = d[k];
+        lo = x < lo ? x : lo;
+        hi = x > hi ? x : hi;
+        air += x < -500;
+        whole &= x == floorf(x);
+    }
+    if (whole && lo >= 0 && hi <= 255)
+        cli_warn(w, o->cmd, o->input, "the values are whole numbers in 0..255: this looks like a label map, not "
+                 "a CT in HU");
+    else if (air * 100 < n)
+        cli_warn(w, o->cmd, o->input, "less than 1% of the voxels is below -500: no air in Hounsfield units, so "
+                 "this does not look like a CT (an MRI? use segpipe mri)");
+    return 0;
+}
+
+/* What a run holds, so its steps can be apart and freed in one place */
+typedef struct ct_run {
+    sp_runtime *rt;
+    sp_package *pk;
+    sp_volume *v;
+    sp_ct_result *res;
+    sp_timings tt;
+    cli_warnings warn;
+    double w0;
+} ct_run;
+
+static void ct_run_free(ct_run *r)
+{
+    sp_ct_result_free(r->res);
+    sp_volume_free(r->v);
+    sp_package_free(r->pk);
+    sp_runtime_free(r->rt);
+}
+
+/* Model and input loaded and checked; 0 or an exit code */
+static int ct_load(const ct_opts *o, ct_run *r)
+{
+    double t0 = sp_now();
+    sp_status st;
+    if ((st = sp_runtime_create(&o->rp, &r->rt)) || (st = sp_package_load(r->rt, o->model, &r->pk)))
+        return cli_fail(st, NULL);
+    sp_timings_add(&r->tt, "load_model", sp_now() - t0);
+    t0 = sp_now();
+    sp_read_params rdp = sp_read_default_params();
+    rdp.dicom_series = o->series;
+    if ((st = sp_volume_read(o->input, &rdp, &r->v)))
+        return cli_fail(st, NULL);
+    sp_timings_add(&r->tt, "read", sp_now() - t0);
+    if (o->dicom_out && !sp_volume_from_dicom(r->v))
+        return cli_usage_error(o->cmd, "--output-type dicom needs a DICOM input (a DICOM-SEG references the series "
+                               "it was made from)");
+    return ct_check_volume(o, r->v, r->pk, &r->warn);
+}
+
+/* Labels, passport (with its provenance), statistics, report; messages */
+static int ct_finish(const ct_opts *o, ct_run *r, int argc, char **argv)
+{
+    double t0 = sp_now();
+    char ppath[PATH_MAX], spath[PATH_MAX];
+    sp_status st;
+    int rc = 0;
+    if ((st = ct_write(o, r->pk, r->v, r->res, ppath, spath, sizeof ppath)))
+        return cli_fail(st, NULL);
+    const sp_passport *ps = sp_ct_result_passport(r->res);
+    if (ps) {
+        char *pj = cli_passport_provenance(sp_passport_json(ps), o->input, o->model, argc, argv, &r->warn);
+        rc = pj ? cli_write_text(ppath, pj) : 7;
+        free(pj);
+        if (rc || (rc = cli_write_text(spath, sp_passport_statistics_json(ps))))
+            return rc;
+    }
+    sp_timings_add(&r->tt, "write", sp_now() - t0);
+    double wall = sp_now() - r->w0;
+    if (!cli_quiet()) {
+        if (ps)
+            printf("%s\n", sp_passport_table(ps));
+        cli_print_timings(stdout, &r->tt, wall);
+        printf("labels: %s\n", o->output);
+        if (ps)
+            printf("passport: %s\nstatistics: %s\n", ppath, spath);
+    }
+    if (o->report) {
+        int threads = o->rp.threads ? o->rp.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+        char *s = cli_run_report(o->input, r->v, o->model, threads, &r->tt, wall);
+        rc = s ? cli_write_text(o->report, s) : 7;
+        free(s);
+    }
+    return rc;
+}
+
+/* One volume: checked, loaded, run, written. */
+static int ct_run_one(ct_opts *o, int argc, char **argv)
+{
+    ct_run r = {.w0 = sp_now()};
+    int rc = cli_check_input(o->cmd, o->input);
+    if (!rc)
+        rc = ct_load(o, &r);
+    /* the outputs' folders, before the long part (TotalSegmentator makes them too) */
+    if (!rc && o->split && cli_mkdir_p(o->output))
+        rc = (fprintf(stderr, "segpipe %s: cannot make the output folder %s\n", o->cmd, o->output), 6);
+    const char *files[] = {o->split ? NULL : o->output, o->preview, o->report, o->mlab};
+    for (int i = 0; i < 4 && !rc; i++)
+        rc = files[i] ? cli_output_folder(o->cmd, files[i]) : 0;
+    if (!rc) {
+        o->cp.release_input = !o->preview;   /* afterwards only the geometry is read */
+        sp_status st = sp_ct_run_inplace(r.pk, r.v, &o->cp, &r.res);
+        if (st)
+            rc = cli_fail(st, NULL);
+    }
+    if (!rc) {
+        const sp_timings *t = sp_ct_result_timings(r.res);
+        for (int i = 0; i < t->n; i++)
+            sp_timings_add(&r.tt, t->stage[i].name, t->stage[i].seconds);
+        rc = ct_finish(o, &r, argc, argv);
+    }
+    ct_run_free(&r);
+    return rc;
+}
+
+static int ct_main(int argc, char **argv, int mri)
+{
+    ct_opts o = {.cmd = mri ? "mri" : "ct", .mri = mri, .model = mri ? NULL : sp_default_model_dir(),
+                 .rp = sp_runtime_default_params(), .cp = sp_ct_default_params(), .shard_n = 1};
+    int rc = ct_parse(argc, argv, &o);
+    if (rc >= 0)
+        return rc;
+    if (o.inputs)   /* a batch (a shard of a list) into folder -o */
+        return cli_ct_shard(o.inputs, o.shard_i, o.shard_n, o.output, o.model, o.cp.threads, o.rp.device, o.quiet);
+    if ((rc = ct_check(&o)))
+        return rc;
+    if (!o.quiet && isatty(2))
+        o.cp.progress = progress_cb;
+    return ct_run_one(&o, argc, argv);
+}
+
+int cmd_ct(int argc, char **argv)
+{
+    return ct_main(argc, argv, 0);
+}
+
+int cmd_mri(int argc, char **argv)
+{
+    return ct_main(argc, argv, 1);
+}

@@ -1,0 +1,215 @@
+/*
+ * volume_cmd.c — the small volume and model commands: `segpipe resample`
+ * (benchmark inputs as TotalSegmentator's resampling makes them), `segpipe
+ * model check|probe` and `segpipe models`.
+ */
+#include "cli.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define fail cli_fail
+#define usage_error cli_usage_error
+
+/* ------------------------------------------------------------ resample */
+
+static int parse3(const char *s, double v[3])
+{
+    char *e;
+    for (int i = 0; i < 3; i++) {
+        v[i] = strtod(s, &e);
+        if (e == s || !(v[i] > 0) || (i < 2 && *e != ','))
+            return -1;
+        s = e + (i < 2);
+    }
+    return *e ? -1 : 0;
+}
+
+int cmd_resample(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"output", required_argument, 0, 'o'}, {"spacing", required_argument, 0, 's'},
+        {"shape", required_argument, 0, 'S'}, {"order", required_argument, 0, 'r'},
+        {"pad", required_argument, 0, 'p'}, {"pad-value", required_argument, 0, 'v'},
+        {"dtype", required_argument, 0, 'd'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    const char *out = NULL, *dts = NULL;
+    double sp3[3] = {0}, shp[3] = {0}, pad[3] = {0}, padv = 0;
+    int order = 1, have_sp = 0, have_shape = 0, have_pad = 0, have_padv = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'o': out = optarg; break;
+        case 's': if (parse3(optarg, sp3)) return usage_error("resample", "--spacing a,b,c"); have_sp = 1; break;
+        case 'S': if (parse3(optarg, shp)) return usage_error("resample", "--shape x,y,z"); have_shape = 1; break;
+        case 'p': if (parse3(optarg, pad)) return usage_error("resample", "--pad x,y,z"); have_pad = 1; break;
+        case 'v':
+            if (cli_num("resample", "--pad-value", optarg, -1e30, 1e30, &padv))
+                return 2;
+            have_padv = 1;
+            break;
+        case 'r':
+            if (cli_int("resample", "--order", optarg, 0, 1, &order))
+                return 2;
+            break;
+        case 'd': dts = optarg; break;
+        case 'h':
+            printf("usage: segpipe resample IN -o OUT (--spacing a,b,c | --shape x,y,z) [--order 0|1]\n"
+                   "                        [--pad x,y,z [--pad-value V]] [--dtype int16|uint8|float32]\n"
+                   "Resamples as scipy.ndimage.zoom (order 1 linear, order 0 nearest; TotalSegmentator's\n"
+                   "shape rule), then optionally pads (centred) or crops to --pad. Default dtype: int16\n"
+                   "for order 1, uint8 for order 0; pad value: -1024 for order 1, 0 for order 0.\n");
+            return 0;
+        default: return usage_error("resample", "unknown option");
+        }
+    }
+    if (optind != argc - 1 || !out || have_sp == have_shape || (order != 0 && order != 1))
+        return usage_error("resample", "expected IN -o OUT and one of --spacing/--shape");
+    sp_dtype dt = order ? SP_DT_I16 : SP_DT_U8;
+    if (dts)
+        dt = !strcmp(dts, "int16") ? SP_DT_I16 : !strcmp(dts, "uint8") ? SP_DT_U8
+           : !strcmp(dts, "float32") ? SP_DT_F32 : SP_DT_UNKNOWN;
+    if (dt == SP_DT_UNKNOWN)
+        return usage_error("resample", "--dtype int16, uint8 or float32");
+    sp_volume *v = NULL, *r = NULL, *p = NULL;
+    sp_status st;
+    int rc = 0;
+    double t0 = sp_now();
+    if ((st = sp_volume_read(argv[optind], NULL, &v))) {
+        rc = fail(st, NULL);
+        goto out;
+    }
+    int64_t shape[3];
+    if (have_sp)
+        sp_volume_shape_for_spacing(v, sp3, shape);
+    else
+        for (int i = 0; i < 3; i++)
+            shape[i] = (int64_t)shp[i];
+    double t1 = sp_now();
+    if ((st = sp_volume_resample(v, shape, order, &r))) {
+        rc = fail(st, NULL);
+        goto out;
+    }
+    if (have_pad) {
+        int64_t ps[3] = {(int64_t)pad[0], (int64_t)pad[1], (int64_t)pad[2]};
+        if ((st = sp_volume_pad(r, ps, (float)(have_padv ? padv : order ? -1024 : 0), &p))) {
+            rc = fail(st, NULL);
+            goto out;
+        }
+    }
+    double t2 = sp_now();
+    if ((st = sp_volume_write(out, p ? p : r, dt))) {
+        rc = fail(st, NULL);
+        goto out;
+    }
+    sp_volume_info vi;
+    sp_volume_get_info(p ? p : r, &vi);
+    printf("%s: %lldx%lldx%lld, spacing %.4g x %.4g x %.4g mm (read %.3f s, resample %.3f s, write %.3f s)\n",
+           out, (long long)vi.dim[0], (long long)vi.dim[1], (long long)vi.dim[2], vi.spacing[0],
+           vi.spacing[1], vi.spacing[2], t1 - t0, t2 - t1, sp_now() - t2);
+out:
+    sp_volume_free(v);
+    sp_volume_free(r);
+    sp_volume_free(p);
+    return rc;
+}
+
+/* -------------------------------------------------------------- model */
+
+/* `segpipe model probe DIR --device D`: load and run one inference (the
+ * package's warm-up) on D; used by cli_probe in a child process. */
+static int model_probe(const char *dir, const char *device)
+{
+    sp_runtime_params rp = sp_runtime_default_params();
+    rp.device = device;
+    sp_runtime *rt = NULL;
+    sp_package *pk = NULL;
+    sp_status st;
+    int rc = 0;
+    if ((st = sp_runtime_create(&rp, &rt)) || (st = sp_package_load(rt, dir, &pk)) || (st = sp_package_warm_up(pk)))
+        rc = fail(st, NULL);
+    sp_package_free(pk);
+    sp_runtime_free(rt);
+    return rc;
+}
+
+int cmd_model(int argc, char **argv)
+{
+    if (argc == 5 && !strcmp(argv[1], "probe") && !strcmp(argv[3], "--device"))
+        return model_probe(argv[2], argv[4]);
+    if (argc != 3 || strcmp(argv[1], "check") != 0) {
+        if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+            printf("usage: segpipe model check DIR | segpipe model probe DIR --device cpu|cuda\n"
+                   "check: validates a model package: the manifest (docs/model-format.md) and the ONNX\n"
+                   "model's inputs and outputs against it. probe: loads it on the device and runs one\n"
+                   "inference (what video, classify and serve do first on a GPU, in a child process).\n");
+            return 0;
+        }
+        return usage_error("model", "usage: segpipe model check DIR");
+    }
+    sp_runtime_params rp = sp_runtime_default_params();
+    rp.threads = 1;
+    sp_runtime *rt = NULL;
+    sp_package *pk = NULL;
+    sp_status st;
+    if ((st = sp_runtime_create(&rp, &rt)) || (st = sp_package_load(rt, argv[2], &pk))) {
+        int rc = fail(st, NULL);
+        sp_runtime_free(rt);
+        return rc;
+    }
+    int ni, no;
+    const sp_io_info *in = sp_model_inputs(sp_package_model(pk), &ni);
+    const sp_io_info *out = sp_model_outputs(sp_package_model(pk), &no);
+    printf("%s: OK — model '%s', %d classes\n", argv[2], sp_package_name(pk), sp_package_num_classes(pk));
+    for (int k = 0; k < 2; k++) {
+        const sp_io_info *io = k ? out : in;
+        for (int i = 0; i < (k ? no : ni); i++) {
+            printf("  %s %s: %s [", k ? "output" : "input", io[i].name, sp_dtype_str(io[i].meta.dtype));
+            for (int d = 0; d < io[i].meta.rank; d++)
+                printf("%s%lld", d ? ", " : "", (long long)io[i].meta.shape[d]);
+            printf("]\n");
+        }
+    }
+    sp_package_free(pk);
+    sp_runtime_free(rt);
+    return 0;
+}
+
+int cmd_models(int argc, char **argv)
+{
+    if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        printf("usage: segpipe models [DIR]\n"
+               "Lists the default model (and the package in DIR): name, classes, labels.\n");
+        return 0;
+    }
+    if (argc > 2 || (argc > 1 && argv[1][0] == '-'))
+        return usage_error("models", "expected at most one model folder");
+    const char *dirs[2] = {sp_default_model_dir(), argc > 1 ? argv[1] : NULL};
+    sp_runtime_params rp = sp_runtime_default_params();
+    rp.threads = 1;
+    sp_runtime *rt = NULL;
+    sp_status st = sp_runtime_create(&rp, &rt);
+    if (st)
+        return fail(st, NULL);
+    int rc = 0;
+    for (int i = 0; i < 2; i++) {
+        if (!dirs[i])
+            continue;
+        sp_package *pk;
+        if ((st = sp_package_load(rt, dirs[i], &pk))) {
+            fprintf(stderr, "%s: %s\n", dirs[i], sp_last_error());
+            rc = sp_status_exit_code(st);
+            continue;
+        }
+        printf("%s%s\n  name: %s\n  classes: %d\n  labels:", dirs[i], i == 0 ? " (default)" : "",
+               sp_package_name(pk), sp_package_num_classes(pk));
+        for (int l = 1; l < sp_package_num_classes(pk); l++)
+            printf("%s%d=%s", l % 6 == 1 ? "\n    " : "  ", l, sp_package_label(pk, l));
+        printf("\n");
+        sp_package_free(pk);
+    }
+    sp_runtime_free(rt);
+    return rc;
+}
+
