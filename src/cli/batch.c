@@ -111,7 +111,7 @@ sp_status cli_batch_run(cli_batch *b, const char *model_dir, const char *input, 
     if (st)
         return st;
     sp_read_params rdp = sp_read_default_params();
-    if ((st = sp_volume_read(input, &rdp, &v)))
+    if ((st = sp_volume_sniff(input)) || (st = sp_volume_read(input, &rdp, &v)))
         return st;
     sp_ct_params cp = b->cp;
     cp.progress = progress;
@@ -121,8 +121,12 @@ sp_status cli_batch_run(cli_batch *b, const char *model_dir, const char *input, 
         !(st = sp_labels_write_named(labels_path, sp_ct_result_labels(res, NULL), v, sp_package_labels(pk),
                                      sp_package_num_classes(pk)))) {
         const char *pj = sp_ct_result_passport_json(res);
+        char *pv = pj && passport_path ? cli_passport_provenance(pj, input, model_dir ? model_dir
+                                                                 : sp_default_model_dir(), "batch", 0, NULL, NULL)
+                                       : NULL;
         if (pj && passport_path)
-            st = sp_write_file_atomic(passport_path, pj, strlen(pj));
+            st = pv ? sp_write_file_atomic(passport_path, pv, strlen(pv)) : SP_ERR_NOMEM;
+        free(pv);
     }
     sp_ct_result_free(res);
     sp_volume_free(v);

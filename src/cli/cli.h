@@ -52,8 +52,8 @@ void cli_warn(cli_warnings *w, const char *cmd, const char *input, const char *m
 void cli_print_timings(FILE *f, const sp_timings *t, double wall);
 char *cli_run_report(const char *input, const sp_volume *v, const char *model, int threads, const sp_timings *t,
                      double wall);
-char *cli_passport_provenance(const char *passport_json, const char *input, const char *model, int argc,
-                              char **argv, const cli_warnings *w);
+char *cli_passport_provenance(const char *passport_json, const char *input, const char *model, const char *command,
+                              int argc, char **argv, const cli_warnings *w);
 /* sha256.c */
 typedef struct cli_sha256 {
     uint32_t h[8];

@@ -391,7 +391,8 @@ static int ct_finish(const ct_opts *o, ct_run *r, int argc, char **argv)
         return cli_fail(st, NULL);
     const sp_passport *ps = sp_ct_result_passport(r->res);
     if (ps) {
-        char *pj = cli_passport_provenance(sp_passport_json(ps), o->input, o->model, argc, argv, &r->warn);
+        char *pj = cli_passport_provenance(sp_passport_json(ps), o->input, o->model, o->cmd, argc - 1, argv + 1,
+                                           &r->warn);
         rc = pj ? cli_write_text(ppath, pj) : 7;
         free(pj);
         if (rc || (rc = cli_write_text(spath, sp_passport_statistics_json(ps))))

@@ -170,18 +170,19 @@ static cJSON *checksum_json(const char *path, int skip_cache)
 
 /* passport_json with "provenance" added as its last member: the input and
  * the model package (name, size, SHA-256), the command and its arguments,
- * segpipe's and ONNX Runtime's versions, the UTC date, the warnings.
+ * segpipe's and ONNX Runtime's versions, the UTC date, the warnings (w may
+ * be NULL).
  * Caller frees; NULL when out of memory. */
-char *cli_passport_provenance(const char *passport_json, const char *input, const char *model, int argc,
-                              char **argv, const cli_warnings *w)
+char *cli_passport_provenance(const char *passport_json, const char *input, const char *model, const char *command,
+                              int argc, char **argv, const cli_warnings *w)
 {
     cJSON *p = cJSON_CreateObject();
     cJSON_AddItemToObject(p, "input", checksum_json(input, 0));
     cJSON *m = checksum_json(model, 1);
     cJSON_AddItemToObject(p, "model", m);
-    cJSON_AddStringToObject(p, "command", argv[0]);
+    cJSON_AddStringToObject(p, "command", command);
     cJSON *args = cJSON_AddArrayToObject(p, "arguments");
-    for (int i = 1; i < argc; i++)
+    for (int i = 0; i < argc; i++)
         cJSON_AddItemToArray(args, cJSON_CreateString(argv[i]));
     cJSON_AddStringToObject(p, "segpipe_version", SP_VERSION_STRING);
     cJSON_AddStringToObject(p, "onnxruntime_version", sp_ort_version());
@@ -191,7 +192,7 @@ char *cli_passport_provenance(const char *passport_json, const char *input, cons
     strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&now, &tm));
     cJSON_AddStringToObject(p, "date", date);
     cJSON *ws = cJSON_AddArrayToObject(p, "warnings");
-    for (int i = 0; i < w->n; i++)
+    for (int i = 0; w && i < w->n; i++)
         cJSON_AddItemToArray(ws, cJSON_CreateString(w->msg[i]));
     char *pj = cJSON_Print(p);
     cJSON_Delete(p);

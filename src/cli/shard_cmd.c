@@ -1,6 +1,7 @@
 /*
  * shard_cmd.c — `segpipe ct --inputs LIST --shard I/N -o OUTDIR`: the
- * inputs of one shard of a list (line k belongs to shard k mod N), for a
+ * inputs of one shard of a list (line k belongs to shard k mod N; relative
+ * lines are read from the list's folder), for a
  * Slurm job array or a Kubernetes Indexed Job, with no coordinator. Each
  * input's labels go to OUTDIR/<name>.nii.gz (its passport beside it);
  * inputs whose labels exist are skipped, so re-running a shard finishes
@@ -29,6 +30,21 @@ int cli_parse_shard(const char *s, int *i, int *n)
     return 0;
 }
 
+/* a line of the list: absolute as it is, relative from the list's folder
+ * (as a playlist or a Makefile include reads it, not from the caller's
+ * working directory); caller frees */
+static char *list_entry(const char *list, const char *line)
+{
+    const char *slash = strrchr(list, '/');
+    if (line[0] == '/' || !slash)
+        return strdup(line);
+    size_t n = (size_t)(slash - list) + 1 + strlen(line) + 1;
+    char *p = malloc(n);
+    if (p)
+        snprintf(p, n, "%.*s/%s", (int)(slash - list), list, line);
+    return p;
+}
+
 /* the list's lines (blank lines and # comments skipped); caller frees */
 static char **read_list(const char *path, int *count)
 {
@@ -50,7 +66,7 @@ static char **read_list(const char *path, int *count)
                 break;
             v = nv;
         }
-        if (!(v[n] = strdup(line)))
+        if (!(v[n] = list_entry(path, line)))
             break;
         n++;
     }
@@ -105,8 +121,9 @@ int cli_ct_shard(const char *list, int si, int sn, const char *outdir, const cha
             double secs = 0;
             sp_status st = cli_batch_run(b, model, in[k], lab, pas, &secs, NULL, NULL);
             add_entry(rep, first, in[k], st ? "failed" : "done", secs, st ? sp_last_error() : NULL);
-            if (st) {
-                fprintf(stderr, "segpipe: %s: %s\n", in[k], sp_last_error());
+            if (st) {   /* the library's message names the input when it is about it */
+                const char *e = sp_last_error();
+                fprintf(stderr, "segpipe: %s%s%s\n", strstr(e, in[k]) ? "" : in[k], strstr(e, in[k]) ? "" : ": ", e);
                 rc = rc ? rc : sp_status_exit_code(st);
                 failed++;
             } else {
