@@ -34,16 +34,19 @@ before the library sees them). The GIL is released while the C code runs
 libsegpipe: docs/python.md.
 """
 import ctypes as C
+import datetime
+import hashlib
 import json
 import os
 import tempfile
 import threading
+import warnings
 
 import numpy as np
 
 from . import _lib
 
-__all__ = ["Error", "InputError", "Model", "CtResult", "segment", "totalsegmentator", "ct", "mri", "passport",
+__all__ = ["Error", "InputError", "SegpipeWarning", "Model", "CtResult", "segment", "totalsegmentator", "ct", "mri", "passport",
            "masks", "classify", "version", "library_path"]
 __version__ = "0.1.0"
 
@@ -60,6 +63,12 @@ class Error(RuntimeError):
         super().__init__(message)
         self.status = STATUS[code] if 0 <= code < len(STATUS) else str(code)
         self.exit_code = lib().sp_status_exit_code(code)
+
+
+class SegpipeWarning(UserWarning):
+    """An input segpipe runs but doubts (no orientation, values that do not
+    look like a CT); the text `segpipe ct` prints on stderr, also kept in
+    the passport's provenance "warnings"."""
 
 
 class InputError(Error, ValueError):
@@ -82,6 +91,11 @@ def lib():
 def _check(code):
     if code:
         raise Error(code, lib().sp_last_error().decode(errors="replace"))
+
+
+def lib_version():
+    """libsegpipe's version (SP_VERSION_STRING), as the passport records it."""
+    return __version__
 
 
 def library_path():
@@ -116,8 +130,14 @@ class _Volume:
             rp = lib().sp_read_default_params()
             self._series = os.fsencode(series) if series else None
             rp.dicom_series = self._series
+            _check(lib().sp_volume_sniff(os.fsencode(src)))    # a photo, one DICOM file...: named, not read
             _check(lib().sp_volume_read(os.fsencode(src), C.byref(rp), C.byref(self.ptr)))
+            self.oriented = None        # the reader knows: _info()'s codes
             return
+        self.oriented = True
+        if _is_image(src):
+            q, s_ = int(src.header.get("qform_code", 1)), int(src.header.get("sform_code", 1))
+            self.oriented = bool(q or s_)
         if _is_image(src):
             affine = src.affine if affine is None else affine
             src = np.asanyarray(src.dataobj)
@@ -201,6 +221,90 @@ def _check_output(output, split, output_type):
         raise InputError("output must end in .nii or .nii.gz (or split=True)", "usage")
 
 
+def _doubts(v, task, name):
+    """The CLI's warnings about an input it runs (ct_cmd.c's ct_check_volume),
+    issued as SegpipeWarning; the list of their texts."""
+    L, info, out = lib(), _info(v), []
+    oriented = v.oriented if v.oriented is not None else bool(info.qform_code or info.sform_code
+                                                              or L.sp_volume_from_dicom(v.ptr))
+    if not oriented:
+        out.append("no orientation (NIfTI qform and sform codes are 0): read as RAS at its pixdim spacing; check "
+                   "the labels' left and right")
+    if task == "ct":
+        n = info.dim[0] * info.dim[1] * info.dim[2]
+        d = np.ctypeslib.as_array(L.sp_volume_data(v.ptr), shape=(n,))
+        lo, hi = float(d.min()), float(d.max())
+        if lo >= 0 and hi <= 255 and np.array_equal(d, np.floor(d)):
+            out.append("the values are whole numbers in 0..255: this looks like a label map, not a CT in HU")
+        elif np.count_nonzero(d < -500) * 100 < n:
+            out.append("less than 1% of the voxels is below -500: no air in Hounsfield units, so this does not look "
+                       "like a CT (an MRI? use segpipe mri)")
+    for m in out:
+        warnings.warn(f"{name}: {m}", SegpipeWarning, stacklevel=4)
+    return out
+
+
+def _sha256_file(path):
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def _checksum(path, skip_cache=False):
+    """The CLI's provenance of a file or folder (ct_report.c's checksum_json):
+    name, size_bytes, sha256; a folder: files and the sha256 of its files'
+    `sha256sum` lines sorted by relative path."""
+    path = os.fspath(path).rstrip("/") or "/"
+    name = os.path.basename(path) or path
+    if not os.path.isdir(path):
+        hexd, size = _sha256_file(path)
+        return {"name": name, "size_bytes": size, "sha256": hexd}
+    rels = []
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            full = os.path.join(root, f)
+            if os.path.islink(full) or not os.path.isfile(full) or (skip_cache and f.endswith(".opt.ort")):
+                continue
+            rels.append(os.path.relpath(full, path))
+    rels.sort(key=os.fsencode)
+    h, total = hashlib.sha256(), 0
+    for rel in rels:
+        hexd, size = _sha256_file(os.path.join(path, rel))
+        total += size
+        h.update(f"{hexd}  ".encode() + os.fsencode(rel) + b"\n")
+    return {"name": name, "files": len(rels), "size_bytes": total, "sha256": h.hexdigest()}
+
+
+def _provenance(src, v, model_dir, given, doubts):
+    """passport.json's "provenance" as `segpipe ct` writes it; an in-memory
+    input is named by kind and hashed as its float32 voxels (i fastest)."""
+    if isinstance(src, (str, os.PathLike)):
+        inp = _checksum(src)
+    else:
+        info = _info(v)
+        n = info.dim[0] * info.dim[1] * info.dim[2]
+        d = np.ctypeslib.as_array(lib().sp_volume_data(v.ptr), shape=(n,))
+        name = os.path.basename(src.get_filename() or "") if _is_image(src) else ""
+        inp = {"name": name or ("nibabel image" if _is_image(src) else "array"), "in_memory": True,
+               "size_bytes": int(d.nbytes), "sha256": hashlib.sha256(d.tobytes()).hexdigest()}
+    return {"input": inp, "model": _checksum(model_dir, skip_cache=True), "command": "python segpipe",
+            "arguments": [f"{k}={given[k]!r}" for k in sorted(given)],
+            "segpipe_version": lib_version(), "onnxruntime_version": lib().sp_ort_version().decode(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "warnings": list(doubts)}
+
+
+def _with_provenance(text, prov):
+    """The library's passport text with "provenance" as its last member (as ct_report.c adds it)."""
+    body = text.rstrip()
+    if not body.endswith("}"):
+        return text
+    return body[:-1].rstrip() + ',\n "provenance": ' + json.dumps(prov, indent=1) + "\n}\n"
+
+
 class Model:
     """A loaded model package (segpipe.json + ONNX), reusable across calls
     and threads. model: a package folder or a bundled name ("demo-ct");
@@ -215,7 +319,8 @@ class Model:
         self._rt, self._pk = C.c_void_p(), C.c_void_p()
         _check(L.sp_runtime_create(C.byref(rp), C.byref(self._rt)))
         try:
-            _check(L.sp_package_load(self._rt, os.fsencode(_model_dir(model)), C.byref(self._pk)))
+            self.dir = _model_dir(model)
+            _check(L.sp_package_load(self._rt, os.fsencode(self.dir), C.byref(self._pk)))
         except Error:
             L.sp_runtime_free(self._rt)
             raise
@@ -266,18 +371,22 @@ class Model:
         p.largest_component, p.smooth, p.min_component_ml = int(largest_component), int(smooth), min_component_ml
         p.keep_border, p.accum_fp16, p.roi_subset = int(keep_border), int(accumulator == "fp16"), keep_roi
         p.keep_model_labels = int(bool(keep_model_labels or save_model_labels))
+        given = {k: val for k, val in locals().items() if k in _CT_DEFAULTS and val != _CT_DEFAULTS[k]}
         res = C.c_void_p()
         with _Volume(ct, affine, series) as v:
             if output is not None and output_type == "dicom" and not L.sp_volume_from_dicom(v.ptr):
                 raise InputError("output_type='dicom' needs a DICOM input (a DICOM-SEG references the series it "
                                  "was made from)", "usage")
+            name = os.fspath(ct) if isinstance(ct, (str, os.PathLike)) else None
+            doubts = _doubts(v, self.task, name or "the volume")
             _check(L.sp_ct_run(self._pk, v.ptr, C.byref(p), C.byref(res)))
             try:
-                return self._result(res, v, output, split, output_type, preview, save_model_labels)
+                prov = _provenance(ct, v, self.dir, given, doubts)
+                return self._result(res, v, output, split, output_type, preview, save_model_labels, prov)
             finally:
                 L.sp_ct_result_free(res)
 
-    def _result(self, res, v, output, split, output_type, preview, save_model_labels):
+    def _result(self, res, v, output, split, output_type, preview, save_model_labels, prov):
         """A CtResult from res (and the files written, when output is set)."""
         L = lib()
         dim = (C.c_int64 * 3)()
@@ -285,6 +394,7 @@ class Model:
         n = dim[0] * dim[1] * dim[2]
         arr = np.ctypeslib.as_array(lab, shape=(n,)).copy().reshape(dim[2], dim[1], dim[0]).T
         pj = L.sp_ct_result_passport_json(res)
+        pj = _with_provenance(pj.decode(), prov) if pj else None
         ps = L.sp_ct_result_passport(res)
         stats = json.loads(L.sp_passport_statistics_json(ps)) if ps else None
         info = _info(v)
@@ -292,7 +402,7 @@ class Model:
         r = CtResult(arr, json.loads(pj) if pj else None, _timings(L.sp_ct_result_timings(res)),
                      dict(enumerate(self.labels)), aff, stats)
         if save_model_labels or output is not None:
-            self._write(res, v, lab, output, split, output_type, preview, save_model_labels, r)
+            self._write(res, v, lab, output, split, output_type, preview, save_model_labels, r, pj)
         elif preview:
             self._write_preview(v, lab, preview, r)
         r._image = self._nifti(lab, v, r.outputs.get("labels") if output_type == "nifti" and not split else None)
@@ -304,7 +414,7 @@ class Model:
         _check(L.sp_preview_ct_png(os.fsencode(preview), v.ptr, lab, L.sp_package_labels(self._pk), len(self.labels)))
         r.outputs["preview"] = preview
 
-    def _write(self, res, v, lab, output, split, output_type, preview, save_model_labels, r):
+    def _write(self, res, v, lab, output, split, output_type, preview, save_model_labels, r, pj):
         """The files `segpipe ct -o output` writes, in its order and names."""
         L = lib()
         names, n = L.sp_package_labels(self._pk), len(self.labels)
@@ -332,8 +442,7 @@ class Model:
             self._write_preview(v, lab, preview, r)
         ps = L.sp_ct_result_passport(res)
         if output is not None and ps:
-            for path, fn in ((ppath, L.sp_passport_json), (spath, L.sp_passport_statistics_json)):
-                text = fn(ps)
+            for path, text in ((ppath, pj.encode()), (spath, L.sp_passport_statistics_json(ps))):
                 _check(L.sp_write_file_atomic(os.fsencode(path), text, len(text)))
             r.outputs["passport"], r.outputs["statistics"] = ppath, spath
 
@@ -439,6 +548,12 @@ class Model:
         finally:
             L.sp_masks_result_free(r)
             _lib.libc.free(out)
+
+
+import inspect as _inspect  # noqa: E402
+
+_CT_DEFAULTS = {k: p.default for k, p in _inspect.signature(Model.ct).parameters.items()
+                if p.default is not _inspect.Parameter.empty and k not in ("output",)}
 
 
 class ClassifyResult(list):

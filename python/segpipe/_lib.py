@@ -132,6 +132,7 @@ SIGNATURES = {
     "sp_volume_from_dicom": (c_int, [c_void_p]),
     "sp_preview_ct_png": (c_int, [c_char_p, c_void_p, P(C.c_uint16), P(c_char_p), c_int]),
     "sp_write_file_atomic": (c_int, [c_char_p, c_char_p, C.c_size_t]),
+    "sp_volume_sniff": (c_int, [c_char_p]),
 }
 
 

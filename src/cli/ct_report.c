@@ -122,11 +122,14 @@ static int by_name(const void *a, const void *b)
  * the sha256 of its files' `sha256sum` lines ("<hex>  <relative path>\n",
  * sorted by path), as `cd DIR && find . -type f | sort | xargs sha256sum`
  * would list them without the "./". */
-static cJSON *checksum_json(const char *path, int skip_cache)
+static cJSON *checksum_json(const char *given, int skip_cache)
 {
     cJSON *j = cJSON_CreateObject();
+    char path[4096], name[4096];
+    snprintf(path, sizeof path, "%s", given);
+    for (size_t n = strlen(path); n > 1 && path[n - 1] == '/'; n--)
+        path[n - 1] = 0;
     const char *slash = strrchr(path, '/');
-    char name[4096];
     snprintf(name, sizeof name, "%s", slash && slash[1] ? slash + 1 : path);
     cJSON_AddStringToObject(j, "name", name);
     struct stat st;
