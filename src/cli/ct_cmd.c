@@ -310,13 +310,12 @@ static int ct_check_volume(const ct_opts *o, const sp_volume *v, const sp_packag
 {
     sp_volume_info vi;
     sp_volume_get_info(v, &vi);
-    for (int i = 0; i < 3; i++)
-        if (vi.dim[i] < 2) {
-            fprintf(stderr, "segpipe %s: %s is %lldx%lldx%lld: a single 2D slice, and the model segments 3D "
-                    "volumes (give the whole series)\n", o->cmd, o->input, (long long)vi.dim[0],
-                    (long long)vi.dim[1], (long long)vi.dim[2]);
-            return 3;
-        }
+    if ((vi.dim[0] < 2) + (vi.dim[1] < 2) + (vi.dim[2] < 2) == 1) {   /* one flat axis: a slice */
+        fprintf(stderr, "segpipe %s: %s is %lldx%lldx%lld: a single 2D slice, and the model segments 3D "
+                "volumes (give the whole series)\n", o->cmd, o->input, (long long)vi.dim[0],
+                (long long)vi.dim[1], (long long)vi.dim[2]);
+        return 3;
+    }
     if (vi.qform_code == 0 && vi.sform_code == 0 && !sp_volume_from_dicom(v))
         cli_warn(w, o->cmd, o->input, "no orientation (NIfTI qform and sform codes are 0): read as RAS at its pixdim "
                  "spacing; check the labels' left and right");

@@ -326,26 +326,31 @@ static int parse_list(const char *s, int *out, int cap)
 }
 
 /* segpipe bench video INPUT [--batch 1,2,4,8] [--workers 1,2,4] [--out DIR] [--save EXT] */
-int cmd_bench_video(int argc, char **argv)
+/* A bench video sweep: batch x workers pairs, their reports */
+typedef struct vsweep {
+    int bl[16], wl[16], nb, nw, save_on;
+    const char *outdir, *save;
+    char outpath[4096];
+    sp_video_report warm, *grid, *alone;
+} vsweep;
+
+/* Options (--out and --save are bench-only: taken out before the shared
+ * parser); -1 to go on, else an exit code */
+static int bench_video_args(int argc, char **argv, vargs *a, vsweep *w)
 {
-    vargs a;
-    memset(&a, 0, sizeof a);
-    const char *outdir = "bench-video";
-    const char *save = "mp4";
-    /* --out and --save are bench-only: take them out before the shared parser */
     char **av = calloc((size_t)argc + 1, sizeof *av);
     int ac = 0;
-    for (int i = 0; i < argc; i++) {
+    for (int i = 0; av && i < argc; i++) {
         if ((!strcmp(argv[i], "--out") || !strcmp(argv[i], "--save")) && i + 1 < argc) {
             if (argv[i][2] == 'o')
-                outdir = argv[++i];
+                w->outdir = argv[++i];
             else
-                save = argv[++i];
+                w->save = argv[++i];
         } else {
             av[ac++] = argv[i];
         }
     }
-    int r = parse_video_args(ac, av, &a, "bench video");
+    int r = av ? parse_video_args(ac, av, a, "bench video") : 7;
     free(av);
     if (r == 0) {
         printf("usage: segpipe bench video INPUT [--model DIR] [--batch 1,2,4,8] [--workers 1,2,4]\n"
@@ -358,119 +363,139 @@ int cmd_bench_video(int argc, char **argv)
     }
     if (r > 0)
         return r;
-    int bl[16] = {1, 2, 4, 8}, wl[16] = {1, 2, 4}, nb = 4, nw = 3;
-    if (a.batches)
-        nb = parse_list(a.batches, bl, 16);
-    if (a.workers)
-        nw = parse_list(a.workers, wl, 16);
-    if (!nb || !nw)
+    if (a->batches)
+        w->nb = parse_list(a->batches, w->bl, 16);
+    if (a->workers)
+        w->nw = parse_list(a->workers, w->wl, 16);
+    if (!w->nb || !w->nw)
         return cli_usage_error("bench video", "--batch and --workers take lists like 1,2,4");
-    if (cli_mkdir_p(outdir) != 0) {
-        fprintf(stderr, "segpipe: %s: cannot create\n", outdir);
+    if (cli_mkdir_p(w->outdir) != 0) {
+        fprintf(stderr, "segpipe: %s: cannot create\n", w->outdir);
         return 6;
     }
-    char outpath[4096];
-    int save_on = strcmp(save, "none") != 0;
-    snprintf(outpath, sizeof outpath, "%s/sweep%s%s", outdir, strcmp(save, "png") ? "." : "-frames",
-             strcmp(save, "png") ? save : "");
-    a.p.output = NULL;
-    int maxb = 1, maxw = 1;
-    for (int i = 0; i < nb; i++)
-        maxb = bl[i] > maxb ? bl[i] : maxb;
-    for (int i = 0; i < nw; i++)
-        maxw = wl[i] > maxw ? wl[i] : maxw;
-    a.p.batch = maxb;
-    a.p.workers = maxw;
+    w->save_on = strcmp(w->save, "none") != 0;
+    snprintf(w->outpath, sizeof w->outpath, "%s/sweep%s%s", w->outdir, strcmp(w->save, "png") ? "." : "-frames",
+             strcmp(w->save, "png") ? w->save : "");
+    a->p.output = NULL;
+    a->p.batch = a->p.workers = 1;
+    for (int i = 0; i < w->nb; i++)
+        a->p.batch = w->bl[i] > a->p.batch ? w->bl[i] : a->p.batch;
+    for (int i = 0; i < w->nw; i++)
+        a->p.workers = w->wl[i] > a->p.workers ? w->wl[i] : a->p.workers;
+    return -1;
+}
+
+/* The decode pass (into RAM), then inference alone per batch and the
+ * pipeline per pair; 0 or an exit code */
+static int bench_video_sweep(sp_video *v, const sp_package *pk, vsweep *w)
+{
+    sp_status st;
+    if ((st = sp_video_set(v, w->bl[0], w->wl[0], NULL)) || (st = sp_video_run(v, &w->warm)))
+        return cli_fail(st, "decode pass");
+    if (!w->warm.cache_frames || w->warm.cache_frames < w->warm.frames)
+        return cli_fail(SP_ERR_USAGE, "the video does not fit --max-ram; bench needs every frame in RAM");
+    printf("bench video: %s, %lld frames %dx%d, model %s; decode %.2f ms/frame (once, into %.1f MB of RAM)\n",
+           w->warm.input_desc, (long long)w->warm.frames, w->warm.width, w->warm.height, sp_package_name(pk),
+           w->warm.ms_decode, w->warm.cache_bytes / 1e6);
+    for (int i = 0; i < w->nb; i++) {
+        if ((st = sp_video_set(v, w->bl[i], 1, NULL)) || (st = sp_video_infer_alone(v, &w->alone[i])))
+            return cli_fail(st, "inference alone");
+        for (int j = 0; j < w->nw; j++) {
+            if (w->save_on && cli_rm_rf(w->outpath) != 0)     /* the previous pair's output */
+                fprintf(stderr, "segpipe: could not remove %s\n", w->outpath);
+            st = sp_video_set(v, w->bl[i], w->wl[j], w->save_on ? w->outpath : NULL);
+            if (st || (st = sp_video_run(v, &w->grid[i * w->nw + j])))
+                return cli_fail(st, "pipeline");
+        }
+    }
+    return 0;
+}
+
+/* The FPS grid (rows batch, columns workers) and the best pair, to f */
+static void bench_video_table(FILE *f, const vsweep *w, int bi, int bj)
+{
+    int nw = w->nw;
+    fprintf(f, "\nPipeline FPS (frames from RAM, output %s), rows batch, columns workers:\n\n",
+            w->save_on ? w->save : "not written");
+    fprintf(f, "| batch | inference alone |");
+    for (int j = 0; j < nw; j++)
+        fprintf(f, " W=%d |", w->wl[j]);
+    fprintf(f, " best / alone |\n|---:|---:|");
+    for (int j = 0; j <= nw; j++)
+        fprintf(f, "---:|");
+    fprintf(f, "\n");
+    for (int i = 0; i < w->nb; i++) {
+        double best = 0;
+        fprintf(f, "| %d | %.1f |", w->bl[i], w->alone[i].fps);
+        for (int j = 0; j < nw; j++) {
+            fprintf(f, " %.1f |", w->grid[i * nw + j].fps);
+            best = w->grid[i * nw + j].fps > best ? w->grid[i * nw + j].fps : best;
+        }
+        fprintf(f, " %.1f%% |\n", w->alone[i].fps > 0 ? 100 * best / w->alone[i].fps : 0);
+    }
+    const sp_video_report *b = &w->grid[bi * nw + bj];
+    fprintf(f, "\nBest: batch %d, %d workers: %.1f FPS = %.1f%% of inference alone at batch %d (%.1f FPS).\n",
+            w->bl[bi], w->wl[bj], b->fps, w->alone[bi].fps > 0 ? 100 * b->fps / w->alone[bi].fps : 0, w->bl[bi],
+            w->alone[bi].fps);
+    fprintf(f, "\n```\n");
+    sp_video_report_print(b, f);
+    fprintf(f, "```\n");
+}
+
+/* stdout, DIR/bench-video.md and DIR/bench-video.json */
+static void bench_video_write(const vsweep *w, const vargs *a, const sp_package *pk)
+{
+    char mdp[4200], jsp[4200];
+    snprintf(mdp, sizeof mdp, "%s/bench-video.md", w->outdir);
+    snprintf(jsp, sizeof jsp, "%s/bench-video.json", w->outdir);
+    FILE *md = fopen(mdp, "w"), *js = fopen(jsp, "w");
+    int bi = 0, bj = 0, nw = w->nw;
+    for (int i = 0; i < w->nb; i++)
+        for (int j = 0; j < nw; j++)
+            if (w->grid[i * nw + j].fps > w->grid[bi * nw + bj].fps)
+                bi = i, bj = j;
+    bench_video_table(stdout, w, bi, bj);
+    if (md) {
+        bench_video_table(md, w, bi, bj);
+        fclose(md);
+    }
+    if (js) {
+        fprintf(js, "{\"input\": \"%s\", \"model\": \"%s\", \"frames\": %lld, \"decode_ms_per_frame\": %.4f, "
+                    "\"save\": \"%s\", \"runs\": [",
+                a->p.input, sp_package_name(pk), (long long)w->warm.frames, w->warm.ms_decode, w->save);
+        for (int i = 0; i < w->nb; i++)
+            for (int j = 0; j < nw; j++) {
+                fprintf(js, "%s\n ", i + j ? "," : "");
+                report_json(js, &w->grid[i * nw + j], &w->alone[i]);
+            }
+        fprintf(js, "\n], \"best\": {\"batch\": %d, \"workers\": %d}}\n", w->bl[bi], w->wl[bj]);
+        fclose(js);
+    }
+    printf("wrote %s/bench-video.md and bench-video.json\n", w->outdir);
+}
+
+int cmd_bench_video(int argc, char **argv)
+{
+    vargs a;
+    memset(&a, 0, sizeof a);
+    vsweep w = {.bl = {1, 2, 4, 8}, .wl = {1, 2, 4}, .nb = 4, .nw = 3, .outdir = "bench-video", .save = "mp4"};
+    int rc = bench_video_args(argc, argv, &a, &w);
+    if (rc >= 0)
+        return rc;
     sp_runtime *rt = NULL;
     sp_package *pk = NULL;
     sp_video *v = NULL;
-    int rc = open_all(&a, &rt, &pk, &v);
-    sp_video_report warm, *grid = calloc((size_t)nb * nw, sizeof *grid), *alone = calloc((size_t)nb, sizeof *alone);
-    sp_status st = SP_OK;
-    if (!rc) {
-        /* first pass: decode into RAM (and warm the model) */
-        if ((st = sp_video_set(v, bl[0], wl[0], NULL)) || (st = sp_video_run(v, &warm)))
-            rc = cli_fail(st, "decode pass");
-        else if (!warm.cache_frames || warm.cache_frames < warm.frames)
-            rc = cli_fail(SP_ERR_USAGE, "the video does not fit --max-ram; bench needs every frame in RAM");
-    }
-    if (!rc) {
-        printf("bench video: %s, %lld frames %dx%d, model %s; decode %.2f ms/frame (once, into %.1f MB of RAM)\n",
-               warm.input_desc, (long long)warm.frames, warm.width, warm.height, sp_package_name(pk), warm.ms_decode,
-               warm.cache_bytes / 1e6);
-        for (int i = 0; i < nb && !rc; i++) {
-            if ((st = sp_video_set(v, bl[i], 1, NULL)) || (st = sp_video_infer_alone(v, &alone[i]))) {
-                rc = cli_fail(st, "inference alone");
-                break;
-            }
-            for (int j = 0; j < nw && !rc; j++) {
-                if (save_on && cli_rm_rf(outpath) != 0)     /* the previous pair's output */
-                    fprintf(stderr, "segpipe: could not remove %s\n", outpath);
-                st = sp_video_set(v, bl[i], wl[j], save_on ? outpath : NULL);
-                if (st || (st = sp_video_run(v, &grid[i * nw + j])))
-                    rc = cli_fail(st, "pipeline");
-            }
-        }
-    }
-    if (!rc) {
-        char mdp[4200], jsp[4200];
-        snprintf(mdp, sizeof mdp, "%s/bench-video.md", outdir);
-        snprintf(jsp, sizeof jsp, "%s/bench-video.json", outdir);
-        FILE *md = fopen(mdp, "w"), *js = fopen(jsp, "w");
-        FILE *outs[2] = {stdout, md};
-        int bi = 0, bj = 0;
-        for (int i = 0; i < nb; i++)
-            for (int j = 0; j < nw; j++)
-                if (grid[i * nw + j].fps > grid[bi * nw + bj].fps)
-                    bi = i, bj = j;
-        for (int k = 0; k < 2; k++) {
-            FILE *f = outs[k];
-            if (!f)
-                continue;
-            fprintf(f, "\nPipeline FPS (frames from RAM, output %s), rows batch, columns workers:\n\n",
-                    save_on ? save : "not written");
-            fprintf(f, "| batch | inference alone |");
-            for (int j = 0; j < nw; j++)
-                fprintf(f, " W=%d |", wl[j]);
-            fprintf(f, " best / alone |\n|---:|---:|");
-            for (int j = 0; j <= nw; j++)
-                fprintf(f, "---:|");
-            fprintf(f, "\n");
-            for (int i = 0; i < nb; i++) {
-                double best = 0;
-                fprintf(f, "| %d | %.1f |", bl[i], alone[i].fps);
-                for (int j = 0; j < nw; j++) {
-                    fprintf(f, " %.1f |", grid[i * nw + j].fps);
-                    best = grid[i * nw + j].fps > best ? grid[i * nw + j].fps : best;
-                }
-                fprintf(f, " %.1f%% |\n", alone[i].fps > 0 ? 100 * best / alone[i].fps : 0);
-            }
-            const sp_video_report *b = &grid[bi * nw + bj];
-            fprintf(f, "\nBest: batch %d, %d workers: %.1f FPS = %.1f%% of inference alone at batch %d (%.1f FPS).\n",
-                    bl[bi], wl[bj], b->fps, alone[bi].fps > 0 ? 100 * b->fps / alone[bi].fps : 0, bl[bi],
-                    alone[bi].fps);
-            fprintf(f, "\n```\n");
-            sp_video_report_print(b, f);
-            fprintf(f, "```\n");
-        }
-        if (js) {
-            fprintf(js, "{\"input\": \"%s\", \"model\": \"%s\", \"frames\": %lld, \"decode_ms_per_frame\": %.4f, "
-                        "\"save\": \"%s\", \"runs\": [",
-                    a.p.input, sp_package_name(pk), (long long)warm.frames, warm.ms_decode, save);
-            for (int i = 0; i < nb; i++)
-                for (int j = 0; j < nw; j++) {
-                    fprintf(js, "%s\n ", i + j ? "," : "");
-                    report_json(js, &grid[i * nw + j], &alone[i]);
-                }
-            fprintf(js, "\n], \"best\": {\"batch\": %d, \"workers\": %d}}\n", bl[bi], wl[bj]);
-            fclose(js);
-        }
-        if (md)
-            fclose(md);
-        printf("wrote %s/bench-video.md and bench-video.json\n", outdir);
-    }
-    free(grid);
-    free(alone);
+    rc = open_all(&a, &rt, &pk, &v);
+    w.grid = calloc((size_t)w.nb * w.nw, sizeof *w.grid);
+    w.alone = calloc((size_t)w.nb, sizeof *w.alone);
+    if (!rc && (!w.grid || !w.alone))
+        rc = cli_fail(SP_ERR_NOMEM, "bench video");
+    if (!rc)
+        rc = bench_video_sweep(v, pk, &w);
+    if (!rc)
+        bench_video_write(&w, &a, pk);
+    free(w.grid);
+    free(w.alone);
     sp_video_free(v);
     sp_package_free(pk);
     sp_runtime_free(rt);

@@ -81,7 +81,7 @@ static sp_status sniff_file(const char *path)
     unsigned char b[512];
     long n = head(path, b, sizeof b);
     if (n < 0)
-        return sp_fail(SP_ERR_IO, "%s: cannot be opened", path);
+        return sp_fail(SP_ERR_IO, "%s: cannot open it", path);
     int k = kind_of(b, (size_t)n);
     if (k == K_NIFTI || k == K_ZIP)
         return SP_OK;
@@ -178,6 +178,6 @@ sp_status sp_volume_sniff(const char *path)
     if (!path || !*path)
         return sp_fail(SP_ERR_USAGE, "no input path");
     if (stat(path, &st))
-        return sp_fail(SP_ERR_IO, "%s: no such file or folder", path);
+        return sp_fail(SP_ERR_IO, "%s: cannot open: no such file or folder", path);
     return S_ISDIR(st.st_mode) ? sniff_folder(path) : sniff_file(path);
 }

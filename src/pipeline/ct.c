@@ -556,7 +556,7 @@ static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, con
         return sp_fail(SP_ERR_USAGE, "the sliding-window step must be in (0, 1], got %g", p.step);
     if (!ct->data)
         return sp_fail(SP_ERR_USAGE, "the volume's voxels were released by an earlier run");
-    if (ct->g.dim[0] < 2 || ct->g.dim[1] < 2 || ct->g.dim[2] < 2)
+    if ((ct->g.dim[0] < 2) + (ct->g.dim[1] < 2) + (ct->g.dim[2] < 2) == 1)   /* one flat axis: a slice */
         return sp_fail(SP_ERR_INPUT, "the volume is %lldx%lldx%lld: a single 2D slice, and '%s' segments 3D "
                        "volumes (give the whole series)", (long long)ct->g.dim[0], (long long)ct->g.dim[1],
                        (long long)ct->g.dim[2], mf->name);

@@ -92,7 +92,7 @@ def test_ct_bad_inputs(tmp):
     p = os.path.join(tmp, "missing.nii.gz")
     cases.append((p, 6, "cannot open"))
     p = os.path.join(tmp, "text.nii"); open(p, "w").write("hello, not a volume\n" * 30)
-    cases.append((p, 3, "sizeof_hdr"))
+    cases.append((p, 3, "is not a NIfTI file"))   # named before any reading (issue 37)
     raw = open(os.path.join(sp.CTDIR, "example_ct_sm.nii.gz"), "rb").read()
     p = os.path.join(tmp, "trunc.nii.gz"); open(p, "wb").write(raw[: len(raw) // 2])
     cases.append((p, 3, ""))
