@@ -112,8 +112,10 @@ def test_ct_bad_inputs(tmp):
         assert not any(f.startswith("o.nii.gz") for f in os.listdir(tmp)), os.listdir(tmp)
     r = sp.run("ct", os.path.join(sp.CTDIR, "example_ct_sm.nii.gz"), "-o", out, "--model", os.path.join(tmp, "nomodel"))
     assert r.returncode == 4 and "segpipe.json" in r.stderr
-    r = sp.run("ct", os.path.join(sp.CTDIR, "example_ct_sm.nii.gz"), "-o", os.path.join(tmp, "nodir", "x.nii.gz"))
-    assert r.returncode == 6 and not os.path.exists(os.path.join(tmp, "nodir"))
+    # a missing output folder is made (issue 37); one that cannot be made is refused before the run
+    open(os.path.join(tmp, "afile"), "w").close()
+    r = sp.run("ct", os.path.join(sp.CTDIR, "example_ct_sm.nii.gz"), "-o", os.path.join(tmp, "afile", "x.nii.gz"))
+    assert r.returncode == 6 and "cannot make the output folder" in r.stderr and "inference" not in r.stdout
     r = sp.run("ct", os.path.join(sp.CTDIR, "example_ct_sm.nii.gz"), "-o", out, "--device", "cuda")
     assert r.returncode == 2 and "CPUExecutionProvider" in r.stderr
 
