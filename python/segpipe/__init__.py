@@ -310,11 +310,12 @@ class Model:
     and threads. model: a package folder or a bundled name ("demo-ct");
     None: the default CT model."""
 
-    def __init__(self, model=None, device="cpu", threads=0, precision="auto"):
+    def __init__(self, model=None, device="cpu", threads=0, precision="auto", cache_graph=False):
         L = lib()
         self._keep = [os.fsencode(_device(device)), os.fsencode(precision)]
         rp = L.sp_runtime_default_params()
         rp.device, rp.precision, rp.threads = self._keep[0], self._keep[1], threads
+        rp.cache_optimized = int(cache_graph)      # --cache-graph: <model>.opt.ort beside the model
         self.threads = threads
         self._rt, self._pk = C.c_void_p(), C.c_void_p()
         _check(L.sp_runtime_create(C.byref(rp), C.byref(self._rt)))
@@ -582,13 +583,13 @@ def _model_dir(model):
 _models = {}
 
 
-def _cached(model, device, threads, precision):
+def _cached(model, device, threads, precision, cache_graph=False):
     """The Model for these settings, loaded on first use."""
-    key = (os.path.abspath(_model_dir(model)), device, threads, precision)
+    key = (os.path.abspath(_model_dir(model)), device, threads, precision, bool(cache_graph))
     with _lock:
         m = _models.get(key)
     if m is None:
-        m = Model(model, device, threads, precision)
+        m = Model(model, device, threads, precision, cache_graph)
         with _lock:
             m = _models.setdefault(key, m)
     return m
@@ -613,7 +614,7 @@ def _device(device):
     return name
 
 
-def ct(ct, affine=None, model=None, device="cpu", threads=0, precision="auto", **kw):
+def ct(ct, affine=None, model=None, device="cpu", threads=0, precision="auto", cache_graph=False, **kw):
     """Segment a CT with a cached Model (default: the bundled CT model):
     a path, a nibabel image or an array + affine in, a CtResult out. The
     keywords are Model.ct's (`segpipe ct`'s options).
@@ -621,16 +622,16 @@ def ct(ct, affine=None, model=None, device="cpu", threads=0, precision="auto", *
         r = segpipe.ct("ct.nii.gz", output="out/labels.nii.gz")
         r.labels, r.affine, r.label_names, r.passport
     """
-    return _cached(model, _device(device), threads, precision).ct(ct, affine, **kw)
+    return _cached(model, _device(device), threads, precision, cache_graph).ct(ct, affine, **kw)
 
 
-def mri(image, affine=None, model=None, device="cpu", threads=0, precision="auto", **kw):
+def mri(image, affine=None, model=None, device="cpu", threads=0, precision="auto", cache_graph=False, **kw):
     """Segment a brain MRI (`segpipe mri`): as ct(), with an "mri" model
     package (required: tools/import/make_brainchop_package.py builds one)."""
     if model is None:
         raise InputError("give model= an MRI package (tools/import/make_brainchop_package.py builds brainchop's "
                          "MeshNet)", "usage")
-    return _cached(model, _device(device), threads, precision).ct(image, affine, **kw)
+    return _cached(model, _device(device), threads, precision, cache_graph).ct(image, affine, **kw)
 
 
 def segment(input, output=None, task="ct", model=None, device="cpu", threads=0, precision="auto", ml=True,
