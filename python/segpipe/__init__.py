@@ -372,7 +372,8 @@ class Model:
         p.largest_component, p.smooth, p.min_component_ml = int(largest_component), int(smooth), min_component_ml
         p.keep_border, p.accum_fp16, p.roi_subset = int(keep_border), int(accumulator == "fp16"), keep_roi
         p.keep_model_labels = int(bool(keep_model_labels or save_model_labels))
-        given = {k: val for k, val in locals().items() if k in _CT_DEFAULTS and val != _CT_DEFAULTS[k]}
+        given = {k: val for k, val in locals().items() if k in _CT_DEFAULTS and k != "affine"
+                 and isinstance(val, (str, int, float, bool, list, tuple, os.PathLike)) and val != _CT_DEFAULTS[k]}
         res = C.c_void_p()
         with _Volume(ct, affine, series) as v:
             if output is not None and output_type == "dicom" and not L.sp_volume_from_dicom(v.ptr):

@@ -196,19 +196,18 @@ static void stats_row(FILE *f, const char *name, double *v, int n)
             v[0], v[n - 1]);
 }
 
-static void write_md(FILE *f, cJSON *all, const bench_opts *o)
+/* The stage names of every ok case's runs, in first-seen order; *nrun the runs */
+static int md_stages(cJSON *all, const char **stages, int *ok, int *nrun)
 {
-    int ncase = cJSON_GetArraySize(all), ok = 0, nrun = 0;
-    const char *stages[SP_MAX_STAGES];
     int nst = 0;
     cJSON *c;
     cJSON_ArrayForEach(c, all) {
         if (!cJSON_IsTrue(cJSON_GetObjectItem(c, "ok")))
             continue;
-        ok++;
+        (*ok)++;
         cJSON *r;
         cJSON_ArrayForEach(r, cJSON_GetObjectItem(c, "runs")) {
-            nrun++;
+            (*nrun)++;
             cJSON *s;
             cJSON_ArrayForEach(s, cJSON_GetObjectItem(r, "seconds")) {
                 int k;
@@ -219,13 +218,16 @@ static void write_md(FILE *f, cJSON *all, const bench_opts *o)
             }
         }
     }
-    fprintf(f, "# segpipe bench\n\nmodel `%s`, %d case(s), %d timed run(s) each after %d warm-up, threads %s, "
-               "tile batch %d (0 = auto)\n\n", o->model, ncase, o->runs, o->warmup, o->threads ? "" : "all cores", o->tile_batch);
-    if (o->threads)
-        fprintf(f, "(threads: %d)\n\n", o->threads);
+    return nst;
+}
+
+/* "Overall": per-stage statistics over every run, success, structures */
+static void md_overall(FILE *f, cJSON *all, const char **stages, int nst, int ok, double *v)
+{
+    int ncase = cJSON_GetArraySize(all);
+    cJSON *c;
     fprintf(f, "## Overall (seconds per case run)\n\n| stage | mean | std | median | p95 | min | max |\n"
                "|---|---|---|---|---|---|---|\n");
-    double *v = malloc(sizeof(double) * (size_t)(nrun + 1));
     for (int k = 0; k <= nst; k++) {
         int n = 0;
         cJSON_ArrayForEach(c, all) {
@@ -252,10 +254,14 @@ static void write_md(FILE *f, cJSON *all, const bench_opts *o)
             ss += (v[i] - sm) * (v[i] - sm);
         fprintf(f, "structures found: %.1f +- %.1f\n", sm, n > 1 ? sqrt(ss / (n - 1)) : 0);
     }
-    /* latency buckets on per-run totals */
+}
+
+/* latency buckets on per-run totals */
+static void md_latency(FILE *f, cJSON *all)
+{
     static const double edges[] = {1, 2, 5, 10, 20, 30, 60, 120};
     int counts[9] = {0};
-    n = 0;
+    cJSON *c;
     cJSON_ArrayForEach(c, all) {
         cJSON *r;
         cJSON_ArrayForEach(r, cJSON_GetObjectItem(c, "runs")) {
@@ -271,48 +277,75 @@ static void write_md(FILE *f, cJSON *all, const bench_opts *o)
         if (counts[b])
             fprintf(f, "| %s%g%s%g | %d |\n", b == 0 ? "< " : "", b == 0 ? edges[0] : edges[b - 1],
                     b == 0 ? "" : b == 8 ? "+" : " - ", b == 0 || b == 8 ? NAN : edges[b], counts[b]);
-    fprintf(f, "\n## Cases (mean total, slowest first)\n\n| case | shape | seconds | peak RSS MB | structures | result |\n"
-               "|---|---|---|---|---|---|\n");
-    int nc = ncase;
-    double *mt = calloc((size_t)nc, sizeof *mt);
-    int *ord = calloc((size_t)nc, sizeof *ord), i = 0;
+}
+
+/* one row of the cases table */
+static void md_case_row(FILE *f, cJSON *cc, double mean)
+{
+    cJSON *sh = cJSON_GetObjectItem(cc, "shape");
+    const char *err = cJSON_GetStringValue(cJSON_GetObjectItem(cc, "error"));
+    fprintf(f, "| %s | ", cJSON_GetStringValue(cJSON_GetObjectItem(cc, "case")));
+    if (cJSON_GetArraySize(sh) == 3)
+        fprintf(f, "%gx%gx%g", cJSON_GetArrayItem(sh, 0)->valuedouble, cJSON_GetArrayItem(sh, 1)->valuedouble,
+                cJSON_GetArrayItem(sh, 2)->valuedouble);
+    cJSON *st = cJSON_GetObjectItem(cc, "structures");
+    cJSON *rss = cJSON_GetObjectItem(cc, "peak_rss_bytes");
+    char secs[32] = "", nst_s[16] = "";
+    if (mean >= 0)
+        snprintf(secs, sizeof secs, "%.3f", mean);
+    if (cJSON_IsNumber(st))
+        snprintf(nst_s, sizeof nst_s, "%d", st->valueint);
+    fprintf(f, " | %s | %.0f | %s | %s |\n", secs, cJSON_IsNumber(rss) ? rss->valuedouble / 1e6 : 0, nst_s,
+            err ? err : "ok");
+}
+
+/* "Cases": mean total per case, slowest first */
+static void md_cases(FILE *f, cJSON *all)
+{
+    fprintf(f, "\n## Cases (mean total, slowest first)\n\n| case | shape | seconds | peak RSS MB | structures | "
+               "result |\n|---|---|---|---|---|---|\n");
+    int nc = cJSON_GetArraySize(all), i = 0;
+    double *mt = calloc((size_t)nc + 1, sizeof *mt);
+    int *ord = calloc((size_t)nc + 1, sizeof *ord);
+    cJSON *c;
     cJSON_ArrayForEach(c, all) {
         double s = 0;
         int k = 0;
         cJSON *r;
         cJSON_ArrayForEach(r, cJSON_GetObjectItem(c, "runs")) s += cJSON_GetObjectItem(r, "total")->valuedouble, k++;
-        mt[i] = k ? s / k : -1;
-        ord[i] = i;
+        if (mt && ord)
+            mt[i] = k ? s / k : -1, ord[i] = i;
         i++;
     }
-    for (int a = 0; a < nc; a++)
+    for (int a = 0; mt && ord && a < nc; a++)
         for (int b = a + 1; b < nc; b++)
             if (mt[ord[b]] > mt[ord[a]]) {
                 int t = ord[a];
                 ord[a] = ord[b];
                 ord[b] = t;
             }
-    for (int a = 0; a < nc; a++) {
-        cJSON *cc = cJSON_GetArrayItem(all, ord[a]);
-        cJSON *sh = cJSON_GetObjectItem(cc, "shape");
-        const char *err = cJSON_GetStringValue(cJSON_GetObjectItem(cc, "error"));
-        fprintf(f, "| %s | ", cJSON_GetStringValue(cJSON_GetObjectItem(cc, "case")));
-        if (cJSON_GetArraySize(sh) == 3)
-            fprintf(f, "%gx%gx%g", cJSON_GetArrayItem(sh, 0)->valuedouble, cJSON_GetArrayItem(sh, 1)->valuedouble,
-                    cJSON_GetArrayItem(sh, 2)->valuedouble);
-        cJSON *st = cJSON_GetObjectItem(cc, "structures");
-        cJSON *rss = cJSON_GetObjectItem(cc, "peak_rss_bytes");
-        char secs[32] = "", nst_s[16] = "";
-        if (mt[ord[a]] >= 0)
-            snprintf(secs, sizeof secs, "%.3f", mt[ord[a]]);
-        if (cJSON_IsNumber(st))
-            snprintf(nst_s, sizeof nst_s, "%d", st->valueint);
-        fprintf(f, " | %s | %.0f | %s | %s |\n", secs, cJSON_IsNumber(rss) ? rss->valuedouble / 1e6 : 0, nst_s,
-                err ? err : "ok");
-    }
+    for (int a = 0; mt && ord && a < nc; a++)
+        md_case_row(f, cJSON_GetArrayItem(all, ord[a]), mt[ord[a]]);
     free(mt);
     free(ord);
+}
+
+static void write_md(FILE *f, cJSON *all, const bench_opts *o)
+{
+    int ncase = cJSON_GetArraySize(all), ok = 0, nrun = 0;
+    const char *stages[SP_MAX_STAGES];
+    int nst = md_stages(all, stages, &ok, &nrun);
+    fprintf(f, "# segpipe bench\n\nmodel `%s`, %d case(s), %d timed run(s) each after %d warm-up, threads %s, "
+               "tile batch %d (0 = auto)\n\n", o->model, ncase, o->runs, o->warmup, o->threads ? "" : "all cores",
+            o->tile_batch);
+    if (o->threads)
+        fprintf(f, "(threads: %d)\n\n", o->threads);
+    double *v = malloc(sizeof(double) * (size_t)(nrun + ncase + 1));
+    if (v)
+        md_overall(f, all, stages, nst, ok, v);
     free(v);
+    md_latency(f, all);
+    md_cases(f, all);
 }
 
 int cmd_bench(int argc, char **argv)
