@@ -131,9 +131,9 @@ $(BUILD)/libsegpipe.so: $(LIB_OBJ) $(BUILD)/segpipe.map
 $(BUILD)/libsegpipe_test.so: $(LIB_OBJ)
 	$(CC) -shared $(SANFLAGS) -o $@ $^ $(LIBS)
 
-# the CLI alone talks to Redis (segpipe submit / worker / jobs): hiredis
+# the CLI alone talks to Redis (segpipe submit / worker / jobs): hiredis, and signs queue entries: libcrypto
 $(BUILD)/segpipe: $(CLI_OBJ) $(BUILD)/libsegpipe.a
-	$(CC) $(SANFLAGS) -o $@ $^ $(LIBS) -lhiredis
+	$(CC) $(SANFLAGS) -o $@ $^ $(LIBS) -lhiredis -lcrypto
 
 $(BUILD)/test_unit: $(TEST_OBJ) $(BUILD)/libsegpipe.a
 	$(CC) $(SANFLAGS) -o $@ $^ $(LIBS)

@@ -116,6 +116,20 @@ int cli_batch_done(const char *labels_path);
 sp_status cli_batch_run(cli_batch *b, const char *model_dir, const char *input, const char *labels_path,
                         const char *passport_path, double *seconds,
                         void (*progress)(const char *, int, int, void *), void *user);
+/* A queued job's options (worker): NULL/0 fields keep the batch's own. */
+typedef struct cli_batch_job {
+    const sp_ct_params *cp;         /* ct parameters (threads stay the batch's) */
+    const char *precision;          /* auto, fp32, fp16 */
+    const char *series;             /* the series of a DICOM folder with several */
+    int dicom_out;                  /* labels as DICOM-SEG (DICOM inputs only) */
+    const volatile int *cancel;     /* set by another thread: the run stops */
+    sp_timings *timings;            /* when non-NULL: read, the run's stages, write */
+} cli_batch_job;
+sp_status cli_batch_run_job(cli_batch *b, const char *model_dir, const cli_batch_job *jo, const char *input,
+                            const char *labels_path, const char *passport_path, double *seconds,
+                            void (*progress)(const char *, int, int, void *), void *user);
+/* the device the batch's runtime was made for ("cpu", "cuda", ...) */
+const char *cli_batch_device(const cli_batch *b);
 /* shard_cmd.c: `segpipe ct --inputs LIST --shard I/N -o OUTDIR` */
 int cli_parse_shard(const char *s, int *i, int *n);
 int cli_ct_shard(const char *list, int si, int sn, const char *outdir, const char *model, int threads,
@@ -125,4 +139,15 @@ int cli_ct_shard(const char *list, int si, int sn, const char *outdir, const cha
  * name order; returns an exit code, 0 on success, after printing what went
  * wrong). */
 int cli_read_label_folder(const char *dir, char ***names, int *nn, uint16_t **lab, sp_volume **lg);
+/* segpipe ct's options (ct_cmd.c's cli_ct_parse; queued jobs carry them too) */
+typedef struct ct_opts {
+    const char *cmd, *series, *output, *model, *report, *mlab, *preview, *inputs, *input;
+    sp_runtime_params rp;
+    sp_ct_params cp;
+    int mri, split, dicom_out, shard_i, shard_n, quiet, verbose, statistics;
+    char device[16];
+} ct_opts;
+/* -1: go on; else the exit code (help, usage errors). Also checks the
+ * options a queued job carries (queue_entry.c). */
+int cli_ct_parse(int argc, char **argv, ct_opts *o);
 #endif

@@ -16,15 +16,6 @@
 #include <string.h>
 #include <unistd.h>
 
-/* segpipe ct's options (parsed by ct_parse) */
-typedef struct ct_opts {
-    const char *cmd, *series, *output, *model, *report, *mlab, *preview, *inputs, *input;
-    sp_runtime_params rp;
-    sp_ct_params cp;
-    int mri, split, dicom_out, shard_i, shard_n, quiet, verbose, statistics;
-    char device[16];
-} ct_opts;
-
 static void ct_help(const ct_opts *o)
 {
     if (o->mri)
@@ -177,8 +168,8 @@ static const cli_hint ct_hints[] = {
     {"-p", "did you mean --preview FILE.png?"},
     {NULL, NULL}};
 
-/* 0: go on; else the exit code (help, usage errors) */
-static int ct_parse(int argc, char **argv, ct_opts *o)
+/* -1: go on; else the exit code (help, usage errors) */
+int cli_ct_parse(int argc, char **argv, ct_opts *o)
 {
     const cli_opt t[] = {
         {.name = "output", .letter = 'o', .kind = CLI_STR, .dst = &o->output,
@@ -449,7 +440,7 @@ static int ct_main(int argc, char **argv, int mri)
 {
     ct_opts o = {.cmd = mri ? "mri" : "ct", .mri = mri, .model = mri ? NULL : sp_default_model_dir(),
                  .rp = sp_runtime_default_params(), .cp = sp_ct_default_params(), .shard_n = 1};
-    int rc = ct_parse(argc, argv, &o);
+    int rc = cli_ct_parse(argc, argv, &o);
     if (rc >= 0)
         return rc;
     if (o.inputs)   /* a batch (a shard of a list) into folder -o */

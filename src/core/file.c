@@ -95,7 +95,8 @@ sp_status sp_write_file_atomic(const char *path, const void *data, size_t size)
     if (!tmp)
         return sp_fail(SP_ERR_NOMEM, "out of memory");
     snprintf(tmp, plen + 32, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    unlink(tmp);   /* a leftover of a killed run with this pid, or a planted link: never followed */
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd < 0) {
         sp_status st = sp_fail(SP_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
         free(tmp);
@@ -117,7 +118,9 @@ sp_status sp_write_file_atomic(const char *path, const void *data, size_t size)
         p += w;
         left -= (size_t)w;
     }
-    if (close(fd) != 0 || rename(tmp, path) != 0) {
+    int bad = fsync(fd) != 0;   /* on disk before it has its name */
+    bad |= close(fd) != 0;
+    if (bad || rename(tmp, path) != 0) {
         int e = errno;
         unlink(tmp);
         free(tmp);
