@@ -50,7 +50,8 @@ def run(n_workers, jobs, pin, tmp):
     t0 = time.perf_counter()
     ws = []
     for k in range(n_workers):
-        cmd = [SEG, "worker", "--redis", url, "--threads", "1", "--consumer", f"w{k}"]
+        cmd = [SEG, "worker", "--redis", url, "--threads", "1", "--consumer", f"w{k}", "--input-root", tmp,
+               "--output-root", tmp]
         if pin:
             cmd = ["taskset", "-c", str(k % ncpu)] + cmd
         ws.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))

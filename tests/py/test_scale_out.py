@@ -93,11 +93,13 @@ def test_redis_workers_exactly_once(tmp):
         open(poison, "wb").write(b"\x1f\x8b" + os.urandom(500))
         p = sp.run("submit", "--redis", url, *ins, poison, "-o", out, check=True)
         ids = dict(line.split(" ", 1)[::-1] for line in p.stdout.strip().splitlines())   # input -> id
+        ids = {os.path.join(tmp, os.path.basename(k)): v for k, v in ids.items()}   # submit prints resolved paths
         assert len(ids) == 31 and all(len(i) == 32 for i in ids.values())
 
         def worker(name):
             return subprocess.Popen([sp.SEGPIPE, "worker", "--redis", url, "--consumer", name, "--threads", "1",
-                                     "--visibility", "3", "--max-attempts", "2"], stdout=subprocess.PIPE,
+                                     "--visibility", "3", "--max-attempts", "2", "--input-root", tmp,
+                                     "--output-root", tmp], stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True, env=sp.run_env())
         workers = [worker(f"w{k}") for k in range(3)]
         # kill w0 in the middle of a job (its hash says running, by w0)
@@ -130,9 +132,12 @@ def test_redis_workers_exactly_once(tmp):
         # the killed job was reclaimed by another worker and finished
         st = json.loads(sp.run("jobs", "--redis", url, victim, check=True).stdout)["jobs"][victim]
         assert st["state"] == "done" and st["worker"] != "w0" and int(st["attempts"]) >= 2, st
-        # the poison job: dead letter with its error after 2 attempts
+        # the poison job (an input error): dead letter at once, with its error and class, one attempt in the
+        # hash and in the dead letter
         dead = r.cli("XRANGE", "segpipe:dead", "-", "+").splitlines()
         assert ids[poison] in dead and any("gzip" in d or "NIfTI" in d or "read" in d for d in dead), dead
+        assert dead[dead.index("class") + 1] == "input" and dead[dead.index("attempts") + 1] == "1", dead
+        assert r.cli("HGET", f"segpipe:job:{ids[poison]}", "attempts") == "1"
         # SIGTERM: a worker finishes and leaves with 0
         for w in workers[1:]:
             w.send_signal(signal.SIGTERM)

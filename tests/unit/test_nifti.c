@@ -64,6 +64,7 @@ void test_nifti_malformed(void)
     memcpy(c, &bad, 4);
     CHECK(rd(c, n, &v) == SP_ERR_INPUT && !v);
     CHECK_CONTAINS(sp_last_error(), "sizeof_hdr");
+    CHECK(!strstr(sp_last_error(), "1234"));   /* never the raw value */
     /* dim <= 0 */
     memcpy(c, b, n);
     set_i16(c, 44, 0);
