@@ -26,6 +26,9 @@ extern volatile sig_atomic_t q_stop;
 /* A command, reconnecting (up to ~30 s) when the connection broke, e.g.
  * while Redis restarts. NULL after that (or when q_stop is set). */
 redisReply *q_cmd(rconn *r, const char *fmt, ...);
+/* one try (connecting first if needed), never waiting for a restart:
+ * NULL when Redis cannot be reached now */
+redisReply *q_cmd_once(rconn *r, const char *fmt, ...);
 /* like q_cmd with an argument vector (binary-safe values) */
 redisReply *q_cmdv(rconn *r, int argc, const char **argv);
 /* 1 when x is not an error (printing it if it is); frees x */

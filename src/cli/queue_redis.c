@@ -121,6 +121,17 @@ static redisReply *cmdv_va(rconn *r, int argc, const char **argv, ...)
 
 redisReply *q_cmdv(rconn *r, int argc, const char **argv) { return cmdv_va(r, argc, argv); }
 
+redisReply *q_cmd_once(rconn *r, const char *fmt, ...)
+{
+    if ((!r->c || r->c->err) && connect_redis(r))
+        return NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *x = redisvCommand(r->c, fmt, ap);
+    va_end(ap);
+    return x;
+}
+
 int q_reply_ok(redisReply *x)
 {
     int ok = x && x->type != REDIS_REPLY_ERROR;

@@ -79,6 +79,8 @@ typedef struct worker {
     volatile int cancel;   /* the run's cancel flag (sp_ct_params.cancel) */
     atomic_int running, timed_out, stopping, quit;
     _Atomic double started;
+    char entry[64];   /* the running job's entry (set before running) */
+    rconn hb;         /* the watchdog's own connection, for heartbeats */
 } worker;
 
 static void set_keys(worker *w, const char *id)
@@ -92,13 +94,27 @@ static void set_keys(worker *w, const char *id)
     snprintf(w->kdelayed, sizeof w->kdelayed, "%s:delayed", p);
 }
 
-/* The watchdog: raises the cancel flag at --job-timeout, or --stop-timeout
- * after SIGTERM; a run that does not stop 30 s after that ends the process
- * (exit 75) so that the job goes to another worker after --visibility. */
+/* While a job runs, its entry's idle time is reset every third of
+ * --visibility (XCLAIM to itself), so XAUTOCLAIM takes over only jobs of
+ * workers that died or hang, however long a stage takes. */
+static void heartbeat(worker *w, double *last)
+{
+    double t = sp_now(), every = w->o->visibility / 3;
+    if (t - *last < (every < 0.5 ? every : every > 10 ? 10 : every))
+        return;
+    *last = t;
+    freeReplyObject(q_cmd_once(&w->hb, "XCLAIM %s:jobs %s-workers %s 0 %s JUSTID", w->hb.prefix, w->hb.prefix,
+                               w->o->consumer, w->entry));
+}
+
+/* The watchdog: heartbeats, and the cancel flag raised at --job-timeout, or
+ * --stop-timeout after SIGTERM; a run that does not stop 30 s after that
+ * ends the process (exit 75) so that the job goes to another worker after
+ * --visibility. */
 static void *watchdog(void *u)
 {
     worker *w = u;
-    double stop_at = 0, cancel_at = 0;
+    double stop_at = 0, cancel_at = 0, beat = 0;
     while (!atomic_load(&w->quit)) {
         usleep(100000);
         double t = sp_now();
@@ -108,6 +124,8 @@ static void *watchdog(void *u)
             cancel_at = 0;
             continue;
         }
+        if (!cancel_at)
+            heartbeat(w, &beat);
         if (!w->cancel && w->o->job_timeout > 0 && t - atomic_load(&w->started) > w->o->job_timeout)
             atomic_store(&w->timed_out, 1), w->cancel = 1;
         if (!w->cancel && stop_at && t - stop_at > w->o->stop_timeout)
@@ -214,7 +232,6 @@ static void done(worker *w, const q_job *j, const q_plan *pl, double secs, int s
 
 typedef struct progress_ctx {
     worker *w;
-    const char *entry;
     double last;
 } progress_ctx;
 
@@ -226,9 +243,6 @@ static void on_progress(const char *stage, int d, int total, void *u)
         return;
     p->last = t;
     freeReplyObject(q_cmd(&p->w->r, "HSET %s stage %s done %d total %d", p->w->kjob, stage, d, total));
-    /* a heartbeat: the entry's idle time restarts, so XAUTOCLAIM takes only jobs of dead workers */
-    freeReplyObject(q_cmd(&p->w->r, "XCLAIM %s %s %s 0 %s JUSTID", p->w->kstream, p->w->kgroup, p->w->o->consumer,
-                          p->entry));
 }
 
 /* 1 when an earlier delivery finished the job (labels, and the passport
@@ -281,10 +295,11 @@ static void run_admitted(worker *w, const q_job *j, q_plan *pl)
         return;
     }
     sp_timings tt = {0};
-    progress_ctx pc = {w, j->entry, 0};
+    progress_ctx pc = {w, 0};
     cli_batch_job jo = {.cp = &pl->ct.cp, .precision = pl->ct.rp.precision, .series = pl->ct.series,
                         .dicom_out = pl->ct.dicom_out, .cancel = &w->cancel, .timings = &tt};
     w->cancel = 0;
+    snprintf(w->entry, sizeof w->entry, "%s", j->entry);
     atomic_store(&w->timed_out, 0);
     atomic_store(&w->started, sp_now());
     atomic_store(&w->running, 1);
@@ -529,6 +544,8 @@ int cmd_worker(int argc, char **argv)
         return cli_fail(SP_ERR_RUNTIME, "worker");
     }
     freeReplyObject(q_cmd(&w.r, "XGROUP CREATE %s:jobs %s-workers 0 MKSTREAM", w.r.prefix, w.r.prefix));
+    w.hb = w.r;
+    w.hb.c = NULL;   /* connected on the first heartbeat */
     pthread_create(&w.wd, NULL, watchdog, &w);
     printf("segpipe worker %s: ready (stream %s:jobs, %d input and %d output roots, %d models, %s entries, "
            "visibility %.0f s, %d attempts)\n", o.consumer, w.r.prefix, o.n_in, o.n_out, o.n_models,
@@ -542,5 +559,7 @@ int cmd_worker(int argc, char **argv)
     printf("segpipe worker %s: stopped\n", o.consumer);
     cli_batch_free(w.b);
     redisFree(w.r.c);
+    if (w.hb.c)
+        redisFree(w.hb.c);
     return 0;
 }
