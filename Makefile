@@ -189,7 +189,7 @@ install: all
 comma := ,
 VERSION := $(shell sed -n 's/#define SP_VERSION_STRING "\(.*\)"/\1/p' include/segpipe.h)
 DEB_DEPENDS := libc6, libstdc++6, libmicrohttpd12, libcjson1, libdeflate0, zlib1g, libjpeg62-turbo, libpng16-16, \
-  libwebp7$(if $(HEIF_LIBS),$(comma) libheif1)$(if $(DICOM_LIBS),$(comma) libgdcm3.0$(comma) libdcmtk17$(comma) libzip4)$(comma) libhiredis0.14$(if $(FF_LIBS),$(comma) libavformat59$(comma) libavcodec59$(comma) libswscale6$(comma) libavutil57)
+  libwebp7$(if $(HEIF_LIBS),$(comma) libheif1)$(if $(DICOM_LIBS),$(comma) libgdcm3.0$(comma) libdcmtk17$(comma) libzip4)$(comma) libhiredis0.14$(comma) libssl3$(if $(FF_LIBS),$(comma) libavformat59$(comma) libavcodec59$(comma) libswscale6$(comma) libavutil57)
 deb: all
 	rm -rf $(BUILD)/deb
 	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(BUILD)/deb PREFIX=/usr
