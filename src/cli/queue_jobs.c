@@ -119,7 +119,7 @@ static void counts(rconn *r)
 static void show(rconn *r, const char *id, int brief)
 {
     static const char *const keys[] = {"state", "attempts", "class", "error", "worker", "stage", "input",
-                                       "submitted", "started", "finished", "seconds"};
+                                       "submitted", "started", "finished", "seconds", "timings"};
     redisReply *x = q_cmd(r, "HGETALL %s:job:%s", r->prefix, id);
     cli_json_str(stdout, id);
     printf(": {");

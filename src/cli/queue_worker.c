@@ -211,16 +211,29 @@ static void retry(worker *w, const q_job *j, double delay, int undo, const char 
             undo ? "handed back" : "retried", delay, cls, why);
 }
 
-static void done(worker *w, const q_job *j, const q_plan *pl, double secs, int skipped)
+/* seconds per stage as a JSON object */
+static void timings_json(const sp_timings *tt, char *out, size_t cap)
 {
-    char ttl[32], s[32], t[32];
+    size_t n = (size_t)snprintf(out, cap, "{");
+    for (int i = 0; tt && i < tt->n && n < cap; i++)
+        n += (size_t)snprintf(out + n, cap - n, "%s\"%s\": %.3f", i ? ", " : "", tt->stage[i].name,
+                              tt->stage[i].seconds);
+    if (n < cap)
+        snprintf(out + n, cap - n, "}");
+}
+
+static void done(worker *w, const q_job *j, const q_plan *pl, double secs, const sp_timings *tt)
+{
+    char ttl[32], s[32], t[32], tj[1024];
+    int skipped = tt == NULL;
+    timings_json(tt, tj, sizeof tj);
     snprintf(ttl, sizeof ttl, "%.0f", w->o->ttl);
     snprintf(s, sizeof s, "%.3f", secs);
     ts(t);
     set_keys(w, j->id);
     const char *av[] = {"EVAL", lua_done, "3", w->kjob, w->kcounts, w->kstream, w->kgroup, j->entry, ttl,
                         "state", "done", "labels", pl->labels, "passport", pl->ct.cp.passport ? pl->passport : "",
-                        "seconds", s, "finished", t, "skipped", skipped ? "1" : "0"};
+                        "seconds", s, "finished", t, "skipped", skipped ? "1" : "0", "timings", tj};
     eval(w, (int)(sizeof av / sizeof *av), av);
     if (skipped)
         w->m.skipped++;
@@ -291,7 +304,7 @@ static void run_admitted(worker *w, const q_job *j, q_plan *pl)
     ts(t);
     freeReplyObject(q_cmd(&w->r, "HSET %s state running worker %s started %s", w->kjob, w->o->consumer, t));
     if (already_done(pl)) {   /* idempotent: an earlier delivery finished it before its acknowledgement */
-        done(w, j, pl, 0, 1);
+        done(w, j, pl, 0, NULL);
         return;
     }
     sp_timings tt = {0};
@@ -313,7 +326,7 @@ static void run_admitted(worker *w, const q_job *j, q_plan *pl)
     if (st)
         end_failed(w, j, st, attempt);
     else
-        done(w, j, pl, secs, 0);
+        done(w, j, pl, secs, &tt);
 }
 
 /* one entry: refused, or admitted and run */

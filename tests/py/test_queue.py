@@ -334,6 +334,8 @@ def test_queue_error_classes(tmp):
     assert jobs[tid]["attempts"] == "3" and jobs[tid]["state"] == "failed" and jobs[tid]["class"] == "transient"
     assert jobs[bid]["attempts"] == "1" and jobs[gid]["state"] == "done" and jobs[gid]["worker"] == "w0"
     assert float(jobs[gid]["finished"]) >= float(jobs[gid]["started"]) >= float(jobs[gid]["submitted"])
+    stages = json.loads(jobs[gid]["timings"])                              # seconds per stage of the job
+    assert {"read", "inference", "write"} <= set(stages) and sum(stages.values()) <= float(jobs[gid]["seconds"]) + 0.01
     assert c["submitted"] == 3 and c["done"] == 1 and c["failed"] == 2 and c["dead_letter"] == 2, c
     # the textfile
     key = lambda res: ("segpipe_worker_jobs_total", frozenset({("consumer", "w0"), ("result", res)}))
