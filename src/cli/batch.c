@@ -1,7 +1,7 @@
 /*
  * batch.c — one CT input to an output folder, with models loaded once: the
  * common step of sharded batch runs (`segpipe ct --inputs LIST --shard I/N`)
- * and of queue workers (`segpipe worker`, worker_cmd.c). Results are
+ * and of queue workers (`segpipe worker`, queue_worker.c). Results are
  * idempotent: written under a temporary name and renamed, so a run killed
  * half-way leaves no partial output and a repeated run writes the same file.
  */

@@ -90,7 +90,7 @@ int cli_int(const char *cmd, const char *opt, const char *text, long lo, long hi
 int cli_num(const char *cmd, const char *opt, const char *text, double lo, double hi, double *out);
 int cli_size(const char *cmd, const char *opt, const char *text, size_t *out);
 int cmd_serve(int argc, char **argv);
-/* worker_cmd.c: CT jobs on Redis Streams */
+/* queue_submit.c, queue_worker.c, queue_jobs.c: CT jobs on Redis Streams */
 int cmd_submit(int argc, char **argv);
 int cmd_worker(int argc, char **argv);
 int cmd_jobs(int argc, char **argv);
