@@ -35,8 +35,11 @@ static int submit_opt(int c, const char *a, void *u)
     }
 }
 
-/* KEYS job ids stream counts; ARGV time field value ... (field 1 is id) */
+/* KEYS job ids stream counts; ARGV time field value ... (field 1 is id).
+ * A job already there (the reply to an earlier try was lost while Redis
+ * restarted, and q_cmdv sent it again) is not queued twice. */
 static const char *const lua_submit =
+    "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end "
     "redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'submitted', ARGV[1], unpack(ARGV, 2)) "
     "redis.call('ZADD', KEYS[2], ARGV[1], ARGV[3]) "
     "redis.call('XADD', KEYS[3], '*', unpack(ARGV, 2)) "

@@ -52,10 +52,12 @@ static const char *const lua_dead =
     "  if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end end "
     "redis.call('XACK', KEYS[3], ARGV[1], ARGV[2]) return 1";
 
-/* KEYS job stream delayed; ARGV group entry due member undo field value ... */
+/* KEYS job stream delayed; ARGV group entry due member undo field value ...
+ * (sent again after a lost reply: the same member, the attempt undone once) */
 static const char *const lua_retry =
     "redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4]) "
-    "if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end "
+    "if ARGV[5] == '1' and redis.call('HGET', KEYS[1], 'state') == 'running' then "
+    "  redis.call('HINCRBY', KEYS[1], 'attempts', -1) end "
     "redis.call('HSET', KEYS[1], unpack(ARGV, 6)) "
     "redis.call('XACK', KEYS[2], ARGV[1], ARGV[2]) return 1";
 
