@@ -121,6 +121,8 @@ def test_queue_hostile_entries(tmp):
         (["input", good, "output", outd, "opts", "--preview=" + os.path.join(away, "p.png")], "may carry"),
         (["input", good, "output", outd, "opts", "--step\x1f7"], "parser"),
         (["input", good, "output", outd, "opts", "--device\x1fcuda"], "wants device cuda"),
+        (["input", good, "output", outd, "opts", "--device\x1fcuda:1"], "--device is cpu, cuda or tensorrt"),
+        (["input", good, "output", outd, "opts", "--step\x1f--report=" + os.path.join(away, "r.json")], "parser"),
         (["input", "in/" + os.path.basename(good), "output", outd], "not an absolute path"),
         (["input", good + "\x01", "output", outd], "control characters"),
         (["input", "/" + "a" * 100000, "output", outd], "too long"),
