@@ -62,7 +62,7 @@ endif
 # DICOM series input through GDCM, DICOM-SEG output through DCMTK (C++; NO_DICOM=1 leaves both out)
 CXX ?= c++
 DICOM_LIBS := -lgdcmMSFF -lgdcmDSED -lgdcmCommon -ldcmseg -ldcmfg -ldcmiod -ldcmdata -loflog -lofstd -lzip -lstdc++
-DICOM_SRC := src/io/dicom.cc src/io/dicom_seg.cc
+DICOM_SRC := src/io/dicom.cc src/io/dicom_seg.cc src/io/dicom_rtstruct.cc
 ifeq ($(NO_DICOM),1)
   ALL_CFLAGS += -DSP_NO_DICOM
   DICOM_LIBS :=

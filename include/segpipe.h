@@ -248,6 +248,9 @@ const char *sp_package_label(const sp_package *pk, int i);
 /* All class names, indexed by label (sp_package_num_classes of them; owned
  * by the package). */
 const char *const *sp_package_labels(const sp_package *pk);
+/* The manifest's "dicom_codes" (codes per structure name, docs/dicom.md) as
+ * JSON text, NULL when it has none; owned by pk. */
+const char *sp_package_dicom_codes(const sp_package *pk);
 /* The display colour of a label (golden-ratio hues): the NIfTI label
  * table, the preview images and the web page use it. */
 void sp_label_rgb(int label, uint8_t rgb[3]);
@@ -365,13 +368,34 @@ sp_status sp_labels_write(const char *path, const uint16_t *labels,
  * (TotalSegmentator's --ml false layout). */
 sp_status sp_labels_write_split(const char *dir, const uint16_t *labels,
                                 const sp_volume *like, const sp_package *pk);
-/* Write the labels (on source's grid) as a binary DICOM-SEG (DCMTK dcmseg;
- * docs/dicom.md): one segment per label present, named names[l] (n_names
- * of them) with the label's display colour, referencing the DICOM series
- * `source` was read from (patient, study and frame of reference copied; a
- * new series); `description` becomes the SeriesDescription (may be NULL).
- * SP_ERR_USAGE when source was not read from DICOM. Written to a temporary
- * name and renamed. */
+/* Labels as DICOM objects that reference the series they were made from
+ * (docs/dicom.md): a binary DICOM Segmentation (DCMTK dcmseg) or an RT
+ * Structure Set (closed planar contours per structure and slice). Each
+ * structure present gets SNOMED CT codes from segpipe's table (derived from
+ * TotalSegmentator's mapping), the manifest's "dicom_codes", or else
+ * segpipe's private code (99SEGPIPE, with a warning); its display name
+ * ("Rib left 7") and colour. */
+typedef enum sp_dicom_kind { SP_DICOM_SEG = 0, SP_DICOM_RTSTRUCT = 1 } sp_dicom_kind;
+typedef struct sp_dicom_params {
+    sp_dicom_kind kind;
+    const char *description;   /* SeriesDescription (NULL: "segpipe labels") */
+    int series_number;         /* SeriesNumber (0: 9001 for a SEG, 9002 for an RTSTRUCT) */
+    const char *creator;       /* ContentCreatorName / OperatorsName, a DICOM person name
+                                  ("Family^Given"; NULL: empty) */
+    int deflate;               /* 1: deflated explicit VR little endian (default 0: explicit VR
+                                  little endian, what every viewer and PACS reads) */
+    const char *codes_json;    /* codes overriding the table: a manifest's "dicom_codes" object as
+                                  JSON text (sp_package_dicom_codes; NULL: none) */
+} sp_dicom_params;
+sp_dicom_params sp_dicom_default_params(void);
+/* Write the labels (on source's grid) as p->kind at path: patient, study and
+ * frame of reference copied from the series, a new series in its study,
+ * every source instance referenced. SP_ERR_USAGE when source was not read
+ * from DICOM. Written to a temporary name and renamed. */
+sp_status sp_labels_write_dicom(const char *path, const uint16_t *labels, const sp_volume *source,
+                                const char *const *names, int n_names, const sp_dicom_params *p);
+/* sp_labels_write_dicom with default params, a DICOM-SEG, `description`
+ * as its SeriesDescription (may be NULL). */
 sp_status sp_labels_write_dicom_seg(const char *path, const uint16_t *labels, const sp_volume *source,
                                     const char *const *names, int n_names, const char *description);
 /* 1 when v was read from a DICOM series (so a DICOM-SEG can reference it). */

@@ -146,6 +146,7 @@ typedef struct ct_opts {
     sp_ct_params cp;
     int mri, split, dicom_out, shard_i, shard_n, quiet, verbose, statistics;
     char device[16];
+    sp_dicom_params dp;        /* --output-type dicom-seg|dicom-rtstruct and the --dicom-* options */
 } ct_opts;
 /* -1: go on; else the exit code (help, usage errors). Also checks the
  * options a queued job carries (queue_entry.c). */

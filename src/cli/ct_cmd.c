@@ -57,8 +57,13 @@ static void ct_help(const ct_opts *o)
            "                           with -o OUTDIR: OUTDIR/<name>.nii.gz each\n"
            "      --shard I/N          with --inputs: only lines k with k mod N = I (job arrays);\n"
            "                           inputs already done are skipped; report OUTDIR/shard-I-of-N.json\n"
-           "      --output-type nifti|dicom  labels as NIfTI (default) or, for a DICOM input, as a\n"
-           "                           DICOM-SEG referencing the series (OUTPUT ends in .dcm)\n"
+           "      --output-type T      nifti (default), or for a DICOM input dicom-seg (alias dicom) or\n"
+           "                           dicom-rtstruct: a DICOM-SEG / RT Structure Set referencing the\n"
+           "                           series, in its study (OUTPUT ends in .dcm; docs/dicom.md)\n"
+           "      --dicom-description S  its SeriesDescription (default: segpipe MODEL)\n"
+           "      --dicom-series-number N  its SeriesNumber (default: 9001 SEG, 9002 RTSTRUCT)\n"
+           "      --dicom-creator NAME   ContentCreatorName / OperatorsName (DICOM person name, Family^Given)\n"
+           "      --dicom-deflate      deflated transfer syntax (default: explicit VR little endian)\n"
            "      --cache-graph        keep ORT's optimised graph beside the model (<model>.opt.ort)\n"
            "      --save-model-labels F  also write the labels at model resolution (canonical grid)\n"
            "  -q, --quiet / -v, --verbose\n"
@@ -128,10 +133,33 @@ static int opt_shard(const char *cmd, const char *v, void *ctx)
 static int opt_output_type(const char *cmd, const char *v, void *ctx)
 {
     ct_opts *o = ctx;
-    if (strcmp(v, "nifti") && strcmp(v, "dicom"))
-        return cli_usage_error(cmd, "--output-type is nifti or dicom");
-    o->dicom_out = !strcmp(v, "dicom");
+    if (strcmp(v, "nifti") && strcmp(v, "dicom") && strcmp(v, "dicom-seg") && strcmp(v, "dicom-rtstruct"))
+        return cli_usage_error(cmd, "--output-type is nifti, dicom-seg (or dicom) or dicom-rtstruct");
+    o->dicom_out = strcmp(v, "nifti") != 0;
+    o->dp.kind = !strcmp(v, "dicom-rtstruct") ? SP_DICOM_RTSTRUCT : SP_DICOM_SEG;
     return 0;
+}
+
+/* a DICOM LO / PN value from the command line: at most 64 characters, no backslash or line break */
+static int dicom_text(const char *cmd, const char *opt, const char *v)
+{
+    if (strlen(v) <= 64 && !strpbrk(v, "\\\n\r"))
+        return 0;
+    char msg[128];
+    snprintf(msg, sizeof msg, "%s: at most 64 characters, no backslash", opt);
+    return cli_usage_error(cmd, msg);
+}
+
+static int opt_dicom_description(const char *cmd, const char *v, void *ctx)
+{
+    ((ct_opts *)ctx)->dp.description = v;
+    return dicom_text(cmd, "--dicom-description", v);
+}
+
+static int opt_dicom_creator(const char *cmd, const char *v, void *ctx)
+{
+    ((ct_opts *)ctx)->dp.creator = v;
+    return dicom_text(cmd, "--dicom-creator", v);
 }
 
 static int opt_model_labels(const char *cmd, const char *v, void *ctx)
@@ -197,7 +225,13 @@ int cli_ct_parse(int argc, char **argv, ct_opts *o)
         {.name = "preview", .kind = CLI_STR, .dst = &o->preview, .value = "FILE.png"},
         {.name = "accumulator", .kind = CLI_FN, .fn = opt_accumulator, .value = "fp32 or fp16"},
         {.name = "roi-subset", .kind = CLI_FN, .fn = opt_roi, .value = "A,B,...", .multi = 1},
-        {.name = "output-type", .kind = CLI_FN, .fn = opt_output_type, .value = "nifti or dicom"},
+        {.name = "output-type", .kind = CLI_FN, .fn = opt_output_type,
+         .value = "nifti, dicom-seg (or dicom) or dicom-rtstruct"},
+        {.name = "dicom-description", .kind = CLI_FN, .fn = opt_dicom_description, .value = "TEXT"},
+        {.name = "dicom-series-number", .kind = CLI_INT, .dst = &o->dp.series_number, .lo = 1, .hi = 999999,
+         .value = "N"},
+        {.name = "dicom-creator", .kind = CLI_FN, .fn = opt_dicom_creator, .value = "Family^Given"},
+        {.name = "dicom-deflate", .kind = CLI_FLAG, .dst = &o->dp.deflate},
         {.name = "inputs", .kind = CLI_STR, .dst = &o->inputs, .value = "LIST"},
         {.name = "shard", .kind = CLI_FN, .fn = opt_shard, .value = "I/N"},
         {.name = "no-spill", .kind = CLI_CLEAR, .dst = &o->cp.spill},
@@ -235,7 +269,8 @@ static int ct_check(const ct_opts *o)
         return cli_usage_error(o->cmd, "give --model DIR (tools/import/make_brainchop_package.py builds brainchop's "
                                "MeshNet package)");
     if (o->dicom_out && (o->split || strlen(o->output) < 4 || strcmp(o->output + strlen(o->output) - 4, ".dcm")))
-        return cli_usage_error(o->cmd, "with --output-type dicom, OUTPUT must end in .dcm (and no --split)");
+        return cli_usage_error(o->cmd, "with --output-type dicom-seg/dicom-rtstruct, OUTPUT must end in .dcm (and no "
+                               "--split)");
     if (!o->split && !o->dicom_out && !strstr(o->output, ".nii"))
         return cli_usage_error(o->cmd, "OUTPUT must end in .nii or .nii.gz (or use --split)");
     return 0;
@@ -274,9 +309,12 @@ static sp_status ct_write(const ct_opts *o, const sp_package *pk, const sp_volum
         snprintf(spath, cap, "%s/statistics.json", o->output);
     } else {
         char desc[128];
-        snprintf(desc, sizeof desc, "segpipe %s", sp_package_name(pk));
-        st = o->dicom_out ? sp_labels_write_dicom_seg(o->output, lab, v, sp_package_labels(pk),
-                                                      sp_package_num_classes(pk), desc)
+        snprintf(desc, sizeof desc, "segpipe %.56s", sp_package_name(pk));
+        sp_dicom_params dp = o->dp;
+        dp.description = dp.description ? dp.description : desc;
+        dp.codes_json = sp_package_dicom_codes(pk);
+        st = o->dicom_out ? sp_labels_write_dicom(o->output, lab, v, sp_package_labels(pk), sp_package_num_classes(pk),
+                                                  &dp)
                           : sp_labels_write_named(o->output, lab, v, sp_package_labels(pk), sp_package_num_classes(pk));
         char *stem = path_stem(o->output);
         snprintf(ppath, cap, "%s.passport.json", stem ? stem : o->output);
@@ -365,8 +403,8 @@ static int ct_load(const ct_opts *o, ct_run *r)
         return cli_fail(st, NULL);
     sp_timings_add(&r->tt, "read", sp_now() - t0);
     if (o->dicom_out && !sp_volume_from_dicom(r->v))
-        return cli_usage_error(o->cmd, "--output-type dicom needs a DICOM input (a DICOM-SEG references the series "
-                               "it was made from)");
+        return cli_usage_error(o->cmd, "--output-type dicom-seg/dicom-rtstruct needs a DICOM input (a DICOM-SEG or "
+                               "RTSTRUCT references the series it was made from)");
     return ct_check_volume(o, r->v, r->pk, &r->warn);
 }
 
@@ -439,7 +477,8 @@ static int ct_run_one(ct_opts *o, int argc, char **argv)
 static int ct_main(int argc, char **argv, int mri)
 {
     ct_opts o = {.cmd = mri ? "mri" : "ct", .mri = mri, .model = mri ? NULL : sp_default_model_dir(),
-                 .rp = sp_runtime_default_params(), .cp = sp_ct_default_params(), .shard_n = 1};
+                 .rp = sp_runtime_default_params(), .cp = sp_ct_default_params(), .shard_n = 1,
+                 .dp = sp_dicom_default_params()};
     int rc = cli_ct_parse(argc, argv, &o);
     if (rc >= 0)
         return rc;

@@ -36,14 +36,7 @@ extern "C" {
 sp_status sp_dicom_load(const char *dir, const char *uid, uint64_t max_voxels, sp_dicom_vol *v, char *msg,
                         size_t cap);
 void sp_dicom_ref_free(sp_dicom_ref *r);
-/* dicom_seg.cc (DCMTK dcmseg): labels on ref's grid (cols x rows x n, i
- * fastest) as a binary DICOM-SEG at path: one segment per label present
- * (names[l], colour sp_label_rgb(l)), frames only where a segment has
- * voxels, each derived from its source slice; patient, study and frame of
- * reference copied from the series. SP_OK, or a status with msg. */
-sp_status sp_dicom_seg_write(const char *path, const sp_dicom_ref *ref, const uint16_t *labels,
-                             const char *const *names, int n_names, const char *description, char *msg,
-                             size_t cap);
+/* the writers (DICOM-SEG, RTSTRUCT): dicom_out.h */
 #ifdef __cplusplus
 }
 #endif

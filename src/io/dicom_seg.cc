@@ -2,18 +2,20 @@
  * dicom_seg.cc — labels as a binary DICOM Segmentation with DCMTK's dcmseg
  * (Debian's libdcmtk): docs/dicom.md.
  *
- * One segment per label present (label = the model's structure name,
- * category "Anatomical Structure" (SCT 123037004), type coded in segpipe's
- * private scheme 99SEGPIPE (code = label index, meaning = name), colour =
- * the label's display colour as CIELab), algorithm type AUTOMATIC. Frames:
- * for each segment, each source slice where it has voxels; per frame its
- * plane position, its dimension index (segment, slice) and a derivation
- * reference to the source slice; shared: pixel spacing, slice spacing and
- * orientation. Patient, study and frame-of-reference attributes come from
- * the source series (sp_dicom_ref); the SEG is a new series in that study
- * and lists every source instance in its common instance references.
+ * One segment per structure present: SegmentLabel its display name,
+ * SegmentDescription the model's name, category, type (with a laterality
+ * modifier) and anatomic region coded as dicom_codes.c says (SNOMED CT, or
+ * segpipe's private scheme declared in CodingSchemeIdentificationSequence),
+ * colour = the label's display colour as CIELab, algorithm AUTOMATIC.
+ * Frames: for each segment, each source slice where it has voxels; per
+ * frame its plane position, its dimension index (segment, slice) and a
+ * derivation reference to the source slice; shared: pixel spacing, slice
+ * spacing and orientation. Patient, study and frame-of-reference attributes
+ * come from the source series (sp_dicom_ref); the SEG is a new series in
+ * that study and lists every source instance in its common instance
+ * references. Explicit VR little endian unless deflate is asked for.
  */
-#include "dicom.h"
+#include "dicom_out.h"
 
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcdeftag.h>
@@ -88,25 +90,37 @@ void shared_groups(DcmSegmentation *seg, const sp_dicom_ref *ref)
     ok(seg->addForAllFrames(*po), "plane orientation");
 }
 
-Uint16 add_segment(DcmSegmentation *seg, int label, const char *name)
+CodeSequenceMacro code(const sp_dicom_coded &c)
+{
+    return CodeSequenceMacro(c.value, c.scheme, c.meaning);
+}
+
+Uint16 add_segment(DcmSegmentation *seg, const sp_dicom_structure &st)
 {
     DcmSegment *s = NULL;
-    std::string nm = std::string(name).substr(0, 64);
-    ok(DcmSegment::create(s, nm.c_str(), CodeSequenceMacro("123037004", "SCT", "Anatomical Structure"),
-                          CodeSequenceMacro(std::to_string(label).c_str(), "99SEGPIPE", nm.c_str()),
-                          DcmSegTypes::SAT_AUTOMATIC, "segpipe"),
+    ok(DcmSegment::create(s, st.display, code(st.category), code(st.type), DcmSegTypes::SAT_AUTOMATIC, "segpipe"),
        "segment");
-    uint8_t rgb[3];
-    sp_label_rgb(label, rgb);
+    std::unique_ptr<DcmSegment> owned(s);
+    ok(s->setSegmentDescription(std::string(st.name).substr(0, 64).c_str(), OFFalse), "segment description");
+    if (*st.modifier.value)
+        s->getSegmentedPropertyTypeModifierCode().push_back(new CodeSequenceMacro(code(st.modifier)));
+    if (*st.region.value) {
+        s->getGeneralAnatomyCode().getAnatomicRegion() = code(st.region);
+        if (*st.region_modifier.value)
+            s->getGeneralAnatomyCode().getAnatomicRegionModifier().push_back(
+                new CodeSequenceMacro(code(st.region_modifier)));
+    }
     double L, a, b;
-    IODCIELabUtil::rgb2DicomLab(L, a, b, rgb[0] / 255.0, rgb[1] / 255.0, rgb[2] / 255.0);
+    IODCIELabUtil::rgb2DicomLab(L, a, b, st.rgb[0] / 255.0, st.rgb[1] / 255.0, st.rgb[2] / 255.0);
     s->setRecommendedDisplayCIELabValue(Uint16(L + 0.5), Uint16(a + 0.5), Uint16(b + 0.5));
     Uint16 number = 0;
     ok(seg->addSegment(s, number), "adding a segment");
+    owned.release();   /* the segmentation owns it now */
     return number;
 }
 
-/* frame (segment number, slice k): per-frame groups, then the bitmap */
+/* frame (segment number, slice k): per-frame groups, then the bitmap; the
+ * derivation reference only where the source slice has a SOP instance UID */
 void add_frame(DcmSegmentation *seg, const sp_dicom_ref *ref, Uint16 number, int k, Uint8 *bits)
 {
     std::unique_ptr<FGPlanePosPatient> pp(
@@ -114,35 +128,72 @@ void add_frame(DcmSegmentation *seg, const sp_dicom_ref *ref, Uint16 number, int
     FGFrameContent fc;
     ok(fc.setDimensionIndexValues(number, 0), "dimension index");
     ok(fc.setDimensionIndexValues(Uint32(k + 1), 1), "dimension index");
-    ImageSOPInstanceReferenceMacro *src = NULL;
-    ok(ImageSOPInstanceReferenceMacro::create(ref->sop_class[k], ref->sop_uid[k], src), "source reference");
-    OFVector<ImageSOPInstanceReferenceMacro> srcs;
-    srcs.push_back(*src);
-    delete src;
-    std::unique_ptr<FGDerivationImage> di(DcmSegmentation::createDerivationImageFG(srcs, "segpipe labels"));
-    if (!pp || !di)
+    if (!pp)
         throw SegError{"frame functional groups"};
     OFVector<FGBase *> groups;
     groups.push_back(pp.get());
     groups.push_back(&fc);
-    groups.push_back(di.get());
+    std::unique_ptr<FGDerivationImage> di;
+    if (*ref->sop_uid[k] && *ref->sop_class[k]) {
+        ImageSOPInstanceReferenceMacro *src = NULL;
+        ok(ImageSOPInstanceReferenceMacro::create(ref->sop_class[k], ref->sop_uid[k], src), "source reference");
+        OFVector<ImageSOPInstanceReferenceMacro> srcs;
+        srcs.push_back(*src);
+        delete src;
+        di.reset(DcmSegmentation::createDerivationImageFG(srcs, "segpipe labels"));
+        if (!di)
+            throw SegError{"frame functional groups"};
+        groups.push_back(di.get());
+    }
     ok(seg->addFrame(bits, number, groups), "adding a frame");
 }
 
-void write(const char *path, const sp_dicom_ref *ref, const uint16_t *labels, const char *const *names, int n_names,
-           const char *description)
+/* the frames of one segment: each slice where it has voxels */
+void add_frames(DcmSegmentation *seg, const sp_dicom_ref *ref, const uint16_t *labels, int label, Uint16 number,
+                std::vector<Uint8> &bits)
+{
+    size_t plane = size_t(ref->rows) * size_t(ref->cols);
+    for (int k = 0; k < ref->n; k++) {
+        const uint16_t *sl = labels + size_t(k) * plane;
+        size_t hits = 0;
+        for (size_t i = 0; i < plane; i++)   /* volume i along a row, j down: row-major frames */
+            hits += (bits[i] = sl[i] == label);
+        if (hits)
+            add_frame(seg, ref, number, k, bits.data());
+    }
+}
+
+/* the file: the segmentation's dataset, segpipe's private coding scheme
+ * declared when a segment uses it, saved in the chosen transfer syntax */
+void save(DcmSegmentation *seg, const char *path, bool private_codes, bool deflate)
+{
+    DcmFileFormat ff;
+    DcmDataset *ds = ff.getDataset();
+    ok(seg->writeDataset(*ds), "building the dataset");
+    if (private_codes) {
+        DcmItem *it = NULL;
+        ok(ds->findOrCreateSequenceItem(DCM_CodingSchemeIdentificationSequence, it, -2), "coding schemes");
+        ok(it->putAndInsertString(DCM_CodingSchemeDesignator, SP_DICOM_PRIVATE_SCHEME), "coding schemes");
+        ok(it->putAndInsertString(DCM_CodingSchemeName, "segpipe structure names"), "coding schemes");
+        ok(it->putAndInsertString(DCM_CodingSchemeResponsibleOrganization, "segpipe"), "coding schemes");
+    }
+    ok(ff.saveFile(path, deflate ? EXS_DeflatedLittleEndianExplicit : EXS_LittleEndianExplicit), "writing");
+}
+
+void write(const char *path, const sp_dicom_ref *ref, const uint16_t *labels, const sp_dicom_structure *st, int n_st,
+           const sp_dicom_params *p)
 {
     DcmSegmentation *raw = NULL;
     IODGeneralEquipmentModule::EquipmentInfo eq("segpipe", "segpipe", "1", SP_VERSION_STRING);
-    ContentIdentificationMacro ci("1", "SEGPIPE", "segpipe labels", "segpipe");
+    ContentIdentificationMacro ci("1", "SEGPIPE", "segpipe labels", p->creator ? p->creator : "");
     ok(DcmSegmentation::createBinarySegmentation(raw, Uint16(ref->rows), Uint16(ref->cols), eq, ci),
        "creating the segmentation");
     std::unique_ptr<DcmSegmentation> seg(raw);
     std::string study;
     import_source(seg.get(), ref, study);
-    ok(seg->getSeries().setSeriesDescription(description && *description ? description : "segpipe labels"),
+    ok(seg->getSeries().setSeriesDescription(p->description && *p->description ? p->description : "segpipe labels"),
        "series description");
-    ok(seg->getSeries().setSeriesNumber("9001"), "series number");
+    ok(seg->getSeries().setSeriesNumber(std::to_string(p->series_number).c_str()), "series number");
     char uid[100];
     std::string dim_uid = dcmGenerateUniqueIdentifier(uid, SITE_INSTANCE_UID_ROOT);
     ok(seg->getDimensions().addDimensionIndex(DCM_ReferencedSegmentNumber, dim_uid.c_str(),
@@ -150,44 +201,32 @@ void write(const char *path, const sp_dicom_ref *ref, const uint16_t *labels, co
     ok(seg->getDimensions().addDimensionIndex(DCM_ImagePositionPatient, dim_uid.c_str(), DCM_PlanePositionSequence,
                                               "position"), "dimension");
     shared_groups(seg.get(), ref);
-    size_t plane = size_t(ref->rows) * size_t(ref->cols);
-    std::vector<char> present(65536, 0);
-    for (size_t i = 0; i < plane * size_t(ref->n); i++)
-        present[labels[i]] = 1;
-    std::vector<Uint8> bits(plane);
-    for (int l = 1; l < 65536; l++) {
-        if (!present[l])
-            continue;
-        char fallback[32];
-        std::snprintf(fallback, sizeof fallback, "label_%d", l);
-        Uint16 number = add_segment(seg.get(), l, l < n_names && names[l] ? names[l] : fallback);
-        for (int k = 0; k < ref->n; k++) {
-            const uint16_t *sl = labels + size_t(k) * plane;
-            size_t hits = 0;
-            for (size_t i = 0; i < plane; i++)   /* volume i along a row, j down: row-major frames */
-                hits += (bits[i] = sl[i] == l);
-            if (hits)
-                add_frame(seg.get(), ref, number, k, bits.data());
-        }
+    std::vector<Uint8> bits(size_t(ref->rows) * size_t(ref->cols));
+    bool private_codes = false;
+    for (int i = 0; i < n_st; i++) {
+        private_codes |= !st[i].standard;
+        add_frames(seg.get(), ref, labels, st[i].label, add_segment(seg.get(), st[i]), bits);
     }
     IODReferences refs;
     std::string series = *ref->series_uid ? ref->series_uid : dcmGenerateUniqueIdentifier(uid, SITE_SERIES_UID_ROOT);
     for (int k = 0; k < ref->n; k++)
-        refs.add(new IODImageReference(ref->patient_id, study.c_str(), series.c_str(), ref->sop_uid[k],
-                                       ref->sop_class[k]));
-    seg->getCommonInstanceReference().addReferences(refs, study.c_str());
-    ok(seg->saveFile(path, EXS_DeflatedLittleEndianExplicit), "writing");   /* binary frames deflate ~50x */
+        if (*ref->sop_uid[k] && *ref->sop_class[k])
+            refs.add(new IODImageReference(ref->patient_id, study.c_str(), series.c_str(), ref->sop_uid[k],
+                                           ref->sop_class[k]));
+    if (refs.size())
+        seg->getCommonInstanceReference().addReferences(refs, study.c_str());
+    save(seg.get(), path, private_codes, p->deflate != 0);
 }
 
 } // namespace
 
 extern "C" sp_status sp_dicom_seg_write(const char *path, const sp_dicom_ref *ref, const uint16_t *labels,
-                                        const char *const *names, int n_names, const char *description, char *msg,
+                                        const sp_dicom_structure *st, int n_st, const sp_dicom_params *p, char *msg,
                                         size_t cap)
 {
     OFLog::configure(getenv("SP_DCMTK_DEBUG") ? OFLogger::DEBUG_LOG_LEVEL : OFLogger::FATAL_LOG_LEVEL);   /* DCMTK's own log would print values (patient data) */
     try {
-        write(path, ref, labels, names, n_names, description);
+        write(path, ref, labels, st, n_st, p);
         return SP_OK;
     } catch (const SegError &e) {
         std::snprintf(msg, cap, "DICOM-SEG: %s", e.what.c_str());

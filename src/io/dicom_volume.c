@@ -293,37 +293,3 @@ sp_status sp_dicom_read_zip(const void *data, size_t size, const char *path, con
     return st;
 }
 #endif
-
-/* ------------------------------------------------------------- DICOM-SEG */
-
-#ifndef SP_NO_DICOM
-sp_status sp_labels_write_dicom_seg(const char *path, const uint16_t *labels, const sp_volume *source,
-                                    const char *const *names, int n_names, const char *description)
-{
-    const sp_dicom_ref *ref = source ? source->dicom : NULL;
-    if (!ref)
-        return sp_fail(SP_ERR_USAGE, "DICOM-SEG output needs a DICOM input: a segmentation references the "
-                       "series it was made from (this input is %s)", source ? "NIfTI" : "missing");
-    if (source->g.dim[0] != ref->cols || source->g.dim[1] != ref->rows || source->g.dim[2] != ref->n)
-        return sp_fail(SP_ERR_USAGE, "DICOM-SEG: the labels are not on the series' grid");
-    char tmp[PATH_MAX], msg[1024];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp-%d", path, (int)getpid()) >= (int)sizeof tmp)
-        return sp_fail(SP_ERR_USAGE, "output path too long");
-    sp_status st = sp_dicom_seg_write(tmp, ref, labels, names, n_names, description, msg, sizeof msg);
-    if (st) {
-        unlink(tmp);
-        return sp_fail(st, "%s: %s", path, msg);
-    }
-    if (rename(tmp, path)) {
-        unlink(tmp);
-        return sp_fail(SP_ERR_IO, "%s: cannot rename the finished file into place", path);
-    }
-    return SP_OK;
-}
-#else
-sp_status sp_labels_write_dicom_seg(const char *path, const uint16_t *labels, const sp_volume *source,
-                                    const char *const *names, int n_names, const char *description)
-{
-    return sp_fail(SP_ERR_USAGE, "this segpipe was built without DICOM (NO_DICOM=1)");
-}
-#endif

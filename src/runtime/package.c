@@ -336,6 +336,50 @@ static sp_status parse_mask_sets(const cJSON *j, const char *file, sp_manifest *
     return SP_OK;
 }
 
+/* [scheme, value, meaning] within DICOM's lengths (SH 16, SH 16, LO 64), no backslash or line break */
+static int dicom_code_ok(const cJSON *a)
+{
+    static const size_t lim[3] = {16, 16, 64};
+    if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != 3)
+        return 0;
+    for (int i = 0; i < 3; i++) {
+        const cJSON *s = cJSON_GetArrayItem(a, i);
+        if (!cJSON_IsString(s) || !*s->valuestring || strlen(s->valuestring) > lim[i] ||
+            strpbrk(s->valuestring, "\\\n\r"))
+            return 0;
+    }
+    return 1;
+}
+
+/* optional "dicom_codes": {"<structure name>": {"category": CODE, "type": CODE,
+ * "modifier"?, "region"?, "region_modifier"?}}, CODE = [scheme, value, meaning];
+ * kept as text for the DICOM writers */
+static sp_status parse_dicom_codes(const cJSON *j, const char *file, sp_manifest *mf)
+{
+    static const char *const parts[] = {"category", "type", "modifier", "region", "region_modifier"};
+    const cJSON *dc = cJSON_GetObjectItemCaseSensitive(j, "dicom_codes");
+    if (!dc)
+        return SP_OK;
+    if (!cJSON_IsObject(dc))
+        return sp_fail(SP_ERR_MODEL, "%s: \"dicom_codes\" must map structure names to codes", file);
+    for (const cJSON *e = dc->child; e; e = e->next) {
+        int ok = cJSON_IsObject(e) && dicom_code_ok(cJSON_GetObjectItemCaseSensitive(e, "category")) &&
+                 dicom_code_ok(cJSON_GetObjectItemCaseSensitive(e, "type"));
+        for (const cJSON *f = ok ? e->child : NULL; f; f = f->next) {
+            int known = 0;
+            for (size_t k = 0; k < sizeof parts / sizeof *parts; k++)
+                known |= !strcmp(f->string, parts[k]);
+            ok &= known && dicom_code_ok(f);
+        }
+        if (!ok)
+            return sp_fail(SP_ERR_MODEL, "%s: \"dicom_codes\" entry \"%.64s\" needs \"category\" and \"type\" "
+                           "(optional \"modifier\", \"region\", \"region_modifier\"), each [scheme, value, "
+                           "meaning] of at most 16, 16 and 64 characters", file, e->string);
+    }
+    mf->dicom_codes = cJSON_PrintUnformatted(dc);
+    return mf->dicom_codes ? SP_OK : sp_fail(SP_ERR_NOMEM, "out of memory");
+}
+
 sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf)
 {
     sp_status st = SP_OK;
@@ -416,6 +460,8 @@ sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf)
         }
     if (!strcmp(mf->task, "masks"))
         st = parse_mask_sets(j, file, mf);
+    if (!st)
+        st = parse_dicom_codes(j, file, mf);
 out:
     cJSON_Delete(j);
     if (st)
@@ -430,6 +476,8 @@ void sp_manifest_clear(sp_manifest *mf)
             free(mf->labels[i]);
     free(mf->labels);
     mf->labels = NULL;
+    free(mf->dicom_codes);
+    mf->dicom_codes = NULL;
     free(mf->head_w);
     mf->head_w = mf->head_b = NULL;
 }
@@ -644,6 +692,7 @@ const char *sp_package_label(const sp_package *pk, int i)
 }
 const char *const *sp_package_labels(const sp_package *pk) { return (const char *const *)pk->mf.labels; }
 const char *sp_package_manifest_json(const sp_package *pk) { return pk->json; }
+const char *sp_package_dicom_codes(const sp_package *pk) { return pk->mf.dicom_codes; }
 sp_model *sp_package_model(const sp_package *pk) { return pk->model; }
 
 const char *sp_package_task(const sp_package *pk) { return pk->mf.task; }

@@ -28,6 +28,7 @@ typedef struct sp_manifest {
     double conform_mm;
     int num_classes;
     char **labels;            /* num_classes names */
+    char *dicom_codes;        /* "dicom_codes" as JSON text (docs/dicom.md), NULL: none */
     /* "head" (tools/import/onnx_split_head.py): the network ends at head_features
      * channels; logits = head_w (num_classes x head_features) f + head_b,
      * applied by the window after accumulation. head_w NULL: no head. */
