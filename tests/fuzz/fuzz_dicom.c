@@ -1,5 +1,5 @@
 /* libFuzzer target: the DICOM series reader (GDCM, src/io/dicom.cc) and,
- * for a volume that reads, the DICOM-SEG writer (DCMTK) on its labels.
+ * for a volume that reads, the DICOM-SEG and RTSTRUCT writers (DCMTK) on its labels.
  * The input is one file of a one-slice series in a private folder, or,
  * when it starts with "PK", a zip of a series (sp_volume_read_mem unpacks
  * it). Any input must give SP_OK or a clean error: never a crash, a hang,
@@ -51,8 +51,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (size_t i = 0; lab && i < n; i++)
             lab[i] = x[i] > 0;   /* something to segment */
         const char *names[2] = {"background", "positive"};
-        if (lab && sp_volume_from_dicom(v))
+        if (lab && sp_volume_from_dicom(v)) {
             sp_labels_write_dicom_seg(seg, lab, v, names, 2, "fuzz");
+            sp_dicom_params dp = sp_dicom_default_params();
+            dp.kind = SP_DICOM_RTSTRUCT;   /* the contours of whatever the input holds */
+            sp_labels_write_dicom(seg, lab, v, names, 2, &dp);
+        }
         free(lab);
         unlink(seg);
         sp_volume_free(v);

@@ -197,49 +197,6 @@ def test_dicom_zip_file_and_upload(tmp):
     assert rc == 0, err
 
 
-def test_dicom_seg_output(tmp):
-    """`segpipe ct SERIES --output-type dicom`: a DICOM-SEG that pydicom
-    reads: Segmentation Storage, one segment per structure (names as in the
-    passport), every source slice in the referenced series, each frame
-    derived from the slice at its position, and the masks, put back on the
-    series' grid, equal to the NIfTI labels of the same run."""
-    seg_path, nii = os.path.join(tmp, "seg.dcm"), os.path.join(tmp, "lab.nii.gz")
-    sp.run("ct", SERIES, "-o", seg_path, "--output-type", "dicom", "-q", check=True)
-    sp.run("ct", SERIES, "-o", nii, "-q", "--no-passport", check=True)
-    lab = np.asanyarray(nib.load(nii).dataobj)            # [i = column, j = row, k = sorted slice]
-    names = {s["label"]: s["name"] for s in json.load(open(os.path.join(tmp, "seg.passport.json")))["structures"]}
-    seg = pydicom.dcmread(seg_path)
-    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and seg.Modality == "SEG"
-    assert seg.SegmentationType == "BINARY" and int(seg.Rows) == 512 and int(seg.Columns) == 512
-    assert seg.FrameOfReferenceUID
-    segs = {int(s.SegmentNumber): s for s in seg.SegmentSequence}
-    assert sorted(s.SegmentLabel for s in segs.values()) == sorted(names.values())
-    assert all(s.SegmentAlgorithmType == "AUTOMATIC" for s in segs.values())
-    # the source slices: SOP instance (file meta; the example is anonymised) by position along the normal
-    src = [pydicom.dcmread(os.path.join(SERIES, f), stop_before_pixels=True) for f in os.listdir(SERIES)]
-    normal = np.cross(*np.reshape([float(x) for x in src[0].ImageOrientationPatient], (2, 3)))
-    src.sort(key=lambda d: float(np.dot(normal, [float(x) for x in d.ImagePositionPatient])))
-    uids = [d.file_meta.MediaStorageSOPInstanceUID for d in src]
-    refd = [r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence]
-    assert sorted(refd) == sorted(uids)
-    pos = {tuple(np.round([float(x) for x in d.ImagePositionPatient], 3)): k for k, d in enumerate(src)}
-    got = np.zeros_like(lab)
-    frames = seg.pixel_array.reshape(-1, 512, 512)
-    for fi, fg in enumerate(seg.PerFrameFunctionalGroupsSequence):
-        number = int(fg.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        k = pos[tuple(np.round([float(x) for x in fg.PlanePositionSequence[0].ImagePositionPatient], 3))]
-        derived = fg.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-        assert derived == uids[k]
-        label = [l for l, n in names.items() if n == segs[number].SegmentLabel][0]
-        assert not np.any(got[:, :, k][frames[fi].T > 0])         # segments never overlap
-        got[:, :, k][frames[fi].T > 0] = label
-    assert np.array_equal(got, lab)
-    # a NIfTI input cannot give a DICOM-SEG: usage error before any work
-    p = sp.run("ct", os.path.join(sp.CTDIR, "example_ct_sm.nii.gz"), "-o", os.path.join(tmp, "x.dcm"),
-               "--output-type", "dicom")
-    assert p.returncode == 2 and "DICOM input" in p.stderr, p.stderr
-
-
 def test_pydicom_test_files_never_crash(tmp):
     """Every file of pydicom's test data (Debian python3-pydicom: malformed,
     truncated, big endian, no meta, RLE, JPEG, multi-frame, RT and SR
