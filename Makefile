@@ -63,10 +63,15 @@ endif
 CXX ?= c++
 DICOM_LIBS := -lgdcmMSFF -lgdcmDSED -lgdcmCommon -ldcmseg -ldcmfg -ldcmiod -ldcmdata -loflog -lofstd -lzip -lstdc++
 DICOM_SRC := src/io/dicom.cc src/io/dicom_seg.cc src/io/dicom_rtstruct.cc
+# `segpipe dicom-node` (src/cli/dicom_node.cc): DCMTK's networking, in the CLI only
+NODE_SRC := src/cli/dicom_node.cc
+NODE_LIBS := -ldcmnet
 ifeq ($(NO_DICOM),1)
   ALL_CFLAGS += -DSP_NO_DICOM
   DICOM_LIBS :=
   DICOM_SRC :=
+  NODE_SRC :=
+  NODE_LIBS :=
 endif
 ALL_CXXFLAGS := -std=c++17 -D_GNU_SOURCE -fPIC -pthread -Wall -Wextra -Wno-unused-parameter $(CFLAGS) $(SANFLAGS) \
   -ffile-prefix-map=$(CURDIR)=. -Iinclude -Isrc -I/usr/include/gdcm-3.0
@@ -75,7 +80,7 @@ LIBS := $(ORT_LIBS) $(FF_LIBS) $(DICOM_LIBS) -lmicrohttpd -ljpeg -lpng -lwebp $(
 LIB_SRC := $(wildcard src/core/*.c src/io/*.c src/pipeline/*.c src/runtime/*.c src/server/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(DICOM_SRC:%.cc=$(BUILD)/%.o) $(BUILD)/src/server/ui_assets.o
 CLI_SRC := $(wildcard src/cli/*.c)
-CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
+CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o) $(NODE_SRC:%.cc=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/unit/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 
@@ -133,7 +138,7 @@ $(BUILD)/libsegpipe_test.so: $(LIB_OBJ)
 
 # the CLI alone talks to Redis (segpipe submit / worker / jobs): hiredis, and signs queue entries: libcrypto
 $(BUILD)/segpipe: $(CLI_OBJ) $(BUILD)/libsegpipe.a
-	$(CC) $(SANFLAGS) -o $@ $^ $(LIBS) -lhiredis -lcrypto
+	$(CC) $(SANFLAGS) -o $@ $^ $(NODE_LIBS) $(LIBS) -lhiredis -lcrypto
 
 $(BUILD)/test_unit: $(TEST_OBJ) $(BUILD)/libsegpipe.a
 	$(CC) $(SANFLAGS) -o $@ $^ $(LIBS)

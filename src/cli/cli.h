@@ -90,6 +90,8 @@ int cli_int(const char *cmd, const char *opt, const char *text, long lo, long hi
 int cli_num(const char *cmd, const char *opt, const char *text, double lo, double hi, double *out);
 int cli_size(const char *cmd, const char *opt, const char *text, size_t *out);
 int cmd_serve(int argc, char **argv);
+/* dicom_node.cc: `segpipe dicom-node` (C-STORE in, segmentation out; docs/dicom.md) */
+int cmd_dicom_node(int argc, char **argv);
 /* queue_submit.c, queue_worker.c, queue_jobs.c: CT jobs on Redis Streams */
 int cmd_submit(int argc, char **argv);
 int cmd_worker(int argc, char **argv);
