@@ -80,6 +80,7 @@ struct job {
     const char *resp_ctype;       /* content type of `response` (NULL: application/json) */
     double t_input;               /* EP_INFER: seconds parsing the request */
     int want_labels;
+    int want_dicom;               /* EP_CT: output=dicom-seg (1) / dicom-rtstruct (2): labels_gz holds that file */
     char masks[512];              /* EP_SEGMENT: requested mask names ("" = all) */
     int batch_size;               /* EP_SEGMENT: photos in the inference it joined */
     /* result */

@@ -93,6 +93,15 @@ static enum MHD_Result answer_sync(server *s, struct MHD_Connection *c, req *r, 
         *ok = 1;
         return sp_http_send(c, http, stream, j->resp_ctype ? j->resp_ctype : "application/json", 0);
     }
+    if (j->state == JOB_DONE && http == 200 && j->want_dicom && j->labels_gz) {   /* the DICOM file itself */
+        void *copy = malloc(j->labels_len);
+        size_t n = j->labels_len;
+        if (copy)
+            memcpy(copy, j->labels_gz, n);
+        pthread_mutex_unlock(&s->mu);
+        *ok = copy != NULL;
+        return copy ? sp_http_reply(c, 200, "application/dicom", copy, n, 0) : sp_http_error(c, 503, "out of memory", 2);
+    }
     char *body = j->state == JOB_DONE ? j->resp : NULL;
     size_t len = j->resp_len;
     if (body && !j->stored)
@@ -141,6 +150,9 @@ static int check_work(server *s, struct MHD_Connection *c, req *r, model_entry *
             return *msg = "send the volume as application/octet-stream (.nii, .nii.gz, or a zip of a DICOM series)", 415;
         if (r->len < 2)
             return *msg = "empty body: send a .nii or .nii.gz volume", 422;
+        const char *out = sp_query_arg(c, "output");
+        if (out && strcmp(out, "nifti") && strcmp(out, "dicom-seg") && strcmp(out, "dicom-rtstruct"))
+            return *msg = "output is nifti, dicom-seg or dicom-rtstruct", 422;
         return 0;
     }
     if (!is_photo(r))
@@ -176,6 +188,8 @@ static job *work_job(server *s, struct MHD_Connection *c, req *r, model_entry *m
         return NULL;
     const char *lab = sp_query_arg(c, "labels");
     j->want_labels = ct && lab && !strcmp(lab, "1");
+    const char *out = sp_query_arg(c, "output");   /* DICOM out: docs/dicom.md */
+    j->want_dicom = !ct || !out ? 0 : !strcmp(out, "dicom-seg") ? 1 : !strcmp(out, "dicom-rtstruct") ? 2 : 0;
     const char *masks = sp_query_arg(c, "masks");
     if (masks && !ct)
         snprintf(j->masks, sizeof j->masks, "%s", masks);
@@ -309,7 +323,7 @@ static enum MHD_Result job_path(server *s, struct MHD_Connection *c, const char 
         if (!copy)
             return sp_http_error(c, 404, "this job has no label volume (ask with labels=1)", 0);
         *ok = 1;
-        return sp_http_reply(c, 200, "application/gzip", copy, len, 0);
+        return sp_http_reply(c, 200, j->want_dicom ? "application/dicom" : "application/gzip", copy, len, 0);
     }
     int http = j->http;
     char *body = j->resp ? strdup(j->resp) : NULL;

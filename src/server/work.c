@@ -235,15 +235,23 @@ static void ct_progress(const char *stage, int done, int total, void *user)
     j->total_steps = total;
 }
 
-/* The labels as .nii.gz bytes: written to a private file, read back, and
- * removed at once. */
+/* The labels as .nii.gz bytes, or as the DICOM-SEG / RTSTRUCT asked for
+ * with output=: written to a private file, read back, and removed at once. */
 static sp_status labels_bytes(server *s, job *j, const sp_ct_result *res, const sp_volume *v)
 {
-    char id[ID_HEX + 1], path[512];
+    char id[ID_HEX + 1], path[512], desc[96];
     snprintf(id, sizeof id, "%016llx%016llx", (unsigned long long)(uintptr_t)j, (unsigned long long)sp_now());
-    snprintf(path, sizeof path, "%s/%s.nii.gz", s->tmpdir, id);
-    sp_status st = sp_labels_write_named(path, sp_ct_result_labels(res, NULL), v, sp_package_labels(j->me->pk),
-                                         sp_package_num_classes(j->me->pk));
+    snprintf(path, sizeof path, "%s/%s.%s", s->tmpdir, id, j->want_dicom ? "dcm" : "nii.gz");
+    sp_dicom_params dp = sp_dicom_default_params();
+    dp.kind = j->want_dicom == 2 ? SP_DICOM_RTSTRUCT : SP_DICOM_SEG;
+    snprintf(desc, sizeof desc, "segpipe %.56s", j->me->name);
+    dp.description = desc;
+    dp.codes_json = sp_package_dicom_codes(j->me->pk);
+    sp_status st = j->want_dicom ? sp_labels_write_dicom(path, sp_ct_result_labels(res, NULL), v,
+                                                         sp_package_labels(j->me->pk),
+                                                         sp_package_num_classes(j->me->pk), &dp)
+                                 : sp_labels_write_named(path, sp_ct_result_labels(res, NULL), v,
+                                                         sp_package_labels(j->me->pk), sp_package_num_classes(j->me->pk));
     if (!st)
         st = sp_read_file(path, (size_t)1 << 34, &j->labels_gz, &j->labels_len);
     unlink(path);
@@ -382,8 +390,13 @@ static void run_ct(server *s, job *j)
     double t0 = sp_now();
     sp_status st = sp_volume_read_mem(j->body, j->len, "request body", &rp, &v);
     drop_body(s, j);
-    if (st)
+    if (!st && j->want_dicom && !sp_volume_from_dicom(v))
+        st = sp_fail(SP_ERR_INPUT, "output=dicom-seg/dicom-rtstruct needs a DICOM series (a zip of it): the "
+                     "result references the series it was made from");
+    if (st) {
+        sp_volume_free(v);
         return fail_job(j, st);
+    }
     double t_read = sp_now() - t0;
     sp_ct_params cp = sp_ct_default_params();
     cp.threads = s->p.threads;
@@ -398,7 +411,7 @@ static void run_ct(server *s, job *j)
     }
     j->stage = "running";   /* the run's progress names its stages from here */
     st = sp_ct_run_inplace(j->me->pk, v, &cp, &res);
-    if (!st && j->want_labels)
+    if (!st && (j->want_labels || j->want_dicom))
         st = labels_bytes(s, j, res, v);
     mem_release(s, held);
     if (st) {
@@ -418,7 +431,7 @@ static void run_ct(server *s, job *j)
     for (int i = 0; i < t->n; i++)
         sp_buf_printf(&b, ", \"%s\": %.6f", t->stage[i].name, t->stage[i].seconds);
     sp_buf_puts(&b, "},\n");
-    if (j->want_labels) {
+    if (j->want_labels || j->want_dicom) {
         keep_result(s, j);
         sp_buf_printf(&b, " \"labels_id\": \"%s\", \"labels_url\": \"/v1/results/%s/labels\",\n", j->id, j->id);
     }

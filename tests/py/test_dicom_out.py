@@ -401,3 +401,53 @@ def test_dicom_source_without_uids(tmp):
     assert st == 0 and any("no SOP instance UID" in w for w in warn), (err, warn)
     rt = pydicom.dcmread(rt_out)
     assert all("ContourImageSequence" not in c for rc in rt.ROIContourSequence for c in rc.ContourSequence)
+
+
+def test_dicom_from_the_service(tmp):
+    """`segpipe serve`: POST a zip of the series to /v1/ct?output=dicom-seg ->
+    200 with the DICOM-SEG itself (application/dicom; pydicom and dciodvfy
+    read it, every slice referenced); a job with output=dicom-rtstruct ->
+    its labels_url gives the RTSTRUCT with the same structures; a NIfTI
+    body with output=dicom-seg and an unknown output -> 422."""
+    import io, zipfile
+    from test_server import Server, http
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in sorted(os.listdir(SERIES)):
+            z.write(os.path.join(SERIES, f), f)
+    body = buf.getvalue()
+    srv = Server("--model", f"demo={sp.DEMO}")
+    try:
+        code, jb, _ = http(srv.url + "/v1/jobs?model=demo&output=dicom-rtstruct", body, "application/zip")
+        assert code == 202, jb
+        job = json.loads(jb)
+        code, seg_bytes, hdr = http(srv.url + "/v1/ct?model=demo&output=dicom-seg", body, "application/zip",
+                                    timeout=600)
+        assert code == 200 and hdr["Content-Type"] == "application/dicom", (code, seg_bytes[:300])
+        path = os.path.join(tmp, "svc.dcm")
+        open(path, "wb").write(seg_bytes)
+        assert _dciodvfy(path) == []
+        seg = pydicom.dcmread(path)
+        assert seg.Modality == "SEG" and seg.SeriesDescription == "segpipe demo"
+        _, uids = _sources()
+        refd = [r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence]
+        assert sorted(refd) == sorted(uids)
+        for _ in range(10):   # long polls of at most 60 s
+            st = json.loads(http(srv.url + job["status_url"] + "?wait=60", timeout=90)[1])
+            if st["state"] in ("done", "failed"):
+                break
+        assert st["state"] == "done" and "labels_url" in st, st
+        code, rt_bytes, hdr = http(srv.url + st["labels_url"])
+        assert code == 200 and hdr["Content-Type"] == "application/dicom"
+        rt = pydicom.dcmread(pydicom.filebase.DicomBytesIO(rt_bytes))
+        assert rt.Modality == "RTSTRUCT"
+        assert sorted(r.ROIDescription for r in rt.StructureSetROISequence) == \
+            sorted(s.SegmentDescription for s in seg.SegmentSequence)
+        nii = open(os.path.join(sp.CTDIR, "example_ct_sm.nii.gz"), "rb").read()
+        code, b, _ = http(srv.url + "/v1/ct?model=demo&output=dicom-seg", nii, "application/octet-stream")
+        assert code == 422 and b"needs a DICOM series" in b, (code, b)
+        code, b, _ = http(srv.url + "/v1/ct?model=demo&output=png", body, "application/zip")
+        assert code == 422 and b"output is" in b, (code, b)
+    finally:
+        rc, err = srv.stop()
+    assert rc == 0, err
