@@ -212,7 +212,7 @@ std::string run_job(State &s, sp_package *pk, const Series &se, const std::strin
     } else {
         sp_dicom_params dp = sp_dicom_default_params();
         dp.kind = s.o.kind;
-        std::string desc = std::string("segpipe ") + sp_package_name(pk);
+        std::string desc = (std::string("segpipe ") + sp_package_name(pk)).substr(0, 64);
         dp.description = desc.c_str();
         dp.creator = s.o.creator.empty() ? NULL : s.o.creator.c_str();
         dp.codes_json = sp_package_dicom_codes(pk);

@@ -100,6 +100,10 @@ sp_status sp_labels_write_dicom(const char *path, const uint16_t *labels, const 
         return sp_fail(SP_ERR_USAGE, "%s: the labels are not on the series' grid", what);
     if (dp.series_number < 0)
         return sp_fail(SP_ERR_USAGE, "%s: the series number must be positive", what);
+    if ((dp.description && (strlen(dp.description) > 64 || strpbrk(dp.description, "\\\r\n"))) ||
+        (dp.creator && (strlen(dp.creator) > 64 || strpbrk(dp.creator, "\\\r\n"))))
+        return sp_fail(SP_ERR_USAGE, "%s: the description and creator are at most 64 characters, without "
+                       "backslash or line break", what);
     if (!dp.series_number)
         dp.series_number = dp.kind == SP_DICOM_RTSTRUCT ? 9002 : 9001;
     warn_references(ref, what);

@@ -361,6 +361,8 @@ def test_dicom_private_and_manifest_codes(tmp):
     for x in (seg, d):
         segs = {int(s.SegmentNumber): s for s in x.SegmentSequence}
         assert np.array_equal(_seg_volume(x, segs, ours, lab.shape, src, uids), small)
+    st, err, _ = _write(os.path.join(tmp, "long.dcm"), small, ours, description="x" * 65)
+    assert st != 0 and "at most 64 characters" in err and not os.path.exists(os.path.join(tmp, "long.dcm")), err
     pkg = os.path.join(tmp, "pkg")
     shutil.copytree(sp.DEMO, pkg)
     man = json.load(open(os.path.join(pkg, "segpipe.json")))
