@@ -142,11 +142,53 @@ std::string ds_num(double v)
     return b;
 }
 
-/* the contours of one structure on slice k, appended to ROI contour item rc */
-void slice_contours(DcmItem *rc, const sp_dicom_ref *ref, int k, const std::vector<uint8_t> &mask, int &number)
+/* where each structure is on each slice: box [k * n_st + i] = {c0, r0, c1, r1}
+ * (c1 < c0: absent), from one pass over the labels */
+struct Boxes {
+    int n_st = 0;
+    std::vector<int> box;
+};
+
+Boxes find_boxes(const sp_dicom_ref *ref, const uint16_t *labels, const sp_dicom_structure *st, int n_st)
 {
+    std::vector<int> idx(65536, -1);
+    for (int i = 0; i < n_st; i++)
+        idx[st[i].label] = i;
+    Boxes b;
+    b.n_st = n_st;
+    b.box.resize(size_t(ref->n) * size_t(n_st) * 4);
+    for (size_t i = 0; i < b.box.size(); i += 4) {
+        b.box[i] = b.box[i + 1] = 1 << 30;
+        b.box[i + 2] = b.box[i + 3] = -1;
+    }
+    const uint16_t *p = labels;
+    for (int k = 0; k < ref->n; k++)
+        for (int r = 0; r < ref->rows; r++)
+            for (int c = 0; c < ref->cols; c++, p++) {
+                int i = *p ? idx[*p] : -1;
+                if (i < 0)
+                    continue;
+                int *q = &b.box[(size_t(k) * size_t(n_st) + size_t(i)) * 4];
+                q[0] = c < q[0] ? c : q[0];
+                q[1] = r < q[1] ? r : q[1];
+                q[2] = c > q[2] ? c : q[2];
+                q[3] = r > q[3] ? r : q[3];
+            }
+    return b;
+}
+
+/* the contours of label `label` on slice k within box q, appended to ROI contour item rc */
+void slice_contours(DcmItem *rc, const sp_dicom_ref *ref, const uint16_t *labels, int label, int k, const int *q,
+                    std::vector<uint8_t> &mask, int &number)
+{
+    int w = q[2] - q[0] + 1, h = q[3] - q[1] + 1;
+    mask.resize(size_t(w) * size_t(h));
+    const uint16_t *sl = labels + size_t(k) * size_t(ref->rows) * size_t(ref->cols);
+    for (int r = 0; r < h; r++)
+        for (int c = 0; c < w; c++)
+            mask[size_t(r) * w + c] = sl[size_t(q[1] + r) * ref->cols + q[0] + c] == label;
     sp_contours c;
-    if (sp_mask_contours(mask.data(), ref->cols, ref->rows, &c))
+    if (sp_mask_contours(mask.data(), w, h, &c))
         throw RtError{"out of memory (contours)"};
     const double *x = ref->iop, *y = ref->iop + 3, *o = ref->ipp[k];
     for (int l = 0; l < c.n; l++) {
@@ -156,7 +198,7 @@ void slice_contours(DcmItem *rc, const sp_dicom_ref *ref, int k, const std::vect
         std::string data;
         data.reserve(size_t(n) * 3 * 12);
         for (int i = c.start[l]; i < c.start[l + 1]; i++) {
-            double col = c.xy[2 * i] * ref->ps[1], row = c.xy[2 * i + 1] * ref->ps[0];
+            double col = (c.xy[2 * i] + q[0]) * ref->ps[1], row = (c.xy[2 * i + 1] + q[1]) * ref->ps[0];
             for (int a = 0; a < 3; a++) {
                 if (!data.empty())
                     data += '\\';
@@ -179,7 +221,7 @@ void slice_contours(DcmItem *rc, const sp_dicom_ref *ref, int k, const std::vect
 
 /* one ROI: its structure set entry, its contours, its observation (codes) */
 void add_roi(DcmDataset *ds, const sp_dicom_ref *ref, const uint16_t *labels, const sp_dicom_structure &s, int number,
-             const std::string &frame, const char *creator)
+             const Boxes &boxes, const std::string &frame, const char *creator)
 {
     DcmItem *ss = add_item(ds, DCM_StructureSetROISequence);
     put(ss, DCM_ROINumber, std::to_string(number));
@@ -190,16 +232,12 @@ void add_roi(DcmDataset *ds, const sp_dicom_ref *ref, const uint16_t *labels, co
     DcmItem *rc = add_item(ds, DCM_ROIContourSequence);
     put(rc, DCM_ROIDisplayColor, std::to_string(s.rgb[0]) + "\\" + std::to_string(s.rgb[1]) + "\\" +
                                      std::to_string(s.rgb[2]));
-    size_t plane = size_t(ref->rows) * size_t(ref->cols);
-    std::vector<uint8_t> mask(plane);
+    std::vector<uint8_t> mask;
     int contour = 0;
     for (int k = 0; k < ref->n; k++) {
-        const uint16_t *sl = labels + size_t(k) * plane;
-        size_t hits = 0;
-        for (size_t i = 0; i < plane; i++)
-            hits += (mask[i] = sl[i] == s.label);
-        if (hits)
-            slice_contours(rc, ref, k, mask, contour);
+        const int *q = &boxes.box[(size_t(k) * size_t(boxes.n_st) + size_t(number - 1)) * 4];
+        if (q[2] >= q[0])
+            slice_contours(rc, ref, labels, s.label, k, q, mask, contour);
     }
     put(rc, DCM_ReferencedROINumber, std::to_string(number));
     DcmItem *ob = add_item(ds, DCM_RTROIObservationsSequence);
@@ -235,9 +273,10 @@ void write(const char *path, const sp_dicom_ref *ref, const uint16_t *labels, co
     put(ds, DCM_PositionReferenceIndicator, attr(ref, 0x0020, 0x1040));
     structure_set(ds, ref, study, frame, date, tm_s);
     bool private_codes = false;
+    Boxes boxes = find_boxes(ref, labels, st, n_st);
     for (int i = 0; i < n_st; i++) {
         private_codes |= !st[i].standard;
-        add_roi(ds, ref, labels, st[i], i + 1, frame, p->creator);
+        add_roi(ds, ref, labels, st[i], i + 1, boxes, frame, p->creator);   /* ROI number i + 1 */
     }
     if (private_codes) {
         DcmItem *it = add_item(ds, DCM_CodingSchemeIdentificationSequence);
