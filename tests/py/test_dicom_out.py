@@ -78,9 +78,11 @@ def _ts():
 def _ts_file(kind):
     """the SEG (kind 0, with a creator and series number) or RTSTRUCT (1) of TotalSegmentator's labels"""
     if kind not in _cache:
-        d = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"sp-dicom-out-{os.getpid()}")
-        os.makedirs(d, exist_ok=True)
-        path = os.path.join(d, ["seg.dcm", "rt.dcm"][kind])
+        if "dir" not in _cache:   # the module's files, removed when the module's process ends
+            import atexit, tempfile
+            _cache["dir"] = tempfile.mkdtemp(prefix="sp-dicom-out-")
+            atexit.register(shutil.rmtree, _cache["dir"], True)
+        path = os.path.join(_cache["dir"], ["seg.dcm", "rt.dcm"][kind])
         lab, names = _ts()
         st, err, warn = _write(path, lab, names, kind, creator="Doe^Jane", series_number=77)
         assert st == 0, err
