@@ -181,8 +181,15 @@ sp_status sp_runtime_create(const sp_runtime_params *p, sp_runtime **out)
     if (rt->p.inter_threads <= 0)
         rt->p.inter_threads = 1;
     pthread_mutex_init(&rt->mu, NULL);
+    /* ONNX Runtime 1.29's Linux build starts Microsoft's 1DS telemetry in
+     * CreateEnv: an uploader thread, $TMPDIR/mat-debug-<pid>.log, $TMPDIR/.ses
+     * (a session GUID) and ~/.cache/Microsoft/DeveloperTools/.onnxruntime/
+     * (found with strace -k). Its switch is read in CreateEnv, so it is set
+     * first; DisableTelemetryEvents then stops any event. docs/security.md. */
+    setenv("ORT_DISABLE_TELEMETRY", "1", 1);
     if ((st = sp_ort_check(sp_ort->CreateEnv(ORT_LOGGING_LEVEL_ERROR, "segpipe", &rt->env),
                            SP_ERR_RUNTIME, "CreateEnv")) ||
+        (st = sp_ort_check(sp_ort->DisableTelemetryEvents(rt->env), SP_ERR_RUNTIME, "DisableTelemetryEvents")) ||
         (st = sp_ort_check(sp_ort->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault,
                                                        &rt->cpu_mem),
                            SP_ERR_RUNTIME, "CreateCpuMemoryInfo"))) {
