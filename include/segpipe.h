@@ -179,6 +179,12 @@ typedef struct sp_read_params {
     uint64_t max_voxels;     /* refuse larger volumes; 0 = default (2^30) */
     const char *dicom_series; /* a DICOM folder with several series: the SeriesInstanceUID to read
                                  (NULL: SEGPIPE_DICOM_SERIES, else the only one; docs/dicom.md) */
+    /* DICOM (read in a child process, docs/security.md): when non-NULL and
+     * set by another thread, the read stops at once, its reader process
+     * killed (SP_ERR_CANCELLED). Not owned. */
+    const volatile int *cancel;
+    uint64_t max_memory;     /* DICOM: refuse a series whose decoding needs more bytes (from its
+                                headers, before decoding); 0 = no bound beyond the headers' own */
 } sp_read_params;
 sp_read_params sp_read_default_params(void);
 
