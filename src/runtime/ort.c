@@ -585,10 +585,12 @@ static sp_status model_run(sp_model *m, const OrtMemoryInfo *mem, const sp_tenso
                                   numel(&outputs[j]) * sp_dtype_size(outputs[j].dtype), outputs[j].shape,
                                   (size_t)outputs[j].rank, to_ort(outputs[j].dtype), &ov[j]),
                               SP_ERR_RUNTIME, "output tensor");
-    if (!st)
-        st = sp_ort_check(sp_ort->Run(m->session, NULL, m->in_names, (const OrtValue *const *)iv,
-                                      (size_t)n_in, m->out_names, (size_t)n_out, ov),
-                          SP_ERR_RUNTIME, "inference");
+    if (!st) {   /* ORT's INVALID_ARGUMENT: the input (a shape a layer cannot take), not the runtime */
+        OrtStatus *rs = sp_ort->Run(m->session, NULL, m->in_names, (const OrtValue *const *)iv, (size_t)n_in,
+                                    m->out_names, (size_t)n_out, ov);
+        st = sp_ort_check(rs, rs && sp_ort->GetErrorCode(rs) == ORT_INVALID_ARGUMENT ? SP_ERR_INPUT : SP_ERR_RUNTIME,
+                          "inference");
+    }
     for (int j = 0; j < n_out && !st; j++) {
         if (outputs[j].data)
             continue;

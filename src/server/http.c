@@ -280,6 +280,22 @@ static req *req_new(server *s, const char *url)
     return r;
 }
 
+/* libmicrohttpd's unescaping of the path and query, refusing control
+ * characters: "/v2/models/demo%00x" would otherwise read as "demo". A path
+ * holding one (or %00..%1F, %7F) becomes "!", answered 400 below. */
+size_t sp_unescape_cb(void *cls, struct MHD_Connection *c, char *uri)
+{
+    (void)cls;
+    (void)c;
+    size_t n = MHD_http_unescape(uri);
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)uri[i] < 0x20 || uri[i] == 0x7f) {
+            strcpy(uri, "!");
+            return 1;
+        }
+    return n;
+}
+
 enum MHD_Result sp_access_cb(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                              const char *version, const char *upload_data, size_t *upload_size,
                              void **con_cls)
@@ -292,6 +308,11 @@ enum MHD_Result sp_access_cb(void *cls, struct MHD_Connection *c, const char *ur
         if (!(r = req_new(s, url)))
             return MHD_NO;
         *con_cls = r;
+        if (url[0] != '/') {   /* sp_unescape_cb found a control character */
+            r->early = 1;
+            sp_record(s, r->ep, 0, 0);
+            return sp_http_error(c, 400, "the path or query holds a control character (NUL, %00-%1F, %7F)", 0);
+        }
         const char *msg = NULL;
         int retry = 0, code = precheck(s, c, r, &msg, &retry);
         if (code) {
@@ -310,14 +331,20 @@ enum MHD_Result sp_access_cb(void *cls, struct MHD_Connection *c, const char *ur
             return MHD_NO;   /* a body trickled past --body-timeout: close */
         int code = take_body(s, r, upload_data, *upload_size);
         *upload_size = 0;
-        if (code) {
+        if (code) {   /* libmicrohttpd cannot answer mid-body (it drops the connection): the rest is
+                         discarded (bounded by --body-timeout) and the answer goes when the body ends */
             req_body_free(r);
             r->early = 1;
+            r->late = code;
             sp_record(s, r->ep, 0, 0);
-            return code == 413 ? sp_http_error(c, 413, "the body is larger than the limit", 0)
-                               : sp_http_error(c, 503, "the service holds too many request bytes now", 2);
         }
         return MHD_YES;
+    }
+    if (r->early && r->late) {
+        int code = r->late;
+        r->late = 0;
+        return code == 413 ? sp_http_error(c, 413, "the body is larger than the limit", 0)
+                           : sp_http_error(c, 503, "the service holds too many request bytes now", 2);
     }
     if (r->early)
         return MHD_YES;

@@ -157,6 +157,7 @@ struct req {
     int mapped;
     int ep, owner;
     int early;                    /* answered before the body: discard it */
+    int late;                     /* a chunked body past a limit: discarded, this status once it ends */
     double t0;
     job *job;                     /* a synchronous job this request waits for */
     job *watch;                   /* GET /v1/jobs/ID?wait=S: the job it waits on (a reference) */
@@ -195,6 +196,7 @@ int sp_ep_is_kserve(int ep);
 int sp_http_status(sp_status st);
 void sp_http_closing(void);   /* from now on every answer closes its connection */
 /* http.c */
+size_t sp_unescape_cb(void *cls, struct MHD_Connection *c, char *uri);
 enum MHD_Result sp_access_cb(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                              const char *version, const char *upload_data, size_t *upload_size,
                              void **con_cls);

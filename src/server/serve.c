@@ -178,6 +178,7 @@ static struct MHD_Daemon *start_http(server *s, struct sockaddr_in *addr, char *
     return MHD_start_daemon(flags, 0, NULL, NULL, sp_access_cb, s,
                             MHD_OPTION_SOCK_ADDR, (struct sockaddr *)addr,
                             MHD_OPTION_NOTIFY_COMPLETED, sp_completed_cb, s,
+                            MHD_OPTION_UNESCAPE_CALLBACK, sp_unescape_cb, s,
                             MHD_OPTION_THREAD_POOL_SIZE, 2u,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->p.max_connections,
                             MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)s->p.max_per_ip,
