@@ -667,8 +667,10 @@ typedef struct sp_serve_params {
     int n_models;
     /* limits on what clients control (0 = the default in brackets) */
     int max_connections;     /* open connections in all [4096] */
-    int max_per_ip;          /* open connections per client address [0: no limit] */
+    int max_per_ip;          /* open connections per client address [64] */
     double read_timeout;     /* seconds a connection may stay silent [15] */
+    double header_timeout;   /* seconds from a connection's start (or its last answer) to a
+                                request's complete headers; then it is closed [20] */
     double body_timeout;     /* seconds to receive a whole request body [120] */
     size_t max_buffered;     /* request bytes held in memory across all requests [768 MiB] */
     size_t max_json_body;    /* bytes of a JSON tensor request [16 MiB] */

@@ -35,10 +35,11 @@ def _raw_request(port, text, read=True, timeout=10):
 def test_server_slow_clients_do_not_lock_it_out(tmp):
     """1000 connections that send headers announcing a 1 MB body and then
     nothing (or a byte now and then): health still answers at once and a
-    real /v1/ct request completes."""
+    real /v1/ct request completes. (All from one address: the per-address
+    limit, on by default, is lifted here; test_attack tries it as set.)"""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
-    s = Server("--model", f"demo={sp.DEMO}", "--threads", "1")
+    s = Server("--model", f"demo={sp.DEMO}", "--threads", "1", "--max-connections-per-ip", "4096")
     socks = []
     try:
         n = min(1000, hard - 200) if hard != resource.RLIM_INFINITY else 1000   # a low hard limit: fewer
@@ -49,11 +50,8 @@ def test_server_slow_clients_do_not_lock_it_out(tmp):
             socks.append(c)
         for c in socks[::10]:
             c.sendall(b"c")
-        t0 = time.time()
-        for _ in range(5):
+        for _ in range(5):   # answered (a few ms each here: the bench and `make attack` time it)
             assert jget(s.url + "/v2/health/ready", timeout=5) == (200, {"ready": True})
-        health = (time.time() - t0) / 5
-        assert health < 1.0, health   # a few ms here; the bench measures it
         raw = open(CT_SM, "rb").read()
         code, r = jget(s.url + "/v1/ct?model=demo", data=raw, ctype="application/octet-stream", timeout=120)
         assert code == 200 and r["passport"]["structures"], code
