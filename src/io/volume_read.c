@@ -14,7 +14,7 @@
 
 sp_read_params sp_read_default_params(void)
 {
-    sp_read_params p = {SP_DEFAULT_MAX_VOXELS, NULL, NULL, 0};
+    sp_read_params p = {SP_DEFAULT_MAX_VOXELS, NULL, NULL, 0, NULL, NULL};
     return p;
 }
 
