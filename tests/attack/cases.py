@@ -137,19 +137,19 @@ def dicom_deep(d, scale):
 
 def dicom_many(d, scale):
     """more entries than the walk's bound (100000): full scale only (small:
-    a few thousand empty files, which must give 'no DICOM image slices')"""
+    300 empty files, which must give 'no DICOM image slices')"""
     p = os.path.join(d, "many")
     os.makedirs(p)
-    n = 100_001 if scale == "full" else 2000
+    n = 100_001 if scale == "full" else 300
     for i in range(n):
         open(os.path.join(p, f"{i:06d}"), "wb").close()
     return p
 
 
 def zip_bomb(d, scale):
-    """one entry of zeros (full: 4 GiB in ~4 MB; small: 300 MiB)"""
+    """one entry of zeros (full: 4 GiB in ~18 MB; small: 192 MiB)"""
     out = os.path.join(d, "zip-bomb.zip")
-    n = (4 << 30) if scale == "full" else (300 << 20)
+    n = (4 << 30) if scale == "full" else (192 << 20)
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
         with z.open("x.dcm", "w", force_zip64=True) as f:
             zero = bytes(64 << 20)
