@@ -271,7 +271,15 @@ static sp_status unpack(zip_t *za, const char *dir, uint64_t cap, const char *na
     zip_int64_t n = zip_get_num_entries(za, 0);
     if (n < 0 || n > 100000)
         return sp_fail(SP_ERR_INPUT, "%s: a zip of %lld entries is refused (at most 100000)", name, (long long)n);
-    uint64_t total = 0;
+    uint64_t total = 0, declared = 0;
+    for (zip_int64_t i = 0; i < n; i++) {   /* the central directory's sizes first: an honest bomb costs nothing */
+        zip_stat_t zs;
+        if (!zip_stat_index(za, (zip_uint64_t)i, 0, &zs) && (zs.valid & ZIP_STAT_SIZE))
+            declared += zs.size;
+    }
+    if (declared > cap)
+        return sp_fail(SP_ERR_INPUT, "%s: the zip unpacks to more than %llu bytes (it declares %llu): refused", name,
+                       (unsigned long long)cap, (unsigned long long)declared);
     char *buf = malloc(1 << 16);   /* workers of the service unpack at the same time */
     sp_status st = buf ? SP_OK : sp_fail(SP_ERR_NOMEM, "out of memory");
     for (zip_int64_t i = 0; i < n && !st; i++)
@@ -296,14 +304,22 @@ static sp_status unpack_one(zip_t *za, zip_int64_t i, const char *dir, char *buf
     snprintf(path, sizeof path, "%s/%06lld", dir, (long long)i);
     FILE *f = fopen(path, "wb");
     zip_int64_t got = 0;
+    zip_stat_t zs;
+    /* an entry is not inflated past the size it declares (a lying header stops there) */
+    uint64_t mine = 0, says = !zip_stat_index(za, (zip_uint64_t)i, 0, &zs) && (zs.valid & ZIP_STAT_SIZE) ? zs.size
+                                                                                                        : UINT64_MAX;
     int werr = !f, over = 0;
     while (!werr && !over && (got = zip_fread(zf, buf, 1 << 16)) > 0) {
-        over = *total + (uint64_t)got > cap;
+        mine += (uint64_t)got;
+        over = *total + (uint64_t)got > cap || mine > says;
         *total += (uint64_t)got;
         werr = !over && fwrite(buf, 1, (size_t)got, f) != (size_t)got;
     }
     werr |= f && fclose(f) != 0;
     zip_fclose(zf);
+    if (over && mine > says)
+        return sp_fail(SP_ERR_INPUT, "%s: zip entry %lld holds more than the %llu bytes it declares: refused", name,
+                       (long long)i, (unsigned long long)says);
     if (over)
         return sp_fail(SP_ERR_INPUT, "%s: the zip unpacks to more than %llu bytes: refused", name,
                        (unsigned long long)cap);

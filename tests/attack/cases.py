@@ -158,6 +158,25 @@ def zip_bomb(d, scale):
     return out
 
 
+def zip_bomb_lying(d, scale):
+    """an entry whose headers declare 1000 bytes and that inflates to 48 MiB
+    (full: 1 GiB): the declared sizes are checked first, so the inflated
+    bytes must be counted too"""
+    out = os.path.join(d, "zip-lying.zip")
+    n = (1 << 30) if scale == "full" else (48 << 20)
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        with z.open("x.dcm", "w") as f:
+            zero = bytes(16 << 20)
+            for _ in range(n // len(zero)):
+                f.write(zero)
+    raw = bytearray(open(out, "rb").read())
+    struct.pack_into("<I", raw, 22, 1000)                 # the local header's uncompressed size
+    cd = raw.rfind(b"PK\x01\x02")
+    struct.pack_into("<I", raw, cd + 24, 1000)            # the central directory's
+    open(out, "wb").write(bytes(raw))
+    return out
+
+
 def zip_slip(d, scale):
     """the series under names that climb out of any folder (../../evil/...)"""
     out = os.path.join(d, "zip-slip.zip")
@@ -200,6 +219,7 @@ CASES = {
     "dicom_deep": (dicom_deep, 3, "nested more than 32 deep"),
     "dicom_many": (dicom_many, 3, None),   # full: 'more than 100000'; small: 'no DICOM image slices'
     "zip_bomb": (zip_bomb, 3, "unpacks to more than"),
+    "zip_bomb_lying": (zip_bomb_lying, 3, "holds more than"),
     "zip_slip": (zip_slip, 0, ""),
     "nifti_dims_overflow": (nifti_dims_overflow, 3, ""),
     "dicom_element_overrun": (dicom_element_overrun, 3, "overruns the file"),
