@@ -204,7 +204,7 @@ sp_status sp_dicom_read_dir(const char *dir, const sp_read_params *p, sp_volume 
 {
     char msg[1024];
     sp_dicom_vol d;
-    sp_read_params dflt = sp_read_default_params();
+    sp_read_params dflt = {0};   /* max_voxels 0: the default */
     *out = NULL;
     if (!p)
         p = &dflt;
@@ -383,7 +383,7 @@ static sp_status hide_dir(sp_status st, const char *dir, const char *name)
 sp_status sp_dicom_read_zip(const void *data, size_t size, const char *path, const sp_read_params *p, sp_volume **out)
 {
     const char *name = path ? path : "(zip)";
-    sp_read_params dflt = sp_read_default_params();
+    sp_read_params dflt = {0};   /* max_voxels 0: the default */
     if (!p)
         p = &dflt;
     uint64_t max_voxels = p->max_voxels ? p->max_voxels : SP_DEFAULT_MAX_VOXELS;
