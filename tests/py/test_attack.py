@@ -145,6 +145,10 @@ def test_attack_reader_dies_with_its_parent(tmp):
     os.kill(kids[0], signal.SIGSTOP)
     p.kill()
     p.wait()
+    try:   # stopped before its prctl, it must see its parent gone (getppid) once it runs on
+        os.kill(kids[0], signal.SIGCONT)
+    except ProcessLookupError:
+        pass
     assert _gone(kids[0]), "the reader outlived its parent"
     left = [f for f in os.listdir(tdir) if f.startswith(f"segpipe-dicom-{p.pid}-")]
     assert left, os.listdir(tdir)   # the killed parent could not clean up
