@@ -251,3 +251,32 @@ def test_attack_http_limits(tmp):
             c.close()
         rc, err = s.stop()
     assert rc == 0, err
+
+
+def test_attack_kserve_shape_the_model_rejects(tmp):
+    """a tensor that passes the declared shape (dynamic H and W) but that the
+    model cannot take (its Add broadcasts against a fixed 32x32 constant):
+    400 (the client's error, not 500), the model still serves good input"""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+    pkg = os.path.join(tmp, "pkg")
+    shutil.copytree(os.path.join(sp.ROOT, "tests", "data", "tinymask"), pkg)
+    m = onnx.load(os.path.join(pkg, "model.onnx"))
+    m.graph.initializer.append(numpy_helper.from_array(np.zeros((1, 4, 32, 32), np.float32), "fixed"))
+    m.graph.node[0].output[0] = "conv"
+    m.graph.node.append(helper.make_node("Add", ["conv", "fixed"], ["logits"]))
+    onnx.save(m, os.path.join(pkg, "model.onnx"))
+    s = Server("--model", f"m={pkg}")
+    try:
+        def infer(h, w):
+            body = json.dumps({"inputs": [{"name": "input", "shape": [1, 3, h, w], "datatype": "FP32",
+                                           "data": [0.0] * (3 * h * w)}]}).encode()
+            return http(s.url + "/v2/models/m/infer", body, "application/json")
+        code, body, _ = infer(6, 6)
+        assert code == 400 and b"did not accept" in body, (code, body)
+        code, body, _ = infer(64, 64)
+        assert code == 200 and json.loads(body)["outputs"][0]["shape"] == [1, 4, 32, 32], (code, body[:200])
+    finally:
+        rc, err = s.stop()
+    assert rc == 0, err
