@@ -129,9 +129,11 @@ def dicom_fifo(d, scale):
 
 
 def dicom_deep(d, scale):
-    """folders nested 40 deep (over the depth bound of 32)"""
+    """folders nested 40 deep (over the depth bound of 32), a stray file on top
+    (so the folder is not refused as empty before the walk)"""
     p = os.path.join(d, "deep")
     os.makedirs(os.path.join(p, *(["x"] * 40)))
+    open(os.path.join(p, "readme.txt"), "w").write("not a slice\n")
     return p
 
 
