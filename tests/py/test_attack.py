@@ -95,8 +95,9 @@ def _big_series_zip(tmp, n=120):
     if "zip" not in _BIG:
         import pydicom, zipfile
         from pydicom.uid import generate_uid
-        d = os.path.join(os.path.dirname(tmp), "attack-big-series")
-        os.makedirs(d, exist_ok=True)
+        import atexit, tempfile
+        d = tempfile.mkdtemp(prefix="attack-big-series-")   # shared by this module's tests, removed at exit
+        atexit.register(shutil.rmtree, d, True)
         z = os.path.join(d, "big.zip")
         files = sorted(os.listdir(cases.SERIES))
         slices = [pydicom.dcmread(os.path.join(cases.SERIES, f)) for f in files]
