@@ -84,7 +84,7 @@ CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o) $(NODE_SRC:%.cc=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/unit/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all test asan fuzz bench install clean deps cuda deb
+.PHONY: all test asan fuzz bench install clean deps cuda deb attack
 all: $(BUILD)/segpipe $(BUILD)/libsegpipe.a $(BUILD)/libsegpipe.so $(BUILD)/libsegpipe_test.so $(BUILD)/test_unit
 
 # Install what is missing (idempotent; a no-op when everything is there).
@@ -161,6 +161,10 @@ test: all
 
 asan:
 	$(MAKE) SANITIZE=1 test
+
+# the attack suite at full scale: time and peak memory per case (docs/security.md)
+attack: all
+	BUILD=$(BUILD) /usr/bin/python3 tests/attack/run.py
 
 fuzz:
 	bash tests/fuzz/run.sh

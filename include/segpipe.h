@@ -179,6 +179,19 @@ typedef struct sp_read_params {
     uint64_t max_voxels;     /* refuse larger volumes; 0 = default (2^30) */
     const char *dicom_series; /* a DICOM folder with several series: the SeriesInstanceUID to read
                                  (NULL: SEGPIPE_DICOM_SERIES, else the only one; docs/dicom.md) */
+    /* DICOM (read in a child process, docs/security.md): when non-NULL and
+     * set by another thread, the read stops at once, its reader process
+     * killed (SP_ERR_CANCELLED). Not owned. */
+    const volatile int *cancel;
+    uint64_t max_memory;     /* DICOM: refuse a series whose decoding needs more bytes (from its
+                                headers, before decoding); 0 = no bound beyond the headers' own */
+    /* NIfTI: called once the geometry is known from the header, before any
+     * voxel is decompressed, with a volume of that geometry and no voxels
+     * (only its geometry may be read: sp_volume_get_info, or
+     * sp_ct_header_check below); another status than SP_OK refuses the
+     * read with it. NULL: none. */
+    sp_status (*check_header)(const sp_volume *header, void *user);
+    void *check_user;
 } sp_read_params;
 sp_read_params sp_read_default_params(void);
 
@@ -342,6 +355,15 @@ sp_status sp_ct_run_inplace(sp_package *pk, sp_volume *ct, const sp_ct_params *p
  * for admission control (allocator overheads are not in it). Fails as the
  * run would on a model grid past the limits. */
 sp_status sp_ct_memory_estimate(const sp_package *pk, const sp_volume *ct, const sp_ct_params *p, size_t *bytes);
+/* For sp_read_params.check_header (user: an sp_ct_check): what a CT run
+ * refuses from the geometry alone (the model grid's size, the sliding
+ * window's tile count) refused from the header, before the voxels are
+ * decompressed (a 2 MB .nii.gz may declare 32767x32767 voxels). */
+typedef struct sp_ct_check {
+    const sp_package *pk;
+    const sp_ct_params *params;   /* NULL: defaults */
+} sp_ct_check;
+sp_status sp_ct_header_check(const sp_volume *header, void *ct_check);
 void sp_ct_result_free(sp_ct_result *r);
 const sp_timings *sp_ct_result_timings(const sp_ct_result *r);
 /* Label volume on the input grid (uint16 values, i fastest; owned by r). */
@@ -685,8 +707,10 @@ typedef struct sp_serve_params {
     int n_models;
     /* limits on what clients control (0 = the default in brackets) */
     int max_connections;     /* open connections in all [4096] */
-    int max_per_ip;          /* open connections per client address [0: no limit] */
+    int max_per_ip;          /* open connections per client address [64] */
     double read_timeout;     /* seconds a connection may stay silent [15] */
+    double header_timeout;   /* seconds from a connection's start (or its last answer) to a
+                                request's complete headers; then it is closed [20] */
     double body_timeout;     /* seconds to receive a whole request body [120] */
     size_t max_buffered;     /* request bytes held in memory across all requests [768 MiB] */
     size_t max_json_body;    /* bytes of a JSON tensor request [16 MiB] */

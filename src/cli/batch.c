@@ -153,6 +153,10 @@ sp_status cli_batch_run_job(cli_batch *b, const char *model_dir, const cli_batch
         return st;
     sp_read_params rdp = sp_read_default_params();
     rdp.dicom_series = jo->series;
+    sp_ct_check chk = {pk, jo->cp ? jo->cp : &b->cp};   /* the run's grid and tile limits, from the header */
+    rdp.check_header = sp_ct_header_check;
+    rdp.check_user = &chk;
+    rdp.cancel = jo->cancel;   /* a DICOM reader stops with the job */
     double t1 = sp_now();
     if ((st = sp_volume_sniff(input)) || (st = sp_volume_read(input, &rdp, &v)))
         return st;

@@ -399,6 +399,9 @@ static int ct_load(const ct_opts *o, ct_run *r)
     t0 = sp_now();
     sp_read_params rdp = sp_read_default_params();
     rdp.dicom_series = o->series;
+    sp_ct_check chk = {r->pk, &o->cp};   /* the run's grid and tile limits, from the header */
+    rdp.check_header = sp_ct_header_check;
+    rdp.check_user = &chk;
     if ((st = sp_volume_read(o->input, &rdp, &r->v)))
         return cli_fail(st, NULL);
     sp_timings_add(&r->tt, "read", sp_now() - t0);

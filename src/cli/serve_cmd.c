@@ -21,6 +21,7 @@ static void serve_help(void)
            "         [--api-key-file FILE] [--protect-health] [--tls-cert PEM --tls-key PEM]\n"
            "         [--max-body BYTES] [--max-json-body BYTES] [--max-buffered BYTES] [--max-memory BYTES]\n"
            "         [--max-connections N] [--max-connections-per-ip N] [--read-timeout S] [--body-timeout S]\n"
+           "         [--header-timeout S]\n"
            "         [--max-jobs N] [--max-stored BYTES] [--result-ttl S] [--max-pixels N] [--no-ui]\n"
            "HTTP service: KServe v2 (/v2/...), POST /v1/ct and /v1/segment-batch, asynchronous /v1/jobs,\n"
            "/v1/status, /metrics, and a web page on / (docs/ui.md). See docs/service.md. SIGTERM/SIGINT: finish accepted requests, exit 0.\n");
@@ -65,7 +66,8 @@ static int serve_opt(int c, const char *a, sp_serve_params *sp, int *verbose)
     case 'W': return cli_num(cmd, "--batch-window-ms", a, 0, 10000, &sp->batch_window_ms);
     case 'X': return cli_int(cmd, "--max-batch", a, 1, 64, &sp->max_batch);
     case 'C': return cli_int(cmd, "--max-connections", a, 16, 1000000, &sp->max_connections);
-    case 'I': return cli_int(cmd, "--max-connections-per-ip", a, 0, 1000000, &sp->max_per_ip);
+    case 'I': return cli_int(cmd, "--max-connections-per-ip", a, 1, 1000000, &sp->max_per_ip);
+    case 'G': return cli_num(cmd, "--header-timeout", a, 1, 3600, &sp->header_timeout);
     case 'j': return cli_int(cmd, "--max-jobs", a, 1, 1000000, &sp->max_jobs);
     case 'x': {
         size_t v;
@@ -95,6 +97,7 @@ int cmd_serve(int argc, char **argv)
         {"max-memory", required_argument, 0, 'Y'},
         {"max-stored", required_argument, 0, 'S'}, {"timeout", required_argument, 0, 'T'},
         {"read-timeout", required_argument, 0, 'R'}, {"body-timeout", required_argument, 0, 'D'},
+        {"header-timeout", required_argument, 0, 'G'},
         {"result-ttl", required_argument, 0, 'L'}, {"threads", required_argument, 0, 't'},
         {"device", required_argument, 0, 'd'}, {"verbose", no_argument, 0, 'v'},
         {"precision", required_argument, 0, 'y'},

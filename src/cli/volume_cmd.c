@@ -38,6 +38,7 @@ int cmd_resample(int argc, char **argv)
     double sp3[3] = {0}, shp[3] = {0}, pad[3] = {0}, padv = 0;
     int order = 1, have_sp = 0, have_shape = 0, have_pad = 0, have_padv = 0, c;
     optind = 1;
+    cli_set_logging(0);   /* the readers' warnings (e.g. what a DICOM folder walk skipped) */
     while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
         switch (c) {
         case 'o': out = optarg; break;

@@ -22,10 +22,13 @@
 #include <cctype>
 #include <cstdlib>
 #include <stdexcept>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <gdcmAttribute.h>
-#include <gdcmDirectory.h>
 #include <gdcmImageReader.h>
 #include <gdcmReader.h>
 #include <gdcmTrace.h>
@@ -42,6 +45,7 @@
 namespace {
 
 thread_local char g_msg[1024];
+thread_local std::string g_notes;   /* what the last folder walk skipped */
 
 sp_status sp_fail(sp_status st, const char *fmt, ...)
 {
@@ -60,8 +64,9 @@ struct Geom {
 struct Slice {
     std::string file, series, sop, sop_class;
     double ipp[3], iop[6], ps[2], pos;
-    unsigned rows, cols;
-    size_t pixel_at, file_size;   /* where the pixel data value starts (GDCM stops after its header); file size */
+    unsigned rows, cols, bytes;   /* bytes: per stored value (BitsAllocated / 8) */
+    size_t pixel_at, file_size;   /* where the pixel data element starts (the header scan stops there); file size */
+    bool deflated;                /* pixel_at is then a position in the inflated stream, not in the file */
 };
 
 const char *base(const std::string &f)
@@ -156,9 +161,20 @@ enum Fit { FIT_OK, FIT_NOT_DICOM, FIT_OVERRUN };
  * taken for DICOM at all (FIT_NOT_DICOM: skipped like any stray file) */
 Fit lengths_fit(const std::string &file)
 {
-    FILE *f = std::fopen(file.c_str(), "rb");
-    if (!f)
+    /* O_NONBLOCK|O_NOFOLLOW and fstat: a file swapped for a FIFO or a link
+     * after the folder walk is not opened for reading (a FIFO would block) */
+    int fd = open(file.c_str(), O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+    struct stat sb;
+    if (fd >= 0 && (fstat(fd, &sb) || !S_ISREG(sb.st_mode))) {
+        close(fd);
+        fd = -1;
+    }
+    FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
+    if (!f) {
+        if (fd >= 0)
+            close(fd);
         return FIT_NOT_DICOM;
+    }
     std::vector<uint8_t> b;
     uint8_t buf[1 << 16];
     size_t got;
@@ -193,67 +209,138 @@ bool supported_class(const std::string &uid)
     return false;
 }
 
-/* The SOP class of a file from a parse that stops before its pixel data
- * (the dataset's, or the file meta's when an anonymiser emptied it); "" if
- * it is not DICOM. *pixel_at: the offset of the pixel data element. */
-std::string sop_class_of(const std::string &file, size_t *pixel_at)
+/* Transfer syntaxes GDCM (Debian's build) decodes for greyscale slices;
+ * any other (MPEG, HTJ2K, JPIP, private) is refused from the header. */
+bool supported_ts(const gdcm::TransferSyntax &ts)
 {
+    switch (ts) {
+    case gdcm::TransferSyntax::ImplicitVRLittleEndian:
+    case gdcm::TransferSyntax::ImplicitVRBigEndianPrivateGE:
+    case gdcm::TransferSyntax::ExplicitVRLittleEndian:
+    case gdcm::TransferSyntax::DeflatedExplicitVRLittleEndian:
+    case gdcm::TransferSyntax::ExplicitVRBigEndian:
+    case gdcm::TransferSyntax::JPEGBaselineProcess1:
+    case gdcm::TransferSyntax::JPEGExtendedProcess2_4:
+    case gdcm::TransferSyntax::JPEGLosslessProcess14:
+    case gdcm::TransferSyntax::JPEGLosslessProcess14_1:
+    case gdcm::TransferSyntax::JPEGLSLossless:
+    case gdcm::TransferSyntax::JPEGLSNearLossless:
+    case gdcm::TransferSyntax::JPEG2000Lossless:
+    case gdcm::TransferSyntax::JPEG2000:
+    case gdcm::TransferSyntax::RLELossless:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* A US attribute of the dataset, or dflt when absent or empty. */
+template <uint16_t G, uint16_t E>
+unsigned us_value(const gdcm::DataSet &ds, unsigned dflt)
+{
+    gdcm::Attribute<G, E> a;
+    if (!ds.FindDataElement(a.GetTag()))
+        return dflt;
+    const gdcm::ByteValue *bv = ds.GetDataElement(a.GetTag()).GetByteValue();
+    if (!bv || bv->GetLength() < 2)
+        return dflt;
+    a.SetFromDataSet(ds);
+    return a.GetValue();
+}
+
+[[noreturn]] void refuse(const std::string &file, const std::string &why)
+{
+    throw std::runtime_error(std::string(base(file)) + ": " + why);
+}
+
+/* Size, sample layout, frame count and transfer syntax from the header
+ * alone; a slice GDCM should not be asked to decode is refused here
+ * (the decoded size of a frame is rows x columns x bytes, whatever the
+ * compressed size: a 101 KB RLE zip declared a 2 GiB frame). */
+void check_pixels(const std::string &file, const gdcm::DataSet &ds, const gdcm::TransferSyntax &ts, Slice &s)
+{
+    if (!supported_ts(ts))
+        refuse(file, std::string("transfer syntax ") + (ts.IsValid() ? gdcm::TransferSyntax::GetTSString(ts) : "unknown")
+                     + " is not supported");
+    s.rows = us_value<0x0028, 0x0010>(ds, 0);
+    s.cols = us_value<0x0028, 0x0011>(ds, 0);
+    unsigned bits = us_value<0x0028, 0x0100>(ds, 0), spp = us_value<0x0028, 0x0002>(ds, 1);
+    if (!s.rows || !s.cols)
+        refuse(file, "no Rows/Columns");
+    if (s.rows > SP_DICOM_MAX_SIDE || s.cols > SP_DICOM_MAX_SIDE)
+        refuse(file, std::to_string(s.cols) + " x " + std::to_string(s.rows) + " pixels: more than " +
+                     std::to_string(SP_DICOM_MAX_SIDE) + " per side is not a CT/MR slice (refused before decoding)");
+    if (spp != 1)
+        refuse(file, "not a single-frame greyscale slice");
+    if (bits != 8 && bits != 16 && bits != 32)
+        refuse(file, "BitsAllocated " + std::to_string(bits) + " is not supported (8, 16 or 32)");
+    s.bytes = bits / 8;
+    s.deflated = ts == gdcm::TransferSyntax::DeflatedExplicitVRLittleEndian;
+}
+
+/* GDCM's header scan stops after the pixel data element's header (at its
+ * value): true when the file holds (7FE0,0010) there, in either VR form
+ * and byte order (the scan also ends at the end of a file without it). */
+bool pixel_tag_before(const std::string &file, size_t at)
+{
+    static const uint8_t le[4] = {0xe0, 0x7f, 0x10, 0x00}, be[4] = {0x7f, 0xe0, 0x00, 0x10};
+    uint8_t b[12];
+    FILE *f = at >= 12 ? std::fopen(file.c_str(), "rb") : NULL;
+    bool ok = f && !std::fseek(f, long(at - 12), SEEK_SET) && std::fread(b, 1, 12, f) == 12;
+    if (f)
+        std::fclose(f);
+    return ok && (!std::memcmp(b, le, 4) || !std::memcmp(b, be, 4) || !std::memcmp(b + 4, le, 4) ||
+                  !std::memcmp(b + 4, be, 4));
+}
+
+/* Header of one file from one parse that stops before its pixel data
+ * (GDCM's ImageReader would decode the pixels to judge them: never here);
+ * false when it is not a supported image slice (skipped). Files that are
+ * not single-frame CT, MR, PET or NM slices are judged by SOP class (the
+ * dataset's, or the file meta's when an anonymiser emptied it). */
+bool header(const std::string &file, Slice &s)
+{
+    Fit fit = lengths_fit(file);
+    if (fit == FIT_OVERRUN)
+        refuse(file, "an element's length overruns the file (truncated or damaged)");
+    if (fit == FIT_NOT_DICOM)
+        return false;
     gdcm::Reader rd;
     rd.SetFileName(file.c_str());
     std::set<gdcm::Tag> stop;
     stop.insert(gdcm::Tag(0x7fe0, 0x0010));
     if (!rd.ReadUpToTag(gdcm::Tag(0x7fe0, 0x0010), stop))
-        return std::string();
-    *pixel_at = rd.GetStreamCurrentPosition();
-    std::string c = text(rd.GetFile().GetDataSet(), 0x0008, 0x0016);
-    if (c.empty())
-        c = text(rd.GetFile().GetHeader(), 0x0002, 0x0002);
-    if (rd.GetFile().GetDataSet().FindDataElement(gdcm::Tag(0x0028, 0x0008)) &&
-        text(rd.GetFile().GetDataSet(), 0x0028, 0x0008) != "1")
-        return std::string("multi-frame");
-    return c;
-}
-
-/* Header of one file; false when it is not a supported image (skipped). */
-bool header(const std::string &file, Slice &s)
-{
-    Fit fit = lengths_fit(file);
-    if (fit == FIT_OVERRUN)
-        throw std::runtime_error(std::string(base(file)) + ": an element's length overruns the file (truncated "
-                                 "or damaged)");
-    if (fit == FIT_NOT_DICOM)
         return false;
-    if (!supported_class(sop_class_of(file, &s.pixel_at)))
+    const gdcm::DataSet &ds = rd.GetFile().GetDataSet();
+    const gdcm::DataSet &meta = rd.GetFile().GetHeader();   /* anonymised files may keep them only here */
+    s.sop_class = text(ds, 0x0008, 0x0016);
+    if (s.sop_class.empty())
+        s.sop_class = text(meta, 0x0002, 0x0002);
+    if (!supported_class(s.sop_class))
         return false;
+    if (ds.FindDataElement(gdcm::Tag(0x0028, 0x0008)) && text(ds, 0x0028, 0x0008) != "1")
+        return false;   /* multi-frame */
+    std::streamoff at = rd.GetStreamCurrentPosition();
+    gdcm::TransferSyntax ts = rd.GetFile().GetHeader().GetDataSetTransferSyntax();
+    bool deflated = ts == gdcm::TransferSyntax::DeflatedExplicitVRLittleEndian;
+    if (at <= 0 || (!deflated && !pixel_tag_before(file, size_t(at))))
+        return false;   /* no pixel data */
+    s.pixel_at = size_t(at);
     struct stat sb;
     s.file_size = stat(file.c_str(), &sb) ? 0 : size_t(sb.st_size);
-    gdcm::ImageReader r;
-    r.SetFileName(file.c_str());
-    if (!r.Read())
-        return false;
-    const gdcm::DataSet &ds = r.GetFile().GetDataSet();
-    if (!ds.FindDataElement(gdcm::Tag(0x7fe0, 0x0010)))
-        return false;
     gdcm::Attribute<0x0020, 0x0032> ipp;
     gdcm::Attribute<0x0020, 0x0037> iop;
     gdcm::Attribute<0x0028, 0x0030> ps;
-    gdcm::Attribute<0x0028, 0x0010> rows;
-    gdcm::Attribute<0x0028, 0x0011> cols;
     if (!ds.FindDataElement(ipp.GetTag()) || !ds.FindDataElement(iop.GetTag()) || !ds.FindDataElement(ps.GetTag()))
         return false;
+    check_pixels(file, ds, ts, s);
     ipp.SetFromDataSet(ds);
     iop.SetFromDataSet(ds);
     ps.SetFromDataSet(ds);
-    rows.SetFromDataSet(ds);
-    cols.SetFromDataSet(ds);
     s.series = text(ds, 0x0020, 0x000e);
     s.sop = text(ds, 0x0008, 0x0018);
-    s.sop_class = text(ds, 0x0008, 0x0016);
-    const gdcm::DataSet &meta = r.GetFile().GetHeader();   /* anonymised files may keep them only here */
     if (s.sop.empty())
         s.sop = text(meta, 0x0002, 0x0003);
-    if (s.sop_class.empty())
-        s.sop_class = text(meta, 0x0002, 0x0002);
     s.file = file;
     for (int i = 0; i < 3; i++)
         s.ipp[i] = ipp.GetValue(i);
@@ -261,9 +348,76 @@ bool header(const std::string &file, Slice &s)
         s.iop[i] = iop.GetValue(i);
     s.ps[0] = ps.GetValue(0);
     s.ps[1] = ps.GetValue(1);
-    s.rows = rows.GetValue();
-    s.cols = cols.GetValue();
     return true;
+}
+
+/* ---- the folder walk ----
+ * Links are followed (series folders of links exist) but every folder and
+ * file is taken once by device and inode, so a link loop ends; only
+ * regular files are read (a FIFO would block the reader, a device is no
+ * slice): the others are skipped and counted for one line (*notes); at
+ * most SP_DICOM_MAX_ENTRIES entries, SP_DICOM_MAX_DEPTH levels. */
+struct Walk {
+    std::vector<std::string> files;
+    std::set<std::pair<dev_t, ino_t>> seen;
+    size_t entries = 0, loops = 0, special = 0;
+    std::string first_special;
+};
+
+void walk_dir(const std::string &dir, int depth, Walk &w)
+{
+    if (depth > SP_DICOM_MAX_DEPTH)
+        throw std::runtime_error("folders nested more than " + std::to_string(SP_DICOM_MAX_DEPTH) +
+                                 " deep: refused");
+    DIR *d = opendir(dir.c_str());
+    if (!d)
+        return;
+    std::vector<std::string> sub;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!std::strcmp(e->d_name, ".") || !std::strcmp(e->d_name, ".."))
+            continue;
+        if (++w.entries > SP_DICOM_MAX_ENTRIES) {
+            closedir(d);
+            throw std::runtime_error("more than " + std::to_string(SP_DICOM_MAX_ENTRIES) +
+                                     " files and folders: refused");
+        }
+        std::string p = dir + "/" + e->d_name;
+        struct stat sb;
+        if (stat(p.c_str(), &sb))
+            continue;   /* a dangling link */
+        if (!S_ISDIR(sb.st_mode) && !S_ISREG(sb.st_mode)) {
+            if (!w.special++)
+                w.first_special = e->d_name;
+            continue;
+        }
+        if (!w.seen.insert({sb.st_dev, sb.st_ino}).second) {
+            w.loops++;   /* a folder or file met again through a link */
+            continue;
+        }
+        (S_ISDIR(sb.st_mode) ? sub : w.files).push_back(p);
+    }
+    closedir(d);
+    std::sort(w.files.begin(), w.files.end());
+    for (const std::string &p : sub)
+        walk_dir(p, depth + 1, w);
+}
+
+/* The regular files under dir; a line about what was skipped in notes. */
+std::vector<std::string> list_files(const char *dir, std::string &notes)
+{
+    Walk w;
+    struct stat sb;
+    if (!stat(dir, &sb))
+        w.seen.insert({sb.st_dev, sb.st_ino});
+    walk_dir(dir, 0, w);
+    if (w.special)
+        notes += std::to_string(w.special) + " entr" + (w.special > 1 ? "ies" : "y") + " that are not regular " +
+                 "files (FIFO, device or socket; first: " + w.first_special + ") skipped. ";
+    if (w.loops)
+        notes += std::to_string(w.loops) + " link" + (w.loops > 1 ? "s" : "") + " to a folder or file already "
+                 "read (a link loop or a duplicate) skipped. ";
+    return w.files;
 }
 
 sp_status fail_file(sp_status st, const std::string &file, const char *what)
@@ -381,7 +535,8 @@ sp_status decode(const Slice &s, float *dst)
      * "Incomplete Pixel Data") and pads; a missing part is a missing slice */
     const gdcm::DataElement &pd = r.GetFile().GetDataSet().GetDataElement(gdcm::Tag(0x7fe0, 0x0010));
     size_t need = n * ((im.GetPixelFormat().GetBitsAllocated() + 7) / 8);
-    if (pd.GetByteValue() && (pd.GetByteValue()->GetLength() < need || s.pixel_at + need > s.file_size))
+    if (pd.GetByteValue() && (pd.GetByteValue()->GetLength() < need ||
+                              (!s.deflated && s.pixel_at + need > s.file_size)))
         return fail_file(SP_ERR_INPUT, s.file, "its pixel data is truncated");
     std::vector<char> raw(im.GetBufferLength());
     if (!im.GetBuffer(raw.data()))
@@ -399,12 +554,54 @@ sp_status decode(const Slice &s, float *dst)
     return fail_file(SP_ERR_INPUT, s.file, "its pixel data is shorter than rows x columns");
 }
 
+size_t decode_threads(size_t slices)
+{
+    return std::min(size_t(std::max(1u, std::min(16u, std::thread::hardware_concurrency()))), slices);
+}
+
+/* ---- memory, from the headers ----
+ * What decoding the series needs at most: the float volume, and on each
+ * decoding thread one file held whole by GDCM (twice: its stream and its
+ * element), the decoded frame (GDCM's buffer, its copy, our copy) and a
+ * codec's 32-bit work image (OpenJPEG). */
+uint64_t decode_need(const std::vector<Slice> &ser)
+{
+    uint64_t file = 0, frame = uint64_t(ser[0].rows) * ser[0].cols;
+    unsigned bytes = 1;
+    for (const Slice &s : ser)
+        file = std::max<uint64_t>(file, s.file_size), bytes = std::max(bytes, s.bytes);
+    return frame * ser.size() * 4 + decode_threads(ser.size()) * (2 * file + frame * (3 * bytes + 4));
+}
+
+uint64_t g_max_memory;   /* sp_dicom_reader_limits: refuse a series needing more (0: no bound) */
+int g_bound_process;     /* 1: RLIMIT_AS follows the headers (the reader child only) */
+
+/* This process's address space (VmSize) plus `more` plus slack for thread
+ * stacks and malloc arenas, as its soft RLIMIT_AS: an allocation beyond
+ * what the headers declared fails instead of taking the machine. */
+void bound_address_space(uint64_t more, size_t threads)
+{
+    unsigned long long pages = 0;
+    FILE *f = std::fopen("/proc/self/statm", "r");
+    if (!f)
+        return;
+    int got = std::fscanf(f, "%llu", &pages);
+    std::fclose(f);
+    if (got != 1)
+        return;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl))
+        return;
+    uint64_t want = uint64_t(pages) * uint64_t(sysconf(_SC_PAGESIZE)) + more + threads * (80ull << 20) + (512ull << 20);
+    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || want < rl.rlim_max ? rlim_t(want) : rl.rlim_max;
+    setrlimit(RLIMIT_AS, &rl);
+}
+
 /* Every slice, on as many threads as cores (each its own GDCM reader); the
  * first failure in slice order wins. */
 sp_status decode_all(const std::vector<Slice> &ser, float *data, size_t plane)
 {
-    size_t nt = std::max(1u, std::min(16u, std::thread::hardware_concurrency()));
-    nt = std::min(nt, ser.size());
+    size_t nt = decode_threads(ser.size());
     std::vector<sp_status> st(ser.size(), SP_OK);
     std::vector<std::string> msg(ser.size());
     std::vector<std::thread> th;
@@ -497,6 +694,19 @@ extern "C" void sp_dicom_ref_free(sp_dicom_ref *r)
     }
 }
 
+extern "C" void sp_dicom_reader_limits(uint64_t max_memory, int bound_process)
+{
+    g_max_memory = max_memory;
+    g_bound_process = bound_process;
+    if (bound_process)   /* the header scan: GDCM holds one header at a time */
+        bound_address_space(1ull << 30, 1);
+}
+
+extern "C" const char *sp_dicom_notes(void)
+{
+    return g_notes.c_str();
+}
+
 extern "C" sp_status sp_dicom_load(const char *dir, const char *uid, uint64_t max_voxels, sp_dicom_vol *v, char *msg,
                                    size_t cap)
 {
@@ -506,10 +716,9 @@ extern "C" sp_status sp_dicom_load(const char *dir, const char *uid, uint64_t ma
     gdcm::Trace::SetError(false);
     gdcm::Trace::SetDebug(false);
     try {
-        gdcm::Directory d;
-        d.Load(dir, true);
+        g_notes.clear();
         std::vector<Slice> all, ser;
-        for (const std::string &f : d.GetFilenames()) {
+        for (const std::string &f : list_files(dir, g_notes)) {
             Slice s;
             if (header(f, s))
                 all.push_back(s);
@@ -525,6 +734,12 @@ extern "C" sp_status sp_dicom_load(const char *dir, const char *uid, uint64_t ma
                 st = sp_fail(SP_ERR_INPUT, "%s: the series has more than %llu voxels", dir,
                              (unsigned long long)max_voxels);
         }
+        uint64_t need = st ? 0 : decode_need(ser);
+        if (!st && g_max_memory && need > g_max_memory)
+            st = sp_fail(SP_ERR_INPUT, "DICOM series: decoding it needs %.2f GB, more than the reader's %.2f GB: "
+                         "refused before decoding", need / 1e9, g_max_memory / 1e9);
+        if (!st && g_bound_process)
+            bound_address_space(need, decode_threads(ser.size()));
         size_t plane = st ? 0 : size_t(g.dim[0]) * size_t(g.dim[1]);
         float *data = st ? NULL : (float *)std::malloc(plane * ser.size() * sizeof(float) + 1);
         if (!st && !data)

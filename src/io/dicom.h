@@ -9,6 +9,12 @@
  * patient/study/frame-of-reference attributes of the first slice (as
  * strings, with its character set). Never logged. */
 #define SP_DICOM_UID 65
+/* Limits checked before any pixel is decoded (docs/security.md): a slice
+ * wider or taller than this is refused from its header; a folder walk
+ * reads at most SP_DICOM_MAX_ENTRIES entries, SP_DICOM_MAX_DEPTH deep. */
+#define SP_DICOM_MAX_SIDE 8192
+#define SP_DICOM_MAX_ENTRIES 100000
+#define SP_DICOM_MAX_DEPTH 32
 #define SP_DICOM_ATTRS 16
 typedef struct sp_dicom_ref {
     int n, rows, cols;
@@ -37,6 +43,14 @@ sp_status sp_dicom_load(const char *dir, const char *uid, uint64_t max_voxels, s
                         size_t cap);
 void sp_dicom_ref_free(sp_dicom_ref *r);
 /* the writers (DICOM-SEG, RTSTRUCT): dicom_out.h */
+/* The reader process's bounds, set before sp_dicom_load: a series whose
+ * decoding needs more than max_memory bytes (from its headers; 0: no
+ * bound) is refused before decoding; bound_process = 1 (the forked reader
+ * only) sets this process's RLIMIT_AS to what the headers declare. */
+void sp_dicom_reader_limits(uint64_t max_memory, int bound_process);
+/* What the last sp_dicom_load on this thread skipped in the folder walk
+ * (non-regular files, links met twice): one line, "" if nothing. */
+const char *sp_dicom_notes(void);
 #ifdef __cplusplus
 }
 #endif

@@ -531,6 +531,22 @@ static char *label_table(const uint8_t *file, size_t vox_offset, size_t hsz)
     return NULL;
 }
 
+/* the caller's verdict on the header's geometry (rp->check_header), before
+ * anything is decompressed */
+static sp_status check_header(const sp_read_params *rp, const sp_geom *g, sp_dtype dt, const char *name)
+{
+    sp_volume hv;
+    memset(&hv, 0, sizeof hv);
+    hv.g = *g;
+    hv.file_dtype = dt;
+    sp_status st = rp->check_header(&hv, rp->check_user);
+    if (!st)
+        return SP_OK;
+    char why[1024];
+    snprintf(why, sizeof why, "%s", sp_last_error());
+    return sp_fail(st, "%s: %s", name, why);
+}
+
 sp_status sp_nifti_read_mem(const uint8_t *buf, size_t n, const char *name,
                             const sp_read_params *rp, sp_volume **out)
 {
@@ -550,6 +566,8 @@ sp_status sp_nifti_read_mem(const uint8_t *buf, size_t n, const char *name,
     if ((st = parse_header(head, hn, name, rp, &h)))
         return st;
     sp_dtype dt = nifti_dtype(h.datatype);
+    if (rp && rp->check_header && (st = check_header(rp, &h.g, dt, name)))
+        return st;
     size_t nvox = (size_t)sp_geom_nvox(&h.g);
     size_t nbytes = nvox * sp_dtype_size(dt);
     size_t need = (size_t)h.vox_offset + nbytes;

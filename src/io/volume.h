@@ -41,12 +41,16 @@ struct sp_volume {
 sp_status sp_nifti_read_mem(const uint8_t *buf, size_t n, const char *name, const sp_read_params *rp,
                             sp_volume **out);
 
-/* dicom.cc: the DICOM series in folder dir (uid: which series when it holds
- * several; NULL/"": the only one), at most max_voxels. */
-sp_status sp_dicom_read_dir(const char *dir, const char *uid, uint64_t max_voxels, sp_volume **out);
+/* dicom_volume.c (dicom.cc in a child process): the DICOM series in folder
+ * dir, under p's limits (series: p->dicom_series, else SEGPIPE_DICOM_SERIES,
+ * else the only one). */
+sp_status sp_dicom_read_dir(const char *dir, const sp_read_params *p, sp_volume **out);
 /* A zip of a DICOM series: size bytes at data (path names it in messages). */
-sp_status sp_dicom_read_zip(const void *data, size_t size, const char *path, const char *uid, uint64_t max_voxels,
+sp_status sp_dicom_read_zip(const void *data, size_t size, const char *path, const sp_read_params *p,
                             sp_volume **out);
+/* Remove this user's segpipe-dicom-PID-* temporary folders whose process
+ * is gone (a reader killed with its parent); called before each unpack. */
+void sp_dicom_clean_stale(void);
 int sp_is_zip(const void *data, size_t n);
 
 /* Scan v's data once: vmin/vmax, range_valid, integer_valued. Returns the

@@ -14,7 +14,7 @@
 
 sp_read_params sp_read_default_params(void)
 {
-    sp_read_params p = {SP_DEFAULT_MAX_VOXELS, NULL};
+    sp_read_params p = {SP_DEFAULT_MAX_VOXELS, NULL, NULL, 0, NULL, NULL};
     return p;
 }
 
@@ -23,9 +23,7 @@ sp_status sp_volume_read_mem(const void *data, size_t size, const char *name,
 {
 #ifndef SP_NO_DICOM
     if (sp_is_zip(data, size)) {   /* a zipped DICOM series (e.g. an upload) */
-        uint64_t lim = p && p->max_voxels ? p->max_voxels : SP_DEFAULT_MAX_VOXELS;
-        return sp_dicom_read_zip(data, size, name, p && p->dicom_series ? p->dicom_series : getenv("SEGPIPE_DICOM_SERIES"),
-                                 lim, out);
+        return sp_dicom_read_zip(data, size, name, p, out);
     }
 #endif
     return sp_nifti_read_mem(data, size, name ? name : "(memory)", p, out);
@@ -42,8 +40,7 @@ sp_status sp_volume_read(const char *path, const sp_read_params *p, sp_volume **
         *out = NULL;
         return sp_fail(SP_ERR_INPUT, "%s is a folder: DICOM input is not in this build (NO_DICOM=1)", path);
 #else
-        return sp_dicom_read_dir(path, p && p->dicom_series ? p->dicom_series : getenv("SEGPIPE_DICOM_SERIES"), lim,
-                                 out);
+        return sp_dicom_read_dir(path, p, out);
 #endif
     }
     sp_status st = sp_read_file(path, (size_t)(lim * 8 + 65536), &buf, &n);
@@ -52,8 +49,7 @@ sp_status sp_volume_read(const char *path, const sp_read_params *p, sp_volume **
         return st;
 #ifndef SP_NO_DICOM
     if (sp_is_zip(buf, n))   /* a zipped DICOM series */
-        st = sp_dicom_read_zip(buf, n, path, p && p->dicom_series ? p->dicom_series : getenv("SEGPIPE_DICOM_SERIES"),
-                               lim, out);
+        st = sp_dicom_read_zip(buf, n, path, p, out);
     else
 #endif
         st = sp_nifti_read_mem(buf, n, path, p, out);

@@ -627,6 +627,28 @@ sp_status sp_ct_memory_estimate(const sp_package *pk, const sp_volume *ct, const
     return SP_OK;
 }
 
+sp_status sp_ct_header_check(const sp_volume *header, void *ct_check)
+{
+    const sp_ct_check *c = ct_check;
+    sp_ct_params p = c->params ? *c->params : sp_ct_default_params();
+    int64_t mdim[3];
+    int reoriented;
+    sp_status st = grid_of(&c->pk->mf, header, &p, mdim, &reoriented);
+    if (st)
+        return st;
+    sp_window_params wp = window_params(&c->pk->mf, &p);
+    double tiles = 1;   /* as sp_window_run counts them: each axis padded to the patch */
+    for (int d = 0; d < 3; d++) {
+        int64_t n = mdim[wp.axes[d]], t = wp.patch[d];
+        tiles *= (double)sp_window_steps(n > t ? n : t, t, wp.step, NULL, 1 << 24);
+    }
+    if (tiles > (double)wp.max_tiles)
+        return sp_fail(SP_ERR_INPUT, "the header's %lldx%lldx%lld voxels make %.0f sliding-window tiles, over the "
+                       "limit of %lld: refused before reading the voxels", (long long)header->g.dim[0],
+                       (long long)header->g.dim[1], (long long)header->g.dim[2], tiles, (long long)wp.max_tiles);
+    return SP_OK;
+}
+
 sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *p, sp_ct_result **out)
 {
     return ct_run(pk, ct, NULL, p, out);

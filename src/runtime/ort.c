@@ -63,6 +63,25 @@ sp_status sp_ort_check(OrtStatus *s, sp_status code, const char *what)
     return st;
 }
 
+/* What a failed Run says about its input. The model ran at load or warm-up
+ * and the inputs passed the declared dtype and shape checks, so a node that
+ * fails on the data (ORT's INVALID_ARGUMENT, or FAIL "while running" a node:
+ * a broadcast or reshape the tensor's dynamic sizes do not allow) is the
+ * input's fault (the service's KServe answer: 400); memory and the
+ * execution provider's own failures stay the runtime's. */
+static sp_status run_failure(OrtStatus *s)
+{
+    if (!s)
+        return SP_OK;
+    OrtErrorCode c = sp_ort->GetErrorCode(s);
+    const char *m = sp_ort->GetErrorMessage(s);
+    if (strstr(m, "alloc") || strstr(m, "memory") || strstr(m, "CUDA") || strstr(m, "cuda"))
+        return SP_ERR_RUNTIME;
+    if (c == ORT_INVALID_ARGUMENT || (c == ORT_FAIL && strstr(m, "while running")))
+        return SP_ERR_INPUT;
+    return SP_ERR_RUNTIME;
+}
+
 /* For ORT calls whose failure leaves nothing to do (cleanup, best effort). */
 static void ort_ignore(OrtStatus *s)
 {
@@ -181,8 +200,15 @@ sp_status sp_runtime_create(const sp_runtime_params *p, sp_runtime **out)
     if (rt->p.inter_threads <= 0)
         rt->p.inter_threads = 1;
     pthread_mutex_init(&rt->mu, NULL);
+    /* ONNX Runtime 1.29's Linux build starts Microsoft's 1DS telemetry in
+     * CreateEnv: an uploader thread, $TMPDIR/mat-debug-<pid>.log, $TMPDIR/.ses
+     * (a session GUID) and ~/.cache/Microsoft/DeveloperTools/.onnxruntime/
+     * (found with strace -k). Its switch is read in CreateEnv, so it is set
+     * first; DisableTelemetryEvents then stops any event. docs/security.md. */
+    setenv("ORT_DISABLE_TELEMETRY", "1", 1);
     if ((st = sp_ort_check(sp_ort->CreateEnv(ORT_LOGGING_LEVEL_ERROR, "segpipe", &rt->env),
                            SP_ERR_RUNTIME, "CreateEnv")) ||
+        (st = sp_ort_check(sp_ort->DisableTelemetryEvents(rt->env), SP_ERR_RUNTIME, "DisableTelemetryEvents")) ||
         (st = sp_ort_check(sp_ort->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault,
                                                        &rt->cpu_mem),
                            SP_ERR_RUNTIME, "CreateCpuMemoryInfo"))) {
@@ -578,10 +604,11 @@ static sp_status model_run(sp_model *m, const OrtMemoryInfo *mem, const sp_tenso
                                   numel(&outputs[j]) * sp_dtype_size(outputs[j].dtype), outputs[j].shape,
                                   (size_t)outputs[j].rank, to_ort(outputs[j].dtype), &ov[j]),
                               SP_ERR_RUNTIME, "output tensor");
-    if (!st)
-        st = sp_ort_check(sp_ort->Run(m->session, NULL, m->in_names, (const OrtValue *const *)iv,
-                                      (size_t)n_in, m->out_names, (size_t)n_out, ov),
-                          SP_ERR_RUNTIME, "inference");
+    if (!st) {
+        OrtStatus *rs = sp_ort->Run(m->session, NULL, m->in_names, (const OrtValue *const *)iv, (size_t)n_in,
+                                    m->out_names, (size_t)n_out, ov);
+        st = sp_ort_check(rs, run_failure(rs), "inference");
+    }
     for (int j = 0; j < n_out && !st; j++) {
         if (outputs[j].data)
             continue;

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 /* ------------------------------------------------------------- API keys */
@@ -280,6 +281,83 @@ static req *req_new(server *s, const char *url)
     return r;
 }
 
+/* ---- the request-header deadline ----
+ * libmicrohttpd's own timeout (--read-timeout) is for silence: a client
+ * trickling a header byte now and then holds its connection for ever. Each
+ * connection is tracked from its start (and again after each answered
+ * request); the housekeeper shuts down the socket of one whose headers are
+ * not complete after --header-timeout, and libmicrohttpd then closes it as
+ * a dropped connection. libmicrohttpd reports NOTIFY_CLOSED before it
+ * closes the descriptor, so a shut-down fd is never a reused one. */
+void sp_conn_notify(void *cls, struct MHD_Connection *c, void **socket_context,
+                    enum MHD_ConnectionNotificationCode code)
+{
+    server *s = cls;
+    conn_ctx *x = *socket_context;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (!ci || !(x = calloc(1, sizeof *x)))
+            return;
+        x->fd = ci->connect_fd;
+        atomic_store(&x->since, sp_now());
+        pthread_mutex_lock(&s->conn_mu);
+        x->next = s->conns;
+        if (s->conns)
+            s->conns->prev = x;
+        s->conns = x;
+        pthread_mutex_unlock(&s->conn_mu);
+        *socket_context = x;
+    } else if (x) {
+        pthread_mutex_lock(&s->conn_mu);
+        if (x->prev)
+            x->prev->next = x->next;
+        else
+            s->conns = x->next;
+        if (x->next)
+            x->next->prev = x->prev;
+        pthread_mutex_unlock(&s->conn_mu);
+        free(x);
+        *socket_context = NULL;
+    }
+}
+
+void sp_conn_reap(server *s, double now)
+{
+    pthread_mutex_lock(&s->conn_mu);
+    for (conn_ctx *x = s->conns; x; x = x->next)
+        if (!x->shut && !atomic_load(&x->in_request) && now - atomic_load(&x->since) > s->p.header_timeout) {
+            shutdown(x->fd, SHUT_RDWR);
+            x->shut = 1;
+        }
+    pthread_mutex_unlock(&s->conn_mu);
+}
+
+static void conn_mark(struct MHD_Connection *c, int in_request)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    conn_ctx *x = ci ? ci->socket_context : NULL;
+    if (x) {
+        atomic_store(&x->since, sp_now());
+        atomic_store(&x->in_request, in_request);
+    }
+}
+
+/* libmicrohttpd's unescaping of the path and query, refusing control
+ * characters: "/v2/models/demo%00x" would otherwise read as "demo". A path
+ * holding one (or %00..%1F, %7F) becomes "!", answered 400 below. */
+size_t sp_unescape_cb(void *cls, struct MHD_Connection *c, char *uri)
+{
+    (void)cls;
+    (void)c;
+    size_t n = MHD_http_unescape(uri);
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)uri[i] < 0x20 || uri[i] == 0x7f) {
+            strcpy(uri, "!");
+            return 1;
+        }
+    return n;
+}
+
 enum MHD_Result sp_access_cb(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                              const char *version, const char *upload_data, size_t *upload_size,
                              void **con_cls)
@@ -292,6 +370,12 @@ enum MHD_Result sp_access_cb(void *cls, struct MHD_Connection *c, const char *ur
         if (!(r = req_new(s, url)))
             return MHD_NO;
         *con_cls = r;
+        conn_mark(c, 1);   /* headers in: --body-timeout and --timeout from here */
+        if (url[0] != '/') {   /* sp_unescape_cb found a control character */
+            r->early = 1;
+            sp_record(s, r->ep, 0, 0);
+            return sp_http_error(c, 400, "the path or query holds a control character (NUL, %00-%1F, %7F)", 0);
+        }
         const char *msg = NULL;
         int retry = 0, code = precheck(s, c, r, &msg, &retry);
         if (code) {
@@ -310,14 +394,20 @@ enum MHD_Result sp_access_cb(void *cls, struct MHD_Connection *c, const char *ur
             return MHD_NO;   /* a body trickled past --body-timeout: close */
         int code = take_body(s, r, upload_data, *upload_size);
         *upload_size = 0;
-        if (code) {
+        if (code) {   /* libmicrohttpd cannot answer mid-body (it drops the connection): the rest is
+                         discarded (bounded by --body-timeout) and the answer goes when the body ends */
             req_body_free(r);
             r->early = 1;
+            r->late = code;
             sp_record(s, r->ep, 0, 0);
-            return code == 413 ? sp_http_error(c, 413, "the body is larger than the limit", 0)
-                               : sp_http_error(c, 503, "the service holds too many request bytes now", 2);
         }
         return MHD_YES;
+    }
+    if (r->early && r->late) {
+        int code = r->late;
+        r->late = 0;
+        return code == 413 ? sp_http_error(c, 413, "the body is larger than the limit", 0)
+                           : sp_http_error(c, 503, "the service holds too many request bytes now", 2);
     }
     if (r->early)
         return MHD_YES;
@@ -338,8 +428,8 @@ void sp_completed_cb(void *cls, struct MHD_Connection *c, void **con_cls,
 {
     server *s = cls;
     req *r = *con_cls;
-    (void)c;
     (void)toe;
+    conn_mark(c, 0);   /* a next request on this connection: its own header deadline */
     if (!r)
         return;
     if (r->watch) {

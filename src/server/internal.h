@@ -118,6 +118,16 @@ typedef struct sp_http_hooks {
     void (*release)(struct server *s, job *j);    /* a finished request lets go of j (caller holds s->mu) */
 } sp_http_hooks;
 
+/* One open connection (libmicrohttpd's socket context): the request-header
+ * deadline (--header-timeout) is counted from `since` until its headers
+ * are in (in_request). Linked under server.conn_mu. */
+typedef struct conn_ctx {
+    struct conn_ctx *prev, *next;
+    int fd, shut;
+    atomic_int in_request;
+    _Atomic double since;
+} conn_ctx;
+
 typedef struct server {
     sp_serve_params p;
     sp_http_hooks hooks;
@@ -127,6 +137,8 @@ typedef struct server {
     atomic_int ready;
     double t0;
     pthread_mutex_t mu;
+    pthread_mutex_t conn_mu;      /* conns */
+    conn_ctx *conns;              /* every open connection (sp_conn_notify) */
     pthread_cond_t qcv;           /* workers wait for jobs */
     pthread_cond_t hcv;           /* housekeeper's sleep */
     pthread_cond_t mem_cv;        /* CT jobs waiting for memory (--max-memory) */
@@ -158,6 +170,7 @@ struct req {
     int mapped;
     int ep, owner;
     int early;                    /* answered before the body: discard it */
+    int late;                     /* a chunked body past a limit: discarded, this status once it ends */
     double t0;
     job *job;                     /* a synchronous job this request waits for */
     job *watch;                   /* GET /v1/jobs/ID?wait=S: the job it waits on (a reference) */
@@ -196,6 +209,11 @@ int sp_ep_is_kserve(int ep);
 int sp_http_status(sp_status st);
 void sp_http_closing(void);   /* from now on every answer closes its connection */
 /* http.c */
+size_t sp_unescape_cb(void *cls, struct MHD_Connection *c, char *uri);
+void sp_conn_notify(void *cls, struct MHD_Connection *c, void **socket_context,
+                    enum MHD_ConnectionNotificationCode code);
+/* close (shutdown) connections whose request headers are not in after --header-timeout */
+void sp_conn_reap(server *s, double now);
 enum MHD_Result sp_access_cb(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                              const char *version, const char *upload_data, size_t *upload_size,
                              void **con_cls);

@@ -288,9 +288,11 @@ void sp_kserve_infer(server *s, job *j)
         sp_status st = sp_model_run(m, tin, ni, tout, nout);
         if (st) {
             SP_WARN("infer on model '%s': %s", j->me->name, sp_last_error());
-            j->http = sp_http_status(st);
+            /* a tensor the model rejects (its shape or values) is the client's error: 400, as Triton */
+            j->http = st == SP_ERR_INPUT ? 400 : sp_http_status(st);
             snprintf(msg, sizeof msg, "inference failed on this input (%s)",
-                     j->http == 503 ? "out of memory" : "the model did not accept it");
+                     j->http == 503 ? "out of memory" : j->http == 400 ? "the model did not accept it"
+                                                                        : "an internal error");
         } else {
             j->t_end = sp_now();
             j->response = sp_kserve_answer(s, j, &q, outs, tout);

@@ -43,6 +43,10 @@ static void fill_defaults(sp_serve_params *p)
         p->max_connections = 4096;
     if (!p->read_timeout)
         p->read_timeout = 15;
+    if (!p->header_timeout)
+        p->header_timeout = 20;
+    if (!p->max_per_ip)
+        p->max_per_ip = 64;
     if (!p->body_timeout)
         p->body_timeout = 120;
     if (!p->max_buffered)
@@ -103,6 +107,7 @@ static void *housekeeper_main(void *arg)
             }
         sp_store_expire(s, now);
         pthread_mutex_unlock(&s->mu);
+        sp_conn_reap(s, now);
         for (int i = 0; i < nl; i++)
             MHD_resume_connection(late[i]);
         pthread_mutex_lock(&s->mu);
@@ -178,6 +183,8 @@ static struct MHD_Daemon *start_http(server *s, struct sockaddr_in *addr, char *
     return MHD_start_daemon(flags, 0, NULL, NULL, sp_access_cb, s,
                             MHD_OPTION_SOCK_ADDR, (struct sockaddr *)addr,
                             MHD_OPTION_NOTIFY_COMPLETED, sp_completed_cb, s,
+                            MHD_OPTION_UNESCAPE_CALLBACK, sp_unescape_cb, s,
+                            MHD_OPTION_NOTIFY_CONNECTION, sp_conn_notify, s,
                             MHD_OPTION_THREAD_POOL_SIZE, 2u,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->p.max_connections,
                             MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)s->p.max_per_ip,
@@ -292,6 +299,7 @@ sp_status sp_serve(const sp_serve_params *pp)
      * (mixed load: 1.09 GB, with this 0.84 GB at the same speed). */
     mallopt(M_MMAP_THRESHOLD, 1 << 20);
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->conn_mu, NULL);
     pthread_cond_init(&s->qcv, NULL);
     pthread_cond_init(&s->hcv, NULL);
     pthread_cond_init(&s->mem_cv, NULL);

@@ -386,6 +386,13 @@ static void run_ct(server *s, job *j)
     sp_volume *v = NULL;
     sp_ct_result *res = NULL;
     sp_read_params rp = sp_read_default_params();
+    rp.cancel = &j->cancel;              /* a 504, DELETE or drain kills a DICOM reader at once */
+    rp.max_memory = sp_memory_room(s);   /* a DICOM series' decoding (a child process) within --max-memory */
+    sp_ct_params hp = sp_ct_default_params();
+    hp.threads = s->p.threads;
+    sp_ct_check chk = {j->me->pk, &hp};   /* the run's grid and tile limits, from a NIfTI header */
+    rp.check_header = sp_ct_header_check;
+    rp.check_user = &chk;
     j->stage = "read";
     double t0 = sp_now();
     sp_status st = sp_volume_read_mem(j->body, j->len, "request body", &rp, &v);
