@@ -187,7 +187,7 @@ def _wait_idle(s, polls=6000):
 
 
 def test_server_async_jobs_progress_cancel_and_timeout(tmp):
-    s = Server("--model", f"demo={sp.DEMO}", "--threads", "1", "--timeout", "4")
+    s = Server("--model", f"demo={sp.DEMO}", "--threads", "1", "--timeout", "30")   # the small CT well within it on a loaded machine; the long one far past it
     try:
         raw = open(CT_SM, "rb").read()
         code, r = jget(s.url + "/v1/jobs?model=demo&labels=1", data=raw, ctype="application/octet-stream")
