@@ -101,7 +101,7 @@ static int unknown(const char *cmd, const cli_opt *t, const cli_hint *hints, con
     char name[64];
     dashed(spelled + (spelled[1] == '-' ? 2 : 1), strlen(spelled) - (spelled[1] == '-' ? 2 : 1), name,
            sizeof name);
-    for (const cli_opt *o = t; o->name; o++) {
+    for (const cli_opt *o = t; o->name && strlen(name) >= 3; o++) {   /* "-x" is no misspelling of "--ct" */
         int d = distance(name, o->name);
         if (d < bd)
             bd = d, best = o;
@@ -136,6 +136,20 @@ static int takes_value(const cli_opt *o)
            o->kind == CLI_POS;
 }
 
+/* -qv: several one-letter flags in one word */
+static int flags(const char *cmd, const cli_opt *t, const cli_hint *hints, void *ctx, const char *arg)
+{
+    for (const char *c = arg + 1; *c; c++) {
+        const cli_opt *o = find_letter(t, *c);
+        if (!o || takes_value(o) || o->kind == CLI_HELP)
+            return unknown(cmd, t, hints, arg);
+        int rc = store(cmd, o, NULL, ctx);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 /* One option at argv[*i] (advanced past its value); 0, -1 for help, else an exit code. */
 static int one(const char *cmd, const cli_opt *t, const cli_hint *hints, void *ctx, int argc, char **argv, int *i,
                cli_args *a)
@@ -158,6 +172,8 @@ static int one(const char *cmd, const cli_opt *t, const cli_hint *hints, void *c
         value = eq ? eq + 1 : NULL;
     } else {
         o = find_letter(t, arg[1]);
+        if (o && arg[2] && !takes_value(o) && o->kind != CLI_HELP)
+            return flags(cmd, t, hints, ctx, arg);     /* -qv */
         if (o && arg[2])    /* -t4 */
             value = arg + 2;
     }
