@@ -215,7 +215,7 @@ def test_python_masks_match_cli(tmp):
 
 def test_python_errors_and_gil(tmp):
     pyrun(tmp, f"""
-        import threading, time, numpy as np, segpipe
+        import os, threading, time, numpy as np, segpipe
         for bad, status, code in (('/nonexistent.nii.gz', 'io', 6), ({os.path.join(sp.ROOT, 'README.md')!r}, 'input', 3)):
             try:
                 segpipe.ct(bad)
@@ -232,6 +232,27 @@ def test_python_errors_and_gil(tmp):
             raise SystemExit('no error')
         except segpipe.Error as e:
             assert e.status == 'input'
+        # the CLI's checks (issue 37): a photo named, a 2D slice refused, a label map warned about
+        from PIL import Image
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save('photo.png')
+        for bad, code, text in (('photo.png', 3, 'segpipe masks'), (np.zeros((64, 64)), 3, '2D slice')):
+            try:
+                segpipe.segment(bad, 'never/x.nii.gz')
+                raise SystemExit('no error')
+            except segpipe.Error as e:
+                assert e.exit_code == code and text in str(e), (e.exit_code, str(e))
+        assert not os.path.exists('never')
+        import warnings, nibabel as nib
+        im = nib.load({SRC!r})
+        lab = nib.Nifti1Image((np.asanyarray(im.dataobj) > 200).astype(np.uint8), im.affine)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter('always')
+            try:
+                segpipe.segment(lab, roi_subset=['no_such_organ'])
+                raise SystemExit('no error')
+            except segpipe.Error as e:
+                assert e.exit_code == 2 and 'no_such_organ' in str(e), (e.exit_code, str(e))
+        assert [x.category for x in w] == [segpipe.SegpipeWarning] and 'label map' in str(w[0].message), w
         # the GIL is released while C runs: this thread keeps counting
         m = segpipe.Model(threads=1)
         done, n = [], 0
