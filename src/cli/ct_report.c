@@ -181,8 +181,15 @@ char *cli_passport_provenance(const char *passport_json, const char *input, cons
 {
     cJSON *p = cJSON_CreateObject();
     cJSON_AddItemToObject(p, "input", checksum_json(input, 0));
-    cJSON *m = checksum_json(model, 1);
-    cJSON_AddItemToObject(p, "model", m);
+    /* a worker runs many jobs with one package: its checksum is computed once */
+    static char last[4096];
+    static cJSON *last_m;
+    if (!last_m || strcmp(last, model)) {
+        cJSON_Delete(last_m);
+        last_m = checksum_json(model, 1);
+        snprintf(last, sizeof last, "%s", model);
+    }
+    cJSON_AddItemToObject(p, "model", cJSON_Duplicate(last_m, 1));
     cJSON_AddStringToObject(p, "command", command);
     cJSON *args = cJSON_AddArrayToObject(p, "arguments");
     for (int i = 0; i < argc; i++)
