@@ -10,6 +10,7 @@
 #include "core/core.h"
 
 #include <dirent.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -17,16 +18,13 @@
 
 enum { K_UNKNOWN, K_NIFTI, K_GZIP, K_ZIP, K_DICOM, K_PNG, K_JPEG, K_HEIC, K_WEBP, K_GIF, K_EMPTY };
 
-static int le32(const unsigned char *p)
-{
-    return p[0] | p[1] << 8 | p[2] << 16 | (int)((unsigned)p[3] << 24);
-}
-
+/* sizeof_hdr, the first 4 bytes: 348 (NIfTI-1) or 540 (NIfTI-2), either byte order */
 static int is_nifti_header(const unsigned char *b, size_t n)
 {
     if (n < 4)
         return 0;
-    int le = le32(b), be = b[0] << 24 | b[1] << 16 | b[2] << 8 | b[3];
+    uint32_t le = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+    uint32_t be = (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | (uint32_t)b[3];
     return le == 348 || be == 348 || le == 540 || be == 540;
 }
 
