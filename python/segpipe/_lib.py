@@ -65,7 +65,8 @@ class VolumeInfo(C.Structure):
 
 
 class ReadParams(C.Structure):
-    _fields_ = [("max_voxels", c_uint64), ("dicom_series", c_char_p)]
+    _fields_ = [("max_voxels", c_uint64), ("dicom_series", c_char_p), ("cancel", C.POINTER(c_int)),
+                ("max_memory", c_uint64), ("check_header", c_void_p), ("check_user", c_void_p)]
 
 
 class StageTime(C.Structure):
