@@ -75,13 +75,11 @@ def main():
                                                         "per_image": [round(x, 2) for x in per]})
                 continue
             out = os.path.join(tmp, "out_" + cfg)
-            arena, _, cc = cfg.partition("-")   # on, off, on-nocache
+            arena, _, cc = cfg.partition("-")   # on, off, on-cache
             extra = []
             env = {}
-            if cc == "noshrink":
-                env["SP_EXP_NOSHRINK"] = "1"
-            elif cc == "nocache":
-                extra.append("--no-cache-graph")
+            if cc == "cache":
+                extra.append("--cache-graph")
             wall, u, sy = run_segpipe(photos, out, arena, cache, extra, env)
             res["runs"].setdefault(cfg, []).append({"wall": round(wall, 2), "user": round(u, 2),
                                                     "sys": round(sy, 2), "load": load})

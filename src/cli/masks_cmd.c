@@ -228,7 +228,7 @@ static void writer_close(writer *w)
 /* segpipe masks's options (masks_parse) */
 typedef struct masks_opts {
     const char *out, *model, *maskarg, *arena;
-    int batch, quiet, preview, no_cache;
+    int batch, quiet, preview, cache_graph;
     sp_masks_params mp;
     sp_image_params ip;
 } masks_opts;
@@ -242,7 +242,7 @@ static int masks_parse(int argc, char **argv, masks_opts *o)
         {"threads", required_argument, 0, 't'}, {"long-side", required_argument, 0, 'L'},
         {"max-pixels", required_argument, 0, 'P'}, {"quiet", no_argument, 0, 'q'},
         {"preview", no_argument, 0, 'V'}, {"arena", required_argument, 0, 'A'},
-        {"no-cache-graph", no_argument, 0, 'G'},
+        {"cache-graph", no_argument, 0, 'G'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     int c;
     optind = 1;
@@ -277,11 +277,11 @@ static int masks_parse(int argc, char **argv, masks_opts *o)
                 return cli_usage_error("masks", "--arena is auto, on or off");
             o->arena = optarg;
             break;
-        case 'G': o->no_cache = 1; break;
+        case 'G': o->cache_graph = 1; break;
         case 'h':
             printf("usage: segpipe masks PHOTO... -o DIR [--model DIR] [--masks wall,floor] [--batch N]\n"
                    "                     [--threads N] [--long-side N] [--max-pixels N] [--preview] [--quiet]\n"
-                   "                     [--arena auto|on|off] [--no-cache-graph]\n"
+                   "                     [--arena auto|on|off] [--cache-graph]\n"
                    "One inference per batch returns every mask (JPEG, PNG, WebP, HEIC; EXIF orientation\n"
                    "applied; masks in the upright frame, at the photo's full size). Writes\n"
                    "DIR/<photo>.<mask>.png and DIR/<photo>.masks.json; --preview also DIR/<photo>.preview.png\n"
@@ -414,8 +414,7 @@ int cmd_masks(int argc, char **argv)
     rp.threads = o.mp.threads;
     if (o.arena)
         rp.arena = o.arena;
-    if (o.no_cache)
-        rp.cache_optimized = 0;
+    rp.cache_optimized = o.cache_graph;
     sp_runtime *rt = NULL;
     sp_package *pk = NULL;
     sp_status st;

@@ -176,7 +176,6 @@ sp_runtime_params sp_runtime_default_params(void)
 {
     sp_runtime_params p = {0};
     p.device = "cpu";
-    p.cache_optimized = 1;
     p.arena = "auto";
     return p;
 }
@@ -656,7 +655,7 @@ sp_status sp_model_load_arena(sp_runtime *rt, const char *path, int arena, sp_mo
     st = m->arena ? shared_arena(rt) : SP_OK;
     if (!st && m->arena)
         st = sp_ort_check(sp_ort->CreateRunOptions(&m->run_opts), SP_ERR_RUNTIME, "run options");
-    if (!st && m->arena && !getenv("SP_EXP_NOSHRINK"))
+    if (!st && m->arena)
         st = sp_ort_check(sp_ort->AddRunConfigEntry(m->run_opts, "memory.enable_memory_arena_shrinkage",
                                                     "cpu:0"), SP_ERR_RUNTIME, "run options");
     if (!st)

@@ -1,0 +1,122 @@
+"""ONNX Runtime on the CPU (issue 45): the arena per model and the
+optimised-graph cache change speed and memory, never results. Labels with
+the arena on and off, and from a cached graph, must be equal voxel for
+voxel / pixel for pixel (nibabel and PIL read the outputs); bad settings are
+refused with a clear message."""
+import json, os, shutil, stat, subprocess
+import numpy as np
+import nibabel as nib
+from PIL import Image
+import sp
+
+CT = os.path.join(sp.SHARED, "data", "ct", "example_ct_sm.nii.gz")
+ROOMS = os.path.join(sp.ROOT, "models", "demo-rooms")
+
+
+def run_env(*args, **env):
+    e = sp.run_env()
+    e.update(env)
+    return subprocess.run([sp.SEGPIPE, *map(str, args)], capture_output=True, text=True, timeout=600, env=e)
+
+
+def room(tmp):
+    import sys
+    sys.path.insert(0, os.path.join(sp.ROOT, "tools", "train"))
+    from render_rooms import render
+    p = os.path.join(tmp, "room.png")
+    Image.fromarray(render((240, 320), seed=100007)[0]).save(p)
+    return p
+
+
+def test_arena_on_off_same_ct_labels(tmp):
+    """demo-ct on the real example CT: --arena on and --arena off (the
+    default for CT models) give equal labels at the native grid and at the
+    model grid."""
+    if not os.path.exists(CT):
+        raise sp.Skip("../shared/data/ct missing")
+    got = {}
+    for a in ("on", "off"):
+        out, ml = os.path.join(tmp, a + ".nii.gz"), os.path.join(tmp, a + ".model.nii.gz")
+        p = sp.run("ct", CT, "-o", out, "--arena", a, "--no-passport", "--save-model-labels", ml, "-t", "2", "-v")
+        assert p.returncode == 0, p.stderr
+        assert ("arena on" in p.stderr) == (a == "on"), p.stderr
+        got[a] = [np.asarray(nib.load(f).dataobj) for f in (out, ml)]
+    for x, y in zip(got["on"], got["off"]):
+        assert x.shape == y.shape and np.array_equal(x, y)
+    assert len(np.unique(got["on"][0])) > 3   # real structures, not an empty result
+
+
+def test_arena_on_off_same_masks(tmp):
+    """The photo model (arena on by default) gives the same masks with
+    --arena off; the default is the manifest's task rule (on for masks)."""
+    ph = room(tmp)
+    masks = {}
+    for a in ("auto", "off"):
+        out = os.path.join(tmp, a)
+        p = sp.run("masks", ph, "-o", out, "--model", ROOMS, "--arena", a)
+        assert p.returncode == 0, p.stderr
+        masks[a] = {f: np.asarray(Image.open(os.path.join(out, f))) for f in sorted(os.listdir(out))
+                    if f.endswith(".png")}
+    assert masks["auto"].keys() == masks["off"].keys() and len(masks["auto"]) >= 2
+    for f in masks["auto"]:
+        assert np.array_equal(masks["auto"][f], masks["off"][f]), f
+    assert any(m.any() for m in masks["auto"].values())
+
+
+def test_arena_refusals(tmp):
+    p = sp.run("ct", CT, "-o", os.path.join(tmp, "x.nii.gz"), "--arena", "sometimes")
+    assert p.returncode == 2 and "--arena is auto, on or off" in p.stderr
+    p = sp.run("masks", room(tmp), "-o", tmp, "--model", ROOMS, "--arena", "1")
+    assert p.returncode == 2 and "--arena is auto, on or off" in p.stderr
+    p = run_env("masks", room(tmp), "-o", os.path.join(tmp, "o"), "--model", ROOMS, SEGPIPE_ARENA="maybe")
+    assert p.returncode != 0 and "unknown arena setting 'maybe'" in p.stderr
+    pk = os.path.join(tmp, "pk")
+    shutil.copytree(ROOMS, pk)
+    mf = json.load(open(os.path.join(pk, "segpipe.json")))
+    mf["arena"] = "yes"
+    json.dump(mf, open(os.path.join(pk, "segpipe.json"), "w"))
+    p = sp.run("masks", room(tmp), "-o", os.path.join(tmp, "o2"), "--model", pk)
+    assert p.returncode != 0 and '"arena" must be true or false' in p.stderr
+    assert not os.path.exists(os.path.join(tmp, "o2", "room.masks.json"))
+    mf["arena"] = False   # the manifest turns it off
+    json.dump(mf, open(os.path.join(pk, "segpipe.json"), "w"))
+    p = run_env("masks", room(tmp), "-o", os.path.join(tmp, "o3"), "--model", pk, SEGPIPE_LOG="debug")
+    assert p.returncode == 0, p.stderr
+
+
+def test_graph_cache_keyed_private_and_same_labels(tmp):
+    """--cache-graph: the optimised graph goes to $XDG_CACHE_HOME/segpipe/graphs
+    (created 0700) as <sha256>.ort; the next run loads it and gives equal
+    labels; a damaged entry is replaced, not trusted; a folder others can
+    write is not used."""
+    if not os.path.exists(CT):
+        raise sp.Skip("../shared/data/ct missing")
+    xdg = os.path.join(tmp, "xdg")
+    labels = []
+    for k, extra in enumerate((["--cache-graph"], ["--cache-graph"], [])):
+        out = os.path.join(tmp, f"l{k}.nii.gz")
+        p = run_env("ct", CT, "-o", out, "--no-passport", "-t", "2", "-v", *extra, XDG_CACHE_HOME=xdg)
+        assert p.returncode == 0, p.stderr
+        assert ("optimised graph cache" in p.stderr) == (k == 1), p.stderr
+        labels.append(np.asarray(nib.load(out).dataobj))
+    assert np.array_equal(labels[0], labels[1]) and np.array_equal(labels[1], labels[2])
+    gdir = os.path.join(xdg, "segpipe", "graphs")
+    assert stat.S_IMODE(os.stat(gdir).st_mode) == 0o700
+    ents = os.listdir(gdir)
+    assert len(ents) == 1 and len(ents[0]) == 64 + 4 and ents[0].endswith(".ort"), ents
+    # a damaged entry: warned, removed, the model loaded from its own file
+    with open(os.path.join(gdir, ents[0]), "wb") as f:
+        f.write(b"not a graph" * 100)
+    out = os.path.join(tmp, "l3.nii.gz")
+    p = run_env("ct", CT, "-o", out, "--no-passport", "-t", "2", "--cache-graph", XDG_CACHE_HOME=xdg)
+    assert p.returncode == 0 and "graph cache entry" in p.stderr and "refused" in p.stderr, p.stderr
+    assert np.array_equal(np.asarray(nib.load(out).dataobj), labels[0])
+    assert os.path.getsize(os.path.join(gdir, ents[0])) > 10000   # rewritten from the model
+    # a folder others can write: not used, the run still works
+    shared = os.path.join(tmp, "open")
+    os.makedirs(shared)
+    os.chmod(shared, 0o777)
+    p = run_env("ct", CT, "-o", os.path.join(tmp, "l4.nii.gz"), "--no-passport", "-t", "2", "--cache-graph",
+                SEGPIPE_CACHE_DIR=shared)
+    assert p.returncode == 0, p.stderr
+    assert os.listdir(shared) == []
