@@ -122,3 +122,47 @@ def test_graph_cache_keyed_private_and_same_masks(tmp):
     os.chmod(shared, 0o777)
     masks(4, ["--cache-graph"], SEGPIPE_CACHE_DIR=shared)
     assert os.listdir(shared) == []
+
+
+def test_inputs_jobs_same_results_in_list_order(tmp):
+    """`segpipe ct --inputs LIST --jobs 2`: cases run two at a time sharing
+    one model; every case's labels equal the one-at-a-time run's byte for
+    byte, the report lists them in the list's order with the throughput, a
+    bad case fails alone, and --jobs out of 1..8 is refused."""
+    if not os.path.exists(CT):
+        raise sp.Skip("../shared/data/ct missing")
+    im = nib.load(CT)
+    a = np.asarray(im.dataobj)
+    cases = []
+    shapes = []
+    for k, (x0, z0) in enumerate(((0, 0), (20, 4), (10, 2))):   # three different crops of the real CT
+        p = os.path.join(tmp, f"case{k}.nii.gz")
+        c = a[x0:x0 + 100, :, z0:z0 + 26]
+        nib.save(nib.Nifti1Image(c, im.affine, im.header), p)
+        cases.append(p)
+        shapes.append(c.shape)
+    bad = os.path.join(tmp, "bad.nii.gz")
+    with open(bad, "wb") as f:
+        f.write(b"not a nifti")
+    lst = os.path.join(tmp, "list.txt")
+    with open(lst, "w") as f:
+        f.write("\n".join([cases[0], bad, cases[1], cases[2]]) + "\n")
+    reps = {}
+    for j in ("1", "2"):
+        out = os.path.join(tmp, "out" + j)
+        p = sp.run("ct", "--inputs", lst, "-o", out, "--jobs", j, "-t", "2")
+        assert p.returncode != 0 and "bad.nii.gz" in p.stderr
+        reps[j] = json.load(open(os.path.join(out, "shard-0-of-1.json")))
+        assert [e["input"] for e in reps[j]["inputs"]] == [cases[0], bad, cases[1], cases[2]]
+        assert [e["state"] for e in reps[j]["inputs"]] == ["done", "failed", "done", "done"]
+        assert reps[j]["jobs"] == int(j) and reps[j]["done"] == 3 and reps[j]["cases_per_minute"] > 0
+        assert "cases/minute" in p.stdout
+    for k in range(3):
+        f1, f2 = (os.path.join(tmp, "out" + j, f"case{k}.nii.gz") for j in ("1", "2"))
+        x1, x2 = np.asarray(nib.load(f1).dataobj), np.asarray(nib.load(f2).dataobj)
+        assert x1.shape == shapes[k] and np.array_equal(x1, x2)
+        assert len(np.unique(x1)) > 2
+        assert os.path.exists(f2.replace(".nii.gz", ".passport.json"))
+    for j in ("0", "9", "x"):
+        p = sp.run("ct", "--inputs", lst, "-o", os.path.join(tmp, "o"), "--jobs", j)
+        assert p.returncode == 2 and "--jobs" in p.stderr
