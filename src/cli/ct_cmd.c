@@ -495,12 +495,8 @@ static int ct_run_one(ct_opts *o, int argc, char **argv)
 static int ct_main(int argc, char **argv, int mri)
 {
     ct_opts o = {.cmd = mri ? "mri" : "ct", .mri = mri, .model = mri ? NULL : sp_default_model_dir(),
-<<<<<<< HEAD
-                 .rp = sp_runtime_default_params(), .cp = sp_ct_default_params(), .shard_n = 1,
+                 .rp = sp_runtime_default_params(), .cp = sp_ct_default_params(), .shard_n = 1, .jobs = 1,
                  .dp = sp_dicom_default_params()};
-=======
-                 .rp = sp_runtime_default_params(), .cp = sp_ct_default_params(), .shard_n = 1, .jobs = 1};
->>>>>>> efbf8cd (segpipe ct --inputs --jobs N: N cases at a time sharing one session (reading/writing one case while another's network runs); the shard report gives wall seconds and cases per minute)
     int rc = cli_ct_parse(argc, argv, &o);
     if (rc >= 0)
         return rc;
