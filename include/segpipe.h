@@ -97,11 +97,15 @@ typedef struct sp_runtime_params {
     int threads;            /* intra-op threads; 0 = number of cores */
     int inter_threads;      /* inter-op threads; 0 = 1 */
     const char *device;     /* "cpu" (default), "cuda", "tensorrt" */
-    int cache_optimized;    /* 1: save/load the optimised graph beside model */
+    int cache_optimized;    /* 1: ONNX Runtime's optimised graph cached per model in
+                               $XDG_CACHE_HOME/segpipe/graphs (0, the default: measured no
+                               faster on the bundled models, docs/performance.md) */
     int no_spin;            /* 1: ORT threads sleep between ops instead of spinning
                                (leaves the cores to other pipeline threads) */
     const char *precision;  /* NULL/"auto": a CT package's fp16 model on a GPU when it
                                has one, else fp32; "fp32"; "fp16" (docs/gpu.md) */
+    const char *arena;      /* NULL/"auto": each model package's choice (manifest "arena",
+                               else by task, docs/performance.md); "on"; "off" */
 } sp_runtime_params;
 
 sp_runtime_params sp_runtime_default_params(void);

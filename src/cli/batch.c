@@ -8,6 +8,7 @@
 #include "cli.h"
 
 #include <limits.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -16,6 +17,7 @@
 static const char *const precisions[3] = {"auto", "fp32", "fp16"};
 
 struct cli_batch {
+    pthread_mutex_t mu;   /* rt[], models[]: cases may run on several threads (--jobs) */
     sp_runtime *rt[3];   /* one per precision (auto, fp32, fp16), made on first use */
     sp_runtime_params rp;
     char device[16];
@@ -39,7 +41,9 @@ cli_batch *cli_batch_new(int threads, const char *device)
     b->rp.device = b->device;
     b->cp = sp_ct_default_params();
     b->cp.threads = threads;
+    pthread_mutex_init(&b->mu, NULL);
     if (sp_runtime_create(&b->rp, &b->rt[0])) {
+        pthread_mutex_destroy(&b->mu);
         free(b);
         return NULL;
     }
@@ -56,12 +60,14 @@ void cli_batch_free(cli_batch *b)
         sp_package_free(b->models[i].pk);
     for (int i = 0; i < 3; i++)
         sp_runtime_free(b->rt[i]);
+    pthread_mutex_destroy(&b->mu);
     free(b);
 }
 
 /* the package in dir at a precision (index into precisions), loaded on
- * first use (the 8 most recent kept) */
-static sp_status model(cli_batch *b, const char *dir, int prec, sp_package **pk)
+ * first use (the 8 most recent kept; one model per run when cases run on
+ * several threads, so none is evicted while in use) */
+static sp_status model_locked(cli_batch *b, const char *dir, int prec, sp_package **pk)
 {
     if (!dir || !*dir)
         dir = sp_default_model_dir();
@@ -86,6 +92,14 @@ static sp_status model(cli_batch *b, const char *dir, int prec, sp_package **pk)
     b->models[b->n_models].prec = prec;
     b->models[b->n_models++].pk = *pk;
     return SP_OK;
+}
+
+static sp_status model(cli_batch *b, const char *dir, int prec, sp_package **pk)
+{
+    pthread_mutex_lock(&b->mu);
+    sp_status st = model_locked(b, dir, prec, pk);
+    pthread_mutex_unlock(&b->mu);
+    return st;
 }
 
 void cli_batch_name(const char *input, char *out, size_t cap)

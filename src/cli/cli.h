@@ -135,7 +135,7 @@ const char *cli_batch_device(const cli_batch *b);
 /* shard_cmd.c: `segpipe ct --inputs LIST --shard I/N -o OUTDIR` */
 int cli_parse_shard(const char *s, int *i, int *n);
 int cli_ct_shard(const char *list, int si, int sn, const char *outdir, const char *model, int threads,
-                 const char *device, int quiet);
+                 const char *device, int jobs, int quiet);
 /* labels_io.c: TotalSegmentator's one-file-per-class folder read as one
  * label volume (ids from the label map in *names when given, else 1..N in
  * name order; returns an exit code, 0 on success, after printing what went
@@ -146,7 +146,7 @@ typedef struct ct_opts {
     const char *cmd, *series, *output, *model, *report, *mlab, *preview, *inputs, *input;
     sp_runtime_params rp;
     sp_ct_params cp;
-    int mri, split, dicom_out, shard_i, shard_n, quiet, verbose, statistics;
+    int mri, split, dicom_out, shard_i, shard_n, jobs, quiet, verbose, statistics;
     char device[16];
     sp_dicom_params dp;        /* --output-type dicom-seg|dicom-rtstruct and the --dicom-* options */
 } ct_opts;

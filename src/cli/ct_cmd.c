@@ -55,6 +55,8 @@ static void ct_help(const ct_opts *o)
            "      --no-spill           keep the input in memory while the network runs\n"
            "      --inputs LIST        one input per line (relative lines: from LIST's folder);\n"
            "                           with -o OUTDIR: OUTDIR/<name>.nii.gz each\n"
+           "      --jobs N             with --inputs: N cases at a time (1-8, default 1), sharing the\n"
+           "                           model: one case is read/written while another's network runs\n"
            "      --shard I/N          with --inputs: only lines k with k mod N = I (job arrays);\n"
            "                           inputs already done are skipped; report OUTDIR/shard-I-of-N.json\n"
            "      --output-type T      nifti (default), or for a DICOM input dicom-seg (alias dicom) or\n"
@@ -64,7 +66,9 @@ static void ct_help(const ct_opts *o)
            "      --dicom-series-number N  its SeriesNumber (default: 9001 SEG, 9002 RTSTRUCT)\n"
            "      --dicom-creator NAME   ContentCreatorName / OperatorsName (DICOM person name, Family^Given)\n"
            "      --dicom-deflate      deflated transfer syntax (default: explicit VR little endian)\n"
-           "      --cache-graph        keep ORT's optimised graph beside the model (<model>.opt.ort)\n"
+           "      --cache-graph        keep ORT's optimised graph in $XDG_CACHE_HOME/segpipe/graphs\n"
+           "                           (keyed by model bytes, settings and ORT version)\n"
+           "      --arena auto|on|off  ONNX Runtime's memory arena (auto: the model package's choice)\n"
            "      --save-model-labels F  also write the labels at model resolution (canonical grid)\n"
            "  -q, --quiet / -v, --verbose\n"
            "Writes OUTPUT, and beside it <stem>.passport.json and <stem>.statistics.json\n"
@@ -120,6 +124,15 @@ static int opt_accumulator(const char *cmd, const char *v, void *ctx)
     if (strcmp(v, "fp16") && strcmp(v, "fp32"))
         return cli_usage_error(cmd, "--accumulator is fp32 or fp16");
     o->cp.accum_fp16 = !strcmp(v, "fp16");
+    return 0;
+}
+
+static int opt_arena(const char *cmd, const char *v, void *ctx)
+{
+    ct_opts *o = ctx;
+    if (strcmp(v, "auto") && strcmp(v, "on") && strcmp(v, "off"))
+        return cli_usage_error(cmd, "--arena is auto, on or off");
+    o->rp.arena = v;
     return 0;
 }
 
@@ -234,6 +247,8 @@ int cli_ct_parse(int argc, char **argv, ct_opts *o)
         {.name = "dicom-deflate", .kind = CLI_FLAG, .dst = &o->dp.deflate},
         {.name = "inputs", .kind = CLI_STR, .dst = &o->inputs, .value = "LIST"},
         {.name = "shard", .kind = CLI_FN, .fn = opt_shard, .value = "I/N"},
+        {.name = "jobs", .kind = CLI_INT, .dst = &o->jobs, .lo = 1, .hi = 8, .value = "N"},
+        {.name = "arena", .kind = CLI_FN, .fn = opt_arena, .value = "auto, on or off"},
         {.name = "no-spill", .kind = CLI_CLEAR, .dst = &o->cp.spill},
         {.name = "spill-dir", .kind = CLI_STR, .dst = &o->cp.spill_dir, .value = "DIR"},
         {.name = "help", .letter = 'h', .kind = CLI_HELP},
@@ -480,13 +495,14 @@ static int ct_run_one(ct_opts *o, int argc, char **argv)
 static int ct_main(int argc, char **argv, int mri)
 {
     ct_opts o = {.cmd = mri ? "mri" : "ct", .mri = mri, .model = mri ? NULL : sp_default_model_dir(),
-                 .rp = sp_runtime_default_params(), .cp = sp_ct_default_params(), .shard_n = 1,
+                 .rp = sp_runtime_default_params(), .cp = sp_ct_default_params(), .shard_n = 1, .jobs = 1,
                  .dp = sp_dicom_default_params()};
     int rc = cli_ct_parse(argc, argv, &o);
     if (rc >= 0)
         return rc;
     if (o.inputs)   /* a batch (a shard of a list) into folder -o */
-        return cli_ct_shard(o.inputs, o.shard_i, o.shard_n, o.output, o.model, o.cp.threads, o.rp.device, o.quiet);
+        return cli_ct_shard(o.inputs, o.shard_i, o.shard_n, o.output, o.model, o.cp.threads, o.rp.device,
+                            o.jobs, o.quiet);
     if ((rc = ct_check(&o)))
         return rc;
     if (!o.quiet && isatty(2))

@@ -227,8 +227,8 @@ static void writer_close(writer *w)
 
 /* segpipe masks's options (masks_parse) */
 typedef struct masks_opts {
-    const char *out, *model, *maskarg;
-    int batch, quiet, preview;
+    const char *out, *model, *maskarg, *arena;
+    int batch, quiet, preview, cache_graph;
     sp_masks_params mp;
     sp_image_params ip;
 } masks_opts;
@@ -241,7 +241,8 @@ static int masks_parse(int argc, char **argv, masks_opts *o)
         {"masks", required_argument, 0, 'M'}, {"batch", required_argument, 0, 'b'},
         {"threads", required_argument, 0, 't'}, {"long-side", required_argument, 0, 'L'},
         {"max-pixels", required_argument, 0, 'P'}, {"quiet", no_argument, 0, 'q'},
-        {"preview", no_argument, 0, 'V'},
+        {"preview", no_argument, 0, 'V'}, {"arena", required_argument, 0, 'A'},
+        {"cache-graph", no_argument, 0, 'G'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     int c;
     optind = 1;
@@ -271,9 +272,16 @@ static int masks_parse(int argc, char **argv, masks_opts *o)
         }
         case 'q': o->quiet = 1; break;
         case 'V': o->preview = 1; break;
+        case 'A':
+            if (strcmp(optarg, "auto") && strcmp(optarg, "on") && strcmp(optarg, "off"))
+                return cli_usage_error("masks", "--arena is auto, on or off");
+            o->arena = optarg;
+            break;
+        case 'G': o->cache_graph = 1; break;
         case 'h':
             printf("usage: segpipe masks PHOTO... -o DIR [--model DIR] [--masks wall,floor] [--batch N]\n"
                    "                     [--threads N] [--long-side N] [--max-pixels N] [--preview] [--quiet]\n"
+                   "                     [--arena auto|on|off] [--cache-graph]\n"
                    "One inference per batch returns every mask (JPEG, PNG, WebP, HEIC; EXIF orientation\n"
                    "applied; masks in the upright frame, at the photo's full size). Writes\n"
                    "DIR/<photo>.<mask>.png and DIR/<photo>.masks.json; --preview also DIR/<photo>.preview.png\n"
@@ -404,6 +412,9 @@ int cmd_masks(int argc, char **argv)
     cli_mkdir_p(o.out);
     sp_runtime_params rp = sp_runtime_default_params();
     rp.threads = o.mp.threads;
+    if (o.arena)
+        rp.arena = o.arena;
+    rp.cache_optimized = o.cache_graph;
     sp_runtime *rt = NULL;
     sp_package *pk = NULL;
     sp_status st;

@@ -12,6 +12,8 @@
 #include "cli.h"
 
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -87,8 +89,57 @@ static void add_entry(FILE *rep, int first, const char *input, const char *state
     fputs("}", rep);
 }
 
+/* One shard's cases, taken in order by `jobs` threads sharing the batch
+ * (one ONNX Runtime session): while one case is read, resampled or written,
+ * another's network runs. Entries are filled per case and reported in list
+ * order once all are done. */
+typedef struct shard_run {
+    cli_batch *b;
+    char **in;
+    const char *outdir, *model;
+    int *ks, nk, quiet;
+    atomic_int next;
+    pthread_mutex_t mu;   /* stdout */
+    struct shard_entry {
+        const char *state;
+        double secs;
+        char *err;
+        sp_status st;
+    } *e;
+} shard_run;
+
+static void *shard_worker(void *arg)
+{
+    shard_run *r = arg;
+    for (int j; (j = atomic_fetch_add(&r->next, 1)) < r->nk;) {
+        int k = r->ks[j];
+        char name[PATH_MAX], lab[PATH_MAX * 2], pas[PATH_MAX * 2];
+        cli_batch_name(r->in[k], name, sizeof name);
+        snprintf(lab, sizeof lab, "%s/%s.nii.gz", r->outdir, name);
+        snprintf(pas, sizeof pas, "%s/%s.passport.json", r->outdir, name);
+        if (cli_batch_done(lab)) {
+            r->e[j].state = "skipped";
+            continue;
+        }
+        sp_status st = cli_batch_run(r->b, r->model, r->in[k], lab, pas, &r->e[j].secs, NULL, NULL);
+        r->e[j].st = st;
+        r->e[j].state = st ? "failed" : "done";
+        r->e[j].err = st ? strdup(sp_last_error()) : NULL;
+        pthread_mutex_lock(&r->mu);
+        if (st) {   /* the library's message names the input when it is about it */
+            const char *e = r->e[j].err ? r->e[j].err : "";
+            fprintf(stderr, "segpipe: %s%s%s\n", strstr(e, r->in[k]) ? "" : r->in[k], strstr(e, r->in[k]) ? "" : ": ", e);
+        }
+        if (!r->quiet)
+            printf("%s: %s (%.2f s)\n", r->in[k], st ? "failed" : lab, r->e[j].secs);
+        fflush(stdout);
+        pthread_mutex_unlock(&r->mu);
+    }
+    return NULL;
+}
+
 int cli_ct_shard(const char *list, int si, int sn, const char *outdir, const char *model, int threads,
-                 const char *device, int quiet)
+                 const char *device, int jobs, int quiet)
 {
     int n, rc = 0, done = 0, skipped = 0, failed = 0;
     char **in = read_list(list, &n);
@@ -96,52 +147,55 @@ int cli_ct_shard(const char *list, int si, int sn, const char *outdir, const cha
         return fprintf(stderr, "segpipe: --inputs %s cannot be read\n", list), 3;
     if (cli_mkdir_p(outdir))
         return fprintf(stderr, "segpipe: cannot make the output folder %s\n", outdir), 6;
-    cli_batch *b = cli_batch_new(threads, device);
+    shard_run r = {.in = in, .outdir = outdir, .model = model, .quiet = quiet};
+    r.b = cli_batch_new(threads, device);
+    r.ks = calloc((size_t)n + 1, sizeof *r.ks);
+    r.e = calloc((size_t)n + 1, sizeof *r.e);
+    pthread_mutex_init(&r.mu, NULL);
     char rpath[PATH_MAX], tmp[PATH_MAX + 16];
     snprintf(rpath, sizeof rpath, "%s/shard-%d-of-%d.json", outdir, si, sn);
     snprintf(tmp, sizeof tmp, "%s.tmp", rpath);
-    FILE *rep = b ? fopen(tmp, "w") : NULL;
-    if (!b || !rep) {
-        rc = b ? 6 : cli_fail(SP_ERR_RUNTIME, "runtime");
+    FILE *rep = r.b && r.ks && r.e ? fopen(tmp, "w") : NULL;
+    if (!rep) {
+        rc = r.b ? 6 : cli_fail(SP_ERR_RUNTIME, "runtime");
         goto out;
     }
-    fprintf(rep, "{\"shard\": %d, \"shards\": %d, \"list\": ", si, sn);
+    for (int k = si; k < n; k += sn)
+        r.ks[r.nk++] = k;
+    pthread_t th[8];
+    int nt = 0;
+    double w0 = sp_now();
+    for (; nt < jobs - 1 && nt < 8 && pthread_create(&th[nt], NULL, shard_worker, &r) == 0; nt++) {}
+    shard_worker(&r);
+    for (int i = 0; i < nt; i++)
+        pthread_join(th[i], NULL);
+    double wall = sp_now() - w0;
+    fprintf(rep, "{\"shard\": %d, \"shards\": %d, \"jobs\": %d, \"list\": ", si, sn, jobs);
     cli_json_str(rep, list);
     fputs(", \"inputs\": [", rep);
-    int first = 1;
-    for (int k = si; k < n; k += sn) {
-        char name[PATH_MAX], lab[PATH_MAX * 2], pas[PATH_MAX * 2];
-        cli_batch_name(in[k], name, sizeof name);
-        snprintf(lab, sizeof lab, "%s/%s.nii.gz", outdir, name);
-        snprintf(pas, sizeof pas, "%s/%s.passport.json", outdir, name);
-        if (cli_batch_done(lab)) {
-            add_entry(rep, first, in[k], "skipped", 0, NULL);
-            skipped++;
-        } else {
-            double secs = 0;
-            sp_status st = cli_batch_run(b, model, in[k], lab, pas, &secs, NULL, NULL);
-            add_entry(rep, first, in[k], st ? "failed" : "done", secs, st ? sp_last_error() : NULL);
-            if (st) {   /* the library's message names the input when it is about it */
-                const char *e = sp_last_error();
-                fprintf(stderr, "segpipe: %s%s%s\n", strstr(e, in[k]) ? "" : in[k], strstr(e, in[k]) ? "" : ": ", e);
-                rc = rc ? rc : sp_status_exit_code(st);
-                failed++;
-            } else {
-                done++;
-            }
-            if (!quiet)
-                printf("%s: %s (%.2f s)\n", in[k], st ? "failed" : lab, secs);
-        }
-        first = 0;
+    for (int j = 0; j < r.nk; j++) {
+        add_entry(rep, j == 0, in[r.ks[j]], r.e[j].state, r.e[j].secs, r.e[j].err);
+        done += r.e[j].state[0] == 'd';
+        skipped += r.e[j].state[0] == 's';
+        failed += r.e[j].state[0] == 'f';
+        if (r.e[j].st && !rc)
+            rc = sp_status_exit_code(r.e[j].st);
     }
-    fprintf(rep, "\n], \"done\": %d, \"skipped\": %d, \"failed\": %d}\n", done, skipped, failed);
+    double cpm = wall > 0 ? 60.0 * done / wall : 0;
+    fprintf(rep, "\n], \"done\": %d, \"skipped\": %d, \"failed\": %d, \"wall_seconds\": %.3f, "
+            "\"cases_per_minute\": %.3f}\n", done, skipped, failed, wall, cpm);
     if (fclose(rep) || rename(tmp, rpath))
         rc = rc ? rc : 6;
     if (!quiet)
-        printf("shard %d of %d: %d done, %d already done, %d failed; report %s\n", si, sn, done, skipped, failed,
-               rpath);
+        printf("shard %d of %d: %d done, %d already done, %d failed in %.1f s (%.2f cases/minute, %d job%s); "
+               "report %s\n", si, sn, done, skipped, failed, wall, cpm, jobs, jobs > 1 ? "s" : "", rpath);
 out:
-    cli_batch_free(b);
+    cli_batch_free(r.b);
+    for (int j = 0; r.e && j < n; j++)
+        free(r.e[j].err);
+    free(r.e);
+    free(r.ks);
+    pthread_mutex_destroy(&r.mu);
     for (int k = 0; k < n; k++)
         free(in[k]);
     free(in);

@@ -68,6 +68,18 @@ int sp_bq_pop(sp_bq *q, double *waited);
 void sp_bq_close(sp_bq *q);
 void sp_bq_wake(sp_bq *q);   /* wake every waiter (after setting the stop flag) */
 
+/* ----------------------------------------------------------------- sha256 */
+/* SHA-256 (sha256.c): init, update any number of times, final. */
+typedef struct sp_sha256 {
+    uint32_t h[8];
+    uint64_t len;
+    uint8_t buf[64];
+    size_t n;
+} sp_sha256;
+void sp_sha256_init(sp_sha256 *s);
+void sp_sha256_update(sp_sha256 *s, const void *data, size_t n);
+void sp_sha256_final(sp_sha256 *s, uint8_t out[32]);
+
 /* ----------------------------------------------------------------- memory */
 /* VmRSS now; and the peak (VmHWM) set back to it (0, or -1 where Linux
  * cannot), to measure the peak of one step. */

@@ -37,6 +37,8 @@ struct sp_model {
     sp_io_info *in, *out;
     const char **in_names, **out_names;
     double load_seconds;
+    int arena;                  /* the session allocates from the runtime's arena */
+    OrtRunOptions *run_opts;    /* arena sessions: shrink the arena after each run */
     atomic_ullong runs;
     sp_model *next;
 };
@@ -44,8 +46,9 @@ struct sp_model {
 struct sp_runtime {
     OrtEnv *env;
     sp_runtime_params p;
-    char device[16], precision[8];
+    char device[16], precision[8], arena[8];
     pthread_mutex_t mu;
+    int arena_registered;             /* the env's shared CPU arena exists */
     sp_model *models;
     OrtMemoryInfo *cpu_mem;
     int cuda_plugin;
@@ -173,6 +176,7 @@ sp_runtime_params sp_runtime_default_params(void)
 {
     sp_runtime_params p = {0};
     p.device = "cpu";
+    p.arena = "auto";
     return p;
 }
 
@@ -195,6 +199,15 @@ sp_status sp_runtime_create(const sp_runtime_params *p, sp_runtime **out)
     }
     snprintf(rt->precision, sizeof rt->precision, "%s", prec);
     rt->p.precision = rt->precision;
+    const char *arena = rt->p.arena ? rt->p.arena : "auto", *env = getenv("SEGPIPE_ARENA");
+    if (!strcmp(arena, "auto") && env && *env)   /* for front ends without --arena (serve, workers) */
+        arena = env;
+    if (strcmp(arena, "auto") && strcmp(arena, "on") && strcmp(arena, "off")) {
+        free(rt);
+        return sp_fail(SP_ERR_USAGE, "unknown arena setting '%s' (use auto, on or off)", arena);
+    }
+    snprintf(rt->arena, sizeof rt->arena, "%s", arena);
+    rt->p.arena = rt->arena;
     if (rt->p.threads <= 0)
         rt->p.threads = sp_num_cores();
     if (rt->p.inter_threads <= 0)
@@ -247,6 +260,8 @@ static void model_destroy(sp_model *m)
 {
     if (m->session)
         sp_ort->ReleaseSession(m->session);
+    if (m->run_opts)
+        sp_ort->ReleaseRunOptions(m->run_opts);
     free(m->in);
     free(m->out);
     free(m->in_names);
@@ -434,7 +449,31 @@ static OrtStatus *append_provider(sp_runtime *rt, OrtSessionOptions *so, sp_stat
     return s;
 }
 
-static sp_status make_options(sp_runtime *rt, const char *opt_path, OrtSessionOptions **out)
+/* The runtime's shared CPU arena (ONNX Runtime's BFC arena registered in the
+ * env, used by every session whose model runs with the arena). Growth is
+ * bounded: each extension is the size asked for (kSameAsRequested), not the
+ * next power of two, and the runs shrink it back (model_run_options), so
+ * what it holds between runs is what sp_package_warm_up measures as the
+ * run's working memory. Called with rt->mu held. */
+static sp_status shared_arena(sp_runtime *rt)
+{
+    if (rt->arena_registered)
+        return SP_OK;
+    const char *keys[] = {"arena_extend_strategy", "initial_chunk_size_bytes", "max_dead_bytes_per_chunk"};
+    const size_t vals[] = {1, 1 << 20, 1 << 20};
+    OrtArenaCfg *cfg;
+    sp_status st = sp_ort_check(sp_ort->CreateArenaCfgV2(keys, vals, 3, &cfg), SP_ERR_RUNTIME, "arena config");
+    if (st)
+        return st;
+    st = sp_ort_check(sp_ort->CreateAndRegisterAllocator(rt->env, rt->cpu_mem, cfg), SP_ERR_RUNTIME,
+                      "registering the CPU arena");
+    sp_ort->ReleaseArenaCfg(cfg);
+    if (!st)
+        rt->arena_registered = 1;
+    return st;
+}
+
+static sp_status make_options(sp_runtime *rt, const char *opt_path, int arena, OrtSessionOptions **out)
 {
     OrtSessionOptions *so;
     sp_status st;
@@ -449,11 +488,13 @@ static sp_status make_options(sp_runtime *rt, const char *opt_path, OrtSessionOp
      * owns the cores, wasteful when pipeline threads need them (video). */
     if (!s && rt->p.no_spin) s = sp_ort->AddSessionConfigEntry(so, "session.intra_op.allow_spinning", "0");
     if (!s && opt_path) s = sp_ort->SetOptimizedModelFilePath(so, opt_path);
-    /* No CPU arena and no memory pattern: the arena keeps every size it
-     * ever held; without it peak RSS of a 118-class 128^3 network fell from
-     * 4.7 to 3.6 GB at the same speed (docs/performance.md). */
-    if (!s && !getenv("SEGPIPE_ORT_ARENA")) s = sp_ort->DisableCpuMemArena(so);
-    if (!s && !getenv("SEGPIPE_ORT_ARENA")) s = sp_ort->DisableMemPattern(so);
+    /* Arena and memory pattern (docs/performance.md, "Arena"): the shared,
+     * bounded arena where the model gains from it; else plain malloc per
+     * tensor, which held a 118-class 128^3 network at 3.6 GB instead of 4.7
+     * (ORT's own arena, which keeps every power of two it ever held). */
+    if (!s && arena) s = sp_ort->AddSessionConfigEntry(so, "session.use_env_allocators", "1");
+    if (!s && !arena) s = sp_ort->DisableCpuMemArena(so);
+    if (!s && !arena) s = sp_ort->DisableMemPattern(so);
     if (!s && strcmp(rt->device, "cpu") != 0)
         s = append_provider(rt, so, &st);
     if (st || (st = sp_ort_check(s, SP_ERR_RUNTIME, "session options"))) {
@@ -464,13 +505,126 @@ static sp_status make_options(sp_runtime *rt, const char *opt_path, OrtSessionOp
     return SP_OK;
 }
 
-static int newer(const char *a, const char *b)
+/* The optimised-graph cache's folder: $SEGPIPE_CACHE_DIR, else
+ * $XDG_CACHE_HOME/segpipe/graphs, else ~/.cache/segpipe/graphs; created
+ * 0700 and used only when it is a real folder of this user that nobody else
+ * can write (never a world-writable temporary folder). 0: no cache. */
+static int cache_dir(char *buf, size_t cap)
 {
-    struct stat sa, sb;
-    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_mtime >= sb.st_mtime;
+    const char *env = getenv("SEGPIPE_CACHE_DIR"), *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    char base[PATH_MAX];
+    if (env && *env)
+        snprintf(buf, cap, "%s", env);
+    else if (xdg && *xdg == '/')
+        snprintf(buf, cap, "%s/segpipe/graphs", xdg);
+    else if (home && *home == '/')
+        snprintf(buf, cap, "%s/.cache/segpipe/graphs", home);
+    else
+        return 0;
+    /* create each missing level with 0700 */
+    snprintf(base, sizeof base, "%s", buf);
+    for (char *q = base + 1; *q; q++)
+        if (*q == '/') {
+            *q = 0;
+            mkdir(base, 0700);
+            *q = '/';
+        }
+    mkdir(base, 0700);
+    struct stat st;
+    if (lstat(buf, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022)) {
+        SP_DEBUG("graph cache: %s is not a private folder of this user; not caching", buf);
+        return 0;
+    }
+    return 1;
 }
 
-sp_status sp_model_load(sp_runtime *rt, const char *path, sp_model **out)
+/* The cache entry's path for model `path` under session settings `opts`:
+ * <dir>/<sha256(ORT version, settings, CPU, model bytes)>.ort. 0: none. */
+static int cache_entry(const char *path, const char *opts, char *out, size_t cap)
+{
+    char dir[PATH_MAX];
+    if (!cache_dir(dir, sizeof dir))
+        return 0;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return 0;
+    sp_sha256 h;
+    sp_sha256_init(&h);
+    const char *ver = sp_ort_version();
+    sp_sha256_update(&h, ver, strlen(ver) + 1);
+    sp_sha256_update(&h, opts, strlen(opts) + 1);
+    static char buf[1 << 16];
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&mu);
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+        sp_sha256_update(&h, buf, n);
+    pthread_mutex_unlock(&mu);
+    int ok = !ferror(f);
+    fclose(f);
+    uint8_t d[32];
+    sp_sha256_final(&h, d);
+    char hex[65];
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", d[i]);
+    return ok && snprintf(out, cap, "%s/%s.ort", dir, hex) < (int)cap;
+}
+
+/* Everything that shapes the optimised graph, for the cache key: the
+ * graph-level settings and the CPU's vector extensions (the layout
+ * transforms pick kernels for them). */
+static void cache_opts(const sp_runtime *rt, char *buf, size_t cap)
+{
+    __builtin_cpu_init();
+    snprintf(buf, cap, "level=all;exec=sequential;device=%s;avx2=%d;avx512f=%d;avx512vnni=%d;fma=%d",
+             rt->device, __builtin_cpu_supports("avx2") != 0, __builtin_cpu_supports("avx512f") != 0,
+             __builtin_cpu_supports("avx512vnni") != 0, __builtin_cpu_supports("fma") != 0);
+}
+
+/* Create m's session: from the graph cache when it holds this model under
+ * these settings, else from the model (saving the optimised graph to a
+ * private temporary name and renaming it into the cache when done, so a
+ * reader never sees half a file). A cache entry ORT refuses is removed and
+ * the model loaded from its own file. Sets *from_cache. */
+static sp_status create_session(sp_runtime *rt, sp_model *m, int *from_cache)
+{
+    char entry[PATH_MAX], tmp[PATH_MAX + 32], opts[256];
+    OrtSessionOptions *so = NULL;
+    sp_status st;
+    int use_cache = rt->p.cache_optimized > 0 && strcmp(rt->device, "cpu") == 0;
+    *from_cache = 0;
+    if (use_cache) {
+        cache_opts(rt, opts, sizeof opts);
+        use_cache = cache_entry(m->path, opts, entry, sizeof entry);
+    }
+    if (use_cache && access(entry, R_OK) == 0) {
+        if (!(st = make_options(rt, NULL, m->arena, &so))) {
+            OrtStatus *s = sp_ort->CreateSession(rt->env, entry, so, &m->session);
+            sp_ort->ReleaseSessionOptions(so);
+            if (!s) {
+                *from_cache = 1;
+                return SP_OK;
+            }
+            SP_WARN("graph cache entry for %s refused (%s); loading the model", m->path,
+                    sp_ort->GetErrorMessage(s));
+            sp_ort->ReleaseStatus(s);
+            unlink(entry);
+        }
+    }
+    if (use_cache)
+        snprintf(tmp, sizeof tmp, "%.*s.%ld.tmp.ort", (int)strlen(entry) - 4, entry, (long)getpid());
+    if ((st = make_options(rt, use_cache ? tmp : NULL, m->arena, &so)))
+        return st;
+    st = sp_ort_check(sp_ort->CreateSession(rt->env, m->path, so, &m->session), SP_ERR_MODEL, m->path);
+    sp_ort->ReleaseSessionOptions(so);
+    if (use_cache && (st || rename(tmp, entry) != 0))
+        unlink(tmp);
+    return st;
+}
+
+/* Load (or share) the model at path; arena: its arena default (1 on, 0
+ * off), which the runtime's "on"/"off" setting overrides. */
+sp_status sp_model_load_arena(sp_runtime *rt, const char *path, int arena, sp_model **out)
 {
     char real[PATH_MAX];
     sp_status st;
@@ -494,18 +648,18 @@ sp_status sp_model_load(sp_runtime *rt, const char *path, sp_model **out)
     m->rt = rt;
     m->refs = 1;
     snprintf(m->path, sizeof m->path, "%s", real);
-    char opt[PATH_MAX + 16];
-    snprintf(opt, sizeof opt, "%s.opt.ort", real);
-    int use_cache = rt->p.cache_optimized && strcmp(rt->device, "cpu") == 0;
-    int from_cache = use_cache && newer(opt, real);
-    OrtSessionOptions *so = NULL;
+    m->arena = strcmp(rt->device, "cpu") != 0 ? 0 : !strcmp(rt->arena, "on") ? 1
+             : !strcmp(rt->arena, "off") ? 0 : arena;
+    int from_cache = 0;
     double t0 = sp_now();
-    st = make_options(rt, use_cache && !from_cache ? opt : NULL, &so);
-    if (!st) {
-        st = sp_ort_check(sp_ort->CreateSession(rt->env, from_cache ? opt : real, so, &m->session),
-                          SP_ERR_MODEL, real);
-        sp_ort->ReleaseSessionOptions(so);
-    }
+    st = m->arena ? shared_arena(rt) : SP_OK;
+    if (!st && m->arena)
+        st = sp_ort_check(sp_ort->CreateRunOptions(&m->run_opts), SP_ERR_RUNTIME, "run options");
+    if (!st && m->arena)
+        st = sp_ort_check(sp_ort->AddRunConfigEntry(m->run_opts, "memory.enable_memory_arena_shrinkage",
+                                                    "cpu:0"), SP_ERR_RUNTIME, "run options");
+    if (!st)
+        st = create_session(rt, m, &from_cache);
     m->load_seconds = sp_now() - t0;
     if (!st)
         st = introspect(m);
@@ -514,13 +668,21 @@ sp_status sp_model_load(sp_runtime *rt, const char *path, sp_model **out)
         pthread_mutex_unlock(&rt->mu);
         return st;
     }
-    SP_INFO("loaded %s in %.3f s%s", real, m->load_seconds, from_cache ? " (optimised cache)" : "");
+    SP_INFO("loaded %s in %.3f s%s%s", real, m->load_seconds, from_cache ? " (optimised graph cache)" : "",
+            m->arena ? ", arena on" : "");
     m->next = rt->models;
     rt->models = m;
     pthread_mutex_unlock(&rt->mu);
     *out = m;
     return SP_OK;
 }
+
+sp_status sp_model_load(sp_runtime *rt, const char *path, sp_model **out)
+{
+    return sp_model_load_arena(rt, path, 0, out);
+}
+
+int sp_model_arena(const sp_model *m) { return m->arena; }
 
 void sp_model_release(sp_model *m)
 {
@@ -605,8 +767,8 @@ static sp_status model_run(sp_model *m, const OrtMemoryInfo *mem, const sp_tenso
                                   (size_t)outputs[j].rank, to_ort(outputs[j].dtype), &ov[j]),
                               SP_ERR_RUNTIME, "output tensor");
     if (!st) {
-        OrtStatus *rs = sp_ort->Run(m->session, NULL, m->in_names, (const OrtValue *const *)iv, (size_t)n_in,
-                                    m->out_names, (size_t)n_out, ov);
+        OrtStatus *rs = sp_ort->Run(m->session, m->run_opts, m->in_names, (const OrtValue *const *)iv,
+                                    (size_t)n_in, m->out_names, (size_t)n_out, ov);
         st = sp_ort_check(rs, run_failure(rs), "inference");
     }
     for (int j = 0; j < n_out && !st; j++) {

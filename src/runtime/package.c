@@ -9,6 +9,7 @@
  */
 #include "package.h"
 #include "device.h"
+#include "runtime.h"
 #include <dlfcn.h>
 #include <pthread.h>
 #include <sys/stat.h>
@@ -410,6 +411,12 @@ sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf)
         st = sp_fail(SP_ERR_MODEL, "%s: \"onnx\" and \"onnx_fp16\" must be file names inside the package", file);
         goto out;
     }
+    const cJSON *ar = cJSON_GetObjectItemCaseSensitive(j, "arena");
+    if (ar && !cJSON_IsBool(ar)) {
+        st = sp_fail(SP_ERR_MODEL, "%s: \"arena\" must be true or false", file);
+        goto out;
+    }
+    mf->arena = ar ? cJSON_IsTrue(ar) : -1;
     const cJSON *in = cJSON_GetObjectItemCaseSensitive(j, "input");
     const cJSON *outp = cJSON_GetObjectItemCaseSensitive(j, "output");
     snprintf(mf->input_name, sizeof mf->input_name, "%s", str_or(in, "name", ""));
@@ -636,6 +643,17 @@ static sp_status pick_onnx(const sp_runtime *rt, const sp_manifest *mf, const ch
     return SP_OK;
 }
 
+/* Whether the package's model runs with ONNX Runtime's arena and memory
+ * pattern: the manifest's "arena" when it says, else by task, as measured
+ * (docs/performance.md, "Arena"): on for photo models, where per-tensor
+ * allocations cost up to 3x the inference, ... */
+static int package_arena(const sp_manifest *mf)
+{
+    if (mf->arena >= 0)
+        return mf->arena;
+    return !strcmp(mf->task, "masks") || !strcmp(mf->task, "classify");
+}
+
 sp_status sp_package_load(sp_runtime *rt, const char *dir, sp_package **out)
 {
     char path[PATH_MAX];
@@ -665,7 +683,7 @@ sp_status sp_package_load(sp_runtime *rt, const char *dir, sp_package **out)
         return st;
     }
     snprintf(path, sizeof path, "%s/%s", dir, onnx);
-    if ((st = sp_model_load(rt, path, &pk->model)) ||
+    if ((st = sp_model_load_arena(rt, path, package_arena(&pk->mf), &pk->model)) ||
         (st = sp_manifest_check_model(&pk->mf, pk->model, dir))) {
         sp_package_free(pk);
         return st;

@@ -19,6 +19,7 @@ typedef struct sp_manifest {
     int version;
     char name[64], task[16], onnx[128], onnx_fp16[128], input_name[64], output_name[64];
     int channels;
+    int arena;                /* "arena": 1 on, 0 off, -1 not said (by task) */
     double spacing[3];        /* mm, network axis order */
     int64_t patch[3];         /* network axis order */
     int axes[3];              /* network dim d <- canonical volume axis axes[d] */

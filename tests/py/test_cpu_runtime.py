@@ -1,0 +1,168 @@
+"""ONNX Runtime on the CPU (issue 45): the arena per model and the
+optimised-graph cache change speed and memory, never results. Labels with
+the arena on and off, and from a cached graph, must be equal voxel for
+voxel / pixel for pixel (nibabel and PIL read the outputs); bad settings are
+refused with a clear message."""
+import json, os, shutil, stat, subprocess
+import numpy as np
+import nibabel as nib
+from PIL import Image
+import sp
+
+CT = os.path.join(sp.SHARED, "data", "ct", "example_ct_sm.nii.gz")
+ROOMS = os.path.join(sp.ROOT, "models", "demo-rooms")
+
+
+def run_env(*args, **env):
+    e = sp.run_env()
+    e.update(env)
+    return subprocess.run([sp.SEGPIPE, *map(str, args)], capture_output=True, text=True, timeout=600, env=e)
+
+
+def room(tmp):
+    import sys
+    sys.path.insert(0, os.path.join(sp.ROOT, "tools", "train"))
+    from render_rooms import render
+    p = os.path.join(tmp, "room.png")
+    Image.fromarray(render((240, 320), seed=100007)[0]).save(p)
+    return p
+
+
+def test_arena_on_off_same_ct_labels(tmp):
+    """demo-ct on the real example CT: --arena on and --arena off (the
+    default for CT models) give equal labels at the native grid and at the
+    model grid."""
+    if not os.path.exists(CT):
+        raise sp.Skip("../shared/data/ct missing")
+    got = {}
+    for a in ("on", "off"):
+        out, ml = os.path.join(tmp, a + ".nii.gz"), os.path.join(tmp, a + ".model.nii.gz")
+        p = sp.run("ct", CT, "-o", out, "--arena", a, "--no-passport", "--save-model-labels", ml, "-t", "2", "-v")
+        assert p.returncode == 0, p.stderr
+        assert ("arena on" in p.stderr) == (a == "on"), p.stderr
+        got[a] = [np.asarray(nib.load(f).dataobj) for f in (out, ml)]
+    for x, y in zip(got["on"], got["off"]):
+        assert x.shape == y.shape and np.array_equal(x, y)
+    assert len(np.unique(got["on"][0])) > 3   # real structures, not an empty result
+
+
+def test_arena_on_off_same_masks(tmp):
+    """The photo model (arena on by default) gives the same masks with
+    --arena off; the default is the manifest's task rule (on for masks)."""
+    ph = room(tmp)
+    masks = {}
+    for a in ("auto", "off"):
+        out = os.path.join(tmp, a)
+        p = sp.run("masks", ph, "-o", out, "--model", ROOMS, "--arena", a)
+        assert p.returncode == 0, p.stderr
+        masks[a] = {f: np.asarray(Image.open(os.path.join(out, f))) for f in sorted(os.listdir(out))
+                    if f.endswith(".png")}
+    assert masks["auto"].keys() == masks["off"].keys() and len(masks["auto"]) >= 2
+    for f in masks["auto"]:
+        assert np.array_equal(masks["auto"][f], masks["off"][f]), f
+    assert any(m.any() for m in masks["auto"].values())
+
+
+def test_arena_refusals(tmp):
+    p = sp.run("ct", CT, "-o", os.path.join(tmp, "x.nii.gz"), "--arena", "sometimes")
+    assert p.returncode == 2 and "--arena is auto, on or off" in p.stderr
+    p = sp.run("masks", room(tmp), "-o", tmp, "--model", ROOMS, "--arena", "1")
+    assert p.returncode == 2 and "--arena is auto, on or off" in p.stderr
+    p = run_env("masks", room(tmp), "-o", os.path.join(tmp, "o"), "--model", ROOMS, SEGPIPE_ARENA="maybe")
+    assert p.returncode != 0 and "unknown arena setting 'maybe'" in p.stderr
+    pk = os.path.join(tmp, "pk")
+    shutil.copytree(ROOMS, pk)
+    mf = json.load(open(os.path.join(pk, "segpipe.json")))
+    mf["arena"] = "yes"
+    json.dump(mf, open(os.path.join(pk, "segpipe.json"), "w"))
+    p = sp.run("masks", room(tmp), "-o", os.path.join(tmp, "o2"), "--model", pk)
+    assert p.returncode != 0 and '"arena" must be true or false' in p.stderr
+    assert not os.path.exists(os.path.join(tmp, "o2", "room.masks.json"))
+    mf["arena"] = False   # the manifest turns it off
+    json.dump(mf, open(os.path.join(pk, "segpipe.json"), "w"))
+    p = sp.run("masks", room(tmp), "-o", os.path.join(tmp, "o3"), "--model", pk)
+    assert p.returncode == 0, p.stderr
+
+
+def test_graph_cache_keyed_private_and_same_masks(tmp):
+    """--cache-graph: the optimised graph goes to $XDG_CACHE_HOME/segpipe/graphs
+    (created 0700) as <sha256>.ort; the next run loads it and gives equal
+    masks; a damaged entry is replaced, not trusted; a folder others can
+    write is not used."""
+    ph = room(tmp)
+    xdg = os.path.join(tmp, "xdg")
+    gdir = os.path.join(xdg, "segpipe", "graphs")
+
+    def masks(k, extra, **env):
+        out = os.path.join(tmp, "o%d" % k)
+        p = run_env("masks", ph, "-o", out, "--model", ROOMS, *extra, **env)
+        assert p.returncode == 0, p.stderr
+        return p, {f: np.asarray(Image.open(os.path.join(out, f))) for f in sorted(os.listdir(out))
+                   if f.endswith(".png")}
+
+    _, ref = masks(0, [])
+    assert not os.path.exists(xdg) or not os.listdir(xdg)
+    for k in (1, 2):
+        _, got = masks(k, ["--cache-graph"], XDG_CACHE_HOME=xdg)
+        assert got.keys() == ref.keys() and all(np.array_equal(got[f], ref[f]) for f in ref)
+        if k == 1:
+            ents = os.listdir(gdir)
+            assert len(ents) == 1 and len(ents[0]) == 64 + 4 and ents[0].endswith(".ort"), ents
+            first = os.stat(os.path.join(gdir, ents[0])).st_mtime_ns
+    assert os.stat(os.path.join(gdir, ents[0])).st_mtime_ns == first   # read, not rewritten
+    assert stat.S_IMODE(os.stat(gdir).st_mode) == 0o700
+    with open(os.path.join(gdir, ents[0]), "wb") as f:   # damaged: warned, replaced, the model's own file used
+        f.write(b"not a graph" * 100)
+    p, got = masks(3, ["--cache-graph"], XDG_CACHE_HOME=xdg)
+    assert all(np.array_equal(got[f], ref[f]) for f in ref)
+    with open(os.path.join(gdir, ents[0]), "rb") as f:
+        assert not f.read(11) == b"not a graph"   # rewritten from the model
+    shared = os.path.join(tmp, "open")   # a folder others can write: not used, the run still works
+    os.makedirs(shared)
+    os.chmod(shared, 0o777)
+    masks(4, ["--cache-graph"], SEGPIPE_CACHE_DIR=shared)
+    assert os.listdir(shared) == []
+
+
+def test_inputs_jobs_same_results_in_list_order(tmp):
+    """`segpipe ct --inputs LIST --jobs 2`: cases run two at a time sharing
+    one model; every case's labels equal the one-at-a-time run's byte for
+    byte, the report lists them in the list's order with the throughput, a
+    bad case fails alone, and --jobs out of 1..8 is refused."""
+    if not os.path.exists(CT):
+        raise sp.Skip("../shared/data/ct missing")
+    im = nib.load(CT)
+    a = np.asarray(im.dataobj)
+    cases = []
+    shapes = []
+    for k, (x0, z0) in enumerate(((0, 0), (20, 4), (10, 2))):   # three different crops of the real CT
+        p = os.path.join(tmp, f"case{k}.nii.gz")
+        c = a[x0:x0 + 100, :, z0:z0 + 26]
+        nib.save(nib.Nifti1Image(c, im.affine, im.header), p)
+        cases.append(p)
+        shapes.append(c.shape)
+    bad = os.path.join(tmp, "bad.nii.gz")
+    with open(bad, "wb") as f:
+        f.write(b"not a nifti")
+    lst = os.path.join(tmp, "list.txt")
+    with open(lst, "w") as f:
+        f.write("\n".join([cases[0], bad, cases[1], cases[2]]) + "\n")
+    reps = {}
+    for j in ("1", "2"):
+        out = os.path.join(tmp, "out" + j)
+        p = sp.run("ct", "--inputs", lst, "-o", out, "--jobs", j, "-t", "2")
+        assert p.returncode != 0 and "bad.nii.gz" in p.stderr
+        reps[j] = json.load(open(os.path.join(out, "shard-0-of-1.json")))
+        assert [e["input"] for e in reps[j]["inputs"]] == [cases[0], bad, cases[1], cases[2]]
+        assert [e["state"] for e in reps[j]["inputs"]] == ["done", "failed", "done", "done"]
+        assert reps[j]["jobs"] == int(j) and reps[j]["done"] == 3 and reps[j]["cases_per_minute"] > 0
+        assert "cases/minute" in p.stdout
+    for k in range(3):
+        f1, f2 = (os.path.join(tmp, "out" + j, f"case{k}.nii.gz") for j in ("1", "2"))
+        x1, x2 = np.asarray(nib.load(f1).dataobj), np.asarray(nib.load(f2).dataobj)
+        assert x1.shape == shapes[k] and np.array_equal(x1, x2)
+        assert len(np.unique(x1)) > 2
+        assert os.path.exists(f2.replace(".nii.gz", ".passport.json"))
+    for j in ("0", "9", "x"):
+        p = sp.run("ct", "--inputs", lst, "-o", os.path.join(tmp, "o"), "--jobs", j)
+        assert p.returncode == 2 and "--jobs" in p.stderr
