@@ -160,6 +160,10 @@ const sp_io_info *sp_model_inputs(const sp_model *m, int *n);
 const sp_io_info *sp_model_outputs(const sp_model *m, int *n);
 /* Seconds the load took (session creation). */
 double sp_model_load_seconds(const sp_model *m);
+/* Stop m's runs in progress (ONNX Runtime's terminate flag), and every
+ * later one: for a process shutting down (a service stopped during
+ * warm-up). Safe from any thread. */
+void sp_model_interrupt(sp_model *m);
 /* Number of completed sp_model_run calls (for tests and metrics). */
 uint64_t sp_model_run_count(const sp_model *m);
 

@@ -32,6 +32,7 @@ struct sp_model {
     sp_runtime *rt;
     char path[PATH_MAX];
     OrtSession *session;
+    OrtRunOptions *run_opts;      /* every run's: sp_model_interrupt sets its terminate flag */
     int refs;
     int n_in, n_out;
     sp_io_info *in, *out;
@@ -221,6 +222,8 @@ static void model_destroy(sp_model *m)
 {
     if (m->session)
         sp_ort->ReleaseSession(m->session);
+    if (m->run_opts)
+        sp_ort->ReleaseRunOptions(m->run_opts);
     free(m->in);
     free(m->out);
     free(m->in_names);
@@ -482,6 +485,8 @@ sp_status sp_model_load(sp_runtime *rt, const char *path, sp_model **out)
     }
     m->load_seconds = sp_now() - t0;
     if (!st)
+        st = sp_ort_check(sp_ort->CreateRunOptions(&m->run_opts), SP_ERR_RUNTIME, "run options");
+    if (!st)
         st = introspect(m);
     if (st) {
         model_destroy(m);
@@ -579,7 +584,7 @@ static sp_status model_run(sp_model *m, const OrtMemoryInfo *mem, const sp_tenso
                                   (size_t)outputs[j].rank, to_ort(outputs[j].dtype), &ov[j]),
                               SP_ERR_RUNTIME, "output tensor");
     if (!st)
-        st = sp_ort_check(sp_ort->Run(m->session, NULL, m->in_names, (const OrtValue *const *)iv,
+        st = sp_ort_check(sp_ort->Run(m->session, m->run_opts, m->in_names, (const OrtValue *const *)iv,
                                       (size_t)n_in, m->out_names, (size_t)n_out, ov),
                           SP_ERR_RUNTIME, "inference");
     for (int j = 0; j < n_out && !st; j++) {
@@ -624,6 +629,13 @@ static sp_status model_run(sp_model *m, const OrtMemoryInfo *mem, const sp_tenso
     if (!st)
         atomic_fetch_add(&m->runs, 1);
     return st;
+}
+
+void sp_model_interrupt(sp_model *m)
+{
+    OrtStatus *e = m && m->run_opts ? sp_ort->RunOptionsSetTerminate(m->run_opts) : NULL;
+    if (e)
+        sp_ort->ReleaseStatus(e);
 }
 
 sp_status sp_model_run(sp_model *m, const sp_tensor *inputs, int n_in,
