@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Seconds to write a 512x512x300 label volume as .nii.gz (sp_labels_write_affine
 through ctypes: build the NIfTI, compress in parallel on every core, write),
-best of 5, and the file's size and gzip member count. The labels are organ-like:
+best of 7 wall and CPU seconds (CPU time: the fair number on a busy
+machine), the file's size and gzip member count. BUILD=dir picks the library. The labels are organ-like:
 40 Voronoi regions of random seeds inside a body-shaped ellipsoid, zero outside
 (a segmentation's statistics: long zero runs, large constant regions).
 
@@ -57,14 +58,15 @@ def main():
     flat = np.asfortranarray(lab)
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "labels.nii.gz")
-        best = 1e9
-        for _ in range(5):
-            t = time.perf_counter()
+        best, cpu = 1e9, 1e9
+        for _ in range(7):
+            t, c = time.perf_counter(), time.process_time()
             rc = L.sp_labels_write_affine(out.encode(), flat.ctypes.data, dim, aff.ctypes.data)
-            best = min(best, time.perf_counter() - t)
+            best, cpu = min(best, time.perf_counter() - t), min(cpu, time.process_time() - c)
             assert rc == 0, rc
         size = os.path.getsize(out)
-        print(f"| {'x'.join(map(str, lab.shape))} uint8 labels | {best:.3f} | {size / 1e6:.2f} MB | {members(out)} |")
+        print(f"| {'x'.join(map(str, lab.shape))} uint8 labels | {best:.3f} | {cpu:.3f} | {size / 1e6:.2f} MB | "
+              f"{members(out)} |")
 
 
 if __name__ == "__main__":
