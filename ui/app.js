@@ -198,6 +198,7 @@ function takeFiles(fileList) {
   clearError();
   const run = m.task === 'masks' ? () => runPhotos(m, files) : () => runVolume(m, files[0]);
   state.retry = run;
+  setPhase('busy');   // at once: the file's kind is checked asynchronously
   wrongKind(m, files).then((msg) => {
     if (msg) {
       state.retry = null;
