@@ -248,7 +248,7 @@ static int warm_up_all(server *s, const sigset_t *sigs, sp_status *st)
         for (int i = 0; i < s->n_models; i++)
             if (!atomic_load(&s->models[i].settled))
                 sp_model_interrupt(sp_package_model(s->models[i].pk));
-        SP_INFO("signal %d during warm-up: stopping", sig);
+        SP_WARN("signal %d during warm-up: stopping (the model warming is interrupted)", sig);
     }
     pthread_join(wt, NULL);
     if (sig <= 0 && s->warm_st)
