@@ -108,7 +108,7 @@ function modelState(m) { return m.state || (m.ready ? 'ready' : 'warming up'); }
 
 // The service's models, ready or not; followed every 2 s while one warms up
 // (it becomes selectable when ready, or shows why it failed).
-async function loadModels() {
+async function loadModels(fromPoll) {
   clearTimeout(state.poll);
   try {
     const j = await (await api('/v1/models')).json();
@@ -135,9 +135,8 @@ async function loadModels() {
       (warming ? `, ${warming} warming up` : '');
     $('key-button').hidden = !state.key;
     modelInfo();
-    if (document.body.dataset.state !== 'busy' && document.body.dataset.state !== 'done' &&
-        document.body.dataset.state !== 'error') setPhase('idle');
-    if (warming) state.poll = setTimeout(loadModels, 2000);
+    if (fromPoll !== true) setPhase('idle');   // a refresh while warming leaves a run's phase alone
+    if (warming) state.poll = setTimeout(() => loadModels(true), 2000);
   } catch (e) {
     $('service').textContent = 'not connected';
     showError(e);

@@ -186,13 +186,13 @@ def test_page_realistic_inputs(tmp):
         json.dump(cfg, open(cf, "w"))
         env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
         p = subprocess.run(["node", os.path.join(sp.ROOT, "tests", "ui", "page_test.cjs"), cf],
-                           capture_output=True, text=True, timeout=580, env=env)
+                           capture_output=True, text=True, timeout=1500, env=env)
         assert p.returncode == 0, p.stderr
         r = json.loads(p.stdout)
     finally:
         s.stop()
     assert "exception" not in r, r.get("exception")
-    assert [c for c in r["console"] if "415" not in c] == [], r["console"]
+    assert r["console"] == [], r["console"]
     big, dcm, mri = r["volumes"]
     for got, cli, shape, top in ((big, cli_ct, shape_ct, top_ct), (dcm, cli_dcm, shape_dcm, top_dcm),
                                  (mri, cli_mri, shape_mri, top_mri)):
