@@ -320,13 +320,14 @@ function hover(e) {
   if (!nv || !state.labels) return;
   const r = $('viewer').getBoundingClientRect();
   const dpr = nv.uiData && nv.uiData.dpr ? nv.uiData.dpr : window.devicePixelRatio || 1;
-  const frac = nv.canvasPos2frac([(e.clientX - r.left) * dpr, (e.clientY - r.top) * dpr]);
   let name = '';
-  if (frac && frac[0] >= 0) {
-    const li = nv.volumes.indexOf(state.labels);
-    const v = nv.frac2vox(frac, li);
-    const l = Math.round(state.labels.getValue(v[0], v[1], v[2]));
+  try {   // niivue has no tile under the mouse between the planes, or before the first draw
+    const frac = nv.canvasPos2frac([(e.clientX - r.left) * dpr, (e.clientY - r.top) * dpr]);
+    const v = frac && frac[0] >= 0 ? nv.frac2vox(frac, nv.volumes.indexOf(state.labels)) : null;
+    const l = v ? Math.round(state.labels.getValue(v[0], v[1], v[2])) : 0;
     name = l > 0 ? (state.names[l] ? state.names[l].name : `label ${l}`) : '';
+  } catch (err) {
+    name = '';
   }
   $('hover').textContent = name;
   document.body.dataset.hover = name;
