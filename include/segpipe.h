@@ -164,6 +164,10 @@ const sp_io_info *sp_model_inputs(const sp_model *m, int *n);
 const sp_io_info *sp_model_outputs(const sp_model *m, int *n);
 /* Seconds the load took (session creation). */
 double sp_model_load_seconds(const sp_model *m);
+/* Stop m's runs in progress (ONNX Runtime's terminate flag), and every
+ * later one: for a process shutting down (a service stopped during
+ * warm-up). Safe from any thread. */
+void sp_model_interrupt(sp_model *m);
 /* Number of completed sp_model_run calls (for tests and metrics). */
 uint64_t sp_model_run_count(const sp_model *m);
 
@@ -275,8 +279,13 @@ void sp_label_rgb(int label, uint8_t rgb[3]);
 const char *sp_package_manifest_json(const sp_package *pk);
 /* The package's ONNX model (borrowed). */
 sp_model *sp_package_model(const sp_package *pk);
-/* The manifest's task ("ct" or "masks"; owned by the package). */
+/* The manifest's task ("ct", "mri", "masks" or "classify"; owned by the package). */
 const char *sp_package_task(const sp_package *pk);
+/* 1 for the volume tasks (a NIfTI or DICOM series in, labels out: ct, mri). */
+int sp_package_is_volume(const sp_package *pk);
+/* 1 when the manifest says "demo": true (a demonstration model: not for
+ * real scans or photos); shown by the CLI, the passport and the service. */
+int sp_package_demo(const sp_package *pk);
 /* Masks a "masks" package offers: count, and the name of mask i (NULL if
  * out of range; owned by the package). */
 int sp_package_num_masks(const sp_package *pk);

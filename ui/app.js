@@ -29,6 +29,16 @@ const state = {
   selected: 0,
   sort: { key: 'volume_ml', dir: -1 },
   urls: [],           // object URLs to revoke on the next run
+  bg: null,           // NVImage of the scan (NIfTI input, or the service's copy of a DICOM series)
+  poll: null,         // timer following models that warm up
+};
+
+// CT windows (level/width as radiologists set them): [min, max] in HU
+const WINDOWS = {
+  soft: [-160, 240],    // soft tissue: W400 L40
+  lung: [-1350, 150],   // lung: W1500 L-600
+  bone: [-500, 1300],   // bone: W1800 L400
+  brain: [0, 80],       // brain: W80 L40
 };
 
 class HttpError extends Error {
@@ -71,9 +81,11 @@ function showError(err) {
   box.hidden = false;
   $('status-panel').hidden = false;
   $('progress').value = 0;
+  $('status').textContent = 'stopped: see below';   // never a stale "queued" over an error
   const status = err instanceof HttpError ? err.status : 0;
   let text = status ? `${status}: ${err.message}` : String(err.message || err);
-  if (ERROR_HINTS[status]) text += ` (${ERROR_HINTS[status]})`;
+  // the service's own words already say what to do ("... choose a photo model")
+  if (ERROR_HINTS[status] && !/choose a/.test(text)) text += ` (${ERROR_HINTS[status]})`;
   if (status === 503 && err.retryAfter) text += `; retry in ${err.retryAfter} s`;
   $('error-text').textContent = text;
   $('error').dataset.status = String(status);
@@ -90,22 +102,41 @@ function askKey() {
 
 // ---------------------------------------------------------------- models
 
-async function loadModels() {
+function isVolume(m) { return m.volume === true || m.task === 'ct' || m.task === 'mri'; }
+
+function modelState(m) { return m.state || (m.ready ? 'ready' : 'warming up'); }
+
+// The service's models, ready or not; followed every 2 s while one warms up
+// (it becomes selectable when ready, or shows why it failed).
+async function loadModels(fromPoll) {
+  clearTimeout(state.poll);
   try {
     const j = await (await api('/v1/models')).json();
-    state.models = j.models.filter((m) => m.ready && ['ct', 'mri', 'masks'].includes(m.task));
+    state.models = j.models.filter((m) => !m.task || isVolume(m) || m.task === 'masks');
     const sel = $('model');
+    const keep = sel.value;
     sel.textContent = '';
     for (const m of state.models) {
       const o = document.createElement('option');
       o.value = m.name;
-      o.textContent = `${m.name} (${m.task === 'masks' ? 'photos' : m.task.toUpperCase()})`;
+      const st = modelState(m);
+      const kind = !m.task ? '' : m.task === 'masks' ? 'photos' : m.task.toUpperCase();
+      o.textContent = `${m.name} (${kind}${m.demo ? ', demo' : ''})${st === 'ready' ? '' : ` — ${st}`}`;
+      o.disabled = st !== 'ready';
+      o.dataset.state = st;
+      if (m.error) o.title = m.error;
       sel.appendChild(o);
     }
-    $('service').textContent = state.models.length ? `${state.models.length} model(s) ready` : 'no model ready';
+    const ready = state.models.filter((m) => modelState(m) === 'ready');
+    if (ready.some((m) => m.name === keep)) sel.value = keep;
+    else if (ready.length) sel.value = ready[0].name;
+    const warming = state.models.filter((m) => modelState(m) === 'warming up').length;
+    $('service').textContent = (ready.length ? `${ready.length} model(s) ready` : 'no model ready') +
+      (warming ? `, ${warming} warming up` : '');
     $('key-button').hidden = !state.key;
     modelInfo();
-    setPhase('idle');
+    if (fromPoll !== true) setPhase('idle');   // a refresh while warming leaves a run's phase alone
+    if (warming) state.poll = setTimeout(() => loadModels(true), 2000);
   } catch (e) {
     $('service').textContent = 'not connected';
     showError(e);
@@ -116,10 +147,43 @@ function currentModel() { return state.models.find((m) => m.name === $('model').
 
 function modelInfo() {
   const m = currentModel();
-  if (!m) return;
+  const demo = $('demo-note');
+  demo.hidden = !(m && m.demo);
+  if (m && m.demo) demo.textContent = `demo model — not for real ${m.task === 'masks' ? 'photos' : 'scans'}`;
+  if (!m || modelState(m) !== 'ready') { $('model-info').textContent = ''; return; }
   $('model-info').textContent = m.task === 'masks'
     ? `masks: ${m.masks.join(', ')}` : `${m.classes - 1} structures`;
   $('file').accept = m.task === 'masks' ? 'image/*,.heic,.heif' : '.nii,.gz,.zip';
+}
+
+// What a file is, from its first bytes: 'JPEG', 'PNG', 'WebP', 'HEIC' photos,
+// 'volume' (NIfTI, gzip, zip), or '' (unknown: the service decides).
+async function sniff(file) {
+  const b = new Uint8Array(await file.slice(0, 352).arrayBuffer());
+  const ascii = (i, n) => String.fromCharCode(...b.slice(i, i + n));
+  if (b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return 'JPEG';
+  if (b[0] === 0x89 && ascii(1, 3) === 'PNG') return 'PNG';
+  if (ascii(0, 4) === 'RIFF' && ascii(8, 4) === 'WEBP') return 'WebP';
+  if (ascii(4, 4) === 'ftyp') return 'HEIC';
+  if ((b[0] === 0x1f && b[1] === 0x8b) || ascii(0, 4) === 'PK\x03\x04' || ascii(344, 3) === 'n+1' ||
+      ascii(344, 3) === 'ni1' || ascii(4, 4) === 'n+2') return 'volume';
+  return '';
+}
+
+// A file for the wrong kind of model, said in the user's words before any upload.
+async function wrongKind(m, files) {
+  for (const f of files) {
+    const k = await sniff(f);
+    if (isVolume(m) && k && k !== 'volume') {
+      return `${f.name}: this is a ${k} photo: choose a photo model (${m.name} segments ` +
+        `${m.task.toUpperCase()} volumes: .nii, .nii.gz or a DICOM series as .zip)`;
+    }
+    if (m.task === 'masks' && k === 'volume') {
+      return `${f.name}: this is a volume (NIfTI or a DICOM zip): choose a CT or MRI model ` +
+        `(${m.name} segments photos)`;
+    }
+  }
+  return '';
 }
 
 // ---------------------------------------------------------------- input
@@ -133,7 +197,37 @@ function takeFiles(fileList) {
   clearError();
   const run = m.task === 'masks' ? () => runPhotos(m, files) : () => runVolume(m, files[0]);
   state.retry = run;
-  run().catch(showError);
+  setPhase('busy');   // at once: the file's kind is checked asynchronously
+  wrongKind(m, files).then((msg) => {
+    if (msg) {
+      state.retry = null;
+      $('ct-result').hidden = true;
+      $('photo-result').hidden = true;
+      showError(new Error(msg));
+      return undefined;
+    }
+    return run();
+  }).catch(showError);
+}
+
+// POST with upload progress (fetch has none): resolves to the JSON answer.
+function upload(path, body, onProgress) {
+  return new Promise((resolve, reject) => {
+    const x = new XMLHttpRequest();
+    x.open('POST', path);
+    x.setRequestHeader('Content-Type', 'application/octet-stream');
+    if (state.key) x.setRequestHeader('Authorization', 'Bearer ' + state.key);
+    x.upload.onprogress = (e) => { if (e.lengthComputable) onProgress(e.loaded / e.total); };
+    x.onload = () => {
+      let j = null;
+      try { j = JSON.parse(x.responseText); } catch (e) { /* not JSON */ }
+      if (x.status >= 200 && x.status < 300 && j) { resolve(j); return; }
+      const msg = (j && j.error && (j.error.message || j.error)) || x.statusText;
+      reject(new HttpError(x.status, String(msg), x.getResponseHeader('Retry-After')));
+    };
+    x.onerror = () => reject(new Error('the service could not be reached (network error)'));
+    x.send(body);
+  });
 }
 
 function objectUrl(blob) {
@@ -159,29 +253,36 @@ async function runVolume(model, file) {
   $('ct-result').hidden = true;
   $('photo-result').hidden = true;
   const t0 = performance.now();
-  showStatus(`uploading ${file.name} (${(file.size / 1e6).toFixed(1)} MB)…`, null);
+  const mb = (file.size / 1e6).toFixed(1);
+  showStatus(`uploading ${file.name} (${mb} MB): 0%`, 0);
   const buf = await file.arrayBuffer();
-  const r = await api(`/v1/jobs?model=${encodeURIComponent(model.name)}&labels=1`, {
-    method: 'POST', body: buf, headers: { 'Content-Type': 'application/octet-stream' },
-  });
-  const job = await r.json();
+  const nifti = /\.nii(\.gz)?$/i.test(file.name);
+  // a DICOM series: the service sends the scan back as NIfTI (scan=1) to be shown
+  // under the labels, and the labels as a DICOM-SEG referencing the series
+  const q = `model=${encodeURIComponent(model.name)}&labels=1${nifti ? '' : '&scan=1&output=dicom-seg'}`;
+  const job = await upload(`/v1/jobs?${q}`, buf,
+    (f) => showStatus(`uploading ${file.name} (${mb} MB): ${Math.round(100 * f)}%`, f));
   let st = job;
   while (st.state !== 'done' && st.state !== 'failed') {
     const frac = st.total ? st.done / st.total : null;
-    const tiles = st.total ? `, tile ${st.done} of ${st.total}` : '';
-    showStatus(`${st.state}: ${st.stage}${tiles}`, frac);
+    const tiles = st.total ? `: tile ${st.done} of ${st.total}` : '';
+    showStatus(`${st.state === 'queued' ? 'queued' : 'running'} — ${st.stage}${tiles}`, frac);
     st = await (await api(`/v1/jobs/${job.id}?wait=1`)).json();
   }
   const res = await (await api(`/v1/jobs/${job.id}/result`)).json();
+  if (st.state === 'failed') throw new HttpError(st.http_status, res.error ? res.error.message || res.error : 'failed');
   showStatus('loading the labels…', 1);
   const labels = await (await api(`/v1/jobs/${job.id}/labels`)).arrayBuffer();
+  const scan = st.scan_url ? await (await api(st.scan_url)).arrayBuffer() : null;
+  const seg = st.dicom_seg_url ? await (await api(st.dicom_seg_url)).arrayBuffer() : null;
   const wall = (performance.now() - t0) / 1000;
   state.names = model.labels;
-  await showVolume(model, file, buf, labels);
+  await showVolume(model, file, nifti ? buf : scan, labels);
   showPassport(res, wall);
   const dl = $('ct-downloads');
   dl.textContent = '';
   download(dl, 'labels (.nii.gz)', new Blob([labels], { type: 'application/gzip' }), `${stem(file.name)}_labels.nii.gz`);
+  if (seg) download(dl, 'DICOM-SEG (.dcm)', new Blob([seg], { type: 'application/dicom' }), `${stem(file.name)}_seg.dcm`);
   download(dl, 'passport.json', new Blob([JSON.stringify(res.passport, null, 1)], { type: 'application/json' }),
     `${stem(file.name)}.passport.json`);
   if (res.statistics) {
@@ -213,26 +314,57 @@ function labelColormap() {
   return cm;
 }
 
-async function showVolume(model, file, buf, labels) {
+// The structure under the mouse (hover), from the labels' voxel there.
+function hover(e) {
+  const nv = state.nv;
+  if (!nv || !state.labels) return;
+  const r = $('viewer').getBoundingClientRect();
+  const dpr = nv.uiData && nv.uiData.dpr ? nv.uiData.dpr : window.devicePixelRatio || 1;
+  let name = '';
+  try {   // niivue has no tile under the mouse between the planes, or before the first draw
+    const frac = nv.canvasPos2frac([(e.clientX - r.left) * dpr, (e.clientY - r.top) * dpr]);
+    const v = frac && frac[0] >= 0 ? nv.frac2vox(frac, nv.volumes.indexOf(state.labels)) : null;
+    const l = v ? Math.round(state.labels.getValue(v[0], v[1], v[2])) : 0;
+    name = l > 0 ? (state.names[l] ? state.names[l].name : `label ${l}`) : '';
+  } catch (err) {
+    name = '';
+  }
+  $('hover').textContent = name;
+  document.body.dataset.hover = name;
+}
+
+function applyWindow() {
+  if (!state.bg) return;
+  const w = WINDOWS[$('window').value];
+  if (w) { state.bg.cal_min = w[0]; state.bg.cal_max = w[1]; } else {   // auto: the scan's robust range
+    state.bg.cal_min = state.bg.robust_min; state.bg.cal_max = state.bg.robust_max;
+  }
+  state.nv.updateGLVolume();
+}
+
+async function showVolume(model, file, scan, labels) {
   $('ct-result').hidden = false;
   if (!state.nv) {
     state.nv = new niivue.Niivue({ backColor: [0, 0, 0, 1], show3Dcrosshair: true, dragAndDropEnabled: false,
       multiplanarLayout: 2,   // grid: the three planes never overlap
+      isRadiologicalConvention: !$('neuro').checked,   // the patient's right on the screen's left
       isColorbar: false });
     await state.nv.attachToCanvas($('viewer'));
     state.nv.onLocationChange = (d) => {
       const v = d && d.values && d.values.length > 1 ? Math.round(d.values[d.values.length - 1].value) : 0;
       if (v > 0 && v !== state.selected) select(v, false);
     };
+    $('viewer').addEventListener('mousemove', hover);
   }
   const nv = state.nv;
   while (nv.volumes.length) nv.removeVolume(nv.volumes[nv.volumes.length - 1]);
   state.selected = 0;
-  const isNifti = /\.nii(\.gz)?$/i.test(file.name);
-  if (isNifti) {
-    const bg = await niivue.NVImage.loadFromUrl({ url: buf.slice(0), name: file.name, colormap: 'gray' });
-    if (model.task === 'ct') { bg.cal_min = -160; bg.cal_max = 240; }
-    nv.addVolume(bg);
+  state.bg = null;
+  if (scan) {
+    state.bg = await niivue.NVImage.loadFromUrl({ url: scan.slice(0), name: 'scan.nii.gz', colormap: 'gray' });
+    $('window').value = model.task === 'ct' ? 'soft' : 'auto';
+    nv.addVolume(state.bg);
+    applyWindow();
   }
   state.labels = await niivue.NVImage.loadFromUrl({ url: labels.slice(0), name: 'labels.nii.gz',
     opacity: Number($('opacity').value) });
@@ -240,8 +372,8 @@ async function showVolume(model, file, buf, labels) {
   nv.addVolume(state.labels);
   nv.setSliceType(Number($('view').value));
   nv.updateGLVolume();
-  $('picked').textContent = isNifti ? 'click a structure in the viewer or the table'
-    : 'DICOM input: labels shown without the scan';
+  $('picked').textContent = scan ? 'click a structure in the viewer or the table'
+    : 'labels shown without the scan (the service did not send it)';
   $('viewer').dataset.ready = '1';
   legend();
 }
@@ -295,7 +427,8 @@ function showPassport(res, wall) {
   const sc = p.scan;
   $('ct-summary').textContent = `${sc.shape.join(' × ')} voxels at ${sc.spacing_mm.map((x) => +x.toFixed(2)).join(' × ')} mm, ` +
     `${sc.structures_found} structures, ${sc.structures_touching_border.length} touching the border, ` +
-    `model ${res.model}`;
+    `model ${res.model}${res.demo_model ? ' — demo model, not for real scans: volumes are illustrative only' : ''}`;
+  $('ct-summary').classList.toggle('demo', !!res.demo_model);
   renderTable();
   renderBars();
   const tb = $('ct-timings').querySelector('tbody');
@@ -412,7 +545,8 @@ function photoCard(file, res) {
   const info = document.createElement('p');
   info.className = 'muted';
   info.textContent = `${res.width} × ${res.height}, processing ${res.processing_seconds.toFixed(3)} s, ` +
-    `queue ${res.queue_wait_seconds.toFixed(3)} s, batch of ${res.batch_size}`;
+    `queue ${res.queue_wait_seconds.toFixed(3)} s, batch of ${res.batch_size}` +
+    (res.demo_model ? ' — demo model, not for real photos' : '');
   side.append(h, info);
   Object.entries(res.masks).forEach(([name, m], i) => {
     const colour = PHOTO_COLOURS[i % PHOTO_COLOURS.length];
@@ -500,6 +634,8 @@ function init() {
     if (state.labels) state.nv.setOpacity(state.nv.volumes.indexOf(state.labels), Number($('opacity').value));
   });
   $('view').addEventListener('change', () => { if (state.nv) state.nv.setSliceType(Number($('view').value)); });
+  $('window').addEventListener('change', applyWindow);
+  $('neuro').addEventListener('change', () => { if (state.nv) state.nv.setRadiologicalConvention(!$('neuro').checked); });
   for (const th of $('passport').querySelectorAll('th')) {
     th.addEventListener('click', () => {
       const k = th.dataset.key;

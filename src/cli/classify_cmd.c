@@ -132,6 +132,7 @@ int cmd_classify(int argc, char **argv)
         rc = cli_fail(st, NULL);
         goto end;
     }
+    cli_demo_note(pk, 0);
     uint64_t maxp = o.ip.max_pixels;
     o.ip = sp_masks_image_params(pk, 0);   /* the photo path's decoding rule */
     if (maxp)

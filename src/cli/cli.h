@@ -102,6 +102,8 @@ int cli_probe(const char *model, const char *device);
 void cli_set_logging(int verbose);
 /* s written to f as a JSON string (quotes, escapes) */
 void cli_json_str(FILE *f, const char *s);
+/* One line on stderr when pk is a demo model (unless quiet). */
+void cli_demo_note(const sp_package *pk, int quiet);
 /* batch.c: CT inputs to output files with models loaded once (sharded runs
  * and queue workers). */
 typedef struct cli_batch cli_batch;

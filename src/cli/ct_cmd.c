@@ -410,6 +410,7 @@ static int ct_load(const ct_opts *o, ct_run *r)
     sp_status st;
     if ((st = sp_runtime_create(&o->rp, &r->rt)) || (st = sp_package_load(r->rt, o->model, &r->pk)))
         return cli_fail(st, NULL);
+    cli_demo_note(r->pk, cli_quiet());
     sp_timings_add(&r->tt, "load_model", sp_now() - t0);
     t0 = sp_now();
     sp_read_params rdp = sp_read_default_params();

@@ -423,6 +423,7 @@ int cmd_masks(int argc, char **argv)
         rc = cli_fail(st, NULL);
         goto end;
     }
+    cli_demo_note(pk, o.quiet);
     uint64_t maxp = o.ip.max_pixels;   /* the package's decoding rule (the service's too); --max-pixels kept */
     o.ip = sp_masks_image_params(pk, o.mp.long_side);
     if (maxp)

@@ -84,6 +84,13 @@ int cli_probe(const char *model, const char *device)
     return WIFEXITED(status) ? WEXITSTATUS(status) : 5;
 }
 
+void cli_demo_note(const sp_package *pk, int quiet)
+{
+    if (sp_package_demo(pk) && !quiet)
+        fprintf(stderr, "note: '%s' is a demo model (its manifest says \"demo\": true): not for real %s\n",
+                sp_package_name(pk), sp_package_is_volume(pk) ? "scans" : "photos");
+}
+
 void cli_json_str(FILE *f, const char *s)
 {
     fputc('"', f);

@@ -203,8 +203,10 @@ int cmd_models(int argc, char **argv)
             rc = sp_status_exit_code(st);
             continue;
         }
-        printf("%s%s\n  name: %s\n  classes: %d\n  labels:", dirs[i], i == 0 ? " (default)" : "",
-               sp_package_name(pk), sp_package_num_classes(pk));
+        printf("%s%s\n  name: %s\n  task: %s%s\n  classes: %d\n  labels:", dirs[i], i == 0 ? " (default)" : "",
+               sp_package_name(pk), sp_package_task(pk),
+               sp_package_demo(pk) ? "\n  demo: yes (a demonstration model, not for real scans)" : "",
+               sp_package_num_classes(pk));
         for (int l = 1; l < sp_package_num_classes(pk); l++)
             printf("%s%d=%s", l % 6 == 1 ? "\n    " : "  ", l, sp_package_label(pk, l));
         printf("\n");

@@ -12,8 +12,8 @@
  * sform_code > 0, else qform if qform_code > 0, else the pixdim-based one.
  *
  * Writing produces NIfTI-1 with the source's qform/sform (and codes)
- * unchanged. .nii.gz output is compressed in parallel chunks, each a gzip
- * member (a valid multi-member gzip file), and written atomically.
+ * unchanged. .nii.gz output is one gzip member compressed in parallel
+ * chunks (gzip_write.c), written atomically.
  */
 #include "volume.h"
 
@@ -684,38 +684,6 @@ static void build_header(uint8_t *b, const sp_geom *g, sp_dtype dt)
     memcpy(b + 344, "n+1", 4);
 }
 
-typedef struct gz_chunk {
-    const uint8_t *src;
-    size_t n;
-    uint8_t *out;
-    size_t out_n;
-} gz_chunk;
-
-typedef struct gz_ctx {
-    gz_chunk *ch;
-    int level;
-    int failed;
-} gz_ctx;
-
-static void gz_range(void *vctx, int64_t b, int64_t e, int worker)
-{
-    gz_ctx *c = vctx;
-    struct libdeflate_compressor *z = libdeflate_alloc_compressor(c->level);
-    if (!z) {
-        c->failed = 1;
-        return;
-    }
-    for (int64_t i = b; i < e; i++) {
-        gz_chunk *k = &c->ch[i];
-        size_t cap = libdeflate_gzip_compress_bound(z, k->n);
-        k->out = malloc(cap);
-        k->out_n = k->out ? libdeflate_gzip_compress(z, k->src, k->n, k->out, cap) : 0;
-        if (!k->out_n)
-            c->failed = 1;
-    }
-    libdeflate_free_compressor(z);
-}
-
 sp_status sp_nifti_write(const char *path, const sp_geom *g, sp_dtype dtype,
                          const void *data, int threads)
 {
@@ -749,40 +717,13 @@ sp_status sp_nifti_write_ext(const char *path, const sp_geom *g, sp_dtype dtype,
         free(file);
         return st;
     }
-    /* Parallel gzip: 4 MiB chunks, each its own gzip member. */
-    const size_t CH = (size_t)4 << 20;
-    int64_t nch = (int64_t)((total + CH - 1) / CH);
-    gz_chunk *ch = calloc((size_t)nch, sizeof *ch);
-    if (!ch) {
-        free(file);
-        return sp_fail(SP_ERR_NOMEM, "out of memory");
-    }
-    for (int64_t i = 0; i < nch; i++) {
-        ch[i].src = file + (size_t)i * CH;
-        ch[i].n = (size_t)i == (size_t)nch - 1 ? total - (size_t)i * CH : CH;
-    }
-    gz_ctx c = {ch, 4, 0};
-    sp_pool *pool = sp_pool_get(threads);
-    sp_pool_for(pool, nch, 1, gz_range, &c);
-    sp_pool_put(pool);
-    size_t clen = 0;
-    for (int64_t i = 0; i < nch; i++)
-        clen += ch[i].out_n;
-    uint8_t *gzbuf = c.failed ? NULL : malloc(clen ? clen : 1);
-    if (gzbuf) {
-        size_t pos = 0;
-        for (int64_t i = 0; i < nch; i++) {
-            memcpy(gzbuf + pos, ch[i].out, ch[i].out_n);
-            pos += ch[i].out_n;
-        }
-        st = sp_write_file_atomic(path, gzbuf, clen);
-    } else {
-        st = sp_fail(SP_ERR_NOMEM, "%s: compression failed (out of memory)", path);
-    }
-    for (int64_t i = 0; i < nch; i++)
-        free(ch[i].out);
-    free(ch);
-    free(gzbuf);
+    /* One gzip member, compressed on every core (gzip_write.c). */
+    void *gz = NULL;
+    size_t gzn = 0;
+    st = sp_gzip_parallel(file, total, 1, dtype == SP_DT_U8, threads, &gz, &gzn);   /* uint8: labels, masks */
+    if (st == SP_OK)
+        st = sp_write_file_atomic(path, gz, gzn);
+    free(gz);
     free(file);
     return st;
 }

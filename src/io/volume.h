@@ -71,4 +71,8 @@ sp_status sp_nifti_write_ext(const char *path, const sp_geom *g, sp_dtype dtype,
                              const char *ext);
 sp_status sp_nifti_write(const char *path, const sp_geom *g, sp_dtype dtype,
                          const void *data, int threads);
+/* n bytes as ONE gzip member (zlib level; rle: Z_RLE, for label volumes),
+ * chunks deflated on `threads` cores (0 = all), malloc'ed into *out (caller
+ * frees). */
+sp_status sp_gzip_parallel(const void *data, size_t n, int level, int rle, int threads, void **out, size_t *out_n);
 #endif

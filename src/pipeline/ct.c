@@ -534,6 +534,8 @@ static sp_status measure(const sp_manifest *mf, const sp_volume *ct, held_input 
     if (!st)
         st = sp_passport_compute_ext(ct, h->packed ? h->hu : NULL, r->labels,
                                      names, nc, &pp, &cc, &r->passport);
+    if (!st && mf->demo)
+        st = sp_passport_mark_demo(r->passport);
     free(names);
     free(cc.counts);
     free(cc.largest);

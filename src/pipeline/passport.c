@@ -690,6 +690,24 @@ done:
     return SP_OK;
 }
 
+sp_status sp_passport_mark_demo(sp_passport *ps)
+{
+    static const char note[] = " \"demo_model\": true,\n \"note\": \"demo model - not for real scans\",\n";
+    char *at = ps->json ? strstr(ps->json, " \"structures\": [") : NULL;
+    if (!at)
+        return SP_OK;
+    size_t head = (size_t)(at - ps->json), n = strlen(ps->json);
+    char *j = malloc(n + sizeof note);
+    if (!j)
+        return sp_fail(SP_ERR_NOMEM, "passport: out of memory");
+    memcpy(j, ps->json, head);
+    memcpy(j + head, note, sizeof note - 1);
+    memcpy(j + head + sizeof note - 1, at, n - head + 1);
+    free(ps->json);
+    ps->json = j;
+    return SP_OK;
+}
+
 sp_status sp_passport_compute(const sp_volume *ct, const uint16_t *labels, const char *const *names, int n_names,
                               const sp_passport_params *p, sp_passport **out)
 {

@@ -145,6 +145,9 @@ typedef struct sp_comp_counts {
 sp_status sp_passport_compute_ext(const sp_volume *ct, const int16_t *hu, const uint16_t *labels,
                                   const char *const *names, int n_names, const sp_passport_params *p,
                                   const sp_comp_counts *pre, sp_passport **out);
+/* Mark a passport as made by a demo model ("demo_model": true and a note,
+ * before "structures"). */
+sp_status sp_passport_mark_demo(sp_passport *ps);
 /* Count 26-connected components per label; counts[l], largest[l] sized
  * nlabels. */
 sp_status sp_components_count(const uint16_t *labels, const int64_t dim[3], int nlabels,

@@ -32,13 +32,14 @@ struct sp_model {
     sp_runtime *rt;
     char path[PATH_MAX];
     OrtSession *session;
+    OrtRunOptions *run_opts;      /* every run's: sp_model_interrupt sets its terminate flag; arena
+                                   * sessions also shrink the arena after each run */
     int refs;
     int n_in, n_out;
     sp_io_info *in, *out;
     const char **in_names, **out_names;
     double load_seconds;
     int arena;                  /* the session allocates from the runtime's arena */
-    OrtRunOptions *run_opts;    /* arena sessions: shrink the arena after each run */
     atomic_ullong runs;
     sp_model *next;
 };
@@ -653,7 +654,7 @@ sp_status sp_model_load_arena(sp_runtime *rt, const char *path, int arena, sp_mo
     int from_cache = 0;
     double t0 = sp_now();
     st = m->arena ? shared_arena(rt) : SP_OK;
-    if (!st && m->arena)
+    if (!st)   /* always: sp_model_interrupt terminates a run through them */
         st = sp_ort_check(sp_ort->CreateRunOptions(&m->run_opts), SP_ERR_RUNTIME, "run options");
     if (!st && m->arena)
         st = sp_ort_check(sp_ort->AddRunConfigEntry(m->run_opts, "memory.enable_memory_arena_shrinkage",
@@ -813,6 +814,13 @@ static sp_status model_run(sp_model *m, const OrtMemoryInfo *mem, const sp_tenso
     if (!st)
         atomic_fetch_add(&m->runs, 1);
     return st;
+}
+
+void sp_model_interrupt(sp_model *m)
+{
+    OrtStatus *e = m && m->run_opts ? sp_ort->RunOptionsSetTerminate(m->run_opts) : NULL;
+    if (e)
+        sp_ort->ReleaseStatus(e);
 }
 
 sp_status sp_model_run(sp_model *m, const sp_tensor *inputs, int n_in,

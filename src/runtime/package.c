@@ -405,6 +405,12 @@ sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf)
     }
     snprintf(mf->name, sizeof mf->name, "%s", str_or(j, "name", "unnamed"));
     snprintf(mf->task, sizeof mf->task, "%s", str_or(j, "task", "ct"));
+    const cJSON *demo = cJSON_GetObjectItemCaseSensitive(j, "demo");
+    if (demo && !cJSON_IsBool(demo)) {
+        st = sp_fail(SP_ERR_MODEL, "%s: \"demo\" must be true or false", file);
+        goto out;
+    }
+    mf->demo = cJSON_IsTrue(demo);
     snprintf(mf->onnx, sizeof mf->onnx, "%s", str_or(j, "onnx", "model.onnx"));
     snprintf(mf->onnx_fp16, sizeof mf->onnx_fp16, "%s", str_or(j, "onnx_fp16", ""));
     if (strchr(mf->onnx, '/') || strchr(mf->onnx_fp16, '/')) {
@@ -714,6 +720,8 @@ const char *sp_package_dicom_codes(const sp_package *pk) { return pk->mf.dicom_c
 sp_model *sp_package_model(const sp_package *pk) { return pk->model; }
 
 const char *sp_package_task(const sp_package *pk) { return pk->mf.task; }
+int sp_package_is_volume(const sp_package *pk) { return !strcmp(pk->mf.task, "ct") || !strcmp(pk->mf.task, "mri"); }
+int sp_package_demo(const sp_package *pk) { return pk->mf.demo; }
 int sp_package_num_masks(const sp_package *pk) { return pk->mf.n_masks; }
 const char *sp_package_mask_name(const sp_package *pk, int i)
 {

@@ -59,6 +59,7 @@ typedef struct model_entry {
     char dir[1024];
     sp_package *pk;
     atomic_int ready;             /* serving (the repository extension can switch it) */
+    atomic_int settled;           /* its warm-up has ended (ready, or error set) */
     char error[256];
     job *qhead, *qtail;           /* this model's queue (fair across models) */
     size_t ct_need;               /* memory estimate of its last CT run (under mu) */
@@ -80,7 +81,11 @@ struct job {
     const char *resp_ctype;       /* content type of `response` (NULL: application/json) */
     double t_input;               /* EP_INFER: seconds parsing the request */
     int want_labels;
-    int want_dicom;               /* EP_CT: output=dicom-seg (1) / dicom-rtstruct (2): labels_gz holds that file */
+    /* EP_CT per-request options (docs/service.md): roi_subset, keep_border,
+     * largest_component, output=dicom-seg|dicom-rtstruct
+     * (want_seg 1 or 2: seg_dcm holds that DICOM file), scan=1 (the input as .nii.gz) */
+    char roi[512];
+    int keep_border, largest_component, want_seg, want_scan;
     char masks[512];              /* EP_SEGMENT: requested mask names ("" = all) */
     int batch_size;               /* EP_SEGMENT: photos in the inference it joined */
     /* result */
@@ -90,6 +95,10 @@ struct job {
     struct MHD_Response *response;   /* instead of resp: an answer written as it is sent */
     void *labels_gz;              /* EP_CT with labels: the .nii.gz bytes */
     size_t labels_len;
+    void *seg_dcm;                /* EP_CT with output=dicom-seg: the DICOM-SEG bytes */
+    size_t seg_len;
+    void *scan_gz;                /* EP_CT with scan=1: the input volume as .nii.gz */
+    size_t scan_len;
     double t_enq, t_start, t_end, deadline;
     int state;
     volatile int cancel;          /* read by the CT run between tiles */
@@ -143,7 +152,10 @@ typedef struct server {
     pthread_cond_t hcv;           /* housekeeper's sleep */
     pthread_cond_t mem_cv;        /* CT jobs waiting for memory (--max-memory) */
     size_t max_memory;            /* the budget: --max-memory, or 80% of the machine's (or cgroup's) memory */
-    size_t mem_base;              /* RSS once every model is warmed up */
+    size_t mem_base;              /* RSS of the service with the models warmed up so far */
+    atomic_int warm_done, warm_stop;   /* the warm-up thread has ended / is told to stop */
+    sp_status warm_st;            /* its failure, and the message */
+    char warm_msg[512];
     size_t mem_used;              /* estimates of the CT runs admitted now (under mu) */
     int qtotal, stopping, running, rr;
     pthread_t *workers;

@@ -93,11 +93,11 @@ static enum MHD_Result answer_sync(server *s, struct MHD_Connection *c, req *r, 
         *ok = 1;
         return sp_http_send(c, http, stream, j->resp_ctype ? j->resp_ctype : "application/json", 0);
     }
-    if (j->state == JOB_DONE && http == 200 && j->want_dicom && j->labels_gz) {   /* the DICOM file itself */
-        void *copy = malloc(j->labels_len);
-        size_t n = j->labels_len;
+    if (j->state == JOB_DONE && http == 200 && j->want_seg && j->seg_dcm) {   /* the DICOM file itself */
+        void *copy = malloc(j->seg_len);
+        size_t n = j->seg_len;
         if (copy)
-            memcpy(copy, j->labels_gz, n);
+            memcpy(copy, j->seg_dcm, n);
         pthread_mutex_unlock(&s->mu);
         *ok = copy != NULL;
         return copy ? sp_http_reply(c, 200, "application/dicom", copy, n, 0) : sp_http_error(c, 503, "out of memory", 2);
@@ -126,22 +126,153 @@ static model_entry *model_arg(server *s, struct MHD_Connection *c, const char **
     return me;
 }
 
-static int is_photo(const req *r)
+/* "JPEG", "PNG", "WebP", "HEIC" for a photo's first bytes, else NULL */
+static const char *photo_kind(const req *r)
 {
     const unsigned char *b = (const unsigned char *)r->body;
-    return (r->len >= 3 && b[0] == 0xff && b[1] == 0xd8 && b[2] == 0xff) ||
-           (r->len >= 8 && !memcmp(b, "\x89PNG\r\n\x1a\n", 8)) ||
-           (r->len >= 12 && !memcmp(b, "RIFF", 4) && !memcmp(b + 8, "WEBP", 4)) ||
-           (r->len >= 12 && !memcmp(b + 4, "ftyp", 4));
+    if (r->len >= 3 && b[0] == 0xff && b[1] == 0xd8 && b[2] == 0xff)
+        return "JPEG";
+    if (r->len >= 8 && !memcmp(b, "\x89PNG\r\n\x1a\n", 8))
+        return "PNG";
+    if (r->len >= 12 && !memcmp(b, "RIFF", 4) && !memcmp(b + 8, "WEBP", 4))
+        return "WebP";
+    if (r->len >= 12 && !memcmp(b + 4, "ftyp", 4))
+        return "HEIC";
+    return NULL;
+}
+
+/* "NIfTI volume", "gzip file (a .nii.gz?)", "zip" for a volume's first bytes */
+static const char *volume_kind(const req *r)
+{
+    const unsigned char *b = (const unsigned char *)r->body;
+    if (r->len >= 2 && b[0] == 0x1f && b[1] == 0x8b)
+        return "gzip file (a .nii.gz volume?)";
+    if (r->len >= 4 && !memcmp(b, "PK\3\4", 4))
+        return "zip file (a DICOM series?)";
+    if (r->len >= 348 && ((b[0] == 0x5c && b[1] == 1) || (b[0] == 1 && b[1] == 0x5c) || (b[0] == 0x1c && b[1] == 2)))
+        return "NIfTI volume";
+    return NULL;
+}
+
+/* ------------------------------------------------------ query parameters */
+
+/* Every query parameter must be one the endpoint takes: a typo such as
+ * roi_subet would otherwise be ignored silently (issue #36). */
+typedef struct arg_check {
+    const char *const *allowed;
+    char bad[64];
+} arg_check;
+
+static enum MHD_Result arg_seen(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    (void)kind;
+    (void)value;
+    arg_check *a = cls;
+    for (const char *const *k = a->allowed; *k; k++)
+        if (!strcmp(*k, key))
+            return MHD_YES;
+    size_t n = 0;   /* the name as sent, printable ASCII only, cut short */
+    for (const char *p = key; *p && n < sizeof a->bad - 4; p++)
+        a->bad[n++] = (*p > 32 && *p < 127 && *p != '"' && *p != '\\') ? *p : '?';
+    a->bad[n] = 0;
+    if (!n)
+        snprintf(a->bad, sizeof a->bad, "(empty)");
+    return MHD_NO;
+}
+
+static const char *const VOLUME_ARGS[] = {"model", "labels", "roi_subset", "keep_border", "largest_component",
+                                          "output", "scan", NULL};
+static const char *const PHOTO_ARGS[] = {"model", "masks", NULL};
+static const char *const CLASSIFY_ARGS[] = {"model", NULL};
+static const char *const JOB_ARGS[] = {"wait", NULL};
+
+/* 0, or 400 with msg naming the first parameter the endpoint does not take */
+static int args_known(struct MHD_Connection *c, const char *const *allowed, char *msg, size_t cap)
+{
+    arg_check a = {allowed, ""};
+    MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, arg_seen, &a);
+    if (!a.bad[0])
+        return 0;
+    sp_buf b = {0};
+    for (const char *const *k = allowed; *k; k++)
+        sp_buf_printf(&b, "%s%s", k == allowed ? "" : ", ", *k);
+    snprintf(msg, cap, "unknown query parameter '%s' (this endpoint takes: %s)", a.bad, b.s ? b.s : "none");
+    sp_buf_free(&b);
+    return 400;
+}
+
+/* a 0/1 flag (also false/true); 0, or 400 with msg */
+static int flag_arg(struct MHD_Connection *c, const char *name, int *out, char *msg, size_t cap)
+{
+    const char *v = sp_query_arg(c, name);
+    *out = 0;
+    if (!v)
+        return 0;
+    if (!strcmp(v, "1") || !strcmp(v, "true"))
+        return *out = 1, 0;
+    if (!strcmp(v, "0") || !strcmp(v, "false"))
+        return 0;
+    snprintf(msg, cap, "query parameter '%s' must be 0 or 1", name);
+    return 400;
+}
+
+/* roi_subset: known structure names of the model, comma-separated */
+static int roi_arg(struct MHD_Connection *c, const model_entry *me, char *roi, size_t roi_cap, char *msg,
+                   size_t cap)
+{
+    const char *v = sp_query_arg(c, "roi_subset");
+    roi[0] = 0;
+    if (!v)
+        return 0;
+    if (!*v || strlen(v) >= roi_cap)
+        return snprintf(msg, cap, "query parameter 'roi_subset' must list structure names (at most %zu bytes)",
+                        roi_cap - 1), 400;
+    char tmp[512];
+    snprintf(tmp, sizeof tmp, "%s", v);
+    for (char *sv, *tok = strtok_r(tmp, ",", &sv); tok; tok = strtok_r(NULL, ",", &sv)) {
+        int found = 0;
+        for (int l = 1; l < sp_package_num_classes(me->pk) && !found; l++)
+            found = !strcmp(sp_package_label(me->pk, l), tok);
+        if (!found)
+            return snprintf(msg, cap, "query parameter 'roi_subset': model '%s' has no structure '%.64s'", me->name,
+                            tok), 400;
+    }
+    snprintf(roi, roi_cap, "%s", v);
+    return 0;
+}
+
+/* The options of a volume request (docs/service.md), into j; 0 or 400 */
+static int volume_args(struct MHD_Connection *c, const model_entry *me, job *j, char *msg, size_t cap)
+{
+    int code = flag_arg(c, "labels", &j->want_labels, msg, cap);
+    if (!code)
+        code = flag_arg(c, "keep_border", &j->keep_border, msg, cap);
+    if (!code)
+        code = flag_arg(c, "largest_component", &j->largest_component, msg, cap);
+    if (!code)
+        code = flag_arg(c, "scan", &j->want_scan, msg, cap);
+    const char *out = sp_query_arg(c, "output");
+    if (!code && out && strcmp(out, "nifti") && strcmp(out, "dicom-seg") && strcmp(out, "dicom-rtstruct"))
+        code = 400, snprintf(msg, cap, "query parameter 'output' must be nifti, dicom-seg or dicom-rtstruct");
+    j->want_seg = !out ? 0 : !strcmp(out, "dicom-seg") ? 1 : !strcmp(out, "dicom-rtstruct") ? 2 : 0;
+    if (!code)
+        code = roi_arg(c, me, j->roi, sizeof j->roi, msg, cap);
+    return code;
 }
 
 /* Checks of a CT or photo request; 0 or an HTTP status with *msg. */
 static int check_work(server *s, struct MHD_Connection *c, req *r, model_entry *me, const char **msg)
 {
-    const char *task = sp_package_task(me->pk);
+    static __thread char buf[320];
     if (!me->ready)
-        return *msg = "the model is not ready", 503;
-    if (!strcmp(task, "ct")) {
+        return *msg = "the model is not ready (it is still warming up or failed to load: see GET /v1/models)", 503;
+    if (sp_package_is_volume(me->pk)) {
+        const char *kind = photo_kind(r);
+        if (kind) {
+            snprintf(buf, sizeof buf, "this is a %s photo: choose a photo model (model '%s' segments %s volumes: "
+                     ".nii, .nii.gz or a DICOM series as .zip)", kind, me->name, sp_package_task(me->pk));
+            return *msg = buf, 415;
+        }
         const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
         if (ct && strncmp(ct, "application/octet-stream", 24) && strncmp(ct, "application/gzip", 16) &&
             strncmp(ct, "application/x-gzip", 18) && strncmp(ct, "application/x-nifti", 19) &&
@@ -150,13 +281,15 @@ static int check_work(server *s, struct MHD_Connection *c, req *r, model_entry *
             return *msg = "send the volume as application/octet-stream (.nii, .nii.gz, or a zip of a DICOM series)", 415;
         if (r->len < 2)
             return *msg = "empty body: send a .nii or .nii.gz volume", 422;
-        const char *out = sp_query_arg(c, "output");
-        if (out && strcmp(out, "nifti") && strcmp(out, "dicom-seg") && strcmp(out, "dicom-rtstruct"))
-            return *msg = "output is nifti, dicom-seg or dicom-rtstruct", 422;
         return 0;
     }
-    if (!is_photo(r))
-        return *msg = "send a JPEG, PNG, WebP or HEIC photo", 415;
+    if (!photo_kind(r)) {
+        const char *kind = volume_kind(r);
+        if (kind)
+            snprintf(buf, sizeof buf, "this is a %s: choose a CT or MRI model (model '%s' takes JPEG, PNG, WebP "
+                     "or HEIC photos)", kind, me->name);
+        return *msg = kind ? buf : "send a JPEG, PNG, WebP or HEIC photo", 415;
+    }
     const char *masks = sp_query_arg(c, "masks");
     if (masks) {   /* every name must exist */
         if (strlen(masks) >= 512)
@@ -182,14 +315,10 @@ static int check_work(server *s, struct MHD_Connection *c, req *r, model_entry *
 
 static job *work_job(server *s, struct MHD_Connection *c, req *r, model_entry *me)
 {
-    int ct = !strcmp(sp_package_task(me->pk), "ct");
+    int ct = sp_package_is_volume(me->pk);
     job *j = sp_job_new(s, r, ct ? EP_CT : EP_SEGMENT, me);
     if (!j)
         return NULL;
-    const char *lab = sp_query_arg(c, "labels");
-    j->want_labels = ct && lab && !strcmp(lab, "1");
-    const char *out = sp_query_arg(c, "output");   /* DICOM out: docs/dicom.md */
-    j->want_dicom = !ct || !out ? 0 : !strcmp(out, "dicom-seg") ? 1 : !strcmp(out, "dicom-rtstruct") ? 2 : 0;
     const char *masks = sp_query_arg(c, "masks");
     if (masks && !ct)
         snprintf(j->masks, sizeof j->masks, "%s", masks);
@@ -201,19 +330,29 @@ static job *work_job(server *s, struct MHD_Connection *c, req *r, model_entry *m
 static job *work_request(server *s, struct MHD_Connection *c, req *r, const char *want_task,
                          enum MHD_Result *ret)
 {
+    static __thread char buf[400];
     const char *msg = NULL;
     model_entry *me = model_arg(s, c, &msg);
     int code = me ? 0 : 404;
-    if (me && want_task && strcmp(sp_package_task(me->pk), want_task)) {
+    int volume = me && sp_package_is_volume(me->pk);
+    if (me && want_task && (!strcmp(want_task, "ct") ? !volume : strcmp(sp_package_task(me->pk), want_task))) {
         code = 422;
-        msg = !strcmp(want_task, "ct") ? "this model is not a CT model"
+        msg = !strcmp(want_task, "ct") ? "this model is not a CT or MRI model"
             : !strcmp(want_task, "classify") ? "this model is not a classify model" : "this model is not a photo masks model";
     }
+    if (me && !code && (code = args_known(c, volume ? VOLUME_ARGS : !strcmp(sp_package_task(me->pk), "classify")
+                                             ? CLASSIFY_ARGS : PHOTO_ARGS, buf, sizeof buf)))
+        msg = buf;
     if (!code)
         code = check_work(s, c, r, me, &msg);
     job *j = code ? NULL : work_job(s, c, r, me);
     if (!code && !j)
         code = 503, msg = "out of memory";
+    if (j && volume && (code = volume_args(c, me, j, buf, sizeof buf))) {
+        msg = buf;
+        sp_job_release(s, j);
+        j = NULL;
+    }
     if (j && j->kind == EP_SEGMENT && (code = sp_photo_memory(s, j, &msg))) {
         sp_job_release(s, j);
         j = NULL;
@@ -270,10 +409,14 @@ static enum MHD_Result job_path(server *s, struct MHD_Connection *c, const char 
     size_t n = slash ? (size_t)(slash - path) : strlen(path);
     const char *what = slash ? slash + 1 : "";
     int get = !strcmp(method, "GET") || !strcmp(method, "HEAD"), del = !strcmp(method, "DELETE");
-    if (strcmp(what, "") && strcmp(what, "result") && strcmp(what, "labels"))
-        return sp_http_error(c, 404, "unknown path (ID, ID/result or ID/labels)", 0);
+    if (strcmp(what, "") && strcmp(what, "result") && strcmp(what, "labels") && strcmp(what, "dicom-seg") &&
+        strcmp(what, "scan"))
+        return sp_http_error(c, 404, "unknown path (ID, ID/result, ID/labels, ID/dicom-seg or ID/scan)", 0);
     if (!(get || (del && !*what)))
         return not_allowed(c, *what ? "GET" : "GET, DELETE");
+    char amsg[256];
+    if (args_known(c, *what ? JOB_ARGS + 1 : JOB_ARGS, amsg, sizeof amsg))
+        return sp_http_error(c, 400, amsg, 0);
     pthread_mutex_lock(&s->mu);
     sp_store_expire(s, sp_now());
     job *j = sp_job_find(s, path, n, r->owner);
@@ -314,16 +457,20 @@ static enum MHD_Result job_path(server *s, struct MHD_Connection *c, const char 
         pthread_mutex_unlock(&s->mu);
         return sp_http_error(c, 409, "the job is not done yet", 1);
     }
-    if (!strcmp(what, "labels")) {
-        void *copy = j->labels_gz ? malloc(j->labels_len) : NULL;
-        size_t len = j->labels_len;
+    if (*what && strcmp(what, "result")) {   /* one of the job's files */
+        int seg = !strcmp(what, "dicom-seg") || !strcmp(what, "dicom-rtstruct"), scan = !strcmp(what, "scan");
+        const void *src = seg ? j->seg_dcm : scan ? j->scan_gz : j->labels_gz;
+        size_t len = seg ? j->seg_len : scan ? j->scan_len : j->labels_len;
+        void *copy = src ? malloc(len) : NULL;
         if (copy)
-            memcpy(copy, j->labels_gz, len);
+            memcpy(copy, src, len);
         pthread_mutex_unlock(&s->mu);
         if (!copy)
-            return sp_http_error(c, 404, "this job has no label volume (ask with labels=1)", 0);
+            return sp_http_error(c, 404, seg ? "this job has no DICOM result (ask with output=dicom-seg or dicom-rtstruct)"
+                                 : scan ? "this job has no scan (ask with scan=1)"
+                                 : "this job has no label volume (ask with labels=1)", 0);
         *ok = 1;
-        return sp_http_reply(c, 200, j->want_dicom ? "application/dicom" : "application/gzip", copy, len, 0);
+        return sp_http_reply(c, 200, seg ? "application/dicom" : "application/gzip", copy, len, 0);
     }
     int http = j->http;
     char *body = j->resp ? strdup(j->resp) : NULL;

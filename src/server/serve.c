@@ -209,16 +209,58 @@ static sp_status check_params(server *s)
     return SP_OK;
 }
 
-static void warm_up_all(server *s, sp_status *st)
+/* The warm-up thread: one model after the other, each serving as soon as it
+ * is warm, the memory budget counting what is loaded so far; the main
+ * thread meanwhile waits for signals (a stop interrupts the model warming). */
+static void *warm_main(void *arg)
 {
-    for (int i = 0; i < s->n_models && !*st; i++) {
-        if ((*st = sp_package_warm_up(s->models[i].pk))) {
-            snprintf(s->models[i].error, sizeof s->models[i].error, "%s", sp_last_error());
-            sp_fail_prefix(*st, "warm-up of model '%s'", s->models[i].name);
-            return;
+    server *s = arg;
+    for (int i = 0; i < s->n_models && !atomic_load(&s->warm_stop); i++) {
+        model_entry *me = &s->models[i];
+        sp_status st = sp_package_warm_up(me->pk);
+        size_t rss = sp_current_rss();
+        pthread_mutex_lock(&s->mu);
+        s->mem_base = rss;
+        if (st && !atomic_load(&s->warm_stop)) {
+            snprintf(me->error, sizeof me->error, "%s", sp_last_error());
+            s->warm_st = st;
+            snprintf(s->warm_msg, sizeof s->warm_msg, "warm-up of model '%s': %s", me->name, me->error);
         }
-        s->models[i].ready = 1;
+        me->ready = !st;
+        me->settled = 1;
+        pthread_mutex_unlock(&s->mu);
+        if (st)
+            break;
+        pthread_cond_broadcast(&s->qcv);   /* its queued jobs can run */
     }
+    atomic_store(&s->warm_done, 1);
+    return NULL;
+}
+
+/* Wait for the warm-up, or a signal (returned; 0: none) that stops it: the
+ * model warming now has its run interrupted (ONNX Runtime's terminate). */
+static int warm_up_all(server *s, const sigset_t *sigs, sp_status *st)
+{
+    pthread_t wt;
+    if (pthread_create(&wt, NULL, warm_main, s) != 0) {
+        *st = sp_fail(SP_ERR_RUNTIME, "cannot start the warm-up thread");
+        return 0;
+    }
+    int sig = 0;
+    const struct timespec tick = {0, 50 * 1000000L};
+    while (!atomic_load(&s->warm_done) && sig <= 0)
+        sig = sigtimedwait(sigs, NULL, &tick);
+    if (sig > 0) {
+        atomic_store(&s->warm_stop, 1);
+        for (int i = 0; i < s->n_models; i++)
+            if (!atomic_load(&s->models[i].settled))
+                sp_model_interrupt(sp_package_model(s->models[i].pk));
+        SP_WARN("signal %d during warm-up: stopping (the model warming is interrupted)", sig);
+    }
+    pthread_join(wt, NULL);
+    if (sig <= 0 && s->warm_st)
+        *st = sp_fail(s->warm_st, "%s", s->warm_msg);
+    return sig > 0 ? sig : 0;
 }
 
 /* Graceful stop: refuse new work, let queued and running jobs finish within
@@ -355,13 +397,15 @@ sp_status sp_serve(const sp_serve_params *pp)
         explicit_bzero(key, strlen(key));
     free(cert);
     free(key);
-    warm_up_all(s, &st);   /* live now; ready after every warm-up */
-    s->mem_base = sp_current_rss();
     s->max_memory = s->p.max_memory ? s->p.max_memory : machine_memory() / 5 * 4;
-    if (!st && s->mem_base >= s->max_memory)
+    s->mem_base = sp_current_rss();
+    int stopped = st ? 0 : warm_up_all(s, &sigs, &st);   /* live now; ready after every warm-up */
+    if (stopped)
+        drain(s, d);
+    if (!st && !stopped && s->mem_base >= s->max_memory)
         st = sp_fail(SP_ERR_USAGE, "--max-memory %.2f GB is below what the loaded models take (%.2f GB)",
                      s->max_memory / 1e9, s->mem_base / 1e9);
-    if (!st) {
+    if (!st && !stopped) {
         atomic_store(&s->ready, 1);
         if (s->p.on_ready) {
             char url[128];

@@ -100,13 +100,24 @@ char *sp_models_json(server *s)
         model_entry *me = &s->models[i];
         sp_buf_puts(&b, i ? ",\n {\"name\": " : "\n {\"name\": ");
         sp_buf_json_str(&b, me->name);
-        sp_buf_printf(&b, ", \"ready\": %s", atomic_load(&me->ready) && me->pk ? "true" : "false");
+        int ready = atomic_load(&me->ready) && me->pk;
+        pthread_mutex_lock(&s->mu);   /* the warm-up thread writes error */
+        const char *state = ready ? "ready" : me->error[0] ? "failed" : !atomic_load(&me->settled) ? "warming up"
+                                                                    : "unloaded";
+        sp_buf_printf(&b, ", \"ready\": %s, \"state\": \"%s\"", ready ? "true" : "false", state);
+        if (me->error[0]) {
+            sp_buf_puts(&b, ", \"error\": ");
+            sp_buf_json_str(&b, me->error);
+        }
+        pthread_mutex_unlock(&s->mu);
         if (!me->pk) {
             sp_buf_puts(&b, "}");
             continue;
         }
         sp_buf_puts(&b, ", \"task\": ");
         sp_buf_json_str(&b, sp_package_task(me->pk));
+        sp_buf_printf(&b, ", \"volume\": %s, \"demo\": %s", sp_package_is_volume(me->pk) ? "true" : "false",
+                      sp_package_demo(me->pk) ? "true" : "false");
         int n = sp_package_num_classes(me->pk);
         sp_buf_printf(&b, ", \"classes\": %d, \"labels\": {", n);
         for (int l = 1; l < n; l++) {

@@ -59,6 +59,8 @@ void sp_job_release(server *s, job *j)
         MHD_destroy_response(j->response);
     free(j->resp);
     free(j->labels_gz);
+    free(j->seg_dcm);
+    free(j->scan_gz);
     free(j);
 }
 
@@ -99,7 +101,7 @@ static job *pop(server *s, model_entry *me)
 
 static size_t stored_size(const job *j)
 {
-    return j->resp_len + j->labels_len;
+    return j->resp_len + j->labels_len + j->seg_len + j->scan_len;
 }
 
 static void random_id(char id[ID_HEX + 1])
@@ -197,6 +199,11 @@ char *sp_job_status_json(server *s, job *j)
                           "\"expires_in_seconds\": %.0f", j->http, j->id, j->expires - now);
         if (j->labels_gz)
             sp_buf_printf(&b, ", \"labels_url\": \"/v1/jobs/%s/labels\"", j->id);
+        if (j->seg_dcm)
+            sp_buf_printf(&b, ", \"%s\": \"/v1/jobs/%s/%s\"", j->want_seg == 2 ? "dicom_rtstruct_url"
+                          : "dicom_seg_url", j->id, j->want_seg == 2 ? "dicom-rtstruct" : "dicom-seg");
+        if (j->scan_gz)
+            sp_buf_printf(&b, ", \"scan_url\": \"/v1/jobs/%s/scan\"", j->id);
     }
     (void)s;
     sp_buf_puts(&b, "}\n");
@@ -235,25 +242,35 @@ static void ct_progress(const char *stage, int done, int total, void *user)
     j->total_steps = total;
 }
 
-/* The labels as .nii.gz bytes, or as the DICOM-SEG / RTSTRUCT asked for
- * with output=: written to a private file, read back, and removed at once. */
-static sp_status labels_bytes(server *s, job *j, const sp_ct_result *res, const sp_volume *v)
+enum { OUT_LABELS, OUT_SEG, OUT_SCAN };
+
+/* The labels (.nii.gz or DICOM-SEG) or the input scan (.nii.gz) as bytes:
+ * written to a private file by the library's writers, read back, and
+ * removed at once. */
+static sp_status file_bytes(server *s, job *j, int what, const sp_ct_result *res, const sp_volume *v,
+                            void **out, size_t *len)
 {
-    char id[ID_HEX + 1], path[512], desc[96];
+    char id[ID_HEX + 1], path[512];
     snprintf(id, sizeof id, "%016llx%016llx", (unsigned long long)(uintptr_t)j, (unsigned long long)sp_now());
-    snprintf(path, sizeof path, "%s/%s.%s", s->tmpdir, id, j->want_dicom ? "dcm" : "nii.gz");
-    sp_dicom_params dp = sp_dicom_default_params();
-    dp.kind = j->want_dicom == 2 ? SP_DICOM_RTSTRUCT : SP_DICOM_SEG;
-    snprintf(desc, sizeof desc, "segpipe %.56s", j->me->name);
-    dp.description = desc;
-    dp.codes_json = sp_package_dicom_codes(j->me->pk);
-    sp_status st = j->want_dicom ? sp_labels_write_dicom(path, sp_ct_result_labels(res, NULL), v,
-                                                         sp_package_labels(j->me->pk),
-                                                         sp_package_num_classes(j->me->pk), &dp)
-                                 : sp_labels_write_named(path, sp_ct_result_labels(res, NULL), v,
-                                                         sp_package_labels(j->me->pk), sp_package_num_classes(j->me->pk));
+    snprintf(path, sizeof path, "%s/%s-%d.%s", s->tmpdir, id, what, what == OUT_SEG ? "dcm" : "nii.gz");
+    const sp_package *pk = j->me->pk;
+    sp_status st;
+    if (what == OUT_SCAN)   /* CT in HU as int16; other scans keep their values */
+        st = sp_volume_write(path, v, !strcmp(sp_package_task(pk), "ct") ? SP_DT_I16 : SP_DT_F32);
+    else if (what == OUT_SEG) {   /* DICOM-SEG or RTSTRUCT with standard codes (docs/dicom.md) */
+        char desc[96];
+        snprintf(desc, sizeof desc, "segpipe %.56s", sp_package_name(pk));
+        sp_dicom_params dp = sp_dicom_default_params();
+        dp.kind = j->want_seg == 2 ? SP_DICOM_RTSTRUCT : SP_DICOM_SEG;
+        dp.description = desc;
+        dp.codes_json = sp_package_dicom_codes(pk);
+        st = sp_labels_write_dicom(path, sp_ct_result_labels(res, NULL), v, sp_package_labels(pk),
+                                   sp_package_num_classes(pk), &dp);
+    } else
+        st = sp_labels_write_named(path, sp_ct_result_labels(res, NULL), v, sp_package_labels(pk),
+                                   sp_package_num_classes(pk));
     if (!st)
-        st = sp_read_file(path, (size_t)1 << 34, &j->labels_gz, &j->labels_len);
+        st = sp_read_file(path, (size_t)1 << 34, out, len);
     unlink(path);
     return st;
 }
@@ -381,6 +398,8 @@ static void mem_release(server *s, size_t held)
     pthread_mutex_unlock(&s->mu);
 }
 
+static void ct_reply(server *s, job *j, const sp_ct_result *res, double t_read);
+
 static void run_ct(server *s, job *j)
 {
     sp_volume *v = NULL;
@@ -397,20 +416,29 @@ static void run_ct(server *s, job *j)
     double t0 = sp_now();
     sp_status st = sp_volume_read_mem(j->body, j->len, "request body", &rp, &v);
     drop_body(s, j);
-    if (!st && j->want_dicom && !sp_volume_from_dicom(v))
-        st = sp_fail(SP_ERR_INPUT, "output=dicom-seg/dicom-rtstruct needs a DICOM series (a zip of it): the "
-                     "result references the series it was made from");
     if (st) {
         sp_volume_free(v);
         return fail_job(j, st);
     }
     double t_read = sp_now() - t0;
+    if (j->want_seg && !sp_volume_from_dicom(v)) {
+        sp_volume_free(v);
+        return fail_job(j, sp_fail(SP_ERR_INPUT, "output=dicom-seg/dicom-rtstruct needs a DICOM series (sent as a "
+                                                 "zip): the result references the series it was made from"));
+    }
+    if (j->want_scan && (st = file_bytes(s, j, OUT_SCAN, NULL, v, &j->scan_gz, &j->scan_len))) {
+        sp_volume_free(v);
+        return fail_job(j, st);
+    }
     sp_ct_params cp = sp_ct_default_params();
+    cp.roi_subset = j->roi[0] ? j->roi : NULL;
+    cp.keep_border = j->keep_border;
+    cp.largest_component = j->largest_component;
     cp.threads = s->p.threads;
     cp.cancel = &j->cancel;
     cp.progress = ct_progress;
     cp.progress_user = j;
-    cp.release_input = 1;   /* the labels writer reads only the geometry */
+    cp.release_input = !j->want_seg;   /* the labels writer reads only the geometry */
     size_t held = 0;
     if (mem_admit(s, j, v, &cp, &held)) {
         sp_volume_free(v);
@@ -418,8 +446,10 @@ static void run_ct(server *s, job *j)
     }
     j->stage = "running";   /* the run's progress names its stages from here */
     st = sp_ct_run_inplace(j->me->pk, v, &cp, &res);
-    if (!st && (j->want_labels || j->want_dicom))
-        st = labels_bytes(s, j, res, v);
+    if (!st && j->want_labels)
+        st = file_bytes(s, j, OUT_LABELS, res, v, &j->labels_gz, &j->labels_len);
+    if (!st && j->want_seg)
+        st = file_bytes(s, j, OUT_SEG, res, v, &j->seg_dcm, &j->seg_len);
     mem_release(s, held);
     if (st) {
         fail_job(j, st);
@@ -427,10 +457,20 @@ static void run_ct(server *s, job *j)
         sp_volume_free(v);
         return;
     }
+    ct_reply(s, j, res, t_read);
+    sp_ct_result_free(res);
+    sp_volume_free(v);
+}
+
+/* A CT job's JSON answer: timings, where its files are, passport, statistics. */
+static void ct_reply(server *s, job *j, const sp_ct_result *res, double t_read)
+{
     j->t_end = sp_now();
     sp_buf b = {0};
     sp_buf_puts(&b, "{\"model\": ");
     sp_buf_json_str(&b, j->me->name);
+    if (sp_package_demo(j->me->pk))
+        sp_buf_puts(&b, ", \"demo_model\": true, \"note\": \"demo model - not for real scans\"");
     sp_buf_printf(&b, ", \"queue_wait_seconds\": %.6f, \"processing_seconds\": %.6f, \"memory_estimate_bytes\": %zu,"
                   "\n \"seconds\": {\"read\": %.6f", j->t_start - j->t_enq, j->t_end - j->t_start, j->memory_estimate,
                   t_read);
@@ -438,9 +478,17 @@ static void run_ct(server *s, job *j)
     for (int i = 0; i < t->n; i++)
         sp_buf_printf(&b, ", \"%s\": %.6f", t->stage[i].name, t->stage[i].seconds);
     sp_buf_puts(&b, "},\n");
-    if (j->want_labels || j->want_dicom) {
+    if (j->want_labels || j->want_seg || j->want_scan) {
         keep_result(s, j);
-        sp_buf_printf(&b, " \"labels_id\": \"%s\", \"labels_url\": \"/v1/results/%s/labels\",\n", j->id, j->id);
+        sp_buf_printf(&b, " \"labels_id\": \"%s\",", j->id);
+        if (j->want_labels)
+            sp_buf_printf(&b, " \"labels_url\": \"/v1/results/%s/labels\",", j->id);
+        if (j->want_seg)
+            sp_buf_printf(&b, " \"%s\": \"/v1/results/%s/%s\",", j->want_seg == 2 ? "dicom_rtstruct_url"
+                          : "dicom_seg_url", j->id, j->want_seg == 2 ? "dicom-rtstruct" : "dicom-seg");
+        if (j->want_scan)
+            sp_buf_printf(&b, " \"scan_url\": \"/v1/results/%s/scan\",", j->id);
+        sp_buf_puts(&b, "\n");
     }
     sp_buf_puts(&b, " \"passport\": ");
     const char *pj = sp_ct_result_passport_json(res);
@@ -452,8 +500,6 @@ static void run_ct(server *s, job *j)
     sp_buf_puts(&b, "}\n");
     j->resp = sp_buf_take(&b);
     j->http = j->resp ? 200 : 503;
-    sp_ct_result_free(res);
-    sp_volume_free(v);
 }
 
 /* One inference for a batch of photo jobs (same model): the photos are
@@ -476,6 +522,8 @@ static void seg_reply(void *vc, int64_t b, int64_t e, int w)
         sp_buf bf = {0};
         sp_buf_puts(&bf, "{\"model\": ");
         sp_buf_json_str(&bf, j->me->name);
+        if (sp_package_demo(j->me->pk))
+            sp_buf_puts(&bf, ", \"demo_model\": true, \"note\": \"demo model - not for real photos\"");
         const sp_image *im = c->imgs[i];
         sp_buf_printf(&bf, ", \"width\": %d, \"height\": %d, \"orientation\": %d, \"decoded_width\": %d, "
                            "\"decoded_height\": %d, \"decode_scale\": %d, \"batch_size\": %d, "
@@ -515,6 +563,8 @@ static void classify_batch(server *s, job **js, sp_image **imgs, int m)
         sp_buf bf = {0};
         sp_buf_puts(&bf, "{\"model\": ");
         sp_buf_json_str(&bf, j->me->name);
+        if (sp_package_demo(j->me->pk))
+            sp_buf_puts(&bf, ", \"demo_model\": true, \"note\": \"demo model - not for real photos\"");
         char *top = sp_classify_json(res[i]);
         sp_buf_printf(&bf, ", \"width\": %d, \"height\": %d, \"orientation\": %d, \"batch_size\": %d, "
                            "\"queue_wait_seconds\": %.6f, \"processing_seconds\": %.6f, %s\n",

@@ -412,7 +412,7 @@ def test_dicom_from_the_service(tmp):
     200 with the DICOM-SEG itself (application/dicom; pydicom and dciodvfy
     read it, every slice referenced); a job with output=dicom-rtstruct ->
     its labels_url gives the RTSTRUCT with the same structures; a NIfTI
-    body with output=dicom-seg and an unknown output -> 422."""
+    body with output=dicom-seg -> 422, an unknown output -> 400."""
     import io, zipfile
     from test_server import Server, http
     buf = io.BytesIO()
@@ -440,8 +440,8 @@ def test_dicom_from_the_service(tmp):
             st = json.loads(http(srv.url + job["status_url"] + "?wait=60", timeout=90)[1])
             if st["state"] in ("done", "failed"):
                 break
-        assert st["state"] == "done" and "labels_url" in st, st
-        code, rt_bytes, hdr = http(srv.url + st["labels_url"])
+        assert st["state"] == "done" and "dicom_rtstruct_url" in st, st
+        code, rt_bytes, hdr = http(srv.url + st["dicom_rtstruct_url"])
         assert code == 200 and hdr["Content-Type"] == "application/dicom"
         rt = pydicom.dcmread(pydicom.filebase.DicomBytesIO(rt_bytes))
         assert rt.Modality == "RTSTRUCT"
@@ -451,7 +451,7 @@ def test_dicom_from_the_service(tmp):
         code, b, _ = http(srv.url + "/v1/ct?model=demo&output=dicom-seg", nii, "application/octet-stream")
         assert code == 422 and b"needs a DICOM series" in b, (code, b)
         code, b, _ = http(srv.url + "/v1/ct?model=demo&output=png", body, "application/zip")
-        assert code == 422 and b"output is" in b, (code, b)
+        assert code == 400 and b"query parameter 'output' must be" in b, (code, b)
     finally:
         rc, err = srv.stop()
     assert rc == 0, err

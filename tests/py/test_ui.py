@@ -122,3 +122,101 @@ def test_page_in_chromium(tmp):
     assert r["phone_overflow"] is False
     # behind an API key: the page asks, then works
     assert r["key_prompt"] and r["key_models"] == ["ct"]
+
+
+# ---------------------------------------------------------------- realistic inputs (issue #36)
+
+_BIG = {}
+
+
+def big_inputs():
+    """made once per module: a 512x512x120 CT (the full example resampled),
+    the shared DICOM series zipped, brainchop's package, a PNG photo"""
+    if not _BIG:
+        import tempfile, zipfile
+        from test_mri import package
+        d = tempfile.mkdtemp(prefix="segpipe-ui-")
+        ct = os.path.join(d, "ct_512x512x120.nii.gz")
+        sp.run("resample", os.path.join(sp.CTDIR, "example_ct.nii.gz"), "-o", ct, "--shape", "512,512,120",
+               check=True)
+        dz = os.path.join(d, "series.zip")
+        src = os.path.join(sp.CTDIR, "example_ct_dicom")
+        with zipfile.ZipFile(dz, "w") as z:
+            for f in sorted(os.listdir(src)):
+                z.write(os.path.join(src, f), f)
+        png = os.path.join(d, "hopper.png")
+        Image.open(PHOTO).save(png)
+        _BIG.update(dir=d, ct=ct, dicom=src, zip=dz, mri=os.path.join(sp.SHARED, "data", "mri", "tinyT1.nii.gz"),
+                    mri_model=package(d), png=png)
+    return _BIG
+
+
+def _cli_passport(tmp, cmd, src, *extra):
+    out = os.path.join(tmp, f"cli_{len(os.listdir(tmp))}.nii.gz")
+    sp.run(cmd, src, "-o", out, "-q", *extra, check=True)
+    stem = out[:-len(".nii.gz")]
+    st = json.load(open(stem + ".passport.json"))["structures"]
+    import nibabel as nib
+    return {s["name"]: s["volume_ml"] for s in st}, nib.load(out).shape, max(s["label"] for s in st)
+
+
+def test_page_realistic_inputs(tmp):
+    """the page on a 512x512x120 CT, the DICOM series as a zip and an MRI with
+    brainchop's model: each ends in the viewer (niivue holds the scan and the
+    labels, with their dims; the labels over 4 MiB of .nii.gz) and the table
+    with the CLI's volumes; progress with upload %, stage and tiles;
+    radiological by default (neurological toggle), window presets, names on
+    hover; a PNG with the CT model: said in the user's words"""
+    if not os.path.exists(CHROMIUM) or not os.path.exists(PLAYWRIGHT) or not shutil.which("node"):
+        raise sp.Skip("needs Debian's chromium, node and third_party/playwright-core (scripts/install-deps.sh)")
+    b = big_inputs()
+    os.makedirs(ART, exist_ok=True)
+    cli_ct, shape_ct, top_ct = _cli_passport(tmp, "ct", b["ct"])
+    cli_dcm, shape_dcm, top_dcm = _cli_passport(tmp, "ct", b["dicom"])
+    cli_mri, shape_mri, top_mri = _cli_passport(tmp, "mri", b["mri"], "-m", b["mri_model"])
+    s = Server("--model", f"ct={sp.DEMO}", "--model", f"mri={b['mri_model']}")
+    try:
+        vols = [{"name": "big", "model": "ct", "file": b["ct"], "presets": True},
+                {"name": "dicom", "model": "ct", "file": b["zip"]},
+                {"name": "mri", "model": "mri", "file": b["mri"]}]
+        for v in vols:
+            v["screenshot"] = os.path.join(ART, f"ui-{v['name']}.png")
+        cfg = {"chromium": CHROMIUM, "url": s.url + "/", "volumes": vols, "png": b["png"]}
+        cf = os.path.join(tmp, "cfg.json")
+        json.dump(cfg, open(cf, "w"))
+        env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
+        p = subprocess.run(["node", os.path.join(sp.ROOT, "tests", "ui", "page_test.cjs"), cf],
+                           capture_output=True, text=True, timeout=1500, env=env)
+        assert p.returncode == 0, p.stderr
+        r = json.loads(p.stdout)
+    finally:
+        s.stop()
+    assert "exception" not in r, r.get("exception")
+    assert r["console"] == [], r["console"]
+    big, dcm, mri = r["volumes"]
+    for got, cli, shape, top in ((big, cli_ct, shape_ct, top_ct), (dcm, cli_dcm, shape_dcm, top_dcm),
+                                 (mri, cli_mri, shape_mri, top_mri)):
+        assert got["state"] == "done", (got["name"], got.get("error"))
+        shown = {row["name"]: row["volume_ml"] for row in got["table"]}
+        assert set(shown) == set(cli), got["name"]
+        for k in cli:
+            assert abs(shown[k] - round(cli[k], 2)) < 0.006, (got["name"], k, shown[k], cli[k])
+        # the viewer holds the scan and the labels, both on the input's grid
+        assert len(got["volumes"]) == 2 and [v["dims"] for v in got["volumes"]] == [list(shape)] * 2, got["volumes"]
+        assert got["volumes"][1]["max"] == top   # the labels parsed whole (the last label is there)
+        assert got["radiological"] is True
+        assert got["hovered"] and set(got["hovered"]) <= set(cli), got["hovered"]
+        assert any("uploading" in x and "%" in x for x in got["statuses"]), got["statuses"][:5]
+        assert any("running" in x for x in got["statuses"]), got["statuses"]
+    assert shape_ct == (512, 512, 120) and shape_dcm == (512, 512, 20)
+    assert any("tile" in x and " of " in x for x in big["statuses"]), big["statuses"]
+    assert big["window"] == "soft" and mri["window"] == "auto"
+    assert big["presets"] == {"lung": [-1350, 150], "bone": [-500, 1300], "brain": [0, 80], "soft": [-160, 240]}
+    assert big["neurological"] is True
+    assert big["demo_note"] is True and "demo model" in big["summary"]
+    assert mri["demo_note"] is False and "demo model" not in mri["summary"]
+    assert any(d.endswith("_seg.dcm") for d in dcm["downloads"]) and not any(d.endswith(".dcm") for d in big["downloads"])
+    # a PNG with the CT model: the user's words, and no stale "queued" status
+    assert r["png_state"] == "error" and "this is a PNG photo: choose a photo model" in r["png_error"], r["png_error"]
+    assert "queued" not in r["png_status"] and "uploading" not in r["png_status"]
+    assert ["mri", "ready", False] in r["model_states"]

@@ -74,6 +74,72 @@ async function errorRun(page) {
   out.corrupt_status = await page.getAttribute('#error', 'data-status');
 }
 
+// Realistic inputs (cfg.volumes): each uploaded with its model; what the
+// viewer holds (niivue's volumes and dims), the table, the statuses shown on
+// the way, hover names, window presets, the convention toggle.
+async function volumeRun(page, v) {
+  const r = { name: v.name };
+  await page.evaluate(() => {
+    window.__statuses = [];
+    const el = document.getElementById('status');
+    window.__obs && window.__obs.disconnect();
+    window.__obs = new MutationObserver(() => window.__statuses.push(el.textContent));
+    window.__obs.observe(el, { childList: true, characterData: true, subtree: true });
+  });
+  await page.waitForFunction((m) => { const o = document.querySelector(`#model option[value="${m}"]`); return o && !o.disabled; },
+    v.model, { timeout: 300000 });
+  await page.selectOption('#model', v.model);
+  r.demo_note = await page.isVisible('#demo-note');
+  await page.setInputFiles('#file', v.file);
+  r.state = await waitState(page, ['done', 'error'], 400000);
+  r.statuses = await page.evaluate(() => window.__statuses);
+  if (r.state !== 'done') { r.error = await page.textContent('#error-text'); return r; }
+  await page.waitForSelector('#viewer[data-ready="1"]');
+  r.table = await page.$$eval('#passport tbody tr', (rows) => rows.map((x) => ({
+    name: x.cells[0].textContent, volume_ml: Number(x.cells[1].textContent) })));
+  r.downloads = await page.$$eval('#ct-downloads a', (a) => a.map((x) => x.download));
+  r.summary = await page.textContent('#ct-summary');
+  r.volumes = await page.evaluate(() => state.nv.volumes.map((x) => ({ name: x.name, dims: Array.from(x.hdr.dims).slice(1, 4),
+    datatype: x.hdr.datatypeCode, max: x.global_max })));
+  r.radiological = await page.evaluate(() => state.nv.opts.isRadiologicalConvention);
+  r.window = await page.inputValue('#window');
+  // hover: names under a grid of points of the viewer
+  const box = await (await page.$('#viewer')).boundingBox();
+  const seen = new Set();
+  for (let i = 1; i < 12; i++) {
+    for (let k = 1; k < 12; k++) {
+      await page.mouse.move(box.x + box.width * i / 12, box.y + box.height * k / 12);
+      const h = await page.evaluate(() => document.body.dataset.hover || '');
+      if (h) seen.add(h);
+    }
+  }
+  r.hovered = [...seen];
+  if (v.presets) {
+    r.presets = {};
+    for (const w of ['lung', 'bone', 'brain', 'soft']) {
+      await page.selectOption('#window', w);
+      r.presets[w] = await page.evaluate(() => [state.bg.cal_min, state.bg.cal_max]);
+    }
+    await page.check('#neuro');
+    r.neurological = await page.evaluate(() => state.nv.opts.isRadiologicalConvention === false);
+    await page.uncheck('#neuro');
+  }
+  await (await page.$('#viewer')).screenshot({ path: v.screenshot });
+  return r;
+}
+
+async function realisticRun(page) {
+  out.volumes = [];
+  for (const v of cfg.volumes) out.volumes.push(await volumeRun(page, v));
+  // a photo sent with a volume model: said in the user's words, no stale status
+  await page.selectOption('#model', cfg.volumes[0].model);
+  await page.setInputFiles('#file', cfg.png);
+  out.png_state = await waitState(page, ['error', 'done'], 60000);
+  out.png_error = await page.textContent('#error-text');
+  out.png_status = await page.textContent('#status');
+  out.model_states = await page.$$eval('#model option', (o) => o.map((x) => [x.value, x.dataset.state, x.disabled]));
+}
+
 async function keyRun(browser) {
   const page = await browser.newPage();
   await page.goto(cfg.keyed_url);
@@ -84,6 +150,18 @@ async function keyRun(browser) {
   await waitState(page, ['idle'], 20000);
   out.key_models = await page.$$eval('#model option', (o) => o.map((x) => x.value));
   await page.close();
+}
+
+async function smallRuns(browser, page) {
+  await ctRun(page);
+  await photoRun(page);
+  await errorRun(page);
+  const phone = await browser.newPage({ viewport: { width: 390, height: 844 } });
+  await phone.goto(cfg.url);
+  await waitState(phone, ['idle'], 20000);
+  out.phone_overflow = await phone.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
+  await phone.close();
+  await keyRun(browser);
 }
 
 (async () => {
@@ -100,15 +178,8 @@ async function keyRun(browser) {
     await page.goto(cfg.url);
     await waitState(page, ['idle'], 20000);
     out.models = await page.$$eval('#model option', (o) => o.map((x) => x.value));
-    await ctRun(page);
-    await photoRun(page);
-    await errorRun(page);
-    const phone = await browser.newPage({ viewport: { width: 390, height: 844 } });
-    await phone.goto(cfg.url);
-    await waitState(phone, ['idle'], 20000);
-    out.phone_overflow = await phone.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
-    await phone.close();
-    await keyRun(browser);
+    if (cfg.volumes) await realisticRun(page);
+    else await smallRuns(browser, page);
   } catch (e) {
     out.exception = String(e && e.stack || e);
   } finally {
