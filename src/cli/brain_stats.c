@@ -117,15 +117,22 @@ int cli_brain_stats(const char *passport_json, const char *stem, const char *mod
     int idx = 0;
     const cJSON *s;
     cJSON_ArrayForEach(s, ss) {
-        const cJSON *nm = cJSON_GetObjectItemCaseSensitive(s, "name"), *hu = cJSON_GetObjectItemCaseSensitive(s, "hu");
+        const cJSON *nm = cJSON_GetObjectItemCaseSensitive(s, "name"), *hu = cJSON_GetObjectItemCaseSensitive(s, "intensity");
+        if (!hu)   /* CT passports call it "hu" */
+            hu = cJSON_GetObjectItemCaseSensitive(s, "hu");
         const char *name = cJSON_IsString(nm) ? nm->valuestring : "unnamed";
         int label = (int)num(s, "label"), id = fs_id(name);
         double vox = num(s, "voxels"), v = num(s, "volume_ml") * 1000.0;
         double mean = num(hu, "mean"), sd = num(hu, "std"), mn = num(hu, "min"), mx = num(hu, "max");
         idx++;
+        char col[96];   /* aseg.stats columns are split on blanks: spaces become '_' */
+        snprintf(col, sizeof col, "%s", name);
+        for (char *q = col; *q; q++)
+            *q = (*q == ' ' || *q == '\t') ? '_' : *q;
         fprintf(a, "%3d %5d %8.0f %10.1f  %-40s %9.4f %9.4f %9.4f %9.4f %9.4f\n", idx, id >= 0 ? id : label, vox, v,
-                name, mean, sd, mn, mx, mx - mn);
-        fprintf(c, "%d,%d,%d,\"%s\",%c,%.0f,%.3f,%.4f,%.4f,%.4f,%.4f\n", idx, id >= 0 ? id : label, label, name,
+                col, mean, sd, mn, mx, mx - mn);
+        fprintf(c, "%d,%d,%d,\"%s\",%c,%.0f,%.3f,%.4f,%.4f,%.4f,%.4f\n", idx, id >= 0 ? id : label, label,
+                strchr(name, '"') ? col : name,
                 hemi(name), vox, v, mean, sd, mn, mx);
     }
     int bad = ferror(a) | ferror(c);
