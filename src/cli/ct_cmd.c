@@ -283,8 +283,8 @@ static int ct_check(const ct_opts *o)
     if (!o->output)
         return cli_usage_error(o->cmd, "missing -o OUTPUT");
     if (!o->model)
-        return cli_usage_error(o->cmd, "give --model DIR, NAME or a chain A,B (tools/import/import_brainchop.py "
-                               "builds brainchop's models; docs/mri.md)");
+        return cli_usage_error(o->cmd, "give --model DIR, NAME or a chain A,B (tools/import/make_brainchop_package.py "
+                               "and import_brainchop.py build brainchop's models; docs/mri.md)");
     if (o->dicom_out && (o->split || strlen(o->output) < 4 || strcmp(o->output + strlen(o->output) - 4, ".dcm")))
         return cli_usage_error(o->cmd, "with --output-type dicom-seg/dicom-rtstruct, OUTPUT must end in .dcm (and no "
                                "--split)");
