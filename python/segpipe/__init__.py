@@ -628,11 +628,24 @@ def ct(ct, affine=None, model=None, device="cpu", threads=0, precision="auto", c
 
 def mri(image, affine=None, model=None, device="cpu", threads=0, precision="auto", cache_graph=False, **kw):
     """Segment a brain MRI (`segpipe mri`): as ct(), with an "mri" model
-    package (required: tools/import/make_brainchop_package.py builds one)."""
+    package (required: tools/import/make_brainchop_package.py or
+    import_brainchop.py builds one), or a list of them: a chain, each but the
+    last a brain extractor (as `segpipe mri --model mindgrab,dk104`)."""
     if model is None:
         raise InputError("give model= an MRI package (tools/import/make_brainchop_package.py builds brainchop's "
                          "MeshNet)", "usage")
-    return _cached(model, _device(device), threads, precision, cache_graph).ct(image, affine, **kw)
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    if len(models) > 1:   # a chain (docs/mri.md): each extractor's mask multiplies the T1 before the next
+        if isinstance(image, (str, os.PathLike)):
+            import nibabel
+            img = nibabel.load(image)
+            image, affine = np.asarray(img.dataobj, np.float32), img.affine
+        elif hasattr(image, "affine") and hasattr(image, "dataobj"):
+            image, affine = np.asarray(image.dataobj, np.float32), image.affine
+        for m in models[:-1]:
+            r = _cached(m, _device(device), threads, precision, cache_graph).ct(image, affine, passport=False)
+            image = np.where(r.labels > 0, image, 0).astype(np.float32)
+    return _cached(models[-1], _device(device), threads, precision, cache_graph).ct(image, affine, **kw)
 
 
 def segment(input, output=None, task="ct", model=None, device="cpu", threads=0, precision="auto", ml=True,

@@ -155,4 +155,14 @@ typedef struct ct_opts {
 /* -1: go on; else the exit code (help, usage errors). Also checks the
  * options a queued job carries (queue_entry.c). */
 int cli_ct_parse(int argc, char **argv, ct_opts *o);
+/* mri_chain.c: `--model a,b,c`: *last the folder of the last model, *pre
+ * (malloc'd, or NULL) the ones before it; 0 or an exit code (printed) */
+int cli_chain_resolve(const char *models, char *last, size_t cap, char **pre);
+/* v masked by each extractor of pre in turn into a new *out, *mask_mm3 the
+ * last mask's volume; 0 or an exit code */
+int cli_chain_strip(sp_runtime *rt, const char *pre, const sp_volume *v, const sp_ct_params *cp, sp_timings *tt,
+                    sp_volume **out, double *mask_mm3);
+/* brain_stats.c: <stem>.aseg.stats and <stem>.stats.csv from a brain MRI
+ * passport (etiv_mm3 <= 0: no eTIV line); 0 or an exit code (printed) */
+int cli_brain_stats(const char *passport_json, const char *stem, const char *model, double etiv_mm3);
 #endif

@@ -28,7 +28,9 @@ static void ct_help(const ct_opts *o)
     else
         printf("usage: segpipe ct INPUT.nii[.gz]|DICOM_FOLDER|SERIES.zip -o OUTPUT [options]\n"
                "  -o, --output PATH        labels .nii.gz (with --split: a folder); its folder is made\n"
-               "  -m, --model DIR          model package (default: %s)\n", sp_default_model_dir());
+               "  -m, --model DIR          model package (default: %s); mri: also a bundled name\n"
+               "                           (dk104) or a chain A,B (A's brain mask before B; docs/mri.md)\n",
+               sp_default_model_dir());
     printf("  -i INPUT                 the input (TotalSegmentator's spelling; or give it plainly)\n"
            "  -t, --threads N          CPU threads (default: all cores)\n"
            "      --device D           cpu, cuda, cuda:N, gpu or gpu:N (TotalSegmentator's spelling)\n"
@@ -281,8 +283,8 @@ static int ct_check(const ct_opts *o)
     if (!o->output)
         return cli_usage_error(o->cmd, "missing -o OUTPUT");
     if (!o->model)
-        return cli_usage_error(o->cmd, "give --model DIR (tools/import/make_brainchop_package.py builds brainchop's "
-                               "MeshNet package)");
+        return cli_usage_error(o->cmd, "give --model DIR, NAME or a chain A,B (tools/import/make_brainchop_package.py "
+                               "and import_brainchop.py build brainchop's models; docs/mri.md)");
     if (o->dicom_out && (o->split || strlen(o->output) < 4 || strcmp(o->output + strlen(o->output) - 4, ".dcm")))
         return cli_usage_error(o->cmd, "with --output-type dicom-seg/dicom-rtstruct, OUTPUT must end in .dcm (and no "
                                "--split)");
@@ -393,11 +395,17 @@ typedef struct ct_run {
     sp_timings tt;
     cli_warnings warn;
     double w0;
+    sp_volume *run_v;        /* v times the brain mask of a chain's extractors (mri_chain.c) */
+    char *pre;               /* the chain's models before the last, or NULL */
+    double mask_mm3;         /* the last extractor's mask volume (eTIV estimate) */
+    char last[PATH_MAX];     /* the folder of the (last) model */
 } ct_run;
 
 static void ct_run_free(ct_run *r)
 {
     sp_ct_result_free(r->res);
+    sp_volume_free(r->run_v);
+    free(r->pre);
     sp_volume_free(r->v);
     sp_package_free(r->pk);
     sp_runtime_free(r->rt);
@@ -408,7 +416,10 @@ static int ct_load(const ct_opts *o, ct_run *r)
 {
     double t0 = sp_now();
     sp_status st;
-    if ((st = sp_runtime_create(&o->rp, &r->rt)) || (st = sp_package_load(r->rt, o->model, &r->pk)))
+    int rc = cli_chain_resolve(o->model, r->last, sizeof r->last, &r->pre);
+    if (rc)
+        return rc;
+    if ((st = sp_runtime_create(&o->rp, &r->rt)) || (st = sp_package_load(r->rt, r->last, &r->pk)))
         return cli_fail(st, NULL);
     cli_demo_note(r->pk, cli_quiet());
     sp_timings_add(&r->tt, "load_model", sp_now() - t0);
@@ -444,6 +455,12 @@ static int ct_finish(const ct_opts *o, ct_run *r, int argc, char **argv)
         free(pj);
         if (rc || (rc = cli_write_text(spath, sp_passport_statistics_json(ps))))
             return rc;
+        if (!o->split && !strcmp(sp_package_task(r->pk), "mri")) {   /* FreeSurfer-style tables (brain_stats.c) */
+            char stem[PATH_MAX];
+            snprintf(stem, sizeof stem, "%.*s", (int)(strlen(ppath) - strlen(".passport.json")), ppath);
+            if ((rc = cli_brain_stats(sp_passport_json(ps), stem, o->model, r->mask_mm3)))
+                return rc;
+        }
     }
     sp_timings_add(&r->tt, "write", sp_now() - t0);
     double wall = sp_now() - r->w0;
@@ -477,9 +494,11 @@ static int ct_run_one(ct_opts *o, int argc, char **argv)
     const char *files[] = {o->split ? NULL : o->output, o->preview, o->report, o->mlab};
     for (int i = 0; i < 4 && !rc; i++)
         rc = files[i] ? cli_output_folder(o->cmd, files[i]) : 0;
+    if (!rc && r.pre)   /* a chain: the extractors' brain first (mri_chain.c) */
+        rc = cli_chain_strip(r.rt, r.pre, r.v, &o->cp, &r.tt, &r.run_v, &r.mask_mm3);
     if (!rc) {
         o->cp.release_input = !o->preview;   /* afterwards only the geometry is read */
-        sp_status st = sp_ct_run_inplace(r.pk, r.v, &o->cp, &r.res);
+        sp_status st = sp_ct_run_inplace(r.pk, r.run_v ? r.run_v : r.v, &o->cp, &r.res);
         if (st)
             rc = cli_fail(st, NULL);
     }

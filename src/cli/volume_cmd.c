@@ -5,6 +5,7 @@
  */
 #include "cli.h"
 
+#include <dirent.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -177,6 +178,28 @@ int cmd_model(int argc, char **argv)
     return 0;
 }
 
+/* brainchop's packages imported into the models folder (docs/mri.md): one line each */
+static void list_brain_models(sp_runtime *rt)
+{
+    DIR *d = opendir(sp_models_dir());
+    struct dirent *e;
+    int first = 1;
+    while (d && (e = readdir(d))) {
+        char dir[PATH_MAX];
+        sp_package *pk;
+        if (strncmp(e->d_name, "brainchop-", 10) || sp_bundled_model(e->d_name, dir, sizeof dir) ||
+            sp_package_load(rt, dir, &pk))
+            continue;
+        if (first)
+            printf("brain MRI models (segpipe mri --model NAME, chains as A,B; docs/mri.md):\n");
+        first = 0;
+        printf("  %-20s %3d classes  %s\n", e->d_name + 10, sp_package_num_classes(pk), sp_package_name(pk));
+        sp_package_free(pk);
+    }
+    if (d)
+        closedir(d);
+}
+
 int cmd_models(int argc, char **argv)
 {
     if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
@@ -212,6 +235,8 @@ int cmd_models(int argc, char **argv)
         printf("\n");
         sp_package_free(pk);
     }
+    if (!dirs[1])
+        list_brain_models(rt);
     sp_runtime_free(rt);
     return rc;
 }

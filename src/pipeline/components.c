@@ -292,3 +292,22 @@ sp_status sp_components_filter(uint16_t *labels, const int64_t dim[3], int keep_
     free_runs(&R);
     return SP_OK;
 }
+
+/* brainchop's bwlabel step: the non-zero voxels as one mask, its largest
+ * 26-connected component kept with its labels, everything else zeroed. */
+sp_status sp_components_largest_fg(uint16_t *labels, const int64_t dim[3])
+{
+    size_t n = (size_t)(dim[0] * dim[1] * dim[2]);
+    uint16_t *m = malloc(n * sizeof *m);
+    if (!m)
+        return sp_fail(SP_ERR_NOMEM, "connected components: out of memory");
+    for (size_t i = 0; i < n; i++)
+        m[i] = labels[i] != 0;
+    sp_status st = sp_components_filter(m, dim, 1, 0);
+    if (!st)
+        for (size_t i = 0; i < n; i++)
+            if (!m[i])
+                labels[i] = 0;
+    free(m);
+    return st;
+}

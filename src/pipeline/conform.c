@@ -149,6 +149,15 @@ static void rows(void *vc, int64_t b, int64_t e, int w)
     }
 }
 
+sp_status sp_affine_between(const double from[4][4], const double to[4][4], double m[4][4])
+{
+    double inv[4][4];
+    if (affine_inv(from, inv))
+        return sp_fail(SP_ERR_INPUT, "conform: singular affine");
+    matmul(inv, to, m);
+    return SP_OK;
+}
+
 /* c->m = inverse(from) @ to, then every destination row */
 static sp_status map_rows(cf_ctx *c, const double from[4][4], const double to[4][4], sp_pool *pool)
 {

@@ -222,8 +222,12 @@ static sp_status conform_path(sp_package *pk, const sp_volume *ct, const sp_ct_p
     r->labels = sp_big_alloc(nv * sizeof *r->labels);
     sp_status st = !vol || !lab || !r->labels ? sp_fail(SP_ERR_NOMEM, "conform: cannot allocate %zu voxels", nm)
                                               : SP_OK;
-    if (!st && !(st = sp_conform_affine(g->affine, g->dim, n, mf->conform_mm, caff)))
+    if (mf->conform_niimath) {   /* brainchop's own conform (conform_niimath.c) */
+        if (!st && !(st = sp_conform_niimath_affine(g->affine, g->dim, n, mf->conform_mm, caff)))
+            st = sp_conform_niimath_volume(ct->data, g->dim, g->affine, caff, md, mf->conform_fhigh, vol, pool);
+    } else if (!st && !(st = sp_conform_affine(g->affine, g->dim, n, mf->conform_mm, caff))) {
         st = sp_conform_volume(ct->data, g->dim, g->affine, caff, md, vol, pool);
+    }
     sp_timings_add(&r->t, "conform", sp_now() - t0);
     if (!st) {
         t0 = sp_now();
@@ -232,6 +236,11 @@ static sp_status conform_path(sp_package *pk, const sp_volume *ct, const sp_ct_p
         sp_window_params wp = window_params(mf, p);
         st = sp_window_run(pk->model, vol, md, &wp, lab, NULL, pool, &r->t, p->progress, p->progress_user);
         roi_apply(lab, nm, keep);
+    }
+    if (!st && mf->largest_fg) {   /* brainchop: the largest component of the non-zero labels */
+        t0 = sp_now();
+        st = sp_components_largest_fg(lab, md);
+        sp_timings_add(&r->t, "largest_component", sp_now() - t0);
     }
     if (!st && (p->largest_component || p->min_component_ml > 0)) {
         double vox_ml = mf->conform_mm * mf->conform_mm * mf->conform_mm / 1000.0;

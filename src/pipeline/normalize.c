@@ -5,17 +5,21 @@
  *   zscore: (x - mean) / max(std, 1e-8) with this volume's own mean/std;
  *   minmax: (x - min) / (max - min) over this volume (brainchop's scaling;
  *           a constant volume becomes 0);
+ *   quantile: brainchop's qnormalize: (x - q_lo) / (q_hi - q_lo + eps)
+ *           clipped to [0, 1], the quantiles as numpy.quantile's default
+ *           (linear between the order statistics at q (n - 1));
  *   none:   unchanged.
  */
 #include "pipeline.h"
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct norm_ctx {
     float *x;
     double lo, hi, mean, inv_std;
-    int clip;
+    int clip, clip01;
     double *sum, *sq;     /* per worker (zscore pass) */
 } norm_ctx;
 
@@ -28,7 +32,10 @@ static void norm_range(void *vc, int64_t b, int64_t e, int w)
         double v = c->x[i];
         if (c->clip)
             v = v < lo ? lo : v > hi ? hi : v;
-        c->x[i] = (float)((v - mean) * is);
+        v = (v - mean) * is;
+        if (c->clip01)
+            v = v < 0 ? 0 : v > 1 ? 1 : v;
+        c->x[i] = (float)v;
     }
 }
 
@@ -44,11 +51,77 @@ static void stats_range(void *vc, int64_t b, int64_t e, int w)
     c->sq[w] += q;
 }
 
+/* the k-th smallest of a[0..n) (a reordered), Hoare quickselect */
+static float kth(float *a, int64_t n, int64_t k)
+{
+    int64_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        float p = a[lo + (hi - lo) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] < p)
+                i++;
+            while (a[j] > p)
+                j--;
+            if (i <= j) {
+                float t = a[i];
+                a[i++] = a[j];
+                a[j--] = t;
+            }
+        }
+        if (k <= j)
+            hi = j;
+        else if (k >= i)
+            lo = i;
+        else
+            return a[k];
+    }
+    return a[k];
+}
+
+/* numpy.quantile(x, q) (method "linear") on a scratch copy */
+static double quantile(float *tmp, int64_t n, double q)
+{
+    double pos = q * (double)(n - 1);
+    int64_t k = (int64_t)floor(pos);
+    double t = pos - (double)k, a = kth(tmp, n, k), b = a;
+    if (t > 0 && k + 1 < n) {   /* the next order statistic: the smallest right of k */
+        b = tmp[k + 1];
+        for (int64_t i = k + 2; i < n; i++)
+            b = tmp[i] < b ? tmp[i] : b;
+    }
+    return t >= 0.5 ? b - (b - a) * (1 - t) : a + (b - a) * t;
+}
+
+static void quantile_norm(float *x, int64_t n, const sp_norm *nm, sp_pool *pool)
+{
+    float *tmp = malloc((size_t)n * sizeof *tmp);
+    double lo = 0, hi = 1;
+    if (tmp) {
+        memcpy(tmp, x, (size_t)n * sizeof *tmp);
+        lo = quantile(tmp, n, nm->lo);
+        hi = quantile(tmp, n, nm->hi);
+        free(tmp);
+    } else {   /* no room for a copy: min/max (never reached at brain sizes) */
+        lo = hi = x[0];
+        for (int64_t i = 1; i < n; i++) {
+            lo = x[i] < lo ? x[i] : lo;
+            hi = x[i] > hi ? x[i] : hi;
+        }
+    }
+    norm_ctx c = {.x = x, .mean = lo, .inv_std = 1.0 / (hi - lo + nm->mean), .clip01 = 1};
+    sp_pool_for(pool, n, 1 << 16, norm_range, &c);
+}
+
 void sp_normalize(float *x, int64_t n, const sp_norm *nm, sp_pool *pool)
 {
     norm_ctx c = {.x = x};
     if (nm->scheme == SP_NORM_NONE || n <= 0)
         return;
+    if (nm->scheme == SP_NORM_QUANTILE) {
+        quantile_norm(x, n, nm, pool);
+        return;
+    }
     if (nm->scheme == SP_NORM_MINMAX) {
         float lo = x[0], hi = x[0];
         for (int64_t i = 1; i < n; i++) {

@@ -57,6 +57,18 @@ sp_status sp_conform_labels_back(const uint16_t *lab, const int64_t odim[3], con
                                  const double aff[4][4], const int64_t dim[3], uint16_t *dst, sp_pool *pool);
 
 /* ---- normalize.c ---- */
+/* inverse(from) @ to: voxel of `to` -> voxel of `from` */
+sp_status sp_affine_between(const double from[4][4], const double to[4][4], double m[4][4]);
+
+/* ---- conform_niimath.c: brainchop's conform (niimath -conform -odt char) ---- */
+sp_status sp_conform_niimath_affine(const double aff[4][4], const int64_t dim[3], int64_t n, double mm,
+                                    double out[4][4]);
+sp_status sp_conform_niimath_volume(const float *src, const int64_t dim[3], const double aff[4][4],
+                                    const double caff[4][4], const int64_t odim[3], double f_high, float *dst,
+                                    sp_pool *pool);
+/* keep the largest 26-connected component of all non-zero labels together */
+sp_status sp_components_largest_fg(uint16_t *labels, const int64_t dim[3]);
+
 void sp_normalize(float *x, int64_t n, const sp_norm *nm, sp_pool *pool);
 
 /* ---- window.c ---- */

@@ -101,6 +101,37 @@ static const char *str_or(const cJSON *o, const char *key, const char *dflt)
 }
 
 /* CT models: spacing, patch, axes, normalisation, sliding window. */
+/* Brain MRI: "conform" (docs/model-format.md, docs/mri.md) and "postprocess". */
+static sp_status parse_conform(const cJSON *j, const char *file, sp_manifest *mf)
+{
+    const cJSON *cf = cJSON_GetObjectItemCaseSensitive(j, "conform");
+    if (cf) {   /* brain MRI: FreeSurfer-style conforming (docs/model-format.md) */
+        double n = num_or(cf, "shape", 256), mm = num_or(cf, "voxel_mm", 1.0);
+        const char *ori = str_or(cf, "orientation", "LIA");
+        if (!(n >= 16 && n <= 1024) || n != floor(n) || !(mm > 0 && mm <= 10) || strcmp(ori, "LIA"))
+            return sp_fail(SP_ERR_MODEL, "%s: conform needs shape 16..1024, voxel_mm in (0, 10] and orientation "
+                           "\"LIA\"", file);
+        mf->conform_n = (int64_t)n;
+        mf->conform_mm = mm;
+        const char *style = str_or(cf, "style", "nibabel");
+        mf->conform_fhigh = num_or(cf, "f_high", 0.98);
+        if (strcmp(style, "nibabel") && strcmp(style, "niimath"))
+            return sp_fail(SP_ERR_MODEL, "%s: conform.style must be \"nibabel\" or \"niimath\"", file);
+        if (!(mf->conform_fhigh > 0 && mf->conform_fhigh <= 1))
+            return sp_fail(SP_ERR_MODEL, "%s: conform.f_high must be in (0, 1]", file);
+        mf->conform_niimath = !strcmp(style, "niimath");
+    }
+    const cJSON *pp = cJSON_GetObjectItemCaseSensitive(j, "postprocess");
+    if (pp) {
+        const char *lc = str_or(pp, "largest_component", "none");
+        if (strcmp(lc, "none") && strcmp(lc, "foreground"))
+            return sp_fail(SP_ERR_MODEL, "%s: postprocess.largest_component must be \"none\" or \"foreground\"",
+                           file);
+        mf->largest_fg = !strcmp(lc, "foreground");
+    }
+    return SP_OK;
+}
+
 static sp_status parse_ct(const cJSON *j, const cJSON *in, const char *file, sp_manifest *mf)
 {
     sp_status st = SP_OK;
@@ -158,23 +189,24 @@ static sp_status parse_ct(const cJSON *j, const cJSON *in, const char *file, sp_
         mf->norm.scheme = SP_NORM_ZSCORE;
     } else if (strcmp(scheme, "minmax") == 0) {
         mf->norm.scheme = SP_NORM_MINMAX;
+    } else if (strcmp(scheme, "quantile") == 0) {   /* brainchop's qnormalize */
+        mf->norm.scheme = SP_NORM_QUANTILE;
+        mf->norm.lo = num_or(nm, "q_lo", 0.02);
+        mf->norm.hi = num_or(nm, "q_hi", 0.98);
+        mf->norm.mean = num_or(nm, "eps", 1e-3);
+        if (!(mf->norm.lo >= 0 && mf->norm.lo < mf->norm.hi && mf->norm.hi <= 1) ||
+            !(mf->norm.mean >= 0 && mf->norm.mean <= 1))
+            return sp_fail(SP_ERR_MODEL, "%s: normalization \"quantile\" needs 0 <= q_lo < q_hi <= 1 and eps in "
+                           "[0, 1]", file);
     } else if (strcmp(scheme, "none") == 0) {
         mf->norm.scheme = SP_NORM_NONE;
     } else {
-        st = sp_fail(SP_ERR_MODEL, "%s: normalization.scheme must be \"ct\", \"zscore\", \"minmax\" or \"none\"",
-                     file);
+        st = sp_fail(SP_ERR_MODEL, "%s: normalization.scheme must be \"ct\", \"zscore\", \"minmax\", "
+                     "\"quantile\" or \"none\"", file);
         return st;
     }
-    const cJSON *cf = cJSON_GetObjectItemCaseSensitive(j, "conform");
-    if (cf) {   /* brain MRI: FreeSurfer-style conforming (docs/model-format.md) */
-        double n = num_or(cf, "shape", 256), mm = num_or(cf, "voxel_mm", 1.0);
-        const char *ori = str_or(cf, "orientation", "LIA");
-        if (!(n >= 16 && n <= 1024) || n != floor(n) || !(mm > 0 && mm <= 10) || strcmp(ori, "LIA"))
-            return sp_fail(SP_ERR_MODEL, "%s: conform needs shape 16..1024, voxel_mm in (0, 10] and orientation "
-                           "\"LIA\"", file);
-        mf->conform_n = (int64_t)n;
-        mf->conform_mm = mm;
-    }
+    if ((st = parse_conform(j, file, mf)))
+        return st;
     const cJSON *hd = cJSON_GetObjectItemCaseSensitive(j, "head");
     if (hd) {   /* the final 1x1x1 convolution, split out (tools/import/onnx_split_head.py) */
         double f = num_or(hd, "features", 0);

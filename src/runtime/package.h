@@ -5,10 +5,10 @@
 #include <limits.h>
 
 /* A manifest's intensity normalisation (applied by pipeline/normalize.c). */
-typedef enum { SP_NORM_NONE, SP_NORM_CT, SP_NORM_ZSCORE, SP_NORM_MINMAX } sp_norm_scheme;
+typedef enum { SP_NORM_NONE, SP_NORM_CT, SP_NORM_ZSCORE, SP_NORM_MINMAX, SP_NORM_QUANTILE } sp_norm_scheme;
 typedef struct sp_norm {
     sp_norm_scheme scheme;
-    double lo, hi, mean, std;
+    double lo, hi, mean, std; /* quantile: lo, hi = the quantiles (0..1), mean = eps */
 } sp_norm;
 
 #define SP_MAX_MASKS 32
@@ -28,6 +28,10 @@ typedef struct sp_manifest {
     double step, sigma_scale;
     int64_t conform_n;        /* >0: conform to conform_n^3 voxels of conform_mm, LIA (brain MRI) */
     double conform_mm;
+    int conform_niimath;      /* conform.style "niimath": brainchop's conform (conform_niimath.c) */
+    double conform_fhigh;     /* its robust-range fraction (0.98) */
+    int largest_fg;           /* postprocess.largest_component "foreground": keep the largest
+                                 26-connected component of all non-zero labels together */
     int num_classes;
     char **labels;            /* num_classes names */
     char *dicom_codes;        /* "dicom_codes" as JSON text (docs/dicom.md), NULL: none */

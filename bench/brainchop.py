@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""brainchop's zoo on a 256^3 T1: segpipe against the model's own PyTorch
+execution (tests/py/ref_brainchop.py: brainchop-cli's pipeline from its
+source, PyTorch 1.13 on the real weights), both at the same thread count;
+also the agreement of the labels (labelled voxels equal, per-region volume
+differences). Prints one markdown row per model for docs/performance.md: wall seconds and
+CPU seconds (user + system; on a shared machine the CPU seconds compare,
+the wall seconds follow the load).
+
+  /usr/bin/python3 bench/brainchop.py [--threads 2] [--input T1] [--models mindgrab,dk104]
+      (packages from tools/import/import_brainchop.py --zoo ... -o models)
+"""
+import argparse, json, os, resource, subprocess, sys, tempfile, time
+import numpy as np
+import nibabel as nib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "py"))
+import ref_brainchop as ref  # noqa: E402
+
+FOLDER = {"mindgrab": "mindgrab", "dk104": "model21_104class", "subcortical": "subcortical",
+          "aparc50": "model30chan50cls", "tissue-fast": "model5_gw_ae"}
+
+
+def agreement(got, want):
+    lv = (got > 0) | (want > 0)
+    eq = (got[lv] == want[lv]).mean()
+    worst = 0.0
+    for k in np.unique(want[want > 0]):
+        b = (want == k).sum()
+        if b >= 1000:   # regions of at least 1 ml
+            worst = max(worst, abs(int((got == k).sum()) - int(b)) / b)
+    return eq, worst
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--input", default=os.path.join(ROOT, "build", "brainchop-models", "t1_crop.nii.gz"))
+    ap.add_argument("--models", default="mindgrab,dk104")
+    ap.add_argument("--zoo", default=os.path.join(ROOT, "build", "brainchop-models"))
+    a = ap.parse_args()
+    tmp = tempfile.mkdtemp()
+    with open("/proc/loadavg") as f:
+        print(f"load average before: {f.read().split()[:3]}", flush=True)
+    for name in a.models.split(","):
+        out, conf, rep = (os.path.join(tmp, f"{name}{s}") for s in (".nii.gz", "_c.nii.gz", ".json"))
+        t0, c0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        p = subprocess.run([os.path.join(ROOT, "build", "segpipe"), "mri", a.input, "-o", out, "--model",
+                            os.path.join(ROOT, "models", "brainchop-" + name), "--threads", str(a.threads),
+                            "--save-model-labels", conf, "--report", rep, "-q"], capture_output=True, text=True)
+        sp_wall, c1 = time.time() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+        sp_cpu = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
+        assert p.returncode == 0, p.stderr
+        sec = json.load(open(rep))["seconds"]
+        t0, pc0 = time.time(), time.process_time()
+        lab, back, _ = ref.pipeline(os.path.join(a.zoo, "meshnet", FOLDER[name]), a.input, threads=a.threads)
+        ref_wall, ref_cpu = time.time() - t0, time.process_time() - pc0
+        eq, worst = agreement(np.asarray(nib.load(conf).dataobj), lab)
+        eqb, worstb = agreement(np.asarray(nib.load(out).dataobj), back)
+        print(f"| {name} | {a.threads} | {sp_wall:.1f} s wall, {sp_cpu:.1f} s CPU (network {sec.get('inference', 0):.1f} s) | "
+              f"{ref_wall:.1f} s wall, {ref_cpu:.1f} s CPU | "
+              f"{100 * eq:.3f}% / {100 * eqb:.3f}% | {100 * worst:.2f}% / {100 * worstb:.2f}% |", flush=True)
+    with open("/proc/loadavg") as f:
+        print(f"load average after: {f.read().split()[:3]}")
+
+
+if __name__ == "__main__":
+    main()
