@@ -756,6 +756,16 @@ char *sp_base64(const void *data, size_t n);
 /* Write `size` bytes to `path` atomically (temporary name + rename). */
 sp_status sp_write_file_atomic(const char *path, const void *data, size_t size);
 
+/* SHA-256 (FIPS 180-4), for provenance: an incremental hash (sp_hash_new,
+ * sp_hash_add any number of times, sp_hash_hex writes 64 hex digits and a
+ * NUL and frees the hash; NULL from sp_hash_new when out of memory), and a
+ * whole file's hash and size (SP_ERR_IO when it cannot be read). */
+typedef struct sp_hash sp_hash;
+sp_hash *sp_hash_new(void);
+void sp_hash_add(sp_hash *h, const void *data, size_t n);
+void sp_hash_hex(sp_hash *h, char hex[65]);
+sp_status sp_file_sha256(const char *path, char hex[65], uint64_t *size);
+
 #ifdef __cplusplus
 }
 #endif

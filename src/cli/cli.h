@@ -54,18 +54,6 @@ char *cli_run_report(const char *input, const sp_volume *v, const char *model, i
                      double wall);
 char *cli_passport_provenance(const char *passport_json, const char *input, const char *model, const char *command,
                               int argc, char **argv, const cli_warnings *w);
-/* sha256.c */
-typedef struct cli_sha256 {
-    uint32_t h[8];
-    unsigned char buf[64];
-    size_t n;
-    uint64_t len;
-} cli_sha256;
-void cli_sha256_init(cli_sha256 *s);
-void cli_sha256_add(cli_sha256 *s, const void *data, size_t n);
-void cli_sha256_hex(cli_sha256 *s, char hex[65]);
-/* 0, the file's SHA-256 in hex and its size; -1 when it cannot be read */
-int cli_sha256_file(const char *path, char hex[65], uint64_t *size);
 /* an input path checked before any work (sp_volume_sniff); 0, or an exit
  * code after printing what it is and what to give instead */
 int cli_check_input(const char *cmd, const char *path);

@@ -136,7 +136,7 @@ static cJSON *checksum_json(const char *given, int skip_cache)
     char hex[65];
     uint64_t size = 0;
     if (stat(path, &st) == 0 && !S_ISDIR(st.st_mode)) {
-        if (cli_sha256_file(path, hex, &size) == 0) {
+        if (sp_file_sha256(path, hex, &size) == SP_OK) {
             cJSON_AddNumberToObject(j, "size_bytes", (double)size);
             cJSON_AddStringToObject(j, "sha256", hex);
         }
@@ -146,21 +146,22 @@ static cJSON *checksum_json(const char *given, int skip_cache)
     g_tree = &t;
     int bad = nftw(path, tree_entry, 16, FTW_PHYS) != 0;
     qsort(t.rel, (size_t)t.n, sizeof *t.rel, by_name);
-    cli_sha256 all;
-    cli_sha256_init(&all);
+    sp_hash *all = sp_hash_new();
+    bad |= all == NULL;
     uint64_t total = 0;
     for (int i = 0; i < t.n && !bad; i++) {
         char full[8192];
         snprintf(full, sizeof full, "%s/%s", path, t.rel[i]);
-        bad = cli_sha256_file(full, hex, &size) != 0;
+        bad = sp_file_sha256(full, hex, &size) != SP_OK;
         total += size;
-        cli_sha256_add(&all, hex, 64);
-        cli_sha256_add(&all, "  ", 2);
-        cli_sha256_add(&all, t.rel[i], strlen(t.rel[i]));
-        cli_sha256_add(&all, "\n", 1);
+        sp_hash_add(all, hex, 64);   /* sha256sum's lines */
+        sp_hash_add(all, "  ", 2);
+        sp_hash_add(all, t.rel[i], strlen(t.rel[i]));
+        sp_hash_add(all, "\n", 1);
     }
+    if (all)
+        sp_hash_hex(all, hex);   /* frees it */
     if (!bad) {
-        cli_sha256_hex(&all, hex);
         cJSON_AddNumberToObject(j, "files", t.n);
         cJSON_AddNumberToObject(j, "size_bytes", (double)total);
         cJSON_AddStringToObject(j, "sha256", hex);

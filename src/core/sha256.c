@@ -2,10 +2,14 @@
  * sha256.c — SHA-256 (FIPS 180-4), for content keys: the optimised-graph
  * cache names each entry by the hash of the ONNX Runtime version, the
  * session options and the model's bytes (runtime/ort.c), so a changed
- * model, option or runtime never loads a stale graph.
+ * model, option or runtime never loads a stale graph; and, through the
+ * public sp_hash / sp_file_sha256, the provenance of a passport (the input's
+ * and the model package's hashes, src/cli/ct_report.c).
  */
 #include "core.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const uint32_t K[64] = {
@@ -77,4 +81,55 @@ void sp_sha256_final(sp_sha256 *s, uint8_t out[32])
     for (int i = 0; i < 8; i++)
         for (int j = 0; j < 4; j++)
             out[4 * i + j] = (uint8_t)(s->h[i] >> (24 - 8 * j));
+}
+
+/* ------------------------------------------------------------ public API */
+
+struct sp_hash {
+    sp_sha256 s;
+};
+
+sp_hash *sp_hash_new(void)
+{
+    sp_hash *h = malloc(sizeof *h);
+    if (h)
+        sp_sha256_init(&h->s);
+    return h;
+}
+
+void sp_hash_add(sp_hash *h, const void *data, size_t n) { sp_sha256_update(&h->s, data, n); }
+
+void sp_hash_hex(sp_hash *h, char hex[65])
+{
+    uint8_t d[32];
+    sp_sha256_final(&h->s, d);
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", d[i]);
+    free(h);
+}
+
+sp_status sp_file_sha256(const char *path, char hex[65], uint64_t *size)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return sp_fail(SP_ERR_IO, "cannot open a file to hash it");
+    sp_sha256 s;
+    sp_sha256_init(&s);
+    uint8_t buf[1 << 15], d[32];
+    size_t n;
+    uint64_t total = 0;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) {
+        sp_sha256_update(&s, buf, n);
+        total += n;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad)
+        return sp_fail(SP_ERR_IO, "cannot read a file to hash it");
+    sp_sha256_final(&s, d);
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", d[i]);
+    if (size)
+        *size = total;
+    return SP_OK;
 }
