@@ -65,6 +65,9 @@ gzip -9n debian/segpipe/usr/share/man/man1/*.1
 # python3-segpipe: the module's files as they are in the sources
 install -d debian/python3-segpipe/usr/lib/python3/dist-packages/segpipe
 install -m 644 "$src"/python/segpipe/*.py debian/python3-segpipe/usr/lib/python3/dist-packages/segpipe/
+mkdir -p debian/python3-segpipe/DEBIAN
+install -m 755 "$here/debian/python3-segpipe.postinst" debian/python3-segpipe/DEBIAN/postinst
+install -m 755 "$here/debian/python3-segpipe.prerm" debian/python3-segpipe/DEBIAN/prerm
 
 # what dh_strip does: debug symbols out of what is shipped
 strip --remove-section=.comment --remove-section=.note --strip-unneeded \
