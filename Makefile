@@ -211,7 +211,8 @@ $(BUILD)/inst/libsegpipe.so.0: $(LIB_OBJ) $(BUILD)/segpipe.map
 man: $(BUILD)/man/.stamp
 $(BUILD)/man/.stamp: $(BUILD)/segpipe tools/dev/help2man.py
 	rm -rf $(BUILD)/man
-	python3 tools/dev/help2man.py $(BUILD)/segpipe $(BUILD)/man '$(VERSION)'
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || date +%s) \
+	  python3 tools/dev/help2man.py $(BUILD)/segpipe $(BUILD)/man '$(VERSION)'
 	@touch $@
 
 ORT_CORE := $(if $(ORT_STAMP),$(ORT_LOCAL)/lib/libonnxruntime.so)

@@ -102,6 +102,6 @@ for p in "${pkgs[@]}"; do
      xargs -0 md5sum) > "debian/$p/DEBIAN/md5sums"
   chmod 644 "debian/$p/DEBIAN/md5sums"
   dpkg-gencontrol -p"$p" -P"debian/$p" -T"debian/$p.substvars" -fdebian/files
-  dpkg-deb --root-owner-group -Zxz --build "debian/$p" . >/dev/null
+  dpkg-deb --root-owner-group -Zgzip --build "debian/$p" . >/dev/null
 done
 ls ./*.deb
