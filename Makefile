@@ -250,7 +250,7 @@ install: all $(BUILD)/inst/segpipe $(BUILD)/inst/libsegpipe.so.0 man
 # 1.2.3, later commits -> 1.2.3+gitN.gHASH), else the header's.
 VERSION := $(shell sed -n 's/#define SP_VERSION_STRING "\(.*\)"/\1/p' include/segpipe.h)
 DEB_VERSION := $(or $(shell git describe --tags --match 'v[0-9]*' 2>/dev/null | \
-  sed -e 's/^v//' -e 's/-\([0-9]*\)-g\([0-9a-f]*\)$$/+git\1.g\2/'),$(VERSION))
+  sed -e 's/^v//' -e 's/-\([0-9]*\)-g\([0-9a-f]*\)$$/+git\1.g\2/' -e 's/-/~/g'),$(VERSION))
 deb: all
 	rm -rf $(BUILD)/deb
 	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(BUILD)/deb/stage PREFIX=/usr
