@@ -64,7 +64,7 @@ typedef struct command {
 } command;
 
 static const command commands[] = {
-    {"ct", cmd_ct, "CT organ segmentation: NIfTI in, labels + passport out"},
+    {"ct", cmd_ct, "CT organ segmentation: NIfTI or DICOM in, labels + passport out"},
     {"passport", cmd_passport, "measure every structure of a label map (any tool's)"},
     {"model", cmd_model, "model check DIR: validate a model package"},
     {"masks", cmd_masks, "photo masks: every requested mask from one inference per batch"},
