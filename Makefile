@@ -97,7 +97,10 @@ TEST_SRC := $(wildcard tests/unit/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 
 .PHONY: all test asan fuzz bench install clean deps cuda deb deb-check man FORCE attack
-all: $(BUILD)/segpipe $(BUILD)/libsegpipe.a $(BUILD)/libsegpipe.so $(BUILD)/libsegpipe_test.so $(BUILD)/test_unit
+# (the installed CLI and library, relinked for PREFIX/lib/segpipe/, and the man
+# pages are made here too: concurrent `make install`s then only copy them)
+all: $(BUILD)/segpipe $(BUILD)/libsegpipe.a $(BUILD)/libsegpipe.so $(BUILD)/libsegpipe_test.so $(BUILD)/test_unit \
+  $(BUILD)/inst/segpipe $(BUILD)/inst/libsegpipe.so.0 $(BUILD)/man/.stamp
 
 # Install what is missing (idempotent; a no-op when everything is there).
 # (one install-deps run at a time: with make -j the stamps below wait for
