@@ -87,7 +87,7 @@ say "man pages, bash completion"
 [ -f "$m/usr/share/man/man1/segpipe.1.gz" ] && [ -f "$m/usr/share/man/man1/segpipe-ct.1.gz" ] || fail "man pages"
 comp=$(in_root bash -c 'source /usr/share/bash-completion/completions/segpipe
   COMP_WORDS=(segpipe c); COMP_CWORD=1; _segpipe segpipe; echo "${COMPREPLY[*]}"
-  COMP_WORDS=(segpipe ct --roi); COMP_CWORD=2; _segpipe segpipe; echo "${COMPREPLY[*]}"')
+  COMP_WORDS=(segpipe ct --roi-s); COMP_CWORD=2; _segpipe segpipe; echo "${COMPREPLY[*]}"')
 echo "$comp"
 [ "$(echo "$comp" | sed -n 1p)" = "ct classify" ] || fail "completion of commands"
 [ "$(echo "$comp" | sed -n 2p)" = "--roi-subset" ] || fail "completion of options"

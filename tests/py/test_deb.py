@@ -1,12 +1,13 @@
 """`make deb` and `make deb-check` (packaging/, docs/packaging.md).
 
 The packages are built once per module. One test reads them as dpkg does
-(control fields, md5sums recomputed here, the private ONNX Runtime's run
-paths, the copyright file's licences); one installs them for real
+(control fields, md5sums recomputed here, no build path in any shipped
+file, the private ONNX Runtime's run paths, the copyright file's licences); one installs them for real
 (packaging/deb-check.sh: dpkg --root into an overlay of this system,
 chrooted runs, purge, nothing left) and compares the installed segpipe's
 labels and passport with the build tree's; one runs lintian (no errors).
 Each says sp.Skip with the reason when its tools are absent."""
+import gzip
 import hashlib
 import json
 import os
@@ -73,7 +74,11 @@ def test_deb_packages_by_role(tmp):
                    if not os.path.islink(os.path.join(a, f))}
         assert set(listed) == {f for f in shipped if not f.startswith("etc/")}, p
         for f, s in listed.items():
-            assert hashlib.md5(open(os.path.join(root, f), "rb").read()).hexdigest() == s, (p, f)
+            data = open(os.path.join(root, f), "rb").read()
+            assert hashlib.md5(data).hexdigest() == s, (p, f)
+            if f.endswith(".gz"):
+                data = gzip.decompress(data)
+            assert sp.ROOT.encode() not in data, f"{p}: {f} holds the build path"
     ctl = os.path.join(tmp, "libsegpipe0.ctl")
     assert open(os.path.join(ctl, "triggers")).read().split() == ["activate-noawait", "ldconfig"]
     assert open(os.path.join(ctl, "shlibs")).read().split()[:3] == ["libsegpipe", "0", "libsegpipe0"]

@@ -3,7 +3,8 @@
 
 segpipe(1) and one segpipe-COMMAND(1) per command, made at build time
 (`make man`) from the binary's own help texts, so the man pages cannot drift
-from `--help`. The help text goes into the page verbatim (a no-fill block,
+from `--help` (run with SEGPIPE_MODEL_PATH set to MODELS below, so that
+no build path ends up in a page). The help text goes into the page verbatim (a no-fill block,
 every character escaped reversibly); tests/py/test_man.py reads the pages
 back and compares them with `--help`.
 
@@ -17,9 +18,18 @@ import sys
 MONTHS = "January February March April May June July August September October November December".split()
 
 
+# The help texts name the default models' folder, found beside the binary at
+# run time; the pages say where an install puts it instead of this build's path.
+MODELS = "<prefix>/share/segpipe/models"
+
+
+def help_env():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGPIPE_")}
+    return dict(env, SEGPIPE_NO_REEXEC="1", SEGPIPE_MODEL_PATH=MODELS)
+
+
 def helptext(seg, *args):
-    r = subprocess.run([seg, *args, "--help"], capture_output=True, text=True, timeout=60,
-                       env=dict(os.environ, SEGPIPE_NO_REEXEC="1"))
+    r = subprocess.run([seg, *args, "--help"], capture_output=True, text=True, timeout=60, env=help_env())
     if r.returncode != 0:
         sys.exit(f"help2man: `segpipe {' '.join(args)} --help` exited {r.returncode}: {r.stderr.strip()}")
     return r.stdout
