@@ -202,7 +202,7 @@ bench: all
 # copies also point into third_party/), hardened; man pages from --help.
 $(BUILD)/inst/segpipe: $(CLI_OBJ) $(BUILD)/libsegpipe.a
 	@mkdir -p $(dir $@)
-	$(CC) $(SANFLAGS) $(LDHARDEN) -o $@ $^ $(ORT_INST_BIN) $(SYS_LIBS) -lhiredis -lcrypto
+	$(CC) $(SANFLAGS) $(LDHARDEN) -o $@ $^ $(NODE_LIBS) $(ORT_INST_BIN) $(SYS_LIBS) -lhiredis -lcrypto
 
 $(BUILD)/inst/libsegpipe.so.0: $(LIB_OBJ) $(BUILD)/segpipe.map
 	@mkdir -p $(dir $@)

@@ -37,7 +37,7 @@ def helptext(seg, *args):
 
 def commands(top):
     """(name, one-line summary) of each command in the top-level help"""
-    return re.findall(r"^  ([a-z]+) +(\S.*)$", top, re.M)
+    return re.findall(r"^  ([a-z][a-z-]*) +(\S.*)$", top, re.M)
 
 
 def esc(line):
