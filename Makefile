@@ -5,7 +5,10 @@
 #   make asan            the same suite built with ASan + UBSan
 #   make fuzz            bounded libFuzzer run of the NIfTI reader (clang)
 #   make bench           benchmarks (not part of the test suite)
-#   make install PREFIX=/usr/local
+#   make install PREFIX=/usr/local   (ONNX Runtime privately in PREFIX/lib/segpipe/)
+#   make deb             Debian packages by role in build/deb/ (docs/packaging.md)
+#   make deb-check       install them into a scratch root, run them, remove them
+#   make man             man pages from the --help texts (build/man/)
 #   make cuda            optional GPU window kernels, build/libsegpipe_cuda.so (nvcc)
 #
 # ONNX Runtime comes from, in order: pkg-config libonnxruntime,
@@ -35,11 +38,17 @@ else
   ORT_CFLAGS := -I$(ORT_LOCAL)/include
   # no absolute path in the binaries: build tree (build*/ -> third_party/) or
   # installed (<prefix>/bin or lib -> <prefix>/lib, where make install puts it)
-  ORT_LIBS := -L$(ORT_LOCAL)/lib -Wl,-rpath,'$$ORIGIN/../third_party/onnxruntime/lib' \
-              -Wl,-rpath,'$$ORIGIN/../lib' -l:libonnxruntime.so.1
+  ORT_LIBS := -L$(ORT_LOCAL)/lib -Wl,-rpath,'$$ORIGIN/../third_party/onnxruntime/lib' -l:libonnxruntime.so.1
   ORT_STAMP := $(ORT_LOCAL)/lib/libonnxruntime.so.1
-  ORT_INSTALL := $(wildcard $(ORT_LOCAL)/lib/libonnxruntime.so* $(ORT_LOCAL)/lib/libonnxruntime_providers_*.so)
+  # installed: ONNX Runtime in the private folder PREFIX/lib/segpipe/ (not on the
+  # system's library path, so no other program picks this copy up by soname);
+  # the installed CLI and library are relinked with run paths to it only
+  ORT_INSTALL := $(wildcard $(ORT_LOCAL)/lib/libonnxruntime_providers_*.so)
+  ORT_INST_BIN := -L$(ORT_LOCAL)/lib -Wl,-rpath,'$$ORIGIN/../lib/segpipe' -l:libonnxruntime.so.1
+  ORT_INST_LIB := -L$(ORT_LOCAL)/lib -Wl,-rpath,'$$ORIGIN/segpipe' -l:libonnxruntime.so.1
 endif
+ORT_INST_BIN ?= $(ORT_LIBS)
+ORT_INST_LIB ?= $(ORT_LIBS)
 
 DEPS_STAMP := $(BUILD)/.deps-ok
 WARN := -Wall -Wextra -Wshadow -Wno-unused-parameter
@@ -75,7 +84,10 @@ ifeq ($(NO_DICOM),1)
 endif
 ALL_CXXFLAGS := -std=c++17 -D_GNU_SOURCE -fPIC -pthread -Wall -Wextra -Wno-unused-parameter $(CFLAGS) $(SANFLAGS) \
   -ffile-prefix-map=$(CURDIR)=. -Iinclude -Isrc -I/usr/include/gdcm-3.0
-LIBS := $(ORT_LIBS) $(FF_LIBS) $(DICOM_LIBS) -lmicrohttpd -ljpeg -lpng -lwebp $(HEIF_LIBS) -lcjson -ldeflate -lz -lm -ldl -pthread
+SYS_LIBS := $(FF_LIBS) $(DICOM_LIBS) -lmicrohttpd -ljpeg -lpng -lwebp $(HEIF_LIBS) -lcjson -ldeflate -lz -lm -ldl -pthread
+LIBS := $(ORT_LIBS) $(SYS_LIBS)
+# hardened links for what gets installed (Debian's defaults: full RELRO, no lazy binding)
+LDHARDEN := -Wl,-z,relro -Wl,-z,now -Wl,--as-needed
 
 LIB_SRC := $(wildcard src/core/*.c src/io/*.c src/pipeline/*.c src/runtime/*.c src/server/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(DICOM_SRC:%.cc=$(BUILD)/%.o) $(BUILD)/src/server/ui_assets.o
@@ -84,8 +96,11 @@ CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o) $(NODE_SRC:%.cc=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/unit/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all test asan fuzz bench install clean deps cuda deb attack
-all: $(BUILD)/segpipe $(BUILD)/libsegpipe.a $(BUILD)/libsegpipe.so $(BUILD)/libsegpipe_test.so $(BUILD)/test_unit
+.PHONY: all test asan fuzz bench install clean deps cuda deb deb-check man FORCE attack
+# (the installed CLI and library, relinked for PREFIX/lib/segpipe/, and the man
+# pages are made here too: concurrent `make install`s then only copy them)
+all: $(BUILD)/segpipe $(BUILD)/libsegpipe.a $(BUILD)/libsegpipe.so $(BUILD)/libsegpipe_test.so $(BUILD)/test_unit \
+  $(BUILD)/inst/segpipe $(BUILD)/inst/libsegpipe.so.0 $(BUILD)/man/.stamp
 
 # Install what is missing (idempotent; a no-op when everything is there).
 # (one install-deps run at a time: with make -j the stamps below wait for
@@ -97,6 +112,16 @@ $(DEPS_STAMP): scripts/install-deps.sh
 	@mkdir -p $(BUILD)
 	bash scripts/install-deps.sh
 	@touch $@
+
+# `segpipe version` names the commit it was built from (-D, a short hash and
+# "-dirty"; never a path); the stamp changes only when the commit does
+GIT_COMMIT := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(shell \
+  git rev-parse HEAD >/dev/null 2>&1 && ! git diff --quiet HEAD -- 2>/dev/null && echo -dirty)
+$(BUILD)/commit.txt: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(GIT_COMMIT)' | cmp -s - $@ || echo '$(GIT_COMMIT)' > $@
+$(BUILD)/src/cli/main.o: $(BUILD)/commit.txt
+$(BUILD)/src/cli/main.o: ALL_CFLAGS += -DSP_GIT_COMMIT='"$(GIT_COMMIT)"'
 
 $(BUILD)/%.o: %.c $(DEPS_STAMP) $(ORT_STAMP)
 	@mkdir -p $(dir $@)
@@ -172,41 +197,72 @@ fuzz:
 bench: all
 	bash bench/run.sh
 
-install: all
-	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig
+# What `make install` and the packages put in place: the CLI and libsegpipe
+# relinked with run paths into PREFIX/lib/segpipe/ only (the build tree's
+# copies also point into third_party/), hardened; man pages from --help.
+$(BUILD)/inst/segpipe: $(CLI_OBJ) $(BUILD)/libsegpipe.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SANFLAGS) $(LDHARDEN) -o $@ $^ $(NODE_LIBS) $(ORT_INST_BIN) $(SYS_LIBS) -lhiredis -lcrypto
+
+$(BUILD)/inst/libsegpipe.so.0: $(LIB_OBJ) $(BUILD)/segpipe.map
+	@mkdir -p $(dir $@)
+	$(CC) -shared -Wl,-soname,libsegpipe.so.0 -Wl,--version-script=$(BUILD)/segpipe.map $(SANFLAGS) $(LDHARDEN) \
+	  -o $@ $(LIB_OBJ) $(ORT_INST_LIB) $(SYS_LIBS)
+
+# segpipe(1) and segpipe-COMMAND(1) made from what `--help` prints, so the
+# two cannot drift (tests/py/test_man.py reads them back)
+man: $(BUILD)/man/.stamp
+$(BUILD)/man/.stamp: $(BUILD)/segpipe tools/dev/help2man.py
+	rm -rf $(BUILD)/man
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || date +%s) \
+	  python3 tools/dev/help2man.py $(BUILD)/segpipe $(BUILD)/man '$(VERSION)'
+	@touch $@
+
+ORT_CORE := $(if $(ORT_STAMP),$(ORT_LOCAL)/lib/libonnxruntime.so)
+install: all $(BUILD)/inst/segpipe $(BUILD)/inst/libsegpipe.so.0 man
+	install -d $(DESTDIR)$(PREFIX)/lib/segpipe $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin \
+	  $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/share/man/man1 \
+	  $(DESTDIR)$(PREFIX)/share/bash-completion/completions
 	install -m 644 include/segpipe.h $(DESTDIR)$(PREFIX)/include/
 	install -m 644 $(BUILD)/libsegpipe.a $(DESTDIR)$(PREFIX)/lib/
-	install -m 755 $(BUILD)/libsegpipe.so $(DESTDIR)$(PREFIX)/lib/libsegpipe.so.0
+	install -m 644 $(BUILD)/inst/libsegpipe.so.0 $(DESTDIR)$(PREFIX)/lib/libsegpipe.so.0
 	ln -sf libsegpipe.so.0 $(DESTDIR)$(PREFIX)/lib/libsegpipe.so
-	install -m 755 $(BUILD)/segpipe $(DESTDIR)$(PREFIX)/bin/
-	[ ! -f $(BUILD)/libsegpipe_cuda.so ] || install -m 755 $(BUILD)/libsegpipe_cuda.so $(DESTDIR)$(PREFIX)/lib/
-	install -d $(DESTDIR)$(PREFIX)/share/segpipe/models $(DESTDIR)$(PREFIX)/share/doc/segpipe
+	install -m 755 $(BUILD)/inst/segpipe $(DESTDIR)$(PREFIX)/bin/
+	[ ! -f $(BUILD)/libsegpipe_cuda.so ] || install -m 644 $(BUILD)/libsegpipe_cuda.so $(DESTDIR)$(PREFIX)/lib/
+	install -d $(DESTDIR)$(PREFIX)/share/segpipe/models $(DESTDIR)$(PREFIX)/share/doc/segpipe/docs/img
 	for m in demo-ct demo-rooms demo-matte demo-shapes; do \
 	  install -d $(DESTDIR)$(PREFIX)/share/segpipe/models/$$m && \
 	  install -m 644 models/$$m/segpipe.json models/$$m/model.onnx $(DESTDIR)$(PREFIX)/share/segpipe/models/$$m/; \
 	  [ ! -f models/$$m/README.md ] || install -m 644 models/$$m/README.md $(DESTDIR)$(PREFIX)/share/segpipe/models/$$m/; \
 	done
-	install -m 644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/segpipe/
-	[ -z "$(ORT_INSTALL)" ] || cp -P $(ORT_INSTALL) $(DESTDIR)$(PREFIX)/lib/
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(shell sed -n 's/#define SP_VERSION_STRING "\(.*\)"/\1/p' include/segpipe.h)|' \
-	    -e 's|@ORT_LIBS@|$(if $(ORT_INSTALL),-l:libonnxruntime.so.1,$(ORT_LIBS))|' \
+	install -m 644 README.md CHANGELOG.md $(DESTDIR)$(PREFIX)/share/doc/segpipe/
+	install -m 644 docs/*.md $(DESTDIR)$(PREFIX)/share/doc/segpipe/docs/
+	install -m 644 docs/img/*.png $(DESTDIR)$(PREFIX)/share/doc/segpipe/docs/img/
+	install -m 644 $(BUILD)/man/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -m 644 packaging/bash-completion $(DESTDIR)$(PREFIX)/share/bash-completion/completions/segpipe
+	[ -z "$(ORT_CORE)" ] || install -m 644 $(ORT_CORE) $(DESTDIR)$(PREFIX)/lib/segpipe/libonnxruntime.so.1
+	[ -z "$(ORT_INSTALL)" ] || install -m 644 $(ORT_INSTALL) $(DESTDIR)$(PREFIX)/lib/segpipe/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' \
+	    -e 's|@ORT_LIBS@|$(if $(ORT_CORE),-L$${libdir}/segpipe -l:libonnxruntime.so.1,$(ORT_LIBS))|' \
 	    -e 's|@FF_LIBS@|$(FF_LIBS)|' -e 's|@HEIF_LIBS@|$(HEIF_LIBS)|' \
 	    segpipe.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/segpipe.pc
 
-# A Debian package of `make install PREFIX=/usr` (dpkg-deb; no root needed
-# to build it): build/segpipe_<version>_amd64.deb.
-comma := ,
+# Debian packages by role (packaging/make-deb.sh; docs/packaging.md): segpipe,
+# libsegpipe0, libsegpipe-dev, python3-segpipe in build/deb/, from
+# `make install PREFIX=/usr`. The version is the latest git tag's (v1.2.3 ->
+# 1.2.3, later commits -> 1.2.3+gitN.gHASH), else the header's.
 VERSION := $(shell sed -n 's/#define SP_VERSION_STRING "\(.*\)"/\1/p' include/segpipe.h)
-DEB_DEPENDS := libc6, libstdc++6, libmicrohttpd12, libcjson1, libdeflate0, zlib1g, libjpeg62-turbo, libpng16-16, \
-  libwebp7$(if $(HEIF_LIBS),$(comma) libheif1)$(if $(DICOM_LIBS),$(comma) libgdcm3.0$(comma) libdcmtk17$(comma) libzip4)$(comma) libhiredis0.14$(comma) libssl3$(if $(FF_LIBS),$(comma) libavformat59$(comma) libavcodec59$(comma) libswscale6$(comma) libavutil57)
+DEB_VERSION := $(or $(shell git describe --tags --match 'v[0-9]*' 2>/dev/null | \
+  sed -e 's/^v//' -e 's/-\([0-9]*\)-g\([0-9a-f]*\)$$/+git\1.g\2/' -e 's/-/~/g'),$(VERSION))
 deb: all
 	rm -rf $(BUILD)/deb
-	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(BUILD)/deb PREFIX=/usr
-	rm -f $(BUILD)/deb/usr/lib/libonnxruntime_providers_cuda.so   # 230 MB: SP_CUDA=1 install-deps.sh on GPU hosts
-	mkdir -p $(BUILD)/deb/DEBIAN
-	printf 'Package: segpipe\nVersion: %s\nArchitecture: amd64\nMaintainer: segpipe developers\nDepends: %s\nSection: science\nPriority: optional\nDescription: segmentation pipelines on ONNX Runtime (CT organs, passport, photo masks, video, HTTP service)\n bundles ONNX Runtime 1.29.0 and the demo models; see /usr/share/doc/segpipe.\n' \
-	  '$(VERSION)' '$(DEB_DEPENDS)' > $(BUILD)/deb/DEBIAN/control
-	dpkg-deb --root-owner-group -Zgzip --build $(BUILD)/deb $(BUILD)/segpipe_$(VERSION)_amd64.deb
+	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(BUILD)/deb/stage PREFIX=/usr
+	bash packaging/make-deb.sh $(BUILD)/deb '$(DEB_VERSION)'
+
+# install the packages into a scratch root (an overlay of this system),
+# run them, remove them, check that nothing stays; lintian when present
+deb-check: deb
+	bash packaging/deb-check.sh $(BUILD)/deb
 
 clean:
 	rm -rf build build-asan build-fuzz

@@ -33,6 +33,7 @@ pkgs=(
   libavformat-dev libavcodec-dev libavutil-dev libswscale-dev ffmpeg libgdcm-dev libgdcm-tools libdcmtk-dev dcmtk dicom3tools orthanc libzip-dev dcm2niix libhiredis-dev libssl-dev redis-server
   python3 python3-pip python3-venv python3-setuptools python3-wheel python3-numpy python3-scipy python3-nibabel python3-onnx python3-pydicom python3-torch python3-torchvision python3-pil python-matplotlib-data python3-matplotlib
   curl openssl chromium
+  dpkg-dev fakeroot lintian groff-base
 )
 # npm fetches ONNX Runtime; the Debian package is only needed when no npm
 # (e.g. from a NodeSource node) is on the PATH already.

@@ -27,12 +27,24 @@
 
 /* ------------------------------------------------------------- version */
 
+/* the commit this binary was built from: the Makefile passes it with -D
+ * (a short hash, "-dirty" with local changes; never a path) */
+#ifndef SP_GIT_COMMIT
+#define SP_GIT_COMMIT "unknown"
+#endif
+
 static int cmd_version(int argc, char **argv)
 {
     char prov[512];
-    (void)argc;
-    (void)argv;
+    if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        printf("usage: segpipe version\n"
+               "Prints segpipe's version and the git commit it was built from, the ONNX Runtime version and\n"
+               "its execution providers, whether the GPU path is usable (and why not), the build flags and\n"
+               "the default model's folder.\n");
+        return 0;
+    }
     printf("segpipe %s\n", SP_VERSION_STRING);
+    printf("commit: %s\n", SP_GIT_COMMIT);
     printf("ONNX Runtime %s\n", sp_ort_version());
     if (sp_ort_providers(prov, sizeof prov) == SP_OK)
         printf("providers: %s\n", prov);
@@ -52,7 +64,7 @@ typedef struct command {
 } command;
 
 static const command commands[] = {
-    {"ct", cmd_ct, "CT organ segmentation: NIfTI in, labels + passport out"},
+    {"ct", cmd_ct, "CT organ segmentation: NIfTI or DICOM in, labels + passport out"},
     {"passport", cmd_passport, "measure every structure of a label map (any tool's)"},
     {"model", cmd_model, "model check DIR: validate a model package"},
     {"masks", cmd_masks, "photo masks: every requested mask from one inference per batch"},

@@ -1,6 +1,7 @@
 /* serve_cmd.c — `segpipe serve`: options in, sp_serve out. */
 #include "cli.h"
 
+#include <arpa/inet.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,24 @@ static int add_model(const char *arg, sp_serve_model *models, char **owned, int 
     models[*nm].dir = owned[*nm] + (eq - arg) + 1;
     (*nm)++;
     return 0;
+}
+
+/* Beyond loopback without a key, anyone who reaches the port may run the
+ * models and read results: said on stderr at start (not an error, as a
+ * closed network or a proxy may stand in front). */
+static void warn_exposed(const sp_serve_params *sp)
+{
+    struct in_addr a;
+    if (!sp->host || inet_pton(AF_INET, sp->host, &a) != 1 || (ntohl(a.s_addr) >> 24) == 127)
+        return;
+    if (!sp->api_key_file)
+        fprintf(stderr, "segpipe serve: warning: listening on %s, beyond loopback, without an API key: anyone who "
+                        "can reach port %d may run the models and fetch results (set --api-key-file; "
+                        "docs/service.md)\n", sp->host, sp->port);
+    if (!sp->tls_cert)
+        fprintf(stderr, "segpipe serve: warning: listening on %s without TLS: scans, results%s cross the network "
+                        "in clear text (set --tls-cert/--tls-key or put a TLS proxy in front)\n", sp->host,
+                sp->api_key_file ? " and API keys" : "");
 }
 
 /* one option into sp; 0, 1 for --help, or -1 (message printed) */
@@ -130,6 +149,7 @@ int cmd_serve(int argc, char **argv)
         sp.models = models;
         sp.n_models = nm;
         sp.on_ready = serve_ready;
+        warn_exposed(&sp);
         sp_status st = sp_serve(&sp);
         rc = st ? cli_fail(st, "serve") : 0;
     }

@@ -262,7 +262,10 @@ void sp_module_dir(char *buf, size_t cap)
     Dl_info di;
     char dir[PATH_MAX];
     snprintf(buf, cap, ".");
-    if (dladdr((void *)sp_module_dir, &di) && di.dli_fname && realpath(di.dli_fname, dir)) {
+    /* the main program's name is argv[0] as typed: "segpipe", found through
+     * PATH, names no folder; the kernel's link names the file itself */
+    if (dladdr((void *)sp_module_dir, &di) && di.dli_fname &&
+        realpath(strchr(di.dli_fname, '/') ? di.dli_fname : "/proc/self/exe", dir)) {
         char *slash = strrchr(dir, '/');
         if (slash)
             *slash = 0;

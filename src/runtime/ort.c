@@ -146,7 +146,8 @@ static void ort_dir(char *buf, size_t cap)
 
 /* ONNX Runtime's CUDA provider as a plugin (docs/gpu.md): the library named
  * by SEGPIPE_ORT_CUDA_EP, else libonnxruntime_providers_cuda.so beside the
- * core library (where `SP_CUDA=1 scripts/install-deps.sh` puts it).
+ * core library (where a checkout's `SP_CUDA=1 scripts/install-deps.sh` puts
+ * it; the message names no checkout script, as installed copies have none).
  * providers_shared is loaded first, and it must be the core library's own
  * copy: the plugin package's copy crashed the plugin's initialisation. */
 static sp_status register_cuda_plugin(sp_runtime *rt, const char *avail)
@@ -160,8 +161,9 @@ static sp_status register_cuda_plugin(sp_runtime *rt, const char *avail)
         snprintf(lib, sizeof lib, "%slibonnxruntime_providers_cuda.so", dir);
     if (access(lib, R_OK) != 0)
         return sp_fail(SP_ERR_USAGE, "device 'cuda' needs CUDAExecutionProvider, which this ONNX Runtime (%s) "
-                       "does not offer (available: %s), and the CUDA provider plugin %s is not there: install it "
-                       "with SP_CUDA=1 scripts/install-deps.sh or name it in SEGPIPE_ORT_CUDA_EP (docs/gpu.md)",
+                       "does not offer (available: %s), and the CUDA provider plugin %s is not there: put ONNX "
+                       "Runtime's CUDA provider plugin (libonnxruntime_providers_cuda.so, same version) beside "
+                       "ONNX Runtime or name it in SEGPIPE_ORT_CUDA_EP (gpu.md in segpipe's documentation)",
                        sp_ort_version(), avail, lib);
     snprintf(shared, sizeof shared, "%slibonnxruntime_providers_shared.so", dir);
     if (!dlopen(shared, RTLD_NOW | RTLD_GLOBAL))

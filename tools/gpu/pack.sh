@@ -27,7 +27,7 @@ for f in .gpu/root/opt/segpipe/bin/segpipe $lib/libsegpipe.so.0 $lib/libsegpipe_
   awk '/=> \//{print $3}' | sort -u |
   grep -vE '/(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|libonnxruntime[^/]*)\.so' |
   while read -r so; do cp -L "$so" "$lib/"; done
-rm -f $lib/libonnxruntime_providers_cuda.so
+rm -f $lib/segpipe/libonnxruntime_providers_cuda.so
 tar -C .gpu/root -cJf .gpu/p1/base.tar.xz opt
 rm -rf .gpu/root
 cp ../shared/data/ct/example_ct_sm.nii.gz ../shared/data/ct/example_ct.nii.gz .gpu/p1/

@@ -17,7 +17,7 @@ mkdir -p "$OUT"
 CUDNN=$(ls -d /opt/torch/.venv/lib/python3*/site-packages/nvidia/cudnn/lib 2>/dev/null | head -1)
 CUBLAS=$(ls -d /opt/torch/.venv/lib/python3*/site-packages/nvidia/cu*/lib 2>/dev/null | tr '\n' ':')
 export SEGPIPE=/opt/segpipe/bin/segpipe
-export SEGPIPE_LD=/opt/segpipe/lib:/usr/local/cuda/lib64:${CUDNN}:${CUBLAS}
+export SEGPIPE_LD=/opt/segpipe/lib:/opt/segpipe/lib/segpipe:/usr/local/cuda/lib64:${CUDNN}:${CUBLAS}
 export SEGPIPE_DATA=/root/gpu
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 LD_LIBRARY_PATH=$SEGPIPE_LD $SEGPIPE version | tee "$OUT/version.txt"

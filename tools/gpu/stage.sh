@@ -18,7 +18,7 @@ if [ -f .gpu/p1/base.tar.xz ]; then      # carried in this call: (re)install
 fi
 n=$(cat $G/cuda.parts 2>/dev/null || echo 0)
 have=$(ls $G/cuda.part.* 2>/dev/null | wc -l)
-if [ ! -f /opt/segpipe/lib/libonnxruntime_providers_cuda.so ] && [ "$n" -gt 0 ] && [ "$have" -eq "$n" ]; then
+if [ ! -f /opt/segpipe/lib/segpipe/libonnxruntime_providers_cuda.so ] && [ "$n" -gt 0 ] && [ "$have" -eq "$n" ]; then
   cat $G/cuda.part.* > $G/cuda.tgz
   want=$(sed -n 's/^cuda_sha512=//p' scripts/install-deps.sh)
   got=$(python3 -c 'import base64, hashlib, sys
@@ -26,8 +26,8 @@ print("sha512-" + base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()
   [ "$got" = "$want" ] || { echo "stage: the CUDA plugin tarball fails its sha512 check" >&2; exit 1; }
   python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extract(sys.argv[2], sys.argv[3])' \
     $G/cuda.tgz package/Plugins/Linux/x64/libonnxruntime_providers_cuda.so $G
-  mv $G/package/Plugins/Linux/x64/libonnxruntime_providers_cuda.so /opt/segpipe/lib/
+  mv $G/package/Plugins/Linux/x64/libonnxruntime_providers_cuda.so /opt/segpipe/lib/segpipe/
   rm -rf $G/cuda.tgz $G/cuda.part.* $G/package
   echo "CUDA provider plugin installed (sha512 ok)"
 fi
-ls $G /opt/segpipe/lib | tr '\n' ' '; echo
+ls $G /opt/segpipe/lib /opt/segpipe/lib/segpipe | tr '\n' ' '; echo
