@@ -11,7 +11,9 @@ module caches: generated inputs, a started service); modules known to be
 long are split into shards of their functions. Jobs run in JOBS child
 processes (default: 2 per core, at most 8; SP_TEST_JOBS overrides), the
 longest first, using the durations of the previous run in
-$BUILD/test-times.json. A module's output is printed whole when it ends,
+$BUILD/test-times.json; the modules in SOLO (a service watched under a
+given load) run last, one shard at a time, with nothing beside them. A
+module's output is printed whole when it ends,
 so lines of different modules never interleave.
 
   tests/run.py --job MODULE[:I/N] [-k SUBSTRING]   (internal: one job)
@@ -36,8 +38,15 @@ def arg(flag, default=None):
 
 sel = arg("-k")
 # modules whose tests are many or long: run as this many shards of functions
-SHARDS = {"test_server_hardening": 4, "test_server": 2, "test_cli": 2, "test_ui": 2, "test_masks": 2,
-          "test_video": 2, "test_dicom": 2, "test_memory": 2, "test_python": 2, "test_importer": 2}
+SHARDS = {"test_server_hardening": 4, "test_server": 2, "test_cli": 3, "test_ui": 3, "test_masks": 2,
+          "test_video": 2, "test_dicom": 2, "test_memory": 2, "test_python": 3, "test_importer": 3,
+          "test_dicom_out": 3, "test_journey": 2, "test_attack": 2, "test_queue": 2, "test_deb": 3,
+          "test_brainchop": 2, "test_service_inputs": 2, "test_stages": 2, "test_image": 2, "test_passport": 2}
+
+
+# modules whose tests watch a service's queue, memory or ordering under a
+# given load: run at the end, alone, so the other jobs' load is not theirs
+SOLO = {"test_server_hardening"}
 
 
 def run_job(spec):
@@ -154,17 +163,24 @@ def main():
         text, counts = unit_job() if spec == "unit" else py_job(spec)
         return spec, text, counts, time.time() - t
 
+    def report(result):
+        nonlocal failures
+        spec, text, counts, dt = result
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        for k in totals:
+            totals[k] += counts[k]
+        failures += counts["failures"]
+        if not sel:
+            times[spec] = round(dt, 1)
+
+    solo = [s for s in specs if s.split(":")[0] in SOLO]
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as ex:
-        futures = [ex.submit(one, s) for s in ["unit"] + specs]
+        futures = [ex.submit(one, s) for s in ["unit"] + [s for s in specs if s not in solo]]
         for fut in as_completed(futures):
-            spec, text, counts, dt = fut.result()
-            sys.stdout.write(text)
-            sys.stdout.flush()
-            for k in totals:
-                totals[k] += counts[k]
-            failures += counts["failures"]
-            if not sel:
-                times[spec] = round(dt, 1)
+            report(fut.result())
+    for s in solo:   # alone, after the others
+        report(one(s))
     if not sel:
         os.makedirs(os.path.dirname(times_path), exist_ok=True)
         json.dump(times, open(times_path, "w"), indent=1, sort_keys=True)

@@ -391,8 +391,11 @@ def test_server_kserve_answers_streamed(tmp):
             c.sendall(b"POST /v2/models/demo/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                       b"Content-Length: %d\r\n\r\n" % len(patch) + patch)
             socks.append(c)
-        time.sleep(8)
-        code, st = jget(s.url + "/v1/status")
+        for _ in range(600):   # events, not wall time: the five answers made (and not read)
+            code, st = jget(s.url + "/v1/status")
+            if st["endpoints"]["infer"]["served"] >= 5:
+                break
+            time.sleep(0.5)
         assert st["endpoints"]["infer"]["served"] >= 5, st["endpoints"]
         assert st["rss_bytes"] < 900e6, st["rss_bytes"]   # text held whole: > 1.3 GB
     finally:
