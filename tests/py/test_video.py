@@ -290,7 +290,10 @@ def test_video_ctrl_c_stops_cleanly(tmp):
     out = os.path.join(tmp, "out.mp4")
     proc = subprocess.Popen([sp.SEGPIPE, "video", clip, "-o", out], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=sp.run_env())
-    time.sleep(1.0)
+    for _ in range(1200):   # an event, not a wall time: the output has begun
+        if os.path.exists(out + ".part") or proc.poll() is not None:
+            break
+        time.sleep(0.1)
     assert proc.poll() is None, "finished before the signal: make the clip longer"
     assert os.path.exists(out + ".part")
     proc.send_signal(signal.SIGINT)
