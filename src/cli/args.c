@@ -230,7 +230,12 @@ int cli_parse(const char *cmd, const cli_opt *t, const cli_hint *hints, int argc
             dash = 1;
             continue;
         }
-        int rc = one(cmd, t, hints, ctx, argc, argv, &i, a);
+        int rc = 0;
+        for (const cli_hint *h = hints; h && h->spelling && !rc; h++)
+            if (arg[1] != '-' && !strcmp(arg, h->spelling))   /* "-ta": another tool's flag, not -t a */
+                rc = unknown(cmd, t, hints, arg);
+        if (!rc)
+            rc = one(cmd, t, hints, ctx, argc, argv, &i, a);
         if (rc)
             return rc < 0 ? CLI_HELP_ASKED : rc;
     }

@@ -86,6 +86,7 @@ def test_journey_help_and_options(tmp):
         (["mri", CT, "--tile_bach", "2"], "did you mean --tile-batch?"),
         (["ct", CT, "-o", "x.nii.gz", "--fast"], "3 mm model"),
         (["ct", CT, "-o", "x.nii.gz", "--ml"], "multilabel file by default"),
+        (["ct", CT, "-o", "x.nii.gz", "-ta", "total"], "the command and the package choose the task"),
         (["ct", CT, "-o", "x.nii.gz", "--bogus"], "unknown option --bogus"),
         (["ct", CT, "-o", "x.nii.gz", "--device", "gpu:x"], "--device is cpu, cuda, cuda:N, gpu or gpu:N"),
         (["ct", CT, CT, "-o", "x.nii.gz"], "expected one INPUT"),
