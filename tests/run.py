@@ -52,7 +52,7 @@ ASAN_SKIP = {"test_ui", "test_deb", "test_man", "test_isnet", "test_brainchop", 
 
 # modules whose tests watch a service's queue, memory or ordering under a
 # given load: run at the end, alone, so the other jobs' load is not theirs
-SOLO = {"test_server_hardening"}
+SOLO = {"test_server_hardening", "test_attack"}
 
 
 def run_job(spec):
