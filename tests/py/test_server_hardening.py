@@ -242,9 +242,10 @@ def test_server_async_jobs_progress_cancel_and_timeout(tmp):
         assert code == 202
         for _ in range(10):   # long polls of at most 60 s
             code, st = jget(s.url + r["status_url"] + "?wait=60")
-            if st["state"] == "done":
+            if st["state"] in ("done", "failed"):
                 break
-        assert code == 200 and st["state"] == "done", st   # run to its end (200, or 504 past 3 s if loaded)
+        # the worker took it and it ended: 200, or 504 when a loaded machine ran it past 3 s
+        assert code == 200 and st["state"] in ("done", "failed") and st["http_status"] in (200, 504), st
     finally:
         rc, _ = s.stop()
     assert rc == 0
