@@ -314,21 +314,28 @@ function labelColormap() {
   return cm;
 }
 
-// The structure under the mouse (hover), from the labels' voxel there.
-function hover(e) {
+// The structure under the mouse (hover), from the labels' voxel there: the
+// canvas position (device pixels, as niivue's screen tiles are) to the
+// scene's fraction, then millimetres, then the labels' voxel - the path of
+// niivue's own location read-out. (niivue 0.69's frac2vox needs a volume's
+// `dims`, which only the background volume has: not usable for the labels.)
+function labelAt(clientX, clientY) {
   const nv = state.nv;
-  if (!nv || !state.labels) return;
-  const r = $('viewer').getBoundingClientRect();
-  const dpr = nv.uiData && nv.uiData.dpr ? nv.uiData.dpr : window.devicePixelRatio || 1;
-  let name = '';
-  try {   // niivue has no tile under the mouse between the planes, or before the first draw
-    const frac = nv.canvasPos2frac([(e.clientX - r.left) * dpr, (e.clientY - r.top) * dpr]);
-    const v = frac && frac[0] >= 0 ? nv.frac2vox(frac, nv.volumes.indexOf(state.labels)) : null;
-    const l = v ? Math.round(state.labels.getValue(v[0], v[1], v[2])) : 0;
-    name = l > 0 ? (state.names[l] ? state.names[l].name : `label ${l}`) : '';
-  } catch (err) {
-    name = '';
-  }
+  const r = nv.canvas.getBoundingClientRect();
+  const dpr = nv.uiData.dpr || window.devicePixelRatio || 1;
+  const frac = nv.canvasPos2frac([(clientX - r.left) * dpr, (clientY - r.top) * dpr]);
+  if (!(frac[0] >= 0)) return 0;   // between the planes, or over the 3D view
+  const lab = state.labels;
+  const v = lab.mm2vox(nv.frac2mm(frac));
+  const d = lab.dimsRAS;
+  for (let i = 0; i < 3; i++) if (v[i] < 0 || v[i] >= d[i + 1]) return 0;
+  return Math.round(lab.getValue(v[0], v[1], v[2]));
+}
+
+function hover(e) {
+  if (!state.nv || !state.labels || !state.nv.volumes.includes(state.labels)) return;
+  const l = labelAt(e.clientX, e.clientY);
+  const name = l > 0 ? (state.names[l] ? state.names[l].name : `label ${l}`) : '';
   $('hover').textContent = name;
   document.body.dataset.hover = name;
 }
@@ -355,6 +362,7 @@ async function showVolume(model, file, scan, labels) {
       if (v > 0 && v !== state.selected) select(v, false);
     };
     $('viewer').addEventListener('mousemove', hover);
+    $('viewer').addEventListener('mouseleave', () => { $('hover').textContent = ''; document.body.dataset.hover = ''; });
   }
   const nv = state.nv;
   while (nv.volumes.length) nv.removeVolume(nv.volumes[nv.volumes.length - 1]);

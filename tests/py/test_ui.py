@@ -206,6 +206,8 @@ def test_page_realistic_inputs(tmp):
         assert got["volumes"][1]["max"] == top   # the labels parsed whole (the last label is there)
         assert got["radiological"] is True
         assert got["hovered"] and set(got["hovered"]) <= set(cli), got["hovered"]
+        # clicked where hover named a structure: niivue's own read-out of the voxel agrees
+        assert got["hover_click"] and all(h and h == sel for h, sel in got["hover_click"]), got["hover_click"]
         assert any("uploading" in x and "%" in x for x in got["statuses"]), got["statuses"][:5]
         assert any("running" in x for x in got["statuses"]), got["statuses"]
     assert shape_ct == (512, 512, 120) and shape_dcm == (512, 512, 20)

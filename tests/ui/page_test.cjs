@@ -105,15 +105,23 @@ async function volumeRun(page, v) {
   r.window = await page.inputValue('#window');
   // hover: names under a grid of points of the viewer
   const box = await (await page.$('#viewer')).boundingBox();
-  const seen = new Set();
+  const seen = new Map();   // name -> a point where the mouse showed it
   for (let i = 1; i < 12; i++) {
     for (let k = 1; k < 12; k++) {
-      await page.mouse.move(box.x + box.width * i / 12, box.y + box.height * k / 12);
+      const pt = [box.x + box.width * i / 12, box.y + box.height * k / 12];
+      await page.mouse.move(pt[0], pt[1]);
       const h = await page.evaluate(() => document.body.dataset.hover || '');
-      if (h) seen.add(h);
+      if (h && !seen.has(h)) seen.set(h, pt);
     }
   }
-  r.hovered = [...seen];
+  r.hovered = [...seen.keys()];
+  // a click there moves niivue's crosshair to that voxel: niivue's own
+  // location read-out (onLocationChange -> the selection) names what hover named
+  r.hover_click = [];
+  for (const pt of [...seen.values()].slice(0, 3)) {
+    await page.mouse.click(pt[0], pt[1]);
+    r.hover_click.push(await page.evaluate(() => [document.body.dataset.hover, document.body.dataset.selected]));
+  }
   if (v.presets) {
     r.presets = {};
     for (const w of ['lung', 'bone', 'brain', 'soft']) {
