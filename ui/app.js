@@ -29,6 +29,7 @@ const state = {
   selected: 0,
   sort: { key: 'volume_ml', dir: -1 },
   urls: [],           // object URLs to revoke on the next run
+  unit: 'HU',         // the passport's intensity unit: 'HU' (CT) or 'intensity' (MRI)
   bg: null,           // NVImage of the scan (NIfTI input, or the service's copy of a DICOM series)
   poll: null,         // timer following models that warm up
 };
@@ -340,12 +341,17 @@ function hover(e) {
   document.body.dataset.hover = name;
 }
 
-function applyWindow() {
-  if (!state.bg) return;
+// the window's range onto the scan (no redraw)
+function setWindow() {
   const w = WINDOWS[$('window').value];
   if (w) { state.bg.cal_min = w[0]; state.bg.cal_max = w[1]; } else {   // auto: the scan's robust range
     state.bg.cal_min = state.bg.robust_min; state.bg.cal_max = state.bg.robust_max;
   }
+}
+
+function applyWindow() {
+  if (!state.bg) return;
+  setWindow();
   state.nv.updateGLVolume();
 }
 
@@ -365,21 +371,29 @@ async function showVolume(model, file, scan, labels) {
     $('viewer').addEventListener('mouseleave', () => { $('hover').textContent = ''; document.body.dataset.hover = ''; });
   }
   const nv = state.nv;
-  while (nv.volumes.length) nv.removeVolume(nv.volumes[nv.volumes.length - 1]);
+  // Each niivue call below rebuilds the textures of every volume it holds
+  // (seconds for a 512x512 CT in a browser without a GPU): the old volumes go
+  // background first (what remains is at most the small labels), the window
+  // and the label colours are set before the volumes are added, and the two
+  // additions are the only rebuilds.
+  while (nv.volumes.length) nv.removeVolume(nv.volumes[0]);
   state.selected = 0;
   state.bg = null;
-  if (scan) {
-    state.bg = await niivue.NVImage.loadFromUrl({ url: scan.slice(0), name: 'scan.nii.gz', colormap: 'gray' });
-    $('window').value = model.task === 'ct' ? 'soft' : 'auto';
-    nv.addVolume(state.bg);
-    applyWindow();
-  }
-  state.labels = await niivue.NVImage.loadFromUrl({ url: labels.slice(0), name: 'labels.nii.gz',
-    opacity: Number($('opacity').value) });
-  state.labels.setColormapLabel(labelColormap());
-  nv.addVolume(state.labels);
+  state.labels = null;
+  const [bg, lab] = await Promise.all([
+    scan ? niivue.NVImage.loadFromUrl({ url: scan.slice(0), name: 'scan.nii.gz', colormap: 'gray' }) : null,
+    niivue.NVImage.loadFromUrl({ url: labels.slice(0), name: 'labels.nii.gz', opacity: Number($('opacity').value) }),
+  ]);
   nv.setSliceType(Number($('view').value));
-  nv.updateGLVolume();
+  if (bg) {
+    state.bg = bg;
+    $('window').value = model.task === 'ct' ? 'soft' : 'auto';
+    setWindow();
+    nv.addVolume(bg);
+  }
+  state.labels = lab;
+  lab.setColormapLabel(labelColormap());
+  nv.addVolume(lab);
   $('picked').textContent = scan ? 'click a structure in the viewer or the table'
     : 'labels shown without the scan (the service did not send it)';
   $('viewer').dataset.ready = '1';
@@ -416,7 +430,7 @@ function select(label, moveCrosshair) {
     state.nv.scene.crosshairPos = state.nv.mm2frac(s.centroid_mm);
     state.nv.drawScene();
   }
-  $('picked').textContent = s ? `${s.name}: ${s.volume_ml.toFixed(1)} ml, HU ${s.hu_mean.toFixed(0)} ± ` +
+  $('picked').textContent = s ? `${s.name}: ${s.volume_ml.toFixed(1)} ml, ${state.unit} ${s.hu_mean.toFixed(0)} ± ` +
     `${s.hu_std.toFixed(0)}${s.touches_border ? ', touches the scan border' : ''}` : '';
   document.body.dataset.selected = s ? s.name : '';
   for (const tr of document.querySelectorAll('#passport tbody tr')) {
@@ -428,10 +442,14 @@ function select(label, moveCrosshair) {
 
 function showPassport(res, wall) {
   const p = res.passport;
-  state.structures = p.structures.map((s) => ({
-    label: s.label, name: s.name, volume_ml: s.volume_ml, hu_mean: s.hu.mean, hu_std: s.hu.std,
-    components: s.components, touches_border: s.touches_border ? 1 : 0, centroid_mm: s.centroid_mm,
-  }));
+  // a CT's passport has Hounsfield units ("hu"), an MRI's the scan's own intensity
+  state.unit = p.structures.some((s) => s.intensity) ? 'intensity' : 'HU';
+  state.structures = p.structures.map((s) => {
+    const st = s.hu || s.intensity || { mean: NaN, std: NaN };
+    return { label: s.label, name: s.name, volume_ml: s.volume_ml, hu_mean: st.mean, hu_std: st.std,
+      components: s.components, touches_border: s.touches_border ? 1 : 0, centroid_mm: s.centroid_mm };
+  });
+  for (const k of ['mean', 'std']) $('passport').querySelector(`th[data-key="hu_${k}"]`).textContent = `${state.unit} ${k}`;
   const sc = p.scan;
   $('ct-summary').textContent = `${sc.shape.join(' × ')} voxels at ${sc.spacing_mm.map((x) => +x.toFixed(2)).join(' × ')} mm, ` +
     `${sc.structures_found} structures, ${sc.structures_touching_border.length} touching the border, ` +

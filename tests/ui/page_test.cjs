@@ -96,31 +96,40 @@ async function volumeRun(page, v) {
   if (r.state !== 'done') { r.error = await page.textContent('#error-text'); return r; }
   await page.waitForSelector('#viewer[data-ready="1"]');
   r.table = await page.$$eval('#passport tbody tr', (rows) => rows.map((x) => ({
-    name: x.cells[0].textContent, volume_ml: Number(x.cells[1].textContent) })));
+    name: x.cells[0].textContent, volume_ml: Number(x.cells[1].textContent), mean: Number(x.cells[2].textContent) })));
+  r.mean_header = await page.textContent('#passport th[data-key="hu_mean"]');
   r.downloads = await page.$$eval('#ct-downloads a', (a) => a.map((x) => x.download));
   r.summary = await page.textContent('#ct-summary');
   r.volumes = await page.evaluate(() => state.nv.volumes.map((x) => ({ name: x.name, dims: Array.from(x.hdr.dims).slice(1, 4),
     datatype: x.hdr.datatypeCode, max: x.global_max })));
   r.radiological = await page.evaluate(() => state.nv.opts.isRadiologicalConvention);
   r.window = await page.inputValue('#window');
-  // hover: names under a grid of points of the viewer
+  // hover: the names the page shows under a grid of points of the viewer
+  // (read back by a listener after the page's own: one round trip a point)
+  await page.evaluate(() => {
+    window.__hover = {};
+    if (window.__hoverRec) return;
+    window.__hoverRec = true;
+    document.addEventListener('mousemove', (e) => {
+      const h = document.body.dataset.hover;
+      if (h && !(h in window.__hover)) window.__hover[h] = [e.clientX, e.clientY];
+    });
+  });
   const box = await (await page.$('#viewer')).boundingBox();
-  const seen = new Map();   // name -> a point where the mouse showed it
   for (let i = 1; i < 12; i++) {
-    for (let k = 1; k < 12; k++) {
-      const pt = [box.x + box.width * i / 12, box.y + box.height * k / 12];
-      await page.mouse.move(pt[0], pt[1]);
-      const h = await page.evaluate(() => document.body.dataset.hover || '');
-      if (h && !seen.has(h)) seen.set(h, pt);
-    }
+    for (let k = 1; k < 12; k++) await page.mouse.move(box.x + box.width * i / 12, box.y + box.height * k / 12);
   }
-  r.hovered = [...seen.keys()];
-  // a click there moves niivue's crosshair to that voxel: niivue's own
-  // location read-out (onLocationChange -> the selection) names what hover named
-  r.hover_click = [];
-  for (const pt of [...seen.values()].slice(0, 3)) {
+  const seen = await page.evaluate(() => window.__hover);
+  r.hovered = Object.keys(seen);
+  // a click where hover named a structure moves niivue's crosshair there:
+  // niivue's own read-out of that voxel (onLocationChange, which selects the
+  // structure) names the same
+  const named = Object.entries(seen);
+  if (named.length) {
+    const [name, pt] = named[0];
     await page.mouse.click(pt[0], pt[1]);
-    r.hover_click.push(await page.evaluate(() => [document.body.dataset.hover, document.body.dataset.selected]));
+    r.hover_click = [name, await page.evaluate(() => document.body.dataset.hover),
+      await page.evaluate(() => document.body.dataset.selected)];
   }
   if (v.presets) {
     r.presets = {};
