@@ -410,8 +410,9 @@ static enum MHD_Result job_path(server *s, struct MHD_Connection *c, const char 
     const char *what = slash ? slash + 1 : "";
     int get = !strcmp(method, "GET") || !strcmp(method, "HEAD"), del = !strcmp(method, "DELETE");
     if (strcmp(what, "") && strcmp(what, "result") && strcmp(what, "labels") && strcmp(what, "dicom-seg") &&
-        strcmp(what, "scan"))
-        return sp_http_error(c, 404, "unknown path (ID, ID/result, ID/labels, ID/dicom-seg or ID/scan)", 0);
+        strcmp(what, "dicom-rtstruct") && strcmp(what, "scan"))
+        return sp_http_error(c, 404, "unknown path (ID, ID/result, ID/labels, ID/dicom-seg, ID/dicom-rtstruct or "
+                             "ID/scan)", 0);
     if (!(get || (del && !*what)))
         return not_allowed(c, *what ? "GET" : "GET, DELETE");
     char amsg[256];

@@ -259,7 +259,7 @@ static sp_status file_bytes(server *s, job *j, int what, const sp_ct_result *res
         st = sp_volume_write(path, v, !strcmp(sp_package_task(pk), "ct") ? SP_DT_I16 : SP_DT_F32);
     else if (what == OUT_SEG) {   /* DICOM-SEG or RTSTRUCT with standard codes (docs/dicom.md) */
         char desc[96];
-        snprintf(desc, sizeof desc, "segpipe %.56s", sp_package_name(pk));
+        snprintf(desc, sizeof desc, "segpipe %.56s", j->me->name);   /* the model as the service names it */
         sp_dicom_params dp = sp_dicom_default_params();
         dp.kind = j->want_seg == 2 ? SP_DICOM_RTSTRUCT : SP_DICOM_SEG;
         dp.description = desc;
