@@ -18,7 +18,7 @@ so lines of different modules never interleave.
 
   tests/run.py --job MODULE[:I/N] [-k SUBSTRING]   (internal: one job)
 """
-import importlib.util, json, os, re, subprocess, sys, tempfile, time, traceback
+import importlib.util, json, os, re, resource, subprocess, sys, tempfile, time, traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 # Debian's python3 has the test dependencies (numpy, scipy, nibabel, torch):
@@ -96,7 +96,16 @@ def run_job(spec):
                 counts["failed"] += 1
                 counts["failures"].append(f"{full}\n{traceback.format_exc()}")
                 print(f"FAIL {full}", flush=True)
+    counts["cpu"] = cpu_seconds()
     print("@@RESULT " + json.dumps(counts), flush=True)
+
+
+def cpu_seconds():
+    """CPU time (user + system) of this job and of the processes it waited for
+    (the CLI runs, services, browsers): the cost that sets the suite's wall
+    time on a small CI machine, whatever else ran beside it."""
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return round(a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime, 1)
 
 
 def unit_job():
@@ -164,7 +173,7 @@ def main():
     jobs = int(arg("-j", os.environ.get("SP_TEST_JOBS", min(8, 2 * (os.cpu_count() or 1)))))
     specs = sorted(jobs_list(), key=lambda s: -last.get(s, 60.0))
     totals = {"passed": 0, "failed": 0, "skipped": 0}
-    failures, times = [], dict(last)
+    failures, times, cpu = [], dict(last), {}
     t0 = time.time()
 
     def one(spec):
@@ -182,6 +191,7 @@ def main():
         failures += counts["failures"]
         if not sel:
             times[spec] = round(dt, 1)
+            cpu[spec] = counts.get("cpu", 0.0)
 
     solo = [s for s in specs if s.split(":")[0] in SOLO]
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as ex:
@@ -193,13 +203,15 @@ def main():
     if not sel:
         os.makedirs(os.path.dirname(times_path), exist_ok=True)
         json.dump(times, open(times_path, "w"), indent=1, sort_keys=True)
+        json.dump(cpu, open(times_path.replace("times", "cpu"), "w"), indent=1, sort_keys=True)
     for f in failures:
         print("\n--- " + f, file=sys.stderr)
     if "asan" in build:
         print("\nnot in the sanitizer run (make test runs them): " + ", ".join(sorted(ASAN_SKIP)))
     if totals["skipped"]:
         print(f"\n{totals['skipped']} skipped (see the skip lines above)")
-    print(f"\n{totals['passed']} passed, {totals['failed']} failed ({time.time() - t0:.0f} s, {jobs} jobs)")
+    print(f"\n{totals['passed']} passed, {totals['failed']} failed ({time.time() - t0:.0f} s, {jobs} jobs"
+          + (f", {sum(cpu.values()):.0f} CPU s)" if cpu else ")"))
     sys.exit(1 if totals["failed"] else 0)
 
 
