@@ -349,6 +349,37 @@ static sp_status ct_write(const ct_opts *o, const sp_package *pk, const sp_volum
     return st;
 }
 
+/* Warnings when the values do not look like the task's modality: a label
+ * map (few whole numbers) or an MRI (no air below -500 HU) given to `ct`, a CT
+ * (much air below -500) given to `mri`. */
+static void modality_warnings(const ct_opts *o, const float *d, size_t n, const char *task, cli_warnings *w)
+{
+    size_t air = 0, whole = 1, distinct = 0;
+    unsigned char seen[256] = {0};
+    float lo = INFINITY, hi = -INFINITY;
+    for (size_t k = 0; k < n; k++) {
+        float x = d[k];
+        lo = x < lo ? x : lo;
+        hi = x > hi ? x : hi;
+        air += x < -500;
+        whole &= x == floorf(x);
+        if (whole && x >= 0 && x <= 255 && !seen[(int)x]) {
+            seen[(int)x] = 1;
+            distinct++;
+        }
+    }
+    int labels = whole && lo >= 0 && hi <= 255 && distinct <= 64;
+    if (!strcmp(task, "ct") && labels)
+        cli_warn(w, o->cmd, o->input, "the values are a few whole numbers in 0..255: this looks like a label map, "
+                 "not a CT in HU");
+    else if (!strcmp(task, "ct") && air * 100 < n)
+        cli_warn(w, o->cmd, o->input, "less than 1% of the voxels is below -500: no air in Hounsfield units, so "
+                 "this does not look like a CT (an MRI? use segpipe mri)");
+    else if (!strcmp(task, "mri") && air * 20 > n)
+        cli_warn(w, o->cmd, o->input, "more than 5% of the voxels is below -500: this looks like a CT in "
+                 "Hounsfield units, not an MRI (use segpipe ct)");
+}
+
 /* The read volume checked before the network runs: 3D, oriented, values
  * that look like the modality. Returns an exit code for a refusal (after
  * printing why), else 0 with the warnings printed and kept in w. */
@@ -366,23 +397,8 @@ static int ct_check_volume(const ct_opts *o, const sp_volume *v, const sp_packag
         cli_warn(w, o->cmd, o->input, "no orientation (NIfTI qform and sform codes are 0): read as RAS at its pixdim "
                  "spacing; check the labels' left and right");
     const float *d = sp_volume_data(v);
-    if (!d || strcmp(sp_package_task(pk), "ct"))
-        return 0;
-    size_t n = (size_t)vi.dim[0] * (size_t)vi.dim[1] * (size_t)vi.dim[2], air = 0, whole = 1;
-    float lo = INFINITY, hi = -INFINITY;
-    for (size_t k = 0; k < n; k++) {
-        float x = d[k];
-        lo = x < lo ? x : lo;
-        hi = x > hi ? x : hi;
-        air += x < -500;
-        whole &= x == floorf(x);
-    }
-    if (whole && lo >= 0 && hi <= 255)
-        cli_warn(w, o->cmd, o->input, "the values are whole numbers in 0..255: this looks like a label map, not "
-                 "a CT in HU");
-    else if (air * 100 < n)
-        cli_warn(w, o->cmd, o->input, "less than 1% of the voxels is below -500: no air in Hounsfield units, so "
-                 "this does not look like a CT (an MRI? use segpipe mri)");
+    if (d)
+        modality_warnings(o, d, (size_t)vi.dim[0] * (size_t)vi.dim[1] * (size_t)vi.dim[2], sp_package_task(pk), w);
     return 0;
 }
 

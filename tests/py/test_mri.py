@@ -85,3 +85,12 @@ def test_brainchop_tiny_t1(tmp):
 def test_mri_needs_a_model(tmp):
     p = sp.run("mri", os.path.join(MRI, "bet.nii.gz"), "-o", os.path.join(tmp, "x.nii.gz"))
     assert p.returncode == 2 and "make_brainchop_package" in p.stderr, p.stderr
+
+
+def test_mri_warns_on_a_ct(tmp):
+    """A CT in HU given to `mri` runs, with a warning that names the right command."""
+    out = os.path.join(tmp, "x.nii.gz")
+    p = sp.run("mri", os.path.join(sp.SHARED, "data", "ct", "example_ct_sm.nii.gz"), "-o", out,
+               "--model", package(tmp), "--no-passport", timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "looks like a CT in Hounsfield units" in p.stderr and "use segpipe ct" in p.stderr, p.stderr
