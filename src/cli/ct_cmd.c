@@ -322,8 +322,11 @@ static sp_status ct_write(const ct_opts *o, const sp_package *pk, const sp_volum
     const uint16_t *lab = sp_ct_result_labels(res, NULL);
     if (o->split) {
         st = sp_labels_write_split(o->output, lab, v, pk);
-        snprintf(ppath, cap, "%s/passport.json", o->output);
-        snprintf(spath, cap, "%s/statistics.json", o->output);
+        int n = (int)strlen(o->output);
+        while (n > 1 && o->output[n - 1] == '/')   /* "out/" and "out" name one folder */
+            n--;
+        snprintf(ppath, cap, "%.*s/passport.json", n, o->output);
+        snprintf(spath, cap, "%.*s/statistics.json", n, o->output);
     } else {
         char desc[128];
         snprintf(desc, sizeof desc, "segpipe %.56s", sp_package_name(pk));
@@ -487,6 +490,12 @@ static int ct_finish(const ct_opts *o, ct_run *r, int argc, char **argv)
         printf("labels: %s\n", o->output);
         if (ps)
             printf("passport: %s\nstatistics: %s\n", ppath, spath);
+        if (o->preview)
+            printf("preview: %s\n", o->preview);
+        if (o->mlab)
+            printf("model-grid labels: %s\n", o->mlab);
+        if (o->report)
+            printf("report: %s\n", o->report);
     }
     if (o->report) {
         int threads = o->rp.threads ? o->rp.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);

@@ -236,6 +236,7 @@ static int open_all(vargs *a, sp_runtime **rt, sp_package **pk, sp_video **v)
     if ((st = sp_runtime_create(&rp, rt)) || (st = sp_package_load(*rt, a->model, pk)) ||
         (st = sp_video_open(*pk, &a->p, v)))
         return cli_fail(st, NULL);
+    cli_demo_note(*pk, a->quiet);
     return 0;
 }
 

@@ -78,7 +78,9 @@ def test_ct_orientation_invariance(tmp):
 def test_ct_split_layout(tmp):
     src = os.path.join(sp.CTDIR, "example_ct_sm.nii.gz")
     d = os.path.join(tmp, "segs")
-    sp.run("ct", src, "-o", d, "--split", "-q", check=True)
+    png = os.path.join(tmp, "p.png")
+    r = sp.run("ct", src, "-o", d + "/", "--split", "--preview", png, check=True)   # "segs/" names the folder
+    assert f"passport: {d}/passport.json\n" in r.stdout and f"preview: {png}\n" in r.stdout, r.stdout
     files = os.listdir(d)
     assert "liver.nii.gz" in files and "statistics.json" in files and "passport.json" in files
     assert len([f for f in files if f.endswith(".nii.gz")]) == 117
