@@ -393,7 +393,7 @@ int cmd_bench(int argc, char **argv)
     if (optind >= argc || o.runs < 1 || o.warmup < 0 || o.tile_batch < 0 || o.threads < 0)
         return cli_usage_error("bench", "expected CASES... (and --runs >= 1)");
     if (cli_mkdir_p(o.out) != 0) {
-        fprintf(stderr, "segpipe: %s: cannot create: %s\n", o.out, strerror(errno));
+        cli_errf("%s: cannot create: %s\n", o.out, strerror(errno));
         return 6;
     }
     cJSON *root = cJSON_CreateObject();
@@ -429,7 +429,7 @@ int cmd_bench(int argc, char **argv)
     FILE *f = fopen(tmp, "w");
     if (!f) {
         cJSON_Delete(root);
-        fprintf(stderr, "segpipe: %s: cannot write\n", tmp);
+        cli_errf("%s: cannot write\n", tmp);
         return 6;
     }
     write_md(f, all, &o);

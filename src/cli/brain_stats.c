@@ -106,7 +106,7 @@ int cli_brain_stats(const char *passport_json, const char *stem, const char *mod
         if (a)
             fclose(a);
         cJSON_Delete(j);
-        fprintf(stderr, "segpipe: cannot write the brain statistics beside the labels\n");
+        cli_errf("cannot write the brain statistics beside the labels\n");
         return sp_status_exit_code(SP_ERR_IO);
     }
     fprintf(a, "# Title Segmentation Statistics\n# generating_program segpipe mri\n# model %s\n", model);
@@ -139,7 +139,7 @@ int cli_brain_stats(const char *passport_json, const char *stem, const char *mod
     bad |= fclose(a) | fclose(c);
     cJSON_Delete(j);
     if (bad) {
-        fprintf(stderr, "segpipe: writing the brain statistics failed\n");
+        cli_errf("writing the brain statistics failed\n");
         return sp_status_exit_code(SP_ERR_IO);
     }
     return 0;

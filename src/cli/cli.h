@@ -7,6 +7,10 @@
 
 /* common.c: shared by every subcommand */
 int cli_fail(sp_status st, const char *ctx);
+/* "segpipe CMD: " + the message on stderr (CMD: the running subcommand, set by
+ * main); returns what fprintf returns, so it fits `return cli_errf(...), code;` */
+int cli_errf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void cli_set_command(const char *name);
 int cli_usage_error(const char *cmd, const char *msg);
 void cli_set_quiet(int quiet);
 int cli_quiet(void);

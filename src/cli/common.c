@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <ftw.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,9 +16,23 @@
 
 static int g_quiet, g_verbose;
 
+static const char *g_command;   /* the subcommand running, for the messages' prefix */
+
+void cli_set_command(const char *name) { g_command = name; }
+
+int cli_errf(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = fprintf(stderr, "segpipe%s%s: ", g_command ? " " : "", g_command ? g_command : "");
+    n += vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    return n;
+}
+
 int cli_fail(sp_status st, const char *ctx)
 {
-    fprintf(stderr, "segpipe: %s%s%s\n", ctx ? ctx : "", ctx ? ": " : "", sp_last_error());
+    cli_errf("%s%s%s\n", ctx ? ctx : "", ctx ? ": " : "", sp_last_error());
     return sp_status_exit_code(st);
 }
 

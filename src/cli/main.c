@@ -192,7 +192,7 @@ int main(int argc, char **argv)
     }
     if (argc == 3 && !strcmp(argv[1], SP_ARGV_FLAG)) {
         if ((argc = argv_from_fd(argv[2], &argv)) < 2) {
-            fprintf(stderr, "segpipe: cannot read the arguments back\n");
+            cli_errf("cannot read the arguments back\n");
             return 2;
         }
     } else {
@@ -209,9 +209,11 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "--version"))
         return cmd_version(0, NULL);
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
-        if (!strcmp(argv[1], commands[i].name))
+        if (!strcmp(argv[1], commands[i].name)) {
+            cli_set_command(commands[i].name);
             return commands[i].fn(argc - 1, argv + 1);
-    fprintf(stderr, "segpipe: unknown command '%s'\n", argv[1]);
+        }
+    cli_errf("unknown command '%s'\n", argv[1]);
     help(stderr);
     return 2;
 }

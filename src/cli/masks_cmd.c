@@ -187,7 +187,7 @@ static void *writer_main(void *arg)
         int failed = 0, done = 0;
         for (int k = 0; k < j->n; k++) {
             if (write_outputs(w->dir, j->paths[k], j->imgs[k], j->res[k], w->preview)) {
-                fprintf(stderr, "segpipe: %s: cannot write outputs in %s\n", j->paths[k], w->dir);
+                cli_errf("%s: cannot write outputs in %s\n", j->paths[k], w->dir);
                 failed++;
             } else {
                 done++;
@@ -338,7 +338,7 @@ static int masks_batches(const masks_opts *o, sp_package *pk, char **photos, int
             return 7;
         for (int k = 0; k < nb; k++) {
             if (!d->imgs[k]) {
-                fprintf(stderr, "segpipe: %s\n", d->errs[k] ? d->errs[k] : "out of memory");
+                cli_errf("%s\n", d->errs[k] ? d->errs[k] : "out of memory");
                 free(d->errs[k]);
                 rc = sp_status_exit_code(d->sts[k]);
                 (*failed)++;
@@ -434,7 +434,7 @@ int cmd_masks(int argc, char **argv)
     pthread_mutex_init(&wr.mu, NULL);
     pthread_cond_init(&wr.cv, NULL);
     if (pthread_create(&wr.th, NULL, writer_main, &wr) != 0) {
-        fprintf(stderr, "segpipe: cannot start the writer thread\n");
+        cli_errf("cannot start the writer thread\n");
         rc = 5;
         goto end;
     }

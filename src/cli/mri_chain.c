@@ -24,7 +24,7 @@ static int usage(const char *msg)
 
 static int failed(sp_status st, const char *ctx)
 {
-    fprintf(stderr, "segpipe: %s: %s\n", ctx, sp_last_error());
+    cli_errf("%s: %s\n", ctx, sp_last_error());
     return sp_status_exit_code(st);
 }
 

@@ -76,7 +76,7 @@ int cli_probe(const char *model, const char *device)
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
         ;
     if (WIFSIGNALED(status)) {
-        fprintf(stderr, "segpipe: ONNX Runtime's %s provider crashed (%s) running one inference of %s; the "
+        cli_errf("ONNX Runtime's %s provider crashed (%s) running one inference of %s; the "
                 "third-party CUDA plugin is known to crash on some operators (ISNet's Resize to output sizes, "
                 "docs/gpu.md): run this model with --device cpu\n", device, strsignal(WTERMSIG(status)), model);
         return 5;

@@ -110,7 +110,7 @@ static int same_grid(const pp_opts *o, const sp_volume *ct, const sp_volume *lg)
     sp_volume_get_info(lg, &b);
     for (int i = 0; i < 3; i++)
         if (a.dim[i] != b.dim[i]) {
-            fprintf(stderr, "segpipe: %s is %lldx%lldx%lld but %s is %lldx%lldx%lld: the labels must be "
+            cli_errf("%s is %lldx%lldx%lld but %s is %lldx%lldx%lld: the labels must be "
                     "on the CT's grid\n", o->ct, (long long)a.dim[0], (long long)a.dim[1], (long long)a.dim[2],
                     o->labels, (long long)b.dim[0], (long long)b.dim[1], (long long)b.dim[2]);
             return 3;
@@ -120,7 +120,7 @@ static int same_grid(const pp_opts *o, const sp_volume *ct, const sp_volume *lg)
             double tol = q < 3 ? 1e-3 * (a.spacing[q] > 0 ? a.spacing[q] : 1) : 1e-2;
             double d = a.affine[r][q] - b.affine[r][q];
             if (d > tol || d < -tol) {
-                fprintf(stderr, "segpipe: %s and %s have different affines (element [%d][%d]: %g vs %g)\n",
+                cli_errf("%s and %s have different affines (element [%d][%d]: %g vs %g)\n",
                         o->ct, o->labels, r, q, a.affine[r][q], b.affine[r][q]);
                 return 3;
             }
@@ -161,7 +161,7 @@ int cmd_passport(int argc, char **argv)
     sp_status st;
     double t0 = sp_now();
     if (o.map && (st = read_label_map(o.map, &names, &nn))) {
-        fprintf(stderr, "segpipe: %s: cannot read the label map (a JSON object {\"1\": \"name\", ...})\n", o.map);
+        cli_errf("%s: cannot read the label map (a JSON object {\"1\": \"name\", ...})\n", o.map);
         return sp_status_exit_code(st);
     }
     struct stat lsb;

@@ -103,14 +103,14 @@ int q_key_load(const char *path, unsigned char *key, size_t *len)
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) || !S_ISREG(st.st_mode)) {
-        fprintf(stderr, "segpipe: --key-file: cannot read %s\n", path);
+        cli_errf("--key-file: cannot read %s\n", path);
         if (fd >= 0)
             close(fd);
         return -1;
     }
     if (st.st_mode & 077) {
         close(fd);
-        fprintf(stderr, "segpipe: --key-file %s is readable by others: chmod 600 it\n", path);
+        cli_errf("--key-file %s is readable by others: chmod 600 it\n", path);
         return -1;
     }
     ssize_t n = read(fd, key, 1025);
@@ -118,7 +118,7 @@ int q_key_load(const char *path, unsigned char *key, size_t *len)
     while (n > 0 && (key[n - 1] == '\n' || key[n - 1] == '\r' || key[n - 1] == ' '))
         n--;
     if (n < 16 || n > 1024) {
-        fprintf(stderr, "segpipe: --key-file %s: the key must be 16 to 1024 bytes (e.g. openssl rand -hex 32)\n",
+        cli_errf("--key-file %s: the key must be 16 to 1024 bytes (e.g. openssl rand -hex 32)\n",
                 path);
         return -1;
     }

@@ -22,12 +22,12 @@ static int parse_url(const char *url, rconn *r)
     r->port = 6379;
     snprintf(r->prefix, sizeof r->prefix, "segpipe");
     if (!strncmp(url, "rediss://", 9)) {
-        fprintf(stderr, "segpipe: rediss:// (TLS): this build's hiredis (Debian 12: 0.14) has no TLS; put a TLS "
+        cli_errf("rediss:// (TLS): this build's hiredis (Debian 12: 0.14) has no TLS; put a TLS "
                         "tunnel (stunnel, a sidecar) in front of Redis and use redis://localhost (docs/scale-out.md)\n");
         return -1;
     }
     if (strncmp(url, "redis://", 8))
-        return fprintf(stderr, "segpipe: --redis takes redis://[:password@]host[:port][/db]\n"), -1;
+        return cli_errf("--redis takes redis://[:password@]host[:port][/db]\n"), -1;
     const char *p = url + 8, *at = strchr(p, '@');
     if (at) {
         const char *colon = memchr(p, ':', (size_t)(at - p));
@@ -46,7 +46,7 @@ static int parse_url(const char *url, rconn *r)
     if (*p == '/')
         r->db = atoi(p + 1);
     if (!r->host[0] || r->port <= 0 || r->port > 65535)
-        return fprintf(stderr, "segpipe: bad Redis URL\n"), -1;
+        return cli_errf("bad Redis URL\n"), -1;
     return 0;
 }
 
@@ -65,7 +65,7 @@ static int connect_redis(rconn *r)
         int bad = !x || x->type == REDIS_REPLY_ERROR;
         freeReplyObject(x);
         if (bad)
-            return fprintf(stderr, "segpipe: Redis refused the password\n"), -2;
+            return cli_errf("Redis refused the password\n"), -2;
     }
     if (r->db) {
         x = redisCommand(r->c, "SELECT %d", r->db);
@@ -136,7 +136,7 @@ int q_reply_ok(redisReply *x)
 {
     int ok = x && x->type != REDIS_REPLY_ERROR;
     if (x && !ok)
-        fprintf(stderr, "segpipe: Redis: %s\n", x->str);
+        cli_errf("Redis: %s\n", x->str);
     freeReplyObject(x);
     return ok;
 }
@@ -202,7 +202,7 @@ int q_common_opts(int argc, char **argv, const char *cmdname, const struct optio
         snprintf(r->prefix, sizeof r->prefix, "%s", prefix);
     }
     if (connect_redis(r)) {
-        fprintf(stderr, "segpipe: cannot connect to Redis at %s:%d\n", r->host, r->port);
+        cli_errf("cannot connect to Redis at %s:%d\n", r->host, r->port);
         return 6;
     }
     return 0;

@@ -128,7 +128,7 @@ static void *shard_worker(void *arg)
         pthread_mutex_lock(&r->mu);
         if (st) {   /* the library's message names the input when it is about it */
             const char *e = r->e[j].err ? r->e[j].err : "";
-            fprintf(stderr, "segpipe: %s%s%s\n", strstr(e, r->in[k]) ? "" : r->in[k], strstr(e, r->in[k]) ? "" : ": ", e);
+            cli_errf("%s%s%s\n", strstr(e, r->in[k]) ? "" : r->in[k], strstr(e, r->in[k]) ? "" : ": ", e);
         }
         if (!r->quiet)
             printf("%s: %s (%.2f s)\n", r->in[k], st ? "failed" : lab, r->e[j].secs);
@@ -144,9 +144,9 @@ int cli_ct_shard(const char *list, int si, int sn, const char *outdir, const cha
     int n, rc = 0, done = 0, skipped = 0, failed = 0;
     char **in = read_list(list, &n);
     if (n < 0)
-        return fprintf(stderr, "segpipe: --inputs %s cannot be read\n", list), 3;
+        return cli_errf("--inputs %s cannot be read\n", list), 3;
     if (cli_mkdir_p(outdir))
-        return fprintf(stderr, "segpipe: cannot make the output folder %s\n", outdir), 6;
+        return cli_errf("cannot make the output folder %s\n", outdir), 6;
     shard_run r = {.in = in, .outdir = outdir, .model = model, .quiet = quiet};
     r.b = cli_batch_new(threads, device);
     r.ks = calloc((size_t)n + 1, sizeof *r.ks);

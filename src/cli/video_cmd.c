@@ -276,7 +276,7 @@ int cmd_video(int argc, char **argv)
     if (!rc) {
         sp_status st = sig_attach(&sc, v) ? SP_ERR_CANCELLED : sp_video_run(v, &rep);
         if (st == SP_ERR_CANCELLED && sc.got)
-            fprintf(stderr, "segpipe: %s: stopping\n", strsignal(sc.got));
+            cli_errf("%s: stopping\n", strsignal(sc.got));
         if (st) {
             rc = cli_fail(st, NULL);
         } else {
@@ -297,7 +297,7 @@ int cmd_video(int argc, char **argv)
             if (a.json) {
                 FILE *f = fopen(a.json, "w");
                 if (!f) {
-                    fprintf(stderr, "segpipe: %s: cannot write\n", a.json);
+                    cli_errf("%s: cannot write\n", a.json);
                     rc = 6;
                 } else {
                     report_json(f, &rep, have_alone ? &alone : NULL);
@@ -371,7 +371,7 @@ static int bench_video_args(int argc, char **argv, vargs *a, vsweep *w)
     if (!w->nb || !w->nw)
         return cli_usage_error("bench video", "--batch and --workers take lists like 1,2,4");
     if (cli_mkdir_p(w->outdir) != 0) {
-        fprintf(stderr, "segpipe: %s: cannot create\n", w->outdir);
+        cli_errf("%s: cannot create\n", w->outdir);
         return 6;
     }
     w->save_on = strcmp(w->save, "none") != 0;
@@ -403,7 +403,7 @@ static int bench_video_sweep(sp_video *v, const sp_package *pk, vsweep *w)
             return cli_fail(st, "inference alone");
         for (int j = 0; j < w->nw; j++) {
             if (w->save_on && cli_rm_rf(w->outpath) != 0)     /* the previous pair's output */
-                fprintf(stderr, "segpipe: could not remove %s\n", w->outpath);
+                cli_errf("could not remove %s\n", w->outpath);
             st = sp_video_set(v, w->bl[i], w->wl[j], w->save_on ? w->outpath : NULL);
             if (st || (st = sp_video_run(v, &w->grid[i * w->nw + j])))
                 return cli_fail(st, "pipeline");
