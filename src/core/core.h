@@ -152,4 +152,8 @@ void sp_buf_json_num(sp_buf *b, double v);        /* shortest round-trip, null f
 char *sp_buf_take(sp_buf *b);                     /* caller frees */
 void sp_buf_free(sp_buf *b);
 
+/* 1 when [scheme, value, meaning] fit DICOM's SH 16, SH 16, LO 64 and hold no
+ * backslash or line break (dicom_text.c) */
+int sp_dicom_code_text_ok(const char *scheme, const char *value, const char *meaning);
+
 #endif

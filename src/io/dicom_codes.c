@@ -63,20 +63,17 @@ void sp_dicom_display_name(const char *name, char *out, size_t cap)
     out[0] = (char)toupper((unsigned char)out[0]);
 }
 
-/* one [scheme, value, meaning] array within DICOM's lengths (SH 16, LO 64; the manifest was
- * checked at load, runtime/package.c) */
+/* one [scheme, value, meaning] array of strings within DICOM's rules (core/dicom_text.c);
+ * checked again here for callers of the public API that hand codes in */
 static int code_ok(const cJSON *a)
 {
     if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != 3)
         return 0;
-    static const size_t lim[3] = {16, 16, 64};
-    for (int i = 0; i < 3; i++) {
-        const cJSON *s = cJSON_GetArrayItem(a, i);
-        if (!cJSON_IsString(s) || !*s->valuestring || strlen(s->valuestring) > lim[i] ||
-            strpbrk(s->valuestring, "\\\n\r"))
+    const cJSON *s[3] = {cJSON_GetArrayItem(a, 0), cJSON_GetArrayItem(a, 1), cJSON_GetArrayItem(a, 2)};
+    for (int i = 0; i < 3; i++)
+        if (!cJSON_IsString(s[i]))
             return 0;
-    }
-    return 1;
+    return sp_dicom_code_text_ok(s[0]->valuestring, s[1]->valuestring, s[2]->valuestring);
 }
 
 static const char *const kParts[] = {"category", "type", "modifier", "region", "region_modifier"};

@@ -372,16 +372,13 @@ static sp_status parse_mask_sets(const cJSON *j, const char *file, sp_manifest *
 /* [scheme, value, meaning] within DICOM's lengths (SH 16, SH 16, LO 64), no backslash or line break */
 static int dicom_code_ok(const cJSON *a)
 {
-    static const size_t lim[3] = {16, 16, 64};
     if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != 3)
         return 0;
-    for (int i = 0; i < 3; i++) {
-        const cJSON *s = cJSON_GetArrayItem(a, i);
-        if (!cJSON_IsString(s) || !*s->valuestring || strlen(s->valuestring) > lim[i] ||
-            strpbrk(s->valuestring, "\\\n\r"))
+    const cJSON *s[3] = {cJSON_GetArrayItem(a, 0), cJSON_GetArrayItem(a, 1), cJSON_GetArrayItem(a, 2)};
+    for (int i = 0; i < 3; i++)
+        if (!cJSON_IsString(s[i]))
             return 0;
-    }
-    return 1;
+    return sp_dicom_code_text_ok(s[0]->valuestring, s[1]->valuestring, s[2]->valuestring);
 }
 
 /* optional "dicom_codes": {"<structure name>": {"category": CODE, "type": CODE,
