@@ -67,13 +67,10 @@ void sp_dicom_display_name(const char *name, char *out, size_t cap)
  * checked again here for callers of the public API that hand codes in */
 static int code_ok(const cJSON *a)
 {
-    if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != 3)
-        return 0;
-    const cJSON *s[3] = {cJSON_GetArrayItem(a, 0), cJSON_GetArrayItem(a, 1), cJSON_GetArrayItem(a, 2)};
-    for (int i = 0; i < 3; i++)
-        if (!cJSON_IsString(s[i]))
-            return 0;
-    return sp_dicom_code_text_ok(s[0]->valuestring, s[1]->valuestring, s[2]->valuestring);
+    return cJSON_IsArray(a) && cJSON_GetArraySize(a) == 3 &&   /* GetStringValue: NULL unless a string */
+           sp_dicom_code_text_ok(cJSON_GetStringValue(cJSON_GetArrayItem(a, 0)),
+                                 cJSON_GetStringValue(cJSON_GetArrayItem(a, 1)),
+                                 cJSON_GetStringValue(cJSON_GetArrayItem(a, 2)));
 }
 
 static const char *const kParts[] = {"category", "type", "modifier", "region", "region_modifier"};

@@ -372,13 +372,10 @@ static sp_status parse_mask_sets(const cJSON *j, const char *file, sp_manifest *
 /* [scheme, value, meaning] within DICOM's lengths (SH 16, SH 16, LO 64), no backslash or line break */
 static int dicom_code_ok(const cJSON *a)
 {
-    if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != 3)
-        return 0;
-    const cJSON *s[3] = {cJSON_GetArrayItem(a, 0), cJSON_GetArrayItem(a, 1), cJSON_GetArrayItem(a, 2)};
-    for (int i = 0; i < 3; i++)
-        if (!cJSON_IsString(s[i]))
-            return 0;
-    return sp_dicom_code_text_ok(s[0]->valuestring, s[1]->valuestring, s[2]->valuestring);
+    return cJSON_IsArray(a) && cJSON_GetArraySize(a) == 3 &&   /* GetStringValue: NULL unless a string */
+           sp_dicom_code_text_ok(cJSON_GetStringValue(cJSON_GetArrayItem(a, 0)),
+                                 cJSON_GetStringValue(cJSON_GetArrayItem(a, 1)),
+                                 cJSON_GetStringValue(cJSON_GetArrayItem(a, 2)));
 }
 
 /* optional "dicom_codes": {"<structure name>": {"category": CODE, "type": CODE,
