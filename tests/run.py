@@ -82,12 +82,12 @@ def run_job(spec):
         full = f"{mod_name}.{name}"
         if sel and sel not in full:
             continue
-        t1 = time.time()
+        t1, c1 = time.time(), cpu_seconds()
         with tempfile.TemporaryDirectory(prefix="segpipe-test-") as tmp:
             try:
                 getattr(mod, name)(tmp)
                 counts["passed"] += 1
-                print(f"ok   {full} ({time.time() - t1:.1f} s)", flush=True)
+                print(f"ok   {full} ({time.time() - t1:.1f} s, {cpu_seconds() - c1:.1f} CPU s)", flush=True)
             except Exception as e:
                 if type(e).__name__ == "Skip":   # sp.Skip: a prerequisite is absent, said why
                     counts["skipped"] += 1
