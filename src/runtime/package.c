@@ -453,7 +453,12 @@ sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf)
     const cJSON *outp = cJSON_GetObjectItemCaseSensitive(j, "output");
     snprintf(mf->input_name, sizeof mf->input_name, "%s", str_or(in, "name", ""));
     snprintf(mf->output_name, sizeof mf->output_name, "%s", str_or(outp, "name", ""));
-    if (!strcmp(mf->task, "ct") || !strcmp(mf->task, "mri"))   /* volume models: the same pipeline */
+    int task_pkg = cJSON_HasObjectItem(j, "parts");
+    if (task_pkg && strcmp(mf->task, "ct") && strcmp(mf->task, "mri"))
+        st = sp_fail(SP_ERR_MODEL, "%s: \"parts\" (a task package) needs task \"ct\" or \"mri\"", file);
+    else if (task_pkg)   /* the grid comes from the parts (task_package.c) */
+        st = sp_manifest_parse_parts(j, file, mf);
+    else if (!strcmp(mf->task, "ct") || !strcmp(mf->task, "mri"))   /* volume models: the same pipeline */
         st = parse_ct(j, in, file, mf);
     else if (!strcmp(mf->task, "masks"))
         st = parse_masks(j, in, outp, file, mf);
@@ -519,6 +524,11 @@ void sp_manifest_clear(sp_manifest *mf)
     mf->dicom_codes = NULL;
     free(mf->head_w);
     mf->head_w = mf->head_b = NULL;
+    for (int i = 0; i < SP_MAX_PARTS; i++) {
+        free(mf->part_map[i]);
+        mf->part_map[i] = NULL;
+    }
+    mf->n_parts = 0;
 }
 
 /* head.bin: num_classes x features weights, then num_classes biases
@@ -709,6 +719,14 @@ sp_status sp_package_load(sp_runtime *rt, const char *dir, sp_package **out)
         sp_package_free(pk);
         return st;
     }
+    if (pk->mf.n_parts) {   /* a task package: its parts are packages (task_package.c) */
+        if ((st = sp_task_load_parts(rt, pk))) {
+            sp_package_free(pk);
+            return st;
+        }
+        *out = pk;
+        return SP_OK;
+    }
     const char *onnx;
     if ((st = pick_onnx(rt, &pk->mf, dir, &onnx))) {
         sp_package_free(pk);
@@ -728,6 +746,7 @@ void sp_package_free(sp_package *pk)
 {
     if (!pk)
         return;
+    sp_task_free_parts(pk);
     sp_model_release(pk->model);
     sp_manifest_clear(&pk->mf);
     free(pk->json);
@@ -756,9 +775,22 @@ const char *sp_package_mask_name(const sp_package *pk, int i)
 
 size_t sp_package_run_memory(const sp_package *pk) { return pk->run_bytes; }
 
+/* A task package: each part warmed up; the largest working memory counts. */
+static sp_status warm_up_parts(sp_package *pk)
+{
+    sp_status st = SP_OK;
+    pk->run_bytes = 0;
+    for (int i = 0; i < pk->mf.n_parts && !st; i++)
+        if (!(st = sp_package_warm_up(pk->part[i])) && pk->part[i]->run_bytes > pk->run_bytes)
+            pk->run_bytes = pk->part[i]->run_bytes;
+    return st ? st : pk->crop ? sp_package_warm_up(pk->crop) : SP_OK;
+}
+
 sp_status sp_package_warm_up(sp_package *pk)
 {
     const sp_manifest *mf = &pk->mf;
+    if (mf->n_parts)
+        return warm_up_parts(pk);
     sp_tensor ti;
     if (!strcmp(mf->task, "masks") || !strcmp(mf->task, "classify")) {   /* one canvas-sized photo */
         int hc = mf->in_h ? mf->in_h : (mf->long_side + 31) / 32 * 32, wc = mf->in_w ? mf->in_w : hc;
