@@ -142,7 +142,8 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
         for j, name in local.items():
             lut[j] = inv[name]      # class_map_inv[class_map_5_parts[part][j]]
         sub = f"part{tid}"
-        import_part(folder, os.path.join(out, sub), f"totalseg-{tid}-{pname}", local, STEP_TOTAL)
+        import_part(folder, os.path.join(out, sub), f"totalseg-{tid}-{pname.replace('class_map_part_', '')}",
+                    local, STEP_TOTAL)
         if fp16:
             import_nnunet.add_fp16(os.path.join(out, sub), json.load(open(os.path.join(out, sub, "segpipe.json"))))
         parts.append({"dir": sub, "task_id": tid, "part": pname, "map": lut,
