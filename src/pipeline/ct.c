@@ -609,6 +609,58 @@ static sp_status measure(const sp_manifest *mf, const sp_volume *ct, held_input 
     return st;
 }
 
+static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, const sp_ct_params *pp,
+                        sp_ct_result **out);
+
+/* --roi-subset on a task package with a roi_crop model, as TotalSegmentator
+ * does it: the low-resolution model segments the whole input, the box around
+ * the requested structures (plus the package's margin) is cropped from the
+ * input (roi_crop.c), the needed parts run on the crop only, and their labels
+ * go back into the full grid. No requested structure found: all background
+ * (TotalSegmentator: "Crop is empty"). */
+static sp_status roi_crop_path(sp_package *pk, const sp_volume *ct, const sp_ct_params *p, const uint8_t *keep,
+                               sp_ct_result *r, sp_pool *pool, held_input *h)
+{
+    const sp_manifest *mf = &pk->mf, *cm = &pk->crop->mf;
+    double t0 = sp_now();
+    sp_ct_params cp = sp_ct_default_params();
+    cp.threads = p->threads;
+    cp.tile_batch = p->tile_batch;
+    cp.passport = 0;
+    cp.cancel = p->cancel;
+    cp.max_model_voxels = p->max_model_voxels;
+    cp.max_tiles = p->max_tiles;
+    cp.accum_fp16 = p->accum_fp16;
+    sp_ct_result *cr = NULL;
+    uint8_t *want = calloc((size_t)cm->num_classes, 1);
+    sp_status st = want ? ct_run(pk->crop, ct, NULL, &cp, &cr) : sp_fail(SP_ERR_NOMEM, "out of memory");
+    for (int l = 1; !st && l < cm->num_classes; l++)   /* the crop model's labels of the kept names */
+        for (int k = 1; k < mf->num_classes && !want[l]; k++)
+            want[l] = keep[k] && !strcmp(cm->labels[l], mf->labels[k]);
+    int64_t lo[3] = {0, 0, 0}, hi[3] = {0, 0, 0};
+    int found = !st && sp_roi_box(cr->labels, ct->g.dim, want, cm->num_classes, mf->crop_addon, ct->g.spacing,
+                                  lo, hi);
+    free(want);
+    sp_ct_result_free(cr);
+    sp_timings_add(&r->t, "roi_crop", sp_now() - t0);
+    memcpy(r->dim, ct->g.dim, sizeof r->dim);
+    if (st || !found)
+        return st ? st : sp_labels_uncrop(NULL, lo, lo, ct->g.dim, &r->labels);
+    sp_volume *sub = NULL;
+    if ((st = sp_volume_crop_box(ct, lo, hi, &sub)) || (st = grid_path(pk, sub, p, keep, r, pool, h))) {
+        sp_volume_free(sub);
+        return st;
+    }
+    sp_volume_free(sub);
+    uint16_t *full;
+    if ((st = sp_labels_uncrop(r->labels, lo, hi, ct->g.dim, &full)))
+        return st;
+    free(r->labels);
+    r->labels = full;
+    memcpy(r->dim, ct->g.dim, sizeof r->dim);
+    return SP_OK;
+}
+
 /* mut: the same volume, writable (sp_ct_run_inplace), or NULL */
 static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, const sp_ct_params *pp,
                         sp_ct_result **out)
@@ -639,7 +691,9 @@ static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, con
     if (!(st = check_finite(ct, pool)) && !(r = calloc(1, sizeof *r)))
         st = sp_fail(SP_ERR_NOMEM, "out of memory");
     if (!st)   /* brain MRI: a conformed grid instead of steps a, b and e */
-        st = mf->conform_n ? conform_path(pk, ct, &p, keep, r, pool) : grid_path(pk, ct, &p, keep, r, pool, &h);
+        st = mf->conform_n ? conform_path(pk, ct, &p, keep, r, pool)
+             : keep && pk->crop ? roi_crop_path(pk, ct, &p, keep, r, pool, &h)
+                                : grid_path(pk, ct, &p, keep, r, pool, &h);
     if (!st && p.passport)
         st = measure(mf, ct, &h, &p, keep, r);
     restore_input(&h, p.release_input);

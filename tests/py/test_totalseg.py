@@ -287,3 +287,94 @@ def test_totalseg_tasks_list(tmp):
     env = dict(os.environ, SEGPIPE_MODEL_PATH=fx["dir"])
     q = subprocess.run([sp.SEGPIPE, "tasks"], capture_output=True, text=True, env=env, timeout=120)
     assert q.returncode == 0 and q.stdout.count("117 classes  5 parts") == 2, q.stdout + q.stderr
+
+
+def ts_cropping():
+    """TotalSegmentator's cropping.py (numpy + nibabel only) from its source, or
+    None when the source is not at hand."""
+    for g in MIRRORS:
+        if g and os.path.isdir(g):
+            src = subprocess.run(["git", "--git-dir", g, "show", "HEAD:totalsegmentator/cropping.py"],
+                                 capture_output=True, text=True)
+            if src.returncode == 0:
+                d = tempfile.mkdtemp()
+                f = os.path.join(d, "cropping.py")
+                open(f, "w").write(src.stdout)
+                spec = importlib.util.spec_from_file_location("ts_cropping", f)
+                m = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(m)
+                return m
+    return None
+
+
+def crop_to_mask(img, mask, addon):
+    """TotalSegmentator's crop_to_mask (cropping.py): its own function when
+    its source is at hand, else the same steps written from it."""
+    m = ts_cropping()
+    if m:
+        return m.crop_to_mask(img, mask, addon=addon, dtype=np.int32)
+    add = (np.array(addon) / img.header.get_zooms()).astype(int)
+    idx = np.where(mask.get_fdata() > 0)
+    bbox = [[max(0, int(idx[a].min()) - add[a]), min(img.shape[a], int(idx[a].max()) + 1 + add[a])] for a in range(3)]
+    data = img.get_fdata()[bbox[0][0]:bbox[0][1], bbox[1][0]:bbox[1][1], bbox[2][0]:bbox[2][1]]
+    aff = img.affine.copy()
+    aff[:3, 3] = (img.affine @ np.array([bbox[0][0], bbox[1][0], bbox[2][0], 1]))[:3]
+    return nib.Nifti1Image(data.astype(np.int32), aff), bbox
+
+
+def test_totalseg_roi_subset_crops_like_totalsegmentator(tmp):
+    """--roi-subset with the package's 6 mm crop model: TotalSegmentator's
+    steps on the same predictions (the crop model's labels -> mask of the
+    requested structures -> its crop_to_mask with 20 mm -> the needed parts
+    on the crop -> merge -> filter -> undo_crop) give segpipe's labels; a
+    structure the crop model does not find gives an empty result."""
+    fx = fixture()
+    cmt, parts, t2p, _ = upstream_maps()
+    inv = {v: k for k, v in cmt.items()}
+    man = json.load(open(os.path.join(fx["pkg"], "segpipe.json")))
+    organ = os.path.join(tmp, "organ.nii.gz")
+    run_ct(os.path.join(fx["pkg"], man["roi_crop"]["dir"]), organ, "--no-passport")
+    organ_seg = labels_of(organ)
+    counts = np.bincount(organ_seg.ravel(), minlength=118)
+    img = nib.load(fx["ct"])
+
+    def crop_of(lab):
+        m = nib.Nifti1Image((organ_seg == lab).astype(np.uint8), img.affine)
+        return crop_to_mask(img, m, man["roi_crop"]["addon_mm"])
+    # independent random networks seldom agree, so the subset is two structures: A, which the
+    # crop model finds in the smallest box (the crop), and B, which a part finds inside that box
+    a_lab = min((k for k in cmt if counts[k]), key=lambda k: np.prod(crop_of(k)[0].shape))
+    crop_img, bbox = crop_of(a_lab)
+    assert np.prod(crop_img.shape) < np.prod(img.shape)   # a real crop
+    cropped = os.path.join(tmp, "cropped.nii.gz")
+    nib.save(crop_img, cropped)
+    on_crop = {}
+    for p in man["parts"]:
+        o = os.path.join(tmp, f"c{p['task_id']}.nii.gz")
+        q = sp.run("ct", cropped, "-o", o, "--model", os.path.join(fx["pkg"], p["dir"]), "--no-passport", "-q")
+        assert q.returncode == 0, q.stderr
+        on_crop[p["task_id"]] = labels_of(o)
+    b_part = [p for p in man["parts"] if a_lab not in p["map"]][0]
+    local = np.bincount(on_crop[b_part["task_id"]].ravel())
+    local[0] = 0
+    b_lab = b_part["map"][int(local.argmax())]
+    roi = [cmt[a_lab], cmt[b_lab]]
+    tids = [p["task_id"] for p in man["parts"] if a_lab in p["map"] or b_lab in p["map"]]
+    seg = ts_merge([on_crop[t] for t in tids], tids)
+    seg[~np.isin(seg, [a_lab, b_lab])] = 0
+    ref = np.zeros(img.shape, np.int32)   # undo_crop
+    ref[bbox[0][0]:bbox[0][1], bbox[1][0]:bbox[1][1], bbox[2][0]:bbox[2][1]] = seg
+    assert ref.any()
+    out = os.path.join(tmp, "roi.nii.gz")
+    run_ct(fx["pkg"], out, "--roi-subset", ",".join(roi))
+    ours = labels_of(out)
+    assert (ours == ref).mean() >= 0.999
+    # the crop changed the answer: the same part on the whole scan gives other voxels
+    whole = os.path.join(tmp, "whole.nii.gz")
+    run_ct(fx["nocrop"], whole, "--roi-subset", ",".join(roi))
+    assert (labels_of(whole) != ours).any()
+    # nothing found by the crop model: an empty map, exit 0
+    absent = [n for n in cmt.values() if counts[inv[n]] == 0][0]
+    out2 = os.path.join(tmp, "none.nii.gz")
+    run_ct(fx["pkg"], out2, "--roi-subset", absent)
+    assert labels_of(out2).max() == 0
