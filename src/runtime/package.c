@@ -407,6 +407,23 @@ static sp_status parse_dicom_codes(const cJSON *j, const char *file, sp_manifest
     return mf->dicom_codes ? SP_OK : sp_fail(SP_ERR_NOMEM, "out of memory");
 }
 
+/* The task's own fields: a task package's parts (task_package.c), a volume
+ * model's grid, a photo model's input and output. */
+static sp_status parse_task(const cJSON *j, const cJSON *in, const cJSON *outp, const char *file, sp_manifest *mf)
+{
+    int vol = !strcmp(mf->task, "ct") || !strcmp(mf->task, "mri");   /* volume models: the same pipeline */
+    if (cJSON_HasObjectItem(j, "parts"))
+        return vol ? sp_manifest_parse_parts(j, file, mf)
+                   : sp_fail(SP_ERR_MODEL, "%s: \"parts\" (a task package) needs task \"ct\" or \"mri\"", file);
+    if (vol)
+        return parse_ct(j, in, file, mf);
+    if (!strcmp(mf->task, "masks"))
+        return parse_masks(j, in, outp, file, mf);
+    if (!strcmp(mf->task, "classify"))
+        return parse_classify(j, in, outp, file, mf);
+    return sp_fail(SP_ERR_MODEL, "%s: unknown task \"%s\" (ct, mri, masks, classify)", file, mf->task);
+}
+
 sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf)
 {
     sp_status st = SP_OK;
@@ -453,20 +470,7 @@ sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf)
     const cJSON *outp = cJSON_GetObjectItemCaseSensitive(j, "output");
     snprintf(mf->input_name, sizeof mf->input_name, "%s", str_or(in, "name", ""));
     snprintf(mf->output_name, sizeof mf->output_name, "%s", str_or(outp, "name", ""));
-    int task_pkg = cJSON_HasObjectItem(j, "parts");
-    if (task_pkg && strcmp(mf->task, "ct") && strcmp(mf->task, "mri"))
-        st = sp_fail(SP_ERR_MODEL, "%s: \"parts\" (a task package) needs task \"ct\" or \"mri\"", file);
-    else if (task_pkg)   /* the grid comes from the parts (task_package.c) */
-        st = sp_manifest_parse_parts(j, file, mf);
-    else if (!strcmp(mf->task, "ct") || !strcmp(mf->task, "mri"))   /* volume models: the same pipeline */
-        st = parse_ct(j, in, file, mf);
-    else if (!strcmp(mf->task, "masks"))
-        st = parse_masks(j, in, outp, file, mf);
-    else if (!strcmp(mf->task, "classify"))
-        st = parse_classify(j, in, outp, file, mf);
-    else
-        st = sp_fail(SP_ERR_MODEL, "%s: unknown task \"%s\" (ct, mri, masks, classify)", file, mf->task);
-    if (st)
+    if ((st = parse_task(j, in, outp, file, mf)))
         goto out;
     const cJSON *lab = cJSON_GetObjectItemCaseSensitive(j, "labels");
     if (!cJSON_IsObject(lab) || cJSON_GetArraySize(lab) < 2) {
@@ -696,6 +700,32 @@ static int package_arena(const sp_manifest *mf)
     return !strcmp(mf->task, "masks") || !strcmp(mf->task, "classify");
 }
 
+static sp_status load_sub(sp_runtime *rt, const sp_package *pk, const char *sub, sp_package **out)
+{
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/%s", pk->dir, sub) >= (int)sizeof path)
+        return sp_fail(SP_ERR_MODEL, "%s: path too long", pk->dir);
+    return sp_package_load(rt, path, out);
+}
+
+/* A task package's parts and crop model, each a package of its own. */
+static sp_status load_parts(sp_runtime *rt, sp_package *pk)
+{
+    sp_status st = SP_OK;
+    for (int i = 0; i < pk->mf.n_parts && !st; i++)
+        st = load_sub(rt, pk, pk->mf.part_dir[i], &pk->part[i]);
+    return !st && pk->mf.crop_dir[0] ? load_sub(rt, pk, pk->mf.crop_dir, &pk->crop) : st;
+}
+
+static void free_parts(sp_package *pk)
+{
+    for (int i = 0; i < SP_MAX_PARTS; i++)
+        sp_package_free(pk->part[i]);
+    sp_package_free(pk->crop);
+    if (pk->mf.n_parts)
+        pk->model = NULL;   /* the first part's */
+}
+
 sp_status sp_package_load(sp_runtime *rt, const char *dir, sp_package **out)
 {
     char path[PATH_MAX];
@@ -719,8 +749,8 @@ sp_status sp_package_load(sp_runtime *rt, const char *dir, sp_package **out)
         sp_package_free(pk);
         return st;
     }
-    if (pk->mf.n_parts) {   /* a task package: its parts are packages (task_package.c) */
-        if ((st = sp_task_load_parts(rt, pk))) {
+    if (pk->mf.n_parts) {   /* a task package: its parts are packages, checked by task_package.c */
+        if ((st = load_parts(rt, pk)) || (st = sp_task_check_parts(pk))) {
             sp_package_free(pk);
             return st;
         }
@@ -746,7 +776,7 @@ void sp_package_free(sp_package *pk)
 {
     if (!pk)
         return;
-    sp_task_free_parts(pk);
+    free_parts(pk);
     sp_model_release(pk->model);
     sp_manifest_clear(&pk->mf);
     free(pk->json);

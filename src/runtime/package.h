@@ -93,7 +93,8 @@ sp_status sp_manifest_check_model(const sp_manifest *mf, const sp_model *m, cons
 /* task packages (task_package.c) */
 struct cJSON;
 sp_status sp_manifest_parse_parts(const struct cJSON *j, const char *file, sp_manifest *mf);
-sp_status sp_task_load_parts(sp_runtime *rt, sp_package *pk);
-void sp_task_free_parts(sp_package *pk);
+/* After package.c loaded the parts and crop model: what merging needs of
+ * them; then the top manifest takes the first part's grid. */
+sp_status sp_task_check_parts(sp_package *pk);
 int sp_task_part_needed(const sp_manifest *mf, int i, const uint8_t *keep);
 #endif

@@ -6,8 +6,9 @@
  *
  * The top manifest names its parts (sub-folders, each a complete model
  * package) with a map from the part's labels to the task's, and optionally a
- * low-resolution "roi_crop" model. Loading checks each part as any package is
- * checked, then what merging needs: every part a CT/MRI grid model on the
+ * low-resolution "roi_crop" model. package.c loads each part as any package
+ * (and so checks it); this file parses the top manifest's fields and checks
+ * what merging needs: every part a CT/MRI grid model on the
  * same spacing and axes (the input is read and resampled once for all), its
  * map as long as its class count, every mapped label inside the task's map.
  * The merge itself runs in pipeline/ct.c.
@@ -108,21 +109,12 @@ static sp_status check_part(const sp_package *pk, const sp_package *part, const 
     return SP_OK;
 }
 
-static sp_status load_sub(sp_runtime *rt, sp_package *pk, const char *sub, sp_package **out)
-{
-    char path[PATH_MAX];
-    if (snprintf(path, sizeof path, "%s/%s", pk->dir, sub) >= (int)sizeof path)
-        return sp_fail(SP_ERR_MODEL, "%s: path too long", pk->dir);
-    return sp_package_load(rt, path, out);
-}
-
-sp_status sp_task_load_parts(sp_runtime *rt, sp_package *pk)
+sp_status sp_task_check_parts(sp_package *pk)
 {
     sp_manifest *mf = &pk->mf;
     sp_status st;
     for (int i = 0; i < mf->n_parts; i++) {
-        if ((st = load_sub(rt, pk, mf->part_dir[i], &pk->part[i])) ||
-            (st = check_part(pk, pk->part[i], mf->part_dir[i])))
+        if ((st = check_part(pk, pk->part[i], mf->part_dir[i])))
             return st;
         const sp_manifest *p = &pk->part[i]->mf;
         if (mf->part_map_n[i] != p->num_classes)
@@ -133,9 +125,7 @@ sp_status sp_task_load_parts(sp_runtime *rt, sp_package *pk)
                 return sp_fail(SP_ERR_MODEL, "%s/segpipe.json: parts[%d].map[%d] = %d, beyond the task's %d classes",
                                pk->dir, i, j, mf->part_map[i][j], mf->num_classes);
     }
-    if (mf->crop_dir[0]) {
-        if ((st = load_sub(rt, pk, mf->crop_dir, &pk->crop)))
-            return st;
+    if (pk->crop) {
         const sp_manifest *c = &pk->crop->mf;
         if (c->n_parts || (strcmp(c->task, "ct") && strcmp(c->task, "mri")) || c->conform_n)
             return sp_fail(SP_ERR_MODEL, "%s/%s: the roi_crop model must be a CT/MRI grid model", pk->dir, mf->crop_dir);
@@ -151,18 +141,6 @@ sp_status sp_task_load_parts(sp_runtime *rt, sp_package *pk)
     mf->channels = 1;
     pk->model = pk->part[0]->model;
     return SP_OK;
-}
-
-void sp_task_free_parts(sp_package *pk)
-{
-    for (int i = 0; i < SP_MAX_PARTS; i++) {
-        sp_package_free(pk->part[i]);
-        pk->part[i] = NULL;
-    }
-    sp_package_free(pk->crop);
-    pk->crop = NULL;
-    if (pk->mf.n_parts)
-        pk->model = NULL;   /* the first part's */
 }
 
 int sp_package_num_parts(const sp_package *pk) { return pk->mf.n_parts; }

@@ -378,3 +378,22 @@ def test_totalseg_roi_subset_crops_like_totalsegmentator(tmp):
     out2 = os.path.join(tmp, "none.nii.gz")
     run_ct(fx["pkg"], out2, "--roi-subset", absent)
     assert labels_of(out2).max() == 0
+
+
+def test_totalseg_python_binding(tmp):
+    """The Python package sees a task package's parts and gives the CLI's labels."""
+    fx = fixture()
+    sys.path.insert(0, os.path.join(sp.ROOT, "python"))
+    os.environ["SEGPIPE_LIBRARY"] = os.path.join(sp.BUILD, "libsegpipe.so")
+    import segpipe
+    m = segpipe.Model(fx["nocrop"])
+    try:
+        assert m.parts == [f"totalseg-{t}-{n}" for t, n in
+                           zip(PART_IDS, ("organs", "vertebrae", "cardiac", "muscles", "ribs"))]
+        assert m.labels[1:] == [upstream_maps()[0][k] for k in range(1, 118)]
+        r = m.ct(fx["ct"], passport=False)
+        out = os.path.join(tmp, "cli.nii.gz")
+        run_ct(fx["nocrop"], out, "--no-passport")
+        assert np.array_equal(r.labels, labels_of(out))
+    finally:
+        m.close()
