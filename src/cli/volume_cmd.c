@@ -267,7 +267,7 @@ static int list_task(sp_runtime *rt, const char *dir, int named)
                n > 1 ? "s" : "");
         for (int i = 0; i < n; i++)
             printf(" %s", sp_package_name(sp_package_part(pk, i)));
-        printf("%s\n  %s\n", sp_package_roi_crop(pk) ? "  (+ roi crop model)" : "", dir);
+        printf("%s\n  %s\n", sp_package_roi_crop(pk) ? "  (+ crop model)" : "", dir);
     } else if (named) {
         printf("%-28s %3d classes  single model (not a task package)\n  %s\n", sp_package_name(pk),
                sp_package_num_classes(pk) - 1, dir);

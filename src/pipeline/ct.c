@@ -612,11 +612,12 @@ static sp_status measure(const sp_manifest *mf, const sp_volume *ct, held_input 
 static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, const sp_ct_params *pp,
                         sp_ct_result **out);
 
-/* --roi-subset on a task package with a roi_crop model, as TotalSegmentator
- * does it: the low-resolution model segments the whole input, the box around
- * the requested structures (plus the package's margin) is cropped from the
- * input (roi_crop.c), the needed parts run on the crop only, and their labels
- * go back into the full grid. No requested structure found: all background
+/* --roi-subset on a task package with a roi_crop model, and every run of a
+ * subtask package ("crop"), as TotalSegmentator does it: the low-resolution
+ * model segments the whole input, the box around the requested structures
+ * (or the subtask's crop structures) plus the package's margin is cropped
+ * from the input (roi_crop.c), the needed parts run on the crop only, and
+ * their labels go back into the full grid. None found: all background
  * (TotalSegmentator: "Crop is empty"). */
 static sp_status roi_crop_path(sp_package *pk, const sp_volume *ct, const sp_ct_params *p, const uint8_t *keep,
                                sp_ct_result *r, sp_pool *pool, held_input *h)
@@ -634,9 +635,9 @@ static sp_status roi_crop_path(sp_package *pk, const sp_volume *ct, const sp_ct_
     sp_ct_result *cr = NULL;
     uint8_t *want = calloc((size_t)cm->num_classes, 1);
     sp_status st = want ? ct_run(pk->crop, ct, NULL, &cp, &cr) : sp_fail(SP_ERR_NOMEM, "out of memory");
-    for (int l = 1; !st && l < cm->num_classes; l++)   /* the crop model's labels of the kept names */
+    for (int l = 1; !st && l < cm->num_classes; l++)   /* a subtask's crop structures, or the kept names */
         for (int k = 1; k < mf->num_classes && !want[l]; k++)
-            want[l] = keep[k] && !strcmp(cm->labels[l], mf->labels[k]);
+            want[l] = mf->crop_want ? mf->crop_want[l] : keep[k] && !strcmp(cm->labels[l], mf->labels[k]);
     int64_t lo[3] = {0, 0, 0}, hi[3] = {0, 0, 0};
     int found = !st && sp_roi_box(cr->labels, ct->g.dim, want, cm->num_classes, mf->crop_addon, ct->g.spacing,
                                   lo, hi);
@@ -692,7 +693,7 @@ static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, con
         st = sp_fail(SP_ERR_NOMEM, "out of memory");
     if (!st)   /* brain MRI: a conformed grid instead of steps a, b and e */
         st = mf->conform_n ? conform_path(pk, ct, &p, keep, r, pool)
-             : keep && pk->crop ? roi_crop_path(pk, ct, &p, keep, r, pool, &h)
+             : pk->crop && (keep || mf->crop_want) ? roi_crop_path(pk, ct, &p, keep, r, pool, &h)
                                 : grid_path(pk, ct, &p, keep, r, pool, &h);
     if (!st && p.passport)
         st = measure(mf, ct, &h, &p, keep, r);

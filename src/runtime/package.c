@@ -532,6 +532,13 @@ void sp_manifest_clear(sp_manifest *mf)
         free(mf->part_map[i]);
         mf->part_map[i] = NULL;
     }
+    for (int i = 0; i < mf->n_crop_names; i++)
+        free(mf->crop_names[i]);
+    free(mf->crop_names);
+    free(mf->crop_want);
+    mf->crop_names = NULL;
+    mf->crop_want = NULL;
+    mf->n_crop_names = 0;
     mf->n_parts = 0;
 }
 

@@ -71,6 +71,12 @@ typedef struct sp_manifest {
     int part_map_n[SP_MAX_PARTS];
     char crop_dir[64];
     double crop_addon[3];     /* mm added on each side of the crop's box */
+    /* "crop" (a subtask's rule, instead of "roi_crop"): every run is cropped
+     * to the box of these crop-model structures; crop_want[l]: the crop
+     * model's label l is one of them (set when the package loads) */
+    int n_crop_names;
+    char **crop_names;
+    uint8_t *crop_want;
     int n_masks;
     char mask_name[SP_MAX_MASKS][64];
     int mask_cls[SP_MAX_MASKS][SP_MAX_MASK_CLASSES], mask_ncls[SP_MAX_MASKS];

@@ -53,6 +53,24 @@ static sp_status parse_map(const cJSON *m, const char *file, int i, sp_manifest 
     return SP_OK;
 }
 
+/* "crop": {"structures": [names of the crop model's labels], ...} */
+static sp_status parse_crop_names(const cJSON *cr, const char *file, sp_manifest *mf)
+{
+    const cJSON *n = cJSON_GetObjectItemCaseSensitive(cr, "structures");
+    int k = cJSON_GetArraySize(n);
+    if (!cJSON_IsArray(n) || k < 1 || k > 1024)
+        return sp_fail(SP_ERR_MODEL, "%s: crop.structures must be an array of 1..1024 structure names", file);
+    if (!(mf->crop_names = calloc((size_t)k, sizeof *mf->crop_names)))
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    for (const cJSON *v = n->child; v; v = v->next) {
+        if (!cJSON_IsString(v))
+            return sp_fail(SP_ERR_MODEL, "%s: crop.structures[%d] must be a name", file, mf->n_crop_names);
+        if (!(mf->crop_names[mf->n_crop_names++] = strdup(v->valuestring)))
+            return sp_fail(SP_ERR_NOMEM, "out of memory");
+    }
+    return SP_OK;
+}
+
 sp_status sp_manifest_parse_parts(const struct cJSON *j, const char *file, sp_manifest *mf)
 {
     const cJSON *parts = cJSON_GetObjectItemCaseSensitive(j, "parts");
@@ -73,18 +91,27 @@ sp_status sp_manifest_parse_parts(const struct cJSON *j, const char *file, sp_ma
         if (st)
             return st;
     }
-    const cJSON *rc = cJSON_GetObjectItemCaseSensitive(j, "roi_crop");
+    const cJSON *rc = cJSON_GetObjectItemCaseSensitive(j, "roi_crop"), *cr = cJSON_GetObjectItemCaseSensitive(j, "crop");
+    if (rc && cr)
+        return sp_fail(SP_ERR_MODEL, "%s: \"roi_crop\" and \"crop\" exclude each other", file);
+    if (cr) {
+        sp_status st = parse_crop_names(cr, file, mf);
+        if (st)
+            return st;
+        rc = cr;
+    }
     if (rc) {
+        const char *what = cr ? "crop" : "roi_crop";
         const cJSON *d = cJSON_GetObjectItemCaseSensitive(rc, "dir");
         const cJSON *a = cJSON_GetObjectItemCaseSensitive(rc, "addon_mm");
         if (!cJSON_IsString(d) || !dir_name_ok(d->valuestring) || !cJSON_IsArray(a) || cJSON_GetArraySize(a) != 3)
-            return sp_fail(SP_ERR_MODEL, "%s: roi_crop needs \"dir\" (a folder in the package) and \"addon_mm\" "
-                           "(3 numbers)", file);
+            return sp_fail(SP_ERR_MODEL, "%s: %s needs \"dir\" (a folder in the package) and \"addon_mm\" "
+                           "(3 numbers)", file, what);
         snprintf(mf->crop_dir, sizeof mf->crop_dir, "%s", d->valuestring);
         for (int k = 0; k < 3; k++) {
             const cJSON *v = cJSON_GetArrayItem(a, k);
             if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble <= 1000))
-                return sp_fail(SP_ERR_MODEL, "%s: roi_crop.addon_mm[%d] must be 0..1000 mm", file, k);
+                return sp_fail(SP_ERR_MODEL, "%s: %s.addon_mm[%d] must be 0..1000 mm", file, what, k);
             mf->crop_addon[k] = v->valuedouble;
         }
     }
@@ -109,6 +136,26 @@ static sp_status check_part(const sp_package *pk, const sp_package *part, const 
     return SP_OK;
 }
 
+/* crop_want[l] for the crop model's labels named in "crop.structures"; a
+ * name the crop model does not have is refused. */
+static sp_status crop_want(sp_package *pk)
+{
+    sp_manifest *mf = &pk->mf;
+    const sp_manifest *c = &pk->crop->mf;
+    if (!(mf->crop_want = calloc((size_t)c->num_classes, 1)))
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < mf->n_crop_names; i++) {
+        int found = 0;
+        for (int l = 1; l < c->num_classes; l++)
+            if (!strcmp(c->labels[l], mf->crop_names[i]))
+                mf->crop_want[l] = 1, found = 1;
+        if (!found)
+            return sp_fail(SP_ERR_MODEL, "%s/segpipe.json: crop.structures names \"%.64s\", which the crop model "
+                           "'%s' does not segment", pk->dir, mf->crop_names[i], c->name);
+    }
+    return SP_OK;
+}
+
 sp_status sp_task_check_parts(sp_package *pk)
 {
     sp_manifest *mf = &pk->mf;
@@ -128,7 +175,9 @@ sp_status sp_task_check_parts(sp_package *pk)
     if (pk->crop) {
         const sp_manifest *c = &pk->crop->mf;
         if (c->n_parts || (strcmp(c->task, "ct") && strcmp(c->task, "mri")) || c->conform_n)
-            return sp_fail(SP_ERR_MODEL, "%s/%s: the roi_crop model must be a CT/MRI grid model", pk->dir, mf->crop_dir);
+            return sp_fail(SP_ERR_MODEL, "%s/%s: the crop model must be a CT/MRI grid model", pk->dir, mf->crop_dir);
+        if (mf->n_crop_names && (st = crop_want(pk)))
+            return st;
     }
     /* the top manifest takes the first part's grid: the shared resampling */
     const sp_manifest *p0 = &pk->part[0]->mf;

@@ -80,7 +80,7 @@ def fixture():
         return _cache["fx"]
     d = tempfile.mkdtemp(prefix="totalseg-")
     home = os.path.join(d, "home")
-    p = py(FAKE, home, "--patch", "64")
+    p = py(FAKE, home, "--patch", "64", "--ids", "291,292,293,294,295,297,298,8,117")
     assert p.returncode == 0, p.stderr
     pkg = os.path.join(d, "total")
     p = py(IMPORTER, home, "-o", pkg)
@@ -155,8 +155,12 @@ def test_totalseg_import_errors(tmp):
     assert p.returncode == 4 and "Dataset293_TotalSegmentator_part3_cardiac_1559subj" in p.stderr, p.stderr
     p = py(IMPORTER, os.path.join(tmp, "nowhere"), "-o", os.path.join(tmp, "o"))
     assert p.returncode == 4 and "no weights folder" in p.stderr, p.stderr
-    p = py(IMPORTER, home, "-o", os.path.join(tmp, "o"), "--task", "lung_vessels")
+    p = py(IMPORTER, home, "-o", os.path.join(tmp, "o"), "--task", "total_mr")
     assert p.returncode == 4 and "not supported yet" in p.stderr, p.stderr
+    p = py(IMPORTER, home, "-o", os.path.join(tmp, "o"), "--task", "teeth")   # another crop model
+    assert p.returncode == 4 and "crop_model" in p.stderr, p.stderr
+    p = py(IMPORTER, home, "-o", os.path.join(tmp, "o"), "--task", "cerebral_bleed")   # no Dataset150 here
+    assert p.returncode == 4 and "Dataset150_icb_v0" in p.stderr, p.stderr
 
 
 def test_totalseg_maps_match_upstream(tmp):
@@ -282,7 +286,7 @@ def test_totalseg_tasks_list(tmp):
     fx = fixture()
     p = sp.run("tasks", fx["pkg"], os.path.join(sp.ROOT, "models", "demo-ct"))
     assert p.returncode == 0, p.stderr
-    assert "totalseg-total " in p.stdout and "117 classes  5 parts" in p.stdout and "roi crop" in p.stdout
+    assert "totalseg-total " in p.stdout and "117 classes  5 parts" in p.stdout and "crop model" in p.stdout
     assert "single model" in p.stdout
     env = dict(os.environ, SEGPIPE_MODEL_PATH=fx["dir"])
     q = subprocess.run([sp.SEGPIPE, "tasks"], capture_output=True, text=True, env=env, timeout=120)
@@ -399,3 +403,73 @@ def test_totalseg_python_binding(tmp):
         assert np.array_equal(r.labels, labels_of(out))
     finally:
         m.close()
+
+
+def test_totalseg_subtask_crops_like_totalsegmentator(tmp):
+    """A one-model subtask (liver_vessels: crop ["liver"], crop_addon 20 mm,
+    the 6 mm model first; lung_vessels: robust_crop, so the 3 mm model) is
+    imported with TotalSegmentator's crop rule, and every run is cropped as
+    TotalSegmentator crops: the crop model's labels -> mask of the crop
+    structures -> its crop_to_mask -> the subtask model on the crop ->
+    undo_crop. Random weights scatter "liver" over the scan, so the rule is
+    also run with the crop model's most compact structure (a real crop)."""
+    fx = fixture()
+    cmt = upstream_maps()[0]
+    inv = {v: k for k, v in cmt.items()}
+    pkg = os.path.join(tmp, "liver_vessels")
+    p = py(IMPORTER, fx["home"], "-o", pkg, "--task", "liver_vessels")
+    assert p.returncode == 0, p.stderr
+    man = json.load(open(os.path.join(pkg, "segpipe.json")))
+    assert man["labels"] == {"0": "background", "1": "liver_vessels", "2": "liver_tumor"}
+    assert man["crop"]["structures"] == ["liver"] and man["crop"]["addon_mm"] == [20, 20, 20]
+    assert man["crop"]["task_id"] == 298 and "roi_crop" not in man
+    sub = json.load(open(os.path.join(pkg, man["parts"][0]["dir"], "segpipe.json")))
+    assert sub["sliding_window"]["step"] == 0.5
+    lv = os.path.join(tmp, "lung_vessels")
+    p = py(IMPORTER, fx["home"], "-o", lv, "--task", "lung_vessels")
+    assert p.returncode == 0, p.stderr
+    assert json.load(open(os.path.join(lv, "segpipe.json")))["crop"]["task_id"] == 297
+    organ = os.path.join(tmp, "organ.nii.gz")
+    run_ct(os.path.join(pkg, man["crop"]["dir"]), organ, "--no-passport")
+    organ_seg = labels_of(organ)
+    img = nib.load(fx["ct"])
+    counts = np.bincount(organ_seg.ravel(), minlength=118)
+
+    def box(lab):
+        idx = np.where(organ_seg == lab)
+        return np.prod([int(i.max()) - int(i.min()) + 1 for i in idx])
+    compact = cmt[min((k for k in cmt if counts[k]), key=box)]
+    variants = [("liver", pkg)]
+    pkg2 = os.path.join(tmp, "compact")
+    shutil.copytree(pkg, pkg2)
+    m2 = dict(man, crop=dict(man["crop"], structures=[compact]))
+    json.dump(m2, open(os.path.join(pkg2, "segpipe.json"), "w"))
+    variants.append((compact, pkg2))
+    shares = []
+    for name, package in variants:
+        mask = (organ_seg == inv[name]).astype(np.uint8)
+        if mask.any():
+            crop_img, bbox = crop_to_mask(img, nib.Nifti1Image(mask, img.affine), man["crop"]["addon_mm"])
+            cropped = os.path.join(tmp, "cropped.nii.gz")
+            nib.save(crop_img, cropped)
+            o = os.path.join(tmp, "cpart.nii.gz")
+            q = sp.run("ct", cropped, "-o", o, "--model", os.path.join(package, man["parts"][0]["dir"]),
+                       "--no-passport", "-q")
+            assert q.returncode == 0, q.stderr
+            ref = np.zeros(img.shape, np.int32)
+            ref[bbox[0][0]:bbox[0][1], bbox[1][0]:bbox[1][1], bbox[2][0]:bbox[2][1]] = labels_of(o)
+            shares.append(np.prod(crop_img.shape) / np.prod(img.shape))
+            assert ref.any()   # the subtask model labels something on its crop
+        else:
+            ref = np.zeros(img.shape, np.int32)   # TotalSegmentator: "Crop is empty"
+        out = os.path.join(tmp, "sub.nii.gz")
+        run_ct(package, out)
+        assert (labels_of(out) == ref).mean() >= 0.999, name
+        stats = json.load(open(os.path.join(tmp, "sub.statistics.json")))
+        assert list(stats) == ["liver_vessels", "liver_tumor"]
+    assert min(shares) < 0.5, shares   # the compact structure's crop is a real one
+    # a crop structure the crop model does not segment is refused when the package loads
+    m2["crop"]["structures"] = ["no_such_organ"]
+    json.dump(m2, open(os.path.join(pkg2, "segpipe.json"), "w"))
+    q = sp.run("model", "check", pkg2)
+    assert q.returncode == 4 and "no_such_organ" in q.stderr, q.stderr

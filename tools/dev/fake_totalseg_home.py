@@ -45,7 +45,9 @@ def nnunet_state_dict(net):
 
 
 def task_of(maps, tid):
-    """(trainer, spacing mm, labels {id: name}) of task id tid in `total`."""
+    """(trainer, spacing mm, labels {id: name}) of task id tid: a part of
+    `total`, its fast/fastest model, or a one-model subtask (spacing: its
+    resampling's first value, 1.5 mm when it has none)."""
     sub = maps["TASK_CONFIGS"]["total"]["sub_modes"]
     for mode in ("default", "fast", "fastest"):
         ids = sub[mode]["task_id"]
@@ -56,7 +58,12 @@ def task_of(maps, tid):
             else:
                 labels = maps["class_map"]["total"]
             return sub[mode]["trainer"], float(sub[mode]["resample"]), {int(k): v for k, v in labels.items()}
-    raise SystemExit(f"task id {tid} is not part of TotalSegmentator's 'total'")
+    for task, cfg in maps["TASK_CONFIGS"].items():   # a one-model subtask
+        if cfg.get("task_id") == tid and "sub_modes" not in cfg:
+            r = cfg.get("resample") or 1.5
+            spacing = float(r if not isinstance(r, list) else r[0])
+            return cfg["trainer"], spacing, {int(k): v for k, v in maps["class_map"][task].items()}
+    raise SystemExit(f"task id {tid} is not a TotalSegmentator task this script knows")
 
 
 def make_net(n_classes, feats, patch, seed):

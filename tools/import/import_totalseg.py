@@ -27,6 +27,15 @@ weights are there) as the low-resolution model that `--roi-subset` crops with,
 as TotalSegmentator does. Sliding-window step 0.8 (TotalSegmentator's for the
 total tasks), no test-time mirroring.
 
+One-model subtasks (`cerebral_bleed`, `liver_vessels`, `lung_vessels`,
+`hip_implant`, ... : an int task_id, no cascade, no other crop model, no
+remove_outside/remove_mask) are imported too: their class map, step 0.5, and
+when the task crops (its "crop" list) the crop model TotalSegmentator runs
+first (Dataset298 at 6 mm, Dataset297 at 3 mm for robust_crop tasks) with
+the structures and crop_addon; segpipe then crops every run as
+TotalSegmentator does. Their own postprocessing (remove_auxiliary_labels,
+body/vertebrae cleanups) is not carried over.
+
 Exit codes: 0 written; 2 usage; 4 weights missing or not what the task needs
 (message names the folder expected).
 """
@@ -48,18 +57,38 @@ def load_maps():
         return json.load(f)
 
 
+UNSUPPORTED_KEYS = ("cascade", "crop_model", "remove_outside", "remove_mask")
+
+
 def task_config(maps, task, fast, fastest):
-    """TotalSegmentator's get_task_config for a task with sub-modes (plans
-    "nnUNetPlans", the totalsegmentator() default)."""
+    """TotalSegmentator's get_task_config (plans "nnUNetPlans", the
+    totalsegmentator() default): `total`'s sub-modes, or a one-model subtask
+    (its crop rule included). Refused: total_mr/total_v3 and the tasks whose
+    running needs more than a crop (a cascade, another crop model,
+    remove_outside/remove_mask, a body crop, several models)."""
     raw = maps["TASK_CONFIGS"].get(task)
     if raw is None:
         raise ImportError_(f"unknown TotalSegmentator task {task!r}")
-    if task not in SUPPORTED:
-        raise ImportError_(f"task {task!r} is not supported yet (supported: {', '.join(SUPPORTED)})")
     cfg = dict(maps["DEFAULT_CONFIG"], plans="nnUNetPlans")
-    mode = "fast" if fast else ("fastest" if fastest else "default")
-    cfg.update(raw["sub_modes"][mode])
-    cfg["mode"] = mode
+    if "sub_modes" in raw:
+        if task not in SUPPORTED:
+            raise ImportError_(f"task {task!r} is not supported yet (supported: {', '.join(SUPPORTED)} and "
+                               f"one-model subtasks)")
+        mode = "fast" if fast else ("fastest" if fastest else "default")
+        cfg.update(raw["sub_modes"][mode])
+        cfg["mode"] = mode
+        return cfg
+    if fast or fastest:
+        raise ImportError_(f"task {task!r} has no --fast/--fastest model")
+    cfg.update({k: v for k, v in raw.items() if k not in ("disallow_fast", "commercial", "info_msg")})
+    why = [k for k in UNSUPPORTED_KEYS if cfg.get(k)]
+    if not isinstance(cfg["task_id"], int):
+        why.append("several models")
+    if cfg.get("crop") is not None and not isinstance(cfg["crop"], list):
+        why.append(f"crop {cfg['crop']!r}")
+    if why:
+        raise ImportError_(f"task {task!r} is not supported yet (it needs: {', '.join(why)})")
+    cfg["mode"] = "default"
     return cfg
 
 
@@ -122,12 +151,16 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
     cmap = {int(k): v for k, v in maps["class_map"][task].items()}
     inv = {v: k for k, v in cmap.items()}
     folders = [model_folder(maps, results, t, cfg["trainer"], cfg["plans"], cfg["model"]) for t in tids]
-    crop = None
-    if cfg["mode"] == "default" and crop_model:
+    crop, crop_id, subtask = None, CROP_TASK_ID, "sub_modes" not in maps["TASK_CONFIGS"][task]
+    if subtask and cfg.get("crop"):   # the crop model TotalSegmentator runs first (python_api.py)
+        crop_id = 297 if cfg.get("robust_crop") else 298
+        crop = model_folder(maps, results, crop_id, CROP_TRAINER, cfg["plans"], "3d_fullres")
+    elif cfg["mode"] == "default" and crop_model and not subtask:
         try:
             crop = model_folder(maps, results, CROP_TASK_ID, CROP_TRAINER, cfg["plans"], cfg["model"])
         except ImportError_:
             crop = None
+    step = STEP_TOTAL if task in ("total", "total_v3", "total_mr") else 0.5
     if os.path.exists(out):
         shutil.rmtree(out)
     os.makedirs(out)
@@ -137,13 +170,13 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
             pname = maps["map_taskid_to_partname_ct"][str(tid)]
             local = {int(k): v for k, v in maps["class_map_5_parts"][pname].items()}
         else:
-            pname, local = f"{task}_{cfg['mode']}", dict(cmap)
+            pname, local = (task if "sub_modes" not in maps["TASK_CONFIGS"][task] else f"{task}_{cfg['mode']}"), dict(cmap)
         lut = [0] * (max(local) + 1)
         for j, name in local.items():
             lut[j] = inv[name]      # class_map_inv[class_map_5_parts[part][j]]
         sub = f"part{tid}"
         import_part(folder, os.path.join(out, sub), f"totalseg-{tid}-{pname.replace('class_map_part_', '')}",
-                    local, STEP_TOTAL)
+                    local, step)
         if fp16:
             import_nnunet.add_fp16(os.path.join(out, sub), json.load(open(os.path.join(out, sub, "segpipe.json"))))
         parts.append({"dir": sub, "task_id": tid, "part": pname, "map": lut,
@@ -151,18 +184,25 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
     man = {"format": "segpipe-model", "version": 1, "task": "ct",
            "name": f"totalseg-{task}" + ("" if cfg["mode"] == "default" else f"-{cfg['mode']}"),
            "description": f"TotalSegmentator task '{task}' ({cfg['mode']}): {len(parts)} part model(s) "
-                          f"{', '.join(str(t) for t in tids)} at {cfg['resample']} mm, merged into "
+                          f"{', '.join(str(t) for t in tids)} at {cfg['resample'] or 'the plans spacing'} mm, merged into "
                           f"{len(cmap)} classes",
            "parts": parts, "merge": "overwrite_nonzero",
            "labels": {str(k): v for k, v in sorted({0: "background", **cmap}.items())},
            "totalsegmentator": {"task": task, "mode": cfg["mode"], "task_ids": tids, "resample": cfg["resample"],
                                 "trainer": cfg["trainer"], "plans": cfg["plans"], "model": cfg["model"],
-                                "fold": 0, "step": STEP_TOTAL, "maps_commit": maps["source"]["commit"]}}
+                                "fold": 0, "step": step, "maps_commit": maps["source"]["commit"]}}
     if crop:
-        sub = f"crop{CROP_TASK_ID}"
-        import_part(crop, os.path.join(out, sub), f"totalseg-{CROP_TASK_ID}-crop", cmap, STEP_TOTAL)
-        man["roi_crop"] = {"dir": sub, "task_id": CROP_TASK_ID, "addon_mm": CROP_ADDON_MM,
-                           "source": os.path.relpath(crop, results)}
+        sub = f"crop{crop_id}"
+        total = {int(k): v for k, v in maps["class_map"]["total"].items()}
+        import_part(crop, os.path.join(out, sub), f"totalseg-{crop_id}-crop", total, STEP_TOTAL)
+        rule = {"dir": sub, "task_id": crop_id, "source": os.path.relpath(crop, results)}
+        if subtask:   # every run crops to these structures of the total model, + crop_addon mm
+            missing = [n for n in cfg["crop"] if n not in total.values()]
+            if missing:
+                raise ImportError_(f"crop structures {missing} are not in class_map['total']")
+            man["crop"] = dict(rule, structures=list(cfg["crop"]), addon_mm=list(cfg["crop_addon"]))
+        else:         # --roi-subset crops with it, 20 mm
+            man["roi_crop"] = dict(rule, addon_mm=CROP_ADDON_MM)
     with open(os.path.join(out, "segpipe.json"), "w") as f:
         json.dump(man, f, indent=1)
     return man
@@ -188,7 +228,8 @@ def main():
         print(f"import_totalseg: {e}", file=sys.stderr)
         sys.exit(4)
     print(f"wrote {a.out}: {man['name']}, {len(man['parts'])} part(s), {len(man['labels']) - 1} classes"
-          + (", crop model for --roi-subset" if "roi_crop" in man else ""))
+          + (", crop model for --roi-subset" if "roi_crop" in man else "")
+          + (f", cropped to {', '.join(man['crop']['structures'])}" if "crop" in man else ""))
 
 
 if __name__ == "__main__":
