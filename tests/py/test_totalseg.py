@@ -406,7 +406,7 @@ def test_totalseg_python_binding(tmp):
 
 
 def test_totalseg_subtask_crops_like_totalsegmentator(tmp):
-    """A one-model subtask (liver_vessels: crop ["liver"], crop_addon 20 mm,
+    """A one-model subtask (liver_vessels: crop ["liver"], 20 mm margin,
     the 6 mm model first; lung_vessels: robust_crop, so the 3 mm model) is
     imported with TotalSegmentator's crop rule, and every run is cropped as
     TotalSegmentator crops: the crop model's labels -> mask of the crop
@@ -428,7 +428,12 @@ def test_totalseg_subtask_crops_like_totalsegmentator(tmp):
     lv = os.path.join(tmp, "lung_vessels")
     p = py(IMPORTER, fx["home"], "-o", lv, "--task", "lung_vessels")
     assert p.returncode == 0, p.stderr
-    assert json.load(open(os.path.join(lv, "segpipe.json")))["crop"]["task_id"] == 297
+    lvm = json.load(open(os.path.join(lv, "segpipe.json")))
+    assert lvm["crop"]["task_id"] == 297 and lvm["crop"]["structures"] == [
+        "lung_upper_lobe_left", "lung_lower_lobe_left", "lung_upper_lobe_right", "lung_middle_lobe_right",
+        "lung_lower_lobe_right"]
+    # python_api.py: crop_addon = [20,20,20] whenever the total model crops (the task's own is overridden)
+    assert lvm["crop"]["addon_mm"] == [20, 20, 20]
     organ = os.path.join(tmp, "organ.nii.gz")
     run_ct(os.path.join(pkg, man["crop"]["dir"]), organ, "--no-passport")
     organ_seg = labels_of(organ)

@@ -32,8 +32,9 @@ One-model subtasks (`cerebral_bleed`, `liver_vessels`, `lung_vessels`,
 remove_outside/remove_mask) are imported too: their class map, step 0.5, and
 when the task crops (its "crop" list) the crop model TotalSegmentator runs
 first (Dataset298 at 6 mm, Dataset297 at 3 mm for robust_crop tasks) with
-the structures and crop_addon; segpipe then crops every run as
-TotalSegmentator does. Their own postprocessing (remove_auxiliary_labels,
+the structures and a 20 mm margin (python_api.py overrides a task's
+crop_addon with 20 mm whenever the total model crops); segpipe then crops
+every run as TotalSegmentator does. Their own postprocessing (remove_auxiliary_labels,
 body/vertebrae cleanups) is not carried over.
 
 Exit codes: 0 written; 2 usage; 4 weights missing or not what the task needs
@@ -196,11 +197,13 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
         total = {int(k): v for k, v in maps["class_map"]["total"].items()}
         import_part(crop, os.path.join(out, sub), f"totalseg-{crop_id}-crop", total, STEP_TOTAL)
         rule = {"dir": sub, "task_id": crop_id, "source": os.path.relpath(crop, results)}
-        if subtask:   # every run crops to these structures of the total model, + crop_addon mm
+        if subtask:   # every run crops to these structures of the total model
             missing = [n for n in cfg["crop"] if n not in total.values()]
             if missing:
                 raise ImportError_(f"crop structures {missing} are not in class_map['total']")
-            man["crop"] = dict(rule, structures=list(cfg["crop"]), addon_mm=list(cfg["crop_addon"]))
+            # python_api.py: crop_addon = [20,20,20] if crop_model is None else crop_addon, so a
+            # task's own crop_addon is overridden whenever the total model crops (all tasks here)
+            man["crop"] = dict(rule, structures=list(cfg["crop"]), addon_mm=CROP_ADDON_MM)
         else:         # --roi-subset crops with it, 20 mm
             man["roi_crop"] = dict(rule, addon_mm=CROP_ADDON_MM)
     with open(os.path.join(out, "segpipe.json"), "w") as f:
