@@ -258,7 +258,7 @@ static int list_task(sp_runtime *rt, const char *dir, int named)
     sp_status st = sp_package_load(rt, dir, &pk);
     if (st) {
         if (named)
-            fprintf(stderr, "%s: %s\n", dir, sp_last_error());
+            cli_errf("%s\n", sp_last_error());
         return named ? sp_status_exit_code(st) : 0;
     }
     int n = sp_package_num_parts(pk);
