@@ -291,6 +291,11 @@ def test_totalseg_tasks_list(tmp):
     env = dict(os.environ, SEGPIPE_MODEL_PATH=fx["dir"])
     q = subprocess.run([sp.SEGPIPE, "tasks"], capture_output=True, text=True, env=env, timeout=120)
     assert q.returncode == 0 and q.stdout.count("117 classes  5 parts") == 2, q.stdout + q.stderr
+    r = sp.run("tasks", "--nope")
+    assert r.returncode == 2 and r.stderr.startswith("segpipe tasks:"), r.stderr
+    r = sp.run("tasks", os.path.join(tmp, "missing"))
+    assert r.returncode == 4 and r.stderr.startswith("segpipe tasks: model package"), r.stderr
+    assert "usage" in sp.run("tasks", "--help").stdout
 
 
 def ts_cropping():
