@@ -483,3 +483,36 @@ def test_totalseg_subtask_crops_like_totalsegmentator(tmp):
     json.dump(m2, open(os.path.join(pkg2, "segpipe.json"), "w"))
     q = sp.run("model", "check", pkg2)
     assert q.returncode == 4 and "no_such_organ" in q.stderr, q.stderr
+
+
+def test_totalseg_fallbacks_match_upstream(tmp):
+    """Where TotalSegmentator's source is at hand, the test's stand-ins for it
+    (the stored maps, the crop_to_mask written from cropping.py) equal it, so
+    a run without the source checks the same thing."""
+    m = ts_cropping()
+    if m is None:
+        raise sp.Skip("TotalSegmentator's source not at hand ($TOTALSEG_SRC)")
+    j = json.load(open(FIXTURE))
+    cmt, parts, t2p, _ = upstream_maps()
+    assert {int(k): v for k, v in j["class_map_total"].items()} == cmt
+    assert {k: {int(a): b for a, b in v.items()} for k, v in j["class_map_5_parts"].items()} == parts
+    assert {int(k): v for k, v in j["map_taskid_to_partname_ct"].items()} == t2p
+    rng = np.random.default_rng(0)
+    saved = MIRRORS[:]
+    try:
+        for k in range(20):
+            sh = tuple(int(x) for x in rng.integers(10, 40, 3))
+            aff = np.diag([*rng.uniform(0.5, 4, 3), 1.0])
+            aff[:3, 3] = rng.uniform(-50, 50, 3)
+            img = nib.Nifti1Image(rng.integers(-1000, 1000, sh).astype(np.int16), aff)
+            mask = np.zeros(sh, np.uint8)
+            c = [int(rng.integers(0, s)) for s in sh]
+            mask[c[0]:c[0] + 3, c[1]:c[1] + 2, c[2]:c[2] + 4] = 1
+            mi = nib.Nifti1Image(mask, aff)
+            a, ba = m.crop_to_mask(img, mi, addon=[20, 20, 20], dtype=np.int32)
+            MIRRORS[:] = []
+            b, bb = crop_to_mask(img, mi, [20, 20, 20])
+            MIRRORS[:] = saved
+            assert ba == bb and np.array_equal(a.get_fdata(), b.get_fdata()) and np.allclose(a.affine, b.affine)
+    finally:
+        MIRRORS[:] = saved
