@@ -218,6 +218,10 @@ def test_totalseg_names_split_statistics(tmp):
     seg = run_ct(fx["pkg"], os.path.join(tmp, "seg.nii.gz"))
     assert seg.returncode == 0
     multi = labels_of(os.path.join(tmp, "seg.nii.gz"))
+    ext = ts_module("nifti_ext_header")   # the label names as TotalSegmentator reads them back
+    if ext and importlib.util.find_spec("xmltodict"):   # its reader parses with xmltodict
+        _, label_map = ext.load_multilabel_nifti(os.path.join(tmp, "seg.nii.gz"))
+        assert {int(k): v for k, v in label_map.items()} == class_map_total
     for name in ("liver", "vertebrae_L1", "rib_left_3"):
         lab = [k for k, v in class_map_total.items() if v == name][0]
         assert np.array_equal(labels_of(os.path.join(out, name + ".nii.gz")) > 0, multi == lab)
@@ -298,22 +302,27 @@ def test_totalseg_tasks_list(tmp):
     assert "usage" in sp.run("tasks", "--help").stdout
 
 
-def ts_cropping():
-    """TotalSegmentator's cropping.py (numpy + nibabel only) from its source, or
-    None when the source is not at hand."""
+def ts_module(name):
+    """TotalSegmentator's totalsegmentator/NAME.py (modules needing only numpy
+    and nibabel) from its source, or None when the source is not at hand."""
     for g in MIRRORS:
         if g and os.path.isdir(g):
-            src = subprocess.run(["git", "--git-dir", g, "show", "HEAD:totalsegmentator/cropping.py"],
+            src = subprocess.run(["git", "--git-dir", g, "show", f"HEAD:totalsegmentator/{name}.py"],
                                  capture_output=True, text=True)
             if src.returncode == 0:
                 d = tempfile.mkdtemp()
-                f = os.path.join(d, "cropping.py")
+                f = os.path.join(d, f"{name}.py")
                 open(f, "w").write(src.stdout)
-                spec = importlib.util.spec_from_file_location("ts_cropping", f)
+                spec = importlib.util.spec_from_file_location(f"ts_{name}", f)
                 m = importlib.util.module_from_spec(spec)
                 spec.loader.exec_module(m)
+                shutil.rmtree(d)
                 return m
     return None
+
+
+def ts_cropping():
+    return ts_module("cropping")
 
 
 def crop_to_mask(img, mask, addon):
