@@ -165,6 +165,10 @@ def jobs_list():
 
 
 def main():
+    # several jobs share each core: ONNX Runtime's threads sleep between
+    # operators instead of spinning (the same results, ~20% less CPU measured
+    # with four CT runs on two cores; docs/performance.md)
+    os.environ.setdefault("SEGPIPE_ORT_SPIN", "0")
     times_path = os.path.join(root, build, "test-times.json")
     try:
         last = json.load(open(times_path))
