@@ -34,7 +34,8 @@ static void ct_help(const ct_opts *o)
     printf("  -i INPUT                 the input (TotalSegmentator's spelling; or give it plainly)\n"
            "  -t, --threads N          CPU threads (default: all cores)\n"
            "      --device D           cpu, cuda, cuda:N, gpu or gpu:N (TotalSegmentator's spelling)\n"
-           "      --precision P        auto (fp16 model on a GPU when the package has one), fp32, fp16\n"
+           "      --precision P        auto (fp16 model on a GPU when the package has one), fp32, fp16,\n"
+           "                           int8 (the package's onnx_int8 on the CPU; docs/performance.md)\n"
            "      --series UID         a DICOM folder with several series: the one to read\n"
            "      --tile-batch N       tiles per inference call (default: auto, 4 when the\n"
            "                           logits of 4 tiles fit in 256 MB, else fewer)\n"
@@ -221,7 +222,7 @@ int cli_ct_parse(int argc, char **argv, ct_opts *o)
         {.name = "input", .letter = 'i', .kind = CLI_POS, .value = "the input volume"},
         {.name = "threads", .letter = 't', .kind = CLI_FN, .fn = opt_threads, .value = "N"},
         {.name = "device", .letter = 'd', .kind = CLI_FN, .fn = opt_device, .value = "cpu, cuda, gpu or gpu:N"},
-        {.name = "precision", .kind = CLI_STR, .dst = &o->rp.precision, .value = "auto, fp32 or fp16"},
+        {.name = "precision", .kind = CLI_STR, .dst = &o->rp.precision, .value = "auto, fp32, fp16 or int8"},
         {.name = "series", .kind = CLI_STR, .dst = &o->series, .value = "a SeriesInstanceUID"},
         {.name = "tile-batch", .kind = CLI_INT, .dst = &o->cp.tile_batch, .lo = 1, .hi = 256, .value = "N"},
         {.name = "step", .kind = CLI_NUM, .dst = &o->cp.step, .lo = 1e-3, .hi = 1, .value = "F"},

@@ -16,6 +16,7 @@
  */
 #include "runtime.h"
 #include "device.h"
+#include "calib.h"
 
 #include <dlfcn.h>
 #include <limits.h>
@@ -41,6 +42,7 @@ struct sp_model {
     double load_seconds;
     int arena;                  /* the session allocates from the runtime's arena */
     atomic_ullong runs;
+    sp_calib *calib;            /* SEGPIPE_CALIBRATE runs only (calib.c) */
     sp_model *next;
 };
 
@@ -196,9 +198,14 @@ sp_status sp_runtime_create(const sp_runtime_params *p, sp_runtime **out)
     snprintf(rt->device, sizeof rt->device, "%s", rt->p.device ? rt->p.device : "cpu");
     rt->p.device = rt->device;
     const char *prec = rt->p.precision ? rt->p.precision : "auto";
-    if (strcmp(prec, "auto") && strcmp(prec, "fp32") && strcmp(prec, "fp16")) {
+    if (strcmp(prec, "auto") && strcmp(prec, "fp32") && strcmp(prec, "fp16") && strcmp(prec, "int8")) {
         free(rt);
-        return sp_fail(SP_ERR_USAGE, "unknown precision '%s' (use auto, fp32 or fp16)", prec);
+        return sp_fail(SP_ERR_USAGE, "unknown precision '%s' (use auto, fp32, fp16 or int8)", prec);
+    }
+    if (!strcmp(prec, "int8") && rt->p.device && strcmp(rt->p.device, "cpu")) {
+        free(rt);
+        return sp_fail(SP_ERR_USAGE, "--precision int8 runs on the CPU (ONNX Runtime's int8 kernels); "
+                       "use --device cpu, or fp16 on a GPU");
     }
     snprintf(rt->precision, sizeof rt->precision, "%s", prec);
     rt->p.precision = rt->precision;
@@ -261,6 +268,7 @@ sp_status sp_runtime_create(const sp_runtime_params *p, sp_runtime **out)
 
 static void model_destroy(sp_model *m)
 {
+    sp_calib_close(m->calib);
     if (m->session)
         sp_ort->ReleaseSession(m->session);
     if (m->run_opts)
@@ -669,6 +677,8 @@ sp_status sp_model_load_arena(sp_runtime *rt, const char *path, int arena, sp_mo
     m->load_seconds = sp_now() - t0;
     if (!st)
         st = introspect(m);
+    if (!st)
+        m->calib = sp_calib_open(m->n_out, m->out_names);
     if (st) {
         model_destroy(m);
         pthread_mutex_unlock(&rt->mu);
@@ -728,6 +738,38 @@ static void shape_str(const int64_t *s, int r, char *buf, size_t cap)
         len += (size_t)snprintf(buf + len, cap - len, "%s%lld", i ? "x" : "", (long long)s[i]);
 }
 
+/* A SEGPIPE_CALIBRATE run (calib.c): every output is computed, the first
+ * n_out into ov as usual, the others' float32 ranges recorded and freed. */
+static sp_status calib_run(sp_model *m, OrtValue **iv, int n_in, OrtValue **ov, int n_out)
+{
+    OrtValue **all = calloc((size_t)m->n_out, sizeof *all);
+    if (!all)
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    memcpy(all, ov, (size_t)n_out * sizeof *all);
+    OrtStatus *rs = sp_ort->Run(m->session, m->run_opts, m->in_names, (const OrtValue *const *)iv,
+                                (size_t)n_in, m->out_names, (size_t)m->n_out, all);
+    sp_status st = sp_ort_check(rs, run_failure(rs), "inference");
+    if (!st)
+        memcpy(ov, all, (size_t)n_out * sizeof *all);
+    for (int j = n_out; j < m->n_out; j++) {
+        OrtTensorTypeAndShapeInfo *tsi = NULL;
+        ONNXTensorElementDataType et = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+        size_t cnt = 0;
+        void *src = NULL;
+        if (!st && all[j] && !sp_ort->GetTensorTypeAndShape(all[j], &tsi)) {
+            ort_ignore(sp_ort->GetTensorElementType(tsi, &et));
+            ort_ignore(sp_ort->GetTensorShapeElementCount(tsi, &cnt));
+            sp_ort->ReleaseTensorTypeAndShapeInfo(tsi);
+            if (et == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT && !sp_ort->GetTensorMutableData(all[j], &src) && src)
+                sp_calib_update(m->calib, j, src, cnt);
+        }
+        if (all[j])
+            sp_ort->ReleaseValue(all[j]);
+    }
+    free(all);
+    return st;
+}
+
 /* Run with the bound tensors' data in memory `mem` (host or device). With
  * keep non-NULL, unbound outputs stay ORT's: their values are handed over
  * in keep[] (SP_MAX_RANK entries) instead of being copied. */
@@ -772,7 +814,9 @@ static sp_status model_run(sp_model *m, const OrtMemoryInfo *mem, const sp_tenso
                                   numel(&outputs[j]) * sp_dtype_size(outputs[j].dtype), outputs[j].shape,
                                   (size_t)outputs[j].rank, to_ort(outputs[j].dtype), &ov[j]),
                               SP_ERR_RUNTIME, "output tensor");
-    if (!st) {
+    if (!st && m->calib && n_out < m->n_out)
+        st = calib_run(m, iv, n_in, ov, n_out);
+    else if (!st) {
         OrtStatus *rs = sp_ort->Run(m->session, m->run_opts, m->in_names, (const OrtValue *const *)iv,
                                     (size_t)n_in, m->out_names, (size_t)n_out, ov);
         st = sp_ort_check(rs, run_failure(rs), "inference");

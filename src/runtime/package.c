@@ -456,8 +456,10 @@ sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf)
     mf->demo = cJSON_IsTrue(demo);
     snprintf(mf->onnx, sizeof mf->onnx, "%s", str_or(j, "onnx", "model.onnx"));
     snprintf(mf->onnx_fp16, sizeof mf->onnx_fp16, "%s", str_or(j, "onnx_fp16", ""));
-    if (strchr(mf->onnx, '/') || strchr(mf->onnx_fp16, '/')) {
-        st = sp_fail(SP_ERR_MODEL, "%s: \"onnx\" and \"onnx_fp16\" must be file names inside the package", file);
+    snprintf(mf->onnx_int8, sizeof mf->onnx_int8, "%s", str_or(j, "onnx_int8", ""));
+    if (strchr(mf->onnx, '/') || strchr(mf->onnx_fp16, '/') || strchr(mf->onnx_int8, '/')) {
+        st = sp_fail(SP_ERR_MODEL, "%s: \"onnx\", \"onnx_fp16\" and \"onnx_int8\" must be file names inside the "
+                     "package", file);
         goto out;
     }
     const cJSON *ar = cJSON_GetObjectItemCaseSensitive(j, "arena");
@@ -679,7 +681,8 @@ sp_status sp_manifest_check_model(const sp_manifest *mf, const sp_model *m, cons
 }
 
 /* The package's ONNX file for the runtime's precision: "fp16" needs the
- * manifest's onnx_fp16; "auto" takes it on a GPU device for CT models. */
+ * manifest's onnx_fp16, "int8" its onnx_int8; "auto" takes the fp16 one on
+ * a GPU device for CT models (never the int8 one: opt-in). */
 static sp_status pick_onnx(const sp_runtime *rt, const sp_manifest *mf, const char *dir, const char **onnx)
 {
     const char *prec = sp_runtime_precision(rt);
@@ -690,6 +693,11 @@ static sp_status pick_onnx(const sp_runtime *rt, const sp_manifest *mf, const ch
             return sp_fail(SP_ERR_MODEL, "model package %s has no fp16 model (no \"onnx_fp16\" in its manifest; "
                            "tools/import/onnx_fp16.py adds one)", dir);
         *onnx = mf->onnx_fp16;
+    } else if (!strcmp(prec, "int8")) {   /* opt-in only: "auto" never picks it */
+        if (!mf->onnx_int8[0])
+            return sp_fail(SP_ERR_MODEL, "model package %s has no int8 model (no \"onnx_int8\" in its manifest; "
+                           "tools/import/onnx_int8.py adds one)", dir);
+        *onnx = mf->onnx_int8;
     } else if (!strcmp(prec, "auto") && has16 && gpu && !strcmp(mf->task, "ct")) {
         *onnx = mf->onnx_fp16;
     }
