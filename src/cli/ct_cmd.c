@@ -69,8 +69,9 @@ static void ct_help(const ct_opts *o)
            "      --dicom-series-number N  its SeriesNumber (default: 9001 SEG, 9002 RTSTRUCT)\n"
            "      --dicom-creator NAME   ContentCreatorName / OperatorsName (DICOM person name, Family^Given)\n"
            "      --dicom-deflate      deflated transfer syntax (default: explicit VR little endian)\n"
-           "      --cache-graph        keep ORT's optimised graph in $XDG_CACHE_HOME/segpipe/graphs\n"
-           "                           (keyed by model bytes, settings and ORT version)\n"
+           "      --no-cache-graph     do not keep ORT's optimised graph (default: kept in\n"
+           "                           $XDG_CACHE_HOME/segpipe/graphs, keyed by model bytes, settings and\n"
+           "                           ORT version, at most $SEGPIPE_CACHE_MAX_MB, default 1024)\n"
            "      --arena auto|on|off  ONNX Runtime's memory arena (auto: the model package's choice)\n"
            "      --save-model-labels F  also write the labels at model resolution (canonical grid)\n"
            "  -q, --quiet / -v, --verbose\n"
@@ -234,6 +235,7 @@ int cli_ct_parse(int argc, char **argv, ct_opts *o)
         {.name = "no-passport", .kind = CLI_CLEAR, .dst = &o->cp.passport},
         {.name = "statistics", .letter = 's', .kind = CLI_FLAG, .dst = &o->statistics},
         {.name = "cache-graph", .kind = CLI_FLAG, .dst = &o->rp.cache_optimized},
+        {.name = "no-cache-graph", .kind = CLI_CLEAR, .dst = &o->rp.cache_optimized},
         {.name = "save-model-labels", .kind = CLI_FN, .fn = opt_model_labels, .value = "FILE"},
         {.name = "quiet", .letter = 'q', .kind = CLI_FLAG, .dst = &o->quiet},
         {.name = "verbose", .letter = 'v', .kind = CLI_FLAG, .dst = &o->verbose},
@@ -543,6 +545,7 @@ static int ct_main(int argc, char **argv, int mri)
     ct_opts o = {.cmd = mri ? "mri" : "ct", .mri = mri, .model = mri ? NULL : sp_default_model_dir(),
                  .rp = sp_runtime_default_params(), .cp = sp_ct_default_params(), .shard_n = 1, .jobs = 1,
                  .dp = sp_dicom_default_params()};
+    o.rp.cache_optimized = 1;   /* the CLI caches optimised graphs unless --no-cache-graph (docs/performance.md) */
     int rc = cli_ct_parse(argc, argv, &o);
     if (rc >= 0)
         return rc;

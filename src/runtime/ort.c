@@ -18,7 +18,9 @@
 #include "device.h"
 #include "calib.h"
 
+#include <dirent.h>
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -584,6 +586,49 @@ static int cache_entry(const char *path, const char *opts, char *out, size_t cap
     return ok && snprintf(out, cap, "%s/%s.ort", dir, hex) < (int)cap;
 }
 
+/* One cache entry: a name of 64 hex digits and ".ort". */
+static int cache_name(const char *n)
+{
+    size_t len = strlen(n);
+    return len == 68 && !strcmp(n + 64, ".ort") && strspn(n, "0123456789abcdef") == 64;
+}
+
+/* Keep the cache within $SEGPIPE_CACHE_MAX_MB (default 1024): the least
+ * recently used entries (access time, set on every use) go first, never
+ * `keep`, the entry just written. Best effort: a failure leaves files. */
+static void cache_prune(const char *dir, const char *keep)
+{
+    const char *e = getenv("SEGPIPE_CACHE_MAX_MB");
+    long long max = e && *e ? atoll(e) : 1024;
+    max = (max < 0 ? 0 : max) << 20;
+    for (int round = 0; round < 4096; round++) {
+        DIR *d = opendir(dir);
+        if (!d)
+            return;
+        long long total = 0;
+        time_t oldest = 0;
+        char victim[PATH_MAX] = "", path[PATH_MAX];
+        struct dirent *de;
+        while ((de = readdir(d))) {
+            struct stat st;
+            if (!cache_name(de->d_name) || snprintf(path, sizeof path, "%s/%s", dir, de->d_name) >= (int)sizeof path ||
+                lstat(path, &st) != 0 || !S_ISREG(st.st_mode))
+                continue;
+            total += st.st_size;
+            if (strcmp(path, keep) && (!victim[0] || st.st_atime < oldest)) {
+                oldest = st.st_atime;
+                snprintf(victim, sizeof victim, "%s", path);
+            }
+        }
+        closedir(d);
+        if (total <= max || !victim[0])
+            return;
+        SP_DEBUG("graph cache: %lld bytes > %lld: removing the least recently used entry", total, max);
+        if (unlink(victim) != 0)
+            return;
+    }
+}
+
 /* Everything that shapes the optimised graph, for the cache key: the
  * graph-level settings and the CPU's vector extensions (the layout
  * transforms pick kernels for them). */
@@ -617,6 +662,7 @@ static sp_status create_session(sp_runtime *rt, sp_model *m, int *from_cache)
             sp_ort->ReleaseSessionOptions(so);
             if (!s) {
                 *from_cache = 1;
+                utimensat(AT_FDCWD, entry, (struct timespec[2]){{0, UTIME_NOW}, {0, UTIME_OMIT}}, 0);  /* LRU */
                 return SP_OK;
             }
             SP_WARN("graph cache entry for %s refused (%s); loading the model", m->path,
@@ -633,6 +679,11 @@ static sp_status create_session(sp_runtime *rt, sp_model *m, int *from_cache)
     sp_ort->ReleaseSessionOptions(so);
     if (use_cache && (st || rename(tmp, entry) != 0))
         unlink(tmp);
+    else if (use_cache) {
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof dir, "%.*s", (int)(strrchr(entry, '/') - entry), entry);
+        cache_prune(dir, entry);
+    }
     return st;
 }
 

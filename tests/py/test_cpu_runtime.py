@@ -15,6 +15,8 @@ ROOMS = os.path.join(sp.ROOT, "models", "demo-rooms")
 
 def run_env(*args, **env):
     e = sp.run_env()
+    if "XDG_CACHE_HOME" in env:   # the folder under test, not the test run's SEGPIPE_CACHE_DIR
+        e.pop("SEGPIPE_CACHE_DIR", None)
     e.update(env)
     return subprocess.run([sp.SEGPIPE, *map(str, args)], capture_output=True, text=True, timeout=600, env=e)
 
@@ -100,7 +102,7 @@ def test_graph_cache_keyed_private_and_same_masks(tmp):
         return p, {f: np.asarray(Image.open(os.path.join(out, f))) for f in sorted(os.listdir(out))
                    if f.endswith(".png")}
 
-    _, ref = masks(0, [])
+    _, ref = masks(0, ["--no-cache-graph"])
     assert not os.path.exists(xdg) or not os.listdir(xdg)
     for k in (1, 2):
         _, got = masks(k, ["--cache-graph"], XDG_CACHE_HOME=xdg)
@@ -122,6 +124,71 @@ def test_graph_cache_keyed_private_and_same_masks(tmp):
     os.chmod(shared, 0o777)
     masks(4, ["--cache-graph"], SEGPIPE_CACHE_DIR=shared)
     assert os.listdir(shared) == []
+
+
+_crop = {}
+
+
+def one_tile_ct(tmp):
+    """a 64x64x30 crop of the real example CT (3 mm): one tile of demo-ct"""
+    if "p" not in _crop:
+        if not os.path.exists(CT):
+            raise sp.Skip("../shared/data/ct missing")
+        import tempfile
+        im = nib.load(CT)
+        p = os.path.join(tempfile.mkdtemp(prefix="sp_crop."), "crop.nii.gz")
+        nib.save(nib.Nifti1Image(np.asarray(im.dataobj)[30:94, 20:84, :], im.affine, im.header), p)
+        _crop["p"] = p
+    return _crop["p"]
+
+
+def test_graph_cache_default_keyed_by_model_bytes_and_bounded(tmp):
+    """The CLI caches the optimised graph by default: the first run writes
+    one entry, the second loads it (-v says so) with labels equal to an
+    uncached run (--no-cache-graph, which writes nothing); a changed model
+    (the logits head's class-0 bias raised) gets its own entry and its own
+    labels, never the old graph's; with SEGPIPE_CACHE_MAX_MB=0 a new entry
+    evicts the others."""
+    import onnx
+    from onnx import numpy_helper
+    ct = one_tile_ct(tmp)
+    cache = os.path.join(tmp, "cache")
+    pkg = os.path.join(tmp, "pk")
+    shutil.copytree(sp.DEMO, pkg)
+
+    def ct_run(k, *extra, **env):
+        out = os.path.join(tmp, "o%d.nii.gz" % k)
+        p = run_env("ct", ct, "-o", out, "--model", pkg, "--no-passport", "-v", "-t", "2", *extra,
+                    **dict({"SEGPIPE_CACHE_DIR": cache}, **env))
+        assert p.returncode == 0, p.stderr
+        return "(optimised graph cache)" in p.stderr, np.asarray(nib.load(out).dataobj)
+
+    def entries():
+        return sorted(os.listdir(cache)) if os.path.isdir(cache) else []
+
+    hit, nocache = ct_run(0, "--no-cache-graph")
+    assert not hit and entries() == []
+    hit, first = ct_run(1)
+    assert not hit and len(entries()) == 1 and entries()[0].endswith(".ort")
+    hit, second = ct_run(2)
+    assert hit and len(entries()) == 1
+    assert np.array_equal(first, nocache) and np.array_equal(second, nocache) and len(np.unique(nocache)) > 3
+    m = onnx.load(os.path.join(pkg, "model.onnx"))
+    head = [n for n in m.graph.node if n.op_type == "Conv"][-1]
+    for t in m.graph.initializer:
+        if t.name == head.input[2]:
+            b = numpy_helper.to_array(t).copy()
+            b[0] += 1000.0   # background wins everywhere
+            t.CopyFrom(numpy_helper.from_array(b, t.name))
+    onnx.save(m, os.path.join(pkg, "model.onnx"))
+    hit, changed = ct_run(3)
+    assert not hit and len(entries()) == 2 and not changed.any()
+    hit, again = ct_run(4)
+    assert hit and not again.any()
+    m.graph.doc_string = "third variant"
+    onnx.save(m, os.path.join(pkg, "model.onnx"))
+    hit, _ = ct_run(5, SEGPIPE_CACHE_MAX_MB="0")
+    assert not hit and len(entries()) == 1
 
 
 def test_inputs_jobs_same_results_in_list_order(tmp):

@@ -55,6 +55,69 @@ def consumers(g):
     return use
 
 
+def undo_dynamic(model):
+    """A dynamically quantised model (onnxruntime's quantize_dynamic:
+    DynamicQuantizeLinear -> ConvInteger -> Cast -> Mul(scales) -> Add(bias),
+    as ISNet ships) back to float32 Convs whose weights are the dequantised
+    uint8 ones, so static quantisation can start from it. Returns the count."""
+    g = model.graph
+    init = {t.name: t for t in g.initializer}
+    prod = {o: n for n in g.node for o in n.output}
+    use = consumers(g)
+    done, dead, new_init = 0, set(), []
+    for ci in [n for n in g.node if n.op_type == "ConvInteger"]:
+        dql = prod.get(ci.input[0])
+        cast = use.get(ci.output[0], [None])[0]
+        mul = use.get(cast.output[0], [None])[0] if cast is not None else None
+        if dql is None or dql.op_type != "DynamicQuantizeLinear" or mul is None or mul.op_type != "Mul":
+            raise QuantError(f"ConvInteger {ci.name!r} is not in onnxruntime's dynamic-quantisation pattern")
+        smul = prod.get(mul.input[1] if mul.input[0] == cast.output[0] else mul.input[0])
+        wscale = [x for x in smul.input if x in init] if smul is not None else []
+        if ci.input[1] not in init or len(wscale) != 1:
+            raise QuantError(f"ConvInteger {ci.name!r}: weights or their scale are not constants")
+        wq = numpy_helper.to_array(init[ci.input[1]]).astype(np.int32)
+        wz = numpy_helper.to_array(init[ci.input[3]]).astype(np.int32) if len(ci.input) > 3 and ci.input[3] else 0
+        ws = numpy_helper.to_array(init[wscale[0]]).astype(np.float32)
+        if np.ndim(ws) == 1:
+            ws = ws.reshape((-1,) + (1,) * (wq.ndim - 1))
+        last, ins = mul, [dql.input[0], ci.output[0] + "_w"]
+        new_init.append(numpy_helper.from_array(((wq - wz) * ws).astype(np.float32), ci.output[0] + "_w"))
+        add = use.get(mul.output[0], [None])
+        if len(add) == 1 and add[0].op_type == "Add":
+            b = [x for x in add[0].input if x != mul.output[0]][0]
+            bsrc = prod.get(b)
+            bname = bsrc.input[0] if bsrc is not None and bsrc.op_type == "Reshape" and bsrc.input[0] in init else None
+            if bname is not None and len(init[bname].dims) == 1:
+                last, ins = add[0], ins + [bname]
+        conv = helper.make_node("Conv", ins, [last.output[0]], name=(ci.name or ci.output[0]) + "_fp32")
+        conv.attribute.extend(ci.attribute)
+        ci.CopyFrom(conv)
+        dead.update(id(x) for x in (cast, mul) + ((last,) if last is not mul else ()))
+        done += 1
+    keep = [n for n in g.node if id(n) not in dead]
+    del g.node[:]
+    g.node.extend(keep)
+    g.initializer.extend(new_init)
+    prune(g)
+    return done
+
+
+def prune(g):
+    """drop nodes and initializers nothing reads"""
+    outs = {o.name for o in g.output}
+    while True:
+        use = consumers(g)
+        keep = [n for n in g.node if any(y in outs or y in use for y in n.output)]
+        if len(keep) == len(g.node):
+            break
+        del g.node[:]
+        g.node.extend(keep)
+    use = consumers(g)
+    keep = [t for t in g.initializer if t.name in use]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+
+
 def plan(model):
     """(indices of the Convs to quantise, tensors to quantise): a Conv qualifies with
     constant weights (and bias) and an output that is not a graph output.
@@ -73,7 +136,7 @@ def plan(model):
             continue
         y = n.output[0]
         after = use.get(y, [])
-        if len(after) == 1 and after[0].op_type == "Relu" and y not in outs:
+        if len(after) == 1 and after[0].op_type == "Relu" and after[0].output[0] not in outs:
             y = after[0].output[0]
         convs.append(k)
         for t in (n.input[0], y):
@@ -238,9 +301,7 @@ def quantize(model, convs, tensors, ranges):
         for i, x in enumerate(n.input):
             if x in dq:
                 n.input[i] = dq[x]
-    for o in g.output:
-        if o.name in dq:
-            raise QuantError(f"graph output {o.name!r} would be quantised")
+    # a graph output that is also quantised stays the float32 tensor: only its readers move to the DQ
     graph_in = {i.name for i in g.input}
     qnodes = {t: [helper.make_node("QuantizeLinear", [t, t + "_scale", t + "_zp"], [t + "_q"]),
                   helper.make_node("DequantizeLinear", [t + "_q", t + "_scale", t + "_zp"], [t + "_dq"])]
@@ -289,6 +350,8 @@ def main():
             raise QuantError(f"task {man.get('task')!r}: calibration runs ct, mri or masks packages")
         if max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0) < 13:
             raise QuantError("the model's opset is below 13 (per-channel DequantizeLinear needs 13)")
+        if undo_dynamic(model):   # from here on the model is float32; the package keeps its own file
+            onnx.checker.check_model(model)
         convs, tensors = plan(model)
     except (OSError, ValueError, KeyError, QuantError, onnx.checker.ValidationError) as e:
         print(f"onnx_int8: {e}", file=sys.stderr)
