@@ -233,3 +233,31 @@ def test_inputs_jobs_same_results_in_list_order(tmp):
     for j in ("0", "9", "x"):
         p = sp.run("ct", "--inputs", lst, "-o", os.path.join(tmp, "o"), "--jobs", j)
         assert p.returncode == 2 and "--jobs" in p.stderr
+
+
+def test_bench_throughput_jobs(tmp):
+    """`segpipe bench --jobs 2`: bench.json's "throughput" runs every case
+    one after another and two at a time on one model; its cases per minute
+    are the case count over each pass's wall seconds, bench.md shows the
+    table; an unreadable case is counted as failed in both passes (not
+    fatal); --jobs out of 1..8 is refused with exit 2."""
+    ct = one_tile_ct(tmp)
+    bad = os.path.join(tmp, "bad.nii.gz")
+    with open(bad, "wb") as f:
+        f.write(b"\x1f\x8b not a volume")
+    out = os.path.join(tmp, "b")
+    p = sp.run("bench", "--model", sp.DEMO, ct, ct, "--jobs", "2", "-t", "2", "--out", out)
+    assert p.returncode == 0, p.stderr
+    t = json.load(open(os.path.join(out, "bench.json")))["throughput"]
+    assert t["ok"] and t["cases"] == 2 and t["jobs"] == 2 and t["failed"] == 0, t
+    assert abs(t["cases_per_minute"] - 120.0 / t["parallel_s"]) < 1e-6 * t["cases_per_minute"]
+    assert abs(t["sequential_cases_per_minute"] - 120.0 / t["sequential_s"]) < 1e-6 * t["sequential_cases_per_minute"]
+    assert abs(t["speedup"] - t["sequential_s"] / t["parallel_s"]) < 1e-9 and t["peak_rss_bytes"] > 0
+    md = open(os.path.join(out, "bench.md")).read()
+    assert "## Throughput" in md and "| 2 | 2 |" in md
+    p = sp.run("bench", "--model", sp.DEMO, ct, bad, "--jobs", "2", "-t", "2", "--out", out)
+    t = json.load(open(os.path.join(out, "bench.json")))["throughput"]
+    assert p.returncode == 0 and not t["ok"] and t["failed"] == 2 and t["cases"] == 2, t   # once per pass
+    for j in ("0", "9", "x"):
+        p = sp.run("bench", "--model", sp.DEMO, ct, "--jobs", j, "--out", out)
+        assert p.returncode == 2 and "--jobs" in p.stderr, p.stderr
