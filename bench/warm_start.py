@@ -4,8 +4,7 @@
 and saves ONNX Runtime's optimised graph, later runs load it; runs with
 --no-cache-graph alternate with them (the machine is shared). Per run: wall
 and CPU seconds of the whole process and the model load step (segpipe's
-"loaded ... in X s", -v for ct/mri; masks reports no steps, so only the
-process figures). Outputs must be byte-identical across all runs.
+"loaded ... in X s" of -v). Outputs must be byte-identical across all runs.
    /usr/bin/python3 bench/warm_start.py CMD MODEL INPUT [--rounds N] [--threads N] [--precision P]"""
 import argparse, hashlib, json, os, re, shutil, subprocess, tempfile, time
 
@@ -16,7 +15,7 @@ SEG = os.path.join(ROOT, os.environ.get("BUILD", "build"), "segpipe")
 def one(a, out, cache, extra):
     env = dict(os.environ, SEGPIPE_CACHE_DIR=cache)
     if a.cmd == "masks":
-        args = [SEG, "masks", a.input, "-o", out, "--model", a.model, "-q"]
+        args = [SEG, "masks", a.input, "-o", out, "--model", a.model, "-v"]
     else:
         args = [SEG, a.cmd, a.input, "-o", out, "--model", a.model, "--no-passport", "-v"]
     args += (["-t", str(a.threads)] if a.threads else []) + (["--precision", a.precision] if a.precision else [])

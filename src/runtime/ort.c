@@ -657,7 +657,13 @@ static sp_status create_session(sp_runtime *rt, sp_model *m, int *from_cache)
         use_cache = cache_entry(m->path, opts, entry, sizeof entry);
     }
     if (use_cache && access(entry, R_OK) == 0) {
-        if (!(st = make_options(rt, NULL, m->arena, &so))) {
+        /* the entry is the optimised graph: running the optimisers on it
+         * again cost ISNet 0.25 s of its 0.9 s load (docs/performance.md) */
+        if (!(st = make_options(rt, NULL, m->arena, &so)) &&
+            (st = sp_ort_check(sp_ort->SetSessionGraphOptimizationLevel(so, ORT_DISABLE_ALL), SP_ERR_RUNTIME,
+                               "session options")))
+            sp_ort->ReleaseSessionOptions(so);
+        if (!st) {
             OrtStatus *s = sp_ort->CreateSession(rt->env, entry, so, &m->session);
             sp_ort->ReleaseSessionOptions(so);
             if (!s) {

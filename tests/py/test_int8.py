@@ -177,3 +177,42 @@ def test_int8_refusals(tmp):
         p = subprocess.run([sys.executable, TOOL, pkg, "--calib", CT, "--segpipe", sp.SEGPIPE], capture_output=True,
                            text=True)
         assert p.returncode == 4 and why in p.stderr, p.stderr
+
+
+def test_int8_masks_model_iou(tmp):
+    """A photo model through `segpipe masks --precision int8`: demo-rooms
+    (a 2D U-Net) calibrated on two rendered rooms, evaluated on two others;
+    every mask's IoU against the fp32 masks >= 0.9 (numpy on the PNGs PIL
+    reads), and --precision is checked by masks' parser (exit 2)."""
+    from PIL import Image
+    sys.path.insert(0, os.path.join(sp.ROOT, "tools", "train"))
+    from render_rooms import render
+    photos = []
+    for seed in (11, 12, 21, 22):
+        p = os.path.join(tmp, f"room{seed}.png")
+        Image.fromarray(render((240, 320), seed=seed)[0]).save(p)
+        photos.append(p)
+    pkg = os.path.join(tmp, "rooms")
+    shutil.copytree(os.path.join(sp.ROOT, "models", "demo-rooms"), pkg)
+    p = subprocess.run([sys.executable, TOOL, pkg, "--calib", *photos[:2], "--segpipe", sp.SEGPIPE], capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stderr
+    got = {}
+    for prec in ("fp32", "int8"):
+        out = os.path.join(tmp, prec)
+        p = sp.run("masks", *photos[2:], "-o", out, "--model", pkg, "--precision", prec, "-v")
+        assert p.returncode == 0, p.stderr
+        assert ("model.int8.onnx" in p.stderr) == (prec == "int8"), p.stderr
+        got[prec] = {f: np.asarray(Image.open(os.path.join(out, f))) > 0 for f in sorted(os.listdir(out))
+                     if f.endswith(".png")}
+    assert got["fp32"].keys() == got["int8"].keys() and len(got["fp32"]) >= 4
+    differs = False
+    for f, a in got["fp32"].items():
+        b = got["int8"][f]
+        differs |= not np.array_equal(a, b)
+        if a.sum() >= 500:
+            iou = (a & b).sum() / (a | b).sum()
+            assert iou >= 0.9, (f, iou)
+    assert differs   # the int8 model really ran
+    p = sp.run("masks", photos[2], "-o", os.path.join(tmp, "x"), "--model", pkg, "--precision", "fp16")
+    assert p.returncode == 2 and "--precision is auto, fp32 or int8" in p.stderr, p.stderr
