@@ -559,43 +559,97 @@ static int cache_dir(char *buf, size_t cap)
     return 1;
 }
 
+static void hex32(const uint8_t *d, char *hex)
+{
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", d[i]);
+}
+
+/* The memo of a model file's key: <dir>/<sha256(ORT version, settings,
+ * path, device, inode, size, mtime and ctime in ns)>.key holds the entry's
+ * 64 hex digits, so an unchanged file is not hashed again (0.2-0.3 s for
+ * ISNet's 44 MB). A changed file has a new ctime (set by the kernel on any
+ * write, never by a user), hence a new memo and a hash of its bytes. */
+static void memo_path(const char *dir, const char *path, const char *opts, const struct stat *sb, char *out,
+                      size_t cap)
+{
+    char meta[PATH_MAX + 256];
+    int n = snprintf(meta, sizeof meta, "%s%c%s%c%s%c%llu:%llu:%lld:%lld.%09ld:%lld.%09ld", sp_ort_version(), 0, opts,
+                     0, path, 0, (unsigned long long)sb->st_dev, (unsigned long long)sb->st_ino,
+                     (long long)sb->st_size, (long long)sb->st_mtim.tv_sec, sb->st_mtim.tv_nsec,
+                     (long long)sb->st_ctim.tv_sec, sb->st_ctim.tv_nsec);
+    sp_sha256 h;
+    uint8_t d[32];
+    char hex[65];
+    sp_sha256_init(&h);
+    sp_sha256_update(&h, meta, n > 0 && (size_t)n < sizeof meta ? (size_t)n : strlen(meta));
+    sp_sha256_final(&h, d);
+    hex32(d, hex);
+    snprintf(out, cap, "%s/%s.key", dir, hex);
+}
+
 /* The cache entry's path for model `path` under session settings `opts`:
- * <dir>/<sha256(ORT version, settings, CPU, model bytes)>.ort. 0: none. */
+ * <dir>/<sha256(ORT version, settings, model bytes)>.ort, from the memo
+ * when the file is unchanged. 0: none. */
 static int cache_entry(const char *path, const char *opts, char *out, size_t cap)
 {
-    char dir[PATH_MAX];
+    char dir[PATH_MAX], memo[PATH_MAX + 80], hex[65] = "";
+    struct stat sb;
     if (!cache_dir(dir, sizeof dir))
         return 0;
     FILE *f = fopen(path, "rb");
     if (!f)
         return 0;
-    sp_sha256 h;
-    sp_sha256_init(&h);
-    const char *ver = sp_ort_version();
-    sp_sha256_update(&h, ver, strlen(ver) + 1);
-    sp_sha256_update(&h, opts, strlen(opts) + 1);
-    static char buf[1 << 16];
-    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-    pthread_mutex_lock(&mu);
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, f)) > 0)
-        sp_sha256_update(&h, buf, n);
-    pthread_mutex_unlock(&mu);
-    int ok = !ferror(f);
+    if (fstat(fileno(f), &sb) != 0) {
+        fclose(f);
+        return 0;
+    }
+    memo_path(dir, path, opts, &sb, memo, sizeof memo);
+    FILE *mf = fopen(memo, "rb");
+    if (mf) {
+        size_t got = fread(hex, 1, 64, mf);
+        hex[got == 64 ? 64 : 0] = 0;
+        fclose(mf);
+        if (strspn(hex, "0123456789abcdef") != 64)
+            hex[0] = 0;
+    }
+    int ok = 1;
+    if (!hex[0]) {
+        sp_sha256 h;
+        sp_sha256_init(&h);
+        const char *ver = sp_ort_version();
+        sp_sha256_update(&h, ver, strlen(ver) + 1);
+        sp_sha256_update(&h, opts, strlen(opts) + 1);
+        static char buf[1 << 16];
+        static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+        pthread_mutex_lock(&mu);
+        size_t n;
+        while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+            sp_sha256_update(&h, buf, n);
+        pthread_mutex_unlock(&mu);
+        ok = !ferror(f);
+        uint8_t d[32];
+        sp_sha256_final(&h, d);
+        hex32(d, hex);
+        char tmp[PATH_MAX + 120];
+        snprintf(tmp, sizeof tmp, "%s.%ld.tmp", memo, (long)getpid());
+        int fd = ok ? open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600) : -1;
+        if (fd >= 0) {
+            int w = write(fd, hex, 64) == 64;
+            if (close(fd) != 0 || !w || rename(tmp, memo) != 0)
+                unlink(tmp);
+        }
+    }
     fclose(f);
-    uint8_t d[32];
-    sp_sha256_final(&h, d);
-    char hex[65];
-    for (int i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", d[i]);
     return ok && snprintf(out, cap, "%s/%s.ort", dir, hex) < (int)cap;
 }
 
-/* One cache entry: a name of 64 hex digits and ".ort". */
+/* One cache file: a name of 64 hex digits and ".ort" (a graph) or ".key"
+ * (a memo, cache_entry). */
 static int cache_name(const char *n)
 {
     size_t len = strlen(n);
-    return len == 68 && !strcmp(n + 64, ".ort") && strspn(n, "0123456789abcdef") == 64;
+    return len == 68 && (!strcmp(n + 64, ".ort") || !strcmp(n + 64, ".key")) && strspn(n, "0123456789abcdef") == 64;
 }
 
 /* Keep the cache within $SEGPIPE_CACHE_MAX_MB (default 1024): the least

@@ -108,8 +108,9 @@ def test_graph_cache_keyed_private_and_same_masks(tmp):
         _, got = masks(k, ["--cache-graph"], XDG_CACHE_HOME=xdg)
         assert got.keys() == ref.keys() and all(np.array_equal(got[f], ref[f]) for f in ref)
         if k == 1:
-            ents = os.listdir(gdir)
-            assert len(ents) == 1 and len(ents[0]) == 64 + 4 and ents[0].endswith(".ort"), ents
+            ents = sorted(os.listdir(gdir), key=lambda f: not f.endswith(".ort"))   # the graph, and its key's memo
+            assert len(ents) == 2 and all(len(e) == 64 + 4 for e in ents), ents
+            assert ents[0].endswith(".ort") and ents[1].endswith(".key"), ents
             first = os.stat(os.path.join(gdir, ents[0])).st_mtime_ns
     assert os.stat(os.path.join(gdir, ents[0])).st_mtime_ns == first   # read, not rewritten
     assert stat.S_IMODE(os.stat(gdir).st_mode) == 0o700
@@ -163,8 +164,8 @@ def test_graph_cache_default_keyed_by_model_bytes_and_bounded(tmp):
         assert p.returncode == 0, p.stderr
         return "(optimised graph cache)" in p.stderr, np.asarray(nib.load(out).dataobj)
 
-    def entries():
-        return sorted(os.listdir(cache)) if os.path.isdir(cache) else []
+    def entries():   # the graphs (each model file also has a 64-byte .key memo of its bytes' hash)
+        return sorted(f for f in os.listdir(cache) if f.endswith(".ort")) if os.path.isdir(cache) else []
 
     hit, nocache = ct_run(0, "--no-cache-graph")
     assert not hit and entries() == []
@@ -177,7 +178,8 @@ def test_graph_cache_default_keyed_by_model_bytes_and_bounded(tmp):
     head = [n for n in m.graph.node if n.op_type == "Conv"][-1]
     for t in m.graph.initializer:
         if t.name == head.input[2]:
-            b = numpy_helper.to_array(t).copy()
+            orig = numpy_helper.to_array(t).copy()
+            b = orig.copy()
             b[0] += 1000.0   # background wins everywhere
             t.CopyFrom(numpy_helper.from_array(b, t.name))
     onnx.save(m, os.path.join(pkg, "model.onnx"))
@@ -185,10 +187,25 @@ def test_graph_cache_default_keyed_by_model_bytes_and_bounded(tmp):
     assert not hit and len(entries()) == 2 and not changed.any()
     hit, again = ct_run(4)
     assert hit and not again.any()
-    m.graph.doc_string = "third variant"
+    mp = os.path.join(pkg, "model.onnx")   # back to the first bytes, in place, same size and mtime: the
+    st = os.stat(mp)                       # key memo must not trust the file's size and times alone
+    for t in m.graph.initializer:
+        if t.name == head.input[2]:
+            t.CopyFrom(numpy_helper.from_array(orig, t.name))
+    data = m.SerializeToString()
+    assert len(data) == st.st_size
+    with open(mp, "r+b") as f:
+        f.write(data)
+    os.utime(mp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    hit, back = ct_run(7)
+    assert hit and np.array_equal(back, nocache)   # the first model's graph, found by its bytes
+    m.graph.doc_string = "third variant"   # (the first model's bias, a new doc string)
     onnx.save(m, os.path.join(pkg, "model.onnx"))
     hit, _ = ct_run(5, SEGPIPE_CACHE_MAX_MB="0")
     assert not hit and len(entries()) == 1
+    assert len(os.listdir(cache)) == 1   # the memos went too
+    hit, _ = ct_run(6)
+    assert hit   # the one kept is the newest
 
 
 def test_inputs_jobs_same_results_in_list_order(tmp):
