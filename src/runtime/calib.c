@@ -35,6 +35,7 @@ sp_calib *sp_calib_open(int n_out, const char *const *names)
     sp_calib *c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
+    pthread_mutex_init(&c->mu, NULL);
     c->n = n_out;
     c->name = calloc((size_t)n_out, sizeof *c->name);
     c->lo = malloc((size_t)n_out * sizeof *c->lo);
@@ -49,7 +50,6 @@ sp_calib *sp_calib_open(int n_out, const char *const *names)
         c->lo[i] = INFINITY;
         c->hi[i] = -INFINITY;
     }
-    pthread_mutex_init(&c->mu, NULL);
     return c;
 }
 
@@ -86,8 +86,7 @@ void sp_calib_close(sp_calib *c)
             fprintf(f, "%s\t%.9g\t%.9g\t%llu\n", c->name[i], c->lo[i], c->hi[i], c->count[i]);
     if (f && fclose(f) != 0)
         SP_WARN("SEGPIPE_CALIBRATE: cannot write the ranges");
-    if (c->count)
-        pthread_mutex_destroy(&c->mu);
+    pthread_mutex_destroy(&c->mu);
     free(c->name);
     free(c->lo);
     free(c->hi);

@@ -904,13 +904,17 @@ static sp_status calib_run(sp_model *m, OrtValue **iv, int n_in, OrtValue **ov, 
         ONNXTensorElementDataType et = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
         size_t cnt = 0;
         void *src = NULL;
-        if (!st && all[j] && !sp_ort->GetTensorTypeAndShape(all[j], &tsi)) {
+        OrtStatus *e = !st && all[j] ? sp_ort->GetTensorTypeAndShape(all[j], &tsi) : NULL;
+        if (!st && all[j] && !e) {
             ort_ignore(sp_ort->GetTensorElementType(tsi, &et));
             ort_ignore(sp_ort->GetTensorShapeElementCount(tsi, &cnt));
             sp_ort->ReleaseTensorTypeAndShapeInfo(tsi);
-            if (et == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT && !sp_ort->GetTensorMutableData(all[j], &src) && src)
+            if (et == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+                ort_ignore(sp_ort->GetTensorMutableData(all[j], &src));
+            if (src)
                 sp_calib_update(m->calib, j, src, cnt);
         }
+        ort_ignore(e);
         if (all[j])
             sp_ort->ReleaseValue(all[j]);
     }
