@@ -351,6 +351,29 @@ static void write_md(FILE *f, cJSON *all, const bench_opts *o, const cJSON *tput
     bench_throughput_md(f, tput);
 }
 
+static void bench_usage(void)
+{
+    printf("usage: segpipe bench [--model DIR] CASES... [--runs N] [--warmup N] [--threads N]\n"
+           "                     [--tile-batch N] [--jobs N] [--out DIR]\n"
+           "Runs the full CT pipeline on each case (each in its own process), writes\n"
+           "DIR/bench.json (every figure) and DIR/bench.md (tables); a failing case is\n"
+           "counted, not fatal. bench/plots.py DIR draws the plots.\n"
+           "--jobs N (1-8) adds throughput: all cases on one loaded model, one after another\n"
+           "and N at a time (as segpipe ct --inputs LIST --jobs N), in cases per minute.\n");
+}
+
+/* --jobs: the throughput passes (bench_tput.c) in their own process, added
+ * to root as "throughput"; returns that object (root owns it). */
+static cJSON *throughput(cJSON *root, const bench_opts *o, char *const *cases, int n)
+{
+    fprintf(stderr, "bench: throughput, %d case(s), 1 and %d at a time ...", n, o->jobs);
+    cJSON *t = fork_case(NULL, o, cases, n);
+    fprintf(stderr, " %s\n", cJSON_IsTrue(cJSON_GetObjectItem(t, "ok")) ? "ok"
+                             : cJSON_GetStringValue(cJSON_GetObjectItem(t, "error")));
+    cJSON_AddItemToObject(root, "throughput", t);
+    return t;
+}
+
 int cmd_bench(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "video"))
@@ -389,13 +412,7 @@ int cmd_bench(int argc, char **argv)
                 return 2;
             break;
         case 'h':
-            printf("usage: segpipe bench [--model DIR] CASES... [--runs N] [--warmup N] [--threads N]\n"
-                   "                     [--tile-batch N] [--jobs N] [--out DIR]\n"
-                   "Runs the full CT pipeline on each case (each in its own process), writes\n"
-                   "DIR/bench.json (every figure) and DIR/bench.md (tables); a failing case is\n"
-                   "counted, not fatal. bench/plots.py DIR draws the plots.\n"
-                   "--jobs N (1-8) adds throughput: all cases on one loaded model, one after another\n"
-                   "and N at a time (as segpipe ct --inputs LIST --jobs N), in cases per minute.\n");
+            bench_usage();
             return 0;
         default: return cli_usage_error("bench", "unknown option");
         }
@@ -424,14 +441,7 @@ int cmd_bench(int argc, char **argv)
         fprintf(stderr, " %s\n", ok ? "ok" : cJSON_GetStringValue(cJSON_GetObjectItem(j, "error")));
         cJSON_AddItemToArray(all, j);
     }
-    cJSON *tput = NULL;
-    if (o.jobs) {
-        fprintf(stderr, "bench: throughput, %d case(s), 1 and %d at a time ...", argc - optind, o.jobs);
-        tput = fork_case(NULL, &o, argv + optind, argc - optind);
-        fprintf(stderr, " %s\n", cJSON_IsTrue(cJSON_GetObjectItem(tput, "ok")) ? "ok"
-                                 : cJSON_GetStringValue(cJSON_GetObjectItem(tput, "error")));
-        cJSON_AddItemToObject(root, "throughput", tput);
-    }
+    cJSON *tput = o.jobs ? throughput(root, &o, argv + optind, argc - optind) : NULL;
     char path[4096];
     snprintf(path, sizeof path, "%s/bench.json", o.out);
     char *s = cJSON_Print(root);

@@ -100,6 +100,18 @@ static const char *str_or(const cJSON *o, const char *key, const char *dflt)
     return cJSON_IsString(v) ? v->valuestring : dflt;
 }
 
+/* The package's ONNX files: the model, and its fp16 and int8 copies. */
+static sp_status parse_onnx_files(const cJSON *j, const char *file, sp_manifest *mf)
+{
+    snprintf(mf->onnx, sizeof mf->onnx, "%s", str_or(j, "onnx", "model.onnx"));
+    snprintf(mf->onnx_fp16, sizeof mf->onnx_fp16, "%s", str_or(j, "onnx_fp16", ""));
+    snprintf(mf->onnx_int8, sizeof mf->onnx_int8, "%s", str_or(j, "onnx_int8", ""));
+    if (strchr(mf->onnx, '/') || strchr(mf->onnx_fp16, '/') || strchr(mf->onnx_int8, '/'))
+        return sp_fail(SP_ERR_MODEL, "%s: \"onnx\", \"onnx_fp16\" and \"onnx_int8\" must be file names inside the "
+                       "package", file);
+    return SP_OK;
+}
+
 /* CT models: spacing, patch, axes, normalisation, sliding window. */
 /* Brain MRI: "conform" (docs/model-format.md, docs/mri.md) and "postprocess". */
 static sp_status parse_conform(const cJSON *j, const char *file, sp_manifest *mf)
@@ -454,14 +466,8 @@ sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf)
         goto out;
     }
     mf->demo = cJSON_IsTrue(demo);
-    snprintf(mf->onnx, sizeof mf->onnx, "%s", str_or(j, "onnx", "model.onnx"));
-    snprintf(mf->onnx_fp16, sizeof mf->onnx_fp16, "%s", str_or(j, "onnx_fp16", ""));
-    snprintf(mf->onnx_int8, sizeof mf->onnx_int8, "%s", str_or(j, "onnx_int8", ""));
-    if (strchr(mf->onnx, '/') || strchr(mf->onnx_fp16, '/') || strchr(mf->onnx_int8, '/')) {
-        st = sp_fail(SP_ERR_MODEL, "%s: \"onnx\", \"onnx_fp16\" and \"onnx_int8\" must be file names inside the "
-                     "package", file);
+    if ((st = parse_onnx_files(j, file, mf)))
         goto out;
-    }
     const cJSON *ar = cJSON_GetObjectItemCaseSensitive(j, "arena");
     if (ar && !cJSON_IsBool(ar)) {
         st = sp_fail(SP_ERR_MODEL, "%s: \"arena\" must be true or false", file);
