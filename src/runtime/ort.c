@@ -6,8 +6,11 @@
  * caller and thread gets the same session (OrtApi::Run is thread-safe), so a
  * model is loaded once per process whatever the number of users. Sessions
  * use intra-op threads = cores by default, graph optimisation "all" and
- * sequential execution. With cache_optimized, the optimised graph is saved
- * beside the model as `<model>.opt.ort` and loaded from there next time.
+ * sequential execution. With cache_optimized (the CLI's default), the
+ * optimised graph is kept in a per-user cache folder keyed by ORT version,
+ * settings and model bytes, bounded in size, and later loads map it in
+ * place (create_session). SEGPIPE_CALIBRATE runs record the ranges of a
+ * model's extra outputs for INT8 calibration (calib.c).
  *
  * Execution providers: "cpu" always; "cuda"/"tensorrt" when the loaded ONNX
  * Runtime lists them, or, for CUDA, as a plugin library named by the
