@@ -52,15 +52,17 @@ def main():
     ap.add_argument("--calib", nargs="+", required=True)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--ranges", default="minmax", help="onnx_int8.py's --ranges")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="int8_bench.")
     pkg = os.path.join(tmp, "pkg")
     shutil.copytree(a.model, pkg)
     t0 = time.time()
     q = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "import", "onnx_int8.py"), pkg, "--calib",
-                        *a.calib, "--segpipe", SEG], capture_output=True, text=True)
+                        *a.calib, "--segpipe", SEG, "--ranges", a.ranges], capture_output=True, text=True)
     assert q.returncode == 0, q.stderr
-    res = {"cmd": a.cmd, "model": a.model, "input": a.input, "calib": a.calib, "quantise_s": round(time.time() - t0, 1),
+    res = {"cmd": a.cmd, "model": a.model, "input": a.input, "calib": a.calib, "ranges": a.ranges,
+           "quantise_s": round(time.time() - t0, 1),
            "runs": {}}
     for _ in range(a.rounds):
         for prec in ("fp32", "int8"):

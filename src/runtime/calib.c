@@ -9,7 +9,8 @@
  * SEGPIPE_CALIBRATE=FILE. For such a run the model layer asks ORT for the
  * extra outputs too and hands them here; the minimum and maximum of each
  * (float32 only, NaN skipped) are kept and appended to FILE, one line per
- * tensor ("name<TAB>min<TAB>max<TAB>values"), when the model is released.
+ * tensor ("name<TAB>min<TAB>max<TAB>values<TAB>sum of each run's min<TAB>
+ * sum of each run's max<TAB>runs"), when the model is released.
  * Nothing is recorded without the variable: ordinary runs are untouched.
  */
 #include "calib.h"
@@ -24,7 +25,8 @@ struct sp_calib {
     int n;                     /* model outputs */
     char (*name)[128];
     double *lo, *hi;
-    unsigned long long *count;
+    double *sum_lo, *sum_hi;   /* per-run minimum and maximum, summed (their mean: ORT's moving average) */
+    unsigned long long *count, *runs;
 };
 
 sp_calib *sp_calib_open(int n_out, const char *const *names)
@@ -41,7 +43,10 @@ sp_calib *sp_calib_open(int n_out, const char *const *names)
     c->lo = malloc((size_t)n_out * sizeof *c->lo);
     c->hi = malloc((size_t)n_out * sizeof *c->hi);
     c->count = calloc((size_t)n_out, sizeof *c->count);
-    if (!c->name || !c->lo || !c->hi || !c->count) {
+    c->runs = calloc((size_t)n_out, sizeof *c->runs);
+    c->sum_lo = calloc((size_t)n_out, sizeof *c->sum_lo);
+    c->sum_hi = calloc((size_t)n_out, sizeof *c->sum_hi);
+    if (!c->name || !c->lo || !c->hi || !c->count || !c->runs || !c->sum_lo || !c->sum_hi) {
         sp_calib_close(c);
         return NULL;
     }
@@ -72,6 +77,11 @@ void sp_calib_update(sp_calib *c, int i, const float *x, size_t n)
     c->lo[i] = lo < c->lo[i] ? lo : c->lo[i];
     c->hi[i] = hi > c->hi[i] ? hi : c->hi[i];
     c->count[i] += seen;
+    if (seen) {
+        c->sum_lo[i] += lo;
+        c->sum_hi[i] += hi;
+        c->runs[i]++;
+    }
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -83,7 +93,8 @@ void sp_calib_close(sp_calib *c)
     FILE *f = path && *path && c->count ? fopen(path, "a") : NULL;
     for (int i = 0; f && i < c->n; i++)
         if (c->count[i])
-            fprintf(f, "%s\t%.9g\t%.9g\t%llu\n", c->name[i], c->lo[i], c->hi[i], c->count[i]);
+            fprintf(f, "%s\t%.9g\t%.9g\t%llu\t%.9g\t%.9g\t%llu\n", c->name[i], c->lo[i], c->hi[i], c->count[i],
+                    c->sum_lo[i], c->sum_hi[i], c->runs[i]);
     if (f && fclose(f) != 0)
         SP_WARN("SEGPIPE_CALIBRATE: cannot write the ranges");
     pthread_mutex_destroy(&c->mu);
@@ -91,5 +102,8 @@ void sp_calib_close(sp_calib *c)
     free(c->lo);
     free(c->hi);
     free(c->count);
+    free(c->runs);
+    free(c->sum_lo);
+    free(c->sum_hi);
     free(c);
 }

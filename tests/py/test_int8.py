@@ -105,6 +105,8 @@ def test_calibration_records_the_input_range(tmp):
     lo, hi = ((nm[k] - nm["mean"]) / nm["std"] for k in ("lo", "hi"))
     assert abs(float(rows[0][1]) - lo) < 1e-4 and abs(float(rows[0][2]) - hi) < 1e-4, rows
     assert int(rows[0][3]) > 64 * 64 * 32
+    runs = int(rows[0][6])   # each run's extremes summed: their mean lies within the overall range
+    assert runs >= 1 and lo - 1e-4 <= float(rows[0][4]) / runs <= float(rows[0][5]) / runs <= hi + 1e-4, rows
     ref = os.path.join(tmp, "ref.nii.gz")   # recording changes nothing
     assert sp.run("ct", CT, "-o", ref, "--no-passport", "-q", "-t", "2").returncode == 0
     assert np.array_equal(np.asarray(nib.load(out).dataobj), np.asarray(nib.load(ref).dataobj))

@@ -3,7 +3,7 @@
 (docs/performance.md, "INT8").
 
   tools/import/onnx_int8.py PACKAGE --calib IN [IN ...] [--segpipe PATH]
-                            [--out model.int8.onnx] [--calib-memory MB]
+                            [--out model.int8.onnx] [--calib-memory MB] [--ranges minmax|average]
 
 Writes PACKAGE/model.int8.onnx and sets "onnx_int8" in segpipe.json;
 `segpipe ct|mri ... --precision int8` then runs it on the CPU (never by
@@ -15,7 +15,9 @@ activations, int8 weights: the VNNI kernels where the CPU has them):
 - bias: int32 at scale (input scale x weight scale), zero point 0;
 - activations: uint8, one scale and zero point per tensor, from the
   minimum and maximum the tensor takes on the calibration inputs (0 always
-  inside the range). Each quantised tensor gets one QuantizeLinear /
+  inside the range); --ranges average takes the mean of each run's (tile's,
+  volume's, photo's) minimum and maximum instead, as onnxruntime's MinMax
+  calibrator does with moving_average. Each quantised tensor gets one QuantizeLinear /
   DequantizeLinear pair read by all its consumers: every Conv input, and
   every Conv output (after its Relu when a lone Relu follows, which ONNX
   Runtime then folds into the quantisation).
@@ -219,16 +221,22 @@ def run_segpipe(segpipe, task, pkg, inp, work, ranges):
                            f"{p.stderr.strip()[-500:]}")
 
 
-def read_ranges(path):
-    r = {}
+def read_ranges(path, method):
+    """per tensor (lo, hi): "minmax", the extremes over every run; "average",
+    the mean of each run's (each tile's, photo's or volume's) minimum and
+    maximum, onnxruntime's MinMax calibrator with moving_average"""
+    acc = {}
     for line in open(path):
-        name, lo, hi, _ = line.rstrip("\n").split("\t")
-        a, b = r.get(name, (np.inf, -np.inf))
-        r[name] = (min(a, float(lo)), max(b, float(hi)))
-    return r
+        name, lo, hi, _, slo, shi, runs = line.rstrip("\n").split("\t")
+        a = acc.setdefault(name, [np.inf, -np.inf, 0.0, 0.0, 0])
+        a[0], a[1] = min(a[0], float(lo)), max(a[1], float(hi))
+        a[2], a[3], a[4] = a[2] + float(slo), a[3] + float(shi), a[4] + int(runs)
+    if method == "average":
+        return {k: (a[2] / a[4], a[3] / a[4]) for k, a in acc.items() if a[4]}
+    return {k: (a[0], a[1]) for k, a in acc.items()}
 
 
-def calibrate(pkg, man, model, tensors, inputs, segpipe, budget):
+def calibrate(pkg, man, model, tensors, inputs, segpipe, budget, method):
     size = tensor_sizes(model, man, tensors)
     task = man.get("task", "ct")
     ranges = {}
@@ -238,7 +246,7 @@ def calibrate(pkg, man, model, tensors, inputs, segpipe, budget):
             rf = os.path.join(work, f"ranges{k}.tsv")
             for inp in inputs:
                 run_segpipe(segpipe, task, cp, inp, work, rf)
-            got = read_ranges(rf) if os.path.exists(rf) else {}
+            got = read_ranges(rf, method) if os.path.exists(rf) else {}
             missing = [t for t in group if t not in got]
             if missing:
                 raise RuntimeError(f"the calibration runs recorded no range for {missing[0]!r}")
@@ -336,6 +344,8 @@ def main():
     ap.add_argument("--out", default="model.int8.onnx", help="file name inside the package")
     ap.add_argument("--calib-memory", type=int, default=2048, metavar="MB",
                     help="recorded tensors held at once per calibration pass (default 2048)")
+    ap.add_argument("--ranges", choices=("minmax", "average"), default="minmax",
+                    help="activation ranges: extremes over all runs (default) or the mean of each run's")
     a = ap.parse_args()
     if "/" in a.out or a.calib_memory < 64:
         ap.error("--out is a file name inside the package; --calib-memory is at least 64 MB")
@@ -357,7 +367,7 @@ def main():
         print(f"onnx_int8: {e}", file=sys.stderr)
         sys.exit(4)
     try:
-        ranges = calibrate(a.package, man, model, tensors, a.calib, a.segpipe, a.calib_memory << 20)
+        ranges = calibrate(a.package, man, model, tensors, a.calib, a.segpipe, a.calib_memory << 20, a.ranges)
     except (OSError, RuntimeError) as e:
         print(f"onnx_int8: calibration: {e}", file=sys.stderr)
         sys.exit(5)
