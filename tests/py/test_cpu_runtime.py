@@ -235,12 +235,12 @@ def test_inputs_jobs_same_results_in_list_order(tmp):
     for j in ("1", "2"):
         out = os.path.join(tmp, "out" + j)
         p = sp.run("ct", "--inputs", lst, "-o", out, "--jobs", j, "-t", "2")
-        assert p.returncode != 0 and "bad.nii.gz" in p.stderr
+        assert p.returncode == 3 and "bad.nii.gz" in p.stderr, (p.returncode, p.stderr[-3000:])   # input error
         reps[j] = json.load(open(os.path.join(out, "shard-0-of-1.json")))
         assert [e["input"] for e in reps[j]["inputs"]] == [cases[0], bad, cases[1], cases[2]]
         assert [e["state"] for e in reps[j]["inputs"]] == ["done", "failed", "done", "done"]
         assert reps[j]["jobs"] == int(j) and reps[j]["done"] == 3 and reps[j]["cases_per_minute"] > 0
-        assert "cases/minute" in p.stdout
+        assert "cases/minute" in p.stdout, (p.stdout[-2000:], p.stderr[-3000:])
     for k in range(3):
         f1, f2 = (os.path.join(tmp, "out" + j, f"case{k}.nii.gz") for j in ("1", "2"))
         x1, x2 = np.asarray(nib.load(f1).dataobj), np.asarray(nib.load(f2).dataobj)
