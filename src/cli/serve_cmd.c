@@ -16,7 +16,7 @@ static void serve_ready(const char *url, void *user)
 static void serve_help(void)
 {
     printf("usage: segpipe serve --model NAME=DIR [--model ...] [--host 127.0.0.1] [--port 8555]\n"
-           "         [--workers N] [--queue N] [--timeout S] [--threads N] [--device cpu|cuda]\n"
+           "         [--workers N] [--queue N] [--timeout S] [--threads N] [--device D]\n"
            "         [--precision auto|fp32|fp16]\n"
            "         [--batch-window-ms MS] [--max-batch N]\n"
            "         [--api-key-file FILE] [--protect-health] [--tls-cert PEM --tls-key PEM]\n"
@@ -24,6 +24,8 @@ static void serve_help(void)
            "         [--max-connections N] [--max-connections-per-ip N] [--read-timeout S] [--body-timeout S]\n"
            "         [--header-timeout S]\n"
            "         [--max-jobs N] [--max-stored BYTES] [--result-ttl S] [--max-pixels N] [--no-ui]\n"
+           "--device: cpu, cuda, cuda:N, gpu:N; several GPUs: cuda:0,cuda:1 or cuda:all (one worker and one copy\n"
+           "of each model per GPU, docs/gpu.md)\n"
            "HTTP service: KServe v2 (/v2/...), POST /v1/ct and /v1/segment-batch, asynchronous /v1/jobs,\n"
            "/v1/status, /metrics, and a web page on / (docs/ui.md). See docs/service.md. SIGTERM/SIGINT: finish accepted requests, exit 0.\n");
 }
@@ -142,8 +144,13 @@ int cmd_serve(int argc, char **argv)
     }
     if (!rc && (!nm || optind != argc))
         rc = cli_usage_error("serve", "at least one --model NAME=DIR, and no other arguments");
-    for (int i = 0; !rc && i < nm; i++)   /* a model that crashes the GPU provider is refused at start */
-        rc = cli_probe(models[i].dir, sp.device);
+    char devs[SP_MAX_GPUS][16];
+    int nd = 0;
+    if (!rc && sp.device && sp_device_list(sp.device, devs, SP_MAX_GPUS, &nd))
+        rc = cli_usage_error("serve", sp_last_error());
+    /* a model that crashes the GPU provider is refused at start (probed on the first GPU of a list) */
+    for (int i = 0; !rc && i < nm; i++)
+        rc = cli_probe(models[i].dir, sp.device ? devs[0] : NULL);
     if (!rc) {
         cli_set_logging(verbose);
         sp.models = models;
