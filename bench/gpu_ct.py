@@ -132,6 +132,7 @@ def others_on_gpu():
 
 BEST = os.environ.get("SP_BENCH_OPTIONS", "")        # bench/gpu_profile.py's pick (run.sh auto)
 TILE_BATCH = os.environ.get("SP_BENCH_TILE_BATCH", "0")
+QUICK = os.environ.get("SP_BENCH_QUICK") == "1"       # no two-slot and HEURISTIC variants
 
 
 def run_segpipe_cold(vol_path, pkg, precision, tmp, options=BEST):
@@ -199,8 +200,9 @@ def main():
             lab_p, peer = run_peer(net, vol, man, dev, prec == "fp16")
             lab_s, cold = run_segpipe_cold(vpath, pkg, prec, tmp)
             warm = run_segpipe_warm(vpath, pkg, prec, 18600 + i * 2 + (prec == "fp32")) if i == 1 else None
-            two = run_segpipe_warm(vpath, pkg, prec, 18700 + (prec == "fp32"), slots=2) if i == 1 else None
-            heur = run_segpipe_cold(vpath, pkg, prec, tmp, "cudnn_conv_algo_search=HEURISTIC")[1] if i == 1 else None
+            extra = i == 1 and not QUICK
+            two = run_segpipe_warm(vpath, pkg, prec, 18700 + (prec == "fp32"), slots=2) if extra else None
+            heur = run_segpipe_cold(vpath, pkg, prec, tmp, "cudnn_conv_algo_search=HEURISTIC")[1] if extra else None
             case[prec] = {"peer": peer, "segpipe_cold": cold, "segpipe_warm": warm, "segpipe_cold_heuristic": heur,
                           "segpipe_warm_two_slots": two,
                           "label_agreement": agreement(lab_s, lab_p)}

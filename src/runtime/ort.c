@@ -243,6 +243,31 @@ sp_status sp_device_list(const char *spec, char (*devs)[16], int max, int *n)
     return *n ? SP_OK : sp_fail(SP_ERR_USAGE, "device list: empty");
 }
 
+/* Why --device tensorrt cannot run here, naming what is missing (no paths):
+ * NVIDIA's TensorRT 10 libraries, ONNX Runtime's TensorRT provider beside
+ * ONNX Runtime (the CUDA plugin package ships one), or an ONNX Runtime that
+ * lists TensorrtExecutionProvider. */
+static sp_status tensorrt_refusal(const char *avail)
+{
+    char dir[PATH_MAX], lib[PATH_MAX + 64];
+    ort_dir(dir, sizeof dir);
+    snprintf(lib, sizeof lib, "%slibonnxruntime_providers_tensorrt.so", dir);
+    void *nv = dlopen("libnvinfer.so.10", RTLD_LAZY | RTLD_LOCAL);
+    int has_nv = nv != NULL, has_ep = access(lib, R_OK) == 0;
+    if (nv)
+        dlclose(nv);
+    if (!has_nv || !has_ep)
+        return sp_fail(SP_ERR_USAGE, "device 'tensorrt': %s%s%s not installed (ONNX Runtime %s offers: %s); use "
+                       "--device cuda or cpu (gpu.md in segpipe's documentation)",
+                       has_nv ? "" : "NVIDIA's TensorRT 10 libraries (libnvinfer.so.10)",
+                       !has_nv && !has_ep ? " and " : "",
+                       has_ep ? "" : "ONNX Runtime's TensorRT provider (libonnxruntime_providers_tensorrt.so)",
+                       sp_ort_version(), avail);
+    return sp_fail(SP_ERR_USAGE, "device 'tensorrt': TensorRT and ONNX Runtime's TensorRT provider are installed, but "
+                   "this ONNX Runtime (%s) does not list TensorrtExecutionProvider (offers: %s): segpipe runs "
+                   "TensorRT through an ONNX Runtime built with it; use --device cuda", sp_ort_version(), avail);
+}
+
 sp_runtime_params sp_runtime_default_params(void)
 {
     sp_runtime_params p = {0};
@@ -311,11 +336,8 @@ sp_status sp_runtime_create(const sp_runtime_params *p, sp_runtime **out)
         if (!strstr(avail, want)) {
             if (strcmp(rt->device, "cuda") == 0)
                 st = register_cuda_plugin(rt, avail);
-            else       /* TensorRT: ONNX Runtime's TensorRT provider and NVIDIA's TensorRT libraries */
-                st = sp_fail(SP_ERR_USAGE, "device 'tensorrt' needs ONNX Runtime's TensorRT execution provider and "
-                             "NVIDIA's TensorRT libraries (libnvinfer.so.10), which this installation does not "
-                             "have (ONNX Runtime %s offers: %s); use --device cuda, or see gpu.md in segpipe's "
-                             "documentation", sp_ort_version(), avail);
+            else
+                st = tensorrt_refusal(avail);
             if (st) {
                 sp_runtime_free(rt);
                 return st;

@@ -121,6 +121,9 @@ def test_device_spellings():
     n = int(subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.count("GPU "))
     p = seg("ct", CT, "-o", os.path.join(TMP, "past.nii.gz"), "-m", MODEL, "--device", f"cuda:{n}", check=False)
     assert p.returncode == 2 and f"sees {n} GPU" in p.stderr, (p.returncode, p.stderr)
+    p = seg("ct", CT, "-o", os.path.join(TMP, "trt.nii.gz"), "-m", MODEL, "--device", "tensorrt", check=False)
+    print(f"     --device tensorrt: exit {p.returncode}: {p.stderr.strip()[-160:]}")
+    assert p.returncode == 2 and "TensorRT" in p.stderr, p.stderr
     port = 18655 + os.getpid() % 1000
     dev = ",".join(f"cuda:{i}" for i in range(n)) if n > 1 else "cuda:all"
     srv = subprocess.Popen([SEG, "serve", "--model", f"ct={MODEL}", "--port", str(port), "--device", dev],
