@@ -11,7 +11,7 @@ M=${1:-/work/main}
 rm -rf "$M/.gpuwt/src"
 mkdir -p "$M/.gpuwt/src"
 git ls-files -co --exclude-standard tools/gpu tools/import bench/gpu_ct.py bench/gpu_profile.py tests/gpu python \
-  scripts/install-deps.sh | tar -cf - -T - | tar -xf - -C "$M/.gpuwt/src"
+  scripts/install-deps.sh models/demo-ct | tar -cf - -T - | tar -xf - -C "$M/.gpuwt/src"
 if [ "${2:-}" != "--no-pack" ]; then
   rm -rf "$M/.gpuwt/.gpu"
   cp -r .gpu "$M/.gpuwt/.gpu"
