@@ -32,7 +32,8 @@ import nii  # noqa: E402
 from import_nnunet import add_fp16, random_model  # noqa: E402
 
 SEG = os.environ.get("SEGPIPE", os.path.join(root, "build", "segpipe"))
-SIZES = [(128, 128, 160), (170, 170, 500), (256, 256, 300)]
+SIZES = [tuple(int(v) for v in x.split("x")) for x in
+         os.environ.get("SP_BENCH_SIZES", "128x128x160,170x170x500,256x256x300").split(",")]
 
 
 env = nii.seg_env
@@ -199,8 +200,9 @@ def main():
         for prec in ("fp16", "fp32"):
             lab_p, peer = run_peer(net, vol, man, dev, prec == "fp16")
             lab_s, cold = run_segpipe_cold(vpath, pkg, prec, tmp)
-            warm = run_segpipe_warm(vpath, pkg, prec, 18600 + i * 2 + (prec == "fp32")) if i == 1 else None
-            extra = i == 1 and not QUICK
+            warm = run_segpipe_warm(vpath, pkg, prec, 18600 + i * 2 + (prec == "fp32")) if shape == (170, 170, 500) \
+                else None
+            extra = shape == (170, 170, 500) and not QUICK
             two = run_segpipe_warm(vpath, pkg, prec, 18700 + (prec == "fp32"), slots=2) if extra else None
             heur = run_segpipe_cold(vpath, pkg, prec, tmp, "cudnn_conv_algo_search=HEURISTIC")[1] if extra else None
             case[prec] = {"peer": peer, "segpipe_cold": cold, "segpipe_warm": warm, "segpipe_cold_heuristic": heur,

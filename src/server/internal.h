@@ -145,6 +145,7 @@ typedef struct server {
     sp_runtime *rts[SP_MAX_GPUS]; /* one per device of --device (several: one per GPU) */
     char devs[SP_MAX_GPUS][16];   /* their names ("cuda:1") */
     int ndev;
+    int tile_batch;               /* CT tiles per inference call: SEGPIPE_TILE_BATCH (serve --tile-batch), 0 = auto */
     atomic_int next_worker;       /* worker i runs on device i % ndev */
     uint64_t dev_jobs[SP_MAX_GPUS];   /* jobs run, busy seconds per device (under mu) */
     double dev_busy[SP_MAX_GPUS];

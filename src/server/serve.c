@@ -138,6 +138,10 @@ static sp_status load_models(server *s)
                 return sp_fail(SP_ERR_USAGE, "model name '%s' given twice", s->models[i].name);
     }
     sp_status st = sp_device_list(s->p.device, s->devs, SP_MAX_GPUS, &s->ndev);
+    const char *tb = getenv("SEGPIPE_TILE_BATCH");   /* serve --tile-batch N; 0/unset: auto */
+    s->tile_batch = tb && *tb ? atoi(tb) : 0;
+    if (!st && (s->tile_batch < 0 || s->tile_batch > 32))
+        st = sp_fail(SP_ERR_USAGE, "SEGPIPE_TILE_BATCH is 1 to 32 (0: auto)");
     for (int g = 0; !st && g < s->ndev; g++) {
         sp_runtime_params rp = sp_runtime_default_params();
         rp.threads = s->p.threads;

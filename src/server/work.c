@@ -409,6 +409,7 @@ static void run_ct(server *s, job *j)
     rp.max_memory = sp_memory_room(s);   /* a DICOM series' decoding (a child process) within --max-memory */
     sp_ct_params hp = sp_ct_default_params();
     hp.threads = s->p.threads;
+    hp.tile_batch = s->tile_batch;
     sp_ct_check chk = {j->me->pk, &hp};   /* the run's grid and tile limits, from a NIfTI header */
     rp.check_header = sp_ct_header_check;
     rp.check_user = &chk;
@@ -435,6 +436,7 @@ static void run_ct(server *s, job *j)
     cp.keep_border = j->keep_border;
     cp.largest_component = j->largest_component;
     cp.threads = s->p.threads;
+    cp.tile_batch = s->tile_batch;
     cp.cancel = &j->cancel;
     cp.progress = ct_progress;
     cp.progress_user = j;
