@@ -486,8 +486,9 @@ static sp_status introspect(sp_model *m)
     return SP_OK;
 }
 
-/* The CUDA provider's options: segpipe's defaults (CUDA_DEFAULTS, measured
- * on an H100 and an H200, docs/gpu.md "Provider options"), then
+/* The CUDA provider's options: segpipe's defaults (CUDA_DEFAULTS: none, as
+ * no option beat ONNX Runtime's own on an H100, docs/gpu.md "Provider
+ * defaults"), then
  * SEGPIPE_CUDA_OPTIONS ("key=value,key=value", ONNX Runtime's CUDA provider
  * option names), whose keys replace the defaults'; device_id (cuda:N) for
  * the built-in provider. At most 24 pairs, split into buf. Returns the
