@@ -32,7 +32,8 @@ import nii  # noqa: E402
 from import_nnunet import add_fp16, random_model  # noqa: E402
 
 SEG = os.environ.get("SEGPIPE", os.path.join(root, "build", "segpipe"))
-SIZES = [(128, 128, 160), (170, 170, 500), (256, 256, 300)]
+SIZES = [tuple(int(v) for v in x.split("x")) for x in
+         os.environ.get("SP_BENCH_SIZES", "128x128x160,170x170x500,256x256x300").split(",")]
 
 
 env = nii.seg_env
@@ -130,15 +131,21 @@ def others_on_gpu():
     return total - free
 
 
-def run_segpipe_cold(vol_path, pkg, precision, tmp, options=""):
+BEST = os.environ.get("SP_BENCH_OPTIONS", "")        # bench/gpu_profile.py's pick (run.sh auto)
+TILE_BATCH = os.environ.get("SP_BENCH_TILE_BATCH", "0")
+QUICK = os.environ.get("SP_BENCH_QUICK") == "1"       # no two-slot and HEURISTIC variants
+
+
+def run_segpipe_cold(vol_path, pkg, precision, tmp, options=BEST):
     base = others_on_gpu()
     out, rep = os.path.join(tmp, "lab.nii.gz"), os.path.join(tmp, "rep.json")
     e = env()
     if options:
         e["SEGPIPE_CUDA_OPTIONS"] = options
     t0 = time.perf_counter()
+    tb = ["--tile-batch", TILE_BATCH] if TILE_BATCH != "0" else []
     p = subprocess.run([SEG, "ct", vol_path, "-o", out, "-m", pkg, "--device", "cuda", "--precision", precision,
-                        "--no-passport", "--report", rep, "-q"], capture_output=True, text=True, env=e)
+                        "--no-passport", "--report", rep, "-q"] + tb, capture_output=True, text=True, env=e)
     wall = time.perf_counter() - t0
     if p.returncode:
         raise RuntimeError(f"segpipe ct failed ({p.returncode}): {p.stderr[-2000:]}")
@@ -148,7 +155,7 @@ def run_segpipe_cold(vol_path, pkg, precision, tmp, options=""):
                            "gpu_memory_bytes": r.get("gpu_memory_bytes", 0) - base}
 
 
-def run_segpipe_warm(vol_path, pkg, precision, port, options="", slots=1):
+def run_segpipe_warm(vol_path, pkg, precision, port, options=BEST, slots=1):
     e = env()
     if options:
         e["SEGPIPE_CUDA_OPTIONS"] = options
@@ -180,9 +187,11 @@ def main():
     dev = torch.device("cuda")
     pkg = os.path.join(tmp, "totalseg-fast-random")
     net, man = random_model("totalseg-fast", pkg, None, 0)
-    add_fp16(pkg, man)
+    add_fp16(pkg, man, os.environ.get("SP_BENCH_NORM16") == "1")
     net = net.to(dev).eval()
-    results = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cases": []}
+    results = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cases": [],
+               "segpipe_cuda_options": BEST, "norm_fp16": os.environ.get("SP_BENCH_NORM16") == "1",
+               "tile_batch": TILE_BATCH}
     for i, shape in enumerate(SIZES):
         vol = synthetic_ct(shape, i)
         vpath = os.path.join(tmp, f"ct_{i}.nii")
@@ -191,9 +200,11 @@ def main():
         for prec in ("fp16", "fp32"):
             lab_p, peer = run_peer(net, vol, man, dev, prec == "fp16")
             lab_s, cold = run_segpipe_cold(vpath, pkg, prec, tmp)
-            warm = run_segpipe_warm(vpath, pkg, prec, 18600 + i * 2 + (prec == "fp32")) if i == 1 else None
-            two = run_segpipe_warm(vpath, pkg, prec, 18700 + (prec == "fp32"), slots=2) if i == 1 else None
-            heur = run_segpipe_cold(vpath, pkg, prec, tmp, "cudnn_conv_algo_search=HEURISTIC")[1] if i == 1 else None
+            warm = run_segpipe_warm(vpath, pkg, prec, 18600 + i * 2 + (prec == "fp32")) if shape == (170, 170, 500) \
+                else None
+            extra = shape == (170, 170, 500) and not QUICK
+            two = run_segpipe_warm(vpath, pkg, prec, 18700 + (prec == "fp32"), slots=2) if extra else None
+            heur = run_segpipe_cold(vpath, pkg, prec, tmp, "cudnn_conv_algo_search=HEURISTIC")[1] if extra else None
             case[prec] = {"peer": peer, "segpipe_cold": cold, "segpipe_warm": warm, "segpipe_cold_heuristic": heur,
                           "segpipe_warm_two_slots": two,
                           "label_agreement": agreement(lab_s, lab_p)}
@@ -206,7 +217,8 @@ def main():
 
 
 def table(r):
-    rows = [f"GPU: {r['gpu']}, PyTorch {r['torch']}\n",
+    rows = [f"GPU: {r['gpu']}, PyTorch {r['torch']}; segpipe options '{r.get('segpipe_cuda_options', '')}', "
+            f"fp16 norm {r.get('norm_fp16')}, tile batch {r.get('tile_batch')}\n",
             "| volume (3 mm) | precision | peer: window (s) | segpipe: upload+window+inference+download (s) | "
             "segpipe ct cold wall (s) | segpipe serve warm (s) | GPU memory peer / segpipe (GB) | "
             "segpipe RSS (GB) | labels agree |",

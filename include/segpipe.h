@@ -96,7 +96,8 @@ typedef struct sp_model sp_model;       /* one loaded ONNX session (shared) */
 typedef struct sp_runtime_params {
     int threads;            /* intra-op threads; 0 = number of cores */
     int inter_threads;      /* inter-op threads; 0 = 1 */
-    const char *device;     /* "cpu" (default), "cuda", "tensorrt" */
+    const char *device;     /* "cpu" (default), "cuda", "cuda:N", "gpu", "gpu:N", "tensorrt"
+                               (sp_device_parse) */
     int cache_optimized;    /* 1: ONNX Runtime's optimised graph cached per model in
                                $XDG_CACHE_HOME/segpipe/graphs, least recently used entries
                                removed past $SEGPIPE_CACHE_MAX_MB (default 1024); 0 here by
@@ -110,6 +111,21 @@ typedef struct sp_runtime_params {
 } sp_runtime_params;
 
 sp_runtime_params sp_runtime_default_params(void);
+
+/* GPUs one process addresses (cuda:0 .. cuda:63). */
+#define SP_MAX_GPUS 64
+/* A device spelling: "cpu", "cuda", "cuda:N", "gpu" and "gpu:N"
+ * (TotalSegmentator's), "tensorrt", "tensorrt:N". kind gets "cpu", "cuda" or
+ * "tensorrt" (cap >= 9), *index N (0 when absent): CUDA's ordinal among the
+ * GPUs CUDA_VISIBLE_DEVICES shows. SP_ERR_USAGE with a message otherwise. */
+sp_status sp_device_parse(const char *spec, char *kind, size_t cap, int *index);
+/* One device, or several GPUs for the service and workers: "cuda:0,cuda:1"
+ * (CUDA GPUs, each once) or "cuda:all" / "gpu:all" (every GPU CUDA sees).
+ * devs gets the names ("cuda:1"), *n their count (at most max). */
+sp_status sp_device_list(const char *spec, char (*devs)[16], int max, int *n);
+/* The GPUs CUDA sees (CUDA_VISIBLE_DEVICES applied), through the window
+ * kernels library; 0 without it or without a GPU. */
+int sp_gpu_count(void);
 
 /* Create the process-wide runtime. Caller frees with sp_runtime_free, which
  * also releases every model still loaded. */
@@ -130,8 +146,11 @@ sp_status sp_ort_providers(char *buf, size_t cap);
 int sp_gpu_status(char *buf, size_t cap);
 /* Highest GPU memory in use (bytes, the whole device: this process's CUDA
  * context, ONNX Runtime's arena and the window's buffers) seen at the end of
- * a GPU sliding window in this process; 0 when none ran. */
+ * a GPU sliding window in this process, the highest over its GPUs; 0 when
+ * none ran. */
 size_t sp_gpu_peak_memory(void);
+/* The same for GPU cuda:gpu alone (the service's per-GPU metrics). */
+size_t sp_gpu_peak_memory_of(int gpu);
 
 typedef enum sp_dtype {
     SP_DT_UNKNOWN = 0, SP_DT_F32, SP_DT_F64, SP_DT_U8, SP_DT_I8, SP_DT_U16,

@@ -601,20 +601,17 @@ def _cached(model, device, threads, precision, cache_graph=False):
 
 def _device(device):
     """TotalSegmentator's spellings: "gpu" is "cuda"; "gpu:N" / "cuda:N" pick
-    GPU N (CUDA_VISIBLE_DEVICES, as `segpipe ct --device gpu:N` does; only
-    before this process first uses a GPU)."""
+    GPU N (CUDA's ordinal among the visible GPUs; the library checks it, as
+    `segpipe ct --device gpu:N` does), so models on several GPUs can live in
+    one process."""
     d = str(device)
-    name, _, index = d.partition(":")
+    name, colon, index = d.partition(":")
     if name == "gpu":
         name = "cuda"
-    if index:
-        if name != "cuda" or not index.isdigit():
-            raise InputError(f"device is cpu, cuda, cuda:N, gpu or gpu:N; got {d!r}", "usage")
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        ids = visible.split(",") if visible else None
-        if ids is not None and int(index) >= len(ids):
-            raise InputError(f"device {d!r}: CUDA_VISIBLE_DEVICES={visible} lists {len(ids)} GPU(s)", "usage")
-        os.environ["CUDA_VISIBLE_DEVICES"] = ids[int(index)] if ids is not None else index
+    if colon:
+        if name not in ("cuda", "tensorrt") or not index.isdigit() or len(index) > 2 or int(index) > 63:
+            raise InputError(f"device is cpu, cuda, cuda:N, gpu or gpu:N (N 0..63); got {d!r}", "usage")
+        return f"{name}:{int(index)}"
     return name
 
 

@@ -89,36 +89,18 @@ static int opt_threads(const char *cmd, const char *v, void *ctx)
     return 0;
 }
 
-/* cpu, cuda, tensorrt; TotalSegmentator's gpu and gpu:N (and cuda:N): GPU N
- * through CUDA_VISIBLE_DEVICES, set before ONNX Runtime starts CUDA */
+/* cpu, cuda, tensorrt; TotalSegmentator's gpu and gpu:N (and cuda:N): the
+ * library's spellings (sp_device_parse), checked here so that a bad one is
+ * a usage error before any work */
 static int opt_device(const char *cmd, const char *v, void *ctx)
 {
     ct_opts *o = ctx;
-    const char *colon = strchr(v, ':');
-    size_t n = colon ? (size_t)(colon - v) : strlen(v);
-    if (n == 3 && !strncmp(v, "gpu", 3))
-        snprintf(o->device, sizeof o->device, "cuda");
-    else
-        snprintf(o->device, sizeof o->device, "%.*s", (int)(n < 15 ? n : 15), v);
-    o->rp.device = o->device;
-    if (!colon)
-        return 0;
+    char kind[16];
     int idx;
-    if (strcmp(o->device, "cuda") || cli_int(cmd, "--device's GPU number", colon + 1, 0, 63, &idx))
+    if (strlen(v) >= sizeof o->device || sp_device_parse(v, kind, sizeof kind, &idx))
         return cli_usage_error(cmd, "--device is cpu, cuda, cuda:N, gpu or gpu:N");
-    const char *vis = getenv("CUDA_VISIBLE_DEVICES");
-    char pick[64];
-    if (vis && *vis) {     /* N counts within the GPUs already made visible */
-        const char *p = vis;
-        for (int k = 0; k < idx && p; k++)
-            p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL;
-        if (!p)
-            return cli_usage_error(cmd, "--device gpu:N: N is past the GPUs CUDA_VISIBLE_DEVICES lists");
-        snprintf(pick, sizeof pick, "%.*s", (int)strcspn(p, ","), p);
-    } else {
-        snprintf(pick, sizeof pick, "%d", idx);
-    }
-    setenv("CUDA_VISIBLE_DEVICES", pick, 1);
+    snprintf(o->device, sizeof o->device, "%s", v);
+    o->rp.device = o->device;
     return 0;
 }
 

@@ -110,7 +110,10 @@ int q_admit(const q_worker_cfg *o, const cli_batch *b, const q_job *j, q_plan *p
     if (q_opts_parse(j->opts, &pl->ct, pl->args, why, cap))
         return Q_REJECT;
     const char *dev = pl->ct.rp.device;
-    if (dev && strcmp(dev, cli_batch_device(b)))
+    char want[16], have[16];
+    int wi, hi;
+    if (dev && (sp_device_parse(dev, want, sizeof want, &wi) ||
+                sp_device_parse(cli_batch_device(b), have, sizeof have, &hi) || strcmp(want, have)))
         return snprintf(why, cap, "the job wants device %s; this worker runs %s (a queue per device kind: "
                         "--prefix)", dev, cli_batch_device(b)), Q_REJECT;
     pl->ct.cp.spill_dir = NULL;

@@ -472,7 +472,14 @@ static int worker_opt(int c, const char *a, void *u)
     case 'V': return cli_num("worker", "--visibility", a, 0.1, 86400, &o->visibility);
     case 'A': return cli_int("worker", "--max-attempts", a, 1, 1000, &o->max_attempts);
     case 't': return cli_int("worker", "--threads", a, 0, 1024, &o->threads);
-    case 'd': o->device = a; return 0;
+    case 'd': {
+        char kind[16];
+        int idx;
+        if (strlen(a) >= 16 || sp_device_parse(a, kind, sizeof kind, &idx))
+            return cli_usage_error("worker", "--device is cpu, cuda, cuda:N, gpu or gpu:N"), 1;
+        o->device = a;
+        return 0;
+    }
     case 'I': return add_root(o->in_roots, &o->n_in, a);
     case 'O': return add_root(o->out_roots, &o->n_out, a);
     case 'm': return add_model(o, a);
@@ -503,7 +510,7 @@ static void worker_help(void)
            "      --stop-timeout S     on SIGTERM, a running job is handed back after S s (30)\n"
            "      --ttl S              finished job records expire after S s (604800; 0: kept)\n"
            "      --metrics-file F     Prometheus textfile, rewritten every 10 s and after each job\n"
-           "      --threads N / --device cpu|cuda / --prefix P\n");
+           "      --threads N / --device cpu|cuda|cuda:N|gpu:N / --prefix P\n");
 }
 
 /* the defaults and the checks after parsing; 0 or an exit code */

@@ -16,14 +16,17 @@ static void serve_ready(const char *url, void *user)
 static void serve_help(void)
 {
     printf("usage: segpipe serve --model NAME=DIR [--model ...] [--host 127.0.0.1] [--port 8555]\n"
-           "         [--workers N] [--queue N] [--timeout S] [--threads N] [--device cpu|cuda]\n"
-           "         [--precision auto|fp32|fp16]\n"
+           "         [--workers N] [--queue N] [--timeout S] [--threads N] [--device D]\n"
+           "         [--precision auto|fp32|fp16] [--tile-batch N]\n"
            "         [--batch-window-ms MS] [--max-batch N]\n"
            "         [--api-key-file FILE] [--protect-health] [--tls-cert PEM --tls-key PEM]\n"
            "         [--max-body BYTES] [--max-json-body BYTES] [--max-buffered BYTES] [--max-memory BYTES]\n"
            "         [--max-connections N] [--max-connections-per-ip N] [--read-timeout S] [--body-timeout S]\n"
            "         [--header-timeout S]\n"
            "         [--max-jobs N] [--max-stored BYTES] [--result-ttl S] [--max-pixels N] [--no-ui]\n"
+           "--device: cpu, cuda, cuda:N, gpu:N; several GPUs: cuda:0,cuda:1 or cuda:all (one worker and one copy\n"
+           "of each model per GPU, docs/gpu.md). --tile-batch N: CT tiles per inference call (default auto; 4 on a\n"
+           "GPU: 11%% faster warm for 2x the GPU memory, docs/gpu.md)\n"
            "HTTP service: KServe v2 (/v2/...), POST /v1/ct and /v1/segment-batch, asynchronous /v1/jobs,\n"
            "/v1/status, /metrics, and a web page on / (docs/ui.md). See docs/service.md. SIGTERM/SIGINT: finish accepted requests, exit 0.\n");
 }
@@ -83,6 +86,15 @@ static int serve_opt(int c, const char *a, sp_serve_params *sp, int *verbose)
     case 'd': sp->device = a; return 0;
     case 'y': sp->precision = a; return 0;
     case 'W': return cli_num(cmd, "--batch-window-ms", a, 0, 10000, &sp->batch_window_ms);
+    case 'b': {          /* CT tiles per inference call, read by the service from the environment */
+        int v;
+        if (cli_int(cmd, "--tile-batch", a, 1, 32, &v))
+            return -1;
+        char buf[16];
+        snprintf(buf, sizeof buf, "%d", v);
+        setenv("SEGPIPE_TILE_BATCH", buf, 1);
+        return 0;
+    }
     case 'X': return cli_int(cmd, "--max-batch", a, 1, 64, &sp->max_batch);
     case 'C': return cli_int(cmd, "--max-connections", a, 16, 1000000, &sp->max_connections);
     case 'I': return cli_int(cmd, "--max-connections-per-ip", a, 1, 1000000, &sp->max_per_ip);
@@ -121,6 +133,7 @@ int cmd_serve(int argc, char **argv)
         {"device", required_argument, 0, 'd'}, {"verbose", no_argument, 0, 'v'},
         {"precision", required_argument, 0, 'y'},
         {"batch-window-ms", required_argument, 0, 'W'}, {"max-batch", required_argument, 0, 'X'},
+        {"tile-batch", required_argument, 0, 'b'},
         {"max-connections", required_argument, 0, 'C'}, {"max-connections-per-ip", required_argument, 0, 'I'},
         {"max-jobs", required_argument, 0, 'j'}, {"api-key-file", required_argument, 0, 'K'},
         {"protect-health", no_argument, 0, 'P'}, {"tls-cert", required_argument, 0, 'c'},
@@ -142,8 +155,13 @@ int cmd_serve(int argc, char **argv)
     }
     if (!rc && (!nm || optind != argc))
         rc = cli_usage_error("serve", "at least one --model NAME=DIR, and no other arguments");
-    for (int i = 0; !rc && i < nm; i++)   /* a model that crashes the GPU provider is refused at start */
-        rc = cli_probe(models[i].dir, sp.device);
+    char devs[SP_MAX_GPUS][16];
+    int nd = 0;
+    if (!rc && sp.device && sp_device_list(sp.device, devs, SP_MAX_GPUS, &nd))
+        rc = cli_usage_error("serve", sp_last_error());
+    /* a model that crashes the GPU provider is refused at start (probed on the first GPU of a list) */
+    for (int i = 0; !rc && i < nm; i++)
+        rc = cli_probe(models[i].dir, sp.device ? devs[0] : NULL);
     if (!rc) {
         cli_set_logging(verbose);
         sp.models = models;

@@ -13,12 +13,18 @@
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <pthread.h>
 #include <stdio.h>
 
-static cudaStream_t g_stream;        /* accumulate, argmax, copies */
-static cudaStream_t g_gstream;       /* gathers */
-static cudaEvent_t g_slot[2];
+/* per GPU (cuda:N), made on first use; the calling thread's GPU is g_dev */
+static cudaStream_t g_streams[SP_CUDA_MAX_DEVICES];    /* accumulate, argmax, copies */
+static cudaStream_t g_gstreams[SP_CUDA_MAX_DEVICES];   /* gathers */
+static cudaEvent_t g_slots[SP_CUDA_MAX_DEVICES][2];
+static __thread int g_dev;
 static __thread char g_err[256];
+#define g_stream g_streams[g_dev]
+#define g_gstream g_gstreams[g_dev]
+#define g_slot g_slots[g_dev]
 
 static int fail(cudaError_t e, const char *what)
 {
@@ -29,17 +35,44 @@ static int fail(cudaError_t e, const char *what)
 
 static const char *k_error(void) { return g_err; }
 
+/* this thread's kernels, copies and allocations go to GPU `device` */
+static int k_use(int device)
+{
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    int n = 0;
+    CK(cudaGetDeviceCount(&n), "cudaGetDeviceCount");
+    if (device < 0 || device >= n || device >= SP_CUDA_MAX_DEVICES) {
+        snprintf(g_err, sizeof g_err, "cuda:%d: CUDA sees %d GPU(s)", device, n);
+        return -1;
+    }
+    CK(cudaSetDevice(device), "cudaSetDevice");
+    g_dev = device;
+    pthread_mutex_lock(&mu);
+    cudaError_t e = cudaSuccess;
+    if (!g_stream) {
+        e = cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking);
+        if (e == cudaSuccess)
+            e = cudaStreamCreateWithFlags(&g_gstream, cudaStreamNonBlocking);
+        for (int i = 0; i < 2 && e == cudaSuccess; i++)
+            e = cudaEventCreateWithFlags(&g_slot[i], cudaEventDisableTiming);
+    }
+    pthread_mutex_unlock(&mu);
+    CK(e, "creating the window's CUDA streams");
+    return 0;
+}
+
+static int k_count(void)
+{
+    int n = 0;
+    return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
+}
+
 static int k_init(int device, char *name, size_t cap)
 {
     cudaDeviceProp prop;
-    CK(cudaSetDevice(device), "cudaSetDevice");
+    if (k_use(device))
+        return -1;
     CK(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
-    if (!g_stream) {
-        CK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking), "cudaStreamCreate");
-        CK(cudaStreamCreateWithFlags(&g_gstream, cudaStreamNonBlocking), "cudaStreamCreate");
-        for (int i = 0; i < 2; i++)
-            CK(cudaEventCreateWithFlags(&g_slot[i], cudaEventDisableTiming), "cudaEventCreate");
-    }
     snprintf(name, cap, "%s", prop.name);
     return 0;
 }
@@ -224,7 +257,7 @@ static int k_finish(const sp_cuda_geom *g, float *acc, int64_t r0, int64_t r1, u
 static const sp_cuda_api g_api = {
     SP_CUDA_ABI, k_error, k_init, k_alloc, k_release, k_upload, k_download, k_zero, k_sync, k_gathered, k_mark,
     k_wait, k_mem_used,
-    k_gather, k_accumulate, k_finish,
+    k_gather, k_accumulate, k_finish, k_use, k_count,
 };
 
 extern "C" __attribute__((visibility("default"))) const sp_cuda_api *sp_cuda_kernels(void)

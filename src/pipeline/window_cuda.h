@@ -3,7 +3,8 @@
  * kernels (libsegpipe_cuda.so, built by `make cuda` from window_cuda.cu and
  * loaded with dlopen only for --device cuda; see docs/gpu.md).
  *
- * Plain C on both sides. The library exports one symbol,
+ * Plain C on both sides. Several GPUs (cuda:N): use(N) picks the calling
+ * thread's GPU; each GPU has its own streams and fences. The library exports one symbol,
  * sp_cuda_kernels(), returning a table of functions; a version field guards
  * against a library from another build. Every function returns 0 on success
  * or -1 with the CUDA error readable through error(). Gathers run on one
@@ -22,8 +23,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SP_CUDA_ABI 2
+#define SP_CUDA_ABI 3
 #define SP_CUDA_MAX_BATCH 32
+#define SP_CUDA_MAX_DEVICES 64                  /* = SP_MAX_GPUS */
 
 typedef struct sp_cuda_geom {
     int64_t N[3], P[3], pad[3];
@@ -62,6 +64,10 @@ typedef struct sp_cuda_api {
     /* rows [r0, r1) of dim 0: labels (u16, volume layout) = argmax over
      * classes (first maximum wins), then those ring rows are cleared */
     int (*finish)(const sp_cuda_geom *g, float *acc, int64_t r0, int64_t r1, uint16_t *labels);
+    /* the calling thread's GPU from now on (cuda:N; its streams made on
+     * first use); every call above works on the calling thread's GPU */
+    int (*use)(int device);
+    int (*count)(void);                     /* GPUs CUDA sees; 0 on error */
 } sp_cuda_api;
 
 typedef const sp_cuda_api *(*sp_cuda_kernels_fn)(void);

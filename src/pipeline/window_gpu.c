@@ -34,7 +34,7 @@ static const sp_cuda_api *g_k;
 static char g_err[PATH_MAX + 256] = "not loaded";
 static char g_name[128];
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
-static size_t g_peak;
+static size_t g_peak[SP_CUDA_MAX_DEVICES];   /* per GPU */
 
 static void *open_kernels(void)
 {
@@ -95,9 +95,22 @@ const char *sp_window_gpu_name(void)
     return sp_window_gpu_available() ? g_name : "";
 }
 
+size_t sp_gpu_peak_memory_of(int gpu)
+{
+    return gpu >= 0 && gpu < SP_CUDA_MAX_DEVICES ? __atomic_load_n(&g_peak[gpu], __ATOMIC_RELAXED) : 0;
+}
+
 size_t sp_gpu_peak_memory(void)
 {
-    return __atomic_load_n(&g_peak, __ATOMIC_RELAXED);
+    size_t m = 0;
+    for (int i = 0; i < SP_CUDA_MAX_DEVICES; i++)
+        m = sp_gpu_peak_memory_of(i) > m ? sp_gpu_peak_memory_of(i) : m;
+    return m;
+}
+
+int sp_gpu_count(void)
+{
+    return sp_window_gpu_available() ? g_k->count() : 0;
 }
 
 typedef struct gpu_win {
@@ -105,6 +118,7 @@ typedef struct gpu_win {
     float *vol, *acc, *gauss;
     void *in, *out[2];           /* logits buffers: nslots of them */
     int nslots;
+    int gpu;                     /* cuda:N */
     uint16_t *labels;
     size_t es;                   /* bytes per tile/logit element */
 } gpu_win;
@@ -205,8 +219,9 @@ static sp_status gpu_loop(sp_model *m, gpu_win *w, const sp_window_plan *pl, con
     double t0 = sp_now();
     if (g_k->finish(&w->g, w->acc, finished, pl->N[0], w->labels) || g_k->sync())
         return kfail("argmax");
-    size_t used = g_k->mem_used(), seen = __atomic_load_n(&g_peak, __ATOMIC_RELAXED);
-    while (used > seen && !__atomic_compare_exchange_n(&g_peak, &seen, used, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+    size_t *peak = &g_peak[w->gpu];
+    size_t used = g_k->mem_used(), seen = __atomic_load_n(peak, __ATOMIC_RELAXED);
+    while (used > seen && !__atomic_compare_exchange_n(peak, &seen, used, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
         ;
     sp_timings_add(t, "window", sp_now() - t0);
     return SP_OK;
@@ -225,6 +240,9 @@ sp_status sp_window_run_gpu(sp_model *m, const float *vol, const sp_window_plan 
     int n;
     gpu_win w;
     memset(&w, 0, sizeof w);
+    w.gpu = sp_runtime_device_id(sp_model_runtime(m));
+    if (g_k->use(w.gpu))
+        return kfail("choosing the GPU");
     w.g.half = sp_model_inputs(m, &n)[0].meta.dtype == SP_DT_F16;
     /* One logits buffer: a second one let each batch's accumulation overlap
      * the next run, 1-2% faster for 0.5-1 GB more GPU memory (docs/gpu.md);

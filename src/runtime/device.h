@@ -7,13 +7,17 @@
 /* 1 when m's session runs on a GPU provider whose device memory ONNX
  * Runtime accepts for inputs and outputs. */
 int sp_model_on_device(const sp_model *m);
-/* sp_model_run with every tensor's data a device pointer (CUDA device 0),
+/* sp_model_run with every tensor's data a device pointer (on the runtime's GPU, sp_runtime_device_id),
  * owned by the caller, outputs included (all must be bound). ONNX Runtime
  * has finished with them when this returns. */
 sp_status sp_model_run_device(sp_model *m, const sp_tensor *inputs, int n_in, sp_tensor *outputs, int n_out);
 /* The runtime's device ("cpu", "cuda", ...) and precision ("auto", "fp32",
  * "fp16"), as validated by sp_runtime_create. */
 const char *sp_runtime_device_name(const sp_runtime *rt);
+/* The GPU number of the runtime's device ("cuda:N"; 0 for "cuda"). */
+int sp_runtime_device_id(const sp_runtime *rt);
+/* The model's runtime. */
+const sp_runtime *sp_model_runtime(const sp_model *m);
 /* sp_model_run whose unbound outputs (data NULL) are left in ONNX Runtime's
  * own buffers, not copied: outputs[j].data points into them until
  * sp_model_outputs_release(*hold). ORT allocates them when the graph

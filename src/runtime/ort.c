@@ -63,6 +63,7 @@ struct sp_runtime {
     sp_model *models;
     OrtMemoryInfo *cpu_mem;
     int cuda_plugin;
+    int device_id;                    /* the N of cuda:N (CUDA's ordinal among the visible GPUs) */
     const OrtMemoryInfo *dev_mem;     /* GPU memory the session's provider uses */
     OrtMemoryInfo *dev_mem_owned;
 };
@@ -185,6 +186,98 @@ static sp_status register_cuda_plugin(sp_runtime *rt, const char *avail)
     return st;
 }
 
+/* A --device spelling: cpu, cuda, cuda:N, gpu, gpu:N (TotalSegmentator's),
+ * tensorrt, tensorrt:N. kind gets "cpu", "cuda" or "tensorrt", *index N
+ * (0 when absent): CUDA's ordinal among the GPUs CUDA_VISIBLE_DEVICES shows. */
+sp_status sp_device_parse(const char *spec, char *kind, size_t cap, int *index)
+{
+    const char *s = spec && *spec ? spec : "cpu", *colon = strchr(s, ':');
+    size_t n = colon ? (size_t)(colon - s) : strlen(s);
+    *index = 0;
+    if (n == 3 && !strncmp(s, "gpu", 3))
+        snprintf(kind, cap, "cuda");
+    else if ((n == 3 && !strncmp(s, "cpu", 3)) || (n == 4 && !strncmp(s, "cuda", 4)) ||
+             (n == 8 && !strncmp(s, "tensorrt", 8)))
+        snprintf(kind, cap, "%.*s", (int)n, s);
+    else
+        return sp_fail(SP_ERR_USAGE, "unknown device '%.40s' (use cpu, cuda, cuda:N, gpu, gpu:N or tensorrt)", s);
+    if (!colon)
+        return SP_OK;
+    const char *d = colon + 1;
+    size_t nd = strspn(d, "0123456789");
+    if (!strcmp(kind, "cpu") || nd == 0 || nd > 2 || d[nd] || atoi(d) > SP_MAX_GPUS - 1)
+        return sp_fail(SP_ERR_USAGE, "device '%.40s': the GPU number after ':' is 0 to %d, and only for cuda, "
+                       "gpu or tensorrt", s, SP_MAX_GPUS - 1);
+    *index = atoi(d);
+    return SP_OK;
+}
+
+int sp_runtime_device_id(const sp_runtime *rt) { return rt->device_id; }
+
+/* One device, or several GPUs: "cuda:0,cuda:1" (CUDA GPUs only, each once)
+ * or "cuda:all" / "gpu:all" (every GPU CUDA sees). */
+sp_status sp_device_list(const char *spec, char (*devs)[16], int max, int *n)
+{
+    const char *d = spec && *spec ? spec : "cpu";
+    char kind[16], buf[1040];
+    int idx, seen[SP_MAX_GPUS] = {0};
+    *n = 0;
+    if (strlen(d) > 1024)
+        return sp_fail(SP_ERR_USAGE, "device list too long");
+    if (!strcmp(d, "cuda:all") || !strcmp(d, "gpu:all")) {
+        int k = sp_gpu_count();
+        if (k < 1)
+            return sp_fail(SP_ERR_USAGE, "device %s: no GPU found (CUDA sees none, or the GPU window kernels "
+                           "libsegpipe_cuda.so are not installed: gpu.md in segpipe's documentation)", d);
+        for (int i = 0; i < k && *n < max; i++)
+            snprintf(devs[(*n)++], 16, "cuda:%d", i);
+        return SP_OK;
+    }
+    snprintf(buf, sizeof buf, "%s", d);
+    int several = strchr(buf, ',') != NULL;
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        sp_status st = sp_device_parse(t, kind, sizeof kind, &idx);
+        if (st)
+            return st;
+        if (several && strcmp(kind, "cuda"))
+            return sp_fail(SP_ERR_USAGE, "device '%.40s': a list names CUDA GPUs only (cuda:0,cuda:1 or cuda:all)", t);
+        if (seen[idx]++)
+            return sp_fail(SP_ERR_USAGE, "device list: GPU %d is named twice", idx);
+        if (*n == max)
+            return sp_fail(SP_ERR_USAGE, "device list: more than %d devices", max);
+        if (several)
+            snprintf(devs[(*n)++], 16, "cuda:%d", idx);
+        else
+            snprintf(devs[(*n)++], 16, "%.15s", t);
+    }
+    return *n ? SP_OK : sp_fail(SP_ERR_USAGE, "device list: empty");
+}
+
+/* Why --device tensorrt cannot run here, naming what is missing (no paths):
+ * NVIDIA's TensorRT 10 libraries, ONNX Runtime's TensorRT provider beside
+ * ONNX Runtime (the CUDA plugin package ships one), or an ONNX Runtime that
+ * lists TensorrtExecutionProvider. */
+static sp_status tensorrt_refusal(const char *avail)
+{
+    char dir[PATH_MAX], lib[PATH_MAX + 64];
+    ort_dir(dir, sizeof dir);
+    snprintf(lib, sizeof lib, "%slibonnxruntime_providers_tensorrt.so", dir);
+    void *nv = dlopen("libnvinfer.so.10", RTLD_LAZY | RTLD_LOCAL);
+    int has_nv = nv != NULL, has_ep = access(lib, R_OK) == 0;
+    if (nv)
+        dlclose(nv);
+    if (!has_nv || !has_ep)
+        return sp_fail(SP_ERR_USAGE, "device 'tensorrt': %s%s%s not installed (ONNX Runtime %s offers: %s); use "
+                       "--device cuda or cpu (gpu.md in segpipe's documentation)",
+                       has_nv ? "" : "NVIDIA's TensorRT 10 libraries (libnvinfer.so.10)",
+                       !has_nv && !has_ep ? " and " : "",
+                       has_ep ? "" : "ONNX Runtime's TensorRT provider (libonnxruntime_providers_tensorrt.so)",
+                       sp_ort_version(), avail);
+    return sp_fail(SP_ERR_USAGE, "device 'tensorrt': TensorRT and ONNX Runtime's TensorRT provider are installed, but "
+                   "this ONNX Runtime (%s) does not list TensorrtExecutionProvider (offers: %s): segpipe runs "
+                   "TensorRT through an ONNX Runtime built with it; use --device cuda", sp_ort_version(), avail);
+}
+
 sp_runtime_params sp_runtime_default_params(void)
 {
     sp_runtime_params p = {0};
@@ -203,7 +296,10 @@ sp_status sp_runtime_create(const sp_runtime_params *p, sp_runtime **out)
     if (!rt)
         return sp_fail(SP_ERR_NOMEM, "out of memory");
     rt->p = p ? *p : sp_runtime_default_params();
-    snprintf(rt->device, sizeof rt->device, "%s", rt->p.device ? rt->p.device : "cpu");
+    if ((st = sp_device_parse(rt->p.device, rt->device, sizeof rt->device, &rt->device_id))) {
+        free(rt);
+        return st;
+    }
     rt->p.device = rt->device;
     const char *prec = rt->p.precision ? rt->p.precision : "auto";
     if (strcmp(prec, "auto") && strcmp(prec, "fp32") && strcmp(prec, "fp16") && strcmp(prec, "int8")) {
@@ -249,21 +345,14 @@ sp_status sp_runtime_create(const sp_runtime_params *p, sp_runtime **out)
     /* Validate the device now, so a bad --device fails before any work. */
     if (strcmp(rt->device, "cpu") != 0) {
         char avail[512];
-        const char *want = strcmp(rt->device, "cuda") == 0 ? "CUDAExecutionProvider"
-                         : strcmp(rt->device, "tensorrt") == 0 ? "TensorrtExecutionProvider" : NULL;
-        if (!want) {
-            sp_fail(SP_ERR_USAGE, "unknown device '%s' (use cpu, cuda or tensorrt)", rt->device);
-            sp_runtime_free(rt);
-            return SP_ERR_USAGE;
-        }
+        const char *want = strcmp(rt->device, "cuda") == 0 ? "CUDAExecutionProvider" : "TensorrtExecutionProvider";
         if (sp_ort_providers(avail, sizeof avail) != SP_OK)
             snprintf(avail, sizeof avail, "?");
         if (!strstr(avail, want)) {
             if (strcmp(rt->device, "cuda") == 0)
                 st = register_cuda_plugin(rt, avail);
             else
-                st = sp_fail(SP_ERR_USAGE, "device '%s' needs %s, which this ONNX Runtime (%s) does not "
-                             "offer; available: %s", rt->device, want, sp_ort_version(), avail);
+                st = tensorrt_refusal(avail);
             if (st) {
                 sp_runtime_free(rt);
                 return st;
@@ -415,23 +504,46 @@ static sp_status introspect(sp_model *m)
     return SP_OK;
 }
 
-/* Provider options from SEGPIPE_CUDA_OPTIONS ("key=value,key=value", ONNX
- * Runtime's CUDA provider option names, e.g. cudnn_conv_algo_search=
- * EXHAUSTIVE); at most 16 pairs, split into buf. Returns the count. */
-static int provider_options(char *buf, size_t cap, const char **keys, const char **vals)
+/* The CUDA provider's options: segpipe's defaults (CUDA_DEFAULTS: none, as
+ * no option beat ONNX Runtime's own on an H100, docs/gpu.md "Provider
+ * defaults"), then
+ * SEGPIPE_CUDA_OPTIONS ("key=value,key=value", ONNX Runtime's CUDA provider
+ * option names), whose keys replace the defaults'; device_id (cuda:N) for
+ * the built-in provider. At most 24 pairs, split into buf. Returns the
+ * count. */
+#define CUDA_DEFAULTS ""
+static int provider_options(const sp_runtime *rt, char *buf, size_t cap, const char **keys, const char **vals)
 {
     const char *e = getenv("SEGPIPE_CUDA_OPTIONS");
     int n = 0;
-    snprintf(buf, cap, "%s", e ? e : "");
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok && n < 16; tok = strtok_r(NULL, ",", &save)) {
+    snprintf(buf, cap, "%s%s%s", strcmp(rt->device, "cuda") ? "" : CUDA_DEFAULTS,
+             strcmp(rt->device, "cuda") || !*CUDA_DEFAULTS ? "" : ",", e ? e : "");
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ",", &save); tok && n < 23; tok = strtok_r(NULL, ",", &save)) {
         char *eq = strchr(tok, '=');
         if (!eq || eq == tok) {
             SP_WARN("SEGPIPE_CUDA_OPTIONS: ignoring '%s' (want key=value)", tok);
             continue;
         }
         *eq = 0;
-        keys[n] = tok;
-        vals[n++] = eq + 1;
+        int k = 0;
+        while (k < n && strcmp(keys[k], tok))
+            k++;
+        keys[k] = tok;             /* a later value of a key replaces the earlier one */
+        vals[k] = eq + 1;
+        n += k == n;
+    }
+    static const char *const ids[] = {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14",
+                                      "15", "16", "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27",
+                                      "28", "29", "30", "31", "32", "33", "34", "35", "36", "37", "38", "39", "40",
+                                      "41", "42", "43", "44", "45", "46", "47", "48", "49", "50", "51", "52", "53",
+                                      "54", "55", "56", "57", "58", "59", "60", "61", "62", "63"};
+    int has_id = 0;
+    for (int k = 0; k < n; k++)
+        has_id |= !strcmp(keys[k], "device_id");
+    if (!rt->cuda_plugin && !has_id && rt->device_id > 0 && rt->device_id < SP_MAX_GPUS) {
+        keys[n] = "device_id";
+        vals[n++] = ids[rt->device_id];
     }
     return n;
 }
@@ -441,13 +553,14 @@ static int provider_options(char *buf, size_t cap, const char **keys, const char
 static OrtStatus *append_provider(sp_runtime *rt, OrtSessionOptions *so, sp_status *st)
 {
     char buf[1024];
-    const char *keys[16], *vals[16];
-    int nk = provider_options(buf, sizeof buf, keys, vals);
+    const char *keys[24], *vals[24];
+    int nk = provider_options(rt, buf, sizeof buf, keys, vals);
     if (!rt->cuda_plugin) {
         const char *name = strcmp(rt->device, "cuda") == 0 ? "CUDA" : "TensorRT";
         OrtStatus *s = sp_ort->SessionOptionsAppendExecutionProvider(so, name, keys, vals, (size_t)nk);
         if (!s && !rt->dev_mem && strcmp(rt->device, "cuda") == 0)
-            s = sp_ort->CreateMemoryInfo("Cuda", OrtDeviceAllocator, 0, OrtMemTypeDefault, &rt->dev_mem_owned);
+            s = sp_ort->CreateMemoryInfo("Cuda", OrtDeviceAllocator, rt->device_id, OrtMemTypeDefault,
+                                         &rt->dev_mem_owned);
         if (!s && !rt->dev_mem)
             rt->dev_mem = rt->dev_mem_owned;
         return s;
@@ -456,11 +569,14 @@ static OrtStatus *append_provider(sp_runtime *rt, OrtSessionOptions *so, sp_stat
     size_t nd;
     OrtStatus *s = sp_ort->GetEpDevices(rt->env, &devs, &nd);
     const OrtEpDevice *pick = NULL;
+    int seen = 0;
     for (size_t i = 0; !s && i < nd && !pick; i++)
-        if (strcmp(sp_ort->EpDevice_EpName(devs[i]), "CUDAExecutionProvider") == 0)
+        if (strcmp(sp_ort->EpDevice_EpName(devs[i]), "CUDAExecutionProvider") == 0 && seen++ == rt->device_id)
             pick = devs[i];
     if (!s && !pick) {
-        *st = sp_fail(SP_ERR_RUNTIME, "the CUDA provider plugin found no CUDA device");
+        *st = seen ? sp_fail(SP_ERR_USAGE, "device cuda:%d: the CUDA provider sees %d GPU(s) (cuda:0 to cuda:%d)",
+                             rt->device_id, seen, seen - 1)
+                   : sp_fail(SP_ERR_RUNTIME, "the CUDA provider plugin found no CUDA device");
         return NULL;
     }
     if (!s)
@@ -1061,6 +1177,7 @@ void sp_model_outputs_release(void *hold)
 }
 
 const char *sp_runtime_device_name(const sp_runtime *rt) { return rt->device; }
+const sp_runtime *sp_model_runtime(const sp_model *m) { return m->rt; }
 const char *sp_runtime_precision(const sp_runtime *rt) { return rt->precision; }
 
 int sp_model_on_device(const sp_model *m)

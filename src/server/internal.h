@@ -57,7 +57,8 @@ typedef struct model_entry {
     model_stats st;               /* under s->mu */
     char name[64];
     char dir[1024];
-    sp_package *pk;
+    sp_package *pk;               /* = gpk[0]: names, labels, estimates */
+    sp_package *gpk[SP_MAX_GPUS]; /* one instance per GPU of --device cuda:0,cuda:1 (gpk[0] = pk) */
     atomic_int ready;             /* serving (the repository extension can switch it) */
     atomic_int settled;           /* its warm-up has ended (ready, or error set) */
     char error[256];
@@ -140,7 +141,14 @@ typedef struct conn_ctx {
 typedef struct server {
     sp_serve_params p;
     sp_http_hooks hooks;
-    sp_runtime *rt;
+    sp_runtime *rt;               /* = rts[0] */
+    sp_runtime *rts[SP_MAX_GPUS]; /* one per device of --device (several: one per GPU) */
+    char devs[SP_MAX_GPUS][16];   /* their names ("cuda:1") */
+    int ndev;
+    int tile_batch;               /* CT tiles per inference call: SEGPIPE_TILE_BATCH (serve --tile-batch), 0 = auto */
+    atomic_int next_worker;       /* worker i runs on device i % ndev */
+    uint64_t dev_jobs[SP_MAX_GPUS];   /* jobs run, busy seconds per device (under mu) */
+    double dev_busy[SP_MAX_GPUS];
     model_entry *models;
     int n_models;
     atomic_int ready;
@@ -290,6 +298,8 @@ int sp_watchers_take(server *s, job *j, double now, struct MHD_Connection **out,
 int sp_store_full(server *s);                     /* caller holds s->mu */
 void sp_store_expire(server *s, double now);      /* caller holds s->mu */
 void *sp_worker_main(void *arg);
+/* The calling worker's instance of me (its GPU's; me->pk elsewhere). */
+sp_package *sp_job_pk(const model_entry *me);
 
 /* metrics.c */
 void sp_record(server *s, int ep, double secs, int ok);

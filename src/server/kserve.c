@@ -264,7 +264,7 @@ int sp_kserve_parse(const char *text, size_t len, size_t header_len, const sp_io
 
 void sp_kserve_infer(server *s, job *j)
 {
-    sp_model *m = sp_package_model(j->me->pk);
+    sp_model *m = sp_package_model(sp_job_pk(j->me));
     int ni, no;
     const sp_io_info *ins = sp_model_inputs(m, &ni), *outs = sp_model_outputs(m, &no);
     sp_tensor tin[SP_MAX_RANK], tout[SP_MAX_RANK];

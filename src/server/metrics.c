@@ -76,6 +76,16 @@ char *sp_status_json(server *s)
                       s->models[i].ready ? "ready" : s->models[i].error[0] ? "failed" : "loading", s->models[i].qlen,
                       s->models[i].pk ? sp_package_run_memory(s->models[i].pk) : 0);
     }
+    sp_buf_puts(&b, "],\n \"devices\": [");
+    for (int g = 0; g < s->ndev; g++) {
+        char kind[16];
+        int idx = 0;
+        sp_device_parse(s->devs[g], kind, sizeof kind, &idx);
+        sp_buf_printf(&b, "%s{\"device\": \"%s\", \"jobs\": %llu, \"busy_seconds\": %.3f, "
+                          "\"gpu_peak_memory_bytes\": %zu}", g ? ", " : "", s->devs[g],
+                      (unsigned long long)s->dev_jobs[g], s->dev_busy[g],
+                      strcmp(kind, "cpu") ? sp_gpu_peak_memory_of(idx) : 0);
+    }
     sp_buf_puts(&b, "],\n \"endpoints\": {");
     int first = 1;
     for (int e = 0; e < EP_N; e++) {
@@ -92,6 +102,33 @@ char *sp_status_json(server *s)
     pthread_mutex_unlock(&s->mu);
     sp_buf_puts(&b, "}}\n");
     return sp_buf_take(&b);
+}
+
+/* Per device of --device (one per GPU with several): jobs, busy seconds
+ * (a worker running a job there; against uptime: how busy it was) and the
+ * GPU's peak memory. Called with s->mu held. */
+static void device_metrics(server *s, sp_buf *b)
+{
+    sp_buf_puts(b, "# HELP segpipe_device_jobs_total Jobs run, by device.\n"
+                   "# TYPE segpipe_device_jobs_total counter\n");
+    for (int g = 0; g < s->ndev; g++)
+        sp_buf_printf(b, "segpipe_device_jobs_total{device=\"%s\"} %llu\n", s->devs[g],
+                      (unsigned long long)s->dev_jobs[g]);
+    sp_buf_puts(b, "# HELP segpipe_device_busy_seconds_total Seconds a worker spent running jobs, by device.\n"
+                   "# TYPE segpipe_device_busy_seconds_total counter\n");
+    for (int g = 0; g < s->ndev; g++)
+        sp_buf_printf(b, "segpipe_device_busy_seconds_total{device=\"%s\"} %.3f\n", s->devs[g], s->dev_busy[g]);
+    if (s->ndev && strcmp(s->devs[0], "cpu")) {
+        sp_buf_puts(b, "# HELP segpipe_gpu_peak_memory_bytes Highest GPU memory in use seen after a CT window.\n"
+                       "# TYPE segpipe_gpu_peak_memory_bytes gauge\n");
+        for (int g = 0; g < s->ndev; g++) {
+            char kind[16];
+            int idx = 0;
+            sp_device_parse(s->devs[g], kind, sizeof kind, &idx);
+            sp_buf_printf(b, "segpipe_gpu_peak_memory_bytes{device=\"%s\"} %zu\n", s->devs[g],
+                          sp_gpu_peak_memory_of(idx));
+        }
+    }
 }
 
 char *sp_metrics_text(server *s)
@@ -130,6 +167,7 @@ char *sp_metrics_text(server *s)
                           "segpipe_request_seconds{endpoint=\"%s\",quantile=\"0.99\"} %.6f\n",
                       sp_ep_names[e], q[0], sp_ep_names[e], q[1], sp_ep_names[e], q[2]);
     }
+    device_metrics(s, &b);
     pthread_mutex_unlock(&s->mu);
     return sp_buf_take(&b);
 }

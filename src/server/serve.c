@@ -137,14 +137,27 @@ static sp_status load_models(server *s)
             if (!strcmp(s->models[k].name, s->models[i].name))
                 return sp_fail(SP_ERR_USAGE, "model name '%s' given twice", s->models[i].name);
     }
-    sp_runtime_params rp = sp_runtime_default_params();
-    rp.threads = s->p.threads;
-    rp.device = s->p.device;
-    rp.precision = s->p.precision;
-    sp_status st = sp_runtime_create(&rp, &s->rt);
-    for (int i = 0; !st && i < s->n_models; i++)
-        if ((st = sp_package_load(s->rt, s->models[i].dir, &s->models[i].pk)))
-            sp_fail_prefix(st, "model '%s'", s->models[i].name);
+    sp_status st = sp_device_list(s->p.device, s->devs, SP_MAX_GPUS, &s->ndev);
+    const char *tb = getenv("SEGPIPE_TILE_BATCH");   /* serve --tile-batch N; 0/unset: auto */
+    s->tile_batch = tb && *tb ? atoi(tb) : 0;
+    if (!st && (s->tile_batch < 0 || s->tile_batch > 32))
+        st = sp_fail(SP_ERR_USAGE, "SEGPIPE_TILE_BATCH is 1 to 32 (0: auto)");
+    for (int g = 0; !st && g < s->ndev; g++) {
+        sp_runtime_params rp = sp_runtime_default_params();
+        rp.threads = s->p.threads;
+        rp.device = s->devs[g];
+        rp.precision = s->p.precision;
+        if ((st = sp_runtime_create(&rp, &s->rts[g])))
+            break;
+        for (int i = 0; !st && i < s->n_models; i++)
+            if ((st = sp_package_load(s->rts[g], s->models[i].dir, &s->models[i].gpk[g])))
+                sp_fail_prefix(st, s->ndev > 1 ? "model '%s' on %s" : "model '%s'", s->models[i].name, s->devs[g]);
+    }
+    s->rt = s->rts[0];
+    for (int i = 0; i < s->n_models; i++)
+        s->models[i].pk = s->models[i].gpk[0];
+    if (!st && s->ndev > 1 && s->p.workers < s->ndev)
+        s->p.workers = s->ndev;      /* at least one worker per GPU */
     return st;
 }
 
@@ -217,7 +230,9 @@ static void *warm_main(void *arg)
     server *s = arg;
     for (int i = 0; i < s->n_models && !atomic_load(&s->warm_stop); i++) {
         model_entry *me = &s->models[i];
-        sp_status st = sp_package_warm_up(me->pk);
+        sp_status st = SP_OK;
+        for (int g = 0; !st && g < s->ndev; g++)
+            st = sp_package_warm_up(me->gpk[g]);
         size_t rss = sp_current_rss();
         pthread_mutex_lock(&s->mu);
         s->mem_base = rss;
@@ -253,8 +268,8 @@ static int warm_up_all(server *s, const sigset_t *sigs, sp_status *st)
     if (sig > 0) {
         atomic_store(&s->warm_stop, 1);
         for (int i = 0; i < s->n_models; i++)
-            if (!atomic_load(&s->models[i].settled))
-                sp_model_interrupt(sp_package_model(s->models[i].pk));
+            for (int g = 0; g < s->ndev && !atomic_load(&s->models[i].settled); g++)
+                sp_model_interrupt(sp_package_model(s->models[i].gpk[g]));
         SP_WARN("signal %d during warm-up: stopping (the model warming is interrupted)", sig);
     }
     pthread_join(wt, NULL);
@@ -314,10 +329,12 @@ static void shutdown_all(server *s, struct MHD_Daemon *d)
         sp_job_unstore(s, s->store);
     pthread_mutex_unlock(&s->mu);
     free(s->workers);
-    for (int i = 0; i < s->n_models; i++)
-        sp_package_free(s->models[i].pk);
+    for (int i = 0; s->models && i < s->n_models; i++)
+        for (int g = 0; g < SP_MAX_GPUS; g++)
+            sp_package_free(s->models[i].gpk[g]);
     free(s->models);
-    sp_runtime_free(s->rt);
+    for (int g = 0; g < SP_MAX_GPUS; g++)
+        sp_runtime_free(s->rts[g]);
     sp_keys_free(s);
     if (s->tmpdir[0])
         rmdir(s->tmpdir);

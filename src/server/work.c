@@ -409,6 +409,7 @@ static void run_ct(server *s, job *j)
     rp.max_memory = sp_memory_room(s);   /* a DICOM series' decoding (a child process) within --max-memory */
     sp_ct_params hp = sp_ct_default_params();
     hp.threads = s->p.threads;
+    hp.tile_batch = s->tile_batch;
     sp_ct_check chk = {j->me->pk, &hp};   /* the run's grid and tile limits, from a NIfTI header */
     rp.check_header = sp_ct_header_check;
     rp.check_user = &chk;
@@ -435,6 +436,7 @@ static void run_ct(server *s, job *j)
     cp.keep_border = j->keep_border;
     cp.largest_component = j->largest_component;
     cp.threads = s->p.threads;
+    cp.tile_batch = s->tile_batch;
     cp.cancel = &j->cancel;
     cp.progress = ct_progress;
     cp.progress_user = j;
@@ -445,7 +447,7 @@ static void run_ct(server *s, job *j)
         return;
     }
     j->stage = "running";   /* the run's progress names its stages from here */
-    st = sp_ct_run_inplace(j->me->pk, v, &cp, &res);
+    st = sp_ct_run_inplace(sp_job_pk(j->me), v, &cp, &res);
     if (!st && j->want_labels)
         st = file_bytes(s, j, OUT_LABELS, res, v, &j->labels_gz, &j->labels_len);
     if (!st && j->want_seg)
@@ -552,7 +554,7 @@ static void classify_batch(server *s, job **js, sp_image **imgs, int m)
     sp_classify_params cp = sp_classify_default_params();
     cp.threads = s->p.threads;
     sp_classify_result **res = NULL;
-    sp_status st = sp_classify_run(js[0]->me->pk, imgs, m, &cp, &res, NULL);
+    sp_status st = sp_classify_run(sp_job_pk(js[0]->me), imgs, m, &cp, &res, NULL);
     double t_end = sp_now();
     for (int i = 0; i < m; i++) {
         job *j = js[i];
@@ -611,7 +613,7 @@ static void run_segment_batch(server *s, job **js, int n)
         sp_masks_params mp = sp_masks_default_params();
         mp.threads = s->p.threads;
         sp_masks_result **res = NULL;
-        sp_status st = sp_masks_run(js[0]->me->pk, imgs, m, &mp, &res, NULL);
+        sp_status st = sp_masks_run(sp_job_pk(js[0]->me), imgs, m, &mp, &res, NULL);
         if (st) {
             for (int i = 0; i < m; i++)
                 fail_job(ok[i], st == SP_ERR_USAGE ? SP_ERR_INPUT : st);
@@ -735,9 +737,17 @@ static void run_jobs(server *s, job **batch, int nb)
     pthread_mutex_lock(&s->mu);
 }
 
+static __thread int t_dev;   /* this worker's device (index into s->rts) */
+
+sp_package *sp_job_pk(const model_entry *me)
+{
+    return me->gpk[t_dev] ? me->gpk[t_dev] : me->pk;
+}
+
 void *sp_worker_main(void *arg)
 {
     server *s = arg;
+    t_dev = atomic_fetch_add(&s->next_worker, 1) % (s->ndev > 0 ? s->ndev : 1);
     pthread_mutex_lock(&s->mu);
     for (;;) {
         model_entry *me;
@@ -767,7 +777,10 @@ void *sp_worker_main(void *arg)
         int nb = !j->cancel && j->kind == EP_SEGMENT ? gather_batch(s, me, batch, &need) : 1;
         if (!j->cancel) {
             s->mem_used += need;   /* photos and KServe: reserved here; a CT run reserves its own */
+            double t0 = sp_now();
             run_jobs(s, batch, nb);
+            s->dev_jobs[t_dev] += (uint64_t)nb;
+            s->dev_busy[t_dev] += sp_now() - t0;
             s->mem_used -= need;
             if (need) {   /* waiting jobs may fit now */
                 pthread_cond_broadcast(&s->mem_cv);

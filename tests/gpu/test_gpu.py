@@ -110,6 +110,37 @@ def test_serve_on_gpu():
         srv.wait(30)
 
 
+def test_device_spellings():
+    """gpu, gpu:0 and cuda:0 run on the first GPU with the labels of
+    `--device cuda`; the GPU past the last is refused with the count; a list
+    and cuda:all in the service serve with one worker per GPU, their jobs
+    counted per device in /v1/status."""
+    base = ct("dev_cuda", "--device", "cuda")[0]
+    for d in ("gpu", "gpu:0", "cuda:0"):
+        assert (ct("dev_" + d.replace(":", "_"), "--device", d)[0] == base).all(), d
+    n = int(subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.count("GPU "))
+    p = seg("ct", CT, "-o", os.path.join(TMP, "past.nii.gz"), "-m", MODEL, "--device", f"cuda:{n}", check=False)
+    assert p.returncode == 2 and f"sees {n} GPU" in p.stderr, (p.returncode, p.stderr)
+    p = seg("ct", CT, "-o", os.path.join(TMP, "trt.nii.gz"), "-m", MODEL, "--device", "tensorrt", check=False)
+    print(f"     --device tensorrt: exit {p.returncode}: {p.stderr.strip()[-160:]}")
+    assert p.returncode == 2 and "TensorRT" in p.stderr, p.stderr
+    port = 18655 + os.getpid() % 1000
+    dev = ",".join(f"cuda:{i}" for i in range(n)) if n > 1 else "cuda:all"
+    srv = subprocess.Popen([SEG, "serve", "--model", f"ct={MODEL}", "--port", str(port), "--device", dev],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    try:
+        nii.ct_requests(f"http://127.0.0.1:{port}", CT, 2 * n, 120)
+        import urllib.request
+        st = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/status", timeout=10))
+        print(f"     serve --device {dev}: {st['devices']}")
+        assert [d["device"] for d in st["devices"]] == [f"cuda:{i}" for i in range(n)], st["devices"]
+        assert sum(d["jobs"] for d in st["devices"]) == 2 * n and all(d["gpu_peak_memory_bytes"] > 0
+                                                                       for d in st["devices"] if d["jobs"])
+    finally:
+        srv.terminate()
+        srv.wait(30)
+
+
 def test_resize_crash_is_reported():
     """ISNet's crash in the CUDA plugin (tools/gpu/isnet_bisect.py: a linear
     Resize given output sizes, half_pixel) in a tiny photo model: the

@@ -31,6 +31,7 @@ rm -f $lib/segpipe/libonnxruntime_providers_cuda.so
 tar -C .gpu/root -cJf .gpu/p1/base.tar.xz opt
 rm -rf .gpu/root
 cp ../shared/data/ct/example_ct_sm.nii.gz ../shared/data/ct/example_ct.nii.gz .gpu/p1/
+chmod u+w .gpu/p1/*.nii.gz     # writable: both calls that carried them read-only were cut off (cause unproven)
 
 pkg=com.github.asus4.onnxruntime.linux-x64-gpu@0.4.9
 tmp=$(mktemp -d)

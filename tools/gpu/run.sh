@@ -6,6 +6,11 @@
 #   check   segpipe version (lists the GPU when the plugin and kernels load)
 #   test    tests/gpu/test_gpu.py: the GPU path against the CPU path
 #   bench   bench/gpu_ct.py: segpipe vs a PyTorch nnU-Net predictor
+#   profile bench/gpu_profile.py: where the time goes (kernel groups of both
+#           sides, provider-option and tile-batch variants of segpipe)
+#   auto    profile, then bench with the fastest fp16 setting whose labels
+#           agree with the peer (profile's best.env, kept in /root/gpu)
+#   best    that bench alone, with the best.env an earlier call's profile kept
 #   video   demo-matte video sweep and /v1/segment-batch dynamic batching
 #           on the GPU (docs/performance.md, "On the GPU machine")
 #   isnet   tools/gpu/isnet_bisect.py on /root/gpu/isnet.onnx (carried in .gpu/p5)
@@ -26,6 +31,14 @@ for mode in "$@"; do
   case $mode in
     check) ;;
     test) PYTHONUNBUFFERED=1 python3 tests/gpu/test_gpu.py 2>&1 | tee "$OUT/test_gpu.txt"; rc=$((rc | PIPESTATUS[0])) ;;
+    profile|auto) SEGPIPE_LIBRARY=/opt/segpipe/lib/libsegpipe.so.0 PYTHONUNBUFFERED=1 python3 bench/gpu_profile.py \
+        "$OUT" 2>&1 | tee "$OUT/gpu_profile.txt"; rc=$((rc | PIPESTATUS[0]))
+      [ -f "$OUT/best.env" ] && cp "$OUT/best.env" /root/gpu/best.env
+      [ "$mode" = auto ] && { . /root/gpu/best.env 2>/dev/null; SP_BENCH_QUICK=1 PYTHONUNBUFFERED=1 python3 \
+        bench/gpu_ct.py "$OUT" 2>&1 | tee "$OUT/gpu_ct.txt"; rc=$((rc | PIPESTATUS[0])); rm -f "$OUT/gpu_ct.md"; } ;;
+    best) . /root/gpu/best.env 2>/dev/null          # bench with profile's pick (an earlier call's)
+      SP_BENCH_QUICK=1 PYTHONUNBUFFERED=1 python3 bench/gpu_ct.py "$OUT" 2>&1 | tee "$OUT/gpu_ct.txt"
+      rc=$((rc | PIPESTATUS[0])); rm -f "$OUT/gpu_ct.md" ;;
     bench) PYTHONUNBUFFERED=1 python3 bench/gpu_ct.py "$OUT" 2>&1 | tee "$OUT/gpu_ct.txt"; rc=$((rc | PIPESTATUS[0])) ;;
     video)
       python3 tools/train/make_demo_video.py /tmp/clip --frames 300 --size 320x240 >/dev/null
@@ -46,7 +59,7 @@ for i in range(256): Image.fromarray(photo(480, 640, i)).save(f"/tmp/p{i}.jpg")'
       python3 -c 'import json, glob
 for f in sorted(glob.glob("'"$OUT"'/classify_*.json")):
     d = json.load(open(f)); print(f.split("/")[-1], round(d["photos_per_second"], 1), "photos/s", {k: round(v, 3) for k, v in d["seconds"].items()})' | tee "$OUT/classify.txt" ;;
-    *) echo "run.sh: unknown mode $mode (check, test, bench, video, isnet, classify)" >&2; rc=2 ;;
+    *) echo "run.sh: unknown mode $mode (check, test, bench, profile, auto, best, video, isnet, classify)" >&2; rc=2 ;;
   esac
 done
 exit $rc

@@ -204,10 +204,10 @@ def random_model(arch, out_dir, labels_json=None, seed=0):
     return net, man
 
 
-def add_fp16(out_dir, man):
+def add_fp16(out_dir, man, norm_fp16=False):
     import onnx
     from onnx_fp16 import convert
-    model = convert(onnx.load(os.path.join(out_dir, "model.onnx")))
+    model = convert(onnx.load(os.path.join(out_dir, "model.onnx")), norm_fp16)
     onnx.save(model, os.path.join(out_dir, "model.fp16.onnx"))
     man["onnx_fp16"] = "model.fp16.onnx"
     with open(os.path.join(out_dir, "segpipe.json"), "w") as f:

@@ -43,7 +43,11 @@ def retype(vi):
         tt.elem_type = TensorProto.FLOAT16
 
 
-def convert(model):
+def convert(model, norm_fp16=False):
+    """model in place to fp16; norm_fp16: InstanceNormalization in fp16 too
+    (no casts around it: PyTorch's autocast runs instance_norm so, and ONNX
+    Runtime's CUDA kernel keeps its statistics in fp32)"""
+    fp32_ops = FP32_OPS - {"InstanceNormalization"} if norm_fp16 else FP32_OPS
     g = model.graph
     for n in g.node:
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
@@ -53,7 +57,7 @@ def convert(model):
             raise ConvertError(f"input {vi.name!r} is not float32")
     keep32 = set()      # initializers read by fp32 nodes stay fp32
     for n in g.node:
-        if n.op_type in FP32_OPS:
+        if n.op_type in fp32_ops:
             keep32.update(n.input[1:])
     inits = [t if t.name in keep32 else to16(t) for t in g.initializer]
     del g.initializer[:]
@@ -70,7 +74,7 @@ def convert(model):
             for a in n.attribute:
                 if a.name == "to" and a.i == TensorProto.FLOAT:
                     a.i = TensorProto.FLOAT16
-        if n.op_type not in FP32_OPS:
+        if n.op_type not in fp32_ops:
             nodes.append(n)
             continue
         x = n.input[0]
