@@ -106,6 +106,10 @@ typedef struct sp_runtime_params {
                                has one, else fp32; "fp32"; "fp16" (docs/gpu.md) */
     const char *arena;      /* NULL/"auto": each model package's choice (manifest "arena",
                                else by task, docs/performance.md); "on"; "off" */
+    const char *tta;        /* NULL/"auto": a volume package's mirroring test-time
+                               augmentation as its manifest's "tta.default" says (nnU-Net
+                               imports: on when the checkpoint allows mirroring); "on";
+                               "off" (docs/model-format.md, "Fold ensembles and mirroring") */
 } sp_runtime_params;
 
 sp_runtime_params sp_runtime_default_params(void);
@@ -286,6 +290,9 @@ int sp_package_is_volume(const sp_package *pk);
 /* 1 when the manifest says "demo": true (a demonstration model: not for
  * real scans or photos); shown by the CLI, the passport and the service. */
 int sp_package_demo(const sp_package *pk);
+/* 1 when the package runs its mirrored graph (manifest "tta", chosen by
+ * sp_runtime_params.tta at load), else 0. */
+int sp_package_tta(const sp_package *pk);
 /* Masks a "masks" package offers: count, and the name of mask i (NULL if
  * out of range; owned by the package). */
 int sp_package_num_masks(const sp_package *pk);

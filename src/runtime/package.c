@@ -132,6 +132,37 @@ static sp_status parse_conform(const cJSON *j, const char *file, sp_manifest *mf
     return SP_OK;
 }
 
+/* "tta": {"onnx": FILE, "onnx_fp16"?: FILE, "mirror_axes": [d, ...], "default": bool}:
+ * the network with nnU-Net's mirroring test-time augmentation inside */
+static sp_status parse_tta(const cJSON *j, const char *file, sp_manifest *mf)
+{
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "tta");
+    if (!t)
+        return SP_OK;
+    const cJSON *ax = cJSON_GetObjectItemCaseSensitive(t, "mirror_axes");
+    const cJSON *df = cJSON_GetObjectItemCaseSensitive(t, "default");
+    const char *onnx = str_or(t, "onnx", ""), *o16 = str_or(t, "onnx_fp16", "");
+    int ok = cJSON_IsObject(t) && *onnx && strlen(onnx) < sizeof mf->tta_onnx && strlen(o16) < sizeof mf->tta_onnx &&
+             !strchr(onnx, '/') && !strchr(o16, '/') && (!df || cJSON_IsBool(df)) && cJSON_IsArray(ax) &&
+             cJSON_GetArraySize(ax) >= 1 && cJSON_GetArraySize(ax) <= 3;
+    int seen = 0;
+    for (const cJSON *e = ok ? ax->child : NULL; e; e = e->next) {
+        int d = cJSON_IsNumber(e) ? (int)e->valuedouble : -1;
+        if (d < 0 || d > 2 || e->valuedouble != d || (seen & (1 << d)))
+            ok = 0;
+        else
+            seen |= 1 << d, mf->tta_axes[mf->tta_naxes++] = d;
+    }
+    if (!ok)
+        return sp_fail(SP_ERR_MODEL, "%s: \"tta\" needs \"onnx\" (a file name inside the package), \"mirror_axes\" "
+                       "(distinct network dims 0..2) and optionally \"onnx_fp16\" and \"default\" (true or false)",
+                       file);
+    snprintf(mf->tta_onnx, sizeof mf->tta_onnx, "%s", onnx);
+    snprintf(mf->tta_onnx_fp16, sizeof mf->tta_onnx_fp16, "%s", o16);
+    mf->tta_default = !df || cJSON_IsTrue(df);
+    return SP_OK;
+}
+
 static sp_status parse_ct(const cJSON *j, const cJSON *in, const char *file, sp_manifest *mf)
 {
     sp_status st = SP_OK;
@@ -205,8 +236,10 @@ static sp_status parse_ct(const cJSON *j, const cJSON *in, const char *file, sp_
                      "\"quantile\" or \"none\"", file);
         return st;
     }
-    if ((st = parse_conform(j, file, mf)))
+    if ((st = parse_conform(j, file, mf)) || (st = parse_tta(j, file, mf)))
         return st;
+    if (mf->tta_onnx[0] && cJSON_GetObjectItemCaseSensitive(j, "head"))
+        return sp_fail(SP_ERR_MODEL, "%s: a split \"head\" and \"tta\" do not go together", file);
     const cJSON *hd = cJSON_GetObjectItemCaseSensitive(j, "head");
     if (hd) {   /* the final 1x1x1 convolution, split out (tools/import/onnx_split_head.py) */
         double f = num_or(hd, "features", 0);
@@ -657,20 +690,28 @@ sp_status sp_manifest_check_model(const sp_manifest *mf, const sp_model *m, cons
     return SP_OK;
 }
 
-/* The package's ONNX file for the runtime's precision: "fp16" needs the
- * manifest's onnx_fp16; "auto" takes it on a GPU device for CT models. */
-static sp_status pick_onnx(const sp_runtime *rt, const sp_manifest *mf, const char *dir, const char **onnx)
+/* The package's ONNX file for the runtime's precision and test-time
+ * augmentation: "fp16" needs the manifest's onnx_fp16; "auto" takes it on a
+ * GPU device for CT models. TTA "on", or "auto" with the manifest's
+ * tta.default, takes the mirrored graph when the package has one (a package
+ * without mirror axes runs plain, as nnU-Net's predictor does); it sets
+ * mf->tta_used. */
+static sp_status pick_onnx(const sp_runtime *rt, sp_manifest *mf, const char *dir, const char **onnx)
 {
-    const char *prec = sp_runtime_precision(rt);
-    int has16 = mf->onnx_fp16[0] != 0, gpu = strcmp(sp_runtime_device_name(rt), "cpu") != 0;
-    *onnx = mf->onnx;
+    const char *prec = sp_runtime_precision(rt), *tta = sp_runtime_tta(rt);
+    int mirror = mf->tta_onnx[0] && (!strcmp(tta, "on") || (!strcmp(tta, "auto") && mf->tta_default));
+    const char *plain = mirror ? mf->tta_onnx : mf->onnx, *half = mirror ? mf->tta_onnx_fp16 : mf->onnx_fp16;
+    int has16 = half[0] != 0, gpu = strcmp(sp_runtime_device_name(rt), "cpu") != 0;
+    *onnx = plain;
+    mf->tta_used = mirror;
     if (!strcmp(prec, "fp16")) {
         if (!has16)
-            return sp_fail(SP_ERR_MODEL, "model package %s has no fp16 model (no \"onnx_fp16\" in its manifest; "
-                           "tools/import/onnx_fp16.py adds one)", dir);
-        *onnx = mf->onnx_fp16;
+            return sp_fail(SP_ERR_MODEL, "model package %s has no fp16 model%s (no \"%s\" in its manifest; "
+                           "tools/import/onnx_fp16.py adds one)", dir, mirror ? " with mirroring" : "",
+                           mirror ? "tta.onnx_fp16" : "onnx_fp16");
+        *onnx = half;
     } else if (!strcmp(prec, "auto") && has16 && gpu && !strcmp(mf->task, "ct")) {
-        *onnx = mf->onnx_fp16;
+        *onnx = half;
     }
     return SP_OK;
 }
@@ -748,6 +789,7 @@ sp_model *sp_package_model(const sp_package *pk) { return pk->model; }
 const char *sp_package_task(const sp_package *pk) { return pk->mf.task; }
 int sp_package_is_volume(const sp_package *pk) { return !strcmp(pk->mf.task, "ct") || !strcmp(pk->mf.task, "mri"); }
 int sp_package_demo(const sp_package *pk) { return pk->mf.demo; }
+int sp_package_tta(const sp_package *pk) { return pk->mf.tta_used; }
 int sp_package_num_masks(const sp_package *pk) { return pk->mf.n_masks; }
 const char *sp_package_mask_name(const sp_package *pk, int i)
 {

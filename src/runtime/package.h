@@ -19,6 +19,12 @@ typedef struct sp_manifest {
     int version;
     char name[64], task[16], onnx[128], onnx_fp16[128], input_name[64], output_name[64];
     int demo;                 /* "demo": true: a demonstration model, not for real scans or photos */
+    /* "tta": the same network with mirroring test-time augmentation baked in
+     * (tools/import/import_nnunet.py): its ONNX files, whether it runs by
+     * default, and the mirrored network dims (informative). tta_onnx[0] 0: none */
+    char tta_onnx[128], tta_onnx_fp16[128];
+    int tta_default, tta_axes[3], tta_naxes;
+    int tta_used;             /* set at load: the package's session is the mirrored graph */
     int channels;
     int arena;                /* "arena": 1 on, 0 off, -1 not said (by task) */
     double spacing[3];        /* mm, network axis order */

@@ -2,7 +2,7 @@
 """Import an nnU-Net v2 trained model (e.g. TotalSegmentator's) as a segpipe
 model package: model.onnx + segpipe.json (docs/model-format.md).
 
-  tools/import/import_nnunet.py MODEL_FOLDER -o OUT_DIR [--fold 0] [--checkpoint checkpoint_final.pth]
+  tools/import/import_nnunet.py MODEL_FOLDER -o OUT_DIR [--fold 0|0,1,2,3,4|all] [--checkpoint checkpoint_final.pth]
                          [--configuration 3d_fullres]
   tools/import/import_nnunet.py --random-weights --arch totalseg-fast -o OUT_DIR
   add --fp16 to either for a GPU's fp16 model beside the fp32 one
@@ -17,14 +17,27 @@ fold_N/checkpoint_final.pth. The network is rebuilt in plain PyTorch
 current `architecture.arch_kwargs` form and the older `UNet_class_name` /
 `conv_kernel_sizes` / `pool_op_kernel_sizes` form), the checkpoint's
 `network_weights` are loaded, deep supervision is off, and the network is
-exported to ONNX (opset 17, dynamic batch). The manifest takes the spacing
+exported to ONNX (opset 17, dynamic batch).
+
+Several folds (`--fold 0,1,2,3,4`; `all` is nnU-Net's fold_all) make one
+network that runs every fold on the tile and returns the mean of their
+logits: nnU-Net's predictor sums each fold's Gaussian-weighted logits and
+divides by the number of folds, and since every fold sees the same tiles
+with the same weights, that equals the sliding window of the folds' mean
+tile logits. Mirroring test-time augmentation, when the FIRST fold's
+checkpoint has `inference_allowed_mirroring_axes`, is a second graph
+(model.tta.onnx): per tile and fold, the plain pass plus every combination
+of those axes, `flip(net(flip(x, axes)), axes)`, averaged over the passes
+(nnU-Net's `_internal_maybe_mirror_and_predict`); the manifest's "tta"
+names it, and `segpipe ct --tta/--no-tta` picks one (default: on, as
+nnU-Net's predictor). The manifest takes the spacing
 and patch size from the configuration, CT normalisation from
 `foreground_intensity_properties_per_channel`, labels from dataset.json and
 the axis order from the image reader and `transpose_forward`.
 
 Written from nnU-Net's documented file formats; no nnU-Net code is used.
 """
-import argparse, json, os, sys
+import argparse, itertools, json, os, sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -112,7 +125,7 @@ def axes_for(reader, transpose_forward):
     return [base[t] for t in transpose_forward]
 
 
-def export(net, patch, out_dir, manifest):
+def export(net, patch, out_dir, manifest, onnx_name="model.onnx"):
     os.makedirs(out_dir, exist_ok=True)
     net.eval()
     dummy = torch.zeros(1, 1, *patch)
@@ -120,7 +133,7 @@ def export(net, patch, out_dir, manifest):
     if "dynamo" in torch.onnx.export.__code__.co_varnames:
         kw["dynamo"] = False
     with torch.no_grad():
-        torch.onnx.export(net, dummy, os.path.join(out_dir, "model.onnx"), opset_version=17,
+        torch.onnx.export(net, dummy, os.path.join(out_dir, onnx_name), opset_version=17,
                           input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, **kw)
     with open(os.path.join(out_dir, "segpipe.json"), "w") as f:
@@ -136,7 +149,43 @@ def manifest_for(name, description, spacing, patch, axes, norm, labels, step=0.5
             "labels": {str(k): v for k, v in sorted(labels.items())}}
 
 
-def import_folder(folder, out_dir, fold=0, checkpoint="checkpoint_final.pth", configuration=None):
+class Ensemble(torch.nn.Module):
+    """The folds' networks on one tile: per fold the plain pass plus, with
+    mirror_axes (spatial dims, nnU-Net's inference_allowed_mirroring_axes),
+    every combination of flips, flip(net(flip(x, a)), a), averaged over the
+    passes; then the mean over the folds. The passes run one after another
+    (the activations of one pass at a time)."""
+
+    def __init__(self, nets, mirror_axes=None):
+        super().__init__()
+        self.nets = torch.nn.ModuleList(nets)
+        axes = [a + 2 for a in (mirror_axes or [])]
+        self.combos = [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+
+    def forward(self, x):
+        total = None
+        for net in self.nets:
+            p = net(x)
+            for c in self.combos:
+                p = p + torch.flip(net(torch.flip(x, c)), c)
+            if self.combos:
+                p = p / (len(self.combos) + 1)
+            total = p if total is None else total + p
+        return total / len(self.nets) if len(self.nets) > 1 else total
+
+
+def parse_folds(text):
+    """'0', '0,1,2', 'all', '0 1' -> ['0', '1', ...] (fold folder suffixes)"""
+    folds = [f for f in text.replace(",", " ").split() if f]
+    for f in folds:
+        if f != "all" and not f.isdigit():
+            raise ImportError_(f"--fold {text!r}: a comma list of fold numbers or 'all'")
+    if not folds or len(set(folds)) != len(folds):
+        raise ImportError_(f"--fold {text!r}: give each fold once")
+    return folds
+
+
+def load_config(folder, configuration):
     ds = json.load(open(os.path.join(folder, "dataset.json")))
     plans = json.load(open(os.path.join(folder, "plans.json")))
     if configuration is None:
@@ -150,6 +199,45 @@ def import_folder(folder, out_dir, fold=0, checkpoint="checkpoint_final.pth", co
     while "inherits_from" in cfg and "architecture" not in cfg and "UNet_class_name" not in cfg:
         parent = cfgs[cfg.pop("inherits_from")]
         cfg = {**parent, **cfg}
+    return ds, plans, cfg, configuration
+
+
+def normalization_for(plans, cfg):
+    schemes = cfg.get("normalization_schemes", ["CTNormalization"])
+    if schemes[0] == "CTNormalization":
+        p = plans["foreground_intensity_properties_per_channel"]["0"]
+        return {"scheme": "ct", "lo": p["percentile_00_5"], "hi": p["percentile_99_5"],
+                "mean": p["mean"], "std": p["std"]}
+    if schemes[0] == "ZScoreNormalization":
+        return {"scheme": "zscore"}
+    if schemes[0] == "NoNormalization":
+        return {"scheme": "none"}
+    raise ImportError_(f"normalisation {schemes[0]} is not supported")
+
+
+def load_folds(folder, folds, checkpoint, make_net):
+    """one network per fold; the mirroring axes of the first fold's checkpoint
+    (nnU-Net reads them from the first only; absent or None: no mirroring)"""
+    nets, mirror = [], None
+    for i, f in enumerate(folds):
+        path = os.path.join(folder, f"fold_{f}", checkpoint)
+        if not os.path.isfile(path):
+            raise ImportError_(f"fold {f}: no {checkpoint} in {os.path.join(os.path.basename(folder), f'fold_{f}')}")
+        ck = torch.load(path, map_location="cpu")
+        if i == 0:
+            mirror = ck.get("inference_allowed_mirroring_axes")
+            mirror = [int(a) for a in mirror] if mirror is not None else None
+            if mirror is not None and (not mirror or any(a < 0 or a > 2 for a in mirror)):
+                raise ImportError_(f"fold {f}: inference_allowed_mirroring_axes {mirror} are not spatial axes 0..2")
+        net = make_net()
+        load_nnunet_state_dict(net, ck["network_weights"])
+        net.eval()
+        nets.append(net)
+    return nets, mirror
+
+
+def import_folder(folder, out_dir, fold="0", checkpoint="checkpoint_final.pth", configuration=None):
+    ds, plans, cfg, configuration = load_config(folder, configuration)
     labels = {}
     for name, v in ds["labels"].items():
         if not isinstance(v, int):
@@ -161,26 +249,22 @@ def import_folder(folder, out_dir, fold=0, checkpoint="checkpoint_final.pth", co
     arch, kw = arch_from_plans(cfg, num_classes)
     if arch not in ("PlainConvUNet", "ResidualEncoderUNet"):
         raise ImportError_(f"architecture {arch} is not supported (PlainConvUNet, ResidualEncoderUNet)")
-    net = UNet(arch, 1, num_classes, **kw)
-    ck = torch.load(os.path.join(folder, f"fold_{fold}", checkpoint), map_location="cpu")
-    load_nnunet_state_dict(net, ck["network_weights"])
-    schemes = cfg.get("normalization_schemes", ["CTNormalization"])
-    if schemes[0] == "CTNormalization":
-        p = plans["foreground_intensity_properties_per_channel"]["0"]
-        norm = {"scheme": "ct", "lo": p["percentile_00_5"], "hi": p["percentile_99_5"],
-                "mean": p["mean"], "std": p["std"]}
-    elif schemes[0] == "ZScoreNormalization":
-        norm = {"scheme": "zscore"}
-    elif schemes[0] == "NoNormalization":
-        norm = {"scheme": "none"}
-    else:
-        raise ImportError_(f"normalisation {schemes[0]} is not supported")
+    folds = parse_folds(str(fold))
+    nets, mirror = load_folds(folder, folds, checkpoint, lambda: UNet(arch, 1, num_classes, **kw))
+    norm = normalization_for(plans, cfg)
     reader = ds.get("overwrite_image_reader_writer", plans.get("image_reader_writer", "SimpleITKIO"))
     axes = axes_for(reader, plans.get("transpose_forward", [0, 1, 2]))
+    what = f"fold {folds[0]}" if len(folds) == 1 else f"folds {','.join(folds)} (mean of the folds' logits)"
     man = manifest_for(plans.get("dataset_name", "nnunet"),
-                       f"imported from nnU-Net v2: {os.path.basename(os.path.normpath(folder))}, fold {fold}",
+                       f"imported from nnU-Net v2: {os.path.basename(os.path.normpath(folder))}, {what}",
                        list(map(float, cfg["spacing"])), list(cfg["patch_size"]), axes, norm, labels)
+    man["nnunet"] = {"folds": folds, "configuration": configuration,
+                     "mirror_axes": mirror}
+    net = nets[0] if len(nets) == 1 else Ensemble(nets)
     export(net, cfg["patch_size"], out_dir, man)
+    if mirror is not None:
+        man["tta"] = {"onnx": "model.tta.onnx", "mirror_axes": mirror, "default": True}
+        export(Ensemble(nets, mirror), cfg["patch_size"], out_dir, man, "model.tta.onnx")
     return net, man
 
 
@@ -210,6 +294,10 @@ def add_fp16(out_dir, man):
     model = convert(onnx.load(os.path.join(out_dir, "model.onnx")))
     onnx.save(model, os.path.join(out_dir, "model.fp16.onnx"))
     man["onnx_fp16"] = "model.fp16.onnx"
+    if "tta" in man:
+        model = convert(onnx.load(os.path.join(out_dir, man["tta"]["onnx"])))
+        onnx.save(model, os.path.join(out_dir, "model.tta.fp16.onnx"))
+        man["tta"]["onnx_fp16"] = "model.tta.fp16.onnx"
     with open(os.path.join(out_dir, "segpipe.json"), "w") as f:
         json.dump(man, f, indent=1)
 
@@ -218,7 +306,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", nargs="?")
     ap.add_argument("-o", "--out", required=True)
-    ap.add_argument("--fold", default="0")
+    ap.add_argument("--fold", "-f", default="0",
+                    help="fold(s): 0, a comma list 0,1,2,3,4 (one package predicting the mean of their logits), "
+                         "or all (nnU-Net's fold_all)")
     ap.add_argument("--checkpoint", default="checkpoint_final.pth")
     ap.add_argument("--configuration")
     ap.add_argument("--random-weights", action="store_true")
@@ -241,6 +331,11 @@ def main():
             ap.error("--fp16 (GPU) and --split-head (CPU) make different packages: import twice")
         if a.fp16:
             add_fp16(a.out, man)
+        if a.split_head and (len(man.get("nnunet", {}).get("folds", [0])) > 1 or "tta" in man):
+            os.remove(os.path.join(a.out, "segpipe.json"))   # no half-made package
+            raise ImportError_("--split-head takes one fold without mirroring (a fold ensemble or a mirrored "
+                               "graph has no single final convolution): import one fold of a NoMirroring "
+                               "trainer, or leave --split-head out")
         if a.split_head:
             from onnx_split_head import split_package
             split_package(a.out, a.out, concat=True)
