@@ -293,6 +293,11 @@ int sp_package_demo(const sp_package *pk);
 /* 1 when the package runs its mirrored graph (manifest "tta", chosen by
  * sp_runtime_params.tta at load), else 0. */
 int sp_package_tta(const sp_package *pk);
+/* A volume package's input channels (manifest input.channels, 1 to 8). */
+int sp_package_input_channels(const sp_package *pk);
+/* The nnU-Net folds an imported package averages ("0,1,2,3,4", "all"),
+ * from its manifest's "nnunet.folds"; "" when it says none. */
+const char *sp_package_nnunet_folds(const sp_package *pk);
 /* Masks a "masks" package offers: count, and the name of mask i (NULL if
  * out of range; owned by the package). */
 int sp_package_num_masks(const sp_package *pk);
@@ -368,6 +373,13 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *p,
  * parked voxels back is reported and leaves ct without voxels. No other
  * thread may read ct during the call. */
 sp_status sp_ct_run_inplace(sp_package *pk, sp_volume *ct, const sp_ct_params *p, sp_ct_result **out);
+/* sp_ct_run_inplace for a model of several input channels (nnU-Net's
+ * CASE_0000, CASE_0001, ...): ch[0..n), n the package's input channels
+ * (sp_package_input_channels), every one on the same grid (dims, affine
+ * within 1e-4), each normalised by its own scheme; labels and passport on
+ * ch[0]'s grid, the passport measuring ch[0] (which is held as in
+ * sp_ct_run_inplace; the others are only read). */
+sp_status sp_ct_run_channels(sp_package *pk, sp_volume *const *ch, int n, const sp_ct_params *p, sp_ct_result **out);
 /* Peak memory sp_ct_run_inplace(pk, ct, p) will take beyond what the
  * loaded model holds, in bytes: the largest of its phases (model grid,
  * window buffers, ONNX Runtime's working memory as measured by

@@ -158,6 +158,7 @@ static sp_window_params window_params(const sp_manifest *mf, const sp_ct_params 
     wp.accum_fp16 = p->accum_fp16;
     wp.max_tiles = p->max_tiles > 0 ? p->max_tiles : DEFAULT_MAX_TILES;
     wp.cancel = p->cancel;
+    wp.in_channels = mf->channels;
     return wp;
 }
 
@@ -455,10 +456,36 @@ static void keep_model_labels(const sp_geom *g, const sp_ornt *o, const int64_t 
     r->model_labels = lab_m;
 }
 
+/* Channels 1.. of a multi-channel model (extra[q - 1]) on the model grid
+ * after channel 0: *model_vol grows to channels x nm voxels. */
+static sp_status more_channels(const sp_manifest *mf, sp_volume *const *extra, const sp_ct_params *p, sp_pool *pool,
+                               sp_timings *t, size_t nm, float **model_vol)
+{
+    float *all = sp_big_alloc((size_t)mf->channels * nm * sizeof *all);
+    if (!all)
+        return sp_fail(SP_ERR_NOMEM, "cannot allocate %d channels of %zu voxels", mf->channels, nm);
+    memcpy(all, *model_vol, nm * sizeof *all);
+    free(*model_vol);
+    *model_vol = all;
+    for (int q = 1; q < mf->channels; q++) {
+        sp_ornt o;
+        double target[3];
+        int64_t mdim[3];
+        float *v = NULL;
+        sp_status st = to_model_grid(mf, extra[q - 1], p, pool, t, &o, target, mdim, &v);
+        if (st)
+            return st;
+        memcpy(all + (size_t)q * nm, v, nm * sizeof *all);
+        free(v);
+    }
+    return SP_OK;
+}
+
 /* Steps a-f: model grid, normalisation, sliding window and argmax, optional
- * cleanup, labels back to the input grid. */
-static sp_status grid_path(sp_package *pk, const sp_volume *ct, const sp_ct_params *p, const uint8_t *keep,
-                           sp_ct_result *r, sp_pool *pool, held_input *h)
+ * cleanup, labels back to the input grid. extra: channels 1.. of a
+ * multi-channel model (same grid as ct), else NULL. */
+static sp_status grid_path(sp_package *pk, const sp_volume *ct, sp_volume *const *extra, const sp_ct_params *p,
+                           const uint8_t *keep, sp_ct_result *r, sp_pool *pool, held_input *h)
 {
     const sp_manifest *mf = &pk->mf;
     sp_timings *t = &r->t;
@@ -468,14 +495,19 @@ static sp_status grid_path(sp_package *pk, const sp_volume *ct, const sp_ct_para
     int64_t mdim[3];
     double target[3];
     sp_status st = to_model_grid(mf, ct, p, pool, t, &o, target, mdim, &model_vol);
-    if (st)
-        return st;
-    hold_input(h, p);   /* the native voxels are not read again until the passport */
     size_t nm = (size_t)(mdim[0] * mdim[1] * mdim[2]);
+    if (!st && mf->channels > 1)
+        st = more_channels(mf, extra, p, pool, t, nm, &model_vol);
+    if (st) {
+        free(model_vol);
+        return st;
+    }
+    hold_input(h, p);   /* the native voxels are not read again until the passport */
 
-    /* c. normalise */
+    /* c. normalise, each channel by its scheme */
     double t0 = sp_now();
-    sp_normalize(model_vol, (int64_t)nm, &mf->norm, pool);
+    for (int q = 0; q < mf->channels; q++)
+        sp_normalize(model_vol + (size_t)q * nm, (int64_t)nm, &mf->norms[q], pool);
     sp_timings_add(t, "normalize", sp_now() - t0);
 
     /* d. sliding window + argmax */
@@ -553,9 +585,38 @@ static sp_status measure(const sp_manifest *mf, const sp_volume *ct, held_input 
     return st;
 }
 
-/* mut: the same volume, writable (sp_ct_run_inplace), or NULL */
-static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, const sp_ct_params *pp,
-                        sp_ct_result **out)
+/* A multi-channel model's inputs: as many as it takes, one grid (dims
+ * equal, affines equal within 1e-4 mm: nnU-Net checks spacing, origin and
+ * direction alike), voxels present. */
+static sp_status check_channels(const sp_manifest *mf, const sp_volume *ct, sp_volume *const *extra, int n)
+{
+    if (n != mf->channels)
+        return sp_fail(SP_ERR_INPUT, "model '%s' takes %d input channel%s; %d given%s", mf->name, mf->channels,
+                       mf->channels == 1 ? "" : "s", n, n < mf->channels ? " (segpipe predict -i FOLDER reads "
+                       "nnU-Net's CASE_0000, CASE_0001, ... files of a case together)" : "");
+    if (n > 1 && mf->conform_n)
+        return sp_fail(SP_ERR_MODEL, "model '%s': a conformed model takes one channel", mf->name);
+    for (int q = 1; q < n; q++) {
+        const sp_geom *a = &ct->g, *b = &extra[q - 1]->g;
+        int same = a->dim[0] == b->dim[0] && a->dim[1] == b->dim[1] && a->dim[2] == b->dim[2];
+        for (int i = 0; i < 4 && same; i++)
+            for (int j = 0; j < 4; j++)
+                same &= fabs(a->affine[i][j] - b->affine[i][j]) <= 1e-4;
+        if (!same)
+            return sp_fail(SP_ERR_INPUT, "channel %d's grid (%lldx%lldx%lld, its affine) differs from channel 0's "
+                           "(%lldx%lldx%lld): every channel of a case must share one grid", q, (long long)b->dim[0],
+                           (long long)b->dim[1], (long long)b->dim[2], (long long)a->dim[0], (long long)a->dim[1],
+                           (long long)a->dim[2]);
+        if (!extra[q - 1]->data)
+            return sp_fail(SP_ERR_USAGE, "channel %d's voxels were released by an earlier run", q);
+    }
+    return SP_OK;
+}
+
+/* mut: the same volume, writable (sp_ct_run_inplace), or NULL; extra:
+ * channels 1..n-1 of a multi-channel model, or NULL (n = 1) */
+static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, sp_volume *const *extra, int n,
+                        const sp_ct_params *pp, sp_ct_result **out)
 {
     sp_ct_params p = pp ? *pp : sp_ct_default_params();
     const sp_manifest *mf = &pk->mf;
@@ -571,16 +632,22 @@ static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, con
         return sp_fail(SP_ERR_INPUT, "the volume is %lldx%lldx%lld: a single 2D slice, and '%s' segments 3D "
                        "volumes (give the whole series)", (long long)ct->g.dim[0], (long long)ct->g.dim[1],
                        (long long)ct->g.dim[2], mf->name);
-    sp_status st = roi_parse(mf, p.roi_subset, &keep);
+    sp_status st = check_channels(mf, ct, extra, n);
+    if (!st)
+        st = roi_parse(mf, p.roi_subset, &keep);
     if (st)
         return st;
     sp_pool *pool = sp_pool_get(p.threads);
     sp_ct_result *r = NULL;
     held_input h = {mut, 0, NULL, {-1, 0, NULL}};
-    if (!(st = check_finite(ct, pool)) && !(r = calloc(1, sizeof *r)))
+    st = check_finite(ct, pool);
+    for (int q = 1; q < n && !st; q++)
+        st = check_finite(extra[q - 1], pool);
+    if (!st && !(r = calloc(1, sizeof *r)))
         st = sp_fail(SP_ERR_NOMEM, "out of memory");
     if (!st)   /* brain MRI: a conformed grid instead of steps a, b and e */
-        st = mf->conform_n ? conform_path(pk, ct, &p, keep, r, pool) : grid_path(pk, ct, &p, keep, r, pool, &h);
+        st = mf->conform_n ? conform_path(pk, ct, &p, keep, r, pool)
+                           : grid_path(pk, ct, extra, &p, keep, r, pool, &h);
     if (!st && p.passport)
         st = measure(mf, ct, &h, &p, keep, r);
     restore_input(&h, p.release_input);
@@ -662,12 +729,20 @@ sp_status sp_ct_header_check(const sp_volume *header, void *ct_check)
 
 sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *p, sp_ct_result **out)
 {
-    return ct_run(pk, ct, NULL, p, out);
+    return ct_run(pk, ct, NULL, NULL, 1, p, out);
 }
 
 sp_status sp_ct_run_inplace(sp_package *pk, sp_volume *ct, const sp_ct_params *p, sp_ct_result **out)
 {
-    return ct_run(pk, ct, ct, p, out);
+    return ct_run(pk, ct, ct, NULL, 1, p, out);
+}
+
+sp_status sp_ct_run_channels(sp_package *pk, sp_volume *const *ch, int n, const sp_ct_params *p, sp_ct_result **out)
+{
+    *out = NULL;
+    if (n < 1 || n > SP_MAX_CHANNELS || !ch || !ch[0])
+        return sp_fail(SP_ERR_USAGE, "sp_ct_run_channels: 1 to %d channels, got %d", SP_MAX_CHANNELS, n);
+    return ct_run(pk, ch[0], ch[0], ch + 1, n, p, out);
 }
 
 /* ------------------------------------------------------------ label I/O */

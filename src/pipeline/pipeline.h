@@ -88,6 +88,7 @@ typedef struct sp_window_params {
     int accum_fp16;          /* 1: accumulator stored as IEEE half (F16C) */
     int64_t max_tiles;       /* refuse more tiles than this; 0 = no limit */
     const volatile int *cancel;   /* non-NULL and set: stop at the next tile */
+    int in_channels;         /* input channels, each a whole volume after the previous (0 = 1) */
 } sp_window_params;
 /* nnU-Net's compute_steps_for_sliding_window for one axis: the count (the
  * steps written to out unless it is NULL), or -1 when it would exceed cap. */

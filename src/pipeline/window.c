@@ -58,6 +58,8 @@ typedef struct win {
     int64_t vst[3];              /* volume stride of network dim d */
     int64_t N[3], P[3], pad[3];  /* network dims, patch, low padding */
     int C;                       /* channels the network gives (and the accumulator holds) */
+    int Cin;                     /* input channels: channel q's volume at vol + q * nvox */
+    int64_t nvox;
     int K;                       /* classes of the argmax: C, or the split head's classes */
     const float *head_w, *head_b;   /* split head (K x C, K), or NULL */
     float *in;                   /* tile_batch x P */
@@ -160,21 +162,23 @@ static inline const float *acc_row_h(const uint16_t *w, int64_t n, float *tmp)
     return tmp;
 }
 
-/* gather: one job per (tile, row of dims 0-1) */
+/* gather: one job per (tile, input channel, row of dims 0-1) */
 static void gather_rows(void *vc, int64_t b, int64_t e, int w)
 {
     win *c = vc;
     int64_t rows = c->P[0] * c->P[1];
     for (int64_t job = b; job < e; job++) {
-        int t = (int)(job / rows);
+        int t = (int)(job / (rows * c->Cin));
+        int q = (int)(job / rows % c->Cin);
         int64_t r = job % rows, a = r / c->P[1], bb = r % c->P[1];
-        float *dst = c->in + (size_t)t * (size_t)(rows * c->P[2]) + (size_t)r * (size_t)c->P[2];
+        float *dst = c->in + ((size_t)t * (size_t)c->Cin + (size_t)q) * (size_t)(rows * c->P[2]) +
+                     (size_t)r * (size_t)c->P[2];
         int64_t n0 = c->batch[t].s[0] + a - c->pad[0], n1 = c->batch[t].s[1] + bb - c->pad[1];
         if (n0 < 0 || n0 >= c->N[0] || n1 < 0 || n1 >= c->N[1]) {
             memset(dst, 0, (size_t)c->P[2] * sizeof(float));
             continue;
         }
-        const float *src = c->vol + n0 * c->vst[0] + n1 * c->vst[1];
+        const float *src = c->vol + (size_t)q * (size_t)c->nvox + n0 * c->vst[0] + n1 * c->vst[1];
         int64_t base2 = c->batch[t].s[2] - c->pad[2];
         for (int64_t k = 0; k < c->P[2]; k++) {
             int64_t n2 = base2 + k;
@@ -387,7 +391,8 @@ size_t sp_window_memory(const sp_window_params *wp, const int64_t vdim[3], int k
     double B = wp->tile_batch > 0 ? wp->tile_batch : 1, psz = (double)(P[0] * P[1] * P[2]);
     double ring = keep_logits ? (double)N[0] : (double)(P[0] < N[0] ? P[0] : N[0]);
     double slab = (double)N[1] * (double)N[2];
-    double b = B * psz * 4 + B * C * psz * 4 + psz * 4;   /* input, output tiles, Gaussian */
+    double Cin = wp->in_channels > 1 ? wp->in_channels : 1;
+    double b = B * Cin * psz * 4 + B * C * psz * 4 + psz * 4;   /* input, output tiles, Gaussian */
     b += C * ring * slab * (wp->accum_fp16 ? 2 : 4);        /* the accumulator */
     if (keep_logits || wp->head_w || wp->accum_fp16)
         b += ring * slab * (wp->accum_fp16 ? 2 : 4);        /* the weight sum */
@@ -436,6 +441,9 @@ static sp_status win_tiles(int64_t *const steps[3], const int ns[3], const sp_wi
 /* The accumulator options that do not go together (measured reasons). */
 static sp_status win_options(const win *c, int use_gpu)
 {
+    if (use_gpu && c->Cin > 1)
+        return sp_fail(SP_ERR_USAGE, "the GPU window kernels feed one input channel: a %d-channel model runs with "
+                       "--device cpu", c->Cin);
     if (use_gpu && (c->head_w || c->half))
         return sp_fail(SP_ERR_USAGE, "on a GPU the window keeps the logits in device memory: a split head and "
                        "the fp16 accumulator are CPU options (use the unsplit package, or --device cpu)");
@@ -472,7 +480,7 @@ static sp_status win_buffers(win *c, const sp_window_params *wp, int B, int keep
 {
     size_t psz = (size_t)(c->P[0] * c->P[1] * c->P[2]);
     c->gauss = sp_gaussian_map(c->P, wp->sigma_scale);
-    c->in = sp_big_alloc((size_t)B * psz * sizeof(float));
+    c->in = sp_big_alloc((size_t)B * (size_t)c->Cin * psz * sizeof(float));
     if (!c->head_w)
         c->out = sp_big_alloc((size_t)B * (size_t)c->C * psz * sizeof(float));
     c->ring = keep_logits ? c->N[0] : (c->P[0] < c->N[0] ? c->P[0] : c->N[0]);
@@ -499,9 +507,9 @@ static sp_status win_batch(win *c, sp_model *m, int nb, sp_pool *pool, sp_timing
     int borrow = c->head_w != NULL;
     double t0 = sp_now();
     c->nb = nb;
-    sp_pool_for(pool, (int64_t)nb * c->P[0] * c->P[1], 8, gather_rows, c);
+    sp_pool_for(pool, (int64_t)nb * c->Cin * c->P[0] * c->P[1], 8, gather_rows, c);
     double t1 = sp_now();
-    sp_tensor in = {SP_DT_F32, 5, {nb, 1, c->P[0], c->P[1], c->P[2]}, c->in};
+    sp_tensor in = {SP_DT_F32, 5, {nb, c->Cin, c->P[0], c->P[1], c->P[2]}, c->in};
     sp_tensor out = {SP_DT_F32, 5, {nb, c->C, c->P[0], c->P[1], c->P[2]}, borrow ? NULL : c->out};
     void *hold = NULL;
     sp_status st = borrow ? sp_model_run_borrow(m, &in, 1, &out, 1, &hold) : sp_model_run(m, &in, 1, &out, 1);
@@ -581,6 +589,8 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
     c.head_w = wp->head_w;
     c.head_b = wp->head_b;
     c.half = wp->accum_fp16;
+    c.Cin = wp->in_channels > 1 ? wp->in_channels : 1;
+    c.nvox = vdim[0] * vdim[1] * vdim[2];
     sp_status st = win_geometry(&c, vdim, wp, steps, ns);
     if (!st)
         st = win_tiles(steps, ns, wp, &tiles, &ntiles);

@@ -163,13 +163,57 @@ static sp_status parse_tta(const cJSON *j, const char *file, sp_manifest *mf)
     return SP_OK;
 }
 
+/* one channel's "normalization" object */
+static sp_status parse_norm(const cJSON *nm, const char *file, sp_norm *out)
+{
+    sp_status st = SP_OK;
+    const char *scheme = str_or(nm, "scheme", "");
+    if (strcmp(scheme, "ct") == 0) {
+        out->scheme = SP_NORM_CT;
+        const char *k[4] = {"lo", "hi", "mean", "std"};
+        double *dst[4] = {&out->lo, &out->hi, &out->mean, &out->std};
+        for (int i = 0; i < 4; i++) {
+            const cJSON *x = cJSON_GetObjectItemCaseSensitive(nm, k[i]);
+            if (!cJSON_IsNumber(x)) {
+                st = sp_fail(SP_ERR_MODEL, "%s: normalization \"ct\" needs number \"%s\"", file, k[i]);
+                return st;
+            }
+            *dst[i] = x->valuedouble;
+        }
+        if (!(out->lo < out->hi) || !(out->std > 0)) {
+            st = sp_fail(SP_ERR_MODEL, "%s: normalization needs lo < hi and std > 0", file);
+            return st;
+        }
+    } else if (strcmp(scheme, "zscore") == 0) {
+        out->scheme = SP_NORM_ZSCORE;
+    } else if (strcmp(scheme, "minmax") == 0) {
+        out->scheme = SP_NORM_MINMAX;
+    } else if (strcmp(scheme, "quantile") == 0) {   /* brainchop's qnormalize */
+        out->scheme = SP_NORM_QUANTILE;
+        out->lo = num_or(nm, "q_lo", 0.02);
+        out->hi = num_or(nm, "q_hi", 0.98);
+        out->mean = num_or(nm, "eps", 1e-3);
+        if (!(out->lo >= 0 && out->lo < out->hi && out->hi <= 1) ||
+            !(out->mean >= 0 && out->mean <= 1))
+            return sp_fail(SP_ERR_MODEL, "%s: normalization \"quantile\" needs 0 <= q_lo < q_hi <= 1 and eps in "
+                           "[0, 1]", file);
+    } else if (strcmp(scheme, "none") == 0) {
+        out->scheme = SP_NORM_NONE;
+    } else {
+        st = sp_fail(SP_ERR_MODEL, "%s: normalization.scheme must be \"ct\", \"zscore\", \"minmax\", "
+                     "\"quantile\" or \"none\"", file);
+        return st;
+    }
+    return SP_OK;
+}
+
 static sp_status parse_ct(const cJSON *j, const cJSON *in, const char *file, sp_manifest *mf)
 {
     sp_status st = SP_OK;
     mf->channels = (int)num_or(in, "channels", 1);
-    if (mf->channels != 1) {
-        st = sp_fail(SP_ERR_MODEL, "%s: input.channels is %d; the CT pipeline feeds 1 channel", file,
-                     mf->channels);
+    if (mf->channels < 1 || mf->channels > SP_MAX_CHANNELS) {
+        st = sp_fail(SP_ERR_MODEL, "%s: input.channels is %d; a volume model takes 1 to %d", file, mf->channels,
+                     SP_MAX_CHANNELS);
         return st;
     }
     double v[3];
@@ -199,45 +243,25 @@ static sp_status parse_ct(const cJSON *j, const cJSON *in, const char *file, sp_
         return st;
     }
     const cJSON *nm = cJSON_GetObjectItemCaseSensitive(j, "normalization");
-    const char *scheme = str_or(nm, "scheme", "");
-    if (strcmp(scheme, "ct") == 0) {
-        mf->norm.scheme = SP_NORM_CT;
-        const char *k[4] = {"lo", "hi", "mean", "std"};
-        double *dst[4] = {&mf->norm.lo, &mf->norm.hi, &mf->norm.mean, &mf->norm.std};
-        for (int i = 0; i < 4; i++) {
-            const cJSON *x = cJSON_GetObjectItemCaseSensitive(nm, k[i]);
-            if (!cJSON_IsNumber(x)) {
-                st = sp_fail(SP_ERR_MODEL, "%s: normalization \"ct\" needs number \"%s\"", file, k[i]);
-                return st;
-            }
-            *dst[i] = x->valuedouble;
-        }
-        if (!(mf->norm.lo < mf->norm.hi) || !(mf->norm.std > 0)) {
-            st = sp_fail(SP_ERR_MODEL, "%s: normalization needs lo < hi and std > 0", file);
-            return st;
-        }
-    } else if (strcmp(scheme, "zscore") == 0) {
-        mf->norm.scheme = SP_NORM_ZSCORE;
-    } else if (strcmp(scheme, "minmax") == 0) {
-        mf->norm.scheme = SP_NORM_MINMAX;
-    } else if (strcmp(scheme, "quantile") == 0) {   /* brainchop's qnormalize */
-        mf->norm.scheme = SP_NORM_QUANTILE;
-        mf->norm.lo = num_or(nm, "q_lo", 0.02);
-        mf->norm.hi = num_or(nm, "q_hi", 0.98);
-        mf->norm.mean = num_or(nm, "eps", 1e-3);
-        if (!(mf->norm.lo >= 0 && mf->norm.lo < mf->norm.hi && mf->norm.hi <= 1) ||
-            !(mf->norm.mean >= 0 && mf->norm.mean <= 1))
-            return sp_fail(SP_ERR_MODEL, "%s: normalization \"quantile\" needs 0 <= q_lo < q_hi <= 1 and eps in "
-                           "[0, 1]", file);
-    } else if (strcmp(scheme, "none") == 0) {
-        mf->norm.scheme = SP_NORM_NONE;
-    } else {
-        st = sp_fail(SP_ERR_MODEL, "%s: normalization.scheme must be \"ct\", \"zscore\", \"minmax\", "
-                     "\"quantile\" or \"none\"", file);
+    if (mf->channels > 1 && (!cJSON_IsArray(nm) || cJSON_GetArraySize(nm) != mf->channels))
+        return sp_fail(SP_ERR_MODEL, "%s: a %d-channel model needs \"normalization\" as an array of %d objects, one "
+                       "per channel", file, mf->channels, mf->channels);
+    if (mf->channels == 1 && (st = parse_norm(nm, file, &mf->norms[0])))
         return st;
-    }
+    int q = 0;
+    for (const cJSON *e = mf->channels > 1 ? nm->child : NULL; e; e = e->next, q++)
+        if ((st = parse_norm(e, file, &mf->norms[q])))
+            return st;
+    mf->norm = mf->norms[0];
     if ((st = parse_conform(j, file, mf)) || (st = parse_tta(j, file, mf)))
         return st;
+    const cJSON *fl = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "nnunet"), "folds");
+    for (const cJSON *e = cJSON_IsArray(fl) ? fl->child : NULL; e; e = e->next) {
+        size_t at = strlen(mf->folds);
+        if (!cJSON_IsString(e) || strlen(e->valuestring) + at + 2 > sizeof mf->folds)
+            return sp_fail(SP_ERR_MODEL, "%s: nnunet.folds must list fold names (\"0\", \"all\")", file);
+        snprintf(mf->folds + at, sizeof mf->folds - at, "%s%s", at ? "," : "", e->valuestring);
+    }
     if (mf->tta_onnx[0] && cJSON_GetObjectItemCaseSensitive(j, "head"))
         return sp_fail(SP_ERR_MODEL, "%s: a split \"head\" and \"tta\" do not go together", file);
     const cJSON *hd = cJSON_GetObjectItemCaseSensitive(j, "head");
@@ -790,6 +814,8 @@ const char *sp_package_task(const sp_package *pk) { return pk->mf.task; }
 int sp_package_is_volume(const sp_package *pk) { return !strcmp(pk->mf.task, "ct") || !strcmp(pk->mf.task, "mri"); }
 int sp_package_demo(const sp_package *pk) { return pk->mf.demo; }
 int sp_package_tta(const sp_package *pk) { return pk->mf.tta_used; }
+int sp_package_input_channels(const sp_package *pk) { return pk->mf.channels; }
+const char *sp_package_nnunet_folds(const sp_package *pk) { return pk->mf.folds; }
 int sp_package_num_masks(const sp_package *pk) { return pk->mf.n_masks; }
 const char *sp_package_mask_name(const sp_package *pk, int i)
 {

@@ -11,6 +11,7 @@ typedef struct sp_norm {
     double lo, hi, mean, std; /* quantile: lo, hi = the quantiles (0..1), mean = eps */
 } sp_norm;
 
+#define SP_MAX_CHANNELS 8   /* input channels of a volume model (nnU-Net's CASE_0000 ... _0007) */
 #define SP_MAX_MASKS 32
 #define SP_MAX_MASK_CLASSES 64
 enum { SP_OUT_LOGITS, SP_OUT_PROB, SP_OUT_M2F, SP_OUT_SIGMOID };
@@ -25,12 +26,14 @@ typedef struct sp_manifest {
     char tta_onnx[128], tta_onnx_fp16[128];
     int tta_default, tta_axes[3], tta_naxes;
     int tta_used;             /* set at load: the package's session is the mirrored graph */
+    char folds[64];           /* "nnunet": {"folds": [...]} joined by commas, or "" */
     int channels;
     int arena;                /* "arena": 1 on, 0 off, -1 not said (by task) */
     double spacing[3];        /* mm, network axis order */
     int64_t patch[3];         /* network axis order */
     int axes[3];              /* network dim d <- canonical volume axis axes[d] */
-    sp_norm norm;
+    sp_norm norm;             /* channel 0's (the only one of a 1-channel model) */
+    sp_norm norms[SP_MAX_CHANNELS];   /* each input channel's: "normalization" as an array */
     double step, sigma_scale;
     int64_t conform_n;        /* >0: conform to conform_n^3 voxels of conform_mm, LIA (brain MRI) */
     double conform_mm;

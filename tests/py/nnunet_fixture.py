@@ -30,6 +30,10 @@ CASES = {
                    labels={"background": 0, "liver": 1, "spleen": 2, "kidney": 3}),
     "ensemble2_mirror": dict(folds=["0", "all"], mirror=[1, 2], schemes=["CTNormalization"],
                              labels={"background": 0, "liver": 1, "spleen": 2, "kidney": 3}),
+    # an MRI-like model of three sequences, each normalised its own way
+    "mr3": dict(folds=["0"], mirror=[0, 1, 2], schemes=["ZScoreNormalization", "RescaleTo01Normalization",
+                                                       "NoNormalization"],
+                labels={"background": 0, "edema": 1, "tumor": 2}),
 }
 
 
@@ -128,8 +132,13 @@ def make_case(name):
     from scipy import ndimage
     rng = np.random.default_rng(seeds(name, "0") + 7)
     chans = []
-    for _ in CASES[name]["schemes"]:
-        v = ndimage.gaussian_filter(rng.normal(0, 600, SHAPE[::-1]), 1.2) + 40
-        chans.append(np.round(v).astype(np.int16))
+    for s in CASES[name]["schemes"]:
+        if s == "CTNormalization":
+            v = ndimage.gaussian_filter(rng.normal(0, 600, SHAPE[::-1]), 1.2) + 40
+            chans.append(np.round(v).astype(np.int16))
+        else:   # an MR-like sequence: positive, never 0 (nnU-Net's crop to non-zero keeps all)
+            scale = 1.0 if s == "NoNormalization" else 300.0
+            v = ndimage.gaussian_filter(rng.normal(0, 1, SHAPE[::-1]), 1.5) * 4 + 3
+            chans.append((np.abs(v) + 0.5).astype(np.float32) * scale)
     affine = np.diag(list(SPACING[::-1]) + [1.0])
     return chans, affine

@@ -128,7 +128,7 @@ def axes_for(reader, transpose_forward):
 def export(net, patch, out_dir, manifest, onnx_name="model.onnx"):
     os.makedirs(out_dir, exist_ok=True)
     net.eval()
-    dummy = torch.zeros(1, 1, *patch)
+    dummy = torch.zeros(1, manifest["input"]["channels"], *patch)
     kw = {}
     if "dynamo" in torch.onnx.export.__code__.co_varnames:
         kw["dynamo"] = False
@@ -202,17 +202,32 @@ def load_config(folder, configuration):
     return ds, plans, cfg, configuration
 
 
-def normalization_for(plans, cfg):
-    schemes = cfg.get("normalization_schemes", ["CTNormalization"])
-    if schemes[0] == "CTNormalization":
-        p = plans["foreground_intensity_properties_per_channel"]["0"]
-        return {"scheme": "ct", "lo": p["percentile_00_5"], "hi": p["percentile_99_5"],
-                "mean": p["mean"], "std": p["std"]}
-    if schemes[0] == "ZScoreNormalization":
-        return {"scheme": "zscore"}
-    if schemes[0] == "NoNormalization":
-        return {"scheme": "none"}
-    raise ImportError_(f"normalisation {schemes[0]} is not supported")
+def normalization_for(plans, cfg, channels):
+    """one manifest normalisation per input channel, from the plans'
+    normalization_schemes (nnU-Net's preprocessing/normalization)"""
+    schemes = cfg.get("normalization_schemes", ["CTNormalization"] * channels)
+    masks = cfg.get("use_mask_for_norm", [False] * channels)
+    if len(schemes) != channels:
+        raise ImportError_(f"the plans give {len(schemes)} normalization_schemes for {channels} channels")
+    out = []
+    for q, s in enumerate(schemes):
+        if s == "CTNormalization":
+            p = plans["foreground_intensity_properties_per_channel"][str(q)]
+            out.append({"scheme": "ct", "lo": p["percentile_00_5"], "hi": p["percentile_99_5"],
+                        "mean": p["mean"], "std": p["std"]})
+        elif s == "ZScoreNormalization" and q < len(masks) and masks[q]:
+            raise ImportError_(f"channel {q}: ZScoreNormalization with use_mask_for_norm (nnU-Net's crop to the "
+                               "non-zero region and its mask) is not supported yet")
+        elif s == "ZScoreNormalization":
+            out.append({"scheme": "zscore"})
+        elif s == "NoNormalization":
+            out.append({"scheme": "none"})
+        elif s == "RescaleTo01Normalization":   # (x - min) / max(max - min, 1e-8): segpipe's minmax
+            out.append({"scheme": "minmax"})
+        else:
+            raise ImportError_(f"channel {q}: normalisation {s} is not supported (CT, ZScore, NoNormalization, "
+                               "RescaleTo01)")
+    return out
 
 
 def load_folds(folder, folds, checkpoint, make_net):
@@ -244,14 +259,16 @@ def import_folder(folder, out_dir, fold="0", checkpoint="checkpoint_final.pth", 
             raise ImportError_(f"label {name!r} is a region ({v}); region-based models are not supported")
         labels[v] = name
     num_classes = max(labels) + 1
-    if len(ds.get("channel_names", ds.get("modality", {"0": "CT"}))) != 1:
-        raise ImportError_("only single-channel models are supported")
+    channels = len(ds.get("channel_names", ds.get("modality", {"0": "CT"})))
+    if not 1 <= channels <= 8:
+        raise ImportError_(f"{channels} input channels: segpipe takes 1 to 8")
     arch, kw = arch_from_plans(cfg, num_classes)
     if arch not in ("PlainConvUNet", "ResidualEncoderUNet"):
         raise ImportError_(f"architecture {arch} is not supported (PlainConvUNet, ResidualEncoderUNet)")
     folds = parse_folds(str(fold))
-    nets, mirror = load_folds(folder, folds, checkpoint, lambda: UNet(arch, 1, num_classes, **kw))
-    norm = normalization_for(plans, cfg)
+    norms = normalization_for(plans, cfg, channels)
+    nets, mirror = load_folds(folder, folds, checkpoint, lambda: UNet(arch, channels, num_classes, **kw))
+    norm = norms[0] if channels == 1 else norms
     reader = ds.get("overwrite_image_reader_writer", plans.get("image_reader_writer", "SimpleITKIO"))
     axes = axes_for(reader, plans.get("transpose_forward", [0, 1, 2]))
     what = f"fold {folds[0]}" if len(folds) == 1 else f"folds {','.join(folds)} (mean of the folds' logits)"
@@ -260,6 +277,7 @@ def import_folder(folder, out_dir, fold="0", checkpoint="checkpoint_final.pth", 
                        list(map(float, cfg["spacing"])), list(cfg["patch_size"]), axes, norm, labels)
     man["nnunet"] = {"folds": folds, "configuration": configuration,
                      "mirror_axes": mirror}
+    man["input"]["channels"] = channels
     net = nets[0] if len(nets) == 1 else Ensemble(nets)
     export(net, cfg["patch_size"], out_dir, man)
     if mirror is not None:
