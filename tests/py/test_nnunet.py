@@ -8,9 +8,10 @@ with tools/import/import_nnunet.py and compares segpipe's labels (>= 99.9%
 of voxels equal).
 
 Fixtures: a 2-fold ensemble (mean of the folds' logits), one fold whose
-checkpoint allows mirroring on (0, 1, 2) (8 passes per tile), and a fold 0 +
-fold_all ensemble mirrored on (1, 2); each mirrored one with and without
-test-time augmentation."""
+checkpoint allows mirroring on (0, 1, 2) (8 passes per tile), a fold 0 +
+fold_all ensemble mirrored on (1, 2), and a 3-channel MRI-like model
+(ZScore, RescaleTo01, NoNormalization) through `segpipe predict`; each
+mirrored one with and without test-time augmentation."""
 import json, os, subprocess, sys
 import numpy as np
 import nibabel as nib
@@ -182,3 +183,97 @@ def test_nnunet_bad_tta_manifest(tmp):
     json.dump(man, open(os.path.join(bad, "segpipe.json"), "w"))
     p = sp.run("model", "check", bad)
     assert p.returncode == 4 and "mirror_axes" in p.stderr
+
+
+def predict_dir(tmp, name, cases=("caseA",)):
+    """IN_DIR with the fixture's case under each name, channels _0000, _0001 ..."""
+    d = os.path.join(tmp, "in")
+    os.makedirs(d, exist_ok=True)
+    chans, affine = fx.make_case(name)
+    for c in cases:
+        for q, ch in enumerate(chans):
+            nib.save(nib.Nifti1Image(ch, affine), os.path.join(d, f"{c}_{q:04d}.nii.gz"))
+    return d
+
+
+def test_nnunet_predict_multichannel_matches_real_predictor(tmp):
+    """segpipe predict on a 3-channel model (ZScore, RescaleTo01,
+    NoNormalization, each channel by its own scheme), CASE_0000..0002 as
+    nnUNetv2_predict reads them, OUT_DIR/CASE.nii.gz: nnU-Net's labels,
+    with and without mirroring"""
+    _, pkg = package(shared_tmp(), "mr3")
+    man = json.load(open(os.path.join(pkg, "segpipe.json")))
+    assert man["input"]["channels"] == 3
+    assert [n["scheme"] for n in man["normalization"]] == ["zscore", "minmax", "none"]
+    d = predict_dir(tmp, "mr3", ("caseA", "caseB"))
+    for q, r in ((0, "x"), (1, "0"), ("x", "1")):   # caseB: channels 0 and 1 swapped
+        os.rename(os.path.join(d, f"caseB_{q:04}.nii.gz" if q != "x" else "caseB_x.nii.gz"),
+                  os.path.join(d, f"caseB_{int(r):04}.nii.gz" if r != "x" else "caseB_x.nii.gz"))
+    out = os.path.join(tmp, "out")
+    for opts, tta in (([], True), (["--disable_tta"], False)):
+        p = sp.run("predict", "-i", d, "-o", out, "-m", pkg, *opts)
+        assert p.returncode == 0, p.stderr
+        assert ("mirroring on" if tta else "mirroring off") in p.stderr
+        assert sorted(os.listdir(out)) == ["caseA.nii.gz", "caseB.nii.gz"]
+        a = np.asanyarray(nib.load(os.path.join(out, "caseA.nii.gz")).dataobj)
+        b = np.asanyarray(nib.load(os.path.join(out, "caseB.nii.gz")).dataobj)
+        agree(a, ref("mr3", tta, "float")[0], 0.9999)
+        agree(a, ref("mr3", tta)[0], 0.999)
+        assert tta or (a == b).mean() < 0.95, (a == b).mean()   # channels told apart by their suffix
+
+
+def test_nnunet_predict_ct_equals_ct_command(tmp):
+    """a one-channel package through predict gives segpipe ct's labels;
+    -f naming the package's folds (any order, nnU-Net's space-separated
+    list) is accepted; --continue_prediction skips a case already done"""
+    _, pkg = package(shared_tmp(), "ensemble2")
+    d = predict_dir(tmp, "ensemble2")
+    out = os.path.join(tmp, "out")
+    p = sp.run("predict", "-i", d, "-o", out, "-m", pkg, "-f", "1", "0", "-q")
+    assert p.returncode == 0, p.stderr
+    got = np.asanyarray(nib.load(os.path.join(out, "caseA.nii.gz")).dataobj)
+    assert np.array_equal(got, segment(tmp, "ensemble2", pkg))
+    before = os.stat(os.path.join(out, "caseA.nii.gz")).st_mtime_ns
+    p = sp.run("predict", "-i", d, "-o", out, "-m", pkg, "--continue_prediction", "-q")
+    assert p.returncode == 0 and os.stat(os.path.join(out, "caseA.nii.gz")).st_mtime_ns == before
+
+
+def test_nnunet_predict_errors(tmp):
+    """what nnUNetv2_predict users get wrong, refused before anything is
+    written, each named: a missing channel, a file without the channel
+    suffix, a channel the model does not take, folds the package does not
+    average, nnU-Net's results-folder options, channels on other grids"""
+    _, pkg3 = package(shared_tmp(), "mr3")
+    _, pkg1 = package(shared_tmp(), "ensemble2")
+    d = predict_dir(tmp, "mr3")
+    out = os.path.join(tmp, "out")
+
+    def run(model, *extra, indir=d):
+        return sp.run("predict", "-i", indir, "-o", out, "-m", model, *extra)
+    os.rename(os.path.join(d, "caseA_0001.nii.gz"), os.path.join(d, "caseA_0007.nii.gz"))
+    p = run(pkg3)
+    assert p.returncode == 3 and "channel 7" in p.stderr and "3 channels" in p.stderr, p.stderr
+    os.rename(os.path.join(d, "caseA_0007.nii.gz"), os.path.join(d, "caseB_0001.nii.gz"))
+    p = run(pkg3)
+    assert p.returncode == 3 and "case caseA has no channel 0001" in p.stderr, p.stderr
+    p = run(pkg1)
+    assert p.returncode == 3 and "caseA_0002.nii.gz is channel 2" in p.stderr and "takes 1 channel" in p.stderr, p.stderr
+    os.rename(os.path.join(d, "caseB_0001.nii.gz"), os.path.join(d, "caseA_0001.nii.gz"))
+    open(os.path.join(d, "notes.nii.gz"), "w").close()
+    p = run(pkg3)
+    assert p.returncode == 3 and "notes.nii.gz is not named CASE_XXXX.nii.gz" in p.stderr, p.stderr
+    os.remove(os.path.join(d, "notes.nii.gz"))
+    p = run(pkg1, "-f", "0", "1", "2", indir=predict_dir(os.path.join(tmp, "one"), "ensemble2"))
+    assert p.returncode == 2 and "averages folds 0,1" in p.stderr, p.stderr
+    p = sp.run("predict", "-i", d, "-o", out, "-d", "990", "-c", "3d_fullres")
+    assert p.returncode == 2 and "import_nnunet.py" in p.stderr, p.stderr
+    assert not os.path.exists(out)
+    # a channel on another grid: refused naming both grids
+    chans, affine = fx.make_case("mr3")
+    nib.save(nib.Nifti1Image(chans[2][:-1], affine), os.path.join(d, "caseA_0002.nii.gz"))
+    p = run(pkg3)
+    assert p.returncode == 3 and "channel 2's grid" in p.stderr and "case caseA" in p.stderr, p.stderr
+    assert not os.path.exists(os.path.join(out, "caseA.nii.gz"))
+    # segpipe ct on a 3-channel package: pointed to predict
+    p = sp.run("ct", os.path.join(d, "caseA_0000.nii.gz"), "-o", os.path.join(tmp, "x.nii.gz"), "-m", pkg3)
+    assert p.returncode == 3 and "segpipe predict" in p.stderr, p.stderr
