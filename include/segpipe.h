@@ -355,6 +355,11 @@ typedef struct sp_ct_params {
      * (sp_volume_data(ct) is then NULL; the geometry stays) instead of being
      * restored: for callers that need only the geometry afterwards. */
     int release_input;
+    /* 1: keep every class's probability on the input grid (softmax of the
+     * Gaussian-averaged logits, resampled as logits first, as nnU-Net's
+     * export): sp_ct_result_probabilities. classes x voxels float32 in
+     * memory. */
+    int keep_probabilities;
 } sp_ct_params;
 
 sp_ct_params sp_ct_default_params(void);
@@ -404,6 +409,12 @@ const uint16_t *sp_ct_result_labels(const sp_ct_result *r, int64_t dim[3]);
  * keep_model_labels), with that grid's dims and affine (TotalSegmentator's
  * change_spacing geometry). Owned by r. */
 const uint16_t *sp_ct_result_model_labels(const sp_ct_result *r, int64_t dim[3], double affine[4][4]);
+/* With keep_probabilities: *classes x the input's voxels (class k's volume
+ * at k x voxels, i fastest, the input's grid), owned by r; else NULL. */
+const float *sp_ct_result_probabilities(const sp_ct_result *r, int *classes);
+/* An .npz as numpy.savez_compressed writes it: one float32 array `key`
+ * (C order, shape[0..rank), rank 1..8) deflated in a ZIP64 archive. */
+sp_status sp_npz_write_f32(const char *path, const char *key, const float *data, const int64_t *shape, int rank);
 /* Write labels (uint8, int16 past 255) with dims and affine (sform). */
 sp_status sp_labels_write_affine(const char *path, const uint16_t *labels, const int64_t dim[3],
                                  const double affine[4][4]);

@@ -25,7 +25,7 @@
 
 typedef struct pr_opts {
     const char *in, *out, *model, *folds, *device;
-    int threads, tta, quiet, verbose, skip_done, ignored;
+    int threads, tta, quiet, verbose, skip_done, ignored, save_prob, half;
     double step;
     sp_runtime_params rp;
 } pr_opts;
@@ -51,9 +51,20 @@ static void pr_help(void)
            "  -device D, --device D    cpu (default) or cuda\n"
            "  -t, --threads N          CPU threads (default: all cores)\n"
            "      --continue_prediction  skip cases whose output exists\n"
+           "      --save_probabilities  also OUT_DIR/CASE.npz: `probabilities`, float32 (classes, z, y, x)\n"
+           "                           as nnU-Net writes it (no .pkl; docs/model-format.md)\n"
+           "      --accumulator fp16   nnU-Net's own half-precision sums (default fp32; docs/model-format.md)\n"
            "  -npp N, -nps N           accepted (nnU-Net's worker counts); no effect\n"
            "  -q, --quiet / -v, --verbose\n"
            "Exit codes: docs/cli.md (3: a case's files are missing or do not fit together).\n");
+}
+
+static int opt_acc(const char *cmd, const char *v, void *ctx)
+{
+    if (strcmp(v, "fp32") && strcmp(v, "fp16"))
+        return cli_usage_error(cmd, "--accumulator is fp32 or fp16");
+    ((pr_opts *)ctx)->half = !strcmp(v, "fp16");
+    return 0;
 }
 
 static int opt_folds(const char *cmd, const char *v, void *ctx)
@@ -88,6 +99,8 @@ static int pr_parse(int argc, char **argv, pr_opts *o)
         {.name = "device", .kind = CLI_STR, .dst = &o->device, .value = "cpu or cuda"},
         {.name = "threads", .letter = 't', .kind = CLI_INT, .dst = &o->threads, .lo = 0, .hi = 1024, .value = "N"},
         {.name = "continue-prediction", .kind = CLI_FLAG, .dst = &o->skip_done},
+        {.name = "save-probabilities", .kind = CLI_FLAG, .dst = &o->save_prob},
+        {.name = "accumulator", .kind = CLI_FN, .fn = opt_acc, .value = "fp32 or fp16"},
         {.name = "npp", .kind = CLI_INT, .dst = &o->ignored, .lo = 0, .hi = 1024, .value = "N"},
         {.name = "nps", .kind = CLI_INT, .dst = &o->ignored, .lo = 0, .hi = 1024, .value = "N"},
         {.name = "quiet", .letter = 'q', .kind = CLI_FLAG, .dst = &o->quiet},
@@ -296,6 +309,15 @@ static int run_case(const pr_opts *o, sp_package *pk, const pr_case *c, int C, c
     if (!rc && !st)
         st = sp_labels_write_named(out, sp_ct_result_labels(res, NULL), v[0], sp_package_labels(pk),
                                    sp_package_num_classes(pk));
+    if (!rc && !st && o->save_prob) {   /* nnU-Net's CASE.npz: (classes, z, y, x), i fastest */
+        int64_t dim[3];
+        int ncls;
+        sp_ct_result_labels(res, dim);
+        const float *pr = sp_ct_result_probabilities(res, &ncls);
+        int64_t shape[4] = {ncls, dim[2], dim[1], dim[0]};
+        snprintf(path, sizeof path, "%s/%s.npz", o->out, c->id);
+        st = sp_npz_write_f32(path, "probabilities", pr, shape, 4);
+    }
     if (!rc && st) {
         char ctx[300];
         snprintf(ctx, sizeof ctx, "case %s", c->id);
@@ -342,6 +364,8 @@ static int pr_run(pr_opts *o)
     cp.threads = o->threads;
     cp.step = o->step;
     cp.release_input = 1;
+    cp.keep_probabilities = o->save_prob;
+    cp.accum_fp16 = o->half;
     if (!cli_quiet())
         fprintf(stderr, "segpipe predict: %d case%s, %d channel%s, mirroring %s\n", nc, nc == 1 ? "" : "s", C,
                 C == 1 ? "" : "s", sp_package_tta(pk) ? "on" : "off");

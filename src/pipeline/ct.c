@@ -23,6 +23,8 @@ struct sp_ct_result {
     int64_t mdim[3];
     double maffine[4][4];
     sp_passport *passport;
+    float *probs;             /* keep_probabilities: classes x voxels, the input grid */
+    int nprobs;
 };
 
 sp_ct_params sp_ct_default_params(void)
@@ -41,6 +43,7 @@ void sp_ct_result_free(sp_ct_result *r)
         return;
     free(r->labels);
     free(r->model_labels);
+    free(r->probs);
     sp_passport_free(r->passport);
     free(r);
 }
@@ -52,6 +55,13 @@ const uint16_t *sp_ct_result_labels(const sp_ct_result *r, int64_t dim[3])
         memcpy(dim, r->dim, sizeof r->dim);
     return r->labels;
 }
+const float *sp_ct_result_probabilities(const sp_ct_result *r, int *classes)
+{
+    if (classes)
+        *classes = r->probs ? r->nprobs : 0;
+    return r->probs;
+}
+
 const uint16_t *sp_ct_result_model_labels(const sp_ct_result *r, int64_t dim[3], double affine[4][4])
 {
     if (dim)
@@ -216,8 +226,8 @@ static sp_status conform_path(sp_package *pk, const sp_volume *ct, const sp_ct_p
     int64_t n = mf->conform_n, md[3] = {n, n, n};
     size_t nm = (size_t)(n * n * n), nv = (size_t)sp_geom_nvox(g);
     double caff[4][4], t0 = sp_now();
-    if (p->smooth)
-        return sp_fail(SP_ERR_USAGE, "--smooth is not available for conformed (brain MRI) models");
+    if (p->smooth || p->keep_probabilities)
+        return sp_fail(SP_ERR_USAGE, "--smooth and probabilities are not available for conformed (brain MRI) models");
     float *vol = sp_big_alloc(nm * sizeof *vol);
     uint16_t *lab = sp_big_alloc(nm * sizeof *lab);
     r->labels = sp_big_alloc(nv * sizeof *r->labels);
@@ -440,6 +450,46 @@ static sp_status labels_back(const sp_manifest *mf, const sp_geom *g, const sp_o
     return SP_OK;
 }
 
+/* keep_probabilities: the model grid's averaged logits (C x nm) to the
+ * canonical grid (linear, per class, as nnU-Net resamples its logits), a
+ * softmax per voxel, then back to the input's orientation in r->probs. */
+static sp_status probabilities_back(const sp_manifest *mf, const sp_geom *g, const sp_ornt *o,
+                                    const int64_t mdim[3], const float *logits, sp_ct_result *r, sp_pool *pool)
+{
+    int C = mf->num_classes;
+    int64_t cdim[3];
+    sp_ornt_dims(o, g->dim, cdim);
+    size_t nv = (size_t)sp_geom_nvox(g), nm = (size_t)(mdim[0] * mdim[1] * mdim[2]);
+    int same = cdim[0] == mdim[0] && cdim[1] == mdim[1] && cdim[2] == mdim[2];
+    float *canon = sp_big_alloc((size_t)C * nv * sizeof *canon);
+    r->probs = sp_big_alloc((size_t)C * nv * sizeof *r->probs);
+    if (!canon || !r->probs) {
+        free(canon);
+        return sp_fail(SP_ERR_NOMEM, "probabilities: cannot allocate %d x %zu floats", C, nv);
+    }
+    for (int k = 0; k < C; k++) {
+        if (same)
+            memcpy(canon + (size_t)k * nv, logits + (size_t)k * nm, nv * sizeof *canon);
+        else
+            sp_resample_linear(logits + (size_t)k * nm, mdim, canon + (size_t)k * nv, cdim, pool);
+    }
+    for (size_t i = 0; i < nv; i++) {   /* softmax over the classes, in float as torch.softmax */
+        float m = canon[i], s = 0;
+        for (int k = 1; k < C; k++)
+            m = fmaxf(m, canon[(size_t)k * nv + i]);
+        for (int k = 0; k < C; k++)
+            s += (canon[(size_t)k * nv + i] = expf(canon[(size_t)k * nv + i] - m));
+        for (int k = 0; k < C; k++)
+            canon[(size_t)k * nv + i] /= s;
+    }
+    sp_ornt inv = sp_ornt_inverse(o);
+    for (int k = 0; k < C; k++)
+        sp_ornt_apply(&inv, canon + (size_t)k * nv, cdim, r->probs + (size_t)k * nv, sizeof(float), pool);
+    free(canon);
+    r->nprobs = C;
+    return SP_OK;
+}
+
 /* --keep-model-labels: the model grid's labels and affine kept in r (takes lab_m) */
 static void keep_model_labels(const sp_geom *g, const sp_ornt *o, const int64_t mdim[3], uint16_t *lab_m,
                               sp_ct_result *r)
@@ -513,8 +563,11 @@ static sp_status grid_path(sp_package *pk, const sp_volume *ct, sp_volume *const
     /* d. sliding window + argmax */
     sp_window_params wp = window_params(mf, p);
     lab_m = sp_big_alloc(nm * sizeof *lab_m);
-    if (p->smooth && lab_m && !(logits = sp_big_alloc((size_t)mf->num_classes * nm * sizeof *logits)))
-        st = sp_fail(SP_ERR_NOMEM, "--smooth: cannot allocate %d x %zu logits", mf->num_classes, nm);
+    int want_logits = p->smooth || p->keep_probabilities;
+    if (want_logits && mf->head_w)
+        st = sp_fail(SP_ERR_USAGE, "probabilities need the logits: use the unsplit package (no \"head\")");
+    else if (want_logits && lab_m && !(logits = sp_big_alloc((size_t)mf->num_classes * nm * sizeof *logits)))
+        st = sp_fail(SP_ERR_NOMEM, "--smooth/probabilities: cannot allocate %d x %zu logits", mf->num_classes, nm);
     else if (!lab_m)
         st = sp_fail(SP_ERR_NOMEM, "cannot allocate %zu model-grid labels", nm);
     if (st || (st = sp_window_run(pk->model, model_vol, mdim, &wp, lab_m, logits, pool, t, p->progress,
@@ -536,7 +589,9 @@ static sp_status grid_path(sp_package *pk, const sp_volume *ct, sp_volume *const
 
     /* e. labels back to the native grid */
     t0 = sp_now();
-    if ((st = labels_back(mf, &ct->g, &o, mdim, lab_m, logits, keep, r, pool)))
+    if ((st = labels_back(mf, &ct->g, &o, mdim, lab_m, p->smooth ? logits : NULL, keep, r, pool)))
+        goto done;
+    if (p->keep_probabilities && (st = probabilities_back(mf, &ct->g, &o, mdim, logits, r, pool)))
         goto done;
     sp_timings_add(t, "labels_back", sp_now() - t0);
     if (p->keep_model_labels) {
@@ -692,12 +747,14 @@ sp_status sp_ct_memory_estimate(const sp_package *pk, const sp_volume *ct, const
     int packs = ct->range_valid && ct->integer_valued && ct->vmin >= -32768 && ct->vmax <= 32767;
     double held = packs ? 2 * nv : 4 * nv;   /* parked in a file when it can be: counted anyway */
     double prep = 4 * nv + (reoriented ? 4 * nv : 0) + 4 * nm;
-    double window = held + 6 * nm + (double)sp_window_memory(&wp, mdim, p.smooth) +
+    int keep = p.smooth || p.keep_probabilities;
+    double window = held + 6 * nm + (double)sp_window_memory(&wp, mdim, keep) +
                     (double)pk->run_bytes * (wp.tile_batch > 0 ? wp.tile_batch : 1) +
-                    (p.smooth ? 4.0 * mf->num_classes * nm : 0);
+                    (keep ? 4.0 * mf->num_classes * nm : 0);
     /* labels, the model grid's, a canonical copy (--smooth), the components' runs (~4 bytes a voxel for a
      * fragmented map), then the input back for the passport */
-    double end = 2 * nv + 2 * nm + (p.smooth && reoriented ? 2 * nv : 0) + fmax(4 * nv, held);
+    double end = 2 * nv + 2 * nm + (p.smooth && reoriented ? 2 * nv : 0) + fmax(4 * nv, held) +
+                 (p.keep_probabilities ? 8.0 * mf->num_classes * nv : 0);   /* canonical and native copies */
     /* +25% for what the buffers above leave out (allocator and thread
      * overheads): the raw sums came to 0.87-1.12 of the measured peaks */
     double b = 1.25 * fmax(prep, fmax(window, end));

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "tools", "import"))
 
 FEATS, KERNELS, STRIDES = [4, 8, 16], [[3, 3, 3], [3, 3, 3], [3, 3, 1]], [[1, 1, 1], [2, 2, 2], [2, 2, 1]]
 PATCH, SPACING = [16, 16, 8], [3.0, 1.5, 2.0]   # network (SimpleITK) order: z, y, x
-PROB_SLAB = (11, 15)                             # nibabel k slices whose probabilities are stored
+PROB_SLAB = (12, 14)                             # nibabel k slices whose probabilities are stored
 SHAPE = (26, 38, 46)                             # case shape in network order (nibabel's is reversed)
 CT_PROPS = {"max": 2000.0, "mean": 50.0, "median": 40.0, "min": -1000.0,
             "percentile_00_5": -900.0, "percentile_99_5": 1200.0, "std": 300.0}

@@ -20,8 +20,8 @@ the CPU, tile step 0.5, Gaussian on, mirroring as asked), and
 predict_single_npy_array predicts the fixture's case with its
 probabilities. nnU-Net keeps its sums in torch.half; a second run with
 them in float (torch.half read as float32 while it runs) gives
-`<case>[.notta].fp32.npz` (`labels`), the same algorithm without the half
-rounding. Stored: `<case>[.notta].npz` with `labels` (uint8, nibabel's
+`<case>[.notta].fp32.npz` (`labels`, `probabilities`, `prob_k` as below),
+the same algorithm without the half rounding. Stored: `<case>[.notta].npz` with `labels` (uint8, nibabel's
 i, j, k order) and `probabilities` (float16, classes x i x j x k) of the
 slab k in `prob_k` = [k0, k1) (the whole volume's would be 300 KB a case),
 plus `SOURCES.json` with the commits the references came from.
@@ -133,8 +133,9 @@ def main():
                 k0, k1 = fx.PROB_SLAB
                 np.savez_compressed(stem + ".npz", labels=seg, probabilities=prob[..., k0:k1],
                                     prob_k=np.array([k0, k1]))
-                seg32, _ = predict(nnUNetPredictor, folder, name, tta, float_sums=True)
-                np.savez_compressed(stem + ".fp32.npz", labels=seg32)
+                seg32, prob32 = predict(nnUNetPredictor, folder, name, tta, float_sums=True)
+                np.savez_compressed(stem + ".fp32.npz", labels=seg32, probabilities=prob32[..., k0:k1],
+                                    prob_k=np.array([k0, k1]))
                 print(f"{stem}: labels {np.bincount(seg.ravel()).tolist()}, max p {float(prob.max()):.3f}, "
                       f"{float((seg == seg32).mean()):.5f} equal with float sums")
     json.dump({"generator": "tools/dev/make_nnunet_refs.py", "commits": commits}, open(
