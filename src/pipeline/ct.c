@@ -506,6 +506,34 @@ static void keep_model_labels(const sp_geom *g, const sp_ornt *o, const int64_t 
     r->model_labels = lab_m;
 }
 
+/* Each channel by its scheme; a masked z-score over nnU-Net's non-zero mask
+ * (any channel non-zero, holes filled), taken before any channel changes */
+static sp_status normalize_channels(const sp_manifest *mf, float *vol, const int64_t mdim[3], sp_pool *pool)
+{
+    size_t nm = (size_t)(mdim[0] * mdim[1] * mdim[2]);
+    uint8_t *mask = NULL;
+    for (int q = 0; q < mf->channels && !mask; q++)
+        if (mf->norms[q].use_mask) {
+            if (!(mask = calloc(nm, 1)))
+                return sp_fail(SP_ERR_NOMEM, "cannot allocate the non-zero mask (%zu voxels)", nm);
+            for (int c = 0; c < mf->channels; c++)
+                for (size_t i = 0; i < nm; i++)
+                    mask[i] |= vol[(size_t)c * nm + i] != 0;
+            if (sp_fill_holes(mask, mdim)) {
+                free(mask);
+                return sp_fail(SP_ERR_NOMEM, "cannot fill the non-zero mask's holes (%zu voxels)", nm);
+            }
+        }
+    for (int q = 0; q < mf->channels; q++) {
+        if (mf->norms[q].use_mask)
+            sp_zscore_masked(vol + (size_t)q * nm, mask, nm);
+        else
+            sp_normalize(vol + (size_t)q * nm, (int64_t)nm, &mf->norms[q], pool);
+    }
+    free(mask);
+    return SP_OK;
+}
+
 /* Channels 1.. of a multi-channel model (extra[q - 1]) on the model grid
  * after channel 0: *model_vol grows to channels x nm voxels. */
 static sp_status more_channels(const sp_manifest *mf, sp_volume *const *extra, const sp_ct_params *p, sp_pool *pool,
@@ -556,8 +584,8 @@ static sp_status grid_path(sp_package *pk, const sp_volume *ct, sp_volume *const
 
     /* c. normalise, each channel by its scheme */
     double t0 = sp_now();
-    for (int q = 0; q < mf->channels; q++)
-        sp_normalize(model_vol + (size_t)q * nm, (int64_t)nm, &mf->norms[q], pool);
+    if ((st = normalize_channels(mf, model_vol, mdim, pool)))
+        goto done;
     sp_timings_add(t, "normalize", sp_now() - t0);
 
     /* d. sliding window + argmax */
@@ -640,6 +668,63 @@ static sp_status measure(const sp_manifest *mf, const sp_volume *ct, held_input 
     return st;
 }
 
+/* The cropped run's labels (and probabilities) into the whole input grid:
+ * label 0 and background probability 1 outside the box lo + r->dim */
+static sp_status uncrop(sp_ct_result *r, const int64_t full[3], const int64_t lo[3])
+{
+    size_t nv = (size_t)(full[0] * full[1] * full[2]), nc = (size_t)(r->dim[0] * r->dim[1] * r->dim[2]);
+    int K = r->probs ? r->nprobs : 0;
+    uint16_t *lab = sp_big_calloc(nv, sizeof *lab);
+    float *pr = K ? sp_big_calloc((size_t)K * nv, sizeof *pr) : NULL;
+    if (!lab || (K && !pr)) {
+        free(lab);
+        return sp_fail(SP_ERR_NOMEM, "cannot allocate the label volume (%zu voxels)", nv);
+    }
+    for (size_t i = 0; K && i < nv; i++)
+        pr[i] = 1;
+    const int64_t *d = r->dim;
+    for (int64_t k = 0; k < d[2]; k++)
+        for (int64_t j = 0; j < d[1]; j++) {
+            size_t src = (size_t)((k * d[1] + j) * d[0]);
+            size_t dst = (size_t)(((k + lo[2]) * full[1] + j + lo[1]) * full[0] + lo[0]);
+            memcpy(lab + dst, r->labels + src, (size_t)d[0] * sizeof *lab);
+            for (int c = 0; c < K; c++)
+                memcpy(pr + (size_t)c * nv + dst, r->probs + (size_t)c * nc + src, (size_t)d[0] * sizeof *pr);
+        }
+    free(r->labels);
+    free(r->probs);
+    r->labels = lab;
+    r->probs = pr;
+    memcpy(r->dim, full, sizeof r->dim);
+    return SP_OK;
+}
+
+/* crop_nonzero (nnU-Net imports): steps a-f on the box of voxels non-zero
+ * in any channel, label 0 outside; the whole grid when the box is all */
+static sp_status crop_path(sp_package *pk, const sp_volume *ct, sp_volume *const *extra, int n,
+                           const sp_ct_params *p, const uint8_t *keep, sp_ct_result *r, sp_pool *pool, held_input *h)
+{
+    sp_volume *all[SP_MAX_CHANNELS], *cut[SP_MAX_CHANNELS] = {0};
+    int64_t lo[3], hi[3];
+    all[0] = (sp_volume *)ct;
+    for (int q = 1; q < n; q++)
+        all[q] = extra[q - 1];
+    if (sp_nonzero_box(all, n, lo, hi) ||
+        (!lo[0] && !lo[1] && !lo[2] && hi[0] == ct->g.dim[0] && hi[1] == ct->g.dim[1] && hi[2] == ct->g.dim[2]))
+        return grid_path(pk, ct, extra, p, keep, r, pool, h);
+    sp_status st = SP_OK;
+    for (int q = 0; q < n && !st; q++)
+        if (!(cut[q] = sp_volume_crop(all[q], lo, hi)))
+            st = sp_fail(SP_ERR_NOMEM, "cannot crop channel %d to its non-zero box", q);
+    if (!st)
+        st = grid_path(pk, cut[0], cut + 1, p, keep, r, pool, h);
+    if (!st)
+        st = uncrop(r, ct->g.dim, lo);
+    for (int q = 0; q < n; q++)
+        sp_volume_free(cut[q]);
+    return st;
+}
+
 /* A multi-channel model's inputs: as many as it takes, one grid (dims
  * equal, affines equal within 1e-4 mm: nnU-Net checks spacing, origin and
  * direction alike), voxels present. */
@@ -701,8 +786,9 @@ static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, sp_
     if (!st && !(r = calloc(1, sizeof *r)))
         st = sp_fail(SP_ERR_NOMEM, "out of memory");
     if (!st)   /* brain MRI: a conformed grid instead of steps a, b and e */
-        st = mf->conform_n ? conform_path(pk, ct, &p, keep, r, pool)
-                           : grid_path(pk, ct, extra, &p, keep, r, pool, &h);
+        st = mf->conform_n      ? conform_path(pk, ct, &p, keep, r, pool)
+             : mf->crop_nonzero ? crop_path(pk, ct, extra, n, &p, keep, r, pool, &h)
+                                : grid_path(pk, ct, extra, &p, keep, r, pool, &h);
     if (!st && p.passport)
         st = measure(mf, ct, &h, &p, keep, r);
     restore_input(&h, p.release_input);

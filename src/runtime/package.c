@@ -186,6 +186,10 @@ static sp_status parse_norm(const cJSON *nm, const char *file, sp_norm *out)
         }
     } else if (strcmp(scheme, "zscore") == 0) {
         out->scheme = SP_NORM_ZSCORE;
+        const char *mask = str_or(nm, "mask", "none");
+        if (strcmp(mask, "none") && strcmp(mask, "nonzero"))
+            return sp_fail(SP_ERR_MODEL, "%s: normalization.mask must be \"none\" or \"nonzero\"", file);
+        out->use_mask = !strcmp(mask, "nonzero");
     } else if (strcmp(scheme, "minmax") == 0) {
         out->scheme = SP_NORM_MINMAX;
     } else if (strcmp(scheme, "quantile") == 0) {   /* brainchop's qnormalize */
@@ -255,6 +259,13 @@ static sp_status parse_ct(const cJSON *j, const cJSON *in, const char *file, sp_
     mf->norm = mf->norms[0];
     if ((st = parse_conform(j, file, mf)) || (st = parse_tta(j, file, mf)))
         return st;
+    const cJSON *cz = cJSON_GetObjectItemCaseSensitive(j, "crop_nonzero");
+    if (cz && !cJSON_IsBool(cz))
+        return sp_fail(SP_ERR_MODEL, "%s: \"crop_nonzero\" must be true or false", file);
+    mf->crop_nonzero = cJSON_IsTrue(cz);
+    for (int c = 0; c < mf->channels; c++)
+        if (mf->norms[c].use_mask && !mf->crop_nonzero)
+            return sp_fail(SP_ERR_MODEL, "%s: a zscore \"mask\": \"nonzero\" needs \"crop_nonzero\": true", file);
     const cJSON *fl = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "nnunet"), "folds");
     for (const cJSON *e = cJSON_IsArray(fl) ? fl->child : NULL; e; e = e->next) {
         size_t at = strlen(mf->folds);

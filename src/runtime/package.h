@@ -9,6 +9,7 @@ typedef enum { SP_NORM_NONE, SP_NORM_CT, SP_NORM_ZSCORE, SP_NORM_MINMAX, SP_NORM
 typedef struct sp_norm {
     sp_norm_scheme scheme;
     double lo, hi, mean, std; /* quantile: lo, hi = the quantiles (0..1), mean = eps */
+    int use_mask;             /* zscore "mask": "nonzero": over nnU-Net's non-zero mask only */
 } sp_norm;
 
 #define SP_MAX_CHANNELS 8   /* input channels of a volume model (nnU-Net's CASE_0000 ... _0007) */
@@ -39,6 +40,8 @@ typedef struct sp_manifest {
     double conform_mm;
     int conform_niimath;      /* conform.style "niimath": brainchop's conform (conform_niimath.c) */
     double conform_fhigh;     /* its robust-range fraction (0.98) */
+    int crop_nonzero;         /* "crop_nonzero": true: predict inside the box of voxels non-zero in any
+                                 channel, label 0 outside (nnU-Net's crop_to_nonzero) */
     int largest_fg;           /* postprocess.largest_component "foreground": keep the largest
                                  26-connected component of all non-zero labels together */
     int num_classes;

@@ -34,6 +34,10 @@ CASES = {
     "mr3": dict(folds=["0"], mirror=[0, 1, 2], schemes=["ZScoreNormalization", "RescaleTo01Normalization",
                                                        "NoNormalization"],
                 labels={"background": 0, "edema": 1, "tumor": 2}),
+    # BraTS-like: two sequences, z-score over the non-zero mask, zero borders
+    # (nnU-Net crops to the non-zero box) and zero holes inside (filled in its mask)
+    "brain2": dict(folds=["0"], mirror=None, schemes=["ZScoreNormalization", "ZScoreNormalization"],
+                   mask=[True, True], labels={"background": 0, "edema": 1, "tumor": 2}, zero_border=True),
 }
 
 
@@ -140,5 +144,10 @@ def make_case(name):
             scale = 1.0 if s == "NoNormalization" else 300.0
             v = ndimage.gaussian_filter(rng.normal(0, 1, SHAPE[::-1]), 1.5) * 4 + 3
             chans.append((np.abs(v) + 0.5).astype(np.float32) * scale)
+    if CASES[name].get("zero_border"):   # a "brain" box off-centre, a hole inside, zeros around
+        keep = np.zeros(SHAPE[::-1], bool)
+        keep[5:40, 3:30, 2:22] = True
+        keep[20:23, 12:15, 10:12] = False
+        chans = [np.where(keep, c, 0).astype(c.dtype) for c in chans]
     affine = np.diag(list(SPACING[::-1]) + [1.0])
     return chans, affine

@@ -309,3 +309,40 @@ def test_nnunet_save_probabilities(tmp):
                 assert diff.max() <= 1e-3, (name, acc, diff.max())
             else:   # left: where nnU-Net's half Gaussian is subnormal (volume edges); an ensemble's per-fold rounding
                 assert (diff <= 1e-3).mean() >= 0.998 and diff.max() < 0.05, (diff.max(), (diff > 1e-3).mean())
+
+
+def test_nnunet_crop_and_masked_zscore(tmp):
+    """a BraTS-like model (two sequences, ZScoreNormalization with
+    use_mask_for_norm, zero borders and a zero hole): nnU-Net predicts in the
+    box of non-zero voxels (label 0 outside) and z-scores over the non-zero
+    mask with its holes filled; segpipe gives its labels. The same package
+    without the crop and the mask does not: the fixture tells them apart."""
+    _, pkg = package(shared_tmp(), "brain2")
+    man = json.load(open(os.path.join(pkg, "segpipe.json")))
+    assert man["crop_nonzero"] is True
+    assert man["normalization"] == [{"scheme": "zscore", "mask": "nonzero"}] * 2
+    d = predict_dir(tmp, "brain2")
+    out = os.path.join(tmp, "out")
+    got = {}
+    for acc in ("fp32", "fp16"):
+        p = sp.run("predict", "-i", d, "-o", out, "-m", pkg, "--accumulator", acc, "-q")
+        assert p.returncode == 0, p.stderr
+        got[acc] = np.asanyarray(nib.load(os.path.join(out, "caseA.nii.gz")).dataobj)
+    agree(got["fp32"], ref("brain2", True, "float")[0], 0.9999)
+    agree(got["fp16"], ref("brain2", True)[0], 0.9999)
+    assert not got["fp32"][:5].any() and not got["fp32"][40:].any()   # outside the box: 0
+    plain = os.path.join(tmp, "plain")
+    os.makedirs(plain)
+    os.symlink(os.path.join(pkg, "model.onnx"), os.path.join(plain, "model.onnx"))
+    man["crop_nonzero"] = False
+    man["normalization"] = [{"scheme": "zscore"}] * 2
+    json.dump(man, open(os.path.join(plain, "segpipe.json"), "w"))
+    p = sp.run("predict", "-i", d, "-o", out, "-m", plain, "-q")
+    assert p.returncode == 0, p.stderr
+    other = np.asanyarray(nib.load(os.path.join(out, "caseA.nii.gz")).dataobj)
+    assert (other == ref("brain2", True, "float")[0]).mean() < 0.99
+    # the mask without the crop: refused by the manifest check
+    man["normalization"] = [{"scheme": "zscore", "mask": "nonzero"}] * 2
+    json.dump(man, open(os.path.join(plain, "segpipe.json"), "w"))
+    p = sp.run("model", "check", plain)
+    assert p.returncode == 4 and "crop_nonzero" in p.stderr, p.stderr

@@ -215,9 +215,8 @@ def normalization_for(plans, cfg, channels):
             p = plans["foreground_intensity_properties_per_channel"][str(q)]
             out.append({"scheme": "ct", "lo": p["percentile_00_5"], "hi": p["percentile_99_5"],
                         "mean": p["mean"], "std": p["std"]})
-        elif s == "ZScoreNormalization" and q < len(masks) and masks[q]:
-            raise ImportError_(f"channel {q}: ZScoreNormalization with use_mask_for_norm (nnU-Net's crop to the "
-                               "non-zero region and its mask) is not supported yet")
+        elif s == "ZScoreNormalization" and q < len(masks) and masks[q]:   # over the non-zero mask only
+            out.append({"scheme": "zscore", "mask": "nonzero"})
         elif s == "ZScoreNormalization":
             out.append({"scheme": "zscore"})
         elif s == "NoNormalization":
@@ -278,6 +277,7 @@ def import_folder(folder, out_dir, fold="0", checkpoint="checkpoint_final.pth", 
     man["nnunet"] = {"folds": folds, "configuration": configuration,
                      "mirror_axes": mirror}
     man["input"]["channels"] = channels
+    man["crop_nonzero"] = True   # nnU-Net predicts inside the box of non-zero voxels (crop_to_nonzero)
     net = nets[0] if len(nets) == 1 else Ensemble(nets)
     export(net, cfg["patch_size"], out_dir, man)
     if mirror is not None:
