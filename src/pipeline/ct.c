@@ -157,11 +157,12 @@ static sp_window_params window_params(const sp_manifest *mf, const sp_ct_params 
     } else {
         /* auto: 4 tiles per call was fastest here (docs/performance.md), as
          * long as the logits of a batch stay under 256 MB */
-        int ch = mf->head_w ? mf->head_features : mf->num_classes;
+        int ch = mf->head_w ? mf->head_features : mf->n_regions ? mf->n_regions : mf->num_classes;
         double tile_bytes = 4.0 * ch * (double)(mf->patch[0] * mf->patch[1] * mf->patch[2]);
         wp.tile_batch = (int)fmax(1, fmin(4, 256e6 / tile_bytes));
     }
-    wp.num_classes = mf->num_classes;
+    wp.num_classes = mf->n_regions ? mf->n_regions : mf->num_classes;
+    wp.region_order = mf->n_regions ? mf->region_order : NULL;
     wp.head_w = mf->head_w;
     wp.head_b = mf->head_b;
     wp.head_features = mf->head_features;
@@ -456,7 +457,7 @@ static sp_status labels_back(const sp_manifest *mf, const sp_geom *g, const sp_o
 static sp_status probabilities_back(const sp_manifest *mf, const sp_geom *g, const sp_ornt *o,
                                     const int64_t mdim[3], const float *logits, sp_ct_result *r, sp_pool *pool)
 {
-    int C = mf->num_classes;
+    int C = mf->n_regions ? mf->n_regions : mf->num_classes;
     int64_t cdim[3];
     sp_ornt_dims(o, g->dim, cdim);
     size_t nv = (size_t)sp_geom_nvox(g), nm = (size_t)(mdim[0] * mdim[1] * mdim[2]);
@@ -473,7 +474,9 @@ static sp_status probabilities_back(const sp_manifest *mf, const sp_geom *g, con
         else
             sp_resample_linear(logits + (size_t)k * nm, mdim, canon + (size_t)k * nv, cdim, pool);
     }
-    for (size_t i = 0; i < nv; i++) {   /* softmax over the classes, in float as torch.softmax */
+    for (size_t i = 0; mf->n_regions && i < (size_t)C * nv; i++)   /* region-based: a sigmoid each */
+        canon[i] = 1.0f / (1.0f + expf(-canon[i]));
+    for (size_t i = 0; !mf->n_regions && i < nv; i++) {   /* softmax over the classes, in float as torch.softmax */
         float m = canon[i], s = 0;
         for (int k = 1; k < C; k++)
             m = fmaxf(m, canon[(size_t)k * nv + i]);
@@ -594,8 +597,10 @@ static sp_status grid_path(sp_package *pk, const sp_volume *ct, sp_volume *const
     int want_logits = p->smooth || p->keep_probabilities;
     if (want_logits && mf->head_w)
         st = sp_fail(SP_ERR_USAGE, "probabilities need the logits: use the unsplit package (no \"head\")");
-    else if (want_logits && lab_m && !(logits = sp_big_alloc((size_t)mf->num_classes * nm * sizeof *logits)))
-        st = sp_fail(SP_ERR_NOMEM, "--smooth/probabilities: cannot allocate %d x %zu logits", mf->num_classes, nm);
+    else if (p->smooth && mf->n_regions)
+        st = sp_fail(SP_ERR_USAGE, "--smooth takes class logits: not for a region-based model");
+    else if (want_logits && lab_m && !(logits = sp_big_alloc((size_t)wp.num_classes * nm * sizeof *logits)))
+        st = sp_fail(SP_ERR_NOMEM, "--smooth/probabilities: cannot allocate %d x %zu logits", wp.num_classes, nm);
     else if (!lab_m)
         st = sp_fail(SP_ERR_NOMEM, "cannot allocate %zu model-grid labels", nm);
     if (st || (st = sp_window_run(pk->model, model_vol, mdim, &wp, lab_m, logits, pool, t, p->progress,
@@ -670,7 +675,7 @@ static sp_status measure(const sp_manifest *mf, const sp_volume *ct, held_input 
 
 /* The cropped run's labels (and probabilities) into the whole input grid:
  * label 0 and background probability 1 outside the box lo + r->dim */
-static sp_status uncrop(sp_ct_result *r, const int64_t full[3], const int64_t lo[3])
+static sp_status uncrop(sp_ct_result *r, const int64_t full[3], const int64_t lo[3], int regions)
 {
     size_t nv = (size_t)(full[0] * full[1] * full[2]), nc = (size_t)(r->dim[0] * r->dim[1] * r->dim[2]);
     int K = r->probs ? r->nprobs : 0;
@@ -680,7 +685,7 @@ static sp_status uncrop(sp_ct_result *r, const int64_t full[3], const int64_t lo
         free(lab);
         return sp_fail(SP_ERR_NOMEM, "cannot allocate the label volume (%zu voxels)", nv);
     }
-    for (size_t i = 0; K && i < nv; i++)
+    for (size_t i = 0; K && !regions && i < nv; i++)   /* regions: all 0 outside, as nnU-Net's */
         pr[i] = 1;
     const int64_t *d = r->dim;
     for (int64_t k = 0; k < d[2]; k++)
@@ -719,7 +724,7 @@ static sp_status crop_path(sp_package *pk, const sp_volume *ct, sp_volume *const
     if (!st)
         st = grid_path(pk, cut[0], cut + 1, p, keep, r, pool, h);
     if (!st)
-        st = uncrop(r, ct->g.dim, lo);
+        st = uncrop(r, ct->g.dim, lo, pk->mf.n_regions > 0);
     for (int q = 0; q < n; q++)
         sp_volume_free(cut[q]);
     return st;
@@ -836,11 +841,11 @@ sp_status sp_ct_memory_estimate(const sp_package *pk, const sp_volume *ct, const
     int keep = p.smooth || p.keep_probabilities;
     double window = held + 6 * nm + (double)sp_window_memory(&wp, mdim, keep) +
                     (double)pk->run_bytes * (wp.tile_batch > 0 ? wp.tile_batch : 1) +
-                    (keep ? 4.0 * mf->num_classes * nm : 0);
+                    (keep ? 4.0 * wp.num_classes * nm : 0);
     /* labels, the model grid's, a canonical copy (--smooth), the components' runs (~4 bytes a voxel for a
      * fragmented map), then the input back for the passport */
     double end = 2 * nv + 2 * nm + (p.smooth && reoriented ? 2 * nv : 0) + fmax(4 * nv, held) +
-                 (p.keep_probabilities ? 8.0 * mf->num_classes * nv : 0);   /* canonical and native copies */
+                 (p.keep_probabilities ? 8.0 * wp.num_classes * nv : 0);   /* canonical and native copies */
     /* +25% for what the buffers above leave out (allocator and thread
      * overheads): the raw sums came to 0.87-1.12 of the measured peaks */
     double b = 1.25 * fmax(prep, fmax(window, end));

@@ -89,6 +89,9 @@ typedef struct sp_window_params {
     int64_t max_tiles;       /* refuse more tiles than this; 0 = no limit */
     const volatile int *cancel;   /* non-NULL and set: stop at the next tile */
     int in_channels;         /* input channels, each a whole volume after the previous (0 = 1) */
+    /* region-based (nnU-Net): num_classes region logits; a voxel's label is
+     * region_order[i] of the last i whose averaged logit is > 0, else 0 */
+    const int *region_order;
 } sp_window_params;
 /* ---- crop.c: nnU-Net's crop to the non-zero region and its mask ---- */
 int sp_nonzero_box(sp_volume *const *v, int n, int64_t lo[3], int64_t hi[3]);

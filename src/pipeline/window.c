@@ -62,6 +62,7 @@ typedef struct win {
     int64_t nvox;
     int K;                       /* classes of the argmax: C, or the split head's classes */
     const float *head_w, *head_b;   /* split head (K x C, K), or NULL */
+    const int *regions;          /* region-based: label of region k, or NULL (argmax) */
     float *in;                   /* tile_batch x P */
     float *out;                  /* tile_batch x C x P */
     const float *gauss;
@@ -287,9 +288,18 @@ static void finish_row(fin_ctx *f, fin_scratch *s, int64_t n0, int64_t n1)
                 s->l[i] = half_round(l[i] / ws[i]);
             l = s->l;
         }
-        for (int64_t i = 0; i < n; i++)
-            if (k == 0 || l[i] > s->best[i])
-                s->best[i] = l[i], s->bi[i] = k;
+        if (c->regions) {   /* sigmoid > 0.5: the last region holding the voxel wins */
+            for (int64_t i = 0; i < n; i++) {
+                if (k == 0)
+                    s->best[i] = 0, s->bi[i] = 0;
+                if (l[i] > 0)
+                    s->bi[i] = c->regions[k];
+            }
+        } else {
+            for (int64_t i = 0; i < n; i++)
+                if (k == 0 || l[i] > s->best[i])
+                    s->best[i] = l[i], s->bi[i] = k;
+        }
         if (f->logits) {   /* keep sum(w * logits) / sum(w), volume layout */
             float *dst = f->logits + (size_t)k * (size_t)f->nvox;
             for (int64_t i = 0; i < n; i++)
@@ -441,6 +451,9 @@ static sp_status win_tiles(int64_t *const steps[3], const int ns[3], const sp_wi
 /* The accumulator options that do not go together (measured reasons). */
 static sp_status win_options(const win *c, int use_gpu)
 {
+    if (use_gpu && c->regions)
+        return sp_fail(SP_ERR_USAGE, "the GPU window kernels take an argmax: a region-based model runs with "
+                       "--device cpu");
     if (use_gpu && c->Cin > 1)
         return sp_fail(SP_ERR_USAGE, "the GPU window kernels feed one input channel: a %d-channel model runs with "
                        "--device cpu", c->Cin);
@@ -588,6 +601,7 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
     c.C = wp->head_w ? wp->head_features : wp->num_classes;
     c.head_w = wp->head_w;
     c.head_b = wp->head_b;
+    c.regions = wp->region_order;
     c.half = wp->accum_fp16;
     c.Cin = wp->in_channels > 1 ? wp->in_channels : 1;
     c.nvox = vdim[0] * vdim[1] * vdim[2];

@@ -259,6 +259,18 @@ static sp_status parse_ct(const cJSON *j, const cJSON *in, const char *file, sp_
     mf->norm = mf->norms[0];
     if ((st = parse_conform(j, file, mf)) || (st = parse_tta(j, file, mf)))
         return st;
+    const cJSON *co = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "regions"),
+                                                       "class_order");
+    if (cJSON_GetObjectItemCaseSensitive(j, "regions") &&
+        (!cJSON_IsArray(co) || cJSON_GetArraySize(co) < 1 || cJSON_GetArraySize(co) > 64))
+        return sp_fail(SP_ERR_MODEL, "%s: \"regions\" needs \"class_order\": 1 to 64 label indices", file);
+    for (const cJSON *e = co ? co->child : NULL; e; e = e->next) {
+        if (!cJSON_IsNumber(e) || e->valuedouble < 1 || e->valuedouble > 65535 || e->valuedouble != (int)e->valuedouble)
+            return sp_fail(SP_ERR_MODEL, "%s: regions.class_order holds label indices 1..65535", file);
+        mf->region_order[mf->n_regions++] = (int)e->valuedouble;
+    }
+    if (mf->n_regions && (mf->head_features || mf->conform_n))
+        return sp_fail(SP_ERR_MODEL, "%s: \"regions\" go with neither a split \"head\" nor \"conform\"", file);
     const cJSON *cz = cJSON_GetObjectItemCaseSensitive(j, "crop_nonzero");
     if (cz && !cJSON_IsBool(cz))
         return sp_fail(SP_ERR_MODEL, "%s: \"crop_nonzero\" must be true or false", file);
@@ -565,7 +577,11 @@ sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf)
             snprintf(b, sizeof b, "label_%d", i);
             mf->labels[i] = strdup(b);
         }
-    if (!strcmp(mf->task, "masks"))
+    for (int i = 0; i < mf->n_regions && !st; i++)
+        if (mf->region_order[i] >= mf->num_classes)
+            st = sp_fail(SP_ERR_MODEL, "%s: regions.class_order's %d is not in the label map (0..%d)", file,
+                         mf->region_order[i], mf->num_classes - 1);
+    if (!st && !strcmp(mf->task, "masks"))
         st = parse_mask_sets(j, file, mf);
     if (!st)
         st = parse_dicom_codes(j, file, mf);
@@ -711,7 +727,10 @@ sp_status sp_manifest_check_model(const sp_manifest *mf, const sp_model *m, cons
     if (mf->head_features && to->shape[1] > 0 && to->shape[1] != mf->head_features)
         return sp_fail(SP_ERR_MODEL, "%s: the ONNX output has %lld channels but the head takes %d features", dir,
                        (long long)to->shape[1], mf->head_features);
-    if (!mf->head_features && to->shape[1] > 0 && to->shape[1] != mf->num_classes)
+    if (mf->n_regions && to->shape[1] > 0 && to->shape[1] != mf->n_regions)
+        return sp_fail(SP_ERR_MODEL, "%s: the ONNX output has %lld channels but regions.class_order lists %d "
+                       "regions", dir, (long long)to->shape[1], mf->n_regions);
+    if (!mf->head_features && !mf->n_regions && to->shape[1] > 0 && to->shape[1] != mf->num_classes)
         return sp_fail(SP_ERR_MODEL, "%s: the ONNX output has %lld classes but the manifest's label "
                        "map has %d (indices 0..%d)", dir, (long long)to->shape[1], mf->num_classes,
                        mf->num_classes - 1);

@@ -40,6 +40,11 @@ typedef struct sp_manifest {
     double conform_mm;
     int conform_niimath;      /* conform.style "niimath": brainchop's conform (conform_niimath.c) */
     double conform_fhigh;     /* its robust-range fraction (0.98) */
+    /* "regions": {"class_order": [c0, c1, ...]} (nnU-Net's region-based
+     * models): the network gives one logit per region; a voxel gets c_i of
+     * the last region i whose sigmoid is over 0.5 (logit > 0), else 0 */
+    int n_regions;
+    int region_order[64];
     int crop_nonzero;         /* "crop_nonzero": true: predict inside the box of voxels non-zero in any
                                  channel, label 0 outside (nnU-Net's crop_to_nonzero) */
     int largest_fg;           /* postprocess.largest_component "foreground": keep the largest

@@ -38,6 +38,11 @@ CASES = {
     # (nnU-Net crops to the non-zero box) and zero holes inside (filled in its mask)
     "brain2": dict(folds=["0"], mirror=None, schemes=["ZScoreNormalization", "ZScoreNormalization"],
                    mask=[True, True], labels={"background": 0, "edema": 1, "tumor": 2}, zero_border=True),
+    # region-based (BraTS's whole tumour / core / enhancing): sigmoid per region,
+    # regions_class_order, mirroring, on the brain-like case
+    "regions": dict(folds=["0"], mirror=[0, 1, 2], schemes=["ZScoreNormalization", "ZScoreNormalization"],
+                    mask=[True, True], zero_border=True, order=[1, 2, 3],
+                    labels={"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing": [3]}),
 }
 
 
@@ -103,10 +108,15 @@ def plans_and_dataset(name):
     ds = {"channel_names": {str(i): ("CT" if s == "CTNormalization" else f"MR{i}") for i, s in
                             enumerate(c["schemes"])},
           "labels": c["labels"], "numTraining": 1, "file_ending": ".nii.gz"}
+    if "order" in c:
+        ds["regions_class_order"] = c["order"]
     return plans, ds
 
 
 def num_classes(name):
+    """the network's output channels: classes, or regions (nnU-Net's heads)"""
+    if "order" in CASES[name]:
+        return len(CASES[name]["order"])
     return max(v if isinstance(v, int) else max(v) for v in CASES[name]["labels"].values()) + 1
 
 

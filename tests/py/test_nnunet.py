@@ -11,7 +11,10 @@ Fixtures: a 2-fold ensemble (mean of the folds' logits), one fold whose
 checkpoint allows mirroring on (0, 1, 2) (8 passes per tile), a fold 0 +
 fold_all ensemble mirrored on (1, 2), and a 3-channel MRI-like model
 (ZScore, RescaleTo01, NoNormalization) through `segpipe predict`; each
-mirrored one with and without test-time augmentation."""
+mirrored one with and without test-time augmentation; a BraTS-like
+2-channel model with masked z-score and zero borders (nnU-Net's crop to
+the non-zero box); a region-based model (sigmoids, regions_class_order);
+probabilities from --save_probabilities."""
 import json, os, subprocess, sys
 import numpy as np
 import nibabel as nib
@@ -346,3 +349,34 @@ def test_nnunet_crop_and_masked_zscore(tmp):
     json.dump(man, open(os.path.join(plain, "segpipe.json"), "w"))
     p = sp.run("model", "check", plain)
     assert p.returncode == 4 and "crop_nonzero" in p.stderr, p.stderr
+
+
+def test_nnunet_region_based(tmp):
+    """a region-based model (dataset.json labels as lists, regions_class_order;
+    BraTS's layout): one sigmoid per region, a voxel labelled by the last
+    region over 0.5; with mirroring, crop and masked z-score. Labels as
+    nnU-Net's (both arithmetics, TTA on and off) and probabilities (the
+    regions' sigmoids, 0 outside the crop) within 1e-3"""
+    _, pkg = package(shared_tmp(), "regions")
+    man = json.load(open(os.path.join(pkg, "segpipe.json")))
+    assert man["regions"] == {"class_order": [1, 2, 3]}
+    assert man["labels"] == {"0": "background", "1": "whole tumor", "2": "tumor core", "3": "enhancing"}
+    d = predict_dir(tmp, "regions")
+    out = os.path.join(tmp, "out")
+    k0, k1 = fx.PROB_SLAB
+    for opts, tta in (([], True), (["--disable_tta"], False)):
+        for acc, sums in (("fp32", "float"), ("fp16", "half")):
+            p = sp.run("predict", "-i", d, "-o", out, "-m", pkg, "--accumulator", acc, "--save_probabilities", "-q",
+                       *opts)
+            assert p.returncode == 0, p.stderr
+            lab = np.asanyarray(nib.load(os.path.join(out, "caseA.nii.gz")).dataobj)
+            want, wprob = ref("regions", tta, sums)
+            assert len(np.unique(want)) >= 3
+            agree(lab, want, 0.9999)
+            prob = np.load(os.path.join(out, "caseA.npz"))["probabilities"].transpose(0, 3, 2, 1)
+            assert prob.shape == (3,) + lab.shape
+            assert np.abs(prob[..., k0:k1] - wprob).max() <= 1e-3
+            assert not prob[:, :5].any()   # outside the crop: 0 for every region, as nnU-Net
+    # one channel of a 2-channel model through segpipe ct: refused, naming the count
+    p = sp.run("ct", os.path.join(d, "caseA_0000.nii.gz"), "-o", os.path.join(tmp, "x.nii.gz"), "-m", pkg)
+    assert p.returncode == 3 and "2 input channels" in p.stderr

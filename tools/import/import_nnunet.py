@@ -250,14 +250,36 @@ def load_folds(folder, folds, checkpoint, make_net):
     return nets, mirror
 
 
+def labels_and_regions(ds):
+    """dataset.json's labels -> ({index: name}, None), or for a region-based
+    model (a label that is a list of several values, nnU-Net's has_regions)
+    ({class_order[i]: region i's name, 0: background}, class_order): the
+    regions in dataset.json's order, background and 'ignore' left out, as
+    nnU-Net's LabelManager lists them"""
+    items = ds["labels"].items()
+    if not any(isinstance(v, (list, tuple)) and len(v) > 1 for _, v in items):
+        labels = {}
+        for name, v in items:
+            v = v[0] if isinstance(v, (list, tuple)) else v
+            if name != "ignore":
+                labels[int(v)] = name
+        return labels, None
+    names = [k for k, v in items if k != "ignore" and not (
+        (not isinstance(v, (list, tuple)) and v == 0) or (isinstance(v, (list, tuple)) and set(v) == {0}))]
+    order = ds.get("regions_class_order")
+    if not order or len(order) != len(names):
+        raise ImportError_(f"a region-based dataset.json needs regions_class_order with one label per region "
+                           f"({len(names)}: {names})")
+    labels = {0: "background"}
+    for name, c in zip(names, order):
+        labels[int(c)] = name
+    return labels, [int(c) for c in order]
+
+
 def import_folder(folder, out_dir, fold="0", checkpoint="checkpoint_final.pth", configuration=None):
     ds, plans, cfg, configuration = load_config(folder, configuration)
-    labels = {}
-    for name, v in ds["labels"].items():
-        if not isinstance(v, int):
-            raise ImportError_(f"label {name!r} is a region ({v}); region-based models are not supported")
-        labels[v] = name
-    num_classes = max(labels) + 1
+    labels, regions = labels_and_regions(ds)
+    num_classes = len(regions) if regions else max(labels) + 1
     channels = len(ds.get("channel_names", ds.get("modality", {"0": "CT"})))
     if not 1 <= channels <= 8:
         raise ImportError_(f"{channels} input channels: segpipe takes 1 to 8")
@@ -278,6 +300,8 @@ def import_folder(folder, out_dir, fold="0", checkpoint="checkpoint_final.pth", 
                      "mirror_axes": mirror}
     man["input"]["channels"] = channels
     man["crop_nonzero"] = True   # nnU-Net predicts inside the box of non-zero voxels (crop_to_nonzero)
+    if regions:
+        man["regions"] = {"class_order": regions}
     net = nets[0] if len(nets) == 1 else Ensemble(nets)
     export(net, cfg["patch_size"], out_dir, man)
     if mirror is not None:
