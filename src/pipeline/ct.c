@@ -794,6 +794,8 @@ static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, sp_
         st = mf->conform_n      ? conform_path(pk, ct, &p, keep, r, pool)
              : mf->crop_nonzero ? crop_path(pk, ct, extra, n, &p, keep, r, pool, &h)
                                 : grid_path(pk, ct, extra, &p, keep, r, pool, &h);
+    for (int s = 0; !st && s < mf->pp_n; s++)   /* nnU-Net's postprocessing.pkl, on the final labels */
+        st = sp_components_keep_largest_of(r->labels, r->dim, mf->pp_set[s], mf->pp_len[s]);
     if (!st && p.passport)
         st = measure(mf, ct, &h, &p, keep, r);
     restore_input(&h, p.release_input);

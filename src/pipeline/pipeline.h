@@ -93,6 +93,8 @@ typedef struct sp_window_params {
      * region_order[i] of the last i whose averaged logit is > 0, else 0 */
     const int *region_order;
 } sp_window_params;
+sp_status sp_components_keep_largest_of(uint16_t *labels, const int64_t dim[3], const uint16_t *set, int n);
+
 /* ---- crop.c: nnU-Net's crop to the non-zero region and its mask ---- */
 int sp_nonzero_box(sp_volume *const *v, int n, int64_t lo[3], int64_t hi[3]);
 sp_volume *sp_volume_crop(const sp_volume *v, const int64_t lo[3], const int64_t hi[3]);

@@ -128,6 +128,21 @@ static sp_status parse_conform(const cJSON *j, const char *file, sp_manifest *mf
             return sp_fail(SP_ERR_MODEL, "%s: postprocess.largest_component must be \"none\" or \"foreground\"",
                            file);
         mf->largest_fg = !strcmp(lc, "foreground");
+        const cJSON *nn = cJSON_GetObjectItemCaseSensitive(pp, "nnunet");
+        int ok = !nn || (cJSON_IsArray(nn) && cJSON_GetArraySize(nn) <= 32);
+        for (const cJSON *s = ok && nn ? nn->child : NULL; s && ok; s = s->next) {
+            ok = cJSON_IsArray(s) && cJSON_GetArraySize(s) >= 1 && cJSON_GetArraySize(s) <= 64;
+            for (const cJSON *e = ok ? s->child : NULL; e && ok; e = e->next) {
+                ok = cJSON_IsNumber(e) && e->valuedouble >= 1 && e->valuedouble <= 65535 &&
+                     e->valuedouble == (int)e->valuedouble;
+                if (ok)
+                    mf->pp_set[mf->pp_n][mf->pp_len[mf->pp_n]++] = (uint16_t)e->valuedouble;
+            }
+            mf->pp_n += ok;
+        }
+        if (!ok)
+            return sp_fail(SP_ERR_MODEL, "%s: postprocess.nnunet must list up to 32 sets of 1 to 64 labels 1..65535",
+                           file);
     }
     return SP_OK;
 }
@@ -487,6 +502,47 @@ static sp_status parse_dicom_codes(const cJSON *j, const char *file, sp_manifest
     return mf->dicom_codes ? SP_OK : sp_fail(SP_ERR_NOMEM, "out of memory");
 }
 
+/* "labels": index -> name, the class count, gaps named label_<n> */
+static sp_status parse_labels(const cJSON *j, const char *file, sp_manifest *mf)
+{
+    sp_status st;
+    const cJSON *lab = cJSON_GetObjectItemCaseSensitive(j, "labels");
+    if (!cJSON_IsObject(lab) || cJSON_GetArraySize(lab) < 2) {
+        st = sp_fail(SP_ERR_MODEL, "%s: \"labels\" must map at least two indices to names", file);
+        return st;
+    }
+    int maxi = -1;
+    for (const cJSON *e = lab->child; e; e = e->next) {
+        char *endp;
+        long idx = strtol(e->string, &endp, 10);
+        if (*endp || idx < 0 || idx > 65535 || !cJSON_IsString(e)) {
+            st = sp_fail(SP_ERR_MODEL, "%s: label key \"%s\" must be an index 0..65535 with a name",
+                         file, e->string);
+            return st;
+        }
+        if (idx > maxi)
+            maxi = (int)idx;
+    }
+    mf->num_classes = maxi + 1;
+    mf->labels = calloc((size_t)mf->num_classes, sizeof *mf->labels);
+    if (!mf->labels) {
+        st = sp_fail(SP_ERR_NOMEM, "out of memory");
+        return st;
+    }
+    for (const cJSON *e = lab->child; e; e = e->next) {
+        int idx = atoi(e->string);
+        free(mf->labels[idx]);
+        mf->labels[idx] = strdup(e->valuestring);
+    }
+    for (int i = 0; i < mf->num_classes; i++)
+        if (!mf->labels[i]) {
+            char b[32];
+            snprintf(b, sizeof b, "label_%d", i);
+            mf->labels[i] = strdup(b);
+        }
+    return SP_OK;
+}
+
 sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf)
 {
     sp_status st = SP_OK;
@@ -543,40 +599,8 @@ sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf)
         st = sp_fail(SP_ERR_MODEL, "%s: unknown task \"%s\" (ct, mri, masks, classify)", file, mf->task);
     if (st)
         goto out;
-    const cJSON *lab = cJSON_GetObjectItemCaseSensitive(j, "labels");
-    if (!cJSON_IsObject(lab) || cJSON_GetArraySize(lab) < 2) {
-        st = sp_fail(SP_ERR_MODEL, "%s: \"labels\" must map at least two indices to names", file);
+    if ((st = parse_labels(j, file, mf)))
         goto out;
-    }
-    int maxi = -1;
-    for (const cJSON *e = lab->child; e; e = e->next) {
-        char *endp;
-        long idx = strtol(e->string, &endp, 10);
-        if (*endp || idx < 0 || idx > 65535 || !cJSON_IsString(e)) {
-            st = sp_fail(SP_ERR_MODEL, "%s: label key \"%s\" must be an index 0..65535 with a name",
-                         file, e->string);
-            goto out;
-        }
-        if (idx > maxi)
-            maxi = (int)idx;
-    }
-    mf->num_classes = maxi + 1;
-    mf->labels = calloc((size_t)mf->num_classes, sizeof *mf->labels);
-    if (!mf->labels) {
-        st = sp_fail(SP_ERR_NOMEM, "out of memory");
-        goto out;
-    }
-    for (const cJSON *e = lab->child; e; e = e->next) {
-        int idx = atoi(e->string);
-        free(mf->labels[idx]);
-        mf->labels[idx] = strdup(e->valuestring);
-    }
-    for (int i = 0; i < mf->num_classes; i++)
-        if (!mf->labels[i]) {
-            char b[32];
-            snprintf(b, sizeof b, "label_%d", i);
-            mf->labels[i] = strdup(b);
-        }
     for (int i = 0; i < mf->n_regions && !st; i++)
         if (mf->region_order[i] >= mf->num_classes)
             st = sp_fail(SP_ERR_MODEL, "%s: regions.class_order's %d is not in the label map (0..%d)", file,

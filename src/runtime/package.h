@@ -45,6 +45,10 @@ typedef struct sp_manifest {
      * the last region i whose sigmoid is over 0.5 (logit > 0), else 0 */
     int n_regions;
     int region_order[64];
+    /* "postprocess": {"nnunet": [[labels], ...]}: nnU-Net's postprocessing.pkl,
+     * each set's largest component kept (in order), after the labels are final */
+    int pp_n, pp_len[32];
+    uint16_t pp_set[32][64];
     int crop_nonzero;         /* "crop_nonzero": true: predict inside the box of voxels non-zero in any
                                  channel, label 0 outside (nnU-Net's crop_to_nonzero) */
     int largest_fg;           /* postprocess.largest_component "foreground": keep the largest

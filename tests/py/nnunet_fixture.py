@@ -46,6 +46,40 @@ CASES = {
 }
 
 
+# postprocessing.pkl of fixture ensemble2: remove_all_but_largest_component_from_segmentation's
+# labels_or_regions, in order (the foreground as a list, a label, a region)
+POSTPROCESSING = [[1, 2, 3], 1, (2, 3)]
+PP_FN = ("nnunetv2.postprocessing.remove_connected_components", "remove_all_but_largest_component_from_segmentation")
+
+
+def write_postprocessing(path, fn=None):
+    """postprocessing.pkl as nnU-Net's determine_postprocessing saves it:
+    (functions, kwargs) with the function pickled by reference. fn: nnU-Net's
+    own function when it is importable, else a stand-in under its name (in
+    modules that exist only while pickling)"""
+    import pickle, types
+    made = []
+    if fn is None:
+        mod, name = PP_FN
+        parts = mod.split(".")
+        for i in range(len(parts)):
+            m = ".".join(parts[:i + 1])
+            if m not in sys.modules:
+                sys.modules[m] = types.ModuleType(m)
+                made.append(m)
+
+        def fn(segmentation, labels_or_regions, background_label=0):
+            raise NotImplementedError
+        fn.__module__, fn.__name__, fn.__qualname__ = mod, name, name
+        setattr(sys.modules[mod], name, fn)
+    try:
+        with open(path, "wb") as f:
+            pickle.dump(([fn] * len(POSTPROCESSING), [{"labels_or_regions": x} for x in POSTPROCESSING]), f)
+    finally:
+        for m in made:
+            del sys.modules[m]
+
+
 def seeds(name, fold):
     return sum(map(ord, name)) * 100 + (99 if fold == "all" else int(fold))
 

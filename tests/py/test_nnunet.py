@@ -380,3 +380,36 @@ def test_nnunet_region_based(tmp):
     # one channel of a 2-channel model through segpipe ct: refused, naming the count
     p = sp.run("ct", os.path.join(d, "caseA_0000.nii.gz"), "-o", os.path.join(tmp, "x.nii.gz"), "-m", pkg)
     assert p.returncode == 3 and "2 input channels" in p.stderr
+
+
+def test_nnunet_postprocessing_pkl(tmp):
+    """--postprocessing postprocessing.pkl: nnU-Net's largest-component
+    removals (a foreground list, a label, a region), in order, on every
+    prediction; labels as nnU-Net's apply_postprocessing on its own
+    prediction (the reference ran its functions from this very pickle
+    format). A pickle naming anything else is refused unread (exit 4)."""
+    folder, _ = package(shared_tmp(), "ensemble2")
+    pkl = os.path.join(tmp, "postprocessing.pkl")
+    fx.write_postprocessing(pkl)
+    out = os.path.join(tmp, "pkg")
+    p = subprocess.run([sys.executable, IMPORTER, folder, "-o", out, "--fold", "0,1", "--postprocessing", pkl],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert json.load(open(os.path.join(out, "segpipe.json")))["postprocess"] == {"nnunet": [[1, 2, 3], [1], [2, 3]]}
+    r32, r16 = (np.load(os.path.join(REFS, "ensemble2" + s + ".npz")) for s in (".fp32", ""))
+    assert (r32["labels"] != r32["labels_pp"]).sum() > 1000   # the removals matter on this fixture
+    got = segment(tmp, "ensemble2", out)
+    agree(got, r32["labels_pp"], 0.9999)
+    agree(segment(tmp, "ensemble2", out, "--accumulator", "fp16"), r16["labels_pp"], 0.998)
+    # a pickle that names another callable: refused, nothing run
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + os.path.join(tmp, "pwned"),))
+    pickle.dump(([Evil()], [{}]), open(pkl, "wb"))
+    p = subprocess.run([sys.executable, IMPORTER, folder, "-o", os.path.join(tmp, "x"), "--postprocessing", pkl],
+                       capture_output=True, text=True)
+    assert p.returncode == 4 and "only nnunetv2.postprocessing" in p.stderr, p.stderr
+    assert not os.path.exists(os.path.join(tmp, "pwned"))
+    assert not os.path.exists(os.path.join(tmp, "x", "segpipe.json"))

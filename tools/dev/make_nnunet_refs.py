@@ -38,7 +38,7 @@ REPOS = ["MIC-DKFZ+nnUNet", "MIC-DKFZ+dynamic-network-architectures", "MIC-DKFZ+
          "MIC-DKFZ+batchgenerators"]
 STUBS = {"SimpleITK", "tqdm", "blosc2", "skimage", "pandas", "matplotlib", "graphviz", "imagecodecs", "tifffile",
          "threadpoolctl", "unittest2", "future", "fft_conv_pytorch", "seaborn", "sklearn", "requests", "dicom2nifti",
-         "yacs", "batchgeneratorsv2", "nnunetv2.training.dataloading"}
+         "yacs", "cc3d", "batchgeneratorsv2", "nnunetv2.training.dataloading"}
 
 
 class _Stubs(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -116,6 +116,23 @@ def _predict(nnUNetPredictor, folder, name, tta):
     return seg.transpose(2, 1, 0).astype(np.uint8), prob.transpose(0, 3, 2, 1).astype(np.float16)
 
 
+def postprocess(seg):
+    """nnU-Net's apply_postprocessing with the functions and kwargs its
+    postprocessing.pkl holds (written by nnunet_fixture.write_postprocessing
+    with nnU-Net's own function, loaded with pickle as nnU-Net loads it).
+    skimage is not here: acvl_utils' skimage.measure.label (connectivity
+    None: full, 26 in 3D) is scipy.ndimage.label with a 3x3x3 structure"""
+    import pickle
+    from scipy import ndimage
+    from acvl_utils.morphology import morphology_helper as mh
+    from nnunetv2.postprocessing import remove_connected_components as rcc
+    mh.label = lambda b, return_num=True, connectivity=None: ndimage.label(b, np.ones((3, 3, 3)))
+    path = os.path.join(tempfile.mkdtemp(), "postprocessing.pkl")
+    fx.write_postprocessing(path, rcc.remove_all_but_largest_component_from_segmentation)
+    fns, kwargs = pickle.load(open(path, "rb"))
+    return rcc.apply_postprocessing(seg.copy(), fns, kwargs).astype(np.uint8)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("cases", nargs="*", help=f"default: all ({', '.join(fx.CASES)})")
@@ -131,11 +148,14 @@ def main():
                 seg, prob = predict(nnUNetPredictor, folder, name, tta)
                 stem = os.path.join(a.out, name + ("" if tta or fx.CASES[name]["mirror"] is None else ".notta"))
                 k0, k1 = fx.PROB_SLAB
-                np.savez_compressed(stem + ".npz", labels=seg, probabilities=prob[..., k0:k1],
-                                    prob_k=np.array([k0, k1]))
                 seg32, prob32 = predict(nnUNetPredictor, folder, name, tta, float_sums=True)
+                extra = {}
+                if name == "ensemble2":   # its postprocessing.pkl applied by nnU-Net's own functions
+                    extra, extra32 = {"labels_pp": postprocess(seg)}, {"labels_pp": postprocess(seg32)}
+                np.savez_compressed(stem + ".npz", labels=seg, probabilities=prob[..., k0:k1],
+                                    prob_k=np.array([k0, k1]), **extra)
                 np.savez_compressed(stem + ".fp32.npz", labels=seg32, probabilities=prob32[..., k0:k1],
-                                    prob_k=np.array([k0, k1]))
+                                    prob_k=np.array([k0, k1]), **(extra32 if extra else {}))
                 print(f"{stem}: labels {np.bincount(seg.ravel()).tolist()}, max p {float(prob.max()):.3f}, "
                       f"{float((seg == seg32).mean()):.5f} equal with float sums")
     json.dump({"generator": "tools/dev/make_nnunet_refs.py", "commits": commits}, open(

@@ -37,7 +37,7 @@ the axis order from the image reader and `transpose_forward`.
 
 Written from nnU-Net's documented file formats; no nnU-Net code is used.
 """
-import argparse, itertools, json, os, sys
+import argparse, itertools, json, os, pickle, sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -174,6 +174,39 @@ class Ensemble(torch.nn.Module):
         return total / len(self.nets) if len(self.nets) > 1 else total
 
 
+PP_FN = ("nnunetv2.postprocessing.remove_connected_components", "remove_all_but_largest_component_from_segmentation")
+
+
+class _PPUnpickler(pickle.Unpickler):
+    """postprocessing.pkl names nnU-Net's function by reference; nothing else
+    may be loaded (a pickle can run any code it names)"""
+
+    def find_class(self, module, name):
+        if (module, name) == PP_FN:
+            return PP_FN
+        raise ImportError_(f"postprocessing.pkl names {module}.{name}: only {PP_FN[0]}.{PP_FN[1]} is understood")
+
+
+def read_postprocessing(path, max_label):
+    """nnU-Net's postprocessing.pkl ((functions, kwargs), as determine_postprocessing
+    saves it) -> the label sets whose largest component is kept, in order"""
+    with open(path, "rb") as f:
+        fns, kwargs = _PPUnpickler(f).load()
+    sets = []
+    for fn, kw in zip(fns, kwargs):
+        if fn != PP_FN or set(kw) - {"labels_or_regions", "background_label"} or kw.get("background_label", 0):
+            raise ImportError_(f"postprocessing.pkl: {fn} {kw} is not remove_all_but_largest_component with "
+                               "background 0")
+        lr = kw["labels_or_regions"]
+        labs = set()
+        for x in (lr if isinstance(lr, list) else [lr]):
+            labs |= set(int(v) for v in (x if isinstance(x, (tuple, list)) else [x]))
+        if not labs or min(labs) < 1 or max(labs) > max_label:
+            raise ImportError_(f"postprocessing.pkl: labels {sorted(labs)} are not foreground labels 1..{max_label}")
+        sets.append(sorted(labs))
+    return sets
+
+
 def parse_folds(text):
     """'0', '0,1,2', 'all', '0 1' -> ['0', '1', ...] (fold folder suffixes)"""
     folds = [f for f in text.replace(",", " ").split() if f]
@@ -276,7 +309,8 @@ def labels_and_regions(ds):
     return labels, [int(c) for c in order]
 
 
-def import_folder(folder, out_dir, fold="0", checkpoint="checkpoint_final.pth", configuration=None):
+def import_folder(folder, out_dir, fold="0", checkpoint="checkpoint_final.pth", configuration=None,
+                  postprocessing=None):
     ds, plans, cfg, configuration = load_config(folder, configuration)
     labels, regions = labels_and_regions(ds)
     num_classes = len(regions) if regions else max(labels) + 1
@@ -302,6 +336,8 @@ def import_folder(folder, out_dir, fold="0", checkpoint="checkpoint_final.pth", 
     man["crop_nonzero"] = True   # nnU-Net predicts inside the box of non-zero voxels (crop_to_nonzero)
     if regions:
         man["regions"] = {"class_order": regions}
+    if postprocessing:
+        man["postprocess"] = {"nnunet": read_postprocessing(postprocessing, max(labels))}
     net = nets[0] if len(nets) == 1 else Ensemble(nets)
     export(net, cfg["patch_size"], out_dir, man)
     if mirror is not None:
@@ -352,6 +388,9 @@ def main():
                     help="fold(s): 0, a comma list 0,1,2,3,4 (one package predicting the mean of their logits), "
                          "or all (nnU-Net's fold_all)")
     ap.add_argument("--checkpoint", default="checkpoint_final.pth")
+    ap.add_argument("--postprocessing", metavar="PKL",
+                    help="nnU-Net's postprocessing.pkl (crossval_results_folds_*/postprocessing.pkl): its "
+                         "largest-component removals, applied to every prediction")
     ap.add_argument("--configuration")
     ap.add_argument("--random-weights", action="store_true")
     ap.add_argument("--arch", default="totalseg-fast")
@@ -366,7 +405,7 @@ def main():
         if a.random_weights:
             _, man = random_model(a.arch, a.out, a.labels, a.seed)
         elif a.folder:
-            _, man = import_folder(a.folder, a.out, a.fold, a.checkpoint, a.configuration)
+            _, man = import_folder(a.folder, a.out, a.fold, a.checkpoint, a.configuration, a.postprocessing)
         else:
             ap.error("MODEL_FOLDER or --random-weights is required")
         if a.fp16 and a.split_head:
@@ -381,7 +420,8 @@ def main():
         if a.split_head:
             from onnx_split_head import split_package
             split_package(a.out, a.out, concat=True)
-    except (ImportError_, KeyError, FileNotFoundError, ValueError, ConvertError, SplitError) as e:
+    except (ImportError_, KeyError, FileNotFoundError, ValueError, ConvertError, SplitError,
+            pickle.UnpicklingError, EOFError) as e:
         print(f"import_nnunet: {e}", file=sys.stderr)
         sys.exit(4)
     print(f"wrote {a.out}/model.onnx and segpipe.json: {man['name']}, {len(man['labels'])} classes, "
