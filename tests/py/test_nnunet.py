@@ -413,3 +413,21 @@ def test_nnunet_postprocessing_pkl(tmp):
     assert p.returncode == 4 and "only nnunetv2.postprocessing" in p.stderr, p.stderr
     assert not os.path.exists(os.path.join(tmp, "pwned"))
     assert not os.path.exists(os.path.join(tmp, "x", "segpipe.json"))
+
+
+def test_nnunet_unsupported_configurations_named(tmp):
+    """a cascade stage and a 2D configuration: refused at import (exit 4)
+    naming what is missing, no package written"""
+    folder = fx.make_folder(os.path.join(tmp, "m"), "mirror")
+    plans = json.load(open(os.path.join(folder, "plans.json")))
+    c = plans["configurations"]
+    c["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
+    c["2d"] = json.loads(json.dumps(c["3d_fullres"]))
+    c["2d"]["architecture"]["arch_kwargs"]["conv_op"] = "torch.nn.modules.conv.Conv2d"
+    json.dump(plans, open(os.path.join(folder, "plans.json"), "w"))
+    for cfg, msg in (("3d_cascade_fullres", "cascade stage"), ("2d", "2D configurations")):
+        out = os.path.join(tmp, cfg)
+        p = subprocess.run([sys.executable, IMPORTER, folder, "-o", out, "--configuration", cfg],
+                           capture_output=True, text=True)
+        assert p.returncode == 4 and msg in p.stderr, p.stderr
+        assert not os.path.exists(os.path.join(out, "segpipe.json"))

@@ -91,7 +91,8 @@ def arch_from_plans(cfg, num_classes):
         k = a["arch_kwargs"]
         n_conv = k.get("n_conv_per_stage", k.get("n_blocks_per_stage"))
         if "Conv3d" not in k.get("conv_op", "Conv3d"):
-            raise ImportError_("only 3D networks (Conv3d) are supported")
+            raise ImportError_("only 3D networks (Conv3d) are supported: 2D configurations (slice-wise "
+                               "nnU-Net, conv_op Conv2d) are not yet; import a 3d_fullres configuration")
         kw = dict(features_per_stage=k["features_per_stage"], kernel_sizes=k["kernel_sizes"],
                   strides=k["strides"], n_conv_per_stage=n_conv,
                   n_conv_per_stage_decoder=k["n_conv_per_stage_decoder"], opts=opts_from_kwargs(k))
@@ -312,6 +313,10 @@ def labels_and_regions(ds):
 def import_folder(folder, out_dir, fold="0", checkpoint="checkpoint_final.pth", configuration=None,
                   postprocessing=None):
     ds, plans, cfg, configuration = load_config(folder, configuration)
+    if cfg.get("previous_stage"):
+        raise ImportError_(f"configuration {configuration!r} is a cascade stage (previous_stage "
+                           f"{cfg['previous_stage']!r}: the previous stage's one-hot labels are extra input "
+                           "channels): cascades are not supported yet; import the previous stage alone")
     labels, regions = labels_and_regions(ds)
     num_classes = len(regions) if regions else max(labels) + 1
     channels = len(ds.get("channel_names", ds.get("modality", {"0": "CT"})))
