@@ -184,6 +184,15 @@ def test_nnunet_bad_tta_manifest(tmp):
     json.dump(man, open(os.path.join(bad, "segpipe.json"), "w"))
     p = sp.run("model", "check", bad)
     assert p.returncode == 4 and "mirror_axes" in p.stderr
+    # model check loads both graphs: a plain one that does not fit is found
+    man["tta"]["mirror_axes"] = [0, 1, 2]
+    json.dump(man, open(os.path.join(bad, "segpipe.json"), "w"))
+    p = sp.run("model", "check", bad)
+    assert p.returncode == 0 and "(plain and mirrored graphs)" in p.stdout, p.stderr
+    os.remove(os.path.join(bad, "model.onnx"))
+    os.symlink(os.path.join(package(shared_tmp(), "mr3")[1], "model.onnx"), os.path.join(bad, "model.onnx"))
+    p = sp.run("model", "check", bad)
+    assert p.returncode == 4 and "3 channels" in p.stderr, p.stderr
 
 
 def predict_dir(tmp, name, cases=("caseA",)):
