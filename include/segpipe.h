@@ -298,6 +298,12 @@ int sp_package_input_channels(const sp_package *pk);
 /* The nnU-Net folds an imported package averages ("0,1,2,3,4", "all"),
  * from its manifest's "nnunet.folds"; "" when it says none. */
 const char *sp_package_nnunet_folds(const sp_package *pk);
+/* A cascade stage (nnU-Net's 3d_cascade_fullres, manifest "cascade"): the
+ * number of previous-stage labels it takes as one-hot channels (0: not a
+ * cascade); *image_channels the image channels it reads. Its
+ * sp_ct_run_channels takes the image channels, then the previous stage's
+ * label map (same grid) as one more volume. */
+int sp_package_cascade(const sp_package *pk, int *image_channels);
 /* Masks a "masks" package offers: count, and the name of mask i (NULL if
  * out of range; owned by the package). */
 int sp_package_num_masks(const sp_package *pk);

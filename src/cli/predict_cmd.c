@@ -21,10 +21,10 @@
 #include <sys/stat.h>
 
 #define PR_MAX_FILES 100000
-#define PR_MAX_CH 8
+#define PR_MAX_CH 9   /* 8 channels, and a cascade's previous labels */
 
 typedef struct pr_opts {
-    const char *in, *out, *model, *folds, *device;
+    const char *in, *out, *model, *folds, *device, *prev;
     int threads, tta, quiet, verbose, skip_done, ignored, save_prob, half;
     double step;
     sp_runtime_params rp;
@@ -51,6 +51,7 @@ static void pr_help(void)
            "  -device D, --device D    cpu (default) or cuda\n"
            "  -t, --threads N          CPU threads (default: all cores)\n"
            "      --continue_prediction  skip cases whose output exists\n"
+           "  -prev_stage_predictions DIR  a cascade stage: the previous stage's DIR/CASE.nii.gz labels\n"
            "      --save_probabilities  also OUT_DIR/CASE.npz: `probabilities`, float32 (classes, z, y, x)\n"
            "                           as nnU-Net writes it (no .pkl; docs/model-format.md)\n"
            "      --accumulator fp16   nnU-Net's own half-precision sums (default fp32; docs/model-format.md)\n"
@@ -99,6 +100,7 @@ static int pr_parse(int argc, char **argv, pr_opts *o)
         {.name = "device", .kind = CLI_STR, .dst = &o->device, .value = "cpu or cuda"},
         {.name = "threads", .letter = 't', .kind = CLI_INT, .dst = &o->threads, .lo = 0, .hi = 1024, .value = "N"},
         {.name = "continue-prediction", .kind = CLI_FLAG, .dst = &o->skip_done},
+        {.name = "prev-stage-predictions", .kind = CLI_STR, .dst = &o->prev, .value = "DIR"},
         {.name = "save-probabilities", .kind = CLI_FLAG, .dst = &o->save_prob},
         {.name = "accumulator", .kind = CLI_FN, .fn = opt_acc, .value = "fp32 or fp16"},
         {.name = "npp", .kind = CLI_INT, .dst = &o->ignored, .lo = 0, .hi = 1024, .value = "N"},
@@ -107,15 +109,15 @@ static int pr_parse(int argc, char **argv, pr_opts *o)
         {.name = "verbose", .letter = 'v', .kind = CLI_FLAG, .dst = &o->verbose},
         {.name = "help", .letter = 'h', .kind = CLI_HELP},
         {.name = NULL}};
-    /* nnU-Net spells its long options with one dash: -step_size, -device, -npp, -nps */
+    /* nnU-Net spells some long options with one dash */
+    static const char *const one_dash[] = {"-step_size", "-device", "-npp", "-nps", "-prev_stage_predictions"};
+    static char buf[5][32];
     for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "-step_size") || !strcmp(argv[i], "-device") || !strcmp(argv[i], "-npp") ||
-            !strcmp(argv[i], "-nps")) {
-            static char buf[4][16];
-            int k = argv[i][1] == 's' ? 0 : argv[i][1] == 'd' ? 1 : argv[i][2] == 'p' && argv[i][3] == 'p' ? 2 : 3;
-            snprintf(buf[k], sizeof buf[k], "-%s", argv[i]);
-            argv[i] = buf[k];
-        }
+        for (int k = 0; k < 5; k++)
+            if (!strcmp(argv[i], one_dash[k])) {
+                snprintf(buf[k], sizeof buf[k], "-%s", one_dash[k]);
+                argv[i] = buf[k];
+            }
     cli_args a;
     int rc = cli_parse("predict", t, pr_hints, argc, argv, o, &a);
     if (rc == CLI_HELP_ASKED) {
@@ -298,14 +300,18 @@ static int run_case(const pr_opts *o, sp_package *pk, const pr_case *c, int C, c
     sp_ct_check chk = {pk, cp};
     rdp.check_header = sp_ct_header_check;
     rdp.check_user = &chk;
-    for (int q = 0; q < C && !st; q++) {
-        snprintf(path, sizeof path, "%s/%s", o->in, c->file[q]);
+    int nv = C + (o->prev != NULL);   /* a cascade: its previous stage's labels after the images */
+    for (int q = 0; q < nv && !st; q++) {
+        if (q < C)
+            snprintf(path, sizeof path, "%s/%s", o->in, c->file[q]);
+        else
+            snprintf(path, sizeof path, "%s/%s%s", o->prev, c->id, c->ending);
         if ((rc = cli_check_input("predict", path)))
             break;
         st = sp_volume_read(path, &rdp, &v[q]);
     }
     if (!rc && !st)
-        st = sp_ct_run_channels(pk, v, C, cp, &res);
+        st = sp_ct_run_channels(pk, v, nv, cp, &res);
     if (!rc && !st)
         st = sp_labels_write_named(out, sp_ct_result_labels(res, NULL), v[0], sp_package_labels(pk),
                                    sp_package_num_classes(pk));
@@ -326,7 +332,7 @@ static int run_case(const pr_opts *o, sp_package *pk, const pr_case *c, int C, c
     if (!rc && !cli_quiet())
         printf("%s: %s\n", c->id, out);
     sp_ct_result_free(res);
-    for (int q = 0; q < C; q++)
+    for (int q = 0; q < nv; q++)
         sp_volume_free(v[q]);
     return rc;
 }
@@ -347,13 +353,31 @@ static int pr_run(pr_opts *o)
         rc = cli_usage_error("predict", "the package is not a volume (ct/mri) model");
         goto done;
     }
-    int C = sp_package_input_channels(pk);
+    int C, casc = sp_package_cascade(pk, &C);
+    if (casc && !o->prev) {
+        rc = cli_usage_error("predict", "this package is a cascade stage: give -prev_stage_predictions DIR (the "
+                             "previous stage's OUT_DIR)");
+        goto done;
+    }
+    if (!casc && o->prev) {
+        rc = cli_usage_error("predict", "-prev_stage_predictions is for a cascade stage; this package is not one");
+        goto done;
+    }
     if ((o->folds && (rc = check_folds(o->folds, pk))) || (rc = list_inputs(o->in, &names, &n)) ||
         (rc = group_cases(o->in, names, n, C, &cases, &nc)))
         goto done;
     if (!nc) {
         rc = (fprintf(stderr, "segpipe predict: %s holds no CASE_XXXX.nii.gz file\n", o->in), 3);
         goto done;
+    }
+    for (int i = 0; o->prev && i < nc; i++) {   /* every case's previous-stage labels, before any run */
+        char prev[4096];
+        struct stat sb;
+        snprintf(prev, sizeof prev, "%s/%s%s", o->prev, cases[i].id, cases[i].ending);
+        if (stat(prev, &sb)) {
+            rc = (fprintf(stderr, "segpipe predict: case %s has no previous-stage labels %s\n", cases[i].id, prev), 3);
+            goto done;
+        }
     }
     if (cli_mkdir_p(o->out)) {
         rc = (fprintf(stderr, "segpipe predict: cannot make the output folder %s\n", o->out), 6);

@@ -519,13 +519,17 @@ static sp_status normalize_channels(const sp_manifest *mf, float *vol, const int
         if (mf->norms[q].use_mask) {
             if (!(mask = calloc(nm, 1)))
                 return sp_fail(SP_ERR_NOMEM, "cannot allocate the non-zero mask (%zu voxels)", nm);
-            for (int c = 0; c < mf->channels; c++)
+            int nimg = mf->casc_n ? mf->casc_img : mf->channels;
+            for (int c = 0; c < nimg; c++)
                 for (size_t i = 0; i < nm; i++)
                     mask[i] |= vol[(size_t)c * nm + i] != 0;
             if (sp_fill_holes(mask, mdim)) {
                 free(mask);
                 return sp_fail(SP_ERR_NOMEM, "cannot fill the non-zero mask's holes (%zu voxels)", nm);
             }
+            for (int c = nimg; c < mf->channels; c++)   /* crop_to_nonzero: seg >= 0 keeps previous labels */
+                for (size_t i = 0; i < nm; i++)
+                    mask[i] |= vol[(size_t)c * nm + i] != 0;
         }
     for (int q = 0; q < mf->channels; q++) {
         if (mf->norms[q].use_mask)
@@ -537,8 +541,38 @@ static sp_status normalize_channels(const sp_manifest *mf, float *vol, const int
     return SP_OK;
 }
 
+/* A cascade's previous-stage labels (lab, the same grid) as one 0/1
+ * channel per listed label on the model grid, from dst: each label's mask
+ * resampled linearly and kept over 0.5 (nnU-Net's resampling of a
+ * segmentation, then convert_labelmap_to_one_hot) */
+static sp_status onehot_channels(const sp_manifest *mf, const sp_volume *lab, const sp_ct_params *p, sp_pool *pool,
+                                 sp_timings *t, size_t nm, float *dst)
+{
+    sp_volume *m = sp_volume_alloc(&lab->g);
+    size_t nv = (size_t)sp_geom_nvox(&lab->g);
+    if (!m)
+        return sp_fail(SP_ERR_NOMEM, "cannot allocate the previous stage's label masks");
+    sp_status st = SP_OK;
+    for (int i = 0; i < mf->casc_n && !st; i++) {
+        for (size_t k = 0; k < nv; k++)
+            m->data[k] = lab->data[k] == (float)mf->casc_lab[i];
+        sp_ornt o;
+        double target[3];
+        int64_t mdim[3];
+        float *v = NULL;
+        if ((st = to_model_grid(mf, m, p, pool, t, &o, target, mdim, &v)))
+            break;
+        for (size_t k = 0; k < nm; k++)
+            dst[(size_t)i * nm + k] = v[k] > 0.5f;
+        free(v);
+    }
+    sp_volume_free(m);
+    return st;
+}
+
 /* Channels 1.. of a multi-channel model (extra[q - 1]) on the model grid
- * after channel 0: *model_vol grows to channels x nm voxels. */
+ * after channel 0: *model_vol grows to channels x nm voxels; a cascade's
+ * last volume is its previous stage's labels, made one-hot. */
 static sp_status more_channels(const sp_manifest *mf, sp_volume *const *extra, const sp_ct_params *p, sp_pool *pool,
                                sp_timings *t, size_t nm, float **model_vol)
 {
@@ -548,7 +582,13 @@ static sp_status more_channels(const sp_manifest *mf, sp_volume *const *extra, c
     memcpy(all, *model_vol, nm * sizeof *all);
     free(*model_vol);
     *model_vol = all;
-    for (int q = 1; q < mf->channels; q++) {
+    int nimg = mf->casc_n ? mf->casc_img : mf->channels;
+    if (mf->casc_n) {
+        sp_status st = onehot_channels(mf, extra[nimg - 1], p, pool, t, nm, all + (size_t)nimg * nm);
+        if (st)
+            return st;
+    }
+    for (int q = 1; q < nimg; q++) {
         sp_ornt o;
         double target[3];
         int64_t mdim[3];
@@ -714,7 +754,7 @@ static sp_status crop_path(sp_package *pk, const sp_volume *ct, sp_volume *const
     all[0] = (sp_volume *)ct;
     for (int q = 1; q < n; q++)
         all[q] = extra[q - 1];
-    if (sp_nonzero_box(all, n, lo, hi) ||
+    if (sp_nonzero_box(all, pk->mf.casc_n ? pk->mf.casc_img : n, lo, hi) ||
         (!lo[0] && !lo[1] && !lo[2] && hi[0] == ct->g.dim[0] && hi[1] == ct->g.dim[1] && hi[2] == ct->g.dim[2]))
         return grid_path(pk, ct, extra, p, keep, r, pool, h);
     sp_status st = SP_OK;
@@ -735,10 +775,13 @@ static sp_status crop_path(sp_package *pk, const sp_volume *ct, sp_volume *const
  * direction alike), voxels present. */
 static sp_status check_channels(const sp_manifest *mf, const sp_volume *ct, sp_volume *const *extra, int n)
 {
-    if (n != mf->channels)
-        return sp_fail(SP_ERR_INPUT, "model '%s' takes %d input channel%s; %d given%s", mf->name, mf->channels,
-                       mf->channels == 1 ? "" : "s", n, n < mf->channels ? " (segpipe predict -i FOLDER reads "
-                       "nnU-Net's CASE_0000, CASE_0001, ... files of a case together)" : "");
+    int want = mf->casc_n ? mf->casc_img + 1 : mf->channels;   /* a cascade: the images and the labels */
+    if (n != want)
+        return sp_fail(SP_ERR_INPUT, "model '%s' takes %d input volume%s; %d given%s", mf->name, want,
+                       want == 1 ? "" : "s", n, n < want ? (mf->casc_n ? " (segpipe predict "
+                       "-prev_stage_predictions DIR gives a cascade its previous stage's labels)" :
+                       " (segpipe predict -i FOLDER reads nnU-Net's CASE_0000, CASE_0001, ... files of a case "
+                       "together)") : "");
     if (n > 1 && mf->conform_n)
         return sp_fail(SP_ERR_MODEL, "model '%s': a conformed model takes one channel", mf->name);
     for (int q = 1; q < n; q++) {

@@ -178,6 +178,30 @@ static sp_status parse_tta(const cJSON *j, const char *file, sp_manifest *mf)
     return SP_OK;
 }
 
+/* "cascade": image channels and the previous stage's labels made one-hot */
+static sp_status parse_cascade(const cJSON *j, const char *file, sp_manifest *mf)
+{
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(j, "cascade");
+    if (!c)
+        return SP_OK;
+    const cJSON *l = cJSON_GetObjectItemCaseSensitive(c, "labels");
+    mf->casc_img = (int)num_or(c, "image_channels", 0);
+    int ok = cJSON_IsArray(l) && cJSON_GetArraySize(l) >= 1 && cJSON_GetArraySize(l) <= 64;
+    for (const cJSON *e = ok ? l->child : NULL; e && ok; e = e->next) {
+        ok = cJSON_IsNumber(e) && e->valuedouble >= 1 && e->valuedouble <= 65535 &&
+             e->valuedouble == (int)e->valuedouble;
+        if (ok)
+            mf->casc_lab[mf->casc_n++] = (uint16_t)e->valuedouble;
+    }
+    if (!ok || mf->casc_img < 1 || mf->casc_img + mf->casc_n != mf->channels)
+        return sp_fail(SP_ERR_MODEL, "%s: \"cascade\" needs \"image_channels\" and \"labels\" (1 to 64) adding up "
+                       "to input.channels (%d)", file, mf->channels);
+    for (int q = mf->casc_img; q < mf->channels; q++)
+        if (mf->norms[q].scheme != SP_NORM_NONE)
+            return sp_fail(SP_ERR_MODEL, "%s: a cascade's label channels take normalization \"none\"", file);
+    return SP_OK;
+}
+
 /* one channel's "normalization" object */
 static sp_status parse_norm(const cJSON *nm, const char *file, sp_norm *out)
 {
@@ -286,6 +310,8 @@ static sp_status parse_ct(const cJSON *j, const cJSON *in, const char *file, sp_
     }
     if (mf->n_regions && (mf->head_features || mf->conform_n))
         return sp_fail(SP_ERR_MODEL, "%s: \"regions\" go with neither a split \"head\" nor \"conform\"", file);
+    if ((st = parse_cascade(j, file, mf)))
+        return st;
     const cJSON *cz = cJSON_GetObjectItemCaseSensitive(j, "crop_nonzero");
     if (cz && !cJSON_IsBool(cz))
         return sp_fail(SP_ERR_MODEL, "%s: \"crop_nonzero\" must be true or false", file);
@@ -869,6 +895,12 @@ int sp_package_is_volume(const sp_package *pk) { return !strcmp(pk->mf.task, "ct
 int sp_package_demo(const sp_package *pk) { return pk->mf.demo; }
 int sp_package_tta(const sp_package *pk) { return pk->mf.tta_used; }
 int sp_package_input_channels(const sp_package *pk) { return pk->mf.channels; }
+int sp_package_cascade(const sp_package *pk, int *image_channels)
+{
+    if (image_channels)
+        *image_channels = pk->mf.casc_n ? pk->mf.casc_img : pk->mf.channels;
+    return pk->mf.casc_n;
+}
 const char *sp_package_nnunet_folds(const sp_package *pk) { return pk->mf.folds; }
 int sp_package_num_masks(const sp_package *pk) { return pk->mf.n_masks; }
 const char *sp_package_mask_name(const sp_package *pk, int i)

@@ -12,7 +12,7 @@ typedef struct sp_norm {
     int use_mask;             /* zscore "mask": "nonzero": over nnU-Net's non-zero mask only */
 } sp_norm;
 
-#define SP_MAX_CHANNELS 8   /* input channels of a volume model (nnU-Net's CASE_0000 ... _0007) */
+#define SP_MAX_CHANNELS 72   /* input channels of a volume model: 8 images (CASE_0000 ... _0007), a cascade's 64 labels */
 #define SP_MAX_MASKS 32
 #define SP_MAX_MASK_CLASSES 64
 enum { SP_OUT_LOGITS, SP_OUT_PROB, SP_OUT_M2F, SP_OUT_SIGMOID };
@@ -49,6 +49,11 @@ typedef struct sp_manifest {
      * each set's largest component kept (in order), after the labels are final */
     int pp_n, pp_len[32];
     uint16_t pp_set[32][64];
+    /* "cascade": {"image_channels": C, "labels": [l, ...]}: a 3d_cascade_fullres
+     * stage: inputs are C image channels and the previous stage's label map,
+     * which becomes one channel (0/1) per listed label after the images */
+    int casc_img, casc_n;
+    uint16_t casc_lab[64];
     int crop_nonzero;         /* "crop_nonzero": true: predict inside the box of voxels non-zero in any
                                  channel, label 0 outside (nnU-Net's crop_to_nonzero) */
     int largest_fg;           /* postprocess.largest_component "foreground": keep the largest

@@ -40,6 +40,10 @@ CASES = {
                    mask=[True, True], labels={"background": 0, "edema": 1, "tumor": 2}, zero_border=True),
     # region-based (BraTS's whole tumour / core / enhancing): sigmoid per region,
     # regions_class_order, mirroring, on the brain-like case
+    # a cascade: 3d_lowres (one CT channel), then 3d_cascade_fullres taking the image
+    # and the lowres labels one-hot (1 + 3 input channels); same spacing, no resampling
+    "cascade": dict(folds=["0"], mirror=None, schemes=["CTNormalization"],
+                    labels={"background": 0, "liver": 1, "spleen": 2, "kidney": 3}),
     "regions": dict(folds=["0"], mirror=[0, 1, 2], schemes=["ZScoreNormalization", "ZScoreNormalization"],
                     mask=[True, True], zero_border=True, order=[1, 2, 3],
                     labels={"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing": [3]}),
@@ -171,6 +175,28 @@ def make_folder(root, name):
     json.dump(plans, open(os.path.join(folder, "plans.json"), "w"), indent=1)
     json.dump(ds, open(os.path.join(folder, "dataset.json"), "w"), indent=1)
     return folder
+
+
+def make_cascade(root):
+    """the cascade fixture's two trained-model folders (3d_lowres,
+    3d_cascade_fullres) sharing one plans.json; returns their paths"""
+    import torch
+    plans, ds = plans_and_dataset("cascade")
+    cfgs = plans["configurations"]
+    cfgs["3d_lowres"] = json.loads(json.dumps(cfgs["3d_fullres"]))
+    cfgs["3d_fullres"]["next_stage"] = "3d_cascade_fullres"
+    cfgs["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
+    out = []
+    for cfg, chans in (("3d_lowres", 1), ("3d_cascade_fullres", 4)):
+        folder = os.path.join(root, "Dataset990_cascade", f"nnUNetTrainer__nnUNetPlans__{cfg}")
+        os.makedirs(os.path.join(folder, "fold_0"), exist_ok=True)
+        ck = {"network_weights": state_dict(seeds("cascade", "0") + chans, chans, 4),
+              "trainer_name": "nnUNetTrainer", "current_epoch": 1, "init_args": {"configuration": cfg, "fold": "0"}}
+        torch.save(ck, os.path.join(folder, "fold_0", "checkpoint_final.pth"))
+        json.dump(plans, open(os.path.join(folder, "plans.json"), "w"), indent=1)
+        json.dump(ds, open(os.path.join(folder, "dataset.json"), "w"), indent=1)
+        out.append(folder)
+    return out
 
 
 def make_case(name):

@@ -102,17 +102,21 @@ def predict(nnUNetPredictor, folder, name, tta, float_sums=False):
         torch.half = half
 
 
-def _predict(nnUNetPredictor, folder, name, tta):
+def _predict(nnUNetPredictor, folder, name, tta, prev=None):
     import torch
-    c = fx.CASES[name]
+    c = fx.CASES["cascade" if name == "cascade_stage" else name]
+    if name == "cascade":   # 3d_lowres, then 3d_cascade_fullres with its labels (nnU-Net's array order)
+        low, high = folder
+        seg_low, _ = _predict(nnUNetPredictor, low, "cascade_stage", tta)
+        return _predict(nnUNetPredictor, high, "cascade_stage", tta, seg_low.transpose(2, 1, 0)[None])
     p = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=tta, perform_everything_on_device=False,
                         device=torch.device("cpu"), verbose=False, allow_tqdm=False)
     p.initialize_from_trained_model_folder(folder, use_folds=tuple(c["folds"]), checkpoint_name="checkpoint_final.pth")
-    chans, affine = fx.make_case(name)
+    chans, affine = fx.make_case(name if name != "cascade_stage" else "cascade")
     # SimpleITKIO's array of a NIfTI: (k, j, i), spacing reversed
     img = np.stack([ch.transpose(2, 1, 0) for ch in chans]).astype(np.float32)
     props = {"spacing": [float(s) for s in np.diag(affine)[:3][::-1]]}
-    seg, prob = p.predict_single_npy_array(img, props, None, None, True)
+    seg, prob = p.predict_single_npy_array(img, props, prev, None, True)
     return seg.transpose(2, 1, 0).astype(np.uint8), prob.transpose(0, 3, 2, 1).astype(np.float16)
 
 
@@ -143,7 +147,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         nnUNetPredictor, commits = load_nnunet(a.src, os.path.join(tmp, "src"))
         for name in a.cases or list(fx.CASES):
-            folder = fx.make_folder(os.path.join(tmp, "models"), name)
+            folder = fx.make_folder(os.path.join(tmp, "models"), name) if name != "cascade" else \
+                fx.make_cascade(os.path.join(tmp, "models"))
             for tta in ([True, False] if fx.CASES[name]["mirror"] is not None else [False]):
                 seg, prob = predict(nnUNetPredictor, folder, name, tta)
                 stem = os.path.join(a.out, name + ("" if tta or fx.CASES[name]["mirror"] is None else ".notta"))

@@ -313,22 +313,24 @@ def labels_and_regions(ds):
 def import_folder(folder, out_dir, fold="0", checkpoint="checkpoint_final.pth", configuration=None,
                   postprocessing=None):
     ds, plans, cfg, configuration = load_config(folder, configuration)
-    if cfg.get("previous_stage"):
-        raise ImportError_(f"configuration {configuration!r} is a cascade stage (previous_stage "
-                           f"{cfg['previous_stage']!r}: the previous stage's one-hot labels are extra input "
-                           "channels): cascades are not supported yet; import the previous stage alone")
     labels, regions = labels_and_regions(ds)
     num_classes = len(regions) if regions else max(labels) + 1
     channels = len(ds.get("channel_names", ds.get("modality", {"0": "CT"})))
-    if not 1 <= channels <= 8:
-        raise ImportError_(f"{channels} input channels: segpipe takes 1 to 8")
+    if not 1 <= channels <= 8 or (cfg.get("previous_stage") and len(labels) - 1 > 64):
+        raise ImportError_(f"{channels} input channels: segpipe takes 1 to 8 (and a cascade up to 64 labels)")
     arch, kw = arch_from_plans(cfg, num_classes)
     if arch not in ("PlainConvUNet", "ResidualEncoderUNet"):
         raise ImportError_(f"architecture {arch} is not supported (PlainConvUNet, ResidualEncoderUNet)")
     folds = parse_folds(str(fold))
     norms = normalization_for(plans, cfg, channels)
-    nets, mirror = load_folds(folder, folds, checkpoint, lambda: UNet(arch, channels, num_classes, **kw))
-    norm = norms[0] if channels == 1 else norms
+    prev = cfg.get("previous_stage")   # a cascade: the previous stage's foreground labels one-hot after the images
+    fg = sorted(k for k in labels if k != 0) if prev else []
+    if prev and regions:
+        raise ImportError_("a region-based cascade stage is not supported")
+    norms += [{"scheme": "none"}] * len(fg)
+    total = channels + len(fg)
+    nets, mirror = load_folds(folder, folds, checkpoint, lambda: UNet(arch, total, num_classes, **kw))
+    norm = norms[0] if total == 1 else norms
     reader = ds.get("overwrite_image_reader_writer", plans.get("image_reader_writer", "SimpleITKIO"))
     axes = axes_for(reader, plans.get("transpose_forward", [0, 1, 2]))
     what = f"fold {folds[0]}" if len(folds) == 1 else f"folds {','.join(folds)} (mean of the folds' logits)"
@@ -337,7 +339,9 @@ def import_folder(folder, out_dir, fold="0", checkpoint="checkpoint_final.pth", 
                        list(map(float, cfg["spacing"])), list(cfg["patch_size"]), axes, norm, labels)
     man["nnunet"] = {"folds": folds, "configuration": configuration,
                      "mirror_axes": mirror}
-    man["input"]["channels"] = channels
+    man["input"]["channels"] = total
+    if prev:
+        man["cascade"] = {"previous_stage": prev, "image_channels": channels, "labels": fg}
     man["crop_nonzero"] = True   # nnU-Net predicts inside the box of non-zero voxels (crop_to_nonzero)
     if regions:
         man["regions"] = {"class_order": regions}
