@@ -293,7 +293,8 @@ int sp_package_demo(const sp_package *pk);
 /* 1 when the package runs its mirrored graph (manifest "tta", chosen by
  * sp_runtime_params.tta at load), else 0. */
 int sp_package_tta(const sp_package *pk);
-/* A volume package's input channels (manifest input.channels, 1 to 8). */
+/* A volume package's input channels (manifest input.channels: up to 8
+ * images, and a cascade's previous labels one-hot). */
 int sp_package_input_channels(const sp_package *pk);
 /* The nnU-Net folds an imported package averages ("0,1,2,3,4", "all"),
  * from its manifest's "nnunet.folds"; "" when it says none. */
