@@ -381,7 +381,7 @@ static sp_status canonical_grid(const sp_manifest *mf, const sp_geom *g, const s
     for (int j = 0; j < 3; j++)
         cs[j] = g->spacing[o->ax[j]];
     for (int d = 0; d < 3; d++)
-        target[mf->axes[d]] = mf->spacing[d];
+        target[mf->axes[d]] = mf->spacing[d] > 0 ? mf->spacing[d] : cs[mf->axes[d]];   /* 0: kept (2D) */
     return model_grid(cdim, cs, target, p->max_model_voxels, mdim);
 }
 
@@ -911,7 +911,7 @@ sp_status sp_ct_header_check(const sp_volume *header, void *ct_check)
     double tiles = 1;   /* as sp_window_run counts them: each axis padded to the patch */
     for (int d = 0; d < 3; d++) {
         int64_t n = mdim[wp.axes[d]], t = wp.patch[d];
-        tiles *= (double)sp_window_steps(n > t ? n : t, t, wp.step, NULL, 1 << 24);
+        tiles *= t == 1 ? (double)n : (double)sp_window_steps(n > t ? n : t, t, wp.step, NULL, 1 << 24);
     }
     if (tiles > (double)wp.max_tiles)
         return sp_fail(SP_ERR_INPUT, "the header's %lldx%lldx%lld voxels make %.0f sliding-window tiles, over the "

@@ -423,6 +423,15 @@ static sp_status win_geometry(win *c, const int64_t vdim[3], const sp_window_par
         c->P[d] = wp->patch[d];
         int64_t padded = c->N[d] > c->P[d] ? c->N[d] : c->P[d];
         c->pad[d] = (padded - c->N[d]) / 2;
+        if (c->P[d] == 1) {   /* a 2D model's slices: each once, as nnU-Net's 2D slicers */
+            ns[d] = (int)padded;
+            if ((steps[d] = malloc((size_t)padded * sizeof **steps)))
+                for (int64_t k = 0; k < padded; k++)
+                    steps[d][k] = k;
+            if (!steps[d])
+                return sp_fail(SP_ERR_NOMEM, "sliding window: cannot allocate %lld steps", (long long)padded);
+            continue;
+        }
         ns[d] = sp_window_steps(padded, c->P[d], wp->step, NULL, 1 << 24);
         steps[d] = ns[d] > 0 ? malloc((size_t)ns[d] * sizeof **steps) : NULL;
         if (!steps[d] || sp_window_steps(padded, c->P[d], wp->step, steps[d], ns[d]) != ns[d])

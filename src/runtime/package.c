@@ -260,9 +260,13 @@ static sp_status parse_ct(const cJSON *j, const cJSON *in, const char *file, sp_
         return st;
     }
     double v[3];
-    if ((st = num_array(j, "spacing", mf->spacing, 3, file, 1)) ||
+    if ((st = num_array(j, "spacing", mf->spacing, 3, file, 0)) ||
         (st = num_array(j, "patch_size", v, 3, file, 1)))
         return st;
+    for (int i = 0; i < 3; i++)   /* 0: the slices keep their spacing (a 2D model: patch 1 on that dim) */
+        if (!(mf->spacing[i] > 0 || (mf->spacing[i] == 0 && i == 0 && v[0] == 1)))
+            return sp_fail(SP_ERR_MODEL, "%s: \"spacing\"[%d] must be a positive number (0 only for dim 0 of a 2D "
+                           "model, patch_size[0] 1)", file, i);
     for (int i = 0; i < 3; i++) {
         if (v[i] != floor(v[i]) || v[i] > 4096) {
             st = sp_fail(SP_ERR_MODEL, "%s: patch_size[%d] must be an integer <= 4096", file, i);

@@ -44,6 +44,9 @@ CASES = {
     # and the lowres labels one-hot (1 + 3 input channels); same spacing, no resampling
     "cascade": dict(folds=["0"], mirror=None, schemes=["CTNormalization"],
                     labels={"background": 0, "liver": 1, "spleen": 2, "kidney": 3}),
+    # a 2D configuration: every slice (along the first SimpleITK axis) through a 2D U-Net
+    "slices2d": dict(folds=["0"], mirror=[0, 1], schemes=["CTNormalization"], config="2d",
+                     labels={"background": 0, "liver": 1, "spleen": 2, "kidney": 3}),
     "regions": dict(folds=["0"], mirror=[0, 1, 2], schemes=["ZScoreNormalization", "ZScoreNormalization"],
                     mask=[True, True], zero_border=True, order=[1, 2, 3],
                     labels={"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing": [3]}),
@@ -88,11 +91,15 @@ def seeds(name, fold):
     return sum(map(ord, name)) * 100 + (99 if fold == "all" else int(fold))
 
 
-def state_dict(seed, channels, classes):
+KERNELS_2D, STRIDES_2D, PATCH_2D = [[3, 3], [3, 3], [3, 3]], [[1, 1], [2, 2], [2, 2]], [16, 16]
+
+
+def state_dict(seed, channels, classes, dim=3):
     """nnU-Net-layout weights for the fixture network, from numpy's seed"""
     import torch
     from segpipe_nets import Opts, UNet
-    net = UNet("PlainConvUNet", channels, classes, FEATS, KERNELS, STRIDES, [2, 2, 1], [1, 1],
+    k, s = (KERNELS, STRIDES) if dim == 3 else (KERNELS_2D, STRIDES_2D)
+    net = UNet("PlainConvUNet", channels, classes, FEATS, k, s, [2, 2, 1], [1, 1], dim=dim,
                opts=Opts(conv_bias=True))
     rng = np.random.default_rng(seed)
     sd = {}
@@ -137,10 +144,15 @@ def plans_and_dataset(name):
                                             "dropout_op": None, "dropout_op_kwargs": None,
                                             "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
                             "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}}
+    if c.get("config") == "2d":   # nnU-Net's 2d configuration: in-plane spacing and patch, Conv2d
+        ak = cfg["architecture"]["arch_kwargs"]
+        ak.update(conv_op="torch.nn.modules.conv.Conv2d", kernel_sizes=KERNELS_2D, strides=STRIDES_2D,
+                  norm_op="torch.nn.modules.instancenorm.InstanceNorm2d")
+        cfg.update(patch_size=PATCH_2D, spacing=SPACING[1:], median_image_size_in_voxels=list(SHAPE[1:]))
     plans = {"dataset_name": f"Dataset990_{name}", "plans_name": "nnUNetPlans",
              "original_median_spacing_after_transp": SPACING, "original_median_shape_after_transp": list(SHAPE),
              "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-             "configurations": {"3d_fullres": cfg}, "experiment_planner_used": "ExperimentPlanner",
+             "configurations": {c.get("config", "3d_fullres"): cfg}, "experiment_planner_used": "ExperimentPlanner",
              "label_manager": "LabelManager",
              "foreground_intensity_properties_per_channel": {str(i): CT_PROPS for i in range(n)}}
     ds = {"channel_names": {str(i): ("CT" if s == "CTNormalization" else f"MR{i}") for i, s in
@@ -162,13 +174,15 @@ def make_folder(root, name):
     """the trained-model folder of fixture `name` under root; returns its path"""
     import torch
     c = CASES[name]
-    folder = os.path.join(root, f"Dataset990_{name}", "nnUNetTrainer__nnUNetPlans__3d_fullres")
+    config = c.get("config", "3d_fullres")
+    folder = os.path.join(root, f"Dataset990_{name}", f"nnUNetTrainer__nnUNetPlans__{config}")
     plans, ds = plans_and_dataset(name)
     for f in c["folds"]:
         os.makedirs(os.path.join(folder, f"fold_{f}"), exist_ok=True)
-        ck = {"network_weights": state_dict(seeds(name, f), len(c["schemes"]), num_classes(name)),
+        ck = {"network_weights": state_dict(seeds(name, f), len(c["schemes"]), num_classes(name),
+                                            2 if config == "2d" else 3),
               "trainer_name": "nnUNetTrainer", "current_epoch": 1,
-              "init_args": {"configuration": "3d_fullres", "fold": f}}
+              "init_args": {"configuration": config, "fold": f}}
         if c["mirror"] is not None:
             ck["inference_allowed_mirroring_axes"] = tuple(c["mirror"])
         torch.save(ck, os.path.join(folder, f"fold_{f}", "checkpoint_final.pth"))

@@ -424,21 +424,24 @@ def test_nnunet_postprocessing_pkl(tmp):
     assert not os.path.exists(os.path.join(tmp, "x", "segpipe.json"))
 
 
-def test_nnunet_unsupported_configurations_named(tmp):
-    """a 2D configuration: refused at import (exit 4) naming what is
-    missing, no package written"""
-    folder = fx.make_folder(os.path.join(tmp, "m"), "mirror")
+def test_nnunet_2d_configuration(tmp):
+    """a 2d configuration: each slice through the 2D U-Net (tiles [1, H, W],
+    every slice once, the 2D Gaussian), the slices' spacing kept, mirroring
+    on the in-plane axes; nnU-Net's labels with and without TTA. A 1D
+    network is refused by name (exit 4, no package)."""
+    folder, pkg = package(shared_tmp(), "slices2d")
+    man = json.load(open(os.path.join(pkg, "segpipe.json")))
+    assert man["patch_size"] == [1, 16, 16] and man["spacing"] == [0.0, 1.5, 2.0]
+    assert man["tta"]["mirror_axes"] == [1, 2]
+    check(tmp, "slices2d", pkg, True)
+    check(tmp, "slices2d", pkg, False, "--no-tta")
     plans = json.load(open(os.path.join(folder, "plans.json")))
-    c = plans["configurations"]
-    c["2d"] = json.loads(json.dumps(c["3d_fullres"]))
-    c["2d"]["architecture"]["arch_kwargs"]["conv_op"] = "torch.nn.modules.conv.Conv2d"
+    plans["configurations"]["2d"]["architecture"]["arch_kwargs"]["conv_op"] = "torch.nn.modules.conv.Conv1d"
     json.dump(plans, open(os.path.join(folder, "plans.json"), "w"))
-    for cfg, msg in (("2d", "2D configurations"),):
-        out = os.path.join(tmp, cfg)
-        p = subprocess.run([sys.executable, IMPORTER, folder, "-o", out, "--configuration", cfg],
-                           capture_output=True, text=True)
-        assert p.returncode == 4 and msg in p.stderr, p.stderr
-        assert not os.path.exists(os.path.join(out, "segpipe.json"))
+    out = os.path.join(tmp, "x")
+    p = subprocess.run([sys.executable, IMPORTER, folder, "-o", out], capture_output=True, text=True)
+    assert p.returncode == 4 and "Conv1d" in p.stderr, p.stderr
+    assert not os.path.exists(os.path.join(out, "segpipe.json"))
 
 
 def test_nnunet_cascade(tmp):

@@ -90,10 +90,10 @@ def arch_from_plans(cfg, num_classes):
         name = a["network_class_name"].split(".")[-1]
         k = a["arch_kwargs"]
         n_conv = k.get("n_conv_per_stage", k.get("n_blocks_per_stage"))
-        if "Conv3d" not in k.get("conv_op", "Conv3d"):
-            raise ImportError_("only 3D networks (Conv3d) are supported: 2D configurations (slice-wise "
-                               "nnU-Net, conv_op Conv2d) are not yet; import a 3d_fullres configuration")
-        kw = dict(features_per_stage=k["features_per_stage"], kernel_sizes=k["kernel_sizes"],
+        conv = k.get("conv_op", "Conv3d").split(".")[-1]
+        if conv not in ("Conv3d", "Conv2d"):
+            raise ImportError_(f"conv_op {conv}: segpipe imports 3D (Conv3d) and 2D (Conv2d) networks")
+        kw = dict(dim=3 if conv == "Conv3d" else 2,features_per_stage=k["features_per_stage"], kernel_sizes=k["kernel_sizes"],
                   strides=k["strides"], n_conv_per_stage=n_conv,
                   n_conv_per_stage_decoder=k["n_conv_per_stage_decoder"], opts=opts_from_kwargs(k))
         if name == "ResidualEncoderUNet":
@@ -111,7 +111,7 @@ def arch_from_plans(cfg, num_classes):
         feats = [min(cfg["UNet_base_num_features"] * 2 ** i, cfg["unet_max_num_features"]) for i in range(n)]
         enc = cfg["n_conv_per_stage_encoder"]
         dec = cfg["n_conv_per_stage_decoder"]
-        return name, dict(features_per_stage=feats, kernel_sizes=kernels, strides=strides,
+        return name, dict(dim=len(cfg["patch_size"]), features_per_stage=feats, kernel_sizes=kernels, strides=strides,
                           n_conv_per_stage=enc, n_conv_per_stage_decoder=dec, opts=Opts(conv_bias=True))
     raise ImportError_("plans configuration has no architecture section")
 
@@ -148,6 +148,19 @@ def manifest_for(name, description, spacing, patch, axes, norm, labels, step=0.5
             "axes": axes, "spacing": spacing, "patch_size": patch, "normalization": norm,
             "sliding_window": {"step": step, "sigma_scale": 0.125},
             "labels": {str(k): v for k, v in sorted(labels.items())}}
+
+
+class Slices(torch.nn.Module):
+    """a 2D network on [N, C, 1, H, W] tiles: one slice, as nnU-Net's 2D
+    configurations see each slice of the volume (the window's patch is
+    [1, H, W] and its steps along dim 0 take every slice once)"""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x[:, :, 0])[:, :, None]
 
 
 class Ensemble(torch.nn.Module):
@@ -263,7 +276,7 @@ def normalization_for(plans, cfg, channels):
     return out
 
 
-def load_folds(folder, folds, checkpoint, make_net):
+def load_folds(folder, folds, checkpoint, make_net, wrap=None):
     """one network per fold; the mirroring axes of the first fold's checkpoint
     (nnU-Net reads them from the first only; absent or None: no mirroring)"""
     nets, mirror = [], None
@@ -280,7 +293,7 @@ def load_folds(folder, folds, checkpoint, make_net):
         net = make_net()
         load_nnunet_state_dict(net, ck["network_weights"])
         net.eval()
-        nets.append(net)
+        nets.append(net if wrap is None else wrap(net))
     return nets, mirror
 
 
@@ -329,14 +342,20 @@ def import_folder(folder, out_dir, fold="0", checkpoint="checkpoint_final.pth", 
         raise ImportError_("a region-based cascade stage is not supported")
     norms += [{"scheme": "none"}] * len(fg)
     total = channels + len(fg)
-    nets, mirror = load_folds(folder, folds, checkpoint, lambda: UNet(arch, total, num_classes, **kw))
+    two_d = kw["dim"] == 2   # a 2D configuration: each slice, [1, H, W] tiles
+    nets, mirror = load_folds(folder, folds, checkpoint, lambda: UNet(arch, total, num_classes, **kw),
+                              Slices if two_d else None)
+    if two_d and mirror is not None:
+        mirror = [a + 1 for a in mirror]   # the 2D axes are the tiles' dims 1 and 2
+    patch = [1] + list(cfg["patch_size"]) if two_d else list(cfg["patch_size"])
+    spacing = [0.0] + list(map(float, cfg["spacing"])) if two_d else list(map(float, cfg["spacing"]))
     norm = norms[0] if total == 1 else norms
     reader = ds.get("overwrite_image_reader_writer", plans.get("image_reader_writer", "SimpleITKIO"))
     axes = axes_for(reader, plans.get("transpose_forward", [0, 1, 2]))
     what = f"fold {folds[0]}" if len(folds) == 1 else f"folds {','.join(folds)} (mean of the folds' logits)"
     man = manifest_for(plans.get("dataset_name", "nnunet"),
                        f"imported from nnU-Net v2: {os.path.basename(os.path.normpath(folder))}, {what}",
-                       list(map(float, cfg["spacing"])), list(cfg["patch_size"]), axes, norm, labels)
+                       spacing, patch, axes, norm, labels)
     man["nnunet"] = {"folds": folds, "configuration": configuration,
                      "mirror_axes": mirror}
     man["input"]["channels"] = total
@@ -348,10 +367,10 @@ def import_folder(folder, out_dir, fold="0", checkpoint="checkpoint_final.pth", 
     if postprocessing:
         man["postprocess"] = {"nnunet": read_postprocessing(postprocessing, max(labels))}
     net = nets[0] if len(nets) == 1 else Ensemble(nets)
-    export(net, cfg["patch_size"], out_dir, man)
+    export(net, patch, out_dir, man)
     if mirror is not None:
         man["tta"] = {"onnx": "model.tta.onnx", "mirror_axes": mirror, "default": True}
-        export(Ensemble(nets, mirror), cfg["patch_size"], out_dir, man, "model.tta.onnx")
+        export(Ensemble(nets, mirror), patch, out_dir, man, "model.tta.onnx")
     return net, man
 
 
