@@ -635,9 +635,7 @@ static sp_status grid_path(sp_package *pk, const sp_volume *ct, sp_volume *const
     sp_window_params wp = window_params(mf, p);
     lab_m = sp_big_alloc(nm * sizeof *lab_m);
     int want_logits = p->smooth || p->keep_probabilities;
-    if (want_logits && mf->head_w)
-        st = sp_fail(SP_ERR_USAGE, "probabilities need the logits: use the unsplit package (no \"head\")");
-    else if (p->smooth && mf->n_regions)
+    if (p->smooth && mf->n_regions)
         st = sp_fail(SP_ERR_USAGE, "--smooth takes class logits: not for a region-based model");
     else if (want_logits && lab_m && !(logits = sp_big_alloc((size_t)wp.num_classes * nm * sizeof *logits)))
         st = sp_fail(SP_ERR_NOMEM, "--smooth/probabilities: cannot allocate %d x %zu logits", wp.num_classes, nm);
