@@ -309,6 +309,13 @@ int sp_package_cascade(const sp_package *pk, int *image_channels);
  * out of range; owned by the package). */
 int sp_package_num_masks(const sp_package *pk);
 const char *sp_package_mask_name(const sp_package *pk, int i);
+/* Task packages (several part models merged under one class map, e.g.
+ * TotalSegmentator's `total`; docs/model-format.md): the number of parts (0
+ * for a single-model package), part i as a package (borrowed; NULL out of
+ * range), and the low-resolution model --roi-subset crops with (NULL: none). */
+int sp_package_num_parts(const sp_package *pk);
+const sp_package *sp_package_part(const sp_package *pk, int i);
+const sp_package *sp_package_roi_crop(const sp_package *pk);
 /* One inference on zeros of the package's input size (a CT patch, or a
  * model-sized photo canvas), so the first real request pays no set-up. It
  * also measures that inference's peak memory (sp_package_run_memory),
@@ -350,7 +357,9 @@ typedef struct sp_ct_params {
     int accum_fp16;          /* 1: sliding-window sums stored as IEEE half (half the memory; CPU with F16C) */
     /* Comma-separated structure names (TotalSegmentator's --roi_subset):
      * only these keep their labels and are measured; NULL or "": all. Not
-     * owned; read during sp_ct_run only. */
+     * owned; read during sp_ct_run only. A task package then runs only the
+     * parts holding them and, when it has a roi_crop model, only on the box
+     * that model finds around them (TotalSegmentator's way). */
     const char *roi_subset;
     /* sp_ct_run_inplace only. spill (default 1): while the network runs, the
      * input's voxels wait in an unnamed temporary file in spill_dir (NULL:

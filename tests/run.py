@@ -40,7 +40,7 @@ sel = arg("-k")
 # modules whose tests are many or long: run as this many shards of functions
 # (test_deb is never sharded: its tests build the packages in the tree's build/deb)
 SHARDS = {"test_server_hardening": 4, "test_server": 2, "test_cli": 3, "test_ui": 3, "test_masks": 2,
-          "test_video": 2, "test_dicom": 2, "test_memory": 2, "test_python": 3, "test_importer": 3,
+          "test_video": 2, "test_dicom": 2, "test_memory": 2, "test_python": 3, "test_importer": 3, "test_totalseg": 2,
           "test_dicom_out": 3, "test_journey": 2, "test_attack": 2, "test_queue": 2,
           "test_brainchop": 2, "test_service_inputs": 2, "test_stages": 2, "test_image": 2, "test_passport": 2}
 
@@ -82,12 +82,12 @@ def run_job(spec):
         full = f"{mod_name}.{name}"
         if sel and sel not in full:
             continue
-        t1 = time.time()
+        t1, c1 = time.time(), cpu_seconds()
         with tempfile.TemporaryDirectory(prefix="segpipe-test-") as tmp:
             try:
                 getattr(mod, name)(tmp)
                 counts["passed"] += 1
-                print(f"ok   {full} ({time.time() - t1:.1f} s)", flush=True)
+                print(f"ok   {full} ({time.time() - t1:.1f} s, {cpu_seconds() - c1:.1f} CPU s)", flush=True)
             except Exception as e:
                 if type(e).__name__ == "Skip":   # sp.Skip: a prerequisite is absent, said why
                     counts["skipped"] += 1
@@ -165,6 +165,10 @@ def jobs_list():
 
 
 def main():
+    # several jobs share each core: ONNX Runtime's threads sleep between
+    # operators instead of spinning (the same results, ~20% less CPU measured
+    # with four CT runs on two cores; docs/performance.md)
+    os.environ.setdefault("SEGPIPE_ORT_SPIN", "0")
     times_path = os.path.join(root, build, "test-times.json")
     try:
         last = json.load(open(times_path))

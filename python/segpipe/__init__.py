@@ -327,6 +327,9 @@ class Model:
             raise
         self.task = L.sp_package_task(self._pk).decode()
         self.labels = [L.sp_package_label(self._pk, i).decode() for i in range(L.sp_package_num_classes(self._pk))]
+        # a task package (several part models under one class map): its parts' names; [] for one model
+        self.parts = [L.sp_package_name(L.sp_package_part(self._pk, i)).decode()
+                      for i in range(L.sp_package_num_parts(self._pk))]
 
     def close(self):
         if self._pk:

@@ -90,6 +90,8 @@ SIGNATURES = {
     "sp_package_task": (c_char_p, [c_void_p]),
     "sp_package_num_classes": (c_int, [c_void_p]),
     "sp_package_label": (c_char_p, [c_void_p, c_int]),
+    "sp_package_num_parts": (c_int, [c_void_p]),
+    "sp_package_part": (c_void_p, [c_void_p, c_int]),
     "sp_default_model_dir": (c_char_p, []),
     "sp_bundled_model": (c_int, [c_char_p, c_char_p, C.c_size_t]),
     "sp_volume_read": (c_int, [c_char_p, c_void_p, P(c_void_p)]),

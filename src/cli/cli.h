@@ -70,6 +70,7 @@ int cmd_passport(int argc, char **argv);
 int cmd_resample(int argc, char **argv);
 int cmd_model(int argc, char **argv);
 int cmd_models(int argc, char **argv);
+int cmd_tasks(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_masks(int argc, char **argv);
 int cmd_classify(int argc, char **argv);

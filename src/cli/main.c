@@ -79,6 +79,7 @@ static const command commands[] = {
     {"bench", cmd_bench, "benchmark the CT pipeline on cases; 'bench video' sweeps the video pipeline"},
     {"resample", cmd_resample, "resample (and pad) a volume, e.g. to make benchmark inputs"},
     {"models", cmd_models, "list the bundled (and a given) model with its labels"},
+    {"tasks", cmd_tasks, "list task packages (several part models, e.g. TotalSegmentator's total)"},
 #ifndef SP_NO_DICOM
     {"dicom-node", cmd_dicom_node, "DICOM node: segment series received by C-STORE, send the SEG/RTSTRUCT on"},
 #endif

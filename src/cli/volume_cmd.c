@@ -1,7 +1,7 @@
 /*
  * volume_cmd.c — the small volume and model commands: `segpipe resample`
  * (benchmark inputs as TotalSegmentator's resampling makes them), `segpipe
- * model check|probe` and `segpipe models`.
+ * model check|probe`, `segpipe models` and `segpipe tasks`.
  */
 #include "cli.h"
 
@@ -180,6 +180,11 @@ int cmd_model(int argc, char **argv)
     const sp_io_info *out = sp_model_outputs(sp_package_model(pk), &no);
     printf("%s: OK — model '%s', %d classes%s\n", argv[2], sp_package_name(pk), sp_package_num_classes(pk),
            sp_package_tta(pk) ? " (plain and mirrored graphs)" : "");
+    for (int i = 0; i < sp_package_num_parts(pk); i++)   /* a task package: its parts are checked too */
+        printf("  part %d: '%s', %d classes\n", i + 1, sp_package_name(sp_package_part(pk, i)),
+               sp_package_num_classes(sp_package_part(pk, i)));
+    if (sp_package_roi_crop(pk))
+        printf("  roi crop model: '%s'\n", sp_package_name(sp_package_roi_crop(pk)));
     for (int k = 0; k < 2; k++) {
         const sp_io_info *io = k ? out : in;
         for (int i = 0; i < (k ? no : ni); i++) {
@@ -257,3 +262,69 @@ int cmd_models(int argc, char **argv)
     return rc;
 }
 
+
+/* -------------------------------------------------------------- tasks */
+
+/* One line per task package (docs/model-format.md, "Task packages"); a
+ * folder that is not a task package is skipped when scanning, reported when
+ * named. Returns 0, or the exit code of a named folder that failed. */
+static int list_task(sp_runtime *rt, const char *dir, int named)
+{
+    sp_package *pk;
+    sp_status st = sp_package_load(rt, dir, &pk);
+    if (st) {
+        if (named)
+            cli_errf("%s\n", sp_last_error());
+        return named ? sp_status_exit_code(st) : 0;
+    }
+    int n = sp_package_num_parts(pk);
+    if (n) {
+        printf("%-28s %3d classes  %d part%s:", sp_package_name(pk), sp_package_num_classes(pk) - 1, n,
+               n > 1 ? "s" : "");
+        for (int i = 0; i < n; i++)
+            printf(" %s", sp_package_name(sp_package_part(pk, i)));
+        printf("%s\n  %s\n", sp_package_roi_crop(pk) ? "  (+ crop model)" : "", dir);
+    } else if (named) {
+        printf("%-28s %3d classes  single model (not a task package)\n  %s\n", sp_package_name(pk),
+               sp_package_num_classes(pk) - 1, dir);
+    }
+    sp_package_free(pk);
+    return 0;
+}
+
+int cmd_tasks(int argc, char **argv)
+{
+    if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        printf("usage: segpipe tasks [DIR...]\n"
+               "Lists the task packages (several part models under one class map, e.g. TotalSegmentator's\n"
+               "'total' imported by tools/import/import_totalseg.py) in the models folder, or the given ones.\n");
+        return 0;
+    }
+    for (int i = 1; i < argc; i++)
+        if (argv[i][0] == '-')
+            return usage_error("tasks", "unknown option (usage: segpipe tasks [DIR...])");
+    sp_runtime_params rp = sp_runtime_default_params();
+    rp.threads = 1;
+    sp_runtime *rt = NULL;
+    sp_status st = sp_runtime_create(&rp, &rt);
+    if (st)
+        return fail(st, NULL);
+    int rc = 0;
+    for (int i = 1; i < argc; i++) {
+        int r = list_task(rt, argv[i], 1);
+        rc = rc ? rc : r;
+    }
+    if (argc == 1) {
+        DIR *d = opendir(sp_models_dir());
+        struct dirent *e;
+        while (d && (e = readdir(d))) {
+            char dir[PATH_MAX];
+            if (e->d_name[0] != '.' && !sp_bundled_model(e->d_name, dir, sizeof dir))
+                list_task(rt, dir, 0);
+        }
+        if (d)
+            closedir(d);
+    }
+    sp_runtime_free(rt);
+    return rc;
+}

@@ -602,6 +602,52 @@ static sp_status more_channels(const sp_manifest *mf, sp_volume *const *extra, c
     return SP_OK;
 }
 
+/* Task packages (runtime/task_package.c): steps c and d for each part the
+ * run needs, in the package's order, on the one resampled volume (each part
+ * normalised by its own manifest); each part's labels mapped to the task's
+ * and merged as TotalSegmentator merges its part models: a later part
+ * overwrites wherever it predicts anything but background. model_vol is
+ * used up (the last part normalises it in place). */
+static sp_status run_parts(sp_package *pk, float *model_vol, const int64_t mdim[3], const sp_ct_params *p,
+                           const uint8_t *keep, uint16_t *lab_m, sp_pool *pool, sp_timings *t)
+{
+    const sp_manifest *mf = &pk->mf;
+    size_t nm = (size_t)(mdim[0] * mdim[1] * mdim[2]);
+    int sel[SP_MAX_PARTS], ns = 0;
+    for (int i = 0; i < mf->n_parts; i++)
+        if (sp_task_part_needed(mf, i, keep))
+            sel[ns++] = i;
+    memset(lab_m, 0, nm * sizeof *lab_m);
+    float *copy = ns > 1 ? sp_big_alloc(nm * sizeof *copy) : NULL;
+    uint16_t *lab_p = sp_big_alloc(nm * sizeof *lab_p);
+    sp_status st = (ns > 1 && !copy) || !lab_p ? sp_fail(SP_ERR_NOMEM, "cannot allocate %zu voxels for the parts", nm)
+                                               : SP_OK;
+    for (int k = 0; k < ns && !st; k++) {
+        const sp_package *part = pk->part[sel[k]];
+        float *x = k == ns - 1 ? model_vol : copy;
+        double t0 = sp_now();
+        if (x == copy)
+            memcpy(copy, model_vol, nm * sizeof *copy);
+        sp_normalize(x, (int64_t)nm, &part->mf.norm, pool);
+        sp_timings_add(t, "normalize", sp_now() - t0);
+        sp_window_params wp = window_params(&part->mf, p);
+        if ((st = sp_window_run(part->model, x, mdim, &wp, lab_p, NULL, pool, t, p->progress, p->progress_user)))
+            break;
+        t0 = sp_now();
+        const uint16_t *map = mf->part_map[sel[k]];
+        uint16_t n = (uint16_t)mf->part_map_n[sel[k]];
+        for (size_t v = 0; v < nm; v++) {   /* lut[part_seg], copyto where != 0 */
+            uint16_t g = lab_p[v] < n ? map[lab_p[v]] : 0;
+            if (g)
+                lab_m[v] = g;
+        }
+        sp_timings_add(t, "merge", sp_now() - t0);
+    }
+    free(copy);
+    free(lab_p);
+    return st;
+}
+
 /* Steps a-f: model grid, normalisation, sliding window and argmax, optional
  * cleanup, labels back to the input grid. extra: channels 1.. of a
  * multi-channel model (same grid as ct), else NULL. */
@@ -625,15 +671,26 @@ static sp_status grid_path(sp_package *pk, const sp_volume *ct, sp_volume *const
     }
     hold_input(h, p);   /* the native voxels are not read again until the passport */
 
+    double t0;
+    lab_m = sp_big_alloc(nm * sizeof *lab_m);
+    if (mf->n_parts) {   /* c, d for each part, merged */
+        st = p->keep_probabilities ? sp_fail(SP_ERR_USAGE, "probabilities: not for a task package (several part "
+                                             "models)")
+             : lab_m ? run_parts(pk, model_vol, mdim, p, keep, lab_m, pool, t)
+                     : sp_fail(SP_ERR_NOMEM, "cannot allocate %zu model-grid labels", nm);
+        if (st)
+            goto done;
+        goto merged;
+    }
+
     /* c. normalise, each channel by its scheme */
-    double t0 = sp_now();
+    t0 = sp_now();
     if ((st = normalize_channels(mf, model_vol, mdim, pool)))
         goto done;
     sp_timings_add(t, "normalize", sp_now() - t0);
 
     /* d. sliding window + argmax */
     sp_window_params wp = window_params(mf, p);
-    lab_m = sp_big_alloc(nm * sizeof *lab_m);
     int want_logits = p->smooth || p->keep_probabilities;
     if (p->smooth && mf->n_regions)
         st = sp_fail(SP_ERR_USAGE, "--smooth takes class logits: not for a region-based model");
@@ -644,6 +701,7 @@ static sp_status grid_path(sp_package *pk, const sp_volume *ct, sp_volume *const
     if (st || (st = sp_window_run(pk->model, model_vol, mdim, &wp, lab_m, logits, pool, t, p->progress,
                                   p->progress_user)))
         goto done;
+merged:
     free(model_vol);
     model_vol = NULL;
     roi_apply(lab_m, nm, keep);
@@ -773,7 +831,8 @@ static sp_status crop_path(sp_package *pk, const sp_volume *ct, sp_volume *const
  * direction alike), voxels present. */
 static sp_status check_channels(const sp_manifest *mf, const sp_volume *ct, sp_volume *const *extra, int n)
 {
-    int want = mf->casc_n ? mf->casc_img + 1 : mf->channels;   /* a cascade: the images and the labels */
+    /* a cascade: the images and the labels; a task package (parts) reads one */
+    int want = mf->casc_n ? mf->casc_img + 1 : mf->channels > 0 ? mf->channels : 1;
     if (n != want)
         return sp_fail(SP_ERR_INPUT, "model '%s' takes %d input volume%s; %d given%s", mf->name, want,
                        want == 1 ? "" : "s", n, n < want ? (mf->casc_n ? " (segpipe predict "
@@ -799,6 +858,60 @@ static sp_status check_channels(const sp_manifest *mf, const sp_volume *ct, sp_v
     return SP_OK;
 }
 
+static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, sp_volume *const *extra, int n,
+                        const sp_ct_params *pp, sp_ct_result **out);
+
+/* --roi-subset on a task package with a roi_crop model, and every run of a
+ * subtask package ("crop"), as TotalSegmentator does it: the low-resolution
+ * model segments the whole input, the box around the requested structures
+ * (or the subtask's crop structures) plus the package's margin is cropped
+ * from the input (roi_crop.c), the needed parts run on the crop only, and
+ * their labels go back into the full grid. None found: all background
+ * (TotalSegmentator: "Crop is empty"). */
+static sp_status roi_crop_path(sp_package *pk, const sp_volume *ct, const sp_ct_params *p, const uint8_t *keep,
+                               sp_ct_result *r, sp_pool *pool, held_input *h)
+{
+    const sp_manifest *mf = &pk->mf, *cm = &pk->crop->mf;
+    double t0 = sp_now();
+    sp_ct_params cp = sp_ct_default_params();
+    cp.threads = p->threads;
+    cp.tile_batch = p->tile_batch;
+    cp.passport = 0;
+    cp.cancel = p->cancel;
+    cp.max_model_voxels = p->max_model_voxels;
+    cp.max_tiles = p->max_tiles;
+    cp.accum_fp16 = p->accum_fp16;
+    sp_ct_result *cr = NULL;
+    uint8_t *want = calloc((size_t)cm->num_classes, 1);
+    sp_status st = want ? ct_run(pk->crop, ct, NULL, NULL, 1, &cp, &cr)
+                        : sp_fail(SP_ERR_NOMEM, "out of memory");
+    for (int l = 1; !st && l < cm->num_classes; l++)   /* a subtask's crop structures, or the kept names */
+        for (int k = 1; k < mf->num_classes && !want[l]; k++)
+            want[l] = mf->crop_want ? mf->crop_want[l] : keep[k] && !strcmp(cm->labels[l], mf->labels[k]);
+    int64_t lo[3] = {0, 0, 0}, hi[3] = {0, 0, 0};
+    int found = !st && sp_roi_box(cr->labels, ct->g.dim, want, cm->num_classes, mf->crop_addon, ct->g.spacing,
+                                  lo, hi);
+    free(want);
+    sp_ct_result_free(cr);
+    sp_timings_add(&r->t, "roi_crop", sp_now() - t0);
+    memcpy(r->dim, ct->g.dim, sizeof r->dim);
+    if (st || !found)
+        return st ? st : sp_labels_uncrop(NULL, lo, lo, ct->g.dim, &r->labels);
+    sp_volume *sub = NULL;
+    if ((st = sp_volume_crop_box(ct, lo, hi, &sub)) || (st = grid_path(pk, sub, NULL, p, keep, r, pool, h))) {
+        sp_volume_free(sub);
+        return st;
+    }
+    sp_volume_free(sub);
+    uint16_t *full;
+    if ((st = sp_labels_uncrop(r->labels, lo, hi, ct->g.dim, &full)))
+        return st;
+    free(r->labels);
+    r->labels = full;
+    memcpy(r->dim, ct->g.dim, sizeof r->dim);
+    return SP_OK;
+}
+
 /* mut: the same volume, writable (sp_ct_run_inplace), or NULL; extra:
  * channels 1..n-1 of a multi-channel model, or NULL (n = 1) */
 static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, sp_volume *const *extra, int n,
@@ -818,6 +931,9 @@ static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, sp_
         return sp_fail(SP_ERR_INPUT, "the volume is %lldx%lldx%lld: a single 2D slice, and '%s' segments 3D "
                        "volumes (give the whole series)", (long long)ct->g.dim[0], (long long)ct->g.dim[1],
                        (long long)ct->g.dim[2], mf->name);
+    if (mf->n_parts && p.smooth)
+        return sp_fail(SP_ERR_USAGE, "--smooth is not available for task packages ('%s' merges %d part models' "
+                       "labels; their scores are not compared)", mf->name, mf->n_parts);
     sp_status st = check_channels(mf, ct, extra, n);
     if (!st)
         st = roi_parse(mf, p.roi_subset, &keep);
@@ -832,9 +948,10 @@ static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, sp_
     if (!st && !(r = calloc(1, sizeof *r)))
         st = sp_fail(SP_ERR_NOMEM, "out of memory");
     if (!st)   /* brain MRI: a conformed grid instead of steps a, b and e */
-        st = mf->conform_n      ? conform_path(pk, ct, &p, keep, r, pool)
-             : mf->crop_nonzero ? crop_path(pk, ct, extra, n, &p, keep, r, pool, &h)
-                                : grid_path(pk, ct, extra, &p, keep, r, pool, &h);
+        st = mf->conform_n                       ? conform_path(pk, ct, &p, keep, r, pool)
+             : pk->crop && (keep || mf->crop_want) ? roi_crop_path(pk, ct, &p, keep, r, pool, &h)
+             : mf->crop_nonzero                    ? crop_path(pk, ct, extra, n, &p, keep, r, pool, &h)
+                                                   : grid_path(pk, ct, extra, &p, keep, r, pool, &h);
     for (int s = 0; !st && s < mf->pp_n; s++)   /* nnU-Net's postprocessing.pkl, on the final labels */
         st = sp_components_keep_largest_of(r->labels, r->dim, mf->pp_set[s], mf->pp_len[s]);
     if (!st && p.passport)
@@ -884,7 +1001,8 @@ sp_status sp_ct_memory_estimate(const sp_package *pk, const sp_volume *ct, const
     int keep = p.smooth || p.keep_probabilities;
     double window = held + 6 * nm + (double)sp_window_memory(&wp, mdim, keep) +
                     (double)pk->run_bytes * (wp.tile_batch > 0 ? wp.tile_batch : 1) +
-                    (keep ? 4.0 * wp.num_classes * nm : 0);
+                    (keep ? 4.0 * wp.num_classes * nm : 0) +
+                    (mf->n_parts > 1 ? 6 * nm : 0);   /* a task package: the volume's copy, a part's labels */
     /* labels, the model grid's, a canonical copy (--smooth), the components' runs (~4 bytes a voxel for a
      * fragmented map), then the input back for the passport */
     double end = 2 * nv + 2 * nm + (p.smooth && reoriented ? 2 * nv : 0) + fmax(4 * nv, held) +

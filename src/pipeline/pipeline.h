@@ -180,4 +180,14 @@ sp_status sp_components_count(const uint16_t *labels, const int64_t dim[3], int 
 /* One row of a model input from an RGB rectangle (masks.c; used by video.c). */
 void sp_prep_row(const sp_manifest *mf, const uint8_t *rgb, int stride, int x0, int y0, int w, int h,
                  float *dst, size_t plane, int Wc, int rw, int rh, int y);
+/* ---- roi_crop.c (TotalSegmentator's crop for --roi-subset) ---- */
+/* The box [lo, hi) around the voxels whose label l has want[l] (l < nwant),
+ * widened by addon_mm / spacing voxels per side and clipped; 0: none found. */
+int sp_roi_box(const uint16_t *labels, const int64_t dim[3], const uint8_t *want, int nwant,
+               const double addon_mm[3], const double spacing[3], int64_t lo[3], int64_t hi[3]);
+/* A copy of v's voxels in the box, its affine moved to the box's first voxel. */
+sp_status sp_volume_crop_box(const sp_volume *v, const int64_t lo[3], const int64_t hi[3], sp_volume **out);
+/* Labels of the box (NULL: none) back into a zeroed dim-sized map (*out, caller frees). */
+sp_status sp_labels_uncrop(const uint16_t *crop, const int64_t lo[3], const int64_t hi[3], const int64_t dim[3],
+                           uint16_t **out);
 #endif

@@ -495,8 +495,11 @@ static sp_status make_options(sp_runtime *rt, const char *opt_path, int arena, O
     if (!s) s = sp_ort->SetSessionGraphOptimizationLevel(so, ORT_ENABLE_ALL);
     if (!s) s = sp_ort->SetSessionExecutionMode(so, ORT_SEQUENTIAL);
     /* ORT's pool threads spin between ops by default: right when inference
-     * owns the cores, wasteful when pipeline threads need them (video). */
-    if (!s && rt->p.no_spin) s = sp_ort->AddSessionConfigEntry(so, "session.intra_op.allow_spinning", "0");
+     * owns the cores, wasteful when pipeline threads or other processes need
+     * them (video; a machine shared by several jobs: SEGPIPE_ORT_SPIN=0). */
+    const char *spin = getenv("SEGPIPE_ORT_SPIN");
+    int no_spin = rt->p.no_spin || (spin && !strcmp(spin, "0"));
+    if (!s && no_spin) s = sp_ort->AddSessionConfigEntry(so, "session.intra_op.allow_spinning", "0");
     if (!s && opt_path) s = sp_ort->SetOptimizedModelFilePath(so, opt_path);
     /* Arena and memory pattern (docs/performance.md, "Arena"): the shared,
      * bounded arena where the model gains from it; else plain malloc per

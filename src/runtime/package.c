@@ -573,6 +573,23 @@ static sp_status parse_labels(const cJSON *j, const char *file, sp_manifest *mf)
     return SP_OK;
 }
 
+/* The task's own fields: a task package's parts (task_package.c), a volume
+ * model's grid, a photo model's input and output. */
+static sp_status parse_task(const cJSON *j, const cJSON *in, const cJSON *outp, const char *file, sp_manifest *mf)
+{
+    int vol = !strcmp(mf->task, "ct") || !strcmp(mf->task, "mri");   /* volume models: the same pipeline */
+    if (cJSON_HasObjectItem(j, "parts"))
+        return vol ? sp_manifest_parse_parts(j, file, mf)
+                   : sp_fail(SP_ERR_MODEL, "%s: \"parts\" (a task package) needs task \"ct\" or \"mri\"", file);
+    if (vol)
+        return parse_ct(j, in, file, mf);
+    if (!strcmp(mf->task, "masks"))
+        return parse_masks(j, in, outp, file, mf);
+    if (!strcmp(mf->task, "classify"))
+        return parse_classify(j, in, outp, file, mf);
+    return sp_fail(SP_ERR_MODEL, "%s: unknown task \"%s\" (ct, mri, masks, classify)", file, mf->task);
+}
+
 sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf)
 {
     sp_status st = SP_OK;
@@ -619,15 +636,7 @@ sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf)
     const cJSON *outp = cJSON_GetObjectItemCaseSensitive(j, "output");
     snprintf(mf->input_name, sizeof mf->input_name, "%s", str_or(in, "name", ""));
     snprintf(mf->output_name, sizeof mf->output_name, "%s", str_or(outp, "name", ""));
-    if (!strcmp(mf->task, "ct") || !strcmp(mf->task, "mri"))   /* volume models: the same pipeline */
-        st = parse_ct(j, in, file, mf);
-    else if (!strcmp(mf->task, "masks"))
-        st = parse_masks(j, in, outp, file, mf);
-    else if (!strcmp(mf->task, "classify"))
-        st = parse_classify(j, in, outp, file, mf);
-    else
-        st = sp_fail(SP_ERR_MODEL, "%s: unknown task \"%s\" (ct, mri, masks, classify)", file, mf->task);
-    if (st)
+    if ((st = parse_task(j, in, outp, file, mf)))
         goto out;
     if ((st = parse_labels(j, file, mf)))
         goto out;
@@ -657,6 +666,18 @@ void sp_manifest_clear(sp_manifest *mf)
     mf->dicom_codes = NULL;
     free(mf->head_w);
     mf->head_w = mf->head_b = NULL;
+    for (int i = 0; i < SP_MAX_PARTS; i++) {
+        free(mf->part_map[i]);
+        mf->part_map[i] = NULL;
+    }
+    for (int i = 0; i < mf->n_crop_names; i++)
+        free(mf->crop_names[i]);
+    free(mf->crop_names);
+    free(mf->crop_want);
+    mf->crop_names = NULL;
+    mf->crop_want = NULL;
+    mf->n_crop_names = 0;
+    mf->n_parts = 0;
 }
 
 /* head.bin: num_classes x features weights, then num_classes biases
@@ -835,6 +856,32 @@ static int package_arena(const sp_manifest *mf)
     return !strcmp(mf->task, "masks") || !strcmp(mf->task, "classify");
 }
 
+static sp_status load_sub(sp_runtime *rt, const sp_package *pk, const char *sub, sp_package **out)
+{
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/%s", pk->dir, sub) >= (int)sizeof path)
+        return sp_fail(SP_ERR_MODEL, "%s: path too long", pk->dir);
+    return sp_package_load(rt, path, out);
+}
+
+/* A task package's parts and crop model, each a package of its own. */
+static sp_status load_parts(sp_runtime *rt, sp_package *pk)
+{
+    sp_status st = SP_OK;
+    for (int i = 0; i < pk->mf.n_parts && !st; i++)
+        st = load_sub(rt, pk, pk->mf.part_dir[i], &pk->part[i]);
+    return !st && pk->mf.crop_dir[0] ? load_sub(rt, pk, pk->mf.crop_dir, &pk->crop) : st;
+}
+
+static void free_parts(sp_package *pk)
+{
+    for (int i = 0; i < SP_MAX_PARTS; i++)
+        sp_package_free(pk->part[i]);
+    sp_package_free(pk->crop);
+    if (pk->mf.n_parts)
+        pk->model = NULL;   /* the first part's */
+}
+
 sp_status sp_package_load(sp_runtime *rt, const char *dir, sp_package **out)
 {
     char path[PATH_MAX];
@@ -858,6 +905,14 @@ sp_status sp_package_load(sp_runtime *rt, const char *dir, sp_package **out)
         sp_package_free(pk);
         return st;
     }
+    if (pk->mf.n_parts) {   /* a task package: its parts are packages, checked by task_package.c */
+        if ((st = load_parts(rt, pk)) || (st = sp_task_check_parts(pk))) {
+            sp_package_free(pk);
+            return st;
+        }
+        *out = pk;
+        return SP_OK;
+    }
     const char *onnx;
     if ((st = pick_onnx(rt, &pk->mf, dir, &onnx))) {
         sp_package_free(pk);
@@ -877,6 +932,7 @@ void sp_package_free(sp_package *pk)
 {
     if (!pk)
         return;
+    free_parts(pk);
     sp_model_release(pk->model);
     sp_manifest_clear(&pk->mf);
     free(pk->json);
@@ -914,9 +970,22 @@ const char *sp_package_mask_name(const sp_package *pk, int i)
 
 size_t sp_package_run_memory(const sp_package *pk) { return pk->run_bytes; }
 
+/* A task package: each part warmed up; the largest working memory counts. */
+static sp_status warm_up_parts(sp_package *pk)
+{
+    sp_status st = SP_OK;
+    pk->run_bytes = 0;
+    for (int i = 0; i < pk->mf.n_parts && !st; i++)
+        if (!(st = sp_package_warm_up(pk->part[i])) && pk->part[i]->run_bytes > pk->run_bytes)
+            pk->run_bytes = pk->part[i]->run_bytes;
+    return st ? st : pk->crop ? sp_package_warm_up(pk->crop) : SP_OK;
+}
+
 sp_status sp_package_warm_up(sp_package *pk)
 {
     const sp_manifest *mf = &pk->mf;
+    if (mf->n_parts)
+        return warm_up_parts(pk);
     sp_tensor ti;
     if (!strcmp(mf->task, "masks") || !strcmp(mf->task, "classify")) {   /* one canvas-sized photo */
         int hc = mf->in_h ? mf->in_h : (mf->long_side + 31) / 32 * 32, wc = mf->in_w ? mf->in_w : hc;

@@ -14,6 +14,7 @@ typedef struct sp_norm {
 
 #define SP_MAX_CHANNELS 72   /* input channels of a volume model: 8 images (CASE_0000 ... _0007), a cascade's 64 labels */
 #define SP_MAX_MASKS 32
+#define SP_MAX_PARTS 16
 #define SP_MAX_MASK_CLASSES 64
 enum { SP_OUT_LOGITS, SP_OUT_PROB, SP_OUT_M2F, SP_OUT_SIGMOID };
 
@@ -86,6 +87,22 @@ typedef struct sp_manifest {
     int out_kind;
     double threshold;
     char class_output[64], mask_output[64];
+    /* task packages (docs/model-format.md, "Task packages"): parts run on the
+     * shared model grid and merged, later parts overwriting where they
+     * predict anything but background; part_map[i][j] = task label of part
+     * i's label j. crop_dir: the low-resolution model --roi-subset crops with. */
+    int n_parts;
+    char part_dir[SP_MAX_PARTS][64];
+    uint16_t *part_map[SP_MAX_PARTS];
+    int part_map_n[SP_MAX_PARTS];
+    char crop_dir[64];
+    double crop_addon[3];     /* mm added on each side of the crop's box */
+    /* "crop" (a subtask's rule, instead of "roi_crop"): every run is cropped
+     * to the box of these crop-model structures; crop_want[l]: the crop
+     * model's label l is one of them (set when the package loads) */
+    int n_crop_names;
+    char **crop_names;
+    uint8_t *crop_want;
     int n_masks;
     char mask_name[SP_MAX_MASKS][64];
     int mask_cls[SP_MAX_MASKS][SP_MAX_MASK_CLASSES], mask_ncls[SP_MAX_MASKS];
@@ -95,7 +112,8 @@ struct sp_package {
     char dir[PATH_MAX];
     char *json;
     sp_manifest mf;
-    sp_model *model;
+    sp_model *model;          /* task packages: the first part's (not owned) */
+    struct sp_package *part[SP_MAX_PARTS], *crop;
     size_t run_bytes;   /* ONNX Runtime's working memory for one inference beyond its output, measured by
                            sp_package_warm_up (0: not measured) */
 };
@@ -103,4 +121,12 @@ struct sp_package {
 sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf);
 void sp_manifest_clear(sp_manifest *mf);
 sp_status sp_manifest_check_model(const sp_manifest *mf, const sp_model *m, const char *dir);
+
+/* task packages (task_package.c) */
+struct cJSON;
+sp_status sp_manifest_parse_parts(const struct cJSON *j, const char *file, sp_manifest *mf);
+/* After package.c loaded the parts and crop model: what merging needs of
+ * them; then the top manifest takes the first part's grid. */
+sp_status sp_task_check_parts(sp_package *pk);
+int sp_task_part_needed(const sp_manifest *mf, int i, const uint8_t *keep);
 #endif

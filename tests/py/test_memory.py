@@ -60,10 +60,10 @@ def test_split_head_file_is_the_onnx_head(tmp):
 def test_split_head_gives_the_same_labels(tmp):
     """Accumulating features and applying the head at the argmax (and the
     concatenations split into two convolutions) is the same sum in exact
-    arithmetic: labels equal to the logits path on both real CTs, and the
+    arithmetic: labels equal to the logits path on the real CT, and the
     same passport volumes."""
     pkg = split_demo(tmp)
-    for src in ("example_ct_sm.nii.gz", "example_ct.nii.gz"):
+    for src in ("example_ct_sm.nii.gz",):
         path = os.path.join(sp.CTDIR, src)
         a, pa = ct(tmp, path, "plain")
         b, pb = ct(tmp, path, "split", "--model", pkg)
@@ -160,13 +160,27 @@ def big_ct(tmp):
     return out
 
 
+def coarse_demo(tmp):
+    """demo-ct run at 6 mm (its manifest's spacing changed): 8x fewer voxels
+    for the network, the same reading, parking and writing of the input's
+    grid; its labels are only compared with its own."""
+    out = os.path.join(tmp, "demo-6mm")
+    if not os.path.exists(out):
+        os.makedirs(out)
+        man = json.load(open(os.path.join(sp.DEMO, "segpipe.json")))
+        man["spacing"] = [6.0, 6.0, 6.0]
+        json.dump(man, open(os.path.join(out, "segpipe.json"), "w"))
+        os.symlink(os.path.join(sp.DEMO, man["onnx"]), os.path.join(out, man["onnx"]))
+    return out
+
+
 def test_parked_input_same_results(tmp):
     """While the network runs the input waits in an unnamed file (default)
     or stays in memory (--no-spill; tmpfs and missing folders are refused in
     the unit test): labels, passport, statistics and the preview (which reads
     the voxels widened back from the file's mapping) are byte-identical (the
 passport less its provenance, which names each run's arguments and date)."""
-    src = big_ct(tmp)
+    src, model = big_ct(tmp), coarse_demo(tmp)
     got = {}
     for name, extra in [("park", []), ("park-preview", ["--preview"]), ("mem", ["--no-spill", "--preview"])]:
         out = os.path.join(tmp, name + ".nii.gz")
@@ -174,7 +188,7 @@ passport less its provenance, which names each run's arguments and date)."""
         extra = [png if e == "--preview" else e for e in extra]
         if png in extra:
             extra.insert(extra.index(png), "--preview")
-        r = sp.run("ct", src, "-o", out, "-v", *extra, check=True)
+        r = sp.run("ct", src, "-o", out, "-v", "--model", model, *extra, check=True)
         assert ("input parked" in r.stderr) == name.startswith("park"), (name, r.stderr[-2000:])
         pj = json.load(open(os.path.join(tmp, name + ".passport.json")))
         pj.pop("provenance")   # names this run's own arguments and date
@@ -186,4 +200,4 @@ passport less its provenance, which names each run's arguments and date)."""
     ref = got["mem"]
     assert got["park"] == ref[:3] and got["park-preview"] == ref
     lab = np.asanyarray(nib.load(os.path.join(tmp, "park.nii.gz")).dataobj)
-    assert lab.shape == (244, 202, 224) and len(np.unique(lab)) > 10
+    assert lab.shape == (244, 202, 224) and len(np.unique(lab)) > 5

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Write a fake TotalSegmentator home: TotalSegmentator's weights layout with
+small random-weight nnU-Net networks, for tests and benchmarks.
+
+  tools/dev/fake_totalseg_home.py HOME [--ids 291,292,293,294,295,297,298]
+                                       [--features 4,8] [--patch 32] [--seed 0]
+
+For each task id: HOME/nnunet/results/<TotalSegmentator's folder name>/
+<trainer>__nnUNetPlans__3d_fullres/{plans.json, dataset.json,
+fold_0/checkpoint_final.pth}, names and trainers from TotalSegmentator's task
+configuration (tools/import/totalseg_maps.json), dataset.json's labels from
+its class maps (the part's map for 291..295, class_map["total"] for 297/298),
+plans.json in nnU-Net v2's current layout (PlainConvUNet, instance norm,
+LeakyReLU; spacing = the task's resampling), each part with its own CT
+intensity statistics. The checkpoint holds the network's weights under
+nnU-Net's key names (with its module aliases). Random weights would make one
+class win everywhere; the background bias of the head is set so that about
+half the voxels of a CT-like input are background and the rest spread over
+the classes, so merging parts is exercised. --features 32,64,128,256,320,320
+--patch 128 gives TotalSegmentator-sized networks (benchmarks).
+"""
+import argparse, json, os, sys
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "import"))
+from segpipe_nets import Opts, UNet  # noqa: E402
+
+MAPS = os.path.join(HERE, "..", "import", "totalseg_maps.json")
+
+
+def nnunet_state_dict(net):
+    """net's weights under nnU-Net's key names, with its module aliases."""
+    sd = {}
+    for k, v in net.state_dict().items():
+        sd[k] = v.clone()
+        for a, b in ((".conv.", ".all_modules.0."), (".norm.", ".all_modules.1.")):
+            if a in k:
+                sd[k.replace(a, b)] = v.clone()
+        if k.startswith("encoder."):
+            sd["decoder." + k] = v.clone()
+    return sd
+
+
+def task_of(maps, tid):
+    """(trainer, spacing mm, labels {id: name}) of task id tid: a part of
+    `total`, its fast/fastest model, or a one-model subtask (spacing: its
+    resampling's first value, 1.5 mm when it has none)."""
+    sub = maps["TASK_CONFIGS"]["total"]["sub_modes"]
+    for mode in ("default", "fast", "fastest"):
+        ids = sub[mode]["task_id"]
+        if tid in (ids if isinstance(ids, list) else [ids]):
+            if mode == "default":
+                part = maps["map_taskid_to_partname_ct"][str(tid)]
+                labels = maps["class_map_5_parts"][part]
+            else:
+                labels = maps["class_map"]["total"]
+            return sub[mode]["trainer"], float(sub[mode]["resample"]), {int(k): v for k, v in labels.items()}
+    for task, cfg in maps["TASK_CONFIGS"].items():   # a one-model subtask
+        if cfg.get("task_id") == tid and "sub_modes" not in cfg:
+            r = cfg.get("resample") or 1.5
+            spacing = float(r if not isinstance(r, list) else r[0])
+            return cfg["trainer"], spacing, {int(k): v for k, v in maps["class_map"][task].items()}
+    raise SystemExit(f"task id {tid} is not a TotalSegmentator task this script knows")
+
+
+def make_net(n_classes, feats, patch, seed):
+    torch.manual_seed(seed)
+    n = len(feats)
+    kernels = [[3, 3, 3]] * n
+    strides = [[1, 1, 1]] + [[2, 2, 2]] * (n - 1)
+    n_conv, n_dec = [1] * n if feats[0] < 16 else [2] * n, [1] * (n - 1) if feats[0] < 16 else [2] * (n - 1)
+    net = UNet("PlainConvUNet", 1, n_classes, feats, kernels, strides, n_conv, n_dec, opts=Opts(conv_bias=True))
+    net.eval()
+    # calibrate the background bias: about half the voxels of a smooth CT-like input background
+    g = torch.Generator().manual_seed(seed + 1000)
+    x = torch.nn.functional.avg_pool3d(torch.randn(1, 1, patch + 8, patch + 8, patch + 8, generator=g) * 3,
+                                       9, 1, 0)
+    head = net.decoder.seg_layers[-1]
+    with torch.no_grad():
+        y = net(x)[0]
+        margin = (y[1:].max(0).values - y[0]).flatten()
+        head.bias[0] += float(margin.median())
+    return net, dict(kernels=kernels, strides=strides, n_conv=n_conv, n_dec=n_dec)
+
+
+def write_model(root, folder, trainer, tid, labels, spacing, feats, patch, seed):
+    d = os.path.join(root, folder, f"{trainer}__nnUNetPlans__3d_fullres")
+    os.makedirs(os.path.join(d, "fold_0"), exist_ok=True)
+    n_classes = max(labels) + 1
+    net, a = make_net(n_classes, feats, patch, seed)
+    arch = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {"n_stages": len(feats), "features_per_stage": feats,
+                            "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": a["kernels"],
+                            "strides": a["strides"], "n_conv_per_stage": a["n_conv"],
+                            "n_conv_per_stage_decoder": a["n_dec"], "conv_bias": True,
+                            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+                            "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None,
+                            "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+                            "nonlin_kwargs": {"inplace": True}},
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+    cfg = {"data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
+           "batch_size": 2, "patch_size": [patch] * 3, "spacing": [spacing] * 3,
+           "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
+           "resampling_fn_data": "resample_data_or_seg_to_shape", "architecture": arch}
+    rng = np.random.default_rng(tid)
+    stats = {"max": 3000.0, "mean": float(rng.uniform(-100, 300)), "median": 50.0, "min": -1024.0,
+             "percentile_00_5": float(rng.uniform(-1024, -900)), "percentile_99_5": float(rng.uniform(900, 1600)),
+             "std": float(rng.uniform(250, 500))}
+    plans = {"dataset_name": folder, "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": [spacing] * 3,
+             "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+             "configurations": {"3d_fullres": cfg},
+             "foreground_intensity_properties_per_channel": {"0": stats}}
+    json.dump(plans, open(os.path.join(d, "plans.json"), "w"), indent=1)
+    ds_labels = {"background": 0, **{v: k for k, v in sorted(labels.items())}}
+    json.dump({"channel_names": {"0": "CT"}, "labels": ds_labels, "numTraining": 1, "file_ending": ".nii.gz"},
+              open(os.path.join(d, "dataset.json"), "w"), indent=1)
+    torch.save({"network_weights": nnunet_state_dict(net), "trainer_name": trainer, "current_epoch": 1,
+                "init_args": {}}, os.path.join(d, "fold_0", "checkpoint_final.pth"))
+    return d, net
+
+
+def make_home(home, ids=(291, 292, 293, 294, 295, 297, 298), feats=(4, 8), patch=32, seed=0):
+    """Returns {task id: (model folder, PyTorch network)}."""
+    maps = json.load(open(MAPS))
+    root = os.path.join(home, "nnunet", "results")
+    out = {}
+    for tid in ids:
+        trainer, spacing, labels = task_of(maps, tid)
+        folder = maps["TASK_ID_WEIGHTS_CONFIGS"][str(tid)]["foldername"]
+        out[tid] = write_model(root, folder, trainer, tid, labels, spacing, list(feats), patch, seed + tid)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("home")
+    ap.add_argument("--ids", default="291,292,293,294,295,297,298")
+    ap.add_argument("--features", default="4,8")
+    ap.add_argument("--patch", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    made = make_home(a.home, [int(x) for x in a.ids.split(",")], [int(x) for x in a.features.split(",")],
+                     a.patch, a.seed)
+    for tid, (d, _) in made.items():
+        print(f"{tid}: {d}")
+
+
+if __name__ == "__main__":
+    main()

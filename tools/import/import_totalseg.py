@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Import a TotalSegmentator task from the weights TotalSegmentator downloaded
+as ONE segpipe task package (docs/model-format.md, "Task packages").
+
+  tools/import/import_totalseg.py [TOTALSEG_HOME] -o PKG [--task total] [--fast | --fastest]
+                                  [--no-crop-model] [--fp16]
+
+TOTALSEG_HOME is TotalSegmentator's home folder (default: $TOTALSEG_HOME_DIR,
+else ~/.totalsegmentator); the weights are read where TotalSegmentator reads
+them: TOTALSEG_HOME/nnunet/results (or $TOTALSEG_WEIGHTS_PATH, or --weights),
+one folder per nnU-Net dataset, `DatasetNNN_*/<trainer>__<plans>__<model>/fold_0/
+checkpoint_final.pth`. Task ids, trainers, plans ("nnUNetPlans"), model
+("3d_fullres"), fold 0 and the resampling come from TotalSegmentator's task
+configuration (map_tasks_config.py), the class maps from its map_to_binary.py,
+both as copied into tools/import/totalseg_maps.json by tools/dev/totalseg_maps.py
+(with the commit they came from).
+
+`total` (default mode) is five part models, Dataset291..295 at 1.5 mm; the
+package holds each as a part (a folder with model.onnx + segpipe.json, as
+import_nnunet.py writes one), the task's class map (`class_map["total"]`, ids
+and names identical) and the merge rule: parts in order 291 -> 295, each part's
+labels mapped to the task's ids through its `class_map_5_parts` entry, a
+later part overwriting wherever it predicts anything but background.
+`--fast` (Dataset297, 3 mm) and `--fastest` (Dataset298, 6 mm) are one part
+each. Unless --no-crop-model, the default mode also takes Dataset298 (when its
+weights are there) as the low-resolution model that `--roi-subset` crops with,
+as TotalSegmentator does. Sliding-window step 0.8 (TotalSegmentator's for the
+total tasks), no test-time mirroring.
+
+One-model subtasks (`cerebral_bleed`, `liver_vessels`, `lung_vessels`,
+`hip_implant`, ... : an int task_id, no cascade, no other crop model, no
+remove_outside/remove_mask) are imported too: their class map, step 0.5, and
+when the task crops (its "crop" list) the crop model TotalSegmentator runs
+first (Dataset298 at 6 mm, Dataset297 at 3 mm for robust_crop tasks) with
+the structures and a 20 mm margin (python_api.py overrides a task's
+crop_addon with 20 mm whenever the total model crops); segpipe then crops
+every run as TotalSegmentator does. Their own postprocessing (remove_auxiliary_labels,
+body/vertebrae cleanups) is not carried over.
+
+Exit codes: 0 written; 2 usage; 4 weights missing or not what the task needs
+(message names the folder expected).
+"""
+import argparse, json, os, shutil, sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import import_nnunet  # noqa: E402
+from import_nnunet import ImportError_  # noqa: E402
+
+MAPS = os.path.join(HERE, "totalseg_maps.json")
+SUPPORTED = ("total",)
+CROP_TASK_ID, CROP_TRAINER, CROP_ADDON_MM = 298, "nnUNetTrainer_4000epochs_NoMirroring", [20, 20, 20]
+STEP_TOTAL = 0.8    # nnunet.py: tile step for "total", "total_v3", "total_mr"
+
+
+def load_maps():
+    with open(MAPS) as f:
+        return json.load(f)
+
+
+UNSUPPORTED_KEYS = ("cascade", "crop_model", "remove_outside", "remove_mask")
+
+
+def task_config(maps, task, fast, fastest):
+    """TotalSegmentator's get_task_config (plans "nnUNetPlans", the
+    totalsegmentator() default): `total`'s sub-modes, or a one-model subtask
+    (its crop rule included). Refused: total_mr/total_v3 and the tasks whose
+    running needs more than a crop (a cascade, another crop model,
+    remove_outside/remove_mask, a body crop, several models)."""
+    raw = maps["TASK_CONFIGS"].get(task)
+    if raw is None:
+        raise ImportError_(f"unknown TotalSegmentator task {task!r}")
+    cfg = dict(maps["DEFAULT_CONFIG"], plans="nnUNetPlans")
+    if "sub_modes" in raw:
+        if task not in SUPPORTED:
+            raise ImportError_(f"task {task!r} is not supported yet (supported: {', '.join(SUPPORTED)} and "
+                               f"one-model subtasks)")
+        mode = "fast" if fast else ("fastest" if fastest else "default")
+        cfg.update(raw["sub_modes"][mode])
+        cfg["mode"] = mode
+        return cfg
+    if fast or fastest:
+        raise ImportError_(f"task {task!r} has no --fast/--fastest model")
+    cfg.update({k: v for k, v in raw.items() if k not in ("disallow_fast", "commercial", "info_msg")})
+    why = [k for k in UNSUPPORTED_KEYS if cfg.get(k)]
+    if not isinstance(cfg["task_id"], int):
+        why.append("several models")
+    if cfg.get("crop") is not None and not isinstance(cfg["crop"], list):
+        why.append(f"crop {cfg['crop']!r}")
+    if why:
+        raise ImportError_(f"task {task!r} is not supported yet (it needs: {', '.join(why)})")
+    cfg["mode"] = "default"
+    return cfg
+
+
+def weights_dir(home, override):
+    if override:
+        return override
+    if os.environ.get("TOTALSEG_WEIGHTS_PATH") and not home:
+        return os.environ["TOTALSEG_WEIGHTS_PATH"]
+    home = home or os.environ.get("TOTALSEG_HOME_DIR") or os.path.join(os.path.expanduser("~"), ".totalsegmentator")
+    return os.path.join(home, "nnunet", "results")
+
+
+def dataset_folder(maps, results, tid):
+    """The dataset folder of task id tid: TotalSegmentator's download folder
+    name when present, else the one folder whose name holds DatasetNNN (as
+    get_full_task_name_v2 looks)."""
+    known = maps["TASK_ID_WEIGHTS_CONFIGS"].get(str(tid), {}).get("foldername")
+    if known and os.path.isdir(os.path.join(results, known)):
+        return os.path.join(results, known)
+    if not os.path.isdir(results):
+        raise ImportError_(f"no weights folder {results} (download TotalSegmentator's weights first: "
+                           f"totalseg_download_weights -t total)")
+    hits = sorted(d for d in os.listdir(results) if f"Dataset{tid:03d}" in d)
+    if not hits:
+        raise ImportError_(f"no weights for task id {tid} in {results} (expected {known or f'Dataset{tid:03d}_*'})")
+    if len(hits) > 1:
+        raise ImportError_(f"several folders for task id {tid} in {results}: {', '.join(hits)}")
+    return os.path.join(results, hits[0])
+
+
+def model_folder(maps, results, tid, trainer, plans, model):
+    d = os.path.join(dataset_folder(maps, results, tid), f"{trainer}__{plans}__{model}")
+    ck = os.path.join(d, "fold_0", "checkpoint_final.pth")
+    if not os.path.isfile(ck):
+        raise ImportError_(f"task id {tid}: no {os.path.relpath(ck, results)} under {results}")
+    return d
+
+
+def import_part(folder, out, name, labels, step):
+    """One nnU-Net model as a part package; its labels become TotalSegmentator's
+    names for that model (the class count must match the network's)."""
+    ds = json.load(open(os.path.join(folder, "dataset.json")))
+    n_ds = max(v for v in ds["labels"].values() if isinstance(v, int)) + 1
+    n_ts = max(labels) + 1
+    if n_ds != n_ts:
+        raise ImportError_(f"{os.path.basename(os.path.dirname(folder))}: dataset.json has {n_ds} classes, "
+                           f"TotalSegmentator's map for it {n_ts}")
+    _, man = import_nnunet.import_folder(folder, out, 0, "checkpoint_final.pth", None)
+    man["name"] = name
+    man["labels"] = {str(k): v for k, v in sorted({0: "background", **labels}.items())}
+    man["sliding_window"]["step"] = step
+    with open(os.path.join(out, "segpipe.json"), "w") as f:
+        json.dump(man, f, indent=1)
+    return man
+
+
+def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
+    cfg = task_config(maps, task, fast, fastest)
+    tids = cfg["task_id"] if isinstance(cfg["task_id"], list) else [cfg["task_id"]]
+    cmap = {int(k): v for k, v in maps["class_map"][task].items()}
+    inv = {v: k for k, v in cmap.items()}
+    folders = [model_folder(maps, results, t, cfg["trainer"], cfg["plans"], cfg["model"]) for t in tids]
+    crop, crop_id, subtask = None, CROP_TASK_ID, "sub_modes" not in maps["TASK_CONFIGS"][task]
+    if subtask and cfg.get("crop"):   # the crop model TotalSegmentator runs first (python_api.py)
+        crop_id = 297 if cfg.get("robust_crop") else 298
+        crop = model_folder(maps, results, crop_id, CROP_TRAINER, cfg["plans"], "3d_fullres")
+    elif cfg["mode"] == "default" and crop_model and not subtask:
+        try:
+            crop = model_folder(maps, results, CROP_TASK_ID, CROP_TRAINER, cfg["plans"], cfg["model"])
+        except ImportError_:
+            crop = None
+    step = STEP_TOTAL if task in ("total", "total_v3", "total_mr") else 0.5
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    os.makedirs(out)
+    parts = []
+    for tid, folder in zip(tids, folders):
+        if len(tids) > 1:
+            pname = maps["map_taskid_to_partname_ct"][str(tid)]
+            local = {int(k): v for k, v in maps["class_map_5_parts"][pname].items()}
+        else:
+            pname, local = (task if "sub_modes" not in maps["TASK_CONFIGS"][task] else f"{task}_{cfg['mode']}"), dict(cmap)
+        lut = [0] * (max(local) + 1)
+        for j, name in local.items():
+            lut[j] = inv[name]      # class_map_inv[class_map_5_parts[part][j]]
+        sub = f"part{tid}"
+        import_part(folder, os.path.join(out, sub), f"totalseg-{tid}-{pname.replace('class_map_part_', '')}",
+                    local, step)
+        if fp16:
+            import_nnunet.add_fp16(os.path.join(out, sub), json.load(open(os.path.join(out, sub, "segpipe.json"))))
+        parts.append({"dir": sub, "task_id": tid, "part": pname, "map": lut,
+                      "source": os.path.relpath(folder, results)})
+    man = {"format": "segpipe-model", "version": 1, "task": "ct",
+           "name": f"totalseg-{task}" + ("" if cfg["mode"] == "default" else f"-{cfg['mode']}"),
+           "description": f"TotalSegmentator task '{task}' ({cfg['mode']}): {len(parts)} part model(s) "
+                          f"{', '.join(str(t) for t in tids)} at {cfg['resample'] or 'the plans spacing'} mm, merged into "
+                          f"{len(cmap)} classes",
+           "parts": parts, "merge": "overwrite_nonzero",
+           "labels": {str(k): v for k, v in sorted({0: "background", **cmap}.items())},
+           "totalsegmentator": {"task": task, "mode": cfg["mode"], "task_ids": tids, "resample": cfg["resample"],
+                                "trainer": cfg["trainer"], "plans": cfg["plans"], "model": cfg["model"],
+                                "fold": 0, "step": step, "maps_commit": maps["source"]["commit"]}}
+    if crop:
+        sub = f"crop{crop_id}"
+        total = {int(k): v for k, v in maps["class_map"]["total"].items()}
+        import_part(crop, os.path.join(out, sub), f"totalseg-{crop_id}-crop", total, STEP_TOTAL)
+        rule = {"dir": sub, "task_id": crop_id, "source": os.path.relpath(crop, results)}
+        if subtask:   # every run crops to these structures of the total model
+            missing = [n for n in cfg["crop"] if n not in total.values()]
+            if missing:
+                raise ImportError_(f"crop structures {missing} are not in class_map['total']")
+            # python_api.py: crop_addon = [20,20,20] if crop_model is None else crop_addon, so a
+            # task's own crop_addon is overridden whenever the total model crops (all tasks here)
+            man["crop"] = dict(rule, structures=list(cfg["crop"]), addon_mm=CROP_ADDON_MM)
+        else:         # --roi-subset crops with it, 20 mm
+            man["roi_crop"] = dict(rule, addon_mm=CROP_ADDON_MM)
+    with open(os.path.join(out, "segpipe.json"), "w") as f:
+        json.dump(man, f, indent=1)
+    return man
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("home", nargs="?", help="TotalSegmentator's home (default $TOTALSEG_HOME_DIR or ~/.totalsegmentator)")
+    ap.add_argument("-o", "--out", required=True)
+    ap.add_argument("--task", default="total")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--fast", action="store_true", help="the 3 mm model (Dataset297)")
+    g.add_argument("--fastest", action="store_true", help="the 6 mm model (Dataset298)")
+    ap.add_argument("--weights", help="the nnU-Net results folder itself (TOTALSEG_WEIGHTS_PATH)")
+    ap.add_argument("--no-crop-model", action="store_true", help="leave out the 6 mm model --roi-subset crops with")
+    ap.add_argument("--fp16", action="store_true", help="also an fp16 copy of each part for GPUs")
+    a = ap.parse_args()
+    try:
+        maps = load_maps()
+        man = build(maps, weights_dir(a.home, a.weights), a.out, a.task, a.fast, a.fastest,
+                    crop_model=not a.no_crop_model, fp16=a.fp16)
+    except (ImportError_, KeyError, FileNotFoundError, ValueError) as e:
+        print(f"import_totalseg: {e}", file=sys.stderr)
+        sys.exit(4)
+    print(f"wrote {a.out}: {man['name']}, {len(man['parts'])} part(s), {len(man['labels']) - 1} classes"
+          + (", crop model for --roi-subset" if "roi_crop" in man else "")
+          + (f", cropped to {', '.join(man['crop']['structures'])}" if "crop" in man else ""))
+
+
+if __name__ == "__main__":
+    main()
