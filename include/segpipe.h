@@ -98,8 +98,9 @@ typedef struct sp_runtime_params {
     int inter_threads;      /* inter-op threads; 0 = 1 */
     const char *device;     /* "cpu" (default), "cuda", "tensorrt" */
     int cache_optimized;    /* 1: ONNX Runtime's optimised graph cached per model in
-                               $XDG_CACHE_HOME/segpipe/graphs (0, the default: measured no
-                               faster on the bundled models, docs/performance.md) */
+                               $XDG_CACHE_HOME/segpipe/graphs, least recently used entries
+                               removed past $SEGPIPE_CACHE_MAX_MB (default 1024); 0 here by
+                               default, 1 in the CLI (docs/performance.md) */
     int no_spin;            /* 1: ORT threads sleep between ops instead of spinning
                                (leaves the cores to other pipeline threads) */
     const char *precision;  /* NULL/"auto": a CT package's fp16 model on a GPU when it

@@ -27,6 +27,14 @@ if sys.executable != "/usr/bin/python3" and os.path.exists("/usr/bin/python3") a
         not os.environ.get("SP_TEST_ANY_PYTHON"):
     os.execv("/usr/bin/python3", ["/usr/bin/python3"] + sys.argv)
 
+# The CLI keeps ONNX Runtime's optimised graphs in a per-user cache by
+# default (docs/performance.md): the tests' go to a folder of this run, not
+# the user's ~/.cache (tests of the cache itself set their own).
+if not os.environ.get("SEGPIPE_CACHE_DIR"):
+    import atexit, shutil
+    os.environ["SEGPIPE_CACHE_DIR"] = tempfile.mkdtemp(prefix="segpipe-test-graphs.")
+    atexit.register(shutil.rmtree, os.environ["SEGPIPE_CACHE_DIR"], True)
+
 root = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 build = os.environ.get("BUILD", "build")
 py_dir = os.path.join(root, "tests", "py")

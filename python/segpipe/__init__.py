@@ -315,7 +315,7 @@ class Model:
         self._keep = [os.fsencode(_device(device)), os.fsencode(precision)]
         rp = L.sp_runtime_default_params()
         rp.device, rp.precision, rp.threads = self._keep[0], self._keep[1], threads
-        rp.cache_optimized = int(cache_graph)      # --cache-graph: <model>.opt.ort beside the model
+        rp.cache_optimized = int(cache_graph)      # --cache-graph: the per-user graph cache (docs/performance.md)
         self.threads = threads
         self._rt, self._pk = C.c_void_p(), C.c_void_p()
         _check(L.sp_runtime_create(C.byref(rp), C.byref(self._rt)))

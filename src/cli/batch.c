@@ -14,11 +14,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static const char *const precisions[3] = {"auto", "fp32", "fp16"};
+static const char *const precisions[4] = {"auto", "fp32", "fp16", "int8"};
 
 struct cli_batch {
     pthread_mutex_t mu;   /* rt[], models[]: cases may run on several threads (--jobs) */
-    sp_runtime *rt[3];   /* one per precision (auto, fp32, fp16), made on first use */
+    sp_runtime *rt[4];   /* one per precision (auto, fp32, fp16, int8), made on first use */
     sp_runtime_params rp;
     char device[16];
     sp_ct_params cp;
@@ -58,7 +58,7 @@ void cli_batch_free(cli_batch *b)
         return;
     for (int i = 0; i < b->n_models; i++)
         sp_package_free(b->models[i].pk);
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         sp_runtime_free(b->rt[i]);
     pthread_mutex_destroy(&b->mu);
     free(b);
@@ -159,7 +159,7 @@ sp_status cli_batch_run_job(cli_batch *b, const char *model_dir, const cli_batch
     sp_ct_result *res = NULL;
     double t0 = sp_now();
     int prec = 0;
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         if (jo->precision && !strcmp(jo->precision, precisions[i]))
             prec = i;
     sp_status st = model(b, model_dir, prec, &pk);

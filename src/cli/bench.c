@@ -11,6 +11,7 @@
  * buckets, slowest and fastest cases). bench/plots.py draws the PNGs.
  */
 #include "cli.h"
+#include "bench.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -23,11 +24,6 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-typedef struct bench_opts {
-    const char *model, *out;
-    int runs, warmup, threads, tile_batch;
-} bench_opts;
 
 /* Child: run one case, print a JSON object on fd. */
 static void run_case(const char *path, const bench_opts *o, int fd)
@@ -115,7 +111,9 @@ done:
     cJSON_Delete(j);
 }
 
-static cJSON *fork_case(const char *path, const bench_opts *o)
+/* Run one case (path), or with cases the throughput passes over all of
+ * them, in a child process; its JSON answer, or a failure naming why. */
+static cJSON *fork_case(const char *path, const bench_opts *o, char *const *cases, int n)
 {
     int p[2];
     if (pipe(p) != 0)
@@ -124,7 +122,10 @@ static cJSON *fork_case(const char *path, const bench_opts *o)
     pid_t pid = fork();
     if (pid == 0) {
         close(p[0]);
-        run_case(path, o, p[1]);
+        if (cases)
+            bench_throughput(cases, n, o, p[1]);
+        else
+            run_case(path, o, p[1]);
         close(p[1]);
         _exit(0);
     }
@@ -154,7 +155,8 @@ static cJSON *fork_case(const char *path, const bench_opts *o)
     free(buf);
     if (!j) {
         j = cJSON_CreateObject();
-        cJSON_AddStringToObject(j, "case", path);
+        if (path)
+            cJSON_AddStringToObject(j, "case", path);
         cJSON_AddBoolToObject(j, "ok", 0);
         char why[64];
         snprintf(why, sizeof why, WIFSIGNALED(status) ? "killed by signal %d" : "exited %d without a result",
@@ -330,7 +332,7 @@ static void md_cases(FILE *f, cJSON *all)
     free(ord);
 }
 
-static void write_md(FILE *f, cJSON *all, const bench_opts *o)
+static void write_md(FILE *f, cJSON *all, const bench_opts *o, const cJSON *tput)
 {
     int ncase = cJSON_GetArraySize(all), ok = 0, nrun = 0;
     const char *stages[SP_MAX_STAGES];
@@ -346,6 +348,30 @@ static void write_md(FILE *f, cJSON *all, const bench_opts *o)
     free(v);
     md_latency(f, all);
     md_cases(f, all);
+    bench_throughput_md(f, tput);
+}
+
+static void bench_usage(void)
+{
+    printf("usage: segpipe bench [--model DIR] CASES... [--runs N] [--warmup N] [--threads N]\n"
+           "                     [--tile-batch N] [--jobs N] [--out DIR]\n"
+           "Runs the full CT pipeline on each case (each in its own process), writes\n"
+           "DIR/bench.json (every figure) and DIR/bench.md (tables); a failing case is\n"
+           "counted, not fatal. bench/plots.py DIR draws the plots.\n"
+           "--jobs N (1-8) adds throughput: all cases on one loaded model, one after another\n"
+           "and N at a time (as segpipe ct --inputs LIST --jobs N), in cases per minute.\n");
+}
+
+/* --jobs: the throughput passes (bench_tput.c) in their own process, added
+ * to root as "throughput"; returns that object (root owns it). */
+static cJSON *throughput(cJSON *root, const bench_opts *o, char *const *cases, int n)
+{
+    fprintf(stderr, "bench: throughput, %d case(s), 1 and %d at a time ...", n, o->jobs);
+    cJSON *t = fork_case(NULL, o, cases, n);
+    fprintf(stderr, " %s\n", cJSON_IsTrue(cJSON_GetObjectItem(t, "ok")) ? "ok"
+                             : cJSON_GetStringValue(cJSON_GetObjectItem(t, "error")));
+    cJSON_AddItemToObject(root, "throughput", t);
+    return t;
 }
 
 int cmd_bench(int argc, char **argv)
@@ -356,8 +382,9 @@ int cmd_bench(int argc, char **argv)
         {"model", required_argument, 0, 'm'}, {"runs", required_argument, 0, 'r'},
         {"warmup", required_argument, 0, 'w'}, {"threads", required_argument, 0, 't'},
         {"tile-batch", required_argument, 0, 'b'}, {"out", required_argument, 0, 'o'},
+        {"jobs", required_argument, 0, 'j'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    bench_opts o = {sp_default_model_dir(), "bench-out", 1, 0, 0, 0};
+    bench_opts o = {sp_default_model_dir(), "bench-out", 1, 0, 0, 0, 0};
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:o:t:h", opts, NULL)) != -1) {
@@ -380,12 +407,12 @@ int cmd_bench(int argc, char **argv)
                 return 2;
             break;
         case 'o': o.out = optarg; break;
+        case 'j':
+            if (cli_int("bench", "--jobs", optarg, 1, 8, &o.jobs))
+                return 2;
+            break;
         case 'h':
-            printf("usage: segpipe bench [--model DIR] CASES... [--runs N] [--warmup N] [--threads N]\n"
-                   "                     [--tile-batch N] [--out DIR]\n"
-                   "Runs the full CT pipeline on each case (each in its own process), writes\n"
-                   "DIR/bench.json (every figure) and DIR/bench.md (tables); a failing case is\n"
-                   "counted, not fatal. bench/plots.py DIR draws the plots.\n");
+            bench_usage();
             return 0;
         default: return cli_usage_error("bench", "unknown option");
         }
@@ -408,12 +435,13 @@ int cmd_bench(int argc, char **argv)
     int failed = 0;
     for (int i = optind; i < argc; i++) {
         fprintf(stderr, "bench: %s ...", argv[i]);
-        cJSON *j = fork_case(argv[i], &o);
+        cJSON *j = fork_case(argv[i], &o, NULL, 0);
         int ok = cJSON_IsTrue(cJSON_GetObjectItem(j, "ok"));
         failed += !ok;
         fprintf(stderr, " %s\n", ok ? "ok" : cJSON_GetStringValue(cJSON_GetObjectItem(j, "error")));
         cJSON_AddItemToArray(all, j);
     }
+    cJSON *tput = o.jobs ? throughput(root, &o, argv + optind, argc - optind) : NULL;
     char path[4096];
     snprintf(path, sizeof path, "%s/bench.json", o.out);
     char *s = cJSON_Print(root);
@@ -432,7 +460,7 @@ int cmd_bench(int argc, char **argv)
         cli_errf("%s: cannot write\n", tmp);
         return 6;
     }
-    write_md(f, all, &o);
+    write_md(f, all, &o, tput);
     fclose(f);
     rename(tmp, path);
     cJSON_Delete(root);

@@ -34,7 +34,8 @@ static void ct_help(const ct_opts *o)
     printf("  -i INPUT                 the input (TotalSegmentator's spelling; or give it plainly)\n"
            "  -t, --threads N          CPU threads (default: all cores)\n"
            "      --device D           cpu, cuda, cuda:N, gpu or gpu:N (TotalSegmentator's spelling)\n"
-           "      --precision P        auto (fp16 model on a GPU when the package has one), fp32, fp16\n"
+           "      --precision P        auto (fp16 model on a GPU when the package has one), fp32, fp16,\n"
+           "                           int8 (the package's onnx_int8 on the CPU; docs/performance.md)\n"
            "      --tta / --no-tta     mirroring test-time augmentation on or off (default: the\n"
            "                           package's, as nnU-Net's predictor; --disable-tta = --no-tta)\n"
            "      --series UID         a DICOM folder with several series: the one to read\n"
@@ -70,8 +71,9 @@ static void ct_help(const ct_opts *o)
            "      --dicom-series-number N  its SeriesNumber (default: 9001 SEG, 9002 RTSTRUCT)\n"
            "      --dicom-creator NAME   ContentCreatorName / OperatorsName (DICOM person name, Family^Given)\n"
            "      --dicom-deflate      deflated transfer syntax (default: explicit VR little endian)\n"
-           "      --cache-graph        keep ORT's optimised graph in $XDG_CACHE_HOME/segpipe/graphs\n"
-           "                           (keyed by model bytes, settings and ORT version)\n"
+           "      --no-cache-graph     do not keep ORT's optimised graph (default: kept in\n"
+           "                           $XDG_CACHE_HOME/segpipe/graphs, keyed by model bytes, settings and\n"
+           "                           ORT version, at most $SEGPIPE_CACHE_MAX_MB, default 1024)\n"
            "      --arena auto|on|off  ONNX Runtime's memory arena (auto: the model package's choice)\n"
            "      --save-model-labels F  also write the labels at model resolution (canonical grid)\n"
            "  -q, --quiet / -v, --verbose\n"
@@ -223,7 +225,7 @@ int cli_ct_parse(int argc, char **argv, ct_opts *o)
         {.name = "input", .letter = 'i', .kind = CLI_POS, .value = "the input volume"},
         {.name = "threads", .letter = 't', .kind = CLI_FN, .fn = opt_threads, .value = "N"},
         {.name = "device", .letter = 'd', .kind = CLI_FN, .fn = opt_device, .value = "cpu, cuda, gpu or gpu:N"},
-        {.name = "precision", .kind = CLI_STR, .dst = &o->rp.precision, .value = "auto, fp32 or fp16"},
+        {.name = "precision", .kind = CLI_STR, .dst = &o->rp.precision, .value = "auto, fp32, fp16 or int8"},
         {.name = "tta", .kind = CLI_FLAG, .dst = &o->tta},
         {.name = "no-tta", .kind = CLI_CLEAR, .dst = &o->tta},
         {.name = "disable-tta", .kind = CLI_CLEAR, .dst = &o->tta},
@@ -238,6 +240,7 @@ int cli_ct_parse(int argc, char **argv, ct_opts *o)
         {.name = "no-passport", .kind = CLI_CLEAR, .dst = &o->cp.passport},
         {.name = "statistics", .letter = 's', .kind = CLI_FLAG, .dst = &o->statistics},
         {.name = "cache-graph", .kind = CLI_FLAG, .dst = &o->rp.cache_optimized},
+        {.name = "no-cache-graph", .kind = CLI_CLEAR, .dst = &o->rp.cache_optimized},
         {.name = "save-model-labels", .kind = CLI_FN, .fn = opt_model_labels, .value = "FILE"},
         {.name = "quiet", .letter = 'q', .kind = CLI_FLAG, .dst = &o->quiet},
         {.name = "verbose", .letter = 'v', .kind = CLI_FLAG, .dst = &o->verbose},
@@ -552,6 +555,7 @@ static int ct_main(int argc, char **argv, int mri)
     ct_opts o = {.cmd = mri ? "mri" : "ct", .mri = mri, .model = mri ? NULL : sp_default_model_dir(),
                  .rp = sp_runtime_default_params(), .cp = sp_ct_default_params(), .shard_n = 1, .jobs = 1, .tta = -1,
                  .dp = sp_dicom_default_params()};
+    o.rp.cache_optimized = 1;   /* the CLI caches optimised graphs unless --no-cache-graph (docs/performance.md) */
     int rc = cli_ct_parse(argc, argv, &o);
     if (rc >= 0)
         return rc;

@@ -227,8 +227,8 @@ static void writer_close(writer *w)
 
 /* segpipe masks's options (masks_parse) */
 typedef struct masks_opts {
-    const char *out, *model, *maskarg, *arena;
-    int batch, quiet, preview, cache_graph;
+    const char *out, *model, *maskarg, *arena, *precision;
+    int batch, quiet, verbose, preview, cache_graph;
     sp_masks_params mp;
     sp_image_params ip;
 } masks_opts;
@@ -241,12 +241,13 @@ static int masks_parse(int argc, char **argv, masks_opts *o)
         {"masks", required_argument, 0, 'M'}, {"batch", required_argument, 0, 'b'},
         {"threads", required_argument, 0, 't'}, {"long-side", required_argument, 0, 'L'},
         {"max-pixels", required_argument, 0, 'P'}, {"quiet", no_argument, 0, 'q'},
+        {"verbose", no_argument, 0, 'v'},
         {"preview", no_argument, 0, 'V'}, {"arena", required_argument, 0, 'A'},
-        {"cache-graph", no_argument, 0, 'G'},
+        {"cache-graph", no_argument, 0, 'G'}, {"no-cache-graph", no_argument, 0, 'N'}, {"precision", required_argument, 0, 'Y'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "o:m:b:t:qh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "o:m:b:t:qvh", opts, NULL)) != -1) {
         switch (c) {
         case 'o': o->out = optarg; break;
         case 'm': o->model = optarg; break;
@@ -271,6 +272,7 @@ static int masks_parse(int argc, char **argv, masks_opts *o)
             break;
         }
         case 'q': o->quiet = 1; break;
+        case 'v': o->verbose = 1; break;
         case 'V': o->preview = 1; break;
         case 'A':
             if (strcmp(optarg, "auto") && strcmp(optarg, "on") && strcmp(optarg, "off"))
@@ -278,10 +280,16 @@ static int masks_parse(int argc, char **argv, masks_opts *o)
             o->arena = optarg;
             break;
         case 'G': o->cache_graph = 1; break;
+        case 'N': o->cache_graph = 0; break;
+        case 'Y':
+            if (strcmp(optarg, "auto") && strcmp(optarg, "fp32") && strcmp(optarg, "int8"))
+                return cli_usage_error("masks", "--precision is auto, fp32 or int8");
+            o->precision = optarg;
+            break;
         case 'h':
             printf("usage: segpipe masks PHOTO... -o DIR [--model DIR] [--masks wall,floor] [--batch N]\n"
-                   "                     [--threads N] [--long-side N] [--max-pixels N] [--preview] [--quiet]\n"
-                   "                     [--arena auto|on|off] [--cache-graph]\n"
+                   "                     [--threads N] [--long-side N] [--max-pixels N] [--preview] [--quiet] [-v]\n"
+                   "                     [--arena auto|on|off] [--no-cache-graph] [--precision auto|fp32|int8]\n"
                    "One inference per batch returns every mask (JPEG, PNG, WebP, HEIC; EXIF orientation\n"
                    "applied; masks in the upright frame, at the photo's full size). Writes\n"
                    "DIR/<photo>.<mask>.png and DIR/<photo>.masks.json; --preview also DIR/<photo>.preview.png\n"
@@ -392,8 +400,8 @@ static void masks_summary(const sp_timings *t, int done, int failed, double wall
 int cmd_masks(int argc, char **argv)
 {
     static char rooms[4096];
-    masks_opts o = {.model = getenv("SEGPIPE_MASKS_MODEL"), .batch = 1, .mp = sp_masks_default_params(),
-                    .ip = sp_image_default_params()};
+    masks_opts o = {.model = getenv("SEGPIPE_MASKS_MODEL"), .batch = 1, .cache_graph = 1,
+                    .mp = sp_masks_default_params(), .ip = sp_image_default_params()};
     if ((!o.model || !*o.model) && !sp_bundled_model("demo-rooms", rooms, sizeof rooms))
         o.model = rooms;
     int rc = masks_parse(argc, argv, &o);
@@ -410,11 +418,14 @@ int cmd_masks(int argc, char **argv)
         return 2;
     }
     cli_mkdir_p(o.out);
+    if (o.verbose)
+        cli_set_logging(1);   /* the model load line (and its graph cache) on stderr */
     sp_runtime_params rp = sp_runtime_default_params();
     rp.threads = o.mp.threads;
     if (o.arena)
         rp.arena = o.arena;
     rp.cache_optimized = o.cache_graph;
+    rp.precision = o.precision;   /* int8: the package's onnx_int8 (docs/performance.md) */
     sp_runtime *rt = NULL;
     sp_package *pk = NULL;
     sp_status st;

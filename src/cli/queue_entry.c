@@ -198,8 +198,8 @@ static int opts_check(int n, char **argv, ct_opts *o, char *why, size_t cap)
         o->rp.cache_optimized || o->cp.spill_dir || o->cp.spill != d.spill || o->cp.keep_model_labels)
         return snprintf(why, cap, "ct options set something a queued job may not carry"), -1;
     const char *p = o->rp.precision;
-    if (p && strcmp(p, "auto") && strcmp(p, "fp32") && strcmp(p, "fp16"))
-        return snprintf(why, cap, "--precision is auto, fp32 or fp16"), -1;
+    if (p && strcmp(p, "auto") && strcmp(p, "fp32") && strcmp(p, "fp16") && strcmp(p, "int8"))
+        return snprintf(why, cap, "--precision is auto, fp32, fp16 or int8"), -1;
     return 0;
 }
 

@@ -100,6 +100,18 @@ static const char *str_or(const cJSON *o, const char *key, const char *dflt)
     return cJSON_IsString(v) ? v->valuestring : dflt;
 }
 
+/* The package's ONNX files: the model, and its fp16 and int8 copies. */
+static sp_status parse_onnx_files(const cJSON *j, const char *file, sp_manifest *mf)
+{
+    snprintf(mf->onnx, sizeof mf->onnx, "%s", str_or(j, "onnx", "model.onnx"));
+    snprintf(mf->onnx_fp16, sizeof mf->onnx_fp16, "%s", str_or(j, "onnx_fp16", ""));
+    snprintf(mf->onnx_int8, sizeof mf->onnx_int8, "%s", str_or(j, "onnx_int8", ""));
+    if (strchr(mf->onnx, '/') || strchr(mf->onnx_fp16, '/') || strchr(mf->onnx_int8, '/'))
+        return sp_fail(SP_ERR_MODEL, "%s: \"onnx\", \"onnx_fp16\" and \"onnx_int8\" must be file names inside the "
+                       "package", file);
+    return SP_OK;
+}
+
 /* CT models: spacing, patch, axes, normalisation, sliding window. */
 /* Brain MRI: "conform" (docs/model-format.md, docs/mri.md) and "postprocess". */
 static sp_status parse_conform(const cJSON *j, const char *file, sp_manifest *mf)
@@ -620,12 +632,8 @@ sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf)
         goto out;
     }
     mf->demo = cJSON_IsTrue(demo);
-    snprintf(mf->onnx, sizeof mf->onnx, "%s", str_or(j, "onnx", "model.onnx"));
-    snprintf(mf->onnx_fp16, sizeof mf->onnx_fp16, "%s", str_or(j, "onnx_fp16", ""));
-    if (strchr(mf->onnx, '/') || strchr(mf->onnx_fp16, '/')) {
-        st = sp_fail(SP_ERR_MODEL, "%s: \"onnx\" and \"onnx_fp16\" must be file names inside the package", file);
+    if ((st = parse_onnx_files(j, file, mf)))
         goto out;
-    }
     const cJSON *ar = cJSON_GetObjectItemCaseSensitive(j, "arena");
     if (ar && !cJSON_IsBool(ar)) {
         st = sp_fail(SP_ERR_MODEL, "%s: \"arena\" must be true or false", file);
@@ -820,8 +828,9 @@ sp_status sp_manifest_check_model(const sp_manifest *mf, const sp_model *m, cons
 }
 
 /* The package's ONNX file for the runtime's precision and test-time
- * augmentation: "fp16" needs the manifest's onnx_fp16; "auto" takes it on a
- * GPU device for CT models. TTA "on", or "auto" with the manifest's
+ * augmentation: "fp16" needs the manifest's onnx_fp16, "int8" its
+ * onnx_int8; "auto" takes the fp16 one on a GPU device for CT models (never
+ * the int8 one: opt-in). TTA "on", or "auto" with the manifest's
  * tta.default, takes the mirrored graph when the package has one (a package
  * without mirror axes runs plain, as nnU-Net's predictor does); it sets
  * mf->tta_used. */
@@ -839,6 +848,11 @@ static sp_status pick_onnx(const sp_runtime *rt, sp_manifest *mf, const char *di
                            "tools/import/onnx_fp16.py adds one)", dir, mirror ? " with mirroring" : "",
                            mirror ? "tta.onnx_fp16" : "onnx_fp16");
         *onnx = half;
+    } else if (!strcmp(prec, "int8")) {   /* opt-in only: "auto" never picks it */
+        if (!mf->onnx_int8[0] || mirror)
+            return sp_fail(SP_ERR_MODEL, "model package %s has no int8 model%s (no \"onnx_int8\" in its manifest; "
+                           "tools/import/onnx_int8.py adds one)", dir, mirror ? " with mirroring (--no-tta)" : "");
+        *onnx = mf->onnx_int8;
     } else if (!strcmp(prec, "auto") && has16 && gpu && !strcmp(mf->task, "ct")) {
         *onnx = half;
     }

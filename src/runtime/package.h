@@ -20,7 +20,7 @@ enum { SP_OUT_LOGITS, SP_OUT_PROB, SP_OUT_M2F, SP_OUT_SIGMOID };
 
 typedef struct sp_manifest {
     int version;
-    char name[64], task[16], onnx[128], onnx_fp16[128], input_name[64], output_name[64];
+    char name[64], task[16], onnx[128], onnx_fp16[128], onnx_int8[128], input_name[64], output_name[64];
     int demo;                 /* "demo": true: a demonstration model, not for real scans or photos */
     /* "tta": the same network with mirroring test-time augmentation baked in
      * (tools/import/import_nnunet.py): its ONNX files, whether it runs by

@@ -15,6 +15,8 @@ ROOMS = os.path.join(sp.ROOT, "models", "demo-rooms")
 
 def run_env(*args, **env):
     e = sp.run_env()
+    if "XDG_CACHE_HOME" in env:   # the folder under test, not the test run's SEGPIPE_CACHE_DIR
+        e.pop("SEGPIPE_CACHE_DIR", None)
     e.update(env)
     return subprocess.run([sp.SEGPIPE, *map(str, args)], capture_output=True, text=True, timeout=600, env=e)
 
@@ -100,14 +102,15 @@ def test_graph_cache_keyed_private_and_same_masks(tmp):
         return p, {f: np.asarray(Image.open(os.path.join(out, f))) for f in sorted(os.listdir(out))
                    if f.endswith(".png")}
 
-    _, ref = masks(0, [])
+    _, ref = masks(0, ["--no-cache-graph"])
     assert not os.path.exists(xdg) or not os.listdir(xdg)
     for k in (1, 2):
         _, got = masks(k, ["--cache-graph"], XDG_CACHE_HOME=xdg)
         assert got.keys() == ref.keys() and all(np.array_equal(got[f], ref[f]) for f in ref)
         if k == 1:
-            ents = os.listdir(gdir)
-            assert len(ents) == 1 and len(ents[0]) == 64 + 4 and ents[0].endswith(".ort"), ents
+            ents = sorted(os.listdir(gdir), key=lambda f: not f.endswith(".ort"))   # the graph, and its key's memo
+            assert len(ents) == 2 and all(len(e) == 64 + 4 for e in ents), ents
+            assert ents[0].endswith(".ort") and ents[1].endswith(".key"), ents
             first = os.stat(os.path.join(gdir, ents[0])).st_mtime_ns
     assert os.stat(os.path.join(gdir, ents[0])).st_mtime_ns == first   # read, not rewritten
     assert stat.S_IMODE(os.stat(gdir).st_mode) == 0o700
@@ -122,6 +125,87 @@ def test_graph_cache_keyed_private_and_same_masks(tmp):
     os.chmod(shared, 0o777)
     masks(4, ["--cache-graph"], SEGPIPE_CACHE_DIR=shared)
     assert os.listdir(shared) == []
+
+
+_crop = {}
+
+
+def one_tile_ct(tmp):
+    """a 64x64x30 crop of the real example CT (3 mm): one tile of demo-ct"""
+    if "p" not in _crop:
+        if not os.path.exists(CT):
+            raise sp.Skip("../shared/data/ct missing")
+        import tempfile
+        im = nib.load(CT)
+        p = os.path.join(tempfile.mkdtemp(prefix="sp_crop."), "crop.nii.gz")
+        nib.save(nib.Nifti1Image(np.asarray(im.dataobj)[30:94, 20:84, :], im.affine, im.header), p)
+        _crop["p"] = p
+    return _crop["p"]
+
+
+def test_graph_cache_default_keyed_by_model_bytes_and_bounded(tmp):
+    """The CLI caches the optimised graph by default: the first run writes
+    one entry, the second loads it (-v says so) with labels equal to an
+    uncached run (--no-cache-graph, which writes nothing); a changed model
+    (the logits head's class-0 bias raised) gets its own entry and its own
+    labels, never the old graph's; with SEGPIPE_CACHE_MAX_MB=0 a new entry
+    evicts the others."""
+    import onnx
+    from onnx import numpy_helper
+    ct = one_tile_ct(tmp)
+    cache = os.path.join(tmp, "cache")
+    pkg = os.path.join(tmp, "pk")
+    shutil.copytree(sp.DEMO, pkg)
+
+    def ct_run(k, *extra, **env):
+        out = os.path.join(tmp, "o%d.nii.gz" % k)
+        p = run_env("ct", ct, "-o", out, "--model", pkg, "--no-passport", "-v", "-t", "2", *extra,
+                    **dict({"SEGPIPE_CACHE_DIR": cache}, **env))
+        assert p.returncode == 0, p.stderr
+        return "(optimised graph cache)" in p.stderr, np.asarray(nib.load(out).dataobj)
+
+    def entries():   # the graphs (each model file also has a 64-byte .key memo of its bytes' hash)
+        return sorted(f for f in os.listdir(cache) if f.endswith(".ort")) if os.path.isdir(cache) else []
+
+    hit, nocache = ct_run(0, "--no-cache-graph")
+    assert not hit and entries() == []
+    hit, first = ct_run(1)
+    assert not hit and len(entries()) == 1 and entries()[0].endswith(".ort")
+    hit, second = ct_run(2)
+    assert hit and len(entries()) == 1
+    assert np.array_equal(first, nocache) and np.array_equal(second, nocache) and len(np.unique(nocache)) > 3
+    m = onnx.load(os.path.join(pkg, "model.onnx"))
+    head = [n for n in m.graph.node if n.op_type == "Conv"][-1]
+    for t in m.graph.initializer:
+        if t.name == head.input[2]:
+            orig = numpy_helper.to_array(t).copy()
+            b = orig.copy()
+            b[0] += 1000.0   # background wins everywhere
+            t.CopyFrom(numpy_helper.from_array(b, t.name))
+    onnx.save(m, os.path.join(pkg, "model.onnx"))
+    hit, changed = ct_run(3)
+    assert not hit and len(entries()) == 2 and not changed.any()
+    hit, again = ct_run(4)
+    assert hit and not again.any()
+    mp = os.path.join(pkg, "model.onnx")   # back to the first bytes, in place, same size and mtime: the
+    st = os.stat(mp)                       # key memo must not trust the file's size and times alone
+    for t in m.graph.initializer:
+        if t.name == head.input[2]:
+            t.CopyFrom(numpy_helper.from_array(orig, t.name))
+    data = m.SerializeToString()
+    assert len(data) == st.st_size
+    with open(mp, "r+b") as f:
+        f.write(data)
+    os.utime(mp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    hit, back = ct_run(7)
+    assert hit and np.array_equal(back, nocache)   # the first model's graph, found by its bytes
+    m.graph.doc_string = "third variant"   # (the first model's bias, a new doc string)
+    onnx.save(m, os.path.join(pkg, "model.onnx"))
+    hit, _ = ct_run(5, SEGPIPE_CACHE_MAX_MB="0")
+    assert not hit and len(entries()) == 1
+    assert len(os.listdir(cache)) == 1   # the memos went too
+    hit, _ = ct_run(6)
+    assert hit   # the one kept is the newest
 
 
 def test_inputs_jobs_same_results_in_list_order(tmp):
@@ -166,3 +250,31 @@ def test_inputs_jobs_same_results_in_list_order(tmp):
     for j in ("0", "9", "x"):
         p = sp.run("ct", "--inputs", lst, "-o", os.path.join(tmp, "o"), "--jobs", j)
         assert p.returncode == 2 and "--jobs" in p.stderr
+
+
+def test_bench_throughput_jobs(tmp):
+    """`segpipe bench --jobs 2`: bench.json's "throughput" runs every case
+    one after another and two at a time on one model; its cases per minute
+    are the case count over each pass's wall seconds, bench.md shows the
+    table; an unreadable case is counted as failed in both passes (not
+    fatal); --jobs out of 1..8 is refused with exit 2."""
+    ct = one_tile_ct(tmp)
+    bad = os.path.join(tmp, "bad.nii.gz")
+    with open(bad, "wb") as f:
+        f.write(b"\x1f\x8b not a volume")
+    out = os.path.join(tmp, "b")
+    p = sp.run("bench", "--model", sp.DEMO, ct, ct, "--jobs", "2", "-t", "2", "--out", out)
+    assert p.returncode == 0, p.stderr
+    t = json.load(open(os.path.join(out, "bench.json")))["throughput"]
+    assert t["ok"] and t["cases"] == 2 and t["jobs"] == 2 and t["failed"] == 0, t
+    assert abs(t["cases_per_minute"] - 120.0 / t["parallel_s"]) < 1e-6 * t["cases_per_minute"]
+    assert abs(t["sequential_cases_per_minute"] - 120.0 / t["sequential_s"]) < 1e-6 * t["sequential_cases_per_minute"]
+    assert abs(t["speedup"] - t["sequential_s"] / t["parallel_s"]) < 1e-9 and t["peak_rss_bytes"] > 0
+    md = open(os.path.join(out, "bench.md")).read()
+    assert "## Throughput" in md and "| 2 | 2 |" in md
+    p = sp.run("bench", "--model", sp.DEMO, ct, bad, "--jobs", "2", "-t", "2", "--out", out)
+    t = json.load(open(os.path.join(out, "bench.json")))["throughput"]
+    assert p.returncode == 0 and not t["ok"] and t["failed"] == 2 and t["cases"] == 2, t   # once per pass
+    for j in ("0", "9", "x"):
+        p = sp.run("bench", "--model", sp.DEMO, ct, "--jobs", j, "--out", out)
+        assert p.returncode == 2 and "--jobs" in p.stderr, p.stderr
