@@ -108,6 +108,10 @@ typedef struct sp_runtime_params {
                                has one, else fp32; "fp32"; "fp16" (docs/gpu.md) */
     const char *arena;      /* NULL/"auto": each model package's choice (manifest "arena",
                                else by task, docs/performance.md); "on"; "off" */
+    const char *tta;        /* NULL/"auto": a volume package's mirroring test-time
+                               augmentation as its manifest's "tta.default" says (nnU-Net
+                               imports: on when the checkpoint allows mirroring); "on";
+                               "off" (docs/model-format.md, "Fold ensembles and mirroring") */
 } sp_runtime_params;
 
 sp_runtime_params sp_runtime_default_params(void);
@@ -306,6 +310,21 @@ int sp_package_is_volume(const sp_package *pk);
 /* 1 when the manifest says "demo": true (a demonstration model: not for
  * real scans or photos); shown by the CLI, the passport and the service. */
 int sp_package_demo(const sp_package *pk);
+/* 1 when the package runs its mirrored graph (manifest "tta", chosen by
+ * sp_runtime_params.tta at load), else 0. */
+int sp_package_tta(const sp_package *pk);
+/* A volume package's input channels (manifest input.channels: up to 8
+ * images, and a cascade's previous labels one-hot). */
+int sp_package_input_channels(const sp_package *pk);
+/* The nnU-Net folds an imported package averages ("0,1,2,3,4", "all"),
+ * from its manifest's "nnunet.folds"; "" when it says none. */
+const char *sp_package_nnunet_folds(const sp_package *pk);
+/* A cascade stage (nnU-Net's 3d_cascade_fullres, manifest "cascade"): the
+ * number of previous-stage labels it takes as one-hot channels (0: not a
+ * cascade); *image_channels the image channels it reads. Its
+ * sp_ct_run_channels takes the image channels, then the previous stage's
+ * label map (same grid) as one more volume. */
+int sp_package_cascade(const sp_package *pk, int *image_channels);
 /* Masks a "masks" package offers: count, and the name of mask i (NULL if
  * out of range; owned by the package). */
 int sp_package_num_masks(const sp_package *pk);
@@ -372,6 +391,11 @@ typedef struct sp_ct_params {
      * (sp_volume_data(ct) is then NULL; the geometry stays) instead of being
      * restored: for callers that need only the geometry afterwards. */
     int release_input;
+    /* 1: keep every class's probability on the input grid (softmax of the
+     * Gaussian-averaged logits, resampled as logits first, as nnU-Net's
+     * export): sp_ct_result_probabilities. classes x voxels float32 in
+     * memory. */
+    int keep_probabilities;
 } sp_ct_params;
 
 sp_ct_params sp_ct_default_params(void);
@@ -390,6 +414,13 @@ sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *p,
  * parked voxels back is reported and leaves ct without voxels. No other
  * thread may read ct during the call. */
 sp_status sp_ct_run_inplace(sp_package *pk, sp_volume *ct, const sp_ct_params *p, sp_ct_result **out);
+/* sp_ct_run_inplace for a model of several input channels (nnU-Net's
+ * CASE_0000, CASE_0001, ...): ch[0..n), n the package's input channels
+ * (sp_package_input_channels), every one on the same grid (dims, affine
+ * within 1e-4), each normalised by its own scheme; labels and passport on
+ * ch[0]'s grid, the passport measuring ch[0] (which is held as in
+ * sp_ct_run_inplace; the others are only read). */
+sp_status sp_ct_run_channels(sp_package *pk, sp_volume *const *ch, int n, const sp_ct_params *p, sp_ct_result **out);
 /* Peak memory sp_ct_run_inplace(pk, ct, p) will take beyond what the
  * loaded model holds, in bytes: the largest of its phases (model grid,
  * window buffers, ONNX Runtime's working memory as measured by
@@ -414,6 +445,12 @@ const uint16_t *sp_ct_result_labels(const sp_ct_result *r, int64_t dim[3]);
  * keep_model_labels), with that grid's dims and affine (TotalSegmentator's
  * change_spacing geometry). Owned by r. */
 const uint16_t *sp_ct_result_model_labels(const sp_ct_result *r, int64_t dim[3], double affine[4][4]);
+/* With keep_probabilities: *classes x the input's voxels (class k's volume
+ * at k x voxels, i fastest, the input's grid), owned by r; else NULL. */
+const float *sp_ct_result_probabilities(const sp_ct_result *r, int *classes);
+/* An .npz as numpy.savez_compressed writes it: one float32 array `key`
+ * (C order, shape[0..rank), rank 1..8) deflated in a ZIP64 archive. */
+sp_status sp_npz_write_f32(const char *path, const char *key, const float *data, const int64_t *shape, int rank);
 /* Write labels (uint8, int16 past 255) with dims and affine (sform). */
 sp_status sp_labels_write_affine(const char *path, const uint16_t *labels, const int64_t dim[3],
                                  const double affine[4][4]);

@@ -14,7 +14,7 @@ c_int, c_double, c_char_p, c_void_p, c_int64, c_uint64 = C.c_int, C.c_double, C.
 
 class RuntimeParams(C.Structure):
     _fields_ = [("threads", c_int), ("inter_threads", c_int), ("device", c_char_p), ("cache_optimized", c_int),
-                ("no_spin", c_int), ("precision", c_char_p), ("arena", c_char_p)]
+                ("no_spin", c_int), ("precision", c_char_p), ("arena", c_char_p), ("tta", c_char_p)]
 
 
 PROGRESS = C.CFUNCTYPE(None, c_char_p, c_int, c_int, c_void_p)
@@ -26,7 +26,7 @@ class CtParams(C.Structure):
                 ("keep_model_labels", c_int), ("progress", PROGRESS), ("progress_user", c_void_p),
                 ("cancel", C.POINTER(c_int)), ("max_model_voxels", c_uint64), ("max_tiles", c_int64),
                 ("keep_border", c_int), ("accum_fp16", c_int), ("roi_subset", c_char_p), ("spill", c_int),
-                ("spill_dir", c_char_p), ("release_input", c_int)]
+                ("spill_dir", c_char_p), ("release_input", c_int), ("keep_probabilities", c_int)]
 
 
 class PassportParams(C.Structure):

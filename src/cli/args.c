@@ -202,8 +202,8 @@ static int one(const char *cmd, const cli_opt *t, const cli_hint *hints, void *c
         a->n++;
         return 0;
     }
-    if (o->kind == CLI_FN && o->multi && underscore) {
-        /* --roi_subset a b c: TotalSegmentator's list, joined with ',' */
+    if (o->kind == CLI_FN && o->multi && (underscore || o->multi == 2)) {
+        /* --roi_subset a b c: TotalSegmentator's list (-f 0 1 2: nnU-Net's, multi 2), joined with ',' */
         static char joined[4096];
         snprintf(joined, sizeof joined, "%s", value);
         while (*i + 1 < argc && argv[*i + 1][0] != '-' && strlen(joined) + strlen(argv[*i + 1]) + 2 < sizeof joined)

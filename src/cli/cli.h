@@ -30,7 +30,8 @@ typedef struct cli_opt {
     double lo, hi;           /* INT, NUM: the accepted range */
     int (*fn)(const char *cmd, const char *value, void *ctx);   /* 0, or an exit code after printing */
     const char *value;       /* what the value is ("N", "DIR"), for "needs a value" */
-    int multi;               /* FN spelled with '_' (TotalSegmentator's): takes the following words too */
+    int multi;               /* FN spelled with '_' (TotalSegmentator's): takes the following words too;
+                                2: however spelled (nnUNetv2_predict's -f 0 1 2) */
 } cli_opt;
 typedef struct cli_hint {
     const char *spelling, *answer;   /* an unknown option and what to tell its user */
@@ -63,6 +64,7 @@ char *cli_passport_provenance(const char *passport_json, const char *input, cons
 int cli_check_input(const char *cmd, const char *path);
 /* ct_cmd.c, passport_cmd.c, volume_cmd.c */
 int cmd_mri(int argc, char **argv);
+int cmd_predict(int argc, char **argv);
 int cmd_ct(int argc, char **argv);
 int cmd_passport(int argc, char **argv);
 int cmd_resample(int argc, char **argv);
@@ -142,6 +144,7 @@ typedef struct ct_opts {
     sp_runtime_params rp;
     sp_ct_params cp;
     int mri, split, dicom_out, shard_i, shard_n, jobs, quiet, verbose, statistics;
+    int tta;                   /* --tta 1, --no-tta/--disable-tta 0, -1 the package's default */
     char device[16];
     sp_dicom_params dp;        /* --output-type dicom-seg|dicom-rtstruct and the --dicom-* options */
 } ct_opts;

@@ -36,6 +36,8 @@ static void ct_help(const ct_opts *o)
            "      --device D           cpu, cuda, cuda:N, gpu or gpu:N (TotalSegmentator's spelling)\n"
            "      --precision P        auto (fp16 model on a GPU when the package has one), fp32, fp16,\n"
            "                           int8 (the package's onnx_int8 on the CPU; docs/performance.md)\n"
+           "      --tta / --no-tta     mirroring test-time augmentation on or off (default: the\n"
+           "                           package's, as nnU-Net's predictor; --disable-tta = --no-tta)\n"
            "      --series UID         a DICOM folder with several series: the one to read\n"
            "      --tile-batch N       tiles per inference call (default: auto, 4 when the\n"
            "                           logits of 4 tiles fit in 256 MB, else fewer)\n"
@@ -206,6 +208,9 @@ int cli_ct_parse(int argc, char **argv, ct_opts *o)
         {.name = "threads", .letter = 't', .kind = CLI_FN, .fn = opt_threads, .value = "N"},
         {.name = "device", .letter = 'd', .kind = CLI_FN, .fn = opt_device, .value = "cpu, cuda, gpu or gpu:N"},
         {.name = "precision", .kind = CLI_STR, .dst = &o->rp.precision, .value = "auto, fp32, fp16 or int8"},
+        {.name = "tta", .kind = CLI_FLAG, .dst = &o->tta},
+        {.name = "no-tta", .kind = CLI_CLEAR, .dst = &o->tta},
+        {.name = "disable-tta", .kind = CLI_CLEAR, .dst = &o->tta},
         {.name = "series", .kind = CLI_STR, .dst = &o->series, .value = "a SeriesInstanceUID"},
         {.name = "tile-batch", .kind = CLI_INT, .dst = &o->cp.tile_batch, .lo = 1, .hi = 256, .value = "N"},
         {.name = "step", .kind = CLI_NUM, .dst = &o->cp.step, .lo = 1e-3, .hi = 1, .value = "F"},
@@ -250,9 +255,14 @@ int cli_ct_parse(int argc, char **argv, ct_opts *o)
         return rc;
     cli_set_quiet(o->quiet);
     cli_set_logging(o->verbose);
+    if (o->tta >= 0)
+        o->rp.tta = o->tta ? "on" : "off";
     if (o->inputs) {
         if (a.n || !o->output)
             return cli_usage_error(o->cmd, "--inputs LIST takes -o OUTDIR and no INPUT argument");
+        if (o->tta >= 0)
+            return cli_usage_error(o->cmd, "--tta/--no-tta take one INPUT; with --inputs each case runs as the "
+                                   "package's default says");
         return -1;
     }
     if (a.n != 1)
@@ -525,7 +535,7 @@ static int ct_run_one(ct_opts *o, int argc, char **argv)
 static int ct_main(int argc, char **argv, int mri)
 {
     ct_opts o = {.cmd = mri ? "mri" : "ct", .mri = mri, .model = mri ? NULL : sp_default_model_dir(),
-                 .rp = sp_runtime_default_params(), .cp = sp_ct_default_params(), .shard_n = 1, .jobs = 1,
+                 .rp = sp_runtime_default_params(), .cp = sp_ct_default_params(), .shard_n = 1, .jobs = 1, .tta = -1,
                  .dp = sp_dicom_default_params()};
     o.rp.cache_optimized = 1;   /* the CLI caches optimised graphs unless --no-cache-graph (docs/performance.md) */
     int rc = cli_ct_parse(argc, argv, &o);

@@ -69,6 +69,7 @@ static const command commands[] = {
     {"model", cmd_model, "model check DIR: validate a model package"},
     {"masks", cmd_masks, "photo masks: every requested mask from one inference per batch"},
     {"mri", cmd_mri, "brain MRI segmentation (conformed models such as brainchop's MeshNet): as ct"},
+    {"predict", cmd_predict, "nnUNetv2_predict's folder contract: -i IN_DIR -o OUT_DIR -m PKG (CASE_0000.nii.gz ...)"},
     {"classify", cmd_classify, "photo classification: top-K labels per photo, one inference per batch"},
     {"video", cmd_video, "video background replacement: RAM cache, batches, compositing workers"},
     {"serve", cmd_serve, "HTTP service: KServe v2, /v1/ct, status, metrics"},

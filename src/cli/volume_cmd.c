@@ -160,10 +160,26 @@ int cmd_model(int argc, char **argv)
         sp_runtime_free(rt);
         return rc;
     }
+    if (sp_package_tta(pk)) {   /* the mirrored graph was checked: the plain one too */
+        sp_runtime *rt2 = NULL;
+        sp_package *pk2 = NULL;
+        rp.tta = "off";
+        st = sp_runtime_create(&rp, &rt2);
+        if (!st)
+            st = sp_package_load(rt2, argv[2], &pk2);
+        sp_package_free(pk2);
+        sp_runtime_free(rt2);
+        if (st) {
+            sp_package_free(pk);
+            sp_runtime_free(rt);
+            return fail(st, NULL);
+        }
+    }
     int ni, no;
     const sp_io_info *in = sp_model_inputs(sp_package_model(pk), &ni);
     const sp_io_info *out = sp_model_outputs(sp_package_model(pk), &no);
-    printf("%s: OK — model '%s', %d classes\n", argv[2], sp_package_name(pk), sp_package_num_classes(pk));
+    printf("%s: OK — model '%s', %d classes%s\n", argv[2], sp_package_name(pk), sp_package_num_classes(pk),
+           sp_package_tta(pk) ? " (plain and mirrored graphs)" : "");
     for (int i = 0; i < sp_package_num_parts(pk); i++)   /* a task package: its parts are checked too */
         printf("  part %d: '%s', %d classes\n", i + 1, sp_package_name(sp_package_part(pk, i)),
                sp_package_num_classes(sp_package_part(pk, i)));

@@ -311,3 +311,31 @@ sp_status sp_components_largest_fg(uint16_t *labels, const int64_t dim[3])
     free(m);
     return st;
 }
+
+/* nnU-Net's remove_all_but_largest_component_from_segmentation: the voxels
+ * whose label is in set[0..n) as one mask, its largest 26-connected
+ * component kept (skimage's label with full connectivity), the mask's other
+ * voxels set to 0 */
+sp_status sp_components_keep_largest_of(uint16_t *labels, const int64_t dim[3], const uint16_t *set, int n)
+{
+    size_t nv = (size_t)(dim[0] * dim[1] * dim[2]);
+    uint8_t *in = calloc(65536, 1);
+    uint16_t *m = malloc(nv * sizeof *m);
+    if (!in || !m) {
+        free(in);
+        free(m);
+        return sp_fail(SP_ERR_NOMEM, "connected components: out of memory");
+    }
+    for (int i = 0; i < n; i++)
+        in[set[i]] = 1;
+    for (size_t i = 0; i < nv; i++)
+        m[i] = in[labels[i]];
+    sp_status st = sp_components_filter(m, dim, 1, 0);
+    if (!st)
+        for (size_t i = 0; i < nv; i++)
+            if (in[labels[i]] && !m[i])
+                labels[i] = 0;
+    free(in);
+    free(m);
+    return st;
+}

@@ -23,6 +23,8 @@ struct sp_ct_result {
     int64_t mdim[3];
     double maffine[4][4];
     sp_passport *passport;
+    float *probs;             /* keep_probabilities: classes x voxels, the input grid */
+    int nprobs;
 };
 
 sp_ct_params sp_ct_default_params(void)
@@ -41,6 +43,7 @@ void sp_ct_result_free(sp_ct_result *r)
         return;
     free(r->labels);
     free(r->model_labels);
+    free(r->probs);
     sp_passport_free(r->passport);
     free(r);
 }
@@ -52,6 +55,13 @@ const uint16_t *sp_ct_result_labels(const sp_ct_result *r, int64_t dim[3])
         memcpy(dim, r->dim, sizeof r->dim);
     return r->labels;
 }
+const float *sp_ct_result_probabilities(const sp_ct_result *r, int *classes)
+{
+    if (classes)
+        *classes = r->probs ? r->nprobs : 0;
+    return r->probs;
+}
+
 const uint16_t *sp_ct_result_model_labels(const sp_ct_result *r, int64_t dim[3], double affine[4][4])
 {
     if (dim)
@@ -147,17 +157,19 @@ static sp_window_params window_params(const sp_manifest *mf, const sp_ct_params 
     } else {
         /* auto: 4 tiles per call was fastest here (docs/performance.md), as
          * long as the logits of a batch stay under 256 MB */
-        int ch = mf->head_w ? mf->head_features : mf->num_classes;
+        int ch = mf->head_w ? mf->head_features : mf->n_regions ? mf->n_regions : mf->num_classes;
         double tile_bytes = 4.0 * ch * (double)(mf->patch[0] * mf->patch[1] * mf->patch[2]);
         wp.tile_batch = (int)fmax(1, fmin(4, 256e6 / tile_bytes));
     }
-    wp.num_classes = mf->num_classes;
+    wp.num_classes = mf->n_regions ? mf->n_regions : mf->num_classes;
+    wp.region_order = mf->n_regions ? mf->region_order : NULL;
     wp.head_w = mf->head_w;
     wp.head_b = mf->head_b;
     wp.head_features = mf->head_features;
     wp.accum_fp16 = p->accum_fp16;
     wp.max_tiles = p->max_tiles > 0 ? p->max_tiles : DEFAULT_MAX_TILES;
     wp.cancel = p->cancel;
+    wp.in_channels = mf->channels;
     return wp;
 }
 
@@ -215,8 +227,8 @@ static sp_status conform_path(sp_package *pk, const sp_volume *ct, const sp_ct_p
     int64_t n = mf->conform_n, md[3] = {n, n, n};
     size_t nm = (size_t)(n * n * n), nv = (size_t)sp_geom_nvox(g);
     double caff[4][4], t0 = sp_now();
-    if (p->smooth)
-        return sp_fail(SP_ERR_USAGE, "--smooth is not available for conformed (brain MRI) models");
+    if (p->smooth || p->keep_probabilities)
+        return sp_fail(SP_ERR_USAGE, "--smooth and probabilities are not available for conformed (brain MRI) models");
     float *vol = sp_big_alloc(nm * sizeof *vol);
     uint16_t *lab = sp_big_alloc(nm * sizeof *lab);
     r->labels = sp_big_alloc(nv * sizeof *r->labels);
@@ -369,7 +381,7 @@ static sp_status canonical_grid(const sp_manifest *mf, const sp_geom *g, const s
     for (int j = 0; j < 3; j++)
         cs[j] = g->spacing[o->ax[j]];
     for (int d = 0; d < 3; d++)
-        target[mf->axes[d]] = mf->spacing[d];
+        target[mf->axes[d]] = mf->spacing[d] > 0 ? mf->spacing[d] : cs[mf->axes[d]];   /* 0: kept (2D) */
     return model_grid(cdim, cs, target, p->max_model_voxels, mdim);
 }
 
@@ -439,6 +451,48 @@ static sp_status labels_back(const sp_manifest *mf, const sp_geom *g, const sp_o
     return SP_OK;
 }
 
+/* keep_probabilities: the model grid's averaged logits (C x nm) to the
+ * canonical grid (linear, per class, as nnU-Net resamples its logits), a
+ * softmax per voxel, then back to the input's orientation in r->probs. */
+static sp_status probabilities_back(const sp_manifest *mf, const sp_geom *g, const sp_ornt *o,
+                                    const int64_t mdim[3], const float *logits, sp_ct_result *r, sp_pool *pool)
+{
+    int C = mf->n_regions ? mf->n_regions : mf->num_classes;
+    int64_t cdim[3];
+    sp_ornt_dims(o, g->dim, cdim);
+    size_t nv = (size_t)sp_geom_nvox(g), nm = (size_t)(mdim[0] * mdim[1] * mdim[2]);
+    int same = cdim[0] == mdim[0] && cdim[1] == mdim[1] && cdim[2] == mdim[2];
+    float *canon = sp_big_alloc((size_t)C * nv * sizeof *canon);
+    r->probs = sp_big_alloc((size_t)C * nv * sizeof *r->probs);
+    if (!canon || !r->probs) {
+        free(canon);
+        return sp_fail(SP_ERR_NOMEM, "probabilities: cannot allocate %d x %zu floats", C, nv);
+    }
+    for (int k = 0; k < C; k++) {
+        if (same)
+            memcpy(canon + (size_t)k * nv, logits + (size_t)k * nm, nv * sizeof *canon);
+        else
+            sp_resample_linear(logits + (size_t)k * nm, mdim, canon + (size_t)k * nv, cdim, pool);
+    }
+    for (size_t i = 0; mf->n_regions && i < (size_t)C * nv; i++)   /* region-based: a sigmoid each */
+        canon[i] = 1.0f / (1.0f + expf(-canon[i]));
+    for (size_t i = 0; !mf->n_regions && i < nv; i++) {   /* softmax over the classes, in float as torch.softmax */
+        float m = canon[i], s = 0;
+        for (int k = 1; k < C; k++)
+            m = fmaxf(m, canon[(size_t)k * nv + i]);
+        for (int k = 0; k < C; k++)
+            s += (canon[(size_t)k * nv + i] = expf(canon[(size_t)k * nv + i] - m));
+        for (int k = 0; k < C; k++)
+            canon[(size_t)k * nv + i] /= s;
+    }
+    sp_ornt inv = sp_ornt_inverse(o);
+    for (int k = 0; k < C; k++)
+        sp_ornt_apply(&inv, canon + (size_t)k * nv, cdim, r->probs + (size_t)k * nv, sizeof(float), pool);
+    free(canon);
+    r->nprobs = C;
+    return SP_OK;
+}
+
 /* --keep-model-labels: the model grid's labels and affine kept in r (takes lab_m) */
 static void keep_model_labels(const sp_geom *g, const sp_ornt *o, const int64_t mdim[3], uint16_t *lab_m,
                               sp_ct_result *r)
@@ -453,6 +507,99 @@ static void keep_model_labels(const sp_geom *g, const sp_ornt *o, const int64_t 
     memcpy(r->maffine, ca, sizeof ca);
     memcpy(r->mdim, mdim, sizeof r->mdim);
     r->model_labels = lab_m;
+}
+
+/* Each channel by its scheme; a masked z-score over nnU-Net's non-zero mask
+ * (any channel non-zero, holes filled), taken before any channel changes */
+static sp_status normalize_channels(const sp_manifest *mf, float *vol, const int64_t mdim[3], sp_pool *pool)
+{
+    size_t nm = (size_t)(mdim[0] * mdim[1] * mdim[2]);
+    uint8_t *mask = NULL;
+    for (int q = 0; q < mf->channels && !mask; q++)
+        if (mf->norms[q].use_mask) {
+            if (!(mask = calloc(nm, 1)))
+                return sp_fail(SP_ERR_NOMEM, "cannot allocate the non-zero mask (%zu voxels)", nm);
+            int nimg = mf->casc_n ? mf->casc_img : mf->channels;
+            for (int c = 0; c < nimg; c++)
+                for (size_t i = 0; i < nm; i++)
+                    mask[i] |= vol[(size_t)c * nm + i] != 0;
+            if (sp_fill_holes(mask, mdim)) {
+                free(mask);
+                return sp_fail(SP_ERR_NOMEM, "cannot fill the non-zero mask's holes (%zu voxels)", nm);
+            }
+            for (int c = nimg; c < mf->channels; c++)   /* crop_to_nonzero: seg >= 0 keeps previous labels */
+                for (size_t i = 0; i < nm; i++)
+                    mask[i] |= vol[(size_t)c * nm + i] != 0;
+        }
+    for (int q = 0; q < mf->channels; q++) {
+        if (mf->norms[q].use_mask)
+            sp_zscore_masked(vol + (size_t)q * nm, mask, nm);
+        else
+            sp_normalize(vol + (size_t)q * nm, (int64_t)nm, &mf->norms[q], pool);
+    }
+    free(mask);
+    return SP_OK;
+}
+
+/* A cascade's previous-stage labels (lab, the same grid) as one 0/1
+ * channel per listed label on the model grid, from dst: each label's mask
+ * resampled linearly and kept over 0.5 (nnU-Net's resampling of a
+ * segmentation, then convert_labelmap_to_one_hot) */
+static sp_status onehot_channels(const sp_manifest *mf, const sp_volume *lab, const sp_ct_params *p, sp_pool *pool,
+                                 sp_timings *t, size_t nm, float *dst)
+{
+    sp_volume *m = sp_volume_alloc(&lab->g);
+    size_t nv = (size_t)sp_geom_nvox(&lab->g);
+    if (!m)
+        return sp_fail(SP_ERR_NOMEM, "cannot allocate the previous stage's label masks");
+    sp_status st = SP_OK;
+    for (int i = 0; i < mf->casc_n && !st; i++) {
+        for (size_t k = 0; k < nv; k++)
+            m->data[k] = lab->data[k] == (float)mf->casc_lab[i];
+        sp_ornt o;
+        double target[3];
+        int64_t mdim[3];
+        float *v = NULL;
+        if ((st = to_model_grid(mf, m, p, pool, t, &o, target, mdim, &v)))
+            break;
+        for (size_t k = 0; k < nm; k++)
+            dst[(size_t)i * nm + k] = v[k] > 0.5f;
+        free(v);
+    }
+    sp_volume_free(m);
+    return st;
+}
+
+/* Channels 1.. of a multi-channel model (extra[q - 1]) on the model grid
+ * after channel 0: *model_vol grows to channels x nm voxels; a cascade's
+ * last volume is its previous stage's labels, made one-hot. */
+static sp_status more_channels(const sp_manifest *mf, sp_volume *const *extra, const sp_ct_params *p, sp_pool *pool,
+                               sp_timings *t, size_t nm, float **model_vol)
+{
+    float *all = sp_big_alloc((size_t)mf->channels * nm * sizeof *all);
+    if (!all)
+        return sp_fail(SP_ERR_NOMEM, "cannot allocate %d channels of %zu voxels", mf->channels, nm);
+    memcpy(all, *model_vol, nm * sizeof *all);
+    free(*model_vol);
+    *model_vol = all;
+    int nimg = mf->casc_n ? mf->casc_img : mf->channels;
+    if (mf->casc_n) {
+        sp_status st = onehot_channels(mf, extra[nimg - 1], p, pool, t, nm, all + (size_t)nimg * nm);
+        if (st)
+            return st;
+    }
+    for (int q = 1; q < nimg; q++) {
+        sp_ornt o;
+        double target[3];
+        int64_t mdim[3];
+        float *v = NULL;
+        sp_status st = to_model_grid(mf, extra[q - 1], p, pool, t, &o, target, mdim, &v);
+        if (st)
+            return st;
+        memcpy(all + (size_t)q * nm, v, nm * sizeof *all);
+        free(v);
+    }
+    return SP_OK;
 }
 
 /* Task packages (runtime/task_package.c): steps c and d for each part the
@@ -502,9 +649,10 @@ static sp_status run_parts(sp_package *pk, float *model_vol, const int64_t mdim[
 }
 
 /* Steps a-f: model grid, normalisation, sliding window and argmax, optional
- * cleanup, labels back to the input grid. */
-static sp_status grid_path(sp_package *pk, const sp_volume *ct, const sp_ct_params *p, const uint8_t *keep,
-                           sp_ct_result *r, sp_pool *pool, held_input *h)
+ * cleanup, labels back to the input grid. extra: channels 1.. of a
+ * multi-channel model (same grid as ct), else NULL. */
+static sp_status grid_path(sp_package *pk, const sp_volume *ct, sp_volume *const *extra, const sp_ct_params *p,
+                           const uint8_t *keep, sp_ct_result *r, sp_pool *pool, held_input *h)
 {
     const sp_manifest *mf = &pk->mf;
     sp_timings *t = &r->t;
@@ -514,30 +662,40 @@ static sp_status grid_path(sp_package *pk, const sp_volume *ct, const sp_ct_para
     int64_t mdim[3];
     double target[3];
     sp_status st = to_model_grid(mf, ct, p, pool, t, &o, target, mdim, &model_vol);
-    if (st)
-        return st;
-    hold_input(h, p);   /* the native voxels are not read again until the passport */
     size_t nm = (size_t)(mdim[0] * mdim[1] * mdim[2]);
+    if (!st && mf->channels > 1)
+        st = more_channels(mf, extra, p, pool, t, nm, &model_vol);
+    if (st) {
+        free(model_vol);
+        return st;
+    }
+    hold_input(h, p);   /* the native voxels are not read again until the passport */
 
     double t0;
     lab_m = sp_big_alloc(nm * sizeof *lab_m);
     if (mf->n_parts) {   /* c, d for each part, merged */
-        st = lab_m ? run_parts(pk, model_vol, mdim, p, keep, lab_m, pool, t)
-                   : sp_fail(SP_ERR_NOMEM, "cannot allocate %zu model-grid labels", nm);
+        st = p->keep_probabilities ? sp_fail(SP_ERR_USAGE, "probabilities: not for a task package (several part "
+                                             "models)")
+             : lab_m ? run_parts(pk, model_vol, mdim, p, keep, lab_m, pool, t)
+                     : sp_fail(SP_ERR_NOMEM, "cannot allocate %zu model-grid labels", nm);
         if (st)
             goto done;
         goto merged;
     }
 
-    /* c. normalise */
+    /* c. normalise, each channel by its scheme */
     t0 = sp_now();
-    sp_normalize(model_vol, (int64_t)nm, &mf->norm, pool);
+    if ((st = normalize_channels(mf, model_vol, mdim, pool)))
+        goto done;
     sp_timings_add(t, "normalize", sp_now() - t0);
 
     /* d. sliding window + argmax */
     sp_window_params wp = window_params(mf, p);
-    if (p->smooth && lab_m && !(logits = sp_big_alloc((size_t)mf->num_classes * nm * sizeof *logits)))
-        st = sp_fail(SP_ERR_NOMEM, "--smooth: cannot allocate %d x %zu logits", mf->num_classes, nm);
+    int want_logits = p->smooth || p->keep_probabilities;
+    if (p->smooth && mf->n_regions)
+        st = sp_fail(SP_ERR_USAGE, "--smooth takes class logits: not for a region-based model");
+    else if (want_logits && lab_m && !(logits = sp_big_alloc((size_t)wp.num_classes * nm * sizeof *logits)))
+        st = sp_fail(SP_ERR_NOMEM, "--smooth/probabilities: cannot allocate %d x %zu logits", wp.num_classes, nm);
     else if (!lab_m)
         st = sp_fail(SP_ERR_NOMEM, "cannot allocate %zu model-grid labels", nm);
     if (st || (st = sp_window_run(pk->model, model_vol, mdim, &wp, lab_m, logits, pool, t, p->progress,
@@ -560,7 +718,9 @@ merged:
 
     /* e. labels back to the native grid */
     t0 = sp_now();
-    if ((st = labels_back(mf, &ct->g, &o, mdim, lab_m, logits, keep, r, pool)))
+    if ((st = labels_back(mf, &ct->g, &o, mdim, lab_m, p->smooth ? logits : NULL, keep, r, pool)))
+        goto done;
+    if (p->keep_probabilities && (st = probabilities_back(mf, &ct->g, &o, mdim, logits, r, pool)))
         goto done;
     sp_timings_add(t, "labels_back", sp_now() - t0);
     if (p->keep_model_labels) {
@@ -609,8 +769,97 @@ static sp_status measure(const sp_manifest *mf, const sp_volume *ct, held_input 
     return st;
 }
 
-static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, const sp_ct_params *pp,
-                        sp_ct_result **out);
+/* The cropped run's labels (and probabilities) into the whole input grid:
+ * label 0 and background probability 1 outside the box lo + r->dim */
+static sp_status uncrop(sp_ct_result *r, const int64_t full[3], const int64_t lo[3], int regions)
+{
+    size_t nv = (size_t)(full[0] * full[1] * full[2]), nc = (size_t)(r->dim[0] * r->dim[1] * r->dim[2]);
+    int K = r->probs ? r->nprobs : 0;
+    uint16_t *lab = sp_big_calloc(nv, sizeof *lab);
+    float *pr = K ? sp_big_calloc((size_t)K * nv, sizeof *pr) : NULL;
+    if (!lab || (K && !pr)) {
+        free(lab);
+        return sp_fail(SP_ERR_NOMEM, "cannot allocate the label volume (%zu voxels)", nv);
+    }
+    for (size_t i = 0; K && !regions && i < nv; i++)   /* regions: all 0 outside, as nnU-Net's */
+        pr[i] = 1;
+    const int64_t *d = r->dim;
+    for (int64_t k = 0; k < d[2]; k++)
+        for (int64_t j = 0; j < d[1]; j++) {
+            size_t src = (size_t)((k * d[1] + j) * d[0]);
+            size_t dst = (size_t)(((k + lo[2]) * full[1] + j + lo[1]) * full[0] + lo[0]);
+            memcpy(lab + dst, r->labels + src, (size_t)d[0] * sizeof *lab);
+            for (int c = 0; c < K; c++)
+                memcpy(pr + (size_t)c * nv + dst, r->probs + (size_t)c * nc + src, (size_t)d[0] * sizeof *pr);
+        }
+    free(r->labels);
+    free(r->probs);
+    r->labels = lab;
+    r->probs = pr;
+    memcpy(r->dim, full, sizeof r->dim);
+    return SP_OK;
+}
+
+/* crop_nonzero (nnU-Net imports): steps a-f on the box of voxels non-zero
+ * in any channel, label 0 outside; the whole grid when the box is all */
+static sp_status crop_path(sp_package *pk, const sp_volume *ct, sp_volume *const *extra, int n,
+                           const sp_ct_params *p, const uint8_t *keep, sp_ct_result *r, sp_pool *pool, held_input *h)
+{
+    sp_volume *all[SP_MAX_CHANNELS], *cut[SP_MAX_CHANNELS] = {0};
+    int64_t lo[3], hi[3];
+    all[0] = (sp_volume *)ct;
+    for (int q = 1; q < n; q++)
+        all[q] = extra[q - 1];
+    if (sp_nonzero_box(all, pk->mf.casc_n ? pk->mf.casc_img : n, lo, hi) ||
+        (!lo[0] && !lo[1] && !lo[2] && hi[0] == ct->g.dim[0] && hi[1] == ct->g.dim[1] && hi[2] == ct->g.dim[2]))
+        return grid_path(pk, ct, extra, p, keep, r, pool, h);
+    sp_status st = SP_OK;
+    for (int q = 0; q < n && !st; q++)
+        if (!(cut[q] = sp_volume_crop(all[q], lo, hi)))
+            st = sp_fail(SP_ERR_NOMEM, "cannot crop channel %d to its non-zero box", q);
+    if (!st)
+        st = grid_path(pk, cut[0], cut + 1, p, keep, r, pool, h);
+    if (!st)
+        st = uncrop(r, ct->g.dim, lo, pk->mf.n_regions > 0);
+    for (int q = 0; q < n; q++)
+        sp_volume_free(cut[q]);
+    return st;
+}
+
+/* A multi-channel model's inputs: as many as it takes, one grid (dims
+ * equal, affines equal within 1e-4 mm: nnU-Net checks spacing, origin and
+ * direction alike), voxels present. */
+static sp_status check_channels(const sp_manifest *mf, const sp_volume *ct, sp_volume *const *extra, int n)
+{
+    /* a cascade: the images and the labels; a task package (parts) reads one */
+    int want = mf->casc_n ? mf->casc_img + 1 : mf->channels > 0 ? mf->channels : 1;
+    if (n != want)
+        return sp_fail(SP_ERR_INPUT, "model '%s' takes %d input volume%s; %d given%s", mf->name, want,
+                       want == 1 ? "" : "s", n, n < want ? (mf->casc_n ? " (segpipe predict "
+                       "-prev_stage_predictions DIR gives a cascade its previous stage's labels)" :
+                       " (segpipe predict -i FOLDER reads nnU-Net's CASE_0000, CASE_0001, ... files of a case "
+                       "together)") : "");
+    if (n > 1 && mf->conform_n)
+        return sp_fail(SP_ERR_MODEL, "model '%s': a conformed model takes one channel", mf->name);
+    for (int q = 1; q < n; q++) {
+        const sp_geom *a = &ct->g, *b = &extra[q - 1]->g;
+        int same = a->dim[0] == b->dim[0] && a->dim[1] == b->dim[1] && a->dim[2] == b->dim[2];
+        for (int i = 0; i < 4 && same; i++)
+            for (int j = 0; j < 4; j++)
+                same &= fabs(a->affine[i][j] - b->affine[i][j]) <= 1e-4;
+        if (!same)
+            return sp_fail(SP_ERR_INPUT, "channel %d's grid (%lldx%lldx%lld, its affine) differs from channel 0's "
+                           "(%lldx%lldx%lld): every channel of a case must share one grid", q, (long long)b->dim[0],
+                           (long long)b->dim[1], (long long)b->dim[2], (long long)a->dim[0], (long long)a->dim[1],
+                           (long long)a->dim[2]);
+        if (!extra[q - 1]->data)
+            return sp_fail(SP_ERR_USAGE, "channel %d's voxels were released by an earlier run", q);
+    }
+    return SP_OK;
+}
+
+static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, sp_volume *const *extra, int n,
+                        const sp_ct_params *pp, sp_ct_result **out);
 
 /* --roi-subset on a task package with a roi_crop model, and every run of a
  * subtask package ("crop"), as TotalSegmentator does it: the low-resolution
@@ -634,7 +883,8 @@ static sp_status roi_crop_path(sp_package *pk, const sp_volume *ct, const sp_ct_
     cp.accum_fp16 = p->accum_fp16;
     sp_ct_result *cr = NULL;
     uint8_t *want = calloc((size_t)cm->num_classes, 1);
-    sp_status st = want ? ct_run(pk->crop, ct, NULL, &cp, &cr) : sp_fail(SP_ERR_NOMEM, "out of memory");
+    sp_status st = want ? ct_run(pk->crop, ct, NULL, NULL, 1, &cp, &cr)
+                        : sp_fail(SP_ERR_NOMEM, "out of memory");
     for (int l = 1; !st && l < cm->num_classes; l++)   /* a subtask's crop structures, or the kept names */
         for (int k = 1; k < mf->num_classes && !want[l]; k++)
             want[l] = mf->crop_want ? mf->crop_want[l] : keep[k] && !strcmp(cm->labels[l], mf->labels[k]);
@@ -648,7 +898,7 @@ static sp_status roi_crop_path(sp_package *pk, const sp_volume *ct, const sp_ct_
     if (st || !found)
         return st ? st : sp_labels_uncrop(NULL, lo, lo, ct->g.dim, &r->labels);
     sp_volume *sub = NULL;
-    if ((st = sp_volume_crop_box(ct, lo, hi, &sub)) || (st = grid_path(pk, sub, p, keep, r, pool, h))) {
+    if ((st = sp_volume_crop_box(ct, lo, hi, &sub)) || (st = grid_path(pk, sub, NULL, p, keep, r, pool, h))) {
         sp_volume_free(sub);
         return st;
     }
@@ -662,9 +912,10 @@ static sp_status roi_crop_path(sp_package *pk, const sp_volume *ct, const sp_ct_
     return SP_OK;
 }
 
-/* mut: the same volume, writable (sp_ct_run_inplace), or NULL */
-static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, const sp_ct_params *pp,
-                        sp_ct_result **out)
+/* mut: the same volume, writable (sp_ct_run_inplace), or NULL; extra:
+ * channels 1..n-1 of a multi-channel model, or NULL (n = 1) */
+static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, sp_volume *const *extra, int n,
+                        const sp_ct_params *pp, sp_ct_result **out)
 {
     sp_ct_params p = pp ? *pp : sp_ct_default_params();
     const sp_manifest *mf = &pk->mf;
@@ -683,18 +934,26 @@ static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, con
     if (mf->n_parts && p.smooth)
         return sp_fail(SP_ERR_USAGE, "--smooth is not available for task packages ('%s' merges %d part models' "
                        "labels; their scores are not compared)", mf->name, mf->n_parts);
-    sp_status st = roi_parse(mf, p.roi_subset, &keep);
+    sp_status st = check_channels(mf, ct, extra, n);
+    if (!st)
+        st = roi_parse(mf, p.roi_subset, &keep);
     if (st)
         return st;
     sp_pool *pool = sp_pool_get(p.threads);
     sp_ct_result *r = NULL;
     held_input h = {mut, 0, NULL, {-1, 0, NULL}};
-    if (!(st = check_finite(ct, pool)) && !(r = calloc(1, sizeof *r)))
+    st = check_finite(ct, pool);
+    for (int q = 1; q < n && !st; q++)
+        st = check_finite(extra[q - 1], pool);
+    if (!st && !(r = calloc(1, sizeof *r)))
         st = sp_fail(SP_ERR_NOMEM, "out of memory");
     if (!st)   /* brain MRI: a conformed grid instead of steps a, b and e */
-        st = mf->conform_n ? conform_path(pk, ct, &p, keep, r, pool)
+        st = mf->conform_n                       ? conform_path(pk, ct, &p, keep, r, pool)
              : pk->crop && (keep || mf->crop_want) ? roi_crop_path(pk, ct, &p, keep, r, pool, &h)
-                                : grid_path(pk, ct, &p, keep, r, pool, &h);
+             : mf->crop_nonzero                    ? crop_path(pk, ct, extra, n, &p, keep, r, pool, &h)
+                                                   : grid_path(pk, ct, extra, &p, keep, r, pool, &h);
+    for (int s = 0; !st && s < mf->pp_n; s++)   /* nnU-Net's postprocessing.pkl, on the final labels */
+        st = sp_components_keep_largest_of(r->labels, r->dim, mf->pp_set[s], mf->pp_len[s]);
     if (!st && p.passport)
         st = measure(mf, ct, &h, &p, keep, r);
     restore_input(&h, p.release_input);
@@ -739,13 +998,15 @@ sp_status sp_ct_memory_estimate(const sp_package *pk, const sp_volume *ct, const
     int packs = ct->range_valid && ct->integer_valued && ct->vmin >= -32768 && ct->vmax <= 32767;
     double held = packs ? 2 * nv : 4 * nv;   /* parked in a file when it can be: counted anyway */
     double prep = 4 * nv + (reoriented ? 4 * nv : 0) + 4 * nm;
-    double window = held + 6 * nm + (double)sp_window_memory(&wp, mdim, p.smooth) +
+    int keep = p.smooth || p.keep_probabilities;
+    double window = held + 6 * nm + (double)sp_window_memory(&wp, mdim, keep) +
                     (double)pk->run_bytes * (wp.tile_batch > 0 ? wp.tile_batch : 1) +
-                    (p.smooth ? 4.0 * mf->num_classes * nm : 0) +
+                    (keep ? 4.0 * wp.num_classes * nm : 0) +
                     (mf->n_parts > 1 ? 6 * nm : 0);   /* a task package: the volume's copy, a part's labels */
     /* labels, the model grid's, a canonical copy (--smooth), the components' runs (~4 bytes a voxel for a
      * fragmented map), then the input back for the passport */
-    double end = 2 * nv + 2 * nm + (p.smooth && reoriented ? 2 * nv : 0) + fmax(4 * nv, held);
+    double end = 2 * nv + 2 * nm + (p.smooth && reoriented ? 2 * nv : 0) + fmax(4 * nv, held) +
+                 (p.keep_probabilities ? 8.0 * wp.num_classes * nv : 0);   /* canonical and native copies */
     /* +25% for what the buffers above leave out (allocator and thread
      * overheads): the raw sums came to 0.87-1.12 of the measured peaks */
     double b = 1.25 * fmax(prep, fmax(window, end));
@@ -766,7 +1027,7 @@ sp_status sp_ct_header_check(const sp_volume *header, void *ct_check)
     double tiles = 1;   /* as sp_window_run counts them: each axis padded to the patch */
     for (int d = 0; d < 3; d++) {
         int64_t n = mdim[wp.axes[d]], t = wp.patch[d];
-        tiles *= (double)sp_window_steps(n > t ? n : t, t, wp.step, NULL, 1 << 24);
+        tiles *= t == 1 ? (double)n : (double)sp_window_steps(n > t ? n : t, t, wp.step, NULL, 1 << 24);
     }
     if (tiles > (double)wp.max_tiles)
         return sp_fail(SP_ERR_INPUT, "the header's %lldx%lldx%lld voxels make %.0f sliding-window tiles, over the "
@@ -777,12 +1038,20 @@ sp_status sp_ct_header_check(const sp_volume *header, void *ct_check)
 
 sp_status sp_ct_run(sp_package *pk, const sp_volume *ct, const sp_ct_params *p, sp_ct_result **out)
 {
-    return ct_run(pk, ct, NULL, p, out);
+    return ct_run(pk, ct, NULL, NULL, 1, p, out);
 }
 
 sp_status sp_ct_run_inplace(sp_package *pk, sp_volume *ct, const sp_ct_params *p, sp_ct_result **out)
 {
-    return ct_run(pk, ct, ct, p, out);
+    return ct_run(pk, ct, ct, NULL, 1, p, out);
+}
+
+sp_status sp_ct_run_channels(sp_package *pk, sp_volume *const *ch, int n, const sp_ct_params *p, sp_ct_result **out)
+{
+    *out = NULL;
+    if (n < 1 || n > SP_MAX_CHANNELS || !ch || !ch[0])
+        return sp_fail(SP_ERR_USAGE, "sp_ct_run_channels: 1 to %d channels, got %d", SP_MAX_CHANNELS, n);
+    return ct_run(pk, ch[0], ch[0], ch + 1, n, p, out);
 }
 
 /* ------------------------------------------------------------ label I/O */

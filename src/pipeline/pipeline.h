@@ -88,7 +88,19 @@ typedef struct sp_window_params {
     int accum_fp16;          /* 1: accumulator stored as IEEE half (F16C) */
     int64_t max_tiles;       /* refuse more tiles than this; 0 = no limit */
     const volatile int *cancel;   /* non-NULL and set: stop at the next tile */
+    int in_channels;         /* input channels, each a whole volume after the previous (0 = 1) */
+    /* region-based (nnU-Net): num_classes region logits; a voxel's label is
+     * region_order[i] of the last i whose averaged logit is > 0, else 0 */
+    const int *region_order;
 } sp_window_params;
+sp_status sp_components_keep_largest_of(uint16_t *labels, const int64_t dim[3], const uint16_t *set, int n);
+
+/* ---- crop.c: nnU-Net's crop to the non-zero region and its mask ---- */
+int sp_nonzero_box(sp_volume *const *v, int n, int64_t lo[3], int64_t hi[3]);
+sp_volume *sp_volume_crop(const sp_volume *v, const int64_t lo[3], const int64_t hi[3]);
+int sp_fill_holes(uint8_t *mask, const int64_t d[3]);
+void sp_zscore_masked(float *x, const uint8_t *mask, size_t n);
+
 /* nnU-Net's compute_steps_for_sliding_window for one axis: the count (the
  * steps written to out unless it is NULL), or -1 when it would exceed cap. */
 int sp_window_steps(int64_t image, int64_t tile, double step, int64_t *out, int cap);

@@ -18,6 +18,16 @@
  * 3 mm 512x512x280 CT this holds ~patch[0]/N0 of the full fp32
  * accumulator (see docs/performance.md), with labels identical to the
  * full accumulator's (same sums, same order of additions per voxel).
+ *
+ * The half accumulator (--accumulator fp16) does nnU-Net's own arithmetic
+ * (predict_from_raw_data.py keeps predicted_logits and n_predictions in
+ * torch.half, even on the CPU): the Gaussian rounded to half with its
+ * zeros replaced by the smallest non-zero half, each sum rounded to half
+ * after every addition, the weight sum kept in half too, and per voxel the
+ * half quotient sum(w * logits) / sum(w) before the argmax (ties to the
+ * first class, as torch.argmax). nnU-Net's labels come out where its half
+ * sums tie or lose precision (tile corners, where the Gaussian is
+ * subnormal), docs/model-format.md.
  */
 #include "pipeline.h"
 #include "../runtime/device.h"
@@ -48,8 +58,11 @@ typedef struct win {
     int64_t vst[3];              /* volume stride of network dim d */
     int64_t N[3], P[3], pad[3];  /* network dims, patch, low padding */
     int C;                       /* channels the network gives (and the accumulator holds) */
+    int Cin;                     /* input channels: channel q's volume at vol + q * nvox */
+    int64_t nvox;
     int K;                       /* classes of the argmax: C, or the split head's classes */
     const float *head_w, *head_b;   /* split head (K x C, K), or NULL */
+    const int *regions;          /* region-based: label of region k, or NULL (argmax) */
     float *in;                   /* tile_batch x P */
     float *out;                  /* tile_batch x C x P */
     const float *gauss;
@@ -57,6 +70,7 @@ typedef struct win {
     int half;
     int64_t ring;                /* rows of dim 0 held: P0, or N0 when keeping logits */
     float *wsum;                 /* ring x N1 x N2 weight sums (with logits kept or a head) */
+    uint16_t *wsum_h;            /* the same in half, with the half accumulator */
     int64_t slab;                /* N1 * N2 */
     uint16_t *labels;
     int64_t lst[3];              /* label stride of network dim d */
@@ -81,6 +95,17 @@ SP_F16C static void half_add(uint16_t *a, const float *l, const float *g, int64_
     for (; k < k1; k++)
         a[k] = _cvtss_sh(_cvtsh_ss(a[k]) + l[k] * g[k], _MM_FROUND_TO_NEAREST_INT);
 }
+/* a[k] = half(a[k] + g[k]) for k in [k0, k1): a half weight sum */
+SP_F16C static void half_add_w(uint16_t *a, const float *g, int64_t k0, int64_t k1)
+{
+    for (int64_t k = k0; k < k1; k++)
+        a[k] = _cvtss_sh(_cvtsh_ss(a[k]) + g[k], _MM_FROUND_TO_NEAREST_INT);
+}
+/* x rounded to the nearest half, back as float */
+SP_F16C static float half_round(float x)
+{
+    return _cvtsh_ss(_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT));
+}
 SP_F16C static void half_load(const uint16_t *a, float *out, int64_t n)
 {
     int64_t k = 0;
@@ -104,6 +129,8 @@ int sp_window_half_available(void)
 #else
 static void half_add(uint16_t *a, const float *l, const float *g, int64_t k0, int64_t k1) { abort(); }
 static void half_load(const uint16_t *a, float *out, int64_t n) { abort(); }
+static void half_add_w(uint16_t *a, const float *g, int64_t k0, int64_t k1) { abort(); }
+static float half_round(float x) { abort(); }
 int sp_window_half_available(void) { return 0; }
 #endif
 
@@ -129,21 +156,30 @@ static inline const float *acc_row(const win *c, size_t at, int64_t n, float *tm
     return tmp;
 }
 
-/* gather: one job per (tile, row of dims 0-1) */
+/* n half weight sums as float, in tmp */
+static inline const float *acc_row_h(const uint16_t *w, int64_t n, float *tmp)
+{
+    half_load(w, tmp, n);
+    return tmp;
+}
+
+/* gather: one job per (tile, input channel, row of dims 0-1) */
 static void gather_rows(void *vc, int64_t b, int64_t e, int w)
 {
     win *c = vc;
     int64_t rows = c->P[0] * c->P[1];
     for (int64_t job = b; job < e; job++) {
-        int t = (int)(job / rows);
+        int t = (int)(job / (rows * c->Cin));
+        int q = (int)(job / rows % c->Cin);
         int64_t r = job % rows, a = r / c->P[1], bb = r % c->P[1];
-        float *dst = c->in + (size_t)t * (size_t)(rows * c->P[2]) + (size_t)r * (size_t)c->P[2];
+        float *dst = c->in + ((size_t)t * (size_t)c->Cin + (size_t)q) * (size_t)(rows * c->P[2]) +
+                     (size_t)r * (size_t)c->P[2];
         int64_t n0 = c->batch[t].s[0] + a - c->pad[0], n1 = c->batch[t].s[1] + bb - c->pad[1];
         if (n0 < 0 || n0 >= c->N[0] || n1 < 0 || n1 >= c->N[1]) {
             memset(dst, 0, (size_t)c->P[2] * sizeof(float));
             continue;
         }
-        const float *src = c->vol + n0 * c->vst[0] + n1 * c->vst[1];
+        const float *src = c->vol + (size_t)q * (size_t)c->nvox + n0 * c->vst[0] + n1 * c->vst[1];
         int64_t base2 = c->batch[t].s[2] - c->pad[2];
         for (int64_t k = 0; k < c->P[2]; k++) {
             int64_t n2 = base2 + k;
@@ -170,6 +206,7 @@ static void accum_rows(void *vc, int64_t b, int64_t e, int w)
             const float *gw = c->gauss + a * c->P[1] * c->P[2];
             size_t acc = ((size_t)cls * (size_t)c->ring + (size_t)(n0 % c->ring)) * (size_t)c->slab;
             float *ws = c->wsum && cls == 0 ? c->wsum + (size_t)(n0 % c->ring) * (size_t)c->slab : NULL;
+            uint16_t *wh = c->wsum_h && cls == 0 ? c->wsum_h + (size_t)(n0 % c->ring) * (size_t)c->slab : NULL;
             for (int64_t bb = 0; bb < c->P[1]; bb++) {
                 int64_t n1 = c->batch[t].s[1] + bb - c->pad[1];
                 if (n1 < 0 || n1 >= c->N[1])
@@ -187,6 +224,8 @@ static void accum_rows(void *vc, int64_t b, int64_t e, int w)
                     for (int64_t k = k0; k < k1; k++)
                         wr[k] += gr[k];
                 }
+                if (wh)
+                    half_add_w(wh + n1 * c->N[2] + off, gr, k0, k1);
             }
         }
     }
@@ -202,7 +241,7 @@ typedef struct fin_ctx {
 /* Scratch of one finish_rows call: the row's channels as float (C x N2),
  * the logits of one class, the best value and class so far (N2 each). */
 typedef struct fin_scratch {
-    float *ch, *l, *best;
+    float *ch, *l, *best, *ws;
     int *bi;
     const float **chp;   /* C row pointers */
 } fin_scratch;
@@ -240,15 +279,31 @@ static void finish_row(fin_ctx *f, fin_scratch *s, int64_t n0, int64_t n1)
     for (int k = 0; k < c->C; k++)
         ch[k] = acc_row(c, (size_t)k * cstride + base, n, s->ch + (size_t)k * (size_t)n);
     const float *ws = c->wsum ? c->wsum + base : NULL;
+    if (c->wsum_h)   /* nnU-Net's half weight sum, as float */
+        ws = acc_row_h(c->wsum_h + base, n, s->ws);
     for (int k = 0; k < c->K; k++) {
         const float *l = class_row(c, s, ch, ws, k, n);
-        for (int64_t i = 0; i < n; i++)
-            if (k == 0 || l[i] > s->best[i])
-                s->best[i] = l[i], s->bi[i] = k;
+        if (c->wsum_h) {   /* torch.div of two half tensors: the quotient rounded to half */
+            for (int64_t i = 0; i < n; i++)
+                s->l[i] = half_round(l[i] / ws[i]);
+            l = s->l;
+        }
+        if (c->regions) {   /* sigmoid > 0.5: the last region holding the voxel wins */
+            for (int64_t i = 0; i < n; i++) {
+                if (k == 0)
+                    s->best[i] = 0, s->bi[i] = 0;
+                if (l[i] > 0)
+                    s->bi[i] = c->regions[k];
+            }
+        } else {
+            for (int64_t i = 0; i < n; i++)
+                if (k == 0 || l[i] > s->best[i])
+                    s->best[i] = l[i], s->bi[i] = k;
+        }
         if (f->logits) {   /* keep sum(w * logits) / sum(w), volume layout */
             float *dst = f->logits + (size_t)k * (size_t)f->nvox;
             for (int64_t i = 0; i < n; i++)
-                dst[n0 * c->lst[0] + n1 * c->lst[1] + i * c->lst[2]] = l[i] * (1.0f / ws[i]);
+                dst[n0 * c->lst[0] + n1 * c->lst[1] + i * c->lst[2]] = c->wsum_h ? l[i] : l[i] * (1.0f / ws[i]);
         }
     }
     for (int64_t i = 0; i < n; i++) {
@@ -265,7 +320,7 @@ static void finish_rows(void *vf, int64_t b, int64_t e, int w)
     win *c = f->c;
     size_t n = (size_t)c->N[2], cstride = (size_t)c->ring * (size_t)c->slab;
     size_t esz = c->half ? sizeof(uint16_t) : sizeof(float);
-    fin_scratch s = {malloc(((size_t)c->C + 2) * n * sizeof(float)), NULL, NULL, malloc(n * sizeof(int)),
+    fin_scratch s = {malloc(((size_t)c->C + 3) * n * sizeof(float)), NULL, NULL, NULL, malloc(n * sizeof(int)),
                      malloc((size_t)c->C * sizeof(float *))};
     if (!s.ch || !s.bi || !s.chp) {   /* a few KB: treat as fatal like the pool's own allocations */
         fprintf(stderr, "segpipe: out of memory in the sliding window's argmax\n");
@@ -273,6 +328,7 @@ static void finish_rows(void *vf, int64_t b, int64_t e, int w)
     }
     s.l = s.ch + (size_t)c->C * n;
     s.best = s.l + n;
+    s.ws = s.best + n;
     for (int64_t job = b; job < e; job++) {
         int64_t n0 = f->row0 + job / c->N[1], n1 = job % c->N[1];
         finish_row(f, &s, n0, n1);
@@ -283,6 +339,8 @@ static void finish_rows(void *vf, int64_t b, int64_t e, int w)
             memset((char *)c->acc + ((size_t)k * cstride + base) * esz, 0, n * esz);
         if (c->wsum)
             memset(c->wsum + base, 0, n * sizeof(float));
+        if (c->wsum_h)
+            memset(c->wsum_h + base, 0, n * sizeof(uint16_t));
     }
     free(s.ch);
     free(s.bi);
@@ -343,10 +401,11 @@ size_t sp_window_memory(const sp_window_params *wp, const int64_t vdim[3], int k
     double B = wp->tile_batch > 0 ? wp->tile_batch : 1, psz = (double)(P[0] * P[1] * P[2]);
     double ring = keep_logits ? (double)N[0] : (double)(P[0] < N[0] ? P[0] : N[0]);
     double slab = (double)N[1] * (double)N[2];
-    double b = B * psz * 4 + B * C * psz * 4 + psz * 4;   /* input, output tiles, Gaussian */
+    double Cin = wp->in_channels > 1 ? wp->in_channels : 1;
+    double b = B * Cin * psz * 4 + B * C * psz * 4 + psz * 4;   /* input, output tiles, Gaussian */
     b += C * ring * slab * (wp->accum_fp16 ? 2 : 4);        /* the accumulator */
-    if (keep_logits || wp->head_w)
-        b += ring * slab * 4;                               /* the weight sum */
+    if (keep_logits || wp->head_w || wp->accum_fp16)
+        b += ring * slab * (wp->accum_fp16 ? 2 : 4);        /* the weight sum */
     return b < 1e18 ? (size_t)b : (size_t)1e18;
 }
 
@@ -364,6 +423,15 @@ static sp_status win_geometry(win *c, const int64_t vdim[3], const sp_window_par
         c->P[d] = wp->patch[d];
         int64_t padded = c->N[d] > c->P[d] ? c->N[d] : c->P[d];
         c->pad[d] = (padded - c->N[d]) / 2;
+        if (c->P[d] == 1) {   /* a 2D model's slices: each once, as nnU-Net's 2D slicers */
+            ns[d] = (int)padded;
+            if ((steps[d] = malloc((size_t)padded * sizeof **steps)))
+                for (int64_t k = 0; k < padded; k++)
+                    steps[d][k] = k;
+            if (!steps[d])
+                return sp_fail(SP_ERR_NOMEM, "sliding window: cannot allocate %lld steps", (long long)padded);
+            continue;
+        }
         ns[d] = sp_window_steps(padded, c->P[d], wp->step, NULL, 1 << 24);
         steps[d] = ns[d] > 0 ? malloc((size_t)ns[d] * sizeof **steps) : NULL;
         if (!steps[d] || sp_window_steps(padded, c->P[d], wp->step, steps[d], ns[d]) != ns[d])
@@ -392,6 +460,12 @@ static sp_status win_tiles(int64_t *const steps[3], const int ns[3], const sp_wi
 /* The accumulator options that do not go together (measured reasons). */
 static sp_status win_options(const win *c, int use_gpu)
 {
+    if (use_gpu && c->regions)
+        return sp_fail(SP_ERR_USAGE, "the GPU window kernels take an argmax: a region-based model runs with "
+                       "--device cpu");
+    if (use_gpu && c->Cin > 1)
+        return sp_fail(SP_ERR_USAGE, "the GPU window kernels feed one input channel: a %d-channel model runs with "
+                       "--device cpu", c->Cin);
     if (use_gpu && (c->head_w || c->half))
         return sp_fail(SP_ERR_USAGE, "on a GPU the window keeps the logits in device memory: a split head and "
                        "the fp16 accumulator are CPU options (use the unsplit package, or --device cpu)");
@@ -404,6 +478,21 @@ static sp_status win_options(const win *c, int use_gpu)
     return SP_OK;
 }
 
+/* compute_gaussian(dtype=torch.float16): the map rounded to half, then
+ * its zeros replaced by its smallest non-zero value */
+static void half_gauss(float *g, size_t n)
+{
+    float mn = INFINITY;
+    for (size_t i = 0; i < n; i++) {
+        g[i] = half_round(g[i]);
+        if (g[i] > 0 && g[i] < mn)
+            mn = g[i];
+    }
+    for (size_t i = 0; i < n; i++)
+        if (g[i] == 0)
+            g[i] = mn;
+}
+
 /* The host window's buffers: Gaussian, input and output tiles, the ring of
  * accumulated scores (the whole volume when the logits are kept) and the
  * weight sum. A split head's output tile is left in ORT's buffer
@@ -413,16 +502,21 @@ static sp_status win_buffers(win *c, const sp_window_params *wp, int B, int keep
 {
     size_t psz = (size_t)(c->P[0] * c->P[1] * c->P[2]);
     c->gauss = sp_gaussian_map(c->P, wp->sigma_scale);
-    c->in = sp_big_alloc((size_t)B * psz * sizeof(float));
+    c->in = sp_big_alloc((size_t)B * (size_t)c->Cin * psz * sizeof(float));
     if (!c->head_w)
         c->out = sp_big_alloc((size_t)B * (size_t)c->C * psz * sizeof(float));
     c->ring = keep_logits ? c->N[0] : (c->P[0] < c->N[0] ? c->P[0] : c->N[0]);
     c->acc = sp_big_calloc((size_t)c->C * (size_t)c->ring * (size_t)c->slab,
                            c->half ? sizeof(uint16_t) : sizeof(float));
-    int need_wsum = keep_logits || c->head_w;
+    int need_wsum = (keep_logits || c->head_w) && !c->half;
     if (need_wsum)
         c->wsum = sp_big_calloc((size_t)(c->ring * c->slab), sizeof(float));
-    if (!c->gauss || !c->in || (!c->head_w && !c->out) || !c->acc || (need_wsum && !c->wsum))
+    if (c->half)
+        c->wsum_h = sp_big_calloc((size_t)(c->ring * c->slab), sizeof(uint16_t));
+    if (c->gauss && c->half)   /* nnU-Net's torch.half Gaussian: rounded, its zeros the smallest non-zero */
+        half_gauss((float *)c->gauss, psz);
+    if (!c->gauss || !c->in || (!c->head_w && !c->out) || !c->acc || (need_wsum && !c->wsum) ||
+        (c->half && !c->wsum_h))
         return sp_fail(SP_ERR_NOMEM, "sliding window: cannot allocate buffers (%d classes, "
                        "ring %lldx%lldx%lld)", c->C, (long long)c->P[0], (long long)c->N[1], (long long)c->N[2]);
     return SP_OK;
@@ -435,9 +529,9 @@ static sp_status win_batch(win *c, sp_model *m, int nb, sp_pool *pool, sp_timing
     int borrow = c->head_w != NULL;
     double t0 = sp_now();
     c->nb = nb;
-    sp_pool_for(pool, (int64_t)nb * c->P[0] * c->P[1], 8, gather_rows, c);
+    sp_pool_for(pool, (int64_t)nb * c->Cin * c->P[0] * c->P[1], 8, gather_rows, c);
     double t1 = sp_now();
-    sp_tensor in = {SP_DT_F32, 5, {nb, 1, c->P[0], c->P[1], c->P[2]}, c->in};
+    sp_tensor in = {SP_DT_F32, 5, {nb, c->Cin, c->P[0], c->P[1], c->P[2]}, c->in};
     sp_tensor out = {SP_DT_F32, 5, {nb, c->C, c->P[0], c->P[1], c->P[2]}, borrow ? NULL : c->out};
     void *hold = NULL;
     sp_status st = borrow ? sp_model_run_borrow(m, &in, 1, &out, 1, &hold) : sp_model_run(m, &in, 1, &out, 1);
@@ -516,7 +610,10 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
     c.C = wp->head_w ? wp->head_features : wp->num_classes;
     c.head_w = wp->head_w;
     c.head_b = wp->head_b;
+    c.regions = wp->region_order;
     c.half = wp->accum_fp16;
+    c.Cin = wp->in_channels > 1 ? wp->in_channels : 1;
+    c.nvox = vdim[0] * vdim[1] * vdim[2];
     sp_status st = win_geometry(&c, vdim, wp, steps, ns);
     if (!st)
         st = win_tiles(steps, ns, wp, &tiles, &ntiles);
@@ -541,5 +638,6 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
     free(c.out);
     free(c.acc);
     free(c.wsum);
+    free(c.wsum_h);
     return st;
 }

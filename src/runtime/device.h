@@ -26,4 +26,6 @@ sp_status sp_model_run_borrow(sp_model *m, const sp_tensor *inputs, int n_in, sp
                               void **hold);
 void sp_model_outputs_release(void *hold);
 const char *sp_runtime_precision(const sp_runtime *rt);
+/* The runtime's test-time augmentation choice: "auto", "on" or "off". */
+const char *sp_runtime_tta(const sp_runtime *rt);
 #endif

@@ -57,7 +57,7 @@ struct sp_model {
 struct sp_runtime {
     OrtEnv *env;
     sp_runtime_params p;
-    char device[16], precision[8], arena[8];
+    char device[16], precision[8], arena[8], tta[8];
     pthread_mutex_t mu;
     int arena_registered;             /* the env's shared CPU arena exists */
     sp_model *models;
@@ -313,6 +313,13 @@ sp_status sp_runtime_create(const sp_runtime_params *p, sp_runtime **out)
     }
     snprintf(rt->precision, sizeof rt->precision, "%s", prec);
     rt->p.precision = rt->precision;
+    const char *tta = rt->p.tta ? rt->p.tta : "auto";
+    if (strcmp(tta, "auto") && strcmp(tta, "on") && strcmp(tta, "off")) {
+        free(rt);
+        return sp_fail(SP_ERR_USAGE, "unknown test-time augmentation setting '%s' (use auto, on or off)", tta);
+    }
+    snprintf(rt->tta, sizeof rt->tta, "%s", tta);
+    rt->p.tta = rt->tta;
     const char *arena = rt->p.arena ? rt->p.arena : "auto", *env = getenv("SEGPIPE_ARENA");
     if (!strcmp(arena, "auto") && env && *env)   /* for front ends without --arena (serve, workers) */
         arena = env;
@@ -1179,6 +1186,7 @@ void sp_model_outputs_release(void *hold)
 const char *sp_runtime_device_name(const sp_runtime *rt) { return rt->device; }
 const sp_runtime *sp_model_runtime(const sp_model *m) { return m->rt; }
 const char *sp_runtime_precision(const sp_runtime *rt) { return rt->precision; }
+const char *sp_runtime_tta(const sp_runtime *rt) { return rt->tta; }
 
 int sp_model_on_device(const sp_model *m)
 {

@@ -140,6 +140,124 @@ static sp_status parse_conform(const cJSON *j, const char *file, sp_manifest *mf
             return sp_fail(SP_ERR_MODEL, "%s: postprocess.largest_component must be \"none\" or \"foreground\"",
                            file);
         mf->largest_fg = !strcmp(lc, "foreground");
+        const cJSON *nn = cJSON_GetObjectItemCaseSensitive(pp, "nnunet");
+        int ok = !nn || (cJSON_IsArray(nn) && cJSON_GetArraySize(nn) <= 32);
+        for (const cJSON *s = ok && nn ? nn->child : NULL; s && ok; s = s->next) {
+            ok = cJSON_IsArray(s) && cJSON_GetArraySize(s) >= 1 && cJSON_GetArraySize(s) <= 64;
+            for (const cJSON *e = ok ? s->child : NULL; e && ok; e = e->next) {
+                ok = cJSON_IsNumber(e) && e->valuedouble >= 1 && e->valuedouble <= 65535 &&
+                     e->valuedouble == (int)e->valuedouble;
+                if (ok)
+                    mf->pp_set[mf->pp_n][mf->pp_len[mf->pp_n]++] = (uint16_t)e->valuedouble;
+            }
+            mf->pp_n += ok;
+        }
+        if (!ok)
+            return sp_fail(SP_ERR_MODEL, "%s: postprocess.nnunet must list up to 32 sets of 1 to 64 labels 1..65535",
+                           file);
+    }
+    return SP_OK;
+}
+
+/* "tta": {"onnx": FILE, "onnx_fp16"?: FILE, "mirror_axes": [d, ...], "default": bool}:
+ * the network with nnU-Net's mirroring test-time augmentation inside */
+static sp_status parse_tta(const cJSON *j, const char *file, sp_manifest *mf)
+{
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "tta");
+    if (!t)
+        return SP_OK;
+    const cJSON *ax = cJSON_GetObjectItemCaseSensitive(t, "mirror_axes");
+    const cJSON *df = cJSON_GetObjectItemCaseSensitive(t, "default");
+    const char *onnx = str_or(t, "onnx", ""), *o16 = str_or(t, "onnx_fp16", "");
+    int ok = cJSON_IsObject(t) && *onnx && strlen(onnx) < sizeof mf->tta_onnx && strlen(o16) < sizeof mf->tta_onnx &&
+             !strchr(onnx, '/') && !strchr(o16, '/') && (!df || cJSON_IsBool(df)) && cJSON_IsArray(ax) &&
+             cJSON_GetArraySize(ax) >= 1 && cJSON_GetArraySize(ax) <= 3;
+    int seen = 0;
+    for (const cJSON *e = ok ? ax->child : NULL; e; e = e->next) {
+        int d = cJSON_IsNumber(e) ? (int)e->valuedouble : -1;
+        if (d < 0 || d > 2 || e->valuedouble != d || (seen & (1 << d)))
+            ok = 0;
+        else
+            seen |= 1 << d, mf->tta_axes[mf->tta_naxes++] = d;
+    }
+    if (!ok)
+        return sp_fail(SP_ERR_MODEL, "%s: \"tta\" needs \"onnx\" (a file name inside the package), \"mirror_axes\" "
+                       "(distinct network dims 0..2) and optionally \"onnx_fp16\" and \"default\" (true or false)",
+                       file);
+    snprintf(mf->tta_onnx, sizeof mf->tta_onnx, "%s", onnx);
+    snprintf(mf->tta_onnx_fp16, sizeof mf->tta_onnx_fp16, "%s", o16);
+    mf->tta_default = !df || cJSON_IsTrue(df);
+    return SP_OK;
+}
+
+/* "cascade": image channels and the previous stage's labels made one-hot */
+static sp_status parse_cascade(const cJSON *j, const char *file, sp_manifest *mf)
+{
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(j, "cascade");
+    if (!c)
+        return SP_OK;
+    const cJSON *l = cJSON_GetObjectItemCaseSensitive(c, "labels");
+    mf->casc_img = (int)num_or(c, "image_channels", 0);
+    int ok = cJSON_IsArray(l) && cJSON_GetArraySize(l) >= 1 && cJSON_GetArraySize(l) <= 64;
+    for (const cJSON *e = ok ? l->child : NULL; e && ok; e = e->next) {
+        ok = cJSON_IsNumber(e) && e->valuedouble >= 1 && e->valuedouble <= 65535 &&
+             e->valuedouble == (int)e->valuedouble;
+        if (ok)
+            mf->casc_lab[mf->casc_n++] = (uint16_t)e->valuedouble;
+    }
+    if (!ok || mf->casc_img < 1 || mf->casc_img + mf->casc_n != mf->channels)
+        return sp_fail(SP_ERR_MODEL, "%s: \"cascade\" needs \"image_channels\" and \"labels\" (1 to 64) adding up "
+                       "to input.channels (%d)", file, mf->channels);
+    for (int q = mf->casc_img; q < mf->channels; q++)
+        if (mf->norms[q].scheme != SP_NORM_NONE)
+            return sp_fail(SP_ERR_MODEL, "%s: a cascade's label channels take normalization \"none\"", file);
+    return SP_OK;
+}
+
+/* one channel's "normalization" object */
+static sp_status parse_norm(const cJSON *nm, const char *file, sp_norm *out)
+{
+    sp_status st = SP_OK;
+    const char *scheme = str_or(nm, "scheme", "");
+    if (strcmp(scheme, "ct") == 0) {
+        out->scheme = SP_NORM_CT;
+        const char *k[4] = {"lo", "hi", "mean", "std"};
+        double *dst[4] = {&out->lo, &out->hi, &out->mean, &out->std};
+        for (int i = 0; i < 4; i++) {
+            const cJSON *x = cJSON_GetObjectItemCaseSensitive(nm, k[i]);
+            if (!cJSON_IsNumber(x)) {
+                st = sp_fail(SP_ERR_MODEL, "%s: normalization \"ct\" needs number \"%s\"", file, k[i]);
+                return st;
+            }
+            *dst[i] = x->valuedouble;
+        }
+        if (!(out->lo < out->hi) || !(out->std > 0)) {
+            st = sp_fail(SP_ERR_MODEL, "%s: normalization needs lo < hi and std > 0", file);
+            return st;
+        }
+    } else if (strcmp(scheme, "zscore") == 0) {
+        out->scheme = SP_NORM_ZSCORE;
+        const char *mask = str_or(nm, "mask", "none");
+        if (strcmp(mask, "none") && strcmp(mask, "nonzero"))
+            return sp_fail(SP_ERR_MODEL, "%s: normalization.mask must be \"none\" or \"nonzero\"", file);
+        out->use_mask = !strcmp(mask, "nonzero");
+    } else if (strcmp(scheme, "minmax") == 0) {
+        out->scheme = SP_NORM_MINMAX;
+    } else if (strcmp(scheme, "quantile") == 0) {   /* brainchop's qnormalize */
+        out->scheme = SP_NORM_QUANTILE;
+        out->lo = num_or(nm, "q_lo", 0.02);
+        out->hi = num_or(nm, "q_hi", 0.98);
+        out->mean = num_or(nm, "eps", 1e-3);
+        if (!(out->lo >= 0 && out->lo < out->hi && out->hi <= 1) ||
+            !(out->mean >= 0 && out->mean <= 1))
+            return sp_fail(SP_ERR_MODEL, "%s: normalization \"quantile\" needs 0 <= q_lo < q_hi <= 1 and eps in "
+                           "[0, 1]", file);
+    } else if (strcmp(scheme, "none") == 0) {
+        out->scheme = SP_NORM_NONE;
+    } else {
+        st = sp_fail(SP_ERR_MODEL, "%s: normalization.scheme must be \"ct\", \"zscore\", \"minmax\", "
+                     "\"quantile\" or \"none\"", file);
+        return st;
     }
     return SP_OK;
 }
@@ -148,15 +266,19 @@ static sp_status parse_ct(const cJSON *j, const cJSON *in, const char *file, sp_
 {
     sp_status st = SP_OK;
     mf->channels = (int)num_or(in, "channels", 1);
-    if (mf->channels != 1) {
-        st = sp_fail(SP_ERR_MODEL, "%s: input.channels is %d; the CT pipeline feeds 1 channel", file,
-                     mf->channels);
+    if (mf->channels < 1 || mf->channels > SP_MAX_CHANNELS) {
+        st = sp_fail(SP_ERR_MODEL, "%s: input.channels is %d; a volume model takes 1 to %d", file, mf->channels,
+                     SP_MAX_CHANNELS);
         return st;
     }
     double v[3];
-    if ((st = num_array(j, "spacing", mf->spacing, 3, file, 1)) ||
+    if ((st = num_array(j, "spacing", mf->spacing, 3, file, 0)) ||
         (st = num_array(j, "patch_size", v, 3, file, 1)))
         return st;
+    for (int i = 0; i < 3; i++)   /* 0: the slices keep their spacing (a 2D model: patch 1 on that dim) */
+        if (!(mf->spacing[i] > 0 || (mf->spacing[i] == 0 && i == 0 && v[0] == 1)))
+            return sp_fail(SP_ERR_MODEL, "%s: \"spacing\"[%d] must be a positive number (0 only for dim 0 of a 2D "
+                           "model, patch_size[0] 1)", file, i);
     for (int i = 0; i < 3; i++) {
         if (v[i] != floor(v[i]) || v[i] > 4096) {
             st = sp_fail(SP_ERR_MODEL, "%s: patch_size[%d] must be an integer <= 4096", file, i);
@@ -180,45 +302,48 @@ static sp_status parse_ct(const cJSON *j, const cJSON *in, const char *file, sp_
         return st;
     }
     const cJSON *nm = cJSON_GetObjectItemCaseSensitive(j, "normalization");
-    const char *scheme = str_or(nm, "scheme", "");
-    if (strcmp(scheme, "ct") == 0) {
-        mf->norm.scheme = SP_NORM_CT;
-        const char *k[4] = {"lo", "hi", "mean", "std"};
-        double *dst[4] = {&mf->norm.lo, &mf->norm.hi, &mf->norm.mean, &mf->norm.std};
-        for (int i = 0; i < 4; i++) {
-            const cJSON *x = cJSON_GetObjectItemCaseSensitive(nm, k[i]);
-            if (!cJSON_IsNumber(x)) {
-                st = sp_fail(SP_ERR_MODEL, "%s: normalization \"ct\" needs number \"%s\"", file, k[i]);
-                return st;
-            }
-            *dst[i] = x->valuedouble;
-        }
-        if (!(mf->norm.lo < mf->norm.hi) || !(mf->norm.std > 0)) {
-            st = sp_fail(SP_ERR_MODEL, "%s: normalization needs lo < hi and std > 0", file);
+    if (mf->channels > 1 && (!cJSON_IsArray(nm) || cJSON_GetArraySize(nm) != mf->channels))
+        return sp_fail(SP_ERR_MODEL, "%s: a %d-channel model needs \"normalization\" as an array of %d objects, one "
+                       "per channel", file, mf->channels, mf->channels);
+    if (mf->channels == 1 && (st = parse_norm(nm, file, &mf->norms[0])))
+        return st;
+    int q = 0;
+    for (const cJSON *e = mf->channels > 1 ? nm->child : NULL; e; e = e->next, q++)
+        if ((st = parse_norm(e, file, &mf->norms[q])))
             return st;
-        }
-    } else if (strcmp(scheme, "zscore") == 0) {
-        mf->norm.scheme = SP_NORM_ZSCORE;
-    } else if (strcmp(scheme, "minmax") == 0) {
-        mf->norm.scheme = SP_NORM_MINMAX;
-    } else if (strcmp(scheme, "quantile") == 0) {   /* brainchop's qnormalize */
-        mf->norm.scheme = SP_NORM_QUANTILE;
-        mf->norm.lo = num_or(nm, "q_lo", 0.02);
-        mf->norm.hi = num_or(nm, "q_hi", 0.98);
-        mf->norm.mean = num_or(nm, "eps", 1e-3);
-        if (!(mf->norm.lo >= 0 && mf->norm.lo < mf->norm.hi && mf->norm.hi <= 1) ||
-            !(mf->norm.mean >= 0 && mf->norm.mean <= 1))
-            return sp_fail(SP_ERR_MODEL, "%s: normalization \"quantile\" needs 0 <= q_lo < q_hi <= 1 and eps in "
-                           "[0, 1]", file);
-    } else if (strcmp(scheme, "none") == 0) {
-        mf->norm.scheme = SP_NORM_NONE;
-    } else {
-        st = sp_fail(SP_ERR_MODEL, "%s: normalization.scheme must be \"ct\", \"zscore\", \"minmax\", "
-                     "\"quantile\" or \"none\"", file);
+    mf->norm = mf->norms[0];
+    if ((st = parse_conform(j, file, mf)) || (st = parse_tta(j, file, mf)))
         return st;
+    const cJSON *co = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "regions"),
+                                                       "class_order");
+    if (cJSON_GetObjectItemCaseSensitive(j, "regions") &&
+        (!cJSON_IsArray(co) || cJSON_GetArraySize(co) < 1 || cJSON_GetArraySize(co) > 64))
+        return sp_fail(SP_ERR_MODEL, "%s: \"regions\" needs \"class_order\": 1 to 64 label indices", file);
+    for (const cJSON *e = co ? co->child : NULL; e; e = e->next) {
+        if (!cJSON_IsNumber(e) || e->valuedouble < 1 || e->valuedouble > 65535 || e->valuedouble != (int)e->valuedouble)
+            return sp_fail(SP_ERR_MODEL, "%s: regions.class_order holds label indices 1..65535", file);
+        mf->region_order[mf->n_regions++] = (int)e->valuedouble;
     }
-    if ((st = parse_conform(j, file, mf)))
+    if (mf->n_regions && (mf->head_features || mf->conform_n))
+        return sp_fail(SP_ERR_MODEL, "%s: \"regions\" go with neither a split \"head\" nor \"conform\"", file);
+    if ((st = parse_cascade(j, file, mf)))
         return st;
+    const cJSON *cz = cJSON_GetObjectItemCaseSensitive(j, "crop_nonzero");
+    if (cz && !cJSON_IsBool(cz))
+        return sp_fail(SP_ERR_MODEL, "%s: \"crop_nonzero\" must be true or false", file);
+    mf->crop_nonzero = cJSON_IsTrue(cz);
+    for (int c = 0; c < mf->channels; c++)
+        if (mf->norms[c].use_mask && !mf->crop_nonzero)
+            return sp_fail(SP_ERR_MODEL, "%s: a zscore \"mask\": \"nonzero\" needs \"crop_nonzero\": true", file);
+    const cJSON *fl = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "nnunet"), "folds");
+    for (const cJSON *e = cJSON_IsArray(fl) ? fl->child : NULL; e; e = e->next) {
+        size_t at = strlen(mf->folds);
+        if (!cJSON_IsString(e) || strlen(e->valuestring) + at + 2 > sizeof mf->folds)
+            return sp_fail(SP_ERR_MODEL, "%s: nnunet.folds must list fold names (\"0\", \"all\")", file);
+        snprintf(mf->folds + at, sizeof mf->folds - at, "%s%s", at ? "," : "", e->valuestring);
+    }
+    if (mf->tta_onnx[0] && cJSON_GetObjectItemCaseSensitive(j, "head"))
+        return sp_fail(SP_ERR_MODEL, "%s: a split \"head\" and \"tta\" do not go together", file);
     const cJSON *hd = cJSON_GetObjectItemCaseSensitive(j, "head");
     if (hd) {   /* the final 1x1x1 convolution, split out (tools/import/onnx_split_head.py) */
         double f = num_or(hd, "features", 0);
@@ -419,6 +544,47 @@ static sp_status parse_dicom_codes(const cJSON *j, const char *file, sp_manifest
     return mf->dicom_codes ? SP_OK : sp_fail(SP_ERR_NOMEM, "out of memory");
 }
 
+/* "labels": index -> name, the class count, gaps named label_<n> */
+static sp_status parse_labels(const cJSON *j, const char *file, sp_manifest *mf)
+{
+    sp_status st;
+    const cJSON *lab = cJSON_GetObjectItemCaseSensitive(j, "labels");
+    if (!cJSON_IsObject(lab) || cJSON_GetArraySize(lab) < 2) {
+        st = sp_fail(SP_ERR_MODEL, "%s: \"labels\" must map at least two indices to names", file);
+        return st;
+    }
+    int maxi = -1;
+    for (const cJSON *e = lab->child; e; e = e->next) {
+        char *endp;
+        long idx = strtol(e->string, &endp, 10);
+        if (*endp || idx < 0 || idx > 65535 || !cJSON_IsString(e)) {
+            st = sp_fail(SP_ERR_MODEL, "%s: label key \"%s\" must be an index 0..65535 with a name",
+                         file, e->string);
+            return st;
+        }
+        if (idx > maxi)
+            maxi = (int)idx;
+    }
+    mf->num_classes = maxi + 1;
+    mf->labels = calloc((size_t)mf->num_classes, sizeof *mf->labels);
+    if (!mf->labels) {
+        st = sp_fail(SP_ERR_NOMEM, "out of memory");
+        return st;
+    }
+    for (const cJSON *e = lab->child; e; e = e->next) {
+        int idx = atoi(e->string);
+        free(mf->labels[idx]);
+        mf->labels[idx] = strdup(e->valuestring);
+    }
+    for (int i = 0; i < mf->num_classes; i++)
+        if (!mf->labels[i]) {
+            char b[32];
+            snprintf(b, sizeof b, "label_%d", i);
+            mf->labels[i] = strdup(b);
+        }
+    return SP_OK;
+}
+
 /* The task's own fields: a task package's parts (task_package.c), a volume
  * model's grid, a photo model's input and output. */
 static sp_status parse_task(const cJSON *j, const cJSON *in, const cJSON *outp, const char *file, sp_manifest *mf)
@@ -480,41 +646,13 @@ sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf)
     snprintf(mf->output_name, sizeof mf->output_name, "%s", str_or(outp, "name", ""));
     if ((st = parse_task(j, in, outp, file, mf)))
         goto out;
-    const cJSON *lab = cJSON_GetObjectItemCaseSensitive(j, "labels");
-    if (!cJSON_IsObject(lab) || cJSON_GetArraySize(lab) < 2) {
-        st = sp_fail(SP_ERR_MODEL, "%s: \"labels\" must map at least two indices to names", file);
+    if ((st = parse_labels(j, file, mf)))
         goto out;
-    }
-    int maxi = -1;
-    for (const cJSON *e = lab->child; e; e = e->next) {
-        char *endp;
-        long idx = strtol(e->string, &endp, 10);
-        if (*endp || idx < 0 || idx > 65535 || !cJSON_IsString(e)) {
-            st = sp_fail(SP_ERR_MODEL, "%s: label key \"%s\" must be an index 0..65535 with a name",
-                         file, e->string);
-            goto out;
-        }
-        if (idx > maxi)
-            maxi = (int)idx;
-    }
-    mf->num_classes = maxi + 1;
-    mf->labels = calloc((size_t)mf->num_classes, sizeof *mf->labels);
-    if (!mf->labels) {
-        st = sp_fail(SP_ERR_NOMEM, "out of memory");
-        goto out;
-    }
-    for (const cJSON *e = lab->child; e; e = e->next) {
-        int idx = atoi(e->string);
-        free(mf->labels[idx]);
-        mf->labels[idx] = strdup(e->valuestring);
-    }
-    for (int i = 0; i < mf->num_classes; i++)
-        if (!mf->labels[i]) {
-            char b[32];
-            snprintf(b, sizeof b, "label_%d", i);
-            mf->labels[i] = strdup(b);
-        }
-    if (!strcmp(mf->task, "masks"))
+    for (int i = 0; i < mf->n_regions && !st; i++)
+        if (mf->region_order[i] >= mf->num_classes)
+            st = sp_fail(SP_ERR_MODEL, "%s: regions.class_order's %d is not in the label map (0..%d)", file,
+                         mf->region_order[i], mf->num_classes - 1);
+    if (!st && !strcmp(mf->task, "masks"))
         st = parse_mask_sets(j, file, mf);
     if (!st)
         st = parse_dicom_codes(j, file, mf);
@@ -672,7 +810,10 @@ sp_status sp_manifest_check_model(const sp_manifest *mf, const sp_model *m, cons
     if (mf->head_features && to->shape[1] > 0 && to->shape[1] != mf->head_features)
         return sp_fail(SP_ERR_MODEL, "%s: the ONNX output has %lld channels but the head takes %d features", dir,
                        (long long)to->shape[1], mf->head_features);
-    if (!mf->head_features && to->shape[1] > 0 && to->shape[1] != mf->num_classes)
+    if (mf->n_regions && to->shape[1] > 0 && to->shape[1] != mf->n_regions)
+        return sp_fail(SP_ERR_MODEL, "%s: the ONNX output has %lld channels but regions.class_order lists %d "
+                       "regions", dir, (long long)to->shape[1], mf->n_regions);
+    if (!mf->head_features && !mf->n_regions && to->shape[1] > 0 && to->shape[1] != mf->num_classes)
         return sp_fail(SP_ERR_MODEL, "%s: the ONNX output has %lld classes but the manifest's label "
                        "map has %d (indices 0..%d)", dir, (long long)to->shape[1], mf->num_classes,
                        mf->num_classes - 1);
@@ -686,26 +827,34 @@ sp_status sp_manifest_check_model(const sp_manifest *mf, const sp_model *m, cons
     return SP_OK;
 }
 
-/* The package's ONNX file for the runtime's precision: "fp16" needs the
- * manifest's onnx_fp16, "int8" its onnx_int8; "auto" takes the fp16 one on
- * a GPU device for CT models (never the int8 one: opt-in). */
-static sp_status pick_onnx(const sp_runtime *rt, const sp_manifest *mf, const char *dir, const char **onnx)
+/* The package's ONNX file for the runtime's precision and test-time
+ * augmentation: "fp16" needs the manifest's onnx_fp16, "int8" its
+ * onnx_int8; "auto" takes the fp16 one on a GPU device for CT models (never
+ * the int8 one: opt-in). TTA "on", or "auto" with the manifest's
+ * tta.default, takes the mirrored graph when the package has one (a package
+ * without mirror axes runs plain, as nnU-Net's predictor does); it sets
+ * mf->tta_used. */
+static sp_status pick_onnx(const sp_runtime *rt, sp_manifest *mf, const char *dir, const char **onnx)
 {
-    const char *prec = sp_runtime_precision(rt);
-    int has16 = mf->onnx_fp16[0] != 0, gpu = strcmp(sp_runtime_device_name(rt), "cpu") != 0;
-    *onnx = mf->onnx;
+    const char *prec = sp_runtime_precision(rt), *tta = sp_runtime_tta(rt);
+    int mirror = mf->tta_onnx[0] && (!strcmp(tta, "on") || (!strcmp(tta, "auto") && mf->tta_default));
+    const char *plain = mirror ? mf->tta_onnx : mf->onnx, *half = mirror ? mf->tta_onnx_fp16 : mf->onnx_fp16;
+    int has16 = half[0] != 0, gpu = strcmp(sp_runtime_device_name(rt), "cpu") != 0;
+    *onnx = plain;
+    mf->tta_used = mirror;
     if (!strcmp(prec, "fp16")) {
         if (!has16)
-            return sp_fail(SP_ERR_MODEL, "model package %s has no fp16 model (no \"onnx_fp16\" in its manifest; "
-                           "tools/import/onnx_fp16.py adds one)", dir);
-        *onnx = mf->onnx_fp16;
+            return sp_fail(SP_ERR_MODEL, "model package %s has no fp16 model%s (no \"%s\" in its manifest; "
+                           "tools/import/onnx_fp16.py adds one)", dir, mirror ? " with mirroring" : "",
+                           mirror ? "tta.onnx_fp16" : "onnx_fp16");
+        *onnx = half;
     } else if (!strcmp(prec, "int8")) {   /* opt-in only: "auto" never picks it */
-        if (!mf->onnx_int8[0])
-            return sp_fail(SP_ERR_MODEL, "model package %s has no int8 model (no \"onnx_int8\" in its manifest; "
-                           "tools/import/onnx_int8.py adds one)", dir);
+        if (!mf->onnx_int8[0] || mirror)
+            return sp_fail(SP_ERR_MODEL, "model package %s has no int8 model%s (no \"onnx_int8\" in its manifest; "
+                           "tools/import/onnx_int8.py adds one)", dir, mirror ? " with mirroring (--no-tta)" : "");
         *onnx = mf->onnx_int8;
     } else if (!strcmp(prec, "auto") && has16 && gpu && !strcmp(mf->task, "ct")) {
-        *onnx = mf->onnx_fp16;
+        *onnx = half;
     }
     return SP_OK;
 }
@@ -818,6 +967,15 @@ sp_model *sp_package_model(const sp_package *pk) { return pk->model; }
 const char *sp_package_task(const sp_package *pk) { return pk->mf.task; }
 int sp_package_is_volume(const sp_package *pk) { return !strcmp(pk->mf.task, "ct") || !strcmp(pk->mf.task, "mri"); }
 int sp_package_demo(const sp_package *pk) { return pk->mf.demo; }
+int sp_package_tta(const sp_package *pk) { return pk->mf.tta_used; }
+int sp_package_input_channels(const sp_package *pk) { return pk->mf.channels; }
+int sp_package_cascade(const sp_package *pk, int *image_channels)
+{
+    if (image_channels)
+        *image_channels = pk->mf.casc_n ? pk->mf.casc_img : pk->mf.channels;
+    return pk->mf.casc_n;
+}
+const char *sp_package_nnunet_folds(const sp_package *pk) { return pk->mf.folds; }
 int sp_package_num_masks(const sp_package *pk) { return pk->mf.n_masks; }
 const char *sp_package_mask_name(const sp_package *pk, int i)
 {

@@ -9,8 +9,10 @@ typedef enum { SP_NORM_NONE, SP_NORM_CT, SP_NORM_ZSCORE, SP_NORM_MINMAX, SP_NORM
 typedef struct sp_norm {
     sp_norm_scheme scheme;
     double lo, hi, mean, std; /* quantile: lo, hi = the quantiles (0..1), mean = eps */
+    int use_mask;             /* zscore "mask": "nonzero": over nnU-Net's non-zero mask only */
 } sp_norm;
 
+#define SP_MAX_CHANNELS 72   /* input channels of a volume model: 8 images (CASE_0000 ... _0007), a cascade's 64 labels */
 #define SP_MAX_MASKS 32
 #define SP_MAX_PARTS 16
 #define SP_MAX_MASK_CLASSES 64
@@ -20,17 +22,41 @@ typedef struct sp_manifest {
     int version;
     char name[64], task[16], onnx[128], onnx_fp16[128], onnx_int8[128], input_name[64], output_name[64];
     int demo;                 /* "demo": true: a demonstration model, not for real scans or photos */
+    /* "tta": the same network with mirroring test-time augmentation baked in
+     * (tools/import/import_nnunet.py): its ONNX files, whether it runs by
+     * default, and the mirrored network dims (informative). tta_onnx[0] 0: none */
+    char tta_onnx[128], tta_onnx_fp16[128];
+    int tta_default, tta_axes[3], tta_naxes;
+    int tta_used;             /* set at load: the package's session is the mirrored graph */
+    char folds[64];           /* "nnunet": {"folds": [...]} joined by commas, or "" */
     int channels;
     int arena;                /* "arena": 1 on, 0 off, -1 not said (by task) */
     double spacing[3];        /* mm, network axis order */
     int64_t patch[3];         /* network axis order */
     int axes[3];              /* network dim d <- canonical volume axis axes[d] */
-    sp_norm norm;
+    sp_norm norm;             /* channel 0's (the only one of a 1-channel model) */
+    sp_norm norms[SP_MAX_CHANNELS];   /* each input channel's: "normalization" as an array */
     double step, sigma_scale;
     int64_t conform_n;        /* >0: conform to conform_n^3 voxels of conform_mm, LIA (brain MRI) */
     double conform_mm;
     int conform_niimath;      /* conform.style "niimath": brainchop's conform (conform_niimath.c) */
     double conform_fhigh;     /* its robust-range fraction (0.98) */
+    /* "regions": {"class_order": [c0, c1, ...]} (nnU-Net's region-based
+     * models): the network gives one logit per region; a voxel gets c_i of
+     * the last region i whose sigmoid is over 0.5 (logit > 0), else 0 */
+    int n_regions;
+    int region_order[64];
+    /* "postprocess": {"nnunet": [[labels], ...]}: nnU-Net's postprocessing.pkl,
+     * each set's largest component kept (in order), after the labels are final */
+    int pp_n, pp_len[32];
+    uint16_t pp_set[32][64];
+    /* "cascade": {"image_channels": C, "labels": [l, ...]}: a 3d_cascade_fullres
+     * stage: inputs are C image channels and the previous stage's label map,
+     * which becomes one channel (0/1) per listed label after the images */
+    int casc_img, casc_n;
+    uint16_t casc_lab[64];
+    int crop_nonzero;         /* "crop_nonzero": true: predict inside the box of voxels non-zero in any
+                                 channel, label 0 outside (nnU-Net's crop_to_nonzero) */
     int largest_fg;           /* postprocess.largest_component "foreground": keep the largest
                                  26-connected component of all non-zero labels together */
     int num_classes;
