@@ -252,7 +252,7 @@ model_entry *sp_find_model(server *s, const char *name, size_t n);
 
 /* kserve.c */
 char *sp_kserve_model_metadata(model_entry *me);
-void sp_kserve_infer(server *s, job *j);
+void sp_kserve_infer(server *s, job *j, sp_package *pk);   /* pk: the job's model on this worker's device */
 /* The outputs an infer request asked for, and how. */
 typedef struct sp_kserve_out {
     int index;                    /* model output */

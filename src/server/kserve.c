@@ -262,9 +262,9 @@ int sp_kserve_parse(const char *text, size_t len, size_t header_len, const sp_io
     return http;
 }
 
-void sp_kserve_infer(server *s, job *j)
+void sp_kserve_infer(server *s, job *j, sp_package *pk)
 {
-    sp_model *m = sp_package_model(sp_job_pk(j->me));
+    sp_model *m = sp_package_model(pk);
     int ni, no;
     const sp_io_info *ins = sp_model_inputs(m, &ni), *outs = sp_model_outputs(m, &no);
     sp_tensor tin[SP_MAX_RANK], tout[SP_MAX_RANK];

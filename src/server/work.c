@@ -733,7 +733,7 @@ static void run_jobs(server *s, job **batch, int nb)
     else if (j->kind == EP_CT)
         run_ct(s, j);
     else
-        sp_kserve_infer(s, j);
+        sp_kserve_infer(s, j, sp_job_pk(j->me));
     pthread_mutex_lock(&s->mu);
 }
 
