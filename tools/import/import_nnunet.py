@@ -117,13 +117,14 @@ def arch_from_plans(cfg, num_classes):
 
 
 def axes_for(reader, transpose_forward):
-    if reader in SITK_READERS:
-        base = [2, 1, 0]
-    elif reader in NIBABEL_READERS:
-        base = [0, 1, 2]
-    else:
+    """Every nnU-Net v2 reader hands the network arrays (k, j, i): SimpleITK
+    by its own order, NibabelIO and NibabelIOWithReorient by transposing
+    nibabel's (i, j, k) with (2, 1, 0) (nnunetv2/imageio/nibabel_reader_writer.py,
+    "to be consistent with the way SimpleITK reads images"); the plans'
+    transpose_forward then permutes them."""
+    if reader not in SITK_READERS | NIBABEL_READERS:
         raise ImportError_(f"unknown image reader {reader!r} (known: {sorted(SITK_READERS | NIBABEL_READERS)})")
-    return [base[t] for t in transpose_forward]
+    return [[2, 1, 0][t] for t in transpose_forward]
 
 
 def export(net, patch, out_dir, manifest, onnx_name="model.onnx"):
