@@ -268,7 +268,7 @@ int cmd_models(int argc, char **argv)
 /* One line per task package (docs/model-format.md, "Task packages"); a
  * folder that is not a task package is skipped when scanning, reported when
  * named. Returns 0, or the exit code of a named folder that failed. */
-static int list_task(sp_runtime *rt, const char *dir, int named)
+static int list_task(sp_runtime *rt, const char *dir, int named, int *found)
 {
     sp_package *pk;
     sp_status st = sp_package_load(rt, dir, &pk);
@@ -278,6 +278,7 @@ static int list_task(sp_runtime *rt, const char *dir, int named)
         return named ? sp_status_exit_code(st) : 0;
     }
     int n = sp_package_num_parts(pk);
+    *found += n > 0;
     if (n) {
         printf("%-28s %3d classes  %d part%s:", sp_package_name(pk), sp_package_num_classes(pk) - 1, n,
                n > 1 ? "s" : "");
@@ -309,9 +310,9 @@ int cmd_tasks(int argc, char **argv)
     sp_status st = sp_runtime_create(&rp, &rt);
     if (st)
         return fail(st, NULL);
-    int rc = 0;
+    int rc = 0, found = 0;
     for (int i = 1; i < argc; i++) {
-        int r = list_task(rt, argv[i], 1);
+        int r = list_task(rt, argv[i], 1, &found);
         rc = rc ? rc : r;
     }
     if (argc == 1) {
@@ -320,10 +321,13 @@ int cmd_tasks(int argc, char **argv)
         while (d && (e = readdir(d))) {
             char dir[PATH_MAX];
             if (e->d_name[0] != '.' && !sp_bundled_model(e->d_name, dir, sizeof dir))
-                list_task(rt, dir, 0);
+                list_task(rt, dir, 0, &found);
         }
         if (d)
             closedir(d);
+        if (!found)
+            printf("no task packages in %s (import one: tools/import/import_totalseg.py TOTALSEG_HOME -o "
+                   "%s/totalseg-total; docs/model-format.md)\n", sp_models_dir(), sp_models_dir());
     }
     sp_runtime_free(rt);
     return rc;

@@ -295,6 +295,9 @@ def test_totalseg_tasks_list(tmp):
     env = dict(os.environ, SEGPIPE_MODEL_PATH=fx["dir"])
     q = subprocess.run([sp.SEGPIPE, "tasks"], capture_output=True, text=True, env=env, timeout=120)
     assert q.returncode == 0 and q.stdout.count("117 classes  5 parts") == 2, q.stdout + q.stderr
+    q = subprocess.run([sp.SEGPIPE, "tasks"], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, SEGPIPE_MODEL_PATH=tmp))   # none: said, with the way to make one
+    assert q.returncode == 0 and "no task packages in" in q.stdout and "import_totalseg.py" in q.stdout, q.stdout
     r = sp.run("tasks", "--nope")
     assert r.returncode == 2 and r.stderr.startswith("segpipe tasks:"), r.stderr
     r = sp.run("tasks", os.path.join(tmp, "missing"))
