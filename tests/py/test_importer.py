@@ -13,23 +13,10 @@ from scipy import ndimage
 import sp
 
 sys.path.insert(0, os.path.join(sp.ROOT, "tools", "import"))
-from segpipe_nets import Opts, UNet  # noqa: E402
+from segpipe_nets import Opts, UNet, nnunet_state_dict  # noqa: E402
 
 IMPORTER = os.path.join(sp.ROOT, "tools", "import", "import_nnunet.py")
 LABELS = {"background": 0, "liver": 1, "spleen": 2, "kidney": 3}
-
-
-def nnunet_state_dict(net):
-    """net's weights under nnU-Net's key names, with its module aliases."""
-    sd = {}
-    for k, v in net.state_dict().items():
-        sd[k] = v.clone()
-        for a, b in ((".conv.", ".all_modules.0."), (".norm.", ".all_modules.1.")):
-            if a in k:
-                sd[k.replace(a, b)] = v.clone()
-        if k.startswith("encoder."):
-            sd["decoder." + k] = v.clone()
-    return sd
 
 
 def make_folder(tmp, arch, reader, transpose, old_style=False, variant=None):

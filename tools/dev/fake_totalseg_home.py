@@ -26,22 +26,9 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "import"))
-from segpipe_nets import Opts, UNet  # noqa: E402
+from segpipe_nets import Opts, UNet, nnunet_state_dict  # noqa: E402
 
 MAPS = os.path.join(HERE, "..", "import", "totalseg_maps.json")
-
-
-def nnunet_state_dict(net):
-    """net's weights under nnU-Net's key names, with its module aliases."""
-    sd = {}
-    for k, v in net.state_dict().items():
-        sd[k] = v.clone()
-        for a, b in ((".conv.", ".all_modules.0."), (".norm.", ".all_modules.1.")):
-            if a in k:
-                sd[k.replace(a, b)] = v.clone()
-        if k.startswith("encoder."):
-            sd["decoder." + k] = v.clone()
-    return sd
 
 
 def task_of(maps, tid):

@@ -273,3 +273,16 @@ def load_nnunet_state_dict(net, sd):
         if tuple(clean[k].shape) != tuple(v.shape):
             raise ValueError(f"{k}: checkpoint shape {tuple(clean[k].shape)} != {tuple(v.shape)}")
     net.load_state_dict({k: clean[k] for k in own}, strict=True)
+
+
+def nnunet_state_dict(net):
+    """net's weights under nnU-Net's key names, with its module aliases."""
+    sd = {}
+    for k, v in net.state_dict().items():
+        sd[k] = v.clone()
+        for a, b in ((".conv.", ".all_modules.0."), (".norm.", ".all_modules.1.")):
+            if a in k:
+                sd[k.replace(a, b)] = v.clone()
+        if k.startswith("encoder."):
+            sd["decoder." + k] = v.clone()
+    return sd
