@@ -221,6 +221,14 @@ static void list_brain_models(sp_runtime *rt)
         closedir(d);
 }
 
+/* the runtime `models` and `tasks` load packages with, only to list them */
+static sp_status listing_runtime(sp_runtime **rt)
+{
+    sp_runtime_params rp = sp_runtime_default_params();
+    rp.threads = 1;
+    return sp_runtime_create(&rp, rt);
+}
+
 int cmd_models(int argc, char **argv)
 {
     if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
@@ -231,10 +239,8 @@ int cmd_models(int argc, char **argv)
     if (argc > 2 || (argc > 1 && argv[1][0] == '-'))
         return usage_error("models", "expected at most one model folder");
     const char *dirs[2] = {sp_default_model_dir(), argc > 1 ? argv[1] : NULL};
-    sp_runtime_params rp = sp_runtime_default_params();
-    rp.threads = 1;
     sp_runtime *rt = NULL;
-    sp_status st = sp_runtime_create(&rp, &rt);
+    sp_status st = listing_runtime(&rt);
     if (st)
         return fail(st, NULL);
     int rc = 0;
@@ -304,10 +310,8 @@ int cmd_tasks(int argc, char **argv)
     for (int i = 1; i < argc; i++)
         if (argv[i][0] == '-')
             return usage_error("tasks", "unknown option (usage: segpipe tasks [DIR...])");
-    sp_runtime_params rp = sp_runtime_default_params();
-    rp.threads = 1;
     sp_runtime *rt = NULL;
-    sp_status st = sp_runtime_create(&rp, &rt);
+    sp_status st = listing_runtime(&rt);
     if (st)
         return fail(st, NULL);
     int rc = 0, found = 0;
