@@ -216,12 +216,15 @@ def main():
         os.makedirs(os.path.dirname(times_path), exist_ok=True)
         json.dump(times, open(times_path, "w"), indent=1, sort_keys=True)
         json.dump(cpu, open(times_path.replace("times", "cpu"), "w"), indent=1, sort_keys=True)
-    for f in failures:
-        print("\n--- " + f, file=sys.stderr)
     if "asan" in build:
         print("\nnot in the sanitizer run (make test runs them): " + ", ".join(sorted(ASAN_SKIP)))
     if totals["skipped"]:
         print(f"\n{totals['skipped']} skipped (see the skip lines above)")
+    # the failures last, on stdout, each cut to its end: a CI log shown by
+    # its tail keeps them next to the summary
+    for f in failures:
+        name, _, rest = f.partition("\n")
+        print(f"\n--- {name}\n" + (rest if len(rest) <= 4000 else "[...]\n" + rest[-4000:]))
     print(f"\n{totals['passed']} passed, {totals['failed']} failed ({time.time() - t0:.0f} s, {jobs} jobs"
           + (f", {sum(cpu.values()):.0f} CPU s)" if cpu else ")"))
     sys.exit(1 if totals["failed"] else 0)

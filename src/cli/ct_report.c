@@ -6,6 +6,8 @@
  */
 #include "cli.h"
 
+#include <pthread.h>
+
 #include <cjson/cJSON.h>
 #include <ftw.h>
 #include <stdio.h>
@@ -182,15 +184,19 @@ char *cli_passport_provenance(const char *passport_json, const char *input, cons
 {
     cJSON *p = cJSON_CreateObject();
     cJSON_AddItemToObject(p, "input", checksum_json(input, 0));
-    /* a worker runs many jobs with one package: its checksum is computed once */
+    /* a worker runs many jobs with one package: its checksum is computed
+     * once; cases on several threads (--jobs) share the cache */
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
     static char last[4096];
     static cJSON *last_m;
+    pthread_mutex_lock(&mu);
     if (!last_m || strcmp(last, model)) {
         cJSON_Delete(last_m);
         last_m = checksum_json(model, 1);
         snprintf(last, sizeof last, "%s", model);
     }
     cJSON_AddItemToObject(p, "model", cJSON_Duplicate(last_m, 1));
+    pthread_mutex_unlock(&mu);
     cJSON_AddStringToObject(p, "command", command);
     cJSON *args = cJSON_AddArrayToObject(p, "arguments");
     for (int i = 0; i < argc; i++)
