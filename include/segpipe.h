@@ -448,6 +448,16 @@ const uint16_t *sp_ct_result_model_labels(const sp_ct_result *r, int64_t dim[3],
 /* With keep_probabilities: *classes x the input's voxels (class k's volume
  * at k x voxels, i fastest, the input's grid), owned by r; else NULL. */
 const float *sp_ct_result_probabilities(const sp_ct_result *r, int *classes);
+/* The box [lo, hi) (voxels i, j, k of the input) the run was cropped to
+ * (nnU-Net imports: crop to the non-zero voxels): 1; else 0 with the
+ * whole grid. */
+int sp_ct_result_crop_box(const sp_ct_result *r, int64_t lo[3], int64_t hi[3]);
+/* nnU-Net's CASE.pkl for the case `input` that gave r: the properties dict
+ * its readers and preprocessing make (sitk_stuff, nibabel_stuff, spacing,
+ * shape_before_cropping, bbox_used_for_cropping,
+ * shape_after_cropping_and_before_resampling) as a pickle of plain Python
+ * values, which nnUNetv2_ensemble reads beside CASE.npz (docs/cli.md). */
+sp_status sp_ct_result_write_nnunet_pkl(const sp_ct_result *r, const sp_volume *input, const char *path);
 /* An .npz as numpy.savez_compressed writes it: one float32 array `key`
  * (C order, shape[0..rank), rank 1..8) deflated in a ZIP64 archive. */
 sp_status sp_npz_write_f32(const char *path, const char *key, const float *data, const int64_t *shape, int rank);

@@ -6,7 +6,10 @@
  * package's channels 0000..C-1. All cases are checked before the first one
  * runs (a missing channel, a stray file: exit 3, nothing written); each
  * case's channels are read, checked to share one grid, run through the
- * package (sp_ct_run_channels) and written as OUT_DIR/CASE.nii.gz.
+ * package (sp_ct_run_channels) and written as OUT_DIR/CASE.nii.gz (with
+ * --save_probabilities also CASE.npz and nnU-Net's CASE.pkl properties;
+ * the package's dataset.json and plans.json are copied to OUT_DIR, so
+ * nnUNetv2_ensemble takes the folder).
  * nnU-Net's spellings: -f (the package's folds, checked: the folds are
  * chosen at import), --disable_tta, -step_size, -device,
  * --continue_prediction; -npp/-nps are accepted and do nothing (one
@@ -52,8 +55,8 @@ static void pr_help(void)
            "  -t, --threads N          CPU threads (default: all cores)\n"
            "      --continue_prediction  skip cases whose output exists\n"
            "  -prev_stage_predictions DIR  a cascade stage: the previous stage's DIR/CASE.nii.gz labels\n"
-           "      --save_probabilities  also OUT_DIR/CASE.npz: `probabilities`, float32 (classes, z, y, x)\n"
-           "                           as nnU-Net writes it (no .pkl; docs/model-format.md)\n"
+           "      --save_probabilities  also OUT_DIR/CASE.npz (`probabilities`, float32 (classes, z, y, x))\n"
+           "                           and CASE.pkl (its properties), as nnU-Net writes them (docs/cli.md)\n"
            "      --accumulator fp16   nnU-Net's own half-precision sums (default fp32; docs/model-format.md)\n"
            "  -npp N, -nps N           accepted (nnU-Net's worker counts); no effect\n"
            "  -q, --quiet / -v, --verbose\n"
@@ -323,6 +326,9 @@ static int run_case(const pr_opts *o, sp_package *pk, const pr_case *c, int C, c
         int64_t shape[4] = {ncls, dim[2], dim[1], dim[0]};
         snprintf(path, sizeof path, "%s/%s.npz", o->out, c->id);
         st = sp_npz_write_f32(path, "probabilities", pr, shape, 4);
+        snprintf(path, sizeof path, "%s/%s.pkl", o->out, c->id);   /* its properties, as nnU-Net's */
+        if (!st)
+            st = sp_ct_result_write_nnunet_pkl(res, v[0], path);
     }
     if (!rc && st) {
         char ctx[300];
@@ -335,6 +341,34 @@ static int run_case(const pr_opts *o, sp_package *pk, const pr_case *c, int C, c
     for (int q = 0; q < nv; q++)
         sp_volume_free(v[q]);
     return rc;
+}
+
+/* PKG/nnunet/NAME (the trained folder's dataset.json or plans.json, kept
+ * at import) to OUT_DIR/NAME, as nnUNetv2_predict writes them there for
+ * nnUNetv2_ensemble; none kept (an older import): nothing. 0 or exit 6 */
+static int copy_nnunet_json(const pr_opts *o, const char *name)
+{
+    char src[4096], dst[4096];
+    snprintf(src, sizeof src, "%s/nnunet/%s", o->model, name);
+    snprintf(dst, sizeof dst, "%s/%s", o->out, name);
+    FILE *in = fopen(src, "rb");
+    if (!in)
+        return 0;
+    FILE *out = fopen(dst, "wb");
+    char buf[1 << 16];
+    size_t n, total = 0;
+    int bad = !out;
+    while (!bad && (n = fread(buf, 1, sizeof buf, in)) > 0 && (total += n) <= (64u << 20))
+        bad = fwrite(buf, 1, n, out) != n;
+    bad |= ferror(in) || total > (64u << 20);
+    fclose(in);
+    if (out && fclose(out))
+        bad = 1;
+    if (bad) {
+        remove(dst);
+        return fprintf(stderr, "segpipe predict: cannot copy the package's nnunet/%s to %s\n", name, dst), 6;
+    }
+    return 0;
 }
 
 static int pr_run(pr_opts *o)
@@ -383,6 +417,8 @@ static int pr_run(pr_opts *o)
         rc = (fprintf(stderr, "segpipe predict: cannot make the output folder %s\n", o->out), 6);
         goto done;
     }
+    if ((rc = copy_nnunet_json(o, "dataset.json")) || (rc = copy_nnunet_json(o, "plans.json")))
+        goto done;
     sp_ct_params cp = sp_ct_default_params();
     cp.passport = 0;
     cp.threads = o->threads;

@@ -25,6 +25,8 @@ struct sp_ct_result {
     sp_passport *passport;
     float *probs;             /* keep_probabilities: classes x voxels, the input grid */
     int nprobs;
+    int boxed;                /* crop_nonzero ran inside [box_lo, box_hi) (i, j, k) */
+    int64_t box_lo[3], box_hi[3];
 };
 
 sp_ct_params sp_ct_default_params(void)
@@ -55,6 +57,15 @@ const uint16_t *sp_ct_result_labels(const sp_ct_result *r, int64_t dim[3])
         memcpy(dim, r->dim, sizeof r->dim);
     return r->labels;
 }
+int sp_ct_result_crop_box(const sp_ct_result *r, int64_t lo[3], int64_t hi[3])
+{
+    for (int a = 0; a < 3; a++) {
+        lo[a] = r->boxed ? r->box_lo[a] : 0;
+        hi[a] = r->boxed ? r->box_hi[a] : r->dim[a];
+    }
+    return r->boxed;
+}
+
 const float *sp_ct_result_probabilities(const sp_ct_result *r, int *classes)
 {
     if (classes)
@@ -821,6 +832,11 @@ static sp_status crop_path(sp_package *pk, const sp_volume *ct, sp_volume *const
         st = grid_path(pk, cut[0], cut + 1, p, keep, r, pool, h);
     if (!st)
         st = uncrop(r, ct->g.dim, lo, pk->mf.n_regions > 0);
+    if (!st) {
+        r->boxed = 1;
+        memcpy(r->box_lo, lo, sizeof r->box_lo);
+        memcpy(r->box_hi, hi, sizeof r->box_hi);
+    }
     for (int q = 0; q < n; q++)
         sp_volume_free(cut[q]);
     return st;

@@ -33,11 +33,13 @@ names it, and `segpipe ct --tta/--no-tta` picks one (default: on, as
 nnU-Net's predictor). The manifest takes the spacing
 and patch size from the configuration, CT normalisation from
 `foreground_intensity_properties_per_channel`, labels from dataset.json and
-the axis order from the image reader and `transpose_forward`.
+the axis order from the image reader and `transpose_forward`. The folder's
+dataset.json and plans.json are kept as PKG/nnunet/ (segpipe predict
+copies them to its OUT_DIR, as nnUNetv2_predict does, for nnUNetv2_ensemble).
 
 Written from nnU-Net's documented file formats; no nnU-Net code is used.
 """
-import argparse, itertools, json, os, pickle, sys
+import argparse, itertools, json, os, pickle, shutil, sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -372,6 +374,10 @@ def import_folder(folder, out_dir, fold="0", checkpoint="checkpoint_final.pth", 
     if mirror is not None:
         man["tta"] = {"onnx": "model.tta.onnx", "mirror_axes": mirror, "default": True}
         export(Ensemble(nets, mirror), patch, out_dir, man, "model.tta.onnx")
+    keep = os.path.join(out_dir, "nnunet")   # segpipe predict copies them to OUT_DIR, as nnUNetv2_predict
+    os.makedirs(keep, exist_ok=True)
+    for name in ("dataset.json", "plans.json"):
+        shutil.copyfile(os.path.join(folder, name), os.path.join(keep, name))
     return net, man
 
 
