@@ -175,3 +175,26 @@ def test_nnunet_pkl_properties_match_nnunet_preprocessing(tmp):
     assert type(props["sitk_stuff"]["spacing"]) is tuple and type(props["shape_before_cropping"][0]) is int
     prob = np.load(os.path.join(out, "caseA.npz"))["probabilities"]
     assert prob.shape[1:] == props["shape_before_cropping"]
+
+
+def test_nnunet_ensemble_region_based(tmp):
+    """a region-based model (sigmoids, regions_class_order; cropped to the
+    non-zero box): nnU-Net's ensembling of segpipe's folder alone gives
+    segpipe's own labels (its LabelManager labels each voxel by the last
+    region over 0.5) on the input's geometry (NibabelIO)"""
+    nnunet()
+    d = tn.predict_dir(tmp, "regions")
+    _, pkg = tn.package(tn.shared_tmp(), "regions")
+    out = os.path.join(tmp, "out")
+    p = sp.run("predict", "-i", d, "-o", out, "-m", pkg, "--save_probabilities", "-q")
+    assert p.returncode == 0, p.stderr
+    plans = json.load(open(os.path.join(out, "plans.json")))
+    assert json.load(open(os.path.join(out, "dataset.json")))["regions_class_order"] == [1, 2, 3]
+    merged = os.path.join(tmp, "merged")
+    ensemble([out], merged, dict(plans, image_reader_writer="NibabelIO"))
+    img = nib.load(os.path.join(merged, "caseA.nii.gz"))
+    own = nib.load(os.path.join(out, "caseA.nii.gz"))
+    lab = np.asanyarray(own.dataobj)
+    assert len(np.unique(lab)) >= 3
+    tn.agree(np.asanyarray(img.dataobj), lab, 0.999)
+    assert np.allclose(img.affine, nib.load(os.path.join(d, "caseA_0000.nii.gz")).affine, atol=1e-5)
