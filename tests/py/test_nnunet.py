@@ -224,7 +224,8 @@ def test_nnunet_predict_multichannel_matches_real_predictor(tmp):
         p = sp.run("predict", "-i", d, "-o", out, "-m", pkg, *opts)
         assert p.returncode == 0, p.stderr
         assert ("mirroring on" if tta else "mirroring off") in p.stderr
-        assert sorted(os.listdir(out)) == ["caseA.nii.gz", "caseB.nii.gz"]
+        # the labels, and the trained folder's json files (kept at import) as nnUNetv2_predict writes them
+        assert sorted(os.listdir(out)) == ["caseA.nii.gz", "caseB.nii.gz", "dataset.json", "plans.json"]
         a = np.asanyarray(nib.load(os.path.join(out, "caseA.nii.gz")).dataobj)
         b = np.asanyarray(nib.load(os.path.join(out, "caseB.nii.gz")).dataobj)
         agree(a, ref("mr3", tta, "float")[0], 0.9999)
