@@ -290,6 +290,25 @@ static int check_folds(const char *asked, const sp_package *pk)
     return 0;
 }
 
+/* nnU-Net's CASE.npz ((classes, z, y, x), i fastest) and CASE.pkl (the
+ * case's properties); the .npz is removed when the .pkl fails, so that
+ * nnUNetv2_ensemble never finds one without the other */
+static sp_status save_probabilities(const pr_opts *o, const pr_case *c, const sp_ct_result *res, const sp_volume *v0)
+{
+    char npz[4096], pkl[4096];
+    int64_t dim[3];
+    int ncls;
+    sp_ct_result_labels(res, dim);
+    const float *pr = sp_ct_result_probabilities(res, &ncls);
+    int64_t shape[4] = {ncls, dim[2], dim[1], dim[0]};
+    snprintf(npz, sizeof npz, "%s/%s.npz", o->out, c->id);
+    snprintf(pkl, sizeof pkl, "%s/%s.pkl", o->out, c->id);
+    sp_status st = sp_npz_write_f32(npz, "probabilities", pr, shape, 4);
+    if (!st && (st = sp_ct_result_write_nnunet_pkl(res, v0, pkl)))
+        remove(npz);
+    return st;
+}
+
 /* One case: its channels read (header-checked), run, labels written */
 static int run_case(const pr_opts *o, sp_package *pk, const pr_case *c, int C, const sp_ct_params *cp)
 {
@@ -318,18 +337,8 @@ static int run_case(const pr_opts *o, sp_package *pk, const pr_case *c, int C, c
     if (!rc && !st)
         st = sp_labels_write_named(out, sp_ct_result_labels(res, NULL), v[0], sp_package_labels(pk),
                                    sp_package_num_classes(pk));
-    if (!rc && !st && o->save_prob) {   /* nnU-Net's CASE.npz: (classes, z, y, x), i fastest */
-        int64_t dim[3];
-        int ncls;
-        sp_ct_result_labels(res, dim);
-        const float *pr = sp_ct_result_probabilities(res, &ncls);
-        int64_t shape[4] = {ncls, dim[2], dim[1], dim[0]};
-        snprintf(path, sizeof path, "%s/%s.npz", o->out, c->id);
-        st = sp_npz_write_f32(path, "probabilities", pr, shape, 4);
-        snprintf(path, sizeof path, "%s/%s.pkl", o->out, c->id);   /* its properties, as nnU-Net's */
-        if (!st)
-            st = sp_ct_result_write_nnunet_pkl(res, v[0], path);
-    }
+    if (!rc && !st && o->save_prob)
+        st = save_probabilities(o, c, res, v[0]);
     if (!rc && st) {
         char ctx[300];
         snprintf(ctx, sizeof ctx, "case %s", c->id);

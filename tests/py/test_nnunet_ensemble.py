@@ -198,3 +198,17 @@ def test_nnunet_ensemble_region_based(tmp):
     assert len(np.unique(lab)) >= 3
     tn.agree(np.asanyarray(img.dataobj), lab, 0.999)
     assert np.allclose(img.affine, nib.load(os.path.join(d, "caseA_0000.nii.gz")).affine, atol=1e-5)
+
+
+def test_nnunet_pkl_write_error(tmp):
+    """CASE.pkl that cannot be written (a folder of that name): exit 6
+    naming the file, and no CASE.npz left without its .pkl (nnU-Net's
+    ensembling would take it and fail on the missing .pkl)"""
+    d = tn.predict_dir(tmp, "ensemble2")
+    _, pkg = tn.package(tn.shared_tmp(), "ensemble2", "--fold", "0")
+    out = os.path.join(tmp, "out")
+    os.makedirs(os.path.join(out, "caseA.pkl"))
+    p = sp.run("predict", "-i", d, "-o", out, "-m", pkg, "--save_probabilities", "-q")
+    assert p.returncode == 6 and "caseA.pkl" in p.stderr and "cannot write" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr and "Sanitizer" not in p.stderr
+    assert not os.path.exists(os.path.join(out, "caseA.npz"))
