@@ -43,7 +43,8 @@ static void pr_help(void)
 {
     printf("usage: segpipe predict -i IN_DIR -o OUT_DIR -m PKG [options]\n"
            "nnUNetv2_predict's folder contract: IN_DIR holds CASE_0000.nii.gz (and CASE_0001... for a\n"
-           "multi-channel model); OUT_DIR/CASE.nii.gz receives each case's labels.\n"
+           "multi-channel model); OUT_DIR/CASE.nii.gz receives each case's labels (and OUT_DIR the\n"
+           "package's dataset.json and plans.json, for nnUNetv2_ensemble).\n"
            "  -i DIR                   input folder (CASE_XXXX.nii.gz, XXXX the channel)\n"
            "  -o DIR                   output folder (made when missing)\n"
            "  -m, --model PKG          the package (tools/import/import_nnunet.py MODEL_FOLDER -o PKG --fold ...)\n"
