@@ -125,6 +125,7 @@ static int store(const char *cmd, const cli_opt *o, const char *value, void *ctx
     case CLI_STR: *(const char **)o->dst = value; return 0;
     case CLI_INT: return cli_int(cmd, opt, value, (long)o->lo, (long)o->hi, (int *)o->dst) ? 2 : 0;
     case CLI_NUM: return cli_num(cmd, opt, value, o->lo, o->hi, (double *)o->dst) ? 2 : 0;
+    case CLI_SIZE: return cli_size(cmd, opt, value, (size_t *)o->dst) ? 2 : 0;
     case CLI_FN: return o->fn(cmd, value, ctx);
     default: return 0;
     }
@@ -132,8 +133,8 @@ static int store(const char *cmd, const cli_opt *o, const char *value, void *ctx
 
 static int takes_value(const cli_opt *o)
 {
-    return o->kind == CLI_STR || o->kind == CLI_INT || o->kind == CLI_NUM || o->kind == CLI_FN ||
-           o->kind == CLI_POS;
+    return o->kind == CLI_STR || o->kind == CLI_INT || o->kind == CLI_NUM || o->kind == CLI_SIZE ||
+           o->kind == CLI_FN || o->kind == CLI_POS;
 }
 
 /* -qv: several one-letter flags in one word */
@@ -148,6 +149,18 @@ static int flags(const char *cmd, const cli_opt *t, const cli_hint *hints, void 
             return rc;
     }
     return 0;
+}
+
+/* a positional kept: the first CLI_MAX_POS in pos, every one in all when
+ * given (all may be argv + 1: the n-th positional is written at or before
+ * the argument being read, so nothing unread is overwritten) */
+static void positional(cli_args *a, const char *v)
+{
+    if (a->n < CLI_MAX_POS)
+        a->pos[a->n] = v;
+    if (a->all)
+        a->all[a->n] = (char *)v;
+    a->n++;
 }
 
 /* One option at argv[*i] (advanced past its value); 0, -1 for help, else an exit code. */
@@ -197,9 +210,7 @@ static int one(const char *cmd, const cli_opt *t, const cli_hint *hints, void *c
         value = argv[++*i];
     }
     if (o->kind == CLI_POS) {    /* -i INPUT: TotalSegmentator's spelling of the positional */
-        if (a->n < CLI_MAX_POS)
-            a->pos[a->n] = value;
-        a->n++;
+        positional(a, value);
         return 0;
     }
     if (o->kind == CLI_FN && o->multi && (underscore || o->multi == 2)) {
@@ -221,9 +232,7 @@ int cli_parse(const char *cmd, const cli_opt *t, const cli_hint *hints, int argc
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
         if (dash || arg[0] != '-' || !arg[1]) {
-            if (a->n < CLI_MAX_POS)
-                a->pos[a->n] = arg;
-            a->n++;
+            positional(a, arg);
             continue;
         }
         if (!strcmp(arg, "--")) {

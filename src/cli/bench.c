@@ -15,7 +15,6 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <getopt.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -374,51 +373,38 @@ static cJSON *throughput(cJSON *root, const bench_opts *o, char *const *cases, i
     return t;
 }
 
+/* -1: go on with the cases in a->all; else the exit code (help, usage errors) */
+static int bench_parse(int argc, char **argv, bench_opts *o, cli_args *a)
+{
+    const cli_opt t[] = {
+        {.name = "model", .letter = 'm', .kind = CLI_STR, .dst = &o->model, .value = "DIR"},
+        {.name = "runs", .kind = CLI_INT, .dst = &o->runs, .lo = 1, .hi = 100000, .value = "N"},
+        {.name = "warmup", .kind = CLI_INT, .dst = &o->warmup, .lo = 0, .hi = 100000, .value = "N"},
+        {.name = "threads", .letter = 't', .kind = CLI_INT, .dst = &o->threads, .lo = 0, .hi = 1024, .value = "N"},
+        {.name = "tile-batch", .kind = CLI_INT, .dst = &o->tile_batch, .lo = 1, .hi = 256, .value = "N"},
+        {.name = "out", .letter = 'o', .kind = CLI_STR, .dst = &o->out, .value = "DIR"},
+        {.name = "jobs", .kind = CLI_INT, .dst = &o->jobs, .lo = 1, .hi = 8, .value = "N"},
+        {.name = "help", .letter = 'h', .kind = CLI_HELP},
+        {.name = NULL}};
+    int rc = cli_parse("bench", t, NULL, argc, argv, o, a);
+    if (rc == CLI_HELP_ASKED)
+        return bench_usage(), 0;
+    if (rc)
+        return rc;
+    if (!a->n || o->runs < 1 || o->warmup < 0 || o->tile_batch < 0 || o->threads < 0)
+        return cli_usage_error("bench", "expected CASES... (and --runs >= 1)");
+    return -1;
+}
+
 int cmd_bench(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "video"))
         return cmd_bench_video(argc - 1, argv + 1);
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'}, {"runs", required_argument, 0, 'r'},
-        {"warmup", required_argument, 0, 'w'}, {"threads", required_argument, 0, 't'},
-        {"tile-batch", required_argument, 0, 'b'}, {"out", required_argument, 0, 'o'},
-        {"jobs", required_argument, 0, 'j'},
-        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     bench_opts o = {sp_default_model_dir(), "bench-out", 1, 0, 0, 0, 0};
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "m:o:t:h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'm': o.model = optarg; break;
-        case 'r':
-            if (cli_int("bench", "--runs", optarg, 1, 100000, &o.runs))
-                return 2;
-            break;
-        case 'w':
-            if (cli_int("bench", "--warmup", optarg, 0, 100000, &o.warmup))
-                return 2;
-            break;
-        case 't':
-            if (cli_int("bench", "--threads", optarg, 0, 1024, &o.threads))
-                return 2;
-            break;
-        case 'b':
-            if (cli_int("bench", "--tile-batch", optarg, 1, 256, &o.tile_batch))
-                return 2;
-            break;
-        case 'o': o.out = optarg; break;
-        case 'j':
-            if (cli_int("bench", "--jobs", optarg, 1, 8, &o.jobs))
-                return 2;
-            break;
-        case 'h':
-            bench_usage();
-            return 0;
-        default: return cli_usage_error("bench", "unknown option");
-        }
-    }
-    if (optind >= argc || o.runs < 1 || o.warmup < 0 || o.tile_batch < 0 || o.threads < 0)
-        return cli_usage_error("bench", "expected CASES... (and --runs >= 1)");
+    cli_args a = {.all = argv + 1};   /* the cases gathered in place */
+    int rc = bench_parse(argc, argv, &o, &a);
+    if (rc >= 0)
+        return rc;
     if (cli_mkdir_p(o.out) != 0) {
         cli_errf("%s: cannot create: %s\n", o.out, strerror(errno));
         return 6;
@@ -433,15 +419,15 @@ int cmd_bench(int argc, char **argv)
     cJSON_AddNumberToObject(root, "warmup", o.warmup);
     cJSON *all = cJSON_AddArrayToObject(root, "cases");
     int failed = 0;
-    for (int i = optind; i < argc; i++) {
-        fprintf(stderr, "bench: %s ...", argv[i]);
-        cJSON *j = fork_case(argv[i], &o, NULL, 0);
+    for (int i = 0; i < a.n; i++) {
+        fprintf(stderr, "bench: %s ...", a.all[i]);
+        cJSON *j = fork_case(a.all[i], &o, NULL, 0);
         int ok = cJSON_IsTrue(cJSON_GetObjectItem(j, "ok"));
         failed += !ok;
         fprintf(stderr, " %s\n", ok ? "ok" : cJSON_GetStringValue(cJSON_GetObjectItem(j, "error")));
         cJSON_AddItemToArray(all, j);
     }
-    cJSON *tput = o.jobs ? throughput(root, &o, argv + optind, argc - optind) : NULL;
+    cJSON *tput = o.jobs ? throughput(root, &o, a.all, a.n) : NULL;
     char path[4096];
     snprintf(path, sizeof path, "%s/bench.json", o.out);
     char *s = cJSON_Print(root);
@@ -471,5 +457,5 @@ int cmd_bench(int argc, char **argv)
             fputs(line, stdout);
         fclose(md);
     }
-    return failed == argc - optind ? 1 : 0;   /* failing cases are counted, not fatal */
+    return failed == a.n ? 1 : 0;   /* failing cases are counted, not fatal */
 }

@@ -6,7 +6,6 @@
 #include "cli.h"
 
 #include <cjson/cJSON.h>
-#include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,37 +25,39 @@ typedef struct copts {
     sp_image_params ip;
 } copts;
 
-static int parse(int argc, char **argv, copts *o)
+/* --max-pixels N (K, M, G allowed), more than 0 */
+static int opt_max_pixels(const char *cmd, const char *v, void *ctx)
 {
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'}, {"top", required_argument, 0, 'k'},
-        {"batch", required_argument, 0, 'b'}, {"json", required_argument, 0, 'j'},
-        {"threads", required_argument, 0, 't'}, {"max-pixels", required_argument, 0, 'P'},
-        {"device", required_argument, 0, 'd'},
-        {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "m:k:b:t:qh", opts, NULL)) != -1) {
-        switch (c) {
-        case 'm': o->model = optarg; break;
-        case 'j': o->json = optarg; break;
-        case 'd': o->device = optarg; break;
-        case 'q': o->quiet = 1; break;
-        case 'k': if (cli_int("classify", "--top", optarg, 1, 100000, &o->top)) return 2; break;
-        case 'b': if (cli_int("classify", "--batch", optarg, 1, 64, &o->batch)) return 2; break;
-        case 't': if (cli_int("classify", "--threads", optarg, 0, 1024, &o->cp.threads)) return 2; break;
-        case 'P': {
-            size_t v;
-            if (cli_size("classify", "--max-pixels", optarg, &v) || !v)
-                return v ? 2 : cli_usage_error("classify", "--max-pixels must be > 0");
-            o->ip.max_pixels = v;
-            break;
-        }
-        case 'h': usage(o->model); return 1;
-        default: return cli_usage_error("classify", "unknown option");
-        }
-    }
-    if (optind >= argc || !o->model)
+    size_t n;
+    if (cli_size(cmd, "--max-pixels", v, &n))
+        return 2;
+    if (!n)
+        return cli_usage_error(cmd, "--max-pixels must be > 0");
+    ((copts *)ctx)->ip.max_pixels = n;
+    return 0;
+}
+
+/* 0: go on with the photos in a->all; 1 after --help; else an exit code */
+static int parse(int argc, char **argv, copts *o, cli_args *a)
+{
+    const cli_opt t[] = {
+        {.name = "model", .letter = 'm', .kind = CLI_STR, .dst = &o->model, .value = "DIR"},
+        {.name = "top", .letter = 'k', .kind = CLI_INT, .dst = &o->top, .lo = 1, .hi = 100000, .value = "K"},
+        {.name = "batch", .letter = 'b', .kind = CLI_INT, .dst = &o->batch, .lo = 1, .hi = 64, .value = "N"},
+        {.name = "json", .kind = CLI_STR, .dst = &o->json, .value = "FILE"},
+        {.name = "threads", .letter = 't', .kind = CLI_INT, .dst = &o->cp.threads, .lo = 0, .hi = 1024,
+         .value = "N"},
+        {.name = "max-pixels", .kind = CLI_FN, .fn = opt_max_pixels, .value = "N"},
+        {.name = "device", .kind = CLI_STR, .dst = &o->device, .value = "cpu or cuda"},
+        {.name = "quiet", .letter = 'q', .kind = CLI_FLAG, .dst = &o->quiet},
+        {.name = "help", .letter = 'h', .kind = CLI_HELP},
+        {.name = NULL}};
+    int rc = cli_parse("classify", t, NULL, argc, argv, o, a);
+    if (rc == CLI_HELP_ASKED)
+        return usage(o->model), 1;
+    if (rc)
+        return rc;
+    if (!a->n || !o->model)
         return cli_usage_error("classify", o->model ? "expected PHOTO..." : "no model: give --model DIR");
     o->cp.top_k = o->top;
     return 0;
@@ -116,7 +117,8 @@ int cmd_classify(int argc, char **argv)
                sp_image_default_params()};
     if ((!o.model || !*o.model) && !sp_bundled_model("demo-shapes", dflt, sizeof dflt))
         o.model = dflt;
-    int rc = parse(argc, argv, &o);
+    cli_args a = {.all = argv + 1};   /* the photos gathered in place */
+    int rc = parse(argc, argv, &o, &a);
     if (rc)
         return rc == 1 ? 0 : rc;
     sp_runtime_params rp = sp_runtime_default_params();
@@ -127,7 +129,7 @@ int cmd_classify(int argc, char **argv)
     sp_package *pk = NULL;
     sp_status st;
     if ((rc = cli_probe(o.model, o.device)))
-        return rc;
+        goto end;
     if ((st = sp_runtime_create(&rp, &rt)) || (st = sp_package_load(rt, o.model, &pk))) {
         rc = cli_fail(st, NULL);
         goto end;
@@ -140,10 +142,10 @@ int cmd_classify(int argc, char **argv)
     sp_timings t = {0};
     cJSON *doc = cJSON_CreateObject(), *js = cJSON_AddArrayToObject(doc, "photos");
     cJSON_AddStringToObject(doc, "model", sp_package_name(pk));
-    int n = argc - optind, failed = 0;
+    int n = a.n, failed = 0;
     double w0 = sp_now();
     for (int i = 0; i < n && !rc; i += o.batch)
-        rc = run_batch(pk, &o, argv + optind + i, n - i < o.batch ? n - i : o.batch, js, &t, &failed);
+        rc = run_batch(pk, &o, a.all + i, n - i < o.batch ? n - i : o.batch, js, &t, &failed);
     double wall = sp_now() - w0;
     if (!rc && o.json) {
         cJSON *sec = cJSON_AddObjectToObject(doc, "seconds");

@@ -20,11 +20,12 @@ int cli_write_text(const char *path, const char *text);
 int cli_output_folder(const char *cmd, const char *file);
 
 /* args.c: one table-driven option parser (every subcommand answers alike) */
-typedef enum { CLI_FLAG, CLI_CLEAR, CLI_STR, CLI_INT, CLI_NUM, CLI_FN, CLI_POS, CLI_HELP } cli_kind;
+typedef enum { CLI_FLAG, CLI_CLEAR, CLI_STR, CLI_INT, CLI_NUM, CLI_SIZE, CLI_FN, CLI_POS, CLI_HELP } cli_kind;
 typedef struct cli_opt {
     const char *name;        /* long name without "--"; NULL ends a table */
     char letter;             /* -x, or 0 */
     cli_kind kind;           /* FLAG sets *(int *)dst = 1, CLEAR = 0; STR, INT, NUM store the value;
+                                SIZE a byte count (cli_size: K, M, G) into a size_t;
                                 FN calls fn; POS adds the value to the positionals; HELP asks for help */
     void *dst;
     double lo, hi;           /* INT, NUM: the accepted range */
@@ -40,6 +41,9 @@ typedef struct cli_hint {
 typedef struct cli_args {
     const char *pos[CLI_MAX_POS];
     int n;                   /* positionals seen (may exceed CLI_MAX_POS: the command refuses) */
+    char **all;              /* set by the caller (room for argc entries): every positional, for
+                                commands taking a list (PHOTO..., CASES...); argv + 1 gathers them
+                                in place (argv's order is then lost for other readers) */
 } cli_args;
 #define CLI_HELP_ASKED (-2)
 /* argv[1..argc) against table t: 0 to go on, CLI_HELP_ASKED, else an exit

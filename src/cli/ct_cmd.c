@@ -245,7 +245,7 @@ int cli_ct_parse(int argc, char **argv, ct_opts *o)
         {.name = "spill-dir", .kind = CLI_STR, .dst = &o->cp.spill_dir, .value = "DIR"},
         {.name = "help", .letter = 'h', .kind = CLI_HELP},
         {.name = NULL}};
-    cli_args a;
+    cli_args a = {0};
     int rc = cli_parse(o->cmd, t, ct_hints, argc, argv, o, &a);
     if (rc == CLI_HELP_ASKED) {
         ct_help(o);

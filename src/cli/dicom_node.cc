@@ -32,7 +32,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <getopt.h>
 #include <map>
 #include <mutex>
 #include <string>
@@ -41,10 +40,9 @@
 #include <unistd.h>
 #include <vector>
 
-extern "C" int cli_int(const char *cmd, const char *opt, const char *text, long lo, long hi, int *out);
-extern "C" int cli_usage_error(const char *cmd, const char *msg);
-extern "C" int cli_rm_rf(const char *path);
-extern "C" int cli_mkdir_p(const char *path);
+extern "C" {
+#include "cli.h"   /* cli_parse, cli_usage_error, cli_mkdir_p, cli_rm_rf */
+}
 
 namespace {
 
@@ -324,57 +322,90 @@ int parse_allow(const char *s, Options &o)
     return 0;
 }
 
+/* what the options fill (cli_parse's ctx) */
+struct Parsed {
+    Options &o;
+    int allow_any;
+};
+
+Options &opts_of(void *ctx) { return static_cast<Parsed *>(ctx)->o; }
+
+int opt_aet(const char *cmd, const char *v, void *ctx)
+{
+    if (!*v || std::strlen(v) > 16)
+        return cli_usage_error(cmd, "--aet: 1 to 16 characters");
+    opts_of(ctx).aet = v;
+    return 0;
+}
+
+int opt_allow(const char *cmd, const char *v, void *ctx)
+{
+    return parse_allow(v, opts_of(ctx)) ? cli_usage_error(cmd, "--allow is AE[@IP],... (AE titles of 1 to 16 "
+                                                              "characters)") : 0;
+}
+
+int opt_dest(const char *cmd, const char *v, void *ctx)
+{
+    return parse_dest(v, opts_of(ctx)) ? cli_usage_error(cmd, "--dest is AE@HOST:PORT") : 0;
+}
+
+int opt_output_type(const char *cmd, const char *v, void *ctx)
+{
+    if (std::strcmp(v, "dicom-seg") && std::strcmp(v, "dicom-rtstruct"))
+        return cli_usage_error(cmd, "--output-type is dicom-seg or dicom-rtstruct");
+    opts_of(ctx).kind = std::strcmp(v, "dicom-rtstruct") ? SP_DICOM_SEG : SP_DICOM_RTSTRUCT;
+    return 0;
+}
+
+int opt_creator(const char *cmd, const char *v, void *ctx)
+{
+    if (std::strlen(v) > 64 || std::strpbrk(v, "\\\n\r"))
+        return cli_usage_error(cmd, "--dicom-creator: at most 64 characters, no backslash");
+    opts_of(ctx).creator = v;
+    return 0;
+}
+
+int opt_model(const char *, const char *v, void *ctx) { return opts_of(ctx).model = v, 0; }
+int opt_spool(const char *, const char *v, void *ctx) { return opts_of(ctx).spool = v, 0; }
+int opt_status(const char *, const char *v, void *ctx) { return opts_of(ctx).status = v, 0; }
+
+/* one row of the option table (C++17 has no designated initializers) */
+cli_opt row(const char *name, char letter, cli_kind kind, void *dst, double lo, double hi,
+            int (*fn)(const char *, const char *, void *), const char *value)
+{
+    cli_opt r = {};
+    r.name = name, r.letter = letter, r.kind = kind, r.dst = dst, r.lo = lo, r.hi = hi, r.fn = fn, r.value = value;
+    return r;
+}
+
 /* -1: go on; else the exit code */
 int parse(int argc, char **argv, Options &o, int &allow_any)
 {
-    static const struct option opts[] = {
-        {"aet", required_argument, 0, 'a'}, {"port", required_argument, 0, 'p'},
-        {"allow", required_argument, 0, 'A'}, {"allow-any", no_argument, 0, 'Y'},
-        {"dest", required_argument, 0, 'd'}, {"model", required_argument, 0, 'm'},
-        {"output-type", required_argument, 0, 'O'}, {"settle", required_argument, 0, 's'},
-        {"spool", required_argument, 0, 'S'}, {"max-series-files", required_argument, 0, 'F'},
-        {"dicom-creator", required_argument, 0, 'c'}, {"status", required_argument, 0, 'j'},
-        {"threads", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "m:t:h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'a':
-            if (!*optarg || std::strlen(optarg) > 16)
-                return cli_usage_error("dicom-node", "--aet: 1 to 16 characters");
-            o.aet = optarg;
-            break;
-        case 'p': if (cli_int("dicom-node", "--port", optarg, 1, 65535, &o.port)) return 2; break;
-        case 'A':
-            if (parse_allow(optarg, o))
-                return cli_usage_error("dicom-node", "--allow is AE[@IP],... (AE titles of 1 to 16 characters)");
-            break;
-        case 'Y': allow_any = 1; break;
-        case 'd':
-            if (parse_dest(optarg, o))
-                return cli_usage_error("dicom-node", "--dest is AE@HOST:PORT");
-            break;
-        case 'm': o.model = optarg; break;
-        case 'O':
-            if (std::strcmp(optarg, "dicom-seg") && std::strcmp(optarg, "dicom-rtstruct"))
-                return cli_usage_error("dicom-node", "--output-type is dicom-seg or dicom-rtstruct");
-            o.kind = std::strcmp(optarg, "dicom-rtstruct") ? SP_DICOM_SEG : SP_DICOM_RTSTRUCT;
-            break;
-        case 's': if (cli_int("dicom-node", "--settle", optarg, 0, 86400, &o.settle)) return 2; break;
-        case 'S': o.spool = optarg; break;
-        case 'F': if (cli_int("dicom-node", "--max-series-files", optarg, 1, 100000, &o.max_files)) return 2; break;
-        case 'c':
-            if (std::strlen(optarg) > 64 || std::strpbrk(optarg, "\\\n\r"))
-                return cli_usage_error("dicom-node", "--dicom-creator: at most 64 characters, no backslash");
-            o.creator = optarg;
-            break;
-        case 'j': o.status = optarg; break;
-        case 't': if (cli_int("dicom-node", "--threads", optarg, 0, 1024, &o.threads)) return 2; break;
-        case 'h': help(); return 0;
-        default: return cli_usage_error("dicom-node", "unknown option");
-        }
-    }
-    if (optind != argc)
+    Parsed p{o, 0};
+    const cli_opt t[] = {
+        row("aet", 0, CLI_FN, nullptr, 0, 0, opt_aet, "AE title"),
+        row("port", 0, CLI_INT, &o.port, 1, 65535, nullptr, "N"),
+        row("allow", 0, CLI_FN, nullptr, 0, 0, opt_allow, "AE[@IP],..."),
+        row("allow-any", 0, CLI_FLAG, &p.allow_any, 0, 0, nullptr, nullptr),
+        row("dest", 0, CLI_FN, nullptr, 0, 0, opt_dest, "AE@HOST:PORT"),
+        row("model", 'm', CLI_FN, nullptr, 0, 0, opt_model, "DIR"),
+        row("output-type", 0, CLI_FN, nullptr, 0, 0, opt_output_type, "dicom-seg or dicom-rtstruct"),
+        row("settle", 0, CLI_INT, &o.settle, 0, 86400, nullptr, "S"),
+        row("spool", 0, CLI_FN, nullptr, 0, 0, opt_spool, "DIR"),
+        row("max-series-files", 0, CLI_INT, &o.max_files, 1, 100000, nullptr, "N"),
+        row("dicom-creator", 0, CLI_FN, nullptr, 0, 0, opt_creator, "Family^Given"),
+        row("status", 0, CLI_FN, nullptr, 0, 0, opt_status, "FILE"),
+        row("threads", 't', CLI_INT, &o.threads, 0, 1024, nullptr, "N"),
+        row("help", 'h', CLI_HELP, nullptr, 0, 0, nullptr, nullptr),
+        row(nullptr, 0, CLI_FLAG, nullptr, 0, 0, nullptr, nullptr)};
+    cli_args a = {};
+    int rc = cli_parse("dicom-node", t, nullptr, argc, argv, &p, &a);
+    allow_any = p.allow_any;
+    if (rc == CLI_HELP_ASKED)
+        return help(), 0;
+    if (rc)
+        return rc;
+    if (a.n)
         return cli_usage_error("dicom-node", "no arguments besides options");
     if (o.dest_ae.empty())
         return cli_usage_error("dicom-node", "give --dest AE@HOST:PORT (where results are sent)");

@@ -8,7 +8,6 @@
 
 #include <cjson/cJSON.h>
 
-#include <getopt.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -233,73 +232,70 @@ typedef struct masks_opts {
     sp_image_params ip;
 } masks_opts;
 
-/* -1: go on; else the exit code (help, usage errors) */
-static int masks_parse(int argc, char **argv, masks_opts *o)
+static int opt_max_pixels(const char *cmd, const char *v, void *ctx)
 {
-    static const struct option opts[] = {
-        {"output", required_argument, 0, 'o'}, {"model", required_argument, 0, 'm'},
-        {"masks", required_argument, 0, 'M'}, {"batch", required_argument, 0, 'b'},
-        {"threads", required_argument, 0, 't'}, {"long-side", required_argument, 0, 'L'},
-        {"max-pixels", required_argument, 0, 'P'}, {"quiet", no_argument, 0, 'q'},
-        {"verbose", no_argument, 0, 'v'},
-        {"preview", no_argument, 0, 'V'}, {"arena", required_argument, 0, 'A'},
-        {"cache-graph", no_argument, 0, 'G'}, {"no-cache-graph", no_argument, 0, 'N'}, {"precision", required_argument, 0, 'Y'},
-        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "o:m:b:t:qvh", opts, NULL)) != -1) {
-        switch (c) {
-        case 'o': o->out = optarg; break;
-        case 'm': o->model = optarg; break;
-        case 'M': o->maskarg = optarg; break;
-        case 'b':
-            if (cli_int("masks", "--batch", optarg, 1, 64, &o->batch))
-                return 2;
-            break;
-        case 't':
-            if (cli_int("masks", "--threads", optarg, 0, 1024, &o->mp.threads))
-                return 2;
-            break;
-        case 'L':
-            if (cli_int("masks", "--long-side", optarg, 32, 16384, &o->mp.long_side))
-                return 2;
-            break;
-        case 'P': {
-            size_t v;
-            if (cli_size("masks", "--max-pixels", optarg, &v) || !v)
-                return v ? 2 : cli_usage_error("masks", "--max-pixels must be > 0");
-            o->ip.max_pixels = v;
-            break;
-        }
-        case 'q': o->quiet = 1; break;
-        case 'v': o->verbose = 1; break;
-        case 'V': o->preview = 1; break;
-        case 'A':
-            if (strcmp(optarg, "auto") && strcmp(optarg, "on") && strcmp(optarg, "off"))
-                return cli_usage_error("masks", "--arena is auto, on or off");
-            o->arena = optarg;
-            break;
-        case 'G': o->cache_graph = 1; break;
-        case 'N': o->cache_graph = 0; break;
-        case 'Y':
-            if (strcmp(optarg, "auto") && strcmp(optarg, "fp32") && strcmp(optarg, "int8"))
-                return cli_usage_error("masks", "--precision is auto, fp32 or int8");
-            o->precision = optarg;
-            break;
-        case 'h':
-            printf("usage: segpipe masks PHOTO... -o DIR [--model DIR] [--masks wall,floor] [--batch N]\n"
-                   "                     [--threads N] [--long-side N] [--max-pixels N] [--preview] [--quiet] [-v]\n"
-                   "                     [--arena auto|on|off] [--no-cache-graph] [--precision auto|fp32|int8]\n"
-                   "One inference per batch returns every mask (JPEG, PNG, WebP, HEIC; EXIF orientation\n"
-                   "applied; masks in the upright frame, at the photo's full size). Writes\n"
-                   "DIR/<photo>.<mask>.png and DIR/<photo>.masks.json; --preview also DIR/<photo>.preview.png\n"
-                   "(the masks over the photo, with a legend).\n"
-                   "Default model: %s (a demo trained on rendered rooms).\n", o->model);
-            return 0;
-        default: return cli_usage_error("masks", "unknown option");
-        }
-    }
-    return -1;
+    size_t n;
+    if (cli_size(cmd, "--max-pixels", v, &n))
+        return 2;
+    if (!n)
+        return cli_usage_error(cmd, "--max-pixels must be > 0");
+    ((masks_opts *)ctx)->ip.max_pixels = n;
+    return 0;
+}
+
+static int opt_arena(const char *cmd, const char *v, void *ctx)
+{
+    if (strcmp(v, "auto") && strcmp(v, "on") && strcmp(v, "off"))
+        return cli_usage_error(cmd, "--arena is auto, on or off");
+    ((masks_opts *)ctx)->arena = v;
+    return 0;
+}
+
+static int opt_precision(const char *cmd, const char *v, void *ctx)
+{
+    if (strcmp(v, "auto") && strcmp(v, "fp32") && strcmp(v, "int8"))
+        return cli_usage_error(cmd, "--precision is auto, fp32 or int8");
+    ((masks_opts *)ctx)->precision = v;
+    return 0;
+}
+
+static void masks_help(const masks_opts *o)
+{
+    printf("usage: segpipe masks PHOTO... -o DIR [--model DIR] [--masks wall,floor] [--batch N]\n"
+           "                     [--threads N] [--long-side N] [--max-pixels N] [--preview] [--quiet] [-v]\n"
+           "                     [--arena auto|on|off] [--no-cache-graph] [--precision auto|fp32|int8]\n"
+           "One inference per batch returns every mask (JPEG, PNG, WebP, HEIC; EXIF orientation\n"
+           "applied; masks in the upright frame, at the photo's full size). Writes\n"
+           "DIR/<photo>.<mask>.png and DIR/<photo>.masks.json; --preview also DIR/<photo>.preview.png\n"
+           "(the masks over the photo, with a legend).\n"
+           "Default model: %s (a demo trained on rendered rooms).\n", o->model);
+}
+
+/* -1: go on (the photos in a->all); else the exit code (help, usage errors) */
+static int masks_parse(int argc, char **argv, masks_opts *o, cli_args *a)
+{
+    const cli_opt t[] = {
+        {.name = "output", .letter = 'o', .kind = CLI_STR, .dst = &o->out, .value = "DIR"},
+        {.name = "model", .letter = 'm', .kind = CLI_STR, .dst = &o->model, .value = "DIR"},
+        {.name = "masks", .kind = CLI_STR, .dst = &o->maskarg, .value = "NAME,..."},
+        {.name = "batch", .letter = 'b', .kind = CLI_INT, .dst = &o->batch, .lo = 1, .hi = 64, .value = "N"},
+        {.name = "threads", .letter = 't', .kind = CLI_INT, .dst = &o->mp.threads, .lo = 0, .hi = 1024,
+         .value = "N"},
+        {.name = "long-side", .kind = CLI_INT, .dst = &o->mp.long_side, .lo = 32, .hi = 16384, .value = "N"},
+        {.name = "max-pixels", .kind = CLI_FN, .fn = opt_max_pixels, .value = "N"},
+        {.name = "quiet", .letter = 'q', .kind = CLI_FLAG, .dst = &o->quiet},
+        {.name = "verbose", .letter = 'v', .kind = CLI_FLAG, .dst = &o->verbose},
+        {.name = "preview", .kind = CLI_FLAG, .dst = &o->preview},
+        {.name = "arena", .kind = CLI_FN, .fn = opt_arena, .value = "auto, on or off"},
+        {.name = "cache-graph", .kind = CLI_FLAG, .dst = &o->cache_graph},
+        {.name = "no-cache-graph", .kind = CLI_CLEAR, .dst = &o->cache_graph},
+        {.name = "precision", .kind = CLI_FN, .fn = opt_precision, .value = "auto, fp32 or int8"},
+        {.name = "help", .letter = 'h', .kind = CLI_HELP},
+        {.name = NULL}};
+    int rc = cli_parse("masks", t, NULL, argc, argv, o, a);
+    if (rc == CLI_HELP_ASKED)
+        return masks_help(o), 0;
+    return rc ? rc : -1;
 }
 
 /* --masks a,b: names[] points into *copy (caller frees); 2 on a repeated name */
@@ -404,12 +400,13 @@ int cmd_masks(int argc, char **argv)
                     .mp = sp_masks_default_params(), .ip = sp_image_default_params()};
     if ((!o.model || !*o.model) && !sp_bundled_model("demo-rooms", rooms, sizeof rooms))
         o.model = rooms;
-    int rc = masks_parse(argc, argv, &o);
+    cli_args a = {.all = argv + 1};   /* the photos gathered in place */
+    int rc = masks_parse(argc, argv, &o, &a);
     if (rc >= 0)
         return rc;
-    if (optind >= argc || !o.out || !o.model || o.batch < 1 || o.batch > 64)
+    if (!a.n || !o.out || !o.model || o.batch < 1 || o.batch > 64)
         return cli_usage_error("masks", "expected PHOTO... -o DIR (and --batch 1..64)");
-    if (check_unique_outputs(argv + optind, argc - optind, o.out))
+    if (check_unique_outputs(a.all, a.n, o.out))
         return 2;
     const char *names[32];
     char *mcopy = NULL;
@@ -449,7 +446,7 @@ int cmd_masks(int argc, char **argv)
         rc = 5;
         goto end;
     }
-    rc = masks_batches(&o, pk, argv + optind, argc - optind, &wr, &t, &failed);
+    rc = masks_batches(&o, pk, a.all, a.n, &wr, &t, &failed);
     writer_close(&wr);
     pthread_mutex_destroy(&wr.mu);
     pthread_cond_destroy(&wr.cv);

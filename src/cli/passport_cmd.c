@@ -88,7 +88,7 @@ static int pp_parse(int argc, char **argv, pp_opts *o)
         {.name = "quiet", .letter = 'q', .kind = CLI_FLAG, .dst = &o->quiet},
         {.name = "help", .letter = 'h', .kind = CLI_HELP},
         {.name = NULL}};
-    cli_args a;
+    cli_args a = {0};
     int rc = cli_parse("passport", t, NULL, argc, argv, o, &a);
     if (rc == CLI_HELP_ASKED) {
         pp_help();

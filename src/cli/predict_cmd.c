@@ -122,7 +122,7 @@ static int pr_parse(int argc, char **argv, pr_opts *o)
                 snprintf(buf[k], sizeof buf[k], "-%s", one_dash[k]);
                 argv[i] = buf[k];
             }
-    cli_args a;
+    cli_args a = {0};
     int rc = cli_parse("predict", t, pr_hints, argc, argv, o, &a);
     if (rc == CLI_HELP_ASKED) {
         pr_help();

@@ -6,7 +6,6 @@
 #include "cli.h"
 
 #include <hiredis/hiredis.h>
-#include <getopt.h>
 #include <limits.h>
 #include <signal.h>
 #include <stddef.h>
@@ -37,11 +36,12 @@ int q_reply_ok(redisReply *x);
 long long q_reply_int(redisReply *x, long long dflt);
 void q_random_id(char out[33]);
 double q_now(void);
-/* Common options --redis URL, --prefix P, --help plus extra ones handed to
- * on(c, optarg, user) (nonzero: stop with exit 2). Stops at argc. Returns 0
- * (connected), -1 for --help, else an exit code. */
-int q_common_opts(int argc, char **argv, const char *cmdname, const struct option *extra, int n_extra,
-                  int (*on)(int, const char *, void *), void *user, rconn *r);
+/* Common options --redis URL, --prefix P, --help plus the command's own
+ * (extra, ended by a NULL name; their FN options get ctx), parsed by
+ * cli_parse into a (positionals). Returns 0 (connected), -1 for --help,
+ * else an exit code after printing why. */
+int q_common_opts(int argc, char **argv, const char *cmdname, const cli_opt *extra, void *ctx, cli_args *a,
+                  rconn *r);
 
 /* ------------------------------------------------------- queue_entry.c */
 

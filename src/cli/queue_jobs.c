@@ -14,17 +14,6 @@ typedef struct jobs_opts {
     int recent, retry_dead, purge;
 } jobs_opts;
 
-static int jobs_opt(int c, const char *a, void *u)
-{
-    jobs_opts *o = u;
-    switch (c) {
-    case 'n': return cli_int("jobs", "--recent", a, 1, 100000, &o->recent);
-    case 'R': o->retry_dead = 1; return 0;
-    case 'X': o->purge = 1; return 0;
-    default: return 1;
-    }
-}
-
 /* KEYS job stream dead counts; ARGV dead-entry-id: the job back on the stream */
 static const char *const lua_retry_dead =
     "if redis.call('HGET', KEYS[1], 'state') ~= 'failed' then return 0 end "
@@ -142,12 +131,15 @@ static void show(rconn *r, const char *id, int brief)
 
 int cmd_jobs(int argc, char **argv)
 {
-    static const struct option extra[] = {{"recent", required_argument, 0, 'n'},
-                                          {"retry-dead", no_argument, 0, 'R'},
-                                          {"purge", no_argument, 0, 'X'}};
     jobs_opts o = {0};
+    const cli_opt extra[] = {
+        {.name = "recent", .kind = CLI_INT, .dst = &o.recent, .lo = 1, .hi = 100000, .value = "N"},
+        {.name = "retry-dead", .kind = CLI_FLAG, .dst = &o.retry_dead},
+        {.name = "purge", .kind = CLI_FLAG, .dst = &o.purge},
+        {.name = NULL}};
     rconn r = {0};
-    int rc = q_common_opts(argc, argv, "jobs", extra, 3, jobs_opt, &o, &r);
+    cli_args a = {.all = argv + 1};   /* the IDs gathered in place */
+    int rc = q_common_opts(argc, argv, "jobs", extra, &o, &a, &r);
     if (rc < 0) {
         printf("usage: segpipe jobs --redis URL [ID...] [--recent N] [--retry-dead] [--purge] [--prefix P]\n"
                "Counts of submitted, queued, running, retrying, done, failed and rejected jobs; with IDs each\n"
@@ -164,19 +156,19 @@ int cmd_jobs(int argc, char **argv)
         return rc;
     }
     counts(&r);
-    if (optind < argc || o.recent)
+    if (a.n || o.recent)
         printf(", \"jobs\": {");
-    for (int i = optind; i < argc; i++) {
-        printf("%s\n  ", i > optind ? "," : "");
-        show(&r, argv[i], 0);
+    for (int i = 0; i < a.n; i++) {
+        printf("%s\n  ", i ? "," : "");
+        show(&r, a.all[i], 0);
     }
     redisReply *x = o.recent ? q_cmd(&r, "ZREVRANGE %s:ids 0 %d", r.prefix, o.recent - 1) : NULL;
     for (size_t i = 0; x && x->type == REDIS_REPLY_ARRAY && i < x->elements; i++) {
-        printf("%s\n  ", i || optind < argc ? "," : "");
+        printf("%s\n  ", i || a.n ? "," : "");
         show(&r, x->element[i]->str, 1);
     }
     freeReplyObject(x);
-    printf("%s}\n", optind < argc || o.recent ? "}" : "");
+    printf("%s}\n", a.n || o.recent ? "}" : "");
     redisFree(r.c);
     return 0;
 }

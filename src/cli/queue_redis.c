@@ -168,30 +168,21 @@ double q_now(void)
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-int q_common_opts(int argc, char **argv, const char *cmdname, const struct option *extra, int n_extra,
-                  int (*on)(int, const char *, void *), void *user, rconn *r)
+int q_common_opts(int argc, char **argv, const char *cmdname, const cli_opt *extra, void *ctx, cli_args *a,
+                  rconn *r)
 {
-    struct option opts[32];
-    int k = 0;
-    opts[k++] = (struct option){"redis", required_argument, 0, 'r'};
-    opts[k++] = (struct option){"prefix", required_argument, 0, 'P'};
-    opts[k++] = (struct option){"help", no_argument, 0, 'h'};
-    for (int i = 0; i < n_extra && k < 31; i++)
-        opts[k++] = extra[i];
-    opts[k] = (struct option){0, 0, 0, 0};
     const char *url = NULL, *prefix = NULL;
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "o:m:h", opts, NULL)) != -1) {
-        if (c == 'r')
-            url = optarg;
-        else if (c == 'P')
-            prefix = optarg;
-        else if (c == 'h' || c == '?')
-            return c == 'h' ? -1 : cli_usage_error(cmdname, "unknown option");
-        else if (on(c, optarg, user))
-            return 2;
-    }
+    cli_opt t[32] = {
+        {.name = "redis", .kind = CLI_STR, .dst = &url, .value = "URL"},
+        {.name = "prefix", .kind = CLI_STR, .dst = &prefix, .value = "P"},
+        {.name = "help", .letter = 'h', .kind = CLI_HELP}};
+    int k = 3;
+    for (const cli_opt *e = extra; e && e->name && k < 31; e++)
+        t[k++] = *e;
+    t[k] = (cli_opt){.name = NULL};
+    int rc = cli_parse(cmdname, t, NULL, argc, argv, ctx, a);
+    if (rc)
+        return rc == CLI_HELP_ASKED ? -1 : rc;
     if (!url)
         return cli_usage_error(cmdname, "--redis URL is required (redis://host:port)");
     if (parse_url(url, r))

@@ -23,16 +23,11 @@ typedef struct submit_opts {
     size_t klen;
 } submit_opts;
 
-static int submit_opt(int c, const char *a, void *u)
+static int opt_key_file(const char *cmd, const char *v, void *ctx)
 {
-    submit_opts *o = u;
-    switch (c) {
-    case 'o': o->out = a; return 0;
-    case 'm': o->model = a; return 0;
-    case 'N': o->no_check = 1; return 0;
-    case 'K': return q_key_load(a, o->key, &o->klen);
-    default: return 1;
-    }
+    submit_opts *o = ctx;
+    (void)cmd;
+    return q_key_load(v, o->key, &o->klen) ? 2 : 0;
 }
 
 /* KEYS job ids stream counts; ARGV time field value ... (field 1 is id).
@@ -161,10 +156,6 @@ static int prepare(int n, char **inputs, int nct, char **ct, const submit_opts *
 
 int cmd_submit(int argc, char **argv)
 {
-    static const struct option extra[] = {{"output", required_argument, 0, 'o'},
-                                          {"model", required_argument, 0, 'm'},
-                                          {"no-check", no_argument, 0, 'N'},
-                                          {"key-file", required_argument, 0, 'K'}};
     int dd = argc;   /* segpipe ct's options after "--" */
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--")) {
@@ -173,15 +164,22 @@ int cmd_submit(int argc, char **argv)
         }
     static submit_opts o;
     memset(&o, 0, sizeof o);
+    const cli_opt extra[] = {
+        {.name = "output", .letter = 'o', .kind = CLI_STR, .dst = &o.out, .value = "OUTDIR"},
+        {.name = "model", .letter = 'm', .kind = CLI_STR, .dst = &o.model, .value = "NAME"},
+        {.name = "no-check", .kind = CLI_FLAG, .dst = &o.no_check},
+        {.name = "key-file", .kind = CLI_FN, .fn = opt_key_file, .value = "FILE"},
+        {.name = NULL}};
     rconn r = {0};
-    int rc = q_common_opts(dd, argv, "submit", extra, 4, submit_opt, &o, &r);
+    cli_args a = {.all = argv + 1};   /* the inputs gathered in place (before "--") */
+    int rc = q_common_opts(dd, argv, "submit", extra, &o, &a, &r);
     if (rc < 0)
         return submit_help(), 0;
     if (rc)
         return rc;
-    int n = dd - optind;
+    int n = a.n;
     q_job *jobs = calloc(n > 0 ? (size_t)n : 1, sizeof *jobs);
-    rc = jobs ? prepare(n, argv + optind, dd < argc ? argc - dd - 1 : 0, argv + dd + (dd < argc), &o, jobs) : 7;
+    rc = jobs ? prepare(n, a.all, dd < argc ? argc - dd - 1 : 0, argv + dd + (dd < argc), &o, jobs) : 7;
     for (int i = 0; i < n && !rc; i++)
         if (!(rc = submit_one(&r, &o, &jobs[i])))
             printf("%s %s\n", jobs[i].id, jobs[i].input);

@@ -459,38 +459,51 @@ static int add_model(q_worker_cfg *o, const char *a)
     return 0;
 }
 
-static int worker_opt(int c, const char *a, void *u)
+static int opt_consumer(const char *cmd, const char *a, void *ctx)
 {
-    q_worker_cfg *o = u;
-    switch (c) {
-    case 'C':
-        if (!*a || strlen(a) >= sizeof o->consumer || strspn(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                                                               "0123456789._-@") != strlen(a))
-            return cli_usage_error("worker", "--consumer: letters, digits, . _ - @ (at most 127)"), 1;
-        snprintf(o->consumer, sizeof o->consumer, "%s", a);
-        return 0;
-    case 'V': return cli_num("worker", "--visibility", a, 0.1, 86400, &o->visibility);
-    case 'A': return cli_int("worker", "--max-attempts", a, 1, 1000, &o->max_attempts);
-    case 't': return cli_int("worker", "--threads", a, 0, 1024, &o->threads);
-    case 'd': {
-        char kind[16];
-        int idx;
-        if (strlen(a) >= 16 || sp_device_parse(a, kind, sizeof kind, &idx))
-            return cli_usage_error("worker", "--device is cpu, cuda, cuda:N, gpu or gpu:N"), 1;
-        o->device = a;
-        return 0;
-    }
-    case 'I': return add_root(o->in_roots, &o->n_in, a);
-    case 'O': return add_root(o->out_roots, &o->n_out, a);
-    case 'm': return add_model(o, a);
-    case 'K': return q_key_load(a, o->key, &o->klen);
-    case 'T': return cli_num("worker", "--job-timeout", a, 0, 7 * 86400, &o->job_timeout);
-    case 'S': return cli_num("worker", "--stop-timeout", a, 0, 86400, &o->stop_timeout);
-    case 'B': return cli_num("worker", "--backoff", a, 0, 3600, &o->backoff);
-    case 'L': return cli_num("worker", "--ttl", a, 0, 365 * 86400.0, &o->ttl);
-    case 'M': o->metrics = a; return 0;
-    default: return 1;
-    }
+    q_worker_cfg *o = ctx;
+    if (!*a || strlen(a) >= sizeof o->consumer || strspn(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                                           "0123456789._-@") != strlen(a))
+        return cli_usage_error(cmd, "--consumer: letters, digits, . _ - @ (at most 127)");
+    snprintf(o->consumer, sizeof o->consumer, "%s", a);
+    return 0;
+}
+
+static int opt_device(const char *cmd, const char *a, void *ctx)
+{
+    char kind[16];
+    int idx;
+    if (strlen(a) >= 16 || sp_device_parse(a, kind, sizeof kind, &idx))
+        return cli_usage_error(cmd, "--device is cpu, cuda, cuda:N, gpu or gpu:N");
+    ((q_worker_cfg *)ctx)->device = a;
+    return 0;
+}
+
+static int opt_input_root(const char *cmd, const char *a, void *ctx)
+{
+    q_worker_cfg *o = ctx;
+    (void)cmd;
+    return add_root(o->in_roots, &o->n_in, a) ? 2 : 0;
+}
+
+static int opt_output_root(const char *cmd, const char *a, void *ctx)
+{
+    q_worker_cfg *o = ctx;
+    (void)cmd;
+    return add_root(o->out_roots, &o->n_out, a) ? 2 : 0;
+}
+
+static int opt_model(const char *cmd, const char *a, void *ctx)
+{
+    (void)cmd;
+    return add_model(ctx, a) ? 2 : 0;
+}
+
+static int opt_key_file(const char *cmd, const char *a, void *ctx)
+{
+    q_worker_cfg *o = ctx;
+    (void)cmd;
+    return q_key_load(a, o->key, &o->klen) ? 2 : 0;
 }
 
 static void worker_help(void)
@@ -535,23 +548,32 @@ static int worker_setup(q_worker_cfg *o)
 
 int cmd_worker(int argc, char **argv)
 {
-    static const struct option extra[] = {
-        {"consumer", required_argument, 0, 'C'}, {"visibility", required_argument, 0, 'V'},
-        {"max-attempts", required_argument, 0, 'A'}, {"threads", required_argument, 0, 't'},
-        {"device", required_argument, 0, 'd'}, {"input-root", required_argument, 0, 'I'},
-        {"output-root", required_argument, 0, 'O'}, {"model", required_argument, 0, 'm'},
-        {"key-file", required_argument, 0, 'K'}, {"job-timeout", required_argument, 0, 'T'},
-        {"stop-timeout", required_argument, 0, 'S'}, {"backoff", required_argument, 0, 'B'},
-        {"ttl", required_argument, 0, 'L'}, {"metrics-file", required_argument, 0, 'M'}};
     static q_worker_cfg o;
+    const cli_opt extra[] = {
+        {.name = "consumer", .kind = CLI_FN, .fn = opt_consumer, .value = "NAME"},
+        {.name = "visibility", .kind = CLI_NUM, .dst = &o.visibility, .lo = 0.1, .hi = 86400, .value = "S"},
+        {.name = "max-attempts", .kind = CLI_INT, .dst = &o.max_attempts, .lo = 1, .hi = 1000, .value = "N"},
+        {.name = "threads", .kind = CLI_INT, .dst = &o.threads, .lo = 0, .hi = 1024, .value = "N"},
+        {.name = "device", .kind = CLI_FN, .fn = opt_device, .value = "cpu, cuda, cuda:N, gpu or gpu:N"},
+        {.name = "input-root", .kind = CLI_FN, .fn = opt_input_root, .value = "DIR"},
+        {.name = "output-root", .kind = CLI_FN, .fn = opt_output_root, .value = "DIR"},
+        {.name = "model", .letter = 'm', .kind = CLI_FN, .fn = opt_model, .value = "NAME=DIR"},
+        {.name = "key-file", .kind = CLI_FN, .fn = opt_key_file, .value = "FILE"},
+        {.name = "job-timeout", .kind = CLI_NUM, .dst = &o.job_timeout, .lo = 0, .hi = 7 * 86400, .value = "S"},
+        {.name = "stop-timeout", .kind = CLI_NUM, .dst = &o.stop_timeout, .lo = 0, .hi = 86400, .value = "S"},
+        {.name = "backoff", .kind = CLI_NUM, .dst = &o.backoff, .lo = 0, .hi = 3600, .value = "S"},
+        {.name = "ttl", .kind = CLI_NUM, .dst = &o.ttl, .lo = 0, .hi = 365 * 86400.0, .value = "S"},
+        {.name = "metrics-file", .kind = CLI_STR, .dst = &o.metrics, .value = "FILE"},
+        {.name = NULL}};
     memset(&o, 0, sizeof o);
     o.visibility = 300, o.max_attempts = 3, o.job_timeout = 3600, o.stop_timeout = 30, o.backoff = 10;
     o.ttl = 7 * 86400;
     worker w = {.o = &o};
-    int rc = q_common_opts(argc, argv, "worker", extra, (int)(sizeof extra / sizeof *extra), worker_opt, &o, &w.r);
+    cli_args a = {0};
+    int rc = q_common_opts(argc, argv, "worker", extra, &o, &a, &w.r);
     if (rc < 0)
         return worker_help(), 0;
-    if (!rc && optind != argc)
+    if (!rc && a.n)
         rc = cli_usage_error("worker", "no arguments besides the options");
     if (!rc)
         rc = worker_setup(&o);

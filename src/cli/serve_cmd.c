@@ -2,7 +2,6 @@
 #include "cli.h"
 
 #include <arpa/inet.h>
-#include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -64,107 +63,109 @@ static void warn_exposed(const sp_serve_params *sp)
                 sp->api_key_file ? " and API keys" : "");
 }
 
-/* one option into sp; 0, 1 for --help, or -1 (message printed) */
-static int serve_opt(int c, const char *a, sp_serve_params *sp, int *verbose)
+/* what the options fill */
+typedef struct serve_ctx {
+    sp_serve_params sp;
+    sp_serve_model models[32];
+    char *owned[32];
+    int nm, verbose;
+} serve_ctx;
+
+static int opt_model(const char *cmd, const char *v, void *ctx)
 {
-    const char *cmd = "serve";
-    switch (c) {
-    case 'H': sp->host = a; return 0;
-    case 'p': return cli_int(cmd, "--port", a, 0, 65535, &sp->port);
-    case 'w': return cli_int(cmd, "--workers", a, 1, 256, &sp->workers);
-    case 'Q': return cli_int(cmd, "--queue", a, 1, 100000, &sp->queue);
-    case 'B': return cli_size(cmd, "--max-body", a, &sp->max_body);
-    case 'J': return cli_size(cmd, "--max-json-body", a, &sp->max_json_body);
-    case 'U': return cli_size(cmd, "--max-buffered", a, &sp->max_buffered);
-    case 'Y': return cli_size(cmd, "--max-memory", a, &sp->max_memory);
-    case 'S': return cli_size(cmd, "--max-stored", a, &sp->max_stored);
-    case 'T': return cli_num(cmd, "--timeout", a, 0.001, 1e6, &sp->timeout);
-    case 'R': return cli_num(cmd, "--read-timeout", a, 1, 3600, &sp->read_timeout);
-    case 'D': return cli_num(cmd, "--body-timeout", a, 1, 86400, &sp->body_timeout);
-    case 'L': return cli_num(cmd, "--result-ttl", a, 1, 1e7, &sp->result_ttl);
-    case 't': return cli_int(cmd, "--threads", a, 0, 1024, &sp->threads);
-    case 'd': sp->device = a; return 0;
-    case 'y': sp->precision = a; return 0;
-    case 'W': return cli_num(cmd, "--batch-window-ms", a, 0, 10000, &sp->batch_window_ms);
-    case 'b': {          /* CT tiles per inference call, read by the service from the environment */
-        int v;
-        if (cli_int(cmd, "--tile-batch", a, 1, 32, &v))
-            return -1;
-        char buf[16];
-        snprintf(buf, sizeof buf, "%d", v);
-        setenv("SEGPIPE_TILE_BATCH", buf, 1);
-        return 0;
-    }
-    case 'X': return cli_int(cmd, "--max-batch", a, 1, 64, &sp->max_batch);
-    case 'C': return cli_int(cmd, "--max-connections", a, 16, 1000000, &sp->max_connections);
-    case 'I': return cli_int(cmd, "--max-connections-per-ip", a, 1, 1000000, &sp->max_per_ip);
-    case 'G': return cli_num(cmd, "--header-timeout", a, 1, 3600, &sp->header_timeout);
-    case 'j': return cli_int(cmd, "--max-jobs", a, 1, 1000000, &sp->max_jobs);
-    case 'x': {
-        size_t v;
-        if (cli_size(cmd, "--max-pixels", a, &v) || !v)
-            return -1;
-        sp->max_pixels = v;
-        return 0;
-    }
-    case 'K': sp->api_key_file = a; return 0;
-    case 'P': sp->protect_health = 1; return 0;
-    case 'c': sp->tls_cert = a; return 0;
-    case 'k': sp->tls_key = a; return 0;
-    case 'N': sp->no_ui = 1; return 0;
-    case 'v': *verbose = 1; return 0;
-    case 'h': serve_help(); return 1;
-    default: return -2;
-    }
+    serve_ctx *c = ctx;
+    return add_model(v, c->models, c->owned, &c->nm)
+               ? cli_usage_error(cmd, "--model NAME=DIR (at most 32, names under 64 characters)") : 0;
+}
+
+/* CT tiles per inference call, read by the service from the environment */
+static int opt_tile_batch(const char *cmd, const char *v, void *ctx)
+{
+    int n;
+    (void)ctx;
+    if (cli_int(cmd, "--tile-batch", v, 1, 32, &n))
+        return 2;
+    char buf[16];
+    snprintf(buf, sizeof buf, "%d", n);
+    setenv("SEGPIPE_TILE_BATCH", buf, 1);
+    return 0;
+}
+
+static int opt_max_pixels(const char *cmd, const char *v, void *ctx)
+{
+    size_t n;
+    if (cli_size(cmd, "--max-pixels", v, &n))
+        return 2;
+    if (!n)
+        return cli_usage_error(cmd, "--max-pixels must be > 0");
+    ((serve_ctx *)ctx)->sp.max_pixels = n;
+    return 0;
+}
+
+/* argv into c; 0 to serve, -1 after --help, else an exit code */
+static int serve_parse(int argc, char **argv, serve_ctx *c)
+{
+    sp_serve_params *sp = &c->sp;
+#define I_(n, d, l, h) {.name = n, .kind = CLI_INT, .dst = d, .lo = l, .hi = h, .value = "N"}
+#define N_(n, d, l, h) {.name = n, .kind = CLI_NUM, .dst = d, .lo = l, .hi = h, .value = "S"}
+#define Z_(n, d) {.name = n, .kind = CLI_SIZE, .dst = d, .value = "BYTES"}
+    const cli_opt t[] = {
+        {.name = "model", .letter = 'm', .kind = CLI_FN, .fn = opt_model, .value = "NAME=DIR"},
+        {.name = "host", .kind = CLI_STR, .dst = &sp->host, .value = "ADDRESS"},
+        {.name = "port", .letter = 'p', .kind = CLI_INT, .dst = &sp->port, .lo = 0, .hi = 65535, .value = "N"},
+        I_("workers", &sp->workers, 1, 256), I_("queue", &sp->queue, 1, 100000),
+        Z_("max-body", &sp->max_body), Z_("max-json-body", &sp->max_json_body),
+        Z_("max-buffered", &sp->max_buffered), Z_("max-memory", &sp->max_memory),
+        Z_("max-stored", &sp->max_stored), N_("timeout", &sp->timeout, 0.001, 1e6),
+        N_("read-timeout", &sp->read_timeout, 1, 3600), N_("body-timeout", &sp->body_timeout, 1, 86400),
+        N_("header-timeout", &sp->header_timeout, 1, 3600), N_("result-ttl", &sp->result_ttl, 1, 1e7),
+        {.name = "threads", .letter = 't', .kind = CLI_INT, .dst = &sp->threads, .lo = 0, .hi = 1024, .value = "N"},
+        {.name = "device", .kind = CLI_STR, .dst = &sp->device, .value = "cpu, cuda, cuda:N, gpu:N or a list"},
+        {.name = "verbose", .letter = 'v', .kind = CLI_FLAG, .dst = &c->verbose},
+        {.name = "precision", .kind = CLI_STR, .dst = &sp->precision, .value = "auto, fp32 or fp16"},
+        {.name = "batch-window-ms", .kind = CLI_NUM, .dst = &sp->batch_window_ms, .lo = 0, .hi = 10000,
+         .value = "MS"},
+        I_("max-batch", &sp->max_batch, 1, 64),
+        {.name = "tile-batch", .kind = CLI_FN, .fn = opt_tile_batch, .value = "N"},
+        I_("max-connections", &sp->max_connections, 16, 1000000),
+        I_("max-connections-per-ip", &sp->max_per_ip, 1, 1000000), I_("max-jobs", &sp->max_jobs, 1, 1000000),
+        {.name = "api-key-file", .kind = CLI_STR, .dst = &sp->api_key_file, .value = "FILE"},
+        {.name = "protect-health", .kind = CLI_FLAG, .dst = &sp->protect_health},
+        {.name = "tls-cert", .kind = CLI_STR, .dst = &sp->tls_cert, .value = "PEM"},
+        {.name = "tls-key", .kind = CLI_STR, .dst = &sp->tls_key, .value = "PEM"},
+        {.name = "max-pixels", .kind = CLI_FN, .fn = opt_max_pixels, .value = "N"},
+        {.name = "no-ui", .kind = CLI_FLAG, .dst = &sp->no_ui},
+        {.name = "help", .letter = 'h', .kind = CLI_HELP},
+        {.name = NULL}};
+#undef I_
+#undef N_
+#undef Z_
+    cli_args a = {0};
+    int rc = cli_parse("serve", t, NULL, argc, argv, c, &a);
+    if (rc == CLI_HELP_ASKED)
+        return serve_help(), -1;
+    if (!rc && (!c->nm || a.n))
+        rc = cli_usage_error("serve", "at least one --model NAME=DIR, and no other arguments");
+    return rc;
 }
 
 int cmd_serve(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'}, {"host", required_argument, 0, 'H'},
-        {"port", required_argument, 0, 'p'}, {"workers", required_argument, 0, 'w'},
-        {"queue", required_argument, 0, 'Q'}, {"max-body", required_argument, 0, 'B'},
-        {"max-json-body", required_argument, 0, 'J'}, {"max-buffered", required_argument, 0, 'U'},
-        {"max-memory", required_argument, 0, 'Y'},
-        {"max-stored", required_argument, 0, 'S'}, {"timeout", required_argument, 0, 'T'},
-        {"read-timeout", required_argument, 0, 'R'}, {"body-timeout", required_argument, 0, 'D'},
-        {"header-timeout", required_argument, 0, 'G'},
-        {"result-ttl", required_argument, 0, 'L'}, {"threads", required_argument, 0, 't'},
-        {"device", required_argument, 0, 'd'}, {"verbose", no_argument, 0, 'v'},
-        {"precision", required_argument, 0, 'y'},
-        {"batch-window-ms", required_argument, 0, 'W'}, {"max-batch", required_argument, 0, 'X'},
-        {"tile-batch", required_argument, 0, 'b'},
-        {"max-connections", required_argument, 0, 'C'}, {"max-connections-per-ip", required_argument, 0, 'I'},
-        {"max-jobs", required_argument, 0, 'j'}, {"api-key-file", required_argument, 0, 'K'},
-        {"protect-health", no_argument, 0, 'P'}, {"tls-cert", required_argument, 0, 'c'},
-        {"tls-key", required_argument, 0, 'k'}, {"max-pixels", required_argument, 0, 'x'},
-        {"no-ui", no_argument, 0, 'N'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    sp_serve_params sp = sp_serve_default_params();
-    sp_serve_model models[32];
-    char *owned[32];
-    int nm = 0, c, rc = 0, verbose = 0;
-    optind = 1;
-    while (!rc && (c = getopt_long(argc, argv, "m:p:t:vh", opts, NULL)) != -1) {
-        if (c == 'm') {
-            if (add_model(optarg, models, owned, &nm))
-                rc = cli_usage_error("serve", "--model NAME=DIR (at most 32, names under 64 characters)");
-            continue;
-        }
-        int r = serve_opt(c, optarg, &sp, &verbose);
-        rc = r == 1 ? -1 : r == -2 ? cli_usage_error("serve", "unknown option") : r ? 2 : 0;
-    }
-    if (!rc && (!nm || optind != argc))
-        rc = cli_usage_error("serve", "at least one --model NAME=DIR, and no other arguments");
+    static serve_ctx c;
+    memset(&c, 0, sizeof c);
+    c.sp = sp_serve_default_params();
+    int rc = serve_parse(argc, argv, &c), nm = c.nm;
+    sp_serve_params sp = c.sp;
     char devs[SP_MAX_GPUS][16];
     int nd = 0;
     if (!rc && sp.device && sp_device_list(sp.device, devs, SP_MAX_GPUS, &nd))
         rc = cli_usage_error("serve", sp_last_error());
     /* a model that crashes the GPU provider is refused at start (probed on the first GPU of a list) */
     for (int i = 0; !rc && i < nm; i++)
-        rc = cli_probe(models[i].dir, sp.device ? devs[0] : NULL);
+        rc = cli_probe(c.models[i].dir, sp.device ? devs[0] : NULL);
     if (!rc) {
-        cli_set_logging(verbose);
-        sp.models = models;
+        cli_set_logging(c.verbose);
+        sp.models = c.models;
         sp.n_models = nm;
         sp.on_ready = serve_ready;
         warn_exposed(&sp);
@@ -172,6 +173,6 @@ int cmd_serve(int argc, char **argv)
         rc = st ? cli_fail(st, "serve") : 0;
     }
     for (int i = 0; i < nm; i++)
-        free(owned[i]);
+        free(c.owned[i]);
     return rc < 0 ? 0 : rc;
 }

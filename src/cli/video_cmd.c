@@ -7,7 +7,6 @@
  */
 #include "cli.h"
 
-#include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -102,20 +101,6 @@ static int parse_bg(const char *s, sp_video_params *p)
     return -1;
 }
 
-enum { O_ROI = 256, O_BG, O_MAXRAM, O_MASK, O_FPS, O_CODEC, O_QUALITY, O_DEVICE, O_JSON, O_ALONE, O_DEC, O_SPIN };
-
-static const struct option video_opts[] = {
-    {"output", required_argument, 0, 'o'}, {"model", required_argument, 0, 'm'},
-    {"batch", required_argument, 0, 'b'}, {"workers", required_argument, 0, 'w'},
-    {"threads", required_argument, 0, 't'}, {"roi", required_argument, 0, O_ROI},
-    {"bg", required_argument, 0, O_BG}, {"max-ram", required_argument, 0, O_MAXRAM},
-    {"mask", required_argument, 0, O_MASK}, {"fps", required_argument, 0, O_FPS},
-    {"codec", required_argument, 0, O_CODEC}, {"quality", required_argument, 0, O_QUALITY},
-    {"device", required_argument, 0, O_DEVICE}, {"json", required_argument, 0, O_JSON},
-    {"infer-alone", no_argument, 0, O_ALONE}, {"decode-threads", required_argument, 0, O_DEC},
-    {"ort-spin", no_argument, 0, O_SPIN},
-    {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-
 typedef struct vargs {
     sp_video_params p;
     const char *model, *device, *json;
@@ -137,70 +122,73 @@ static int check_list(const char *cmd, const char *opt, const char *text, long l
     return bad ? -1 : 0;
 }
 
+static int opt_batch(const char *cmd, const char *v, void *ctx)
+{
+    vargs *a = ctx;
+    a->batches = (char *)v;
+    return check_list(cmd, "--batch", v, 1, 64, &a->p.batch) ? 2 : 0;
+}
+
+static int opt_workers(const char *cmd, const char *v, void *ctx)
+{
+    vargs *a = ctx;
+    a->workers = (char *)v;
+    return check_list(cmd, "--workers", v, 1, 256, &a->p.workers) ? 2 : 0;
+}
+
+static int opt_bg(const char *cmd, const char *v, void *ctx)
+{
+    return parse_bg(v, &((vargs *)ctx)->p) ? cli_usage_error(cmd, "--bg takes color:#RRGGBB, image:FILE or "
+                                                                "blur[:RADIUS]") : 0;
+}
+
+static int opt_max_ram(const char *cmd, const char *v, void *ctx)
+{
+    double mb;
+    if (cli_num(cmd, "--max-ram (MB)", v, 1e-6, 1e9, &mb))
+        return 2;
+    ((vargs *)ctx)->p.max_ram = (size_t)(mb * 1e6);
+    return 0;
+}
+
+/* 0 after --help, -1 to go on, else an exit code */
 static int parse_video_args(int argc, char **argv, vargs *a, const char *cmd)
 {
     a->p = sp_video_default_params();
     a->model = getenv("SEGPIPE_VIDEO_MODEL");
     if ((!a->model || !*a->model) && !sp_bundled_model("demo-matte", g_matte, sizeof g_matte))
         a->model = g_matte;
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "o:m:b:w:t:qh", video_opts, NULL)) != -1) {
-        switch (c) {
-        case 'o': a->p.output = optarg; break;
-        case 'm': a->model = optarg; break;
-        case 'b':
-            a->batches = optarg;
-            if (check_list(cmd, "--batch", optarg, 1, 64, &a->p.batch))
-                return 2;
-            break;
-        case 'w':
-            a->workers = optarg;
-            if (check_list(cmd, "--workers", optarg, 1, 256, &a->p.workers))
-                return 2;
-            break;
-        case 't':
-            if (cli_int(cmd, "--threads", optarg, 0, 1024, &a->threads))
-                return 2;
-            break;
-        case O_ROI: a->p.roi_file = optarg; break;
-        case O_BG:
-            if (parse_bg(optarg, &a->p))
-                return cli_usage_error(cmd, "--bg takes color:#RRGGBB, image:FILE or blur[:RADIUS]");
-            break;
-        case O_MAXRAM: {
-            double mb;
-            if (cli_num(cmd, "--max-ram (MB)", optarg, 1e-6, 1e9, &mb))
-                return 2;
-            a->p.max_ram = (size_t)(mb * 1e6);
-            break;
-        }
-        case O_MASK: a->p.mask = optarg; break;
-        case O_FPS:
-            if (cli_num(cmd, "--fps", optarg, 0.001, 1000, &a->p.fps))
-                return 2;
-            break;
-        case O_CODEC: a->p.codec = optarg; break;
-        case O_QUALITY:
-            if (cli_int(cmd, "--quality", optarg, 1, 100, &a->p.quality))
-                return 2;
-            break;
-        case O_DEVICE: a->device = optarg; break;
-        case O_JSON: a->json = optarg; break;
-        case O_ALONE: a->alone = 1; break;
-        case O_DEC:
-            if (cli_int(cmd, "--decode-threads", optarg, 0, 256, &a->p.decode_threads))
-                return 2;
-            break;
-        case O_SPIN: a->spin = 1; break;
-        case 'q': a->quiet = 1; break;
-        case 'h': return 0;
-        default: return cli_usage_error(cmd, "unknown option");
-        }
-    }
-    if (optind != argc - 1)
+    const cli_opt t[] = {
+        {.name = "output", .letter = 'o', .kind = CLI_STR, .dst = &a->p.output, .value = "OUTPUT"},
+        {.name = "model", .letter = 'm', .kind = CLI_STR, .dst = &a->model, .value = "DIR"},
+        {.name = "batch", .letter = 'b', .kind = CLI_FN, .fn = opt_batch, .value = "N"},
+        {.name = "workers", .letter = 'w', .kind = CLI_FN, .fn = opt_workers, .value = "W"},
+        {.name = "threads", .letter = 't', .kind = CLI_INT, .dst = &a->threads, .lo = 0, .hi = 1024, .value = "N"},
+        {.name = "roi", .kind = CLI_STR, .dst = &a->p.roi_file, .value = "FILE"},
+        {.name = "bg", .kind = CLI_FN, .fn = opt_bg, .value = "color:#RRGGBB, image:FILE or blur[:RADIUS]"},
+        {.name = "max-ram", .kind = CLI_FN, .fn = opt_max_ram, .value = "MB"},
+        {.name = "mask", .kind = CLI_STR, .dst = &a->p.mask, .value = "NAME"},
+        {.name = "fps", .kind = CLI_NUM, .dst = &a->p.fps, .lo = 0.001, .hi = 1000, .value = "F"},
+        {.name = "codec", .kind = CLI_STR, .dst = &a->p.codec, .value = "NAME"},
+        {.name = "quality", .kind = CLI_INT, .dst = &a->p.quality, .lo = 1, .hi = 100, .value = "Q"},
+        {.name = "device", .kind = CLI_STR, .dst = &a->device, .value = "cpu or cuda"},
+        {.name = "json", .kind = CLI_STR, .dst = &a->json, .value = "FILE"},
+        {.name = "infer-alone", .kind = CLI_FLAG, .dst = &a->alone},
+        {.name = "decode-threads", .kind = CLI_INT, .dst = &a->p.decode_threads, .lo = 0, .hi = 256,
+         .value = "N"},
+        {.name = "ort-spin", .kind = CLI_FLAG, .dst = &a->spin},
+        {.name = "quiet", .letter = 'q', .kind = CLI_FLAG, .dst = &a->quiet},
+        {.name = "help", .letter = 'h', .kind = CLI_HELP},
+        {.name = NULL}};
+    cli_args pa = {0};
+    int rc = cli_parse(cmd, t, NULL, argc, argv, a, &pa);
+    if (rc == CLI_HELP_ASKED)
+        return 0;
+    if (rc)
+        return rc;
+    if (pa.n != 1)
         return cli_usage_error(cmd, "expected exactly one INPUT (video file or folder of frames)");
-    a->p.input = argv[optind];
+    a->p.input = pa.pos[0];
     return -1;
 }
 

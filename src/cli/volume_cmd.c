@@ -6,7 +6,6 @@
 #include "cli.h"
 
 #include <dirent.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,46 +27,82 @@ static int parse3(const char *s, double v[3])
     return *e ? -1 : 0;
 }
 
+/* segpipe resample's options */
+typedef struct rs_opts {
+    const char *out, *dts, *in;
+    double sp3[3], shp[3], pad[3], padv;
+    int order, have_sp, have_shape, have_pad, have_padv;
+} rs_opts;
+
+static int opt_spacing(const char *cmd, const char *v, void *ctx)
+{
+    rs_opts *o = ctx;
+    o->have_sp = 1;
+    return parse3(v, o->sp3) ? usage_error(cmd, "--spacing a,b,c") : 0;
+}
+
+static int opt_shape(const char *cmd, const char *v, void *ctx)
+{
+    rs_opts *o = ctx;
+    o->have_shape = 1;
+    return parse3(v, o->shp) ? usage_error(cmd, "--shape x,y,z") : 0;
+}
+
+static int opt_pad(const char *cmd, const char *v, void *ctx)
+{
+    rs_opts *o = ctx;
+    o->have_pad = 1;
+    return parse3(v, o->pad) ? usage_error(cmd, "--pad x,y,z") : 0;
+}
+
+static int opt_pad_value(const char *cmd, const char *v, void *ctx)
+{
+    rs_opts *o = ctx;
+    o->have_padv = 1;
+    return cli_num(cmd, "--pad-value", v, -1e30, 1e30, &o->padv) ? 2 : 0;
+}
+
+/* -1: go on; else the exit code (help, usage errors) */
+static int resample_parse(int argc, char **argv, rs_opts *o)
+{
+    const cli_opt t[] = {
+        {.name = "output", .letter = 'o', .kind = CLI_STR, .dst = &o->out, .value = "OUT"},
+        {.name = "spacing", .kind = CLI_FN, .fn = opt_spacing, .value = "a,b,c"},
+        {.name = "shape", .kind = CLI_FN, .fn = opt_shape, .value = "x,y,z"},
+        {.name = "order", .kind = CLI_INT, .dst = &o->order, .lo = 0, .hi = 1, .value = "0 or 1"},
+        {.name = "pad", .kind = CLI_FN, .fn = opt_pad, .value = "x,y,z"},
+        {.name = "pad-value", .kind = CLI_FN, .fn = opt_pad_value, .value = "V"},
+        {.name = "dtype", .kind = CLI_STR, .dst = &o->dts, .value = "int16, uint8 or float32"},
+        {.name = "help", .letter = 'h', .kind = CLI_HELP},
+        {.name = NULL}};
+    cli_args a = {0};
+    int rc = cli_parse("resample", t, NULL, argc, argv, o, &a);
+    if (rc == CLI_HELP_ASKED) {
+        printf("usage: segpipe resample IN -o OUT (--spacing a,b,c | --shape x,y,z) [--order 0|1]\n"
+               "                        [--pad x,y,z [--pad-value V]] [--dtype int16|uint8|float32]\n"
+               "Resamples as scipy.ndimage.zoom (order 1 linear, order 0 nearest; TotalSegmentator's\n"
+               "shape rule), then optionally pads (centred) or crops to --pad. Default dtype: int16\n"
+               "for order 1, uint8 for order 0; pad value: -1024 for order 1, 0 for order 0.\n");
+        return 0;
+    }
+    if (rc)
+        return rc;
+    if (a.n != 1 || !o->out || o->have_sp == o->have_shape || (o->order != 0 && o->order != 1))
+        return usage_error("resample", "expected IN -o OUT and one of --spacing/--shape");
+    o->in = a.pos[0];
+    return -1;
+}
+
 int cmd_resample(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"output", required_argument, 0, 'o'}, {"spacing", required_argument, 0, 's'},
-        {"shape", required_argument, 0, 'S'}, {"order", required_argument, 0, 'r'},
-        {"pad", required_argument, 0, 'p'}, {"pad-value", required_argument, 0, 'v'},
-        {"dtype", required_argument, 0, 'd'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    const char *out = NULL, *dts = NULL;
-    double sp3[3] = {0}, shp[3] = {0}, pad[3] = {0}, padv = 0;
-    int order = 1, have_sp = 0, have_shape = 0, have_pad = 0, have_padv = 0, c;
-    optind = 1;
+    rs_opts o = {.order = 1};
     cli_set_logging(0);   /* the readers' warnings (e.g. what a DICOM folder walk skipped) */
-    while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'o': out = optarg; break;
-        case 's': if (parse3(optarg, sp3)) return usage_error("resample", "--spacing a,b,c"); have_sp = 1; break;
-        case 'S': if (parse3(optarg, shp)) return usage_error("resample", "--shape x,y,z"); have_shape = 1; break;
-        case 'p': if (parse3(optarg, pad)) return usage_error("resample", "--pad x,y,z"); have_pad = 1; break;
-        case 'v':
-            if (cli_num("resample", "--pad-value", optarg, -1e30, 1e30, &padv))
-                return 2;
-            have_padv = 1;
-            break;
-        case 'r':
-            if (cli_int("resample", "--order", optarg, 0, 1, &order))
-                return 2;
-            break;
-        case 'd': dts = optarg; break;
-        case 'h':
-            printf("usage: segpipe resample IN -o OUT (--spacing a,b,c | --shape x,y,z) [--order 0|1]\n"
-                   "                        [--pad x,y,z [--pad-value V]] [--dtype int16|uint8|float32]\n"
-                   "Resamples as scipy.ndimage.zoom (order 1 linear, order 0 nearest; TotalSegmentator's\n"
-                   "shape rule), then optionally pads (centred) or crops to --pad. Default dtype: int16\n"
-                   "for order 1, uint8 for order 0; pad value: -1024 for order 1, 0 for order 0.\n");
-            return 0;
-        default: return usage_error("resample", "unknown option");
-        }
-    }
-    if (optind != argc - 1 || !out || have_sp == have_shape || (order != 0 && order != 1))
-        return usage_error("resample", "expected IN -o OUT and one of --spacing/--shape");
+    int rc0 = resample_parse(argc, argv, &o);
+    if (rc0 >= 0)
+        return rc0;
+    const char *out = o.out, *dts = o.dts;
+    int order = o.order, have_sp = o.have_sp, have_pad = o.have_pad, have_padv = o.have_padv;
+    double *sp3 = o.sp3, *shp = o.shp, *pad = o.pad, padv = o.padv;
     sp_dtype dt = order ? SP_DT_I16 : SP_DT_U8;
     if (dts)
         dt = !strcmp(dts, "int16") ? SP_DT_I16 : !strcmp(dts, "uint8") ? SP_DT_U8
@@ -78,7 +113,7 @@ int cmd_resample(int argc, char **argv)
     sp_status st;
     int rc = 0;
     double t0 = sp_now();
-    if ((st = sp_volume_read(argv[optind], NULL, &v))) {
+    if ((st = sp_volume_read(o.in, NULL, &v))) {
         rc = fail(st, NULL);
         goto out;
     }
