@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+_Static_assert(sizeof(size_t) == sizeof(uint64_t), "CLI_SIZE also fills uint64_t limits");
+
 /* "roi_subset" -> "roi-subset" (TotalSegmentator's spellings) */
 static void dashed(const char *s, size_t n, char *out, size_t cap)
 {
@@ -125,7 +127,18 @@ static int store(const char *cmd, const cli_opt *o, const char *value, void *ctx
     case CLI_STR: *(const char **)o->dst = value; return 0;
     case CLI_INT: return cli_int(cmd, opt, value, (long)o->lo, (long)o->hi, (int *)o->dst) ? 2 : 0;
     case CLI_NUM: return cli_num(cmd, opt, value, o->lo, o->hi, (double *)o->dst) ? 2 : 0;
-    case CLI_SIZE: return cli_size(cmd, opt, value, (size_t *)o->dst) ? 2 : 0;
+    case CLI_SIZE: {
+        size_t v;
+        if (cli_size(cmd, opt, value, &v))
+            return 2;
+        if (o->lo > 0 && (double)v < o->lo) {
+            char msg[96];
+            snprintf(msg, sizeof msg, o->lo == 1 ? "%s must be > 0" : "%s must be at least %.0f", opt, o->lo);
+            return cli_usage_error(cmd, msg);
+        }
+        *(size_t *)o->dst = v;
+        return 0;
+    }
     case CLI_FN: return o->fn(cmd, value, ctx);
     default: return 0;
     }

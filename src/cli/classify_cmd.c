@@ -25,18 +25,6 @@ typedef struct copts {
     sp_image_params ip;
 } copts;
 
-/* --max-pixels N (K, M, G allowed), more than 0 */
-static int opt_max_pixels(const char *cmd, const char *v, void *ctx)
-{
-    size_t n;
-    if (cli_size(cmd, "--max-pixels", v, &n))
-        return 2;
-    if (!n)
-        return cli_usage_error(cmd, "--max-pixels must be > 0");
-    ((copts *)ctx)->ip.max_pixels = n;
-    return 0;
-}
-
 /* 0: go on with the photos in a->all; 1 after --help; else an exit code */
 static int parse(int argc, char **argv, copts *o, cli_args *a)
 {
@@ -47,7 +35,7 @@ static int parse(int argc, char **argv, copts *o, cli_args *a)
         {.name = "json", .kind = CLI_STR, .dst = &o->json, .value = "FILE"},
         {.name = "threads", .letter = 't', .kind = CLI_INT, .dst = &o->cp.threads, .lo = 0, .hi = 1024,
          .value = "N"},
-        {.name = "max-pixels", .kind = CLI_FN, .fn = opt_max_pixels, .value = "N"},
+        {.name = "max-pixels", .kind = CLI_SIZE, .dst = &o->ip.max_pixels, .lo = 1, .value = "N"},
         {.name = "device", .kind = CLI_STR, .dst = &o->device, .value = "cpu or cuda"},
         {.name = "quiet", .letter = 'q', .kind = CLI_FLAG, .dst = &o->quiet},
         {.name = "help", .letter = 'h', .kind = CLI_HELP},

@@ -25,7 +25,8 @@ typedef struct cli_opt {
     const char *name;        /* long name without "--"; NULL ends a table */
     char letter;             /* -x, or 0 */
     cli_kind kind;           /* FLAG sets *(int *)dst = 1, CLEAR = 0; STR, INT, NUM store the value;
-                                SIZE a byte count (cli_size: K, M, G) into a size_t;
+                                SIZE a count (cli_size: K, M, G) into a size_t or uint64_t,
+                                at least lo when lo > 0;
                                 FN calls fn; POS adds the value to the positionals; HELP asks for help */
     void *dst;
     double lo, hi;           /* INT, NUM: the accepted range */

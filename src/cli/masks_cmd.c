@@ -232,17 +232,6 @@ typedef struct masks_opts {
     sp_image_params ip;
 } masks_opts;
 
-static int opt_max_pixels(const char *cmd, const char *v, void *ctx)
-{
-    size_t n;
-    if (cli_size(cmd, "--max-pixels", v, &n))
-        return 2;
-    if (!n)
-        return cli_usage_error(cmd, "--max-pixels must be > 0");
-    ((masks_opts *)ctx)->ip.max_pixels = n;
-    return 0;
-}
-
 static int opt_arena(const char *cmd, const char *v, void *ctx)
 {
     if (strcmp(v, "auto") && strcmp(v, "on") && strcmp(v, "off"))
@@ -282,7 +271,7 @@ static int masks_parse(int argc, char **argv, masks_opts *o, cli_args *a)
         {.name = "threads", .letter = 't', .kind = CLI_INT, .dst = &o->mp.threads, .lo = 0, .hi = 1024,
          .value = "N"},
         {.name = "long-side", .kind = CLI_INT, .dst = &o->mp.long_side, .lo = 32, .hi = 16384, .value = "N"},
-        {.name = "max-pixels", .kind = CLI_FN, .fn = opt_max_pixels, .value = "N"},
+        {.name = "max-pixels", .kind = CLI_SIZE, .dst = &o->ip.max_pixels, .lo = 1, .value = "N"},
         {.name = "quiet", .letter = 'q', .kind = CLI_FLAG, .dst = &o->quiet},
         {.name = "verbose", .letter = 'v', .kind = CLI_FLAG, .dst = &o->verbose},
         {.name = "preview", .kind = CLI_FLAG, .dst = &o->preview},

@@ -91,17 +91,6 @@ static int opt_tile_batch(const char *cmd, const char *v, void *ctx)
     return 0;
 }
 
-static int opt_max_pixels(const char *cmd, const char *v, void *ctx)
-{
-    size_t n;
-    if (cli_size(cmd, "--max-pixels", v, &n))
-        return 2;
-    if (!n)
-        return cli_usage_error(cmd, "--max-pixels must be > 0");
-    ((serve_ctx *)ctx)->sp.max_pixels = n;
-    return 0;
-}
-
 /* argv into c; 0 to serve, -1 after --help, else an exit code */
 static int serve_parse(int argc, char **argv, serve_ctx *c)
 {
@@ -133,7 +122,7 @@ static int serve_parse(int argc, char **argv, serve_ctx *c)
         {.name = "protect-health", .kind = CLI_FLAG, .dst = &sp->protect_health},
         {.name = "tls-cert", .kind = CLI_STR, .dst = &sp->tls_cert, .value = "PEM"},
         {.name = "tls-key", .kind = CLI_STR, .dst = &sp->tls_key, .value = "PEM"},
-        {.name = "max-pixels", .kind = CLI_FN, .fn = opt_max_pixels, .value = "N"},
+        {.name = "max-pixels", .kind = CLI_SIZE, .dst = &sp->max_pixels, .lo = 1, .value = "N"},
         {.name = "no-ui", .kind = CLI_FLAG, .dst = &sp->no_ui},
         {.name = "help", .letter = 'h', .kind = CLI_HELP},
         {.name = NULL}};

@@ -34,25 +34,26 @@ typedef struct rs_opts {
     int order, have_sp, have_shape, have_pad, have_padv;
 } rs_opts;
 
+/* a,b,c into dst (have set); 0 or 2 after printing msg */
+static int triple(const char *cmd, const char *v, double *dst, int *have, const char *msg)
+{
+    *have = 1;
+    return parse3(v, dst) ? usage_error(cmd, msg) : 0;
+}
+
 static int opt_spacing(const char *cmd, const char *v, void *ctx)
 {
-    rs_opts *o = ctx;
-    o->have_sp = 1;
-    return parse3(v, o->sp3) ? usage_error(cmd, "--spacing a,b,c") : 0;
+    return triple(cmd, v, ((rs_opts *)ctx)->sp3, &((rs_opts *)ctx)->have_sp, "--spacing a,b,c");
 }
 
 static int opt_shape(const char *cmd, const char *v, void *ctx)
 {
-    rs_opts *o = ctx;
-    o->have_shape = 1;
-    return parse3(v, o->shp) ? usage_error(cmd, "--shape x,y,z") : 0;
+    return triple(cmd, v, ((rs_opts *)ctx)->shp, &((rs_opts *)ctx)->have_shape, "--shape x,y,z");
 }
 
 static int opt_pad(const char *cmd, const char *v, void *ctx)
 {
-    rs_opts *o = ctx;
-    o->have_pad = 1;
-    return parse3(v, o->pad) ? usage_error(cmd, "--pad x,y,z") : 0;
+    return triple(cmd, v, ((rs_opts *)ctx)->pad, &((rs_opts *)ctx)->have_pad, "--pad x,y,z");
 }
 
 static int opt_pad_value(const char *cmd, const char *v, void *ctx)
