@@ -68,9 +68,10 @@ ifeq ($(NO_HEIF),1)
   ALL_CFLAGS += -DSP_NO_HEIF
   HEIF_LIBS :=
 endif
-# DICOM series input through GDCM, DICOM-SEG output through DCMTK (C++; NO_DICOM=1 leaves both out)
+# DICOM series input through GDCM, DICOM-SEG output through DCMTK (C++; NO_DICOM=1 leaves both out;
+# libzip stays: .npz probabilities are written with it)
 CXX ?= c++
-DICOM_LIBS := -lgdcmMSFF -lgdcmDSED -lgdcmCommon -ldcmseg -ldcmfg -ldcmiod -ldcmdata -loflog -lofstd -lzip -lstdc++
+DICOM_LIBS := -lgdcmMSFF -lgdcmDSED -lgdcmCommon -ldcmseg -ldcmfg -ldcmiod -ldcmdata -loflog -lofstd -lstdc++
 DICOM_SRC := src/io/dicom.cc src/io/dicom_seg.cc src/io/dicom_rtstruct.cc
 # `segpipe dicom-node` (src/cli/dicom_node.cc): DCMTK's networking, in the CLI only
 NODE_SRC := src/cli/dicom_node.cc
@@ -84,7 +85,7 @@ ifeq ($(NO_DICOM),1)
 endif
 ALL_CXXFLAGS := -std=c++17 -D_GNU_SOURCE -fPIC -pthread -Wall -Wextra -Wno-unused-parameter $(CFLAGS) $(SANFLAGS) \
   -ffile-prefix-map=$(CURDIR)=. -Iinclude -Isrc -I/usr/include/gdcm-3.0
-SYS_LIBS := $(FF_LIBS) $(DICOM_LIBS) -lmicrohttpd -ljpeg -lpng -lwebp $(HEIF_LIBS) -lcjson -ldeflate -lz -lm -ldl -pthread
+SYS_LIBS := $(FF_LIBS) $(DICOM_LIBS) -lzip -lmicrohttpd -ljpeg -lpng -lwebp $(HEIF_LIBS) -lcjson -ldeflate -lz -lm -ldl -pthread
 LIBS := $(ORT_LIBS) $(SYS_LIBS)
 # hardened links for what gets installed (Debian's defaults: full RELRO, no lazy binding)
 LDHARDEN := -Wl,-z,relro -Wl,-z,now -Wl,--as-needed
