@@ -15,10 +15,11 @@ activations, Concat, Add) runs in fp16.
 Plain onnx only: initializers, Constant nodes, Cast targets and declared
 types are rewritten; a graph with subgraphs or non-float inputs is refused.
 """
-import argparse, json, os, sys
+import argparse, sys
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from onnx_util import load_package, save_variant, set_initializers, set_nodes
 
 FP32_OPS = {"InstanceNormalization", "BatchNormalization", "LayerNormalization", "GroupNormalization",
             "ReduceMean", "Softmax"}
@@ -59,9 +60,7 @@ def convert(model, norm_fp16=False):
     for n in g.node:
         if n.op_type in fp32_ops:
             keep32.update(n.input[1:])
-    inits = [t if t.name in keep32 else to16(t) for t in g.initializer]
-    del g.initializer[:]
-    g.initializer.extend(inits)
+    set_initializers(g, [t if t.name in keep32 else to16(t) for t in g.initializer])
     for vi in list(g.input) + list(g.output) + list(g.value_info):
         retype(vi)
     nodes = []
@@ -86,8 +85,7 @@ def convert(model, norm_fp16=False):
         nodes.append(n)
         for y in outs:
             nodes.append(helper.make_node("Cast", [f"{y}__fp32_{i}"], [y], to=TensorProto.FLOAT16))
-    del g.node[:]
-    g.node.extend(nodes)
+    set_nodes(g, nodes)
     onnx.checker.check_model(model)
     return model
 
@@ -99,21 +97,13 @@ def main():
     a = ap.parse_args()
     if "/" in a.out:
         ap.error("--out is a file name inside the package")
-    mpath = os.path.join(a.package, "segpipe.json")
     try:
-        man = json.load(open(mpath))
-        model = onnx.load(os.path.join(a.package, man.get("onnx", "model.onnx")))
+        man, model = load_package(a.package)
         convert(model)
     except (OSError, ValueError, ConvertError, onnx.checker.ValidationError) as e:
         print(f"onnx_fp16: {e}", file=sys.stderr)
         sys.exit(4)
-    tmp = os.path.join(a.package, a.out + ".tmp")
-    onnx.save(model, tmp)
-    os.replace(tmp, os.path.join(a.package, a.out))
-    man["onnx_fp16"] = a.out
-    with open(mpath + ".tmp", "w") as f:
-        json.dump(man, f, indent=1)
-    os.replace(mpath + ".tmp", mpath)
+    save_variant(a.package, man, model, a.out, "onnx_fp16")
     print(f"wrote {a.package}/{a.out} (fp16, normalisation in fp32) and \"onnx_fp16\" in segpipe.json")
 
 

@@ -41,20 +41,13 @@ import argparse, json, os, shutil, subprocess, sys, tempfile
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from onnx_util import consumers, load_package, producers, prune, save_variant, set_initializers, set_nodes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class QuantError(Exception):
     pass
-
-
-def consumers(g):
-    use = {}
-    for n in g.node:
-        for x in n.input:
-            use.setdefault(x, []).append(n)
-    return use
 
 
 def undo_dynamic(model):
@@ -64,7 +57,7 @@ def undo_dynamic(model):
     uint8 ones, so static quantisation can start from it. Returns the count."""
     g = model.graph
     init = {t.name: t for t in g.initializer}
-    prod = {o: n for n in g.node for o in n.output}
+    prod = producers(g)
     use = consumers(g)
     done, dead, new_init = 0, set(), []
     for ci in [n for n in g.node if n.op_type == "ConvInteger"]:
@@ -96,28 +89,10 @@ def undo_dynamic(model):
         ci.CopyFrom(conv)
         dead.update(id(x) for x in (cast, mul) + ((last,) if last is not mul else ()))
         done += 1
-    keep = [n for n in g.node if id(n) not in dead]
-    del g.node[:]
-    g.node.extend(keep)
+    set_nodes(g, [n for n in g.node if id(n) not in dead])
     g.initializer.extend(new_init)
     prune(g)
     return done
-
-
-def prune(g):
-    """drop nodes and initializers nothing reads"""
-    outs = {o.name for o in g.output}
-    while True:
-        use = consumers(g)
-        keep = [n for n in g.node if any(y in outs or y in use for y in n.output)]
-        if len(keep) == len(g.node):
-            break
-        del g.node[:]
-        g.node.extend(keep)
-    use = consumers(g)
-    keep = [t for t in g.initializer if t.name in use]
-    del g.initializer[:]
-    g.initializer.extend(keep)
 
 
 def plan(model):
@@ -320,12 +295,9 @@ def quantize(model, convs, tensors, ranges):
         for y in n.output:
             if y in qnodes and y not in graph_in:
                 nodes += qnodes[y]
-    del g.node[:]
-    g.node.extend(nodes)
+    set_nodes(g, nodes)
     still = consumers(g)
-    keep = [t for t in g.initializer if t.name not in drop or t.name in still]
-    del g.initializer[:]
-    g.initializer.extend(keep + new_init)
+    set_initializers(g, [t for t in g.initializer if t.name not in drop or t.name in still] + new_init)
     onnx.checker.check_model(m)
     return m
 
@@ -352,10 +324,8 @@ def main():
     for f in a.calib:
         if not os.path.isfile(f):
             ap.error(f"calibration input {f!r} not found")
-    mpath = os.path.join(a.package, "segpipe.json")
     try:
-        man = json.load(open(mpath))
-        model = onnx.load(os.path.join(a.package, man.get("onnx", "model.onnx")))
+        man, model = load_package(a.package)
         if man.get("task", "ct") not in ("ct", "mri", "masks"):
             raise QuantError(f"task {man.get('task')!r}: calibration runs ct, mri or masks packages")
         if max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0) < 13:
@@ -376,13 +346,7 @@ def main():
     except (QuantError, onnx.checker.ValidationError) as e:
         print(f"onnx_int8: {e}", file=sys.stderr)
         sys.exit(4)
-    tmp = os.path.join(a.package, a.out + ".tmp")
-    onnx.save(q, tmp)
-    os.replace(tmp, os.path.join(a.package, a.out))
-    man["onnx_int8"] = a.out
-    with open(mpath + ".tmp", "w") as f:
-        json.dump(man, f, indent=1)
-    os.replace(mpath + ".tmp", mpath)
+    save_variant(a.package, man, q, a.out, "onnx_int8")
     print(f"wrote {a.package}/{a.out} ({len(convs)} Conv in int8, {len(tensors)} activations calibrated on "
           f"{len(a.calib)} input(s)) and \"onnx_int8\" in segpipe.json")
 
