@@ -252,6 +252,43 @@ def test_common_mistakes_every_command(tmp):
         assert r.returncode == 0 and "usage" in r.stdout.lower(), (cmd, r.returncode, r.stdout, r.stderr)
 
 
+def test_every_command_one_option_parser(tmp):
+    """Every subcommand parses with src/cli/args.c, so each answers a wrong
+    option alike: exit 2, "segpipe CMD: ..." naming the option on stderr,
+    nothing on stdout and nothing started (worker, submit and jobs stop
+    before connecting to Redis; serve before loading a model)."""
+    ct = os.path.join(sp.CTDIR, "example_ct_sm.nii.gz")
+    cmds = {"masks": [ct, "-o", tmp], "classify": [ct], "serve": ["--model", "a=b"], "video": [ct, "-o", "v.mp4"],
+            "bench": [ct], "resample": [ct, "-o", "r.nii.gz", "--spacing", "1,1,1"],
+            "worker": ["--redis", "redis://127.0.0.1:1"], "submit": ["--redis", "redis://127.0.0.1:1", ct, "-o", tmp],
+            "jobs": ["--redis", "redis://127.0.0.1:1"], "dicom-node": ["--dest", "A@h:1", "--allow-any"]}
+    for cmd, ok in cmds.items():
+        r = sp.run(cmd, *ok, "--bogus", timeout=60)
+        assert r.returncode == 2 and f"segpipe {cmd}: unknown option --bogus (see 'segpipe {cmd} --help')" \
+            in r.stderr and not r.stdout, (cmd, r.returncode, r.stdout, r.stderr)
+        last = {"resample": "--order", "jobs": "--redis", "submit": "--redis"}.get(cmd, "--threads")
+        r = sp.run(cmd, *ok, last, timeout=60)
+        assert r.returncode == 2 and "needs a value" in r.stderr, (cmd, r.returncode, r.stderr)
+        r = sp.run(cmd, "--help")
+        assert r.returncode == 0 and "usage" in r.stdout.lower(), (cmd, r.returncode, r.stdout, r.stderr)
+    cases = [   # (arguments, what stderr says); each exit 2
+        (["serve", "--model", "a=b", "--prt", "1"], "did you mean --port?"),
+        (["serve", "--model", "a=b", "--max-pixels", "0"], "segpipe serve: --max-pixels must be > 0"),
+        (["classify", ct, "--max-pixels=0"], "segpipe classify: --max-pixels must be > 0"),
+        (["masks", ct, "-o", tmp, "--max-pixels", "2X"], "--max-pixels wants a size"),
+        (["serve", "--model", "a=b", "--max-body", "1T"], "--max-body wants a size"),
+        (["serve", "--model", "a=b", "x"], "no other arguments"),
+        (["worker", "--redis", "redis://127.0.0.1:1", "--visibility", "0"], "--visibility wants a number in 0.1..86400"),
+        (["jobs", "--redis", "redis://127.0.0.1:1", "--recent", "0"], "--recent wants an integer in 1..100000"),
+        (["dicom-node", "--dest", "A@h:1", "--allow-any", "--aet", "A" * 17], "--aet: 1 to 16 characters"),
+        (["bench", "video", ct, "--quality", "101"], "segpipe bench video: --quality wants an integer in 1..100"),
+        (["resample", ct, "-o", "r.nii.gz", "--shape", "1,2"], "--shape x,y,z"),
+    ]
+    for args, msg in cases:
+        r = sp.run(*args, timeout=60)
+        assert r.returncode == 2 and msg in r.stderr, (args, r.returncode, r.stderr)
+
+
 def test_ct_keep_border_statistics(tmp):
     """ct --keep-border writes the statistics.json that `segpipe passport
     --keep-border` writes for the same labels: border structures keep their

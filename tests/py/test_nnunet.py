@@ -15,7 +15,7 @@ mirrored one with and without test-time augmentation; a BraTS-like
 2-channel model with masked z-score and zero borders (nnU-Net's crop to
 the non-zero box); a region-based model (sigmoids, regions_class_order);
 probabilities from --save_probabilities."""
-import json, os, subprocess, sys
+import json, os, subprocess, sys, zipfile
 import numpy as np
 import nibabel as nib
 import sp
@@ -297,7 +297,8 @@ def test_nnunet_save_probabilities(tmp):
     (its half arithmetic); float sums against its float-sum run, and an
     ensemble: >= 99.8% within 1e-3 (nnU-Net's Gaussian is half even with
     float sums: at tile corners its subnormal weights are coarse), none off
-    by 0.05; the labels are their argmax"""
+    by 0.05; the labels are their argmax. The container is numpy's: one
+    deflated probabilities.npy dated 1980-01-01, CRC right"""
     k0, k1 = fx.PROB_SLAB
     for name, opts in (("mr3", ["--disable_tta"]), ("mr3", []), ("ensemble2", [])):
         _, pkg = package(shared_tmp(), name)
@@ -310,6 +311,10 @@ def test_nnunet_save_probabilities(tmp):
             assert p.returncode == 0, p.stderr
             z = np.load(os.path.join(out, "caseA.npz"))
             assert list(z.keys()) == ["probabilities"]
+            with zipfile.ZipFile(os.path.join(out, "caseA.npz")) as zf:   # np.savez_compressed's container
+                (zi,) = zf.infolist()
+                assert zf.testzip() is None and zi.filename == "probabilities.npy", zi
+                assert zi.compress_type == zipfile.ZIP_DEFLATED and zi.date_time == (1980, 1, 1, 0, 0, 0), zi
             prob = z["probabilities"]
             lab = np.asanyarray(nib.load(os.path.join(out, "caseA.nii.gz")).dataobj)
             assert prob.dtype == np.float32 and prob.shape == (fx.num_classes(name),) + lab.shape[::-1]
