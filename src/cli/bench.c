@@ -98,16 +98,7 @@ done:
     sp_volume_free(v);
     sp_package_free(pk);
     sp_runtime_free(rt);
-    char *s = cJSON_PrintUnformatted(j);
-    size_t n = strlen(s), off = 0;
-    while (off < n) {
-        ssize_t w = write(fd, s + off, n - off);
-        if (w <= 0)
-            break;
-        off += (size_t)w;
-    }
-    free(s);
-    cJSON_Delete(j);
+    bench_send(fd, j);
 }
 
 /* Run one case (path), or with cases the throughput passes over all of

@@ -12,6 +12,9 @@ typedef struct bench_opts {
 
 /* Child process: the throughput passes over cases[0..n), one JSON object written to fd. */
 void bench_throughput(char *const *cases, int n, const bench_opts *o, int fd);
+/* A child's result: j written to fd as compact JSON, then freed
+ * (bench_tput.c, for bench.c's case children too). */
+void bench_send(int fd, cJSON *j);
 /* bench.md's throughput section from that object (nothing when t is NULL). */
 void bench_throughput_md(FILE *f, const cJSON *t);
 #endif

@@ -23,6 +23,19 @@
 #include <string.h>
 #include <unistd.h>
 
+void bench_send(int fd, cJSON *j)
+{
+    char *s = cJSON_PrintUnformatted(j);
+    for (size_t len = s ? strlen(s) : 0, off = 0; off < len;) {
+        ssize_t w = write(fd, s + off, len - off);
+        if (w <= 0)
+            break;
+        off += (size_t)w;
+    }
+    free(s);
+    cJSON_Delete(j);
+}
+
 typedef struct tput_run {
     char *const *cases;
     int n;
@@ -105,15 +118,7 @@ void bench_throughput(char *const *cases, int n, const bench_opts *o, int fd)
     cJSON_AddNumberToObject(j, "peak_rss_bytes", (double)sp_peak_rss());
     sp_package_free(r.pk);
     sp_runtime_free(rt);
-    char *s = cJSON_PrintUnformatted(j);
-    for (size_t len = strlen(s), off = 0; off < len;) {
-        ssize_t w = write(fd, s + off, len - off);
-        if (w <= 0)
-            break;
-        off += (size_t)w;
-    }
-    free(s);
-    cJSON_Delete(j);
+    bench_send(fd, j);
 }
 
 void bench_throughput_md(FILE *f, const cJSON *t)
