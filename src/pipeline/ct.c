@@ -877,18 +877,20 @@ static sp_status check_channels(const sp_manifest *mf, const sp_volume *ct, sp_v
 static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, sp_volume *const *extra, int n,
                         const sp_ct_params *pp, sp_ct_result **out);
 
-/* --roi-subset on a task package with a roi_crop model, and every run of a
- * subtask package ("crop"), as TotalSegmentator does it: the low-resolution
- * model segments the whole input, the box around the requested structures
- * (or the subtask's crop structures) plus the package's margin is cropped
- * from the input (roi_crop.c), the needed parts run on the crop only, and
- * their labels go back into the full grid. None found: all background
- * (TotalSegmentator: "Crop is empty"). */
-static sp_status roi_crop_path(sp_package *pk, const sp_volume *ct, const sp_ct_params *p, const uint8_t *keep,
-                               sp_ct_result *r, sp_pool *pool, held_input *h)
+/* The crop model's labels on the whole input (*cr), or the prior result the
+ * caller gave (p->crop_from, checked to be on the input's grid), and want[]
+ * over its labels' names: the crop structures. */
+static sp_status crop_source(sp_package *pk, const sp_volume *ct, const sp_ct_params *p, const uint8_t *keep,
+                             sp_ct_result **cr, const uint16_t **src, uint8_t **want, int *nwant)
 {
-    const sp_manifest *mf = &pk->mf, *cm = &pk->crop->mf;
-    double t0 = sp_now();
+    const sp_manifest *mf = &pk->mf, *cm = pk->crop ? &pk->crop->mf : mf;
+    const char *const *names = p->crop_from_names ? p->crop_from_names : (const char *const *)cm->labels;
+    *nwant = p->crop_from_names ? p->crop_from_n : cm->num_classes;
+    if (p->crop_from) {
+        *src = p->crop_from;
+        sp_status st = sp_crop_from_check(ct, p->crop_from_grid);
+        return st ? st : sp_crop_want_names(mf, keep, names, *nwant, 1, want);
+    }
     sp_ct_params cp = sp_ct_default_params();
     cp.threads = p->threads;
     cp.tile_batch = p->tile_batch;
@@ -897,16 +899,32 @@ static sp_status roi_crop_path(sp_package *pk, const sp_volume *ct, const sp_ct_
     cp.max_model_voxels = p->max_model_voxels;
     cp.max_tiles = p->max_tiles;
     cp.accum_fp16 = p->accum_fp16;
+    sp_status st = ct_run(pk->crop, ct, NULL, NULL, 1, &cp, cr);
+    if (st)
+        return st;
+    *src = (*cr)->labels;
+    return sp_crop_want_names(mf, keep, names, *nwant, 0, want);
+}
+
+/* --roi-subset on a task package with a roi_crop model, and every run of a
+ * subtask package ("crop"), as TotalSegmentator does it: the low-resolution
+ * model segments the whole input (or the caller gives a prior result), the
+ * box around the requested structures (or the subtask's crop structures)
+ * plus the package's margin is cropped from the input (roi_crop.c), the
+ * needed parts run on the crop only, and their labels go back into the full
+ * grid. None found: all background (TotalSegmentator: "Crop is empty"). */
+static sp_status roi_crop_path(sp_package *pk, const sp_volume *ct, const sp_ct_params *p, const uint8_t *keep,
+                               sp_ct_result *r, sp_pool *pool, held_input *h)
+{
+    const sp_manifest *mf = &pk->mf;
+    double t0 = sp_now();
     sp_ct_result *cr = NULL;
-    uint8_t *want = calloc((size_t)cm->num_classes, 1);
-    sp_status st = want ? ct_run(pk->crop, ct, NULL, NULL, 1, &cp, &cr)
-                        : sp_fail(SP_ERR_NOMEM, "out of memory");
-    for (int l = 1; !st && l < cm->num_classes; l++)   /* a subtask's crop structures, or the kept names */
-        for (int k = 1; k < mf->num_classes && !want[l]; k++)
-            want[l] = mf->crop_want ? mf->crop_want[l] : keep[k] && !strcmp(cm->labels[l], mf->labels[k]);
+    const uint16_t *src = NULL;
+    uint8_t *want = NULL;
+    int nwant = 0;
+    sp_status st = crop_source(pk, ct, p, keep, &cr, &src, &want, &nwant);
     int64_t lo[3] = {0, 0, 0}, hi[3] = {0, 0, 0};
-    int found = !st && sp_roi_box(cr->labels, ct->g.dim, want, cm->num_classes, mf->crop_addon, ct->g.spacing,
-                                  lo, hi);
+    int found = !st && sp_roi_box(src, ct->g.dim, want, nwant, mf->crop_addon, ct->g.spacing, lo, hi);
     free(want);
     sp_ct_result_free(cr);
     sp_timings_add(&r->t, "roi_crop", sp_now() - t0);
@@ -953,8 +971,13 @@ static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, sp_
     sp_status st = check_channels(mf, ct, extra, n);
     if (!st)
         st = roi_parse(mf, p.roi_subset, &keep);
-    if (st)
+    if (!st && p.crop_from && (!mf->n_parts || !(keep || mf->crop_want)))
+        st = sp_fail(SP_ERR_USAGE, "a prior result to crop from needs a task package that crops (a subtask such "
+                     "as liver_vessels) or --roi-subset on a task package; '%s' is neither", mf->name);
+    if (st) {
+        free(keep);
         return st;
+    }
     sp_pool *pool = sp_pool_get(p.threads);
     sp_ct_result *r = NULL;
     held_input h = {mut, 0, NULL, {-1, 0, NULL}};
@@ -965,7 +988,7 @@ static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, sp_
         st = sp_fail(SP_ERR_NOMEM, "out of memory");
     if (!st)   /* brain MRI: a conformed grid instead of steps a, b and e */
         st = mf->conform_n                       ? conform_path(pk, ct, &p, keep, r, pool)
-             : pk->crop && (keep || mf->crop_want) ? roi_crop_path(pk, ct, &p, keep, r, pool, &h)
+             : (pk->crop || p.crop_from) && (keep || mf->crop_want) ? roi_crop_path(pk, ct, &p, keep, r, pool, &h)
              : mf->crop_nonzero                    ? crop_path(pk, ct, extra, n, &p, keep, r, pool, &h)
                                                    : grid_path(pk, ct, extra, &p, keep, r, pool, &h);
     for (int s = 0; !st && s < mf->pp_n; s++)   /* nnU-Net's postprocessing.pkl, on the final labels */

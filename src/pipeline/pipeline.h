@@ -190,4 +190,13 @@ sp_status sp_volume_crop_box(const sp_volume *v, const int64_t lo[3], const int6
 /* Labels of the box (NULL: none) back into a zeroed dim-sized map (*out, caller frees). */
 sp_status sp_labels_uncrop(const uint16_t *crop, const int64_t lo[3], const int64_t hi[3], const int64_t dim[3],
                            uint16_t **out);
+/* A prior result given to crop from (sp_ct_params.crop_from) on the input's
+ * grid: the same dims and affine, else SP_ERR_INPUT. */
+sp_status sp_crop_from_check(const sp_volume *ct, const sp_volume *grid);
+/* *want (n entries, caller frees): want[l] when names[l] is a crop
+ * structure: the subtask's crop.structures, else a task label kept by
+ * --roi-subset (keep). strict (a prior result's names): every crop
+ * structure must be among names, else SP_ERR_INPUT naming it. */
+sp_status sp_crop_want_names(const sp_manifest *mf, const uint8_t *keep, const char *const *names, int n,
+                             int strict, uint8_t **want);
 #endif

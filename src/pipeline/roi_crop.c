@@ -10,6 +10,11 @@
  * addon = (int)(addon_mm / voxel size) (its crop_to_mask). The crop is a new
  * volume whose affine starts at the box's first voxel; labels found on it go
  * back into a zeroed full-size map (undo_crop).
+ *
+ * The labels the box is taken from are the crop model's, or a prior result
+ * the user gives (TotalSegmentator's crop_path: its `total` output, or
+ * segpipe's), checked here to be on the input's grid and to name every crop
+ * structure.
  */
 #include "pipeline.h"
 
@@ -90,5 +95,57 @@ sp_status sp_labels_uncrop(const uint16_t *crop, const int64_t lo[3], const int6
     for (int64_t k = lo[2]; crop && k < hi[2]; k++)
         for (int64_t j = lo[1]; j < hi[1]; j++, o += row)
             memcpy(f + (size_t)((k * dim[1] + j) * dim[0] + lo[0]), crop + o, row * sizeof *f);
+    return SP_OK;
+}
+
+sp_status sp_crop_from_check(const sp_volume *ct, const sp_volume *g)
+{
+    if (!g)
+        return sp_fail(SP_ERR_USAGE, "crop_from needs crop_from_grid (the prior result's geometry)");
+    const int64_t *a = ct->g.dim, *b = g->g.dim;
+    if (a[0] != b[0] || a[1] != b[1] || a[2] != b[2])
+        return sp_fail(SP_ERR_INPUT, "the prior result to crop from is %lldx%lldx%lld but the input is "
+                       "%lldx%lldx%lld: it must be a result on the input's own grid (the same scan, not resampled)",
+                       (long long)b[0], (long long)b[1], (long long)b[2], (long long)a[0], (long long)a[1],
+                       (long long)a[2]);
+    for (int r = 0; r < 3; r++)
+        for (int q = 0; q < 4; q++) {
+            double tol = q < 3 ? 1e-3 * (ct->g.spacing[q] > 0 ? ct->g.spacing[q] : 1) : 1e-2;
+            double d = ct->g.affine[r][q] - g->g.affine[r][q];
+            if (d > tol || d < -tol)
+                return sp_fail(SP_ERR_INPUT, "the prior result to crop from has another affine than the input "
+                               "(element [%d][%d]: %g vs %g): it must be a result on the input's own grid", r, q,
+                               g->g.affine[r][q], ct->g.affine[r][q]);
+        }
+    return SP_OK;
+}
+
+static int named(const char *const *names, int n, const char *s)
+{
+    for (int l = 1; l < n; l++)
+        if (names[l] && !strcmp(names[l], s))
+            return l;
+    return 0;
+}
+
+sp_status sp_crop_want_names(const sp_manifest *mf, const uint8_t *keep, const char *const *names, int n,
+                             int strict, uint8_t **want)
+{
+    uint8_t *w = *want = calloc((size_t)(n > 0 ? n : 1), 1);
+    if (!w)
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    int ns = mf->n_crop_names ? mf->n_crop_names : mf->num_classes;
+    for (int i = 0; i < ns; i++) {
+        const char *s = mf->n_crop_names ? mf->crop_names[i] : (i && keep && keep[i] ? mf->labels[i] : NULL);
+        int l = s ? named(names, n, s) : 0;
+        for (int m = l; m && m < n; m++)   /* every label of that name */
+            w[m] |= names[m] && !strcmp(names[m], s);
+        if (s && !l && strict) {
+            free(w);
+            *want = NULL;
+            return sp_fail(SP_ERR_INPUT, "the prior result to crop from has no label named \"%.64s\" (a structure "
+                           "'%.64s' crops to; TotalSegmentator's `total` output names it)", s, mf->name);
+        }
+    }
     return SP_OK;
 }
