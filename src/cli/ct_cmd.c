@@ -272,6 +272,8 @@ int cli_ct_parse(int argc, char **argv, ct_opts *o)
         if (o->tta >= 0)
             return cli_usage_error(o->cmd, "--tta/--no-tta take one INPUT; with --inputs each case runs as the "
                                    "package's default says");
+        if (o->crop_from)
+            return cli_usage_error(o->cmd, "--crop-from takes one INPUT (a prior result of that scan), not --inputs");
         return -1;
     }
     if (a.n != 1)

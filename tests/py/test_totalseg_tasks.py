@@ -1,0 +1,225 @@
+"""TotalSegmentator's tasks beyond `total` (issue #43): cropping from a prior
+result (its crop_path), task post-processing, against TotalSegmentator's own
+code where it runs here.
+
+The fake TOTALSEG_HOME, its imported packages and the CT come from
+test_totalseg.py's fixture. TotalSegmentator's package is taken from its
+source (the fetched mirror or $TOTALSEG_SRC) with `git archive`; its modules
+import tqdm and requests for downloads and progress bars only, so those two
+are stubbed when absent (nothing tested goes through them).
+"""
+import os, shutil, subprocess, sys, tempfile, types
+
+import numpy as np
+import nibabel as nib
+import sp
+import test_totalseg as T
+
+_cache = {}
+
+
+def ts_package():
+    """TotalSegmentator's `totalsegmentator` package from its source, importable
+    (None when the source is not at hand)."""
+    if "pkg" in _cache:
+        return _cache["pkg"]
+    _cache["pkg"] = None
+    for g in T.MIRRORS:
+        if not g or not os.path.isdir(g):
+            continue
+        d = tempfile.mkdtemp(prefix="tssrc-")
+        a = subprocess.run(f"git --git-dir '{g}' archive HEAD totalsegmentator | tar -x -C '{d}'", shell=True,
+                           capture_output=True)
+        if not os.path.isfile(os.path.join(d, "totalsegmentator", "libs.py")):
+            shutil.rmtree(d)
+            continue
+        for name in ("tqdm", "requests"):
+            try:
+                __import__(name)
+            except ImportError:
+                stub = types.ModuleType(name)
+                stub.tqdm = lambda x=None, *a, **k: x
+                sys.modules[name] = stub
+        sys.path.insert(0, d)
+        import totalsegmentator.libs as libs
+        import totalsegmentator.postprocessing as post
+        import totalsegmentator.nifti_ext_header as ext
+        import totalsegmentator.map_to_binary as maps
+        _cache["pkg"] = types.SimpleNamespace(libs=libs, post=post, ext=ext, maps=maps, dir=d, rc=a.returncode)
+        return _cache["pkg"]
+    return None
+
+
+def need_ts():
+    m = ts_package()
+    if m is None:
+        raise sp.Skip("TotalSegmentator's source not at hand ($TOTALSEG_SRC)")
+    return m
+
+
+def subtask(fx):
+    """liver_vessels imported, and a copy cropping to the crop model's most
+    compact structure (random weights scatter 'liver': this gives a real crop)"""
+    if "sub" in _cache:
+        return _cache["sub"]
+    d = tempfile.mkdtemp(prefix="tssub-")
+    pkg = os.path.join(d, "liver_vessels")
+    p = T.py(T.IMPORTER, fx["home"], "-o", pkg, "--task", "liver_vessels")
+    assert p.returncode == 0, p.stderr
+    man = T.json.load(open(os.path.join(pkg, "segpipe.json")))
+    organ = os.path.join(d, "organ.nii.gz")   # the crop model's result, with segpipe's label table
+    T.run_ct(os.path.join(pkg, man["crop"]["dir"]), organ, "--no-passport")
+    seg = T.labels_of(organ)
+    cmt = T.upstream_maps()[0]
+    counts = np.bincount(seg.ravel(), minlength=118)
+
+    def box(lab):
+        idx = np.where(seg == lab)
+        return np.prod([int(i.max()) - int(i.min()) + 1 for i in idx])
+    compact = cmt[min((k for k in cmt if counts[k]), key=box)]
+    pkg2 = os.path.join(d, "compact")
+    shutil.copytree(pkg, pkg2)
+    m2 = dict(man, crop=dict(man["crop"], structures=[compact]))
+    T.json.dump(m2, open(os.path.join(pkg2, "segpipe.json"), "w"))
+    _cache["sub"] = dict(dir=d, pkg=pkg, compact_pkg=pkg2, compact=compact, man=man, organ=organ, organ_seg=seg)
+    return _cache["sub"]
+
+
+def ts_crop_reference(tmp, part_dir, crop_mask, addon):
+    """TotalSegmentator's steps with a crop mask: crop_to_mask (its own
+    function), the model on the crop, undo_crop; the bbox too."""
+    img = nib.load(T.fixture()["ct"])
+    crop_img, bbox = T.crop_to_mask(img, nib.Nifti1Image(crop_mask.astype(np.uint8), img.affine), addon)
+    cropped = os.path.join(tmp, "cropped.nii.gz")
+    nib.save(crop_img, cropped)
+    o = os.path.join(tmp, "cpart.nii.gz")
+    q = sp.run("ct", cropped, "-o", o, "--model", part_dir, "--no-passport", "-q")
+    assert q.returncode == 0, q.stderr
+    ref = np.zeros(img.shape, np.int32)
+    ref[bbox[0][0]:bbox[0][1], bbox[1][0]:bbox[1][1], bbox[2][0]:bbox[2][1]] = T.labels_of(o)
+    return ref, bbox
+
+
+def test_totalseg_crop_from_prior_result(tmp):
+    """--crop-from a prior `total` result instead of the crop model: given the
+    crop model's own output (segpipe's file with its label table, TotalSegmentator's
+    --ml file written by its add_label_map_to_nifti, a file without table read
+    by class_map["total"]'s ids, a folder of <name>.nii.gz masks) the labels
+    equal a run with the crop model; given another prior result, the crop is
+    TotalSegmentator's: the mask its combine_masks builds from that file/folder,
+    its crop_to_mask with the package's 20 mm, the model on the crop, undo_crop."""
+    fx, s = T.fixture(), None
+    s = subtask(fx)
+    ts = ts_package()
+    cmt = T.upstream_maps()[0]
+    inv = {v: k for k, v in cmt.items()}
+    img = nib.load(fx["ct"])
+    pkg, name, seg = s["compact_pkg"], s["compact"], s["organ_seg"]
+    with_model = os.path.join(tmp, "model.nii.gz")
+    T.run_ct(pkg, with_model, "--no-passport")
+    ref_model = T.labels_of(with_model)
+    # the prior result in the forms TotalSegmentator users have
+    plain = os.path.join(tmp, "plain.nii.gz")
+    nib.save(nib.Nifti1Image(seg.astype(np.uint8), img.affine), plain)
+    priors = {"segpipe": s["organ"], "plain": plain, "folder": os.path.join(tmp, "masks")}
+    os.makedirs(priors["folder"])
+    for k, v in cmt.items():   # TotalSegmentator's output folder: one mask per structure, all of them
+        nib.save(nib.Nifti1Image((seg == k).astype(np.uint8), img.affine), os.path.join(priors["folder"], v + ".nii.gz"))
+    if ts:
+        priors["ts_ml"] = os.path.join(tmp, "ts_ml.nii.gz")
+        ts.ext.save_multilabel_nifti(nib.Nifti1Image(seg.astype(np.uint8), img.affine), priors["ts_ml"], cmt)
+    for kind, path in priors.items():
+        out = os.path.join(tmp, f"out_{kind}.nii.gz")
+        T.run_ct(pkg, out, "--no-passport", "--crop-from", path)
+        assert np.array_equal(T.labels_of(out), ref_model), kind
+        if ts and kind != "plain":   # TotalSegmentator's own reading of the file/folder gives the same mask
+            from pathlib import Path
+            m = ts.libs.combine_masks(Path(path), [name]).get_fdata()
+            assert np.array_equal(m > 0, seg == inv[name]), kind
+    # TotalSegmentator's spelling of the option
+    out = os.path.join(tmp, "cp.nii.gz")
+    T.run_ct(pkg, out, "--no-passport", "--crop_path", priors["folder"])
+    assert np.array_equal(T.labels_of(out), ref_model)
+    # another prior: the structure a small block away from where the crop model put it
+    other = np.zeros_like(seg)
+    other[3:9, 30:40, 2:6] = inv[name]
+    other[20:30, 5:9, 10:12] = inv["spleen"] if name != "spleen" else inv["liver"]   # not a crop structure
+    prior = os.path.join(tmp, "other.nii.gz")
+    ts_img = nib.Nifti1Image(other.astype(np.uint8), img.affine)
+    if ts:
+        ts.ext.save_multilabel_nifti(ts_img, prior, cmt)
+        mask = ts.libs.combine_masks(__import__("pathlib").Path(prior), [name]).get_fdata() > 0
+    else:
+        nib.save(ts_img, prior)
+        mask = other == inv[name]
+    part = os.path.join(pkg, s["man"]["parts"][0]["dir"])
+    ref, bbox = ts_crop_reference(tmp, part, mask, s["man"]["crop"]["addon_mm"])
+    assert ref.any() and [list(b) for b in bbox] != [[0, n] for n in img.shape]   # a real crop, something found
+    out = os.path.join(tmp, "other_out.nii.gz")
+    T.run_ct(pkg, out, "--no-passport", "--crop-from", prior)
+    ours = T.labels_of(out)
+    assert (ours == ref).mean() >= 0.999
+    assert not np.array_equal(ours, ref_model)   # the prior, not the crop model, chose the box
+    # the box itself: nothing labelled outside TotalSegmentator's bbox
+    outside = np.ones(img.shape, bool)
+    outside[bbox[0][0]:bbox[0][1], bbox[1][0]:bbox[1][1], bbox[2][0]:bbox[2][1]] = False
+    assert not ours[outside].any()
+    # the structure absent from the prior: TotalSegmentator's "Crop is empty", all background
+    empty = os.path.join(tmp, "empty.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine), empty)
+    T.run_ct(pkg, os.path.join(tmp, "e.nii.gz"), "--no-passport", "--crop-from", empty)
+    assert T.labels_of(os.path.join(tmp, "e.nii.gz")).max() == 0
+
+
+def test_totalseg_crop_from_roi_subset(tmp):
+    """--roi-subset with --crop-from the crop model's output gives the labels
+    of --roi-subset with the crop model, also on a package without one."""
+    fx = T.fixture()
+    s = subtask(fx)
+    cmt = T.upstream_maps()[0]
+    seg = s["organ_seg"]
+    counts = np.bincount(seg.ravel(), minlength=118)
+    roi = ",".join([s["compact"]] + [cmt[k] for k in np.argsort(counts)[::-1] if k and counts[k]][:1])
+    ref = os.path.join(tmp, "ref.nii.gz")
+    T.run_ct(fx["pkg"], ref, "--no-passport", "--roi-subset", roi)
+    for pkg in (fx["pkg"], fx["nocrop"]):
+        out = os.path.join(tmp, "o.nii.gz")
+        T.run_ct(pkg, out, "--no-passport", "--roi-subset", roi, "--crop-from", s["organ"])
+        assert np.array_equal(T.labels_of(out), T.labels_of(ref)), pkg
+
+
+def test_totalseg_crop_from_refusals(tmp):
+    """A prior result on another grid, without the crop structure, for a
+    package that does not crop, or missing: a clear message, a documented exit
+    code, no output, and no path but the user's own argument."""
+    fx = T.fixture()
+    s = subtask(fx)
+    img = nib.load(fx["ct"])
+    seg = s["organ_seg"]
+    out = os.path.join(tmp, "o.nii.gz")
+
+    def refused(code, what, *args, model=None):
+        p = sp.run("ct", fx["ct"], "-o", out, "--model", model or s["compact_pkg"], "-q", *args)
+        assert p.returncode == code and what in p.stderr, (p.returncode, p.stderr)
+        assert not os.path.exists(out)
+        rest = p.stderr   # only the user's own paths show
+        for own in sorted((fx["ct"], out, model or s["compact_pkg"], *args), key=len, reverse=True):
+            rest = rest.replace(own, "")
+        assert tempfile.gettempdir() not in rest and tmp not in rest, p.stderr
+        return p.stderr
+    small = os.path.join(tmp, "small.nii.gz")
+    nib.save(nib.Nifti1Image(seg[:-2].astype(np.uint8), img.affine), small)
+    refused(3, "on the input's own grid", "--crop-from", small)
+    moved = os.path.join(tmp, "moved.nii.gz")
+    aff = img.affine.copy()
+    aff[0, 3] += 7
+    nib.save(nib.Nifti1Image(seg.astype(np.uint8), aff), moved)
+    refused(3, "another affine", "--crop-from", moved)
+    folder = os.path.join(tmp, "masks")
+    os.makedirs(folder)
+    nib.save(nib.Nifti1Image((seg == 1).astype(np.uint8), img.affine), os.path.join(folder, "spleen.nii.gz"))
+    refused(3, f'no label named "{s["compact"]}"', "--crop-from", folder) if s["compact"] != "spleen" else None
+    refused(2, "neither", "--crop-from", s["organ"], model=fx["nocrop"])   # no crop rule, no --roi-subset
+    refused(6, "no such file or folder", "--crop-from", os.path.join(tmp, "nothing.nii.gz"))
+    p = sp.run("ct", fx["ct"], "-o", out, "--model", s["compact_pkg"], "-cp", folder)
+    assert p.returncode == 2 and "--crop-from" in p.stderr, p.stderr
