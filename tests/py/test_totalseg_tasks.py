@@ -223,3 +223,70 @@ def test_totalseg_crop_from_refusals(tmp):
     refused(6, "no such file or folder", "--crop-from", os.path.join(tmp, "nothing.nii.gz"))
     p = sp.run("ct", fx["ct"], "-o", out, "--model", s["compact_pkg"], "-cp", folder)
     assert p.returncode == 2 and "--crop-from" in p.stderr, p.stderr
+
+
+def aux_home():
+    """a fake home with the tasks that have auxiliary classes (appendicular_bones
+    304; kidney_cysts 789, which crops with 298) and vertebrae_pp (803)"""
+    if "aux" in _cache:
+        return _cache["aux"]
+    d = tempfile.mkdtemp(prefix="tsaux-")
+    home = os.path.join(d, "home")
+    p = T.py(T.FAKE, home, "--patch", "32", "--ids", "304,789,298,803")
+    assert p.returncode == 0, p.stderr
+    _cache["aux"] = dict(dir=d, home=home)
+    return _cache["aux"]
+
+
+def test_totalseg_remove_auxiliary_labels(tmp):
+    """appendicular_bones: the network has 16 classes (the task's 11 and its
+    auxiliary humerus, femur, liver, spleen); the package's labels are
+    class_map["appendicular_bones"] and its output equals TotalSegmentator's
+    own remove_auxiliary_labels run on the part's prediction, on the model grid
+    (where TotalSegmentator runs it) and on the input grid."""
+    ts = need_ts()
+    h = aux_home()
+    pkg = os.path.join(tmp, "ab")
+    p = T.py(T.IMPORTER, h["home"], "-o", pkg, "--task", "appendicular_bones")
+    assert p.returncode == 0, p.stderr
+    man = T.json.load(open(os.path.join(pkg, "segpipe.json")))
+    cm, aux = ts.maps.class_map["appendicular_bones"], ts.maps.class_map["appendicular_bones_auxiliary"]
+    assert man["labels"] == {"0": "background", **{str(k): v for k, v in cm.items()}}
+    assert man["totalsegmentator"]["remove_auxiliary_labels"] == {str(k): v for k, v in aux.items()}
+    part = os.path.join(pkg, man["parts"][0]["dir"])
+    sub = T.json.load(open(os.path.join(part, "segpipe.json")))
+    assert sub["labels"] == {"0": "background", **{str(k): v for k, v in {**cm, **aux}.items()}}
+    fx = T.fixture()
+    ours_ml, part_ml = os.path.join(tmp, "ours_ml.nii.gz"), os.path.join(tmp, "part_ml.nii.gz")
+    T.run_ct(pkg, os.path.join(tmp, "ours.nii.gz"), "--save-model-labels", ours_ml)
+    T.run_ct(part, os.path.join(tmp, "part.nii.gz"), "--no-passport", "--save-model-labels", part_ml)
+    for ours, raw in ((ours_ml, part_ml), (os.path.join(tmp, "ours.nii.gz"), os.path.join(tmp, "part.nii.gz"))):
+        raw_img = nib.load(raw)
+        assert np.isin(np.asanyarray(raw_img.dataobj), list(aux)).mean() > 0.01   # the network predicts them
+        ref = ts.post.remove_auxiliary_labels(nib.Nifti1Image(np.asanyarray(raw_img.dataobj).astype(np.uint8),
+                                                              raw_img.affine), "appendicular_bones").get_fdata()
+        got = T.labels_of(ours)
+        assert np.array_equal(got, ref.astype(np.int32)), ours
+        assert got.any() and got.max() <= max(cm)
+    stats = T.json.load(open(os.path.join(tmp, "ours.statistics.json")))
+    assert list(stats) == list(cm.values())
+
+
+def test_totalseg_postprocessing_tasks(tmp):
+    """kidney_cysts (auxiliary kidneys, a crop with the 6 mm model) imports
+    with its map and crop rule; vertebrae_pp (postprocessing segpipe does not
+    have) and an MR task that crops are refused, exit 4."""
+    ts = need_ts()
+    h = aux_home()
+    pkg = os.path.join(tmp, "kc")
+    p = T.py(T.IMPORTER, h["home"], "-o", pkg, "--task", "kidney_cysts")
+    assert p.returncode == 0, p.stderr
+    man = T.json.load(open(os.path.join(pkg, "segpipe.json")))
+    cm, aux = ts.maps.class_map["kidney_cysts"], ts.maps.class_map["kidney_cysts_auxiliary"]
+    assert man["parts"][0]["map"] == [0] + [k if k in cm else 0 for k in range(1, max({**cm, **aux}) + 1)]
+    assert man["crop"]["structures"] == ["kidney_left", "kidney_right", "liver", "spleen", "colon"]
+    assert sp.run("model", "check", pkg).returncode == 0
+    p = T.py(T.IMPORTER, h["home"], "-o", os.path.join(tmp, "vp"), "--task", "vertebrae_pp")
+    assert p.returncode == 4 and "postprocess_vertebrae_pp" in p.stderr, p.stderr
+    p = T.py(T.IMPORTER, h["home"], "-o", os.path.join(tmp, "lm"), "--task", "liver_segments_mr")
+    assert p.returncode == 4 and "MR crop model" in p.stderr, p.stderr

@@ -9,7 +9,8 @@ For each task id: HOME/nnunet/results/<TotalSegmentator's folder name>/
 <trainer>__nnUNetPlans__3d_fullres/{plans.json, dataset.json,
 fold_0/checkpoint_final.pth}, names and trainers from TotalSegmentator's task
 configuration (tools/import/totalseg_maps.json), dataset.json's labels from
-its class maps (the part's map for 291..295, class_map["total"] for 297/298),
+its class maps (the part's map for 291..295, class_map["total"] for 297/298,
+a subtask's class map and its "<task>_auxiliary" classes),
 plans.json in nnU-Net v2's current layout (PlainConvUNet, instance norm,
 LeakyReLU; spacing = the task's resampling), each part with its own CT
 intensity statistics. The checkpoint holds the network's weights under
@@ -49,7 +50,10 @@ def task_of(maps, tid):
         if cfg.get("task_id") == tid and "sub_modes" not in cfg:
             r = cfg.get("resample") or 1.5
             spacing = float(r if not isinstance(r, list) else r[0])
-            return cfg["trainer"], spacing, {int(k): v for k, v in maps["class_map"][task].items()}
+            # the network also has the task's auxiliary classes (TotalSegmentator trains with them and
+            # removes them after prediction: remove_auxiliary_labels)
+            labels = {**maps["class_map"][task], **maps["class_map"].get(task + "_auxiliary", {})}
+            return cfg["trainer"], spacing, {int(k): v for k, v in labels.items()}
     raise SystemExit(f"task id {tid} is not a TotalSegmentator task this script knows")
 
 

@@ -34,8 +34,12 @@ when the task crops (its "crop" list) the crop model TotalSegmentator runs
 first (Dataset298 at 6 mm, Dataset297 at 3 mm for robust_crop tasks) with
 the structures and a 20 mm margin (python_api.py overrides a task's
 crop_addon with 20 mm whenever the total model crops); segpipe then crops
-every run as TotalSegmentator does. Their own postprocessing (remove_auxiliary_labels,
-body/vertebrae cleanups) is not carried over.
+every run as TotalSegmentator does. TotalSegmentator's remove_auxiliary_labels
+(appendicular_bones, kidney_cysts, renal_arteries, face_mr: classes the network
+has besides the task's, class_map[task + "_auxiliary"]) is the part's map
+sending those classes to background; tasks with postprocessing segpipe lacks
+(vertebrae_pp's relabelling, the body tasks' blob cleanups) and MR tasks that
+crop (TotalSegmentator's MR crop model) are refused.
 
 Exit codes: 0 written; 2 usage; 4 weights missing or not what the task needs
 (message names the folder expected).
@@ -59,6 +63,10 @@ def load_maps():
 
 
 UNSUPPORTED_KEYS = ("cascade", "crop_model", "remove_outside", "remove_mask")
+# nnunet.py's task-specific postprocessing segpipe does not have (the body tasks' blob cleanups are
+# refused with their sub_modes; remove_auxiliary_labels is carried by the part map, see build)
+UNSUPPORTED_POSTPROCESSING = {"vertebrae_pp": "postprocess_vertebrae_pp (vertebrae relabelled and dilated)",
+                              "vertebrae_pp_refined": "postprocess_vertebrae_pp and the vertebrae_body refinement"}
 
 
 def task_config(maps, task, fast, fastest):
@@ -83,6 +91,10 @@ def task_config(maps, task, fast, fastest):
         raise ImportError_(f"task {task!r} has no --fast/--fastest model")
     cfg.update({k: v for k, v in raw.items() if k not in ("disallow_fast", "commercial", "info_msg")})
     why = [k for k in UNSUPPORTED_KEYS if cfg.get(k)]
+    if task in UNSUPPORTED_POSTPROCESSING:
+        why.append(f"its postprocessing {UNSUPPORTED_POSTPROCESSING[task]}")
+    if cfg.get("crop") and (task.endswith("_mr") or cfg.get("modality") == "mr"):
+        why.append("the MR crop model (Dataset852, total_mr's class map)")   # python_api.py: crop_model_task 852
     if not isinstance(cfg["task_id"], int):
         why.append("several models")
     if cfg.get("crop") is not None and not isinstance(cfg["crop"], list):
@@ -128,11 +140,15 @@ def model_folder(maps, results, tid, trainer, plans, model):
     return d
 
 
+def ds_classes(folder):
+    ds = json.load(open(os.path.join(folder, "dataset.json")))
+    return max(v for v in ds["labels"].values() if isinstance(v, int)) + 1
+
+
 def import_part(folder, out, name, labels, step):
     """One nnU-Net model as a part package; its labels become TotalSegmentator's
     names for that model (the class count must match the network's)."""
-    ds = json.load(open(os.path.join(folder, "dataset.json")))
-    n_ds = max(v for v in ds["labels"].values() if isinstance(v, int)) + 1
+    n_ds = ds_classes(folder)
     n_ts = max(labels) + 1
     if n_ds != n_ts:
         raise ImportError_(f"{os.path.basename(os.path.dirname(folder))}: dataset.json has {n_ds} classes, "
@@ -144,6 +160,17 @@ def import_part(folder, out, name, labels, step):
     with open(os.path.join(out, "segpipe.json"), "w") as f:
         json.dump(man, f, indent=1)
     return man
+
+
+def auxiliary(maps, task):
+    """The network's classes TotalSegmentator removes after predicting
+    (postprocessing.py's remove_auxiliary_labels: class_map[task + "_auxiliary"],
+    e.g. humerus, femur, liver, spleen of appendicular_bones), {id: name}."""
+    aux = {int(k): v for k, v in maps["class_map"].get(task + "_auxiliary", {}).items()}
+    clash = sorted(set(aux) & {int(k) for k in maps["class_map"][task]})
+    if clash:
+        raise ImportError_(f"{task}: auxiliary class ids {clash} are also task classes")
+    return aux
 
 
 def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
@@ -172,9 +199,14 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
             local = {int(k): v for k, v in maps["class_map_5_parts"][pname].items()}
         else:
             pname, local = (task if "sub_modes" not in maps["TASK_CONFIGS"][task] else f"{task}_{cfg['mode']}"), dict(cmap)
+        aux = auxiliary(maps, task) if len(tids) == 1 else {}
+        if aux and ds_classes(folder) <= max(local):   # a network without them: nothing to remove
+            aux = {}
+        local.update(aux)
         lut = [0] * (max(local) + 1)
         for j, name in local.items():
-            lut[j] = inv[name]      # class_map_inv[class_map_5_parts[part][j]]
+            # class_map_inv[class_map_5_parts[part][j]]; an auxiliary class goes to background
+            lut[j] = 0 if j in aux else inv[name]
         sub = f"part{tid}"
         import_part(folder, os.path.join(out, sub), f"totalseg-{tid}-{pname.replace('class_map_part_', '')}",
                     local, step)
@@ -192,6 +224,8 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
            "totalsegmentator": {"task": task, "mode": cfg["mode"], "task_ids": tids, "resample": cfg["resample"],
                                 "trainer": cfg["trainer"], "plans": cfg["plans"], "model": cfg["model"],
                                 "fold": 0, "step": step, "maps_commit": maps["source"]["commit"]}}
+    if aux:   # informative: the part's map sends these classes to background
+        man["totalsegmentator"]["remove_auxiliary_labels"] = {str(k): v for k, v in sorted(aux.items())}
     if crop:
         sub = f"crop{crop_id}"
         total = {int(k): v for k, v in maps["class_map"]["total"].items()}
