@@ -290,3 +290,73 @@ def test_totalseg_postprocessing_tasks(tmp):
     assert p.returncode == 4 and "postprocess_vertebrae_pp" in p.stderr, p.stderr
     p = T.py(T.IMPORTER, h["home"], "-o", os.path.join(tmp, "lm"), "--task", "liver_segments_mr")
     assert p.returncode == 4 and "MR crop model" in p.stderr, p.stderr
+
+
+def test_totalseg_headneck_muscles_parts(tmp):
+    """headneck_muscles: two models (778, 779 at 0.75x0.75x1 mm, configuration
+    3d_fullres_high) merged into class_map["headneck_muscles"] as nnunet.py
+    merges (class_map_parts_headneck_muscles, later part overwrites non-zero),
+    cropped to its six structures with 20 mm. Checked against TotalSegmentator's
+    steps on a prior result that gives a real crop (its crop_to_mask, each
+    part on the crop, the merge, undo_crop)."""
+    ts = need_ts()
+    fx = T.fixture()
+    d = tempfile.mkdtemp(prefix="tshn-", dir=tmp)
+    home = os.path.join(d, "home")
+    p = T.py(T.FAKE, home, "--patch", "32", "--ids", "778,779,298")
+    assert p.returncode == 0, p.stderr
+    pkg = os.path.join(tmp, "hn")
+    p = T.py(T.IMPORTER, home, "-o", pkg, "--task", "headneck_muscles")
+    assert p.returncode == 0, p.stderr
+    man = T.json.load(open(os.path.join(pkg, "segpipe.json")))
+    cm = ts.maps.class_map["headneck_muscles"]
+    parts, t2p = ts.maps.class_map_parts_headneck_muscles, ts.maps.map_taskid_to_partname_headneck_muscles
+    inv = {v: k for k, v in cm.items()}
+    assert man["labels"] == {"0": "background", **{str(k): v for k, v in cm.items()}}
+    assert [q["task_id"] for q in man["parts"]] == [778, 779]
+    for q in man["parts"]:
+        pm = parts[t2p[q["task_id"]]]
+        assert q["map"] == [0] + [inv[pm[j]] for j in range(1, max(pm) + 1)]
+        assert q["source"].endswith("__nnUNetPlans__3d_fullres_high")
+        sub = T.json.load(open(os.path.join(pkg, q["dir"], "segpipe.json")))
+        assert sorted(sub["spacing"]) == [0.75, 0.75, 1.0] and sub["sliding_window"]["step"] == 0.5
+    assert man["crop"]["structures"] == ["clavicula_left", "clavicula_right", "vertebrae_C1", "vertebrae_C5",
+                                         "vertebrae_T1", "vertebrae_T4"] and man["crop"]["addon_mm"] == [20, 20, 20]
+    # a prior `total` result with two of the crop structures in small blocks: a real crop
+    img = nib.load(fx["ct"])
+    cmt = T.upstream_maps()[0]
+    tinv = {v: k for k, v in cmt.items()}
+    prior = np.zeros(img.shape, np.uint8)
+    prior[10:14, 20:23, 8:10] = tinv["vertebrae_C5"]
+    prior[16:18, 24:27, 9:11] = tinv["clavicula_left"]
+    prior[30:40, 30:40, 2:4] = tinv["liver"]
+    pf = os.path.join(tmp, "prior.nii.gz")
+    ts.ext.save_multilabel_nifti(nib.Nifti1Image(prior, img.affine), pf, cmt)
+    mask = ts.libs.combine_masks(__import__("pathlib").Path(pf), man["crop"]["structures"]).get_fdata() > 0
+    crop_img, bbox = T.crop_to_mask(img, nib.Nifti1Image(mask.astype(np.uint8), img.affine), man["crop"]["addon_mm"])
+    assert np.prod(crop_img.shape) < 0.5 * np.prod(img.shape)
+    cropped = os.path.join(tmp, "cropped.nii.gz")
+    nib.save(crop_img, cropped)
+    segs = []
+    for q in man["parts"]:
+        o = os.path.join(tmp, f"c{q['task_id']}.nii.gz")
+        r = sp.run("ct", cropped, "-o", o, "--model", os.path.join(pkg, q["dir"]), "--no-passport", "-q")
+        assert r.returncode == 0, r.stderr
+        segs.append(T.labels_of(o))
+    combined = np.zeros(segs[0].shape, np.uint8)   # nnunet.py's merge, written from its source
+    for seg, tid in zip(segs, [778, 779]):
+        pm = parts[t2p[tid]]
+        lut = np.zeros(max(pm) + 1, np.uint8)
+        for j, name in pm.items():
+            lut[j] = inv[name]
+        mapped = lut[seg.astype(np.uint8)]
+        np.copyto(combined, mapped, where=mapped != 0)
+    assert ((segs[0] > 0) & (segs[1] > 0)).any()   # the parts overlap: the order counts
+    ref = np.zeros(img.shape, np.int32)
+    ref[bbox[0][0]:bbox[0][1], bbox[1][0]:bbox[1][1], bbox[2][0]:bbox[2][1]] = combined
+    out = os.path.join(tmp, "hn.nii.gz")
+    T.run_ct(pkg, out, "--crop-from", pf)
+    ours = T.labels_of(out)
+    assert (ours == ref).mean() >= 0.999 and ours.any()
+    stats = T.json.load(open(os.path.join(tmp, "hn.statistics.json")))
+    assert list(stats) == list(cm.values())

@@ -27,6 +27,9 @@ weights are there) as the low-resolution model that `--roi-subset` crops with,
 as TotalSegmentator does. Sliding-window step 0.8 (TotalSegmentator's for the
 total tasks), no test-time mirroring.
 
+`headneck_muscles` is two part models (778, 779) merged the same way with its
+own part maps (class_map_parts_headneck_muscles), cropped as a subtask.
+
 One-model subtasks (`cerebral_bleed`, `liver_vessels`, `lung_vessels`,
 `hip_implant`, ... : an int task_id, no cascade, no other crop model, no
 remove_outside/remove_mask) are imported too: their class map, step 0.5, and
@@ -53,6 +56,10 @@ from import_nnunet import ImportError_  # noqa: E402
 
 MAPS = os.path.join(HERE, "totalseg_maps.json")
 SUPPORTED = ("total",)
+# tasks of several models: the part maps and task id -> part name TotalSegmentator merges them with
+# (nnunet.py's class_map_parts / map_taskid_to_partname for the task)
+PART_MAPS = {"total": ("class_map_5_parts", "map_taskid_to_partname_ct"),
+             "headneck_muscles": ("class_map_parts_headneck_muscles", "map_taskid_to_partname_headneck_muscles")}
 CROP_TASK_ID, CROP_TRAINER, CROP_ADDON_MM = 298, "nnUNetTrainer_4000epochs_NoMirroring", [20, 20, 20]
 STEP_TOTAL = 0.8    # nnunet.py: tile step for "total", "total_v3", "total_mr"
 
@@ -95,7 +102,7 @@ def task_config(maps, task, fast, fastest):
         why.append(f"its postprocessing {UNSUPPORTED_POSTPROCESSING[task]}")
     if cfg.get("crop") and (task.endswith("_mr") or cfg.get("modality") == "mr"):
         why.append("the MR crop model (Dataset852, total_mr's class map)")   # python_api.py: crop_model_task 852
-    if not isinstance(cfg["task_id"], int):
+    if not isinstance(cfg["task_id"], int) and task not in PART_MAPS:
         why.append("several models")
     if cfg.get("crop") is not None and not isinstance(cfg["crop"], list):
         why.append(f"crop {cfg['crop']!r}")
@@ -195,8 +202,9 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
     parts = []
     for tid, folder in zip(tids, folders):
         if len(tids) > 1:
-            pname = maps["map_taskid_to_partname_ct"][str(tid)]
-            local = {int(k): v for k, v in maps["class_map_5_parts"][pname].items()}
+            parts_key, names_key = PART_MAPS[task]
+            pname = maps[names_key][str(tid)]
+            local = {int(k): v for k, v in maps[parts_key][pname].items()}
         else:
             pname, local = (task if "sub_modes" not in maps["TASK_CONFIGS"][task] else f"{task}_{cfg['mode']}"), dict(cmap)
         aux = auxiliary(maps, task) if len(tids) == 1 else {}
