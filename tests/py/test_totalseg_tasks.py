@@ -360,3 +360,39 @@ def test_totalseg_headneck_muscles_parts(tmp):
     assert (ours == ref).mean() >= 0.999 and ours.any()
     stats = T.json.load(open(os.path.join(tmp, "hn.statistics.json")))
     assert list(stats) == list(cm.values())
+
+
+def test_totalseg_crop_from_python(tmp):
+    """The Python package's crop_from (a label file or nibabel image) gives
+    the CLI's --crop-from labels."""
+    if "asan" in sp.BUILD:
+        raise sp.Skip("the sanitizer build's library cannot be loaded into python")
+    fx = T.fixture()
+    s = subtask(fx)
+    img = nib.load(fx["ct"])
+    other = np.zeros(img.shape, np.uint8)
+    other[3:9, 30:40, 2:6] = {v: k for k, v in T.upstream_maps()[0].items()}[s["compact"]]
+    prior = os.path.join(tmp, "prior.nii.gz")
+    nib.save(nib.Nifti1Image(other, img.affine), prior)
+    cli = os.path.join(tmp, "cli.nii.gz")
+    T.run_ct(s["compact_pkg"], cli, "--no-passport", "--crop-from", prior)
+    sys.path.insert(0, os.path.join(sp.ROOT, "python"))
+    os.environ["SEGPIPE_LIBRARY"] = os.path.join(sp.BUILD, "libsegpipe.so")
+    import segpipe
+    m = segpipe.Model(s["compact_pkg"])
+    try:
+        for src in (prior, s["organ"], nib.load(prior)):
+            r = m.ct(fx["ct"], passport=False, crop_from=src)
+            ref = T.labels_of(cli) if src is not s["organ"] else None
+            if ref is None:
+                o = os.path.join(tmp, "organ_cli.nii.gz")
+                T.run_ct(s["compact_pkg"], o, "--no-passport", "--crop-from", s["organ"])
+                ref = T.labels_of(o)
+            assert np.array_equal(r.labels, ref)
+        try:
+            m.ct(fx["ct"], passport=False, crop_from=nib.Nifti1Image(other[:-1], img.affine))
+            raise AssertionError("another grid was taken")
+        except segpipe.Error as e:
+            assert "input's own grid" in str(e)
+    finally:
+        m.close()
