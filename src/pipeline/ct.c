@@ -715,6 +715,13 @@ static sp_status grid_path(sp_package *pk, const sp_volume *ct, sp_volume *const
 merged:
     free(model_vol);
     model_vol = NULL;
+    for (int b = 0; b < mf->n_blobs && !st; b++) {   /* TotalSegmentator's task cleanups, on its grid */
+        double vox = target[0] * target[1] * target[2];   /* remove_small_blobs drops sizes <= max_mm3 / vox */
+        int64_t minv = mf->blob_largest[b] ? 0 : (int64_t)floor(mf->blob_max_mm3[b] / vox) + 1;
+        st = sp_components_label_blobs(lab_m, mdim, mf->blob_label[b], mf->blob_largest[b], minv);
+    }
+    if (st)
+        goto done;
     roi_apply(lab_m, nm, keep);
 
     /* f. optional cleanup, at model resolution */

@@ -158,6 +158,12 @@ void sp_smooth_labels(const float *logits, const uint16_t *lab_m, int C, const i
  * and/or remove components smaller than min_voxels. */
 sp_status sp_components_filter(uint16_t *labels, const int64_t dim[3], int keep_largest,
                                int64_t min_voxels);
+/* The 6-connected components (scipy.ndimage.label's default) of label l
+ * only: its largest kept (keep_largest; TotalSegmentator's
+ * keep_largest_blob) and/or those under min_voxels removed (its
+ * remove_small_blobs); the dropped voxels become 0. */
+sp_status sp_components_label_blobs(uint16_t *labels, const int64_t dim[3], uint16_t l, int keep_largest,
+                                    int64_t min_voxels);
 /* Connected components counted beforehand: counts[l], largest[l] for l < n. */
 typedef struct sp_comp_counts {
     int n;

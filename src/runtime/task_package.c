@@ -8,7 +8,7 @@
  * package) with a map from the part's labels to the task's, and optionally a
  * low-resolution "roi_crop" model. package.c loads each part as any package
  * (and so checks it); this file parses the top manifest's fields and checks
- * what merging needs: every part a CT/MRI grid model on the
+ * what merging needs (and the "blobs" cleanups after it): every part a CT/MRI grid model on the
  * same spacing and axes (the input is read and resampled once for all), its
  * map as long as its class count, every mapped label inside the task's map.
  * The merge itself runs in pipeline/ct.c.
@@ -71,6 +71,31 @@ static sp_status parse_crop_names(const cJSON *cr, const char *file, sp_manifest
     return SP_OK;
 }
 
+/* "blobs": [{"label": 1, "keep": "largest"}, {"label": 2, "remove_mm3": 50000}] */
+static sp_status parse_blobs(const cJSON *b, const char *file, sp_manifest *mf)
+{
+    int n = cJSON_GetArraySize(b);
+    if (!cJSON_IsArray(b) || n > 16)
+        return sp_fail(SP_ERR_MODEL, "%s: \"blobs\" must be an array of at most 16 cleanups", file);
+    for (const cJSON *e = b->child; e; e = e->next) {
+        int i = mf->n_blobs;
+        const cJSON *l = cJSON_GetObjectItemCaseSensitive(e, "label");
+        const cJSON *k = cJSON_GetObjectItemCaseSensitive(e, "keep");
+        const cJSON *r = cJSON_GetObjectItemCaseSensitive(e, "remove_mm3");
+        if (!cJSON_IsNumber(l) || l->valuedouble < 1 || l->valuedouble > 65535 ||
+            l->valuedouble != (double)(int)l->valuedouble || !k == !r ||
+            (k && (!cJSON_IsString(k) || strcmp(k->valuestring, "largest"))) ||
+            (r && (!cJSON_IsNumber(r) || !(r->valuedouble >= 0 && r->valuedouble <= 1e12))))
+            return sp_fail(SP_ERR_MODEL, "%s: blobs[%d] must be {\"label\": L, \"keep\": \"largest\"} or "
+                           "{\"label\": L, \"remove_mm3\": V}", file, i);
+        mf->blob_label[i] = (uint16_t)l->valueint;
+        mf->blob_largest[i] = k != NULL;
+        mf->blob_max_mm3[i] = r ? r->valuedouble : 0;
+        mf->n_blobs = i + 1;
+    }
+    return SP_OK;
+}
+
 sp_status sp_manifest_parse_parts(const struct cJSON *j, const char *file, sp_manifest *mf)
 {
     const cJSON *parts = cJSON_GetObjectItemCaseSensitive(j, "parts");
@@ -91,6 +116,10 @@ sp_status sp_manifest_parse_parts(const struct cJSON *j, const char *file, sp_ma
         if (st)
             return st;
     }
+    const cJSON *bl = cJSON_GetObjectItemCaseSensitive(j, "blobs");
+    sp_status bst = bl ? parse_blobs(bl, file, mf) : SP_OK;
+    if (bst)
+        return bst;
     const cJSON *rc = cJSON_GetObjectItemCaseSensitive(j, "roi_crop"), *cr = cJSON_GetObjectItemCaseSensitive(j, "crop");
     if (rc && cr)
         return sp_fail(SP_ERR_MODEL, "%s: \"roi_crop\" and \"crop\" exclude each other", file);
@@ -172,6 +201,10 @@ sp_status sp_task_check_parts(sp_package *pk)
                 return sp_fail(SP_ERR_MODEL, "%s/segpipe.json: parts[%d].map[%d] = %d, beyond the task's %d classes",
                                pk->dir, i, j, mf->part_map[i][j], mf->num_classes);
     }
+    for (int b = 0; b < mf->n_blobs; b++)
+        if (mf->blob_label[b] >= mf->num_classes)
+            return sp_fail(SP_ERR_MODEL, "%s/segpipe.json: blobs[%d].label = %d, beyond the task's %d classes", pk->dir,
+                           b, mf->blob_label[b], mf->num_classes);
     if (pk->crop) {
         const sp_manifest *c = &pk->crop->mf;
         if (c->n_parts || (strcmp(c->task, "ct") && strcmp(c->task, "mri")) || c->conform_n)

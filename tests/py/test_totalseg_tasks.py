@@ -396,3 +396,60 @@ def test_totalseg_crop_from_python(tmp):
             assert "input's own grid" in str(e)
     finally:
         m.close()
+
+
+def test_totalseg_body_blobs(tmp):
+    """body (default 1.5 mm and --fast 6 mm): the package's model-grid labels
+    equal TotalSegmentator's own cleanups (postprocessing.py, as nnunet.py
+    calls them for body: keep_largest_blob_multilabel of body_trunc, then
+    remove_small_blobs_multilabel of body_extremities with
+    [50000 mm3 / voxel volume, 1e10]) run on the part's own model-grid
+    prediction; the cleanups change the labels, and 26-connectivity would
+    have given another answer."""
+    ts = need_ts()
+    from scipy import ndimage
+    fx = T.fixture()
+    d = tempfile.mkdtemp(prefix="tsbody-", dir=tmp)
+    home = os.path.join(d, "home")
+    p = T.py(T.FAKE, home, "--patch", "32", "--ids", "299,300")
+    assert p.returncode == 0, p.stderr
+    cm = ts.maps.class_map["body"]
+    other_conn = False
+    for flag in ("", "--fast"):
+        pkg = os.path.join(tmp, "body" + flag)
+        p = T.py(T.IMPORTER, home, "-o", pkg, "--task", "body", *([flag] if flag else []))
+        assert p.returncode == 0, p.stderr
+        man = T.json.load(open(os.path.join(pkg, "segpipe.json")))
+        assert man["labels"] == {"0": "background", **{str(k): v for k, v in cm.items()}} and "roi_crop" not in man
+        part = os.path.join(pkg, man["parts"][0]["dir"])
+        ours_ml, raw_ml = os.path.join(tmp, "ours_ml.nii.gz"), os.path.join(tmp, "raw_ml.nii.gz")
+        T.run_ct(pkg, os.path.join(tmp, "ours.nii.gz"), "--save-model-labels", ours_ml)
+        T.run_ct(part, os.path.join(tmp, "raw.nii.gz"), "--no-passport", "--save-model-labels", raw_ml)
+        raw_img = nib.load(raw_ml)
+        raw = np.asanyarray(raw_img.dataobj).astype(np.uint8)
+        vox_vol = np.prod(raw_img.header.get_zooms())
+        ref = ts.post.keep_largest_blob_multilabel(raw.copy(), cm, ["body_trunc"], quiet=True)
+        ref = ts.post.remove_small_blobs_multilabel(ref, cm, ["body_extremities"],
+                                                    interval=[50000 / vox_vol, 1e10], quiet=True)
+        got = T.labels_of(ours_ml)
+        assert (got == ref).mean() >= 0.999, flag
+        assert (ref != raw).any() and (ref == 1).any(), flag   # the cleanups did something, the trunc stays
+        lab, n = ndimage.label(raw == 1, structure=np.ones((3, 3, 3)))
+        if n:
+            full = np.where(raw == 1, 0, raw)
+            full[lab == np.bincount(lab.ravel())[1:].argmax() + 1] = 1
+            other_conn |= not np.array_equal(full == 1, ref == 1)
+        stats = T.json.load(open(os.path.join(tmp, "ours.statistics.json")))
+        assert list(stats) == list(cm.values())
+    assert other_conn
+    for blobs, what in (([{"label": 9, "keep": "largest"}], "blobs[0].label = 9"),
+                        ([{"label": 1, "keep": "smallest"}], "blobs[0] must be"),
+                        ([{"label": 1, "keep": "largest", "remove_mm3": 5}], "blobs[0] must be")):
+        bad = os.path.join(tmp, "bad")
+        shutil.rmtree(bad, ignore_errors=True)
+        shutil.copytree(pkg, bad)
+        T.json.dump(dict(man, blobs=blobs), open(os.path.join(bad, "segpipe.json"), "w"))
+        q = sp.run("model", "check", bad)
+        assert q.returncode == 4 and what in q.stderr, q.stderr
+    p = T.py(T.IMPORTER, home, "-o", os.path.join(tmp, "x"), "--task", "body", "--fastest")
+    assert p.returncode == 4 and "no --fastest model" in p.stderr, p.stderr

@@ -37,17 +37,18 @@ def task_of(maps, tid):
     of task id tid: a part of `total`, its fast/fastest model, a part of
     headneck_muscles, or a one-model subtask (spacing: its resampling, 1.5 mm
     when it has none)."""
-    sub = maps["TASK_CONFIGS"]["total"]["sub_modes"]
-    for mode in ("default", "fast", "fastest"):
-        ids = sub[mode]["task_id"]
-        if tid in (ids if isinstance(ids, list) else [ids]):
-            if mode == "default":
-                part = maps["map_taskid_to_partname_ct"][str(tid)]
-                labels = maps["class_map_5_parts"][part]
-            else:
-                labels = maps["class_map"]["total"]
-            return (sub[mode]["trainer"], [float(sub[mode]["resample"])] * 3, {int(k): v for k, v in labels.items()},
-                    "3d_fullres")
+    for task in ("total", "body"):   # tasks of several modes
+        sub = maps["TASK_CONFIGS"][task]["sub_modes"]
+        for mode in sub:
+            ids = sub[mode]["task_id"]
+            if tid in (ids if isinstance(ids, list) else [ids]):
+                if task == "total" and mode == "default":
+                    part = maps["map_taskid_to_partname_ct"][str(tid)]
+                    labels = maps["class_map_5_parts"][part]
+                else:
+                    labels = maps["class_map"][task]
+                return (sub[mode]["trainer"], [float(sub[mode]["resample"])] * 3,
+                        {int(k): v for k, v in labels.items()}, "3d_fullres")
     for task, cfg in maps["TASK_CONFIGS"].items():   # a subtask
         ids = cfg.get("task_id")
         if "sub_modes" in cfg or tid not in (ids if isinstance(ids, list) else [ids]):

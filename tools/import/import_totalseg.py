@@ -27,6 +27,10 @@ weights are there) as the low-resolution model that `--roi-subset` crops with,
 as TotalSegmentator does. Sliding-window step 0.8 (TotalSegmentator's for the
 total tasks), no test-time mirroring.
 
+`body` (default 1.5 mm, Dataset299; --fast 6 mm, Dataset300) is one part with
+nnunet.py's cleanups as the package's "blobs": the largest 6-connected blob of
+body_trunc kept, blobs of body_extremities of at most 50000 mm3 removed.
+
 `headneck_muscles` is two part models (778, 779) merged the same way with its
 own part maps (class_map_parts_headneck_muscles), cropped as a subtask.
 
@@ -55,7 +59,10 @@ import import_nnunet  # noqa: E402
 from import_nnunet import ImportError_  # noqa: E402
 
 MAPS = os.path.join(HERE, "totalseg_maps.json")
-SUPPORTED = ("total",)
+SUPPORTED = ("total", "body")
+# nnunet.py's blob cleanups of a task's prediction, on its grid before the labels go back:
+# keep_largest_blob_multilabel (rois) and remove_small_blobs_multilabel (interval [mm3 / voxel volume, 1e10])
+TASK_BLOBS = {"body": [("body_trunc", "largest"), ("body_extremities", 50000)]}
 # tasks of several models: the part maps and task id -> part name TotalSegmentator merges them with
 # (nnunet.py's class_map_parts / map_taskid_to_partname for the task)
 PART_MAPS = {"total": ("class_map_5_parts", "map_taskid_to_partname_ct"),
@@ -91,6 +98,8 @@ def task_config(maps, task, fast, fastest):
             raise ImportError_(f"task {task!r} is not supported yet (supported: {', '.join(SUPPORTED)} and "
                                f"one-model subtasks)")
         mode = "fast" if fast else ("fastest" if fastest else "default")
+        if mode not in raw["sub_modes"]:
+            raise ImportError_(f"task {task!r} has no --{mode} model")
         cfg.update(raw["sub_modes"][mode])
         cfg["mode"] = mode
         return cfg
@@ -190,7 +199,7 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
     if subtask and cfg.get("crop"):   # the crop model TotalSegmentator runs first (python_api.py)
         crop_id = 297 if cfg.get("robust_crop") else 298
         crop = model_folder(maps, results, crop_id, CROP_TRAINER, cfg["plans"], "3d_fullres")
-    elif cfg["mode"] == "default" and crop_model and not subtask:
+    elif cfg["mode"] == "default" and crop_model and task == "total":
         try:
             crop = model_folder(maps, results, CROP_TASK_ID, CROP_TRAINER, cfg["plans"], cfg["model"])
         except ImportError_:
@@ -232,6 +241,10 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
            "totalsegmentator": {"task": task, "mode": cfg["mode"], "task_ids": tids, "resample": cfg["resample"],
                                 "trainer": cfg["trainer"], "plans": cfg["plans"], "model": cfg["model"],
                                 "fold": 0, "step": step, "maps_commit": maps["source"]["commit"]}}
+    if task in TASK_BLOBS:
+        man["blobs"] = [dict({"label": inv[name], "name": name},
+                             **({"keep": "largest"} if rule == "largest" else {"remove_mm3": rule}))
+                        for name, rule in TASK_BLOBS[task]]
     if aux:   # informative: the part's map sends these classes to background
         man["totalsegmentator"]["remove_auxiliary_labels"] = {str(k): v for k, v in sorted(aux.items())}
     if crop:
