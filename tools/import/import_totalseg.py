@@ -98,8 +98,8 @@ def task_config(maps, task, fast, fastest):
             raise ImportError_(f"task {task!r} is not supported yet (supported: {', '.join(SUPPORTED)} and "
                                f"one-model subtasks)")
         mode = "fast" if fast else ("fastest" if fastest else "default")
-        if mode not in raw["sub_modes"]:
-            raise ImportError_(f"task {task!r} has no --{mode} model")
+        if mode not in raw["sub_modes"]:   # get_task_config: --fastest falls back to fast (body)
+            mode = "fast" if fast or fastest else "default"
         cfg.update(raw["sub_modes"][mode])
         cfg["mode"] = mode
         return cfg
