@@ -884,19 +884,41 @@ static sp_status check_channels(const sp_manifest *mf, const sp_volume *ct, sp_v
 static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, sp_volume *const *extra, int n,
                         const sp_ct_params *pp, sp_ct_result **out);
 
+/* The mask of the "remove_outside" structures in src (NULL when the package
+ * has none) */
+static sp_status outside_mask(const sp_manifest *mf, const uint16_t *src, size_t nv, const char *const *names,
+                              int n, int strict, uint8_t **om)
+{
+    uint8_t *w = NULL;
+    *om = NULL;
+    sp_status st = mf->n_outside ? sp_outside_want(mf, names, n, strict, &w) : SP_OK;
+    if (st || !mf->n_outside)
+        return st;
+    if (!(*om = sp_big_alloc(nv ? nv : 1)))
+        st = sp_fail(SP_ERR_NOMEM, "remove_outside: cannot allocate %zu voxels", nv);
+    for (size_t v = 0; !st && v < nv; v++)
+        (*om)[v] = src[v] < n && w[src[v]];
+    free(w);
+    return st;
+}
+
 /* The crop model's labels on the whole input (*cr), or the prior result the
- * caller gave (p->crop_from, checked to be on the input's grid), and want[]
- * over its labels' names: the crop structures. */
+ * caller gave (p->crop_from, checked to be on the input's grid), want[]
+ * over its labels' names (the crop structures) and *om the mask of the
+ * remove_outside structures (or NULL). */
 static sp_status crop_source(sp_package *pk, const sp_volume *ct, const sp_ct_params *p, const uint8_t *keep,
-                             sp_ct_result **cr, const uint16_t **src, uint8_t **want, int *nwant)
+                             sp_ct_result **cr, const uint16_t **src, uint8_t **want, int *nwant, uint8_t **om)
 {
     const sp_manifest *mf = &pk->mf, *cm = pk->crop ? &pk->crop->mf : mf;
     const char *const *names = p->crop_from_names ? p->crop_from_names : (const char *const *)cm->labels;
+    size_t nv = (size_t)sp_geom_nvox(&ct->g);
     *nwant = p->crop_from_names ? p->crop_from_n : cm->num_classes;
     if (p->crop_from) {
         *src = p->crop_from;
         sp_status st = sp_crop_from_check(ct, p->crop_from_grid);
-        return st ? st : sp_crop_want_names(mf, keep, names, *nwant, 1, want);
+        if (!st)
+            st = sp_crop_want_names(mf, keep, names, *nwant, 1, want);
+        return st ? st : outside_mask(mf, *src, nv, names, *nwant, 1, om);
     }
     sp_ct_params cp = sp_ct_default_params();
     cp.threads = p->threads;
@@ -910,7 +932,8 @@ static sp_status crop_source(sp_package *pk, const sp_volume *ct, const sp_ct_pa
     if (st)
         return st;
     *src = (*cr)->labels;
-    return sp_crop_want_names(mf, keep, names, *nwant, 0, want);
+    st = sp_crop_want_names(mf, keep, names, *nwant, 0, want);
+    return st ? st : outside_mask(mf, *src, nv, names, *nwant, 0, om);
 }
 
 /* --roi-subset on a task package with a roi_crop model, and every run of a
@@ -927,30 +950,35 @@ static sp_status roi_crop_path(sp_package *pk, const sp_volume *ct, const sp_ct_
     double t0 = sp_now();
     sp_ct_result *cr = NULL;
     const uint16_t *src = NULL;
-    uint8_t *want = NULL;
+    uint8_t *want = NULL, *om = NULL;
     int nwant = 0;
-    sp_status st = crop_source(pk, ct, p, keep, &cr, &src, &want, &nwant);
+    sp_status st = crop_source(pk, ct, p, keep, &cr, &src, &want, &nwant, &om);
     int64_t lo[3] = {0, 0, 0}, hi[3] = {0, 0, 0};
     int found = !st && sp_roi_box(src, ct->g.dim, want, nwant, mf->crop_addon, ct->g.spacing, lo, hi);
     free(want);
     sp_ct_result_free(cr);
     sp_timings_add(&r->t, "roi_crop", sp_now() - t0);
     memcpy(r->dim, ct->g.dim, sizeof r->dim);
-    if (st || !found)
+    if (st || !found) {
+        free(om);
         return st ? st : sp_labels_uncrop(NULL, lo, lo, ct->g.dim, &r->labels);
-    sp_volume *sub = NULL;
-    if ((st = sp_volume_crop_box(ct, lo, hi, &sub)) || (st = grid_path(pk, sub, NULL, p, keep, r, pool, h))) {
-        sp_volume_free(sub);
-        return st;
     }
+    sp_volume *sub = NULL;
+    if (!(st = sp_volume_crop_box(ct, lo, hi, &sub)))
+        st = grid_path(pk, sub, NULL, p, keep, r, pool, h);
     sp_volume_free(sub);
-    uint16_t *full;
-    if ((st = sp_labels_uncrop(r->labels, lo, hi, ct->g.dim, &full)))
-        return st;
-    free(r->labels);
-    r->labels = full;
-    memcpy(r->dim, ct->g.dim, sizeof r->dim);
-    return SP_OK;
+    uint16_t *full = NULL;
+    if (!st && !(st = sp_labels_uncrop(r->labels, lo, hi, ct->g.dim, &full))) {
+        free(r->labels);
+        r->labels = full;
+        memcpy(r->dim, ct->g.dim, sizeof r->dim);
+    }
+    if (!st && om) {   /* remove_outside: int(mm / mean voxel size) dilations, as TotalSegmentator */
+        const double *sp = ct->g.spacing;
+        st = sp_remove_outside(r->labels, om, ct->g.dim, (int)(mf->outside_mm / ((sp[0] + sp[1] + sp[2]) / 3)));
+    }
+    free(om);
+    return st;
 }
 
 /* mut: the same volume, writable (sp_ct_run_inplace), or NULL; extra:

@@ -205,4 +205,10 @@ sp_status sp_crop_from_check(const sp_volume *ct, const sp_volume *grid);
  * structure must be among names, else SP_ERR_INPUT naming it. */
 sp_status sp_crop_want_names(const sp_manifest *mf, const uint8_t *keep, const char *const *names, int n,
                              int strict, uint8_t **want);
+/* As sp_crop_want_names for the structures of "crop.remove_outside". */
+sp_status sp_outside_want(const sp_manifest *mf, const char *const *names, int n, int strict, uint8_t **want);
+/* TotalSegmentator's remove_outside_of_mask: labels outside mask dilated
+ * `iterations` times with 6-neighbour steps (scipy's binary_dilation) become
+ * 0; iterations < 1 dilates until nothing changes (an empty mask removes all). */
+sp_status sp_remove_outside(uint16_t *labels, const uint8_t *mask, const int64_t dim[3], int iterations);
 #endif

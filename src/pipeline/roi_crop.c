@@ -128,24 +128,83 @@ static int named(const char *const *names, int n, const char *s)
     return 0;
 }
 
-sp_status sp_crop_want_names(const sp_manifest *mf, const uint8_t *keep, const char *const *names, int n,
-                             int strict, uint8_t **want)
+/* *want (n entries): want[l] when names[l] is in list[0..nl); strict: every
+ * listed name must be among names (a prior result's), else SP_ERR_INPUT */
+static sp_status want_list(const char *const *list, int nl, const char *const *names, int n, int strict,
+                           const char *model, uint8_t **want)
 {
     uint8_t *w = *want = calloc((size_t)(n > 0 ? n : 1), 1);
     if (!w)
         return sp_fail(SP_ERR_NOMEM, "out of memory");
-    int ns = mf->n_crop_names ? mf->n_crop_names : mf->num_classes;
-    for (int i = 0; i < ns; i++) {
-        const char *s = mf->n_crop_names ? mf->crop_names[i] : (i && keep && keep[i] ? mf->labels[i] : NULL);
-        int l = s ? named(names, n, s) : 0;
+    for (int i = 0; i < nl; i++) {
+        int l = named(names, n, list[i]);
         for (int m = l; m && m < n; m++)   /* every label of that name */
-            w[m] |= names[m] && !strcmp(names[m], s);
-        if (s && !l && strict) {
+            w[m] |= names[m] && !strcmp(names[m], list[i]);
+        if (!l && strict) {
             free(w);
             *want = NULL;
             return sp_fail(SP_ERR_INPUT, "the prior result to crop from has no label named \"%.64s\" (a structure "
-                           "'%.64s' crops to; TotalSegmentator's `total` output names it)", s, mf->name);
+                           "'%.64s' crops to; TotalSegmentator's `total` output names it)", list[i], model);
         }
     }
+    return SP_OK;
+}
+
+sp_status sp_crop_want_names(const sp_manifest *mf, const uint8_t *keep, const char *const *names, int n,
+                             int strict, uint8_t **want)
+{
+    if (mf->n_crop_names)
+        return want_list((const char *const *)mf->crop_names, mf->n_crop_names, names, n, strict, mf->name, want);
+    const char **kept = calloc((size_t)mf->num_classes, sizeof *kept);
+    int nk = 0;
+    if (!kept)
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    for (int l = 1; keep && l < mf->num_classes; l++)
+        if (keep[l])
+            kept[nk++] = mf->labels[l];
+    sp_status st = want_list(kept, nk, names, n, strict, mf->name, want);
+    free(kept);
+    return st;
+}
+
+sp_status sp_outside_want(const sp_manifest *mf, const char *const *names, int n, int strict, uint8_t **want)
+{
+    return want_list((const char *const *)mf->outside_names, mf->n_outside, names, n, strict, mf->name, want);
+}
+
+sp_status sp_remove_outside(uint16_t *labels, const uint8_t *mask, const int64_t dim[3], int iterations)
+{
+    size_t nv = (size_t)(dim[0] * dim[1] * dim[2]), any = 0;
+    for (size_t v = 0; v < nv && !any; v++)
+        any = mask[v];
+    if (iterations < 1 || !any) {   /* scipy: iterations < 1 dilates until nothing changes */
+        if (!any)
+            memset(labels, 0, nv * sizeof *labels);
+        return SP_OK;
+    }
+    /* city-block distance to the mask in two raster passes (exact for 6-neighbour steps), capped */
+    uint16_t *d = sp_big_alloc(nv * sizeof *d);
+    const int64_t sx = 1, sy = dim[0], sz = dim[0] * dim[1];
+    if (!d)
+        return sp_fail(SP_ERR_NOMEM, "remove_outside: cannot allocate %zu voxels", nv);
+    for (size_t v = 0; v < nv; v++)
+        d[v] = mask[v] ? 0 : 65535;
+    for (int pass = 0; pass < 2; pass++)
+        for (int64_t q = 0; q < (int64_t)nv; q++) {
+            int64_t v = pass ? (int64_t)nv - 1 - q : q, i = v % dim[0], j = (v / dim[0]) % dim[1], k = v / sz;
+            int64_t s1 = pass ? 1 : -1;
+            uint32_t best = d[v];
+            if ((pass ? i + 1 < dim[0] : i > 0) && d[v + s1 * sx] + 1u < best)
+                best = d[v + s1 * sx] + 1u;
+            if ((pass ? j + 1 < dim[1] : j > 0) && d[v + s1 * sy] + 1u < best)
+                best = d[v + s1 * sy] + 1u;
+            if ((pass ? k + 1 < dim[2] : k > 0) && d[v + s1 * sz] + 1u < best)
+                best = d[v + s1 * sz] + 1u;
+            d[v] = (uint16_t)(best > 65535 ? 65535 : best);
+        }
+    for (size_t v = 0; v < nv; v++)
+        if (d[v] > iterations)
+            labels[v] = 0;
+    free(d);
     return SP_OK;
 }

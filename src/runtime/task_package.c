@@ -53,22 +53,39 @@ static sp_status parse_map(const cJSON *m, const char *file, int i, sp_manifest 
     return SP_OK;
 }
 
-/* "crop": {"structures": [names of the crop model's labels], ...} */
-static sp_status parse_crop_names(const cJSON *cr, const char *file, sp_manifest *mf)
+/* crop.<key>: an array of 1..1024 names of the crop model's labels into
+ * (*names)[0..*n) */
+static sp_status parse_names(const cJSON *cr, const char *key, const char *file, char ***names, int *n)
 {
-    const cJSON *n = cJSON_GetObjectItemCaseSensitive(cr, "structures");
-    int k = cJSON_GetArraySize(n);
-    if (!cJSON_IsArray(n) || k < 1 || k > 1024)
-        return sp_fail(SP_ERR_MODEL, "%s: crop.structures must be an array of 1..1024 structure names", file);
-    if (!(mf->crop_names = calloc((size_t)k, sizeof *mf->crop_names)))
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(cr, key);
+    int k = cJSON_GetArraySize(a);
+    if (!cJSON_IsArray(a) || k < 1 || k > 1024)
+        return sp_fail(SP_ERR_MODEL, "%s: crop.%s must be an array of 1..1024 structure names", file, key);
+    if (!(*names = calloc((size_t)k, sizeof **names)))
         return sp_fail(SP_ERR_NOMEM, "out of memory");
-    for (const cJSON *v = n->child; v; v = v->next) {
+    for (const cJSON *v = a->child; v; v = v->next) {
         if (!cJSON_IsString(v))
-            return sp_fail(SP_ERR_MODEL, "%s: crop.structures[%d] must be a name", file, mf->n_crop_names);
-        if (!(mf->crop_names[mf->n_crop_names++] = strdup(v->valuestring)))
+            return sp_fail(SP_ERR_MODEL, "%s: crop.%s[%d] must be a name", file, key, *n);
+        if (!((*names)[(*n)++] = strdup(v->valuestring)))
             return sp_fail(SP_ERR_NOMEM, "out of memory");
     }
     return SP_OK;
+}
+
+/* "crop": {"structures": [...], optionally "remove_outside": [...] with
+ * "remove_outside_mm": mm} */
+static sp_status parse_crop_names(const cJSON *cr, const char *file, sp_manifest *mf)
+{
+    sp_status st = parse_names(cr, "structures", file, &mf->crop_names, &mf->n_crop_names);
+    const cJSON *ro = cJSON_GetObjectItemCaseSensitive(cr, "remove_outside");
+    const cJSON *mm = cJSON_GetObjectItemCaseSensitive(cr, "remove_outside_mm");
+    if (st || (!ro && !mm))
+        return st;
+    if (!ro || !cJSON_IsNumber(mm) || !(mm->valuedouble >= 0 && mm->valuedouble <= 1000))
+        return sp_fail(SP_ERR_MODEL, "%s: crop.remove_outside (names) and crop.remove_outside_mm (0..1000) go "
+                       "together", file);
+    mf->outside_mm = mm->valuedouble;
+    return parse_names(cr, "remove_outside", file, &mf->outside_names, &mf->n_outside);
 }
 
 /* "blobs": [{"label": 1, "keep": "largest"}, {"label": 2, "remove_mm3": 50000}] */
@@ -181,6 +198,14 @@ static sp_status crop_want(sp_package *pk)
         if (!found)
             return sp_fail(SP_ERR_MODEL, "%s/segpipe.json: crop.structures names \"%.64s\", which the crop model "
                            "'%s' does not segment", pk->dir, mf->crop_names[i], c->name);
+    }
+    for (int i = 0; i < mf->n_outside; i++) {
+        int found = 0;
+        for (int l = 1; l < c->num_classes && !found; l++)
+            found = !strcmp(c->labels[l], mf->outside_names[i]);
+        if (!found)
+            return sp_fail(SP_ERR_MODEL, "%s/segpipe.json: crop.remove_outside names \"%.64s\", which the crop "
+                           "model '%s' does not segment", pk->dir, mf->outside_names[i], c->name);
     }
     return SP_OK;
 }

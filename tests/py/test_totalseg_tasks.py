@@ -456,3 +456,67 @@ def test_totalseg_body_blobs(tmp):
     assert p.returncode == 0, p.stderr
     x = T.json.load(open(os.path.join(tmp, "x", "segpipe.json")))
     assert x["parts"][0]["task_id"] == 300 and x["totalsegmentator"]["mode"] == "fast"
+
+
+def test_totalseg_remove_outside(tmp):
+    """heartchambers_highres: cropped to the heart of the 3 mm crop model
+    (robust_crop), and at the end TotalSegmentator's own
+    remove_outside_of_mask with the crop model's heart, aorta and
+    inferior_vena_cava and int(10 mm / mean voxel size) dilations; checked on
+    the crop model's labels and on a prior result (--crop-from) whose blocks
+    make the removal large."""
+    ts = need_ts()
+    fx = T.fixture()
+    d = tempfile.mkdtemp(prefix="tshc-", dir=tmp)
+    home = os.path.join(d, "home")
+    p = T.py(T.FAKE, home, "--patch", "32", "--ids", "301,297")
+    assert p.returncode == 0, p.stderr
+    pkg = os.path.join(tmp, "hc")
+    p = T.py(T.IMPORTER, home, "-o", pkg, "--task", "heartchambers_highres")
+    assert p.returncode == 0, p.stderr
+    man = T.json.load(open(os.path.join(pkg, "segpipe.json")))
+    cfg = ts.maps.class_map
+    assert man["crop"]["task_id"] == 297 and man["crop"]["structures"] == ["heart"]
+    assert man["crop"]["remove_outside"] == ["heart", "aorta", "inferior_vena_cava"]
+    assert man["crop"]["remove_outside_mm"] == 10
+    assert man["labels"] == {"0": "background", **{str(k): v for k, v in cfg["heartchambers_highres"].items()}}
+    img = nib.load(fx["ct"])
+    cmt = T.upstream_maps()[0]
+    tinv = {v: k for k, v in cmt.items()}
+    part = os.path.join(pkg, man["parts"][0]["dir"])
+    n_it = int(10 / np.mean(img.header.get_zooms()))
+    assert n_it >= 1
+
+    def reference(organ_seg):
+        heart = organ_seg == tinv["heart"]
+        if not heart.any():   # "Crop is empty"
+            return np.zeros(img.shape, np.int32), np.zeros(img.shape, np.int32)
+        ref, _ = ts_crop_reference(tmp, part, heart, man["crop"]["addon_mm"])
+        keep = np.isin(organ_seg, [tinv[n] for n in man["crop"]["remove_outside"]]).astype(np.uint8)
+        return ts.post.remove_outside_of_mask(ref.copy(), keep, addon=n_it).astype(np.int32), ref
+
+    organ = os.path.join(tmp, "organ.nii.gz")
+    T.run_ct(os.path.join(pkg, man["crop"]["dir"]), organ, "--no-passport")
+    ref, _ = reference(T.labels_of(organ))
+    out = os.path.join(tmp, "hc.nii.gz")
+    T.run_ct(pkg, out, "--no-passport")
+    assert (T.labels_of(out) == ref).mean() >= 0.999
+    prior = np.zeros(img.shape, np.uint8)
+    prior[10:30, 12:34, 5:14] = tinv["heart"]
+    prior[14:17, 16:19, 6:9] = tinv["aorta"]   # inside the heart's box: only these two regions stay
+    prior[26:28, 30:32, 11:13] = tinv["inferior_vena_cava"]
+    prior[12:24, 14:28, 9:12] = 0   # a hole in the heart: the removal acts inside the crop too
+    pf = os.path.join(tmp, "prior.nii.gz")
+    ts.ext.save_multilabel_nifti(nib.Nifti1Image(prior, img.affine), pf, cmt)
+    ref, before = reference(prior)
+    assert (before != ref).sum() > 100 and ref.any()   # the removal does something
+    T.run_ct(pkg, out, "--no-passport", "--crop-from", pf)
+    assert (T.labels_of(out) == ref).mean() >= 0.999
+    for crop, what in ((dict(man["crop"], remove_outside=["no_such"]), 'remove_outside names "no_such"'),
+                       ({k: v for k, v in man["crop"].items() if k != "remove_outside_mm"}, "go together")):
+        bad = os.path.join(tmp, "bad")
+        shutil.rmtree(bad, ignore_errors=True)
+        shutil.copytree(pkg, bad)
+        T.json.dump(dict(man, crop=crop), open(os.path.join(bad, "segpipe.json"), "w"))
+        q = sp.run("model", "check", bad)
+        assert q.returncode == 4 and what in q.stderr, q.stderr

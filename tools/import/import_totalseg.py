@@ -46,7 +46,9 @@ every run as TotalSegmentator does. TotalSegmentator's remove_auxiliary_labels
 has besides the task's, class_map[task + "_auxiliary"]) is the part's map
 sending those classes to background; tasks with postprocessing segpipe lacks
 (vertebrae_pp's relabelling, the body tasks' blob cleanups) and MR tasks that
-crop (TotalSegmentator's MR crop model) are refused.
+crop (TotalSegmentator's MR crop model) are refused. A task's remove_outside
+(heartchambers_highres: labels outside heart, aorta and inferior_vena_cava of the
+crop model, dilated by 10 mm, removed) goes into the crop rule.
 
 Exit codes: 0 written; 2 usage; 4 weights missing or not what the task needs
 (message names the folder expected).
@@ -76,7 +78,7 @@ def load_maps():
         return json.load(f)
 
 
-UNSUPPORTED_KEYS = ("cascade", "crop_model", "remove_outside", "remove_mask")
+UNSUPPORTED_KEYS = ("cascade", "crop_model", "remove_mask")
 # nnunet.py's task-specific postprocessing segpipe does not have (the body tasks' blob cleanups are
 # refused with their sub_modes; remove_auxiliary_labels is carried by the part map, see build)
 UNSUPPORTED_POSTPROCESSING = {"vertebrae_pp": "postprocess_vertebrae_pp (vertebrae relabelled and dilated)",
@@ -88,7 +90,7 @@ def task_config(maps, task, fast, fastest):
     totalsegmentator() default): `total`'s sub-modes, or a one-model subtask
     (its crop rule included). Refused: total_mr/total_v3 and the tasks whose
     running needs more than a crop (a cascade, another crop model,
-    remove_outside/remove_mask, a body crop, several models)."""
+    remove_mask, a body crop, several models)."""
     raw = maps["TASK_CONFIGS"].get(task)
     if raw is None:
         raise ImportError_(f"unknown TotalSegmentator task {task!r}")
@@ -259,6 +261,13 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
             # python_api.py: crop_addon = [20,20,20] if crop_model is None else crop_addon, so a
             # task's own crop_addon is overridden whenever the total model crops (all tasks here)
             man["crop"] = dict(rule, structures=list(cfg["crop"]), addon_mm=CROP_ADDON_MM)
+            if cfg.get("remove_outside"):   # python_api.py: a mask of these in the crop model's labels,
+                # nnunet.py: remove_outside_of_mask(seg, mask, int(dilation / mean voxel size)) at the end
+                missing = [n for n in cfg["remove_outside"] if n not in total.values()]
+                if missing:
+                    raise ImportError_(f"remove_outside structures {missing} are not in class_map['total']")
+                man["crop"].update(remove_outside=list(cfg["remove_outside"]),
+                                   remove_outside_mm=cfg["remove_outside_dilation"])
         else:         # --roi-subset crops with it, 20 mm
             man["roi_crop"] = dict(rule, addon_mm=CROP_ADDON_MM)
     with open(os.path.join(out, "segpipe.json"), "w") as f:
