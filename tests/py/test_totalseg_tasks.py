@@ -520,3 +520,55 @@ def test_totalseg_remove_outside(tmp):
         T.json.dump(dict(man, crop=crop), open(os.path.join(bad, "segpipe.json"), "w"))
         q = sp.run("model", "check", bad)
         assert q.returncode == 4 and what in q.stderr, q.stderr
+
+
+def test_totalseg_total_mr(tmp):
+    """total_mr: parts 850/851 merged into class_map["total_mr"] as nnunet.py
+    merges them (class_map_parts_mr), 852 (3 mm) as the --roi-subset crop
+    model with total_mr's names, --fast 852 / --fastest 853; the package's
+    labels equal that merge of the parts' own predictions."""
+    ts = need_ts()
+    fx = T.fixture()
+    d = tempfile.mkdtemp(prefix="tsmr-", dir=tmp)
+    home = os.path.join(d, "home")
+    p = T.py(T.FAKE, home, "--patch", "32", "--ids", "850,851,852,853")
+    assert p.returncode == 0, p.stderr
+    pkg = os.path.join(tmp, "mr")
+    p = T.py(T.IMPORTER, home, "-o", pkg, "--task", "total_mr")
+    assert p.returncode == 0, p.stderr
+    man = T.json.load(open(os.path.join(pkg, "segpipe.json")))
+    cm, parts, t2p = ts.maps.class_map["total_mr"], ts.maps.class_map_parts_mr, ts.maps.map_taskid_to_partname_mr
+    inv = {v: k for k, v in cm.items()}
+    assert man["labels"] == {"0": "background", **{str(k): v for k, v in cm.items()}}
+    assert [q["task_id"] for q in man["parts"]] == [850, 851]
+    for q in man["parts"]:
+        pm = parts[t2p[q["task_id"]]]
+        assert q["map"] == [0] + [inv[pm[j]] for j in range(1, max(pm) + 1)]
+        assert q["source"].endswith("nnUNetTrainer_2000epochs_NoMirroring__nnUNetPlans__3d_fullres")
+        assert T.json.load(open(os.path.join(pkg, q["dir"], "segpipe.json")))["sliding_window"]["step"] == 0.8
+    assert man["roi_crop"]["task_id"] == 852
+    crop = T.json.load(open(os.path.join(pkg, man["roi_crop"]["dir"], "segpipe.json")))
+    assert crop["labels"] == man["labels"] and crop["spacing"] == [3.0] * 3
+    segs = []
+    for q in man["parts"]:
+        o = os.path.join(tmp, f"{q['task_id']}.nii.gz")
+        T.run_ct(os.path.join(pkg, q["dir"]), o, "--no-passport")
+        segs.append(T.labels_of(o))
+    combined = np.zeros(segs[0].shape, np.uint8)   # nnunet.py's merge, written from its source
+    for seg, tid in zip(segs, [850, 851]):
+        pm = parts[t2p[tid]]
+        lut = np.zeros(max(pm) + 1, np.uint8)
+        for j, name in pm.items():
+            lut[j] = inv[name]
+        mapped = lut[seg.astype(np.uint8)]
+        np.copyto(combined, mapped, where=mapped != 0)
+    assert ((segs[0] > 0) & (segs[1] > 0)).mean() > 0.01   # overlapping parts: the order counts
+    out = os.path.join(tmp, "mr.nii.gz")
+    T.run_ct(pkg, out, "--no-passport")
+    assert (T.labels_of(out) == combined).mean() >= 0.999
+    for flag, tid in (("--fast", 852), ("--fastest", 853)):
+        o = os.path.join(tmp, flag)
+        p = T.py(T.IMPORTER, home, "-o", o, "--task", "total_mr", flag)
+        assert p.returncode == 0, p.stderr
+        m = T.json.load(open(os.path.join(o, "segpipe.json")))
+        assert [q["task_id"] for q in m["parts"]] == [tid] and m["labels"] == man["labels"]

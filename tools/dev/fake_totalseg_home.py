@@ -37,14 +37,16 @@ def task_of(maps, tid):
     of task id tid: a part of `total`, its fast/fastest model, a part of
     headneck_muscles, or a one-model subtask (spacing: its resampling, 1.5 mm
     when it has none)."""
-    for task in ("total", "body"):   # tasks of several modes
+    parts = {"total": ("map_taskid_to_partname_ct", "class_map_5_parts"),
+             "total_mr": ("map_taskid_to_partname_mr", "class_map_parts_mr")}
+    for task in ("total", "total_mr", "body"):   # tasks of several modes
         sub = maps["TASK_CONFIGS"][task]["sub_modes"]
         for mode in sub:
             ids = sub[mode]["task_id"]
             if tid in (ids if isinstance(ids, list) else [ids]):
-                if task == "total" and mode == "default":
-                    part = maps["map_taskid_to_partname_ct"][str(tid)]
-                    labels = maps["class_map_5_parts"][part]
+                if isinstance(ids, list):
+                    part = maps[parts[task][0]][str(tid)]
+                    labels = maps[parts[task][1]][part]
                 else:
                     labels = maps["class_map"][task]
                 return (sub[mode]["trainer"], [float(sub[mode]["resample"])] * 3,

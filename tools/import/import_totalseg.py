@@ -22,7 +22,9 @@ and names identical) and the merge rule: parts in order 291 -> 295, each part's
 labels mapped to the task's ids through its `class_map_5_parts` entry, a
 later part overwriting wherever it predicts anything but background.
 `--fast` (Dataset297, 3 mm) and `--fastest` (Dataset298, 6 mm) are one part
-each. Unless --no-crop-model, the default mode also takes Dataset298 (when its
+each. `total_mr` likewise: Dataset850 and 851 merged with class_map_parts_mr,
+--fast 852, --fastest 853, and 852 as its --roi-subset crop model (python_api.py
+always crops MR with the 3 mm model). Unless --no-crop-model, the default mode also takes Dataset298 (when its
 weights are there) as the low-resolution model that `--roi-subset` crops with,
 as TotalSegmentator does. Sliding-window step 0.8 (TotalSegmentator's for the
 total tasks), no test-time mirroring.
@@ -61,15 +63,19 @@ import import_nnunet  # noqa: E402
 from import_nnunet import ImportError_  # noqa: E402
 
 MAPS = os.path.join(HERE, "totalseg_maps.json")
-SUPPORTED = ("total", "body")
+SUPPORTED = ("total", "total_mr", "body")
 # nnunet.py's blob cleanups of a task's prediction, on its grid before the labels go back:
 # keep_largest_blob_multilabel (rois) and remove_small_blobs_multilabel (interval [mm3 / voxel volume, 1e10])
 TASK_BLOBS = {"body": [("body_trunc", "largest"), ("body_extremities", 50000)]}
 # tasks of several models: the part maps and task id -> part name TotalSegmentator merges them with
 # (nnunet.py's class_map_parts / map_taskid_to_partname for the task)
 PART_MAPS = {"total": ("class_map_5_parts", "map_taskid_to_partname_ct"),
+             "total_mr": ("class_map_parts_mr", "map_taskid_to_partname_mr"),
              "headneck_muscles": ("class_map_parts_headneck_muscles", "map_taskid_to_partname_headneck_muscles")}
 CROP_TASK_ID, CROP_TRAINER, CROP_ADDON_MM = 298, "nnUNetTrainer_4000epochs_NoMirroring", [20, 20, 20]
+# python_api.py's crop model for --roi-subset: the 6 mm CT model, or for MR tasks always the 3 mm
+# total_mr model (Dataset852) with total_mr's class map
+ROI_CROP = {"total": (298, CROP_TRAINER, "total"), "total_mr": (852, "nnUNetTrainer_2000epochs_NoMirroring", "total_mr")}
 STEP_TOTAL = 0.8    # nnunet.py: tile step for "total", "total_v3", "total_mr"
 
 
@@ -87,8 +93,8 @@ UNSUPPORTED_POSTPROCESSING = {"vertebrae_pp": "postprocess_vertebrae_pp (vertebr
 
 def task_config(maps, task, fast, fastest):
     """TotalSegmentator's get_task_config (plans "nnUNetPlans", the
-    totalsegmentator() default): `total`'s sub-modes, or a one-model subtask
-    (its crop rule included). Refused: total_mr/total_v3 and the tasks whose
+    totalsegmentator() default): the sub-modes of total, total_mr and body,
+    or a subtask (its crop rule included). Refused: total_v3 and the tasks whose
     running needs more than a crop (a cascade, another crop model,
     remove_mask, a body crop, several models)."""
     raw = maps["TASK_CONFIGS"].get(task)
@@ -201,9 +207,10 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
     if subtask and cfg.get("crop"):   # the crop model TotalSegmentator runs first (python_api.py)
         crop_id = 297 if cfg.get("robust_crop") else 298
         crop = model_folder(maps, results, crop_id, CROP_TRAINER, cfg["plans"], "3d_fullres")
-    elif cfg["mode"] == "default" and crop_model and task == "total":
+    elif cfg["mode"] == "default" and crop_model and task in ROI_CROP:
+        crop_id, trainer, _ = ROI_CROP[task]
         try:
-            crop = model_folder(maps, results, CROP_TASK_ID, CROP_TRAINER, cfg["plans"], cfg["model"])
+            crop = model_folder(maps, results, crop_id, trainer, cfg["plans"], cfg["model"])
         except ImportError_:
             crop = None
     step = STEP_TOTAL if task in ("total", "total_v3", "total_mr") else 0.5
@@ -251,7 +258,7 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
         man["totalsegmentator"]["remove_auxiliary_labels"] = {str(k): v for k, v in sorted(aux.items())}
     if crop:
         sub = f"crop{crop_id}"
-        total = {int(k): v for k, v in maps["class_map"]["total"].items()}
+        total = {int(k): v for k, v in maps["class_map"][ROI_CROP.get(task, ROI_CROP["total"])[2]].items()}
         import_part(crop, os.path.join(out, sub), f"totalseg-{crop_id}-crop", total, STEP_TOTAL)
         rule = {"dir": sub, "task_id": crop_id, "source": os.path.relpath(crop, results)}
         if subtask:   # every run crops to these structures of the total model
