@@ -275,7 +275,7 @@ def test_totalseg_remove_auxiliary_labels(tmp):
 def test_totalseg_postprocessing_tasks(tmp):
     """kidney_cysts (auxiliary kidneys, a crop with the 6 mm model) imports
     with its map and crop rule; vertebrae_pp (postprocessing segpipe does not
-    have) and an MR task that crops are refused, exit 4."""
+    have) is refused, exit 4."""
     ts = need_ts()
     h = aux_home()
     pkg = os.path.join(tmp, "kc")
@@ -288,8 +288,6 @@ def test_totalseg_postprocessing_tasks(tmp):
     assert sp.run("model", "check", pkg).returncode == 0
     p = T.py(T.IMPORTER, h["home"], "-o", os.path.join(tmp, "vp"), "--task", "vertebrae_pp")
     assert p.returncode == 4 and "postprocess_vertebrae_pp" in p.stderr, p.stderr
-    p = T.py(T.IMPORTER, h["home"], "-o", os.path.join(tmp, "lm"), "--task", "liver_segments_mr")
-    assert p.returncode == 4 and "MR crop model" in p.stderr, p.stderr
 
 
 def test_totalseg_headneck_muscles_parts(tmp):
@@ -572,3 +570,14 @@ def test_totalseg_total_mr(tmp):
         assert p.returncode == 0, p.stderr
         m = T.json.load(open(os.path.join(o, "segpipe.json")))
         assert [q["task_id"] for q in m["parts"]] == [tid] and m["labels"] == man["labels"]
+    # an MR subtask that crops: python_api.py crops *_mr tasks with 852 and total_mr's names
+    p = T.py(T.FAKE, home, "--patch", "32", "--ids", "576")
+    assert p.returncode == 0, p.stderr
+    ls = os.path.join(tmp, "ls")
+    p = T.py(T.IMPORTER, home, "-o", ls, "--task", "liver_segments_mr")
+    assert p.returncode == 0, p.stderr
+    m = T.json.load(open(os.path.join(ls, "segpipe.json")))
+    assert m["crop"]["task_id"] == 852 and m["crop"]["structures"] == ["liver"]
+    crop = T.json.load(open(os.path.join(ls, m["crop"]["dir"], "segpipe.json")))
+    assert crop["labels"] == man["labels"]   # total_mr's names
+    assert sp.run("model", "check", ls).returncode == 0

@@ -47,8 +47,8 @@ every run as TotalSegmentator does. TotalSegmentator's remove_auxiliary_labels
 (appendicular_bones, kidney_cysts, renal_arteries, face_mr: classes the network
 has besides the task's, class_map[task + "_auxiliary"]) is the part's map
 sending those classes to background; tasks with postprocessing segpipe lacks
-(vertebrae_pp's relabelling, the body tasks' blob cleanups) and MR tasks that
-crop (TotalSegmentator's MR crop model) are refused. A task's remove_outside
+(vertebrae_pp's relabelling) are refused. MR tasks that crop (*_mr) crop with
+Dataset852 and total_mr's names, as python_api.py. A task's remove_outside
 (heartchambers_highres: labels outside heart, aorta and inferior_vena_cava of the
 crop model, dilated by 10 mm, removed) goes into the crop rule.
 
@@ -117,8 +117,9 @@ def task_config(maps, task, fast, fastest):
     why = [k for k in UNSUPPORTED_KEYS if cfg.get(k)]
     if task in UNSUPPORTED_POSTPROCESSING:
         why.append(f"its postprocessing {UNSUPPORTED_POSTPROCESSING[task]}")
-    if cfg.get("crop") and (task.endswith("_mr") or cfg.get("modality") == "mr"):
-        why.append("the MR crop model (Dataset852, total_mr's class map)")   # python_api.py: crop_model_task 852
+    if cfg.get("crop") and cfg.get("modality") == "mr" and not task.endswith("_mr"):
+        # python_api.py would crop with the 6 mm CT model but read total_mr's names
+        why.append("a crop of an MR task not named *_mr")
     if not isinstance(cfg["task_id"], int) and task not in PART_MAPS:
         why.append("several models")
     if cfg.get("crop") is not None and not isinstance(cfg["crop"], list):
@@ -204,9 +205,13 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
     inv = {v: k for k, v in cmap.items()}
     folders = [model_folder(maps, results, t, cfg["trainer"], cfg["plans"], cfg["model"]) for t in tids]
     crop, crop_id, subtask = None, CROP_TASK_ID, "sub_modes" not in maps["TASK_CONFIGS"][task]
+    crop_task = "total_mr" if task.endswith("_mr") else "total"
     if subtask and cfg.get("crop"):   # the crop model TotalSegmentator runs first (python_api.py)
-        crop_id = 297 if cfg.get("robust_crop") else 298
-        crop = model_folder(maps, results, crop_id, CROP_TRAINER, cfg["plans"], "3d_fullres")
+        if crop_task == "total_mr":   # MR: always the 3 mm total_mr model
+            crop_id, trainer = 852, ROI_CROP["total_mr"][1]
+        else:
+            crop_id, trainer = (297 if cfg.get("robust_crop") else 298), CROP_TRAINER
+        crop = model_folder(maps, results, crop_id, trainer, cfg["plans"], "3d_fullres")
     elif cfg["mode"] == "default" and crop_model and task in ROI_CROP:
         crop_id, trainer, _ = ROI_CROP[task]
         try:
@@ -258,13 +263,13 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
         man["totalsegmentator"]["remove_auxiliary_labels"] = {str(k): v for k, v in sorted(aux.items())}
     if crop:
         sub = f"crop{crop_id}"
-        total = {int(k): v for k, v in maps["class_map"][ROI_CROP.get(task, ROI_CROP["total"])[2]].items()}
+        total = {int(k): v for k, v in maps["class_map"][crop_task].items()}
         import_part(crop, os.path.join(out, sub), f"totalseg-{crop_id}-crop", total, STEP_TOTAL)
         rule = {"dir": sub, "task_id": crop_id, "source": os.path.relpath(crop, results)}
         if subtask:   # every run crops to these structures of the total model
             missing = [n for n in cfg["crop"] if n not in total.values()]
             if missing:
-                raise ImportError_(f"crop structures {missing} are not in class_map['total']")
+                raise ImportError_(f"crop structures {missing} are not in class_map[{crop_task!r}]")
             # python_api.py: crop_addon = [20,20,20] if crop_model is None else crop_addon, so a
             # task's own crop_addon is overridden whenever the total model crops (all tasks here)
             man["crop"] = dict(rule, structures=list(cfg["crop"]), addon_mm=CROP_ADDON_MM)
@@ -272,7 +277,7 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
                 # nnunet.py: remove_outside_of_mask(seg, mask, int(dilation / mean voxel size)) at the end
                 missing = [n for n in cfg["remove_outside"] if n not in total.values()]
                 if missing:
-                    raise ImportError_(f"remove_outside structures {missing} are not in class_map['total']")
+                    raise ImportError_(f"remove_outside structures {missing} are not in class_map[{crop_task!r}]")
                 man["crop"].update(remove_outside=list(cfg["remove_outside"]),
                                    remove_outside_mm=cfg["remove_outside_dilation"])
         else:         # --roi-subset crops with it, 20 mm
