@@ -581,3 +581,37 @@ def test_totalseg_total_mr(tmp):
     crop = T.json.load(open(os.path.join(ls, m["crop"]["dir"], "segpipe.json")))
     assert crop["labels"] == man["labels"]   # total_mr's names
     assert sp.run("model", "check", ls).returncode == 0
+
+
+def test_totalseg_total_v3_layout(tmp):
+    """total_v3: parts 831..835 with TotalSegmentator's class_map_5_parts_total_v3
+    (vertebrae part: vertebrae_L6 where total has vertebrae_S1) mapped into
+    class_map["total_v3"], the 6 mm total model (298, class_map["total"]'s
+    names) for --roi-subset, as python_api.py; the package loads and runs."""
+    ts = need_ts()
+    fx = T.fixture()
+    d = tempfile.mkdtemp(prefix="tsv3-", dir=tmp)
+    home = os.path.join(d, "home")
+    p = T.py(T.FAKE, home, "--patch", "32", "--ids", "831,832,833,834,835,298")
+    assert p.returncode == 0, p.stderr
+    pkg = os.path.join(tmp, "v3")
+    p = T.py(T.IMPORTER, home, "-o", pkg, "--task", "total_v3")
+    assert p.returncode == 0, p.stderr
+    man = T.json.load(open(os.path.join(pkg, "segpipe.json")))
+    cm, parts, t2p = (ts.maps.class_map["total_v3"], ts.maps.class_map_5_parts_total_v3,
+                      ts.maps.map_taskid_to_partname_ct_v3)
+    inv = {v: k for k, v in cm.items()}
+    assert man["labels"] == {"0": "background", **{str(k): v for k, v in cm.items()}}
+    assert [q["task_id"] for q in man["parts"]] == [831, 832, 833, 834, 835]
+    for q in man["parts"]:
+        pm = parts[t2p[q["task_id"]]]
+        assert q["map"] == [0] + [inv[pm[j]] for j in range(1, max(pm) + 1)]
+        sub = T.json.load(open(os.path.join(pkg, q["dir"], "segpipe.json")))
+        assert sub["labels"] == {"0": "background", **{str(k): v for k, v in pm.items()}}
+    assert "vertebrae_L6" in man["labels"].values()
+    assert man["roi_crop"]["task_id"] == 298
+    crop = T.json.load(open(os.path.join(pkg, man["roi_crop"]["dir"], "segpipe.json")))
+    assert crop["labels"] == {"0": "background", **{str(k): v for k, v in T.upstream_maps()[0].items()}}
+    out = os.path.join(tmp, "v3.nii.gz")
+    T.run_ct(pkg, out, "--no-passport")
+    assert T.labels_of(out).max() <= max(cm)

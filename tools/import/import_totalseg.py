@@ -24,7 +24,9 @@ later part overwriting wherever it predicts anything but background.
 `--fast` (Dataset297, 3 mm) and `--fastest` (Dataset298, 6 mm) are one part
 each. `total_mr` likewise: Dataset850 and 851 merged with class_map_parts_mr,
 --fast 852, --fastest 853, and 852 as its --roi-subset crop model (python_api.py
-always crops MR with the 3 mm model). Unless --no-crop-model, the default mode also takes Dataset298 (when its
+always crops MR with the 3 mm model). `total_v3`: Dataset831..835 with
+class_map_5_parts_total_v3, --fast 836, --fastest 837 (plans nnUNetPlans: its
+default model size). Unless --no-crop-model, the default mode also takes Dataset298 (when its
 weights are there) as the low-resolution model that `--roi-subset` crops with,
 as TotalSegmentator does. Sliding-window step 0.8 (TotalSegmentator's for the
 total tasks), no test-time mirroring.
@@ -63,19 +65,22 @@ import import_nnunet  # noqa: E402
 from import_nnunet import ImportError_  # noqa: E402
 
 MAPS = os.path.join(HERE, "totalseg_maps.json")
-SUPPORTED = ("total", "total_mr", "body")
+SUPPORTED = ("total", "total_v3", "total_mr", "body")
 # nnunet.py's blob cleanups of a task's prediction, on its grid before the labels go back:
 # keep_largest_blob_multilabel (rois) and remove_small_blobs_multilabel (interval [mm3 / voxel volume, 1e10])
 TASK_BLOBS = {"body": [("body_trunc", "largest"), ("body_extremities", 50000)]}
 # tasks of several models: the part maps and task id -> part name TotalSegmentator merges them with
 # (nnunet.py's class_map_parts / map_taskid_to_partname for the task)
 PART_MAPS = {"total": ("class_map_5_parts", "map_taskid_to_partname_ct"),
+             "total_v3": ("class_map_5_parts_total_v3", "map_taskid_to_partname_ct_v3"),
              "total_mr": ("class_map_parts_mr", "map_taskid_to_partname_mr"),
              "headneck_muscles": ("class_map_parts_headneck_muscles", "map_taskid_to_partname_headneck_muscles")}
 CROP_TASK_ID, CROP_TRAINER, CROP_ADDON_MM = 298, "nnUNetTrainer_4000epochs_NoMirroring", [20, 20, 20]
 # python_api.py's crop model for --roi-subset: the 6 mm CT model, or for MR tasks always the 3 mm
 # total_mr model (Dataset852) with total_mr's class map
-ROI_CROP = {"total": (298, CROP_TRAINER, "total"), "total_mr": (852, "nnUNetTrainer_2000epochs_NoMirroring", "total_mr")}
+# (total_v3 too crops with 298 and class_map["total"]'s names, as python_api.py)
+ROI_CROP = {"total": (298, CROP_TRAINER, "total"), "total_v3": (298, CROP_TRAINER, "total"),
+            "total_mr": (852, "nnUNetTrainer_2000epochs_NoMirroring", "total_mr")}
 STEP_TOTAL = 0.8    # nnunet.py: tile step for "total", "total_v3", "total_mr"
 
 
@@ -94,7 +99,7 @@ UNSUPPORTED_POSTPROCESSING = {"vertebrae_pp": "postprocess_vertebrae_pp (vertebr
 def task_config(maps, task, fast, fastest):
     """TotalSegmentator's get_task_config (plans "nnUNetPlans", the
     totalsegmentator() default): the sub-modes of total, total_mr and body,
-    or a subtask (its crop rule included). Refused: total_v3 and the tasks whose
+    or a subtask (its crop rule included). Refused: the tasks whose
     running needs more than a crop (a cascade, another crop model,
     remove_mask, a body crop, several models)."""
     raw = maps["TASK_CONFIGS"].get(task)
@@ -205,7 +210,7 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
     inv = {v: k for k, v in cmap.items()}
     folders = [model_folder(maps, results, t, cfg["trainer"], cfg["plans"], cfg["model"]) for t in tids]
     crop, crop_id, subtask = None, CROP_TASK_ID, "sub_modes" not in maps["TASK_CONFIGS"][task]
-    crop_task = "total_mr" if task.endswith("_mr") else "total"
+    crop_task = ROI_CROP[task][2] if task in ROI_CROP else ("total_mr" if task.endswith("_mr") else "total")
     if subtask and cfg.get("crop"):   # the crop model TotalSegmentator runs first (python_api.py)
         if crop_task == "total_mr":   # MR: always the 3 mm total_mr model
             crop_id, trainer = 852, ROI_CROP["total_mr"][1]
