@@ -928,12 +928,11 @@ static sp_status crop_source(sp_package *pk, const sp_volume *ct, const sp_ct_pa
     cp.max_model_voxels = p->max_model_voxels;
     cp.max_tiles = p->max_tiles;
     cp.accum_fp16 = p->accum_fp16;
-    sp_status st = ct_run(pk->crop, ct, NULL, NULL, 1, &cp, cr);
-    if (st)
+    sp_status st = sp_crop_want_names(mf, keep, names, *nwant, 2, want);   /* refused before the model runs */
+    if (st || (st = ct_run(pk->crop, ct, NULL, NULL, 1, &cp, cr)))
         return st;
     *src = (*cr)->labels;
-    st = sp_crop_want_names(mf, keep, names, *nwant, 0, want);
-    return st ? st : outside_mask(mf, *src, nv, names, *nwant, 0, om);
+    return outside_mask(mf, *src, nv, names, *nwant, 0, om);
 }
 
 /* --roi-subset on a task package with a roi_crop model, and every run of a

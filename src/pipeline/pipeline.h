@@ -201,8 +201,9 @@ sp_status sp_labels_uncrop(const uint16_t *crop, const int64_t lo[3], const int6
 sp_status sp_crop_from_check(const sp_volume *ct, const sp_volume *grid);
 /* *want (n entries, caller frees): want[l] when names[l] is a crop
  * structure: the subtask's crop.structures, else a task label kept by
- * --roi-subset (keep). strict (a prior result's names): every crop
- * structure must be among names, else SP_ERR_INPUT naming it. */
+ * --roi-subset (keep). strict (1: a prior result's names, 2: the crop
+ * model's): every crop structure must be among names, else SP_ERR_INPUT
+ * (SP_ERR_USAGE for 2) naming it. */
 sp_status sp_crop_want_names(const sp_manifest *mf, const uint8_t *keep, const char *const *names, int n,
                              int strict, uint8_t **want);
 /* As sp_crop_want_names for the structures of "crop.remove_outside". */

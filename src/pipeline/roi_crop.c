@@ -143,6 +143,9 @@ static sp_status want_list(const char *const *list, int nl, const char *const *n
         if (!l && strict) {
             free(w);
             *want = NULL;
+            if (strict == 2)   /* the crop model: a --roi-subset name it does not segment */
+                return sp_fail(SP_ERR_USAGE, "--roi-subset: the crop model of '%.64s' does not segment \"%.64s\", so "
+                               "it cannot find its region (TotalSegmentator stops there too)", model, list[i]);
             return sp_fail(SP_ERR_INPUT, "the prior result to crop from has no label named \"%.64s\" (a structure "
                            "'%.64s' crops to; TotalSegmentator's `total` output names it)", list[i], model);
         }

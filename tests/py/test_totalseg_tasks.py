@@ -615,3 +615,8 @@ def test_totalseg_total_v3_layout(tmp):
     out = os.path.join(tmp, "v3.nii.gz")
     T.run_ct(pkg, out, "--no-passport")
     assert T.labels_of(out).max() <= max(cm)
+    # a --roi-subset structure the crop model cannot find: refused (TotalSegmentator: a KeyError)
+    q = sp.run("ct", fx["ct"], "-o", os.path.join(tmp, "l6.nii.gz"), "--model", pkg, "--roi-subset",
+               "vertebrae_L6,liver", "-q")
+    assert q.returncode == 2 and '"vertebrae_L6"' in q.stderr, q.stderr
+    assert not os.path.exists(os.path.join(tmp, "l6.nii.gz"))
