@@ -14,7 +14,8 @@
  * The labels the box is taken from are the crop model's, or a prior result
  * the user gives (TotalSegmentator's crop_path: its `total` output, or
  * segpipe's), checked here to be on the input's grid and to name every crop
- * structure.
+ * structure. A subtask's remove_outside (heartchambers_highres) ends here
+ * too: labels outside the dilated mask of some of those structures go.
  */
 #include "pipeline.h"
 
