@@ -396,6 +396,20 @@ typedef struct sp_ct_params {
      * export): sp_ct_result_probabilities. classes x voxels float32 in
      * memory. */
     int keep_probabilities;
+    /* TotalSegmentator's crop_path: a prior result (e.g. of the `total` task)
+     * to take the crop box from instead of running the package's crop model,
+     * for a subtask package that crops and for roi_subset on a task package.
+     * crop_from: its labels, voxels as crop_from_grid (a volume from
+     * sp_labels_read, which must be on ct's grid: dims and affine, else
+     * SP_ERR_INPUT); crop_from_names[i]: the name of its label i
+     * (crop_from_n of them, NULL entries allowed), or NULL: the ids of the
+     * crop model's labels (TotalSegmentator's class_map["total"]), else the
+     * task's. Every crop structure must be among the names (SP_ERR_INPUT).
+     * The box and margin are as with the crop model. Not owned. */
+    const uint16_t *crop_from;
+    const sp_volume *crop_from_grid;
+    const char *const *crop_from_names;
+    int crop_from_n;
 } sp_ct_params;
 
 sp_ct_params sp_ct_default_params(void);

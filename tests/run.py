@@ -48,7 +48,7 @@ sel = arg("-k")
 # modules whose tests are many or long: run as this many shards of functions
 # (test_deb is never sharded: its tests build the packages in the tree's build/deb)
 SHARDS = {"test_server_hardening": 4, "test_server": 2, "test_cli": 3, "test_ui": 3, "test_masks": 2,
-          "test_video": 2, "test_dicom": 2, "test_memory": 2, "test_python": 3, "test_importer": 3, "test_totalseg": 2,
+          "test_video": 2, "test_dicom": 2, "test_memory": 2, "test_python": 3, "test_importer": 3, "test_totalseg": 2, "test_totalseg_tasks": 2,
           "test_dicom_out": 3, "test_journey": 2, "test_attack": 2, "test_queue": 2,
           "test_brainchop": 2, "test_service_inputs": 2, "test_stages": 2, "test_image": 2, "test_passport": 2}
 

@@ -165,6 +165,35 @@ class _Volume:
         self.close()
 
 
+class _CropFrom:
+    """The crop_from fields of ct params p for a prior result (a label file,
+    named by its label table when it has one, or a nibabel image); its
+    buffers live until close."""
+
+    def __init__(self, src, p):
+        self.vol = None
+        if src is None:
+            return
+        if isinstance(src, (str, os.PathLike)) and os.path.isdir(src):
+            raise InputError("crop_from is a label file or image (a folder of masks: segpipe ct --crop-from)",
+                             "usage")
+        self.vol = _Volume(src)
+        self.lab = _labels_for(src, tuple(_info(self.vol).dim[:]))
+        names = _file_label_names(src) if isinstance(src, (str, os.PathLike)) else None
+        self.names = (C.c_char_p * max(len(names or []), 1))(*[os.fsencode(x) if x else None for x in names or []])
+        p.crop_from = self.lab.ctypes.data_as(C.POINTER(C.c_uint16))
+        p.crop_from_grid = self.vol.ptr
+        p.crop_from_names = self.names if names else None
+        p.crop_from_n = len(names or [])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.vol:
+            self.vol.close()
+
+
 def _timings(t):
     t = t.contents
     return {t.stage[i].name.decode(): t.stage[i].seconds for i in range(t.n)}
@@ -345,7 +374,8 @@ class Model:
 
     def ct(self, ct, affine=None, passport=True, tile_batch=0, step=0.0, largest_component=False, *, output=None,
            split=False, output_type="nifti", preview=None, roi_subset=None, smooth=False, min_component_ml=0.0,
-           keep_border=False, accumulator="fp32", series=None, keep_model_labels=False, save_model_labels=None):
+           keep_border=False, accumulator="fp32", series=None, keep_model_labels=False, save_model_labels=None,
+           crop_from=None):
         """Segment a CT (or, with an "mri" package, an MRI): a path (NIfTI,
         DICOM folder or zip), a nibabel image, or a 3D array with its affine.
         Returns a CtResult. The keywords are `segpipe ct`'s options
@@ -354,7 +384,9 @@ class Model:
         split (--split), output_type ("nifti" or "dicom"), preview
         (--preview PNG), roi_subset (list or "a,b"), smooth, min_component_ml,
         keep_border, accumulator ("fp32"/"fp16"), series (--series UID),
-        save_model_labels (--save-model-labels PATH).
+        save_model_labels (--save-model-labels PATH), crop_from (--crop-from:
+        a prior result of the scan, a label file or nibabel image, that a
+        subtask package or roi_subset crops with instead of the crop model).
 
             m = segpipe.Model("demo-ct")
             r = m.ct("ct.nii.gz", output="out/labels.nii.gz", roi_subset=["liver"])
@@ -378,7 +410,7 @@ class Model:
         given = {k: val for k, val in locals().items() if k in _CT_DEFAULTS and k != "affine"
                  and isinstance(val, (str, int, float, bool, list, tuple, os.PathLike)) and val != _CT_DEFAULTS[k]}
         res = C.c_void_p()
-        with _Volume(ct, affine, series) as v:
+        with _Volume(ct, affine, series) as v, _CropFrom(crop_from, p):
             if output is not None and output_type == "dicom" and not L.sp_volume_from_dicom(v.ptr):
                 raise InputError("output_type='dicom' needs a DICOM input (a DICOM-SEG references the series it "
                                  "was made from)", "usage")

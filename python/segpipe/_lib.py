@@ -26,7 +26,9 @@ class CtParams(C.Structure):
                 ("keep_model_labels", c_int), ("progress", PROGRESS), ("progress_user", c_void_p),
                 ("cancel", C.POINTER(c_int)), ("max_model_voxels", c_uint64), ("max_tiles", c_int64),
                 ("keep_border", c_int), ("accum_fp16", c_int), ("roi_subset", c_char_p), ("spill", c_int),
-                ("spill_dir", c_char_p), ("release_input", c_int), ("keep_probabilities", c_int)]
+                ("spill_dir", c_char_p), ("release_input", c_int), ("keep_probabilities", c_int),
+                ("crop_from", C.POINTER(C.c_uint16)), ("crop_from_grid", c_void_p),
+                ("crop_from_names", C.POINTER(c_char_p)), ("crop_from_n", c_int)]
 
 
 class PassportParams(C.Structure):

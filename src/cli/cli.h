@@ -146,6 +146,7 @@ int cli_read_label_folder(const char *dir, char ***names, int *nn, uint16_t **la
 /* segpipe ct's options (ct_cmd.c's cli_ct_parse; queued jobs carry them too) */
 typedef struct ct_opts {
     const char *cmd, *series, *output, *model, *report, *mlab, *preview, *inputs, *input;
+    const char *crop_from;     /* --crop-from: a prior result (file or mask folder) to crop with */
     sp_runtime_params rp;
     sp_ct_params cp;
     int mri, split, dicom_out, shard_i, shard_n, jobs, quiet, verbose, statistics;

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static void ct_help(const ct_opts *o)
@@ -54,6 +55,11 @@ static void ct_help(const ct_opts *o)
            "                           (TotalSegmentator reports them as 0)\n"
            "      --roi-subset A,B,... only these structures are labelled and measured\n"
            "                           (--roi_subset A B ... as TotalSegmentator spells it)\n"
+           "      --crop-from PATH     crop with a prior result of the scan instead of running the\n"
+           "                           package's crop model (a subtask, or --roi-subset): a label\n"
+           "                           file (TotalSegmentator's --ml output, segpipe's) or a folder\n"
+           "                           of <structure>.nii.gz masks (TotalSegmentator's --crop_path,\n"
+           "                           also taken as --crop-path)\n"
            "      --accumulator fp32|fp16  sliding-window sums in float or half (half the memory)\n"
            "      --spill-dir DIR      while the network runs, the input waits in an unnamed file\n"
            "                           there (default: $TMPDIR, else /var/tmp; never on tmpfs)\n"
@@ -194,6 +200,7 @@ static const cli_hint ct_hints[] = {
     {"-nr", "did you mean --threads N?"},
     {"-ns", "did you mean --threads N?"},
     {"-rs", "did you mean --roi-subset A,B,...?"},
+    {"-cp", "did you mean --crop-from PATH (a prior result to crop with; --crop_path works too)?"},
     {"-p", "did you mean --preview FILE.png?"},
     {NULL, NULL}};
 
@@ -230,6 +237,8 @@ int cli_ct_parse(int argc, char **argv, ct_opts *o)
         {.name = "preview", .kind = CLI_STR, .dst = &o->preview, .value = "FILE.png"},
         {.name = "accumulator", .kind = CLI_FN, .fn = opt_accumulator, .value = "fp32 or fp16"},
         {.name = "roi-subset", .kind = CLI_FN, .fn = opt_roi, .value = "A,B,...", .multi = 1},
+        {.name = "crop-from", .kind = CLI_STR, .dst = &o->crop_from, .value = "a prior result (file or folder)"},
+        {.name = "crop-path", .kind = CLI_STR, .dst = &o->crop_from, .value = "a prior result (file or folder)"},
         {.name = "output-type", .kind = CLI_FN, .fn = opt_output_type,
          .value = "nifti, dicom-seg (or dicom) or dicom-rtstruct"},
         {.name = "dicom-description", .kind = CLI_FN, .fn = opt_dicom_description, .value = "TEXT"},
@@ -263,6 +272,8 @@ int cli_ct_parse(int argc, char **argv, ct_opts *o)
         if (o->tta >= 0)
             return cli_usage_error(o->cmd, "--tta/--no-tta take one INPUT; with --inputs each case runs as the "
                                    "package's default says");
+        if (o->crop_from)
+            return cli_usage_error(o->cmd, "--crop-from takes one INPUT (a prior result of that scan), not --inputs");
         return -1;
     }
     if (a.n != 1)
@@ -413,6 +424,10 @@ typedef struct ct_run {
     char *pre;               /* the chain's models before the last, or NULL */
     double mask_mm3;         /* the last extractor's mask volume (eTIV estimate) */
     char last[PATH_MAX];     /* the folder of the (last) model */
+    uint16_t *crop_lab;      /* --crop-from: the prior result's labels, geometry, names */
+    sp_volume *crop_g;
+    char **crop_names;
+    int crop_nn;
 } ct_run;
 
 static void ct_run_free(ct_run *r)
@@ -423,6 +438,38 @@ static void ct_run_free(ct_run *r)
     sp_volume_free(r->v);
     sp_package_free(r->pk);
     sp_runtime_free(r->rt);
+    free(r->crop_lab);
+    sp_volume_free(r->crop_g);
+    for (int i = 0; i < r->crop_nn; i++)
+        free(r->crop_names[i]);
+    free(r->crop_names);
+}
+
+/* --crop-from: the prior result handed to the run (TotalSegmentator's
+ * crop_path): a label file, named by its label table when it has one (else
+ * the ids of TotalSegmentator's class map), or a folder of <structure>.nii.gz
+ * masks. Its grid is checked by the library. 0 or an exit code (printed;
+ * messages name only the user's own argument). */
+static int ct_crop_from(ct_opts *o, ct_run *r)
+{
+    struct stat sb;
+    sp_status st;
+    int rc = 0;
+    if (stat(o->crop_from, &sb))
+        return fprintf(stderr, "segpipe %s: --crop-from %s: no such file or folder\n", o->cmd, o->crop_from), 6;
+    if (S_ISDIR(sb.st_mode))
+        rc = cli_read_label_folder(o->crop_from, &r->crop_names, &r->crop_nn, &r->crop_lab, &r->crop_g);
+    else if ((st = sp_labels_read(o->crop_from, NULL, &r->crop_lab, &r->crop_g)))
+        return cli_fail(st, "--crop-from");
+    else
+        r->crop_nn = sp_volume_label_names(r->crop_g, &r->crop_names);
+    if (rc)
+        return rc;
+    o->cp.crop_from = r->crop_lab;
+    o->cp.crop_from_grid = r->crop_g;
+    o->cp.crop_from_names = r->crop_nn ? (const char *const *)r->crop_names : NULL;
+    o->cp.crop_from_n = r->crop_nn;
+    return 0;
 }
 
 /* Model and input loaded and checked; 0 or an exit code */
@@ -514,6 +561,8 @@ static int ct_run_one(ct_opts *o, int argc, char **argv)
     const char *files[] = {o->split ? NULL : o->output, o->preview, o->report, o->mlab};
     for (int i = 0; i < 4 && !rc; i++)
         rc = files[i] ? cli_output_folder(o->cmd, files[i]) : 0;
+    if (!rc && o->crop_from)
+        rc = ct_crop_from(o, &r);
     if (!rc && r.pre)   /* a chain: the extractors' brain first (mri_chain.c) */
         rc = cli_chain_strip(r.rt, r.pre, r.v, &o->cp, &r.tt, &r.run_v, &r.mask_mm3);
     if (!rc) {

@@ -195,7 +195,8 @@ static int opts_check(int n, char **argv, ct_opts *o, char *why, size_t cap)
     if (cli_ct_parse(n + 2, av, o) != -1 || strcmp(o->input, "job-input"))
         return snprintf(why, cap, "ct options rejected by segpipe ct's parser (a value out of range or missing)"), -1;
     if (o->output || o->model || o->report || o->mlab || o->preview || o->inputs || o->split || o->shard_n != 1 ||
-        o->rp.cache_optimized || o->cp.spill_dir || o->cp.spill != d.spill || o->cp.keep_model_labels)
+        o->rp.cache_optimized || o->cp.spill_dir || o->cp.spill != d.spill || o->cp.keep_model_labels ||
+        o->crop_from)
         return snprintf(why, cap, "ct options set something a queued job may not carry"), -1;
     const char *p = o->rp.precision;
     if (p && strcmp(p, "auto") && strcmp(p, "fp32") && strcmp(p, "fp16") && strcmp(p, "int8"))

@@ -1,5 +1,7 @@
 /*
- * components.c — 26-connected components of every label at once.
+ * components.c — 26-connected components of every label at once (and the
+ * 6-connected ones of one label, scipy.ndimage.label's default, for
+ * TotalSegmentator's blob cleanups).
  *
  * Works on runs (maximal stretches of one label along i) instead of voxels:
  * a row is compared with the four rows before it that can touch it in 26-
@@ -22,6 +24,7 @@ typedef struct runs {
     int64_t n, cap;
     int64_t *row;       /* row index -> first run; row[nrows] = n */
     int32_t *parent;
+    int face;           /* 1: 6-connectivity (faces only, scipy.ndimage.label's default) */
 } runs;
 
 static int32_t find(int32_t *p, int32_t x)
@@ -104,9 +107,11 @@ static void build_slab(void *vc, int64_t b, int64_t e, int w)
  * only the rows at z-1 (the seam between two slabs). */
 static void join_row(runs *R, const int64_t dim[3], int64_t y, int64_t z, int64_t z_from, int edge_only)
 {
-    static const int64_t nb[4][2] = {{-1, 0}, {-1, -1}, {0, -1}, {1, -1}};
+    static const int64_t nb26[4][2] = {{-1, 0}, {-1, -1}, {0, -1}, {1, -1}}, nb6[2][2] = {{-1, 0}, {0, -1}};
+    const int64_t(*nb)[2] = R->face ? nb6 : nb26;
+    int nq = R->face ? 2 : 4, d = R->face ? 0 : 1;   /* d: touching along x needs overlap, or one voxel */
     int64_t row = z * dim[1] + y;
-    for (int q = edge_only ? 1 : 0; q < 4; q++) {
+    for (int q = edge_only ? 1 : 0; q < nq; q++) {
         int64_t ny = y + nb[q][0], nz = z + nb[q][1];
         if (ny < 0 || ny >= dim[1] || nz < z_from)
             continue;
@@ -116,9 +121,9 @@ static void join_row(runs *R, const int64_t dim[3], int64_t y, int64_t z, int64_
         int64_t b0 = R->row[orow], be = R->row[orow + 1];
         for (int64_t a = R->row[row], ae = R->row[row + 1]; a < ae; a++) {
             const run *ra = &R->r[a];
-            while (b0 < be && R->r[b0].x1 < ra->x0 - 1)
+            while (b0 < be && R->r[b0].x1 < ra->x0 - d)
                 b0++;
-            for (int64_t b = b0; b < be && R->r[b].x0 <= ra->x1 + 1; b++)
+            for (int64_t b = b0; b < be && R->r[b].x0 <= ra->x1 + d; b++)
                 if (R->r[b].label == ra->label)
                     unite(R->parent, (int32_t)a, (int32_t)b);
         }
@@ -157,10 +162,11 @@ static void join_all(runs *R, const int64_t dim[3], sp_pool *pool)
             join_row(R, dim, y, z, z - 1, 1);
 }
 
-static sp_status build_runs(const uint16_t *lab, const int64_t dim[3], runs *R)
+static sp_status build_runs(const uint16_t *lab, const int64_t dim[3], runs *R, int face)
 {
     int64_t nrows = dim[1] * dim[2];
     memset(R, 0, sizeof *R);
+    R->face = face;
     sp_pool *pool = sp_default_pool();
     int64_t nslab = (int64_t)sp_pool_size(pool) * 4;
     if (nslab > nrows)
@@ -229,7 +235,7 @@ sp_status sp_components_count(const uint16_t *labels, const int64_t dim[3], int 
                               int64_t *counts, int64_t *largest)
 {
     runs R;
-    sp_status st = build_runs(labels, dim, &R);
+    sp_status st = build_runs(labels, dim, &R, 0);
     if (st)
         return st;
     int64_t *sz = component_sizes(&R);
@@ -254,11 +260,10 @@ sp_status sp_components_count(const uint16_t *labels, const int64_t dim[3], int 
     return SP_OK;
 }
 
-sp_status sp_components_filter(uint16_t *labels, const int64_t dim[3], int keep_largest,
-                               int64_t min_voxels)
+static sp_status filter(uint16_t *labels, const int64_t dim[3], int keep_largest, int64_t min_voxels, int face)
 {
     runs R;
-    sp_status st = build_runs(labels, dim, &R);
+    sp_status st = build_runs(labels, dim, &R, face);
     if (st)
         return st;
     int64_t *sz = component_sizes(&R);
@@ -291,6 +296,29 @@ sp_status sp_components_filter(uint16_t *labels, const int64_t dim[3], int keep_
     free(best);
     free_runs(&R);
     return SP_OK;
+}
+
+sp_status sp_components_filter(uint16_t *labels, const int64_t dim[3], int keep_largest,
+                               int64_t min_voxels)
+{
+    return filter(labels, dim, keep_largest, min_voxels, 0);
+}
+
+sp_status sp_components_label_blobs(uint16_t *labels, const int64_t dim[3], uint16_t l, int keep_largest,
+                                    int64_t min_voxels)
+{
+    size_t nv = (size_t)(dim[0] * dim[1] * dim[2]);
+    uint16_t *m = malloc((nv ? nv : 1) * sizeof *m);
+    if (!m)
+        return sp_fail(SP_ERR_NOMEM, "connected components: out of memory");
+    for (size_t i = 0; i < nv; i++)
+        m[i] = labels[i] == l;
+    sp_status st = filter(m, dim, keep_largest, min_voxels, 1);
+    for (size_t i = 0; !st && i < nv; i++)
+        if (labels[i] == l && !m[i])
+            labels[i] = 0;
+    free(m);
+    return st;
 }
 
 /* brainchop's bwlabel step: the non-zero voxels as one mask, its largest

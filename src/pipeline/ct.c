@@ -715,6 +715,13 @@ static sp_status grid_path(sp_package *pk, const sp_volume *ct, sp_volume *const
 merged:
     free(model_vol);
     model_vol = NULL;
+    for (int b = 0; b < mf->n_blobs && !st; b++) {   /* TotalSegmentator's task cleanups, on its grid */
+        double vox = target[0] * target[1] * target[2];   /* remove_small_blobs drops sizes <= max_mm3 / vox */
+        int64_t minv = mf->blob_largest[b] ? 0 : (int64_t)floor(mf->blob_max_mm3[b] / vox) + 1;
+        st = sp_components_label_blobs(lab_m, mdim, mf->blob_label[b], mf->blob_largest[b], minv);
+    }
+    if (st)
+        goto done;
     roi_apply(lab_m, nm, keep);
 
     /* f. optional cleanup, at model resolution */
@@ -877,18 +884,42 @@ static sp_status check_channels(const sp_manifest *mf, const sp_volume *ct, sp_v
 static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, sp_volume *const *extra, int n,
                         const sp_ct_params *pp, sp_ct_result **out);
 
-/* --roi-subset on a task package with a roi_crop model, and every run of a
- * subtask package ("crop"), as TotalSegmentator does it: the low-resolution
- * model segments the whole input, the box around the requested structures
- * (or the subtask's crop structures) plus the package's margin is cropped
- * from the input (roi_crop.c), the needed parts run on the crop only, and
- * their labels go back into the full grid. None found: all background
- * (TotalSegmentator: "Crop is empty"). */
-static sp_status roi_crop_path(sp_package *pk, const sp_volume *ct, const sp_ct_params *p, const uint8_t *keep,
-                               sp_ct_result *r, sp_pool *pool, held_input *h)
+/* The mask of the "remove_outside" structures in src (NULL when the package
+ * has none) */
+static sp_status outside_mask(const sp_manifest *mf, const uint16_t *src, size_t nv, const char *const *names,
+                              int n, int strict, uint8_t **om)
 {
-    const sp_manifest *mf = &pk->mf, *cm = &pk->crop->mf;
-    double t0 = sp_now();
+    uint8_t *w = NULL;
+    *om = NULL;
+    sp_status st = mf->n_outside ? sp_outside_want(mf, names, n, strict, &w) : SP_OK;
+    if (st || !mf->n_outside)
+        return st;
+    if (!(*om = sp_big_alloc(nv ? nv : 1)))
+        st = sp_fail(SP_ERR_NOMEM, "remove_outside: cannot allocate %zu voxels", nv);
+    for (size_t v = 0; !st && v < nv; v++)
+        (*om)[v] = src[v] < n && w[src[v]];
+    free(w);
+    return st;
+}
+
+/* The crop model's labels on the whole input (*cr), or the prior result the
+ * caller gave (p->crop_from, checked to be on the input's grid), want[]
+ * over its labels' names (the crop structures) and *om the mask of the
+ * remove_outside structures (or NULL). */
+static sp_status crop_source(sp_package *pk, const sp_volume *ct, const sp_ct_params *p, const uint8_t *keep,
+                             sp_ct_result **cr, const uint16_t **src, uint8_t **want, int *nwant, uint8_t **om)
+{
+    const sp_manifest *mf = &pk->mf, *cm = pk->crop ? &pk->crop->mf : mf;
+    const char *const *names = p->crop_from_names ? p->crop_from_names : (const char *const *)cm->labels;
+    size_t nv = (size_t)sp_geom_nvox(&ct->g);
+    *nwant = p->crop_from_names ? p->crop_from_n : cm->num_classes;
+    if (p->crop_from) {
+        *src = p->crop_from;
+        sp_status st = sp_crop_from_check(ct, p->crop_from_grid);
+        if (!st)
+            st = sp_crop_want_names(mf, keep, names, *nwant, 1, want);
+        return st ? st : outside_mask(mf, *src, nv, names, *nwant, 1, om);
+    }
     sp_ct_params cp = sp_ct_default_params();
     cp.threads = p->threads;
     cp.tile_batch = p->tile_batch;
@@ -897,35 +928,56 @@ static sp_status roi_crop_path(sp_package *pk, const sp_volume *ct, const sp_ct_
     cp.max_model_voxels = p->max_model_voxels;
     cp.max_tiles = p->max_tiles;
     cp.accum_fp16 = p->accum_fp16;
+    sp_status st = sp_crop_want_names(mf, keep, names, *nwant, 2, want);   /* refused before the model runs */
+    if (st || (st = ct_run(pk->crop, ct, NULL, NULL, 1, &cp, cr)))
+        return st;
+    *src = (*cr)->labels;
+    return outside_mask(mf, *src, nv, names, *nwant, 0, om);
+}
+
+/* --roi-subset on a task package with a roi_crop model, and every run of a
+ * subtask package ("crop"), as TotalSegmentator does it: the low-resolution
+ * model segments the whole input (or the caller gives a prior result), the
+ * box around the requested structures (or the subtask's crop structures)
+ * plus the package's margin is cropped from the input (roi_crop.c), the
+ * needed parts run on the crop only, and their labels go back into the full
+ * grid. None found: all background (TotalSegmentator: "Crop is empty"). */
+static sp_status roi_crop_path(sp_package *pk, const sp_volume *ct, const sp_ct_params *p, const uint8_t *keep,
+                               sp_ct_result *r, sp_pool *pool, held_input *h)
+{
+    const sp_manifest *mf = &pk->mf;
+    double t0 = sp_now();
     sp_ct_result *cr = NULL;
-    uint8_t *want = calloc((size_t)cm->num_classes, 1);
-    sp_status st = want ? ct_run(pk->crop, ct, NULL, NULL, 1, &cp, &cr)
-                        : sp_fail(SP_ERR_NOMEM, "out of memory");
-    for (int l = 1; !st && l < cm->num_classes; l++)   /* a subtask's crop structures, or the kept names */
-        for (int k = 1; k < mf->num_classes && !want[l]; k++)
-            want[l] = mf->crop_want ? mf->crop_want[l] : keep[k] && !strcmp(cm->labels[l], mf->labels[k]);
+    const uint16_t *src = NULL;
+    uint8_t *want = NULL, *om = NULL;
+    int nwant = 0;
+    sp_status st = crop_source(pk, ct, p, keep, &cr, &src, &want, &nwant, &om);
     int64_t lo[3] = {0, 0, 0}, hi[3] = {0, 0, 0};
-    int found = !st && sp_roi_box(cr->labels, ct->g.dim, want, cm->num_classes, mf->crop_addon, ct->g.spacing,
-                                  lo, hi);
+    int found = !st && sp_roi_box(src, ct->g.dim, want, nwant, mf->crop_addon, ct->g.spacing, lo, hi);
     free(want);
     sp_ct_result_free(cr);
     sp_timings_add(&r->t, "roi_crop", sp_now() - t0);
     memcpy(r->dim, ct->g.dim, sizeof r->dim);
-    if (st || !found)
+    if (st || !found) {
+        free(om);
         return st ? st : sp_labels_uncrop(NULL, lo, lo, ct->g.dim, &r->labels);
-    sp_volume *sub = NULL;
-    if ((st = sp_volume_crop_box(ct, lo, hi, &sub)) || (st = grid_path(pk, sub, NULL, p, keep, r, pool, h))) {
-        sp_volume_free(sub);
-        return st;
     }
+    sp_volume *sub = NULL;
+    if (!(st = sp_volume_crop_box(ct, lo, hi, &sub)))
+        st = grid_path(pk, sub, NULL, p, keep, r, pool, h);
     sp_volume_free(sub);
-    uint16_t *full;
-    if ((st = sp_labels_uncrop(r->labels, lo, hi, ct->g.dim, &full)))
-        return st;
-    free(r->labels);
-    r->labels = full;
-    memcpy(r->dim, ct->g.dim, sizeof r->dim);
-    return SP_OK;
+    uint16_t *full = NULL;
+    if (!st && !(st = sp_labels_uncrop(r->labels, lo, hi, ct->g.dim, &full))) {
+        free(r->labels);
+        r->labels = full;
+        memcpy(r->dim, ct->g.dim, sizeof r->dim);
+    }
+    if (!st && om) {   /* remove_outside: int(mm / mean voxel size) dilations, as TotalSegmentator */
+        const double *sp = ct->g.spacing;
+        st = sp_remove_outside(r->labels, om, ct->g.dim, (int)(mf->outside_mm / ((sp[0] + sp[1] + sp[2]) / 3)));
+    }
+    free(om);
+    return st;
 }
 
 /* mut: the same volume, writable (sp_ct_run_inplace), or NULL; extra:
@@ -953,8 +1005,13 @@ static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, sp_
     sp_status st = check_channels(mf, ct, extra, n);
     if (!st)
         st = roi_parse(mf, p.roi_subset, &keep);
-    if (st)
+    if (!st && p.crop_from && (!mf->n_parts || !(keep || mf->crop_want)))
+        st = sp_fail(SP_ERR_USAGE, "a prior result to crop from needs a task package that crops (a subtask such "
+                     "as liver_vessels) or --roi-subset on a task package; '%s' is neither", mf->name);
+    if (st) {
+        free(keep);
         return st;
+    }
     sp_pool *pool = sp_pool_get(p.threads);
     sp_ct_result *r = NULL;
     held_input h = {mut, 0, NULL, {-1, 0, NULL}};
@@ -965,7 +1022,7 @@ static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, sp_
         st = sp_fail(SP_ERR_NOMEM, "out of memory");
     if (!st)   /* brain MRI: a conformed grid instead of steps a, b and e */
         st = mf->conform_n                       ? conform_path(pk, ct, &p, keep, r, pool)
-             : pk->crop && (keep || mf->crop_want) ? roi_crop_path(pk, ct, &p, keep, r, pool, &h)
+             : (pk->crop || p.crop_from) && (keep || mf->crop_want) ? roi_crop_path(pk, ct, &p, keep, r, pool, &h)
              : mf->crop_nonzero                    ? crop_path(pk, ct, extra, n, &p, keep, r, pool, &h)
                                                    : grid_path(pk, ct, extra, &p, keep, r, pool, &h);
     for (int s = 0; !st && s < mf->pp_n; s++)   /* nnU-Net's postprocessing.pkl, on the final labels */

@@ -158,6 +158,12 @@ void sp_smooth_labels(const float *logits, const uint16_t *lab_m, int C, const i
  * and/or remove components smaller than min_voxels. */
 sp_status sp_components_filter(uint16_t *labels, const int64_t dim[3], int keep_largest,
                                int64_t min_voxels);
+/* The 6-connected components (scipy.ndimage.label's default) of label l
+ * only: its largest kept (keep_largest; TotalSegmentator's
+ * keep_largest_blob) and/or those under min_voxels removed (its
+ * remove_small_blobs); the dropped voxels become 0. */
+sp_status sp_components_label_blobs(uint16_t *labels, const int64_t dim[3], uint16_t l, int keep_largest,
+                                    int64_t min_voxels);
 /* Connected components counted beforehand: counts[l], largest[l] for l < n. */
 typedef struct sp_comp_counts {
     int n;
@@ -190,4 +196,20 @@ sp_status sp_volume_crop_box(const sp_volume *v, const int64_t lo[3], const int6
 /* Labels of the box (NULL: none) back into a zeroed dim-sized map (*out, caller frees). */
 sp_status sp_labels_uncrop(const uint16_t *crop, const int64_t lo[3], const int64_t hi[3], const int64_t dim[3],
                            uint16_t **out);
+/* A prior result given to crop from (sp_ct_params.crop_from) on the input's
+ * grid: the same dims and affine, else SP_ERR_INPUT. */
+sp_status sp_crop_from_check(const sp_volume *ct, const sp_volume *grid);
+/* *want (n entries, caller frees): want[l] when names[l] is a crop
+ * structure: the subtask's crop.structures, else a task label kept by
+ * --roi-subset (keep). strict (1: a prior result's names, 2: the crop
+ * model's): every crop structure must be among names, else SP_ERR_INPUT
+ * (SP_ERR_USAGE for 2) naming it. */
+sp_status sp_crop_want_names(const sp_manifest *mf, const uint8_t *keep, const char *const *names, int n,
+                             int strict, uint8_t **want);
+/* As sp_crop_want_names for the structures of "crop.remove_outside". */
+sp_status sp_outside_want(const sp_manifest *mf, const char *const *names, int n, int strict, uint8_t **want);
+/* TotalSegmentator's remove_outside_of_mask: labels outside mask dilated
+ * `iterations` times with 6-neighbour steps (scipy's binary_dilation) become
+ * 0; iterations < 1 dilates until nothing changes (an empty mask removes all). */
+sp_status sp_remove_outside(uint16_t *labels, const uint8_t *mask, const int64_t dim[3], int iterations);
 #endif

@@ -678,6 +678,11 @@ void sp_manifest_clear(sp_manifest *mf)
         free(mf->part_map[i]);
         mf->part_map[i] = NULL;
     }
+    for (int i = 0; i < mf->n_outside; i++)
+        free(mf->outside_names[i]);
+    free(mf->outside_names);
+    mf->outside_names = NULL;
+    mf->n_outside = 0;
     for (int i = 0; i < mf->n_crop_names; i++)
         free(mf->crop_names[i]);
     free(mf->crop_names);

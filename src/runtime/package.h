@@ -103,6 +103,19 @@ typedef struct sp_manifest {
     int n_crop_names;
     char **crop_names;
     uint8_t *crop_want;
+    /* "crop"."remove_outside" (TotalSegmentator's remove_outside): after the
+     * run, labels outside these crop-model structures, dilated by
+     * outside_mm / mean voxel size (6-connected steps), become 0 */
+    int n_outside;
+    char **outside_names;
+    double outside_mm;
+    /* "blobs": TotalSegmentator's task cleanups on the model grid after the
+     * merge, in order: label blob_label[i], its largest 6-connected blob
+     * kept (blob_largest) or its blobs of at most blob_max_mm3 removed */
+    int n_blobs;
+    uint16_t blob_label[16];
+    int blob_largest[16];
+    double blob_max_mm3[16];
     int n_masks;
     char mask_name[SP_MAX_MASKS][64];
     int mask_cls[SP_MAX_MASKS][SP_MAX_MASK_CLASSES], mask_ncls[SP_MAX_MASKS];

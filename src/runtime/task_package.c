@@ -8,7 +8,7 @@
  * package) with a map from the part's labels to the task's, and optionally a
  * low-resolution "roi_crop" model. package.c loads each part as any package
  * (and so checks it); this file parses the top manifest's fields and checks
- * what merging needs: every part a CT/MRI grid model on the
+ * what merging needs (and the "blobs" cleanups after it): every part a CT/MRI grid model on the
  * same spacing and axes (the input is read and resampled once for all), its
  * map as long as its class count, every mapped label inside the task's map.
  * The merge itself runs in pipeline/ct.c.
@@ -53,20 +53,62 @@ static sp_status parse_map(const cJSON *m, const char *file, int i, sp_manifest 
     return SP_OK;
 }
 
-/* "crop": {"structures": [names of the crop model's labels], ...} */
+/* crop.<key>: an array of 1..1024 names of the crop model's labels into
+ * (*names)[0..*n) */
+static sp_status parse_names(const cJSON *cr, const char *key, const char *file, char ***names, int *n)
+{
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(cr, key);
+    int k = cJSON_GetArraySize(a);
+    if (!cJSON_IsArray(a) || k < 1 || k > 1024)
+        return sp_fail(SP_ERR_MODEL, "%s: crop.%s must be an array of 1..1024 structure names", file, key);
+    if (!(*names = calloc((size_t)k, sizeof **names)))
+        return sp_fail(SP_ERR_NOMEM, "out of memory");
+    for (const cJSON *v = a->child; v; v = v->next) {
+        if (!cJSON_IsString(v))
+            return sp_fail(SP_ERR_MODEL, "%s: crop.%s[%d] must be a name", file, key, *n);
+        if (!((*names)[(*n)++] = strdup(v->valuestring)))
+            return sp_fail(SP_ERR_NOMEM, "out of memory");
+    }
+    return SP_OK;
+}
+
+/* "crop": {"structures": [...], optionally "remove_outside": [...] with
+ * "remove_outside_mm": mm} */
 static sp_status parse_crop_names(const cJSON *cr, const char *file, sp_manifest *mf)
 {
-    const cJSON *n = cJSON_GetObjectItemCaseSensitive(cr, "structures");
-    int k = cJSON_GetArraySize(n);
-    if (!cJSON_IsArray(n) || k < 1 || k > 1024)
-        return sp_fail(SP_ERR_MODEL, "%s: crop.structures must be an array of 1..1024 structure names", file);
-    if (!(mf->crop_names = calloc((size_t)k, sizeof *mf->crop_names)))
-        return sp_fail(SP_ERR_NOMEM, "out of memory");
-    for (const cJSON *v = n->child; v; v = v->next) {
-        if (!cJSON_IsString(v))
-            return sp_fail(SP_ERR_MODEL, "%s: crop.structures[%d] must be a name", file, mf->n_crop_names);
-        if (!(mf->crop_names[mf->n_crop_names++] = strdup(v->valuestring)))
-            return sp_fail(SP_ERR_NOMEM, "out of memory");
+    sp_status st = parse_names(cr, "structures", file, &mf->crop_names, &mf->n_crop_names);
+    const cJSON *ro = cJSON_GetObjectItemCaseSensitive(cr, "remove_outside");
+    const cJSON *mm = cJSON_GetObjectItemCaseSensitive(cr, "remove_outside_mm");
+    if (st || (!ro && !mm))
+        return st;
+    if (!ro || !cJSON_IsNumber(mm) || !(mm->valuedouble >= 0 && mm->valuedouble <= 1000))
+        return sp_fail(SP_ERR_MODEL, "%s: crop.remove_outside (names) and crop.remove_outside_mm (0..1000) go "
+                       "together", file);
+    mf->outside_mm = mm->valuedouble;
+    return parse_names(cr, "remove_outside", file, &mf->outside_names, &mf->n_outside);
+}
+
+/* "blobs": [{"label": 1, "keep": "largest"}, {"label": 2, "remove_mm3": 50000}] */
+static sp_status parse_blobs(const cJSON *b, const char *file, sp_manifest *mf)
+{
+    int n = cJSON_GetArraySize(b);
+    if (!cJSON_IsArray(b) || n > 16)
+        return sp_fail(SP_ERR_MODEL, "%s: \"blobs\" must be an array of at most 16 cleanups", file);
+    for (const cJSON *e = b->child; e; e = e->next) {
+        int i = mf->n_blobs;
+        const cJSON *l = cJSON_GetObjectItemCaseSensitive(e, "label");
+        const cJSON *k = cJSON_GetObjectItemCaseSensitive(e, "keep");
+        const cJSON *r = cJSON_GetObjectItemCaseSensitive(e, "remove_mm3");
+        if (!cJSON_IsNumber(l) || l->valuedouble < 1 || l->valuedouble > 65535 ||
+            l->valuedouble != (double)(int)l->valuedouble || !k == !r ||
+            (k && (!cJSON_IsString(k) || strcmp(k->valuestring, "largest"))) ||
+            (r && (!cJSON_IsNumber(r) || !(r->valuedouble >= 0 && r->valuedouble <= 1e12))))
+            return sp_fail(SP_ERR_MODEL, "%s: blobs[%d] must be {\"label\": L, \"keep\": \"largest\"} or "
+                           "{\"label\": L, \"remove_mm3\": V}", file, i);
+        mf->blob_label[i] = (uint16_t)l->valueint;
+        mf->blob_largest[i] = k != NULL;
+        mf->blob_max_mm3[i] = r ? r->valuedouble : 0;
+        mf->n_blobs = i + 1;
     }
     return SP_OK;
 }
@@ -91,6 +133,10 @@ sp_status sp_manifest_parse_parts(const struct cJSON *j, const char *file, sp_ma
         if (st)
             return st;
     }
+    const cJSON *bl = cJSON_GetObjectItemCaseSensitive(j, "blobs");
+    sp_status bst = bl ? parse_blobs(bl, file, mf) : SP_OK;
+    if (bst)
+        return bst;
     const cJSON *rc = cJSON_GetObjectItemCaseSensitive(j, "roi_crop"), *cr = cJSON_GetObjectItemCaseSensitive(j, "crop");
     if (rc && cr)
         return sp_fail(SP_ERR_MODEL, "%s: \"roi_crop\" and \"crop\" exclude each other", file);
@@ -153,6 +199,14 @@ static sp_status crop_want(sp_package *pk)
             return sp_fail(SP_ERR_MODEL, "%s/segpipe.json: crop.structures names \"%.64s\", which the crop model "
                            "'%s' does not segment", pk->dir, mf->crop_names[i], c->name);
     }
+    for (int i = 0; i < mf->n_outside; i++) {
+        int found = 0;
+        for (int l = 1; l < c->num_classes && !found; l++)
+            found = !strcmp(c->labels[l], mf->outside_names[i]);
+        if (!found)
+            return sp_fail(SP_ERR_MODEL, "%s/segpipe.json: crop.remove_outside names \"%.64s\", which the crop "
+                           "model '%s' does not segment", pk->dir, mf->outside_names[i], c->name);
+    }
     return SP_OK;
 }
 
@@ -172,6 +226,10 @@ sp_status sp_task_check_parts(sp_package *pk)
                 return sp_fail(SP_ERR_MODEL, "%s/segpipe.json: parts[%d].map[%d] = %d, beyond the task's %d classes",
                                pk->dir, i, j, mf->part_map[i][j], mf->num_classes);
     }
+    for (int b = 0; b < mf->n_blobs; b++)
+        if (mf->blob_label[b] >= mf->num_classes)
+            return sp_fail(SP_ERR_MODEL, "%s/segpipe.json: blobs[%d].label = %d, beyond the task's %d classes", pk->dir,
+                           b, mf->blob_label[b], mf->num_classes);
     if (pk->crop) {
         const sp_manifest *c = &pk->crop->mf;
         if (c->n_parts || (strcmp(c->task, "ct") && strcmp(c->task, "mri")) || c->conform_n)

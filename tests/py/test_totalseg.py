@@ -155,7 +155,7 @@ def test_totalseg_import_errors(tmp):
     assert p.returncode == 4 and "Dataset293_TotalSegmentator_part3_cardiac_1559subj" in p.stderr, p.stderr
     p = py(IMPORTER, os.path.join(tmp, "nowhere"), "-o", os.path.join(tmp, "o"))
     assert p.returncode == 4 and "no weights folder" in p.stderr, p.stderr
-    p = py(IMPORTER, home, "-o", os.path.join(tmp, "o"), "--task", "total_mr")
+    p = py(IMPORTER, home, "-o", os.path.join(tmp, "o"), "--task", "body_mr")
     assert p.returncode == 4 and "not supported yet" in p.stderr, p.stderr
     p = py(IMPORTER, home, "-o", os.path.join(tmp, "o"), "--task", "teeth")   # another crop model
     assert p.returncode == 4 and "crop_model" in p.stderr, p.stderr

@@ -9,7 +9,8 @@ For each task id: HOME/nnunet/results/<TotalSegmentator's folder name>/
 <trainer>__nnUNetPlans__3d_fullres/{plans.json, dataset.json,
 fold_0/checkpoint_final.pth}, names and trainers from TotalSegmentator's task
 configuration (tools/import/totalseg_maps.json), dataset.json's labels from
-its class maps (the part's map for 291..295, class_map["total"] for 297/298),
+its class maps (the part's map for 291..295, class_map["total"] for 297/298,
+a subtask's class map and its "<task>_auxiliary" classes),
 plans.json in nnU-Net v2's current layout (PlainConvUNet, instance norm,
 LeakyReLU; spacing = the task's resampling), each part with its own CT
 intensity statistics. The checkpoint holds the network's weights under
@@ -32,24 +33,40 @@ MAPS = os.path.join(HERE, "..", "import", "totalseg_maps.json")
 
 
 def task_of(maps, tid):
-    """(trainer, spacing mm, labels {id: name}) of task id tid: a part of
-    `total`, its fast/fastest model, or a one-model subtask (spacing: its
-    resampling's first value, 1.5 mm when it has none)."""
-    sub = maps["TASK_CONFIGS"]["total"]["sub_modes"]
-    for mode in ("default", "fast", "fastest"):
-        ids = sub[mode]["task_id"]
-        if tid in (ids if isinstance(ids, list) else [ids]):
-            if mode == "default":
-                part = maps["map_taskid_to_partname_ct"][str(tid)]
-                labels = maps["class_map_5_parts"][part]
-            else:
-                labels = maps["class_map"]["total"]
-            return sub[mode]["trainer"], float(sub[mode]["resample"]), {int(k): v for k, v in labels.items()}
-    for task, cfg in maps["TASK_CONFIGS"].items():   # a one-model subtask
-        if cfg.get("task_id") == tid and "sub_modes" not in cfg:
-            r = cfg.get("resample") or 1.5
-            spacing = float(r if not isinstance(r, list) else r[0])
-            return cfg["trainer"], spacing, {int(k): v for k, v in maps["class_map"][task].items()}
+    """(trainer, spacing mm [x, y, z], labels {id: name}, nnU-Net configuration)
+    of task id tid: a part of `total`, its fast/fastest model, a part of
+    headneck_muscles, or a one-model subtask (spacing: its resampling, 1.5 mm
+    when it has none)."""
+    parts = {"total": ("map_taskid_to_partname_ct", "class_map_5_parts"),
+             "total_v3": ("map_taskid_to_partname_ct_v3", "class_map_5_parts_total_v3"),
+             "total_mr": ("map_taskid_to_partname_mr", "class_map_parts_mr")}
+    for task in ("total", "total_v3", "total_mr", "body"):   # tasks of several modes
+        sub = maps["TASK_CONFIGS"][task]["sub_modes"]
+        for mode in sub:
+            ids = sub[mode]["task_id"]
+            if tid in (ids if isinstance(ids, list) else [ids]):
+                if isinstance(ids, list):
+                    part = maps[parts[task][0]][str(tid)]
+                    labels = maps[parts[task][1]][part]
+                else:
+                    labels = maps["class_map"][task]
+                return (sub[mode]["trainer"], [float(sub[mode]["resample"])] * 3,
+                        {int(k): v for k, v in labels.items()}, "3d_fullres")
+    for task, cfg in maps["TASK_CONFIGS"].items():   # a subtask
+        ids = cfg.get("task_id")
+        if "sub_modes" in cfg or tid not in (ids if isinstance(ids, list) else [ids]):
+            continue
+        r = cfg.get("resample") or 1.5
+        spacing = [float(x) for x in r] if isinstance(r, list) else [float(r)] * 3
+        model = cfg.get("model", "3d_fullres")
+        if isinstance(ids, list):   # a part of a multi-model subtask (headneck_muscles)
+            part = maps["map_taskid_to_partname_" + task][str(tid)]
+            labels = maps["class_map_parts_" + task][part]
+            return cfg["trainer"], spacing, {int(k): v for k, v in labels.items()}, model
+        # the network also has the task's auxiliary classes (TotalSegmentator trains with them and
+        # removes them after prediction: remove_auxiliary_labels)
+        labels = {**maps["class_map"][task], **maps["class_map"].get(task + "_auxiliary", {})}
+        return cfg["trainer"], spacing, {int(k): v for k, v in labels.items()}, model
     raise SystemExit(f"task id {tid} is not a TotalSegmentator task this script knows")
 
 
@@ -73,8 +90,8 @@ def make_net(n_classes, feats, patch, seed):
     return net, dict(kernels=kernels, strides=strides, n_conv=n_conv, n_dec=n_dec)
 
 
-def write_model(root, folder, trainer, tid, labels, spacing, feats, patch, seed):
-    d = os.path.join(root, folder, f"{trainer}__nnUNetPlans__3d_fullres")
+def write_model(root, folder, trainer, tid, labels, spacing, feats, patch, seed, model="3d_fullres"):
+    d = os.path.join(root, folder, f"{trainer}__nnUNetPlans__{model}")
     os.makedirs(os.path.join(d, "fold_0"), exist_ok=True)
     n_classes = max(labels) + 1
     net, a = make_net(n_classes, feats, patch, seed)
@@ -89,16 +106,16 @@ def write_model(root, folder, trainer, tid, labels, spacing, feats, patch, seed)
                             "nonlin_kwargs": {"inplace": True}},
             "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
     cfg = {"data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-           "batch_size": 2, "patch_size": [patch] * 3, "spacing": [spacing] * 3,
+           "batch_size": 2, "patch_size": [patch] * 3, "spacing": spacing,
            "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
            "resampling_fn_data": "resample_data_or_seg_to_shape", "architecture": arch}
     rng = np.random.default_rng(tid)
     stats = {"max": 3000.0, "mean": float(rng.uniform(-100, 300)), "median": 50.0, "min": -1024.0,
              "percentile_00_5": float(rng.uniform(-1024, -900)), "percentile_99_5": float(rng.uniform(900, 1600)),
              "std": float(rng.uniform(250, 500))}
-    plans = {"dataset_name": folder, "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": [spacing] * 3,
+    plans = {"dataset_name": folder, "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": spacing,
              "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-             "configurations": {"3d_fullres": cfg},
+             "configurations": {model: cfg},
              "foreground_intensity_properties_per_channel": {"0": stats}}
     json.dump(plans, open(os.path.join(d, "plans.json"), "w"), indent=1)
     ds_labels = {"background": 0, **{v: k for k, v in sorted(labels.items())}}
@@ -115,9 +132,9 @@ def make_home(home, ids=(291, 292, 293, 294, 295, 297, 298), feats=(4, 8), patch
     root = os.path.join(home, "nnunet", "results")
     out = {}
     for tid in ids:
-        trainer, spacing, labels = task_of(maps, tid)
+        trainer, spacing, labels, model = task_of(maps, tid)
         folder = maps["TASK_ID_WEIGHTS_CONFIGS"][str(tid)]["foldername"]
-        out[tid] = write_model(root, folder, trainer, tid, labels, spacing, list(feats), patch, seed + tid)
+        out[tid] = write_model(root, folder, trainer, tid, labels, spacing, list(feats), patch, seed + tid, model)
     return out
 
 

@@ -5,7 +5,7 @@
 
 GIT_DIR is a clone (or bare mirror) of github.com/wasserth/TotalSegmentator.
 Its two data modules, totalsegmentator/map_to_binary.py (class maps, the
-five part maps of `total`, task id -> part name) and map_tasks_config.py
+part maps of `total`, total_v3, total_mr and headneck_muscles, task id -> part name) and map_tasks_config.py
 (task configurations, weight folder names) import without TotalSegmentator's
 dependencies; they are loaded from HEAD and their dictionaries written as
 JSON (integer keys as strings), with the commit they came from.
@@ -14,7 +14,10 @@ neither TotalSegmentator nor its source.
 """
 import argparse, importlib.util, json, os, subprocess, sys, tempfile
 
-KEYS_BINARY = ["class_map", "class_map_5_parts", "map_taskid_to_partname_ct"]
+KEYS_BINARY = ["class_map", "class_map_5_parts", "map_taskid_to_partname_ct", "class_map_5_parts_total_v3",
+               "map_taskid_to_partname_ct_v3", "class_map_parts_mr",
+               "map_taskid_to_partname_mr", "class_map_parts_headneck_muscles",
+               "map_taskid_to_partname_headneck_muscles"]
 KEYS_CONFIG = ["DEFAULT_CONFIG", "TASK_CONFIGS", "TASK_ID_WEIGHTS_CONFIGS"]
 
 

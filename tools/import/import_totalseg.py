@@ -22,10 +22,21 @@ and names identical) and the merge rule: parts in order 291 -> 295, each part's
 labels mapped to the task's ids through its `class_map_5_parts` entry, a
 later part overwriting wherever it predicts anything but background.
 `--fast` (Dataset297, 3 mm) and `--fastest` (Dataset298, 6 mm) are one part
-each. Unless --no-crop-model, the default mode also takes Dataset298 (when its
+each. `total_mr` likewise: Dataset850 and 851 merged with class_map_parts_mr,
+--fast 852, --fastest 853, and 852 as its --roi-subset crop model (python_api.py
+always crops MR with the 3 mm model). `total_v3`: Dataset831..835 with
+class_map_5_parts_total_v3, --fast 836, --fastest 837 (plans nnUNetPlans: its
+default model size). Unless --no-crop-model, the default mode also takes Dataset298 (when its
 weights are there) as the low-resolution model that `--roi-subset` crops with,
 as TotalSegmentator does. Sliding-window step 0.8 (TotalSegmentator's for the
 total tasks), no test-time mirroring.
+
+`body` (default 1.5 mm, Dataset299; --fast 6 mm, Dataset300) is one part with
+nnunet.py's cleanups as the package's "blobs": the largest 6-connected blob of
+body_trunc kept, blobs of body_extremities of at most 50000 mm3 removed.
+
+`headneck_muscles` is two part models (778, 779) merged the same way with its
+own part maps (class_map_parts_headneck_muscles), cropped as a subtask.
 
 One-model subtasks (`cerebral_bleed`, `liver_vessels`, `lung_vessels`,
 `hip_implant`, ... : an int task_id, no cascade, no other crop model, no
@@ -34,8 +45,14 @@ when the task crops (its "crop" list) the crop model TotalSegmentator runs
 first (Dataset298 at 6 mm, Dataset297 at 3 mm for robust_crop tasks) with
 the structures and a 20 mm margin (python_api.py overrides a task's
 crop_addon with 20 mm whenever the total model crops); segpipe then crops
-every run as TotalSegmentator does. Their own postprocessing (remove_auxiliary_labels,
-body/vertebrae cleanups) is not carried over.
+every run as TotalSegmentator does. TotalSegmentator's remove_auxiliary_labels
+(appendicular_bones, kidney_cysts, renal_arteries, face_mr: classes the network
+has besides the task's, class_map[task + "_auxiliary"]) is the part's map
+sending those classes to background; tasks with postprocessing segpipe lacks
+(vertebrae_pp's relabelling) are refused. MR tasks that crop (*_mr) crop with
+Dataset852 and total_mr's names, as python_api.py. A task's remove_outside
+(heartchambers_highres: labels outside heart, aorta and inferior_vena_cava of the
+crop model, dilated by 10 mm, removed) goes into the crop rule.
 
 Exit codes: 0 written; 2 usage; 4 weights missing or not what the task needs
 (message names the folder expected).
@@ -48,8 +65,22 @@ import import_nnunet  # noqa: E402
 from import_nnunet import ImportError_  # noqa: E402
 
 MAPS = os.path.join(HERE, "totalseg_maps.json")
-SUPPORTED = ("total",)
+SUPPORTED = ("total", "total_v3", "total_mr", "body")
+# nnunet.py's blob cleanups of a task's prediction, on its grid before the labels go back:
+# keep_largest_blob_multilabel (rois) and remove_small_blobs_multilabel (interval [mm3 / voxel volume, 1e10])
+TASK_BLOBS = {"body": [("body_trunc", "largest"), ("body_extremities", 50000)]}
+# tasks of several models: the part maps and task id -> part name TotalSegmentator merges them with
+# (nnunet.py's class_map_parts / map_taskid_to_partname for the task)
+PART_MAPS = {"total": ("class_map_5_parts", "map_taskid_to_partname_ct"),
+             "total_v3": ("class_map_5_parts_total_v3", "map_taskid_to_partname_ct_v3"),
+             "total_mr": ("class_map_parts_mr", "map_taskid_to_partname_mr"),
+             "headneck_muscles": ("class_map_parts_headneck_muscles", "map_taskid_to_partname_headneck_muscles")}
 CROP_TASK_ID, CROP_TRAINER, CROP_ADDON_MM = 298, "nnUNetTrainer_4000epochs_NoMirroring", [20, 20, 20]
+# python_api.py's crop model for --roi-subset: the 6 mm CT model, or for MR tasks always the 3 mm
+# total_mr model (Dataset852) with total_mr's class map
+# (total_v3 too crops with 298 and class_map["total"]'s names, as python_api.py)
+ROI_CROP = {"total": (298, CROP_TRAINER, "total"), "total_v3": (298, CROP_TRAINER, "total"),
+            "total_mr": (852, "nnUNetTrainer_2000epochs_NoMirroring", "total_mr")}
 STEP_TOTAL = 0.8    # nnunet.py: tile step for "total", "total_v3", "total_mr"
 
 
@@ -58,15 +89,19 @@ def load_maps():
         return json.load(f)
 
 
-UNSUPPORTED_KEYS = ("cascade", "crop_model", "remove_outside", "remove_mask")
+UNSUPPORTED_KEYS = ("cascade", "crop_model", "remove_mask")
+# nnunet.py's task-specific postprocessing segpipe does not have (the body tasks' blob cleanups are
+# refused with their sub_modes; remove_auxiliary_labels is carried by the part map, see build)
+UNSUPPORTED_POSTPROCESSING = {"vertebrae_pp": "postprocess_vertebrae_pp (vertebrae relabelled and dilated)",
+                              "vertebrae_pp_refined": "postprocess_vertebrae_pp and the vertebrae_body refinement"}
 
 
 def task_config(maps, task, fast, fastest):
     """TotalSegmentator's get_task_config (plans "nnUNetPlans", the
-    totalsegmentator() default): `total`'s sub-modes, or a one-model subtask
-    (its crop rule included). Refused: total_mr/total_v3 and the tasks whose
+    totalsegmentator() default): the sub-modes of total, total_mr and body,
+    or a subtask (its crop rule included). Refused: the tasks whose
     running needs more than a crop (a cascade, another crop model,
-    remove_outside/remove_mask, a body crop, several models)."""
+    remove_mask, a body crop, several models)."""
     raw = maps["TASK_CONFIGS"].get(task)
     if raw is None:
         raise ImportError_(f"unknown TotalSegmentator task {task!r}")
@@ -76,6 +111,8 @@ def task_config(maps, task, fast, fastest):
             raise ImportError_(f"task {task!r} is not supported yet (supported: {', '.join(SUPPORTED)} and "
                                f"one-model subtasks)")
         mode = "fast" if fast else ("fastest" if fastest else "default")
+        if mode not in raw["sub_modes"]:   # get_task_config: --fastest falls back to fast (body)
+            mode = "fast" if fast or fastest else "default"
         cfg.update(raw["sub_modes"][mode])
         cfg["mode"] = mode
         return cfg
@@ -83,7 +120,12 @@ def task_config(maps, task, fast, fastest):
         raise ImportError_(f"task {task!r} has no --fast/--fastest model")
     cfg.update({k: v for k, v in raw.items() if k not in ("disallow_fast", "commercial", "info_msg")})
     why = [k for k in UNSUPPORTED_KEYS if cfg.get(k)]
-    if not isinstance(cfg["task_id"], int):
+    if task in UNSUPPORTED_POSTPROCESSING:
+        why.append(f"its postprocessing {UNSUPPORTED_POSTPROCESSING[task]}")
+    if cfg.get("crop") and cfg.get("modality") == "mr" and not task.endswith("_mr"):
+        # python_api.py would crop with the 6 mm CT model but read total_mr's names
+        why.append("a crop of an MR task not named *_mr")
+    if not isinstance(cfg["task_id"], int) and task not in PART_MAPS:
         why.append("several models")
     if cfg.get("crop") is not None and not isinstance(cfg["crop"], list):
         why.append(f"crop {cfg['crop']!r}")
@@ -128,11 +170,15 @@ def model_folder(maps, results, tid, trainer, plans, model):
     return d
 
 
+def ds_classes(folder):
+    ds = json.load(open(os.path.join(folder, "dataset.json")))
+    return max(v for v in ds["labels"].values() if isinstance(v, int)) + 1
+
+
 def import_part(folder, out, name, labels, step):
     """One nnU-Net model as a part package; its labels become TotalSegmentator's
     names for that model (the class count must match the network's)."""
-    ds = json.load(open(os.path.join(folder, "dataset.json")))
-    n_ds = max(v for v in ds["labels"].values() if isinstance(v, int)) + 1
+    n_ds = ds_classes(folder)
     n_ts = max(labels) + 1
     if n_ds != n_ts:
         raise ImportError_(f"{os.path.basename(os.path.dirname(folder))}: dataset.json has {n_ds} classes, "
@@ -146,6 +192,17 @@ def import_part(folder, out, name, labels, step):
     return man
 
 
+def auxiliary(maps, task):
+    """The network's classes TotalSegmentator removes after predicting
+    (postprocessing.py's remove_auxiliary_labels: class_map[task + "_auxiliary"],
+    e.g. humerus, femur, liver, spleen of appendicular_bones), {id: name}."""
+    aux = {int(k): v for k, v in maps["class_map"].get(task + "_auxiliary", {}).items()}
+    clash = sorted(set(aux) & {int(k) for k in maps["class_map"][task]})
+    if clash:
+        raise ImportError_(f"{task}: auxiliary class ids {clash} are also task classes")
+    return aux
+
+
 def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
     cfg = task_config(maps, task, fast, fastest)
     tids = cfg["task_id"] if isinstance(cfg["task_id"], list) else [cfg["task_id"]]
@@ -153,12 +210,17 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
     inv = {v: k for k, v in cmap.items()}
     folders = [model_folder(maps, results, t, cfg["trainer"], cfg["plans"], cfg["model"]) for t in tids]
     crop, crop_id, subtask = None, CROP_TASK_ID, "sub_modes" not in maps["TASK_CONFIGS"][task]
+    crop_task = ROI_CROP[task][2] if task in ROI_CROP else ("total_mr" if task.endswith("_mr") else "total")
     if subtask and cfg.get("crop"):   # the crop model TotalSegmentator runs first (python_api.py)
-        crop_id = 297 if cfg.get("robust_crop") else 298
-        crop = model_folder(maps, results, crop_id, CROP_TRAINER, cfg["plans"], "3d_fullres")
-    elif cfg["mode"] == "default" and crop_model and not subtask:
+        if crop_task == "total_mr":   # MR: always the 3 mm total_mr model
+            crop_id, trainer = 852, ROI_CROP["total_mr"][1]
+        else:
+            crop_id, trainer = (297 if cfg.get("robust_crop") else 298), CROP_TRAINER
+        crop = model_folder(maps, results, crop_id, trainer, cfg["plans"], "3d_fullres")
+    elif cfg["mode"] == "default" and crop_model and task in ROI_CROP:
+        crop_id, trainer, _ = ROI_CROP[task]
         try:
-            crop = model_folder(maps, results, CROP_TASK_ID, CROP_TRAINER, cfg["plans"], cfg["model"])
+            crop = model_folder(maps, results, crop_id, trainer, cfg["plans"], cfg["model"])
         except ImportError_:
             crop = None
     step = STEP_TOTAL if task in ("total", "total_v3", "total_mr") else 0.5
@@ -168,13 +230,19 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
     parts = []
     for tid, folder in zip(tids, folders):
         if len(tids) > 1:
-            pname = maps["map_taskid_to_partname_ct"][str(tid)]
-            local = {int(k): v for k, v in maps["class_map_5_parts"][pname].items()}
+            parts_key, names_key = PART_MAPS[task]
+            pname = maps[names_key][str(tid)]
+            local = {int(k): v for k, v in maps[parts_key][pname].items()}
         else:
             pname, local = (task if "sub_modes" not in maps["TASK_CONFIGS"][task] else f"{task}_{cfg['mode']}"), dict(cmap)
+        aux = auxiliary(maps, task) if len(tids) == 1 else {}
+        if aux and ds_classes(folder) <= max(local):   # a network without them: nothing to remove
+            aux = {}
+        local.update(aux)
         lut = [0] * (max(local) + 1)
         for j, name in local.items():
-            lut[j] = inv[name]      # class_map_inv[class_map_5_parts[part][j]]
+            # class_map_inv[class_map_5_parts[part][j]]; an auxiliary class goes to background
+            lut[j] = 0 if j in aux else inv[name]
         sub = f"part{tid}"
         import_part(folder, os.path.join(out, sub), f"totalseg-{tid}-{pname.replace('class_map_part_', '')}",
                     local, step)
@@ -192,18 +260,31 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
            "totalsegmentator": {"task": task, "mode": cfg["mode"], "task_ids": tids, "resample": cfg["resample"],
                                 "trainer": cfg["trainer"], "plans": cfg["plans"], "model": cfg["model"],
                                 "fold": 0, "step": step, "maps_commit": maps["source"]["commit"]}}
+    if task in TASK_BLOBS:
+        man["blobs"] = [dict({"label": inv[name], "name": name},
+                             **({"keep": "largest"} if rule == "largest" else {"remove_mm3": rule}))
+                        for name, rule in TASK_BLOBS[task]]
+    if aux:   # informative: the part's map sends these classes to background
+        man["totalsegmentator"]["remove_auxiliary_labels"] = {str(k): v for k, v in sorted(aux.items())}
     if crop:
         sub = f"crop{crop_id}"
-        total = {int(k): v for k, v in maps["class_map"]["total"].items()}
+        total = {int(k): v for k, v in maps["class_map"][crop_task].items()}
         import_part(crop, os.path.join(out, sub), f"totalseg-{crop_id}-crop", total, STEP_TOTAL)
         rule = {"dir": sub, "task_id": crop_id, "source": os.path.relpath(crop, results)}
         if subtask:   # every run crops to these structures of the total model
             missing = [n for n in cfg["crop"] if n not in total.values()]
             if missing:
-                raise ImportError_(f"crop structures {missing} are not in class_map['total']")
+                raise ImportError_(f"crop structures {missing} are not in class_map[{crop_task!r}]")
             # python_api.py: crop_addon = [20,20,20] if crop_model is None else crop_addon, so a
             # task's own crop_addon is overridden whenever the total model crops (all tasks here)
             man["crop"] = dict(rule, structures=list(cfg["crop"]), addon_mm=CROP_ADDON_MM)
+            if cfg.get("remove_outside"):   # python_api.py: a mask of these in the crop model's labels,
+                # nnunet.py: remove_outside_of_mask(seg, mask, int(dilation / mean voxel size)) at the end
+                missing = [n for n in cfg["remove_outside"] if n not in total.values()]
+                if missing:
+                    raise ImportError_(f"remove_outside structures {missing} are not in class_map[{crop_task!r}]")
+                man["crop"].update(remove_outside=list(cfg["remove_outside"]),
+                                   remove_outside_mm=cfg["remove_outside_dilation"])
         else:         # --roi-subset crops with it, 20 mm
             man["roi_crop"] = dict(rule, addon_mm=CROP_ADDON_MM)
     with open(os.path.join(out, "segpipe.json"), "w") as f:
