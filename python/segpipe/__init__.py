@@ -80,11 +80,22 @@ class InputError(Error, ValueError):
         super().__init__(STATUS.index(status), message)
 
 
+def _on_log(level, msg, user):
+    """The library's warnings (SP_LOG_WARN: a DICOM source without UIDs, a
+    private code, ...) as Python warnings, as the CLI prints them."""
+    warnings.warn(msg.decode(errors="replace").rstrip(), SegpipeWarning, stacklevel=2)
+
+
+_log_fn = _lib.LOG(_on_log)   # kept alive for as long as the library may call it
+
+
 def lib():
     global _L
     with _lock:
         if _L is None:
             _L = _lib.load()
+            _L.sp_log_set_callback(_log_fn, None)
+            _L.sp_log_set_level(2)   # SP_LOG_WARN and above
     return _L
 
 

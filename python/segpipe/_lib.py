@@ -18,6 +18,7 @@ class RuntimeParams(C.Structure):
 
 
 PROGRESS = C.CFUNCTYPE(None, c_char_p, c_int, c_int, c_void_p)
+LOG = C.CFUNCTYPE(None, c_int, c_char_p, c_void_p)   # sp_log_fn
 
 
 class CtParams(C.Structure):
@@ -138,6 +139,8 @@ SIGNATURES = {
     "sp_preview_ct_png": (c_int, [c_char_p, c_void_p, P(C.c_uint16), P(c_char_p), c_int]),
     "sp_write_file_atomic": (c_int, [c_char_p, c_char_p, C.c_size_t]),
     "sp_volume_sniff": (c_int, [c_char_p]),
+    "sp_log_set_level": (None, [c_int]),
+    "sp_log_set_callback": (None, [LOG, c_void_p]),
 }
 
 

@@ -142,7 +142,7 @@ int cli_ct_shard(const char *list, int si, int sn, const char *outdir, const cha
  * label volume (ids from the label map in *names when given, else 1..N in
  * name order; returns an exit code, 0 on success, after printing what went
  * wrong). */
-int cli_read_label_folder(const char *dir, char ***names, int *nn, uint16_t **lab, sp_volume **lg);
+int cli_read_label_folder(const char *who, const char *dir, char ***names, int *nn, uint16_t **lab, sp_volume **lg);
 /* segpipe ct's options (ct_cmd.c's cli_ct_parse; queued jobs carry them too) */
 typedef struct ct_opts {
     const char *cmd, *series, *output, *model, *report, *mlab, *preview, *inputs, *input;

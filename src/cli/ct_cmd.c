@@ -295,7 +295,8 @@ static int ct_check(const ct_opts *o)
         return cli_usage_error(o->cmd, "with --output-type dicom-seg/dicom-rtstruct, OUTPUT must end in .dcm (and no "
                                "--split)");
     if (!o->split && !o->dicom_out && !strstr(o->output, ".nii"))
-        return cli_usage_error(o->cmd, "OUTPUT must end in .nii or .nii.gz (or use --split)");
+        return cli_usage_error(o->cmd, "OUTPUT must end in .nii or .nii.gz (or use --split; for a DICOM-SEG or "
+                               "RTSTRUCT, OUTPUT.dcm with --output-type dicom-seg|dicom-rtstruct)");
     return 0;
 }
 
@@ -382,10 +383,10 @@ static void modality_warnings(const ct_opts *o, const float *d, size_t n, const 
         cli_warn(w, o->cmd, o->input, "the values are a few whole numbers in 0..255: this looks like a label map, "
                  "not a CT in HU");
     else if (!strcmp(task, "ct") && air * 100 < n)
-        cli_warn(w, o->cmd, o->input, "less than 1% of the voxels is below -500: no air in Hounsfield units, so "
+        cli_warn(w, o->cmd, o->input, "less than 1% of the voxels are below -500: no air in Hounsfield units, so "
                  "this does not look like a CT (an MRI? use segpipe mri)");
     else if (!strcmp(task, "mri") && air * 20 > n)
-        cli_warn(w, o->cmd, o->input, "more than 5% of the voxels is below -500: this looks like a CT in "
+        cli_warn(w, o->cmd, o->input, "more than 5% of the voxels are below -500: this looks like a CT in "
                  "Hounsfield units, not an MRI (use segpipe ct)");
 }
 
@@ -457,8 +458,10 @@ static int ct_crop_from(ct_opts *o, ct_run *r)
     int rc = 0;
     if (stat(o->crop_from, &sb))
         return fprintf(stderr, "segpipe %s: --crop-from %s: no such file or folder\n", o->cmd, o->crop_from), 6;
+    char who[64];
+    snprintf(who, sizeof who, "%s: --crop-from", o->cmd);
     if (S_ISDIR(sb.st_mode))
-        rc = cli_read_label_folder(o->crop_from, &r->crop_names, &r->crop_nn, &r->crop_lab, &r->crop_g);
+        rc = cli_read_label_folder(who, o->crop_from, &r->crop_names, &r->crop_nn, &r->crop_lab, &r->crop_g);
     else if ((st = sp_labels_read(o->crop_from, NULL, &r->crop_lab, &r->crop_g)))
         return cli_fail(st, "--crop-from");
     else

@@ -10,11 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int msg(int code, const char *fmt, ...)
+static int msg(const char *who, int code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("segpipe: ", stderr);
+    fprintf(stderr, "segpipe %s: ", who);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
@@ -32,11 +32,11 @@ static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *
 /* TotalSegmentator's one-file-per-class folder (<name>.nii.gz binary masks)
  * as one label volume: ids from the label map when given (names, nn), else
  * 1..N in name order with the file names as names. */
-int cli_read_label_folder(const char *dir, char ***names, int *nn, uint16_t **lab, sp_volume **lg)
+int cli_read_label_folder(const char *who, const char *dir, char ***names, int *nn, uint16_t **lab, sp_volume **lg)
 {
     DIR *d = opendir(dir);
     if (!d)
-        return msg(6, "%s: cannot open: %s", dir, strerror(errno));
+        return msg(who, 6, "%s: cannot open: %s", dir, strerror(errno));
     char **files = NULL;
     int nf = 0;
     int st = 0;
@@ -46,7 +46,7 @@ int cli_read_label_folder(const char *dir, char ***names, int *nn, uint16_t **la
         char **nfl = realloc(files, (size_t)(nf + 1) * sizeof *files);
         if (!nfl || !(nfl[nf] = strdup(e->d_name))) {
             files = nfl ? nfl : files;
-            st = msg(7, "out of memory");
+            st = msg(who, 7, "out of memory");
             break;
         }
         files = nfl;
@@ -54,14 +54,14 @@ int cli_read_label_folder(const char *dir, char ***names, int *nn, uint16_t **la
     }
     closedir(d);
     if (!st && !nf)
-        st = msg(3, "%s: no .nii or .nii.gz masks in the folder", dir);
+        st = msg(who, 3, "%s: no .nii or .nii.gz masks in the folder", dir);
     if (!st)
         qsort(files, (size_t)nf, sizeof *files, cmp_str);
     int own = !*names;
     if (!st && own) {   /* names from the files, ids in name order */
         *nn = nf + 1;
         if (!(*names = calloc((size_t)*nn, sizeof **names)))
-            st = msg(7, "out of memory");
+            st = msg(who, 7, "out of memory");
     }
     size_t nv = 0;
     for (int k = 0; k < nf && !st; k++) {
@@ -76,9 +76,9 @@ int cli_read_label_folder(const char *dir, char ***names, int *nn, uint16_t **la
         sp_volume *g = NULL;
         sp_status rs = SP_OK;
         if (id < 0)
-            st = msg(3, "%s: '%s' is not in the label map", path, stem);
+            st = msg(who, 3, "%s: '%s' is not in the label map", path, stem);
         else if ((rs = sp_labels_read(path, NULL, &m, &g)))
-            st = msg(sp_status_exit_code(rs), "%s", sp_last_error());
+            st = msg(who, sp_status_exit_code(rs), "%s", sp_last_error());
         else if (!*lg) {
             sp_volume_info vi;
             sp_volume_get_info(g, &vi);
@@ -86,14 +86,14 @@ int cli_read_label_folder(const char *dir, char ***names, int *nn, uint16_t **la
             *lg = g;
             g = NULL;
             if (!(*lab = calloc(nv ? nv : 1, sizeof **lab)))
-                st = msg(7, "out of memory");
+                st = msg(who, 7, "out of memory");
         }
         if (!st && g) {   /* every mask on the first one's grid */
             sp_volume_info a, b;
             sp_volume_get_info(*lg, &a);
             sp_volume_get_info(g, &b);
             if (memcmp(a.dim, b.dim, sizeof a.dim))
-                st = msg(3, "%s: its grid differs from the folder's other masks", path);
+                st = msg(who, 3, "%s: its grid differs from the folder's other masks", path);
         }
         for (size_t i = 0; !st && i < nv; i++)
             if (m[i])

@@ -169,7 +169,7 @@ int cmd_passport(int argc, char **argv)
     if ((st = sp_volume_read(o.ct, NULL, &ct)) || (!folder && (st = sp_labels_read(o.labels, NULL, &lab, &lg))))
         rc = cli_fail(st, NULL);
     else if (folder)
-        rc = cli_read_label_folder(o.labels, &names, &nn, &lab, &lg);
+        rc = cli_read_label_folder("passport: --labels", o.labels, &names, &nn, &lab, &lg);
     if (!rc && !names)   /* names stored in the file (TotalSegmentator's multilabel output, segpipe's own) */
         nn = sp_volume_label_names(lg, &names);
     if (!rc)

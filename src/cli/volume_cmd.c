@@ -366,8 +366,9 @@ int cmd_tasks(int argc, char **argv)
         if (d)
             closedir(d);
         if (!found)
-            printf("no task packages in %s (import one: tools/import/import_totalseg.py TOTALSEG_HOME -o "
-                   "%s/totalseg-total; docs/model-format.md)\n", sp_models_dir(), sp_models_dir());
+            printf("no task packages in %s (import one with segpipe's source tree: tools/import/import_totalseg.py "
+                   "TOTALSEG_HOME -o DIR, then segpipe tasks DIR or copy DIR there; docs/model-format.md)\n",
+                   sp_models_dir());
     }
     sp_runtime_free(rt);
     return rc;

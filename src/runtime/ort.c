@@ -151,6 +151,9 @@ static void ort_dir(char *buf, size_t cap)
 {
     Dl_info di;
     const char *from = dladdr((void *)OrtGetApiBase, &di) && di.dli_fname ? di.dli_fname : "";
+    char real[PATH_MAX];
+    if (*from && realpath(from, real))   /* no "build/../" in what is shown */
+        from = real;
     const char *slash = strrchr(from, '/');
     snprintf(buf, cap, "%.*s", slash ? (int)(slash - from + 1) : 0, from);
 }

@@ -266,6 +266,31 @@ def test_python_errors_and_gil(tmp):
     """)
 
 
+
+def test_python_library_warnings(tmp):
+    """The library's own warnings reach Python as SegpipeWarning, as the CLI
+    prints them: a DICOM-SEG written for a series without a
+    StudyInstanceUID (the shared series; 6 of its slices) warns that the
+    output gets a new study; pydicom reads the SEG and its study UID is new."""
+    import pydicom
+    series = os.path.join(sp.CTDIR, "example_ct_dicom")
+    d = os.path.join(tmp, "series")
+    os.makedirs(d)
+    for f in sorted(os.listdir(series))[:6]:
+        shutil.copy(os.path.join(series, f), d)
+    assert not getattr(pydicom.dcmread(os.path.join(d, os.listdir(d)[0])), "StudyInstanceUID", "")
+    out = pyrun(tmp, f"""
+        import warnings, segpipe
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter('always')
+            segpipe.segment({d!r}, 'seg.dcm', output_type='dicom')
+        print([(x.category.__name__, str(x.message)) for x in w])
+    """)
+    w = eval(out.strip().splitlines()[-1])
+    assert any(c == "SegpipeWarning" and "no StudyInstanceUID" in m for c, m in w), w
+    seg = pydicom.dcmread(os.path.join(tmp, "seg.dcm"))
+    assert seg.Modality == "SEG" and seg.StudyInstanceUID
+
 def test_python_classify_matches_cli(tmp):
     from test_classify import package, photo
     d = package(tmp, "cls")

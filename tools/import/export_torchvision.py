@@ -14,6 +14,9 @@ skin-lesion ResNet-50); --random-weights (seed 0) makes a model for timing
 only. --fp16 also writes model.fp16.onnx (tools/import/onnx_fp16.py) for GPUs.
 """
 import argparse, json, os, sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import need_torch  # noqa: F401  (hands over to Debian's python3 where this one lacks PyTorch)
 import torch
 import torchvision
 

@@ -32,6 +32,9 @@ Exit codes: 2 usage, 4 a folder that is not a brainchop model (named cause).
 """
 import argparse, json, os, shutil, struct, sys, zipfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import need_torch  # noqa: F401  (hands over to Debian's python3 where this one lacks PyTorch)
+
 import numpy as np
 
 

@@ -40,9 +40,11 @@ copies them to its OUT_DIR, as nnUNetv2_predict does, for nnUNetv2_ensemble).
 Written from nnU-Net's documented file formats; no nnU-Net code is used.
 """
 import argparse, itertools, json, os, pickle, shutil, sys
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import need_torch  # noqa: F401  (hands over to Debian's python3 where this one lacks PyTorch)
+import torch
+
 from segpipe_nets import Opts, UNet, load_nnunet_state_dict
 from onnx_fp16 import ConvertError
 from onnx_split_head import SplitError
