@@ -8,7 +8,7 @@
  * dilation on both sides (a few hundred KB, kept in L2), then accumulates
  * W_tap (a block of output channels) times the shifted rows over the 27
  * taps in registers, a block of output channels by a few vectors of x at a
- * time. Threads take output planes (z) in turn.
+ * time. The pool's threads take output planes (z).
  *
  * Vector code: GCC vector extensions, one body (meshconv_body.h) compiled
  * three times: 16 lanes with AVX-512F, 8 with AVX2+FMA, 4 generic (SSE2 on
@@ -18,8 +18,6 @@
  * Layout: input [Cin][D][H][W], weights [Cout][Cin][3][3][3] (ONNX and
  * PyTorch order), bias [Cout] or NULL, output [Cout][D][H][W], float32. */
 #include "meshconv.h"
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,8 +35,7 @@ struct mc_job {
     int cin, cout, coutp, cob, d, D, H, W, act;
     int wr, wp;               /* x rounded up to a tile; padded row length */
     mc_row_fn row;
-    atomic_int next;          /* next output plane to take */
-    atomic_int failed;
+    float **bufs;             /* per pool worker: 9*Cin padded input rows, then Coutp output rows */
 };
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -124,27 +121,21 @@ static void gather(const mc_job *j, int z, int y, float *rows)
         }
 }
 
-/* A worker: output planes until none is left. */
-static void *work(void *arg)
+/* Output planes [z0, z1) on pool worker `worker` (its own row buffers). */
+static void planes(void *ctx, int64_t z0, int64_t z1, int worker)
 {
-    mc_job *j = arg;
-    float *rows = malloc(sizeof(float) * ((size_t)j->cin * 9 * j->wp + (size_t)j->coutp * j->wr));
-    if (!rows) {
-        atomic_store(&j->failed, 1);
-        return NULL;
-    }
+    mc_job *j = ctx;
+    float *rows = j->bufs[worker];
     float *orow = rows + (size_t)j->cin * 9 * j->wp;
     size_t plane = (size_t)j->H * j->W, vol = plane * j->D;
-    for (int z; (z = atomic_fetch_add(&j->next, 1)) < j->D;)
+    for (int64_t z = z0; z < z1; z++)
         for (int y = 0; y < j->H; y++) {
-            gather(j, z, y, rows);
+            gather(j, (int)z, y, rows);
             j->row(j, rows, orow);
             for (int co = 0; co < j->cout; co++)
                 memcpy(j->out + co * vol + (size_t)z * plane + (size_t)y * j->W, orow + (size_t)co * j->wr,
                        sizeof(float) * j->W);
         }
-    free(rows);
-    return NULL;
 }
 
 /* Output channels per tile: the size <= 8 that wastes the fewest padded
@@ -161,7 +152,7 @@ static int block_size(int cout)
 }
 
 sp_status sp_meshconv3d(const float *in, int cin, int D, int H, int W, const float *w, const float *bias,
-                        int cout, int dil, int relu, int threads, float *out)
+                        int cout, int dil, int relu, sp_pool *pool, float *out)
 {
     if (!in || !w || !out || cin < 1 || cout < 1 || cin > MC_MAX_CH || cout > MC_MAX_CH || D < 1 || H < 1 ||
         W < 1 || D > MC_MAX_DIM || H > MC_MAX_DIM || W > MC_MAX_DIM || dil < 1 || dil > MC_MAX_DIM)
@@ -183,22 +174,17 @@ sp_status sp_meshconv3d(const float *in, int cin, int D, int H, int W, const flo
         for (int ci = 0; ci < cin; ci++)
             for (int t = 0; t < 27; t++)
                 j.wt[((size_t)ci * 27 + t) * j.coutp + co] = w[((size_t)co * cin + ci) * 27 + t];
-    if (threads < 1)
-        threads = 1;
-    if (threads > D)
-        threads = D;
-    if (threads > 256)
-        threads = 256;
-    pthread_t tid[256];
-    int started = 0;
-    for (; started < threads - 1; started++)
-        if (pthread_create(&tid[started], NULL, work, &j))
-            break;
-    work(&j);
-    for (int i = 0; i < started; i++)
-        pthread_join(tid[i], NULL);
+    int nw = sp_pool_size(pool);
+    j.bufs = calloc((size_t)nw, sizeof *j.bufs);
+    sp_status st = j.bufs ? SP_OK : SP_ERR_NOMEM;
+    for (int i = 0; !st && i < nw; i++)
+        if (!(j.bufs[i] = malloc(sizeof(float) * ((size_t)cin * 9 * j.wp + (size_t)j.coutp * j.wr))))
+            st = SP_ERR_NOMEM;
+    if (!st)
+        sp_pool_for(pool, D, 1, planes, &j);
+    for (int i = 0; j.bufs && i < nw; i++)
+        free(j.bufs[i]);
+    free(j.bufs);
     free(j.wt);
-    if (atomic_load(&j.failed))
-        return sp_fail(SP_ERR_NOMEM, "meshconv: out of memory");
-    return SP_OK;
+    return st ? sp_fail(st, "meshconv: out of memory") : SP_OK;
 }

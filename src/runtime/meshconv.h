@@ -7,9 +7,9 @@
  * (k - 1) * dil, zero outside (padding == dilation, same size out);
  * relu != 0 applies max(0, .) to the result. in [cin][D][H][W], w
  * [cout][cin][3][3][3], bias [cout] or NULL, out [cout][D][H][W] (not
- * overlapping in). threads <= 0: one. SP_ERR_USAGE on bad sizes, SP_ERR_NOMEM. */
+ * overlapping in). Output planes are split over pool's threads. SP_ERR_USAGE on bad sizes, SP_ERR_NOMEM. */
 sp_status sp_meshconv3d(const float *in, int cin, int D, int H, int W, const float *w, const float *bias,
-                        int cout, int dil, int relu, int threads, float *out);
+                        int cout, int dil, int relu, sp_pool *pool, float *out);
 /* Which vector body sp_meshconv3d uses here: "avx512", "avx2" or "generic". */
 const char *sp_meshconv_isa(void);
 #endif
