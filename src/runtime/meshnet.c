@@ -66,7 +66,7 @@ static sp_status parse(const unsigned char *p, size_t n, sp_meshnet *net)
     if (nl < 2 || nl > MN_MAX_LAYERS || n < 12 + (size_t)nl * 28)
         return sp_fail(SP_ERR_MODEL, "meshnet.bin: bad layer count");
     size_t floats = 0, off = 12 + (size_t)nl * 28;
-    int prev = 1;
+    int prev = 1, bias[MN_MAX_LAYERS];
     for (int i = 0; i < nl; i++) {
         int32_t h[7];
         for (int f = 0; f < 7; f++)
@@ -77,7 +77,7 @@ static sp_status parse(const unsigned char *p, size_t n, sp_meshnet *net)
         prev = h[1];
         net->l[i] = (mn_layer){h[0], h[1], h[2], h[3], h[4], h[5], NULL, NULL};
         floats += (size_t)h[1] * h[0] * h[2] * h[2] * h[2] + (h[6] ? (size_t)h[1] : 0);
-        net->l[i].b = h[6] ? (const float *)1 : NULL;   /* placed below */
+        bias[i] = h[6];
         if (h[1] > net->cmax && i < nl - 1)
             net->cmax = h[1];
     }
@@ -94,7 +94,7 @@ static sp_status parse(const unsigned char *p, size_t n, sp_meshnet *net)
         mn_layer *l = &net->l[i];
         l->w = q;
         q += (size_t)l->cout * l->cin * l->k * l->k * l->k;
-        if (l->b) {
+        if (bias[i]) {
             l->b = q;
             q += l->cout;
         }
@@ -133,10 +133,12 @@ int sp_meshnet_classes(const sp_meshnet *net) { return net->l[net->n - 1].cout; 
 
 /* ------------------------------------------------------------ element-wise */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define MN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define MN_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #else
 #define MN_CLONES
 #endif
+/* (-O2's vectoriser takes only loops without a remainder; these element-wise
+ * loops need the dynamic cost model to be vectorised at all) */
 
 /* tanh as a 13/6 rational function of x clamped to +-7.9 (the form of
  * Eigen's and MLAS's float tanh; within a few ulp), branch-free so that
@@ -179,14 +181,18 @@ MN_CLONES static void activate(float *x, size_t n, float mean, float inv, int no
 }
 
 /* ------------------------------------------------------------ passes */
+/* Activations live as [C][D][H][pitch] rows with `margin` zeros on both
+ * sides of each row's W voxels (margin: the largest dilation), which
+ * meshconv reads in place; the passes below touch the W voxels only, so
+ * the margins stay zero. */
 typedef struct {
     const mn_layer *l;
-    float *x;             /* [C][n] */
-    size_t n, chunk;
+    float *x;             /* activations */
+    int64_t rows;         /* D*H */
+    int w, pitch, margin;
     double *mean, *inv;   /* per channel */
-    const float *feat;    /* classifier input */
-    uint16_t *lab;        /* network order */
-    float *logits;
+    uint16_t *lab;        /* network order, dense */
+    float *logits;        /* [K][D*H*W] or NULL */
 } mn_pass;
 
 /* Mean and 1/sqrt(var + 1e-5) of channels [c0, c1) (GroupNorm's biased variance). */
@@ -195,66 +201,72 @@ static void stats(void *ctx, int64_t c0, int64_t c1, int worker)
     (void)worker;
     mn_pass *p = ctx;
     for (int64_t c = c0; c < c1; c++) {
-        const float *x = p->x + (size_t)c * p->n;
         double s = 0, s2 = 0;
-        for (size_t b = 0; b < p->n; b += 4096) {   /* float partial sums of 4096, in double */
-            size_t e = b + 4096 < p->n ? b + 4096 : p->n;
+        for (int64_t r = 0; r < p->rows; r++) {   /* float sums per row, in double across rows */
+            const float *x = p->x + ((size_t)c * p->rows + r) * p->pitch + p->margin;
             float fs = 0, fs2 = 0;
-            for (size_t i = b; i < e; i++)
+            for (int i = 0; i < p->w; i++)
                 fs += x[i], fs2 += x[i] * x[i];
             s += fs, s2 += fs2;
         }
-        double m = s / (double)p->n, v = s2 / (double)p->n - m * m;
+        double n = (double)p->rows * p->w, m = s / n, v = s2 / n - m * m;
         p->mean[c] = m;
         p->inv[c] = 1.0 / sqrt((v > 0 ? v : 0) + 1e-5);
     }
 }
 
-/* Normalisation and activation of chunks [a, b) (chunk index over channels x voxels). */
+/* Normalisation and activation of rows [a, b) (over channels x D*H). */
 static void norm_act(void *ctx, int64_t a, int64_t b, int worker)
 {
     (void)worker;
     mn_pass *p = ctx;
-    size_t per = (p->n + p->chunk - 1) / p->chunk;
-    for (int64_t k = a; k < b; k++) {
-        size_t c = (size_t)k / per, s = (size_t)k % per * p->chunk;
-        size_t e = s + p->chunk < p->n ? s + p->chunk : p->n;
-        activate(p->x + c * p->n + s, e - s, p->l->norm ? (float)p->mean[c] : 0.0f,
+    for (int64_t r = a; r < b; r++) {
+        size_t c = (size_t)(r / p->rows);
+        activate(p->x + (size_t)r * p->pitch + p->margin, (size_t)p->w, p->l->norm ? (float)p->mean[c] : 0.0f,
                  p->l->norm ? (float)p->inv[c] : 1.0f, p->l->norm, p->l->act);
     }
 }
 
 #define MN_CLS_CHUNK 512
-/* The 1x1 classifier and its argmax over voxel chunks [a, b). */
-MN_CLONES static void classify(void *ctx, int64_t a, int64_t b, int worker)
+/* The 1x1 classifier and its argmax over m voxels whose channel c is at f + c*cs. */
+MN_CLONES static void classify_run(const mn_layer *l, const float *f, size_t cs, size_t m, uint16_t *lab,
+                                   float *logits, size_t ls)
+{
+    float best[MN_CLS_CHUNK], z[MN_CLS_CHUNK];
+    uint16_t arg[MN_CLS_CHUNK];
+    for (int o = 0; o < l->cout; o++) {
+        float bo = l->b ? l->b[o] : 0.0f;
+        for (size_t i = 0; i < m; i++)
+            z[i] = bo;
+        for (int c = 0; c < l->cin; c++) {
+            float w = l->w[(size_t)o * l->cin + c];
+            const float *fc = f + (size_t)c * cs;
+            for (size_t i = 0; i < m; i++)
+                z[i] += w * fc[i];
+        }
+        for (size_t i = 0; i < m; i++) {
+            int gt = o == 0 || z[i] > best[i];
+            best[i] = gt ? z[i] : best[i];
+            arg[i] = gt ? (uint16_t)o : arg[i];
+        }
+        if (logits)
+            memcpy(logits + (size_t)o * ls, z, m * sizeof(float));
+    }
+    memcpy(lab, arg, m * sizeof(uint16_t));
+}
+
+/* The classifier over rows [a, b) of the volume. */
+static void classify(void *ctx, int64_t a, int64_t b, int worker)
 {
     (void)worker;
     mn_pass *p = ctx;
-    const mn_layer *l = p->l;
-    float best[MN_CLS_CHUNK], z[MN_CLS_CHUNK];
-    uint16_t arg[MN_CLS_CHUNK];
-    for (int64_t k = a; k < b; k++) {
-        size_t s = (size_t)k * MN_CLS_CHUNK, e = s + MN_CLS_CHUNK < p->n ? s + MN_CLS_CHUNK : p->n, m = e - s;
-        for (int o = 0; o < l->cout; o++) {
-            float bo = l->b ? l->b[o] : 0.0f;
-            for (size_t i = 0; i < m; i++)
-                z[i] = bo;
-            for (int c = 0; c < l->cin; c++) {
-                float w = l->w[(size_t)o * l->cin + c];
-                const float *f = p->feat + (size_t)c * p->n + s;
-                for (size_t i = 0; i < m; i++)
-                    z[i] += w * f[i];
-            }
-            for (size_t i = 0; i < m; i++) {
-                int gt = o == 0 || z[i] > best[i];
-                best[i] = gt ? z[i] : best[i];
-                arg[i] = gt ? (uint16_t)o : arg[i];
-            }
-            if (p->logits)
-                memcpy(p->logits + (size_t)o * p->n + s, z, m * sizeof(float));
+    size_t cs = (size_t)p->rows * p->pitch, n = (size_t)p->rows * p->w;
+    for (int64_t r = a; r < b; r++)
+        for (int x0 = 0; x0 < p->w; x0 += MN_CLS_CHUNK) {
+            size_t m = p->w - x0 < MN_CLS_CHUNK ? (size_t)(p->w - x0) : MN_CLS_CHUNK, o = (size_t)r * p->w + x0;
+            classify_run(p->l, p->x + (size_t)r * p->pitch + p->margin + x0, cs, m, p->lab + o,
+                         p->logits ? p->logits + o : NULL, n);
         }
-        memcpy(p->lab + s, arg, m * sizeof(uint16_t));
-    }
 }
 
 /* Element (i0, i1, i2) of the network tensor is vol[i0*st[0] + i1*st[1] + i2*st[2]]. */
@@ -267,23 +279,24 @@ static void strides(const int64_t vdim[3], const int axes[3], int64_t nd[3], int
 
 /* Layers 0..n-2 (3x3x3 conv, norm, activation) from buffer a, ping-ponging
  * with b; *feat: the last one's output. */
-static sp_status body(const sp_meshnet *net, const int64_t nd[3], sp_pool *pool, float *a, float *b,
+static sp_status body(const sp_meshnet *net, const int64_t nd[3], int margin, sp_pool *pool, float *a, float *b,
                       float **feat)
 {
-    size_t n = (size_t)(nd[0] * nd[1] * nd[2]);
+    int pitch = (int)nd[2] + 2 * margin;
     double mean[MN_MAX_CH], inv[MN_MAX_CH];
     for (int i = 0; i < net->n - 1; i++) {
         const mn_layer *l = &net->l[i];
         int fuse = !l->norm && l->act == MN_RELU;   /* ReLU in the convolution's store */
-        sp_status st = sp_meshconv3d(a, l->cin, (int)nd[0], (int)nd[1], (int)nd[2], l->w, l->b, l->cout, l->dil,
-                                     fuse, pool, b);
+        sp_status st = sp_meshconv3d_rows(a, margin, pitch, l->cin, (int)nd[0], (int)nd[1], (int)nd[2], l->w, l->b,
+                                          l->cout, l->dil, fuse, pool, b, margin, pitch);
         if (st)
             return st;
-        mn_pass p = {.l = l, .x = b, .n = n, .chunk = 1 << 16, .mean = mean, .inv = inv};
+        mn_pass p = {.l = l, .x = b, .rows = nd[0] * nd[1], .w = (int)nd[2], .pitch = pitch, .margin = margin,
+                     .mean = mean, .inv = inv};
         if (l->norm)
             sp_pool_for(pool, l->cout, 1, stats, &p);
         if (l->norm || (l->act && !fuse))
-            sp_pool_for(pool, (int64_t)(l->cout * ((n + p.chunk - 1) / p.chunk)), 1, norm_act, &p);
+            sp_pool_for(pool, l->cout * p.rows, 64, norm_act, &p);
         float *t = a;
         a = b, b = t;
     }
@@ -299,24 +312,31 @@ sp_status sp_meshnet_run(const sp_meshnet *net, const float *vol, const int64_t 
     for (int d = 0; d < 3; d++)
         if (nd[d] < 1 || nd[d] > 65536)
             return sp_fail(SP_ERR_USAGE, "meshnet: bad volume size");
-    size_t n = (size_t)(nd[0] * nd[1] * nd[2]), cm = (size_t)(net->cmax > 1 ? net->cmax : 1);
-    float *a = sp_big_alloc(cm * n * sizeof(float)), *b = sp_big_alloc(cm * n * sizeof(float));
+    int margin = 1;
+    for (int i = 0; i < net->n - 1; i++)
+        margin = net->l[i].dil > margin ? net->l[i].dil : margin;
+    size_t rows = (size_t)(nd[0] * nd[1]), pitch = (size_t)nd[2] + 2 * (size_t)margin;
+    size_t n = rows * (size_t)nd[2], cm = (size_t)(net->cmax > 1 ? net->cmax : 1);
+    size_t floats = cm * rows * pitch + (size_t)sp_meshconv_slack(margin);
+    float *a = sp_big_calloc(floats, sizeof(float)), *b = sp_big_calloc(floats, sizeof(float));
     uint16_t *lab = sp_big_alloc(n * sizeof *lab);
     sp_status st = SP_OK;
     if (!a || !b || !lab)
         st = sp_fail(SP_ERR_NOMEM, "meshnet: cannot allocate 2 x %zu channels of %zu voxels", cm, n);
     float *feat = NULL;
     if (!st) {
-        size_t i = 0;   /* the input in network order */
-        for (int64_t i0 = 0; i0 < nd[0]; i0++)
-            for (int64_t i1 = 0; i1 < nd[1]; i1++)
+        for (int64_t i0 = 0; i0 < nd[0]; i0++)   /* the input in network order, rows with margins */
+            for (int64_t i1 = 0; i1 < nd[1]; i1++) {
+                float *row = a + (size_t)(i0 * nd[1] + i1) * pitch + margin;
                 for (int64_t i2 = 0; i2 < nd[2]; i2++)
-                    a[i++] = vol[i0 * st3[0] + i1 * st3[1] + i2 * st3[2]];
-        st = body(net, nd, pool, a, b, &feat);
+                    row[i2] = vol[i0 * st3[0] + i1 * st3[1] + i2 * st3[2]];
+            }
+        st = body(net, nd, margin, pool, a, b, &feat);
     }
     if (!st) {
-        mn_pass p = {.l = &net->l[net->n - 1], .n = n, .feat = feat, .lab = lab, .logits = logits};
-        sp_pool_for(pool, (int64_t)((n + MN_CLS_CHUNK - 1) / MN_CLS_CHUNK), 8, classify, &p);
+        mn_pass p = {.l = &net->l[net->n - 1], .x = feat, .rows = (int64_t)rows, .w = (int)nd[2],
+                     .pitch = (int)pitch, .margin = margin, .lab = lab, .logits = logits};
+        sp_pool_for(pool, (int64_t)rows, 16, classify, &p);
         size_t i = 0;
         for (int64_t i0 = 0; i0 < nd[0]; i0++)
             for (int64_t i1 = 0; i1 < nd[1]; i1++)
