@@ -257,12 +257,9 @@ static sp_status conform_network(sp_package *pk, const float *vol, const int64_t
     if (!st && sp_meshnet_classes(net) != mf->num_classes)
         st = sp_fail(SP_ERR_MODEL, "%s: %d classes, the manifest names %d", mf->meshnet, sp_meshnet_classes(net),
                      mf->num_classes);
-    if (!st && p->progress)
-        p->progress("inference", 0, 1, p->progress_user);
+    sp_meshnet_ctl ctl = {p->cancel, p->progress, p->progress_user};
     if (!st)
-        st = sp_meshnet_run(net, vol, md, mf->axes, pool, lab, NULL);
-    if (!st && p->progress)
-        p->progress("inference", 1, 1, p->progress_user);
+        st = sp_meshnet_run(net, vol, md, mf->axes, pool, &ctl, lab, NULL);
     sp_meshnet_free(net);
     sp_timings_add(&r->t, "inference", sp_now() - t0);
     return st;

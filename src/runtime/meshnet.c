@@ -279,13 +279,17 @@ static void strides(const int64_t vdim[3], const int axes[3], int64_t nd[3], int
 
 /* Layers 0..n-2 (3x3x3 conv, norm, activation) from buffer a, ping-ponging
  * with b; *feat: the last one's output. */
-static sp_status body(const sp_meshnet *net, const int64_t nd[3], int margin, sp_pool *pool, float *a, float *b,
-                      float **feat)
+static sp_status body(const sp_meshnet *net, const int64_t nd[3], int margin, sp_pool *pool,
+                      const sp_meshnet_ctl *ctl, float *a, float *b, float **feat)
 {
     int pitch = (int)nd[2] + 2 * margin;
     double mean[MN_MAX_CH], inv[MN_MAX_CH];
     for (int i = 0; i < net->n - 1; i++) {
         const mn_layer *l = &net->l[i];
+        if (ctl && ctl->cancel && __atomic_load_n(ctl->cancel, __ATOMIC_RELAXED))
+            return sp_fail(SP_ERR_CANCELLED, "cancelled after %d of %d layers", i, net->n);
+        if (ctl && ctl->progress)
+            ctl->progress("inference", i, net->n, ctl->progress_user);
         int fuse = !l->norm && l->act == MN_RELU;   /* ReLU in the convolution's store */
         sp_status st = sp_meshconv3d_rows(a, margin, pitch, l->cin, (int)nd[0], (int)nd[1], (int)nd[2], l->w, l->b,
                                           l->cout, l->dil, fuse, pool, b, margin, pitch);
@@ -305,7 +309,7 @@ static sp_status body(const sp_meshnet *net, const int64_t nd[3], int margin, sp
 }
 
 sp_status sp_meshnet_run(const sp_meshnet *net, const float *vol, const int64_t vdim[3], const int axes[3],
-                         sp_pool *pool, uint16_t *labels, float *logits)
+                         sp_pool *pool, const sp_meshnet_ctl *ctl, uint16_t *labels, float *logits)
 {
     int64_t nd[3], st3[3];
     strides(vdim, axes, nd, st3);
@@ -331,12 +335,14 @@ sp_status sp_meshnet_run(const sp_meshnet *net, const float *vol, const int64_t 
                 for (int64_t i2 = 0; i2 < nd[2]; i2++)
                     row[i2] = vol[i0 * st3[0] + i1 * st3[1] + i2 * st3[2]];
             }
-        st = body(net, nd, margin, pool, a, b, &feat);
+        st = body(net, nd, margin, pool, ctl, a, b, &feat);
     }
     if (!st) {
         mn_pass p = {.l = &net->l[net->n - 1], .x = feat, .rows = (int64_t)rows, .w = (int)nd[2],
                      .pitch = (int)pitch, .margin = margin, .lab = lab, .logits = logits};
         sp_pool_for(pool, (int64_t)rows, 16, classify, &p);
+        if (ctl && ctl->progress)
+            ctl->progress("inference", net->n, net->n, ctl->progress_user);
         size_t i = 0;
         for (int64_t i0 = 0; i0 < nd[0]; i0++)
             for (int64_t i1 = 0; i1 < nd[1]; i1++)

@@ -17,7 +17,14 @@ int sp_meshnet_classes(const sp_meshnet *net);
  * the first class on ties; volume order, vdim voxels) and, when logits is
  * not NULL, the logits [classes][network dims] in network order. Threads:
  * pool's. SP_ERR_NOMEM when the two activations (channels x voxels floats
- * each) cannot be allocated. */
+ * each) cannot be allocated; SP_ERR_CANCELLED when *cancel (may be NULL)
+ * turns nonzero, checked between layers. progress (may be NULL) is called
+ * with ("inference", layers done, layers). */
+typedef struct {
+    const volatile int *cancel;
+    void (*progress)(const char *stage, int done, int total, void *user);
+    void *progress_user;
+} sp_meshnet_ctl;
 sp_status sp_meshnet_run(const sp_meshnet *net, const float *vol, const int64_t vdim[3], const int axes[3],
-                         sp_pool *pool, uint16_t *labels, float *logits);
+                         sp_pool *pool, const sp_meshnet_ctl *ctl, uint16_t *labels, float *logits);
 #endif

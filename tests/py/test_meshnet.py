@@ -27,7 +27,7 @@ def lib():
     L.sp_meshconv3d.argtypes = [FP, C.c_int, C.c_int, C.c_int, C.c_int, FP, FP, C.c_int, C.c_int, C.c_int,
                                 C.c_void_p, FP]
     L.sp_meshnet_load.argtypes = [C.c_char_p, C.POINTER(C.c_void_p)]
-    L.sp_meshnet_run.argtypes = [C.c_void_p, FP, C.c_void_p, C.c_void_p, C.c_void_p, C.c_void_p, FP]
+    L.sp_meshnet_run.argtypes = [C.c_void_p, FP, C.c_void_p, C.c_void_p, C.c_void_p, C.c_void_p, C.c_void_p, FP]
     L.sp_meshnet_free.argtypes = [C.c_void_p]
     L.sp_meshnet_classes.argtypes = [C.c_void_p]
     L.sp_meshconv_isa.restype = C.c_char_p
@@ -101,7 +101,7 @@ def native(path, vol_net, axes, threads=2):
     vdim, ax = np.array(V.shape, np.int64), np.array(axes, np.int32)
     lab = np.zeros(vol.shape, np.uint16)
     out = np.zeros((L.sp_meshnet_classes(net),) + vol_net.shape, np.float32)
-    st = L.sp_meshnet_run(net, fp(vol), sp.ptr(vdim), sp.ptr(ax), pool(threads), sp.ptr(lab), fp(out))
+    st = L.sp_meshnet_run(net, fp(vol), sp.ptr(vdim), sp.ptr(ax), pool(threads), None, sp.ptr(lab), fp(out))
     L.sp_meshnet_free(net)
     assert st == 0, L.sp_last_error()
     return lab.transpose(2, 1, 0).transpose(axes), out
