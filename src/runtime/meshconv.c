@@ -83,16 +83,19 @@ struct mc_job {
 #include "meshconv_body.h"
 #undef MC_ATTR
 
-/* The body this CPU runs and its tile width in floats (lanes * vectors). */
+/* The body this CPU runs and its tile width in floats (lanes * vectors).
+ * SEGPIPE_MESHCONV_ISA=avx2|generic caps it (tests of every body on one machine). */
 static mc_row_fn pick(int *tile, const char **isa)
 {
 #if defined(__x86_64__) || defined(__i386__)
+    const char *cap = getenv("SEGPIPE_MESHCONV_ISA");
+    int max = cap && !strcmp(cap, "generic") ? 0 : cap && !strcmp(cap, "avx2") ? 1 : 2;
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) {
+    if (max >= 2 && __builtin_cpu_supports("avx512f")) {
         *tile = 16 * MC_XV_MAX, *isa = "avx512";
         return row_avx512;
     }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    if (max >= 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         *tile = 8 * MC_XV_MAX, *isa = "avx2";
         return row_avx2;
     }

@@ -151,6 +151,22 @@ def test_meshconv_matches_numpy(tmp):
         assert np.abs(gr - np.maximum(want, 0)).max() <= 2e-6 * np.abs(want).max()
 
 
+def test_meshconv_every_vector_body(tmp):
+    """The AVX2 and generic bodies (SEGPIPE_MESHCONV_ISA caps the choice) give
+    the numpy result too, on a fresh process each."""
+    code = ("import sys, numpy as np; sys.path.insert(0, %r); import test_meshnet as t; "
+            "rng = np.random.default_rng(3); x = rng.standard_normal((7, 9, 11, 45)).astype(np.float32); "
+            "w = rng.standard_normal((13, 7, 3, 3, 3)).astype(np.float32); b = rng.standard_normal(13).astype(np.float32); "
+            "g = t.meshconv(x, w, b, 4); r = t.ref_conv(x, w, b, 4); "
+            "print(t.lib().sp_meshconv_isa().decode(), np.abs(g - r).max() / np.abs(r).max())") % os.path.dirname(__file__)
+    for isa in ("avx2", "generic"):
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env=dict(sp.run_env(), SEGPIPE_MESHCONV_ISA=isa))
+        assert p.returncode == 0, p.stderr
+        got_isa, err = p.stdout.split()
+        assert got_isa in (isa, "generic") and float(err) < 2e-6, p.stdout
+
+
 def test_meshnet_random_networks_match_numpy(tmp):
     """Whole networks as brainchop's zoo builds them: GroupNorm + GELU (mindgrab),
     ReLU with bias (dk104), GroupNorm + ELU; both axis orders; logits and labels."""
