@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""brainchop's zoo on a 256^3 T1: segpipe against the model's own PyTorch
-execution (tests/py/ref_brainchop.py: brainchop-cli's pipeline from its
-source, PyTorch 1.13 on the real weights), both at the same thread count;
+"""brainchop's zoo on a 256^3 T1: segpipe (its native MeshNet executor,
+runtime/meshnet.c, and ONNX Runtime: SEGPIPE_MESHNET=0) against the model's
+own PyTorch execution (tests/py/ref_brainchop.py: brainchop-cli's pipeline
+from its source, PyTorch 1.13 on the real weights), all at the same thread count;
 also the agreement of the labels (labelled voxels equal, per-region volume
-differences). Prints one markdown row per model for docs/performance.md: wall seconds and
+differences). Prints one markdown row per model for docs/performance.md
+(native | ONNX Runtime | PyTorch | native == ORT labels | load): wall seconds and
 CPU seconds (user + system; on a shared machine the CPU seconds compare,
 the wall seconds follow the load).
 
@@ -39,28 +41,38 @@ def main():
     ap.add_argument("--input", default=os.path.join(ROOT, "build", "brainchop-models", "t1_crop.nii.gz"))
     ap.add_argument("--models", default="mindgrab,dk104")
     ap.add_argument("--zoo", default=os.path.join(ROOT, "build", "brainchop-models"))
+    ap.add_argument("--models-dir", default=os.path.join(ROOT, "models"))
     a = ap.parse_args()
     tmp = tempfile.mkdtemp()
     with open("/proc/loadavg") as f:
         print(f"load average before: {f.read().split()[:3]}", flush=True)
     for name in a.models.split(","):
-        out, conf, rep = (os.path.join(tmp, f"{name}{s}") for s in (".nii.gz", "_c.nii.gz", ".json"))
-        t0, c0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
-        p = subprocess.run([os.path.join(ROOT, "build", "segpipe"), "mri", a.input, "-o", out, "--model",
-                            os.path.join(ROOT, "models", "brainchop-" + name), "--threads", str(a.threads),
-                            "--save-model-labels", conf, "--report", rep, "-q"], capture_output=True, text=True)
-        sp_wall, c1 = time.time() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
-        sp_cpu = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
-        assert p.returncode == 0, p.stderr
-        sec = json.load(open(rep))["seconds"]
+        runs = {}
+        for mode in ("1", "0"):   # native, then ONNX Runtime (SEGPIPE_MESHNET)
+            out, conf, rep = (os.path.join(tmp, f"{name}{mode}{s}") for s in (".nii.gz", "_c.nii.gz", ".json"))
+            t0, c0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
+            p = subprocess.run([os.path.join(ROOT, "build", "segpipe"), "mri", a.input, "-o", out, "--model",
+                                os.path.join(a.models_dir, "brainchop-" + name), "--threads", str(a.threads),
+                                "--save-model-labels", conf, "--report", rep, "-q"], capture_output=True, text=True,
+                               env=dict(os.environ, SEGPIPE_MESHNET=mode))
+            wall, c1 = time.time() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
+            assert p.returncode == 0, p.stderr
+            runs[mode] = (wall, cpu, json.load(open(rep))["seconds"].get("inference", 0), conf, out)
+            print(f"  {name} SEGPIPE_MESHNET={mode}: {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
         t0, pc0 = time.time(), time.process_time()
         lab, back, _ = ref.pipeline(os.path.join(a.zoo, "meshnet", FOLDER[name]), a.input, threads=a.threads)
         ref_wall, ref_cpu = time.time() - t0, time.process_time() - pc0
-        eq, worst = agreement(np.asarray(nib.load(conf).dataobj), lab)
-        eqb, worstb = agreement(np.asarray(nib.load(out).dataobj), back)
-        print(f"| {name} | {a.threads} | {sp_wall:.1f} s wall, {sp_cpu:.1f} s CPU (network {sec.get('inference', 0):.1f} s) | "
-              f"{ref_wall:.1f} s wall, {ref_cpu:.1f} s CPU | "
-              f"{100 * eq:.3f}% / {100 * eqb:.3f}% | {100 * worst:.2f}% / {100 * worstb:.2f}% |", flush=True)
+        cell = []
+        for mode in ("1", "0"):
+            wall, cpu, inf, conf, out = runs[mode]
+            eq, worst = agreement(np.asarray(nib.load(conf).dataobj), lab)
+            cell.append(f"{wall:.1f} s wall, {cpu:.1f} s CPU (network {inf:.1f} s); {100 * eq:.3f}%, {100 * worst:.2f}%")
+        same = (np.asarray(nib.load(runs["1"][3]).dataobj) == np.asarray(nib.load(runs["0"][3]).dataobj)).mean()
+        with open("/proc/loadavg") as f:
+            la = f.read().split()[0]
+        print(f"| {name} | {a.threads} | {cell[0]} | {cell[1]} | {ref_wall:.1f} s wall, {ref_cpu:.1f} s CPU | "
+              f"{100 * same:.4f}% | {la} |", flush=True)
     with open("/proc/loadavg") as f:
         print(f"load average after: {f.read().split()[:3]}")
 

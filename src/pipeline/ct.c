@@ -7,6 +7,8 @@
  * Every stage is timed into the result's sp_timings.
  */
 #include "pipeline.h"
+#include "../runtime/device.h"
+#include "../runtime/meshnet.h"
 
 #include <errno.h>
 #include <math.h>
@@ -227,6 +229,42 @@ static void roi_apply(uint16_t *lab, size_t n, const uint8_t *keep)
                 lab[i] = 0;
 }
 
+/* The native MeshNet executor (runtime/meshnet.c) for a package with
+ * "meshnet" on the CPU, unless SEGPIPE_MESHNET=0 (ONNX Runtime's graph, the
+ * same network; docs/mri.md, "Native MeshNet"). */
+static int use_meshnet(const sp_package *pk)
+{
+    const char *e = getenv("SEGPIPE_MESHNET");
+    return pk->mf.meshnet[0] && !(e && !strcmp(e, "0")) &&
+           !strcmp(sp_runtime_device_name(sp_model_runtime(pk->model)), "cpu");
+}
+
+/* The network over the conformed volume into lab: natively (use_meshnet) or
+ * ONNX Runtime's sliding window. */
+static sp_status conform_network(sp_package *pk, const float *vol, const int64_t md[3], const sp_ct_params *p,
+                                 uint16_t *lab, sp_ct_result *r, sp_pool *pool)
+{
+    const sp_manifest *mf = &pk->mf;
+    if (!use_meshnet(pk)) {
+        sp_window_params wp = window_params(mf, p);
+        return sp_window_run(pk->model, vol, md, &wp, lab, NULL, pool, &r->t, p->progress, p->progress_user);
+    }
+    char path[PATH_MAX + 160];
+    snprintf(path, sizeof path, "%s/%s", pk->dir, mf->meshnet);
+    sp_meshnet *net = NULL;
+    double t0 = sp_now();
+    sp_status st = sp_meshnet_load(path, &net);
+    if (!st && sp_meshnet_classes(net) != mf->num_classes)
+        st = sp_fail(SP_ERR_MODEL, "%s: %d classes, the manifest names %d", mf->meshnet, sp_meshnet_classes(net),
+                     mf->num_classes);
+    sp_meshnet_ctl ctl = {p->cancel, p->progress, p->progress_user};
+    if (!st)
+        st = sp_meshnet_run(net, vol, md, mf->axes, pool, &ctl, lab, NULL);
+    sp_meshnet_free(net);
+    sp_timings_add(&r->t, "inference", sp_now() - t0);
+    return st;
+}
+
 /* Brain MRI models ("conform" in the manifest): conform (conform.c),
  * normalise, the window over the conformed grid, optional cleanup, labels
  * back to the input grid. Fills r's labels (and model labels). */
@@ -256,8 +294,7 @@ static sp_status conform_path(sp_package *pk, const sp_volume *ct, const sp_ct_p
         t0 = sp_now();
         sp_normalize(vol, (int64_t)nm, &mf->norm, pool);
         sp_timings_add(&r->t, "normalize", sp_now() - t0);
-        sp_window_params wp = window_params(mf, p);
-        st = sp_window_run(pk->model, vol, md, &wp, lab, NULL, pool, &r->t, p->progress, p->progress_user);
+        st = conform_network(pk, vol, md, p, lab, r, pool);
         roi_apply(lab, nm, keep);
     }
     if (!st && mf->largest_fg) {   /* brainchop: the largest component of the non-zero labels */

@@ -599,6 +599,11 @@ static sp_status make_options(sp_runtime *rt, const char *opt_path, int arena, O
     int no_spin = rt->p.no_spin || (spin && !strcmp(spin, "0"));
     if (!s && no_spin) s = sp_ort->AddSessionConfigEntry(so, "session.intra_op.allow_spinning", "0");
     if (!s && opt_path) s = sp_ort->SetOptimizedModelFilePath(so, opt_path);
+    /* SEGPIPE_ORT_PROFILE=PREFIX: ONNX Runtime's per-op profile (a JSON
+     * trace, PREFIX_<date>.json, written when the session ends), for
+     * measuring which ops dominate (docs/performance.md, brainchop's zoo). */
+    const char *prof = getenv("SEGPIPE_ORT_PROFILE");
+    if (!s && prof && *prof) s = sp_ort->EnableProfiling(so, prof);
     /* Arena and memory pattern (docs/performance.md, "Arena"): the shared,
      * bounded arena where the model gains from it; else plain malloc per
      * tensor, which held a 118-class 128^3 network at 3.6 GB instead of 4.7

@@ -106,9 +106,10 @@ static sp_status parse_onnx_files(const cJSON *j, const char *file, sp_manifest 
     snprintf(mf->onnx, sizeof mf->onnx, "%s", str_or(j, "onnx", "model.onnx"));
     snprintf(mf->onnx_fp16, sizeof mf->onnx_fp16, "%s", str_or(j, "onnx_fp16", ""));
     snprintf(mf->onnx_int8, sizeof mf->onnx_int8, "%s", str_or(j, "onnx_int8", ""));
-    if (strchr(mf->onnx, '/') || strchr(mf->onnx_fp16, '/') || strchr(mf->onnx_int8, '/'))
-        return sp_fail(SP_ERR_MODEL, "%s: \"onnx\", \"onnx_fp16\" and \"onnx_int8\" must be file names inside the "
-                       "package", file);
+    snprintf(mf->meshnet, sizeof mf->meshnet, "%s", str_or(j, "meshnet", ""));
+    if (strchr(mf->onnx, '/') || strchr(mf->onnx_fp16, '/') || strchr(mf->onnx_int8, '/') || strchr(mf->meshnet, '/'))
+        return sp_fail(SP_ERR_MODEL, "%s: \"onnx\", \"onnx_fp16\", \"onnx_int8\" and \"meshnet\" must be file names "
+                       "inside the package", file);
     return SP_OK;
 }
 

@@ -67,6 +67,9 @@ typedef struct sp_manifest {
      * applied by the window after accumulation. head_w NULL: no head. */
     char head_file[128];
     int head_features;
+    /* "meshnet": brainchop's MeshNet weights for the native CPU executor
+     * (runtime/meshnet.c, tools/import/meshnet_bin.py); "" none */
+    char meshnet[128];
     float *head_w, *head_b;
     /* task "masks" */
     int in_h, in_w;           /* fixed model input (0: dynamic) */

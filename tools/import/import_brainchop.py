@@ -36,6 +36,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import need_torch  # noqa: F401  (hands over to Debian's python3 where this one lacks PyTorch)
 
 import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import meshnet_bin  # noqa: E402
 
 
 class ImportError_(Exception):
@@ -314,6 +316,8 @@ def write_package(a):
                       "bias": any(L["b"] is not None for L in layers), "dropped_tensors": dropped}}
     if cols:
         man["colors"] = cols
+    if meshnet_bin.write(layers, os.path.join(a.out, "meshnet.bin")):   # the native CPU executor's weights
+        man["meshnet"] = "meshnet.bin"
     json.dump(man, open(os.path.join(a.out, "segpipe.json"), "w"), indent=1)
     for f in ("LICENSE", "LICENSE.md", "README.md"):
         if os.path.isfile(os.path.join(d, f)):

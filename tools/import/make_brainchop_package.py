@@ -12,6 +12,8 @@ min-max scaling to 0..1, the whole volume in one inference, the ONNX dims
 import argparse, json, os, shutil, sys
 
 here = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, here)
+import meshnet_bin  # noqa: E402
 
 
 def main():
@@ -36,6 +38,9 @@ def main():
            "axes": [2, 1, 0], "spacing": [1.0, 1.0, 1.0], "patch_size": [256, 256, 256],
            "normalization": {"scheme": "minmax"},
            "labels": {"0": "background", "1": "white_matter", "2": "grey_matter"}}
+    layers = meshnet_bin.layers_from_onnx(src)   # the native CPU executor's weights (runtime/meshnet.c)
+    if layers is not None and meshnet_bin.write(layers, os.path.join(a.out, "meshnet.bin")):
+        man["meshnet"] = "meshnet.bin"
     json.dump(man, open(os.path.join(a.out, "segpipe.json"), "w"), indent=1)
     print(f"wrote {a.out}")
 
