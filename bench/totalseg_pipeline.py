@@ -138,6 +138,17 @@ def unpack_sources(src, dst):
     return [os.path.join(dst, r) for r in mnr.REPOS] + [d], commits
 
 
+def ts_env(paths, home):
+    """the environment of a TotalSegmentator process (run_ts)"""
+    env = dict(os.environ, **{ENV: os.pathsep.join(paths), "TOTALSEG_HOME_DIR": home, "PYTHONUNBUFFERED": "1"})
+    env.pop("TOTALSEG_WEIGHTS_PATH", None)
+    cfg = os.path.join(home, "config.json")
+    if not os.path.exists(cfg):   # TotalSegmentator's config file with its usage statistics off
+        json.dump({"totalseg_id": "totalseg_bench", "send_usage_stats": False, "prediction_counter": 0,
+                   "statistics_disclaimer_shown": True}, open(cfg, "w"))
+    return env
+
+
 def ts_run(ct, out, roi, threads, res):
     """in the TotalSegmentator process: one totalsegmentator() call"""
     import torch
@@ -179,7 +190,7 @@ def timed(cmd, env=None):
 def run_ts(ct, out, roi, threads, env, d):
     res = os.path.join(d, "ts.json")
     cmd = [sys.executable, os.path.abspath(__file__), "--ts-run", ct, out, "--threads", str(threads)]
-    p, wall, cpu = timed(cmd + (["--roi", roi] if roi else []) + ["--res", res], env)
+    p, wall, cpu = timed(cmd + ["--roi", roi or "", "--res", res], env)
     return {"wall_s": wall, "cpu_s": cpu, **json.load(open(res)), "stages": ts_stages(p.stdout)}
 
 
@@ -210,9 +221,6 @@ def make_home(d, features, patch):
                     "--patch", str(patch)], check=True, capture_output=True)
     subprocess.run([py, os.path.join(ROOT, "tools", "import", "import_totalseg.py"), home, "-o", pkg],
                    check=True, capture_output=True)
-    # TotalSegmentator's config file with its usage statistics off (no network here anyway)
-    json.dump({"totalseg_id": "totalseg_bench", "send_usage_stats": False, "prediction_counter": 0,
-               "statistics_disclaimer_shown": True}, open(os.path.join(home, "config.json"), "w"))
     return home, pkg
 
 
@@ -236,8 +244,7 @@ def main():
     d = tempfile.mkdtemp(prefix="bench-tspipe-")
     paths, commits = unpack_sources(a.src, os.path.join(d, "src"))
     home, pkg = make_home(d, a.features, a.patch)
-    env = dict(os.environ, **{ENV: os.pathsep.join(paths), "TOTALSEG_HOME_DIR": home, "PYTHONUNBUFFERED": "1"})
-    env.pop("TOTALSEG_WEIGHTS_PATH", None)
+    env = ts_env(paths, home)
     cases = {"full": None, **({f"roi_subset {a.roi}": a.roi} if a.roi else {})}
     res = {k: {"totalsegmentator": [], "segpipe": [], "agreement": []} for k in cases}
     load = [os.getloadavg()]
