@@ -165,14 +165,12 @@ def ts_run(ct, out, roi, threads, res):
 
 def ts_stages(stdout):
     """the stage times TotalSegmentator prints ("  Resampled in 1.23s", ...)"""
-    out, head = [], None
+    out = []
     for line in stdout.splitlines():
         m = re.match(r"\s*(Resampled|Predicted|Saved|Removed|Applied|Rough organ segmentation generated) in "
                      r"([0-9.]+)s", line)
         if m:
             out.append([m.group(1), float(m.group(2))])
-        elif line.strip().startswith(("Generating rough", "Resampling", "Predicting", "Saving")):
-            head = line.strip()
     return out
 
 
