@@ -108,7 +108,12 @@ def write_model(root, folder, trainer, tid, labels, spacing, feats, patch, seed,
     cfg = {"data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
            "batch_size": 2, "patch_size": [patch] * 3, "spacing": spacing,
            "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
-           "resampling_fn_data": "resample_data_or_seg_to_shape", "architecture": arch}
+           "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
+           "resampling_fn_probabilities": "resample_data_or_seg_to_shape",   # nnU-Net's defaults (its predictor reads them)
+           "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+           "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+           "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+           "batch_dice": False, "architecture": arch}
     rng = np.random.default_rng(tid)
     stats = {"max": 3000.0, "mean": float(rng.uniform(-100, 300)), "median": 50.0, "min": -1024.0,
              "percentile_00_5": float(rng.uniform(-1024, -900)), "percentile_99_5": float(rng.uniform(900, 1600)),
@@ -122,7 +127,8 @@ def write_model(root, folder, trainer, tid, labels, spacing, feats, patch, seed,
     json.dump({"channel_names": {"0": "CT"}, "labels": ds_labels, "numTraining": 1, "file_ending": ".nii.gz"},
               open(os.path.join(d, "dataset.json"), "w"), indent=1)
     torch.save({"network_weights": nnunet_state_dict(net), "trainer_name": trainer, "current_epoch": 1,
-                "init_args": {}}, os.path.join(d, "fold_0", "checkpoint_final.pth"))
+                "init_args": {"configuration": "3d_fullres", "fold": 0}},
+               os.path.join(d, "fold_0", "checkpoint_final.pth"))
     return d, net
 
 

@@ -44,8 +44,11 @@ STUBS = {"SimpleITK", "tqdm", "blosc2", "skimage", "pandas", "matplotlib", "grap
 class _Stubs(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """empty modules for packages the predictor imports but never calls"""
 
+    def __init__(self, names=STUBS):
+        self.names = set(names)
+
     def find_spec(self, name, path, target=None):
-        if any(name == s or name.startswith(s + ".") for s in STUBS):
+        if any(name == s or name.startswith(s + ".") for s in self.names):
             return importlib.machinery.ModuleSpec(name, self, is_package=True)
         return None
 
@@ -76,7 +79,15 @@ def unpack(src, dst):
 
 def load_nnunet(src, tmp):
     commits = unpack(src, tmp)
-    sys.meta_path.insert(0, _Stubs())
+    install_stubs()
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    return nnUNetPredictor, commits
+
+
+def install_stubs(extra=()):
+    """the stubs (STUBS plus extra) and PyTorch 1.13's missing torch._dynamo;
+    also for processes nnU-Net spawns (bench/totalseg_pipeline.py)"""
+    sys.meta_path.insert(0, _Stubs(STUBS | set(extra)))
     import torch
     if "torch._dynamo" not in sys.modules:   # PyTorch 1.13 has none; nnU-Net only checks isinstance
         try:
@@ -85,8 +96,6 @@ def load_nnunet(src, tmp):
             d = types.ModuleType("torch._dynamo")
             d.OptimizedModule = type("OptimizedModule", (torch.nn.Module,), {})
             sys.modules["torch._dynamo"] = d
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    return nnUNetPredictor, commits
 
 
 def predict(nnUNetPredictor, folder, name, tta, float_sums=False):

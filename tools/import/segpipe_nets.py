@@ -279,10 +279,8 @@ def nnunet_state_dict(net):
     """net's weights under nnU-Net's key names, with its module aliases."""
     sd = {}
     for k, v in net.state_dict().items():
-        sd[k] = v.clone()
-        for a, b in ((".conv.", ".all_modules.0."), (".norm.", ".all_modules.1.")):
-            if a in k:
-                sd[k.replace(a, b)] = v.clone()
-        if k.startswith("encoder."):
-            sd["decoder." + k] = v.clone()
+        names = [k] + [k.replace(a, b) for a, b in ((".conv.", ".all_modules.0."), (".norm.", ".all_modules.1."))
+                       if a in k]
+        for n in names + (["decoder." + n for n in names] if k.startswith("encoder.") else []):
+            sd[n] = v.clone()
     return sd
