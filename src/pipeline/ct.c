@@ -696,6 +696,18 @@ static sp_status run_parts(sp_package *pk, float *model_vol, const int64_t mdim[
     return st;
 }
 
+/* Step b': TotalSegmentator casts the resampled CT to int32 (numpy's astype:
+ * toward zero) before nnU-Net reads it. Its resampling runs in float64 and
+ * segpipe's in float32, so a value within a few float32 ulps of an integer
+ * is taken as that integer (scipy's exact weights 0 and 1 give integers). */
+static void truncate_int32(float *v, size_t n)
+{
+    for (size_t k = 0; k < n; k++) {
+        float r = nearbyintf(v[k]), tol = fmaxf(1e-5f, fabsf(v[k]) * 4.8e-7f);
+        v[k] = fabsf(v[k] - r) <= tol ? r : truncf(v[k]);
+    }
+}
+
 /* Steps a-f: model grid, normalisation, sliding window and argmax, optional
  * cleanup, labels back to the input grid. extra: channels 1.. of a
  * multi-channel model (same grid as ct), else NULL. */
@@ -711,6 +723,8 @@ static sp_status grid_path(sp_package *pk, const sp_volume *ct, sp_volume *const
     double target[3];
     sp_status st = to_model_grid(mf, ct, p, pool, t, &o, target, mdim, &model_vol);
     size_t nm = (size_t)(mdim[0] * mdim[1] * mdim[2]);
+    if (!st && mf->resampled_int32)
+        truncate_int32(model_vol, nm);
     if (!st && mf->channels > 1)
         st = more_channels(mf, extra, p, pool, t, nm, &model_vol);
     if (st) {

@@ -641,6 +641,12 @@ sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf)
         goto out;
     }
     mf->arena = ar ? cJSON_IsTrue(ar) : -1;
+    const cJSON *ri = cJSON_GetObjectItemCaseSensitive(j, "resampled_int32");
+    if (ri && !cJSON_IsBool(ri)) {
+        st = sp_fail(SP_ERR_MODEL, "%s: \"resampled_int32\" must be true or false", file);
+        goto out;
+    }
+    mf->resampled_int32 = cJSON_IsTrue(ri);
     const cJSON *in = cJSON_GetObjectItemCaseSensitive(j, "input");
     const cJSON *outp = cJSON_GetObjectItemCaseSensitive(j, "output");
     snprintf(mf->input_name, sizeof mf->input_name, "%s", str_or(in, "name", ""));

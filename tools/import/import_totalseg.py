@@ -187,6 +187,9 @@ def import_part(folder, out, name, labels, step):
     man["name"] = name
     man["labels"] = {str(k): v for k, v in sorted({0: "background", **labels}.items())}
     man["sliding_window"]["step"] = step
+    # nnunet.py: change_spacing(..., dtype=np.int32) before nnU-Net (every part and crop model TotalSegmentator
+    # runs at a resampling resolution; a task package decides for its parts from its own "resample")
+    man["resampled_int32"] = True
     with open(os.path.join(out, "segpipe.json"), "w") as f:
         json.dump(man, f, indent=1)
     return man
@@ -255,7 +258,7 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
            "description": f"TotalSegmentator task '{task}' ({cfg['mode']}): {len(parts)} part model(s) "
                           f"{', '.join(str(t) for t in tids)} at {cfg['resample'] or 'the plans spacing'} mm, merged into "
                           f"{len(cmap)} classes",
-           "parts": parts, "merge": "overwrite_nonzero",
+           "parts": parts, "merge": "overwrite_nonzero", "resampled_int32": cfg["resample"] is not None,
            "labels": {str(k): v for k, v in sorted({0: "background", **cmap}.items())},
            "totalsegmentator": {"task": task, "mode": cfg["mode"], "task_ids": tids, "resample": cfg["resample"],
                                 "trainer": cfg["trainer"], "plans": cfg["plans"], "model": cfg["model"],
