@@ -442,6 +442,10 @@ def test_totalseg_subtask_crops_like_totalsegmentator(tmp):
     assert man["crop"]["task_id"] == 298 and "roi_crop" not in man
     sub = json.load(open(os.path.join(pkg, man["parts"][0]["dir"], "segpipe.json")))
     assert sub["sliding_window"]["step"] == 0.5
+    # TotalSegmentator casts to int32 only what it resamples: the crop model (resample=6.0), not
+    # liver_vessels (its config has no "resample": nnU-Net resamples, keeping the fractions)
+    crop_man = json.load(open(os.path.join(pkg, man["crop"]["dir"], "segpipe.json")))
+    assert (man["resampled_int32"], sub["resampled_int32"], crop_man["resampled_int32"]) == (False, False, True)
     lv = os.path.join(tmp, "lung_vessels")
     p = py(IMPORTER, fx["home"], "-o", lv, "--task", "lung_vessels")
     assert p.returncode == 0, p.stderr

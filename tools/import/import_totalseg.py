@@ -175,7 +175,7 @@ def ds_classes(folder):
     return max(v for v in ds["labels"].values() if isinstance(v, int)) + 1
 
 
-def import_part(folder, out, name, labels, step):
+def import_part(folder, out, name, labels, step, int32):
     """One nnU-Net model as a part package; its labels become TotalSegmentator's
     names for that model (the class count must match the network's)."""
     n_ds = ds_classes(folder)
@@ -187,9 +187,9 @@ def import_part(folder, out, name, labels, step):
     man["name"] = name
     man["labels"] = {str(k): v for k, v in sorted({0: "background", **labels}.items())}
     man["sliding_window"]["step"] = step
-    # nnunet.py: change_spacing(..., dtype=np.int32) before nnU-Net (every part and crop model TotalSegmentator
-    # runs at a resampling resolution; a task package decides for its parts from its own "resample")
-    man["resampled_int32"] = True
+    # nnunet.py: change_spacing(..., dtype=np.int32) before nnU-Net when TotalSegmentator resamples (crop models
+    # always; a task's parts when its config has "resample"); run on its own, a part does as in its task
+    man["resampled_int32"] = int32
     with open(os.path.join(out, "segpipe.json"), "w") as f:
         json.dump(man, f, indent=1)
     return man
@@ -248,7 +248,7 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
             lut[j] = 0 if j in aux else inv[name]
         sub = f"part{tid}"
         import_part(folder, os.path.join(out, sub), f"totalseg-{tid}-{pname.replace('class_map_part_', '')}",
-                    local, step)
+                    local, step, cfg["resample"] is not None)
         if fp16:
             import_nnunet.add_fp16(os.path.join(out, sub), json.load(open(os.path.join(out, sub, "segpipe.json"))))
         parts.append({"dir": sub, "task_id": tid, "part": pname, "map": lut,
@@ -272,7 +272,7 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
     if crop:
         sub = f"crop{crop_id}"
         total = {int(k): v for k, v in maps["class_map"][crop_task].items()}
-        import_part(crop, os.path.join(out, sub), f"totalseg-{crop_id}-crop", total, STEP_TOTAL)
+        import_part(crop, os.path.join(out, sub), f"totalseg-{crop_id}-crop", total, STEP_TOTAL, True)
         rule = {"dir": sub, "task_id": crop_id, "source": os.path.relpath(crop, results)}
         if subtask:   # every run crops to these structures of the total model
             missing = [n for n in cfg["crop"] if n not in total.values()]
