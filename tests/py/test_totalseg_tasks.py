@@ -57,6 +57,19 @@ def need_ts():
     return m
 
 
+def fake_task(tmp, prefix, ids, task, out):
+    """A fake TotalSegmentator home holding the task ids' networks (patch 32)
+    and the task imported from it to tmp/out: (folder, home, package, manifest)."""
+    d = tempfile.mkdtemp(prefix=prefix, dir=tmp)
+    home = os.path.join(d, "home")
+    p = T.py(T.FAKE, home, "--patch", "32", "--ids", ids)
+    assert p.returncode == 0, p.stderr
+    pkg = os.path.join(tmp, out)
+    p = T.py(T.IMPORTER, home, "-o", pkg, "--task", task)
+    assert p.returncode == 0, p.stderr
+    return d, home, pkg, T.json.load(open(os.path.join(pkg, "segpipe.json")))
+
+
 def subtask(fx):
     """liver_vessels imported, and a copy cropping to the crop model's most
     compact structure (random weights scatter 'liver': this gives a real crop)"""
@@ -299,14 +312,7 @@ def test_totalseg_headneck_muscles_parts(tmp):
     part on the crop, the merge, undo_crop)."""
     ts = need_ts()
     fx = T.fixture()
-    d = tempfile.mkdtemp(prefix="tshn-", dir=tmp)
-    home = os.path.join(d, "home")
-    p = T.py(T.FAKE, home, "--patch", "32", "--ids", "778,779,298")
-    assert p.returncode == 0, p.stderr
-    pkg = os.path.join(tmp, "hn")
-    p = T.py(T.IMPORTER, home, "-o", pkg, "--task", "headneck_muscles")
-    assert p.returncode == 0, p.stderr
-    man = T.json.load(open(os.path.join(pkg, "segpipe.json")))
+    d, home, pkg, man = fake_task(tmp, "tshn-", "778,779,298", "headneck_muscles", "hn")
     cm = ts.maps.class_map["headneck_muscles"]
     parts, t2p = ts.maps.class_map_parts_headneck_muscles, ts.maps.map_taskid_to_partname_headneck_muscles
     inv = {v: k for k, v in cm.items()}
@@ -465,14 +471,7 @@ def test_totalseg_remove_outside(tmp):
     make the removal large."""
     ts = need_ts()
     fx = T.fixture()
-    d = tempfile.mkdtemp(prefix="tshc-", dir=tmp)
-    home = os.path.join(d, "home")
-    p = T.py(T.FAKE, home, "--patch", "32", "--ids", "301,297")
-    assert p.returncode == 0, p.stderr
-    pkg = os.path.join(tmp, "hc")
-    p = T.py(T.IMPORTER, home, "-o", pkg, "--task", "heartchambers_highres")
-    assert p.returncode == 0, p.stderr
-    man = T.json.load(open(os.path.join(pkg, "segpipe.json")))
+    d, home, pkg, man = fake_task(tmp, "tshc-", "301,297", "heartchambers_highres", "hc")
     cfg = ts.maps.class_map
     assert man["crop"]["task_id"] == 297 and man["crop"]["structures"] == ["heart"]
     assert man["crop"]["remove_outside"] == ["heart", "aorta", "inferior_vena_cava"]
@@ -527,14 +526,7 @@ def test_totalseg_total_mr(tmp):
     labels equal that merge of the parts' own predictions."""
     ts = need_ts()
     fx = T.fixture()
-    d = tempfile.mkdtemp(prefix="tsmr-", dir=tmp)
-    home = os.path.join(d, "home")
-    p = T.py(T.FAKE, home, "--patch", "32", "--ids", "850,851,852,853")
-    assert p.returncode == 0, p.stderr
-    pkg = os.path.join(tmp, "mr")
-    p = T.py(T.IMPORTER, home, "-o", pkg, "--task", "total_mr")
-    assert p.returncode == 0, p.stderr
-    man = T.json.load(open(os.path.join(pkg, "segpipe.json")))
+    d, home, pkg, man = fake_task(tmp, "tsmr-", "850,851,852,853", "total_mr", "mr")
     cm, parts, t2p = ts.maps.class_map["total_mr"], ts.maps.class_map_parts_mr, ts.maps.map_taskid_to_partname_mr
     inv = {v: k for k, v in cm.items()}
     assert man["labels"] == {"0": "background", **{str(k): v for k, v in cm.items()}}
@@ -590,14 +582,7 @@ def test_totalseg_total_v3_layout(tmp):
     names) for --roi-subset, as python_api.py; the package loads and runs."""
     ts = need_ts()
     fx = T.fixture()
-    d = tempfile.mkdtemp(prefix="tsv3-", dir=tmp)
-    home = os.path.join(d, "home")
-    p = T.py(T.FAKE, home, "--patch", "32", "--ids", "831,832,833,834,835,298")
-    assert p.returncode == 0, p.stderr
-    pkg = os.path.join(tmp, "v3")
-    p = T.py(T.IMPORTER, home, "-o", pkg, "--task", "total_v3")
-    assert p.returncode == 0, p.stderr
-    man = T.json.load(open(os.path.join(pkg, "segpipe.json")))
+    d, home, pkg, man = fake_task(tmp, "tsv3-", "831,832,833,834,835,298", "total_v3", "v3")
     cm, parts, t2p = (ts.maps.class_map["total_v3"], ts.maps.class_map_5_parts_total_v3,
                       ts.maps.map_taskid_to_partname_ct_v3)
     inv = {v: k for k, v in cm.items()}
