@@ -54,12 +54,6 @@ struct mc_job {
 #define MC_NAME(x) x##_avx512
 #define MC_ATTR __attribute__((target("avx512f,fma")))
 #include "meshconv_body.h"
-#undef MC_FMA
-#undef MC_SET1
-#undef MC_VL
-#undef MC_XV
-#undef MC_NAME
-#undef MC_ATTR
 #define MC_VL 8
 #define MC_XV(cob) ((cob) <= 4 ? 3 : 2)   /* 16 registers */
 #define MC_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
@@ -67,12 +61,6 @@ struct mc_job {
 #define MC_NAME(x) x##_avx2
 #define MC_ATTR __attribute__((target("avx2,fma")))
 #include "meshconv_body.h"
-#undef MC_FMA
-#undef MC_SET1
-#undef MC_VL
-#undef MC_XV
-#undef MC_NAME
-#undef MC_ATTR
 #endif
 #define MC_VL 4
 #define MC_XV(cob) 2
@@ -81,7 +69,6 @@ struct mc_job {
 #define MC_NAME(x) x##_generic
 #define MC_ATTR
 #include "meshconv_body.h"
-#undef MC_ATTR
 
 /* The body this CPU runs and its tile width in floats (lanes * vectors).
  * SEGPIPE_MESHCONV_ISA=avx2|generic caps it (tests of every body on one machine). */

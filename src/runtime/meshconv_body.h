@@ -74,3 +74,11 @@ MC_ATTR static void MC_NAME(row)(const mc_job *j, const float *const *rows, floa
         }
     }
 }
+
+/* the parameters are the includer's, one set per body: gone after it */
+#undef MC_FMA
+#undef MC_SET1
+#undef MC_VL
+#undef MC_XV
+#undef MC_NAME
+#undef MC_ATTR
