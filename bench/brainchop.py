@@ -10,7 +10,11 @@ CPU seconds (user + system; on a shared machine the CPU seconds compare,
 the wall seconds follow the load).
 
   /usr/bin/python3 bench/brainchop.py [--threads 2] [--input T1] [--models mindgrab,dk104]
-      (packages from tools/import/import_brainchop.py --zoo ... -o models)
+      [--device cuda] (packages from tools/import/import_brainchop.py --zoo ... -o models;
+      SEGPIPE names the binary, default build/segpipe)
+  --device cuda: segpipe on the GPU (ONNX Runtime's CUDA provider; the native
+  executor is CPU-only) against the same PyTorch network on the GPU, whose
+  network is timed a second time warm ("net warm").
 """
 import argparse, json, os, resource, subprocess, sys, tempfile, time
 import numpy as np
@@ -20,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "py"))
 import ref_brainchop as ref  # noqa: E402
 
+SEG = os.environ.get("SEGPIPE", os.path.join(ROOT, "build", "segpipe"))
 FOLDER = {"mindgrab": "mindgrab", "dk104": "model21_104class", "subcortical": "subcortical",
           "aparc50": "model30chan50cls", "tissue-fast": "model5_gw_ae"}
 
@@ -42,36 +47,50 @@ def main():
     ap.add_argument("--models", default="mindgrab,dk104")
     ap.add_argument("--zoo", default=os.path.join(ROOT, "build", "brainchop-models"))
     ap.add_argument("--models-dir", default=os.path.join(ROOT, "models"))
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp()
     with open("/proc/loadavg") as f:
         print(f"load average before: {f.read().split()[:3]}", flush=True)
     for name in a.models.split(","):
         runs = {}
-        for mode in ("1", "0"):   # native, then ONNX Runtime (SEGPIPE_MESHNET)
+        for mode in (("1", "0") if a.device == "cpu" else ("0",)):   # native, then ONNX Runtime (SEGPIPE_MESHNET)
             out, conf, rep = (os.path.join(tmp, f"{name}{mode}{s}") for s in (".nii.gz", "_c.nii.gz", ".json"))
             t0, c0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
-            p = subprocess.run([os.path.join(ROOT, "build", "segpipe"), "mri", a.input, "-o", out, "--model",
+            p = subprocess.run([SEG, "mri", a.input, "-o", out, "--model",
                                 os.path.join(a.models_dir, "brainchop-" + name), "--threads", str(a.threads),
+                                "--device", a.device,
                                 "--save-model-labels", conf, "--report", rep, "-q"], capture_output=True, text=True,
-                               env=dict(os.environ, SEGPIPE_MESHNET=mode))
+                               env=dict(os.environ, SEGPIPE_MESHNET=mode,
+                                        LD_LIBRARY_PATH=os.environ.get("SEGPIPE_LD", os.environ.get("LD_LIBRARY_PATH", ""))))
             wall, c1 = time.time() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
             assert p.returncode == 0, p.stderr
             runs[mode] = (wall, cpu, json.load(open(rep))["seconds"].get("inference", 0), conf, out)
             print(f"  {name} SEGPIPE_MESHNET={mode}: {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
         t0, pc0 = time.time(), time.process_time()
-        lab, back, _ = ref.pipeline(os.path.join(a.zoo, "meshnet", FOLDER[name]), a.input, threads=a.threads)
+        lab, back, vol = ref.pipeline(os.path.join(a.zoo, "meshnet", FOLDER[name]), a.input, a.threads, a.device)
         ref_wall, ref_cpu = time.time() - t0, time.process_time() - pc0
+        if a.device != "cpu":    # the network again, warm (CUDA context and cuDNN's choices made)
+            import torch
+            x = ref.qnormalize(vol.astype(np.float32)).astype(np.float32)
+            torch.cuda.synchronize()
+            t1 = time.time()
+            ref.meshnet_forward(os.path.join(a.zoo, "meshnet", FOLDER[name]), x, a.threads, a.device)
+            torch.cuda.synchronize()
+            print(f"  {name} PyTorch on {a.device}: pipeline {ref_wall:.2f} s, net warm {time.time() - t1:.2f} s",
+                  flush=True)
         cell = []
-        for mode in ("1", "0"):
+        for mode in runs:
             wall, cpu, inf, conf, out = runs[mode]
             eq, worst = agreement(np.asarray(nib.load(conf).dataobj), lab)
             cell.append(f"{wall:.1f} s wall, {cpu:.1f} s CPU (network {inf:.1f} s); {100 * eq:.3f}%, {100 * worst:.2f}%")
-        same = (np.asarray(nib.load(runs["1"][3]).dataobj) == np.asarray(nib.load(runs["0"][3]).dataobj)).mean()
+        same = (np.asarray(nib.load(runs["1"][3]).dataobj) == np.asarray(nib.load(runs["0"][3]).dataobj)).mean() \
+            if len(runs) == 2 else float("nan")
+        cells = " | ".join(cell)
         with open("/proc/loadavg") as f:
             la = f.read().split()[0]
-        print(f"| {name} | {a.threads} | {cell[0]} | {cell[1]} | {ref_wall:.1f} s wall, {ref_cpu:.1f} s CPU | "
+        print(f"| {name} | {a.threads} | {cells} | {ref_wall:.1f} s wall, {ref_cpu:.1f} s CPU | "
               f"{100 * same:.4f}% | {la} |", flush=True)
     with open("/proc/loadavg") as f:
         print(f"load average after: {f.read().split()[:3]}")

@@ -98,22 +98,23 @@ def _conv_slabs(y, w, b, p, d, slab=8):
     return torch.cat(out, 2)
 
 
-def meshnet_forward(model_dir, x, threads=None):
-    """x: float32 [D0, D1, D2] -> logits [C, D0, D1, D2] (PyTorch, CPU)."""
+def meshnet_forward(model_dir, x, threads=None, device="cpu"):
+    """x: float32 [D0, D1, D2] -> logits [C, D0, D1, D2] (PyTorch; device "cuda" for bench/brainchop.py)."""
     import torch
     import torch.nn.functional as F
     if threads:
         torch.set_num_threads(threads)
+    dev = torch.device(device)
     cfg = json.load(open(os.path.join(model_dir, "model.json")))
     ts = _tensors(os.path.join(model_dir, "model.pth"))
     per = 2 if cfg.get("bias") else 1
-    y = torch.from_numpy(np.ascontiguousarray(x, np.float32))[None, None]
+    y = torch.from_numpy(np.ascontiguousarray(x, np.float32))[None, None].to(dev)
     L = cfg["layers"]
     with torch.no_grad():
         for i, l in enumerate(L):
-            w = torch.from_numpy(ts[per * i][1])
-            b = torch.from_numpy(ts[per * i + 1][1]) if per == 2 else None
-            y = _conv_slabs(y, w, b, l["padding"], l["dilation"])
+            w = torch.from_numpy(ts[per * i][1]).to(dev)
+            b = torch.from_numpy(ts[per * i + 1][1]).to(dev) if per == 2 else None
+            y = _conv_slabs(y, w, b, l["padding"], l["dilation"], slab=8 if device == "cpu" else y.shape[2])
             if i == len(L) - 1:
                 break
             if cfg.get("bnorm"):
@@ -124,7 +125,7 @@ def meshnet_forward(model_dir, x, threads=None):
                 y = F.elu(y)
             else:
                 y = F.relu(y)
-    return y[0].numpy()
+    return y[0].cpu().numpy()
 
 
 def largest_fg(lab):
@@ -147,11 +148,11 @@ def back_to_input(lab, caff, img):
     return out.reshape(img.shape[:3])
 
 
-def pipeline(model_dir, path, threads=None):
+def pipeline(model_dir, path, threads=None, device="cpu"):
     """(conformed labels [i, j, k], labels on the input grid, conformed uint8)"""
     img = nib.load(path)
     vol, caff = niimath_conform(img)
     x = qnormalize(vol.astype(np.float32)).astype(np.float32)
-    lab = meshnet_forward(model_dir, x, threads).argmax(0).astype(np.uint16)
+    lab = meshnet_forward(model_dir, x, threads, device).argmax(0).astype(np.uint16)
     lab = largest_fg(lab)
     return lab, back_to_input(lab, caff, img), vol

@@ -6,8 +6,12 @@
 #   .gpu/p1  base.tar.xz: `make install` of a slim build (NO_FFMPEG=1
 #            NO_HEIF=1) into /opt/segpipe with libsegpipe_cuda.so and the
 #            shared libraries the binaries need beyond the C library; the
-#            test CTs from ../shared; the last part of the CUDA plugin
+#            test CTs from ../shared; with build/brainchop-models
+#            (tools/fetch/fetch_brainchop.sh) mindgrab + dk104 packages and
+#            their upstream folders (zoo.tar), t1_crop and nibabel for
+#            `run.sh mri`
 #   .gpu/pN  the other parts of the CUDA provider plugin's npm tarball
+#            (44 MiB each: with the working tree a call carries < 64 MiB)
 #            (com.github.asus4.onnxruntime.linux-x64-gpu@0.4.9, sha512
 #            checked here and again there by tools/gpu/stage.sh)
 # Then, on the GPU machine, one call per folder, back to back (the machine
@@ -41,16 +45,28 @@ tgz=$(ls "$tmp"/*.tgz)
 want=$(sed -n 's/^cuda_sha512=//p' scripts/install-deps.sh)
 got="sha512-$(openssl dgst -sha512 -binary "$tgz" | base64 -w0)"
 [ "$got" = "$want" ] || { echo "pack: $pkg fails its sha512 check" >&2; exit 1; }
-split -b 50M -d -a 1 "$tgz" "$tmp/cuda.part."
+split -b 44M -d -a 1 "$tgz" "$tmp/cuda.part."
 parts=("$tmp"/cuda.part.*)
 n=${#parts[@]}
-mv "${parts[n-1]}" .gpu/p1/            # the short last part rides with the base
-for ((i = 0; i < n - 1; i++)); do
+for ((i = 0; i < n; i++)); do
   mkdir -p .gpu/p$((i + 2))
   mv "${parts[i]}" .gpu/p$((i + 2))/
 done
 echo "$n" > .gpu/p1/cuda.parts
-if [ -f models/isnet/model.onnx ]; then   # ISNet (fetched by tools/fetch/fetch_isnet.sh) for `run.sh isnet`
-  mkdir -p .gpu/p5 && cp models/isnet/model.onnx .gpu/p5/isnet.onnx
+x=.gpu/p1                              # extras ride with the base
+if [ -f models/isnet/model.onnx ] && [ -n "${SP_PACK_ISNET:-}" ]; then   # for `run.sh isnet`: a folder of its own
+  mkdir -p .gpu/p$((n + 2)) && cp models/isnet/model.onnx .gpu/p$((n + 2))/isnet.onnx
+fi
+if [ -f build/brainchop-models/t1_crop.nii.gz ]; then   # tools/fetch/fetch_brainchop.sh: for `run.sh mri`
+  mkdir -p $x/zoo
+  for m in mindgrab:mindgrab dk104:model21_104class; do
+    python3 tools/import/import_brainchop.py "build/brainchop-models/meshnet/${m#*:}" -o "$x/zoo/brainchop-${m%%:*}" \
+      --name "brainchop-${m%%:*}" >/dev/null
+  done
+  cp -r build/brainchop-models/meshnet/mindgrab build/brainchop-models/meshnet/model21_104class $x/zoo/
+  tar -C $x -cf $x/zoo.tar zoo && rm -rf $x/zoo
+  cp build/brainchop-models/t1_crop.nii.gz $x/
+  # bench/brainchop.py's PyTorch reference reads NIfTI with nibabel (pure Python; not in the GPU machine's venv)
+  tar -C /usr/lib/python3/dist-packages --exclude=tests -cJf $x/nibabel.tar.xz nibabel
 fi
 du -sh .gpu/p*

@@ -13,7 +13,11 @@
 #   best    that bench alone, with the best.env an earlier call's profile kept
 #   video   demo-matte video sweep and /v1/segment-batch dynamic batching
 #           on the GPU (docs/performance.md, "On the GPU machine")
-#   isnet   tools/gpu/isnet_bisect.py on /root/gpu/isnet.onnx (carried in .gpu/p5)
+#   mri     brainchop's mindgrab + dk104 (issue #44): the chain with the
+#           native MeshNet executor at 16 and 4 threads, ONNX Runtime's CPU
+#           and CUDA providers, then bench/brainchop.py (segpipe vs the
+#           PyTorch network, CPU 16 threads and GPU); pack.sh's zoo.tar
+#   isnet   tools/gpu/isnet_bisect.py on /root/gpu/isnet.onnx (pack.sh with SP_PACK_ISNET=1)
 #   classify  torchvision ResNet-50 (random weights) photos/s, CPU and GPU
 # Outputs go to $OUT (the device tool's folder) or ./gpu-out.
 set -uo pipefail
@@ -24,6 +28,7 @@ CUBLAS=$(ls -d /opt/torch/.venv/lib/python3*/site-packages/nvidia/cu*/lib 2>/dev
 export SEGPIPE=/opt/segpipe/bin/segpipe
 export SEGPIPE_LD=/opt/segpipe/lib:/opt/segpipe/lib/segpipe:/usr/local/cuda/lib64:${CUDNN}:${CUBLAS}
 export SEGPIPE_DATA=/root/gpu
+export PYTHONPATH=/root/gpu/pylib${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 LD_LIBRARY_PATH=$SEGPIPE_LD $SEGPIPE version | tee "$OUT/version.txt"
 rc=0
@@ -46,6 +51,25 @@ for mode in "$@"; do
         --device cuda --batch 1,2,4,8,16 --workers 2,4,8 --save none --out /tmp/bv 2>&1 | tee "$OUT/video_cuda.txt"
       SEGPIPE_BENCH_DEVICE=cuda LD_LIBRARY_PATH=$SEGPIPE_LD python3 bench/serve_masks_load.py "$OUT/serve_masks_cuda.json" \
         --seconds 10 2>&1 | tee "$OUT/serve_masks_cuda.txt" ;;
+    mri)
+      Z=/root/gpu/zoo T1=/root/gpu/t1_crop.nii.gz
+      tar -C /root/gpu -xf /root/gpu/zoo.tar && mkdir -p /root/gpu/bm && ln -sfn $Z /root/gpu/bm/meshnet
+      [ -d /root/gpu/pylib/nibabel ] || { mkdir -p /root/gpu/pylib && tar -C /root/gpu/pylib -xJf /root/gpu/nibabel.tar.xz; }
+      chain=$Z/brainchop-mindgrab,$Z/brainchop-dk104
+      for v in "native 16 cpu 1" "native 4 cpu 1" "ort 16 cpu 0" "cuda 16 cuda 0" "cuda-again 16 cuda 0"; do
+        set -- $v
+        TIMEFORMAT="$1 threads=$2: %R s wall, %U+%S s CPU"
+        { time LD_LIBRARY_PATH=$SEGPIPE_LD SEGPIPE_MESHNET=$4 $SEGPIPE mri $T1 --model $chain -o /tmp/chain_$1.nii.gz \
+          --threads $2 --device $3 --report "$OUT/chain_$1.json" -q; } 2>&1 | tail -3 | tee -a "$OUT/mri.txt"
+      done
+      python3 -c 'import numpy as np, nibabel as nib, sys
+a, b = (np.asarray(nib.load(f"/tmp/chain_{m}.nii.gz").dataobj) for m in ("native", "cuda"))
+print(f"chain labels native vs cuda: {100 * (a == b).mean():.4f}% of voxels, {100 * (a[(a > 0) | (b > 0)] == b[(a > 0) | (b > 0)]).mean():.3f}% of labelled")' \
+        2>&1 | tee -a "$OUT/mri.txt"
+      for d in cpu cuda; do
+        PYTHONUNBUFFERED=1 python3 bench/brainchop.py --threads 16 \
+          --input $T1 --zoo /root/gpu/bm --models-dir $Z --device $d 2>&1 | tee -a "$OUT/mri.txt"
+      done ;;
     isnet)
       LD_LIBRARY_PATH=$SEGPIPE_LD SEGPIPE_LIBRARY=/opt/segpipe/lib/libsegpipe.so.0 PYTHONUNBUFFERED=1 \
         python3 tools/gpu/isnet_bisect.py /root/gpu/isnet.onnx "$OUT/isnet" 2>&1 | tee "$OUT/isnet.txt" ;;
@@ -59,7 +83,7 @@ for i in range(256): Image.fromarray(photo(480, 640, i)).save(f"/tmp/p{i}.jpg")'
       python3 -c 'import json, glob
 for f in sorted(glob.glob("'"$OUT"'/classify_*.json")):
     d = json.load(open(f)); print(f.split("/")[-1], round(d["photos_per_second"], 1), "photos/s", {k: round(v, 3) for k, v in d["seconds"].items()})' | tee "$OUT/classify.txt" ;;
-    *) echo "run.sh: unknown mode $mode (check, test, bench, profile, auto, best, video, isnet, classify)" >&2; rc=2 ;;
+    *) echo "run.sh: unknown mode $mode (check, test, bench, profile, auto, best, video, mri, isnet, classify)" >&2; rc=2 ;;
   esac
 done
 exit $rc

@@ -12,6 +12,13 @@ run in float32 between casts: their means and variances over 128^3 voxels
 are where fp16 loses precision. Everything else (Conv, ConvTranspose,
 activations, Concat, Add) runs in fp16.
 
+A convolution whose only reader is an InstanceNormalization loses its bias
+(drop_cancelled_bias): the norm subtracts each channel's mean, which takes
+a per-channel constant away exactly, so the bias only costs a kernel (on an
+H100, ONNX Runtime adds it with cudnnAddTensor: 75 of 446 ms for
+TotalSegmentator's fast network; docs/performance.md). The fp32 model keeps
+its biases (the CPU path's labels stay as they are).
+
 Plain onnx only: initializers, Constant nodes, Cast targets and declared
 types are rewritten; a graph with subgraphs or non-float inputs is refused.
 """
@@ -44,10 +51,32 @@ def retype(vi):
         tt.elem_type = TensorProto.FLOAT16
 
 
-def convert(model, norm_fp16=False):
+def drop_cancelled_bias(graph):
+    """Remove the bias input of every Conv read only by InstanceNormalization
+    (as its data input) and not a graph output; returns how many."""
+    readers = {}
+    for n in graph.node:
+        for k, x in enumerate(n.input):
+            readers.setdefault(x, []).append((n.op_type, k))
+    outputs = {o.name for o in graph.output}
+    dropped = 0
+    for n in graph.node:
+        if n.op_type != "Conv" or len(n.input) < 3 or not n.input[2] or n.output[0] in outputs:
+            continue
+        r = readers.get(n.output[0], [])
+        if r and all(op == "InstanceNormalization" and k == 0 for op, k in r):
+            del n.input[2]
+            dropped += 1
+    used = {x for n in graph.node for x in n.input}
+    set_initializers(graph, [t for t in graph.initializer if t.name in used])
+    return dropped
+
+
+def convert(model, norm_fp16=False, keep_bias=False):
     """model in place to fp16; norm_fp16: InstanceNormalization in fp16 too
     (no casts around it: PyTorch's autocast runs instance_norm so, and ONNX
-    Runtime's CUDA kernel keeps its statistics in fp32)"""
+    Runtime's CUDA kernel keeps its statistics in fp32); keep_bias: leave
+    the biases that a following InstanceNormalization cancels"""
     fp32_ops = FP32_OPS - {"InstanceNormalization"} if norm_fp16 else FP32_OPS
     g = model.graph
     for n in g.node:
@@ -56,6 +85,8 @@ def convert(model, norm_fp16=False):
     for vi in g.input:
         if vi.type.tensor_type.elem_type != TensorProto.FLOAT:
             raise ConvertError(f"input {vi.name!r} is not float32")
+    if not keep_bias:
+        drop_cancelled_bias(g)
     keep32 = set()      # initializers read by fp32 nodes stay fp32
     for n in g.node:
         if n.op_type in fp32_ops:
