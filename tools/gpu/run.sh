@@ -17,6 +17,8 @@
 #           native MeshNet executor at 16 and 4 threads, ONNX Runtime's CPU
 #           and CUDA providers, then bench/brainchop.py (segpipe vs the
 #           PyTorch network, CPU 16 threads and GPU); pack.sh's zoo.tar
+#   cpu     bench/cpu_ct_peer.py: `segpipe ct` on the CPU against PyTorch's
+#           nnU-Net sliding window, TotalSegmentator-fast, 16 and 4 threads
 #   isnet   tools/gpu/isnet_bisect.py on /root/gpu/isnet.onnx (pack.sh with SP_PACK_ISNET=1)
 #   classify  torchvision ResNet-50 (random weights) photos/s, CPU and GPU
 # Outputs go to $OUT (the device tool's folder) or ./gpu-out.
@@ -70,6 +72,8 @@ print(f"chain labels native vs cuda: {100 * (a == b).mean():.4f}% of voxels, {10
         PYTHONUNBUFFERED=1 python3 bench/brainchop.py --threads 16 \
           --input $T1 --zoo /root/gpu/bm --models-dir $Z --device $d 2>&1 | tee -a "$OUT/mri.txt"
       done ;;
+    cpu) SEGPIPE_LD=$SEGPIPE_LD PYTHONUNBUFFERED=1 python3 bench/cpu_ct_peer.py "$OUT" 2>&1 | tee "$OUT/cpu_ct_peer.txt"
+      rc=$((rc | PIPESTATUS[0])) ;;
     isnet)
       LD_LIBRARY_PATH=$SEGPIPE_LD SEGPIPE_LIBRARY=/opt/segpipe/lib/libsegpipe.so.0 PYTHONUNBUFFERED=1 \
         python3 tools/gpu/isnet_bisect.py /root/gpu/isnet.onnx "$OUT/isnet" 2>&1 | tee "$OUT/isnet.txt" ;;
@@ -83,7 +87,7 @@ for i in range(256): Image.fromarray(photo(480, 640, i)).save(f"/tmp/p{i}.jpg")'
       python3 -c 'import json, glob
 for f in sorted(glob.glob("'"$OUT"'/classify_*.json")):
     d = json.load(open(f)); print(f.split("/")[-1], round(d["photos_per_second"], 1), "photos/s", {k: round(v, 3) for k, v in d["seconds"].items()})' | tee "$OUT/classify.txt" ;;
-    *) echo "run.sh: unknown mode $mode (check, test, bench, profile, auto, best, video, mri, isnet, classify)" >&2; rc=2 ;;
+    *) echo "run.sh: unknown mode $mode (check, test, bench, profile, auto, best, video, mri, cpu, isnet, classify)" >&2; rc=2 ;;
   esac
 done
 exit $rc
