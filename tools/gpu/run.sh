@@ -18,7 +18,8 @@
 #           and CUDA providers, then bench/brainchop.py (segpipe vs the
 #           PyTorch network, CPU 16 threads and GPU); pack.sh's zoo.tar
 #   cpu     bench/cpu_ct_peer.py: `segpipe ct` on the CPU against PyTorch's
-#           nnU-Net sliding window, TotalSegmentator-fast, 16 and 4 threads
+#           nnU-Net sliding window, TotalSegmentator-fast, 16 and 4 threads;
+#           8 cases through `--inputs` one after another and 4 at a time
 #   isnet   tools/gpu/isnet_bisect.py on /root/gpu/isnet.onnx (pack.sh with SP_PACK_ISNET=1)
 #   classify  torchvision ResNet-50 (random weights) photos/s, CPU and GPU
 # Outputs go to $OUT (the device tool's folder) or ./gpu-out.
@@ -72,8 +73,16 @@ print(f"chain labels native vs cuda: {100 * (a == b).mean():.4f}% of voxels, {10
         PYTHONUNBUFFERED=1 python3 bench/brainchop.py --threads 16 \
           --input $T1 --zoo /root/gpu/bm --models-dir $Z --device $d 2>&1 | tee -a "$OUT/mri.txt"
       done ;;
-    cpu) SEGPIPE_LD=$SEGPIPE_LD PYTHONUNBUFFERED=1 python3 bench/cpu_ct_peer.py "$OUT" 2>&1 | tee "$OUT/cpu_ct_peer.txt"
-      rc=$((rc | PIPESTATUS[0])) ;;
+    cpu) PYTHONUNBUFFERED=1 python3 bench/cpu_ct_peer.py "$OUT" 2>&1 | tee "$OUT/cpu_ct_peer.txt"
+      rc=$((rc | PIPESTATUS[0]))
+      # 8 cases (example_ct) through one demo-ct model: one after another vs 4 at a time
+      mkdir -p /tmp/cases && for i in 1 2 3 4 5 6 7 8; do cp /root/gpu/example_ct.nii.gz /tmp/cases/c$i.nii.gz; done
+      ls /tmp/cases/*.nii.gz > /tmp/cases.txt
+      for j in 1 4; do for t in 4 16; do
+        rm -rf /tmp/cases_out; TIMEFORMAT="8 cases, --jobs $j --threads $t: %R s wall, %U+%S s CPU"
+        { time LD_LIBRARY_PATH=$SEGPIPE_LD $SEGPIPE ct --inputs /tmp/cases.txt -o /tmp/cases_out --jobs $j --threads $t \
+          --no-passport -q; } 2>&1 | tail -2 | tee -a "$OUT/cpu_ct_peer.txt"
+      done; done ;;
     isnet)
       LD_LIBRARY_PATH=$SEGPIPE_LD SEGPIPE_LIBRARY=/opt/segpipe/lib/libsegpipe.so.0 PYTHONUNBUFFERED=1 \
         python3 tools/gpu/isnet_bisect.py /root/gpu/isnet.onnx "$OUT/isnet" 2>&1 | tee "$OUT/isnet.txt" ;;
