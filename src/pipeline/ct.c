@@ -771,6 +771,12 @@ merged:
         int64_t minv = mf->blob_largest[b] ? 0 : (int64_t)floor(mf->blob_max_mm3[b] / vox) + 1;
         st = sp_components_label_blobs(lab_m, mdim, mf->blob_label[b], mf->blob_largest[b], minv);
     }
+    if (!st && mf->vpp) {   /* TotalSegmentator's postprocess_vertebrae_pp, on its grid */
+        t0 = sp_now();
+        st = sp_vertebrae_pp(lab_m, mdim, target, mf->num_classes, mf->vpp_c1, mf->vpp_l5, mf->vpp_min_mm3,
+                             mf->vpp_mm);
+        sp_timings_add(t, "postprocess", sp_now() - t0);
+    }
     if (st)
         goto done;
     roi_apply(lab_m, nm, keep);

@@ -121,6 +121,12 @@ typedef struct sp_manifest {
     uint16_t blob_label[16];
     int blob_largest[16];
     double blob_max_mm3[16];
+    /* "vertebrae_pp": TotalSegmentator's postprocess_vertebrae_pp after the
+     * blobs (vpp set): labels vpp_c1 (vertebrae_C1), vpp_l5 (vertebrae_L5),
+     * components under vpp_min_mm3 dropped, dilation of vpp_mm */
+    int vpp;
+    uint16_t vpp_c1, vpp_l5;
+    double vpp_min_mm3, vpp_mm;
     int n_masks;
     char mask_name[SP_MAX_MASKS][64];
     int mask_cls[SP_MAX_MASKS][SP_MAX_MASK_CLASSES], mask_ncls[SP_MAX_MASKS];

@@ -113,6 +113,25 @@ static sp_status parse_blobs(const cJSON *b, const char *file, sp_manifest *mf)
     return SP_OK;
 }
 
+/* "vertebrae_pp": {"c1": 1, "l5": 24, "min_mm3": 100, "dilation_mm": 3} */
+static sp_status parse_vpp(const cJSON *v, const char *file, sp_manifest *mf)
+{
+    const char *key[4] = {"c1", "l5", "min_mm3", "dilation_mm"};
+    const double hi[4] = {65535, 65535, 1e12, 20};
+    double x[4];
+    for (int i = 0; i < 4; i++) {
+        const cJSON *e = cJSON_IsObject(v) ? cJSON_GetObjectItemCaseSensitive(v, key[i]) : NULL;
+        if (!cJSON_IsNumber(e) || !(e->valuedouble >= (i < 2) && e->valuedouble <= hi[i]) ||
+            (i < 2 && e->valuedouble != (double)(int)e->valuedouble))
+            return sp_fail(SP_ERR_MODEL, "%s: \"vertebrae_pp\" must be {\"c1\": L, \"l5\": L, \"min_mm3\": V, "
+                           "\"dilation_mm\": 0..20}", file);
+        x[i] = e->valuedouble;
+    }
+    mf->vpp = 1;
+    mf->vpp_c1 = (uint16_t)x[0], mf->vpp_l5 = (uint16_t)x[1], mf->vpp_min_mm3 = x[2], mf->vpp_mm = x[3];
+    return SP_OK;
+}
+
 sp_status sp_manifest_parse_parts(const struct cJSON *j, const char *file, sp_manifest *mf)
 {
     const cJSON *parts = cJSON_GetObjectItemCaseSensitive(j, "parts");
@@ -135,6 +154,9 @@ sp_status sp_manifest_parse_parts(const struct cJSON *j, const char *file, sp_ma
     }
     const cJSON *bl = cJSON_GetObjectItemCaseSensitive(j, "blobs");
     sp_status bst = bl ? parse_blobs(bl, file, mf) : SP_OK;
+    const cJSON *vp = cJSON_GetObjectItemCaseSensitive(j, "vertebrae_pp");
+    if (!bst && vp)
+        bst = parse_vpp(vp, file, mf);
     if (bst)
         return bst;
     const cJSON *rc = cJSON_GetObjectItemCaseSensitive(j, "roi_crop"), *cr = cJSON_GetObjectItemCaseSensitive(j, "crop");
@@ -230,6 +252,9 @@ sp_status sp_task_check_parts(sp_package *pk)
         if (mf->blob_label[b] >= mf->num_classes)
             return sp_fail(SP_ERR_MODEL, "%s/segpipe.json: blobs[%d].label = %d, beyond the task's %d classes", pk->dir,
                            b, mf->blob_label[b], mf->num_classes);
+    if (mf->vpp && (mf->vpp_c1 >= mf->num_classes || mf->vpp_l5 >= mf->num_classes))
+        return sp_fail(SP_ERR_MODEL, "%s/segpipe.json: vertebrae_pp labels c1 = %d, l5 = %d: beyond the task's %d "
+                       "classes", pk->dir, mf->vpp_c1, mf->vpp_l5, mf->num_classes);
     if (pk->crop) {
         const sp_manifest *c = &pk->crop->mf;
         if (c->n_parts || (strcmp(c->task, "ct") && strcmp(c->task, "mri")) || c->conform_n)

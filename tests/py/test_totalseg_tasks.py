@@ -240,12 +240,12 @@ def test_totalseg_crop_from_refusals(tmp):
 
 def aux_home():
     """a fake home with the tasks that have auxiliary classes (appendicular_bones
-    304; kidney_cysts 789, which crops with 298) and vertebrae_pp (803)"""
+    304; kidney_cysts 789, which crops with 298)"""
     if "aux" in _cache:
         return _cache["aux"]
     d = tempfile.mkdtemp(prefix="tsaux-")
     home = os.path.join(d, "home")
-    p = T.py(T.FAKE, home, "--patch", "32", "--ids", "304,789,298,803")
+    p = T.py(T.FAKE, home, "--patch", "32", "--ids", "304,789,298")
     assert p.returncode == 0, p.stderr
     _cache["aux"] = dict(dir=d, home=home)
     return _cache["aux"]
@@ -287,8 +287,7 @@ def test_totalseg_remove_auxiliary_labels(tmp):
 
 def test_totalseg_postprocessing_tasks(tmp):
     """kidney_cysts (auxiliary kidneys, a crop with the 6 mm model) imports
-    with its map and crop rule; vertebrae_pp (postprocessing segpipe does not
-    have) is refused, exit 4."""
+    with its map and crop rule."""
     ts = need_ts()
     h = aux_home()
     pkg = os.path.join(tmp, "kc")
@@ -299,8 +298,6 @@ def test_totalseg_postprocessing_tasks(tmp):
     assert man["parts"][0]["map"] == [0] + [k if k in cm else 0 for k in range(1, max({**cm, **aux}) + 1)]
     assert man["crop"]["structures"] == ["kidney_left", "kidney_right", "liver", "spleen", "colon"]
     assert sp.run("model", "check", pkg).returncode == 0
-    p = T.py(T.IMPORTER, h["home"], "-o", os.path.join(tmp, "vp"), "--task", "vertebrae_pp")
-    assert p.returncode == 4 and "postprocess_vertebrae_pp" in p.stderr, p.stderr
 
 
 def test_totalseg_headneck_muscles_parts(tmp):
@@ -605,3 +602,125 @@ def test_totalseg_total_v3_layout(tmp):
                "vertebrae_L6,liver", "-q")
     assert q.returncode == 2 and '"vertebrae_L6"' in q.stderr, q.stderr
     assert not os.path.exists(os.path.join(tmp, "l6.nii.gz"))
+
+
+def ts_task_config(task, **kw):
+    """TotalSegmentator's own get_task_config (python_api.py), from its source
+    (torch and its other imports stubbed: the function only reads the maps)."""
+    ts = need_ts()
+    if "get_task_config" not in _cache:
+        src = subprocess.run(["git", "--git-dir", next(g for g in T.MIRRORS if g and os.path.isdir(g)), "show",
+                              "HEAD:totalsegmentator/python_api.py"], capture_output=True, text=True).stdout
+        start = src.index("def get_task_config")
+        body = src[start:src.index("\ndef totalsegmentator(")]
+        import totalsegmentator.map_tasks_config as mtc
+        ns = {"DEFAULT_CONFIG": mtc.DEFAULT_CONFIG, "TASK_CONFIGS": mtc.TASK_CONFIGS, "show_license_info": lambda: None}
+        exec(compile(body, "python_api.py", "exec"), ns)
+        _cache["get_task_config"] = ns["get_task_config"]
+    return _cache["get_task_config"](task, quiet=True, **kw)
+
+
+def test_totalseg_body_mr(tmp):
+    """body_mr (default Dataset597 at 1.5 mm, --fast 598 at 6 mm, trainer
+    nnUNetTrainer_DASegOrd0, as TotalSegmentator's get_task_config gives
+    them; --fastest falls back to fast): class_map["body_mr"]'s names, and no
+    cleanups: nnunet.py runs body's blob cleanups for task "body" only, so the
+    package's labels equal its part's own prediction."""
+    ts = need_ts()
+    d, home, pkg, man = fake_task(tmp, "tsbmr-", "597,598", "body_mr", "bmr")
+    cm = ts.maps.class_map["body_mr"]
+    for flag, mode in (("", "default"), ("--fast", "fast"), ("--fastest", "fast")):
+        cfg = ts_task_config("body_mr", fast=flag == "--fast", fastest=flag == "--fastest")
+        o = os.path.join(tmp, "bmr" + flag)
+        p = T.py(T.IMPORTER, home, "-o", o, "--task", "body_mr", *([flag] if flag else []))
+        assert p.returncode == 0, p.stderr
+        m = T.json.load(open(os.path.join(o, "segpipe.json")))
+        assert m["labels"] == {"0": "background", **{str(k): v for k, v in cm.items()}}
+        assert [q["task_id"] for q in m["parts"]] == [cfg["task_id"]] and m["totalsegmentator"]["mode"] == mode
+        assert m["parts"][0]["source"].endswith(f"/{cfg['trainer']}__nnUNetPlans__3d_fullres")
+        assert "blobs" not in m and "roi_crop" not in m and "crop" not in m
+        sub = T.json.load(open(os.path.join(o, m["parts"][0]["dir"], "segpipe.json")))
+        assert sub["spacing"] == [cfg["resample"]] * 3 and sub["sliding_window"]["step"] == 0.5
+    part = os.path.join(pkg, man["parts"][0]["dir"])
+    T.run_ct(pkg, os.path.join(tmp, "ours.nii.gz"))
+    T.run_ct(part, os.path.join(tmp, "part.nii.gz"), "--no-passport")
+    ours = T.labels_of(os.path.join(tmp, "ours.nii.gz"))
+    assert np.array_equal(ours, T.labels_of(os.path.join(tmp, "part.nii.gz"))) and (ours == 1).any()
+    stats = T.json.load(open(os.path.join(tmp, "ours.statistics.json")))
+    assert list(stats) == list(cm.values())
+
+
+def vpp_home():
+    if "vpp" not in _cache:
+        d = tempfile.mkdtemp(prefix="tsvpp-")
+        home = os.path.join(d, "home")
+        p = T.py(T.FAKE, home, "--patch", "32", "--ids", "803")
+        assert p.returncode == 0, p.stderr
+        _cache["vpp"] = dict(dir=d, home=home)
+    return _cache["vpp"]
+
+
+def test_totalseg_vertebrae_pp(tmp):
+    """vertebrae_pp (Dataset803, 1.5 mm): the package's model-grid labels equal
+    TotalSegmentator's own postprocess_vertebrae_pp run on the part's own
+    model-grid prediction with the grid's zooms, in its three branches:
+    touching labels relabelled from the bottom, from the top (C1 present,
+    L5 not: the part's map keeps labels 1..12 only, its lowest one as C1), and labels
+    that do not touch (one label kept), only dilated. vertebrae_pp_refined
+    (a second model and a refinement on the input grid) and teeth (a crop from
+    another whole task) are refused, exit 4, naming what they need."""
+    ts = need_ts()
+    h = vpp_home()
+    pkg = os.path.join(tmp, "vpp")
+    p = T.py(T.IMPORTER, h["home"], "-o", pkg, "--task", "vertebrae_pp")
+    assert p.returncode == 0, p.stderr
+    man = T.json.load(open(os.path.join(pkg, "segpipe.json")))
+    cm = ts.maps.class_map["vertebrae_pp"]
+    inv = {v: k for k, v in cm.items()}
+    assert man["labels"] == {"0": "background", **{str(k): v for k, v in cm.items()}}
+    assert man["vertebrae_pp"] == {"c1": inv["vertebrae_C1"], "l5": inv["vertebrae_L5"], "min_mm3": 100,
+                                   "dilation_mm": 3}
+    cfg = ts_task_config("vertebrae_pp")
+    assert man["parts"][0]["task_id"] == cfg["task_id"] == 803
+    assert man["parts"][0]["source"].endswith(f"/{cfg['trainer']}__nnUNetPlans__3d_fullres")
+    part = os.path.join(pkg, man["parts"][0]["dir"])
+    raw_ml = os.path.join(tmp, "raw_ml.nii.gz")
+    T.run_ct(part, os.path.join(tmp, "raw.nii.gz"), "--no-passport", "--save-model-labels", raw_ml)
+    raw_img = nib.load(raw_ml)
+    raw = np.asanyarray(raw_img.dataobj).astype(np.uint8)
+    zooms = raw_img.header.get_zooms()
+    full = list(range(25))
+    lo = int(raw[raw > 0].min())   # C1 present (the lowest label the network gives, as 1), nothing above 12
+    cases = {"bottom": full, "top": [1 if j == lo else j if j <= 12 else 0 for j in full],
+             "one": [j if j == np.bincount(raw.ravel())[1:].argmax() + 1 else 0 for j in full]}
+    for what, lut in cases.items():
+        var = os.path.join(tmp, what)
+        shutil.rmtree(var, ignore_errors=True)
+        shutil.copytree(pkg, var)
+        m = dict(man, parts=[dict(man["parts"][0], map=lut)])
+        T.json.dump(m, open(os.path.join(var, "segpipe.json"), "w"))
+        ml = os.path.join(tmp, what + "_ml.nii.gz")
+        T.run_ct(var, os.path.join(tmp, what + ".nii.gz"), "--save-model-labels", ml)
+        data = np.array(lut, np.uint8)[raw]
+        ref = ts.post.postprocess_vertebrae_pp(data.copy(), cm, voxel_volume=np.prod(zooms), voxel_spacing=zooms)
+        got = T.labels_of(ml)
+        assert np.array_equal(got, ref.astype(np.int32)), (what, (got != ref).sum())
+        assert ts.post._multilabel_labels_touch(data) == (what != "one"), what
+        assert (ref != data).sum() > 100 and ref.any(), what   # it relabels / dilates
+        if what == "top":   # counted from C1 upwards (C1 there, L5 not)
+            assert (data == inv["vertebrae_C1"]).any() and not (data == inv["vertebrae_L5"]).any()
+            assert (ref == inv["vertebrae_C1"]).any()
+        if what == "bottom":   # from the highest label present downwards
+            assert (ref == data.max()).any()
+        stats = T.json.load(open(os.path.join(tmp, what + ".statistics.json")))
+        assert list(stats) == list(cm.values())
+    for task, need in (("vertebrae_pp_refined", "vertebrae_body, Dataset305"),
+                       ("teeth", "craniofacial_structures")):
+        p = T.py(T.IMPORTER, h["home"], "-o", os.path.join(tmp, task), "--task", task)
+        assert p.returncode == 4 and need in p.stderr and f"'{task}'" in p.stderr, p.stderr
+        assert not os.path.exists(os.path.join(tmp, task))
+    bad = os.path.join(tmp, "bad")
+    shutil.copytree(pkg, bad)
+    T.json.dump(dict(man, vertebrae_pp=dict(man["vertebrae_pp"], l5=25)), open(os.path.join(bad, "segpipe.json"), "w"))
+    q = sp.run("model", "check", bad)
+    assert q.returncode == 4 and "vertebrae_pp labels" in q.stderr, q.stderr

@@ -40,7 +40,7 @@ def task_of(maps, tid):
     parts = {"total": ("map_taskid_to_partname_ct", "class_map_5_parts"),
              "total_v3": ("map_taskid_to_partname_ct_v3", "class_map_5_parts_total_v3"),
              "total_mr": ("map_taskid_to_partname_mr", "class_map_parts_mr")}
-    for task in ("total", "total_v3", "total_mr", "body"):   # tasks of several modes
+    for task in ("total", "total_v3", "total_mr", "body", "body_mr"):   # tasks of several modes
         sub = maps["TASK_CONFIGS"][task]["sub_modes"]
         for mode in sub:
             ids = sub[mode]["task_id"]

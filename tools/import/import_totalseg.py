@@ -65,7 +65,7 @@ import import_nnunet  # noqa: E402
 from import_nnunet import ImportError_  # noqa: E402
 
 MAPS = os.path.join(HERE, "totalseg_maps.json")
-SUPPORTED = ("total", "total_v3", "total_mr", "body")
+SUPPORTED = ("total", "total_v3", "total_mr", "body", "body_mr")
 # nnunet.py's blob cleanups of a task's prediction, on its grid before the labels go back:
 # keep_largest_blob_multilabel (rois) and remove_small_blobs_multilabel (interval [mm3 / voxel volume, 1e10])
 TASK_BLOBS = {"body": [("body_trunc", "largest"), ("body_extremities", 50000)]}
@@ -90,10 +90,16 @@ def load_maps():
 
 
 UNSUPPORTED_KEYS = ("cascade", "crop_model", "remove_mask")
-# nnunet.py's task-specific postprocessing segpipe does not have (the body tasks' blob cleanups are
-# refused with their sub_modes; remove_auxiliary_labels is carried by the part map, see build)
-UNSUPPORTED_POSTPROCESSING = {"vertebrae_pp": "postprocess_vertebrae_pp (vertebrae relabelled and dilated)",
-                              "vertebrae_pp_refined": "postprocess_vertebrae_pp and the vertebrae_body refinement"}
+# what TotalSegmentator does for these tasks that a package cannot hold (nnunet.py / python_api.py)
+UNSUPPORTED_STEPS = {
+    "vertebrae_pp_refined": "a second model (vertebrae_body, Dataset305) run on the whole scan and "
+                            "refine_vertebrae_pp_with_body_mask (labels dilated 2 mm on the input grid, then "
+                            "cut to its vertebral bodies)",
+    "teeth": "a crop from another whole TotalSegmentator task (craniofacial_structures, itself cropped to the "
+             "skull by the 6 mm model) with a 10 mm margin: a chain of two crops"}
+# nnunet.py's postprocess_vertebrae_pp for task "vertebrae_pp" (its defaults: components under 100 mm3
+# dropped, labels dilated 3 mm), on the prediction's grid
+VERTEBRAE_PP = {"min_mm3": 100, "dilation_mm": 3}
 
 
 def task_config(maps, task, fast, fastest):
@@ -119,9 +125,9 @@ def task_config(maps, task, fast, fastest):
     if fast or fastest:
         raise ImportError_(f"task {task!r} has no --fast/--fastest model")
     cfg.update({k: v for k, v in raw.items() if k not in ("disallow_fast", "commercial", "info_msg")})
-    why = [k for k in UNSUPPORTED_KEYS if cfg.get(k)]
-    if task in UNSUPPORTED_POSTPROCESSING:
-        why.append(f"its postprocessing {UNSUPPORTED_POSTPROCESSING[task]}")
+    why = [k for k in UNSUPPORTED_KEYS if cfg.get(k) and not (k == "crop_model" and task in UNSUPPORTED_STEPS)]
+    if task in UNSUPPORTED_STEPS:
+        why.append(UNSUPPORTED_STEPS[task])
     if cfg.get("crop") and cfg.get("modality") == "mr" and not task.endswith("_mr"):
         # python_api.py would crop with the 6 mm CT model but read total_mr's names
         why.append("a crop of an MR task not named *_mr")
@@ -263,6 +269,8 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
            "totalsegmentator": {"task": task, "mode": cfg["mode"], "task_ids": tids, "resample": cfg["resample"],
                                 "trainer": cfg["trainer"], "plans": cfg["plans"], "model": cfg["model"],
                                 "fold": 0, "step": step, "maps_commit": maps["source"]["commit"]}}
+    if task == "vertebrae_pp":
+        man["vertebrae_pp"] = dict(c1=inv["vertebrae_C1"], l5=inv["vertebrae_L5"], **VERTEBRAE_PP)
     if task in TASK_BLOBS:
         man["blobs"] = [dict({"label": inv[name], "name": name},
                              **({"keep": "largest"} if rule == "largest" else {"remove_mm3": rule}))
