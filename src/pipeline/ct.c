@@ -1319,6 +1319,33 @@ sp_status sp_labels_write_split(const char *dir, const uint16_t *labels, const s
     return st;
 }
 
+sp_status sp_labels_write_derived(const char *dir, const uint16_t *labels, const sp_volume *ct,
+                                  const sp_package *pk)
+{
+    if (!pk->mf.derived_body)
+        return SP_OK;
+    if (!ct->data)
+        return sp_fail(SP_ERR_USAGE, "derived masks: the input's voxels were released (skin reads the CT)");
+    size_t nv = (size_t)sp_geom_nvox(&ct->g);
+    int nc = pk->mf.num_classes;
+    uint8_t *body = malloc(nv ? nv : 1), *skin = malloc(nv ? nv : 1), *is_body = calloc((size_t)nc, 1);
+    sp_status st = !body || !skin || !is_body ? sp_fail(SP_ERR_NOMEM, "derived masks: out of memory") : SP_OK;
+    if (!st) {   /* libs.py's combine_masks(dir, "body") */
+        is_body[sp_package_label_of(pk, "body_trunc")] = 1;
+        is_body[sp_package_label_of(pk, "body_extremities")] = 1;
+        st = sp_body_skin(labels, ct->data, ct->g.dim, is_body, nc, body, skin);
+    }
+    char path[4096];
+    if (!st && (size_t)snprintf(path, sizeof path, "%s/body.nii.gz", dir) < sizeof path)
+        st = sp_nifti_write(path, &ct->g, SP_DT_U8, body, 0);
+    if (!st && (size_t)snprintf(path, sizeof path, "%s/skin.nii.gz", dir) < sizeof path)
+        st = sp_nifti_write(path, &ct->g, SP_DT_U8, skin, 0);
+    free(body);
+    free(skin);
+    free(is_body);
+    return st;
+}
+
 sp_status sp_labels_read(const char *path, const sp_read_params *p, uint16_t **labels,
                          sp_volume **geometry)
 {

@@ -125,6 +125,9 @@ typedef struct sp_manifest {
      * blobs (vpp set): labels vpp_c1 (vertebrae_C1), vpp_l5 (vertebrae_L5),
      * components under vpp_min_mm3 dropped, dilation of vpp_mm */
     int vpp;
+    /* "derived_masks": "body": TotalSegmentator's derived masks of its body
+     * task beside a split output (body = body_trunc + body_extremities, skin) */
+    int derived_body;
     uint16_t vpp_c1, vpp_l5;
     double vpp_min_mm3, vpp_mm;
     int n_masks;
@@ -153,4 +156,6 @@ sp_status sp_manifest_parse_parts(const struct cJSON *j, const char *file, sp_ma
  * them; then the top manifest takes the first part's grid. */
 sp_status sp_task_check_parts(sp_package *pk);
 int sp_task_part_needed(const sp_manifest *mf, int i, const uint8_t *keep);
+/* The label named name in the package's class map, -1 if none. */
+int sp_package_label_of(const sp_package *pk, const char *name);
 #endif

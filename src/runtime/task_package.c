@@ -154,6 +154,10 @@ sp_status sp_manifest_parse_parts(const struct cJSON *j, const char *file, sp_ma
     }
     const cJSON *bl = cJSON_GetObjectItemCaseSensitive(j, "blobs");
     sp_status bst = bl ? parse_blobs(bl, file, mf) : SP_OK;
+    const cJSON *dm = cJSON_GetObjectItemCaseSensitive(j, "derived_masks");
+    if (dm && !(cJSON_IsString(dm) && !strcmp(dm->valuestring, "body")))
+        return sp_fail(SP_ERR_MODEL, "%s: \"derived_masks\" must be \"body\" (TotalSegmentator's body and skin)", file);
+    mf->derived_body = dm != NULL;
     const cJSON *vp = cJSON_GetObjectItemCaseSensitive(j, "vertebrae_pp");
     if (!bst && vp)
         bst = parse_vpp(vp, file, mf);
@@ -252,6 +256,10 @@ sp_status sp_task_check_parts(sp_package *pk)
         if (mf->blob_label[b] >= mf->num_classes)
             return sp_fail(SP_ERR_MODEL, "%s/segpipe.json: blobs[%d].label = %d, beyond the task's %d classes", pk->dir,
                            b, mf->blob_label[b], mf->num_classes);
+    for (int i = 0; mf->derived_body && i < 2; i++)
+        if (sp_package_label_of(pk, i ? "body_extremities" : "body_trunc") < 0)
+            return sp_fail(SP_ERR_MODEL, "%s/segpipe.json: derived_masks \"body\" needs a label named %s", pk->dir,
+                           i ? "body_extremities" : "body_trunc");
     if (mf->vpp && (mf->vpp_c1 >= mf->num_classes || mf->vpp_l5 >= mf->num_classes))
         return sp_fail(SP_ERR_MODEL, "%s/segpipe.json: vertebrae_pp labels c1 = %d, l5 = %d: beyond the task's %d "
                        "classes", pk->dir, mf->vpp_c1, mf->vpp_l5, mf->num_classes);
@@ -281,6 +289,15 @@ const sp_package *sp_package_part(const sp_package *pk, int i)
     return i >= 0 && i < pk->mf.n_parts ? pk->part[i] : NULL;
 }
 const sp_package *sp_package_roi_crop(const sp_package *pk) { return pk->crop; }
+int sp_package_has_derived_masks(const sp_package *pk) { return pk->mf.derived_body; }
+
+int sp_package_label_of(const sp_package *pk, const char *name)
+{
+    for (int l = 1; l < pk->mf.num_classes; l++)
+        if (!strcmp(pk->mf.labels[l], name))
+            return l;
+    return -1;
+}
 
 /* Which parts a run needs: all, or (--roi-subset, keep[] over the task's
  * labels) those whose map holds a kept structure, as TotalSegmentator picks

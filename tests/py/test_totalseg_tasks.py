@@ -724,3 +724,53 @@ def test_totalseg_vertebrae_pp(tmp):
     T.json.dump(dict(man, vertebrae_pp=dict(man["vertebrae_pp"], l5=25)), open(os.path.join(bad, "segpipe.json"), "w"))
     q = sp.run("model", "check", bad)
     assert q.returncode == 4 and "vertebrae_pp labels" in q.stderr, q.stderr
+
+
+def test_totalseg_body_derived_masks(tmp):
+    """body with --split: besides body_trunc.nii.gz and body_extremities.nii.gz,
+    TotalSegmentator's derived masks (nnunet.py for task "body"): body.nii.gz
+    equal to its combine_masks(folder, "body") and skin.nii.gz equal to its
+    extract_skin(CT, body); --no-derived-masks (its --no_derived_masks)
+    leaves them out, as do other tasks (body_mr) and the multilabel output;
+    the Python package's split writes them too."""
+    ts = need_ts()
+    from pathlib import Path
+    fx = T.fixture()
+    d, home, pkg, man = fake_task(tmp, "tsbd-", "299,597", "body", "body")
+    assert man["derived_masks"] == "body"
+    out = os.path.join(tmp, "split")
+    T.run_ct(pkg, out, "--split")
+    cm = ts.maps.class_map["body"]
+    assert sorted(os.listdir(out)) == sorted([v + ".nii.gz" for v in cm.values()] +
+                                             ["body.nii.gz", "skin.nii.gz", "passport.json", "statistics.json"])
+    ct = nib.load(fx["ct"])
+    body = ts.libs.combine_masks(Path(out), "body")
+    got_body = nib.load(os.path.join(out, "body.nii.gz"))
+    assert np.array_equal(np.asanyarray(got_body.dataobj), body.get_fdata().astype(np.uint8))
+    assert np.allclose(got_body.affine, ct.affine) and got_body.get_data_dtype() == np.uint8
+    ref = ts.post.extract_skin(ct, body).get_fdata()
+    got = np.asanyarray(nib.load(os.path.join(out, "skin.nii.gz")).dataobj)
+    assert np.array_equal(got, ref.astype(np.uint8)) and got.any()
+    b = body.get_fdata() > 0
+    assert b.any() and not b.all() and (got < b).any()   # a shell of the body, not all of it
+    out2 = os.path.join(tmp, "nd")
+    T.run_ct(pkg, out2, "--split", "--no_derived_masks")
+    assert not {"body.nii.gz", "skin.nii.gz"} & set(os.listdir(out2))
+    p = sp.run("ct", fx["ct"], "-o", out2, "--model", pkg, "--split", "-ndm")
+    assert p.returncode == 2 and "--no-derived-masks" in p.stderr, p.stderr
+    p = T.py(T.IMPORTER, home, "-o", os.path.join(tmp, "bmr"), "--task", "body_mr")
+    assert p.returncode == 0, p.stderr
+    out3 = os.path.join(tmp, "bmr_split")
+    T.run_ct(os.path.join(tmp, "bmr"), out3, "--split")
+    assert not {"body.nii.gz", "skin.nii.gz"} & set(os.listdir(out3))
+    if "asan" not in sp.BUILD:
+        sys.path.insert(0, os.path.join(sp.ROOT, "python"))
+        os.environ["SEGPIPE_LIBRARY"] = os.path.join(sp.BUILD, "libsegpipe.so")
+        import segpipe
+        m = segpipe.Model(pkg)
+        try:
+            out4 = os.path.join(tmp, "py")
+            m.ct(fx["ct"], output=out4, split=True)
+            assert np.array_equal(np.asanyarray(nib.load(os.path.join(out4, "skin.nii.gz")).dataobj), got)
+        finally:
+            m.close()

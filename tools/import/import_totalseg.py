@@ -271,6 +271,8 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
                                 "fold": 0, "step": step, "maps_commit": maps["source"]["commit"]}}
     if task == "vertebrae_pp":
         man["vertebrae_pp"] = dict(c1=inv["vertebrae_C1"], l5=inv["vertebrae_L5"], **VERTEBRAE_PP)
+    if task == "body":   # nnunet.py: body.nii.gz and skin.nii.gz beside a split output of task "body"
+        man["derived_masks"] = "body"
     if task in TASK_BLOBS:
         man["blobs"] = [dict({"label": inv[name], "name": name},
                              **({"keep": "largest"} if rule == "largest" else {"remove_mm3": rule}))
