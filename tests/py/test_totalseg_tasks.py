@@ -774,3 +774,56 @@ def test_totalseg_body_derived_masks(tmp):
             assert np.array_equal(np.asanyarray(nib.load(os.path.join(out4, "skin.nii.gz")).dataobj), got)
         finally:
             m.close()
+
+
+def test_totalseg_total_v3_small(tmp):
+    """total_v3 --model-size small: every model of the task (parts 831..835,
+    --fast 836, --fastest 837) read from <trainer>__nnUNetResEncUNetLPlans_8__3d_fullres,
+    as TotalSegmentator's get_task_config(model_size="small") gives the plans;
+    residual-encoder networks, run and merged as the default ones; the
+    --roi-subset crop model (298) keeps nnUNetPlans. Other tasks refuse it."""
+    ts = need_ts()
+    d = tempfile.mkdtemp(prefix="tsv3s-", dir=tmp)
+    home = os.path.join(d, "home")
+    p = T.py(T.FAKE, home, "--patch", "32", "--ids", "831,832,833,834,835,836,837", "--plans",
+             "nnUNetResEncUNetLPlans_8")
+    assert p.returncode == 0, p.stderr
+    p = T.py(T.FAKE, home, "--patch", "32", "--ids", "298")
+    assert p.returncode == 0, p.stderr
+    cm = ts.maps.class_map["total_v3"]
+    for flag in ("", "--fast", "--fastest"):
+        cfg = ts_task_config("total_v3", fast=flag == "--fast", fastest=flag == "--fastest", model_size="small")
+        assert cfg["plans"] == "nnUNetResEncUNetLPlans_8"
+        pkg = os.path.join(tmp, "small" + flag)
+        p = T.py(T.IMPORTER, home, "-o", pkg, "--task", "total_v3", "--model-size", "small", *([flag] if flag else []))
+        assert p.returncode == 0, p.stderr
+        man = T.json.load(open(os.path.join(pkg, "segpipe.json")))
+        ids = cfg["task_id"] if isinstance(cfg["task_id"], list) else [cfg["task_id"]]
+        assert [q["task_id"] for q in man["parts"]] == ids and man["totalsegmentator"]["plans"] == cfg["plans"]
+        assert man["labels"] == {"0": "background", **{str(k): v for k, v in cm.items()}}
+        for q in man["parts"]:
+            assert q["source"].endswith(f"/{cfg['trainer']}__nnUNetResEncUNetLPlans_8__3d_fullres")
+        if not flag:
+            assert man["roi_crop"]["source"].endswith("__nnUNetPlans__3d_fullres")
+            parts = []
+            for q in man["parts"]:
+                o = os.path.join(tmp, f"p{q['task_id']}.nii.gz")
+                T.run_ct(os.path.join(pkg, q["dir"]), o, "--no-passport")
+                parts.append(T.labels_of(o))
+            inv = {v: k for k, v in cm.items()}
+            combined = np.zeros(parts[0].shape, np.uint8)   # nnunet.py's merge, written from its source
+            for seg, q in zip(parts, man["parts"]):
+                pm = ts.maps.class_map_5_parts_total_v3[ts.maps.map_taskid_to_partname_ct_v3[q["task_id"]]]
+                lut = np.zeros(max(pm) + 1, np.uint8)
+                for j, name in pm.items():
+                    lut[j] = inv[name]
+                mapped = lut[seg.astype(np.uint8)]
+                np.copyto(combined, mapped, where=mapped != 0)
+            out = os.path.join(tmp, "v3s.nii.gz")
+            T.run_ct(pkg, out, "--no-passport")
+            assert (T.labels_of(out) == combined).mean() >= 0.999 and combined.any()
+    # the big plans are not there: the importer names the folder it expected
+    p = T.py(T.IMPORTER, home, "-o", os.path.join(tmp, "big"), "--task", "total_v3")
+    assert p.returncode == 4 and "__nnUNetPlans__3d_fullres" in p.stderr, p.stderr
+    p = T.py(T.IMPORTER, home, "-o", os.path.join(tmp, "t"), "--task", "total", "--model-size", "small")
+    assert p.returncode == 4 and "only for task total_v3" in p.stderr, p.stderr

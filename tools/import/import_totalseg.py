@@ -3,7 +3,7 @@
 as ONE segpipe task package (docs/model-format.md, "Task packages").
 
   tools/import/import_totalseg.py [TOTALSEG_HOME] -o PKG [--task total] [--fast | --fastest]
-                                  [--no-crop-model] [--fp16]
+                                  [--no-crop-model] [--fp16] [--model-size small]
 
 TOTALSEG_HOME is TotalSegmentator's home folder (default: $TOTALSEG_HOME_DIR,
 else ~/.totalsegmentator); the weights are read where TotalSegmentator reads
@@ -25,15 +25,22 @@ later part overwriting wherever it predicts anything but background.
 each. `total_mr` likewise: Dataset850 and 851 merged with class_map_parts_mr,
 --fast 852, --fastest 853, and 852 as its --roi-subset crop model (python_api.py
 always crops MR with the 3 mm model). `total_v3`: Dataset831..835 with
-class_map_5_parts_total_v3, --fast 836, --fastest 837 (plans nnUNetPlans: its
-default model size). Unless --no-crop-model, the default mode also takes Dataset298 (when its
+class_map_5_parts_total_v3, --fast 836, --fastest 837, plans nnUNetPlans (its
+default model size) or with --model-size small nnUNetResEncUNetLPlans_8, as
+python_api.py's model_size="small" (the crop model keeps nnUNetPlans).
+Unless --no-crop-model, the default mode also takes Dataset298 (when its
 weights are there) as the low-resolution model that `--roi-subset` crops with,
 as TotalSegmentator does. Sliding-window step 0.8 (TotalSegmentator's for the
 total tasks), no test-time mirroring.
 
 `body` (default 1.5 mm, Dataset299; --fast 6 mm, Dataset300) is one part with
 nnunet.py's cleanups as the package's "blobs": the largest 6-connected blob of
-body_trunc kept, blobs of body_extremities of at most 50000 mm3 removed.
+body_trunc kept, blobs of body_extremities of at most 50000 mm3 removed; and
+"derived_masks": "body" (body.nii.gz and skin.nii.gz beside a --split output).
+`body_mr` (597, --fast 598) is one part without cleanups (nnunet.py runs them
+for "body" only). `vertebrae_pp` (803) carries postprocess_vertebrae_pp as
+"vertebrae_pp"; `vertebrae_pp_refined` (a second model, 305, and a refinement
+on the input grid) and `teeth` (cropped by another whole task) are refused.
 
 `headneck_muscles` is two part models (778, 779) merged the same way with its
 own part maps (class_map_parts_headneck_muscles), cropped as a subtask.
@@ -48,8 +55,7 @@ crop_addon with 20 mm whenever the total model crops); segpipe then crops
 every run as TotalSegmentator does. TotalSegmentator's remove_auxiliary_labels
 (appendicular_bones, kidney_cysts, renal_arteries, face_mr: classes the network
 has besides the task's, class_map[task + "_auxiliary"]) is the part's map
-sending those classes to background; tasks with postprocessing segpipe lacks
-(vertebrae_pp's relabelling) are refused. MR tasks that crop (*_mr) crop with
+sending those classes to background. MR tasks that crop (*_mr) crop with
 Dataset852 and total_mr's names, as python_api.py. A task's remove_outside
 (heartchambers_highres: labels outside heart, aorta and inferior_vena_cava of the
 crop model, dilated by 10 mm, removed) goes into the crop rule.
@@ -102,7 +108,12 @@ UNSUPPORTED_STEPS = {
 VERTEBRAE_PP = {"min_mm3": 100, "dilation_mm": 3}
 
 
-def task_config(maps, task, fast, fastest):
+# python_api.py's get_task_config: total_v3 with model_size="small" reads every model of the task
+# (parts, --fast, --fastest) from these plans; its crop models stay nnUNetPlans (run without plans)
+SMALL_PLANS = {"total_v3": "nnUNetResEncUNetLPlans_8"}
+
+
+def task_config(maps, task, fast, fastest, model_size="big"):
     """TotalSegmentator's get_task_config (plans "nnUNetPlans", the
     totalsegmentator() default): the sub-modes of total, total_mr and body,
     or a subtask (its crop rule included). Refused: the tasks whose
@@ -111,6 +122,9 @@ def task_config(maps, task, fast, fastest):
     raw = maps["TASK_CONFIGS"].get(task)
     if raw is None:
         raise ImportError_(f"unknown TotalSegmentator task {task!r}")
+    if model_size == "small" and task not in SMALL_PLANS:
+        raise ImportError_(f"--model-size small is only for task {', '.join(SMALL_PLANS)} (as TotalSegmentator's "
+                           f"model_size), not {task!r}")
     cfg = dict(maps["DEFAULT_CONFIG"], plans="nnUNetPlans")
     if "sub_modes" in raw:
         if task not in SUPPORTED:
@@ -121,6 +135,8 @@ def task_config(maps, task, fast, fastest):
             mode = "fast" if fast or fastest else "default"
         cfg.update(raw["sub_modes"][mode])
         cfg["mode"] = mode
+        if model_size == "small":
+            cfg["plans"] = SMALL_PLANS[task]
         return cfg
     if fast or fastest:
         raise ImportError_(f"task {task!r} has no --fast/--fastest model")
@@ -212,8 +228,8 @@ def auxiliary(maps, task):
     return aux
 
 
-def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
-    cfg = task_config(maps, task, fast, fastest)
+def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False, model_size="big"):
+    cfg = task_config(maps, task, fast, fastest, model_size)
     tids = cfg["task_id"] if isinstance(cfg["task_id"], list) else [cfg["task_id"]]
     cmap = {int(k): v for k, v in maps["class_map"][task].items()}
     inv = {v: k for k, v in cmap.items()}
@@ -225,11 +241,11 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
             crop_id, trainer = 852, ROI_CROP["total_mr"][1]
         else:
             crop_id, trainer = (297 if cfg.get("robust_crop") else 298), CROP_TRAINER
-        crop = model_folder(maps, results, crop_id, trainer, cfg["plans"], "3d_fullres")
+        crop = model_folder(maps, results, crop_id, trainer, "nnUNetPlans", "3d_fullres")
     elif cfg["mode"] == "default" and crop_model and task in ROI_CROP:
         crop_id, trainer, _ = ROI_CROP[task]
         try:
-            crop = model_folder(maps, results, crop_id, trainer, cfg["plans"], cfg["model"])
+            crop = model_folder(maps, results, crop_id, trainer, "nnUNetPlans", cfg["model"])
         except ImportError_:
             crop = None
     step = STEP_TOTAL if task in ("total", "total_v3", "total_mr") else 0.5
@@ -260,7 +276,8 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False):
         parts.append({"dir": sub, "task_id": tid, "part": pname, "map": lut,
                       "source": os.path.relpath(folder, results)})
     man = {"format": "segpipe-model", "version": 1, "task": "ct",
-           "name": f"totalseg-{task}" + ("" if cfg["mode"] == "default" else f"-{cfg['mode']}"),
+           "name": f"totalseg-{task}" + ("" if cfg["mode"] == "default" else f"-{cfg['mode']}")
+                   + ("-small" if model_size == "small" else ""),
            "description": f"TotalSegmentator task '{task}' ({cfg['mode']}): {len(parts)} part model(s) "
                           f"{', '.join(str(t) for t in tids)} at {cfg['resample'] or 'the plans spacing'} mm, merged into "
                           f"{len(cmap)} classes",
@@ -316,11 +333,13 @@ def main():
     ap.add_argument("--weights", help="the nnU-Net results folder itself (TOTALSEG_WEIGHTS_PATH)")
     ap.add_argument("--no-crop-model", action="store_true", help="leave out the 6 mm model --roi-subset crops with")
     ap.add_argument("--fp16", action="store_true", help="also an fp16 copy of each part for GPUs")
+    ap.add_argument("--model-size", "--model_size", choices=("big", "small"), default="big",
+                    help="TotalSegmentator's model_size: small reads total_v3's nnUNetResEncUNetLPlans_8 models")
     a = ap.parse_args()
     try:
         maps = load_maps()
         man = build(maps, weights_dir(a.home, a.weights), a.out, a.task, a.fast, a.fastest,
-                    crop_model=not a.no_crop_model, fp16=a.fp16)
+                    crop_model=not a.no_crop_model, fp16=a.fp16, model_size=a.model_size)
     except (ImportError_, KeyError, FileNotFoundError, ValueError) as e:
         print(f"import_totalseg: {e}", file=sys.stderr)
         sys.exit(4)
