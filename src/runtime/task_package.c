@@ -265,8 +265,12 @@ sp_status sp_task_check_parts(sp_package *pk)
                        "classes", pk->dir, mf->vpp_c1, mf->vpp_l5, mf->num_classes);
     if (pk->crop) {
         const sp_manifest *c = &pk->crop->mf;
-        if (c->n_parts || (strcmp(c->task, "ct") && strcmp(c->task, "mri")) || c->conform_n)
-            return sp_fail(SP_ERR_MODEL, "%s/%s: the crop model must be a CT/MRI grid model", pk->dir, mf->crop_dir);
+        /* a subtask's crop may come from another whole task (TotalSegmentator's crop_model, teeth's
+         * craniofacial_structures): a task package whose own crop model is a single model */
+        int task_crop = c->n_parts && mf->n_crop_names && !(pk->crop->crop && pk->crop->crop->mf.n_parts);
+        if ((c->n_parts && !task_crop) || (strcmp(c->task, "ct") && strcmp(c->task, "mri")) || c->conform_n)
+            return sp_fail(SP_ERR_MODEL, "%s/%s: the crop model must be a CT/MRI grid model (or, for a \"crop\" "
+                           "rule, a task package whose own crop model is one)", pk->dir, mf->crop_dir);
         if (mf->n_crop_names && (st = crop_want(pk)))
             return st;
     }

@@ -667,8 +667,8 @@ def test_totalseg_vertebrae_pp(tmp):
     touching labels relabelled from the bottom, from the top (C1 present,
     L5 not: the part's map keeps labels 1..12 only, its lowest one as C1), and labels
     that do not touch (one label kept), only dilated. vertebrae_pp_refined
-    (a second model and a refinement on the input grid) and teeth (a crop from
-    another whole task) are refused, exit 4, naming what they need."""
+    (a second model and a refinement on the input grid) is refused, exit 4,
+    naming what it needs."""
     ts = need_ts()
     h = vpp_home()
     pkg = os.path.join(tmp, "vpp")
@@ -714,8 +714,7 @@ def test_totalseg_vertebrae_pp(tmp):
             assert (ref == data.max()).any()
         stats = T.json.load(open(os.path.join(tmp, what + ".statistics.json")))
         assert list(stats) == list(cm.values())
-    for task, need in (("vertebrae_pp_refined", "vertebrae_body, Dataset305"),
-                       ("teeth", "craniofacial_structures")):
+    for task, need in (("vertebrae_pp_refined", "vertebrae_body, Dataset305"),):
         p = T.py(T.IMPORTER, h["home"], "-o", os.path.join(tmp, task), "--task", task)
         assert p.returncode == 4 and need in p.stderr and f"'{task}'" in p.stderr, p.stderr
         assert not os.path.exists(os.path.join(tmp, task))
@@ -827,3 +826,90 @@ def test_totalseg_total_v3_small(tmp):
     assert p.returncode == 4 and "__nnUNetPlans__3d_fullres" in p.stderr, p.stderr
     p = T.py(T.IMPORTER, home, "-o", os.path.join(tmp, "t"), "--task", "total", "--model-size", "small")
     assert p.returncode == 4 and "only for task total_v3" in p.stderr, p.stderr
+
+
+def test_totalseg_teeth(tmp):
+    """teeth: TotalSegmentator crops it with another whole task
+    (crop_model craniofacial_structures, itself cropped to the skull by the
+    6 mm model with 20 mm) to teeth_lower/teeth_upper with the task's own
+    10 mm (python_api.py keeps crop_addon when a crop_model crops); the
+    package holds that task's package as its crop model. Its labels equal
+    TotalSegmentator's steps on the same predictions: the inner task's
+    labels, its crop_to_mask with 10 mm, Dataset113 (3d_lowres_high, 0.5 mm)
+    on the crop, undo_crop; also from a prior craniofacial result
+    (--crop-from) that gives a small crop. The part's mirroring (its trainer
+    allows axes 0, 1) is off by default, as TotalSegmentator runs tta=False."""
+    ts = need_ts()
+    from pathlib import Path
+    fx = T.fixture()
+    d, home, pkg, man = fake_task(tmp, "tsteeth-", "113,115,298", "teeth", "teeth")
+    cfg = ts_task_config("teeth")
+    cm, cc = ts.maps.class_map["teeth"], ts.maps.class_map["craniofacial_structures"]
+    assert man["labels"] == {"0": "background", **{str(k): v for k, v in cm.items()}}
+    assert man["crop"]["task"] == cfg["crop_model"] == "craniofacial_structures"
+    assert man["crop"]["structures"] == cfg["crop"] and man["crop"]["addon_mm"] == cfg["crop_addon"] == [10] * 3
+    assert man["parts"][0]["source"].endswith(f"/{cfg['trainer']}__nnUNetPlans__{cfg['model']}")
+    part = os.path.join(pkg, man["parts"][0]["dir"])
+    sub = T.json.load(open(os.path.join(part, "segpipe.json")))
+    assert sub["tta"]["default"] is False and sub["tta"]["mirror_axes"] == [0, 1]
+    assert sorted(sub["spacing"]) == [0.5] * 3
+    inner = os.path.join(pkg, man["crop"]["dir"])
+    im = T.json.load(open(os.path.join(inner, "segpipe.json")))
+    assert im["labels"] == {"0": "background", **{str(k): v for k, v in cc.items()}}
+    assert im["crop"]["task_id"] == 298 and im["crop"]["structures"] == ["skull"] and im["crop"]["addon_mm"] == [20] * 3
+    assert sp.run("model", "check", pkg).returncode == 0
+    # a small block of the CT (0.5 mm grids are large)
+    img0 = nib.load(fx["ct"])
+    img = img0.slicer[14:34, 14:34, 5:15]
+    ct = os.path.join(tmp, "small.nii.gz")
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine), ct)
+    img = nib.load(ct)
+    cinv = {v: k for k, v in cc.items()}
+
+    def run(model, out, *extra):
+        q = sp.run("ct", ct, "-o", out, "--model", model, "-q", "--no-passport", *extra)
+        assert q.returncode == 0, q.stderr
+        return T.labels_of(out)
+
+    def reference(craniofacial):
+        mask = np.isin(craniofacial, [cinv[n] for n in cfg["crop"]])
+        ref = np.zeros(img.shape, np.int32)
+        if not mask.any():   # "Crop is empty"
+            return ref, None
+        crop_img, bbox = T.crop_to_mask(img, nib.Nifti1Image(mask.astype(np.uint8), img.affine), cfg["crop_addon"])
+        cropped = os.path.join(tmp, "cropped.nii.gz")
+        nib.save(crop_img, cropped)
+        q = sp.run("ct", cropped, "-o", os.path.join(tmp, "cp.nii.gz"), "--model", part, "--no-passport", "-q")
+        assert q.returncode == 0, q.stderr
+        ref[bbox[0][0]:bbox[0][1], bbox[1][0]:bbox[1][1], bbox[2][0]:bbox[2][1]] = T.labels_of(
+            os.path.join(tmp, "cp.nii.gz"))
+        return ref, bbox
+
+    # random weights: the 6 mm model finds no skull in this block; the inner task crops to the structure
+    # it finds most instead (the chain stays: 298 -> craniofacial_structures on its crop -> teeth on its crop)
+    found = np.bincount(run(os.path.join(inner, im["crop"]["dir"]), os.path.join(tmp, "c298.nii.gz")).ravel())
+    im["crop"]["structures"] = [T.upstream_maps()[0][int(found[1:].argmax()) + 1]]
+    T.json.dump(im, open(os.path.join(inner, "segpipe.json"), "w"))
+    cranio = run(inner, os.path.join(tmp, "cranio.nii.gz"))
+    assert np.isin(cranio, [cinv[n] for n in cfg["crop"]]).any()
+    ref, _ = reference(cranio)
+    ours = run(pkg, os.path.join(tmp, "teeth.nii.gz"))
+    assert (ours == ref).mean() >= 0.999 and ours.any(), ((ours == ref).mean(), ours.any(), ref.any())
+    prior = np.zeros(img.shape, np.uint8)
+    prior[4:7, 5:8, 2:4] = cinv["teeth_lower"]
+    prior[0:6, 0:6, 0:6] = cinv["skull"]   # not a crop structure
+    pf = os.path.join(tmp, "prior.nii.gz")
+    ts.ext.save_multilabel_nifti(nib.Nifti1Image(prior, img.affine), pf, cc)
+    mask = ts.libs.combine_masks(Path(pf), cfg["crop"]).get_fdata() > 0
+    ref, bbox = reference(np.where(mask, cinv["teeth_lower"], 0))
+    assert [list(b) for b in bbox] != [[0, n] for n in img.shape]   # a real crop
+    ours = run(pkg, os.path.join(tmp, "teeth_prior.nii.gz"), "--crop-from", pf)
+    assert (ours == ref).mean() >= 0.999 and ours.any()
+    # one level only: a crop package whose own crop is a task package is refused
+    deep = os.path.join(tmp, "deep")
+    shutil.copytree(pkg, deep)
+    shutil.copytree(pkg, os.path.join(deep, "crop_teeth"))
+    T.json.dump(dict(man, crop=dict(man["crop"], dir="crop_teeth", structures=["crown"])),
+                open(os.path.join(deep, "segpipe.json"), "w"))
+    q = sp.run("model", "check", deep)
+    assert q.returncode == 4 and "the crop model must be" in q.stderr, q.stderr

@@ -134,7 +134,11 @@ def write_model(root, folder, trainer, tid, labels, spacing, feats, patch, seed,
     ds_labels = {"background": 0, **{v: k for k, v in sorted(labels.items())}}
     json.dump({"channel_names": {"0": "CT"}, "labels": ds_labels, "numTraining": 1, "file_ending": ".nii.gz"},
               open(os.path.join(d, "dataset.json"), "w"), indent=1)
+    # nnU-Net's checkpoint: the axes its trainer allows mirroring over (NoMirroring trainers: None;
+    # TotalSegmentator's onlyMirror01: 0 and 1)
+    mirror = None if "NoMirroring" in trainer else (0, 1) if "onlyMirror01" in trainer else (0, 1, 2)
     torch.save({"network_weights": nnunet_state_dict(net), "trainer_name": trainer, "current_epoch": 1,
+                "inference_allowed_mirroring_axes": mirror,
                 "init_args": {"configuration": "3d_fullres", "fold": 0}},
                os.path.join(d, "fold_0", "checkpoint_final.pth"))
     return d, net

@@ -100,9 +100,7 @@ UNSUPPORTED_KEYS = ("cascade", "crop_model", "remove_mask")
 UNSUPPORTED_STEPS = {
     "vertebrae_pp_refined": "a second model (vertebrae_body, Dataset305) run on the whole scan and "
                             "refine_vertebrae_pp_with_body_mask (labels dilated 2 mm on the input grid, then "
-                            "cut to its vertebral bodies)",
-    "teeth": "a crop from another whole TotalSegmentator task (craniofacial_structures, itself cropped to the "
-             "skull by the 6 mm model) with a 10 mm margin: a chain of two crops"}
+                            "cut to its vertebral bodies)"}
 # nnunet.py's postprocess_vertebrae_pp for task "vertebrae_pp" (its defaults: components under 100 mm3
 # dropped, labels dilated 3 mm), on the prediction's grid
 VERTEBRAE_PP = {"min_mm3": 100, "dilation_mm": 3}
@@ -141,7 +139,7 @@ def task_config(maps, task, fast, fastest, model_size="big"):
     if fast or fastest:
         raise ImportError_(f"task {task!r} has no --fast/--fastest model")
     cfg.update({k: v for k, v in raw.items() if k not in ("disallow_fast", "commercial", "info_msg")})
-    why = [k for k in UNSUPPORTED_KEYS if cfg.get(k) and not (k == "crop_model" and task in UNSUPPORTED_STEPS)]
+    why = [k for k in UNSUPPORTED_KEYS if cfg.get(k) and not (k == "crop_model" and task_crop_ok(maps, cfg))]
     if task in UNSUPPORTED_STEPS:
         why.append(UNSUPPORTED_STEPS[task])
     if cfg.get("crop") and cfg.get("modality") == "mr" and not task.endswith("_mr"):
@@ -155,6 +153,16 @@ def task_config(maps, task, fast, fastest, model_size="big"):
         raise ImportError_(f"task {task!r} is not supported yet (it needs: {', '.join(why)})")
     cfg["mode"] = "default"
     return cfg
+
+
+def task_crop_ok(maps, cfg):
+    """A crop from another whole task (python_api.py's crop_model: it runs
+    totalsegmentator(task=crop_model) and crops to cfg["crop"] of its
+    labels): taken when that task is a one-model subtask cropping with a
+    single model itself (teeth's craniofacial_structures), one level deep."""
+    sub = maps["TASK_CONFIGS"].get(cfg.get("crop_model"), {})
+    return (isinstance(cfg.get("crop"), list) and isinstance(sub.get("task_id"), int) and "sub_modes" not in sub
+            and not any(sub.get(k) for k in UNSUPPORTED_KEYS))
 
 
 def weights_dir(home, override):
@@ -212,6 +220,8 @@ def import_part(folder, out, name, labels, step, int32):
     # nnunet.py: change_spacing(..., dtype=np.int32) before nnU-Net when TotalSegmentator resamples (crop models
     # always; a task's parts when its config has "resample"); run on its own, a part does as in its task
     man["resampled_int32"] = int32
+    if "tta" in man:   # a trainer that allows mirroring: TotalSegmentator still runs nnU-Net with tta=False
+        man["tta"]["default"] = False
     with open(os.path.join(out, "segpipe.json"), "w") as f:
         json.dump(man, f, indent=1)
     return man
@@ -236,7 +246,13 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False, 
     folders = [model_folder(maps, results, t, cfg["trainer"], cfg["plans"], cfg["model"]) for t in tids]
     crop, crop_id, subtask = None, CROP_TASK_ID, "sub_modes" not in maps["TASK_CONFIGS"][task]
     crop_task = ROI_CROP[task][2] if task in ROI_CROP else ("total_mr" if task.endswith("_mr") else "total")
-    if subtask and cfg.get("crop"):   # the crop model TotalSegmentator runs first (python_api.py)
+    if subtask and cfg.get("crop_model"):   # another whole task crops (built below, into the package)
+        crop_id, ccfg = cfg["crop_model"], task_config(maps, cfg["crop_model"], False, False)
+        model_folder(maps, results, ccfg["task_id"], ccfg["trainer"], ccfg["plans"], ccfg["model"])   # weights there?
+        if ccfg.get("crop"):
+            model_folder(maps, results, 297 if ccfg.get("robust_crop") else 298, CROP_TRAINER, "nnUNetPlans",
+                         "3d_fullres")
+    elif subtask and cfg.get("crop"):   # the crop model TotalSegmentator runs first (python_api.py)
         if crop_task == "total_mr":   # MR: always the 3 mm total_mr model
             crop_id, trainer = 852, ROI_CROP["total_mr"][1]
         else:
@@ -296,7 +312,9 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False, 
                         for name, rule in TASK_BLOBS[task]]
     if aux:   # informative: the part's map sends these classes to background
         man["totalsegmentator"]["remove_auxiliary_labels"] = {str(k): v for k, v in sorted(aux.items())}
-    if crop:
+    if subtask and cfg.get("crop_model"):
+        task_crop(maps, results, out, man, cfg, fp16)
+    elif crop:
         sub = f"crop{crop_id}"
         total = {int(k): v for k, v in maps["class_map"][crop_task].items()}
         import_part(crop, os.path.join(out, sub), f"totalseg-{crop_id}-crop", total, STEP_TOTAL, True)
@@ -322,6 +340,22 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False, 
     return man
 
 
+def task_crop(maps, results, out, man, cfg, fp16):
+    """python_api.py with a crop_model: the whole task crop_model run first
+    (here its own package, cropping as it does), the crop mask its labels
+    cfg["crop"], and the task's own crop_addon kept (the 20 mm default is
+    only for the total model's crops)."""
+    name = cfg["crop_model"]
+    sub = f"crop_{name}"
+    inner = build(maps, results, os.path.join(out, sub), name, False, False, fp16=fp16)
+    names = set(inner["labels"].values())
+    missing = [n for n in cfg["crop"] if n not in names]
+    if missing:
+        raise ImportError_(f"crop structures {missing} are not in class_map[{name!r}]")
+    man["crop"] = {"dir": sub, "task": name, "task_id": inner["totalsegmentator"]["task_ids"][0],
+                   "structures": list(cfg["crop"]), "addon_mm": list(cfg["crop_addon"])}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("home", nargs="?", help="TotalSegmentator's home (default $TOTALSEG_HOME_DIR or ~/.totalsegmentator)")
@@ -336,12 +370,15 @@ def main():
     ap.add_argument("--model-size", "--model_size", choices=("big", "small"), default="big",
                     help="TotalSegmentator's model_size: small reads total_v3's nnUNetResEncUNetLPlans_8 models")
     a = ap.parse_args()
+    existed = os.path.exists(a.out)
     try:
         maps = load_maps()
         man = build(maps, weights_dir(a.home, a.weights), a.out, a.task, a.fast, a.fastest,
                     crop_model=not a.no_crop_model, fp16=a.fp16, model_size=a.model_size)
     except (ImportError_, KeyError, FileNotFoundError, ValueError) as e:
         print(f"import_totalseg: {e}", file=sys.stderr)
+        if not existed and os.path.isdir(a.out):   # no half-written package
+            shutil.rmtree(a.out)
         sys.exit(4)
     print(f"wrote {a.out}: {man['name']}, {len(man['parts'])} part(s), {len(man['labels']) - 1} classes"
           + (", crop model for --roi-subset" if "roi_crop" in man else "")
