@@ -177,6 +177,11 @@ sp_status sp_body_skin(const uint16_t *labels, const float *ct, const int64_t di
  * dilated by dilation_mm into background. */
 sp_status sp_vertebrae_pp(uint16_t *labels, const int64_t dim[3], const double spacing[3], int nlab, uint16_t c1,
                           uint16_t l5, double min_mm3, double dilation_mm);
+/* TotalSegmentator's refine_vertebrae_pp_with_body_mask on the input grid:
+ * labels 1..nlab-1 dilated by dilation_mm (as above, with the input's
+ * spacing), then 0 wherever mask is not keep. */
+sp_status sp_vertebrae_refine(uint16_t *labels, const int64_t dim[3], const double spacing[3], int nlab,
+                              const uint16_t *mask, uint16_t keep, double dilation_mm);
 /* Connected components counted beforehand: counts[l], largest[l] for l < n. */
 typedef struct sp_comp_counts {
     int n;

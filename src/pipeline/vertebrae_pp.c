@@ -250,3 +250,22 @@ sp_status sp_vertebrae_pp(uint16_t *labels, const int64_t dim[3], const double s
     free(src);
     return st;
 }
+
+sp_status sp_vertebrae_refine(uint16_t *labels, const int64_t dim[3], const double spacing[3], int nlab,
+                              const uint16_t *mask, uint16_t keep, double dilation_mm)
+{
+    size_t nv = (size_t)(dim[0] * dim[1] * dim[2]);
+    double sp[3];
+    for (int a = 0; a < 3; a++)   /* the input header's zooms, float32 */
+        sp[a] = (double)(float)spacing[a];
+    uint16_t *src = calloc(nv ? nv : 1, sizeof *src);
+    if (!src)
+        return sp_fail(SP_ERR_NOMEM, "vertebrae refinement: cannot allocate %zu voxels", nv);
+    memcpy(src, labels, nv * sizeof *src);
+    sp_status st = dilate(src, labels, dim, nlab, sp, dilation_mm);
+    free(src);
+    for (size_t v = 0; !st && v < nv; v++)   /* refined[body_data != 1] = 0 */
+        if (mask[v] != keep)
+            labels[v] = 0;
+    return st;
+}

@@ -128,6 +128,13 @@ typedef struct sp_manifest {
     /* "derived_masks": "body": TotalSegmentator's derived masks of its body
      * task beside a split output (body = body_trunc + body_extremities, skin) */
     int derived_body;
+    /* "refine" (TotalSegmentator's refine_vertebrae_pp_with_body_mask): the
+     * model in refine_dir runs on the whole input; on the input grid the
+     * labels are dilated by refine_mm, then kept where its labels are
+     * refine_keep */
+    char refine_dir[64];
+    uint16_t refine_keep;
+    double refine_mm;
     uint16_t vpp_c1, vpp_l5;
     double vpp_min_mm3, vpp_mm;
     int n_masks;
@@ -141,6 +148,7 @@ struct sp_package {
     sp_manifest mf;
     sp_model *model;          /* task packages: the first part's (not owned) */
     struct sp_package *part[SP_MAX_PARTS], *crop;
+    struct sp_package *refine;   /* "refine": the mask model (TotalSegmentator's vertebrae_body) */
     size_t run_bytes;   /* ONNX Runtime's working memory for one inference beyond its output, measured by
                            sp_package_warm_up (0: not measured) */
 };

@@ -158,6 +158,19 @@ sp_status sp_manifest_parse_parts(const struct cJSON *j, const char *file, sp_ma
     if (dm && !(cJSON_IsString(dm) && !strcmp(dm->valuestring, "body")))
         return sp_fail(SP_ERR_MODEL, "%s: \"derived_masks\" must be \"body\" (TotalSegmentator's body and skin)", file);
     mf->derived_body = dm != NULL;
+    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(j, "refine");
+    if (rf) {   /* {"dir": "mask305", "keep_label": 1, "dilation_mm": 2} */
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(rf, "dir"), *k = cJSON_GetObjectItemCaseSensitive(rf,
+                     "keep_label"), *m = cJSON_GetObjectItemCaseSensitive(rf, "dilation_mm");
+        if (!cJSON_IsString(d) || !dir_name_ok(d->valuestring) || !cJSON_IsNumber(k) || !(k->valuedouble >= 1 &&
+            k->valuedouble <= 65535) || k->valuedouble != (double)(int)k->valuedouble || !cJSON_IsNumber(m) ||
+            !(m->valuedouble >= 0 && m->valuedouble <= 20))
+            return sp_fail(SP_ERR_MODEL, "%s: \"refine\" must be {\"dir\": a folder in the package, "
+                           "\"keep_label\": L, \"dilation_mm\": 0..20}", file);
+        snprintf(mf->refine_dir, sizeof mf->refine_dir, "%s", d->valuestring);
+        mf->refine_keep = (uint16_t)k->valueint;
+        mf->refine_mm = m->valuedouble;
+    }
     const cJSON *vp = cJSON_GetObjectItemCaseSensitive(j, "vertebrae_pp");
     if (!bst && vp)
         bst = parse_vpp(vp, file, mf);
@@ -263,6 +276,15 @@ sp_status sp_task_check_parts(sp_package *pk)
     if (mf->vpp && (mf->vpp_c1 >= mf->num_classes || mf->vpp_l5 >= mf->num_classes))
         return sp_fail(SP_ERR_MODEL, "%s/segpipe.json: vertebrae_pp labels c1 = %d, l5 = %d: beyond the task's %d "
                        "classes", pk->dir, mf->vpp_c1, mf->vpp_l5, mf->num_classes);
+    if (pk->refine) {
+        const sp_manifest *f = &pk->refine->mf;
+        if (f->n_parts || (strcmp(f->task, "ct") && strcmp(f->task, "mri")) || f->conform_n)
+            return sp_fail(SP_ERR_MODEL, "%s/%s: the refine model must be a CT/MRI grid model", pk->dir,
+                           mf->refine_dir);
+        if (mf->refine_keep >= f->num_classes)
+            return sp_fail(SP_ERR_MODEL, "%s/segpipe.json: refine.keep_label = %d, beyond the refine model's %d "
+                           "classes", pk->dir, mf->refine_keep, f->num_classes);
+    }
     if (pk->crop) {
         const sp_manifest *c = &pk->crop->mf;
         /* a subtask's crop may come from another whole task (TotalSegmentator's crop_model, teeth's

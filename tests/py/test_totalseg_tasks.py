@@ -666,9 +666,7 @@ def test_totalseg_vertebrae_pp(tmp):
     model-grid prediction with the grid's zooms, in its three branches:
     touching labels relabelled from the bottom, from the top (C1 present,
     L5 not: the part's map keeps labels 1..12 only, its lowest one as C1), and labels
-    that do not touch (one label kept), only dilated. vertebrae_pp_refined
-    (a second model and a refinement on the input grid) is refused, exit 4,
-    naming what it needs."""
+    that do not touch (one label kept), only dilated."""
     ts = need_ts()
     h = vpp_home()
     pkg = os.path.join(tmp, "vpp")
@@ -714,10 +712,10 @@ def test_totalseg_vertebrae_pp(tmp):
             assert (ref == data.max()).any()
         stats = T.json.load(open(os.path.join(tmp, what + ".statistics.json")))
         assert list(stats) == list(cm.values())
-    for task, need in (("vertebrae_pp_refined", "vertebrae_body, Dataset305"),):
-        p = T.py(T.IMPORTER, h["home"], "-o", os.path.join(tmp, task), "--task", task)
-        assert p.returncode == 4 and need in p.stderr and f"'{task}'" in p.stderr, p.stderr
-        assert not os.path.exists(os.path.join(tmp, task))
+    # vertebrae_pp_refined without its second model's weights: refused before anything is written
+    p = T.py(T.IMPORTER, h["home"], "-o", os.path.join(tmp, "vppr"), "--task", "vertebrae_pp_refined")
+    assert p.returncode == 4 and "Dataset305_vertebrae_discs_1559subj" in p.stderr, p.stderr
+    assert not os.path.exists(os.path.join(tmp, "vppr"))
     bad = os.path.join(tmp, "bad")
     shutil.copytree(pkg, bad)
     T.json.dump(dict(man, vertebrae_pp=dict(man["vertebrae_pp"], l5=25)), open(os.path.join(bad, "segpipe.json"), "w"))
@@ -913,3 +911,52 @@ def test_totalseg_teeth(tmp):
                 open(os.path.join(deep, "segpipe.json"), "w"))
     q = sp.run("model", "check", deep)
     assert q.returncode == 4 and "the crop model must be" in q.stderr, q.stderr
+
+
+def test_totalseg_vertebrae_pp_refined(tmp):
+    """vertebrae_pp_refined: Dataset803 with vertebrae_pp's postprocessing, and
+    Dataset305 (vertebrae_body, nnUNetTrainer_DASegOrd0, 1.5 mm) run on the
+    whole scan; the final labels equal TotalSegmentator's own
+    refine_vertebrae_pp_with_body_mask (2 mm ellipsoid on the input grid with
+    the header's zooms, then cut to its vertebral bodies) applied to the
+    vertebrae_pp labels and 305's labels of the same scan; on an anisotropic
+    grid (0.9 x 0.9 x 1.3 mm), where its kernel is off-centre."""
+    ts = need_ts()
+    fx = T.fixture()
+    d, home, pkg, man = fake_task(tmp, "tsvppr-", "803,305", "vertebrae_pp_refined", "vppr")
+    cm = ts.maps.class_map["vertebrae_pp_refined"]
+    assert man["labels"] == {"0": "background", **{str(k): v for k, v in cm.items()}}
+    assert man["refine"]["task_id"] == 305 and man["refine"]["dilation_mm"] == 2
+    assert man["refine"]["keep_label"] == 1 == {v: k for k, v in ts.maps.class_map["vertebrae_body"].items()}[
+        "vertebrae_body"]
+    assert man["refine"]["source"].endswith("/nnUNetTrainer_DASegOrd0__nnUNetPlans__3d_fullres")
+    assert man["vertebrae_pp"]["dilation_mm"] == 3
+    mask_pkg = os.path.join(pkg, man["refine"]["dir"])
+    assert T.json.load(open(os.path.join(mask_pkg, "segpipe.json")))["spacing"] == [1.5] * 3
+    img0 = nib.load(fx["ct"])
+    aff = np.diag([-0.9, 0.9, 1.3, 1.0])
+    aff[:3, 3] = img0.affine[:3, 3]
+    ct = os.path.join(tmp, "aniso.nii.gz")
+    nib.save(nib.Nifti1Image(np.asanyarray(img0.dataobj), aff), ct)
+    img = nib.load(ct)
+
+    def run(model, out):
+        q = sp.run("ct", ct, "-o", out, "--model", model, "-q", "--no-passport")
+        assert q.returncode == 0, q.stderr
+        return T.labels_of(out)
+    plain = os.path.join(tmp, "plain")   # the same package without the refinement: vertebrae_pp's labels
+    shutil.copytree(pkg, plain)
+    T.json.dump({k: v for k, v in man.items() if k != "refine"}, open(os.path.join(plain, "segpipe.json"), "w"))
+    data = run(plain, os.path.join(tmp, "plain.nii.gz")).astype(np.uint8)
+    body = run(mask_pkg, os.path.join(tmp, "body.nii.gz")).astype(np.uint8)
+    ref = ts.post.refine_vertebrae_pp_with_body_mask(data.copy(), body, cm, voxel_spacing=img.header.get_zooms(),
+                                                     dilation_mm=2)
+    ours = run(pkg, os.path.join(tmp, "ours.nii.gz"))
+    assert np.array_equal(ours, ref.astype(np.int32)), (ours != ref).sum()
+    grown = ts.post.dilate_vertebrae_labels(data, cm, img.header.get_zooms(), 2)
+    assert (grown != data).any() and (ref != data).any() and ref.any() and (body != 1).any(), ((grown != data).sum(), (ref != data).sum(), ref.sum(), (body != 1).sum(), (data == 0).sum())
+    bad = os.path.join(tmp, "bad")
+    shutil.copytree(pkg, bad)
+    T.json.dump(dict(man, refine=dict(man["refine"], keep_label=3)), open(os.path.join(bad, "segpipe.json"), "w"))
+    q = sp.run("model", "check", bad)
+    assert q.returncode == 4 and "refine.keep_label" in q.stderr, q.stderr

@@ -39,8 +39,11 @@ body_trunc kept, blobs of body_extremities of at most 50000 mm3 removed; and
 "derived_masks": "body" (body.nii.gz and skin.nii.gz beside a --split output).
 `body_mr` (597, --fast 598) is one part without cleanups (nnunet.py runs them
 for "body" only). `vertebrae_pp` (803) carries postprocess_vertebrae_pp as
-"vertebrae_pp"; `vertebrae_pp_refined` (a second model, 305, and a refinement
-on the input grid) and `teeth` (cropped by another whole task) are refused.
+"vertebrae_pp"; `vertebrae_pp_refined` too, with Dataset305 (vertebrae_body)
+as its "refine" model (python_api.py runs it on the whole scan; nnunet.py's
+refine_vertebrae_pp_with_body_mask: labels dilated 2 mm on the input grid,
+kept on its vertebral bodies). `teeth` is cropped by another whole task
+(its crop_model craniofacial_structures, imported into the package).
 
 `headneck_muscles` is two part models (778, 779) merged the same way with its
 own part maps (class_map_parts_headneck_muscles), cropped as a subtask.
@@ -97,10 +100,11 @@ def load_maps():
 
 UNSUPPORTED_KEYS = ("cascade", "crop_model", "remove_mask")
 # what TotalSegmentator does for these tasks that a package cannot hold (nnunet.py / python_api.py)
-UNSUPPORTED_STEPS = {
-    "vertebrae_pp_refined": "a second model (vertebrae_body, Dataset305) run on the whole scan and "
-                            "refine_vertebrae_pp_with_body_mask (labels dilated 2 mm on the input grid, then "
-                            "cut to its vertebral bodies)"}
+UNSUPPORTED_STEPS = {}
+# python_api.py for vertebrae_pp_refined: vertebrae_body (Dataset305, nnUNetTrainer_DASegOrd0, 1.5 mm) on
+# the whole scan, then nnunet.py's refine_vertebrae_pp_with_body_mask(dilation_mm=2) keeping its label 1
+REFINE = {"vertebrae_pp_refined": {"task_id": 305, "trainer": "nnUNetTrainer_DASegOrd0", "task": "vertebrae_body",
+                                   "keep": "vertebrae_body", "dilation_mm": 2}}
 # nnunet.py's postprocess_vertebrae_pp for task "vertebrae_pp" (its defaults: components under 100 mm3
 # dropped, labels dilated 3 mm), on the prediction's grid
 VERTEBRAE_PP = {"min_mm3": 100, "dilation_mm": 3}
@@ -264,6 +268,10 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False, 
             crop = model_folder(maps, results, crop_id, trainer, "nnUNetPlans", cfg["model"])
         except ImportError_:
             crop = None
+    refine = None
+    if task in REFINE:   # its weights checked before anything is written
+        refine = model_folder(maps, results, REFINE[task]["task_id"], REFINE[task]["trainer"], "nnUNetPlans",
+                              "3d_fullres")
     step = STEP_TOTAL if task in ("total", "total_v3", "total_mr") else 0.5
     if os.path.exists(out):
         shutil.rmtree(out)
@@ -302,8 +310,16 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False, 
            "totalsegmentator": {"task": task, "mode": cfg["mode"], "task_ids": tids, "resample": cfg["resample"],
                                 "trainer": cfg["trainer"], "plans": cfg["plans"], "model": cfg["model"],
                                 "fold": 0, "step": step, "maps_commit": maps["source"]["commit"]}}
-    if task == "vertebrae_pp":
+    if task in ("vertebrae_pp", "vertebrae_pp_refined"):   # nnunet.py runs vertebrae_pp's postprocessing for both
         man["vertebrae_pp"] = dict(c1=inv["vertebrae_C1"], l5=inv["vertebrae_L5"], **VERTEBRAE_PP)
+    if task in REFINE:
+        rf = REFINE[task]
+        sub = f"mask{rf['task_id']}"
+        labels = {int(k): v for k, v in maps["class_map"][rf["task"]].items()}
+        import_part(refine, os.path.join(out, sub), f"totalseg-{rf['task_id']}-{rf['task']}", labels, 0.5, True)
+        man["refine"] = {"dir": sub, "task_id": rf["task_id"], "task": rf["task"],
+                         "keep_label": {v: k for k, v in labels.items()}[rf["keep"]], "dilation_mm": rf["dilation_mm"],
+                         "source": os.path.relpath(refine, results)}
     if task == "body":   # nnunet.py: body.nii.gz and skin.nii.gz beside a split output of task "body"
         man["derived_masks"] = "body"
     if task in TASK_BLOBS:
