@@ -960,3 +960,47 @@ def test_totalseg_vertebrae_pp_refined(tmp):
     T.json.dump(dict(man, refine=dict(man["refine"], keep_label=3)), open(os.path.join(bad, "segpipe.json"), "w"))
     q = sp.run("model", "check", bad)
     assert q.returncode == 4 and "refine.keep_label" in q.stderr, q.stderr
+
+
+def test_totalseg_task_folds(tmp):
+    """A task's folds as TotalSegmentator's get_task_config gives them:
+    pleural_pericard_effusion has folds None (nnU-Net's
+    auto_detect_available_folds: every fold_N with a checkpoint; here 0, 1,
+    2), aorta_annulus folds 0..4; the part is their ensemble (different labels
+    than fold 0 alone); a missing fold is refused, exit 4, naming it."""
+    ts = need_ts()
+    fx = T.fixture()
+    d = tempfile.mkdtemp(prefix="tsfolds-", dir=tmp)
+    home = os.path.join(d, "home")
+    for ids, folds in (("315", "0,1,2"), ("713", "0,1,2,3,4"), ("298", "0")):
+        p = T.py(T.FAKE, home, "--patch", "32", "--ids", ids, "--folds", folds)
+        assert p.returncode == 0, p.stderr
+    for task, want in (("pleural_pericard_effusion", [0, 1, 2]), ("aorta_annulus", [0, 1, 2, 3, 4])):
+        cfg = ts_task_config(task)
+        assert cfg["folds"] == (None if task == "pleural_pericard_effusion" else want)
+        pkg = os.path.join(tmp, task)
+        p = T.py(T.IMPORTER, home, "-o", pkg, "--task", task)
+        assert p.returncode == 0, p.stderr
+        man = T.json.load(open(os.path.join(pkg, "segpipe.json")))
+        assert man["totalsegmentator"]["folds"] == want
+        part = os.path.join(pkg, man["parts"][0]["dir"])
+        sub = T.json.load(open(os.path.join(part, "segpipe.json")))
+        assert sub["nnunet"]["folds"] == [str(f) for f in want]
+    # the ensemble is not fold 0 alone: fold 0 imported by nnU-Net's importer gives other labels
+    one = os.path.join(tmp, "one")
+    r = T.py(os.path.join(sp.ROOT, "tools", "import", "import_nnunet.py"), os.path.join(
+        home, "nnunet", "results", "Dataset713_annulus_proper_48subj",
+        "nnUNetTrainer_DASegOrd0__nnUNetPlans__3d_fullres_high"), "-o", one, "--fold", "0")
+    assert r.returncode == 0, r.stderr
+    small = nib.load(fx["ct"]).slicer[14:34, 14:34, 5:15]   # 0.8 mm grids are large: a block of the CT
+    ct = os.path.join(tmp, "small.nii.gz")
+    nib.save(nib.Nifti1Image(np.asanyarray(small.dataobj), small.affine), ct)
+    a, b = os.path.join(tmp, "a.nii.gz"), os.path.join(tmp, "b.nii.gz")
+    for model, out in ((part, a), (one, b)):
+        q = sp.run("ct", ct, "-o", out, "--model", model, "-q", "--no-passport")
+        assert q.returncode == 0, q.stderr
+    assert (T.labels_of(a) != T.labels_of(b)).mean() > 0.01
+    shutil.rmtree(os.path.join(home, "nnunet", "results", "Dataset713_annulus_proper_48subj",
+                               "nnUNetTrainer_DASegOrd0__nnUNetPlans__3d_fullres_high", "fold_3"))
+    p = T.py(T.IMPORTER, home, "-o", os.path.join(tmp, "x"), "--task", "aorta_annulus")
+    assert p.returncode == 4 and "fold_3" in p.stderr and not os.path.exists(os.path.join(tmp, "x")), p.stderr

@@ -4,6 +4,7 @@ small random-weight nnU-Net networks, for tests and benchmarks.
 
   tools/dev/fake_totalseg_home.py HOME [--ids 291,292,293,294,295,297,298]
                                        [--features 4,8] [--patch 32] [--seed 0] [--plans nnUNetPlans]
+                                       [--folds 0]
 
 For each task id: HOME/nnunet/results/<TotalSegmentator's folder name>/
 <trainer>__nnUNetPlans__3d_fullres/{plans.json, dataset.json,
@@ -92,9 +93,9 @@ def make_net(n_classes, feats, patch, seed, arch="PlainConvUNet"):
 
 
 def write_model(root, folder, trainer, tid, labels, spacing, feats, patch, seed, model="3d_fullres",
-                plans_name="nnUNetPlans"):
+                plans_name="nnUNetPlans", folds=(0,)):
     d = os.path.join(root, folder, f"{trainer}__{plans_name}__{model}")
-    os.makedirs(os.path.join(d, "fold_0"), exist_ok=True)
+    os.makedirs(d, exist_ok=True)
     n_classes = max(labels) + 1
     # nnU-Net's residual encoder plans (nnUNetResEncUNet{M,L,XL}Plans*) build a ResidualEncoderUNet
     res = plans_name.startswith("nnUNetResEncUNet")
@@ -137,14 +138,19 @@ def write_model(root, folder, trainer, tid, labels, spacing, feats, patch, seed,
     # nnU-Net's checkpoint: the axes its trainer allows mirroring over (NoMirroring trainers: None;
     # TotalSegmentator's onlyMirror01: 0 and 1)
     mirror = None if "NoMirroring" in trainer else (0, 1) if "onlyMirror01" in trainer else (0, 1, 2)
-    torch.save({"network_weights": nnunet_state_dict(net), "trainer_name": trainer, "current_epoch": 1,
-                "inference_allowed_mirroring_axes": mirror,
-                "init_args": {"configuration": "3d_fullres", "fold": 0}},
-               os.path.join(d, "fold_0", "checkpoint_final.pth"))
+    for f in folds:   # fold 0 the network returned; each further fold its own weights
+        fnet = net if f == folds[0] else make_net(n_classes, feats, patch, seed + 1000 * f,
+                                                   "ResidualEncoderUNet" if res else "PlainConvUNet")[0]
+        os.makedirs(os.path.join(d, f"fold_{f}"), exist_ok=True)
+        torch.save({"network_weights": nnunet_state_dict(fnet), "trainer_name": trainer, "current_epoch": 1,
+                    "inference_allowed_mirroring_axes": mirror,
+                    "init_args": {"configuration": model, "fold": f}},
+                   os.path.join(d, f"fold_{f}", "checkpoint_final.pth"))
     return d, net
 
 
-def make_home(home, ids=(291, 292, 293, 294, 295, 297, 298), feats=(4, 8), patch=32, seed=0, plans="nnUNetPlans"):
+def make_home(home, ids=(291, 292, 293, 294, 295, 297, 298), feats=(4, 8), patch=32, seed=0, plans="nnUNetPlans",
+              folds=(0,)):
     """Returns {task id: (model folder, PyTorch network)}."""
     maps = json.load(open(MAPS))
     root = os.path.join(home, "nnunet", "results")
@@ -153,7 +159,7 @@ def make_home(home, ids=(291, 292, 293, 294, 295, 297, 298), feats=(4, 8), patch
         trainer, spacing, labels, model = task_of(maps, tid)
         folder = maps["TASK_ID_WEIGHTS_CONFIGS"][str(tid)]["foldername"]
         out[tid] = write_model(root, folder, trainer, tid, labels, spacing, list(feats), patch, seed + tid, model,
-                               plans)
+                               plans, folds)
     return out
 
 
@@ -166,9 +172,10 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--plans", default="nnUNetPlans",
                     help="the plans name (nnUNetResEncUNetLPlans_8: total_v3's small models, residual encoders)")
+    ap.add_argument("--folds", default="0", help="the folds written (fold_N folders), e.g. 0,1,2,3,4")
     a = ap.parse_args()
     made = make_home(a.home, [int(x) for x in a.ids.split(",")], [int(x) for x in a.features.split(",")],
-                     a.patch, a.seed, a.plans)
+                     a.patch, a.seed, a.plans, [int(x) for x in a.folds.split(",")])
     for tid, (d, _) in made.items():
         print(f"{tid}: {d}")
 

@@ -196,12 +196,24 @@ def dataset_folder(maps, results, tid):
     return os.path.join(results, hits[0])
 
 
-def model_folder(maps, results, tid, trainer, plans, model):
+def model_folder(maps, results, tid, trainer, plans, model, folds=(0,)):
     d = os.path.join(dataset_folder(maps, results, tid), f"{trainer}__{plans}__{model}")
-    ck = os.path.join(d, "fold_0", "checkpoint_final.pth")
-    if not os.path.isfile(ck):
-        raise ImportError_(f"task id {tid}: no {os.path.relpath(ck, results)} under {results}")
+    for f in (folds if folds is not None else available_folds(d) or [0]):
+        ck = os.path.join(d, f"fold_{f}", "checkpoint_final.pth")
+        if not os.path.isfile(ck):
+            raise ImportError_(f"task id {tid}: no {os.path.relpath(ck, results)} under {results}")
     return d
+
+
+def available_folds(d):
+    """nnU-Net's auto_detect_available_folds, which TotalSegmentator's
+    folds=None asks for: the fold_N folders (not fold_all) holding
+    checkpoint_final.pth, in sorted folder-name order."""
+    if not os.path.isdir(d):
+        return []
+    names = sorted(n for n in os.listdir(d) if n.startswith("fold_") and n != "fold_all"
+                   and os.path.isfile(os.path.join(d, n, "checkpoint_final.pth")))
+    return [int(n.split("_")[-1]) for n in names]
 
 
 def ds_classes(folder):
@@ -209,15 +221,17 @@ def ds_classes(folder):
     return max(v for v in ds["labels"].values() if isinstance(v, int)) + 1
 
 
-def import_part(folder, out, name, labels, step, int32):
+def import_part(folder, out, name, labels, step, int32, folds=(0,)):
     """One nnU-Net model as a part package; its labels become TotalSegmentator's
-    names for that model (the class count must match the network's)."""
+    names for that model (the class count must match the network's); folds:
+    the task's (None: those nnU-Net finds), several averaged as nnU-Net does."""
     n_ds = ds_classes(folder)
     n_ts = max(labels) + 1
     if n_ds != n_ts:
         raise ImportError_(f"{os.path.basename(os.path.dirname(folder))}: dataset.json has {n_ds} classes, "
                            f"TotalSegmentator's map for it {n_ts}")
-    _, man = import_nnunet.import_folder(folder, out, 0, "checkpoint_final.pth", None)
+    folds = available_folds(folder) if folds is None else folds
+    _, man = import_nnunet.import_folder(folder, out, ",".join(str(f) for f in folds), "checkpoint_final.pth", None)
     man["name"] = name
     man["labels"] = {str(k): v for k, v in sorted({0: "background", **labels}.items())}
     man["sliding_window"]["step"] = step
@@ -247,7 +261,7 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False, 
     tids = cfg["task_id"] if isinstance(cfg["task_id"], list) else [cfg["task_id"]]
     cmap = {int(k): v for k, v in maps["class_map"][task].items()}
     inv = {v: k for k, v in cmap.items()}
-    folders = [model_folder(maps, results, t, cfg["trainer"], cfg["plans"], cfg["model"]) for t in tids]
+    folders = [model_folder(maps, results, t, cfg["trainer"], cfg["plans"], cfg["model"], cfg["folds"]) for t in tids]
     crop, crop_id, subtask = None, CROP_TASK_ID, "sub_modes" not in maps["TASK_CONFIGS"][task]
     crop_task = ROI_CROP[task][2] if task in ROI_CROP else ("total_mr" if task.endswith("_mr") else "total")
     if subtask and cfg.get("crop_model"):   # another whole task crops (built below, into the package)
@@ -294,7 +308,7 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False, 
             lut[j] = 0 if j in aux else inv[name]
         sub = f"part{tid}"
         import_part(folder, os.path.join(out, sub), f"totalseg-{tid}-{pname.replace('class_map_part_', '')}",
-                    local, step, cfg["resample"] is not None)
+                    local, step, cfg["resample"] is not None, cfg["folds"])
         if fp16:
             import_nnunet.add_fp16(os.path.join(out, sub), json.load(open(os.path.join(out, sub, "segpipe.json"))))
         parts.append({"dir": sub, "task_id": tid, "part": pname, "map": lut,
@@ -309,7 +323,8 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False, 
            "labels": {str(k): v for k, v in sorted({0: "background", **cmap}.items())},
            "totalsegmentator": {"task": task, "mode": cfg["mode"], "task_ids": tids, "resample": cfg["resample"],
                                 "trainer": cfg["trainer"], "plans": cfg["plans"], "model": cfg["model"],
-                                "fold": 0, "step": step, "maps_commit": maps["source"]["commit"]}}
+                                "folds": cfg["folds"] if cfg["folds"] is not None else available_folds(folders[0]),
+                                "step": step, "maps_commit": maps["source"]["commit"]}}
     if task in ("vertebrae_pp", "vertebrae_pp_refined"):   # nnunet.py runs vertebrae_pp's postprocessing for both
         man["vertebrae_pp"] = dict(c1=inv["vertebrae_C1"], l5=inv["vertebrae_L5"], **VERTEBRAE_PP)
     if task in REFINE:
