@@ -63,6 +63,10 @@ Dataset852 and total_mr's names, as python_api.py. A task's remove_outside
 (heartchambers_highres: labels outside heart, aorta and inferior_vena_cava of the
 crop model, dilated by 10 mm, removed) goes into the crop rule.
 
+A task's folds are TotalSegmentator's (fold 0; 0..4 for the aorta/pulmonary
+report models; for folds None every fold_N nnU-Net would find), several as a
+fold ensemble; parts never mirror by default (TotalSegmentator: tta=False).
+
 Exit codes: 0 written; 2 usage; 4 weights missing or not what the task needs
 (message names the folder expected).
 """
