@@ -336,6 +336,10 @@ const char *sp_package_mask_name(const sp_package *pk, int i);
 int sp_package_num_parts(const sp_package *pk);
 const sp_package *sp_package_part(const sp_package *pk, int i);
 const sp_package *sp_package_roi_crop(const sp_package *pk);
+/* 1 when the package writes TotalSegmentator's derived masks beside a
+ * split output (its body task: body.nii.gz and skin.nii.gz;
+ * sp_labels_write_derived), else 0. */
+int sp_package_has_derived_masks(const sp_package *pk);
 /* One inference on zeros of the package's input size (a CT patch, or a
  * model-sized photo canvas), so the first real request pays no set-up. It
  * also measures that inference's peak memory (sp_package_run_memory),
@@ -493,6 +497,13 @@ sp_status sp_labels_write(const char *path, const uint16_t *labels,
  * (TotalSegmentator's --ml false layout). */
 sp_status sp_labels_write_split(const char *dir, const uint16_t *labels,
                                 const sp_volume *like, const sp_package *pk);
+/* Beside a split output, TotalSegmentator's derived masks of a package that
+ * has them (sp_package_has_derived_masks; its body task: `body.nii.gz`, the
+ * body structures together, and `skin.nii.gz`, its extract_skin from the
+ * CT's values); nothing for other packages. ct must still hold its voxels
+ * (not released by sp_ct_run_inplace): else SP_ERR_USAGE. */
+sp_status sp_labels_write_derived(const char *dir, const uint16_t *labels, const sp_volume *ct,
+                                  const sp_package *pk);
 /* Labels as DICOM objects that reference the series they were made from
  * (docs/dicom.md): a binary DICOM Segmentation (DCMTK dcmseg) or an RT
  * Structure Set (closed planar contours per structure and slice). Each

@@ -472,6 +472,7 @@ class Model:
             out = os.fsencode(output)
             if split:
                 _check(L.sp_labels_write_split(out, lab, v.ptr, self._pk))
+                _check(L.sp_labels_write_derived(out, lab, v.ptr, self._pk))   # TotalSegmentator's body: body, skin
                 ppath, spath = os.path.join(output, "passport.json"), os.path.join(output, "statistics.json")
             elif output_type == "dicom":
                 desc = b"segpipe " + L.sp_package_name(self._pk)

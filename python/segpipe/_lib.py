@@ -133,6 +133,8 @@ SIGNATURES = {
     "sp_ct_result_model_labels": (P(C.c_uint16), [c_void_p, P(c_int64), P(c_double)]),
     "sp_labels_write_named": (c_int, [c_char_p, P(C.c_uint16), c_void_p, P(c_char_p), c_int]),
     "sp_labels_write_split": (c_int, [c_char_p, P(C.c_uint16), c_void_p, c_void_p]),
+    "sp_labels_write_derived": (c_int, [c_char_p, P(C.c_uint16), c_void_p, c_void_p]),
+    "sp_package_has_derived_masks": (c_int, [c_void_p]),
     "sp_labels_write_dicom_seg": (c_int, [c_char_p, P(C.c_uint16), c_void_p, P(c_char_p), c_int, c_char_p]),
     "sp_labels_write_affine": (c_int, [c_char_p, P(C.c_uint16), P(c_int64), P(c_double)]),
     "sp_volume_from_dicom": (c_int, [c_void_p]),

@@ -149,7 +149,7 @@ typedef struct ct_opts {
     const char *crop_from;     /* --crop-from: a prior result (file or mask folder) to crop with */
     sp_runtime_params rp;
     sp_ct_params cp;
-    int mri, split, dicom_out, shard_i, shard_n, jobs, quiet, verbose, statistics;
+    int mri, split, no_derived, dicom_out, shard_i, shard_n, jobs, quiet, verbose, statistics;
     int tta;                   /* --tta 1, --no-tta/--disable-tta 0, -1 the package's default */
     char device[16];
     sp_dicom_params dp;        /* --output-type dicom-seg|dicom-rtstruct and the --dicom-* options */

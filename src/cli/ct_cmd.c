@@ -43,7 +43,9 @@ static void ct_help(const ct_opts *o)
            "      --tile-batch N       tiles per inference call (default: auto, 4 when the\n"
            "                           logits of 4 tiles fit in 256 MB, else fewer)\n"
            "      --step F             sliding-window step (default: manifest, 0.5)\n"
-           "      --split              one <class>.nii.gz per class in folder OUTPUT\n"
+           "      --split              one <class>.nii.gz per class in folder OUTPUT (TotalSegmentator's\n"
+           "                           body task also body.nii.gz and skin.nii.gz, unless\n"
+           "                           --no-derived-masks)\n"
            "      --smooth             labels back from linearly resampled logits (not nearest)\n"
            "      --largest-component  keep the largest component of each label\n"
            "      --min-component-ml X remove components smaller than X ml\n"
@@ -202,6 +204,7 @@ static const cli_hint ct_hints[] = {
     {"-rs", "did you mean --roi-subset A,B,...?"},
     {"-cp", "did you mean --crop-from PATH (a prior result to crop with; --crop_path works too)?"},
     {"-p", "did you mean --preview FILE.png?"},
+    {"-ndm", "did you mean --no-derived-masks (--no_derived_masks works too)?"},
     {NULL, NULL}};
 
 /* -1: go on; else the exit code (help, usage errors) */
@@ -222,6 +225,7 @@ int cli_ct_parse(int argc, char **argv, ct_opts *o)
         {.name = "tile-batch", .kind = CLI_INT, .dst = &o->cp.tile_batch, .lo = 1, .hi = 256, .value = "N"},
         {.name = "step", .kind = CLI_NUM, .dst = &o->cp.step, .lo = 1e-3, .hi = 1, .value = "F"},
         {.name = "split", .kind = CLI_FLAG, .dst = &o->split},
+        {.name = "no-derived-masks", .kind = CLI_FLAG, .dst = &o->no_derived},
         {.name = "smooth", .kind = CLI_FLAG, .dst = &o->cp.smooth},
         {.name = "largest-component", .kind = CLI_FLAG, .dst = &o->cp.largest_component},
         {.name = "min-component-ml", .kind = CLI_NUM, .dst = &o->cp.min_component_ml, .lo = 0, .hi = 1e9, .value = "X"},
@@ -329,6 +333,8 @@ static sp_status ct_write(const ct_opts *o, const sp_package *pk, const sp_volum
     const uint16_t *lab = sp_ct_result_labels(res, NULL);
     if (o->split) {
         st = sp_labels_write_split(o->output, lab, v, pk);
+        if (!st && !o->no_derived)   /* TotalSegmentator's body task: body.nii.gz, skin.nii.gz */
+            st = sp_labels_write_derived(o->output, lab, v, pk);
         int n = (int)strlen(o->output);
         while (n > 1 && o->output[n - 1] == '/')   /* "out/" and "out" name one folder */
             n--;
@@ -569,7 +575,8 @@ static int ct_run_one(ct_opts *o, int argc, char **argv)
     if (!rc && r.pre)   /* a chain: the extractors' brain first (mri_chain.c) */
         rc = cli_chain_strip(r.rt, r.pre, r.v, &o->cp, &r.tt, &r.run_v, &r.mask_mm3);
     if (!rc) {
-        o->cp.release_input = !o->preview;   /* afterwards only the geometry is read */
+        /* afterwards only the geometry is read (and the CT by a split output's skin mask) */
+        o->cp.release_input = !o->preview && !(o->split && !o->no_derived && sp_package_has_derived_masks(r.pk));
         sp_status st = sp_ct_run_inplace(r.pk, r.run_v ? r.run_v : r.v, &o->cp, &r.res);
         if (st)
             rc = cli_fail(st, NULL);

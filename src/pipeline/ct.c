@@ -771,6 +771,12 @@ merged:
         int64_t minv = mf->blob_largest[b] ? 0 : (int64_t)floor(mf->blob_max_mm3[b] / vox) + 1;
         st = sp_components_label_blobs(lab_m, mdim, mf->blob_label[b], mf->blob_largest[b], minv);
     }
+    if (!st && mf->vpp) {   /* TotalSegmentator's postprocess_vertebrae_pp, on its grid */
+        t0 = sp_now();
+        st = sp_vertebrae_pp(lab_m, mdim, target, mf->num_classes, mf->vpp_c1, mf->vpp_l5, mf->vpp_min_mm3,
+                             mf->vpp_mm);
+        sp_timings_add(t, "postprocess", sp_now() - t0);
+    }
     if (st)
         goto done;
     roi_apply(lab_m, nm, keep);
@@ -953,6 +959,20 @@ static sp_status outside_mask(const sp_manifest *mf, const uint16_t *src, size_t
     return st;
 }
 
+/* The run parameters of a package's helper model (crop, refine). */
+static sp_ct_params helper_params(const sp_ct_params *p)
+{
+    sp_ct_params cp = sp_ct_default_params();
+    cp.threads = p->threads;
+    cp.tile_batch = p->tile_batch;
+    cp.passport = 0;
+    cp.cancel = p->cancel;
+    cp.max_model_voxels = p->max_model_voxels;
+    cp.max_tiles = p->max_tiles;
+    cp.accum_fp16 = p->accum_fp16;
+    return cp;
+}
+
 /* The crop model's labels on the whole input (*cr), or the prior result the
  * caller gave (p->crop_from, checked to be on the input's grid), want[]
  * over its labels' names (the crop structures) and *om the mask of the
@@ -971,19 +991,33 @@ static sp_status crop_source(sp_package *pk, const sp_volume *ct, const sp_ct_pa
             st = sp_crop_want_names(mf, keep, names, *nwant, 1, want);
         return st ? st : outside_mask(mf, *src, nv, names, *nwant, 1, om);
     }
-    sp_ct_params cp = sp_ct_default_params();
-    cp.threads = p->threads;
-    cp.tile_batch = p->tile_batch;
-    cp.passport = 0;
-    cp.cancel = p->cancel;
-    cp.max_model_voxels = p->max_model_voxels;
-    cp.max_tiles = p->max_tiles;
-    cp.accum_fp16 = p->accum_fp16;
+    sp_ct_params cp = helper_params(p);
     sp_status st = sp_crop_want_names(mf, keep, names, *nwant, 2, want);   /* refused before the model runs */
     if (st || (st = ct_run(pk->crop, ct, NULL, NULL, 1, &cp, cr)))
         return st;
     *src = (*cr)->labels;
     return outside_mask(mf, *src, nv, names, *nwant, 0, om);
+}
+
+/* "refine": TotalSegmentator's vertebrae_pp_refined. The refine model's
+ * labels of the whole input (*mask, run before the task's models, while the
+ * input is still float), then refine_after on the task's final labels. */
+static sp_status refine_before(sp_package *pk, const sp_volume *ct, const sp_ct_params *p, sp_ct_result **mask)
+{
+    sp_ct_params cp = helper_params(p);
+    *mask = NULL;
+    return pk->refine ? ct_run(pk->refine, ct, NULL, NULL, 1, &cp, mask) : SP_OK;
+}
+
+static sp_status refine_after(const sp_package *pk, const sp_volume *ct, const sp_ct_result *mask, sp_ct_result *r)
+{
+    if (!mask)
+        return SP_OK;
+    double zooms[3];   /* TotalSegmentator reads the input header's zooms */
+    for (int a = 0; a < 3; a++)
+        zooms[a] = ct->g.pixdim[a + 1] > 0 ? ct->g.pixdim[a + 1] : ct->g.spacing[a];
+    return sp_vertebrae_refine(r->labels, r->dim, zooms, pk->mf.num_classes, mask->labels, pk->mf.refine_keep,
+                               pk->mf.refine_mm);
 }
 
 /* --roi-subset on a task package with a roi_crop model, and every run of a
@@ -1071,11 +1105,17 @@ static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, sp_
         st = check_finite(extra[q - 1], pool);
     if (!st && !(r = calloc(1, sizeof *r)))
         st = sp_fail(SP_ERR_NOMEM, "out of memory");
+    sp_ct_result *mask = NULL;
+    if (!st)
+        st = refine_before(pk, ct, &p, &mask);
     if (!st)   /* brain MRI: a conformed grid instead of steps a, b and e */
         st = mf->conform_n                       ? conform_path(pk, ct, &p, keep, r, pool)
              : (pk->crop || p.crop_from) && (keep || mf->crop_want) ? roi_crop_path(pk, ct, &p, keep, r, pool, &h)
              : mf->crop_nonzero                    ? crop_path(pk, ct, extra, n, &p, keep, r, pool, &h)
                                                    : grid_path(pk, ct, extra, &p, keep, r, pool, &h);
+    if (!st)
+        st = refine_after(pk, ct, mask, r);
+    sp_ct_result_free(mask);
     for (int s = 0; !st && s < mf->pp_n; s++)   /* nnU-Net's postprocessing.pkl, on the final labels */
         st = sp_components_keep_largest_of(r->labels, r->dim, mf->pp_set[s], mf->pp_len[s]);
     if (!st && p.passport)
@@ -1310,6 +1350,33 @@ sp_status sp_labels_write_split(const char *dir, const uint16_t *labels, const s
         st = sp_nifti_write(path, &like->g, SP_DT_U8, b, 0);
     }
     free(b);
+    return st;
+}
+
+sp_status sp_labels_write_derived(const char *dir, const uint16_t *labels, const sp_volume *ct,
+                                  const sp_package *pk)
+{
+    if (!pk->mf.derived_body)
+        return SP_OK;
+    if (!ct->data)
+        return sp_fail(SP_ERR_USAGE, "derived masks: the input's voxels were released (skin reads the CT)");
+    size_t nv = (size_t)sp_geom_nvox(&ct->g);
+    int nc = pk->mf.num_classes;
+    uint8_t *body = malloc(nv ? nv : 1), *skin = malloc(nv ? nv : 1), *is_body = calloc((size_t)nc, 1);
+    sp_status st = !body || !skin || !is_body ? sp_fail(SP_ERR_NOMEM, "derived masks: out of memory") : SP_OK;
+    if (!st) {   /* libs.py's combine_masks(dir, "body") */
+        is_body[sp_package_label_of(pk, "body_trunc")] = 1;
+        is_body[sp_package_label_of(pk, "body_extremities")] = 1;
+        st = sp_body_skin(labels, ct->data, ct->g.dim, is_body, nc, body, skin);
+    }
+    char path[4096];
+    if (!st && (size_t)snprintf(path, sizeof path, "%s/body.nii.gz", dir) < sizeof path)
+        st = sp_nifti_write(path, &ct->g, SP_DT_U8, body, 0);
+    if (!st && (size_t)snprintf(path, sizeof path, "%s/skin.nii.gz", dir) < sizeof path)
+        st = sp_nifti_write(path, &ct->g, SP_DT_U8, skin, 0);
+    free(body);
+    free(skin);
+    free(is_body);
     return st;
 }
 

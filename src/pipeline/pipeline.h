@@ -164,6 +164,24 @@ sp_status sp_components_filter(uint16_t *labels, const int64_t dim[3], int keep_
  * remove_small_blobs); the dropped voxels become 0. */
 sp_status sp_components_label_blobs(uint16_t *labels, const int64_t dim[3], uint16_t l, int keep_largest,
                                     int64_t min_voxels);
+/* ---- body_skin.c ---- */
+/* TotalSegmentator's derived masks of its body task: body = labels l with
+ * is_body[l] (l < nlab), skin = extract_skin(ct, body); both nv bytes. */
+sp_status sp_body_skin(const uint16_t *labels, const float *ct, const int64_t dim[3], const uint8_t *is_body,
+                       int nlab, uint8_t *body, uint8_t *skin);
+/* ---- vertebrae_pp.c ---- */
+/* TotalSegmentator's postprocess_vertebrae_pp on model-grid labels (labels
+ * 1..nlab-1 the task's, c1/l5 its vertebrae_C1/_L5, spacing in mm per axis of
+ * the RAS-canonical grid, k the superior axis): touching labels relabelled
+ * by component height, components under min_mm3 dropped, every label then
+ * dilated by dilation_mm into background. */
+sp_status sp_vertebrae_pp(uint16_t *labels, const int64_t dim[3], const double spacing[3], int nlab, uint16_t c1,
+                          uint16_t l5, double min_mm3, double dilation_mm);
+/* TotalSegmentator's refine_vertebrae_pp_with_body_mask on the input grid:
+ * labels 1..nlab-1 dilated by dilation_mm (as above, with the input's
+ * spacing), then 0 wherever mask is not keep. */
+sp_status sp_vertebrae_refine(uint16_t *labels, const int64_t dim[3], const double spacing[3], int nlab,
+                              const uint16_t *mask, uint16_t keep, double dilation_mm);
 /* Connected components counted beforehand: counts[l], largest[l] for l < n. */
 typedef struct sp_comp_counts {
     int n;

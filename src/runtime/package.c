@@ -896,6 +896,8 @@ static sp_status load_parts(sp_runtime *rt, sp_package *pk)
     sp_status st = SP_OK;
     for (int i = 0; i < pk->mf.n_parts && !st; i++)
         st = load_sub(rt, pk, pk->mf.part_dir[i], &pk->part[i]);
+    if (!st && pk->mf.refine_dir[0])
+        st = load_sub(rt, pk, pk->mf.refine_dir, &pk->refine);
     return !st && pk->mf.crop_dir[0] ? load_sub(rt, pk, pk->mf.crop_dir, &pk->crop) : st;
 }
 
@@ -904,6 +906,7 @@ static void free_parts(sp_package *pk)
     for (int i = 0; i < SP_MAX_PARTS; i++)
         sp_package_free(pk->part[i]);
     sp_package_free(pk->crop);
+    sp_package_free(pk->refine);
     if (pk->mf.n_parts)
         pk->model = NULL;   /* the first part's */
 }
@@ -1004,6 +1007,8 @@ static sp_status warm_up_parts(sp_package *pk)
     for (int i = 0; i < pk->mf.n_parts && !st; i++)
         if (!(st = sp_package_warm_up(pk->part[i])) && pk->part[i]->run_bytes > pk->run_bytes)
             pk->run_bytes = pk->part[i]->run_bytes;
+    if (!st && pk->refine)
+        st = sp_package_warm_up(pk->refine);
     return st ? st : pk->crop ? sp_package_warm_up(pk->crop) : SP_OK;
 }
 

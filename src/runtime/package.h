@@ -121,6 +121,22 @@ typedef struct sp_manifest {
     uint16_t blob_label[16];
     int blob_largest[16];
     double blob_max_mm3[16];
+    /* "vertebrae_pp": TotalSegmentator's postprocess_vertebrae_pp after the
+     * blobs (vpp set): labels vpp_c1 (vertebrae_C1), vpp_l5 (vertebrae_L5),
+     * components under vpp_min_mm3 dropped, dilation of vpp_mm */
+    int vpp;
+    /* "derived_masks": "body": TotalSegmentator's derived masks of its body
+     * task beside a split output (body = body_trunc + body_extremities, skin) */
+    int derived_body;
+    /* "refine" (TotalSegmentator's refine_vertebrae_pp_with_body_mask): the
+     * model in refine_dir runs on the whole input; on the input grid the
+     * labels are dilated by refine_mm, then kept where its labels are
+     * refine_keep */
+    char refine_dir[64];
+    uint16_t refine_keep;
+    double refine_mm;
+    uint16_t vpp_c1, vpp_l5;
+    double vpp_min_mm3, vpp_mm;
     int n_masks;
     char mask_name[SP_MAX_MASKS][64];
     int mask_cls[SP_MAX_MASKS][SP_MAX_MASK_CLASSES], mask_ncls[SP_MAX_MASKS];
@@ -132,6 +148,7 @@ struct sp_package {
     sp_manifest mf;
     sp_model *model;          /* task packages: the first part's (not owned) */
     struct sp_package *part[SP_MAX_PARTS], *crop;
+    struct sp_package *refine;   /* "refine": the mask model (TotalSegmentator's vertebrae_body) */
     size_t run_bytes;   /* ONNX Runtime's working memory for one inference beyond its output, measured by
                            sp_package_warm_up (0: not measured) */
 };
@@ -147,4 +164,6 @@ sp_status sp_manifest_parse_parts(const struct cJSON *j, const char *file, sp_ma
  * them; then the top manifest takes the first part's grid. */
 sp_status sp_task_check_parts(sp_package *pk);
 int sp_task_part_needed(const sp_manifest *mf, int i, const uint8_t *keep);
+/* The label named name in the package's class map, -1 if none. */
+int sp_package_label_of(const sp_package *pk, const char *name);
 #endif

@@ -113,6 +113,25 @@ static sp_status parse_blobs(const cJSON *b, const char *file, sp_manifest *mf)
     return SP_OK;
 }
 
+/* "vertebrae_pp": {"c1": 1, "l5": 24, "min_mm3": 100, "dilation_mm": 3} */
+static sp_status parse_vpp(const cJSON *v, const char *file, sp_manifest *mf)
+{
+    const char *key[4] = {"c1", "l5", "min_mm3", "dilation_mm"};
+    const double hi[4] = {65535, 65535, 1e12, 20};
+    double x[4];
+    for (int i = 0; i < 4; i++) {
+        const cJSON *e = cJSON_IsObject(v) ? cJSON_GetObjectItemCaseSensitive(v, key[i]) : NULL;
+        if (!cJSON_IsNumber(e) || !(e->valuedouble >= (i < 2) && e->valuedouble <= hi[i]) ||
+            (i < 2 && e->valuedouble != (double)(int)e->valuedouble))
+            return sp_fail(SP_ERR_MODEL, "%s: \"vertebrae_pp\" must be {\"c1\": L, \"l5\": L, \"min_mm3\": V, "
+                           "\"dilation_mm\": 0..20}", file);
+        x[i] = e->valuedouble;
+    }
+    mf->vpp = 1;
+    mf->vpp_c1 = (uint16_t)x[0], mf->vpp_l5 = (uint16_t)x[1], mf->vpp_min_mm3 = x[2], mf->vpp_mm = x[3];
+    return SP_OK;
+}
+
 sp_status sp_manifest_parse_parts(const struct cJSON *j, const char *file, sp_manifest *mf)
 {
     const cJSON *parts = cJSON_GetObjectItemCaseSensitive(j, "parts");
@@ -135,6 +154,26 @@ sp_status sp_manifest_parse_parts(const struct cJSON *j, const char *file, sp_ma
     }
     const cJSON *bl = cJSON_GetObjectItemCaseSensitive(j, "blobs");
     sp_status bst = bl ? parse_blobs(bl, file, mf) : SP_OK;
+    const cJSON *dm = cJSON_GetObjectItemCaseSensitive(j, "derived_masks");
+    if (dm && !(cJSON_IsString(dm) && !strcmp(dm->valuestring, "body")))
+        return sp_fail(SP_ERR_MODEL, "%s: \"derived_masks\" must be \"body\" (TotalSegmentator's body and skin)", file);
+    mf->derived_body = dm != NULL;
+    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(j, "refine");
+    if (rf) {   /* {"dir": "mask305", "keep_label": 1, "dilation_mm": 2} */
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(rf, "dir"), *k = cJSON_GetObjectItemCaseSensitive(rf,
+                     "keep_label"), *m = cJSON_GetObjectItemCaseSensitive(rf, "dilation_mm");
+        if (!cJSON_IsString(d) || !dir_name_ok(d->valuestring) || !cJSON_IsNumber(k) || !(k->valuedouble >= 1 &&
+            k->valuedouble <= 65535) || k->valuedouble != (double)(int)k->valuedouble || !cJSON_IsNumber(m) ||
+            !(m->valuedouble >= 0 && m->valuedouble <= 20))
+            return sp_fail(SP_ERR_MODEL, "%s: \"refine\" must be {\"dir\": a folder in the package, "
+                           "\"keep_label\": L, \"dilation_mm\": 0..20}", file);
+        snprintf(mf->refine_dir, sizeof mf->refine_dir, "%s", d->valuestring);
+        mf->refine_keep = (uint16_t)k->valueint;
+        mf->refine_mm = m->valuedouble;
+    }
+    const cJSON *vp = cJSON_GetObjectItemCaseSensitive(j, "vertebrae_pp");
+    if (!bst && vp)
+        bst = parse_vpp(vp, file, mf);
     if (bst)
         return bst;
     const cJSON *rc = cJSON_GetObjectItemCaseSensitive(j, "roi_crop"), *cr = cJSON_GetObjectItemCaseSensitive(j, "crop");
@@ -230,10 +269,30 @@ sp_status sp_task_check_parts(sp_package *pk)
         if (mf->blob_label[b] >= mf->num_classes)
             return sp_fail(SP_ERR_MODEL, "%s/segpipe.json: blobs[%d].label = %d, beyond the task's %d classes", pk->dir,
                            b, mf->blob_label[b], mf->num_classes);
+    for (int i = 0; mf->derived_body && i < 2; i++)
+        if (sp_package_label_of(pk, i ? "body_extremities" : "body_trunc") < 0)
+            return sp_fail(SP_ERR_MODEL, "%s/segpipe.json: derived_masks \"body\" needs a label named %s", pk->dir,
+                           i ? "body_extremities" : "body_trunc");
+    if (mf->vpp && (mf->vpp_c1 >= mf->num_classes || mf->vpp_l5 >= mf->num_classes))
+        return sp_fail(SP_ERR_MODEL, "%s/segpipe.json: vertebrae_pp labels c1 = %d, l5 = %d: beyond the task's %d "
+                       "classes", pk->dir, mf->vpp_c1, mf->vpp_l5, mf->num_classes);
+    if (pk->refine) {
+        const sp_manifest *f = &pk->refine->mf;
+        if (f->n_parts || (strcmp(f->task, "ct") && strcmp(f->task, "mri")) || f->conform_n)
+            return sp_fail(SP_ERR_MODEL, "%s/%s: the refine model must be a CT/MRI grid model", pk->dir,
+                           mf->refine_dir);
+        if (mf->refine_keep >= f->num_classes)
+            return sp_fail(SP_ERR_MODEL, "%s/segpipe.json: refine.keep_label = %d, beyond the refine model's %d "
+                           "classes", pk->dir, mf->refine_keep, f->num_classes);
+    }
     if (pk->crop) {
         const sp_manifest *c = &pk->crop->mf;
-        if (c->n_parts || (strcmp(c->task, "ct") && strcmp(c->task, "mri")) || c->conform_n)
-            return sp_fail(SP_ERR_MODEL, "%s/%s: the crop model must be a CT/MRI grid model", pk->dir, mf->crop_dir);
+        /* a subtask's crop may come from another whole task (TotalSegmentator's crop_model, teeth's
+         * craniofacial_structures): a task package whose own crop model is a single model */
+        int task_crop = c->n_parts && mf->n_crop_names && !(pk->crop->crop && pk->crop->crop->mf.n_parts);
+        if ((c->n_parts && !task_crop) || (strcmp(c->task, "ct") && strcmp(c->task, "mri")) || c->conform_n)
+            return sp_fail(SP_ERR_MODEL, "%s/%s: the crop model must be a CT/MRI grid model (or, for a \"crop\" "
+                           "rule, a task package whose own crop model is one)", pk->dir, mf->crop_dir);
         if (mf->n_crop_names && (st = crop_want(pk)))
             return st;
     }
@@ -256,6 +315,15 @@ const sp_package *sp_package_part(const sp_package *pk, int i)
     return i >= 0 && i < pk->mf.n_parts ? pk->part[i] : NULL;
 }
 const sp_package *sp_package_roi_crop(const sp_package *pk) { return pk->crop; }
+int sp_package_has_derived_masks(const sp_package *pk) { return pk->mf.derived_body; }
+
+int sp_package_label_of(const sp_package *pk, const char *name)
+{
+    for (int l = 1; l < pk->mf.num_classes; l++)
+        if (!strcmp(pk->mf.labels[l], name))
+            return l;
+    return -1;
+}
 
 /* Which parts a run needs: all, or (--roi-subset, keep[] over the task's
  * labels) those whose map holds a kept structure, as TotalSegmentator picks

@@ -240,12 +240,12 @@ def test_totalseg_crop_from_refusals(tmp):
 
 def aux_home():
     """a fake home with the tasks that have auxiliary classes (appendicular_bones
-    304; kidney_cysts 789, which crops with 298) and vertebrae_pp (803)"""
+    304; kidney_cysts 789, which crops with 298)"""
     if "aux" in _cache:
         return _cache["aux"]
     d = tempfile.mkdtemp(prefix="tsaux-")
     home = os.path.join(d, "home")
-    p = T.py(T.FAKE, home, "--patch", "32", "--ids", "304,789,298,803")
+    p = T.py(T.FAKE, home, "--patch", "32", "--ids", "304,789,298")
     assert p.returncode == 0, p.stderr
     _cache["aux"] = dict(dir=d, home=home)
     return _cache["aux"]
@@ -287,8 +287,7 @@ def test_totalseg_remove_auxiliary_labels(tmp):
 
 def test_totalseg_postprocessing_tasks(tmp):
     """kidney_cysts (auxiliary kidneys, a crop with the 6 mm model) imports
-    with its map and crop rule; vertebrae_pp (postprocessing segpipe does not
-    have) is refused, exit 4."""
+    with its map and crop rule."""
     ts = need_ts()
     h = aux_home()
     pkg = os.path.join(tmp, "kc")
@@ -299,8 +298,6 @@ def test_totalseg_postprocessing_tasks(tmp):
     assert man["parts"][0]["map"] == [0] + [k if k in cm else 0 for k in range(1, max({**cm, **aux}) + 1)]
     assert man["crop"]["structures"] == ["kidney_left", "kidney_right", "liver", "spleen", "colon"]
     assert sp.run("model", "check", pkg).returncode == 0
-    p = T.py(T.IMPORTER, h["home"], "-o", os.path.join(tmp, "vp"), "--task", "vertebrae_pp")
-    assert p.returncode == 4 and "postprocess_vertebrae_pp" in p.stderr, p.stderr
 
 
 def test_totalseg_headneck_muscles_parts(tmp):
@@ -605,3 +602,405 @@ def test_totalseg_total_v3_layout(tmp):
                "vertebrae_L6,liver", "-q")
     assert q.returncode == 2 and '"vertebrae_L6"' in q.stderr, q.stderr
     assert not os.path.exists(os.path.join(tmp, "l6.nii.gz"))
+
+
+def ts_task_config(task, **kw):
+    """TotalSegmentator's own get_task_config (python_api.py), from its source
+    (torch and its other imports stubbed: the function only reads the maps)."""
+    ts = need_ts()
+    if "get_task_config" not in _cache:
+        src = subprocess.run(["git", "--git-dir", next(g for g in T.MIRRORS if g and os.path.isdir(g)), "show",
+                              "HEAD:totalsegmentator/python_api.py"], capture_output=True, text=True).stdout
+        start = src.index("def get_task_config")
+        body = src[start:src.index("\ndef totalsegmentator(")]
+        import totalsegmentator.map_tasks_config as mtc
+        ns = {"DEFAULT_CONFIG": mtc.DEFAULT_CONFIG, "TASK_CONFIGS": mtc.TASK_CONFIGS, "show_license_info": lambda: None}
+        exec(compile(body, "python_api.py", "exec"), ns)
+        _cache["get_task_config"] = ns["get_task_config"]
+    return _cache["get_task_config"](task, quiet=True, **kw)
+
+
+def test_totalseg_body_mr(tmp):
+    """body_mr (default Dataset597 at 1.5 mm, --fast 598 at 6 mm, trainer
+    nnUNetTrainer_DASegOrd0, as TotalSegmentator's get_task_config gives
+    them; --fastest falls back to fast): class_map["body_mr"]'s names, and no
+    cleanups: nnunet.py runs body's blob cleanups for task "body" only, so the
+    package's labels equal its part's own prediction."""
+    ts = need_ts()
+    d, home, pkg, man = fake_task(tmp, "tsbmr-", "597,598", "body_mr", "bmr")
+    cm = ts.maps.class_map["body_mr"]
+    for flag, mode in (("", "default"), ("--fast", "fast"), ("--fastest", "fast")):
+        cfg = ts_task_config("body_mr", fast=flag == "--fast", fastest=flag == "--fastest")
+        o = os.path.join(tmp, "bmr" + flag)
+        p = T.py(T.IMPORTER, home, "-o", o, "--task", "body_mr", *([flag] if flag else []))
+        assert p.returncode == 0, p.stderr
+        m = T.json.load(open(os.path.join(o, "segpipe.json")))
+        assert m["labels"] == {"0": "background", **{str(k): v for k, v in cm.items()}}
+        assert [q["task_id"] for q in m["parts"]] == [cfg["task_id"]] and m["totalsegmentator"]["mode"] == mode
+        assert m["parts"][0]["source"].endswith(f"/{cfg['trainer']}__nnUNetPlans__3d_fullres")
+        assert "blobs" not in m and "roi_crop" not in m and "crop" not in m
+        sub = T.json.load(open(os.path.join(o, m["parts"][0]["dir"], "segpipe.json")))
+        assert sub["spacing"] == [cfg["resample"]] * 3 and sub["sliding_window"]["step"] == 0.5
+    part = os.path.join(pkg, man["parts"][0]["dir"])
+    T.run_ct(pkg, os.path.join(tmp, "ours.nii.gz"))
+    T.run_ct(part, os.path.join(tmp, "part.nii.gz"), "--no-passport")
+    ours = T.labels_of(os.path.join(tmp, "ours.nii.gz"))
+    assert np.array_equal(ours, T.labels_of(os.path.join(tmp, "part.nii.gz"))) and (ours == 1).any()
+    stats = T.json.load(open(os.path.join(tmp, "ours.statistics.json")))
+    assert list(stats) == list(cm.values())
+
+
+def vpp_home():
+    if "vpp" not in _cache:
+        d = tempfile.mkdtemp(prefix="tsvpp-")
+        home = os.path.join(d, "home")
+        p = T.py(T.FAKE, home, "--patch", "32", "--ids", "803")
+        assert p.returncode == 0, p.stderr
+        _cache["vpp"] = dict(dir=d, home=home)
+    return _cache["vpp"]
+
+
+def test_totalseg_vertebrae_pp(tmp):
+    """vertebrae_pp (Dataset803, 1.5 mm): the package's model-grid labels equal
+    TotalSegmentator's own postprocess_vertebrae_pp run on the part's own
+    model-grid prediction with the grid's zooms, in its three branches:
+    touching labels relabelled from the bottom, from the top (C1 present,
+    L5 not: the part's map keeps labels 1..12 only, its lowest one as C1), and labels
+    that do not touch (one label kept), only dilated."""
+    ts = need_ts()
+    h = vpp_home()
+    pkg = os.path.join(tmp, "vpp")
+    p = T.py(T.IMPORTER, h["home"], "-o", pkg, "--task", "vertebrae_pp")
+    assert p.returncode == 0, p.stderr
+    man = T.json.load(open(os.path.join(pkg, "segpipe.json")))
+    cm = ts.maps.class_map["vertebrae_pp"]
+    inv = {v: k for k, v in cm.items()}
+    assert man["labels"] == {"0": "background", **{str(k): v for k, v in cm.items()}}
+    assert man["vertebrae_pp"] == {"c1": inv["vertebrae_C1"], "l5": inv["vertebrae_L5"], "min_mm3": 100,
+                                   "dilation_mm": 3}
+    cfg = ts_task_config("vertebrae_pp")
+    assert man["parts"][0]["task_id"] == cfg["task_id"] == 803
+    assert man["parts"][0]["source"].endswith(f"/{cfg['trainer']}__nnUNetPlans__3d_fullres")
+    part = os.path.join(pkg, man["parts"][0]["dir"])
+    raw_ml = os.path.join(tmp, "raw_ml.nii.gz")
+    T.run_ct(part, os.path.join(tmp, "raw.nii.gz"), "--no-passport", "--save-model-labels", raw_ml)
+    raw_img = nib.load(raw_ml)
+    raw = np.asanyarray(raw_img.dataobj).astype(np.uint8)
+    zooms = raw_img.header.get_zooms()
+    full = list(range(25))
+    lo = int(raw[raw > 0].min())   # C1 present (the lowest label the network gives, as 1), nothing above 12
+    cases = {"bottom": full, "top": [1 if j == lo else j if j <= 12 else 0 for j in full],
+             "one": [j if j == np.bincount(raw.ravel())[1:].argmax() + 1 else 0 for j in full]}
+    for what, lut in cases.items():
+        var = os.path.join(tmp, what)
+        shutil.rmtree(var, ignore_errors=True)
+        shutil.copytree(pkg, var)
+        m = dict(man, parts=[dict(man["parts"][0], map=lut)])
+        T.json.dump(m, open(os.path.join(var, "segpipe.json"), "w"))
+        ml = os.path.join(tmp, what + "_ml.nii.gz")
+        T.run_ct(var, os.path.join(tmp, what + ".nii.gz"), "--save-model-labels", ml)
+        data = np.array(lut, np.uint8)[raw]
+        ref = ts.post.postprocess_vertebrae_pp(data.copy(), cm, voxel_volume=np.prod(zooms), voxel_spacing=zooms)
+        got = T.labels_of(ml)
+        assert np.array_equal(got, ref.astype(np.int32)), (what, (got != ref).sum())
+        assert ts.post._multilabel_labels_touch(data) == (what != "one"), what
+        assert (ref != data).sum() > 100 and ref.any(), what   # it relabels / dilates
+        if what == "top":   # counted from C1 upwards (C1 there, L5 not)
+            assert (data == inv["vertebrae_C1"]).any() and not (data == inv["vertebrae_L5"]).any()
+            assert (ref == inv["vertebrae_C1"]).any()
+        if what == "bottom":   # from the highest label present downwards
+            assert (ref == data.max()).any()
+        stats = T.json.load(open(os.path.join(tmp, what + ".statistics.json")))
+        assert list(stats) == list(cm.values())
+    # vertebrae_pp_refined without its second model's weights: refused before anything is written
+    p = T.py(T.IMPORTER, h["home"], "-o", os.path.join(tmp, "vppr"), "--task", "vertebrae_pp_refined")
+    assert p.returncode == 4 and "Dataset305_vertebrae_discs_1559subj" in p.stderr, p.stderr
+    assert not os.path.exists(os.path.join(tmp, "vppr"))
+    bad = os.path.join(tmp, "bad")
+    shutil.copytree(pkg, bad)
+    T.json.dump(dict(man, vertebrae_pp=dict(man["vertebrae_pp"], l5=25)), open(os.path.join(bad, "segpipe.json"), "w"))
+    q = sp.run("model", "check", bad)
+    assert q.returncode == 4 and "vertebrae_pp labels" in q.stderr, q.stderr
+
+
+def test_totalseg_body_derived_masks(tmp):
+    """body with --split: besides body_trunc.nii.gz and body_extremities.nii.gz,
+    TotalSegmentator's derived masks (nnunet.py for task "body"): body.nii.gz
+    equal to its combine_masks(folder, "body") and skin.nii.gz equal to its
+    extract_skin(CT, body); --no-derived-masks (its --no_derived_masks)
+    leaves them out, as do other tasks (body_mr) and the multilabel output;
+    the Python package's split writes them too."""
+    ts = need_ts()
+    from pathlib import Path
+    fx = T.fixture()
+    d, home, pkg, man = fake_task(tmp, "tsbd-", "299,597", "body", "body")
+    assert man["derived_masks"] == "body"
+    out = os.path.join(tmp, "split")
+    T.run_ct(pkg, out, "--split")
+    cm = ts.maps.class_map["body"]
+    assert sorted(os.listdir(out)) == sorted([v + ".nii.gz" for v in cm.values()] +
+                                             ["body.nii.gz", "skin.nii.gz", "passport.json", "statistics.json"])
+    ct = nib.load(fx["ct"])
+    body = ts.libs.combine_masks(Path(out), "body")
+    got_body = nib.load(os.path.join(out, "body.nii.gz"))
+    assert np.array_equal(np.asanyarray(got_body.dataobj), body.get_fdata().astype(np.uint8))
+    assert np.allclose(got_body.affine, ct.affine) and got_body.get_data_dtype() == np.uint8
+    ref = ts.post.extract_skin(ct, body).get_fdata()
+    got = np.asanyarray(nib.load(os.path.join(out, "skin.nii.gz")).dataobj)
+    assert np.array_equal(got, ref.astype(np.uint8)) and got.any()
+    b = body.get_fdata() > 0
+    assert b.any() and not b.all() and (got < b).any()   # a shell of the body, not all of it
+    out2 = os.path.join(tmp, "nd")
+    T.run_ct(pkg, out2, "--split", "--no_derived_masks")
+    assert not {"body.nii.gz", "skin.nii.gz"} & set(os.listdir(out2))
+    p = sp.run("ct", fx["ct"], "-o", out2, "--model", pkg, "--split", "-ndm")
+    assert p.returncode == 2 and "--no-derived-masks" in p.stderr, p.stderr
+    p = T.py(T.IMPORTER, home, "-o", os.path.join(tmp, "bmr"), "--task", "body_mr")
+    assert p.returncode == 0, p.stderr
+    out3 = os.path.join(tmp, "bmr_split")
+    T.run_ct(os.path.join(tmp, "bmr"), out3, "--split")
+    assert not {"body.nii.gz", "skin.nii.gz"} & set(os.listdir(out3))
+    if "asan" not in sp.BUILD:
+        sys.path.insert(0, os.path.join(sp.ROOT, "python"))
+        os.environ["SEGPIPE_LIBRARY"] = os.path.join(sp.BUILD, "libsegpipe.so")
+        import segpipe
+        m = segpipe.Model(pkg)
+        try:
+            out4 = os.path.join(tmp, "py")
+            m.ct(fx["ct"], output=out4, split=True)
+            assert np.array_equal(np.asanyarray(nib.load(os.path.join(out4, "skin.nii.gz")).dataobj), got)
+        finally:
+            m.close()
+
+
+def test_totalseg_total_v3_small(tmp):
+    """total_v3 --model-size small: every model of the task (parts 831..835,
+    --fast 836, --fastest 837) read from <trainer>__nnUNetResEncUNetLPlans_8__3d_fullres,
+    as TotalSegmentator's get_task_config(model_size="small") gives the plans;
+    residual-encoder networks, run and merged as the default ones; the
+    --roi-subset crop model (298) keeps nnUNetPlans. Other tasks refuse it."""
+    ts = need_ts()
+    d = tempfile.mkdtemp(prefix="tsv3s-", dir=tmp)
+    home = os.path.join(d, "home")
+    p = T.py(T.FAKE, home, "--patch", "32", "--ids", "831,832,833,834,835,836,837", "--plans",
+             "nnUNetResEncUNetLPlans_8")
+    assert p.returncode == 0, p.stderr
+    p = T.py(T.FAKE, home, "--patch", "32", "--ids", "298")
+    assert p.returncode == 0, p.stderr
+    cm = ts.maps.class_map["total_v3"]
+    for flag in ("", "--fast", "--fastest"):
+        cfg = ts_task_config("total_v3", fast=flag == "--fast", fastest=flag == "--fastest", model_size="small")
+        assert cfg["plans"] == "nnUNetResEncUNetLPlans_8"
+        pkg = os.path.join(tmp, "small" + flag)
+        p = T.py(T.IMPORTER, home, "-o", pkg, "--task", "total_v3", "--model-size", "small", *([flag] if flag else []))
+        assert p.returncode == 0, p.stderr
+        man = T.json.load(open(os.path.join(pkg, "segpipe.json")))
+        ids = cfg["task_id"] if isinstance(cfg["task_id"], list) else [cfg["task_id"]]
+        assert [q["task_id"] for q in man["parts"]] == ids and man["totalsegmentator"]["plans"] == cfg["plans"]
+        assert man["labels"] == {"0": "background", **{str(k): v for k, v in cm.items()}}
+        for q in man["parts"]:
+            assert q["source"].endswith(f"/{cfg['trainer']}__nnUNetResEncUNetLPlans_8__3d_fullres")
+        if not flag:
+            assert man["roi_crop"]["source"].endswith("__nnUNetPlans__3d_fullres")
+            parts = []
+            for q in man["parts"]:
+                o = os.path.join(tmp, f"p{q['task_id']}.nii.gz")
+                T.run_ct(os.path.join(pkg, q["dir"]), o, "--no-passport")
+                parts.append(T.labels_of(o))
+            inv = {v: k for k, v in cm.items()}
+            combined = np.zeros(parts[0].shape, np.uint8)   # nnunet.py's merge, written from its source
+            for seg, q in zip(parts, man["parts"]):
+                pm = ts.maps.class_map_5_parts_total_v3[ts.maps.map_taskid_to_partname_ct_v3[q["task_id"]]]
+                lut = np.zeros(max(pm) + 1, np.uint8)
+                for j, name in pm.items():
+                    lut[j] = inv[name]
+                mapped = lut[seg.astype(np.uint8)]
+                np.copyto(combined, mapped, where=mapped != 0)
+            out = os.path.join(tmp, "v3s.nii.gz")
+            T.run_ct(pkg, out, "--no-passport")
+            assert (T.labels_of(out) == combined).mean() >= 0.999 and combined.any()
+    # the big plans are not there: the importer names the folder it expected
+    p = T.py(T.IMPORTER, home, "-o", os.path.join(tmp, "big"), "--task", "total_v3")
+    assert p.returncode == 4 and "__nnUNetPlans__3d_fullres" in p.stderr, p.stderr
+    p = T.py(T.IMPORTER, home, "-o", os.path.join(tmp, "t"), "--task", "total", "--model-size", "small")
+    assert p.returncode == 4 and "only for task total_v3" in p.stderr, p.stderr
+
+
+def test_totalseg_teeth(tmp):
+    """teeth: TotalSegmentator crops it with another whole task
+    (crop_model craniofacial_structures, itself cropped to the skull by the
+    6 mm model with 20 mm) to teeth_lower/teeth_upper with the task's own
+    10 mm (python_api.py keeps crop_addon when a crop_model crops); the
+    package holds that task's package as its crop model. Its labels equal
+    TotalSegmentator's steps on the same predictions: the inner task's
+    labels, its crop_to_mask with 10 mm, Dataset113 (3d_lowres_high, 0.5 mm)
+    on the crop, undo_crop; also from a prior craniofacial result
+    (--crop-from) that gives a small crop. The part's mirroring (its trainer
+    allows axes 0, 1) is off by default, as TotalSegmentator runs tta=False."""
+    ts = need_ts()
+    from pathlib import Path
+    fx = T.fixture()
+    d, home, pkg, man = fake_task(tmp, "tsteeth-", "113,115,298", "teeth", "teeth")
+    cfg = ts_task_config("teeth")
+    cm, cc = ts.maps.class_map["teeth"], ts.maps.class_map["craniofacial_structures"]
+    assert man["labels"] == {"0": "background", **{str(k): v for k, v in cm.items()}}
+    assert man["crop"]["task"] == cfg["crop_model"] == "craniofacial_structures"
+    assert man["crop"]["structures"] == cfg["crop"] and man["crop"]["addon_mm"] == cfg["crop_addon"] == [10] * 3
+    assert man["parts"][0]["source"].endswith(f"/{cfg['trainer']}__nnUNetPlans__{cfg['model']}")
+    part = os.path.join(pkg, man["parts"][0]["dir"])
+    sub = T.json.load(open(os.path.join(part, "segpipe.json")))
+    assert sub["tta"]["default"] is False and sub["tta"]["mirror_axes"] == [0, 1]
+    assert sorted(sub["spacing"]) == [0.5] * 3
+    inner = os.path.join(pkg, man["crop"]["dir"])
+    im = T.json.load(open(os.path.join(inner, "segpipe.json")))
+    assert im["labels"] == {"0": "background", **{str(k): v for k, v in cc.items()}}
+    assert im["crop"]["task_id"] == 298 and im["crop"]["structures"] == ["skull"] and im["crop"]["addon_mm"] == [20] * 3
+    assert sp.run("model", "check", pkg).returncode == 0
+    # a small block of the CT (0.5 mm grids are large)
+    img0 = nib.load(fx["ct"])
+    img = img0.slicer[14:34, 14:34, 5:15]
+    ct = os.path.join(tmp, "small.nii.gz")
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine), ct)
+    img = nib.load(ct)
+    cinv = {v: k for k, v in cc.items()}
+
+    def run(model, out, *extra):
+        q = sp.run("ct", ct, "-o", out, "--model", model, "-q", "--no-passport", *extra)
+        assert q.returncode == 0, q.stderr
+        return T.labels_of(out)
+
+    def reference(craniofacial):
+        mask = np.isin(craniofacial, [cinv[n] for n in cfg["crop"]])
+        ref = np.zeros(img.shape, np.int32)
+        if not mask.any():   # "Crop is empty"
+            return ref, None
+        crop_img, bbox = T.crop_to_mask(img, nib.Nifti1Image(mask.astype(np.uint8), img.affine), cfg["crop_addon"])
+        cropped = os.path.join(tmp, "cropped.nii.gz")
+        nib.save(crop_img, cropped)
+        q = sp.run("ct", cropped, "-o", os.path.join(tmp, "cp.nii.gz"), "--model", part, "--no-passport", "-q")
+        assert q.returncode == 0, q.stderr
+        ref[bbox[0][0]:bbox[0][1], bbox[1][0]:bbox[1][1], bbox[2][0]:bbox[2][1]] = T.labels_of(
+            os.path.join(tmp, "cp.nii.gz"))
+        return ref, bbox
+
+    # random weights: the 6 mm model finds no skull in this block; the inner task crops to the structure
+    # it finds most instead (the chain stays: 298 -> craniofacial_structures on its crop -> teeth on its crop)
+    found = np.bincount(run(os.path.join(inner, im["crop"]["dir"]), os.path.join(tmp, "c298.nii.gz")).ravel())
+    im["crop"]["structures"] = [T.upstream_maps()[0][int(found[1:].argmax()) + 1]]
+    T.json.dump(im, open(os.path.join(inner, "segpipe.json"), "w"))
+    cranio = run(inner, os.path.join(tmp, "cranio.nii.gz"))
+    assert np.isin(cranio, [cinv[n] for n in cfg["crop"]]).any()
+    ref, _ = reference(cranio)
+    ours = run(pkg, os.path.join(tmp, "teeth.nii.gz"))
+    assert (ours == ref).mean() >= 0.999 and ours.any(), ((ours == ref).mean(), ours.any(), ref.any())
+    prior = np.zeros(img.shape, np.uint8)
+    prior[4:7, 5:8, 2:4] = cinv["teeth_lower"]
+    prior[0:6, 0:6, 0:6] = cinv["skull"]   # not a crop structure
+    pf = os.path.join(tmp, "prior.nii.gz")
+    ts.ext.save_multilabel_nifti(nib.Nifti1Image(prior, img.affine), pf, cc)
+    mask = ts.libs.combine_masks(Path(pf), cfg["crop"]).get_fdata() > 0
+    ref, bbox = reference(np.where(mask, cinv["teeth_lower"], 0))
+    assert [list(b) for b in bbox] != [[0, n] for n in img.shape]   # a real crop
+    ours = run(pkg, os.path.join(tmp, "teeth_prior.nii.gz"), "--crop-from", pf)
+    assert (ours == ref).mean() >= 0.999 and ours.any()
+    # one level only: a crop package whose own crop is a task package is refused
+    deep = os.path.join(tmp, "deep")
+    shutil.copytree(pkg, deep)
+    shutil.copytree(pkg, os.path.join(deep, "crop_teeth"))
+    T.json.dump(dict(man, crop=dict(man["crop"], dir="crop_teeth", structures=["crown"])),
+                open(os.path.join(deep, "segpipe.json"), "w"))
+    q = sp.run("model", "check", deep)
+    assert q.returncode == 4 and "the crop model must be" in q.stderr, q.stderr
+
+
+def test_totalseg_vertebrae_pp_refined(tmp):
+    """vertebrae_pp_refined: Dataset803 with vertebrae_pp's postprocessing, and
+    Dataset305 (vertebrae_body, nnUNetTrainer_DASegOrd0, 1.5 mm) run on the
+    whole scan; the final labels equal TotalSegmentator's own
+    refine_vertebrae_pp_with_body_mask (2 mm ellipsoid on the input grid with
+    the header's zooms, then cut to its vertebral bodies) applied to the
+    vertebrae_pp labels and 305's labels of the same scan; on an anisotropic
+    grid (0.9 x 0.9 x 1.3 mm), where its kernel is off-centre."""
+    ts = need_ts()
+    fx = T.fixture()
+    d, home, pkg, man = fake_task(tmp, "tsvppr-", "803,305", "vertebrae_pp_refined", "vppr")
+    cm = ts.maps.class_map["vertebrae_pp_refined"]
+    assert man["labels"] == {"0": "background", **{str(k): v for k, v in cm.items()}}
+    assert man["refine"]["task_id"] == 305 and man["refine"]["dilation_mm"] == 2
+    assert man["refine"]["keep_label"] == 1 == {v: k for k, v in ts.maps.class_map["vertebrae_body"].items()}[
+        "vertebrae_body"]
+    assert man["refine"]["source"].endswith("/nnUNetTrainer_DASegOrd0__nnUNetPlans__3d_fullres")
+    assert man["vertebrae_pp"]["dilation_mm"] == 3
+    mask_pkg = os.path.join(pkg, man["refine"]["dir"])
+    assert T.json.load(open(os.path.join(mask_pkg, "segpipe.json")))["spacing"] == [1.5] * 3
+    img0 = nib.load(fx["ct"])
+    aff = np.diag([-0.9, 0.9, 1.3, 1.0])
+    aff[:3, 3] = img0.affine[:3, 3]
+    ct = os.path.join(tmp, "aniso.nii.gz")
+    nib.save(nib.Nifti1Image(np.asanyarray(img0.dataobj), aff), ct)
+    img = nib.load(ct)
+
+    def run(model, out):
+        q = sp.run("ct", ct, "-o", out, "--model", model, "-q", "--no-passport")
+        assert q.returncode == 0, q.stderr
+        return T.labels_of(out)
+    plain = os.path.join(tmp, "plain")   # the same package without the refinement: vertebrae_pp's labels
+    shutil.copytree(pkg, plain)
+    T.json.dump({k: v for k, v in man.items() if k != "refine"}, open(os.path.join(plain, "segpipe.json"), "w"))
+    data = run(plain, os.path.join(tmp, "plain.nii.gz")).astype(np.uint8)
+    body = run(mask_pkg, os.path.join(tmp, "body.nii.gz")).astype(np.uint8)
+    ref = ts.post.refine_vertebrae_pp_with_body_mask(data.copy(), body, cm, voxel_spacing=img.header.get_zooms(),
+                                                     dilation_mm=2)
+    ours = run(pkg, os.path.join(tmp, "ours.nii.gz"))
+    assert np.array_equal(ours, ref.astype(np.int32)), (ours != ref).sum()
+    grown = ts.post.dilate_vertebrae_labels(data, cm, img.header.get_zooms(), 2)
+    assert (grown != data).any() and (ref != data).any() and ref.any() and (body != 1).any(), ((grown != data).sum(), (ref != data).sum(), ref.sum(), (body != 1).sum(), (data == 0).sum())
+    bad = os.path.join(tmp, "bad")
+    shutil.copytree(pkg, bad)
+    T.json.dump(dict(man, refine=dict(man["refine"], keep_label=3)), open(os.path.join(bad, "segpipe.json"), "w"))
+    q = sp.run("model", "check", bad)
+    assert q.returncode == 4 and "refine.keep_label" in q.stderr, q.stderr
+
+
+def test_totalseg_task_folds(tmp):
+    """A task's folds as TotalSegmentator's get_task_config gives them:
+    pleural_pericard_effusion has folds None (nnU-Net's
+    auto_detect_available_folds: every fold_N with a checkpoint; here 0, 1,
+    2), aorta_annulus folds 0..4; the part is their ensemble (different labels
+    than fold 0 alone); a missing fold is refused, exit 4, naming it."""
+    ts = need_ts()
+    fx = T.fixture()
+    d = tempfile.mkdtemp(prefix="tsfolds-", dir=tmp)
+    home = os.path.join(d, "home")
+    for ids, folds in (("315", "0,1,2"), ("713", "0,1,2,3,4"), ("298", "0")):
+        p = T.py(T.FAKE, home, "--patch", "32", "--ids", ids, "--folds", folds)
+        assert p.returncode == 0, p.stderr
+    for task, want in (("pleural_pericard_effusion", [0, 1, 2]), ("aorta_annulus", [0, 1, 2, 3, 4])):
+        cfg = ts_task_config(task)
+        assert cfg["folds"] == (None if task == "pleural_pericard_effusion" else want)
+        pkg = os.path.join(tmp, task)
+        p = T.py(T.IMPORTER, home, "-o", pkg, "--task", task)
+        assert p.returncode == 0, p.stderr
+        man = T.json.load(open(os.path.join(pkg, "segpipe.json")))
+        assert man["totalsegmentator"]["folds"] == want
+        part = os.path.join(pkg, man["parts"][0]["dir"])
+        sub = T.json.load(open(os.path.join(part, "segpipe.json")))
+        assert sub["nnunet"]["folds"] == [str(f) for f in want]
+    # the ensemble is not fold 0 alone: fold 0 imported by nnU-Net's importer gives other labels
+    one = os.path.join(tmp, "one")
+    r = T.py(os.path.join(sp.ROOT, "tools", "import", "import_nnunet.py"), os.path.join(
+        home, "nnunet", "results", "Dataset713_annulus_proper_48subj",
+        "nnUNetTrainer_DASegOrd0__nnUNetPlans__3d_fullres_high"), "-o", one, "--fold", "0")
+    assert r.returncode == 0, r.stderr
+    small = nib.load(fx["ct"]).slicer[14:34, 14:34, 5:15]   # 0.8 mm grids are large: a block of the CT
+    ct = os.path.join(tmp, "small.nii.gz")
+    nib.save(nib.Nifti1Image(np.asanyarray(small.dataobj), small.affine), ct)
+    a, b = os.path.join(tmp, "a.nii.gz"), os.path.join(tmp, "b.nii.gz")
+    for model, out in ((part, a), (one, b)):
+        q = sp.run("ct", ct, "-o", out, "--model", model, "-q", "--no-passport")
+        assert q.returncode == 0, q.stderr
+    assert (T.labels_of(a) != T.labels_of(b)).mean() > 0.01
+    shutil.rmtree(os.path.join(home, "nnunet", "results", "Dataset713_annulus_proper_48subj",
+                               "nnUNetTrainer_DASegOrd0__nnUNetPlans__3d_fullres_high", "fold_3"))
+    p = T.py(T.IMPORTER, home, "-o", os.path.join(tmp, "x"), "--task", "aorta_annulus")
+    assert p.returncode == 4 and "fold_3" in p.stderr and not os.path.exists(os.path.join(tmp, "x")), p.stderr

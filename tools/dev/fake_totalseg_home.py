@@ -3,7 +3,8 @@
 small random-weight nnU-Net networks, for tests and benchmarks.
 
   tools/dev/fake_totalseg_home.py HOME [--ids 291,292,293,294,295,297,298]
-                                       [--features 4,8] [--patch 32] [--seed 0]
+                                       [--features 4,8] [--patch 32] [--seed 0] [--plans nnUNetPlans]
+                                       [--folds 0]
 
 For each task id: HOME/nnunet/results/<TotalSegmentator's folder name>/
 <trainer>__nnUNetPlans__3d_fullres/{plans.json, dataset.json,
@@ -40,7 +41,7 @@ def task_of(maps, tid):
     parts = {"total": ("map_taskid_to_partname_ct", "class_map_5_parts"),
              "total_v3": ("map_taskid_to_partname_ct_v3", "class_map_5_parts_total_v3"),
              "total_mr": ("map_taskid_to_partname_mr", "class_map_parts_mr")}
-    for task in ("total", "total_v3", "total_mr", "body"):   # tasks of several modes
+    for task in ("total", "total_v3", "total_mr", "body", "body_mr"):   # tasks of several modes
         sub = maps["TASK_CONFIGS"][task]["sub_modes"]
         for mode in sub:
             ids = sub[mode]["task_id"]
@@ -70,13 +71,14 @@ def task_of(maps, tid):
     raise SystemExit(f"task id {tid} is not a TotalSegmentator task this script knows")
 
 
-def make_net(n_classes, feats, patch, seed):
+def make_net(n_classes, feats, patch, seed, arch="PlainConvUNet"):
     torch.manual_seed(seed)
     n = len(feats)
     kernels = [[3, 3, 3]] * n
     strides = [[1, 1, 1]] + [[2, 2, 2]] * (n - 1)
     n_conv, n_dec = [1] * n if feats[0] < 16 else [2] * n, [1] * (n - 1) if feats[0] < 16 else [2] * (n - 1)
-    net = UNet("PlainConvUNet", 1, n_classes, feats, kernels, strides, n_conv, n_dec, opts=Opts(conv_bias=True))
+    net = UNet(arch, 1, n_classes, feats, kernels, strides, n_conv, n_dec, opts=Opts(conv_bias=True),
+               stem_channels=feats[0] if arch != "PlainConvUNet" else None)
     net.eval()
     # calibrate the background bias: about half the voxels of a smooth CT-like input background
     g = torch.Generator().manual_seed(seed + 1000)
@@ -90,15 +92,19 @@ def make_net(n_classes, feats, patch, seed):
     return net, dict(kernels=kernels, strides=strides, n_conv=n_conv, n_dec=n_dec)
 
 
-def write_model(root, folder, trainer, tid, labels, spacing, feats, patch, seed, model="3d_fullres"):
-    d = os.path.join(root, folder, f"{trainer}__nnUNetPlans__{model}")
-    os.makedirs(os.path.join(d, "fold_0"), exist_ok=True)
+def write_model(root, folder, trainer, tid, labels, spacing, feats, patch, seed, model="3d_fullres",
+                plans_name="nnUNetPlans", folds=(0,)):
+    d = os.path.join(root, folder, f"{trainer}__{plans_name}__{model}")
+    os.makedirs(d, exist_ok=True)
     n_classes = max(labels) + 1
-    net, a = make_net(n_classes, feats, patch, seed)
-    arch = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+    # nnU-Net's residual encoder plans (nnUNetResEncUNet{M,L,XL}Plans*) build a ResidualEncoderUNet
+    res = plans_name.startswith("nnUNetResEncUNet")
+    net, a = make_net(n_classes, feats, patch, seed, "ResidualEncoderUNet" if res else "PlainConvUNet")
+    arch = {"network_class_name": "dynamic_network_architectures.architectures.unet."
+                                  + ("ResidualEncoderUNet" if res else "PlainConvUNet"),
             "arch_kwargs": {"n_stages": len(feats), "features_per_stage": feats,
                             "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": a["kernels"],
-                            "strides": a["strides"], "n_conv_per_stage": a["n_conv"],
+                            "strides": a["strides"], ("n_blocks_per_stage" if res else "n_conv_per_stage"): a["n_conv"],
                             "n_conv_per_stage_decoder": a["n_dec"], "conv_bias": True,
                             "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
                             "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None,
@@ -118,7 +124,10 @@ def write_model(root, folder, trainer, tid, labels, spacing, feats, patch, seed,
     stats = {"max": 3000.0, "mean": float(rng.uniform(-100, 300)), "median": 50.0, "min": -1024.0,
              "percentile_00_5": float(rng.uniform(-1024, -900)), "percentile_99_5": float(rng.uniform(900, 1600)),
              "std": float(rng.uniform(250, 500))}
-    plans = {"dataset_name": folder, "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": spacing,
+    if res:
+        arch["arch_kwargs"]["block"] = "dynamic_network_architectures.building_blocks.residual.BasicBlockD"
+        arch["arch_kwargs"]["stem_channels"] = feats[0]
+    plans = {"dataset_name": folder, "plans_name": plans_name, "original_median_spacing_after_transp": spacing,
              "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
              "configurations": {model: cfg},
              "foreground_intensity_properties_per_channel": {"0": stats}}
@@ -126,13 +135,22 @@ def write_model(root, folder, trainer, tid, labels, spacing, feats, patch, seed,
     ds_labels = {"background": 0, **{v: k for k, v in sorted(labels.items())}}
     json.dump({"channel_names": {"0": "CT"}, "labels": ds_labels, "numTraining": 1, "file_ending": ".nii.gz"},
               open(os.path.join(d, "dataset.json"), "w"), indent=1)
-    torch.save({"network_weights": nnunet_state_dict(net), "trainer_name": trainer, "current_epoch": 1,
-                "init_args": {"configuration": "3d_fullres", "fold": 0}},
-               os.path.join(d, "fold_0", "checkpoint_final.pth"))
+    # nnU-Net's checkpoint: the axes its trainer allows mirroring over (NoMirroring trainers: None;
+    # TotalSegmentator's onlyMirror01: 0 and 1)
+    mirror = None if "NoMirroring" in trainer else (0, 1) if "onlyMirror01" in trainer else (0, 1, 2)
+    for f in folds:   # fold 0 the network returned; each further fold its own weights
+        fnet = net if f == folds[0] else make_net(n_classes, feats, patch, seed + 1000 * f,
+                                                   "ResidualEncoderUNet" if res else "PlainConvUNet")[0]
+        os.makedirs(os.path.join(d, f"fold_{f}"), exist_ok=True)
+        torch.save({"network_weights": nnunet_state_dict(fnet), "trainer_name": trainer, "current_epoch": 1,
+                    "inference_allowed_mirroring_axes": mirror,
+                    "init_args": {"configuration": model, "fold": f}},
+                   os.path.join(d, f"fold_{f}", "checkpoint_final.pth"))
     return d, net
 
 
-def make_home(home, ids=(291, 292, 293, 294, 295, 297, 298), feats=(4, 8), patch=32, seed=0):
+def make_home(home, ids=(291, 292, 293, 294, 295, 297, 298), feats=(4, 8), patch=32, seed=0, plans="nnUNetPlans",
+              folds=(0,)):
     """Returns {task id: (model folder, PyTorch network)}."""
     maps = json.load(open(MAPS))
     root = os.path.join(home, "nnunet", "results")
@@ -140,7 +158,8 @@ def make_home(home, ids=(291, 292, 293, 294, 295, 297, 298), feats=(4, 8), patch
     for tid in ids:
         trainer, spacing, labels, model = task_of(maps, tid)
         folder = maps["TASK_ID_WEIGHTS_CONFIGS"][str(tid)]["foldername"]
-        out[tid] = write_model(root, folder, trainer, tid, labels, spacing, list(feats), patch, seed + tid, model)
+        out[tid] = write_model(root, folder, trainer, tid, labels, spacing, list(feats), patch, seed + tid, model,
+                               plans, folds)
     return out
 
 
@@ -151,9 +170,12 @@ def main():
     ap.add_argument("--features", default="4,8")
     ap.add_argument("--patch", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--plans", default="nnUNetPlans",
+                    help="the plans name (nnUNetResEncUNetLPlans_8: total_v3's small models, residual encoders)")
+    ap.add_argument("--folds", default="0", help="the folds written (fold_N folders), e.g. 0,1,2,3,4")
     a = ap.parse_args()
     made = make_home(a.home, [int(x) for x in a.ids.split(",")], [int(x) for x in a.features.split(",")],
-                     a.patch, a.seed)
+                     a.patch, a.seed, a.plans, [int(x) for x in a.folds.split(",")])
     for tid, (d, _) in made.items():
         print(f"{tid}: {d}")
 
