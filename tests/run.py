@@ -4,7 +4,7 @@ tests/py/test_*.py (reference tests against numpy/scipy/nibabel/nnU-Net's
 code, CLI, service and browser tests), several at a time. Ends with the
 summary line "N passed, N failed".
 
-  tests/run.py [-k SUBSTRING] [-j JOBS]     (BUILD=build-asan for the sanitizer build)
+  tests/run.py [-k SUBSTRING[,SUBSTRING...]] [-j JOBS]     (BUILD=build-asan for the sanitizer build)
 
 How it runs: each test module is one job (tests in a module share what the
 module caches: generated inputs, a started service); modules known to be
@@ -45,6 +45,12 @@ def arg(flag, default=None):
 
 
 sel = arg("-k")
+
+
+def selected(name):
+    """-k A,B: the tests whose module.function name holds A or B"""
+    return not sel or any(k in name for k in sel.split(","))
+
 # modules whose tests are many or long: run as this many shards of functions
 # (test_deb is never sharded: its tests build the packages in the tree's build/deb)
 SHARDS = {"test_server_hardening": 4, "test_server": 2, "test_cli": 3, "test_ui": 3, "test_masks": 2,
@@ -88,7 +94,7 @@ def run_job(spec):
         names = names[i::n]
     for name in names:
         full = f"{mod_name}.{name}"
-        if sel and sel not in full:
+        if not selected(full):
             continue
         t1, c1 = time.time(), cpu_seconds()
         with tempfile.TemporaryDirectory(prefix="segpipe-test-") as tmp:
@@ -167,7 +173,7 @@ def jobs_list():
         n = SHARDS.get(m, 1)
         for i in range(n):
             part = names[i::n]
-            if part and (not sel or any(sel in f"{m}.{x}" for x in part)):
+            if part and any(selected(f"{m}.{x}") for x in part):
                 specs.append(m if n == 1 else f"{m}:{i}/{n}")
     return specs
 
@@ -177,6 +183,12 @@ def main():
     # operators instead of spinning (the same results, ~20% less CPU measured
     # with four CT runs on two cores; docs/performance.md)
     os.environ.setdefault("SEGPIPE_ORT_SPIN", "0")
+    # the run cache (tests/py/sp.py's once/run_once): what several tests
+    # make the same way, made once per run by the first job that needs it
+    if not os.environ.get("SP_TEST_RUN_CACHE"):
+        import atexit, shutil
+        os.environ["SP_TEST_RUN_CACHE"] = tempfile.mkdtemp(prefix="segpipe-test-run.")
+        atexit.register(shutil.rmtree, os.environ["SP_TEST_RUN_CACHE"], True)
     times_path = os.path.join(root, build, "test-times.json")
     try:
         last = json.load(open(times_path))
@@ -201,9 +213,9 @@ def main():
         for k in totals:
             totals[k] += counts[k]
         failures += counts["failures"]
+        cpu[spec] = counts.get("cpu", 0.0)
         if not sel:
             times[spec] = round(dt, 1)
-            cpu[spec] = counts.get("cpu", 0.0)
 
     solo = [s for s in specs if s.split(":")[0] in SOLO]
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as ex:

@@ -116,10 +116,9 @@ def test_python_segment_nibabel_like_cli(tmp):
 
 
 def test_python_ct_matches_cli(tmp):
-    out = os.path.join(tmp, "cli.nii.gz")
-    sp.run("ct", SRC, "-o", out, "-q", check=True)
+    out = sp.ct_run(SRC)   # `segpipe ct`, once per test run
     cli = np.asanyarray(nib.load(out).dataobj)
-    cli_pass = json.load(open(os.path.join(tmp, "cli.passport.json")))
+    cli_pass = json.load(open(out.replace(".nii.gz", ".passport.json")))
     pyrun(tmp, f"""
         import json, numpy as np, nibabel as nib, segpipe
         assert 'site-packages' in segpipe.__file__, segpipe.__file__
