@@ -65,6 +65,17 @@ SHARDS = {"test_server_hardening": 4, "test_server": 2, "test_cli": 3, "test_ui"
 # `make test` runs them all.
 ASAN_SKIP = {"test_ui", "test_deb", "test_man", "test_isnet", "test_brainchop", "test_release"}
 
+# ... and these tests of modules the sanitizer run keeps, each for the reason
+# given: their time is a reference's or a realistic size's, and the C paths
+# they run are run under ASan/UBSan by the test named
+ASAN_SKIP_TESTS = {
+    "test_mri.test_brainchop_bet": "the 1 mm MRI against onnxruntime-node; test_brainchop_tiny_t1 runs the "
+                                   "same conform, network and labels-back path (interpolating) under ASan",
+    "test_totalseg.test_totalseg_agrees_with_totalsegmentator_pipeline":
+        "TotalSegmentator's PyTorch pipeline is the time; test_totalseg_merge_matches_totalsegmentator runs "
+        "the package's five parts and merge under ASan",
+}
+
 # modules whose tests watch a service's queue, memory or ordering under a
 # given load: run at the end, alone, so the other jobs' load is not theirs
 SOLO = {"test_server_hardening", "test_attack"}
@@ -89,6 +100,8 @@ def run_job(spec):
         print("@@RESULT " + json.dumps(counts), flush=True)
         return
     names = sorted(n for n in dir(mod) if n.startswith("test_") and callable(getattr(mod, n)))
+    if "asan" in build:
+        names = [n for n in names if f"{mod_name}.{n}" not in ASAN_SKIP_TESTS]
     if shard:
         i, n = (int(x) for x in shard.split("/"))
         names = names[i::n]
@@ -230,6 +243,7 @@ def main():
         json.dump(cpu, open(times_path.replace("times", "cpu"), "w"), indent=1, sort_keys=True)
     if "asan" in build:
         print("\nnot in the sanitizer run (make test runs them): " + ", ".join(sorted(ASAN_SKIP)))
+        print("and these tests: " + ", ".join(sorted(ASAN_SKIP_TESTS)))
     if totals["skipped"]:
         print(f"\n{totals['skipped']} skipped (see the skip lines above)")
     # the failures last, on stdout, each cut to its end: a CI log shown by
