@@ -29,24 +29,11 @@ def shared_package():
     return os.path.join(sp.once(("brainchop-gwm package",), package), "brainchop")
 
 
-def small_package():
-    """the same network conformed to 96^3 instead of 256^3 (made once per test
-    run): for tests of a code path (a warning; the service's MRI path in the
-    sanitizer run), not of the network's results"""
-    def make(d):
-        pk = package(d)
-        man = json.load(open(os.path.join(pk, "segpipe.json")))
-        man["conform"]["shape"], man["patch_size"] = 96, [96, 96, 96]
-        json.dump(man, open(os.path.join(pk, "segpipe.json"), "w"))
-    return os.path.join(sp.once(("brainchop-gwm package", 96), make), "brainchop")
-
-
-def mri_run(name, model=None):
-    """`segpipe mri` of ../shared/data/mri/NAME with the package (or MODEL),
-    once per test run (sp.run_once): its folder holds lab.nii.gz (and
-    lab.passport.json), conf.nii.gz (the conformed grid's labels) and
-    rep.json (the report)"""
-    return sp.run_once("mri", os.path.join(MRI, name), "-o", "{d}/lab.nii.gz", "--model", model or shared_package(),
+def mri_run(name):
+    """`segpipe mri` of ../shared/data/mri/NAME with the package, once per test
+    run (sp.run_once): its folder holds lab.nii.gz (and lab.passport.json),
+    conf.nii.gz (the conformed grid's labels) and rep.json (the report)"""
+    return sp.run_once("mri", os.path.join(MRI, name), "-o", "{d}/lab.nii.gz", "--model", shared_package(),
                        "--save-model-labels", "{d}/conf.nii.gz", "--report", "{d}/rep.json", "-q")
 
 
@@ -111,10 +98,9 @@ def test_mri_needs_a_model(tmp):
 
 
 def test_mri_warns_on_a_ct(tmp):
-    """A CT in HU given to `mri` runs, with a warning that names the right
-    command (the network at 96^3: the warning, not the labels, is checked)."""
+    """A CT in HU given to `mri` runs, with a warning that names the right command."""
     out = os.path.join(tmp, "x.nii.gz")
     p = sp.run("mri", os.path.join(sp.SHARED, "data", "ct", "example_ct_sm.nii.gz"), "-o", out,
-               "--model", small_package(), "--no-passport", timeout=600)
+               "--model", shared_package(), "--no-passport", timeout=600)
     assert p.returncode == 0, p.stderr
     assert "looks like a CT in Hounsfield units" in p.stderr and "use segpipe ct" in p.stderr, p.stderr

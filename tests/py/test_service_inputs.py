@@ -54,13 +54,10 @@ def nifti_of(data, tmp, name):
 
 def test_mri_model_served(tmp):
     """--model mri=<brainchop package>: /v1/jobs and /v1/ct take the MRI, the
-    labels equal `segpipe mri`'s voxel for voxel. The sanitizer run serves
-    the network at 96^3 (test_mri.small_package): the service's MRI path is
-    the same, the 256^3 inference is ONNX Runtime's or the native
-    executor's that test_mri runs under ASan too."""
-    from test_mri import mri_run, small_package
-    pkg = small_package() if "asan" in sp.BUILD else brainchop()
-    cli = os.path.join(mri_run(os.path.basename(MRI), pkg), "lab.nii.gz")   # `segpipe mri`, once per test run
+    labels equal `segpipe mri`'s voxel for voxel"""
+    from test_mri import mri_run
+    pkg = brainchop()
+    cli = os.path.join(mri_run(os.path.basename(MRI)), "lab.nii.gz")   # `segpipe mri`, once per test run
     ref = np.asanyarray(nib.load(cli).dataobj)
     s = Server("--model", f"mri={pkg}", "--model", f"rooms={os.path.join(sp.ROOT, 'models', 'demo-rooms')}")
     try:
