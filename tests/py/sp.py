@@ -134,9 +134,10 @@ def run_env():
     return env
 
 
-def run(*args, check=False, timeout=600):
+def run(*args, check=False, timeout=600, env=None):
+    """`segpipe ARGS` (env: variables added to its environment)"""
     p = subprocess.run([SEGPIPE, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                       env=run_env())
+                       env=dict(run_env(), **(env or {})))
     if check and p.returncode != 0:
         raise AssertionError(f"segpipe {' '.join(map(str, args))} -> {p.returncode}\n{p.stderr}")
     return p
@@ -188,13 +189,14 @@ def once(key, make):
     return d
 
 
-def run_once(*args):
-    """`segpipe ARGS` (check=True) once per test run; "{d}" in an argument
-    stands for the run's own folder, where its outputs go: -> that folder.
-    For a run whose outputs several tests compare against the same way."""
+def run_once(*args, env=None):
+    """`segpipe ARGS` (check=True; env as run's) once per test run; "{d}" in
+    an argument stands for the run's own folder, where its outputs go: ->
+    that folder. For a run whose outputs several tests compare against the
+    same way."""
     def make(d):
-        run(*[str(a).replace("{d}", d) for a in args], check=True)
-    return once(("segpipe",) + args, make)
+        run(*[str(a).replace("{d}", d) for a in args], check=True, env=env)
+    return once(("segpipe",) + args + tuple(sorted((env or {}).items())), make)
 
 
 def ct_run(src):

@@ -21,9 +21,9 @@ def free_port():
 
 
 class Server:
-    def __init__(self, *args):
+    def __init__(self, *args, env=None):
         self.port = free_port()
-        env = dict(os.environ)
+        env = dict(os.environ, **(env or {}))
         if "asan" in sp.BUILD:
             env["ASAN_OPTIONS"] = "detect_leaks=1:halt_on_error=1"
             env["LSAN_OPTIONS"] = "suppressions=" + os.path.join(sp.ROOT, "tests", "lsan.supp")

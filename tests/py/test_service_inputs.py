@@ -55,11 +55,12 @@ def nifti_of(data, tmp, name):
 def test_mri_model_served(tmp):
     """--model mri=<brainchop package>: /v1/jobs and /v1/ct take the MRI, the
     labels equal `segpipe mri`'s voxel for voxel"""
-    from test_mri import mri_run
+    from test_mri import mri_run, ORT_UNDER_ASAN
     pkg = brainchop()
-    cli = os.path.join(mri_run(os.path.basename(MRI)), "lab.nii.gz")   # `segpipe mri`, once per test run
+    cli = os.path.join(mri_run(os.path.basename(MRI), ORT_UNDER_ASAN), "lab.nii.gz")   # once per test run
     ref = np.asanyarray(nib.load(cli).dataobj)
-    s = Server("--model", f"mri={pkg}", "--model", f"rooms={os.path.join(sp.ROOT, 'models', 'demo-rooms')}")
+    s = Server("--model", f"mri={pkg}", "--model", f"rooms={os.path.join(sp.ROOT, 'models', 'demo-rooms')}",
+               env=ORT_UNDER_ASAN)
     try:
         models = {m["name"]: m for m in jget(s.url + "/v1/models")[1]["models"]}
         assert models["mri"]["volume"] is True and models["mri"]["demo"] is False
