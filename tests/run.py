@@ -4,19 +4,29 @@ tests/py/test_*.py (reference tests against numpy/scipy/nibabel/nnU-Net's
 code, CLI, service and browser tests), several at a time. Ends with the
 summary line "N passed, N failed".
 
-  tests/run.py [-k SUBSTRING] [-j JOBS]     (BUILD=build-asan for the sanitizer build)
+  tests/run.py [-k SUBSTRING[,SUBSTRING...]] [-j JOBS]     (BUILD=build-asan for the sanitizer build)
 
 How it runs: each test module is one job (tests in a module share what the
-module caches: generated inputs, a started service); modules known to be
+module caches: a started service, in-process state); modules known to be
 long are split into shards of their functions. Jobs run in JOBS child
 processes (default: 2 per core, at most 8; SP_TEST_JOBS overrides), the
 longest first, using the durations of the previous run in
-$BUILD/test-times.json; the modules in SOLO (a service watched under a
-given load) run last, one shard at a time, with nothing beside them. A
-module's output is printed whole when it ends,
-so lines of different modules never interleave.
+$BUILD/test-times.json. What several tests or modules make the same way
+(an input made from the shared data, a model package, the CLI run their
+results are compared with) is made once per run, by whichever job needs it
+first, in the run cache: a folder this runner makes and exports as
+SP_TEST_RUN_CACHE, filled under a file lock (tests/py/sp.py: once,
+run_once, ct_run) and removed at the end. The tests in SOLO (a service's
+deadlines, queue, memory or ordering watched under a given load) run last,
+one module's at a time, with nothing beside them; the other tests of their
+modules are ordinary jobs. The sanitizer run leaves out the modules in
+ASAN_SKIP and the tests in ASAN_SKIP_TESTS, each with its reason. A
+module's output is printed whole when it ends, so lines of different
+modules never interleave; each test's line gives its wall and CPU seconds
+(its own and its children's; a cached result is paid by the test that made
+it), the summary the run's CPU seconds.
 
-  tests/run.py --job MODULE[:I/N] [-k SUBSTRING]   (internal: one job)
+  tests/run.py --job MODULE[:I/N or :solo] [-k SUBSTRING]   (internal: one job)
 """
 import importlib.util, json, os, re, resource, subprocess, sys, tempfile, time, traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -45,9 +55,15 @@ def arg(flag, default=None):
 
 
 sel = arg("-k")
+
+
+def selected(name):
+    """-k A,B: the tests whose module.function name holds A or B"""
+    return not sel or any(k in name for k in sel.split(","))
+
 # modules whose tests are many or long: run as this many shards of functions
 # (test_deb is never sharded: its tests build the packages in the tree's build/deb)
-SHARDS = {"test_server_hardening": 4, "test_server": 2, "test_cli": 3, "test_ui": 3, "test_masks": 2,
+SHARDS = {"test_server_hardening": 2, "test_server": 2, "test_cli": 3, "test_ui": 3, "test_masks": 2,
           "test_video": 2, "test_dicom": 2, "test_memory": 2, "test_python": 3, "test_importer": 3, "test_totalseg": 2, "test_totalseg_tasks": 2,
           "test_dicom_out": 3, "test_journey": 2, "test_attack": 2, "test_queue": 2,
           "test_brainchop": 2, "test_service_inputs": 2, "test_stages": 2, "test_image": 2, "test_passport": 2}
@@ -59,9 +75,26 @@ SHARDS = {"test_server_hardening": 4, "test_server": 2, "test_cli": 3, "test_ui"
 # `make test` runs them all.
 ASAN_SKIP = {"test_ui", "test_deb", "test_man", "test_isnet", "test_brainchop", "test_release"}
 
-# modules whose tests watch a service's queue, memory or ordering under a
-# given load: run at the end, alone, so the other jobs' load is not theirs
-SOLO = {"test_server_hardening", "test_attack"}
+# ... and these tests of modules the sanitizer run keeps, each for the reason
+# given: their time is a reference's or a realistic size's, and the C paths
+# they run are run under ASan/UBSan by the test named
+ASAN_SKIP_TESTS = {
+    "test_mri.test_brainchop_bet": "the 1 mm MRI against onnxruntime-node; test_brainchop_tiny_t1 runs the "
+                                   "same conform, network and labels-back path (interpolating) under ASan",
+    "test_totalseg.test_totalseg_agrees_with_totalsegmentator_pipeline":
+        "TotalSegmentator's PyTorch pipeline is the time; test_totalseg_merge_matches_totalsegmentator runs "
+        "the package's five parts and merge under ASan",
+}
+
+# tests that watch a service's deadlines, queue, memory or ordering under a
+# given load, or sleep for what they wait on: run at the end, alone (one job
+# per module, one after the other), so the other jobs' load is not theirs.
+# The other tests of their modules wait on events and run as ordinary jobs.
+SOLO = {"test_server_hardening": {"test_server_slow_clients_do_not_lock_it_out",
+                                  "test_server_result_ids_are_random_owned_and_expire",
+                                  "test_server_refuses_before_reading", "test_server_fair_across_models",
+                                  "test_server_memory_admission", "test_server_unread_answers_are_bounded"},
+        "test_attack": {"test_attack_http_limits"}}
 
 
 def run_job(spec):
@@ -83,12 +116,15 @@ def run_job(spec):
         print("@@RESULT " + json.dumps(counts), flush=True)
         return
     names = sorted(n for n in dir(mod) if n.startswith("test_") and callable(getattr(mod, n)))
-    if shard:
+    names = [n for n in names if (n in SOLO.get(mod_name, ())) == (shard == "solo")]
+    if shard and shard != "solo":
         i, n = (int(x) for x in shard.split("/"))
         names = names[i::n]
+    if "asan" in build:
+        names = [n for n in names if f"{mod_name}.{n}" not in ASAN_SKIP_TESTS]
     for name in names:
         full = f"{mod_name}.{name}"
-        if sel and sel not in full:
+        if not selected(full):
             continue
         t1, c1 = time.time(), cpu_seconds()
         with tempfile.TemporaryDirectory(prefix="segpipe-test-") as tmp:
@@ -164,10 +200,14 @@ def jobs_list():
     for m in mods:
         src = open(os.path.join(py_dir, m + ".py"), encoding="utf-8").read()
         names = sorted(re.findall(r"^def (test_\w+)\(", src, re.M))
+        solo = [x for x in names if x in SOLO.get(m, ())]
+        if solo and any(selected(f"{m}.{x}") for x in solo):
+            specs.append(f"{m}:solo")
+        names = [x for x in names if x not in solo]
         n = SHARDS.get(m, 1)
         for i in range(n):
             part = names[i::n]
-            if part and (not sel or any(sel in f"{m}.{x}" for x in part)):
+            if part and any(selected(f"{m}.{x}") for x in part):
                 specs.append(m if n == 1 else f"{m}:{i}/{n}")
     return specs
 
@@ -177,6 +217,12 @@ def main():
     # operators instead of spinning (the same results, ~20% less CPU measured
     # with four CT runs on two cores; docs/performance.md)
     os.environ.setdefault("SEGPIPE_ORT_SPIN", "0")
+    # the run cache (tests/py/sp.py's once/run_once): what several tests
+    # make the same way, made once per run by the first job that needs it
+    if not os.environ.get("SP_TEST_RUN_CACHE"):
+        import atexit, shutil
+        os.environ["SP_TEST_RUN_CACHE"] = tempfile.mkdtemp(prefix="segpipe-test-run.")
+        atexit.register(shutil.rmtree, os.environ["SP_TEST_RUN_CACHE"], True)
     times_path = os.path.join(root, build, "test-times.json")
     try:
         last = json.load(open(times_path))
@@ -201,11 +247,11 @@ def main():
         for k in totals:
             totals[k] += counts[k]
         failures += counts["failures"]
+        cpu[spec] = counts.get("cpu", 0.0)
         if not sel:
             times[spec] = round(dt, 1)
-            cpu[spec] = counts.get("cpu", 0.0)
 
-    solo = [s for s in specs if s.split(":")[0] in SOLO]
+    solo = [s for s in specs if s.endswith(":solo")]
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as ex:
         futures = [ex.submit(one, s) for s in ["unit"] + [s for s in specs if s not in solo]]
         for fut in as_completed(futures):
@@ -218,6 +264,7 @@ def main():
         json.dump(cpu, open(times_path.replace("times", "cpu"), "w"), indent=1, sort_keys=True)
     if "asan" in build:
         print("\nnot in the sanitizer run (make test runs them): " + ", ".join(sorted(ASAN_SKIP)))
+        print("and these tests: " + ", ".join(sorted(ASAN_SKIP_TESTS)))
     if totals["skipped"]:
         print(f"\n{totals['skipped']} skipped (see the skip lines above)")
     # the failures last, on stdout, each cut to its end: a CI log shown by

@@ -134,9 +134,10 @@ def run_env():
     return env
 
 
-def run(*args, check=False, timeout=600):
+def run(*args, check=False, timeout=600, env=None):
+    """`segpipe ARGS` (env: variables added to its environment)"""
     p = subprocess.run([SEGPIPE, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                       env=run_env())
+                       env=dict(run_env(), **(env or {})))
     if check and p.returncode != 0:
         raise AssertionError(f"segpipe {' '.join(map(str, args))} -> {p.returncode}\n{p.stderr}")
     return p
@@ -145,3 +146,63 @@ def run(*args, check=False, timeout=600):
 def dice(a, b):
     s = a.sum() + b.sum()
     return 1.0 if s == 0 else 2.0 * (a & b).sum() / s
+
+
+# ---------------------------------------------------------------- the run cache
+# What several tests (often of several modules) compute the same way - an
+# input made from the shared data, a model package, a CLI run whose outputs
+# are their reference - is made once per `tests/run.py` run, by whichever
+# job gets there first, in the folder the runner makes and exports as
+# SP_TEST_RUN_CACHE (removed when the run ends). A module run on its own
+# without the runner gets a folder of its own process.
+
+_own_cache = None
+
+
+def run_cache():
+    global _own_cache
+    d = os.environ.get("SP_TEST_RUN_CACHE")
+    if d:
+        return d
+    if _own_cache is None:
+        import atexit, shutil, tempfile
+        _own_cache = tempfile.mkdtemp(prefix="segpipe-test-cache.")
+        atexit.register(shutil.rmtree, _own_cache, True)
+    return _own_cache
+
+
+def once(key, make):
+    """make(folder) run once per test run for this key (a tuple of strings:
+    what the result depends on), under a file lock; -> the folder, which the
+    tests only read. A make that fails is not kept: the next caller retries
+    (and fails the same way, as it would have on its own)."""
+    import fcntl, hashlib, shutil
+    h = hashlib.sha256(repr((BUILD,) + tuple(map(str, key))).encode()).hexdigest()[:20]
+    d = os.path.join(run_cache(), h)
+    with open(d + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(d + ".done"):
+            shutil.rmtree(d, ignore_errors=True)
+            os.makedirs(d)
+            make(d)
+            open(d + ".done", "w").close()
+    return d
+
+
+def run_once(*args, env=None):
+    """`segpipe ARGS` (check=True; env as run's) once per test run; "{d}" in
+    an argument stands for the run's own folder, where its outputs go: ->
+    that folder. For a run whose outputs several tests compare against the
+    same way."""
+    def make(d):
+        run(*[str(a).replace("{d}", d) for a in args], check=True, env=env)
+    return once(("segpipe",) + args + tuple(sorted((env or {}).items())), make)
+
+
+def ct_run(src):
+    """`segpipe ct SRC -o DIR/seg.nii.gz -q` (the demo model, the defaults:
+    labels, passport, statistics) once per test run: -> DIR/seg.nii.gz, its
+    passport DIR/seg.passport.json. The reference of the tests that compare
+    another way of running the same (the service, the Python binding, the
+    page, an installed package, another input format) with the CLI."""
+    return os.path.join(run_once("ct", src, "-o", "{d}/seg.nii.gz", "-q"), "seg.nii.gz")

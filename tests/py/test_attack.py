@@ -87,17 +87,12 @@ def test_attack_nothing_left_in_tmpdir_or_home(tmp):
     assert os.listdir(home) == [], os.listdir(home)
 
 
-_BIG = {}
-
-
 def _big_series_zip(tmp, n=120):
-    """the example series stacked to n slices (JPEG 2000 pixel data kept), zipped once per module"""
-    if "zip" not in _BIG:
+    """the example series stacked to n slices (JPEG 2000 pixel data kept),
+    zipped once per test run (sp.once: both shards of the module use it)"""
+    def make(d):
         import pydicom, zipfile
         from pydicom.uid import generate_uid
-        import atexit, tempfile
-        d = tempfile.mkdtemp(prefix="attack-big-series-")   # shared by this module's tests, removed at exit
-        atexit.register(shutil.rmtree, d, True)
         z = os.path.join(d, "big.zip")
         files = sorted(os.listdir(cases.SERIES))
         slices = [pydicom.dcmread(os.path.join(cases.SERIES, f)) for f in files]
@@ -114,8 +109,7 @@ def _big_series_zip(tmp, n=120):
                 s.save_as(p)
                 zf.write(p, f"{k:04d}.dcm")
                 os.remove(p)
-        _BIG["zip"] = z
-    return _BIG["zip"]
+    return os.path.join(sp.once(("attack big series zip", n), make), "big.zip")
 
 
 def _children(pid):

@@ -95,8 +95,7 @@ def test_dicom_reencoded_and_shuffled(tmp):
 
 def test_ct_from_dicom_equals_nifti_path(tmp):
     nii = dcm2niix(tmp, SERIES)
-    a, b = os.path.join(tmp, "a.nii.gz"), os.path.join(tmp, "b.nii.gz")
-    sp.run("ct", SERIES, "-o", a, "-q", "--no-passport", check=True)
+    a, b = sp.ct_run(SERIES), os.path.join(tmp, "b.nii.gz")   # the series' run: once per test run
     sp.run("ct", nii, "-o", b, "-q", "--no-passport", check=True)
     la, aa = canonical(nib.load(a).get_fdata(), nib.load(a).affine)
     lb, ab = canonical(nib.load(b).get_fdata(), nib.load(b).affine)
@@ -170,11 +169,9 @@ def test_dicom_zip_file_and_upload(tmp):
     tdir = os.path.join(tmp, "tmpdir")
     os.makedirs(tdir)
     env = dict(sp.run_env(), TMPDIR=tdir)
-    a, b = os.path.join(tmp, "a.nii.gz"), os.path.join(tmp, "b.nii.gz")
-    for src, out in ((SERIES, a), (z, b)):
-        r = subprocess.run([sp.SEGPIPE, "ct", src, "-o", out, "-q", "--no-passport"], capture_output=True, text=True,
-                           env=env)
-        assert r.returncode == 0, r.stderr
+    a, b = sp.ct_run(SERIES), os.path.join(tmp, "b.nii.gz")   # the folder's labels: once per test run
+    r = subprocess.run([sp.SEGPIPE, "ct", z, "-o", b, "-q", "--no-passport"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
     assert np.array_equal(np.asanyarray(nib.load(a).dataobj), np.asanyarray(nib.load(b).dataobj))
     ours = lambda: [f for f in os.listdir(tdir) if f.startswith("segpipe-dicom-")]
     assert ours() == [] and not os.path.exists(os.path.join(tmp, "..", "evil"))

@@ -3,29 +3,26 @@ virtual environment with no network, then used from outside the checkout;
 its results are checked against the CLI's on the same inputs (labels voxel
 for voxel, passports, mask PNGs), arrays against files, errors as
 exceptions, and the GIL released while C runs."""
-import atexit, hashlib, json, os, shutil, subprocess, sys, tempfile, textwrap
+import hashlib, json, os, shutil, subprocess, sys, tempfile, textwrap
 import numpy as np
 import nibabel as nib
 from PIL import Image
 import sp
 
 SRC = os.path.join(sp.CTDIR, "example_ct_sm.nii.gz")
-_venv = {}
 
 
 def venv_python(tmp):
-    """A venv (system numpy visible) with `pip install --no-index ./python`."""
-    if "py" not in _venv:
-        d = tempfile.mkdtemp(prefix="segpipe-venv-")
-        atexit.register(shutil.rmtree, d, True)
+    """A venv (system numpy visible) with `pip install --no-index ./python`,
+    made once per test run (sp.once: the module's shards share it)."""
+    def make(d):
         src = os.path.join(d, "src")   # a copy: pip's build/ and egg-info stay out of the checkout
         shutil.copytree(os.path.join(sp.ROOT, "python"), src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
-        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", d], check=True)
-        p = subprocess.run([os.path.join(d, "bin", "pip"), "install", "-q", "--no-index", "--no-build-isolation", src],
-                           capture_output=True, text=True)
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", os.path.join(d, "venv")], check=True)
+        p = subprocess.run([os.path.join(d, "venv", "bin", "pip"), "install", "-q", "--no-index", "--no-build-isolation",
+                            src], capture_output=True, text=True)
         assert p.returncode == 0, p.stdout + p.stderr
-        _venv["py"] = os.path.join(d, "bin", "python")
-    return _venv["py"]
+    return os.path.join(sp.once(("python venv",), make), "venv", "bin", "python")
 
 
 def pyrun(tmp, code, **env):
@@ -116,10 +113,9 @@ def test_python_segment_nibabel_like_cli(tmp):
 
 
 def test_python_ct_matches_cli(tmp):
-    out = os.path.join(tmp, "cli.nii.gz")
-    sp.run("ct", SRC, "-o", out, "-q", check=True)
+    out = sp.ct_run(SRC)   # `segpipe ct`, once per test run
     cli = np.asanyarray(nib.load(out).dataobj)
-    cli_pass = json.load(open(os.path.join(tmp, "cli.passport.json")))
+    cli_pass = json.load(open(out.replace(".nii.gz", ".passport.json")))
     pyrun(tmp, f"""
         import json, numpy as np, nibabel as nib, segpipe
         assert 'site-packages' in segpipe.__file__, segpipe.__file__

@@ -21,9 +21,9 @@ def free_port():
 
 
 class Server:
-    def __init__(self, *args):
+    def __init__(self, *args, env=None):
         self.port = free_port()
-        env = dict(os.environ)
+        env = dict(os.environ, **(env or {}))
         if "asan" in sp.BUILD:
             env["ASAN_OPTIONS"] = "detect_leaks=1:halt_on_error=1"
             env["LSAN_OPTIONS"] = "suppressions=" + os.path.join(sp.ROOT, "tests", "lsan.supp")
@@ -92,9 +92,8 @@ def test_server_endpoints(tmp):
         code, r = jget(s.url + "/v1/ct?model=demo&labels=1", data=raw, ctype="application/octet-stream")
         assert code == 200, r
         assert r["processing_seconds"] > 0 and "queue_wait_seconds" in r and r["seconds"]["inference"] > 0
-        out = os.path.join(tmp, "cli.nii.gz")
-        sp.run("ct", CT_SM, "-o", out, "-q", check=True)
-        cli_pass = json.load(open(os.path.join(tmp, "cli.passport.json")))
+        out = sp.ct_run(CT_SM)   # `segpipe ct`, once per test run
+        cli_pass = json.load(open(out.replace(".nii.gz", ".passport.json")))
         sp.run("passport", "--ct", CT_SM, "--labels", out, "--label-map",
                os.path.join(sp.CTDIR, "total_v2_labels.json"), "-o", os.path.join(tmp, "p.json"), "-q", check=True)
         pas = json.load(open(os.path.join(tmp, "p.json")))

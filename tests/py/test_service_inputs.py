@@ -21,12 +21,9 @@ _CACHE = {}
 
 
 def brainchop():
-    """brainchop's MeshNet as a segpipe package, made once per module"""
-    if "mri" not in _CACHE:
-        import tempfile
-        from test_mri import package
-        _CACHE["mri"] = package(tempfile.mkdtemp(prefix="segpipe-mri-"))
-    return _CACHE["mri"]
+    """brainchop's MeshNet as a segpipe package, made once per test run"""
+    from test_mri import shared_package
+    return shared_package()
 
 
 def dicom_zip():
@@ -58,11 +55,12 @@ def nifti_of(data, tmp, name):
 def test_mri_model_served(tmp):
     """--model mri=<brainchop package>: /v1/jobs and /v1/ct take the MRI, the
     labels equal `segpipe mri`'s voxel for voxel"""
+    from test_mri import mri_run, ORT_UNDER_ASAN
     pkg = brainchop()
-    cli = os.path.join(tmp, "cli.nii.gz")
-    sp.run("mri", MRI, "-m", pkg, "-o", cli, "-q", check=True)
+    cli = os.path.join(mri_run(os.path.basename(MRI), ORT_UNDER_ASAN), "lab.nii.gz")   # once per test run
     ref = np.asanyarray(nib.load(cli).dataobj)
-    s = Server("--model", f"mri={pkg}", "--model", f"rooms={os.path.join(sp.ROOT, 'models', 'demo-rooms')}")
+    s = Server("--model", f"mri={pkg}", "--model", f"rooms={os.path.join(sp.ROOT, 'models', 'demo-rooms')}",
+               env=ORT_UNDER_ASAN)
     try:
         models = {m["name"]: m for m in jget(s.url + "/v1/models")[1]["models"]}
         assert models["mri"]["volume"] is True and models["mri"]["demo"] is False
@@ -126,8 +124,7 @@ def test_dicom_zip_seg_and_scan(tmp):
     DICOM-SEG equal to `segpipe ct --output-type dicom`'s (pydicom: segments
     and frames; one segment per structure found) and the scan back as a
     one-member .nii.gz with the series' voxels"""
-    cli = os.path.join(tmp, "cli.nii.gz")
-    sp.run("ct", DICOM, "-o", cli, "-q", check=True)
+    cli = sp.ct_run(DICOM)   # the folder's labels: once per test run
     cli_seg = os.path.join(tmp, "cli.dcm")
     sp.run("ct", DICOM, "-o", cli_seg, "-q", "--output-type", "dicom", "--no-passport", check=True)
     ref = np.asanyarray(nib.load(cli).dataobj)

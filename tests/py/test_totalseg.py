@@ -75,28 +75,26 @@ def py(*args):
 
 
 def fixture():
-    """fake home, its imported package (with and without the crop model), a CT"""
-    if "fx" in _cache:
-        return _cache["fx"]
-    d = tempfile.mkdtemp(prefix="totalseg-")
-    home = os.path.join(d, "home")
-    p = py(FAKE, home, "--patch", "64", "--ids", "291,292,293,294,295,297,298,8,117")
-    assert p.returncode == 0, p.stderr
-    pkg = os.path.join(d, "total")
-    p = py(IMPORTER, home, "-o", pkg)
-    assert p.returncode == 0, p.stderr
-    nocrop = os.path.join(d, "total-nocrop")
-    p = py(IMPORTER, home, "-o", nocrop, "--no-crop-model")
-    assert p.returncode == 0, p.stderr
+    """fake home, its imported package (with and without the crop model), a CT:
+    made once per test run (sp.once; test_totalseg_tasks uses it too), read only"""
     src = os.path.join(sp.SHARED, "data", "ct", "example_ct_sm.nii.gz")
     if not os.path.exists(src):
         raise sp.Skip("shared example_ct_sm.nii.gz missing")
-    # an abdominal block of the example CT (48x48x20 at 3 mm): four 64^3 tiles per part at 1.5 mm
-    ct = os.path.join(d, "ct.nii.gz")
-    img = nib.load(src).slicer[37:85, 26:74, 5:25]
-    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj).astype(np.int16), img.affine), ct)
-    _cache["fx"] = dict(dir=d, home=home, pkg=pkg, nocrop=nocrop, ct=ct)
-    return _cache["fx"]
+
+    def make(d):
+        home = os.path.join(d, "home")
+        p = py(FAKE, home, "--patch", "64", "--ids", "291,292,293,294,295,297,298,8,117")
+        assert p.returncode == 0, p.stderr
+        p = py(IMPORTER, home, "-o", os.path.join(d, "total"))
+        assert p.returncode == 0, p.stderr
+        p = py(IMPORTER, home, "-o", os.path.join(d, "total-nocrop"), "--no-crop-model")
+        assert p.returncode == 0, p.stderr
+        # an abdominal block of the example CT (48x48x20 at 3 mm): four 64^3 tiles per part at 1.5 mm
+        img = nib.load(src).slicer[37:85, 26:74, 5:25]
+        nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj).astype(np.int16), img.affine), os.path.join(d, "ct.nii.gz"))
+    d = sp.once(("totalseg fixture",), make)
+    return dict(dir=d, home=os.path.join(d, "home"), pkg=os.path.join(d, "total"), nocrop=os.path.join(d, "total-nocrop"),
+                ct=os.path.join(d, "ct.nii.gz"))
 
 
 def run_ct(model, out, *extra):

@@ -63,9 +63,8 @@ def test_page_in_chromium(tmp):
         raise sp.Skip("needs Debian's chromium, node and third_party/playwright-core (scripts/install-deps.sh)")
     os.makedirs(ART, exist_ok=True)
     # the CLI's passport: what the page must show
-    out = os.path.join(tmp, "cli.nii.gz")
-    sp.run("ct", CT_SM, "-o", out, "-q", check=True)
-    cli = {s["name"]: s["volume_ml"] for s in json.load(open(os.path.join(tmp, "cli.passport.json")))["structures"]}
+    out = sp.ct_run(CT_SM)   # `segpipe ct`, once per test run
+    cli = {s["name"]: s["volume_ml"] for s in json.load(open(out.replace(".nii.gz", ".passport.json")))["structures"]}
     corrupt = os.path.join(tmp, "corrupt.nii.gz")
     open(corrupt, "wb").write(np.random.default_rng(3).bytes(4000))
     keyfile = os.path.join(tmp, "keys")
@@ -134,7 +133,7 @@ def big_inputs():
     the shared DICOM series zipped, brainchop's package, a PNG photo"""
     if not _BIG:
         import tempfile, zipfile
-        from test_mri import package
+        from test_mri import shared_package
         d = tempfile.mkdtemp(prefix="segpipe-ui-")
         ct = os.path.join(d, "ct_512x512x120.nii.gz")
         sp.run("resample", os.path.join(sp.CTDIR, "example_ct.nii.gz"), "-o", ct, "--shape", "512,512,120",
@@ -147,13 +146,13 @@ def big_inputs():
         png = os.path.join(d, "hopper.png")
         Image.open(PHOTO).save(png)
         _BIG.update(dir=d, ct=ct, dicom=src, zip=dz, mri=os.path.join(sp.SHARED, "data", "mri", "tinyT1.nii.gz"),
-                    mri_model=package(d), png=png)
+                    mri_model=shared_package(), png=png)
     return _BIG
 
 
-def _cli_passport(tmp, cmd, src, *extra):
-    out = os.path.join(tmp, f"cli_{len(os.listdir(tmp))}.nii.gz")
-    sp.run(cmd, src, "-o", out, "-q", *extra, check=True)
+def _cli_passport(out):
+    """the labels OUT of a CLI run (made once per test run: sp.ct_run,
+    test_mri.mri_run) and its passport"""
     stem = out[:-len(".nii.gz")]
     st = json.load(open(stem + ".passport.json"))["structures"]
     import nibabel as nib
@@ -173,9 +172,10 @@ def test_page_realistic_inputs(tmp):
         raise sp.Skip("needs Debian's chromium, node and third_party/playwright-core (scripts/install-deps.sh)")
     b = big_inputs()
     os.makedirs(ART, exist_ok=True)
-    cli_ct, shape_ct, top_ct = _cli_passport(tmp, "ct", b["ct"])
-    cli_dcm, shape_dcm, top_dcm = _cli_passport(tmp, "ct", b["dicom"])
-    cli_mri, shape_mri, top_mri = _cli_passport(tmp, "mri", b["mri"], "-m", b["mri_model"])
+    from test_mri import mri_run
+    cli_ct, shape_ct, top_ct = _cli_passport(sp.ct_run(b["ct"]))
+    cli_dcm, shape_dcm, top_dcm = _cli_passport(sp.ct_run(b["dicom"]))
+    cli_mri, shape_mri, top_mri = _cli_passport(os.path.join(mri_run(os.path.basename(b["mri"])), "lab.nii.gz"))
     s = Server("--model", f"ct={sp.DEMO}", "--model", f"mri={b['mri_model']}")
     try:
         # the presets and the convention toggle on the DICOM CT: each redraw
