@@ -23,9 +23,9 @@ ZOO = ["mindgrab", "model21_104class", "subcortical", "model18cls", "model30chan
 def zoo_dir():
     for d in (os.environ.get("SEGPIPE_BRAINCHOP_MODELS"), os.path.join(sp.SHARED, "models", "brainchop-models"),
               os.path.join(sp.ROOT, "build", "brainchop-models")):
-        if d and os.path.isfile(os.path.join(d, "meshnet", "mindgrab", "model.pth")):
+        if d and all(os.path.isfile(os.path.join(d, "meshnet", m, "model.json")) for m in ZOO):
             return d
-    raise sp.Skip("brainchop-models weights absent (tools/fetch/fetch_brainchop.sh needs GitHub; "
+    raise sp.Skip("brainchop-models weights absent or incomplete (tools/fetch/fetch_brainchop.sh needs GitHub; "
                   "or copy them to ../shared/models/brainchop-models)")
 
 
