@@ -31,7 +31,7 @@ pkgs=(
   build-essential pkg-config clang llvm libclang-rt-14-dev
   libdeflate-dev zlib1g-dev libcjson-dev libmicrohttpd-dev libjpeg62-turbo-dev libpng-dev libwebp-dev libheif-dev libheif-examples
   libavformat-dev libavcodec-dev libavutil-dev libswscale-dev ffmpeg libgdcm-dev libgdcm-tools libdcmtk-dev dcmtk dicom3tools orthanc libzip-dev dcm2niix libhiredis-dev libssl-dev redis-server
-  python3 python3-pip python3-venv python3-setuptools python3-wheel python3-numpy python3-scipy python3-nibabel python3-onnx python3-pydicom python3-torch python3-torchvision python3-pil python-matplotlib-data python3-matplotlib
+  python3 python3-pip python3-venv python3-setuptools python3-wheel python3-numpy python3-scipy python3-skimage python3-nibabel python3-onnx python3-pydicom python3-torch python3-torchvision python3-pil python-matplotlib-data python3-matplotlib
   curl openssl chromium
   dpkg-dev fakeroot lintian groff-base
 )

@@ -412,8 +412,14 @@ static int ct_check_volume(const ct_opts *o, const sp_volume *v, const sp_packag
     if (vi.qform_code == 0 && vi.sform_code == 0 && !sp_volume_from_dicom(v))
         cli_warn(w, o->cmd, o->input, "no orientation (NIfTI qform and sform codes are 0): read as RAS at its pixdim "
                  "spacing; check the labels' left and right");
+    const char *task = sp_package_task(pk);
+    int other = strcmp(task, o->cmd) && (!strcmp(task, "ct") || !strcmp(task, "mri"));   /* ct's model to mri */
+    if (other)
+        cli_warn(w, o->cmd, o->input, !strcmp(task, "mri") ? "the model is an MRI model (its task is mri): "
+                 "segpipe mri runs it with the MRI checks" : "the model is a CT model (its task is ct): segpipe ct "
+                 "runs it with the CT checks");
     const float *d = sp_volume_data(v);
-    if (d)
+    if (d && !other)   /* the values against the model's modality: said above already */
         modality_warnings(o, d, (size_t)vi.dim[0] * (size_t)vi.dim[1] * (size_t)vi.dim[2], sp_package_task(pk), w);
     return 0;
 }

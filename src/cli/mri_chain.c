@@ -15,10 +15,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
-/* messages printed here, not through main.c's helpers: main.c calls this file */
+/* messages through common.c's cli_errf (the running command's name) */
 static int usage(const char *msg)
 {
-    fprintf(stderr, "segpipe mri: %s\n", msg);
+    cli_errf("%s\n", msg);
     return sp_status_exit_code(SP_ERR_USAGE);
 }
 
@@ -49,8 +49,9 @@ static int resolve(const char *name, char *out, size_t cap)
         return 0;
     if (!sp_bundled_model(name, out, cap) && is_dir(out))
         return 0;
-    return usage("--model: no such model folder, nor a bundled model of that name "
-                 "(tools/import/import_brainchop.py --zoo builds brainchop's)");
+    cli_errf("--model %s: no such model folder, nor a bundled model of that name (`segpipe models` lists "
+             "them; tools/import/import_brainchop.py --zoo builds brainchop's MRI models)\n", name);
+    return sp_status_exit_code(SP_ERR_MODEL);
 }
 
 int cli_chain_resolve(const char *models, char *last, size_t cap, char **pre)

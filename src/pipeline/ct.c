@@ -433,11 +433,36 @@ static sp_status canonical_grid(const sp_manifest *mf, const sp_geom *g, const s
     return model_grid(cdim, cs, target, p->max_model_voxels, mdim);
 }
 
+/* Step b as nnU-Net does it ("resample": "nnunet"): the canonical volume
+ * (cvol, dims cdim; canon when it is segpipe's own copy) normalised by pre
+ * at its own resolution, then nnU-Net's resampling (resample_nnunet.c) */
+static sp_status nnunet_resample(const sp_geom *g, const sp_ornt *o, const float *cvol,
+                                 float *canon, const int64_t cdim[3], const sp_norm *pre, const double target[3],
+                                 const int64_t mdim[3], float *dst, sp_pool *pool)
+{
+    size_t nv = (size_t)(cdim[0] * cdim[1] * cdim[2]);
+    float *x = canon ? canon : sp_big_alloc(nv * sizeof *x);
+    if (!x)
+        return sp_fail(SP_ERR_NOMEM, "normalize: cannot allocate %zu voxels", nv);
+    if (!canon)
+        memcpy(x, cvol, nv * sizeof *x);
+    sp_normalize(x, (int64_t)nv, pre, pool);
+    double cs[3];
+    for (int j = 0; j < 3; j++)
+        cs[j] = g->spacing[o->ax[j]];
+    sp_status st = sp_resample_nnunet(x, cdim, cs, target, dst, mdim, pool);
+    if (!canon)
+        free(x);
+    return st;
+}
+
 /* Steps a and b: the input reoriented to the closest canonical orientation
  * (*o) and resampled to the model spacing (target, grid mdim) into
- * *model_vol (caller frees). */
+ * *model_vol (caller frees); with pre ("resample": "nnunet"), normalised by
+ * it first, as nnU-Net's preprocessing normalises before it resamples. */
 static sp_status to_model_grid(const sp_manifest *mf, const sp_volume *ct, const sp_ct_params *p, sp_pool *pool,
-                               sp_timings *t, sp_ornt *o, double target[3], int64_t mdim[3], float **model_vol)
+                               sp_timings *t, sp_ornt *o, double target[3], int64_t mdim[3], float **model_vol,
+                               const sp_norm *pre)
 {
     const sp_geom *g = &ct->g;
     double t0 = sp_now();
@@ -462,11 +487,18 @@ static sp_status to_model_grid(const sp_manifest *mf, const sp_volume *ct, const
         free(canon);
         return sp_fail(SP_ERR_NOMEM, "resample: cannot allocate %zu voxels", nm);
     }
-    if (mdim[0] == cdim[0] && mdim[1] == cdim[1] && mdim[2] == cdim[2])
+    if (pre)
+        st = nnunet_resample(g, o, cvol, canon, cdim, pre, target, mdim, *model_vol, pool);
+    else if (mdim[0] == cdim[0] && mdim[1] == cdim[1] && mdim[2] == cdim[2])
         memcpy(*model_vol, cvol, nm * sizeof **model_vol);
     else
         sp_resample_linear(cvol, cdim, *model_vol, mdim, pool);
     free(canon);
+    if (st) {
+        free(*model_vol);
+        *model_vol = NULL;
+        return st;
+    }
     sp_timings_add(t, "resample", sp_now() - t0);
     return SP_OK;
 }
@@ -608,7 +640,7 @@ static sp_status onehot_channels(const sp_manifest *mf, const sp_volume *lab, co
         double target[3];
         int64_t mdim[3];
         float *v = NULL;
-        if ((st = to_model_grid(mf, m, p, pool, t, &o, target, mdim, &v)))
+        if ((st = to_model_grid(mf, m, p, pool, t, &o, target, mdim, &v, NULL)))
             break;
         for (size_t k = 0; k < nm; k++)
             dst[(size_t)i * nm + k] = v[k] > 0.5f;
@@ -641,7 +673,8 @@ static sp_status more_channels(const sp_manifest *mf, sp_volume *const *extra, c
         double target[3];
         int64_t mdim[3];
         float *v = NULL;
-        sp_status st = to_model_grid(mf, extra[q - 1], p, pool, t, &o, target, mdim, &v);
+        sp_status st = to_model_grid(mf, extra[q - 1], p, pool, t, &o, target, mdim, &v,
+                                     mf->resample_nnunet ? &mf->norms[q] : NULL);
         if (st)
             return st;
         memcpy(all + (size_t)q * nm, v, nm * sizeof *all);
@@ -721,7 +754,8 @@ static sp_status grid_path(sp_package *pk, const sp_volume *ct, sp_volume *const
     sp_ornt o;
     int64_t mdim[3];
     double target[3];
-    sp_status st = to_model_grid(mf, ct, p, pool, t, &o, target, mdim, &model_vol);
+    sp_status st = to_model_grid(mf, ct, p, pool, t, &o, target, mdim, &model_vol,
+                                 mf->resample_nnunet ? &mf->norms[0] : NULL);
     size_t nm = (size_t)(mdim[0] * mdim[1] * mdim[2]);
     if (!st && mf->resampled_int32)
         truncate_int32(model_vol, nm);
@@ -745,9 +779,9 @@ static sp_status grid_path(sp_package *pk, const sp_volume *ct, sp_volume *const
         goto merged;
     }
 
-    /* c. normalise, each channel by its scheme */
+    /* c. normalise, each channel by its scheme (nnU-Net's resampling did it first) */
     t0 = sp_now();
-    if ((st = normalize_channels(mf, model_vol, mdim, pool)))
+    if (!mf->resample_nnunet && (st = normalize_channels(mf, model_vol, mdim, pool)))
         goto done;
     sp_timings_add(t, "normalize", sp_now() - t0);
 
@@ -1075,7 +1109,8 @@ static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, sp_
     uint8_t *keep = NULL;
     *out = NULL;
     if (strcmp(mf->task, "ct") && strcmp(mf->task, "mri"))
-        return sp_fail(SP_ERR_MODEL, "model '%s' is a '%s' model, not a CT or MRI volume model", mf->name, mf->task);
+        return sp_fail(SP_ERR_MODEL, "model '%s' is a '%s' model, not a CT or MRI volume model (segpipe %s runs it)",
+                       mf->name, mf->task, mf->task);
     if (p.step != 0 && !(p.step > 0 && p.step <= 1))
         return sp_fail(SP_ERR_USAGE, "the sliding-window step must be in (0, 1], got %g", p.step);
     if (!ct->data)
@@ -1136,6 +1171,9 @@ static sp_status grid_of(const sp_manifest *mf, const sp_volume *ct, const sp_ct
                          int *reoriented)
 {
     *reoriented = 0;
+    if (strcmp(mf->task, "ct") && strcmp(mf->task, "mri"))   /* a photo model has no grid */
+        return sp_fail(SP_ERR_MODEL, "model '%s' is a '%s' model, not a CT or MRI volume model (segpipe %s runs it)",
+                       mf->name, mf->task, mf->task);
     if (mf->conform_n) {
         mdim[0] = mdim[1] = mdim[2] = mf->conform_n;
         return SP_OK;

@@ -33,6 +33,11 @@ int64_t sp_zoom_size(int64_t n, double zoom);
  * from in_dim to out_dim, as scipy.ndimage.zoom(order=1). */
 void sp_resample_linear(const float *src, const int64_t in_dim[3], float *dst,
                         const int64_t out_dim[3], sp_pool *pool);
+/* ---- resample_nnunet.c ---- */
+/* nnU-Net's resampling of image data (order 3; separate z, order 0, when
+ * one axis is over 3x coarser), from in_dim at in_sp mm to out_dim at out_sp. */
+sp_status sp_resample_nnunet(const float *src, const int64_t in_dim[3], const double in_sp[3],
+                             const double out_sp[3], float *dst, const int64_t out_dim[3], sp_pool *pool);
 /* Model-grid labels (canonical orientation, mdim) to the native grid ndim:
  * nearest resampling to the canonical grid, then orientation o undone, in
  * one pass (o: native -> canonical, as sp_ornt_to_canonical gives). */

@@ -215,6 +215,27 @@ static sp_status parse_cascade(const cJSON *j, const char *file, sp_manifest *mf
     return SP_OK;
 }
 
+/* "resample": "linear" (default: scipy.ndimage.zoom order 1, as
+ * TotalSegmentator resamples) or "nnunet" (nnU-Net's own: normalised, then
+ * order 3 / separate z; src/pipeline/resample_nnunet.c). nnU-Net's order
+ * needs the normalisation per channel at the input's resolution, which a
+ * masked z-score (its mask), a cascade, "conform" and a truncation to int32
+ * do not give. */
+static sp_status parse_resample(const cJSON *j, const char *file, sp_manifest *mf)
+{
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(j, "resample");
+    if (rs && (!cJSON_IsString(rs) || (strcmp(rs->valuestring, "linear") && strcmp(rs->valuestring, "nnunet"))))
+        return sp_fail(SP_ERR_MODEL, "%s: \"resample\" is \"linear\" or \"nnunet\"", file);
+    mf->resample_nnunet = rs && !strcmp(rs->valuestring, "nnunet");
+    int masked = 0;
+    for (int c = 0; c < mf->channels; c++)
+        masked |= mf->norms[c].use_mask;
+    if (mf->resample_nnunet && (masked || mf->casc_n || mf->conform_n || mf->resampled_int32))
+        return sp_fail(SP_ERR_MODEL, "%s: \"resample\": \"nnunet\" goes with neither a masked zscore, a "
+                       "\"cascade\", \"conform\" nor \"resampled_int32\"", file);
+    return SP_OK;
+}
+
 /* one channel's "normalization" object */
 static sp_status parse_norm(const cJSON *nm, const char *file, sp_norm *out)
 {
@@ -594,8 +615,10 @@ static sp_status parse_task(const cJSON *j, const cJSON *in, const cJSON *outp, 
     if (cJSON_HasObjectItem(j, "parts"))
         return vol ? sp_manifest_parse_parts(j, file, mf)
                    : sp_fail(SP_ERR_MODEL, "%s: \"parts\" (a task package) needs task \"ct\" or \"mri\"", file);
-    if (vol)
-        return parse_ct(j, in, file, mf);
+    if (vol) {
+        sp_status st = parse_ct(j, in, file, mf);
+        return st ? st : parse_resample(j, file, mf);
+    }
     if (!strcmp(mf->task, "masks"))
         return parse_masks(j, in, outp, file, mf);
     if (!strcmp(mf->task, "classify"))

@@ -33,6 +33,7 @@ typedef struct sp_manifest {
     int arena;                /* "arena": 1 on, 0 off, -1 not said (by task) */
     int resampled_int32;      /* "resampled_int32": the model-grid CT truncated toward zero, as
                                  TotalSegmentator's change_spacing(dtype=np.int32) before nnU-Net */
+    int resample_nnunet;      /* "resample": "nnunet": normalised, then nnU-Net's order-3 resampling */
     double spacing[3];        /* mm, network axis order */
     int64_t patch[3];         /* network axis order */
     int axes[3];              /* network dim d <- canonical volume axis axes[d] */

@@ -121,6 +121,17 @@ def resample_linear(data, out_shape):
     return _resample(lib().sp_resample_linear, data, out_shape, np.float32)
 
 
+def resample_nnunet(data, out_shape, in_spacing, out_spacing):
+    """sp_resample_nnunet: nnU-Net's resampling of image data"""
+    L = lib()
+    L.sp_resample_nnunet.argtypes = [C.c_void_p] * 7
+    din, dout = np.array(data.shape, np.int64), np.array(out_shape, np.int64)
+    a, b = np.array(in_spacing, np.float64), np.array(out_spacing, np.float64)
+    src, dst = to_c(data, np.float32), np.zeros(int(np.prod(dout)), np.float32)
+    assert L.sp_resample_nnunet(ptr(src), ptr(din), ptr(a), ptr(b), ptr(dst), ptr(dout), L.sp_default_pool()) == 0
+    return from_c(dst, list(dout))
+
+
 def resample_nearest(labels, out_shape):
     return _resample(lib().sp_resample_nearest_u16, labels, out_shape, np.uint16)
 

@@ -387,3 +387,23 @@ def test_ct_preview_png(tmp):
     assert (sw.max(1) - sw.min(1) > 10).all(), sw
     below = 8 + 16 * n_present + 8
     assert below >= img.shape[0] or img[below, x0 + 6].sum() == 0
+
+
+def test_ct_wrong_kind_of_model(tmp):
+    """A photo model given to `ct`: exit 4 naming its task and the command
+    that runs it (it used to read a 2D manifest's absent spacing and blame
+    the scan's header with a garbage number); an unknown bare model name:
+    exit 4 under the running command's name; a CT model given to `mri`: a
+    warning that says so, without the CT value checks' advice"""
+    ct, out = os.path.join(sp.CTDIR, "example_ct_sm.nii.gz"), os.path.join(tmp, "o.nii.gz")
+    for m, task in (("demo-rooms", "masks"), ("demo-shapes", "classify")):
+        r = sp.run("ct", ct, "-o", out, "--model", os.path.join(sp.ROOT, "models", m))
+        assert r.returncode == 4, (m, r.returncode, r.stderr)
+        assert f"is a '{task}' model" in r.stderr and f"segpipe {task} runs it" in r.stderr, r.stderr
+        assert "spacing" not in r.stderr and not os.path.exists(out), r.stderr
+    r = sp.run("ct", ct, "-o", out, "--model", "no-such-model")
+    assert r.returncode == 4 and r.stderr.startswith("segpipe ct: --model no-such-model: no such model"), r.stderr
+    r = sp.run("mri", os.path.join(sp.SHARED, "data", "mri", "tinyT1.nii.gz"), "-o", out, "--no-passport",
+               "--model", os.path.join(sp.ROOT, "models", "demo-ct"))
+    assert r.returncode == 0, r.stderr
+    assert "the model is a CT model (its task is ct)" in r.stderr and "use segpipe mri" not in r.stderr, r.stderr

@@ -143,3 +143,87 @@ def test_labels_back_nearest_matches_scipy(tmp):
     for target in [(31, 7, 13), (9, 11, 4), (2, 2, 2)]:
         ref = ndimage.zoom(lab, np.array(target) / np.array(lab.shape), order=0, mode="nearest")
         assert np.array_equal(sp.resample_nearest(lab, target), ref)
+
+
+def nnunet_shape(shape, in_sp, out_sp):
+    """nnU-Net's compute_new_shape"""
+    return tuple(int(round(i / j * k)) for i, j, k in zip(in_sp, out_sp, shape))
+
+
+def skimage_nnunet(x, out, axis):
+    """nnU-Net's resample_data_or_seg (is_seg False, order 3, order_z 0)
+    on skimage's resize as nnU-Net calls it; axis: the separate-z axis or None"""
+    from skimage.transform import resize
+    kw = {"mode": "edge", "anti_aliasing": False}
+    x = x.astype(np.float64)
+    if axis is None:
+        return resize(x, out, 3, **kw)
+    inplane = [n for a, n in enumerate(out) if a != axis]
+    y = np.stack([resize(np.take(x, s, axis), inplane, 3, **kw) for s in range(x.shape[axis])], axis)
+    if y.shape[axis] == out[axis]:
+        return y
+    grid = np.mgrid[tuple(slice(0, n) for n in out)].astype(np.float64)
+    for a in range(3):
+        grid[a] = y.shape[a] / out[a] * (grid[a] + 0.5) - 0.5
+    return ndimage.map_coordinates(y, grid, order=0, mode="nearest")
+
+
+def test_resample_nnunet_matches_skimage(tmp):
+    """"resample": "nnunet" (resample_nnunet.c): skimage's order-3 resize
+    with nnU-Net's arguments (edge, no anti-aliasing, clipped to the input's
+    range), whole volume when the spacing is isotropic enough; slice by
+    slice plus nearest along the coarse axis when one axis is over 3x
+    coarser (the input's or the target's spacing), as nnU-Net decides"""
+    rng = np.random.default_rng(7)
+    cases = [((20, 17, 9), (1.0, 1.0, 1.0), (2.9, 0.6, 1.1), 0),       # the target 4.8x anisotropic
+             ((33, 30, 12), (0.8, 0.8, 2.0), (1.5, 1.5, 1.5), None),
+             ((40, 36, 7), (0.7, 0.7, 5.0), (1.5, 1.5, 1.5), 2),     # the input's z 7x coarser
+             ((9, 40, 38), (4.0, 1.0, 1.0), (4.0, 0.5, 0.7), 0),     # only in-plane changes
+             ((30, 8, 31), (1.0, 3.5, 1.0), (0.9, 4.1, 0.8), 1),
+             ((24, 22, 20), (1.0, 1.0, 1.0), (1.0, 1.0, 4.5), 2)]    # the target's z coarse
+    for shape, a, b, axis in cases:
+        x = (rng.normal(0, 400, shape) + np.linspace(-1000, 1000, shape[2])).astype(np.float32)
+        out = nnunet_shape(shape, a, b)
+        want = skimage_nnunet(x, out, axis)
+        got = sp.resample_nnunet(x, out, a, b)
+        assert got.shape == want.shape == out, (got.shape, want.shape, out)
+        err = np.abs(got - want).max()
+        assert err <= 2e-3, (shape, a, b, err)   # float32 of values up to ~2500
+        assert np.abs(got - sp.resample_linear(x, out)).max() > 10   # cubic, not the linear path
+
+
+def test_resample_nnunet_matches_nnunet_code(tmp):
+    """sp_resample_nnunet against nnU-Net's own resample_data_or_seg_to_shape
+    (its git mirror, with skimage from Debian) on a real CT block, isotropic
+    and with 5 mm slices (separate z)"""
+    import subprocess, sys
+    git = os.path.join(os.environ.get("NNUNET_SRC", "/work/.mirror"), "MIC-DKFZ+nnUNet", "repo")
+    bg = os.path.join(os.path.dirname(os.path.dirname(git)), "MIC-DKFZ+batchgenerators", "repo")
+    if not (os.path.isdir(git) and os.path.isdir(bg)):
+        raise sp.Skip("nnU-Net / batchgenerators git mirrors absent")
+    for g, d in ((git, "nnunet"), (bg, "bg")):
+        os.makedirs(os.path.join(tmp, d))
+        tar = subprocess.run(["git", "--git-dir", g, "archive", "HEAD"], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", os.path.join(tmp, d)], input=tar, check=True)
+    x = np.asarray(nib.load(os.path.join(sp.CTDIR, "example_ct.nii.gz")).dataobj, np.float32)[60:140, 50:130, 20:60]
+    x = (np.clip(x, -1000, 1500) - 40.0) / 300.0   # a CT normalisation's range
+    cases = [((3.0, 3.0, 3.0), (1.6, 1.6, 2.2)), ((0.8, 0.8, 5.0), (1.5, 1.5, 1.5)), ((1.0, 1.0, 1.0), (1.0, 1.0, 4.0))]
+    np.save(os.path.join(tmp, "x.npy"), x)
+    code = f"""
+import sys, types, json, numpy as np
+sys.path[:0] = [{os.path.join(tmp, 'nnunet')!r}, {os.path.join(tmp, 'bg')!r}]
+sys.modules.setdefault("pandas", types.ModuleType("pandas"))
+from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape, compute_new_shape
+x = np.load({os.path.join(tmp, 'x.npy')!r})
+for i, (a, b) in enumerate({cases!r}):
+    shape = compute_new_shape(x.shape, a, b)
+    np.save({tmp!r} + f"/ref{{i}}.npy", resample_data_or_seg_to_shape(x[None].astype(np.float64), shape, a, b,
+            False, 3, 0, None)[0])
+"""
+    p = subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    for i, (a, b) in enumerate(cases):
+        want = np.load(os.path.join(tmp, f"ref{i}.npy"))
+        got = sp.resample_nnunet(x, want.shape, a, b)
+        err = np.abs(got - want).max()
+        assert err <= 1e-5, (a, b, err)

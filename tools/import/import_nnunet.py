@@ -254,6 +254,16 @@ def load_config(folder, configuration):
     return ds, plans, cfg, configuration
 
 
+def nnunet_resampling(cfg):
+    """the configuration resamples its images with nnU-Net's default
+    (resample_data_or_seg_to_shape, order 3, order_z 0, separate z
+    decided by the spacing), the one segpipe's "resample": "nnunet" does"""
+    fn = cfg.get("resampling_fn_data", "resample_data_or_seg_to_shape")
+    kw = cfg.get("resampling_fn_data_kwargs", {})
+    return (fn == "resample_data_or_seg_to_shape" and kw.get("order", 3) == 3 and kw.get("order_z", 0) == 0
+            and kw.get("force_separate_z") is None and not kw.get("is_seg", False))
+
+
 def normalization_for(plans, cfg, channels):
     """one manifest normalisation per input channel, from the plans'
     normalization_schemes (nnU-Net's preprocessing/normalization)"""
@@ -367,6 +377,8 @@ def import_folder(folder, out_dir, fold="0", checkpoint="checkpoint_final.pth", 
     if prev:
         man["cascade"] = {"previous_stage": prev, "image_channels": channels, "labels": fg}
     man["crop_nonzero"] = True   # nnU-Net predicts inside the box of non-zero voxels (crop_to_nonzero)
+    if nnunet_resampling(cfg) and not prev and not any(n.get("mask") == "nonzero" for n in norms):
+        man["resample"] = "nnunet"   # normalised, then nnU-Net's order-3 / separate-z resampling (as its preprocessing)
     if regions:
         man["regions"] = {"class_order": regions}
     if postprocessing:
