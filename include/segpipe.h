@@ -353,7 +353,8 @@ size_t sp_package_run_memory(const sp_package *pk);
  * or libsegpipe.so itself (installed: <prefix>/share/segpipe/models; build
  * tree: models/), or SEGPIPE_MODEL_PATH. Never a compiled-in path. */
 const char *sp_models_dir(void);
-/* <models dir>/<name> into out (size bytes). */
+/* <models dir>/<name> into out (size bytes); SP_ERR_MODEL for a name that
+ * is a path (holds '/', starts with '.') or empty. */
 sp_status sp_bundled_model(const char *name, char *out, size_t size);
 /* Default CT model: SEGPIPE_MODEL, else the bundled demo-ct. */
 const char *sp_default_model_dir(void);

@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 /* Decoding of a batch: one thread runs sp_images_read (the photos in
@@ -403,6 +404,7 @@ int cmd_masks(int argc, char **argv)
         free(mcopy);
         return 2;
     }
+    int existed = access(o.out, F_OK) == 0;
     cli_mkdir_p(o.out);
     if (o.verbose)
         cli_set_logging(1);   /* the model load line (and its graph cache) on stderr */
@@ -443,9 +445,11 @@ int cmd_masks(int argc, char **argv)
     if (wr.rc && !rc)
         rc = wr.rc;
     sp_timings_add(&t, "encode", wr.enc);
-    if (!o.quiet)
+    if (!o.quiet && (wr.done || failed < a.n))   /* no table when every photo was refused */
         masks_summary(&t, wr.done, failed, sp_now() - w0, pk);
 end:
+    if (rc && !existed)
+        rmdir(o.out);   /* a refused run leaves no empty folder (kept when any photo was written) */
     free(mcopy);
     sp_package_free(pk);
     sp_runtime_free(rt);

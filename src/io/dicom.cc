@@ -468,11 +468,22 @@ sp_status check(const std::vector<Slice> &s, double *step)
     }
     size_t n = s.size();
     *step = n > 1 ? (s[n - 1].pos - s[0].pos) / double(n - 1) : 1.0;
-    for (size_t k = 1; k < n; k++)
-        if (std::fabs(s[k].pos - s[k - 1].pos - *step) > 0.01 * *step + 1e-3)
-            return sp_fail(SP_ERR_INPUT, "DICOM series: non-uniform slice spacing (%.4g mm between %s and %s, "
-                           "%.4g mm on average): not resampled, refused", s[k].pos - s[k - 1].pos,
-                           base(s[k - 1].file), base(s[k].file), *step);
+    if (n > 2) {   /* the gap farthest from the usual one (the median) is the one named */
+        std::vector<double> gaps;
+        for (size_t k = 1; k < n; k++)
+            gaps.push_back(s[k].pos - s[k - 1].pos);
+        std::vector<double> sorted = gaps;
+        std::nth_element(sorted.begin(), sorted.begin() + sorted.size() / 2, sorted.end());
+        double usual = sorted[sorted.size() / 2];
+        size_t worst = 0;
+        for (size_t k = 1; k < gaps.size(); k++)
+            if (std::fabs(gaps[k] - usual) > std::fabs(gaps[worst] - usual))
+                worst = k;
+        if (std::fabs(gaps[worst] - usual) > 0.01 * usual + 1e-3 || std::fabs(usual - *step) > 0.01 * usual + 1e-3)
+            return sp_fail(SP_ERR_INPUT, "DICOM series: non-uniform slice spacing (%.4g mm between %s and %s, the "
+                           "other slices %.4g mm apart: a missing slice?): not resampled, refused", gaps[worst],
+                           base(s[worst].file), base(s[worst + 1].file), usual);
+    }
     if (n > 1) {   /* the slices' offsets must run along the normal */
         double d[3], len = 0, along = s[n - 1].pos - s[0].pos;
         for (int i = 0; i < 3; i++)

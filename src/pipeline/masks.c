@@ -406,8 +406,13 @@ static sp_status batch_masks(batch *b, const sp_masks_params *p)
             int k = 0;
             while (k < mf->n_masks && strcmp(mf->mask_name[k], p->masks[i]))
                 k++;
-            if (k == mf->n_masks)
-                return sp_fail(SP_ERR_USAGE, "model '%s' has no mask '%s'", mf->name, p->masks[i]);
+            if (k == mf->n_masks) {
+                char have[512] = "";
+                for (int j = 0; j < mf->n_masks; j++)   /* its masks, as many as fit */
+                    snprintf(have + strlen(have), sizeof have - strlen(have), "%s%s", j ? ", " : "",
+                             mf->mask_name[j]);
+                return sp_fail(SP_ERR_USAGE, "model '%s' has no mask '%s' (it has: %s)", mf->name, p->masks[i], have);
+            }
             if (b->nw < SP_MAX_MASKS)
                 b->want[b->nw++] = k;
         }

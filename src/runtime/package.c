@@ -55,6 +55,8 @@ const char *sp_models_dir(void)
 
 sp_status sp_bundled_model(const char *name, char *out, size_t size)
 {
+    if (!*name || strchr(name, '/') || name[0] == '.')   /* a bundled model is a plain name, never a path */
+        return sp_fail(SP_ERR_MODEL, "'%s' is not a bundled model's name", name);
     int n = snprintf(out, size, "%s/%s", sp_models_dir(), name);
     return n > 0 && (size_t)n < size ? SP_OK : sp_fail(SP_ERR_USAGE, "model path too long");
 }

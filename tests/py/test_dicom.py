@@ -118,6 +118,8 @@ def test_dicom_bad_series(tmp):
 
     p = case("gap", files[:8] + files[9:])
     assert p.returncode == 3 and "non-uniform slice spacing" in p.stderr, p.stderr
+    # the gap named is the one around the missing slice, not the first ordinary pair
+    assert f"between {files[7]} and {files[9]}" in p.stderr and "a missing slice?" in p.stderr, p.stderr
     p = case("dup", files, lambda d: shutil.copy(os.path.join(SERIES, files[3]), os.path.join(d, "copy.dcm")))
     assert p.returncode == 3 and "duplicate" in p.stderr, p.stderr
 

@@ -342,3 +342,17 @@ def test_masks_preview_png(tmp):
     x0 = 8 + w + 8 + 6
     sw = np.array([prev[8 + 16 * k + 8, x0] for k in range(len(names))])
     assert (sw.max(1) - sw.min(1) > 10).all()
+
+
+def test_masks_refused_run_leaves_nothing(tmp):
+    """A run refused before any photo is written (a CT model, a mask the
+    model lacks) leaves no output folder and no timing table; the message
+    lists the masks the model has"""
+    ph = os.path.join(tmp, "p.png")
+    Image.fromarray(photo(40, 30, 3)).save(ph)
+    out = os.path.join(tmp, "out")
+    for extra, code, text in ((["--model", os.path.join(sp.ROOT, "models", "demo-ct")], 4, "not a masks model"),
+                              (["--masks", "sky"], 2, "has no mask 'sky' (it has: wall, floor, ceiling, window)")):
+        p = sp.run("masks", ph, "-o", out, *extra)
+        assert p.returncode == code and text in p.stderr, (p.returncode, p.stderr)
+        assert not os.path.exists(out) and "photo(s) done" not in p.stdout, p.stdout

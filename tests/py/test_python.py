@@ -223,6 +223,11 @@ def test_python_errors_and_gil(tmp):
             raise SystemExit('no error')
         except segpipe.Error as e:
             assert e.status == 'model' and 'nonexistent-model' in str(e)
+        try:   # a path is a path, never joined under the bundled models' folder
+            segpipe.Model('../nonexistent-model')
+            raise SystemExit('no error')
+        except segpipe.Error as e:
+            assert e.status == 'model' and 'package ../nonexistent-model:' in str(e) and '/models/' not in str(e), str(e)
         try:
             segpipe.ct(np.zeros((4, 4, 4)), affine=np.zeros((4, 4)))
             raise SystemExit('no error')

@@ -242,8 +242,9 @@ def import_part(folder, out, name, labels, step, int32, folds=(0,)):
     # nnunet.py: change_spacing(..., dtype=np.int32) before nnU-Net when TotalSegmentator resamples (crop models
     # always; a task's parts when its config has "resample"); run on its own, a part does as in its task
     man["resampled_int32"] = int32
-    if int32:   # TotalSegmentator resamples (linear, its --resampling_order 1), nnU-Net then keeps the grid
-        man.pop("resample", None)
+    # the grid as its task package makes it: linear (TotalSegmentator's --resampling_order 1 when it resamples;
+    # for tasks it leaves to nnU-Net (resample None), nnU-Net's order-3 resampling per part is not done yet)
+    man.pop("resample", None)
     if "tta" in man:   # a trainer that allows mirroring: TotalSegmentator still runs nnU-Net with tta=False
         man["tta"]["default"] = False
     with open(os.path.join(out, "segpipe.json"), "w") as f:

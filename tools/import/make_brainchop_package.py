@@ -13,6 +13,7 @@ import argparse, json, os, shutil, sys
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, here)
+import need_torch  # noqa: E402,F401  (another python3 without Debian's numpy/torch hands over to /usr/bin/python3)
 import meshnet_bin  # noqa: E402
 
 
