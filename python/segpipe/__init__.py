@@ -274,10 +274,11 @@ def _doubts(v, task, name):
         n = info.dim[0] * info.dim[1] * info.dim[2]
         d = np.ctypeslib.as_array(L.sp_volume_data(v.ptr), shape=(n,))
         lo, hi = float(d.min()), float(d.max())
-        if lo >= 0 and hi <= 255 and np.array_equal(d, np.floor(d)):
-            out.append("the values are whole numbers in 0..255: this looks like a label map, not a CT in HU")
+        # the CLI's rule: whole numbers in 0..255, at most 64 distinct values (a T1 in 0..255 has more)
+        if lo >= 0 and hi <= 255 and np.array_equal(d, np.floor(d)) and len(np.unique(d)) <= 64:
+            out.append("the values are a few whole numbers in 0..255: this looks like a label map, not a CT in HU")
         elif np.count_nonzero(d < -500) * 100 < n:
-            out.append("less than 1% of the voxels is below -500: no air in Hounsfield units, so this does not look "
+            out.append("less than 1% of the voxels are below -500: no air in Hounsfield units, so this does not look "
                        "like a CT (an MRI? use segpipe mri)")
     for m in out:
         warnings.warn(f"{name}: {m}", SegpipeWarning, stacklevel=4)

@@ -235,8 +235,9 @@ int cmd_model(int argc, char **argv)
     return 0;
 }
 
-/* brainchop's packages imported into the models folder (docs/mri.md): one line each */
-static void list_brain_models(sp_runtime *rt)
+/* The models folder's packages, one line each: the photo and CT models
+ * (brain 0) or brainchop's imported MRI models (brain 1, docs/mri.md) */
+static void list_bundled(sp_runtime *rt, int brain)
 {
     DIR *d = opendir(sp_models_dir());
     struct dirent *e;
@@ -244,13 +245,19 @@ static void list_brain_models(sp_runtime *rt)
     while (d && (e = readdir(d))) {
         char dir[PATH_MAX];
         sp_package *pk;
-        if (strncmp(e->d_name, "brainchop-", 10) || sp_bundled_model(e->d_name, dir, sizeof dir) ||
-            sp_package_load(rt, dir, &pk))
+        if (e->d_name[0] == '.' || brain != !strncmp(e->d_name, "brainchop-", 10) ||
+            sp_bundled_model(e->d_name, dir, sizeof dir))
             continue;
         if (first)
-            printf("brain MRI models (segpipe mri --model NAME, chains as A,B; docs/mri.md):\n");
+            printf(brain ? "brain MRI models (segpipe mri --model NAME, chains as A,B; docs/mri.md):\n"
+                         : "bundled models (--model NAME):\n");
         first = 0;
-        printf("  %-20s %3d classes  %s\n", e->d_name + 10, sp_package_num_classes(pk), sp_package_name(pk));
+        if (sp_package_load(rt, dir, &pk)) {
+            printf("  %-20s not usable here: %s\n", e->d_name, sp_last_error());
+            continue;
+        }
+        printf("  %-20s %-8s %3d classes%s\n", e->d_name + (brain ? 10 : 0), sp_package_task(pk),
+               sp_package_num_classes(pk), sp_package_demo(pk) ? "  (demo)" : "");
         sp_package_free(pk);
     }
     if (d)
@@ -269,7 +276,8 @@ int cmd_models(int argc, char **argv)
 {
     if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         printf("usage: segpipe models [DIR]\n"
-               "Lists the default model (and the package in DIR): name, classes, labels.\n");
+               "Lists the default model (and the package in DIR): name, classes, labels;\n"
+               "without DIR also every bundled model, one line each.\n");
         return 0;
     }
     if (argc > 2 || (argc > 1 && argv[1][0] == '-'))
@@ -298,8 +306,10 @@ int cmd_models(int argc, char **argv)
         printf("\n");
         sp_package_free(pk);
     }
-    if (!dirs[1])
-        list_brain_models(rt);
+    if (!dirs[1]) {
+        list_bundled(rt, 0);
+        list_bundled(rt, 1);
+    }
     sp_runtime_free(rt);
     return rc;
 }

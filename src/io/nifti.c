@@ -531,6 +531,23 @@ static char *label_table(const uint8_t *file, size_t vox_offset, size_t hsz)
     return NULL;
 }
 
+/* The header of an in-memory file (gzip or not) parsed into h */
+static sp_status mem_header(const uint8_t *buf, size_t n, int gz, const char *name, const sp_read_params *rp,
+                            uint8_t head[N2_SIZE], hdr *h)
+{
+    size_t hn;
+    if (gz)
+        hn = gz_probe(buf, n, head, N2_SIZE);
+    else
+        hn = n < N2_SIZE ? n : N2_SIZE, memcpy(head, buf, hn);
+    if (gz && hn == 0)
+        return sp_fail(SP_ERR_INPUT, "%s: not valid gzip data", name);
+    if (hn < N1_SIZE)
+        return sp_fail(SP_ERR_INPUT, "%s: is not a NIfTI file: %zu %sbytes, shorter than a NIfTI header (348)", name,
+                       hn, gz ? "decompressed " : "");
+    return parse_header(head, hn, name, rp, h);
+}
+
 /* the caller's verdict on the header's geometry (rp->check_header), before
  * anything is decompressed */
 static sp_status check_header(const sp_read_params *rp, const sp_geom *g, sp_dtype dt, const char *name)
@@ -551,19 +568,11 @@ sp_status sp_nifti_read_mem(const uint8_t *buf, size_t n, const char *name,
                             const sp_read_params *rp, sp_volume **out)
 {
     uint8_t head[N2_SIZE];
-    size_t hn;
     int gz = n >= 2 && buf[0] == 0x1f && buf[1] == 0x8b;
     hdr h;
     sp_status st;
     *out = NULL;
-    if (gz)
-        hn = gz_probe(buf, n, head, sizeof head);
-    else
-        hn = n < sizeof head ? n : sizeof head, memcpy(head, buf, hn);
-    if (hn < N1_SIZE)
-        return sp_fail(SP_ERR_INPUT, "%s: %s (%zu header bytes, need 348)", name,
-                       gz && hn == 0 ? "not valid gzip data" : "file too short for a NIfTI header", hn);
-    if ((st = parse_header(head, hn, name, rp, &h)))
+    if ((st = mem_header(buf, n, gz, name, rp, head, &h)))
         return st;
     sp_dtype dt = nifti_dtype(h.datatype);
     if (rp && rp->check_header && (st = check_header(rp, &h.g, dt, name)))

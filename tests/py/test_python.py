@@ -254,6 +254,12 @@ def test_python_errors_and_gil(tmp):
             except segpipe.Error as e:
                 assert e.exit_code == 2 and 'no_such_organ' in str(e), (e.exit_code, str(e))
         assert [x.category for x in w] == [segpipe.SegpipeWarning] and 'label map' in str(w[0].message), w
+        # a T1 in 0..255 (many values) is an MRI, not a label map: the CLI's text (ct_cmd.c's rule)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter('always')
+            segpipe.segment({os.path.join(sp.SHARED, 'data', 'mri', 'tinyT1.nii.gz')!r}, 't1seg.nii.gz')
+        assert [str(x.message).split(': ', 1)[1] for x in w] == ['less than 1% of the voxels are below -500: no air '
+            'in Hounsfield units, so this does not look like a CT (an MRI? use segpipe mri)'], [str(x.message) for x in w]
         # the GIL is released while C runs: this thread keeps counting
         m = segpipe.Model(threads=1)
         done, n = [], 0
