@@ -558,10 +558,11 @@ static void table_row(sp_buf *T, const char *nm, const shape *sh, double mean, i
 {
     char flags[64] = "";
     if (sh->border)
-        strcat(flags, "border ");
+        strcat(flags, "  border");
     if (comps > 1)
-        snprintf(flags + strlen(flags), sizeof flags - strlen(flags), "%lld-parts", (long long)comps);
-    sp_buf_printf(T, "%-32.32s %10.2f %9.1f  %s\n", nm, sh->ml, mean, flags);
+        snprintf(flags + strlen(flags), sizeof flags - strlen(flags), "%s%lld-parts", sh->border ? " " : "  ",
+                 (long long)comps);
+    sp_buf_printf(T, "%-32.32s %10.2f %9.1f%s\n", nm, sh->ml, mean, flags);   /* no trailing blanks */
 }
 
 /* passport.json's structures, the table and the border list, one label at a time */
@@ -660,8 +661,9 @@ static sp_status passport_compute(const sp_volume *ct, const int16_t *ct16, cons
     structures(&c, nw, g, names, n_names, ncomp, largest, h, vals, offsets, &tt, &J, &T, &B);
     sp_buf_puts(&J, tt.found ? "\n ],\n" : "],\n");
     scan_json(&J, g, &tt, B.s);
-    sp_buf_printf(&T, "%d structures, %d touching the border, %.1f ml labelled\n", tt.found, tt.nborder,
-                  tt.total_ml);
+    sp_buf_printf(&T, "%d structures, %d touching the border%s, %.1f ml labelled\n", tt.found, tt.nborder,
+                  tt.nborder ? " (their volumes are lower bounds; statistics.json gives them 0, as TotalSegmentator "
+                               "does, unless --keep-border)" : "", tt.total_ml);
     statistics_json(&S, &c, names, n_names, tt.vox_vol, p.keep_border);
     ps->json = sp_buf_take(&J);
     ps->stats = sp_buf_take(&S);
