@@ -58,8 +58,11 @@ for mode in "$@"; do
       Z=/root/gpu/zoo T1=/root/gpu/t1_crop.nii.gz
       tar -C /root/gpu -xf /root/gpu/zoo.tar && mkdir -p /root/gpu/bm && ln -sfn $Z /root/gpu/bm/meshnet
       [ -d /root/gpu/pylib/nibabel ] || { mkdir -p /root/gpu/pylib && tar -C /root/gpu/pylib -xJf /root/gpu/nibabel.tar.xz; }
+      cp tools/gpu/numpy2_shim.py /root/gpu/pylib/sitecustomize.py
       chain=$Z/brainchop-mindgrab,$Z/brainchop-dk104
-      for v in "native 16 cpu 1" "native 4 cpu 1" "ort 16 cpu 0" "cuda 16 cuda 0" "cuda-again 16 cuda 0"; do
+      runs=("native 16 cpu 1" "native 4 cpu 1" "ort 16 cpu 0" "cuda 16 cuda 0" "cuda-again 16 cuda 0")
+      [ "${SP_MRI_PEERS_ONLY:-}" ] && runs=()   # an earlier call's chain outputs kept in /tmp
+      for v in "${runs[@]}"; do
         set -- $v
         TIMEFORMAT="$1 threads=$2: %R s wall, %U+%S s CPU"
         { time LD_LIBRARY_PATH=$SEGPIPE_LD SEGPIPE_MESHNET=$4 $SEGPIPE mri $T1 --model $chain -o /tmp/chain_$1.nii.gz \
