@@ -57,6 +57,9 @@ static int resolve(const char *name, char *out, size_t cap)
 int cli_chain_resolve(const char *models, char *last, size_t cap, char **pre)
 {
     *pre = NULL;
+    size_t n = strlen(models);
+    if (n && (models[0] == ',' || models[n - 1] == ',' || strstr(models, ",,")))   /* before any lookup */
+        return usage("--model: an empty model name in the list");
     const char *c = strrchr(models, ',');
     if (!c)
         return strchr(models, '/') || is_dir(models) ? (snprintf(last, cap, "%s", models), 0)
