@@ -238,17 +238,38 @@ def test_totalseg_crop_from_refusals(tmp):
     assert p.returncode == 2 and "--crop-from" in p.stderr, p.stderr
 
 
-def aux_home():
-    """a fake home with the tasks that have auxiliary classes (appendicular_bones
-    304; kidney_cysts 789, which crops with 298)"""
-    if "aux" in _cache:
-        return _cache["aux"]
-    d = tempfile.mkdtemp(prefix="tsaux-")
-    home = os.path.join(d, "home")
-    p = T.py(T.FAKE, home, "--patch", "32", "--ids", "304,789,298")
+def shared_home(key, ids):
+    """a fake home with the task ids' networks (patch 32), made once per
+    module: {"dir", "home"}"""
+    if key not in _cache:
+        d = tempfile.mkdtemp(prefix=f"ts{key}-")
+        home = os.path.join(d, "home")
+        p = T.py(T.FAKE, home, "--patch", "32", "--ids", ids)
+        assert p.returncode == 0, p.stderr
+        _cache[key] = dict(dir=d, home=home)
+    return _cache[key]
+
+
+def import_task(home, pkg, task):
+    """tools/import/import_totalseg.py HOME -o PKG --task TASK: (PKG, its manifest)"""
+    p = T.py(T.IMPORTER, home, "-o", pkg, "--task", task)
     assert p.returncode == 0, p.stderr
-    _cache["aux"] = dict(dir=d, home=home)
-    return _cache["aux"]
+    return pkg, T.json.load(open(os.path.join(pkg, "segpipe.json")))
+
+
+def refused_manifest(tmp, pkg, man, text):
+    """a copy of pkg with manifest man: `segpipe model check` refuses it (exit 4) saying text"""
+    bad = os.path.join(tmp, "bad")
+    shutil.copytree(pkg, bad)
+    T.json.dump(man, open(os.path.join(bad, "segpipe.json"), "w"))
+    q = sp.run("model", "check", bad)
+    assert q.returncode == 4 and text in q.stderr, q.stderr
+
+
+def aux_home():
+    """the tasks with auxiliary classes (appendicular_bones 304; kidney_cysts
+    789, which crops with 298)"""
+    return shared_home("aux", "304,789,298")
 
 
 def test_totalseg_remove_auxiliary_labels(tmp):
@@ -259,10 +280,7 @@ def test_totalseg_remove_auxiliary_labels(tmp):
     (where TotalSegmentator runs it) and on the input grid."""
     ts = need_ts()
     h = aux_home()
-    pkg = os.path.join(tmp, "ab")
-    p = T.py(T.IMPORTER, h["home"], "-o", pkg, "--task", "appendicular_bones")
-    assert p.returncode == 0, p.stderr
-    man = T.json.load(open(os.path.join(pkg, "segpipe.json")))
+    pkg, man = import_task(h["home"], os.path.join(tmp, "ab"), "appendicular_bones")
     cm, aux = ts.maps.class_map["appendicular_bones"], ts.maps.class_map["appendicular_bones_auxiliary"]
     assert man["labels"] == {"0": "background", **{str(k): v for k, v in cm.items()}}
     assert man["totalsegmentator"]["remove_auxiliary_labels"] == {str(k): v for k, v in aux.items()}
@@ -290,10 +308,7 @@ def test_totalseg_postprocessing_tasks(tmp):
     with its map and crop rule."""
     ts = need_ts()
     h = aux_home()
-    pkg = os.path.join(tmp, "kc")
-    p = T.py(T.IMPORTER, h["home"], "-o", pkg, "--task", "kidney_cysts")
-    assert p.returncode == 0, p.stderr
-    man = T.json.load(open(os.path.join(pkg, "segpipe.json")))
+    pkg, man = import_task(h["home"], os.path.join(tmp, "kc"), "kidney_cysts")
     cm, aux = ts.maps.class_map["kidney_cysts"], ts.maps.class_map["kidney_cysts_auxiliary"]
     assert man["parts"][0]["map"] == [0] + [k if k in cm else 0 for k in range(1, max({**cm, **aux}) + 1)]
     assert man["crop"]["structures"] == ["kidney_left", "kidney_right", "liver", "spleen", "colon"]
@@ -651,13 +666,7 @@ def test_totalseg_body_mr(tmp):
 
 
 def vpp_home():
-    if "vpp" not in _cache:
-        d = tempfile.mkdtemp(prefix="tsvpp-")
-        home = os.path.join(d, "home")
-        p = T.py(T.FAKE, home, "--patch", "32", "--ids", "803")
-        assert p.returncode == 0, p.stderr
-        _cache["vpp"] = dict(dir=d, home=home)
-    return _cache["vpp"]
+    return shared_home("vpp", "803")
 
 
 def test_totalseg_vertebrae_pp(tmp):
@@ -669,10 +678,7 @@ def test_totalseg_vertebrae_pp(tmp):
     that do not touch (one label kept), only dilated."""
     ts = need_ts()
     h = vpp_home()
-    pkg = os.path.join(tmp, "vpp")
-    p = T.py(T.IMPORTER, h["home"], "-o", pkg, "--task", "vertebrae_pp")
-    assert p.returncode == 0, p.stderr
-    man = T.json.load(open(os.path.join(pkg, "segpipe.json")))
+    pkg, man = import_task(h["home"], os.path.join(tmp, "vpp"), "vertebrae_pp")
     cm = ts.maps.class_map["vertebrae_pp"]
     inv = {v: k for k, v in cm.items()}
     assert man["labels"] == {"0": "background", **{str(k): v for k, v in cm.items()}}
@@ -716,11 +722,7 @@ def test_totalseg_vertebrae_pp(tmp):
     p = T.py(T.IMPORTER, h["home"], "-o", os.path.join(tmp, "vppr"), "--task", "vertebrae_pp_refined")
     assert p.returncode == 4 and "Dataset305_vertebrae_discs_1559subj" in p.stderr, p.stderr
     assert not os.path.exists(os.path.join(tmp, "vppr"))
-    bad = os.path.join(tmp, "bad")
-    shutil.copytree(pkg, bad)
-    T.json.dump(dict(man, vertebrae_pp=dict(man["vertebrae_pp"], l5=25)), open(os.path.join(bad, "segpipe.json"), "w"))
-    q = sp.run("model", "check", bad)
-    assert q.returncode == 4 and "vertebrae_pp labels" in q.stderr, q.stderr
+    refused_manifest(tmp, pkg, dict(man, vertebrae_pp=dict(man["vertebrae_pp"], l5=25)), "vertebrae_pp labels")
 
 
 def test_totalseg_body_derived_masks(tmp):
@@ -955,11 +957,7 @@ def test_totalseg_vertebrae_pp_refined(tmp):
     assert np.array_equal(ours, ref.astype(np.int32)), (ours != ref).sum()
     grown = ts.post.dilate_vertebrae_labels(data, cm, img.header.get_zooms(), 2)
     assert (grown != data).any() and (ref != data).any() and ref.any() and (body != 1).any(), ((grown != data).sum(), (ref != data).sum(), ref.sum(), (body != 1).sum(), (data == 0).sum())
-    bad = os.path.join(tmp, "bad")
-    shutil.copytree(pkg, bad)
-    T.json.dump(dict(man, refine=dict(man["refine"], keep_label=3)), open(os.path.join(bad, "segpipe.json"), "w"))
-    q = sp.run("model", "check", bad)
-    assert q.returncode == 4 and "refine.keep_label" in q.stderr, q.stderr
+    refused_manifest(tmp, pkg, dict(man, refine=dict(man["refine"], keep_label=3)), "refine.keep_label")
 
 
 def test_totalseg_task_folds(tmp):
