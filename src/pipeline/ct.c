@@ -709,7 +709,8 @@ static sp_status run_parts(sp_package *pk, float *model_vol, const int64_t mdim[
         double t0 = sp_now();
         if (x == copy)
             memcpy(copy, model_vol, nm * sizeof *copy);
-        sp_normalize(x, (int64_t)nm, &part->mf.norm, pool);
+        if (!mf->resample_nnunet)   /* else normalised before nnU-Net's resampling (grid_path) */
+            sp_normalize(x, (int64_t)nm, &part->mf.norm, pool);
         sp_timings_add(t, "normalize", sp_now() - t0);
         sp_window_params wp = window_params(&part->mf, p);
         if ((st = sp_window_run(part->model, x, mdim, &wp, lab_p, NULL, pool, t, p->progress, p->progress_user)))
@@ -754,8 +755,10 @@ static sp_status grid_path(sp_package *pk, const sp_volume *ct, sp_volume *const
     sp_ornt o;
     int64_t mdim[3];
     double target[3];
-    sp_status st = to_model_grid(mf, ct, p, pool, t, &o, target, mdim, &model_vol,
-                                 mf->resample_nnunet ? &mf->norms[0] : NULL);
+    /* nnU-Net's resampling normalises first: by the channel's scheme, or a
+     * one-part task's part's (package.c allows no other task package) */
+    const sp_norm *pre = !mf->resample_nnunet ? NULL : mf->n_parts ? &pk->part[0]->mf.norms[0] : &mf->norms[0];
+    sp_status st = to_model_grid(mf, ct, p, pool, t, &o, target, mdim, &model_vol, pre);
     size_t nm = (size_t)(mdim[0] * mdim[1] * mdim[2]);
     if (!st && mf->resampled_int32)
         truncate_int32(model_vol, nm);

@@ -614,9 +614,14 @@ static sp_status parse_labels(const cJSON *j, const char *file, sp_manifest *mf)
 static sp_status parse_task(const cJSON *j, const cJSON *in, const cJSON *outp, const char *file, sp_manifest *mf)
 {
     int vol = !strcmp(mf->task, "ct") || !strcmp(mf->task, "mri");   /* volume models: the same pipeline */
-    if (cJSON_HasObjectItem(j, "parts"))
-        return vol ? sp_manifest_parse_parts(j, file, mf)
-                   : sp_fail(SP_ERR_MODEL, "%s: \"parts\" (a task package) needs task \"ct\" or \"mri\"", file);
+    if (cJSON_HasObjectItem(j, "parts")) {
+        sp_status st = vol ? sp_manifest_parse_parts(j, file, mf)
+                           : sp_fail(SP_ERR_MODEL, "%s: \"parts\" (a task package) needs task \"ct\" or \"mri\"", file);
+        if (!st && !(st = parse_resample(j, file, mf)) && mf->resample_nnunet && mf->n_parts != 1)
+            st = sp_fail(SP_ERR_MODEL, "%s: \"resample\": \"nnunet\" in a task package needs exactly one part "
+                         "(each part would normalise before its own resampling)", file);
+        return st;
+    }
     if (vol) {
         sp_status st = parse_ct(j, in, file, mf);
         return st ? st : parse_resample(j, file, mf);

@@ -270,6 +270,8 @@ def test_totalseg_bad_task_packages(tmp):
     assert "beyond the task's 118 classes" in broken("big", lambda m, d: m["parts"][1]["map"].__setitem__(3, 500))
     assert "folder name inside the package" in broken("escape", lambda m, d: m["parts"][0].__setitem__("dir", "../x"))
     assert "merge" in broken("merge", lambda m, d: m.__setitem__("merge", "argmax"))
+    assert "needs exactly one part" in broken("nnrs", lambda m, d: (m.__setitem__("resample", "nnunet"),
+                                                                   m.__setitem__("resampled_int32", False)))
     assert "map[0] must be 0" in broken("bg", lambda m, d: m["parts"][2]["map"].__setitem__(0, 4))
 
     def spacing(m, d):
@@ -442,6 +444,9 @@ def test_totalseg_subtask_crops_like_totalsegmentator(tmp):
     # liver_vessels (its config has no "resample": nnU-Net resamples, keeping the fractions)
     crop_man = json.load(open(os.path.join(pkg, man["crop"]["dir"], "segpipe.json")))
     assert (man["resampled_int32"], sub["resampled_int32"], crop_man["resampled_int32"]) == (False, False, True)
+    # ... and nnU-Net resamples as its preprocessing does: normalised, then order 3 (the task's run below
+    # equals the part's own run on TotalSegmentator's crop only if both do)
+    assert (man.get("resample"), sub.get("resample"), crop_man.get("resample")) == ("nnunet", "nnunet", None)
     lv = os.path.join(tmp, "lung_vessels")
     p = py(IMPORTER, fx["home"], "-o", lv, "--task", "lung_vessels")
     assert p.returncode == 0, p.stderr

@@ -984,6 +984,10 @@ def test_totalseg_task_folds(tmp):
         part = os.path.join(pkg, man["parts"][0]["dir"])
         sub = T.json.load(open(os.path.join(part, "segpipe.json")))
         assert sub["nnunet"]["folds"] == [str(f) for f in want]
+        # TotalSegmentator leaves a task without "resample" to nnU-Net, which normalises and then resamples
+        # with its order 3 (docs/model-format.md); a task it resamples itself stays linear
+        nn = "nnunet" if cfg["resample"] is None else None
+        assert man.get("resample") == sub.get("resample") == nn, (task, man.get("resample"), sub.get("resample"))
     # the ensemble is not fold 0 alone: fold 0 imported by nnU-Net's importer gives other labels
     one = os.path.join(tmp, "one")
     r = T.py(os.path.join(sp.ROOT, "tools", "import", "import_nnunet.py"), os.path.join(

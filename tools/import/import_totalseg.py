@@ -242,9 +242,8 @@ def import_part(folder, out, name, labels, step, int32, folds=(0,)):
     # nnunet.py: change_spacing(..., dtype=np.int32) before nnU-Net when TotalSegmentator resamples (crop models
     # always; a task's parts when its config has "resample"); run on its own, a part does as in its task
     man["resampled_int32"] = int32
-    # the grid as its task package makes it: linear (TotalSegmentator's --resampling_order 1 when it resamples;
-    # for tasks it leaves to nnU-Net (resample None), nnU-Net's order-3 resampling per part is not done yet)
-    man.pop("resample", None)
+    if int32:   # TotalSegmentator resamples (linear, its --resampling_order 1); nnU-Net then keeps the grid
+        man.pop("resample", None)
     if "tta" in man:   # a trainer that allows mirroring: TotalSegmentator still runs nnU-Net with tta=False
         man["tta"]["default"] = False
     with open(os.path.join(out, "segpipe.json"), "w") as f:
@@ -332,6 +331,9 @@ def build(maps, results, out, task, fast, fastest, crop_model=True, fp16=False, 
                                 "trainer": cfg["trainer"], "plans": cfg["plans"], "model": cfg["model"],
                                 "folds": cfg["folds"] if cfg["folds"] is not None else available_folds(folders[0]),
                                 "step": step, "maps_commit": maps["source"]["commit"]}}
+    first = json.load(open(os.path.join(out, parts[0]["dir"], "segpipe.json")))
+    if cfg["resample"] is None and len(parts) == 1 and first.get("resample") == "nnunet":
+        man["resample"] = "nnunet"   # TotalSegmentator leaves the grid to nnU-Net: normalised, then its order 3
     if task in ("vertebrae_pp", "vertebrae_pp_refined"):   # nnunet.py runs vertebrae_pp's postprocessing for both
         man["vertebrae_pp"] = dict(c1=inv["vertebrae_C1"], l5=inv["vertebrae_L5"], **VERTEBRAE_PP)
     if task in REFINE:
