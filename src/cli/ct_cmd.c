@@ -420,7 +420,7 @@ static int ct_check_volume(const ct_opts *o, const sp_volume *v, const sp_packag
                  "runs it with the CT checks");
     const float *d = sp_volume_data(v);
     if (d && !other)   /* the values against the model's modality: said above already */
-        modality_warnings(o, d, (size_t)vi.dim[0] * (size_t)vi.dim[1] * (size_t)vi.dim[2], sp_package_task(pk), w);
+        modality_warnings(o, d, (size_t)vi.dim[0] * (size_t)vi.dim[1] * (size_t)vi.dim[2], task, w);
     return 0;
 }
 

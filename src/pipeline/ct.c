@@ -414,6 +414,22 @@ static void restore_input(held_input *h, int release)
     h->hu = NULL;
 }
 
+/* A volume model (task ct or mri), or the error naming the command that runs it */
+static sp_status volume_task(const sp_manifest *mf)
+{
+    if (strcmp(mf->task, "ct") && strcmp(mf->task, "mri"))
+        return sp_fail(SP_ERR_MODEL, "model '%s' is a '%s' model, not a CT or MRI volume model (segpipe %s runs it)",
+                       mf->name, mf->task, mf->task);
+    return SP_OK;
+}
+
+/* The spacing along each canonical axis (o: native -> canonical) */
+static void canonical_spacing(const sp_geom *g, const sp_ornt *o, double cs[3])
+{
+    for (int j = 0; j < 3; j++)
+        cs[j] = g->spacing[o->ax[j]];
+}
+
 /* The grid of steps a and b, from the geometry alone: the closest canonical
  * orientation (*o), the model spacing per canonical axis (target) and the
  * model grid (mdim, checked against the limits). */
@@ -426,8 +442,7 @@ static sp_status canonical_grid(const sp_manifest *mf, const sp_geom *g, const s
     int64_t cdim[3];
     double cs[3];
     sp_ornt_dims(o, g->dim, cdim);
-    for (int j = 0; j < 3; j++)
-        cs[j] = g->spacing[o->ax[j]];
+    canonical_spacing(g, o, cs);
     for (int d = 0; d < 3; d++)
         target[mf->axes[d]] = mf->spacing[d] > 0 ? mf->spacing[d] : cs[mf->axes[d]];   /* 0: kept (2D) */
     return model_grid(cdim, cs, target, p->max_model_voxels, mdim);
@@ -448,8 +463,7 @@ static sp_status nnunet_resample(const sp_geom *g, const sp_ornt *o, const float
         memcpy(x, cvol, nv * sizeof *x);
     sp_normalize(x, (int64_t)nv, pre, pool);
     double cs[3];
-    for (int j = 0; j < 3; j++)
-        cs[j] = g->spacing[o->ax[j]];
+    canonical_spacing(g, o, cs);
     sp_status st = sp_resample_nnunet(x, cdim, cs, target, dst, mdim, pool);
     if (!canon)
         free(x);
@@ -1111,9 +1125,9 @@ static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, sp_
     const sp_manifest *mf = &pk->mf;
     uint8_t *keep = NULL;
     *out = NULL;
-    if (strcmp(mf->task, "ct") && strcmp(mf->task, "mri"))
-        return sp_fail(SP_ERR_MODEL, "model '%s' is a '%s' model, not a CT or MRI volume model (segpipe %s runs it)",
-                       mf->name, mf->task, mf->task);
+    sp_status vt = volume_task(mf);
+    if (vt)
+        return vt;
     if (p.step != 0 && !(p.step > 0 && p.step <= 1))
         return sp_fail(SP_ERR_USAGE, "the sliding-window step must be in (0, 1], got %g", p.step);
     if (!ct->data)
@@ -1174,9 +1188,9 @@ static sp_status grid_of(const sp_manifest *mf, const sp_volume *ct, const sp_ct
                          int *reoriented)
 {
     *reoriented = 0;
-    if (strcmp(mf->task, "ct") && strcmp(mf->task, "mri"))   /* a photo model has no grid */
-        return sp_fail(SP_ERR_MODEL, "model '%s' is a '%s' model, not a CT or MRI volume model (segpipe %s runs it)",
-                       mf->name, mf->task, mf->task);
+    sp_status vt = volume_task(mf);   /* a photo model has no grid */
+    if (vt)
+        return vt;
     if (mf->conform_n) {
         mdim[0] = mdim[1] = mdim[2] = mf->conform_n;
         return SP_OK;
