@@ -127,6 +127,15 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
                         sp_timings *t, void (*progress)(const char *, int, int, void *),
                         void *progress_user);
 
+/* ---- window_calls.c: a CPU batch of tiles as concurrent single-tile calls ---- */
+#define SP_WINDOW_MAX_CALLS 64
+/* 0 when SEGPIPE_TILE_CALLS=batched (one batched call, as before) or an
+ * INT8 calibration run (SEGPIPE_CALIBRATE) asks for one call per batch. */
+int sp_window_calls_wanted(void);
+/* nb tiles (in: nb x Cin x P, out: nb x C x P, contiguous) through the
+ * model, one call per tile, all at once. */
+sp_status sp_window_run_calls(sp_model *m, float *in, float *out, int nb, int Cin, int C, const int64_t P[3]);
+
 /* ---- window_gpu.c ---- */
 typedef struct sp_tile {
     int64_t s[3];            /* start in padded network coordinates */

@@ -5,8 +5,9 @@
  * The volume (already normalised) is viewed in the network's axis order
  * (network dim d = volume axis axes[d]) and padded, centred, with zeros to
  * at least the patch size. Tile starts per axis come from nnU-Net's
- * compute_steps_for_sliding_window; tiles run dim 0 outermost, several per
- * ORT call (tile_batch). Each tile's logits, times the Gaussian importance
+ * compute_steps_for_sliding_window; tiles run dim 0 outermost, tile_batch at
+ * a time: on the CPU as concurrent single-tile calls (window_calls.c), else
+ * as one batched call. Each tile's logits, times the Gaussian importance
  * map, are added to an accumulator.
  *
  * Memory: the argmax of sum(w * logits) / sum(w) equals the argmax of
@@ -76,6 +77,7 @@ typedef struct win {
     int64_t lst[3];              /* label stride of network dim d */
     const sp_tile *batch;
     int nb;
+    int calls;                   /* CPU: a batch as concurrent single-tile calls (window_calls.c) */
     _Atomic int overflow;        /* a half accumulator reached infinity */
 } win;
 
@@ -503,7 +505,7 @@ static sp_status win_buffers(win *c, const sp_window_params *wp, int B, int keep
     size_t psz = (size_t)(c->P[0] * c->P[1] * c->P[2]);
     c->gauss = sp_gaussian_map(c->P, wp->sigma_scale);
     c->in = sp_big_alloc((size_t)B * (size_t)c->Cin * psz * sizeof(float));
-    if (!c->head_w)
+    if (!c->head_w || c->calls)
         c->out = sp_big_alloc((size_t)B * (size_t)c->C * psz * sizeof(float));
     c->ring = keep_logits ? c->N[0] : (c->P[0] < c->N[0] ? c->P[0] : c->N[0]);
     c->acc = sp_big_calloc((size_t)c->C * (size_t)c->ring * (size_t)c->slab,
@@ -515,7 +517,7 @@ static sp_status win_buffers(win *c, const sp_window_params *wp, int B, int keep
         c->wsum_h = sp_big_calloc((size_t)(c->ring * c->slab), sizeof(uint16_t));
     if (c->gauss && c->half)   /* nnU-Net's torch.half Gaussian: rounded, its zeros the smallest non-zero */
         half_gauss((float *)c->gauss, psz);
-    if (!c->gauss || !c->in || (!c->head_w && !c->out) || !c->acc || (need_wsum && !c->wsum) ||
+    if (!c->gauss || !c->in || ((!c->head_w || c->calls) && !c->out) || !c->acc || (need_wsum && !c->wsum) ||
         (c->half && !c->wsum_h))
         return sp_fail(SP_ERR_NOMEM, "sliding window: cannot allocate buffers (%d classes, "
                        "ring %lldx%lldx%lld)", c->C, (long long)c->P[0], (long long)c->N[1], (long long)c->N[2]);
@@ -526,7 +528,7 @@ static sp_status win_buffers(win *c, const sp_window_params *wp, int B, int keep
  * accumulated with the Gaussian weights. */
 static sp_status win_batch(win *c, sp_model *m, int nb, sp_pool *pool, sp_timings *t)
 {
-    int borrow = c->head_w != NULL;
+    int borrow = c->head_w != NULL && !c->calls;
     double t0 = sp_now();
     c->nb = nb;
     sp_pool_for(pool, (int64_t)nb * c->Cin * c->P[0] * c->P[1], 8, gather_rows, c);
@@ -534,7 +536,11 @@ static sp_status win_batch(win *c, sp_model *m, int nb, sp_pool *pool, sp_timing
     sp_tensor in = {SP_DT_F32, 5, {nb, c->Cin, c->P[0], c->P[1], c->P[2]}, c->in};
     sp_tensor out = {SP_DT_F32, 5, {nb, c->C, c->P[0], c->P[1], c->P[2]}, borrow ? NULL : c->out};
     void *hold = NULL;
-    sp_status st = borrow ? sp_model_run_borrow(m, &in, 1, &out, 1, &hold) : sp_model_run(m, &in, 1, &out, 1);
+    sp_status st;
+    if (c->calls && nb > 1)
+        st = sp_window_run_calls(m, c->in, c->out, nb, c->Cin, c->C, c->P);
+    else
+        st = borrow ? sp_model_run_borrow(m, &in, 1, &out, 1, &hold) : sp_model_run(m, &in, 1, &out, 1);
     double t2 = sp_now();
     if (st)
         return st;
@@ -626,6 +632,7 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
                              {c.vst[0], c.vst[1], c.vst[2]}, c.C, B, ntiles, tiles};
         st = sp_window_run_gpu(m, vol, &pl, wp, labels, t, progress, progress_user);
     } else if (!st) {
+        c.calls = B > 1 && sp_window_calls_wanted();
         st = win_buffers(&c, wp, B, logits != NULL);
         if (!st)
             st = win_loop(&c, m, tiles, ntiles, B, logits, pool, t, wp, progress, progress_user);

@@ -48,6 +48,31 @@ def test_arena_on_off_same_ct_labels(tmp):
     assert len(np.unique(got["on"][0])) > 3   # real structures, not an empty result
 
 
+def test_tile_calls_same_labels_as_one_batched_call(tmp):
+    """On the CPU a batch of tiles runs as concurrent single-tile calls
+    (window_calls.c); SEGPIPE_TILE_CALLS=batched runs it as one batched
+    call, as before. demo-ct on the real CT at tile batch 4 and 3 (a last
+    batch of another size), and its split-head package (features
+    accumulated, the head at the argmax): labels equal at the native and
+    the model grid."""
+    if not os.path.exists(CT):
+        raise sp.Skip("../shared/data/ct missing")
+    from test_memory import split_demo
+    split = split_demo(tmp)
+    for model, tb in ((sp.DEMO, "4"), (sp.DEMO, "3"), (split, "4")):
+        got = {}
+        for mode in ("calls", "batched"):
+            out, ml = os.path.join(tmp, mode + ".nii.gz"), os.path.join(tmp, mode + ".model.nii.gz")
+            env = {"SEGPIPE_TILE_CALLS": "batched"} if mode == "batched" else {}
+            p = sp.run("ct", CT, "-o", out, "--model", model, "--tile-batch", tb, "--no-passport",
+                       "--save-model-labels", ml, "-t", "2", env=env)
+            assert p.returncode == 0, p.stderr
+            got[mode] = [np.asarray(nib.load(f).dataobj) for f in (out, ml)]
+        for x, y in zip(got["calls"], got["batched"]):
+            assert x.shape == y.shape and np.array_equal(x, y), (model, tb, int((x != y).sum()))
+        assert len(np.unique(got["calls"][0])) > 3   # real structures, not an empty result
+
+
 def test_arena_on_off_same_masks(tmp):
     """The photo model (arena on by default) gives the same masks with
     --arena off; the default is the manifest's task rule (on for masks)."""
