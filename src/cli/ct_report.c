@@ -16,14 +16,41 @@
 #include <sys/stat.h>
 #include <time.h>
 
+/* What each stage of the table does, in a user's words (the report JSON
+ * keeps the stage keys). */
+static const char *stage_words(const char *stage)
+{
+    static const char *const w[][2] = {
+        {"load_model", "read the network"},  {"read", "read the scan"},
+        {"reorient", "turn to RAS"},          {"conform", "conform to the network's grid"},
+        {"resample", "to the network's spacing"}, {"normalize", "scale intensities"},
+        {"roi_crop", "crop to the region"},  {"upload", "scan to the GPU"},
+        {"window", "cut tiles, add their weighted scores"}, {"inference", "the network (ONNX Runtime)"},
+        {"download", "labels from the GPU"}, {"merge", "merge the parts' labels"},
+        {"postprocess", "the model's post-processing"}, {"largest_component", "keep the largest component"},
+        {"labels_back", "labels onto the scan's grid"}, {"passport", "measure each structure"},
+        {"write", "write the outputs"},
+    };
+    for (size_t i = 0; i < sizeof w / sizeof w[0]; i++)
+        if (!strcmp(stage, w[i][0]))
+            return w[i][1];
+    return "";
+}
+
 void cli_print_timings(FILE *f, const sp_timings *t, double wall)
 {
     double total = sp_timings_total(t);
-    fprintf(f, "%-14s %9s %7s\n", "stage", "seconds", "share");
-    for (int i = 0; i < t->n; i++)
-        fprintf(f, "%-14s %9.3f %6.1f%%\n", t->stage[i].name, t->stage[i].seconds,
-                total > 0 ? 100.0 * t->stage[i].seconds / total : 0);
-    fprintf(f, "%-14s %9.3f %6.1f%%\n", "total", total, 100.0);
+    fprintf(f, "%-17s %9s %7s\n", "stage", "seconds", "share");
+    for (int i = 0; i < t->n; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "%s", t->stage[i].name);
+        for (char *c = name; *c; c++)
+            *c = *c == '_' ? ' ' : *c;
+        const char *w = stage_words(t->stage[i].name);
+        fprintf(f, "%-17s %9.3f %6.1f%%%s%s\n", name, t->stage[i].seconds,
+                total > 0 ? 100.0 * t->stage[i].seconds / total : 0, *w ? "  " : "", w);
+    }
+    fprintf(f, "%-17s %9.3f %6.1f%%\n", "total", total, 100.0);
     if (wall > 0)
         fprintf(f, "wall %.3f s, peak RSS %.1f MB\n", wall, (double)sp_peak_rss() / 1e6);
 }

@@ -371,14 +371,27 @@ static int masks_batches(const masks_opts *o, sp_package *pk, char **photos, int
     return rc;
 }
 
+/* The photo stages in a user's words */
+static const char *masks_stage_words(const char *stage)
+{
+    static const char *const w[][2] = {
+        {"decode", "read the photos"}, {"preprocess", "resize and scale"},
+        {"inference", "the network (ONNX Runtime)"}, {"postprocess", "masks from the scores"},
+        {"encode", "write PNG + JSON, while the next photos run"},
+    };
+    for (size_t i = 0; i < sizeof w / sizeof w[0]; i++)
+        if (!strcmp(stage, w[i][0]))
+            return w[i][1];
+    return "";
+}
+
 static void masks_summary(const sp_timings *t, int done, int failed, double wall, const sp_package *pk)
 {
     double total = sp_timings_total(t);
     printf("%-12s %9s %7s\n", "stage", "seconds", "share");
     for (int k = 0; k < t->n; k++)
-        printf("%-12s %9.3f %6.1f%%\n", t->stage[k].name, t->stage[k].seconds,
-               total > 0 ? 100 * t->stage[k].seconds / total : 0);
-    printf("(encode: PNG + JSON on the writer thread, overlapped with the next batch)\n");
+        printf("%-12s %9.3f %6.1f%%  %s\n", t->stage[k].name, t->stage[k].seconds,
+               total > 0 ? 100 * t->stage[k].seconds / total : 0, masks_stage_words(t->stage[k].name));
     printf("%d photo(s) done, %d failed, %.2f images/s (wall %.3f s), %llu inference call(s)\n", done, failed,
            wall > 0 ? done / wall : 0, wall, pk ? (unsigned long long)sp_model_run_count(sp_package_model(pk)) : 0ull);
 }

@@ -19,6 +19,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Bundled models are found relative to the module (the segpipe binary or
  * libsegpipe.so) that holds this code, never through a compiled-in path:
@@ -949,6 +950,16 @@ sp_status sp_package_load(sp_runtime *rt, const char *dir, sp_package **out)
     sp_status st;
     *out = NULL;
     snprintf(path, sizeof path, "%s/segpipe.json", dir);
+    struct stat sd;
+    if (stat(dir, &sd) != 0)
+        return sp_fail(SP_ERR_MODEL, "model %s: no such folder (a model is a folder holding segpipe.json; "
+                       "`segpipe models` lists the bundled ones)", dir);
+    if (!S_ISDIR(sd.st_mode))
+        return sp_fail(SP_ERR_MODEL, "model %s: not a folder (a model is a folder holding segpipe.json and "
+                       "its .onnx)", dir);
+    if (access(path, F_OK) != 0)
+        return sp_fail(SP_ERR_MODEL, "model %s: not a segpipe model folder (it has no segpipe.json; "
+                       "tools/import/ makes one from nnU-Net, TotalSegmentator or brainchop weights)", dir);
     if ((st = sp_read_file(path, 16 << 20, &text, &n)))
         return sp_fail_prefix(SP_ERR_MODEL, "model package %s", dir);
     char *s = text;   /* NUL-terminated */

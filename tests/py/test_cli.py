@@ -30,6 +30,11 @@ def test_ct_demo_model_dice_example_sm(tmp):
     src = os.path.join(sp.CTDIR, "example_ct_sm.nii.gz")
     out, p = _ct(tmp, src)
     assert "inference" in p.stdout and "passport" in p.stdout
+    # the stage table in a user's words; the report keeps the keys
+    rows = {l.split("  ")[0].strip(): l for l in p.stdout.splitlines() if "%" in l}
+    assert "labels back" in rows and "labels onto the scan's grid" in rows["labels back"], p.stdout
+    assert "the network (ONNX Runtime)" in rows["inference"] and not any("_" in k for k in rows), p.stdout
+    assert "labels_back" in json.load(open(os.path.join(tmp, "report.json")))["seconds"]
     got = nib.load(out)
     ref = nib.load(os.path.join(sp.CTDIR, "example_seg_fast.nii.gz"))
     assert np.allclose(got.affine, nib.load(src).affine) and got.shape == ref.shape
@@ -393,7 +398,8 @@ def test_ct_wrong_kind_of_model(tmp):
     """A photo model given to `ct`: exit 4 naming its task and the command
     that runs it (it used to read a 2D manifest's absent spacing and blame
     the scan's header with a garbage number); an unknown bare model name:
-    exit 4 under the running command's name; a CT model given to `mri`: a
+    exit 4 under the running command's name; a path that is no model
+    folder: what it is instead; a CT model given to `mri`: a
     warning that says so, without the CT value checks' advice"""
     ct, out = os.path.join(sp.CTDIR, "example_ct_sm.nii.gz"), os.path.join(tmp, "o.nii.gz")
     for m, task in (("demo-rooms", "masks"), ("demo-shapes", "classify")):
@@ -403,6 +409,14 @@ def test_ct_wrong_kind_of_model(tmp):
         assert "spacing" not in r.stderr and not os.path.exists(out), r.stderr
     r = sp.run("ct", ct, "-o", out, "--model", "no-such-model")
     assert r.returncode == 4 and r.stderr.startswith("segpipe ct: --model no-such-model: no such model"), r.stderr
+    # a path that is not a model: what it is instead, and how to get one
+    os.makedirs(os.path.join(tmp, "empty"))
+    for m, said in (("missing", "no such folder"), ("empty", "not a segpipe model folder (it has no segpipe.json"),
+                    ("o.nii.gz", "not a folder")):
+        if m == "o.nii.gz":
+            open(os.path.join(tmp, m), "w").close()
+        r = sp.run("ct", ct, "-o", os.path.join(tmp, "x.nii.gz"), "--model", os.path.join(tmp, m))
+        assert r.returncode == 4 and said in r.stderr and r.stderr.count(tmp) == 1, (m, r.stderr)
     r = sp.run("mri", os.path.join(sp.SHARED, "data", "mri", "tinyT1.nii.gz"), "-o", out, "--no-passport",
                "--model", os.path.join(sp.ROOT, "models", "demo-ct"))
     assert r.returncode == 0, r.stderr
