@@ -227,7 +227,7 @@ def test_python_errors_and_gil(tmp):
             segpipe.Model('../nonexistent-model')
             raise SystemExit('no error')
         except segpipe.Error as e:
-            assert e.status == 'model' and 'package ../nonexistent-model:' in str(e) and '/models/' not in str(e), str(e)
+            assert e.status == 'model' and 'model ../nonexistent-model: no such folder' in str(e) and '/models/' not in str(e), str(e)
         try:
             segpipe.ct(np.zeros((4, 4, 4)), affine=np.zeros((4, 4)))
             raise SystemExit('no error')
