@@ -79,7 +79,7 @@ print(f"chain labels native vs cuda: {100 * (a == b).mean():.4f}% of voxels, {10
         PYTHONUNBUFFERED=1 python3 bench/brainchop.py --threads 16 \
           --input $T1 --zoo /root/gpu/bm --models-dir $Z --device $d 2>&1 | tee -a "$OUT/mri.txt"
       done ;;
-    cpucalls) PYTHONUNBUFFERED=1 python3 bench/cpu_ct_peer.py "$OUT" --variants auto,tb4,tb4b 2>&1 | tee "$OUT/cpu_calls.txt"
+    cpucalls) PYTHONUNBUFFERED=1 python3 bench/cpu_ct_peer.py "$OUT" --threads "${SP_CPU_THREADS:-16,4}" --variants auto,tb4,tb4b 2>&1 | tee "$OUT/cpu_calls.txt"
       rc=$((rc | PIPESTATUS[0])) ;;
     cpu) PYTHONUNBUFFERED=1 python3 bench/cpu_ct_peer.py "$OUT" 2>&1 | tee "$OUT/cpu_ct_peer.txt"
       rc=$((rc | PIPESTATUS[0]))
