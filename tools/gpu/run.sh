@@ -32,7 +32,8 @@
 #           512x512x224 (0.71 x 0.59 x 1.5 mm); pack.sh's tssrc.tar.xz.
 #           SP_TS_DEVICE (cuda), SP_TS_FEATURES (32,64,128,256,320,320),
 #           SP_TS_PATCH (128), SP_TS_ROUNDS (2), SP_TS_THREADS (16),
-#           SP_TS_ROI (liver; empty: the full task only); the home and the
+#           SP_TS_ROI (liver; empty: the full task only), SP_TS_TOOLS
+#           (totalsegmentator,segpipe: one of them for a check); the home and the
 #           package are kept in /root/gpu for the next call
 # Outputs go to $OUT (the device tool's folder) or ./gpu-out.
 set -uo pipefail
@@ -122,7 +123,8 @@ for f in sorted(glob.glob("'"$OUT"'/classify_*.json")):
       tag=${D}_f${F//,/-}_p$P
       PYTHONUNBUFFERED=1 python3 bench/totalseg_pipeline.py $CT --src /root/gpu/tssrc.tar.xz --device $D \
         --features $F --patch $P --rounds "${SP_TS_ROUNDS:-2}" --threads "${SP_TS_THREADS:-16}" \
-        --roi "${SP_TS_ROI-liver}" --work /root/gpu/ts_f${F//,/-}_p$P --json "$OUT/totalseg_$tag.json" 2>&1 |
+        --roi "${SP_TS_ROI-liver}" --tools "${SP_TS_TOOLS:-totalsegmentator,segpipe}" \
+        --work /root/gpu/ts_f${F//,/-}_p$P --json "$OUT/totalseg_$tag.json" 2>&1 |
         tee "$OUT/totalseg_$tag.txt"; rc=$((rc | PIPESTATUS[0])) ;;
     *) echo "run.sh: unknown mode $mode (check, test, bench, profile, auto, best, video, mri, cpu, isnet, classify, totalseg)" >&2; rc=2 ;;
   esac
