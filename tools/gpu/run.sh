@@ -32,7 +32,8 @@
 #           512x512x224 (0.71 x 0.59 x 1.5 mm); pack.sh's tssrc.tar.xz.
 #           SP_TS_DEVICE (cuda), SP_TS_FEATURES (32,64,128,256,320,320),
 #           SP_TS_PATCH (128), SP_TS_ROUNDS (2), SP_TS_THREADS (16),
-#           SP_TS_ROI (liver; empty: the full task only), SP_TS_TOOLS
+#           SP_TS_ROI (liver; empty: the full task only), SP_TS_CT (a check
+#           on a smaller scan: /root/gpu/example_ct_sm.nii.gz), SP_TS_TOOLS
 #           (totalsegmentator,segpipe: one of them for a check); the home and the
 #           package are kept in /root/gpu for the next call
 # Outputs go to $OUT (the device tool's folder) or ./gpu-out.
@@ -117,7 +118,7 @@ for f in sorted(glob.glob("'"$OUT"'/classify_*.json")):
     totalseg)
       [ -d /root/gpu/pylib/nibabel ] || { mkdir -p /root/gpu/pylib && tar -C /root/gpu/pylib -xJf /root/gpu/nibabel.tar.xz; }
       cp tools/gpu/numpy2_shim.py /root/gpu/pylib/sitecustomize.py
-      CT=/root/gpu/ct_512x512x224.nii.gz
+      CT=${SP_TS_CT:-/root/gpu/ct_512x512x224.nii.gz}
       [ -f $CT ] || LD_LIBRARY_PATH=$SEGPIPE_LD $SEGPIPE resample /root/gpu/example_ct.nii.gz -o $CT --shape 512,512,224
       F=${SP_TS_FEATURES:-32,64,128,256,320,320} P=${SP_TS_PATCH:-128} D=${SP_TS_DEVICE:-cuda}
       tag=${D}_f${F//,/-}_p$P
