@@ -31,8 +31,26 @@ nnU-Net spawns too (this file is their main module):
 TOTALSEG_HOME_DIR is the fake home; its config.json has send_usage_stats
 false (TotalSegmentator's own switch; there is no network here anyway).
 
+On a GPU (--device cuda): TotalSegmentator's device="gpu" (nnU-Net's
+predictor on the device, fp16 autocast) against `segpipe ct --device cuda`
+with the package's fp16 models (imported with --fp16; segpipe's
+--precision auto picks them on a GPU); peak GPU memory of both (PyTorch's
+max_memory_reserved in the TotalSegmentator process, segpipe's --report).
+cupy and cucim are never stubbed: TotalSegmentator resamples on the GPU
+only when importlib finds both (a stub would be found), so where cupy is
+installed and cucim is not it resamples on the CPU, as such an install does.
+SEGPIPE (the binary) and SEGPIPE_LD (its LD_LIBRARY_PATH) come from the
+environment when set (tools/gpu/run.sh totalseg sets them).
+
    /usr/bin/python3 bench/totalseg_pipeline.py [CT.nii.gz] [--features 8,16,32] [--patch 64]
-        [--threads 2] [--rounds 2] [--roi liver] [--src /work/.mirror] [--json OUT.json]
+        [--threads 2] [--rounds 2] [--roi liver] [--device cpu|cuda] [--src /work/.mirror|SOURCES.tar]
+        [--work DIR] [--json OUT.json]
+   /usr/bin/python3 bench/totalseg_pipeline.py --pack-sources SOURCES.tar [--src /work/.mirror]
+
+--pack-sources writes the five sources (as unpacked from the mirrors) and
+their commits (SOURCES.json) into one tar for a machine without the
+mirrors; --src then takes that tar. --work keeps the fake home and the
+package in DIR and reuses them when a later run asks for the same sizes.
 """
 import argparse, json, os, re, resource, subprocess, sys, tempfile, time, types
 
@@ -40,11 +58,13 @@ import numpy as np
 import nibabel as nib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SEGPIPE = os.path.join(ROOT, "build", "segpipe")
+SEGPIPE = os.environ.get("SEGPIPE", os.path.join(ROOT, "build", "segpipe"))
+SEGPIPE_LD = os.environ.get("SEGPIPE_LD")   # the segpipe process's LD_LIBRARY_PATH (the GPU machine's CUDA libraries)
+IDS = "291,292,293,294,295,298"   # total's five parts and the 6 mm crop model --roi-subset runs first
 ENV = "SEGPIPE_TS_PATH"   # the unpacked sources (os.pathsep-separated): set, this module installs the shims
 TS_REPO = "wasserth+TotalSegmentator"
 # imported by TotalSegmentator's modules, never called by this run
-STUBS_TS = {"radiomics", "xmltodict", "rt_utils", "highdicom", "pydicom", "cupy", "cucim", "p_tqdm",
+STUBS_TS = {"radiomics", "xmltodict", "rt_utils", "highdicom", "pydicom", "p_tqdm",
             "fury", "xvfbwrapper", "psutil", "einops", "timm", "nnunetv2.training.lr_scheduler"}
 LPS = np.diag([-1.0, -1.0, 1.0])
 
@@ -121,9 +141,17 @@ if os.environ.get(ENV) and "SimpleITK" not in sys.modules:   # the TotalSegmenta
 
 def unpack_sources(src, dst):
     """nnU-Net's four repositories (make_nnunet_refs.unpack) and
-    TotalSegmentator's package folder; returns (paths, commits)"""
+    TotalSegmentator's package folder, from the git mirrors in src or from
+    a tar that --pack-sources wrote; returns (paths, commits)"""
     sys.path.insert(0, os.path.join(ROOT, "tools", "dev"))
     import make_nnunet_refs as mnr
+    repos = mnr.REPOS + [TS_REPO]
+    if os.path.isfile(src):   # --pack-sources' tar: the five folders and SOURCES.json
+        os.makedirs(dst)
+        import tarfile
+        with tarfile.open(src) as t:   # Python's: the GPU machine may lack xz
+            t.extractall(dst)
+        return [os.path.join(dst, r) for r in repos], json.load(open(os.path.join(dst, "SOURCES.json")))
     commits = mnr.unpack(src, dst)
     git = os.path.join(src, TS_REPO, "repo")
     if not os.path.isdir(git):
@@ -135,7 +163,19 @@ def unpack_sources(src, dst):
     tar = subprocess.run(["git", "--git-dir", git, "archive", "HEAD", "totalsegmentator"], capture_output=True,
                          check=True).stdout   # the package only (the mirror lacks some test blobs)
     subprocess.run(["tar", "-x", "-C", d], input=tar, check=True)
-    return [os.path.join(dst, r) for r in mnr.REPOS] + [d], commits
+    return [os.path.join(dst, r) for r in repos], commits
+
+
+def pack_sources(src, tar):
+    """the five sources and SOURCES.json in one tar (xz when tar ends so),
+    without the repositories' tests, documentation and images"""
+    with tempfile.TemporaryDirectory() as d:
+        _, commits = unpack_sources(src, os.path.join(d, "src"))
+        json.dump(commits, open(os.path.join(d, "src", "SOURCES.json"), "w"), indent=1)
+        subprocess.run(["tar", "-C", os.path.join(d, "src"), "--exclude=*.png", "--exclude=*.jpg", "--exclude=*.gif",
+                        "--exclude=documentation", "--exclude=*.ipynb", "-c" + ("J" if tar.endswith("xz") else "")
+                        + "f", os.path.abspath(tar), "."], check=True)
+    print(f"wrote {tar}: {', '.join(f'{k} {v[:12]}' for k, v in commits.items())}")
 
 
 def ts_env(paths, home):
@@ -149,17 +189,24 @@ def ts_env(paths, home):
     return env
 
 
-def ts_run(ct, out, roi, threads, res):
+def ts_run(ct, out, roi, threads, res, device="cpu"):
     """in the TotalSegmentator process: one totalsegmentator() call"""
     import torch
     from totalsegmentator.python_api import totalsegmentator
     torch.set_num_threads(threads)   # nnunet.py sets cpu_count() itself before each prediction
+    gpu = device != "cpu" and torch.cuda.is_available()
     t0, r0 = time.time(), resource.getrusage(resource.RUSAGE_SELF)
-    totalsegmentator(ct, out, ml=True, task="total", device="cpu", nr_thr_resamp=1, nr_thr_saving=1,
-                     roi_subset=[roi] if roi else None, quiet=False, verbose=True)
+    totalsegmentator(ct, out, ml=True, task="total", device="gpu" if device != "cpu" else "cpu", nr_thr_resamp=1,
+                     nr_thr_saving=1, roi_subset=[roi] if roi else None, quiet=False, verbose=True)
+    if gpu:
+        torch.cuda.synchronize()
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     json.dump({"call_s": round(time.time() - t0, 2), "torch_threads": torch.get_num_threads(),
-               "call_cpu_s_main_process": round(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime, 2)},
+               "call_cpu_s_main_process": round(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime, 2),
+               "peak_rss_main_process_mb": round(r1.ru_maxrss / 1024),
+               **({"gpu": torch.cuda.get_device_name(0),
+                   "gpu_max_memory_reserved_mb": round(torch.cuda.max_memory_reserved() / 2 ** 20),
+                   "gpu_max_memory_allocated_mb": round(torch.cuda.max_memory_allocated() / 2 ** 20)} if gpu else {})},
               open(res, "w"))
 
 
@@ -185,19 +232,28 @@ def timed(cmd, env=None):
     return p, round(wall, 2), round(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime, 2)
 
 
-def run_ts(ct, out, roi, threads, env, d):
+def run_ts(ct, out, roi, threads, env, d, device="cpu"):
     res = os.path.join(d, "ts.json")
     cmd = [sys.executable, os.path.abspath(__file__), "--ts-run", ct, out, "--threads", str(threads)]
-    p, wall, cpu = timed(cmd + ["--roi", roi or "", "--res", res], env)
+    p, wall, cpu = timed(cmd + ["--roi", roi or "", "--res", res, "--device", device], env)
     return {"wall_s": wall, "cpu_s": cpu, **json.load(open(res)), "stages": ts_stages(p.stdout)}
 
 
-def run_segpipe(ct, out, pkg, roi, threads, d):
+def run_segpipe(ct, out, pkg, roi, threads, d, device="cpu"):
     rep = os.path.join(d, "rep.json")
-    cmd = [SEGPIPE, "ct", ct, "-o", out, "--model", pkg, "-t", str(threads), "--report", rep, "-q", "--no-passport"]
-    _, wall, cpu = timed(cmd + (["--roi-subset", roi] if roi else []))
-    return {"wall_s": wall, "cpu_s": cpu,
-            "stages": {k: round(v, 2) for k, v in json.load(open(rep)).get("seconds", {}).items()}}
+    cmd = [SEGPIPE, "ct", ct, "-o", out, "--model", pkg, "-t", str(threads), "--report", rep, "-q", "--no-passport",
+           "--device", device]
+    env = dict(os.environ, LD_LIBRARY_PATH=SEGPIPE_LD) if SEGPIPE_LD else None
+    _, wall, cpu = timed(cmd + (["--roi-subset", roi] if roi else []), env)
+    r = json.load(open(rep))
+    out = {"wall_s": wall, "cpu_s": cpu, "stages": {k: round(v, 2) for k, v in r.get("seconds", {}).items()},
+           "peak_rss_mb": round(r.get("peak_rss_bytes", 0) / 2 ** 20)}
+    if r.get("gpu_memory_bytes"):
+        out["gpu_memory_mb"] = round(r["gpu_memory_bytes"] / 2 ** 20)
+    for k in ("precision", "device", "gpu"):
+        if k in r:
+            out[k] = r[k]
+    return out
 
 
 def agreement(a_path, b_path):
@@ -212,14 +268,35 @@ def agreement(a_path, b_path):
             "labels_ts": int(len(np.unique(a)) - 1), "labels_segpipe": int(len(np.unique(b)) - 1)}
 
 
-def make_home(d, features, patch):
+def make_home(d, features, patch, fp16=False):
+    """the fake home and the package imported from it, in d; reused when d
+    already holds them for the same sizes (a marker file names them)"""
     home, pkg = os.path.join(d, "home"), os.path.join(d, "total")
-    py = sys.executable
+    key = {"features": features, "patch": patch, "ids": IDS, "fp16": fp16}
+    mark = os.path.join(d, "made.json")
+    if os.path.exists(mark):   # a package with fp16 models also serves the CPU (segpipe runs fp32 there)
+        was = json.load(open(mark))
+        if was["fp16"] >= fp16 and dict(was, fp16=fp16) == key:
+            return home, pkg, {}
+    import shutil
+    for x in (home, pkg, mark):
+        if os.path.isdir(x):
+            shutil.rmtree(x)
+        elif os.path.exists(x):
+            os.remove(x)
+    py, took = sys.executable, {}
+    t0 = time.time()
     subprocess.run([py, os.path.join(ROOT, "tools", "dev", "fake_totalseg_home.py"), home, "--features", features,
-                    "--patch", str(patch)], check=True, capture_output=True)
-    subprocess.run([py, os.path.join(ROOT, "tools", "import", "import_totalseg.py"), home, "-o", pkg],
-                   check=True, capture_output=True)
-    return home, pkg
+                    "--patch", str(patch), "--ids", IDS], check=True, capture_output=True)
+    took["fake_home_s"] = round(time.time() - t0, 1)
+    t0 = time.time()
+    p = subprocess.run([py, os.path.join(ROOT, "tools", "import", "import_totalseg.py"), home, "-o", pkg]
+                       + (["--fp16"] if fp16 else []), capture_output=True, text=True)
+    if p.returncode:
+        sys.exit(f"import_totalseg: exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    took["import_s"] = round(time.time() - t0, 1)
+    json.dump(key, open(mark, "w"))
+    return home, pkg, took
 
 
 def main():
@@ -231,32 +308,45 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--roi", default="liver", help="the roi subset case ('' for none)")
-    ap.add_argument("--src", default=os.environ.get("NNUNET_SRC", "/work/.mirror"))
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--src", default=os.environ.get("NNUNET_SRC", "/work/.mirror"),
+                    help="the git mirrors' folder, or a tar that --pack-sources wrote")
+    ap.add_argument("--pack-sources", metavar="TAR", help="write the sources into TAR and exit")
+    ap.add_argument("--work", help="keep (and reuse) the fake home and the package here")
+    ap.add_argument("--tools", default="totalsegmentator,segpipe", help="which of the two run (a check of one)")
     ap.add_argument("--json", help="also write the results here after every case")
     ap.add_argument("--ts-run", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--res", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.ts_run:
-        return ts_run(a.ct, a.out, a.roi, a.threads, a.res)
+        return ts_run(a.ct, a.out, a.roi, a.threads, a.res, a.device)
+    if a.pack_sources:
+        return pack_sources(a.src, a.pack_sources)
     ct = os.path.abspath(a.ct)
     d = tempfile.mkdtemp(prefix="bench-tspipe-")
     paths, commits = unpack_sources(a.src, os.path.join(d, "src"))
-    home, pkg = make_home(d, a.features, a.patch)
+    if a.work:
+        os.makedirs(a.work, exist_ok=True)
+    home, pkg, made = make_home(a.work or d, a.features, a.patch, fp16=a.device != "cpu")
     env = ts_env(paths, home)
     cases = {"full": None, **({f"roi_subset {a.roi}": a.roi} if a.roi else {})}
     res = {k: {"totalsegmentator": [], "segpipe": [], "agreement": []} for k in cases}
     load = [os.getloadavg()]
     img = nib.load(ct)
     doc = {"ct": os.path.basename(ct), "shape": list(img.shape), "zooms": [float(z) for z in img.header.get_zooms()],
-           "features": a.features, "patch": a.patch, "threads": a.threads, "sources": commits, "loadavg": load,
-           "results": res}
+           "features": a.features, "patch": a.patch, "threads": a.threads, "device": a.device,
+           "cpu_count": os.cpu_count(), "sources": commits, "made": made, "loadavg": load, "results": res}
     for _ in range(a.rounds):
         for k, roi in cases.items():
             o_ts, o_sp = os.path.join(d, "ts.nii.gz"), os.path.join(d, "sp.nii.gz")
-            res[k]["totalsegmentator"].append(run_ts(ct, o_ts, roi, a.threads, env, d))
-            res[k]["segpipe"].append(run_segpipe(ct, o_sp, pkg, roi, a.threads, d))
-            res[k]["agreement"].append(agreement(o_ts, o_sp))
+            if "totalsegmentator" in a.tools:
+                res[k]["totalsegmentator"].append(run_ts(ct, o_ts, roi, a.threads, env, d, a.device))
+            if "segpipe" in a.tools:
+                res[k]["segpipe"].append(run_segpipe(ct, o_sp, pkg, roi, a.threads, d, a.device))
+            if "totalsegmentator" in a.tools and "segpipe" in a.tools:
+                res[k]["agreement"].append(agreement(o_ts, o_sp))
             load.append(os.getloadavg())
+            print(json.dumps({"case": k, **{t: v[-1] for t, v in res[k].items() if v}}), flush=True)
             if a.json:   # after every case: a long run leaves what it measured
                 json.dump(doc, open(a.json, "w"), indent=1)
     print(json.dumps(doc, indent=1))

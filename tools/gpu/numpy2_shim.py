@@ -1,8 +1,9 @@
 """sitecustomize for the GPU host's Python (tools/gpu/run.sh copies it to
-/root/gpu/pylib/sitecustomize.py): Debian 12's nibabel 4.0 (staged there,
-the host has none) predates NumPy 2, which the host's PyTorch venv has;
-the names it reads that NumPy 2 removed are put back as NumPy 1.26 had them.
-Only reading and writing NIfTI for the benchmarks' peers goes through it."""
+/root/gpu/pylib/sitecustomize.py): the development machine's nibabel
+(Debian's 5.0, staged there; the host has none) predates NumPy 2, which the
+host's PyTorch venv has; the names it reads that NumPy 2 removed are put
+back as NumPy 1.26 had them, and np.array's copy=False means what it meant
+then. Only the benchmarks' Python peers (NIfTI in and out) rely on it."""
 try:
     import numpy as np
     if int(np.__version__.split(".")[0]) >= 2:
@@ -25,5 +26,12 @@ try:
         compat.py3k, compat.asstr, compat.asbytes = py3k, py3k.asstr, py3k.asbytes
         sys.modules.setdefault("numpy.compat", compat)
         sys.modules.setdefault("numpy.compat.py3k", py3k)
+        # NumPy 1's np.array(x, copy=False) copied when it had to; NumPy 2 raises instead (its
+        # copy=None is the old meaning). nibabel 5.0 calls it so (affines.rescale_affine, casting.int_abs)
+        _array = np.array
+
+        def array(obj, *a, copy=True, **k):
+            return _array(obj, *a, copy=None if copy is False else copy, **k)
+        np.array = array
 except ImportError:
     pass

@@ -8,8 +8,11 @@
 #            shared libraries the binaries need beyond the C library; the
 #            test CTs from ../shared; with build/brainchop-models
 #            (tools/fetch/fetch_brainchop.sh) mindgrab + dk104 packages and
-#            their upstream folders (zoo.tar), t1_crop and nibabel for
-#            `run.sh mri`
+#            their upstream folders (zoo.tar), t1_crop for `run.sh mri`;
+#            nibabel (Debian's, pure Python) for the Python peers; with the
+#            git mirrors of TotalSegmentator and nnU-Net (NNUNET_SRC, default
+#            /work/.mirror) their sources for `run.sh totalseg` (tssrc.tar.xz,
+#            bench/totalseg_pipeline.py --pack-sources)
 #   .gpu/pN  the other parts of the CUDA provider plugin's npm tarball
 #            (44 MiB each: with the working tree a call carries < 64 MiB)
 #            (com.github.asus4.onnxruntime.linux-x64-gpu@0.4.9, sha512
@@ -66,7 +69,11 @@ if [ -f build/brainchop-models/t1_crop.nii.gz ]; then   # tools/fetch/fetch_brai
   cp -r build/brainchop-models/meshnet/mindgrab build/brainchop-models/meshnet/model21_104class $x/zoo/
   tar -C $x -cf $x/zoo.tar zoo && rm -rf $x/zoo
   cp build/brainchop-models/t1_crop.nii.gz $x/
-  # bench/brainchop.py's PyTorch reference reads NIfTI with nibabel (pure Python; not in the GPU machine's venv)
-  tar -C /usr/lib/python3/dist-packages --exclude=tests -cJf $x/nibabel.tar.xz nibabel
+fi
+# the Python peers (bench/brainchop.py, bench/totalseg_pipeline.py) read NIfTI with nibabel (pure Python; not in
+# the GPU machine's venv)
+tar -C /usr/lib/python3/dist-packages --exclude=tests -cJf $x/nibabel.tar.xz nibabel
+if [ -d "${NNUNET_SRC:-/work/.mirror}/wasserth+TotalSegmentator/repo" ]; then   # for `run.sh totalseg` (2.4 MB)
+  /usr/bin/python3 bench/totalseg_pipeline.py --pack-sources $x/tssrc.tar.xz --src "${NNUNET_SRC:-/work/.mirror}"
 fi
 du -sh .gpu/p*

@@ -25,6 +25,17 @@
 #           the same batch as one batched call (SEGPIPE_TILE_CALLS=batched)
 #   isnet   tools/gpu/isnet_bisect.py on /root/gpu/isnet.onnx (pack.sh with SP_PACK_ISNET=1)
 #   classify  torchvision ResNet-50 (random weights) photos/s, CPU and GPU
+#   totalseg  bench/totalseg_pipeline.py (issue #43): TotalSegmentator's own
+#           pipeline (its python_api, nnU-Net's predictor on PyTorch) against
+#           `segpipe ct --model PKG` on the same fake-home weights, the full
+#           `total` task and --roi-subset liver, on example_ct resampled to
+#           512x512x224 (0.71 x 0.59 x 1.5 mm); pack.sh's tssrc.tar.xz.
+#           SP_TS_DEVICE (cuda), SP_TS_FEATURES (32,64,128,256,320,320),
+#           SP_TS_PATCH (128), SP_TS_ROUNDS (2), SP_TS_THREADS (16),
+#           SP_TS_ROI (liver; empty: the full task only), SP_TS_CT (a check
+#           on a smaller scan: /root/gpu/example_ct_sm.nii.gz), SP_TS_TOOLS
+#           (totalsegmentator,segpipe: one of them for a check); the home and the
+#           package are kept in /root/gpu for the next call
 # Outputs go to $OUT (the device tool's folder) or ./gpu-out.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}
@@ -104,7 +115,19 @@ for i in range(256): Image.fromarray(photo(480, 640, i)).save(f"/tmp/p{i}.jpg")'
       python3 -c 'import json, glob
 for f in sorted(glob.glob("'"$OUT"'/classify_*.json")):
     d = json.load(open(f)); print(f.split("/")[-1], round(d["photos_per_second"], 1), "photos/s", {k: round(v, 3) for k, v in d["seconds"].items()})' | tee "$OUT/classify.txt" ;;
-    *) echo "run.sh: unknown mode $mode (check, test, bench, profile, auto, best, video, mri, cpu, isnet, classify)" >&2; rc=2 ;;
+    totalseg)
+      [ -d /root/gpu/pylib/nibabel ] || { mkdir -p /root/gpu/pylib && tar -C /root/gpu/pylib -xJf /root/gpu/nibabel.tar.xz; }
+      cp tools/gpu/numpy2_shim.py /root/gpu/pylib/sitecustomize.py
+      CT=${SP_TS_CT:-/root/gpu/ct_512x512x224.nii.gz}
+      [ -f $CT ] || LD_LIBRARY_PATH=$SEGPIPE_LD $SEGPIPE resample /root/gpu/example_ct.nii.gz -o $CT --shape 512,512,224
+      F=${SP_TS_FEATURES:-32,64,128,256,320,320} P=${SP_TS_PATCH:-128} D=${SP_TS_DEVICE:-cuda}
+      tag=${D}_f${F//,/-}_p$P
+      PYTHONUNBUFFERED=1 python3 bench/totalseg_pipeline.py $CT --src /root/gpu/tssrc.tar.xz --device $D \
+        --features $F --patch $P --rounds "${SP_TS_ROUNDS:-2}" --threads "${SP_TS_THREADS:-16}" \
+        --roi "${SP_TS_ROI-liver}" --tools "${SP_TS_TOOLS:-totalsegmentator,segpipe}" \
+        --work /root/gpu/ts_f${F//,/-}_p$P --json "$OUT/totalseg_$tag.json" 2>&1 |
+        tee "$OUT/totalseg_$tag.txt"; rc=$((rc | PIPESTATUS[0])) ;;
+    *) echo "run.sh: unknown mode $mode (check, test, bench, profile, auto, best, video, mri, cpu, isnet, classify, totalseg)" >&2; rc=2 ;;
   esac
 done
 exit $rc
