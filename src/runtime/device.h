@@ -26,6 +26,12 @@ sp_status sp_model_run_borrow(sp_model *m, const sp_tensor *inputs, int n_in, sp
                               void **hold);
 void sp_model_outputs_release(void *hold);
 const char *sp_runtime_precision(const sp_runtime *rt);
+/* The runtime's intra-op threads (its cores unless set). */
+int sp_runtime_threads(const sp_runtime *rt);
+/* sp_model_run (outputs bound) through the model's one-thread CPU session,
+ * made on first use: for as many concurrent calls as there are threads
+ * (pipeline/window_calls.c). Falls back to the model's session. */
+sp_status sp_model_run_solo(sp_model *m, const sp_tensor *inputs, int n_in, sp_tensor *outputs, int n_out);
 /* The runtime's test-time augmentation choice: "auto", "on" or "off". */
 const char *sp_runtime_tta(const sp_runtime *rt);
 #endif

@@ -51,6 +51,9 @@ struct sp_model {
     sp_calib *calib;            /* SEGPIPE_CALIBRATE runs only (calib.c) */
     void *map;                  /* a graph-cache entry mapped for the session's life (create_session) */
     size_t map_len;
+    OrtSession *solo;           /* CPU: a one-thread session for concurrent tile calls (solo_session) */
+    int solo_state;             /* 0 not made yet, 1 made, -1 could not be made */
+    pthread_mutex_t solo_mu;
     sp_model *next;
 };
 
@@ -339,6 +342,9 @@ static void model_destroy(sp_model *m)
     sp_calib_close(m->calib);
     if (m->session)
         sp_ort->ReleaseSession(m->session);
+    if (m->solo)
+        sp_ort->ReleaseSession(m->solo);
+    pthread_mutex_destroy(&m->solo_mu);
     if (m->map)
         munmap(m->map, m->map_len);
     if (m->run_opts)
@@ -581,14 +587,14 @@ static sp_status shared_arena(sp_runtime *rt)
     return st;
 }
 
-static sp_status make_options(sp_runtime *rt, const char *opt_path, int arena, OrtSessionOptions **out)
+static sp_status make_options(sp_runtime *rt, const char *opt_path, int arena, int threads, OrtSessionOptions **out)
 {
     OrtSessionOptions *so;
     sp_status st;
     if ((st = sp_ort_check(sp_ort->CreateSessionOptions(&so), SP_ERR_RUNTIME, "session options")))
         return st;
     OrtStatus *s = NULL;
-    if (!s) s = sp_ort->SetIntraOpNumThreads(so, rt->p.threads);
+    if (!s) s = sp_ort->SetIntraOpNumThreads(so, threads > 0 ? threads : rt->p.threads);
     if (!s) s = sp_ort->SetInterOpNumThreads(so, rt->p.inter_threads);
     if (!s) s = sp_ort->SetSessionGraphOptimizationLevel(so, ORT_ENABLE_ALL);
     if (!s) s = sp_ort->SetSessionExecutionMode(so, ORT_SEQUENTIAL);
@@ -845,7 +851,7 @@ static sp_status create_session(sp_runtime *rt, sp_model *m, int *from_cache)
     if (use_cache && access(entry, R_OK) == 0) {
         /* the entry is the optimised graph: running the optimisers on it
          * again cost ISNet 0.25 s of its 0.9 s load (docs/performance.md) */
-        if (!(st = make_options(rt, NULL, m->arena, &so)) &&
+        if (!(st = make_options(rt, NULL, m->arena, 0, &so)) &&
             (st = sp_ort_check(sp_ort->SetSessionGraphOptimizationLevel(so, ORT_DISABLE_ALL), SP_ERR_RUNTIME,
                                "session options")))
             sp_ort->ReleaseSessionOptions(so);
@@ -865,7 +871,7 @@ static sp_status create_session(sp_runtime *rt, sp_model *m, int *from_cache)
     }
     if (use_cache)
         snprintf(tmp, sizeof tmp, "%.*s.%ld.tmp.ort", (int)strlen(entry) - 4, entry, (long)getpid());
-    if ((st = make_options(rt, use_cache ? tmp : NULL, m->arena, &so)))
+    if ((st = make_options(rt, use_cache ? tmp : NULL, m->arena, 0, &so)))
         return st;
     st = sp_ort_check(sp_ort->CreateSession(rt->env, m->path, so, &m->session), SP_ERR_MODEL, m->path);
     sp_ort->ReleaseSessionOptions(so);
@@ -904,6 +910,7 @@ sp_status sp_model_load_arena(sp_runtime *rt, const char *path, int arena, sp_mo
     }
     m->rt = rt;
     m->refs = 1;
+    pthread_mutex_init(&m->solo_mu, NULL);
     snprintf(m->path, sizeof m->path, "%s", real);
     m->arena = strcmp(rt->device, "cpu") != 0 ? 0 : !strcmp(rt->arena, "on") ? 1
              : !strcmp(rt->arena, "off") ? 0 : arena;
@@ -1021,7 +1028,7 @@ static sp_status calib_run(sp_model *m, OrtValue **iv, int n_in, OrtValue **ov, 
  * keep non-NULL, unbound outputs stay ORT's: their values are handed over
  * in keep[] (SP_MAX_RANK entries) instead of being copied. */
 static sp_status model_run(sp_model *m, const OrtMemoryInfo *mem, const sp_tensor *inputs, int n_in,
-                           sp_tensor *outputs, int n_out, OrtValue **keep)
+                           sp_tensor *outputs, int n_out, OrtValue **keep, OrtSession *session)
 {
     OrtValue *iv[SP_MAX_RANK] = {0}, *ov[SP_MAX_RANK] = {0};
     sp_status st = SP_OK;
@@ -1064,8 +1071,8 @@ static sp_status model_run(sp_model *m, const OrtMemoryInfo *mem, const sp_tenso
     if (!st && m->calib && n_out < m->n_out)
         st = calib_run(m, iv, n_in, ov, n_out);
     else if (!st) {
-        OrtStatus *rs = sp_ort->Run(m->session, m->run_opts, m->in_names, (const OrtValue *const *)iv,
-                                    (size_t)n_in, m->out_names, (size_t)n_out, ov);
+        OrtStatus *rs = sp_ort->Run(session ? session : m->session, m->run_opts, m->in_names,
+                                    (const OrtValue *const *)iv, (size_t)n_in, m->out_names, (size_t)n_out, ov);
         st = sp_ort_check(rs, run_failure(rs), "inference");
     }
     for (int j = 0; j < n_out && !st; j++) {
@@ -1122,7 +1129,40 @@ void sp_model_interrupt(sp_model *m)
 sp_status sp_model_run(sp_model *m, const sp_tensor *inputs, int n_in,
                        sp_tensor *outputs, int n_out)
 {
-    return model_run(m, m->rt->cpu_mem, inputs, n_in, outputs, n_out, NULL);
+    return model_run(m, m->rt->cpu_mem, inputs, n_in, outputs, n_out, NULL, NULL);
+}
+
+/* The model's one-thread CPU session, made on first use (the same file and
+ * options, one intra-op thread, no graph cache); NULL when the model is not
+ * on the CPU or it could not be made (said once). */
+static OrtSession *solo_session(sp_model *m)
+{
+    if (strcmp(m->rt->device, "cpu") != 0)
+        return NULL;
+    pthread_mutex_lock(&m->solo_mu);
+    if (m->solo_state == 0) {
+        OrtSessionOptions *so = NULL;
+        sp_status st = make_options(m->rt, NULL, m->arena, 1, &so);
+        if (!st) {
+            st = sp_ort_check(sp_ort->CreateSession(m->rt->env, m->path, so, &m->solo), SP_ERR_MODEL, m->path);
+            sp_ort->ReleaseSessionOptions(so);
+        }
+        m->solo_state = st ? -1 : 1;
+        if (st)
+            SP_WARN("one-thread session for %s: %s; tiles share the model's session", m->path, sp_last_error());
+    }
+    pthread_mutex_unlock(&m->solo_mu);
+    return m->solo;
+}
+
+sp_status sp_model_run_solo(sp_model *m, const sp_tensor *inputs, int n_in, sp_tensor *outputs, int n_out)
+{
+    return model_run(m, m->rt->cpu_mem, inputs, n_in, outputs, n_out, NULL, solo_session(m));
+}
+
+int sp_runtime_threads(const sp_runtime *rt)
+{
+    return rt->p.threads;
 }
 
 sp_status sp_model_run_borrow(sp_model *m, const sp_tensor *inputs, int n_in, sp_tensor *outputs, int n_out,
@@ -1132,7 +1172,7 @@ sp_status sp_model_run_borrow(sp_model *m, const sp_tensor *inputs, int n_in, sp
     *hold = NULL;
     if (!keep)
         return sp_fail(SP_ERR_NOMEM, "out of memory");
-    sp_status st = model_run(m, m->rt->cpu_mem, inputs, n_in, outputs, n_out, keep);
+    sp_status st = model_run(m, m->rt->cpu_mem, inputs, n_in, outputs, n_out, keep, NULL);
     if (st) {
         sp_model_outputs_release(keep);
         return st;
@@ -1169,7 +1209,7 @@ sp_status sp_model_run_device(sp_model *m, const sp_tensor *inputs, int n_in, sp
     for (int j = 0; j < n_out; j++)
         if (!outputs[j].data)
             return sp_fail(SP_ERR_USAGE, "device runs need every output bound");
-    return model_run(m, m->rt->dev_mem, inputs, n_in, outputs, n_out, NULL);
+    return model_run(m, m->rt->dev_mem, inputs, n_in, outputs, n_out, NULL, NULL);
 }
 
 void sp_tensor_free_data(sp_tensor *t)
