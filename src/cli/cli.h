@@ -10,6 +10,9 @@ int cli_fail(sp_status st, const char *ctx);
 /* "segpipe CMD: " + the message on stderr (CMD: the running subcommand, set by
  * main); returns what fprintf returns, so it fits `return cli_errf(...), code;` */
 int cli_errf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* table[i][1] for the first table[i][0] equal to key, else "" (the stage
+ * tables' words for each stage) */
+const char *cli_word(const char *const (*table)[2], size_t n, const char *key);
 void cli_set_command(const char *name);
 int cli_usage_error(const char *cmd, const char *msg);
 void cli_set_quiet(int quiet);

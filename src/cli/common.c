@@ -121,3 +121,11 @@ int cli_check_input(const char *cmd, const char *path)
     fprintf(stderr, "segpipe %s: %s\n", cmd, sp_last_error());
     return sp_status_exit_code(st);
 }
+
+const char *cli_word(const char *const (*table)[2], size_t n, const char *key)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(key, table[i][0]))
+            return table[i][1];
+    return "";
+}

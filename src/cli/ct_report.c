@@ -31,10 +31,7 @@ static const char *stage_words(const char *stage)
         {"labels_back", "labels onto the scan's grid"}, {"passport", "measure each structure"},
         {"write", "write the outputs"},
     };
-    for (size_t i = 0; i < sizeof w / sizeof w[0]; i++)
-        if (!strcmp(stage, w[i][0]))
-            return w[i][1];
-    return "";
+    return cli_word(w, sizeof w / sizeof w[0], stage);
 }
 
 void cli_print_timings(FILE *f, const sp_timings *t, double wall)

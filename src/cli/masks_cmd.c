@@ -379,10 +379,7 @@ static const char *masks_stage_words(const char *stage)
         {"inference", "the network (ONNX Runtime)"}, {"postprocess", "masks from the scores"},
         {"encode", "write PNG + JSON, while the next photos run"},
     };
-    for (size_t i = 0; i < sizeof w / sizeof w[0]; i++)
-        if (!strcmp(stage, w[i][0]))
-            return w[i][1];
-    return "";
+    return cli_word(w, sizeof w / sizeof w[0], stage);
 }
 
 static void masks_summary(const sp_timings *t, int done, int failed, double wall, const sp_package *pk)
