@@ -633,7 +633,8 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
         st = sp_window_run_gpu(m, vol, &pl, wp, labels, t, progress, progress_user);
     } else if (!st) {
         /* CPU sessions only: a GPU without the window kernels keeps one batched call */
-        c.calls = B > 1 && !strcmp(sp_runtime_device_name(sp_model_runtime(m)), "cpu") && sp_window_calls_wanted();
+        c.calls = B > 1 && B <= SP_WINDOW_MAX_CALLS && !strcmp(sp_runtime_device_name(sp_model_runtime(m)), "cpu") &&
+                  sp_window_calls_wanted();
         st = win_buffers(&c, wp, B, logits != NULL);
         if (!st)
             st = win_loop(&c, m, tiles, ntiles, B, logits, pool, t, wp, progress, progress_user);

@@ -19,7 +19,11 @@
  * call, docs/performance.md "Tile calls").
  *
  * The first tile runs on the caller's thread; a thread that cannot be
- * started runs its tile on the caller's thread too.
+ * started runs its tile on the caller's thread too. The calls get threads of
+ * their own, not the window's sp_pool: a pool busy with another job (the
+ * service's other requests) runs the whole range on the caller, which with
+ * one-thread sessions would leave one core working. Batches of more than
+ * SP_WINDOW_MAX_CALLS tiles stay one batched call (window.c).
  */
 #include "pipeline.h"
 #include "../runtime/device.h"
