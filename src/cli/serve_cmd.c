@@ -159,7 +159,7 @@ int cmd_serve(int argc, char **argv)
         sp.on_ready = serve_ready;
         warn_exposed(&sp);
         sp_status st = sp_serve(&sp);
-        rc = st ? cli_fail(st, "serve") : 0;
+        rc = st ? cli_fail(st, NULL) : 0;
     }
     for (int i = 0; i < nm; i++)
         free(c.owned[i]);
