@@ -1,8 +1,10 @@
 # segpipe — build everything with `make`.
 #
 #   make                 library (static + shared), CLI, unit tests
-#   make test            the whole test suite (tests/run.sh)
-#   make asan            the same suite built with ASan + UBSan
+#   make check           every test: make test, make realistic, make asan (CI)
+#   make test            the everyday tier of the suite (tests/run.sh; minutes)
+#   make realistic       the realistic tier: journeys at real sizes, upstream references
+#   make asan            the everyday tier built with ASan + UBSan
 #   make fuzz            bounded libFuzzer run of the NIfTI reader (clang)
 #   make bench           benchmarks (not part of the test suite)
 #   make install PREFIX=/usr/local   (ONNX Runtime privately in PREFIX/lib/segpipe/)
@@ -97,7 +99,7 @@ CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o) $(NODE_SRC:%.cc=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/unit/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all test asan fuzz bench install clean deps cuda deb deb-check man FORCE attack
+.PHONY: all test realistic check asan fuzz bench install clean deps cuda deb deb-check man FORCE attack
 # (the installed CLI and library, relinked for PREFIX/lib/segpipe/, and the man
 # pages are made here too: concurrent `make install`s then only copy them)
 all: $(BUILD)/segpipe $(BUILD)/libsegpipe.a $(BUILD)/libsegpipe.so $(BUILD)/libsegpipe_test.so $(BUILD)/test_unit \
@@ -185,8 +187,18 @@ $(BUILD)/libsegpipe_cuda.so: src/pipeline/window_cuda.cu src/pipeline/window_cud
 test: all
 	BUILD=$(BUILD) bash tests/run.sh
 
+realistic: all
+	BUILD=$(BUILD) bash tests/run.sh --tier realistic
+
 asan:
 	$(MAKE) SANITIZE=1 test
+
+# every test: the everyday tier, the realistic tier, the everyday tier under
+# the sanitizers (docs/testing.md); what CI runs
+check:
+	$(MAKE) test
+	$(MAKE) realistic
+	$(MAKE) asan
 
 # the attack suite at full scale: time and peak memory per case (docs/security.md)
 attack: all

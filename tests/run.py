@@ -4,7 +4,8 @@ tests/py/test_*.py (reference tests against numpy/scipy/nibabel/nnU-Net's
 code, CLI, service and browser tests), several at a time. Ends with the
 summary line "N passed, N failed".
 
-  tests/run.py [-k SUBSTRING[,SUBSTRING...]] [-j JOBS]     (BUILD=build-asan for the sanitizer build)
+  tests/run.py [-k SUBSTRING[,SUBSTRING...]] [-j JOBS] [--tier everyday|realistic|all]
+               (BUILD=build-asan for the sanitizer build)
 
 How it runs: each test module is one job (tests in a module share what the
 module caches: a started service, in-process state); modules known to be
@@ -20,8 +21,9 @@ run_once, ct_run) and removed at the end. The tests in SOLO (a service's
 deadlines, queue, memory or ordering watched under a given load) run last,
 one module's at a time, with nothing beside them; the other tests of their
 modules are ordinary jobs. The sanitizer run leaves out the modules in
-ASAN_SKIP and the tests in ASAN_SKIP_TESTS, each with its reason. A
-module's output is printed whole when it ends, so lines of different
+ASAN_SKIP, with the reason. The tests marked @sp.realistic run only in the
+realistic tier (--tier realistic, `make realistic`), the others only in the
+everyday tier (the default without -k). A module's output is printed whole when it ends, so lines of different
 modules never interleave; each test's line gives its wall and CPU seconds
 (its own and its children's; a cached result is paid by the test that made
 it), the summary the run's CPU seconds.
@@ -61,6 +63,25 @@ def selected(name):
     """-k A,B: the tests whose module.function name holds A or B"""
     return not sel or any(k in name for k in sel.split(","))
 
+# The tiers (docs/testing.md): a test marked @sp.realistic(why) - a journey at
+# a realistic size, an upstream pipeline as the reference, a third-party
+# consumer - runs in `make realistic` (--tier realistic); every other test
+# in `make test` and `make asan` (--tier everyday, the default). With -k the
+# default is both: a test asked for by name runs whatever its tier.
+tier = arg("--tier", os.environ.get("SP_TEST_TIER") or ("all" if sel else "everyday"))
+if tier not in ("everyday", "realistic", "all"):
+    sys.exit(f"tests/run.py: --tier is everyday, realistic or all, not '{tier}'")
+
+
+def realistic_names(src):
+    """The test functions of a module's source marked @sp.realistic(...)."""
+    return set(re.findall(r"^@sp\.realistic\((?:.|\n)*?\)\n(?:@.*\n)*def (test_\w+)\(", src, re.M))
+
+
+def in_tier(name, marked):
+    return tier == "all" or (name in marked) == (tier == "realistic")
+
+
 # modules whose tests are many or long: run as this many shards of functions
 # (test_deb is never sharded: its tests build the packages in the tree's build/deb)
 SHARDS = {"test_server_hardening": 2, "test_server": 2, "test_cli": 3, "test_ui": 3, "test_masks": 2,
@@ -74,17 +95,6 @@ SHARDS = {"test_server_hardening": 2, "test_server": 2, "test_cli": 3, "test_ui"
 # the window, the service) the other modules run under ASan/UBSan too;
 # `make test` runs them all.
 ASAN_SKIP = {"test_ui", "test_deb", "test_man", "test_isnet", "test_brainchop", "test_release"}
-
-# ... and these tests of modules the sanitizer run keeps, each for the reason
-# given: their time is a reference's or a realistic size's, and the C paths
-# they run are run under ASan/UBSan by the test named
-ASAN_SKIP_TESTS = {
-    "test_mri.test_brainchop_bet": "the 1 mm MRI against onnxruntime-node; test_brainchop_tiny_t1 runs the "
-                                   "same conform, network and labels-back path (interpolating) under ASan",
-    "test_totalseg.test_totalseg_agrees_with_totalsegmentator_pipeline":
-        "TotalSegmentator's PyTorch pipeline is the time; test_totalseg_merge_matches_totalsegmentator runs "
-        "the package's five parts and merge under ASan",
-}
 
 # tests that watch a service's deadlines, queue, memory or ordering under a
 # given load, or sleep for what they wait on: run at the end, alone (one job
@@ -102,6 +112,12 @@ def run_job(spec):
     prints ok/skip/FAIL lines and a JSON trailer with the counts."""
     mod_name, _, shard = spec.partition(":")
     fn = mod_name + ".py"
+    # the sanitizer run preloads ASan's runtime so this process can load the
+    # instrumented library; what it starts (PyTorch references, importers,
+    # browsers) does not need it: SP_ASAN_PRELOAD keeps it for a test that
+    # starts a Python loading the library itself
+    if os.environ.get("LD_PRELOAD") and "asan" in build:
+        os.environ["SP_ASAN_PRELOAD"] = os.environ.pop("LD_PRELOAD")
     sys.path.insert(0, py_dir)
     os.chdir(root)
     counts = {"passed": 0, "failed": 0, "skipped": 0, "failures": []}
@@ -116,12 +132,15 @@ def run_job(spec):
         print("@@RESULT " + json.dumps(counts), flush=True)
         return
     names = sorted(n for n in dir(mod) if n.startswith("test_") and callable(getattr(mod, n)))
+    marked = {n for n in names if getattr(getattr(mod, n), "realistic", None)}
+    if marked != realistic_names(open(os.path.join(py_dir, fn), encoding="utf-8").read()):
+        counts["failed"] += 1   # jobs_list reads the marks from the source: they must agree
+        counts["failures"].append(f"{fn}: @sp.realistic marks the runner cannot read: {sorted(marked)}")
+    names = [n for n in names if in_tier(n, marked)]
     names = [n for n in names if (n in SOLO.get(mod_name, ())) == (shard == "solo")]
     if shard and shard != "solo":
         i, n = (int(x) for x in shard.split("/"))
         names = names[i::n]
-    if "asan" in build:
-        names = [n for n in names if f"{mod_name}.{n}" not in ASAN_SKIP_TESTS]
     for name in names:
         full = f"{mod_name}.{name}"
         if not selected(full):
@@ -199,7 +218,8 @@ def jobs_list():
         mods = [m for m in mods if m not in ASAN_SKIP]
     for m in mods:
         src = open(os.path.join(py_dir, m + ".py"), encoding="utf-8").read()
-        names = sorted(re.findall(r"^def (test_\w+)\(", src, re.M))
+        marked = realistic_names(src)
+        names = [x for x in sorted(re.findall(r"^def (test_\w+)\(", src, re.M)) if in_tier(x, marked)]
         solo = [x for x in names if x in SOLO.get(m, ())]
         if solo and any(selected(f"{m}.{x}") for x in solo):
             specs.append(f"{m}:solo")
@@ -223,7 +243,8 @@ def main():
         import atexit, shutil
         os.environ["SP_TEST_RUN_CACHE"] = tempfile.mkdtemp(prefix="segpipe-test-run.")
         atexit.register(shutil.rmtree, os.environ["SP_TEST_RUN_CACHE"], True)
-    times_path = os.path.join(root, build, "test-times.json")
+    os.environ["SP_TEST_TIER"] = tier   # the jobs filter by the same tier
+    times_path = os.path.join(root, build, "test-times.json" if tier == "everyday" else f"test-times-{tier}.json")
     try:
         last = json.load(open(times_path))
     except (OSError, ValueError):
@@ -253,7 +274,7 @@ def main():
 
     solo = [s for s in specs if s.endswith(":solo")]
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as ex:
-        futures = [ex.submit(one, s) for s in ["unit"] + [s for s in specs if s not in solo]]
+        futures = [ex.submit(one, s) for s in (["unit"] if tier != "realistic" else []) + [s for s in specs if s not in solo]]
         for fut in as_completed(futures):
             report(fut.result())
     for s in solo:   # alone, after the others
@@ -264,7 +285,6 @@ def main():
         json.dump(cpu, open(times_path.replace("times", "cpu"), "w"), indent=1, sort_keys=True)
     if "asan" in build:
         print("\nnot in the sanitizer run (make test runs them): " + ", ".join(sorted(ASAN_SKIP)))
-        print("and these tests: " + ", ".join(sorted(ASAN_SKIP_TESTS)))
     if totals["skipped"]:
         print(f"\n{totals['skipped']} skipped (see the skip lines above)")
     # the failures last, on stdout, each cut to its end: a CI log shown by
@@ -272,7 +292,7 @@ def main():
     for f in failures:
         name, _, rest = f.partition("\n")
         print(f"\n--- {name}\n" + (rest if len(rest) <= 4000 else "[...]\n" + rest[-4000:]))
-    print(f"\n{totals['passed']} passed, {totals['failed']} failed ({time.time() - t0:.0f} s, {jobs} jobs"
+    print(f"\n{totals['passed']} passed, {totals['failed']} failed ({time.time() - t0:.0f} s, {jobs} jobs, tier {tier}"
           + (f", {sum(cpu.values()):.0f} CPU s)" if cpu else ")"))
     sys.exit(1 if totals["failed"] else 0)
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the whole suite (make test). BUILD selects the build folder.
+# Run the test suite: `make test` (the everyday tier), `make realistic` (--tier
+# realistic), `make asan` (BUILD=build-asan). BUILD selects the build folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export BUILD="${BUILD:-build}"

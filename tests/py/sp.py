@@ -145,6 +145,26 @@ def run_env():
     return env
 
 
+def realistic(why):
+    """Marks a test of the realistic tier (`make realistic`, tests/run.py
+    --tier realistic): a journey at a realistic size, an upstream pipeline as
+    the reference, or a third-party consumer, whose C paths the everyday
+    tier (`make test`, `make asan`) runs on smaller inputs. why: what it
+    proves that the everyday tier does not."""
+    def mark(fn):
+        fn.realistic = why
+        return fn
+    return mark
+
+
+def python_env(env):
+    """env for a child Python that loads the library itself: in the sanitizer
+    run, with ASan's runtime preloaded again (tests/run.py takes it out of
+    the environment of everything else a test starts)"""
+    pre = os.environ.get("SP_ASAN_PRELOAD")
+    return dict(env, LD_PRELOAD=pre) if pre else env
+
+
 def run(*args, check=False, timeout=600, env=None):
     """`segpipe ARGS` (env: variables added to its environment)"""
     p = subprocess.run([SEGPIPE, *map(str, args)], capture_output=True, text=True, timeout=timeout,

@@ -88,6 +88,8 @@ def test_brainchop_export_dk104(tmp):
     assert man["colors"]["7"] == [cm["R"][7], cm["G"][7], cm["B"][7]]
 
 
+@sp.realistic("two more real zoo models exported and compared with the PyTorch network "
+              "(test_brainchop_export_dk104, _mindgrab: the importer)")
 def test_brainchop_export_elu_models(tmp):
     for f in ("subcortical", "model30chan50cls"):
         check_export(tmp, f)
@@ -121,6 +123,8 @@ def test_brainchop_import_errors(tmp):
         assert p.returncode == 4 and "import_brainchop:" in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
+@sp.realistic("brainchop-cli's pipeline with real weights on a real 1 mm T1 as the reference "
+              "(test_meshnet, test_mri: the MeshNet executor and the conform on small inputs)")
 def test_brainchop_pipeline_tissue_fast(tmp):
     """The whole pipeline on a real T1 with real weights (model5_gw_ae, the fast tissue model):
     segpipe's conformed labels and its labels on the input grid against the reference of

@@ -50,6 +50,7 @@ def test_ct_demo_model_dice_example_sm(tmp):
     assert len(st) == 117
 
 
+@sp.realistic("the full 112-slice CT against TotalSegmentator's labels (the other test_cli tests: the small CT)")
 def test_ct_full_example_ct(tmp):
     """The full 112-slice example CT (int32); its last 30 slices are the
     labelled crop: Dice there (mean >= 0.80: the model sees a different

@@ -110,6 +110,8 @@ def test_deb_packages_by_role(tmp):
     assert "--api-key-file ${CREDENTIALS_DIRECTORY}/api-keys" in unit
 
 
+@sp.realistic("the Debian packages installed into a scratch root, run and purged (test_deb_packages_by_role: their "
+              "contents)")
 def test_deb_install_run_remove(tmp):
     d = debs()
     if os.geteuid() != 0 or not shutil.which("unshare"):
@@ -134,6 +136,7 @@ def test_deb_install_run_remove(tmp):
     assert re.search(r"^commit: [0-9a-f]{12}", ver, re.M) and "ONNX Runtime 1." in ver, ver
 
 
+@sp.realistic("lintian, a third-party reader of the packages")
 def test_deb_lintian(tmp):
     d = debs()
     if not shutil.which("lintian"):

@@ -93,6 +93,8 @@ def test_dicom_reencoded_and_shuffled(tmp):
         assert pydicom.dcmread(os.path.join(d, os.listdir(d)[0])).file_meta.TransferSyntaxUID == ts, name
 
 
+@sp.realistic("dcm2niix's volume of the 512x512 series as the reference (test_dicom_reencoded_and_shuffled: the "
+              "reader)")
 def test_ct_from_dicom_equals_nifti_path(tmp):
     nii = dcm2niix(tmp, SERIES)
     a, b = sp.ct_run(SERIES), os.path.join(tmp, "b.nii.gz")   # the series' run: once per test run
@@ -160,11 +162,12 @@ def _zip(tmp, name, members):
     return path
 
 
+@sp.realistic("the 512x512 series zipped, as a file and as a /v1/ct body, against the folder's labels "
+              "(test_dicom_zip_refusals: the zip reader and its refusals)")
 def test_dicom_zip_file_and_upload(tmp):
     """A zip of the series (paths inside ignored: entries are unpacked under
     numbered names into a private folder) as a file and as a /v1/ct body:
-    the folder's volume and labels; a zip bomb, a damaged zip and a zip
-    without DICOM get clear refusals; nothing is left in the temp folder."""
+    the folder's volume and labels; nothing is left in the temp folder."""
     from test_server import Server, http
     files = sorted(os.listdir(SERIES))
     z = _zip(tmp, "series.zip", [(f"../../evil/{f}", open(os.path.join(SERIES, f), "rb").read()) for f in files])
@@ -175,6 +178,43 @@ def test_dicom_zip_file_and_upload(tmp):
     r = subprocess.run([sp.SEGPIPE, "ct", z, "-o", b, "-q", "--no-passport"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert np.array_equal(np.asanyarray(nib.load(a).dataobj), np.asanyarray(nib.load(b).dataobj))
+    assert [f for f in os.listdir(tdir) if f.startswith("segpipe-dicom-")] == []
+    assert not os.path.exists(os.path.join(tmp, "..", "evil"))
+    srv = Server("--model", f"demo={sp.DEMO}")
+    try:
+        code, body, _ = http(srv.url + "/v1/ct?model=demo&labels=1", open(z, "rb").read(), "application/zip")
+        ans = json.loads(body)
+        assert code == 200 and ans["passport"]["scan"]["shape"] == [512, 512, 20], body[:300]
+    finally:
+        rc, err = srv.stop()
+    assert rc == 0, err
+
+
+def test_dicom_zip_refusals(tmp):
+    """Three slices of the series zipped under ../../evil/ names read as the
+    folder of those slices (entries unpacked under numbered names into a
+    private folder, nothing written outside it); a zip bomb, a damaged zip
+    and a zip without DICOM get clear refusals from the CLI and /v1/ct;
+    nothing is left in the temp folder."""
+    from test_server import Server, http
+    files = sorted(os.listdir(SERIES))[:3]
+    z = _zip(tmp, "series.zip", [(f"../../evil/{f}", open(os.path.join(SERIES, f), "rb").read()) for f in files])
+    folder = os.path.join(tmp, "three")
+    os.makedirs(folder)
+    for f in files:
+        shutil.copy(os.path.join(SERIES, f), folder)
+    tdir = os.path.join(tmp, "tmpdir")
+    os.makedirs(tdir)
+    env = dict(sp.run_env(), TMPDIR=tdir)
+    vols = []
+    for src in (folder, z):
+        out = os.path.join(tmp, f"v{len(vols)}.nii.gz")
+        r = subprocess.run([sp.SEGPIPE, "resample", src, "-o", out, "--spacing", "4,4,4"], capture_output=True,
+                           text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        vols.append(nib.load(out))
+    assert np.array_equal(np.asanyarray(vols[0].dataobj), np.asanyarray(vols[1].dataobj))
+    assert np.allclose(vols[0].affine, vols[1].affine)
     ours = lambda: [f for f in os.listdir(tdir) if f.startswith("segpipe-dicom-")]
     assert ours() == [] and not os.path.exists(os.path.join(tmp, "..", "evil"))
     bomb = _zip(tmp, "bomb.zip", [("x.dcm", b"\0" * (300 << 20))])
@@ -186,12 +226,10 @@ def test_dicom_zip_file_and_upload(tmp):
         r = subprocess.run([sp.SEGPIPE, "ct", bad, "-o", os.path.join(tmp, "x.nii.gz"), "-q"], capture_output=True,
                            text=True, env=env)
         assert r.returncode == 3 and text in r.stderr, (bad, r.returncode, r.stderr)
+        assert not os.path.exists(os.path.join(tmp, "x.nii.gz"))
     assert ours() == []
     srv = Server("--model", f"demo={sp.DEMO}")
     try:
-        code, body, _ = http(srv.url + "/v1/ct?model=demo&labels=1", open(z, "rb").read(), "application/zip")
-        ans = json.loads(body)
-        assert code == 200 and ans["passport"]["scan"]["shape"] == [512, 512, 20], body[:300]
         code, body, _ = http(srv.url + "/v1/ct?model=demo", open(empty, "rb").read(), "application/zip")
         assert code == 422 and b"no DICOM image slices" in body, (code, body)
     finally:

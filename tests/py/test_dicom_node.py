@@ -80,6 +80,7 @@ def _storescu(calling, called, port, files):
                           capture_output=True, text=True, timeout=120, env=_plain_env())
 
 
+@sp.realistic("Orthanc as the PACS on both sides of the DICOM node (test_dicom_node_usage: its refusals)")
 def test_dicom_node_to_orthanc(tmp):
     orthanc, url, odicom = _orthanc(tmp)
     node = None

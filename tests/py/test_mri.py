@@ -83,6 +83,8 @@ def run_case(tmp, name, min_agree):
     return got, json.load(open(os.path.join(d, "lab.passport.json")))
 
 
+@sp.realistic("the 1 mm MRI against brainchop's published voxel counts (test_brainchop_tiny_t1: the same conform, "
+              "network and labels back)")
 def test_brainchop_bet(tmp):
     """bet.nii.gz: the voxel counts brainchop's README gives (495,540 and
     527,131 on the conformed grid; 1 mm voxels: the same in ml)."""

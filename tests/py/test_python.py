@@ -27,7 +27,7 @@ def venv_python(tmp):
 
 def pyrun(tmp, code, **env):
     """Run code with the installed package from tmp (not the checkout)."""
-    e = dict(os.environ, SEGPIPE_LIBRARY=os.path.join(sp.BUILD, "libsegpipe.so"), **env)   # ASan: preload kept
+    e = sp.python_env(dict(os.environ, SEGPIPE_LIBRARY=os.path.join(sp.BUILD, "libsegpipe.so"), **env))
     e.pop("PYTHONPATH", None)
     p = subprocess.run([venv_python(tmp), "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=tmp,
                        env=e, timeout=600)
@@ -37,9 +37,11 @@ def pyrun(tmp, code, **env):
 
 def _no_segpipe_env():
     """os.environ without SEGPIPE_* and PYTHONPATH: what a new user's shell has."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("SEGPIPE_") and k != "PYTHONPATH"}
+    return sp.python_env({k: v for k, v in os.environ.items() if not k.startswith("SEGPIPE_") and k != "PYTHONPATH"})
 
 
+@sp.realistic("README's journey: `make install`, a fresh venv, `import segpipe` with no variable (the other "
+              "test_python tests: the binding)")
 def test_python_installed_without_variables(tmp):
     """README's journey: `make install PREFIX=P`, `pip install ./python` into
     a fresh venv (setup.py records P's library), then `import segpipe` from

@@ -52,6 +52,8 @@ def nifti_of(data, tmp, name):
     return nib.load(p)
 
 
+@sp.realistic("a 1 mm MRI through /v1/jobs and /v1/ct against the CLI (the service's model runs: test_server, "
+              "test_service_inputs' CT tests)")
 def test_mri_model_served(tmp):
     """--model mri=<brainchop package>: /v1/jobs and /v1/ct take the MRI, the
     labels equal `segpipe mri`'s voxel for voxel"""
@@ -119,6 +121,8 @@ def test_ct_parameters_strict_and_per_request(tmp):
         s.stop()
 
 
+@sp.realistic("the 512x512 DICOM series zipped through the service, its DICOM-SEG read by pydicom (test_dicom_out: "
+              "the writers; test_dicom: zips)")
 def test_dicom_zip_seg_and_scan(tmp):
     """the shared series as a zip: labels as the CLI's on the folder, a
     DICOM-SEG equal to `segpipe ct --output-type dicom`'s (pydicom: segments

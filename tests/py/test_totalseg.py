@@ -535,6 +535,8 @@ def test_totalseg_fallbacks_match_upstream(tmp):
         MIRRORS[:] = saved
 
 
+@sp.realistic("TotalSegmentator's own pipeline in PyTorch as the reference "
+              "(test_totalseg_merge_matches_totalsegmentator: the five parts and their merge)")
 def test_totalseg_agrees_with_totalsegmentator_pipeline(tmp):
     """TotalSegmentator's own pipeline (python_api.totalsegmentator(ml=True,
     task="total", device="cpu"): nnU-Net's predictor with step 0.8 per part,

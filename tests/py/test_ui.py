@@ -161,6 +161,8 @@ def _cli_passport(out):
             nib.load(out).shape, max(s["label"] for s in st))
 
 
+@sp.realistic("the page in Chromium on a 512x512x120 CT, the DICOM series zipped and a 1 mm MRI: niivue reads what "
+              "the service writes at those sizes (test_page_in_chromium: the page on the small CT)")
 def test_page_realistic_inputs(tmp):
     """the page on a 512x512x120 CT, the DICOM series as a zip and an MRI with
     brainchop's model: each ends in the viewer (niivue holds the scan and the
