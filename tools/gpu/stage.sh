@@ -17,7 +17,7 @@ if [ -f .gpu/p1/base.tar.xz ]; then      # carried in this call: (re)install
   echo "segpipe installed in /opt/segpipe"
 fi
 n=$(cat $G/cuda.parts 2>/dev/null || echo 0)
-have=$(ls $G/cuda.part.* 2>/dev/null | wc -l)
+have=$(find $G -maxdepth 1 -name "cuda.part.*" | wc -l)   # none yet: 0 (an ls would fail the script)
 if [ ! -f /opt/segpipe/lib/segpipe/libonnxruntime_providers_cuda.so ] && [ "$n" -gt 0 ] && [ "$have" -eq "$n" ]; then
   cat $G/cuda.part.* > $G/cuda.tgz
   want=$(sed -n 's/^cuda_sha512=//p' scripts/install-deps.sh)
