@@ -161,7 +161,7 @@ def test_meshconv_every_vector_body(tmp):
             "print(t.lib().sp_meshconv_isa().decode(), np.abs(g - r).max() / np.abs(r).max())") % os.path.dirname(__file__)
     for isa in ("avx2", "generic"):
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env=dict(os.environ, SEGPIPE_MESHCONV_ISA=isa))   # (the sanitizer run's preload kept)
+                           env=sp.python_env(dict(os.environ, SEGPIPE_MESHCONV_ISA=isa)))
         assert p.returncode == 0, p.stderr
         got_isa, err = p.stdout.split()
         assert got_isa in (isa, "generic") and float(err) < 2e-6, p.stdout
