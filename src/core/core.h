@@ -85,6 +85,9 @@ void sp_sha256_final(sp_sha256 *s, uint8_t out[32]);
  * cannot), to measure the peak of one step. */
 size_t sp_current_rss(void);
 int sp_peak_rss_reset(void);
+/* The memory the system can give without swapping (MemAvailable; free
+ * pages where /proc has none; 0 when unknown). */
+size_t sp_mem_available(void);
 /* Allocation for large buffers (volumes, logits): 2 MiB aligned and marked
  * for transparent huge pages, which cuts the cost of first-touch page
  * faults several times; small sizes fall back to malloc. Free with free().

@@ -635,6 +635,8 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
         /* CPU sessions only: a GPU without the window kernels keeps one batched call */
         c.calls = B > 1 && B <= SP_WINDOW_MAX_CALLS && !strcmp(sp_runtime_device_name(sp_model_runtime(m)), "cpu") &&
                   sp_window_calls_wanted();
+        SP_INFO("sliding window: %d tiles of %lldx%lldx%lld, %d at a time%s", ntiles, (long long)c.P[0],
+                (long long)c.P[1], (long long)c.P[2], B, B < 2 ? "" : c.calls ? " (concurrent calls)" : " (one call)");
         st = win_buffers(&c, wp, B, logits != NULL);
         if (!st)
             st = win_loop(&c, m, tiles, ntiles, B, logits, pool, t, wp, progress, progress_user);

@@ -73,6 +73,48 @@ def test_tile_calls_same_labels_as_one_batched_call(tmp):
         assert len(np.unique(got["calls"][0])) > 3   # real structures, not an empty result
 
 
+def big_head_package(d, classes=8, patch=(128, 128, 128)):
+    """A package whose head is big for its tile: a 3x3x3 convolution to
+    `classes` logits (PyTorch's export, random weights) on `patch` tiles at
+    1.5 mm; -> its folder."""
+    import torch
+    os.makedirs(d)
+    torch.manual_seed(5)
+    net = torch.nn.Conv3d(1, classes, 3, padding=1)
+    torch.onnx.export(net, torch.zeros(1, 1, *patch), os.path.join(d, "model.onnx"), input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    man = json.load(open(os.path.join(sp.TINYSEG, "segpipe.json")))
+    man.update(name="big-head", patch_size=list(patch), spacing=[1.5, 1.5, 1.5],
+               labels={str(k): "background" if k == 0 else f"class_{k}" for k in range(classes)})
+    json.dump(man, open(os.path.join(d, "segpipe.json"), "w"))
+    return d
+
+
+def test_auto_tile_batch_calls_big_heads_on_4_threads(tmp):
+    """The automatic tile batch (ct.c auto_tile_batch): 8 classes on 128^3
+    tiles (67 MB of logits a tile: 3 tiles by the 256 MB rule) run 3 at a
+    time at 2 threads and as 4 concurrent calls at 4 threads, when 3x their
+    logits a call fit in half the available memory; the labels are those of
+    one tile at a time."""
+    if not os.path.exists(CT):
+        raise sp.Skip("../shared/data/ct missing")
+    avail = [int(l.split()[1]) * 1024 for l in open("/proc/meminfo") if l.startswith("MemAvailable:")][0]
+    tile = 4.0 * 8 * 128 ** 3
+    if 0.5 * avail < 4 * 3 * tile:
+        raise sp.Skip(f"{avail >> 20} MB available: 4 calls of this model want {int(24 * tile) >> 20}")
+    pk = big_head_package(os.path.join(tmp, "big-head"))
+    got = {}
+    for name, extra, said in (("t2", ("-t", "2"), "3 at a time (concurrent calls)"),
+                              ("t4", ("-t", "4"), "4 at a time (concurrent calls)"),
+                              ("one", ("-t", "4", "--tile-batch", "1"), "1 at a time")):
+        out = os.path.join(tmp, name + ".nii.gz")
+        p = sp.run("ct", CT, "-o", out, "--model", pk, "--no-passport", "-v", *extra)
+        assert p.returncode == 0 and "9 tiles of 128x128x128, " + said in p.stderr, p.stderr
+        got[name] = np.asarray(nib.load(out).dataobj)
+    assert np.array_equal(got["t2"], got["one"]) and np.array_equal(got["t4"], got["one"])
+    assert len(np.unique(got["one"])) > 3   # several classes win somewhere
+
+
 def test_arena_on_off_same_masks(tmp):
     """The photo model (arena on by default) gives the same masks with
     --arena off; the default is the manifest's task rule (on for masks)."""
