@@ -20,9 +20,10 @@
 #   cpu     bench/cpu_ct_peer.py: `segpipe ct` on the CPU against PyTorch's
 #           nnU-Net sliding window, TotalSegmentator-fast, 16 and 4 threads;
 #           8 cases through `--inputs` one after another and 4 at a time
-#   cpucalls  bench/cpu_ct_peer.py at 16 and 4 threads: segpipe's default tile
-#           batch, --tile-batch 4 (four concurrent single-tile calls) and
-#           the same batch as one batched call (SEGPIPE_TILE_CALLS=batched)
+#   cpucalls  bench/cpu_ct_peer.py at 16 and 4 threads (SP_CPU_THREADS):
+#           segpipe's default tile batch and one tile at a time; SP_CPU_VARIANTS
+#           (auto,tb1) adds e.g. tb4 (four concurrent single-tile calls) or
+#           tb4b (the same batch as one batched call, SEGPIPE_TILE_CALLS=batched)
 #   isnet   tools/gpu/isnet_bisect.py on /root/gpu/isnet.onnx (pack.sh with SP_PACK_ISNET=1)
 #   classify  torchvision ResNet-50 (random weights) photos/s, CPU and GPU
 #   totalseg  bench/totalseg_pipeline.py (issue #43): TotalSegmentator's own
@@ -90,7 +91,7 @@ print(f"chain labels native vs cuda: {100 * (a == b).mean():.4f}% of voxels, {10
         PYTHONUNBUFFERED=1 python3 bench/brainchop.py --threads 16 \
           --input $T1 --zoo /root/gpu/bm --models-dir $Z --device $d 2>&1 | tee -a "$OUT/mri.txt"
       done ;;
-    cpucalls) PYTHONUNBUFFERED=1 python3 bench/cpu_ct_peer.py "$OUT" --threads "${SP_CPU_THREADS:-16,4}" --variants auto,tb4,tb4b 2>&1 | tee "$OUT/cpu_calls.txt"
+    cpucalls) PYTHONUNBUFFERED=1 python3 bench/cpu_ct_peer.py "$OUT" --threads "${SP_CPU_THREADS:-16,4}" --variants "${SP_CPU_VARIANTS:-auto,tb1}" 2>&1 | tee "$OUT/cpu_calls.txt"
       rc=$((rc | PIPESTATUS[0])) ;;
     cpu) PYTHONUNBUFFERED=1 python3 bench/cpu_ct_peer.py "$OUT" 2>&1 | tee "$OUT/cpu_ct_peer.txt"
       rc=$((rc | PIPESTATUS[0]))
