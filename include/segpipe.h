@@ -112,6 +112,15 @@ typedef struct sp_runtime_params {
                                augmentation as its manifest's "tta.default" says (nnU-Net
                                imports: on when the checkpoint allows mirroring); "on";
                                "off" (docs/model-format.md, "Fold ensembles and mirroring") */
+    int parts_on_demand;    /* 0 (default): a task package's part models (and its crop and
+                               refine models) are loaded by sp_package_load and held until
+                               sp_package_free: fast repeated runs (service, batches,
+                               bindings). 1: sp_package_load reads and checks their
+                               manifests and finds their ONNX files, and each run loads a
+                               part's session when it is about to run and releases it
+                               (session, arena, GPU memory) once its labels are merged: one
+                               part's memory at a time, each run paying the set-up (the
+                               CLI's one-input `ct`; docs/ct.md, "Task packages") */
 } sp_runtime_params;
 
 sp_runtime_params sp_runtime_default_params(void);
@@ -301,7 +310,9 @@ const char *sp_package_dicom_codes(const sp_package *pk);
 void sp_label_rgb(int label, uint8_t rgb[3]);
 /* The package's manifest as a JSON string (owned by the package). */
 const char *sp_package_manifest_json(const sp_package *pk);
-/* The package's ONNX model (borrowed). */
+/* The package's ONNX model (borrowed; a task package's: its first part's;
+ * NULL for a task package loaded with parts_on_demand, whose sessions live
+ * only inside a run). */
 sp_model *sp_package_model(const sp_package *pk);
 /* The manifest's task ("ct", "mri", "masks" or "classify"; owned by the package). */
 const char *sp_package_task(const sp_package *pk);
@@ -332,7 +343,12 @@ const char *sp_package_mask_name(const sp_package *pk, int i);
 /* Task packages (several part models merged under one class map, e.g.
  * TotalSegmentator's `total`; docs/model-format.md): the number of parts (0
  * for a single-model package), part i as a package (borrowed; NULL out of
- * range), and the low-resolution model --roi-subset crops with (NULL: none). */
+ * range), and the low-resolution model --roi-subset crops with (NULL: none).
+ * The package owns its parts and their sessions: all held from
+ * sp_package_load to sp_package_free, or, with parts_on_demand
+ * (sp_runtime_params), each loaded and released by the run that needs it;
+ * such a package may still be run from several threads (a part's session is
+ * shared by the runs that hold it and released after the last). */
 int sp_package_num_parts(const sp_package *pk);
 const sp_package *sp_package_part(const sp_package *pk, int i);
 const sp_package *sp_package_roi_crop(const sp_package *pk);

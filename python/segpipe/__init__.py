@@ -349,14 +349,19 @@ def _with_provenance(text, prov):
 class Model:
     """A loaded model package (segpipe.json + ONNX), reusable across calls
     and threads. model: a package folder or a bundled name ("demo-ct");
-    None: the default CT model."""
+    None: the default CT model. parts_on_demand: a task package's part
+    models are loaded by each call that runs them and released after their
+    labels are merged (one part's memory at a time, each call paying the
+    set-up); False (default): all held for the Model's life (fast repeats)."""
 
-    def __init__(self, model=None, device="cpu", threads=0, precision="auto", cache_graph=False):
+    def __init__(self, model=None, device="cpu", threads=0, precision="auto", cache_graph=False,
+                 parts_on_demand=False):
         L = lib()
         self._keep = [os.fsencode(_device(device)), os.fsencode(precision)]
         rp = L.sp_runtime_default_params()
         rp.device, rp.precision, rp.threads = self._keep[0], self._keep[1], threads
         rp.cache_optimized = int(cache_graph)      # --cache-graph: the per-user graph cache (docs/performance.md)
+        rp.parts_on_demand = int(parts_on_demand)   # sp_runtime_params.parts_on_demand
         self.threads = threads
         self._rt, self._pk = C.c_void_p(), C.c_void_p()
         _check(L.sp_runtime_create(C.byref(rp), C.byref(self._rt)))

@@ -154,6 +154,7 @@ typedef struct ct_opts {
     sp_ct_params cp;
     int mri, split, no_derived, dicom_out, shard_i, shard_n, jobs, quiet, verbose, statistics;
     int tta;                   /* --tta 1, --no-tta/--disable-tta 0, -1 the package's default */
+    int parts_resident;        /* --parts resident: a task package's parts all loaded at once (one input) */
     char device[16];
     sp_dicom_params dp;        /* --output-type dicom-seg|dicom-rtstruct and the --dicom-* options */
 } ct_opts;

@@ -84,6 +84,10 @@ static void ct_help(const ct_opts *o)
            "                           $XDG_CACHE_HOME/segpipe/graphs, keyed by model bytes, settings and\n"
            "                           ORT version, at most $SEGPIPE_CACHE_MAX_MB, default 1024)\n"
            "      --arena auto|on|off  ONNX Runtime's memory arena (auto: the model package's choice)\n"
+           "      --parts on-demand|resident  a task package's part models: each loaded when it runs\n"
+           "                           and released after its labels are merged (on-demand, the\n"
+           "                           default: one part's memory at a time), or all loaded first\n"
+           "                           (resident; --inputs and the service always hold them)\n"
            "      --save-model-labels F  also write the labels at model resolution (canonical grid)\n"
            "  -q, --quiet / -v, --verbose\n"
            "Writes OUTPUT, and beside it <stem>.passport.json and <stem>.statistics.json\n"
@@ -130,6 +134,15 @@ static int opt_arena(const char *cmd, const char *v, void *ctx)
     if (strcmp(v, "auto") && strcmp(v, "on") && strcmp(v, "off"))
         return cli_usage_error(cmd, "--arena is auto, on or off");
     o->rp.arena = v;
+    return 0;
+}
+
+static int opt_parts(const char *cmd, const char *v, void *ctx)
+{
+    ct_opts *o = ctx;
+    if (strcmp(v, "on-demand") && strcmp(v, "resident"))
+        return cli_usage_error(cmd, "--parts is on-demand or resident");
+    o->parts_resident = !strcmp(v, "resident") ? 1 : 0;
     return 0;
 }
 
@@ -255,6 +268,7 @@ int cli_ct_parse(int argc, char **argv, ct_opts *o)
         {.name = "shard", .kind = CLI_FN, .fn = opt_shard, .value = "I/N"},
         {.name = "jobs", .kind = CLI_INT, .dst = &o->jobs, .lo = 1, .hi = 8, .value = "N"},
         {.name = "arena", .kind = CLI_FN, .fn = opt_arena, .value = "auto, on or off"},
+        {.name = "parts", .kind = CLI_FN, .fn = opt_parts, .value = "on-demand or resident"},
         {.name = "no-spill", .kind = CLI_CLEAR, .dst = &o->cp.spill},
         {.name = "spill-dir", .kind = CLI_STR, .dst = &o->cp.spill_dir, .value = "DIR"},
         {.name = "help", .letter = 'h', .kind = CLI_HELP},
@@ -279,8 +293,12 @@ int cli_ct_parse(int argc, char **argv, ct_opts *o)
                                    "package's default says");
         if (o->crop_from)
             return cli_usage_error(o->cmd, "--crop-from takes one INPUT (a prior result of that scan), not --inputs");
+        if (o->parts_resident >= 0)
+            return cli_usage_error(o->cmd, "--parts takes one INPUT; with --inputs a task package's parts stay "
+                                   "loaded for all cases");
         return -1;
     }
+    o->rp.parts_on_demand = o->parts_resident != 1;   /* one input: each part's session only while it runs */
     if (a.n != 1)
         return cli_usage_error(o->cmd, a.n ? "expected one INPUT (a NIfTI file, a DICOM folder or a zip of one)"
                                            : "missing INPUT (a NIfTI file, a DICOM folder or a zip of one)");
@@ -601,7 +619,7 @@ static int ct_run_one(ct_opts *o, int argc, char **argv)
 static int ct_main(int argc, char **argv, int mri)
 {
     ct_opts o = {.cmd = mri ? "mri" : "ct", .mri = mri, .model = mri ? NULL : sp_default_model_dir(),
-                 .rp = sp_runtime_default_params(), .cp = sp_ct_default_params(), .shard_n = 1, .jobs = 1, .tta = -1,
+                 .rp = sp_runtime_default_params(), .cp = sp_ct_default_params(), .shard_n = 1, .jobs = 1, .tta = -1, .parts_resident = -1,
                  .dp = sp_dicom_default_params()};
     o.rp.cache_optimized = 1;   /* the CLI caches optimised graphs unless --no-cache-graph (docs/performance.md) */
     int rc = cli_ct_parse(argc, argv, &o);

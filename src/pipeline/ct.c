@@ -169,7 +169,7 @@ static int auto_tile_batch(const sp_package *pk, const sp_manifest *mf)
     int ch = mf->head_w ? mf->head_features : mf->n_regions ? mf->n_regions : mf->num_classes;
     double tile_bytes = 4.0 * ch * (double)(mf->patch[0] * mf->patch[1] * mf->patch[2]);
     int b = (int)fmax(1, fmin(4, 256e6 / tile_bytes));
-    const sp_runtime *rt = pk && pk->model ? sp_model_runtime(pk->model) : NULL;
+    const sp_runtime *rt = pk ? sp_package_runtime(pk) : NULL;   /* also between an on-demand part's runs */
     if (b < 4 && rt && !strcmp(sp_runtime_device_name(rt), "cpu") && sp_runtime_threads(rt) >= 4) {
         int calls = (int)fmin(4, 0.5 * (double)sp_mem_available() / (3 * tile_bytes));
         b = calls > b ? calls : b;
@@ -732,17 +732,27 @@ static sp_status run_parts(sp_package *pk, float *model_vol, const int64_t mdim[
     sp_status st = (ns > 1 && !copy) || !lab_p ? sp_fail(SP_ERR_NOMEM, "cannot allocate %zu voxels for the parts", nm)
                                                : SP_OK;
     for (int k = 0; k < ns && !st; k++) {
-        const sp_package *part = pk->part[sel[k]];
+        sp_package *part = pk->part[sel[k]];
         float *x = k == ns - 1 ? model_vol : copy;
         double t0 = sp_now();
+        if ((st = sp_package_acquire(part))) {   /* on demand: this part's session, for this part only */
+            st = sp_fail_prefix(st, "task '%s': part %d of %d ('%s')", mf->name, sel[k] + 1, mf->n_parts,
+                                mf->part_dir[sel[k]]);
+            break;
+        }
+        if (part->on_demand)
+            sp_timings_add(t, "load_model", sp_now() - t0), t0 = sp_now();
         if (x == copy)
             memcpy(copy, model_vol, nm * sizeof *copy);
         if (!mf->resample_nnunet)   /* else normalised before nnU-Net's resampling (grid_path) */
             sp_normalize(x, (int64_t)nm, &part->mf.norm, pool);
         sp_timings_add(t, "normalize", sp_now() - t0);
         sp_window_params wp = window_params(part, &part->mf, p);
-        if ((st = sp_window_run(part->model, x, mdim, &wp, lab_p, NULL, pool, t, p->progress, p->progress_user)))
+        st = sp_window_run(part->model, x, mdim, &wp, lab_p, NULL, pool, t, p->progress, p->progress_user);
+        if (st) {
+            sp_package_unacquire(part);
             break;
+        }
         t0 = sp_now();
         const uint16_t *map = mf->part_map[sel[k]];
         uint16_t n = (uint16_t)mf->part_map_n[sel[k]];
@@ -752,6 +762,7 @@ static sp_status run_parts(sp_package *pk, float *model_vol, const int64_t mdim[
                 lab_m[v] = g;
         }
         sp_timings_add(t, "merge", sp_now() - t0);
+        sp_package_unacquire(part);   /* merged: an on-demand part's session, arena and GPU memory go */
     }
     free(copy);
     free(lab_p);
@@ -1172,6 +1183,12 @@ static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, sp_
     if (!st && !(r = calloc(1, sizeof *r)))
         st = sp_fail(SP_ERR_NOMEM, "out of memory");
     sp_ct_result *mask = NULL;
+    int held = !st && pk->on_demand;   /* an on-demand crop or refine model: loaded for this run */
+    double t0 = sp_now();
+    if (held && (st = sp_package_acquire(pk)))
+        held = 0;
+    else if (held)
+        sp_timings_add(&r->t, "load_model", sp_now() - t0);
     if (!st)
         st = refine_before(pk, ct, &p, &mask);
     if (!st)   /* brain MRI: a conformed grid instead of steps a, b and e */
@@ -1179,6 +1196,8 @@ static sp_status ct_run(sp_package *pk, const sp_volume *ct, sp_volume *mut, sp_
              : (pk->crop || p.crop_from) && (keep || mf->crop_want) ? roi_crop_path(pk, ct, &p, keep, r, pool, &h)
              : mf->crop_nonzero                    ? crop_path(pk, ct, extra, n, &p, keep, r, pool, &h)
                                                    : grid_path(pk, ct, extra, &p, keep, r, pool, &h);
+    if (held)
+        sp_package_unacquire(pk);
     if (!st)
         st = refine_after(pk, ct, mask, r);
     sp_ct_result_free(mask);

@@ -34,4 +34,7 @@ int sp_runtime_threads(const sp_runtime *rt);
 sp_status sp_model_run_solo(sp_model *m, const sp_tensor *inputs, int n_in, sp_tensor *outputs, int n_out);
 /* The runtime's test-time augmentation choice: "auto", "on" or "off". */
 const char *sp_runtime_tta(const sp_runtime *rt);
+/* sp_runtime_params.parts_on_demand: 1 when task packages loaded through rt
+ * load their part sessions per run (package.c). */
+int sp_runtime_parts_on_demand(const sp_runtime *rt);
 #endif

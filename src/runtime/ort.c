@@ -1196,6 +1196,7 @@ const char *sp_runtime_device_name(const sp_runtime *rt) { return rt->device; }
 const sp_runtime *sp_model_runtime(const sp_model *m) { return m->rt; }
 const char *sp_runtime_precision(const sp_runtime *rt) { return rt->precision; }
 const char *sp_runtime_tta(const sp_runtime *rt) { return rt->tta; }
+int sp_runtime_parts_on_demand(const sp_runtime *rt) { return rt->p.parts_on_demand != 0; }
 
 int sp_model_on_device(const sp_model *m)
 {

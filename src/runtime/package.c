@@ -913,12 +913,16 @@ static int package_arena(const sp_manifest *mf)
     return !strcmp(mf->task, "masks") || !strcmp(mf->task, "classify");
 }
 
+static sp_status load_package(sp_runtime *rt, const char *dir, int on_demand, sp_package **out);
+
+/* A part, crop or refine model: on demand when the runtime says so
+ * (sp_runtime_params.parts_on_demand) */
 static sp_status load_sub(sp_runtime *rt, const sp_package *pk, const char *sub, sp_package **out)
 {
     char path[PATH_MAX];
     if (snprintf(path, sizeof path, "%s/%s", pk->dir, sub) >= (int)sizeof path)
         return sp_fail(SP_ERR_MODEL, "%s: path too long", pk->dir);
-    return sp_package_load(rt, path, out);
+    return load_package(rt, path, sp_runtime_parts_on_demand(rt), out);
 }
 
 /* A task package's parts and crop model, each a package of its own. */
@@ -942,7 +946,63 @@ static void free_parts(sp_package *pk)
         pk->model = NULL;   /* the first part's */
 }
 
+/* An on-demand model's ONNX file (path), found now; its session is made by
+ * the runs (sp_package_acquire). */
+static sp_status defer_model(sp_runtime *rt, sp_package *pk, const char *path)
+{
+    if (!realpath(path, pk->onnx_path) || access(pk->onnx_path, R_OK) != 0)
+        return sp_fail(SP_ERR_MODEL, "model package %s: its ONNX file %s is missing or unreadable", pk->dir,
+                       strrchr(path, '/') + 1);
+    pthread_mutex_init(&pk->mu, NULL);
+    pk->on_demand = 1;
+    pk->rt = rt;
+    return SP_OK;
+}
+
+sp_status sp_package_acquire(sp_package *pk)
+{
+    if (!pk->on_demand)
+        return SP_OK;
+    sp_status st = SP_OK;
+    pthread_mutex_lock(&pk->mu);
+    if (!pk->users) {
+        st = sp_model_load_arena(pk->rt, pk->onnx_path, package_arena(&pk->mf), &pk->model);
+        if (!st && (st = sp_manifest_check_model(&pk->mf, pk->model, pk->dir))) {
+            sp_model_release(pk->model);
+            pk->model = NULL;
+        }
+    }
+    pk->users += !st;
+    pthread_mutex_unlock(&pk->mu);
+    return st ? sp_fail_prefix(st, "model %s, loaded when the run reached it", pk->dir) : SP_OK;
+}
+
+void sp_package_unacquire(sp_package *pk)
+{
+    if (!pk->on_demand)
+        return;
+    pthread_mutex_lock(&pk->mu);
+    if (pk->users > 0 && --pk->users == 0) {   /* the session, its arena and device memory go */
+        sp_model_release(pk->model);
+        pk->model = NULL;
+    }
+    pthread_mutex_unlock(&pk->mu);
+}
+
+const sp_runtime *sp_package_runtime(const sp_package *pk)
+{
+    if (pk->mf.n_parts)
+        return pk->part[0] ? sp_package_runtime(pk->part[0]) : NULL;
+    return pk->model ? sp_model_runtime(pk->model) : pk->rt;
+}
+
 sp_status sp_package_load(sp_runtime *rt, const char *dir, sp_package **out)
+{
+    return load_package(rt, dir, 0, out);
+}
+
+/* on_demand: a part, crop or refine model whose session each run loads */
+static sp_status load_package(sp_runtime *rt, const char *dir, int on_demand, sp_package **out)
 {
     char path[PATH_MAX];
     void *text;
@@ -989,8 +1049,12 @@ sp_status sp_package_load(sp_runtime *rt, const char *dir, sp_package **out)
         return st;
     }
     snprintf(path, sizeof path, "%s/%s", dir, onnx);
-    if ((st = sp_model_load_arena(rt, path, package_arena(&pk->mf), &pk->model)) ||
-        (st = sp_manifest_check_model(&pk->mf, pk->model, dir))) {
+    if (on_demand && (st = defer_model(rt, pk, path))) {
+        sp_package_free(pk);
+        return st;
+    }
+    if (!on_demand && ((st = sp_model_load_arena(rt, path, package_arena(&pk->mf), &pk->model)) ||
+        (st = sp_manifest_check_model(&pk->mf, pk->model, dir)))) {
         sp_package_free(pk);
         return st;
     }
@@ -1003,7 +1067,9 @@ void sp_package_free(sp_package *pk)
     if (!pk)
         return;
     free_parts(pk);
-    sp_model_release(pk->model);
+    sp_model_release(pk->model);   /* NULL for an on-demand model between runs */
+    if (pk->on_demand)
+        pthread_mutex_destroy(&pk->mu);
     sp_manifest_clear(&pk->mf);
     free(pk->json);
     free(pk);
@@ -1053,11 +1119,23 @@ static sp_status warm_up_parts(sp_package *pk)
     return st ? st : pk->crop ? sp_package_warm_up(pk->crop) : SP_OK;
 }
 
+static sp_status warm_up_model(sp_package *pk);
+
 sp_status sp_package_warm_up(sp_package *pk)
 {
-    const sp_manifest *mf = &pk->mf;
-    if (mf->n_parts)
+    if (pk->mf.n_parts)
         return warm_up_parts(pk);
+    sp_status st = sp_package_acquire(pk);   /* an on-demand part: loaded for the warm-up only */
+    if (st)
+        return st;
+    st = warm_up_model(pk);
+    sp_package_unacquire(pk);
+    return st;
+}
+
+static sp_status warm_up_model(sp_package *pk)
+{
+    const sp_manifest *mf = &pk->mf;
     sp_tensor ti;
     if (!strcmp(mf->task, "masks") || !strcmp(mf->task, "classify")) {   /* one canvas-sized photo */
         int hc = mf->in_h ? mf->in_h : (mf->long_side + 31) / 32 * 32, wc = mf->in_w ? mf->in_w : hc;

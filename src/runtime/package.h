@@ -3,6 +3,7 @@
 #define SP_PACKAGE_H
 #include "../core/core.h"
 #include <limits.h>
+#include <pthread.h>
 
 /* A manifest's intensity normalisation (applied by pipeline/normalize.c). */
 typedef enum { SP_NORM_NONE, SP_NORM_CT, SP_NORM_ZSCORE, SP_NORM_MINMAX, SP_NORM_QUANTILE } sp_norm_scheme;
@@ -152,11 +153,28 @@ struct sp_package {
     struct sp_package *refine;   /* "refine": the mask model (TotalSegmentator's vertebrae_body) */
     size_t run_bytes;   /* ONNX Runtime's working memory for one inference beyond its output, measured by
                            sp_package_warm_up (0: not measured) */
+    /* A task package's part, crop or refine model loaded with parts_on_demand:
+     * model is NULL between runs; sp_package_acquire loads it from onnx_path
+     * through rt (borrowed) for a run, sp_package_unacquire releases it after
+     * the last run holding it (users, under mu) */
+    int on_demand, users;
+    sp_runtime *rt;
+    char onnx_path[PATH_MAX];
+    pthread_mutex_t mu;
 };
 
 sp_status sp_manifest_parse(const char *text, const char *file, sp_manifest *mf);
 void sp_manifest_clear(sp_manifest *mf);
 sp_status sp_manifest_check_model(const sp_manifest *mf, const sp_model *m, const char *dir);
+
+/* The session of an on-demand model (struct sp_package.on_demand) for one
+ * run: loaded by the first holder and checked against the manifest, released
+ * by the last; both do nothing for a package whose session is always held. */
+sp_status sp_package_acquire(sp_package *pk);
+void sp_package_unacquire(sp_package *pk);
+/* The runtime the package's sessions are (or will be) made with: its
+ * model's, an on-demand model's rt, a task package's first part's. */
+const sp_runtime *sp_package_runtime(const sp_package *pk);
 
 /* task packages (task_package.c) */
 struct cJSON;
