@@ -619,8 +619,8 @@ static int ct_run_one(ct_opts *o, int argc, char **argv)
 static int ct_main(int argc, char **argv, int mri)
 {
     ct_opts o = {.cmd = mri ? "mri" : "ct", .mri = mri, .model = mri ? NULL : sp_default_model_dir(),
-                 .rp = sp_runtime_default_params(), .cp = sp_ct_default_params(), .shard_n = 1, .jobs = 1, .tta = -1, .parts_resident = -1,
-                 .dp = sp_dicom_default_params()};
+                 .rp = sp_runtime_default_params(), .cp = sp_ct_default_params(), .shard_n = 1, .jobs = 1, .tta = -1,
+                 .parts_resident = -1, .dp = sp_dicom_default_params()};
     o.rp.cache_optimized = 1;   /* the CLI caches optimised graphs unless --no-cache-graph (docs/performance.md) */
     int rc = cli_ct_parse(argc, argv, &o);
     if (rc >= 0)

@@ -190,7 +190,7 @@ static int opts_check(int n, char **argv, ct_opts *o, char *why, size_t cap)
     memcpy(av + 1, argv, (size_t)n * sizeof *av);
     av[n + 1] = "job-input";
     *o = (ct_opts){.cmd = "ct", .rp = sp_runtime_default_params(), .cp = sp_ct_default_params(), .shard_n = 1, .tta = -1,
-              .parts_resident = -1};
+                   .parts_resident = -1};
     o->rp.device = NULL;   /* only what the job names: the worker's own device otherwise */
     sp_ct_params d = sp_ct_default_params();
     if (cli_ct_parse(n + 2, av, o) != -1 || strcmp(o->input, "job-input"))
