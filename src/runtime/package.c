@@ -5,7 +5,12 @@
  * checked for type and range, then the ONNX model is loaded through the
  * model manager and its inputs and outputs are checked against the manifest
  * (channels, classes, spatial rank, dtypes, fixed patch dims) before the
- * first run. Errors name the file and the field.
+ * first run. Errors name the file and the field. A task package's part,
+ * crop and refine models may instead be loaded on demand
+ * (sp_runtime_params.parts_on_demand): manifests checked and ONNX files
+ * found at load, each session made, checked and released by the runs that
+ * need it (sp_package_acquire / sp_package_unacquire), so that a one-shot
+ * run holds one part's memory at a time.
  */
 #include "package.h"
 #include "device.h"

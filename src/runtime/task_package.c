@@ -7,7 +7,8 @@
  * The top manifest names its parts (sub-folders, each a complete model
  * package) with a map from the part's labels to the task's, and optionally a
  * low-resolution "roi_crop" model. package.c loads each part as any package
- * (and so checks it); this file parses the top manifest's fields and checks
+ * (and so checks it; on demand, its session only when a run needs it, then
+ * checked against its manifest); this file parses the top manifest's fields and checks
  * what merging needs (and the "blobs" cleanups after it): every part a CT/MRI grid model on the
  * same spacing and axes (the input is read and resampled once for all), its
  * map as long as its class count, every mapped label inside the task's map.
