@@ -164,12 +164,13 @@ static sp_status check_finite(const sp_volume *ct, sp_pool *pool)
  * tile at a time, 0.83x against 1.16x at 4) when 3x their logits a call
  * (2.1x measured: the logits and the network's activations) fits in half
  * the memory the system has available. */
-static int auto_tile_batch(const sp_package *pk, const sp_manifest *mf)
+static int auto_tile_batch(const sp_package *pk)
 {
+    const sp_manifest *mf = &pk->mf;
     int ch = mf->head_w ? mf->head_features : mf->n_regions ? mf->n_regions : mf->num_classes;
     double tile_bytes = 4.0 * ch * (double)(mf->patch[0] * mf->patch[1] * mf->patch[2]);
     int b = (int)fmax(1, fmin(4, 256e6 / tile_bytes));
-    const sp_runtime *rt = pk ? sp_package_runtime(pk) : NULL;   /* also between an on-demand part's runs */
+    const sp_runtime *rt = sp_package_runtime(pk);   /* also between an on-demand part's runs */
     if (b < 4 && rt && !strcmp(sp_runtime_device_name(rt), "cpu") && sp_runtime_threads(rt) >= 4) {
         int calls = (int)fmin(4, 0.5 * (double)sp_mem_available() / (3 * tile_bytes));
         b = calls > b ? calls : b;
@@ -177,17 +178,18 @@ static int auto_tile_batch(const sp_package *pk, const sp_manifest *mf)
     return b;
 }
 
-/* The sliding window's parameters from the package's manifest (mf: a
- * part's for a task package) and the run's options. */
-static sp_window_params window_params(const sp_package *pk, const sp_manifest *mf, const sp_ct_params *p)
+/* The sliding window's parameters from the package's manifest (a part's
+ * for a task package's part) and the run's options. */
+static sp_window_params window_params(const sp_package *pk, const sp_ct_params *p)
 {
+    const sp_manifest *mf = &pk->mf;
     sp_window_params wp;
     memset(&wp, 0, sizeof wp);
     memcpy(wp.patch, mf->patch, sizeof wp.patch);
     memcpy(wp.axes, mf->axes, sizeof wp.axes);
     wp.step = p->step > 0 ? p->step : mf->step;
     wp.sigma_scale = mf->sigma_scale;
-    wp.tile_batch = p->tile_batch > 0 ? p->tile_batch : auto_tile_batch(pk, mf);
+    wp.tile_batch = p->tile_batch > 0 ? p->tile_batch : auto_tile_batch(pk);
     wp.num_classes = mf->n_regions ? mf->n_regions : mf->num_classes;
     wp.region_order = mf->n_regions ? mf->region_order : NULL;
     wp.head_w = mf->head_w;
@@ -260,7 +262,7 @@ static sp_status conform_network(sp_package *pk, const float *vol, const int64_t
 {
     const sp_manifest *mf = &pk->mf;
     if (!use_meshnet(pk)) {
-        sp_window_params wp = window_params(pk, mf, p);
+        sp_window_params wp = window_params(pk, p);
         return sp_window_run(pk->model, vol, md, &wp, lab, NULL, pool, &r->t, p->progress, p->progress_user);
     }
     char path[PATH_MAX + 160];
@@ -747,7 +749,7 @@ static sp_status run_parts(sp_package *pk, float *model_vol, const int64_t mdim[
         if (!mf->resample_nnunet)   /* else normalised before nnU-Net's resampling (grid_path) */
             sp_normalize(x, (int64_t)nm, &part->mf.norm, pool);
         sp_timings_add(t, "normalize", sp_now() - t0);
-        sp_window_params wp = window_params(part, &part->mf, p);
+        sp_window_params wp = window_params(part, p);
         st = sp_window_run(part->model, x, mdim, &wp, lab_p, NULL, pool, t, p->progress, p->progress_user);
         if (st) {
             sp_package_unacquire(part);
@@ -828,7 +830,7 @@ static sp_status grid_path(sp_package *pk, const sp_volume *ct, sp_volume *const
     sp_timings_add(t, "normalize", sp_now() - t0);
 
     /* d. sliding window + argmax */
-    sp_window_params wp = window_params(pk, mf, p);
+    sp_window_params wp = window_params(pk, p);
     int want_logits = p->smooth || p->keep_probabilities;
     if (p->smooth && mf->n_regions)
         st = sp_fail(SP_ERR_USAGE, "--smooth takes class logits: not for a region-based model");
@@ -1246,7 +1248,7 @@ sp_status sp_ct_memory_estimate(const sp_package *pk, const sp_volume *ct, const
     if (st)
         return st;
     double nv = (double)sp_geom_nvox(&ct->g), nm = (double)mdim[0] * (double)mdim[1] * (double)mdim[2];
-    sp_window_params wp = window_params(pk, mf, &p);
+    sp_window_params wp = window_params(pk, &p);
     int packs = ct->range_valid && ct->integer_valued && ct->vmin >= -32768 && ct->vmax <= 32767;
     double held = packs ? 2 * nv : 4 * nv;   /* parked in a file when it can be: counted anyway */
     double prep = 4 * nv + (reoriented ? 4 * nv : 0) + 4 * nm;
@@ -1275,7 +1277,7 @@ sp_status sp_ct_header_check(const sp_volume *header, void *ct_check)
     sp_status st = grid_of(&c->pk->mf, header, &p, mdim, &reoriented);
     if (st)
         return st;
-    sp_window_params wp = window_params(c->pk, &c->pk->mf, &p);
+    sp_window_params wp = window_params(c->pk, &p);
     double tiles = 1;   /* as sp_window_run counts them: each axis padded to the patch */
     for (int d = 0; d < 3; d++) {
         int64_t n = mdim[wp.axes[d]], t = wp.patch[d];
