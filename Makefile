@@ -60,7 +60,9 @@ ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC -pthread $(WARN) $(CFLAGS) $(SANFLAGS
   -DSP_BUILD_FLAGS="\"$(strip $(CC) $(CFLAGS) $(SANFLAGS))\""
 # Optional slim builds: NO_FFMPEG=1 (video from/to frame folders only),
 # NO_HEIF=1 (no HEIC photos); e.g. for a machine without those libraries.
-FF_LIBS := -lavformat -lavcodec -lswscale -lavutil
+# FFmpeg is opened with dlopen when a video file is first read or written
+# (src/io/av_load.h): nothing links it, so FF_LIBS stays empty
+FF_LIBS :=
 HEIF_LIBS := -lheif
 ifeq ($(NO_FFMPEG),1)
   ALL_CFLAGS += -DSP_NO_FFMPEG

@@ -95,6 +95,11 @@ dpkg-shlibdeps -Tdebian/segpipe.substvars -ldebian/libsegpipe0/usr/lib/segpipe d
 dpkg-shlibdeps --warnings=1 -Tdebian/libsegpipe0.substvars -ldebian/libsegpipe0/usr/lib/segpipe \
   debian/libsegpipe0/usr/lib/libsegpipe.so.0 debian/libsegpipe0/usr/lib/segpipe/*.so* \
   $(ls debian/libsegpipe0/usr/lib/libsegpipe_cuda.so 2>/dev/null)
+# FFmpeg is opened with dlopen (src/io/av_load.h), which dpkg-shlibdeps cannot
+# see: the packages holding the SONAMEs the library names
+ff=$(strings debian/libsegpipe0/usr/lib/libsegpipe.so.0 | grep -E '^lib(avformat|avcodec|swscale|avutil)\.so\.[0-9]+$' |
+  while read -r so; do dpkg -S "*/$so" | head -1 | cut -d: -f1; done | sort -u | paste -sd, - | sed 's/,/, /g')
+echo "dlopen:Depends=$ff" >> debian/libsegpipe0.substvars
 
 for p in "${pkgs[@]}"; do
   find "debian/$p" -type d -exec chmod 755 {} +

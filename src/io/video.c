@@ -13,11 +13,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #ifndef SP_NO_FFMPEG
-#include <libavcodec/avcodec.h>
-#include <libavformat/avformat.h>
-#include <libavutil/imgutils.h>
-#include <libavutil/opt.h>
-#include <libswscale/swscale.h>
+#include "av_load.h"    /* FFmpeg, opened on first use */
 #endif
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,11 +60,15 @@ static void av_quiet_init(void)
     av_log_set_callback(av_log_cb);
 }
 
-/* FFmpeg's own log: errors only, kept (see above). */
-static void av_quiet(void)
+/* FFmpeg loaded (av_load.h) and its own log set to errors only, kept (see
+ * above); called before a video file is opened for reading or writing. */
+static sp_status av_ready(void)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, av_quiet_init);
+    sp_status st = sp_av_load();
+    if (!st)
+        pthread_once(&once, av_quiet_init);
+    return st;
 }
 
 static const char *averr(int e, char *buf, size_t n)
@@ -77,8 +77,6 @@ static const char *averr(int e, char *buf, size_t n)
     return buf;
 }
 
-#else
-static void av_quiet(void) {}
 #endif
 
 /* ------------------------------------------------------------------ source */
@@ -164,6 +162,9 @@ static sp_status file_open(sp_frame_src *s, const char *path, int threads, sp_sr
 static sp_status file_open(sp_frame_src *s, const char *path, int threads, sp_src_info *info)
 {
     char eb[128];
+    sp_status ready = av_ready();
+    if (ready)
+        return ready;
     int r = avformat_open_input(&s->fmt, path, NULL, NULL);
     if (r < 0)
         return sp_fail(SP_ERR_INPUT, "%s: not a readable video (%s)", path, averr(r, eb, sizeof eb));
@@ -217,11 +218,13 @@ void sp_src_close(sp_frame_src *s)
     if (!s)
         return;
 #ifndef SP_NO_FFMPEG
-    sws_freeContext(s->sws);
-    av_frame_free(&s->frm);
-    av_packet_free(&s->pkt);
-    avcodec_free_context(&s->dec);
-    avformat_close_input(&s->fmt);
+    if (s->fmt || s->dec || s->frm || s->pkt || s->sws) {   /* only then is FFmpeg loaded */
+        sws_freeContext(s->sws);
+        av_frame_free(&s->frm);
+        av_packet_free(&s->pkt);
+        avcodec_free_context(&s->dec);
+        avformat_close_input(&s->fmt);
+    }
 #endif
     for (int i = 0; i < s->nfiles; i++)
         free(s->files[i]);
@@ -233,7 +236,6 @@ sp_status sp_src_open(const char *path, int threads, sp_frame_src **out, sp_src_
 {
     *out = NULL;
     memset(info, 0, sizeof *info);
-    av_quiet();
     sp_frame_src *s = calloc(1, sizeof *s);
     if (!s)
         return sp_fail(SP_ERR_NOMEM, "out of memory");
@@ -483,6 +485,9 @@ static enum AVPixelFormat pick_pix_fmt(const AVCodec *c, int w, int h)
 static sp_status video_sink_open(sp_frame_sink *s, const sp_sink_params *p)
 {
     char eb[128];
+    sp_status st = av_ready();
+    if (st)
+        return st;
     int r = avformat_alloc_output_context2(&s->oc, NULL, NULL, s->final);
     if (r < 0 || !s->oc)
         return sp_fail(SP_ERR_USAGE, "%s: no FFmpeg muxer for this extension", s->final);
@@ -562,14 +567,16 @@ static sp_status video_sink_open(sp_frame_sink *s, const sp_sink_params *p)
 static void sink_free(sp_frame_sink *s)
 {
 #ifndef SP_NO_FFMPEG
-    sws_freeContext(s->sws);
-    av_frame_free(&s->frm);
-    av_packet_free(&s->pkt);
-    avcodec_free_context(&s->enc);
-    if (s->oc) {
-        if (s->oc->pb)
-            avio_closep(&s->oc->pb);
-        avformat_free_context(s->oc);
+    if (s->oc || s->enc || s->frm || s->pkt || s->sws) {   /* only then is FFmpeg loaded */
+        sws_freeContext(s->sws);
+        av_frame_free(&s->frm);
+        av_packet_free(&s->pkt);
+        avcodec_free_context(&s->enc);
+        if (s->oc) {
+            if (s->oc->pb)
+                avio_closep(&s->oc->pb);
+            avformat_free_context(s->oc);
+        }
     }
 #endif
     free(s);
@@ -594,7 +601,6 @@ void sp_sink_abort(sp_frame_sink *s)
 sp_status sp_sink_open(const char *path, int width, int height, const sp_sink_params *pp, sp_frame_sink **out)
 {
     sp_sink_params p = {0};
-    av_quiet();
     if (pp)
         p = *pp;
     *out = NULL;

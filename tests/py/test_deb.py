@@ -52,6 +52,9 @@ def test_deb_packages_by_role(tmp):
     # from dpkg-shlibdeps: the libraries the binaries link, with versions
     assert re.search(r"libmicrohttpd12 \(>= ", dep["segpipe"]) and f"libsegpipe0 (= {v})" in dep["segpipe"], dep
     assert re.search(r"libc6 \(>= ", dep["libsegpipe0"]) and "onnxruntime" not in dep["libsegpipe0"], dep
+    # FFmpeg, opened with dlopen (src/io/av_load.h): named by make-deb.sh from the library's SONAMEs
+    for ff in ("libavformat", "libavcodec", "libswscale", "libavutil"):
+        assert re.search(ff + r"[0-9]+\b", dep["libsegpipe0"]), (ff, dep["libsegpipe0"])
     assert f"libsegpipe0 (= {v})" in dep["libsegpipe-dev"] and "python3-numpy" in dep["python3-segpipe"], dep
     assert field(d["python3-segpipe"], "Architecture") == "all"
     assert re.fullmatch(r".+ <[^@\s]+@[^@\s]+>", field(d["segpipe"], "Maintainer"))

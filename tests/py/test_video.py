@@ -352,3 +352,24 @@ def test_video_truncated_matroska_refused(tmp):
         assert not os.path.exists(out) and not any(f.startswith("o_" + ext) for f in os.listdir(tmp))
         p = video(full, "-o", out, "--model", TINY)
         assert p.returncode == 0 and os.path.exists(out), p.stderr
+
+
+def test_ffmpeg_opened_on_first_use(tmp):
+    """FFmpeg (about 130 libraries with its dependencies) is opened with
+    dlopen when a video file is first read or written (src/io/av_load.h):
+    neither the CLI nor the library names it as a needed library, so a
+    `segpipe ct` never loads it; the video tests of this module prove the
+    loaded table works."""
+    for f in ("segpipe", "libsegpipe.so"):
+        d = subprocess.run(["readelf", "-d", os.path.join(sp.BUILD, f)], capture_output=True, text=True, check=True)
+        needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", d.stdout)
+        assert needed and not [n for n in needed if re.match(r"lib(av|sw)", n)], (f, needed)
+    clip = os.path.join(tmp, "c.mkv")
+    frames = os.path.join(tmp, "f")
+    os.makedirs(frames)
+    for i in range(3):
+        Image.fromarray(photo(32, 48, seed=i)).save(os.path.join(frames, f"{i:03d}.png"))
+    p = sp.run("video", frames, "-o", clip, "--model", TINY, "--bg", "color:#00ff00")
+    assert p.returncode == 0, p.stderr
+    q = sp.run("video", clip, "-o", os.path.join(tmp, "back"), "--model", TINY, "--bg", "color:#00ff00")
+    assert q.returncode == 0 and len(os.listdir(os.path.join(tmp, "back"))) == 3, q.stderr
