@@ -122,6 +122,8 @@ def big_package():
     return os.path.join(d, "total"), os.path.join(d, "ct.nii.gz")
 
 
+@sp.realistic("the peak-RSS saving measured on five TotalSegmentator-sized parts (about 20 MB of weights "
+              "each); test_totalseg_parts_on_demand_same_labels runs the same on-demand C paths on small parts")
 def test_totalseg_parts_on_demand_peak_rss(tmp):
     """One-input `segpipe ct` on a task package holds one part's session at
     a time: its peak RSS (--report's peak_rss_bytes, the kernel's VmHWM) is
