@@ -75,8 +75,13 @@ endif
 # DICOM series input through GDCM, DICOM-SEG output through DCMTK (C++; NO_DICOM=1 leaves both out;
 # libzip stays: .npz probabilities are written with it)
 CXX ?= c++
-DICOM_LIBS := -lgdcmMSFF -lgdcmDSED -lgdcmCommon -ldcmseg -ldcmfg -ldcmiod -ldcmdata -loflog -lofstd -lstdc++
-DICOM_SRC := src/io/dicom.cc src/io/dicom_seg.cc src/io/dicom_rtstruct.cc
+DICOM_LIBS := -ldcmseg -ldcmfg -ldcmiod -ldcmdata -loflog -lofstd -lstdc++
+DICOM_SRC := src/io/dicom_seg.cc src/io/dicom_rtstruct.cc
+# GDCM's series reader (src/io/dicom.cc) is a shared object of its own,
+# opened on the first series (src/io/gdcm_load.c): GDCM reads its data
+# dictionary when it is mapped, which every process paid at start
+GDCM_LIBS := -lgdcmMSFF -lgdcmDSED -lgdcmCommon -lstdc++
+GDCM_READER := $(BUILD)/libsegpipe_gdcm.so
 # `segpipe dicom-node` (src/cli/dicom_node.cc): DCMTK's networking, in the CLI only
 NODE_SRC := src/cli/dicom_node.cc
 NODE_LIBS := -ldcmnet
@@ -84,6 +89,7 @@ ifeq ($(NO_DICOM),1)
   ALL_CFLAGS += -DSP_NO_DICOM
   DICOM_LIBS :=
   DICOM_SRC :=
+  GDCM_READER :=
   NODE_SRC :=
   NODE_LIBS :=
 endif
@@ -104,7 +110,7 @@ TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 .PHONY: all test realistic check asan fuzz bench install clean deps cuda deb deb-check man FORCE attack
 # (the installed CLI and library, relinked for PREFIX/lib/segpipe/, and the man
 # pages are made here too: concurrent `make install`s then only copy them)
-all: $(BUILD)/segpipe $(BUILD)/libsegpipe.a $(BUILD)/libsegpipe.so $(BUILD)/libsegpipe_test.so $(BUILD)/test_unit \
+all: $(BUILD)/segpipe $(BUILD)/libsegpipe.a $(BUILD)/libsegpipe.so $(BUILD)/libsegpipe_test.so $(BUILD)/test_unit $(GDCM_READER) \
   $(BUILD)/inst/segpipe $(BUILD)/inst/libsegpipe.so.0 $(BUILD)/man/.stamp
 
 # Install what is missing (idempotent; a no-op when everything is there).
@@ -145,6 +151,9 @@ $(BUILD)/src/server/ui_assets.o: src/server/ui_assets.S $(wildcard ui/*) $(NIIVU
 $(BUILD)/%.o: %.cc $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CXX) $(ALL_CXXFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libsegpipe_gdcm.so: $(BUILD)/src/io/dicom.o
+	$(CXX) -shared $(SANFLAGS) $(LDHARDEN) -o $@ $< $(GDCM_LIBS) -pthread
 
 $(BUILD)/libsegpipe.a: $(LIB_OBJ)
 	rm -f $@
@@ -244,6 +253,7 @@ install: all $(BUILD)/inst/segpipe $(BUILD)/inst/libsegpipe.so.0 man
 	ln -sf libsegpipe.so.0 $(DESTDIR)$(PREFIX)/lib/libsegpipe.so
 	install -m 755 $(BUILD)/inst/segpipe $(DESTDIR)$(PREFIX)/bin/
 	[ ! -f $(BUILD)/libsegpipe_cuda.so ] || install -m 644 $(BUILD)/libsegpipe_cuda.so $(DESTDIR)$(PREFIX)/lib/
+	[ -z "$(GDCM_READER)" ] || install -m 644 $(GDCM_READER) $(DESTDIR)$(PREFIX)/lib/segpipe/
 	install -d $(DESTDIR)$(PREFIX)/share/segpipe/models $(DESTDIR)$(PREFIX)/share/doc/segpipe/docs/img
 	for m in demo-ct demo-rooms demo-matte demo-shapes; do \
 	  install -d $(DESTDIR)$(PREFIX)/share/segpipe/models/$$m && \

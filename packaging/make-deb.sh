@@ -71,7 +71,8 @@ install -m 755 "$here/debian/python3-segpipe.prerm" debian/python3-segpipe/DEBIA
 
 # what dh_strip does: debug symbols out of what is shipped
 strip --remove-section=.comment --remove-section=.note --strip-unneeded \
-  debian/segpipe/usr/bin/segpipe debian/libsegpipe0/usr/lib/libsegpipe.so.0
+  debian/segpipe/usr/bin/segpipe debian/libsegpipe0/usr/lib/libsegpipe.so.0 \
+  $(ls debian/libsegpipe0/usr/lib/segpipe/libsegpipe_gdcm.so 2>/dev/null)
 strip --remove-section=.comment --strip-debug --enable-deterministic-archives \
   debian/libsegpipe-dev/usr/lib/libsegpipe.a
 

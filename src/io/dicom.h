@@ -38,6 +38,24 @@ typedef struct sp_dicom_vol {
 #ifdef __cplusplus
 extern "C" {
 #endif
+/* dicom.cc is built as its own shared object, libsegpipe_gdcm.so, opened
+ * when a series is first read (gdcm_load.c): GDCM loads its data
+ * dictionary when it is mapped, about 28 ms that every process paid at
+ * start when libsegpipe linked it. The library's code calls the reader
+ * through this table; its functions are the ones declared below. */
+typedef struct sp_dicom_reader {
+    sp_status (*load)(const char *dir, const char *uid, uint64_t max_voxels, struct sp_dicom_vol *v, char *msg,
+                      size_t cap);
+    void (*limits)(uint64_t max_memory, int bound_process);
+    const char *(*notes)(void);
+} sp_dicom_reader;
+/* The reader (opened once, thread-safe), or NULL with the reason in msg:
+ * libsegpipe_gdcm.so is looked for beside the module holding this code
+ * (build/), in its segpipe/ folder (PREFIX/lib/segpipe/ beside
+ * libsegpipe.so.0) and in ../lib/segpipe/ (beside PREFIX/bin/segpipe).
+ * A program that links dicom.cc itself (the fuzzers) uses that. */
+const sp_dicom_reader *sp_dicom_reader_open(char *msg, size_t cap);
+
 /* SP_OK with *v filled, or a status with the reason in msg. */
 sp_status sp_dicom_load(const char *dir, const char *uid, uint64_t max_voxels, sp_dicom_vol *v, char *msg,
                         size_t cap);

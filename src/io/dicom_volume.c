@@ -62,15 +62,26 @@ static int xfer(int fd, void *p, size_t n, int out, const volatile int *cancel)
 }
 static int write_all(int fd, const void *p, size_t n) { return xfer(fd, (void *)p, n, 1, NULL); }
 
+/* what parent_receive allocated (the reader's own copy lives in the plugin) */
+static void dicom_ref_free(sp_dicom_ref *r)
+{
+    if (r) {
+        free(r->sop_uid);
+        free(r->sop_class);
+        free(r->ipp);
+        free(r);
+    }
+}
+
 #define NOTES 512   /* what the folder walk skipped: one line */
 
 /* child: status, message, notes, then the volume and its references */
-static void child_send(int fd, const char *dir, const char *uid, uint64_t max_voxels)
+static void child_send(int fd, const sp_dicom_reader *rd, const char *dir, const char *uid, uint64_t max_voxels)
 {
     char msg[1024] = "", notes[NOTES] = "";
     sp_dicom_vol d;
-    sp_status st = sp_dicom_load(dir, uid, max_voxels, &d, msg, sizeof msg);
-    snprintf(notes, sizeof notes, "%s", sp_dicom_notes());
+    sp_status st = rd->load(dir, uid, max_voxels, &d, msg, sizeof msg);
+    snprintf(notes, sizeof notes, "%s", rd->notes());
     if (write_all(fd, &st, sizeof st) || write_all(fd, msg, sizeof msg) || write_all(fd, notes, sizeof notes) || st)
         return;
     sp_dicom_ref none;
@@ -120,7 +131,7 @@ static sp_status parent_receive(int fd, const volatile int *cancel, sp_dicom_vol
     if (!d->data || (k && (!ref || !ref->sop_uid || !ref->sop_class || !ref->ipp))) {
         free(d->data);
         d->data = NULL;
-        sp_dicom_ref_free(ref);
+        dicom_ref_free(ref);
         snprintf(msg, cap, "DICOM: cannot allocate the volume");
         return SP_ERR_NOMEM;
     }
@@ -129,7 +140,7 @@ static sp_status parent_receive(int fd, const volatile int *cancel, sp_dicom_vol
                RD(ref->ipp, k * sizeof *ref->ipp)))) {
         free(d->data);
         d->data = NULL;
-        sp_dicom_ref_free(ref);
+        dicom_ref_free(ref);
         return e == -2 ? SP_ERR_CANCELLED : CHILD_DIED;
     }
 #undef RD
@@ -139,7 +150,8 @@ static sp_status parent_receive(int fd, const volatile int *cancel, sp_dicom_vol
 
 /* the forked reader: dies with its parent (a SIGKILLed CLI, service or
  * worker leaves no reader behind), bounded by the headers' memory */
-static void child_main(int fd, pid_t parent, const char *dir, const char *uid, const sp_read_params *p)
+static void child_main(int fd, pid_t parent, const sp_dicom_reader *rd, const char *dir, const char *uid,
+                       const sp_read_params *p)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent)   /* the parent died before prctl */
@@ -150,19 +162,22 @@ static void child_main(int fd, pid_t parent, const char *dir, const char *uid, c
     int null = open("/dev/null", O_WRONLY);   /* GDCM's assertion texts: the parent reports instead */
     if (null >= 0)
         dup2(null, 2);
-    sp_dicom_reader_limits(p->max_memory, 1);
-    child_send(fd, dir, uid, p->max_voxels ? p->max_voxels : SP_DEFAULT_MAX_VOXELS);
+    rd->limits(p->max_memory, 1);
+    child_send(fd, rd, dir, uid, p->max_voxels ? p->max_voxels : SP_DEFAULT_MAX_VOXELS);
     _exit(0);
 }
 
 static sp_status load_isolated(const char *dir, const char *uid, const sp_read_params *p, sp_dicom_vol *d,
                                char *msg, size_t cap)
 {
+    const sp_dicom_reader *rd = sp_dicom_reader_open(msg, cap);   /* in the parent: the child never dlopens */
+    if (!rd)
+        return SP_ERR_RUNTIME;
     const char *inproc = getenv("SEGPIPE_DICOM_INPROCESS");
     if (inproc && !strcmp(inproc, "1")) {
-        sp_status st = sp_dicom_load(dir, uid, p->max_voxels ? p->max_voxels : SP_DEFAULT_MAX_VOXELS, d, msg, cap);
-        if (*sp_dicom_notes())
-            SP_WARN("DICOM folder: %s", sp_dicom_notes());
+        sp_status st = rd->load(dir, uid, p->max_voxels ? p->max_voxels : SP_DEFAULT_MAX_VOXELS, d, msg, cap);
+        if (*rd->notes())
+            SP_WARN("DICOM folder: %s", rd->notes());
         return st;
     }
     int fds[2];
@@ -176,7 +191,7 @@ static sp_status load_isolated(const char *dir, const char *uid, const sp_read_p
     }
     if (pid == 0) {   /* the child: read, send, leave without running the parent's exit handlers */
         close(fds[0]);
-        child_main(fds[1], parent, dir, uid, p);
+        child_main(fds[1], parent, rd, dir, uid, p);
     }
     close(fds[1]);
     sp_status st = parent_receive(fds[0], p->cancel, d, msg, cap);
@@ -227,11 +242,11 @@ sp_status sp_dicom_read_dir(const char *dir, const sp_read_params *p, sp_volume 
     sp_volume *v = sp_volume_alloc(&g);
     if (!v) {
         free(d.data);
-        sp_dicom_ref_free(d.ref);
+        dicom_ref_free(d.ref);
         return sp_fail(SP_ERR_NOMEM, "DICOM: cannot allocate the volume");
     }
     v->dicom = d.ref;
-    v->dicom_free = sp_dicom_ref_free;
+    v->dicom_free = dicom_ref_free;
     size_t n = (size_t)sp_geom_nvox(&g);
     memcpy(v->data, d.data, n * sizeof(float));
     free(d.data);

@@ -5,7 +5,7 @@ nibabel's canonical reorientation); the series decompressed by pydicom
 `segpipe ct FOLDER` gives the labels of `segpipe ct dcm2niix.nii.gz`; two
 series, a missing slice, a duplicate, a truncated file and a non-DICOM file
 get clear answers."""
-import json, os, random, shutil, subprocess
+import json, os, random, re, shutil, subprocess
 import numpy as np
 import nibabel as nib
 import pydicom
@@ -263,3 +263,16 @@ def test_pydicom_test_files_never_crash(tmp):
     assert codes["CT_small.dcm"] == 0 and codes["MR_small_RLE.dcm"] == 0
     assert codes["MR_truncated.dcm"] == 3 and codes["rtplan.dcm"] == 3
     assert codes["huge-element-length.dcm"] == 3
+
+
+def test_gdcm_reader_opened_on_first_series(tmp):
+    """GDCM (its data dictionary is built when the library is mapped) lives in
+    libsegpipe_gdcm.so, opened when a series is first read (src/io/gdcm_load.c):
+    the CLI and the library do not name it as needed, the reader does; the
+    other tests of this module read series through it."""
+    def needed(f):
+        d = subprocess.run(["readelf", "-d", os.path.join(sp.BUILD, f)], capture_output=True, text=True, check=True)
+        return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", d.stdout)
+    for f in ("segpipe", "libsegpipe.so"):
+        assert not [n for n in needed(f) if n.startswith("libgdcm")], (f, needed(f))
+    assert [n for n in needed("libsegpipe_gdcm.so") if n.startswith("libgdcmMSFF")]

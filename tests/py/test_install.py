@@ -44,9 +44,12 @@ def test_install_relocatable(tmp):
         p.terminate()
         assert p.wait(timeout=60) == 0
     src = os.path.join(tmp, "ext.c")
-    open(src, "w").write('#include <segpipe.h>\n#include <stdio.h>\nint main(void) {\n'
+    open(src, "w").write('#include <segpipe.h>\n#include <stdio.h>\nint main(int argc, char **argv) {\n'
                          '  sp_read_params p = sp_read_default_params();\n'
                          '  printf("%s %llu %s\\n", SP_VERSION_STRING, (unsigned long long)p.max_voxels, sp_models_dir());\n'
+                         '  sp_volume *v = NULL;\n'
+                         '  if (argc > 1 && sp_volume_read(argv[1], &p, &v)) return printf("%s\\n", sp_last_error()), 1;\n'
+                         '  sp_volume_free(v);\n'
                          '  return 0;\n}\n')
     pc = subprocess.run(["pkg-config", "--define-prefix", "--cflags", "--libs", "segpipe"], capture_output=True,
                         text=True, check=True, env={**env, "PKG_CONFIG_PATH": os.path.join(root, "lib", "pkgconfig")})
@@ -55,7 +58,18 @@ def test_install_relocatable(tmp):
     if "asan" in sp.BUILD:
         flags.append("-fsanitize=address,undefined")
     subprocess.run(["cc", src, "-o", exe, *flags], check=True, capture_output=True)
-    r = subprocess.run([exe], capture_output=True, text=True, env=env, cwd=tmp)
+    r = subprocess.run([exe, os.path.join(sp.CTDIR, "example_ct_dicom")], capture_output=True, text=True, env=env, cwd=tmp)
     assert r.returncode == 0 and r.stdout.split()[1] == str(1 << 30), r.stdout + r.stderr
     assert r.stdout.split()[2] == os.path.join(root, "share", "segpipe", "models")
+    # GDCM's reader is opened from PREFIX/lib/segpipe/ on the first series (src/io/gdcm_load.c), by the
+    # CLI (../lib/segpipe from bin/) and by a program linking libsegpipe.so.0 (above: segpipe/ from lib/);
+    # without it, a clear error and nothing written
+    dcm_out = os.path.join(tmp, "dcm.nii.gz")
+    r = run("resample", os.path.join(sp.CTDIR, "example_ct_dicom"), "-o", dcm_out, "--spacing", "4,4,4")
+    assert r.returncode == 0 and os.path.exists(dcm_out), r.stderr
+    os.rename(os.path.join(root, "lib", "segpipe", "libsegpipe_gdcm.so"), os.path.join(tmp, "gdcm.so"))
+    os.unlink(dcm_out)
+    r = run("resample", os.path.join(sp.CTDIR, "example_ct_dicom"), "-o", dcm_out, "--spacing", "4,4,4")
+    assert r.returncode == 5 and "libsegpipe_gdcm.so is not installed" in r.stderr, (r.returncode, r.stderr)
+    assert root not in r.stderr and not os.path.exists(dcm_out)
 
