@@ -133,7 +133,11 @@ def others_on_gpu():
 
 BEST = os.environ.get("SP_BENCH_OPTIONS", "")        # bench/gpu_profile.py's pick (run.sh auto)
 TILE_BATCH = os.environ.get("SP_BENCH_TILE_BATCH", "0")
-QUICK = os.environ.get("SP_BENCH_QUICK") == "1"       # no two-slot and HEURISTIC variants
+QUICK = os.environ.get("SP_BENCH_QUICK") == "1"       # no two-slot and cuDNN search variants
+TWO_SLOTS = os.environ.get("SP_BENCH_TWO_SLOTS", "1") == "1"
+COLD_REPEAT = int(os.environ.get("SP_BENCH_COLD_REPEAT", "1"))   # cold processes per search variant
+SEARCH = dict(v.split(":", 1) for v in os.environ.get(   # name:SEGPIPE_CUDA_OPTIONS;... (DEFAULT: cuDNN's default algorithm)
+    "SP_BENCH_SEARCH", "exhaustive:cudnn_conv_algo_search=EXHAUSTIVE;heuristic:cudnn_conv_algo_search=HEURISTIC").split(";"))
 
 
 def run_segpipe_cold(vol_path, pkg, precision, tmp, options=BEST):
@@ -175,6 +179,20 @@ def run_segpipe_warm(vol_path, pkg, precision, port, options=BEST, slots=1):
             srv.wait(60)
 
 
+def search_variants(case, vpath, pkg, prec, tmp, lab_p, port):
+    """cuDNN's algorithm search forced each way (issue #42): COLD_REPEAT cold
+    `segpipe ct` processes each, alternated with the default's, and the warm
+    `serve` request each way (the default: exhaustive in a service)."""
+    case["segpipe_cold_repeats"] = {"default": [], **{k: [] for k in SEARCH}}
+    for _ in range(COLD_REPEAT):
+        for k, o in [("default", BEST)] + list(SEARCH.items()):
+            lab, r = run_segpipe_cold(vpath, pkg, prec, tmp, o)
+            r["label_agreement"] = agreement(lab, lab_p)
+            case["segpipe_cold_repeats"][k].append(r)
+    for j, (k, o) in enumerate(SEARCH.items()):
+        case[f"segpipe_warm_{k}"] = run_segpipe_warm(vpath, pkg, prec, port + 1 + j, options=o)
+
+
 def agreement(a, b):
     return float((a == b).mean())
 
@@ -203,17 +221,40 @@ def main():
             warm = run_segpipe_warm(vpath, pkg, prec, 18600 + i * 2 + (prec == "fp32")) if shape == (170, 170, 500) \
                 else None
             extra = shape == (170, 170, 500) and not QUICK
-            two = run_segpipe_warm(vpath, pkg, prec, 18700 + (prec == "fp32"), slots=2) if extra else None
-            heur = run_segpipe_cold(vpath, pkg, prec, tmp, "cudnn_conv_algo_search=HEURISTIC")[1] if extra else None
-            case[prec] = {"peer": peer, "segpipe_cold": cold, "segpipe_warm": warm, "segpipe_cold_heuristic": heur,
-                          "segpipe_warm_two_slots": two,
+            two = run_segpipe_warm(vpath, pkg, prec, 18700 + (prec == "fp32"), slots=2) if extra and TWO_SLOTS \
+                else None
+            case[prec] = {"peer": peer, "segpipe_cold": cold, "segpipe_warm": warm, "segpipe_warm_two_slots": two,
                           "label_agreement": agreement(lab_s, lab_p)}
+            if extra:
+                search_variants(case[prec], vpath, pkg, prec, tmp, lab_p, 18800 + (prec == "fp32") * 4)
             print(json.dumps({"shape": shape, "precision": prec, **case[prec]}), flush=True)
         results["cases"].append(case)
     json.dump(results, open(os.path.join(out, "gpu_ct.json"), "w"), indent=1)
     with open(os.path.join(out, "gpu_ct.md"), "w") as f:
-        f.write(table(results))
-    print(table(results))
+        f.write(table(results) + search_table(results))
+    print(table(results) + search_table(results))
+
+
+def device_window(stages):
+    return sum(stages.get(k, 0) for k in ("upload", "window", "inference", "download"))
+
+
+def search_table(r):
+    """The cuDNN search variants: cold walls (each run), cold inference, warm request and window."""
+    rows = ["\n| precision | search | cold wall (s, each run) | cold inference (s) | cold model load (s) | "
+            "warm request (s) | warm upload+window+inference+download (s) | labels = peer |", "|---|---|---|---|---|---|---|---|"]
+    each = lambda runs, f: " ".join(f(v) for v in runs)  # noqa: E731
+    for c in r["cases"]:
+        for prec in ("fp16", "fp32"):
+            x = c[prec]
+            for k, runs in x.get("segpipe_cold_repeats", {}).items():
+                w = x.get(f"segpipe_warm_{k}") or (x["segpipe_warm"] if k == "default" else None)
+                walls = each(runs, lambda v: f"{v['wall_seconds']:.2f}")
+                inf = each(runs, lambda v: f"{v['stages'].get('inference', 0):.3f}")
+                load = each(runs, lambda v: f"{sum(t for n, t in v['stages'].items() if n.startswith('load')):.2f}")
+                warm = f"{w['processing_seconds']:.3f} | {device_window(w['stages']):.3f}" if w else "- | -"
+                rows.append(f"| {prec} | {k} | {walls} | {inf} | {load} | {warm} | {100 * runs[-1]['label_agreement']:.2f}% |")
+    return "\n".join(rows) + "\n"
 
 
 def table(r):

@@ -239,15 +239,41 @@ def run_ts(ct, out, roi, threads, env, d, device="cpu"):
     return {"wall_s": wall, "cpu_s": cpu, **json.load(open(res)), "stages": ts_stages(p.stdout)}
 
 
-def run_segpipe(ct, out, pkg, roi, threads, d, device="cpu"):
+def gpu_sampler(device):
+    """nvidia-smi printing the GPU's used memory (MiB) every 20 ms while a
+    run goes (an independent peak beside segpipe's --report); None on the CPU"""
+    if device == "cpu":
+        return None
+    try:
+        return subprocess.Popen(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0",
+                                 "-lms", "20"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    except OSError:
+        return None
+
+
+def sampled_peak(p):
+    if p is None:
+        return None
+    p.terminate()
+    vals = [int(v) for v in p.communicate(timeout=30)[0].split() if v.isdigit()]
+    return max(vals) if vals else None
+
+
+def run_segpipe(ct, out, pkg, roi, threads, d, device="cpu", parts=""):
     rep = os.path.join(d, "rep.json")
     cmd = [SEGPIPE, "ct", ct, "-o", out, "--model", pkg, "-t", str(threads), "--report", rep, "-q", "--no-passport",
-           "--device", device]
+           "--device", device] + (["--parts", parts] if parts else [])
     env = dict(os.environ, LD_LIBRARY_PATH=SEGPIPE_LD) if SEGPIPE_LD else None
-    _, wall, cpu = timed(cmd + (["--roi-subset", roi] if roi else []), env)
+    smi = gpu_sampler(device)
+    try:
+        _, wall, cpu = timed(cmd + (["--roi-subset", roi] if roi else []), env)
+    finally:
+        smi_peak = sampled_peak(smi)
     r = json.load(open(rep))
     out = {"wall_s": wall, "cpu_s": cpu, "stages": {k: round(v, 2) for k, v in r.get("seconds", {}).items()},
            "peak_rss_mb": round(r.get("peak_rss_bytes", 0) / 2 ** 20)}
+    if smi_peak is not None:
+        out["gpu_used_peak_nvidia_smi_mb"] = smi_peak   # device-wide, sampled every 20 ms
     if r.get("gpu_memory_bytes"):
         out["gpu_memory_mb"] = round(r["gpu_memory_bytes"] / 2 ** 20)
     for k in ("precision", "device", "gpu"):
@@ -315,6 +341,8 @@ def main():
     ap.add_argument("--work", help="keep (and reuse) the fake home and the package here")
     ap.add_argument("--tools", default="totalsegmentator,segpipe", help="which of the two run (a check of one)")
     ap.add_argument("--json", help="also write the results here after every case")
+    ap.add_argument("--segpipe-parts", default="",
+                    help="segpipe once per --parts mode listed (on-demand,resident); '' the default only")
     ap.add_argument("--ts-run", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--res", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -324,13 +352,15 @@ def main():
         return pack_sources(a.src, a.pack_sources)
     ct = os.path.abspath(a.ct)
     d = tempfile.mkdtemp(prefix="bench-tspipe-")
-    paths, commits = unpack_sources(a.src, os.path.join(d, "src"))
+    paths, commits = unpack_sources(a.src, os.path.join(d, "src")) if "totalsegmentator" in a.tools else ([], {})
     if a.work:
         os.makedirs(a.work, exist_ok=True)
     home, pkg, made = make_home(a.work or d, a.features, a.patch, fp16=a.device != "cpu")
     env = ts_env(paths, home)
     cases = {"full": None, **({f"roi_subset {a.roi}": a.roi} if a.roi else {})}
-    res = {k: {"totalsegmentator": [], "segpipe": [], "agreement": []} for k in cases}
+    modes = [m for m in a.segpipe_parts.split(",") if m] or [""]
+    sp_keys = {m: f"segpipe --parts {m}" if m else "segpipe" for m in modes}
+    res = {k: {"totalsegmentator": [], **{v: [] for v in sp_keys.values()}, "agreement": []} for k in cases}
     load = [os.getloadavg()]
     img = nib.load(ct)
     doc = {"ct": os.path.basename(ct), "shape": list(img.shape), "zooms": [float(z) for z in img.header.get_zooms()],
@@ -342,7 +372,8 @@ def main():
             if "totalsegmentator" in a.tools:
                 res[k]["totalsegmentator"].append(run_ts(ct, o_ts, roi, a.threads, env, d, a.device))
             if "segpipe" in a.tools:
-                res[k]["segpipe"].append(run_segpipe(ct, o_sp, pkg, roi, a.threads, d, a.device))
+                for m, key in sp_keys.items():
+                    res[k][key].append(run_segpipe(ct, o_sp, pkg, roi, a.threads, d, a.device, m))
             if "totalsegmentator" in a.tools and "segpipe" in a.tools:
                 res[k]["agreement"].append(agreement(o_ts, o_sp))
             load.append(os.getloadavg())

@@ -11,6 +11,7 @@
 #   auto    profile, then bench with the fastest fp16 setting whose labels
 #           agree with the peer (profile's best.env, kept in /root/gpu)
 #   best    that bench alone, with the best.env an earlier call's profile kept
+#   cold    after bench: `segpipe version` and cold `segpipe ct` fp16 with CUDA_MODULE_LOADING EAGER/LAZY
 #   video   demo-matte video sweep and /v1/segment-batch dynamic batching
 #           on the GPU (docs/performance.md, "On the GPU machine")
 #   mri     brainchop's mindgrab + dk104 (issue #44): the chain with the
@@ -35,7 +36,9 @@
 #           SP_TS_PATCH (128), SP_TS_ROUNDS (2), SP_TS_THREADS (16),
 #           SP_TS_ROI (liver; empty: the full task only), SP_TS_CT (a check
 #           on a smaller scan: /root/gpu/example_ct_sm.nii.gz), SP_TS_TOOLS
-#           (totalsegmentator,segpipe: one of them for a check); the home and the
+#           (totalsegmentator,segpipe: one of them for a check; segpipe alone needs
+#           no tssrc.tar.xz), SP_TS_PARTS (on-demand,resident: segpipe once per
+#           --parts mode, GPU peak also sampled by nvidia-smi); the home and the
 #           package are kept in /root/gpu for the next call
 # Outputs go to $OUT (the device tool's folder) or ./gpu-out.
 set -uo pipefail
@@ -63,6 +66,18 @@ for mode in "$@"; do
       SP_BENCH_QUICK=1 PYTHONUNBUFFERED=1 python3 bench/gpu_ct.py "$OUT" 2>&1 | tee "$OUT/gpu_ct.txt"
       rc=$((rc | PIPESTATUS[0])); rm -f "$OUT/gpu_ct.md" ;;
     bench) PYTHONUNBUFFERED=1 python3 bench/gpu_ct.py "$OUT" 2>&1 | tee "$OUT/gpu_ct.txt"; rc=$((rc | PIPESTATUS[0])) ;;
+    cold)   # where a cold `segpipe ct` goes beyond its stages: process + provider start, lazy kernel loading
+      d=$(ls -td /tmp/gpu-ct-* | head -1)     # bench/gpu_ct.py's package and first volume (run bench first)
+      TIMEFORMAT="segpipe version: %R s"
+      for i in 1 2; do { time LD_LIBRARY_PATH=$SEGPIPE_LD $SEGPIPE version >/dev/null; } 2>&1; done | tee -a "$OUT/cold.txt"
+      for i in 1 2; do for m in EAGER LAZY; do
+        CUDA_MODULE_LOADING=$m LD_LIBRARY_PATH=$SEGPIPE_LD python3 -c 'import json, subprocess, sys, time
+t0 = time.perf_counter(); subprocess.run(sys.argv[2:], check=True); wall = time.perf_counter() - t0
+r = json.load(open("/tmp/cold.json"))["seconds"]
+print(f"CUDA_MODULE_LOADING={sys.argv[1]}: wall {wall:.2f} s, " + ", ".join(f"{k} {v:.3f}" for k, v in r.items() if v > 0.005))' \
+          $m $SEGPIPE ct $d/ct_0.nii -o /tmp/cold.nii.gz -m $d/totalseg-fast-random --device cuda --precision fp16 \
+          --no-passport --report /tmp/cold.json -q | tee -a "$OUT/cold.txt"
+      done; done ;;
     video)
       python3 tools/train/make_demo_video.py /tmp/clip --frames 300 --size 320x240 >/dev/null
       LD_LIBRARY_PATH=$SEGPIPE_LD $SEGPIPE bench video /tmp/clip/frames --model /opt/segpipe/share/segpipe/models/demo-matte \
@@ -126,6 +141,7 @@ for f in sorted(glob.glob("'"$OUT"'/classify_*.json")):
       PYTHONUNBUFFERED=1 python3 bench/totalseg_pipeline.py $CT --src /root/gpu/tssrc.tar.xz --device $D \
         --features $F --patch $P --rounds "${SP_TS_ROUNDS:-2}" --threads "${SP_TS_THREADS:-16}" \
         --roi "${SP_TS_ROI-liver}" --tools "${SP_TS_TOOLS:-totalsegmentator,segpipe}" \
+        --segpipe-parts "${SP_TS_PARTS:-}" \
         --work /root/gpu/ts_f${F//,/-}_p$P --json "$OUT/totalseg_$tag.json" 2>&1 |
         tee "$OUT/totalseg_$tag.txt"; rc=$((rc | PIPESTATUS[0])) ;;
     *) echo "run.sh: unknown mode $mode (check, test, bench, profile, auto, best, video, mri, cpu, isnet, classify, totalseg)" >&2; rc=2 ;;
