@@ -121,6 +121,12 @@ typedef struct sp_runtime_params {
                                (session, arena, GPU memory) once its labels are merged: one
                                part's memory at a time, each run paying the set-up (the
                                CLI's one-input `ct`; docs/ct.md, "Task packages") */
+    int one_shot;           /* 0 (default): the runtime serves many runs: on a GPU cuDNN times
+                               every convolution algorithm on first use (its exhaustive
+                               search: the fastest warm runs, a slower first one). 1: a
+                               process that runs once (the CLI's one-input `ct`): cuDNN's
+                               heuristics pick the algorithms, no search (docs/gpu.md,
+                               "Provider defaults"); SEGPIPE_CUDA_OPTIONS still overrides */
 } sp_runtime_params;
 
 sp_runtime_params sp_runtime_default_params(void);

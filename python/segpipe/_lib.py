@@ -15,7 +15,7 @@ c_int, c_double, c_char_p, c_void_p, c_int64, c_uint64 = C.c_int, C.c_double, C.
 class RuntimeParams(C.Structure):
     _fields_ = [("threads", c_int), ("inter_threads", c_int), ("device", c_char_p), ("cache_optimized", c_int),
                 ("no_spin", c_int), ("precision", c_char_p), ("arena", c_char_p), ("tta", c_char_p),
-                ("parts_on_demand", c_int)]
+                ("parts_on_demand", c_int), ("one_shot", c_int)]
 
 
 PROGRESS = C.CFUNCTYPE(None, c_char_p, c_int, c_int, c_void_p)

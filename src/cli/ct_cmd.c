@@ -300,6 +300,7 @@ int cli_ct_parse(int argc, char **argv, ct_opts *o)
         return -1;
     }
     o->rp.parts_on_demand = o->parts_resident != 1;   /* one input: each part's session only while it runs */
+    o->rp.one_shot = 1;   /* one input, one run: cuDNN's heuristics instead of its first-run search (docs/gpu.md) */
     if (a.n != 1)
         return cli_usage_error(o->cmd, a.n ? "expected one INPUT (a NIfTI file, a DICOM folder or a zip of one)"
                                            : "missing INPUT (a NIfTI file, a DICOM folder or a zip of one)");

@@ -37,4 +37,11 @@ const char *sp_runtime_tta(const sp_runtime *rt);
 /* sp_runtime_params.parts_on_demand: 1 when task packages loaded through rt
  * load their part sessions per run (package.c). */
 int sp_runtime_parts_on_demand(const sp_runtime *rt);
+/* The GPU provider's option pairs for device ("cuda", "tensorrt"): segpipe's
+ * defaults for it (with one_shot, sp_runtime_params.one_shot, those of a
+ * process that runs once: cuDNN's heuristic algorithm choice), then user's
+ * ("key=value,...", SEGPIPE_CUDA_OPTIONS), whose keys replace the defaults'.
+ * The strings are split into buf; at most max pairs. Returns the count. */
+int sp_provider_options(const char *device, int one_shot, const char *user, char *buf, size_t cap, const char **keys,
+                        const char **vals, int max);
 #endif

@@ -481,22 +481,23 @@ static sp_status introspect(sp_model *m)
     return SP_OK;
 }
 
-/* The CUDA provider's options: segpipe's defaults (CUDA_DEFAULTS: none, as
- * no option beat ONNX Runtime's own on an H100, docs/gpu.md "Provider
- * defaults"), then
- * SEGPIPE_CUDA_OPTIONS ("key=value,key=value", ONNX Runtime's CUDA provider
- * option names), whose keys replace the defaults'; device_id (cuda:N) for
- * the built-in provider. At most 24 pairs, split into buf. Returns the
- * count. */
+/* The CUDA provider's options (device.h): segpipe's defaults, CUDA_DEFAULTS
+ * for every CUDA runtime (none: no option beat ONNX Runtime's own on an
+ * H100, docs/gpu.md "Provider defaults") and ONE_SHOT_DEFAULTS for a
+ * runtime that runs once (sp_runtime_params.one_shot: cuDNN's heuristic
+ * algorithm choice, since its exhaustive search costs a cold run more than
+ * it saves), then user's pairs, whose keys replace the defaults'. */
 #define CUDA_DEFAULTS ""
-static int provider_options(const sp_runtime *rt, char *buf, size_t cap, const char **keys, const char **vals)
+#define ONE_SHOT_DEFAULTS "cudnn_conv_algo_search=HEURISTIC"
+int sp_provider_options(const char *device, int one_shot, const char *user, char *buf, size_t cap, const char **keys,
+                        const char **vals, int max)
 {
-    const char *e = getenv("SEGPIPE_CUDA_OPTIONS");
+    int cuda = strcmp(device, "cuda") == 0;
+    snprintf(buf, cap, "%s,%s,%s", cuda ? CUDA_DEFAULTS : "", cuda && one_shot ? ONE_SHOT_DEFAULTS : "",
+             user ? user : "");
     int n = 0;
-    snprintf(buf, cap, "%s%s%s", strcmp(rt->device, "cuda") ? "" : CUDA_DEFAULTS,
-             strcmp(rt->device, "cuda") || !*CUDA_DEFAULTS ? "" : ",", e ? e : "");
     char *save = NULL;
-    for (char *tok = strtok_r(buf, ",", &save); tok && n < 23; tok = strtok_r(NULL, ",", &save)) {
+    for (char *tok = strtok_r(buf, ",", &save); tok && n < max; tok = strtok_r(NULL, ",", &save)) {
         char *eq = strchr(tok, '=');
         if (!eq || eq == tok) {
             SP_WARN("SEGPIPE_CUDA_OPTIONS: ignoring '%s' (want key=value)", tok);
@@ -510,6 +511,15 @@ static int provider_options(const sp_runtime *rt, char *buf, size_t cap, const c
         vals[k] = eq + 1;
         n += k == n;
     }
+    return n;
+}
+
+/* sp_provider_options for rt (SEGPIPE_CUDA_OPTIONS the user's pairs), and
+ * device_id (cuda:N) for the built-in provider. At most 24 pairs, split
+ * into buf. Returns the count. */
+static int provider_options(const sp_runtime *rt, char *buf, size_t cap, const char **keys, const char **vals)
+{
+    int n = sp_provider_options(rt->device, rt->p.one_shot, getenv("SEGPIPE_CUDA_OPTIONS"), buf, cap, keys, vals, 23);
     static const char *const ids[] = {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14",
                                       "15", "16", "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27",
                                       "28", "29", "30", "31", "32", "33", "34", "35", "36", "37", "38", "39", "40",
@@ -532,6 +542,8 @@ static OrtStatus *append_provider(sp_runtime *rt, OrtSessionOptions *so, sp_stat
     char buf[1024];
     const char *keys[24], *vals[24];
     int nk = provider_options(rt, buf, sizeof buf, keys, vals);
+    for (int k = 0; k < nk; k++)
+        SP_DEBUG("%s provider option %s=%s", rt->device, keys[k], vals[k]);
     if (!rt->cuda_plugin) {
         const char *name = strcmp(rt->device, "cuda") == 0 ? "CUDA" : "TensorRT";
         OrtStatus *s = sp_ort->SessionOptionsAppendExecutionProvider(so, name, keys, vals, (size_t)nk);

@@ -2,6 +2,7 @@
  * computed here, the shared-session manager, and every error path. */
 #include "test.h"
 #include "core/core.h"
+#include "runtime/device.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -119,4 +120,33 @@ void test_runtime_device(void)
     CHECK(sp_ort_providers(prov, sizeof prov) == SP_OK);
     CHECK_CONTAINS(prov, "CPUExecutionProvider");
     CHECK(strlen(sp_ort_version()) >= 5);
+}
+
+/* The GPU provider's options: a one-shot runtime (the CLI's one-input ct)
+ * gets cuDNN's heuristic algorithm choice, a service's runtime ONNX
+ * Runtime's exhaustive search; the user's pairs replace either. */
+static const char *opt(int n, const char **keys, const char **vals, const char *key)
+{
+    for (int k = 0; k < n; k++)
+        if (!strcmp(keys[k], key))
+            return vals[k];
+    return NULL;
+}
+
+void test_provider_options(void)
+{
+    char buf[256];
+    const char *keys[8], *vals[8];
+    CHECK(sp_runtime_default_params().one_shot == 0);
+    int n = sp_provider_options("cuda", 1, NULL, buf, sizeof buf, keys, vals, 8);
+    CHECK(n == 1 && !strcmp(opt(n, keys, vals, "cudnn_conv_algo_search"), "HEURISTIC"));
+    CHECK(sp_provider_options("cuda", 0, NULL, buf, sizeof buf, keys, vals, 8) == 0);
+    n = sp_provider_options("cuda", 1, "use_tf32=0,cudnn_conv_algo_search=EXHAUSTIVE", buf, sizeof buf, keys, vals, 8);
+    CHECK(n == 2 && !strcmp(opt(n, keys, vals, "cudnn_conv_algo_search"), "EXHAUSTIVE"));
+    CHECK(!strcmp(opt(n, keys, vals, "use_tf32"), "0"));
+    n = sp_provider_options("cuda", 0, "enable_cuda_graph=1", buf, sizeof buf, keys, vals, 8);
+    CHECK(n == 1 && !opt(n, keys, vals, "cudnn_conv_algo_search"));
+    n = sp_provider_options("tensorrt", 1, "trt_fp16_enable=1", buf, sizeof buf, keys, vals, 8);
+    CHECK(n == 1 && !strcmp(keys[0], "trt_fp16_enable"));
+    CHECK(sp_provider_options("cuda", 1, "bad,=x", buf, sizeof buf, keys, vals, 8) == 1);   /* warned, skipped */
 }
