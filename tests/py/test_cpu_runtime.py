@@ -287,9 +287,9 @@ def test_inputs_jobs_same_results_in_list_order(tmp):
     a = np.asarray(im.dataobj)
     cases = []
     shapes = []
-    for k, (x0, z0) in enumerate(((0, 0), (20, 4), (10, 2))):   # three different crops of the real CT
+    for k, (x0, z0) in enumerate(((0, 0), (20, 4), (10, 2))):   # three different crops of the real CT, one tile each
         p = os.path.join(tmp, f"case{k}.nii.gz")
-        c = a[x0:x0 + 100, :, z0:z0 + 26]
+        c = a[x0:x0 + 64 + 4 * k, 20:84, z0:z0 + 26]
         nib.save(nib.Nifti1Image(c, im.affine, im.header), p)
         cases.append(p)
         shapes.append(c.shape)
