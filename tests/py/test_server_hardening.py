@@ -189,8 +189,10 @@ def _wait_idle(s, polls=6000):
 def test_server_async_jobs_progress_cancel_and_timeout(tmp):
     s = Server("--model", f"demo={sp.DEMO}", "--threads", "1", "--timeout", "600")   # no run of this part nears it
     try:
-        raw = open(CT_SM, "rb").read()
-        code, r = jget(s.url + "/v1/jobs?model=demo&labels=1", data=raw, ctype="application/octet-stream")
+        from test_cpu_runtime import one_tile_ct
+        raw = open(CT_SM, "rb").read()                   # 9 tiles: a job that outlasts a 0.2 s wait
+        small = open(one_tile_ct(tmp), "rb").read()      # 1 tile: where only the job's path is checked
+        code, r = jget(s.url + "/v1/jobs?model=demo&labels=1", data=small, ctype="application/octet-stream")
         assert code == 202 and r["state"] in ("queued", "running") and len(r["id"]) == 32
         url = s.url + r["status_url"]
         for _ in range(600):
@@ -201,7 +203,7 @@ def test_server_async_jobs_progress_cancel_and_timeout(tmp):
             time.sleep(0.1)
         assert st["state"] == "done" and st["http_status"] == 200
         code, res = jget(s.url + st["result_url"])
-        code2, sync = jget(s.url + "/v1/ct?model=demo", data=raw, ctype="application/octet-stream")
+        code2, sync = jget(s.url + "/v1/ct?model=demo", data=small, ctype="application/octet-stream")
         assert code == 200 and res["passport"]["structures"] == sync["passport"]["structures"]
         assert http(s.url + st["labels_url"])[0] == 200
         assert http(s.url + "/v1/jobs/" + "0" * 32)[0] == 404
@@ -226,7 +228,7 @@ def test_server_async_jobs_progress_cancel_and_timeout(tmp):
         # events, not wall time: the cancelled run gives its memory back at its
         # next tile (the worker is free), then a small request is served
         _wait_idle(s)
-        code, _ = jget(s.url + "/v1/ct?model=demo", data=raw, ctype="application/octet-stream")
+        code, _ = jget(s.url + "/v1/ct?model=demo", data=small, ctype="application/octet-stream")
         assert code == 200
     finally:
         rc, _ = s.stop()
@@ -238,7 +240,7 @@ def test_server_async_jobs_progress_cancel_and_timeout(tmp):
         code, e = jget(s.url + "/v1/ct?model=demo", data=long, ctype="application/octet-stream")
         assert code == 504, code
         _wait_idle(s)
-        code, r = jget(s.url + "/v1/jobs?model=demo", data=raw, ctype="application/octet-stream")
+        code, r = jget(s.url + "/v1/jobs?model=demo", data=small, ctype="application/octet-stream")
         assert code == 202
         for _ in range(10):   # long polls of at most 60 s
             code, st = jget(s.url + r["status_url"] + "?wait=60")
