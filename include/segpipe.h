@@ -300,6 +300,17 @@ typedef struct sp_package sp_package;   /* model.onnx + segpipe.json */
  * model through the runtime and check it against the manifest. Caller
  * frees with sp_package_free. */
 sp_status sp_package_load(sp_runtime *rt, const char *dir, sp_package **out);
+/* sp_package_load in two steps, so that the ONNX Runtime sessions (0.1-0.5 s,
+ * more on a GPU) can be made while the input is read: sp_package_open reads
+ * and checks the manifest(s) and finds the ONNX files, making no session;
+ * sp_package_prepare then makes (and checks against the manifest) the
+ * sessions sp_package_load would have made, with its errors. prepare may
+ * run on another thread, once, concurrently with the package's manifest
+ * accessors and sp_ct_header_check (not with a run); it does nothing for a
+ * loaded package. Prepare before the first run (sp_ct_run alone would make
+ * an unprepared package's sessions for each run, and free them after). */
+sp_status sp_package_open(sp_runtime *rt, const char *dir, sp_package **out);
+sp_status sp_package_prepare(sp_package *pk);
 void sp_package_free(sp_package *pk);
 const char *sp_package_name(const sp_package *pk);
 /* Number of output classes and the name of class `i` (NULL if out of range). */

@@ -921,24 +921,25 @@ static int package_arena(const sp_manifest *mf)
 static sp_status load_package(sp_runtime *rt, const char *dir, int on_demand, sp_package **out);
 
 /* A part, crop or refine model: on demand when the runtime says so
- * (sp_runtime_params.parts_on_demand) */
-static sp_status load_sub(sp_runtime *rt, const sp_package *pk, const char *sub, sp_package **out)
+ * (sp_runtime_params.parts_on_demand) or the package is opened
+ * (sp_package_open: every session deferred) */
+static sp_status load_sub(sp_runtime *rt, const sp_package *pk, const char *sub, int defer, sp_package **out)
 {
     char path[PATH_MAX];
     if (snprintf(path, sizeof path, "%s/%s", pk->dir, sub) >= (int)sizeof path)
         return sp_fail(SP_ERR_MODEL, "%s: path too long", pk->dir);
-    return load_package(rt, path, sp_runtime_parts_on_demand(rt), out);
+    return load_package(rt, path, defer || sp_runtime_parts_on_demand(rt), out);
 }
 
 /* A task package's parts and crop model, each a package of its own. */
-static sp_status load_parts(sp_runtime *rt, sp_package *pk)
+static sp_status load_parts(sp_runtime *rt, sp_package *pk, int defer)
 {
     sp_status st = SP_OK;
     for (int i = 0; i < pk->mf.n_parts && !st; i++)
-        st = load_sub(rt, pk, pk->mf.part_dir[i], &pk->part[i]);
+        st = load_sub(rt, pk, pk->mf.part_dir[i], defer, &pk->part[i]);
     if (!st && pk->mf.refine_dir[0])
-        st = load_sub(rt, pk, pk->mf.refine_dir, &pk->refine);
-    return !st && pk->mf.crop_dir[0] ? load_sub(rt, pk, pk->mf.crop_dir, &pk->crop) : st;
+        st = load_sub(rt, pk, pk->mf.refine_dir, defer, &pk->refine);
+    return !st && pk->mf.crop_dir[0] ? load_sub(rt, pk, pk->mf.crop_dir, defer, &pk->crop) : st;
 }
 
 static void free_parts(sp_package *pk)
@@ -964,10 +965,10 @@ static sp_status defer_model(sp_runtime *rt, sp_package *pk, const char *path)
     return SP_OK;
 }
 
-sp_status sp_package_acquire(sp_package *pk)
+/* An on-demand model's session for one more holder; errors as
+ * sp_package_load gives them */
+static sp_status acquire(sp_package *pk)
 {
-    if (!pk->on_demand)
-        return SP_OK;
     sp_status st = SP_OK;
     pthread_mutex_lock(&pk->mu);
     if (!pk->users) {
@@ -979,6 +980,14 @@ sp_status sp_package_acquire(sp_package *pk)
     }
     pk->users += !st;
     pthread_mutex_unlock(&pk->mu);
+    return st;
+}
+
+sp_status sp_package_acquire(sp_package *pk)
+{
+    if (!pk->on_demand)
+        return SP_OK;
+    sp_status st = acquire(pk);
     return st ? sp_fail_prefix(st, "model %s, loaded when the run reached it", pk->dir) : SP_OK;
 }
 
@@ -996,6 +1005,8 @@ void sp_package_unacquire(sp_package *pk)
 
 const sp_runtime *sp_package_runtime(const sp_package *pk)
 {
+    if (pk->on_demand)   /* its model's runtime, read without racing a concurrent sp_package_prepare */
+        return pk->rt;
     if (pk->mf.n_parts)
         return pk->part[0] ? sp_package_runtime(pk->part[0]) : NULL;
     return pk->model ? sp_model_runtime(pk->model) : pk->rt;
@@ -1006,7 +1017,38 @@ sp_status sp_package_load(sp_runtime *rt, const char *dir, sp_package **out)
     return load_package(rt, dir, 0, out);
 }
 
-/* on_demand: a part, crop or refine model whose session each run loads */
+sp_status sp_package_open(sp_runtime *rt, const char *dir, sp_package **out)
+{
+    return load_package(rt, dir, 1, out);
+}
+
+/* A deferred model's session, made and held as sp_package_load holds it */
+static sp_status prepare_one(sp_package *pk)
+{
+    if (!pk->on_demand || pk->prepared)
+        return SP_OK;
+    sp_status st = acquire(pk);
+    pk->prepared = !st;
+    return st;
+}
+
+sp_status sp_package_prepare(sp_package *pk)
+{
+    if (!pk || !pk->mf.n_parts)
+        return pk ? prepare_one(pk) : SP_OK;
+    const sp_runtime *rt = sp_package_runtime(pk);
+    if (!rt || sp_runtime_parts_on_demand(rt))   /* the runs make them, as after sp_package_load */
+        return SP_OK;
+    sp_status st = SP_OK;
+    for (int i = 0; i < pk->mf.n_parts && !st; i++)
+        st = sp_package_prepare(pk->part[i]);
+    if (!st && !(st = sp_package_prepare(pk->refine)) && !(st = sp_package_prepare(pk->crop)))
+        pk->model = pk->part[0]->model;   /* as sp_task_check_parts sets it for resident parts */
+    return st;
+}
+
+/* on_demand: a part, crop or refine model whose session each run loads; for
+ * a task package (sp_package_open), its parts are all deferred */
 static sp_status load_package(sp_runtime *rt, const char *dir, int on_demand, sp_package **out)
 {
     char path[PATH_MAX];
@@ -1041,7 +1083,7 @@ static sp_status load_package(sp_runtime *rt, const char *dir, int on_demand, sp
         return st;
     }
     if (pk->mf.n_parts) {   /* a task package: its parts are packages, checked by task_package.c */
-        if ((st = load_parts(rt, pk)) || (st = sp_task_check_parts(pk))) {
+        if ((st = load_parts(rt, pk, on_demand)) || (st = sp_task_check_parts(pk))) {
             sp_package_free(pk);
             return st;
         }

@@ -156,8 +156,10 @@ struct sp_package {
     /* A task package's part, crop or refine model loaded with parts_on_demand:
      * model is NULL between runs; sp_package_acquire loads it from onnx_path
      * through rt (borrowed) for a run, sp_package_unacquire releases it after
-     * the last run holding it (users, under mu) */
-    int on_demand, users;
+     * the last run holding it (users, under mu). A package opened with
+     * sp_package_open defers its own (or its parts') sessions the same way;
+     * prepared: sp_package_prepare holds one use until sp_package_free. */
+    int on_demand, users, prepared;
     sp_runtime *rt;
     char onnx_path[PATH_MAX];
     pthread_mutex_t mu;
