@@ -4,7 +4,7 @@ older build or the serial order: alternated runs of both on one input and
 model, each run's wall and its `load model`, `read` and overlap rows
 (docs/performance.md, "Model load beside the read").
 
-    bench/load_overlap.py BEFORE_SEGPIPE AFTER_SEGPIPE INPUT MODEL [--runs 3] [--json out.json] [-- extra ct args]
+    bench/load_overlap.py BEFORE_SEGPIPE AFTER_SEGPIPE INPUT MODEL [--runs 3] [--json out.json] [-- EXTRA CT ARGS]
 
 BEFORE_SEGPIPE may be "serial": this build with SEGPIPE_SERIAL_LOAD=1.
 """
@@ -35,8 +35,8 @@ def main():
     ap.add_argument("before"), ap.add_argument("after"), ap.add_argument("input"), ap.add_argument("model")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json")
-    ap.add_argument("extra", nargs="*")
-    a = ap.parse_args()
+    a, extra = ap.parse_known_args()
+    a.extra = [x for x in extra if x != "--"]
     env = dict(os.environ)
     runs = {"before": (SEG if a.before == "serial" else a.before, dict(env, SEGPIPE_SERIAL_LOAD="1")),
             "after": (a.after, dict(env, SEGPIPE_SERIAL_LOAD="0"))}
