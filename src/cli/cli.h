@@ -63,8 +63,9 @@ typedef struct cli_warnings {
 /* printed on stderr (unless quiet) and kept for the passport's provenance */
 void cli_warn(cli_warnings *w, const char *cmd, const char *input, const char *msg);
 void cli_print_timings(FILE *f, const sp_timings *t, double wall);
+/* overlapped: seconds of the stages that ran at the same time (their sum less the time they took) */
 char *cli_run_report(const char *input, const sp_volume *v, const char *model, int threads, const sp_timings *t,
-                     double wall);
+                     double wall, double overlapped);
 char *cli_passport_provenance(const char *passport_json, const char *input, const char *model, const char *command,
                               int argc, char **argv, const cli_warnings *w);
 /* an input path checked before any work (sp_volume_sniff); 0, or an exit

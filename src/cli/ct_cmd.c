@@ -559,8 +559,8 @@ static int ct_load(const ct_opts *o, ct_run *r)
     prepare_job j = {.pk = r->pk};
     const char *serial = getenv("SEGPIPE_SERIAL_LOAD");
     pthread_t th;
+    double t1 = sp_now(), opened = t1 - t0;   /* before the thread starts: the overlap is at most either stage */
     int threaded = !(serial && !strcmp(serial, "1")) && !pthread_create(&th, NULL, prepare_run, &j);
-    double opened = sp_now() - t0, t1 = sp_now();
     if (!threaded)
         prepare_run(&j);
     double t2 = sp_now();
@@ -625,7 +625,7 @@ static int ct_finish(const ct_opts *o, ct_run *r, int argc, char **argv)
     }
     if (o->report) {
         int threads = o->rp.threads ? o->rp.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-        char *s = cli_run_report(o->input, r->v, o->model, threads, &r->tt, wall);
+        char *s = cli_run_report(o->input, r->v, o->model, threads, &r->tt, wall, r->overlap);
         rc = s ? cli_write_text(o->report, s) : 7;
         free(s);
     }

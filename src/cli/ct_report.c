@@ -71,7 +71,7 @@ static void rss_parts(cJSON *j)
 }
 
 char *cli_run_report(const char *input, const sp_volume *v, const char *model, int threads,
-                        const sp_timings *t, double wall)
+                        const sp_timings *t, double wall, double overlapped)
 {
     sp_volume_info vi;
     sp_volume_get_info(v, &vi);
@@ -92,6 +92,7 @@ char *cli_run_report(const char *input, const sp_volume *v, const char *model, i
     for (int i = 0; i < t->n; i++)
         cJSON_AddNumberToObject(st, t->stage[i].name, t->stage[i].seconds);
     cJSON_AddNumberToObject(st, "total", sp_timings_total(t));
+    cJSON_AddNumberToObject(j, "overlapped_seconds", overlapped);   /* of the stages above (load_model beside read) */
     cJSON_AddNumberToObject(j, "wall_seconds", wall);
     cJSON_AddNumberToObject(j, "peak_rss_bytes", (double)sp_peak_rss());
     if (sp_gpu_peak_memory())

@@ -17,9 +17,11 @@ def _both(tmp, model, src, name):
     got = []
     for serial in ("0", "1"):
         out = os.path.join(tmp, f"{name}{serial}.nii.gz")
-        r = sp.run("ct", src, "-o", out, "--model", model, "--no-passport", env={"SEGPIPE_SERIAL_LOAD": serial},
-                   timeout=300)
+        rep = os.path.join(tmp, f"{name}{serial}.json")
+        r = sp.run("ct", src, "-o", out, "--model", model, "--no-passport", "--report", rep,
+                   env={"SEGPIPE_SERIAL_LOAD": serial}, timeout=300)
         got.append((r.returncode, r.stderr, r.stdout, out if os.path.exists(out) else None))
+        assert os.path.exists(rep) == (r.returncode == 0), (r.returncode, r.stderr)   # nothing written on failure
     return got
 
 
@@ -31,6 +33,11 @@ def test_overlapped_load_same_labels(tmp):
         rows = {l.split("  ")[0].strip() for l in out.splitlines() if "%" in l}
         assert {"load model", "read", "inference"} <= rows, out
     assert "ran at the same time" not in out1, out1   # the serial order overlaps nothing
+    reps = [json.load(open(os.path.join(tmp, f"ok{s}.json"))) for s in "01"]
+    assert reps[1]["overlapped_seconds"] == 0 and all({"load_model", "read"} <= set(r["seconds"]) for r in reps)
+    # the overlap is at most the shorter of the two stages
+    sec = reps[0]["seconds"]
+    assert 0 <= reps[0]["overlapped_seconds"] <= min(sec["load_model"], sec["read"]) + 1e-3, reps[0]
 
 
 def test_overlapped_load_errors(tmp):
