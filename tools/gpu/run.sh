@@ -12,6 +12,11 @@
 #           agree with the peer (profile's best.env, kept in /root/gpu)
 #   best    that bench alone, with the best.env an earlier call's profile kept
 #   cold    after bench: `segpipe version` and cold `segpipe ct` fp16 with CUDA_MODULE_LOADING EAGER/LAZY
+#   overlap the model's sessions made beside the read (issue #42): TS-fast random
+#           package (fp16) and the 170x170x500 synthetic CT of bench/gpu_ct.py made
+#           here, one untimed run (graph cache), `segpipe version` x3, then
+#           bench/load_overlap.py: cold `segpipe ct --device cuda --precision fp16`
+#           with SEGPIPE_SERIAL_LOAD=1 and without, alternated, SP_OV_RUNS (4) each
 #   video   demo-matte video sweep and /v1/segment-batch dynamic batching
 #           on the GPU (docs/performance.md, "On the GPU machine")
 #   mri     brainchop's mindgrab + dk104 (issue #44): the chain with the
@@ -78,6 +83,19 @@ print(f"CUDA_MODULE_LOADING={sys.argv[1]}: wall {wall:.2f} s, " + ", ".join(f"{k
           $m $SEGPIPE ct $d/ct_0.nii -o /tmp/cold.nii.gz -m $d/totalseg-fast-random --device cuda --precision fp16 \
           --no-passport --report /tmp/cold.json -q | tee -a "$OUT/cold.txt"
       done; done ;;
+    overlap)
+      d=/tmp/ov; mkdir -p $d
+      [ -f $d/ct.nii ] || python3 -c 'import os, sys; sys.path[:0] = ["bench", "tools/import", "tests/gpu"]
+import nii; from gpu_ct import synthetic_ct; from import_nnunet import add_fp16, random_model
+net, man = random_model("totalseg-fast", "/tmp/ov/pkg", None, 0); add_fp16("/tmp/ov/pkg", man)
+nii.write("/tmp/ov/ct.nii", synthetic_ct((170, 170, 500), 1), (3.0, 3.0, 3.0))' || { rc=1; continue; }
+      LD_LIBRARY_PATH=$SEGPIPE_LD $SEGPIPE ct $d/ct.nii -o $d/warm.nii.gz -m $d/pkg --device cuda --precision fp16 \
+        --no-passport -q   # untimed: the optimised-graph cache, the files in the page cache
+      TIMEFORMAT="segpipe version: %R s"
+      for i in 1 2 3; do { time LD_LIBRARY_PATH=$SEGPIPE_LD $SEGPIPE version >/dev/null; } 2>&1; done | tee -a "$OUT/overlap.txt"
+      LD_LIBRARY_PATH=$SEGPIPE_LD PYTHONUNBUFFERED=1 python3 bench/load_overlap.py $SEGPIPE $SEGPIPE $d/ct.nii $d/pkg \
+        --runs "${SP_OV_RUNS:-4}" --json "$OUT/load_overlap.json" -- --device cuda --precision fp16 2>&1 | tee -a "$OUT/overlap.txt"
+      rc=$((rc | PIPESTATUS[0])) ;;
     video)
       python3 tools/train/make_demo_video.py /tmp/clip --frames 300 --size 320x240 >/dev/null
       LD_LIBRARY_PATH=$SEGPIPE_LD $SEGPIPE bench video /tmp/clip/frames --model /opt/segpipe/share/segpipe/models/demo-matte \

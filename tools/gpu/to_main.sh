@@ -11,7 +11,7 @@ M=${1:-/work/main}
 rm -rf "$M/.gpuwt/src"
 mkdir -p "$M/.gpuwt/src"
 git ls-files -co --exclude-standard tools/gpu tools/import tools/dev bench/gpu_ct.py bench/gpu_profile.py \
-  bench/totalseg_pipeline.py tests/gpu tests/py/nnunet_fixture.py python \
+  bench/totalseg_pipeline.py bench/load_overlap.py tests/gpu tests/py/nnunet_fixture.py python \
   scripts/install-deps.sh models/demo-ct | tar -cf - -T - | tar -xf - -C "$M/.gpuwt/src"
 if [ "${2:-}" != "--no-pack" ]; then
   rm -rf "$M/.gpuwt/.gpu"
