@@ -16,7 +16,8 @@
 #           package (fp16) and the 170x170x500 synthetic CT of bench/gpu_ct.py made
 #           here, one untimed run (graph cache), `segpipe version` x3, then
 #           bench/load_overlap.py: cold `segpipe ct --device cuda --precision fp16`
-#           with SEGPIPE_SERIAL_LOAD=1 and without, alternated, SP_OV_RUNS (4) each
+#           with SEGPIPE_SERIAL_LOAD=1 and without, alternated, SP_OV_RUNS (4) each;
+#           SP_OV_GZ=1: the CT gzipped (.nii.gz, gzip -6) as the input
 #   video   demo-matte video sweep and /v1/segment-batch dynamic batching
 #           on the GPU (docs/performance.md, "On the GPU machine")
 #   mri     brainchop's mindgrab + dk104 (issue #44): the chain with the
@@ -93,7 +94,8 @@ nii.write("/tmp/ov/ct.nii", synthetic_ct((170, 170, 500), 1), (3.0, 3.0, 3.0))' 
         --no-passport -q   # untimed: the optimised-graph cache, the files in the page cache
       TIMEFORMAT="segpipe version: %R s"
       for i in 1 2 3; do { time LD_LIBRARY_PATH=$SEGPIPE_LD $SEGPIPE version >/dev/null; } 2>&1; done | tee -a "$OUT/overlap.txt"
-      LD_LIBRARY_PATH=$SEGPIPE_LD PYTHONUNBUFFERED=1 python3 bench/load_overlap.py $SEGPIPE $SEGPIPE $d/ct.nii $d/pkg \
+      in=$d/ct.nii; [ "${SP_OV_GZ:-}" = 1 ] && { gzip -6 -k -f $d/ct.nii; in=$d/ct.nii.gz; }
+      LD_LIBRARY_PATH=$SEGPIPE_LD PYTHONUNBUFFERED=1 python3 bench/load_overlap.py $SEGPIPE $SEGPIPE $in $d/pkg \
         --runs "${SP_OV_RUNS:-4}" --json "$OUT/load_overlap.json" -- --device cuda --precision fp16 2>&1 | tee -a "$OUT/overlap.txt"
       rc=$((rc | PIPESTATUS[0])) ;;
     video)
