@@ -137,6 +137,12 @@ int sp_has_suffix(const char *s, const char *suffix);
  * libsegpipe.so), resolved; "." when unknown. For files found relative to
  * an install: bundled models, the GPU kernels. */
 void sp_module_dir(char *buf, size_t cap);
+/* The first of rel[0..n) (paths relative to sp_module_dir) that exists,
+ * opened with dlopen (RTLD_NOW | RTLD_LOCAL): the plugins loaded on first
+ * use (the GPU kernels, GDCM's reader). NULL with *found 0 when none
+ * exists; NULL with *found 1 when the one found does not open (dlerror()
+ * says why). */
+void *sp_module_dlopen(const char *const *rel, size_t n, int *found);
 /* The k largest of v[0..n) (NaN never ranks), best first, ties to the
  * lower index, into idx; returns how many (min(k, non-NaN count)). */
 int sp_top_k(const float *v, size_t n, int k, size_t *idx);

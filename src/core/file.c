@@ -273,6 +273,21 @@ void sp_module_dir(char *buf, size_t cap)
     }
 }
 
+void *sp_module_dlopen(const char *const *rel, size_t n, int *found)
+{
+    char dir[PATH_MAX], path[PATH_MAX + 64];
+    sp_module_dir(dir, sizeof dir);
+    *found = 0;
+    for (size_t i = 0; i < n; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, rel[i]);
+        if (access(path, F_OK) == 0) {
+            *found = 1;
+            return dlopen(path, RTLD_NOW | RTLD_LOCAL);
+        }
+    }
+    return NULL;
+}
+
 int sp_top_k(const float *v, size_t n, int k, size_t *idx)
 {
     int have = 0;

@@ -26,21 +26,15 @@ static char g_err[PATH_MAX + 160];
 static void *open_beside_module(void)
 {
     static const char *const rel[] = {GDCM_SO, "segpipe/" GDCM_SO, "../lib/segpipe/" GDCM_SO};
-    char dir[PATH_MAX], path[PATH_MAX + 64];
-    sp_module_dir(dir, sizeof dir);
-    for (size_t i = 0; i < sizeof rel / sizeof *rel; i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, rel[i]);
-        if (access(path, F_OK))
-            continue;
-        void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-        if (!h)   /* there but broken (another build, a missing GDCM library): say so */
-            snprintf(g_err, sizeof g_err, "DICOM: cannot open the reader %s (%s)", rel[i],
-                     strstr(dlerror(), "cannot open shared object") ? "a library it needs is missing" : "damaged");
-        return h;
-    }
-    snprintf(g_err, sizeof g_err, "DICOM: the reader " GDCM_SO " is not installed beside segpipe's library "
-             "(make install puts it in PREFIX/lib/segpipe/)");
-    return NULL;
+    int found;
+    void *h = sp_module_dlopen(rel, sizeof rel / sizeof *rel, &found);
+    if (!h && found)   /* there but broken (another build, a missing GDCM library): say so */
+        snprintf(g_err, sizeof g_err, "DICOM: cannot open the reader " GDCM_SO " (%s)",
+                 strstr(dlerror(), "cannot open shared object") ? "a library it needs is missing" : "damaged");
+    else if (!h)
+        snprintf(g_err, sizeof g_err, "DICOM: the reader " GDCM_SO " is not installed beside segpipe's library "
+                 "(make install puts it in PREFIX/lib/segpipe/)");
+    return h;
 }
 
 static void reader_once(void)

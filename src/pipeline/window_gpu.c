@@ -41,17 +41,15 @@ static void *open_kernels(void)
     const char *env = getenv("SEGPIPE_CUDA_KERNELS");
     if (env && *env)
         return dlopen(env, RTLD_NOW | RTLD_LOCAL);
-    char dir[PATH_MAX];
-    sp_module_dir(dir, sizeof dir);
     static const char *const rel[] = {"libsegpipe_cuda.so", "../lib/libsegpipe_cuda.so"};
-    for (size_t i = 0; i < sizeof rel / sizeof *rel; i++) {
-        char p[PATH_MAX + 32];
-        snprintf(p, sizeof p, "%s/%s", dir, rel[i]);
-        if (access(p, R_OK) == 0)
-            return dlopen(p, RTLD_NOW | RTLD_LOCAL);
+    int found;
+    void *h = sp_module_dlopen(rel, sizeof rel / sizeof *rel, &found);
+    if (!found) {
+        char dir[PATH_MAX];
+        sp_module_dir(dir, sizeof dir);
+        snprintf(g_err, sizeof g_err, "libsegpipe_cuda.so not found beside %s (build it with `make cuda`)", dir);
     }
-    snprintf(g_err, sizeof g_err, "libsegpipe_cuda.so not found beside %s (build it with `make cuda`)", dir);
-    return NULL;
+    return h;
 }
 
 static void load_kernels(void)
