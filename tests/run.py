@@ -159,6 +159,8 @@ def run_job(spec):
                 counts["failed"] += 1
                 counts["failures"].append(f"{full}\n{traceback.format_exc()}")
                 print(f"FAIL {full}", flush=True)
+    if "sp" in sys.modules:
+        sys.modules["sp"].close()   # the tool server's CPU time becomes this job's children's
     counts["cpu"] = cpu_seconds()
     print("@@RESULT " + json.dumps(counts), flush=True)
 
@@ -168,7 +170,8 @@ def cpu_seconds():
     (the CLI runs, services, browsers): the cost that sets the suite's wall
     time on a small CI machine, whatever else ran beside it."""
     a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return round(a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime, 1)
+    tools = sys.modules["sp"].pending_cpu() if "sp" in sys.modules else 0.0   # sp.tool's runs
+    return round(a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime + tools, 1)
 
 
 def unit_job():

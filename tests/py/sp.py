@@ -237,3 +237,54 @@ def ct_run(src):
     another way of running the same (the service, the Python binding, the
     page, an installed package, another input format) with the CLI."""
     return os.path.join(run_once("ct", src, "-o", "{d}/seg.nii.gz", "-q"), "seg.nii.gz")
+
+
+# ---------------------------------------------------------------- the tools
+# The project's Python tools (importers, exporters) import PyTorch: ~1.2 CPU s
+# a process. tool() runs them forked from one process per test job that
+# imported it once (tests/py/tool_fork.py); their CPU time is counted as the
+# job's (pending_cpu() until the job closes the server).
+
+_fork = {"proc": None, "cpu": 0.0}
+
+
+def tool(script, *args, timeout=600):
+    """`python3 SCRIPT ARGS` (a tools/ script) as subprocess.run(...,
+    capture_output=True, text=True) returns it, forked from the tool server"""
+    import json, select, signal, tempfile
+    if _fork["proc"] is None or _fork["proc"].poll() is not None:
+        _fork["proc"] = subprocess.Popen(["/usr/bin/python3", os.path.join(ROOT, "tests", "py", "tool_fork.py")],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    srv = _fork["proc"]
+    argv = [str(script), *map(str, args)]
+    with tempfile.TemporaryDirectory(prefix="sp-tool-") as d:
+        out, err = os.path.join(d, "out"), os.path.join(d, "err")
+        srv.stdin.write(json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
+                                    "out": out, "err": err}) + "\n")
+        srv.stdin.flush()
+        pid = json.loads(srv.stdout.readline())["pid"]
+        timed_out = not select.select([srv.stdout], [], [], timeout)[0]
+        if timed_out:
+            os.kill(pid, signal.SIGKILL)
+        r = json.loads(srv.stdout.readline())
+        _fork["cpu"] += r["cpu"]
+        if timed_out:
+            raise subprocess.TimeoutExpired(["python3"] + argv, timeout)
+        text = [open(f, encoding="utf-8", errors="replace").read() for f in (out, err)]
+        return subprocess.CompletedProcess(["python3"] + argv, r["rc"], *text)
+
+
+def pending_cpu():
+    """CPU seconds of tool runs not yet in this process's RUSAGE_CHILDREN"""
+    return _fork["cpu"]
+
+
+def close():
+    """end the tool server (its CPU time, the tools' included, then counts
+    as this process's children's)"""
+    p = _fork["proc"]
+    if p is not None:
+        p.stdin.close()
+        p.wait()
+        p.stdout.close()
+    _fork.update(proc=None, cpu=0.0)

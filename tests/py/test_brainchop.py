@@ -31,8 +31,7 @@ def zoo_dir():
 
 def import_model(tmp, folder, *extra):
     out = os.path.join(tmp, folder)
-    p = subprocess.run([sys.executable, IMPORTER, os.path.join(zoo_dir(), "meshnet", folder), "-o", out, *extra],
-                       capture_output=True, text=True)
+    p = sp.tool(IMPORTER, os.path.join(zoo_dir(), "meshnet", folder), "-o", out, *extra)
     assert p.returncode == 0, p.stderr
     return out
 
@@ -104,7 +103,7 @@ def test_brainchop_tfjs_equals_pth(tmp):
     for a, b in (("model.json.tfjs.bak", "model.json"), ("model.bin", "model.bin"), ("colormap.json", "colormap.json")):
         with open(os.path.join(src, a), "rb") as f, open(os.path.join(tf, b), "wb") as g:
             g.write(f.read())
-    p = subprocess.run([sys.executable, IMPORTER, tf, "-o", os.path.join(tmp, "pk_tf")], capture_output=True, text=True)
+    p = sp.tool(IMPORTER, tf, "-o", os.path.join(tmp, "pk_tf"))
     assert p.returncode == 0 and "model.bin (tfjs)" in p.stdout, p.stdout + p.stderr
     x = real_crop()
     a = onnx_logits(tmp, os.path.join(tmp, "pk_tf"), x)
@@ -119,7 +118,7 @@ def test_brainchop_import_errors(tmp):
     json.dump({"layers": [{"kernel_size": 3, "padding": 1, "dilation": 1}], "bias": True}, open(os.path.join(d, "model.json"), "w"))
     open(os.path.join(d, "model.pth"), "wb").write(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":1}garbage")
     for folder in (d, os.path.join(tmp, "missing")):
-        p = subprocess.run([sys.executable, IMPORTER, folder, "-o", os.path.join(tmp, "o")], capture_output=True, text=True)
+        p = sp.tool(IMPORTER, folder, "-o", os.path.join(tmp, "o"))
         assert p.returncode == 4 and "import_brainchop:" in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 

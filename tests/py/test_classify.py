@@ -3,7 +3,7 @@ checked against a numpy reference of the crop, bilinear resize,
 normalisation and softmax; channel order; EXIF orientation; batching;
 bad inputs and manifests; the bundled demo-shapes model on fresh renders;
 /v1/classify on the service."""
-import json, os, subprocess, sys
+import json, os, sys
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -203,8 +203,8 @@ def test_export_torchvision(tmp):
     network on the same preprocessed pixels (ImageNet crop 0.875, mean/std)."""
     import torch, torchvision
     out = os.path.join(tmp, "r18")
-    p = subprocess.run([sys.executable, os.path.join(sp.ROOT, "tools", "import", "export_torchvision.py"), "--arch", "resnet18",
-                        "--classes", "7", "--random-weights", "-o", out], capture_output=True, text=True)
+    p = sp.tool(os.path.join(sp.ROOT, "tools", "import", "export_torchvision.py"), "--arch", "resnet18",
+                "--classes", "7", "--random-weights", "-o", out)
     assert p.returncode == 0, p.stderr
     img = photo(300, 420, 3)
     path = os.path.join(tmp, "x.png")
@@ -218,6 +218,6 @@ def test_export_torchvision(tmp):
         ref = torch.softmax(net(torch.tensor(x.transpose(2, 0, 1)[None], dtype=torch.float32)), 1)[0].numpy()
     got = {t["index"]: t["probability"] for t in js["photos"][0]["top"]}
     assert all(abs(got[i] - ref[i]) < 1e-4 for i in range(7)), (got, ref)
-    bad = subprocess.run([sys.executable, os.path.join(sp.ROOT, "tools", "import", "export_torchvision.py"), "--arch", "nope",
-                          "--random-weights", "-o", os.path.join(tmp, "n")], capture_output=True, text=True)
+    bad = sp.tool(os.path.join(sp.ROOT, "tools", "import", "export_torchvision.py"), "--arch", "nope",
+                  "--random-weights", "-o", os.path.join(tmp, "n"))
     assert bad.returncode == 4 and "nope" in bad.stderr

@@ -21,7 +21,7 @@ SP_DT_F16 = 10
 def _fp16_package(tmp):
     pkg = os.path.join(tmp, "demo-ct")
     shutil.copytree(DEMO, pkg)
-    p = subprocess.run([sys.executable, FP16, pkg], capture_output=True, text=True)
+    p = sp.tool(FP16, pkg)
     assert p.returncode == 0, p.stderr
     return pkg
 
@@ -123,7 +123,7 @@ def test_onnx_fp16_refuses(tmp):
                                [onnx.helper.make_tensor_value_info("y", TensorProto.INT64, [1])])
     onnx.save(onnx.helper.make_model(g), os.path.join(pkg, "model.onnx"))
     json.dump({"onnx": "model.onnx"}, open(os.path.join(pkg, "segpipe.json"), "w"))
-    p = subprocess.run([sys.executable, FP16, pkg], capture_output=True, text=True)
+    p = sp.tool(FP16, pkg)
     assert p.returncode == 4 and "not float32" in p.stderr, p.stderr
     assert not os.path.exists(os.path.join(pkg, "model.fp16.onnx"))
 

@@ -5,7 +5,7 @@ ResidualEncoderUNet: the ONNX output equals the PyTorch forward (max abs
 logit difference <= 1e-3, through segpipe's own runtime), and `segpipe ct`
 gives the labels of a PyTorch implementation of nnU-Net's predictor."""
 import ctypes as C
-import json, os, subprocess, sys
+import json, os, sys
 import numpy as np
 import nibabel as nib
 import torch
@@ -76,7 +76,7 @@ def make_folder(tmp, arch, reader, transpose, old_style=False, variant=None):
 
 
 def import_(folder, out):
-    p = subprocess.run([sys.executable, IMPORTER, folder, "-o", out], capture_output=True, text=True)
+    p = sp.tool(IMPORTER, folder, "-o", out)
     assert p.returncode == 0, p.stderr
     return json.load(open(os.path.join(out, "segpipe.json")))
 
@@ -193,10 +193,9 @@ def test_import_errors(tmp):
     ck = torch.load(os.path.join(folder, "fold_0", "checkpoint_final.pth"))
     ck["network_weights"] = {k: v for k, v in ck["network_weights"].items() if "seg_layers" not in k}
     torch.save(ck, os.path.join(folder, "fold_0", "checkpoint_final.pth"))
-    p = subprocess.run([sys.executable, IMPORTER, folder, "-o", os.path.join(tmp, "x")], capture_output=True, text=True)
+    p = sp.tool(IMPORTER, folder, "-o", os.path.join(tmp, "x"))
     assert p.returncode == 4 and "missing from the checkpoint" in p.stderr and "seg_layers" in p.stderr
-    p = subprocess.run([sys.executable, IMPORTER, os.path.join(tmp, "nothing"), "-o", os.path.join(tmp, "x")],
-                       capture_output=True, text=True)
+    p = sp.tool(IMPORTER, os.path.join(tmp, "nothing"), "-o", os.path.join(tmp, "x"))
     assert p.returncode == 4 and "dataset.json" in p.stderr
 
 
@@ -256,5 +255,5 @@ def test_import_names_the_mismatch(tmp):
     carry biases: refused, naming the keys and the option."""
     v = dict(RESENC_M, kwargs={**RESENC_M["kwargs"], "conv_bias": False})
     folder, _, _ = make_folder(tmp, "ResidualEncoderUNet", "SimpleITKIO", [0, 1, 2], variant=v)
-    p = subprocess.run([sys.executable, IMPORTER, folder, "-o", os.path.join(tmp, "x")], capture_output=True, text=True)
+    p = sp.tool(IMPORTER, folder, "-o", os.path.join(tmp, "x"))
     assert p.returncode == 4 and "unexpected" in p.stderr and "conv_bias" in p.stderr, p.stderr

@@ -33,8 +33,7 @@ def int8_package(tmp):
     a = np.asarray(im.dataobj)
     cal = os.path.join(root, "calib.nii.gz")
     nib.save(nib.Nifti1Image(a[:, :, 50:82], im.affine, im.header), cal)
-    p = subprocess.run([sys.executable, TOOL, pkg, "--calib", cal, "--segpipe", sp.SEGPIPE], capture_output=True,
-                       text=True)
+    p = sp.tool(TOOL, pkg, "--calib", cal, "--segpipe", sp.SEGPIPE)
     assert p.returncode == 0, p.stderr
     _pkg.update(dir=pkg, calib=cal, out=p.stdout)
     return pkg
@@ -165,7 +164,7 @@ def test_int8_refusals(tmp):
     json.dump(mf, open(os.path.join(pkg, "segpipe.json"), "w"))
     bad = os.path.join(tmp, "bad.nii.gz")
     open(bad, "wb").write(b"\x1f\x8b not a volume")
-    p = subprocess.run([sys.executable, TOOL, pkg, "--calib", bad, "--segpipe", sp.SEGPIPE], capture_output=True, text=True)
+    p = sp.tool(TOOL, pkg, "--calib", bad, "--segpipe", sp.SEGPIPE)
     assert p.returncode == 5 and "calibration" in p.stderr, p.stderr
     assert json.load(open(os.path.join(pkg, "segpipe.json"))) == mf and not os.path.exists(os.path.join(pkg, "model.int8.onnx"))
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 8, 8, 8])
@@ -173,8 +172,7 @@ def test_int8_refusals(tmp):
     for opset, why in ((17, "nothing to quantise"), (12, "opset is below 13")):
         g = helper.make_graph([helper.make_node("Relu", ["input"], ["y"])], "g", [x], [y])
         onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)]), os.path.join(pkg, "model.onnx"))
-        p = subprocess.run([sys.executable, TOOL, pkg, "--calib", CT, "--segpipe", sp.SEGPIPE], capture_output=True,
-                           text=True)
+        p = sp.tool(TOOL, pkg, "--calib", CT, "--segpipe", sp.SEGPIPE)
         assert p.returncode == 4 and why in p.stderr, p.stderr
 
 
@@ -193,8 +191,7 @@ def test_int8_masks_model_iou(tmp):
         photos.append(p)
     pkg = os.path.join(tmp, "rooms")
     shutil.copytree(os.path.join(sp.ROOT, "models", "demo-rooms"), pkg)
-    p = subprocess.run([sys.executable, TOOL, pkg, "--calib", *photos[:2], "--segpipe", sp.SEGPIPE], capture_output=True,
-                       text=True)
+    p = sp.tool(TOOL, pkg, "--calib", *photos[:2], "--segpipe", sp.SEGPIPE)
     assert p.returncode == 0, p.stderr
     got = {}
     for prec in ("fp32", "int8"):
@@ -275,8 +272,7 @@ def test_int8_from_a_dynamically_quantised_model(tmp):
     for seed in (31, 41):
         photos.append(os.path.join(tmp, f"room{seed}.png"))
         Image.fromarray(render((240, 320), seed=seed)[0]).save(photos[-1])
-    p = subprocess.run([sys.executable, TOOL, pkg, "--calib", photos[0], "--segpipe", sp.SEGPIPE], capture_output=True,
-                       text=True)
+    p = sp.tool(TOOL, pkg, "--calib", photos[0], "--segpipe", sp.SEGPIPE)
     assert p.returncode == 0, p.stderr
     q = onnx.load(os.path.join(pkg, "model.int8.onnx"))
     ops = [n.op_type for n in q.graph.node]

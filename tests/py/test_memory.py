@@ -3,7 +3,7 @@ the split head (tools/import/onnx_split_head.py: features accumulated, the final
 1x1x1 convolution applied once per voxel at the argmax), the fp16
 accumulator and --roi-subset, each against the plain fp32 logits path on
 the real example CTs."""
-import json, os, subprocess, sys
+import json, os
 import numpy as np
 import nibabel as nib
 import onnx
@@ -17,8 +17,8 @@ SPLIT_TOOL = os.path.join(sp.ROOT, "tools", "import", "onnx_split_head.py")
 def split_demo(tmp):
     out = os.path.join(tmp, "demo-split")
     if not os.path.exists(out):
-        subprocess.run([sys.executable, SPLIT_TOOL, sp.DEMO, "-o", out, "--split-concat"], check=True,
-                       capture_output=True)
+        p = sp.tool(SPLIT_TOOL, sp.DEMO, "-o", out, "--split-concat")
+        assert p.returncode == 0, p.stderr
     return out
 
 
@@ -129,8 +129,7 @@ def test_roi_subset(tmp):
 def test_split_refusals(tmp):
     """The tool refuses a graph whose head is not a 1x1x1 Conv (tinyseg's is
     3x3x3); segpipe refuses a head.bin of the wrong size."""
-    p = subprocess.run([sys.executable, SPLIT_TOOL, sp.TINYSEG, "-o", os.path.join(tmp, "t")],
-                       capture_output=True, text=True)
+    p = sp.tool(SPLIT_TOOL, sp.TINYSEG, "-o", os.path.join(tmp, "t"))
     assert p.returncode == 4 and "1x1x1" in p.stderr, p.stderr
     pkg = split_demo(tmp)
     hb = os.path.join(pkg, "head.bin")

@@ -237,8 +237,8 @@ def test_meshnet_gwm_matches_onnxruntime(tmp):
 
 def _small_gwm(tmp, shape):
     out = os.path.join(tmp, "gwm")
-    p = subprocess.run([sys.executable, os.path.join(sp.ROOT, "tools", "import", "make_brainchop_package.py"), "-o",
-                        out], capture_output=True, text=True)
+    p = sp.tool(os.path.join(sp.ROOT, "tools", "import", "make_brainchop_package.py"), "-o",
+                out)
     if p.returncode == 4:
         raise sp.Skip("../shared/models/brainchop-gwm not found")
     assert p.returncode == 0, p.stderr

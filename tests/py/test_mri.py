@@ -5,7 +5,7 @@ independent pipeline: nibabel.processing.conform (order 1, LIA, 256^3 at
 argmax, and nibabel's resample_from_to (order 0) back to the input grid.
 Both MRIs of ../shared/data/mri: bet.nii.gz (1 mm RAS: conforming is a
 reorientation and a shift) and tinyT1.nii.gz (2 mm LAS: interpolated)."""
-import json, os, subprocess, sys, time
+import json, os, subprocess, time
 import numpy as np
 import nibabel as nib
 from nibabel.processing import conform, resample_from_to
@@ -17,8 +17,7 @@ NODE_RUN = os.path.join(sp.ROOT, "tests", "ref", "ort_run.js")
 
 def package(tmp):
     out = os.path.join(tmp, "brainchop")
-    p = subprocess.run([sys.executable, os.path.join(sp.ROOT, "tools", "import", "make_brainchop_package.py"), "-o", out],
-                       capture_output=True, text=True)
+    p = sp.tool(os.path.join(sp.ROOT, "tools", "import", "make_brainchop_package.py"), "-o", out)
     assert p.returncode == 0, p.stderr
     return out
 

@@ -15,7 +15,7 @@ mirrored one with and without test-time augmentation; a BraTS-like
 2-channel model with masked z-score and zero borders (nnU-Net's crop to
 the non-zero box); a region-based model (sigmoids, regions_class_order);
 probabilities from --save_probabilities."""
-import json, os, subprocess, sys, zipfile
+import json, os, zipfile
 import numpy as np
 import nibabel as nib
 import sp
@@ -34,8 +34,7 @@ def package(tmp_root, name, *extra):
         folder = fx.make_folder(base, name)
         out = os.path.join(base, "pkg")
         folds = ",".join(fx.CASES[name]["folds"])
-        p = subprocess.run([sys.executable, IMPORTER, folder, "-o", out, "--fold", folds, *extra],
-                           capture_output=True, text=True)
+        p = sp.tool(IMPORTER, folder, "-o", out, "--fold", folds, *extra)
         assert p.returncode == 0, p.stderr
         _cache[key] = (folder, out)
     return _cache[key]
@@ -116,7 +115,7 @@ def test_nnunet_single_fold_of_ensemble_differs(tmp):
     sensitive to the ensemble (not passing by one fold's luck)"""
     folder, _ = package(shared_tmp(), "ensemble2")
     out = os.path.join(tmp, "fold1")
-    p = subprocess.run([sys.executable, IMPORTER, folder, "-o", out, "--fold", "1"], capture_output=True, text=True)
+    p = sp.tool(IMPORTER, folder, "-o", out, "--fold", "1")
     assert p.returncode == 0, p.stderr
     want, _ = ref("ensemble2", True, "float")
     assert (segment(tmp, "ensemble2", out) == want).mean() < 0.99
@@ -152,13 +151,11 @@ def test_nnunet_fold_errors(tmp):
     folder, _ = package(shared_tmp(), "ensemble2")
     for fold, msg in (("0,3", "fold 3: no checkpoint_final.pth"), ("0,x", "comma list"), ("0,0", "each fold once")):
         out = os.path.join(tmp, "x" + fold.replace(",", "_"))
-        p = subprocess.run([sys.executable, IMPORTER, folder, "-o", out, "--fold", fold], capture_output=True,
-                           text=True)
+        p = sp.tool(IMPORTER, folder, "-o", out, "--fold", fold)
         assert p.returncode == 4 and msg in p.stderr, p.stderr
         assert not os.path.exists(os.path.join(out, "segpipe.json"))
     out = os.path.join(tmp, "split")
-    p = subprocess.run([sys.executable, IMPORTER, folder, "-o", out, "--fold", "0,1", "--split-head"],
-                       capture_output=True, text=True)
+    p = sp.tool(IMPORTER, folder, "-o", out, "--fold", "0,1", "--split-head")
     assert p.returncode == 4 and "--split-head takes one fold" in p.stderr
     assert not os.path.exists(os.path.join(out, "segpipe.json"))
 
@@ -407,8 +404,7 @@ def test_nnunet_postprocessing_pkl(tmp):
     pkl = os.path.join(tmp, "postprocessing.pkl")
     fx.write_postprocessing(pkl)
     out = os.path.join(tmp, "pkg")
-    p = subprocess.run([sys.executable, IMPORTER, folder, "-o", out, "--fold", "0,1", "--postprocessing", pkl],
-                       capture_output=True, text=True)
+    p = sp.tool(IMPORTER, folder, "-o", out, "--fold", "0,1", "--postprocessing", pkl)
     assert p.returncode == 0, p.stderr
     assert json.load(open(os.path.join(out, "segpipe.json")))["postprocess"] == {"nnunet": [[1, 2, 3], [1], [2, 3]]}
     r32, r16 = (np.load(os.path.join(REFS, "ensemble2" + s + ".npz")) for s in (".fp32", ""))
@@ -423,8 +419,7 @@ def test_nnunet_postprocessing_pkl(tmp):
         def __reduce__(self):
             return (os.system, ("touch " + os.path.join(tmp, "pwned"),))
     pickle.dump(([Evil()], [{}]), open(pkl, "wb"))
-    p = subprocess.run([sys.executable, IMPORTER, folder, "-o", os.path.join(tmp, "x"), "--postprocessing", pkl],
-                       capture_output=True, text=True)
+    p = sp.tool(IMPORTER, folder, "-o", os.path.join(tmp, "x"), "--postprocessing", pkl)
     assert p.returncode == 4 and "only nnunetv2.postprocessing" in p.stderr, p.stderr
     assert not os.path.exists(os.path.join(tmp, "pwned"))
     assert not os.path.exists(os.path.join(tmp, "x", "segpipe.json"))
@@ -445,7 +440,7 @@ def test_nnunet_2d_configuration(tmp):
     plans["configurations"]["2d"]["architecture"]["arch_kwargs"]["conv_op"] = "torch.nn.modules.conv.Conv1d"
     json.dump(plans, open(os.path.join(folder, "plans.json"), "w"))
     out = os.path.join(tmp, "x")
-    p = subprocess.run([sys.executable, IMPORTER, folder, "-o", out], capture_output=True, text=True)
+    p = sp.tool(IMPORTER, folder, "-o", out)
     assert p.returncode == 4 and "Conv1d" in p.stderr, p.stderr
     assert not os.path.exists(os.path.join(out, "segpipe.json"))
 
@@ -462,7 +457,7 @@ def test_nnunet_cascade(tmp):
     pk = {}
     for f, k in ((low, "low"), (high, "high")):
         pk[k] = os.path.join(tmp, k)
-        p = subprocess.run([sys.executable, IMPORTER, f, "-o", pk[k]], capture_output=True, text=True)
+        p = sp.tool(IMPORTER, f, "-o", pk[k])
         assert p.returncode == 0, p.stderr
     man = json.load(open(os.path.join(pk["high"], "segpipe.json")))
     assert man["cascade"] == {"previous_stage": "3d_lowres", "image_channels": 1, "labels": [1, 2, 3]}

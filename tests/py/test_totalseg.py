@@ -71,7 +71,7 @@ def ts_merge(part_segs, tids):
 
 
 def py(*args):
-    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=600)
+    return sp.tool(*args)
 
 
 def fixture():
