@@ -258,9 +258,12 @@ def main():
     failures, times, cpu = [], dict(last), {}
     t0 = time.time()
 
+    spans = {}   # spec -> [start, end] in seconds from the run's start: where the cores idled
+
     def one(spec):
         t = time.time()
         text, counts = unit_job() if spec == "unit" else py_job(spec)
+        spans[spec] = [round(t - t0, 1), round(time.time() - t0, 1)]
         return spec, text, counts, time.time() - t
 
     def report(result):
@@ -286,6 +289,7 @@ def main():
         os.makedirs(os.path.dirname(times_path), exist_ok=True)
         json.dump(times, open(times_path, "w"), indent=1, sort_keys=True)
         json.dump(cpu, open(times_path.replace("times", "cpu"), "w"), indent=1, sort_keys=True)
+        json.dump(spans, open(times_path.replace("times", "spans"), "w"), indent=1, sort_keys=True)
     if "asan" in build:
         print("\nnot in the sanitizer run (make test runs them): " + ", ".join(sorted(ASAN_SKIP)))
     if totals["skipped"]:

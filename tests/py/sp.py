@@ -239,6 +239,23 @@ def ct_run(src):
     return os.path.join(run_once("ct", src, "-o", "{d}/seg.nii.gz", "-q"), "seg.nii.gz")
 
 
+def one_tile_ct():
+    """a 64x64x30 crop of the real example CT (3 mm, abdomen: liver, spleen,
+    kidneys...): one tile of demo-ct, made once per test run. For the tests
+    that check a path (a job's, an option's, a binding's) rather than the
+    window over many tiles."""
+    src = os.path.join(CTDIR, "example_ct_sm.nii.gz")
+    if not os.path.exists(src):
+        raise Skip("../shared/data/ct missing")
+
+    def make(d):
+        import nibabel as nib
+        im = nib.load(src)
+        nib.save(nib.Nifti1Image(np.asarray(im.dataobj)[30:94, 20:84, :], im.affine, im.header),
+                 os.path.join(d, "crop.nii.gz"))
+    return os.path.join(once(("one-tile crop", src), make), "crop.nii.gz")
+
+
 # ---------------------------------------------------------------- the tools
 # The project's Python tools (importers, exporters) import PyTorch: ~1.2 CPU s
 # a process. tool() runs them forked from one process per test job that

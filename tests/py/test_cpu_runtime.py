@@ -195,22 +195,6 @@ def test_graph_cache_keyed_private_and_same_masks(tmp):
     assert os.listdir(shared) == []
 
 
-_crop = {}
-
-
-def one_tile_ct(tmp):
-    """a 64x64x30 crop of the real example CT (3 mm): one tile of demo-ct"""
-    if "p" not in _crop:
-        if not os.path.exists(CT):
-            raise sp.Skip("../shared/data/ct missing")
-        import tempfile
-        im = nib.load(CT)
-        p = os.path.join(tempfile.mkdtemp(prefix="sp_crop."), "crop.nii.gz")
-        nib.save(nib.Nifti1Image(np.asarray(im.dataobj)[30:94, 20:84, :], im.affine, im.header), p)
-        _crop["p"] = p
-    return _crop["p"]
-
-
 def test_graph_cache_default_keyed_by_model_bytes_and_bounded(tmp):
     """The CLI caches the optimised graph by default: the first run writes
     one entry, the second loads it (-v says so) with labels equal to an
@@ -220,7 +204,7 @@ def test_graph_cache_default_keyed_by_model_bytes_and_bounded(tmp):
     evicts the others."""
     import onnx
     from onnx import numpy_helper
-    ct = one_tile_ct(tmp)
+    ct = sp.one_tile_ct()
     cache = os.path.join(tmp, "cache")
     pkg = os.path.join(tmp, "pk")
     shutil.copytree(sp.DEMO, pkg)
@@ -326,7 +310,7 @@ def test_bench_throughput_jobs(tmp):
     are the case count over each pass's wall seconds, bench.md shows the
     table; an unreadable case is counted as failed in both passes (not
     fatal); --jobs out of 1..8 is refused with exit 2."""
-    ct = one_tile_ct(tmp)
+    ct = sp.one_tile_ct()
     bad = os.path.join(tmp, "bad.nii.gz")
     with open(bad, "wb") as f:
         f.write(b"\x1f\x8b not a volume")

@@ -115,6 +115,9 @@ def test_python_segment_nibabel_like_cli(tmp):
 
 
 def test_python_ct_matches_cli(tmp):
+    """ct() of a file and of an array: the CLI's labels and passport (one
+    tile of the example CT)"""
+    SRC = sp.one_tile_ct()
     out = sp.ct_run(SRC)   # `segpipe ct`, once per test run
     cli = np.asanyarray(nib.load(out).dataobj)
     cli_pass = json.load(open(out.replace(".nii.gz", ".passport.json")))
@@ -140,8 +143,8 @@ def test_python_ct_matches_cli(tmp):
 
 def test_python_reoriented_array(tmp):
     """An array flipped along i with the matching affine: same anatomy, so
-    the labels are the CLI's labels flipped back."""
-    im = nib.load(SRC)
+    the labels are the CLI's labels flipped back (one tile of the example CT)."""
+    im = nib.load(sp.one_tile_ct())
     a = np.asanyarray(im.dataobj)[::-1]
     aff = im.affine.copy()
     aff[:3, 3] += aff[:3, 0] * (a.shape[0] - 1)

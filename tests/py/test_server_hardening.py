@@ -7,7 +7,6 @@ import urllib.request
 import numpy as np
 import sp
 from test_server import Server, http, jget, free_port, CT_SM
-from test_cpu_runtime import one_tile_ct
 
 
 def _raw_request(port, text, read=True, timeout=10):
@@ -53,7 +52,7 @@ def test_server_slow_clients_do_not_lock_it_out(tmp):
             c.sendall(b"c")
         for _ in range(5):   # answered (a few ms each here: the bench and `make attack` time it)
             assert jget(s.url + "/v2/health/ready", timeout=5) == (200, {"ready": True})
-        raw = open(one_tile_ct(tmp), "rb").read()   # one tile: only the answer is checked
+        raw = open(sp.one_tile_ct(), "rb").read()   # one tile: only the answer is checked
         code, r = jget(s.url + "/v1/ct?model=demo", data=raw, ctype="application/octet-stream", timeout=120)
         assert code == 200 and r["passport"]["structures"], code
         code, st = jget(s.url + "/v1/status")
@@ -85,7 +84,7 @@ def test_server_result_ids_are_random_owned_and_expire(tmp):
             return e.code, e.read(), dict(e.headers)
 
     try:
-        raw = open(one_tile_ct(tmp), "rb").read()   # one tile: only the ids are checked
+        raw = open(sp.one_tile_ct(), "rb").read()   # one tile: only the ids are checked
         ids = []
         for _ in range(2):
             code, body, _ = call("/v1/ct?model=demo&labels=1", A, raw)
@@ -191,7 +190,7 @@ def test_server_async_jobs_progress_cancel_and_timeout(tmp):
     s = Server("--model", f"demo={sp.DEMO}", "--threads", "1", "--timeout", "600")   # no run of this part nears it
     try:
         raw = open(CT_SM, "rb").read()                   # 9 tiles: a job that outlasts a 0.2 s wait
-        small = open(one_tile_ct(tmp), "rb").read()      # 1 tile: where only the job's path is checked
+        small = open(sp.one_tile_ct(), "rb").read()      # 1 tile: where only the job's path is checked
         code, r = jget(s.url + "/v1/jobs?model=demo&labels=1", data=small, ctype="application/octet-stream")
         assert code == 202 and r["state"] in ("queued", "running") and len(r["id"]) == 32
         url = s.url + r["status_url"]
@@ -279,7 +278,7 @@ def test_server_big_uploads_wait_on_disk(tmp):
         assert st["rss_bytes"] - rss0 < 100e6, (rss0, st["rss_bytes"])   # held whole: +480 MB
         tmpdirs = [d for d in os.listdir("/tmp") if d.startswith("segpipe-serve-")]
         assert all(not os.listdir(os.path.join("/tmp", d)) for d in tmpdirs if os.path.isdir(os.path.join("/tmp", d)))
-        raw = open(one_tile_ct(tmp), "rb").read()   # one tile: only the answer is checked
+        raw = open(sp.one_tile_ct(), "rb").read()   # one tile: only the answer is checked
         code, r = jget(s.url + "/v1/ct?model=demo", data=raw, ctype="application/octet-stream", timeout=120)
         assert code == 200 and r["passport"]["structures"], code
     finally:
@@ -350,7 +349,7 @@ def test_server_fair_across_models(tmp):
     photo = subprocess.run(["/usr/bin/python3", os.path.join(sp.ROOT, "tools", "train", "render_rooms.py"),
                             os.path.join(tmp, "room.png"), "3"], capture_output=True)
     try:
-        raw = open(one_tile_ct(tmp), "rb").read()
+        raw = open(sp.one_tile_ct(), "rb").read()
         png = open(os.path.join(tmp, "room.png"), "rb").read()
         done = {}
 
@@ -465,8 +464,9 @@ def test_server_memory_admission(tmp):
     """--max-memory: a CT run is admitted when its estimated peak
     (memory_estimate_bytes, at least the measured peak) fits beside the
     running ones; two that cannot fit together run one after the other even
-    with two workers; one that can never fit gets 413 with the numbers."""
-    raw = open(CT_SM, "rb").read()
+    with two workers; one that can never fit gets 413 with the numbers.
+    One-tile CTs: the estimate is mostly the network's working memory."""
+    raw = open(sp.one_tile_ct(), "rb").read()
 
     def ct(s):
         return jget(s.url + "/v1/ct?model=demo", data=raw, ctype="application/octet-stream", timeout=300)
