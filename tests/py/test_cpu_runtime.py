@@ -51,23 +51,25 @@ def test_arena_on_off_same_ct_labels(tmp):
 def test_tile_calls_same_labels_as_one_batched_call(tmp):
     """On the CPU a batch of tiles runs as concurrent single-tile calls
     (window_calls.c); SEGPIPE_TILE_CALLS=batched runs it as one batched
-    call, as before. demo-ct on the real CT at tile batch 4 (its 9 tiles:
-    batches of 4, 4 and a last one of another size, 1), and its split-head
-    package (features
-    accumulated, the head at the argmax): labels equal at the native and
-    the model grid."""
+    call, as before. demo-ct on the real CT at tile batch 4 (a 122x81x30
+    crop: 3 x 2 tiles, batches of 4 and a last one of another size, 2),
+    and its split-head package (features accumulated, the head at the
+    argmax): labels equal at the native and the model grid."""
     if not os.path.exists(CT):
         raise sp.Skip("../shared/data/ct missing")
     from test_memory import split_demo
     split = split_demo(tmp)
+    im = nib.load(CT)
+    crop = os.path.join(tmp, "crop.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(im.dataobj)[:, 20:, :], im.affine, im.header), crop)
     for model, tb in ((sp.DEMO, "4"), (split, "4")):
         got = {}
         for mode in ("calls", "batched"):
             out, ml = os.path.join(tmp, mode + ".nii.gz"), os.path.join(tmp, mode + ".model.nii.gz")
             env = {"SEGPIPE_TILE_CALLS": "batched"} if mode == "batched" else {}
-            p = sp.run("ct", CT, "-o", out, "--model", model, "--tile-batch", tb, "--no-passport",
-                       "--save-model-labels", ml, "-t", "2", env=env)
-            assert p.returncode == 0, p.stderr
+            p = sp.run("ct", crop, "-o", out, "--model", model, "--tile-batch", tb, "--no-passport",
+                       "--save-model-labels", ml, "-t", "2", "-v", env=env)
+            assert p.returncode == 0 and "6 tiles" in p.stderr, p.stderr
             got[mode] = [np.asarray(nib.load(f).dataobj) for f in (out, ml)]
         for x, y in zip(got["calls"], got["batched"]):
             assert x.shape == y.shape and np.array_equal(x, y), (model, tb, int((x != y).sum()))
