@@ -142,21 +142,26 @@ def test_server_errors(tmp):
 
 
 def test_server_saturation_timeout_sigterm(tmp):
+    """One worker, a queue of one: of four requests sent within 30 ms (one
+    tile each, ~0.3 s of work) at least one gets 503 with Retry-After; a
+    SIGTERM during a 9-tile request lets it complete, then exit 0; a run
+    over --timeout gets 504."""
     raw = open(CT_SM, "rb").read()
+    small = open(sp.one_tile_ct(), "rb").read()
     s = Server("--model", f"demo={sp.DEMO}", "--workers", "1", "--queue", "1", "--threads", "1")
     results = []
     lock = threading.Lock()
 
-    def one():
-        r = http(s.url + "/v1/ct?model=demo", data=raw, ctype="application/octet-stream")
+    def one(data=raw):
+        r = http(s.url + "/v1/ct?model=demo", data=data, ctype="application/octet-stream")
         with lock:
             results.append(r)
 
     try:
-        th = [threading.Thread(target=one) for _ in range(4)]
+        th = [threading.Thread(target=one, args=(small,)) for _ in range(4)]
         for t in th:
             t.start()
-            time.sleep(0.05)
+            time.sleep(0.01)
         for t in th:
             t.join()
         codes = sorted(r[0] for r in results)
