@@ -382,6 +382,10 @@ sp_status sp_package_warm_up(sp_package *pk);
  * package beyond its output, measured by sp_package_warm_up on a second
  * run (no set-up in it); 0 before it. */
 size_t sp_package_run_memory(const sp_package *pk);
+/* ONNX Runtime sessions the package's models hold now (a task package's
+ * parts included; an on-demand part holds none between runs): one a model,
+ * two once its one-thread session for concurrent CPU tile calls is made. */
+int sp_package_sessions(const sp_package *pk);
 /* The folder of the bundled models, found relative to the segpipe binary
  * or libsegpipe.so itself (installed: <prefix>/share/segpipe/models; build
  * tree: models/), or SEGPIPE_MODEL_PATH. Never a compiled-in path. */
@@ -473,6 +477,12 @@ sp_status sp_ct_run_inplace(sp_package *pk, sp_volume *ct, const sp_ct_params *p
  * ch[0]'s grid, the passport measuring ch[0] (which is held as in
  * sp_ct_run_inplace; the others are only read). */
 sp_status sp_ct_run_channels(sp_package *pk, sp_volume *const *ch, int n, const sp_ct_params *p, sp_ct_result **out);
+/* sp_package_warm_up, then, for a volume package run on the CPU whose
+ * sliding window runs a batch of tiles as concurrent calls on one-thread
+ * sessions (its automatic tile batch is at least the runtime's threads),
+ * one tile through that session, so the warm-up makes it and not the first
+ * request. What `segpipe serve` warms its models with. */
+sp_status sp_ct_warm_up(sp_package *pk);
 /* Peak memory sp_ct_run_inplace(pk, ct, p) will take beyond what the
  * loaded model holds, in bytes: the largest of its phases (model grid,
  * window buffers, ONNX Runtime's working memory as measured by

@@ -164,7 +164,7 @@ static sp_status check_finite(const sp_volume *ct, sp_pool *pool)
  * tile at a time, 0.83x against 1.16x at 4) when 3x their logits a call
  * (2.1x measured: the logits and the network's activations) fits in half
  * the memory the system has available. */
-static int auto_tile_batch(const sp_package *pk)
+int sp_ct_auto_tile_batch(const sp_package *pk)
 {
     const sp_manifest *mf = &pk->mf;
     int ch = mf->head_w ? mf->head_features : mf->n_regions ? mf->n_regions : mf->num_classes;
@@ -189,7 +189,7 @@ static sp_window_params window_params(const sp_package *pk, const sp_ct_params *
     memcpy(wp.axes, mf->axes, sizeof wp.axes);
     wp.step = p->step > 0 ? p->step : mf->step;
     wp.sigma_scale = mf->sigma_scale;
-    wp.tile_batch = p->tile_batch > 0 ? p->tile_batch : auto_tile_batch(pk);
+    wp.tile_batch = p->tile_batch > 0 ? p->tile_batch : sp_ct_auto_tile_batch(pk);
     wp.num_classes = mf->n_regions ? mf->n_regions : mf->num_classes;
     wp.region_order = mf->n_regions ? mf->region_order : NULL;
     wp.head_w = mf->head_w;

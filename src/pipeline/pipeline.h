@@ -134,6 +134,8 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
 int sp_window_calls_wanted(void);
 /* nb tiles (in: nb x Cin x P, out: nb x C x P, contiguous) through the
  * model, one call per tile, all at once. */
+/* The tile batch of a run that sets none (ct.c: 4, fewer for big heads). */
+int sp_ct_auto_tile_batch(const sp_package *pk);
 sp_status sp_window_run_calls(sp_model *m, float *in, float *out, int nb, int Cin, int C, const int64_t P[3]);
 
 /* ---- window_gpu.c ---- */

@@ -65,7 +65,8 @@ sp_status sp_window_run_calls(sp_model *m, float *in, float *out, int nb, int Ci
     tile_call calls[SP_WINDOW_MAX_CALLS];
     pthread_t th[SP_WINDOW_MAX_CALLS];
     int started[SP_WINDOW_MAX_CALLS] = {0};
-    int solo = nb >= sp_runtime_threads(sp_model_runtime(m));
+    int threads = sp_runtime_threads(sp_model_runtime(m));
+    int solo = threads > 1 && nb >= threads;   /* one thread: the model's session already runs on the caller */
     for (int k = 0; k < nb; k++) {
         calls[k] = (tile_call){.m = m, .solo = solo,
                                .in = {SP_DT_F32, 5, {1, Cin, P[0], P[1], P[2]}, in + (size_t)k * Cin * psz},

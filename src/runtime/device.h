@@ -32,6 +32,9 @@ int sp_runtime_threads(const sp_runtime *rt);
  * made on first use: for as many concurrent calls as there are threads
  * (pipeline/window_calls.c). Falls back to the model's session. */
 sp_status sp_model_run_solo(sp_model *m, const sp_tensor *inputs, int n_in, sp_tensor *outputs, int n_out);
+/* ONNX Runtime sessions the model holds now: 1, or 2 once its one-thread
+ * session is made. */
+int sp_model_sessions(sp_model *m);
 /* The runtime's test-time augmentation choice: "auto", "on" or "off". */
 const char *sp_runtime_tta(const sp_runtime *rt);
 /* sp_runtime_params.parts_on_demand: 1 when task packages loaded through rt

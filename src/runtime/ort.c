@@ -1172,6 +1172,14 @@ sp_status sp_model_run_solo(sp_model *m, const sp_tensor *inputs, int n_in, sp_t
     return model_run(m, m->rt->cpu_mem, inputs, n_in, outputs, n_out, NULL, solo_session(m));
 }
 
+int sp_model_sessions(sp_model *m)
+{
+    pthread_mutex_lock(&m->solo_mu);
+    int n = 1 + (m->solo != NULL);
+    pthread_mutex_unlock(&m->solo_mu);
+    return n;
+}
+
 int sp_runtime_threads(const sp_runtime *rt)
 {
     return rt->p.threads;

@@ -1153,6 +1153,17 @@ const char *sp_package_mask_name(const sp_package *pk, int i)
 
 size_t sp_package_run_memory(const sp_package *pk) { return pk->run_bytes; }
 
+int sp_package_sessions(const sp_package *pk)
+{
+    if (!pk->mf.n_parts)
+        return pk->model ? sp_model_sessions(pk->model) : 0;
+    int n = 0;
+    for (int i = 0; i < pk->mf.n_parts; i++)
+        n += sp_package_sessions(pk->part[i]);
+    n += pk->crop ? sp_package_sessions(pk->crop) : 0;
+    return n + (pk->refine ? sp_package_sessions(pk->refine) : 0);
+}
+
 /* A task package: each part warmed up; the largest working memory counts. */
 static sp_status warm_up_parts(sp_package *pk)
 {

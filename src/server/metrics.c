@@ -72,9 +72,10 @@ char *sp_status_json(server *s)
     for (int i = 0; i < s->n_models; i++) {
         sp_buf_printf(&b, "%s{\"name\": ", i ? ", " : "");
         sp_buf_json_str(&b, s->models[i].name);
-        sp_buf_printf(&b, ", \"state\": \"%s\", \"queue_depth\": %d, \"run_memory_bytes\": %zu}",
+        sp_buf_printf(&b, ", \"state\": \"%s\", \"queue_depth\": %d, \"run_memory_bytes\": %zu, \"sessions\": %d}",
                       s->models[i].ready ? "ready" : s->models[i].error[0] ? "failed" : "loading", s->models[i].qlen,
-                      s->models[i].pk ? sp_package_run_memory(s->models[i].pk) : 0);
+                      s->models[i].pk ? sp_package_run_memory(s->models[i].pk) : 0,
+                      s->models[i].ready && s->models[i].pk ? sp_package_sessions(s->models[i].pk) : 0);
     }
     sp_buf_puts(&b, "],\n \"devices\": [");
     for (int g = 0; g < s->ndev; g++) {

@@ -232,7 +232,7 @@ static void *warm_main(void *arg)
         model_entry *me = &s->models[i];
         sp_status st = SP_OK;
         for (int g = 0; !st && g < s->ndev; g++)
-            st = sp_package_warm_up(me->gpk[g]);
+            st = sp_ct_warm_up(me->gpk[g]);
         size_t rss = sp_current_rss();
         pthread_mutex_lock(&s->mu);
         s->mem_base = rss;

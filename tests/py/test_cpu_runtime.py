@@ -332,3 +332,34 @@ def test_bench_throughput_jobs(tmp):
     for j in ("0", "9", "x"):
         p = sp.run("bench", "--model", sp.DEMO, ct, "--jobs", j, "--out", out)
         assert p.returncode == 2 and "--jobs" in p.stderr, p.stderr
+
+
+def test_serve_warm_up_makes_the_one_thread_sessions(tmp):
+    """The service's warm-up (sp_ct_warm_up) makes the one-thread session
+    the window's concurrent tile calls run on, so the first request does not
+    (demo-ct: tile batch 4 on 2 threads: 2 sessions before any request, the
+    same after one); where the calls share the model's session (4 calls on 8
+    threads) or the batch is one call (SEGPIPE_TILE_CALLS=batched), none is
+    made: 1."""
+    import time
+    from test_server import Server, jget
+
+    def sessions(s):
+        for _ in range(600):
+            m = jget(s.url + "/v1/status")[1]["models"][0]
+            if m["state"] != "loading":
+                return m["sessions"]
+            time.sleep(0.1)
+        raise AssertionError("the model stayed loading")
+    for threads, env, want in (("2", {}, 2), ("8", {}, 1), ("2", {"SEGPIPE_TILE_CALLS": "batched"}, 1)):
+        s = Server("--model", f"demo={sp.DEMO}", "--threads", threads, "--workers", "1", env=env)
+        try:
+            assert sessions(s) == want, (threads, env)
+            if want == 2:
+                code, r = jget(s.url + "/v1/ct?model=demo", data=open(CT, "rb").read(),   # 9 tiles: calls
+                               ctype="application/octet-stream")
+                assert code == 200 and r["passport"]["structures"]
+                assert sessions(s) == 2
+        finally:
+            rc, _ = s.stop()
+        assert rc == 0
