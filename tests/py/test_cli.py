@@ -307,8 +307,8 @@ def test_ct_keep_border_statistics(tmp):
            "-o", os.path.join(tmp, "p.json"), "--statistics", stats, "--keep-border", "-q", check=True)
     assert got == json.load(open(stats))
     assert got["liver"]["volume"] > 0   # a border structure, kept
-    sp.run("ct", ct, "-o", os.path.join(tmp, "z.nii.gz"), "-q", check=True)
-    assert json.load(open(os.path.join(tmp, "z.statistics.json")))["liver"]["volume"] == 0
+    default = sp.ct_run(ct).replace(".nii.gz", ".statistics.json")   # the run's shared `segpipe ct CT -o ... -q`
+    assert json.load(open(default))["liver"]["volume"] == 0
 
 
 def _structures(path):
@@ -348,8 +348,7 @@ def test_totalsegmentator_interop(tmp):
     strip = lambda s: {k: v for k, v in s.items() if k != "label"}
     assert {n: strip(s) for n, s in d.items()} == {n: strip(s) for n, s in a.items()}
     # segpipe's labels: names in the same extension
-    out = os.path.join(tmp, "s.nii.gz")
-    sp.run("ct", ct, "-o", out, "-q", check=True)
+    out = sp.ct_run(ct)   # the run's shared `segpipe ct CT -o ... -q`
     ext = nib.load(out).header.extensions
     root = ET.fromstring(ext[0].get_content())
     got = {int(l.get("Key")): l.text for l in root.iter("Label")}
