@@ -17,7 +17,7 @@ Protocol (one request at a time, lines of JSON on stdin/stdout):
   <- {"pid": PID}                       as soon as the child runs
   <- {"rc": STATUS, "cpu": SECONDS}     when it ended (rusage of the child)
 """
-import atexit, json, os, runpy, sys, traceback
+import atexit, ctypes, json, os, runpy, signal, sys, traceback
 
 for _name in ("numpy", "torch", "onnx"):
     try:
@@ -26,8 +26,15 @@ for _name in ("numpy", "torch", "onnx"):
         pass
 
 
+def die_with_parent():
+    """SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG): the server with
+    its test job, a tool with the server"""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
 def child(req):
     """in the forked child: run the tool; never returns"""
+    die_with_parent()
     fd_in = os.open(os.devnull, os.O_RDONLY)
     os.dup2(fd_in, 0)
     for fd, path in ((1, req["out"]), (2, req["err"])):
@@ -64,6 +71,7 @@ def child(req):
 
 
 def main():
+    die_with_parent()
     for line in sys.stdin:
         req = json.loads(line)
         pid = os.fork()
