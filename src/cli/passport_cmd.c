@@ -70,7 +70,8 @@ static void pp_help(void)
            "Measures every structure of LABELS (any tool's output) on CT in one pass. Names come\n"
            "from --label-map, else from the label table in the file's NIfTI extension\n"
            "(TotalSegmentator's multilabel output, segpipe's own). FOLDER: one <name>.nii.gz mask\n"
-           "per class (TotalSegmentator without --ml).\n");
+           "per class (TotalSegmentator without --ml). The folders of -o and --statistics are\n"
+           "made when missing.\n");
 }
 
 /* -1: go on; else the exit code */
@@ -132,9 +133,10 @@ static int same_grid(const pp_opts *o, const sp_volume *ct, const sp_volume *lg)
 static int pp_output(const pp_opts *o, const sp_passport *ps, double read_s, double pass_s)
 {
     int rc;
-    if (o->out && (rc = cli_write_text(o->out, sp_passport_json(ps))))
+    if (o->out && ((rc = cli_output_folder("passport", o->out)) || (rc = cli_write_text(o->out, sp_passport_json(ps)))))
         return rc;
-    if (o->stats && (rc = cli_write_text(o->stats, sp_passport_statistics_json(ps))))
+    if (o->stats && ((rc = cli_output_folder("passport", o->stats)) ||
+                     (rc = cli_write_text(o->stats, sp_passport_statistics_json(ps)))))
         return rc;
     if (!o->out && !o->stats)
         fputs(sp_passport_json(ps), stdout);

@@ -98,7 +98,7 @@ sp_status sp_write_file_atomic(const char *path, const void *data, size_t size)
     unlink(tmp);   /* a leftover of a killed run with this pid, or a planted link: never followed */
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd < 0) {
-        sp_status st = sp_fail(SP_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+        sp_status st = sp_fail(SP_ERR_IO, "%s: cannot create: %s", path, strerror(errno));   /* the user's name */
         free(tmp);
         return st;
     }

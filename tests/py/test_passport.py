@@ -156,6 +156,22 @@ def test_passport_bad_input(tmp):
     assert p.returncode == 2
 
 
+def test_passport_output_folders(tmp):
+    """-o and --statistics into folders that do not exist yet: made, as `ct
+    -o` makes its own; a folder that cannot be made (a file is in the way):
+    exit 6 naming the user's path, never the temporary file's."""
+    aff = np.eye(4)
+    ct = _save(tmp, "ct.nii.gz", np.zeros((10, 10, 10), np.int16), aff)
+    lab = _save(tmp, "lab.nii.gz", (np.arange(1000).reshape(10, 10, 10) % 3).astype(np.uint8), aff)
+    out, st = os.path.join(tmp, "new", "deep", "p.json"), os.path.join(tmp, "other", "s.json")
+    sp.run("passport", "--ct", ct, "--labels", lab, "-o", out, "--statistics", st, "-q", check=True)
+    assert json.load(open(out))["structures"] and json.load(open(st))
+    open(os.path.join(tmp, "afile"), "w").close()
+    bad = os.path.join(tmp, "afile", "p.json")
+    p = sp.run("passport", "--ct", ct, "--labels", lab, "-o", bad, "-q")
+    assert p.returncode == 6 and ".tmp" not in p.stderr and "afile" in p.stderr, p.stderr
+
+
 def _noisy_labels(shape, n, seed):
     """n blobby labels filling the volume: thousands of components touching
     each other diagonally (where a 26-connected join is easy to miss)."""
