@@ -152,6 +152,9 @@ class _Volume:
         if _is_image(src):
             affine = src.affine if affine is None else affine
             src = np.asanyarray(src.dataobj)
+        elif affine is None:   # the model's spacing is in mm: 1 mm voxels may be far from the scan's
+            warnings.warn("an array without affine=: taken as 1 mm voxels in RAS+ order; pass the scan's affine "
+                          "(e.g. nibabel's img.affine) or the image itself", SegpipeWarning, stacklevel=4)
         a = np.asarray(src)
         while a.ndim > 3 and a.shape[-1] == 1:      # (x, y, z, 1): one volume
             a = a[..., 0]

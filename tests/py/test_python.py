@@ -265,6 +265,11 @@ def test_python_errors_and_gil(tmp):
             segpipe.segment({os.path.join(sp.SHARED, 'data', 'mri', 'tinyT1.nii.gz')!r}, 't1seg.nii.gz')
         assert [str(x.message).split(': ', 1)[1] for x in w] == ['less than 1% of the voxels are below -500: no air '
             'in Hounsfield units, so this does not look like a CT (an MRI? use segpipe mri)'], [str(x.message) for x in w]
+        # an array without its affine: said, not silently taken as 1 mm
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter('always')
+            segpipe.ct(np.full((8, 8, 8), -1000.0), passport=False)
+        assert any('without affine=' in str(x.message) for x in w), [str(x.message) for x in w]
         # the GIL is released while C runs: this thread keeps counting
         m = segpipe.Model(threads=1)
         done, n = [], 0
