@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define fail cli_fail
 #define usage_error cli_usage_error
@@ -252,8 +253,12 @@ static void list_bundled(sp_runtime *rt, int brain)
             printf(brain ? "brain MRI models (segpipe mri --model NAME, chains as A,B; docs/mri.md):\n"
                          : "bundled models (--model NAME):\n");
         first = 0;
-        if (sp_package_load(rt, dir, &pk)) {
-            printf("  %-20s not usable here: %s\n", e->d_name, sp_last_error());
+        if (sp_package_load(rt, dir, &pk)) {   /* a fetched model not fetched yet: its README says how */
+            char readme[PATH_MAX + 16];
+            snprintf(readme, sizeof readme, "%s/README.md", dir);
+            int has = access(readme, R_OK) == 0;
+            printf("  %-20s not usable here: %s%s%s%s\n", e->d_name, sp_last_error(), has ? " (how to get it: " : "",
+                   has ? readme : "", has ? ")" : "");
             continue;
         }
         printf("  %-20s %-8s %3d classes%s\n", e->d_name + (brain ? 10 : 0), sp_package_task(pk),
