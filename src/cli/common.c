@@ -68,9 +68,12 @@ int cli_usage_error(const char *cmd, const char *msg)
     return 2;
 }
 
+/* -q hides the tables, notes and progress, never a warning: a script that
+ * runs an MRI through a CT model with -q still sees it said (new-user trial,
+ * 2026-12-08); -v adds the library's info and debug lines. */
 static void apply_logging(void)
 {
-    sp_log_set_level(g_verbose ? SP_LOG_DEBUG : g_quiet ? SP_LOG_ERROR : SP_LOG_WARN);
+    sp_log_set_level(g_verbose ? SP_LOG_DEBUG : SP_LOG_WARN);
 }
 
 void cli_set_logging(int verbose)

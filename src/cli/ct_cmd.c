@@ -91,7 +91,7 @@ static void ct_help(const ct_opts *o)
            "                           default: one part's memory at a time), or all loaded first\n"
            "                           (resident; --inputs and the service always hold them)\n"
            "      --save-model-labels F  also write the labels at model resolution (canonical grid)\n"
-           "  -q, --quiet / -v, --verbose\n"
+           "  -q, --quiet / -v, --verbose  no tables or notes (warnings still said) / more detail\n"
            "Writes OUTPUT, and beside it <stem>.passport.json and <stem>.statistics.json\n"
            "(with --split: passport.json and statistics.json inside the folder). Nothing is\n"
            "written when the input is refused. Exit codes: docs/cli.md.\n");

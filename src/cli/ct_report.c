@@ -104,10 +104,11 @@ char *cli_run_report(const char *input, const sp_volume *v, const char *model, i
 }
 
 
+/* said on stderr even with -q (a warning is never hidden: common.c) and
+ * kept for the passport's "warnings" */
 void cli_warn(cli_warnings *w, const char *cmd, const char *input, const char *msg)
 {
-    if (!cli_quiet())
-        fprintf(stderr, "segpipe %s: warning: %s: %s\n", cmd, input, msg);
+    fprintf(stderr, "segpipe %s: warning: %s: %s\n", cmd, input, msg);
     if (w->n < CLI_MAX_WARNINGS)
         snprintf(w->msg[w->n++], sizeof w->msg[0], "%s", msg);
 }
