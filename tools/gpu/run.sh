@@ -24,6 +24,9 @@
 #           native MeshNet executor at 16 and 4 threads, ONNX Runtime's CPU
 #           and CUDA providers, then bench/brainchop.py (segpipe vs the
 #           PyTorch network, CPU 16 threads and GPU); pack.sh's zoo.tar
+#   mricold the same chain on the GPU alone, cold (issue #44): tools/gpu/mri_cold.py,
+#           cuDNN HEURISTIC (the one-input default) vs EXHAUSTIVE vs CUDA_MODULE_LOADING=EAGER,
+#           alternated, SP_MRI_RUNS (4) each, then mindgrab and dk104 alone; `segpipe version` x2
 #   cpu     bench/cpu_ct_peer.py: `segpipe ct` on the CPU against PyTorch's
 #           nnU-Net sliding window, TotalSegmentator-fast, 16 and 4 threads;
 #           8 cases through `--inputs` one after another and 4 at a time
@@ -126,6 +129,17 @@ print(f"chain labels native vs cuda: {100 * (a == b).mean():.4f}% of voxels, {10
         PYTHONUNBUFFERED=1 python3 bench/brainchop.py --threads 16 \
           --input $T1 --zoo /root/gpu/bm --models-dir $Z --device $d 2>&1 | tee -a "$OUT/mri.txt"
       done ;;
+    mricold)
+      Z=/root/gpu/zoo
+      [ -d $Z ] || tar -C /root/gpu -xf /root/gpu/zoo.tar
+      [ -d /root/gpu/pylib/nibabel ] || { mkdir -p /root/gpu/pylib && tar -C /root/gpu/pylib -xJf /root/gpu/nibabel.tar.xz; }
+      cp tools/gpu/numpy2_shim.py /root/gpu/pylib/sitecustomize.py
+      TIMEFORMAT="segpipe version: %R s"
+      for i in 1 2; do { time LD_LIBRARY_PATH=$SEGPIPE_LD $SEGPIPE version >/dev/null; } 2>&1; done | tee -a "$OUT/mri_cold.txt"
+      LD_LIBRARY_PATH=$SEGPIPE_LD PYTHONUNBUFFERED=1 python3 tools/gpu/mri_cold.py $SEGPIPE /root/gpu/t1_crop.nii.gz \
+        $Z/brainchop-mindgrab $Z/brainchop-dk104 "$OUT" --runs "${SP_MRI_RUNS:-4}" \
+        --variants "${SP_MRI_VARIANTS:-heuristic,exhaustive,eager}" 2>&1 | tee -a "$OUT/mri_cold.txt"
+      rc=$((rc | PIPESTATUS[0])) ;;
     cpucalls) PYTHONUNBUFFERED=1 python3 bench/cpu_ct_peer.py "$OUT" --threads "${SP_CPU_THREADS:-16,4}" --variants "${SP_CPU_VARIANTS:-auto,tb1}" 2>&1 | tee "$OUT/cpu_calls.txt"
       rc=$((rc | PIPESTATUS[0])) ;;
     cpu) PYTHONUNBUFFERED=1 python3 bench/cpu_ct_peer.py "$OUT" 2>&1 | tee "$OUT/cpu_ct_peer.txt"
@@ -164,7 +178,7 @@ for f in sorted(glob.glob("'"$OUT"'/classify_*.json")):
         --segpipe-parts "${SP_TS_PARTS:-}" \
         --work /root/gpu/ts_f${F//,/-}_p$P --json "$OUT/totalseg_$tag.json" 2>&1 |
         tee "$OUT/totalseg_$tag.txt"; rc=$((rc | PIPESTATUS[0])) ;;
-    *) echo "run.sh: unknown mode $mode (check, test, bench, profile, auto, best, video, mri, cpu, isnet, classify, totalseg)" >&2; rc=2 ;;
+    *) echo "run.sh: unknown mode $mode (check, test, bench, profile, auto, best, video, mri, mricold, cpu, isnet, classify, totalseg)" >&2; rc=2 ;;
   esac
 done
 exit $rc
