@@ -446,6 +446,15 @@ static int ct_check_volume(const ct_opts *o, const sp_volume *v, const sp_packag
     return 0;
 }
 
+/* The model's sessions (sp_package_prepare), made on a thread of their own
+ * while the input is read; the thread's error message kept for the caller */
+typedef struct prepare_job {
+    sp_package *pk;
+    sp_status st;
+    double seconds;
+    char err[1024];
+} prepare_job;
+
 /* What a run holds, so its steps can be apart and freed in one place */
 typedef struct ct_run {
     sp_runtime *rt;
@@ -456,6 +465,10 @@ typedef struct ct_run {
     cli_warnings warn;
     double w0;
     double overlap;          /* seconds of load_model and read that ran at the same time */
+    prepare_job job;         /* the last model's sessions, made beside the read */
+    pthread_t th;            /* its thread, while pending */
+    int pending;             /* a chain: th still making them beside the extractors (ct_join) */
+    double t1;               /* when th started */
     sp_volume *run_v;        /* v times the brain mask of a chain's extractors (mri_chain.c) */
     char *pre;               /* the chain's models before the last, or NULL */
     double mask_mm3;         /* the last extractor's mask volume (eTIV estimate) */
@@ -468,6 +481,8 @@ typedef struct ct_run {
 
 static void ct_run_free(ct_run *r)
 {
+    if (r->pending)
+        pthread_join(r->th, NULL);
     sp_ct_result_free(r->res);
     sp_volume_free(r->run_v);
     free(r->pre);
@@ -510,15 +525,6 @@ static int ct_crop_from(ct_opts *o, ct_run *r)
     return 0;
 }
 
-/* The model's sessions (sp_package_prepare), made on a thread of their own
- * while the input is read; the thread's error message kept for the caller */
-typedef struct prepare_job {
-    sp_package *pk;
-    sp_status st;
-    double seconds;
-    char err[1024];
-} prepare_job;
-
 static void *prepare_run(void *arg)
 {
     prepare_job *j = arg;
@@ -541,6 +547,23 @@ static sp_status ct_read(const ct_opts *o, ct_run *r)
     return sp_volume_read(o->input, &rdp, &r->v);
 }
 
+/* A chain's last model: its sessions' thread joined after the extractors
+ * ran beside it (the main thread busy all the while, so the overlap is its
+ * time plus the thread's less the time both took); 0 or an exit code. */
+static int ct_join(ct_run *r)
+{
+    if (!r->pending)
+        return 0;
+    double busy = sp_now() - r->t1;
+    pthread_join(r->th, NULL);
+    r->pending = 0;
+    if (r->job.st)
+        return cli_errf("%s\n", r->job.err), sp_status_exit_code(r->job.st);
+    sp_timings_add(&r->tt, "load_model", r->job.seconds);
+    r->overlap = fmax(0, r->job.seconds + busy - (sp_now() - r->t1));
+    return 0;
+}
+
 /* Model and input loaded and checked; 0 or an exit code. The manifest is
  * read first, then the sessions are made on a second thread while this one
  * reads the input (SEGPIPE_SERIAL_LOAD=1: one after the other, the input
@@ -556,29 +579,39 @@ static int ct_load(const ct_opts *o, ct_run *r)
     if ((st = sp_runtime_create(&o->rp, &r->rt)) || (st = sp_package_open(r->rt, r->last, &r->pk)))
         return cli_fail(st, NULL);
     cli_demo_note(r->pk, cli_quiet());
-    prepare_job j = {.pk = r->pk};
+    prepare_job *j = &r->job;
+    j->pk = r->pk;
     const char *serial = getenv("SEGPIPE_SERIAL_LOAD");
-    pthread_t th;
     double t1 = sp_now(), opened = t1 - t0;   /* before the thread starts: the overlap is at most either stage */
-    int threaded = !(serial && !strcmp(serial, "1")) && !pthread_create(&th, NULL, prepare_run, &j);
+    int threaded = !(serial && !strcmp(serial, "1")) && !pthread_create(&r->th, NULL, prepare_run, j);
     if (!threaded)
-        prepare_run(&j);
+        prepare_run(j);
     double t2 = sp_now();
-    st = threaded || !j.st ? ct_read(o, r) : SP_OK;
+    st = threaded || !j->st ? ct_read(o, r) : SP_OK;
     double read = sp_now() - t2;
-    if (threaded)
-        pthread_join(th, NULL);
-    if (j.st)
-        return cli_errf("%s\n", j.err), sp_status_exit_code(j.st);   /* as cli_fail says it */
-    sp_timings_add(&r->tt, "load_model", opened + j.seconds);
+    sp_timings_add(&r->tt, "load_model", opened);
+    if (threaded && !st && r->pre) {   /* a chain: the last model's sessions go on beside the extractors */
+        r->pending = 1;
+        r->t1 = t1;
+    } else if (threaded) {
+        pthread_join(r->th, NULL);
+    }
+    if (!r->pending && j->st)
+        return cli_errf("%s\n", j->err), sp_status_exit_code(j->st);   /* as cli_fail says it */
+    if (!r->pending)
+        sp_timings_add(&r->tt, "load_model", j->seconds);
     if (st)
         return cli_fail(st, NULL);
     sp_timings_add(&r->tt, "read", read);
-    r->overlap = threaded ? fmax(0, j.seconds + read - (sp_now() - t1)) : 0;
+    r->overlap = threaded && !r->pending ? fmax(0, j->seconds + read - (sp_now() - t1)) : 0;
     if (o->dicom_out && !sp_volume_from_dicom(r->v))
         return cli_usage_error(o->cmd, "--output-type dicom-seg/dicom-rtstruct needs a DICOM input (a DICOM-SEG or "
                                "RTSTRUCT references the series it was made from)");
-    return ct_check_volume(o, r->v, r->pk, &r->warn);
+    if ((rc = ct_check_volume(o, r->v, r->pk, &r->warn)) && r->pending) {
+        int mrc = ct_join(r);   /* a bad model still wins */
+        rc = mrc ? mrc : rc;
+    }
+    return rc;
 }
 
 /* Labels, passport (with its provenance), statistics, report; messages */
@@ -612,7 +645,8 @@ static int ct_finish(const ct_opts *o, ct_run *r, int argc, char **argv)
             printf("%s\n", sp_passport_table(ps));
         cli_print_timings(stdout, &r->tt, wall);
         if (r->overlap >= 0.0005)
-            printf("(load model and read ran at the same time: %.3f s of the total overlapped)\n", r->overlap);
+            printf("(load model and read%s ran at the same time: %.3f s of the total overlapped)\n",
+                   r->pre ? ", the chain's extractors," : "", r->overlap);
         printf("labels: %s\n", o->output);
         if (ps)
             printf("passport: %s\nstatistics: %s\n", ppath, spath);
@@ -649,6 +683,8 @@ static int ct_run_one(ct_opts *o, int argc, char **argv)
         rc = ct_crop_from(o, &r);
     if (!rc && r.pre)   /* a chain: the extractors' brain first (mri_chain.c) */
         rc = cli_chain_strip(r.rt, r.pre, r.v, &o->cp, &r.tt, &r.run_v, &r.mask_mm3);
+    if (!rc)
+        rc = ct_join(&r);
     if (!rc) {
         /* afterwards only the geometry is read (and the CT by a split output's skin mask) */
         o->cp.release_input = !o->preview && !(o->split && !o->no_derived && sp_package_has_derived_masks(r.pk));

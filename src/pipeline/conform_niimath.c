@@ -17,6 +17,7 @@
 #include "pipeline.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef struct nm_ctx {
@@ -27,40 +28,89 @@ typedef struct nm_ctx {
     float *dst;
 } nm_ctx;
 
-/* niimath's getscale: the robust source range (f_low 0). */
-static void get_scale(const float *x, int64_t n, double f_high, float *smin, float *scale)
+/* get_scale's passes, split over the pool: per worker the range, the counts
+ * of non-zero and negative voxels, then the histogram; merged in order (min,
+ * max and integer counts: the same result as one serial pass). */
+enum { NB = 1000 };
+typedef struct gs_ctx {
+    const float *x;
+    float lo, bin;
+    float *wlo, *whi;
+    int64_t *wnz, *wneg;
+    int64_t (*hist)[NB];
+} gs_ctx;
+
+static void gs_range(void *vc, int64_t b, int64_t e, int w)
 {
+    gs_ctx *c = vc;
+    float lo = c->wlo[w], hi = c->whi[w];
+    int64_t nz = 0, neg = 0;
+    for (int64_t i = b; i < e; i++) {
+        lo = fminf(lo, c->x[i]);
+        hi = fmaxf(hi, c->x[i]);
+        nz += fabsf(c->x[i]) >= 1e-15f;
+        neg += c->x[i] < 0;
+    }
+    c->wlo[w] = lo, c->whi[w] = hi;
+    c->wnz[w] += nz, c->wneg[w] += neg;
+}
+
+static void gs_hist(void *vc, int64_t b, int64_t e, int w)
+{
+    gs_ctx *c = vc;
+    int64_t *cs = c->hist[w];
+    for (int64_t i = b; i < e; i++) {
+        int k = (int)((c->x[i] - c->lo) / c->bin);
+        k = k > NB - 1 ? NB - 1 : k < 0 ? 0 : k;
+        cs[k]++;
+    }
+}
+
+/* niimath's getscale: the robust source range (f_low 0); *mn the minimum. */
+static sp_status get_scale(const float *x, int64_t n, double f_high, float *smin, float *scale, float *mn,
+                           sp_pool *pool)
+{
+    int nw = sp_pool_size(pool);
+    gs_ctx c = {.x = x, .wlo = malloc((size_t)nw * sizeof(float)), .whi = malloc((size_t)nw * sizeof(float)),
+                .wnz = calloc((size_t)nw, sizeof(int64_t)), .wneg = calloc((size_t)nw, sizeof(int64_t)),
+                .hist = calloc((size_t)nw, sizeof *c.hist)};
+    sp_status st = c.wlo && c.whi && c.wnz && c.wneg && c.hist ? SP_OK
+                                                               : sp_fail(SP_ERR_NOMEM, "conform: histogram");
     float lo = x[0], hi = x[0];
     int64_t nz = 0, neg = 0;
-    for (int64_t i = 0; i < n; i++) {
-        lo = fminf(lo, x[i]);
-        hi = fmaxf(hi, x[i]);
-        nz += fabsf(x[i]) >= 1e-15f;
-        neg += x[i] < 0;
+    for (int w = 0; !st && w < nw; w++)
+        c.wlo[w] = c.whi[w] = x[0];
+    if (!st)
+        sp_pool_for(pool, n, 1 << 16, gs_range, &c);
+    for (int w = 0; !st && w < nw; w++) {
+        lo = fminf(lo, c.wlo[w]), hi = fmaxf(hi, c.whi[w]);
+        nz += c.wnz[w], neg += c.wneg[w];
     }
+    *mn = lo;
     if (lo < 0 && 100.0 * (double)neg / (double)n < 2.0)
         lo = 0;
     *smin = lo;
     *scale = 1;
-    if (f_high >= 1.0 || !(hi > lo))   /* a constant volume: no histogram (niimath would divide by 0) */
-        return;
-    enum { NB = 1000 };
-    int64_t cs[NB] = {0};
-    float bin = (hi - lo) / NB;
-    for (int64_t i = 0; i < n; i++) {
-        int b = (int)((x[i] - lo) / bin);
-        b = b > NB - 1 ? NB - 1 : b < 0 ? 0 : b;
-        cs[b]++;
+    if (!st && f_high < 1.0 && hi > lo) {   /* a constant volume: no histogram (niimath would divide by 0) */
+        c.lo = lo;
+        c.bin = (hi - lo) / NB;
+        sp_pool_for(pool, n, 1 << 16, gs_hist, &c);
+        int64_t cs[NB] = {0};
+        for (int w = 0; w < nw; w++)
+            for (int b = 0; b < NB; b++)
+                cs[b] += c.hist[w][b];
+        for (int b = 1; b < NB; b++)
+            cs[b] += cs[b - 1];
+        int64_t nth = n - (int64_t)((1.0 - (double)(float)f_high) * (double)nz);
+        int idx = 0;
+        while (idx < NB - 1 && cs[idx + 1] < nth)
+            idx++;
+        float smax = (float)idx * c.bin + lo;
+        if (lo != smax)
+            *scale = 255.0f / (smax - lo);
     }
-    for (int b = 1; b < NB; b++)
-        cs[b] += cs[b - 1];
-    int64_t nth = n - (int64_t)((1.0 - (double)(float)f_high) * (double)nz);
-    int idx = 0;
-    while (idx < NB - 1 && cs[idx + 1] < nth)
-        idx++;
-    float smax = (float)idx * bin + lo;
-    if (lo != smax)
-        *scale = 255.0f / (smax - lo);
+    free(c.wlo), free(c.whi), free(c.wnz), free(c.wneg), free(c.hist);
+    return st;
 }
 
 static inline float sc(const nm_ctx *c, float v)
@@ -134,11 +184,9 @@ sp_status sp_conform_niimath_volume(const float *src, const int64_t dim[3], cons
     for (int r = 0; r < 3; r++)
         for (int k = 0; k < 4; k++)
             c.m[r][k] = (float)m[r][k];
-    int64_t n = dim[0] * dim[1] * dim[2];
-    get_scale(src, n, f_high, &c.smin, &c.scale);
-    float mn = src[0];
-    for (int64_t i = 1; i < n; i++)
-        mn = fminf(mn, src[i]);
+    float mn;
+    if ((st = get_scale(src, dim[0] * dim[1] * dim[2], f_high, &c.smin, &c.scale, &mn, pool)))
+        return st;
     c.fill = sc(&c, mn);
     sp_pool_for(pool, c.od[1] * c.od[2], 4, nm_rows, &c);
     return SP_OK;

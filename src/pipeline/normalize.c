@@ -93,11 +93,68 @@ static double quantile(float *tmp, int64_t n, double q)
     return t >= 0.5 ? b - (b - a) * (1 - t) : a + (b - a) * t;
 }
 
+/* The counts of each integer 0..255 in x, per worker; bin 256 counts every
+ * other value (a fraction, out of range, NaN). */
+typedef struct hist_ctx {
+    const float *x;
+    int64_t (*h)[257];
+} hist_ctx;
+
+static void hist_range(void *vc, int64_t b, int64_t e, int w)
+{
+    hist_ctx *c = vc;
+    int64_t *h = c->h[w];
+    for (int64_t i = b; i < e; i++) {
+        float v = c->x[i];
+        int k = v >= 0 && v <= 255 ? (int)v : 256;
+        h[k != 256 && (float)k == v ? k : 256]++;
+    }
+}
+
+/* The k-th smallest of a volume whose counts h[0..255] cover every voxel */
+static double hist_kth(const int64_t *h, int64_t k)
+{
+    int64_t cum = 0;
+    for (int v = 0; v < 256; v++)
+        if ((cum += h[v]) > k)
+            return v;
+    return 255;
+}
+
+/* quantile() from the counts: the same order statistics, without a copy
+ * and a selection, where every voxel is an integer 0..255 (a conformed
+ * uint8 volume, conform_niimath.c); 0 where some voxel is not. */
+static int hist_quantiles(const float *x, int64_t n, const sp_norm *nm, sp_pool *pool, double *lo, double *hi)
+{
+    int nw = sp_pool_size(pool);
+    hist_ctx c = {.x = x, .h = calloc((size_t)nw, sizeof *c.h)};
+    if (!c.h)
+        return 0;
+    sp_pool_for(pool, n, 1 << 16, hist_range, &c);
+    int64_t h[257] = {0};
+    for (int w = 0; w < nw; w++)
+        for (int v = 0; v < 257; v++)
+            h[v] += c.h[w][v];
+    free(c.h);
+    if (h[256])
+        return 0;
+    double q[2] = {nm->lo, nm->hi}, *out[2] = {lo, hi};
+    for (int i = 0; i < 2; i++) {
+        double pos = q[i] * (double)(n - 1);
+        int64_t k = (int64_t)floor(pos);
+        double t = pos - (double)k, a = hist_kth(h, k), b = t > 0 && k + 1 < n ? hist_kth(h, k + 1) : a;
+        *out[i] = t >= 0.5 ? b - (b - a) * (1 - t) : a + (b - a) * t;
+    }
+    return 1;
+}
+
 static void quantile_norm(float *x, int64_t n, const sp_norm *nm, sp_pool *pool)
 {
-    float *tmp = malloc((size_t)n * sizeof *tmp);
     double lo = 0, hi = 1;
-    if (tmp) {
+    float *tmp = NULL;
+    if (hist_quantiles(x, n, nm, pool, &lo, &hi))
+        ;   /* a uint8-valued volume: from its counts */
+    else if ((tmp = malloc((size_t)n * sizeof *tmp))) {
         memcpy(tmp, x, (size_t)n * sizeof *tmp);
         lo = quantile(tmp, n, nm->lo);
         hi = quantile(tmp, n, nm->hi);

@@ -9,6 +9,10 @@ every setting sees the same machine state:
   exhaustive SEGPIPE_CUDA_OPTIONS=cudnn_conv_algo_search=EXHAUSTIVE (what a
              one-input run did before one_shot)
   eager      the default with CUDA_MODULE_LOADING=EAGER
+  serial     SEGPIPE_SERIAL_LOAD=1 (model sessions made before the read and,
+             in a chain, not beside the extractors)
+  base       the default with another segpipe binary (--base: an earlier
+             build, the peer of a change measured in the same call)
 
 A first run before the rounds (the optimised-graph cache, the page cache) is
 reported apart. Then, once each, mindgrab alone and dk104 alone (cold, the
@@ -17,7 +21,7 @@ per run (process wall, segpipe's own wall and stages from --report) and writes
 JSON to OUT/mri_cold.json, the stage table of each setting's first round to
 OUT/mri_cold_tables.txt.
 
-  mri_cold.py SEGPIPE T1 MINDGRAB DK104 OUT [--runs N] [--variants a,b,c]
+  mri_cold.py SEGPIPE T1 MINDGRAB DK104 OUT [--runs N] [--variants a,b,c] [--base SEGPIPE_BASE]
 """
 import argparse
 import json
@@ -30,6 +34,8 @@ VARIANTS = {
     "heuristic": {},
     "exhaustive": {"SEGPIPE_CUDA_OPTIONS": "cudnn_conv_algo_search=EXHAUSTIVE"},
     "eager": {"CUDA_MODULE_LOADING": "EAGER"},
+    "serial": {"SEGPIPE_SERIAL_LOAD": "1"},
+    "base": {},
 }
 
 
@@ -61,7 +67,8 @@ def agree(a, b):
         return f"labels not compared ({e})"
     x, y = (np.asarray(nib.load(f).dataobj) for f in (a, b))
     m = (x > 0) | (y > 0)
-    return f"{100 * (x == y).mean():.4f}% of voxels, {100 * (x[m] == y[m]).mean():.3f}% of labelled"
+    same = " (identical)" if np.array_equal(x, y) else ""
+    return f"{100 * (x == y).mean():.4f}% of voxels, {100 * (x[m] == y[m]).mean():.3f}% of labelled{same}"
 
 
 def main():
@@ -73,6 +80,7 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--runs", type=int, default=4)
     ap.add_argument("--variants", default="heuristic,exhaustive,eager")
+    ap.add_argument("--base", help="the segpipe binary of the variant 'base'")
     a = ap.parse_args()
     chain = f"{a.mindgrab},{a.dk104}"
     res = []
@@ -80,12 +88,15 @@ def main():
         res.append(run(a.segpipe, a.t1, chain, "first", {}, a.out, tables))
         for i in range(a.runs):
             for v in a.variants.split(","):
-                res.append(run(a.segpipe, a.t1, chain, f"{v}{i + 1}", VARIANTS[v], a.out, tables if i == 0 else None))
+                exe = a.base if v == "base" else a.segpipe
+                res.append(run(exe, a.t1, chain, f"{v}{i + 1}", VARIANTS[v], a.out, tables if i == 0 else None))
         for name, m in (("mindgrab-alone", a.mindgrab), ("dk104-alone", a.dk104)):
             res.append(run(a.segpipe, a.t1, m, name, {}, a.out, tables))
+            if a.base:
+                res.append(run(a.base, a.t1, m, name + "-base", {}, a.out, tables))
     v = a.variants.split(",")
-    if len(v) > 1:
-        print(f"labels {v[0]}1 vs {v[1]}1: " + agree(f"/tmp/mri_cold_{v[0]}1.nii.gz", f"/tmp/mri_cold_{v[1]}1.nii.gz"))
+    for other in v[1:]:
+        print(f"labels {v[0]}1 vs {other}1: " + agree(f"/tmp/mri_cold_{v[0]}1.nii.gz", f"/tmp/mri_cold_{other}1.nii.gz"))
     for name in v:
         w = sorted(r["wall"] for r in res if r["tag"].rstrip("0123456789") == name and "wall" in r)
         if w:

@@ -26,7 +26,8 @@
 #           PyTorch network, CPU 16 threads and GPU); pack.sh's zoo.tar
 #   mricold the same chain on the GPU alone, cold (issue #44): tools/gpu/mri_cold.py,
 #           cuDNN HEURISTIC (the one-input default) vs EXHAUSTIVE vs CUDA_MODULE_LOADING=EAGER,
-#           alternated, SP_MRI_RUNS (4) each, then mindgrab and dk104 alone; `segpipe version` x2
+#           alternated, SP_MRI_RUNS (4) each, then mindgrab and dk104 alone; `segpipe version` x2;
+#           SP_MRI_VARIANTS (also serial, base), SP_MRI_BASE: the binary of 'base' (an earlier build)
 #   cpu     bench/cpu_ct_peer.py: `segpipe ct` on the CPU against PyTorch's
 #           nnU-Net sliding window, TotalSegmentator-fast, 16 and 4 threads;
 #           8 cases through `--inputs` one after another and 4 at a time
@@ -138,7 +139,8 @@ print(f"chain labels native vs cuda: {100 * (a == b).mean():.4f}% of voxels, {10
       for i in 1 2; do { time LD_LIBRARY_PATH=$SEGPIPE_LD $SEGPIPE version >/dev/null; } 2>&1; done | tee -a "$OUT/mri_cold.txt"
       LD_LIBRARY_PATH=$SEGPIPE_LD PYTHONUNBUFFERED=1 python3 tools/gpu/mri_cold.py $SEGPIPE /root/gpu/t1_crop.nii.gz \
         $Z/brainchop-mindgrab $Z/brainchop-dk104 "$OUT" --runs "${SP_MRI_RUNS:-4}" \
-        --variants "${SP_MRI_VARIANTS:-heuristic,exhaustive,eager}" 2>&1 | tee -a "$OUT/mri_cold.txt"
+        --variants "${SP_MRI_VARIANTS:-heuristic,exhaustive,eager}" ${SP_MRI_BASE:+--base "$SP_MRI_BASE"} 2>&1 |
+        tee -a "$OUT/mri_cold.txt"
       rc=$((rc | PIPESTATUS[0])) ;;
     cpucalls) PYTHONUNBUFFERED=1 python3 bench/cpu_ct_peer.py "$OUT" --threads "${SP_CPU_THREADS:-16,4}" --variants "${SP_CPU_VARIANTS:-auto,tb1}" 2>&1 | tee "$OUT/cpu_calls.txt"
       rc=$((rc | PIPESTATUS[0])) ;;
