@@ -7,7 +7,7 @@ this machine cannot install).
 The weights are not in this repository: tools/fetch/fetch_brainchop.sh puts
 them in build/brainchop-models (or ../shared/models/brainchop-models, or
 $SEGPIPE_BRAINCHOP_MODELS); without them these tests skip, saying so."""
-import json, os, subprocess, sys
+import json, os, shutil, subprocess, sys
 import numpy as np
 import nibabel as nib
 import sp
@@ -220,6 +220,31 @@ def test_brainchop_chain_errors(tmp):
         p = sp.run("mri", src, "-o", os.path.join(tmp, "o.nii.gz"), "--model", m, "-q")
         assert p.returncode == code and "--model" in p.stderr and not os.path.exists(os.path.join(tmp, "o.nii.gz")), \
             (m, p.returncode, p.stderr)
+
+
+def test_brainchop_chain_overlap(tmp):
+    """A chain's last model is prepared beside the read and the extractors (ct_cmd.c ct_join): the
+    same label file byte for byte as SEGPIPE_SERIAL_LOAD=1 (everything in turn), the overlap in the
+    report at most the model's load; a last model whose ONNX file is broken still fails with exit 4
+    and the same message in both orders, nothing written."""
+    ext, dk = small_package(tmp, "model5_gw_ae", 64), small_package(tmp, "model21_104class", 64)
+    broken = os.path.join(tmp, "broken")
+    shutil.copytree(dk, broken)
+    open(os.path.join(broken, "model.onnx"), "wb").write(b"not an onnx file" * 64)
+    src = os.path.join(MRI, "bet.nii.gz")
+    got = {}
+    for model, name in ((f"{ext},{dk}", "ok"), (f"{ext},{broken}", "bad")):
+        for serial in ("0", "1"):
+            out, rep = (os.path.join(tmp, f"{name}{serial}.{e}") for e in ("nii.gz", "json"))
+            p = sp.run("mri", src, "-o", out, "--model", model, "--no-passport", "--report", rep,
+                       env={"SEGPIPE_SERIAL_LOAD": serial})
+            got[name, serial] = (p.returncode, p.stderr, out if os.path.exists(out) else None, rep)
+    (rc0, _, f0, rep0), (rc1, _, f1, rep1) = got["ok", "0"], got["ok", "1"]
+    assert rc0 == rc1 == 0 and open(f0, "rb").read() == open(f1, "rb").read()
+    r0, r1 = json.load(open(rep0)), json.load(open(rep1))
+    assert r1["overlapped_seconds"] == 0 and 0 <= r0["overlapped_seconds"] <= r0["seconds"]["load_model"] + 1e-3, r0
+    (rc0, err0, f0, _), (rc1, err1, f1, _) = got["bad", "0"], got["bad", "1"]
+    assert rc0 == rc1 == 4 and err0 == err1 and "broken" in err0 and f0 is None and f1 is None, (rc0, rc1, err0, err1)
 
 
 def test_brainchop_python(tmp):
