@@ -238,3 +238,57 @@ void test_passport_int16_equals_float(void)
     free(s);
     free(lab);
 }
+
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* numpy.quantile(x, q) ("linear") from a sorted copy: the reference */
+static double sorted_quantile(const float *s, int64_t n, double q)
+{
+    double pos = q * (double)(n - 1);
+    int64_t k = (int64_t)floor(pos);
+    double t = pos - (double)k, a = s[k], b = k + 1 < n ? s[k + 1] : a;
+    return t >= 0.5 ? b - (b - a) * (1 - t) : a + (b - a) * t;
+}
+
+/* brainchop's quantile normalisation: a uint8-valued volume (its counts,
+ * normalize.c) and one with a fraction (a copy and quickselect) both equal
+ * (x - q_lo) / (q_hi - q_lo + eps) clipped to [0, 1] with the quantiles of a
+ * sorted copy, value for value; over a pool of 3 and of 1. */
+void test_normalize_quantile(void)
+{
+    enum { N = 4099 };
+    sp_norm nm = {.scheme = SP_NORM_QUANTILE, .lo = 0.02, .hi = 0.98, .mean = 1e-3};
+    float *x = malloc(N * sizeof *x), *s = malloc(N * sizeof *s), *y = malloc(N * sizeof *y);
+    CHECK(x && s && y);
+    if (!x || !s || !y)
+        return;
+    for (int frac = 0; frac < 2; frac++)
+        for (int th = 1; th <= 3; th += 2) {
+            unsigned r = 12345;
+            for (int i = 0; i < N; i++) {
+                r = r * 1103515245u + 12345u;
+                x[i] = (float)((r >> 16) % 200) + (i % 3 ? 0.0f : 30.0f);   /* 0..229, lumpy */
+            }
+            if (frac)
+                x[N / 2] = 17.5f;
+            memcpy(s, x, N * sizeof *s);
+            qsort(s, N, sizeof *s, cmp_float);
+            double lo = sorted_quantile(s, N, nm.lo), hi = sorted_quantile(s, N, nm.hi);
+            memcpy(y, x, N * sizeof *y);
+            sp_pool *pool = sp_pool_create(th);
+            sp_normalize(y, N, &nm, pool);
+            sp_pool_free(pool);
+            int bad = 0;
+            for (int i = 0; i < N; i++) {
+                double v = ((double)x[i] - lo) * (1.0 / (hi - lo + nm.mean));
+                v = v < 0 ? 0 : v > 1 ? 1 : v;
+                bad += y[i] != (float)v;
+            }
+            CHECK_MSG(bad == 0, frac ? "with a fraction" : "uint8-valued");
+        }
+    free(x), free(s), free(y);
+}
