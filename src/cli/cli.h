@@ -166,9 +166,11 @@ int cli_ct_parse(int argc, char **argv, ct_opts *o);
  * (malloc'd, or NULL) the ones before it; 0 or an exit code (printed) */
 int cli_chain_resolve(const char *models, char *last, size_t cap, char **pre);
 /* v masked by each extractor of pre in turn into a new *out, *mask_mm3 the
- * last mask's volume; 0 or an exit code */
+ * last mask's volume; loaded(user), when given, is called once, after the
+ * first extractor's package is loaded (ct_cmd.c then makes the last model's
+ * sessions beside the extractors); 0 or an exit code */
 int cli_chain_strip(sp_runtime *rt, const char *pre, const sp_volume *v, const sp_ct_params *cp, sp_timings *tt,
-                    sp_volume **out, double *mask_mm3);
+                    sp_volume **out, double *mask_mm3, void (*loaded)(void *), void *user);
 /* brain_stats.c: <stem>.aseg.stats and <stem>.stats.csv from a brain MRI
  * passport (etiv_mm3 <= 0: no eTIV line); 0 or an exit code (printed) */
 int cli_brain_stats(const char *passport_json, const char *stem, const char *model, double etiv_mm3);

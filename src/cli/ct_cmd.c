@@ -467,7 +467,8 @@ typedef struct ct_run {
     double overlap;          /* seconds of load_model and read that ran at the same time */
     prepare_job job;         /* the last model's sessions, made beside the read */
     pthread_t th;            /* its thread, while pending */
-    int pending;             /* a chain: th still making them beside the extractors (ct_join) */
+    int deferred;            /* a chain: the sessions made beside the extractors (ct_start, ct_join) */
+    int pending;             /* th started and not joined yet */
     double t1;               /* when th started */
     sp_volume *run_v;        /* v times the brain mask of a chain's extractors (mri_chain.c) */
     char *pre;               /* the chain's models before the last, or NULL */
@@ -547,20 +548,35 @@ static sp_status ct_read(const ct_opts *o, ct_run *r)
     return sp_volume_read(o->input, &rdp, &r->v);
 }
 
-/* A chain's last model: its sessions' thread joined after the extractors
- * ran beside it (the main thread busy all the while, so the overlap is its
- * time plus the thread's less the time both took); 0 or an exit code. */
+/* A chain's last model: its sessions' thread, started once the first
+ * extractor's package is loaded (cli_chain_strip's hook), so that the
+ * extractor's own sessions come first; it then runs beside the extractor. */
+static void ct_start(void *arg)
+{
+    ct_run *r = arg;
+    r->t1 = sp_now();
+    r->pending = !pthread_create(&r->th, NULL, prepare_run, &r->job);
+}
+
+/* The chain's last model ready: its thread joined (or, never started, its
+ * sessions made here); the main thread was busy all the while, so the
+ * overlap is its time plus the thread's less the time both took. 0 or an
+ * exit code. */
 static int ct_join(ct_run *r)
 {
-    if (!r->pending)
+    if (!r->deferred)
         return 0;
+    r->deferred = 0;
     double busy = sp_now() - r->t1;
-    pthread_join(r->th, NULL);
-    r->pending = 0;
+    if (r->pending)
+        pthread_join(r->th, NULL);
+    else
+        prepare_run(&r->job);
     if (r->job.st)
-        return cli_errf("%s\n", r->job.err), sp_status_exit_code(r->job.st);
+        return r->pending = 0, cli_errf("%s\n", r->job.err), sp_status_exit_code(r->job.st);
     sp_timings_add(&r->tt, "load_model", r->job.seconds);
-    r->overlap = fmax(0, r->job.seconds + busy - (sp_now() - r->t1));
+    r->overlap = r->pending ? fmax(0, r->job.seconds + busy - (sp_now() - r->t1)) : 0;
+    r->pending = 0;
     return 0;
 }
 
@@ -582,32 +598,32 @@ static int ct_load(const ct_opts *o, ct_run *r)
     prepare_job *j = &r->job;
     j->pk = r->pk;
     const char *serial = getenv("SEGPIPE_SERIAL_LOAD");
+    int ser = serial && !strcmp(serial, "1");
     double t1 = sp_now(), opened = t1 - t0;   /* before the thread starts: the overlap is at most either stage */
-    int threaded = !(serial && !strcmp(serial, "1")) && !pthread_create(&r->th, NULL, prepare_run, j);
-    if (!threaded)
+    r->deferred = !ser && r->pre;   /* a chain: after the first extractor's load (ct_start) */
+    int threaded = !ser && !r->deferred && !pthread_create(&r->th, NULL, prepare_run, j);
+    if (!threaded && !r->deferred)
         prepare_run(j);
     double t2 = sp_now();
-    st = threaded || !j->st ? ct_read(o, r) : SP_OK;
+    st = threaded || r->deferred || !j->st ? ct_read(o, r) : SP_OK;
     double read = sp_now() - t2;
     sp_timings_add(&r->tt, "load_model", opened);
-    if (threaded && !st && r->pre) {   /* a chain: the last model's sessions go on beside the extractors */
-        r->pending = 1;
-        r->t1 = t1;
-    } else if (threaded) {
+    if (threaded)
         pthread_join(r->th, NULL);
-    }
-    if (!r->pending && j->st)
+    if (st && r->deferred)   /* a bad input: a bad model still wins */
+        return (rc = ct_join(r)) ? rc : cli_fail(st, NULL);
+    if (!r->deferred && j->st)
         return cli_errf("%s\n", j->err), sp_status_exit_code(j->st);   /* as cli_fail says it */
-    if (!r->pending)
+    if (!r->deferred)
         sp_timings_add(&r->tt, "load_model", j->seconds);
     if (st)
         return cli_fail(st, NULL);
     sp_timings_add(&r->tt, "read", read);
-    r->overlap = threaded && !r->pending ? fmax(0, j->seconds + read - (sp_now() - t1)) : 0;
+    r->overlap = threaded ? fmax(0, j->seconds + read - (sp_now() - t1)) : 0;
     if (o->dicom_out && !sp_volume_from_dicom(r->v))
         return cli_usage_error(o->cmd, "--output-type dicom-seg/dicom-rtstruct needs a DICOM input (a DICOM-SEG or "
                                "RTSTRUCT references the series it was made from)");
-    if ((rc = ct_check_volume(o, r->v, r->pk, &r->warn)) && r->pending) {
+    if ((rc = ct_check_volume(o, r->v, r->pk, &r->warn)) && r->deferred) {
         int mrc = ct_join(r);   /* a bad model still wins */
         rc = mrc ? mrc : rc;
     }
@@ -682,7 +698,8 @@ static int ct_run_one(ct_opts *o, int argc, char **argv)
     if (!rc && o->crop_from)
         rc = ct_crop_from(o, &r);
     if (!rc && r.pre)   /* a chain: the extractors' brain first (mri_chain.c) */
-        rc = cli_chain_strip(r.rt, r.pre, r.v, &o->cp, &r.tt, &r.run_v, &r.mask_mm3);
+        rc = cli_chain_strip(r.rt, r.pre, r.v, &o->cp, &r.tt, &r.run_v, &r.mask_mm3, r.deferred ? ct_start : NULL,
+                             &r);
     if (!rc)
         rc = ct_join(&r);
     if (!rc) {

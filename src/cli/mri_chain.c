@@ -74,7 +74,7 @@ int cli_chain_resolve(const char *models, char *last, size_t cap, char **pre)
 
 /* v times the brain mask of one extractor: a new volume in *out */
 static sp_status strip_once(sp_runtime *rt, const char *dir, const sp_volume *v, const sp_ct_params *cp,
-                            sp_timings *tt, sp_volume **out, double *mask_mm3)
+                            sp_timings *tt, sp_volume **out, double *mask_mm3, void (*loaded)(void *), void *user)
 {
     sp_package *pk = NULL;
     sp_ct_result *res = NULL;
@@ -84,6 +84,8 @@ static sp_status strip_once(sp_runtime *rt, const char *dir, const sp_volume *v,
     p.progress = NULL;
     double t0 = sp_now();
     sp_status st = sp_package_load(rt, dir, &pk);
+    if (loaded)
+        loaded(user);
     if (!st)
         st = sp_ct_run(pk, v, &p, &res);
     if (!st) {
@@ -117,7 +119,7 @@ static sp_status strip_once(sp_runtime *rt, const char *dir, const sp_volume *v,
 }
 
 int cli_chain_strip(sp_runtime *rt, const char *pre, const sp_volume *v, const sp_ct_params *cp, sp_timings *tt,
-                    sp_volume **out, double *mask_mm3)
+                    sp_volume **out, double *mask_mm3, void (*loaded)(void *), void *user)
 {
     char *list = strdup(pre), *save = NULL;
     if (!list)
@@ -128,7 +130,8 @@ int cli_chain_strip(sp_runtime *rt, const char *pre, const sp_volume *v, const s
         char dir[PATH_MAX];
         sp_volume *next = NULL;
         if (!(rc = resolve(tok, dir, sizeof dir))) {
-            sp_status st = strip_once(rt, dir, cur ? cur : v, cp, tt, &next, mask_mm3);
+            sp_status st = strip_once(rt, dir, cur ? cur : v, cp, tt, &next, mask_mm3, loaded, user);
+            loaded = NULL;   /* once */
             rc = st ? failed(st, dir) : 0;
         }
         sp_volume_free(cur);
