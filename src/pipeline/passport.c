@@ -662,8 +662,8 @@ static sp_status passport_compute(const sp_volume *ct, const int16_t *ct16, cons
     sp_buf_puts(&J, tt.found ? "\n ],\n" : "],\n");
     scan_json(&J, g, &tt, B.s);
     sp_buf_printf(&T, "%d structures, %d touching the border%s, %.1f ml labelled\n", tt.found, tt.nborder,
-                  tt.nborder ? " (their volumes are lower bounds; statistics.json gives them 0, as TotalSegmentator "
-                               "does, unless --keep-border)" : "", tt.total_ml);
+                  tt.nborder ? " (their volumes are lower bounds; the statistics give them 0, as TotalSegmentator's "
+                               "do, unless --keep-border)" : "", tt.total_ml);
     statistics_json(&S, &c, names, n_names, tt.vox_vol, p.keep_border);
     ps->json = sp_buf_take(&J);
     ps->stats = sp_buf_take(&S);
