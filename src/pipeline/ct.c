@@ -164,11 +164,16 @@ static sp_status check_finite(const sp_volume *ct, sp_pool *pool)
  * tile at a time, 0.83x against 1.16x at 4) when 3x their logits a call
  * (2.1x measured: the logits and the network's activations) fits in half
  * the memory the system has available. */
+int sp_ct_tile_channels(const sp_package *pk)
+{
+    const sp_manifest *mf = &pk->mf;
+    return mf->head_w ? mf->head_features : mf->n_regions ? mf->n_regions : mf->num_classes;
+}
+
 int sp_ct_auto_tile_batch(const sp_package *pk)
 {
     const sp_manifest *mf = &pk->mf;
-    int ch = mf->head_w ? mf->head_features : mf->n_regions ? mf->n_regions : mf->num_classes;
-    double tile_bytes = 4.0 * ch * (double)(mf->patch[0] * mf->patch[1] * mf->patch[2]);
+    double tile_bytes = 4.0 * sp_ct_tile_channels(pk) * (double)(mf->patch[0] * mf->patch[1] * mf->patch[2]);
     int b = (int)fmax(1, fmin(4, 256e6 / tile_bytes));
     const sp_runtime *rt = sp_package_runtime(pk);   /* also between an on-demand part's runs */
     if (b < 4 && rt && !strcmp(sp_runtime_device_name(rt), "cpu") && sp_runtime_threads(rt) >= 4) {

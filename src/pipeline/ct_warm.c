@@ -18,17 +18,13 @@
 #include "../runtime/package.h"
 
 #include <stdlib.h>
-#include <string.h>
 
 /* 1 when the window of a run of pk with the default tile batch runs its
- * batches as calls on one-thread sessions (window.c win_options + window_calls.c). */
+ * batches as calls on one-thread sessions (window_calls.c's own rules) */
 static int uses_solo_calls(const sp_package *pk)
 {
-    const sp_runtime *rt = sp_package_runtime(pk);
-    if (!pk->model || !rt || strcmp(sp_runtime_device_name(rt), "cpu") != 0 || !sp_window_calls_wanted())
-        return 0;
-    int b = sp_ct_auto_tile_batch(pk), threads = sp_runtime_threads(rt);
-    return b > 1 && b <= SP_WINDOW_MAX_CALLS && threads > 1 && b >= threads;
+    int b = sp_ct_auto_tile_batch(pk);
+    return pk->model && sp_window_calls_used(pk->model, b) && sp_window_calls_solo(pk->model, b);
 }
 
 /* One zero tile through the model's one-thread session (making it). */
@@ -40,7 +36,7 @@ static sp_status warm_solo(sp_package *pk)
     sp_model_outputs(pk->model, &no);
     if (ni != 1 || no != 1 || dt != SP_DT_F32)   /* the window's calls: one fp32 input, one output */
         return SP_OK;
-    int C = mf->head_w ? mf->head_features : mf->n_regions ? mf->n_regions : mf->num_classes;
+    int C = sp_ct_tile_channels(pk);
     size_t n = (size_t)(mf->patch[0] * mf->patch[1] * mf->patch[2]);
     float *in = calloc(n * (size_t)mf->channels, sizeof *in), *out = malloc(n * (size_t)C * sizeof *out);
     sp_status st = SP_OK;

@@ -79,6 +79,13 @@ static float kth(float *a, int64_t n, int64_t k)
     return a[k];
 }
 
+/* numpy's "linear" quantile between the order statistics a (k-th) and b
+ * (k+1-th), t the fraction of the position past k (numpy's _lerp) */
+static double quantile_lerp(double a, double b, double t)
+{
+    return t >= 0.5 ? b - (b - a) * (1 - t) : a + (b - a) * t;
+}
+
 /* numpy.quantile(x, q) (method "linear") on a scratch copy */
 static double quantile(float *tmp, int64_t n, double q)
 {
@@ -90,7 +97,7 @@ static double quantile(float *tmp, int64_t n, double q)
         for (int64_t i = k + 2; i < n; i++)
             b = tmp[i] < b ? tmp[i] : b;
     }
-    return t >= 0.5 ? b - (b - a) * (1 - t) : a + (b - a) * t;
+    return quantile_lerp(a, b, t);
 }
 
 /* The counts of each integer 0..255 in x, per worker; bin 256 counts every
@@ -143,7 +150,7 @@ static int hist_quantiles(const float *x, int64_t n, const sp_norm *nm, sp_pool 
         double pos = q[i] * (double)(n - 1);
         int64_t k = (int64_t)floor(pos);
         double t = pos - (double)k, a = hist_kth(h, k), b = t > 0 && k + 1 < n ? hist_kth(h, k + 1) : a;
-        *out[i] = t >= 0.5 ? b - (b - a) * (1 - t) : a + (b - a) * t;
+        *out[i] = quantile_lerp(a, b, t);
     }
     return 1;
 }

@@ -132,11 +132,22 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
 /* 0 when SEGPIPE_TILE_CALLS=batched (one batched call, as before) or an
  * INT8 calibration run (SEGPIPE_CALIBRATE) asks for one call per batch. */
 int sp_window_calls_wanted(void);
+/* 1 when a batch of nb tiles through m runs as concurrent single-tile calls
+ * (a CPU session, calls wanted, 2..SP_WINDOW_MAX_CALLS tiles) */
+int sp_window_calls_used(const sp_model *m, int nb);
+/* 1 when those nb calls run on the model's one-thread session: at least as
+ * many calls as threads, and more than one thread (on one, the model's own
+ * session already runs each call on its caller) */
+int sp_window_calls_solo(const sp_model *m, int nb);
 /* nb tiles (in: nb x Cin x P, out: nb x C x P, contiguous) through the
  * model, one call per tile, all at once. */
-/* The tile batch of a run that sets none (ct.c: 4, fewer for big heads). */
-int sp_ct_auto_tile_batch(const sp_package *pk);
 sp_status sp_window_run_calls(sp_model *m, float *in, float *out, int nb, int Cin, int C, const int64_t P[3]);
+
+/* ct.c: the tile batch of a run that sets none (4, fewer for big heads),
+ * and the channels a tile's output holds (classes, regions, or a split
+ * head's features) */
+int sp_ct_auto_tile_batch(const sp_package *pk);
+int sp_ct_tile_channels(const sp_package *pk);
 
 /* ---- window_gpu.c ---- */
 typedef struct sp_tile {

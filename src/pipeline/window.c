@@ -633,8 +633,7 @@ sp_status sp_window_run(sp_model *m, const float *vol, const int64_t vdim[3],
         st = sp_window_run_gpu(m, vol, &pl, wp, labels, t, progress, progress_user);
     } else if (!st) {
         /* CPU sessions only: a GPU without the window kernels keeps one batched call */
-        c.calls = B > 1 && B <= SP_WINDOW_MAX_CALLS && !strcmp(sp_runtime_device_name(sp_model_runtime(m)), "cpu") &&
-                  sp_window_calls_wanted();
+        c.calls = sp_window_calls_used(m, B);
         SP_INFO("sliding window: %d tiles of %lldx%lldx%lld, %d at a time%s", ntiles, (long long)c.P[0],
                 (long long)c.P[1], (long long)c.P[2], B, B < 2 ? "" : c.calls ? " (concurrent calls)" : " (one call)");
         st = win_buffers(&c, wp, B, logits != NULL);

@@ -57,6 +57,18 @@ int sp_window_calls_wanted(void)
     return getenv("SEGPIPE_CALIBRATE") == NULL;   /* calibration keeps its per-call ranges */
 }
 
+int sp_window_calls_used(const sp_model *m, int nb)
+{
+    return nb > 1 && nb <= SP_WINDOW_MAX_CALLS && !strcmp(sp_runtime_device_name(sp_model_runtime(m)), "cpu") &&
+           sp_window_calls_wanted();
+}
+
+int sp_window_calls_solo(const sp_model *m, int nb)
+{
+    int threads = sp_runtime_threads(sp_model_runtime(m));
+    return threads > 1 && nb >= threads;
+}
+
 sp_status sp_window_run_calls(sp_model *m, float *in, float *out, int nb, int Cin, int C, const int64_t P[3])
 {
     if (nb > SP_WINDOW_MAX_CALLS)
@@ -65,8 +77,7 @@ sp_status sp_window_run_calls(sp_model *m, float *in, float *out, int nb, int Ci
     tile_call calls[SP_WINDOW_MAX_CALLS];
     pthread_t th[SP_WINDOW_MAX_CALLS];
     int started[SP_WINDOW_MAX_CALLS] = {0};
-    int threads = sp_runtime_threads(sp_model_runtime(m));
-    int solo = threads > 1 && nb >= threads;   /* one thread: the model's session already runs on the caller */
+    int solo = sp_window_calls_solo(m, nb);
     for (int k = 0; k < nb; k++) {
         calls[k] = (tile_call){.m = m, .solo = solo,
                                .in = {SP_DT_F32, 5, {1, Cin, P[0], P[1], P[2]}, in + (size_t)k * Cin * psz},
